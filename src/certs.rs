@@ -1,0 +1,367 @@
+//! Certificate files for development and small deployments: a CA and a server certificate signed by it,
+//! made with rcgen. Clients trust the CA (`ca.pem`); the server presents `server.pem`.
+//!
+//! Layout of a certificate directory:
+//!
+//! | file             | what                         | mode |
+//! |------------------|------------------------------|------|
+//! | `ca.pem`         | CA certificate (give to clients) | 0644 |
+//! | `ca-key.pem`     | CA private key               | 0600 |
+//! | `server.pem`     | server certificate           | 0644 |
+//! | `server-key.pem` | server private key           | 0600 |
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::ServerName;
+use time::{Duration, OffsetDateTime};
+
+pub const CA_CERT: &str = "ca.pem";
+pub const CA_KEY: &str = "ca-key.pem";
+pub const SERVER_CERT: &str = "server.pem";
+pub const SERVER_KEY: &str = "server-key.pem";
+
+/// Names every generated server certificate is valid for, so local clients work out of the box.
+pub const DEFAULT_SERVER_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+const CA_VALIDITY: Duration = Duration::days(3650);
+const SERVER_VALIDITY: Duration = Duration::days(825);
+const PRIVATE_MODE: u32 = 0o600;
+const PUBLIC_MODE: u32 = 0o644;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("{}: {cause}", path.display())]
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("refusing to overwrite {}; pass --force to replace them", list(paths))]
+    Exists { paths: Vec<PathBuf> },
+    #[error("{} exists but {} does not; restore it or remove both", present.display(), missing.display())]
+    Incomplete { present: PathBuf, missing: PathBuf },
+    #[error("{name:?} cannot be a certificate name: {cause}")]
+    InvalidName { name: String, cause: String },
+    #[error("cannot use the CA in {}: {cause}", dir.display())]
+    BadCa { dir: PathBuf, cause: rcgen::Error },
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What was found or made in a certificate directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provisioned {
+    /// A server certificate and key were already there; nothing was written.
+    Existing,
+    /// A server certificate was issued by the CA already in the directory.
+    IssuedByExistingCa { names: Vec<String> },
+    /// A new CA and a server certificate signed by it were written.
+    NewCaAndServer { names: Vec<String> },
+}
+
+/// The paths of one certificate directory.
+#[derive(Debug, Clone)]
+pub struct CertDir {
+    dir: PathBuf,
+}
+
+impl CertDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        CertDir { dir: dir.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join(CA_CERT)
+    }
+
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join(CA_KEY)
+    }
+
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join(SERVER_CERT)
+    }
+
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join(SERVER_KEY)
+    }
+
+    /// What `qkv serve` does at start: use the server certificate if there is one; otherwise issue one
+    /// for the default names, from the directory's CA if it has one or from a new CA if not.
+    pub fn ensure_server_certificate(&self) -> Result<Provisioned, CertError> {
+        if present_pair(&self.server_cert(), &self.server_key())? {
+            return Ok(Provisioned::Existing);
+        }
+        self.issue_server_certificate(&[], false)
+    }
+
+    /// What `qkv cert` does: issue a server certificate for the default names plus `extra_names`
+    /// (DNS names or IP addresses), signed by the directory's CA, creating the CA first if there is none.
+    /// Refuses to replace an existing server certificate unless `force`; never replaces the CA.
+    pub fn issue_server_certificate(
+        &self,
+        extra_names: &[String],
+        force: bool,
+    ) -> Result<Provisioned, CertError> {
+        fs::create_dir_all(&self.dir).map_err(|cause| CertError::Io {
+            path: self.dir.clone(),
+            cause,
+        })?;
+        let existing: Vec<PathBuf> = [self.server_cert(), self.server_key()]
+            .into_iter()
+            .filter(|p| p.exists())
+            .collect();
+        if !existing.is_empty() && !force {
+            return Err(CertError::Exists { paths: existing });
+        }
+
+        let mut names: Vec<String> = DEFAULT_SERVER_NAMES.iter().map(|n| n.to_string()).collect();
+        for name in extra_names {
+            // Accept exactly the names a client can dial and verify: DNS names and IP addresses.
+            if let Err(e) = ServerName::try_from(name.as_str()) {
+                return Err(CertError::InvalidName {
+                    name: name.clone(),
+                    cause: e.to_string(),
+                });
+            }
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        let mut params =
+            CertificateParams::new(names.clone()).map_err(|e| CertError::InvalidName {
+                name: names.join(", "),
+                cause: e.to_string(),
+            })?;
+        params.distinguished_name = common_name(&names[0]);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        (params.not_before, params.not_after) = validity(SERVER_VALIDITY);
+
+        let had_ca = present_pair(&self.ca_cert(), &self.ca_key())?;
+        let (ca_cert_pem, ca_key) = if had_ca { self.read_ca()? } else { new_ca()? };
+        let issuer =
+            Issuer::from_ca_cert_pem(&ca_cert_pem, ca_key).map_err(|cause| CertError::BadCa {
+                dir: self.dir.clone(),
+                cause,
+            })?;
+        let server_key = KeyPair::generate()?;
+        let server_cert = params.signed_by(&server_key, &issuer)?;
+
+        if !had_ca {
+            write_file(
+                &self.ca_key(),
+                issuer.key().serialize_pem().as_bytes(),
+                PRIVATE_MODE,
+                false,
+            )?;
+            write_file(&self.ca_cert(), ca_cert_pem.as_bytes(), PUBLIC_MODE, false)?;
+        }
+        write_file(
+            &self.server_key(),
+            server_key.serialize_pem().as_bytes(),
+            PRIVATE_MODE,
+            force,
+        )?;
+        write_file(
+            &self.server_cert(),
+            server_cert.pem().as_bytes(),
+            PUBLIC_MODE,
+            force,
+        )?;
+        Ok(if had_ca {
+            Provisioned::IssuedByExistingCa { names }
+        } else {
+            Provisioned::NewCaAndServer { names }
+        })
+    }
+
+    fn read_ca(&self) -> Result<(String, KeyPair), CertError> {
+        let cert = read_to_string(&self.ca_cert())?;
+        let key = KeyPair::from_pem(&read_to_string(&self.ca_key())?).map_err(|cause| {
+            CertError::BadCa {
+                dir: self.dir.clone(),
+                cause,
+            }
+        })?;
+        Ok((cert, key))
+    }
+}
+
+/// A self-signed CA that may sign end-entity certificates only (path length 0).
+fn new_ca() -> Result<(String, KeyPair), CertError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::new())?;
+    // A name of its own per CA: verifiers find a certificate's issuer by name, so two CAs named alike
+    // would turn "not signed by a CA you trust" into a confusing bad-signature error.
+    let id: String = key
+        .public_key_raw()
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    params.distinguished_name = common_name(&format!("qkv development CA {id}"));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    (params.not_before, params.not_after) = validity(CA_VALIDITY);
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key))
+}
+
+fn common_name(name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    dn
+}
+
+/// From an hour ago (tolerating clock skew between machines) for `length`.
+fn validity(length: Duration) -> (OffsetDateTime, OffsetDateTime) {
+    let now = OffsetDateTime::now_utc();
+    (now - Duration::hours(1), now + length)
+}
+
+/// True when both files exist, false when neither does, an error when only one does.
+fn present_pair(cert: &Path, key: &Path) -> Result<bool, CertError> {
+    match (cert.exists(), key.exists()) {
+        (true, true) => Ok(true),
+        (false, false) => Ok(false),
+        (true, false) => Err(CertError::Incomplete {
+            present: cert.to_owned(),
+            missing: key.to_owned(),
+        }),
+        (false, true) => Err(CertError::Incomplete {
+            present: key.to_owned(),
+            missing: cert.to_owned(),
+        }),
+    }
+}
+
+fn read_to_string(path: &Path) -> Result<String, CertError> {
+    fs::read_to_string(path).map_err(|cause| CertError::Io {
+        path: path.to_owned(),
+        cause,
+    })
+}
+
+/// Writes `contents` with permissions `mode`. Without `overwrite` the file must not exist yet, checked
+/// atomically by the open itself.
+fn write_file(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Result<(), CertError> {
+    let io_error = |cause| CertError::Io {
+        path: path.to_owned(),
+        cause,
+    };
+    let mut options = OpenOptions::new();
+    options.write(true).mode(mode);
+    if overwrite {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options.open(path).map_err(io_error)?;
+    // `mode` applies only when the file is created; an overwritten file gets it here.
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_error)?;
+    file.write_all(contents).map_err(io_error)?;
+    file.sync_all().map_err(io_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{ServerIdentity, read_roots};
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_fresh_directory_gets_a_ca_and_server_certificate_with_private_keys_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = CertDir::new(dir.path().join("certs"));
+        let provisioned = certs.ensure_server_certificate().unwrap();
+        assert!(matches!(provisioned, Provisioned::NewCaAndServer { .. }));
+        assert_eq!(mode(&certs.ca_key()), 0o600);
+        assert_eq!(mode(&certs.server_key()), 0o600);
+        assert_eq!(mode(&certs.ca_cert()), 0o644);
+        // The files are usable by the TLS layer.
+        read_roots(&certs.ca_cert()).unwrap();
+        ServerIdentity::from_pem_files(&certs.server_cert(), &certs.server_key()).unwrap();
+        // Second start: nothing changes.
+        let before = fs::read(certs.server_cert()).unwrap();
+        assert_eq!(
+            certs.ensure_server_certificate().unwrap(),
+            Provisioned::Existing
+        );
+        assert_eq!(fs::read(certs.server_cert()).unwrap(), before);
+    }
+
+    #[test]
+    fn existing_files_are_not_overwritten_without_force_and_the_ca_is_kept_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = CertDir::new(dir.path());
+        certs.issue_server_certificate(&[], false).unwrap();
+        let ca_before = fs::read(certs.ca_cert()).unwrap();
+        let err = certs
+            .issue_server_certificate(&["db.example".into()], false)
+            .unwrap_err();
+        assert!(err.to_string().contains("--force"), "{err}");
+
+        let provisioned = certs
+            .issue_server_certificate(&["db.example".into(), "10.0.0.7".into()], true)
+            .unwrap();
+        let Provisioned::IssuedByExistingCa { names } = provisioned else {
+            panic!("expected a certificate from the existing CA, got {provisioned:?}")
+        };
+        assert!(
+            names.contains(&"db.example".to_string()) && names.contains(&"localhost".to_string())
+        );
+        assert_eq!(
+            fs::read(certs.ca_cert()).unwrap(),
+            ca_before,
+            "the CA must be kept"
+        );
+        assert_eq!(mode(&certs.server_key()), 0o600);
+    }
+
+    #[test]
+    fn a_server_certificate_without_its_key_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = CertDir::new(dir.path());
+        certs.ensure_server_certificate().unwrap();
+        fs::remove_file(certs.server_key()).unwrap();
+        let err = certs.ensure_server_certificate().unwrap_err();
+        assert!(matches!(err, CertError::Incomplete { .. }), "{err}");
+    }
+
+    #[test]
+    fn invalid_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = CertDir::new(dir.path())
+            .issue_server_certificate(&["bad name\u{7f}".into()], false)
+            .unwrap_err();
+        assert!(matches!(err, CertError::InvalidName { .. }), "{err}");
+    }
+}

@@ -1,0 +1,339 @@
+//! Command-line arguments. Defaults come from the library, so the CLI and the library never disagree.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use qkv::server::{DEFAULT_LISTEN, RuntimeLayout, ServerConfig};
+use qkv::service::DEFAULT_RESPONSE_FRAME_TARGET;
+use qkv::transport::Limits;
+
+#[derive(Parser)]
+#[command(
+    name = "qkv",
+    version,
+    about = "A key-value server over QUIC, and its client",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the server (QUIC on UDP; certificates generated in --certs on first start).
+    Serve(ServeArgs),
+    /// Create a CA (if the directory has none) and a server certificate signed by it.
+    Cert(CertArgs),
+    /// Print the value of KEY in TABLE.
+    Hget {
+        table: String,
+        key: String,
+        #[command(flatten)]
+        show: ShowArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print every key and value of TABLE, sorted by key.
+    Hgetall {
+        table: String,
+        #[command(flatten)]
+        show: ShowArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print the values of several keys of TABLE, one per line, "(nil)" for a missing key.
+    Hmget {
+        table: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+        #[command(flatten)]
+        show: ShowArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Set KEY in TABLE to VALUE and print the key's new version.
+    Hset {
+        table: String,
+        key: String,
+        value: String,
+        #[command(flatten)]
+        typed: TypeArgs,
+        /// Write only if the key's current version is N (as printed by hset or hget --with-version).
+        #[arg(long, value_name = "N", conflicts_with = "if_absent")]
+        if_version: Option<u64>,
+        /// Write only if the key does not exist yet.
+        #[arg(long)]
+        if_absent: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Set several KEY=VALUE pairs in TABLE and print their new versions, one per line.
+    Hmset {
+        table: String,
+        #[arg(required = true, value_name = "KEY=VALUE", value_parser = parse_pair)]
+        pairs: Vec<(String, String)>,
+        #[command(flatten)]
+        typed: TypeArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete KEY from TABLE and print the value it held.
+    Hdel {
+        table: String,
+        key: String,
+        /// Delete only if the key's current version is N.
+        #[arg(long, value_name = "N")]
+        if_version: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete several keys from TABLE and print the values they held ("(nil)" if none).
+    Hmdel {
+        table: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print "true" if KEY exists in TABLE, "false" if not.
+    Hexist {
+        table: String,
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print "true" or "false" for each key, one per line.
+    Hmexist {
+        table: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Load the server for a while and report throughput and latency.
+    Bench(BenchArgs),
+    /// Measure round trips to the server.
+    Ping {
+        /// Bytes to send, echoed by the server.
+        #[arg(default_value = "")]
+        payload: String,
+        /// Number of pings, one after the other.
+        #[arg(long, short = 'c', default_value_t = 1)]
+        count: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// What each request does.
+    #[arg(long, value_enum, default_value_t = WorkloadArg::Hget)]
+    pub workload: WorkloadArg,
+    /// Connections to open.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Requests kept in flight on each connection.
+    #[arg(long, default_value_t = 64)]
+    pub inflight: usize,
+    /// How long to measure, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// How long to run before measuring, e.g. 2s.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Size of the values written and read, in bytes.
+    #[arg(long, default_value_t = 64)]
+    pub value_size: usize,
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: usize,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum WorkloadArg {
+    Ping,
+    Hget,
+    Hset,
+}
+
+impl From<WorkloadArg> for qkv::bench::Workload {
+    fn from(workload: WorkloadArg) -> Self {
+        match workload {
+            WorkloadArg::Ping => qkv::bench::Workload::Ping,
+            WorkloadArg::Hget => qkv::bench::Workload::Hget,
+            WorkloadArg::Hset => qkv::bench::Workload::Hset,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// UDP address for QUIC.
+    #[arg(long, default_value_t = DEFAULT_LISTEN, env = "QKV_LISTEN")]
+    pub listen: SocketAddr,
+    /// Certificate directory: ca.pem, server.pem and keys; generated when it holds none.
+    #[arg(long, default_value = "certs", env = "QKV_CERTS")]
+    pub certs: PathBuf,
+    /// Storage backend.
+    #[arg(long, value_enum, default_value_t = Store::Memory)]
+    pub store: Store,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Largest frame accepted or sent, e.g. 16MiB.
+    #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+    pub max_frame_size: usize,
+    /// Concurrent request streams per connection.
+    #[arg(long, default_value_t = Limits::default().max_streams_per_connection)]
+    pub max_streams: u32,
+    /// Connections served at once; more are refused.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    pub max_connections: usize,
+    /// Time a client has to send a whole request, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Close connections idle for this long, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// On shutdown, how long in-flight requests may take before connections are closed regardless.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Requested UDP socket buffer size (the kernel caps it at net.core.rmem_max / wmem_max).
+    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    pub udp_socket_buffer: usize,
+    /// Responses larger than this are sent as several frames.
+    #[arg(long, default_value_t = DEFAULT_RESPONSE_FRAME_TARGET, value_parser = parse_size)]
+    pub response_frame_target: usize,
+}
+
+impl ServeArgs {
+    pub fn config(&self) -> ServerConfig {
+        let mut config = ServerConfig {
+            listen: self.listen,
+            certs_dir: self.certs.clone(),
+            shutdown_grace: self.shutdown_grace,
+            ..ServerConfig::default()
+        };
+        config.limits.max_frame_len = self.max_frame_size;
+        config.limits.max_streams_per_connection = self.max_streams;
+        config.limits.max_connections = self.max_connections;
+        config.limits.request_timeout = self.request_timeout;
+        config.limits.idle_timeout = self.idle_timeout;
+        config.limits.udp_socket_buffer = self.udp_socket_buffer;
+        config.service.response_frame_target = self.response_frame_target;
+        config
+    }
+}
+
+#[derive(Args)]
+pub struct RuntimeArgs {
+    /// Runtime layout: one thread for everything (fastest measured on 2 cores, docs/DESIGN.md), or a
+    /// work-stealing pool of --threads workers.
+    #[arg(long, value_enum, default_value_t = RuntimeKind::CurrentThread)]
+    pub runtime: RuntimeKind,
+    /// Worker threads of the multi-thread runtime (default: one per CPU).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
+    CurrentThread,
+    MultiThread,
+}
+
+impl RuntimeArgs {
+    pub fn layout(&self) -> anyhow::Result<RuntimeLayout> {
+        Ok(match self.runtime {
+            RuntimeKind::CurrentThread if self.threads.is_some() => {
+                anyhow::bail!(
+                    "--threads needs --runtime multi-thread (the current-thread runtime has one thread)"
+                )
+            }
+            RuntimeKind::CurrentThread => RuntimeLayout::CurrentThread,
+            RuntimeKind::MultiThread => RuntimeLayout::MultiThread {
+                workers: self.threads.map(usize::from).unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+                }),
+            },
+        })
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Store {
+    /// In memory; everything is lost when the server stops.
+    Memory,
+}
+
+#[derive(Args)]
+pub struct CertArgs {
+    /// Directory to write to (created if missing).
+    #[arg(long, default_value = "certs")]
+    pub dir: PathBuf,
+    /// An extra DNS name or IP address for the server certificate (repeatable); localhost,
+    /// 127.0.0.1 and ::1 are always included.
+    #[arg(long = "name", value_name = "DNS-OR-IP")]
+    pub names: Vec<String>,
+    /// Replace an existing server certificate (the CA is kept).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// How to reach the server; accepted after every client subcommand.
+#[derive(Args)]
+pub struct ClientArgs {
+    /// Server address, host:port.
+    #[arg(long, default_value = "127.0.0.1:9527", env = "QKV_ADDR")]
+    pub addr: String,
+    /// CA certificate file the server's certificate must chain to.
+    #[arg(long, default_value = "certs/ca.pem", env = "QKV_CA")]
+    pub ca: PathBuf,
+    /// Name to verify the server's certificate against (default: the host in --addr).
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// How long to wait for the server to answer, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Args)]
+pub struct ShowArgs {
+    /// Also print each value's version, after a tab.
+    #[arg(long)]
+    pub with_version: bool,
+}
+
+#[derive(Args)]
+pub struct TypeArgs {
+    /// How to read VALUE: binary takes the bytes of the argument as they are.
+    #[arg(long = "type", value_enum, default_value_t = ValueType::String)]
+    pub value_type: ValueType,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ValueType {
+    String,
+    Int,
+    Float,
+    Bool,
+    Binary,
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = s.parse()?;
+    usize::try_from(size.as_u64()).map_err(|e| e.to_string())
+}

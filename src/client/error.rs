@@ -1,0 +1,99 @@
+//! Everything a client call can fail with, each with a message a user can act on.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use quinn::{ConnectionError, ReadError, WriteError};
+
+use crate::pb::Versioned;
+use crate::tls::TlsError;
+use crate::transport::frame::FrameError;
+use crate::transport::quic::codes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot resolve {addr}: {reason}")]
+    Resolve { addr: String, reason: String },
+    #[error("cannot open a UDP socket: {0}")]
+    Socket(std::io::Error),
+    #[error(
+        "no answer from {addr} within {timeout:?}: is the server running there? (QUIC uses UDP)"
+    )]
+    ConnectTimeout { addr: String, timeout: Duration },
+    #[error(
+        "TLS handshake with {addr} failed: {reason} (the server's certificate must be signed by a CA in {} and be valid for the name dialled)",
+        ca_file.display()
+    )]
+    Handshake {
+        addr: String,
+        ca_file: PathBuf,
+        reason: String,
+    },
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("the server is shutting down; the request was not executed and can be retried")]
+    ServerShuttingDown,
+    #[error("connection to the server lost: {0}")]
+    ConnectionLost(ConnectionError),
+    #[error("request stream failed: {0}")]
+    Stream(String),
+    #[error("request of {len} bytes exceeds the maximum frame size of {max} bytes")]
+    RequestTooLarge { len: usize, max: usize },
+    #[error("malformed reply from the server: {0}")]
+    Protocol(String),
+    #[error("version conflict: the key's current version is {}", current.as_ref().map_or(0, |c| c.version))]
+    Conflict { current: Option<Versioned> },
+    #[error("server answered {status}: {message}")]
+    Status { status: u32, message: String },
+}
+
+impl ClientError {
+    /// True when the request certainly was not executed, so retrying it cannot apply it twice.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ClientError::ServerShuttingDown)
+    }
+
+    pub(crate) fn from_connection(e: ConnectionError) -> Self {
+        match &e {
+            ConnectionError::ApplicationClosed(close)
+                if close.error_code == codes::SHUTTING_DOWN =>
+            {
+                ClientError::ServerShuttingDown
+            }
+            _ => ClientError::ConnectionLost(e),
+        }
+    }
+
+    pub(crate) fn from_write(e: WriteError) -> Self {
+        match e {
+            WriteError::ConnectionLost(e) => Self::from_connection(e),
+            other => ClientError::Stream(other.to_string()),
+        }
+    }
+
+    pub(crate) fn from_read(e: ReadError) -> Self {
+        match e {
+            ReadError::ConnectionLost(e) => Self::from_connection(e),
+            ReadError::Reset(code) => {
+                ClientError::Stream(format!("the server reset the reply (code {code})"))
+            }
+            other => ClientError::Stream(other.to_string()),
+        }
+    }
+
+    /// Frames are read through `AsyncRead`, which wraps quinn's `ReadError` in an `io::Error`.
+    pub(crate) fn from_frame(e: FrameError) -> Self {
+        match e {
+            FrameError::Io(io) => {
+                match io.into_inner().map(|inner| inner.downcast::<ReadError>()) {
+                    Some(Ok(read)) => Self::from_read(*read),
+                    Some(Err(other)) => ClientError::Stream(other.to_string()),
+                    None => ClientError::Stream("reading the reply failed".into()),
+                }
+            }
+            other => ClientError::Protocol(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! qkv: a key-value server whose primary transport is QUIC.
+//!
+//! A request travels in a straight line through these layers, each importing only the ones below it:
+//!
+//! ```text
+//! socket → transport (quic) → frame codec → service (dispatch) → storage backend
+//! ```
+//!
+//! - [`pb`]: the wire messages (generated from `proto/kv.proto`) and their conveniences.
+//! - [`storage`]: the async [`storage::Storage`] trait and its backends.
+//! - [`service`]: what each command does; shared by all connections and transports.
+//! - [`transport`]: frames on byte streams, and the QUIC listener and connector.
+//! - [`tls`] and [`certs`]: rustls configurations (ring, TLS 1.3, ALPN `qkv/1`) and certificate files.
+//! - [`server`] and [`client`]: wiring, limits and graceful shutdown; the typed async client.
+//!
+//! The wire protocol is specified in `docs/PROTOCOL.md`; the design and its measurements in
+//! `docs/DESIGN.md`.
+#![forbid(unsafe_code)]
+
+pub mod certs;
+pub mod client;
+pub mod pb;
+pub mod server;
+pub mod service;
+pub mod storage;
+pub mod tls;
+pub mod transport;
+
+pub use client::Client;
+pub mod bench;

@@ -1,0 +1,248 @@
+//! `qkv`: the server and a client for it, on the command line.
+#![forbid(unsafe_code)]
+
+mod cli;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use qkv::certs::{CertDir, Provisioned};
+use qkv::client::{Client, ClientConfig};
+use qkv::pb::Kvpair;
+use qkv::server::{Server, shutdown_signal};
+use qkv::storage::MemoryStore;
+use tracing_subscriber::EnvFilter;
+
+use cli::args::{BenchArgs, CertArgs, Cli, ClientArgs, Command, ServeArgs, Store};
+use cli::output;
+use qkv::bench::BenchConfig;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_log = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Cert(args) => cert(args),
+        Command::Bench(args) => bench(args),
+        command => {
+            client_runtime().and_then(|runtime| runtime.block_on(run_client_command(command)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => output::report(&error),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let runtime =
+        qkv::server::runtime(args.runtime.layout()?).context("cannot start the runtime")?;
+    runtime.block_on(async {
+        let server = match args.store {
+            Store::Memory => Server::bind(args.config(), MemoryStore::new())?,
+        };
+        server.run(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+fn cert(args: CertArgs) -> anyhow::Result<()> {
+    let dir = CertDir::new(&args.dir);
+    match dir.issue_server_certificate(&args.names, args.force)? {
+        Provisioned::NewCaAndServer { names } => {
+            println!(
+                "created a CA: {} (give this file to clients)",
+                dir.ca_cert().display()
+            );
+            println!(
+                "created a server certificate for {}: {}",
+                names.join(", "),
+                dir.server_cert().display()
+            );
+        }
+        Provisioned::IssuedByExistingCa { names } => {
+            println!("using the CA in {}", dir.ca_cert().display());
+            println!(
+                "created a server certificate for {}: {}",
+                names.join(", "),
+                dir.server_cert().display()
+            );
+        }
+        Provisioned::Existing => {}
+    }
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let config = BenchConfig {
+        client: client_config(&args.client),
+        workload: args.workload.into(),
+        connections: args.connections,
+        inflight: args.inflight,
+        duration: args.duration,
+        warmup: args.warmup,
+        value_size: args.value_size,
+        keys: args.keys,
+    };
+    let runtime = qkv::server::runtime(args.runtime.layout()?)?;
+    let report = runtime.block_on(qkv::bench::run(&config))?;
+    output::bench_summary(&config, &report);
+    if report.requests == 0 {
+        bail!(
+            "no request succeeded; first error: {}",
+            report.first_error.as_deref().unwrap_or("none")
+        );
+    }
+    Ok(())
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn client_config(args: &ClientArgs) -> ClientConfig {
+    let mut config = ClientConfig::new(&args.addr, &args.ca);
+    config.server_name = args.server_name.clone();
+    config.connect_timeout = args.connect_timeout;
+    config
+}
+
+async fn run_client_command(command: Command) -> anyhow::Result<()> {
+    let client_args = match &command {
+        Command::Hget { client, .. }
+        | Command::Hgetall { client, .. }
+        | Command::Hmget { client, .. }
+        | Command::Hset { client, .. }
+        | Command::Hmset { client, .. }
+        | Command::Hdel { client, .. }
+        | Command::Hmdel { client, .. }
+        | Command::Hexist { client, .. }
+        | Command::Hmexist { client, .. }
+        | Command::Ping { client, .. } => client,
+        Command::Serve(_) | Command::Cert(_) | Command::Bench(_) => unreachable!("handled in main"),
+    };
+    let client = Client::connect_with(client_config(client_args)).await?;
+    let result = execute(&client, command).await;
+    client.close().await;
+    result
+}
+
+async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Hget {
+            table, key, show, ..
+        } => match client.hget(&table, &key).await? {
+            Some(entry) => println!("{}", output::versioned(&entry, show.with_version)),
+            None => bail!("key {key:?} not found in table {table:?}"),
+        },
+        Command::Hgetall { table, show, .. } => {
+            let mut entries = client.hgetall(&table).await?;
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            for (key, entry) in entries {
+                println!("{key}\t{}", output::versioned(&entry, show.with_version));
+            }
+        }
+        Command::Hmget {
+            table, keys, show, ..
+        } => {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            for entry in client.hmget(&table, &keys).await? {
+                println!("{}", output::optional(entry.as_ref(), show.with_version));
+            }
+        }
+        Command::Hset {
+            table,
+            key,
+            value,
+            typed,
+            if_version,
+            if_absent,
+            ..
+        } => {
+            let value = output::parse_value(&value, typed.value_type)?;
+            let expected = if if_absent { Some(0) } else { if_version };
+            let written = match expected {
+                Some(expected) => {
+                    client
+                        .hset_if_version(&table, &key, value, expected)
+                        .await?
+                }
+                None => client.hset(&table, &key, value).await?,
+            };
+            println!("{}", written.version);
+        }
+        Command::Hmset {
+            table,
+            pairs,
+            typed,
+            ..
+        } => {
+            let pairs = pairs
+                .into_iter()
+                .map(|(key, raw)| {
+                    Ok(Kvpair::new(
+                        key,
+                        output::parse_value(&raw, typed.value_type)?,
+                    ))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            for written in client.hmset(&table, pairs).await? {
+                println!("{}", written.version);
+            }
+        }
+        Command::Hdel {
+            table,
+            key,
+            if_version,
+            ..
+        } => {
+            let written = match if_version {
+                Some(expected) => client.hdel_if_version(&table, &key, expected).await?,
+                None => client.hdel(&table, &key).await?,
+            };
+            println!("{}", output::previous(&written));
+        }
+        Command::Hmdel { table, keys, .. } => {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            for written in client.hmdel(&table, &keys).await? {
+                println!("{}", output::previous(&written));
+            }
+        }
+        Command::Hexist { table, key, .. } => println!("{}", client.hexist(&table, &key).await?),
+        Command::Hmexist { table, keys, .. } => {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            for exists in client.hmexist(&table, &keys).await? {
+                println!("{exists}");
+            }
+        }
+        Command::Ping { payload, count, .. } => {
+            for _ in 0..count {
+                let start = Instant::now();
+                let echoed = client.ping(payload.clone().into_bytes()).await?;
+                if echoed != payload.as_bytes() {
+                    bail!("the server echoed {echoed:?} instead of the payload sent");
+                }
+                let rtt_ms = start.elapsed().as_secs_f64() * 1e3;
+                println!("pong from {} in {rtt_ms:.3} ms", client.remote_address());
+            }
+        }
+        Command::Serve(_) | Command::Cert(_) | Command::Bench(_) => unreachable!("handled in main"),
+    }
+    Ok(())
+}

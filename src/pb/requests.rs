@@ -1,0 +1,196 @@
+//! Constructors for every request, so callers write `CommandRequest::hget("t", "k")`.
+
+use bytes::Bytes;
+
+use super::{
+    CommandRequest, Hdel, Hexist, Hget, Hgetall, Hmdel, Hmexist, Hmget, Hmset, Hset, Kvpair, Ping,
+    Publish, Subscribe, Unsubscribe, Value, command_request::RequestData,
+};
+
+fn keys(keys: impl IntoIterator<Item = impl Into<String>>) -> Vec<String> {
+    keys.into_iter().map(Into::into).collect()
+}
+
+impl From<RequestData> for CommandRequest {
+    fn from(data: RequestData) -> Self {
+        CommandRequest {
+            request_data: Some(data),
+        }
+    }
+}
+
+impl Kvpair {
+    pub fn new(key: impl Into<String>, value: impl Into<Value>) -> Self {
+        Kvpair {
+            key: key.into(),
+            value: Some(value.into()),
+        }
+    }
+}
+
+impl CommandRequest {
+    pub fn hget(table: impl Into<String>, key: impl Into<String>) -> Self {
+        RequestData::Hget(Hget {
+            table: table.into(),
+            key: key.into(),
+        })
+        .into()
+    }
+
+    pub fn hgetall(table: impl Into<String>) -> Self {
+        RequestData::Hgetall(Hgetall {
+            table: table.into(),
+        })
+        .into()
+    }
+
+    pub fn hmget(
+        table: impl Into<String>,
+        keys: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        RequestData::Hmget(Hmget {
+            table: table.into(),
+            keys: self::keys(keys),
+        })
+        .into()
+    }
+
+    pub fn hset(table: impl Into<String>, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        Self::hset_expecting(table, key, value, None)
+    }
+
+    /// A conditional `Hset`: written only if the key's version is `expected_version` (0: key absent).
+    pub fn hset_if_version(
+        table: impl Into<String>,
+        key: impl Into<String>,
+        value: impl Into<Value>,
+        expected_version: u64,
+    ) -> Self {
+        Self::hset_expecting(table, key, value, Some(expected_version))
+    }
+
+    fn hset_expecting(
+        table: impl Into<String>,
+        key: impl Into<String>,
+        value: impl Into<Value>,
+        expected_version: Option<u64>,
+    ) -> Self {
+        RequestData::Hset(Hset {
+            table: table.into(),
+            pair: Some(Kvpair::new(key, value)),
+            expected_version,
+        })
+        .into()
+    }
+
+    pub fn hmset(table: impl Into<String>, pairs: impl IntoIterator<Item = Kvpair>) -> Self {
+        RequestData::Hmset(Hmset {
+            table: table.into(),
+            pairs: pairs.into_iter().collect(),
+        })
+        .into()
+    }
+
+    pub fn hdel(table: impl Into<String>, key: impl Into<String>) -> Self {
+        RequestData::Hdel(Hdel {
+            table: table.into(),
+            key: key.into(),
+            expected_version: None,
+        })
+        .into()
+    }
+
+    /// A conditional `Hdel`: deleted only if the key's version is `expected_version`.
+    pub fn hdel_if_version(
+        table: impl Into<String>,
+        key: impl Into<String>,
+        expected_version: u64,
+    ) -> Self {
+        RequestData::Hdel(Hdel {
+            table: table.into(),
+            key: key.into(),
+            expected_version: Some(expected_version),
+        })
+        .into()
+    }
+
+    pub fn hmdel(
+        table: impl Into<String>,
+        keys: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        RequestData::Hmdel(Hmdel {
+            table: table.into(),
+            keys: self::keys(keys),
+        })
+        .into()
+    }
+
+    pub fn hexist(table: impl Into<String>, key: impl Into<String>) -> Self {
+        RequestData::Hexist(Hexist {
+            table: table.into(),
+            key: key.into(),
+        })
+        .into()
+    }
+
+    pub fn hmexist(
+        table: impl Into<String>,
+        keys: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        RequestData::Hmexist(Hmexist {
+            table: table.into(),
+            keys: self::keys(keys),
+        })
+        .into()
+    }
+
+    pub fn subscribe(topic: impl Into<String>) -> Self {
+        RequestData::Subscribe(Subscribe {
+            topic: topic.into(),
+        })
+        .into()
+    }
+
+    pub fn unsubscribe(topic: impl Into<String>, id: u32) -> Self {
+        RequestData::Unsubscribe(Unsubscribe {
+            topic: topic.into(),
+            id,
+        })
+        .into()
+    }
+
+    pub fn publish(topic: impl Into<String>, data: impl IntoIterator<Item = Value>) -> Self {
+        RequestData::Publish(Publish {
+            topic: topic.into(),
+            data: data.into_iter().collect(),
+        })
+        .into()
+    }
+
+    pub fn ping(payload: impl Into<Bytes>) -> Self {
+        RequestData::Ping(Ping {
+            payload: payload.into(),
+        })
+        .into()
+    }
+
+    /// The command's name as the protocol spells it, for logs and error messages.
+    pub fn command_name(&self) -> &'static str {
+        match &self.request_data {
+            None => "none",
+            Some(RequestData::Hget(_)) => "Hget",
+            Some(RequestData::Hgetall(_)) => "Hgetall",
+            Some(RequestData::Hmget(_)) => "Hmget",
+            Some(RequestData::Hset(_)) => "Hset",
+            Some(RequestData::Hmset(_)) => "Hmset",
+            Some(RequestData::Hdel(_)) => "Hdel",
+            Some(RequestData::Hmdel(_)) => "Hmdel",
+            Some(RequestData::Hexist(_)) => "Hexist",
+            Some(RequestData::Hmexist(_)) => "Hmexist",
+            Some(RequestData::Subscribe(_)) => "Subscribe",
+            Some(RequestData::Unsubscribe(_)) => "Unsubscribe",
+            Some(RequestData::Publish(_)) => "Publish",
+            Some(RequestData::Ping(_)) => "Ping",
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Status codes carried in `CommandResponse.status`. HTTP's meanings, so they need no explanation.
+
+/// The command succeeded.
+pub const OK: u32 = 200;
+/// The request was malformed: undecodable protobuf, no command, a missing field, trailing bytes.
+pub const BAD_REQUEST: u32 = 400;
+/// `Hget` of a key that does not exist.
+pub const NOT_FOUND: u32 = 404;
+/// The request frame did not arrive (whole, with the end of its stream) within the server's deadline.
+pub const REQUEST_TIMEOUT: u32 = 408;
+/// A conditional write's expected version did not match; nothing was written.
+pub const CONFLICT: u32 = 409;
+/// The request frame's declared length exceeds the server's maximum frame size.
+pub const PAYLOAD_TOO_LARGE: u32 = 413;
+/// The server failed; the message says how. The command may or may not have taken effect.
+pub const INTERNAL_ERROR: u32 = 500;
+/// The command exists in the protocol but this server does not serve it yet.
+pub const NOT_IMPLEMENTED: u32 = 501;
+/// The server is shutting down and did not execute the command; retry elsewhere or later.
+pub const UNAVAILABLE: u32 = 503;

@@ -1,0 +1,185 @@
+//! The server: certificates, the QUIC endpoint and the shared service wired together, run until a
+//! shutdown signal, then stopped gracefully.
+
+use std::future::Future;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::Endpoint;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::certs::{CertDir, CertError, Provisioned};
+use crate::service::{Service, ServiceConfig};
+use crate::storage::Storage;
+use crate::tls::{self, ServerIdentity, TlsError};
+use crate::transport::{Limits, quic};
+
+/// Where `qkv serve` listens unless told otherwise: loopback only, so a development server is not
+/// exposed by accident.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9527));
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// UDP address of the QUIC endpoint.
+    pub listen: SocketAddr,
+    /// Directory of `ca.pem`, `server.pem` and their keys; generated on first start if empty.
+    pub certs_dir: PathBuf,
+    pub limits: Limits,
+    pub service: ServiceConfig,
+    /// How long shutdown waits for in-flight requests before closing connections regardless.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: DEFAULT_LISTEN,
+            certs_dir: PathBuf::from("certs"),
+            limits: Limits::default(),
+            service: ServiceConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Certs(#[from] CertError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr} (UDP): {cause}")]
+    Bind { addr: SocketAddr, cause: io::Error },
+}
+
+/// A bound server, ready to run.
+pub struct Server<S> {
+    quic: Endpoint,
+    service: Service<S>,
+    config: ServerConfig,
+}
+
+impl<S: Storage> Server<S> {
+    /// Loads (or first generates) the certificates and binds the endpoint. Must be called within a
+    /// tokio runtime.
+    pub fn bind(config: ServerConfig, storage: S) -> Result<Self, ServerError> {
+        let certs = CertDir::new(&config.certs_dir);
+        log_provisioning(&certs, certs.ensure_server_certificate()?);
+        let identity = ServerIdentity::from_pem_files(&certs.server_cert(), &certs.server_key())?;
+        let tls = tls::server_config(identity)?;
+        let quic = quic::server_endpoint(config.listen, tls, &config.limits).map_err(|cause| {
+            ServerError::Bind {
+                addr: config.listen,
+                cause,
+            }
+        })?;
+        let service = Service::new(storage, config.service.clone());
+        Ok(Server {
+            quic,
+            service,
+            config,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.quic.local_addr()
+    }
+
+    pub fn service(&self) -> &Service<S> {
+        &self.service
+    }
+
+    /// Serves until `shutdown` completes, then stops gracefully: no new connections or requests, the
+    /// in-flight ones finished (for at most the grace period), connections closed with the
+    /// `SHUTTING_DOWN` code. Returns once everything is closed.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let token = CancellationToken::new();
+        info!(quic = %self.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "serving");
+        let limits = Arc::new(self.config.limits);
+        let serving = quic::serve(
+            self.quic,
+            self.service,
+            limits,
+            token.clone(),
+            self.config.shutdown_grace,
+        );
+        tokio::pin!(serving);
+        tokio::select! {
+            _ = &mut serving => return,
+            _ = shutdown => token.cancel(),
+        }
+        serving.await;
+        info!("shut down");
+    }
+}
+
+fn log_provisioning(certs: &CertDir, provisioned: Provisioned) {
+    let dir = certs.path().display();
+    match provisioned {
+        Provisioned::Existing => {
+            info!(%dir, "using the server certificate in the certificate directory")
+        }
+        Provisioned::IssuedByExistingCa { names } => {
+            info!(%dir, ?names, "issued a server certificate from the CA in the certificate directory")
+        }
+        Provisioned::NewCaAndServer { names } => info!(
+            %dir,
+            ?names,
+            ca = %certs.ca_cert().display(),
+            "generated a development CA and a server certificate; clients must trust the CA file"
+        ),
+    }
+}
+
+/// How the tokio runtime is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeLayout {
+    /// Everything (quinn's endpoint driver, connections, requests) on one thread. The default: on a
+    /// 2-core machine it measured fastest, because quinn drives each endpoint from a single task and
+    /// cross-thread wake-ups cost more than they parallelise (docs/DESIGN.md, "Runtime layout").
+    CurrentThread,
+    /// A work-stealing runtime with this many worker threads.
+    MultiThread { workers: usize },
+}
+
+pub fn runtime(layout: RuntimeLayout) -> io::Result<tokio::runtime::Runtime> {
+    match layout {
+        RuntimeLayout::CurrentThread => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        RuntimeLayout::MultiThread { workers } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers.max(1))
+            .enable_all()
+            .build(),
+    }
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => info!("received Ctrl-C"),
+        _ = terminate => info!("received SIGTERM"),
+    }
+}

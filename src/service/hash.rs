@@ -1,0 +1,183 @@
+//! The hash commands: Hget, Hgetall, Hmget, Hset, Hmset, Hdel, Hmdel, Hexist, Hmexist.
+//!
+//! Every answer about keys carries `versions`, parallel to `values` (or `pairs`): the version of each
+//! key as the command left it, 0 for an absent key. Writes answer the previous values (the course
+//! protocol's convention) and the new versions.
+
+use futures_util::{StreamExt, stream};
+
+use super::{Reply, Service, ServiceError};
+use crate::pb::{
+    CommandResponse, Hdel, Hexist, Hget, Hgetall, Hmdel, Hmexist, Hmget, Hmset, Hset, Kvpair,
+    Value, split_response,
+};
+use crate::storage::{PageLimit, ScanPage, Storage, TableScan, Versioned, WriteOutcome};
+
+type CommandResult = Result<CommandResponse, ServiceError>;
+
+/// At most this many pairs per Hgetall page, however small they are.
+const MAX_PAIRS_PER_PAGE: usize = 8192;
+
+pub async fn hget(storage: &impl Storage, cmd: Hget) -> CommandResult {
+    match storage.get(&cmd.table, &cmd.key).await? {
+        Some(Versioned { value, version }) => {
+            Ok(CommandResponse::with_values(vec![value], vec![version]))
+        }
+        None => Err(ServiceError::NotFound {
+            table: cmd.table,
+            key: cmd.key,
+        }),
+    }
+}
+
+pub async fn hmget(storage: &impl Storage, cmd: Hmget) -> CommandResult {
+    let found = storage.get_many(&cmd.table, &cmd.keys).await?;
+    let (values, versions) = found
+        .into_iter()
+        .map(|entry| entry.map_or((Value::default(), 0), |v| (v.value, v.version)))
+        .unzip();
+    Ok(CommandResponse::with_values(values, versions))
+}
+
+pub async fn hexist(storage: &impl Storage, cmd: Hexist) -> CommandResult {
+    let versions = storage
+        .versions(&cmd.table, std::slice::from_ref(&cmd.key))
+        .await?;
+    Ok(existence(versions))
+}
+
+pub async fn hmexist(storage: &impl Storage, cmd: Hmexist) -> CommandResult {
+    let versions = storage.versions(&cmd.table, &cmd.keys).await?;
+    Ok(existence(versions))
+}
+
+fn existence(versions: Vec<u64>) -> CommandResponse {
+    let values = versions
+        .iter()
+        .map(|&version| Value::from(version != 0))
+        .collect();
+    CommandResponse::with_values(values, versions)
+}
+
+pub async fn hset(storage: &impl Storage, cmd: Hset) -> CommandResult {
+    let Kvpair { key, value } = cmd
+        .pair
+        .ok_or_else(|| ServiceError::InvalidRequest("Hset needs a pair".into()))?;
+    let value = require_value(value, &key)?;
+    let outcome = storage
+        .set(&cmd.table, &key, value, cmd.expected_version)
+        .await?;
+    write_response(outcome, cmd.expected_version)
+}
+
+pub async fn hmset(storage: &impl Storage, cmd: Hmset) -> CommandResult {
+    // Validate every pair before writing any, so a bad request changes nothing.
+    let pairs = cmd
+        .pairs
+        .into_iter()
+        .map(|Kvpair { key, value }| require_value(value, &key).map(|value| (key, value)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outcomes = storage.set_many(&cmd.table, pairs).await?;
+    Ok(writes_response(outcomes))
+}
+
+pub async fn hdel(storage: &impl Storage, cmd: Hdel) -> CommandResult {
+    let outcome = storage
+        .delete(&cmd.table, &cmd.key, cmd.expected_version)
+        .await?;
+    write_response(outcome, cmd.expected_version)
+}
+
+pub async fn hmdel(storage: &impl Storage, cmd: Hmdel) -> CommandResult {
+    let outcomes = storage.delete_many(&cmd.table, &cmd.keys).await?;
+    Ok(writes_response(outcomes))
+}
+
+/// Stored values must be set: an empty Value is how multi-key answers say "absent".
+fn require_value(value: Option<Value>, key: &str) -> Result<Value, ServiceError> {
+    match value {
+        Some(value) if !value.is_empty() => Ok(value),
+        _ => Err(ServiceError::InvalidRequest(format!(
+            "the value for key {key:?} is not set"
+        ))),
+    }
+}
+
+fn write_response(outcome: WriteOutcome, expected_version: Option<u64>) -> CommandResult {
+    match outcome {
+        WriteOutcome::Written { previous, version } => Ok(CommandResponse::with_values(
+            vec![previous.map(|p| p.value).unwrap_or_default()],
+            vec![version],
+        )),
+        WriteOutcome::Conflict { current } => Err(ServiceError::Conflict {
+            expected: expected_version.unwrap_or_default(),
+            current,
+        }),
+    }
+}
+
+fn writes_response(outcomes: Vec<WriteOutcome>) -> CommandResponse {
+    let (values, versions) = outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            WriteOutcome::Written { previous, version } => {
+                (previous.map(|p| p.value).unwrap_or_default(), version)
+            }
+            // Unconditional writes cannot conflict; if a backend says otherwise, report the current state.
+            WriteOutcome::Conflict { current } => {
+                current.map_or((Value::default(), 0), |c| (c.value, c.version))
+            }
+        })
+        .unzip();
+    CommandResponse::with_values(values, versions)
+}
+
+/// Streams the table page by page, one frame per page, so a table of any size is answered in frames of
+/// about `response_frame_target` bytes without being copied whole.
+pub async fn hgetall<S: Storage>(service: &Service<S>, cmd: Hgetall) -> Reply {
+    let scan = match service.storage().scan(&cmd.table).await {
+        Ok(scan) => scan,
+        Err(e) => return ServiceError::from(e).into_response().into(),
+    };
+    let limit = PageLimit {
+        entries: MAX_PAIRS_PER_PAGE,
+        bytes: service.config().response_frame_target,
+    };
+    // The state is the scan still to read, `None` once the final frame has been produced.
+    let pages = stream::unfold(Some(scan), move |scan| async move {
+        let mut scan = scan?;
+        match scan.next_page(limit).await {
+            Ok(page) => {
+                let done = page.done;
+                Some((page_frame(page), (!done).then_some(scan)))
+            }
+            // A failure mid-scan ends the response with an error frame; the client discards what came before.
+            Err(e) => Some((ServiceError::from(e).into_response(), None)),
+        }
+    });
+    // Page sizes count keys and values only; the one splitting rule of every response keeps the frames,
+    // protobuf overhead included, near the target.
+    let target = service.config().response_frame_target;
+    let frames = pages.flat_map(move |page| stream::iter(split_response(page, target)));
+    Reply::Stream(Box::pin(frames))
+}
+
+fn page_frame(page: ScanPage) -> CommandResponse {
+    let (pairs, versions) = page
+        .entries
+        .into_iter()
+        .map(|(key, v)| {
+            (
+                Kvpair {
+                    key,
+                    value: Some(v.value),
+                },
+                v.version,
+            )
+        })
+        .unzip();
+    CommandResponse {
+        more: !page.done,
+        ..CommandResponse::with_pairs(pairs, versions)
+    }
+}

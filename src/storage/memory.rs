@@ -1,0 +1,336 @@
+//! The in-memory backend: a concurrent map of tables, each a concurrent map of keys.
+//!
+//! Both levels are `scc::HashMap`s, chosen by measurement against dashmap, papaya and lock-guarded std
+//! maps (`benches/map_choice.rs`, docs/DESIGN.md): on two threads it was the fastest at reads mixed with
+//! writes and at atomic read-modify-write. Per-key atomicity comes from scc's bucket locks: a key's
+//! version is assigned while its bucket is held, so versions of one key always increase.
+//!
+//! A table that becomes empty is unlinked so that abandoned tables do not accumulate. The hazard is a
+//! writer that looked the table up just before it was unlinked and then inserts into the orphan, losing
+//! the write. `Table::unlinked` closes that gap: writers hold it shared while they write and re-fetch the
+//! table if it is set; unlinking holds it exclusively, so it only ever unlinks a table no writer is in.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::RwLock;
+use prost::Message;
+use scc::hash_map::{Entry as MapEntry, OccupiedEntry};
+
+use super::{PageLimit, ScanPage, Storage, StorageResult, TableScan, Versioned, WriteOutcome};
+use crate::pb::Value;
+
+/// A concurrent in-memory store. All data is lost when the process exits.
+#[derive(Default)]
+pub struct MemoryStore {
+    tables: scc::HashMap<Arc<str>, Arc<Table>>,
+    /// The last version handed out; one counter for the whole store keeps versions unique, so a key
+    /// that is deleted and re-created can never reuse a version a client still holds.
+    last_version: AtomicU64,
+}
+
+#[derive(Default)]
+struct Table {
+    entries: scc::HashMap<Arc<str>, Versioned>,
+    /// True once the table has been removed from `MemoryStore::tables`; see the module docs.
+    unlinked: RwLock<bool>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn next_version(&self) -> u64 {
+        self.last_version.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn table(&self, name: &str) -> Option<Arc<Table>> {
+        self.tables.read_sync(name, |_, table| table.clone())
+    }
+
+    /// Runs `write` on the named table, creating it if needed, while guaranteeing the table stays linked.
+    fn write_to_table<R>(&self, name: &str, write: impl FnOnce(&Table) -> R) -> R {
+        loop {
+            let table = match self.table(name) {
+                Some(table) => table,
+                None => self
+                    .tables
+                    .entry_sync(Arc::from(name))
+                    .or_default()
+                    .get()
+                    .clone(),
+            };
+            let unlinked = table.unlinked.read();
+            if *unlinked {
+                // Lost a race with `unlink_if_empty`; the next lookup finds or creates a linked table.
+                continue;
+            }
+            return write(&table);
+        }
+    }
+
+    /// Removes the table from the store if it holds no keys.
+    fn unlink_if_empty(&self, name: &str, table: &Arc<Table>) {
+        let mut unlinked = table.unlinked.write();
+        if *unlinked || !table.entries.is_empty() {
+            return;
+        }
+        *unlinked = true;
+        self.tables
+            .remove_if_sync(name, |current| Arc::ptr_eq(current, table));
+    }
+
+    /// Replaces an existing key's value if `expected_version` allows it.
+    fn replace(
+        &self,
+        mut entry: OccupiedEntry<'_, Arc<str>, Versioned>,
+        value: Value,
+        expected_version: Option<u64>,
+    ) -> WriteOutcome {
+        let current = entry.get();
+        if expected_version.is_some_and(|expected| expected != current.version) {
+            return WriteOutcome::Conflict {
+                current: Some(current.clone()),
+            };
+        }
+        let version = self.next_version();
+        let previous = std::mem::replace(entry.get_mut(), Versioned { value, version });
+        WriteOutcome::Written {
+            previous: Some(previous),
+            version,
+        }
+    }
+
+    fn set_in(
+        &self,
+        table: &Table,
+        key: &str,
+        value: Value,
+        expected_version: Option<u64>,
+    ) -> WriteOutcome {
+        // The common case, overwriting a key, must not allocate a new `Arc<str>` for the key.
+        if let Some(entry) = table.entries.get_sync(key) {
+            return self.replace(entry, value, expected_version);
+        }
+        match table.entries.entry_sync(Arc::from(key)) {
+            MapEntry::Occupied(entry) => self.replace(entry, value, expected_version),
+            MapEntry::Vacant(_) if expected_version.is_some_and(|expected| expected != 0) => {
+                WriteOutcome::Conflict { current: None }
+            }
+            MapEntry::Vacant(entry) => {
+                let version = self.next_version();
+                entry.insert_entry(Versioned { value, version });
+                WriteOutcome::Written {
+                    previous: None,
+                    version,
+                }
+            }
+        }
+    }
+
+    fn delete_in(table: &Table, key: &str, expected_version: Option<u64>) -> WriteOutcome {
+        let Some(entry) = table.entries.get_sync(key) else {
+            return absent_delete(expected_version);
+        };
+        if expected_version.is_some_and(|expected| expected != entry.get().version) {
+            return WriteOutcome::Conflict {
+                current: Some(entry.get().clone()),
+            };
+        }
+        WriteOutcome::Written {
+            previous: Some(entry.remove()),
+            version: 0,
+        }
+    }
+}
+
+/// Deleting a key that is not there: fine unconditionally or when absence was expected.
+fn absent_delete(expected_version: Option<u64>) -> WriteOutcome {
+    match expected_version {
+        Some(expected) if expected != 0 => WriteOutcome::Conflict { current: None },
+        _ => WriteOutcome::Written {
+            previous: None,
+            version: 0,
+        },
+    }
+}
+
+impl Storage for MemoryStore {
+    type Scan = MemoryScan;
+
+    async fn get(&self, table: &str, key: &str) -> StorageResult<Option<Versioned>> {
+        Ok(self
+            .table(table)
+            .and_then(|t| t.entries.read_sync(key, |_, v| v.clone())))
+    }
+
+    async fn get_many(
+        &self,
+        table: &str,
+        keys: &[String],
+    ) -> StorageResult<Vec<Option<Versioned>>> {
+        let table = self.table(table);
+        Ok(keys
+            .iter()
+            .map(|key| {
+                table
+                    .as_ref()
+                    .and_then(|t| t.entries.read_sync(key.as_str(), |_, v| v.clone()))
+            })
+            .collect())
+    }
+
+    async fn versions(&self, table: &str, keys: &[String]) -> StorageResult<Vec<u64>> {
+        let table = self.table(table);
+        Ok(keys
+            .iter()
+            .map(|key| {
+                table
+                    .as_ref()
+                    .and_then(|t| t.entries.read_sync(key.as_str(), |_, v| v.version))
+                    .unwrap_or(0)
+            })
+            .collect())
+    }
+
+    async fn set(
+        &self,
+        table: &str,
+        key: &str,
+        value: Value,
+        expected_version: Option<u64>,
+    ) -> StorageResult<WriteOutcome> {
+        Ok(self.write_to_table(table, |t| self.set_in(t, key, value, expected_version)))
+    }
+
+    async fn set_many(
+        &self,
+        table: &str,
+        pairs: Vec<(String, Value)>,
+    ) -> StorageResult<Vec<WriteOutcome>> {
+        Ok(self.write_to_table(table, |t| {
+            pairs
+                .into_iter()
+                .map(|(key, value)| self.set_in(t, &key, value, None))
+                .collect()
+        }))
+    }
+
+    async fn delete(
+        &self,
+        table: &str,
+        key: &str,
+        expected_version: Option<u64>,
+    ) -> StorageResult<WriteOutcome> {
+        let Some(t) = self.table(table) else {
+            return Ok(absent_delete(expected_version));
+        };
+        let outcome = Self::delete_in(&t, key, expected_version);
+        self.unlink_if_empty(table, &t);
+        Ok(outcome)
+    }
+
+    async fn delete_many(&self, table: &str, keys: &[String]) -> StorageResult<Vec<WriteOutcome>> {
+        let Some(t) = self.table(table) else {
+            return Ok(keys.iter().map(|_| absent_delete(None)).collect());
+        };
+        let outcomes = keys
+            .iter()
+            .map(|key| Self::delete_in(&t, key, None))
+            .collect();
+        self.unlink_if_empty(table, &t);
+        Ok(outcomes)
+    }
+
+    async fn scan(&self, table: &str) -> StorageResult<MemoryScan> {
+        let table = self.table(table);
+        let mut keys = Vec::new();
+        if let Some(t) = &table {
+            keys.reserve(t.entries.len());
+            t.entries.iter_sync(|key, _| {
+                keys.push(key.clone());
+                true
+            });
+        }
+        Ok(MemoryScan {
+            table,
+            keys,
+            next: 0,
+        })
+    }
+}
+
+/// A scan over a snapshot of the table's keys (reference-counted, so 16 bytes per key); values are
+/// read page by page, so keys deleted meanwhile are skipped and values are never copied all at once.
+pub struct MemoryScan {
+    table: Option<Arc<Table>>,
+    keys: Vec<Arc<str>>,
+    next: usize,
+}
+
+impl TableScan for MemoryScan {
+    async fn next_page(&mut self, limit: PageLimit) -> StorageResult<ScanPage> {
+        let mut page = ScanPage::default();
+        let Some(table) = &self.table else {
+            page.done = true;
+            return Ok(page);
+        };
+        let mut bytes = 0;
+        while self.next < self.keys.len()
+            && page.entries.len() < limit.entries.max(1)
+            && bytes < limit.bytes
+        {
+            let key = &self.keys[self.next];
+            self.next += 1;
+            if let Some(versioned) = table.entries.read_sync(key, |_, v| v.clone()) {
+                bytes += key.len() + versioned.value.encoded_len();
+                page.entries.push((key.to_string(), versioned));
+            }
+        }
+        page.done = self.next >= self.keys.len();
+        Ok(page)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::storage::suite::storage_conformance!(MemoryStore::new());
+
+    #[tokio::test]
+    async fn emptied_tables_are_unlinked() {
+        let store = MemoryStore::new();
+        store.set("t", "k", "v".into(), None).await.unwrap();
+        assert_eq!(store.tables.len(), 1);
+        store.delete("t", "k", None).await.unwrap();
+        assert_eq!(store.tables.len(), 0, "an empty table must not linger");
+    }
+
+    /// Writers racing with the unlinking of an emptied table must never lose a write into an orphan.
+    #[test]
+    fn no_write_is_lost_while_tables_are_unlinked() {
+        let store = Arc::new(MemoryStore::new());
+        let rounds = 20_000;
+        std::thread::scope(|s| {
+            let remover = store.clone();
+            s.spawn(move || {
+                for _ in 0..rounds {
+                    let _ = tokio_test::block_on(remover.delete("t", "churn", None));
+                    let _ = tokio_test::block_on(remover.set("t", "churn", 1i64.into(), None));
+                }
+            });
+            let writer = store.clone();
+            s.spawn(move || {
+                for i in 0..rounds {
+                    let key = format!("k{i}");
+                    tokio_test::block_on(writer.set("t", &key, (i as i64).into(), None)).unwrap();
+                    let read = tokio_test::block_on(writer.get("t", &key)).unwrap();
+                    assert!(read.is_some(), "write of {key} was lost");
+                    tokio_test::block_on(writer.delete("t", &key, None)).unwrap();
+                }
+            });
+        });
+    }
+}

@@ -1,0 +1,144 @@
+//! Storage: where tables of versioned values live. Knows nothing of networks or the wire format's framing.
+//!
+//! [`Storage`] is async so that backends that do I/O (a durable engine, a networked cluster) fit behind
+//! it without blocking the runtime; the in-memory backend answers immediately. Every backend runs the
+//! same conformance suite (`suite.rs`), so the semantics below are checked, not just described.
+//!
+//! Semantics every backend provides:
+//! - Tables and keys are arbitrary UTF-8 strings, the empty string included. A table exists while it
+//!   holds at least one key.
+//! - Each write gives the key a new version, greater than every version the key had before, including
+//!   versions it had before being deleted and re-created (so an old version can never match by accident).
+//!   Version 0 means "absent".
+//! - Single-key operations are atomic. Multi-key operations (`set_many`, `delete_many`, `get_many`) are
+//!   a sequence of single-key operations, not a transaction.
+//! - Scans are weakly consistent: a key present for the whole scan is returned exactly once; a key
+//!   written or deleted during the scan may or may not be. Order is unspecified.
+
+mod memory;
+#[cfg(test)]
+pub(crate) mod suite;
+
+use std::future::Future;
+
+pub use memory::MemoryStore;
+
+use crate::pb::Value;
+pub use crate::pb::Versioned;
+
+/// A key and its versioned value, as scans return them.
+pub type Entry = (String, Versioned);
+
+/// The outcome of a (possibly conditional) write of one key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOutcome {
+    /// The write happened. `previous` is what it replaced; `version` is the key's version now
+    /// (0 after a delete).
+    Written {
+        previous: Option<Versioned>,
+        version: u64,
+    },
+    /// The expected version did not match `current`; nothing was written.
+    Conflict { current: Option<Versioned> },
+}
+
+/// How much one scan page may hold; a page stops at whichever limit it reaches first, and always holds
+/// at least one entry when any remain.
+#[derive(Debug, Clone, Copy)]
+pub struct PageLimit {
+    pub entries: usize,
+    /// Approximate: the sum of key and encoded value lengths.
+    pub bytes: usize,
+}
+
+/// One page of a scan.
+#[derive(Debug, Default)]
+pub struct ScanPage {
+    pub entries: Vec<Entry>,
+    /// True when this is the last page: the scan has nothing more to return.
+    pub done: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The backend failed; the message says how. Whether the operation took effect is unknown.
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+}
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// A backend for tables of versioned values. Cheap operations are expected to be fast; nothing here
+/// may block the calling thread for long (backends that do I/O must offload it).
+pub trait Storage: Send + Sync + 'static {
+    /// An in-progress scan of one table; see [`Storage::scan`].
+    type Scan: TableScan;
+
+    /// The key's value and version, or `None` when absent.
+    fn get(
+        &self,
+        table: &str,
+        key: &str,
+    ) -> impl Future<Output = StorageResult<Option<Versioned>>> + Send;
+
+    /// One answer per key, in the order given.
+    fn get_many(
+        &self,
+        table: &str,
+        keys: &[String],
+    ) -> impl Future<Output = StorageResult<Vec<Option<Versioned>>>> + Send;
+
+    /// Each key's current version (0 when absent), in the order given; cheaper than `get_many`
+    /// because values are not copied.
+    fn versions(
+        &self,
+        table: &str,
+        keys: &[String],
+    ) -> impl Future<Output = StorageResult<Vec<u64>>> + Send;
+
+    /// Sets the key to `value`. With `expected_version`, writes only if the key's current version equals
+    /// it (0: only if the key is absent), and otherwise reports the conflict.
+    fn set(
+        &self,
+        table: &str,
+        key: &str,
+        value: Value,
+        expected_version: Option<u64>,
+    ) -> impl Future<Output = StorageResult<WriteOutcome>> + Send;
+
+    /// Sets each pair unconditionally, in order; one outcome per pair.
+    fn set_many(
+        &self,
+        table: &str,
+        pairs: Vec<(String, Value)>,
+    ) -> impl Future<Output = StorageResult<Vec<WriteOutcome>>> + Send;
+
+    /// Deletes the key. With `expected_version`, deletes only if the key's current version equals it.
+    /// Deleting an absent key (unconditionally) is a successful write with `previous: None`.
+    fn delete(
+        &self,
+        table: &str,
+        key: &str,
+        expected_version: Option<u64>,
+    ) -> impl Future<Output = StorageResult<WriteOutcome>> + Send;
+
+    /// Deletes each key unconditionally, in order; one outcome per key.
+    fn delete_many(
+        &self,
+        table: &str,
+        keys: &[String],
+    ) -> impl Future<Output = StorageResult<Vec<WriteOutcome>>> + Send;
+
+    /// Starts a scan of the table's entries, read page by page so that a huge table is never copied
+    /// whole. Scanning a table that does not exist yields one empty, final page.
+    fn scan(&self, table: &str) -> impl Future<Output = StorageResult<Self::Scan>> + Send;
+}
+
+/// A scan in progress. Owns what it needs, so it can outlive the request that started it.
+pub trait TableScan: Send + 'static {
+    /// The next page. After a page with `done`, further calls return empty final pages.
+    fn next_page(
+        &mut self,
+        limit: PageLimit,
+    ) -> impl Future<Output = StorageResult<ScanPage>> + Send;
+}

@@ -1,0 +1,127 @@
+//! One request and its reply over any byte stream: everything about serving a request stream that does
+//! not depend on the transport, and the client's matching half.
+//!
+//! A request stream carries exactly one request frame and then ends; the reply is one or more response
+//! frames, the last with `more = false` (docs/PROTOCOL.md, "Exchanges").
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use super::Limits;
+use super::frame::{FrameCodec, FrameError};
+use crate::pb::{CommandRequest, CommandResponse, status};
+use crate::service::{Reply, Service};
+use crate::storage::Storage;
+
+/// Why a request could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("the request stream ended before a request frame")]
+    Empty,
+    #[error("unexpected bytes after the request frame: a request stream carries exactly one frame")]
+    TrailingData,
+    #[error("the request did not arrive within {0:?}")]
+    TimedOut(Duration),
+}
+
+impl RequestError {
+    /// The status of the error response. (A failed stream, `FrameError::Io`, cannot be answered at all;
+    /// `serve_request` handles it before asking.)
+    pub fn status(&self) -> u32 {
+        match self {
+            RequestError::Frame(FrameError::TooLarge { .. }) => status::PAYLOAD_TOO_LARGE,
+            RequestError::TimedOut(_) => status::REQUEST_TIMEOUT,
+            RequestError::Frame(_) | RequestError::Empty | RequestError::TrailingData => {
+                status::BAD_REQUEST
+            }
+        }
+    }
+}
+
+/// How a request stream was served.
+#[derive(Debug)]
+pub enum Served {
+    /// The request was read whole and answered.
+    Answered,
+    /// The request was refused with an error response; unread input may remain on the stream.
+    Rejected(RequestError),
+}
+
+/// Reads one request (one frame, then the end of the stream) within `limits.request_timeout`.
+pub async fn read_request<R: AsyncRead + Unpin>(
+    recv: R,
+    limits: &Limits,
+) -> Result<CommandRequest, RequestError> {
+    let mut frames = FramedRead::new(
+        recv,
+        FrameCodec::<CommandRequest>::new(limits.max_frame_len),
+    );
+    let read = async {
+        let request = frames.next().await.ok_or(RequestError::Empty)??;
+        match frames.next().await {
+            None => Ok(request),
+            Some(Err(FrameError::Io(e))) => Err(FrameError::Io(e).into()),
+            Some(_) => Err(RequestError::TrailingData),
+        }
+    };
+    tokio::time::timeout(limits.request_timeout, read)
+        .await
+        .unwrap_or(Err(RequestError::TimedOut(limits.request_timeout)))
+}
+
+/// Writes every frame of `reply`.
+pub async fn write_reply<W: AsyncWrite + Unpin>(
+    send: W,
+    reply: Reply,
+    limits: &Limits,
+) -> Result<(), FrameError> {
+    let mut frames = FramedWrite::new(
+        send,
+        FrameCodec::<CommandResponse>::new(limits.max_frame_len),
+    );
+    match reply {
+        Reply::One(response) => frames.send(response).await,
+        Reply::Stream(mut stream) => {
+            // `send_all` writes frames as fast as they are produced and flushes whenever the producer
+            // would wait, so a slow producer's frames are not held back.
+            frames.send_all(&mut stream.by_ref().map(Ok)).await
+        }
+    }
+}
+
+/// Serves one request stream: reads the request, executes it, writes the reply. An unreadable request
+/// is answered with an error response (docs/PROTOCOL.md, "Errors"). Returns an error only when the
+/// stream itself failed, for instance because the peer reset it or the connection was lost.
+pub async fn serve_request<R, W, S>(
+    recv: R,
+    send: W,
+    service: &Service<S>,
+    limits: &Limits,
+) -> Result<Served, FrameError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    S: Storage,
+{
+    let (reply, served) = match read_request(recv, limits).await {
+        Ok(request) => {
+            tracing::Span::current().record("command", request.command_name());
+            (service.execute(request).await, Served::Answered)
+        }
+        Err(RequestError::Frame(FrameError::Io(e))) => return Err(FrameError::Io(e)),
+        Err(e) => {
+            tracing::info!(error = %e, "rejected a request");
+            (
+                CommandResponse::error(e.status(), e.to_string()).into(),
+                Served::Rejected(e),
+            )
+        }
+    };
+    write_reply(send, reply, limits).await?;
+    Ok(served)
+}

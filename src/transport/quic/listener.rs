@@ -1,0 +1,169 @@
+//! The QUIC server loop: a task per connection, a task per request stream, graceful shutdown.
+//!
+//! Shutdown, once `shutdown` is cancelled: stop accepting connections; on every connection stop accepting
+//! streams, let the streams already accepted finish (their replies acknowledged by the client), then
+//! close with [`codes::SHUTTING_DOWN`]. Whatever is still running after the grace period is cut off by
+//! closing the endpoint with the same code.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::{Connection, ConnectionError, Endpoint, Incoming, RecvStream, SendStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::codes;
+use crate::service::Service;
+use crate::storage::Storage;
+use crate::transport::Limits;
+use crate::transport::exchange::{Served, serve_request};
+
+/// How long to wait, after every connection is closed, for the close frames to reach the clients.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Serves `endpoint` until `shutdown` is cancelled, then shuts down gracefully within `grace`.
+pub async fn serve<S: Storage>(
+    endpoint: Endpoint,
+    service: Service<S>,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let connections = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut last_refusal_warning: Option<Instant> = None;
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // One warning a second at most: a flood of refusals must not flood the log too.
+            if last_refusal_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                warn!(
+                    limit = limits.max_connections,
+                    "connection limit reached; refusing new connections"
+                );
+                last_refusal_warning = Some(Instant::now());
+            }
+            incoming.refuse();
+            continue;
+        };
+        let (service, limits, shutdown) = (service.clone(), limits.clone(), shutdown.clone());
+        connections.spawn(async move {
+            handle_connection(incoming, service, limits, shutdown).await;
+            drop(permit);
+        });
+    }
+
+    endpoint.set_server_config(None);
+    connections.close();
+    info!(
+        connections = connections.len(),
+        "shutting down: finishing in-flight requests"
+    );
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            ?grace,
+            connections = connections.len(),
+            "grace period over; closing the remaining connections"
+        );
+        endpoint.close(codes::SHUTTING_DOWN, b"server shutting down");
+        connections.wait().await;
+    }
+    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, endpoint.wait_idle()).await;
+}
+
+async fn handle_connection<S: Storage>(
+    incoming: Incoming,
+    service: Service<S>,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+) {
+    let remote = incoming.remote_address();
+    let connection = match incoming.await {
+        Ok(connection) => connection,
+        Err(e) => {
+            debug!(%remote, error = %e, "handshake failed");
+            return;
+        }
+    };
+    let span = info_span!("connection", %remote, id = connection.stable_id());
+    serve_connection(connection, service, limits, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn serve_connection<S: Storage>(
+    connection: Connection,
+    service: Service<S>,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+) {
+    debug!("connection established");
+    let streams = TaskTracker::new();
+    let ended = loop {
+        let (send, recv) = tokio::select! {
+            _ = shutdown.cancelled() => break None,
+            stream = connection.accept_bi() => match stream {
+                Ok(stream) => stream,
+                Err(e) => break Some(e),
+            },
+        };
+        let span = info_span!("request", stream = %recv.id(), command = tracing::field::Empty);
+        streams.spawn(handle_stream(send, recv, service.clone(), limits.clone()).instrument(span));
+    };
+    match ended {
+        Some(reason) => log_connection_end(&reason),
+        None => {
+            streams.close();
+            streams.wait().await;
+            connection.close(codes::SHUTTING_DOWN, b"server shutting down");
+            debug!("connection closed for shutdown");
+        }
+    }
+}
+
+fn log_connection_end(reason: &ConnectionError) {
+    match reason {
+        ConnectionError::ApplicationClosed(_)
+        | ConnectionError::LocallyClosed
+        | ConnectionError::TimedOut => {
+            debug!(%reason, "connection ended")
+        }
+        _ => info!(%reason, "connection ended abnormally"),
+    }
+}
+
+async fn handle_stream<S: Storage>(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    service: Service<S>,
+    limits: Arc<Limits>,
+) {
+    match serve_request(&mut recv, &mut send, &service, &limits).await {
+        Ok(Served::Answered) => {}
+        Ok(Served::Rejected(_)) => {
+            // Tell the client to stop sending the rest of a request that will never be read.
+            let _ = recv.stop(codes::REQUEST_REJECTED);
+        }
+        Err(e) => {
+            debug!(error = %e, "request stream failed");
+            let _ = send.reset(codes::REPLY_FAILED);
+            return;
+        }
+    }
+    if send.finish().is_ok() {
+        // Wait until the client has the whole reply. Shutdown waits for this task, so a connection is
+        // never closed (which discards unacknowledged data) before its answered requests are delivered.
+        let _ = send.stopped().await;
+    }
+}
