@@ -1,0 +1,139 @@
+//! Test harness: a real server on an ephemeral loopback port with its own temporary certificates, and
+//! raw QUIC access for tests that must send what a well-behaved client never would.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use qkv::client::{Client, ClientConfig};
+use qkv::pb::{CommandRequest, CommandResponse};
+use qkv::server::{Server, ServerConfig};
+use qkv::storage::MemoryStore;
+use qkv::tls;
+use qkv::transport::Limits;
+use qkv::transport::frame::{FrameCodec, encode_frame};
+use qkv::transport::quic;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::codec::FramedRead;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub certs: TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server whose configuration `configure` may adjust (limits, frame target...).
+    pub async fn start_with(configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        let certs = tempfile::tempdir().expect("temporary directory");
+        let mut config = ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            certs_dir: certs.path().to_owned(),
+            ..ServerConfig::default()
+        };
+        configure(&mut config);
+        let server = Server::bind(config, MemoryStore::new()).expect("server binds");
+        let addr = server.local_addr().expect("bound address");
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = signal.await;
+        }));
+        TestServer {
+            addr,
+            certs,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.certs.path().join("ca.pem")
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::new(self.addr.to_string(), self.ca())
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect_with(self.client_config())
+            .await
+            .expect("client connects")
+    }
+
+    /// A bare quinn connection, trusting the server's CA, for sending arbitrary bytes.
+    pub async fn raw_connection(&self) -> quinn::Connection {
+        let roots = tls::read_roots(&self.ca()).expect("CA");
+        let tls = tls::client_config(roots).expect("TLS config");
+        let endpoint = quic::client_endpoint(
+            "127.0.0.1:0".parse().expect("address"),
+            tls,
+            &Limits::default(),
+        )
+        .expect("client endpoint");
+        endpoint
+            .connect(self.addr, "localhost")
+            .expect("connect")
+            .await
+            .expect("handshake")
+    }
+
+    /// Signals shutdown and waits until the server has stopped.
+    pub async fn stop(mut self) {
+        self.begin_stop();
+        self.stopped().await;
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn begin_stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
+    /// Waits until the server task has ended.
+    pub async fn stopped(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// Writes `bytes` on a new stream, finishes it, and collects every response frame until the server
+/// finishes its side.
+pub async fn raw_exchange(connection: &quinn::Connection, bytes: &[u8]) -> Vec<CommandResponse> {
+    let (mut send, recv) = connection.open_bi().await.expect("open stream");
+    // The server may stop reading early (a rejected request); its reply says why.
+    let _ = send.write_all(bytes).await;
+    let _ = send.finish();
+    read_responses(recv).await
+}
+
+/// Every response frame on `recv` until its end.
+pub async fn read_responses(recv: quinn::RecvStream) -> Vec<CommandResponse> {
+    FramedRead::new(recv, FrameCodec::<CommandResponse>::new(64 << 20))
+        .map(|frame| frame.expect("well-formed response frame"))
+        .collect()
+        .await
+}
+
+/// A request as it travels: length prefix and protobuf.
+pub fn frame(request: &CommandRequest) -> Bytes {
+    encode_frame(request).freeze()
+}

@@ -1,0 +1,189 @@
+//! Frames on real QUIC streams: delivery in small pieces, and every kind of bad frame answered as
+//! docs/PROTOCOL.md says, on its own stream only, while the connection keeps serving other streams.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, frame, raw_exchange, read_responses};
+use qkv::pb::{CommandRequest, CommandResponse, status};
+use qkv::transport::quic::codes;
+
+/// A good request on the same connection still gets the right answer.
+async fn assert_connection_still_serves(connection: &quinn::Connection) {
+    let set = raw_exchange(
+        connection,
+        &frame(&CommandRequest::hset("t", "alive", "yes")),
+    )
+    .await;
+    assert_eq!(set.len(), 1);
+    assert_eq!(set[0].status, status::OK);
+    let got = raw_exchange(connection, &frame(&CommandRequest::hget("t", "alive"))).await;
+    assert_eq!(got[0].values, vec!["yes".into()]);
+}
+
+fn single_error(responses: &[CommandResponse], expected_status: u32, words: &str) {
+    assert_eq!(responses.len(), 1, "{responses:?}");
+    let response = &responses[0];
+    assert_eq!(response.status, expected_status, "{response:?}");
+    assert!(!response.more);
+    assert!(
+        response.message.contains(words),
+        "{:?} should mention {words:?}",
+        response.message
+    );
+}
+
+#[tokio::test]
+async fn a_request_written_in_small_pieces_is_read_whole() {
+    let server = TestServer::start().await;
+    let connection = server.raw_connection().await;
+    let request = frame(&CommandRequest::hset("pieces", "key", "x".repeat(3000)));
+    for piece_len in [1, 3, 500] {
+        let (mut send, recv) = connection.open_bi().await.unwrap();
+        for piece in request.chunks(piece_len) {
+            send.write_all(piece).await.unwrap();
+            // Let the connection send what has been written before the next piece is added.
+            tokio::task::yield_now().await;
+        }
+        send.finish().unwrap();
+        let responses = read_responses(recv).await;
+        assert_eq!(responses.len(), 1);
+        assert_eq!(
+            responses[0].status,
+            status::OK,
+            "pieces of {piece_len}: {:?}",
+            responses[0]
+        );
+    }
+    let got = raw_exchange(&connection, &frame(&CommandRequest::hget("pieces", "key"))).await;
+    assert_eq!(got[0].values, vec!["x".repeat(3000).into()]);
+}
+
+#[tokio::test]
+async fn oversized_frames_get_413_and_stop_sending_while_other_streams_work() {
+    let server = TestServer::start_with(|config| config.limits.max_frame_len = 1 << 20).await;
+    let connection = server.raw_connection().await;
+    for declared in [u32::MAX, 1 << 30, (1 << 20) + 1] {
+        let (mut send, recv) = connection.open_bi().await.unwrap();
+        send.write_all(&declared.to_be_bytes()).await.unwrap();
+        send.write_all(&[0u8; 1000]).await.unwrap();
+        // The client never finishes this stream: the server must answer without waiting for the payload.
+        let (responses, ()) = tokio::join!(
+            read_responses(recv),
+            assert_connection_still_serves(&connection)
+        );
+        single_error(
+            &responses,
+            status::PAYLOAD_TOO_LARGE,
+            "exceeds the maximum frame size",
+        );
+        assert!(responses[0].message.contains(&declared.to_string()));
+        assert_eq!(send.stopped().await.unwrap(), Some(codes::REQUEST_REJECTED));
+    }
+    assert_connection_still_serves(&connection).await;
+}
+
+#[tokio::test]
+async fn a_frame_cut_short_by_the_end_of_the_stream_gets_400() {
+    let server = TestServer::start().await;
+    let connection = server.raw_connection().await;
+    let whole = frame(&CommandRequest::hget("t", "k"));
+    for cut in [2, 4, whole.len() - 1] {
+        let responses = raw_exchange(&connection, &whole[..cut]).await;
+        single_error(&responses, status::BAD_REQUEST, "ended inside a frame");
+    }
+    assert_connection_still_serves(&connection).await;
+}
+
+#[tokio::test]
+async fn a_payload_that_is_not_protobuf_gets_400() {
+    let server = TestServer::start().await;
+    let connection = server.raw_connection().await;
+    let mut garbage = 8u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0xFF; 8]);
+    single_error(
+        &raw_exchange(&connection, &garbage).await,
+        status::BAD_REQUEST,
+        "not a valid CommandRequest",
+    );
+    assert_connection_still_serves(&connection).await;
+}
+
+#[tokio::test]
+async fn anything_after_the_request_frame_gets_400_and_is_not_executed() {
+    let server = TestServer::start().await;
+    let connection = server.raw_connection().await;
+    let first = frame(&CommandRequest::hset("t", "trailing", "no"));
+    let mut two_frames = first.to_vec();
+    two_frames.extend_from_slice(&frame(&CommandRequest::ping("")));
+    let mut with_garbage = first.to_vec();
+    with_garbage.extend_from_slice(b"xyz");
+    for bytes in [two_frames, with_garbage] {
+        single_error(
+            &raw_exchange(&connection, &bytes).await,
+            status::BAD_REQUEST,
+            "exactly one frame",
+        );
+    }
+    let got = raw_exchange(
+        &connection,
+        &frame(&CommandRequest::hexist("t", "trailing")),
+    )
+    .await;
+    assert_eq!(
+        got[0].values,
+        vec![false.into()],
+        "a rejected request must not be executed"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_finished_without_a_frame_gets_400() {
+    let server = TestServer::start().await;
+    let connection = server.raw_connection().await;
+    single_error(
+        &raw_exchange(&connection, &[]).await,
+        status::BAD_REQUEST,
+        "before a request frame",
+    );
+    assert_connection_still_serves(&connection).await;
+}
+
+#[tokio::test]
+async fn a_request_that_never_completes_gets_408_after_the_request_timeout() {
+    let server =
+        TestServer::start_with(|config| config.limits.request_timeout = Duration::from_millis(300))
+            .await;
+    let connection = server.raw_connection().await;
+    let whole = frame(&CommandRequest::hget("t", "k"));
+    let (mut partial, partial_recv) = connection.open_bi().await.unwrap();
+    partial.write_all(&whole[..whole.len() / 2]).await.unwrap();
+    let (mut unfinished, unfinished_recv) = connection.open_bi().await.unwrap();
+    unfinished.write_all(&whole).await.unwrap(); // a whole frame, but the stream is never finished
+    let (partial_responses, unfinished_responses, ()) = tokio::join!(
+        read_responses(partial_recv),
+        read_responses(unfinished_recv),
+        assert_connection_still_serves(&connection)
+    );
+    single_error(
+        &partial_responses,
+        status::REQUEST_TIMEOUT,
+        "did not arrive",
+    );
+    single_error(
+        &unfinished_responses,
+        status::REQUEST_TIMEOUT,
+        "did not arrive",
+    );
+}
+
+#[tokio::test]
+async fn a_stream_reset_by_the_client_does_not_disturb_the_connection() {
+    let server = TestServer::start().await;
+    let connection = server.raw_connection().await;
+    let (mut send, _recv) = connection.open_bi().await.unwrap();
+    send.write_all(&[0, 0, 1]).await.unwrap();
+    send.reset(codes::CANCELLED).unwrap();
+    assert_connection_still_serves(&connection).await;
+}
