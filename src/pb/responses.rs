@@ -57,33 +57,25 @@ pub fn split_response(mut response: CommandResponse, target_bytes: usize) -> Vec
     {
         return vec![response];
     }
-    let mut versions = std::mem::take(&mut response.versions).into_iter();
-    let mut frames: Vec<CommandResponse> = if response.pairs.is_empty() {
-        chunk(std::mem::take(&mut response.values), target_bytes, |v| {
-            2 + v.encoded_len()
-        })
-        .into_iter()
-        .map(|values| {
-            let versions = versions.by_ref().take(values.len()).collect();
-            CommandResponse {
-                more: true,
-                ..CommandResponse::with_values(values, versions)
-            }
-        })
-        .collect()
+    let versions = std::mem::take(&mut response.versions);
+    let mut frames = if response.pairs.is_empty() {
+        let values = std::mem::take(&mut response.values);
+        split_items(
+            values,
+            versions,
+            target_bytes,
+            |v| 2 + v.encoded_len(),
+            CommandResponse::with_values,
+        )
     } else {
-        chunk(std::mem::take(&mut response.pairs), target_bytes, |p| {
-            4 + p.encoded_len()
-        })
-        .into_iter()
-        .map(|pairs| {
-            let versions = versions.by_ref().take(pairs.len()).collect();
-            CommandResponse {
-                more: true,
-                ..CommandResponse::with_pairs(pairs, versions)
-            }
-        })
-        .collect()
+        let pairs = std::mem::take(&mut response.pairs);
+        split_items(
+            pairs,
+            versions,
+            target_bytes,
+            |p| 4 + p.encoded_len(),
+            CommandResponse::with_pairs,
+        )
     };
     if let Some(last) = frames.last_mut() {
         last.status = response.status;
@@ -91,6 +83,27 @@ pub fn split_response(mut response: CommandResponse, target_bytes: usize) -> Vec
         last.more = response.more;
     }
     frames
+}
+
+/// One `more = true` frame per group of items (and their versions), built by `frame`.
+fn split_items<T>(
+    items: Vec<T>,
+    versions: Vec<u64>,
+    target_bytes: usize,
+    size: impl Fn(&T) -> usize,
+    frame: impl Fn(Vec<T>, Vec<u64>) -> CommandResponse,
+) -> Vec<CommandResponse> {
+    let mut versions = versions.into_iter();
+    chunk(items, target_bytes, size)
+        .into_iter()
+        .map(|group| {
+            let group_versions = versions.by_ref().take(group.len()).collect();
+            CommandResponse {
+                more: true,
+                ..frame(group, group_versions)
+            }
+        })
+        .collect()
 }
 
 /// Groups items so that each group's estimated size stays near `target_bytes`; 10 bytes per item

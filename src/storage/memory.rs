@@ -49,6 +49,23 @@ impl MemoryStore {
         self.tables.read_sync(name, |_, table| table.clone())
     }
 
+    /// `read` applied to each key's entry, in order; `None` for absent keys.
+    fn read_each<R>(
+        &self,
+        table: &str,
+        keys: &[String],
+        read: impl Fn(&Versioned) -> R,
+    ) -> Vec<Option<R>> {
+        let table = self.table(table);
+        keys.iter()
+            .map(|key| {
+                table
+                    .as_ref()
+                    .and_then(|t| t.entries.read_sync(key.as_str(), |_, v| read(v)))
+            })
+            .collect()
+    }
+
     /// Runs `write` on the named table, creating it if needed, while guaranteeing the table stays linked.
     fn write_to_table<R>(&self, name: &str, write: impl FnOnce(&Table) -> R) -> R {
         loop {
@@ -170,27 +187,14 @@ impl Storage for MemoryStore {
         table: &str,
         keys: &[String],
     ) -> StorageResult<Vec<Option<Versioned>>> {
-        let table = self.table(table);
-        Ok(keys
-            .iter()
-            .map(|key| {
-                table
-                    .as_ref()
-                    .and_then(|t| t.entries.read_sync(key.as_str(), |_, v| v.clone()))
-            })
-            .collect())
+        Ok(self.read_each(table, keys, Versioned::clone))
     }
 
     async fn versions(&self, table: &str, keys: &[String]) -> StorageResult<Vec<u64>> {
-        let table = self.table(table);
-        Ok(keys
-            .iter()
-            .map(|key| {
-                table
-                    .as_ref()
-                    .and_then(|t| t.entries.read_sync(key.as_str(), |_, v| v.version))
-                    .unwrap_or(0)
-            })
+        let versions = self.read_each(table, keys, |v| v.version);
+        Ok(versions
+            .into_iter()
+            .map(Option::unwrap_or_default)
             .collect())
     }
 
