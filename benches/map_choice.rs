@@ -140,10 +140,7 @@ impl Candidate for Papaya {
 fn candidates() -> Vec<(&'static str, Arc<dyn Candidate>)> {
     let all: Vec<(&'static str, Arc<dyn Candidate>)> = vec![
         ("rwlock-hashmap", Arc::new(LockedHashMap(RwLock::default()))),
-        (
-            "rwlock-btreemap",
-            Arc::new(LockedBTreeMap(RwLock::default())),
-        ),
+        ("rwlock-btreemap", Arc::new(LockedBTreeMap(RwLock::default()))),
         (
             "sharded-btreemap",
             Arc::new(ShardedBTreeMap {
@@ -157,13 +154,7 @@ fn candidates() -> Vec<(&'static str, Arc<dyn Candidate>)> {
     ];
     for (_, map) in &all {
         for i in 0..KEYS {
-            map.insert(
-                key(i),
-                Entry {
-                    value: "v".repeat(64),
-                    version: 1,
-                },
-            );
+            map.insert(key(i), Entry { value: "v".repeat(64), version: 1 });
         }
     }
     all
@@ -181,15 +172,12 @@ fn run(map: &Arc<dyn Candidate>, threads: usize, iters: u64, write_every: u64) -
     let start = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {
-            let (map, keys, versions, value) =
-                (map.clone(), keys.clone(), versions.clone(), &value);
+            let (map, keys, versions, value) = (map.clone(), keys.clone(), versions.clone(), &value);
             s.spawn(move || {
                 // A cheap LCG spreads accesses without measuring a random number generator.
                 let mut x = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(t as u64 + 1);
                 for i in 0..iters {
-                    x = x
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                     let k = &keys[(x >> 33) as usize % KEYS];
                     if write_every != 0 && i % write_every == 0 {
                         map.rmw(k, value, &versions);
@@ -207,16 +195,12 @@ fn bench(c: &mut Criterion) {
     let maps = candidates();
     for (workload, write_every) in [("read", 0), ("rmw", 1), ("read90", 10)] {
         let mut group = c.benchmark_group(format!("map/{workload}"));
-        group
-            .measurement_time(Duration::from_secs(3))
-            .warm_up_time(Duration::from_secs(1));
+        group.measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
         for threads in [1, 2] {
             for (name, map) in &maps {
-                group.bench_with_input(
-                    BenchmarkId::new(*name, threads),
-                    &threads,
-                    |b, &threads| b.iter_custom(|iters| run(map, threads, iters, write_every)),
-                );
+                group.bench_with_input(BenchmarkId::new(*name, threads), &threads, |b, &threads| {
+                    b.iter_custom(|iters| run(map, threads, iters, write_every))
+                });
             }
         }
         group.finish();

@@ -24,21 +24,12 @@ async fn main() -> anyhow::Result<()> {
     println!("set widgets = 10 (version {})", written.version);
 
     // Reads return the value with its version.
-    let widgets = client
-        .hget("inventory", "widgets")
-        .await?
-        .expect("just written");
-    println!(
-        "get widgets = {} (version {})",
-        widgets.value, widgets.version
-    );
+    let widgets = client.hget("inventory", "widgets").await?.expect("just written");
+    println!("get widgets = {} (version {})", widgets.value, widgets.version);
 
     // Optimistic concurrency: update only if nobody wrote since we read. Here somebody did.
     client.hset("inventory", "widgets", 7i64).await?;
-    match client
-        .hset_if_version("inventory", "widgets", 9i64, widgets.version)
-        .await
-    {
+    match client.hset_if_version("inventory", "widgets", 9i64, widgets.version).await {
         Err(ClientError::Conflict { current }) => {
             let current = current.expect("the key exists");
             println!(
@@ -46,9 +37,7 @@ async fn main() -> anyhow::Result<()> {
                 current.value, current.version
             );
             // Retry against the version the conflict reported.
-            let retried = client
-                .hset_if_version("inventory", "widgets", 6i64, current.version)
-                .await?;
+            let retried = client.hset_if_version("inventory", "widgets", 6i64, current.version).await?;
             println!("retried: widgets = 6 (version {})", retried.version);
         }
         Ok(_) => println!("no conflict this time"),

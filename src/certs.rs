@@ -16,8 +16,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::ServerName;
 use time::{Duration, OffsetDateTime};
@@ -38,10 +38,7 @@ const PUBLIC_MODE: u32 = 0o644;
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     #[error("{}: {cause}", path.display())]
-    Io {
-        path: PathBuf,
-        cause: std::io::Error,
-    },
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("refusing to overwrite {}; pass --force to replace them", list(paths))]
     Exists { paths: Vec<PathBuf> },
     #[error("{} exists but {} does not; restore it or remove both", present.display(), missing.display())]
@@ -55,11 +52,7 @@ pub enum CertError {
 }
 
 fn list(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// What was found or made in a certificate directory.
@@ -121,14 +114,9 @@ impl CertDir {
         extra_names: &[String],
         force: bool,
     ) -> Result<Provisioned, CertError> {
-        fs::create_dir_all(&self.dir).map_err(|cause| CertError::Io {
-            path: self.dir.clone(),
-            cause,
-        })?;
-        let existing: Vec<PathBuf> = [self.server_cert(), self.server_key()]
-            .into_iter()
-            .filter(|p| p.exists())
-            .collect();
+        fs::create_dir_all(&self.dir).map_err(|cause| CertError::Io { path: self.dir.clone(), cause })?;
+        let existing: Vec<PathBuf> =
+            [self.server_cert(), self.server_key()].into_iter().filter(|p| p.exists()).collect();
         if !existing.is_empty() && !force {
             return Err(CertError::Exists { paths: existing });
         }
@@ -137,20 +125,14 @@ impl CertDir {
         for name in extra_names {
             // Accept exactly the names a client can dial and verify: DNS names and IP addresses.
             if let Err(e) = ServerName::try_from(name.as_str()) {
-                return Err(CertError::InvalidName {
-                    name: name.clone(),
-                    cause: e.to_string(),
-                });
+                return Err(CertError::InvalidName { name: name.clone(), cause: e.to_string() });
             }
             if !names.contains(name) {
                 names.push(name.clone());
             }
         }
-        let mut params =
-            CertificateParams::new(names.clone()).map_err(|e| CertError::InvalidName {
-                name: names.join(", "),
-                cause: e.to_string(),
-            })?;
+        let mut params = CertificateParams::new(names.clone())
+            .map_err(|e| CertError::InvalidName { name: names.join(", "), cause: e.to_string() })?;
         params.distinguished_name = common_name(&names[0]);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -159,35 +141,17 @@ impl CertDir {
 
         let had_ca = present_pair(&self.ca_cert(), &self.ca_key())?;
         let (ca_cert_pem, ca_key) = if had_ca { self.read_ca()? } else { new_ca()? };
-        let issuer =
-            Issuer::from_ca_cert_pem(&ca_cert_pem, ca_key).map_err(|cause| CertError::BadCa {
-                dir: self.dir.clone(),
-                cause,
-            })?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, ca_key)
+            .map_err(|cause| CertError::BadCa { dir: self.dir.clone(), cause })?;
         let server_key = KeyPair::generate()?;
         let server_cert = params.signed_by(&server_key, &issuer)?;
 
         if !had_ca {
-            write_file(
-                &self.ca_key(),
-                issuer.key().serialize_pem().as_bytes(),
-                PRIVATE_MODE,
-                false,
-            )?;
+            write_file(&self.ca_key(), issuer.key().serialize_pem().as_bytes(), PRIVATE_MODE, false)?;
             write_file(&self.ca_cert(), ca_cert_pem.as_bytes(), PUBLIC_MODE, false)?;
         }
-        write_file(
-            &self.server_key(),
-            server_key.serialize_pem().as_bytes(),
-            PRIVATE_MODE,
-            force,
-        )?;
-        write_file(
-            &self.server_cert(),
-            server_cert.pem().as_bytes(),
-            PUBLIC_MODE,
-            force,
-        )?;
+        write_file(&self.server_key(), server_key.serialize_pem().as_bytes(), PRIVATE_MODE, force)?;
+        write_file(&self.server_cert(), server_cert.pem().as_bytes(), PUBLIC_MODE, force)?;
         Ok(if had_ca {
             Provisioned::IssuedByExistingCa { names }
         } else {
@@ -197,12 +161,8 @@ impl CertDir {
 
     fn read_ca(&self) -> Result<(String, KeyPair), CertError> {
         let cert = read_to_string(&self.ca_cert())?;
-        let key = KeyPair::from_pem(&read_to_string(&self.ca_key())?).map_err(|cause| {
-            CertError::BadCa {
-                dir: self.dir.clone(),
-                cause,
-            }
-        })?;
+        let key = KeyPair::from_pem(&read_to_string(&self.ca_key())?)
+            .map_err(|cause| CertError::BadCa { dir: self.dir.clone(), cause })?;
         Ok((cert, key))
     }
 }
@@ -213,19 +173,11 @@ fn new_ca() -> Result<(String, KeyPair), CertError> {
     let mut params = CertificateParams::new(Vec::new())?;
     // A name of its own per CA: verifiers find a certificate's issuer by name, so two CAs named alike
     // would turn "not signed by a CA you trust" into a confusing bad-signature error.
-    let id: String = key
-        .public_key_raw()
-        .iter()
-        .take(4)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let id: String = key.public_key_raw().iter().take(4).map(|b| format!("{b:02x}")).collect();
     params.distinguished_name = common_name(&format!("qkv development CA {id}"));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     (params.not_before, params.not_after) = validity(CA_VALIDITY);
     let cert = params.self_signed(&key)?;
     Ok((cert.pem(), key))
@@ -248,31 +200,19 @@ fn present_pair(cert: &Path, key: &Path) -> Result<bool, CertError> {
     match (cert.exists(), key.exists()) {
         (true, true) => Ok(true),
         (false, false) => Ok(false),
-        (true, false) => Err(CertError::Incomplete {
-            present: cert.to_owned(),
-            missing: key.to_owned(),
-        }),
-        (false, true) => Err(CertError::Incomplete {
-            present: key.to_owned(),
-            missing: cert.to_owned(),
-        }),
+        (true, false) => Err(CertError::Incomplete { present: cert.to_owned(), missing: key.to_owned() }),
+        (false, true) => Err(CertError::Incomplete { present: key.to_owned(), missing: cert.to_owned() }),
     }
 }
 
 fn read_to_string(path: &Path) -> Result<String, CertError> {
-    fs::read_to_string(path).map_err(|cause| CertError::Io {
-        path: path.to_owned(),
-        cause,
-    })
+    fs::read_to_string(path).map_err(|cause| CertError::Io { path: path.to_owned(), cause })
 }
 
 /// Writes `contents` with permissions `mode`. Without `overwrite` the file must not exist yet, checked
 /// atomically by the open itself.
 fn write_file(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Result<(), CertError> {
-    let io_error = |cause| CertError::Io {
-        path: path.to_owned(),
-        cause,
-    };
+    let io_error = |cause| CertError::Io { path: path.to_owned(), cause };
     let mut options = OpenOptions::new();
     options.write(true).mode(mode);
     if overwrite {
@@ -282,8 +222,7 @@ fn write_file(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Resul
     }
     let mut file = options.open(path).map_err(io_error)?;
     // `mode` applies only when the file is created; an overwritten file gets it here.
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io_error)?;
+    file.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_error)?;
     file.write_all(contents).map_err(io_error)?;
     file.sync_all().map_err(io_error)
 }
@@ -311,10 +250,7 @@ mod tests {
         ServerIdentity::from_pem_files(&certs.server_cert(), &certs.server_key()).unwrap();
         // Second start: nothing changes.
         let before = fs::read(certs.server_cert()).unwrap();
-        assert_eq!(
-            certs.ensure_server_certificate().unwrap(),
-            Provisioned::Existing
-        );
+        assert_eq!(certs.ensure_server_certificate().unwrap(), Provisioned::Existing);
         assert_eq!(fs::read(certs.server_cert()).unwrap(), before);
     }
 
@@ -324,25 +260,16 @@ mod tests {
         let certs = CertDir::new(dir.path());
         certs.issue_server_certificate(&[], false).unwrap();
         let ca_before = fs::read(certs.ca_cert()).unwrap();
-        let err = certs
-            .issue_server_certificate(&["db.example".into()], false)
-            .unwrap_err();
+        let err = certs.issue_server_certificate(&["db.example".into()], false).unwrap_err();
         assert!(err.to_string().contains("--force"), "{err}");
 
-        let provisioned = certs
-            .issue_server_certificate(&["db.example".into(), "10.0.0.7".into()], true)
-            .unwrap();
+        let provisioned =
+            certs.issue_server_certificate(&["db.example".into(), "10.0.0.7".into()], true).unwrap();
         let Provisioned::IssuedByExistingCa { names } = provisioned else {
             panic!("expected a certificate from the existing CA, got {provisioned:?}")
         };
-        assert!(
-            names.contains(&"db.example".to_string()) && names.contains(&"localhost".to_string())
-        );
-        assert_eq!(
-            fs::read(certs.ca_cert()).unwrap(),
-            ca_before,
-            "the CA must be kept"
-        );
+        assert!(names.contains(&"db.example".to_string()) && names.contains(&"localhost".to_string()));
+        assert_eq!(fs::read(certs.ca_cert()).unwrap(), ca_before, "the CA must be kept");
         assert_eq!(mode(&certs.server_key()), 0o600);
     }
 
@@ -359,9 +286,8 @@ mod tests {
     #[test]
     fn invalid_names_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let err = CertDir::new(dir.path())
-            .issue_server_certificate(&["bad name\u{7f}".into()], false)
-            .unwrap_err();
+        let err =
+            CertDir::new(dir.path()).issue_server_certificate(&["bad name\u{7f}".into()], false).unwrap_err();
         assert!(matches!(err, CertError::InvalidName { .. }), "{err}");
     }
 }

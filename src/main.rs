@@ -22,15 +22,9 @@ use qkv::bench::BenchConfig;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_log = if matches!(cli.command, Command::Serve(_)) {
-        "info"
-    } else {
-        "warn"
-    };
+    let default_log = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log)),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log)))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -38,9 +32,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Cert(args) => cert(args),
         Command::Bench(args) => bench(args),
-        command => {
-            client_runtime().and_then(|runtime| runtime.block_on(run_client_command(command)))
-        }
+        command => client_runtime().and_then(|runtime| runtime.block_on(run_client_command(command))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -49,8 +41,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let runtime =
-        qkv::server::runtime(args.runtime.layout()?).context("cannot start the runtime")?;
+    let runtime = qkv::server::runtime(args.runtime.layout()?).context("cannot start the runtime")?;
     runtime.block_on(async {
         let server = match args.store {
             Store::Memory => Server::bind(args.config(), MemoryStore::new())?,
@@ -64,10 +55,7 @@ fn cert(args: CertArgs) -> anyhow::Result<()> {
     let dir = CertDir::new(&args.dir);
     match dir.issue_server_certificate(&args.names, args.force)? {
         Provisioned::NewCaAndServer { names } => {
-            println!(
-                "created a CA: {} (give this file to clients)",
-                dir.ca_cert().display()
-            );
+            println!("created a CA: {} (give this file to clients)", dir.ca_cert().display());
             println!(
                 "created a server certificate for {}: {}",
                 names.join(", "),
@@ -102,18 +90,13 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let report = runtime.block_on(qkv::bench::run(&config))?;
     output::bench_summary(&config, &report);
     if report.requests == 0 {
-        bail!(
-            "no request succeeded; first error: {}",
-            report.first_error.as_deref().unwrap_or("none")
-        );
+        bail!("no request succeeded; first error: {}", report.first_error.as_deref().unwrap_or("none"));
     }
     Ok(())
 }
 
 fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 fn client_config(args: &ClientArgs) -> ClientConfig {
@@ -145,9 +128,7 @@ async fn run_client_command(command: Command) -> anyhow::Result<()> {
 
 async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Hget {
-            table, key, show, ..
-        } => match client.hget(&table, &key).await? {
+        Command::Hget { table, key, show, .. } => match client.hget(&table, &key).await? {
             Some(entry) => println!("{}", output::versioned(&entry, show.with_version)),
             None => bail!("key {key:?} not found in table {table:?}"),
         },
@@ -158,60 +139,31 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
                 println!("{key}\t{}", output::versioned(&entry, show.with_version));
             }
         }
-        Command::Hmget {
-            table, keys, show, ..
-        } => {
+        Command::Hmget { table, keys, show, .. } => {
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             for entry in client.hmget(&table, &keys).await? {
                 println!("{}", output::optional(entry.as_ref(), show.with_version));
             }
         }
-        Command::Hset {
-            table,
-            key,
-            value,
-            typed,
-            if_version,
-            if_absent,
-            ..
-        } => {
+        Command::Hset { table, key, value, typed, if_version, if_absent, .. } => {
             let value = output::parse_value(&value, typed.value_type)?;
             let expected = if if_absent { Some(0) } else { if_version };
             let written = match expected {
-                Some(expected) => {
-                    client
-                        .hset_if_version(&table, &key, value, expected)
-                        .await?
-                }
+                Some(expected) => client.hset_if_version(&table, &key, value, expected).await?,
                 None => client.hset(&table, &key, value).await?,
             };
             println!("{}", written.version);
         }
-        Command::Hmset {
-            table,
-            pairs,
-            typed,
-            ..
-        } => {
+        Command::Hmset { table, pairs, typed, .. } => {
             let pairs = pairs
                 .into_iter()
-                .map(|(key, raw)| {
-                    Ok(Kvpair::new(
-                        key,
-                        output::parse_value(&raw, typed.value_type)?,
-                    ))
-                })
+                .map(|(key, raw)| Ok(Kvpair::new(key, output::parse_value(&raw, typed.value_type)?)))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             for written in client.hmset(&table, pairs).await? {
                 println!("{}", written.version);
             }
         }
-        Command::Hdel {
-            table,
-            key,
-            if_version,
-            ..
-        } => {
+        Command::Hdel { table, key, if_version, .. } => {
             let written = match if_version {
                 Some(expected) => client.hdel_if_version(&table, &key, expected).await?,
                 None => client.hdel(&table, &key).await?,

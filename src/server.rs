@@ -71,18 +71,10 @@ impl<S: Storage> Server<S> {
         log_provisioning(&certs, certs.ensure_server_certificate()?);
         let identity = ServerIdentity::from_pem_files(&certs.server_cert(), &certs.server_key())?;
         let tls = tls::server_config(identity)?;
-        let quic = quic::server_endpoint(config.listen, tls, &config.limits).map_err(|cause| {
-            ServerError::Bind {
-                addr: config.listen,
-                cause,
-            }
-        })?;
+        let quic = quic::server_endpoint(config.listen, tls, &config.limits)
+            .map_err(|cause| ServerError::Bind { addr: config.listen, cause })?;
         let service = Service::new(storage, config.service.clone());
-        Ok(Server {
-            quic,
-            service,
-            config,
-        })
+        Ok(Server { quic, service, config })
     }
 
     /// The address actually bound (useful with port 0).
@@ -101,13 +93,7 @@ impl<S: Storage> Server<S> {
         let token = CancellationToken::new();
         info!(quic = %self.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "serving");
         let limits = Arc::new(self.config.limits);
-        let serving = quic::serve(
-            self.quic,
-            self.service,
-            limits,
-            token.clone(),
-            self.config.shutdown_grace,
-        );
+        let serving = quic::serve(self.quic, self.service, limits, token.clone(), self.config.shutdown_grace);
         tokio::pin!(serving);
         tokio::select! {
             _ = &mut serving => return,
@@ -149,13 +135,10 @@ pub enum RuntimeLayout {
 
 pub fn runtime(layout: RuntimeLayout) -> io::Result<tokio::runtime::Runtime> {
     match layout {
-        RuntimeLayout::CurrentThread => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        RuntimeLayout::MultiThread { workers } => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers.max(1))
-            .enable_all()
-            .build(),
+        RuntimeLayout::CurrentThread => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        RuntimeLayout::MultiThread { workers } => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(workers.max(1)).enable_all().build()
+        }
     }
 }
 

@@ -19,10 +19,7 @@ pub const ALPN: &[u8] = b"qkv/1";
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {}: {cause}", path.display())]
-    Read {
-        path: PathBuf,
-        cause: rustls::pki_types::pem::Error,
-    },
+    Read { path: PathBuf, cause: rustls::pki_types::pem::Error },
     #[error("{} holds no certificate", path.display())]
     NoCertificate { path: PathBuf },
     #[error("{} holds no CA certificate that can be trusted: {reason}", path.display())]
@@ -47,27 +44,20 @@ impl ServerIdentity {
     /// Reads a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let cert_chain = read_certificates(cert)?;
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|cause| TlsError::Read {
-            path: key.to_owned(),
-            cause,
-        })?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|cause| TlsError::Read { path: key.to_owned(), cause })?;
         Ok(ServerIdentity { cert_chain, key })
     }
 }
 
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let read_error = |cause| TlsError::Read {
-        path: path.to_owned(),
-        cause,
-    };
+    let read_error = |cause| TlsError::Read { path: path.to_owned(), cause };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(read_error)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(read_error)?;
     if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: path.to_owned(),
-        });
+        return Err(TlsError::NoCertificate { path: path.to_owned() });
     }
     Ok(certs)
 }
@@ -76,10 +66,7 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErr
 pub fn read_roots(ca_file: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in read_certificates(ca_file)? {
-        roots.add(cert).map_err(|e| TlsError::BadCa {
-            path: ca_file.to_owned(),
-            reason: e.to_string(),
-        })?;
+        roots.add(cert).map_err(|e| TlsError::BadCa { path: ca_file.to_owned(), reason: e.to_string() })?;
     }
     Ok(roots)
 }

@@ -15,11 +15,7 @@ async fn qkv(server: Option<&TestServer>, args: &[&str]) -> Output {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"));
     command.args(args);
     if let Some(server) = server {
-        command
-            .arg("--addr")
-            .arg(server.addr.to_string())
-            .arg("--ca")
-            .arg(server.ca());
+        command.arg("--addr").arg(server.addr.to_string()).arg("--ca").arg(server.ca());
     }
     command.output().await.expect("qkv runs")
 }
@@ -40,57 +36,28 @@ async fn the_cli_tour_prints_values_plainly() {
     let set = qkv(s, &["hset", "users", "ada", "Ada Lovelace"]).await;
     assert!(set.status.success(), "{}", stderr(&set));
     let version = stdout(&set).trim().to_owned();
-    assert!(
-        version.parse::<u64>().unwrap() > 0,
-        "hset prints the new version, got {version:?}"
-    );
+    assert!(version.parse::<u64>().unwrap() > 0, "hset prints the new version, got {version:?}");
 
     let get = qkv(s, &["hget", "users", "ada"]).await;
     assert_eq!(stdout(&get), "Ada Lovelace\n");
     let get = qkv(s, &["hget", "users", "ada", "--with-version"]).await;
     assert_eq!(stdout(&get), format!("Ada Lovelace\t{version}\n"));
 
-    assert!(
-        qkv(s, &["hset", "users", "age", "36", "--type", "int"])
-            .await
-            .status
-            .success()
-    );
-    assert_eq!(
-        stdout(&qkv(s, &["hgetall", "users"]).await),
-        "ada\tAda Lovelace\nage\t36\n"
-    );
+    assert!(qkv(s, &["hset", "users", "age", "36", "--type", "int"]).await.status.success());
+    assert_eq!(stdout(&qkv(s, &["hgetall", "users"]).await), "ada\tAda Lovelace\nage\t36\n");
     assert_eq!(
         stdout(&qkv(s, &["hmget", "users", "age", "nobody", "ada"]).await),
         "36\n(nil)\nAda Lovelace\n"
     );
     assert_eq!(stdout(&qkv(s, &["hexist", "users", "ada"]).await), "true\n");
 
-    let updated = qkv(
-        s,
-        &["hset", "users", "ada", "Ada King", "--if-version", &version],
-    )
-    .await;
+    let updated = qkv(s, &["hset", "users", "ada", "Ada King", "--if-version", &version]).await;
     assert!(updated.status.success(), "{}", stderr(&updated));
-    assert_eq!(
-        stdout(&qkv(s, &["hdel", "users", "ada"]).await),
-        "Ada King\n"
-    );
-    assert_eq!(
-        stdout(&qkv(s, &["hexist", "users", "ada"]).await),
-        "false\n"
-    );
+    assert_eq!(stdout(&qkv(s, &["hdel", "users", "ada"]).await), "Ada King\n");
+    assert_eq!(stdout(&qkv(s, &["hexist", "users", "ada"]).await), "false\n");
 
     let ping = qkv(s, &["ping", "--count", "2"]).await;
-    assert_eq!(
-        stdout(&ping)
-            .lines()
-            .filter(|l| l.starts_with("pong from"))
-            .count(),
-        2,
-        "{}",
-        stdout(&ping)
-    );
+    assert_eq!(stdout(&ping).lines().filter(|l| l.starts_with("pong from")).count(), 2, "{}", stdout(&ping));
 }
 
 #[tokio::test]
@@ -100,28 +67,16 @@ async fn server_refusals_exit_1_with_the_reason_on_stderr() {
     let missing = qkv(s, &["hget", "users", "nobody"]).await;
     assert_eq!(missing.status.code(), Some(EXIT_SERVER_SAID_NO));
     assert!(stdout(&missing).is_empty());
-    assert!(
-        stderr(&missing).contains("\"nobody\" not found"),
-        "{}",
-        stderr(&missing)
-    );
+    assert!(stderr(&missing).contains("\"nobody\" not found"), "{}", stderr(&missing));
 
     qkv(s, &["hset", "t", "k", "v"]).await;
     let conflict = qkv(s, &["hset", "t", "k", "w", "--if-absent"]).await;
     assert_eq!(conflict.status.code(), Some(EXIT_SERVER_SAID_NO));
-    assert!(
-        stderr(&conflict).contains("version conflict"),
-        "{}",
-        stderr(&conflict)
-    );
+    assert!(stderr(&conflict).contains("version conflict"), "{}", stderr(&conflict));
 
     let bad_int = qkv(s, &["hset", "t", "k", "forty", "--type", "int"]).await;
     assert_eq!(bad_int.status.code(), Some(EXIT_SERVER_SAID_NO));
-    assert!(
-        stderr(&bad_int).contains("not an integer"),
-        "{}",
-        stderr(&bad_int)
-    );
+    assert!(stderr(&bad_int).contains("not an integer"), "{}", stderr(&bad_int));
 }
 
 #[tokio::test]
@@ -143,37 +98,15 @@ async fn an_unreachable_or_untrusted_server_exits_3() {
     )
     .await;
     assert_eq!(nobody_there.status.code(), Some(EXIT_UNREACHABLE));
-    assert!(
-        stderr(&nobody_there).contains("is the server running"),
-        "{}",
-        stderr(&nobody_there)
-    );
+    assert!(stderr(&nobody_there).contains("is the server running"), "{}", stderr(&nobody_there));
 
     let other = tempfile::tempdir().unwrap();
-    assert!(
-        qkv(None, &["cert", "--dir", other.path().to_str().unwrap()])
-            .await
-            .status
-            .success()
-    );
+    assert!(qkv(None, &["cert", "--dir", other.path().to_str().unwrap()]).await.status.success());
     let other_ca = other.path().join("ca.pem");
-    let untrusted = qkv(
-        None,
-        &[
-            "ping",
-            "--addr",
-            &server.addr.to_string(),
-            "--ca",
-            other_ca.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let untrusted =
+        qkv(None, &["ping", "--addr", &server.addr.to_string(), "--ca", other_ca.to_str().unwrap()]).await;
     assert_eq!(untrusted.status.code(), Some(EXIT_UNREACHABLE));
-    assert!(
-        stderr(&untrusted).contains("UnknownIssuer"),
-        "{}",
-        stderr(&untrusted)
-    );
+    assert!(stderr(&untrusted).contains("UnknownIssuer"), "{}", stderr(&untrusted));
 }
 
 #[tokio::test]
@@ -185,19 +118,11 @@ async fn cert_writes_private_keys_0600_and_refuses_to_overwrite_without_force() 
     assert!(created.status.success(), "{}", stderr(&created));
     assert!(stdout(&created).contains("kv.example.com"));
     for key in ["ca-key.pem", "server-key.pem"] {
-        let mode = std::fs::metadata(dir.path().join("certs").join(key))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(dir.path().join("certs").join(key)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{key}");
     }
     let again = qkv(None, &["cert", "--dir", path]).await;
     assert!(!again.status.success());
     assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
-    assert!(
-        qkv(None, &["cert", "--dir", path, "--force"])
-            .await
-            .status
-            .success()
-    );
+    assert!(qkv(None, &["cert", "--dir", path, "--force"]).await.status.success());
 }

@@ -14,16 +14,10 @@ async fn hget_returns_value_and_version_or_none() {
     let written = client.hset("t", "k", "v").await.unwrap();
     assert_eq!(
         client.hget("t", "k").await.unwrap(),
-        Some(Versioned {
-            value: "v".into(),
-            version: written.version
-        })
+        Some(Versioned { value: "v".into(), version: written.version })
     );
     // On the wire a miss is status 404 with a message.
-    let raw = client
-        .call(&CommandRequest::hget("t", "nope"))
-        .await
-        .unwrap();
+    let raw = client.call(&CommandRequest::hget("t", "nope")).await.unwrap();
     assert_eq!(raw.status, status::NOT_FOUND);
     assert!(raw.message.contains("nope"), "{}", raw.message);
 }
@@ -53,17 +47,9 @@ async fn every_value_type_round_trips() {
         true.into(),
     ];
     for (i, value) in values.iter().enumerate() {
-        client
-            .hset("types", &i.to_string(), value.clone())
-            .await
-            .unwrap();
+        client.hset("types", &i.to_string(), value.clone()).await.unwrap();
         assert_eq!(
-            client
-                .hget("types", &i.to_string())
-                .await
-                .unwrap()
-                .map(|v| v.value)
-                .as_ref(),
+            client.hget("types", &i.to_string()).await.unwrap().map(|v| v.value).as_ref(),
             Some(value)
         );
     }
@@ -74,21 +60,9 @@ async fn hdel_returns_previous_value_and_leaves_the_key_absent() {
     let server = TestServer::start().await;
     let client = server.client().await;
     client.hset("t", "k", "v").await.unwrap();
-    assert_eq!(
-        client.hdel("t", "k").await.unwrap(),
-        Written {
-            previous: Some("v".into()),
-            version: 0
-        }
-    );
+    assert_eq!(client.hdel("t", "k").await.unwrap(), Written { previous: Some("v".into()), version: 0 });
     assert_eq!(client.hget("t", "k").await.unwrap(), None);
-    assert_eq!(
-        client.hdel("t", "k").await.unwrap(),
-        Written {
-            previous: None,
-            version: 0
-        }
-    );
+    assert_eq!(client.hdel("t", "k").await.unwrap(), Written { previous: None, version: 0 });
 }
 
 #[tokio::test]
@@ -98,15 +72,9 @@ async fn hexist_and_hmexist_answer_booleans_in_request_order() {
     client.hset("t", "a", "1").await.unwrap();
     assert!(client.hexist("t", "a").await.unwrap());
     assert!(!client.hexist("t", "b").await.unwrap());
-    assert_eq!(
-        client.hmexist("t", &["b", "a", "b"]).await.unwrap(),
-        vec![false, true, false]
-    );
+    assert_eq!(client.hmexist("t", &["b", "a", "b"]).await.unwrap(), vec![false, true, false]);
     // The wire answer carries versions too: 0 for absent keys.
-    let raw = client
-        .call(&CommandRequest::hmexist("t", ["a", "b"]))
-        .await
-        .unwrap();
+    let raw = client.call(&CommandRequest::hmexist("t", ["a", "b"])).await.unwrap();
     assert_eq!(raw.values, vec![Value::from(true), Value::from(false)]);
     assert!(raw.versions[0] > 0);
     assert_eq!(raw.versions[1], 0);
@@ -122,27 +90,14 @@ async fn hmget_answers_one_entry_per_key_in_request_order_with_empty_values_for_
     assert_eq!(
         got,
         vec![
-            Some(Versioned {
-                value: "3".into(),
-                version: c
-            }),
+            Some(Versioned { value: "3".into(), version: c }),
             None,
-            Some(Versioned {
-                value: "1".into(),
-                version: a
-            })
+            Some(Versioned { value: "1".into(), version: a })
         ]
     );
-    let raw = client
-        .call(&CommandRequest::hmget("t", ["missing"]))
-        .await
-        .unwrap();
+    let raw = client.call(&CommandRequest::hmget("t", ["missing"])).await.unwrap();
     assert_eq!(raw.status, status::OK);
-    assert_eq!(
-        raw.values,
-        vec![Value::default()],
-        "a miss is an empty Value"
-    );
+    assert_eq!(raw.values, vec![Value::default()], "a miss is an empty Value");
 }
 
 #[tokio::test]
@@ -150,10 +105,7 @@ async fn hmset_and_hmdel_answer_in_request_order() {
     let server = TestServer::start().await;
     let client = server.client().await;
     client.hset("t", "b", "old").await.unwrap();
-    let written = client
-        .hmset("t", [Kvpair::new("a", "1"), Kvpair::new("b", "2")])
-        .await
-        .unwrap();
+    let written = client.hmset("t", [Kvpair::new("a", "1"), Kvpair::new("b", "2")]).await.unwrap();
     assert_eq!(written[0].previous, None);
     assert_eq!(written[1].previous, Some("old".into()));
     assert!(written.iter().all(|w| w.version > 0));
@@ -171,13 +123,7 @@ async fn hgetall_returns_every_pair_with_its_version() {
     for i in 0..20 {
         let key = format!("k{i:02}");
         let version = client.hset("t", &key, i as i64).await.unwrap().version;
-        expected.push((
-            key,
-            Versioned {
-                value: (i as i64).into(),
-                version,
-            },
-        ));
+        expected.push((key, Versioned { value: (i as i64).into(), version }));
     }
     client.hset("other", "k00", "not mine").await.unwrap();
     let mut all = client.hgetall("t").await.unwrap();
@@ -188,19 +134,14 @@ async fn hgetall_returns_every_pair_with_its_version() {
 #[tokio::test]
 async fn a_large_table_streams_over_many_bounded_frames() {
     let target = 16 * 1024;
-    let server =
-        TestServer::start_with(|config| config.service.response_frame_target = target).await;
+    let server = TestServer::start_with(|config| config.service.response_frame_target = target).await;
     let client = server.client().await;
     let keys = 50_000;
     for batch in 0..(keys / 5_000) {
-        let pairs =
-            (batch * 5_000..(batch + 1) * 5_000).map(|i| Kvpair::new(format!("key-{i}"), i as i64));
+        let pairs = (batch * 5_000..(batch + 1) * 5_000).map(|i| Kvpair::new(format!("key-{i}"), i as i64));
         client.hmset("big", pairs).await.unwrap();
     }
-    let mut frames = client
-        .call_frames(&CommandRequest::hgetall("big"))
-        .await
-        .unwrap();
+    let mut frames = client.call_frames(&CommandRequest::hgetall("big")).await.unwrap();
     let (mut count, mut pairs, mut largest) = (0, std::collections::HashSet::new(), 0);
     while let Some(frame) = frames.next().await {
         let frame = frame.unwrap();
@@ -214,10 +155,7 @@ async fn a_large_table_streams_over_many_bounded_frames() {
     }
     assert_eq!(pairs.len(), keys);
     assert!(count >= keys * 14 / target, "only {count} frames");
-    assert!(
-        largest <= target + 1024,
-        "a frame of {largest} bytes exceeds the {target}-byte target"
-    );
+    assert!(largest <= target + 1024, "a frame of {largest} bytes exceeds the {target}-byte target");
 }
 
 #[tokio::test]
@@ -225,20 +163,11 @@ async fn a_large_multi_key_answer_is_split_and_reassembled() {
     let server = TestServer::start_with(|config| config.service.response_frame_target = 4096).await;
     let client = server.client().await;
     let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
-    client
-        .hmset(
-            "t",
-            keys.iter().map(|k| Kvpair::new(k.clone(), vec![7u8; 1000])),
-        )
-        .await
-        .unwrap();
+    client.hmset("t", keys.iter().map(|k| Kvpair::new(k.clone(), vec![7u8; 1000]))).await.unwrap();
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let got = client.hmget("t", &key_refs).await.unwrap();
     assert_eq!(got.len(), 100);
-    assert!(got.iter().all(|v| {
-        v.as_ref()
-            .is_some_and(|v| v.value == Value::from(vec![7u8; 1000]))
-    }));
+    assert!(got.iter().all(|v| { v.as_ref().is_some_and(|v| v.value == Value::from(vec![7u8; 1000])) }));
 }
 
 #[tokio::test]
@@ -248,44 +177,20 @@ async fn conditional_hset_writes_on_matching_version_and_answers_409_otherwise()
     let created = client.hset_if_version("t", "k", "a", 0).await.unwrap();
     match client.hset_if_version("t", "k", "b", 0).await {
         Err(ClientError::Conflict { current }) => {
-            assert_eq!(
-                current,
-                Some(Versioned {
-                    value: "a".into(),
-                    version: created.version
-                })
-            )
+            assert_eq!(current, Some(Versioned { value: "a".into(), version: created.version }))
         }
         other => panic!("expected a conflict, got {other:?}"),
     }
     let stale = created.version + 100;
-    assert!(matches!(
-        client.hset_if_version("t", "k", "b", stale).await,
-        Err(ClientError::Conflict { .. })
-    ));
-    assert_eq!(
-        client.hget("t", "k").await.unwrap().unwrap().value,
-        "a".into(),
-        "a 409 writes nothing"
-    );
+    assert!(matches!(client.hset_if_version("t", "k", "b", stale).await, Err(ClientError::Conflict { .. })));
+    assert_eq!(client.hget("t", "k").await.unwrap().unwrap().value, "a".into(), "a 409 writes nothing");
 
-    let updated = client
-        .hset_if_version("t", "k", "b", created.version)
-        .await
-        .unwrap();
+    let updated = client.hset_if_version("t", "k", "b", created.version).await.unwrap();
     assert_eq!(updated.previous, Some("a".into()));
     assert!(updated.version > created.version);
 
     // On the wire: status 409, a message, the current value and version.
-    let raw = client
-        .call(&CommandRequest::hset_if_version(
-            "t",
-            "k",
-            "c",
-            created.version,
-        ))
-        .await
-        .unwrap();
+    let raw = client.call(&CommandRequest::hset_if_version("t", "k", "c", created.version)).await.unwrap();
     assert_eq!(raw.status, status::CONFLICT);
     assert!(raw.message.contains("version"), "{}", raw.message);
     assert_eq!(raw.values, vec![Value::from("b")]);
@@ -297,10 +202,7 @@ async fn conditional_hdel_deletes_only_on_matching_version() {
     let server = TestServer::start().await;
     let client = server.client().await;
     let version = client.hset("t", "k", "v").await.unwrap().version;
-    assert!(matches!(
-        client.hdel_if_version("t", "k", version + 1).await,
-        Err(ClientError::Conflict { .. })
-    ));
+    assert!(matches!(client.hdel_if_version("t", "k", version + 1).await, Err(ClientError::Conflict { .. })));
     assert!(client.hexist("t", "k").await.unwrap());
     let deleted = client.hdel_if_version("t", "k", version).await.unwrap();
     assert_eq!(deleted.previous, Some("v".into()));
@@ -308,10 +210,7 @@ async fn conditional_hdel_deletes_only_on_matching_version() {
     // Deleted and re-created, the key has a new version: the old one can never match again.
     let recreated = client.hset("t", "k", "v").await.unwrap().version;
     assert!(recreated > version);
-    assert!(matches!(
-        client.hdel_if_version("t", "k", version).await,
-        Err(ClientError::Conflict { .. })
-    ));
+    assert!(matches!(client.hdel_if_version("t", "k", version).await, Err(ClientError::Conflict { .. })));
 }
 
 #[tokio::test]
@@ -331,16 +230,7 @@ async fn invalid_requests_are_answered_400_with_a_message() {
         (CommandRequest::default(), "no command"),
         (CommandRequest::hset("t", "k", Value::default()), "not set"),
         (
-            CommandRequest::hmset(
-                "t",
-                [
-                    Kvpair::new("ok", "1"),
-                    Kvpair {
-                        key: "bad".into(),
-                        value: None,
-                    },
-                ],
-            ),
+            CommandRequest::hmset("t", [Kvpair::new("ok", "1"), Kvpair { key: "bad".into(), value: None }]),
             "not set",
         ),
         (
@@ -355,16 +245,9 @@ async fn invalid_requests_are_answered_400_with_a_message() {
     for (request, words) in cases {
         let response = client.call(&request).await.unwrap();
         assert_eq!(response.status, status::BAD_REQUEST, "{request:?}");
-        assert!(
-            response.message.contains(words),
-            "{:?} lacks {words:?}",
-            response.message
-        );
+        assert!(response.message.contains(words), "{:?} lacks {words:?}", response.message);
     }
-    assert!(
-        !client.hexist("t", "ok").await.unwrap(),
-        "an invalid Hmset must write nothing"
-    );
+    assert!(!client.hexist("t", "ok").await.unwrap(), "an invalid Hmset must write nothing");
 }
 
 #[tokio::test]
@@ -388,14 +271,8 @@ async fn clients_share_the_store_and_a_client_shares_its_connection() {
     let first = server.client().await;
     let second = server.client().await;
     first.hset("t", "k", "from first").await.unwrap();
-    assert_eq!(
-        second.hget("t", "k").await.unwrap().unwrap().value,
-        "from first".into()
-    );
+    assert_eq!(second.hget("t", "k").await.unwrap().unwrap().value, "from first".into());
     let clone = first.clone();
     clone.hset("t", "k", "from clone").await.unwrap();
-    assert_eq!(
-        first.hget("t", "k").await.unwrap().unwrap().value,
-        "from clone".into()
-    );
+    assert_eq!(first.hget("t", "k").await.unwrap().unwrap().value, "from clone".into());
 }

@@ -11,11 +11,7 @@ use qkv::transport::quic::codes;
 
 /// A good request on the same connection still gets the right answer.
 async fn assert_connection_still_serves(connection: &quinn::Connection) {
-    let set = raw_exchange(
-        connection,
-        &frame(&CommandRequest::hset("t", "alive", "yes")),
-    )
-    .await;
+    let set = raw_exchange(connection, &frame(&CommandRequest::hset("t", "alive", "yes"))).await;
     assert_eq!(set.len(), 1);
     assert_eq!(set[0].status, status::OK);
     let got = raw_exchange(connection, &frame(&CommandRequest::hget("t", "alive"))).await;
@@ -27,11 +23,7 @@ fn single_error(responses: &[CommandResponse], expected_status: u32, words: &str
     let response = &responses[0];
     assert_eq!(response.status, expected_status, "{response:?}");
     assert!(!response.more);
-    assert!(
-        response.message.contains(words),
-        "{:?} should mention {words:?}",
-        response.message
-    );
+    assert!(response.message.contains(words), "{:?} should mention {words:?}", response.message);
 }
 
 #[tokio::test]
@@ -49,12 +41,7 @@ async fn a_request_written_in_small_pieces_is_read_whole() {
         send.finish().unwrap();
         let responses = read_responses(recv).await;
         assert_eq!(responses.len(), 1);
-        assert_eq!(
-            responses[0].status,
-            status::OK,
-            "pieces of {piece_len}: {:?}",
-            responses[0]
-        );
+        assert_eq!(responses[0].status, status::OK, "pieces of {piece_len}: {:?}", responses[0]);
     }
     let got = raw_exchange(&connection, &frame(&CommandRequest::hget("pieces", "key"))).await;
     assert_eq!(got[0].values, vec!["x".repeat(3000).into()]);
@@ -69,15 +56,8 @@ async fn oversized_frames_get_413_and_stop_sending_while_other_streams_work() {
         send.write_all(&declared.to_be_bytes()).await.unwrap();
         send.write_all(&[0u8; 1000]).await.unwrap();
         // The client never finishes this stream: the server must answer without waiting for the payload.
-        let (responses, ()) = tokio::join!(
-            read_responses(recv),
-            assert_connection_still_serves(&connection)
-        );
-        single_error(
-            &responses,
-            status::PAYLOAD_TOO_LARGE,
-            "exceeds the maximum frame size",
-        );
+        let (responses, ()) = tokio::join!(read_responses(recv), assert_connection_still_serves(&connection));
+        single_error(&responses, status::PAYLOAD_TOO_LARGE, "exceeds the maximum frame size");
         assert!(responses[0].message.contains(&declared.to_string()));
         assert_eq!(send.stopped().await.unwrap(), Some(codes::REQUEST_REJECTED));
     }
@@ -120,41 +100,24 @@ async fn anything_after_the_request_frame_gets_400_and_is_not_executed() {
     let mut with_garbage = first.to_vec();
     with_garbage.extend_from_slice(b"xyz");
     for bytes in [two_frames, with_garbage] {
-        single_error(
-            &raw_exchange(&connection, &bytes).await,
-            status::BAD_REQUEST,
-            "exactly one frame",
-        );
+        single_error(&raw_exchange(&connection, &bytes).await, status::BAD_REQUEST, "exactly one frame");
     }
-    let got = raw_exchange(
-        &connection,
-        &frame(&CommandRequest::hexist("t", "trailing")),
-    )
-    .await;
-    assert_eq!(
-        got[0].values,
-        vec![false.into()],
-        "a rejected request must not be executed"
-    );
+    let got = raw_exchange(&connection, &frame(&CommandRequest::hexist("t", "trailing"))).await;
+    assert_eq!(got[0].values, vec![false.into()], "a rejected request must not be executed");
 }
 
 #[tokio::test]
 async fn a_stream_finished_without_a_frame_gets_400() {
     let server = TestServer::start().await;
     let connection = server.raw_connection().await;
-    single_error(
-        &raw_exchange(&connection, &[]).await,
-        status::BAD_REQUEST,
-        "before a request frame",
-    );
+    single_error(&raw_exchange(&connection, &[]).await, status::BAD_REQUEST, "before a request frame");
     assert_connection_still_serves(&connection).await;
 }
 
 #[tokio::test]
 async fn a_request_that_never_completes_gets_408_after_the_request_timeout() {
     let server =
-        TestServer::start_with(|config| config.limits.request_timeout = Duration::from_millis(300))
-            .await;
+        TestServer::start_with(|config| config.limits.request_timeout = Duration::from_millis(300)).await;
     let connection = server.raw_connection().await;
     let whole = frame(&CommandRequest::hget("t", "k"));
     let (mut partial, partial_recv) = connection.open_bi().await.unwrap();
@@ -166,16 +129,8 @@ async fn a_request_that_never_completes_gets_408_after_the_request_timeout() {
         read_responses(unfinished_recv),
         assert_connection_still_serves(&connection)
     );
-    single_error(
-        &partial_responses,
-        status::REQUEST_TIMEOUT,
-        "did not arrive",
-    );
-    single_error(
-        &unfinished_responses,
-        status::REQUEST_TIMEOUT,
-        "did not arrive",
-    );
+    single_error(&partial_responses, status::REQUEST_TIMEOUT, "did not arrive");
+    single_error(&unfinished_responses, status::REQUEST_TIMEOUT, "did not arrive");
 }
 
 #[tokio::test]

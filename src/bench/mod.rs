@@ -92,8 +92,7 @@ pub async fn run(config: &BenchConfig) -> Result<BenchReport, ClientError> {
         first_error: None,
     };
     while let Some(result) = workers.join_next().await {
-        let tally =
-            result.map_err(|e| ClientError::Protocol(format!("a bench worker panicked: {e}")))?;
+        let tally = result.map_err(|e| ClientError::Protocol(format!("a bench worker panicked: {e}")))?;
         report.requests += tally.requests;
         report.errors += tally.errors;
         report.first_error = report.first_error.or(tally.first_error);
@@ -113,8 +112,7 @@ fn new_histogram() -> Histogram<u64> {
 async fn preload(client: &Client, keys: usize, value: &Value) -> Result<(), ClientError> {
     const BATCH: usize = 1000;
     for start in (0..keys).step_by(BATCH) {
-        let pairs = (start..(start + BATCH).min(keys))
-            .map(|i| crate::pb::Kvpair::new(key(i), value.clone()));
+        let pairs = (start..(start + BATCH).min(keys)).map(|i| crate::pb::Kvpair::new(key(i), value.clone()));
         client.hmset(TABLE, pairs).await?;
     }
     Ok(())
@@ -137,12 +135,7 @@ struct Tally {
 
 impl Worker {
     async fn run(mut self, measure_from: Instant, deadline: Instant) -> Tally {
-        let mut tally = Tally {
-            requests: 0,
-            errors: 0,
-            latency_us: new_histogram(),
-            first_error: None,
-        };
+        let mut tally = Tally { requests: 0, errors: 0, latency_us: new_histogram(), first_error: None };
         loop {
             let sent = Instant::now();
             if sent >= deadline {
@@ -155,9 +148,7 @@ impl Worker {
             match result {
                 Ok(()) => {
                     tally.requests += 1;
-                    tally
-                        .latency_us
-                        .saturating_record(sent.elapsed().as_micros() as u64);
+                    tally.latency_us.saturating_record(sent.elapsed().as_micros() as u64);
                 }
                 Err(e) => {
                     tally.errors += 1;
@@ -175,11 +166,9 @@ impl Worker {
                 Some(_) => Ok(()),
                 None => Err(ClientError::Protocol("a preloaded key is missing".into())),
             },
-            Workload::Hset => self
-                .client
-                .hset(TABLE, &key(self.next_key), self.value.clone())
-                .await
-                .map(drop),
+            Workload::Hset => {
+                self.client.hset(TABLE, &key(self.next_key), self.value.clone()).await.map(drop)
+            }
         }
     }
 }

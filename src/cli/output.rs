@@ -25,11 +25,7 @@ pub fn report(error: &anyhow::Error) -> ExitCode {
 }
 
 pub fn versioned(entry: &Versioned, with_version: bool) -> String {
-    if with_version {
-        format!("{}\t{}", entry.value, entry.version)
-    } else {
-        entry.value.to_string()
-    }
+    if with_version { format!("{}\t{}", entry.value, entry.version) } else { entry.value.to_string() }
 }
 
 pub fn optional(entry: Option<&Versioned>, with_version: bool) -> String {
@@ -37,10 +33,7 @@ pub fn optional(entry: Option<&Versioned>, with_version: bool) -> String {
 }
 
 pub fn previous(written: &Written) -> String {
-    written
-        .previous
-        .as_ref()
-        .map_or_else(|| "(nil)".to_owned(), Value::to_string)
+    written.previous.as_ref().map_or_else(|| "(nil)".to_owned(), Value::to_string)
 }
 
 /// Reads a command-line argument as a value of the requested type.
@@ -48,18 +41,15 @@ pub fn parse_value(raw: &str, value_type: ValueType) -> anyhow::Result<Value> {
     let parsed = match value_type {
         ValueType::String => value::Value::String(raw.to_owned()),
         ValueType::Binary => value::Value::Binary(raw.as_bytes().to_vec().into()),
-        ValueType::Int => value::Value::Integer(
-            raw.parse()
-                .map_err(|e| anyhow::anyhow!("{raw:?} is not an integer: {e}"))?,
-        ),
-        ValueType::Float => value::Value::Float(
-            raw.parse()
-                .map_err(|e| anyhow::anyhow!("{raw:?} is not a number: {e}"))?,
-        ),
-        ValueType::Bool => value::Value::Bool(
-            raw.parse()
-                .map_err(|e| anyhow::anyhow!("{raw:?} is not true or false: {e}"))?,
-        ),
+        ValueType::Int => {
+            value::Value::Integer(raw.parse().map_err(|e| anyhow::anyhow!("{raw:?} is not an integer: {e}"))?)
+        }
+        ValueType::Float => {
+            value::Value::Float(raw.parse().map_err(|e| anyhow::anyhow!("{raw:?} is not a number: {e}"))?)
+        }
+        ValueType::Bool => {
+            value::Value::Bool(raw.parse().map_err(|e| anyhow::anyhow!("{raw:?} is not true or false: {e}"))?)
+        }
     };
     Ok(parsed.into())
 }

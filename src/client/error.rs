@@ -18,19 +18,13 @@ pub enum ClientError {
     Resolve { addr: String, reason: String },
     #[error("cannot open a UDP socket: {0}")]
     Socket(std::io::Error),
-    #[error(
-        "no answer from {addr} within {timeout:?}: is the server running there? (QUIC uses UDP)"
-    )]
+    #[error("no answer from {addr} within {timeout:?}: is the server running there? (QUIC uses UDP)")]
     ConnectTimeout { addr: String, timeout: Duration },
     #[error(
         "TLS handshake with {addr} failed: {reason} (the server's certificate must be signed by a CA in {} and be valid for the name dialled)",
         ca_file.display()
     )]
-    Handshake {
-        addr: String,
-        ca_file: PathBuf,
-        reason: String,
-    },
+    Handshake { addr: String, ca_file: PathBuf, reason: String },
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
     #[error("the server is shutting down; the request was not executed and can be retried")]
@@ -57,9 +51,7 @@ impl ClientError {
 
     pub(crate) fn from_connection(e: ConnectionError) -> Self {
         match &e {
-            ConnectionError::ApplicationClosed(close)
-                if close.error_code == codes::SHUTTING_DOWN =>
-            {
+            ConnectionError::ApplicationClosed(close) if close.error_code == codes::SHUTTING_DOWN => {
                 ClientError::ServerShuttingDown
             }
             _ => ClientError::ConnectionLost(e),
@@ -86,13 +78,11 @@ impl ClientError {
     /// Frames are read through `AsyncRead`, which wraps quinn's `ReadError` in an `io::Error`.
     pub(crate) fn from_frame(e: FrameError) -> Self {
         match e {
-            FrameError::Io(io) => {
-                match io.into_inner().map(|inner| inner.downcast::<ReadError>()) {
-                    Some(Ok(read)) => Self::from_read(*read),
-                    Some(Err(other)) => ClientError::Stream(other.to_string()),
-                    None => ClientError::Stream("reading the reply failed".into()),
-                }
-            }
+            FrameError::Io(io) => match io.into_inner().map(|inner| inner.downcast::<ReadError>()) {
+                Some(Ok(read)) => Self::from_read(*read),
+                Some(Err(other)) => ClientError::Stream(other.to_string()),
+                None => ClientError::Stream("reading the reply failed".into()),
+            },
             other => ClientError::Protocol(other.to_string()),
         }
     }

@@ -90,22 +90,12 @@ impl Client {
         let tls = tls::client_config(tls::read_roots(&config.ca_file)?)?;
         let (host, remote) = resolve(&config.addr).await?;
         let server_name = config.server_name.clone().unwrap_or(host);
-        let bind: SocketAddr = if remote.is_ipv6() {
-            "[::]:0"
-        } else {
-            "0.0.0.0:0"
-        }
-        .parse()
-        .map_err(|_| ClientError::Socket(std::io::Error::other("bad wildcard address")))?;
-        let endpoint =
-            quic::client_endpoint(bind, tls, &config.limits).map_err(ClientError::Socket)?;
-        let connect_error = |reason: String| ClientError::Connect {
-            addr: config.addr.clone(),
-            reason,
-        };
-        let connecting = endpoint
-            .connect(remote, &server_name)
-            .map_err(|e| connect_error(e.to_string()))?;
+        let bind: SocketAddr = if remote.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .map_err(|_| ClientError::Socket(std::io::Error::other("bad wildcard address")))?;
+        let endpoint = quic::client_endpoint(bind, tls, &config.limits).map_err(ClientError::Socket)?;
+        let connect_error = |reason: String| ClientError::Connect { addr: config.addr.clone(), reason };
+        let connecting = endpoint.connect(remote, &server_name).map_err(|e| connect_error(e.to_string()))?;
         let connection = match tokio::time::timeout(config.connect_timeout, connecting).await {
             Err(_) => {
                 return Err(ClientError::ConnectTimeout {
@@ -117,13 +107,7 @@ impl Client {
             Ok(Ok(connection)) => connection,
         };
         let max_frame_len = config.limits.max_frame_len;
-        Ok(Client {
-            inner: Arc::new(Inner {
-                endpoint,
-                connection,
-                max_frame_len,
-            }),
-        })
+        Ok(Client { inner: Arc::new(Inner { endpoint, connection, max_frame_len }) })
     }
 
     /// Sends one request and returns its reply as a stream of frames, for answers too large to collect.
@@ -131,17 +115,9 @@ impl Client {
         let frame = encode_frame(request);
         let len = frame.len() - crate::transport::frame::HEADER_LEN;
         if len > self.inner.max_frame_len {
-            return Err(ClientError::RequestTooLarge {
-                len,
-                max: self.inner.max_frame_len,
-            });
+            return Err(ClientError::RequestTooLarge { len, max: self.inner.max_frame_len });
         }
-        let (mut send, recv) = self
-            .inner
-            .connection
-            .open_bi()
-            .await
-            .map_err(ClientError::from_connection)?;
+        let (mut send, recv) = self.inner.connection.open_bi().await.map_err(ClientError::from_connection)?;
         match send.write_chunk(frame.freeze()).await {
             // The server stopped reading because it refused the request; its reply says why.
             Ok(()) | Err(WriteError::Stopped(_)) => {}
@@ -174,9 +150,7 @@ impl Client {
         let response = ok(self.call(&CommandRequest::ping(payload)).await?)?;
         match response.values.into_iter().next().and_then(|v| v.value) {
             Some(value::Value::Binary(payload)) => Ok(payload),
-            other => Err(ClientError::Protocol(format!(
-                "Ping answered with {other:?}"
-            ))),
+            other => Err(ClientError::Protocol(format!("Ping answered with {other:?}"))),
         }
     }
 
@@ -191,9 +165,7 @@ impl Client {
 
     /// One answer per key, in order; `None` for keys that do not exist.
     pub async fn hmget(&self, table: &str, keys: &[&str]) -> ClientResult<Vec<Option<Versioned>>> {
-        let response = self
-            .call(&CommandRequest::hmget(table, keys.iter().copied()))
-            .await?;
+        let response = self.call(&CommandRequest::hmget(table, keys.iter().copied())).await?;
         Ok(versioned_values(ok(response)?))
     }
 
@@ -206,23 +178,12 @@ impl Client {
             .into_iter()
             .map(|pair| {
                 let version = versions.next().unwrap_or_default();
-                (
-                    pair.key,
-                    Versioned {
-                        value: pair.value.unwrap_or_default(),
-                        version,
-                    },
-                )
+                (pair.key, Versioned { value: pair.value.unwrap_or_default(), version })
             })
             .collect())
     }
 
-    pub async fn hset(
-        &self,
-        table: &str,
-        key: &str,
-        value: impl Into<Value>,
-    ) -> ClientResult<Written> {
+    pub async fn hset(&self, table: &str, key: &str, value: impl Into<Value>) -> ClientResult<Written> {
         written(self.call(&CommandRequest::hset(table, key, value)).await?)
     }
 
@@ -235,15 +196,7 @@ impl Client {
         value: impl Into<Value>,
         expected_version: u64,
     ) -> ClientResult<Written> {
-        written(
-            self.call(&CommandRequest::hset_if_version(
-                table,
-                key,
-                value,
-                expected_version,
-            ))
-            .await?,
-        )
+        written(self.call(&CommandRequest::hset_if_version(table, key, value, expected_version)).await?)
     }
 
     /// Sets several keys of one table; one result per pair, in order.
@@ -267,43 +220,26 @@ impl Client {
         key: &str,
         expected_version: u64,
     ) -> ClientResult<Written> {
-        written(
-            self.call(&CommandRequest::hdel_if_version(
-                table,
-                key,
-                expected_version,
-            ))
-            .await?,
-        )
+        written(self.call(&CommandRequest::hdel_if_version(table, key, expected_version)).await?)
     }
 
     pub async fn hmdel(&self, table: &str, keys: &[&str]) -> ClientResult<Vec<Written>> {
-        all_written(
-            self.call(&CommandRequest::hmdel(table, keys.iter().copied()))
-                .await?,
-        )
+        all_written(self.call(&CommandRequest::hmdel(table, keys.iter().copied())).await?)
     }
 
     pub async fn hexist(&self, table: &str, key: &str) -> ClientResult<bool> {
         let found = self.hmexist(table, &[key]).await?;
-        found
-            .into_iter()
-            .next()
-            .ok_or_else(|| ClientError::Protocol("Hexist answered no value".into()))
+        found.into_iter().next().ok_or_else(|| ClientError::Protocol("Hexist answered no value".into()))
     }
 
     pub async fn hmexist(&self, table: &str, keys: &[&str]) -> ClientResult<Vec<bool>> {
-        let response = ok(self
-            .call(&CommandRequest::hmexist(table, keys.iter().copied()))
-            .await?)?;
+        let response = ok(self.call(&CommandRequest::hmexist(table, keys.iter().copied())).await?)?;
         response
             .values
             .into_iter()
             .map(|v| match v.value {
                 Some(value::Value::Bool(exists)) => Ok(exists),
-                other => Err(ClientError::Protocol(format!(
-                    "expected a bool, got {other:?}"
-                ))),
+                other => Err(ClientError::Protocol(format!("expected a bool, got {other:?}"))),
             })
             .collect()
     }
@@ -340,9 +276,7 @@ impl ResponseFrames {
             }
             None => {
                 self.done = true;
-                return Some(Err(ClientError::Protocol(
-                    "the reply ended before its last frame".into(),
-                )));
+                return Some(Err(ClientError::Protocol("the reply ended before its last frame".into())));
             }
         };
         self.done = !frame.more;
@@ -352,17 +286,11 @@ impl ResponseFrames {
 
 /// Resolves `host:port`, returning the host (for certificate verification) and the first address.
 async fn resolve(addr: &str) -> ClientResult<(String, SocketAddr)> {
-    let resolve_error = |reason: String| ClientError::Resolve {
-        addr: addr.to_owned(),
-        reason,
-    };
+    let resolve_error = |reason: String| ClientError::Resolve { addr: addr.to_owned(), reason };
     let host = match addr.parse::<SocketAddr>() {
         Ok(socket_addr) => socket_addr.ip().to_string(),
         Err(_) => match addr.rsplit_once(':') {
-            Some((host, _port)) => host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
+            Some((host, _port)) => host.trim_start_matches('[').trim_end_matches(']').to_owned(),
             None => return Err(resolve_error("expected host:port".into())),
         },
     };
@@ -383,10 +311,7 @@ fn handshake_error(config: &ClientConfig, e: quinn::ConnectionError) -> ClientEr
             ca_file: config.ca_file.clone(),
             reason: e.to_string(),
         },
-        other => ClientError::Connect {
-            addr: config.addr.clone(),
-            reason: other.to_string(),
-        },
+        other => ClientError::Connect { addr: config.addr.clone(), reason: other.to_string() },
     }
 }
 
@@ -394,13 +319,10 @@ fn handshake_error(config: &ClientConfig, e: quinn::ConnectionError) -> ClientEr
 fn ok(response: CommandResponse) -> ClientResult<CommandResponse> {
     match response.status {
         status::OK => Ok(response),
-        status::CONFLICT => Err(ClientError::Conflict {
-            current: versioned_values(response).into_iter().next().flatten(),
-        }),
-        status => Err(ClientError::Status {
-            status,
-            message: response.message,
-        }),
+        status::CONFLICT => {
+            Err(ClientError::Conflict { current: versioned_values(response).into_iter().next().flatten() })
+        }
+        status => Err(ClientError::Status { status, message: response.message }),
     }
 }
 

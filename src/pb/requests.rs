@@ -3,8 +3,8 @@
 use bytes::Bytes;
 
 use super::{
-    CommandRequest, Hdel, Hexist, Hget, Hgetall, Hmdel, Hmexist, Hmget, Hmset, Hset, Kvpair, Ping,
-    Publish, Subscribe, Unsubscribe, Value, command_request::RequestData,
+    CommandRequest, Hdel, Hexist, Hget, Hgetall, Hmdel, Hmexist, Hmget, Hmset, Hset, Kvpair, Ping, Publish,
+    Subscribe, Unsubscribe, Value, command_request::RequestData,
 };
 
 fn keys(keys: impl IntoIterator<Item = impl Into<String>>) -> Vec<String> {
@@ -13,46 +13,27 @@ fn keys(keys: impl IntoIterator<Item = impl Into<String>>) -> Vec<String> {
 
 impl From<RequestData> for CommandRequest {
     fn from(data: RequestData) -> Self {
-        CommandRequest {
-            request_data: Some(data),
-        }
+        CommandRequest { request_data: Some(data) }
     }
 }
 
 impl Kvpair {
     pub fn new(key: impl Into<String>, value: impl Into<Value>) -> Self {
-        Kvpair {
-            key: key.into(),
-            value: Some(value.into()),
-        }
+        Kvpair { key: key.into(), value: Some(value.into()) }
     }
 }
 
 impl CommandRequest {
     pub fn hget(table: impl Into<String>, key: impl Into<String>) -> Self {
-        RequestData::Hget(Hget {
-            table: table.into(),
-            key: key.into(),
-        })
-        .into()
+        RequestData::Hget(Hget { table: table.into(), key: key.into() }).into()
     }
 
     pub fn hgetall(table: impl Into<String>) -> Self {
-        RequestData::Hgetall(Hgetall {
-            table: table.into(),
-        })
-        .into()
+        RequestData::Hgetall(Hgetall { table: table.into() }).into()
     }
 
-    pub fn hmget(
-        table: impl Into<String>,
-        keys: impl IntoIterator<Item = impl Into<String>>,
-    ) -> Self {
-        RequestData::Hmget(Hmget {
-            table: table.into(),
-            keys: self::keys(keys),
-        })
-        .into()
+    pub fn hmget(table: impl Into<String>, keys: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        RequestData::Hmget(Hmget { table: table.into(), keys: self::keys(keys) }).into()
     }
 
     pub fn hset(table: impl Into<String>, key: impl Into<String>, value: impl Into<Value>) -> Self {
@@ -75,37 +56,20 @@ impl CommandRequest {
         value: impl Into<Value>,
         expected_version: Option<u64>,
     ) -> Self {
-        RequestData::Hset(Hset {
-            table: table.into(),
-            pair: Some(Kvpair::new(key, value)),
-            expected_version,
-        })
-        .into()
+        RequestData::Hset(Hset { table: table.into(), pair: Some(Kvpair::new(key, value)), expected_version })
+            .into()
     }
 
     pub fn hmset(table: impl Into<String>, pairs: impl IntoIterator<Item = Kvpair>) -> Self {
-        RequestData::Hmset(Hmset {
-            table: table.into(),
-            pairs: pairs.into_iter().collect(),
-        })
-        .into()
+        RequestData::Hmset(Hmset { table: table.into(), pairs: pairs.into_iter().collect() }).into()
     }
 
     pub fn hdel(table: impl Into<String>, key: impl Into<String>) -> Self {
-        RequestData::Hdel(Hdel {
-            table: table.into(),
-            key: key.into(),
-            expected_version: None,
-        })
-        .into()
+        RequestData::Hdel(Hdel { table: table.into(), key: key.into(), expected_version: None }).into()
     }
 
     /// A conditional `Hdel`: deleted only if the key's version is `expected_version`.
-    pub fn hdel_if_version(
-        table: impl Into<String>,
-        key: impl Into<String>,
-        expected_version: u64,
-    ) -> Self {
+    pub fn hdel_if_version(table: impl Into<String>, key: impl Into<String>, expected_version: u64) -> Self {
         RequestData::Hdel(Hdel {
             table: table.into(),
             key: key.into(),
@@ -114,64 +78,32 @@ impl CommandRequest {
         .into()
     }
 
-    pub fn hmdel(
-        table: impl Into<String>,
-        keys: impl IntoIterator<Item = impl Into<String>>,
-    ) -> Self {
-        RequestData::Hmdel(Hmdel {
-            table: table.into(),
-            keys: self::keys(keys),
-        })
-        .into()
+    pub fn hmdel(table: impl Into<String>, keys: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        RequestData::Hmdel(Hmdel { table: table.into(), keys: self::keys(keys) }).into()
     }
 
     pub fn hexist(table: impl Into<String>, key: impl Into<String>) -> Self {
-        RequestData::Hexist(Hexist {
-            table: table.into(),
-            key: key.into(),
-        })
-        .into()
+        RequestData::Hexist(Hexist { table: table.into(), key: key.into() }).into()
     }
 
-    pub fn hmexist(
-        table: impl Into<String>,
-        keys: impl IntoIterator<Item = impl Into<String>>,
-    ) -> Self {
-        RequestData::Hmexist(Hmexist {
-            table: table.into(),
-            keys: self::keys(keys),
-        })
-        .into()
+    pub fn hmexist(table: impl Into<String>, keys: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        RequestData::Hmexist(Hmexist { table: table.into(), keys: self::keys(keys) }).into()
     }
 
     pub fn subscribe(topic: impl Into<String>) -> Self {
-        RequestData::Subscribe(Subscribe {
-            topic: topic.into(),
-        })
-        .into()
+        RequestData::Subscribe(Subscribe { topic: topic.into() }).into()
     }
 
     pub fn unsubscribe(topic: impl Into<String>, id: u32) -> Self {
-        RequestData::Unsubscribe(Unsubscribe {
-            topic: topic.into(),
-            id,
-        })
-        .into()
+        RequestData::Unsubscribe(Unsubscribe { topic: topic.into(), id }).into()
     }
 
     pub fn publish(topic: impl Into<String>, data: impl IntoIterator<Item = Value>) -> Self {
-        RequestData::Publish(Publish {
-            topic: topic.into(),
-            data: data.into_iter().collect(),
-        })
-        .into()
+        RequestData::Publish(Publish { topic: topic.into(), data: data.into_iter().collect() }).into()
     }
 
     pub fn ping(payload: impl Into<Bytes>) -> Self {
-        RequestData::Ping(Ping {
-            payload: payload.into(),
-        })
-        .into()
+        RequestData::Ping(Ping { payload: payload.into() }).into()
     }
 
     /// The command's name as the protocol spells it, for logs and error messages.

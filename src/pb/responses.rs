@@ -8,37 +8,22 @@ use super::{CommandResponse, Kvpair, Value, status};
 impl CommandResponse {
     /// An empty 200 response.
     pub fn ok() -> Self {
-        CommandResponse {
-            status: status::OK,
-            ..Default::default()
-        }
+        CommandResponse { status: status::OK, ..Default::default() }
     }
 
     /// An error response; `message` must say what went wrong in words a user can act on.
     pub fn error(status: u32, message: impl Into<String>) -> Self {
-        CommandResponse {
-            status,
-            message: message.into(),
-            ..Default::default()
-        }
+        CommandResponse { status, message: message.into(), ..Default::default() }
     }
 
     /// A 200 response carrying values and their versions.
     pub fn with_values(values: Vec<Value>, versions: Vec<u64>) -> Self {
-        CommandResponse {
-            values,
-            versions,
-            ..Self::ok()
-        }
+        CommandResponse { values, versions, ..Self::ok() }
     }
 
     /// A 200 response carrying key-value pairs and their versions.
     pub fn with_pairs(pairs: Vec<Kvpair>, versions: Vec<u64>) -> Self {
-        CommandResponse {
-            pairs,
-            versions,
-            ..Self::ok()
-        }
+        CommandResponse { pairs, versions, ..Self::ok() }
     }
 
     pub fn is_ok(&self) -> bool {
@@ -52,30 +37,16 @@ impl CommandResponse {
 /// that carries both values and pairs, is returned whole. Each frame holds at least one item, so a
 /// single item larger than the target gets a frame of its own.
 pub fn split_response(mut response: CommandResponse, target_bytes: usize) -> Vec<CommandResponse> {
-    if response.encoded_len() <= target_bytes
-        || (!response.values.is_empty() && !response.pairs.is_empty())
-    {
+    if response.encoded_len() <= target_bytes || (!response.values.is_empty() && !response.pairs.is_empty()) {
         return vec![response];
     }
     let versions = std::mem::take(&mut response.versions);
     let mut frames = if response.pairs.is_empty() {
         let values = std::mem::take(&mut response.values);
-        split_items(
-            values,
-            versions,
-            target_bytes,
-            |v| 2 + v.encoded_len(),
-            CommandResponse::with_values,
-        )
+        split_items(values, versions, target_bytes, |v| 2 + v.encoded_len(), CommandResponse::with_values)
     } else {
         let pairs = std::mem::take(&mut response.pairs);
-        split_items(
-            pairs,
-            versions,
-            target_bytes,
-            |p| 4 + p.encoded_len(),
-            CommandResponse::with_pairs,
-        )
+        split_items(pairs, versions, target_bytes, |p| 4 + p.encoded_len(), CommandResponse::with_pairs)
     };
     if let Some(last) = frames.last_mut() {
         last.status = response.status;
@@ -98,10 +69,7 @@ fn split_items<T>(
         .into_iter()
         .map(|group| {
             let group_versions = versions.by_ref().take(group.len()).collect();
-            CommandResponse {
-                more: true,
-                ..frame(group, group_versions)
-            }
+            CommandResponse { more: true, ..frame(group, group_versions) }
         })
         .collect()
 }
@@ -148,11 +116,7 @@ mod tests {
         let frames = split_response(response.clone(), 10_000);
         assert!(frames.len() >= 10, "{} frames", frames.len());
         for frame in &frames {
-            assert!(
-                frame.encoded_len() <= 10_000 + 1100,
-                "frame of {} bytes",
-                frame.encoded_len()
-            );
+            assert!(frame.encoded_len() <= 10_000 + 1100, "frame of {} bytes", frame.encoded_len());
             assert_eq!(frame.values.len(), frame.versions.len());
         }
         let (last, rest) = frames.split_last().unwrap();
@@ -166,9 +130,7 @@ mod tests {
 
     #[test]
     fn pairs_split_too_and_the_last_frame_keeps_status_and_more() {
-        let pairs = (0..50)
-            .map(|i| Kvpair::new(format!("k{i}"), vec![0u8; 500]))
-            .collect();
+        let pairs = (0..50).map(|i| Kvpair::new(format!("k{i}"), vec![0u8; 500])).collect();
         let response = CommandResponse {
             more: true,
             message: "kept".into(),
@@ -176,10 +138,7 @@ mod tests {
         };
         let frames = split_response(response, 2_000);
         let last = frames.last().unwrap();
-        assert!(
-            last.more,
-            "a chunk of a longer stream must still say more follows"
-        );
+        assert!(last.more, "a chunk of a longer stream must still say more follows");
         assert_eq!(last.message, "kept");
         assert_eq!(frames.iter().map(|f| f.pairs.len()).sum::<usize>(), 50);
     }
@@ -187,9 +146,6 @@ mod tests {
     #[test]
     fn an_item_larger_than_the_target_gets_its_own_frame() {
         let frames = split_response(big_values(3, 5000), 100);
-        assert_eq!(
-            frames.iter().map(|f| f.values.len()).collect::<Vec<_>>(),
-            vec![1, 1, 1]
-        );
+        assert_eq!(frames.iter().map(|f| f.values.len()).collect::<Vec<_>>(), vec![1, 1, 1]);
     }
 }

@@ -10,10 +10,7 @@ pub enum ServiceError {
     #[error("key {key:?} not found in table {table:?}")]
     NotFound { table: String, key: String },
     #[error("version conflict: expected version {expected}, but the key's version is {}", current.as_ref().map_or(0, |c| c.version))]
-    Conflict {
-        expected: u64,
-        current: Option<Versioned>,
-    },
+    Conflict { expected: u64, current: Option<Versioned> },
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("{0} is not implemented by this server")]

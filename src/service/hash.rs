@@ -8,8 +8,8 @@ use futures_util::{StreamExt, stream};
 
 use super::{Reply, Service, ServiceError};
 use crate::pb::{
-    CommandResponse, Hdel, Hexist, Hget, Hgetall, Hmdel, Hmexist, Hmget, Hmset, Hset, Kvpair,
-    Value, split_response,
+    CommandResponse, Hdel, Hexist, Hget, Hgetall, Hmdel, Hmexist, Hmget, Hmset, Hset, Kvpair, Value,
+    split_response,
 };
 use crate::storage::{PageLimit, ScanPage, Storage, TableScan, Versioned, WriteOutcome};
 
@@ -20,29 +20,20 @@ const MAX_PAIRS_PER_PAGE: usize = 8192;
 
 pub async fn hget(storage: &impl Storage, cmd: Hget) -> CommandResult {
     match storage.get(&cmd.table, &cmd.key).await? {
-        Some(Versioned { value, version }) => {
-            Ok(CommandResponse::with_values(vec![value], vec![version]))
-        }
-        None => Err(ServiceError::NotFound {
-            table: cmd.table,
-            key: cmd.key,
-        }),
+        Some(Versioned { value, version }) => Ok(CommandResponse::with_values(vec![value], vec![version])),
+        None => Err(ServiceError::NotFound { table: cmd.table, key: cmd.key }),
     }
 }
 
 pub async fn hmget(storage: &impl Storage, cmd: Hmget) -> CommandResult {
     let found = storage.get_many(&cmd.table, &cmd.keys).await?;
-    let (values, versions) = found
-        .into_iter()
-        .map(|entry| entry.map_or((Value::default(), 0), |v| (v.value, v.version)))
-        .unzip();
+    let (values, versions) =
+        found.into_iter().map(|entry| entry.map_or((Value::default(), 0), |v| (v.value, v.version))).unzip();
     Ok(CommandResponse::with_values(values, versions))
 }
 
 pub async fn hexist(storage: &impl Storage, cmd: Hexist) -> CommandResult {
-    let versions = storage
-        .versions(&cmd.table, std::slice::from_ref(&cmd.key))
-        .await?;
+    let versions = storage.versions(&cmd.table, std::slice::from_ref(&cmd.key)).await?;
     Ok(existence(versions))
 }
 
@@ -52,21 +43,15 @@ pub async fn hmexist(storage: &impl Storage, cmd: Hmexist) -> CommandResult {
 }
 
 fn existence(versions: Vec<u64>) -> CommandResponse {
-    let values = versions
-        .iter()
-        .map(|&version| Value::from(version != 0))
-        .collect();
+    let values = versions.iter().map(|&version| Value::from(version != 0)).collect();
     CommandResponse::with_values(values, versions)
 }
 
 pub async fn hset(storage: &impl Storage, cmd: Hset) -> CommandResult {
-    let Kvpair { key, value } = cmd
-        .pair
-        .ok_or_else(|| ServiceError::InvalidRequest("Hset needs a pair".into()))?;
+    let Kvpair { key, value } =
+        cmd.pair.ok_or_else(|| ServiceError::InvalidRequest("Hset needs a pair".into()))?;
     let value = require_value(value, &key)?;
-    let outcome = storage
-        .set(&cmd.table, &key, value, cmd.expected_version)
-        .await?;
+    let outcome = storage.set(&cmd.table, &key, value, cmd.expected_version).await?;
     write_response(outcome, cmd.expected_version)
 }
 
@@ -82,9 +67,7 @@ pub async fn hmset(storage: &impl Storage, cmd: Hmset) -> CommandResult {
 }
 
 pub async fn hdel(storage: &impl Storage, cmd: Hdel) -> CommandResult {
-    let outcome = storage
-        .delete(&cmd.table, &cmd.key, cmd.expected_version)
-        .await?;
+    let outcome = storage.delete(&cmd.table, &cmd.key, cmd.expected_version).await?;
     write_response(outcome, cmd.expected_version)
 }
 
@@ -97,9 +80,7 @@ pub async fn hmdel(storage: &impl Storage, cmd: Hmdel) -> CommandResult {
 fn require_value(value: Option<Value>, key: &str) -> Result<Value, ServiceError> {
     match value {
         Some(value) if !value.is_empty() => Ok(value),
-        _ => Err(ServiceError::InvalidRequest(format!(
-            "the value for key {key:?} is not set"
-        ))),
+        _ => Err(ServiceError::InvalidRequest(format!("the value for key {key:?} is not set"))),
     }
 }
 
@@ -109,10 +90,9 @@ fn write_response(outcome: WriteOutcome, expected_version: Option<u64>) -> Comma
             vec![previous.map(|p| p.value).unwrap_or_default()],
             vec![version],
         )),
-        WriteOutcome::Conflict { current } => Err(ServiceError::Conflict {
-            expected: expected_version.unwrap_or_default(),
-            current,
-        }),
+        WriteOutcome::Conflict { current } => {
+            Err(ServiceError::Conflict { expected: expected_version.unwrap_or_default(), current })
+        }
     }
 }
 
@@ -139,10 +119,7 @@ pub async fn hgetall<S: Storage>(service: &Service<S>, cmd: Hgetall) -> Reply {
         Ok(scan) => scan,
         Err(e) => return ServiceError::from(e).into_response().into(),
     };
-    let limit = PageLimit {
-        entries: MAX_PAIRS_PER_PAGE,
-        bytes: service.config().response_frame_target,
-    };
+    let limit = PageLimit { entries: MAX_PAIRS_PER_PAGE, bytes: service.config().response_frame_target };
     // The state is the scan still to read, `None` once the final frame has been produced.
     let pages = stream::unfold(Some(scan), move |scan| async move {
         let mut scan = scan?;
@@ -163,21 +140,7 @@ pub async fn hgetall<S: Storage>(service: &Service<S>, cmd: Hgetall) -> Reply {
 }
 
 fn page_frame(page: ScanPage) -> CommandResponse {
-    let (pairs, versions) = page
-        .entries
-        .into_iter()
-        .map(|(key, v)| {
-            (
-                Kvpair {
-                    key,
-                    value: Some(v.value),
-                },
-                v.version,
-            )
-        })
-        .unzip();
-    CommandResponse {
-        more: !page.done,
-        ..CommandResponse::with_pairs(pairs, versions)
-    }
+    let (pairs, versions) =
+        page.entries.into_iter().map(|(key, v)| (Kvpair { key, value: Some(v.value) }, v.version)).unzip();
+    CommandResponse { more: !page.done, ..CommandResponse::with_pairs(pairs, versions) }
 }

@@ -30,9 +30,7 @@ pub struct ServiceConfig {
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        ServiceConfig {
-            response_frame_target: DEFAULT_RESPONSE_FRAME_TARGET,
-        }
+        ServiceConfig { response_frame_target: DEFAULT_RESPONSE_FRAME_TARGET }
     }
 }
 
@@ -63,17 +61,13 @@ struct Inner<S> {
 
 impl<S> Clone for Service<S> {
     fn clone(&self) -> Self {
-        Service {
-            inner: self.inner.clone(),
-        }
+        Service { inner: self.inner.clone() }
     }
 }
 
 impl<S: Storage> Service<S> {
     pub fn new(storage: S, config: ServiceConfig) -> Self {
-        Service {
-            inner: Arc::new(Inner { storage, config }),
-        }
+        Service { inner: Arc::new(Inner { storage, config }) }
     }
 
     pub fn storage(&self) -> &S {
@@ -104,9 +98,7 @@ impl<S: Storage> Service<S> {
             RequestData::Hmexist(cmd) => hash::hmexist(storage, cmd).await,
             RequestData::Ping(cmd) => Ok(ping::ping(cmd)),
             RequestData::Subscribe(_) | RequestData::Unsubscribe(_) | RequestData::Publish(_) => {
-                Err(ServiceError::NotImplemented(
-                    "pub/sub (Subscribe, Unsubscribe, Publish)",
-                ))
+                Err(ServiceError::NotImplemented("pub/sub (Subscribe, Unsubscribe, Publish)"))
             }
         };
         let response = result.unwrap_or_else(ServiceError::into_response);

@@ -50,19 +50,10 @@ impl MemoryStore {
     }
 
     /// `read` applied to each key's entry, in order; `None` for absent keys.
-    fn read_each<R>(
-        &self,
-        table: &str,
-        keys: &[String],
-        read: impl Fn(&Versioned) -> R,
-    ) -> Vec<Option<R>> {
+    fn read_each<R>(&self, table: &str, keys: &[String], read: impl Fn(&Versioned) -> R) -> Vec<Option<R>> {
         let table = self.table(table);
         keys.iter()
-            .map(|key| {
-                table
-                    .as_ref()
-                    .and_then(|t| t.entries.read_sync(key.as_str(), |_, v| read(v)))
-            })
+            .map(|key| table.as_ref().and_then(|t| t.entries.read_sync(key.as_str(), |_, v| read(v))))
             .collect()
     }
 
@@ -71,12 +62,7 @@ impl MemoryStore {
         loop {
             let table = match self.table(name) {
                 Some(table) => table,
-                None => self
-                    .tables
-                    .entry_sync(Arc::from(name))
-                    .or_default()
-                    .get()
-                    .clone(),
+                None => self.tables.entry_sync(Arc::from(name)).or_default().get().clone(),
             };
             let unlinked = table.unlinked.read();
             if *unlinked {
@@ -94,8 +80,7 @@ impl MemoryStore {
             return;
         }
         *unlinked = true;
-        self.tables
-            .remove_if_sync(name, |current| Arc::ptr_eq(current, table));
+        self.tables.remove_if_sync(name, |current| Arc::ptr_eq(current, table));
     }
 
     /// Replaces an existing key's value if `expected_version` allows it.
@@ -107,25 +92,14 @@ impl MemoryStore {
     ) -> WriteOutcome {
         let current = entry.get();
         if expected_version.is_some_and(|expected| expected != current.version) {
-            return WriteOutcome::Conflict {
-                current: Some(current.clone()),
-            };
+            return WriteOutcome::Conflict { current: Some(current.clone()) };
         }
         let version = self.next_version();
         let previous = std::mem::replace(entry.get_mut(), Versioned { value, version });
-        WriteOutcome::Written {
-            previous: Some(previous),
-            version,
-        }
+        WriteOutcome::Written { previous: Some(previous), version }
     }
 
-    fn set_in(
-        &self,
-        table: &Table,
-        key: &str,
-        value: Value,
-        expected_version: Option<u64>,
-    ) -> WriteOutcome {
+    fn set_in(&self, table: &Table, key: &str, value: Value, expected_version: Option<u64>) -> WriteOutcome {
         // The common case, overwriting a key, must not allocate a new `Arc<str>` for the key.
         if let Some(entry) = table.entries.get_sync(key) {
             return self.replace(entry, value, expected_version);
@@ -138,10 +112,7 @@ impl MemoryStore {
             MapEntry::Vacant(entry) => {
                 let version = self.next_version();
                 entry.insert_entry(Versioned { value, version });
-                WriteOutcome::Written {
-                    previous: None,
-                    version,
-                }
+                WriteOutcome::Written { previous: None, version }
             }
         }
     }
@@ -151,14 +122,9 @@ impl MemoryStore {
             return absent_delete(expected_version);
         };
         if expected_version.is_some_and(|expected| expected != entry.get().version) {
-            return WriteOutcome::Conflict {
-                current: Some(entry.get().clone()),
-            };
+            return WriteOutcome::Conflict { current: Some(entry.get().clone()) };
         }
-        WriteOutcome::Written {
-            previous: Some(entry.remove()),
-            version: 0,
-        }
+        WriteOutcome::Written { previous: Some(entry.remove()), version: 0 }
     }
 }
 
@@ -166,10 +132,7 @@ impl MemoryStore {
 fn absent_delete(expected_version: Option<u64>) -> WriteOutcome {
     match expected_version {
         Some(expected) if expected != 0 => WriteOutcome::Conflict { current: None },
-        _ => WriteOutcome::Written {
-            previous: None,
-            version: 0,
-        },
+        _ => WriteOutcome::Written { previous: None, version: 0 },
     }
 }
 
@@ -177,25 +140,16 @@ impl Storage for MemoryStore {
     type Scan = MemoryScan;
 
     async fn get(&self, table: &str, key: &str) -> StorageResult<Option<Versioned>> {
-        Ok(self
-            .table(table)
-            .and_then(|t| t.entries.read_sync(key, |_, v| v.clone())))
+        Ok(self.table(table).and_then(|t| t.entries.read_sync(key, |_, v| v.clone())))
     }
 
-    async fn get_many(
-        &self,
-        table: &str,
-        keys: &[String],
-    ) -> StorageResult<Vec<Option<Versioned>>> {
+    async fn get_many(&self, table: &str, keys: &[String]) -> StorageResult<Vec<Option<Versioned>>> {
         Ok(self.read_each(table, keys, Versioned::clone))
     }
 
     async fn versions(&self, table: &str, keys: &[String]) -> StorageResult<Vec<u64>> {
         let versions = self.read_each(table, keys, |v| v.version);
-        Ok(versions
-            .into_iter()
-            .map(Option::unwrap_or_default)
-            .collect())
+        Ok(versions.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     async fn set(
@@ -208,16 +162,9 @@ impl Storage for MemoryStore {
         Ok(self.write_to_table(table, |t| self.set_in(t, key, value, expected_version)))
     }
 
-    async fn set_many(
-        &self,
-        table: &str,
-        pairs: Vec<(String, Value)>,
-    ) -> StorageResult<Vec<WriteOutcome>> {
+    async fn set_many(&self, table: &str, pairs: Vec<(String, Value)>) -> StorageResult<Vec<WriteOutcome>> {
         Ok(self.write_to_table(table, |t| {
-            pairs
-                .into_iter()
-                .map(|(key, value)| self.set_in(t, &key, value, None))
-                .collect()
+            pairs.into_iter().map(|(key, value)| self.set_in(t, &key, value, None)).collect()
         }))
     }
 
@@ -239,10 +186,7 @@ impl Storage for MemoryStore {
         let Some(t) = self.table(table) else {
             return Ok(keys.iter().map(|_| absent_delete(None)).collect());
         };
-        let outcomes = keys
-            .iter()
-            .map(|key| Self::delete_in(&t, key, None))
-            .collect();
+        let outcomes = keys.iter().map(|key| Self::delete_in(&t, key, None)).collect();
         self.unlink_if_empty(table, &t);
         Ok(outcomes)
     }
@@ -257,11 +201,7 @@ impl Storage for MemoryStore {
                 true
             });
         }
-        Ok(MemoryScan {
-            table,
-            keys,
-            next: 0,
-        })
+        Ok(MemoryScan { table, keys, next: 0 })
     }
 }
 
@@ -281,9 +221,7 @@ impl TableScan for MemoryScan {
             return Ok(page);
         };
         let mut bytes = 0;
-        while self.next < self.keys.len()
-            && page.entries.len() < limit.entries.max(1)
-            && bytes < limit.bytes
+        while self.next < self.keys.len() && page.entries.len() < limit.entries.max(1) && bytes < limit.bytes
         {
             let key = &self.keys[self.next];
             self.next += 1;

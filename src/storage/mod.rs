@@ -34,10 +34,7 @@ pub type Entry = (String, Versioned);
 pub enum WriteOutcome {
     /// The write happened. `previous` is what it replaced; `version` is the key's version now
     /// (0 after a delete).
-    Written {
-        previous: Option<Versioned>,
-        version: u64,
-    },
+    Written { previous: Option<Versioned>, version: u64 },
     /// The expected version did not match `current`; nothing was written.
     Conflict { current: Option<Versioned> },
 }
@@ -75,11 +72,7 @@ pub trait Storage: Send + Sync + 'static {
     type Scan: TableScan;
 
     /// The key's value and version, or `None` when absent.
-    fn get(
-        &self,
-        table: &str,
-        key: &str,
-    ) -> impl Future<Output = StorageResult<Option<Versioned>>> + Send;
+    fn get(&self, table: &str, key: &str) -> impl Future<Output = StorageResult<Option<Versioned>>> + Send;
 
     /// One answer per key, in the order given.
     fn get_many(
@@ -90,11 +83,7 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Each key's current version (0 when absent), in the order given; cheaper than `get_many`
     /// because values are not copied.
-    fn versions(
-        &self,
-        table: &str,
-        keys: &[String],
-    ) -> impl Future<Output = StorageResult<Vec<u64>>> + Send;
+    fn versions(&self, table: &str, keys: &[String]) -> impl Future<Output = StorageResult<Vec<u64>>> + Send;
 
     /// Sets the key to `value`. With `expected_version`, writes only if the key's current version equals
     /// it (0: only if the key is absent), and otherwise reports the conflict.
@@ -137,8 +126,5 @@ pub trait Storage: Send + Sync + 'static {
 /// A scan in progress. Owns what it needs, so it can outlive the request that started it.
 pub trait TableScan: Send + 'static {
     /// The next page. After a page with `done`, further calls return empty final pages.
-    fn next_page(
-        &mut self,
-        limit: PageLimit,
-    ) -> impl Future<Output = StorageResult<ScanPage>> + Send;
+    fn next_page(&mut self, limit: PageLimit) -> impl Future<Output = StorageResult<ScanPage>> + Send;
 }

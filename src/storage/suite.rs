@@ -68,10 +68,7 @@ pub async fn missing_keys_and_tables_read_as_absent<S: Storage>(s: Arc<S>) {
     assert_eq!(s.get("no-table", "k").await.unwrap(), None);
     s.set("t", "present", "v".into(), None).await.unwrap();
     assert_eq!(s.get("t", "absent").await.unwrap(), None);
-    assert_eq!(
-        s.versions("t", &strings(&["absent"])).await.unwrap(),
-        vec![0]
-    );
+    assert_eq!(s.versions("t", &strings(&["absent"])).await.unwrap(), vec![0]);
 }
 
 pub async fn set_then_get_returns_value_and_version<S: Storage>(s: Arc<S>) {
@@ -79,42 +76,21 @@ pub async fn set_then_get_returns_value_and_version<S: Storage>(s: Arc<S>) {
     assert_eq!(previous, None);
     assert!(version > 0, "versions of existing keys are positive");
     let got = s.get("t", "k").await.unwrap().expect("just written");
-    assert_eq!(
-        got,
-        Versioned {
-            value: "v1".into(),
-            version
-        }
-    );
+    assert_eq!(got, Versioned { value: "v1".into(), version });
 }
 
 pub async fn set_returns_previous_value_and_increasing_versions<S: Storage>(s: Arc<S>) {
     let (_, v1) = written(s.set("t", "k", "v1".into(), None).await.unwrap());
     let (previous, v2) = written(s.set("t", "k", "v2".into(), None).await.unwrap());
-    assert_eq!(
-        previous,
-        Some(Versioned {
-            value: "v1".into(),
-            version: v1
-        })
-    );
-    assert!(
-        v2 > v1,
-        "each write must give a newer version ({v2} after {v1})"
-    );
+    assert_eq!(previous, Some(Versioned { value: "v1".into(), version: v1 }));
+    assert!(v2 > v1, "each write must give a newer version ({v2} after {v1})");
     assert_eq!(s.versions("t", &strings(&["k"])).await.unwrap(), vec![v2]);
 }
 
 pub async fn delete_returns_previous_value<S: Storage>(s: Arc<S>) {
     let (_, version) = written(s.set("t", "k", "v".into(), None).await.unwrap());
     let (previous, after) = written(s.delete("t", "k", None).await.unwrap());
-    assert_eq!(
-        previous,
-        Some(Versioned {
-            value: "v".into(),
-            version
-        })
-    );
+    assert_eq!(previous, Some(Versioned { value: "v".into(), version }));
     assert_eq!(after, 0, "a deleted key's version is 0");
     assert_eq!(s.get("t", "k").await.unwrap(), None);
     assert_eq!(written(s.delete("t", "k", None).await.unwrap()), (None, 0));
@@ -124,10 +100,7 @@ pub async fn recreated_key_never_reuses_a_version<S: Storage>(s: Arc<S>) {
     let (_, first) = written(s.set("t", "k", "v".into(), None).await.unwrap());
     s.delete("t", "k", None).await.unwrap();
     let (_, second) = written(s.set("t", "k", "v".into(), None).await.unwrap());
-    assert!(
-        second > first,
-        "a re-created key must not reuse version {first}"
-    );
+    assert!(second > first, "a re-created key must not reuse version {first}");
     let stale = s.set("t", "k", "w".into(), Some(first)).await.unwrap();
     assert_eq!(conflict(stale).map(|c| c.version), Some(second));
 }
@@ -136,13 +109,7 @@ pub async fn conditional_set_writes_only_on_matching_version<S: Storage>(s: Arc<
     // Expected 0 means "only if absent".
     let (_, v1) = written(s.set("t", "k", "a".into(), Some(0)).await.unwrap());
     let current = conflict(s.set("t", "k", "b".into(), Some(0)).await.unwrap());
-    assert_eq!(
-        current,
-        Some(Versioned {
-            value: "a".into(),
-            version: v1
-        })
-    );
+    assert_eq!(current, Some(Versioned { value: "a".into(), version: v1 }));
 
     let current = conflict(s.set("t", "k", "b".into(), Some(v1 + 1000)).await.unwrap());
     assert_eq!(current.map(|c| c.version), Some(v1));
@@ -156,10 +123,7 @@ pub async fn conditional_set_writes_only_on_matching_version<S: Storage>(s: Arc<
     assert_eq!(previous.map(|p| p.value), Some("a".into()));
     assert!(v2 > v1);
 
-    assert_eq!(
-        conflict(s.set("t", "absent", "x".into(), Some(v2)).await.unwrap()),
-        None
-    );
+    assert_eq!(conflict(s.set("t", "absent", "x".into(), Some(v2)).await.unwrap()), None);
     assert_eq!(s.get("t", "absent").await.unwrap(), None);
 }
 
@@ -167,27 +131,15 @@ pub async fn conditional_delete_deletes_only_on_matching_version<S: Storage>(s: 
     let (_, version) = written(s.set("t", "k", "a".into(), None).await.unwrap());
     let current = conflict(s.delete("t", "k", Some(version + 1)).await.unwrap());
     assert_eq!(current.map(|c| c.version), Some(version));
-    assert!(
-        s.get("t", "k").await.unwrap().is_some(),
-        "a conflicting delete deletes nothing"
-    );
-    assert_eq!(
-        conflict(s.delete("t", "k", Some(0)).await.unwrap()).map(|c| c.version),
-        Some(version)
-    );
+    assert!(s.get("t", "k").await.unwrap().is_some(), "a conflicting delete deletes nothing");
+    assert_eq!(conflict(s.delete("t", "k", Some(0)).await.unwrap()).map(|c| c.version), Some(version));
 
     let (previous, after) = written(s.delete("t", "k", Some(version)).await.unwrap());
     assert_eq!(previous.map(|p| p.version), Some(version));
     assert_eq!(after, 0);
 
-    assert_eq!(
-        conflict(s.delete("t", "k", Some(version)).await.unwrap()),
-        None
-    );
-    assert_eq!(
-        written(s.delete("t", "k", Some(0)).await.unwrap()),
-        (None, 0)
-    );
+    assert_eq!(conflict(s.delete("t", "k", Some(version)).await.unwrap()), None);
+    assert_eq!(written(s.delete("t", "k", Some(0)).await.unwrap()), (None, 0));
 }
 
 pub async fn multi_key_reads_answer_in_request_order<S: Storage>(s: Arc<S>) {
@@ -196,19 +148,10 @@ pub async fn multi_key_reads_answer_in_request_order<S: Storage>(s: Arc<S>) {
     let keys = strings(&["c", "b", "a", "c"]);
     let got = s.get_many("t", &keys).await.unwrap();
     let expected = vec![
-        Some(Versioned {
-            value: "3".into(),
-            version: vc,
-        }),
+        Some(Versioned { value: "3".into(), version: vc }),
         None,
-        Some(Versioned {
-            value: "1".into(),
-            version: va,
-        }),
-        Some(Versioned {
-            value: "3".into(),
-            version: vc,
-        }),
+        Some(Versioned { value: "1".into(), version: va }),
+        Some(Versioned { value: "3".into(), version: vc }),
     ];
     assert_eq!(got, expected);
     assert_eq!(s.versions("t", &keys).await.unwrap(), vec![vc, 0, va, vc]);
@@ -218,22 +161,10 @@ pub async fn multi_key_reads_answer_in_request_order<S: Storage>(s: Arc<S>) {
 
 pub async fn multi_key_writes_answer_in_request_order<S: Storage>(s: Arc<S>) {
     s.set("t", "b", "old".into(), None).await.unwrap();
-    let pairs = vec![
-        ("a".to_string(), Value::from(1i64)),
-        ("b".to_string(), Value::from(2i64)),
-    ];
-    let outcomes: Vec<_> = s
-        .set_many("t", pairs)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(written)
-        .collect();
+    let pairs = vec![("a".to_string(), Value::from(1i64)), ("b".to_string(), Value::from(2i64))];
+    let outcomes: Vec<_> = s.set_many("t", pairs).await.unwrap().into_iter().map(written).collect();
     assert_eq!(outcomes[0].0, None);
-    assert_eq!(
-        outcomes[1].0.as_ref().map(|p| p.value.clone()),
-        Some("old".into())
-    );
+    assert_eq!(outcomes[1].0.as_ref().map(|p| p.value.clone()), Some("old".into()));
     assert!(outcomes[0].1 > 0 && outcomes[1].1 > 0);
 
     let deleted: Vec<_> = s
@@ -243,19 +174,10 @@ pub async fn multi_key_writes_answer_in_request_order<S: Storage>(s: Arc<S>) {
         .into_iter()
         .map(written)
         .collect();
-    assert_eq!(
-        deleted[0].0.as_ref().map(|p| p.value.clone()),
-        Some(2i64.into())
-    );
+    assert_eq!(deleted[0].0.as_ref().map(|p| p.value.clone()), Some(2i64.into()));
     assert_eq!(deleted[1], (None, 0));
-    assert_eq!(
-        deleted[2].0.as_ref().map(|p| p.value.clone()),
-        Some(1i64.into())
-    );
-    assert_eq!(
-        s.get_many("t", &strings(&["a", "b"])).await.unwrap(),
-        vec![None, None]
-    );
+    assert_eq!(deleted[2].0.as_ref().map(|p| p.value.clone()), Some(1i64.into()));
+    assert_eq!(s.get_many("t", &strings(&["a", "b"])).await.unwrap(), vec![None, None]);
 }
 
 pub async fn names_are_arbitrary_utf8_and_tables_are_isolated<S: Storage>(s: Arc<S>) {
@@ -295,29 +217,17 @@ pub async fn every_value_type_round_trips<S: Storage>(s: Arc<S>) {
         false.into(),
     ];
     for (i, value) in values.iter().enumerate() {
-        s.set("values", &i.to_string(), value.clone(), None)
-            .await
-            .unwrap();
+        s.set("values", &i.to_string(), value.clone(), None).await.unwrap();
     }
     for (i, value) in values.iter().enumerate() {
-        let got = s
-            .get("values", &i.to_string())
-            .await
-            .unwrap()
-            .map(|v| v.value);
+        let got = s.get("values", &i.to_string()).await.unwrap().map(|v| v.value);
         assert_eq!(got.as_ref(), Some(value), "value #{i}");
     }
 }
 
 pub async fn scan_of_missing_table_is_one_empty_final_page<S: Storage>(s: Arc<S>) {
     let mut scan = s.scan("nothing-here").await.unwrap();
-    let page = scan
-        .next_page(PageLimit {
-            entries: 10,
-            bytes: 1 << 20,
-        })
-        .await
-        .unwrap();
+    let page = scan.next_page(PageLimit { entries: 10, bytes: 1 << 20 }).await.unwrap();
     assert!(page.entries.is_empty());
     assert!(page.done);
 }
@@ -328,38 +238,20 @@ pub async fn scan_pages_respect_limits_and_cover_every_key_once<S: Storage>(s: A
     for i in 0..n {
         let key = format!("key-{i}");
         let (_, version) = written(s.set("big", &key, (i as i64).into(), None).await.unwrap());
-        expected.insert(
-            key,
-            Versioned {
-                value: (i as i64).into(),
-                version,
-            },
-        );
+        expected.insert(key, Versioned { value: (i as i64).into(), version });
     }
-    s.set("other", "key-0", "elsewhere".into(), None)
-        .await
-        .unwrap();
+    s.set("other", "key-0", "elsewhere".into(), None).await.unwrap();
 
     let mut seen = BTreeMap::new();
     let mut scan = s.scan("big").await.unwrap();
-    let limit = PageLimit {
-        entries: 100,
-        bytes: 1 << 20,
-    };
+    let limit = PageLimit { entries: 100, bytes: 1 << 20 };
     let mut pages = 0;
     loop {
         let page = scan.next_page(limit).await.unwrap();
         pages += 1;
-        assert!(
-            page.entries.len() <= 100,
-            "page of {} entries over the limit",
-            page.entries.len()
-        );
+        assert!(page.entries.len() <= 100, "page of {} entries over the limit", page.entries.len());
         for (key, versioned) in page.entries {
-            assert!(
-                seen.insert(key.clone(), versioned).is_none(),
-                "{key} returned twice"
-            );
+            assert!(seen.insert(key.clone(), versioned).is_none(), "{key} returned twice");
         }
         if page.done {
             break;
@@ -371,49 +263,22 @@ pub async fn scan_pages_respect_limits_and_cover_every_key_once<S: Storage>(s: A
 
     // A byte limit smaller than one entry still makes progress, one entry per page.
     let mut scan = s.scan("big").await.unwrap();
-    let page = scan
-        .next_page(PageLimit {
-            entries: 100,
-            bytes: 1,
-        })
-        .await
-        .unwrap();
+    let page = scan.next_page(PageLimit { entries: 100, bytes: 1 }).await.unwrap();
     assert_eq!(page.entries.len(), 1);
     assert!(!page.done);
 }
 
 pub async fn scan_skips_keys_deleted_before_they_are_reached<S: Storage>(s: Arc<S>) {
     for i in 0..10 {
-        s.set("t", &i.to_string(), (i as i64).into(), None)
-            .await
-            .unwrap();
+        s.set("t", &i.to_string(), (i as i64).into(), None).await.unwrap();
     }
     let mut scan = s.scan("t").await.unwrap();
-    let first = scan
-        .next_page(PageLimit {
-            entries: 1,
-            bytes: 1 << 20,
-        })
-        .await
-        .unwrap();
+    let first = scan.next_page(PageLimit { entries: 1, bytes: 1 << 20 }).await.unwrap();
     let seen_first: Vec<String> = first.entries.iter().map(|(k, _)| k.clone()).collect();
-    let to_delete: Vec<String> = (0..10)
-        .map(|i| i.to_string())
-        .filter(|k| !seen_first.contains(k))
-        .collect();
+    let to_delete: Vec<String> = (0..10).map(|i| i.to_string()).filter(|k| !seen_first.contains(k)).collect();
     s.delete_many("t", &to_delete).await.unwrap();
-    let rest = scan
-        .next_page(PageLimit {
-            entries: 100,
-            bytes: 1 << 20,
-        })
-        .await
-        .unwrap();
-    assert!(
-        rest.entries.is_empty(),
-        "deleted keys returned: {:?}",
-        rest.entries
-    );
+    let rest = scan.next_page(PageLimit { entries: 100, bytes: 1 << 20 }).await.unwrap();
+    assert!(rest.entries.is_empty(), "deleted keys returned: {:?}", rest.entries);
     assert!(rest.done);
 }
 
@@ -434,11 +299,7 @@ pub async fn concurrent_conditional_increments_are_atomic<S: Storage>(s: Arc<S>)
                         },
                         None => (0, 0),
                     };
-                    match s
-                        .set("counter", "n", (n + 1).into(), Some(version))
-                        .await
-                        .unwrap()
-                    {
+                    match s.set("counter", "n", (n + 1).into(), Some(version)).await.unwrap() {
                         WriteOutcome::Written { .. } => break,
                         WriteOutcome::Conflict { .. } => conflicts += 1,
                     }
@@ -451,9 +312,5 @@ pub async fn concurrent_conditional_increments_are_atomic<S: Storage>(s: Arc<S>)
         handle.await.unwrap();
     }
     let total = s.get("counter", "n").await.unwrap().map(|v| v.value);
-    assert_eq!(
-        total,
-        Some(((tasks * increments) as i64).into()),
-        "an increment was lost"
-    );
+    assert_eq!(total, Some(((tasks * increments) as i64).into()), "an increment was lost");
 }

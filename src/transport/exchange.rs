@@ -36,9 +36,7 @@ impl RequestError {
         match self {
             RequestError::Frame(FrameError::TooLarge { .. }) => status::PAYLOAD_TOO_LARGE,
             RequestError::TimedOut(_) => status::REQUEST_TIMEOUT,
-            RequestError::Frame(_) | RequestError::Empty | RequestError::TrailingData => {
-                status::BAD_REQUEST
-            }
+            RequestError::Frame(_) | RequestError::Empty | RequestError::TrailingData => status::BAD_REQUEST,
         }
     }
 }
@@ -57,10 +55,7 @@ pub async fn read_request<R: AsyncRead + Unpin>(
     recv: R,
     limits: &Limits,
 ) -> Result<CommandRequest, RequestError> {
-    let mut frames = FramedRead::new(
-        recv,
-        FrameCodec::<CommandRequest>::new(limits.max_frame_len),
-    );
+    let mut frames = FramedRead::new(recv, FrameCodec::<CommandRequest>::new(limits.max_frame_len));
     let read = async {
         let request = frames.next().await.ok_or(RequestError::Empty)??;
         match frames.next().await {
@@ -80,10 +75,7 @@ pub async fn write_reply<W: AsyncWrite + Unpin>(
     reply: Reply,
     limits: &Limits,
 ) -> Result<(), FrameError> {
-    let mut frames = FramedWrite::new(
-        send,
-        FrameCodec::<CommandResponse>::new(limits.max_frame_len),
-    );
+    let mut frames = FramedWrite::new(send, FrameCodec::<CommandResponse>::new(limits.max_frame_len));
     match reply {
         Reply::One(response) => frames.send(response).await,
         Reply::Stream(mut stream) => {
@@ -116,10 +108,7 @@ where
         Err(RequestError::Frame(FrameError::Io(e))) => return Err(FrameError::Io(e)),
         Err(e) => {
             tracing::info!(error = %e, "rejected a request");
-            (
-                CommandResponse::error(e.status(), e.to_string()).into(),
-                Served::Rejected(e),
-            )
+            (CommandResponse::error(e.status(), e.to_string()).into(), Served::Rejected(e))
         }
     };
     write_reply(send, reply, limits).await?;

@@ -27,10 +27,7 @@ pub enum FrameError {
     #[error("the stream ended inside a frame ({buffered} bytes of it received)")]
     Truncated { buffered: usize },
     #[error("frame is not a valid {message}: {cause}")]
-    Decode {
-        message: &'static str,
-        cause: prost::DecodeError,
-    },
+    Decode { message: &'static str, cause: prost::DecodeError },
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -53,9 +50,7 @@ impl<In> FrameCodec<In> {
     pub fn new(max_frame_len: usize) -> Self {
         let max_frame_len = max_frame_len.min(u32::MAX as usize);
         FrameCodec {
-            lengths: LengthDelimitedCodec::builder()
-                .max_frame_length(max_frame_len)
-                .new_codec(),
+            lengths: LengthDelimitedCodec::builder().max_frame_length(max_frame_len).new_codec(),
             max_frame_len,
             inside_frame: false,
             _in: PhantomData,
@@ -82,25 +77,14 @@ impl<In: Message + Default> Decoder for FrameCodec<In> {
             _ => false,
         };
         match decoded {
-            Ok(Some(payload)) => {
-                In::decode(payload.freeze())
-                    .map(Some)
-                    .map_err(|cause| FrameError::Decode {
-                        message: short_type_name::<In>(),
-                        cause,
-                    })
-            }
+            Ok(Some(payload)) => In::decode(payload.freeze())
+                .map(Some)
+                .map_err(|cause| FrameError::Decode { message: short_type_name::<In>(), cause }),
             Ok(None) => Ok(None),
-            Err(e)
-                if e.get_ref()
-                    .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) =>
-            {
+            Err(e) if e.get_ref().is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) => {
                 // The codec rejects an oversized header before consuming it, so it is still in `src`.
                 let declared = (&src[..]).get_u32() as u64;
-                Err(FrameError::TooLarge {
-                    declared,
-                    max: self.max_frame_len,
-                })
+                Err(FrameError::TooLarge { declared, max: self.max_frame_len })
             }
             Err(e) => Err(FrameError::Io(e)),
         }
@@ -110,9 +94,7 @@ impl<In: Message + Default> Decoder for FrameCodec<In> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
             None if src.is_empty() && !self.inside_frame => Ok(None),
-            None => Err(FrameError::Truncated {
-                buffered: src.len(),
-            }),
+            None => Err(FrameError::Truncated { buffered: src.len() }),
         }
     }
 }
@@ -124,10 +106,7 @@ impl<In, Out: Message> Encoder<Out> for FrameCodec<In> {
     fn encode(&mut self, message: Out, dst: &mut BytesMut) -> Result<(), FrameError> {
         let len = message.encoded_len();
         if len > self.max_frame_len {
-            return Err(FrameError::TooLarge {
-                declared: len as u64,
-                max: self.max_frame_len,
-            });
+            return Err(FrameError::TooLarge { declared: len as u64, max: self.max_frame_len });
         }
         dst.reserve(HEADER_LEN + len);
         dst.put_u32(len as u32);
@@ -159,10 +138,7 @@ mod tests {
     use crate::pb::{CommandRequest, Kvpair};
 
     fn request() -> CommandRequest {
-        CommandRequest::hmset(
-            "table",
-            (0..50).map(|i| Kvpair::new(format!("key{i}"), format!("value{i}"))),
-        )
+        CommandRequest::hmset("table", (0..50).map(|i| Kvpair::new(format!("key{i}"), format!("value{i}"))))
     }
 
     /// A reader that delivers `bytes` in pieces of `chunk` bytes, returning `Pending` between pieces the
@@ -183,19 +159,10 @@ mod tests {
         let mut wire = encode_frame(&request()).to_vec();
         wire.extend_from_slice(&encode_frame(&CommandRequest::ping("x")));
         for chunk in [1, 2, 3, 4, 5, 7, 64, 1000] {
-            let mut frames = FramedRead::new(
-                chunked_reader(&wire, chunk),
-                FrameCodec::<CommandRequest>::new(1 << 20),
-            );
-            assert_eq!(
-                frames.next().await.unwrap().unwrap(),
-                request(),
-                "chunk size {chunk}"
-            );
-            assert_eq!(
-                frames.next().await.unwrap().unwrap(),
-                CommandRequest::ping("x")
-            );
+            let mut frames =
+                FramedRead::new(chunked_reader(&wire, chunk), FrameCodec::<CommandRequest>::new(1 << 20));
+            assert_eq!(frames.next().await.unwrap().unwrap(), request(), "chunk size {chunk}");
+            assert_eq!(frames.next().await.unwrap().unwrap(), CommandRequest::ping("x"));
             assert!(frames.next().await.is_none(), "chunk size {chunk}");
         }
     }
@@ -216,12 +183,8 @@ mod tests {
     async fn a_stream_ending_inside_a_frame_is_truncated() {
         let wire = encode_frame(&request());
         for cut in [1, HEADER_LEN, HEADER_LEN + 3, wire.len() - 1] {
-            let mut frames =
-                FramedRead::new(&wire[..cut], FrameCodec::<CommandRequest>::new(1 << 20));
-            assert!(
-                matches!(frames.next().await, Some(Err(FrameError::Truncated { .. }))),
-                "cut at {cut}"
-            );
+            let mut frames = FramedRead::new(&wire[..cut], FrameCodec::<CommandRequest>::new(1 << 20));
+            assert!(matches!(frames.next().await, Some(Err(FrameError::Truncated { .. }))), "cut at {cut}");
         }
     }
 
@@ -231,38 +194,23 @@ mod tests {
         wire.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF]);
         let mut frames = FramedRead::new(&wire[..], FrameCodec::<CommandRequest>::new(1 << 20));
         let err = frames.next().await.unwrap().unwrap_err();
-        assert!(
-            matches!(
-                err,
-                FrameError::Decode {
-                    message: "CommandRequest",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, FrameError::Decode { message: "CommandRequest", .. }), "{err}");
     }
 
     #[test]
     fn encoding_matches_length_delimited_codec_byte_for_byte() {
         let message = request();
         let mut ours = BytesMut::new();
-        FrameCodec::<CommandRequest>::new(1 << 20)
-            .encode(message.clone(), &mut ours)
-            .unwrap();
+        FrameCodec::<CommandRequest>::new(1 << 20).encode(message.clone(), &mut ours).unwrap();
         let mut theirs = BytesMut::new();
-        LengthDelimitedCodec::new()
-            .encode(bytes::Bytes::from(message.encode_to_vec()), &mut theirs)
-            .unwrap();
+        LengthDelimitedCodec::new().encode(bytes::Bytes::from(message.encode_to_vec()), &mut theirs).unwrap();
         assert_eq!(ours, theirs);
         assert_eq!(encode_frame(&message), theirs);
     }
 
     #[test]
     fn encoding_refuses_frames_over_the_limit() {
-        let err = FrameCodec::<CommandRequest>::new(10)
-            .encode(request(), &mut BytesMut::new())
-            .unwrap_err();
+        let err = FrameCodec::<CommandRequest>::new(10).encode(request(), &mut BytesMut::new()).unwrap_err();
         assert!(matches!(err, FrameError::TooLarge { max: 10, .. }));
     }
 }

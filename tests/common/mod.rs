@@ -47,12 +47,7 @@ impl TestServer {
         let task = tokio::spawn(server.run(async {
             let _ = signal.await;
         }));
-        TestServer {
-            addr,
-            certs,
-            shutdown: Some(shutdown),
-            task: Some(task),
-        }
+        TestServer { addr, certs, shutdown: Some(shutdown), task: Some(task) }
     }
 
     pub fn ca(&self) -> PathBuf {
@@ -64,26 +59,17 @@ impl TestServer {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect_with(self.client_config())
-            .await
-            .expect("client connects")
+        Client::connect_with(self.client_config()).await.expect("client connects")
     }
 
     /// A bare quinn connection, trusting the server's CA, for sending arbitrary bytes.
     pub async fn raw_connection(&self) -> quinn::Connection {
         let roots = tls::read_roots(&self.ca()).expect("CA");
         let tls = tls::client_config(roots).expect("TLS config");
-        let endpoint = quic::client_endpoint(
-            "127.0.0.1:0".parse().expect("address"),
-            tls,
-            &Limits::default(),
-        )
-        .expect("client endpoint");
-        endpoint
-            .connect(self.addr, "localhost")
-            .expect("connect")
-            .await
-            .expect("handshake")
+        let endpoint =
+            quic::client_endpoint("127.0.0.1:0".parse().expect("address"), tls, &Limits::default())
+                .expect("client endpoint");
+        endpoint.connect(self.addr, "localhost").expect("connect").await.expect("handshake")
     }
 
     /// Signals shutdown and waits until the server has stopped.

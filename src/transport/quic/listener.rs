@@ -45,10 +45,7 @@ pub async fn serve<S: Storage>(
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             // One warning a second at most: a flood of refusals must not flood the log too.
             if last_refusal_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                warn!(
-                    limit = limits.max_connections,
-                    "connection limit reached; refusing new connections"
-                );
+                warn!(limit = limits.max_connections, "connection limit reached; refusing new connections");
                 last_refusal_warning = Some(Instant::now());
             }
             incoming.refuse();
@@ -63,14 +60,8 @@ pub async fn serve<S: Storage>(
 
     endpoint.set_server_config(None);
     connections.close();
-    info!(
-        connections = connections.len(),
-        "shutting down: finishing in-flight requests"
-    );
-    if tokio::time::timeout(grace, connections.wait())
-        .await
-        .is_err()
-    {
+    info!(connections = connections.len(), "shutting down: finishing in-flight requests");
+    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
         warn!(
             ?grace,
             connections = connections.len(),
@@ -97,9 +88,7 @@ async fn handle_connection<S: Storage>(
         }
     };
     let span = info_span!("connection", %remote, id = connection.stable_id());
-    serve_connection(connection, service, limits, shutdown)
-        .instrument(span)
-        .await
+    serve_connection(connection, service, limits, shutdown).instrument(span).await
 }
 
 async fn serve_connection<S: Storage>(

@@ -46,9 +46,7 @@ fn transport_config(limits: &Limits, peer_streams: u32) -> io::Result<TransportC
     transport
         .max_concurrent_bidi_streams(VarInt::from_u32(peer_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
-        .max_idle_timeout(Some(
-            IdleTimeout::try_from(limits.idle_timeout).map_err(invalid_input)?,
-        ));
+        .max_idle_timeout(Some(IdleTimeout::try_from(limits.idle_timeout).map_err(invalid_input)?));
     Ok(transport)
 }
 
@@ -69,45 +67,24 @@ fn bind_udp(addr: SocketAddr, buffer_bytes: usize) -> io::Result<std::net::UdpSo
 }
 
 /// A server endpoint on `addr`, serving TLS configuration `tls` (which must offer TLS 1.3).
-pub fn server_endpoint(
-    addr: SocketAddr,
-    tls: rustls::ServerConfig,
-    limits: &Limits,
-) -> io::Result<Endpoint> {
+pub fn server_endpoint(addr: SocketAddr, tls: rustls::ServerConfig, limits: &Limits) -> io::Result<Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(invalid_input)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(
-        limits,
-        limits.max_streams_per_connection,
-    )?));
+    config.transport_config(Arc::new(transport_config(limits, limits.max_streams_per_connection)?));
     let socket = bind_udp(addr, limits.udp_socket_buffer)?;
-    Endpoint::new(
-        EndpointConfig::default(),
-        Some(config),
-        socket,
-        Arc::new(TokioRuntime),
-    )
+    Endpoint::new(EndpointConfig::default(), Some(config), socket, Arc::new(TokioRuntime))
 }
 
 /// A client endpoint bound to `bind` (port 0 for any), connecting with TLS configuration `tls`.
 /// Keep-alives every third of the idle timeout keep idle connections (and NAT bindings) open.
-pub fn client_endpoint(
-    bind: SocketAddr,
-    tls: rustls::ClientConfig,
-    limits: &Limits,
-) -> io::Result<Endpoint> {
+pub fn client_endpoint(bind: SocketAddr, tls: rustls::ClientConfig, limits: &Limits) -> io::Result<Endpoint> {
     let crypto = QuicClientConfig::try_from(tls).map_err(invalid_input)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = transport_config(limits, 0)?;
     transport.keep_alive_interval(Some(limits.idle_timeout / 3));
     config.transport_config(Arc::new(transport));
     let socket = bind_udp(bind, limits.udp_socket_buffer)?;
-    let mut endpoint = Endpoint::new(
-        EndpointConfig::default(),
-        None,
-        socket,
-        Arc::new(TokioRuntime),
-    )?;
+    let mut endpoint = Endpoint::new(EndpointConfig::default(), None, socket, Arc::new(TokioRuntime))?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
