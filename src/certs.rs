@@ -12,7 +12,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -210,25 +210,36 @@ fn read_to_string(path: &Path) -> Result<String, CertError> {
 }
 
 /// Writes `contents` with permissions `mode`. Without `overwrite` the file must not exist yet, checked
-/// atomically by the open itself.
+/// atomically by the open itself. With `overwrite` the new file is written beside the old one and renamed
+/// over it, so a reader sees either the old file or the new one, never half of one.
 fn write_file(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Result<(), CertError> {
-    let io_error = |cause| CertError::Io { path: path.to_owned(), cause };
-    let mut options = OpenOptions::new();
-    options.write(true).mode(mode);
+    let io_error = |path: &Path| {
+        let path = path.to_owned();
+        move |cause| CertError::Io { path, cause }
+    };
+    let target = if overwrite { path.with_extension("pem.new") } else { path.to_owned() };
     if overwrite {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
+        // A leftover from an interrupted run would make `create_new` fail.
+        let _ = fs::remove_file(&target);
     }
-    let mut file = options.open(path).map_err(io_error)?;
-    // `mode` applies only when the file is created; an overwritten file gets it here.
-    file.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_error)?;
-    file.write_all(contents).map_err(io_error)?;
-    file.sync_all().map_err(io_error)
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&target)
+        .map_err(io_error(&target))?;
+    file.write_all(contents).map_err(io_error(&target))?;
+    file.sync_all().map_err(io_error(&target))?;
+    if overwrite {
+        fs::rename(&target, path).map_err(io_error(path))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
     use crate::tls::{ServerIdentity, read_roots};
 

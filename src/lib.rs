@@ -12,6 +12,8 @@
 //! - [`transport`]: frames on byte streams, and the QUIC listener and connector.
 //! - [`tls`] and [`certs`]: rustls configurations (ring, TLS 1.3, ALPN `qkv/1`) and certificate files.
 //! - [`server`] and [`client`]: wiring, limits and graceful shutdown; the typed async client.
+//! - [`bench`]: the load generator behind `qkv bench`, built on the client (here rather than in the
+//!   binary, so the CLI holds no logic of its own).
 //!
 //! The wire protocol is specified in `docs/PROTOCOL.md`; the design and its measurements in
 //! `docs/DESIGN.md`.

@@ -17,8 +17,9 @@ use qkv::storage::MemoryStore;
 use tracing_subscriber::EnvFilter;
 
 use cli::args::{BenchArgs, CertArgs, Cli, ClientArgs, Command, ServeArgs, Store};
-use cli::output;
+use cli::output::{self, CliError};
 use qkv::bench::BenchConfig;
+use qkv::service::shown;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -130,7 +131,10 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Hget { table, key, show, .. } => match client.hget(&table, &key).await? {
             Some(entry) => println!("{}", output::versioned(&entry, show.with_version)),
-            None => bail!("key {key:?} not found in table {table:?}"),
+            None => {
+                let message = format!("key {} not found in table {}", shown(&key), shown(&table));
+                return Err(CliError::Refused(message).into());
+            }
         },
         Command::Hgetall { table, show, .. } => {
             let mut entries = client.hgetall(&table).await?;

@@ -48,6 +48,8 @@ impl Default for ServerConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error(transparent)]
     Certs(#[from] CertError),
     #[error(transparent)]
@@ -67,13 +69,15 @@ impl<S: Storage> Server<S> {
     /// Loads (or first generates) the certificates and binds the endpoint. Must be called within a
     /// tokio runtime.
     pub fn bind(config: ServerConfig, storage: S) -> Result<Self, ServerError> {
+        config.limits.validate().map_err(ServerError::Config)?;
+        config.service.validate(config.limits.max_frame_len).map_err(ServerError::Config)?;
         let certs = CertDir::new(&config.certs_dir);
         log_provisioning(&certs, certs.ensure_server_certificate()?);
         let identity = ServerIdentity::from_pem_files(&certs.server_cert(), &certs.server_key())?;
         let tls = tls::server_config(identity)?;
         let quic = quic::server_endpoint(config.listen, tls, &config.limits)
             .map_err(|cause| ServerError::Bind { addr: config.listen, cause })?;
-        let service = Service::new(storage, config.service.clone());
+        let service = Service::new(storage, config.service.clone(), config.limits.max_frame_len);
         Ok(Server { quic, service, config })
     }
 

@@ -8,6 +8,7 @@ use std::process::Output;
 use common::TestServer;
 
 const EXIT_SERVER_SAID_NO: i32 = 1;
+const EXIT_INVALID_INPUT: i32 = 2;
 const EXIT_UNREACHABLE: i32 = 3;
 
 /// Runs `qkv ARGS...`; client subcommands get `--addr` and `--ca` for `server`.
@@ -73,10 +74,23 @@ async fn server_refusals_exit_1_with_the_reason_on_stderr() {
     let conflict = qkv(s, &["hset", "t", "k", "w", "--if-absent"]).await;
     assert_eq!(conflict.status.code(), Some(EXIT_SERVER_SAID_NO));
     assert!(stderr(&conflict).contains("version conflict"), "{}", stderr(&conflict));
+}
 
+#[tokio::test]
+async fn bad_input_exits_2_and_negative_numbers_are_values() {
+    let server = TestServer::start().await;
+    let s = Some(&server);
     let bad_int = qkv(s, &["hset", "t", "k", "forty", "--type", "int"]).await;
-    assert_eq!(bad_int.status.code(), Some(EXIT_SERVER_SAID_NO));
+    assert_eq!(bad_int.status.code(), Some(EXIT_INVALID_INPUT));
     assert!(stderr(&bad_int).contains("not an integer"), "{}", stderr(&bad_int));
+
+    let negative = qkv(s, &["hset", "t", "n", "-5", "--type", "int"]).await;
+    assert!(negative.status.success(), "{}", stderr(&negative));
+    assert_eq!(stdout(&qkv(s, &["hget", "t", "n"]).await), "-5\n");
+
+    let misuse = qkv(None, &["serve", "--threads", "2"]).await;
+    assert_eq!(misuse.status.code(), Some(EXIT_INVALID_INPUT));
+    assert!(stderr(&misuse).contains("--runtime multi-thread"), "{}", stderr(&misuse));
 }
 
 #[tokio::test]

@@ -66,18 +66,18 @@ async fn hdel_returns_previous_value_and_leaves_the_key_absent() {
 }
 
 #[tokio::test]
-async fn hexist_and_hmexist_answer_booleans_in_request_order() {
+async fn hexist_and_hmexist_answer_booleans_and_versions_in_request_order() {
     let server = TestServer::start().await;
     let client = server.client().await;
-    client.hset("t", "a", "1").await.unwrap();
+    let version = client.hset("t", "a", "1").await.unwrap().version;
     assert!(client.hexist("t", "a").await.unwrap());
     assert!(!client.hexist("t", "b").await.unwrap());
     assert_eq!(client.hmexist("t", &["b", "a", "b"]).await.unwrap(), vec![false, true, false]);
-    // The wire answer carries versions too: 0 for absent keys.
-    let raw = client.call(&CommandRequest::hmexist("t", ["a", "b"])).await.unwrap();
-    assert_eq!(raw.values, vec![Value::from(true), Value::from(false)]);
-    assert!(raw.versions[0] > 0);
-    assert_eq!(raw.versions[1], 0);
+    // On the wire both carry versions too, 0 for absent keys; a miss is `false`, not an empty Value.
+    let one = client.call(&CommandRequest::hexist("t", "a")).await.unwrap();
+    assert_eq!((one.values, one.versions), (vec![Value::from(true)], vec![version]));
+    let many = client.call(&CommandRequest::hmexist("t", ["a", "b"])).await.unwrap();
+    assert_eq!((many.values, many.versions), (vec![Value::from(true), Value::from(false)], vec![version, 0]));
 }
 
 #[tokio::test]
@@ -214,6 +214,59 @@ async fn conditional_hdel_deletes_only_on_matching_version() {
 }
 
 #[tokio::test]
+async fn conditional_hdel_with_expected_version_0_means_only_if_absent() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    assert_eq!(client.hdel_if_version("t", "k", 0).await.unwrap(), Written { previous: None, version: 0 });
+    let version = client.hset("t", "k", "v").await.unwrap().version;
+    match client.hdel_if_version("t", "k", 0).await {
+        Err(ClientError::Conflict { current }) => assert_eq!(current.map(|c| c.version), Some(version)),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert!(client.hexist("t", "k").await.unwrap());
+}
+
+#[tokio::test]
+async fn pairs_and_payloads_whose_answers_cannot_fit_in_a_frame_get_413() {
+    let max_frame = 4096;
+    let server = TestServer::start_with(|config| {
+        config.limits.max_frame_len = max_frame;
+        config.limits.max_request_buffer = 2 * max_frame;
+        config.service.response_frame_target = 1024;
+    })
+    .await;
+    let client = server.client().await;
+    let fits = max_frame - qkv::service::ANSWER_OVERHEAD - 16;
+    client.hset("t", "k", vec![1u8; fits]).await.expect("a pair that fits is stored");
+    let got = client.hget("t", "k").await.expect("and answered").expect("present");
+    assert_eq!(got.value, Value::from(vec![1u8; fits]));
+    // The answer to a conditional write that conflicts carries the value and a message: it fits too.
+    assert!(matches!(client.hset_if_version("t", "k", "x", 1).await, Err(ClientError::Conflict { .. })));
+
+    for request in [
+        CommandRequest::hset("t", "big", vec![2u8; max_frame - 100]),
+        CommandRequest::hmset("t", [Kvpair::new("ok", "1"), Kvpair::new("big", vec![2u8; max_frame - 100])]),
+        CommandRequest::ping(vec![3u8; max_frame - 100]),
+    ] {
+        let response = client.call(&request).await.unwrap();
+        assert_eq!(response.status, status::PAYLOAD_TOO_LARGE, "{}", request.command_name());
+        assert!(response.message.contains("fits"), "{}", response.message);
+    }
+    assert!(!client.hexist("t", "ok").await.unwrap(), "a refused Hmset writes nothing");
+}
+
+#[tokio::test]
+async fn error_messages_about_huge_names_stay_small() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let huge = "k".repeat(100_000);
+    let response = client.call(&CommandRequest::hget("t", huge.as_str())).await.unwrap();
+    assert_eq!(response.status, status::NOT_FOUND);
+    assert!(response.message.len() < 300, "a {}-byte message", response.message.len());
+    assert!(response.message.contains("100000 bytes"), "{}", response.message);
+}
+
+#[tokio::test]
 async fn ping_echoes_its_payload() {
     let server = TestServer::start().await;
     let client = server.client().await;
@@ -224,6 +277,7 @@ async fn ping_echoes_its_payload() {
 
 #[tokio::test]
 async fn invalid_requests_are_answered_400_with_a_message() {
+    // (A command newer than the server decodes as "no command", since protobuf skips unknown fields.)
     let server = TestServer::start().await;
     let client = server.client().await;
     let cases = [

@@ -6,8 +6,14 @@ use std::collections::HashSet;
 
 use common::TestServer;
 use futures_util::future::join_all;
+use std::time::Duration;
+
 use qkv::client::{Client, ClientConfig, ClientError};
-use qkv::pb::{CommandRequest, Kvpair, status};
+use qkv::pb::{CommandRequest, CommandResponse, Kvpair, status};
+use qkv::server::{Server, ServerConfig};
+use qkv::storage::MemoryStore;
+use qkv::transport::Limits;
+use qkv::transport::quic::{self, codes};
 
 #[tokio::test]
 async fn a_thousand_concurrent_requests_on_one_connection_are_all_answered_correctly() {
@@ -74,8 +80,17 @@ async fn an_unreachable_server_times_out_with_a_clear_error() {
     assert!(err.to_string().contains("is the server running"), "{err}");
 }
 
+/// A table whose Hgetall reply (about 20 MiB) is far larger than QUIC's flow-control windows, so a
+/// client that does not read it holds the server's writer.
+async fn load_big_table(client: &Client) {
+    for batch in 0..4 {
+        let pairs = (0..5).map(|i| Kvpair::new(format!("k{}", batch * 5 + i), vec![7u8; 1 << 20]));
+        client.hmset("big", pairs).await.unwrap();
+    }
+}
+
 #[tokio::test]
-async fn graceful_shutdown_finishes_in_flight_replies_then_refuses_new_requests() {
+async fn graceful_shutdown_completes_in_flight_replies_and_later_requests_fail_retryably() {
     let mut server = TestServer::start_with(|config| config.service.response_frame_target = 4096).await;
     let client = server.client().await;
     let pairs = (0..20_000).map(|i| Kvpair::new(format!("k{i}"), i as i64));
@@ -99,4 +114,118 @@ async fn graceful_shutdown_finishes_in_flight_replies_then_refuses_new_requests(
     let err = client.hget("t", "k1").await.unwrap_err();
     assert!(matches!(err, ClientError::ServerShuttingDown), "{err}");
     assert!(err.is_retryable());
+}
+
+#[tokio::test]
+async fn a_shutdown_that_outlasts_its_grace_period_is_reported_as_not_retryable() {
+    let mut server = TestServer::start_with(|config| {
+        config.shutdown_grace = Duration::from_millis(200);
+        config.limits.reply_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let client = server.client().await;
+    load_big_table(&client).await;
+    // Executing (its first frame has arrived), but its reply cannot complete: nobody reads the rest.
+    let mut frames = client.call_frames(&CommandRequest::hgetall("big")).await.unwrap();
+    assert!(frames.next().await.unwrap().unwrap().more);
+    server.begin_stop();
+    tokio::time::timeout(Duration::from_secs(10), server.stopped()).await.expect("the grace period ends it");
+    let err = loop {
+        match frames.next().await {
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => break err,
+            None => panic!("the reply cannot have completed"),
+        }
+    };
+    assert!(matches!(err, ClientError::ConnectionLost(_)), "{err}");
+    assert!(!err.is_retryable(), "the request was executed; retrying is not safe");
+    assert!(err.to_string().contains("shut down before answering"), "{err}");
+}
+
+#[tokio::test]
+async fn a_reply_the_client_stops_reading_is_abandoned_after_the_reply_timeout() {
+    let server =
+        TestServer::start_with(|config| config.limits.reply_timeout = Duration::from_millis(300)).await;
+    let client = server.client().await;
+    load_big_table(&client).await;
+    let connection = server.raw_connection().await;
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(&common::frame(&CommandRequest::hgetall("big"))).await.unwrap();
+    send.finish().unwrap();
+    // Read nothing: the server must give up on its own and say why.
+    let reset = tokio::time::timeout(Duration::from_secs(10), recv.received_reset()).await;
+    assert_eq!(reset.expect("the server abandons the reply").unwrap(), Some(codes::REPLY_TIMEOUT));
+    assert!(client.hexist("big", "k0").await.unwrap(), "the server carries on");
+}
+
+#[tokio::test]
+async fn dropping_a_reply_cancels_it_and_frees_its_scan_slot() {
+    let server = TestServer::start_with(|config| config.service.max_concurrent_scans = 1).await;
+    let client = server.client().await;
+    load_big_table(&client).await;
+    let mut frames = client.call_frames(&CommandRequest::hgetall("big")).await.unwrap();
+    assert!(frames.next().await.unwrap().unwrap().more);
+    drop(frames); // STOP_SENDING 0x12: the server stops, and releases the only scan slot
+    let second = tokio::time::timeout(Duration::from_secs(10), client.hgetall("big")).await;
+    assert_eq!(second.expect("the scan slot was released").unwrap().len(), 20);
+}
+
+#[tokio::test]
+async fn a_client_abandoning_a_reply_stops_the_stream_with_the_cancelled_code() {
+    // A bare QUIC server stands in for qkv, to see exactly what the client sends.
+    let certs = tempfile::tempdir().unwrap();
+    let dir = qkv::certs::CertDir::new(certs.path());
+    dir.ensure_server_certificate().unwrap();
+    let identity = qkv::tls::ServerIdentity::from_pem_files(&dir.server_cert(), &dir.server_key()).unwrap();
+    let tls = qkv::tls::server_config(identity).unwrap();
+    let endpoint = quic::server_endpoint("127.0.0.1:0".parse().unwrap(), tls, &Limits::default()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let connection = endpoint.accept().await.unwrap().await.unwrap();
+        let (mut send, _recv) = connection.accept_bi().await.unwrap();
+        let first = CommandResponse { more: true, ..CommandResponse::ok() };
+        send.write_all(&common::frame_of(&first)).await.unwrap();
+        send.stopped().await.unwrap()
+    });
+    let client = Client::connect(&addr.to_string(), dir.ca_cert()).await.unwrap();
+    let mut frames = client.call_frames(&CommandRequest::hgetall("t")).await.unwrap();
+    assert!(frames.next().await.unwrap().unwrap().more);
+    drop(frames);
+    assert_eq!(server.await.unwrap(), Some(codes::CANCELLED));
+}
+
+#[tokio::test]
+async fn a_full_server_refuses_connections_without_blaming_certificates() {
+    let server = TestServer::start_with(|config| config.limits.max_connections = 1).await;
+    let _first = server.client().await;
+    let err = Client::connect_with(server.client_config()).await.err().expect("refused");
+    assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+    assert!(err.to_string().contains("refused"), "{err}");
+}
+
+#[tokio::test]
+async fn limits_that_cannot_work_together_are_refused_at_start() {
+    let certs = tempfile::tempdir().unwrap();
+    let base = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        certs_dir: certs.path().to_owned(),
+        ..ServerConfig::default()
+    };
+    let mut small_buffer = base.clone();
+    small_buffer.limits.max_request_buffer = small_buffer.limits.max_frame_len;
+    let mut zero_target = base.clone();
+    zero_target.service.response_frame_target = 0;
+    let mut target_over_max = base.clone();
+    target_over_max.service.response_frame_target = target_over_max.limits.max_frame_len + 1;
+    let mut tiny_frames = base.clone();
+    tiny_frames.limits.max_frame_len = 100;
+    for (config, words) in [
+        (small_buffer, "request buffer"),
+        (zero_target, "frame target"),
+        (target_over_max, "frame target"),
+        (tiny_frames, "maximum frame size"),
+    ] {
+        let err = Server::bind(config, MemoryStore::new()).err().expect("refused");
+        assert!(err.to_string().contains(words), "{err}");
+    }
 }

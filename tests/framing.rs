@@ -26,6 +26,9 @@ fn single_error(responses: &[CommandResponse], expected_status: u32, words: &str
     assert!(response.message.contains(words), "{:?} should mention {words:?}", response.message);
 }
 
+/// An end-to-end check over real QUIC. quinn may coalesce the pieces into fewer packets, so this cannot
+/// prove the server saw them separately; `frame::tests::frames_split_at_every_boundary_decode_whole`
+/// is the guard for that bug class, feeding the decoder one piece per read.
 #[tokio::test]
 async fn a_request_written_in_small_pieces_is_read_whole() {
     let server = TestServer::start().await;
@@ -104,6 +107,52 @@ async fn anything_after_the_request_frame_gets_400_and_is_not_executed() {
     }
     let got = raw_exchange(&connection, &frame(&CommandRequest::hexist("t", "trailing"))).await;
     assert_eq!(got[0].values, vec![false.into()], "a rejected request must not be executed");
+}
+
+#[tokio::test]
+async fn bytes_after_the_frame_are_refused_at_once_not_when_the_stream_ends() {
+    let server = TestServer::start().await; // request timeout 10 s: a 408 would mean the server waited
+    let connection = server.raw_connection().await;
+    let (mut send, recv) = connection.open_bi().await.unwrap();
+    send.write_all(&frame(&CommandRequest::hset("t", "k", "v"))).await.unwrap();
+    send.write_all(&[0, 0]).await.unwrap(); // the start of a second frame; the stream stays open
+    single_error(&read_responses(recv).await, status::BAD_REQUEST, "exactly one frame");
+    assert_eq!(send.stopped().await.unwrap(), Some(codes::REQUEST_REJECTED));
+}
+
+#[tokio::test]
+async fn a_connection_cannot_buffer_more_request_bytes_than_its_budget() {
+    let (max_frame, window) = (64 * 1024, 128 * 1024);
+    let server = TestServer::start_with(|config| {
+        config.limits.max_frame_len = max_frame;
+        config.limits.max_request_buffer = max_frame + 4; // the smallest allowed: one frame
+        config.limits.connection_receive_window = window;
+        config.limits.request_timeout = Duration::from_secs(5);
+        config.service.response_frame_target = 16 * 1024;
+    })
+    .await;
+    // Open stream after stream, each with a large request that is never finished, until QUIC flow
+    // control stops accepting bytes. What the server takes in is what it reads (its budget) plus the
+    // flow-control window; without the budget it would read everything, 32 x 60 KiB.
+    let hog = server.raw_connection().await;
+    let (mut accepted, mut streams) = (0, Vec::new());
+    for _ in 0..32 {
+        let (mut send, recv) = hog.open_bi().await.unwrap();
+        let mut request = (max_frame as u32).to_be_bytes().to_vec();
+        request.resize(60 * 1024, 0);
+        match tokio::time::timeout(Duration::from_millis(300), send.write_all(&request)).await {
+            Ok(written) => written.unwrap(),
+            Err(_blocked) => break,
+        }
+        accepted += request.len();
+        streams.push((send, recv));
+    }
+    let bound = (max_frame + 4) + window + 64 * 1024; // budget + window + one write in flight
+    assert!(accepted <= bound, "the connection took in {accepted} bytes; the bound is {bound}");
+    // Other connections are not affected at all.
+    let other = server.client().await;
+    other.hset("t", "other", "fine").await.unwrap();
+    assert_eq!(other.hget("t", "other").await.unwrap().unwrap().value, "fine".into());
 }
 
 #[tokio::test]

@@ -29,8 +29,8 @@ fn the_spec_carries_the_proto_file_verbatim() {
 
 #[test]
 fn the_worked_example_is_what_the_code_sends() {
-    let request = encode_frame(&CommandRequest::hget("users", "ada"));
+    let request = encode_frame(&CommandRequest::hget("users", "ada"), 1024).unwrap();
     assert_eq!(example_bytes("Client to\nserver"), request.to_vec());
     let response = CommandResponse::with_values(vec![Value::from("Ada")], vec![7]);
-    assert_eq!(example_bytes("Server to client"), encode_frame(&response).to_vec());
+    assert_eq!(example_bytes("Server to client"), encode_frame(&response, 1024).unwrap().to_vec());
 }

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use qkv::server::{DEFAULT_LISTEN, RuntimeLayout, ServerConfig};
-use qkv::service::DEFAULT_RESPONSE_FRAME_TARGET;
+use qkv::service::{DEFAULT_RESPONSE_FRAME_TARGET, ServiceConfig};
 use qkv::transport::Limits;
+
+use super::output::CliError;
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +60,7 @@ pub enum Command {
     Hset {
         table: String,
         key: String,
+        #[arg(allow_hyphen_values = true)]
         value: String,
         #[command(flatten)]
         typed: TypeArgs,
@@ -118,7 +121,7 @@ pub enum Command {
     /// Measure round trips to the server.
     Ping {
         /// Bytes to send, echoed by the server.
-        #[arg(default_value = "")]
+        #[arg(default_value = "", allow_hyphen_values = true)]
         payload: String,
         /// Number of pings, one after the other.
         #[arg(long, short = 'c', default_value_t = 1)]
@@ -196,6 +199,18 @@ pub struct ServeArgs {
     /// Connections served at once; more are refused.
     #[arg(long, default_value_t = Limits::default().max_connections)]
     pub max_connections: usize,
+    /// Request bytes one connection may have buffered at once (at least one maximum-size frame).
+    #[arg(long, default_value = "32MiB", value_parser = parse_size)]
+    pub max_request_buffer: usize,
+    /// Request bytes a connection may send ahead of what the server has read (QUIC flow control).
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    pub connection_window: usize,
+    /// Hgetall scans running at once; more wait. Each holds a snapshot of its table's keys.
+    #[arg(long, default_value_t = ServiceConfig::default().max_concurrent_scans)]
+    pub max_concurrent_scans: usize,
+    /// Abandon a reply the client reads none of for this long, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub reply_timeout: Duration,
     /// Time a client has to send a whole request, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
@@ -227,6 +242,10 @@ impl ServeArgs {
         config.limits.request_timeout = self.request_timeout;
         config.limits.idle_timeout = self.idle_timeout;
         config.limits.udp_socket_buffer = self.udp_socket_buffer;
+        config.limits.max_request_buffer = self.max_request_buffer;
+        config.limits.connection_receive_window = self.connection_window;
+        config.limits.reply_timeout = self.reply_timeout;
+        config.service.max_concurrent_scans = self.max_concurrent_scans;
         config.service.response_frame_target = self.response_frame_target;
         config
     }
@@ -250,12 +269,13 @@ pub enum RuntimeKind {
 }
 
 impl RuntimeArgs {
-    pub fn layout(&self) -> anyhow::Result<RuntimeLayout> {
+    pub fn layout(&self) -> Result<RuntimeLayout, CliError> {
         Ok(match self.runtime {
             RuntimeKind::CurrentThread if self.threads.is_some() => {
-                anyhow::bail!(
+                return Err(CliError::InvalidInput(
                     "--threads needs --runtime multi-thread (the current-thread runtime has one thread)"
-                )
+                        .into(),
+                ));
             }
             RuntimeKind::CurrentThread => RuntimeLayout::CurrentThread,
             RuntimeKind::MultiThread => RuntimeLayout::MultiThread {

@@ -34,7 +34,7 @@ pub enum ClientError {
     #[error("request stream failed: {0}")]
     Stream(String),
     #[error("request of {len} bytes exceeds the maximum frame size of {max} bytes")]
-    RequestTooLarge { len: usize, max: usize },
+    RequestTooLarge { len: u64, max: usize },
     #[error("malformed reply from the server: {0}")]
     Protocol(String),
     #[error("version conflict: the key's current version is {}", current.as_ref().map_or(0, |c| c.version))]

@@ -27,7 +27,7 @@ pub use error::ClientError;
 use crate::pb::{CommandRequest, CommandResponse, Kvpair, Value, Versioned, status, value};
 use crate::tls;
 use crate::transport::Limits;
-use crate::transport::frame::{FrameCodec, encode_frame};
+use crate::transport::frame::{FrameCodec, FrameError, encode_frame};
 use crate::transport::quic::{self, codes};
 
 pub type ClientResult<T> = Result<T, ClientError>;
@@ -112,11 +112,10 @@ impl Client {
 
     /// Sends one request and returns its reply as a stream of frames, for answers too large to collect.
     pub async fn call_frames(&self, request: &CommandRequest) -> ClientResult<ResponseFrames> {
-        let frame = encode_frame(request);
-        let len = frame.len() - crate::transport::frame::HEADER_LEN;
-        if len > self.inner.max_frame_len {
-            return Err(ClientError::RequestTooLarge { len, max: self.inner.max_frame_len });
-        }
+        let frame = encode_frame(request, self.inner.max_frame_len).map_err(|e| match e {
+            FrameError::TooLarge { declared, max } => ClientError::RequestTooLarge { len: declared, max },
+            other => ClientError::Protocol(other.to_string()),
+        })?;
         let (mut send, recv) = self.inner.connection.open_bi().await.map_err(ClientError::from_connection)?;
         match send.write_chunk(frame.freeze()).await {
             // The server stopped reading because it refused the request; its reply says why.
@@ -228,20 +227,12 @@ impl Client {
     }
 
     pub async fn hexist(&self, table: &str, key: &str) -> ClientResult<bool> {
-        let found = self.hmexist(table, &[key]).await?;
+        let found = booleans(ok(self.call(&CommandRequest::hexist(table, key)).await?)?)?;
         found.into_iter().next().ok_or_else(|| ClientError::Protocol("Hexist answered no value".into()))
     }
 
     pub async fn hmexist(&self, table: &str, keys: &[&str]) -> ClientResult<Vec<bool>> {
-        let response = ok(self.call(&CommandRequest::hmexist(table, keys.iter().copied())).await?)?;
-        response
-            .values
-            .into_iter()
-            .map(|v| match v.value {
-                Some(value::Value::Bool(exists)) => Ok(exists),
-                other => Err(ClientError::Protocol(format!("expected a bool, got {other:?}"))),
-            })
-            .collect()
+        booleans(ok(self.call(&CommandRequest::hmexist(table, keys.iter().copied())).await?)?)
     }
 
     /// The server's address as this connection currently sees it.
@@ -256,7 +247,8 @@ impl Client {
     }
 }
 
-/// The frames of one reply, read as they arrive.
+/// The frames of one reply, read as they arrive. Dropping it before the last frame abandons the
+/// request: the server is told to stop sending (STOP_SENDING with code 0x12).
 pub struct ResponseFrames {
     frames: FramedRead<RecvStream, FrameCodec<CommandResponse>>,
     done: bool,
@@ -284,6 +276,14 @@ impl ResponseFrames {
     }
 }
 
+impl Drop for ResponseFrames {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.frames.get_mut().stop(codes::CANCELLED);
+        }
+    }
+}
+
 /// Resolves `host:port`, returning the host (for certificate verification) and the first address.
 async fn resolve(addr: &str) -> ClientResult<(String, SocketAddr)> {
     let resolve_error = |reason: String| ClientError::Resolve { addr: addr.to_owned(), reason };
@@ -304,14 +304,21 @@ async fn resolve(addr: &str) -> ClientResult<(String, SocketAddr)> {
 
 fn handshake_error(config: &ClientConfig, e: quinn::ConnectionError) -> ClientError {
     use quinn::ConnectionError::*;
-    match e {
-        // Certificate and ALPN failures arrive as TLS alerts, either raised here or sent by the server.
-        TransportError(_) | ConnectionClosed(_) => ClientError::Handshake {
+    // Certificate and ALPN failures arrive as TLS alerts (QUIC crypto errors 0x100-0x1ff), raised here
+    // or sent by the server; anything else (a refused connection, say) is not about certificates.
+    let tls_alert = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match &e {
+        TransportError(error) if tls_alert(error.code) => ClientError::Handshake {
             addr: config.addr.clone(),
             ca_file: config.ca_file.clone(),
             reason: e.to_string(),
         },
-        other => ClientError::Connect { addr: config.addr.clone(), reason: other.to_string() },
+        ConnectionClosed(close) if tls_alert(close.error_code) => ClientError::Handshake {
+            addr: config.addr.clone(),
+            ca_file: config.ca_file.clone(),
+            reason: e.to_string(),
+        },
+        _ => ClientError::Connect { addr: config.addr.clone(), reason: e.to_string() },
     }
 }
 
@@ -335,6 +342,17 @@ fn versioned_values(response: CommandResponse) -> Vec<Option<Versioned>> {
         .map(|value| {
             let version = versions.next().unwrap_or_default();
             (!value.is_empty()).then_some(Versioned { value, version })
+        })
+        .collect()
+}
+
+fn booleans(response: CommandResponse) -> ClientResult<Vec<bool>> {
+    response
+        .values
+        .into_iter()
+        .map(|v| match v.value {
+            Some(value::Value::Bool(exists)) => Ok(exists),
+            other => Err(ClientError::Protocol(format!("expected a bool, got {other:?}"))),
         })
         .collect()
 }

@@ -7,8 +7,10 @@ use crate::storage::{StorageError, Versioned};
 pub enum ServiceError {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
-    #[error("key {key:?} not found in table {table:?}")]
+    #[error("key {} not found in table {}", shown(key), shown(table))]
     NotFound { table: String, key: String },
+    #[error("too large: {0}")]
+    TooLarge(String),
     #[error("version conflict: expected version {expected}, but the key's version is {}", current.as_ref().map_or(0, |c| c.version))]
     Conflict { expected: u64, current: Option<Versioned> },
     #[error(transparent)]
@@ -22,6 +24,7 @@ impl ServiceError {
         match self {
             ServiceError::InvalidRequest(_) => status::BAD_REQUEST,
             ServiceError::NotFound { .. } => status::NOT_FOUND,
+            ServiceError::TooLarge(_) => status::PAYLOAD_TOO_LARGE,
             ServiceError::Conflict { .. } => status::CONFLICT,
             ServiceError::Storage(_) => status::INTERNAL_ERROR,
             ServiceError::NotImplemented(_) => status::NOT_IMPLEMENTED,
@@ -38,5 +41,15 @@ impl ServiceError {
             response.versions.push(version);
         }
         response
+    }
+}
+
+/// A name as error messages show it: quoted, and cut short so that a message about a huge key stays
+/// small (an answer must fit in a frame, and logs should stay readable).
+pub fn shown(name: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    match name.char_indices().nth(MAX_CHARS) {
+        None => format!("{name:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &name[..cut], name.len()),
     }
 }

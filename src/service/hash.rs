@@ -6,7 +6,9 @@
 
 use futures_util::{StreamExt, stream};
 
-use super::{Reply, Service, ServiceError};
+use prost::Message;
+
+use super::{Reply, Service, ServiceError, shown};
 use crate::pb::{
     CommandResponse, Hdel, Hexist, Hget, Hgetall, Hmdel, Hmexist, Hmget, Hmset, Hset, Kvpair, Value,
     split_response,
@@ -47,21 +49,17 @@ fn existence(versions: Vec<u64>) -> CommandResponse {
     CommandResponse::with_values(values, versions)
 }
 
-pub async fn hset(storage: &impl Storage, cmd: Hset) -> CommandResult {
-    let Kvpair { key, value } =
-        cmd.pair.ok_or_else(|| ServiceError::InvalidRequest("Hset needs a pair".into()))?;
-    let value = require_value(value, &key)?;
+pub async fn hset(storage: &impl Storage, max_entry_len: usize, cmd: Hset) -> CommandResult {
+    let pair = cmd.pair.ok_or_else(|| ServiceError::InvalidRequest("Hset needs a pair".into()))?;
+    let (key, value) = storable(pair, max_entry_len)?;
     let outcome = storage.set(&cmd.table, &key, value, cmd.expected_version).await?;
     write_response(outcome, cmd.expected_version)
 }
 
-pub async fn hmset(storage: &impl Storage, cmd: Hmset) -> CommandResult {
+pub async fn hmset(storage: &impl Storage, max_entry_len: usize, cmd: Hmset) -> CommandResult {
     // Validate every pair before writing any, so a bad request changes nothing.
-    let pairs = cmd
-        .pairs
-        .into_iter()
-        .map(|Kvpair { key, value }| require_value(value, &key).map(|value| (key, value)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let pairs =
+        cmd.pairs.into_iter().map(|pair| storable(pair, max_entry_len)).collect::<Result<Vec<_>, _>>()?;
     let outcomes = storage.set_many(&cmd.table, pairs).await?;
     Ok(writes_response(outcomes))
 }
@@ -76,12 +74,27 @@ pub async fn hmdel(storage: &impl Storage, cmd: Hmdel) -> CommandResult {
     Ok(writes_response(outcomes))
 }
 
-/// Stored values must be set: an empty Value is how multi-key answers say "absent".
-fn require_value(value: Option<Value>, key: &str) -> Result<Value, ServiceError> {
-    match value {
-        Some(value) if !value.is_empty() => Ok(value),
-        _ => Err(ServiceError::InvalidRequest(format!("the value for key {key:?} is not set"))),
+/// A pair the service agrees to store: its value is set (an empty Value is how multi-key answers say
+/// "absent"), and every answer that carries it, with key and value, fits in one frame.
+fn storable(pair: Kvpair, max_entry_len: usize) -> Result<(String, Value), ServiceError> {
+    let size = pair.encoded_len();
+    let Kvpair { key, value } = pair;
+    let value = match value {
+        Some(value) if !value.is_empty() => value,
+        _ => {
+            return Err(ServiceError::InvalidRequest(format!(
+                "the value for key {} is not set",
+                shown(&key)
+            )));
+        }
+    };
+    if size > max_entry_len {
+        return Err(ServiceError::TooLarge(format!(
+            "key {} and its value take {size} bytes; the most that fits in an answer is {max_entry_len} bytes",
+            shown(&key)
+        )));
     }
+    Ok((key, value))
 }
 
 fn write_response(outcome: WriteOutcome, expected_version: Option<u64>) -> CommandResult {
@@ -115,18 +128,20 @@ fn writes_response(outcomes: Vec<WriteOutcome>) -> CommandResponse {
 /// Streams the table page by page, one frame per page, so a table of any size is answered in frames of
 /// about `response_frame_target` bytes without being copied whole.
 pub async fn hgetall<S: Storage>(service: &Service<S>, cmd: Hgetall) -> Reply {
+    // The permit travels with the scan and is released when the reply ends or is abandoned.
+    let permit = service.scan_permit().await;
     let scan = match service.storage().scan(&cmd.table).await {
         Ok(scan) => scan,
         Err(e) => return ServiceError::from(e).into_response().into(),
     };
     let limit = PageLimit { entries: MAX_PAIRS_PER_PAGE, bytes: service.config().response_frame_target };
     // The state is the scan still to read, `None` once the final frame has been produced.
-    let pages = stream::unfold(Some(scan), move |scan| async move {
-        let mut scan = scan?;
+    let pages = stream::unfold(Some((scan, permit)), move |state| async move {
+        let (mut scan, permit) = state?;
         match scan.next_page(limit).await {
             Ok(page) => {
                 let done = page.done;
-                Some((page_frame(page), (!done).then_some(scan)))
+                Some((page_frame(page), (!done).then_some((scan, permit))))
             }
             // A failure mid-scan ends the response with an error frame; the client discards what came before.
             Err(e) => Some((ServiceError::from(e).into_response(), None)),

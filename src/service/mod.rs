@@ -11,8 +11,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use error::ServiceError;
+pub use error::{ServiceError, shown};
 
 use crate::pb::{CommandRequest, CommandResponse, command_request::RequestData, split_response};
 use crate::storage::Storage;
@@ -21,16 +22,41 @@ use crate::storage::Storage;
 /// small enough that a client sees the first part of a large answer early.
 pub const DEFAULT_RESPONSE_FRAME_TARGET: usize = 64 * 1024;
 
-/// Tuning of the service, independent of any transport.
+/// Tuning of the service.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     /// Responses larger than this are sent as several frames (`more = true` on all but the last).
     pub response_frame_target: usize,
+    /// `Hgetall` scans running at once; more wait. Each holds a snapshot of its table's keys.
+    pub max_concurrent_scans: usize,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        ServiceConfig { response_frame_target: DEFAULT_RESPONSE_FRAME_TARGET }
+        ServiceConfig { response_frame_target: DEFAULT_RESPONSE_FRAME_TARGET, max_concurrent_scans: 16 }
+    }
+}
+
+/// Bytes every answer about a key or payload may need beyond the key and value themselves: status,
+/// tags, lengths, a version, and a 409's message.
+pub const ANSWER_OVERHEAD: usize = 256;
+
+impl ServiceConfig {
+    /// Checks the settings against the transports' maximum frame size; the error says what to change.
+    pub fn validate(&self, max_frame_len: usize) -> Result<(), String> {
+        if max_frame_len <= ANSWER_OVERHEAD {
+            return Err(format!("the maximum frame size must exceed {ANSWER_OVERHEAD} bytes"));
+        }
+        if self.response_frame_target == 0 || self.response_frame_target > max_frame_len {
+            return Err(format!(
+                "the response frame target must be between 1 and the maximum frame size ({max_frame_len} bytes), not {}",
+                self.response_frame_target
+            ));
+        }
+        if self.max_concurrent_scans == 0 {
+            return Err("at least one concurrent scan must be allowed".into());
+        }
+        Ok(())
     }
 }
 
@@ -57,6 +83,10 @@ pub struct Service<S> {
 struct Inner<S> {
     storage: S,
     config: ServiceConfig,
+    /// The largest key plus value (encoded) the service stores: every answer carrying them must fit
+    /// in one frame of the transports.
+    max_entry_len: usize,
+    scans: Arc<Semaphore>,
 }
 
 impl<S> Clone for Service<S> {
@@ -66,8 +96,15 @@ impl<S> Clone for Service<S> {
 }
 
 impl<S: Storage> Service<S> {
-    pub fn new(storage: S, config: ServiceConfig) -> Self {
-        Service { inner: Arc::new(Inner { storage, config }) }
+    /// A service whose answers must fit in frames of `max_frame_len` bytes.
+    pub fn new(storage: S, config: ServiceConfig, max_frame_len: usize) -> Self {
+        let scans = Arc::new(Semaphore::new(config.max_concurrent_scans));
+        let max_entry_len = max_frame_len.saturating_sub(ANSWER_OVERHEAD);
+        Service { inner: Arc::new(Inner { storage, config, max_entry_len, scans }) }
+    }
+
+    pub fn max_entry_len(&self) -> usize {
+        self.inner.max_entry_len
     }
 
     pub fn storage(&self) -> &S {
@@ -76,6 +113,12 @@ impl<S: Storage> Service<S> {
 
     pub fn config(&self) -> &ServiceConfig {
         &self.inner.config
+    }
+
+    /// Waits for one of the `max_concurrent_scans` scan slots. (The semaphore is never closed, so a
+    /// permit always comes.)
+    async fn scan_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.inner.scans.clone().acquire_owned().await.ok()
     }
 
     /// Executes one request. Never fails: errors become error responses with a status and a message.
@@ -90,13 +133,13 @@ impl<S: Storage> Service<S> {
             RequestData::Hget(cmd) => hash::hget(storage, cmd).await,
             RequestData::Hgetall(cmd) => return hash::hgetall(self, cmd).await,
             RequestData::Hmget(cmd) => hash::hmget(storage, cmd).await,
-            RequestData::Hset(cmd) => hash::hset(storage, cmd).await,
-            RequestData::Hmset(cmd) => hash::hmset(storage, cmd).await,
+            RequestData::Hset(cmd) => hash::hset(storage, self.max_entry_len(), cmd).await,
+            RequestData::Hmset(cmd) => hash::hmset(storage, self.max_entry_len(), cmd).await,
             RequestData::Hdel(cmd) => hash::hdel(storage, cmd).await,
             RequestData::Hmdel(cmd) => hash::hmdel(storage, cmd).await,
             RequestData::Hexist(cmd) => hash::hexist(storage, cmd).await,
             RequestData::Hmexist(cmd) => hash::hmexist(storage, cmd).await,
-            RequestData::Ping(cmd) => Ok(ping::ping(cmd)),
+            RequestData::Ping(cmd) => ping::ping(self.max_entry_len(), cmd),
             RequestData::Subscribe(_) | RequestData::Unsubscribe(_) | RequestData::Publish(_) => {
                 Err(ServiceError::NotImplemented("pub/sub (Subscribe, Unsubscribe, Publish)"))
             }
@@ -111,6 +154,92 @@ impl<S: Storage> Service<S> {
         match frames.len() {
             1 => Reply::One(frames.remove(0)),
             _ => Reply::Stream(Box::pin(futures_util::stream::iter(frames))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::pb::{Value, Versioned, status};
+    use crate::storage::{
+        MemoryScan, MemoryStore, PageLimit, ScanPage, StorageError, StorageResult, TableScan, WriteOutcome,
+    };
+
+    /// The memory store, except that scans fail after their first page: the storage failure a long
+    /// Hgetall can meet half way.
+    struct FailingScans(MemoryStore);
+
+    struct FailAfterFirstPage(MemoryScan, bool);
+
+    impl TableScan for FailAfterFirstPage {
+        async fn next_page(&mut self, limit: PageLimit) -> StorageResult<ScanPage> {
+            if std::mem::replace(&mut self.1, true) {
+                return Err(StorageError::Backend("disk on fire".into()));
+            }
+            self.0.next_page(limit).await
+        }
+    }
+
+    impl Storage for FailingScans {
+        type Scan = FailAfterFirstPage;
+        async fn get(&self, t: &str, k: &str) -> StorageResult<Option<Versioned>> {
+            self.0.get(t, k).await
+        }
+        async fn get_many(&self, t: &str, k: &[String]) -> StorageResult<Vec<Option<Versioned>>> {
+            self.0.get_many(t, k).await
+        }
+        async fn versions(&self, t: &str, k: &[String]) -> StorageResult<Vec<u64>> {
+            self.0.versions(t, k).await
+        }
+        async fn set(&self, t: &str, k: &str, v: Value, e: Option<u64>) -> StorageResult<WriteOutcome> {
+            self.0.set(t, k, v, e).await
+        }
+        async fn set_many(&self, t: &str, p: Vec<(String, Value)>) -> StorageResult<Vec<WriteOutcome>> {
+            self.0.set_many(t, p).await
+        }
+        async fn delete(&self, t: &str, k: &str, e: Option<u64>) -> StorageResult<WriteOutcome> {
+            self.0.delete(t, k, e).await
+        }
+        async fn delete_many(&self, t: &str, k: &[String]) -> StorageResult<Vec<WriteOutcome>> {
+            self.0.delete_many(t, k).await
+        }
+        async fn scan(&self, t: &str) -> StorageResult<FailAfterFirstPage> {
+            Ok(FailAfterFirstPage(self.0.scan(t).await?, false))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_storage_failure_mid_scan_ends_the_reply_with_a_500_frame() {
+        let config = ServiceConfig { response_frame_target: 1024, ..ServiceConfig::default() };
+        let service = Service::new(FailingScans(MemoryStore::new()), config, 1 << 20);
+        let pairs = (0..500).map(|i| crate::pb::Kvpair::new(format!("key-{i}"), i as i64));
+        service.execute(CommandRequest::hmset("t", pairs)).await;
+
+        let Reply::Stream(stream) = service.execute(CommandRequest::hgetall("t")).await else {
+            panic!("Hgetall answers with a stream")
+        };
+        let frames: Vec<CommandResponse> = stream.collect().await;
+        let (last, before) = frames.split_last().unwrap();
+        assert!(!before.is_empty(), "the first page arrived before the failure");
+        assert!(before.iter().all(|f| f.more && f.status == status::OK));
+        assert_eq!(last.status, status::INTERNAL_ERROR);
+        assert!(!last.more, "the error frame ends the reply");
+        assert!(last.message.contains("disk on fire"), "{}", last.message);
+    }
+
+    #[test]
+    fn settings_that_cannot_work_together_are_refused() {
+        let max_frame = 1 << 20;
+        assert!(ServiceConfig::default().validate(max_frame).is_ok());
+        for config in [
+            ServiceConfig { response_frame_target: 0, ..ServiceConfig::default() },
+            ServiceConfig { response_frame_target: max_frame + 1, ..ServiceConfig::default() },
+            ServiceConfig { max_concurrent_scans: 0, ..ServiceConfig::default() },
+        ] {
+            assert!(config.validate(max_frame).is_err(), "{config:?}");
         }
     }
 }

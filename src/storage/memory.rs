@@ -12,21 +12,38 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 use prost::Message;
 use scc::hash_map::{Entry as MapEntry, OccupiedEntry};
 
-use super::{PageLimit, ScanPage, Storage, StorageResult, TableScan, Versioned, WriteOutcome};
+use super::{PageLimit, ScanPage, Storage, StorageError, StorageResult, TableScan, Versioned, WriteOutcome};
 use crate::pb::Value;
 
+/// Keys handled between two yields to the runtime in multi-key operations, so that one request with a
+/// million keys cannot hold the (single) runtime thread for long.
+const BATCH: usize = 1024;
+
+/// Tables with more keys than this are snapshotted for a scan on a blocking thread.
+const INLINE_SNAPSHOT_KEYS: usize = 4096;
+
 /// A concurrent in-memory store. All data is lost when the process exits.
-#[derive(Default)]
 pub struct MemoryStore {
     tables: scc::HashMap<Arc<str>, Arc<Table>>,
     /// The last version handed out; one counter for the whole store keeps versions unique, so a key
-    /// that is deleted and re-created can never reuse a version a client still holds.
+    /// that is deleted and re-created can never reuse a version a client still holds. It starts at the
+    /// current time in microseconds, so versions also keep growing across restarts (as long as the
+    /// clock does not go back and the store averages under a million writes a second), and stay below
+    /// 2^53, exact in every language's numbers.
     last_version: AtomicU64,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        let now_micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        MemoryStore { tables: scc::HashMap::default(), last_version: AtomicU64::new(now_micros) }
+    }
 }
 
 #[derive(Default)]
@@ -75,6 +92,10 @@ impl MemoryStore {
 
     /// Removes the table from the store if it holds no keys.
     fn unlink_if_empty(&self, name: &str, table: &Arc<Table>) {
+        // Cheap check first: most deletes leave keys behind, and must not contend with writers.
+        if !table.entries.is_empty() {
+            return;
+        }
         let mut unlinked = table.unlinked.write();
         if *unlinked || !table.entries.is_empty() {
             return;
@@ -128,6 +149,27 @@ impl MemoryStore {
     }
 }
 
+/// Applies `work` to `items` a batch at a time, letting other tasks run between batches.
+async fn batched<T, R>(items: &[T], mut work: impl FnMut(&[T]) -> Vec<R>) -> Vec<R> {
+    let mut results = Vec::with_capacity(items.len());
+    for (i, batch) in items.chunks(BATCH).enumerate() {
+        if i > 0 {
+            tokio::task::yield_now().await;
+        }
+        results.extend(work(batch));
+    }
+    results
+}
+
+fn snapshot_keys(table: &Table) -> Vec<Arc<str>> {
+    let mut keys = Vec::with_capacity(table.entries.len());
+    table.entries.iter_sync(|key, _| {
+        keys.push(key.clone());
+        true
+    });
+    keys
+}
+
 /// Deleting a key that is not there: fine unconditionally or when absence was expected.
 fn absent_delete(expected_version: Option<u64>) -> WriteOutcome {
     match expected_version {
@@ -144,11 +186,11 @@ impl Storage for MemoryStore {
     }
 
     async fn get_many(&self, table: &str, keys: &[String]) -> StorageResult<Vec<Option<Versioned>>> {
-        Ok(self.read_each(table, keys, Versioned::clone))
+        Ok(batched(keys, |batch| self.read_each(table, batch, Versioned::clone)).await)
     }
 
     async fn versions(&self, table: &str, keys: &[String]) -> StorageResult<Vec<u64>> {
-        let versions = self.read_each(table, keys, |v| v.version);
+        let versions = batched(keys, |batch| self.read_each(table, batch, |v| v.version)).await;
         Ok(versions.into_iter().map(Option::unwrap_or_default).collect())
     }
 
@@ -163,9 +205,18 @@ impl Storage for MemoryStore {
     }
 
     async fn set_many(&self, table: &str, pairs: Vec<(String, Value)>) -> StorageResult<Vec<WriteOutcome>> {
-        Ok(self.write_to_table(table, |t| {
-            pairs.into_iter().map(|(key, value)| self.set_in(t, &key, value, None)).collect()
-        }))
+        let mut outcomes = Vec::with_capacity(pairs.len());
+        let mut pairs = pairs.into_iter().peekable();
+        while pairs.peek().is_some() {
+            if !outcomes.is_empty() {
+                tokio::task::yield_now().await;
+            }
+            let batch = pairs.by_ref().take(BATCH);
+            self.write_to_table(table, |t| {
+                outcomes.extend(batch.map(|(key, value)| self.set_in(t, &key, value, None)))
+            });
+        }
+        Ok(outcomes)
     }
 
     async fn delete(
@@ -186,22 +237,26 @@ impl Storage for MemoryStore {
         let Some(t) = self.table(table) else {
             return Ok(keys.iter().map(|_| absent_delete(None)).collect());
         };
-        let outcomes = keys.iter().map(|key| Self::delete_in(&t, key, None)).collect();
+        let outcomes =
+            batched(keys, |batch| batch.iter().map(|key| Self::delete_in(&t, key, None)).collect()).await;
         self.unlink_if_empty(table, &t);
         Ok(outcomes)
     }
 
     async fn scan(&self, table: &str) -> StorageResult<MemoryScan> {
-        let table = self.table(table);
-        let mut keys = Vec::new();
-        if let Some(t) = &table {
-            keys.reserve(t.entries.len());
-            t.entries.iter_sync(|key, _| {
-                keys.push(key.clone());
-                true
-            });
-        }
-        Ok(MemoryScan { table, keys, next: 0 })
+        let Some(table) = self.table(table) else {
+            return Ok(MemoryScan { table: None, keys: Vec::new(), next: 0 });
+        };
+        // Snapshotting a million keys takes tens of milliseconds: not on the runtime thread.
+        let keys = if table.entries.len() > INLINE_SNAPSHOT_KEYS {
+            let snapshot_of = table.clone();
+            tokio::task::spawn_blocking(move || snapshot_keys(&snapshot_of))
+                .await
+                .map_err(|e| StorageError::Backend(format!("the key snapshot failed: {e}")))?
+        } else {
+            snapshot_keys(&table)
+        };
+        Ok(MemoryScan { table: Some(table), keys, next: 0 })
     }
 }
 
@@ -221,8 +276,10 @@ impl TableScan for MemoryScan {
             return Ok(page);
         };
         let mut bytes = 0;
-        while self.next < self.keys.len() && page.entries.len() < limit.entries.max(1) && bytes < limit.bytes
-        {
+        // Always at least one entry per page when any remain, whatever the limits, so scans progress.
+        let room =
+            |entries: usize, bytes: usize| entries == 0 || (entries < limit.entries && bytes < limit.bytes);
+        while self.next < self.keys.len() && room(page.entries.len(), bytes) {
             let key = &self.keys[self.next];
             self.next += 1;
             if let Some(versioned) = table.entries.read_sync(key, |_, v| v.clone()) {
@@ -240,6 +297,18 @@ mod tests {
     use super::*;
 
     crate::storage::suite::storage_conformance!(MemoryStore::new());
+
+    #[tokio::test]
+    async fn versions_start_above_the_clock_so_a_restarted_store_does_not_reissue_them() {
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
+        let store = MemoryStore::new();
+        let WriteOutcome::Written { version, .. } = store.set("t", "k", "v".into(), None).await.unwrap()
+        else {
+            panic!("unconditional writes do not conflict")
+        };
+        assert!(version > before, "version {version} is not above the clock at start ({before} µs)");
+        assert!(version < 1 << 53, "versions must stay exact in a double");
+    }
 
     #[tokio::test]
     async fn emptied_tables_are_unlinked() {

@@ -21,7 +21,7 @@ pub(crate) mod suite;
 
 use std::future::Future;
 
-pub use memory::MemoryStore;
+pub use memory::{MemoryScan, MemoryStore};
 
 use crate::pb::Value;
 pub use crate::pb::Versioned;

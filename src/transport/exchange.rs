@@ -1,5 +1,5 @@
 //! One request and its reply over any byte stream: everything about serving a request stream that does
-//! not depend on the transport, and the client's matching half.
+//! not depend on the transport.
 //!
 //! A request stream carries exactly one request frame and then ends; the reply is one or more response
 //! frames, the last with `more = false` (docs/PROTOCOL.md, "Exchanges").
@@ -7,11 +7,12 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::Limits;
 use super::frame::{FrameCodec, FrameError};
+use super::stall::StallTimeout;
 use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::service::{Reply, Service};
 use crate::storage::Storage;
@@ -55,13 +56,19 @@ pub async fn read_request<R: AsyncRead + Unpin>(
     recv: R,
     limits: &Limits,
 ) -> Result<CommandRequest, RequestError> {
-    let mut frames = FramedRead::new(recv, FrameCodec::<CommandRequest>::new(limits.max_frame_len));
+    let codec = FrameCodec::<CommandRequest>::new(limits.max_frame_len);
+    let mut frames = FramedRead::new(recv, codec);
     let read = async {
         let request = frames.next().await.ok_or(RequestError::Empty)??;
-        match frames.next().await {
-            None => Ok(request),
-            Some(Err(FrameError::Io(e))) => Err(FrameError::Io(e).into()),
-            Some(_) => Err(RequestError::TrailingData),
+        // Any byte after the frame is an error. Check what is buffered, then wait for one more byte
+        // or the end of the stream, rather than for a whole second frame.
+        if !frames.read_buffer().is_empty() {
+            return Err(RequestError::TrailingData);
+        }
+        match frames.into_inner().read(&mut [0u8; 1]).await {
+            Ok(0) => Ok(request),
+            Ok(_) => Err(RequestError::TrailingData),
+            Err(e) => Err(FrameError::Io(e).into()),
         }
     };
     tokio::time::timeout(limits.request_timeout, read)
@@ -69,13 +76,16 @@ pub async fn read_request<R: AsyncRead + Unpin>(
         .unwrap_or(Err(RequestError::TimedOut(limits.request_timeout)))
 }
 
-/// Writes every frame of `reply`.
+/// Writes every frame of `reply`; fails with `TimedOut` if the peer reads nothing of it for
+/// `limits.reply_timeout`.
 pub async fn write_reply<W: AsyncWrite + Unpin>(
     send: W,
     reply: Reply,
     limits: &Limits,
 ) -> Result<(), FrameError> {
-    let mut frames = FramedWrite::new(send, FrameCodec::<CommandResponse>::new(limits.max_frame_len));
+    let send = StallTimeout::new(send, limits.reply_timeout);
+    let codec = FrameCodec::<CommandResponse>::new(limits.max_frame_len);
+    let mut frames = FramedWrite::new(send, codec);
     match reply {
         Reply::One(response) => frames.send(response).await,
         Reply::Stream(mut stream) => {
@@ -90,7 +100,7 @@ pub async fn write_reply<W: AsyncWrite + Unpin>(
 /// is answered with an error response (docs/PROTOCOL.md, "Errors"). Returns an error only when the
 /// stream itself failed, for instance because the peer reset it or the connection was lost.
 pub async fn serve_request<R, W, S>(
-    recv: R,
+    mut recv: R,
     send: W,
     service: &Service<S>,
     limits: &Limits,
@@ -100,7 +110,9 @@ where
     W: AsyncWrite + Unpin,
     S: Storage,
 {
-    let (reply, served) = match read_request(recv, limits).await {
+    // `recv` lives until the reply is written: a budgeted reader keeps its request's bytes charged
+    // while the request executes.
+    let (reply, served) = match read_request(&mut recv, limits).await {
         Ok(request) => {
             tracing::Span::current().record("command", request.command_name());
             (service.execute(request).await, Served::Answered)

@@ -102,28 +102,29 @@ impl<In: Message + Default> Decoder for FrameCodec<In> {
 impl<In, Out: Message> Encoder<Out> for FrameCodec<In> {
     type Error = FrameError;
 
-    /// Writes the prefix and encodes the message straight into `dst`: one copy, no intermediate buffer.
     fn encode(&mut self, message: Out, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let len = message.encoded_len();
-        if len > self.max_frame_len {
-            return Err(FrameError::TooLarge { declared: len as u64, max: self.max_frame_len });
-        }
-        dst.reserve(HEADER_LEN + len);
-        dst.put_u32(len as u32);
-        message
-            .encode(dst)
-            .map_err(|e| FrameError::Io(io::Error::other(format!("protobuf encoding failed: {e}"))))
+        encode_into(&message, self.max_frame_len, dst)
     }
 }
 
-/// Encodes one message as a complete frame.
-pub fn encode_frame(message: &impl Message) -> BytesMut {
+/// Encodes one message as a complete frame, refusing (before encoding) one over `max_frame_len`.
+pub fn encode_frame(message: &impl Message, max_frame_len: usize) -> Result<BytesMut, FrameError> {
+    let mut frame = BytesMut::new();
+    encode_into(message, max_frame_len, &mut frame)?;
+    Ok(frame)
+}
+
+/// Writes the prefix and encodes the message straight into `dst`: one copy, no intermediate buffer.
+fn encode_into(message: &impl Message, max_frame_len: usize, dst: &mut BytesMut) -> Result<(), FrameError> {
     let len = message.encoded_len();
-    let mut buf = BytesMut::with_capacity(HEADER_LEN + len);
-    buf.put_u32(len as u32);
-    // Cannot fail: `buf` has room for exactly the encoded length.
-    let _ = message.encode(&mut buf);
-    buf
+    if len > max_frame_len {
+        return Err(FrameError::TooLarge { declared: len as u64, max: max_frame_len });
+    }
+    dst.reserve(HEADER_LEN + len);
+    dst.put_u32(len as u32);
+    message
+        .encode(dst)
+        .map_err(|e| FrameError::Io(io::Error::other(format!("protobuf encoding failed: {e}"))))
 }
 
 #[cfg(test)]
@@ -156,8 +157,8 @@ mod tests {
     async fn frames_split_at_every_boundary_decode_whole() {
         // Two frames back to back, delivered in pieces of every size from one byte up: the bug class of
         // the course's reader, which lost data whenever a frame arrived in more than one read.
-        let mut wire = encode_frame(&request()).to_vec();
-        wire.extend_from_slice(&encode_frame(&CommandRequest::ping("x")));
+        let mut wire = encode_frame(&request(), 1 << 20).unwrap().to_vec();
+        wire.extend_from_slice(&encode_frame(&CommandRequest::ping("x"), 1 << 20).unwrap());
         for chunk in [1, 2, 3, 4, 5, 7, 64, 1000] {
             let mut frames =
                 FramedRead::new(chunked_reader(&wire, chunk), FrameCodec::<CommandRequest>::new(1 << 20));
@@ -181,7 +182,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_ending_inside_a_frame_is_truncated() {
-        let wire = encode_frame(&request());
+        let wire = encode_frame(&request(), 1 << 20).unwrap();
         for cut in [1, HEADER_LEN, HEADER_LEN + 3, wire.len() - 1] {
             let mut frames = FramedRead::new(&wire[..cut], FrameCodec::<CommandRequest>::new(1 << 20));
             assert!(matches!(frames.next().await, Some(Err(FrameError::Truncated { .. }))), "cut at {cut}");
@@ -205,7 +206,7 @@ mod tests {
         let mut theirs = BytesMut::new();
         LengthDelimitedCodec::new().encode(bytes::Bytes::from(message.encode_to_vec()), &mut theirs).unwrap();
         assert_eq!(ours, theirs);
-        assert_eq!(encode_frame(&message), theirs);
+        assert_eq!(encode_frame(&message, 1 << 20).unwrap(), theirs);
     }
 
     #[test]

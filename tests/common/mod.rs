@@ -121,5 +121,10 @@ pub async fn read_responses(recv: quinn::RecvStream) -> Vec<CommandResponse> {
 
 /// A request as it travels: length prefix and protobuf.
 pub fn frame(request: &CommandRequest) -> Bytes {
-    encode_frame(request).freeze()
+    frame_of(request)
+}
+
+/// Any message as a frame.
+pub fn frame_of(message: &impl prost::Message) -> Bytes {
+    encode_frame(message, u32::MAX as usize).expect("encodable").freeze()
 }

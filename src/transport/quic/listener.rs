@@ -5,6 +5,7 @@
 //! close with [`codes::SHUTTING_DOWN`]. Whatever is still running after the grace period is cut off by
 //! closing the endpoint with the same code.
 
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,9 @@ use super::codes;
 use crate::service::Service;
 use crate::storage::Storage;
 use crate::transport::Limits;
+use crate::transport::budget::ReadBudget;
 use crate::transport::exchange::{Served, serve_request};
+use crate::transport::frame::FrameError;
 
 /// How long to wait, after every connection is closed, for the close frames to reach the clients.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -67,7 +70,7 @@ pub async fn serve<S: Storage>(
             connections = connections.len(),
             "grace period over; closing the remaining connections"
         );
-        endpoint.close(codes::SHUTTING_DOWN, b"server shutting down");
+        endpoint.close(codes::SHUTDOWN_FORCED, b"server shut down before answering every request");
         connections.wait().await;
     }
     let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, endpoint.wait_idle()).await;
@@ -99,6 +102,7 @@ async fn serve_connection<S: Storage>(
 ) {
     debug!("connection established");
     let streams = TaskTracker::new();
+    let budget = ReadBudget::new(limits.max_request_buffer);
     let ended = loop {
         let (send, recv) = tokio::select! {
             _ = shutdown.cancelled() => break None,
@@ -108,7 +112,8 @@ async fn serve_connection<S: Storage>(
             },
         };
         let span = info_span!("request", stream = %recv.id(), command = tracing::field::Empty);
-        streams.spawn(handle_stream(send, recv, service.clone(), limits.clone()).instrument(span));
+        let stream = handle_stream(send, recv, service.clone(), limits.clone(), budget.clone());
+        streams.spawn(stream.instrument(span));
     };
     match ended {
         Some(reason) => log_connection_end(&reason),
@@ -137,12 +142,19 @@ async fn handle_stream<S: Storage>(
     mut recv: RecvStream,
     service: Service<S>,
     limits: Arc<Limits>,
+    budget: ReadBudget,
 ) {
-    match serve_request(&mut recv, &mut send, &service, &limits).await {
+    let served = serve_request(budget.reader(&mut recv), &mut send, &service, &limits).await;
+    match served {
         Ok(Served::Answered) => {}
         Ok(Served::Rejected(_)) => {
             // Tell the client to stop sending the rest of a request that will never be read.
             let _ = recv.stop(codes::REQUEST_REJECTED);
+        }
+        Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
+            debug!(error = %e, "abandoned a reply the client does not read");
+            let _ = send.reset(codes::REPLY_TIMEOUT);
+            return;
         }
         Err(e) => {
             debug!(error = %e, "request stream failed");
@@ -153,6 +165,6 @@ async fn handle_stream<S: Storage>(
     if send.finish().is_ok() {
         // Wait until the client has the whole reply. Shutdown waits for this task, so a connection is
         // never closed (which discards unacknowledged data) before its answered requests are delivered.
-        let _ = send.stopped().await;
+        let _ = tokio::time::timeout(limits.reply_timeout, send.stopped()).await;
     }
 }

@@ -26,6 +26,9 @@ pub mod codes {
     /// Connection: the server is shutting down. It answered every request stream it had accepted before
     /// closing; requests on other streams were not executed and may be retried on a new connection.
     pub const SHUTTING_DOWN: VarInt = VarInt::from_u32(1);
+    /// Connection: the server shut down before some requests were answered (its grace period ran out).
+    /// A request without its complete reply may or may not have been executed.
+    pub const SHUTDOWN_FORCED: VarInt = VarInt::from_u32(2);
     /// Stream (STOP_SENDING from the server): the request was refused with an error response (413, 400,
     /// 408) and the server will read no more of it.
     pub const REQUEST_REJECTED: VarInt = VarInt::from_u32(0x10);
@@ -33,6 +36,9 @@ pub mod codes {
     pub const REPLY_FAILED: VarInt = VarInt::from_u32(0x11);
     /// Stream (either side): the request was abandoned by the client.
     pub const CANCELLED: VarInt = VarInt::from_u32(0x12);
+    /// Stream (RESET_STREAM from the server): the client read none of the reply for the reply timeout;
+    /// the request was executed.
+    pub const REPLY_TIMEOUT: VarInt = VarInt::from_u32(0x13);
 }
 
 fn invalid_input(e: impl std::fmt::Display) -> io::Error {
@@ -43,7 +49,9 @@ fn invalid_input(e: impl std::fmt::Display) -> io::Error {
 /// may open at once.
 fn transport_config(limits: &Limits, peer_streams: u32) -> io::Result<TransportConfig> {
     let mut transport = TransportConfig::default();
+    let window = |bytes: usize| VarInt::from_u64(bytes as u64).map_err(invalid_input);
     transport
+        .receive_window(window(limits.connection_receive_window)?)
         .max_concurrent_bidi_streams(VarInt::from_u32(peer_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .max_idle_timeout(Some(IdleTimeout::try_from(limits.idle_timeout).map_err(invalid_input)?));
