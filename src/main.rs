@@ -102,6 +102,7 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn client_config(args: &ClientArgs) -> ClientConfig {
     let mut config = ClientConfig::new(&args.addr, &args.ca);
+    config.transport = args.transport;
     config.server_name = args.server_name.clone();
     config.connect_timeout = args.connect_timeout;
     config

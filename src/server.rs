@@ -1,5 +1,5 @@
-//! The server: certificates, the QUIC endpoint and the shared service wired together, run until a
-//! shutdown signal, then stopped gracefully.
+//! The server: certificates, the QUIC endpoint, the TCP listener and the shared service wired together,
+//! run until a shutdown signal, then stopped gracefully.
 
 use std::future::Future;
 use std::io;
@@ -9,23 +9,39 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::Endpoint;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::certs::{CertDir, CertError, Provisioned};
 use crate::service::{Service, ServiceConfig};
 use crate::storage::Storage;
 use crate::tls::{self, ServerIdentity, TlsError};
+use crate::transport::tcp::{self, TcpSecurity};
 use crate::transport::{Limits, quic};
 
 /// Where `qkv serve` listens unless told otherwise: loopback only, so a development server is not
 /// exposed by accident.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9527));
 
+/// What the server offers on TCP, beside QUIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpMode {
+    /// TLS 1.3 with the QUIC endpoint's certificate and ALPN.
+    Tls,
+    /// Plaintext: for trusted networks and course clients only.
+    Plaintext,
+    /// No TCP listener.
+    Off,
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// UDP address of the QUIC endpoint.
+    /// Address of the QUIC endpoint (UDP) and of the TCP listener (the same port number).
     pub listen: SocketAddr,
+    pub tcp: TcpMode,
     /// Directory of `ca.pem`, `server.pem` and their keys; generated on first start if empty.
     pub certs_dir: PathBuf,
     pub limits: Limits,
@@ -38,6 +54,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: DEFAULT_LISTEN,
+            tcp: TcpMode::Tls,
             certs_dir: PathBuf::from("certs"),
             limits: Limits::default(),
             service: ServiceConfig::default(),
@@ -54,16 +71,20 @@ pub enum ServerError {
     Certs(#[from] CertError),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("cannot listen on {addr} (UDP): {cause}")]
-    Bind { addr: SocketAddr, cause: io::Error },
+    #[error("cannot listen on {addr} ({protocol}): {cause}")]
+    Bind { addr: SocketAddr, protocol: &'static str, cause: io::Error },
 }
 
 /// A bound server, ready to run.
 pub struct Server<S> {
     quic: Endpoint,
+    tcp: Option<(TcpListener, TcpSecurity)>,
     service: Service<S>,
     config: ServerConfig,
 }
+
+/// Attempts at finding a port number free on both UDP and TCP when the configuration asks for any (0).
+const PORT_ATTEMPTS: usize = 16;
 
 impl<S: Storage> Server<S> {
     /// Loads (or first generates) the certificates and binds the endpoint. Must be called within a
@@ -75,13 +96,18 @@ impl<S: Storage> Server<S> {
         log_provisioning(&certs, certs.ensure_server_certificate()?);
         let identity = ServerIdentity::from_pem_files(&certs.server_cert(), &certs.server_key())?;
         let tls = tls::server_config(identity)?;
-        let quic = quic::server_endpoint(config.listen, tls, &config.limits)
-            .map_err(|cause| ServerError::Bind { addr: config.listen, cause })?;
+        let (quic, tcp) = bind_both(&config, tls)?;
+        if config.tcp == TcpMode::Plaintext && !config.listen.ip().is_loopback() {
+            warn!(
+                addr = %config.listen,
+                "serving plaintext TCP beyond loopback: anyone on the network can read and change the traffic"
+            );
+        }
         let service = Service::new(storage, config.service.clone(), config.limits.max_frame_len);
-        Ok(Server { quic, service, config })
+        Ok(Server { quic, tcp, service, config })
     }
 
-    /// The address actually bound (useful with port 0).
+    /// The address actually bound (useful with port 0); QUIC and TCP share its port number.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.quic.local_addr()
     }
@@ -95,9 +121,33 @@ impl<S: Storage> Server<S> {
     /// `SHUTTING_DOWN` code. Returns once everything is closed.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let token = CancellationToken::new();
-        info!(quic = %self.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()), "serving");
+        let addr = self.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
+        let tcp = match (&self.tcp, self.config.tcp) {
+            (Some(_), TcpMode::Tls) => "tls",
+            (Some(_), _) => "plaintext",
+            (None, _) => "off",
+        };
+        info!(%addr, quic = "on", tcp, "serving");
         let limits = Arc::new(self.config.limits);
-        let serving = quic::serve(self.quic, self.service, limits, token.clone(), self.config.shutdown_grace);
+        let grace = self.config.shutdown_grace;
+        // One connection limit for all transports together.
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let quic = quic::serve(
+            self.quic,
+            self.service.clone(),
+            limits.clone(),
+            permits.clone(),
+            token.clone(),
+            grace,
+        );
+        let tcp = async {
+            if let Some((listener, security)) = self.tcp {
+                tcp::serve(listener, security, self.service, limits, permits, token.clone(), grace).await;
+            }
+        };
+        let serving = async {
+            tokio::join!(quic, tcp);
+        };
         tokio::pin!(serving);
         tokio::select! {
             _ = &mut serving => return,
@@ -106,6 +156,35 @@ impl<S: Storage> Server<S> {
         serving.await;
         info!("shut down");
     }
+}
+
+/// Binds QUIC (UDP) and, unless off, TCP on the same port number. With port 0 the UDP port is chosen
+/// first and TCP tries the same number, starting over if it is taken.
+fn bind_both(
+    config: &ServerConfig,
+    tls: rustls::ServerConfig,
+) -> Result<(Endpoint, Option<(TcpListener, TcpSecurity)>), ServerError> {
+    let security = match config.tcp {
+        TcpMode::Tls => Some(TcpSecurity::Tls(TlsAcceptor::from(Arc::new(tls.clone())))),
+        TcpMode::Plaintext => Some(TcpSecurity::Plaintext),
+        TcpMode::Off => None,
+    };
+    let attempts = if config.listen.port() == 0 { PORT_ATTEMPTS } else { 1 };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        let bind_error = |protocol, cause| ServerError::Bind { addr: config.listen, protocol, cause };
+        let quic = quic::server_endpoint(config.listen, tls.clone(), &config.limits)
+            .map_err(|cause| bind_error("UDP", cause))?;
+        let Some(security) = security.clone() else {
+            return Ok((quic, None));
+        };
+        let addr = quic.local_addr().map_err(|cause| bind_error("UDP", cause))?;
+        match tcp::bind(addr) {
+            Ok(listener) => return Ok((quic, Some((listener, security)))),
+            Err(cause) => last_error = Some(bind_error("TCP", cause)),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| ServerError::Config("no port could be bound".into())))
 }
 
 fn log_provisioning(certs: &CertDir, provisioned: Provisioned) {

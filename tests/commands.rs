@@ -1,14 +1,16 @@
-//! Every command's semantics over a real server: values, versions, misses, conflicts and errors.
+//! Every command's semantics over a real server: values, versions, misses, conflicts and errors, over
+//! every transport (QUIC, TLS over TCP, plaintext TCP).
 
+#[macro_use]
 mod common;
 
 use common::TestServer;
 use qkv::client::{ClientError, Written};
 use qkv::pb::{CommandRequest, Kvpair, Value, Versioned, status};
+use qkv::transport::Transport;
 
-#[tokio::test]
-async fn hget_returns_value_and_version_or_none() {
-    let server = TestServer::start().await;
+async fn hget_returns_value_and_version_or_none(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
     let client = server.client().await;
     assert_eq!(client.hget("t", "k").await.unwrap(), None);
     let written = client.hset("t", "k", "v").await.unwrap();
@@ -22,9 +24,8 @@ async fn hget_returns_value_and_version_or_none() {
     assert!(raw.message.contains("nope"), "{}", raw.message);
 }
 
-#[tokio::test]
-async fn hset_returns_previous_value_and_a_new_version_each_time() {
-    let server = TestServer::start().await;
+async fn hset_returns_previous_value_and_a_new_version_each_time(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
     let client = server.client().await;
     let first = client.hset("t", "k", 1i64).await.unwrap();
     assert_eq!(first.previous, None);
@@ -34,9 +35,8 @@ async fn hset_returns_previous_value_and_a_new_version_each_time() {
     assert!(second.version > first.version);
 }
 
-#[tokio::test]
-async fn every_value_type_round_trips() {
-    let server = TestServer::start().await;
+async fn every_value_type_round_trips(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
     let client = server.client().await;
     let values: Vec<Value> = vec![
         "text".into(),
@@ -55,9 +55,8 @@ async fn every_value_type_round_trips() {
     }
 }
 
-#[tokio::test]
-async fn hdel_returns_previous_value_and_leaves_the_key_absent() {
-    let server = TestServer::start().await;
+async fn hdel_returns_previous_value_and_leaves_the_key_absent(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
     let client = server.client().await;
     client.hset("t", "k", "v").await.unwrap();
     assert_eq!(client.hdel("t", "k").await.unwrap(), Written { previous: Some("v".into()), version: 0 });
@@ -65,9 +64,8 @@ async fn hdel_returns_previous_value_and_leaves_the_key_absent() {
     assert_eq!(client.hdel("t", "k").await.unwrap(), Written { previous: None, version: 0 });
 }
 
-#[tokio::test]
-async fn hexist_and_hmexist_answer_booleans_and_versions_in_request_order() {
-    let server = TestServer::start().await;
+async fn hexist_and_hmexist_answer_booleans_and_versions_in_request_order(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
     let client = server.client().await;
     let version = client.hset("t", "a", "1").await.unwrap().version;
     assert!(client.hexist("t", "a").await.unwrap());
@@ -80,9 +78,8 @@ async fn hexist_and_hmexist_answer_booleans_and_versions_in_request_order() {
     assert_eq!((many.values, many.versions), (vec![Value::from(true), Value::from(false)], vec![version, 0]));
 }
 
-#[tokio::test]
-async fn hmget_answers_one_entry_per_key_in_request_order_with_empty_values_for_misses() {
-    let server = TestServer::start().await;
+async fn hmget_answers_one_entry_per_key_in_request_order_with_empty_values_for_misses(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
     let client = server.client().await;
     let a = client.hset("t", "a", "1").await.unwrap().version;
     let c = client.hset("t", "c", "3").await.unwrap().version;
@@ -100,9 +97,8 @@ async fn hmget_answers_one_entry_per_key_in_request_order_with_empty_values_for_
     assert_eq!(raw.values, vec![Value::default()], "a miss is an empty Value");
 }
 
-#[tokio::test]
-async fn hmset_and_hmdel_answer_in_request_order() {
-    let server = TestServer::start().await;
+async fn hmset_and_hmdel_answer_in_request_order(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
     let client = server.client().await;
     client.hset("t", "b", "old").await.unwrap();
     let written = client.hmset("t", [Kvpair::new("a", "1"), Kvpair::new("b", "2")]).await.unwrap();
@@ -114,9 +110,8 @@ async fn hmset_and_hmdel_answer_in_request_order() {
     assert_eq!(previous, vec![Some("2".into()), None, Some("1".into())]);
 }
 
-#[tokio::test]
-async fn hgetall_returns_every_pair_with_its_version() {
-    let server = TestServer::start().await;
+async fn hgetall_returns_every_pair_with_its_version(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
     let client = server.client().await;
     assert_eq!(client.hgetall("empty").await.unwrap(), vec![]);
     let mut expected = Vec::new();
@@ -131,10 +126,10 @@ async fn hgetall_returns_every_pair_with_its_version() {
     assert_eq!(all, expected);
 }
 
-#[tokio::test]
-async fn a_large_table_streams_over_many_bounded_frames() {
+async fn a_large_table_streams_over_many_bounded_frames(transport: Transport) {
     let target = 16 * 1024;
-    let server = TestServer::start_with(|config| config.service.response_frame_target = target).await;
+    let server =
+        TestServer::start_for_with(transport, |config| config.service.response_frame_target = target).await;
     let client = server.client().await;
     let keys = 50_000;
     for batch in 0..(keys / 5_000) {
@@ -158,9 +153,9 @@ async fn a_large_table_streams_over_many_bounded_frames() {
     assert!(largest <= target + 1024, "a frame of {largest} bytes exceeds the {target}-byte target");
 }
 
-#[tokio::test]
-async fn a_large_multi_key_answer_is_split_and_reassembled() {
-    let server = TestServer::start_with(|config| config.service.response_frame_target = 4096).await;
+async fn a_large_multi_key_answer_is_split_and_reassembled(transport: Transport) {
+    let server =
+        TestServer::start_for_with(transport, |config| config.service.response_frame_target = 4096).await;
     let client = server.client().await;
     let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
     client.hmset("t", keys.iter().map(|k| Kvpair::new(k.clone(), vec![7u8; 1000]))).await.unwrap();
@@ -170,9 +165,8 @@ async fn a_large_multi_key_answer_is_split_and_reassembled() {
     assert!(got.iter().all(|v| { v.as_ref().is_some_and(|v| v.value == Value::from(vec![7u8; 1000])) }));
 }
 
-#[tokio::test]
-async fn conditional_hset_writes_on_matching_version_and_answers_409_otherwise() {
-    let server = TestServer::start().await;
+async fn conditional_hset_writes_on_matching_version_and_answers_409_otherwise(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
     let client = server.client().await;
     let created = client.hset_if_version("t", "k", "a", 0).await.unwrap();
     match client.hset_if_version("t", "k", "b", 0).await {
@@ -197,9 +191,8 @@ async fn conditional_hset_writes_on_matching_version_and_answers_409_otherwise()
     assert_eq!(raw.versions, vec![updated.version]);
 }
 
-#[tokio::test]
-async fn conditional_hdel_deletes_only_on_matching_version() {
-    let server = TestServer::start().await;
+async fn conditional_hdel_deletes_only_on_matching_version(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
     let client = server.client().await;
     let version = client.hset("t", "k", "v").await.unwrap().version;
     assert!(matches!(client.hdel_if_version("t", "k", version + 1).await, Err(ClientError::Conflict { .. })));
@@ -213,9 +206,8 @@ async fn conditional_hdel_deletes_only_on_matching_version() {
     assert!(matches!(client.hdel_if_version("t", "k", version).await, Err(ClientError::Conflict { .. })));
 }
 
-#[tokio::test]
-async fn conditional_hdel_with_expected_version_0_means_only_if_absent() {
-    let server = TestServer::start().await;
+async fn conditional_hdel_with_expected_version_0_means_only_if_absent(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
     let client = server.client().await;
     assert_eq!(client.hdel_if_version("t", "k", 0).await.unwrap(), Written { previous: None, version: 0 });
     let version = client.hset("t", "k", "v").await.unwrap().version;
@@ -226,10 +218,9 @@ async fn conditional_hdel_with_expected_version_0_means_only_if_absent() {
     assert!(client.hexist("t", "k").await.unwrap());
 }
 
-#[tokio::test]
-async fn pairs_and_payloads_whose_answers_cannot_fit_in_a_frame_get_413() {
+async fn pairs_and_payloads_whose_answers_cannot_fit_in_a_frame_get_413(transport: Transport) {
     let max_frame = 4096;
-    let server = TestServer::start_with(|config| {
+    let server = TestServer::start_for_with(transport, |config| {
         config.limits.max_frame_len = max_frame;
         config.limits.max_request_buffer = 2 * max_frame;
         config.service.response_frame_target = 1024;
@@ -255,9 +246,8 @@ async fn pairs_and_payloads_whose_answers_cannot_fit_in_a_frame_get_413() {
     assert!(!client.hexist("t", "ok").await.unwrap(), "a refused Hmset writes nothing");
 }
 
-#[tokio::test]
-async fn error_messages_about_huge_names_stay_small() {
-    let server = TestServer::start().await;
+async fn error_messages_about_huge_names_stay_small(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
     let client = server.client().await;
     let huge = "k".repeat(100_000);
     let response = client.call(&CommandRequest::hget("t", huge.as_str())).await.unwrap();
@@ -266,22 +256,20 @@ async fn error_messages_about_huge_names_stay_small() {
     assert!(response.message.contains("100000 bytes"), "{}", response.message);
 }
 
-#[tokio::test]
-async fn ping_echoes_its_payload() {
-    let server = TestServer::start().await;
+async fn ping_echoes_its_payload(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
     let client = server.client().await;
     assert_eq!(client.ping("").await.unwrap(), "");
     let payload = vec![0xABu8; 10_000];
     assert_eq!(client.ping(payload.clone()).await.unwrap(), payload);
 }
 
-#[tokio::test]
-async fn invalid_requests_are_answered_400_with_a_message() {
+async fn invalid_requests_are_answered_400_with_a_message(transport: Transport) {
     // (A command newer than the server decodes as "no command", since protobuf skips unknown fields.)
-    let server = TestServer::start().await;
+    let server = TestServer::start_for(transport).await;
     let client = server.client().await;
     let cases = [
-        (CommandRequest::default(), "no command"),
+        (CommandRequest::default(), "no command this server knows"),
         (CommandRequest::hset("t", "k", Value::default()), "not set"),
         (
             CommandRequest::hmset("t", [Kvpair::new("ok", "1"), Kvpair { key: "bad".into(), value: None }]),
@@ -304,9 +292,8 @@ async fn invalid_requests_are_answered_400_with_a_message() {
     assert!(!client.hexist("t", "ok").await.unwrap(), "an invalid Hmset must write nothing");
 }
 
-#[tokio::test]
-async fn pub_sub_is_answered_501_until_it_is_built() {
-    let server = TestServer::start().await;
+async fn pub_sub_is_answered_501_until_it_is_built(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
     let client = server.client().await;
     for request in [
         CommandRequest::subscribe("news"),
@@ -319,9 +306,8 @@ async fn pub_sub_is_answered_501_until_it_is_built() {
     }
 }
 
-#[tokio::test]
-async fn clients_share_the_store_and_a_client_shares_its_connection() {
-    let server = TestServer::start().await;
+async fn clients_share_the_store_and_a_client_shares_its_connection(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
     let first = server.client().await;
     let second = server.client().await;
     first.hset("t", "k", "from first").await.unwrap();
@@ -330,3 +316,25 @@ async fn clients_share_the_store_and_a_client_shares_its_connection() {
     clone.hset("t", "k", "from clone").await.unwrap();
     assert_eq!(first.hget("t", "k").await.unwrap().unwrap().value, "from clone".into());
 }
+
+transport_tests!(commands: quic, tls, tcp =>
+    hget_returns_value_and_version_or_none,
+    hset_returns_previous_value_and_a_new_version_each_time,
+    every_value_type_round_trips,
+    hdel_returns_previous_value_and_leaves_the_key_absent,
+    hexist_and_hmexist_answer_booleans_and_versions_in_request_order,
+    hmget_answers_one_entry_per_key_in_request_order_with_empty_values_for_misses,
+    hmset_and_hmdel_answer_in_request_order,
+    hgetall_returns_every_pair_with_its_version,
+    a_large_table_streams_over_many_bounded_frames,
+    a_large_multi_key_answer_is_split_and_reassembled,
+    conditional_hset_writes_on_matching_version_and_answers_409_otherwise,
+    conditional_hdel_deletes_only_on_matching_version,
+    conditional_hdel_with_expected_version_0_means_only_if_absent,
+    pairs_and_payloads_whose_answers_cannot_fit_in_a_frame_get_413,
+    error_messages_about_huge_names_stay_small,
+    ping_echoes_its_payload,
+    invalid_requests_are_answered_400_with_a_message,
+    pub_sub_is_answered_501_until_it_is_built,
+    clients_share_the_store_and_a_client_shares_its_connection,
+);

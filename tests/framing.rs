@@ -156,6 +156,19 @@ async fn a_connection_cannot_buffer_more_request_bytes_than_its_budget() {
 }
 
 #[tokio::test]
+async fn a_command_newer_than_the_server_gets_400_saying_so() {
+    let server = TestServer::start().await;
+    let connection = server.raw_connection().await;
+    // CommandRequest field 14, an empty message: what a future command looks like to this server.
+    let unknown = [0, 0, 0, 2, 0x72, 0x00];
+    single_error(
+        &raw_exchange(&connection, &unknown).await,
+        status::BAD_REQUEST,
+        "no command this server knows",
+    );
+}
+
+#[tokio::test]
 async fn a_stream_finished_without_a_frame_gets_400() {
     let server = TestServer::start().await;
     let connection = server.raw_connection().await;

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use qkv::server::{DEFAULT_LISTEN, RuntimeLayout, ServerConfig};
+use qkv::server::{DEFAULT_LISTEN, RuntimeLayout, ServerConfig, TcpMode};
 use qkv::service::{DEFAULT_RESPONSE_FRAME_TARGET, ServiceConfig};
-use qkv::transport::Limits;
+use qkv::transport::{Limits, Transport};
 
 use super::output::CliError;
 
@@ -179,9 +179,16 @@ impl From<WorkloadArg> for qkv::bench::Workload {
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// UDP address for QUIC.
+    /// Address for QUIC (UDP) and TCP (the same port number).
     #[arg(long, default_value_t = DEFAULT_LISTEN, env = "QKV_LISTEN")]
     pub listen: SocketAddr,
+    /// Serve plaintext TCP instead of TLS over TCP (QUIC is unaffected). For trusted networks and
+    /// clients without TLS, such as the course's.
+    #[arg(long, conflicts_with = "no_tcp")]
+    pub tcp_plaintext: bool,
+    /// Serve QUIC only.
+    #[arg(long)]
+    pub no_tcp: bool,
     /// Certificate directory: ca.pem, server.pem and keys; generated when it holds none.
     #[arg(long, default_value = "certs", env = "QKV_CERTS")]
     pub certs: PathBuf,
@@ -193,9 +200,10 @@ pub struct ServeArgs {
     /// Largest frame accepted or sent, e.g. 16MiB.
     #[arg(long, default_value = "16MiB", value_parser = parse_size)]
     pub max_frame_size: usize,
-    /// Concurrent request streams per connection.
-    #[arg(long, default_value_t = Limits::default().max_streams_per_connection)]
-    pub max_streams: u32,
+    /// Requests in progress per connection (QUIC: open streams; TCP: pipelined requests read but not
+    /// yet answered).
+    #[arg(long, alias = "max-streams", default_value_t = Limits::default().max_concurrent_requests)]
+    pub max_concurrent_requests: u32,
     /// Connections served at once; more are refused.
     #[arg(long, default_value_t = Limits::default().max_connections)]
     pub max_connections: usize,
@@ -230,14 +238,20 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     pub fn config(&self) -> ServerConfig {
+        let tcp = match (self.no_tcp, self.tcp_plaintext) {
+            (true, _) => TcpMode::Off,
+            (false, true) => TcpMode::Plaintext,
+            (false, false) => TcpMode::Tls,
+        };
         let mut config = ServerConfig {
             listen: self.listen,
+            tcp,
             certs_dir: self.certs.clone(),
             shutdown_grace: self.shutdown_grace,
             ..ServerConfig::default()
         };
         config.limits.max_frame_len = self.max_frame_size;
-        config.limits.max_streams_per_connection = self.max_streams;
+        config.limits.max_concurrent_requests = self.max_concurrent_requests;
         config.limits.max_connections = self.max_connections;
         config.limits.request_timeout = self.request_timeout;
         config.limits.idle_timeout = self.idle_timeout;
@@ -313,6 +327,10 @@ pub struct ClientArgs {
     /// Server address, host:port.
     #[arg(long, default_value = "127.0.0.1:9527", env = "QKV_ADDR")]
     pub addr: String,
+    /// quic (the default), tls (TLS 1.3 over TCP) or tcp (plaintext TCP, for servers started with
+    /// --tcp-plaintext).
+    #[arg(long, default_value_t = Transport::Quic, env = "QKV_TRANSPORT")]
+    pub transport: Transport,
     /// CA certificate file the server's certificate must chain to.
     #[arg(long, default_value = "certs/ca.pem", env = "QKV_CA")]
     pub ca: PathBuf,

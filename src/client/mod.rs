@@ -1,5 +1,6 @@
-//! The typed async client. One QUIC connection, shared by every clone of the [`Client`] and by any
-//! number of concurrent calls; each call is one request on its own stream.
+//! The typed async client. One connection, shared by every clone of the [`Client`] and by any number
+//! of concurrent calls: over QUIC each call is a request on a stream of its own; over TCP (TLS or
+//! plaintext) the calls are pipelined on the connection and answered in order.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), qkv::client::ClientError> {
@@ -11,6 +12,9 @@
 //! ```
 
 mod error;
+mod frames;
+mod quic;
+mod tcp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,17 +22,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use quinn::{Connection, Endpoint, RecvStream, WriteError};
-use tokio_util::codec::FramedRead;
 
 pub use error::ClientError;
+pub use frames::ResponseFrames;
 
 use crate::pb::{CommandRequest, CommandResponse, Kvpair, Value, Versioned, status, value};
 use crate::tls;
-use crate::transport::Limits;
-use crate::transport::frame::{FrameCodec, FrameError, encode_frame};
-use crate::transport::quic::{self, codes};
+use crate::transport::frame::{FrameError, encode_frame};
+use crate::transport::{Limits, Transport};
 
 pub type ClientResult<T> = Result<T, ClientError>;
 
@@ -37,7 +38,9 @@ pub type ClientResult<T> = Result<T, ClientError>;
 pub struct ClientConfig {
     /// `host:port`; the host may be a DNS name or an IP address.
     pub addr: String,
-    /// PEM file of the CA certificates the server's certificate must chain to.
+    /// QUIC (the default), TLS over TCP, or plaintext TCP.
+    pub transport: Transport,
+    /// PEM file of the CA certificates the server's certificate must chain to (unused for plaintext).
     pub ca_file: PathBuf,
     /// Name to verify the certificate against; defaults to the host part of `addr`.
     pub server_name: Option<String>,
@@ -51,6 +54,7 @@ impl ClientConfig {
     pub fn new(addr: impl Into<String>, ca_file: impl Into<PathBuf>) -> Self {
         ClientConfig {
             addr: addr.into(),
+            transport: Transport::Quic,
             ca_file: ca_file.into(),
             server_name: None,
             limits: Limits::default(),
@@ -75,58 +79,53 @@ pub struct Client {
 }
 
 struct Inner {
-    endpoint: Endpoint,
     connection: Connection,
     max_frame_len: usize,
 }
 
+enum Connection {
+    Quic(quic::QuicConnection),
+    Tcp(tcp::TcpConnection),
+}
+
 impl Client {
-    /// Connects to `addr` (`host:port`), trusting the CA certificates in `ca_file`.
+    /// Connects over QUIC to `addr` (`host:port`), trusting the CA certificates in `ca_file`.
     pub async fn connect(addr: &str, ca_file: impl Into<PathBuf>) -> ClientResult<Self> {
         Self::connect_with(ClientConfig::new(addr, ca_file)).await
     }
 
     pub async fn connect_with(config: ClientConfig) -> ClientResult<Self> {
-        let tls = tls::client_config(tls::read_roots(&config.ca_file)?)?;
         let (host, remote) = resolve(&config.addr).await?;
         let server_name = config.server_name.clone().unwrap_or(host);
-        let bind: SocketAddr = if remote.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-            .parse()
-            .map_err(|_| ClientError::Socket(std::io::Error::other("bad wildcard address")))?;
-        let endpoint = quic::client_endpoint(bind, tls, &config.limits).map_err(ClientError::Socket)?;
-        let connect_error = |reason: String| ClientError::Connect { addr: config.addr.clone(), reason };
-        let connecting = endpoint.connect(remote, &server_name).map_err(|e| connect_error(e.to_string()))?;
-        let connection = match tokio::time::timeout(config.connect_timeout, connecting).await {
-            Err(_) => {
-                return Err(ClientError::ConnectTimeout {
-                    addr: config.addr,
-                    timeout: config.connect_timeout,
-                });
-            }
-            Ok(Err(e)) => return Err(handshake_error(&config, e)),
-            Ok(Ok(connection)) => connection,
+        let tls = || -> ClientResult<Arc<rustls::ClientConfig>> {
+            Ok(Arc::new(tls::client_config(tls::read_roots(&config.ca_file)?)?))
         };
-        let max_frame_len = config.limits.max_frame_len;
-        Ok(Client { inner: Arc::new(Inner { endpoint, connection, max_frame_len }) })
+        let connection = match config.transport {
+            Transport::Quic => {
+                Connection::Quic(quic::QuicConnection::connect(&config, tls()?, &server_name, remote).await?)
+            }
+            Transport::Tls => Connection::Tcp(
+                tcp::TcpConnection::connect(&config, Some(tls()?), &server_name, remote).await?,
+            ),
+            Transport::Tcp => {
+                Connection::Tcp(tcp::TcpConnection::connect(&config, None, &server_name, remote).await?)
+            }
+        };
+        Ok(Client { inner: Arc::new(Inner { connection, max_frame_len: config.limits.max_frame_len }) })
     }
 
     /// Sends one request and returns its reply as a stream of frames, for answers too large to collect.
     pub async fn call_frames(&self, request: &CommandRequest) -> ClientResult<ResponseFrames> {
-        let frame = encode_frame(request, self.inner.max_frame_len).map_err(|e| match e {
-            FrameError::TooLarge { declared, max } => ClientError::RequestTooLarge { len: declared, max },
-            other => ClientError::Protocol(other.to_string()),
-        })?;
-        let (mut send, recv) = self.inner.connection.open_bi().await.map_err(ClientError::from_connection)?;
-        match send.write_chunk(frame.freeze()).await {
-            // The server stopped reading because it refused the request; its reply says why.
-            Ok(()) | Err(WriteError::Stopped(_)) => {}
-            Err(e) => return Err(ClientError::from_write(e)),
+        let frame = encode_frame(request, self.inner.max_frame_len)
+            .map_err(|e| match e {
+                FrameError::TooLarge { declared, max } => ClientError::RequestTooLarge { len: declared, max },
+                other => ClientError::Protocol(other.to_string()),
+            })?
+            .freeze();
+        match &self.inner.connection {
+            Connection::Quic(quic) => quic.send(frame, self.inner.max_frame_len).await,
+            Connection::Tcp(tcp) => tcp.send(frame).await,
         }
-        let _ = send.finish();
-        Ok(ResponseFrames {
-            frames: FramedRead::new(recv, FrameCodec::new(self.inner.max_frame_len)),
-            done: false,
-        })
     }
 
     /// Sends one request and returns its whole reply: the frames' values, pairs and versions
@@ -237,49 +236,17 @@ impl Client {
 
     /// The server's address as this connection currently sees it.
     pub fn remote_address(&self) -> SocketAddr {
-        self.inner.connection.remote_address()
+        match &self.inner.connection {
+            Connection::Quic(quic) => quic.remote_address(),
+            Connection::Tcp(tcp) => tcp.remote_address(),
+        }
     }
 
     /// Closes the connection and waits until the server has been told, so it need not time it out.
     pub async fn close(&self) {
-        self.inner.connection.close(codes::NO_ERROR, b"done");
-        self.inner.endpoint.wait_idle().await;
-    }
-}
-
-/// The frames of one reply, read as they arrive. Dropping it before the last frame abandons the
-/// request: the server is told to stop sending (STOP_SENDING with code 0x12).
-pub struct ResponseFrames {
-    frames: FramedRead<RecvStream, FrameCodec<CommandResponse>>,
-    done: bool,
-}
-
-impl ResponseFrames {
-    /// The next frame, or `None` after the last one (the one with `more = false`).
-    pub async fn next(&mut self) -> Option<ClientResult<CommandResponse>> {
-        if self.done {
-            return None;
-        }
-        let frame = match self.frames.next().await {
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => {
-                self.done = true;
-                return Some(Err(ClientError::from_frame(e)));
-            }
-            None => {
-                self.done = true;
-                return Some(Err(ClientError::Protocol("the reply ended before its last frame".into())));
-            }
-        };
-        self.done = !frame.more;
-        Some(Ok(frame))
-    }
-}
-
-impl Drop for ResponseFrames {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = self.frames.get_mut().stop(codes::CANCELLED);
+        match &self.inner.connection {
+            Connection::Quic(quic) => quic.close().await,
+            Connection::Tcp(tcp) => tcp.close().await,
         }
     }
 }
@@ -302,30 +269,12 @@ async fn resolve(addr: &str) -> ClientResult<(String, SocketAddr)> {
     Ok((host, remote))
 }
 
-fn handshake_error(config: &ClientConfig, e: quinn::ConnectionError) -> ClientError {
-    use quinn::ConnectionError::*;
-    // Certificate and ALPN failures arrive as TLS alerts (QUIC crypto errors 0x100-0x1ff), raised here
-    // or sent by the server; anything else (a refused connection, say) is not about certificates.
-    let tls_alert = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
-    match &e {
-        TransportError(error) if tls_alert(error.code) => ClientError::Handshake {
-            addr: config.addr.clone(),
-            ca_file: config.ca_file.clone(),
-            reason: e.to_string(),
-        },
-        ConnectionClosed(close) if tls_alert(close.error_code) => ClientError::Handshake {
-            addr: config.addr.clone(),
-            ca_file: config.ca_file.clone(),
-            reason: e.to_string(),
-        },
-        _ => ClientError::Connect { addr: config.addr.clone(), reason: e.to_string() },
-    }
-}
-
 /// Passes 200 responses through; turns every other status into the matching error.
 fn ok(response: CommandResponse) -> ClientResult<CommandResponse> {
     match response.status {
         status::OK => Ok(response),
+        // Over TCP: the server is shutting down and did not execute this request.
+        status::UNAVAILABLE => Err(ClientError::ServerShuttingDown),
         status::CONFLICT => {
             Err(ClientError::Conflict { current: versioned_values(response).into_iter().next().flatten() })
         }

@@ -124,7 +124,8 @@ impl<S: Storage> Service<S> {
     /// Executes one request. Never fails: errors become error responses with a status and a message.
     pub async fn execute(&self, request: CommandRequest) -> Reply {
         let Some(command) = request.request_data else {
-            return ServiceError::InvalidRequest("the request carries no command".into())
+            // Also what a command newer than this server looks like: protobuf decoders skip unknown fields.
+            return ServiceError::InvalidRequest("the request carries no command this server knows".into())
                 .into_response()
                 .into();
         };

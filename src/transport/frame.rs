@@ -22,7 +22,7 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("frame of {declared} bytes exceeds the maximum frame size of {max} bytes")]
+    #[error("frame of {declared} bytes exceeds the maximum frame size of {max} bytes{}", other_protocol_hint(*declared))]
     TooLarge { declared: u64, max: usize },
     #[error("the stream ended inside a frame ({buffered} bytes of it received)")]
     Truncated { buffered: usize },
@@ -30,6 +30,23 @@ pub enum FrameError {
     Decode { message: &'static str, cause: prost::DecodeError },
     #[error(transparent)]
     Io(#[from] io::Error),
+}
+
+/// When a "length" is really the start of another protocol, says which: the usual way to meet an
+/// absurd frame size is a client and server that disagree about TLS, or a web browser.
+fn other_protocol_hint(declared: u64) -> &'static str {
+    let bytes = (declared as u32).to_be_bytes();
+    match bytes {
+        // A TLS record: handshake (0x16) or alert (0x15), version 3.x.
+        [0x16 | 0x15, 0x03, ..] => " (this looks like TLS: one side speaks TLS and the other plaintext)",
+        [b'G', b'E', b'T', b' ']
+        | [b'P', b'O', b'S', b'T']
+        | [b'H', b'E', b'A', b'D']
+        | [b'P', b'U', b'T', b' '] => {
+            " (this looks like an HTTP request: qkv speaks its own framed protocol)"
+        }
+        _ => "",
+    }
 }
 
 /// Decodes frames into `In` messages and encodes any protobuf message into a frame.
@@ -207,6 +224,15 @@ mod tests {
         LengthDelimitedCodec::new().encode(bytes::Bytes::from(message.encode_to_vec()), &mut theirs).unwrap();
         assert_eq!(ours, theirs);
         assert_eq!(encode_frame(&message, 1 << 20).unwrap(), theirs);
+    }
+
+    #[test]
+    fn absurd_lengths_that_are_really_another_protocol_are_named() {
+        let too_large =
+            |bytes: [u8; 4]| FrameError::TooLarge { declared: u32::from_be_bytes(bytes) as u64, max: 1024 };
+        assert!(too_large([0x16, 0x03, 0x01, 0x02]).to_string().contains("looks like TLS"));
+        assert!(too_large(*b"GET ").to_string().contains("looks like an HTTP request"));
+        assert!(!too_large([0, 1, 0, 0]).to_string().contains("looks like"));
     }
 
     #[test]

@@ -1,16 +1,61 @@
 //! Transports: how frames travel. Everything above the byte stream is shared: [`frame`] is the codec,
-//! [`exchange`] reads a request and writes its reply over any `AsyncRead`/`AsyncWrite`, and each transport
-//! ([`quic`]) only adapts its streams to those.
+//! [`exchange`] serves one request on a stream of its own (QUIC), [`pipeline`] serves many requests in
+//! order on one byte stream (TCP), both over any `AsyncRead`/`AsyncWrite`; [`budget`] and [`stall`]
+//! bound what a peer can make the server hold. [`quic`] and [`tcp`] only adapt their sockets to those.
 
 pub mod budget;
 pub mod exchange;
 pub mod frame;
+pub mod pipeline;
 pub mod quic;
 pub mod stall;
+pub mod tcp;
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 pub use frame::DEFAULT_MAX_FRAME_LEN;
+
+/// How a client reaches the server. All three carry the same frames (docs/PROTOCOL.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// QUIC over UDP, one stream per request.
+    Quic,
+    /// TLS 1.3 over TCP, requests pipelined on one connection.
+    Tls,
+    /// Plaintext TCP, requests pipelined on one connection (trusted networks only).
+    Tcp,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::Quic, Transport::Tls, Transport::Tcp];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::Tls => "tls",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Transport::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("unknown transport {s:?}: expected quic, tls or tcp"))
+    }
+}
 
 /// Limits that protect the server (and the client) from peers, with safe defaults. Every one is
 /// configurable from the command line; docs/PROTOCOL.md says what a peer sees when it hits one.
@@ -18,8 +63,9 @@ pub use frame::DEFAULT_MAX_FRAME_LEN;
 pub struct Limits {
     /// Largest frame accepted or sent (payload bytes, excluding the 4-byte prefix).
     pub max_frame_len: usize,
-    /// Request streams one QUIC connection may have open at once (QUIC's stream credit).
-    pub max_streams_per_connection: u32,
+    /// Requests one connection may have in progress at once: open streams on QUIC (its stream
+    /// credit), requests read but not yet answered on TCP (the server stops reading beyond it).
+    pub max_concurrent_requests: u32,
     /// Connections served at once; further ones are refused.
     pub max_connections: usize,
     /// Request bytes one connection may have buffered at once, over all its streams; a stream waits
@@ -43,7 +89,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
-            max_streams_per_connection: 256,
+            max_concurrent_requests: 256,
             max_connections: 10_000,
             max_request_buffer: 2 * DEFAULT_MAX_FRAME_LEN,
             connection_receive_window: 8 * 1024 * 1024,
@@ -76,7 +122,7 @@ impl Limits {
             ));
         }
         for (name, value) in [
-            ("streams per connection", self.max_streams_per_connection as usize),
+            ("concurrent requests per connection", self.max_concurrent_requests as usize),
             ("connections", self.max_connections),
         ] {
             if value == 0 {

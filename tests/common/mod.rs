@@ -9,34 +9,72 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use qkv::client::{Client, ClientConfig};
 use qkv::pb::{CommandRequest, CommandResponse};
-use qkv::server::{Server, ServerConfig};
+use qkv::server::{Server, ServerConfig, TcpMode};
 use qkv::storage::MemoryStore;
 use qkv::tls;
-use qkv::transport::Limits;
 use qkv::transport::frame::{FrameCodec, encode_frame};
 use qkv::transport::quic;
+use qkv::transport::{Limits, Transport};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
 
+/// Instantiates async test functions `fn(Transport)` once per listed transport:
+/// `transport_tests!(group: quic, tls, tcp => test_a, test_b);` makes `group::quic::test_a` and so on.
+#[allow(unused_macros)]
+macro_rules! transport_tests {
+    ($group:ident: $($transport:ident),+ => $($test:ident),+ $(,)?) => {
+        transport_tests!(@group $group [$($transport)+] [$($test)+]);
+    };
+    (@group $group:ident [$($transport:ident)+] $tests:tt) => {
+        mod $group {
+            $( transport_tests!(@one $transport $tests); )+
+        }
+    };
+    (@one $transport:ident [$($test:ident)+]) => {
+        mod $transport {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let transport = stringify!($transport).parse().expect("a transport name");
+                    super::super::$test(transport).await
+                }
+            )+
+        }
+    };
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub certs: TempDir,
+    /// The transport `client()` uses; the server also serves QUIC and TLS or plaintext TCP to match.
+    pub transport: Transport,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
 impl TestServer {
+    /// A server for QUIC clients (it serves TLS over TCP too).
     pub async fn start() -> Self {
-        Self::start_with(|_| {}).await
+        Self::start_for_with(Transport::Quic, |_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        Self::start_for_with(Transport::Quic, configure).await
+    }
+
+    /// A server whose `client()` uses `transport` (plaintext TCP instead of TLS when it is `tcp`).
+    pub async fn start_for(transport: Transport) -> Self {
+        Self::start_for_with(transport, |_| {}).await
     }
 
     /// Starts a server whose configuration `configure` may adjust (limits, frame target...).
-    pub async fn start_with(configure: impl FnOnce(&mut ServerConfig)) -> Self {
+    pub async fn start_for_with(transport: Transport, configure: impl FnOnce(&mut ServerConfig)) -> Self {
         let certs = tempfile::tempdir().expect("temporary directory");
         let mut config = ServerConfig {
             listen: "127.0.0.1:0".parse().expect("address"),
+            tcp: if transport == Transport::Tcp { TcpMode::Plaintext } else { TcpMode::Tls },
             certs_dir: certs.path().to_owned(),
             ..ServerConfig::default()
         };
@@ -47,7 +85,7 @@ impl TestServer {
         let task = tokio::spawn(server.run(async {
             let _ = signal.await;
         }));
-        TestServer { addr, certs, shutdown: Some(shutdown), task: Some(task) }
+        TestServer { addr, certs, transport, shutdown: Some(shutdown), task: Some(task) }
     }
 
     pub fn ca(&self) -> PathBuf {
@@ -55,7 +93,9 @@ impl TestServer {
     }
 
     pub fn client_config(&self) -> ClientConfig {
-        ClientConfig::new(self.addr.to_string(), self.ca())
+        let mut config = ClientConfig::new(self.addr.to_string(), self.ca());
+        config.transport = self.transport;
+        config
     }
 
     pub async fn client(&self) -> Client {
@@ -70,6 +110,11 @@ impl TestServer {
             quic::client_endpoint("127.0.0.1:0".parse().expect("address"), tls, &Limits::default())
                 .expect("client endpoint");
         endpoint.connect(self.addr, "localhost").expect("connect").await.expect("handshake")
+    }
+
+    /// A bare TCP connection to the server, for sending arbitrary bytes (plaintext servers).
+    pub async fn raw_tcp(&self) -> tokio::net::TcpStream {
+        tokio::net::TcpStream::connect(self.addr).await.expect("TCP connect")
     }
 
     /// Signals shutdown and waits until the server has stopped.

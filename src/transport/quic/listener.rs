@@ -27,15 +27,16 @@ use crate::transport::frame::FrameError;
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves `endpoint` until `shutdown` is cancelled, then shuts down gracefully within `grace`.
+/// `permits` is the server-wide connection limit, shared with the other transports.
 pub async fn serve<S: Storage>(
     endpoint: Endpoint,
     service: Service<S>,
     limits: Arc<Limits>,
+    permits: Arc<Semaphore>,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
     let connections = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut last_refusal_warning: Option<Instant> = None;
     loop {
         let incoming = tokio::select! {
@@ -90,7 +91,7 @@ async fn handle_connection<S: Storage>(
             return;
         }
     };
-    let span = info_span!("connection", %remote, id = connection.stable_id());
+    let span = info_span!("connection", %remote, transport = "quic", id = connection.stable_id());
     serve_connection(connection, service, limits, shutdown).instrument(span).await
 }
 

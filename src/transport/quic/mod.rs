@@ -78,15 +78,19 @@ fn bind_udp(addr: SocketAddr, buffer_bytes: usize) -> io::Result<std::net::UdpSo
 pub fn server_endpoint(addr: SocketAddr, tls: rustls::ServerConfig, limits: &Limits) -> io::Result<Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(invalid_input)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(limits, limits.max_streams_per_connection)?));
+    config.transport_config(Arc::new(transport_config(limits, limits.max_concurrent_requests)?));
     let socket = bind_udp(addr, limits.udp_socket_buffer)?;
     Endpoint::new(EndpointConfig::default(), Some(config), socket, Arc::new(TokioRuntime))
 }
 
 /// A client endpoint bound to `bind` (port 0 for any), connecting with TLS configuration `tls`.
 /// Keep-alives every third of the idle timeout keep idle connections (and NAT bindings) open.
-pub fn client_endpoint(bind: SocketAddr, tls: rustls::ClientConfig, limits: &Limits) -> io::Result<Endpoint> {
-    let crypto = QuicClientConfig::try_from(tls).map_err(invalid_input)?;
+pub fn client_endpoint(
+    bind: SocketAddr,
+    tls: impl Into<Arc<rustls::ClientConfig>>,
+    limits: &Limits,
+) -> io::Result<Endpoint> {
+    let crypto = QuicClientConfig::try_from(tls.into()).map_err(invalid_input)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = transport_config(limits, 0)?;
     transport.keep_alive_interval(Some(limits.idle_timeout / 3));

@@ -1,0 +1,131 @@
+//! TCP: the same frames over TLS 1.3 (same certificates, ALPN `qkv/1`) or plaintext, on the same port
+//! number as QUIC. A task per connection runs [`serve_pipelined`].
+//!
+//! Shutdown, once `shutdown` is cancelled: stop accepting; each connection answers what it has read,
+//! sends its 503 and closes (see `pipeline`). Connections still open after the grace period are dropped.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::Limits;
+use super::pipeline::serve_pipelined;
+use crate::service::Service;
+use crate::storage::Storage;
+
+/// How TCP connections are secured.
+#[derive(Clone)]
+pub enum TcpSecurity {
+    /// TLS 1.3 with this configuration (the same as QUIC's).
+    Tls(TlsAcceptor),
+    /// No encryption, no authentication: for trusted networks and course clients.
+    Plaintext,
+}
+
+/// Binds a TCP listener on `addr`. Must be called within a tokio runtime.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
+}
+
+/// Serves `listener` until `shutdown` is cancelled, then shuts down gracefully within `grace`.
+/// `permits` is the server-wide connection limit, shared with the other transports.
+pub async fn serve<S: Storage>(
+    listener: TcpListener,
+    security: TcpSecurity,
+    service: Service<S>,
+    limits: Arc<Limits>,
+    permits: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let connections = TaskTracker::new();
+    let cut_off = CancellationToken::new();
+    let mut last_refusal_warning: Option<Instant> = None;
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    warn!(error = %e, "accepting a TCP connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if last_refusal_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                warn!(limit = limits.max_connections, "connection limit reached; refusing new connections");
+                last_refusal_warning = Some(Instant::now());
+            }
+            drop(stream);
+            continue;
+        };
+        let connection = handle_connection(
+            stream,
+            security.clone(),
+            service.clone(),
+            limits.clone(),
+            shutdown.clone(),
+            permit,
+        );
+        let cut_off = cut_off.clone();
+        let span = info_span!("connection", %remote, transport = "tcp");
+        connections.spawn(
+            async move {
+                tokio::select! {
+                    _ = connection => {}
+                    _ = cut_off.cancelled() => debug!("closed: the grace period ran out"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+        warn!(
+            ?grace,
+            connections = connections.len(),
+            "grace period over; closing the remaining TCP connections"
+        );
+        cut_off.cancel();
+        connections.wait().await;
+    }
+}
+
+async fn handle_connection<S: Storage>(
+    stream: TcpStream,
+    security: TcpSecurity,
+    service: Service<S>,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    // Requests and answers are small and latency matters more than packet count.
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(error = %e, "could not set TCP_NODELAY");
+    }
+    match security {
+        TcpSecurity::Plaintext => serve_pipelined(stream, service, limits, shutdown).await,
+        TcpSecurity::Tls(acceptor) => {
+            let handshake = tokio::time::timeout(limits.request_timeout, acceptor.accept(stream)).await;
+            match handshake {
+                Ok(Ok(tls)) => serve_pipelined(tls, service, limits, shutdown).await,
+                Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
+                Err(_) => info!(timeout = ?limits.request_timeout, "TLS handshake did not complete in time"),
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! What only the TCP transport has: pipelining, the course's client, and bad input that must end its
+//! own connection and nothing else. (The command suite runs over TCP too, in `commands.rs`.)
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::TestServer;
+use futures_util::{SinkExt, StreamExt};
+use prost::Message;
+use qkv::pb::{CommandRequest, CommandResponse, Kvpair, Value, status};
+use qkv::transport::Transport;
+use qkv::transport::frame::FrameCodec;
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_util::codec::{Framed, FramedRead, LengthDelimitedCodec};
+
+/// Every frame the server sends until it closes the connection.
+async fn frames_until_closed(read: impl AsyncRead + Unpin) -> Vec<CommandResponse> {
+    let mut frames = FramedRead::new(read, FrameCodec::<CommandResponse>::new(64 << 20));
+    let mut received = Vec::new();
+    let until_closed = async {
+        // An error (a reset, or a frame cut off by the close) ends the connection too.
+        while let Some(Ok(frame)) = frames.next().await {
+            received.push(frame);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), until_closed)
+        .await
+        .expect("the server closes the connection");
+    received
+}
+
+#[tokio::test]
+async fn ten_thousand_pipelined_requests_come_back_complete_and_in_order() {
+    let server = TestServer::start_for(Transport::Tcp).await;
+    // A receive buffer large enough for every answer, since none is read until all requests are written.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4 << 20).unwrap();
+    let mut stream = socket.connect(server.addr).await.unwrap();
+
+    let mut burst = Vec::new();
+    for i in 0..5_000 {
+        burst.extend_from_slice(&common::frame(&CommandRequest::hset("p", format!("k{i}"), i as i64)));
+        burst.extend_from_slice(&common::frame(&CommandRequest::hget("p", format!("k{i}"))));
+    }
+    stream.write_all(&burst).await.unwrap();
+
+    let mut answers = FramedRead::new(stream, FrameCodec::<CommandResponse>::new(1 << 20));
+    for i in 0..5_000 {
+        let set = answers.next().await.unwrap().unwrap();
+        assert_eq!((set.status, set.values.len()), (status::OK, 1), "Hset #{i}: {set:?}");
+        let got = answers.next().await.unwrap().unwrap();
+        assert_eq!(got.values, vec![Value::from(i as i64)], "Hget #{i} answered out of order");
+        assert_eq!(got.versions, set.versions, "Hget #{i} sees Hset #{i}'s version");
+    }
+}
+
+#[tokio::test]
+async fn answers_keep_request_order_when_an_earlier_request_takes_longer() {
+    let server = TestServer::start_for(Transport::Tcp).await;
+    let client = server.client().await;
+    // Large enough that the server snapshots its keys on a blocking thread: this Hgetall is still
+    // running when the pings after it are done.
+    client.hmset("slow", (0..10_000).map(|i| Kvpair::new(format!("k{i}"), i as i64))).await.unwrap();
+    let mut stream = server.raw_tcp().await;
+    let mut burst = common::frame(&CommandRequest::hgetall("slow")).to_vec();
+    for i in 0..50u8 {
+        burst.extend_from_slice(&common::frame(&CommandRequest::ping(vec![i])));
+    }
+    stream.write_all(&burst).await.unwrap();
+    let mut answers = FramedRead::new(stream, FrameCodec::<CommandResponse>::new(1 << 20));
+    let mut pairs = 0;
+    loop {
+        let frame = answers.next().await.unwrap().unwrap();
+        assert!(frame.values.is_empty(), "a ping's answer overtook the Hgetall");
+        pairs += frame.pairs.len();
+        if !frame.more {
+            break;
+        }
+    }
+    assert_eq!(pairs, 10_000);
+    for i in 0..50u8 {
+        assert_eq!(answers.next().await.unwrap().unwrap().values, vec![Value::from(vec![i])]);
+    }
+}
+
+#[tokio::test]
+async fn the_course_client_works_unchanged() {
+    let server = TestServer::start_for(Transport::Tcp).await;
+    // What the course's client does: a plain TCP stream, tokio-util's LengthDelimitedCodec with its
+    // defaults, and prost.
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let mut client = Framed::new(stream, LengthDelimitedCodec::new());
+
+    let cmd = CommandRequest::hset("table1", "hello", "world");
+    client.send(Bytes::from(cmd.encode_to_vec())).await.unwrap();
+    let data = client.next().await.unwrap().unwrap();
+    let res = CommandResponse::decode(data).unwrap();
+    assert_eq!(res.status, 200);
+    assert_eq!(res.values, vec![Value::default()], "no previous value");
+
+    let cmd = CommandRequest::hget("table1", "hello");
+    client.send(Bytes::from(cmd.encode_to_vec())).await.unwrap();
+    let data = client.next().await.unwrap().unwrap();
+    let res = CommandResponse::decode(data).unwrap();
+    assert_eq!(res.status, 200);
+    assert_eq!(res.values, vec![Value::from("world")]);
+}
+
+#[tokio::test]
+async fn bad_input_ends_its_connection_with_an_error_frame_and_nothing_else() {
+    let server = TestServer::start_for_with(Transport::Tcp, |config| {
+        config.limits.request_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let survivor = server.client().await;
+    let mut garbage = 8u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(&[0xFF; 8]);
+    let cases: [(&str, Vec<u8>, u32, &str); 5] = [
+        ("length 0xFFFFFFFF", [0xFF; 4].repeat(25), status::PAYLOAD_TOO_LARGE, "exceeds"),
+        ("length 2^30", (1u32 << 30).to_be_bytes().to_vec(), status::PAYLOAD_TOO_LARGE, "exceeds"),
+        ("garbage", garbage, status::BAD_REQUEST, "not a valid CommandRequest"),
+        (
+            "an HTTP request",
+            b"GET / HTTP/1.1\r\nHost: qkv\r\n\r\n".to_vec(),
+            status::PAYLOAD_TOO_LARGE,
+            "HTTP",
+        ),
+        (
+            "a frame that stops half way",
+            vec![0, 0, 0, 100, 1, 2, 3],
+            status::REQUEST_TIMEOUT,
+            "did not arrive",
+        ),
+    ];
+    for (case, bad, expected_status, words) in cases {
+        let mut stream = server.raw_tcp().await;
+        // A good request first: its answer must still arrive, before the error.
+        stream.write_all(&common::frame(&CommandRequest::ping("before"))).await.unwrap();
+        stream.write_all(&bad).await.unwrap();
+        let (read, _write) = stream.split();
+        let frames = frames_until_closed(read).await;
+        assert_eq!(frames.len(), 2, "{case}: {frames:?}");
+        assert_eq!(frames[0].values, vec![Value::from(b"before".to_vec())], "{case}");
+        assert_eq!(frames[1].status, expected_status, "{case}: {:?}", frames[1]);
+        assert!(frames[1].message.contains(words), "{case}: {:?}", frames[1].message);
+        survivor.ping("").await.unwrap_or_else(|e| panic!("{case} affected another connection: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_after_the_reply_timeout() {
+    let server = TestServer::start_for_with(Transport::Tcp, |config| {
+        config.limits.reply_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let client = server.client().await;
+    for batch in 0..8 {
+        let pairs = (0..5).map(|i| Kvpair::new(format!("k{}", batch * 5 + i), vec![1u8; 1 << 20]));
+        client.hmset("big", pairs).await.unwrap();
+    }
+    let mut stream = server.raw_tcp().await;
+    stream.write_all(&common::frame(&CommandRequest::hgetall("big"))).await.unwrap();
+    // Testing a timer: nothing to wait on but time. Read nothing for ten times the reply timeout...
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // ...then what arrives is what the kernel buffered, and the connection's end, not 40 MiB.
+    let (read, _write) = stream.split();
+    let frames = frames_until_closed(read).await;
+    let values: usize = frames.iter().map(|f| f.pairs.len()).sum();
+    assert!(values < 40, "the server should have given up, yet sent {values} of 40 values");
+    client.ping("").await.expect("the server carries on");
+}
+
+#[tokio::test]
+async fn tls_over_tcp_requires_alpn_qkv_1() {
+    let server = TestServer::start_for(Transport::Tls).await;
+    let connect = |alpn: &'static [u8]| {
+        let roots = qkv::tls::read_roots(&server.ca()).unwrap();
+        let mut config = qkv::tls::client_config(roots).unwrap();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let addr = server.addr;
+        async move {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            connector.connect("localhost".try_into().unwrap(), stream).await
+        }
+    };
+    let refused = connect(b"h2").await.expect_err("a client that does not speak qkv/1 is refused");
+    assert!(refused.to_string().contains("NoApplicationProtocol"), "{refused}");
+    let mut accepted = connect(b"qkv/1").await.expect("qkv/1 is accepted");
+    accepted.write_all(&common::frame(&CommandRequest::ping("tls"))).await.unwrap();
+    let answer = FramedRead::new(accepted, FrameCodec::<CommandResponse>::new(1 << 20)).next().await;
+    assert_eq!(answer.unwrap().unwrap().values, vec![Value::from(b"tls".to_vec())]);
+}
