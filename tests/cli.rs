@@ -199,6 +199,6 @@ async fn bad_tcp_input_is_logged_and_plaintext_beyond_loopback_is_warned_about()
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let line = log_line(&mut log, &["closing the connection"]).await;
-    assert!(line.contains("WARN") && line.contains("bad frame") && line.contains("HTTP request"), "{line}");
+    assert!(line.contains("WARN") && line.contains("bad request") && line.contains("HTTP request"), "{line}");
     assert!(line.contains(&stream.local_addr().unwrap().to_string()), "the line names the client: {line}");
 }

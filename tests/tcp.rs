@@ -87,6 +87,130 @@ async fn answers_keep_request_order_when_an_earlier_request_takes_longer() {
     }
 }
 
+/// Sends `requests` back to back on a raw connection and returns each one's whole answer, in order.
+async fn pipelined(server: &TestServer, requests: &[CommandRequest]) -> Vec<CommandResponse> {
+    let mut stream = server.raw_tcp().await;
+    let burst: Vec<u8> = requests.iter().flat_map(|r| common::frame(r).to_vec()).collect();
+    stream.write_all(&burst).await.unwrap();
+    let mut frames = FramedRead::new(stream, FrameCodec::<CommandResponse>::new(64 << 20));
+    let mut answers = Vec::new();
+    for _ in requests {
+        let mut whole = CommandResponse::default();
+        loop {
+            let frame = frames.next().await.unwrap().unwrap();
+            whole.values.extend(frame.values);
+            (whole.status, whole.message) = (frame.status, frame.message);
+            if !frame.more {
+                break;
+            }
+        }
+        answers.push(whole);
+    }
+    answers
+}
+
+#[tokio::test]
+async fn a_pipelined_request_sees_every_write_sent_before_it_and_none_after() {
+    let server = TestServer::start_for(Transport::Tcp).await;
+    let client = server.client().await;
+    // Multi-key commands work in steps (and yield between them): big enough to take several.
+    let keys: Vec<String> = (0..3000).map(|i| format!("k{i}")).collect();
+    client.hmset("t", keys.iter().map(|k| Kvpair::new(k.clone(), "old"))).await.unwrap();
+    let answers = pipelined(
+        &server,
+        &[
+            CommandRequest::hmget("t", keys.iter().map(String::as_str)),
+            CommandRequest::hset("t", "k2999", "new"),
+            CommandRequest::hmset("t", keys.iter().map(|k| Kvpair::new(k.clone(), "newer"))),
+            CommandRequest::hget("t", "k2999"),
+        ],
+    )
+    .await;
+    assert_eq!(answers[0].values[2999], Value::from("old"), "an earlier read saw a later write");
+    assert_eq!(answers[1].values, vec![Value::from("old")], "Hset replaced what Hmget saw");
+    assert_eq!(answers[3].values, vec![Value::from("newer")], "a later read missed an earlier write");
+}
+
+#[tokio::test]
+async fn a_frame_that_starts_on_an_idle_connection_gets_408_after_the_request_timeout() {
+    let server = TestServer::start_for_with(Transport::Tcp, |config| {
+        config.limits.request_timeout = Duration::from_millis(300);
+        config.limits.idle_timeout = Duration::from_secs(20);
+    })
+    .await;
+    let mut stream = server.raw_tcp().await;
+    let started = tokio::time::Instant::now();
+    stream.write_all(&[0, 0, 0, 100, 1, 2, 3]).await.unwrap(); // the first bytes ever, then nothing
+    let (read, _write) = stream.split();
+    let frames = frames_until_closed(read).await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].status, status::REQUEST_TIMEOUT);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "closed by the idle timeout, not the request timeout"
+    );
+}
+
+#[tokio::test]
+async fn at_shutdown_the_next_request_is_answered_503_and_later_ones_are_not_executed() {
+    let mut server = TestServer::start_for(Transport::Tcp).await;
+    let client = server.client().await;
+    for batch in 0..8 {
+        let pairs = (0..5).map(|i| Kvpair::new(format!("k{}", batch * 5 + i), vec![1u8; 1 << 20]));
+        client.hmset("big", pairs).await.unwrap();
+    }
+    let mut stream = server.raw_tcp().await;
+    stream.write_all(&common::frame(&CommandRequest::hgetall("big"))).await.unwrap();
+    let (read, mut write) = stream.split();
+    let mut frames = FramedRead::new(read, FrameCodec::<CommandResponse>::new(64 << 20));
+    // The answer has started: the server is busy writing 40 MiB it cannot send until this side reads.
+    let first = frames.next().await.unwrap().unwrap();
+    assert!(first.more);
+    server.begin_stop();
+    for key in ["after-1", "after-2"] {
+        write.write_all(&common::frame(&CommandRequest::hset("t", key, "x"))).await.unwrap();
+    }
+    let mut pairs = first.pairs.len();
+    let last = loop {
+        let frame = frames.next().await.unwrap().unwrap();
+        pairs += frame.pairs.len();
+        if !frame.more {
+            break frame;
+        }
+    };
+    assert_eq!((last.status, pairs), (status::OK, 40), "the answer in progress is completed");
+    let unavailable = frames.next().await.unwrap().unwrap();
+    assert_eq!(unavailable.status, status::UNAVAILABLE, "{unavailable:?}");
+    assert!(unavailable.message.contains("not executed"), "{}", unavailable.message);
+    assert!(frames.next().await.is_none(), "no answer for the later request: the connection ends");
+}
+
+#[tokio::test]
+async fn a_forced_shutdown_cuts_an_answer_off_without_a_503() {
+    let mut server = TestServer::start_for_with(Transport::Tcp, |config| {
+        config.shutdown_grace = Duration::from_millis(200);
+        config.limits.reply_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let client = server.client().await;
+    for batch in 0..8 {
+        let pairs = (0..5).map(|i| Kvpair::new(format!("k{}", batch * 5 + i), vec![1u8; 1 << 20]));
+        client.hmset("big", pairs).await.unwrap();
+    }
+    let mut stream = server.raw_tcp().await;
+    stream.write_all(&common::frame(&CommandRequest::hgetall("big"))).await.unwrap();
+    let mut frames = FramedRead::new(stream, FrameCodec::<CommandResponse>::new(64 << 20));
+    assert!(frames.next().await.unwrap().unwrap().more);
+    server.begin_stop();
+    tokio::time::timeout(Duration::from_secs(10), server.stopped()).await.expect("the grace period ends it");
+    let mut rest = Vec::new();
+    while let Some(Ok(frame)) = frames.next().await {
+        rest.push(frame);
+    }
+    assert!(rest.iter().all(|f| f.more), "the answer was cut off, not completed");
+    assert!(rest.iter().all(|f| f.status != status::UNAVAILABLE), "a 503 would wrongly say 'not executed'");
+}
+
 #[tokio::test]
 async fn the_course_client_works_unchanged() {
     let server = TestServer::start_for(Transport::Tcp).await;

@@ -27,8 +27,10 @@ pub enum ClientError {
     Handshake { addr: String, ca_file: PathBuf, reason: String },
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
-    #[error("the server is shutting down; the request was not executed and can be retried")]
-    ServerShuttingDown,
+    #[error("the server is unavailable ({reason}); the request was not executed and can be retried")]
+    Unavailable { reason: String },
+    #[error("the request was not sent ({reason}); it can be retried")]
+    NotSent { reason: String },
     #[error("connection to the server lost: {0}")]
     ConnectionLost(ConnectionError),
     #[error("request stream failed: {0}")]
@@ -46,13 +48,13 @@ pub enum ClientError {
 impl ClientError {
     /// True when the request certainly was not executed, so retrying it cannot apply it twice.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ClientError::ServerShuttingDown)
+        matches!(self, ClientError::Unavailable { .. } | ClientError::NotSent { .. })
     }
 
     pub(crate) fn from_connection(e: ConnectionError) -> Self {
         match &e {
             ConnectionError::ApplicationClosed(close) if close.error_code == codes::SHUTTING_DOWN => {
-                ClientError::ServerShuttingDown
+                ClientError::Unavailable { reason: "it is shutting down".into() }
             }
             _ => ClientError::ConnectionLost(e),
         }

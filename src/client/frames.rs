@@ -1,13 +1,13 @@
 //! The frames of one reply, as they arrive, whichever the transport.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use futures_util::StreamExt;
 use quinn::RecvStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
-use super::tcp::Closed;
+use super::tcp::{FrameResult, State};
 use super::{ClientError, ClientResult};
 use crate::pb::CommandResponse;
 use crate::transport::frame::FrameCodec;
@@ -15,7 +15,8 @@ use crate::transport::quic::codes;
 
 /// The frames of one reply, read as they arrive. Dropping it before the last frame abandons the
 /// request: over QUIC the server is told to stop sending (STOP_SENDING with code 0x12); over TCP the
-/// rest of the reply is read and discarded.
+/// rest of the reply is read and discarded. Over TCP, a reply that is neither read nor dropped is kept
+/// in memory as it arrives: the connection goes on serving other calls.
 pub struct ResponseFrames {
     source: Source,
     done: bool,
@@ -23,10 +24,10 @@ pub struct ResponseFrames {
 
 enum Source {
     Quic(FramedRead<RecvStream, FrameCodec<CommandResponse>>),
-    /// Frames routed to this request by the connection's task; `closed` says why they stopped early.
+    /// Frames routed to this request by the connection's reader; `state` says why they stopped early.
     Tcp {
-        frames: mpsc::Receiver<CommandResponse>,
-        closed: Arc<OnceLock<Closed>>,
+        frames: mpsc::UnboundedReceiver<FrameResult>,
+        state: Arc<State>,
     },
 }
 
@@ -38,8 +39,8 @@ impl ResponseFrames {
         }
     }
 
-    pub(super) fn tcp(frames: mpsc::Receiver<CommandResponse>, closed: Arc<OnceLock<Closed>>) -> Self {
-        ResponseFrames { source: Source::Tcp { frames, closed }, done: false }
+    pub(super) fn tcp(frames: mpsc::UnboundedReceiver<FrameResult>, state: Arc<State>) -> Self {
+        ResponseFrames { source: Source::Tcp { frames, state }, done: false }
     }
 
     /// The next frame, or `None` after the last one (the one with `more = false`).
@@ -53,11 +54,10 @@ impl ResponseFrames {
                 Some(Err(e)) => Err(ClientError::from_frame(e)),
                 None => Err(ClientError::Protocol("the reply ended before its last frame".into())),
             },
-            Source::Tcp { frames, closed } => match frames.recv().await {
-                Some(frame) => Ok(frame),
-                None => Err(closed
-                    .get()
-                    .map_or_else(|| Closed::Lost("the connection ended".into()).error(), Closed::error)),
+            Source::Tcp { frames, state } => match frames.recv().await {
+                Some(Ok(frame)) => Ok(frame),
+                Some(Err(closed)) => Err(closed.error()),
+                None => Err(state.reason().error()),
             },
         };
         self.done = frame.as_ref().map_or(true, |frame| !frame.more);

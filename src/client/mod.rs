@@ -274,7 +274,8 @@ fn ok(response: CommandResponse) -> ClientResult<CommandResponse> {
     match response.status {
         status::OK => Ok(response),
         // Over TCP: the server is shutting down and did not execute this request.
-        status::UNAVAILABLE => Err(ClientError::ServerShuttingDown),
+        // The server did not execute this request (it is shutting down, or at its connection limit).
+        status::UNAVAILABLE => Err(ClientError::Unavailable { reason: response.message }),
         status::CONFLICT => {
             Err(ClientError::Conflict { current: versioned_values(response).into_iter().next().flatten() })
         }

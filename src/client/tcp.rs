@@ -1,14 +1,19 @@
 //! The client over TCP (TLS 1.3 or plaintext): one connection, requests pipelined on it.
 //!
-//! One task owns the connection. Callers hand it request frames; it writes them in arrival order (many
-//! per flush when they come in bursts) and remembers, in the same order, where each answer goes. Frames
-//! coming back belong to the oldest unanswered request until one says `more = false`.
+//! Two tasks own the connection. The writer takes callers' request frames in arrival order, writes them
+//! (many per flush when they come in bursts), and before each one tells the reader where its answer
+//! goes. The reader routes incoming frames to the oldest unanswered request until one says
+//! `more = false`. Neither ever waits for the other or for a caller: answers are queued for callers
+//! without limit, so a caller that holds a reply without reading it cannot stall the connection (it
+//! only keeps that reply in memory), and a writer blocked on a full socket never stops answers from
+//! being read.
 //!
-//! A 503 frame means the server is shutting down and executes nothing more on this connection: that
-//! request and every later one fail with [`ClientError::ServerShuttingDown`], safe to retry elsewhere.
+//! A 503 frame means the server executes nothing more on this connection: that request and every later
+//! one fail with [`ClientError::Unavailable`], safe to retry elsewhere.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -28,37 +33,64 @@ use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::tls::ALPN;
 use crate::transport::frame::{FrameCodec, encode_frame};
 
-/// Frames of one answer the connection task may queue before waiting for the caller to read them.
-const FRAMES_QUEUED_PER_REPLY: usize = 4;
-
-/// Why a TCP connection stopped carrying requests.
+/// Why a TCP connection stopped carrying requests, as each unanswered request learns it.
 #[derive(Debug, Clone)]
 pub(super) enum Closed {
-    /// The server said 503: it is shutting down and executed none of the unanswered requests.
-    ShuttingDown,
+    /// The server said 503: it executed neither this request nor any later one on the connection.
+    Unavailable(String),
+    /// The request was never written to the connection.
+    NotSent(String),
+    /// The connection failed with the request sent; it may or may not have been executed.
     Lost(String),
 }
 
 impl Closed {
     pub(super) fn error(&self) -> ClientError {
         match self {
-            Closed::ShuttingDown => ClientError::ServerShuttingDown,
+            Closed::Unavailable(reason) => ClientError::Unavailable { reason: reason.clone() },
+            Closed::NotSent(reason) => ClientError::NotSent { reason: reason.clone() },
             Closed::Lost(reason) => ClientError::Stream(format!("the TCP connection was lost: {reason}")),
         }
     }
 }
 
-/// A request for the connection task, and where its answer's frames go.
+/// One frame of an answer, or why the answer ends early.
+pub(super) type FrameResult = Result<CommandResponse, Closed>;
+
+/// What both tasks and the callers share.
+pub(super) struct State {
+    /// Set once, when the connection stops carrying requests.
+    closed: OnceLock<Closed>,
+    /// The number of the last request written whole into the writer's buffer: requests numbered above
+    /// it never reached the server.
+    written: AtomicU64,
+}
+
+impl State {
+    /// Why frames stopped coming for a request whose queue ended without saying.
+    pub(super) fn reason(&self) -> Closed {
+        self.closed.get().cloned().unwrap_or_else(|| Closed::Lost("the connection ended".into()))
+    }
+}
+
+/// A request for the writer, and where its answer's frames go.
 struct Call {
     frame: Bytes,
-    frames: mpsc::Sender<CommandResponse>,
+    answer: mpsc::UnboundedSender<FrameResult>,
+}
+
+/// Where the reader sends the frames of request `number`; `None` for keep-alive pings.
+struct Route {
+    number: u64,
+    answer: Option<mpsc::UnboundedSender<FrameResult>>,
 }
 
 pub(super) struct TcpConnection {
     calls: mpsc::Sender<Call>,
-    closed: Arc<OnceLock<Closed>>,
+    state: Arc<State>,
+    /// Cancelled by `close()`.
     closing: CancellationToken,
-    task: Mutex<Option<JoinHandle<()>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
     remote: SocketAddr,
 }
 
@@ -90,21 +122,7 @@ impl TcpConnection {
         let stream = tokio::time::timeout(config.connect_timeout, handshake)
             .await
             .map_err(|_| timed_out())?
-            .map_err(|e| {
-                // Only certificate failures are about the CA file; anything else is usually a server that
-                // does not speak TLS on TCP at all.
-                let certificate = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
-                match certificate {
-                    Some(rustls::Error::InvalidCertificate(_)) => ClientError::Handshake {
-                        addr: config.addr.clone(),
-                        ca_file: config.ca_file.clone(),
-                        reason: e.to_string(),
-                    },
-                    _ => connect_error(format!(
-                        "TLS handshake failed: {e} (does the server serve TLS on TCP, not plaintext?)"
-                    )),
-                }
-            })?;
+            .map_err(|e| handshake_error(config, e))?;
         if stream.get_ref().1.alpn_protocol() != Some(ALPN) {
             return Err(connect_error("the server did not agree to the qkv/1 protocol (ALPN)".into()));
         }
@@ -115,25 +133,30 @@ impl TcpConnection {
     where
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
+        let (read, write) = tokio::io::split(io);
         // Enough room that a burst of concurrent callers is written in one go.
         let (calls, queue) = mpsc::channel(1024);
-        let closed = Arc::new(OnceLock::new());
+        let (routes, routed) = mpsc::unbounded_channel();
+        let state = Arc::new(State { closed: OnceLock::new(), written: AtomicU64::new(0) });
         let closing = CancellationToken::new();
-        let task =
-            Connection { queue, closed: closed.clone(), closing: closing.clone(), max_frame_len, keepalive };
-        let task = tokio::spawn(task.run(io));
-        TcpConnection { calls, closed, closing, task: Mutex::new(Some(task)), remote }
+        // The reader stops the writer when the connection is over.
+        let over = closing.child_token();
+        let writer =
+            Writer { queue, routes, state: state.clone(), over: over.clone(), max_frame_len, keepalive };
+        let reader = Reader { routed, state: state.clone(), over, closing: closing.clone(), max_frame_len };
+        let tasks = vec![tokio::spawn(writer.run(write)), tokio::spawn(reader.run(read))];
+        TcpConnection { calls, state, closing, tasks: Mutex::new(tasks), remote }
     }
 
     pub(super) async fn send(&self, frame: Bytes) -> ClientResult<ResponseFrames> {
-        let (frames, receiver) = mpsc::channel(FRAMES_QUEUED_PER_REPLY);
-        if self.calls.send(Call { frame, frames }).await.is_err() {
-            return Err(self
-                .closed
-                .get()
-                .map_or_else(|| Closed::Lost("the connection ended".into()).error(), Closed::error));
+        if let Some(closed) = self.state.closed.get() {
+            return Err(closed.error());
         }
-        Ok(ResponseFrames::tcp(receiver, self.closed.clone()))
+        let (answer, frames) = mpsc::unbounded_channel();
+        if self.calls.send(Call { frame, answer }).await.is_err() {
+            return Err(self.state.reason().error());
+        }
+        Ok(ResponseFrames::tcp(frames, self.state.clone()))
     }
 
     pub(super) fn remote_address(&self) -> SocketAddr {
@@ -142,97 +165,166 @@ impl TcpConnection {
 
     pub(super) async fn close(&self) {
         self.closing.cancel();
-        if let Some(task) = self.task.lock().await.take() {
+        for task in self.tasks.lock().await.drain(..) {
             let _ = task.await;
         }
     }
 }
 
-/// The task that owns the connection.
-struct Connection {
+/// Only certificate failures are about the CA file; a reset or non-TLS data means something else.
+fn handshake_error(config: &ClientConfig, e: std::io::Error) -> ClientError {
+    let addr = config.addr.clone();
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(_)) => {
+            ClientError::Handshake { addr, ca_file: config.ca_file.clone(), reason: e.to_string() }
+        }
+        Some(_) => ClientError::Connect {
+            addr,
+            reason: format!("TLS handshake failed: {e} (does the server serve TLS on TCP, not plaintext?)"),
+        },
+        None => ClientError::Connect {
+            addr,
+            reason: format!(
+                "the connection failed during the TLS handshake: {e} (the server may be at its connection limit)"
+            ),
+        },
+    }
+}
+
+struct Writer {
     queue: mpsc::Receiver<Call>,
-    closed: Arc<OnceLock<Closed>>,
-    closing: CancellationToken,
+    routes: mpsc::UnboundedSender<Route>,
+    state: Arc<State>,
+    over: CancellationToken,
     max_frame_len: usize,
     keepalive: Duration,
 }
 
-impl Connection {
-    async fn run<IO: AsyncRead + AsyncWrite>(mut self, io: IO) {
-        let (read, write) = tokio::io::split(io);
-        let mut answers = FramedRead::new(read, FrameCodec::<CommandResponse>::new(self.max_frame_len));
+impl Writer {
+    async fn run<W: AsyncWrite + Unpin>(mut self, write: W) {
         let mut requests = FramedWrite::new(write, BytesCodec::new());
-        // Where the frames of each unanswered request go, oldest first; `None` for keep-alive pings.
-        let mut pending: VecDeque<Option<mpsc::Sender<CommandResponse>>> = VecDeque::new();
+        let mut number = 0;
         let mut unflushed = false;
         let mut quiet = true;
         let mut keepalive = tokio::time::interval(self.keepalive);
         keepalive.tick().await;
-
-        let closed = loop {
-            tokio::select! {
+        loop {
+            let frame = tokio::select! {
                 biased;
-                _ = self.closing.cancelled() => break Closed::Lost("the client closed the connection".into()),
+                _ = self.over.cancelled() => break,
                 call = self.queue.recv() => {
-                    let Some(call) = call else { break Closed::Lost("the client was dropped".into()) };
-                    if let Err(e) = requests.feed(call.frame).await {
-                        break Closed::Lost(format!("writing failed: {e}"));
-                    }
-                    pending.push_back(Some(call.frames));
-                    (unflushed, quiet) = (true, false);
-                }
-                frame = answers.next() => {
-                    let frame = match frame {
-                        Some(Ok(frame)) => frame,
-                        Some(Err(e)) => break Closed::Lost(format!("bad answer from the server: {e}")),
-                        None => break Closed::Lost("the server closed the connection".into()),
-                    };
-                    quiet = false;
-                    let last = !frame.more;
-                    let shutting_down = last && frame.status == status::UNAVAILABLE;
-                    match pending.front() {
-                        // A caller that dropped its reply still has its frames read here, and discarded.
-                        Some(Some(caller)) => {
-                            let _ = caller.send(frame).await;
-                        }
-                        Some(None) => {}
-                        // Not an answer to anything: only a 503 announcing shutdown may do that.
-                        None if shutting_down => break Closed::ShuttingDown,
-                        None => break Closed::Lost("the server sent a frame no request asked for".into()),
-                    }
-                    if last {
-                        pending.pop_front();
-                    }
-                    if shutting_down {
-                        break Closed::ShuttingDown;
-                    }
+                    // `None`: every handle on the client is gone. Stop writing; the reader goes on until
+                    // the answers already asked for have come.
+                    let Some(call) = call else { break };
+                    Some((call.frame, Some(call.answer)))
                 }
                 flushed = SinkExt::<Bytes>::flush(&mut requests), if unflushed => {
                     if let Err(e) = flushed {
-                        break Closed::Lost(format!("writing failed: {e}"));
+                        let _ = self.state.closed.set(Closed::Lost(format!("writing failed: {e}")));
+                        break;
                     }
                     unflushed = false;
+                    None
                 }
                 _ = keepalive.tick() => {
                     // Keep an idle connection (and the NATs on its way) open, as QUIC's keep-alives do.
-                    if quiet && pending.is_empty() {
-                        let Ok(ping) = encode_frame(&CommandRequest::ping(Bytes::new()), self.max_frame_len) else {
-                            continue;
-                        };
-                        if requests.feed(ping.freeze()).await.is_err() {
-                            break Closed::Lost("writing a keep-alive failed".into());
-                        }
-                        pending.push_back(None);
-                        unflushed = true;
+                    let idle = std::mem::replace(&mut quiet, true);
+                    let ping = encode_frame(&CommandRequest::ping(Bytes::new()), self.max_frame_len);
+                    match ping {
+                        Ok(ping) if idle => Some((ping.freeze(), None)),
+                        _ => None,
                     }
-                    quiet = true;
                 }
+            };
+            let Some((frame, answer)) = frame else { continue };
+            number += 1;
+            // Routed first, so the reader knows where the answer goes before it can arrive.
+            if self.routes.send(Route { number, answer }).is_err() {
+                break;
+            }
+            if let Err(e) = requests.feed(frame).await {
+                let _ = self.state.closed.set(Closed::Lost(format!("writing failed: {e}")));
+                break;
+            }
+            self.state.written.store(number, Ordering::Release);
+            (unflushed, quiet) = (true, false);
+        }
+        // Whatever is still queued was never written.
+        self.queue.close();
+        while let Ok(call) = self.queue.try_recv() {
+            let reason = self.state.reason();
+            let _ = call.answer.send(Err(match reason {
+                Closed::Lost(reason) => Closed::NotSent(reason),
+                other => other,
+            }));
+        }
+        // Send what was written, then close this side: the server answers what it has read and closes
+        // its side, and the reader sees that through.
+        let _ = SinkExt::<Bytes>::flush(&mut requests).await;
+        let _ = requests.get_mut().shutdown().await;
+    }
+}
+
+struct Reader {
+    routed: mpsc::UnboundedReceiver<Route>,
+    state: Arc<State>,
+    /// Cancelled here when the connection is over, to stop the writer.
+    over: CancellationToken,
+    closing: CancellationToken,
+    max_frame_len: usize,
+}
+
+impl Reader {
+    async fn run<R: AsyncRead + Unpin>(mut self, read: R) {
+        let mut answers = FramedRead::new(read, FrameCodec::<CommandResponse>::new(self.max_frame_len));
+        // The request whose answer is arriving, once its first frame is in.
+        let mut current: Option<Route> = None;
+        let closed = loop {
+            let frame = tokio::select! {
+                biased;
+                _ = self.closing.cancelled() => break Closed::Lost("the client closed the connection".into()),
+                frame = answers.next() => frame,
+            };
+            let frame = match frame {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => break Closed::Lost(format!("bad answer from the server: {e}")),
+                None => break Closed::Lost("the server closed the connection".into()),
+            };
+            let unavailable = !frame.more && frame.status == status::UNAVAILABLE;
+            let reason = unavailable.then(|| frame.message.clone());
+            // The writer routes each request before writing it, so its route is here before its answer.
+            let Some(route) = current.take().or_else(|| self.routed.try_recv().ok()) else {
+                // Only a 503 may come unasked: the server announcing that it closes.
+                match reason {
+                    Some(reason) => break Closed::Unavailable(reason),
+                    None => break Closed::Lost("the server sent a frame no request asked for".into()),
+                }
+            };
+            let more = frame.more;
+            if let Some(answer) = &route.answer {
+                // A caller that dropped its reply still has its frames read here, and discarded.
+                let _ = answer.send(Ok(frame));
+            }
+            if more {
+                current = Some(route);
+            }
+            if let Some(reason) = reason {
+                break Closed::Unavailable(reason);
             }
         };
-        // Record why before dropping the senders: callers read it when their frames stop.
-        let _ = self.closed.set(closed);
-        drop(pending);
-        self.queue.close();
-        let _ = requests.get_mut().shutdown().await;
+        let _ = self.state.closed.set(closed.clone());
+        self.over.cancel();
+        // Tell every request still waiting why its answer will not come.
+        let written = self.state.written.load(Ordering::Acquire);
+        let waiting = current.into_iter().chain(std::iter::from_fn(|| self.routed.try_recv().ok()));
+        for route in waiting.collect::<VecDeque<_>>() {
+            let reason = match &closed {
+                Closed::Lost(reason) if route.number > written => Closed::NotSent(reason.clone()),
+                other => other.clone(),
+            };
+            if let Some(answer) = route.answer {
+                let _ = answer.send(Err(reason));
+            }
+        }
     }
 }

@@ -106,6 +106,24 @@ impl CommandRequest {
         RequestData::Ping(Ping { payload: payload.into() }).into()
     }
 
+    /// Whether the command may change state. On a pipelined connection, writes wait for the requests
+    /// before them and the requests after them wait for writes, so that every request sees exactly the
+    /// writes sent before it. (Pub/sub counts as writing, to keep it in order.)
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self.request_data,
+            Some(
+                RequestData::Hset(_)
+                    | RequestData::Hmset(_)
+                    | RequestData::Hdel(_)
+                    | RequestData::Hmdel(_)
+                    | RequestData::Subscribe(_)
+                    | RequestData::Unsubscribe(_)
+                    | RequestData::Publish(_)
+            )
+        )
+    }
+
     /// The command's name as the protocol spells it, for logs and error messages.
     pub fn command_name(&self) -> &'static str {
         match &self.request_data {

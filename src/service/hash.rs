@@ -5,6 +5,7 @@
 //! protocol's convention) and the new versions.
 
 use futures_util::{StreamExt, stream};
+use tokio::sync::OwnedSemaphorePermit;
 
 use prost::Message;
 
@@ -128,23 +129,29 @@ fn writes_response(outcomes: Vec<WriteOutcome>) -> CommandResponse {
 /// Streams the table page by page, one frame per page, so a table of any size is answered in frames of
 /// about `response_frame_target` bytes without being copied whole.
 pub async fn hgetall<S: Storage>(service: &Service<S>, cmd: Hgetall) -> Reply {
-    // The permit travels with the scan and is released when the reply ends or is abandoned.
-    let permit = service.scan_permit().await;
-    let scan = match service.storage().scan(&cmd.table).await {
-        Ok(scan) => scan,
-        Err(e) => return ServiceError::from(e).into_response().into(),
-    };
     let limit = PageLimit { entries: MAX_PAIRS_PER_PAGE, bytes: service.config().response_frame_target };
-    // The state is the scan still to read, `None` once the final frame has been produced.
-    let pages = stream::unfold(Some((scan, permit)), move |state| async move {
-        let (mut scan, permit) = state?;
+    // Nothing happens until the reply is first polled, when it is its turn to be written: on a pipelined
+    // connection an Hgetall queued behind other requests holds no scan slot and no snapshot yet.
+    let pages = stream::unfold(Scan::NotStarted(service.clone(), cmd.table), move |state| async move {
+        let (mut scan, permit) = match state {
+            Scan::NotStarted(service, table) => {
+                // The permit travels with the scan and is released when the reply ends or is abandoned.
+                let permit = service.scan_permit().await;
+                match service.storage().scan(&table).await {
+                    Ok(scan) => (scan, permit),
+                    Err(e) => return Some((ServiceError::from(e).into_response(), Scan::Finished)),
+                }
+            }
+            Scan::Reading(scan, permit) => (scan, permit),
+            Scan::Finished => return None,
+        };
         match scan.next_page(limit).await {
             Ok(page) => {
-                let done = page.done;
-                Some((page_frame(page), (!done).then_some((scan, permit))))
+                let next = if page.done { Scan::Finished } else { Scan::Reading(scan, permit) };
+                Some((page_frame(page), next))
             }
             // A failure mid-scan ends the response with an error frame; the client discards what came before.
-            Err(e) => Some((ServiceError::from(e).into_response(), None)),
+            Err(e) => Some((ServiceError::from(e).into_response(), Scan::Finished)),
         }
     });
     // Page sizes count keys and values only; the one splitting rule of every response keeps the frames,
@@ -152,6 +159,13 @@ pub async fn hgetall<S: Storage>(service: &Service<S>, cmd: Hgetall) -> Reply {
     let target = service.config().response_frame_target;
     let frames = pages.flat_map(move |page| stream::iter(split_response(page, target)));
     Reply::Stream(Box::pin(frames))
+}
+
+/// Where an Hgetall reply stands.
+enum Scan<S: Storage> {
+    NotStarted(Service<S>, String),
+    Reading(S::Scan, Option<OwnedSemaphorePermit>),
+    Finished,
 }
 
 fn page_frame(page: ScanPage) -> CommandResponse {

@@ -19,7 +19,9 @@ use prost::Message;
 use scc::hash_map::{Entry as MapEntry, OccupiedEntry};
 
 use super::{PageLimit, ScanPage, Storage, StorageError, StorageResult, TableScan, Versioned, WriteOutcome};
-use crate::pb::Value;
+use bytes::Bytes;
+
+use crate::pb::{Value, value};
 
 /// Keys handled between two yields to the runtime in multi-key operations, so that one request with a
 /// million keys cannot hold the (single) runtime thread for long.
@@ -121,6 +123,7 @@ impl MemoryStore {
     }
 
     fn set_in(&self, table: &Table, key: &str, value: Value, expected_version: Option<u64>) -> WriteOutcome {
+        let value = owned(value);
         // The common case, overwriting a key, must not allocate a new `Arc<str>` for the key.
         if let Some(entry) = table.entries.get_sync(key) {
             return self.replace(entry, value, expected_version);
@@ -168,6 +171,15 @@ fn snapshot_keys(table: &Table) -> Vec<Arc<str>> {
         true
     });
     keys
+}
+
+/// A value that owns exactly its bytes. Binary values are decoded as slices of the request frame they
+/// arrived in; stored as they are, a one-byte value would keep a whole frame (up to 16 MiB) alive.
+fn owned(value: Value) -> Value {
+    match value.value {
+        Some(value::Value::Binary(bytes)) => Value::from(Bytes::copy_from_slice(&bytes)),
+        _ => value,
+    }
 }
 
 /// Deleting a key that is not there: fine unconditionally or when absence was expected.
@@ -308,6 +320,15 @@ mod tests {
         };
         assert!(version > before, "version {version} is not above the clock at start ({before} µs)");
         assert!(version < 1 << 53, "versions must stay exact in a double");
+    }
+
+    #[tokio::test]
+    async fn a_stored_binary_value_does_not_keep_its_request_frame_alive() {
+        let frame = Bytes::from(vec![7u8; 1 << 20]);
+        let store = MemoryStore::new();
+        store.set("t", "k", Value::from(frame.slice(0..1)), None).await.unwrap();
+        assert!(frame.is_unique(), "the store holds a reference to the 1 MiB frame for a 1-byte value");
+        assert_eq!(store.get("t", "k").await.unwrap().unwrap().value, Value::from(vec![7u8]));
     }
 
     #[tokio::test]

@@ -1,12 +1,11 @@
-//! One request and its reply over any byte stream: everything about serving a request stream that does
-//! not depend on the transport.
-//!
-//! A request stream carries exactly one request frame and then ends; the reply is one or more response
-//! frames, the last with `more = false` (docs/PROTOCOL.md, "Exchanges").
+//! Requests and replies over any byte stream. What both drivers share (how a bad request is answered,
+//! how a reply is written) is here, and so is the driver for a stream that carries exactly one request
+//! (QUIC): one frame, then the end of the stream; the reply is one or more frames, the last with
+//! `more = false` (docs/PROTOCOL.md, "Exchanges"). `pipeline` drives a stream of many requests (TCP).
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
@@ -32,13 +31,18 @@ pub enum RequestError {
 
 impl RequestError {
     /// The status of the error response. (A failed stream, `FrameError::Io`, cannot be answered at all;
-    /// `serve_request` handles it before asking.)
+    /// the drivers handle it before asking.)
     pub fn status(&self) -> u32 {
         match self {
             RequestError::Frame(FrameError::TooLarge { .. }) => status::PAYLOAD_TOO_LARGE,
             RequestError::TimedOut(_) => status::REQUEST_TIMEOUT,
             RequestError::Frame(_) | RequestError::Empty | RequestError::TrailingData => status::BAD_REQUEST,
         }
+    }
+
+    /// The error response; `consequence` is appended to the message (", closing the connection").
+    pub fn response(&self, consequence: &str) -> CommandResponse {
+        CommandResponse::error(self.status(), format!("{self}{consequence}"))
     }
 }
 
@@ -84,15 +88,21 @@ pub async fn write_reply<W: AsyncWrite + Unpin>(
     limits: &Limits,
 ) -> Result<(), FrameError> {
     let send = StallTimeout::new(send, limits.reply_timeout);
-    let codec = FrameCodec::<CommandResponse>::new(limits.max_frame_len);
-    let mut frames = FramedWrite::new(send, codec);
+    let mut frames = FramedWrite::new(send, FrameCodec::<CommandResponse>::new(limits.max_frame_len));
+    feed_reply(&mut frames, reply).await?;
+    SinkExt::<CommandResponse>::flush(&mut frames).await
+}
+
+/// Writes a reply's frames into a sink's buffer: one frame is left unflushed (the caller flushes when
+/// it has nothing else to write); a stream of frames is flushed whenever its producer has to wait, so a
+/// slow producer's frames are not held back.
+pub async fn feed_reply<S>(frames: &mut S, reply: Reply) -> Result<(), FrameError>
+where
+    S: Sink<CommandResponse, Error = FrameError> + Unpin,
+{
     match reply {
-        Reply::One(response) => frames.send(response).await,
-        Reply::Stream(mut stream) => {
-            // `send_all` writes frames as fast as they are produced and flushes whenever the producer
-            // would wait, so a slow producer's frames are not held back.
-            frames.send_all(&mut stream.by_ref().map(Ok)).await
-        }
+        Reply::One(response) => frames.feed(response).await,
+        Reply::Stream(mut stream) => frames.send_all(&mut stream.by_ref().map(Ok)).await,
     }
 }
 
@@ -120,7 +130,7 @@ where
         Err(RequestError::Frame(FrameError::Io(e))) => return Err(FrameError::Io(e)),
         Err(e) => {
             tracing::info!(error = %e, "rejected a request");
-            (CommandResponse::error(e.status(), e.to_string()).into(), Served::Rejected(e))
+            (e.response("").into(), Served::Rejected(e))
         }
     };
     write_reply(send, reply, limits).await?;

@@ -62,6 +62,11 @@ pub struct FrameCodec<In> {
 }
 
 impl<In> FrameCodec<In> {
+    /// True between decoding a frame's header and its payload: a stream that ends now ends mid-frame.
+    pub fn inside_frame(&self) -> bool {
+        self.inside_frame
+    }
+
     /// A codec refusing frames over `max_frame_len` bytes (capped at `u32::MAX`, the most a 4-byte
     /// prefix can say).
     pub fn new(max_frame_len: usize) -> Self {

@@ -1,33 +1,44 @@
 //! Many requests on one byte stream (TCP, TLS over TCP): requests are read frame after frame, executed
-//! concurrently, and answered strictly in request order, every frame of one answer before the next.
+//! concurrently where that cannot be observed, and answered strictly in request order, every frame of
+//! one answer before the next.
 //!
-//! One task per connection does it all. A `FuturesOrdered` holds the requests in progress: they run
-//! concurrently whenever the task polls them, and their answers come out in request order. The loop
-//! prefers reading (so a burst of pipelined requests is taken in at once), then writes every answer that
-//! is ready, and flushes only when there is nothing else to do, so many answers share one write. Reading
-//! stops while `max_concurrent_requests` requests, or `max_request_buffer` request bytes, are in
-//! progress: a client that writes faster than it reads is held back by TCP's own flow control.
+//! One task serves a connection. Its loop reads bytes and decodes frames itself (with the same
+//! `FrameCodec` as everywhere), so that it sees a partial frame the moment it arrives and can hold it to
+//! the request timeout. Decoded requests enter an [`InOrder`] queue, which runs them and hands their
+//! answers back in request order:
+//!
+//! - Reads run concurrently with each other. A write starts only once every earlier request has
+//!   finished, and nothing starts while a write runs: each request sees exactly the writes sent before
+//!   it, though multi-key commands take several steps.
+//! - Reading stops while `max_concurrent_requests` requests are unanswered or while their bytes (requests
+//!   running, plus answers finished but not yet written) reach `max_request_buffer`; TCP's flow control
+//!   then holds the client back. The connection holds at most that, plus one frame being received.
+//! - Answers ready together are written with one flush.
 //!
 //! A connection ends when the client closes it, after its last answer; when a frame is bad (an error
 //! frame, then close: on a byte stream there is no way to resynchronise); when a frame takes longer than
 //! the request timeout to arrive (408); when it is idle for the idle timeout; or at shutdown, with a 503
 //! frame meaning "this request and all later ones on this connection were not executed".
 
+use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::FuturesOrdered;
+use bytes::BytesMut;
+use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::{Decoder, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Limits;
+use super::exchange::{RequestError, feed_reply};
 use super::frame::{FrameCodec, FrameError};
 use super::stall::StallTimeout;
 use crate::pb::{CommandRequest, CommandResponse, status};
@@ -38,15 +49,16 @@ use crate::storage::Storage;
 /// client's unread requests do not turn the close into a reset that could destroy the answers in flight.
 const LINGER: Duration = Duration::from_secs(1);
 
+/// Bytes asked of the socket per read, beyond what the frame being decoded needs.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// Why a connection stopped taking requests.
 #[derive(Debug)]
 enum Ending {
     /// The client closed its side after a whole frame.
     ClientClosed,
-    /// A bad frame: answered with `response`, then the connection closes.
-    Rejected { response: CommandResponse, reason: String },
-    /// The client stopped mid-frame for the request timeout.
-    TimedOut,
+    /// A bad frame, a frame cut short, or one too slow to arrive: answered, then the connection closes.
+    Rejected(RequestError),
     /// Nothing happened for the idle timeout.
     Idle,
     /// The server is shutting down.
@@ -57,16 +69,9 @@ enum Ending {
 
 impl Ending {
     /// The frame that ends the connection, if the client should get one.
-    fn last_frame(&self, limits: &Limits) -> Option<CommandResponse> {
+    fn last_frame(&self) -> Option<CommandResponse> {
         match self {
-            Ending::Rejected { response, .. } => Some(response.clone()),
-            Ending::TimedOut => Some(CommandResponse::error(
-                status::REQUEST_TIMEOUT,
-                format!(
-                    "the request did not arrive within {:?}; closing the connection",
-                    limits.request_timeout
-                ),
-            )),
+            Ending::Rejected(e) => Some(e.response("; closing the connection")),
             Ending::ShuttingDown => Some(CommandResponse::error(
                 status::UNAVAILABLE,
                 "the server is shutting down; this request and any later ones on this connection were not executed",
@@ -80,19 +85,12 @@ impl fmt::Display for Ending {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Ending::ClientClosed => f.write_str("the client closed the connection"),
-            Ending::Rejected { reason, .. } => write!(f, "bad frame: {reason}"),
-            Ending::TimedOut => f.write_str("a request frame did not arrive within the request timeout"),
+            Ending::Rejected(e) => write!(f, "bad request: {e}"),
             Ending::Idle => f.write_str("idle for the idle timeout"),
             Ending::ShuttingDown => f.write_str("the server is shutting down"),
             Ending::Failed(e) => write!(f, "reading failed: {e}"),
         }
     }
-}
-
-/// An answer and the request bytes it was holding.
-struct Answered {
-    reply: Reply,
-    request_bytes: usize,
 }
 
 /// Serves one pipelined connection until it ends; see the module documentation.
@@ -105,69 +103,96 @@ pub async fn serve_pipelined<IO, S>(
     IO: AsyncRead + AsyncWrite + Unpin,
     S: Storage,
 {
-    let (read, write) = tokio::io::split(io);
-    let mut requests = FramedRead::new(read, FrameCodec::<CommandRequest>::new(limits.max_frame_len));
+    let (mut read, write) = tokio::io::split(io);
+    let mut codec = FrameCodec::<CommandRequest>::new(limits.max_frame_len);
+    let mut received = BytesMut::new();
     let mut answers = FramedWrite::new(
         StallTimeout::new(write, limits.reply_timeout),
         FrameCodec::<CommandResponse>::new(limits.max_frame_len),
     );
-    let mut in_flight = FuturesOrdered::new();
-    let mut in_flight_bytes = 0;
+    let mut queue = InOrder::new();
+    // A decoded request the queue cannot take yet; nothing more is decoded or read until it can.
+    let mut waiting: Option<CommandRequest> = None;
     let mut unflushed = false;
     let mut ending: Option<Ending> = None;
-    // One deadline serves both timeouts: the request timeout while a frame is partly received, the
-    // idle timeout while nothing at all is going on.
+    let mut partial_since: Option<Instant> = None;
+    let mut idle_since = Instant::now();
     let mut deadline = pin!(tokio::time::sleep(limits.idle_timeout));
-    let mut watching: Option<Watch> = None;
+    let mut armed: Option<Timer> = None;
 
     loop {
-        // Room for one more request of any size: stop reading otherwise, and let TCP push back.
-        let can_read = ending.is_none()
-            && in_flight.len() < limits.max_concurrent_requests as usize
-            && in_flight_bytes + limits.max_frame_len <= limits.max_request_buffer;
-        if ending.is_some() && in_flight.is_empty() {
+        // Start every request that may start now, decoding as many as are buffered.
+        while ending.is_none() {
+            let request = match waiting.take() {
+                Some(request) => request,
+                None => match codec.decode(&mut received) {
+                    Ok(Some(request)) => request,
+                    Ok(None) => break,
+                    Err(FrameError::Io(e)) => {
+                        ending = Some(Ending::Failed(e));
+                        break;
+                    }
+                    Err(e) => {
+                        ending = Some(Ending::Rejected(e.into()));
+                        break;
+                    }
+                },
+            };
+            if !queue.may_start(&request, &limits) {
+                waiting = Some(request);
+                break;
+            }
+            let (write, bytes) = (request.is_write(), request.encoded_len());
+            let service = service.clone();
+            queue.start(write, bytes, async move { service.execute(request).await });
+        }
+        // Write every answer whose turn has come.
+        while let Some(reply) = queue.next_answer() {
+            if let Err(e) = feed_reply(&mut answers, reply).await {
+                debug!(error = %e, "writing an answer failed; closing the connection");
+                let _ = answers.get_mut().shutdown().await;
+                return;
+            }
+            unflushed = true;
+        }
+        if ending.is_some() && queue.is_empty() {
             break;
         }
-        let watch = match (can_read, requests.read_buffer().is_empty(), in_flight.is_empty()) {
-            (true, false, _) => Some(Watch::PartialFrame),
-            (true, true, true) if !unflushed => Some(Watch::Idle),
-            _ => None,
+
+        // One timer serves two timeouts: the request timeout from the moment a frame starts arriving,
+        // the idle timeout while nothing at all is going on. It is set only when that changes.
+        let partial = waiting.is_none() && (codec.inside_frame() || !received.is_empty());
+        let wanted = if partial {
+            Some(Timer::PartialFrame(*partial_since.get_or_insert_with(Instant::now)))
+        } else {
+            partial_since = None;
+            (queue.is_empty() && !unflushed && ending.is_none()).then_some(Timer::Idle)
         };
-        if watch != watching {
-            watching = watch;
-            let timeout = match watch {
-                Some(Watch::PartialFrame) => limits.request_timeout,
-                _ => limits.idle_timeout,
-            };
-            deadline.as_mut().reset(Instant::now() + timeout);
+        if wanted != armed {
+            armed = wanted;
+            match armed {
+                Some(Timer::PartialFrame(since)) => deadline.as_mut().reset(since + limits.request_timeout),
+                Some(Timer::Idle) => deadline.as_mut().reset(idle_since + limits.idle_timeout),
+                None => {}
+            }
+        }
+        let may_read = ending.is_none() && waiting.is_none();
+        if may_read {
+            received.reserve(READ_CHUNK);
         }
 
         tokio::select! {
             biased;
             _ = shutdown.cancelled(), if ending.is_none() => ending = Some(Ending::ShuttingDown),
-            frame = requests.next(), if can_read => match frame {
-                Some(Ok(request)) => {
-                    let request_bytes = request.encoded_len();
-                    in_flight_bytes += request_bytes;
-                    let service = service.clone();
-                    in_flight.push_back(async move {
-                        tracing::trace!(command = request.command_name(), "request");
-                        Answered { reply: service.execute(request).await, request_bytes }
-                    });
-                    watching = None; // a new frame starts a new request-timeout period
+            bytes = read.read_buf(&mut received), if may_read => match bytes {
+                Ok(0) if partial => {
+                    ending = Some(Ending::Rejected(FrameError::Truncated { buffered: received.len() }.into()));
                 }
-                Some(Err(FrameError::Io(e))) => ending = Some(Ending::Failed(e)),
-                Some(Err(e)) => ending = Some(rejected(e)),
-                None => ending = Some(Ending::ClientClosed),
+                Ok(0) => ending = Some(Ending::ClientClosed),
+                Ok(_) => idle_since = Instant::now(),
+                Err(e) => ending = Some(Ending::Failed(e)),
             },
-            Some(answered) = in_flight.next(), if !in_flight.is_empty() => {
-                in_flight_bytes -= answered.request_bytes;
-                if let Err(e) = feed_reply(&mut answers, answered.reply).await {
-                    debug!(error = %e, "writing an answer failed; closing the connection");
-                    return;
-                }
-                unflushed = true;
-            }
+            Some(done) = queue.running.next(), if !queue.running.is_empty() => queue.finish(done),
             flushed = SinkExt::<CommandResponse>::flush(&mut answers), if unflushed => {
                 if let Err(e) = flushed {
                     debug!(error = %e, "writing answers failed; closing the connection");
@@ -175,55 +200,130 @@ pub async fn serve_pipelined<IO, S>(
                 }
                 unflushed = false;
             }
-            _ = deadline.as_mut(), if watching.is_some() => {
-                ending = Some(if watching == Some(Watch::PartialFrame) { Ending::TimedOut } else { Ending::Idle });
-            }
+            _ = deadline.as_mut(), if armed.is_some() => match armed {
+                Some(Timer::PartialFrame(_)) => ending = Some(Ending::Rejected(RequestError::TimedOut(limits.request_timeout))),
+                // The connection may have been busy since the timer was set: idle only if still so.
+                _ if Instant::now() >= idle_since + limits.idle_timeout => ending = Some(Ending::Idle),
+                _ => deadline.as_mut().reset(idle_since + limits.idle_timeout),
+            },
         }
     }
 
     let ending = ending.unwrap_or(Ending::ClientClosed);
     match &ending {
-        Ending::Rejected { .. } | Ending::TimedOut => warn!(reason = %ending, "closing the connection"),
+        Ending::Rejected(_) => warn!(reason = %ending, "closing the connection"),
         Ending::Failed(_) => info!(reason = %ending, "closing the connection"),
         _ => debug!(reason = %ending, "closing the connection"),
     }
-    if let Some(last) = ending.last_frame(&limits)
+    if let Some(last) = ending.last_frame()
         && let Err(e) = answers.send(last).await
     {
         debug!(error = %e, "could not send the last frame");
     }
     let _ = SinkExt::<CommandResponse>::flush(&mut answers).await;
     let _ = answers.get_mut().shutdown().await;
-    linger(requests.into_inner()).await;
+    linger(read).await;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Watch {
-    PartialFrame,
+enum Timer {
+    /// A frame started arriving at this instant and is not whole yet.
+    PartialFrame(Instant),
     Idle,
 }
 
-fn rejected(e: FrameError) -> Ending {
-    let status = match e {
-        FrameError::TooLarge { .. } => status::PAYLOAD_TOO_LARGE,
-        _ => status::BAD_REQUEST,
-    };
-    let reason = e.to_string();
-    Ending::Rejected {
-        response: CommandResponse::error(status, format!("{reason}; closing the connection")),
-        reason,
+/// Requests in request order: running, or finished with their answer waiting for its turn.
+struct InOrder<F> {
+    running: FuturesUnordered<Numbered<F>>,
+    /// One slot per unanswered request, oldest first; `first` is the number of the front one.
+    slots: VecDeque<Slot>,
+    first: u64,
+    running_writes: usize,
+    /// Bytes held: requests running plus answers waiting.
+    bytes: usize,
+}
+
+enum Slot {
+    Running { write: bool, request_bytes: usize },
+    Done { reply: Reply, reply_bytes: usize },
+}
+
+impl<F: Future<Output = Reply>> InOrder<F> {
+    fn new() -> Self {
+        InOrder {
+            running: FuturesUnordered::new(),
+            slots: VecDeque::new(),
+            first: 0,
+            running_writes: 0,
+            bytes: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Whether `request` may start now: within the limits, and not crossing a write (see the module
+    /// documentation).
+    fn may_start(&self, request: &CommandRequest, limits: &Limits) -> bool {
+        let within_limits = self.slots.len() < limits.max_concurrent_requests as usize
+            && self.bytes < limits.max_request_buffer;
+        let ordered = if request.is_write() { self.running.is_empty() } else { self.running_writes == 0 };
+        within_limits && ordered
+    }
+
+    fn start(&mut self, write: bool, request_bytes: usize, execution: F) {
+        let number = self.first + self.slots.len() as u64;
+        self.slots.push_back(Slot::Running { write, request_bytes });
+        self.running.push(Numbered { number, future: execution });
+        self.running_writes += usize::from(write);
+        self.bytes += request_bytes;
+    }
+
+    fn finish(&mut self, (number, reply): (u64, Reply)) {
+        let Some(slot) = self.slots.get_mut((number - self.first) as usize) else { return };
+        if let Slot::Running { write, request_bytes } = *slot {
+            self.running_writes -= usize::from(write);
+            let reply_bytes = match &reply {
+                Reply::One(response) => response.encoded_len(),
+                // Produced as it is written, so it holds nothing yet.
+                Reply::Stream(_) => 0,
+            };
+            self.bytes = self.bytes - request_bytes + reply_bytes;
+            *slot = Slot::Done { reply, reply_bytes };
+        }
+    }
+
+    /// The oldest answer, if it is ready.
+    fn next_answer(&mut self) -> Option<Reply> {
+        if !matches!(self.slots.front(), Some(Slot::Done { .. })) {
+            return None;
+        }
+        let Some(Slot::Done { reply, reply_bytes }) = self.slots.pop_front() else { return None };
+        self.first += 1;
+        self.bytes -= reply_bytes;
+        Some(reply)
     }
 }
 
-/// Writes a reply's frames into the sink's buffer. One frame is left unflushed (the caller flushes when
-/// nothing else is ready); a stream of frames is flushed whenever its producer has to wait.
-async fn feed_reply<W: AsyncWrite + Unpin>(
-    answers: &mut FramedWrite<W, FrameCodec<CommandResponse>>,
-    reply: Reply,
-) -> Result<(), FrameError> {
-    match reply {
-        Reply::One(response) => answers.feed(response).await,
-        Reply::Stream(mut frames) => answers.send_all(&mut frames.by_ref().map(Ok)).await,
+pin_project_lite::pin_project! {
+    /// A request's execution, tagged with its place in the connection's order.
+    struct Numbered<F> {
+        number: u64,
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future<Output = Reply>> Future for Numbered<F> {
+    type Output = (u64, Reply);
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<(u64, Reply)> {
+        let this = self.project();
+        this.future.poll(cx).map(|reply| (*this.number, reply))
     }
 }
 

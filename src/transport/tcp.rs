@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -17,7 +18,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::Limits;
+use super::frame::encode_frame;
 use super::pipeline::serve_pipelined;
+use crate::pb::{CommandResponse, status};
 use crate::service::Service;
 use crate::storage::Storage;
 
@@ -69,7 +72,7 @@ pub async fn serve<S: Storage>(
                 warn!(limit = limits.max_connections, "connection limit reached; refusing new connections");
                 last_refusal_warning = Some(Instant::now());
             }
-            drop(stream);
+            refuse(stream, &security);
             continue;
         };
         let connection = handle_connection(
@@ -104,6 +107,27 @@ pub async fn serve<S: Storage>(
         connections.wait().await;
     }
 }
+
+/// Closes a connection over the limit. A plaintext client is told why first, with the 503 that means
+/// "nothing was executed here"; a TLS client would need a handshake first, so it just sees the close.
+fn refuse(stream: TcpStream, security: &TcpSecurity) {
+    if let TcpSecurity::Plaintext = security {
+        tokio::spawn(async move {
+            let mut stream = stream;
+            let refusal = CommandResponse::error(
+                status::UNAVAILABLE,
+                "the server is at its connection limit; nothing was executed on this connection",
+            );
+            if let Ok(frame) = encode_frame(&refusal, 1024) {
+                let _ = tokio::time::timeout(REFUSAL_TIMEOUT, stream.write_all(&frame)).await;
+            }
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// How long a refused plaintext client gets to take its 503.
+const REFUSAL_TIMEOUT: Duration = Duration::from_millis(100);
 
 async fn handle_connection<S: Storage>(
     stream: TcpStream,
