@@ -16,7 +16,7 @@ use qkv::server::{Server, shutdown_signal};
 use qkv::storage::MemoryStore;
 use tracing_subscriber::EnvFilter;
 
-use cli::args::{BenchArgs, CertArgs, Cli, ClientArgs, Command, ServeArgs, Store};
+use cli::args::{BenchArgs, CertArgs, Cli, ClientArgs, Command, FloorArgs, ServeArgs, Store};
 use cli::output::{self, CliError};
 use qkv::bench::BenchConfig;
 use qkv::service::shown;
@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Cert(args) => cert(args),
         Command::Bench(args) => bench(args),
+        Command::Floor(args) => floor(args),
         command => client_runtime().and_then(|runtime| runtime.block_on(run_client_command(command))),
     };
     match result {
@@ -79,21 +80,63 @@ fn cert(args: CertArgs) -> anyhow::Result<()> {
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let config = BenchConfig {
         client: client_config(&args.client),
-        workload: args.workload.into(),
-        connections: args.connections,
-        inflight: args.inflight,
+        workload: args.workload()?,
+        connections: args.connections as usize,
+        inflight: args.inflight as usize,
+        rate: args.rate,
         duration: args.duration,
         warmup: args.warmup,
         value_size: args.value_size,
-        keys: args.keys,
+        keys: args.keys as usize,
+        key_dist: args.key_dist(),
+        seed: args.seed,
     };
     let runtime = qkv::server::runtime(args.runtime.layout()?)?;
-    let report = runtime.block_on(qkv::bench::run(&config))?;
-    output::bench_summary(&config, &report);
+    let progress = std::io::stderr().is_terminal().then(output::bench_progress_bar);
+    let report = runtime.block_on(qkv::bench::run(&config, progress.clone()))?;
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report.to_json(&config))?);
+    } else {
+        output::bench_summary(&config, &report);
+    }
+    if let Some(error) = &report.first_error {
+        eprintln!("{} errors; the first: {error}", report.errors);
+    }
     if report.requests == 0 {
         bail!("no request succeeded; first error: {}", report.first_error.as_deref().unwrap_or("none"));
     }
     Ok(())
+}
+
+fn floor(args: FloorArgs) -> anyhow::Result<()> {
+    let runtime = qkv::server::runtime(args.runtime.layout()?)?;
+    runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (bound, addr) = tokio::sync::oneshot::channel();
+        let serving = qkv::bench::floor::serve_floor(
+            args.listen,
+            &args.certs,
+            args.tcp(),
+            qkv::transport::Limits::default(),
+            shutdown.clone(),
+            bound,
+        );
+        tokio::pin!(serving);
+        tokio::select! {
+            result = &mut serving => return Ok(result?),
+            addr = addr => if let Ok(addr) = addr {
+                tracing::info!(%addr, "serving the floor: echo on QUIC and TCP");
+            },
+        }
+        tokio::select! {
+            result = &mut serving => return Ok(result?),
+            _ = shutdown_signal() => shutdown.cancel(),
+        }
+        Ok(serving.await?)
+    })
 }
 
 fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -120,7 +163,9 @@ async fn run_client_command(command: Command) -> anyhow::Result<()> {
         | Command::Hexist { client, .. }
         | Command::Hmexist { client, .. }
         | Command::Ping { client, .. } => client,
-        Command::Serve(_) | Command::Cert(_) | Command::Bench(_) => unreachable!("handled in main"),
+        Command::Serve(_) | Command::Cert(_) | Command::Bench(_) | Command::Floor(_) => {
+            unreachable!("handled in main")
+        }
     };
     let client = Client::connect_with(client_config(client_args)).await?;
     let result = execute(&client, command).await;
@@ -199,7 +244,9 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
                 println!("pong from {} in {rtt_ms:.3} ms", client.remote_address());
             }
         }
-        Command::Serve(_) | Command::Cert(_) | Command::Bench(_) => unreachable!("handled in main"),
+        Command::Serve(_) | Command::Cert(_) | Command::Bench(_) | Command::Floor(_) => {
+            unreachable!("handled in main")
+        }
     }
     Ok(())
 }

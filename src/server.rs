@@ -11,7 +11,6 @@ use std::time::Duration;
 use quinn::Endpoint;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -20,22 +19,13 @@ use crate::service::{Service, ServiceConfig};
 use crate::storage::Storage;
 use crate::tls::{self, ServerIdentity, TlsError};
 use crate::transport::tcp::{self, TcpSecurity};
-use crate::transport::{Limits, quic};
+use crate::transport::{self, Limits, quic};
 
 /// Where `qkv serve` listens unless told otherwise: loopback only, so a development server is not
 /// exposed by accident.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9527));
 
-/// What the server offers on TCP, beside QUIC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TcpMode {
-    /// TLS 1.3 with the QUIC endpoint's certificate and ALPN.
-    Tls,
-    /// Plaintext: for trusted networks and course clients only.
-    Plaintext,
-    /// No TCP listener.
-    Off,
-}
+pub use crate::transport::TcpMode;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -83,9 +73,6 @@ pub struct Server<S> {
     config: ServerConfig,
 }
 
-/// Attempts at finding a port number free on both UDP and TCP when the configuration asks for any (0).
-const PORT_ATTEMPTS: usize = 16;
-
 impl<S: Storage> Server<S> {
     /// Loads (or first generates) the certificates and binds the endpoint. Must be called within a
     /// tokio runtime.
@@ -96,7 +83,8 @@ impl<S: Storage> Server<S> {
         log_provisioning(&certs, certs.ensure_server_certificate()?);
         let identity = ServerIdentity::from_pem_files(&certs.server_cert(), &certs.server_key())?;
         let tls = tls::server_config(identity)?;
-        let (quic, tcp) = bind_both(&config, tls)?;
+        let transport::Bound { quic, tcp } = transport::bind(config.listen, tls, config.tcp, &config.limits)
+            .map_err(|e| ServerError::Bind { addr: config.listen, protocol: e.protocol, cause: e.cause })?;
         if config.tcp == TcpMode::Plaintext && !config.listen.ip().is_loopback() {
             warn!(
                 addr = %config.listen,
@@ -156,35 +144,6 @@ impl<S: Storage> Server<S> {
         serving.await;
         info!("shut down");
     }
-}
-
-/// Binds QUIC (UDP) and, unless off, TCP on the same port number. With port 0 the UDP port is chosen
-/// first and TCP tries the same number, starting over if it is taken.
-fn bind_both(
-    config: &ServerConfig,
-    tls: rustls::ServerConfig,
-) -> Result<(Endpoint, Option<(TcpListener, TcpSecurity)>), ServerError> {
-    let security = match config.tcp {
-        TcpMode::Tls => Some(TcpSecurity::Tls(TlsAcceptor::from(Arc::new(tls.clone())))),
-        TcpMode::Plaintext => Some(TcpSecurity::Plaintext),
-        TcpMode::Off => None,
-    };
-    let attempts = if config.listen.port() == 0 { PORT_ATTEMPTS } else { 1 };
-    let mut last_error = None;
-    for _ in 0..attempts {
-        let bind_error = |protocol, cause| ServerError::Bind { addr: config.listen, protocol, cause };
-        let quic = quic::server_endpoint(config.listen, tls.clone(), &config.limits)
-            .map_err(|cause| bind_error("UDP", cause))?;
-        let Some(security) = security.clone() else {
-            return Ok((quic, None));
-        };
-        let addr = quic.local_addr().map_err(|cause| bind_error("UDP", cause))?;
-        match tcp::bind(addr) {
-            Ok(listener) => return Ok((quic, Some((listener, security)))),
-            Err(cause) => last_error = Some(bind_error("TCP", cause)),
-        }
-    }
-    Err(last_error.unwrap_or_else(|| ServerError::Config("no port could be bound".into())))
 }
 
 fn log_provisioning(certs: &CertDir, provisioned: Provisioned) {

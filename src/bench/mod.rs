@@ -1,37 +1,65 @@
-//! A closed-loop load generator: `connections` connections, each with `inflight` requests outstanding
-//! at all times, for a fixed duration after a warm-up. Latencies go into an HdrHistogram.
+//! The load generator behind `qkv bench`: connections, a closed or open loop of requests, latencies in
+//! an HdrHistogram, a report for people and one for programs (JSON).
 //!
-//! Every load loop is bounded in time: nothing here runs past `warmup + duration` (plus the time the
-//! requests already in flight take to finish).
+//! - `workload`: what a request is (ping, hget, hset, mixed, or the floor's echo), which key it touches.
+//! - `load`: when requests are sent (closed loop, or open loop without coordinated omission).
+//! - `floor`: bare echo servers and clients, to measure what the transports cost without qkv.
+//!
+//! Every run is bounded in time: warm-up plus duration, plus at most a few seconds for the requests in
+//! flight at the end.
 
-use std::time::{Duration, Instant};
+pub mod floor;
+mod load;
+mod workload;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
 use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::Serialize;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+pub use load::Tally;
+pub use workload::{KeyDist, Workload};
 
 use crate::client::{Client, ClientConfig, ClientError};
 use crate::pb::Value;
-
-/// What each request does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Workload {
-    /// Ping with an empty payload: the transport and framing alone.
-    Ping,
-    /// Hget of existing keys.
-    Hget,
-    /// Hset of existing keys.
-    Hset,
-}
+use floor::EchoClient;
+use load::Window;
+use workload::{KeyPicker, RequestMaker, Target};
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
+    /// Where and how to connect (address, transport, CA, limits).
     pub client: ClientConfig,
     pub workload: Workload,
     pub connections: usize,
+    /// Requests in flight per connection: exactly (closed loop) or at most (open loop).
     pub inflight: usize,
+    /// Requests per second over all connections; `None` for a closed loop.
+    pub rate: Option<f64>,
     pub duration: Duration,
     pub warmup: Duration,
     pub value_size: usize,
     pub keys: usize,
+    pub key_dist: KeyDist,
+    /// Makes runs reproducible: the same seed picks the same keys.
+    pub seed: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("cannot set up the benchmark: {0}")]
+    Setup(String),
 }
 
 /// The outcome of a run, over the measured period only.
@@ -49,126 +77,169 @@ impl BenchReport {
     pub fn throughput(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
-}
 
-const TABLE: &str = "bench";
-
-fn key(i: usize) -> String {
-    format!("key:{i:010}")
-}
-
-/// Runs the benchmark: loads the keys, warms up, measures.
-pub async fn run(config: &BenchConfig) -> Result<BenchReport, ClientError> {
-    let mut clients = Vec::with_capacity(config.connections);
-    for _ in 0..config.connections {
-        clients.push(Client::connect_with(config.client.clone()).await?);
-    }
-    let value = Value::from(vec![b'v'; config.value_size]);
-    if config.workload != Workload::Ping {
-        preload(&clients[0], config.keys.max(1), &value).await?;
-    }
-
-    let start = Instant::now();
-    let measure_from = start + config.warmup;
-    let deadline = measure_from + config.duration;
-    let mut workers = tokio::task::JoinSet::new();
-    for (c, client) in clients.iter().enumerate() {
-        for i in 0..config.inflight {
-            let worker = Worker {
-                client: client.clone(),
-                workload: config.workload,
-                keys: config.keys.max(1),
-                value: value.clone(),
-                next_key: (c * config.inflight + i) * 7919,
-            };
-            workers.spawn(worker.run(measure_from, deadline));
-        }
-    }
-    let mut report = BenchReport {
-        requests: 0,
-        errors: 0,
-        elapsed: config.duration,
-        latency_us: new_histogram(),
-        first_error: None,
-    };
-    while let Some(result) = workers.join_next().await {
-        let tally = result.map_err(|e| ClientError::Protocol(format!("a bench worker panicked: {e}")))?;
-        report.requests += tally.requests;
-        report.errors += tally.errors;
-        report.first_error = report.first_error.or(tally.first_error);
-        let _ = report.latency_us.add(&tally.latency_us);
-    }
-    for client in &clients {
-        client.close().await;
-    }
-    Ok(report)
-}
-
-fn new_histogram() -> Histogram<u64> {
-    // 1 µs to 60 s at 3 significant digits; values above are clamped, never dropped.
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant, valid histogram bounds")
-}
-
-async fn preload(client: &Client, keys: usize, value: &Value) -> Result<(), ClientError> {
-    const BATCH: usize = 1000;
-    for start in (0..keys).step_by(BATCH) {
-        let pairs = (start..(start + BATCH).min(keys)).map(|i| crate::pb::Kvpair::new(key(i), value.clone()));
-        client.hmset(TABLE, pairs).await?;
-    }
-    Ok(())
-}
-
-struct Worker {
-    client: Client,
-    workload: Workload,
-    keys: usize,
-    value: Value,
-    next_key: usize,
-}
-
-struct Tally {
-    requests: u64,
-    errors: u64,
-    latency_us: Histogram<u64>,
-    first_error: Option<String>,
-}
-
-impl Worker {
-    async fn run(mut self, measure_from: Instant, deadline: Instant) -> Tally {
-        let mut tally = Tally { requests: 0, errors: 0, latency_us: new_histogram(), first_error: None };
-        loop {
-            let sent = Instant::now();
-            if sent >= deadline {
-                return tally;
-            }
-            let result = self.request().await;
-            if sent < measure_from {
-                continue;
-            }
-            match result {
-                Ok(()) => {
-                    tally.requests += 1;
-                    tally.latency_us.saturating_record(sent.elapsed().as_micros() as u64);
-                }
-                Err(e) => {
-                    tally.errors += 1;
-                    tally.first_error.get_or_insert_with(|| e.to_string());
-                }
-            }
-        }
-    }
-
-    async fn request(&mut self) -> Result<(), ClientError> {
-        self.next_key = (self.next_key + 1) % self.keys;
-        match self.workload {
-            Workload::Ping => self.client.ping(bytes::Bytes::new()).await.map(drop),
-            Workload::Hget => match self.client.hget(TABLE, &key(self.next_key)).await? {
-                Some(_) => Ok(()),
-                None => Err(ClientError::Protocol("a preloaded key is missing".into())),
+    /// The report as `qkv bench --json` prints it.
+    pub fn to_json(&self, config: &BenchConfig) -> JsonReport {
+        let quantile = |q| self.latency_us.value_at_quantile(q);
+        JsonReport {
+            transport: config.client.transport.to_string(),
+            workload: config.workload.name().to_owned(),
+            connections: config.connections,
+            inflight: config.inflight,
+            value_size: config.value_size,
+            duration_s: self.elapsed.as_secs_f64(),
+            requests: self.requests,
+            errors: self.errors,
+            throughput_rps: self.throughput(),
+            target_rps: config.rate,
+            latency_us: Latencies {
+                p50: quantile(0.5),
+                p90: quantile(0.9),
+                p99: quantile(0.99),
+                p999: quantile(0.999),
+                max: self.latency_us.max(),
             },
-            Workload::Hset => {
-                self.client.hset(TABLE, &key(self.next_key), self.value.clone()).await.map(drop)
+        }
+    }
+}
+
+/// One run, for programs: `qkv bench --json`.
+#[derive(Debug, Serialize, serde::Deserialize, Clone)]
+pub struct JsonReport {
+    pub transport: String,
+    pub workload: String,
+    pub connections: usize,
+    pub inflight: usize,
+    pub value_size: usize,
+    pub duration_s: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub throughput_rps: f64,
+    /// The open loop's rate; `null` for a closed loop.
+    pub target_rps: Option<f64>,
+    pub latency_us: Latencies,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize, Clone)]
+pub struct Latencies {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+/// Runs the benchmark: connects, loads the keys, warms up, measures. `progress`, if given, shows how
+/// it goes.
+pub async fn run(config: &BenchConfig, progress: Option<ProgressBar>) -> Result<BenchReport, BenchError> {
+    let targets = connect(config).await?;
+    // Preloaded and written values differ, so that what a run wrote can be told apart afterwards.
+    let preloaded = Value::from(vec![b'p'; config.value_size]);
+    let written = Value::from(vec![b'w'; config.value_size]);
+    if config.workload.needs_keys()
+        && let Target::Kv(client) = &targets[0]
+    {
+        workload::preload(client, config.keys.max(1), &preloaded).await?;
+    }
+    let keys = KeyPicker::new(config.key_dist, config.keys);
+    let message = Bytes::from(vec![b'm'; config.value_size]);
+
+    let window = Window::new(config.warmup, config.duration);
+    let completed = Arc::new(AtomicU64::new(0));
+    let mut workers = JoinSet::new();
+    for (c, target) in targets.iter().enumerate() {
+        let maker = Arc::new(RequestMaker {
+            target: target.clone(),
+            workload: config.workload,
+            keys: keys.clone(),
+            value: written.clone(),
+            message: message.clone(),
+        });
+        // Every request draws its key from its own seed, so a run's keys depend only on --seed.
+        let connection_seed = config.seed.wrapping_add((c as u64) << 40);
+        let requests = move |worker: u64| {
+            let maker = maker.clone();
+            let seed = connection_seed.wrapping_add(worker << 32);
+            move |n: u64| {
+                let maker = maker.clone();
+                async move { maker.request(&mut SmallRng::seed_from_u64(seed.wrapping_add(n))).await }
             }
+        };
+        match config.rate {
+            Some(rate) => {
+                let share = rate / config.connections as f64;
+                let worker =
+                    load::open_connection(requests(0), share, config.inflight, window, completed.clone());
+                workers.spawn(worker);
+            }
+            None => {
+                for i in 0..config.inflight {
+                    workers.spawn(load::closed_worker(requests(i as u64), window, completed.clone()));
+                }
+            }
+        }
+    }
+    let ticker = progress.map(|bar| tokio::spawn(show_progress(bar, window, completed.clone())));
+    let mut tally = Tally::new();
+    while let Some(worker) = workers.join_next().await {
+        let worker = worker.map_err(|e| BenchError::Setup(format!("a worker failed: {e}")))?;
+        tally.merge(worker);
+    }
+    if let Some(ticker) = ticker {
+        ticker.abort();
+    }
+    for target in &targets {
+        if let Target::Kv(client) = target {
+            client.close().await;
+        }
+    }
+    Ok(BenchReport {
+        requests: tally.requests,
+        errors: tally.errors,
+        elapsed: config.duration,
+        latency_us: tally.latency_us,
+        first_error: tally.first_error,
+    })
+}
+
+async fn connect(config: &BenchConfig) -> Result<Vec<Target>, BenchError> {
+    let mut targets = Vec::with_capacity(config.connections);
+    for _ in 0..config.connections.max(1) {
+        let target = match config.workload {
+            Workload::Echo => {
+                let addr: SocketAddr = tokio::net::lookup_host(&config.client.addr)
+                    .await
+                    .ok()
+                    .and_then(|mut addrs| addrs.next())
+                    .ok_or_else(|| BenchError::Setup(format!("cannot resolve {}", config.client.addr)))?;
+                let client = &config.client;
+                let echo = EchoClient::connect(client.transport, addr, &client.ca_file, &client.limits)
+                    .await
+                    .map_err(|e| BenchError::Setup(format!("cannot connect to the floor at {addr}: {e}")))?;
+                Target::Echo { client: echo, max_frame_len: config.client.limits.max_frame_len }
+            }
+            _ => Target::Kv(Client::connect_with(config.client.clone()).await?),
+        };
+        targets.push(target);
+    }
+    Ok(targets)
+}
+
+async fn show_progress(bar: ProgressBar, window: Window, completed: Arc<AtomicU64>) {
+    let total = (window.deadline - window.measure_from).as_millis() as u64;
+    bar.set_length(total);
+    let mut last = (Instant::now(), 0);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = Instant::now();
+        let done = completed.load(Ordering::Relaxed);
+        let rate = (done - last.1) as f64 / (now - last.0).as_secs_f64();
+        last = (now, done);
+        if now < window.measure_from {
+            bar.set_message(format!("warming up, {rate:.0} req/s"));
+        } else {
+            bar.set_position((now - window.measure_from).as_millis() as u64);
+            bar.set_message(format!("{rate:.0} req/s"));
         }
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use qkv::bench::{KeyDist, Workload};
 use qkv::server::{DEFAULT_LISTEN, RuntimeLayout, ServerConfig, TcpMode};
 use qkv::service::{DEFAULT_RESPONSE_FRAME_TARGET, ServiceConfig};
 use qkv::transport::{Limits, Transport};
@@ -118,6 +119,9 @@ pub enum Command {
     },
     /// Load the server for a while and report throughput and latency.
     Bench(BenchArgs),
+    /// Run a floor server: echo on QUIC and TCP with qkv's settings but no KV work, to measure what the
+    /// transports cost (`qkv bench --workload echo` against it).
+    Floor(FloorArgs),
     /// Measure round trips to the server.
     Ping {
         /// Bytes to send, echoed by the server.
@@ -133,27 +137,43 @@ pub enum Command {
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// What each request does.
+    /// What each request does; echo needs a floor server (qkv floor).
     #[arg(long, value_enum, default_value_t = WorkloadArg::Hget)]
     pub workload: WorkloadArg,
+    /// For the mixed workload: the share of reads (Hget); the rest are writes (Hset).
+    #[arg(long, default_value_t = 0.9)]
+    pub read_ratio: f64,
     /// Connections to open.
-    #[arg(long, default_value_t = 1)]
-    pub connections: usize,
-    /// Requests kept in flight on each connection.
-    #[arg(long, default_value_t = 64)]
-    pub inflight: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections: u32,
+    /// Requests in flight per connection: always this many in a closed loop, at most this many with --rate.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub inflight: u32,
+    /// Open loop: send this many requests per second in all, whatever the answers do; latency counts
+    /// from when each request was due, so queueing is not hidden.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// How long to measure, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// How long to run before measuring, e.g. 2s.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
-    /// Size of the values written and read, in bytes.
+    /// Size of the values written and read (echo: of the message), in bytes.
     #[arg(long, default_value_t = 64)]
     pub value_size: usize,
     /// Number of distinct keys.
-    #[arg(long, default_value_t = 10_000)]
-    pub keys: usize,
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keys: u64,
+    /// How keys are chosen.
+    #[arg(long, value_enum, default_value_t = KeyDistArg::Uniform)]
+    pub key_dist: KeyDistArg,
+    /// Seed of the key choices, for reproducible runs.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print exactly one JSON object on stdout at the end, and nothing else there.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     #[command(flatten)]
@@ -165,15 +185,73 @@ pub enum WorkloadArg {
     Ping,
     Hget,
     Hset,
+    Mixed,
+    Echo,
 }
 
-impl From<WorkloadArg> for qkv::bench::Workload {
-    fn from(workload: WorkloadArg) -> Self {
-        match workload {
-            WorkloadArg::Ping => qkv::bench::Workload::Ping,
-            WorkloadArg::Hget => qkv::bench::Workload::Hget,
-            WorkloadArg::Hset => qkv::bench::Workload::Hset,
+#[derive(Clone, Copy, ValueEnum)]
+pub enum KeyDistArg {
+    Uniform,
+    /// Zipfian, exponent 0.99: a few keys take most of the requests.
+    Zipf,
+}
+
+impl BenchArgs {
+    pub fn workload(&self) -> Result<Workload, CliError> {
+        Ok(match self.workload {
+            WorkloadArg::Ping => Workload::Ping,
+            WorkloadArg::Hget => Workload::Hget,
+            WorkloadArg::Hset => Workload::Hset,
+            WorkloadArg::Mixed if (0.0..=1.0).contains(&self.read_ratio) => {
+                Workload::Mixed { read_ratio: self.read_ratio }
+            }
+            WorkloadArg::Mixed => {
+                return Err(CliError::InvalidInput(format!(
+                    "--read-ratio must be between 0 and 1, not {}",
+                    self.read_ratio
+                )));
+            }
+            WorkloadArg::Echo => Workload::Echo,
+        })
+    }
+
+    pub fn key_dist(&self) -> KeyDist {
+        match self.key_dist {
+            KeyDistArg::Uniform => KeyDist::Uniform,
+            KeyDistArg::Zipf => KeyDist::Zipf,
         }
+    }
+}
+
+#[derive(Args)]
+pub struct FloorArgs {
+    /// Address for QUIC (UDP) and TCP (the same port number).
+    #[arg(long, default_value = "127.0.0.1:9528")]
+    pub listen: SocketAddr,
+    /// Certificate directory, as for qkv serve.
+    #[arg(long, default_value = "certs")]
+    pub certs: PathBuf,
+    /// Plaintext TCP instead of TLS.
+    #[arg(long, conflicts_with = "no_tcp")]
+    pub tcp_plaintext: bool,
+    /// QUIC only.
+    #[arg(long)]
+    pub no_tcp: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+impl FloorArgs {
+    pub fn tcp(&self) -> TcpMode {
+        tcp_mode(self.no_tcp, self.tcp_plaintext)
+    }
+}
+
+fn tcp_mode(no_tcp: bool, plaintext: bool) -> TcpMode {
+    match (no_tcp, plaintext) {
+        (true, _) => TcpMode::Off,
+        (false, true) => TcpMode::Plaintext,
+        (false, false) => TcpMode::Tls,
     }
 }
 
@@ -238,11 +316,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     pub fn config(&self) -> ServerConfig {
-        let tcp = match (self.no_tcp, self.tcp_plaintext) {
-            (true, _) => TcpMode::Off,
-            (false, true) => TcpMode::Plaintext,
-            (false, false) => TcpMode::Tls,
-        };
+        let tcp = tcp_mode(self.no_tcp, self.tcp_plaintext);
         let mut config = ServerConfig {
             listen: self.listen,
             tcp,

@@ -79,27 +79,62 @@ pub fn parse_value(raw: &str, value_type: ValueType) -> Result<Value, CliError> 
     Ok(parsed.into())
 }
 
+pub fn bench_progress_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {elapsed}/{duration} {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style.progress_chars("=> "));
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
+/// The run, as a table for people.
 pub fn bench_summary(config: &qkv::bench::BenchConfig, report: &qkv::bench::BenchReport) {
-    let latency = &report.latency_us;
+    let json = report.to_json(config);
+    let load = match config.rate {
+        Some(rate) => format!("{rate:.0}/s, <= {} in flight", config.inflight),
+        None => format!("{} in flight", config.inflight),
+    };
+    let header = [
+        "transport",
+        "workload",
+        "conns",
+        "load",
+        "value",
+        "requests",
+        "errors",
+        "req/s",
+        "p50 us",
+        "p90",
+        "p99",
+        "p99.9",
+        "max",
+    ];
+    let l = &json.latency_us;
+    let row = [
+        json.transport.clone(),
+        json.workload.clone(),
+        json.connections.to_string(),
+        load,
+        format!("{} B", json.value_size),
+        json.requests.to_string(),
+        json.errors.to_string(),
+        format!("{:.0}", json.throughput_rps),
+        l.p50.to_string(),
+        l.p90.to_string(),
+        l.p99.to_string(),
+        l.p999.to_string(),
+        l.max.to_string(),
+    ];
+    let widths: Vec<usize> = header.iter().zip(&row).map(|(h, r)| h.len().max(r.len())).collect();
+    let line = |cells: Vec<&str>| {
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect::<Vec<_>>().join("  ")
+    };
+    println!("{}", line(header.to_vec()));
+    println!("{}", line(row.iter().map(String::as_str).collect()));
     println!(
-        "{:?}: {} connection(s) x {} in flight, {:.1} s: {} requests, {} errors, {:.0} req/s",
-        config.workload,
-        config.connections,
-        config.inflight,
+        "measured {:.1} s after {:.1} s of warm-up",
         report.elapsed.as_secs_f64(),
-        report.requests,
-        report.errors,
-        report.throughput()
+        config.warmup.as_secs_f64()
     );
-    println!(
-        "latency (us): p50 {} p90 {} p99 {} p99.9 {} max {}",
-        latency.value_at_quantile(0.5),
-        latency.value_at_quantile(0.9),
-        latency.value_at_quantile(0.99),
-        latency.value_at_quantile(0.999),
-        latency.max()
-    );
-    if let Some(error) = &report.first_error {
-        eprintln!("first error: {error}");
-    }
 }

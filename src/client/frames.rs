@@ -13,6 +13,9 @@ use crate::pb::CommandResponse;
 use crate::transport::frame::FrameCodec;
 use crate::transport::quic::codes;
 
+/// Initial size of a QUIC answer's read buffer.
+const ANSWER_BUFFER: usize = 512;
+
 /// The frames of one reply, read as they arrive. Dropping it before the last frame abandons the
 /// request: over QUIC the server is told to stop sending (STOP_SENDING with code 0x12); over TCP the
 /// rest of the reply is read and discarded. Over TCP, a reply that is neither read nor dropped is kept
@@ -33,10 +36,9 @@ enum Source {
 
 impl ResponseFrames {
     pub(super) fn quic(recv: RecvStream, max_frame_len: usize) -> Self {
-        ResponseFrames {
-            source: Source::Quic(FramedRead::new(recv, FrameCodec::new(max_frame_len))),
-            done: false,
-        }
+        // Answers are usually small; the codec makes room for a large one once its header says so.
+        let frames = FramedRead::with_capacity(recv, FrameCodec::new(max_frame_len), ANSWER_BUFFER);
+        ResponseFrames { source: Source::Quic(frames), done: false }
     }
 
     pub(super) fn tcp(frames: mpsc::UnboundedReceiver<FrameResult>, state: Arc<State>) -> Self {

@@ -116,12 +116,10 @@ impl Client {
 
     /// Sends one request and returns its reply as a stream of frames, for answers too large to collect.
     pub async fn call_frames(&self, request: &CommandRequest) -> ClientResult<ResponseFrames> {
-        let frame = encode_frame(request, self.inner.max_frame_len)
-            .map_err(|e| match e {
-                FrameError::TooLarge { declared, max } => ClientError::RequestTooLarge { len: declared, max },
-                other => ClientError::Protocol(other.to_string()),
-            })?
-            .freeze();
+        let frame = encode_frame(request, self.inner.max_frame_len).map_err(|e| match e {
+            FrameError::TooLarge { declared, max } => ClientError::RequestTooLarge { len: declared, max },
+            other => ClientError::Protocol(other.to_string()),
+        })?;
         match &self.inner.connection {
             Connection::Quic(quic) => quic.send(frame, self.inner.max_frame_len).await,
             Connection::Tcp(tcp) => tcp.send(frame).await,
@@ -132,13 +130,17 @@ impl Client {
     /// concatenated, with the status and message of the last frame. Any status is returned as is.
     pub async fn call(&self, request: &CommandRequest) -> ClientResult<CommandResponse> {
         let mut frames = self.call_frames(request).await?;
-        let mut whole = CommandResponse::default();
+        let Some(first) = frames.next().await else {
+            return Err(ClientError::Protocol("the reply had no frame".into()));
+        };
+        let mut whole = first?;
+        // Most replies are one frame; the others are concatenated into it.
         while let Some(frame) = frames.next().await {
             let frame = frame?;
             whole.values.extend(frame.values);
             whole.pairs.extend(frame.pairs);
             whole.versions.extend(frame.versions);
-            (whole.status, whole.message) = (frame.status, frame.message);
+            (whole.status, whole.message, whole.more) = (frame.status, frame.message, frame.more);
         }
         Ok(whole)
     }

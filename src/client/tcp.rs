@@ -231,7 +231,7 @@ impl Writer {
                     let idle = std::mem::replace(&mut quiet, true);
                     let ping = encode_frame(&CommandRequest::ping(Bytes::new()), self.max_frame_len);
                     match ping {
-                        Ok(ping) if idle => Some((ping.freeze(), None)),
+                        Ok(ping) if idle => Some((ping, None)),
                         _ => None,
                     }
                 }

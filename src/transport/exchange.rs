@@ -6,15 +6,18 @@
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::Limits;
-use super::frame::{FrameCodec, FrameError};
-use super::stall::StallTimeout;
+use super::frame::{FrameCodec, FrameError, encode_frame};
+use super::timeouts::{self, StallTimeout};
 use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::service::{Reply, Service};
 use crate::storage::Storage;
+
+/// Initial size of a request stream's read buffer.
+const REQUEST_BUFFER: usize = 256;
 
 /// Why a request could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +64,8 @@ pub async fn read_request<R: AsyncRead + Unpin>(
     limits: &Limits,
 ) -> Result<CommandRequest, RequestError> {
     let codec = FrameCodec::<CommandRequest>::new(limits.max_frame_len);
-    let mut frames = FramedRead::new(recv, codec);
+    // Requests are small; the codec makes room for a large one once its header says so.
+    let mut frames = FramedRead::with_capacity(recv, codec, REQUEST_BUFFER);
     let read = async {
         let request = frames.next().await.ok_or(RequestError::Empty)??;
         // Any byte after the frame is an error. Check what is buffered, then wait for one more byte
@@ -75,7 +79,7 @@ pub async fn read_request<R: AsyncRead + Unpin>(
             Err(e) => Err(FrameError::Io(e).into()),
         }
     };
-    tokio::time::timeout(limits.request_timeout, read)
+    timeouts::deadline(limits.request_timeout, read)
         .await
         .unwrap_or(Err(RequestError::TimedOut(limits.request_timeout)))
 }
@@ -87,10 +91,20 @@ pub async fn write_reply<W: AsyncWrite + Unpin>(
     reply: Reply,
     limits: &Limits,
 ) -> Result<(), FrameError> {
-    let send = StallTimeout::new(send, limits.reply_timeout);
-    let mut frames = FramedWrite::new(send, FrameCodec::<CommandResponse>::new(limits.max_frame_len));
-    feed_reply(&mut frames, reply).await?;
-    SinkExt::<CommandResponse>::flush(&mut frames).await
+    let mut send = StallTimeout::new(send, limits.reply_timeout);
+    match reply {
+        // The common case, one frame: encoded once into a buffer of its exact size.
+        Reply::One(response) => {
+            let frame = encode_frame(&response, limits.max_frame_len)?;
+            send.write_all(&frame).await?;
+            Ok(send.flush().await?)
+        }
+        reply @ Reply::Stream(_) => {
+            let mut frames = FramedWrite::new(send, FrameCodec::<CommandResponse>::new(limits.max_frame_len));
+            feed_reply(&mut frames, reply).await?;
+            SinkExt::<CommandResponse>::flush(&mut frames).await
+        }
+    }
 }
 
 /// Writes a reply's frames into a sink's buffer: one frame is left unflushed (the caller flushes when

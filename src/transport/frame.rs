@@ -8,7 +8,7 @@
 use std::io;
 use std::marker::PhantomData;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 use tokio_util::codec::{
     Decoder, Encoder, LengthDelimitedCodec, length_delimited::LengthDelimitedCodecError,
@@ -130,23 +130,34 @@ impl<In, Out: Message> Encoder<Out> for FrameCodec<In> {
 }
 
 /// Encodes one message as a complete frame, refusing (before encoding) one over `max_frame_len`.
-pub fn encode_frame(message: &impl Message, max_frame_len: usize) -> Result<BytesMut, FrameError> {
-    let mut frame = BytesMut::new();
-    encode_into(message, max_frame_len, &mut frame)?;
-    Ok(frame)
+/// The frame is built in a `Vec` of its exact size: writing protobuf's byte-at-a-time varints into a
+/// `Vec` costs a fraction of what it costs into a `BytesMut` (measured: docs/bench/).
+pub fn encode_frame(message: &impl Message, max_frame_len: usize) -> Result<Bytes, FrameError> {
+    let len = checked_len(message, max_frame_len)?;
+    let mut frame = Vec::with_capacity(HEADER_LEN + len);
+    frame.extend_from_slice(&(len as u32).to_be_bytes());
+    message.encode(&mut frame).map_err(encoding_failed)?;
+    Ok(Bytes::from(frame))
 }
 
-/// Writes the prefix and encodes the message straight into `dst`: one copy, no intermediate buffer.
-fn encode_into(message: &impl Message, max_frame_len: usize, dst: &mut BytesMut) -> Result<(), FrameError> {
+fn checked_len(message: &impl Message, max_frame_len: usize) -> Result<usize, FrameError> {
     let len = message.encoded_len();
     if len > max_frame_len {
         return Err(FrameError::TooLarge { declared: len as u64, max: max_frame_len });
     }
+    Ok(len)
+}
+
+fn encoding_failed(e: prost::EncodeError) -> FrameError {
+    FrameError::Io(io::Error::other(format!("protobuf encoding failed: {e}")))
+}
+
+/// Writes the prefix and encodes the message straight into `dst`: one copy, no intermediate buffer.
+fn encode_into(message: &impl Message, max_frame_len: usize, dst: &mut BytesMut) -> Result<(), FrameError> {
+    let len = checked_len(message, max_frame_len)?;
     dst.reserve(HEADER_LEN + len);
     dst.put_u32(len as u32);
-    message
-        .encode(dst)
-        .map_err(|e| FrameError::Io(io::Error::other(format!("protobuf encoding failed: {e}"))))
+    message.encode(dst).map_err(encoding_failed)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Transports: how frames travel. Everything above the byte stream is shared: [`frame`] is the codec,
 //! [`exchange`] serves one request on a stream of its own (QUIC), [`pipeline`] serves many requests in
-//! order on one byte stream (TCP), both over any `AsyncRead`/`AsyncWrite`; [`budget`] and [`stall`]
+//! order on one byte stream (TCP), both over any `AsyncRead`/`AsyncWrite`; [`budget`] and [`timeouts`]
 //! bound what a peer can make the server hold. [`quic`] and [`tcp`] only adapt their sockets to those.
 
 pub mod budget;
@@ -8,12 +8,21 @@ pub mod exchange;
 pub mod frame;
 pub mod pipeline;
 pub mod quic;
-pub mod stall;
 pub mod tcp;
+pub mod timeouts;
 
 use std::fmt;
+use std::io;
+use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use quinn::Endpoint;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use tcp::TcpSecurity;
 
 pub use frame::DEFAULT_MAX_FRAME_LEN;
 
@@ -140,4 +149,62 @@ impl Limits {
         }
         Ok(())
     }
+}
+
+/// What a server offers on TCP, beside QUIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpMode {
+    /// TLS 1.3 with the QUIC endpoint's certificate and ALPN.
+    Tls,
+    /// Plaintext: for trusted networks and course clients only.
+    Plaintext,
+    /// No TCP listener.
+    Off,
+}
+
+/// Attempts at finding a port number free on both UDP and TCP when the address asks for any (0).
+const PORT_ATTEMPTS: usize = 16;
+
+/// The sockets of a server: the QUIC endpoint, and the TCP listener unless TCP is off.
+pub struct Bound {
+    pub quic: Endpoint,
+    pub tcp: Option<(TcpListener, TcpSecurity)>,
+}
+
+/// Binding failed; `protocol` is "UDP" or "TCP".
+#[derive(Debug)]
+pub struct BindError {
+    pub protocol: &'static str,
+    pub cause: io::Error,
+}
+
+/// Binds QUIC (UDP) and, unless `tcp` is off, TCP on the same port number. With port 0 the UDP port is
+/// chosen first and TCP tries the same number, starting over if it is taken. Must be called within a
+/// tokio runtime.
+pub fn bind(
+    listen: SocketAddr,
+    tls: rustls::ServerConfig,
+    tcp: TcpMode,
+    limits: &Limits,
+) -> Result<Bound, BindError> {
+    let udp = |cause| BindError { protocol: "UDP", cause };
+    let security = match tcp {
+        TcpMode::Tls => Some(TcpSecurity::Tls(TlsAcceptor::from(Arc::new(tls.clone())))),
+        TcpMode::Plaintext => Some(TcpSecurity::Plaintext),
+        TcpMode::Off => None,
+    };
+    let attempts = if listen.port() == 0 { PORT_ATTEMPTS } else { 1 };
+    let mut last_error = io::Error::other("no port could be bound");
+    for _ in 0..attempts {
+        let quic = quic::server_endpoint(listen, tls.clone(), limits).map_err(udp)?;
+        let Some(security) = security.clone() else {
+            return Ok(Bound { quic, tcp: None });
+        };
+        let addr = quic.local_addr().map_err(udp)?;
+        match tcp::bind(addr) {
+            Ok(listener) => return Ok(Bound { quic, tcp: Some((listener, security)) }),
+            Err(e) => last_error = e,
+        }
+    }
+    Err(BindError { protocol: "TCP", cause: last_error })
 }

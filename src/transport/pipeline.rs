@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 use super::Limits;
 use super::exchange::{RequestError, feed_reply};
 use super::frame::{FrameCodec, FrameError};
-use super::stall::StallTimeout;
+use super::timeouts::StallTimeout;
 use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::service::{Reply, Service};
 use crate::storage::Storage;

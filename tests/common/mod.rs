@@ -171,5 +171,5 @@ pub fn frame(request: &CommandRequest) -> Bytes {
 
 /// Any message as a frame.
 pub fn frame_of(message: &impl prost::Message) -> Bytes {
-    encode_frame(message, u32::MAX as usize).expect("encodable").freeze()
+    encode_frame(message, u32::MAX as usize).expect("encodable")
 }

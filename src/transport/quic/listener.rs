@@ -13,7 +13,7 @@ use quinn::{Connection, ConnectionError, Endpoint, Incoming, RecvStream, SendStr
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use super::codes;
 use crate::service::Service;
@@ -22,6 +22,7 @@ use crate::transport::Limits;
 use crate::transport::budget::ReadBudget;
 use crate::transport::exchange::{Served, serve_request};
 use crate::transport::frame::FrameError;
+use crate::transport::timeouts;
 
 /// How long to wait, after every connection is closed, for the close frames to reach the clients.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -112,9 +113,16 @@ async fn serve_connection<S: Storage>(
                 Err(e) => break Some(e),
             },
         };
-        let span = info_span!("request", stream = %recv.id(), command = tracing::field::Empty);
-        let stream = handle_stream(send, recv, service.clone(), limits.clone(), budget.clone());
-        streams.spawn(stream.instrument(span));
+        let stream_id = recv.id();
+        // Boxed: spawning moves the future into the task, and a request's state is large.
+        let stream = Box::pin(handle_stream(send, recv, service.clone(), limits.clone(), budget.clone()));
+        // A span per request only when it will be used: an enabled span costs more than the request.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let span = debug_span!("request", stream = %stream_id, command = tracing::field::Empty);
+            streams.spawn(stream.instrument(span));
+        } else {
+            streams.spawn(stream);
+        }
     };
     match ended {
         Some(reason) => log_connection_end(&reason),
@@ -166,6 +174,6 @@ async fn handle_stream<S: Storage>(
     if send.finish().is_ok() {
         // Wait until the client has the whole reply. Shutdown waits for this task, so a connection is
         // never closed (which discards unacknowledged data) before its answered requests are delivered.
-        let _ = tokio::time::timeout(limits.reply_timeout, send.stopped()).await;
+        let _ = timeouts::deadline(limits.reply_timeout, send.stopped()).await;
     }
 }

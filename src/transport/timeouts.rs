@@ -1,6 +1,10 @@
-//! A writer that fails when its peer stops reading: a write that makes no progress for `timeout`
-//! returns `TimedOut`. Nothing is armed while writes succeed at once, so the fast path costs nothing.
+//! Timeouts that cost nothing when nothing waits: the timer is armed only once an operation has to
+//! wait, so the common case (data already there, room to write) registers no timer at all.
+//!
+//! - [`StallTimeout`]: a writer that fails when its peer stops reading (no progress for `timeout`).
+//! - [`deadline`]: a future that fails if it is still waiting `timeout` after it first had to wait.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -8,6 +12,38 @@ use std::time::Duration;
 
 use tokio::io::AsyncWrite;
 use tokio::time::{Instant, Sleep};
+
+/// `future`, failing with `Elapsed` if it is still pending `timeout` after its first `Pending`.
+pub fn deadline<F: Future>(timeout: Duration, future: F) -> Deadline<F> {
+    Deadline { future, timeout, timer: None }
+}
+
+/// The deadline ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+pin_project_lite::pin_project! {
+    pub struct Deadline<F> {
+        #[pin]
+        future: F,
+        timeout: Duration,
+        timer: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<F: Future> Future for Deadline<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.future.poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        let timeout = *this.timeout;
+        let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        timer.as_mut().poll(cx).map(|()| Err(Elapsed))
+    }
+}
 
 pub struct StallTimeout<W> {
     inner: W,
@@ -68,6 +104,15 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_runs_from_the_first_wait() {
+        assert_eq!(deadline(Duration::from_secs(1), async { 7 }).await, Ok(7));
+        let waiting = deadline(Duration::from_secs(1), std::future::pending::<()>());
+        assert_eq!(waiting.await, Err(Elapsed));
+        let slow = deadline(Duration::from_secs(1), tokio::time::sleep(Duration::from_millis(500)));
+        assert_eq!(slow.await, Ok(()));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_writer_whose_peer_stops_reading_times_out() {

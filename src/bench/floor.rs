@@ -1,0 +1,218 @@
+//! The transport floor: echo servers and clients that use qkv's sockets, quinn and rustls settings and
+//! framing, but do no KV work (no protobuf, no service, no storage, no typed client). Comparing qkv with
+//! the floor at the same message size and concurrency shows what the KV layer costs, on both sides.
+//!
+//! - QUIC: one stream per message; the server reads it to the end and writes it back.
+//! - TCP (TLS or plaintext): length-prefixed frames, pipelined; the server writes each frame back as it
+//!   arrives, flushing when no more are ready.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use quinn::{Connection, Endpoint};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::BenchError;
+use crate::certs::CertDir;
+use crate::tls::{self, ServerIdentity};
+use crate::transport::tcp::TcpSecurity;
+use crate::transport::{self, Limits, TcpMode, Transport, quic};
+
+/// Serves echo on QUIC and on TCP (`tcp` decides TLS or plaintext) at `listen` until `shutdown`.
+/// Returns the address bound, once serving has started, through `bound`.
+pub async fn serve_floor(
+    listen: SocketAddr,
+    certs_dir: &Path,
+    tcp: TcpMode,
+    limits: Limits,
+    shutdown: CancellationToken,
+    bound: oneshot::Sender<SocketAddr>,
+) -> Result<(), BenchError> {
+    let setup = |e: &dyn std::fmt::Display| BenchError::Setup(e.to_string());
+    let certs = CertDir::new(certs_dir);
+    certs.ensure_server_certificate().map_err(|e| setup(&e))?;
+    let identity =
+        ServerIdentity::from_pem_files(&certs.server_cert(), &certs.server_key()).map_err(|e| setup(&e))?;
+    let tls = tls::server_config(identity).map_err(|e| setup(&e))?;
+    let sockets = transport::bind(listen, tls, tcp, &limits)
+        .map_err(|e| setup(&format!("cannot listen on {listen} ({}): {}", e.protocol, e.cause)))?;
+    let _ = bound.send(sockets.quic.local_addr().map_err(|e| setup(&e))?);
+    let max = limits.max_frame_len;
+    let quic = echo_quic(sockets.quic, max, shutdown.clone());
+    let tcp = async {
+        if let Some((listener, security)) = sockets.tcp {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(e) => { debug!(error = %e, "accept failed"); continue; }
+                    },
+                };
+                let _ = stream.set_nodelay(true);
+                let security = security.clone();
+                tokio::spawn(async move {
+                    match security {
+                        TcpSecurity::Plaintext => echo_frames(stream, max).await,
+                        TcpSecurity::Tls(acceptor) => {
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                echo_frames(tls, max).await;
+                            }
+                        }
+                    }
+                });
+            }
+        }
+    };
+    tokio::join!(quic, tcp);
+    Ok(())
+}
+
+async fn echo_quic(endpoint: Endpoint, max: usize, shutdown: CancellationToken) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => match incoming { Some(incoming) => incoming, None => break },
+        };
+        tokio::spawn(async move {
+            let Ok(connection) = incoming.await else { return };
+            while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+                tokio::spawn(async move {
+                    if let Ok(message) = recv.read_to_end(max).await
+                        && send.write_chunk(Bytes::from(message)).await.is_ok()
+                    {
+                        let _ = send.finish();
+                        let _ = send.stopped().await;
+                    }
+                });
+            }
+        });
+    }
+    endpoint.close(quinn::VarInt::from_u32(0), b"");
+}
+
+/// Writes every frame back, flushing when no more have arrived.
+async fn echo_frames<IO: AsyncRead + AsyncWrite + Unpin>(io: IO, max: usize) {
+    let mut frames = Framed::new(io, LengthDelimitedCodec::builder().max_frame_length(max).new_codec());
+    while let Some(Ok(frame)) = frames.next().await {
+        if frames.feed(frame.freeze()).await.is_err() {
+            return;
+        }
+        // Echo everything already received before paying for a write.
+        while let Some(Some(Ok(frame))) = frames.next().now_or_never() {
+            if frames.feed(frame.freeze()).await.is_err() {
+                return;
+            }
+        }
+        if SinkExt::<Bytes>::flush(&mut frames).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A client connection to a floor server.
+#[derive(Clone)]
+pub enum EchoClient {
+    /// The endpoint is kept so that it lives as long as the connection.
+    Quic(Connection, Endpoint),
+    /// Frames go through the connection's task, which matches echoes to callers in order.
+    Tcp(mpsc::Sender<(Bytes, oneshot::Sender<usize>)>),
+}
+
+impl EchoClient {
+    pub async fn connect(
+        transport: Transport,
+        addr: SocketAddr,
+        ca_file: &Path,
+        limits: &Limits,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let tls = Arc::new(tls::client_config(tls::read_roots(ca_file)?)?);
+        let max = limits.max_frame_len;
+        match transport {
+            Transport::Quic => {
+                let bind: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
+                let endpoint = quic::client_endpoint(bind, tls, limits)?;
+                let connection = endpoint.connect(addr, "localhost")?.await?;
+                Ok(EchoClient::Quic(connection, endpoint))
+            }
+            Transport::Tls => {
+                let stream = TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                let tls = TlsConnector::from(tls).connect("localhost".try_into()?, stream).await?;
+                Ok(EchoClient::Tcp(spawn_pipeline(tls, max)))
+            }
+            Transport::Tcp => {
+                let stream = TcpStream::connect(addr).await?;
+                stream.set_nodelay(true)?;
+                Ok(EchoClient::Tcp(spawn_pipeline(stream, max)))
+            }
+        }
+    }
+
+    /// Sends `message` and waits for its echo; returns the echo's length.
+    pub async fn echo(
+        &self,
+        message: Bytes,
+        max: usize,
+    ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        match self {
+            EchoClient::Quic(connection, _) => {
+                let (mut send, mut recv) = connection.open_bi().await?;
+                send.write_chunk(message).await?;
+                send.finish()?;
+                Ok(recv.read_to_end(max).await?.len())
+            }
+            EchoClient::Tcp(calls) => {
+                let (done, echoed) = oneshot::channel();
+                calls.send((message, done)).await.map_err(|_| "the connection is closed")?;
+                Ok(echoed.await?)
+            }
+        }
+    }
+}
+
+fn spawn_pipeline<IO>(io: IO, max: usize) -> mpsc::Sender<(Bytes, oneshot::Sender<usize>)>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (calls, mut queue) = mpsc::channel::<(Bytes, oneshot::Sender<usize>)>(1024);
+    tokio::spawn(async move {
+        let codec = || LengthDelimitedCodec::builder().max_frame_length(max).new_codec();
+        let (read, write) = tokio::io::split(io);
+        let (mut echoes, mut frames) = (FramedRead::new(read, codec()), FramedWrite::new(write, codec()));
+        let mut waiting: VecDeque<oneshot::Sender<usize>> = VecDeque::new();
+        let mut unflushed = false;
+        loop {
+            tokio::select! {
+                biased;
+                call = queue.recv() => {
+                    let Some((message, done)) = call else { return };
+                    if frames.feed(message).await.is_err() { return }
+                    waiting.push_back(done);
+                    unflushed = true;
+                }
+                echo = echoes.next() => {
+                    let Some(Ok(echo)) = echo else { return };
+                    if let Some(done) = waiting.pop_front() {
+                        let _ = done.send(echo.len());
+                    }
+                }
+                flushed = SinkExt::<Bytes>::flush(&mut frames), if unflushed => {
+                    if flushed.is_err() { return }
+                    unflushed = false;
+                }
+            }
+        }
+    });
+    calls
+}

@@ -1,0 +1,159 @@
+//! `qkv bench` against real servers: it loads them, counts every request, and reports what it saw,
+//! for people and for programs.
+
+#[macro_use]
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::TestServer;
+use qkv::bench::floor::serve_floor;
+use qkv::bench::{BenchConfig, KeyDist, Workload};
+use qkv::client::ClientConfig;
+use qkv::pb::Value;
+use qkv::server::TcpMode;
+use qkv::transport::{Limits, Transport};
+use tokio_util::sync::CancellationToken;
+
+const VALUE_SIZE: usize = 16;
+
+fn config(client: ClientConfig, workload: Workload) -> BenchConfig {
+    BenchConfig {
+        client,
+        workload,
+        connections: 2,
+        inflight: 4,
+        rate: None,
+        duration: Duration::from_millis(300),
+        warmup: Duration::from_millis(100),
+        value_size: VALUE_SIZE,
+        keys: 50,
+        key_dist: KeyDist::Uniform,
+        seed: 1,
+    }
+}
+
+async fn a_closed_loop_counts_every_answer(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
+    let report = qkv::bench::run(&config(server.client_config(), Workload::Hget), None).await.unwrap();
+    assert!(report.requests > 0);
+    assert_eq!(report.errors, 0, "{:?}", report.first_error);
+    assert_eq!(report.latency_us.len(), report.requests, "every answered request has a latency");
+    let json = report.to_json(&config(server.client_config(), Workload::Hget));
+    assert_eq!((json.transport.as_str(), json.connections, json.inflight), (transport.name(), 2, 4));
+    assert!(json.latency_us.p50 <= json.latency_us.p99 && json.latency_us.p99 <= json.latency_us.max);
+}
+
+async fn an_open_loop_keeps_its_rate(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
+    let mut config = config(server.client_config(), Workload::Ping);
+    config.rate = Some(1000.0); // 500/s on each of the 2 connections, 300 ms measured
+    config.inflight = 64;
+    let report = qkv::bench::run(&config, None).await.unwrap();
+    assert_eq!(report.errors, 0, "{:?}", report.first_error);
+    assert!((290..=310).contains(&report.requests), "{} requests at 1000/s for 300 ms", report.requests);
+}
+
+transport_tests!(load: quic, tls, tcp => a_closed_loop_counts_every_answer, an_open_loop_keeps_its_rate);
+
+/// How many of the bench table's keys hold a value the run wrote (not the preloaded one).
+async fn keys_written(server: &TestServer) -> usize {
+    let written = Value::from(vec![b'w'; VALUE_SIZE]);
+    let pairs = server.client().await.hgetall("bench").await.unwrap();
+    assert_eq!(pairs.len(), 50, "every key was preloaded");
+    pairs.iter().filter(|(_, versioned)| versioned.value == written).count()
+}
+
+#[tokio::test]
+async fn the_read_ratio_decides_between_reads_and_writes() {
+    let server = TestServer::start().await;
+    let mixed = |read_ratio| Workload::Mixed { read_ratio };
+
+    qkv::bench::run(&config(server.client_config(), mixed(1.0)), None).await.unwrap();
+    assert_eq!(keys_written(&server).await, 0, "a read-only mix wrote");
+
+    let report = qkv::bench::run(&config(server.client_config(), mixed(0.0)), None).await.unwrap();
+    assert_eq!(report.errors, 0, "{:?}", report.first_error);
+    assert!(keys_written(&server).await > 25, "a write-only mix left preloaded values");
+}
+
+/// A floor server (bare echo) on an ephemeral port, stopped when the token is cancelled.
+async fn start_floor(tcp: TcpMode) -> (SocketAddr, tempfile::TempDir, CancellationToken) {
+    let certs = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let (bound, addr) = tokio::sync::oneshot::channel();
+    let dir = certs.path().to_owned();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        serve_floor("127.0.0.1:0".parse().unwrap(), &dir, tcp, Limits::default(), stop, bound).await
+    });
+    (addr.await.unwrap(), certs, shutdown)
+}
+
+async fn the_floor_echoes_without_kv_work(transport: Transport) {
+    let tcp = if transport == Transport::Tcp { TcpMode::Plaintext } else { TcpMode::Tls };
+    let (addr, certs, shutdown) = start_floor(tcp).await;
+    let mut client = ClientConfig::new(addr.to_string(), certs.path().join("ca.pem"));
+    client.transport = transport;
+    let report = qkv::bench::run(&config(client, Workload::Echo), None).await.unwrap();
+    assert!(report.requests > 0);
+    assert_eq!(report.errors, 0, "{:?}", report.first_error);
+    shutdown.cancel();
+}
+
+transport_tests!(floor: quic, tls, tcp => the_floor_echoes_without_kv_work);
+
+async fn qkv_bench(server: &TestServer, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"))
+        .args(["bench", "--addr", &server.addr.to_string(), "--ca"])
+        .arg(server.ca())
+        .args(["--duration", "300ms", "--warmup", "100ms", "--keys", "20"])
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn json_output_is_exactly_one_object_with_every_documented_field() {
+    let server = TestServer::start().await;
+    let output = qkv_bench(&server, &["--json", "--connections", "2", "--inflight", "3"]).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    for field in [
+        "transport",
+        "workload",
+        "connections",
+        "inflight",
+        "value_size",
+        "duration_s",
+        "requests",
+        "errors",
+        "throughput_rps",
+    ] {
+        assert!(json.get(field).is_some(), "no {field} in {json}");
+    }
+    for quantile in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(json["latency_us"][quantile].is_u64(), "no latency_us.{quantile} in {json}");
+    }
+    assert_eq!((json["transport"].as_str(), json["workload"].as_str()), (Some("quic"), Some("hget")));
+    assert_eq!((json["connections"].as_u64(), json["inflight"].as_u64()), (Some(2), Some(3)));
+    assert!(json["requests"].as_u64().unwrap() > 0 && json["errors"] == 0);
+}
+
+#[tokio::test]
+async fn a_run_where_every_request_fails_exits_non_zero_and_says_why() {
+    // The floor's echo workload pointed at a qkv server: the connection works, but every answer is a
+    // qkv error response instead of the echo.
+    let server = TestServer::start().await;
+    let output = qkv_bench(&server, &["--json", "--workload", "echo"]).await;
+    assert!(!output.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["requests"], 0);
+    assert!(json["errors"].as_u64().unwrap() > 0, "failures must be counted: {json}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no request succeeded"), "{stderr}");
+}

@@ -1,0 +1,115 @@
+//! `cargo xtask bench-report`: the side-by-side benchmark report of docs/bench/, in one command.
+//!
+//! On this machine kind (2 vCPUs), every server runs pinned to core 0 and every load generator to core
+//! 1: qkv over QUIC, TLS and plaintext TCP; the transport floor (bare quinn and bare TLS echo, same
+//! message size, no KV work, `qkv floor`); and Redis 7 in plaintext and TLS (Debian's redis-server and
+//! redis-benchmark, installed if missing). Each point of the sweep (connections × requests in flight)
+//! runs every target in turn, the whole sweep is repeated, and the report gives medians and the ratios
+//! of the performance targets, all from the same run. Everything started is stopped at the end, and on
+//! Ctrl-C (which reaches the whole process group).
+
+mod report;
+mod run;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+use run::{Processes, Scenario, Target};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+enum Task {
+    /// Run the side-by-side benchmark and write the report, tables and plots.
+    BenchReport(ReportArgs),
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// A short run (a few points, one repetition, 2 s each) to check that everything works.
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions of the whole sweep; the report gives medians.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Seconds measured per run, after one second of warm-up.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Where the report goes.
+    #[arg(long, default_value = "docs/bench")]
+    out: PathBuf,
+    /// Write the report from the measurements of an earlier run (its results.json) instead of measuring.
+    #[arg(long, value_name = "RESULTS_JSON")]
+    from: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let Task::BenchReport(args) = Task::parse();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::env::set_current_dir(&root).context("cannot enter the workspace root")?;
+    if let Some(from) = &args.from {
+        let measurements: Vec<run::Measurement> = serde_json::from_slice(&std::fs::read(from)?)?;
+        let mut sweep: Vec<Scenario> = Vec::new();
+        for m in &measurements {
+            if !sweep.contains(&m.scenario) {
+                sweep.push(m.scenario);
+            }
+        }
+        let reps = measurements.len() / (sweep.len() * Target::ALL.len()).max(1);
+        let runs = report::Runs {
+            measurements,
+            sweep,
+            reps,
+            duration: Duration::from_secs(args.seconds),
+            quick: args.quick,
+        };
+        report::write(&runs, &args.out)?;
+        eprintln!("report rewritten in {} from {}", args.out.display(), from.display());
+        return Ok(());
+    }
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        bail!("the report pins servers and load generators to different cores: it needs at least 2");
+    }
+    run::ensure_redis()?;
+    run::build_qkv()?;
+
+    let (sweep, reps, duration) = if args.quick {
+        (vec![Scenario::new(1, 1), Scenario::new(1, 64), Scenario::new(64, 1)], 1, Duration::from_secs(2))
+    } else {
+        (Scenario::sweep(), args.reps, Duration::from_secs(args.seconds))
+    };
+    let work = std::env::temp_dir().join(format!("qkv-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let mut processes = Processes::default();
+    let servers = run::start_servers(&work, &mut processes)?;
+
+    let total = reps * sweep.len() * Target::ALL.len();
+    let mut measurements = Vec::new();
+    for rep in 1..=reps {
+        for scenario in &sweep {
+            for target in Target::ALL {
+                eprintln!(
+                    "[{}/{total}] {} {}x{} (run {rep})",
+                    measurements.len() + 1,
+                    target.label(),
+                    scenario.connections,
+                    scenario.inflight
+                );
+                let measurement = run::measure(&servers, target, *scenario, duration).with_context(|| {
+                    format!("{} at {}x{}", target.label(), scenario.connections, scenario.inflight)
+                })?;
+                measurements.push(measurement);
+            }
+        }
+    }
+    drop(processes);
+    let _ = std::fs::remove_dir_all(&work);
+
+    std::fs::create_dir_all(&args.out)?;
+    let runs = report::Runs { measurements, sweep, reps, duration, quick: args.quick };
+    report::write(&runs, &args.out)?;
+    eprintln!("report written to {}", args.out.join("REPORT.md").display());
+    Ok(())
+}

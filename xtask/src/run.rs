@@ -1,0 +1,368 @@
+//! Starting the servers and running one measurement of one target.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+const QKV: &str = "target/release/qkv";
+const SERVER_CORE: &str = "0";
+const CLIENT_CORE: &str = "1";
+/// Every workload reads among this many keys of 64-byte values.
+const KEYS: usize = 10_000;
+const VALUE_SIZE: usize = 64;
+
+/// One point of the sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Scenario {
+    pub connections: u32,
+    pub inflight: u32,
+}
+
+impl Scenario {
+    pub fn new(connections: u32, inflight: u32) -> Self {
+        Scenario { connections, inflight }
+    }
+
+    /// 1 and 50 connections × 1, 8, 64, 256 in flight, and 64 × 1 for the Redis TLS target.
+    pub fn sweep() -> Vec<Scenario> {
+        let mut sweep: Vec<Scenario> =
+            [1, 50].into_iter().flat_map(|c| [1, 8, 64, 256].map(|m| Scenario::new(c, m))).collect();
+        sweep.push(Scenario::new(64, 1));
+        sweep
+    }
+
+    pub fn label(&self) -> String {
+        format!("{}×{}", self.connections, self.inflight)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Target {
+    QkvQuic,
+    QkvTls,
+    QkvTcp,
+    FloorQuic,
+    FloorTls,
+    Redis,
+    RedisTls,
+}
+
+impl Target {
+    pub const ALL: [Target; 7] = [
+        Target::QkvQuic,
+        Target::QkvTls,
+        Target::QkvTcp,
+        Target::FloorQuic,
+        Target::FloorTls,
+        Target::Redis,
+        Target::RedisTls,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Target::QkvQuic => "qkv QUIC",
+            Target::QkvTls => "qkv TLS",
+            Target::QkvTcp => "qkv TCP",
+            Target::FloorQuic => "floor QUIC",
+            Target::FloorTls => "floor TLS",
+            Target::Redis => "Redis",
+            Target::RedisTls => "Redis TLS",
+        }
+    }
+}
+
+/// One run of one target at one point.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measurement {
+    pub target: Target,
+    pub scenario: Scenario,
+    pub throughput_rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub errors: u64,
+}
+
+/// Children killed and reaped when this is dropped.
+#[derive(Default)]
+pub struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Where each server listens.
+pub struct Servers {
+    pub certs: PathBuf,
+    qkv: u16,
+    qkv_plaintext: u16,
+    floor: u16,
+    redis: u16,
+    redis_tls: u16,
+}
+
+pub fn ensure_redis() -> anyhow::Result<()> {
+    let present =
+        |program: &str| Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success());
+    if present("redis-server") && present("redis-benchmark") {
+        return Ok(());
+    }
+    eprintln!("installing Debian's redis-server and redis-tools");
+    let installed = Command::new("apt-get")
+        .args(["install", "-y", "-q", "redis-server", "redis-tools"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("apt-get is needed to install Redis")?;
+    if !installed.success() {
+        bail!(
+            "installing redis-server and redis-tools failed (apt-get needs root; or install them yourself)"
+        );
+    }
+    Ok(())
+}
+
+pub fn build_qkv() -> anyhow::Result<()> {
+    let status =
+        Command::new("cargo").args(["build", "--release", "--quiet", "--package", "qkv"]).status()?;
+    if !status.success() {
+        bail!("cargo build --release failed");
+    }
+    Ok(())
+}
+
+fn pinned(core: &str, program: &str) -> Command {
+    let mut command = Command::new("taskset");
+    command.args(["-c", core, program]);
+    command
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    // Probe UDP and TCP together: qkv listens on both with one port number.
+    for _ in 0..64 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let port = udp.local_addr()?.port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port")
+}
+
+fn wait_for_tcp(port: u16, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{what} did not start listening on port {port}")
+}
+
+pub fn start_servers(work: &Path, processes: &mut Processes) -> anyhow::Result<Servers> {
+    let certs = work.join("certs");
+    let status = Command::new(QKV).args(["cert", "--dir"]).arg(&certs).stdout(Stdio::null()).status()?;
+    if !status.success() {
+        bail!("qkv cert failed");
+    }
+    let servers = Servers {
+        qkv: free_port()?,
+        qkv_plaintext: free_port()?,
+        floor: free_port()?,
+        redis: free_port()?,
+        redis_tls: free_port()?,
+        certs,
+    };
+    let log = |name: &str| std::fs::File::create(work.join(format!("{name}.log")));
+    let qkv = |command: &str, port: u16, extra: &[&str], name: &str| -> anyhow::Result<Child> {
+        Ok(pinned(SERVER_CORE, QKV)
+            .args([command, "--listen", &format!("127.0.0.1:{port}"), "--certs"])
+            .arg(&servers.certs)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log(name)?)
+            .spawn()?)
+    };
+    processes.0.push(qkv("serve", servers.qkv, &[], "qkv")?);
+    processes.0.push(qkv("serve", servers.qkv_plaintext, &["--tcp-plaintext"], "qkv-plaintext")?);
+    processes.0.push(qkv("floor", servers.floor, &[], "floor")?);
+    let redis = |port: u16, tls: bool, name: &str| -> anyhow::Result<Child> {
+        let mut command = pinned(SERVER_CORE, "redis-server");
+        command.args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1", "--protected-mode", "no"]);
+        if tls {
+            let file = |name: &str| servers.certs.join(name).display().to_string();
+            command.args(["--port", "0", "--tls-port", &port.to_string()]);
+            command.args(["--tls-cert-file", &file("server.pem"), "--tls-key-file", &file("server-key.pem")]);
+            command.args(["--tls-ca-cert-file", &file("ca.pem"), "--tls-auth-clients", "no"]);
+        } else {
+            command.args(["--port", &port.to_string()]);
+        }
+        Ok(command.stdout(log(name)?).stderr(Stdio::null()).spawn()?)
+    };
+    processes.0.push(redis(servers.redis, false, "redis")?);
+    processes.0.push(redis(servers.redis_tls, true, "redis-tls")?);
+    for (port, what) in [
+        (servers.qkv, "qkv"),
+        (servers.qkv_plaintext, "qkv (plaintext)"),
+        (servers.floor, "the floor"),
+        (servers.redis, "Redis"),
+        (servers.redis_tls, "Redis (TLS)"),
+    ] {
+        wait_for_tcp(port, what)?;
+    }
+    // The same table for Redis as for qkv (qkv bench loads its own): 10,000 fields of 64 bytes.
+    for tls in [false, true] {
+        let value = "v".repeat(VALUE_SIZE);
+        let keys = KEYS.to_string();
+        let args = [
+            "-r",
+            &keys,
+            "-n",
+            "200000",
+            "-c",
+            "16",
+            "-P",
+            "16",
+            "-q",
+            "HSET",
+            "bench",
+            "key:__rand_int__",
+            &value,
+        ];
+        let status = servers.redis_benchmark(tls).args(args).stdout(Stdio::null()).status()?;
+        if !status.success() {
+            bail!("loading Redis failed");
+        }
+    }
+    Ok(servers)
+}
+
+impl Servers {
+    fn redis_benchmark(&self, tls: bool) -> Command {
+        let mut command = pinned(CLIENT_CORE, "redis-benchmark");
+        let port = if tls { self.redis_tls } else { self.redis };
+        command.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+        if tls {
+            command.args(["--tls", "--cacert"]).arg(self.certs.join("ca.pem"));
+        }
+        command
+    }
+}
+
+/// One run of `target` at `scenario`.
+pub fn measure(
+    servers: &Servers,
+    target: Target,
+    scenario: Scenario,
+    duration: Duration,
+) -> anyhow::Result<Measurement> {
+    match target {
+        Target::Redis | Target::RedisTls => redis(servers, target, scenario, duration),
+        _ => qkv_bench(servers, target, scenario, duration),
+    }
+}
+
+fn qkv_bench(
+    servers: &Servers,
+    target: Target,
+    scenario: Scenario,
+    duration: Duration,
+) -> anyhow::Result<Measurement> {
+    let (port, transport, workload) = match target {
+        Target::QkvQuic => (servers.qkv, "quic", "hget"),
+        Target::QkvTls => (servers.qkv, "tls", "hget"),
+        Target::QkvTcp => (servers.qkv_plaintext, "tcp", "hget"),
+        Target::FloorQuic => (servers.floor, "quic", "echo"),
+        Target::FloorTls => (servers.floor, "tls", "echo"),
+        Target::Redis | Target::RedisTls => unreachable!("Redis has its own benchmark"),
+    };
+    let output = pinned(CLIENT_CORE, QKV)
+        .args(["bench", "--json", "--workload", workload, "--transport", transport])
+        .args([
+            "--connections",
+            &scenario.connections.to_string(),
+            "--inflight",
+            &scenario.inflight.to_string(),
+        ])
+        .args(["--keys", &KEYS.to_string(), "--value-size", &VALUE_SIZE.to_string()])
+        .args(["--duration", &format!("{}s", duration.as_secs()), "--warmup", "1s"])
+        .args(["--addr", &format!("127.0.0.1:{port}"), "--ca"])
+        .arg(servers.certs.join("ca.pem"))
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !output.status.success() {
+        bail!("qkv bench failed: {}", String::from_utf8_lossy(&output.stdout));
+    }
+    #[derive(Deserialize)]
+    struct Json {
+        throughput_rps: f64,
+        errors: u64,
+        latency_us: Latencies,
+    }
+    #[derive(Deserialize)]
+    struct Latencies {
+        p50: f64,
+        p99: f64,
+    }
+    let json: Json = serde_json::from_slice(&output.stdout).context("qkv bench --json output")?;
+    Ok(Measurement {
+        target,
+        scenario,
+        throughput_rps: json.throughput_rps,
+        p50_us: json.latency_us.p50,
+        p99_us: json.latency_us.p99,
+        errors: json.errors,
+    })
+}
+
+/// redis-benchmark runs a request count, not a duration: a short calibration run sets the count.
+fn redis(
+    servers: &Servers,
+    target: Target,
+    scenario: Scenario,
+    duration: Duration,
+) -> anyhow::Result<Measurement> {
+    let tls = target == Target::RedisTls;
+    let in_flight = u64::from(scenario.connections * scenario.inflight);
+    let calibration = redis_run(servers, tls, scenario, (in_flight * 50).max(20_000))?;
+    let requests = ((calibration.throughput_rps * duration.as_secs_f64()) as u64).max(in_flight * 10);
+    let mut measurement = redis_run(servers, tls, scenario, requests)?;
+    measurement.target = target;
+    Ok(measurement)
+}
+
+fn redis_run(servers: &Servers, tls: bool, scenario: Scenario, requests: u64) -> anyhow::Result<Measurement> {
+    let output = servers
+        .redis_benchmark(tls)
+        .args(["-c", &scenario.connections.to_string(), "-P", &scenario.inflight.to_string()])
+        .args(["-n", &requests.to_string(), "-r", &KEYS.to_string(), "--csv"])
+        .args(["HGET", "bench", "key:__rand_int__"])
+        .output()?;
+    if !output.status.success() {
+        bail!("redis-benchmark failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().last().context("redis-benchmark printed nothing")?;
+    let fields: Vec<f64> =
+        line.split("\",\"").skip(1).filter_map(|f| f.trim_matches('"').parse().ok()).collect();
+    let [rps, _avg, _min, p50, _p95, p99, ..] = fields[..] else {
+        bail!("unexpected redis-benchmark output: {line}");
+    };
+    Ok(Measurement {
+        target: if tls { Target::RedisTls } else { Target::Redis },
+        scenario,
+        throughput_rps: rps,
+        p50_us: p50 * 1000.0,
+        p99_us: p99 * 1000.0,
+        errors: 0,
+    })
+}
