@@ -90,6 +90,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         keys: args.keys as usize,
         key_dist: args.key_dist(),
         seed: args.seed,
+        zero_rtt: args.zero_rtt,
+        timeline: args.timeline,
     };
     let runtime = qkv::server::runtime(args.runtime.layout()?)?;
     let progress = std::io::stderr().is_terminal().then(output::bench_progress_bar);
@@ -148,6 +150,12 @@ fn client_config(args: &ClientArgs) -> ClientConfig {
     config.transport = args.transport;
     config.server_name = args.server_name.clone();
     config.connect_timeout = args.connect_timeout;
+    config.request_timeout = args.timeout;
+    config.retry.attempts = args.attempts;
+    config.keep_alive = args.keep_alive;
+    config.limits.idle_timeout = args.idle_timeout;
+    config.zero_rtt = !args.no_0rtt;
+    config.quic = args.quic.options();
     config
 }
 

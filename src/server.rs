@@ -18,8 +18,9 @@ use crate::certs::{CertDir, CertError, Provisioned};
 use crate::service::{Service, ServiceConfig};
 use crate::storage::Storage;
 use crate::tls::{self, ServerIdentity, TlsError};
+use crate::transport::quic::{self, QuicOptions};
 use crate::transport::tcp::{self, TcpSecurity};
-use crate::transport::{self, Limits, quic};
+use crate::transport::{self, Limits};
 
 /// Where `qkv serve` listens unless told otherwise: loopback only, so a development server is not
 /// exposed by accident.
@@ -35,6 +36,10 @@ pub struct ServerConfig {
     /// Directory of `ca.pem`, `server.pem` and their keys; generated on first start if empty.
     pub certs_dir: PathBuf,
     pub limits: Limits,
+    /// Congestion controller, initial RTT, segmentation offload.
+    pub quic: QuicOptions,
+    /// Sessions remembered for resumption (0-RTT over QUIC), per transport.
+    pub session_cache: usize,
     pub service: ServiceConfig,
     /// How long shutdown waits for in-flight requests before closing connections regardless.
     pub shutdown_grace: Duration,
@@ -47,6 +52,8 @@ impl Default for ServerConfig {
             tcp: TcpMode::Tls,
             certs_dir: PathBuf::from("certs"),
             limits: Limits::default(),
+            quic: QuicOptions::default(),
+            session_cache: tls::DEFAULT_SESSION_CACHE,
             service: ServiceConfig::default(),
             shutdown_grace: Duration::from_secs(10),
         }
@@ -82,9 +89,11 @@ impl<S: Storage> Server<S> {
         let certs = CertDir::new(&config.certs_dir);
         log_provisioning(&certs, certs.ensure_server_certificate()?);
         let identity = ServerIdentity::from_pem_files(&certs.server_cert(), &certs.server_key())?;
-        let tls = tls::server_config(identity)?;
-        let transport::Bound { quic, tcp } = transport::bind(config.listen, tls, config.tcp, &config.limits)
-            .map_err(|e| ServerError::Bind { addr: config.listen, protocol: e.protocol, cause: e.cause })?;
+        let tls = tls::server_configs(identity, config.session_cache)?;
+        let transport::Bound { quic, tcp } =
+            transport::bind(config.listen, tls, config.tcp, &config.limits, &config.quic).map_err(|e| {
+                ServerError::Bind { addr: config.listen, protocol: e.protocol, cause: e.cause }
+            })?;
         if config.tcp == TcpMode::Plaintext && !config.listen.ip().is_loopback() {
             warn!(
                 addr = %config.listen,

@@ -5,12 +5,15 @@
 //! The server name checked is the one the client dialled (a DNS name or an IP address), never a
 //! hard-coded one.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ServerSessionMemoryCache;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// The ALPN protocol identifier of qkv's wire protocol, version 1.
@@ -71,22 +74,106 @@ pub fn read_roots(ca_file: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// TLS 1.3 server configuration offering ALPN `qkv/1`.
-pub fn server_config(identity: ServerIdentity) -> Result<ServerConfig, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
+/// How many sessions a server remembers for resumption, unless configured otherwise. Each ticket
+/// resumes one connection (see [`server_configs`]); a few hundred bytes each.
+pub const DEFAULT_SESSION_CACHE: usize = 16 * 1024;
+
+/// A server's TLS configurations: one for QUIC, one for TLS over TCP.
+pub struct ServerTls {
+    pub quic: ServerConfig,
+    pub tcp: ServerConfig,
+}
+
+/// TLS 1.3 server configurations offering ALPN `qkv/1`, with session resumption: after each handshake
+/// the server sends the client two tickets, and remembers up to `session_cache` sessions per transport.
+///
+/// QUIC accepts 0-RTT early data with a ticket (quinn requires `max_early_data_size` = `u32::MAX`).
+/// Tickets are stateful and single-use (rustls takes a session out of the cache when it resumes it), so
+/// a captured ClientHello with early data cannot be replayed against this server: the replay's ticket
+/// is gone and its early data is rejected. Replay protection ends with the process, but so do the
+/// sessions: after a restart every old ticket falls back to a full handshake. The request-level rules
+/// (only read-only commands run before the handshake completes) are in `transport::exchange`.
+///
+/// TLS over TCP resumes sessions (no certificate exchange) but takes no early data.
+pub fn server_configs(identity: ServerIdentity, session_cache: usize) -> Result<ServerTls, TlsError> {
+    let mut tcp = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(identity.cert_chain, identity.key)?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    Ok(config)
+    tcp.alpn_protocols = vec![ALPN.to_vec()];
+    tcp.session_storage = ServerSessionMemoryCache::new(session_cache.max(1));
+    let mut quic = tcp.clone();
+    quic.session_storage = ServerSessionMemoryCache::new(session_cache.max(1));
+    quic.max_early_data_size = u32::MAX;
+    Ok(ServerTls { quic, tcp })
 }
 
-/// TLS 1.3 client configuration that trusts exactly `roots` and asks for ALPN `qkv/1`.
-pub fn client_config(roots: RootCertStore) -> Result<ClientConfig, TlsError> {
+/// TLS 1.3 client configuration that trusts exactly `roots`, asks for ALPN `qkv/1`, and keeps session
+/// tickets in `tickets` (0-RTT over QUIC). Only connections made with this very configuration resume
+/// its sessions: [`Tickets::client_config`] builds one per CA file and keeps it.
+pub fn client_config(roots: RootCertStore, tickets: &Tickets) -> Result<ClientConfig, TlsError> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN.to_vec()];
+    config.resumption = match &tickets.store {
+        Some(store) => Resumption::store(store.clone()),
+        None => Resumption::disabled(),
+    };
+    // Over QUIC only: quinn sends early data itself. tokio-rustls sends none unless asked.
+    config.enable_early_data = true;
     Ok(config)
+}
+
+/// Where a client keeps the session tickets servers give it, to resume later connections (0-RTT over
+/// QUIC, an abbreviated handshake over TLS). Cheap to clone; clones share the tickets. In memory only:
+/// rustls 0.23, which quinn 0.11 needs, cannot serialise a client session.
+#[derive(Clone)]
+pub struct Tickets {
+    /// `None`: resumption off.
+    store: Option<Arc<dyn rustls::client::ClientSessionStore>>,
+    /// The configurations built for this store, by CA file. rustls resumes a session only with the
+    /// configuration (the very same verifier and credentials) that made it, so each is built once.
+    configs: Arc<Mutex<HashMap<PathBuf, Arc<ClientConfig>>>>,
+}
+
+impl Tickets {
+    /// Room for the tickets of `servers` servers (rustls keeps up to 8 per server name).
+    pub fn in_memory(servers: usize) -> Self {
+        let store: Arc<dyn rustls::client::ClientSessionStore> =
+            Arc::new(ClientSessionMemoryCache::new(servers.max(1) * 8));
+        Tickets { store: Some(store), configs: Arc::default() }
+    }
+
+    /// No resumption: every connection makes a full handshake.
+    pub fn none() -> Self {
+        Tickets { store: None, configs: Arc::default() }
+    }
+
+    /// The TLS configuration for servers whose certificates chain to the CAs in `ca_file`, read the
+    /// first time it is asked for (and kept, so that later connections resume sessions and do not
+    /// read the file again).
+    pub fn client_config(&self, ca_file: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+        let build = || client_config(read_roots(ca_file)?, self).map(Arc::new);
+        let mut configs = self.configs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(config) = configs.get(ca_file) {
+            return Ok(config.clone());
+        }
+        let config = build()?;
+        configs.insert(ca_file.to_owned(), config.clone());
+        Ok(config)
+    }
+}
+
+impl Default for Tickets {
+    fn default() -> Self {
+        Tickets::in_memory(32)
+    }
+}
+
+impl std::fmt::Debug for Tickets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.store.is_some() { "Tickets(in memory)" } else { "Tickets(none)" })
+    }
 }

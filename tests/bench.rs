@@ -31,6 +31,8 @@ fn config(client: ClientConfig, workload: Workload) -> BenchConfig {
         keys: 50,
         key_dist: KeyDist::Uniform,
         seed: 1,
+        zero_rtt: false,
+        timeline: None,
     }
 }
 
@@ -56,6 +58,65 @@ async fn an_open_loop_keeps_its_rate(transport: Transport) {
 }
 
 transport_tests!(load: quic, tls, tcp => a_closed_loop_counts_every_answer, an_open_loop_keeps_its_rate);
+
+/// The connect workload opens a connection per request; with --zero-rtt each resumes the session of
+/// one before it (0-RTT over QUIC), without it none does.
+async fn the_connect_workload_resumes_only_when_asked(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
+    let mut config = config(server.client_config(), Workload::Connect);
+    let first_connections = (config.connections * config.inflight) as u64; // no ticket yet
+    for zero_rtt in [false, true] {
+        config.zero_rtt = zero_rtt;
+        let report = qkv::bench::run(&config, None).await.unwrap();
+        assert_eq!(report.errors, 0, "{:?}", report.first_error);
+        let stats = report.client_stats;
+        assert!(stats.connections >= report.requests && report.requests > first_connections, "{stats:?}");
+        let resumed = match transport {
+            Transport::Quic => (stats.zero_rtt_accepted, stats.resumed),
+            _ => (stats.resumed, stats.zero_rtt_accepted),
+        };
+        match zero_rtt {
+            // A connection may start before the tickets of earlier ones have arrived (a server sends
+            // them after the handshake, so after a 0-RTT answer): most, not all, resume.
+            true => assert!(
+                resumed.0 * 4 >= (stats.connections - first_connections) * 3 && resumed.1 == 0,
+                "{stats:?}"
+            ),
+            false => assert_eq!(resumed, (0, 0), "{stats:?}"),
+        }
+        assert_eq!(stats.zero_rtt_rejected, 0, "{stats:?}");
+    }
+}
+
+transport_tests!(connect: quic, tls => the_connect_workload_resumes_only_when_asked);
+
+#[tokio::test]
+async fn a_run_keeps_counting_when_the_client_address_changes() {
+    let server = TestServer::start().await;
+    let relay = common::relay::UdpRelay::start(server.addr).await;
+    let client = ClientConfig { addr: relay.addr.to_string(), ..server.client_config() };
+    let mut config = config(client, Workload::Hget);
+    config.connections = 1; // the relay serves one client
+    config.duration = Duration::from_millis(600);
+    config.timeline = Some(Duration::from_millis(100));
+    let rebinding = async {
+        // Twice during the measured period (after warm-up, which confirms the handshakes).
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            relay.rebind_upstream();
+        }
+    };
+    let (report, ()) = tokio::join!(qkv::bench::run(&config, None), rebinding);
+    let report = report.unwrap();
+    assert_eq!(report.errors, 0, "{:?}", report.first_error);
+    assert_eq!(report.client_stats.connections, 1, "the connection migrated: {:?}", report.client_stats);
+    let timeline = report.timeline.unwrap();
+    assert_eq!(timeline.ok.len(), 6, "{timeline:?}");
+    assert!(timeline.ok.iter().all(|&ok| ok > 0), "every 100 ms had answers: {timeline:?}");
+    // Requests answered after the measured period (while draining) are counted but outside it.
+    let in_period: u64 = timeline.ok.iter().sum();
+    assert!(in_period <= report.requests && in_period + 64 >= report.requests, "{timeline:?}");
+}
 
 /// How many of the bench table's keys hold a value the run wrote (not the preloaded one).
 async fn keys_written(server: &TestServer) -> usize {
@@ -133,6 +194,8 @@ async fn json_output_is_exactly_one_object_with_every_documented_field() {
         "requests",
         "errors",
         "throughput_rps",
+        "longest_gap_ms",
+        "client_stats",
     ] {
         assert!(json.get(field).is_some(), "no {field} in {json}");
     }

@@ -24,9 +24,10 @@ use tracing::debug;
 
 use super::BenchError;
 use crate::certs::CertDir;
-use crate::tls::{self, ServerIdentity};
+use crate::tls::{self, ServerIdentity, Tickets};
+use crate::transport::quic::{self, QuicOptions};
 use crate::transport::tcp::TcpSecurity;
-use crate::transport::{self, Limits, TcpMode, Transport, quic};
+use crate::transport::{self, Limits, TcpMode, Transport};
 
 /// Serves echo on QUIC and on TCP (`tcp` decides TLS or plaintext) at `listen` until `shutdown`.
 /// Returns the address bound, once serving has started, through `bound`.
@@ -43,8 +44,8 @@ pub async fn serve_floor(
     certs.ensure_server_certificate().map_err(|e| setup(&e))?;
     let identity =
         ServerIdentity::from_pem_files(&certs.server_cert(), &certs.server_key()).map_err(|e| setup(&e))?;
-    let tls = tls::server_config(identity).map_err(|e| setup(&e))?;
-    let sockets = transport::bind(listen, tls, tcp, &limits)
+    let tls = tls::server_configs(identity, tls::DEFAULT_SESSION_CACHE).map_err(|e| setup(&e))?;
+    let sockets = transport::bind(listen, tls, tcp, &limits, &QuicOptions::default())
         .map_err(|e| setup(&format!("cannot listen on {listen} ({}): {}", e.protocol, e.cause)))?;
     let _ = bound.send(sockets.quic.local_addr().map_err(|e| setup(&e))?);
     let max = limits.max_frame_len;
@@ -136,12 +137,14 @@ impl EchoClient {
         ca_file: &Path,
         limits: &Limits,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        let tls = Arc::new(tls::client_config(tls::read_roots(ca_file)?)?);
+        let tls = Arc::new(tls::client_config(tls::read_roots(ca_file)?, &Tickets::none())?);
         let max = limits.max_frame_len;
         match transport {
             Transport::Quic => {
                 let bind: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
-                let endpoint = quic::client_endpoint(bind, tls, limits)?;
+                let config =
+                    quic::client_config(tls, limits, &QuicOptions::default(), limits.idle_timeout / 3)?;
+                let endpoint = quic::client_endpoint(bind, config, limits)?;
                 let connection = endpoint.connect(addr, "localhost")?.await?;
                 Ok(EchoClient::Quic(connection, endpoint))
             }

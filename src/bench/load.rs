@@ -22,6 +22,7 @@ use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
+use super::timeline::Timeline;
 use super::workload::RequestError;
 
 /// How long in-flight requests may take to finish after the deadline.
@@ -50,6 +51,8 @@ pub struct Tally {
     /// Latency of successful requests, in microseconds.
     pub latency_us: Histogram<u64>,
     pub first_error: Option<String>,
+    /// When requests completed, from the start of the measured period.
+    pub timeline: Timeline,
 }
 
 pub fn new_histogram() -> Histogram<u64> {
@@ -59,7 +62,13 @@ pub fn new_histogram() -> Histogram<u64> {
 
 impl Tally {
     pub fn new() -> Self {
-        Tally { requests: 0, errors: 0, latency_us: new_histogram(), first_error: None }
+        Tally {
+            requests: 0,
+            errors: 0,
+            latency_us: new_histogram(),
+            first_error: None,
+            timeline: Timeline::default(),
+        }
     }
 
     /// Records a request that started (or was due) at `started`, if that was inside the window.
@@ -67,10 +76,12 @@ impl Tally {
         if started < window.measure_from {
             return;
         }
+        let now = Instant::now();
+        self.timeline.add(now - window.measure_from, result.is_ok());
         match result {
             Ok(()) => {
                 self.requests += 1;
-                self.latency_us.saturating_record(started.elapsed().as_micros() as u64);
+                self.latency_us.saturating_record((now - started).as_micros() as u64);
             }
             Err(e) => self.error(e.to_string()),
         }
@@ -86,6 +97,7 @@ impl Tally {
         self.errors += other.errors;
         let _ = self.latency_us.add(&other.latency_us);
         self.first_error = self.first_error.take().or(other.first_error);
+        self.timeline.merge(&other.timeline);
     }
 }
 

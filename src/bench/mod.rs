@@ -4,12 +4,14 @@
 //! - `workload`: what a request is (ping, hget, hset, mixed, or the floor's echo), which key it touches.
 //! - `load`: when requests are sent (closed loop, or open loop without coordinated omission).
 //! - `floor`: bare echo servers and clients, to measure what the transports cost without qkv.
+//! - `timeline`: when requests completed, to see a network change's gap in service.
 //!
 //! Every run is bounded in time: warm-up plus duration, plus at most a few seconds for the requests in
 //! flight at the end.
 
 pub mod floor;
 mod load;
+mod timeline;
 mod workload;
 
 use std::net::SocketAddr;
@@ -27,13 +29,15 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 pub use load::Tally;
+pub use timeline::TimelineReport;
 pub use workload::{KeyDist, Workload};
 
-use crate::client::{Client, ClientConfig, ClientError};
+use crate::client::{Client, ClientConfig, ClientError, ClientStats};
 use crate::pb::Value;
+use crate::tls::Tickets;
 use floor::EchoClient;
 use load::Window;
-use workload::{KeyPicker, RequestMaker, Target};
+use workload::{Connector, KeyPicker, RequestMaker, Target};
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -52,6 +56,11 @@ pub struct BenchConfig {
     pub key_dist: KeyDist,
     /// Makes runs reproducible: the same seed picks the same keys.
     pub seed: u64,
+    /// Connect workload: keep session tickets between connections, so that each after the first
+    /// resumes (with 0-RTT over QUIC). Without it every connection makes a full handshake.
+    pub zero_rtt: bool,
+    /// Report completions per slot of this width (a multiple of 10 ms) in the JSON.
+    pub timeline: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +80,11 @@ pub struct BenchReport {
     /// Latency of successful requests, in microseconds.
     pub latency_us: Histogram<u64>,
     pub first_error: Option<String>,
+    /// What the clients did: connections, resumptions, 0-RTT, retries.
+    pub client_stats: ClientStats,
+    /// The longest time in the measured period during which no request succeeded.
+    pub longest_gap: Duration,
+    pub timeline: Option<TimelineReport>,
 }
 
 impl BenchReport {
@@ -99,6 +113,9 @@ impl BenchReport {
                 p999: quantile(0.999),
                 max: self.latency_us.max(),
             },
+            longest_gap_ms: self.longest_gap.as_millis() as u64,
+            client_stats: self.client_stats,
+            timeline: self.timeline.clone(),
         }
     }
 }
@@ -118,6 +135,14 @@ pub struct JsonReport {
     /// The open loop's rate; `null` for a closed loop.
     pub target_rps: Option<f64>,
     pub latency_us: Latencies,
+    /// The longest stretch of the measured period in which no request succeeded (10 ms resolution):
+    /// how long a network change interrupted service.
+    pub longest_gap_ms: u64,
+    /// Summed over the run's clients (not counted for the echo workload).
+    pub client_stats: ClientStats,
+    /// Completions per slot, with `--timeline`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub timeline: Option<TimelineReport>,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize, Clone)]
@@ -132,15 +157,19 @@ pub struct Latencies {
 /// Runs the benchmark: connects, loads the keys, warms up, measures. `progress`, if given, shows how
 /// it goes.
 pub async fn run(config: &BenchConfig, progress: Option<ProgressBar>) -> Result<BenchReport, BenchError> {
-    let targets = connect(config).await?;
     // Preloaded and written values differ, so that what a run wrote can be told apart afterwards.
     let preloaded = Value::from(vec![b'p'; config.value_size]);
     let written = Value::from(vec![b'w'; config.value_size]);
-    if config.workload.needs_keys()
-        && let Target::Kv(client) = &targets[0]
-    {
-        workload::preload(client, config.keys.max(1), &preloaded).await?;
+    if config.workload.needs_keys() {
+        // On a connection of its own, so that the measured connections start alike.
+        let mut loader_config = config.client.clone();
+        loader_config.tickets = Tickets::none();
+        let loader = Client::connect_with(loader_config).await?;
+        let loaded = workload::preload(&loader, config.keys.max(1), &preloaded).await;
+        loader.close().await;
+        loaded?;
     }
+    let targets = connect(config).await?;
     let keys = KeyPicker::new(config.key_dist, config.keys);
     let message = Bytes::from(vec![b'm'; config.value_size]);
 
@@ -188,9 +217,15 @@ pub async fn run(config: &BenchConfig, progress: Option<ProgressBar>) -> Result<
     if let Some(ticker) = ticker {
         ticker.abort();
     }
+    let mut client_stats = ClientStats::default();
     for target in &targets {
-        if let Target::Kv(client) = target {
-            client.close().await;
+        match target {
+            Target::Kv(client) => {
+                client.close().await;
+                client_stats += client.stats();
+            }
+            Target::Connect(connector) => client_stats += connector.finish(CLOSE_LIMIT).await,
+            Target::Echo { .. } => {}
         }
     }
     Ok(BenchReport {
@@ -199,11 +234,30 @@ pub async fn run(config: &BenchConfig, progress: Option<ProgressBar>) -> Result<
         elapsed: config.duration,
         latency_us: tally.latency_us,
         first_error: tally.first_error,
+        client_stats,
+        longest_gap: tally.timeline.longest_gap(config.duration),
+        timeline: config.timeline.map(|slot| tally.timeline.report(slot, config.duration)),
     })
 }
 
+/// How long the connect workload waits for its last connections to close.
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+
 async fn connect(config: &BenchConfig) -> Result<Vec<Target>, BenchError> {
     let mut targets = Vec::with_capacity(config.connections);
+    if config.workload == Workload::Connect {
+        // One connector per "connection" slot, each making a fresh client per request; with
+        // --zero-rtt they all share one ticket store.
+        let mut client = config.client.clone();
+        client.tickets = if config.zero_rtt { Tickets::in_memory(4) } else { Tickets::none() };
+        client.zero_rtt = config.zero_rtt;
+        // A fresh connection per request: a failure is the measurement, not something to retry.
+        client.retry.attempts = 1;
+        for _ in 0..config.connections.max(1) {
+            targets.push(Target::Connect(Box::new(Connector::new(client.clone()))));
+        }
+        return Ok(targets);
+    }
     for _ in 0..config.connections.max(1) {
         let target = match config.workload {
             Workload::Echo => {

@@ -1,6 +1,6 @@
 //! What one benchmark request is: the workload, the key it touches, and the connection it goes on.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rand::Rng;
@@ -8,7 +8,9 @@ use rand::rngs::SmallRng;
 use rand_distr::{Distribution, Zipf};
 
 use super::floor::EchoClient;
-use crate::client::{Client, ClientError};
+use tokio::task::JoinSet;
+
+use crate::client::{Client, ClientConfig, ClientError, ClientStats};
 use crate::pb::{Kvpair, Value};
 
 /// What each request does.
@@ -24,6 +26,8 @@ pub enum Workload {
     Mixed { read_ratio: f64 },
     /// A `value_size`-byte message echoed by a floor server (`qkv floor`): no KV work at all.
     Echo,
+    /// A new connection for every request, then one Hget: connection setup as a user sees it.
+    Connect,
 }
 
 impl Workload {
@@ -34,12 +38,13 @@ impl Workload {
             Workload::Hset => "hset",
             Workload::Mixed { .. } => "mixed",
             Workload::Echo => "echo",
+            Workload::Connect => "connect",
         }
     }
 
     /// Whether the keys must exist before the run.
     pub fn needs_keys(&self) -> bool {
-        matches!(self, Workload::Hget | Workload::Hset | Workload::Mixed { .. })
+        matches!(self, Workload::Hget | Workload::Hset | Workload::Mixed { .. } | Workload::Connect)
     }
 }
 
@@ -86,11 +91,68 @@ impl KeyPicker {
     }
 }
 
-/// Where requests go: the qkv client, or a floor server's echo.
+/// Where requests go: the qkv client, a floor server's echo, or a new connection each time.
 #[derive(Clone)]
 pub enum Target {
     Kv(Client),
     Echo { client: EchoClient, max_frame_len: usize },
+    Connect(Box<Connector>),
+}
+
+/// The longest a connect-workload connection stays open after its answer.
+const LINGER_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// For the connect workload: a new client for every request. Clients are closed in the background
+/// (a QUIC close lingers for a few round trips) and their statistics summed at the end.
+#[derive(Clone)]
+pub struct Connector {
+    config: ClientConfig,
+    closing: Arc<Mutex<JoinSet<ClientStats>>>,
+}
+
+impl Connector {
+    /// `config.tickets` decides resumption: shared tickets make every connection after the first
+    /// resume (0-RTT over QUIC), none make each a full handshake.
+    pub fn new(config: ClientConfig) -> Self {
+        Connector { config, closing: Arc::default() }
+    }
+
+    async fn request(&self, key: &str) -> Result<(), RequestError> {
+        let started = tokio::time::Instant::now();
+        let client = Client::connect_with(self.config.clone()).await?;
+        let found = client.hget(TABLE, key).await;
+        // A 0-RTT answer arrives before the server's new session tickets, which it sends only once
+        // the handshake completes. Closing at once would use up the ticket store and turn later
+        // connections into full handshakes; an app's connection lives on and gets its tickets, so
+        // this one lingers for a couple of round trips (its setup time is about one).
+        let linger = (started.elapsed() * 2).min(LINGER_LIMIT);
+        if let Ok(mut closing) = self.closing.lock() {
+            closing.spawn(async move {
+                tokio::time::sleep(linger).await;
+                client.close().await;
+                client.stats()
+            });
+        }
+        match found? {
+            Some(_) => Ok(()),
+            None => Err(RequestError::Other(format!("preloaded key {key} is missing"))),
+        }
+    }
+
+    /// Waits (at most `limit`) for every client to close, and sums what they did.
+    pub async fn finish(&self, limit: std::time::Duration) -> ClientStats {
+        let Ok(mut closing) = self.closing.lock().map(|mut set| std::mem::take(&mut *set)) else {
+            return ClientStats::default();
+        };
+        let mut total = ClientStats::default();
+        let _ = tokio::time::timeout(limit, async {
+            while let Some(stats) = closing.join_next().await {
+                total += stats.unwrap_or_default();
+            }
+        })
+        .await;
+        total
+    }
 }
 
 /// Everything a request needs, shared by the workers of one connection.
@@ -128,6 +190,7 @@ impl RequestMaker {
                 };
             }
             Target::Kv(client) => client,
+            Target::Connect(connector) => return connector.request(self.keys.pick(rng)).await,
         };
         let read = match self.workload {
             Workload::Ping => return Ok(client.ping(Bytes::new()).await.map(drop)?),
@@ -135,6 +198,7 @@ impl RequestMaker {
             Workload::Hset => false,
             Workload::Mixed { read_ratio } => rng.random_bool(read_ratio.clamp(0.0, 1.0)),
             Workload::Echo => return Err(RequestError::Other("echo needs a floor server".into())),
+            Workload::Connect => return Err(RequestError::Other("connect needs a connector".into())),
         };
         let key = self.keys.pick(rng);
         if read {

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use qkv::bench::{KeyDist, Workload};
 use qkv::server::{DEFAULT_LISTEN, RuntimeLayout, ServerConfig, TcpMode};
 use qkv::service::{DEFAULT_RESPONSE_FRAME_TARGET, ServiceConfig};
+use qkv::transport::quic::{Congestion, QuicOptions};
 use qkv::transport::{Limits, Transport};
 
 use super::output::CliError;
@@ -171,6 +172,13 @@ pub struct BenchArgs {
     /// Seed of the key choices, for reproducible runs.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Connect workload: keep session tickets between connections, so that each after the first
+    /// resumes (0-RTT over QUIC, a resumed session over TLS).
+    #[arg(long)]
+    pub zero_rtt: bool,
+    /// Add completions and errors per slot of this width (e.g. 100ms) to the JSON.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeline: Option<Duration>,
     /// Print exactly one JSON object on stdout at the end, and nothing else there.
     #[arg(long)]
     pub json: bool,
@@ -187,6 +195,8 @@ pub enum WorkloadArg {
     Hset,
     Mixed,
     Echo,
+    /// A new connection for every request, then one Hget: latency from connect to first answer.
+    Connect,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -212,6 +222,7 @@ impl BenchArgs {
                 )));
             }
             WorkloadArg::Echo => Workload::Echo,
+            WorkloadArg::Connect => Workload::Connect,
         })
     }
 
@@ -312,6 +323,36 @@ pub struct ServeArgs {
     /// Responses larger than this are sent as several frames.
     #[arg(long, default_value_t = DEFAULT_RESPONSE_FRAME_TARGET, value_parser = parse_size)]
     pub response_frame_target: usize,
+    /// TLS sessions remembered for resumption (0-RTT over QUIC), per transport; each ticket resumes
+    /// one connection.
+    #[arg(long, default_value_t = qkv::tls::DEFAULT_SESSION_CACHE)]
+    pub session_cache: usize,
+    #[command(flatten)]
+    pub quic: QuicArgs,
+}
+
+/// QUIC path settings, the same for servers and clients.
+#[derive(Args)]
+pub struct QuicArgs {
+    /// QUIC congestion controller: cubic (as Linux TCP, the fair comparison), newreno, or bbr.
+    #[arg(long, default_value_t = Congestion::Cubic)]
+    pub congestion: Congestion,
+    /// RTT assumed before the first measurement; it sets the first retransmission timeout, e.g. 333ms.
+    #[arg(long, default_value = "333ms", value_parser = humantime::parse_duration)]
+    pub initial_rtt: Duration,
+    /// Turn off generic segmentation offload (several UDP packets per system call).
+    #[arg(long)]
+    pub no_gso: bool,
+}
+
+impl QuicArgs {
+    pub fn options(&self) -> QuicOptions {
+        QuicOptions {
+            congestion: self.congestion,
+            initial_rtt: self.initial_rtt,
+            segmentation_offload: !self.no_gso,
+        }
+    }
 }
 
 impl ServeArgs {
@@ -335,6 +376,8 @@ impl ServeArgs {
         config.limits.reply_timeout = self.reply_timeout;
         config.service.max_concurrent_scans = self.max_concurrent_scans;
         config.service.response_frame_target = self.response_frame_target;
+        config.session_cache = self.session_cache;
+        config.quic = self.quic.options();
         config
     }
 }
@@ -411,9 +454,27 @@ pub struct ClientArgs {
     /// Name to verify the server's certificate against (default: the host in --addr).
     #[arg(long)]
     pub server_name: Option<String>,
-    /// How long to wait for the server to answer, e.g. 5s.
+    /// How long to wait for the server to answer the handshake, e.g. 5s.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
+    /// Deadline of each call, retries included, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Attempts per call: a call that failed where it certainly was not executed, or a read-only one,
+    /// is sent again (on a new connection if need be).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub attempts: u32,
+    /// Keep-alive interval on idle connections, under NAT binding timeouts, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub keep_alive: Duration,
+    /// Close a connection without traffic for this long, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Never send requests in 0-RTT early data (QUIC).
+    #[arg(long)]
+    pub no_0rtt: bool,
+    #[command(flatten)]
+    pub quic: QuicArgs,
 }
 
 #[derive(Args)]

@@ -37,7 +37,7 @@ pub fn report(error: &anyhow::Error) -> ExitCode {
     let code = if let Some(error) = error.downcast_ref::<ClientError>() {
         match error {
             ClientError::Status { .. } | ClientError::Conflict { .. } => exit::SERVER_SAID_NO,
-            ClientError::RequestTooLarge { .. } => exit::INVALID_INPUT,
+            ClientError::RequestTooLarge { .. } | ClientError::InvalidConfig(_) => exit::INVALID_INPUT,
             ClientError::Tls(_) => exit::LOCAL_FAILURE,
             _ => exit::UNREACHABLE,
         }
@@ -136,5 +136,15 @@ pub fn bench_summary(config: &qkv::bench::BenchConfig, report: &qkv::bench::Benc
         "measured {:.1} s after {:.1} s of warm-up",
         report.elapsed.as_secs_f64(),
         config.warmup.as_secs_f64()
+    );
+    let stats = &json.client_stats;
+    println!(
+        "connections {}, 0-RTT accepted {} / rejected {}, TLS resumed {}, retries {}; longest time without a success {} ms",
+        stats.connections,
+        stats.zero_rtt_accepted,
+        stats.zero_rtt_rejected,
+        stats.resumed,
+        stats.retries,
+        json.longest_gap_ms
     );
 }

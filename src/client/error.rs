@@ -12,6 +12,8 @@ use crate::transport::quic::codes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    #[error("invalid client configuration: {0}")]
+    InvalidConfig(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot resolve {addr}: {reason}")]
@@ -31,6 +33,12 @@ pub enum ClientError {
     Unavailable { reason: String },
     #[error("the request was not sent ({reason}); it can be retried")]
     NotSent { reason: String },
+    #[error("the server refused the 0-RTT early data that carried the request; it was not executed")]
+    ZeroRttRejected,
+    #[error("no complete answer within {0:?}; the request may or may not have been executed")]
+    Timeout(Duration),
+    #[error("the client has been closed")]
+    Closed,
     #[error("connection to the server lost: {0}")]
     ConnectionLost(ConnectionError),
     #[error("request stream failed: {0}")]
@@ -48,7 +56,30 @@ pub enum ClientError {
 impl ClientError {
     /// True when the request certainly was not executed, so retrying it cannot apply it twice.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ClientError::Unavailable { .. } | ClientError::NotSent { .. })
+        matches!(
+            self,
+            ClientError::Unavailable { .. }
+                | ClientError::NotSent { .. }
+                | ClientError::ZeroRttRejected
+                | ClientError::Connect { .. }
+                | ClientError::ConnectTimeout { .. }
+        )
+    }
+
+    /// Whether a call that failed like this may be sent again: always when it certainly was not
+    /// executed; when it may have been, only if it is read-only, because executing it twice changes
+    /// nothing. Refusals by the server (a status, a conflict) and timeouts are final.
+    pub fn may_retry(&self, read_only: bool) -> bool {
+        self.is_retryable()
+            || (read_only && matches!(self, ClientError::ConnectionLost(_) | ClientError::Stream(_)))
+    }
+
+    /// A stream could not be opened: nothing of the request was sent.
+    pub(crate) fn before_sending(e: ConnectionError) -> Self {
+        match Self::from_connection(e) {
+            ClientError::ConnectionLost(e) => ClientError::NotSent { reason: e.to_string() },
+            other => other,
+        }
     }
 
     pub(crate) fn from_connection(e: ConnectionError) -> Self {
@@ -63,6 +94,7 @@ impl ClientError {
     pub(crate) fn from_write(e: WriteError) -> Self {
         match e {
             WriteError::ConnectionLost(e) => Self::from_connection(e),
+            WriteError::ZeroRttRejected => ClientError::ZeroRttRejected,
             other => ClientError::Stream(other.to_string()),
         }
     }
@@ -70,6 +102,7 @@ impl ClientError {
     pub(crate) fn from_read(e: ReadError) -> Self {
         match e {
             ReadError::ConnectionLost(e) => Self::from_connection(e),
+            ReadError::ZeroRttRejected => ClientError::ZeroRttRejected,
             ReadError::Reset(code) => {
                 ClientError::Stream(format!("the server reset the reply (code {code})"))
             }

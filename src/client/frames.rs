@@ -22,6 +22,9 @@ const ANSWER_BUFFER: usize = 512;
 /// in memory as it arrives: the connection goes on serving other calls.
 pub struct ResponseFrames {
     source: Source,
+    /// A frame read ahead by [`ResponseFrames::wait_first`], returned by the next `next`.
+    peeked: Option<CommandResponse>,
+    /// The last frame has been read.
     done: bool,
 }
 
@@ -38,15 +41,18 @@ impl ResponseFrames {
     pub(super) fn quic(recv: RecvStream, max_frame_len: usize) -> Self {
         // Answers are usually small; the codec makes room for a large one once its header says so.
         let frames = FramedRead::with_capacity(recv, FrameCodec::new(max_frame_len), ANSWER_BUFFER);
-        ResponseFrames { source: Source::Quic(frames), done: false }
+        ResponseFrames { source: Source::Quic(frames), peeked: None, done: false }
     }
 
     pub(super) fn tcp(frames: mpsc::UnboundedReceiver<FrameResult>, state: Arc<State>) -> Self {
-        ResponseFrames { source: Source::Tcp { frames, state }, done: false }
+        ResponseFrames { source: Source::Tcp { frames, state }, peeked: None, done: false }
     }
 
     /// The next frame, or `None` after the last one (the one with `more = false`).
     pub async fn next(&mut self) -> Option<ClientResult<CommandResponse>> {
+        if let Some(frame) = self.peeked.take() {
+            return Some(Ok(frame));
+        }
         if self.done {
             return None;
         }
@@ -64,6 +70,15 @@ impl ResponseFrames {
         };
         self.done = frame.as_ref().map_or(true, |frame| !frame.more);
         Some(frame)
+    }
+
+    /// Waits for the first frame and keeps it for `next`: until it has come, a failure may mean the
+    /// request was never executed, and the call may be retried.
+    pub(super) async fn wait_first(&mut self) -> ClientResult<()> {
+        if let Some(frame) = self.next().await {
+            self.peeked = Some(frame?);
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,12 @@
-//! The typed async client. One connection, shared by every clone of the [`Client`] and by any number
-//! of concurrent calls: over QUIC each call is a request on a stream of its own; over TCP (TLS or
-//! plaintext) the calls are pipelined on the connection and answered in order.
+//! The typed async client. One connection at a time, shared by every clone of the [`Client`] and by
+//! any number of concurrent calls: over QUIC each call is a request on a stream of its own; over TCP
+//! (TLS or plaintext) the calls are pipelined on the connection and answered in order.
+//!
+//! Made for links that fail: a lost connection is replaced on the next call (at once, then with
+//! exponential backoff and jitter while attempts fail); a call that failed where it certainly was not
+//! executed, or a read-only one, is sent again; every call has a deadline; a resumed QUIC connection
+//! sends its first requests in 0-RTT early data; [`Client::rebind`] moves a QUIC connection to a new
+//! local socket without losing it (for an app's network-change callback).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), qkv::client::ClientError> {
@@ -11,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backoff;
 mod error;
 mod frames;
 mod quic;
@@ -19,21 +26,26 @@ mod tcp;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::time::Instant;
 
+pub use backoff::RetryPolicy;
 pub use error::ClientError;
 pub use frames::ResponseFrames;
 
 use crate::pb::{CommandRequest, CommandResponse, Kvpair, Value, Versioned, status, value};
-use crate::tls;
+use crate::tls::Tickets;
 use crate::transport::frame::{FrameError, encode_frame};
+use crate::transport::quic::QuicOptions;
 use crate::transport::{Limits, Transport};
+use backoff::Backoff;
 
 pub type ClientResult<T> = Result<T, ClientError>;
 
-/// How to reach a server.
+/// How to reach a server, and how to behave on a link that fails.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// `host:port`; the host may be a DNS name or an IP address.
@@ -48,6 +60,20 @@ pub struct ClientConfig {
     pub limits: Limits,
     /// How long to wait for the server to answer the handshake.
     pub connect_timeout: Duration,
+    /// Deadline of a whole call, from the call until its complete answer, retries included.
+    pub request_timeout: Duration,
+    /// Interval of keep-alives on an idle connection (QUIC PINGs; qkv Pings over TCP): well under
+    /// the idle timeout, and under the 30 s after which many NATs forget a UDP binding.
+    pub keep_alive: Duration,
+    /// Congestion controller, initial RTT and segmentation offload of QUIC connections.
+    pub quic: QuicOptions,
+    /// Session tickets for resumption. Clones of a config share them, so clients made from clones
+    /// resume each other's sessions.
+    pub tickets: Tickets,
+    /// Send the first requests of a resumed QUIC connection in 0-RTT early data.
+    pub zero_rtt: bool,
+    /// Retries and reconnection backoff.
+    pub retry: RetryPolicy,
 }
 
 impl ClientConfig {
@@ -59,7 +85,39 @@ impl ClientConfig {
             server_name: None,
             limits: Limits::default(),
             connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(10),
+            quic: QuicOptions::default(),
+            tickets: Tickets::default(),
+            zero_rtt: true,
+            retry: RetryPolicy::default(),
         }
+    }
+}
+
+impl ClientConfig {
+    /// Checks that the settings can work together; the error says which to change.
+    pub fn validate(&self) -> Result<(), String> {
+        self.limits.validate()?;
+        for (name, value) in [
+            ("connect timeout", self.connect_timeout),
+            ("request timeout", self.request_timeout),
+            ("keep-alive interval", self.keep_alive),
+        ] {
+            if value.is_zero() {
+                return Err(format!("the {name} must be longer than zero"));
+            }
+        }
+        if self.keep_alive >= self.limits.idle_timeout {
+            return Err(format!(
+                "the keep-alive interval ({:?}) must be shorter than the idle timeout ({:?}), or idle connections close",
+                self.keep_alive, self.limits.idle_timeout
+            ));
+        }
+        if self.retry.attempts == 0 {
+            return Err("a call needs at least one attempt".into());
+        }
+        Ok(())
     }
 }
 
@@ -72,20 +130,74 @@ pub struct Written {
     pub version: u64,
 }
 
-/// A connection to a qkv server. Cheap to clone; clones share the connection.
+/// What a client has done so far, for monitoring and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClientStats {
+    /// Connections established, the first included.
+    pub connections: u64,
+    /// QUIC connections whose 0-RTT early data the server accepted, or refused.
+    pub zero_rtt_accepted: u64,
+    pub zero_rtt_rejected: u64,
+    /// TLS-over-TCP connections that resumed a session.
+    pub resumed: u64,
+    /// Calls sent again after a failure.
+    pub retries: u64,
+}
+
+impl std::ops::AddAssign for ClientStats {
+    fn add_assign(&mut self, other: ClientStats) {
+        self.connections += other.connections;
+        self.zero_rtt_accepted += other.zero_rtt_accepted;
+        self.zero_rtt_rejected += other.zero_rtt_rejected;
+        self.resumed += other.resumed;
+        self.retries += other.retries;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    connections: AtomicU64,
+    zero_rtt_accepted: AtomicU64,
+    zero_rtt_rejected: AtomicU64,
+    resumed: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// A client of a qkv server. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    connection: Connection,
-    max_frame_len: usize,
+    config: ClientConfig,
+    server_name: String,
+    remote: SocketAddr,
+    /// `None` for plaintext TCP.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// QUIC only: the endpoint (one UDP socket) that every connection of this client uses.
+    endpoint: Option<quinn::Endpoint>,
+    /// The connection calls use; replaced when it is found broken.
+    current: std::sync::Mutex<Option<Connection>>,
+    /// Held while connecting, so that concurrent calls wait for one new connection.
+    reconnect: tokio::sync::Mutex<Backoff>,
+    closed: AtomicBool,
+    stats: Arc<Stats>,
 }
 
+#[derive(Clone)]
 enum Connection {
     Quic(quic::QuicConnection),
-    Tcp(tcp::TcpConnection),
+    Tcp(Arc<tcp::TcpConnection>),
+}
+
+impl Connection {
+    fn is_usable(&self) -> bool {
+        match self {
+            Connection::Quic(quic) => quic.is_usable(),
+            Connection::Tcp(tcp) => tcp.is_usable(),
+        }
+    }
 }
 
 impl Client {
@@ -94,55 +206,218 @@ impl Client {
         Self::connect_with(ClientConfig::new(addr, ca_file)).await
     }
 
+    /// Connects as `config` says. Returns once the connection is established, or at once when it is
+    /// resumed in 0-RTT.
     pub async fn connect_with(config: ClientConfig) -> ClientResult<Self> {
+        config.validate().map_err(ClientError::InvalidConfig)?;
         let (host, remote) = resolve(&config.addr).await?;
         let server_name = config.server_name.clone().unwrap_or(host);
-        let tls = || -> ClientResult<Arc<rustls::ClientConfig>> {
-            Ok(Arc::new(tls::client_config(tls::read_roots(&config.ca_file)?)?))
+        let tls = match config.transport {
+            Transport::Quic | Transport::Tls => Some(config.tickets.client_config(&config.ca_file)?),
+            Transport::Tcp => None,
         };
-        let connection = match config.transport {
-            Transport::Quic => {
-                Connection::Quic(quic::QuicConnection::connect(&config, tls()?, &server_name, remote).await?)
+        let endpoint = match (&tls, config.transport) {
+            (Some(tls), Transport::Quic) => {
+                let quic = crate::transport::quic::client_config(
+                    tls.clone(),
+                    &config.limits,
+                    &config.quic,
+                    config.keep_alive,
+                )
+                .map_err(|e| ClientError::Connect { addr: config.addr.clone(), reason: e.to_string() })?;
+                let endpoint =
+                    crate::transport::quic::client_endpoint(any_port(remote), quic, &config.limits)
+                        .map_err(ClientError::Socket)?;
+                Some(endpoint)
             }
-            Transport::Tls => Connection::Tcp(
-                tcp::TcpConnection::connect(&config, Some(tls()?), &server_name, remote).await?,
+            _ => None,
+        };
+        let client = Client {
+            inner: Arc::new(Inner {
+                config,
+                server_name,
+                remote,
+                tls,
+                endpoint,
+                current: std::sync::Mutex::new(None),
+                reconnect: tokio::sync::Mutex::new(Backoff::default()),
+                closed: AtomicBool::new(false),
+                stats: Arc::default(),
+            }),
+        };
+        client.connection().await?;
+        Ok(client)
+    }
+
+    /// The current connection if it still works; otherwise a new one (one for all concurrent callers,
+    /// after the backoff that earlier failures call for).
+    async fn connection(&self) -> ClientResult<Connection> {
+        let inner = &self.inner;
+        let usable = || inner.current.lock().ok().and_then(|c| c.clone()).filter(Connection::is_usable);
+        if let Some(connection) = usable() {
+            return Ok(connection);
+        }
+        let mut backoff = inner.reconnect.lock().await;
+        // Another caller may have reconnected while this one waited.
+        if let Some(connection) = usable() {
+            return Ok(connection);
+        }
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(ClientError::Closed);
+        }
+        let wait = backoff.delay(&inner.config.retry, &mut rand::rng());
+        tokio::time::sleep(wait).await;
+        match self.open().await {
+            Ok(connection) => {
+                backoff.succeeded();
+                inner.stats.connections.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut current) = inner.current.lock() {
+                    *current = Some(connection.clone());
+                }
+                Ok(connection)
+            }
+            Err(e) => {
+                backoff.failed();
+                Err(e)
+            }
+        }
+    }
+
+    async fn open(&self) -> ClientResult<Connection> {
+        let inner = &self.inner;
+        let (config, name, remote) = (&inner.config, inner.server_name.as_str(), inner.remote);
+        Ok(match (&inner.endpoint, config.transport) {
+            (Some(endpoint), _) => Connection::Quic(
+                quic::QuicConnection::connect(endpoint, config, name, remote, &inner.stats).await?,
             ),
-            Transport::Tcp => {
-                Connection::Tcp(tcp::TcpConnection::connect(&config, None, &server_name, remote).await?)
-            }
-        };
-        Ok(Client { inner: Arc::new(Inner { connection, max_frame_len: config.limits.max_frame_len }) })
+            (None, _) => Connection::Tcp(Arc::new(
+                tcp::TcpConnection::connect(config, inner.tls.clone(), name, remote, &inner.stats).await?,
+            )),
+        })
     }
 
     /// Sends one request and returns its reply as a stream of frames, for answers too large to collect.
+    /// The request deadline covers the wait for the first frame; the rest come as the caller reads.
     pub async fn call_frames(&self, request: &CommandRequest) -> ClientResult<ResponseFrames> {
-        let frame = encode_frame(request, self.inner.max_frame_len).map_err(|e| match e {
+        let deadline = Instant::now() + self.inner.config.request_timeout;
+        self.call_frames_until(request, deadline).await
+    }
+
+    async fn call_frames_until(
+        &self,
+        request: &CommandRequest,
+        deadline: Instant,
+    ) -> ClientResult<ResponseFrames> {
+        let max_frame_len = self.inner.config.limits.max_frame_len;
+        let frame = encode_frame(request, max_frame_len).map_err(|e| match e {
             FrameError::TooLarge { declared, max } => ClientError::RequestTooLarge { len: declared, max },
             other => ClientError::Protocol(other.to_string()),
         })?;
-        match &self.inner.connection {
-            Connection::Quic(quic) => quic.send(frame, self.inner.max_frame_len).await,
-            Connection::Tcp(tcp) => tcp.send(frame).await,
+        let read_only = request.is_read_only();
+        let mut attempt = 1;
+        let mut last_error = None;
+        loop {
+            let sent = tokio::time::timeout_at(deadline, self.send(frame.clone(), max_frame_len)).await;
+            let error = match sent {
+                Ok(Ok(frames)) => return Ok(frames),
+                Ok(Err(e)) => e,
+                // A retry ran out of time: why the first attempt failed says more than the deadline.
+                Err(_) => return Err(last_error.unwrap_or_else(|| self.timed_out())),
+            };
+            if attempt >= self.inner.config.retry.attempts || !error.may_retry(read_only) {
+                return Err(error);
+            }
+            attempt += 1;
+            self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %error, attempt, "sending the request again");
+            last_error = Some(error);
+        }
+    }
+
+    /// One attempt: on the current (or a new) connection, up to the first frame of the answer.
+    async fn send(&self, frame: Bytes, max_frame_len: usize) -> ClientResult<ResponseFrames> {
+        let mut frames = match self.connection().await? {
+            Connection::Quic(quic) => quic.send(frame, max_frame_len).await?,
+            Connection::Tcp(tcp) => tcp.send(frame).await?,
+        };
+        frames.wait_first().await?;
+        Ok(frames)
+    }
+
+    /// The deadline passed. Over TCP the connection is given up too: the late answer holds back every
+    /// answer behind it. Over QUIC only this request's stream is abandoned.
+    fn timed_out(&self) -> ClientError {
+        if let Ok(current) = self.inner.current.lock()
+            && let Some(Connection::Tcp(tcp)) = current.as_ref()
+        {
+            tcp.abandon();
+        }
+        ClientError::Timeout(self.inner.config.request_timeout)
+    }
+
+    /// Moves the client to a new local UDP socket (a new port, and the address the system now routes
+    /// from), keeping its QUIC connection: for an app's network-change callback. The server sees the
+    /// connection migrate and carries on. Over TCP, where a connection cannot move, the connection is
+    /// closed instead and the next call opens a new one.
+    pub fn rebind(&self) -> ClientResult<()> {
+        match &self.inner.endpoint {
+            Some(endpoint) => {
+                let limits = &self.inner.config.limits;
+                let socket =
+                    crate::transport::quic::bind_udp(any_port(self.inner.remote), limits.udp_socket_buffer)
+                        .map_err(ClientError::Socket)?;
+                endpoint.rebind(socket).map_err(ClientError::Socket)
+            }
+            None => {
+                if let Ok(current) = self.inner.current.lock()
+                    && let Some(Connection::Tcp(tcp)) = current.as_ref()
+                {
+                    tcp.abandon();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The local address the client sends from (for QUIC, its endpoint's socket).
+    pub fn local_address(&self) -> Option<SocketAddr> {
+        self.inner.endpoint.as_ref().and_then(|endpoint| endpoint.local_addr().ok())
+    }
+
+    /// What the client has done so far.
+    pub fn stats(&self) -> ClientStats {
+        let stats = &self.inner.stats;
+        ClientStats {
+            connections: stats.connections.load(Ordering::Relaxed),
+            zero_rtt_accepted: stats.zero_rtt_accepted.load(Ordering::Relaxed),
+            zero_rtt_rejected: stats.zero_rtt_rejected.load(Ordering::Relaxed),
+            resumed: stats.resumed.load(Ordering::Relaxed),
+            retries: stats.retries.load(Ordering::Relaxed),
         }
     }
 
     /// Sends one request and returns its whole reply: the frames' values, pairs and versions
     /// concatenated, with the status and message of the last frame. Any status is returned as is.
+    /// The request deadline covers the whole reply.
     pub async fn call(&self, request: &CommandRequest) -> ClientResult<CommandResponse> {
-        let mut frames = self.call_frames(request).await?;
-        let Some(first) = frames.next().await else {
-            return Err(ClientError::Protocol("the reply had no frame".into()));
+        let deadline = Instant::now() + self.inner.config.request_timeout;
+        let mut frames = self.call_frames_until(request, deadline).await?;
+        let collect = async {
+            let Some(first) = frames.next().await else {
+                return Err(ClientError::Protocol("the reply had no frame".into()));
+            };
+            let mut whole = first?;
+            // Most replies are one frame; the others are concatenated into it.
+            while let Some(frame) = frames.next().await {
+                let frame = frame?;
+                whole.values.extend(frame.values);
+                whole.pairs.extend(frame.pairs);
+                whole.versions.extend(frame.versions);
+                (whole.status, whole.message, whole.more) = (frame.status, frame.message, frame.more);
+            }
+            Ok(whole)
         };
-        let mut whole = first?;
-        // Most replies are one frame; the others are concatenated into it.
-        while let Some(frame) = frames.next().await {
-            let frame = frame?;
-            whole.values.extend(frame.values);
-            whole.pairs.extend(frame.pairs);
-            whole.versions.extend(frame.versions);
-            (whole.status, whole.message, whole.more) = (frame.status, frame.message, frame.more);
-        }
-        Ok(whole)
+        tokio::time::timeout_at(deadline, collect).await.unwrap_or_else(|_| Err(self.timed_out()))
     }
 
     /// Round trip with an arbitrary payload, which the server echoes.
@@ -236,20 +511,38 @@ impl Client {
         booleans(ok(self.call(&CommandRequest::hmexist(table, keys.iter().copied())).await?)?)
     }
 
-    /// The server's address as this connection currently sees it.
+    /// The server's address as the current connection sees it.
     pub fn remote_address(&self) -> SocketAddr {
-        match &self.inner.connection {
-            Connection::Quic(quic) => quic.remote_address(),
-            Connection::Tcp(tcp) => tcp.remote_address(),
+        let current = self.inner.current.lock().ok().and_then(|c| c.clone());
+        match current {
+            Some(Connection::Quic(quic)) => quic.remote_address(),
+            Some(Connection::Tcp(tcp)) => tcp.remote_address(),
+            None => self.inner.remote,
         }
     }
 
     /// Closes the connection and waits until the server has been told, so it need not time it out.
+    /// Calls made afterwards fail with [`ClientError::Closed`].
     pub async fn close(&self) {
-        match &self.inner.connection {
-            Connection::Quic(quic) => quic.close().await,
-            Connection::Tcp(tcp) => tcp.close().await,
+        self.inner.closed.store(true, Ordering::Release);
+        let current = self.inner.current.lock().ok().and_then(|mut c| c.take());
+        match current {
+            Some(Connection::Quic(quic)) => quic.close(),
+            Some(Connection::Tcp(tcp)) => tcp.close().await,
+            None => {}
         }
+        if let Some(endpoint) = &self.inner.endpoint {
+            endpoint.wait_idle().await;
+        }
+    }
+}
+
+/// The unspecified address of `remote`'s family, any port: the system picks the source address
+/// per packet, so a client follows the route to the server when its addresses change.
+fn any_port(remote: SocketAddr) -> SocketAddr {
+    match remote {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     }
 }
 

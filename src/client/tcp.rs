@@ -28,7 +28,7 @@ use tokio_util::codec::{BytesCodec, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::frames::ResponseFrames;
-use super::{ClientConfig, ClientError, ClientResult};
+use super::{ClientConfig, ClientError, ClientResult, Stats};
 use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::tls::ALPN;
 use crate::transport::frame::{FrameCodec, encode_frame};
@@ -101,6 +101,7 @@ impl TcpConnection {
         tls: Option<Arc<rustls::ClientConfig>>,
         server_name: &str,
         remote: SocketAddr,
+        stats: &Stats,
     ) -> ClientResult<Self> {
         let connect_error = |reason: String| ClientError::Connect { addr: config.addr.clone(), reason };
         let timed_out =
@@ -111,7 +112,7 @@ impl TcpConnection {
             .map_err(|e| connect_error(format!("{e} (is the server running, with TCP on?)")))?;
         // Requests are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
-        let keepalive = config.limits.idle_timeout / 3;
+        let keepalive = config.keep_alive;
         let max_frame_len = config.limits.max_frame_len;
         let Some(tls) = tls else {
             return Ok(Self::start(stream, remote, max_frame_len, keepalive));
@@ -123,8 +124,12 @@ impl TcpConnection {
             .await
             .map_err(|_| timed_out())?
             .map_err(|e| handshake_error(config, e))?;
-        if stream.get_ref().1.alpn_protocol() != Some(ALPN) {
+        let session = stream.get_ref().1;
+        if session.alpn_protocol() != Some(ALPN) {
             return Err(connect_error("the server did not agree to the qkv/1 protocol (ALPN)".into()));
+        }
+        if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            stats.resumed.fetch_add(1, Ordering::Relaxed);
         }
         Ok(Self::start(stream, remote, max_frame_len, keepalive))
     }
@@ -161,6 +166,17 @@ impl TcpConnection {
 
     pub(super) fn remote_address(&self) -> SocketAddr {
         self.remote
+    }
+
+    /// False once the connection has stopped carrying requests: the next call needs a new one.
+    pub(super) fn is_usable(&self) -> bool {
+        self.state.closed.get().is_none() && !self.closing.is_cancelled()
+    }
+
+    /// Gives the connection up without waiting: its unanswered requests fail at once. A call that
+    /// timed out does this, because its answer holds back every later one on the connection.
+    pub(super) fn abandon(&self) {
+        self.closing.cancel();
     }
 
     pub(super) async fn close(&self) {

@@ -125,6 +125,28 @@ impl CommandRequest {
     }
 
     /// The command's name as the protocol spells it, for logs and error messages.
+    /// True for commands that change nothing: they may be executed from 0-RTT early data (which an
+    /// attacker can replay) and retried after a lost connection. Requests without a command are
+    /// answered 400 without touching anything, so they count as read-only too.
+    pub fn is_read_only(&self) -> bool {
+        match &self.request_data {
+            None
+            | Some(RequestData::Hget(_))
+            | Some(RequestData::Hgetall(_))
+            | Some(RequestData::Hmget(_))
+            | Some(RequestData::Hexist(_))
+            | Some(RequestData::Hmexist(_))
+            | Some(RequestData::Ping(_)) => true,
+            Some(RequestData::Hset(_))
+            | Some(RequestData::Hmset(_))
+            | Some(RequestData::Hdel(_))
+            | Some(RequestData::Hmdel(_))
+            | Some(RequestData::Subscribe(_))
+            | Some(RequestData::Unsubscribe(_))
+            | Some(RequestData::Publish(_)) => false,
+        }
+    }
+
     pub fn command_name(&self) -> &'static str {
         match &self.request_data {
             None => "none",

@@ -3,9 +3,12 @@
 //! (QUIC): one frame, then the end of the stream; the reply is one or more frames, the last with
 //! `more = false` (docs/PROTOCOL.md, "Exchanges"). `pipeline` drives a stream of many requests (TCP).
 
+use std::future::Future;
+use std::io;
 use std::time::Duration;
 
-use futures_util::{Sink, SinkExt, StreamExt};
+use futures_util::future::{BoxFuture, Shared};
+use futures_util::{FutureExt, Sink, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
@@ -120,14 +123,37 @@ where
     }
 }
 
+/// A request that arrived in 0-RTT early data, before the handshake completed. An attacker who
+/// captured it could replay it, so only a read-only command is executed at once; anything else waits
+/// until the handshake completes (which a replay never does). docs/PROTOCOL.md, "0-RTT".
+#[derive(Clone)]
+pub struct EarlyData {
+    /// Resolves to true when the handshake completes, false when the connection fails first.
+    handshake: Shared<BoxFuture<'static, bool>>,
+}
+
+impl EarlyData {
+    pub fn new(handshake: impl Future<Output = bool> + Send + 'static) -> Self {
+        EarlyData { handshake: handshake.boxed().shared() }
+    }
+
+    /// Whether `request` may be executed now that it has been read: at once if it is read-only,
+    /// otherwise once the handshake has completed; false if it never will.
+    async fn allows(&self, request: &CommandRequest) -> bool {
+        request.is_read_only() || self.handshake.clone().await
+    }
+}
+
 /// Serves one request stream: reads the request, executes it, writes the reply. An unreadable request
-/// is answered with an error response (docs/PROTOCOL.md, "Errors"). Returns an error only when the
-/// stream itself failed, for instance because the peer reset it or the connection was lost.
+/// is answered with an error response (docs/PROTOCOL.md, "Errors"). `early` is set when the request
+/// came in 0-RTT early data. Returns an error only when the stream itself failed, for instance because
+/// the peer reset it or the connection was lost.
 pub async fn serve_request<R, W, S>(
     mut recv: R,
     send: W,
     service: &Service<S>,
     limits: &Limits,
+    early: Option<&EarlyData>,
 ) -> Result<Served, FrameError>
 where
     R: AsyncRead + Unpin,
@@ -139,6 +165,12 @@ where
     let (reply, served) = match read_request(&mut recv, limits).await {
         Ok(request) => {
             tracing::Span::current().record("command", request.command_name());
+            if let Some(early) = early
+                && !early.allows(&request).await
+            {
+                let failed = "the handshake failed: a write sent in 0-RTT early data was not executed";
+                return Err(FrameError::Io(io::Error::new(io::ErrorKind::ConnectionAborted, failed)));
+            }
             (service.execute(request).await, Served::Answered)
         }
         Err(RequestError::Frame(FrameError::Io(e))) => return Err(FrameError::Io(e)),
@@ -149,4 +181,85 @@ where
     };
     write_reply(send, reply, limits).await?;
     Ok(served)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncWriteExt, DuplexStream};
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::service::ServiceConfig;
+    use crate::storage::MemoryStore;
+
+    const MAX: usize = 1 << 20;
+
+    fn service() -> Service<MemoryStore> {
+        Service::new(MemoryStore::new(), ServiceConfig::default(), MAX)
+    }
+
+    /// The server's end of a request stream that holds `request` and is finished, and a reply stream:
+    /// the server's end and the client's.
+    async fn stream_of(request: &CommandRequest) -> (DuplexStream, (DuplexStream, DuplexStream)) {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client.write_all(&encode_frame(request, MAX).unwrap()).await.unwrap();
+        client.shutdown().await.unwrap();
+        (server, tokio::io::duplex(64 * 1024))
+    }
+
+    /// A handshake that completes (true) or fails (false) when the test says so.
+    fn pending_handshake() -> (EarlyData, oneshot::Sender<bool>) {
+        let (done, outcome) = oneshot::channel();
+        (EarlyData::new(async { outcome.await.unwrap_or(false) }), done)
+    }
+
+    async fn stored(service: &Service<MemoryStore>, key: &str) -> bool {
+        let (recv, (mut send, reply)) = stream_of(&CommandRequest::hexist("t", key)).await;
+        serve_request(recv, &mut send, service, &Limits::default(), None).await.unwrap();
+        let mut frames = FramedRead::new(reply, FrameCodec::<CommandResponse>::new(MAX));
+        frames.next().await.unwrap().unwrap().values[0] == true.into()
+    }
+
+    #[tokio::test]
+    async fn a_write_in_early_data_waits_for_the_handshake() {
+        let service = service();
+        let (early, handshake) = pending_handshake();
+        let (recv, (mut send, _reply)) = stream_of(&CommandRequest::hset("t", "k", "v")).await;
+        let limits = Limits::default();
+        let serving = serve_request(recv, &mut send, &service, &limits, Some(&early));
+        tokio::pin!(serving);
+        // Everything the request needs is there; only the handshake is missing.
+        for _ in 0..10 {
+            tokio::select! {
+                biased;
+                _ = &mut serving => panic!("a write from early data was served before the handshake"),
+                _ = tokio::task::yield_now() => {}
+            }
+        }
+        assert!(!stored(&service, "k").await, "the write ran before the handshake completed");
+        handshake.send(true).unwrap();
+        serving.await.unwrap();
+        assert!(stored(&service, "k").await);
+    }
+
+    #[tokio::test]
+    async fn a_write_in_early_data_of_a_failed_handshake_is_never_executed() {
+        let service = service();
+        let (early, handshake) = pending_handshake();
+        let (recv, (mut send, _reply)) = stream_of(&CommandRequest::hset("t", "k", "v")).await;
+        let limits = Limits::default();
+        let serving = serve_request(recv, &mut send, &service, &limits, Some(&early));
+        handshake.send(false).unwrap();
+        assert!(serving.await.is_err());
+        assert!(!stored(&service, "k").await);
+    }
+
+    #[tokio::test]
+    async fn a_read_in_early_data_is_answered_at_once() {
+        let service = service();
+        let (early, _handshake) = pending_handshake();
+        let (recv, (mut send, _reply)) = stream_of(&CommandRequest::hget("t", "k")).await;
+        let served = serve_request(recv, &mut send, &service, &Limits::default(), Some(&early)).await;
+        assert!(matches!(served, Ok(Served::Answered)), "{served:?}");
+    }
 }

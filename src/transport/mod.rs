@@ -22,6 +22,7 @@ use quinn::Endpoint;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::tls::ServerTls;
 use tcp::TcpSecurity;
 
 pub use frame::DEFAULT_MAX_FRAME_LEN;
@@ -183,20 +184,21 @@ pub struct BindError {
 /// tokio runtime.
 pub fn bind(
     listen: SocketAddr,
-    tls: rustls::ServerConfig,
+    tls: ServerTls,
     tcp: TcpMode,
     limits: &Limits,
+    quic_options: &quic::QuicOptions,
 ) -> Result<Bound, BindError> {
     let udp = |cause| BindError { protocol: "UDP", cause };
     let security = match tcp {
-        TcpMode::Tls => Some(TcpSecurity::Tls(TlsAcceptor::from(Arc::new(tls.clone())))),
+        TcpMode::Tls => Some(TcpSecurity::Tls(TlsAcceptor::from(Arc::new(tls.tcp)))),
         TcpMode::Plaintext => Some(TcpSecurity::Plaintext),
         TcpMode::Off => None,
     };
     let attempts = if listen.port() == 0 { PORT_ATTEMPTS } else { 1 };
     let mut last_error = io::Error::other("no port could be bound");
     for _ in 0..attempts {
-        let quic = quic::server_endpoint(listen, tls.clone(), limits).map_err(udp)?;
+        let quic = quic::server_endpoint(listen, tls.quic.clone(), limits, quic_options).map_err(udp)?;
         let Some(security) = security.clone() else {
             return Ok(Bound { quic, tcp: None });
         };

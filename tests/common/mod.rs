@@ -2,8 +2,11 @@
 //! raw QUIC access for tests that must send what a well-behaved client never would.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod relay;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -79,6 +82,10 @@ impl TestServer {
             ..ServerConfig::default()
         };
         configure(&mut config);
+        Self::spawn(config, certs, transport)
+    }
+
+    fn spawn(config: ServerConfig, certs: TempDir, transport: Transport) -> Self {
         let server = Server::bind(config, MemoryStore::new()).expect("server binds");
         let addr = server.local_addr().expect("bound address");
         let (shutdown, signal) = oneshot::channel::<()>();
@@ -86,6 +93,21 @@ impl TestServer {
             let _ = signal.await;
         }));
         TestServer { addr, certs, transport, shutdown: Some(shutdown), task: Some(task) }
+    }
+
+    /// Stops the server and starts a new one on the same address with the same certificates: a new
+    /// process, as far as clients can tell (an empty store, no sessions remembered).
+    pub async fn restart(mut self) -> Self {
+        self.begin_stop();
+        self.stopped().await;
+        let config = ServerConfig {
+            listen: self.addr,
+            tcp: if self.transport == Transport::Tcp { TcpMode::Plaintext } else { TcpMode::Tls },
+            certs_dir: self.certs.path().to_owned(),
+            ..ServerConfig::default()
+        };
+        let certs = std::mem::replace(&mut self.certs, tempfile::tempdir().expect("temporary directory"));
+        Self::spawn(config, certs, self.transport)
     }
 
     pub fn ca(&self) -> PathBuf {
@@ -104,11 +126,7 @@ impl TestServer {
 
     /// A bare quinn connection, trusting the server's CA, for sending arbitrary bytes.
     pub async fn raw_connection(&self) -> quinn::Connection {
-        let roots = tls::read_roots(&self.ca()).expect("CA");
-        let tls = tls::client_config(roots).expect("TLS config");
-        let endpoint =
-            quic::client_endpoint("127.0.0.1:0".parse().expect("address"), tls, &Limits::default())
-                .expect("client endpoint");
+        let endpoint = quic_client_endpoint(&self.ca(), &tls::Tickets::none());
         endpoint.connect(self.addr, "localhost").expect("connect").await.expect("handshake")
     }
 
@@ -172,4 +190,14 @@ pub fn frame(request: &CommandRequest) -> Bytes {
 /// Any message as a frame.
 pub fn frame_of(message: &impl prost::Message) -> Bytes {
     encode_frame(message, u32::MAX as usize).expect("encodable")
+}
+
+/// A bare quinn client endpoint trusting `ca`, resuming sessions with `tickets`.
+pub fn quic_client_endpoint(ca: &std::path::Path, tickets: &tls::Tickets) -> quinn::Endpoint {
+    let roots = tls::read_roots(ca).expect("CA");
+    let tls = std::sync::Arc::new(tls::client_config(roots, tickets).expect("TLS config"));
+    let limits = Limits::default();
+    let config =
+        quic::client_config(tls, &limits, &Default::default(), Duration::from_secs(10)).expect("config");
+    quic::client_endpoint("127.0.0.1:0".parse().expect("address"), config, &limits).expect("client endpoint")
 }

@@ -20,7 +20,7 @@ use crate::service::Service;
 use crate::storage::Storage;
 use crate::transport::Limits;
 use crate::transport::budget::ReadBudget;
-use crate::transport::exchange::{Served, serve_request};
+use crate::transport::exchange::{EarlyData, Served, serve_request};
 use crate::transport::frame::FrameError;
 use crate::transport::timeouts;
 
@@ -85,19 +85,40 @@ async fn handle_connection<S: Storage>(
     shutdown: CancellationToken,
 ) {
     let remote = incoming.remote_address();
-    let connection = match incoming.await {
-        Ok(connection) => connection,
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
         Err(e) => {
-            debug!(%remote, error = %e, "handshake failed");
+            debug!(%remote, error = %e, "connection attempt failed");
             return;
         }
     };
+    // Serve before the handshake completes (0.5-RTT), so that requests a resuming client sent in 0-RTT
+    // early data are answered within its first round trip. `handshake` resolves once the client's
+    // Finished has arrived; writes from early data wait for it (see `EarlyData`). For a server,
+    // `into_0rtt` always succeeds.
+    let (connection, handshake) = match connecting.into_0rtt() {
+        Ok((connection, accepted)) => {
+            // On a server, `accepted` resolves when the handshake completes or the connection fails
+            // first (quinn 0.11 resolves it to false either way): a connection still open then has
+            // completed its handshake.
+            let watched = connection.clone();
+            (connection, EarlyData::new(async move { accepted.await || watched.close_reason().is_none() }))
+        }
+        Err(connecting) => match connecting.await {
+            Ok(connection) => (connection, EarlyData::new(std::future::ready(true))),
+            Err(e) => {
+                debug!(%remote, error = %e, "handshake failed");
+                return;
+            }
+        },
+    };
     let span = info_span!("connection", %remote, transport = "quic", id = connection.stable_id());
-    serve_connection(connection, service, limits, shutdown).instrument(span).await
+    serve_connection(connection, handshake, service, limits, shutdown).instrument(span).await
 }
 
 async fn serve_connection<S: Storage>(
     connection: Connection,
+    handshake: EarlyData,
     service: Service<S>,
     limits: Arc<Limits>,
     shutdown: CancellationToken,
@@ -114,8 +135,10 @@ async fn serve_connection<S: Storage>(
             },
         };
         let stream_id = recv.id();
+        let early = recv.is_0rtt().then(|| handshake.clone());
         // Boxed: spawning moves the future into the task, and a request's state is large.
-        let stream = Box::pin(handle_stream(send, recv, service.clone(), limits.clone(), budget.clone()));
+        let stream =
+            Box::pin(handle_stream(send, recv, early, service.clone(), limits.clone(), budget.clone()));
         // A span per request only when it will be used: an enabled span costs more than the request.
         if tracing::enabled!(tracing::Level::DEBUG) {
             let span = debug_span!("request", stream = %stream_id, command = tracing::field::Empty);
@@ -149,11 +172,22 @@ fn log_connection_end(reason: &ConnectionError) {
 async fn handle_stream<S: Storage>(
     mut send: SendStream,
     mut recv: RecvStream,
+    early: Option<EarlyData>,
     service: Service<S>,
     limits: Arc<Limits>,
     budget: ReadBudget,
 ) {
-    let served = serve_request(budget.reader(&mut recv), &mut send, &service, &limits).await;
+    // A client that abandons its request stops reading the reply (STOP_SENDING): stop working on it
+    // at once rather than finish a reply nobody will read.
+    let abandoned = send.stopped();
+    let served = tokio::select! {
+        served = serve_request(budget.reader(&mut recv), &mut send, &service, &limits, early.as_ref()) => served,
+        _ = abandoned => {
+            debug!("the client abandoned the request");
+            let _ = recv.stop(codes::CANCELLED);
+            return;
+        }
+    };
     match served {
         Ok(Served::Answered) => {}
         Ok(Served::Rejected(_)) => {

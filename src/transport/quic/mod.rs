@@ -9,8 +9,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{Endpoint, EndpointConfig, IdleTimeout, TokioRuntime, TransportConfig, VarInt};
+use quinn::{Endpoint, EndpointConfig, IdleTimeout, TokioRuntime, TransportConfig, VarInt, congestion};
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub use listener::serve;
@@ -45,22 +47,102 @@ fn invalid_input(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
 }
 
+/// The congestion controllers quinn offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// CUBIC (RFC 9438), as Linux TCP uses by default on most systems: the fair comparison with TCP.
+    #[default]
+    Cubic,
+    /// NewReno (RFC 9002's reference controller).
+    NewReno,
+    /// BBR (quinn's implementation is marked experimental).
+    Bbr,
+}
+
+impl Congestion {
+    pub const ALL: [Congestion; 3] = [Congestion::Cubic, Congestion::NewReno, Congestion::Bbr];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Congestion::Cubic => "cubic",
+            Congestion::NewReno => "newreno",
+            Congestion::Bbr => "bbr",
+        }
+    }
+}
+
+impl std::fmt::Display for Congestion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Congestion::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| format!("unknown congestion controller {s:?}: expected cubic, newreno or bbr"))
+    }
+}
+
+/// QUIC settings that matter on mobile paths, the same for servers and clients.
+#[derive(Debug, Clone)]
+pub struct QuicOptions {
+    pub congestion: Congestion,
+    /// The RTT assumed before the first measurement: it sets the first retransmission timeout. quinn's
+    /// default (333 ms, RFC 9002's) suits unknown paths; a lower one recovers a lost first flight sooner.
+    pub initial_rtt: Duration,
+    /// Generic segmentation offload: many packets handed to the kernel in one call. Off only to
+    /// measure its effect, or on a path (some VPNs, old kernels) that mishandles it.
+    pub segmentation_offload: bool,
+}
+
+impl Default for QuicOptions {
+    fn default() -> Self {
+        QuicOptions {
+            congestion: Congestion::Cubic,
+            initial_rtt: Duration::from_millis(333),
+            segmentation_offload: true,
+        }
+    }
+}
+
 /// Transport settings shared by both sides; `peer_streams` is how many bidirectional streams the peer
 /// may open at once.
-fn transport_config(limits: &Limits, peer_streams: u32) -> io::Result<TransportConfig> {
+fn transport_config(
+    limits: &Limits,
+    options: &QuicOptions,
+    peer_streams: u32,
+) -> io::Result<TransportConfig> {
     let mut transport = TransportConfig::default();
     let window = |bytes: usize| VarInt::from_u64(bytes as u64).map_err(invalid_input);
     transport
         .receive_window(window(limits.connection_receive_window)?)
         .max_concurrent_bidi_streams(VarInt::from_u32(peer_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
-        .max_idle_timeout(Some(IdleTimeout::try_from(limits.idle_timeout).map_err(invalid_input)?));
+        .max_idle_timeout(Some(IdleTimeout::try_from(limits.idle_timeout).map_err(invalid_input)?))
+        .initial_rtt(options.initial_rtt)
+        .enable_segmentation_offload(options.segmentation_offload);
+    match options.congestion {
+        Congestion::Cubic => {
+            transport.congestion_controller_factory(Arc::new(congestion::CubicConfig::default()))
+        }
+        Congestion::NewReno => {
+            transport.congestion_controller_factory(Arc::new(congestion::NewRenoConfig::default()))
+        }
+        Congestion::Bbr => {
+            transport.congestion_controller_factory(Arc::new(congestion::BbrConfig::default()))
+        }
+    };
     Ok(transport)
 }
 
 /// A UDP socket with enlarged kernel buffers: QUIC sends and receives in bursts, and the defaults
 /// (about 200 KiB) drop packets under load.
-fn bind_udp(addr: SocketAddr, buffer_bytes: usize) -> io::Result<std::net::UdpSocket> {
+pub fn bind_udp(addr: SocketAddr, buffer_bytes: usize) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     // Best effort: the kernel caps both at net.core.{r,w}mem_max, and a smaller buffer still works.
     if let Err(e) = socket.set_recv_buffer_size(buffer_bytes) {
@@ -74,27 +156,46 @@ fn bind_udp(addr: SocketAddr, buffer_bytes: usize) -> io::Result<std::net::UdpSo
     Ok(socket.into())
 }
 
-/// A server endpoint on `addr`, serving TLS configuration `tls` (which must offer TLS 1.3).
-pub fn server_endpoint(addr: SocketAddr, tls: rustls::ServerConfig, limits: &Limits) -> io::Result<Endpoint> {
+/// A server endpoint on `addr`, serving TLS configuration `tls` (which must offer TLS 1.3; with
+/// `max_early_data_size` at `u32::MAX` it accepts 0-RTT). Clients may migrate to new addresses.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+    limits: &Limits,
+    options: &QuicOptions,
+) -> io::Result<Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(invalid_input)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(limits, limits.max_concurrent_requests)?));
+    config.transport_config(Arc::new(transport_config(limits, options, limits.max_concurrent_requests)?));
+    // A phone moving from Wi-Fi to cellular keeps its connection (quinn's default, stated here).
+    config.migration(true);
     let socket = bind_udp(addr, limits.udp_socket_buffer)?;
     Endpoint::new(EndpointConfig::default(), Some(config), socket, Arc::new(TokioRuntime))
 }
 
-/// A client endpoint bound to `bind` (port 0 for any), connecting with TLS configuration `tls`.
-/// Keep-alives every third of the idle timeout keep idle connections (and NAT bindings) open.
+/// The settings of a client's connections: TLS configuration `tls` (whose ticket store decides
+/// resumption), keep-alives every `keep_alive` so that idle connections and the NAT bindings on their
+/// way stay open.
+pub fn client_config(
+    tls: Arc<rustls::ClientConfig>,
+    limits: &Limits,
+    options: &QuicOptions,
+    keep_alive: Duration,
+) -> io::Result<quinn::ClientConfig> {
+    let crypto = QuicClientConfig::try_from(tls).map_err(invalid_input)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = transport_config(limits, options, 0)?;
+    transport.keep_alive_interval(Some(keep_alive));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// A client endpoint bound to `bind` (port 0 for any) whose connections use `config`.
 pub fn client_endpoint(
     bind: SocketAddr,
-    tls: impl Into<Arc<rustls::ClientConfig>>,
+    config: quinn::ClientConfig,
     limits: &Limits,
 ) -> io::Result<Endpoint> {
-    let crypto = QuicClientConfig::try_from(tls.into()).map_err(invalid_input)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = transport_config(limits, 0)?;
-    transport.keep_alive_interval(Some(limits.idle_timeout / 3));
-    config.transport_config(Arc::new(transport));
     let socket = bind_udp(bind, limits.udp_socket_buffer)?;
     let mut endpoint = Endpoint::new(EndpointConfig::default(), None, socket, Arc::new(TokioRuntime))?;
     endpoint.set_default_client_config(config);

@@ -1,0 +1,293 @@
+//! What clients on mobile links rely on: 0-RTT resumption and its replay safety, TLS session
+//! resumption, keeping a connection across address changes, per-call deadlines, reconnection, and
+//! retrying only what is safe to retry.
+
+#[macro_use]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::TestServer;
+use common::relay::UdpRelay;
+use futures_util::future::join_all;
+use qkv::client::{Client, ClientConfig, ClientError, ClientStats, RetryPolicy};
+use qkv::pb::{CommandRequest, Value};
+use qkv::tls::Tickets;
+use qkv::transport::Transport;
+use qkv::transport::frame::FrameCodec;
+use tokio::net::TcpListener;
+use tokio_util::codec::FramedRead;
+
+/// Waits (5 s at most) until `condition` holds: for counters set when a handshake completes, after
+/// the call that started it has returned.
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(5), async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    waited.await.unwrap_or_else(|_| panic!("{what} did not happen"));
+}
+
+/// Connects once with `config` and closes again, leaving session tickets in `config.tickets`.
+async fn collect_tickets(config: &ClientConfig) {
+    let client = Client::connect_with(config.clone()).await.unwrap();
+    client.ping("tickets").await.unwrap();
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_resumed_quic_connection_sends_its_first_requests_in_0rtt() {
+    let server = TestServer::start().await;
+    let config = server.client_config();
+    collect_tickets(&config).await;
+
+    let client = Client::connect_with(config.clone()).await.unwrap();
+    // A write sent in early data: the server runs it once the handshake completes.
+    let written = client.hset("t", "k", "in 0-RTT").await.unwrap();
+    assert_eq!(client.hget("t", "k").await.unwrap().unwrap().version, written.version);
+    eventually("0-RTT acceptance", || client.stats().zero_rtt_accepted == 1).await;
+    let stats = client.stats();
+    assert_eq!((stats.connections, stats.zero_rtt_rejected, stats.retries), (1, 0, 0), "{stats:?}");
+
+    // Without tickets there is nothing to resume.
+    let fresh = ClientConfig { tickets: Tickets::none(), ..config };
+    collect_tickets(&fresh).await;
+    let client = Client::connect_with(fresh).await.unwrap();
+    client.ping("").await.unwrap();
+    assert_eq!(client.stats(), ClientStats { connections: 1, ..Default::default() });
+}
+
+#[tokio::test]
+async fn tls_over_tcp_resumes_sessions() {
+    let server = TestServer::start_for(Transport::Tls).await;
+    let config = server.client_config();
+    collect_tickets(&config).await;
+    let client = Client::connect_with(config.clone()).await.unwrap();
+    assert_eq!(client.stats().resumed, 1);
+
+    let fresh = ClientConfig { tickets: Tickets::none(), ..config };
+    collect_tickets(&fresh).await;
+    assert_eq!(Client::connect_with(fresh).await.unwrap().stats().resumed, 0);
+}
+
+#[tokio::test]
+async fn early_data_a_restarted_server_refuses_is_sent_again_transparently() {
+    let server = TestServer::start().await;
+    let config = server.client_config();
+    collect_tickets(&config).await;
+    // The new server process remembers no session: the ticket is useless, the early data refused.
+    let _server = server.restart().await;
+    let client = Client::connect_with(config).await.unwrap();
+    client.hset("t", "k", "sent twice, applied once").await.unwrap();
+    eventually("0-RTT refusal", || client.stats().zero_rtt_rejected == 1).await;
+    assert!(client.stats().retries >= 1, "{:?}", client.stats());
+    let stored = client.hget("t", "k").await.unwrap().unwrap();
+    assert_eq!(stored.value, Value::from("sent twice, applied once"));
+}
+
+#[tokio::test]
+async fn replayed_early_data_does_not_execute_a_write_again() {
+    let server = TestServer::start().await;
+    let relay = UdpRelay::start(server.addr).await;
+    let config = ClientConfig { addr: relay.addr.to_string(), ..server.client_config() };
+    collect_tickets(&config).await;
+
+    // An attacker on the path records a connection that writes in 0-RTT...
+    relay.start_recording();
+    let client = Client::connect_with(config).await.unwrap();
+    client.hset("t", "k", "original").await.unwrap();
+    eventually("0-RTT acceptance", || client.stats().zero_rtt_accepted == 1).await;
+    client.close().await;
+    let captured = relay.take_recording();
+
+    // ...the key changes...
+    let direct = server.client().await;
+    direct.hset("t", "k", "changed").await.unwrap();
+
+    // ...and the attacker replays the recording from its own address.
+    let attacker = relay.replay(&captured).await;
+    let mut answer = vec![0u8; 2048];
+    tokio::time::timeout(Duration::from_secs(5), attacker.recv(&mut answer))
+        .await
+        .expect("the server answers the replayed Initial")
+        .unwrap();
+    // Two round trips on another connection: the server has read every replayed datagram by then.
+    direct.ping("").await.unwrap();
+    direct.ping("").await.unwrap();
+    let stored = direct.hget("t", "k").await.unwrap().unwrap();
+    assert_eq!(stored.value, Value::from("changed"), "the replayed write ran again");
+}
+
+#[tokio::test]
+async fn a_quic_client_keeps_its_connection_when_it_rebinds() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    client.hset("t", "k", "v").await.unwrap();
+    for _ in 0..3 {
+        let before = client.local_address();
+        let reads: Vec<_> = (0..50).map(|_| client.hget("t", "k")).collect();
+        let (reads, rebound) = tokio::join!(join_all(reads), async { client.rebind() });
+        rebound.unwrap();
+        assert!(reads.iter().all(|r| matches!(r, Ok(Some(_)))), "{reads:?}");
+        assert_ne!(client.local_address(), before, "the client moved to a new socket");
+    }
+    client.ping("after the moves").await.unwrap();
+    assert_eq!(client.stats().connections, 1, "the connection survived every move");
+}
+
+#[tokio::test]
+async fn a_nat_rebinding_does_not_break_the_connection() {
+    let server = TestServer::start().await;
+    let relay = UdpRelay::start(server.addr).await;
+    let client =
+        Client::connect_with(ClientConfig { addr: relay.addr.to_string(), ..server.client_config() })
+            .await
+            .unwrap();
+    // QUIC forbids migrating before the handshake is confirmed (RFC 9000, section 9), and a server
+    // drops packets from a new address until then: one round trip first.
+    client.ping("").await.unwrap();
+    for round in 0..3 {
+        let keys: Vec<String> = (0..20).map(|i| format!("{round}-{i}")).collect();
+        let writes: Vec<_> = keys.iter().map(|key| client.hset("t", key, "v")).collect();
+        let (writes, ()) = tokio::join!(join_all(writes), async { relay.rebind_upstream() });
+        assert!(writes.iter().all(Result::is_ok), "{writes:?}");
+    }
+    assert_eq!(client.hgetall("t").await.unwrap().len(), 60);
+    assert_eq!(client.stats().connections, 1);
+}
+
+#[tokio::test]
+async fn a_call_without_an_answer_times_out_and_the_connection_outlives_a_short_outage() {
+    let server = TestServer::start().await;
+    let relay = UdpRelay::start(server.addr).await;
+    let timeout = Duration::from_millis(300);
+    let config =
+        ClientConfig { addr: relay.addr.to_string(), request_timeout: timeout, ..server.client_config() };
+    let client = Client::connect_with(config).await.unwrap();
+    client.ping("").await.unwrap();
+
+    relay.set_silent(true);
+    let err = client.ping("into the void").await.unwrap_err();
+    assert!(matches!(err, ClientError::Timeout(t) if t == timeout), "{err}");
+
+    relay.set_silent(false);
+    client.ping("back").await.unwrap();
+    assert_eq!(client.stats().connections, 1);
+}
+
+/// A plaintext TCP server that reads requests and, after each one, does what `answer` says: `true`
+/// to keep the connection (without answering), `false` to close it. Counts requests and connections.
+struct FakeServer {
+    addr: std::net::SocketAddr,
+    requests: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl FakeServer {
+    async fn start(keep_connection: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (requests, connections) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (counted, accepted) = (requests.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    use futures_util::StreamExt;
+                    let mut frames = FramedRead::new(stream, FrameCodec::<CommandRequest>::new(1 << 20));
+                    while let Some(Ok(_)) = frames.next().await {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        if !keep_connection {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FakeServer { addr, requests, connections }
+    }
+
+    fn config(&self) -> ClientConfig {
+        ClientConfig {
+            transport: Transport::Tcp,
+            request_timeout: Duration::from_millis(300),
+            retry: RetryPolicy {
+                attempts: 3,
+                initial_backoff: Duration::from_millis(1),
+                ..Default::default()
+            },
+            ..ClientConfig::new(self.addr.to_string(), "unused-for-plaintext.pem")
+        }
+    }
+}
+
+#[tokio::test]
+async fn over_tcp_a_call_that_times_out_gives_up_its_connection() {
+    let server = FakeServer::start(true).await;
+    let client = Client::connect_with(server.config()).await.unwrap();
+    assert!(matches!(client.ping("").await, Err(ClientError::Timeout(_))));
+    assert!(matches!(client.ping("").await, Err(ClientError::Timeout(_))));
+    // Every later answer waits behind a missing one, so the second call had a new connection.
+    assert_eq!(server.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_request_that_may_have_run_is_retried_only_if_it_is_read_only() {
+    let server = FakeServer::start(false).await; // reads each request, then drops the connection
+    let client = Client::connect_with(server.config()).await.unwrap();
+    let err = client.hset("t", "k", "v").await.unwrap_err();
+    assert!(!err.may_retry(false), "{err}");
+    assert_eq!(server.requests.load(Ordering::SeqCst), 1, "a write was sent again");
+
+    client.hget("t", "k").await.unwrap_err();
+    assert_eq!(server.requests.load(Ordering::SeqCst), 1 + 3, "a read is tried three times");
+}
+
+async fn a_lost_connection_is_replaced_on_the_next_call(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
+    let client = server.client().await;
+    client.hset("t", "k", "v").await.unwrap();
+    let _server = server.restart().await;
+    // The old connection is gone with the old server; the call finds a new one (and an empty store).
+    assert_eq!(client.hget("t", "k").await.unwrap(), None);
+    assert_eq!(client.stats().connections, 2);
+}
+
+transport_tests!(reconnection: quic, tls, tcp => a_lost_connection_is_replaced_on_the_next_call);
+
+#[tokio::test]
+async fn dropping_a_call_while_its_request_is_written_resets_the_stream() {
+    // A bare QUIC server that accepts the request stream and reads none of it: the client's write
+    // blocks on flow control, and the call is given up.
+    let certs = tempfile::tempdir().unwrap();
+    let dir = qkv::certs::CertDir::new(certs.path());
+    dir.ensure_server_certificate().unwrap();
+    let identity = qkv::tls::ServerIdentity::from_pem_files(&dir.server_cert(), &dir.server_key()).unwrap();
+    let tls = qkv::tls::server_configs(identity, 16).unwrap();
+    let limits = qkv::transport::Limits::default();
+    let endpoint = qkv::transport::quic::server_endpoint(
+        "127.0.0.1:0".parse().unwrap(),
+        tls.quic,
+        &limits,
+        &Default::default(),
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let connection = endpoint.accept().await.unwrap().await.unwrap();
+        let (_send, mut recv) = connection.accept_bi().await.unwrap();
+        recv.received_reset().await.unwrap()
+    });
+    let config = ClientConfig {
+        request_timeout: Duration::from_millis(300),
+        ..ClientConfig::new(addr.to_string(), dir.ca_cert())
+    };
+    let client = Client::connect_with(config).await.unwrap();
+    let err = client.hset("t", "big", vec![0u8; 12 << 20]).await.unwrap_err();
+    assert!(matches!(err, ClientError::Timeout(_)), "{err}");
+    assert_eq!(server.await.unwrap(), Some(qkv::transport::quic::codes::CANCELLED));
+}
