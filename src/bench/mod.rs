@@ -82,6 +82,8 @@ pub struct BenchReport {
     pub first_error: Option<String>,
     /// What the clients did: connections, resumptions, 0-RTT, retries.
     pub client_stats: ClientStats,
+    /// When the measured period began (after connecting, preloading and warming up).
+    pub measured_from: std::time::SystemTime,
     /// The longest time in the measured period during which no request succeeded.
     pub longest_gap: Duration,
     pub timeline: Option<TimelineReport>,
@@ -113,6 +115,10 @@ impl BenchReport {
                 p999: quantile(0.999),
                 max: self.latency_us.max(),
             },
+            measured_from_unix_ms: self
+                .measured_from
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as u64),
             longest_gap_ms: self.longest_gap.as_millis() as u64,
             client_stats: self.client_stats,
             timeline: self.timeline.clone(),
@@ -135,6 +141,9 @@ pub struct JsonReport {
     /// The open loop's rate; `null` for a closed loop.
     pub target_rps: Option<f64>,
     pub latency_us: Latencies,
+    /// When the measured period began, in milliseconds since the Unix epoch: to place outside events
+    /// (a network change, say) on the timeline.
+    pub measured_from_unix_ms: u64,
     /// The longest stretch of the measured period in which no request succeeded (10 ms resolution):
     /// how long a network change interrupted service.
     pub longest_gap_ms: u64,
@@ -174,6 +183,7 @@ pub async fn run(config: &BenchConfig, progress: Option<ProgressBar>) -> Result<
     let message = Bytes::from(vec![b'm'; config.value_size]);
 
     let window = Window::new(config.warmup, config.duration);
+    let measured_from = std::time::SystemTime::now() + config.warmup;
     let completed = Arc::new(AtomicU64::new(0));
     let mut workers = JoinSet::new();
     for (c, target) in targets.iter().enumerate() {
@@ -209,6 +219,12 @@ pub async fn run(config: &BenchConfig, progress: Option<ProgressBar>) -> Result<
         }
     }
     let ticker = progress.map(|bar| tokio::spawn(show_progress(bar, window, completed.clone())));
+    // Announced in the log, for tools that act during the run (the network lab moves the client).
+    let duration = config.duration;
+    let announcer = tokio::spawn(async move {
+        tokio::time::sleep_until(window.measure_from).await;
+        tracing::info!(?duration, "warm-up over, measuring");
+    });
     let mut tally = Tally::new();
     while let Some(worker) = workers.join_next().await {
         let worker = worker.map_err(|e| BenchError::Setup(format!("a worker failed: {e}")))?;
@@ -217,6 +233,7 @@ pub async fn run(config: &BenchConfig, progress: Option<ProgressBar>) -> Result<
     if let Some(ticker) = ticker {
         ticker.abort();
     }
+    announcer.abort();
     let mut client_stats = ClientStats::default();
     for target in &targets {
         match target {
@@ -235,6 +252,7 @@ pub async fn run(config: &BenchConfig, progress: Option<ProgressBar>) -> Result<
         latency_us: tally.latency_us,
         first_error: tally.first_error,
         client_stats,
+        measured_from,
         longest_gap: tally.timeline.longest_gap(config.duration),
         timeline: config.timeline.map(|slot| tally.timeline.report(slot, config.duration)),
     })

@@ -1,5 +1,7 @@
-//! `cargo xtask bench-report`: the side-by-side benchmark report of docs/bench/, in one command.
+//! Project automation: `cargo xtask bench-report` (the side-by-side benchmark report of docs/bench/)
+//! and `cargo xtask lab` (QUIC against TLS over emulated mobile links, see `lab`).
 //!
+//! `bench-report`:
 //! On this machine kind (2 vCPUs), every server runs pinned to core 0 and every load generator to core
 //! 1: qkv over QUIC, TLS and plaintext TCP; the transport floor (bare quinn and bare TLS echo, same
 //! message size, no KV work, `qkv floor`); and Redis 7 in plaintext and TLS (Debian's redis-server and
@@ -8,6 +10,7 @@
 //! of the performance targets, all from the same run. Everything started is stopped at the end, and on
 //! Ctrl-C (which reaches the whole process group).
 
+mod lab;
 mod report;
 mod run;
 
@@ -24,6 +27,8 @@ use run::{Processes, Scenario, Target};
 enum Task {
     /// Run the side-by-side benchmark and write the report, tables and plots.
     BenchReport(ReportArgs),
+    /// Run the network lab (root only): QUIC against TLS over emulated mobile links, and its report.
+    Lab(lab::LabArgs),
 }
 
 #[derive(clap::Args)]
@@ -46,9 +51,16 @@ struct ReportArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    let Task::BenchReport(args) = Task::parse();
+    let task = Task::parse();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     std::env::set_current_dir(&root).context("cannot enter the workspace root")?;
+    match task {
+        Task::BenchReport(args) => bench_report(args),
+        Task::Lab(args) => lab::run(args),
+    }
+}
+
+fn bench_report(args: ReportArgs) -> anyhow::Result<()> {
     if let Some(from) = &args.from {
         let measurements: Vec<run::Measurement> = serde_json::from_slice(&std::fs::read(from)?)?;
         let mut sweep: Vec<Scenario> = Vec::new();

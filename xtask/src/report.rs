@@ -138,7 +138,7 @@ fn command_output(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn machine() -> String {
+pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {

@@ -1,0 +1,221 @@
+//! The lab's experiments, each QUIC against TLS, each a `qkv bench --json` run in the client namespace.
+//!
+//! 1. Head-of-line blocking: 1 connection × 64 HGETs in flight.
+//! 2. Connection setup: a new connection per HGET, from connect to the first answer; TLS full and
+//!    resumed, QUIC full and 0-RTT (`--workload connect [--zero-rtt]`).
+//! 3. Migration: 16 HGETs in flight while the client moves to a new address a third into the run.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use super::QKV;
+use super::profiles::Profile;
+use super::report::ProfileResults;
+use super::topology::{self, CLIENT, CLIENT_ADDRS};
+
+/// Keys preloaded and read: few, so that preloading is quick even at 2 Mbit/s.
+const KEYS: &str = "1000";
+const WARMUP: Duration = Duration::from_secs(1);
+/// Per-request deadline in the migration experiment: how long a client waits before it gives up on
+/// a connection that went silent. It bounds the TLS outage; QUIC should never need it.
+pub const MIGRATION_TIMEOUT: &str = "3s";
+
+/// What `qkv bench --json` reports (the fields the lab uses).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchJson {
+    pub requests: u64,
+    pub errors: u64,
+    pub throughput_rps: f64,
+    pub latency_us: Latencies,
+    pub longest_gap_ms: u64,
+    pub measured_from_unix_ms: u64,
+    pub client_stats: ClientStats,
+    #[serde(default)]
+    pub timeline: Option<Timeline>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Latencies {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientStats {
+    pub connections: u64,
+    pub zero_rtt_accepted: u64,
+    pub zero_rtt_rejected: u64,
+    pub resumed: u64,
+    pub retries: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Timeline {
+    pub slot_ms: u64,
+    pub ok: Vec<u64>,
+    pub errors: Vec<u64>,
+}
+
+/// One bench run of one experiment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    /// `quic`, `tls`, `quic 0-RTT`, `tls resumed`...
+    pub variant: String,
+    pub result: BenchJson,
+    /// When the client moved, from the start of the measured period (migration only).
+    #[serde(default)]
+    pub moved_at_ms: Option<u64>,
+}
+
+pub struct Bench {
+    pub addr: String,
+    pub ca: PathBuf,
+    pub duration: Duration,
+}
+
+impl Bench {
+    fn command(&self, transport: &str, warmup: Duration, extra: &[&str]) -> Command {
+        let mut command = topology::command_in(CLIENT, QKV);
+        let ca = self.ca.to_string_lossy().into_owned();
+        command
+            .args(["bench", "--json", "--addr", &self.addr, "--ca", &ca, "--transport", transport])
+            .args(["--keys", KEYS, "--warmup", &format!("{}ms", warmup.as_millis())])
+            .args(["--duration", &format!("{}ms", self.duration.as_millis())])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    fn parse(output: Output, what: &str) -> anyhow::Result<BenchJson> {
+        if !output.status.success() {
+            bail!("{what}: qkv bench failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        serde_json::from_slice(&output.stdout).with_context(|| format!("{what}: qkv bench --json output"))
+    }
+
+    fn run(&self, variant: &str, transport: &str, extra: &[&str]) -> anyhow::Result<Run> {
+        eprintln!("  {variant} {}", extra.join(" "));
+        let output = self.command(transport, WARMUP, extra).output()?;
+        Ok(Run { variant: variant.to_owned(), result: Self::parse(output, variant)?, moved_at_ms: None })
+    }
+
+    /// Waits until the server in its namespace answers (it has just been started).
+    pub fn wait_for_server(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let ca = self.ca.to_string_lossy().into_owned();
+        loop {
+            let ping = topology::command_in(CLIENT, QKV)
+                .args(["ping", "--addr", &self.addr, "--ca", &ca])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?;
+            if ping.success() {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("the lab's server did not answer within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Measures the round trip the profile gives (QUIC pings, one at a time), and refuses to go on if it
+/// is far from what the profile asks for: a daemon that is not running would pass packets unimpaired.
+fn calibrate(bench: &Bench, profile: &Profile) -> anyhow::Result<f64> {
+    let short = Bench { duration: Duration::from_secs(2), addr: bench.addr.clone(), ca: bench.ca.clone() };
+    let run =
+        short.run("calibration", "quic", &["--workload", "ping", "--connections", "1", "--inflight", "1"])?;
+    let measured_ms = run.result.latency_us.p50 as f64 / 1000.0;
+    let expected_ms = profile.rtt().as_secs_f64() * 1000.0;
+    if (measured_ms - expected_ms).abs() > expected_ms * 0.25 + 2.0 {
+        bail!(
+            "profile {}: the round trip is {measured_ms:.1} ms, expected {expected_ms:.0} ms",
+            profile.name
+        );
+    }
+    eprintln!("  round trip {measured_ms:.1} ms (expected {expected_ms:.0} ms)");
+    Ok(measured_ms)
+}
+
+pub fn run_all(bench: &Bench, profile: &Profile) -> anyhow::Result<ProfileResults> {
+    let rtt_ms = calibrate(bench, profile)?;
+    let hol_load = ["--workload", "hget", "--connections", "1", "--inflight", "64"];
+    let hol = vec![bench.run("quic", "quic", &hol_load)?, bench.run("tls", "tls", &hol_load)?];
+
+    let connect = ["--workload", "connect", "--connections", "1", "--inflight", "1"];
+    let with_zero_rtt = [&connect[..], &["--zero-rtt"]].concat();
+    let setup = vec![
+        bench.run("tls full", "tls", &connect)?,
+        bench.run("tls resumed", "tls", &with_zero_rtt)?,
+        bench.run("quic full", "quic", &connect)?,
+        bench.run("quic 0-RTT", "quic", &with_zero_rtt)?,
+    ];
+
+    let migration = vec![migrate(bench, "quic")?, migrate(bench, "tls")?];
+    Ok(ProfileResults { profile: *profile, rtt_ms, link: Vec::new(), hol, setup, migration })
+}
+
+/// Runs a load during which the client moves from its first address to its second, then moves it back.
+fn migrate(bench: &Bench, transport: &str) -> anyhow::Result<Run> {
+    eprintln!("  {transport} migration");
+    let load = [
+        "--workload",
+        "hget",
+        "--connections",
+        "1",
+        "--inflight",
+        "16",
+        "--timeline",
+        "100ms",
+        "--timeout",
+        MIGRATION_TIMEOUT,
+    ];
+    // Connecting and preloading take a few round trips before the warm-up starts; a long warm-up
+    // makes sure the move falls into the measured period, and the bench's report says exactly when
+    // that period began.
+    let mut command = bench.command(transport, WARMUP, &load);
+    command.env("RUST_LOG", "qkv::bench=info");
+    let mut child = topology::spawn(command)?;
+    // The bench logs when its measured period begins (after connecting, preloading, warming up).
+    let stderr = child.stderr.take().context("bench stderr")?;
+    let (measuring, started) = std::sync::mpsc::channel();
+    let log = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("measuring") {
+                let _ = measuring.send(());
+            }
+            lines.push(line);
+        }
+        lines.join("\n")
+    });
+    if started.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = child.kill();
+        bail!("{transport} migration: the bench never started measuring");
+    }
+    std::thread::sleep(bench.duration / 3);
+    let moved_at = std::time::SystemTime::now();
+    let moved = topology::move_client(CLIENT_ADDRS[0], CLIENT_ADDRS[1]);
+    let output = topology::wait_output(child);
+    let back = topology::move_client(CLIENT_ADDRS[1], CLIENT_ADDRS[0]);
+    moved?;
+    back?;
+    let mut output = output?;
+    output.stderr = log.join().unwrap_or_default().into_bytes();
+    let result = Bench::parse(output, &format!("{transport} migration"))?;
+    let moved_at_unix_ms = moved_at.duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    let Some(moved_at_ms) = moved_at_unix_ms.checked_sub(result.measured_from_unix_ms) else {
+        bail!("{transport} migration: the client moved before the measured period began");
+    };
+    Ok(Run { variant: transport.to_owned(), result, moved_at_ms: Some(moved_at_ms) })
+}
