@@ -104,7 +104,8 @@ impl Bench {
 
     fn run(&self, variant: &str, transport: &str, extra: &[&str]) -> anyhow::Result<Run> {
         eprintln!("  {variant} {}", extra.join(" "));
-        let output = self.command(transport, WARMUP, extra).output()?;
+        // Spawned through the topology, so that an interrupted lab stops it too.
+        let output = topology::wait_output(topology::spawn(self.command(transport, WARMUP, extra))?)?;
         Ok(Run { variant: variant.to_owned(), result: Self::parse(output, variant)?, moved_at_ms: None })
     }
 

@@ -68,11 +68,10 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
     })
     .context("cannot install the interrupt handler")?;
 
-    let work = std::env::temp_dir().join(format!("qkv-lab-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
+    let scratch = std::env::temp_dir().join(format!("qkv-lab-{}", std::process::id()));
+    let work = topology::scratch_directory(scratch)?;
     let result = run_lab(&profiles, Duration::from_secs(seconds), &work);
     topology::cleanup();
-    let _ = std::fs::remove_dir_all(&work);
     let results = result?;
 
     std::fs::create_dir_all(&out)?;

@@ -39,10 +39,16 @@ struct Cleanup {
     namespaces: Vec<&'static str>,
     /// The root namespace's allowed congestion controllers before the lab added cubic.
     allowed_congestion: Option<String>,
+    /// Scratch directories (certificates, logs).
+    directories: Vec<std::path::PathBuf>,
 }
 
-static CLEANUP: Mutex<Cleanup> =
-    Mutex::new(Cleanup { pids: Vec::new(), namespaces: Vec::new(), allowed_congestion: None });
+static CLEANUP: Mutex<Cleanup> = Mutex::new(Cleanup {
+    pids: Vec::new(),
+    namespaces: Vec::new(),
+    allowed_congestion: None,
+    directories: Vec::new(),
+});
 
 fn cleanup_state() -> std::sync::MutexGuard<'static, Cleanup> {
     CLEANUP.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -60,6 +66,16 @@ pub fn cleanup() {
     if let Some(allowed) = state.allowed_congestion.take() {
         let _ = sysctl(None, ALLOWED_CONGESTION, &allowed);
     }
+    for directory in state.directories.drain(..) {
+        let _ = std::fs::remove_dir_all(directory);
+    }
+}
+
+/// Makes a scratch directory, removed by [`cleanup`].
+pub fn scratch_directory(path: std::path::PathBuf) -> anyhow::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(&path)?;
+    cleanup_state().directories.push(path.clone());
+    Ok(path)
 }
 
 /// Runs a command to completion, failing with its stderr.
