@@ -154,11 +154,7 @@ async fn a_frame_that_starts_on_an_idle_connection_gets_408_after_the_request_ti
 #[tokio::test]
 async fn at_shutdown_the_next_request_is_answered_503_and_later_ones_are_not_executed() {
     let mut server = TestServer::start_for(Transport::Tcp).await;
-    let client = server.client().await;
-    for batch in 0..8 {
-        let pairs = (0..5).map(|i| Kvpair::new(format!("k{}", batch * 5 + i), vec![1u8; 1 << 20]));
-        client.hmset("big", pairs).await.unwrap();
-    }
+    let _client = fill_big_table(&server).await;
     let mut stream = server.raw_tcp().await;
     stream.write_all(&common::frame(&CommandRequest::hgetall("big"))).await.unwrap();
     let (read, mut write) = stream.split();
@@ -192,11 +188,7 @@ async fn a_forced_shutdown_cuts_an_answer_off_without_a_503() {
         config.limits.reply_timeout = Duration::from_secs(60);
     })
     .await;
-    let client = server.client().await;
-    for batch in 0..8 {
-        let pairs = (0..5).map(|i| Kvpair::new(format!("k{}", batch * 5 + i), vec![1u8; 1 << 20]));
-        client.hmset("big", pairs).await.unwrap();
-    }
+    let _client = fill_big_table(&server).await;
     let mut stream = server.raw_tcp().await;
     stream.write_all(&common::frame(&CommandRequest::hgetall("big"))).await.unwrap();
     let mut frames = FramedRead::new(stream, FrameCodec::<CommandResponse>::new(64 << 20));
@@ -281,11 +273,7 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_reply_timeout() {
         config.limits.reply_timeout = Duration::from_millis(200);
     })
     .await;
-    let client = server.client().await;
-    for batch in 0..8 {
-        let pairs = (0..5).map(|i| Kvpair::new(format!("k{}", batch * 5 + i), vec![1u8; 1 << 20]));
-        client.hmset("big", pairs).await.unwrap();
-    }
+    let client = fill_big_table(&server).await;
     let mut stream = server.raw_tcp().await;
     stream.write_all(&common::frame(&CommandRequest::hgetall("big"))).await.unwrap();
     // Testing a timer: nothing to wait on but time. Read nothing for ten times the reply timeout...
@@ -318,4 +306,15 @@ async fn tls_over_tcp_requires_alpn_qkv_1() {
     accepted.write_all(&common::frame(&CommandRequest::ping("tls"))).await.unwrap();
     let answer = FramedRead::new(accepted, FrameCodec::<CommandResponse>::new(1 << 20)).next().await;
     assert_eq!(answer.unwrap().unwrap().values, vec![Value::from(b"tls".to_vec())]);
+}
+
+/// Writes 40 MiB to table `big` (40 values of 1 MiB): an Hgetall of it takes many frames, more than
+/// socket buffers hold. Returns the client that wrote it.
+async fn fill_big_table(server: &TestServer) -> qkv::Client {
+    let client = server.client().await;
+    for batch in 0..8 {
+        let pairs = (0..5).map(|i| Kvpair::new(format!("k{}", batch * 5 + i), vec![1u8; 1 << 20]));
+        client.hmset("big", pairs).await.unwrap();
+    }
+    client
 }

@@ -301,24 +301,14 @@ fn qkv_bench(
     if !output.status.success() {
         bail!("qkv bench failed: {}", String::from_utf8_lossy(&output.stdout));
     }
-    #[derive(Deserialize)]
-    struct Json {
-        throughput_rps: f64,
-        errors: u64,
-        latency_us: Latencies,
-    }
-    #[derive(Deserialize)]
-    struct Latencies {
-        p50: f64,
-        p99: f64,
-    }
-    let json: Json = serde_json::from_slice(&output.stdout).context("qkv bench --json output")?;
+    let json: qkv::bench::JsonReport =
+        serde_json::from_slice(&output.stdout).context("qkv bench --json output")?;
     Ok(Measurement {
         target,
         scenario,
         throughput_rps: json.throughput_rps,
-        p50_us: json.latency_us.p50,
-        p99_us: json.latency_us.p99,
+        p50_us: json.latency_us.p50 as f64,
+        p99_us: json.latency_us.p99 as f64,
         errors: json.errors,
     })
 }

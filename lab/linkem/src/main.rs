@@ -90,7 +90,7 @@ fn main() -> anyhow::Result<()> {
                     match link.admit(arrived) {
                         Fate::Drop => {
                             message.set_verdict(Verdict::Drop);
-                            queue.verdict(message)?;
+                            queue.verdict(message).context("cannot hand the packet back to the kernel")?;
                             counts.dropped += 1;
                         }
                         Fate::DeliverAt(due) => held.push_back((arrived, due, message)),
@@ -107,7 +107,7 @@ fn main() -> anyhow::Result<()> {
         while held.front().is_some_and(|(_, due, _)| *due <= now) {
             if let Some((arrived, _, mut message)) = held.pop_front() {
                 message.set_verdict(Verdict::Accept);
-                queue.verdict(message)?;
+                queue.verdict(message).context("cannot hand the packet back to the kernel")?;
                 counts.delivered += 1;
                 counts.delay += now - arrived;
             }

@@ -11,7 +11,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde::{Deserialize, Serialize};
+use qkv::bench::JsonReport;
+use serde::Serialize;
 
 use super::QKV;
 use super::profiles::Profile;
@@ -25,53 +26,13 @@ const WARMUP: Duration = Duration::from_secs(1);
 /// a connection that went silent. It bounds the TLS outage; QUIC should never need it.
 pub const MIGRATION_TIMEOUT: &str = "3s";
 
-/// What `qkv bench --json` reports (the fields the lab uses).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BenchJson {
-    pub requests: u64,
-    pub errors: u64,
-    pub throughput_rps: f64,
-    pub latency_us: Latencies,
-    pub longest_gap_ms: u64,
-    pub measured_from_unix_ms: u64,
-    pub client_stats: ClientStats,
-    #[serde(default)]
-    pub timeline: Option<Timeline>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Latencies {
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub p999: u64,
-    pub max: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClientStats {
-    pub connections: u64,
-    pub zero_rtt_accepted: u64,
-    pub zero_rtt_rejected: u64,
-    pub resumed: u64,
-    pub retries: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Timeline {
-    pub slot_ms: u64,
-    pub ok: Vec<u64>,
-    pub errors: Vec<u64>,
-}
-
 /// One bench run of one experiment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Run {
     /// `quic`, `tls`, `quic 0-RTT`, `tls resumed`...
     pub variant: String,
-    pub result: BenchJson,
+    pub result: JsonReport,
     /// When the client moved, from the start of the measured period (migration only).
-    #[serde(default)]
     pub moved_at_ms: Option<u64>,
 }
 
@@ -95,7 +56,7 @@ impl Bench {
         command
     }
 
-    fn parse(output: Output, what: &str) -> anyhow::Result<BenchJson> {
+    fn parse(output: Output, what: &str) -> anyhow::Result<JsonReport> {
         if !output.status.success() {
             bail!("{what}: qkv bench failed: {}", String::from_utf8_lossy(&output.stderr).trim());
         }
