@@ -4,7 +4,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::StreamExt;
 use qkv::pb::{CommandRequest, Kvpair};
-use qkv::service::{Reply, Service, ServiceConfig};
+use qkv::service::{Caller, Reply, Service, ServiceConfig};
 use qkv::storage::MemoryStore;
 
 fn bench(c: &mut Criterion) {
@@ -12,9 +12,9 @@ fn bench(c: &mut Criterion) {
     let service = Service::new(MemoryStore::new(), ServiceConfig::default(), 16 << 20);
     runtime.block_on(async {
         let pairs = (0..10_000).map(|i| Kvpair::new(format!("key:{i:010}"), vec![b'v'; 64]));
-        service.execute(CommandRequest::hmset("t", pairs)).await;
+        service.execute(CommandRequest::hmset("t", pairs), &Caller::default()).await;
         let small = (0..100).map(|i| Kvpair::new(format!("k{i}"), vec![b'v'; 64]));
-        service.execute(CommandRequest::hmset("small", small)).await;
+        service.execute(CommandRequest::hmset("small", small), &Caller::default()).await;
     });
     let mut group = c.benchmark_group("service");
     let cases = [
@@ -25,12 +25,15 @@ fn bench(c: &mut Criterion) {
         ("hmget/10", CommandRequest::hmget("t", (0..10).map(|i| format!("key:{:010}", i * 997)))),
         ("hexist", CommandRequest::hexist("t", "key:0000004242")),
     ];
+    let caller = Caller::default();
     for (name, request) in cases {
-        group.bench_function(name, |b| b.to_async(&runtime).iter(|| service.execute(request.clone())));
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter(|| service.execute(request.clone(), &caller))
+        });
     }
     group.bench_function("hgetall (100 keys, all frames)", |b| {
         b.to_async(&runtime).iter(|| async {
-            match service.execute(CommandRequest::hgetall("small")).await {
+            match service.execute(CommandRequest::hgetall("small"), &Caller::default()).await {
                 Reply::Stream(frames) => frames.count().await,
                 Reply::One(_) => 1,
             }

@@ -9,6 +9,8 @@
 //! | `ca-key.pem`     | CA private key               | 0600 |
 //! | `server.pem`     | server certificate           | 0644 |
 //! | `server-key.pem` | server private key           | 0600 |
+//! | `NAME.pem`       | client certificate (`qkv cert --client NAME`), for mutual TLS | 0644 |
+//! | `NAME-key.pem`   | its private key (give both to that client) | 0600 |
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -32,6 +34,7 @@ pub const DEFAULT_SERVER_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 const CA_VALIDITY: Duration = Duration::days(3650);
 const SERVER_VALIDITY: Duration = Duration::days(825);
+const CLIENT_VALIDITY: Duration = Duration::days(397);
 const PRIVATE_MODE: u32 = 0o600;
 const PUBLIC_MODE: u32 = 0o644;
 
@@ -43,6 +46,8 @@ pub enum CertError {
     Exists { paths: Vec<PathBuf> },
     #[error("{} exists but {} does not; restore it or remove both", present.display(), missing.display())]
     Incomplete { present: PathBuf, missing: PathBuf },
+    #[error("{name:?} cannot be a client name: {reason}")]
+    InvalidClientName { name: String, reason: &'static str },
     #[error("{name:?} cannot be a certificate name: {cause}")]
     InvalidName { name: String, cause: String },
     #[error("cannot use the CA in {}: {cause}", dir.display())]
@@ -115,11 +120,7 @@ impl CertDir {
         force: bool,
     ) -> Result<Provisioned, CertError> {
         fs::create_dir_all(&self.dir).map_err(|cause| CertError::Io { path: self.dir.clone(), cause })?;
-        let existing: Vec<PathBuf> =
-            [self.server_cert(), self.server_key()].into_iter().filter(|p| p.exists()).collect();
-        if !existing.is_empty() && !force {
-            return Err(CertError::Exists { paths: existing });
-        }
+        refuse_overwrite(&[self.server_cert(), self.server_key()], force)?;
 
         let mut names: Vec<String> = DEFAULT_SERVER_NAMES.iter().map(|n| n.to_string()).collect();
         for name in extra_names {
@@ -138,25 +139,62 @@ impl CertDir {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         (params.not_before, params.not_after) = validity(SERVER_VALIDITY);
+        let new_ca = self.sign_and_write(&params, &self.server_cert(), &self.server_key(), force)?;
+        Ok(if new_ca {
+            Provisioned::NewCaAndServer { names }
+        } else {
+            Provisioned::IssuedByExistingCa { names }
+        })
+    }
 
+    /// Signs `params` with a new key and the directory's CA, creating the CA first if there is none,
+    /// and writes the certificate and its key to `cert` and `key` (replacing them only with `force`).
+    /// Returns whether a CA was created.
+    fn sign_and_write(
+        &self,
+        params: &CertificateParams,
+        cert: &Path,
+        key: &Path,
+        force: bool,
+    ) -> Result<bool, CertError> {
         let had_ca = present_pair(&self.ca_cert(), &self.ca_key())?;
         let (ca_cert_pem, ca_key) = if had_ca { self.read_ca()? } else { new_ca()? };
         let issuer = Issuer::from_ca_cert_pem(&ca_cert_pem, ca_key)
             .map_err(|cause| CertError::BadCa { dir: self.dir.clone(), cause })?;
-        let server_key = KeyPair::generate()?;
-        let server_cert = params.signed_by(&server_key, &issuer)?;
-
+        let new_key = KeyPair::generate()?;
+        let new_cert = params.signed_by(&new_key, &issuer)?;
         if !had_ca {
             write_file(&self.ca_key(), issuer.key().serialize_pem().as_bytes(), PRIVATE_MODE, false)?;
             write_file(&self.ca_cert(), ca_cert_pem.as_bytes(), PUBLIC_MODE, false)?;
         }
-        write_file(&self.server_key(), server_key.serialize_pem().as_bytes(), PRIVATE_MODE, force)?;
-        write_file(&self.server_cert(), server_cert.pem().as_bytes(), PUBLIC_MODE, force)?;
-        Ok(if had_ca {
-            Provisioned::IssuedByExistingCa { names }
-        } else {
-            Provisioned::NewCaAndServer { names }
-        })
+        write_file(key, new_key.serialize_pem().as_bytes(), PRIVATE_MODE, force)?;
+        write_file(cert, new_cert.pem().as_bytes(), PUBLIC_MODE, force)?;
+        Ok(!had_ca)
+    }
+
+    /// The certificate and key files of client `name`.
+    pub fn client_files(&self, name: &str) -> (PathBuf, PathBuf) {
+        (self.dir.join(format!("{name}.pem")), self.dir.join(format!("{name}-key.pem")))
+    }
+
+    /// What `qkv cert --client NAME` does: issue a client certificate (subject `CN=NAME`, for client
+    /// authentication only) signed by the directory's CA, creating the CA first if there is none.
+    /// Servers started with `--client-ca DIR/ca.pem` accept it. Refuses to replace an existing client
+    /// certificate of that name unless `force`. Returns the certificate and key paths, and whether a
+    /// new CA was created.
+    pub fn issue_client_certificate(&self, name: &str, force: bool) -> Result<IssuedClient, CertError> {
+        check_client_name(name)?;
+        fs::create_dir_all(&self.dir).map_err(|cause| CertError::Io { path: self.dir.clone(), cause })?;
+        let (cert, key) = self.client_files(name);
+        refuse_overwrite(&[cert.clone(), key.clone()], force)?;
+        let mut params = CertificateParams::new(Vec::new())?;
+        params.distinguished_name = common_name(name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        (params.not_before, params.not_after) = validity(CLIENT_VALIDITY);
+        let new_ca = self.sign_and_write(&params, &cert, &key, force)?;
+        Ok(IssuedClient { cert, key, new_ca })
     }
 
     fn read_ca(&self) -> Result<(String, KeyPair), CertError> {
@@ -165,6 +203,33 @@ impl CertDir {
             .map_err(|cause| CertError::BadCa { dir: self.dir.clone(), cause })?;
         Ok((cert, key))
     }
+}
+
+/// What [`CertDir::issue_client_certificate`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedClient {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// True when the directory had no CA and one was created.
+    pub new_ca: bool,
+}
+
+/// A client name becomes a file name and a certificate subject: letters, digits, '.', '_' and '-',
+/// not starting with '.', and none of the names the directory's own files use.
+fn check_client_name(name: &str) -> Result<(), CertError> {
+    let invalid = |reason| Err(CertError::InvalidClientName { name: name.to_owned(), reason });
+    if name.is_empty() || name.len() > 64 {
+        return invalid("it must be 1 to 64 characters long");
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        || name.starts_with('.')
+    {
+        return invalid("use letters, digits, '.', '_' and '-' only, not starting with '.'");
+    }
+    if ["ca", "server"].contains(&name) || name.ends_with("-key") {
+        return invalid("the certificate directory's own files use that name");
+    }
+    Ok(())
 }
 
 /// A self-signed CA that may sign end-entity certificates only (path length 0).
@@ -193,6 +258,15 @@ fn common_name(name: &str) -> DistinguishedName {
 fn validity(length: Duration) -> (OffsetDateTime, OffsetDateTime) {
     let now = OffsetDateTime::now_utc();
     (now - Duration::hours(1), now + length)
+}
+
+/// Refuses, unless `force`, when any of `paths` exists.
+fn refuse_overwrite(paths: &[PathBuf], force: bool) -> Result<(), CertError> {
+    let existing: Vec<PathBuf> = paths.iter().filter(|p| p.exists()).cloned().collect();
+    match existing.is_empty() || force {
+        true => Ok(()),
+        false => Err(CertError::Exists { paths: existing }),
+    }
 }
 
 /// True when both files exist, false when neither does, an error when only one does.
@@ -241,7 +315,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::tls::{ServerIdentity, read_roots};
+    use crate::tls::{Identity, read_roots};
 
     fn mode(path: &Path) -> u32 {
         fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -258,7 +332,7 @@ mod tests {
         assert_eq!(mode(&certs.ca_cert()), 0o644);
         // The files are usable by the TLS layer.
         read_roots(&certs.ca_cert()).unwrap();
-        ServerIdentity::from_pem_files(&certs.server_cert(), &certs.server_key()).unwrap();
+        Identity::from_pem_files(&certs.server_cert(), &certs.server_key()).unwrap();
         // Second start: nothing changes.
         let before = fs::read(certs.server_cert()).unwrap();
         assert_eq!(certs.ensure_server_certificate().unwrap(), Provisioned::Existing);
@@ -292,6 +366,42 @@ mod tests {
         fs::remove_file(certs.server_key()).unwrap();
         let err = certs.ensure_server_certificate().unwrap_err();
         assert!(matches!(err, CertError::Incomplete { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_client_certificate_is_signed_by_the_directorys_ca_and_names_its_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = CertDir::new(dir.path());
+        certs.ensure_server_certificate().unwrap();
+        let issued = certs.issue_client_certificate("alice", false).unwrap();
+        assert!(!issued.new_ca);
+        assert_eq!(mode(&issued.key), 0o600);
+        let identity = Identity::from_pem_files(&issued.cert, &issued.key).unwrap();
+        let subject = crate::tls::certificate_subject(&identity.cert_chain[0]).unwrap();
+        assert_eq!(subject, "CN=alice");
+        // The server's CA verifies it as a client certificate.
+        let roots = std::sync::Arc::new(read_roots(&certs.ca_cert()).unwrap());
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, crate::tls::provider())
+                .build()
+                .unwrap();
+        let now = rustls::pki_types::UnixTime::now();
+        verifier.verify_client_cert(&identity.cert_chain[0], &[], now).unwrap();
+
+        let err = certs.issue_client_certificate("alice", false).unwrap_err();
+        assert!(err.to_string().contains("--force"), "{err}");
+        certs.issue_client_certificate("alice", true).unwrap();
+    }
+
+    #[test]
+    fn client_names_that_are_not_plain_file_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = CertDir::new(dir.path());
+        for name in ["", "../etc/passwd", ".hidden", "a b", "ca", "server", "bob-key", &"x".repeat(65)] {
+            let err = certs.issue_client_certificate(name, false).unwrap_err();
+            assert!(matches!(err, CertError::InvalidClientName { .. }), "{name:?}: {err}");
+        }
+        assert!(fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing was written");
     }
 
     #[test]

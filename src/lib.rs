@@ -30,3 +30,5 @@ pub mod transport;
 
 pub use client::Client;
 pub mod bench;
+#[doc(hidden)]
+pub mod fuzzing;

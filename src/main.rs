@@ -46,7 +46,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = qkv::server::runtime(args.runtime.layout()?).context("cannot start the runtime")?;
     runtime.block_on(async {
         let server = match args.store {
-            Store::Memory => Server::bind(args.config(), MemoryStore::new())?,
+            Store::Memory => {
+                let budget = args.memory_budget.unwrap_or_else(qkv::storage::default_memory_budget);
+                if budget == 0 {
+                    anyhow::bail!("invalid configuration: the memory budget must be larger than zero");
+                }
+                tracing::info!(budget = %bytesize::ByteSize(budget as u64).display().iec(), "in-memory store");
+                Server::bind(args.config(), MemoryStore::with_budget(budget))?
+            }
         };
         server.run(shutdown_signal()).await;
         Ok(())
@@ -55,6 +62,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 fn cert(args: CertArgs) -> anyhow::Result<()> {
     let dir = CertDir::new(&args.dir);
+    if let Some(name) = &args.client {
+        let issued = dir.issue_client_certificate(name, args.force)?;
+        if issued.new_ca {
+            println!("created a CA: {} (servers take it as --client-ca)", dir.ca_cert().display());
+        }
+        println!("created a client certificate for CN={name}: {}", issued.cert.display());
+        println!("and its private key (keep it secret): {}", issued.key.display());
+        return Ok(());
+    }
     match dir.issue_server_certificate(&args.names, args.force)? {
         Provisioned::NewCaAndServer { names } => {
             println!("created a CA: {} (give this file to clients)", dir.ca_cert().display());
@@ -149,6 +165,11 @@ fn client_config(args: &ClientArgs) -> ClientConfig {
     let mut config = ClientConfig::new(&args.addr, &args.ca);
     config.transport = args.transport;
     config.server_name = args.server_name.clone();
+    config.client_cert = args
+        .client_cert
+        .clone()
+        .zip(args.client_key.clone())
+        .map(|(cert, key)| qkv::tls::ClientCertFiles { cert, key });
     config.connect_timeout = args.connect_timeout;
     config.request_timeout = args.timeout;
     config.retry.attempts = args.attempts;
@@ -242,6 +263,9 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Ping { payload, count, .. } => {
+            if let Some(identity) = client.whoami().await? {
+                println!("the server knows this client as {identity}");
+            }
             for _ in 0..count {
                 let start = Instant::now();
                 let echoed = client.ping(payload.clone().into_bytes()).await?;

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::certs::{CertDir, CertError, Provisioned};
 use crate::service::{Service, ServiceConfig};
 use crate::storage::Storage;
-use crate::tls::{self, ServerIdentity, TlsError};
+use crate::tls::{self, Identity, TlsError};
 use crate::transport::quic::{self, QuicOptions};
 use crate::transport::tcp::{self, TcpSecurity};
 use crate::transport::{self, Limits};
@@ -35,6 +35,9 @@ pub struct ServerConfig {
     pub tcp: TcpMode,
     /// Directory of `ca.pem`, `server.pem` and their keys; generated on first start if empty.
     pub certs_dir: PathBuf,
+    /// Mutual TLS: when set, every client must present a certificate signed by a CA in this PEM file
+    /// (on QUIC and on TLS over TCP; plaintext TCP cannot be combined with it).
+    pub client_ca: Option<PathBuf>,
     pub limits: Limits,
     /// Congestion controller, initial RTT, segmentation offload.
     pub quic: QuicOptions,
@@ -51,6 +54,7 @@ impl Default for ServerConfig {
             listen: DEFAULT_LISTEN,
             tcp: TcpMode::Tls,
             certs_dir: PathBuf::from("certs"),
+            client_ca: None,
             limits: Limits::default(),
             quic: QuicOptions::default(),
             session_cache: tls::DEFAULT_SESSION_CACHE,
@@ -86,10 +90,15 @@ impl<S: Storage> Server<S> {
     pub fn bind(config: ServerConfig, storage: S) -> Result<Self, ServerError> {
         config.limits.validate().map_err(ServerError::Config)?;
         config.service.validate(config.limits.max_frame_len).map_err(ServerError::Config)?;
+        if config.client_ca.is_some() && config.tcp == TcpMode::Plaintext {
+            return Err(ServerError::Config(
+                "client certificates (--client-ca) need TLS on TCP too: drop --tcp-plaintext, or serve QUIC only with --no-tcp".into(),
+            ));
+        }
         let certs = CertDir::new(&config.certs_dir);
         log_provisioning(&certs, certs.ensure_server_certificate()?);
-        let identity = ServerIdentity::from_pem_files(&certs.server_cert(), &certs.server_key())?;
-        let tls = tls::server_configs(identity, config.session_cache)?;
+        let identity = Identity::from_pem_files(&certs.server_cert(), &certs.server_key())?;
+        let tls = tls::server_configs(identity, config.session_cache, config.client_ca.as_deref())?;
         let transport::Bound { quic, tcp } =
             transport::bind(config.listen, tls, config.tcp, &config.limits, &config.quic).map_err(|e| {
                 ServerError::Bind { addr: config.listen, protocol: e.protocol, cause: e.cause }
@@ -124,8 +133,24 @@ impl<S: Storage> Server<S> {
             (Some(_), _) => "plaintext",
             (None, _) => "off",
         };
-        info!(%addr, quic = "on", tcp, "serving");
+        let client_auth = self.config.client_ca.is_some();
+        match &self.config.client_ca {
+            Some(ca) => {
+                info!(%addr, quic = "on", tcp, client_ca = %ca.display(), "serving; client certificates required")
+            }
+            None => info!(%addr, quic = "on", tcp, "serving"),
+        }
         let limits = Arc::new(self.config.limits);
+        // What the limits allow at worst, so that an operator can check it against the machine
+        // (docs/SECURITY.md, "Memory").
+        let size = |bytes: u64| bytesize::ByteSize(bytes).display().iec().to_string();
+        let per_connection = limits.worst_case_connection_memory();
+        info!(
+            max_connections = limits.max_connections,
+            per_connection = size(per_connection),
+            all_connections = size(per_connection.saturating_mul(limits.max_connections as u64)),
+            "connection buffers at worst, every connection full"
+        );
         let grace = self.config.shutdown_grace;
         // One connection limit for all transports together.
         let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -136,6 +161,7 @@ impl<S: Storage> Server<S> {
             permits.clone(),
             token.clone(),
             grace,
+            client_auth,
         );
         let tcp = async {
             if let Some((listener, security)) = self.tcp {

@@ -3,7 +3,9 @@
 //!
 //! Clients verify the server's certificate against a CA file, always: nothing in qkv skips verification.
 //! The server name checked is the one the client dialled (a DNS name or an IP address), never a
-//! hard-coded one.
+//! hard-coded one. With mutual TLS (a client CA given to the server) the server verifies clients'
+//! certificates the same way, against its client CA file, and knows each client by its certificate's
+//! subject ([`certificate_subject`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,7 @@ use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::ServerSessionMemoryCache;
+use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// The ALPN protocol identifier of qkv's wire protocol, version 1.
@@ -36,21 +38,36 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A server's certificate chain and private key.
+/// A certificate chain and its private key: a server's, or a client's for mutual TLS.
 #[derive(Debug)]
-pub struct ServerIdentity {
+pub struct Identity {
     pub cert_chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
 }
 
-impl ServerIdentity {
+/// The files of a client certificate and its key, for mutual TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientCertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Identity {
     /// Reads a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let cert_chain = read_certificates(cert)?;
         let key = PrivateKeyDer::from_pem_file(key)
             .map_err(|cause| TlsError::Read { path: key.to_owned(), cause })?;
-        Ok(ServerIdentity { cert_chain, key })
+        Ok(Identity { cert_chain, key })
     }
+}
+
+/// A certificate's subject as a distinguished name, e.g. `CN=alice`: how the server names a client
+/// that authenticated with a certificate. `None` if the certificate cannot be parsed (a verified one
+/// always can).
+pub fn certificate_subject(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(parsed.subject().to_string())
 }
 
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -95,11 +112,27 @@ pub struct ServerTls {
 /// (only read-only commands run before the handshake completes) are in `transport::exchange`.
 ///
 /// TLS over TCP resumes sessions (no certificate exchange) but takes no early data.
-pub fn server_configs(identity: ServerIdentity, session_cache: usize) -> Result<ServerTls, TlsError> {
-    let mut tcp = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(identity.cert_chain, identity.key)?;
+///
+/// With `client_ca`, every client must present a certificate that chains to a CA in that PEM file
+/// (mutual TLS); a resumed session keeps the identity its ticket was issued to.
+pub fn server_configs(
+    identity: Identity,
+    session_cache: usize,
+    client_ca: Option<&Path>,
+) -> Result<ServerTls, TlsError> {
+    let builder =
+        ServerConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca_file) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(read_roots(ca_file)?), provider())
+                    .build()
+                    .map_err(|e| TlsError::BadCa { path: ca_file.to_owned(), reason: e.to_string() })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut tcp = builder.with_single_cert(identity.cert_chain, identity.key)?;
     tcp.alpn_protocols = vec![ALPN.to_vec()];
     tcp.session_storage = ServerSessionMemoryCache::new(session_cache.max(1));
     let mut quic = tcp.clone();
@@ -108,14 +141,22 @@ pub fn server_configs(identity: ServerIdentity, session_cache: usize) -> Result<
     Ok(ServerTls { quic, tcp })
 }
 
-/// TLS 1.3 client configuration that trusts exactly `roots`, asks for ALPN `qkv/1`, and keeps session
-/// tickets in `tickets` (0-RTT over QUIC). Only connections made with this very configuration resume
-/// its sessions: [`Tickets::client_config`] builds one per CA file and keeps it.
-pub fn client_config(roots: RootCertStore, tickets: &Tickets) -> Result<ClientConfig, TlsError> {
-    let mut config = ClientConfig::builder_with_provider(provider())
+/// TLS 1.3 client configuration that trusts exactly `roots`, presents `identity` if the server asks
+/// for a client certificate, asks for ALPN `qkv/1`, and keeps session tickets in `tickets` (0-RTT over
+/// QUIC). Only connections made with this very configuration resume its sessions:
+/// [`Tickets::client_config`] builds one per CA file and client certificate, and keeps it.
+pub fn client_config(
+    roots: RootCertStore,
+    tickets: &Tickets,
+    identity: Option<Identity>,
+) -> Result<ClientConfig, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(identity) => builder.with_client_auth_cert(identity.cert_chain, identity.key)?,
+    };
     config.alpn_protocols = vec![ALPN.to_vec()];
     config.resumption = match &tickets.store {
         Some(store) => Resumption::store(store.clone()),
@@ -126,6 +167,9 @@ pub fn client_config(roots: RootCertStore, tickets: &Tickets) -> Result<ClientCo
     Ok(config)
 }
 
+/// What a client TLS configuration is built from: a CA file and, for mutual TLS, a client certificate.
+type ConfigKey = (PathBuf, Option<ClientCertFiles>);
+
 /// Where a client keeps the session tickets servers give it, to resume later connections (0-RTT over
 /// QUIC, an abbreviated handshake over TLS). Cheap to clone; clones share the tickets. In memory only:
 /// rustls 0.23, which quinn 0.11 needs, cannot serialise a client session.
@@ -133,9 +177,10 @@ pub fn client_config(roots: RootCertStore, tickets: &Tickets) -> Result<ClientCo
 pub struct Tickets {
     /// `None`: resumption off.
     store: Option<Arc<dyn rustls::client::ClientSessionStore>>,
-    /// The configurations built for this store, by CA file. rustls resumes a session only with the
-    /// configuration (the very same verifier and credentials) that made it, so each is built once.
-    configs: Arc<Mutex<HashMap<PathBuf, Arc<ClientConfig>>>>,
+    /// The configurations built for this store, by CA file and client certificate. rustls resumes a
+    /// session only with the configuration (the very same verifier and credentials) that made it, so
+    /// each is built once.
+    configs: Arc<Mutex<HashMap<ConfigKey, Arc<ClientConfig>>>>,
 }
 
 impl Tickets {
@@ -151,17 +196,25 @@ impl Tickets {
         Tickets { store: None, configs: Arc::default() }
     }
 
-    /// The TLS configuration for servers whose certificates chain to the CAs in `ca_file`, read the
-    /// first time it is asked for (and kept, so that later connections resume sessions and do not
-    /// read the file again).
-    pub fn client_config(&self, ca_file: &Path) -> Result<Arc<ClientConfig>, TlsError> {
-        let build = || client_config(read_roots(ca_file)?, self).map(Arc::new);
+    /// The TLS configuration for servers whose certificates chain to the CAs in `ca_file`, presenting
+    /// `client_cert` to servers that ask for one. The files are read the first time it is asked for;
+    /// the configuration is kept, so that later connections resume sessions and do not read them again.
+    pub fn client_config(
+        &self,
+        ca_file: &Path,
+        client_cert: Option<&ClientCertFiles>,
+    ) -> Result<Arc<ClientConfig>, TlsError> {
+        let build = || {
+            let identity = client_cert.map(|c| Identity::from_pem_files(&c.cert, &c.key)).transpose()?;
+            client_config(read_roots(ca_file)?, self, identity).map(Arc::new)
+        };
+        let key = (ca_file.to_owned(), client_cert.cloned());
         let mut configs = self.configs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(config) = configs.get(ca_file) {
+        if let Some(config) = configs.get(&key) {
             return Ok(config.clone());
         }
         let config = build()?;
-        configs.insert(ca_file.to_owned(), config.clone());
+        configs.insert(key, config.clone());
         Ok(config)
     }
 }

@@ -6,8 +6,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
 
 use common::TestServer;
+use common::process::ServerProcess;
 use qkv::transport::Transport;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 
 const EXIT_SERVER_SAID_NO: i32 = 1;
 const EXIT_INVALID_INPUT: i32 = 2;
@@ -150,55 +151,17 @@ async fn cert_writes_private_keys_0600_and_refuses_to_overwrite_without_force() 
     assert!(qkv(None, &["cert", "--dir", path, "--force"]).await.status.success());
 }
 
-/// Starts `qkv serve ARGS...` and returns it with its stderr, read line by line.
-async fn serve(
-    args: &[&str],
-) -> (tokio::process::Child, tokio::io::Lines<BufReader<tokio::process::ChildStderr>>) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"))
-        .arg("serve")
-        .args(args)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("qkv serve starts");
-    let stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    (child, stderr)
-}
-
-/// Reads log lines until one contains all of `words`, and returns it.
-async fn log_line(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
-    words: &[&str],
-) -> String {
-    let wait = async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if words.iter().all(|w| line.contains(w)) {
-                return line;
-            }
-        }
-        panic!("the server exited without logging {words:?}");
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(10), wait).await.expect("the log line")
-}
-
 #[tokio::test]
 async fn bad_tcp_input_is_logged_and_plaintext_beyond_loopback_is_warned_about() {
-    let certs = tempfile::tempdir().unwrap();
-    let certs = certs.path().to_str().unwrap();
     // Listening on every address (nothing is sent to any but loopback).
-    let (_server, mut log) = serve(&["--tcp-plaintext", "--listen", "0.0.0.0:0", "--certs", certs]).await;
-    log_line(&mut log, &["WARN", "plaintext TCP beyond loopback"]).await;
-    let serving = log_line(&mut log, &["serving", "addr="]).await;
-    let port = serving
-        .rsplit("addr=")
-        .next()
-        .and_then(|a| a.split_whitespace().next())
-        .and_then(|a| a.rsplit(':').next());
-    let addr = format!("127.0.0.1:{}", port.expect("the port in the log"));
+    let mut server = ServerProcess::start(&["--tcp-plaintext", "--listen", "0.0.0.0:0"]).await;
+    let warned =
+        server.startup_log.iter().any(|l| l.contains("WARN") && l.contains("plaintext TCP beyond loopback"));
+    assert!(warned, "{:?}", server.startup_log);
 
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-    let line = log_line(&mut log, &["closing the connection"]).await;
+    let line = server.log_line(&["closing the connection"]).await;
     assert!(line.contains("WARN") && line.contains("bad request") && line.contains("HTTP request"), "{line}");
     assert!(line.contains(&stream.local_addr().unwrap().to_string()), "the line names the client: {line}");
 }

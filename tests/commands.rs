@@ -7,6 +7,8 @@ mod common;
 use common::TestServer;
 use qkv::client::{ClientError, Written};
 use qkv::pb::{CommandRequest, Kvpair, Value, Versioned, status};
+use qkv::service::ItemLimits;
+use qkv::storage::MemoryStore;
 use qkv::transport::Transport;
 
 async fn hget_returns_value_and_version_or_none(transport: Transport) {
@@ -247,7 +249,8 @@ async fn pairs_and_payloads_whose_answers_cannot_fit_in_a_frame_get_413(transpor
 }
 
 async fn error_messages_about_huge_names_stay_small(transport: Transport) {
-    let server = TestServer::start_for(transport).await;
+    let server =
+        TestServer::start_for_with(transport, |config| config.service.items.max_key_len = 200_000).await;
     let client = server.client().await;
     let huge = "k".repeat(100_000);
     let response = client.call(&CommandRequest::hget("t", huge.as_str())).await.unwrap();
@@ -306,6 +309,54 @@ async fn pub_sub_is_answered_501_until_it_is_built(transport: Transport) {
     }
 }
 
+async fn names_and_values_over_the_item_limits_get_413_naming_the_limit(transport: Transport) {
+    let server = TestServer::start_for_with(transport, |config| {
+        config.service.items = ItemLimits { max_table_len: 8, max_key_len: 16, max_value_len: 64 };
+    })
+    .await;
+    let client = server.client().await;
+    for (request, limit) in [
+        (CommandRequest::hset("t".repeat(9), "k", "v"), "--max-table-size"),
+        (CommandRequest::hset("t", "k".repeat(17), "v"), "--max-key-size"),
+        (CommandRequest::hset("t", "k", "v".repeat(63)), "--max-value-size"),
+        (CommandRequest::hmget("t", ["k", &"k".repeat(17)]), "--max-key-size"),
+    ] {
+        let response = client.call(&request).await.unwrap();
+        assert_eq!(response.status, status::PAYLOAD_TOO_LARGE, "{request:?}");
+        assert!(response.message.contains(limit), "{:?} lacks {limit}", response.message);
+    }
+    // At the limits exactly: a string of 62 bytes encodes in 64.
+    client.hset(&"t".repeat(8), &"k".repeat(16), "v".repeat(62)).await.unwrap();
+    assert!(client.hexist("t", &"k".repeat(17)).await.is_err());
+}
+
+async fn a_full_store_refuses_writes_with_507_and_keeps_serving_reads_and_deletes(transport: Transport) {
+    let server = TestServer::start_with_store(transport, MemoryStore::with_budget(64 * 1024), |_| {}).await;
+    let client = server.client().await;
+    let value = vec![7u8; 1000];
+    let mut stored = 0;
+    let refusal = loop {
+        match client.hset("t", &format!("k{stored}"), value.clone()).await {
+            Ok(_) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 1000, "a 64 KiB budget took {stored} values of 1000 bytes");
+    };
+    assert!(stored >= 40, "only {stored} values of 1000 bytes fit in 64 KiB");
+    let ClientError::Status { status, message } = &refusal else { panic!("expected a 507, got {refusal}") };
+    assert_eq!(*status, status::INSUFFICIENT_STORAGE);
+    assert!(message.contains("--memory-budget"), "{message}");
+    // A multi-key write that does not fit changes nothing, even the keys that would have fit.
+    let pairs = (0..10).map(|i| Kvpair::new(format!("m{i}"), value.clone()));
+    let response = client.call(&CommandRequest::hmset("t", pairs)).await.unwrap();
+    assert_eq!(response.status, status::INSUFFICIENT_STORAGE);
+    assert!(!client.hexist("t", "m0").await.unwrap());
+    // Reads still work, and a delete makes room for a write again.
+    assert_eq!(client.hget("t", "k0").await.unwrap().unwrap().value, value.clone().into());
+    client.hdel("t", "k0").await.unwrap();
+    client.hset("t", "again", value).await.unwrap();
+}
+
 async fn clients_share_the_store_and_a_client_shares_its_connection(transport: Transport) {
     let server = TestServer::start_for(transport).await;
     let first = server.client().await;
@@ -337,4 +388,6 @@ transport_tests!(commands: quic, tls, tcp =>
     invalid_requests_are_answered_400_with_a_message,
     pub_sub_is_answered_501_until_it_is_built,
     clients_share_the_store_and_a_client_shares_its_connection,
+    names_and_values_over_the_item_limits_get_413_naming_the_limit,
+    a_full_store_refuses_writes_with_507_and_keeps_serving_reads_and_deletes,
 );

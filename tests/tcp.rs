@@ -291,7 +291,7 @@ async fn tls_over_tcp_requires_alpn_qkv_1() {
     let server = TestServer::start_for(Transport::Tls).await;
     let connect = |alpn: &'static [u8]| {
         let roots = qkv::tls::read_roots(&server.ca()).unwrap();
-        let mut config = qkv::tls::client_config(roots, &qkv::tls::Tickets::none()).unwrap();
+        let mut config = qkv::tls::client_config(roots, &qkv::tls::Tickets::none(), None).unwrap();
         config.alpn_protocols = vec![alpn.to_vec()];
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let addr = server.addr;

@@ -24,7 +24,7 @@ use tracing::debug;
 
 use super::BenchError;
 use crate::certs::CertDir;
-use crate::tls::{self, ServerIdentity, Tickets};
+use crate::tls::{self, Identity, Tickets};
 use crate::transport::quic::{self, QuicOptions};
 use crate::transport::tcp::TcpSecurity;
 use crate::transport::{self, Limits, TcpMode, Transport};
@@ -43,8 +43,8 @@ pub async fn serve_floor(
     let certs = CertDir::new(certs_dir);
     certs.ensure_server_certificate().map_err(|e| setup(&e))?;
     let identity =
-        ServerIdentity::from_pem_files(&certs.server_cert(), &certs.server_key()).map_err(|e| setup(&e))?;
-    let tls = tls::server_configs(identity, tls::DEFAULT_SESSION_CACHE).map_err(|e| setup(&e))?;
+        Identity::from_pem_files(&certs.server_cert(), &certs.server_key()).map_err(|e| setup(&e))?;
+    let tls = tls::server_configs(identity, tls::DEFAULT_SESSION_CACHE, None).map_err(|e| setup(&e))?;
     let sockets = transport::bind(listen, tls, tcp, &limits, &QuicOptions::default())
         .map_err(|e| setup(&format!("cannot listen on {listen} ({}): {}", e.protocol, e.cause)))?;
     let _ = bound.send(sockets.quic.local_addr().map_err(|e| setup(&e))?);
@@ -137,7 +137,7 @@ impl EchoClient {
         ca_file: &Path,
         limits: &Limits,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        let tls = Arc::new(tls::client_config(tls::read_roots(ca_file)?, &Tickets::none())?);
+        let tls = Arc::new(tls::client_config(tls::read_roots(ca_file)?, &Tickets::none(), None)?);
         let max = limits.max_frame_len;
         match transport {
             Transport::Quic => {

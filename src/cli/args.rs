@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use qkv::bench::{KeyDist, Workload};
 use qkv::server::{DEFAULT_LISTEN, RuntimeLayout, ServerConfig, TcpMode};
-use qkv::service::{DEFAULT_RESPONSE_FRAME_TARGET, ServiceConfig};
+use qkv::service::{DEFAULT_RESPONSE_FRAME_TARGET, ItemLimits, ServiceConfig};
 use qkv::transport::quic::{Congestion, QuicOptions};
 use qkv::transport::{Limits, Transport};
 
@@ -281,6 +281,10 @@ pub struct ServeArgs {
     /// Certificate directory: ca.pem, server.pem and keys; generated when it holds none.
     #[arg(long, default_value = "certs", env = "QKV_CERTS")]
     pub certs: PathBuf,
+    /// Require every client to present a certificate signed by a CA in this PEM file (mutual TLS, on
+    /// QUIC and TLS over TCP), e.g. certs/ca.pem with certificates from `qkv cert --client NAME`.
+    #[arg(long, value_name = "FILE", env = "QKV_CLIENT_CA", conflicts_with = "tcp_plaintext")]
+    pub client_ca: Option<PathBuf>,
     /// Storage backend.
     #[arg(long, value_enum, default_value_t = Store::Memory)]
     pub store: Store,
@@ -302,10 +306,23 @@ pub struct ServeArgs {
     /// Request bytes a connection may send ahead of what the server has read (QUIC flow control).
     #[arg(long, default_value = "8MiB", value_parser = parse_size)]
     pub connection_window: usize,
+    /// Longest table name accepted.
+    #[arg(long, default_value = "1KiB", value_parser = parse_size)]
+    pub max_table_size: usize,
+    /// Longest key accepted.
+    #[arg(long, default_value = "16KiB", value_parser = parse_size)]
+    pub max_key_size: usize,
+    /// Largest value accepted (encoded).
+    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    pub max_value_size: usize,
+    /// Memory the in-memory store's data may take; writes beyond it are refused with status 507
+    /// while reads and deletes keep working. Default: half of the machine's (or cgroup's) memory.
+    #[arg(long, value_parser = parse_size)]
+    pub memory_budget: Option<usize>,
     /// Hgetall scans running at once; more wait. Each holds a snapshot of its table's keys.
     #[arg(long, default_value_t = ServiceConfig::default().max_concurrent_scans)]
     pub max_concurrent_scans: usize,
-    /// Abandon a reply the client reads none of for this long, e.g. 30s.
+    /// Abandon a reply the client reads less than 16 KiB of in this long, once it has to wait, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub reply_timeout: Duration,
     /// Time a client has to send a whole request, e.g. 10s.
@@ -362,6 +379,7 @@ impl ServeArgs {
             listen: self.listen,
             tcp,
             certs_dir: self.certs.clone(),
+            client_ca: self.client_ca.clone(),
             shutdown_grace: self.shutdown_grace,
             ..ServerConfig::default()
         };
@@ -376,6 +394,11 @@ impl ServeArgs {
         config.limits.reply_timeout = self.reply_timeout;
         config.service.max_concurrent_scans = self.max_concurrent_scans;
         config.service.response_frame_target = self.response_frame_target;
+        config.service.items = ItemLimits {
+            max_table_len: self.max_table_size,
+            max_key_len: self.max_key_size,
+            max_value_len: self.max_value_size,
+        };
         config.session_cache = self.session_cache;
         config.quic = self.quic.options();
         config
@@ -433,7 +456,11 @@ pub struct CertArgs {
     /// 127.0.0.1 and ::1 are always included.
     #[arg(long = "name", value_name = "DNS-OR-IP")]
     pub names: Vec<String>,
-    /// Replace an existing server certificate (the CA is kept).
+    /// Issue a client certificate for NAME instead (DIR/NAME.pem and DIR/NAME-key.pem, subject
+    /// CN=NAME), for servers started with --client-ca DIR/ca.pem.
+    #[arg(long, value_name = "NAME", conflicts_with = "names")]
+    pub client: Option<String>,
+    /// Replace an existing server (or client) certificate (the CA is kept).
     #[arg(long)]
     pub force: bool,
 }
@@ -454,6 +481,13 @@ pub struct ClientArgs {
     /// Name to verify the server's certificate against (default: the host in --addr).
     #[arg(long)]
     pub server_name: Option<String>,
+    /// Client certificate to present to a server that requires one (mutual TLS), e.g.
+    /// certs/alice.pem from `qkv cert --client alice`.
+    #[arg(long = "cert", value_name = "FILE", env = "QKV_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// Private key of --cert, e.g. certs/alice-key.pem.
+    #[arg(long = "key", value_name = "FILE", env = "QKV_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// How long to wait for the server to answer the handshake, e.g. 5s.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,

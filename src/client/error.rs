@@ -29,6 +29,10 @@ pub enum ClientError {
     Handshake { addr: String, ca_file: PathBuf, reason: String },
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
+    #[error(
+        "the server refused this client ({reason}): it requires a client certificate signed by its client CA (--cert and --key)"
+    )]
+    ClientCertificateRefused { reason: String },
     #[error("the server is unavailable ({reason}); the request was not executed and can be retried")]
     Unavailable { reason: String },
     #[error("the request was not sent ({reason}); it can be retried")]
@@ -51,6 +55,13 @@ pub enum ClientError {
     Conflict { current: Option<Versioned> },
     #[error("server answered {status}: {message}")]
     Status { status: u32, message: String },
+}
+
+/// TLS alerts that a server sends when it does not accept a client's certificate: bad_certificate (42),
+/// unsupported_certificate (43), certificate_revoked (44), certificate_expired (45),
+/// certificate_unknown (46), unknown_ca (48), access_denied (49), certificate_required (116).
+fn refuses_client_certificate(alert: u8) -> bool {
+    matches!(alert, 42..=46 | 48 | 49 | 116)
 }
 
 impl ClientError {
@@ -87,8 +98,27 @@ impl ClientError {
             ConnectionError::ApplicationClosed(close) if close.error_code == codes::SHUTTING_DOWN => {
                 ClientError::Unavailable { reason: "it is shutting down".into() }
             }
+            // A TLS alert (QUIC crypto error 0x100 + alert) from the server about certificates can only
+            // be about the client's: the client already verified the server's.
+            ConnectionError::ConnectionClosed(close)
+                if u64::from(close.error_code)
+                    .checked_sub(0x100)
+                    .and_then(|alert| u8::try_from(alert).ok())
+                    .is_some_and(refuses_client_certificate) =>
+            {
+                ClientError::ClientCertificateRefused { reason: e.to_string() }
+            }
             _ => ClientError::ConnectionLost(e),
         }
+    }
+
+    /// The server's TLS alert over TCP, if it refused the client's certificate (or its absence).
+    pub(crate) fn from_tls_alert(e: &std::io::Error) -> Option<Self> {
+        let Some(rustls::Error::AlertReceived(alert)) = e.get_ref()?.downcast_ref::<rustls::Error>() else {
+            return None;
+        };
+        refuses_client_certificate(u8::from(*alert))
+            .then(|| ClientError::ClientCertificateRefused { reason: format!("TLS alert {alert:?}") })
     }
 
     pub(crate) fn from_write(e: WriteError) -> Self {

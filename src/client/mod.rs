@@ -37,7 +37,7 @@ pub use error::ClientError;
 pub use frames::ResponseFrames;
 
 use crate::pb::{CommandRequest, CommandResponse, Kvpair, Value, Versioned, status, value};
-use crate::tls::Tickets;
+use crate::tls::{ClientCertFiles, Tickets};
 use crate::transport::frame::{FrameError, encode_frame};
 use crate::transport::quic::QuicOptions;
 use crate::transport::{Limits, Transport};
@@ -56,6 +56,8 @@ pub struct ClientConfig {
     pub ca_file: PathBuf,
     /// Name to verify the certificate against; defaults to the host part of `addr`.
     pub server_name: Option<String>,
+    /// Certificate and key to present to servers that require client certificates (mutual TLS).
+    pub client_cert: Option<ClientCertFiles>,
     /// Frame size, idle timeout and socket buffers; the server's limits apply on its side.
     pub limits: Limits,
     /// How long to wait for the server to answer the handshake.
@@ -83,6 +85,7 @@ impl ClientConfig {
             transport: Transport::Quic,
             ca_file: ca_file.into(),
             server_name: None,
+            client_cert: None,
             limits: Limits::default(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
@@ -213,7 +216,9 @@ impl Client {
         let (host, remote) = resolve(&config.addr).await?;
         let server_name = config.server_name.clone().unwrap_or(host);
         let tls = match config.transport {
-            Transport::Quic | Transport::Tls => Some(config.tickets.client_config(&config.ca_file)?),
+            Transport::Quic | Transport::Tls => {
+                Some(config.tickets.client_config(&config.ca_file, config.client_cert.as_ref())?)
+            }
             Transport::Tcp => None,
         };
         let endpoint = match (&tls, config.transport) {
@@ -317,7 +322,21 @@ impl Client {
         let mut attempt = 1;
         let mut last_error = None;
         loop {
-            let sent = tokio::time::timeout_at(deadline, self.send(frame.clone(), max_frame_len)).await;
+            // Until there is a connection nothing has been sent: running out of time then leaves the
+            // request certainly not executed.
+            let sent = match tokio::time::timeout_at(deadline, self.connection()).await {
+                Ok(Ok(connection)) => {
+                    tokio::time::timeout_at(deadline, self.send(connection, frame.clone(), max_frame_len))
+                        .await
+                }
+                Ok(Err(e)) => Ok(Err(e)),
+                Err(_) => {
+                    let timeout = self.inner.config.request_timeout;
+                    let reason =
+                        format!("no connection to the server within the call's deadline of {timeout:?}");
+                    return Err(last_error.unwrap_or(ClientError::NotSent { reason }));
+                }
+            };
             let error = match sent {
                 Ok(Ok(frames)) => return Ok(frames),
                 Ok(Err(e)) => e,
@@ -334,9 +353,14 @@ impl Client {
         }
     }
 
-    /// One attempt: on the current (or a new) connection, up to the first frame of the answer.
-    async fn send(&self, frame: Bytes, max_frame_len: usize) -> ClientResult<ResponseFrames> {
-        let mut frames = match self.connection().await? {
+    /// One attempt on `connection`, up to the first frame of the answer.
+    async fn send(
+        &self,
+        connection: Connection,
+        frame: Bytes,
+        max_frame_len: usize,
+    ) -> ClientResult<ResponseFrames> {
+        let mut frames = match connection {
             Connection::Quic(quic) => quic.send(frame, max_frame_len).await?,
             Connection::Tcp(tcp) => tcp.send(frame).await?,
         };
@@ -426,6 +450,17 @@ impl Client {
         match response.values.into_iter().next().and_then(|v| v.value) {
             Some(value::Value::Binary(payload)) => Ok(payload),
             other => Err(ClientError::Protocol(format!("Ping answered with {other:?}"))),
+        }
+    }
+
+    /// Who the server takes this client for: the subject of the client certificate it presented
+    /// (e.g. `CN=alice`), or `None` when the server does not require client certificates.
+    pub async fn whoami(&self) -> ClientResult<Option<String>> {
+        let response = ok(self.call(&CommandRequest::ping(Bytes::new())).await?)?;
+        match response.values.into_iter().nth(1).and_then(|v| v.value) {
+            None => Ok(None),
+            Some(value::Value::String(identity)) => Ok(Some(identity)),
+            Some(other) => Err(ClientError::Protocol(format!("Ping answered an identity of {other:?}"))),
         }
     }
 

@@ -31,7 +31,7 @@ use super::frames::ResponseFrames;
 use super::{ClientConfig, ClientError, ClientResult, Stats};
 use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::tls::ALPN;
-use crate::transport::frame::{FrameCodec, encode_frame};
+use crate::transport::frame::{FrameCodec, FrameError, encode_frame};
 
 /// Why a TCP connection stopped carrying requests, as each unanswered request learns it.
 #[derive(Debug, Clone)]
@@ -42,6 +42,8 @@ pub(super) enum Closed {
     NotSent(String),
     /// The connection failed with the request sent; it may or may not have been executed.
     Lost(String),
+    /// The server refused the client's certificate, or its lack of one, after the handshake.
+    CertificateRefused(String),
 }
 
 impl Closed {
@@ -50,6 +52,9 @@ impl Closed {
             Closed::Unavailable(reason) => ClientError::Unavailable { reason: reason.clone() },
             Closed::NotSent(reason) => ClientError::NotSent { reason: reason.clone() },
             Closed::Lost(reason) => ClientError::Stream(format!("the TCP connection was lost: {reason}")),
+            Closed::CertificateRefused(reason) => {
+                ClientError::ClientCertificateRefused { reason: reason.clone() }
+            }
         }
     }
 }
@@ -303,6 +308,9 @@ impl Reader {
             };
             let frame = match frame {
                 Some(Ok(frame)) => frame,
+                Some(Err(FrameError::Io(e))) if ClientError::from_tls_alert(&e).is_some() => {
+                    break Closed::CertificateRefused(e.to_string());
+                }
                 Some(Err(e)) => break Closed::Lost(format!("bad answer from the server: {e}")),
                 None => break Closed::Lost("the server closed the connection".into()),
             };

@@ -18,3 +18,6 @@ pub const INTERNAL_ERROR: u32 = 500;
 pub const NOT_IMPLEMENTED: u32 = 501;
 /// The server is shutting down and did not execute the command; retry elsewhere or later.
 pub const UNAVAILABLE: u32 = 503;
+/// A write would take the store over its memory budget; nothing was written. Reads and deletes still
+/// work; retry after data is deleted.
+pub const INSUFFICIENT_STORAGE: u32 = 507;

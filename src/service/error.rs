@@ -26,7 +26,8 @@ impl ServiceError {
             ServiceError::NotFound { .. } => status::NOT_FOUND,
             ServiceError::TooLarge(_) => status::PAYLOAD_TOO_LARGE,
             ServiceError::Conflict { .. } => status::CONFLICT,
-            ServiceError::Storage(_) => status::INTERNAL_ERROR,
+            ServiceError::Storage(StorageError::Full { .. }) => status::INSUFFICIENT_STORAGE,
+            ServiceError::Storage(StorageError::Backend(_)) => status::INTERNAL_ERROR,
             ServiceError::NotImplemented(_) => status::NOT_IMPLEMENTED,
         }
     }

@@ -5,6 +5,7 @@
 
 mod error;
 mod hash;
+mod items;
 mod ping;
 
 use std::pin::Pin;
@@ -14,6 +15,7 @@ use futures_util::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use error::{ServiceError, shown};
+pub use items::ItemLimits;
 
 use crate::pb::{CommandRequest, CommandResponse, command_request::RequestData, split_response};
 use crate::storage::Storage;
@@ -29,11 +31,17 @@ pub struct ServiceConfig {
     pub response_frame_target: usize,
     /// `Hgetall` scans running at once; more wait. Each holds a snapshot of its table's keys.
     pub max_concurrent_scans: usize,
+    /// The largest table name, key and value accepted.
+    pub items: ItemLimits,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        ServiceConfig { response_frame_target: DEFAULT_RESPONSE_FRAME_TARGET, max_concurrent_scans: 16 }
+        ServiceConfig {
+            response_frame_target: DEFAULT_RESPONSE_FRAME_TARGET,
+            max_concurrent_scans: 16,
+            items: ItemLimits::default(),
+        }
     }
 }
 
@@ -56,7 +64,7 @@ impl ServiceConfig {
         if self.max_concurrent_scans == 0 {
             return Err("at least one concurrent scan must be allowed".into());
         }
-        Ok(())
+        self.items.validate(max_frame_len - ANSWER_OVERHEAD)
     }
 }
 
@@ -73,6 +81,14 @@ impl From<CommandResponse> for Reply {
     fn from(response: CommandResponse) -> Self {
         Reply::One(response)
     }
+}
+
+/// Who sent a request, as its transport established it. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// The subject of the client's certificate, e.g. `CN=alice`, when the server requires client
+    /// certificates (mutual TLS); `None` otherwise.
+    pub identity: Option<Arc<str>>,
 }
 
 /// The KV service over storage backend `S`.
@@ -121,14 +137,18 @@ impl<S: Storage> Service<S> {
         self.inner.scans.clone().acquire_owned().await.ok()
     }
 
-    /// Executes one request. Never fails: errors become error responses with a status and a message.
-    pub async fn execute(&self, request: CommandRequest) -> Reply {
+    /// Executes one request from `caller`. Never fails: errors become error responses with a status
+    /// and a message.
+    pub async fn execute(&self, request: CommandRequest, caller: &Caller) -> Reply {
         let Some(command) = request.request_data else {
             // Also what a command newer than this server looks like: protobuf decoders skip unknown fields.
             return ServiceError::InvalidRequest("the request carries no command this server knows".into())
                 .into_response()
                 .into();
         };
+        if let Err(e) = self.config().items.check(&command) {
+            return e.into_response().into();
+        }
         let storage = self.storage();
         let result = match command {
             RequestData::Hget(cmd) => hash::hget(storage, cmd).await,
@@ -140,7 +160,7 @@ impl<S: Storage> Service<S> {
             RequestData::Hmdel(cmd) => hash::hmdel(storage, cmd).await,
             RequestData::Hexist(cmd) => hash::hexist(storage, cmd).await,
             RequestData::Hmexist(cmd) => hash::hmexist(storage, cmd).await,
-            RequestData::Ping(cmd) => ping::ping(self.max_entry_len(), cmd),
+            RequestData::Ping(cmd) => ping::ping(self.max_entry_len(), cmd, caller),
             RequestData::Subscribe(_) | RequestData::Unsubscribe(_) | RequestData::Publish(_) => {
                 Err(ServiceError::NotImplemented("pub/sub (Subscribe, Unsubscribe, Publish)"))
             }
@@ -217,9 +237,10 @@ mod tests {
         let config = ServiceConfig { response_frame_target: 1024, ..ServiceConfig::default() };
         let service = Service::new(FailingScans(MemoryStore::new()), config, 1 << 20);
         let pairs = (0..500).map(|i| crate::pb::Kvpair::new(format!("key-{i}"), i as i64));
-        service.execute(CommandRequest::hmset("t", pairs)).await;
+        service.execute(CommandRequest::hmset("t", pairs), &Caller::default()).await;
 
-        let Reply::Stream(stream) = service.execute(CommandRequest::hgetall("t")).await else {
+        let Reply::Stream(stream) = service.execute(CommandRequest::hgetall("t"), &Caller::default()).await
+        else {
             panic!("Hgetall answers with a stream")
         };
         let frames: Vec<CommandResponse> = stream.collect().await;

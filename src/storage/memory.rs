@@ -11,7 +11,7 @@
 //! table if it is set; unlinking holds it exclusively, so it only ever unlinks a table no writer is in.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
@@ -30,7 +30,18 @@ const BATCH: usize = 1024;
 /// Tables with more keys than this are snapshotted for a scan on a blocking thread.
 const INLINE_SNAPSHOT_KEYS: usize = 4096;
 
+/// Bytes an entry costs beyond its key and encoded value: the map slot, the key's `Arc` header, the
+/// version and the value's enum. Measured, with `TABLE_OVERHEAD`, by `memory_accounting_tracks_the_heap`.
+const ENTRY_OVERHEAD: usize = 160;
+
+/// Bytes a table costs beyond its name: its maps and their first buckets.
+const TABLE_OVERHEAD: usize = 4608;
+
 /// A concurrent in-memory store. All data is lost when the process exits.
+///
+/// It keeps an account of the memory its entries take (keys, encoded values and the estimated overheads
+/// above) and refuses, with [`StorageError::Full`], a write that would take the account over its
+/// budget. A write needs room for its new entry before the old one is released; deletes always work.
 pub struct MemoryStore {
     tables: scc::HashMap<Arc<str>, Arc<Table>>,
     /// The last version handed out; one counter for the whole store keeps versions unique, so a key
@@ -39,12 +50,21 @@ pub struct MemoryStore {
     /// clock does not go back and the store averages under a million writes a second), and stay below
     /// 2^53, exact in every language's numbers.
     last_version: AtomicU64,
+    /// Bytes accounted to the entries and tables held now.
+    used: AtomicUsize,
+    budget: usize,
+}
+
+/// What a store's entries take, against its budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUsage {
+    pub used: usize,
+    pub budget: usize,
 }
 
 impl Default for MemoryStore {
     fn default() -> Self {
-        let now_micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-        MemoryStore { tables: scc::HashMap::default(), last_version: AtomicU64::new(now_micros) }
+        Self::with_budget(usize::MAX)
     }
 }
 
@@ -56,8 +76,38 @@ struct Table {
 }
 
 impl MemoryStore {
+    /// A store without a memory budget.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store whose entries may take at most `budget` bytes (see the type's documentation).
+    pub fn with_budget(budget: usize) -> Self {
+        let now_micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        MemoryStore {
+            tables: scc::HashMap::default(),
+            last_version: AtomicU64::new(now_micros),
+            used: AtomicUsize::new(0),
+            budget,
+        }
+    }
+
+    pub fn memory(&self) -> MemoryUsage {
+        MemoryUsage { used: self.used.load(Ordering::Relaxed), budget: self.budget }
+    }
+
+    /// Takes `bytes` from the budget, or fails without taking anything.
+    fn reserve(&self, bytes: usize) -> StorageResult<()> {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(bytes).filter(|&total| total <= self.budget)
+            })
+            .map(drop)
+            .map_err(|used| StorageError::Full { needed: bytes, used, budget: self.budget })
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     fn next_version(&self) -> u64 {
@@ -76,19 +126,26 @@ impl MemoryStore {
             .collect()
     }
 
-    /// Runs `write` on the named table, creating it if needed, while guaranteeing the table stays linked.
-    fn write_to_table<R>(&self, name: &str, write: impl FnOnce(&Table) -> R) -> R {
+    /// Runs `write` on the named table, creating it if needed (and if the budget has room for it), while
+    /// guaranteeing the table stays linked.
+    fn write_to_table<R>(&self, name: &str, write: impl FnOnce(&Table) -> R) -> StorageResult<R> {
         loop {
             let table = match self.table(name) {
                 Some(table) => table,
-                None => self.tables.entry_sync(Arc::from(name)).or_default().get().clone(),
+                None => match self.tables.entry_sync(Arc::from(name)) {
+                    MapEntry::Occupied(entry) => entry.get().clone(),
+                    MapEntry::Vacant(entry) => {
+                        self.reserve(table_size(name))?;
+                        entry.insert_entry(Arc::default()).get().clone()
+                    }
+                },
             };
             let unlinked = table.unlinked.read();
             if *unlinked {
                 // Lost a race with `unlink_if_empty`; the next lookup finds or creates a linked table.
                 continue;
             }
-            return write(&table);
+            return Ok(write(&table));
         }
     }
 
@@ -103,7 +160,9 @@ impl MemoryStore {
             return;
         }
         *unlinked = true;
-        self.tables.remove_if_sync(name, |current| Arc::ptr_eq(current, table));
+        if self.tables.remove_if_sync(name, |current| Arc::ptr_eq(current, table)).is_some() {
+            self.release(table_size(name));
+        }
     }
 
     /// Replaces an existing key's value if `expected_version` allows it.
@@ -119,37 +178,85 @@ impl MemoryStore {
         }
         let version = self.next_version();
         let previous = std::mem::replace(entry.get_mut(), Versioned { value, version });
+        self.release(entry_size(entry.key(), &previous.value));
         WriteOutcome::Written { previous: Some(previous), version }
     }
 
-    fn set_in(&self, table: &Table, key: &str, value: Value, expected_version: Option<u64>) -> WriteOutcome {
+    /// Writes the key; the caller has reserved `reserved` = `entry_size(key, value)` bytes, which the
+    /// entry keeps, or which are released when nothing is written.
+    fn set_in(
+        &self,
+        table: &Table,
+        key: &str,
+        value: Value,
+        expected_version: Option<u64>,
+        reserved: usize,
+    ) -> WriteOutcome {
         let value = owned(value);
         // The common case, overwriting a key, must not allocate a new `Arc<str>` for the key.
-        if let Some(entry) = table.entries.get_sync(key) {
-            return self.replace(entry, value, expected_version);
+        let outcome = match table.entries.get_sync(key) {
+            Some(entry) => self.replace(entry, value, expected_version),
+            None => match table.entries.entry_sync(Arc::from(key)) {
+                MapEntry::Occupied(entry) => self.replace(entry, value, expected_version),
+                MapEntry::Vacant(_) if expected_version.is_some_and(|expected| expected != 0) => {
+                    WriteOutcome::Conflict { current: None }
+                }
+                MapEntry::Vacant(entry) => {
+                    let version = self.next_version();
+                    entry.insert_entry(Versioned { value, version });
+                    WriteOutcome::Written { previous: None, version }
+                }
+            },
+        };
+        if matches!(outcome, WriteOutcome::Conflict { .. }) {
+            self.release(reserved);
         }
-        match table.entries.entry_sync(Arc::from(key)) {
-            MapEntry::Occupied(entry) => self.replace(entry, value, expected_version),
-            MapEntry::Vacant(_) if expected_version.is_some_and(|expected| expected != 0) => {
-                WriteOutcome::Conflict { current: None }
-            }
-            MapEntry::Vacant(entry) => {
-                let version = self.next_version();
-                entry.insert_entry(Versioned { value, version });
-                WriteOutcome::Written { previous: None, version }
-            }
-        }
+        outcome
     }
 
-    fn delete_in(table: &Table, key: &str, expected_version: Option<u64>) -> WriteOutcome {
+    fn delete_in(&self, table: &Table, key: &str, expected_version: Option<u64>) -> WriteOutcome {
         let Some(entry) = table.entries.get_sync(key) else {
             return absent_delete(expected_version);
         };
         if expected_version.is_some_and(|expected| expected != entry.get().version) {
             return WriteOutcome::Conflict { current: Some(entry.get().clone()) };
         }
-        WriteOutcome::Written { previous: Some(entry.remove()), version: 0 }
+        let (key, previous) = entry.remove_entry();
+        self.release(entry_size(&key, &previous.value));
+        WriteOutcome::Written { previous: Some(previous), version: 0 }
     }
+}
+
+/// The memory budget of a store unless configured otherwise: half of the memory this process may use,
+/// the machine's or its cgroup's limit, whichever is lower (1 GiB when neither can be read). Half leaves
+/// room for connections' buffers, the allocator's slack and everything else on the machine.
+pub fn default_memory_budget() -> usize {
+    const FALLBACK: usize = 1 << 30;
+    let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
+        let line = info.lines().find(|line| line.starts_with("MemTotal:"))?;
+        let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    // "max" (no limit) does not parse, and is ignored.
+    let cgroup =
+        std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|s| s.trim().parse().ok());
+    let available = match (machine, cgroup) {
+        (Some(m), Some(c)) => m.min(c),
+        (Some(m), None) => m,
+        (None, Some(c)) => c,
+        (None, None) => return FALLBACK,
+    };
+    available / 2
+}
+
+/// What an entry is accounted.
+fn entry_size(key: &str, value: &Value) -> usize {
+    key.len() + value.encoded_len() + ENTRY_OVERHEAD
+}
+
+/// What a table is accounted.
+fn table_size(name: &str) -> usize {
+    name.len() + TABLE_OVERHEAD
 }
 
 /// Applies `work` to `items` a batch at a time, letting other tasks run between batches.
@@ -213,10 +320,19 @@ impl Storage for MemoryStore {
         value: Value,
         expected_version: Option<u64>,
     ) -> StorageResult<WriteOutcome> {
-        Ok(self.write_to_table(table, |t| self.set_in(t, key, value, expected_version)))
+        let size = entry_size(key, &value);
+        self.reserve(size)?;
+        let written = self.write_to_table(table, |t| self.set_in(t, key, value, expected_version, size));
+        if written.is_err() {
+            self.release(size);
+        }
+        written
     }
 
     async fn set_many(&self, table: &str, pairs: Vec<(String, Value)>) -> StorageResult<Vec<WriteOutcome>> {
+        // Room for every pair first: a write that does not fit changes nothing.
+        let mut unspent: usize = pairs.iter().map(|(key, value)| entry_size(key, value)).sum();
+        self.reserve(unspent)?;
         let mut outcomes = Vec::with_capacity(pairs.len());
         let mut pairs = pairs.into_iter().peekable();
         while pairs.peek().is_some() {
@@ -224,9 +340,19 @@ impl Storage for MemoryStore {
                 tokio::task::yield_now().await;
             }
             let batch = pairs.by_ref().take(BATCH);
-            self.write_to_table(table, |t| {
-                outcomes.extend(batch.map(|(key, value)| self.set_in(t, &key, value, None)))
+            let written = self.write_to_table(table, |t| {
+                outcomes.extend(batch.map(|(key, value)| {
+                    let size = entry_size(&key, &value);
+                    unspent -= size;
+                    self.set_in(t, &key, value, None, size)
+                }))
             });
+            if let Err(e) = written {
+                // The table was emptied and unlinked by others between batches, and there is no room
+                // to create it again.
+                self.release(unspent);
+                return Err(e);
+            }
         }
         Ok(outcomes)
     }
@@ -240,7 +366,7 @@ impl Storage for MemoryStore {
         let Some(t) = self.table(table) else {
             return Ok(absent_delete(expected_version));
         };
-        let outcome = Self::delete_in(&t, key, expected_version);
+        let outcome = self.delete_in(&t, key, expected_version);
         self.unlink_if_empty(table, &t);
         Ok(outcome)
     }
@@ -250,7 +376,7 @@ impl Storage for MemoryStore {
             return Ok(keys.iter().map(|_| absent_delete(None)).collect());
         };
         let outcomes =
-            batched(keys, |batch| batch.iter().map(|key| Self::delete_in(&t, key, None)).collect()).await;
+            batched(keys, |batch| batch.iter().map(|key| self.delete_in(&t, key, None)).collect()).await;
         self.unlink_if_empty(table, &t);
         Ok(outcomes)
     }

@@ -21,7 +21,7 @@ pub(crate) mod suite;
 
 use std::future::Future;
 
-pub use memory::{MemoryScan, MemoryStore};
+pub use memory::{MemoryScan, MemoryStore, MemoryUsage, default_memory_budget};
 
 use crate::pb::Value;
 pub use crate::pb::Versioned;
@@ -61,6 +61,11 @@ pub enum StorageError {
     /// The backend failed; the message says how. Whether the operation took effect is unknown.
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// The write would take the store over its memory budget; nothing was written.
+    #[error(
+        "the store is full: this write needs {needed} bytes and {used} of the {budget}-byte memory budget are in use; delete data or raise the budget (--memory-budget)"
+    )]
+    Full { needed: usize, used: usize, budget: usize },
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;

@@ -16,7 +16,7 @@ use super::Limits;
 use super::frame::{FrameCodec, FrameError, encode_frame};
 use super::timeouts::{self, StallTimeout};
 use crate::pb::{CommandRequest, CommandResponse, status};
-use crate::service::{Reply, Service};
+use crate::service::{Caller, Reply, Service};
 use crate::storage::Storage;
 
 /// Initial size of a request stream's read buffer.
@@ -154,6 +154,7 @@ pub async fn serve_request<R, W, S>(
     service: &Service<S>,
     limits: &Limits,
     early: Option<&EarlyData>,
+    caller: &Caller,
 ) -> Result<Served, FrameError>
 where
     R: AsyncRead + Unpin,
@@ -171,7 +172,7 @@ where
                 let failed = "the handshake failed: a write sent in 0-RTT early data was not executed";
                 return Err(FrameError::Io(io::Error::new(io::ErrorKind::ConnectionAborted, failed)));
             }
-            (service.execute(request).await, Served::Answered)
+            (service.execute(request, caller).await, Served::Answered)
         }
         Err(RequestError::Frame(FrameError::Io(e))) => return Err(FrameError::Io(e)),
         Err(e) => {
@@ -215,7 +216,7 @@ mod tests {
 
     async fn stored(service: &Service<MemoryStore>, key: &str) -> bool {
         let (recv, (mut send, reply)) = stream_of(&CommandRequest::hexist("t", key)).await;
-        serve_request(recv, &mut send, service, &Limits::default(), None).await.unwrap();
+        serve_request(recv, &mut send, service, &Limits::default(), None, &Caller::default()).await.unwrap();
         let mut frames = FramedRead::new(reply, FrameCodec::<CommandResponse>::new(MAX));
         frames.next().await.unwrap().unwrap().values[0] == true.into()
     }
@@ -226,7 +227,8 @@ mod tests {
         let (early, handshake) = pending_handshake();
         let (recv, (mut send, _reply)) = stream_of(&CommandRequest::hset("t", "k", "v")).await;
         let limits = Limits::default();
-        let serving = serve_request(recv, &mut send, &service, &limits, Some(&early));
+        let caller = Caller::default();
+        let serving = serve_request(recv, &mut send, &service, &limits, Some(&early), &caller);
         tokio::pin!(serving);
         // Everything the request needs is there; only the handshake is missing.
         for _ in 0..10 {
@@ -248,7 +250,8 @@ mod tests {
         let (early, handshake) = pending_handshake();
         let (recv, (mut send, _reply)) = stream_of(&CommandRequest::hset("t", "k", "v")).await;
         let limits = Limits::default();
-        let serving = serve_request(recv, &mut send, &service, &limits, Some(&early));
+        let caller = Caller::default();
+        let serving = serve_request(recv, &mut send, &service, &limits, Some(&early), &caller);
         handshake.send(false).unwrap();
         assert!(serving.await.is_err());
         assert!(!stored(&service, "k").await);
@@ -259,7 +262,9 @@ mod tests {
         let service = service();
         let (early, _handshake) = pending_handshake();
         let (recv, (mut send, _reply)) = stream_of(&CommandRequest::hget("t", "k")).await;
-        let served = serve_request(recv, &mut send, &service, &Limits::default(), Some(&early)).await;
+        let served =
+            serve_request(recv, &mut send, &service, &Limits::default(), Some(&early), &Caller::default())
+                .await;
         assert!(matches!(served, Ok(Served::Answered)), "{served:?}");
     }
 }

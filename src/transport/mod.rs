@@ -22,7 +22,10 @@ use quinn::Endpoint;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::tls::ServerTls;
+use rustls::pki_types::CertificateDer;
+
+use crate::service::Caller;
+use crate::tls::{self, ServerTls};
 use tcp::TcpSecurity;
 
 pub use frame::DEFAULT_MAX_FRAME_LEN;
@@ -86,8 +89,9 @@ pub struct Limits {
     pub connection_receive_window: usize,
     /// Time a client has to deliver a whole request frame and finish its side of the stream.
     pub request_timeout: Duration,
-    /// A reply the client reads none of for this long is abandoned, so that a client that stops
-    /// reading cannot pin the server's resources.
+    /// A reply the client reads less than 16 KiB of within this long, once the server has had to wait
+    /// for it, is abandoned, so that a client that stops reading (or reads a trickle) cannot pin the
+    /// server's resources (`timeouts::MIN_PROGRESS`).
     pub reply_timeout: Duration,
     /// A connection without any traffic for this long is closed.
     pub idle_timeout: Duration,
@@ -115,6 +119,13 @@ impl Default for Limits {
 pub const MIN_MAX_FRAME_LEN: usize = 1024;
 
 impl Limits {
+    /// The most memory one connection can make the server hold in buffers: its request buffer, what
+    /// QUIC flow control lets it send ahead, and replies written but not yet acknowledged. (TCP holds
+    /// less: one frame being received on top of the request buffer, and the kernel's socket buffers.)
+    pub fn worst_case_connection_memory(&self) -> u64 {
+        self.max_request_buffer as u64 + self.connection_receive_window as u64 + quic::SEND_WINDOW
+    }
+
     /// Checks that the limits are usable together; the error says which one to change.
     pub fn validate(&self) -> Result<(), String> {
         if !(MIN_MAX_FRAME_LEN..=u32::MAX as usize).contains(&self.max_frame_len) {
@@ -209,4 +220,16 @@ pub fn bind(
         }
     }
     Err(BindError { protocol: "TCP", cause: last_error })
+}
+
+/// Whom a connection's requests come from: the subject of the certificate its client presented, if the
+/// server asked for one. Recorded on the connection's span (its `client` field), and logged once.
+fn authenticated_caller(peer_certificates: Option<&[CertificateDer<'_>]>) -> Caller {
+    let identity: Option<Arc<str>> =
+        peer_certificates.and_then(|chain| chain.first()).and_then(tls::certificate_subject).map(Arc::from);
+    if let Some(identity) = &identity {
+        tracing::Span::current().record("client", &**identity);
+        tracing::info!("client authenticated");
+    }
+    Caller { identity }
 }

@@ -42,7 +42,7 @@ use super::exchange::{RequestError, feed_reply};
 use super::frame::{FrameCodec, FrameError};
 use super::timeouts::StallTimeout;
 use crate::pb::{CommandRequest, CommandResponse, status};
-use crate::service::{Reply, Service};
+use crate::service::{Caller, Reply, Service};
 use crate::storage::Storage;
 
 /// After its last frame the server keeps reading (and discarding) for this long before closing, so the
@@ -93,12 +93,13 @@ impl fmt::Display for Ending {
     }
 }
 
-/// Serves one pipelined connection until it ends; see the module documentation.
+/// Serves one pipelined connection from `caller` until it ends; see the module documentation.
 pub async fn serve_pipelined<IO, S>(
     io: IO,
     service: Service<S>,
     limits: Arc<Limits>,
     shutdown: CancellationToken,
+    caller: Caller,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin,
     S: Storage,
@@ -143,8 +144,8 @@ pub async fn serve_pipelined<IO, S>(
                 break;
             }
             let (write, bytes) = (request.is_write(), request.encoded_len());
-            let service = service.clone();
-            queue.start(write, bytes, async move { service.execute(request).await });
+            let (service, caller) = (service.clone(), caller.clone());
+            queue.start(write, bytes, async move { service.execute(request, &caller).await });
         }
         // Write every answer whose turn has come.
         while let Some(reply) = queue.next_answer() {

@@ -17,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::Limits;
 use super::frame::encode_frame;
 use super::pipeline::serve_pipelined;
+use super::{Limits, authenticated_caller};
 use crate::pb::{CommandResponse, status};
-use crate::service::Service;
+use crate::service::{Caller, Service};
 use crate::storage::Storage;
 
 /// How TCP connections are secured.
@@ -84,7 +84,7 @@ pub async fn serve<S: Storage>(
             permit,
         );
         let cut_off = cut_off.clone();
-        let span = info_span!("connection", %remote, transport = "tcp");
+        let span = info_span!("connection", %remote, transport = "tcp", client = tracing::field::Empty);
         connections.spawn(
             async move {
                 tokio::select! {
@@ -142,11 +142,14 @@ async fn handle_connection<S: Storage>(
         debug!(error = %e, "could not set TCP_NODELAY");
     }
     match security {
-        TcpSecurity::Plaintext => serve_pipelined(stream, service, limits, shutdown).await,
+        TcpSecurity::Plaintext => serve_pipelined(stream, service, limits, shutdown, Caller::default()).await,
         TcpSecurity::Tls(acceptor) => {
             let handshake = tokio::time::timeout(limits.request_timeout, acceptor.accept(stream)).await;
             match handshake {
-                Ok(Ok(tls)) => serve_pipelined(tls, service, limits, shutdown).await,
+                Ok(Ok(tls)) => {
+                    let caller = authenticated_caller(tls.get_ref().1.peer_certificates());
+                    serve_pipelined(tls, service, limits, shutdown, caller).await
+                }
                 Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
                 Err(_) => info!(timeout = ?limits.request_timeout, "TLS handshake did not complete in time"),
             }

@@ -1,7 +1,8 @@
 //! Timeouts that cost nothing when nothing waits: the timer is armed only once an operation has to
 //! wait, so the common case (data already there, room to write) registers no timer at all.
 //!
-//! - [`StallTimeout`]: a writer that fails when its peer stops reading (no progress for `timeout`).
+//! - [`StallTimeout`]: a writer that fails when its peer stops reading, or reads only a trickle (less
+//!   than [`MIN_PROGRESS`] bytes within `timeout` of having to wait).
 //! - [`deadline`]: a future that fails if it is still waiting `timeout` after it first had to wait.
 
 use std::future::Future;
@@ -45,16 +46,25 @@ impl<F: Future> Future for Deadline<F> {
     }
 }
 
+/// What a stalled writer must get written within its timeout for the stall to count as over: a peer
+/// that reads less than this per timeout (16 KiB per 30 s by default, about 550 bytes a second) is
+/// treated as one that does not read, so that reading a byte now and then cannot hold a reply open.
+pub const MIN_PROGRESS: usize = 16 * 1024;
+
 pub struct StallTimeout<W> {
     inner: W,
     timeout: Duration,
-    /// Armed when a write first has to wait; disarmed by any progress.
+    /// Armed when a write first has to wait; disarmed once the stall is over (see `progress`).
     deadline: Option<Pin<Box<Sleep>>>,
+    /// The last poll returned `Pending`: the writer is waiting for the peer.
+    waiting: bool,
+    /// Bytes written since the deadline was armed.
+    written_in_stall: usize,
 }
 
 impl<W> StallTimeout<W> {
     pub fn new(inner: W, timeout: Duration) -> Self {
-        StallTimeout { inner, timeout, deadline: None }
+        StallTimeout { inner, timeout, deadline: None, waiting: false, written_in_stall: 0 }
     }
 
     /// Polls the deadline, arming it first if needed; completes with the error once it expires.
@@ -65,19 +75,36 @@ impl<W> StallTimeout<W> {
         match deadline.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("the peer read nothing for {timeout:?}"),
+                format!("the peer read less than {MIN_PROGRESS} bytes in {timeout:?}"),
             )),
             Poll::Pending => Poll::Pending,
         }
     }
 
-    fn progress<T>(&mut self, result: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+    /// Tracks a stall: it ends when an operation completes without waiting (the peer has made room),
+    /// or when `MIN_PROGRESS` bytes have been written since it began.
+    fn progress<T>(
+        &mut self,
+        result: Poll<io::Result<T>>,
+        written: impl FnOnce(&T) -> usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
         match result {
             Poll::Ready(result) => {
-                self.deadline = None;
+                let waited = std::mem::replace(&mut self.waiting, false);
+                if let Ok(value) = &result {
+                    self.written_in_stall += written(value);
+                }
+                if !waited || self.written_in_stall >= MIN_PROGRESS {
+                    self.deadline = None;
+                    self.written_in_stall = 0;
+                }
                 Poll::Ready(result)
             }
-            Poll::Pending => self.poll_stalled(cx).map(Err),
+            Poll::Pending => {
+                self.waiting = true;
+                self.poll_stalled(cx).map(Err)
+            }
         }
     }
 }
@@ -85,17 +112,17 @@ impl<W> StallTimeout<W> {
 impl<W: AsyncWrite + Unpin> AsyncWrite for StallTimeout<W> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.progress(result, cx)
+        self.progress(result, |&n| n, cx)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let result = Pin::new(&mut self.inner).poll_flush(cx);
-        self.progress(result, cx)
+        self.progress(result, |_| 0, cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let result = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.progress(result, cx)
+        self.progress(result, |_| 0, cx)
     }
 }
 
@@ -124,5 +151,36 @@ mod tests {
         writer.write_all(&[0; 8]).await.unwrap(); // progress: fine
         let err = writer.write_all(&[0; 1]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    /// Reads `chunk` bytes every `every` until the writer is done or fails.
+    async fn reader(mut reader: tokio::io::DuplexStream, chunk: usize, every: Duration) {
+        let mut buf = vec![0; chunk];
+        loop {
+            tokio::time::sleep(every).await;
+            match tokio::io::AsyncReadExt::read(&mut reader, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_reads_a_trickle_times_out_and_a_slow_steady_one_does_not() {
+        let timeout = Duration::from_secs(5);
+        // A byte every 4 s: always some progress within the timeout, never enough.
+        let (writer, trickle) = tokio::io::duplex(1024);
+        tokio::spawn(reader(trickle, 1, Duration::from_secs(4)));
+        let mut writer = StallTimeout::new(writer, timeout);
+        let err = writer.write_all(&[0; 4096]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+
+        // 8 KiB every 2 s: slow, but more than MIN_PROGRESS per timeout.
+        let (writer, steady) = tokio::io::duplex(8 * 1024);
+        let reading = tokio::spawn(reader(steady, 8 * 1024, Duration::from_secs(2)));
+        let mut writer = StallTimeout::new(writer, timeout);
+        writer.write_all(&[0; 256 * 1024]).await.unwrap();
+        drop(writer);
+        reading.await.unwrap();
     }
 }

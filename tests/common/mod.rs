@@ -2,6 +2,7 @@
 //! raw QUIC access for tests that must send what a well-behaved client never would.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod process;
 pub mod relay;
 
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use futures_util::StreamExt;
 use qkv::client::{Client, ClientConfig};
 use qkv::pb::{CommandRequest, CommandResponse};
 use qkv::server::{Server, ServerConfig, TcpMode};
+use qkv::service::Service;
 use qkv::storage::MemoryStore;
 use qkv::tls;
 use qkv::transport::frame::{FrameCodec, encode_frame};
@@ -53,6 +55,8 @@ pub struct TestServer {
     pub certs: TempDir,
     /// The transport `client()` uses; the server also serves QUIC and TLS or plaintext TCP to match.
     pub transport: Transport,
+    /// The server's service, and through it its store: still readable after the server has stopped.
+    pub service: Service<MemoryStore>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -74,6 +78,15 @@ impl TestServer {
 
     /// Starts a server whose configuration `configure` may adjust (limits, frame target...).
     pub async fn start_for_with(transport: Transport, configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        Self::start_with_store(transport, MemoryStore::new(), configure).await
+    }
+
+    /// Starts a server on `store` (a memory budget, say) whose configuration `configure` may adjust.
+    pub async fn start_with_store(
+        transport: Transport,
+        store: MemoryStore,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let certs = tempfile::tempdir().expect("temporary directory");
         let mut config = ServerConfig {
             listen: "127.0.0.1:0".parse().expect("address"),
@@ -82,17 +95,18 @@ impl TestServer {
             ..ServerConfig::default()
         };
         configure(&mut config);
-        Self::spawn(config, certs, transport)
+        Self::spawn(config, store, certs, transport)
     }
 
-    fn spawn(config: ServerConfig, certs: TempDir, transport: Transport) -> Self {
-        let server = Server::bind(config, MemoryStore::new()).expect("server binds");
+    fn spawn(config: ServerConfig, store: MemoryStore, certs: TempDir, transport: Transport) -> Self {
+        let server = Server::bind(config, store).expect("server binds");
         let addr = server.local_addr().expect("bound address");
+        let service = server.service().clone();
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = signal.await;
         }));
-        TestServer { addr, certs, transport, shutdown: Some(shutdown), task: Some(task) }
+        TestServer { addr, certs, transport, service, shutdown: Some(shutdown), task: Some(task) }
     }
 
     /// Stops the server and starts a new one on the same address with the same certificates: a new
@@ -107,7 +121,7 @@ impl TestServer {
             ..ServerConfig::default()
         };
         let certs = std::mem::replace(&mut self.certs, tempfile::tempdir().expect("temporary directory"));
-        Self::spawn(config, certs, self.transport)
+        Self::spawn(config, MemoryStore::new(), certs, self.transport)
     }
 
     pub fn ca(&self) -> PathBuf {
@@ -126,8 +140,7 @@ impl TestServer {
 
     /// A bare quinn connection, trusting the server's CA, for sending arbitrary bytes.
     pub async fn raw_connection(&self) -> quinn::Connection {
-        let endpoint = quic_client_endpoint(&self.ca(), &tls::Tickets::none());
-        endpoint.connect(self.addr, "localhost").expect("connect").await.expect("handshake")
+        raw_quic(self.addr, &self.ca()).await
     }
 
     /// A bare TCP connection to the server, for sending arbitrary bytes (plaintext servers).
@@ -192,10 +205,37 @@ pub fn frame_of(message: &impl prost::Message) -> Bytes {
     encode_frame(message, u32::MAX as usize).expect("encodable")
 }
 
+/// A bare quinn connection to `addr`, trusting `ca`, for sending arbitrary bytes.
+pub async fn raw_quic(addr: SocketAddr, ca: &std::path::Path) -> quinn::Connection {
+    let endpoint = quic_client_endpoint(ca, &tls::Tickets::none());
+    endpoint.connect(addr, "localhost").expect("connect").await.expect("handshake")
+}
+
+/// Any byte stream a test can write arbitrary bytes to and read the server's from.
+pub trait ByteStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ByteStream for T {}
+
+/// A bare TCP connection to `addr`, inside TLS (trusting `ca`) unless `transport` is plaintext TCP.
+pub async fn raw_byte_stream(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    transport: Transport,
+) -> Box<dyn ByteStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("TCP connect");
+    if transport == Transport::Tcp {
+        return Box::new(tcp);
+    }
+    let roots = tls::read_roots(ca).expect("CA");
+    let config = tls::client_config(roots, &tls::Tickets::none(), None).expect("TLS config");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    Box::new(connector.connect(name, tcp).await.expect("TLS handshake"))
+}
+
 /// A bare quinn client endpoint trusting `ca`, resuming sessions with `tickets`.
 pub fn quic_client_endpoint(ca: &std::path::Path, tickets: &tls::Tickets) -> quinn::Endpoint {
     let roots = tls::read_roots(ca).expect("CA");
-    let tls = std::sync::Arc::new(tls::client_config(roots, tickets).expect("TLS config"));
+    let tls = std::sync::Arc::new(tls::client_config(roots, tickets, None).expect("TLS config"));
     let limits = Limits::default();
     let config =
         quic::client_config(tls, &limits, &Default::default(), Duration::from_secs(10)).expect("config");

@@ -10,25 +10,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quinn::{Connection, ConnectionError, Endpoint, Incoming, RecvStream, SendStream};
+use rustls::pki_types::CertificateDer;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use super::codes;
-use crate::service::Service;
+use crate::service::{Caller, Service};
 use crate::storage::Storage;
-use crate::transport::Limits;
 use crate::transport::budget::ReadBudget;
 use crate::transport::exchange::{EarlyData, Served, serve_request};
 use crate::transport::frame::FrameError;
 use crate::transport::timeouts;
+use crate::transport::{Limits, authenticated_caller};
 
 /// How long to wait, after every connection is closed, for the close frames to reach the clients.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves `endpoint` until `shutdown` is cancelled, then shuts down gracefully within `grace`.
-/// `permits` is the server-wide connection limit, shared with the other transports.
+/// `permits` is the server-wide connection limit, shared with the other transports. `client_auth`
+/// says the endpoint's TLS configuration requires client certificates.
 pub async fn serve<S: Storage>(
     endpoint: Endpoint,
     service: Service<S>,
@@ -36,6 +38,7 @@ pub async fn serve<S: Storage>(
     permits: Arc<Semaphore>,
     shutdown: CancellationToken,
     grace: Duration,
+    client_auth: bool,
 ) {
     let connections = TaskTracker::new();
     let mut last_refusal_warning: Option<Instant> = None;
@@ -58,7 +61,7 @@ pub async fn serve<S: Storage>(
         };
         let (service, limits, shutdown) = (service.clone(), limits.clone(), shutdown.clone());
         connections.spawn(async move {
-            handle_connection(incoming, service, limits, shutdown).await;
+            handle_connection(incoming, service, limits, shutdown, client_auth).await;
             drop(permit);
         });
     }
@@ -83,6 +86,7 @@ async fn handle_connection<S: Storage>(
     service: Service<S>,
     limits: Arc<Limits>,
     shutdown: CancellationToken,
+    client_auth: bool,
 ) {
     let remote = incoming.remote_address();
     let connecting = match incoming.accept() {
@@ -96,7 +100,12 @@ async fn handle_connection<S: Storage>(
     // early data are answered within its first round trip. `handshake` resolves once the client's
     // Finished has arrived; writes from early data wait for it (see `EarlyData`). For a server,
     // `into_0rtt` always succeeds.
-    let (connection, handshake) = match connecting.into_0rtt() {
+    //
+    // Except with client certificates: then nothing is served before the handshake completes, so that
+    // every request, early data included, runs for a client whose certificate (or whose ticket's
+    // certificate) has been proven by its Finished.
+    let zero_rtt = if client_auth { Err(connecting) } else { connecting.into_0rtt() };
+    let (connection, handshake) = match zero_rtt {
         Ok((connection, accepted)) => {
             // On a server, `accepted` resolves when the handshake completes or the connection fails
             // first (quinn 0.11 resolves it to false either way): a connection still open then has
@@ -112,8 +121,24 @@ async fn handle_connection<S: Storage>(
             }
         },
     };
-    let span = info_span!("connection", %remote, transport = "quic", id = connection.stable_id());
-    serve_connection(connection, handshake, service, limits, shutdown).instrument(span).await
+    let span = info_span!(
+        "connection",
+        %remote,
+        transport = "quic",
+        id = connection.stable_id(),
+        client = tracing::field::Empty
+    );
+    async move {
+        let caller = authenticated_caller(peer_certificates(&connection).as_deref());
+        serve_connection(connection, handshake, service, limits, shutdown, caller).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// The certificate chain the client presented, once the handshake has got that far.
+fn peer_certificates(connection: &Connection) -> Option<Vec<CertificateDer<'static>>> {
+    connection.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok().map(|chain| *chain)
 }
 
 async fn serve_connection<S: Storage>(
@@ -122,6 +147,7 @@ async fn serve_connection<S: Storage>(
     service: Service<S>,
     limits: Arc<Limits>,
     shutdown: CancellationToken,
+    caller: Caller,
 ) {
     debug!("connection established");
     let streams = TaskTracker::new();
@@ -137,8 +163,15 @@ async fn serve_connection<S: Storage>(
         let stream_id = recv.id();
         let early = recv.is_0rtt().then(|| handshake.clone());
         // Boxed: spawning moves the future into the task, and a request's state is large.
-        let stream =
-            Box::pin(handle_stream(send, recv, early, service.clone(), limits.clone(), budget.clone()));
+        let stream = Box::pin(handle_stream(
+            send,
+            recv,
+            early,
+            service.clone(),
+            limits.clone(),
+            budget.clone(),
+            caller.clone(),
+        ));
         // A span per request only when it will be used: an enabled span costs more than the request.
         if tracing::enabled!(tracing::Level::DEBUG) {
             let span = debug_span!("request", stream = %stream_id, command = tracing::field::Empty);
@@ -176,12 +209,13 @@ async fn handle_stream<S: Storage>(
     service: Service<S>,
     limits: Arc<Limits>,
     budget: ReadBudget,
+    caller: Caller,
 ) {
     // A client that abandons its request stops reading the reply (STOP_SENDING): stop working on it
     // at once rather than finish a reply nobody will read.
     let abandoned = send.stopped();
     let served = tokio::select! {
-        served = serve_request(budget.reader(&mut recv), &mut send, &service, &limits, early.as_ref()) => served,
+        served = serve_request(budget.reader(&mut recv), &mut send, &service, &limits, early.as_ref(), &caller) => served,
         _ = abandoned => {
             debug!("the client abandoned the request");
             let _ = recv.stop(codes::CANCELLED);

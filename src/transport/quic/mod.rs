@@ -110,6 +110,10 @@ impl Default for QuicOptions {
     }
 }
 
+/// Reply bytes a connection may have written but not yet acknowledged by the peer: quinn's default,
+/// named here because it bounds what a client that stops reading can make the server hold.
+pub const SEND_WINDOW: u64 = 10_000_000;
+
 /// Transport settings shared by both sides; `peer_streams` is how many bidirectional streams the peer
 /// may open at once.
 fn transport_config(
@@ -121,6 +125,7 @@ fn transport_config(
     let window = |bytes: usize| VarInt::from_u64(bytes as u64).map_err(invalid_input);
     transport
         .receive_window(window(limits.connection_receive_window)?)
+        .send_window(SEND_WINDOW)
         .max_concurrent_bidi_streams(VarInt::from_u32(peer_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .max_idle_timeout(Some(IdleTimeout::try_from(limits.idle_timeout).map_err(invalid_input)?))

@@ -1,0 +1,201 @@
+//! Fuzz harnesses: what each fuzz target in `fuzz/` runs on an input, with the properties it checks.
+//!
+//! They live in the library, not in the fuzz crate, so that `tests/fuzz_corpus.rs` replays every
+//! committed corpus file through exactly the same code on stable Rust in every test run: a crash found
+//! once stays fixed. Each function panics when the server misbehaves on its input (that is how a
+//! fuzzer learns of a bug); nothing in the server calls them. How to run the fuzzers:
+//! docs/SECURITY.md, "Fuzzing".
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use futures_util::StreamExt;
+use prost::Message;
+use tokio::io::AsyncWriteExt;
+use tokio::runtime::Runtime;
+use tokio_util::codec::{Decoder, FramedRead};
+use tokio_util::sync::CancellationToken;
+
+use crate::pb::{CommandRequest, CommandResponse, status};
+use crate::service::{Caller, ItemLimits, Reply, Service, ServiceConfig};
+use crate::storage::MemoryStore;
+use crate::transport::Limits;
+use crate::transport::frame::{FrameCodec, FrameError, encode_frame};
+use crate::transport::pipeline::serve_pipelined;
+
+/// Small limits, so that inputs a fuzzer can produce reach them.
+const MAX_FRAME: usize = 64 * 1024;
+
+fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime")
+    })
+}
+
+fn service() -> Service<MemoryStore> {
+    let config = ServiceConfig {
+        response_frame_target: 1024,
+        max_concurrent_scans: 2,
+        items: ItemLimits { max_table_len: 64, max_key_len: 256, max_value_len: 4096 },
+    };
+    Service::new(MemoryStore::with_budget(64 * 1024), config, MAX_FRAME)
+}
+
+/// Every status a response may carry (docs/PROTOCOL.md, "Status codes").
+fn documented(status: u32) -> bool {
+    [
+        status::OK,
+        status::BAD_REQUEST,
+        status::NOT_FOUND,
+        status::REQUEST_TIMEOUT,
+        status::CONFLICT,
+        status::PAYLOAD_TOO_LARGE,
+        status::INTERNAL_ERROR,
+        status::NOT_IMPLEMENTED,
+        status::UNAVAILABLE,
+        status::INSUFFICIENT_STORAGE,
+    ]
+    .contains(&status)
+}
+
+/// How a decode of a byte stream ended: after how many frames, and with which error, if any.
+#[derive(Debug, PartialEq)]
+struct Decoded {
+    /// Each frame's request, re-encoded: `CommandRequest` has floats, so bytes compare where `==` cannot.
+    frames: Vec<Vec<u8>>,
+    error: Option<String>,
+}
+
+/// Decodes `wire` fed to the codec `piece` bytes at a time, then ends the stream.
+fn decode_in_pieces(wire: &[u8], piece: usize) -> Decoded {
+    let mut codec = FrameCodec::<CommandRequest>::new(MAX_FRAME);
+    let mut buffer = BytesMut::new();
+    let mut frames = Vec::new();
+    let error_kind = |e: FrameError| match e {
+        FrameError::TooLarge { .. } => "too large",
+        FrameError::Truncated { .. } => "truncated",
+        FrameError::Decode { .. } => "decode",
+        FrameError::Io(_) => "io",
+    };
+    for chunk in wire.chunks(piece.max(1)) {
+        buffer.extend_from_slice(chunk);
+        loop {
+            match codec.decode(&mut buffer) {
+                Ok(Some(request)) => frames.push(request.encode_to_vec()),
+                Ok(None) => break,
+                Err(e) => return Decoded { frames, error: Some(error_kind(e).into()) },
+            }
+        }
+    }
+    loop {
+        match codec.decode_eof(&mut buffer) {
+            Ok(Some(request)) => frames.push(request.encode_to_vec()),
+            Ok(None) => return Decoded { frames, error: None },
+            Err(e) => return Decoded { frames, error: Some(error_kind(e).into()) },
+        }
+    }
+}
+
+/// The frame decoder: any bytes, delivered in pieces of any size, decode to the same frames and end
+/// the same way as the same bytes delivered at once; every decoded request survives a round trip
+/// through `encode_frame`. The first input byte picks the piece size.
+pub fn frame_decoder(data: &[u8]) {
+    let Some((&piece, wire)) = data.split_first() else { return };
+    let whole = decode_in_pieces(wire, wire.len());
+    assert_eq!(decode_in_pieces(wire, usize::from(piece)), whole, "piece size {piece}");
+    for encoded in &whole.frames {
+        let request = CommandRequest::decode(&encoded[..]).expect("it was decoded before");
+        let frame = encode_frame(&request, usize::MAX).expect("a decoded request fits in a frame");
+        let again = decode_in_pieces(&frame, frame.len());
+        assert_eq!(again.frames, vec![encoded.clone()]);
+    }
+}
+
+/// Checks the frames of one reply: each fits in a frame, all but the last say `more`, every status
+/// is documented and every error explains itself.
+fn check_reply(frames: &[CommandResponse]) {
+    let (last, before) = frames.split_last().expect("every reply has a frame");
+    assert!(!last.more, "the last frame of a reply says more");
+    assert!(
+        before.iter().all(|f| f.more && f.status == status::OK),
+        "a frame before the last ends the reply"
+    );
+    for frame in frames {
+        assert!(frame.encoded_len() <= MAX_FRAME, "a reply frame of {} bytes", frame.encoded_len());
+        assert!(documented(frame.status), "undocumented status {}", frame.status);
+        assert!(frame.is_ok() || !frame.message.is_empty(), "status {} without a message", frame.status);
+    }
+}
+
+/// Request decode and dispatch: the input is a sequence of requests, each a protobuf message with a
+/// varint length prefix, executed in order against one store with small limits. Every request gets a
+/// well-formed reply (see `check_reply`), and the store never holds more than its memory budget.
+pub fn request_dispatch(data: &[u8]) {
+    let service = service();
+    let mut input = data;
+    runtime().block_on(async {
+        while input.has_remaining() {
+            let Ok(request) = CommandRequest::decode_length_delimited(&mut input) else { return };
+            let frames: Vec<CommandResponse> = match service.execute(request, &Caller::default()).await {
+                Reply::One(response) => vec![response],
+                Reply::Stream(stream) => stream.collect().await,
+            };
+            check_reply(&frames);
+            let memory = service.storage().memory();
+            assert!(memory.used <= memory.budget, "the store holds {memory:?}");
+        }
+    });
+}
+
+/// The TCP codec and pipeline: any bytes sent on a connection (then closed) are answered with
+/// well-formed frames, one reply per request frame, in order, plus one error frame if the bytes end
+/// in something that is not a whole, valid request frame.
+pub fn tcp_pipeline(data: &[u8]) {
+    let expected = decode_in_pieces(data, data.len());
+    let limits = Limits { max_frame_len: MAX_FRAME, max_request_buffer: 4 * MAX_FRAME, ..Limits::default() };
+    runtime().block_on(async {
+        let (mut client, server) = tokio::io::duplex(16 * 1024);
+        let serving = tokio::spawn(serve_pipelined(
+            server,
+            service(),
+            Arc::new(limits),
+            CancellationToken::new(),
+            Caller::default(),
+        ));
+        let (read, mut write) = tokio::io::split(&mut client);
+        let sending = async {
+            // The server stops reading after a bad frame; what it does not read is not an error here.
+            let _ = write.write_all(data).await;
+            let _ = write.shutdown().await;
+        };
+        let receiving = async {
+            let mut answers = FramedRead::new(read, FrameCodec::<CommandResponse>::new(MAX_FRAME));
+            let mut replies = Vec::new();
+            let mut reply = Vec::new();
+            while let Some(frame) = answers.next().await {
+                let frame = frame.expect("the server writes whole, valid frames");
+                let more = frame.more;
+                reply.push(frame);
+                if !more {
+                    check_reply(&reply);
+                    replies.push(std::mem::take(&mut reply));
+                }
+            }
+            assert!(reply.is_empty(), "the connection ended inside a reply");
+            replies
+        };
+        let (_, replies) =
+            tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(sending, receiving) })
+                .await
+                .expect("the server answers and closes within 30 s");
+        let _ = serving.await;
+        let expected_replies = expected.frames.len() + usize::from(expected.error.is_some());
+        assert_eq!(replies.len(), expected_replies, "replies to {expected:?}");
+        if expected.error.is_some() {
+            let last = &replies[replies.len() - 1][0];
+            assert!(!last.is_ok(), "a bad frame was answered with {last:?}");
+        }
+    });
+}

@@ -1,0 +1,120 @@
+//! `qkv serve` as a child process: for tests about the process itself (its memory, its signals, its
+//! log), which an in-process server cannot show.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use qkv::client::ClientConfig;
+use qkv::transport::Transport;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
+use tokio::sync::mpsc;
+
+pub struct ServerProcess {
+    child: Child,
+    /// The server's log lines, read as they come by a task of their own, so that a server logging
+    /// much is never blocked on a full pipe.
+    log: mpsc::UnboundedReceiver<String>,
+    /// What the server logged until it said it was serving.
+    pub startup_log: Vec<String>,
+    /// Where it serves (loopback, whatever address it was told to listen on).
+    pub addr: SocketAddr,
+    pub certs: TempDir,
+}
+
+impl ServerProcess {
+    /// Starts `qkv serve --certs TEMPDIR ARGS...` (listening on an ephemeral loopback port unless
+    /// ARGS say `--listen`), and waits until it serves.
+    pub async fn start(args: &[&str]) -> Self {
+        let certs = tempfile::tempdir().expect("temporary directory");
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"));
+        command.arg("serve").arg("--certs").arg(certs.path()).args(args);
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = command.stderr(Stdio::piped()).kill_on_drop(true).spawn().expect("qkv serve starts");
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let (lines, log) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server =
+            ServerProcess { child, log, startup_log: Vec::new(), addr: ([0, 0, 0, 0], 0).into(), certs };
+        let serving = server.log_line(&["INFO", "serving", "addr="]).await;
+        let port = serving
+            .rsplit("addr=")
+            .next()
+            .and_then(|a| a.split_whitespace().next())
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|port| port.parse::<u16>().ok())
+            .expect("the port in the log");
+        server.addr = ([127, 0, 0, 1], port).into();
+        server
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.certs.path().join("ca.pem")
+    }
+
+    pub fn client_config(&self, transport: Transport) -> ClientConfig {
+        ClientConfig { transport, ..ClientConfig::new(self.addr.to_string(), self.ca()) }
+    }
+
+    /// Reads log lines until one contains all of `words`, and returns it; earlier lines are kept in
+    /// `startup_log`.
+    pub async fn log_line(&mut self, words: &[&str]) -> String {
+        let wait = async {
+            while let Some(line) = self.log.recv().await {
+                if words.iter().all(|w| line.contains(w)) {
+                    return line;
+                }
+                self.startup_log.push(line);
+            }
+            panic!("the server exited without logging {words:?}");
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait).await.expect("the log line")
+    }
+
+    fn status_field_kib(&self, field: &str) -> u64 {
+        let pid = self.child.id().expect("the server is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+    }
+
+    /// The server's resident memory now, in MiB.
+    pub fn resident_mib(&self) -> u64 {
+        self.status_field_kib("VmRSS:") / 1024
+    }
+
+    /// The most resident memory the server has had, in MiB.
+    pub fn peak_mib(&self) -> u64 {
+        self.status_field_kib("VmHWM:") / 1024
+    }
+
+    /// Sends SIGTERM: the server shuts down gracefully.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("the server is running");
+        let sent = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        assert!(sent.expect("kill runs").success(), "SIGTERM to {pid}");
+    }
+
+    /// Waits for the server to exit; returns how it exited and what it logged since the last line
+    /// read.
+    pub async fn exit(mut self) -> (ExitStatus, Vec<String>) {
+        let mut lines = Vec::new();
+        while let Some(line) = self.log.recv().await {
+            lines.push(line);
+        }
+        (self.child.wait().await.expect("the server's exit status"), lines)
+    }
+}

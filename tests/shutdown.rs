@@ -1,0 +1,112 @@
+//! Graceful shutdown under load: every call in flight is answered or fails with an error that says it
+//! was not executed (and may be retried), no acknowledged write is lost, and the process exits within
+//! its grace period.
+
+#[macro_use]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use common::process::ServerProcess;
+use qkv::Client;
+use qkv::client::{ClientConfig, ClientError, RetryPolicy};
+use qkv::pb::CommandRequest;
+use qkv::storage::Storage;
+use qkv::transport::Transport;
+use tokio::sync::Barrier;
+
+const WRITERS: usize = 16;
+
+/// What one writer saw: the last value the server acknowledged, and the error that stopped it.
+struct Writer {
+    key: String,
+    acknowledged: i64,
+    error: ClientError,
+}
+
+/// `WRITERS` tasks, each writing 1, 2, 3... to a key of its own until a call fails; `started` is
+/// passed once every writer has had a write acknowledged.
+async fn write_until_failure(config: ClientConfig, started: Arc<Barrier>) -> Vec<Writer> {
+    // No retries, so that each writer's first failure is seen; a short deadline for the calls that
+    // wait for a new connection to a server that is gone.
+    let retry = RetryPolicy { attempts: 1, ..config.retry };
+    let config = ClientConfig { retry, request_timeout: Duration::from_secs(3), ..config };
+    let client = Client::connect_with(config).await.expect("client connects");
+    let writers = (0..WRITERS).map(|w| {
+        let (client, started) = (client.clone(), started.clone());
+        async move {
+            let key = format!("writer-{w}");
+            let mut acknowledged = 0;
+            loop {
+                match client.hset("load", &key, acknowledged + 1).await {
+                    Ok(_) => acknowledged += 1,
+                    Err(error) => return Writer { key, acknowledged, error },
+                }
+                if acknowledged == 1 {
+                    started.wait().await;
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(writers).await
+}
+
+async fn under_load_every_call_is_answered_or_not_executed_and_no_acknowledged_write_is_lost(
+    transport: Transport,
+) {
+    let mut server = TestServer::start_for(transport).await;
+    let started = Arc::new(Barrier::new(WRITERS + 1));
+    let load = tokio::spawn(write_until_failure(server.client_config(), started.clone()));
+    started.wait().await;
+    server.begin_stop();
+    let writers = tokio::time::timeout(Duration::from_secs(20), load).await.expect("the load ends").unwrap();
+    server.stopped().await;
+    for Writer { key, acknowledged, error } in writers {
+        assert!(error.is_retryable(), "{key} failed with {error}, which does not say it was not executed");
+        let stored = server.service.storage().get("load", &key).await.unwrap().expect("acknowledged writes");
+        // Nothing acknowledged is lost, and the call that failed "not executed" was indeed not executed.
+        assert_eq!(
+            stored.value,
+            acknowledged.into(),
+            "{key}: stored {:?}, acknowledged {acknowledged}",
+            stored.value
+        );
+    }
+}
+
+transport_tests!(in_process: quic, tls, tcp =>
+    under_load_every_call_is_answered_or_not_executed_and_no_acknowledged_write_is_lost,
+);
+
+/// SIGTERM to a loaded `qkv serve` whose one client holds a reply unread: the writers stop with
+/// errors that say their calls were not executed, and the process exits 0 once the grace period has
+/// cut the stuck reply off.
+#[tokio::test]
+async fn sigterm_under_load_exits_within_the_grace_period() {
+    let grace = Duration::from_secs(2);
+    let server = ServerProcess::start(&["--shutdown-grace", "2s", "--reply-timeout", "60s"]).await;
+    // A reply that cannot complete: 8 MB that its client never reads.
+    let stuck = Client::connect_with(server.client_config(Transport::Quic)).await.unwrap();
+    for i in 0..8 {
+        stuck.hset("big", &format!("k{i}"), vec![1u8; 1 << 20]).await.unwrap();
+    }
+    let mut unread = stuck.call_frames(&CommandRequest::hgetall("big")).await.unwrap();
+    assert!(unread.next().await.unwrap().unwrap().more);
+
+    let started = Arc::new(Barrier::new(2 * WRITERS + 1));
+    let quic = tokio::spawn(write_until_failure(server.client_config(Transport::Quic), started.clone()));
+    let tls = tokio::spawn(write_until_failure(server.client_config(Transport::Tls), started.clone()));
+    started.wait().await;
+    let terminated = Instant::now();
+    server.terminate();
+    let (status, log) = tokio::time::timeout(Duration::from_secs(10), server.exit()).await.expect("it exits");
+    let took = terminated.elapsed();
+    assert!(status.success(), "exit status {status}; log: {log:#?}");
+    assert!(took >= grace && took < grace + Duration::from_millis(1500), "exited {took:?} after SIGTERM");
+    assert!(log.iter().any(|line| line.contains("received SIGTERM")), "{log:#?}");
+    for writer in quic.await.unwrap().into_iter().chain(tls.await.unwrap()) {
+        assert!(writer.error.is_retryable(), "{}: {}", writer.key, writer.error);
+    }
+}
