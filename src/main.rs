@@ -13,7 +13,7 @@ use qkv::certs::{CertDir, Provisioned};
 use qkv::client::{Client, ClientConfig};
 use qkv::pb::Kvpair;
 use qkv::server::{Server, shutdown_signal};
-use qkv::storage::MemoryStore;
+use qkv::storage::{DiskStore, MemoryStore, Storage};
 use tracing_subscriber::EnvFilter;
 
 use cli::args::{BenchArgs, CertArgs, Cli, ClientArgs, Command, FloorArgs, ServeArgs, Store};
@@ -45,19 +45,29 @@ fn main() -> ExitCode {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = qkv::server::runtime(args.runtime.layout()?).context("cannot start the runtime")?;
     runtime.block_on(async {
-        let server = match args.store {
+        match args.store {
             Store::Memory => {
                 let budget = args.memory_budget.unwrap_or_else(qkv::storage::default_memory_budget);
                 if budget == 0 {
                     anyhow::bail!("invalid configuration: the memory budget must be larger than zero");
                 }
                 tracing::info!(budget = %bytesize::ByteSize(budget as u64).display().iec(), "in-memory store");
-                Server::bind(args.config(), MemoryStore::with_budget(budget))?
+                run_server(args.config(), MemoryStore::with_budget(budget)).await
             }
-        };
-        server.run(shutdown_signal()).await;
-        Ok(())
+            Store::Disk => {
+                let durability = args.durability()?;
+                let store = DiskStore::open(&args.data_dir, durability)
+                    .with_context(|| format!("cannot open the data directory {}", args.data_dir.display()))?;
+                tracing::info!(dir = %args.data_dir.display(), ?durability, "durable store");
+                run_server(args.config(), store).await
+            }
+        }
     })
+}
+
+async fn run_server<S: Storage>(config: qkv::server::ServerConfig, storage: S) -> anyhow::Result<()> {
+    Server::bind(config, storage)?.run(shutdown_signal()).await;
+    Ok(())
 }
 
 fn cert(args: CertArgs) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use qkv::bench::{KeyDist, Workload};
 use qkv::server::{DEFAULT_LISTEN, RuntimeLayout, ServerConfig, TcpMode};
 use qkv::service::{DEFAULT_RESPONSE_FRAME_TARGET, ItemLimits, ServiceConfig};
+use qkv::storage::Durability;
 use qkv::transport::quic::{Congestion, QuicOptions};
 use qkv::transport::{Limits, Transport};
 
@@ -285,9 +286,20 @@ pub struct ServeArgs {
     /// QUIC and TLS over TCP), e.g. certs/ca.pem with certificates from `qkv cert --client NAME`.
     #[arg(long, value_name = "FILE", env = "QKV_CLIENT_CA", conflicts_with = "tcp_plaintext")]
     pub client_ca: Option<PathBuf>,
-    /// Storage backend.
+    /// Storage backend: memory (the default) or disk (durable, in --data-dir).
     #[arg(long, value_enum, default_value_t = Store::Memory)]
     pub store: Store,
+    /// Where the disk store keeps its data (one file, qkv.redb); created if missing.
+    #[arg(long, default_value = "data", env = "QKV_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// When a write to the disk store is acknowledged: strict, once it is on disk (fsync); relaxed,
+    /// once committed, with what is committed flushed to disk every --flush-interval (a crash loses
+    /// at most that much).
+    #[arg(long, value_enum, default_value_t = DurabilityMode::Strict)]
+    pub durability: DurabilityMode,
+    /// With --durability relaxed: how often committed writes are flushed to disk, e.g. 10ms.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub flush_interval: Duration,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Largest frame accepted or sent, e.g. 16MiB.
@@ -373,6 +385,16 @@ impl QuicArgs {
 }
 
 impl ServeArgs {
+    pub fn durability(&self) -> Result<Durability, CliError> {
+        match self.durability {
+            DurabilityMode::Strict => Ok(Durability::Strict),
+            DurabilityMode::Relaxed if self.flush_interval.is_zero() => Err(CliError::InvalidInput(
+                "--flush-interval must be longer than zero (or use --durability strict)".into(),
+            )),
+            DurabilityMode::Relaxed => Ok(Durability::Relaxed { flush_interval: self.flush_interval }),
+        }
+    }
+
     pub fn config(&self) -> ServerConfig {
         let tcp = tcp_mode(self.no_tcp, self.tcp_plaintext);
         let mut config = ServerConfig {
@@ -445,6 +467,14 @@ impl RuntimeArgs {
 pub enum Store {
     /// In memory; everything is lost when the server stops.
     Memory,
+    /// On disk, in --data-dir; every acknowledged write survives a crash (with --durability strict).
+    Disk,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityMode {
+    Strict,
+    Relaxed,
 }
 
 #[derive(Args)]

@@ -1,7 +1,8 @@
 //! Storage: where tables of versioned values live. Knows nothing of networks or the wire format's framing.
 //!
-//! [`Storage`] is async so that backends that do I/O (a durable engine, a networked cluster) fit behind
-//! it without blocking the runtime; the in-memory backend answers immediately. Every backend runs the
+//! [`Storage`] is async so that backends that do I/O fit behind it without blocking the runtime: the
+//! in-memory backend ([`MemoryStore`]) answers immediately; the durable one ([`DiskStore`], redb) reads
+//! on blocking threads and acknowledges writes once a group commit has made them durable. Every backend runs the
 //! same conformance suite (`suite.rs`), so the semantics below are checked, not just described.
 //!
 //! Semantics every backend provides:
@@ -15,12 +16,14 @@
 //! - Scans are weakly consistent: a key present for the whole scan is returned exactly once; a key
 //!   written or deleted during the scan may or may not be. Order is unspecified.
 
+mod disk;
 mod memory;
 #[cfg(test)]
 pub(crate) mod suite;
 
 use std::future::Future;
 
+pub use disk::{DATA_FILE, DiskScan, DiskStore, Durability};
 pub use memory::{MemoryScan, MemoryStore, MemoryUsage, default_memory_budget};
 
 use crate::pb::Value;

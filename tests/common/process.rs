@@ -108,6 +108,11 @@ impl ServerProcess {
         assert!(sent.expect("kill runs").success(), "SIGTERM to {pid}");
     }
 
+    /// Kills the server with SIGKILL, as a crash would, and waits until it is gone.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("SIGKILL to the server");
+    }
+
     /// Waits for the server to exit; returns how it exited and what it logged since the last line
     /// read.
     pub async fn exit(mut self) -> (ExitStatus, Vec<String>) {

@@ -1,5 +1,6 @@
-//! Project automation: `cargo xtask bench-report` (the side-by-side benchmark report of docs/bench/)
-//! and `cargo xtask lab` (QUIC against TLS over emulated mobile links, see `lab`).
+//! Project automation: `cargo xtask bench-report` (the side-by-side benchmark report of docs/bench/),
+//! `cargo xtask durable-report` (durable writes against Redis, see `durable`) and `cargo xtask lab`
+//! (QUIC against TLS over emulated mobile links, see `lab`).
 //!
 //! `bench-report`:
 //! On this machine kind (2 vCPUs), every server runs pinned to core 0 and every load generator to core
@@ -10,6 +11,7 @@
 //! of the performance targets, all from the same run. Everything started is stopped at the end, and on
 //! Ctrl-C (which reaches the whole process group).
 
+mod durable;
 mod lab;
 mod report;
 mod run;
@@ -29,22 +31,31 @@ enum Task {
     BenchReport(ReportArgs),
     /// Run the network lab (root only): QUIC against TLS over emulated mobile links, and its report.
     Lab(lab::LabArgs),
+    /// Durable writes: qkv's disk store against Redis with appendfsync always, and its report.
+    DurableReport(SweepArgs),
+}
+
+/// How long and how often a benchmark report measures, and where it goes.
+#[derive(clap::Args)]
+pub struct SweepArgs {
+    /// A short run (a few points, one repetition, 2 s each) to check that everything works.
+    #[arg(long)]
+    pub quick: bool,
+    /// Repetitions of the whole sweep; the report gives medians.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Seconds measured per run, after one second of warm-up.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Where the report goes.
+    #[arg(long, default_value = "docs/bench")]
+    pub out: PathBuf,
 }
 
 #[derive(clap::Args)]
 struct ReportArgs {
-    /// A short run (a few points, one repetition, 2 s each) to check that everything works.
-    #[arg(long)]
-    quick: bool,
-    /// Repetitions of the whole sweep; the report gives medians.
-    #[arg(long, default_value_t = 3)]
-    reps: usize,
-    /// Seconds measured per run, after one second of warm-up.
-    #[arg(long, default_value_t = 5)]
-    seconds: u64,
-    /// Where the report goes.
-    #[arg(long, default_value = "docs/bench")]
-    out: PathBuf,
+    #[command(flatten)]
+    sweep: SweepArgs,
     /// Write the report from the measurements of an earlier run (its results.json) instead of measuring.
     #[arg(long, value_name = "RESULTS_JSON")]
     from: Option<PathBuf>,
@@ -57,11 +68,14 @@ fn main() -> anyhow::Result<()> {
     match task {
         Task::BenchReport(args) => bench_report(args),
         Task::Lab(args) => lab::run(args),
+        Task::DurableReport(args) => durable::run(args),
     }
 }
 
 fn bench_report(args: ReportArgs) -> anyhow::Result<()> {
-    if let Some(from) = &args.from {
+    let from = args.from;
+    let args = args.sweep;
+    if let Some(from) = &from {
         let measurements: Vec<run::Measurement> = serde_json::from_slice(&std::fs::read(from)?)?;
         let mut sweep: Vec<Scenario> = Vec::new();
         for m in &measurements {

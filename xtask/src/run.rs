@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-const QKV: &str = "target/release/qkv";
-const SERVER_CORE: &str = "0";
-const CLIENT_CORE: &str = "1";
+pub const QKV: &str = "target/release/qkv";
+pub const SERVER_CORE: &str = "0";
+pub const CLIENT_CORE: &str = "1";
 /// Every workload reads among this many keys of 64-byte values.
-const KEYS: usize = 10_000;
-const VALUE_SIZE: usize = 64;
+pub const KEYS: usize = 10_000;
+pub const VALUE_SIZE: usize = 64;
 
 /// One point of the sweep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -88,7 +88,7 @@ pub struct Measurement {
 
 /// Children killed and reaped when this is dropped.
 #[derive(Default)]
-pub struct Processes(Vec<Child>);
+pub struct Processes(pub Vec<Child>);
 
 impl Drop for Processes {
     fn drop(&mut self) {
@@ -138,13 +138,13 @@ pub fn build_qkv() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pinned(core: &str, program: &str) -> Command {
+pub fn pinned(core: &str, program: &str) -> Command {
     let mut command = Command::new("taskset");
     command.args(["-c", core, program]);
     command
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     // Probe UDP and TCP together: qkv listens on both with one port number.
     for _ in 0..64 {
         let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
@@ -156,7 +156,7 @@ fn free_port() -> anyhow::Result<u16> {
     bail!("no free port")
 }
 
-fn wait_for_tcp(port: u16, what: &str) -> anyhow::Result<()> {
+pub fn wait_for_tcp(port: u16, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -284,6 +284,26 @@ fn qkv_bench(
         Target::FloorTls => (servers.floor, "tls", "echo"),
         Target::Redis | Target::RedisTls => unreachable!("Redis has its own benchmark"),
     };
+    let json = qkv_bench_json(port, &servers.certs, transport, workload, scenario, duration)?;
+    Ok(Measurement {
+        target,
+        scenario,
+        throughput_rps: json.throughput_rps,
+        p50_us: json.latency_us.p50 as f64,
+        p99_us: json.latency_us.p99 as f64,
+        errors: json.errors,
+    })
+}
+
+/// Runs `qkv bench --json` pinned to the client core against the server on `port`.
+pub fn qkv_bench_json(
+    port: u16,
+    certs: &Path,
+    transport: &str,
+    workload: &str,
+    scenario: Scenario,
+    duration: Duration,
+) -> anyhow::Result<qkv::bench::JsonReport> {
     let output = pinned(CLIENT_CORE, QKV)
         .args(["bench", "--json", "--workload", workload, "--transport", transport])
         .args([
@@ -295,22 +315,26 @@ fn qkv_bench(
         .args(["--keys", &KEYS.to_string(), "--value-size", &VALUE_SIZE.to_string()])
         .args(["--duration", &format!("{}s", duration.as_secs()), "--warmup", "1s"])
         .args(["--addr", &format!("127.0.0.1:{port}"), "--ca"])
-        .arg(servers.certs.join("ca.pem"))
+        .arg(certs.join("ca.pem"))
         .stderr(Stdio::inherit())
         .output()?;
     if !output.status.success() {
         bail!("qkv bench failed: {}", String::from_utf8_lossy(&output.stdout));
     }
-    let json: qkv::bench::JsonReport =
-        serde_json::from_slice(&output.stdout).context("qkv bench --json output")?;
-    Ok(Measurement {
-        target,
-        scenario,
-        throughput_rps: json.throughput_rps,
-        p50_us: json.latency_us.p50 as f64,
-        p99_us: json.latency_us.p99 as f64,
-        errors: json.errors,
-    })
+    serde_json::from_slice(&output.stdout).context("qkv bench --json output")
+}
+
+/// Throughput and p50/p99 latency (µs) from `redis-benchmark --csv` output.
+pub fn parse_redis_csv(stdout: &[u8]) -> anyhow::Result<(f64, f64, f64)> {
+    // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+    let text = String::from_utf8_lossy(stdout);
+    let line = text.lines().last().context("redis-benchmark printed nothing")?;
+    let fields: Vec<f64> =
+        line.split("\",\"").skip(1).filter_map(|f| f.trim_matches('"').parse().ok()).collect();
+    let [rps, _avg, _min, p50, _p95, p99, ..] = fields[..] else {
+        bail!("unexpected redis-benchmark output: {line}");
+    };
+    Ok((rps, p50 * 1000.0, p99 * 1000.0))
 }
 
 /// redis-benchmark runs a request count, not a duration: a short calibration run sets the count.
@@ -339,20 +363,13 @@ fn redis_run(servers: &Servers, tls: bool, scenario: Scenario, requests: u64) ->
     if !output.status.success() {
         bail!("redis-benchmark failed: {}", String::from_utf8_lossy(&output.stderr));
     }
-    // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
-    let text = String::from_utf8_lossy(&output.stdout);
-    let line = text.lines().last().context("redis-benchmark printed nothing")?;
-    let fields: Vec<f64> =
-        line.split("\",\"").skip(1).filter_map(|f| f.trim_matches('"').parse().ok()).collect();
-    let [rps, _avg, _min, p50, _p95, p99, ..] = fields[..] else {
-        bail!("unexpected redis-benchmark output: {line}");
-    };
+    let (rps, p50_us, p99_us) = parse_redis_csv(&output.stdout)?;
     Ok(Measurement {
         target: if tls { Target::RedisTls } else { Target::Redis },
         scenario,
         throughput_rps: rps,
-        p50_us: p50 * 1000.0,
-        p99_us: p99 * 1000.0,
+        p50_us,
+        p99_us,
         errors: 0,
     })
 }

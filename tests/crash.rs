@@ -1,0 +1,120 @@
+//! Crash safety of the disk store: a loader writes and records every acknowledged write while the
+//! server is killed with SIGKILL at random moments; after each restart on the same data directory,
+//! every acknowledged write is there with its value and version, and conditional writes carry on from
+//! those versions.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::process::ServerProcess;
+use qkv::Client;
+use qkv::client::{ClientConfig, RetryPolicy};
+use qkv::pb::Value;
+use qkv::transport::Transport;
+use rand::{Rng, SeedableRng};
+use tokio_util::sync::CancellationToken;
+
+const CYCLES: usize = 20;
+const WRITERS: usize = 16;
+
+/// What the loader knows of one key: the last write acknowledged, and the one in flight when the
+/// server died (which may or may not have been made durable: it was never acknowledged).
+#[derive(Debug, Clone, Copy, Default)]
+struct Known {
+    acknowledged: i64,
+    version: u64,
+    in_flight: Option<i64>,
+}
+
+async fn start(data: &Path) -> ServerProcess {
+    ServerProcess::start(&["--store", "disk", "--data-dir", data.to_str().expect("a UTF-8 path")]).await
+}
+
+async fn client(server: &ServerProcess) -> Client {
+    let config = ClientConfig {
+        retry: RetryPolicy { attempts: 1, ..RetryPolicy::default() },
+        request_timeout: Duration::from_secs(5),
+        ..server.client_config(Transport::Quic)
+    };
+    Client::connect_with(config).await.expect("the client connects")
+}
+
+/// Checks what survived against what was acknowledged, and returns what the keys hold now.
+async fn verify(client: &Client, known: &[Known], cycle: usize) -> Vec<Known> {
+    let mut now = Vec::with_capacity(known.len());
+    for (w, k) in known.iter().enumerate() {
+        let key = format!("writer:{w}");
+        let stored = client.hget("crash", &key).await.expect("a read after restart");
+        let (value, version) = match stored {
+            Some(stored) => match stored.value.value {
+                Some(qkv::pb::value::Value::Integer(v)) => (v, stored.version),
+                other => panic!("cycle {cycle}, {key}: {other:?}"),
+            },
+            None => (0, 0),
+        };
+        if value == k.acknowledged {
+            assert_eq!(version, k.version, "cycle {cycle}, {key}: the acknowledged write's version changed");
+        } else {
+            assert_eq!(Some(value), k.in_flight, "cycle {cycle}, {key}: {k:?} acknowledged, {value} stored");
+        }
+        now.push(Known { acknowledged: value, version, in_flight: None });
+    }
+    now
+}
+
+/// One writer: conditional writes of 1, 2, 3... on its key, each expecting the version the last one
+/// made, until the server is killed (the write then in flight may or may not have been made).
+async fn write_until_killed(client: Client, w: usize, mut known: Known, killed: CancellationToken) -> Known {
+    let key = format!("writer:{w}");
+    loop {
+        let next = known.acknowledged + 1;
+        known.in_flight = Some(next);
+        let write = client.hset_if_version("crash", &key, Value::from(next), known.version);
+        let outcome = tokio::select! {
+            outcome = write => outcome,
+            _ = killed.cancelled() => return known,
+        };
+        match outcome {
+            Ok(written) => known = Known { acknowledged: next, version: written.version, in_flight: None },
+            Err(qkv::client::ClientError::Conflict { current }) => {
+                panic!(
+                    "{key}: a conditional write on the version just acknowledged conflicted with {current:?}"
+                )
+            }
+            Err(_) => return known,
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_acknowledged_write_survives_sigkill() {
+    let data = tempfile::tempdir().unwrap();
+    let seed: u64 = rand::rng().random();
+    eprintln!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut known = vec![Known::default(); WRITERS];
+    let mut total = 0;
+    for cycle in 0..CYCLES {
+        let server = start(data.path()).await;
+        let client = client(&server).await;
+        known = verify(&client, &known, cycle).await;
+        let killed = CancellationToken::new();
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| tokio::spawn(write_until_killed(client.clone(), w, known[w], killed.clone())))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(20..300))).await;
+        server.kill().await;
+        killed.cancel();
+        for (w, writer) in writers.into_iter().enumerate() {
+            let after = writer.await.expect("writer");
+            total += (after.acknowledged - known[w].acknowledged) as usize;
+            known[w] = after;
+        }
+    }
+    let server = start(data.path()).await;
+    verify(&client(&server).await, &known, CYCLES).await;
+    eprintln!("{total} acknowledged writes over {CYCLES} crashes");
+    assert!(total >= CYCLES * WRITERS, "the loader barely wrote: {total} acknowledged writes");
+}
