@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::TestServer;
+use common::process::ServerProcess;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message;
 use qkv::pb::{CommandRequest, CommandResponse, Kvpair, Value, status};
@@ -87,9 +88,10 @@ async fn answers_keep_request_order_when_an_earlier_request_takes_longer() {
     }
 }
 
-/// Sends `requests` back to back on a raw connection and returns each one's whole answer, in order.
-async fn pipelined(server: &TestServer, requests: &[CommandRequest]) -> Vec<CommandResponse> {
-    let mut stream = server.raw_tcp().await;
+/// Sends `requests` back to back on a raw plaintext connection to `addr` and returns each one's whole
+/// answer, in order.
+async fn pipelined(addr: std::net::SocketAddr, requests: &[CommandRequest]) -> Vec<CommandResponse> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let burst: Vec<u8> = requests.iter().flat_map(|r| common::frame(r).to_vec()).collect();
     stream.write_all(&burst).await.unwrap();
     let mut frames = FramedRead::new(stream, FrameCodec::<CommandResponse>::new(64 << 20));
@@ -117,7 +119,7 @@ async fn a_pipelined_request_sees_every_write_sent_before_it_and_none_after() {
     let keys: Vec<String> = (0..3000).map(|i| format!("k{i}")).collect();
     client.hmset("t", keys.iter().map(|k| Kvpair::new(k.clone(), "old"))).await.unwrap();
     let answers = pipelined(
-        &server,
+        server.addr,
         &[
             CommandRequest::hmget("t", keys.iter().map(String::as_str)),
             CommandRequest::hset("t", "k2999", "new"),
@@ -129,6 +131,34 @@ async fn a_pipelined_request_sees_every_write_sent_before_it_and_none_after() {
     assert_eq!(answers[0].values[2999], Value::from("old"), "an earlier read saw a later write");
     assert_eq!(answers[1].values, vec![Value::from("old")], "Hset replaced what Hmget saw");
     assert_eq!(answers[3].values, vec![Value::from("newer")], "a later read missed an earlier write");
+}
+
+/// The disk store applies writes in the order they are issued, so a pipelined connection issues its
+/// writes without waiting for each other's commit; they must still be applied in request order, and
+/// reads must still see exactly the writes before them.
+#[tokio::test]
+async fn pipelined_writes_to_the_disk_store_share_commits_yet_apply_in_request_order() {
+    let data = tempfile::tempdir().unwrap();
+    let data = data.path().to_str().unwrap();
+    let server = ServerProcess::start(&["--tcp-plaintext", "--store", "disk", "--data-dir", data]).await;
+    let mut requests: Vec<CommandRequest> =
+        (1..=100).map(|i| CommandRequest::hset("t", "k", i as i64)).collect();
+    requests.push(CommandRequest::hget("t", "k"));
+    requests.extend((101..=200).map(|i| CommandRequest::hset("t", "k", i as i64)));
+    requests.push(CommandRequest::hdel("t", "k"));
+    requests.push(CommandRequest::hexist("t", "k"));
+    let answers = pipelined(server.addr, &requests).await;
+    let previous = |i: usize| answers[i].values.first().cloned().unwrap_or_default();
+    assert_eq!(previous(0), Value::default(), "the first write replaced nothing");
+    for i in 1..100 {
+        assert_eq!(previous(i), Value::from(i as i64), "write {} replaced the wrong value", i + 1);
+    }
+    assert_eq!(answers[100].values, vec![Value::from(100i64)], "a read missed a write before it");
+    for i in 101..201 {
+        assert_eq!(previous(i), Value::from(i as i64 - 1), "write {i} replaced the wrong value");
+    }
+    assert_eq!(answers[201].values, vec![Value::from(200i64)], "Hdel removed the last value written");
+    assert_eq!(answers[202].values, vec![Value::from(false)]);
 }
 
 #[tokio::test]

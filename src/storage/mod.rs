@@ -79,6 +79,12 @@ pub trait Storage: Send + Sync + 'static {
     /// An in-progress scan of one table; see [`Storage::scan`].
     type Scan: TableScan;
 
+    /// True when writes issued one after another (each future polled once, in turn) are applied in
+    /// that order even if the earlier ones have not completed. A pipelined connection may then issue a
+    /// write before the one before it is done, so that consecutive writes share a (group) commit
+    /// instead of waiting for each other's.
+    const APPLIES_WRITES_IN_ISSUE_ORDER: bool = false;
+
     /// The key's value and version, or `None` when absent.
     fn get(&self, table: &str, key: &str) -> impl Future<Output = StorageResult<Option<Versioned>>> + Send;
 

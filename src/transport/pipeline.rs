@@ -9,7 +9,10 @@
 //!
 //! - Reads run concurrently with each other. A write starts only once every earlier request has
 //!   finished, and nothing starts while a write runs: each request sees exactly the writes sent before
-//!   it, though multi-key commands take several steps.
+//!   it, though multi-key commands take several steps. With a backend that applies writes in the order
+//!   they are issued (`Storage::APPLIES_WRITES_IN_ISSUE_ORDER`: the disk store), a write waits only for
+//!   earlier reads, so consecutive writes run together and share a group commit; each is issued (polled
+//!   once) as it starts, so they are issued in request order.
 //! - Reading stops while `max_concurrent_requests` requests are unanswered or while their bytes (requests
 //!   running, plus answers finished but not yet written) reach `max_request_buffer`; TCP's flow control
 //!   then holds the client back. The connection holds at most that, plus one frame being received.
@@ -23,7 +26,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,7 +142,7 @@ pub async fn serve_pipelined<IO, S>(
                     }
                 },
             };
-            if !queue.may_start(&request, &limits) {
+            if !queue.may_start(&request, &limits, S::APPLIES_WRITES_IN_ISSUE_ORDER) {
                 waiting = Some(request);
                 break;
             }
@@ -235,7 +238,7 @@ enum Timer {
 
 /// Requests in request order: running, or finished with their answer waiting for its turn.
 struct InOrder<F> {
-    running: FuturesUnordered<Numbered<F>>,
+    running: FuturesUnordered<Pin<Box<Numbered<F>>>>,
     /// One slot per unanswered request, oldest first; `first` is the number of the front one.
     slots: VecDeque<Slot>,
     first: u64,
@@ -265,20 +268,34 @@ impl<F: Future<Output = Reply>> InOrder<F> {
     }
 
     /// Whether `request` may start now: within the limits, and not crossing a write (see the module
-    /// documentation).
-    fn may_start(&self, request: &CommandRequest, limits: &Limits) -> bool {
+    /// documentation). `writes_in_issue_order`: the backend applies writes in the order they are
+    /// issued, so a write need not wait for earlier writes.
+    fn may_start(&self, request: &CommandRequest, limits: &Limits, writes_in_issue_order: bool) -> bool {
         let within_limits = self.slots.len() < limits.max_concurrent_requests as usize
             && self.bytes < limits.max_request_buffer;
-        let ordered = if request.is_write() { self.running.is_empty() } else { self.running_writes == 0 };
+        let ordered = if request.is_write() {
+            let running_reads = self.running.len() - self.running_writes;
+            running_reads == 0 && (self.running_writes == 0 || writes_in_issue_order)
+        } else {
+            self.running_writes == 0
+        };
         within_limits && ordered
     }
 
+    /// Starts a request, polling it once at once: that issues its storage operation now, so requests
+    /// started one after another are issued in request order.
     fn start(&mut self, write: bool, request_bytes: usize, execution: F) {
         let number = self.first + self.slots.len() as u64;
         self.slots.push_back(Slot::Running { write, request_bytes });
-        self.running.push(Numbered { number, future: execution });
         self.running_writes += usize::from(write);
         self.bytes += request_bytes;
+        let mut execution = Box::pin(Numbered { number, future: execution });
+        // A no-op waker is enough for this first poll: the set of running requests polls it again with
+        // its own waker (a pushed future starts out ready to be polled).
+        match execution.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            std::task::Poll::Ready(done) => self.finish(done),
+            std::task::Poll::Pending => self.running.push(execution),
+        }
     }
 
     fn finish(&mut self, (number, reply): (u64, Reply)) {

@@ -5,8 +5,7 @@
 //! Servers are pinned to core 0 (qkv's committer thread included), load generators to core 1. Each
 //! point runs every target in turn; the sweep is repeated and the report gives medians. HSET of 64-byte
 //! values among 10,000 keys. qkv over QUIC carries the N writes on one connection (a stream each), qkv
-//! over plaintext TCP and Redis on N connections with one write each (a pipelined TCP connection
-//! executes its writes one after another: docs/DESIGN.md, "Durable storage").
+//! over plaintext TCP and Redis on N connections with one write each, as redis-benchmark's clients do.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

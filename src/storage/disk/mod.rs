@@ -147,6 +147,10 @@ fn get_in(
 impl Storage for DiskStore {
     type Scan = DiskScan;
 
+    /// A write's first poll hands it to the committer's FIFO queue, which applies writes in the order
+    /// they arrive.
+    const APPLIES_WRITES_IN_ISSUE_ORDER: bool = true;
+
     async fn get(&self, table: &str, key: &str) -> StorageResult<Option<Versioned>> {
         let (table, key) = (table.to_owned(), key.to_owned());
         self.read(move |entries| get_in(entries, &table, &key)).await
