@@ -9,6 +9,8 @@
 //! - [`pb`]: the wire messages (generated from `proto/kv.proto`) and their conveniences.
 //! - [`storage`]: the async [`storage::Storage`] trait and its backends.
 //! - [`service`]: what each command does; shared by all connections and transports.
+//! - [`pubsub`]: topics, subscribers and their bounded queues (the broker that Subscribe, Unsubscribe
+//!   and Publish are being built on).
 //! - [`transport`]: frames on byte streams, and the QUIC listener and connector.
 //! - [`tls`] and [`certs`]: rustls configurations (ring, TLS 1.3, ALPN `qkv/1`) and certificate files.
 //! - [`server`] and [`client`]: wiring, limits and graceful shutdown; the typed async client.
@@ -22,6 +24,7 @@
 pub mod certs;
 pub mod client;
 pub mod pb;
+pub mod pubsub;
 pub mod server;
 pub mod service;
 pub mod storage;
