@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use parking_lot::Mutex;
@@ -69,7 +69,7 @@ struct Subscriber {
     /// Messages not queued since the last one that was (publishers are serialised by the topics lock).
     missed: u64,
     /// Set when the subscriber was dropped for lagging.
-    dropped: Arc<AtomicU64>,
+    dropped: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -108,7 +108,7 @@ impl Broker {
     pub fn subscribe(&self, topic: &str, owner: ConnectionId) -> Subscription {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (queue, receiver) = mpsc::channel(self.inner.queue_len);
-        let dropped = Arc::new(AtomicU64::new(0));
+        let dropped = Arc::new(AtomicBool::new(false));
         let subscriber = Subscriber { owner, queue, missed: 0, dropped: dropped.clone() };
         let mut topics = self.inner.topics.lock();
         let name: Arc<str> = match topics.by_name.get_key_value(topic) {
@@ -137,7 +137,7 @@ impl Broker {
                 Err(mpsc::error::TrySendError::Full(_)) => match self.inner.policy {
                     LagPolicy::Skip => subscriber.missed += 1,
                     LagPolicy::Drop => {
-                        subscriber.dropped.store(1, Ordering::Relaxed);
+                        subscriber.dropped.store(true, Ordering::Relaxed);
                         lagged_out.push(id);
                     }
                 },
@@ -195,7 +195,7 @@ pub struct Subscription {
     receiver: mpsc::Receiver<Queued>,
     /// A message that arrived after a gap, returned after the `Lagged` that reports the gap.
     after_lag: Option<Message>,
-    dropped: Arc<AtomicU64>,
+    dropped: Arc<AtomicBool>,
 }
 
 impl Subscription {
@@ -216,7 +216,7 @@ impl Subscription {
                 Poll::Ready(Some(Delivery::Lagged(missed_before)))
             }
             Poll::Ready(Some(Queued { message, .. })) => Poll::Ready(Some(Delivery::Message(message))),
-            Poll::Ready(None) if self.dropped.swap(0, Ordering::Relaxed) > 0 => {
+            Poll::Ready(None) if self.dropped.swap(false, Ordering::Relaxed) => {
                 Poll::Ready(Some(Delivery::Dropped))
             }
             Poll::Ready(None) => Poll::Ready(None),

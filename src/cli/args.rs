@@ -334,9 +334,13 @@ pub struct ServeArgs {
     /// Hgetall scans running at once; more wait. Each holds a snapshot of its table's keys.
     #[arg(long, default_value_t = ServiceConfig::default().max_concurrent_scans)]
     pub max_concurrent_scans: usize,
-    /// Abandon a reply the client reads less than 16 KiB of in this long, once it has to wait, e.g. 30s.
+    /// Abandon a reply the client reads less than --reply-min-progress of in this long, once it has to
+    /// wait, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub reply_timeout: Duration,
+    /// What a client must read of a waiting reply within --reply-timeout, e.g. 16KiB.
+    #[arg(long, default_value = "16KiB", value_parser = parse_size)]
+    pub reply_min_progress: usize,
     /// Time a client has to send a whole request, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
@@ -414,6 +418,7 @@ impl ServeArgs {
         config.limits.max_request_buffer = self.max_request_buffer;
         config.limits.connection_receive_window = self.connection_window;
         config.limits.reply_timeout = self.reply_timeout;
+        config.limits.reply_min_progress = self.reply_min_progress;
         config.service.max_concurrent_scans = self.max_concurrent_scans;
         config.service.response_frame_target = self.response_frame_target;
         config.service.items = ItemLimits {

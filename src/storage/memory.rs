@@ -12,7 +12,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 use prost::Message;
@@ -45,10 +44,8 @@ const TABLE_OVERHEAD: usize = 4608;
 pub struct MemoryStore {
     tables: scc::HashMap<Arc<str>, Arc<Table>>,
     /// The last version handed out; one counter for the whole store keeps versions unique, so a key
-    /// that is deleted and re-created can never reuse a version a client still holds. It starts at the
-    /// current time in microseconds, so versions also keep growing across restarts (as long as the
-    /// clock does not go back and the store averages under a million writes a second), and stay below
-    /// 2^53, exact in every language's numbers.
+    /// that is deleted and re-created can never reuse a version a client still holds. It starts at
+    /// `first_version_floor`, so versions also keep growing across restarts.
     last_version: AtomicU64,
     /// Bytes accounted to the entries and tables held now.
     used: AtomicUsize,
@@ -83,10 +80,9 @@ impl MemoryStore {
 
     /// A store whose entries may take at most `budget` bytes (see the type's documentation).
     pub fn with_budget(budget: usize) -> Self {
-        let now_micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
         MemoryStore {
             tables: scc::HashMap::default(),
-            last_version: AtomicU64::new(now_micros),
+            last_version: AtomicU64::new(super::first_version_floor()),
             used: AtomicUsize::new(0),
             budget,
         }
@@ -432,6 +428,8 @@ impl TableScan for MemoryScan {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
     use super::*;
 
     crate::storage::suite::storage_conformance!(MemoryStore::new());

@@ -29,6 +29,14 @@ pub use memory::{MemoryScan, MemoryStore, MemoryUsage, default_memory_budget};
 use crate::pb::Value;
 pub use crate::pb::Versioned;
 
+/// Where a store's version counter starts, at the least: the current time in microseconds. Versions
+/// then keep growing across restarts even without a stored counter (as long as the clock does not go
+/// back and the store averages under a million writes a second), and stay below 2^53, exact in every
+/// language's numbers.
+fn first_version_floor() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
 /// A key and its versioned value, as scans return them.
 pub type Entry = (String, Versioned);
 

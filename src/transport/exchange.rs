@@ -94,7 +94,7 @@ pub async fn write_reply<W: AsyncWrite + Unpin>(
     reply: Reply,
     limits: &Limits,
 ) -> Result<(), FrameError> {
-    let mut send = StallTimeout::new(send, limits.reply_timeout);
+    let mut send = StallTimeout::new(send, limits.reply_timeout, limits.reply_min_progress);
     match reply {
         // The common case, one frame: encoded once into a buffer of its exact size.
         Reply::One(response) => {
@@ -221,14 +221,20 @@ mod tests {
         frames.next().await.unwrap().unwrap().values[0] == true.into()
     }
 
+    /// Serves an Hset of t/k that arrived in early data, gated by `early`.
+    async fn serve_early_write(
+        service: &Service<MemoryStore>,
+        early: &EarlyData,
+    ) -> Result<Served, FrameError> {
+        let (recv, (mut send, _reply)) = stream_of(&CommandRequest::hset("t", "k", "v")).await;
+        serve_request(recv, &mut send, service, &Limits::default(), Some(early), &Caller::default()).await
+    }
+
     #[tokio::test]
     async fn a_write_in_early_data_waits_for_the_handshake() {
         let service = service();
         let (early, handshake) = pending_handshake();
-        let (recv, (mut send, _reply)) = stream_of(&CommandRequest::hset("t", "k", "v")).await;
-        let limits = Limits::default();
-        let caller = Caller::default();
-        let serving = serve_request(recv, &mut send, &service, &limits, Some(&early), &caller);
+        let serving = serve_early_write(&service, &early);
         tokio::pin!(serving);
         // Everything the request needs is there; only the handshake is missing.
         for _ in 0..10 {
@@ -248,10 +254,7 @@ mod tests {
     async fn a_write_in_early_data_of_a_failed_handshake_is_never_executed() {
         let service = service();
         let (early, handshake) = pending_handshake();
-        let (recv, (mut send, _reply)) = stream_of(&CommandRequest::hset("t", "k", "v")).await;
-        let limits = Limits::default();
-        let caller = Caller::default();
-        let serving = serve_request(recv, &mut send, &service, &limits, Some(&early), &caller);
+        let serving = serve_early_write(&service, &early);
         handshake.send(false).unwrap();
         assert!(serving.await.is_err());
         assert!(!stored(&service, "k").await);

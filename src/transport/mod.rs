@@ -89,10 +89,12 @@ pub struct Limits {
     pub connection_receive_window: usize,
     /// Time a client has to deliver a whole request frame and finish its side of the stream.
     pub request_timeout: Duration,
-    /// A reply the client reads less than 16 KiB of within this long, once the server has had to wait
-    /// for it, is abandoned, so that a client that stops reading (or reads a trickle) cannot pin the
-    /// server's resources (`timeouts::MIN_PROGRESS`).
+    /// A reply the client reads less than `reply_min_progress` bytes of within this long, once the
+    /// server has had to wait for it, is abandoned, so that a client that stops reading (or reads a
+    /// trickle) cannot pin the server's resources.
     pub reply_timeout: Duration,
+    /// See `reply_timeout`.
+    pub reply_min_progress: usize,
     /// A connection without any traffic for this long is closed.
     pub idle_timeout: Duration,
     /// Requested size of the UDP socket's kernel buffers (capped by `net.core.{r,w}mem_max`).
@@ -109,6 +111,7 @@ impl Default for Limits {
             connection_receive_window: 8 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(30),
+            reply_min_progress: timeouts::DEFAULT_MIN_PROGRESS,
             idle_timeout: Duration::from_secs(30),
             udp_socket_buffer: 4 * 1024 * 1024,
         }

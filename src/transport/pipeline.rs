@@ -111,7 +111,7 @@ pub async fn serve_pipelined<IO, S>(
     let mut codec = FrameCodec::<CommandRequest>::new(limits.max_frame_len);
     let mut received = BytesMut::new();
     let mut answers = FramedWrite::new(
-        StallTimeout::new(write, limits.reply_timeout),
+        StallTimeout::new(write, limits.reply_timeout, limits.reply_min_progress),
         FrameCodec::<CommandResponse>::new(limits.max_frame_len),
     );
     let mut queue = InOrder::new();

@@ -46,14 +46,17 @@ impl<F: Future> Future for Deadline<F> {
     }
 }
 
-/// What a stalled writer must get written within its timeout for the stall to count as over: a peer
-/// that reads less than this per timeout (16 KiB per 30 s by default, about 550 bytes a second) is
-/// treated as one that does not read, so that reading a byte now and then cannot hold a reply open.
-pub const MIN_PROGRESS: usize = 16 * 1024;
+/// The default of what a stalled writer must get written within its timeout for the stall to count as
+/// over: a peer that reads less than this per timeout (16 KiB per 30 s by default, about 550 bytes a
+/// second) is treated as one that does not read, so that reading a byte now and then cannot hold a
+/// reply open.
+pub const DEFAULT_MIN_PROGRESS: usize = 16 * 1024;
 
 pub struct StallTimeout<W> {
     inner: W,
     timeout: Duration,
+    /// Bytes a stall must see written within `timeout` (see `DEFAULT_MIN_PROGRESS`).
+    min_progress: usize,
     /// Armed when a write first has to wait; disarmed once the stall is over (see `progress`).
     deadline: Option<Pin<Box<Sleep>>>,
     /// The last poll returned `Pending`: the writer is waiting for the peer.
@@ -63,26 +66,28 @@ pub struct StallTimeout<W> {
 }
 
 impl<W> StallTimeout<W> {
-    pub fn new(inner: W, timeout: Duration) -> Self {
-        StallTimeout { inner, timeout, deadline: None, waiting: false, written_in_stall: 0 }
+    /// A writer that fails when, once it has had to wait, fewer than `min_progress` bytes get written
+    /// within `timeout`.
+    pub fn new(inner: W, timeout: Duration, min_progress: usize) -> Self {
+        StallTimeout { inner, timeout, min_progress, deadline: None, waiting: false, written_in_stall: 0 }
     }
 
     /// Polls the deadline, arming it first if needed; completes with the error once it expires.
     fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        let timeout = self.timeout;
+        let (timeout, min_progress) = (self.timeout, self.min_progress);
         let deadline =
             self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + timeout)));
         match deadline.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("the peer read less than {MIN_PROGRESS} bytes in {timeout:?}"),
+                format!("the peer read less than {min_progress} bytes in {timeout:?}"),
             )),
             Poll::Pending => Poll::Pending,
         }
     }
 
     /// Tracks a stall: it ends when an operation completes without waiting (the peer has made room),
-    /// or when `MIN_PROGRESS` bytes have been written since it began.
+    /// or when `min_progress` bytes have been written since it began.
     fn progress<T>(
         &mut self,
         result: Poll<io::Result<T>>,
@@ -95,7 +100,7 @@ impl<W> StallTimeout<W> {
                 if let Ok(value) = &result {
                     self.written_in_stall += written(value);
                 }
-                if !waited || self.written_in_stall >= MIN_PROGRESS {
+                if !waited || self.written_in_stall >= self.min_progress {
                     self.deadline = None;
                     self.written_in_stall = 0;
                 }
@@ -144,7 +149,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_writer_whose_peer_stops_reading_times_out() {
         let (writer, mut reader) = tokio::io::duplex(16);
-        let mut writer = StallTimeout::new(writer, Duration::from_secs(5));
+        let mut writer = StallTimeout::new(writer, Duration::from_secs(5), DEFAULT_MIN_PROGRESS);
         writer.write_all(&[0; 16]).await.unwrap(); // fills the pipe
         let mut buf = [0; 8];
         tokio::io::AsyncReadExt::read_exact(&mut reader, &mut buf).await.unwrap();
@@ -171,14 +176,14 @@ mod tests {
         // A byte every 4 s: always some progress within the timeout, never enough.
         let (writer, trickle) = tokio::io::duplex(1024);
         tokio::spawn(reader(trickle, 1, Duration::from_secs(4)));
-        let mut writer = StallTimeout::new(writer, timeout);
+        let mut writer = StallTimeout::new(writer, timeout, DEFAULT_MIN_PROGRESS);
         let err = writer.write_all(&[0; 4096]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
 
-        // 8 KiB every 2 s: slow, but more than MIN_PROGRESS per timeout.
+        // 8 KiB every 2 s: slow, but more than the minimum progress per timeout.
         let (writer, steady) = tokio::io::duplex(8 * 1024);
         let reading = tokio::spawn(reader(steady, 8 * 1024, Duration::from_secs(2)));
-        let mut writer = StallTimeout::new(writer, timeout);
+        let mut writer = StallTimeout::new(writer, timeout, DEFAULT_MIN_PROGRESS);
         writer.write_all(&[0; 256 * 1024]).await.unwrap();
         drop(writer);
         reading.await.unwrap();

@@ -18,7 +18,7 @@ pub struct ServerProcess {
     /// The server's log lines, read as they come by a task of their own, so that a server logging
     /// much is never blocked on a full pipe.
     log: mpsc::UnboundedReceiver<String>,
-    /// What the server logged until it said it was serving.
+    /// The lines `log_line` read past: just after `start`, what the server logged before it served.
     pub startup_log: Vec<String>,
     /// Where it serves (loopback, whatever address it was told to listen on).
     pub addr: SocketAddr,
@@ -67,8 +67,8 @@ impl ServerProcess {
         ClientConfig { transport, ..ClientConfig::new(self.addr.to_string(), self.ca()) }
     }
 
-    /// Reads log lines until one contains all of `words`, and returns it; earlier lines are kept in
-    /// `startup_log`.
+    /// Reads log lines until one contains all of `words`, and returns it; the lines before it are added
+    /// to `startup_log`.
     pub async fn log_line(&mut self, words: &[&str]) -> String {
         let wait = async {
             while let Some(line) = self.log.recv().await {

@@ -16,8 +16,8 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::SweepArgs;
-use crate::report;
 use crate::run::{self, CLIENT_CORE, KEYS, Processes, QKV, SERVER_CORE, Scenario, VALUE_SIZE, pinned};
+use crate::{plot, report};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Target {
@@ -247,40 +247,23 @@ fn write(
 /// Throughput against writes in flight, one line per target, both axes logarithmic.
 fn plot(path: &Path, points: &[u32], series: [(&str, Vec<(u32, f64)>); 3]) -> anyhow::Result<()> {
     use plotters::prelude::*;
-    let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let root = plot::canvas(path)?;
     let high = series.iter().flat_map(|(_, s)| s.iter().map(|p| p.1)).fold(1.0, f64::max);
     let low = series.iter().flat_map(|(_, s)| s.iter().map(|p| p.1)).fold(high, f64::min);
     let widest = points.iter().copied().max().unwrap_or(1);
-    let mut chart = ChartBuilder::on(&root)
-        .caption("Durable HSET throughput (writes/s)", ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(
-            (0.8..f64::from(widest) * 1.25).log_scale(),
-            (low * 0.8..high * 1.25).log_scale(),
-        )?;
+    let mut chart = plot::builder(&root, "Durable HSET throughput (writes/s)").build_cartesian_2d(
+        (0.8..f64::from(widest) * 1.25).log_scale(),
+        (low * 0.8..high * 1.25).log_scale(),
+    )?;
     chart
         .configure_mesh()
         .x_desc("writes in flight")
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| if *y >= 1e3 { format!("{:.0}k", y / 1e3) } else { format!("{y:.0}") })
+        .y_label_formatter(&plot::short_number)
         .draw()?;
     for ((label, points), color) in series.into_iter().zip([RED, BLUE, BLACK]) {
-        let points: Vec<(f64, f64)> = points.into_iter().map(|(n, v)| (f64::from(n), v)).collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+        let points = points.into_iter().map(|(n, v)| (f64::from(n), v)).collect();
+        plot::dotted_line(&mut chart, points, color, Some(label))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    plot::finish(&mut chart, &root, SeriesLabelPosition::UpperLeft)
 }

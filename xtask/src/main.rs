@@ -13,6 +13,7 @@
 
 mod durable;
 mod lab;
+mod plot;
 mod report;
 mod run;
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use plotters::prelude::*;
 
+use crate::plot;
 use crate::run::{Measurement, Scenario, Target};
 
 pub struct Runs {
@@ -246,34 +247,27 @@ fn plot(
     value: fn(&Median) -> f64,
 ) -> anyhow::Result<()> {
     let path = out.join(file);
-    let root = SVGBackend::new(&path, (900, 500)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let root = plot::canvas(&path)?;
     let points = runs.sweep.len();
     let values: Vec<f64> = medians.values().map(value).filter(|v| v.is_finite() && *v > 0.0).collect();
     let (low, high) = values.iter().fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
     let labels: Vec<String> = runs.sweep.iter().map(Scenario::label).collect();
     let x_label = |x: &f64| labels.get(x.round() as usize).cloned().unwrap_or_default();
-    let y_label = |y: &f64| match *y {
-        y if y >= 1e6 => format!("{:.1}M", y / 1e6),
-        y if y >= 1e3 => format!("{:.0}k", y / 1e3),
-        y => format!("{y:.0}"),
-    };
     // Points with the same number of connections are joined; a new connection count starts a new line.
     let indexed: Vec<(usize, Scenario)> = runs.sweep.iter().copied().enumerate().collect();
     let groups: Vec<&[(usize, Scenario)]> =
         indexed.chunk_by(|(_, a), (_, b)| a.connections == b.connections).collect();
     let colors = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK, RGBColor(255, 140, 0)];
-    let mut chart = ChartBuilder::on(&root);
-    chart.caption(title, ("sans-serif", 22)).margin(12).x_label_area_size(40).y_label_area_size(70);
     // Log scale: the sweep spans 10k to 2.5M requests/s and 50 µs to 300 ms, and a linear axis would
     // flatten every low-concurrency point onto the x axis.
     let x_range = -0.3..(points as f64 - 0.7);
-    let mut chart = chart.build_cartesian_2d(x_range, (low * 0.8..high * 1.25).log_scale())?;
+    let mut chart =
+        plot::builder(&root, title).build_cartesian_2d(x_range, (low * 0.8..high * 1.25).log_scale())?;
     chart
         .configure_mesh()
         .x_labels(points)
         .x_label_formatter(&x_label)
-        .y_label_formatter(&y_label)
+        .y_label_formatter(&plot::short_number)
         .x_desc("connections × requests in flight")
         .draw()?;
     for (target, color) in Target::ALL.into_iter().zip(colors) {
@@ -282,22 +276,11 @@ fn plot(
                 .iter()
                 .filter_map(|(i, s)| medians.get(&(target, *s)).map(|m| (*i as f64, value(m))))
                 .collect();
-            let line = chart.draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))?;
-            if g == 0 {
-                line.label(target.label())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-            }
-            chart.draw_series(series.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+            // Only the first line of a target goes in the legend.
+            plot::dotted_line(&mut chart, series, color, (g == 0).then(|| target.label()))?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    plot::finish(&mut chart, &root, SeriesLabelPosition::UpperLeft)
 }
 
 #[cfg(test)]

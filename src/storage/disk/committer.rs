@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableTable, Table};
 use tokio::sync::oneshot;
@@ -197,6 +197,5 @@ fn delete(entries: &mut Entries<'_>, key: &[u8], expected: Option<u64>) -> Stora
 /// The version to continue from: above every version stored, and, as in the memory store, at least
 /// the current time in microseconds, so versions keep growing even if the counter were lost.
 pub fn first_version(stored: Option<u64>) -> u64 {
-    let now_micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-    stored.unwrap_or(0).max(now_micros)
+    stored.unwrap_or(0).max(crate::storage::first_version_floor())
 }

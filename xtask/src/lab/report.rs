@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::experiments::{MIGRATION_TIMEOUT, Run};
 use super::profiles::Profile;
+use crate::plot;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LabResults {
@@ -240,37 +241,21 @@ fn plot_by_profile(
     y_desc: &str,
     series: &[(String, Vec<f64>)],
 ) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
-    root.fill(&WHITE)?;
+    let root = plot::canvas(path)?;
     let names = profile_names(results);
     let values: Vec<f64> = series.iter().flat_map(|(_, v)| v.iter().copied()).filter(|v| *v > 0.0).collect();
     let (low, high) = values.iter().fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
     let (low, high) = if values.is_empty() { (0.1, 1.0) } else { (low, high) };
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
+    let mut chart = plot::builder(&root, title)
         .build_cartesian_2d(-0.3..(names.len() as f64 - 0.7), (low * 0.7..high * 1.5).log_scale())?;
     let x_label = |x: &f64| names.get(x.round() as usize).cloned().unwrap_or_default();
     chart.configure_mesh().x_labels(names.len()).x_label_formatter(&x_label).y_desc(y_desc).draw()?;
     for ((label, values), color) in series.iter().zip(COLORS) {
         let points: Vec<(f64, f64)> =
             values.iter().enumerate().filter(|(_, v)| **v > 0.0).map(|(i, v)| (i as f64, *v)).collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-            .label(label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+        plot::dotted_line(&mut chart, points, color, Some(label))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    plot::finish(&mut chart, &root, SeriesLabelPosition::UpperLeft)
 }
 
 fn values(
@@ -332,15 +317,8 @@ fn plot_migration(results: &LabResults, path: &Path) -> anyhow::Result<()> {
         .collect();
     let end = timelines.iter().flat_map(|(_, p)| p.last().map(|(x, _)| *x)).fold(1.0, f64::max);
     let top = timelines.iter().flat_map(|(_, p)| p.iter().map(|(_, y)| *y)).fold(1.0, f64::max);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("Answers per second while the client moves ({})", profile.profile.name),
-            ("sans-serif", 22),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..end + 0.1, 0.0..top * 1.15)?;
+    let title = format!("Answers per second while the client moves ({})", profile.profile.name);
+    let mut chart = plot::builder(&root, &title).build_cartesian_2d(0.0..end + 0.1, 0.0..top * 1.15)?;
     chart.configure_mesh().x_desc("seconds into the measured period").y_desc("answers/s").draw()?;
     for ((run, points), color) in timelines.iter().zip([RED, BLUE]) {
         chart
@@ -355,12 +333,5 @@ fn plot_migration(results: &LabResults, path: &Path) -> anyhow::Result<()> {
             .label("address change")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.stroke_width(1)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    plot::finish(&mut chart, &root, SeriesLabelPosition::LowerRight)
 }
