@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use prost::Message;
 use tokio::io::AsyncWriteExt;
 use tokio::runtime::Runtime;
@@ -39,6 +39,8 @@ fn service() -> Service<MemoryStore> {
         response_frame_target: 1024,
         max_concurrent_scans: 2,
         items: ItemLimits { max_table_len: 64, max_key_len: 256, max_value_len: 4096 },
+        subscriber_queue: 4,
+        ..ServiceConfig::default()
     };
     Service::new(MemoryStore::with_budget(64 * 1024), config, MAX_FRAME)
 }
@@ -48,10 +50,13 @@ fn documented(status: u32) -> bool {
     [
         status::OK,
         status::BAD_REQUEST,
+        status::FORBIDDEN,
         status::NOT_FOUND,
         status::REQUEST_TIMEOUT,
         status::CONFLICT,
+        status::GONE,
         status::PAYLOAD_TOO_LARGE,
+        status::TOO_MANY_REQUESTS,
         status::INTERNAL_ERROR,
         status::NOT_IMPLEMENTED,
         status::UNAVAILABLE,
@@ -130,17 +135,36 @@ fn check_reply(frames: &[CommandResponse]) {
 }
 
 /// Request decode and dispatch: the input is a sequence of requests, each a protobuf message with a
-/// varint length prefix, executed in order against one store with small limits. Every request gets a
-/// well-formed reply (see `check_reply`), and the store never holds more than its memory budget.
+/// varint length prefix, executed in order against one store with small limits, all from one
+/// connection. Every request gets a well-formed reply (see `check_reply`), and the store never holds
+/// more than its memory budget. A reply that waits (a subscription with nothing published) is ended
+/// as a closing connection ends it.
 pub fn request_dispatch(data: &[u8]) {
     let service = service();
+    let caller = Caller::default();
     let mut input = data;
     runtime().block_on(async {
         while input.has_remaining() {
             let Ok(request) = CommandRequest::decode_length_delimited(&mut input) else { return };
-            let frames: Vec<CommandResponse> = match service.execute(request, &Caller::default()).await {
+            let frames: Vec<CommandResponse> = match service.execute(request, &caller).await {
                 Reply::One(response) => vec![response],
-                Reply::Stream(stream) => stream.collect().await,
+                Reply::Stream(mut stream) => {
+                    let mut frames = Vec::new();
+                    loop {
+                        let next = match stream.next().now_or_never() {
+                            Some(next) => next,
+                            None => {
+                                service.connection_closing(&caller);
+                                stream.next().await
+                            }
+                        };
+                        match next {
+                            Some(frame) => frames.push(frame),
+                            None => break,
+                        }
+                    }
+                    frames
+                }
             };
             check_reply(&frames);
             let memory = service.storage().memory();

@@ -9,8 +9,9 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use futures_util::StreamExt;
 use qkv::certs::{CertDir, Provisioned};
-use qkv::client::{Client, ClientConfig};
+use qkv::client::{Client, ClientConfig, Event};
 use qkv::pb::Kvpair;
 use qkv::server::{Server, shutdown_signal};
 use qkv::storage::{DiskStore, MemoryStore, Storage};
@@ -201,6 +202,8 @@ async fn run_client_command(command: Command) -> anyhow::Result<()> {
         | Command::Hmdel { client, .. }
         | Command::Hexist { client, .. }
         | Command::Hmexist { client, .. }
+        | Command::Subscribe { client, .. }
+        | Command::Publish { client, .. }
         | Command::Ping { client, .. } => client,
         Command::Serve(_) | Command::Cert(_) | Command::Bench(_) | Command::Floor(_) => {
             unreachable!("handled in main")
@@ -210,6 +213,31 @@ async fn run_client_command(command: Command) -> anyhow::Result<()> {
     let result = execute(&client, command).await;
     client.close().await;
     result
+}
+
+/// Prints messages as they arrive, until `count` of them or Ctrl-C (then unsubscribes).
+async fn subscribe(client: &Client, topic: &str, count: Option<u64>) -> anyhow::Result<()> {
+    let mut subscription = client.subscribe(topic).await?;
+    let mut received = 0;
+    while count.is_none_or(|count| received < count) {
+        let event = tokio::select! {
+            event = subscription.next() => event,
+            _ = shutdown_signal() => break,
+        };
+        match event.transpose()? {
+            Some(Event::Message(values)) => {
+                let line: Vec<String> = values.iter().map(ToString::to_string).collect();
+                println!("{}", line.join("\t"));
+                received += 1;
+            }
+            Some(Event::Missed(missed)) => {
+                eprintln!("(missed {missed} messages: this subscriber read too slowly)")
+            }
+            None => return Ok(()),
+        }
+    }
+    subscription.unsubscribe().await?;
+    Ok(())
 }
 
 async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
@@ -270,6 +298,18 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             for exists in client.hmexist(&table, &keys).await? {
                 println!("{exists}");
+            }
+        }
+        Command::Subscribe { topic, count, .. } => subscribe(client, &topic, count).await?,
+        Command::Publish { topic, values, typed, .. } => {
+            let values = values
+                .iter()
+                .map(|raw| output::parse_value(raw, typed.value_type))
+                .collect::<Result<Vec<_>, _>>()?;
+            let published = client.publish(&topic, values).await?;
+            println!("{}", published.receivers);
+            if published.missed > 0 {
+                eprintln!("{} subscribers missed it: their queues were full", published.missed);
             }
         }
         Command::Ping { payload, count, .. } => {

@@ -163,6 +163,7 @@ impl<S: Storage> Server<S> {
             grace,
             client_auth,
         );
+        let service = self.service.clone();
         let tcp = async {
             if let Some((listener, security)) = self.tcp {
                 tcp::serve(listener, security, self.service, limits, permits, token.clone(), grace).await;
@@ -174,7 +175,12 @@ impl<S: Storage> Server<S> {
         tokio::pin!(serving);
         tokio::select! {
             _ = &mut serving => return,
-            _ = shutdown => token.cancel(),
+            _ = shutdown => {
+                // Subscriptions first: each ends with its last frame, so that the connections that
+                // carry them can finish within the grace period like any other.
+                service.close_subscriptions();
+                token.cancel();
+            }
         }
         serving.await;
         info!("shut down");

@@ -165,3 +165,25 @@ async fn bad_tcp_input_is_logged_and_plaintext_beyond_loopback_is_warned_about()
     assert!(line.contains("WARN") && line.contains("bad request") && line.contains("HTTP request"), "{line}");
     assert!(line.contains(&stream.local_addr().unwrap().to_string()), "the line names the client: {line}");
 }
+
+#[tokio::test]
+async fn subscribe_prints_each_message_as_it_arrives_and_publish_prints_its_receivers() {
+    for transport in [Transport::Quic, Transport::Tcp] {
+        let server = TestServer::start_for(transport).await;
+        let s = Some(&server);
+        let mut subscribed = server.service.broker().watch_subscriptions();
+        let subscriber = qkv(s, &["subscribe", "news", "--count", "2"]);
+        let publishing = async {
+            subscribed.wait_for(|&n| n == 1).await.expect("the broker lives");
+            let first = qkv(s, &["publish", "news", "hello", "world"]).await;
+            assert_eq!(stdout(&first), "1\n", "{}", stderr(&first));
+            let second = qkv(s, &["publish", "news", "-7", "--type", "int"]).await;
+            assert_eq!(stdout(&second), "1\n", "{}", stderr(&second));
+        };
+        let (output, ()) = tokio::join!(subscriber, publishing);
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert_eq!(stdout(&output), "hello\tworld\n-7\n", "over {transport}");
+        // It unsubscribed on its way out.
+        assert_eq!(server.service.broker().total_subscriptions(), 0);
+    }
+}

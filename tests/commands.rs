@@ -295,20 +295,6 @@ async fn invalid_requests_are_answered_400_with_a_message(transport: Transport) 
     assert!(!client.hexist("t", "ok").await.unwrap(), "an invalid Hmset must write nothing");
 }
 
-async fn pub_sub_is_answered_501_until_it_is_built(transport: Transport) {
-    let server = TestServer::start_for(transport).await;
-    let client = server.client().await;
-    for request in [
-        CommandRequest::subscribe("news"),
-        CommandRequest::unsubscribe("news", 1),
-        CommandRequest::publish("news", [Value::from("hi")]),
-    ] {
-        let response = client.call(&request).await.unwrap();
-        assert_eq!(response.status, status::NOT_IMPLEMENTED);
-        assert!(!response.message.is_empty());
-    }
-}
-
 async fn names_and_values_over_the_item_limits_get_413_naming_the_limit(transport: Transport) {
     let server = TestServer::start_for_with(transport, |config| {
         config.service.items = ItemLimits { max_table_len: 8, max_key_len: 16, max_value_len: 64 };
@@ -386,7 +372,6 @@ transport_tests!(commands: quic, tls, tcp =>
     error_messages_about_huge_names_stay_small,
     ping_echoes_its_payload,
     invalid_requests_are_answered_400_with_a_message,
-    pub_sub_is_answered_501_until_it_is_built,
     clients_share_the_store_and_a_client_shares_its_connection,
     names_and_values_over_the_item_limits_get_413_naming_the_limit,
     a_full_store_refuses_writes_with_507_and_keeps_serving_reads_and_deletes,

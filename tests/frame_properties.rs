@@ -51,7 +51,7 @@ fn a_response() -> impl Strategy<Value = CommandResponse> {
         |(values, pairs, use_pairs, status, message)| {
             let (values, pairs) = if use_pairs { (Vec::new(), pairs) } else { (values, Vec::new()) };
             let versions = (1..=(values.len() + pairs.len()) as u64).collect();
-            CommandResponse { status, message, values, pairs, versions, more: false }
+            CommandResponse { status, message, values, pairs, versions, ..Default::default() }
         },
     )
 }

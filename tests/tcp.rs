@@ -348,3 +348,36 @@ async fn fill_big_table(server: &TestServer) -> qkv::Client {
     }
     client
 }
+
+/// The multi-frame rule with a subscription on a pipelined connection, byte for byte as a client in
+/// another language would see it: the subscription's frames until its last, then the answers of the
+/// requests sent after the Subscribe, in request order. The Unsubscribe runs while the subscription
+/// is still being answered; the Hset sent before it runs too.
+#[tokio::test]
+async fn a_subscription_holds_later_answers_until_an_unsubscribe_on_the_same_connection_ends_it() {
+    let server = TestServer::start_for(Transport::Tcp).await;
+    let publisher = server.client().await;
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let mut connection = Framed::new(stream, FrameCodec::<CommandResponse>::new(1 << 20));
+    let send = |request: CommandRequest| common::frame(&request);
+    connection.get_mut().write_all(&send(CommandRequest::subscribe("news"))).await.unwrap();
+    let first = connection.next().await.unwrap().unwrap();
+    assert!(first.more && first.status == status::OK, "{first:?}");
+    let Some(qkv::pb::value::Value::Integer(id)) = first.values[0].value else { panic!("an id: {first:?}") };
+
+    assert_eq!(publisher.publish("news", [Value::from("one")]).await.unwrap().receivers, 1);
+    let one = connection.next().await.unwrap().unwrap();
+    assert_eq!((one.values, one.more), (vec![Value::from("one")], true));
+
+    let (hset, unsubscribe) =
+        (CommandRequest::hset("t", "k", "v"), CommandRequest::unsubscribe("news", id as u32));
+    connection.get_mut().write_all(&[send(hset), send(unsubscribe)].concat()).await.unwrap();
+    let last = connection.next().await.unwrap().unwrap();
+    assert_eq!((last.status, last.more), (status::OK, false), "the subscription's last frame: {last:?}");
+    let hset_answer = connection.next().await.unwrap().unwrap();
+    assert_eq!((hset_answer.status, hset_answer.versions.len()), (status::OK, 1), "{hset_answer:?}");
+    let unsubscribe_answer = connection.next().await.unwrap().unwrap();
+    assert_eq!((unsubscribe_answer.status, unsubscribe_answer.more), (status::OK, false));
+    assert_eq!(server.service.broker().total_subscriptions(), 0);
+    assert_eq!(publisher.publish("news", [Value::from("two")]).await.unwrap().receivers, 0);
+}

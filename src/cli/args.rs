@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use qkv::bench::{KeyDist, Workload};
+use qkv::pubsub::LagPolicy;
 use qkv::server::{DEFAULT_LISTEN, RuntimeLayout, ServerConfig, TcpMode};
 use qkv::service::{DEFAULT_RESPONSE_FRAME_TARGET, ItemLimits, ServiceConfig};
 use qkv::storage::Durability;
@@ -116,6 +117,28 @@ pub enum Command {
         table: String,
         #[arg(required = true)]
         keys: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Subscribe to TOPIC and print each message published to it as it arrives, one per line (its
+    /// values tab-separated); until Ctrl-C, or --count messages.
+    Subscribe {
+        topic: String,
+        /// Exit after this many messages.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Publish a message of one or more VALUEs to TOPIC and print how many subscribers it was
+    /// delivered to.
+    Publish {
+        topic: String,
+        /// The message's values (a value that starts with '-' and is not a number goes after `--`).
+        #[arg(required = true, allow_negative_numbers = true)]
+        values: Vec<String>,
+        #[command(flatten)]
+        typed: TypeArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -334,6 +357,13 @@ pub struct ServeArgs {
     /// Hgetall scans running at once; more wait. Each holds a snapshot of its table's keys.
     #[arg(long, default_value_t = ServiceConfig::default().max_concurrent_scans)]
     pub max_concurrent_scans: usize,
+    /// Messages each subscriber's queue holds before --lag-policy applies to it.
+    #[arg(long, default_value_t = ServiceConfig::default().subscriber_queue)]
+    pub subscriber_queue: usize,
+    /// What happens to a subscriber whose queue is full when a message is published: skip (it misses
+    /// the message and is told how many it missed) or drop (its subscription ends with status 429).
+    #[arg(long, default_value_t = ServiceConfig::default().lag_policy)]
+    pub lag_policy: LagPolicy,
     /// Abandon a reply the client reads less than --reply-min-progress of in this long, once it has to
     /// wait, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -421,6 +451,8 @@ impl ServeArgs {
         config.limits.reply_min_progress = self.reply_min_progress;
         config.service.max_concurrent_scans = self.max_concurrent_scans;
         config.service.response_frame_target = self.response_frame_target;
+        config.service.subscriber_queue = self.subscriber_queue;
+        config.service.lag_policy = self.lag_policy;
         config.service.items = ItemLimits {
             max_table_len: self.max_table_size,
             max_key_len: self.max_key_size,

@@ -55,6 +55,10 @@ pub enum ClientError {
     Conflict { current: Option<Versioned> },
     #[error("server answered {status}: {message}")]
     Status { status: u32, message: String },
+    #[error("the server ended the subscription ({status}): {reason}")]
+    SubscriptionEnded { status: u32, reason: String },
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// TLS alerts that a server sends when it does not accept a client's certificate: bad_certificate (42),
@@ -78,11 +82,11 @@ impl ClientError {
     }
 
     /// Whether a call that failed like this may be sent again: always when it certainly was not
-    /// executed; when it may have been, only if it is read-only, because executing it twice changes
+    /// executed; when it may have been, only if it is idempotent, because executing it twice changes
     /// nothing. Refusals by the server (a status, a conflict) and timeouts are final.
-    pub fn may_retry(&self, read_only: bool) -> bool {
+    pub fn may_retry(&self, idempotent: bool) -> bool {
         self.is_retryable()
-            || (read_only && matches!(self, ClientError::ConnectionLost(_) | ClientError::Stream(_)))
+            || (idempotent && matches!(self, ClientError::ConnectionLost(_) | ClientError::Stream(_)))
     }
 
     /// A stream could not be opened: nothing of the request was sent.

@@ -1,6 +1,7 @@
 //! The frames of one reply, as they arrive, whichever the transport.
 
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use futures_util::StreamExt;
 use quinn::RecvStream;
@@ -50,26 +51,31 @@ impl ResponseFrames {
 
     /// The next frame, or `None` after the last one (the one with `more = false`).
     pub async fn next(&mut self) -> Option<ClientResult<CommandResponse>> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// [`ResponseFrames::next`] for code that polls (a `Stream` built on it).
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<ClientResult<CommandResponse>>> {
         if let Some(frame) = self.peeked.take() {
-            return Some(Ok(frame));
+            return Poll::Ready(Some(Ok(frame)));
         }
         if self.done {
-            return None;
+            return Poll::Ready(None);
         }
         let frame = match &mut self.source {
-            Source::Quic(frames) => match frames.next().await {
+            Source::Quic(frames) => match ready!(frames.poll_next_unpin(cx)) {
                 Some(Ok(frame)) => Ok(frame),
                 Some(Err(e)) => Err(ClientError::from_frame(e)),
                 None => Err(ClientError::Protocol("the reply ended before its last frame".into())),
             },
-            Source::Tcp { frames, state } => match frames.recv().await {
+            Source::Tcp { frames, state } => match ready!(frames.poll_recv(cx)) {
                 Some(Ok(frame)) => Ok(frame),
                 Some(Err(closed)) => Err(closed.error()),
                 None => Err(state.reason().error()),
             },
         };
         self.done = frame.as_ref().map_or(true, |frame| !frame.more);
-        Some(frame)
+        Poll::Ready(Some(frame))
     }
 
     /// Waits for the first frame and keeps it for `next`: until it has come, a failure may mean the

@@ -21,6 +21,7 @@ mod backoff;
 mod error;
 mod frames;
 mod quic;
+mod subscription;
 mod tcp;
 
 use std::net::SocketAddr;
@@ -35,7 +36,9 @@ use tokio::time::Instant;
 pub use backoff::RetryPolicy;
 pub use error::ClientError;
 pub use frames::ResponseFrames;
+pub use subscription::{Event, Subscription};
 
+use crate::pb::command_request::RequestData;
 use crate::pb::{CommandRequest, CommandResponse, Kvpair, Value, Versioned, status, value};
 use crate::tls::{ClientCertFiles, Tickets};
 use crate::transport::frame::{FrameError, encode_frame};
@@ -318,7 +321,13 @@ impl Client {
             FrameError::TooLarge { declared, max } => ClientError::RequestTooLarge { len: declared, max },
             other => ClientError::Protocol(other.to_string()),
         })?;
-        let read_only = request.is_read_only();
+        if let Some(RequestData::Subscribe(_)) = request.request_data {
+            // Over TCP its endless answer would hold up every call after it on the shared connection.
+            return Err(ClientError::Unsupported(
+                "a Subscribe is sent with Client::subscribe, not as a call",
+            ));
+        }
+        let idempotent = request.is_idempotent();
         let mut attempt = 1;
         let mut last_error = None;
         loop {
@@ -343,7 +352,7 @@ impl Client {
                 // A retry ran out of time: why the first attempt failed says more than the deadline.
                 Err(_) => return Err(last_error.unwrap_or_else(|| self.timed_out())),
             };
-            if attempt >= self.inner.config.retry.attempts || !error.may_retry(read_only) {
+            if attempt >= self.inner.config.retry.attempts || !error.may_retry(idempotent) {
                 return Err(error);
             }
             attempt += 1;

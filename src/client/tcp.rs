@@ -99,8 +99,50 @@ pub(super) struct TcpConnection {
     remote: SocketAddr,
 }
 
+/// A TCP connection's byte stream, encrypted or not.
+pub(super) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
+
+/// Connects a byte stream; with `tls`, verifies the server and requires ALPN `qkv/1`.
+pub(super) async fn open_stream(
+    config: &ClientConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    server_name: &str,
+    remote: SocketAddr,
+    stats: &Stats,
+) -> ClientResult<Box<dyn ByteStream>> {
+    let connect_error = |reason: String| ClientError::Connect { addr: config.addr.clone(), reason };
+    let timed_out =
+        || ClientError::ConnectTimeout { addr: config.addr.clone(), timeout: config.connect_timeout };
+    let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(remote))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| connect_error(format!("{e} (is the server running, with TCP on?)")))?;
+    // Requests are small and latency matters more than packet count.
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Ok(Box::new(stream));
+    };
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+        .map_err(|e| connect_error(format!("{server_name:?} is not a valid server name: {e}")))?;
+    let handshake = TlsConnector::from(tls).connect(name, stream);
+    let stream = tokio::time::timeout(config.connect_timeout, handshake)
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| handshake_error(config, e))?;
+    let session = stream.get_ref().1;
+    if session.alpn_protocol() != Some(ALPN) {
+        return Err(connect_error("the server did not agree to the qkv/1 protocol (ALPN)".into()));
+    }
+    if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        stats.resumed.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(Box::new(stream))
+}
+
 impl TcpConnection {
-    /// Connects; with `tls`, verifies the server and requires ALPN `qkv/1`.
+    /// Connects (see [`open_stream`]) and starts carrying requests.
     pub(super) async fn connect(
         config: &ClientConfig,
         tls: Option<Arc<rustls::ClientConfig>>,
@@ -108,35 +150,8 @@ impl TcpConnection {
         remote: SocketAddr,
         stats: &Stats,
     ) -> ClientResult<Self> {
-        let connect_error = |reason: String| ClientError::Connect { addr: config.addr.clone(), reason };
-        let timed_out =
-            || ClientError::ConnectTimeout { addr: config.addr.clone(), timeout: config.connect_timeout };
-        let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(remote))
-            .await
-            .map_err(|_| timed_out())?
-            .map_err(|e| connect_error(format!("{e} (is the server running, with TCP on?)")))?;
-        // Requests are small and latency matters more than packet count.
-        let _ = stream.set_nodelay(true);
-        let keepalive = config.keep_alive;
-        let max_frame_len = config.limits.max_frame_len;
-        let Some(tls) = tls else {
-            return Ok(Self::start(stream, remote, max_frame_len, keepalive));
-        };
-        let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
-            .map_err(|e| connect_error(format!("{server_name:?} is not a valid server name: {e}")))?;
-        let handshake = TlsConnector::from(tls).connect(name, stream);
-        let stream = tokio::time::timeout(config.connect_timeout, handshake)
-            .await
-            .map_err(|_| timed_out())?
-            .map_err(|e| handshake_error(config, e))?;
-        let session = stream.get_ref().1;
-        if session.alpn_protocol() != Some(ALPN) {
-            return Err(connect_error("the server did not agree to the qkv/1 protocol (ALPN)".into()));
-        }
-        if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-            stats.resumed.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(Self::start(stream, remote, max_frame_len, keepalive))
+        let stream = open_stream(config, tls, server_name, remote, stats).await?;
+        Ok(Self::start(stream, remote, config.limits.max_frame_len, config.keep_alive))
     }
 
     fn start<IO>(io: IO, remote: SocketAddr, max_frame_len: usize, keepalive: Duration) -> Self

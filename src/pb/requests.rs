@@ -106,9 +106,12 @@ impl CommandRequest {
         RequestData::Ping(Ping { payload: payload.into() }).into()
     }
 
-    /// Whether the command may change state. On a pipelined connection, writes wait for the requests
-    /// before them and the requests after them wait for writes, so that every request sees exactly the
-    /// writes sent before it. (Pub/sub counts as writing, to keep it in order.)
+    /// Whether the command changes what other requests observe. On a pipelined connection, writes wait
+    /// for the requests before them and the requests after them wait for writes, so that every request
+    /// sees exactly the writes sent before it. Publish counts as a write, so that a message published
+    /// after a write goes out after the write is applied, and messages go out in request order.
+    /// Subscribe and Unsubscribe do not: an Unsubscribe must run while the subscription it ends is
+    /// still being answered.
     pub fn is_write(&self) -> bool {
         matches!(
             self.request_data,
@@ -117,14 +120,11 @@ impl CommandRequest {
                     | RequestData::Hmset(_)
                     | RequestData::Hdel(_)
                     | RequestData::Hmdel(_)
-                    | RequestData::Subscribe(_)
-                    | RequestData::Unsubscribe(_)
                     | RequestData::Publish(_)
             )
         )
     }
 
-    /// The command's name as the protocol spells it, for logs and error messages.
     /// True for commands that change nothing: they may be executed from 0-RTT early data (which an
     /// attacker can replay) and retried after a lost connection. Requests without a command are
     /// answered 400 without touching anything, so they count as read-only too.
@@ -147,6 +147,14 @@ impl CommandRequest {
         }
     }
 
+    /// True for commands that can be sent again after a failure that may have executed them: the
+    /// read-only ones, and Subscribe (a subscription whose answer was lost ended with its stream or
+    /// connection).
+    pub fn is_idempotent(&self) -> bool {
+        self.is_read_only() || matches!(self.request_data, Some(RequestData::Subscribe(_)))
+    }
+
+    /// The command's name as the protocol spells it, for logs and error messages.
     pub fn command_name(&self) -> &'static str {
         match &self.request_data {
             None => "none",

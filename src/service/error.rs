@@ -15,8 +15,10 @@ pub enum ServiceError {
     Conflict { expected: u64, current: Option<Versioned> },
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("{0} is not implemented by this server")]
-    NotImplemented(&'static str),
+    #[error("{0}")]
+    NoSubscription(String),
+    #[error("{0}")]
+    NotOwner(String),
 }
 
 impl ServiceError {
@@ -28,7 +30,8 @@ impl ServiceError {
             ServiceError::Conflict { .. } => status::CONFLICT,
             ServiceError::Storage(StorageError::Full { .. }) => status::INSUFFICIENT_STORAGE,
             ServiceError::Storage(StorageError::Backend(_)) => status::INTERNAL_ERROR,
-            ServiceError::NotImplemented(_) => status::NOT_IMPLEMENTED,
+            ServiceError::NoSubscription(_) => status::NOT_FOUND,
+            ServiceError::NotOwner(_) => status::FORBIDDEN,
         }
     }
 

@@ -7,7 +7,7 @@ use prost::Message;
 use super::ServiceError;
 use crate::pb::command_request::RequestData;
 
-/// The largest table name, key and value (encoded) the service accepts.
+/// The largest table name (or topic), key and value (encoded) the service accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ItemLimits {
     pub max_table_len: usize,
@@ -41,16 +41,20 @@ impl ItemLimits {
                 self.names(&c.table, c.pairs.iter().map(|p| &p.key))?;
                 self.values(c.pairs.iter().filter_map(|p| p.value.as_ref()))
             }
-            RequestData::Ping(_)
-            | RequestData::Subscribe(_)
-            | RequestData::Unsubscribe(_)
-            | RequestData::Publish(_) => Ok(()),
+            RequestData::Subscribe(c) => self.names(&c.topic, []),
+            RequestData::Unsubscribe(c) => self.names(&c.topic, []),
+            RequestData::Publish(c) => {
+                self.names(&c.topic, [])?;
+                self.values(&c.data)
+            }
+            RequestData::Ping(_) => Ok(()),
         }
     }
 
     fn names<'a>(&self, table: &str, keys: impl IntoIterator<Item = &'a String>) -> Result<(), ServiceError> {
         if table.len() > self.max_table_len {
-            return Err(too_long("table name", table.len(), self.max_table_len, "--max-table-size"));
+            // Topics are names of the same kind, and share the limit.
+            return Err(too_long("table name or topic", table.len(), self.max_table_len, "--max-table-size"));
         }
         match keys.into_iter().find(|key| key.len() > self.max_key_len) {
             Some(key) => Err(too_long("key", key.len(), self.max_key_len, "--max-key-size")),

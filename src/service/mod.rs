@@ -7,6 +7,7 @@ mod error;
 mod hash;
 mod items;
 mod ping;
+mod pubsub;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ pub use error::{ServiceError, shown};
 pub use items::ItemLimits;
 
 use crate::pb::{CommandRequest, CommandResponse, command_request::RequestData, split_response};
+use crate::pubsub::{Broker, ConnectionId, LagPolicy};
 use crate::storage::Storage;
 
 /// The default target size of one response frame: big enough that framing overhead is negligible,
@@ -31,8 +33,13 @@ pub struct ServiceConfig {
     pub response_frame_target: usize,
     /// `Hgetall` scans running at once; more wait. Each holds a snapshot of its table's keys.
     pub max_concurrent_scans: usize,
-    /// The largest table name, key and value accepted.
+    /// The largest table name (and topic), key and value accepted.
     pub items: ItemLimits,
+    /// Messages each subscriber's queue holds before the lag policy applies. A queued message is a
+    /// pointer to the published message, which all subscribers share.
+    pub subscriber_queue: usize,
+    /// What happens to a subscriber whose queue is full when a message is published.
+    pub lag_policy: LagPolicy,
 }
 
 impl Default for ServiceConfig {
@@ -41,6 +48,8 @@ impl Default for ServiceConfig {
             response_frame_target: DEFAULT_RESPONSE_FRAME_TARGET,
             max_concurrent_scans: 16,
             items: ItemLimits::default(),
+            subscriber_queue: 1024,
+            lag_policy: LagPolicy::Skip,
         }
     }
 }
@@ -64,6 +73,9 @@ impl ServiceConfig {
         if self.max_concurrent_scans == 0 {
             return Err("at least one concurrent scan must be allowed".into());
         }
+        if self.subscriber_queue == 0 {
+            return Err("a subscriber's queue must hold at least one message".into());
+        }
         self.items.validate(max_frame_len - ANSWER_OVERHEAD)
     }
 }
@@ -84,11 +96,27 @@ impl From<CommandResponse> for Reply {
 }
 
 /// Who sent a request, as its transport established it. Cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Caller {
     /// The subject of the client's certificate, e.g. `CN=alice`, when the server requires client
     /// certificates (mutual TLS); `None` otherwise.
     pub identity: Option<Arc<str>>,
+    /// The connection the request came on: it owns the subscriptions it makes.
+    pub connection: ConnectionId,
+}
+
+impl Caller {
+    /// A caller on a new connection.
+    pub fn new(identity: Option<Arc<str>>) -> Self {
+        Caller { identity, connection: ConnectionId::unique() }
+    }
+}
+
+impl Default for Caller {
+    /// An anonymous caller on a connection of its own.
+    fn default() -> Self {
+        Caller::new(None)
+    }
 }
 
 /// The KV service over storage backend `S`.
@@ -103,6 +131,7 @@ struct Inner<S> {
     /// in one frame of the transports.
     max_entry_len: usize,
     scans: Arc<Semaphore>,
+    broker: Broker,
 }
 
 impl<S> Clone for Service<S> {
@@ -116,7 +145,25 @@ impl<S: Storage> Service<S> {
     pub fn new(storage: S, config: ServiceConfig, max_frame_len: usize) -> Self {
         let scans = Arc::new(Semaphore::new(config.max_concurrent_scans));
         let max_entry_len = max_frame_len.saturating_sub(ANSWER_OVERHEAD);
-        Service { inner: Arc::new(Inner { storage, config, max_entry_len, scans }) }
+        let broker = Broker::new(config.subscriber_queue, config.lag_policy);
+        Service { inner: Arc::new(Inner { storage, config, max_entry_len, scans, broker }) }
+    }
+
+    /// The topics and their subscribers.
+    pub fn broker(&self) -> &Broker {
+        &self.inner.broker
+    }
+
+    /// Ends the subscriptions of `caller`'s connection, which takes no more requests (a TCP client
+    /// closed its side). Each ends with its last frame, so that the connection's answers can end.
+    pub fn connection_closing(&self, caller: &Caller) {
+        self.inner.broker.end_connection(caller.connection);
+    }
+
+    /// Ends every subscription, each with its last frame, and takes no new ones: the server is
+    /// shutting down, and an endless answer must not hold its grace period.
+    pub fn close_subscriptions(&self) {
+        self.inner.broker.close();
     }
 
     pub fn max_entry_len(&self) -> usize {
@@ -161,9 +208,9 @@ impl<S: Storage> Service<S> {
             RequestData::Hexist(cmd) => hash::hexist(storage, cmd).await,
             RequestData::Hmexist(cmd) => hash::hmexist(storage, cmd).await,
             RequestData::Ping(cmd) => ping::ping(self.max_entry_len(), cmd, caller),
-            RequestData::Subscribe(_) | RequestData::Unsubscribe(_) | RequestData::Publish(_) => {
-                Err(ServiceError::NotImplemented("pub/sub (Subscribe, Unsubscribe, Publish)"))
-            }
+            RequestData::Subscribe(cmd) => return pubsub::subscribe(self.broker(), cmd, caller),
+            RequestData::Unsubscribe(cmd) => pubsub::unsubscribe(self.broker(), cmd, caller),
+            RequestData::Publish(cmd) => pubsub::publish(self.broker(), self.max_entry_len(), cmd),
         };
         let response = result.unwrap_or_else(ServiceError::into_response);
         self.framed(response)
@@ -260,6 +307,7 @@ mod tests {
             ServiceConfig { response_frame_target: 0, ..ServiceConfig::default() },
             ServiceConfig { response_frame_target: max_frame + 1, ..ServiceConfig::default() },
             ServiceConfig { max_concurrent_scans: 0, ..ServiceConfig::default() },
+            ServiceConfig { subscriber_queue: 0, ..ServiceConfig::default() },
         ] {
             assert!(config.validate(max_frame).is_err(), "{config:?}");
         }

@@ -234,5 +234,5 @@ fn authenticated_caller(peer_certificates: Option<&[CertificateDer<'_>]>) -> Cal
         tracing::Span::current().record("client", &**identity);
         tracing::info!("client authenticated");
     }
-    Caller { identity }
+    Caller::new(identity)
 }

@@ -17,22 +17,29 @@
 //!   running, plus answers finished but not yet written) reach `max_request_buffer`; TCP's flow control
 //!   then holds the client back. The connection holds at most that, plus one frame being received.
 //! - Answers ready together are written with one flush.
+//! - An answer that is a stream of frames (a large `Hgetall`, a subscription) is written frame by frame
+//!   as the frames come and the socket takes them, while the loop goes on reading and running
+//!   requests; answers after it wait their turn. A subscription's answer lasts until it is ended, so an
+//!   `Unsubscribe` sent on the same connection runs at once (it is not a write) and ends it; then its
+//!   own answer follows (docs/PROTOCOL.md, section 6.1).
 //!
-//! A connection ends when the client closes it, after its last answer; when a frame is bad (an error
-//! frame, then close: on a byte stream there is no way to resynchronise); when a frame takes longer than
-//! the request timeout to arrive (408); when it is idle for the idle timeout; or at shutdown, with a 503
-//! frame meaning "this request and all later ones on this connection were not executed".
+//! A connection ends when the client closes it, after its last answer (its subscriptions end first,
+//! each with its last frame); when a frame is bad (an error frame, then close: on a byte stream there
+//! is no way to resynchronise); when a frame takes longer than the request timeout to arrive (408);
+//! when it is idle for the idle timeout; or at shutdown, with a 503 frame meaning "this request and all
+//! later ones on this connection were not executed".
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, StreamExt};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -41,11 +48,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Limits;
-use super::exchange::{RequestError, feed_reply};
+use super::exchange::RequestError;
 use super::frame::{FrameCodec, FrameError};
 use super::timeouts::StallTimeout;
 use crate::pb::{CommandRequest, CommandResponse, status};
-use crate::service::{Caller, Reply, Service};
+use crate::service::{Caller, Reply, ReplyStream, Service};
 use crate::storage::Storage;
 
 /// After its last frame the server keeps reading (and discarding) for this long before closing, so the
@@ -115,10 +122,14 @@ pub async fn serve_pipelined<IO, S>(
         FrameCodec::<CommandResponse>::new(limits.max_frame_len),
     );
     let mut queue = InOrder::new();
+    // The answer being written when it is a stream of frames (a large answer, a subscription): its
+    // frames are written as they come, while the loop goes on reading and running requests.
+    let mut current: Option<ReplyStream> = None;
     // A decoded request the queue cannot take yet; nothing more is decoded or read until it can.
     let mut waiting: Option<CommandRequest> = None;
     let mut unflushed = false;
     let mut ending: Option<Ending> = None;
+    let mut subscriptions_ended = false;
     let mut partial_since: Option<Instant> = None;
     let mut idle_since = Instant::now();
     let mut deadline = pin!(tokio::time::sleep(limits.idle_timeout));
@@ -150,17 +161,32 @@ pub async fn serve_pipelined<IO, S>(
             let (service, caller) = (service.clone(), caller.clone());
             queue.start(write, bytes, async move { service.execute(request, &caller).await });
         }
-        // Write every answer whose turn has come.
-        while let Some(reply) = queue.next_answer() {
-            if let Err(e) = feed_reply(&mut answers, reply).await {
-                debug!(error = %e, "writing an answer failed; closing the connection");
-                let _ = answers.get_mut().shutdown().await;
-                return;
+        // Write every answer whose turn has come, up to one that is a stream of frames.
+        while current.is_none()
+            && let Some(reply) = queue.next_answer()
+        {
+            match reply {
+                Reply::One(response) => {
+                    if let Err(e) = answers.feed(response).await {
+                        debug!(error = %e, "writing an answer failed; closing the connection");
+                        let _ = answers.get_mut().shutdown().await;
+                        return;
+                    }
+                    unflushed = true;
+                }
+                Reply::Stream(stream) => current = Some(stream),
             }
-            unflushed = true;
         }
-        if ending.is_some() && queue.is_empty() {
-            break;
+        if ending.is_some() {
+            if !subscriptions_ended {
+                // The connection takes no more requests: its subscriptions end (each with a last
+                // frame), so that the answers before the ending can all be written.
+                service.connection_closing(&caller);
+                subscriptions_ended = true;
+            }
+            if queue.is_empty() && current.is_none() {
+                break;
+            }
         }
 
         // One timer serves two timeouts: the request timeout from the moment a frame starts arriving,
@@ -170,7 +196,7 @@ pub async fn serve_pipelined<IO, S>(
             Some(Timer::PartialFrame(*partial_since.get_or_insert_with(Instant::now)))
         } else {
             partial_since = None;
-            (queue.is_empty() && !unflushed && ending.is_none()).then_some(Timer::Idle)
+            (queue.is_empty() && current.is_none() && !unflushed && ending.is_none()).then_some(Timer::Idle)
         };
         if wanted != armed {
             armed = wanted;
@@ -197,13 +223,22 @@ pub async fn serve_pipelined<IO, S>(
                 Err(e) => ending = Some(Ending::Failed(e)),
             },
             Some(done) = queue.running.next(), if !queue.running.is_empty() => queue.finish(done),
-            flushed = SinkExt::<CommandResponse>::flush(&mut answers), if unflushed => {
-                if let Err(e) = flushed {
+            written = std::future::poll_fn(|cx| poll_write(cx, &mut answers, &mut current, unflushed)),
+                if current.is_some() || unflushed => match written {
+                Ok(Written::Frame(frame)) => {
+                    if let Err(e) = answers.start_send_unpin(frame) {
+                        debug!(error = %e, "writing an answer failed; closing the connection");
+                        return;
+                    }
+                    unflushed = true;
+                }
+                Ok(Written::StreamEnded) => current = None,
+                Ok(Written::Flushed) => unflushed = false,
+                Err(e) => {
                     debug!(error = %e, "writing answers failed; closing the connection");
                     return;
                 }
-                unflushed = false;
-            }
+            },
             _ = deadline.as_mut(), if armed.is_some() => match armed {
                 Some(Timer::PartialFrame(_)) => ending = Some(Ending::Rejected(RequestError::TimedOut(limits.request_timeout))),
                 // The connection may have been busy since the timer was set: idle only if still so.
@@ -227,6 +262,41 @@ pub async fn serve_pipelined<IO, S>(
     let _ = SinkExt::<CommandResponse>::flush(&mut answers).await;
     let _ = answers.get_mut().shutdown().await;
     linger(read).await;
+}
+
+/// What writing answers came to.
+enum Written {
+    /// The next frame of the stream being written, for which the writer has room.
+    Frame(CommandResponse),
+    /// The stream being written has ended.
+    StreamEnded,
+    /// Everything written so far has been flushed.
+    Flushed,
+}
+
+/// Takes the next frame of the stream answer being written once the writer has room for it (so a
+/// client that does not read leaves a subscription's messages in its queue, where the lag policy deals
+/// with them, rather than in the server's buffers); flushes when there is nothing else to write.
+fn poll_write<W>(
+    cx: &mut Context<'_>,
+    answers: &mut W,
+    current: &mut Option<ReplyStream>,
+    unflushed: bool,
+) -> Poll<Result<Written, FrameError>>
+where
+    W: Sink<CommandResponse, Error = FrameError> + Unpin,
+{
+    if let Some(stream) = current {
+        ready!(answers.poll_ready_unpin(cx))?;
+        if let Poll::Ready(frame) = stream.poll_next_unpin(cx) {
+            return Poll::Ready(Ok(frame.map_or(Written::StreamEnded, Written::Frame)));
+        }
+    }
+    if unflushed {
+        ready!(answers.poll_flush_unpin(cx))?;
+        return Poll::Ready(Ok(Written::Flushed));
+    }
+    Poll::Pending
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -126,6 +126,11 @@ fn refuse(stream: TcpStream, security: &TcpSecurity) {
     }
 }
 
+/// Keep-alive probes, sent a third of the idle timeout apart once a connection has been silent for the
+/// idle timeout, before the kernel gives the connection up: a vanished client is found within about
+/// twice the idle timeout.
+const KEEPALIVE_PROBES: u32 = 3;
+
 /// How long a refused plaintext client gets to take its 503.
 const REFUSAL_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -140,6 +145,16 @@ async fn handle_connection<S: Storage>(
     // Requests and answers are small and latency matters more than packet count.
     if let Err(e) = stream.set_nodelay(true) {
         debug!(error = %e, "could not set TCP_NODELAY");
+    }
+    // A connection with a subscription is never idle-closed, and sends nothing while nothing is
+    // published: keep-alive probes find a client that vanished (a phone that lost its network) so that
+    // its subscription is removed, as QUIC's idle timeout does.
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(limits.idle_timeout)
+        .with_interval(limits.idle_timeout / KEEPALIVE_PROBES)
+        .with_retries(KEEPALIVE_PROBES);
+    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&probes) {
+        debug!(error = %e, "could not enable TCP keep-alive");
     }
     match security {
         TcpSecurity::Plaintext => serve_pipelined(stream, service, limits, shutdown, Caller::default()).await,

@@ -1,0 +1,249 @@
+//! Subscriptions: [`Client::subscribe`] returns a [`Subscription`], a `Stream` of what is published to
+//! the topic, and [`Client::publish`] publishes.
+//!
+//! Over QUIC a subscription is one more stream on the client's connection: subscriptions are cheap,
+//! and they survive a change of network with the connection. Over TCP its answer would hold up every
+//! answer after it on a shared connection (answers come in request order), so each subscription has a
+//! connection of its own. Either way the subscriber reads at its own pace: the server's flow control
+//! holds back what it has not read, and the server's lag policy decides what happens when its queue
+//! there fills (docs/PROTOCOL.md, section 6.1).
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+
+use super::tcp::{ByteStream, open_stream};
+use super::{Client, ClientError, ClientResult, Connection, ResponseFrames, ok, quic};
+use crate::pb::{CommandRequest, CommandResponse, Value, status, value};
+use crate::pubsub::{Published, SubscriptionId};
+use crate::transport::frame::{FrameCodec, encode_frame};
+
+/// What a subscription delivers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A message published to the topic: the values of its Publish.
+    Message(Vec<Value>),
+    /// This many messages were published but not delivered here, because this subscriber's queue on
+    /// the server was full (it read too slowly). The next message follows them.
+    Missed(u64),
+}
+
+/// A subscription to a topic: a `Stream` of [`Event`]s in publish order. It ends (`None`) when it is
+/// unsubscribed; it fails with [`ClientError::SubscriptionEnded`] when the server ends it (status 429:
+/// dropped for lagging; 410: the server is shutting down) and with a connection error when the
+/// connection is lost. Dropping it unsubscribes: the server removes it at once.
+pub struct Subscription {
+    id: SubscriptionId,
+    topic: String,
+    channel: Channel,
+    /// The subscription's last frame has been read, or reading failed.
+    ended: bool,
+    request_timeout: Duration,
+    max_frame_len: usize,
+}
+
+enum Channel {
+    /// The subscription's stream, and the connection that owns it: an Unsubscribe must come from it.
+    Quic { frames: ResponseFrames, connection: quic::QuicConnection },
+    /// A connection of the subscription's own.
+    Tcp {
+        frames: FramedRead<ReadHalf<Box<dyn ByteStream>>, FrameCodec<CommandResponse>>,
+        requests: WriteHalf<Box<dyn ByteStream>>,
+    },
+}
+
+impl Client {
+    /// Subscribes to `topic`. Returns once the server has registered the subscription: every message
+    /// published after that is delivered (or reported missed).
+    pub async fn subscribe(&self, topic: &str) -> ClientResult<Subscription> {
+        let config = &self.inner.config;
+        let deadline = Instant::now() + config.request_timeout;
+        let mut attempt = 1;
+        loop {
+            let subscribed = tokio::time::timeout_at(deadline, self.subscribe_once(topic))
+                .await
+                .unwrap_or_else(|_| Err(ClientError::Timeout(config.request_timeout)));
+            match subscribed {
+                // A failed attempt left nothing behind: its subscription ended with its stream.
+                Err(e) if attempt < config.retry.attempts && e.may_retry(true) => {
+                    attempt += 1;
+                    self.inner.stats.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(error = %e, attempt, "subscribing again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn subscribe_once(&self, topic: &str) -> ClientResult<Subscription> {
+        let config = &self.inner.config;
+        let max_frame_len = config.limits.max_frame_len;
+        let frame = encode_frame(&CommandRequest::subscribe(topic), max_frame_len)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut channel = match self.connection().await? {
+            Connection::Quic(connection) => {
+                Channel::Quic { frames: connection.send(frame, max_frame_len).await?, connection }
+            }
+            Connection::Tcp(_) => {
+                let inner = &self.inner;
+                let stream =
+                    open_stream(config, inner.tls.clone(), &inner.server_name, inner.remote, &inner.stats)
+                        .await?;
+                let (read, mut requests) = tokio::io::split(stream);
+                requests
+                    .write_all(&frame)
+                    .await
+                    .map_err(|e| ClientError::NotSent { reason: e.to_string() })?;
+                requests.flush().await.map_err(|e| ClientError::NotSent { reason: e.to_string() })?;
+                let frames = FramedRead::new(read, FrameCodec::new(max_frame_len));
+                Channel::Tcp { frames, requests }
+            }
+        };
+        let first = match channel.next_frame().await {
+            Some(frame) => frame?,
+            None => return Err(ClientError::Protocol("the subscription was answered with nothing".into())),
+        };
+        if !first.more {
+            ok(first)?;
+            return Err(ClientError::Protocol("the subscription ended in its first frame".into()));
+        }
+        let id = match first.values.first().and_then(|v| v.value.as_ref()) {
+            Some(value::Value::Integer(id)) => SubscriptionId::try_from(*id)
+                .map_err(|_| ClientError::Protocol(format!("subscription id {id} out of range")))?,
+            other => return Err(ClientError::Protocol(format!("Subscribe answered an id of {other:?}"))),
+        };
+        Ok(Subscription {
+            id,
+            topic: topic.to_owned(),
+            channel,
+            ended: false,
+            request_timeout: config.request_timeout,
+            max_frame_len,
+        })
+    }
+
+    /// Publishes `data` to `topic`: every current subscriber gets it (or is told it missed it).
+    pub async fn publish(
+        &self,
+        topic: &str,
+        data: impl IntoIterator<Item = Value>,
+    ) -> ClientResult<Published> {
+        let response = ok(self.call(&CommandRequest::publish(topic, data)).await?)?;
+        let count = |i: usize| match response.values.get(i).and_then(|v| v.value.as_ref()) {
+            Some(value::Value::Integer(n)) => {
+                usize::try_from(*n).map_err(|_| ClientError::Protocol(format!("a count of {n}")))
+            }
+            other => Err(ClientError::Protocol(format!("Publish answered a count of {other:?}"))),
+        };
+        Ok(Published { receivers: count(0)?, missed: count(1)? })
+    }
+}
+
+impl Channel {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<ClientResult<CommandResponse>>> {
+        match self {
+            Channel::Quic { frames, .. } => frames.poll_next(cx),
+            Channel::Tcp { frames, .. } => Poll::Ready(match ready!(frames.poll_next_unpin(cx)) {
+                Some(frame) => Some(frame.map_err(ClientError::from_frame)),
+                None => {
+                    Some(Err(ClientError::Stream("the server closed the subscription's connection".into())))
+                }
+            }),
+        }
+    }
+
+    async fn next_frame(&mut self) -> Option<ClientResult<CommandResponse>> {
+        std::future::poll_fn(|cx| self.poll_frame(cx)).await
+    }
+}
+
+impl Subscription {
+    /// The id the server gave the subscription.
+    pub fn id(&self) -> SubscriptionId {
+        self.id
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Ends the subscription and waits until the server has confirmed it. Events not yet read are
+    /// discarded.
+    pub async fn unsubscribe(mut self) -> ClientResult<()> {
+        let request = CommandRequest::unsubscribe(self.topic.as_str(), self.id);
+        let frame =
+            encode_frame(&request, self.max_frame_len).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (max_frame_len, ended) = (self.max_frame_len, self.ended);
+        let unsubscribing = async {
+            match &mut self.channel {
+                Channel::Quic { connection, .. } => {
+                    let mut answer = connection.send(frame, max_frame_len).await?;
+                    let response = answer.next().await.unwrap_or_else(|| {
+                        Err(ClientError::Protocol("Unsubscribe was answered with nothing".into()))
+                    })?;
+                    ok(response).map(drop)
+                }
+                Channel::Tcp { frames, requests } => {
+                    let failed = |e: std::io::Error| ClientError::Stream(e.to_string());
+                    requests.write_all(&frame).await.map_err(failed)?;
+                    requests.flush().await.map_err(failed)?;
+                    // Answers come in order: the subscription's frames up to its last, then this one's.
+                    let mut subscription_over = ended;
+                    while let Some(frame) = frames.next().await {
+                        let frame = frame.map_err(ClientError::from_frame)?;
+                        if subscription_over {
+                            return ok(frame).map(drop);
+                        }
+                        subscription_over = !frame.more;
+                    }
+                    Err(ClientError::Stream("the server closed the subscription's connection".into()))
+                }
+            }
+        };
+        tokio::time::timeout(self.request_timeout, unsubscribing)
+            .await
+            .unwrap_or(Err(ClientError::Timeout(self.request_timeout)))
+    }
+
+    /// The event a frame carries; `None` for the last frame of a subscription that was unsubscribed.
+    fn event(&mut self, frame: CommandResponse) -> Option<ClientResult<Event>> {
+        if !frame.more {
+            self.ended = true;
+            return match frame.status {
+                status::OK => None,
+                status => Some(Err(ClientError::SubscriptionEnded { status, reason: frame.message })),
+            };
+        }
+        Some(Ok(match frame.missed {
+            0 => Event::Message(frame.values),
+            missed => Event::Missed(missed),
+        }))
+    }
+}
+
+impl futures_util::Stream for Subscription {
+    type Item = ClientResult<Event>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match ready!(this.channel.poll_frame(cx)) {
+            Some(Ok(frame)) => Poll::Ready(this.event(frame)),
+            Some(Err(e)) => {
+                this.ended = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+}

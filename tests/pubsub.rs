@@ -1,0 +1,252 @@
+//! Pub/sub over every transport: fan-out to many subscribers in each publisher's order, slow
+//! subscribers that hold up nobody, and subscriptions that leave nothing behind however they end.
+
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+use futures_util::future::join_all;
+use futures_util::{Stream, StreamExt};
+use qkv::client::{Client, ClientError, Event, Subscription};
+use qkv::pb::{CommandRequest, Value, status};
+use qkv::pubsub::LagPolicy;
+use qkv::server::ServerConfig;
+use qkv::transport::Transport;
+
+/// Waits until the server holds `expected` subscriptions; fails after 10 s.
+async fn subscriptions_become(server: &TestServer, expected: usize) {
+    let mut count = server.service.broker().watch_subscriptions();
+    let reached = tokio::time::timeout(Duration::from_secs(10), count.wait_for(|&n| n == expected)).await;
+    assert!(
+        reached.is_ok(),
+        "{} subscriptions, expected {expected}",
+        server.service.broker().total_subscriptions()
+    );
+}
+
+/// The next event, within 10 s.
+async fn next_event(
+    subscription: &mut (impl Stream<Item = Result<Event, ClientError>> + Unpin),
+) -> Option<Event> {
+    let next = tokio::time::timeout(Duration::from_secs(10), subscription.next()).await;
+    next.expect("an event within 10 s").map(|event| event.expect("an event, not an error"))
+}
+
+fn message(publisher: i64, n: i64) -> Vec<Value> {
+    vec![Value::from(publisher), Value::from(n)]
+}
+
+async fn server_with(transport: Transport, queue: usize, policy: LagPolicy) -> TestServer {
+    TestServer::start_for_with(transport, |config: &mut ServerConfig| {
+        config.service.subscriber_queue = queue;
+        config.service.lag_policy = policy;
+    })
+    .await
+}
+
+async fn a_thousand_subscribers_get_every_message_in_each_publishers_order(transport: Transport) {
+    const SUBSCRIBERS: usize = 1000;
+    const PUBLISHERS: i64 = 4;
+    const MESSAGES: i64 = 10;
+    let server = TestServer::start_for(transport).await;
+    // Over QUIC, 125 subscriptions share each connection (one stream each); over TCP each has its own.
+    let clients = join_all((0..8).map(|_| server.client())).await;
+    let subscribing = (0..SUBSCRIBERS).map(|i| clients[i % clients.len()].subscribe("news"));
+    let mut subscriptions: Vec<Subscription> =
+        join_all(subscribing).await.into_iter().map(|s| s.expect("subscribed")).collect();
+    assert_eq!(server.service.broker().subscribers("news"), SUBSCRIBERS);
+
+    let publishers = join_all((0..PUBLISHERS).map(|_| server.client())).await;
+    let publishing = publishers.iter().zip(0..).map(|(publisher, p)| async move {
+        if transport == Transport::Quic {
+            // Requests on different streams are concurrent: a publisher that wants an order waits.
+            for n in 0..MESSAGES {
+                let published = publisher.publish("news", message(p, n)).await.expect("published");
+                assert_eq!(published.receivers, SUBSCRIBERS);
+            }
+        } else {
+            // Pipelined on one connection, executed in request order.
+            let all = join_all((0..MESSAGES).map(|n| publisher.publish("news", message(p, n)))).await;
+            assert!(all.iter().all(|p| p.as_ref().is_ok_and(|p| p.receivers == SUBSCRIBERS)), "{all:?}");
+        }
+    });
+    join_all(publishing).await;
+
+    for subscription in &mut subscriptions {
+        let mut next_from = [0; PUBLISHERS as usize];
+        for _ in 0..PUBLISHERS * MESSAGES {
+            let Some(Event::Message(values)) = next_event(subscription).await else { panic!("a message") };
+            let (p, n) = match values[..] {
+                [
+                    Value { value: Some(qkv::pb::value::Value::Integer(p)) },
+                    Value { value: Some(qkv::pb::value::Value::Integer(n)) },
+                ] => (p, n),
+                _ => panic!("unexpected message {values:?}"),
+            };
+            assert_eq!(n, next_from[p as usize], "publisher {p}'s messages out of order");
+            next_from[p as usize] += 1;
+        }
+    }
+}
+
+async fn a_subscriber_that_never_reads_holds_up_neither_the_publisher_nor_a_fast_subscriber(
+    transport: Transport,
+) {
+    // Messages large enough that the never-read subscription fills the transport's buffers (flow
+    // control windows, socket buffers) and then its queue of 8 on the server.
+    const MESSAGES: usize = 1500;
+    let server = server_with(transport, 8, LagPolicy::Skip).await;
+    let (slow_client, fast_client, publisher) =
+        (server.client().await, server.client().await, server.client().await);
+    let mut slow = slow_client.subscribe("t").await.unwrap();
+    let mut fast = fast_client.subscribe("t").await.unwrap();
+    let payload = "x".repeat(16 * 1024);
+
+    let reading = async {
+        for n in 0..MESSAGES as i64 {
+            assert_eq!(
+                next_event(&mut fast).await,
+                Some(Event::Message(vec![Value::from(n), Value::from(payload.as_str())]))
+            );
+        }
+    };
+    let publishing = async {
+        let mut missed = 0;
+        for n in 0..MESSAGES as i64 {
+            // Were the publisher waiting for the slow subscriber, this would never finish.
+            let published =
+                publisher.publish("t", [Value::from(n), Value::from(payload.as_str())]).await.unwrap();
+            missed += published.missed;
+        }
+        missed
+    };
+    let ((), missed) = tokio::join!(reading, publishing);
+    assert!(missed > 0, "the never-read subscriber's queue never filled: the test proves nothing");
+
+    // What the slow subscriber gets when it finally reads: everything it got, then exactly what it
+    // missed, in order.
+    let mut accounted = 0;
+    let mut expected = 0;
+    while accounted < MESSAGES {
+        match next_event(&mut slow).await.expect("an event") {
+            Event::Message(values) => {
+                assert_eq!(values[0], Value::from(expected as i64), "in order, after {accounted}");
+                (accounted, expected) = (accounted + 1, expected + 1);
+            }
+            Event::Missed(n) => (accounted, expected) = (accounted + n as usize, expected + n as usize),
+        }
+    }
+    assert_eq!(accounted, MESSAGES);
+}
+
+async fn with_the_drop_policy_a_lagging_subscriber_is_ended_with_429(transport: Transport) {
+    let server = server_with(transport, 4, LagPolicy::Drop).await;
+    let (subscriber, publisher) = (server.client().await, server.client().await);
+    let mut lagging = subscriber.subscribe("t").await.unwrap();
+    let payload = Value::from("x".repeat(16 * 1024));
+    // Publish until the server has dropped it: its buffers and queue full.
+    let mut published = 0;
+    while server.service.broker().subscribers("t") > 0 {
+        assert!(published < 10_000, "never dropped");
+        publisher.publish("t", [payload.clone()]).await.unwrap();
+        published += 1;
+    }
+    let mut received = 0;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), lagging.next()).await.expect("an event") {
+            Some(Ok(Event::Message(_))) => received += 1,
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(ended, Some(Err(ClientError::SubscriptionEnded { status: status::TOO_MANY_REQUESTS, .. }))),
+        "{ended:?}"
+    );
+    assert!(received < published, "received {received} of {published}");
+    subscriptions_become(&server, 0).await;
+}
+
+async fn unsubscribing_and_disconnecting_leave_nothing_behind(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
+    let (client, other) = (server.client().await, server.client().await);
+    let unsubscribed = client.subscribe("t").await.unwrap();
+    let dropped = client.subscribe("t").await.unwrap();
+    let mut kept = client.subscribe("t").await.unwrap();
+    subscriptions_become(&server, 3).await;
+
+    // Only the connection that subscribed may unsubscribe, and only what exists.
+    let id = unsubscribed.id();
+    let theirs = other.call(&CommandRequest::unsubscribe("t", id)).await.unwrap();
+    assert_eq!(theirs.status, status::FORBIDDEN, "{theirs:?}");
+    let wrong_topic = other.call(&CommandRequest::unsubscribe("elsewhere", id)).await.unwrap();
+    assert_eq!(wrong_topic.status, status::NOT_FOUND, "{wrong_topic:?}");
+
+    unsubscribed.unsubscribe().await.unwrap();
+    assert_eq!(server.service.broker().total_subscriptions(), 2, "removed when the server confirmed it");
+    drop(dropped);
+    subscriptions_become(&server, 1).await;
+    assert_eq!(other.publish("t", [Value::from(1)]).await.unwrap().receivers, 1);
+    assert_eq!(next_event(&mut kept).await, Some(Event::Message(vec![Value::from(1)])));
+
+    // The client goes away without a word: over QUIC it closes its connection; over TCP the
+    // subscription's connection closes with it.
+    drop(kept);
+    client.close().await;
+    subscriptions_become(&server, 0).await;
+    assert_eq!(other.publish("t", [Value::from(2)]).await.unwrap().receivers, 0);
+}
+
+async fn shutdown_ends_subscriptions_with_410_within_the_grace_period(transport: Transport) {
+    let mut server = TestServer::start_for_with(transport, |config| {
+        config.shutdown_grace = Duration::from_secs(120);
+    })
+    .await;
+    let client = server.client().await;
+    let mut subscription = client.subscribe("t").await.unwrap();
+    server.begin_stop();
+    let ended =
+        tokio::time::timeout(Duration::from_secs(10), subscription.next()).await.expect("ended at once");
+    assert!(
+        matches!(ended, Some(Err(ClientError::SubscriptionEnded { status: status::GONE, .. }))),
+        "{ended:?}"
+    );
+    // A subscription must not hold the server for its grace period.
+    tokio::time::timeout(Duration::from_secs(30), server.stopped())
+        .await
+        .expect("stopped well within the grace");
+}
+
+transport_tests!(pubsub: quic, tls, tcp =>
+    a_thousand_subscribers_get_every_message_in_each_publishers_order,
+    a_subscriber_that_never_reads_holds_up_neither_the_publisher_nor_a_fast_subscriber,
+    with_the_drop_policy_a_lagging_subscriber_is_ended_with_429,
+    unsubscribing_and_disconnecting_leave_nothing_behind,
+    shutdown_ends_subscriptions_with_410_within_the_grace_period,
+);
+
+/// QUIC's point for mobile subscribers: a subscription survives a change of network.
+#[tokio::test]
+async fn a_quic_subscription_survives_the_client_moving_to_a_new_address() {
+    let server = TestServer::start().await;
+    let (client, publisher) = (server.client().await, server.client().await);
+    let mut subscription = client.subscribe("t").await.unwrap();
+    let before = client.local_address();
+    client.rebind().unwrap();
+    assert_ne!(client.local_address(), before);
+    assert_eq!(publisher.publish("t", [Value::from("after the move")]).await.unwrap().receivers, 1);
+    assert_eq!(
+        next_event(&mut subscription).await,
+        Some(Event::Message(vec![Value::from("after the move")]))
+    );
+}
+
+/// `Client::call` refuses a Subscribe: over TCP its endless answer would hold up every later call.
+#[tokio::test]
+async fn a_subscribe_is_not_a_call() {
+    let server = TestServer::start_for(Transport::Tcp).await;
+    let client: Client = server.client().await;
+    let refused = client.call(&CommandRequest::subscribe("t")).await;
+    assert!(matches!(refused, Err(ClientError::Unsupported(_))), "{refused:?}");
+}
