@@ -72,7 +72,7 @@ impl Tally {
     }
 
     /// Records a request that started (or was due) at `started`, if that was inside the window.
-    fn record(&mut self, window: &Window, started: Instant, result: Result<(), RequestError>) {
+    pub fn record(&mut self, window: &Window, started: Instant, result: Result<(), RequestError>) {
         if started < window.measure_from {
             return;
         }

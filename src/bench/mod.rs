@@ -4,11 +4,13 @@
 //! - `workload`: what a request is (ping, hget, hset, mixed, or the floor's echo), which key it touches.
 //! - `load`: when requests are sent (closed loop, or open loop without coordinated omission).
 //! - `floor`: bare echo servers and clients, to measure what the transports cost without qkv.
+//! - `fanout`: publishers and subscribers, to measure pub/sub deliveries.
 //! - `timeline`: when requests completed, to see a network change's gap in service.
 //!
 //! Every run is bounded in time: warm-up plus duration, plus at most a few seconds for the requests in
 //! flight at the end.
 
+mod fanout;
 pub mod floor;
 mod load;
 mod timeline;
@@ -28,6 +30,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+pub use fanout::FanoutReport;
 pub use load::Tally;
 pub use timeline::TimelineReport;
 pub use workload::{KeyDist, Workload};
@@ -87,6 +90,8 @@ pub struct BenchReport {
     /// The longest time in the measured period during which no request succeeded.
     pub longest_gap: Duration,
     pub timeline: Option<TimelineReport>,
+    /// The fan-out workload's figures; its `requests` are deliveries.
+    pub fanout: Option<FanoutReport>,
 }
 
 impl BenchReport {
@@ -122,6 +127,7 @@ impl BenchReport {
             longest_gap_ms: self.longest_gap.as_millis() as u64,
             client_stats: self.client_stats,
             timeline: self.timeline.clone(),
+            fanout: self.fanout,
         }
     }
 }
@@ -152,6 +158,9 @@ pub struct JsonReport {
     /// Completions per slot, with `--timeline`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub timeline: Option<TimelineReport>,
+    /// With the fan-out workload (whose `requests` and latencies are deliveries).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fanout: Option<FanoutReport>,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize, Clone)]
@@ -166,6 +175,9 @@ pub struct Latencies {
 /// Runs the benchmark: connects, loads the keys, warms up, measures. `progress`, if given, shows how
 /// it goes.
 pub async fn run(config: &BenchConfig, progress: Option<ProgressBar>) -> Result<BenchReport, BenchError> {
+    if let Workload::Fanout { subscribers, stalled } = config.workload {
+        return fanout::run(config, subscribers, stalled).await;
+    }
     // Preloaded and written values differ, so that what a run wrote can be told apart afterwards.
     let preloaded = Value::from(vec![b'p'; config.value_size]);
     let written = Value::from(vec![b'w'; config.value_size]);
@@ -255,6 +267,7 @@ pub async fn run(config: &BenchConfig, progress: Option<ProgressBar>) -> Result<
         measured_from,
         longest_gap: tally.timeline.longest_gap(config.duration),
         timeline: config.timeline.map(|slot| tally.timeline.report(slot, config.duration)),
+        fanout: None,
     })
 }
 

@@ -28,6 +28,9 @@ pub enum Workload {
     Echo,
     /// A new connection for every request, then one Hget: connection setup as a user sees it.
     Connect,
+    /// Publishes of `value_size`-byte messages to one topic with `subscribers` reading subscribers and
+    /// `stalled` that never read; measures deliveries (see `fanout`).
+    Fanout { subscribers: usize, stalled: usize },
 }
 
 impl Workload {
@@ -39,6 +42,7 @@ impl Workload {
             Workload::Mixed { .. } => "mixed",
             Workload::Echo => "echo",
             Workload::Connect => "connect",
+            Workload::Fanout { .. } => "fanout",
         }
     }
 
@@ -199,6 +203,7 @@ impl RequestMaker {
             Workload::Mixed { read_ratio } => rng.random_bool(read_ratio.clamp(0.0, 1.0)),
             Workload::Echo => return Err(RequestError::Other("echo needs a floor server".into())),
             Workload::Connect => return Err(RequestError::Other("connect needs a connector".into())),
+            Workload::Fanout { .. } => return Err(RequestError::Other("fan-out runs on its own".into())),
         };
         let key = self.keys.pick(rng);
         if read {

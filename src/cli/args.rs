@@ -168,6 +168,12 @@ pub struct BenchArgs {
     /// For the mixed workload: the share of reads (Hget); the rest are writes (Hset).
     #[arg(long, default_value_t = 0.9)]
     pub read_ratio: f64,
+    /// For the fan-out workload: subscribers that read every message, each on a connection of its own.
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+    /// For the fan-out workload: subscribers that never read (each on a connection of its own).
+    #[arg(long, default_value_t = 0)]
+    pub stalled: usize,
     /// Connections to open.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub connections: u32,
@@ -221,6 +227,9 @@ pub enum WorkloadArg {
     Echo,
     /// A new connection for every request, then one Hget: latency from connect to first answer.
     Connect,
+    /// Publish to --subscribers readers (and --stalled that never read); reports deliveries per second
+    /// and publish-to-delivery latency. --connections × --inflight publishers.
+    Fanout,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -247,6 +256,7 @@ impl BenchArgs {
             }
             WorkloadArg::Echo => Workload::Echo,
             WorkloadArg::Connect => Workload::Connect,
+            WorkloadArg::Fanout => Workload::Fanout { subscribers: self.subscribers, stalled: self.stalled },
         })
     }
 

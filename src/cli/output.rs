@@ -137,6 +137,16 @@ pub fn bench_summary(config: &qkv::bench::BenchConfig, report: &qkv::bench::Benc
         report.elapsed.as_secs_f64(),
         config.warmup.as_secs_f64()
     );
+    if let Some(fanout) = &json.fanout {
+        println!(
+            "fan-out: {} messages/s published to {} reading subscribers ({} stalled); the req/s and latencies above are deliveries (publish to receipt); {} reported missed",
+            (fanout.published as f64 / report.elapsed.as_secs_f64()).round(),
+            fanout.subscribers,
+            fanout.stalled,
+            fanout.missed
+        );
+        return;
+    }
     let stats = &json.client_stats;
     println!(
         "connections {}, 0-RTT accepted {} / rejected {}, TLS resumed {}, retries {}; longest time without a success {} ms",

@@ -63,12 +63,7 @@ struct Servers {
 }
 
 fn start(work: &Path, processes: &mut Processes) -> anyhow::Result<Servers> {
-    let certs = work.join("certs");
-    let status =
-        std::process::Command::new(QKV).args(["cert", "--dir"]).arg(&certs).stdout(Stdio::null()).status()?;
-    if !status.success() {
-        bail!("qkv cert failed");
-    }
+    let certs = run::make_certs(work)?;
     let servers = Servers { qkv: run::free_port()?, redis: run::free_port()?, certs };
     let log = |name: &str| std::fs::File::create(work.join(format!("{name}.log")));
     processes.0.push(
@@ -104,7 +99,7 @@ fn measure(servers: &Servers, target: Target, n: u32, duration: Duration) -> any
         Target::QkvQuic | Target::QkvTcp => {
             let transport = if target == Target::QkvQuic { "quic" } else { "tcp" };
             let json =
-                run::qkv_bench_json(servers.qkv, &servers.certs, transport, "hset", scenario, duration)?;
+                run::qkv_bench_json(servers.qkv, &servers.certs, transport, "hset", scenario, duration, &[])?;
             (json.throughput_rps, json.latency_us.p50 as f64, json.latency_us.p99 as f64, json.errors)
         }
         Target::Redis => {

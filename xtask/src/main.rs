@@ -1,5 +1,6 @@
 //! Project automation: `cargo xtask bench-report` (the side-by-side benchmark report of docs/bench/),
-//! `cargo xtask durable-report` (durable writes against Redis, see `durable`) and `cargo xtask lab`
+//! `cargo xtask durable-report` (durable writes against Redis, see `durable`), `cargo xtask
+//! pubsub-report` (pub/sub fan-out, see `pubsub`) and `cargo xtask lab`
 //! (QUIC against TLS over emulated mobile links, see `lab`).
 //!
 //! `bench-report`:
@@ -14,6 +15,7 @@
 mod durable;
 mod lab;
 mod plot;
+mod pubsub;
 mod report;
 mod run;
 
@@ -34,6 +36,8 @@ enum Task {
     Lab(lab::LabArgs),
     /// Durable writes: qkv's disk store against Redis with appendfsync always, and its report.
     DurableReport(SweepArgs),
+    /// Pub/sub fan-out to 100 subscribers over QUIC, TLS and TCP, and its report.
+    PubsubReport(SweepArgs),
 }
 
 /// How long and how often a benchmark report measures, and where it goes.
@@ -70,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         Task::BenchReport(args) => bench_report(args),
         Task::Lab(args) => lab::run(args),
         Task::DurableReport(args) => durable::run(args),
+        Task::PubsubReport(args) => pubsub::run(args),
     }
 }
 

@@ -167,12 +167,18 @@ pub fn wait_for_tcp(port: u16, what: &str) -> anyhow::Result<()> {
     bail!("{what} did not start listening on port {port}")
 }
 
-pub fn start_servers(work: &Path, processes: &mut Processes) -> anyhow::Result<Servers> {
+/// A CA and server certificate in `work/certs`, made by `qkv cert`.
+pub fn make_certs(work: &Path) -> anyhow::Result<PathBuf> {
     let certs = work.join("certs");
     let status = Command::new(QKV).args(["cert", "--dir"]).arg(&certs).stdout(Stdio::null()).status()?;
     if !status.success() {
         bail!("qkv cert failed");
     }
+    Ok(certs)
+}
+
+pub fn start_servers(work: &Path, processes: &mut Processes) -> anyhow::Result<Servers> {
+    let certs = make_certs(work)?;
     let servers = Servers {
         qkv: free_port()?,
         qkv_plaintext: free_port()?,
@@ -284,7 +290,7 @@ fn qkv_bench(
         Target::FloorTls => (servers.floor, "tls", "echo"),
         Target::Redis | Target::RedisTls => unreachable!("Redis has its own benchmark"),
     };
-    let json = qkv_bench_json(port, &servers.certs, transport, workload, scenario, duration)?;
+    let json = qkv_bench_json(port, &servers.certs, transport, workload, scenario, duration, &[])?;
     Ok(Measurement {
         target,
         scenario,
@@ -303,9 +309,11 @@ pub fn qkv_bench_json(
     workload: &str,
     scenario: Scenario,
     duration: Duration,
+    extra: &[String],
 ) -> anyhow::Result<qkv::bench::JsonReport> {
     let output = pinned(CLIENT_CORE, QKV)
         .args(["bench", "--json", "--workload", workload, "--transport", transport])
+        .args(extra)
         .args([
             "--connections",
             &scenario.connections.to_string(),
