@@ -308,8 +308,8 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
                 .collect::<Result<Vec<_>, _>>()?;
             let published = client.publish(&topic, values).await?;
             println!("{}", published.receivers);
-            if published.missed > 0 {
-                eprintln!("{} subscribers missed it: their queues were full", published.missed);
+            if published.lagging > 0 {
+                eprintln!("{} subscribers missed it: their queues were full", published.lagging);
             }
         }
         Command::Ping { payload, count, .. } => {

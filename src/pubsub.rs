@@ -90,8 +90,9 @@ pub enum EndReason {
     Unsubscribed,
     /// Its queue was full and the lag policy is [`LagPolicy::Drop`].
     Lagged,
-    /// Its connection stopped taking requests (a TCP client closed its side).
-    ConnectionClosing,
+    /// Its connection stopped taking requests (a TCP client closed its side, or the connection is being
+    /// closed after a bad request or a failure).
+    ConnectionEnding,
     /// The server is shutting down.
     ServerClosing,
 }
@@ -112,8 +113,8 @@ pub struct Published {
     /// Subscribers the message was queued for.
     pub receivers: usize,
     /// Subscribers whose queue was full, so that they missed it (or, with [`LagPolicy::Drop`], were
-    /// dropped).
-    pub missed: usize,
+    /// dropped): a count of subscribers, not of messages.
+    pub lagging: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -269,7 +270,7 @@ impl Broker {
             match subscriber.queue.try_send(queued) {
                 Ok(()) => published.receivers += 1,
                 Err(mpsc::error::TrySendError::Full(queued)) => {
-                    published.missed += 1;
+                    published.lagging += 1;
                     match self.inner.policy {
                         LagPolicy::Skip => {
                             missed.fetch_add(queued.missed_before + 1, Ordering::AcqRel);
@@ -278,7 +279,7 @@ impl Broker {
                         LagPolicy::Drop => lagged_out.push(id),
                     }
                 }
-                // The subscription is being dropped; it removes itself.
+                // Cannot happen: a subscription unregisters itself before its receiver is dropped.
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
@@ -317,7 +318,7 @@ impl Broker {
         let mut topics = self.inner.topics.lock();
         let Some(owned) = topics.by_owner.remove(&owner) else { return };
         for id in owned {
-            topics.remove(id, EndReason::ConnectionClosing);
+            topics.remove(id, EndReason::ConnectionEnding);
         }
         self.inner.count_changed(&topics);
     }
@@ -375,12 +376,7 @@ impl Subscription {
             return Poll::Ready(None);
         }
         match self.receiver.poll_recv(cx) {
-            // Missed messages are reported where they were missed: before the next one that arrived.
-            Poll::Ready(Some(Queued { missed_before, message })) if missed_before > 0 => {
-                self.after_gap = Some(message);
-                Poll::Ready(Some(Delivery::Missed(missed_before)))
-            }
-            Poll::Ready(Some(Queued { message, .. })) => Poll::Ready(Some(Delivery::Message(message))),
+            Poll::Ready(Some(queued)) => Poll::Ready(Some(self.deliver(queued))),
             Poll::Ready(None) => match self.shared.missed.swap(0, Ordering::AcqRel) {
                 0 => {
                     self.end_reported = true;
@@ -395,12 +391,31 @@ impl Subscription {
                 // Everything queued has been read: a gap now is the last thing that happened. The waker
                 // is registered before looking, so a miss after the look wakes this.
                 self.shared.waker.register(cx.waker());
-                match self.shared.missed.swap(0, Ordering::AcqRel) {
-                    0 => Poll::Pending,
-                    missed => Poll::Ready(Some(Delivery::Missed(missed))),
+                let missed = self.shared.missed.swap(0, Ordering::AcqRel);
+                if missed == 0 {
+                    return Poll::Pending;
+                }
+                // Publishers may have queued a message between the two looks; it came before the gap
+                // (a miss before it would ride on it), so it goes first and the count goes back.
+                match self.receiver.try_recv() {
+                    Ok(queued) => {
+                        self.shared.missed.fetch_add(missed, Ordering::AcqRel);
+                        Poll::Ready(Some(self.deliver(queued)))
+                    }
+                    Err(_) => Poll::Ready(Some(Delivery::Missed(missed))),
                 }
             }
         }
+    }
+
+    /// A queued message, after the gap just before it if there was one: missed messages are reported
+    /// where they were missed.
+    fn deliver(&mut self, Queued { missed_before, message }: Queued) -> Delivery {
+        if missed_before == 0 {
+            return Delivery::Message(message);
+        }
+        self.after_gap = Some(message);
+        Delivery::Missed(missed_before)
     }
 
     pub async fn next(&mut self) -> Option<Delivery> {
@@ -420,7 +435,13 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         let inner = &self.broker.inner;
         let mut topics = inner.topics.lock();
-        if topics.registrations.contains_key(&self.id) {
+        // Still registered, as this subscription and not a later one that reuses its id (ids wrap).
+        let registered = topics
+            .registrations
+            .get(&self.id)
+            .and_then(|registration| topics.by_name.get(&registration.topic)?.get(&self.id))
+            .is_some_and(|subscriber| Arc::ptr_eq(&subscriber.shared, &self.shared));
+        if registered {
             topics.remove(self.id, EndReason::Unsubscribed);
             inner.count_changed(&topics);
         }
@@ -445,7 +466,7 @@ mod tests {
         let mut subscriptions: Vec<Subscription> =
             (0..1000).map(|_| broker.subscribe("news", connection()).unwrap()).collect();
         for n in 0..50 {
-            assert_eq!(broker.publish("news", message(n)), Published { receivers: 1000, missed: 0 });
+            assert_eq!(broker.publish("news", message(n)), Published { receivers: 1000, lagging: 0 });
         }
         for subscription in &mut subscriptions {
             for n in 0..50 {
@@ -465,7 +486,7 @@ mod tests {
             let published = broker.publish("t", message(n));
             assert_eq!(
                 published,
-                Published { receivers: 2 - usize::from(n >= 4), missed: usize::from(n >= 4) }
+                Published { receivers: 2 - usize::from(n >= 4), lagging: usize::from(n >= 4) }
             );
             assert_eq!(fast.next().await, Some(Delivery::Message(message(n))));
         }
@@ -527,7 +548,7 @@ mod tests {
         let mut kept = broker.subscribe("a", staying).unwrap();
         broker.end_connection(closing);
         for subscription in &mut gone {
-            assert_eq!(subscription.next().await, Some(Delivery::Ended(EndReason::ConnectionClosing)));
+            assert_eq!(subscription.next().await, Some(Delivery::Ended(EndReason::ConnectionEnding)));
         }
         assert_eq!(broker.total_subscriptions(), 1);
         broker.close();

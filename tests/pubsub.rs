@@ -118,7 +118,7 @@ async fn a_subscriber_that_never_reads_holds_up_neither_the_publisher_nor_a_fast
             // Were the publisher waiting for the slow subscriber, this would never finish.
             let published =
                 publisher.publish("t", [Value::from(n), Value::from(payload.as_str())]).await.unwrap();
-            missed += published.missed;
+            missed += published.lagging;
         }
         missed
     };

@@ -21,6 +21,7 @@ use super::tcp::{ByteStream, open_stream};
 use super::{Client, ClientError, ClientResult, Connection, ResponseFrames, ok, quic};
 use crate::pb::{CommandRequest, CommandResponse, Value, status, value};
 use crate::pubsub::{Published, SubscriptionId};
+use crate::transport::Transport;
 use crate::transport::frame::{FrameCodec, encode_frame};
 
 /// What a subscription delivers.
@@ -85,11 +86,15 @@ impl Client {
         let max_frame_len = config.limits.max_frame_len;
         let frame = encode_frame(&CommandRequest::subscribe(topic), max_frame_len)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let mut channel = match self.connection().await? {
-            Connection::Quic(connection) => {
+        let mut channel = match config.transport {
+            Transport::Quic => {
+                let Connection::Quic(connection) = self.connection().await? else {
+                    return Err(ClientError::Protocol("a QUIC client holds a TCP connection".into()));
+                };
                 Channel::Quic { frames: connection.send(frame, max_frame_len).await?, connection }
             }
-            Connection::Tcp(_) => {
+            // A connection of its own, made directly: the shared one is not needed, nor connected.
+            Transport::Tls | Transport::Tcp => {
                 let inner = &self.inner;
                 let stream =
                     open_stream(config, inner.tls.clone(), &inner.server_name, inner.remote, &inner.stats)
@@ -140,7 +145,7 @@ impl Client {
             }
             other => Err(ClientError::Protocol(format!("Publish answered a count of {other:?}"))),
         };
-        Ok(Published { receivers: count(0)?, missed: count(1)? })
+        Ok(Published { receivers: count(0)?, lagging: count(1)? })
     }
 }
 
@@ -173,8 +178,12 @@ impl Subscription {
     }
 
     /// Ends the subscription and waits until the server has confirmed it. Events not yet read are
-    /// discarded.
+    /// discarded. A subscription the server has already ended (a 429 or 410 read, or about to be) is
+    /// simply gone: that is success too.
     pub async fn unsubscribe(mut self) -> ClientResult<()> {
+        if self.ended {
+            return Ok(());
+        }
         let request = CommandRequest::unsubscribe(self.topic.as_str(), self.id);
         let frame =
             encode_frame(&request, self.max_frame_len).map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -205,9 +214,11 @@ impl Subscription {
                 }
             }
         };
-        tokio::time::timeout(self.request_timeout, unsubscribing)
-            .await
-            .unwrap_or(Err(ClientError::Timeout(self.request_timeout)))
+        match tokio::time::timeout(self.request_timeout, unsubscribing).await {
+            Ok(Err(ClientError::Status { status: status::NOT_FOUND, .. })) => Ok(()),
+            Ok(outcome) => outcome,
+            Err(_) => Err(ClientError::Timeout(self.request_timeout)),
+        }
     }
 
     /// The event a frame carries; `None` for the last frame of a subscription that was unsubscribed.

@@ -121,6 +121,10 @@ pub(super) async fn open_stream(
         .map_err(|e| connect_error(format!("{e} (is the server running, with TCP on?)")))?;
     // Requests are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
+    // A subscription's connection sends nothing while it waits for messages: keep-alive probes find a
+    // server that has gone (and keep NAT bindings), as QUIC's keep-alives do.
+    let probes = socket2::TcpKeepalive::new().with_time(config.keep_alive).with_interval(config.keep_alive);
+    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&probes.with_retries(3));
     let Some(tls) = tls else {
         return Ok(Box::new(stream));
     };

@@ -46,8 +46,8 @@ fn ended(reason: EndReason) -> CommandResponse {
         EndReason::Unsubscribed => {
             CommandResponse { message: "unsubscribed".into(), ..CommandResponse::ok() }
         }
-        EndReason::ConnectionClosing => CommandResponse {
-            message: "the client closed its side of the connection".into(),
+        EndReason::ConnectionEnding => CommandResponse {
+            message: "the connection is ending: the client closed its side, or the server is closing it after a bad request or a failure".into(),
             ..CommandResponse::ok()
         },
         EndReason::Lagged => CommandResponse::error(
@@ -70,7 +70,7 @@ pub fn unsubscribe(
     Ok(CommandResponse::ok())
 }
 
-/// Publishes to every current subscriber; answers `[receivers, missed]`: how many it was queued for,
+/// Publishes to every current subscriber; answers `[receivers, lagging]`: how many it was queued for,
 /// and how many did not get it because their queues were full.
 pub fn publish(broker: &Broker, max_entry_len: usize, cmd: Publish) -> Result<CommandResponse, ServiceError> {
     // Every subscriber receives the data in one frame.
@@ -89,7 +89,7 @@ pub fn publish(broker: &Broker, max_entry_len: usize, cmd: Publish) -> Result<Co
     }
     let published = broker.publish(&cmd.topic, Arc::from(cmd.data));
     let count = |n: usize| Value::from(i64::try_from(n).unwrap_or(i64::MAX));
-    Ok(CommandResponse::with_values(vec![count(published.receivers), count(published.missed)], Vec::new()))
+    Ok(CommandResponse::with_values(vec![count(published.receivers), count(published.lagging)], Vec::new()))
 }
 
 impl From<UnsubscribeError> for ServiceError {

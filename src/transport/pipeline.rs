@@ -225,14 +225,15 @@ pub async fn serve_pipelined<IO, S>(
             Some(done) = queue.running.next(), if !queue.running.is_empty() => queue.finish(done),
             written = std::future::poll_fn(|cx| poll_write(cx, &mut answers, &mut current, unflushed)),
                 if current.is_some() || unflushed => match written {
-                Ok(Written::Frame(frame)) => {
+                Ok(Written::NextFrame(frame)) => {
                     if let Err(e) = answers.start_send_unpin(frame) {
                         debug!(error = %e, "writing an answer failed; closing the connection");
                         return;
                     }
-                    unflushed = true;
+                    (unflushed, idle_since) = (true, Instant::now());
                 }
-                Ok(Written::StreamEnded) => current = None,
+                // A long answer just ended: the idle timeout counts from now, not from the last read.
+                Ok(Written::StreamEnded) => (current, idle_since) = (None, Instant::now()),
                 Ok(Written::Flushed) => unflushed = false,
                 Err(e) => {
                     debug!(error = %e, "writing answers failed; closing the connection");
@@ -266,8 +267,8 @@ pub async fn serve_pipelined<IO, S>(
 
 /// What writing answers came to.
 enum Written {
-    /// The next frame of the stream being written, for which the writer has room.
-    Frame(CommandResponse),
+    /// The next frame of the stream being written, for which the writer has room: to write now.
+    NextFrame(CommandResponse),
     /// The stream being written has ended.
     StreamEnded,
     /// Everything written so far has been flushed.
@@ -289,7 +290,7 @@ where
     if let Some(stream) = current {
         ready!(answers.poll_ready_unpin(cx))?;
         if let Poll::Ready(frame) = stream.poll_next_unpin(cx) {
-            return Poll::Ready(Ok(frame.map_or(Written::StreamEnded, Written::Frame)));
+            return Poll::Ready(Ok(frame.map_or(Written::StreamEnded, Written::NextFrame)));
         }
     }
     if unflushed {
