@@ -1,5 +1,5 @@
-//! Requests and replies over any byte stream. What both drivers share (how a bad request is answered,
-//! how a reply is written) is here, and so is the driver for a stream that carries exactly one request
+//! Requests and replies over any byte stream. What both drivers share (how a bad request is answered)
+//! is here, and so is the driver for a stream that carries exactly one request
 //! (QUIC): one frame, then the end of the stream; the reply is one or more frames, the last with
 //! `more = false` (docs/PROTOCOL.md, "Exchanges"). `pipeline` drives a stream of many requests (TCP).
 
@@ -8,7 +8,7 @@ use std::io;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, Shared};
-use futures_util::{FutureExt, Sink, SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
@@ -102,24 +102,12 @@ pub async fn write_reply<W: AsyncWrite + Unpin>(
             send.write_all(&frame).await?;
             Ok(send.flush().await?)
         }
-        reply @ Reply::Stream(_) => {
+        // A stream of frames (a large answer, a subscription): `send_all` flushes whenever the producer
+        // has to wait, so a slow producer's frames are not held back, and once more at the end.
+        Reply::Stream(mut stream) => {
             let mut frames = FramedWrite::new(send, FrameCodec::<CommandResponse>::new(limits.max_frame_len));
-            feed_reply(&mut frames, reply).await?;
-            SinkExt::<CommandResponse>::flush(&mut frames).await
+            frames.send_all(&mut stream.by_ref().map(Ok)).await
         }
-    }
-}
-
-/// Writes a reply's frames into a sink's buffer: one frame is left unflushed (the caller flushes when
-/// it has nothing else to write); a stream of frames is flushed whenever its producer has to wait, so a
-/// slow producer's frames are not held back.
-pub async fn feed_reply<S>(frames: &mut S, reply: Reply) -> Result<(), FrameError>
-where
-    S: Sink<CommandResponse, Error = FrameError> + Unpin,
-{
-    match reply {
-        Reply::One(response) => frames.feed(response).await,
-        Reply::Stream(mut stream) => frames.send_all(&mut stream.by_ref().map(Ok)).await,
     }
 }
 
