@@ -17,6 +17,7 @@ use tokio::runtime::Runtime;
 use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
+use crate::memory::MemoryBudget;
 use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::service::{Caller, ItemLimits, Reply, Service, ServiceConfig};
 use crate::storage::MemoryStore;
@@ -82,7 +83,7 @@ fn decode_in_pieces(wire: &[u8], piece: usize) -> Decoded {
         FrameError::TooLarge { .. } => "too large",
         FrameError::Truncated { .. } => "truncated",
         FrameError::Decode { .. } => "decode",
-        FrameError::Io(_) => "io",
+        FrameError::MemoryExhausted { .. } | FrameError::Io(_) => "io",
     };
     for chunk in wire.chunks(piece.max(1)) {
         buffer.extend_from_slice(chunk);
@@ -159,7 +160,8 @@ pub fn request_dispatch(data: &[u8]) {
                             }
                         };
                         match next {
-                            Some(frame) => frames.push(frame),
+                            Some(frame) => frames
+                                .push(frame.into_response().expect("a frame the service encoded decodes")),
                             None => break,
                         }
                     }
@@ -185,6 +187,7 @@ pub fn tcp_pipeline(data: &[u8]) {
             server,
             service(),
             Arc::new(limits),
+            MemoryBudget::unlimited(),
             CancellationToken::new(),
             Caller::default(),
         ));

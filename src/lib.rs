@@ -9,6 +9,8 @@
 //! - [`pb`]: the wire messages (generated from `proto/kv.proto`) and their conveniences.
 //! - [`storage`]: the async [`storage::Storage`] trait and its backends.
 //! - [`service`]: what each command does; shared by all connections and transports.
+//! - [`memory`]: the memory the process may use, and the server-wide budget of what connections can
+//!   make it hold.
 //! - [`pubsub`]: topics, subscribers and their bounded queues (the broker that Subscribe, Unsubscribe
 //!   and Publish are being built on).
 //! - [`transport`]: frames on byte streams, and the QUIC listener and connector.
@@ -17,21 +19,36 @@
 //! - [`bench`]: the load generator behind `qkv bench`, built on the client (here rather than in the
 //!   binary, so the CLI holds no logic of its own).
 //!
+//! Features: `server` adds the server (service, stores, broker, listeners, certificate generation);
+//! `cli` (the default) adds the load generator and what the `qkv` binary needs. With
+//! `default-features = false` the crate is the client and the protocol only.
+//!
 //! The wire protocol is specified in `docs/PROTOCOL.md`; the design and its measurements in
 //! `docs/DESIGN.md`.
 #![forbid(unsafe_code)]
 
-pub mod certs;
 pub mod client;
 pub mod pb;
-pub mod pubsub;
-pub mod server;
-pub mod service;
-pub mod storage;
 pub mod tls;
 pub mod transport;
 
-pub use client::Client;
+#[cfg(feature = "server")]
+pub mod certs;
+#[cfg(feature = "server")]
+pub mod memory;
+#[cfg(feature = "server")]
+pub mod pubsub;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod service;
+#[cfg(feature = "server")]
+pub mod storage;
+
+#[cfg(feature = "cli")]
 pub mod bench;
+#[cfg(feature = "server")]
 #[doc(hidden)]
 pub mod fuzzing;
+
+pub use client::Client;

@@ -19,7 +19,7 @@ use tracing_subscriber::EnvFilter;
 
 use cli::args::{BenchArgs, CertArgs, Cli, ClientArgs, Command, FloorArgs, ServeArgs, Store};
 use cli::output::{self, CliError};
-use qkv::bench::BenchConfig;
+use qkv::bench::{BenchConfig, Progress};
 use qkv::service::shown;
 
 fn main() -> ExitCode {
@@ -45,7 +45,8 @@ fn main() -> ExitCode {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = qkv::server::runtime(args.runtime.layout()?).context("cannot start the runtime")?;
-    runtime.block_on(async {
+    let mut disk_closed = None;
+    let served = runtime.block_on(async {
         match args.store {
             Store::Memory => {
                 let budget = args.memory_budget.unwrap_or_else(qkv::storage::default_memory_budget);
@@ -60,10 +61,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 let store = DiskStore::open(&args.data_dir, durability)
                     .with_context(|| format!("cannot open the data directory {}", args.data_dir.display()))?;
                 tracing::info!(dir = %args.data_dir.display(), ?durability, "durable store");
+                disk_closed = Some(store.closed());
                 run_server(args.config(), store).await
             }
         }
-    })
+    });
+    // Tasks the runtime still holds may hold the last handles on the store: they go with it. Then the
+    // committer makes every acknowledged write durable, and this thread, no runtime's, waits for it.
+    drop(runtime);
+    if let Some(closed) = disk_closed {
+        closed.wait_blocking();
+    }
+    served
 }
 
 async fn run_server<S: Storage>(config: qkv::server::ServerConfig, storage: S) -> anyhow::Result<()> {
@@ -109,6 +118,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         client: client_config(&args.client),
         workload: args.workload()?,
         connections: args.connections as usize,
+        connect_concurrency: args.connect_concurrency as usize,
+        connections_per_socket: args.connections_per_socket as usize,
         inflight: args.inflight as usize,
         rate: args.rate,
         duration: args.duration,
@@ -121,9 +132,10 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         timeline: args.timeline,
     };
     let runtime = qkv::server::runtime(args.runtime.layout()?)?;
-    let progress = std::io::stderr().is_terminal().then(output::bench_progress_bar);
-    let report = runtime.block_on(qkv::bench::run(&config, progress.clone()))?;
-    if let Some(bar) = progress {
+    let bar = std::io::stderr().is_terminal().then(output::bench_progress_bar);
+    let progress = bar.clone().map_or_else(Progress::new, Progress::shown_on);
+    let report = runtime.block_on(qkv::bench::run(&config, progress))?;
+    if let Some(bar) = bar {
         bar.finish_and_clear();
     }
     if args.json {

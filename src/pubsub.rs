@@ -5,10 +5,17 @@
 //! every subscriber's unbounded channel to accept) and leaked subscriptions whose connections had gone.
 //! Here:
 //!
-//! - Publishing never waits: each message is offered to every subscriber's queue with `try_send`. A
-//!   subscriber whose queue is full does not get it, and by the [`LagPolicy`] either learns how many
-//!   messages it missed (a [`Delivery::Missed`] where they would have been: after what was queued
-//!   before them, before anything queued after them) or is dropped.
+//! - Publishing never waits for a subscriber: each message is offered to every subscriber's queue with
+//!   `try_send`. A subscriber whose queue is full (in messages or in bytes) does not get it, and by the
+//!   [`LagPolicy`] either learns how many messages it missed (a [`Delivery::Missed`] where they would
+//!   have been: after what was queued before them, before anything queued after them) or is dropped.
+//! - A message is opaque bytes, stored once and shared by every queue it is in; while any queue holds
+//!   it, its size is charged to the server-wide memory budget. A publish the budget cannot hold is
+//!   refused ([`PublishError::MemoryExhausted`]) rather than delivered to some and not others.
+//! - A topic's publishes are delivered one after another, in the order they were published, and every
+//!   subscriber sees them in that order. Nothing else waits for a fan-out: each topic has its own lock,
+//!   held only to copy its list of subscribers, and a fan-out to many subscribers yields to other tasks
+//!   every [`DELIVERY_BATCH`] subscribers, so that requests on other connections are not held up.
 //! - A subscription is a value with an owner: dropping it (its stream ended, its connection went away)
 //!   removes it from its topic at once, and a topic without subscribers is removed too.
 //! - Unsubscribing by id succeeds only for the connection that owns the subscription.
@@ -16,15 +23,16 @@
 //!   before it: the subscriber always knows whether it saw every message.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
-use crate::pb::Value;
+use crate::memory::{Charge, MemoryBudget};
 
 /// What happens to a subscriber whose queue is full when a message is published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,11 +85,13 @@ impl ConnectionId {
     }
 }
 
-/// A subscription's id, as Subscribe answers it and Unsubscribe names it (a `uint32` on the wire).
-pub type SubscriptionId = u32;
+pub use crate::pb::{Published, SubscriptionId};
 
-/// A published message: the values of one Publish, shared by every subscriber's queue.
-pub type Message = Arc<[Value]>;
+/// A published message: opaque bytes, shared by every subscriber's queue.
+pub type Message = Bytes;
+
+/// Subscribers a fan-out delivers to before it lets other tasks run.
+pub const DELIVERY_BATCH: usize = 256;
 
 /// Why a subscription ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,16 +117,6 @@ pub enum Delivery {
     Ended(EndReason),
 }
 
-/// What a publish did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Published {
-    /// Subscribers the message was queued for.
-    pub receivers: usize,
-    /// Subscribers whose queue was full, so that they missed it (or, with [`LagPolicy::Drop`], were
-    /// dropped): a count of subscribers, not of messages.
-    pub lagging: usize,
-}
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UnsubscribeError {
     #[error("there is no subscription {id} on topic {topic:?}")]
@@ -128,8 +128,36 @@ pub enum UnsubscribeError {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("the server is shutting down and takes no new subscriptions")]
-pub struct BrokerClosed;
+pub enum SubscribeError {
+    #[error("the server is shutting down and takes no new subscriptions")]
+    Closed,
+    #[error(
+        "this connection already carries {limit} subscription(s), the most it can: its answers come in request order, so another could only start once one ends (unsubscribe first, or subscribe on another connection)"
+    )]
+    TooMany { limit: usize },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PublishError {
+    /// The server-wide memory budget cannot hold the message while subscribers' queues do; it was
+    /// delivered to nobody.
+    #[error(
+        "the server has no memory to queue a message of {bytes} bytes for its subscribers (its connection memory budget is spent); it was not published"
+    )]
+    MemoryExhausted { bytes: usize },
+}
+
+/// A message's bytes and the charge on the memory budget that they hold while any queue has them.
+struct Charged {
+    bytes: Vec<u8>,
+    _charge: Charge,
+}
+
+impl AsRef<[u8]> for Charged {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
 
 /// A message in a subscriber's queue, with how many were missed just before it.
 struct Queued {
@@ -143,6 +171,8 @@ struct Shared {
     /// Messages missed and not yet reported: taken by the next message queued, or by the subscription
     /// once it has read everything queued (the gap is at the end then).
     missed: AtomicU64,
+    /// Bytes of the messages in the queue.
+    queued_bytes: AtomicUsize,
     /// Wakes a subscription waiting on an empty queue when it misses a message, so that it reports
     /// the gap at once rather than with the next message that fits.
     waker: AtomicWaker,
@@ -151,27 +181,39 @@ struct Shared {
 }
 
 /// One subscriber, as its topic sees it.
+#[derive(Clone)]
 struct Subscriber {
     queue: mpsc::Sender<Queued>,
     shared: Arc<Shared>,
 }
 
+/// A topic: its subscribers, and the lock that puts its publishes in one order.
+struct Topic {
+    name: Arc<str>,
+    subscribers: Mutex<HashMap<SubscriptionId, Subscriber>>,
+    /// Held for a whole fan-out, across its yields: publishes to the topic are delivered one after
+    /// another, so every subscriber sees them in the same order. (Fair: first come, first delivered.)
+    publishing: tokio::sync::Mutex<()>,
+}
+
 /// Where a subscription is registered.
 struct Registration {
-    topic: Arc<str>,
+    topic: Arc<Topic>,
     owner: ConnectionId,
 }
 
+/// Topics by name, and who owns which subscription. Its lock is held only briefly, never during a
+/// fan-out; a topic's subscriber lock may be taken while it is held, never the other way round.
 #[derive(Default)]
-struct Topics {
-    by_name: HashMap<Arc<str>, HashMap<SubscriptionId, Subscriber>>,
+struct Registry {
+    by_name: HashMap<Arc<str>, Arc<Topic>>,
     registrations: HashMap<SubscriptionId, Registration>,
     by_owner: HashMap<ConnectionId, HashSet<SubscriptionId>>,
     next_id: SubscriptionId,
     closed: bool,
 }
 
-impl Topics {
+impl Registry {
     /// The next id not in use (ids wrap around after 2^32 subscriptions; 0 is never used).
     fn allocate_id(&mut self) -> SubscriptionId {
         loop {
@@ -183,16 +225,19 @@ impl Topics {
     }
 
     /// Removes subscription `id`, recording why, and its topic if it was the last subscriber. Dropping
-    /// the subscriber's sender ends its stream once it has read what is queued.
+    /// the subscriber's sender ends its stream once it has read what is queued (and once a fan-out in
+    /// progress, which holds a copy of the sender, has finished).
     fn remove(&mut self, id: SubscriptionId, reason: EndReason) {
         let Some(Registration { topic, owner }) = self.registrations.remove(&id) else { return };
-        if let Some(subscribers) = self.by_name.get_mut(&topic) {
+        let emptied = {
+            let mut subscribers = topic.subscribers.lock();
             if let Some(subscriber) = subscribers.remove(&id) {
                 let _ = subscriber.shared.ended.set(reason);
             }
-            if subscribers.is_empty() {
-                self.by_name.remove(&topic);
-            }
+            subscribers.is_empty()
+        };
+        if emptied && self.by_name.get(&topic.name).is_some_and(|t| Arc::ptr_eq(t, &topic)) {
+            self.by_name.remove(&topic.name);
         }
         if let Some(owned) = self.by_owner.get_mut(&owner) {
             owned.remove(&id);
@@ -203,17 +248,25 @@ impl Topics {
     }
 }
 
+/// How large a subscriber's queue may grow.
+#[derive(Debug, Clone, Copy)]
+struct QueueLimits {
+    messages: usize,
+    bytes: usize,
+}
+
 struct Inner {
-    topics: Mutex<Topics>,
-    queue_len: usize,
+    registry: Mutex<Registry>,
+    queue: QueueLimits,
     policy: LagPolicy,
+    memory: MemoryBudget,
     /// The number of subscriptions, for whoever wants to watch it (tests, metrics).
     count: watch::Sender<usize>,
 }
 
 impl Inner {
-    fn count_changed(&self, topics: &Topics) {
-        self.count.send_replace(topics.registrations.len());
+    fn count_changed(&self, registry: &Registry) {
+        self.count.send_replace(registry.registrations.len());
     }
 }
 
@@ -224,72 +277,128 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A broker whose subscribers each have a queue of `queue_len` messages (at least 1).
-    pub fn new(queue_len: usize, policy: LagPolicy) -> Self {
+    /// A broker whose subscribers each have a queue of `queue_len` messages and `queue_bytes` bytes
+    /// (at least one message either way), and whose queued messages are charged to `memory`.
+    pub fn new(queue_len: usize, queue_bytes: usize, policy: LagPolicy, memory: MemoryBudget) -> Self {
         let inner = Inner {
-            topics: Mutex::default(),
-            queue_len: queue_len.max(1),
+            registry: Mutex::default(),
+            queue: QueueLimits { messages: queue_len.max(1), bytes: queue_bytes.max(1) },
             policy,
+            memory,
             count: watch::Sender::new(0),
         };
         Broker { inner: Arc::new(inner) }
     }
 
-    /// Subscribes connection `owner` to `topic`; refused once the broker is closed.
-    pub fn subscribe(&self, topic: &str, owner: ConnectionId) -> Result<Subscription, BrokerClosed> {
-        let (queue, receiver) = mpsc::channel(self.inner.queue_len);
+    /// Subscribes connection `owner` to `topic`; refused once the broker is closed, or when `owner`
+    /// already has `limit` subscriptions.
+    pub fn subscribe(
+        &self,
+        topic: &str,
+        owner: ConnectionId,
+        limit: Option<usize>,
+    ) -> Result<Subscription, SubscribeError> {
+        let (queue, receiver) = mpsc::channel(self.inner.queue.messages);
         let shared = Arc::new(Shared::default());
-        let mut topics = self.inner.topics.lock();
-        if topics.closed {
-            return Err(BrokerClosed);
+        let mut registry = self.inner.registry.lock();
+        if registry.closed {
+            return Err(SubscribeError::Closed);
         }
-        let id = topics.allocate_id();
-        let name: Arc<str> = match topics.by_name.get_key_value(topic) {
-            Some((name, _)) => name.clone(),
-            None => Arc::from(topic),
-        };
-        let subscriber = Subscriber { queue, shared: shared.clone() };
-        topics.by_name.entry(name.clone()).or_default().insert(id, subscriber);
-        topics.registrations.insert(id, Registration { topic: name, owner });
-        topics.by_owner.entry(owner).or_default().insert(id);
-        self.inner.count_changed(&topics);
-        drop(topics);
+        if let Some(limit) = limit
+            && registry.by_owner.get(&owner).map_or(0, HashSet::len) >= limit
+        {
+            return Err(SubscribeError::TooMany { limit });
+        }
+        let id = registry.allocate_id();
+        let topic = registry
+            .by_name
+            .entry(Arc::from(topic))
+            .or_insert_with_key(|name| {
+                Arc::new(Topic {
+                    name: name.clone(),
+                    subscribers: Mutex::default(),
+                    publishing: tokio::sync::Mutex::new(()),
+                })
+            })
+            .clone();
+        topic.subscribers.lock().insert(id, Subscriber { queue, shared: shared.clone() });
+        registry.registrations.insert(id, Registration { topic, owner });
+        registry.by_owner.entry(owner).or_default().insert(id);
+        self.inner.count_changed(&registry);
+        drop(registry);
         Ok(Subscription { id, broker: self.clone(), receiver, after_gap: None, shared, end_reported: false })
     }
 
-    /// Offers `message` to every subscriber of `topic`. Never waits: a full queue is handled by the lag
-    /// policy.
-    pub fn publish(&self, topic: &str, message: Message) -> Published {
-        let mut topics = self.inner.topics.lock();
-        let Some(subscribers) = topics.by_name.get_mut(topic) else { return Published::default() };
+    /// Offers `message` to every subscriber of `topic`, after the publishes to it before this one. Waits
+    /// for no subscriber: a full queue is handled by the lag policy. Refused, for every subscriber,
+    /// when the memory budget cannot hold the message.
+    pub async fn publish(&self, topic: &str, message: Vec<u8>) -> Result<Published, PublishError> {
+        let Some(topic) = self.inner.registry.lock().by_name.get(topic).cloned() else {
+            return Ok(Published::default());
+        };
+        let bytes = message.len();
+        let Some(charge) = self.inner.memory.try_charge(bytes) else {
+            return Err(PublishError::MemoryExhausted { bytes });
+        };
+        let message = Bytes::from_owner(Charged { bytes: message, _charge: charge });
+        let _in_order = topic.publishing.lock().await;
+        let subscribers: Vec<(SubscriptionId, Subscriber)> =
+            topic.subscribers.lock().iter().map(|(&id, s)| (id, s.clone())).collect();
         let mut published = Published::default();
         let mut lagged_out = Vec::new();
-        for (&id, subscriber) in subscribers.iter() {
-            let missed = &subscriber.shared.missed;
-            let queued = Queued { missed_before: missed.swap(0, Ordering::AcqRel), message: message.clone() };
-            match subscriber.queue.try_send(queued) {
-                Ok(()) => published.receivers += 1,
-                Err(mpsc::error::TrySendError::Full(queued)) => {
+        for (n, (id, subscriber)) in subscribers.iter().enumerate() {
+            if n > 0 && n % DELIVERY_BATCH == 0 {
+                tokio::task::yield_now().await;
+            }
+            match self.offer(subscriber, &message) {
+                Offered::Queued => published.receivers += 1,
+                Offered::Missed => {
                     published.lagging += 1;
-                    match self.inner.policy {
-                        LagPolicy::Skip => {
-                            missed.fetch_add(queued.missed_before + 1, Ordering::AcqRel);
-                            subscriber.shared.waker.wake();
-                        }
-                        LagPolicy::Drop => lagged_out.push(id),
+                    if self.inner.policy == LagPolicy::Drop {
+                        lagged_out.push(*id);
                     }
                 }
-                // Cannot happen: a subscription unregisters itself before its receiver is dropped.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Offered::Gone => {}
             }
         }
+        drop(subscribers);
         if !lagged_out.is_empty() {
+            let mut registry = self.inner.registry.lock();
             for id in lagged_out {
-                topics.remove(id, EndReason::Lagged);
+                registry.remove(id, EndReason::Lagged);
             }
-            self.inner.count_changed(&topics);
+            self.inner.count_changed(&registry);
         }
-        published
+        Ok(published)
+    }
+
+    /// Queues `message` for one subscriber, or records that it missed it.
+    fn offer(&self, subscriber: &Subscriber, message: &Message) -> Offered {
+        let shared = &subscriber.shared;
+        let queued_bytes = shared.queued_bytes.load(Ordering::Acquire);
+        // An empty queue takes any message, so a message larger than the byte limit still arrives.
+        let fits = queued_bytes == 0 || queued_bytes + message.len() <= self.inner.queue.bytes;
+        if fits {
+            let queued =
+                Queued { missed_before: shared.missed.swap(0, Ordering::AcqRel), message: message.clone() };
+            match subscriber.queue.try_send(queued) {
+                Ok(()) => {
+                    shared.queued_bytes.fetch_add(message.len(), Ordering::AcqRel);
+                    return Offered::Queued;
+                }
+                // Unsubscribed since this fan-out copied the list of subscribers.
+                Err(mpsc::error::TrySendError::Closed(_)) => return Offered::Gone,
+                Err(mpsc::error::TrySendError::Full(queued)) => {
+                    // Put back the misses it was to carry.
+                    shared.missed.fetch_add(queued.missed_before, Ordering::AcqRel);
+                }
+            }
+        }
+        if self.inner.policy == LagPolicy::Skip {
+            shared.missed.fetch_add(1, Ordering::AcqRel);
+            shared.waker.wake();
+        }
+        Offered::Missed
     }
 
     /// Ends subscription `id` on `topic`, if connection `owner` owns it.
@@ -299,44 +408,45 @@ impl Broker {
         id: SubscriptionId,
         owner: ConnectionId,
     ) -> Result<(), UnsubscribeError> {
-        let mut topics = self.inner.topics.lock();
-        match topics.registrations.get(&id) {
-            Some(registration) if *registration.topic == *topic => {
+        let mut registry = self.inner.registry.lock();
+        match registry.registrations.get(&id) {
+            Some(registration) if *registration.topic.name == *topic => {
                 if registration.owner != owner {
                     return Err(UnsubscribeError::NotOwner(id));
                 }
             }
             _ => return Err(UnsubscribeError::NotFound { id, topic: topic.to_owned() }),
         }
-        topics.remove(id, EndReason::Unsubscribed);
-        self.inner.count_changed(&topics);
+        registry.remove(id, EndReason::Unsubscribed);
+        self.inner.count_changed(&registry);
         Ok(())
     }
 
     /// Ends every subscription of connection `owner`: it takes no more requests.
     pub fn end_connection(&self, owner: ConnectionId) {
-        let mut topics = self.inner.topics.lock();
-        let Some(owned) = topics.by_owner.remove(&owner) else { return };
+        let mut registry = self.inner.registry.lock();
+        let Some(owned) = registry.by_owner.remove(&owner) else { return };
         for id in owned {
-            topics.remove(id, EndReason::ConnectionEnding);
+            registry.remove(id, EndReason::ConnectionEnding);
         }
-        self.inner.count_changed(&topics);
+        self.inner.count_changed(&registry);
     }
 
     /// Ends every subscription and refuses new ones: the server is shutting down.
     pub fn close(&self) {
-        let mut topics = self.inner.topics.lock();
-        topics.closed = true;
-        let ids: Vec<SubscriptionId> = topics.registrations.keys().copied().collect();
+        let mut registry = self.inner.registry.lock();
+        registry.closed = true;
+        let ids: Vec<SubscriptionId> = registry.registrations.keys().copied().collect();
         for id in ids {
-            topics.remove(id, EndReason::ServerClosing);
+            registry.remove(id, EndReason::ServerClosing);
         }
-        self.inner.count_changed(&topics);
+        self.inner.count_changed(&registry);
     }
 
     /// Subscribers of `topic` now.
     pub fn subscribers(&self, topic: &str) -> usize {
-        self.inner.topics.lock().by_name.get(topic).map_or(0, HashMap::len)
+        let topic = self.inner.registry.lock().by_name.get(topic).cloned();
+        topic.map_or(0, |topic| topic.subscribers.lock().len())
     }
 
     /// Subscriptions on every topic now.
@@ -348,6 +458,15 @@ impl Broker {
     pub fn watch_subscriptions(&self) -> watch::Receiver<usize> {
         self.inner.count.subscribe()
     }
+}
+
+/// What offering a message to one subscriber came to.
+enum Offered {
+    Queued,
+    /// Its queue was full.
+    Missed,
+    /// It was unsubscribed meanwhile.
+    Gone,
 }
 
 /// One subscription: the messages published to its topic, in publish order, then why it ended.
@@ -411,6 +530,7 @@ impl Subscription {
     /// A queued message, after the gap just before it if there was one: missed messages are reported
     /// where they were missed.
     fn deliver(&mut self, Queued { missed_before, message }: Queued) -> Delivery {
+        self.shared.queued_bytes.fetch_sub(message.len(), Ordering::AcqRel);
         if missed_before == 0 {
             return Delivery::Message(message);
         }
@@ -434,16 +554,19 @@ impl futures_util::Stream for Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let inner = &self.broker.inner;
-        let mut topics = inner.topics.lock();
+        let mut registry = inner.registry.lock();
         // Still registered, as this subscription and not a later one that reuses its id (ids wrap).
-        let registered = topics
+        let registered = registry
             .registrations
             .get(&self.id)
-            .and_then(|registration| topics.by_name.get(&registration.topic)?.get(&self.id))
-            .is_some_and(|subscriber| Arc::ptr_eq(&subscriber.shared, &self.shared));
+            .and_then(|registration| {
+                let subscribers = registration.topic.subscribers.lock();
+                subscribers.get(&self.id).map(|subscriber| Arc::ptr_eq(&subscriber.shared, &self.shared))
+            })
+            .unwrap_or(false);
         if registered {
-            topics.remove(self.id, EndReason::Unsubscribed);
-            inner.count_changed(&topics);
+            registry.remove(self.id, EndReason::Unsubscribed);
+            inner.count_changed(&registry);
         }
     }
 }
@@ -452,8 +575,20 @@ impl Drop for Subscription {
 mod tests {
     use super::*;
 
-    fn message(n: i64) -> Message {
-        Arc::from(vec![Value::from(n)])
+    fn message(n: i64) -> Vec<u8> {
+        n.to_be_bytes().to_vec()
+    }
+
+    fn delivered(n: i64) -> Option<Delivery> {
+        Some(Delivery::Message(Bytes::from(message(n))))
+    }
+
+    fn broker(queue_len: usize, policy: LagPolicy) -> Broker {
+        Broker::new(queue_len, usize::MAX, policy, MemoryBudget::unlimited())
+    }
+
+    async fn publish(broker: &Broker, topic: &str, n: i64) -> Published {
+        broker.publish(topic, message(n)).await.unwrap()
     }
 
     fn connection() -> ConnectionId {
@@ -462,70 +597,70 @@ mod tests {
 
     #[tokio::test]
     async fn every_subscriber_receives_every_message_in_publish_order() {
-        let broker = Broker::new(64, LagPolicy::Skip);
+        let broker = broker(64, LagPolicy::Skip);
         let mut subscriptions: Vec<Subscription> =
-            (0..1000).map(|_| broker.subscribe("news", connection()).unwrap()).collect();
+            (0..1000).map(|_| broker.subscribe("news", connection(), None).unwrap()).collect();
         for n in 0..50 {
-            assert_eq!(broker.publish("news", message(n)), Published { receivers: 1000, lagging: 0 });
+            assert_eq!(publish(&broker, "news", n).await, Published { receivers: 1000, lagging: 0 });
         }
         for subscription in &mut subscriptions {
             for n in 0..50 {
-                assert_eq!(subscription.next().await, Some(Delivery::Message(message(n))));
+                assert_eq!(subscription.next().await, delivered(n));
             }
         }
-        assert_eq!(broker.publish("elsewhere", message(0)).receivers, 0, "a topic nobody listens to");
+        assert_eq!(publish(&broker, "elsewhere", 0).await.receivers, 0, "a topic nobody listens to");
     }
 
     #[tokio::test]
     async fn a_full_queue_never_holds_up_the_publisher_or_others_and_says_how_much_it_missed() {
-        let broker = Broker::new(4, LagPolicy::Skip);
-        let mut slow = broker.subscribe("t", connection()).unwrap();
-        let mut fast = broker.subscribe("t", connection()).unwrap();
+        let broker = broker(4, LagPolicy::Skip);
+        let mut slow = broker.subscribe("t", connection(), None).unwrap();
+        let mut fast = broker.subscribe("t", connection(), None).unwrap();
         for n in 0..10 {
             // Returns at once whether or not `slow` reads: the fast one still gets everything.
-            let published = broker.publish("t", message(n));
+            let published = publish(&broker, "t", n).await;
             assert_eq!(
                 published,
                 Published { receivers: 2 - usize::from(n >= 4), lagging: usize::from(n >= 4) }
             );
-            assert_eq!(fast.next().await, Some(Delivery::Message(message(n))));
+            assert_eq!(fast.next().await, delivered(n));
         }
         for n in 0..4 {
-            assert_eq!(slow.next().await, Some(Delivery::Message(message(n))));
+            assert_eq!(slow.next().await, delivered(n));
         }
         assert_eq!(slow.next().await, Some(Delivery::Missed(6)), "messages 4..=9 were missed");
         // A gap followed by a message that fits is reported before it.
         for n in 10..16 {
-            broker.publish("t", message(n));
+            publish(&broker, "t", n).await;
         }
         for n in 10..14 {
-            assert_eq!(slow.next().await, Some(Delivery::Message(message(n))));
+            assert_eq!(slow.next().await, delivered(n));
         }
-        broker.publish("t", message(16));
+        publish(&broker, "t", 16).await;
         assert_eq!(slow.next().await, Some(Delivery::Missed(2)), "messages 14 and 15");
-        assert_eq!(slow.next().await, Some(Delivery::Message(message(16))));
+        assert_eq!(slow.next().await, delivered(16));
     }
 
     #[tokio::test]
     async fn with_the_drop_policy_a_lagging_subscriber_is_ended_after_what_it_had() {
-        let broker = Broker::new(2, LagPolicy::Drop);
-        let mut slow = broker.subscribe("t", connection()).unwrap();
+        let broker = broker(2, LagPolicy::Drop);
+        let mut slow = broker.subscribe("t", connection(), None).unwrap();
         for n in 0..3 {
-            broker.publish("t", message(n));
+            publish(&broker, "t", n).await;
         }
         assert_eq!(broker.subscribers("t"), 0, "dropped at once");
-        assert_eq!(slow.next().await, Some(Delivery::Message(message(0))));
-        assert_eq!(slow.next().await, Some(Delivery::Message(message(1))));
+        assert_eq!(slow.next().await, delivered(0));
+        assert_eq!(slow.next().await, delivered(1));
         assert_eq!(slow.next().await, Some(Delivery::Ended(EndReason::Lagged)));
         assert_eq!(slow.next().await, None);
     }
 
     #[tokio::test]
     async fn only_the_owner_unsubscribes_and_dropping_a_subscription_leaves_nothing_behind() {
-        let broker = Broker::new(8, LagPolicy::Skip);
+        let broker = broker(8, LagPolicy::Skip);
         let (me, them) = (connection(), connection());
-        let mut mine = broker.subscribe("t", me).unwrap();
-        let theirs = broker.subscribe("t", them).unwrap();
+        let mut mine = broker.subscribe("t", me, None).unwrap();
+        let theirs = broker.subscribe("t", them, None).unwrap();
         assert_eq!(broker.unsubscribe("t", mine.id(), them), Err(UnsubscribeError::NotOwner(mine.id())));
         assert!(matches!(broker.unsubscribe("other", mine.id(), me), Err(UnsubscribeError::NotFound { .. })));
         assert!(matches!(broker.unsubscribe("t", 999, me), Err(UnsubscribeError::NotFound { .. })));
@@ -536,16 +671,17 @@ mod tests {
         drop(theirs);
         drop(mine);
         assert_eq!((broker.subscribers("t"), broker.total_subscriptions()), (0, 0));
-        let topics = broker.inner.topics.lock();
-        assert!(topics.by_name.is_empty() && topics.by_owner.is_empty(), "nothing is left behind");
+        let registry = broker.inner.registry.lock();
+        assert!(registry.by_name.is_empty() && registry.by_owner.is_empty(), "nothing is left behind");
     }
 
     #[tokio::test]
     async fn a_closing_connection_ends_only_its_own_subscriptions_and_a_closed_broker_takes_none() {
-        let broker = Broker::new(8, LagPolicy::Skip);
+        let broker = broker(8, LagPolicy::Skip);
         let (closing, staying) = (connection(), connection());
-        let mut gone = [broker.subscribe("a", closing).unwrap(), broker.subscribe("b", closing).unwrap()];
-        let mut kept = broker.subscribe("a", staying).unwrap();
+        let mut gone =
+            [broker.subscribe("a", closing, None).unwrap(), broker.subscribe("b", closing, None).unwrap()];
+        let mut kept = broker.subscribe("a", staying, None).unwrap();
         broker.end_connection(closing);
         for subscription in &mut gone {
             assert_eq!(subscription.next().await, Some(Delivery::Ended(EndReason::ConnectionEnding)));
@@ -553,7 +689,66 @@ mod tests {
         assert_eq!(broker.total_subscriptions(), 1);
         broker.close();
         assert_eq!(kept.next().await, Some(Delivery::Ended(EndReason::ServerClosing)));
-        assert_eq!(broker.subscribe("a", staying).err(), Some(BrokerClosed));
+        assert_eq!(broker.subscribe("a", staying, None).err(), Some(SubscribeError::Closed));
         assert_eq!(broker.total_subscriptions(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_queue_is_bounded_in_bytes_too_but_an_empty_one_takes_any_message() {
+        let broker = Broker::new(1000, 250, LagPolicy::Skip, MemoryBudget::unlimited());
+        let mut subscription = broker.subscribe("t", connection(), None).unwrap();
+        let mut receivers = Vec::new();
+        for _ in 0..3 {
+            receivers.push(broker.publish("t", vec![1; 100]).await.unwrap().receivers);
+        }
+        assert_eq!(receivers, [1, 1, 0], "the third would take the queue past 250 bytes");
+        for _ in 0..2 {
+            assert!(matches!(subscription.next().await, Some(Delivery::Message(m)) if m.len() == 100));
+        }
+        assert_eq!(subscription.next().await, Some(Delivery::Missed(1)));
+        assert_eq!(broker.publish("t", vec![2; 1000]).await.unwrap().receivers, 1, "larger than the limit");
+        assert!(matches!(subscription.next().await, Some(Delivery::Message(m)) if m.len() == 1000));
+    }
+
+    #[tokio::test]
+    async fn a_queued_message_is_charged_once_until_every_queue_has_given_it_up() {
+        let memory = MemoryBudget::new(1000);
+        let broker = Broker::new(16, usize::MAX, LagPolicy::Skip, memory.clone());
+        let (mut a, mut b) = (
+            broker.subscribe("t", connection(), None).unwrap(),
+            broker.subscribe("t", connection(), None).unwrap(),
+        );
+        assert_eq!(broker.publish("t", vec![0; 600]).await.unwrap().receivers, 2);
+        assert_eq!(memory.used(), 600, "one copy for both subscribers");
+        assert_eq!(
+            broker.publish("t", vec![0; 600]).await,
+            Err(PublishError::MemoryExhausted { bytes: 600 }),
+            "refused for everyone, not delivered to some"
+        );
+        assert!(matches!(a.next().await, Some(Delivery::Message(_))));
+        assert_eq!(memory.used(), 600, "b's queue still holds it");
+        assert!(matches!(b.next().await, Some(Delivery::Message(_))));
+        assert_eq!(memory.used(), 0);
+        assert_eq!(
+            broker.publish("nobody", vec![0; 5000]).await.map(|p| p.receivers),
+            Ok(0),
+            "no charge without subscribers"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fan_out_to_many_subscribers_lets_other_tasks_run() {
+        // On this single-threaded test runtime a spawned task runs only when the test's task yields.
+        for (subscribers, yields) in [(DELIVERY_BATCH, false), (4 * DELIVERY_BATCH, true)] {
+            let broker = broker(4, LagPolicy::Skip);
+            let _subscriptions: Vec<Subscription> =
+                (0..subscribers).map(|_| broker.subscribe("t", connection(), None).unwrap()).collect();
+            let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = ran.clone();
+            let other = tokio::spawn(async move { flag.store(true, Ordering::Release) });
+            assert_eq!(publish(&broker, "t", 1).await.receivers, subscribers);
+            assert_eq!(ran.load(Ordering::Acquire), yields, "{subscribers} subscribers");
+            other.await.unwrap();
+        }
     }
 }

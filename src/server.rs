@@ -10,14 +10,15 @@ use std::time::Duration;
 
 use quinn::Endpoint;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::certs::{CertDir, CertError, Provisioned};
+use crate::memory::MemoryBudget;
 use crate::service::{Service, ServiceConfig};
 use crate::storage::Storage;
 use crate::tls::{self, Identity, TlsError};
+use crate::transport::admission::Admission;
 use crate::transport::quic::{self, QuicOptions};
 use crate::transport::tcp::{self, TcpSecurity};
 use crate::transport::{self, Limits};
@@ -39,6 +40,10 @@ pub struct ServerConfig {
     /// (on QUIC and on TLS over TCP; plaintext TCP cannot be combined with it).
     pub client_ca: Option<PathBuf>,
     pub limits: Limits,
+    /// The server-wide budget of what connections can make the server hold: their fixed shares
+    /// (QUIC flow-control windows, TCP buffers), request bytes, answers waiting to be written,
+    /// published messages in subscribers' queues. Default: a quarter of the memory the process may use.
+    pub connection_memory: usize,
     /// Congestion controller, initial RTT, segmentation offload.
     pub quic: QuicOptions,
     /// Sessions remembered for resumption (0-RTT over QUIC), per transport.
@@ -56,6 +61,7 @@ impl Default for ServerConfig {
             certs_dir: PathBuf::from("certs"),
             client_ca: None,
             limits: Limits::default(),
+            connection_memory: transport::default_connection_memory(),
             quic: QuicOptions::default(),
             session_cache: tls::DEFAULT_SESSION_CACHE,
             service: ServiceConfig::default(),
@@ -81,6 +87,7 @@ pub struct Server<S> {
     quic: Endpoint,
     tcp: Option<(TcpListener, TcpSecurity)>,
     service: Service<S>,
+    memory: MemoryBudget,
     config: ServerConfig,
 }
 
@@ -90,6 +97,13 @@ impl<S: Storage> Server<S> {
     pub fn bind(config: ServerConfig, storage: S) -> Result<Self, ServerError> {
         config.limits.validate().map_err(ServerError::Config)?;
         config.service.validate(config.limits.max_frame_len).map_err(ServerError::Config)?;
+        let share = config.limits.quic_connection_share().max(config.limits.tcp_connection_share());
+        if config.connection_memory < share {
+            return Err(ServerError::Config(format!(
+                "the connection memory budget ({} bytes) cannot admit a single connection, which takes {share} bytes with these windows: raise --connection-memory or lower --connection-window and --send-window",
+                config.connection_memory
+            )));
+        }
         if config.client_ca.is_some() && config.tcp == TcpMode::Plaintext {
             return Err(ServerError::Config(
                 "client certificates (--client-ca) need TLS on TCP too: drop --tcp-plaintext, or serve QUIC only with --no-tcp".into(),
@@ -109,8 +123,14 @@ impl<S: Storage> Server<S> {
                 "serving plaintext TCP beyond loopback: anyone on the network can read and change the traffic"
             );
         }
-        let service = Service::new(storage, config.service.clone(), config.limits.max_frame_len);
-        Ok(Server { quic, tcp, service, config })
+        let memory = MemoryBudget::new(config.connection_memory);
+        let service = Service::with_memory(
+            storage,
+            config.service.clone(),
+            config.limits.max_frame_len,
+            memory.clone(),
+        );
+        Ok(Server { quic, tcp, service, memory, config })
     }
 
     /// The address actually bound (useful with port 0); QUIC and TCP share its port number.
@@ -120,6 +140,11 @@ impl<S: Storage> Server<S> {
 
     pub fn service(&self) -> &Service<S> {
         &self.service
+    }
+
+    /// The connection memory budget, shared by every transport and the pub/sub broker.
+    pub fn connection_memory(&self) -> &MemoryBudget {
+        &self.memory
     }
 
     /// Serves until `shutdown` completes, then stops gracefully: no new connections or requests, the
@@ -141,24 +166,26 @@ impl<S: Storage> Server<S> {
             None => info!(%addr, quic = "on", tcp, "serving"),
         }
         let limits = Arc::new(self.config.limits);
-        // What the limits allow at worst, so that an operator can check it against the machine
-        // (docs/SECURITY.md, "Memory").
-        let size = |bytes: u64| bytesize::ByteSize(bytes).display().iec().to_string();
-        let per_connection = limits.worst_case_connection_memory();
+        // What connections can make the server hold at worst, all together: the budget, so that an
+        // operator can check it against the machine (docs/SECURITY.md, "Memory").
+        let size = |bytes: usize| bytesize::ByteSize(bytes as u64).display().iec().to_string();
+        let budget = self.memory.total();
         info!(
+            connection_memory = size(budget),
             max_connections = limits.max_connections,
-            per_connection = size(per_connection),
-            all_connections = size(per_connection.saturating_mul(limits.max_connections as u64)),
-            "connection buffers at worst, every connection full"
+            quic_connection_share = size(limits.quic_connection_share()),
+            quic_connections_at_most = budget / limits.quic_connection_share(),
+            tcp_connection_share = size(limits.tcp_connection_share()),
+            "connections can make the server hold at most the connection memory budget"
         );
         let grace = self.config.shutdown_grace;
-        // One connection limit for all transports together.
-        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        // One admission (connection limit and memory) for all transports together.
+        let admission = Admission::new(limits.max_connections, self.memory.clone());
         let quic = quic::serve(
             self.quic,
             self.service.clone(),
             limits.clone(),
-            permits.clone(),
+            admission.clone(),
             token.clone(),
             grace,
             client_auth,
@@ -166,7 +193,7 @@ impl<S: Storage> Server<S> {
         let service = self.service.clone();
         let tcp = async {
             if let Some((listener, security)) = self.tcp {
-                tcp::serve(listener, security, self.service, limits, permits, token.clone(), grace).await;
+                tcp::serve(listener, security, self.service, limits, admission, token.clone(), grace).await;
             }
         };
         let serving = async {

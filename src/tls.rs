@@ -9,14 +9,18 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
+#[cfg(feature = "server")]
+use rustls::ServerConfig;
 use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+#[cfg(feature = "server")]
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore};
 
 /// The ALPN protocol identifier of qkv's wire protocol, version 1.
 pub const ALPN: &[u8] = b"qkv/1";
@@ -33,9 +37,26 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
-/// The only crypto provider qkv uses.
+/// The only crypto provider qkv uses: ring's, with AES-128-GCM/SHA-256 preferred.
+///
+/// ring's default order puts AES-256-GCM/SHA-384 first. SHA-384 has no instructions of its own on
+/// x86 or ARM (SHA-256 has, on most CPUs of the last years), and the TLS 1.3 key schedule is hashes
+/// from end to end: in a reconnect storm SHA-384 took 8% of each side's time (docs/bench/STORM.md).
+/// AES-128-GCM is TLS 1.3's mandatory suite and what browsers and most QUIC stacks prefer; the other
+/// two stay on offer for peers that want them. A server follows its client's order (rustls'
+/// default), so a client that prefers ChaCha20 (no AES instructions) gets it.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite::{
+        TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_AES_256_GCM_SHA384,
+            TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    })
 }
 
 /// A certificate chain and its private key: a server's, or a client's for mutual TLS.
@@ -65,6 +86,7 @@ impl Identity {
 /// A certificate's subject as a distinguished name, e.g. `CN=alice`: how the server names a client
 /// that authenticated with a certificate. `None` if the certificate cannot be parsed (a verified one
 /// always can).
+#[cfg(feature = "server")]
 pub fn certificate_subject(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     Some(parsed.subject().to_string())
@@ -95,7 +117,54 @@ pub fn read_roots(ca_file: &Path) -> Result<RootCertStore, TlsError> {
 /// resumes one connection (see [`server_configs`]); a few hundred bytes each.
 pub const DEFAULT_SESSION_CACHE: usize = 16 * 1024;
 
+/// The sessions a server remembers for resumption, each taken out when a client resumes it.
+///
+/// rustls' own `ServerSessionMemoryCache` finds a session by its ticket in a hash map, but then
+/// searches its list of keys, oldest first, to forget it: O(sessions) per resumption. Full (16k
+/// sessions), that search took a third of the server's time in a reconnect storm of resuming clients
+/// (docs/bench/STORM.md). This cache is scc's `HashCache`: taking a session is one hash lookup, and
+/// when the cache is full a new session evicts the least recently used of the 32 in its bucket, so
+/// it never holds more than `capacity` rounded up to a power of two (at least 64).
+struct SessionCache {
+    sessions: scc::HashCache<Vec<u8>, Vec<u8>>,
+}
+
+impl SessionCache {
+    fn new(capacity: usize) -> Arc<Self> {
+        // Allocated whole at once: a growing cache evicts from its few buckets before it grows.
+        let capacity = capacity.max(1);
+        Arc::new(SessionCache { sessions: scc::HashCache::with_capacity(capacity, capacity) })
+    }
+}
+
+impl rustls::server::StoresServerSessions for SessionCache {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        // Keys are random ticket identifiers: one already present is a collision, and kept as it is.
+        self.sessions.put_sync(key, value).is_ok()
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.sessions.read_sync(key, |_, value| value.clone())
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.sessions.remove_sync(key).map(|(_, value)| value)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
+/// Sessions are secrets: only their number is shown.
+impl std::fmt::Debug for SessionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCache").field("sessions", &self.sessions.len()).finish()
+    }
+}
+
 /// A server's TLS configurations: one for QUIC, one for TLS over TCP.
+#[cfg(feature = "server")]
 pub struct ServerTls {
     pub quic: ServerConfig,
     pub tcp: ServerConfig,
@@ -115,6 +184,7 @@ pub struct ServerTls {
 ///
 /// With `client_ca`, every client must present a certificate that chains to a CA in that PEM file
 /// (mutual TLS); a resumed session keeps the identity its ticket was issued to.
+#[cfg(feature = "server")]
 pub fn server_configs(
     identity: Identity,
     session_cache: usize,
@@ -134,9 +204,9 @@ pub fn server_configs(
     };
     let mut tcp = builder.with_single_cert(identity.cert_chain, identity.key)?;
     tcp.alpn_protocols = vec![ALPN.to_vec()];
-    tcp.session_storage = ServerSessionMemoryCache::new(session_cache.max(1));
+    tcp.session_storage = SessionCache::new(session_cache);
     let mut quic = tcp.clone();
-    quic.session_storage = ServerSessionMemoryCache::new(session_cache.max(1));
+    quic.session_storage = SessionCache::new(session_cache);
     quic.max_early_data_size = u32::MAX;
     Ok(ServerTls { quic, tcp })
 }
@@ -209,7 +279,7 @@ impl Tickets {
             client_config(read_roots(ca_file)?, self, identity).map(Arc::new)
         };
         let key = (ca_file.to_owned(), client_cert.cloned());
-        let mut configs = self.configs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut configs = self.configs.lock();
         if let Some(config) = configs.get(&key) {
             return Ok(config.clone());
         }
@@ -228,5 +298,92 @@ impl Default for Tickets {
 impl std::fmt::Debug for Tickets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.store.is_some() { "Tickets(in memory)" } else { "Tickets(none)" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::server::StoresServerSessions;
+
+    use super::*;
+
+    fn ticket(i: u32) -> Vec<u8> {
+        let mut key = vec![0u8; 32];
+        key[..4].copy_from_slice(&i.to_le_bytes());
+        key
+    }
+
+    /// Runs a TLS handshake in memory and returns the suite agreed on.
+    fn agreed_suite(client: Arc<ClientConfig>, server: Arc<ServerConfig>) -> rustls::CipherSuite {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(client, name).unwrap();
+        let mut server = rustls::ServerConnection::new(server).unwrap();
+        for _ in 0..10 {
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+            let mut flight = Vec::new();
+            client.write_tls(&mut flight).unwrap();
+            server.read_tls(&mut &flight[..]).unwrap();
+            server.process_new_packets().unwrap();
+            flight.clear();
+            server.write_tls(&mut flight).unwrap();
+            client.read_tls(&mut &flight[..]).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        client.negotiated_cipher_suite().expect("a completed handshake").suite()
+    }
+
+    #[test]
+    fn aes_128_is_preferred_and_a_client_that_prefers_another_suite_gets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = crate::certs::CertDir::new(dir.path());
+        certs.ensure_server_certificate().unwrap();
+        let identity = Identity::from_pem_files(&certs.server_cert(), &certs.server_key()).unwrap();
+        let server = Arc::new(server_configs(identity, 16, None).unwrap().tcp);
+        let roots = read_roots(&certs.ca_cert()).unwrap();
+
+        let qkv_client = Arc::new(client_config(roots.clone(), &Tickets::none(), None).unwrap());
+        assert_eq!(agreed_suite(qkv_client, server.clone()), rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+
+        // A phone without AES instructions puts ChaCha20 first; the server follows its order.
+        use rustls::crypto::ring::cipher_suite::{TLS13_AES_128_GCM_SHA256, TLS13_CHACHA20_POLY1305_SHA256};
+        let chacha_first = CryptoProvider {
+            cipher_suites: vec![TLS13_CHACHA20_POLY1305_SHA256, TLS13_AES_128_GCM_SHA256],
+            ..(*provider()).clone()
+        };
+        let chacha_client = ClientConfig::builder_with_provider(Arc::new(chacha_first))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        assert_eq!(
+            agreed_suite(Arc::new(chacha_client), server),
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+        );
+    }
+
+    #[test]
+    fn a_session_resumes_once() {
+        let cache = SessionCache::new(16);
+        assert!(cache.put(ticket(1), b"session".to_vec()));
+        assert_eq!(cache.get(&ticket(1)).as_deref(), Some(&b"session"[..]));
+        assert_eq!(cache.take(&ticket(1)).as_deref(), Some(&b"session"[..]));
+        assert_eq!(cache.take(&ticket(1)), None, "a ticket taken twice would allow a replay");
+        assert_eq!(cache.get(&ticket(1)), None);
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_capacity_and_keeps_recent_sessions() {
+        let capacity = 1000;
+        let cache = SessionCache::new(capacity);
+        for i in 0..20 * capacity as u32 {
+            cache.put(ticket(i), vec![1; 100]);
+        }
+        let bound = capacity.next_power_of_two().max(64);
+        assert!(cache.sessions.len() <= bound, "{} sessions held", cache.sessions.len());
+        // Eviction is least recently used per bucket: the newest sessions are all still there.
+        let newest = 20 * capacity as u32 - 10;
+        assert!((newest..newest + 10).all(|i| cache.take(&ticket(i)).is_some()));
     }
 }

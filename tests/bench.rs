@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::TestServer;
 use qkv::bench::floor::serve_floor;
-use qkv::bench::{BenchConfig, KeyDist, Workload};
+use qkv::bench::{BenchConfig, KeyDist, Progress, Workload};
 use qkv::client::ClientConfig;
 use qkv::pb::Value;
 use qkv::server::TcpMode;
@@ -23,6 +23,8 @@ fn config(client: ClientConfig, workload: Workload) -> BenchConfig {
         client,
         workload,
         connections: 2,
+        connect_concurrency: 64,
+        connections_per_socket: 1,
         inflight: 4,
         rate: None,
         duration: Duration::from_millis(300),
@@ -38,7 +40,8 @@ fn config(client: ClientConfig, workload: Workload) -> BenchConfig {
 
 async fn a_closed_loop_counts_every_answer(transport: Transport) {
     let server = TestServer::start_for(transport).await;
-    let report = qkv::bench::run(&config(server.client_config(), Workload::Hget), None).await.unwrap();
+    let report =
+        qkv::bench::run(&config(server.client_config(), Workload::Hget), Progress::new()).await.unwrap();
     assert!(report.requests > 0);
     assert_eq!(report.errors, 0, "{:?}", report.first_error);
     assert_eq!(report.latency_us.len(), report.requests, "every answered request has a latency");
@@ -47,41 +50,43 @@ async fn a_closed_loop_counts_every_answer(transport: Transport) {
     assert!(json.latency_us.p50 <= json.latency_us.p99 && json.latency_us.p99 <= json.latency_us.max);
 }
 
-async fn an_open_loop_keeps_its_rate(transport: Transport) {
+async fn an_open_loop_sends_exactly_its_schedule(transport: Transport) {
     let server = TestServer::start_for(transport).await;
     let mut config = config(server.client_config(), Workload::Ping);
     config.rate = Some(1000.0); // 500/s on each of the 2 connections, 300 ms measured
-    config.inflight = 64;
-    let report = qkv::bench::run(&config, None).await.unwrap();
+    // Room for every request due in a long stall of a busy machine: none waits for a free slot.
+    config.inflight = 1000;
+    let report = qkv::bench::run(&config, Progress::new()).await.unwrap();
     assert_eq!(report.errors, 0, "{:?}", report.first_error);
-    assert!((290..=310).contains(&report.requests), "{} requests at 1000/s for 300 ms", report.requests);
+    // However late the loop runs, it sends every request due in the 300 ms, and no more.
+    assert_eq!(report.requests, 300, "requests at 1000/s for 300 ms");
 }
 
-transport_tests!(load: quic, tls, tcp => a_closed_loop_counts_every_answer, an_open_loop_keeps_its_rate);
+transport_tests!(load: quic, tls, tcp => a_closed_loop_counts_every_answer, an_open_loop_sends_exactly_its_schedule);
 
 /// The connect workload opens a connection per request; with --zero-rtt each resumes the session of
 /// one before it (0-RTT over QUIC), without it none does.
 async fn the_connect_workload_resumes_only_when_asked(transport: Transport) {
     let server = TestServer::start_for(transport).await;
     let mut config = config(server.client_config(), Workload::Connect);
-    let first_connections = (config.connections * config.inflight) as u64; // no ticket yet
+    // Long enough for a worker's second connection, which can resume its first's session, even on a
+    // busy machine.
+    config.duration = Duration::from_secs(1);
     for zero_rtt in [false, true] {
         config.zero_rtt = zero_rtt;
-        let report = qkv::bench::run(&config, None).await.unwrap();
+        let report = qkv::bench::run(&config, Progress::new()).await.unwrap();
         assert_eq!(report.errors, 0, "{:?}", report.first_error);
         let stats = report.client_stats;
-        assert!(stats.connections >= report.requests && report.requests > first_connections, "{stats:?}");
+        assert!(stats.connections >= report.requests && report.requests > 0, "{stats:?}");
         let resumed = match transport {
             Transport::Quic => (stats.zero_rtt_accepted, stats.resumed),
             _ => (stats.resumed, stats.zero_rtt_accepted),
         };
         match zero_rtt {
             // A connection may start before the tickets of earlier ones have arrived (a server sends
-            // them after the handshake, so after a 0-RTT answer): most, not all, resume.
-            true => assert!(
-                resumed.0 * 4 >= (stats.connections - first_connections) * 3 && resumed.1 == 0,
-                "{stats:?}"
-            ),
+            // them after the handshake, so after a 0-RTT answer), the more so on a busy machine: some,
+            // not all, resume. What share does is a benchmark's figure, not a test's.
+            true => assert!(resumed.0 > 0 && resumed.1 == 0, "{stats:?}"),
             false => assert_eq!(resumed, (0, 0), "{stats:?}"),
         }
         assert_eq!(stats.zero_rtt_rejected, 0, "{stats:?}");
@@ -97,26 +102,48 @@ async fn a_run_keeps_counting_when_the_client_address_changes() {
     let client = ClientConfig { addr: relay.addr.to_string(), ..server.client_config() };
     let mut config = config(client, Workload::Hget);
     config.connections = 1; // the relay serves one client
-    config.duration = Duration::from_millis(600);
+    config.warmup = Duration::ZERO;
+    config.duration = Duration::from_secs(1);
     config.timeline = Some(Duration::from_millis(100));
+    let progress = Progress::new();
+    // Each move once requests flow, and answers must follow it: the run carries on across both. (How
+    // long a move interrupts service is the network lab's measurement, not this test's.)
     let rebinding = async {
-        // Twice during the measured period (after warm-up, which confirms the handshakes).
-        for _ in 0..2 {
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        for (moves, answered) in [(0, 20), (1, 40)] {
+            assert!(progress.completed_at_least(answered).await, "the run ended after {moves} moves");
             relay.rebind_upstream();
         }
+        progress.completed_at_least(60).await
     };
-    let (report, ()) = tokio::join!(qkv::bench::run(&config, None), rebinding);
+    let (report, answered_after_the_moves) =
+        tokio::join!(qkv::bench::run(&config, progress.clone()), rebinding);
     let report = report.unwrap();
+    assert!(
+        answered_after_the_moves,
+        "{} requests completed, 20 after the last move were due",
+        progress.completed()
+    );
     assert_eq!(report.errors, 0, "{:?}", report.first_error);
     assert_eq!(report.client_stats.connections, 1, "the connection migrated: {:?}", report.client_stats);
     let timeline = report.timeline.unwrap();
-    assert_eq!(timeline.ok.len(), 6, "{timeline:?}");
-    assert!(timeline.ok.iter().all(|&ok| ok > 0), "every 100 ms had answers: {timeline:?}");
+    assert_eq!(timeline.ok.len(), 10, "{timeline:?}");
     // Requests answered after the measured period (while draining) are counted but outside it.
     let in_period: u64 = timeline.ok.iter().sum();
-    assert!(in_period <= report.requests && in_period + 64 >= report.requests, "{timeline:?}");
+    assert!(in_period <= report.requests && in_period + 4 >= report.requests, "{timeline:?}");
 }
+
+/// Connections opened concurrently, several on each QUIC socket, all counted and all closed.
+async fn connections_can_share_sockets(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
+    let mut config = config(server.client_config(), Workload::Ping);
+    (config.connections, config.connect_concurrency, config.connections_per_socket) = (10, 4, 3);
+    let report = qkv::bench::run(&config, Progress::new()).await.unwrap();
+    assert_eq!(report.errors, 0, "{:?}", report.first_error);
+    assert_eq!(report.client_stats.connections, 10, "{:?}", report.client_stats);
+    assert!(report.connection_times.is_some(), "the time to open and close is reported");
+}
+
+transport_tests!(sharing: quic, tls => connections_can_share_sockets);
 
 /// How many of the bench table's keys hold a value the run wrote (not the preloaded one).
 async fn keys_written(server: &TestServer) -> usize {
@@ -131,10 +158,10 @@ async fn the_read_ratio_decides_between_reads_and_writes() {
     let server = TestServer::start().await;
     let mixed = |read_ratio| Workload::Mixed { read_ratio };
 
-    qkv::bench::run(&config(server.client_config(), mixed(1.0)), None).await.unwrap();
+    qkv::bench::run(&config(server.client_config(), mixed(1.0)), Progress::new()).await.unwrap();
     assert_eq!(keys_written(&server).await, 0, "a read-only mix wrote");
 
-    let report = qkv::bench::run(&config(server.client_config(), mixed(0.0)), None).await.unwrap();
+    let report = qkv::bench::run(&config(server.client_config(), mixed(0.0)), Progress::new()).await.unwrap();
     assert_eq!(report.errors, 0, "{:?}", report.first_error);
     assert!(keys_written(&server).await > 25, "a write-only mix left preloaded values");
 }
@@ -157,7 +184,7 @@ async fn the_floor_echoes_without_kv_work(transport: Transport) {
     let (addr, certs, shutdown) = start_floor(tcp).await;
     let mut client = ClientConfig::new(addr.to_string(), certs.path().join("ca.pem"));
     client.transport = transport;
-    let report = qkv::bench::run(&config(client, Workload::Echo), None).await.unwrap();
+    let report = qkv::bench::run(&config(client, Workload::Echo), Progress::new()).await.unwrap();
     assert!(report.requests > 0);
     assert_eq!(report.errors, 0, "{:?}", report.first_error);
     shutdown.cancel();
@@ -196,6 +223,8 @@ async fn json_output_is_exactly_one_object_with_every_documented_field() {
         "throughput_rps",
         "longest_gap_ms",
         "client_stats",
+        "open_s",
+        "close_s",
     ] {
         assert!(json.get(field).is_some(), "no {field} in {json}");
     }

@@ -13,7 +13,7 @@ use qkv::Client;
 use qkv::client::{ClientConfig, RetryPolicy};
 use qkv::pb::Value;
 use qkv::transport::Transport;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
 const CYCLES: usize = 20;

@@ -69,6 +69,11 @@ async fn baseline(server: &ServerProcess, transport: Transport) -> u64 {
     server.resident_mib()
 }
 
+/// Streams whose partial frames the attack of `thousands_of_streams_opened_and_never_finished` must
+/// have written before a normal client is tried "during" it: 200 on each of its 4 connections, within
+/// the first 256 each may have open at once (`--max-concurrent-requests`' default).
+const ATTACK_UNDER_WAY: usize = 4 * 200;
+
 /// 4,000 QUIC streams, each with 8 KiB of a 64 KiB request frame, never finished: each waits out the
 /// request timeout holding one of its connection's stream slots, and the server's memory holds only
 /// what those slots allow.
@@ -78,9 +83,11 @@ async fn thousands_of_streams_opened_and_never_finished() {
     let base = baseline(&server, Transport::Quic).await;
     let mut header = (64u32 * 1024).to_be_bytes().to_vec();
     header.extend_from_slice(&[0u8; 8 * 1024]);
+    // How many partial frames the attackers have written so far.
+    let (written, mut under_way) = tokio::sync::watch::channel(0usize);
     let attack = (0..4).map(|_| {
         let partial = header.clone();
-        let (addr, ca) = (server.addr, server.ca());
+        let (addr, ca, written) = (server.addr, server.ca(), written.clone());
         tokio::spawn(async move {
             let connection = raw_quic(addr, &ca).await;
             let mut statuses = Vec::new();
@@ -88,6 +95,7 @@ async fn thousands_of_streams_opened_and_never_finished() {
             for _ in 0..1000 {
                 let (mut send, recv) = connection.open_bi().await.expect("a stream, once one is free");
                 send.write_all(&partial).await.expect("part of a frame");
+                written.send_modify(|n| *n += 1);
                 // Keep the send side open (never finished); read the server's answer elsewhere.
                 waiting.push(tokio::spawn(async move {
                     let answer = common::read_responses(recv).await;
@@ -102,9 +110,9 @@ async fn thousands_of_streams_opened_and_never_finished() {
         })
     });
     let attack = futures_util::future::join_all(attack);
-    // Meanwhile a normal client is served.
+    // Meanwhile a normal client is served, once the attack holds hundreds of stream slots.
     let normal = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        under_way.wait_for(|n| *n >= ATTACK_UNDER_WAY).await.expect("the attackers are running");
         assert_unharmed(&server, Transport::Quic, base).await;
     };
     let (results, ()) = tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(attack, normal) })
@@ -168,38 +176,49 @@ async fn garbage_after_a_valid_frame_is_refused(transport: Transport) {
 /// A client that asks for a 16 MiB table 64 times and never reads: flow control holds the replies
 /// back, the reply timeout abandons them, and the server's memory stays flat.
 async fn a_client_that_never_reads_its_answers_holds_no_memory(transport: Transport) {
-    let server = server_for(transport, &[]).await;
+    // The server says at debug level when it gives up on a TCP connection's reply: the test waits for it.
+    let mut server = ServerProcess::start_with_env(
+        &[LIMITS, if transport == Transport::Tcp { &["--tcp-plaintext"] } else { &[] }].concat(),
+        &[("RUST_LOG", "info,qkv::transport=debug")],
+    )
+    .await;
     let filler = Client::connect_with(server.client_config(transport)).await.unwrap();
     for i in 0..16 {
         filler.hset("big", &format!("k{i}"), vec![1u8; 1000 * 1000]).await.unwrap();
     }
     let base = baseline(&server, transport).await;
     let hgetall = frame(&CommandRequest::hgetall("big"));
-    // Held open, unread, until the end of the test.
-    let mut held: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+    // Held open, unread, until the server has given up on every reply.
     match transport {
         Transport::Quic => {
             let connection = raw_quic(server.addr, &server.ca()).await;
+            let mut streams = Vec::new();
             for _ in 0..64 {
                 let (mut send, recv) = connection.open_bi().await.unwrap();
                 send.write_all(&hgetall).await.unwrap();
                 send.finish().unwrap();
-                held.push(Box::new((send, recv)));
+                streams.push(recv);
             }
-            held.push(Box::new(connection));
+            // Each reply is reset by the server once its reply timeout has run out; the data the
+            // server sent before stays unread.
+            let resets = futures_util::future::join_all(streams.iter_mut().map(|recv| recv.received_reset()));
+            let resets =
+                tokio::time::timeout(Duration::from_secs(60), resets).await.expect("the replies end");
+            let timed_out = Some(qkv::transport::quic::codes::REPLY_TIMEOUT);
+            assert!(resets.iter().all(|reset| *reset.as_ref().unwrap() == timed_out), "{resets:?}");
+            assert_unharmed(&server, transport, base).await;
         }
         _ => {
             let mut stream = raw_byte_stream(server.addr, &server.ca(), transport).await;
             for _ in 0..64 {
                 stream.write_all(&hgetall).await.unwrap();
             }
-            held.push(Box::new(stream));
+            // Reading nothing, this client cannot see the connection close: the server's log says it.
+            server.log_line(&["closing the connection", "the peer read less than"]).await;
+            assert_unharmed(&server, transport, base).await;
+            drop(stream);
         }
     }
-    // Past the reply timeout: the server has given up on every reply.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_unharmed(&server, transport, base).await;
-    drop(held);
 }
 
 /// 300 connections at once against a limit of 100: the excess is refused with an error that says
@@ -226,7 +245,9 @@ async fn hundreds_of_connections_at_once(transport: Transport) {
     let clients: Vec<Client> = outcomes.into_iter().filter_map(Result::ok).collect();
     futures_util::future::join_all(clients.iter().map(Client::close)).await;
     drop(clients);
-    // Closed connections give their places back (the server learns of each close in its own time).
+    // Closed connections give their places back, each once the server has seen it close, in its own
+    // time: the event waited for is this very admission, tried until it happens (paced, so that the
+    // attempts do not crowd out the closes they wait for).
     let served = async {
         loop {
             if let Ok(client) = Client::connect_with(server.client_config(transport)).await
@@ -234,10 +255,10 @@ async fn hundreds_of_connections_at_once(transport: Transport) {
             {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), served).await.expect("a place frees up");
+    tokio::time::timeout(Duration::from_secs(60), served).await.expect("a place frees up");
     assert_unharmed(&server, transport, base).await;
 }
 
@@ -249,7 +270,7 @@ async fn an_http_request_to_the_tcp_port_is_refused(transport: Transport) {
     let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
     let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
+    tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut answer))
         .await
         .expect("the server closes the connection")
         .ok();

@@ -12,24 +12,13 @@ use std::time::Duration;
 use common::TestServer;
 use common::relay::UdpRelay;
 use futures_util::future::join_all;
-use qkv::client::{Client, ClientConfig, ClientError, ClientStats, RetryPolicy};
+use qkv::client::{Client, ClientConfig, ClientError, RetryPolicy};
 use qkv::pb::{CommandRequest, Value};
 use qkv::tls::Tickets;
 use qkv::transport::Transport;
 use qkv::transport::frame::FrameCodec;
 use tokio::net::TcpListener;
 use tokio_util::codec::FramedRead;
-
-/// Waits (5 s at most) until `condition` holds: for counters set when a handshake completes, after
-/// the call that started it has returned.
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let waited = tokio::time::timeout(Duration::from_secs(5), async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
-    waited.await.unwrap_or_else(|_| panic!("{what} did not happen"));
-}
 
 /// Connects once with `config` and closes again, leaving session tickets in `config.tickets`.
 async fn collect_tickets(config: &ClientConfig) {
@@ -48,16 +37,19 @@ async fn a_resumed_quic_connection_sends_its_first_requests_in_0rtt() {
     // A write sent in early data: the server runs it once the handshake completes.
     let written = client.hset("t", "k", "in 0-RTT").await.unwrap();
     assert_eq!(client.hget("t", "k").await.unwrap().unwrap().version, written.version);
-    eventually("0-RTT acceptance", || client.stats().zero_rtt_accepted == 1).await;
+    // The server's verdict on the early data arrives with the end of the handshake, after the answers
+    // perhaps: once closed, the client has recorded it.
+    client.close().await;
     let stats = client.stats();
-    assert_eq!((stats.connections, stats.zero_rtt_rejected, stats.retries), (1, 0, 0), "{stats:?}");
+    assert_eq!((stats.connections, stats.zero_rtt_accepted, stats.zero_rtt_rejected), (1, 1, 0), "{stats:?}");
 
     // Without tickets there is nothing to resume.
     let fresh = ClientConfig { tickets: Tickets::none(), ..config };
     collect_tickets(&fresh).await;
     let client = Client::connect_with(fresh).await.unwrap();
     client.ping("").await.unwrap();
-    assert_eq!(client.stats(), ClientStats { connections: 1, ..Default::default() });
+    let stats = client.stats();
+    assert_eq!((stats.connections, stats.zero_rtt_accepted, stats.zero_rtt_rejected), (1, 0, 0), "{stats:?}");
 }
 
 #[tokio::test]
@@ -82,10 +74,11 @@ async fn early_data_a_restarted_server_refuses_is_sent_again_transparently() {
     let _server = server.restart().await;
     let client = Client::connect_with(config).await.unwrap();
     client.hset("t", "k", "sent twice, applied once").await.unwrap();
-    eventually("0-RTT refusal", || client.stats().zero_rtt_rejected == 1).await;
     assert!(client.stats().retries >= 1, "{:?}", client.stats());
     let stored = client.hget("t", "k").await.unwrap().unwrap();
     assert_eq!(stored.value, Value::from("sent twice, applied once"));
+    client.close().await;
+    assert_eq!((client.stats().zero_rtt_rejected, client.stats().zero_rtt_accepted), (1, 0));
 }
 
 #[tokio::test]
@@ -99,8 +92,8 @@ async fn replayed_early_data_does_not_execute_a_write_again() {
     relay.start_recording();
     let client = Client::connect_with(config).await.unwrap();
     client.hset("t", "k", "original").await.unwrap();
-    eventually("0-RTT acceptance", || client.stats().zero_rtt_accepted == 1).await;
     client.close().await;
+    assert_eq!(client.stats().zero_rtt_accepted, 1, "the recording holds accepted early data");
     let captured = relay.take_recording();
 
     // ...the key changes...
@@ -110,7 +103,7 @@ async fn replayed_early_data_does_not_execute_a_write_again() {
     // ...and the attacker replays the recording from its own address.
     let attacker = relay.replay(&captured).await;
     let mut answer = vec![0u8; 2048];
-    tokio::time::timeout(Duration::from_secs(5), attacker.recv(&mut answer))
+    tokio::time::timeout(Duration::from_secs(30), attacker.recv(&mut answer))
         .await
         .expect("the server answers the replayed Initial")
         .unwrap();
@@ -163,7 +156,8 @@ async fn a_nat_rebinding_does_not_break_the_connection() {
 async fn a_call_without_an_answer_times_out_and_the_connection_outlives_a_short_outage() {
     let server = TestServer::start().await;
     let relay = UdpRelay::start(server.addr).await;
-    let timeout = Duration::from_millis(300);
+    // Long enough that a loaded machine answers a call on a working path within it.
+    let timeout = Duration::from_secs(1);
     let config =
         ClientConfig { addr: relay.addr.to_string(), request_timeout: timeout, ..server.client_config() };
     let client = Client::connect_with(config).await.unwrap();
@@ -174,7 +168,14 @@ async fn a_call_without_an_answer_times_out_and_the_connection_outlives_a_short_
     assert!(matches!(err, ClientError::Timeout(t) if t == timeout), "{err}");
 
     relay.set_silent(false);
-    client.ping("back").await.unwrap();
+    // The connection's probes have backed off during the silence: the first call after it may time
+    // out too, before a probe finds the path open again. Calls go on until one is answered.
+    let mut attempts = 0;
+    while let Err(err) = client.ping("back").await {
+        assert!(matches!(err, ClientError::Timeout(_)), "{err}");
+        attempts += 1;
+        assert!(attempts < 30, "the connection did not recover");
+    }
     assert_eq!(client.stats().connections, 1);
 }
 
@@ -211,10 +212,11 @@ impl FakeServer {
         FakeServer { addr, requests, connections }
     }
 
-    fn config(&self) -> ClientConfig {
+    /// A client whose calls have `request_timeout` to be answered, retries included.
+    fn config(&self, request_timeout: Duration) -> ClientConfig {
         ClientConfig {
             transport: Transport::Tcp,
-            request_timeout: Duration::from_millis(300),
+            request_timeout,
             retry: RetryPolicy {
                 attempts: 3,
                 initial_backoff: Duration::from_millis(1),
@@ -228,7 +230,8 @@ impl FakeServer {
 #[tokio::test]
 async fn over_tcp_a_call_that_times_out_gives_up_its_connection() {
     let server = FakeServer::start(true).await;
-    let client = Client::connect_with(server.config()).await.unwrap();
+    // Long enough for the second call to reconnect on a loaded machine before its deadline.
+    let client = Client::connect_with(server.config(Duration::from_secs(1))).await.unwrap();
     assert!(matches!(client.ping("").await, Err(ClientError::Timeout(_))));
     assert!(matches!(client.ping("").await, Err(ClientError::Timeout(_))));
     // Every later answer waits behind a missing one, so the second call had a new connection.
@@ -238,7 +241,8 @@ async fn over_tcp_a_call_that_times_out_gives_up_its_connection() {
 #[tokio::test]
 async fn a_request_that_may_have_run_is_retried_only_if_it_is_read_only() {
     let server = FakeServer::start(false).await; // reads each request, then drops the connection
-    let client = Client::connect_with(server.config()).await.unwrap();
+    // Time enough for three attempts and two reconnections on a loaded machine.
+    let client = Client::connect_with(server.config(Duration::from_secs(30))).await.unwrap();
     let err = client.hset("t", "k", "v").await.unwrap_err();
     assert!(!err.may_retry(false), "{err}");
     assert_eq!(server.requests.load(Ordering::SeqCst), 1, "a write was sent again");

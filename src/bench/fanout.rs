@@ -1,31 +1,38 @@
 //! The fan-out workload: one topic, `subscribers` subscriptions that read everything (each on a client
-//! of its own, as separate devices would be), `stalled` more that never read, and publishers in a
-//! closed loop (`connections` × `inflight`). What it measures is deliveries: messages received by the
+//! of its own, as separate devices would be), `stalled` more that never read, and publishers: a closed
+//! loop (`connections` × `inflight`), or with `rate` an open loop of that many publishes per second. What it measures is deliveries: messages received by the
 //! reading subscribers per second, and each one's latency from the moment its Publish was sent.
+//!
+//! Subscribers subscribe concurrently, `connect_concurrency` at a time; over QUIC their connections
+//! share client endpoints (`connections_per_socket` to a UDP socket), over TCP each subscription has a
+//! connection of its own (and nothing else). So 10,000 subscribers take seconds to set up, not minutes.
 //!
 //! Every message carries its send time (nanoseconds since the run's start, as its first value; the
 //! publishers and subscribers share one process and clock) and `value_size` bytes of payload.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::future::join_all;
+use futures_util::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::load::{self, Tally, Window};
 use super::workload::RequestError;
-use super::{BenchConfig, BenchError, BenchReport};
-use crate::client::{Client, Event, Subscription};
+use super::{BenchConfig, BenchError, BenchReport, ConnectionTimes, Progress};
+use crate::client::{Client, ClientEndpoint, Event, Subscription};
 use crate::pb::{Value, value};
+use crate::transport::Transport;
 
 /// The topic the run publishes to.
 const TOPIC: &str = "bench-fanout";
 
 /// How long subscribers keep reading after the last publish, for the messages still on their way.
 const DRAIN: Duration = Duration::from_secs(1);
+
+/// How long closing the subscribers' connections may take (see `connections::CLOSE_LIMIT`).
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
 /// What the fan-out run adds to the report.
 #[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
@@ -43,18 +50,14 @@ pub async fn run(
     config: &BenchConfig,
     subscribers: usize,
     stalled: usize,
+    progress: &Progress,
 ) -> Result<BenchReport, BenchError> {
     // Subscribers first: a subscription receives only what is published after it is made.
-    let mut readers = Vec::with_capacity(subscribers);
-    let mut idle = Vec::with_capacity(stalled);
-    for i in 0..subscribers + stalled {
-        let client = Client::connect_with(config.client.clone()).await?;
-        let subscription = client.subscribe(TOPIC).await?;
-        match i < subscribers {
-            true => readers.push((client, subscription)),
-            false => idle.push((client, subscription)),
-        }
-    }
+    let subscribing = Instant::now();
+    let (endpoints, clients, mut subscriptions) = subscribe(config, subscribers + stalled).await?;
+    let open = subscribing.elapsed();
+    tracing::info!(subscriptions = subscriptions.len(), ?open, "subscribed");
+    let idle = subscriptions.split_off(subscribers);
     let mut publishers = Vec::with_capacity(config.connections);
     for _ in 0..config.connections.max(1) {
         publishers.push(Client::connect_with(config.client.clone()).await?);
@@ -62,59 +65,106 @@ pub async fn run(
 
     let window = Window::new(config.warmup, config.duration);
     let measured_from = std::time::SystemTime::now() + config.warmup;
+    let announcer = super::announce_measuring(window, config.duration);
     let mut reading = JoinSet::new();
-    for (client, subscription) in readers {
-        reading.spawn(read(client, subscription, window));
+    for subscription in subscriptions {
+        reading.spawn(read(subscription, window));
     }
     let payload = Value::from(vec![b'm'; config.value_size]);
-    let completed = Arc::new(AtomicU64::new(0));
-    let mut publishing = JoinSet::new();
-    for publisher in &publishers {
-        for _ in 0..config.inflight {
+    let publish = |publisher: &Client| {
+        let (publisher, payload) = (publisher.clone(), payload.clone());
+        move |_: u64| {
             let (publisher, payload) = (publisher.clone(), payload.clone());
-            let publish = move |_: u64| {
-                let (publisher, payload) = (publisher.clone(), payload.clone());
-                async move {
-                    let sent_at = Value::from(window.start.elapsed().as_nanos() as i64);
-                    publisher.publish(TOPIC, [sent_at, payload]).await.map(drop).map_err(RequestError::from)
+            async move {
+                let sent_at = Value::from(window.start.elapsed().as_nanos() as i64);
+                publisher.publish(TOPIC, [sent_at, payload]).await.map(drop).map_err(RequestError::from)
+            }
+        }
+    };
+    let mut publishing = JoinSet::new();
+    match config.rate {
+        // Paced: `rate` publishes per second over all publishers (each a delivery to every subscriber).
+        Some(rate) => {
+            let schedule = publishers.iter().map(publish).collect();
+            for publisher in load::open_loop(schedule, rate, config.inflight, window, progress) {
+                publishing.spawn(publisher);
+            }
+        }
+        None => {
+            for publisher in &publishers {
+                for _ in 0..config.inflight {
+                    publishing.spawn(load::closed_worker(publish(publisher), window, progress.clone()));
                 }
-            };
-            publishing.spawn(load::closed_worker(publish, window, completed.clone()));
+            }
         }
     }
+    let failed = |what: &str, e: tokio::task::JoinError| BenchError::Setup(format!("{what} failed: {e}"));
     let mut published = Tally::new();
     while let Some(tally) = publishing.join_next().await {
-        published.merge(tally.map_err(|e| BenchError::Setup(format!("a publisher failed: {e}")))?);
+        published.merge(tally.map_err(|e| failed("a publisher", e))?);
     }
     let mut delivered = Tally::new();
     let mut missed = 0;
     while let Some(outcome) = reading.join_next().await {
-        let (tally, reader_missed) =
-            outcome.map_err(|e| BenchError::Setup(format!("a subscriber failed: {e}")))?;
+        let (tally, reader_missed) = outcome.map_err(|e| failed("a subscriber", e))?;
         delivered.merge(tally);
         missed += reader_missed;
     }
-    for client in publishers.iter().chain(idle.iter().map(|(client, _)| client)) {
-        client.close().await;
+    announcer.abort();
+    drop(idle);
+    let closing = Instant::now();
+    let everyone = clients.iter().chain(&publishers);
+    let closed = tokio::time::timeout(CLOSE_LIMIT, async {
+        join_all(everyone.map(Client::close)).await;
+        join_all(endpoints.iter().map(ClientEndpoint::wait_idle)).await;
+    })
+    .await;
+    if closed.is_err() {
+        tracing::warn!(limit = ?CLOSE_LIMIT, "the connections did not all close in time");
     }
+    let close = closing.elapsed();
     let first_error = published.first_error.clone().or(delivered.first_error.clone());
     Ok(BenchReport {
         requests: delivered.requests,
         errors: delivered.errors + published.errors,
         elapsed: config.duration,
-        latency_us: delivered.latency_us,
+        latency_us: delivered.latency_us(),
         first_error,
         client_stats: Default::default(),
         measured_from,
         longest_gap: delivered.timeline.longest_gap(config.duration),
         timeline: config.timeline.map(|slot| delivered.timeline.report(slot, config.duration)),
         fanout: Some(FanoutReport { subscribers, stalled, published: published.requests, missed }),
+        connection_times: Some(ConnectionTimes { open, close }),
     })
+}
+
+/// Subscribes `n` clients to the topic, `connect_concurrency` at a time. Returns the endpoints they
+/// share, the clients (to close at the end) and their subscriptions, in the same order.
+async fn subscribe(
+    config: &BenchConfig,
+    n: usize,
+) -> Result<(Vec<ClientEndpoint>, Vec<Client>, Vec<Subscription>), BenchError> {
+    let per_endpoint = match config.client.transport {
+        Transport::Quic => config.connections_per_socket.max(1),
+        Transport::Tls | Transport::Tcp => n.max(1),
+    };
+    let mut endpoints = Vec::with_capacity(n.div_ceil(per_endpoint));
+    for _ in 0..n.div_ceil(per_endpoint) {
+        endpoints.push(ClientEndpoint::new(config.client.clone()).await?);
+    }
+    let clients: Vec<Client> = (0..n).map(|i| endpoints[i / per_endpoint].client()).collect();
+    let subscriptions = futures_util::stream::iter(&clients)
+        .map(|client| client.subscribe(TOPIC))
+        .buffered(config.connect_concurrency.max(1))
+        .try_collect()
+        .await?;
+    Ok((endpoints, clients, subscriptions))
 }
 
 /// Reads one subscription until the run is over: every message published in the measured period is a
 /// delivery, timed from its send time.
-async fn read(client: Client, mut subscription: Subscription, window: Window) -> (Tally, u64) {
+async fn read(mut subscription: Subscription, window: Window) -> (Tally, u64) {
     let mut tally = Tally::new();
     let mut missed = 0;
     let until = window.deadline + DRAIN;
@@ -140,8 +190,6 @@ async fn read(client: Client, mut subscription: Subscription, window: Window) ->
             None => break,
         }
     }
-    drop(subscription);
-    client.close().await;
     (tally, missed)
 }
 

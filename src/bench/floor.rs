@@ -121,44 +121,85 @@ async fn echo_frames<IO: AsyncRead + AsyncWrite + Unpin>(io: IO, max: usize) {
     }
 }
 
-/// A client connection to a floor server.
+/// What a floor client's connections share, as a qkv [`ClientEndpoint`](crate::client::ClientEndpoint)
+/// does: the TLS configuration and, over QUIC, one endpoint (one UDP socket) for all of them.
 #[derive(Clone)]
-pub enum EchoClient {
-    /// The endpoint is kept so that it lives as long as the connection.
-    Quic(Connection, Endpoint),
-    /// Frames go through the connection's task, which matches echoes to callers in order.
-    Tcp(mpsc::Sender<(Bytes, oneshot::Sender<usize>)>),
+pub struct EchoEndpoint {
+    transport: Transport,
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    max_frame_len: usize,
+    /// QUIC only.
+    quic: Option<Endpoint>,
 }
 
-impl EchoClient {
-    pub async fn connect(
+impl EchoEndpoint {
+    pub fn new(
         transport: Transport,
         addr: SocketAddr,
         ca_file: &Path,
         limits: &Limits,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let tls = Arc::new(tls::client_config(tls::read_roots(ca_file)?, &Tickets::none(), None)?);
-        let max = limits.max_frame_len;
-        match transport {
+        let quic = match transport {
             Transport::Quic => {
                 let bind: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
-                let config =
-                    quic::client_config(tls, limits, &QuicOptions::default(), limits.idle_timeout / 3)?;
-                let endpoint = quic::client_endpoint(bind, config, limits)?;
-                let connection = endpoint.connect(addr, "localhost")?.await?;
-                Ok(EchoClient::Quic(connection, endpoint))
+                let config = quic::client_config(
+                    tls.clone(),
+                    limits,
+                    &QuicOptions::default(),
+                    limits.idle_timeout / 3,
+                )?;
+                Some(quic::client_endpoint(bind, config, limits)?)
             }
-            Transport::Tls => {
+            Transport::Tls | Transport::Tcp => None,
+        };
+        Ok(EchoEndpoint { transport, addr, tls, max_frame_len: limits.max_frame_len, quic })
+    }
+
+    /// A new connection to the floor server.
+    pub async fn connect(&self) -> Result<EchoClient, Box<dyn std::error::Error + Send + Sync>> {
+        let (addr, max) = (self.addr, self.max_frame_len);
+        match (&self.quic, self.transport) {
+            (Some(endpoint), _) => Ok(EchoClient::Quic(endpoint.connect(addr, "localhost")?.await?)),
+            (None, Transport::Tls) => {
                 let stream = TcpStream::connect(addr).await?;
                 stream.set_nodelay(true)?;
-                let tls = TlsConnector::from(tls).connect("localhost".try_into()?, stream).await?;
+                let tls =
+                    TlsConnector::from(self.tls.clone()).connect("localhost".try_into()?, stream).await?;
                 Ok(EchoClient::Tcp(spawn_pipeline(tls, max)))
             }
-            Transport::Tcp => {
+            (None, _) => {
                 let stream = TcpStream::connect(addr).await?;
                 stream.set_nodelay(true)?;
                 Ok(EchoClient::Tcp(spawn_pipeline(stream, max)))
             }
+        }
+    }
+
+    /// Waits until every QUIC connection of the endpoint has closed and the server been told.
+    pub async fn wait_idle(&self) {
+        if let Some(endpoint) = &self.quic {
+            endpoint.wait_idle().await;
+        }
+    }
+}
+
+/// A client connection to a floor server.
+#[derive(Clone)]
+pub enum EchoClient {
+    /// On an [`EchoEndpoint`]'s socket, which must outlive it.
+    Quic(Connection),
+    /// Frames go through the connection's task, which matches echoes to callers in order.
+    Tcp(mpsc::Sender<(Bytes, oneshot::Sender<usize>)>),
+}
+
+impl EchoClient {
+    /// Closes a QUIC connection (its endpoint's `wait_idle` waits until the server has been told); a TCP
+    /// one closes when its last clone is dropped.
+    pub fn close(&self) {
+        if let EchoClient::Quic(connection) = self {
+            connection.close(quinn::VarInt::from_u32(0), b"done");
         }
     }
 
@@ -169,7 +210,7 @@ impl EchoClient {
         max: usize,
     ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
         match self {
-            EchoClient::Quic(connection, _) => {
+            EchoClient::Quic(connection) => {
                 let (mut send, mut recv) = connection.open_bi().await?;
                 send.write_chunk(message).await?;
                 send.finish()?;

@@ -7,14 +7,17 @@
 //! Every loop stops issuing at the deadline, then waits at most `DRAIN` for the requests still in flight;
 //! those that do not finish by then count as errors. So do open-loop requests that fell due inside the
 //! measured period but could not be sent before the deadline because the connection was full: a server
-//! that falls behind the rate shows up in the error count, never as a shorter schedule.
+//! that falls behind the rate shows up in the error count, never as a shorter schedule. An open loop
+//! that is itself late (its machine busy) still sends every request due before the deadline, each with
+//! its lateness in its latency: answered, failed and never-sent requests add up to the schedule.
+//!
+//! An open loop over many connections is one schedule dealt out to them in turn (see [`open_loop`]), so
+//! that requests are evenly spaced however many connections carry them.
 //!
 //! The loops take the request as a function of its sequence number, so that they can be tested with
-//! requests whose timing the test controls.
+//! requests whose timing the test controls, on tokio's paused clock.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -22,6 +25,7 @@ use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
+use super::progress::Progress;
 use super::timeline::Timeline;
 use super::workload::RequestError;
 
@@ -44,15 +48,57 @@ impl Window {
     }
 }
 
-/// What one worker saw.
+/// What one worker saw. A run has one per connection (open loop) or per request in flight (closed
+/// loop), so one that saw little takes little room: its latencies are listed until there are many, and
+/// its timeline keeps only the slots that had completions.
 pub struct Tally {
     pub requests: u64,
     pub errors: u64,
-    /// Latency of successful requests, in microseconds.
-    pub latency_us: Histogram<u64>,
+    latencies: Latencies,
     pub first_error: Option<String>,
     /// When requests completed, from the start of the measured period.
     pub timeline: Timeline,
+}
+
+/// Latencies of successful requests, in microseconds: listed while they are few, counted in a
+/// histogram once there are many. A histogram of this range and precision takes ~140 KB, so one per
+/// worker from the start would fill 1.4 GB for 10,000 connections at 1 request/s, and the page faults
+/// of allocating them all as the run starts would stall it for seconds.
+enum Latencies {
+    Listed(Vec<u64>),
+    Counted(Box<Histogram<u64>>),
+}
+
+/// How many latencies are listed (8 KB) before they go into a histogram.
+const LISTED: usize = 1024;
+
+impl Latencies {
+    fn record(&mut self, latency_us: u64) {
+        match self {
+            Latencies::Listed(listed) if listed.len() < LISTED => listed.push(latency_us),
+            Latencies::Listed(listed) => {
+                let mut counted = new_histogram();
+                for &listed in listed.iter() {
+                    counted.saturating_record(listed);
+                }
+                counted.saturating_record(latency_us);
+                *self = Latencies::Counted(Box::new(counted));
+            }
+            Latencies::Counted(counted) => counted.saturating_record(latency_us),
+        }
+    }
+
+    fn add_to(&self, histogram: &mut Histogram<u64>) {
+        match self {
+            Latencies::Listed(listed) => {
+                listed.iter().for_each(|&latency| histogram.saturating_record(latency))
+            }
+            Latencies::Counted(counted) => {
+                // Both have the same bounds: adding cannot fail.
+                let _ = histogram.add(counted.as_ref());
+            }
+        }
+    }
 }
 
 pub fn new_histogram() -> Histogram<u64> {
@@ -65,7 +111,7 @@ impl Tally {
         Tally {
             requests: 0,
             errors: 0,
-            latency_us: new_histogram(),
+            latencies: Latencies::Listed(Vec::new()),
             first_error: None,
             timeline: Timeline::default(),
         }
@@ -81,7 +127,7 @@ impl Tally {
         match result {
             Ok(()) => {
                 self.requests += 1;
-                self.latency_us.saturating_record((now - started).as_micros() as u64);
+                self.latencies.record((now - started).as_micros() as u64);
             }
             Err(e) => self.error(e.to_string()),
         }
@@ -92,10 +138,24 @@ impl Tally {
         self.first_error.get_or_insert(message);
     }
 
+    /// Latency of successful requests, in microseconds.
+    pub fn latency_us(&self) -> Histogram<u64> {
+        let mut histogram = new_histogram();
+        self.latencies.add_to(&mut histogram);
+        histogram
+    }
+
     pub fn merge(&mut self, other: Tally) {
         self.requests += other.requests;
         self.errors += other.errors;
-        let _ = self.latency_us.add(&other.latency_us);
+        match &mut self.latencies {
+            Latencies::Counted(counted) => other.latencies.add_to(counted),
+            Latencies::Listed(_) => {
+                let mut counted = self.latency_us();
+                other.latencies.add_to(&mut counted);
+                self.latencies = Latencies::Counted(Box::new(counted));
+            }
+        }
         self.first_error = self.first_error.take().or(other.first_error);
         self.timeline.merge(&other.timeline);
     }
@@ -109,7 +169,7 @@ impl Default for Tally {
 
 /// Closed loop: one request in flight at all times, the next sent when the last is answered.
 /// `request(n)` sends the worker's `n`th request and waits for its answer.
-pub async fn closed_worker<F, R>(request: F, window: Window, completed: Arc<AtomicU64>) -> Tally
+pub async fn closed_worker<F, R>(request: F, window: Window, progress: Progress) -> Tally
 where
     F: Fn(u64) -> R,
     R: Future<Output = Result<(), RequestError>>,
@@ -124,7 +184,7 @@ where
             tally.error(format!("no answer within {DRAIN:?} after the run ended"));
             return tally;
         };
-        completed.fetch_add(1, Ordering::Relaxed);
+        progress.add_completed();
         tally.record(&window, sent, result);
     }
     tally
@@ -140,46 +200,93 @@ async fn wait_until(due: Instant) {
     {
         tokio::time::sleep_until(early).await;
     }
-    while Instant::now() < due {
+    // Bounded in real time too: on tokio's paused clock (in tests) time stands still while anything
+    // yields, and the timer below moves it on.
+    let spinning = std::time::Instant::now();
+    while Instant::now() < due && spinning.elapsed() < TIMER_SLACK {
         tokio::task::yield_now().await;
+    }
+    if Instant::now() < due {
+        tokio::time::sleep_until(due).await;
     }
 }
 
-/// Open loop: one connection's share of the rate, `rate` requests per second due from `window.start`,
-/// at most `max_inflight` at once (a request due while the connection is full waits, and its wait counts
-/// in its latency). `request(n)` sends the `n`th request and waits for its answer.
-pub async fn open_connection<F, R>(
-    request: F,
+/// Open loop over connections: `rate` requests per second in all, due from `window.start`, one schedule
+/// dealt out to the connections in turn (request k goes on connection k mod n). Each connection sends
+/// every nth request, so at `rate / n`, from its own offset: connection c's first is due c / `rate` after
+/// the start. The run's requests are thus evenly spaced, as if from one sender. Were every connection's
+/// schedule to start together, n requests would fall due at each instant and queue behind each other,
+/// in the client and the server: latency would grow with n at the same total rate. (Random offsets
+/// would spread them too, but would put some close together by chance: the queueing that causes would
+/// be the load generator's making, and it would change with the seed.)
+///
+/// Returns one future per connection, for the caller to run (spawn) as it likes.
+pub fn open_loop<F, R>(
+    connections: Vec<F>,
     rate: f64,
     max_inflight: usize,
     window: Window,
-    completed: Arc<AtomicU64>,
+    progress: &Progress,
+) -> Vec<impl Future<Output = Tally> + use<F, R>>
+where
+    F: Fn(u64) -> R,
+    R: Future<Output = Result<(), RequestError>>,
+{
+    let n = connections.len().max(1);
+    let rate = rate.max(f64::MIN_POSITIVE);
+    connections
+        .into_iter()
+        .enumerate()
+        .map(|(c, request)| {
+            let first = Duration::from_secs_f64(c as f64 / rate);
+            open_connection(request, rate / n as f64, first, max_inflight, window, progress.clone())
+        })
+        .collect()
+}
+
+/// Open loop: one connection's share of the rate, `rate` requests per second due from `window.start` +
+/// `first`, at most `max_inflight` at once (a request due while the connection is full waits, and its
+/// wait counts in its latency). `request(n)` sends the `n`th request and waits for its answer.
+async fn open_connection<F, R>(
+    request: F,
+    rate: f64,
+    first: Duration,
+    max_inflight: usize,
+    window: Window,
+    progress: Progress,
 ) -> Tally
 where
     F: Fn(u64) -> R,
     R: Future<Output = Result<(), RequestError>>,
 {
     let interval = Duration::from_secs_f64(1.0 / rate.max(f64::MIN_POSITIVE));
-    let due = |n: u64| window.start + interval.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
+    let start = window.start + first;
+    let due = |n: u64| start + interval.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
     let max_inflight = max_inflight.max(1);
     let mut tally = Tally::new();
     let mut in_flight = FuturesUnordered::new();
     let mut issued: u64 = 0;
     loop {
         let next_due = due(issued);
-        let now = Instant::now();
-        if next_due >= window.deadline || now >= window.deadline {
+        if next_due >= window.deadline {
             break;
         }
+        let now = Instant::now();
+        // A request due before the deadline goes out even if the loop gets to it late (a busy machine
+        // can keep a task waiting for milliseconds): its lateness counts in its latency, like any wait.
         if next_due <= now && in_flight.len() < max_inflight {
             let answer = request(issued);
             in_flight.push(async move { (next_due, answer.await) });
             issued += 1;
             continue; // everything already due goes out at once: timers are coarser than the interval
         }
+        if now >= window.deadline {
+            break; // full at the deadline: the rest were never sent
+        }
         tokio::select! {
+            biased; // answers first: the room they make is used at once
             Some((due, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                completed.fetch_add(1, Ordering::Relaxed);
+                progress.add_completed();
                 tally.record(&window, due, result);
             }
             _ = wait_until(next_due), if in_flight.len() < max_inflight => {}
@@ -188,7 +295,7 @@ where
     }
     // How many requests fall due before `t`: those with start + n × interval < t.
     let due_before = |t: Instant| {
-        let elapsed = t.saturating_duration_since(window.start).as_nanos();
+        let elapsed = t.saturating_duration_since(start).as_nanos();
         u64::try_from(elapsed.div_ceil(interval.as_nanos().max(1))).unwrap_or(u64::MAX)
     };
     let unsent = due_before(window.deadline).saturating_sub(issued.max(due_before(window.measure_from)));
@@ -201,7 +308,7 @@ where
     }
     let drained = tokio::time::timeout(DRAIN, async {
         while let Some((due, result)) = in_flight.next().await {
-            completed.fetch_add(1, Ordering::Relaxed);
+            progress.add_completed();
             tally.record(&window, due, result);
         }
     })
@@ -216,7 +323,16 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
+
+    use futures_util::future::join_all;
+
     use super::*;
+
+    // On tokio's paused clock: time moves only when every task waits on a timer, so these tests count
+    // exactly, however busy the machine is.
 
     fn window(warmup_ms: u64, duration_ms: u64) -> Window {
         Window::new(Duration::from_millis(warmup_ms), Duration::from_millis(duration_ms))
@@ -227,61 +343,90 @@ mod tests {
         Ok(())
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn open_loop_sends_every_request_due_in_the_window_and_none_of_the_warm_up() {
-        // 2000/s: one due every 500 µs; 100 ms of warm-up, then 250 ms measured → exactly 500 recorded.
+        // 1000/s: one due every millisecond (tokio's timer's resolution); 100 ms of warm-up, then 250 ms
+        // measured → exactly 250 recorded.
+        let request = |_| async { Ok(()) };
         let tally =
-            open_connection(|_| async { Ok(()) }, 2000.0, 8, window(100, 250), Arc::new(AtomicU64::new(0)))
-                .await;
-        assert_eq!(tally.requests, 500);
+            open_connection(request, 1000.0, Duration::ZERO, 8, window(100, 250), Progress::new()).await;
+        assert_eq!(tally.requests, 250);
         assert_eq!(tally.errors, 0, "{:?}", tally.first_error);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn open_loop_latency_runs_from_the_intended_send_time() {
         // Due every 1 ms, but each answer takes 10 ms and only one may be in flight: the server has
-        // fallen behind. Measured from the actual send, every latency would be ~10 ms; measured from
+        // fallen behind. Measured from the actual send, every latency would be 10 ms; measured from
         // when each request was due, the queue that builds up is visible.
-        let tally = open_connection(
-            |_| answer_after(Duration::from_millis(10)),
-            1000.0,
-            1,
-            window(0, 200),
-            Arc::new(AtomicU64::new(0)),
-        )
-        .await;
-        assert!(tally.requests >= 5, "{} answered", tally.requests);
-        let max_ms = tally.latency_us.max() / 1000;
-        assert!(max_ms >= 40, "the longest wait was {max_ms} ms: queueing was hidden");
+        let request = |_| answer_after(Duration::from_millis(10));
+        let tally =
+            open_connection(request, 1000.0, Duration::ZERO, 1, window(0, 200), Progress::new()).await;
+        // Sent at 0, 10, ... 200 ms (the answer at the deadline made room for one more), the nth due at
+        // n ms: the last waited 190 ms.
+        assert_eq!(tally.requests, 21);
+        assert_eq!(tally.latency_us().max() / 1000, 190, "queueing was hidden");
         // The requests that fell due but could not be sent are errors, not a shorter schedule.
-        assert_eq!(tally.requests + tally.errors, 200, "{:?}", tally.first_error);
+        assert_eq!(tally.errors, 179, "{:?}", tally.first_error);
         assert!(tally.first_error.is_some_and(|e| e.contains("never sent")));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
+    async fn an_open_loop_spreads_the_requests_of_its_connections_evenly() {
+        // Ten connections at 1 request/s each: one schedule of 10/s, so one request every 100 ms, never
+        // two at once (had every connection started its schedule at once, all ten would go out at 0).
+        let window = window(0, 1000);
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let connections = (0..10)
+            .map(|_| {
+                let sent = sent.clone();
+                move |_| {
+                    sent.lock().push(window.start.elapsed());
+                    async { Ok(()) }
+                }
+            })
+            .collect();
+        let tallies = join_all(open_loop(connections, 10.0, 1, window, &Progress::new())).await;
+        assert!(tallies.iter().all(|t| t.requests == 1 && t.errors == 0));
+        let mut sent = sent.lock().clone();
+        sent.sort();
+        let every_100_ms: Vec<_> = (0..10).map(|k| Duration::from_millis(100 * k)).collect();
+        assert_eq!(sent, every_100_ms);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn closed_loop_keeps_its_request_in_flight_and_stops_at_the_deadline() {
         let started = Instant::now();
         let tally =
-            closed_worker(|_| answer_after(Duration::from_millis(5)), window(0, 100), Arc::default()).await;
-        assert!(started.elapsed() < Duration::from_secs(1), "the loop outlived its deadline");
-        assert!((2..=20).contains(&tally.requests), "{} requests in 100 ms at 5 ms each", tally.requests);
-        assert!(
-            tally.latency_us.min() >= 5000,
-            "a latency shorter than the request: {}",
-            tally.latency_us.min()
-        );
+            closed_worker(|_| answer_after(Duration::from_millis(5)), window(0, 100), Progress::new()).await;
+        assert_eq!(started.elapsed(), Duration::from_millis(100), "the loop outlived its deadline");
+        assert_eq!(tally.requests, 20, "100 ms at 5 ms each");
+        assert_eq!(tally.latency_us().min(), 5000, "every request takes its 5 ms");
     }
 
-    #[tokio::test]
+    #[test]
+    fn latencies_are_all_kept_whether_listed_or_counted() {
+        let (mut few, mut many) = (Tally::new(), Tally::new());
+        (1..=10).for_each(|us| few.latencies.record(us));
+        (1..=5000).for_each(|us| many.latencies.record(us));
+        assert!(matches!(few.latencies, Latencies::Listed(_)), "ten latencies take no histogram");
+        assert!(matches!(many.latencies, Latencies::Counted(_)));
+        let mut all = Tally::new();
+        all.merge(few);
+        all.merge(many);
+        let latency_us = all.latency_us();
+        assert_eq!((latency_us.len(), latency_us.min()), (5010, 1));
+        assert_eq!(latency_us.count_between(1, 10), 20, "1-10 µs from both");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn failures_are_counted_with_the_first_reason() {
-        let tally = closed_worker(
-            |n| async move { Err(RequestError::Other(format!("refused #{n}"))) },
-            window(0, 20),
-            Arc::default(),
-        )
-        .await;
-        assert_eq!(tally.requests, 0);
-        assert!(tally.errors > 0);
+        let refused = |n| async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            Err(RequestError::Other(format!("refused #{n}")))
+        };
+        let tally = closed_worker(refused, window(0, 20), Progress::new()).await;
+        assert_eq!((tally.requests, tally.errors), (0, 20));
         assert_eq!(tally.first_error.as_deref(), Some("refused #0"));
     }
 }

@@ -1,8 +1,10 @@
 //! The load generator behind `qkv bench`: connections, a closed or open loop of requests, latencies in
 //! an HdrHistogram, a report for people and one for programs (JSON).
 //!
+//! - `connections`: opening the run's connections concurrently (sharing QUIC sockets), closing them.
 //! - `workload`: what a request is (ping, hget, hset, mixed, or the floor's echo), which key it touches.
 //! - `load`: when requests are sent (closed loop, or open loop without coordinated omission).
+//! - `progress`: how far a run has got, for a progress bar or whoever acts during a run.
 //! - `floor`: bare echo servers and clients, to measure what the transports cost without qkv.
 //! - `fanout`: publishers and subscribers, to measure pub/sub deliveries.
 //! - `timeline`: when requests completed, to see a network change's gap in service.
@@ -10,20 +12,19 @@
 //! Every run is bounded in time: warm-up plus duration, plus at most a few seconds for the requests in
 //! flight at the end.
 
+mod connections;
 mod fanout;
 pub mod floor;
 mod load;
+mod progress;
 mod timeline;
 mod workload;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use indicatif::ProgressBar;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::Serialize;
@@ -32,15 +33,16 @@ use tokio::time::Instant;
 
 pub use fanout::FanoutReport;
 pub use load::Tally;
+pub use progress::Progress;
 pub use timeline::TimelineReport;
 pub use workload::{KeyDist, Workload};
 
 use crate::client::{Client, ClientConfig, ClientError, ClientStats};
 use crate::pb::Value;
 use crate::tls::Tickets;
-use floor::EchoClient;
+use connections::Connections;
 use load::Window;
-use workload::{Connector, KeyPicker, RequestMaker, Target};
+use workload::{KeyPicker, RequestMaker};
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -48,6 +50,10 @@ pub struct BenchConfig {
     pub client: ClientConfig,
     pub workload: Workload,
     pub connections: usize,
+    /// How many connections are opened at once: handshakes in flight at a time.
+    pub connect_concurrency: usize,
+    /// QUIC: how many connections share one client endpoint (one UDP socket).
+    pub connections_per_socket: usize,
     /// Requests in flight per connection: exactly (closed loop) or at most (open loop).
     pub inflight: usize,
     /// Requests per second over all connections; `None` for a closed loop.
@@ -72,6 +78,18 @@ pub enum BenchError {
     Client(#[from] ClientError),
     #[error("cannot set up the benchmark: {0}")]
     Setup(String),
+    #[error(
+        "this run needs about {needed} open files, but the process may open only {limit}: raise the hard \
+         limit (ulimit -Hn, or LimitNOFILE= for a service), or put more QUIC connections on each socket \
+         (--connections-per-socket)"
+    )]
+    TooFewOpenFiles { needed: u64, limit: u64 },
+    #[error("cannot read or raise the limit of open files (this run needs about {needed})")]
+    OpenFileLimit {
+        needed: u64,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The outcome of a run, over the measured period only.
@@ -92,6 +110,16 @@ pub struct BenchReport {
     pub timeline: Option<TimelineReport>,
     /// The fan-out workload's figures; its `requests` are deliveries.
     pub fanout: Option<FanoutReport>,
+    /// How long opening the measured connections took (fan-out: subscribing the subscribers), and
+    /// closing them; `None` for the connect workload, which does not keep connections.
+    pub connection_times: Option<ConnectionTimes>,
+}
+
+/// Time to open all of a run's connections before it measures, and to close them after.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionTimes {
+    pub open: Duration,
+    pub close: Duration,
 }
 
 impl BenchReport {
@@ -128,6 +156,8 @@ impl BenchReport {
             client_stats: self.client_stats,
             timeline: self.timeline.clone(),
             fanout: self.fanout,
+            open_s: self.connection_times.map(|times| times.open.as_secs_f64()),
+            close_s: self.connection_times.map(|times| times.close.as_secs_f64()),
         }
     }
 }
@@ -161,6 +191,13 @@ pub struct JsonReport {
     /// With the fan-out workload (whose `requests` and latencies are deliveries).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub fanout: Option<FanoutReport>,
+    /// Seconds to open all connections before the run (`--connect-concurrency` at a time; for the
+    /// fan-out workload, to subscribe every subscriber), and to close them after; `null` for the
+    /// connect workload.
+    #[serde(default)]
+    pub open_s: Option<f64>,
+    #[serde(default)]
+    pub close_s: Option<f64>,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize, Clone)]
@@ -172,11 +209,17 @@ pub struct Latencies {
     pub max: u64,
 }
 
-/// Runs the benchmark: connects, loads the keys, warms up, measures. `progress`, if given, shows how
-/// it goes.
-pub async fn run(config: &BenchConfig, progress: Option<ProgressBar>) -> Result<BenchReport, BenchError> {
+/// Runs the benchmark: connects, loads the keys, warms up, measures; `progress` follows it as it goes.
+pub async fn run(config: &BenchConfig, progress: Progress) -> Result<BenchReport, BenchError> {
+    let report = run_until_done(config, &progress).await;
+    progress.finish();
+    report
+}
+
+async fn run_until_done(config: &BenchConfig, progress: &Progress) -> Result<BenchReport, BenchError> {
+    connections::ensure_open_files(connections::files_needed(config))?;
     if let Workload::Fanout { subscribers, stalled } = config.workload {
-        return fanout::run(config, subscribers, stalled).await;
+        return fanout::run(config, subscribers, stalled, progress).await;
     }
     // Preloaded and written values differ, so that what a run wrote can be told apart afterwards.
     let preloaded = Value::from(vec![b'p'; config.value_size]);
@@ -190,15 +233,18 @@ pub async fn run(config: &BenchConfig, progress: Option<ProgressBar>) -> Result<
         loader.close().await;
         loaded?;
     }
-    let targets = connect(config).await?;
+    let opening = Instant::now();
+    let connections = Connections::open(config).await?;
+    let open = opening.elapsed();
+    tracing::info!(connections = connections.targets.len(), ?open, "connections open");
     let keys = KeyPicker::new(config.key_dist, config.keys);
     let message = Bytes::from(vec![b'm'; config.value_size]);
 
     let window = Window::new(config.warmup, config.duration);
     let measured_from = std::time::SystemTime::now() + config.warmup;
-    let completed = Arc::new(AtomicU64::new(0));
     let mut workers = JoinSet::new();
-    for (c, target) in targets.iter().enumerate() {
+    let mut open_loop = Vec::new();
+    for (c, target) in connections.targets.iter().enumerate() {
         let maker = Arc::new(RequestMaker {
             target: target.clone(),
             workload: config.workload,
@@ -217,26 +263,21 @@ pub async fn run(config: &BenchConfig, progress: Option<ProgressBar>) -> Result<
             }
         };
         match config.rate {
-            Some(rate) => {
-                let share = rate / config.connections as f64;
-                let worker =
-                    load::open_connection(requests(0), share, config.inflight, window, completed.clone());
-                workers.spawn(worker);
-            }
+            Some(_) => open_loop.push(requests(0)),
             None => {
                 for i in 0..config.inflight {
-                    workers.spawn(load::closed_worker(requests(i as u64), window, completed.clone()));
+                    workers.spawn(load::closed_worker(requests(i as u64), window, progress.clone()));
                 }
             }
         }
     }
-    let ticker = progress.map(|bar| tokio::spawn(show_progress(bar, window, completed.clone())));
-    // Announced in the log, for tools that act during the run (the network lab moves the client).
-    let duration = config.duration;
-    let announcer = tokio::spawn(async move {
-        tokio::time::sleep_until(window.measure_from).await;
-        tracing::info!(?duration, "warm-up over, measuring");
-    });
+    if let Some(rate) = config.rate {
+        for connection in load::open_loop(open_loop, rate, config.inflight, window, progress) {
+            workers.spawn(connection);
+        }
+    }
+    let ticker = progress.bar().map(|bar| tokio::spawn(show_progress(bar.clone(), window, progress.clone())));
+    let announcer = announce_measuring(window, config.duration);
     let mut tally = Tally::new();
     while let Some(worker) = workers.join_next().await {
         let worker = worker.map_err(|e| BenchError::Setup(format!("a worker failed: {e}")))?;
@@ -246,78 +287,41 @@ pub async fn run(config: &BenchConfig, progress: Option<ProgressBar>) -> Result<
         ticker.abort();
     }
     announcer.abort();
-    let mut client_stats = ClientStats::default();
-    for target in &targets {
-        match target {
-            Target::Kv(client) => {
-                client.close().await;
-                client_stats += client.stats();
-            }
-            Target::Connect(connector) => client_stats += connector.finish(CLOSE_LIMIT).await,
-            Target::Echo { .. } => {}
-        }
-    }
+    let closing = Instant::now();
+    let client_stats = connections.close(window.measure_from).await;
+    let close = closing.elapsed();
     Ok(BenchReport {
         requests: tally.requests,
         errors: tally.errors,
         elapsed: config.duration,
-        latency_us: tally.latency_us,
+        latency_us: tally.latency_us(),
         first_error: tally.first_error,
         client_stats,
         measured_from,
         longest_gap: tally.timeline.longest_gap(config.duration),
         timeline: config.timeline.map(|slot| tally.timeline.report(slot, config.duration)),
         fanout: None,
+        connection_times: (config.workload != Workload::Connect).then_some(ConnectionTimes { open, close }),
     })
 }
 
-/// How long the connect workload waits for its last connections to close.
-const CLOSE_LIMIT: Duration = Duration::from_secs(5);
-
-async fn connect(config: &BenchConfig) -> Result<Vec<Target>, BenchError> {
-    let mut targets = Vec::with_capacity(config.connections);
-    if config.workload == Workload::Connect {
-        // One connector per "connection" slot, each making a fresh client per request; with
-        // --zero-rtt they all share one ticket store.
-        let mut client = config.client.clone();
-        client.tickets = if config.zero_rtt { Tickets::in_memory(4) } else { Tickets::none() };
-        client.zero_rtt = config.zero_rtt;
-        // A fresh connection per request: a failure is the measurement, not something to retry.
-        client.retry.attempts = 1;
-        for _ in 0..config.connections.max(1) {
-            targets.push(Target::Connect(Box::new(Connector::new(client.clone()))));
-        }
-        return Ok(targets);
-    }
-    for _ in 0..config.connections.max(1) {
-        let target = match config.workload {
-            Workload::Echo => {
-                let addr: SocketAddr = tokio::net::lookup_host(&config.client.addr)
-                    .await
-                    .ok()
-                    .and_then(|mut addrs| addrs.next())
-                    .ok_or_else(|| BenchError::Setup(format!("cannot resolve {}", config.client.addr)))?;
-                let client = &config.client;
-                let echo = EchoClient::connect(client.transport, addr, &client.ca_file, &client.limits)
-                    .await
-                    .map_err(|e| BenchError::Setup(format!("cannot connect to the floor at {addr}: {e}")))?;
-                Target::Echo { client: echo, max_frame_len: config.client.limits.max_frame_len }
-            }
-            _ => Target::Kv(Client::connect_with(config.client.clone()).await?),
-        };
-        targets.push(target);
-    }
-    Ok(targets)
+/// Logs when the measured period begins, for tools that act during a run (the network lab moves the
+/// client, the reports read the server's CPU). Abort the task when the run is over.
+fn announce_measuring(window: Window, duration: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(window.measure_from).await;
+        tracing::info!(?duration, "warm-up over, measuring");
+    })
 }
 
-async fn show_progress(bar: ProgressBar, window: Window, completed: Arc<AtomicU64>) {
+async fn show_progress(bar: indicatif::ProgressBar, window: Window, progress: Progress) {
     let total = (window.deadline - window.measure_from).as_millis() as u64;
     bar.set_length(total);
     let mut last = (Instant::now(), 0);
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let now = Instant::now();
-        let done = completed.load(Ordering::Relaxed);
+        let done = progress.completed();
         let rate = (done - last.1) as f64 / (now - last.0).as_secs_f64();
         last = (now, done);
         if now < window.measure_from {

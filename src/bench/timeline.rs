@@ -8,12 +8,19 @@ use serde::Serialize;
 /// The width of one slot.
 pub const SLOT: Duration = Duration::from_millis(10);
 
+/// Kept sparse, as (slot, successes, failures) in the order completions came: a run may have a
+/// timeline for each of 10,000 connections, most with a completion a second, and dense slots would
+/// cost each of them 16 KB for a 10 s run.
 #[derive(Debug, Clone, Default)]
 pub struct Timeline {
-    /// Successful completions per slot.
-    ok: Vec<u64>,
-    /// Failed completions per slot.
-    errors: Vec<u64>,
+    counts: Vec<Counts>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    slot: u32,
+    ok: u64,
+    errors: u64,
 }
 
 /// A timeline for programs, in coarser slots.
@@ -27,34 +34,46 @@ pub struct TimelineReport {
 impl Timeline {
     /// Counts a completion `at` after the start of the measured period.
     pub fn add(&mut self, at: Duration, ok: bool) {
-        let slot = usize::try_from(at.as_nanos() / SLOT.as_nanos()).unwrap_or(usize::MAX);
-        if slot >= 1 << 24 {
-            return; // beyond 46 hours: not a run this tool makes
+        let Ok(slot) = u32::try_from(at.as_nanos() / SLOT.as_nanos()) else {
+            return; // beyond 497 days: not a run this tool makes
+        };
+        let counts = match self.counts.last_mut() {
+            Some(last) if last.slot == slot => last,
+            _ => {
+                self.counts.push(Counts { slot, ok: 0, errors: 0 });
+                let pushed = self.counts.len() - 1;
+                &mut self.counts[pushed]
+            }
+        };
+        match ok {
+            true => counts.ok += 1,
+            false => counts.errors += 1,
         }
-        if self.ok.len() <= slot {
-            self.ok.resize(slot + 1, 0);
-            self.errors.resize(slot + 1, 0);
-        }
-        let counts = if ok { &mut self.ok } else { &mut self.errors };
-        counts[slot] += 1;
     }
 
     pub fn merge(&mut self, other: &Timeline) {
-        let len = self.ok.len().max(other.ok.len());
-        self.ok.resize(len, 0);
-        self.errors.resize(len, 0);
-        for (slot, (ok, errors)) in other.ok.iter().zip(&other.errors).enumerate() {
-            self.ok[slot] += ok;
-            self.errors[slot] += errors;
+        self.counts.extend_from_slice(&other.counts);
+    }
+
+    /// Successes and failures per slot over the first `slots` slots.
+    fn dense(&self, slots: usize) -> (Vec<u64>, Vec<u64>) {
+        let (mut ok, mut errors) = (vec![0; slots], vec![0; slots]);
+        for counts in &self.counts {
+            if let Some(slot) = usize::try_from(counts.slot).ok().filter(|&slot| slot < slots) {
+                ok[slot] += counts.ok;
+                errors[slot] += counts.errors;
+            }
         }
+        (ok, errors)
     }
 
     /// The longest stretch of the first `period` in which no request succeeded, to the slot.
     pub fn longest_gap(&self, period: Duration) -> Duration {
         let slots = usize::try_from(period.as_nanos() / SLOT.as_nanos()).unwrap_or(usize::MAX);
+        let (ok, _) = self.dense(slots);
         let (mut longest, mut current) = (0u32, 0u32);
-        for slot in 0..slots {
-            match self.ok.get(slot).copied().unwrap_or(0) {
+        for successes in ok {
+            match successes {
                 0 => current += 1,
                 _ => current = 0,
             }
@@ -67,6 +86,7 @@ impl Timeline {
     pub fn report(&self, slot: Duration, period: Duration) -> TimelineReport {
         let per = (slot.as_nanos() / SLOT.as_nanos()).max(1) as usize;
         let slots = (period.as_nanos() / SLOT.as_nanos()) as usize;
+        let (ok, errors) = self.dense(slots);
         let coarse = |counts: &[u64]| -> Vec<u64> {
             (0..slots.div_ceil(per))
                 .map(|i| counts.iter().skip(i * per).take(per.min(slots - i * per)).sum())
@@ -74,8 +94,8 @@ impl Timeline {
         };
         TimelineReport {
             slot_ms: (SLOT * per as u32).as_millis() as u64,
-            ok: coarse(&self.ok),
-            errors: coarse(&self.errors),
+            ok: coarse(&ok),
+            errors: coarse(&errors),
         }
     }
 }

@@ -1,17 +1,21 @@
 //! What one benchmark request is: the workload, the key it touches, and the connection it goes on.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use rand::Rng;
+use parking_lot::Mutex;
+use rand::RngExt;
 use rand::rngs::SmallRng;
 use rand_distr::{Distribution, Zipf};
 
-use super::floor::EchoClient;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
-use crate::client::{Client, ClientConfig, ClientError, ClientStats};
+use super::BenchError;
+use super::floor::EchoClient;
+use crate::client::{Client, ClientConfig, ClientEndpoint, ClientError, ClientStats};
 use crate::pb::{Kvpair, Value};
+use crate::tls::Tickets;
 
 /// What each request does.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -106,52 +110,81 @@ pub enum Target {
 /// The longest a connect-workload connection stays open after its answer.
 const LINGER_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// For the connect workload: a new client for every request. Clients are closed in the background
-/// (a QUIC close lingers for a few round trips) and their statistics summed at the end.
+/// For the connect workload: a new connection for every request, as a fleet of reconnecting clients
+/// makes them (at the end of an outage, say). Each connector is one client of the fleet: with
+/// resumption it keeps session tickets of its own, as a phone does, so that every connection after
+/// its first resumes (0-RTT over QUIC) however many connect at once; without, each makes a full
+/// handshake.
+///
+/// Over QUIC every connector sends through one shared endpoint (one UDP socket): quinn carries any
+/// number of connections on it, and an endpoint per connection would cost the load generator a
+/// zeroed receive buffer of a few megabytes each, which at hundreds of setups a second outweighs the
+/// handshakes being measured. The server sees the same packets either way, from one address.
+///
+/// Clients are closed in the background (a QUIC close lingers for a few round trips) and their
+/// statistics summed at the end, for the connections whose request was measured.
 #[derive(Clone)]
 pub struct Connector {
-    config: ClientConfig,
-    closing: Arc<Mutex<JoinSet<ClientStats>>>,
+    /// This connector's settings (its tickets) on the socket every connector shares (over QUIC).
+    endpoint: ClientEndpoint,
+    /// Clients closing in the background, shared by every connector of the run.
+    closing: Arc<Mutex<JoinSet<(Instant, ClientStats)>>>,
 }
 
 impl Connector {
-    /// `config.tickets` decides resumption: shared tickets make every connection after the first
-    /// resume (0-RTT over QUIC), none make each a full handshake.
-    pub fn new(config: ClientConfig) -> Self {
-        Connector { config, closing: Arc::default() }
+    /// `count` connectors to `config`'s server. With `resume`, each keeps the session tickets its
+    /// connections are given and resumes with them; without, each connection is a full handshake.
+    pub async fn fleet(config: &ClientConfig, count: usize, resume: bool) -> Result<Vec<Self>, BenchError> {
+        let mut config = config.clone();
+        config.zero_rtt = resume;
+        // A fresh connection per request: a failure is the measurement, not something to retry.
+        config.retry.attempts = 1;
+        let shared = ClientEndpoint::new(config.clone()).await?;
+        let closing = Arc::default();
+        let mut connectors = Vec::with_capacity(count.max(1));
+        for _ in 0..count.max(1) {
+            // rustls keeps at most 8 tickets per server in a store: one store for the whole fleet
+            // would leave all but 8 of many concurrent connections without a ticket.
+            let tickets = if resume { Tickets::in_memory(1) } else { Tickets::none() };
+            let endpoint = shared.with_config(ClientConfig { tickets, ..config.clone() }).await?;
+            connectors.push(Connector { endpoint, closing: Arc::clone(&closing) });
+        }
+        Ok(connectors)
     }
 
     async fn request(&self, key: &str) -> Result<(), RequestError> {
-        let started = tokio::time::Instant::now();
-        let client = Client::connect_with(self.config.clone()).await?;
+        let started = Instant::now();
+        let client = self.endpoint.connect().await?;
         let found = client.hget(TABLE, key).await;
         // A 0-RTT answer arrives before the server's new session tickets, which it sends only once
         // the handshake completes. Closing at once would use up the ticket store and turn later
         // connections into full handshakes; an app's connection lives on and gets its tickets, so
         // this one lingers for a couple of round trips (its setup time is about one).
         let linger = (started.elapsed() * 2).min(LINGER_LIMIT);
-        if let Ok(mut closing) = self.closing.lock() {
-            closing.spawn(async move {
-                tokio::time::sleep(linger).await;
-                client.close().await;
-                client.stats()
-            });
-        }
+        self.closing.lock().spawn(async move {
+            tokio::time::sleep(linger).await;
+            client.close().await;
+            (started, client.stats())
+        });
         match found? {
             Some(_) => Ok(()),
             None => Err(RequestError::Other(format!("preloaded key {key} is missing"))),
         }
     }
 
-    /// Waits (at most `limit`) for every client to close, and sums what they did.
-    pub async fn finish(&self, limit: std::time::Duration) -> ClientStats {
-        let Ok(mut closing) = self.closing.lock().map(|mut set| std::mem::take(&mut *set)) else {
-            return ClientStats::default();
-        };
+    /// Waits (at most `limit`) for every client to close, and sums what the clients whose request
+    /// started at or after `counted_from` did: the connections of the measured requests, not those of
+    /// the warm-up. Every connector of a fleet shares the clients: the first call collects them all.
+    pub async fn finish(&self, limit: std::time::Duration, counted_from: Instant) -> ClientStats {
+        let mut closing = std::mem::take(&mut *self.closing.lock());
         let mut total = ClientStats::default();
         let _ = tokio::time::timeout(limit, async {
-            while let Some(stats) = closing.join_next().await {
-                total += stats.unwrap_or_default();
+            while let Some(closed) = closing.join_next().await {
+                if let Ok((started, stats)) = closed
+                    && started >= counted_from
+                {
+                    total += stats;
+                }
             }
         })
         .await;

@@ -177,11 +177,20 @@ pub struct BenchArgs {
     /// Connections to open.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub connections: u32,
+    /// How many connections to open at once (handshakes in flight at a time) before the run: enough to
+    /// hide round trips on a slow path, few enough not to pile handshakes up at the server.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connect_concurrency: u32,
+    /// QUIC: how many connections share one UDP socket (one client endpoint); 1 gives each its own, as
+    /// separate devices would have. 16 keeps 10,000 connections under the usual 1024 open files.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections_per_socket: u32,
     /// Requests in flight per connection: always this many in a closed loop, at most this many with --rate.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub inflight: u32,
     /// Open loop: send this many requests per second in all, whatever the answers do; latency counts
-    /// from when each request was due, so queueing is not hidden.
+    /// from when each request was due, so queueing is not hidden. For the fan-out workload: publishes
+    /// per second.
     #[arg(long)]
     pub rate: Option<f64>,
     /// How long to measure, e.g. 10s.
@@ -348,9 +357,27 @@ pub struct ServeArgs {
     /// Request bytes one connection may have buffered at once (at least one maximum-size frame).
     #[arg(long, default_value = "32MiB", value_parser = parse_size)]
     pub max_request_buffer: usize,
-    /// Request bytes a connection may send ahead of what the server has read (QUIC flow control).
-    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    /// Request bytes a QUIC connection may send ahead of what the server has read (flow control);
+    /// reserved from --connection-memory for every QUIC connection.
+    #[arg(long, default_value = "256KiB", value_parser = parse_size)]
     pub connection_window: usize,
+    /// Reply bytes a QUIC connection may have unacknowledged (what a client that stops reading can make
+    /// the server hold for it); reserved from --connection-memory for every QUIC connection.
+    #[arg(long, default_value = "256KiB", value_parser = parse_size)]
+    pub send_window: usize,
+    /// Memory all connections together can make the server hold: their windows and buffers, request
+    /// bytes, answers waiting, published messages queued for subscribers. New connections are refused
+    /// when it cannot take their share; requests wait (then 503). Default: a quarter of the machine's
+    /// (or cgroup's) memory.
+    #[arg(long, value_parser = parse_size)]
+    pub connection_memory: Option<usize>,
+    /// How long a request waits for --connection-memory before it is refused with 503, e.g. 2s.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub memory_wait: Duration,
+    /// QUIC handshakes from unvalidated addresses in progress at once; beyond it, new clients must
+    /// prove their address with a Retry (one more round trip), so spoofed Initials cannot hold places.
+    #[arg(long, default_value_t = Limits::default().max_unvalidated_handshakes)]
+    pub max_unvalidated_handshakes: usize,
     /// Longest table name accepted.
     #[arg(long, default_value = "1KiB", value_parser = parse_size)]
     pub max_table_size: usize,
@@ -370,6 +397,10 @@ pub struct ServeArgs {
     /// Messages each subscriber's queue holds before --lag-policy applies to it.
     #[arg(long, default_value_t = ServiceConfig::default().subscriber_queue)]
     pub subscriber_queue: usize,
+    /// Bytes of messages each subscriber's queue holds before --lag-policy applies to it (an empty
+    /// queue takes any message), e.g. 16MiB.
+    #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+    pub subscriber_queue_bytes: usize,
     /// What happens to a subscriber whose queue is full when a message is published: skip (it misses
     /// the message and is told how many it missed) or drop (its subscription ends with status 429).
     #[arg(long, default_value_t = ServiceConfig::default().lag_policy)]
@@ -457,11 +488,18 @@ impl ServeArgs {
         config.limits.udp_socket_buffer = self.udp_socket_buffer;
         config.limits.max_request_buffer = self.max_request_buffer;
         config.limits.connection_receive_window = self.connection_window;
+        config.limits.send_window = self.send_window;
+        config.limits.memory_wait = self.memory_wait;
+        config.limits.max_unvalidated_handshakes = self.max_unvalidated_handshakes;
+        if let Some(bytes) = self.connection_memory {
+            config.connection_memory = bytes;
+        }
         config.limits.reply_timeout = self.reply_timeout;
         config.limits.reply_min_progress = self.reply_min_progress;
         config.service.max_concurrent_scans = self.max_concurrent_scans;
         config.service.response_frame_target = self.response_frame_target;
         config.service.subscriber_queue = self.subscriber_queue;
+        config.service.subscriber_queue_bytes = self.subscriber_queue_bytes;
         config.service.lag_policy = self.lag_policy;
         config.service.items = ItemLimits {
             max_table_len: self.max_table_size,

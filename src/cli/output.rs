@@ -33,7 +33,7 @@ pub enum CliError {
 
 /// Prints `error` on stderr and picks the exit code.
 pub fn report(error: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {error:#}");
+    eprintln!("error: {}", one_line(error));
     let code = if let Some(error) = error.downcast_ref::<ClientError>() {
         match error {
             ClientError::Status { .. } | ClientError::Conflict { .. } => exit::SERVER_SAID_NO,
@@ -49,6 +49,22 @@ pub fn report(error: &anyhow::Error) -> ExitCode {
         }
     };
     ExitCode::from(code)
+}
+
+/// The error and its causes on one line. A cause whose text is already shown is not repeated: the
+/// client's errors name their cause in their message and also keep it as their source.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain().map(ToString::to_string) {
+        if line.contains(&cause) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&cause);
+    }
+    line
 }
 
 pub fn versioned(entry: &Versioned, with_version: bool) -> String {
@@ -137,6 +153,22 @@ pub fn bench_summary(config: &qkv::bench::BenchConfig, report: &qkv::bench::Benc
         report.elapsed.as_secs_f64(),
         config.warmup.as_secs_f64()
     );
+    if let Some(times) = &report.connection_times {
+        let sharing = match config.client.transport {
+            qkv::transport::Transport::Quic => format!(", {} per UDP socket", config.connections_per_socket),
+            _ => String::new(),
+        };
+        let (opened, what) = match &json.fanout {
+            Some(fanout) => (fanout.subscribers + fanout.stalled, "subscribers"),
+            None => (config.connections, "connections"),
+        };
+        println!(
+            "opened {opened} {what} in {:.2} s ({} at a time{sharing}), closed them in {:.2} s",
+            times.open.as_secs_f64(),
+            config.connect_concurrency,
+            times.close.as_secs_f64()
+        );
+    }
     if let Some(fanout) = &json.fanout {
         println!(
             "fan-out: {} messages/s published to {} reading subscribers ({} stalled); the req/s and latencies above are deliveries (publish to receipt); {} reported missed",

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rand::Rng;
+use rand::{Rng, RngExt};
 
 /// When to reconnect, and how often a call is tried.
 #[derive(Debug, Clone)]

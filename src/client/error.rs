@@ -1,11 +1,15 @@
-//! Everything a client call can fail with, each with a message a user can act on.
+//! Everything a client call can fail with, each with a message a user can act on, the error that
+//! caused it kept whole as its [`source`](std::error::Error::source), and a verdict a caller can act on
+//! without parsing text: [`ClientError::executed`] says whether the request may have taken effect.
 
+use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{ConnectionError, ReadError, WriteError};
 
-use crate::pb::Versioned;
+use crate::pb::{Versioned, status};
 use crate::tls::TlsError;
 use crate::transport::frame::FrameError;
 use crate::transport::quic::codes;
@@ -16,41 +20,79 @@ pub enum ClientError {
     InvalidConfig(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("cannot resolve {addr}: {reason}")]
-    Resolve { addr: String, reason: String },
+    #[error("cannot resolve {addr}: {cause}")]
+    Resolve {
+        addr: String,
+        #[source]
+        cause: io::Error,
+    },
     #[error("cannot open a UDP socket: {0}")]
-    Socket(std::io::Error),
+    Socket(#[source] io::Error),
     #[error("no answer from {addr} within {timeout:?}: is the server running there? (QUIC uses UDP)")]
     ConnectTimeout { addr: String, timeout: Duration },
     #[error(
-        "TLS handshake with {addr} failed: {reason} (the server's certificate must be signed by a CA in {} and be valid for the name dialled)",
+        "TLS handshake with {addr} failed: {cause} (the server's certificate must be signed by a CA in {} and be valid for the name dialled)",
         ca_file.display()
     )]
-    Handshake { addr: String, ca_file: PathBuf, reason: String },
-    #[error("cannot connect to {addr}: {reason}")]
-    Connect { addr: String, reason: String },
+    Handshake {
+        addr: String,
+        ca_file: PathBuf,
+        #[source]
+        cause: Cause,
+    },
+    /// The connection could not be established; `hint` (empty, or a parenthesised remark starting
+    /// with a space) suggests what to check.
+    #[error("cannot connect to {addr}: {cause}{hint}")]
+    Connect {
+        addr: String,
+        #[source]
+        cause: Cause,
+        hint: &'static str,
+    },
+    #[error("cannot connect to {addr}: the server did not agree to the qkv/1 protocol (ALPN)")]
+    NoApplicationProtocol { addr: String },
     #[error(
-        "the server refused this client ({reason}): it requires a client certificate signed by its client CA (--cert and --key)"
+        "the server refused this client ({cause}): it requires a client certificate signed by its client CA (--cert and --key)"
     )]
-    ClientCertificateRefused { reason: String },
+    ClientCertificateRefused {
+        #[source]
+        cause: Cause,
+    },
+    /// The server said it did not execute the request (a 503, or a QUIC close for shutdown); `reason`
+    /// is what it said.
     #[error("the server is unavailable ({reason}); the request was not executed and can be retried")]
     Unavailable { reason: String },
-    #[error("the request was not sent ({reason}); it can be retried")]
-    NotSent { reason: String },
+    #[error("the request was not sent ({cause}); it can be retried")]
+    NotSent {
+        #[source]
+        cause: Cause,
+    },
     #[error("the server refused the 0-RTT early data that carried the request; it was not executed")]
     ZeroRttRejected,
     #[error("no complete answer within {0:?}; the request may or may not have been executed")]
     Timeout(Duration),
     #[error("the client has been closed")]
     Closed,
+    /// The connection failed after the request was sent.
     #[error("connection to the server lost: {0}")]
-    ConnectionLost(ConnectionError),
+    ConnectionLost(#[source] Cause),
+    /// The request's own stream failed after the request was sent; the connection may carry on.
     #[error("request stream failed: {0}")]
-    Stream(String),
+    Stream(#[source] Cause),
+    /// The server executed the request but had no memory to hold its answer (its connection memory
+    /// budget was spent: QUIC reset code 0x14).
+    #[error(
+        "the server executed the request but had no memory to hold its answer (its connection memory budget is spent); a read can be sent again"
+    )]
+    AnswerDropped,
     #[error("request of {len} bytes exceeds the maximum frame size of {max} bytes")]
     RequestTooLarge { len: u64, max: usize },
+    /// The server's reply, though well framed, did not say what the request asks for.
     #[error("malformed reply from the server: {0}")]
     Protocol(String),
+    /// The server's reply was not a valid frame.
+    #[error("malformed reply from the server: {0}")]
+    MalformedReply(#[source] FrameError),
     #[error("version conflict: the key's current version is {}", current.as_ref().map_or(0, |c| c.version))]
     Conflict { current: Option<Versioned> },
     #[error("server answered {status}: {message}")]
@@ -61,6 +103,70 @@ pub enum ClientError {
     Unsupported(&'static str),
 }
 
+/// What failed underneath a [`ClientError`]: quinn's, rustls's and the operating system's errors as
+/// they were raised, for a caller that wants more than the message (a reset code, a TLS alert, an
+/// `io::ErrorKind`). Cheap to clone: a TCP connection's failure is reported to every request that was
+/// waiting on it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Cause {
+    /// quinn could not start a connection (a stopped endpoint, an address it cannot send to).
+    #[error(transparent)]
+    QuicConnect(#[from] quinn::ConnectError),
+    /// A QUIC connection failed or was closed: by the server, by this client, or by a timeout.
+    #[error(transparent)]
+    QuicConnection(#[from] ConnectionError),
+    /// Writing the request on its QUIC stream failed.
+    #[error(transparent)]
+    QuicWrite(#[from] WriteError),
+    /// Reading the reply from its QUIC stream failed (for example, the server reset it).
+    #[error(transparent)]
+    QuicRead(#[from] ReadError),
+    /// TLS: rustls refused the server, or the server sent an alert.
+    #[error(transparent)]
+    Tls(#[from] rustls::Error),
+    /// The socket failed.
+    #[error(transparent)]
+    Io(Arc<io::Error>),
+    /// The bytes on a TCP connection were not a valid reply frame.
+    #[error(transparent)]
+    Frame(Arc<FrameError>),
+    #[error("the server closed the connection")]
+    ServerClosed,
+    #[error("the client closed the connection")]
+    ClientClosed,
+    #[error("the connection ended")]
+    ConnectionEnded,
+    #[error("the server sent a frame no request asked for")]
+    UnaskedFrame,
+    #[error("no connection to the server within the call's deadline of {0:?}")]
+    NoConnectionWithin(Duration),
+}
+
+impl From<io::Error> for Cause {
+    fn from(e: io::Error) -> Self {
+        Cause::Io(Arc::new(e))
+    }
+}
+
+impl From<FrameError> for Cause {
+    fn from(e: FrameError) -> Self {
+        Cause::Frame(Arc::new(e))
+    }
+}
+
+/// Whether a request whose call failed may have taken effect on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Executed {
+    /// Certainly not: it never reached the server, or the server said it did not act on it (it was
+    /// shutting down, refused the request, or found its condition false). Sending it again cannot
+    /// apply it twice.
+    No,
+    /// Perhaps: it was sent, and what became of it is unknown (the connection failed, the answer
+    /// came too late or garbled, the server failed while executing it).
+    Maybe,
+}
+
 /// TLS alerts that a server sends when it does not accept a client's certificate: bad_certificate (42),
 /// unsupported_certificate (43), certificate_revoked (44), certificate_expired (45),
 /// certificate_unknown (46), unknown_ca (48), access_denied (49), certificate_required (116).
@@ -69,30 +175,102 @@ fn refuses_client_certificate(alert: u8) -> bool {
 }
 
 impl ClientError {
-    /// True when the request certainly was not executed, so retrying it cannot apply it twice.
-    pub fn is_retryable(&self) -> bool {
+    /// Whether the request may have taken effect, whatever else went wrong.
+    pub fn executed(&self) -> Executed {
+        use ClientError::*;
+        match self {
+            InvalidConfig(_)
+            | Tls(_)
+            | Resolve { .. }
+            | Socket(_)
+            | ConnectTimeout { .. }
+            | Handshake { .. }
+            | Connect { .. }
+            | NoApplicationProtocol { .. }
+            // A server that refuses the client's certificate fails the handshake: it runs nothing.
+            | ClientCertificateRefused { .. }
+            | Unavailable { .. }
+            | NotSent { .. }
+            | ZeroRttRejected
+            | Closed
+            | RequestTooLarge { .. }
+            | Unsupported(_)
+            // A conditional write whose expected version did not match wrote nothing.
+            | Conflict { .. } => Executed::No,
+            Status { status, .. } => match *status {
+                // The request was refused before it was executed, or executing it changed nothing.
+                status::BAD_REQUEST
+                | status::FORBIDDEN
+                | status::NOT_FOUND
+                | status::REQUEST_TIMEOUT
+                | status::PAYLOAD_TOO_LARGE
+                | status::NOT_IMPLEMENTED
+                | status::UNAVAILABLE
+                | status::INSUFFICIENT_STORAGE => Executed::No,
+                // INTERNAL_ERROR: "the command may or may not have taken effect"; and codes unknown here.
+                _ => Executed::Maybe,
+            },
+            Timeout(_)
+            | ConnectionLost(_)
+            | Stream(_)
+            | AnswerDropped
+            | Protocol(_)
+            | MalformedReply(_)
+            | SubscriptionEnded { .. } => Executed::Maybe,
+        }
+    }
+
+    /// Whether the same request could succeed if sent again now: the failure came from the link or the
+    /// server's state, not from the request, the configuration or a deadline that has passed.
+    fn is_transient(&self) -> bool {
+        use ClientError::*;
         matches!(
             self,
-            ClientError::Unavailable { .. }
-                | ClientError::NotSent { .. }
-                | ClientError::ZeroRttRejected
-                | ClientError::Connect { .. }
-                | ClientError::ConnectTimeout { .. }
+            ConnectTimeout { .. }
+                | Connect { .. }
+                | Unavailable { .. }
+                | NotSent { .. }
+                | ZeroRttRejected
+                | ConnectionLost(_)
+                | Stream(_)
+                | AnswerDropped
         )
+    }
+
+    /// True when the request certainly was not executed ([`Executed::No`]) and trying again could
+    /// succeed, so retrying it cannot apply it twice.
+    pub fn is_retryable(&self) -> bool {
+        self.executed() == Executed::No && self.is_transient()
     }
 
     /// Whether a call that failed like this may be sent again: always when it certainly was not
     /// executed; when it may have been, only if it is idempotent, because executing it twice changes
     /// nothing. Refusals by the server (a status, a conflict) and timeouts are final.
     pub fn may_retry(&self, idempotent: bool) -> bool {
-        self.is_retryable()
-            || (idempotent && matches!(self, ClientError::ConnectionLost(_) | ClientError::Stream(_)))
+        self.is_transient()
+            && match self.executed() {
+                Executed::No => true,
+                Executed::Maybe => idempotent,
+            }
+    }
+
+    /// The error underneath, if this one has a transport or TLS cause.
+    pub fn cause(&self) -> Option<&Cause> {
+        match self {
+            ClientError::Handshake { cause, .. }
+            | ClientError::Connect { cause, .. }
+            | ClientError::ClientCertificateRefused { cause }
+            | ClientError::NotSent { cause }
+            | ClientError::ConnectionLost(cause)
+            | ClientError::Stream(cause) => Some(cause),
+            _ => None,
+        }
     }
 
     /// A stream could not be opened: nothing of the request was sent.
     pub(crate) fn before_sending(e: ConnectionError) -> Self {
         match Self::from_connection(e) {
-            ClientError::ConnectionLost(e) => ClientError::NotSent { reason: e.to_string() },
+            ClientError::ConnectionLost(cause) => ClientError::NotSent { cause },
             other => other,
         }
     }
@@ -110,26 +288,27 @@ impl ClientError {
                     .and_then(|alert| u8::try_from(alert).ok())
                     .is_some_and(refuses_client_certificate) =>
             {
-                ClientError::ClientCertificateRefused { reason: e.to_string() }
+                ClientError::ClientCertificateRefused { cause: e.into() }
             }
-            _ => ClientError::ConnectionLost(e),
+            _ => ClientError::ConnectionLost(e.into()),
         }
     }
 
     /// The server's TLS alert over TCP, if it refused the client's certificate (or its absence).
-    pub(crate) fn from_tls_alert(e: &std::io::Error) -> Option<Self> {
-        let Some(rustls::Error::AlertReceived(alert)) = e.get_ref()?.downcast_ref::<rustls::Error>() else {
+    pub(crate) fn certificate_alert(e: &io::Error) -> Option<rustls::Error> {
+        let alert @ rustls::Error::AlertReceived(description) =
+            e.get_ref()?.downcast_ref::<rustls::Error>()?
+        else {
             return None;
         };
-        refuses_client_certificate(u8::from(*alert))
-            .then(|| ClientError::ClientCertificateRefused { reason: format!("TLS alert {alert:?}") })
+        refuses_client_certificate(u8::from(*description)).then(|| alert.clone())
     }
 
     pub(crate) fn from_write(e: WriteError) -> Self {
         match e {
             WriteError::ConnectionLost(e) => Self::from_connection(e),
             WriteError::ZeroRttRejected => ClientError::ZeroRttRejected,
-            other => ClientError::Stream(other.to_string()),
+            other => ClientError::Stream(other.into()),
         }
     }
 
@@ -137,22 +316,135 @@ impl ClientError {
         match e {
             ReadError::ConnectionLost(e) => Self::from_connection(e),
             ReadError::ZeroRttRejected => ClientError::ZeroRttRejected,
-            ReadError::Reset(code) => {
-                ClientError::Stream(format!("the server reset the reply (code {code})"))
-            }
-            other => ClientError::Stream(other.to_string()),
+            ReadError::Reset(code) if code == codes::ANSWER_DROPPED => ClientError::AnswerDropped,
+            other => ClientError::Stream(other.into()),
         }
     }
 
-    /// Frames are read through `AsyncRead`, which wraps quinn's `ReadError` in an `io::Error`.
+    /// Frames are read through `AsyncRead`, which wraps quinn's `ReadError` (or, over TLS, rustls's
+    /// error) in an `io::Error`.
     pub(crate) fn from_frame(e: FrameError) -> Self {
         match e {
-            FrameError::Io(io) => match io.into_inner().map(|inner| inner.downcast::<ReadError>()) {
-                Some(Ok(read)) => Self::from_read(*read),
-                Some(Err(other)) => ClientError::Stream(other.to_string()),
-                None => ClientError::Stream("reading the reply failed".into()),
-            },
-            other => ClientError::Protocol(other.to_string()),
+            FrameError::Io(io) => {
+                if let Some(read) = io.get_ref().and_then(|inner| inner.downcast_ref::<ReadError>()) {
+                    return Self::from_read(read.clone());
+                }
+                match Self::certificate_alert(&io) {
+                    Some(alert) => ClientError::ClientCertificateRefused { cause: alert.into() },
+                    None => ClientError::Stream(io.into()),
+                }
+            }
+            other => ClientError::MalformedReply(other),
         }
+    }
+
+    /// A request that cannot be framed: the only way is to be too large.
+    pub(crate) fn from_encode(e: FrameError) -> Self {
+        match e {
+            FrameError::TooLarge { declared, max } => ClientError::RequestTooLarge { len: declared, max },
+            other => ClientError::Protocol(format!("the request could not be framed: {other}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use quinn::VarInt;
+
+    use super::*;
+
+    fn lost() -> ConnectionError {
+        ConnectionError::TimedOut
+    }
+
+    #[test]
+    fn failures_before_sending_are_not_executed_and_retryable() {
+        for error in [
+            ClientError::before_sending(lost()),
+            ClientError::NotSent { cause: Cause::NoConnectionWithin(Duration::from_secs(1)) },
+            ClientError::Unavailable { reason: "shutting down".into() },
+            ClientError::from_write(WriteError::ZeroRttRejected),
+            ClientError::Connect { addr: "a:1".into(), cause: Cause::ServerClosed, hint: "" },
+        ] {
+            assert_eq!(error.executed(), Executed::No, "{error}");
+            assert!(error.is_retryable() && error.may_retry(false), "{error}");
+        }
+    }
+
+    #[test]
+    fn failures_after_sending_may_have_executed_and_are_retried_only_when_idempotent() {
+        for error in [
+            ClientError::from_connection(lost()),
+            ClientError::from_read(ReadError::Reset(VarInt::from_u32(3))),
+            ClientError::from_write(WriteError::Stopped(VarInt::from_u32(0))),
+            ClientError::from_frame(FrameError::Io(io::Error::from(io::ErrorKind::ConnectionReset))),
+        ] {
+            assert_eq!(error.executed(), Executed::Maybe, "{error}");
+            assert!(!error.is_retryable(), "{error}");
+            assert!(error.may_retry(true) && !error.may_retry(false), "{error}");
+        }
+    }
+
+    #[test]
+    fn final_answers_are_never_retried() {
+        let conflict = ClientError::Conflict { current: None };
+        let refused = ClientError::Status { status: status::BAD_REQUEST, message: "no".into() };
+        let failed = ClientError::Status { status: status::INTERNAL_ERROR, message: "disk".into() };
+        let late = ClientError::Timeout(Duration::from_secs(1));
+        let garbled = ClientError::from_frame(FrameError::Truncated { buffered: 3 });
+        assert_eq!((conflict.executed(), refused.executed()), (Executed::No, Executed::No));
+        assert_eq!((failed.executed(), late.executed()), (Executed::Maybe, Executed::Maybe));
+        assert_eq!(garbled.executed(), Executed::Maybe);
+        for error in [conflict, refused, failed, late, garbled] {
+            assert!(!error.may_retry(true) && !error.is_retryable(), "{error}");
+        }
+    }
+
+    #[test]
+    fn typed_causes_are_kept_as_sources() {
+        let reset = ClientError::from_read(ReadError::Reset(VarInt::from_u32(7)));
+        assert!(
+            matches!(reset.cause(), Some(Cause::QuicRead(ReadError::Reset(code))) if *code == VarInt::from_u32(7))
+        );
+        assert!(reset.source().is_some());
+
+        // quinn wraps its ReadError in an io::Error under AsyncRead: it is taken out again.
+        let wrapped = io::Error::other(ReadError::ConnectionLost(lost()));
+        let error = ClientError::from_frame(FrameError::Io(wrapped));
+        assert!(matches!(error.cause(), Some(Cause::QuicConnection(ConnectionError::TimedOut))), "{error:?}");
+
+        // A TLS alert about the client's certificate, under TLS over TCP.
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        let error =
+            ClientError::from_frame(FrameError::Io(io::Error::new(io::ErrorKind::InvalidData, alert)));
+        assert!(matches!(error, ClientError::ClientCertificateRefused { cause: Cause::Tls(_) }), "{error:?}");
+        assert_eq!(error.executed(), Executed::No);
+
+        let socket = ClientError::Socket(io::Error::from(io::ErrorKind::AddrInUse));
+        let source = socket.source().and_then(|s| s.downcast_ref::<io::Error>());
+        assert_eq!(source.map(io::Error::kind), Some(io::ErrorKind::AddrInUse));
+    }
+
+    #[test]
+    fn messages_still_say_what_happened() {
+        let shutdown =
+            ClientError::from_connection(ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+                error_code: codes::SHUTTING_DOWN,
+                reason: "bye".into(),
+            }));
+        assert!(shutdown.to_string().contains("not executed"), "{shutdown}");
+        let refused = ClientError::Connect {
+            addr: "db:9527".into(),
+            cause: io::Error::from(io::ErrorKind::ConnectionRefused).into(),
+            hint: " (is the server running, with TCP on?)",
+        };
+        assert_eq!(
+            refused.to_string(),
+            "cannot connect to db:9527: connection refused (is the server running, with TCP on?)"
+        );
+        let reset = ClientError::from_read(ReadError::Reset(VarInt::from_u32(3)));
+        assert!(reset.to_string().contains("reset"), "{reset}");
     }
 }

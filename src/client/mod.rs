@@ -18,6 +18,7 @@
 //! ```
 
 mod backoff;
+mod endpoint;
 mod error;
 mod frames;
 mod quic;
@@ -34,14 +35,15 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 pub use backoff::RetryPolicy;
-pub use error::ClientError;
+pub use endpoint::ClientEndpoint;
+pub use error::{Cause, ClientError, Executed};
 pub use frames::ResponseFrames;
 pub use subscription::{Event, Subscription};
 
 use crate::pb::command_request::RequestData;
 use crate::pb::{CommandRequest, CommandResponse, Kvpair, Value, Versioned, status, value};
 use crate::tls::{ClientCertFiles, Tickets};
-use crate::transport::frame::{FrameError, encode_frame};
+use crate::transport::frame::encode_frame;
 use crate::transport::quic::QuicOptions;
 use crate::transport::{Limits, Transport};
 use backoff::Backoff;
@@ -137,7 +139,8 @@ pub struct Written {
 }
 
 /// What a client has done so far, for monitoring and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(serde::Serialize, serde::Deserialize))]
 pub struct ClientStats {
     /// Connections established, the first included.
     pub connections: u64,
@@ -148,6 +151,12 @@ pub struct ClientStats {
     pub resumed: u64,
     /// Calls sent again after a failure.
     pub retries: u64,
+    /// QUIC packets the closed connections sent, and those they took for lost (quinn's loss
+    /// detection; on a path that loses nothing, a late acknowledgement).
+    #[serde(default)]
+    pub packets_sent: u64,
+    #[serde(default)]
+    pub packets_lost: u64,
 }
 
 impl std::ops::AddAssign for ClientStats {
@@ -157,6 +166,8 @@ impl std::ops::AddAssign for ClientStats {
         self.zero_rtt_rejected += other.zero_rtt_rejected;
         self.resumed += other.resumed;
         self.retries += other.retries;
+        self.packets_sent += other.packets_sent;
+        self.packets_lost += other.packets_lost;
     }
 }
 
@@ -167,6 +178,8 @@ struct Stats {
     zero_rtt_rejected: AtomicU64,
     resumed: AtomicU64,
     retries: AtomicU64,
+    packets_sent: AtomicU64,
+    packets_lost: AtomicU64,
 }
 
 /// A client of a qkv server. Cheap to clone; clones share the connection.
@@ -183,8 +196,13 @@ struct Inner {
     tls: Option<Arc<rustls::ClientConfig>>,
     /// QUIC only: the endpoint (one UDP socket) that every connection of this client uses.
     endpoint: Option<quinn::Endpoint>,
+    /// QUIC only: the settings of this client's connections (an endpoint may carry other clients').
+    quic: Option<quinn::ClientConfig>,
+    /// Whether other clients use the endpoint too (made by [`ClientEndpoint::connect`]): then closing
+    /// this client does not wait for the endpoint to fall idle, and rebinding it moves them all.
+    endpoint_shared: bool,
     /// The connection calls use; replaced when it is found broken.
-    current: std::sync::Mutex<Option<Connection>>,
+    current: parking_lot::Mutex<Option<Connection>>,
     /// Held while connecting, so that concurrent calls wait for one new connection.
     reconnect: tokio::sync::Mutex<Backoff>,
     closed: AtomicBool,
@@ -212,56 +230,43 @@ impl Client {
         Self::connect_with(ClientConfig::new(addr, ca_file)).await
     }
 
-    /// Connects as `config` says. Returns once the connection is established, or at once when it is
-    /// resumed in 0-RTT.
+    /// Connects as `config` says, on an endpoint (a UDP socket, over QUIC) of its own. Returns once the
+    /// connection is established, or at once when it is resumed in 0-RTT.
     pub async fn connect_with(config: ClientConfig) -> ClientResult<Self> {
-        config.validate().map_err(ClientError::InvalidConfig)?;
-        let (host, remote) = resolve(&config.addr).await?;
-        let server_name = config.server_name.clone().unwrap_or(host);
-        let tls = match config.transport {
-            Transport::Quic | Transport::Tls => {
-                Some(config.tickets.client_config(&config.ca_file, config.client_cert.as_ref())?)
-            }
-            Transport::Tcp => None,
-        };
-        let endpoint = match (&tls, config.transport) {
-            (Some(tls), Transport::Quic) => {
-                let quic = crate::transport::quic::client_config(
-                    tls.clone(),
-                    &config.limits,
-                    &config.quic,
-                    config.keep_alive,
-                )
-                .map_err(|e| ClientError::Connect { addr: config.addr.clone(), reason: e.to_string() })?;
-                let endpoint =
-                    crate::transport::quic::client_endpoint(any_port(remote), quic, &config.limits)
-                        .map_err(ClientError::Socket)?;
-                Some(endpoint)
-            }
-            _ => None,
-        };
-        let client = Client {
+        Self::connect_on(&ClientEndpoint::new(config).await?, false).await
+    }
+
+    /// A client on `endpoint`, connected; `shared` when other clients may use the endpoint too.
+    async fn connect_on(endpoint: &ClientEndpoint, shared: bool) -> ClientResult<Self> {
+        let client = Self::on(endpoint, shared);
+        client.connection().await?;
+        Ok(client)
+    }
+
+    /// A client on `endpoint` that connects when first used.
+    fn on(endpoint: &ClientEndpoint, shared: bool) -> Self {
+        Client {
             inner: Arc::new(Inner {
-                config,
-                server_name,
-                remote,
-                tls,
-                endpoint,
-                current: std::sync::Mutex::new(None),
+                config: endpoint.config.clone(),
+                server_name: endpoint.server_name.clone(),
+                remote: endpoint.remote,
+                tls: endpoint.tls.clone(),
+                endpoint: endpoint.endpoint.clone(),
+                quic: endpoint.quic.clone(),
+                endpoint_shared: shared,
+                current: parking_lot::Mutex::new(None),
                 reconnect: tokio::sync::Mutex::new(Backoff::default()),
                 closed: AtomicBool::new(false),
                 stats: Arc::default(),
             }),
-        };
-        client.connection().await?;
-        Ok(client)
+        }
     }
 
     /// The current connection if it still works; otherwise a new one (one for all concurrent callers,
     /// after the backoff that earlier failures call for).
     async fn connection(&self) -> ClientResult<Connection> {
         let inner = &self.inner;
-        let usable = || inner.current.lock().ok().and_then(|c| c.clone()).filter(Connection::is_usable);
+        let usable = || inner.current.lock().clone().filter(Connection::is_usable);
         if let Some(connection) = usable() {
             return Ok(connection);
         }
@@ -279,9 +284,7 @@ impl Client {
             Ok(connection) => {
                 backoff.succeeded();
                 inner.stats.connections.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut current) = inner.current.lock() {
-                    *current = Some(connection.clone());
-                }
+                *inner.current.lock() = Some(connection.clone());
                 Ok(connection)
             }
             Err(e) => {
@@ -294,11 +297,11 @@ impl Client {
     async fn open(&self) -> ClientResult<Connection> {
         let inner = &self.inner;
         let (config, name, remote) = (&inner.config, inner.server_name.as_str(), inner.remote);
-        Ok(match (&inner.endpoint, config.transport) {
-            (Some(endpoint), _) => Connection::Quic(
-                quic::QuicConnection::connect(endpoint, config, name, remote, &inner.stats).await?,
+        Ok(match (&inner.endpoint, &inner.quic) {
+            (Some(endpoint), Some(quic)) => Connection::Quic(
+                quic::QuicConnection::connect(endpoint, quic, config, name, remote, &inner.stats).await?,
             ),
-            (None, _) => Connection::Tcp(Arc::new(
+            _ => Connection::Tcp(Arc::new(
                 tcp::TcpConnection::connect(config, inner.tls.clone(), name, remote, &inner.stats).await?,
             )),
         })
@@ -317,10 +320,7 @@ impl Client {
         deadline: Instant,
     ) -> ClientResult<ResponseFrames> {
         let max_frame_len = self.inner.config.limits.max_frame_len;
-        let frame = encode_frame(request, max_frame_len).map_err(|e| match e {
-            FrameError::TooLarge { declared, max } => ClientError::RequestTooLarge { len: declared, max },
-            other => ClientError::Protocol(other.to_string()),
-        })?;
+        let frame = encode_frame(request, max_frame_len).map_err(ClientError::from_encode)?;
         if let Some(RequestData::Subscribe(_)) = request.request_data {
             // Over TCP its endless answer would hold up every call after it on the shared connection.
             return Err(ClientError::Unsupported(
@@ -340,10 +340,8 @@ impl Client {
                 }
                 Ok(Err(e)) => Ok(Err(e)),
                 Err(_) => {
-                    let timeout = self.inner.config.request_timeout;
-                    let reason =
-                        format!("no connection to the server within the call's deadline of {timeout:?}");
-                    return Err(last_error.unwrap_or(ClientError::NotSent { reason }));
+                    let cause = Cause::NoConnectionWithin(self.inner.config.request_timeout);
+                    return Err(last_error.unwrap_or(ClientError::NotSent { cause }));
                 }
             };
             let error = match sent {
@@ -380,9 +378,7 @@ impl Client {
     /// The deadline passed. Over TCP the connection is given up too: the late answer holds back every
     /// answer behind it. Over QUIC only this request's stream is abandoned.
     fn timed_out(&self) -> ClientError {
-        if let Ok(current) = self.inner.current.lock()
-            && let Some(Connection::Tcp(tcp)) = current.as_ref()
-        {
+        if let Some(Connection::Tcp(tcp)) = self.inner.current.lock().as_ref() {
             tcp.abandon();
         }
         ClientError::Timeout(self.inner.config.request_timeout)
@@ -390,21 +386,14 @@ impl Client {
 
     /// Moves the client to a new local UDP socket (a new port, and the address the system now routes
     /// from), keeping its QUIC connection: for an app's network-change callback. The server sees the
-    /// connection migrate and carries on. Over TCP, where a connection cannot move, the connection is
-    /// closed instead and the next call opens a new one.
+    /// connection migrate and carries on. On a [`ClientEndpoint`] shared with other clients this moves
+    /// the endpoint, so every client on it moves too. Over TCP, where a connection cannot move, the
+    /// connection is closed instead and the next call opens a new one.
     pub fn rebind(&self) -> ClientResult<()> {
         match &self.inner.endpoint {
-            Some(endpoint) => {
-                let limits = &self.inner.config.limits;
-                let socket =
-                    crate::transport::quic::bind_udp(any_port(self.inner.remote), limits.udp_socket_buffer)
-                        .map_err(ClientError::Socket)?;
-                endpoint.rebind(socket).map_err(ClientError::Socket)
-            }
+            Some(endpoint) => endpoint::rebind(endpoint, self.inner.remote, &self.inner.config),
             None => {
-                if let Ok(current) = self.inner.current.lock()
-                    && let Some(Connection::Tcp(tcp)) = current.as_ref()
-                {
+                if let Some(Connection::Tcp(tcp)) = self.inner.current.lock().as_ref() {
                     tcp.abandon();
                 }
                 Ok(())
@@ -412,7 +401,8 @@ impl Client {
         }
     }
 
-    /// The local address the client sends from (for QUIC, its endpoint's socket).
+    /// The local address the client sends from (for QUIC, its endpoint's socket, which the clients of a
+    /// shared [`ClientEndpoint`] have in common).
     pub fn local_address(&self) -> Option<SocketAddr> {
         self.inner.endpoint.as_ref().and_then(|endpoint| endpoint.local_addr().ok())
     }
@@ -426,6 +416,8 @@ impl Client {
             zero_rtt_rejected: stats.zero_rtt_rejected.load(Ordering::Relaxed),
             resumed: stats.resumed.load(Ordering::Relaxed),
             retries: stats.retries.load(Ordering::Relaxed),
+            packets_sent: stats.packets_sent.load(Ordering::Relaxed),
+            packets_lost: stats.packets_lost.load(Ordering::Relaxed),
         }
     }
 
@@ -557,7 +549,7 @@ impl Client {
 
     /// The server's address as the current connection sees it.
     pub fn remote_address(&self) -> SocketAddr {
-        let current = self.inner.current.lock().ok().and_then(|c| c.clone());
+        let current = self.inner.current.lock().clone();
         match current {
             Some(Connection::Quic(quic)) => quic.remote_address(),
             Some(Connection::Tcp(tcp)) => tcp.remote_address(),
@@ -566,16 +558,18 @@ impl Client {
     }
 
     /// Closes the connection and waits until the server has been told, so it need not time it out.
-    /// Calls made afterwards fail with [`ClientError::Closed`].
+    /// Calls made afterwards fail with [`ClientError::Closed`]. On a shared [`ClientEndpoint`] the close
+    /// is sent without waiting (the endpoint falls idle only once all its clients have closed):
+    /// [`ClientEndpoint::wait_idle`] waits for them all.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
-        let current = self.inner.current.lock().ok().and_then(|mut c| c.take());
+        let current = self.inner.current.lock().take();
         match current {
-            Some(Connection::Quic(quic)) => quic.close(),
+            Some(Connection::Quic(quic)) => quic.close(&self.inner.stats).await,
             Some(Connection::Tcp(tcp)) => tcp.close().await,
             None => {}
         }
-        if let Some(endpoint) = &self.inner.endpoint {
+        if let (Some(endpoint), false) = (&self.inner.endpoint, self.inner.endpoint_shared) {
             endpoint.wait_idle().await;
         }
     }
@@ -592,19 +586,22 @@ fn any_port(remote: SocketAddr) -> SocketAddr {
 
 /// Resolves `host:port`, returning the host (for certificate verification) and the first address.
 async fn resolve(addr: &str) -> ClientResult<(String, SocketAddr)> {
-    let resolve_error = |reason: String| ClientError::Resolve { addr: addr.to_owned(), reason };
+    let resolve_error = |cause: std::io::Error| ClientError::Resolve { addr: addr.to_owned(), cause };
     let host = match addr.parse::<SocketAddr>() {
         Ok(socket_addr) => socket_addr.ip().to_string(),
         Err(_) => match addr.rsplit_once(':') {
             Some((host, _port)) => host.trim_start_matches('[').trim_end_matches(']').to_owned(),
-            None => return Err(resolve_error("expected host:port".into())),
+            None => {
+                return Err(resolve_error(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "expected host:port",
+                )));
+            }
         },
     };
-    let remote = tokio::net::lookup_host(addr)
-        .await
-        .map_err(|e| resolve_error(e.to_string()))?
-        .next()
-        .ok_or_else(|| resolve_error("no addresses found".into()))?;
+    let remote = tokio::net::lookup_host(addr).await.map_err(resolve_error)?.next().ok_or_else(|| {
+        resolve_error(std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses found"))
+    })?;
     Ok((host, remote))
 }
 

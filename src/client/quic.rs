@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use quinn::{Connection, Endpoint, SendStream, WriteError};
+use parking_lot::Mutex;
+use quinn::{ConnectError, Connection, Endpoint, SendStream, WriteError, ZeroRttAccepted};
+use tokio_util::task::AbortOnDropHandle;
 
+use super::error::Cause;
 use super::frames::ResponseFrames;
 use super::{ClientConfig, ClientError, ClientResult, Stats};
 use crate::transport::quic::codes;
@@ -16,42 +19,37 @@ use crate::transport::quic::codes;
 #[derive(Clone)]
 pub(super) struct QuicConnection {
     connection: Connection,
+    /// For a connection opened in 0-RTT, the task that waits for its handshake: see
+    /// [`watch_handshake`]. It lives no longer than the connection (the last clone of this handle
+    /// aborts it) and [`QuicConnection::close`] waits for it, so that once a client is closed its
+    /// 0-RTT statistics are final.
+    handshake: Option<Arc<Mutex<Option<AbortOnDropHandle<()>>>>>,
 }
 
 impl QuicConnection {
-    /// Connects through `endpoint`. With `zero_rtt` and a ticket for the server, returns at once and
-    /// the first requests travel as early data; otherwise returns when the handshake is complete.
+    /// Connects through `endpoint` with the settings `quic`. With `zero_rtt` and a ticket for the
+    /// server, returns at once and the first requests travel as early data; otherwise returns when the
+    /// handshake is complete.
     pub(super) async fn connect(
         endpoint: &Endpoint,
+        quic: &quinn::ClientConfig,
         config: &ClientConfig,
         server_name: &str,
         remote: SocketAddr,
         stats: &Arc<Stats>,
     ) -> ClientResult<Self> {
-        let connecting = endpoint
-            .connect(remote, server_name)
-            .map_err(|e| ClientError::Connect { addr: config.addr.clone(), reason: e.to_string() })?;
+        let connecting = endpoint.connect_with(quic.clone(), remote, server_name).map_err(|e| match e {
+            ConnectError::InvalidServerName(name) => {
+                ClientError::InvalidConfig(format!("{name:?} is not a valid server name"))
+            }
+            other => ClientError::Connect { addr: config.addr.clone(), cause: other.into(), hint: "" },
+        })?;
         let connecting = match config.zero_rtt {
             true => match connecting.into_0rtt() {
                 Ok((connection, accepted)) => {
-                    // Whether the server took the early data is known when the handshake completes;
-                    // requests it refused fail with `ZeroRttRejected` and are sent again. A handshake
-                    // that does not complete within the connect timeout (no server there any more,
-                    // say) ends the connection, as a full handshake's would.
-                    let (stats, watched, timeout) =
-                        (stats.clone(), connection.clone(), config.connect_timeout);
-                    tokio::spawn(async move {
-                        let counter = match tokio::time::timeout(timeout, accepted).await {
-                            Ok(true) => &stats.zero_rtt_accepted,
-                            Ok(false) => &stats.zero_rtt_rejected,
-                            Err(_) => {
-                                watched.close(codes::NO_ERROR, b"no handshake within the connect timeout");
-                                return;
-                            }
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    });
-                    return Ok(QuicConnection { connection });
+                    let watcher = watch_handshake(connection.clone(), accepted, stats.clone(), config);
+                    let handshake = Some(Arc::new(Mutex::new(Some(watcher))));
+                    return Ok(QuicConnection { connection, handshake });
                 }
                 Err(connecting) => connecting, // no ticket: a full handshake
             },
@@ -67,7 +65,7 @@ impl QuicConnection {
             Ok(Err(e)) => return Err(handshake_error(config, e)),
             Ok(Ok(connection)) => connection,
         };
-        Ok(QuicConnection { connection })
+        Ok(QuicConnection { connection, handshake: None })
     }
 
     /// Opens a stream, writes the request frame and finishes the stream.
@@ -94,9 +92,42 @@ impl QuicConnection {
         self.connection.remote_address()
     }
 
-    pub(super) fn close(&self) {
+    /// Closes the connection, adding what it sent and lost to `stats`, and waits until its handshake
+    /// watcher has recorded how the handshake ended (at once: closing ends a handshake still under way).
+    pub(super) async fn close(&self, stats: &Stats) {
+        let path = self.connection.stats().path;
+        stats.packets_sent.fetch_add(path.sent_packets, Ordering::Relaxed);
+        stats.packets_lost.fetch_add(path.lost_packets, Ordering::Relaxed);
         self.connection.close(codes::NO_ERROR, b"done");
+        let watcher = self.handshake.as_ref().and_then(|watcher| watcher.lock().take());
+        if let Some(watcher) = watcher {
+            let _ = watcher.await;
+        }
     }
+}
+
+/// Waits for the handshake of a connection opened in 0-RTT. Whether the server took the early data is
+/// known when the handshake completes; requests it refused fail with `ZeroRttRejected` and are sent
+/// again, and the outcome is counted in `stats`. A handshake that does not complete within the connect
+/// timeout (no server there any more, say) ends the connection, as a full handshake's would.
+fn watch_handshake(
+    connection: Connection,
+    accepted: ZeroRttAccepted,
+    stats: Arc<Stats>,
+    config: &ClientConfig,
+) -> AbortOnDropHandle<()> {
+    let timeout = config.connect_timeout;
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let counter = match tokio::time::timeout(timeout, accepted).await {
+            Ok(true) => &stats.zero_rtt_accepted,
+            Ok(false) => &stats.zero_rtt_rejected,
+            Err(_) => {
+                connection.close(codes::NO_ERROR, b"no handshake within the connect timeout");
+                return;
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }))
 }
 
 /// A request stream that is reset with [`codes::CANCELLED`] if its call is dropped before the whole
@@ -129,13 +160,9 @@ fn handshake_error(config: &ClientConfig, e: quinn::ConnectionError) -> ClientEr
         ConnectionClosed(close) => tls_alert(close.error_code),
         _ => false,
     };
-    if is_alert {
-        ClientError::Handshake {
-            addr: config.addr.clone(),
-            ca_file: config.ca_file.clone(),
-            reason: e.to_string(),
-        }
-    } else {
-        ClientError::Connect { addr: config.addr.clone(), reason: e.to_string() }
+    let (addr, cause) = (config.addr.clone(), Cause::QuicConnection(e));
+    match is_alert {
+        true => ClientError::Handshake { addr, ca_file: config.ca_file.clone(), cause },
+        false => ClientError::Connect { addr, cause, hint: "" },
     }
 }

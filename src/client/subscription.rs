@@ -17,10 +17,11 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
+use super::error::Cause;
 use super::tcp::{ByteStream, open_stream};
 use super::{Client, ClientError, ClientResult, Connection, ResponseFrames, ok, quic};
 use crate::pb::{CommandRequest, CommandResponse, Value, status, value};
-use crate::pubsub::{Published, SubscriptionId};
+use crate::pb::{Published, SubscriptionId};
 use crate::transport::Transport;
 use crate::transport::frame::{FrameCodec, encode_frame};
 
@@ -85,7 +86,7 @@ impl Client {
         let config = &self.inner.config;
         let max_frame_len = config.limits.max_frame_len;
         let frame = encode_frame(&CommandRequest::subscribe(topic), max_frame_len)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            .map_err(ClientError::from_encode)?;
         let mut channel = match config.transport {
             Transport::Quic => {
                 let Connection::Quic(connection) = self.connection().await? else {
@@ -100,11 +101,9 @@ impl Client {
                     open_stream(config, inner.tls.clone(), &inner.server_name, inner.remote, &inner.stats)
                         .await?;
                 let (read, mut requests) = tokio::io::split(stream);
-                requests
-                    .write_all(&frame)
-                    .await
-                    .map_err(|e| ClientError::NotSent { reason: e.to_string() })?;
-                requests.flush().await.map_err(|e| ClientError::NotSent { reason: e.to_string() })?;
+                let not_sent = |e: std::io::Error| ClientError::NotSent { cause: e.into() };
+                requests.write_all(&frame).await.map_err(not_sent)?;
+                requests.flush().await.map_err(not_sent)?;
                 let frames = FramedRead::new(read, FrameCodec::new(max_frame_len));
                 Channel::Tcp { frames, requests }
             }
@@ -155,9 +154,7 @@ impl Channel {
             Channel::Quic { frames, .. } => frames.poll_next(cx),
             Channel::Tcp { frames, .. } => Poll::Ready(match ready!(frames.poll_next_unpin(cx)) {
                 Some(frame) => Some(frame.map_err(ClientError::from_frame)),
-                None => {
-                    Some(Err(ClientError::Stream("the server closed the subscription's connection".into())))
-                }
+                None => Some(Err(ClientError::ConnectionLost(Cause::ServerClosed))),
             }),
         }
     }
@@ -185,8 +182,7 @@ impl Subscription {
             return Ok(());
         }
         let request = CommandRequest::unsubscribe(self.topic.as_str(), self.id);
-        let frame =
-            encode_frame(&request, self.max_frame_len).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let frame = encode_frame(&request, self.max_frame_len).map_err(ClientError::from_encode)?;
         let (max_frame_len, ended) = (self.max_frame_len, self.ended);
         let unsubscribing = async {
             match &mut self.channel {
@@ -198,7 +194,7 @@ impl Subscription {
                     ok(response).map(drop)
                 }
                 Channel::Tcp { frames, requests } => {
-                    let failed = |e: std::io::Error| ClientError::Stream(e.to_string());
+                    let failed = |e: std::io::Error| ClientError::ConnectionLost(e.into());
                     requests.write_all(&frame).await.map_err(failed)?;
                     requests.flush().await.map_err(failed)?;
                     // Answers come in order: the subscription's frames up to its last, then this one's.
@@ -210,7 +206,7 @@ impl Subscription {
                         }
                         subscription_over = !frame.more;
                     }
-                    Err(ClientError::Stream("the server closed the subscription's connection".into()))
+                    Err(ClientError::ConnectionLost(Cause::ServerClosed))
                 }
             }
         };

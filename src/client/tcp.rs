@@ -27,6 +27,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::codec::{BytesCodec, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
+use super::error::Cause;
 use super::frames::ResponseFrames;
 use super::{ClientConfig, ClientError, ClientResult, Stats};
 use crate::pb::{CommandRequest, CommandResponse, status};
@@ -39,22 +40,20 @@ pub(super) enum Closed {
     /// The server said 503: it executed neither this request nor any later one on the connection.
     Unavailable(String),
     /// The request was never written to the connection.
-    NotSent(String),
+    NotSent(Cause),
     /// The connection failed with the request sent; it may or may not have been executed.
-    Lost(String),
+    Lost(Cause),
     /// The server refused the client's certificate, or its lack of one, after the handshake.
-    CertificateRefused(String),
+    CertificateRefused(Cause),
 }
 
 impl Closed {
     pub(super) fn error(&self) -> ClientError {
-        match self {
-            Closed::Unavailable(reason) => ClientError::Unavailable { reason: reason.clone() },
-            Closed::NotSent(reason) => ClientError::NotSent { reason: reason.clone() },
-            Closed::Lost(reason) => ClientError::Stream(format!("the TCP connection was lost: {reason}")),
-            Closed::CertificateRefused(reason) => {
-                ClientError::ClientCertificateRefused { reason: reason.clone() }
-            }
+        match self.clone() {
+            Closed::Unavailable(reason) => ClientError::Unavailable { reason },
+            Closed::NotSent(cause) => ClientError::NotSent { cause },
+            Closed::Lost(cause) => ClientError::ConnectionLost(cause),
+            Closed::CertificateRefused(cause) => ClientError::ClientCertificateRefused { cause },
         }
     }
 }
@@ -74,7 +73,7 @@ pub(super) struct State {
 impl State {
     /// Why frames stopped coming for a request whose queue ended without saying.
     pub(super) fn reason(&self) -> Closed {
-        self.closed.get().cloned().unwrap_or_else(|| Closed::Lost("the connection ended".into()))
+        self.closed.get().cloned().unwrap_or(Closed::Lost(Cause::ConnectionEnded))
     }
 }
 
@@ -112,13 +111,16 @@ pub(super) async fn open_stream(
     remote: SocketAddr,
     stats: &Stats,
 ) -> ClientResult<Box<dyn ByteStream>> {
-    let connect_error = |reason: String| ClientError::Connect { addr: config.addr.clone(), reason };
     let timed_out =
         || ClientError::ConnectTimeout { addr: config.addr.clone(), timeout: config.connect_timeout };
     let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(remote))
         .await
         .map_err(|_| timed_out())?
-        .map_err(|e| connect_error(format!("{e} (is the server running, with TCP on?)")))?;
+        .map_err(|e| ClientError::Connect {
+            addr: config.addr.clone(),
+            cause: e.into(),
+            hint: " (is the server running, with TCP on?)",
+        })?;
     // Requests are small and latency matters more than packet count.
     let _ = stream.set_nodelay(true);
     // A subscription's connection sends nothing while it waits for messages: keep-alive probes find a
@@ -128,8 +130,9 @@ pub(super) async fn open_stream(
     let Some(tls) = tls else {
         return Ok(Box::new(stream));
     };
-    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
-        .map_err(|e| connect_error(format!("{server_name:?} is not a valid server name: {e}")))?;
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).map_err(|e| {
+        ClientError::InvalidConfig(format!("{server_name:?} is not a valid server name: {e}"))
+    })?;
     let handshake = TlsConnector::from(tls).connect(name, stream);
     let stream = tokio::time::timeout(config.connect_timeout, handshake)
         .await
@@ -137,7 +140,7 @@ pub(super) async fn open_stream(
         .map_err(|e| handshake_error(config, e))?;
     let session = stream.get_ref().1;
     if session.alpn_protocol() != Some(ALPN) {
-        return Err(connect_error("the server did not agree to the qkv/1 protocol (ALPN)".into()));
+        return Err(ClientError::NoApplicationProtocol { addr: config.addr.clone() });
     }
     if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
         stats.resumed.fetch_add(1, Ordering::Relaxed);
@@ -214,19 +217,19 @@ impl TcpConnection {
 /// Only certificate failures are about the CA file; a reset or non-TLS data means something else.
 fn handshake_error(config: &ClientConfig, e: std::io::Error) -> ClientError {
     let addr = config.addr.clone();
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-        Some(rustls::Error::InvalidCertificate(_)) => {
-            ClientError::Handshake { addr, ca_file: config.ca_file.clone(), reason: e.to_string() }
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).cloned() {
+        Some(tls @ rustls::Error::InvalidCertificate(_)) => {
+            ClientError::Handshake { addr, ca_file: config.ca_file.clone(), cause: tls.into() }
         }
-        Some(_) => ClientError::Connect {
+        Some(tls) => ClientError::Connect {
             addr,
-            reason: format!("TLS handshake failed: {e} (does the server serve TLS on TCP, not plaintext?)"),
+            cause: tls.into(),
+            hint: " (the TLS handshake failed: does the server serve TLS on TCP, not plaintext?)",
         },
         None => ClientError::Connect {
             addr,
-            reason: format!(
-                "the connection failed during the TLS handshake: {e} (the server may be at its connection limit)"
-            ),
+            cause: e.into(),
+            hint: " (the connection failed during the TLS handshake: the server may be at its connection limit)",
         },
     }
 }
@@ -260,7 +263,7 @@ impl Writer {
                 }
                 flushed = SinkExt::<Bytes>::flush(&mut requests), if unflushed => {
                     if let Err(e) = flushed {
-                        let _ = self.state.closed.set(Closed::Lost(format!("writing failed: {e}")));
+                        let _ = self.state.closed.set(Closed::Lost(e.into()));
                         break;
                     }
                     unflushed = false;
@@ -283,7 +286,7 @@ impl Writer {
                 break;
             }
             if let Err(e) = requests.feed(frame).await {
-                let _ = self.state.closed.set(Closed::Lost(format!("writing failed: {e}")));
+                let _ = self.state.closed.set(Closed::Lost(e.into()));
                 break;
             }
             self.state.written.store(number, Ordering::Release);
@@ -322,16 +325,17 @@ impl Reader {
         let closed = loop {
             let frame = tokio::select! {
                 biased;
-                _ = self.closing.cancelled() => break Closed::Lost("the client closed the connection".into()),
+                _ = self.closing.cancelled() => break Closed::Lost(Cause::ClientClosed),
                 frame = answers.next() => frame,
             };
             let frame = match frame {
                 Some(Ok(frame)) => frame,
-                Some(Err(FrameError::Io(e))) if ClientError::from_tls_alert(&e).is_some() => {
-                    break Closed::CertificateRefused(e.to_string());
-                }
-                Some(Err(e)) => break Closed::Lost(format!("bad answer from the server: {e}")),
-                None => break Closed::Lost("the server closed the connection".into()),
+                Some(Err(FrameError::Io(e))) => match ClientError::certificate_alert(&e) {
+                    Some(alert) => break Closed::CertificateRefused(alert.into()),
+                    None => break Closed::Lost(e.into()),
+                },
+                Some(Err(e)) => break Closed::Lost(e.into()),
+                None => break Closed::Lost(Cause::ServerClosed),
             };
             let unavailable = !frame.more && frame.status == status::UNAVAILABLE;
             let reason = unavailable.then(|| frame.message.clone());
@@ -340,7 +344,7 @@ impl Reader {
                 // Only a 503 may come unasked: the server announcing that it closes.
                 match reason {
                     Some(reason) => break Closed::Unavailable(reason),
-                    None => break Closed::Lost("the server sent a frame no request asked for".into()),
+                    None => break Closed::Lost(Cause::UnaskedFrame),
                 }
             };
             let more = frame.more;

@@ -8,11 +8,13 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/abi.rs"));
 }
 
+mod pubsub;
 mod requests;
 mod responses;
 pub mod status;
 mod values;
 
 pub use generated::*;
+pub use pubsub::{Published, SubscriptionId};
 pub use responses::split_response;
 pub use values::Versioned;

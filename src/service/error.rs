@@ -19,6 +19,9 @@ pub enum ServiceError {
     NoSubscription(String),
     #[error("{0}")]
     NotOwner(String),
+    /// Not executed, for want of a resource that may come free: retry later.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ServiceError {
@@ -32,6 +35,7 @@ impl ServiceError {
             ServiceError::Storage(StorageError::Backend(_)) => status::INTERNAL_ERROR,
             ServiceError::NoSubscription(_) => status::NOT_FOUND,
             ServiceError::NotOwner(_) => status::FORBIDDEN,
+            ServiceError::Unavailable(_) => status::UNAVAILABLE,
         }
     }
 

@@ -1,5 +1,7 @@
 //! The service: what each command does. Shared by every connection of every transport, cheap to clone,
-//! and ignorant of QUIC and TCP. Transports hand it decoded requests and write out the [`Reply`] frames.
+//! and ignorant of QUIC and TCP. Transports see it as a [`Handler`]: they hand it decoded requests,
+//! ask it how each may be ordered against the others ([`RequestClass`]), and write out the [`Reply`]
+//! frames.
 //!
 //! `execute` is the one place that dispatches commands; each command family has its own module.
 
@@ -9,15 +11,19 @@ mod items;
 mod ping;
 mod pubsub;
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::Stream;
+use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use error::{ServiceError, shown};
 pub use items::ItemLimits;
 
+use crate::memory::MemoryBudget;
 use crate::pb::{CommandRequest, CommandResponse, command_request::RequestData, split_response};
 use crate::pubsub::{Broker, ConnectionId, LagPolicy};
 use crate::storage::Storage;
@@ -38,6 +44,9 @@ pub struct ServiceConfig {
     /// Messages each subscriber's queue holds before the lag policy applies. A queued message is a
     /// pointer to the published message, which all subscribers share.
     pub subscriber_queue: usize,
+    /// Bytes of messages each subscriber's queue holds before the lag policy applies (a queue always
+    /// takes a message when it is empty, however large).
+    pub subscriber_queue_bytes: usize,
     /// What happens to a subscriber whose queue is full when a message is published.
     pub lag_policy: LagPolicy,
 }
@@ -49,6 +58,7 @@ impl Default for ServiceConfig {
             max_concurrent_scans: 16,
             items: ItemLimits::default(),
             subscriber_queue: 1024,
+            subscriber_queue_bytes: 16 * 1024 * 1024,
             lag_policy: LagPolicy::Skip,
         }
     }
@@ -73,21 +83,97 @@ impl ServiceConfig {
         if self.max_concurrent_scans == 0 {
             return Err("at least one concurrent scan must be allowed".into());
         }
-        if self.subscriber_queue == 0 {
+        if self.subscriber_queue == 0 || self.subscriber_queue_bytes == 0 {
             return Err("a subscriber's queue must hold at least one message".into());
         }
         self.items.validate(max_frame_len - ANSWER_OVERHEAD)
     }
 }
 
-/// What a command answers: most commands one frame, some (large answers, `Hgetall`) a stream of frames
-/// whose `more` flags are already set.
+/// What a command answers: most commands one frame, some (large answers, `Hgetall`, subscriptions) a
+/// stream of frames whose `more` flags are already set.
 pub enum Reply {
     One(CommandResponse),
     Stream(ReplyStream),
 }
 
-pub type ReplyStream = Pin<Box<dyn Stream<Item = CommandResponse> + Send>>;
+pub type ReplyStream = Pin<Box<dyn Stream<Item = ReplyFrame> + Send>>;
+
+/// One frame of a streamed answer: a response for the transport to encode, or one encoded already.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyFrame {
+    Response(CommandResponse),
+    /// The protobuf encoding of a `CommandResponse` (without the frame's length prefix), encoded once
+    /// and shared: a published message, sent as is to every subscriber.
+    Encoded(Bytes),
+}
+
+impl ReplyFrame {
+    /// The length of the frame's protobuf payload.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            ReplyFrame::Response(response) => response.encoded_len(),
+            ReplyFrame::Encoded(payload) => payload.len(),
+        }
+    }
+
+    /// The frame as a response (decoding it if it was encoded already): for adapters that carry
+    /// responses rather than bytes, and for tests.
+    pub fn into_response(self) -> Result<CommandResponse, prost::DecodeError> {
+        match self {
+            ReplyFrame::Response(response) => Ok(response),
+            ReplyFrame::Encoded(payload) => CommandResponse::decode(payload),
+        }
+    }
+}
+
+impl From<CommandResponse> for ReplyFrame {
+    fn from(response: CommandResponse) -> Self {
+        ReplyFrame::Response(response)
+    }
+}
+
+/// How a request may be ordered against the others of a connection that answers in request order
+/// (the TCP pipeline). The handler declares it, so that transports know nothing of commands or
+/// storage backends, and each request sees exactly the effects of the requests sent before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sequencing {
+    /// Changes nothing: runs beside other reads; starts after the writes before it have completed.
+    Read,
+    /// A write that the backend applies in the order writes are issued: it may start while earlier
+    /// writes still run (so that they share a group commit), once the reads before it have completed.
+    OrderedWrite,
+    /// Runs alone: starts once everything before it has completed, and nothing after it starts until
+    /// it has. Writes to a backend without issue order, and anything whose effect is visible outside
+    /// the store (a publish must not overtake the writes before it).
+    Barrier,
+}
+
+/// What a transport needs to know about a request before running it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestClass {
+    pub sequencing: Sequencing,
+    /// Safe to run from 0-RTT early data, which an attacker may replay: it changes nothing.
+    pub replay_safe: bool,
+}
+
+/// What serves the requests behind every front door: the transports are generic over it, and the
+/// [`Service`] is the one implementation.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// How `request` may be ordered against others, and whether it may run from early data.
+    fn class(&self, request: &CommandRequest) -> RequestClass;
+
+    /// Executes one request from `caller`. Never fails: errors are answered as error responses.
+    fn execute<'a>(
+        &'a self,
+        request: CommandRequest,
+        caller: &'a Caller,
+    ) -> impl Future<Output = Reply> + Send + 'a;
+
+    /// `caller`'s connection takes no more requests (a TCP client closed its side): end what it owns
+    /// that would otherwise keep its answers going (its subscriptions, each with a last frame).
+    fn connection_closing(&self, caller: &Caller);
+}
 
 impl From<CommandResponse> for Reply {
     fn from(response: CommandResponse) -> Self {
@@ -103,12 +189,15 @@ pub struct Caller {
     pub identity: Option<Arc<str>>,
     /// The connection the request came on: it owns the subscriptions it makes.
     pub connection: ConnectionId,
+    /// Subscriptions the connection can carry at once, if limited: one on a connection that answers in
+    /// request order (TCP), since a second subscription's answer could start only once the first ends.
+    pub max_subscriptions: Option<usize>,
 }
 
 impl Caller {
     /// A caller on a new connection.
     pub fn new(identity: Option<Arc<str>>) -> Self {
-        Caller { identity, connection: ConnectionId::unique() }
+        Caller { identity, connection: ConnectionId::unique(), max_subscriptions: None }
     }
 }
 
@@ -141,12 +230,53 @@ impl<S> Clone for Service<S> {
 }
 
 impl<S: Storage> Service<S> {
-    /// A service whose answers must fit in frames of `max_frame_len` bytes.
+    /// A service whose answers must fit in frames of `max_frame_len` bytes, with no limit on the memory
+    /// published messages may hold (see [`Service::with_memory`]).
     pub fn new(storage: S, config: ServiceConfig, max_frame_len: usize) -> Self {
+        Self::with_memory(storage, config, max_frame_len, MemoryBudget::unlimited())
+    }
+
+    /// A service whose published messages, while subscribers' queues hold them, are charged to
+    /// `memory` (the server-wide budget the transports charge too).
+    pub fn with_memory(
+        storage: S,
+        config: ServiceConfig,
+        max_frame_len: usize,
+        memory: MemoryBudget,
+    ) -> Self {
         let scans = Arc::new(Semaphore::new(config.max_concurrent_scans));
         let max_entry_len = max_frame_len.saturating_sub(ANSWER_OVERHEAD);
-        let broker = Broker::new(config.subscriber_queue, config.lag_policy);
+        let broker =
+            Broker::new(config.subscriber_queue, config.subscriber_queue_bytes, config.lag_policy, memory);
         Service { inner: Arc::new(Inner { storage, config, max_entry_len, scans, broker }) }
+    }
+
+    /// See [`Handler::class`].
+    pub fn class(&self, request: &CommandRequest) -> RequestClass {
+        let sequencing = match &request.request_data {
+            Some(
+                RequestData::Hset(_) | RequestData::Hmset(_) | RequestData::Hdel(_) | RequestData::Hmdel(_),
+            ) if S::APPLIES_WRITES_IN_ISSUE_ORDER => Sequencing::OrderedWrite,
+            Some(
+                RequestData::Hset(_) | RequestData::Hmset(_) | RequestData::Hdel(_) | RequestData::Hmdel(_),
+            ) => Sequencing::Barrier,
+            // Applied at once, outside the store: it must follow the writes before it to completion.
+            Some(RequestData::Publish(_)) => Sequencing::Barrier,
+            // A subscription registers as a read runs; Unsubscribe runs at once, so that it can end
+            // a subscription being answered on its own connection.
+            None
+            | Some(
+                RequestData::Subscribe(_)
+                | RequestData::Hget(_)
+                | RequestData::Hgetall(_)
+                | RequestData::Hmget(_)
+                | RequestData::Hexist(_)
+                | RequestData::Hmexist(_)
+                | RequestData::Ping(_)
+                | RequestData::Unsubscribe(_),
+            ) => Sequencing::Read,
+        };
+        RequestClass { sequencing, replay_safe: request.is_read_only() }
     }
 
     /// The topics and their subscribers.
@@ -210,7 +340,7 @@ impl<S: Storage> Service<S> {
             RequestData::Ping(cmd) => ping::ping(self.max_entry_len(), cmd, caller),
             RequestData::Subscribe(cmd) => return pubsub::subscribe(self.broker(), cmd, caller),
             RequestData::Unsubscribe(cmd) => pubsub::unsubscribe(self.broker(), cmd, caller),
-            RequestData::Publish(cmd) => pubsub::publish(self.broker(), self.max_entry_len(), cmd),
+            RequestData::Publish(cmd) => pubsub::publish(self.broker(), self.max_entry_len(), cmd).await,
         };
         let response = result.unwrap_or_else(ServiceError::into_response);
         self.framed(response)
@@ -221,8 +351,28 @@ impl<S: Storage> Service<S> {
         let mut frames = split_response(response, self.config().response_frame_target);
         match frames.len() {
             1 => Reply::One(frames.remove(0)),
-            _ => Reply::Stream(Box::pin(futures_util::stream::iter(frames))),
+            _ => {
+                Reply::Stream(Box::pin(futures_util::stream::iter(frames.into_iter().map(ReplyFrame::from))))
+            }
         }
+    }
+}
+
+impl<S: Storage> Handler for Service<S> {
+    fn class(&self, request: &CommandRequest) -> RequestClass {
+        Service::class(self, request)
+    }
+
+    fn execute<'a>(
+        &'a self,
+        request: CommandRequest,
+        caller: &'a Caller,
+    ) -> impl Future<Output = Reply> + Send + 'a {
+        Service::execute(self, request, caller)
+    }
+
+    fn connection_closing(&self, caller: &Caller) {
+        Service::connection_closing(self, caller)
     }
 }
 
@@ -290,13 +440,32 @@ mod tests {
         else {
             panic!("Hgetall answers with a stream")
         };
-        let frames: Vec<CommandResponse> = stream.collect().await;
+        let frames: Vec<CommandResponse> = stream.map(|f| f.into_response().unwrap()).collect().await;
         let (last, before) = frames.split_last().unwrap();
         assert!(!before.is_empty(), "the first page arrived before the failure");
         assert!(before.iter().all(|f| f.more && f.status == status::OK));
         assert_eq!(last.status, status::INTERNAL_ERROR);
         assert!(!last.more, "the error frame ends the reply");
         assert!(last.message.contains("disk on fire"), "{}", last.message);
+    }
+
+    #[test]
+    fn requests_declare_their_order_by_what_the_backend_promises() {
+        let sequencing = |service: &dyn Fn(&CommandRequest) -> RequestClass, request: CommandRequest| {
+            service(&request).sequencing
+        };
+        let memory = Service::new(MemoryStore::new(), ServiceConfig::default(), 1 << 20);
+        let disk = Service::new(crate::storage::DiskStore::temporary(), ServiceConfig::default(), 1 << 20);
+        let (memory, disk) = (|r: &CommandRequest| memory.class(r), |r: &CommandRequest| disk.class(r));
+        let publish = || CommandRequest::publish("t", [crate::pb::Value::from(1)]);
+        // A backend that applies writes in issue order lets writes overlap; a publish never does.
+        assert_eq!(sequencing(&disk, CommandRequest::hset("t", "k", 1)), Sequencing::OrderedWrite);
+        assert_eq!(sequencing(&memory, CommandRequest::hset("t", "k", 1)), Sequencing::Barrier);
+        assert_eq!(sequencing(&disk, publish()), Sequencing::Barrier);
+        assert_eq!(sequencing(&memory, publish()), Sequencing::Barrier);
+        assert_eq!(sequencing(&disk, CommandRequest::hget("t", "k")), Sequencing::Read);
+        assert!(memory(&CommandRequest::hget("t", "k")).replay_safe);
+        assert!(!memory(&CommandRequest::hset("t", "k", 1)).replay_safe);
     }
 
     #[test]

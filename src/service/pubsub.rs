@@ -8,36 +8,41 @@
 //!
 //! All but the last have `more = true`, so the transports carry it like any multi-frame reply.
 
-use std::sync::Arc;
-
 use futures_util::StreamExt;
 use prost::Message as _;
 use prost::encoding::encoded_len_varint;
 
-use super::{Caller, Reply, ServiceError};
+use super::{Caller, Reply, ReplyFrame, ServiceError};
 use crate::pb::{CommandResponse, Publish, Subscribe, Unsubscribe, Value, status};
-use crate::pubsub::{Broker, Delivery, EndReason, Subscription, UnsubscribeError};
+use crate::pubsub::{
+    Broker, Delivery, EndReason, PublishError, SubscribeError, Subscription, UnsubscribeError,
+};
 
 pub fn subscribe(broker: &Broker, cmd: Subscribe, caller: &Caller) -> Reply {
-    let subscription = match broker.subscribe(&cmd.topic, caller.connection) {
+    let subscription = match broker.subscribe(&cmd.topic, caller.connection, caller.max_subscriptions) {
         Ok(subscription) => subscription,
-        Err(closed) => return CommandResponse::error(status::UNAVAILABLE, closed.to_string()).into(),
+        Err(e @ SubscribeError::Closed) => {
+            return CommandResponse::error(status::UNAVAILABLE, e.to_string()).into();
+        }
+        Err(e @ SubscribeError::TooMany { .. }) => {
+            return CommandResponse::error(status::TOO_MANY_REQUESTS, e.to_string()).into();
+        }
     };
     let first = CommandResponse {
         more: true,
         ..CommandResponse::with_values(vec![Value::from(i64::from(subscription.id()))], Vec::new())
     };
-    Reply::Stream(Box::pin(futures_util::stream::once(std::future::ready(first)).chain(frames(subscription))))
+    let first = futures_util::stream::once(std::future::ready(ReplyFrame::from(first)));
+    Reply::Stream(Box::pin(first.chain(frames(subscription))))
 }
 
-/// A frame for every delivery of `subscription`, the last one saying why it ended.
-fn frames(subscription: Subscription) -> impl futures_util::Stream<Item = CommandResponse> {
+/// A frame for every delivery of `subscription`, the last one saying why it ended. A message is sent as
+/// the publish encoded it, once for every subscriber.
+fn frames(subscription: Subscription) -> impl futures_util::Stream<Item = ReplyFrame> {
     subscription.map(|delivery| match delivery {
-        Delivery::Message(message) => {
-            CommandResponse { more: true, ..CommandResponse::with_values(message.to_vec(), Vec::new()) }
-        }
-        Delivery::Missed(missed) => CommandResponse { more: true, missed, ..CommandResponse::ok() },
-        Delivery::Ended(reason) => ended(reason),
+        Delivery::Message(encoded) => ReplyFrame::Encoded(encoded),
+        Delivery::Missed(missed) => CommandResponse { more: true, missed, ..CommandResponse::ok() }.into(),
+        Delivery::Ended(reason) => ended(reason).into(),
     })
 }
 
@@ -71,8 +76,13 @@ pub fn unsubscribe(
 }
 
 /// Publishes to every current subscriber; answers `[receivers, lagging]`: how many it was queued for,
-/// and how many did not get it because their queues were full.
-pub fn publish(broker: &Broker, max_entry_len: usize, cmd: Publish) -> Result<CommandResponse, ServiceError> {
+/// and how many did not get it because their queues were full. The message frame is encoded here, once:
+/// every subscriber is sent the same bytes.
+pub async fn publish(
+    broker: &Broker,
+    max_entry_len: usize,
+    cmd: Publish,
+) -> Result<CommandResponse, ServiceError> {
     // Every subscriber receives the data in one frame.
     let len: usize = cmd
         .data
@@ -87,9 +97,18 @@ pub fn publish(broker: &Broker, max_entry_len: usize, cmd: Publish) -> Result<Co
             "a message of {len} bytes cannot be delivered in one frame; the most that fits is {max_entry_len} bytes"
         )));
     }
-    let published = broker.publish(&cmd.topic, Arc::from(cmd.data));
+    let frame = CommandResponse { more: true, ..CommandResponse::with_values(cmd.data, Vec::new()) };
+    let published = broker.publish(&cmd.topic, frame.encode_to_vec()).await?;
     let count = |n: usize| Value::from(i64::try_from(n).unwrap_or(i64::MAX));
     Ok(CommandResponse::with_values(vec![count(published.receivers), count(published.lagging)], Vec::new()))
+}
+
+impl From<PublishError> for ServiceError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::MemoryExhausted { .. } => ServiceError::Unavailable(e.to_string()),
+        }
+    }
 }
 
 impl From<UnsubscribeError> for ServiceError {

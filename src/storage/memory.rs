@@ -223,26 +223,12 @@ impl MemoryStore {
     }
 }
 
-/// The memory budget of a store unless configured otherwise: half of the memory this process may use,
-/// the machine's or its cgroup's limit, whichever is lower (1 GiB when neither can be read). Half leaves
-/// room for connections' buffers, the allocator's slack and everything else on the machine.
+/// The memory budget of a store unless configured otherwise: half of the memory this process may use
+/// (the machine's, or its cgroup's limit if lower: [`crate::memory::available_memory`]). Half leaves
+/// room for connections (a quarter: `transport::default_connection_memory`), the allocator's slack and
+/// everything else on the machine.
 pub fn default_memory_budget() -> usize {
-    const FALLBACK: usize = 1 << 30;
-    let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|info| {
-        let line = info.lines().find(|line| line.starts_with("MemTotal:"))?;
-        let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
-    });
-    // "max" (no limit) does not parse, and is ignored.
-    let cgroup =
-        std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|s| s.trim().parse().ok());
-    let available = match (machine, cgroup) {
-        (Some(m), Some(c)) => m.min(c),
-        (Some(m), None) => m,
-        (None, Some(c)) => c,
-        (None, None) => return FALLBACK,
-    };
-    available / 2
+    crate::memory::available_memory() / 2
 }
 
 /// What an entry is accounted.

@@ -23,7 +23,7 @@ pub(crate) mod suite;
 
 use std::future::Future;
 
-pub use disk::{DATA_FILE, DiskScan, DiskStore, Durability};
+pub use disk::{DATA_FILE, DiskScan, DiskStore, Durability, StoreClosed};
 pub use memory::{MemoryScan, MemoryStore, MemoryUsage, default_memory_budget};
 
 use crate::pb::Value;

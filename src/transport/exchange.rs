@@ -9,15 +9,16 @@ use std::time::Duration;
 
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio_util::codec::FramedRead;
 
 use super::Limits;
-use super::frame::{FrameCodec, FrameError, encode_frame};
+use super::frame::{FrameCodec, FrameError};
 use super::timeouts::{self, StallTimeout};
+use super::writer::FrameWriter;
+use crate::memory::MemoryBudget;
 use crate::pb::{CommandRequest, CommandResponse, status};
-use crate::service::{Caller, Reply, Service};
-use crate::storage::Storage;
+use crate::service::{Caller, Handler, Reply, ReplyFrame};
 
 /// Initial size of a request stream's read buffer.
 const REQUEST_BUFFER: usize = 256;
@@ -33,6 +34,10 @@ pub enum RequestError {
     TrailingData,
     #[error("the request did not arrive within {0:?}")]
     TimedOut(Duration),
+    #[error(
+        "the server has no memory for this request now (its connection memory budget is spent); it was not executed: retry later"
+    )]
+    NoMemory,
 }
 
 impl RequestError {
@@ -42,6 +47,7 @@ impl RequestError {
         match self {
             RequestError::Frame(FrameError::TooLarge { .. }) => status::PAYLOAD_TOO_LARGE,
             RequestError::TimedOut(_) => status::REQUEST_TIMEOUT,
+            RequestError::NoMemory => status::UNAVAILABLE,
             RequestError::Frame(_) | RequestError::Empty | RequestError::TrailingData => status::BAD_REQUEST,
         }
     }
@@ -70,7 +76,13 @@ pub async fn read_request<R: AsyncRead + Unpin>(
     // Requests are small; the codec makes room for a large one once its header says so.
     let mut frames = FramedRead::with_capacity(recv, codec, REQUEST_BUFFER);
     let read = async {
-        let request = frames.next().await.ok_or(RequestError::Empty)??;
+        let request = match frames.next().await.ok_or(RequestError::Empty)? {
+            Ok(request) => request,
+            Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::OutOfMemory => {
+                return Err(RequestError::NoMemory);
+            }
+            Err(e) => return Err(e.into()),
+        };
         // Any byte after the frame is an error. Check what is buffered, then wait for one more byte
         // or the end of the stream, rather than for a whole second frame.
         if !frames.read_buffer().is_empty() {
@@ -79,6 +91,7 @@ pub async fn read_request<R: AsyncRead + Unpin>(
         match frames.into_inner().read(&mut [0u8; 1]).await {
             Ok(0) => Ok(request),
             Ok(_) => Err(RequestError::TrailingData),
+            Err(e) if e.kind() == io::ErrorKind::OutOfMemory => Err(RequestError::NoMemory),
             Err(e) => Err(FrameError::Io(e).into()),
         }
     };
@@ -87,27 +100,22 @@ pub async fn read_request<R: AsyncRead + Unpin>(
         .unwrap_or(Err(RequestError::TimedOut(limits.request_timeout)))
 }
 
-/// Writes every frame of `reply`; fails with `TimedOut` if the peer reads nothing of it for
-/// `limits.reply_timeout`.
+/// Writes every frame of `reply`, each charged to `memory` while it is held; fails with `TimedOut` if
+/// the peer reads nothing of it for `limits.reply_timeout`, and with `MemoryExhausted` if a frame does
+/// not fit in the budget.
 pub async fn write_reply<W: AsyncWrite + Unpin>(
     send: W,
     reply: Reply,
     limits: &Limits,
+    memory: &MemoryBudget,
 ) -> Result<(), FrameError> {
-    let mut send = StallTimeout::new(send, limits.reply_timeout, limits.reply_min_progress);
+    let send = StallTimeout::new(send, limits.reply_timeout, limits.reply_min_progress);
+    let mut frames = FrameWriter::new(send, limits.max_frame_len, memory);
     match reply {
-        // The common case, one frame: encoded once into a buffer of its exact size.
-        Reply::One(response) => {
-            let frame = encode_frame(&response, limits.max_frame_len)?;
-            send.write_all(&frame).await?;
-            Ok(send.flush().await?)
-        }
+        Reply::One(response) => frames.send(ReplyFrame::Response(response)).await,
         // A stream of frames (a large answer, a subscription): `send_all` flushes whenever the producer
         // has to wait, so a slow producer's frames are not held back, and once more at the end.
-        Reply::Stream(mut stream) => {
-            let mut frames = FramedWrite::new(send, FrameCodec::<CommandResponse>::new(limits.max_frame_len));
-            frames.send_all(&mut stream.by_ref().map(Ok)).await
-        }
+        Reply::Stream(mut stream) => frames.send_all(&mut stream.by_ref().map(Ok)).await,
     }
 }
 
@@ -125,29 +133,36 @@ impl EarlyData {
         EarlyData { handshake: handshake.boxed().shared() }
     }
 
-    /// Whether `request` may be executed now that it has been read: at once if it is read-only,
+    /// Resolves to true when the handshake completes, false when the connection fails first.
+    pub fn completed(&self) -> impl Future<Output = bool> + Send + 'static {
+        self.handshake.clone()
+    }
+
+    /// Whether a request may be executed now that it has been read: at once if it is replay-safe,
     /// otherwise once the handshake has completed; false if it never will.
-    async fn allows(&self, request: &CommandRequest) -> bool {
-        request.is_read_only() || self.handshake.clone().await
+    async fn allows(&self, replay_safe: bool) -> bool {
+        replay_safe || self.handshake.clone().await
     }
 }
 
 /// Serves one request stream: reads the request, executes it, writes the reply. An unreadable request
 /// is answered with an error response (docs/PROTOCOL.md, "Errors"). `early` is set when the request
-/// came in 0-RTT early data. Returns an error only when the stream itself failed, for instance because
-/// the peer reset it or the connection was lost.
-pub async fn serve_request<R, W, S>(
+/// came in 0-RTT early data. The reply's frames are charged to `memory` while held. Returns an error
+/// only when the stream itself failed, for instance because the peer reset it or the connection was
+/// lost, or when the reply could not be held (`MemoryExhausted`).
+pub async fn serve_request<R, W, H>(
     mut recv: R,
     send: W,
-    service: &Service<S>,
+    handler: &H,
     limits: &Limits,
+    memory: &MemoryBudget,
     early: Option<&EarlyData>,
     caller: &Caller,
 ) -> Result<Served, FrameError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
-    S: Storage,
+    H: Handler,
 {
     // `recv` lives until the reply is written: a budgeted reader keeps its request's bytes charged
     // while the request executes.
@@ -155,12 +170,12 @@ where
         Ok(request) => {
             tracing::Span::current().record("command", request.command_name());
             if let Some(early) = early
-                && !early.allows(&request).await
+                && !early.allows(handler.class(&request).replay_safe).await
             {
                 let failed = "the handshake failed: a write sent in 0-RTT early data was not executed";
                 return Err(FrameError::Io(io::Error::new(io::ErrorKind::ConnectionAborted, failed)));
             }
-            (service.execute(request, caller).await, Served::Answered)
+            (handler.execute(request, caller).await, Served::Answered)
         }
         Err(RequestError::Frame(FrameError::Io(e))) => return Err(FrameError::Io(e)),
         Err(e) => {
@@ -168,7 +183,7 @@ where
             (e.response("").into(), Served::Rejected(e))
         }
     };
-    write_reply(send, reply, limits).await?;
+    write_reply(send, reply, limits, memory).await?;
     Ok(served)
 }
 
@@ -178,10 +193,15 @@ mod tests {
     use tokio::sync::oneshot;
 
     use super::*;
-    use crate::service::ServiceConfig;
+    use crate::service::{Service, ServiceConfig};
     use crate::storage::MemoryStore;
+    use crate::transport::frame::encode_frame;
 
     const MAX: usize = 1 << 20;
+
+    fn unlimited() -> MemoryBudget {
+        MemoryBudget::unlimited()
+    }
 
     fn service() -> Service<MemoryStore> {
         Service::new(MemoryStore::new(), ServiceConfig::default(), MAX)
@@ -204,7 +224,9 @@ mod tests {
 
     async fn stored(service: &Service<MemoryStore>, key: &str) -> bool {
         let (recv, (mut send, reply)) = stream_of(&CommandRequest::hexist("t", key)).await;
-        serve_request(recv, &mut send, service, &Limits::default(), None, &Caller::default()).await.unwrap();
+        serve_request(recv, &mut send, service, &Limits::default(), &unlimited(), None, &Caller::default())
+            .await
+            .unwrap();
         let mut frames = FramedRead::new(reply, FrameCodec::<CommandResponse>::new(MAX));
         frames.next().await.unwrap().unwrap().values[0] == true.into()
     }
@@ -215,7 +237,16 @@ mod tests {
         early: &EarlyData,
     ) -> Result<Served, FrameError> {
         let (recv, (mut send, _reply)) = stream_of(&CommandRequest::hset("t", "k", "v")).await;
-        serve_request(recv, &mut send, service, &Limits::default(), Some(early), &Caller::default()).await
+        serve_request(
+            recv,
+            &mut send,
+            service,
+            &Limits::default(),
+            &unlimited(),
+            Some(early),
+            &Caller::default(),
+        )
+        .await
     }
 
     #[tokio::test]
@@ -253,9 +284,16 @@ mod tests {
         let service = service();
         let (early, _handshake) = pending_handshake();
         let (recv, (mut send, _reply)) = stream_of(&CommandRequest::hget("t", "k")).await;
-        let served =
-            serve_request(recv, &mut send, &service, &Limits::default(), Some(&early), &Caller::default())
-                .await;
+        let served = serve_request(
+            recv,
+            &mut send,
+            &service,
+            &Limits::default(),
+            &unlimited(),
+            Some(&early),
+            &Caller::default(),
+        )
+        .await;
         assert!(matches!(served, Ok(Served::Answered)), "{served:?}");
     }
 }

@@ -1,18 +1,20 @@
 //! Frames: a 4-byte big-endian length, then that many bytes of protobuf. The same on every transport,
 //! and byte-compatible with tokio-util's `LengthDelimitedCodec` defaults (what the course client uses).
 //!
-//! Framing itself is tokio-util's `LengthDelimitedCodec`, which keeps partial frames in its buffer
-//! between reads; the course's hand-rolled reader did not, and lost data whenever a frame arrived in
-//! two pieces. [`FrameCodec`] adds protobuf on top, a maximum frame size and typed errors.
+//! [`FrameCodec`] decodes frames into protobuf messages and encodes them, with a maximum frame size and
+//! typed errors. Invariants of the decoder:
+//! - a frame stays whole in the read buffer until all of it has arrived, so a frame delivered in any
+//!   number of pieces decodes the same as one delivered at once;
+//! - the buffer grows only as bytes arrive: a header alone reserves nothing for its payload, so a peer
+//!   cannot make the server allocate by *declaring* large frames. (tokio-util's `LengthDelimitedCodec`
+//!   reserves the declared length when it reads a header; that is why framing is not delegated to it.)
 
 use std::io;
 use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
-use tokio_util::codec::{
-    Decoder, Encoder, LengthDelimitedCodec, length_delimited::LengthDelimitedCodecError,
-};
+use tokio_util::codec::{Decoder, Encoder};
 
 /// Bytes in the length prefix.
 pub const HEADER_LEN: usize = 4;
@@ -28,6 +30,10 @@ pub enum FrameError {
     Truncated { buffered: usize },
     #[error("frame is not a valid {message}: {cause}")]
     Decode { message: &'static str, cause: prost::DecodeError },
+    #[error(
+        "the server has no memory to hold {needed} more bytes: its connection memory budget (--connection-memory) is spent"
+    )]
+    MemoryExhausted { needed: usize },
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -52,31 +58,15 @@ fn other_protocol_hint(declared: u64) -> &'static str {
 /// Decodes frames into `In` messages and encodes any protobuf message into a frame.
 #[derive(Debug)]
 pub struct FrameCodec<In> {
-    lengths: LengthDelimitedCodec,
     max_frame_len: usize,
-    /// True once a header has been consumed and its payload not yet returned. `LengthDelimitedCodec`
-    /// keeps this state privately, and with an empty buffer its default `decode_eof` would mistake a
-    /// stream that ends right after a header for a clean end.
-    inside_frame: bool,
     _in: PhantomData<fn() -> In>,
 }
 
 impl<In> FrameCodec<In> {
-    /// True between decoding a frame's header and its payload: a stream that ends now ends mid-frame.
-    pub fn inside_frame(&self) -> bool {
-        self.inside_frame
-    }
-
     /// A codec refusing frames over `max_frame_len` bytes (capped at `u32::MAX`, the most a 4-byte
     /// prefix can say).
     pub fn new(max_frame_len: usize) -> Self {
-        let max_frame_len = max_frame_len.min(u32::MAX as usize);
-        FrameCodec {
-            lengths: LengthDelimitedCodec::builder().max_frame_length(max_frame_len).new_codec(),
-            max_frame_len,
-            inside_frame: false,
-            _in: PhantomData,
-        }
+        FrameCodec { max_frame_len: max_frame_len.min(u32::MAX as usize), _in: PhantomData }
     }
 }
 
@@ -90,32 +80,30 @@ impl<In: Message + Default> Decoder for FrameCodec<In> {
     type Item = In;
     type Error = FrameError;
 
+    /// Takes one whole frame off the front of `src`, or nothing. The header stays in `src` until its
+    /// payload is complete (and after an error), so what `src` holds is always where the next frame
+    /// starts.
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
-        let buffered = src.len();
-        let decoded = self.lengths.decode(src);
-        // The inner codec consumes a header only when it has it whole; a shorter buffer means it did.
-        self.inside_frame = match &decoded {
-            Ok(None) => self.inside_frame || src.len() < buffered,
-            _ => false,
-        };
-        match decoded {
-            Ok(Some(payload)) => In::decode(payload.freeze())
-                .map(Some)
-                .map_err(|cause| FrameError::Decode { message: short_type_name::<In>(), cause }),
-            Ok(None) => Ok(None),
-            Err(e) if e.get_ref().is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) => {
-                // The codec rejects an oversized header before consuming it, so it is still in `src`.
-                let declared = (&src[..]).get_u32() as u64;
-                Err(FrameError::TooLarge { declared, max: self.max_frame_len })
-            }
-            Err(e) => Err(FrameError::Io(e)),
+        let Some(header) = src.get(..HEADER_LEN) else { return Ok(None) };
+        let declared = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if declared > self.max_frame_len {
+            return Err(FrameError::TooLarge { declared: declared as u64, max: self.max_frame_len });
         }
+        if src.len() < HEADER_LEN + declared {
+            // Not reserving the rest: the buffer grows as the bytes arrive, never on a promise.
+            return Ok(None);
+        }
+        src.advance(HEADER_LEN);
+        let payload = src.split_to(declared).freeze();
+        In::decode(payload)
+            .map(Some)
+            .map_err(|cause| FrameError::Decode { message: short_type_name::<In>(), cause })
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
-            None if src.is_empty() && !self.inside_frame => Ok(None),
+            None if src.is_empty() => Ok(None),
             None => Err(FrameError::Truncated { buffered: src.len() }),
         }
     }
@@ -168,6 +156,8 @@ mod tests {
     use tokio_test::io::Builder;
     use tokio_util::codec::FramedRead;
 
+    use tokio_util::codec::LengthDelimitedCodec;
+
     use super::*;
     use crate::pb::{CommandRequest, Kvpair};
 
@@ -211,6 +201,19 @@ mod tests {
             }
             other => panic!("expected TooLarge, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_header_alone_reserves_nothing_for_its_payload() {
+        // A peer declaring a maximum-size frame and sending a few bytes of it: the buffer holds what
+        // arrived, not what was promised.
+        let mut codec = FrameCodec::<CommandRequest>::new(DEFAULT_MAX_FRAME_LEN);
+        let mut buffer = BytesMut::with_capacity(64);
+        buffer.put_u32(DEFAULT_MAX_FRAME_LEN as u32);
+        buffer.put_slice(&[0u8; 10]);
+        assert!(codec.decode(&mut buffer).unwrap().is_none());
+        assert!(buffer.capacity() < 1024, "{} bytes reserved for 14 received", buffer.capacity());
+        assert_eq!(buffer.len(), 14, "the partial frame stays whole in the buffer");
     }
 
     #[tokio::test]

@@ -1,32 +1,37 @@
 //! Transports: how frames travel. Everything above the byte stream is shared: [`frame`] is the codec,
-//! [`exchange`] serves one request on a stream of its own (QUIC), [`pipeline`] serves many requests in
-//! order on one byte stream (TCP), both over any `AsyncRead`/`AsyncWrite`; [`budget`] and [`timeouts`]
-//! bound what a peer can make the server hold. [`quic`] and [`tcp`] only adapt their sockets to those.
+//! [`writer`] writes reply frames, [`exchange`] serves one request on a stream of its own (QUIC),
+//! [`pipeline`] serves many requests in order on one byte stream (TCP), both over any
+//! `AsyncRead`/`AsyncWrite` and generic over the [`Handler`](crate::service::Handler) behind them;
+//! [`admission`], [`budget`] and [`timeouts`] bound what a peer can make the server hold. [`quic`] and
+//! [`tcp`] only adapt their sockets to those.
 
-pub mod budget;
-pub mod exchange;
 pub mod frame;
-pub mod pipeline;
 pub mod quic;
-pub mod tcp;
 pub mod timeouts;
 
+#[cfg(feature = "server")]
+pub mod admission;
+#[cfg(feature = "server")]
+pub mod budget;
+#[cfg(feature = "server")]
+pub mod exchange;
+#[cfg(feature = "server")]
+pub mod pipeline;
+#[cfg(feature = "server")]
+pub mod tcp;
+#[cfg(feature = "server")]
+pub mod writer;
+
 use std::fmt;
-use std::io;
-use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::Endpoint;
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
-
-use rustls::pki_types::CertificateDer;
-
-use crate::service::Caller;
-use crate::tls::{self, ServerTls};
-use tcp::TcpSecurity;
+#[cfg(feature = "server")]
+mod listen;
+#[cfg(feature = "server")]
+use listen::authenticated_caller;
+#[cfg(feature = "server")]
+pub use listen::{BindError, Bound, TcpMode, bind, default_connection_memory};
 
 pub use frame::DEFAULT_MAX_FRAME_LEN;
 
@@ -85,8 +90,15 @@ pub struct Limits {
     /// (and its peer, through flow control) until there is room. At least `max_frame_len` + 4.
     pub max_request_buffer: usize,
     /// QUIC connection-wide flow-control window: request bytes a peer may send ahead of what the
-    /// server has read.
+    /// server has read. Reserved from the connection memory budget for every QUIC connection.
     pub connection_receive_window: usize,
+    /// QUIC: reply bytes a connection may have written but not yet acknowledged by the peer (what a
+    /// client that stops reading can make the server hold for it). Reserved from the connection
+    /// memory budget for every QUIC connection.
+    pub send_window: usize,
+    /// How long a request waits for the server-wide connection memory budget before it is refused with
+    /// 503 (not executed).
+    pub memory_wait: Duration,
     /// Time a client has to deliver a whole request frame and finish its side of the stream.
     pub request_timeout: Duration,
     /// A reply the client reads less than `reply_min_progress` bytes of within this long, once the
@@ -99,6 +111,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Requested size of the UDP socket's kernel buffers (capped by `net.core.{r,w}mem_max`).
     pub udp_socket_buffer: usize,
+    /// QUIC handshakes from addresses not yet validated that may be in progress at once; beyond it,
+    /// new connections are asked to prove their address with a Retry first (one more round trip).
+    pub max_unvalidated_handshakes: usize,
 }
 
 impl Default for Limits {
@@ -108,12 +123,15 @@ impl Default for Limits {
             max_concurrent_requests: 256,
             max_connections: 10_000,
             max_request_buffer: 2 * DEFAULT_MAX_FRAME_LEN,
-            connection_receive_window: 8 * 1024 * 1024,
+            connection_receive_window: DEFAULT_WINDOW,
+            send_window: DEFAULT_WINDOW,
+            memory_wait: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(30),
             reply_min_progress: timeouts::DEFAULT_MIN_PROGRESS,
             idle_timeout: Duration::from_secs(30),
             udp_socket_buffer: 4 * 1024 * 1024,
+            max_unvalidated_handshakes: 1024,
         }
     }
 }
@@ -121,12 +139,32 @@ impl Default for Limits {
 /// The smallest maximum frame size accepted: room for any error response.
 pub const MIN_MAX_FRAME_LEN: usize = 1024;
 
+/// The default QUIC flow-control windows, each way: 256 KiB, enough for 5 MB/s per connection at a
+/// mobile RTT of 50 ms (and for any rate on a LAN), small enough that the memory budget reserves them
+/// for 10,000 connections in about 5 GiB.
+pub const DEFAULT_WINDOW: usize = 256 * 1024;
+
+/// The smallest flow-control window accepted: one full-size UDP datagram's payload and then some.
+pub const MIN_WINDOW: usize = 16 * 1024;
+
+/// What a QUIC connection holds besides its windows: quinn's connection state, its tasks, its
+/// request streams' bookkeeping (measured: docs/bench/SCALE.md, "Memory per connection").
+pub const QUIC_CONNECTION_OVERHEAD: usize = 32 * 1024;
+
+/// What a TCP connection holds whatever it sends: the pipeline's read chunk, rustls's buffers (a
+/// record each way and its bounded plaintext buffer), its task (measured: docs/bench/SCALE.md).
+pub const TCP_CONNECTION_OVERHEAD: usize = 128 * 1024;
+
 impl Limits {
-    /// The most memory one connection can make the server hold in buffers: its request buffer, what
-    /// QUIC flow control lets it send ahead, and replies written but not yet acknowledged. (TCP holds
-    /// less: one frame being received on top of the request buffer, and the kernel's socket buffers.)
-    pub fn worst_case_connection_memory(&self) -> u64 {
-        self.max_request_buffer as u64 + self.connection_receive_window as u64 + quic::SEND_WINDOW
+    /// The fixed share of the connection memory budget a QUIC connection is admitted with: its two
+    /// flow-control windows and its bookkeeping.
+    pub fn quic_connection_share(&self) -> usize {
+        self.connection_receive_window + self.send_window + QUIC_CONNECTION_OVERHEAD
+    }
+
+    /// The fixed share a TCP connection is admitted with.
+    pub fn tcp_connection_share(&self) -> usize {
+        TCP_CONNECTION_OVERHEAD
     }
 
     /// Checks that the limits are usable together; the error says which one to change.
@@ -153,10 +191,18 @@ impl Limits {
                 return Err(format!("the maximum number of {name} must be at least 1"));
             }
         }
+        for (name, value) in
+            [("connection window", self.connection_receive_window), ("send window", self.send_window)]
+        {
+            if !(MIN_WINDOW..=1 << 40).contains(&value) {
+                return Err(format!("the {name} must be between {MIN_WINDOW} bytes and 1 TiB, not {value}"));
+            }
+        }
         for (name, value) in [
             ("request timeout", self.request_timeout),
             ("reply timeout", self.reply_timeout),
             ("idle timeout", self.idle_timeout),
+            ("memory wait", self.memory_wait),
         ] {
             if value.is_zero() {
                 return Err(format!("the {name} must be longer than zero"));
@@ -164,75 +210,4 @@ impl Limits {
         }
         Ok(())
     }
-}
-
-/// What a server offers on TCP, beside QUIC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TcpMode {
-    /// TLS 1.3 with the QUIC endpoint's certificate and ALPN.
-    Tls,
-    /// Plaintext: for trusted networks and course clients only.
-    Plaintext,
-    /// No TCP listener.
-    Off,
-}
-
-/// Attempts at finding a port number free on both UDP and TCP when the address asks for any (0).
-const PORT_ATTEMPTS: usize = 16;
-
-/// The sockets of a server: the QUIC endpoint, and the TCP listener unless TCP is off.
-pub struct Bound {
-    pub quic: Endpoint,
-    pub tcp: Option<(TcpListener, TcpSecurity)>,
-}
-
-/// Binding failed; `protocol` is "UDP" or "TCP".
-#[derive(Debug)]
-pub struct BindError {
-    pub protocol: &'static str,
-    pub cause: io::Error,
-}
-
-/// Binds QUIC (UDP) and, unless `tcp` is off, TCP on the same port number. With port 0 the UDP port is
-/// chosen first and TCP tries the same number, starting over if it is taken. Must be called within a
-/// tokio runtime.
-pub fn bind(
-    listen: SocketAddr,
-    tls: ServerTls,
-    tcp: TcpMode,
-    limits: &Limits,
-    quic_options: &quic::QuicOptions,
-) -> Result<Bound, BindError> {
-    let udp = |cause| BindError { protocol: "UDP", cause };
-    let security = match tcp {
-        TcpMode::Tls => Some(TcpSecurity::Tls(TlsAcceptor::from(Arc::new(tls.tcp)))),
-        TcpMode::Plaintext => Some(TcpSecurity::Plaintext),
-        TcpMode::Off => None,
-    };
-    let attempts = if listen.port() == 0 { PORT_ATTEMPTS } else { 1 };
-    let mut last_error = io::Error::other("no port could be bound");
-    for _ in 0..attempts {
-        let quic = quic::server_endpoint(listen, tls.quic.clone(), limits, quic_options).map_err(udp)?;
-        let Some(security) = security.clone() else {
-            return Ok(Bound { quic, tcp: None });
-        };
-        let addr = quic.local_addr().map_err(udp)?;
-        match tcp::bind(addr) {
-            Ok(listener) => return Ok(Bound { quic, tcp: Some((listener, security)) }),
-            Err(e) => last_error = e,
-        }
-    }
-    Err(BindError { protocol: "TCP", cause: last_error })
-}
-
-/// Whom a connection's requests come from: the subject of the certificate its client presented, if the
-/// server asked for one. Recorded on the connection's span (its `client` field), and logged once.
-fn authenticated_caller(peer_certificates: Option<&[CertificateDer<'_>]>) -> Caller {
-    let identity: Option<Arc<str>> =
-        peer_certificates.and_then(|chain| chain.first()).and_then(tls::certificate_subject).map(Arc::from);
-    if let Some(identity) = &identity {
-        tracing::Span::current().record("client", &**identity);
-        tracing::info!("client authenticated");
-    }
-    Caller::new(identity)
 }

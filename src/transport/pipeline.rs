@@ -7,21 +7,30 @@
 //! the request timeout. Decoded requests enter an [`InOrder`] queue, which runs them and hands their
 //! answers back in request order:
 //!
-//! - Reads run concurrently with each other. A write starts only once every earlier request has
-//!   finished, and nothing starts while a write runs: each request sees exactly the writes sent before
-//!   it, though multi-key commands take several steps. With a backend that applies writes in the order
-//!   they are issued (`Storage::APPLIES_WRITES_IN_ISSUE_ORDER`: the disk store), a write waits only for
-//!   earlier reads, so consecutive writes run together and share a group commit; each is issued (polled
-//!   once) as it starts, so they are issued in request order.
+//! - What may run beside what is the handler's to say ([`Sequencing`], from `Handler::class`), so
+//!   that this module knows nothing of commands or storage backends: reads run concurrently with each
+//!   other; a barrier (a write to most backends, a publish) starts once everything before it has
+//!   finished, and nothing starts while it runs; an ordered write (a write to a backend that applies
+//!   writes in the order they are issued, such as the disk store) waits only for earlier reads and
+//!   barriers, so consecutive writes run together and share a group commit, each issued (polled once)
+//!   as it starts, in request order. Each request sees exactly the effects of the requests sent before
+//!   it, though multi-key commands take several steps.
+//! - A connection carries one subscription at a time (`Caller::max_subscriptions`): its answer lasts
+//!   until it is ended, and a second one could only start answering after that, while holding a queue
+//!   of messages nobody can be sent. The requests after a subscription go on running: an
+//!   `Unsubscribe` sent on the same connection runs at once (it is a read) and ends it; then its own
+//!   answer follows (docs/PROTOCOL.md, section 6.1).
 //! - Reading stops while `max_concurrent_requests` requests are unanswered or while their bytes (requests
 //!   running, plus answers finished but not yet written) reach `max_request_buffer`; TCP's flow control
 //!   then holds the client back. The connection holds at most that, plus one frame being received.
+//! - The bytes held beyond the connection's fixed share (the partial frame received so far, requests
+//!   running, answers waiting) are charged to the server-wide memory budget, and nothing more is read
+//!   while they are not covered. A connection that waits for the budget longer than the memory wait
+//!   ends with a 503 frame (like shutdown's: this request and the later ones were not executed).
 //! - Answers ready together are written with one flush.
 //! - An answer that is a stream of frames (a large `Hgetall`, a subscription) is written frame by frame
 //!   as the frames come and the socket takes them, while the loop goes on reading and running
-//!   requests; answers after it wait their turn. A subscription's answer lasts until it is ended, so an
-//!   `Unsubscribe` sent on the same connection runs at once (it is not a write) and ends it; then its
-//!   own answer follows (docs/PROTOCOL.md, section 6.1).
+//!   requests; answers after it wait their turn.
 //!
 //! A connection ends when the client closes it, after its last answer (its subscriptions end first,
 //! each with its last frame); when a frame is bad (an error frame, then close: on a byte stream there
@@ -37,13 +46,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{Sink, SinkExt, StreamExt};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_util::codec::{Decoder, FramedWrite};
+use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -51,9 +60,10 @@ use super::Limits;
 use super::exchange::RequestError;
 use super::frame::{FrameCodec, FrameError};
 use super::timeouts::StallTimeout;
+use super::writer::FrameWriter;
+use crate::memory::MemoryBudget;
 use crate::pb::{CommandRequest, CommandResponse, status};
-use crate::service::{Caller, Reply, ReplyStream, Service};
-use crate::storage::Storage;
+use crate::service::{Caller, Handler, Reply, ReplyFrame, ReplyStream, Sequencing};
 
 /// After its last frame the server keeps reading (and discarding) for this long before closing, so the
 /// client's unread requests do not turn the close into a reset that could destroy the answers in flight.
@@ -73,6 +83,8 @@ enum Ending {
     Idle,
     /// The server is shutting down.
     ShuttingDown,
+    /// The server-wide memory budget stayed spent for the memory wait.
+    NoMemory,
     /// Reading failed: the connection is gone.
     Failed(std::io::Error),
 }
@@ -86,6 +98,10 @@ impl Ending {
                 status::UNAVAILABLE,
                 "the server is shutting down; this request and any later ones on this connection were not executed",
             )),
+            Ending::NoMemory => Some(CommandResponse::error(
+                status::UNAVAILABLE,
+                "the server has no memory for more requests now (its connection memory budget is spent); this request and any later ones on this connection were not executed: retry later",
+            )),
             Ending::ClientClosed | Ending::Idle | Ending::Failed(_) => None,
         }
     }
@@ -98,29 +114,38 @@ impl fmt::Display for Ending {
             Ending::Rejected(e) => write!(f, "bad request: {e}"),
             Ending::Idle => f.write_str("idle for the idle timeout"),
             Ending::ShuttingDown => f.write_str("the server is shutting down"),
+            Ending::NoMemory => f.write_str("no memory for more requests within the memory wait"),
             Ending::Failed(e) => write!(f, "reading failed: {e}"),
         }
     }
 }
 
-/// Serves one pipelined connection from `caller` until it ends; see the module documentation.
-pub async fn serve_pipelined<IO, S>(
+/// Serves one pipelined connection from `caller` until it ends; see the module documentation. What it
+/// holds beyond its fixed share is charged to `memory`.
+pub async fn serve_pipelined<IO, H>(
     io: IO,
-    service: Service<S>,
+    handler: H,
     limits: Arc<Limits>,
+    memory: MemoryBudget,
     shutdown: CancellationToken,
     caller: Caller,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin,
-    S: Storage,
+    H: Handler,
 {
+    let caller = Caller { max_subscriptions: Some(1), ..caller };
     let (mut read, write) = tokio::io::split(io);
     let mut codec = FrameCodec::<CommandRequest>::new(limits.max_frame_len);
     let mut received = BytesMut::new();
-    let mut answers = FramedWrite::new(
+    let mut answers = FrameWriter::new(
         StallTimeout::new(write, limits.reply_timeout, limits.reply_min_progress),
-        FrameCodec::<CommandResponse>::new(limits.max_frame_len),
+        limits.max_frame_len,
+        &memory,
     );
+    // Covers the bytes received and not yet decoded, and the queue's requests and answers.
+    let mut charge = memory.empty_charge();
+    let mut memory_wait = pin!(tokio::time::sleep(limits.memory_wait));
+    let mut waiting_for_memory = false;
     let mut queue = InOrder::new();
     // The answer being written when it is a stream of frames (a large answer, a subscription): its
     // frames are written as they come, while the loop goes on reading and running requests.
@@ -153,13 +178,14 @@ pub async fn serve_pipelined<IO, S>(
                     }
                 },
             };
-            if !queue.may_start(&request, &limits, S::APPLIES_WRITES_IN_ISSUE_ORDER) {
+            let sequencing = handler.class(&request).sequencing;
+            if !queue.may_start(sequencing, &limits) {
                 waiting = Some(request);
                 break;
             }
-            let (write, bytes) = (request.is_write(), request.encoded_len());
-            let (service, caller) = (service.clone(), caller.clone());
-            queue.start(write, bytes, async move { service.execute(request, &caller).await });
+            let bytes = request.encoded_len();
+            let (handler, caller) = (handler.clone(), caller.clone());
+            queue.start(sequencing, bytes, async move { handler.execute(request, &caller).await });
         }
         // Write every answer whose turn has come, up to one that is a stream of frames.
         while current.is_none()
@@ -167,8 +193,8 @@ pub async fn serve_pipelined<IO, S>(
         {
             match reply {
                 Reply::One(response) => {
-                    if let Err(e) = answers.feed(response).await {
-                        debug!(error = %e, "writing an answer failed; closing the connection");
+                    if let Err(e) = answers.feed(ReplyFrame::Response(response)).await {
+                        log_write_failure(&e);
                         let _ = answers.get_mut().shutdown().await;
                         return;
                     }
@@ -181,7 +207,7 @@ pub async fn serve_pipelined<IO, S>(
             if !subscriptions_ended {
                 // The connection takes no more requests: its subscriptions end (each with a last
                 // frame), so that the answers before the ending can all be written.
-                service.connection_closing(&caller);
+                handler.connection_closing(&caller);
                 subscriptions_ended = true;
             }
             if queue.is_empty() && current.is_none() {
@@ -191,7 +217,7 @@ pub async fn serve_pipelined<IO, S>(
 
         // One timer serves two timeouts: the request timeout from the moment a frame starts arriving,
         // the idle timeout while nothing at all is going on. It is set only when that changes.
-        let partial = waiting.is_none() && (codec.inside_frame() || !received.is_empty());
+        let partial = waiting.is_none() && !received.is_empty();
         let wanted = if partial {
             Some(Timer::PartialFrame(*partial_since.get_or_insert_with(Instant::now)))
         } else {
@@ -206,15 +232,24 @@ pub async fn serve_pipelined<IO, S>(
                 None => {}
             }
         }
-        let may_read = ending.is_none() && waiting.is_none();
-        if may_read {
-            received.reserve(READ_CHUNK);
+        // What is held beyond the fixed share must be charged before more is read; the charge
+        // follows what is held down at once.
+        let held = received.len() + queue.bytes;
+        charge.shrink_to(held);
+        let covered = charge.bytes() >= held || charge.try_grow(held - charge.bytes());
+        if !covered && !waiting_for_memory {
+            memory_wait.as_mut().reset(Instant::now() + limits.memory_wait);
         }
+        waiting_for_memory = !covered;
+        let may_read = ending.is_none() && waiting.is_none() && covered;
 
         tokio::select! {
             biased;
             _ = shutdown.cancelled(), if ending.is_none() => ending = Some(Ending::ShuttingDown),
-            bytes = read.read_buf(&mut received), if may_read => match bytes {
+            () = charge.cover(held), if waiting_for_memory && ending.is_none() => {}
+            () = memory_wait.as_mut(), if waiting_for_memory && ending.is_none() => ending = Some(Ending::NoMemory),
+            // At most a chunk at a time: the fixed share covers one chunk beyond what is charged.
+            bytes = read_chunk(&mut read, &mut received), if may_read => match bytes {
                 Ok(0) if partial => {
                     ending = Some(Ending::Rejected(FrameError::Truncated { buffered: received.len() }.into()));
                 }
@@ -227,7 +262,7 @@ pub async fn serve_pipelined<IO, S>(
                 if current.is_some() || unflushed => match written {
                 Ok(Written::NextFrame(frame)) => {
                     if let Err(e) = answers.start_send_unpin(frame) {
-                        debug!(error = %e, "writing an answer failed; closing the connection");
+                        log_write_failure(&e);
                         return;
                     }
                     (unflushed, idle_since) = (true, Instant::now());
@@ -236,7 +271,7 @@ pub async fn serve_pipelined<IO, S>(
                 Ok(Written::StreamEnded) => (current, idle_since) = (None, Instant::now()),
                 Ok(Written::Flushed) => unflushed = false,
                 Err(e) => {
-                    debug!(error = %e, "writing answers failed; closing the connection");
+                    log_write_failure(&e);
                     return;
                 }
             },
@@ -256,19 +291,30 @@ pub async fn serve_pipelined<IO, S>(
         _ => debug!(reason = %ending, "closing the connection"),
     }
     if let Some(last) = ending.last_frame()
-        && let Err(e) = answers.send(last).await
+        && let Err(e) = answers.send(ReplyFrame::Response(last)).await
     {
         debug!(error = %e, "could not send the last frame");
     }
-    let _ = SinkExt::<CommandResponse>::flush(&mut answers).await;
+    let _ = SinkExt::<ReplyFrame>::flush(&mut answers).await;
     let _ = answers.get_mut().shutdown().await;
     linger(read).await;
+}
+
+/// Writing an answer failed: the connection closes (its client sees it lost, so the answers it did not
+/// get may or may not have been executed).
+fn log_write_failure(e: &FrameError) {
+    match e {
+        FrameError::MemoryExhausted { .. } => {
+            info!(error = %e, "no memory for an answer; closing the connection")
+        }
+        _ => debug!(error = %e, "writing answers failed; closing the connection"),
+    }
 }
 
 /// What writing answers came to.
 enum Written {
     /// The next frame of the stream being written, for which the writer has room: to write now.
-    NextFrame(CommandResponse),
+    NextFrame(ReplyFrame),
     /// The stream being written has ended.
     StreamEnded,
     /// Everything written so far has been flushed.
@@ -285,7 +331,7 @@ fn poll_write<W>(
     unflushed: bool,
 ) -> Poll<Result<Written, FrameError>>
 where
-    W: Sink<CommandResponse, Error = FrameError> + Unpin,
+    W: Sink<ReplyFrame, Error = FrameError> + Unpin,
 {
     if let Some(stream) = current {
         ready!(answers.poll_ready_unpin(cx))?;
@@ -313,13 +359,16 @@ struct InOrder<F> {
     /// One slot per unanswered request, oldest first; `first` is the number of the front one.
     slots: VecDeque<Slot>,
     first: u64,
+    /// Requests running, by how they are sequenced.
+    running_reads: usize,
     running_writes: usize,
+    running_barrier: bool,
     /// Bytes held: requests running plus answers waiting.
     bytes: usize,
 }
 
 enum Slot {
-    Running { write: bool, request_bytes: usize },
+    Running { sequencing: Sequencing, request_bytes: usize },
     Done { reply: Reply, reply_bytes: usize },
 }
 
@@ -329,8 +378,20 @@ impl<F: Future<Output = Reply>> InOrder<F> {
             running: FuturesUnordered::new(),
             slots: VecDeque::new(),
             first: 0,
+            running_reads: 0,
             running_writes: 0,
+            running_barrier: false,
             bytes: 0,
+        }
+    }
+
+    fn count_running(&mut self, sequencing: Sequencing, delta: isize) {
+        match sequencing {
+            Sequencing::Read => self.running_reads = self.running_reads.saturating_add_signed(delta),
+            Sequencing::OrderedWrite => {
+                self.running_writes = self.running_writes.saturating_add_signed(delta)
+            }
+            Sequencing::Barrier => self.running_barrier = delta > 0,
         }
     }
 
@@ -338,27 +399,27 @@ impl<F: Future<Output = Reply>> InOrder<F> {
         self.slots.is_empty()
     }
 
-    /// Whether `request` may start now: within the limits, and not crossing a write (see the module
-    /// documentation). `writes_in_issue_order`: the backend applies writes in the order they are
-    /// issued, so a write need not wait for earlier writes.
-    fn may_start(&self, request: &CommandRequest, limits: &Limits, writes_in_issue_order: bool) -> bool {
+    /// Whether a request sequenced so may start now: within the limits, and in its order against the
+    /// requests before it (see the module documentation).
+    fn may_start(&self, sequencing: Sequencing, limits: &Limits) -> bool {
         let within_limits = self.slots.len() < limits.max_concurrent_requests as usize
             && self.bytes < limits.max_request_buffer;
-        let ordered = if request.is_write() {
-            let running_reads = self.running.len() - self.running_writes;
-            running_reads == 0 && (self.running_writes == 0 || writes_in_issue_order)
-        } else {
-            self.running_writes == 0
+        let ordered = match sequencing {
+            Sequencing::Read => self.running_writes == 0 && !self.running_barrier,
+            Sequencing::OrderedWrite => self.running_reads == 0 && !self.running_barrier,
+            Sequencing::Barrier => {
+                self.running_reads == 0 && self.running_writes == 0 && !self.running_barrier
+            }
         };
         within_limits && ordered
     }
 
     /// Starts a request, polling it once at once: that issues its storage operation now, so requests
     /// started one after another are issued in request order.
-    fn start(&mut self, write: bool, request_bytes: usize, execution: F) {
+    fn start(&mut self, sequencing: Sequencing, request_bytes: usize, execution: F) {
         let number = self.first + self.slots.len() as u64;
-        self.slots.push_back(Slot::Running { write, request_bytes });
-        self.running_writes += usize::from(write);
+        self.slots.push_back(Slot::Running { sequencing, request_bytes });
+        self.count_running(sequencing, 1);
         self.bytes += request_bytes;
         let mut execution = Box::pin(Numbered { number, future: execution });
         // A no-op waker is enough for this first poll: the set of running requests polls it again with
@@ -370,9 +431,10 @@ impl<F: Future<Output = Reply>> InOrder<F> {
     }
 
     fn finish(&mut self, (number, reply): (u64, Reply)) {
-        let Some(slot) = self.slots.get_mut((number - self.first) as usize) else { return };
-        if let Slot::Running { write, request_bytes } = *slot {
-            self.running_writes -= usize::from(write);
+        let index = (number - self.first) as usize;
+        let Some(&Slot::Running { sequencing, request_bytes }) = self.slots.get(index) else { return };
+        self.count_running(sequencing, -1);
+        if let Some(slot) = self.slots.get_mut(index) {
             let reply_bytes = match &reply {
                 Reply::One(response) => response.encoded_len(),
                 // Produced as it is written, so it holds nothing yet.
@@ -416,6 +478,11 @@ impl<F: Future<Output = Reply>> Future for Numbered<F> {
     }
 }
 
+/// Reads at most `READ_CHUNK` bytes into `buffer`, which grows as they arrive.
+async fn read_chunk<R: AsyncRead + Unpin>(read: &mut R, buffer: &mut BytesMut) -> std::io::Result<usize> {
+    read.read_buf(&mut buffer.limit(READ_CHUNK)).await
+}
+
 /// Reads and discards what the client still sends, until it closes or `LINGER` passes.
 async fn linger<R: AsyncRead + Unpin>(mut read: R) {
     let mut sink = [0u8; 8192];
@@ -427,4 +494,120 @@ async fn linger<R: AsyncRead + Unpin>(mut read: R) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use parking_lot::Mutex;
+
+    use tokio::io::DuplexStream;
+    use tokio::sync::Semaphore;
+    use tokio_util::codec::FramedRead;
+
+    use super::*;
+    use crate::pb::Value;
+    use crate::pb::command_request::RequestData;
+    use crate::service::RequestClass;
+    use crate::transport::frame::encode_frame;
+
+    /// A handler whose writes are ordered writes that complete only when the test lets them (as a
+    /// disk store's do when their group commit is durable), and whose publishes are barriers; it
+    /// records when each request starts and ends.
+    #[derive(Clone)]
+    struct Gated {
+        log: Arc<Mutex<Vec<String>>>,
+        commits: Arc<Semaphore>,
+    }
+
+    impl Gated {
+        fn new() -> Self {
+            Gated { log: Arc::default(), commits: Arc::new(Semaphore::new(0)) }
+        }
+
+        fn log(&self) -> Vec<String> {
+            self.log.lock().clone()
+        }
+
+        fn record(&self, event: String) {
+            self.log.lock().push(event);
+        }
+    }
+
+    impl Handler for Gated {
+        fn class(&self, request: &CommandRequest) -> RequestClass {
+            let sequencing = match request.request_data {
+                Some(RequestData::Hset(_)) => Sequencing::OrderedWrite,
+                Some(RequestData::Publish(_)) => Sequencing::Barrier,
+                _ => Sequencing::Read,
+            };
+            RequestClass { sequencing, replay_safe: false }
+        }
+
+        async fn execute(&self, request: CommandRequest, _caller: &Caller) -> Reply {
+            match request.request_data {
+                Some(RequestData::Hset(set)) => {
+                    let key = set.pair.map(|p| p.key).unwrap_or_default();
+                    self.record(format!("write {key} issued"));
+                    let _ = self.commits.acquire().await.map(|permit| permit.forget());
+                    self.record(format!("write {key} durable"));
+                }
+                Some(RequestData::Publish(_)) => self.record("publish".into()),
+                _ => self.record("read".into()),
+            }
+            Reply::One(CommandResponse::ok())
+        }
+
+        fn connection_closing(&self, _caller: &Caller) {}
+    }
+
+    /// Serves a connection to `handler` and sends it `requests`, all at once.
+    async fn pipelined(handler: &Gated, requests: &[CommandRequest]) -> DuplexStream {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let limits = Arc::new(Limits::default());
+        let serving = serve_pipelined(
+            server,
+            handler.clone(),
+            limits,
+            MemoryBudget::unlimited(),
+            CancellationToken::new(),
+            Caller::default(),
+        );
+        tokio::spawn(serving);
+        for request in requests {
+            client.write_all(&encode_frame(request, 1 << 20).unwrap()).await.unwrap();
+        }
+        // The pipeline task runs on this thread: let it do all it can before looking.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        client
+    }
+
+    #[tokio::test]
+    async fn ordered_writes_share_a_commit_but_a_publish_waits_until_they_are_durable() {
+        let handler = Gated::new();
+        let requests = [
+            CommandRequest::hset("t", "a", "1"),
+            CommandRequest::hset("t", "b", "2"),
+            CommandRequest::publish("t", vec![Value::from("changed")]),
+            CommandRequest::hget("t", "a"),
+        ];
+        let client = pipelined(&handler, &requests).await;
+        assert_eq!(
+            handler.log(),
+            ["write a issued", "write b issued"],
+            "both writes run together, and nothing after them"
+        );
+        handler.commits.add_permits(2);
+        let mut answers = FramedRead::new(client, FrameCodec::<CommandResponse>::new(1 << 20));
+        for _ in 0..requests.len() {
+            assert_eq!(answers.next().await.unwrap().unwrap().status, status::OK);
+        }
+        let log = handler.log();
+        assert_eq!(
+            &log[2..],
+            ["write a durable", "write b durable", "publish", "read"],
+            "the publish follows the writes it was sent after, and the read follows the publish"
+        );
+    }
 }

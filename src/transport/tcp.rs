@@ -7,22 +7,22 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::admission::{Admission, Admitted, Refusal};
 use super::frame::encode_frame;
 use super::pipeline::serve_pipelined;
 use super::{Limits, authenticated_caller};
+use crate::memory::MemoryBudget;
 use crate::pb::{CommandResponse, status};
-use crate::service::{Caller, Service};
-use crate::storage::Storage;
+use crate::service::{Caller, Handler};
 
 /// How TCP connections are secured.
 #[derive(Clone)]
@@ -41,19 +41,18 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Serves `listener` until `shutdown` is cancelled, then shuts down gracefully within `grace`.
-/// `permits` is the server-wide connection limit, shared with the other transports.
-pub async fn serve<S: Storage>(
+/// `admission` is shared with the other transports.
+pub async fn serve<H: Handler>(
     listener: TcpListener,
     security: TcpSecurity,
-    service: Service<S>,
+    handler: H,
     limits: Arc<Limits>,
-    permits: Arc<Semaphore>,
+    admission: Admission,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
     let connections = TaskTracker::new();
     let cut_off = CancellationToken::new();
-    let mut last_refusal_warning: Option<Instant> = None;
     loop {
         let (stream, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -67,21 +66,21 @@ pub async fn serve<S: Storage>(
                 }
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            if last_refusal_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                warn!(limit = limits.max_connections, "connection limit reached; refusing new connections");
-                last_refusal_warning = Some(Instant::now());
+        let admitted = match admission.admit(limits.tcp_connection_share()) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                refuse(stream, &security, refusal, &connections);
+                continue;
             }
-            refuse(stream, &security);
-            continue;
         };
         let connection = handle_connection(
             stream,
             security.clone(),
-            service.clone(),
+            handler.clone(),
             limits.clone(),
+            admission.memory().clone(),
             shutdown.clone(),
-            permit,
+            admitted,
         );
         let cut_off = cut_off.clone();
         let span = info_span!("connection", %remote, transport = "tcp", client = tracing::field::Empty);
@@ -108,20 +107,26 @@ pub async fn serve<S: Storage>(
     }
 }
 
-/// Closes a connection over the limit. A plaintext client is told why first, with the 503 that means
-/// "nothing was executed here"; a TLS client would need a handshake first, so it just sees the close.
-fn refuse(stream: TcpStream, security: &TcpSecurity) {
+/// Closes a connection that was not admitted. A plaintext client is told why first, with the 503 that
+/// means "nothing was executed here", by a task in `tasks` (which shutdown waits for: it takes at most
+/// `REFUSAL_TIMEOUT`); a TLS client would need a handshake first, so it just sees the close.
+fn refuse(stream: TcpStream, security: &TcpSecurity, refusal: Refusal, tasks: &TaskTracker) {
     if let TcpSecurity::Plaintext = security {
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut stream = stream;
             let refusal = CommandResponse::error(
                 status::UNAVAILABLE,
-                "the server is at its connection limit; nothing was executed on this connection",
+                format!(
+                    "the server refused the connection: {refusal}; nothing was executed on this connection"
+                ),
             );
-            if let Ok(frame) = encode_frame(&refusal, 1024) {
-                let _ = tokio::time::timeout(REFUSAL_TIMEOUT, stream.write_all(&frame)).await;
-            }
-            let _ = stream.shutdown().await;
+            let tell = async {
+                if let Ok(frame) = encode_frame(&refusal, 1024) {
+                    stream.write_all(&frame).await?;
+                }
+                stream.shutdown().await
+            };
+            let _ = tokio::time::timeout(REFUSAL_TIMEOUT, tell).await;
         });
     }
 }
@@ -134,13 +139,14 @@ const KEEPALIVE_PROBES: u32 = 3;
 /// How long a refused plaintext client gets to take its 503.
 const REFUSAL_TIMEOUT: Duration = Duration::from_millis(100);
 
-async fn handle_connection<S: Storage>(
+async fn handle_connection<H: Handler>(
     stream: TcpStream,
     security: TcpSecurity,
-    service: Service<S>,
+    handler: H,
     limits: Arc<Limits>,
+    memory: MemoryBudget,
     shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    _admitted: Admitted,
 ) {
     // Requests and answers are small and latency matters more than packet count.
     if let Err(e) = stream.set_nodelay(true) {
@@ -157,13 +163,15 @@ async fn handle_connection<S: Storage>(
         debug!(error = %e, "could not enable TCP keep-alive");
     }
     match security {
-        TcpSecurity::Plaintext => serve_pipelined(stream, service, limits, shutdown, Caller::default()).await,
+        TcpSecurity::Plaintext => {
+            serve_pipelined(stream, handler, limits, memory, shutdown, Caller::default()).await
+        }
         TcpSecurity::Tls(acceptor) => {
             let handshake = tokio::time::timeout(limits.request_timeout, acceptor.accept(stream)).await;
             match handshake {
                 Ok(Ok(tls)) => {
                     let caller = authenticated_caller(tls.get_ref().1.peer_certificates());
-                    serve_pipelined(tls, service, limits, shutdown, caller).await
+                    serve_pipelined(tls, handler, limits, memory, shutdown, caller).await
                 }
                 Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
                 Err(_) => info!(timeout = ?limits.request_timeout, "TLS handshake did not complete in time"),

@@ -29,9 +29,16 @@ impl ServerProcess {
     /// Starts `qkv serve --certs TEMPDIR ARGS...` (listening on an ephemeral loopback port unless
     /// ARGS say `--listen`), and waits until it serves.
     pub async fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// [`ServerProcess::start`] with environment variables set for the server (`RUST_LOG`, say, for a
+    /// test that waits for a debug line).
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let certs = tempfile::tempdir().expect("temporary directory");
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"));
         command.arg("serve").arg("--certs").arg(certs.path()).args(args);
+        command.envs(env.iter().copied());
         if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }
@@ -79,7 +86,7 @@ impl ServerProcess {
             }
             panic!("the server exited without logging {words:?}");
         };
-        tokio::time::timeout(Duration::from_secs(10), wait).await.expect("the log line")
+        tokio::time::timeout(Duration::from_secs(30), wait).await.expect("the log line")
     }
 
     fn status_field_kib(&self, field: &str) -> u64 {
@@ -99,6 +106,11 @@ impl ServerProcess {
     /// The most resident memory the server has had, in MiB.
     pub fn peak_mib(&self) -> u64 {
         self.status_field_kib("VmHWM:") / 1024
+    }
+
+    /// The most virtual memory the server has had mapped, in MiB: what it reserved, touched or not.
+    pub fn virtual_peak_mib(&self) -> u64 {
+        self.status_field_kib("VmPeak:") / 1024
     }
 
     /// Sends SIGTERM: the server shuts down gracefully.

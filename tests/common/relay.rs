@@ -3,9 +3,10 @@
 //! the client's datagrams so that a test can replay them as an attacker would.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -49,12 +50,12 @@ impl UdpRelay {
 
     /// Starts keeping a copy of every datagram the client sends.
     pub fn start_recording(&self) {
-        *self.recording.lock().expect("recording") = Some(Vec::new());
+        *self.recording.lock() = Some(Vec::new());
     }
 
     /// The datagrams the client sent since `start_recording`.
     pub fn take_recording(&self) -> Vec<Bytes> {
-        self.recording.lock().expect("recording").take().unwrap_or_default()
+        self.recording.lock().take().unwrap_or_default()
     }
 
     /// Sends `datagrams` to the server from a new address, as an attacker replaying captured traffic
@@ -104,7 +105,7 @@ async fn relay(
             received = downstream.recv_from(&mut from_client) => {
                 let Ok((len, peer)) = received else { return };
                 client = Some(peer);
-                if let Some(recorded) = recording.lock().expect("recording").as_mut() {
+                if let Some(recorded) = recording.lock().as_mut() {
                     recorded.push(Bytes::copy_from_slice(&from_client[..len]));
                 }
                 let silent = controls.borrow().silent;

@@ -1,7 +1,8 @@
 //! Project automation: `cargo xtask bench-report` (the side-by-side benchmark report of docs/bench/),
 //! `cargo xtask durable-report` (durable writes against Redis, see `durable`), `cargo xtask
-//! pubsub-report` (pub/sub fan-out, see `pubsub`) and `cargo xtask lab`
-//! (QUIC against TLS over emulated mobile links, see `lab`).
+//! pubsub-report` (pub/sub fan-out, see `pubsub`), `cargo xtask lab` (QUIC against TLS over emulated
+//! mobile links, see `lab`), `cargo xtask storm-report` (reconnect storms through an emulated link,
+//! see `storm`) and `cargo xtask scale-report` (10,000 connections and subscribers, see `scale`).
 //!
 //! `bench-report`:
 //! On this machine kind (2 vCPUs), every server runs pinned to core 0 and every load generator to core
@@ -15,9 +16,12 @@
 mod durable;
 mod lab;
 mod plot;
+mod proc;
 mod pubsub;
 mod report;
 mod run;
+mod scale;
+mod storm;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,6 +42,12 @@ enum Task {
     DurableReport(SweepArgs),
     /// Pub/sub fan-out to 100 subscribers over QUIC, TLS and TCP, and its report.
     PubsubReport(SweepArgs),
+    /// Reconnect storms (root only): connection setups per second and their latency with 1 to 1024
+    /// clients connecting at once through an emulated 25 ms link, QUIC 0-RTT, QUIC full and TLS.
+    StormReport(storm::StormArgs),
+    /// 10,000 connections and 10,000 subscribers over QUIC and TLS: latency, errors, the server's
+    /// memory and CPU, the time to open them all.
+    ScaleReport(scale::ScaleArgs),
 }
 
 /// How long and how often a benchmark report measures, and where it goes.
@@ -75,6 +85,8 @@ fn main() -> anyhow::Result<()> {
         Task::Lab(args) => lab::run(args),
         Task::DurableReport(args) => durable::run(args),
         Task::PubsubReport(args) => pubsub::run(args),
+        Task::StormReport(args) => storm::run(args),
+        Task::ScaleReport(args) => scale::run(args),
     }
 }
 

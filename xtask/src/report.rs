@@ -41,7 +41,7 @@ pub fn median(values: &mut [f64]) -> f64 {
 pub fn median_where<M>(
     measurements: &[M],
     matches: impl Fn(&M) -> bool,
-    value: fn(&M) -> f64,
+    value: impl Fn(&M) -> f64,
 ) -> Option<f64> {
     let mut values: Vec<f64> = measurements.iter().filter(|m| matches(m)).map(value).collect();
     (!values.is_empty()).then(|| median(&mut values))

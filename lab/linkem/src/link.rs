@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 /// What happens to a link's packets.
 #[derive(Debug, Clone, Copy, PartialEq)]

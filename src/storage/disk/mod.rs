@@ -7,6 +7,11 @@
 //!
 //! Reads and scans run on tokio's blocking threads, each in a read transaction of its own (MVCC: they
 //! never wait for the committer). Every write goes through the committer thread.
+//!
+//! Dropping the store never blocks (the last handle may go on a runtime thread, which must not wait
+//! for an fsync): the committer finishes the writes it was given, makes every commit durable and
+//! exits on its own. [`StoreClosed`], taken from the store beforehand, waits for that, so that a
+//! process exits, or opens the directory again, only once every acknowledged write is on disk.
 
 mod committer;
 mod encoding;
@@ -16,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
 
 use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
@@ -43,9 +50,9 @@ fn backend(e: impl Into<redb::Error>) -> StorageError {
 /// thread; a write waits for the next group commit.
 pub struct DiskStore {
     db: Arc<Database>,
-    /// To the committer; `None` once the store is being dropped.
-    jobs: Option<mpsc::Sender<Job>>,
-    committer: Option<JoinHandle<()>>,
+    /// To the committer, which stops once this (the only sender) is dropped.
+    jobs: mpsc::Sender<Job>,
+    closed: StoreClosed,
     /// Keeps a temporary data directory (tests only) alive as long as the store.
     _temporary: Option<TemporaryDir>,
 }
@@ -77,7 +84,15 @@ impl DiskStore {
             .name("qkv-committer".into())
             .spawn(move || committer::run(for_committer, queue, durability, first_version))
             .map_err(|e| StorageError::Backend(format!("cannot start the committer thread: {e}")))?;
-        Ok(DiskStore { db, jobs: Some(jobs), committer: Some(committer), _temporary: None })
+        let closed = StoreClosed { committer: Arc::new(Mutex::new(Some(committer))) };
+        Ok(DiskStore { db, jobs, closed, _temporary: None })
+    }
+
+    /// A handle that completes once this store has been dropped and its committer has made every write
+    /// it acknowledged durable and stopped. The database file is closed then, unless a scan still
+    /// reads it (a [`DiskScan`] keeps it open until it is dropped).
+    pub fn closed(&self) -> StoreClosed {
+        self.closed.clone()
     }
 
     /// A store in a new temporary directory, removed when the store is dropped.
@@ -108,7 +123,7 @@ impl DiskStore {
     async fn write(&self, write: Write) -> StorageResult<Vec<WriteOutcome>> {
         let (done, outcome) = oneshot::channel();
         let gone = || StorageError::Backend("the store is shutting down".into());
-        self.jobs.as_ref().ok_or_else(gone)?.send(Job { write, done }).map_err(|_| gone())?;
+        self.jobs.send(Job { write, done }).map_err(|_| gone())?;
         outcome.await.map_err(|_| gone())?
     }
 
@@ -117,13 +132,30 @@ impl DiskStore {
     }
 }
 
-impl Drop for DiskStore {
-    /// Lets the committer finish the writes it has, make them durable, and stop.
-    fn drop(&mut self) {
-        self.jobs = None;
-        if let Some(committer) = self.committer.take() {
-            let _ = committer.join();
+/// The end of a [`DiskStore`]'s committer: see [`DiskStore::closed`]. Dropping the store (its last
+/// handle, the job sender) tells the committer to finish; this waits until it has.
+#[derive(Clone)]
+pub struct StoreClosed {
+    /// Taken by the first waiter, which joins it while holding the lock, so that every other waiter
+    /// returns only once the committer has finished too.
+    committer: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl StoreClosed {
+    /// Blocks the calling thread until the store has been dropped and every write it acknowledged is
+    /// durable. Not for a runtime's worker thread: use [`StoreClosed::wait`] there.
+    pub fn wait_blocking(&self) {
+        let mut committer = self.committer.lock();
+        if let Some(committer) = committer.take()
+            && committer.join().is_err()
+        {
+            tracing::error!("the committer thread panicked: writes of its last moments may be lost");
         }
+    }
+
+    /// [`StoreClosed::wait_blocking`] on one of tokio's blocking threads.
+    pub async fn wait(self) {
+        let _ = tokio::task::spawn_blocking(move || self.wait_blocking()).await;
     }
 }
 
@@ -282,7 +314,7 @@ mod tests {
     #[tokio::test]
     async fn data_versions_and_conditional_writes_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let (version, deleted_version) = {
+        let (version, deleted_version, closed) = {
             let store = DiskStore::open(dir.path(), Durability::Strict).unwrap();
             let WriteOutcome::Written { version, .. } =
                 store.set("a:b", "", vec![0u8; 100_000].into(), None).await.unwrap()
@@ -295,8 +327,9 @@ mod tests {
                 panic!("an unconditional write")
             };
             store.delete("t", "gone", None).await.unwrap();
-            (version, deleted)
+            (version, deleted, store.closed())
         };
+        closed.wait().await;
         let store = DiskStore::open(dir.path(), Durability::Strict).unwrap();
         let stored = store.get("a:b", "").await.unwrap().unwrap();
         assert_eq!((stored.value, stored.version), (vec![0u8; 100_000].into(), version));
@@ -315,10 +348,11 @@ mod tests {
     async fn relaxed_writes_are_on_disk_once_the_store_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let relaxed = Durability::Relaxed { flush_interval: std::time::Duration::from_secs(3600) };
-        {
-            let store = DiskStore::open(dir.path(), relaxed).unwrap();
-            store.set("t", "k", "v".into(), None).await.unwrap();
-        }
+        let store = DiskStore::open(dir.path(), relaxed).unwrap();
+        store.set("t", "k", "v".into(), None).await.unwrap();
+        let closed = store.closed();
+        drop(store);
+        closed.wait().await;
         let store = DiskStore::open(dir.path(), Durability::Strict).unwrap();
         assert_eq!(store.get("t", "k").await.unwrap().unwrap().value, "v".into());
     }

@@ -1,24 +1,33 @@
 //! The QUIC server loop: a task per connection, a task per request stream, graceful shutdown.
 //!
+//! Admission: a connection needs a place under the connection limit and its fixed share of the memory
+//! budget (its flow-control windows: [`Admission`]), or it is refused at once. Its address must be
+//! validated first when unvalidated handshakes pile up (more than `max_unvalidated_handshakes` in
+//! progress): the server answers with a stateless Retry, which costs it nothing and a real client one
+//! round trip, so that Initial packets from spoofed addresses, whose senders never answer, cannot hold
+//! the connection places. A handshake must complete within the request timeout.
+//!
 //! Shutdown, once `shutdown` is cancelled: stop accepting connections; on every connection stop accepting
 //! streams, let the streams already accepted finish (their replies acknowledged by the client), then
 //! close with [`codes::SHUTTING_DOWN`]. Whatever is still running after the grace period is cut off by
-//! closing the endpoint with the same code.
+//! closing the endpoint with the same code. A connection's place and memory are given back only once
+//! its last stream task has ended.
 
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use quinn::{Connection, ConnectionError, Endpoint, Incoming, RecvStream, SendStream};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use super::codes;
-use crate::service::{Caller, Service};
-use crate::storage::Storage;
+use crate::memory::MemoryBudget;
+use crate::service::{Caller, Handler};
+use crate::transport::admission::{Admission, Admitted};
 use crate::transport::budget::ReadBudget;
 use crate::transport::exchange::{EarlyData, Served, serve_request};
 use crate::transport::frame::FrameError;
@@ -29,19 +38,19 @@ use crate::transport::{Limits, authenticated_caller};
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves `endpoint` until `shutdown` is cancelled, then shuts down gracefully within `grace`.
-/// `permits` is the server-wide connection limit, shared with the other transports. `client_auth`
-/// says the endpoint's TLS configuration requires client certificates.
-pub async fn serve<S: Storage>(
+/// `admission` is shared with the other transports. `client_auth` says the endpoint's TLS
+/// configuration requires client certificates.
+pub async fn serve<H: Handler>(
     endpoint: Endpoint,
-    service: Service<S>,
+    handler: H,
     limits: Arc<Limits>,
-    permits: Arc<Semaphore>,
+    admission: Admission,
     shutdown: CancellationToken,
     grace: Duration,
     client_auth: bool,
 ) {
     let connections = TaskTracker::new();
-    let mut last_refusal_warning: Option<Instant> = None;
+    let unvalidated = Arc::new(AtomicUsize::new(0));
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -50,19 +59,29 @@ pub async fn serve<S: Storage>(
                 None => break,
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // One warning a second at most: a flood of refusals must not flood the log too.
-            if last_refusal_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                warn!(limit = limits.max_connections, "connection limit reached; refusing new connections");
-                last_refusal_warning = Some(Instant::now());
+        let validated = incoming.remote_address_validated();
+        if !validated && unvalidated.load(Ordering::Acquire) >= limits.max_unvalidated_handshakes {
+            // Stateless: nothing is kept for this address until it comes back with the token.
+            if incoming.may_retry() {
+                if let Err(e) = incoming.retry() {
+                    debug!(error = %e, "could not send a Retry");
+                }
+                continue;
             }
-            incoming.refuse();
-            continue;
+        }
+        let admitted = match admission.admit(limits.quic_connection_share()) {
+            Ok(admitted) => admitted,
+            Err(_) => {
+                incoming.refuse();
+                continue;
+            }
         };
-        let (service, limits, shutdown) = (service.clone(), limits.clone(), shutdown.clone());
+        let pending = (!validated).then(|| UnvalidatedHandshake::new(&unvalidated));
+        let (handler, limits, shutdown) = (handler.clone(), limits.clone(), shutdown.clone());
+        let memory = admission.memory().clone();
         connections.spawn(async move {
-            handle_connection(incoming, service, limits, shutdown, client_auth).await;
-            drop(permit);
+            let hold = Hold { admitted, memory, pending };
+            handle_connection(incoming, handler, limits, shutdown, client_auth, hold).await;
         });
     }
 
@@ -81,12 +100,39 @@ pub async fn serve<S: Storage>(
     let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, endpoint.wait_idle()).await;
 }
 
-async fn handle_connection<S: Storage>(
+/// A handshake in progress from an address not yet validated; counted until it completes or fails.
+struct UnvalidatedHandshake(Arc<AtomicUsize>);
+
+impl UnvalidatedHandshake {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        UnvalidatedHandshake(count.clone())
+    }
+}
+
+impl Drop for UnvalidatedHandshake {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What an admitted connection holds while it is served.
+struct Hold {
+    /// Its place and fixed share of memory, given back when the connection's task ends.
+    admitted: Admitted,
+    /// The budget its requests and answers draw from.
+    memory: MemoryBudget,
+    /// Set while its handshake from an unvalidated address is in progress.
+    pending: Option<UnvalidatedHandshake>,
+}
+
+async fn handle_connection<H: Handler>(
     incoming: Incoming,
-    service: Service<S>,
+    handler: H,
     limits: Arc<Limits>,
     shutdown: CancellationToken,
     client_auth: bool,
+    hold: Hold,
 ) {
     let remote = incoming.remote_address();
     let connecting = match incoming.accept() {
@@ -113,10 +159,14 @@ async fn handle_connection<S: Storage>(
             let watched = connection.clone();
             (connection, EarlyData::new(async move { accepted.await || watched.close_reason().is_none() }))
         }
-        Err(connecting) => match connecting.await {
-            Ok(connection) => (connection, EarlyData::new(std::future::ready(true))),
-            Err(e) => {
+        Err(connecting) => match tokio::time::timeout(limits.request_timeout, connecting).await {
+            Ok(Ok(connection)) => (connection, EarlyData::new(std::future::ready(true))),
+            Ok(Err(e)) => {
                 debug!(%remote, error = %e, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%remote, timeout = ?limits.request_timeout, "handshake did not complete in time");
                 return;
             }
         },
@@ -130,7 +180,7 @@ async fn handle_connection<S: Storage>(
     );
     async move {
         let caller = authenticated_caller(peer_certificates(&connection).as_deref());
-        serve_connection(connection, handshake, service, limits, shutdown, caller).await
+        serve_connection(connection, handshake, handler, limits, shutdown, caller, hold).await
     }
     .instrument(span)
     .await
@@ -141,20 +191,34 @@ fn peer_certificates(connection: &Connection) -> Option<Vec<CertificateDer<'stat
     connection.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok().map(|chain| *chain)
 }
 
-async fn serve_connection<S: Storage>(
+async fn serve_connection<H: Handler>(
     connection: Connection,
     handshake: EarlyData,
-    service: Service<S>,
+    handler: H,
     limits: Arc<Limits>,
     shutdown: CancellationToken,
     caller: Caller,
+    hold: Hold,
 ) {
     debug!("connection established");
+    let Hold { admitted, memory, mut pending } = hold;
     let streams = TaskTracker::new();
-    let budget = ReadBudget::new(limits.max_request_buffer);
+    let budget = ReadBudget::new(limits.max_request_buffer, memory.clone(), limits.memory_wait);
+    let handshake_done = timeouts::deadline(limits.request_timeout, handshake.completed());
+    tokio::pin!(handshake_done);
+    let mut handshaking = true;
     let ended = loop {
         let (send, recv) = tokio::select! {
             _ = shutdown.cancelled() => break None,
+            done = &mut handshake_done, if handshaking => {
+                handshaking = false;
+                pending = None;
+                if done.is_err() {
+                    debug!(timeout = ?limits.request_timeout, "handshake did not complete in time");
+                    connection.close(codes::HANDSHAKE_TIMEOUT, b"handshake did not complete in time");
+                }
+                continue;
+            }
             stream = connection.accept_bi() => match stream {
                 Ok(stream) => stream,
                 Err(e) => break Some(e),
@@ -167,8 +231,9 @@ async fn serve_connection<S: Storage>(
             send,
             recv,
             early,
-            service.clone(),
+            handler.clone(),
             limits.clone(),
+            memory.clone(),
             budget.clone(),
             caller.clone(),
         ));
@@ -180,15 +245,22 @@ async fn serve_connection<S: Storage>(
             streams.spawn(stream);
         }
     };
+    drop(pending);
+    streams.close();
     match ended {
-        Some(reason) => log_connection_end(&reason),
+        Some(reason) => {
+            log_connection_end(&reason);
+            // The connection is gone, so its streams end soon; they still hold their requests and
+            // answers until then, which the connection's place and memory must cover.
+            streams.wait().await;
+        }
         None => {
-            streams.close();
             streams.wait().await;
             connection.close(codes::SHUTTING_DOWN, b"server shutting down");
             debug!("connection closed for shutdown");
         }
     }
+    drop(admitted);
 }
 
 fn log_connection_end(reason: &ConnectionError) {
@@ -202,12 +274,14 @@ fn log_connection_end(reason: &ConnectionError) {
     }
 }
 
-async fn handle_stream<S: Storage>(
+#[allow(clippy::too_many_arguments)] // a task's owned inputs, gathered in one place
+async fn handle_stream<H: Handler>(
     mut send: SendStream,
     mut recv: RecvStream,
     early: Option<EarlyData>,
-    service: Service<S>,
+    handler: H,
     limits: Arc<Limits>,
+    memory: MemoryBudget,
     budget: ReadBudget,
     caller: Caller,
 ) {
@@ -215,7 +289,7 @@ async fn handle_stream<S: Storage>(
     // at once rather than finish a reply nobody will read.
     let abandoned = send.stopped();
     let served = tokio::select! {
-        served = serve_request(budget.reader(&mut recv), &mut send, &service, &limits, early.as_ref(), &caller) => served,
+        served = serve_request(budget.reader(&mut recv), &mut send, &handler, &limits, &memory, early.as_ref(), &caller) => served,
         _ = abandoned => {
             debug!("the client abandoned the request");
             let _ = recv.stop(codes::CANCELLED);
@@ -227,6 +301,11 @@ async fn handle_stream<S: Storage>(
         Ok(Served::Rejected(_)) => {
             // Tell the client to stop sending the rest of a request that will never be read.
             let _ = recv.stop(codes::REQUEST_REJECTED);
+        }
+        Err(e @ FrameError::MemoryExhausted { .. }) => {
+            info!(error = %e, "no memory for an answer; dropped it");
+            let _ = send.reset(codes::ANSWER_DROPPED);
+            return;
         }
         Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
             debug!(error = %e, "abandoned a reply the client does not read");

@@ -3,6 +3,7 @@
 //! Each request has its own client-opened bidirectional stream (docs/PROTOCOL.md). Unidirectional
 //! streams are not used, so neither side grants any.
 
+#[cfg(feature = "server")]
 mod listener;
 
 use std::io;
@@ -12,9 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{Endpoint, EndpointConfig, IdleTimeout, TokioRuntime, TransportConfig, VarInt, congestion};
+use quinn::{
+    Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig, TokioRuntime, TransportConfig, VarInt,
+    congestion,
+};
 use socket2::{Domain, Protocol, Socket, Type};
 
+#[cfg(feature = "server")]
 pub use listener::serve;
 
 use super::Limits;
@@ -41,6 +46,11 @@ pub mod codes {
     /// Stream (RESET_STREAM from the server): the client read none of the reply for the reply timeout;
     /// the request was executed.
     pub const REPLY_TIMEOUT: VarInt = VarInt::from_u32(0x13);
+    /// Stream (RESET_STREAM from the server): the server had no memory to hold the answer (its
+    /// connection memory budget was spent); the request was executed.
+    pub const ANSWER_DROPPED: VarInt = VarInt::from_u32(0x14);
+    /// Connection: the handshake did not complete within the server's request timeout.
+    pub const HANDSHAKE_TIMEOUT: VarInt = VarInt::from_u32(3);
 }
 
 fn invalid_input(e: impl std::fmt::Display) -> io::Error {
@@ -110,9 +120,23 @@ impl Default for QuicOptions {
     }
 }
 
-/// Reply bytes a connection may have written but not yet acknowledged by the peer: quinn's default,
-/// named here because it bounds what a client that stops reading can make the server hold.
-pub const SEND_WINDOW: u64 = 10_000_000;
+/// Path MTU discovery with one probe: straight to quinn's upper bound (a 1452-byte UDP payload, what a
+/// 1500-byte Ethernet MTU carries), and 1200 bytes if that probe is lost. quinn's default searches
+/// between the two, four probes one round trip after another, each a full-size datagram and an
+/// acknowledgement: on a connection that makes one request (a reconnect storm is made of them) that
+/// doubled the packets each side sent (docs/bench/STORM.md). A path whose MTU lies between the two
+/// (a tunnel, some mobile carriers) keeps 1200 bytes, QUIC's minimum; it is probed again after
+/// quinn's interval (10 minutes).
+fn mtu_discovery() -> MtuDiscoveryConfig {
+    let mut config = MtuDiscoveryConfig::default();
+    // Larger than half the distance between 1200 and the upper bound: the binary search's first
+    // step is too small to take, so it probes the upper bound alone.
+    config.minimum_change(MTU_PROBE_STEP);
+    config
+}
+
+/// See [`mtu_discovery`]: any step from 1200 bytes smaller than this is not probed.
+const MTU_PROBE_STEP: u16 = 200;
 
 /// Transport settings shared by both sides; `peer_streams` is how many bidirectional streams the peer
 /// may open at once.
@@ -125,12 +149,13 @@ fn transport_config(
     let window = |bytes: usize| VarInt::from_u64(bytes as u64).map_err(invalid_input);
     transport
         .receive_window(window(limits.connection_receive_window)?)
-        .send_window(SEND_WINDOW)
+        .send_window(limits.send_window as u64)
         .max_concurrent_bidi_streams(VarInt::from_u32(peer_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .max_idle_timeout(Some(IdleTimeout::try_from(limits.idle_timeout).map_err(invalid_input)?))
         .initial_rtt(options.initial_rtt)
         .enable_segmentation_offload(options.segmentation_offload);
+    transport.mtu_discovery_config(Some(mtu_discovery()));
     match options.congestion {
         Congestion::Cubic => {
             transport.congestion_controller_factory(Arc::new(congestion::CubicConfig::default()))

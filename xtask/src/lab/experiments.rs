@@ -14,10 +14,9 @@ use anyhow::{Context, bail};
 use qkv::bench::JsonReport;
 use serde::Serialize;
 
-use super::QKV;
 use super::profiles::Profile;
 use super::report::ProfileResults;
-use super::topology::{self, CLIENT, CLIENT_ADDRS};
+use super::topology::{self, CLIENT_ADDRS, Namespaces};
 
 /// Keys preloaded and read: few, so that preloading is quick even at 2 Mbit/s.
 const KEYS: &str = "1000";
@@ -36,15 +35,21 @@ pub struct Run {
     pub moved_at_ms: Option<u64>,
 }
 
+#[derive(Clone)]
 pub struct Bench {
+    /// The namespaces of the lab the server runs in; benches run in its client namespace.
+    pub ns: Namespaces,
+    /// The qkv binary, for the server and the benches.
+    pub qkv: PathBuf,
     pub addr: String,
     pub ca: PathBuf,
     pub duration: Duration,
 }
 
 impl Bench {
-    fn command(&self, transport: &str, warmup: Duration, extra: &[&str]) -> Command {
-        let mut command = topology::command_in(CLIENT, QKV);
+    /// A `qkv bench --json` against the lab's server, in the client namespace.
+    pub fn command(&self, transport: &str, warmup: Duration, extra: &[&str]) -> Command {
+        let mut command = topology::command_in(self.ns.client, &self.qkv);
         let ca = self.ca.to_string_lossy().into_owned();
         command
             .args(["bench", "--json", "--addr", &self.addr, "--ca", &ca, "--transport", transport])
@@ -56,7 +61,7 @@ impl Bench {
         command
     }
 
-    fn parse(output: Output, what: &str) -> anyhow::Result<JsonReport> {
+    pub fn parse(output: Output, what: &str) -> anyhow::Result<JsonReport> {
         if !output.status.success() {
             bail!("{what}: qkv bench failed: {}", String::from_utf8_lossy(&output.stderr).trim());
         }
@@ -75,7 +80,7 @@ impl Bench {
         let started = Instant::now();
         let ca = self.ca.to_string_lossy().into_owned();
         loop {
-            let ping = topology::command_in(CLIENT, QKV)
+            let ping = topology::command_in(self.ns.client, &self.qkv)
                 .args(["ping", "--addr", &self.addr, "--ca", &ca])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -93,8 +98,8 @@ impl Bench {
 
 /// Measures the round trip the profile gives (QUIC pings, one at a time), and refuses to go on if it
 /// is far from what the profile asks for: a daemon that is not running would pass packets unimpaired.
-fn calibrate(bench: &Bench, profile: &Profile) -> anyhow::Result<f64> {
-    let short = Bench { duration: Duration::from_secs(2), addr: bench.addr.clone(), ca: bench.ca.clone() };
+pub fn calibrate(bench: &Bench, profile: &Profile) -> anyhow::Result<f64> {
+    let short = Bench { duration: Duration::from_secs(2), ..bench.clone() };
     let run =
         short.run("calibration", "quic", &["--workload", "ping", "--connections", "1", "--inflight", "1"])?;
     let measured_ms = run.result.latency_us.p50 as f64 / 1000.0;
@@ -167,9 +172,9 @@ fn migrate(bench: &Bench, transport: &str) -> anyhow::Result<Run> {
     }
     std::thread::sleep(bench.duration / 3);
     let moved_at = std::time::SystemTime::now();
-    let moved = topology::move_client(CLIENT_ADDRS[0], CLIENT_ADDRS[1]);
+    let moved = topology::move_client(bench.ns, CLIENT_ADDRS[0], CLIENT_ADDRS[1]);
     let output = topology::wait_output(child);
-    let back = topology::move_client(CLIENT_ADDRS[1], CLIENT_ADDRS[0]);
+    let back = topology::move_client(bench.ns, CLIENT_ADDRS[1], CLIENT_ADDRS[0]);
     moved?;
     back?;
     let mut output = output?;

@@ -7,6 +7,9 @@
 //!
 //! Delay, jitter and loss come from `linkem` (lab/linkem), an NFQUEUE daemon in the router namespace,
 //! because this kernel has no netem; bandwidth from tbf on the router's egress.
+//!
+//! The pieces other tasks reuse (`cargo xtask storm-report`): [`prepare`], [`Session`] (the namespaces
+//! and a server in them) and [`Link`] (a profile in force).
 
 mod experiments;
 mod profiles;
@@ -19,7 +22,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+pub use experiments::{Bench, calibrate};
 pub use profiles::Profile;
+pub use topology::Namespaces;
 
 #[derive(clap::Args)]
 pub struct LabArgs {
@@ -39,12 +44,9 @@ pub struct LabArgs {
 }
 
 const LINKEM: &str = "target/release/linkem";
-const QKV: &str = "target/release/qkv";
+pub const QKV: &str = "target/release/qkv";
 
 pub fn run(args: LabArgs) -> anyhow::Result<()> {
-    if !topology::is_root() {
-        bail!("the lab creates network namespaces: run it as root (sudo -E cargo xtask lab)");
-    }
     let profiles: Vec<Profile> = match (&args.profiles[..], args.smoke) {
         ([], true) => vec![Profile::TARGET],
         ([], false) => Profile::ALL.to_vec(),
@@ -59,17 +61,8 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         (None, true) => std::env::temp_dir().join("qkv-lab-smoke"),
         (None, false) => PathBuf::from("docs/bench"),
     };
-    ensure_tools()?;
-    build()?;
-    ctrlc::set_handler(|| {
-        eprintln!("interrupted: removing the lab's namespaces");
-        topology::cleanup();
-        std::process::exit(130);
-    })
-    .context("cannot install the interrupt handler")?;
-
-    let scratch = std::env::temp_dir().join(format!("qkv-lab-{}", std::process::id()));
-    let work = topology::scratch_directory(scratch)?;
+    prepare()?;
+    let work = scratch("qkv-lab")?;
     let result = run_lab(&profiles, Duration::from_secs(seconds), &work);
     topology::cleanup();
     let results = result?;
@@ -87,58 +80,118 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What every task in namespaces needs first: root, the tools, release builds of qkv and linkem, and an
+/// interrupt handler that takes everything down again.
+pub fn prepare() -> anyhow::Result<()> {
+    if !topology::is_root() {
+        bail!("the lab creates network namespaces: run it as root (sudo -E cargo xtask ...)");
+    }
+    ensure_tools()?;
+    build()?;
+    ctrlc::set_handler(|| {
+        eprintln!("interrupted: removing the lab's namespaces");
+        topology::cleanup();
+        std::process::exit(130);
+    })
+    .context("cannot install the interrupt handler")
+}
+
+/// A scratch directory named after `task` and this process, removed by [`cleanup`].
+pub fn scratch(task: &str) -> anyhow::Result<PathBuf> {
+    topology::scratch_directory(std::env::temp_dir().join(format!("{task}-{}", std::process::id())))
+}
+
+/// Kills what was started, removes the namespaces, restores the sysctl and the scratch directories.
+pub fn cleanup() {
+    topology::cleanup();
+}
+
 fn run_lab(
     profiles: &[Profile],
     duration: Duration,
     work: &Path,
 ) -> anyhow::Result<Vec<report::ProfileResults>> {
-    topology::create()?;
-    let certs = work.join("certs");
-    let certs_arg = certs.to_string_lossy().into_owned();
-    let status = std::process::Command::new(QKV)
-        .args(["cert", "--dir", &certs_arg, "--name", topology::SERVER_ADDR])
-        .stdout(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("qkv cert failed");
-    }
-    let mut server = topology::command_in(topology::SERVER, QKV);
-    let listen = format!("{}:9527", topology::SERVER_ADDR);
-    server
-        .args(["serve", "--listen", &listen, "--certs", &certs_arg])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(work.join("server.log"))?);
-    let server = topology::spawn(server)?;
-    let bench = experiments::Bench { addr: listen, ca: certs.join("ca.pem"), duration };
-    bench.wait_for_server()?;
-
+    let session = Session::start(Namespaces::LAB, Path::new(QKV), work, duration, &[])?;
     let mut results = Vec::new();
     for profile in profiles {
         eprintln!("profile {}: {}", profile.name, profile.describe());
-        let link = Link::apply(profile, work)?;
-        let measured = experiments::run_all(&bench, profile);
+        let link = Link::apply(session.bench.ns, profile, work)?;
+        let measured = experiments::run_all(&session.bench, profile);
         let link_report = link.remove()?;
         let mut measured = measured?;
         measured.link = link_report;
         results.push(measured);
     }
-    topology::stop(server)?;
+    session.stop()?;
     Ok(results)
 }
 
+/// The lab's namespaces with one `qkv serve` in the server namespace (QUIC and TLS on
+/// 10.77.2.2:9527, a certificate issued for that address), and how to bench it from the client
+/// namespace.
+pub struct Session {
+    pub bench: Bench,
+    server: Child,
+}
+
+impl Session {
+    /// Creates the namespaces `ns`, issues a certificate in `work`, starts the server (binary `qkv`)
+    /// with `server_args` added, and waits until it answers. Benches use the same binary and measure
+    /// for `duration`.
+    pub fn start(
+        ns: Namespaces,
+        qkv: &Path,
+        work: &Path,
+        duration: Duration,
+        server_args: &[&str],
+    ) -> anyhow::Result<Session> {
+        topology::create(ns)?;
+        let certs = work.join("certs");
+        let certs_arg = certs.to_string_lossy().into_owned();
+        let status = std::process::Command::new(qkv)
+            .args(["cert", "--dir", &certs_arg, "--name", topology::SERVER_ADDR])
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("qkv cert failed");
+        }
+        let mut server = topology::command_in(ns.server, qkv);
+        let listen = format!("{}:9527", topology::SERVER_ADDR);
+        server
+            .args(["serve", "--listen", &listen, "--certs", &certs_arg])
+            .args(server_args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(work.join("server.log"))?);
+        let server = topology::spawn(server)?;
+        let bench = Bench { ns, qkv: qkv.to_owned(), addr: listen, ca: certs.join("ca.pem"), duration };
+        bench.wait_for_server()?;
+        Ok(Session { bench, server })
+    }
+
+    /// The server's process id (`ip netns exec` execs the server, so it is the child's).
+    pub fn server_pid(&self) -> u32 {
+        self.server.id()
+    }
+
+    pub fn stop(self) -> anyhow::Result<()> {
+        topology::stop(self.server)
+    }
+}
+
 /// A profile in force: its linkem daemons and tbf qdiscs.
-struct Link {
+pub struct Link {
+    ns: Namespaces,
     daemons: Vec<(Child, PathBuf)>,
 }
 
 impl Link {
-    fn apply(profile: &Profile, work: &Path) -> anyhow::Result<Link> {
-        topology::set_bandwidth(profile.mbit)?;
+    pub fn apply(ns: Namespaces, profile: &Profile, work: &Path) -> anyhow::Result<Link> {
+        topology::set_bandwidth(ns, profile.mbit)?;
         let mut daemons = Vec::new();
         if profile.impairs() {
             for (queue, seed) in [(topology::UPLINK_QUEUE, 1), (topology::DOWNLINK_QUEUE, 2)] {
                 let log = work.join(format!("linkem-{}-{queue}.log", profile.name));
-                let mut command = topology::command_in(topology::ROUTER, LINKEM);
+                let mut command = topology::command_in(ns.router, LINKEM);
                 command
                     .args(["--queue", &queue.to_string(), "--seed", &seed.to_string()])
                     .args(["--delay", &format!("{}ms", profile.one_way_delay_ms)])
@@ -155,20 +208,35 @@ impl Link {
                 }
             }
         }
-        Ok(Link { daemons })
+        Ok(Link { ns, daemons })
+    }
+
+    /// The process ids of the link daemons (none for a profile that does not impair).
+    pub fn daemon_pids(&self) -> Vec<u32> {
+        self.daemons.iter().map(|(daemon, _)| daemon.id()).collect()
     }
 
     /// Removes the profile and returns what each daemon says it did.
-    fn remove(self) -> anyhow::Result<Vec<String>> {
+    pub fn remove(self) -> anyhow::Result<Vec<String>> {
         let mut reports = Vec::new();
         for (daemon, log) in self.daemons {
             topology::stop(daemon)?;
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             reports.extend(text.lines().last().map(|l| l.trim_start_matches("linkem: ").to_owned()));
         }
-        topology::set_bandwidth(None)?;
+        topology::set_bandwidth(self.ns, None)?;
         Ok(reports)
     }
+}
+
+/// Starts a process in the lab and records it, so that an interrupted task stops it too.
+pub fn spawn(command: std::process::Command) -> anyhow::Result<Child> {
+    topology::spawn(command)
+}
+
+/// Waits for a process started with [`spawn`] to end by itself, and collects its output.
+pub fn wait_output(child: Child) -> anyhow::Result<std::process::Output> {
+    topology::wait_output(child)
 }
 
 fn ensure_tools() -> anyhow::Result<()> {

@@ -21,6 +21,10 @@ impl Profile {
     /// The target conditions: 25 ms and 1% loss each way.
     pub const TARGET: Profile =
         Profile { name: "target", one_way_delay_ms: 25, jitter_ms: 0, loss: 0.01, mbit: None };
+    /// The reconnect storm's link (`cargo xtask storm-report`): 25 ms each way and nothing else, so
+    /// that what limits connection setup is the hosts, not the link.
+    pub const STORM: Profile =
+        Profile { name: "storm", one_way_delay_ms: 25, jitter_ms: 0, loss: 0.0, mbit: None };
     pub const ALL: [Profile; 5] = [
         Profile::CLEAN,
         Profile::TARGET,

@@ -2,7 +2,7 @@
 //! again, also when the lab is interrupted.
 //!
 //! ```text
-//!  qkvlab-client             qkvlab-router                 qkvlab-server
+//!  qkvlab-client             qkvlab-router                 qkvlab-server    (the storm report: qkvstorm-*)
 //!  c0 10.77.1.2/24 ──veth── rc 10.77.1.1   rs 10.77.2.1 ──veth── s0 10.77.2.2/24
 //!                            FORWARD: from rc → NFQUEUE 0 (uplink), from rs → NFQUEUE 1 (downlink)
 //!                            egress tbf on rc and rs (bandwidth)
@@ -17,9 +17,26 @@ use std::sync::Mutex;
 
 use anyhow::{Context, bail};
 
-pub const CLIENT: &str = "qkvlab-client";
-pub const ROUTER: &str = "qkvlab-router";
-pub const SERVER: &str = "qkvlab-server";
+/// The names of one lab's three namespaces. Each task has its own (`cargo xtask lab`, `cargo xtask
+/// storm-report`), so that one can run while the other does: nothing else is shared but the root
+/// namespace's list of allowed congestion controllers, to which both only add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Namespaces {
+    pub client: &'static str,
+    pub router: &'static str,
+    pub server: &'static str,
+}
+
+impl Namespaces {
+    pub const LAB: Namespaces =
+        Namespaces { client: "qkvlab-client", router: "qkvlab-router", server: "qkvlab-server" };
+    pub const STORM: Namespaces =
+        Namespaces { client: "qkvstorm-client", router: "qkvstorm-router", server: "qkvstorm-server" };
+
+    fn all(self) -> [&'static str; 3] {
+        [self.client, self.router, self.server]
+    }
+}
 pub const SERVER_ADDR: &str = "10.77.2.2";
 /// The client's address, and the one it moves to in the migration experiment.
 pub const CLIENT_ADDRS: [&str; 2] = ["10.77.1.2", "10.77.1.3"];
@@ -96,9 +113,9 @@ pub fn run_in(namespace: &str, program: &str, args: &[&str]) -> anyhow::Result<S
 }
 
 /// A command to run inside `namespace` (`ip netns exec` execs it, so the child is the program).
-pub fn command_in(namespace: &str, program: &str) -> Command {
+pub fn command_in(namespace: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut command = Command::new("ip");
-    command.args(["netns", "exec", namespace, program]);
+    command.args(["netns", "exec", namespace]).arg(program);
     command
 }
 
@@ -136,22 +153,22 @@ fn sysctl(namespace: Option<&str>, key: &str, value: &str) -> anyhow::Result<()>
 
 /// Creates the namespaces and links, with no impairment yet (packets pass the NFQUEUE rules while
 /// no daemon listens: `--queue-bypass`).
-pub fn create() -> anyhow::Result<()> {
+pub fn create(ns: Namespaces) -> anyhow::Result<()> {
     // Leftovers of a lab that was killed outright (SIGKILL) would make every step below fail.
-    for namespace in [CLIENT, ROUTER, SERVER] {
+    for namespace in ns.all() {
         let _ = Command::new("ip").args(["netns", "del", namespace]).stderr(Stdio::null()).status();
     }
-    for namespace in [CLIENT, ROUTER, SERVER] {
+    for namespace in ns.all() {
         run("ip", &["netns", "add", namespace])?;
         cleanup_state().namespaces.push(namespace);
     }
     run(
         "ip",
-        &["link", "add", "c0", "netns", CLIENT, "type", "veth", "peer", "name", "rc", "netns", ROUTER],
+        &["link", "add", "c0", "netns", ns.client, "type", "veth", "peer", "name", "rc", "netns", ns.router],
     )?;
     run(
         "ip",
-        &["link", "add", "s0", "netns", SERVER, "type", "veth", "peer", "name", "rs", "netns", ROUTER],
+        &["link", "add", "s0", "netns", ns.server, "type", "veth", "peer", "name", "rs", "netns", ns.router],
     )?;
 
     // TCP's congestion controller must match quinn's (Cubic); this kernel defaults to BBR, and a
@@ -163,7 +180,7 @@ pub fn create() -> anyhow::Result<()> {
         cleanup_state().allowed_congestion = Some(allowed);
     }
 
-    let client = CLIENT;
+    let client = ns.client;
     run_in(client, "ip", &["link", "set", "lo", "up"])?;
     // Without promote_secondaries, removing the first address would remove the second with it.
     sysctl(Some(client), "net.ipv4.conf.all.promote_secondaries", "1")?;
@@ -173,14 +190,14 @@ pub fn create() -> anyhow::Result<()> {
     run_in(client, "ip", &["route", "add", "default", "via", CLIENT_GATEWAY])?;
     sysctl(Some(client), "net.ipv4.tcp_congestion_control", "cubic")?;
 
-    let server = SERVER;
+    let server = ns.server;
     run_in(server, "ip", &["link", "set", "lo", "up"])?;
     run_in(server, "ip", &["addr", "add", &format!("{SERVER_ADDR}/24"), "dev", "s0"])?;
     run_in(server, "ip", &["link", "set", "s0", "up"])?;
     run_in(server, "ip", &["route", "add", "default", "via", "10.77.2.1"])?;
     sysctl(Some(server), "net.ipv4.tcp_congestion_control", "cubic")?;
 
-    let router = ROUTER;
+    let router = ns.router;
     run_in(router, "ip", &["link", "set", "lo", "up"])?;
     run_in(router, "ip", &["addr", "add", &format!("{CLIENT_GATEWAY}/24"), "dev", "rc"])?;
     run_in(router, "ip", &["addr", "add", "10.77.2.1/24", "dev", "rs"])?;
@@ -196,14 +213,14 @@ pub fn create() -> anyhow::Result<()> {
 }
 
 /// Limits the rate of both directions with tbf on the router's egress, or removes the limit.
-pub fn set_bandwidth(mbit: Option<u32>) -> anyhow::Result<()> {
+pub fn set_bandwidth(ns: Namespaces, mbit: Option<u32>) -> anyhow::Result<()> {
     for device in [UPLINK_EGRESS, DOWNLINK_EGRESS] {
-        let _ = run_in(ROUTER, "tc", &["qdisc", "del", "dev", device, "root"]);
+        let _ = run_in(ns.router, "tc", &["qdisc", "del", "dev", device, "root"]);
         if let Some(mbit) = mbit {
             // A queue of 100 ms at the link rate, and bursts of 64 KB: a GSO packet must fit a burst.
             let rate = format!("{mbit}mbit");
             run_in(
-                ROUTER,
+                ns.router,
                 "tc",
                 &[
                     "qdisc", "add", "dev", device, "root", "tbf", "rate", &rate, "burst", "64kb", "latency",
@@ -217,11 +234,11 @@ pub fn set_bandwidth(mbit: Option<u32>) -> anyhow::Result<()> {
 
 /// Moves the client to its other address, as a phone does from Wi-Fi to cellular: the new address
 /// is added, then the old one removed (sockets bound to it lose their path).
-pub fn move_client(from: &str, to: &str) -> anyhow::Result<()> {
-    run_in(CLIENT, "ip", &["addr", "add", &format!("{to}/24"), "dev", "c0"])?;
-    run_in(CLIENT, "ip", &["addr", "del", &format!("{from}/24"), "dev", "c0"])?;
+pub fn move_client(ns: Namespaces, from: &str, to: &str) -> anyhow::Result<()> {
+    run_in(ns.client, "ip", &["addr", "add", &format!("{to}/24"), "dev", "c0"])?;
+    run_in(ns.client, "ip", &["addr", "del", &format!("{from}/24"), "dev", "c0"])?;
     // Removing the primary address may take the default route with it.
-    run_in(CLIENT, "ip", &["route", "replace", "default", "via", CLIENT_GATEWAY])?;
+    run_in(ns.client, "ip", &["route", "replace", "default", "via", CLIENT_GATEWAY])?;
     Ok(())
 }
 

@@ -1,0 +1,56 @@
+//! The disk store behind the real transports: a TCP pipeline issues consecutive writes to it before
+//! the earlier ones are durable (they share a group commit), so this is where the order of a write and
+//! what follows it can go wrong.
+
+mod common;
+
+use prost::Message;
+use qkv::pb::{CommandRequest, CommandResponse, Value, value};
+use qkv::pubsub::{ConnectionId, Delivery};
+use qkv::server::{Server, ServerConfig, TcpMode};
+use qkv::storage::{DiskStore, Durability, Storage};
+use tokio::io::AsyncWriteExt;
+
+/// A subscriber told of a write (pipelined Hset, then Publish, on one connection) finds the write in
+/// the store: the publish waited until the write was durable and visible. The subscriber and its read
+/// are in-process, so that nothing but the write's own commit stands between them and the publish.
+#[tokio::test]
+async fn a_publish_pipelined_after_a_write_is_seen_only_once_the_write_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(&dir.path().join("data"), Durability::Strict).unwrap();
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tcp: TcpMode::Plaintext,
+        certs_dir: dir.path().join("certs"),
+        ..ServerConfig::default()
+    };
+    let server = Server::bind(config, store).unwrap();
+    let addr = server.local_addr().unwrap();
+    let service = server.service().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let mut subscription = service.broker().subscribe("changes", ConnectionId::unique(), None).unwrap();
+
+    let mut writer = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // A round at a time, so that every write starts a commit of its own and every publish has the
+    // whole of that commit to overtake it in.
+    for round in 1..=20 {
+        let mut burst = common::frame(&CommandRequest::hset("t", "k", round)).to_vec();
+        burst.extend_from_slice(&common::frame(&CommandRequest::publish("changes", [Value::from(round)])));
+        writer.write_all(&burst).await.unwrap();
+        let Some(Delivery::Message(encoded)) = subscription.next().await else {
+            panic!("round {round}: the subscription ended")
+        };
+        let message = CommandResponse::decode(encoded).unwrap();
+        assert_eq!(message.values, [Value::from(round)]);
+        let stored = service.storage().get("t", "k").await.unwrap().map(|v| v.value.value);
+        let Some(Some(value::Value::Integer(seen))) = stored else {
+            panic!("told of write {round} but found {stored:?}: the publish overtook the write")
+        };
+        assert!(seen >= round, "told of write {round} but read {seen}: the publish overtook the write");
+    }
+    let _ = stop.send(());
+    serving.await.unwrap();
+}

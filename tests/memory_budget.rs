@@ -1,0 +1,208 @@
+//! The server-wide connection memory budget against clients that each try to make the server hold as
+//! much as they can: many connections with unfinished requests, answers nobody reads, subscribers that
+//! never read. Each test runs a real `qkv serve` and reads its peak memory from the kernel; without the
+//! budget, the same attacks would make it hold gigabytes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::ServerProcess;
+use qkv::client::{Client, ClientError, Executed};
+use qkv::pb::{CommandRequest, Value};
+use qkv::transport::Transport;
+use tokio::io::AsyncWriteExt;
+
+/// Small limits, so that the attacks fill the budget quickly: 64 MiB for all connections together.
+const BUDGET_MIB: u64 = 64;
+const SERVER: &[&str] = &[
+    "--connection-memory",
+    "64MiB",
+    "--memory-wait",
+    "500ms",
+    "--max-frame-size",
+    "2MiB",
+    "--max-value-size",
+    "1MiB",
+    "--max-request-buffer",
+    "8MiB",
+    "--connection-window",
+    "64KiB",
+    "--send-window",
+    "64KiB",
+    "--tcp-plaintext",
+];
+
+/// What the process holds besides what connections make it hold (allocator slack, the runtime, the
+/// store's test data): measured after a warm-up, plus room for what the allocator keeps.
+const SLACK_MIB: u64 = 48;
+
+/// Calls `ping` until the server has no memory for it (it refuses the request, 503, or drops its
+/// answer): the event that says the budget is spent.
+async fn until_refused_for_memory(client: &Client) {
+    let refused = async {
+        loop {
+            match client.ping("probe").await {
+                Err(ClientError::AnswerDropped) => return,
+                Err(e @ ClientError::Unavailable { .. }) if e.to_string().contains("memory") => return,
+                _ => tokio::task::yield_now().await,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), refused).await.expect("the budget fills up");
+}
+
+/// A bare QUIC connection, or `None` once the server refuses connections (its budget spent).
+async fn attacker(server: &ServerProcess) -> Option<quinn::Connection> {
+    let endpoint = common::quic_client_endpoint(&server.ca(), &qkv::tls::Tickets::none());
+    endpoint.connect(server.addr, "localhost").expect("connect").await.ok()
+}
+
+/// Until the server serves `client` again, now that the attackers have gone.
+async fn until_served(client: &Client) {
+    let served = async {
+        while client.ping("again").await.is_err() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), served).await.expect("served once the attack ends");
+}
+
+#[tokio::test]
+async fn unfinished_requests_and_unread_answers_on_many_connections_stay_within_the_budget() {
+    let server = ServerProcess::start(SERVER).await;
+    let client = Client::connect_with(server.client_config(Transport::Quic)).await.unwrap();
+    // A value of almost 1 MiB, whose every Hget is an answer as large.
+    client.hset("t", "big", Value::from(vec![7u8; 1000 * 1024])).await.unwrap();
+    client.ping("warm").await.unwrap();
+    // Connected before the attack: connections that come during it are refused.
+    let probe = Client::connect_with(server.client_config(Transport::Quic)).await.unwrap();
+    let baseline = server.resident_mib();
+
+    let mut held = Vec::new();
+    // QUIC: 24 connections × 64 streams, each sending 64 KiB of a request that declares 2 MiB and never
+    // finishing it (each connection wants its 8 MiB request buffer: 192 MiB in all)...
+    for _ in 0..24 {
+        let Some(connection) = attacker(&server).await else { break };
+        for _ in 0..64 {
+            let (mut send, recv) = connection.open_bi().await.unwrap();
+            let mut partial = (2u32 << 20).to_be_bytes().to_vec();
+            partial.extend_from_slice(&[0u8; 64 * 1024]);
+            tokio::spawn(async move {
+                let _ = send.write_all(&partial).await;
+                // Never finished: kept open until the connection goes.
+                std::future::pending::<()>().await;
+                drop((send, recv));
+            });
+        }
+        held.push(connection);
+    }
+    // ... 24 connections × 32 Hgets of the 1 MiB value, never read (768 MiB of answers)...
+    let hget = common::frame(&CommandRequest::hget("t", "big"));
+    for _ in 0..24 {
+        let Some(connection) = attacker(&server).await else { break };
+        for _ in 0..32 {
+            let (mut send, recv) = connection.open_bi().await.unwrap();
+            let _ = send.write_all(&hget).await;
+            let _ = send.finish();
+            tokio::spawn(async move {
+                std::future::pending::<()>().await;
+                drop(recv);
+            });
+        }
+        held.push(connection);
+    }
+    // ... and 16 TCP connections, each pipelining 3 of those Hgets and 2 MiB of requests it never ends.
+    let mut tcp = Vec::new();
+    for _ in 0..16 {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let mut bytes = [&hget[..], &hget[..], &hget[..]].concat();
+        bytes.extend_from_slice(&(2u32 << 20).to_be_bytes());
+        bytes.extend_from_slice(&vec![0u8; 2 << 20]);
+        tcp.push(tokio::spawn(async move {
+            let _ = stream.write_all(&bytes).await;
+            std::future::pending::<()>().await;
+            drop(stream);
+        }));
+    }
+
+    until_refused_for_memory(&probe).await;
+    assert!(attacker(&server).await.is_none(), "new connections are refused while the budget is spent");
+    let grown = server.peak_mib().saturating_sub(baseline);
+    assert!(
+        grown <= BUDGET_MIB + SLACK_MIB,
+        "the attacks grew the server by {grown} MiB; the budget is {BUDGET_MIB} MiB"
+    );
+
+    for connection in &held {
+        connection.close(0u32.into(), b"done");
+    }
+    for task in tcp {
+        task.abort();
+    }
+    until_served(&probe).await;
+}
+
+#[tokio::test]
+async fn subscribers_that_never_read_cannot_make_the_server_hold_more_than_the_budget() {
+    let server = ServerProcess::start(SERVER).await;
+    let publisher = Client::connect_with(server.client_config(Transport::Quic)).await.unwrap();
+    publisher.ping("warm").await.unwrap();
+    let baseline = server.resident_mib();
+    // 16 subscribers to 16 topics, none of which reads: their queues (16 MiB each) could hold 256 MiB
+    // of messages between them if the messages were not charged.
+    let mut subscribers = Vec::new();
+    for topic in 0..16 {
+        let client = Client::connect_with(server.client_config(Transport::Quic)).await.unwrap();
+        subscribers.push((client.subscribe(&format!("news{topic}")).await.unwrap(), client));
+    }
+    let message = Value::from(vec![1u8; 512 * 1024]);
+    let refused = async {
+        for round in 0.. {
+            if let Err(e) = publisher.publish(&format!("news{}", round % 16), [message.clone()]).await {
+                return e;
+            }
+        }
+        unreachable!()
+    };
+    let refused = tokio::time::timeout(Duration::from_secs(60), refused).await.expect("the budget fills up");
+    assert!(refused.to_string().contains("memory"), "{refused}");
+    assert_eq!(refused.executed(), Executed::No, "a refused publish reached nobody");
+    let grown = server.peak_mib().saturating_sub(baseline);
+    assert!(grown <= BUDGET_MIB + SLACK_MIB, "the subscribers grew the server by {grown} MiB");
+
+    drop(subscribers);
+    let published = async {
+        while publisher.publish("news", [Value::from("small")]).await.is_err() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), published).await.expect("publishing works again");
+}
+
+/// A length header alone reserves nothing: 200 streams declaring the largest frame and sending ten
+/// bytes of it make the server map almost nothing (a codec that reserved the declared length would
+/// map 3 GiB, which a peak-resident-memory check cannot see).
+#[tokio::test]
+async fn declared_frame_lengths_reserve_nothing() {
+    let server = ServerProcess::start(&["--tcp-plaintext"]).await;
+    let client = Client::connect_with(server.client_config(Transport::Quic)).await.unwrap();
+    client.ping("warm").await.unwrap();
+    let baseline = server.virtual_peak_mib();
+    let connection = common::raw_quic(server.addr, &server.ca()).await;
+    let mut streams = Vec::new();
+    for _ in 0..200 {
+        let (mut send, recv) = connection.open_bi().await.unwrap();
+        let mut header = (16u32 << 20).to_be_bytes().to_vec();
+        header.extend_from_slice(&[0u8; 10]);
+        send.write_all(&header).await.unwrap();
+        streams.push((send, recv));
+    }
+    // The server has read every header once it answers a request sent after them all.
+    let (mut send, recv) = connection.open_bi().await.unwrap();
+    send.write_all(&common::frame(&CommandRequest::ping("after"))).await.unwrap();
+    send.finish().unwrap();
+    assert_eq!(common::read_responses(recv).await[0].status, 200);
+    let grown = server.virtual_peak_mib().saturating_sub(baseline);
+    assert!(grown < 512, "200 headers made the server map {grown} MiB");
+}

@@ -1,0 +1,181 @@
+//! The README's tour of the command line is true: its commands, run in order in one shell against a
+//! real `qkv serve`, print what the README shows. The tour is read from README.md itself, so the test
+//! fails as soon as the two drift apart.
+//!
+//! What may differ, and how the README shows it:
+//! - versions (integers of 13 digits or more, counted from the server's start time in µs): every
+//!   version shown must be the one printed plus one common offset, so the README's numbers must count
+//!   up exactly as the server's do;
+//! - measurements (decimal numbers, like a ping's milliseconds): any number;
+//! - the server's address: the README shows the default, 127.0.0.1:9527;
+//! - a line `...`: the command's remaining lines, whatever they are.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::process::ServerProcess;
+
+/// The first command of the tour, which the test replaces with the binary it built (`cargo run
+/// --release` would build another).
+const ALIAS: &str = "alias qkv='cargo run --release --quiet --'";
+
+/// What the README shows for the server's address.
+const README_ADDR: &str = "127.0.0.1:9527";
+
+/// Printed before each command's output, to tell the outputs apart.
+const MARKER: &str = "@@readme-tour-step@@";
+
+/// One `$ command` of the tour and the lines shown under it.
+#[derive(Debug)]
+struct Step {
+    command: String,
+    expected: Vec<String>,
+}
+
+/// The first `console` block of the README's section "A tour of the command line".
+fn tour() -> Vec<Step> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let section = readme.split("\n## A tour of the command line\n").nth(1).expect("the tour's section");
+    let block = section.split("```console\n").nth(1).expect("a console block in the tour");
+    let block = block.split("\n```").next().expect("the end of the console block");
+    let mut steps: Vec<Step> = Vec::new();
+    for line in block.lines() {
+        match line.strip_prefix("$ ") {
+            Some(command) => steps.push(Step { command: command.to_owned(), expected: Vec::new() }),
+            None => steps.last_mut().expect("the block starts with a command").expected.push(line.to_owned()),
+        }
+    }
+    steps
+}
+
+/// A part of a line: text, or a number (digits, with a decimal part perhaps).
+#[derive(Debug, PartialEq)]
+enum Token<'a> {
+    Text(&'a str),
+    Number(&'a str),
+}
+
+fn tokens(line: &str) -> Vec<Token<'_>> {
+    let mut tokens = Vec::new();
+    let mut rest = line;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits > 0 {
+            tokens.push(Token::Text(&rest[..digits]));
+            rest = &rest[digits..];
+            continue;
+        }
+        let mut end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if rest[end..].starts_with('.') && rest[end + 1..].starts_with(|c: char| c.is_ascii_digit()) {
+            end += 1 + rest[end + 1..].find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len() - end - 1);
+        }
+        tokens.push(Token::Number(&rest[..end]));
+        rest = &rest[end..];
+    }
+    tokens
+}
+
+/// Compares a line the README shows with one the tour printed; `offset` is what the printed versions
+/// add to the README's, set by the first version met.
+fn line_matches(expected: &str, actual: &str, offset: &mut Option<i128>) -> Result<(), String> {
+    let (expected, actual) = (tokens(expected), tokens(actual));
+    if expected.len() != actual.len() {
+        return Err("different shapes".into());
+    }
+    for (e, a) in expected.iter().zip(&actual) {
+        match (e, a) {
+            (Token::Text(e), Token::Text(a)) if e == a => {}
+            // A measurement: any value.
+            (Token::Number(e), Token::Number(a)) if e.contains('.') && a.contains('.') => {}
+            (Token::Number(e), Token::Number(a)) if e.len() >= 13 && !a.contains('.') => {
+                let (e, a): (i128, i128) = (e.parse().expect("digits"), a.parse().expect("digits"));
+                let offset = *offset.get_or_insert(a - e);
+                if a - e != offset {
+                    return Err(format!(
+                        "version {a} is not the README's {e} plus {offset}, as earlier ones are"
+                    ));
+                }
+            }
+            (Token::Number(e), Token::Number(a)) if e == a => {}
+            (e, a) => return Err(format!("{e:?} is shown, {a:?} printed")),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_readme_tour_prints_what_the_readme_shows() {
+    let steps = tour();
+    assert_eq!(steps.first().map(|s| s.command.as_str()), Some(ALIAS), "the tour starts with the alias");
+    assert!(steps.len() > 5, "{steps:#?}");
+    assert!(steps[0].expected.is_empty(), "{steps:#?}");
+
+    // One shell, as a reader's terminal: the tour's variables carry from one command to the next.
+    let mut script = String::from("exec 2>&1\nqkv() { \"$QKV_BIN\" \"$@\"; }\n");
+    for step in &steps[1..] {
+        script.push_str(&format!("echo '{MARKER}'\n{}\n", step.command));
+    }
+    let server = ServerProcess::start(&[]).await;
+    let output = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .env("QKV_BIN", env!("CARGO_BIN_EXE_qkv"))
+        .env("QKV_ADDR", server.addr.to_string())
+        .env("QKV_CA", server.ca())
+        .env_remove("QKV_TRANSPORT")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("sh runs");
+    let printed = String::from_utf8_lossy(&output.stdout).replace(&server.addr.to_string(), README_ADDR);
+
+    let marker_line = format!("{MARKER}\n");
+    let mut outputs = printed.split(&marker_line);
+    assert_eq!(outputs.next(), Some(""), "nothing before the first command: {printed}");
+    let outputs: Vec<&str> = outputs.collect();
+    assert_eq!(outputs.len(), steps.len() - 1, "{printed}");
+    let mut offset = None;
+    for (step, printed) in steps[1..].iter().zip(outputs) {
+        let printed: Vec<&str> = printed.lines().collect();
+        let shown = step.expected.iter().map(String::as_str);
+        let mismatch = |why: String| {
+            panic!(
+                "`{}`: {why}\nthe README shows:\n{}\nit printed:\n{}",
+                step.command,
+                step.expected.join("\n"),
+                printed.join("\n")
+            )
+        };
+        let mut lines = printed.iter();
+        for expected in shown {
+            if expected == "..." {
+                lines.by_ref().for_each(drop);
+                break;
+            }
+            let Some(actual) = lines.next() else { mismatch(format!("{expected:?} is missing")) };
+            line_matches(expected, actual, &mut offset).unwrap_or_else(|why| mismatch(why));
+        }
+        if let Some(extra) = lines.next() {
+            mismatch(format!("{extra:?} is not shown"));
+        }
+    }
+    assert!(offset.is_some(), "the tour shows versions");
+}
+
+#[test]
+fn versions_measurements_and_text_are_told_apart() {
+    let mut offset = None;
+    assert!(
+        line_matches("Ada Lovelace\t1796190614423501", "Ada Lovelace\t1800000000000001", &mut offset).is_ok()
+    );
+    assert_eq!(offset, Some(3_809_385_576_500));
+    // Later versions keep the same offset: one more write, one more.
+    assert!(line_matches("1796190614423502", "1800000000000002", &mut offset).is_ok());
+    assert!(line_matches("1796190614423502", "1800000000000007", &mut offset).is_err());
+    assert!(line_matches("pong in 0.412 ms", "pong in 12.5 ms", &mut offset).is_ok());
+    assert!(line_matches("born\t1815", "born\t1816", &mut offset).is_err());
+    assert!(line_matches("Ada King", "Ada Lovelace", &mut offset).is_err());
+    assert!(line_matches("false", "false true", &mut offset).is_err());
+}
