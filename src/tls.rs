@@ -125,10 +125,12 @@ pub const DEFAULT_SESSION_CACHE: usize = 16 * 1024;
 /// (docs/bench/STORM.md). This cache is scc's `HashCache`: taking a session is one hash lookup, and
 /// when the cache is full a new session evicts the least recently used of the 32 in its bucket, so
 /// it never holds more than `capacity` rounded up to a power of two (at least 64).
+#[cfg(feature = "server")]
 struct SessionCache {
     sessions: scc::HashCache<Vec<u8>, Vec<u8>>,
 }
 
+#[cfg(feature = "server")]
 impl SessionCache {
     fn new(capacity: usize) -> Arc<Self> {
         // Allocated whole at once: a growing cache evicts from its few buckets before it grows.
@@ -137,6 +139,7 @@ impl SessionCache {
     }
 }
 
+#[cfg(feature = "server")]
 impl rustls::server::StoresServerSessions for SessionCache {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
         // Keys are random ticket identifiers: one already present is a collision, and kept as it is.
@@ -157,6 +160,7 @@ impl rustls::server::StoresServerSessions for SessionCache {
 }
 
 /// Sessions are secrets: only their number is shown.
+#[cfg(feature = "server")]
 impl std::fmt::Debug for SessionCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionCache").field("sessions", &self.sessions.len()).finish()

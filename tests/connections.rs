@@ -274,8 +274,15 @@ async fn a_call_made_while_reading_another_answer_completes(transport: Transport
 /// Large requests and large answers at once fill both directions' buffers: neither side may stop
 /// reading while it waits to write.
 async fn large_requests_and_answers_at_once_do_not_deadlock(transport: Transport) {
-    let server = TestServer::start_for(transport).await;
-    let client = server.client().await;
+    let server = TestServer::start_for_with(transport, |config| {
+        config.limits.request_timeout = Duration::from_secs(120)
+    })
+    .await;
+    // 64 MiB through one connection's flow-control window: on a busy machine (a debug build sharing
+    // its cores) that can take longer than the default 10 s per request. A deadlock never finishes.
+    let mut config = server.client_config();
+    config.request_timeout = Duration::from_secs(120);
+    let client = Client::connect_with(config).await.unwrap();
     client.hset("big", "v", vec![1u8; 1 << 20]).await.unwrap();
     let calls = (0..64).map(|i| {
         let client = client.clone();
@@ -286,7 +293,7 @@ async fn large_requests_and_answers_at_once_do_not_deadlock(transport: Transport
             }
         }
     });
-    let results = tokio::time::timeout(Duration::from_secs(20), join_all(calls)).await.expect("no deadlock");
+    let results = tokio::time::timeout(Duration::from_secs(240), join_all(calls)).await.expect("no deadlock");
     assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
 }
 

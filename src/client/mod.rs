@@ -153,9 +153,9 @@ pub struct ClientStats {
     pub retries: u64,
     /// QUIC packets the closed connections sent, and those they took for lost (quinn's loss
     /// detection; on a path that loses nothing, a late acknowledgement).
-    #[serde(default)]
+    #[cfg_attr(feature = "cli", serde(default))]
     pub packets_sent: u64,
-    #[serde(default)]
+    #[cfg_attr(feature = "cli", serde(default))]
     pub packets_lost: u64,
 }
 

@@ -1,6 +1,9 @@
 //! What /proc tells about a process: the CPU time it has used, and its memory.
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use anyhow::Context;
 
@@ -82,6 +85,27 @@ pub fn parse_counters(text: &str) -> HashMap<String, u64> {
     counters
 }
 
+/// Reads a child's log (its stderr) on a thread of its own, telling the receiver the index in
+/// `markers` of each line that contains one of them, as it comes: how the reports learn that a bench
+/// has opened its connections or begun its measured period. The thread returns the whole log.
+pub fn watch_log(
+    log: impl Read + Send + 'static,
+    markers: &'static [&'static str],
+) -> (mpsc::Receiver<usize>, JoinHandle<String>) {
+    let (seen, events) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(log).lines().map_while(Result::ok) {
+            if let Some(marker) = markers.iter().position(|marker| line.contains(marker)) {
+                let _ = seen.send(marker);
+            }
+            lines.push(line);
+        }
+        lines.join("\n")
+    });
+    (events, reader)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +118,14 @@ mod tests {
         assert!(rss > 0 && peak >= rss, "{rss} {peak}");
         assert!(cpu_seconds(pid).unwrap() >= 0.0);
         assert!(memory_bytes(pid, "NoSuchField").is_err());
+    }
+
+    #[test]
+    fn a_watched_log_reports_its_markers_in_order_and_returns_every_line() {
+        let log = "connecting\nconnections open\nwarm-up over, measuring\ndone\n";
+        let (events, reader) = watch_log(std::io::Cursor::new(log), &["connections open", "measuring"]);
+        assert_eq!(events.iter().collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(reader.join().unwrap(), log.trim_end());
     }
 
     #[test]

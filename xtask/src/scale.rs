@@ -16,17 +16,16 @@
 //! root only: it emulates a link).
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::SweepArgs;
-use crate::proc::{Counters, cpu_seconds, memory_bytes};
+use crate::proc::{Counters, cpu_seconds, memory_bytes, watch_log};
 use crate::report;
 use crate::run::{self, CLIENT_CORE, Processes, QKV, SERVER_CORE, pinned};
 
@@ -245,7 +244,7 @@ fn many(
     let (processes, port, pid) = start_server(work, certs, &name)?;
     let n = connections.to_string();
     let args = ["--workload", "hget", "--connections", &n, "--inflight", "1", "--rate", &n];
-    let run = bench(port, certs, transport, &args, duration, pid, "connections open", false)?;
+    let run = bench((port, pid), certs, transport, &args, duration, Opened::Connections, false)?;
     drop(processes);
     let budget = std::fs::read_to_string(work.join(format!("{name}.log")))?
         .lines()
@@ -285,7 +284,7 @@ fn fanout(
     if let Some(rate) = &rate_arg {
         args.extend(["--rate", rate]);
     }
-    let run = bench(port, certs, transport, &args, duration, pid, "subscribed", true)?;
+    let run = bench((port, pid), certs, transport, &args, duration, Opened::Subscribers, true)?;
     drop(processes);
     let json = &run.json;
     let fanout = json.fanout.context("qkv bench reported no fan-out figures")?;
@@ -343,19 +342,18 @@ struct BenchRun {
     probe: Option<qkv::bench::JsonReport>,
 }
 
-/// Runs `qkv bench --json` with `args` against the server `pid` on `port`, reading the server's RSS when
+/// Runs `qkv bench --json` with `args` against the server (its port and pid), reading the server's RSS when
 /// the bench logs `opened` (its connections are open), and its CPU, the bench's and the host's UDP
 /// drops when the measured period begins and ends. With `probe`, a second `qkv bench` (a process of
 /// its own, as another device would be, on the load generator's core) sends [`PROBE_RATE`] Hgets per
 /// second on one connection from when the first has opened its connections until it stops measuring.
 fn bench(
-    port: u16,
+    (port, pid): (u16, u32),
     certs: &Path,
     transport: &str,
     args: &[&str],
     duration: Duration,
-    pid: u32,
-    opened: &'static str,
+    opened: Opened,
     probe: bool,
 ) -> anyhow::Result<BenchRun> {
     let rss_before = memory_bytes(pid, "VmRSS")?;
@@ -376,20 +374,8 @@ fn bench(
         anyhow::anyhow!("{what}: {}", log.join().unwrap_or_default())
     };
     let stderr = child.stderr.take().context("the bench's stderr")?;
-    let (events, event) = mpsc::channel();
-    let log = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains(opened) {
-                let _ = events.send(Event::Opened);
-            } else if line.contains("measuring") {
-                let _ = events.send(Event::Measuring);
-            }
-            lines.push(line);
-        }
-        lines.join("\n")
-    });
-    if !matches!(event.recv_timeout(OPEN_LIMIT), Ok(Event::Opened)) {
+    let (event, log) = watch_log(stderr, opened.markers());
+    if event.recv_timeout(OPEN_LIMIT) != Ok(OPENED) {
         return Err(killed(child, log, "the bench never finished opening its connections"));
     }
     let rss_open = memory_bytes(pid, "VmRSS")?;
@@ -409,7 +395,7 @@ fn bench(
         ),
     };
     let mut probe = Processes(probe.into_iter().collect());
-    if !matches!(event.recv_timeout(Duration::from_secs(60)), Ok(Event::Measuring)) {
+    if event.recv_timeout(Duration::from_secs(60)) != Ok(MEASURING) {
         return Err(killed(child, log, "the bench never started measuring"));
     }
     let client = child.id();
@@ -450,9 +436,24 @@ fn bench(
     Ok(BenchRun { json, server, probe })
 }
 
-enum Event {
-    Opened,
-    Measuring,
+/// What the bench logs once its connections are open (the index of [`Opened::markers`] is
+/// [`OPENED`]), and once its measured period begins ([`MEASURING`]).
+#[derive(Clone, Copy)]
+enum Opened {
+    Connections,
+    Subscribers,
+}
+
+const OPENED: usize = 0;
+const MEASURING: usize = 1;
+
+impl Opened {
+    fn markers(self) -> &'static [&'static str] {
+        match self {
+            Opened::Connections => &["connections open", "measuring"],
+            Opened::Subscribers => &["subscribed", "measuring"],
+        }
+    }
 }
 
 fn write(results: &ScaleResults, out: &Path) -> anyhow::Result<()> {
@@ -481,7 +482,7 @@ fn write(results: &ScaleResults, out: &Path) -> anyhow::Result<()> {
          --rate {n}`: one open-loop schedule of {n} requests/s dealt out to the connections in turn. Goals \
          (issue 14): 0 errors, p99 ≤ {P99_GOAL_MS} ms, server peak RSS ≤ 1 GiB.\n"
     )?;
-    let rows: [(&str, fn(&Many) -> f64, Format); 11] = [
+    let rows: [Row<Many>; 11] = [
         ("errors (sum over runs)", |m| m.errors as f64, Format::Sum),
         ("latency p50 (ms)", |m| m.p50_us / 1000.0, Format::Ms),
         ("latency p99 (ms)", |m| m.p99_us / 1000.0, Format::Ms),
@@ -541,7 +542,7 @@ fn write(results: &ScaleResults, out: &Path) -> anyhow::Result<()> {
     )?;
     writeln!(md, "| | {} |", TRANSPORTS.map(label).join(" | "))?;
     writeln!(md, "|---|{}", "---:|".repeat(TRANSPORTS.len()))?;
-    let command_rows: [(&str, fn(&CommandRun) -> f64); 3] = [
+    let command_rows: [(&str, Figure<CommandRun>); 3] = [
         ("total (s)", |c| c.total_s),
         ("of which opening (s)", |c| c.open_s),
         ("errors", |c| c.errors as f64),
@@ -566,7 +567,7 @@ fn write(results: &ScaleResults, out: &Path) -> anyhow::Result<()> {
          subscribers makes other clients' requests wait.\n",
         PROBE_RATE
     )?;
-    let fan_rows: [(&str, fn(&Fanout) -> f64, Format); 14] = [
+    let fan_rows: [Row<Fanout>; 14] = [
         ("time to subscribe every subscriber (s)", |f| f.subscribe_s, Format::Seconds),
         ("publishes per second", |f| f.publishes_per_s, Format::Tenth),
         ("deliveries per second", |f| f.deliveries_per_s, Format::Whole),
@@ -622,6 +623,11 @@ fn write(results: &ScaleResults, out: &Path) -> anyhow::Result<()> {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// A figure of one run.
+type Figure<M> = fn(&M) -> f64;
+/// A row of a table: its name, the figure, how it is shown.
+type Row<M> = (&'static str, Figure<M>, Format);
+
 #[derive(Clone, Copy)]
 enum Format {
     /// Summed over runs, not a median.
@@ -636,8 +642,8 @@ enum Format {
 /// A table of one row per figure and one column per transport; `value` gives a cell.
 fn table<M>(
     md: &mut String,
-    rows: &[(&str, fn(&M) -> f64, Format)],
-    value: impl Fn(&str, fn(&M) -> f64, Format) -> Option<f64>,
+    rows: &[Row<M>],
+    value: impl Fn(&str, Figure<M>, Format) -> Option<f64>,
 ) -> anyhow::Result<()> {
     writeln!(md, "| | {} |", TRANSPORTS.map(label).join(" | "))?;
     writeln!(md, "|---|{}", "---:|".repeat(TRANSPORTS.len()))?;

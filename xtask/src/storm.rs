@@ -12,7 +12,6 @@
 //! counted.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::SweepArgs;
 use crate::lab::{self, Link, Namespaces, Profile, Session};
 use crate::plot;
-use crate::proc::{Counters, cpu_seconds};
+use crate::proc::{Counters, cpu_seconds, watch_log};
 use crate::report;
 
 /// Clients connecting at once.
@@ -228,17 +227,7 @@ fn measure(
     let mut child = lab::spawn(command)?;
     let client_pid = child.id();
     let stderr = child.stderr.take().context("the bench's stderr")?;
-    let (measuring, started) = std::sync::mpsc::channel();
-    let log = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("measuring") {
-                let _ = measuring.send(());
-            }
-            lines.push(line);
-        }
-        lines.join("\n")
-    });
+    let (started, log) = watch_log(stderr, &["measuring"]);
     let pids = Pids { server: session.server_pid(), client: client_pid, link: link.daemon_pids() };
     if started.recv_timeout(Duration::from_secs(60)).is_err() {
         let _ = child.kill();

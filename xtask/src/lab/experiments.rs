@@ -5,7 +5,6 @@
 //!    resumed, QUIC full and 0-RTT (`--workload connect [--zero-rtt]`).
 //! 3. Migration: 16 HGETs in flight while the client moves to a new address a third into the run.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -155,17 +154,7 @@ fn migrate(bench: &Bench, transport: &str) -> anyhow::Result<Run> {
     let mut child = topology::spawn(command)?;
     // The bench logs when its measured period begins (after connecting, preloading, warming up).
     let stderr = child.stderr.take().context("bench stderr")?;
-    let (measuring, started) = std::sync::mpsc::channel();
-    let log = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("measuring") {
-                let _ = measuring.send(());
-            }
-            lines.push(line);
-        }
-        lines.join("\n")
-    });
+    let (started, log) = crate::proc::watch_log(stderr, &["measuring"]);
     if started.recv_timeout(Duration::from_secs(60)).is_err() {
         let _ = child.kill();
         bail!("{transport} migration: the bench never started measuring");
