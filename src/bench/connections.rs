@@ -24,7 +24,7 @@ use crate::transport::Transport;
 
 /// How long closing may take: QUIC lingers about three probe timeouts after a close (a few round
 /// trips), so this is only reached when something is wrong; the run's figures are kept regardless.
-const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+pub(super) const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Descriptors the process holds besides its connections: standard streams, the runtime's epoll and
 /// wake-up descriptors, the certificate files while they are read, the connection that preloads keys.

@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::connections::CLOSE_LIMIT;
 use super::load::{self, Tally, Window};
 use super::workload::RequestError;
 use super::{BenchConfig, BenchError, BenchReport, ConnectionTimes, Progress};
@@ -30,9 +31,6 @@ const TOPIC: &str = "bench-fanout";
 
 /// How long subscribers keep reading after the last publish, for the messages still on their way.
 const DRAIN: Duration = Duration::from_secs(1);
-
-/// How long closing the subscribers' connections may take (see `connections::CLOSE_LIMIT`).
-const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
 /// What the fan-out run adds to the report.
 #[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]

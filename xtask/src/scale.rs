@@ -342,9 +342,9 @@ struct BenchRun {
     probe: Option<qkv::bench::JsonReport>,
 }
 
-/// Runs `qkv bench --json` with `args` against the server (its port and pid), reading the server's RSS when
-/// the bench logs `opened` (its connections are open), and its CPU, the bench's and the host's UDP
-/// drops when the measured period begins and ends. With `probe`, a second `qkv bench` (a process of
+/// Runs `qkv bench --json` with `args` against the server (its port and pid), reading the server's RSS
+/// when the bench logs that its connections are open (`opened` says how it puts it), and the server's
+/// CPU, the bench's and the host's UDP drops when the measured period begins and ends. With `probe`, a second `qkv bench` (a process of
 /// its own, as another device would be, on the load generator's core) sends [`PROBE_RATE`] Hgets per
 /// second on one connection from when the first has opened its connections until it stops measuring.
 fn bench(
