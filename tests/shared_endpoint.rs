@@ -1,6 +1,6 @@
 //! Many clients on one `ClientEndpoint`: over QUIC one UDP socket carries all their connections; each
-//! client still has a connection of its own, rebinding moves them all, and closing one leaves the
-//! others working.
+//! client still has a connection of its own, rebinding moves them all, closing one leaves the others
+//! working, and a client made without connecting connects on first use.
 
 #[macro_use]
 mod common;
@@ -80,3 +80,17 @@ async fn tcp_clients_from_one_endpoint_have_connections_of_their_own(transport: 
 }
 
 transport_tests!(tcp: tls, tcp => tcp_clients_from_one_endpoint_have_connections_of_their_own);
+
+/// `ClientEndpoint::client` makes a client that connects when first used: none before, one after.
+async fn a_client_made_without_connecting_connects_on_first_use(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
+    let endpoint = ClientEndpoint::new(server.client_config()).await.unwrap();
+    let client = endpoint.client();
+    assert_eq!(client.stats().connections, 0, "nothing connected before the first call");
+    client.hset("t", "k", "v").await.unwrap();
+    assert!(client.hget("t", "k").await.unwrap().is_some());
+    assert_eq!(client.stats().connections, 1, "one connection, made by the first call");
+    client.close().await;
+}
+
+transport_tests!(lazy: quic, tls, tcp => a_client_made_without_connecting_connects_on_first_use);
