@@ -26,6 +26,11 @@ pub const INTERNAL_ERROR: u32 = 500;
 pub const NOT_IMPLEMENTED: u32 = 501;
 /// The server is shutting down and did not execute the command; retry elsewhere or later.
 pub const UNAVAILABLE: u32 = 503;
+/// The storage backend (Redis) did not confirm the command: the connection to it broke, it failed
+/// over, or its replicas did not confirm a write in time (`--redis-wait`). The command may or may not
+/// have taken effect: a read can be sent again; before sending a write again, read the key (or send
+/// it as a conditional write, which cannot apply twice).
+pub const GATEWAY_TIMEOUT: u32 = 504;
 /// A write would take the store over its memory budget; nothing was written. Reads and deletes still
 /// work; retry after data is deleted.
 pub const INSUFFICIENT_STORAGE: u32 = 507;

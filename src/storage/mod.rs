@@ -18,6 +18,7 @@
 
 mod disk;
 mod memory;
+mod redis;
 #[cfg(test)]
 pub(crate) mod suite;
 
@@ -25,6 +26,7 @@ use std::future::Future;
 
 pub use disk::{DATA_FILE, DiskScan, DiskStore, Durability, StoreClosed};
 pub use memory::{MemoryScan, MemoryStore, MemoryUsage, default_memory_budget};
+pub use redis::{RedisConfig, RedisScan, RedisStore};
 
 use crate::pb::Value;
 pub use crate::pb::Versioned;
@@ -77,6 +79,17 @@ pub enum StorageError {
         "the store is full: this write needs {needed} bytes and {used} of the {budget}-byte memory budget are in use; delete data or raise the budget (--memory-budget)"
     )]
     Full { needed: usize, used: usize, budget: usize },
+    /// A backend outside this process (Redis) is out of memory; nothing was written.
+    #[error("{0}; delete data or give the backend more memory")]
+    OutOfMemory(String),
+    /// The backend cannot be reached or refused the operation before doing anything (it is starting,
+    /// failing over, or moving the data): nothing was done, and it can be retried.
+    #[error("the storage backend is unavailable: {0}")]
+    Unavailable(String),
+    /// The operation was sent to the backend, whose answer did not come (a lost connection, a
+    /// failover, a timeout, replicas that did not confirm): it may or may not have taken effect.
+    #[error("the storage backend did not confirm the operation, which may or may not have taken effect: {0}")]
+    Uncertain(String),
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;

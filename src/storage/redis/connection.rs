@@ -1,0 +1,382 @@
+//! The connection to Redis: made in the background from any seed, to a cluster or one plain Redis,
+//! and its errors sorted into what a client needs to know (executed or not, retry or not).
+
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    Client, Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, RedisError, ServerErrorKind, TlsCertificates,
+    Value as RedisValue,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::WaitReplicas;
+use super::scripts::Lua;
+use crate::storage::{StorageError, StorageResult};
+
+/// Where Redis is and how to talk to it.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// Seed URLs (`redis://` or `rediss://`, with `user:password@` if need be): a cluster is
+    /// discovered from any of them; a plain Redis is used as it is.
+    pub urls: Vec<String>,
+    /// Credentials for every node, when the URLs do not carry them.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// PEM certificates to trust for `rediss://` instead of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Put before every key qkv writes, so that qkv's keys are told apart from others in a shared Redis.
+    pub prefix: String,
+    /// Acknowledge a write only once this many replicas have it (`WAIT`); 0: do not wait.
+    pub wait_replicas: u32,
+    /// How long a write waits for its replicas before it is answered as uncertain.
+    pub wait_timeout: Duration,
+    /// How long one Redis command may take.
+    pub response_timeout: Duration,
+    /// How long connecting to one node may take.
+    pub connect_timeout: Duration,
+    /// How many times a command is sent again after a redirect (MOVED, ASK), TRYAGAIN or a lost node.
+    pub retries: u32,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            urls: vec!["redis://127.0.0.1:6379".into()],
+            username: None,
+            password: None,
+            ca_pem: None,
+            prefix: "qkv:".into(),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            retries: 8,
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("seeds", &self.seeds())
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "(redacted)"))
+            .field("prefix", &self.prefix)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout", &self.wait_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisConfig {
+    /// The seeds as they may be logged: scheme, host and port, without credentials.
+    pub fn seeds(&self) -> String {
+        let shown: Vec<String> = self.urls.iter().map(|url| redacted(url)).collect();
+        shown.join(", ")
+    }
+
+    fn connection_info(&self, url: &str) -> Result<ConnectionInfo, RedisError> {
+        let info = url.into_connection_info()?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(username) = &self.username {
+            settings = settings.set_username(username);
+        }
+        if let Some(password) = &self.password {
+            settings = settings.set_password(password);
+        }
+        Ok(info.set_redis_settings(settings))
+    }
+
+    fn certificates(&self) -> Option<TlsCertificates> {
+        self.ca_pem.as_ref().map(|pem| TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) })
+    }
+
+    fn client(&self, url: &str) -> Result<Client, RedisError> {
+        let info = self.connection_info(url)?;
+        match self.certificates() {
+            Some(certificates) if url.starts_with("rediss://") => Client::build_with_tls(info, certificates),
+            _ => Client::open(info),
+        }
+    }
+}
+
+/// A URL without its user and password.
+fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// A connection to one plain Redis, or to a cluster. Cheap to clone; both kinds reconnect by themselves.
+#[derive(Clone)]
+pub(super) enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Connection {
+    async fn send(&mut self, cmd: &Cmd) -> Result<RedisValue, RedisError> {
+        match self {
+            Connection::Single(c) => cmd.query_async(c).await,
+            Connection::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
+    async fn send_waiting(&mut self, cmd: &Cmd, wait: WaitReplicas) -> Result<Vec<RedisValue>, RedisError> {
+        // One pipeline, so the WAIT goes to the shard that ran the write, right after it.
+        let mut pipeline = redis::pipe();
+        pipeline.add_command(cmd.clone()).cmd("WAIT").arg(wait.replicas).arg(wait.timeout.as_millis() as u64);
+        match self {
+            Connection::Single(c) => pipeline.query_async(c).await,
+            Connection::Cluster(c) => pipeline.query_async(c).await,
+        }
+    }
+
+    /// One command; errors sorted.
+    pub(super) async fn query(&mut self, cmd: &Cmd) -> StorageResult<RedisValue> {
+        self.send(cmd).await.map_err(storage_error)
+    }
+
+    /// A script call built by [`evalsha`]; sent as the script itself when Redis has not cached it
+    /// (a node that just took over after a failover, a restarted one). With `wait`, then waits for
+    /// that many replicas.
+    pub(super) async fn invoke(
+        &mut self,
+        cmd: Cmd,
+        script: &Lua,
+        wait: Option<WaitReplicas>,
+    ) -> StorageResult<RedisValue> {
+        let Some(wait) = wait else {
+            return match self.send(&cmd).await {
+                Err(e) if is_noscript(&e) => self.query(&eval(&cmd, script)).await,
+                result => result.map_err(storage_error),
+            };
+        };
+        let replies = match self.send_waiting(&cmd, wait).await {
+            Err(e) if is_noscript(&e) => self.send_waiting(&eval(&cmd, script), wait).await,
+            result => result,
+        }
+        .map_err(storage_error)?;
+        let mut replies = replies.into_iter();
+        let (Some(reply), Some(RedisValue::Int(replicas))) = (replies.next(), replies.next()) else {
+            return Err(StorageError::Backend("unexpected reply from Redis to a write and WAIT".into()));
+        };
+        if replicas < i64::from(wait.replicas) {
+            return Err(StorageError::Uncertain(format!(
+                "the write was made on the Redis master but only {replicas} of the {} replicas asked for (--redis-wait) confirmed it within {:?}; it may be lost if that master fails",
+                wait.replicas, wait.timeout
+            )));
+        }
+        Ok(reply)
+    }
+}
+
+/// `EVALSHA <hash> 4 <keys>`, to which the caller adds the script's arguments.
+pub(super) fn evalsha(script: &Lua, keys: &[String; 4]) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(&script.hash).arg(keys.len()).arg(keys);
+    cmd
+}
+
+/// The same call as `EVAL <code> ...`.
+fn eval(evalsha: &Cmd, script: &Lua) -> Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(&script.code);
+    for arg in evalsha.args_iter().skip(2) {
+        if let redis::Arg::Simple(bytes) = arg {
+            cmd.arg(bytes);
+        }
+    }
+    cmd
+}
+
+fn is_noscript(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) || e.code() == Some("NOSCRIPT")
+}
+
+/// Sorts a Redis error by what it means for the request: refused before anything was done (retry),
+/// out of memory, or unknown outcome.
+fn storage_error(e: RedisError) -> StorageError {
+    if e.code() == Some("OOM") {
+        return StorageError::OutOfMemory(format!("Redis is out of memory: {e}"));
+    }
+    let refused = e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ReadOnly
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
+            ) | ErrorKind::ClusterConnectionNotFound
+        );
+    if refused {
+        return StorageError::Unavailable(format!("Redis did not take the command: {e}"));
+    }
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+        return StorageError::Uncertain(format!("Redis did not answer: {e}"));
+    }
+    StorageError::Backend(format!("Redis: {e}"))
+}
+
+/// Makes the first connection in the background, retrying until it succeeds; redis-rs makes it again
+/// whenever it breaks after that.
+pub(super) struct Connector {
+    connection: OnceLock<Connection>,
+    /// Why there is no connection yet.
+    failure: Mutex<String>,
+    connected: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    seeds: String,
+}
+
+/// Waits between attempts to connect: from the first to the last, doubling.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_LAST: Duration = Duration::from_secs(2);
+
+impl Connector {
+    pub(super) fn start(config: RedisConfig) -> Arc<Self> {
+        let connector = Arc::new(Connector {
+            connection: OnceLock::new(),
+            failure: Mutex::new("connecting".into()),
+            connected: watch::Sender::new(false),
+            task: Mutex::new(None),
+            seeds: config.seeds(),
+        });
+        let task = tokio::spawn(connect_until_connected(Arc::downgrade(&connector), config));
+        *connector.task.lock() = Some(task);
+        connector
+    }
+
+    pub(super) fn connection(&self) -> StorageResult<Connection> {
+        self.connection.get().cloned().ok_or_else(|| {
+            StorageError::Unavailable(self.unavailable().unwrap_or_else(|| "not connected to Redis".into()))
+        })
+    }
+
+    pub(super) fn unavailable(&self) -> Option<String> {
+        match self.connection.get() {
+            Some(_) => None,
+            None => Some(format!("cannot reach Redis at {}: {}; retrying", self.seeds, self.failure.lock())),
+        }
+    }
+
+    pub(super) async fn connected(&self) {
+        let mut connected = self.connected.subscribe();
+        // The sender lives as long as `self`.
+        let _ = connected.wait_for(|c| *c).await;
+    }
+}
+
+impl Drop for Connector {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.lock().take() {
+            task.abort();
+        }
+    }
+}
+
+async fn connect_until_connected(connector: Weak<Connector>, config: RedisConfig) {
+    let mut pause = RETRY_FIRST;
+    let mut attempts = 0u32;
+    loop {
+        let result = connect(&config).await;
+        let Some(connector) = connector.upgrade() else { return };
+        match result {
+            Ok(connection) => {
+                let kind = if matches!(connection, Connection::Cluster(_)) { "cluster" } else { "single" };
+                tracing::info!(seeds = %connector.seeds, kind, "connected to Redis");
+                let _ = connector.connection.set(connection);
+                connector.connected.send_replace(true);
+                return;
+            }
+            Err(e) => {
+                // Every failure for the first few, then one in ten: clear at start, quiet while waiting.
+                if attempts < 3 || attempts.is_multiple_of(10) {
+                    tracing::warn!(seeds = %connector.seeds, error = %e, "cannot reach Redis; answering 503 until it can be reached");
+                }
+                *connector.failure.lock() = e.to_string();
+            }
+        }
+        drop(connector);
+        attempts += 1;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RETRY_LAST);
+    }
+}
+
+/// Connects to the cluster the seeds belong to, or to the first seed that answers if it is a plain
+/// Redis.
+async fn connect(config: &RedisConfig) -> Result<Connection, RedisError> {
+    let mut last_error = None;
+    for url in &config.urls {
+        match probe(config, url).await {
+            Ok(true) => return connect_cluster(config).await.map(Connection::Cluster),
+            Ok(false) => return connect_single(config, url).await.map(Connection::Single),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error
+        .unwrap_or_else(|| RedisError::from((ErrorKind::InvalidClientConfig, "no Redis URL given"))))
+}
+
+/// Whether the seed is a member of a cluster.
+async fn probe(config: &RedisConfig, url: &str) -> Result<bool, RedisError> {
+    let client = config.client(url)?;
+    let mut connection =
+        tokio::time::timeout(config.connect_timeout, client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| RedisError::from((ErrorKind::Io, "connecting timed out")))??;
+    let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut connection).await?;
+    Ok(info.lines().any(|line| line.trim() == "cluster_enabled:1"))
+}
+
+async fn connect_single(config: &RedisConfig, url: &str) -> Result<ConnectionManager, RedisError> {
+    let manager = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.response_timeout))
+        .set_number_of_retries(config.retries as usize)
+        .set_max_delay(RETRY_LAST);
+    config.client(url)?.get_connection_manager_with_config(manager).await
+}
+
+async fn connect_cluster(config: &RedisConfig) -> Result<ClusterConnection, RedisError> {
+    let seeds = config.urls.iter().map(|url| config.connection_info(url)).collect::<Result<Vec<_>, _>>()?;
+    let mut builder = ClusterClientBuilder::new(seeds)
+        .retries(config.retries)
+        .connection_timeout(config.connect_timeout)
+        .response_timeout(config.response_timeout);
+    if let Some(certificates) = config.certificates() {
+        builder = builder.certs(certificates);
+    }
+    builder.build()?.get_async_connection().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_logged_without_credentials() {
+        assert_eq!(redacted("redis://user:secret@10.0.0.1:6379"), "redis://10.0.0.1:6379");
+        assert_eq!(redacted("rediss://:p@ss@host:7000/0"), "rediss://host:7000/0");
+        assert_eq!(redacted("redis://host:6379"), "redis://host:6379");
+        let config = RedisConfig {
+            urls: vec!["redis://u:hunter2@h:1".into()],
+            password: Some("hunter3".into()),
+            ..RedisConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter"), "{shown}");
+    }
+}

@@ -1,0 +1,188 @@
+//! The Lua scripts behind every operation of the Redis backend: each write is one script, so it is
+//! atomic on the shard that owns its table (conditional writes included), and each multi-key command
+//! is one round trip.
+//!
+//! Every script gets the four keys of one table ([`super::TableKeys`]), in this order:
+//! `KEYS[1]` the hash of encoded values, `KEYS[2]` the hash of versions (decimal strings),
+//! `KEYS[3]` the sorted set of key names (all scored 0, so ordered by name, for paging), `KEYS[4]` the
+//! table's version counter.
+//!
+//! Versions are decimal strings end to end: Lua's numbers are doubles, exact to 2^53, which versions
+//! stay below (they count up from the clock in µs); an expected version from a client is compared as a
+//! string, so that a huge one can never match by rounding.
+//!
+//! Scripts that write carry no shebang: Redis then checks the memory limit at their first write
+//! command (before anything is written, so a refused write changes nothing), and deletes, which are
+//! not refused under memory pressure, still run. Reading scripts are flagged `no-writes`, so that they
+//! run when Redis is out of memory, and on replicas.
+
+use std::sync::LazyLock;
+
+/// A script and its SHA-1, by which it is called (`EVALSHA`) once Redis has it cached.
+pub struct Lua {
+    pub code: String,
+    pub hash: String,
+}
+
+impl Lua {
+    fn new(code: &str) -> Self {
+        Lua { code: code.to_owned(), hash: redis::Script::new(code).get_hash().to_owned() }
+    }
+}
+
+/// The table's next version: above the last one handed out and at least Redis's clock in µs, so that
+/// a version is never handed out twice, even when the counter was lost (a failover that dropped its
+/// last increments, a table dropped and created again) as long as Redis's clock does not go back.
+const NEXT_VERSION: &str = r"
+local function next_version()
+  local now = redis.call('TIME')
+  local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local last = tonumber(redis.call('GET', KEYS[4]) or '0')
+  local version = string.format('%.0f', math.max(last + 1, floor))
+  redis.call('SET', KEYS[4], version)
+  return version
+end
+";
+
+/// ARGV: key, encoded value, expected version ('' for none).
+/// Returns `{1, previous version or '0', previous value or nil, new version}` when written, or
+/// `{0, current version or '0', current value or nil}` on a conflict.
+pub static SET: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(&format!(
+        "{NEXT_VERSION}{}",
+        r"
+local key, value, expected = ARGV[1], ARGV[2], ARGV[3]
+local current = redis.call('HGET', KEYS[2], key)
+local previous = false
+if current then previous = redis.call('HGET', KEYS[1], key) end
+if expected ~= '' and expected ~= (current or '0') then
+  return {0, current or '0', previous}
+end
+local version = next_version()
+redis.call('HSET', KEYS[1], key, value)
+redis.call('HSET', KEYS[2], key, version)
+redis.call('ZADD', KEYS[3], 0, key)
+return {1, current or '0', previous, version}
+"
+    ))
+});
+
+/// ARGV: key, value, key, value, ... Returns, per pair, `previous value or nil, previous version or
+/// '0', new version`.
+pub static SET_MANY: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(&format!(
+        "{NEXT_VERSION}{}",
+        r"
+local reply = {}
+for i = 1, #ARGV, 2 do
+  local key = ARGV[i]
+  local current = redis.call('HGET', KEYS[2], key)
+  local previous = false
+  if current then previous = redis.call('HGET', KEYS[1], key) end
+  local version = next_version()
+  redis.call('HSET', KEYS[1], key, ARGV[i + 1])
+  redis.call('HSET', KEYS[2], key, version)
+  redis.call('ZADD', KEYS[3], 0, key)
+  reply[#reply + 1] = previous
+  reply[#reply + 1] = current or '0'
+  reply[#reply + 1] = version
+end
+return reply
+"
+    ))
+});
+
+/// ARGV: key, expected version ('' for none). Returns `{written (1 or 0), version before or '0',
+/// value before or nil}`.
+pub static DELETE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+local key, expected = ARGV[1], ARGV[2]
+local current = redis.call('HGET', KEYS[2], key)
+local value = false
+if current then value = redis.call('HGET', KEYS[1], key) end
+if expected ~= '' and expected ~= (current or '0') then
+  return {0, current or '0', value}
+end
+if current then
+  redis.call('HDEL', KEYS[1], key)
+  redis.call('HDEL', KEYS[2], key)
+  redis.call('ZREM', KEYS[3], key)
+end
+return {1, current or '0', value}
+",
+    )
+});
+
+/// ARGV: keys. Returns, per key, `value before or nil, version before or '0'`.
+pub static DELETE_MANY: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"
+local reply = {}
+for i = 1, #ARGV do
+  local key = ARGV[i]
+  local current = redis.call('HGET', KEYS[2], key)
+  local value = false
+  if current then
+    value = redis.call('HGET', KEYS[1], key)
+    redis.call('HDEL', KEYS[1], key)
+    redis.call('HDEL', KEYS[2], key)
+    redis.call('ZREM', KEYS[3], key)
+  end
+  reply[#reply + 1] = value
+  reply[#reply + 1] = current or '0'
+end
+return reply
+",
+    )
+});
+
+/// ARGV: keys. Returns, per key, `value or nil, version or '0'`: a value and its version read together.
+pub static GET_MANY: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"#!lua flags=no-writes
+local reply = {}
+for i = 1, #ARGV do
+  local version = redis.call('HGET', KEYS[2], ARGV[i])
+  local value = false
+  if version then value = redis.call('HGET', KEYS[1], ARGV[i]) end
+  reply[#reply + 1] = value
+  reply[#reply + 1] = version or '0'
+end
+return reply
+",
+    )
+});
+
+/// One page of a scan, by key name. ARGV: '1' and the last key of the previous page, or '0' and ''
+/// to start; the most entries (at least one is taken); the byte limit (key and value lengths; the page
+/// stops once it is reached, after at least one entry). Returns `{done (1 or 0), key, value, version,
+/// key, value, version, ...}`.
+pub static SCAN_PAGE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(
+        r"#!lua flags=no-writes
+local start = '-'
+if ARGV[1] == '1' then start = '(' .. ARGV[2] end
+local count = math.max(tonumber(ARGV[3]), 1)
+local max_bytes = tonumber(ARGV[4])
+local names = redis.call('ZRANGE', KEYS[3], start, '+', 'BYLEX', 'LIMIT', 0, count + 1)
+local reply = {0}
+local bytes, taken = 0, 0
+for i = 1, math.min(#names, count) do
+  if taken > 0 and bytes >= max_bytes then break end
+  local name = names[i]
+  local value = redis.call('HGET', KEYS[1], name)
+  local version = redis.call('HGET', KEYS[2], name)
+  if value and version then
+    reply[#reply + 1] = name
+    reply[#reply + 1] = value
+    reply[#reply + 1] = version
+    bytes = bytes + #name + #value
+  end
+  taken = i
+end
+if taken == #names then reply[1] = 1 end
+return reply
+",
+    )
+});

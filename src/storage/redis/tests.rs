@@ -1,0 +1,164 @@
+//! The Redis backend against real Redis servers started for these tests (qkv-testkit): the
+//! conformance suite on one plain Redis and on a 3-master, 3-replica cluster, then what only this
+//! backend has (hash tags, a lost version counter, Redis's memory limit, Redis away and back, WAIT).
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use qkv_testkit::{RedisCluster, RedisNode};
+
+use super::*;
+use crate::storage::suite::storage_conformance;
+
+fn single() -> &'static RedisNode {
+    static NODE: OnceLock<RedisNode> = OnceLock::new();
+    NODE.get_or_init(|| RedisNode::start(&[]).expect("redis-server starts"))
+}
+
+fn cluster() -> &'static RedisCluster {
+    static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| RedisCluster::start(3, 1).expect("a 3 + 3 Redis Cluster starts"))
+}
+
+/// A prefix of its own for each store, so that tests sharing a Redis do not see each other's tables.
+fn unique_prefix() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("test-{}-{}:", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+fn config(urls: Vec<String>) -> RedisConfig {
+    RedisConfig { urls, prefix: unique_prefix(), ..RedisConfig::default() }
+}
+
+async fn connected(config: RedisConfig) -> RedisStore {
+    let store = RedisStore::start(config);
+    tokio::time::timeout(Duration::from_secs(20), store.connected()).await.expect("connects to Redis");
+    store
+}
+
+mod single_redis {
+    use super::*;
+    storage_conformance!(connected(config(vec![single().url()])).await);
+}
+
+mod redis_cluster {
+    use super::*;
+    storage_conformance!(connected(config(cluster().urls())).await);
+}
+
+fn written_version(outcome: WriteOutcome) -> u64 {
+    match outcome {
+        WriteOutcome::Written { version, .. } => version,
+        WriteOutcome::Conflict { current } => panic!("unexpected conflict with {current:?}"),
+    }
+}
+
+#[test]
+fn any_table_name_gets_one_nonempty_hash_tag() {
+    for (table, tag) in [("", "{t}"), ("users", "{tusers}"), ("a{b}c", "{ta%7Bb%7Dc}"), ("%7B", "{t%257B}")] {
+        let TableKeys(keys) = TableKeys::new("p:", table);
+        for key in &keys {
+            assert!(key.starts_with(&format!("p:{tag}:")), "{table:?}: {key}");
+        }
+    }
+    // Escaping keeps different names apart.
+    assert_ne!(TableKeys::new("", "{").0, TableKeys::new("", "%7B").0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_lives_in_one_cluster_slot() {
+    let cluster = cluster();
+    for table in ["", "users", "a{b}c", "}{", "ü"] {
+        let TableKeys(keys) = TableKeys::new("qkv:", table);
+        let slots: Vec<Option<u16>> = keys.iter().map(|k| cluster.slot_of(k)).collect();
+        assert!(slots[0].is_some() && slots.iter().all(|s| *s == slots[0]), "{table:?}: {slots:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_stay_above_the_clock_when_the_counter_is_lost() {
+    let store = connected(config(vec![single().url()])).await;
+    let first = written_version(store.set("t", "k", "a".into(), None).await.unwrap());
+    // What a failover that lost the last increments, or a table dropped by hand, leaves behind.
+    let mut connection = store.connector.connection().unwrap();
+    connection.query(redis::cmd("DEL").arg(&store.keys("t").0[3])).await.unwrap();
+    let second = written_version(store.set("t", "k", "b".into(), None).await.unwrap());
+    assert!(second > first, "version {second} handed out after {first}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_out_of_memory_refuses_writes_whole_and_still_deletes() {
+    let node = RedisNode::start(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]).unwrap();
+    let store = connected(config(vec![node.url()])).await;
+    let big = Value::from(bytes::Bytes::from(vec![7u8; 256 * 1024]));
+    let mut stored = 0;
+    let refused = loop {
+        match store.set("t", &stored.to_string(), big.clone(), None).await {
+            Ok(_) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 64, "4 MiB of Redis memory took more than 16 MiB of values");
+    };
+    assert!(matches!(refused, StorageError::OutOfMemory(_)), "{refused:?}");
+    // A multi-key write is refused whole: none of its keys appear.
+    let pairs = vec![("m1".to_owned(), big.clone()), ("m2".to_owned(), big.clone())];
+    assert!(matches!(store.set_many("t", pairs).await, Err(StorageError::OutOfMemory(_))));
+    let absent = store.get_many("t", &["m1".into(), "m2".into()]).await.unwrap();
+    assert_eq!(absent, vec![None, None]);
+    // Reads and deletes go on, and deleting makes room.
+    assert!(store.get("t", "0").await.unwrap().is_some());
+    store.delete_many("t", &(0..stored).map(|i| i.to_string()).collect::<Vec<_>>()).await.unwrap();
+    store.set("t", "again", big, None).await.expect("room after deleting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_away_at_start_is_unavailable_with_the_reason_then_serves_when_it_comes() {
+    let mut node = RedisNode::start(&[]).unwrap();
+    node.kill();
+    let store = RedisStore::start(config(vec![node.url()]));
+    let error = store.get("t", "k").await.unwrap_err();
+    let StorageError::Unavailable(reason) = &error else { panic!("{error:?}") };
+    assert!(reason.contains(&format!("127.0.0.1:{}", node.port)), "the reason names the seed: {reason}");
+    node.restart().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), store.connected())
+        .await
+        .expect("connects once Redis is back");
+    store.set("t", "k", "v".into(), None).await.unwrap();
+    // And after it goes away again and comes back, without a restart of the store.
+    node.restart().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match store.get("t", "k").await {
+            // A plain Redis without persistence comes back empty.
+            Ok(_) => break,
+            Err(StorageError::Unavailable(_) | StorageError::Uncertain(_)) => {
+                assert!(tokio::time::Instant::now() < deadline, "the store did not reconnect");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_replicas_do_not_confirm_is_uncertain() {
+    // A plain Redis has no replicas: WAIT 1 cannot be satisfied.
+    let store = connected(RedisConfig {
+        wait_replicas: 1,
+        wait_timeout: Duration::from_millis(50),
+        ..config(vec![single().url()])
+    })
+    .await;
+    let error = store.set("t", "k", "v".into(), None).await.unwrap_err();
+    let StorageError::Uncertain(reason) = &error else { panic!("{error:?}") };
+    assert!(reason.contains("0 of the 1 replicas"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_wait_for_a_replica_in_the_cluster() {
+    let store = connected(RedisConfig { wait_replicas: 1, ..config(cluster().urls()) }).await;
+    for table in ["a", "b", "c", "d"] {
+        written_version(store.set(table, "k", "v".into(), None).await.unwrap());
+    }
+}
