@@ -14,7 +14,7 @@ use qkv::certs::{CertDir, Provisioned};
 use qkv::client::{Client, ClientConfig, Event};
 use qkv::pb::Kvpair;
 use qkv::server::{Server, shutdown_signal};
-use qkv::storage::{DiskStore, MemoryStore, Storage};
+use qkv::storage::{DiskStore, MemoryStore, RedisStore, Storage};
 use tracing_subscriber::EnvFilter;
 
 use cli::args::{BenchArgs, CertArgs, Cli, ClientArgs, Command, FloorArgs, ServeArgs, Store};
@@ -63,6 +63,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 tracing::info!(dir = %args.data_dir.display(), ?durability, "durable store");
                 disk_closed = Some(store.closed());
                 run_server(args.config(), store).await
+            }
+            Store::Redis => {
+                let config = args.redis.config()?;
+                tracing::info!(seeds = %config.seeds(), wait_replicas = config.wait_replicas, "Redis store");
+                run_server(args.config(), RedisStore::start(config)).await
             }
         }
     });

@@ -328,9 +328,12 @@ pub struct ServeArgs {
     /// QUIC and TLS over TCP), e.g. certs/ca.pem with certificates from `qkv cert --client NAME`.
     #[arg(long, value_name = "FILE", env = "QKV_CLIENT_CA", conflicts_with = "tcp_plaintext")]
     pub client_ca: Option<PathBuf>,
-    /// Storage backend: memory (the default) or disk (durable, in --data-dir).
+    /// Storage backend: memory (the default), disk (durable, in --data-dir) or redis (Redis Cluster or
+    /// one Redis at --redis: this server is then a stateless gateway, one of many).
     #[arg(long, value_enum, default_value_t = Store::Memory)]
     pub store: Store,
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// Where the disk store keeps its data (one file, qkv.redb); created if missing.
     #[arg(long, default_value = "data", env = "QKV_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -554,6 +557,73 @@ pub enum Store {
     Memory,
     /// On disk, in --data-dir; every acknowledged write survives a crash (with --durability strict).
     Disk,
+    /// In Redis Cluster, or one plain Redis (for development), at --redis.
+    Redis,
+}
+
+/// Where the Redis backend finds Redis (`--store redis`); docs/DEPLOY.md.
+#[derive(Args)]
+pub struct RedisArgs {
+    /// Seed URL of Redis Cluster or of one Redis: redis://HOST:PORT, or rediss:// for TLS, with
+    /// USER:PASSWORD@ if it needs them (repeatable, or comma-separated; the cluster is discovered from
+    /// any seed that answers). A password is better given in the environment, as QKV_REDIS_PASSWORD,
+    /// where the process list does not show it; it is never logged.
+    #[arg(
+        long = "redis",
+        value_name = "URL",
+        value_delimiter = ',',
+        default_value = "redis://127.0.0.1:6379",
+        env = "QKV_REDIS"
+    )]
+    pub urls: Vec<String>,
+    /// Redis user, when the URLs do not name one.
+    #[arg(long, value_name = "NAME", env = "QKV_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+    /// PEM file of the CA(s) to trust for rediss:// instead of the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub redis_ca: Option<PathBuf>,
+    /// Acknowledge a write only once this many replicas of its shard have it (Redis WAIT); 0: do not
+    /// wait. Narrows, but does not close, the window in which a failover loses acknowledged writes.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub redis_wait: u32,
+    /// How long a write waits for --redis-wait replicas; one that is not confirmed in time is answered
+    /// 504 (it may or may not survive a failover), e.g. 1s.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub redis_wait_timeout: Duration,
+    /// How long one Redis command may take before it is answered 504, e.g. 2s.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+    /// Put before the name of every Redis key qkv uses, to share a Redis with other programs.
+    #[arg(long, default_value = "qkv:")]
+    pub redis_prefix: String,
+}
+
+/// The environment variable that carries the Redis password.
+pub const REDIS_PASSWORD_VARIABLE: &str = "QKV_REDIS_PASSWORD";
+
+impl RedisArgs {
+    pub fn config(&self) -> Result<qkv::storage::RedisConfig, CliError> {
+        let ca_pem = match &self.redis_ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                CliError::InvalidInput(format!("cannot read --redis-ca {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        if self.urls.iter().any(|url| !url.starts_with("redis://") && !url.starts_with("rediss://")) {
+            return Err(CliError::InvalidInput("--redis takes redis:// or rediss:// URLs".into()));
+        }
+        Ok(qkv::storage::RedisConfig {
+            urls: self.urls.clone(),
+            username: self.redis_username.clone(),
+            password: std::env::var(REDIS_PASSWORD_VARIABLE).ok().filter(|p| !p.is_empty()),
+            ca_pem,
+            prefix: self.redis_prefix.clone(),
+            wait_replicas: self.redis_wait,
+            wait_timeout: self.redis_wait_timeout,
+            response_timeout: self.redis_timeout,
+            ..qkv::storage::RedisConfig::default()
+        })
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,0 +1,338 @@
+//! qkv servers as stateless gateways over a real Redis Cluster (3 masters, 3 replicas, on loopback,
+//! started by qkv-testkit): what one gateway writes, another reads at once; conditional writes racing
+//! through two gateways; Redis away at start and in the middle; a master killed under load; slots
+//! moved under load; pipelined TCP writes keeping their order.
+
+#[macro_use]
+mod common;
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::process::ServerProcess;
+use futures_util::{SinkExt, StreamExt};
+use qkv::client::{Client, ClientError, Executed};
+use qkv::pb::{CommandRequest, CommandResponse, status};
+use qkv::transport::Transport;
+use qkv::transport::frame::FrameCodec;
+use qkv_testkit::{RedisCluster, RedisNode};
+use tokio::time::Instant;
+use tokio_util::codec::Framed;
+
+/// The cluster the tests that do not break it share.
+fn shared_cluster() -> &'static RedisCluster {
+    static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| RedisCluster::start(3, 1).expect("a 3 + 3 Redis Cluster starts"))
+}
+
+/// A gateway: `qkv serve --store redis` with the cluster's nodes as seeds (and `extra` flags), once
+/// it has connected to Redis.
+async fn gateway(seeds: &[String], extra: &[&str]) -> ServerProcess {
+    let mut gateway = starting_gateway(seeds, extra).await;
+    gateway.log_line(&["connected to Redis"]).await;
+    gateway
+}
+
+async fn starting_gateway(seeds: &[String], extra: &[&str]) -> ServerProcess {
+    let seeds = seeds.join(",");
+    let mut args = vec!["--store", "redis", "--redis", &seeds];
+    args.extend_from_slice(extra);
+    ServerProcess::start(&args).await
+}
+
+/// The flags a gateway needs to serve `transport`.
+fn serving(transport: Transport) -> &'static [&'static str] {
+    if transport == Transport::Tcp { &["--tcp-plaintext"] } else { &[] }
+}
+
+async fn client(gateway: &ServerProcess, transport: Transport) -> Client {
+    Client::connect_with(gateway.client_config(transport)).await.expect("connects to the gateway")
+}
+
+/// A table name of its own for each test, so that tests sharing the cluster do not meet.
+fn table(test: &str) -> String {
+    format!("{test}-{}", std::process::id())
+}
+
+async fn a_write_through_one_gateway_is_read_through_the_other_at_once(transport: Transport) {
+    let seeds = shared_cluster().urls();
+    let flags = serving(transport);
+    let (a, b) = (gateway(&seeds, flags).await, gateway(&seeds[3..], flags).await);
+    let (a, b) = (client(&a, transport).await, client(&b, transport).await);
+    let table = table(&format!("read-your-write-{transport}"));
+    for i in 0..50 {
+        let key = format!("k{}", i % 7);
+        let written = a.hset(&table, &key, i as i64).await.unwrap();
+        let read = b.hget(&table, &key).await.unwrap().expect("written through the other gateway");
+        assert_eq!((read.value, read.version), ((i as i64).into(), written.version));
+    }
+    let all = b.hgetall(&table).await.unwrap();
+    assert_eq!(all.len(), 7);
+}
+
+transport_tests!(read_your_writes: quic, tls, tcp => a_write_through_one_gateway_is_read_through_the_other_at_once);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_racing_through_two_gateways_exactly_one_wins_each_round() {
+    let seeds = shared_cluster().urls();
+    let (a, b) = (gateway(&seeds, &[]).await, gateway(&seeds, &[]).await);
+    let (a, b) = (client(&a, Transport::Quic).await, client(&b, Transport::Tls).await);
+    let table = table("race");
+    let mut version = 0;
+    for round in 0..100 {
+        let (ra, rb) = tokio::join!(
+            a.hset_if_version(&table, "k", format!("a{round}"), version),
+            b.hset_if_version(&table, "k", format!("b{round}"), version)
+        );
+        let (winner, loser) = match (ra, rb) {
+            (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+            (ra, rb) => panic!("round {round}: not exactly one winner: {ra:?} / {rb:?}"),
+        };
+        let ClientError::Conflict { current } = loser else { panic!("round {round}: {loser:?}") };
+        assert_eq!(
+            current.map(|c| c.version),
+            Some(winner.version),
+            "the loser is told the winner's version"
+        );
+        assert!(winner.version > version);
+        version = winner.version;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_tcp_writes_apply_in_the_order_sent() {
+    let gateway = gateway(&shared_cluster().urls(), &["--tcp-plaintext"]).await;
+    let stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let mut framed = Framed::new(stream, FrameCodec::<CommandResponse>::new(1 << 20));
+    let table = table("pipeline");
+    let n = 200;
+    // All requests are written before any answer is read: the server has them all at once.
+    for i in 0..n {
+        framed.feed(CommandRequest::hset(&table, "k", i as i64)).await.unwrap();
+    }
+    SinkExt::<CommandRequest>::flush(&mut framed).await.unwrap();
+    let mut last = 0;
+    for i in 0..n {
+        let answer = framed.next().await.expect("an answer").unwrap();
+        assert_eq!(answer.status, status::OK, "{answer:?}");
+        let version = answer.versions.first().copied().unwrap_or_default();
+        assert!(version > last, "write {i} got version {version} after {last}");
+        last = version;
+    }
+    let client = client(&gateway, Transport::Tcp).await;
+    assert_eq!(client.hget(&table, "k").await.unwrap().map(|v| v.value), Some((n as i64 - 1).into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_away_is_503_with_the_reason_and_the_gateway_recovers_by_itself() {
+    let mut redis = RedisNode::start(&[]).unwrap();
+    redis.kill();
+    // The gateway starts without Redis, and says what it cannot reach.
+    let mut gateway = starting_gateway(&[redis.url()], &[]).await;
+    let warning = gateway.log_line(&["cannot reach Redis"]).await;
+    assert!(warning.contains(&format!("127.0.0.1:{}", redis.port)), "{warning}");
+    let config = qkv::client::ClientConfig {
+        retry: qkv::client::RetryPolicy { attempts: 1, ..Default::default() },
+        ..gateway.client_config(Transport::Quic)
+    };
+    let client = Client::connect_with(config).await.unwrap();
+    let error = client.hget("t", "k").await.unwrap_err();
+    assert_eq!(error.executed(), Executed::No);
+    assert!(
+        matches!(&error, ClientError::Unavailable { reason } if reason.contains("cannot reach Redis")),
+        "{error}"
+    );
+
+    redis.restart().unwrap();
+    until_answered(&client, Duration::from_secs(20)).await;
+    client.hset("t", "k", "v").await.unwrap();
+
+    // Away in the middle of a run, and back: no restart of the gateway.
+    redis.kill();
+    let error = client.hget("t", "k").await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ClientError::Unavailable { .. } | ClientError::Status { status: status::GATEWAY_TIMEOUT, .. }
+        ),
+        "{error}"
+    );
+    redis.restart().unwrap();
+    until_answered(&client, Duration::from_secs(20)).await;
+}
+
+async fn until_answered(client: &Client, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        match client.hget("t", "k").await {
+            Ok(_) => return,
+            Err(e) if Instant::now() < deadline => {
+                assert!(
+                    e.executed() == Executed::No || matches!(e, ClientError::Status { status: 504, .. }),
+                    "{e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the gateway did not serve again: {e}"),
+        }
+    }
+}
+
+/// Writes through `clients` in turn, each write a new key, until `stop`; counts what happened.
+#[derive(Default)]
+struct Tally {
+    acknowledged: Vec<String>,
+    failed_not_executed: usize,
+    failed_maybe_executed: usize,
+}
+
+async fn write_until(client: Client, table: String, name: &'static str, stop: Arc<AtomicUsize>) -> Tally {
+    let mut tally = Tally::default();
+    let mut i = 0;
+    while stop.load(Ordering::Relaxed) == 0 {
+        let key = format!("{name}-{i}");
+        i += 1;
+        match client.hset(&table, &key, i as i64).await {
+            Ok(_) => tally.acknowledged.push(key),
+            Err(e) => {
+                assert!(
+                    !matches!(e, ClientError::Status { status: status::INTERNAL_ERROR, .. }),
+                    "a failover is not a server failure: {e}"
+                );
+                match e.executed() {
+                    Executed::No => tally.failed_not_executed += 1,
+                    Executed::Maybe => tally.failed_maybe_executed += 1,
+                }
+            }
+        }
+    }
+    tally
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_fails_over_and_no_acknowledged_write_is_lost_with_redis_wait() {
+    let mut cluster = RedisCluster::start(3, 1).expect("a cluster of its own, to break");
+    let seeds = cluster.urls();
+    let (a, b) =
+        (gateway(&seeds, &["--redis-wait", "1"]).await, gateway(&seeds, &["--redis-wait", "1"]).await);
+    let table = "failover".to_owned();
+    let slot = cluster.slot_of("qkv:{tfailover}:values").expect("the table's slot");
+    let master = cluster.master_of_slot(slot).expect("the slot's master");
+
+    let stop = Arc::new(AtomicUsize::new(0));
+    let writers = [
+        tokio::spawn(write_until(client(&a, Transport::Quic).await, table.clone(), "a", stop.clone())),
+        tokio::spawn(write_until(client(&b, Transport::Tls).await, table.clone(), "b", stop.clone())),
+    ];
+    let reader = client(&a, Transport::Quic).await;
+    wait_for_writes(&reader, &table, 20).await;
+    cluster.nodes[master].kill();
+    // Serving again: reads through each gateway are answered once the replica has taken over. Writes
+    // are not acknowledged while the new master has no replica to confirm them (504, not lost).
+    for gateway in [&a, &b] {
+        until(gateway, Duration::from_secs(30), |probe| async move {
+            probe.hget("failover", "a-0").await.map(drop)
+        })
+        .await;
+    }
+    // The old master comes back as the new one's replica, and writes are acknowledged again.
+    cluster.nodes[master].restart().expect("the killed node restarts");
+    for gateway in [&a, &b] {
+        until(gateway, Duration::from_secs(30), |probe| async move {
+            probe.hset("failover", "probe", "x").await.map(drop)
+        })
+        .await;
+    }
+    stop.store(1, Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        let tally = writer.await.unwrap();
+        eprintln!(
+            "acknowledged {}, failed not executed {}, failed maybe executed {}",
+            tally.acknowledged.len(),
+            tally.failed_not_executed,
+            tally.failed_maybe_executed
+        );
+        acknowledged.extend(tally.acknowledged);
+    }
+    let keys: Vec<&str> = acknowledged.iter().map(String::as_str).collect();
+    let found = reader.hmget(&table, &keys).await.unwrap();
+    let lost: Vec<&str> = keys.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(k, _)| *k).collect();
+    assert!(lost.is_empty(), "{} of {} acknowledged writes lost: {lost:?}", lost.len(), keys.len());
+}
+
+/// Calls `call` through a new client of `gateway` until it succeeds.
+async fn until<F, Fut>(gateway: &ServerProcess, within: Duration, call: F)
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ClientError>>,
+{
+    let deadline = Instant::now() + within;
+    let probe = client(gateway, Transport::Quic).await;
+    while let Err(e) = call(probe.clone()).await {
+        assert!(Instant::now() < deadline, "the gateway did not serve again: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_for_writes(client: &Client, table: &str, at_least: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.hgetall(table).await.map_or(0, |all| all.len()) < at_least {
+        assert!(Instant::now() < deadline, "the writers did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_slots_under_load_fails_no_request() {
+    let cluster = RedisCluster::start(3, 0).expect("a cluster of its own, to reshard");
+    let seeds = cluster.urls();
+    let gateway = gateway(&seeds, &[]).await;
+    // Tables in the first slots of one master, which the reshard below moves to another.
+    let source = cluster.master_of_slot(0).expect("slot 0's master");
+    let target = (0..cluster.nodes.len()).find(|i| *i != source).expect("another master");
+    let moved = 200;
+    let tables: Vec<String> = (0..)
+        .map(|i| format!("moving-{i}"))
+        .filter(|t| cluster.slot_of(&format!("qkv:{{t{t}}}:values")).is_some_and(|s| s < moved))
+        .take(4)
+        .collect();
+
+    let stop = Arc::new(AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for (i, table) in tables.iter().enumerate() {
+        let transport = if i % 2 == 0 { Transport::Quic } else { Transport::Tls };
+        let name: &'static str = ["w0", "w1", "w2", "w3"][i];
+        writers.push(tokio::spawn(write_until(
+            client(&gateway, transport).await,
+            table.clone(),
+            name,
+            stop.clone(),
+        )));
+    }
+    let reader = client(&gateway, Transport::Quic).await;
+    wait_for_writes(&reader, &tables[0], 20).await;
+    let resharded = tokio::task::spawn_blocking(move || {
+        let ids = |port: u16| qkv_testkit::cli(port, &["CLUSTER", "MYID"]).map(|id| id.trim().to_owned());
+        let (from, to) = (ids(cluster.nodes[source].port)?, ids(cluster.nodes[target].port)?);
+        let output = std::process::Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{}", cluster.nodes[source].port)])
+            .args(["--cluster-from", &from, "--cluster-to", &to, "--cluster-slots", &moved.to_string()])
+            .args(["--cluster-yes", "--cluster-pipeline", "10"])
+            .output()?;
+        assert!(output.status.success(), "reshard: {}", String::from_utf8_lossy(&output.stdout));
+        std::io::Result::Ok(cluster)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(resharded.master_of_slot(0), Some(target), "the slots moved");
+    stop.store(1, Ordering::Relaxed);
+    for writer in writers {
+        let tally = writer.await.unwrap();
+        assert_eq!((tally.failed_not_executed, tally.failed_maybe_executed), (0, 0), "failed requests");
+        assert!(!tally.acknowledged.is_empty());
+    }
+}
