@@ -34,6 +34,23 @@ use tokio::sync::{mpsc, watch};
 
 use crate::memory::{Charge, MemoryBudget};
 
+/// Carries published messages between servers that serve the same topics: the gateways of the Redis
+/// backend. Messages a relay brings in are delivered through [`Broker::publish`], one at a time and in
+/// the order they came, so each publisher's messages keep their order on every server.
+pub trait Relay: Send + Sync + 'static {
+    /// Delivers the messages published anywhere to `broker`'s subscribers from now on.
+    fn attach(&self, broker: Broker);
+    /// Makes sure this server receives `topic`'s messages from when this completes: called after a
+    /// subscriber of this server subscribes, and before it is told it is subscribed.
+    fn join(&self, topic: String) -> futures_util::future::BoxFuture<'static, Result<(), String>>;
+    /// Publishes to every server; answers how many servers' subscribers were sent the message.
+    fn publish(
+        &self,
+        topic: String,
+        message: Vec<u8>,
+    ) -> futures_util::future::BoxFuture<'static, Result<usize, crate::storage::StorageError>>;
+}
+
 /// What happens to a subscriber whose queue is full when a message is published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LagPolicy {
@@ -446,6 +463,16 @@ impl Broker {
             registry.remove(id, EndReason::ServerClosing);
         }
         self.inner.count_changed(&registry);
+    }
+
+    /// Tells every subscriber of `topic` that it may have missed messages (a [`Delivery::Missed`] of 1
+    /// before its next message): a relay lost its link to where they are published for a while.
+    pub fn report_gap(&self, topic: &str) {
+        let Some(topic) = self.inner.registry.lock().by_name.get(topic).cloned() else { return };
+        for subscriber in topic.subscribers.lock().values() {
+            subscriber.shared.missed.fetch_add(1, Ordering::AcqRel);
+            subscriber.shared.waker.wake();
+        }
     }
 
     /// Subscribers of `topic` now.

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::process::ServerProcess;
 use futures_util::{SinkExt, StreamExt};
-use qkv::client::{Client, ClientError, Executed};
-use qkv::pb::{CommandRequest, CommandResponse, status};
+use qkv::client::{Client, ClientError, Event, Executed};
+use qkv::pb::{CommandRequest, CommandResponse, Value, status};
 use qkv::transport::Transport;
 use qkv::transport::frame::FrameCodec;
 use qkv_testkit::{RedisCluster, RedisNode};
@@ -98,6 +98,32 @@ async fn conditional_writes_racing_through_two_gateways_exactly_one_wins_each_ro
         );
         assert!(winner.version > version);
         version = winner.version;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_through_one_gateway_reaches_subscribers_of_every_gateway_in_order() {
+    let seeds = shared_cluster().urls();
+    let (a, b) = (gateway(&seeds, &[]).await, gateway(&seeds, &[]).await);
+    let (publisher, near, far) = (
+        client(&a, Transport::Quic).await,
+        client(&a, Transport::Tls).await,
+        client(&b, Transport::Quic).await,
+    );
+    let topic = table("news");
+    let mut subscriptions = vec![near.subscribe(&topic).await.unwrap(), far.subscribe(&topic).await.unwrap()];
+    let n = 200;
+    for i in 0..n {
+        let published = publisher.publish(&topic, [Value::from(i as i64)]).await.unwrap();
+        assert_eq!(published.receivers, 2, "both gateways have subscribers");
+    }
+    for subscription in &mut subscriptions {
+        for i in 0..n {
+            match tokio::time::timeout(Duration::from_secs(10), subscription.next()).await {
+                Ok(Some(Ok(Event::Message(values)))) => assert_eq!(values, vec![Value::from(i as i64)]),
+                other => panic!("message {i}: {other:?}"),
+            }
+        }
     }
 }
 
@@ -226,6 +252,13 @@ async fn a_killed_master_fails_over_and_no_acknowledged_write_is_lost_with_redis
         tokio::spawn(write_until(client(&a, Transport::Quic).await, table.clone(), "a", stop.clone())),
         tokio::spawn(write_until(client(&b, Transport::Tls).await, table.clone(), "b", stop.clone())),
     ];
+    // A subscriber, through the other gateway, of a topic on the shard that fails.
+    let topic = (0..)
+        .map(|i| format!("failover-news-{i}"))
+        .find(|t| cluster.slot_of(t).and_then(|s| cluster.master_of_slot(s)) == Some(master))
+        .expect("a topic on that shard");
+    let listener = client(&b, Transport::Quic).await;
+    let mut subscription = listener.subscribe(&topic).await.unwrap();
     let reader = client(&a, Transport::Quic).await;
     wait_for_writes(&reader, &table, 20).await;
     cluster.nodes[master].kill();
@@ -245,6 +278,28 @@ async fn a_killed_master_fails_over_and_no_acknowledged_write_is_lost_with_redis
         })
         .await;
     }
+    // The subscriber is told it may have missed messages, then gets what is published after.
+    let published = tokio::time::timeout(Duration::from_secs(30), async {
+        let publisher = client(&a, Transport::Quic).await;
+        loop {
+            if publisher.publish(&topic, [Value::from("after")]).await.is_ok_and(|p| p.receivers > 0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    published.await.expect("publishing works again");
+    let mut events = Vec::new();
+    while !events.iter().any(|e| matches!(e, Event::Message(_))) {
+        match tokio::time::timeout(Duration::from_secs(10), subscription.next()).await {
+            Ok(Some(Ok(event))) => events.push(event),
+            other => panic!("after {events:?}: {other:?}"),
+        }
+    }
+    assert!(
+        matches!(events.first(), Some(Event::Missed(n)) if *n >= 1),
+        "the gap is reported first: {events:?}"
+    );
     stop.store(1, Ordering::Relaxed);
     let mut acknowledged = Vec::new();
     for writer in writers {

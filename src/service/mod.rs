@@ -25,7 +25,7 @@ pub use items::ItemLimits;
 
 use crate::memory::MemoryBudget;
 use crate::pb::{CommandRequest, CommandResponse, command_request::RequestData, split_response};
-use crate::pubsub::{Broker, ConnectionId, LagPolicy};
+use crate::pubsub::{Broker, ConnectionId, LagPolicy, Relay};
 use crate::storage::Storage;
 
 /// The default target size of one response frame: big enough that framing overhead is negligible,
@@ -221,6 +221,8 @@ struct Inner<S> {
     max_entry_len: usize,
     scans: Arc<Semaphore>,
     broker: Broker,
+    /// Carries publishes to and from the other gateways of a shared store (Redis), if any.
+    relay: Option<Arc<dyn Relay>>,
 }
 
 impl<S> Clone for Service<S> {
@@ -248,7 +250,11 @@ impl<S: Storage> Service<S> {
         let max_entry_len = max_frame_len.saturating_sub(ANSWER_OVERHEAD);
         let broker =
             Broker::new(config.subscriber_queue, config.subscriber_queue_bytes, config.lag_policy, memory);
-        Service { inner: Arc::new(Inner { storage, config, max_entry_len, scans, broker }) }
+        let relay = storage.relay();
+        if let Some(relay) = &relay {
+            relay.attach(broker.clone());
+        }
+        Service { inner: Arc::new(Inner { storage, config, max_entry_len, scans, broker, relay }) }
     }
 
     /// See [`Handler::class`].
@@ -338,9 +344,13 @@ impl<S: Storage> Service<S> {
             RequestData::Hexist(cmd) => hash::hexist(storage, cmd).await,
             RequestData::Hmexist(cmd) => hash::hmexist(storage, cmd).await,
             RequestData::Ping(cmd) => ping::ping(self.max_entry_len(), cmd, caller),
-            RequestData::Subscribe(cmd) => return pubsub::subscribe(self.broker(), cmd, caller),
+            RequestData::Subscribe(cmd) => {
+                return pubsub::subscribe(self.broker(), self.inner.relay.as_deref(), cmd, caller);
+            }
             RequestData::Unsubscribe(cmd) => pubsub::unsubscribe(self.broker(), cmd, caller),
-            RequestData::Publish(cmd) => pubsub::publish(self.broker(), self.max_entry_len(), cmd).await,
+            RequestData::Publish(cmd) => {
+                pubsub::publish(self.broker(), self.inner.relay.as_deref(), self.max_entry_len(), cmd).await
+            }
         };
         let response = result.unwrap_or_else(ServiceError::into_response);
         self.framed(response)

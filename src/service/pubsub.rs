@@ -15,10 +15,12 @@ use prost::encoding::encoded_len_varint;
 use super::{Caller, Reply, ReplyFrame, ServiceError};
 use crate::pb::{CommandResponse, Publish, Subscribe, Unsubscribe, Value, status};
 use crate::pubsub::{
-    Broker, Delivery, EndReason, PublishError, SubscribeError, Subscription, UnsubscribeError,
+    Broker, Delivery, EndReason, PublishError, Relay, SubscribeError, Subscription, UnsubscribeError,
 };
 
-pub fn subscribe(broker: &Broker, cmd: Subscribe, caller: &Caller) -> Reply {
+/// Subscribes; with a relay, the subscription is confirmed only once this server receives the topic's
+/// messages from every gateway.
+pub fn subscribe(broker: &Broker, relay: Option<&dyn Relay>, cmd: Subscribe, caller: &Caller) -> Reply {
     let subscription = match broker.subscribe(&cmd.topic, caller.connection, caller.max_subscriptions) {
         Ok(subscription) => subscription,
         Err(e @ SubscribeError::Closed) => {
@@ -32,8 +34,27 @@ pub fn subscribe(broker: &Broker, cmd: Subscribe, caller: &Caller) -> Reply {
         more: true,
         ..CommandResponse::with_values(vec![Value::from(i64::from(subscription.id()))], Vec::new())
     };
-    let first = futures_util::stream::once(std::future::ready(ReplyFrame::from(first)));
-    Reply::Stream(Box::pin(first.chain(frames(subscription))))
+    let Some(relay) = relay else {
+        let first = futures_util::stream::once(std::future::ready(ReplyFrame::from(first)));
+        return Reply::Stream(Box::pin(first.chain(frames(subscription))));
+    };
+    let joined = relay.join(cmd.topic);
+    let stream = futures_util::stream::once(async move {
+        match joined.await {
+            Ok(()) => futures_util::stream::once(std::future::ready(ReplyFrame::from(first)))
+                .chain(frames(subscription))
+                .boxed(),
+            Err(reason) => {
+                let error = CommandResponse::error(
+                    status::UNAVAILABLE,
+                    format!("cannot subscribe: the other gateways' messages cannot be received ({reason})"),
+                );
+                futures_util::stream::once(std::future::ready(ReplyFrame::from(error))).boxed()
+            }
+        }
+    })
+    .flatten();
+    Reply::Stream(Box::pin(stream))
 }
 
 /// A frame for every delivery of `subscription`, the last one saying why it ended. A message is sent as
@@ -78,8 +99,13 @@ pub fn unsubscribe(
 /// Publishes to every current subscriber; answers `[receivers, lagging]`: how many it was queued for,
 /// and how many did not get it because their queues were full. The message frame is encoded here, once:
 /// every subscriber is sent the same bytes.
+///
+/// With a relay, the message goes to every gateway through it, this one included (so that all see one
+/// order), and the answer is `[gateways, 0]`: how many gateways had subscribers for it; their
+/// subscribers' queues are not counted.
 pub async fn publish(
     broker: &Broker,
+    relay: Option<&dyn Relay>,
     max_entry_len: usize,
     cmd: Publish,
 ) -> Result<CommandResponse, ServiceError> {
@@ -98,8 +124,12 @@ pub async fn publish(
         )));
     }
     let frame = CommandResponse { more: true, ..CommandResponse::with_values(cmd.data, Vec::new()) };
-    let published = broker.publish(&cmd.topic, frame.encode_to_vec()).await?;
     let count = |n: usize| Value::from(i64::try_from(n).unwrap_or(i64::MAX));
+    if let Some(relay) = relay {
+        let gateways = relay.publish(cmd.topic, frame.encode_to_vec()).await?;
+        return Ok(CommandResponse::with_values(vec![count(gateways), count(0)], Vec::new()));
+    }
+    let published = broker.publish(&cmd.topic, frame.encode_to_vec()).await?;
     Ok(CommandResponse::with_values(vec![count(published.receivers), count(published.lagging)], Vec::new()))
 }
 

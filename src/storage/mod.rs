@@ -156,6 +156,12 @@ pub trait Storage: Send + Sync + 'static {
     /// Starts a scan of the table's entries, read page by page so that a huge table is never copied
     /// whole. Scanning a table that does not exist yields one empty, final page.
     fn scan(&self, table: &str) -> impl Future<Output = StorageResult<Self::Scan>> + Send;
+
+    /// What carries published messages to the other servers sharing this store, if any: a store of
+    /// this server alone has none, and its subscribers are all there are.
+    fn relay(&self) -> Option<std::sync::Arc<dyn crate::pubsub::Relay>> {
+        None
+    }
 }
 
 /// A scan in progress. Owns what it needs, so it can outlive the request that started it.

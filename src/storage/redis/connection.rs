@@ -9,8 +9,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{
-    Client, Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, RedisError, ServerErrorKind, TlsCertificates,
-    Value as RedisValue,
+    Client, Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, ProtocolVersion, PushInfo, RedisError,
+    ServerErrorKind, TlsCertificates, Value as RedisValue,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -90,6 +90,8 @@ impl RedisConfig {
         if let Some(password) = &self.password {
             settings = settings.set_password(password);
         }
+        // Push messages (pub/sub) need RESP3.
+        settings = settings.set_protocol(ProtocolVersion::RESP3);
         Ok(info.set_redis_settings(settings))
     }
 
@@ -136,6 +138,35 @@ impl Connection {
         match self {
             Connection::Single(c) => pipeline.query_async(c).await,
             Connection::Cluster(c) => pipeline.query_async(c).await,
+        }
+    }
+
+    /// Receives a topic's messages from now on (SSUBSCRIBE on a cluster: the shard that owns the
+    /// topic's slot; SUBSCRIBE on a plain Redis). Confirmed through the push channel.
+    pub(super) async fn subscribe(&mut self, topic: &str) -> StorageResult<()> {
+        match self {
+            Connection::Single(c) => c.subscribe(topic).await,
+            Connection::Cluster(c) => c.ssubscribe(topic).await,
+        }
+        .map_err(storage_error)
+    }
+
+    pub(super) async fn unsubscribe(&mut self, topic: &str) -> StorageResult<()> {
+        match self {
+            Connection::Single(c) => c.unsubscribe(topic).await,
+            Connection::Cluster(c) => c.sunsubscribe(topic).await,
+        }
+        .map_err(storage_error)
+    }
+
+    /// Publishes; answers how many Redis clients (gateways) received the message.
+    pub(super) async fn publish(&mut self, topic: &str, message: &[u8]) -> StorageResult<usize> {
+        let command = if matches!(self, Connection::Cluster(_)) { "SPUBLISH" } else { "PUBLISH" };
+        match self.query(redis::cmd(command).arg(topic).arg(message)).await? {
+            RedisValue::Int(n) => Ok(usize::try_from(n).unwrap_or(0)),
+            other => {
+                Err(StorageError::Backend(format!("unexpected reply from Redis to {command}: {other:?}")))
+            }
         }
     }
 
@@ -229,6 +260,29 @@ fn storage_error(e: RedisError) -> StorageError {
     StorageError::Backend(format!("Redis: {e}"))
 }
 
+/// Where Redis's pushes go: a bounded queue, so that a flood of published messages cannot grow this
+/// process without bound. A message that does not fit is dropped, and its topic remembered in
+/// `overflowed`, so that its subscribers are told they missed messages.
+#[derive(Clone)]
+pub(super) struct Pushes {
+    pub(super) queue: tokio::sync::mpsc::Sender<PushInfo>,
+    pub(super) overflowed: Arc<Mutex<std::collections::HashSet<Vec<u8>>>>,
+}
+
+impl Pushes {
+    fn sender(&self) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static {
+        let pushes = self.clone();
+        move |info: PushInfo| {
+            if let Err(tokio::sync::mpsc::error::TrySendError::Full(info)) = pushes.queue.try_send(info)
+                && let Some(RedisValue::BulkString(topic)) = info.data.first()
+            {
+                pushes.overflowed.lock().insert(topic.clone());
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Makes the first connection in the background, retrying until it succeeds; redis-rs makes it again
 /// whenever it breaks after that.
 pub(super) struct Connector {
@@ -245,7 +299,9 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_LAST: Duration = Duration::from_secs(2);
 
 impl Connector {
-    pub(super) fn start(config: RedisConfig) -> Arc<Self> {
+    /// Starts connecting; what Redis pushes (published messages, subscription confirmations, lost
+    /// connections) goes to `pushes`.
+    pub(super) fn start(config: RedisConfig, pushes: Pushes) -> Arc<Self> {
         let connector = Arc::new(Connector {
             connection: OnceLock::new(),
             failure: Mutex::new("connecting".into()),
@@ -253,7 +309,7 @@ impl Connector {
             task: Mutex::new(None),
             seeds: config.seeds(),
         });
-        let task = tokio::spawn(connect_until_connected(Arc::downgrade(&connector), config));
+        let task = tokio::spawn(connect_until_connected(Arc::downgrade(&connector), config, pushes));
         *connector.task.lock() = Some(task);
         connector
     }
@@ -286,11 +342,11 @@ impl Drop for Connector {
     }
 }
 
-async fn connect_until_connected(connector: Weak<Connector>, config: RedisConfig) {
+async fn connect_until_connected(connector: Weak<Connector>, config: RedisConfig, pushes: Pushes) {
     let mut pause = RETRY_FIRST;
     let mut attempts = 0u32;
     loop {
-        let result = connect(&config).await;
+        let result = connect(&config, &pushes).await;
         let Some(connector) = connector.upgrade() else { return };
         match result {
             Ok(connection) => {
@@ -317,12 +373,12 @@ async fn connect_until_connected(connector: Weak<Connector>, config: RedisConfig
 
 /// Connects to the cluster the seeds belong to, or to the first seed that answers if it is a plain
 /// Redis.
-async fn connect(config: &RedisConfig) -> Result<Connection, RedisError> {
+async fn connect(config: &RedisConfig, pushes: &Pushes) -> Result<Connection, RedisError> {
     let mut last_error = None;
     for url in &config.urls {
         match probe(config, url).await {
-            Ok(true) => return connect_cluster(config).await.map(Connection::Cluster),
-            Ok(false) => return connect_single(config, url).await.map(Connection::Single),
+            Ok(true) => return connect_cluster(config, pushes).await.map(Connection::Cluster),
+            Ok(false) => return connect_single(config, url, pushes).await.map(Connection::Single),
             Err(e) => last_error = Some(e),
         }
     }
@@ -341,18 +397,26 @@ async fn probe(config: &RedisConfig, url: &str) -> Result<bool, RedisError> {
     Ok(info.lines().any(|line| line.trim() == "cluster_enabled:1"))
 }
 
-async fn connect_single(config: &RedisConfig, url: &str) -> Result<ConnectionManager, RedisError> {
+async fn connect_single(
+    config: &RedisConfig,
+    url: &str,
+    pushes: &Pushes,
+) -> Result<ConnectionManager, RedisError> {
     let manager = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.response_timeout))
         .set_number_of_retries(config.retries as usize)
-        .set_max_delay(RETRY_LAST);
+        .set_max_delay(RETRY_LAST)
+        .set_push_sender(pushes.sender())
+        .set_automatic_resubscription();
     config.client(url)?.get_connection_manager_with_config(manager).await
 }
 
-async fn connect_cluster(config: &RedisConfig) -> Result<ClusterConnection, RedisError> {
+async fn connect_cluster(config: &RedisConfig, pushes: &Pushes) -> Result<ClusterConnection, RedisError> {
     let seeds = config.urls.iter().map(|url| config.connection_info(url)).collect::<Result<Vec<_>, _>>()?;
     let mut builder = ClusterClientBuilder::new(seeds)
+        .use_protocol(ProtocolVersion::RESP3)
+        .push_sender(pushes.sender())
         .retries(config.retries)
         .connection_timeout(config.connect_timeout)
         .response_timeout(config.response_timeout);

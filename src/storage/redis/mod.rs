@@ -9,6 +9,7 @@
 //! start (and answer 503) while Redis is away, and serve as soon as it is back.
 
 mod connection;
+mod relay;
 mod scripts;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ const KEYS_PER_CALL: usize = 1_000;
 #[derive(Clone)]
 pub struct RedisStore {
     connector: Arc<Connector>,
+    relay: Arc<relay::RedisRelay>,
     prefix: Arc<str>,
     wait: Option<WaitReplicas>,
 }
@@ -90,7 +92,10 @@ impl RedisStore {
         let prefix = Arc::from(config.prefix.as_str());
         let wait = (config.wait_replicas > 0)
             .then_some(WaitReplicas { replicas: config.wait_replicas, timeout: config.wait_timeout });
-        RedisStore { connector: Connector::start(config), prefix, wait }
+        let (pushes, relay) = relay::RedisRelay::new();
+        let connector = Connector::start(config, pushes.clone());
+        let relay = Arc::new(relay(connector.clone(), pushes));
+        RedisStore { connector, relay, prefix, wait }
     }
 
     /// Waits until the first connection is made (there is no deadline: wrap it in one).
@@ -128,7 +133,7 @@ impl RedisStore {
 /// One entry of a script's reply, as the scripts return it.
 fn bytes(value: RedisValue) -> StorageResult<Option<Vec<u8>>> {
     match value {
-        RedisValue::Nil => Ok(None),
+        RedisValue::Nil | RedisValue::Boolean(false) => Ok(None),
         RedisValue::BulkString(bytes) => Ok(Some(bytes)),
         RedisValue::SimpleString(s) => Ok(Some(s.into_bytes())),
         other => Err(unexpected(&other)),
@@ -289,6 +294,10 @@ impl Storage for RedisStore {
             }
         }
         Ok(outcomes)
+    }
+
+    fn relay(&self) -> Option<Arc<dyn crate::pubsub::Relay>> {
+        Some(self.relay.clone())
     }
 
     async fn scan(&self, table: &str) -> StorageResult<RedisScan> {
