@@ -1,4 +1,5 @@
-//! Project automation: `cargo xtask bench-report` (the side-by-side benchmark report of docs/bench/),
+//! Project automation: `cargo xtask test` (the tests, with what they need installed first), `cargo
+//! xtask bench-report` (the side-by-side benchmark report of docs/bench/),
 //! `cargo xtask durable-report` (durable writes against Redis, see `durable`), `cargo xtask
 //! pubsub-report` (pub/sub fan-out, see `pubsub`), `cargo xtask lab` (QUIC against TLS over emulated
 //! mobile links, see `lab`), `cargo xtask storm-report` (reconnect storms through an emulated link,
@@ -34,6 +35,12 @@ use run::{Processes, Scenario, Target};
 #[derive(Parser)]
 #[command(name = "xtask")]
 enum Task {
+    /// Install what the tests need (Debian's redis-server and redis-tools, if missing), then run
+    /// `cargo test --workspace` with any further arguments: the README's test command.
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run the side-by-side benchmark and write the report, tables and plots.
     BenchReport(ReportArgs),
     /// Run the network lab (root only): QUIC against TLS over emulated mobile links, and its report.
@@ -81,6 +88,7 @@ fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     std::env::set_current_dir(&root).context("cannot enter the workspace root")?;
     match task {
+        Task::Test { args } => test(&args),
         Task::BenchReport(args) => bench_report(args),
         Task::Lab(args) => lab::run(args),
         Task::DurableReport(args) => durable::run(args),
@@ -88,6 +96,19 @@ fn main() -> anyhow::Result<()> {
         Task::StormReport(args) => storm::run(args),
         Task::ScaleReport(args) => scale::run(args),
     }
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    run::ensure_redis()?;
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["test", "--workspace"])
+        .args(args)
+        .status()
+        .context("cannot run cargo test")?;
+    if !status.success() {
+        bail!("the tests failed");
+    }
+    Ok(())
 }
 
 fn bench_report(args: ReportArgs) -> anyhow::Result<()> {

@@ -405,8 +405,10 @@ async fn connect_single(
     let manager = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.response_timeout))
-        .set_number_of_retries(config.retries as usize)
-        .set_max_delay(RETRY_LAST)
+        // Reconnecting is tried again at the next command: one attempt each, so a command fails
+        // within about --redis-timeout while Redis is away, rather than waiting through a backoff.
+        .set_number_of_retries(1)
+        .set_max_delay(RETRY_FIRST)
         .set_push_sender(pushes.sender())
         .set_automatic_resubscription();
     config.client(url)?.get_connection_manager_with_config(manager).await
