@@ -328,8 +328,16 @@ impl TableScan for RedisScan {
         };
         call.arg(limit.entries).arg(limit.bytes);
         let mut items = array(self.store.read(call).await?)?;
-        let [done] = take(&mut items)?;
+        let [done, last_read] = take(&mut items)?;
         let done = version(done)? == 1;
+        // From the last name read, not the last entry returned: a name whose value was missing (a key
+        // written by another program, say) is passed over, not read again forever.
+        if let Some(last_read) = bytes(last_read)? {
+            self.after = Some(
+                String::from_utf8(last_read)
+                    .map_err(|e| StorageError::Backend(format!("a stored key name is not UTF-8: {e}")))?,
+            );
+        }
         let mut entries = Vec::with_capacity(items.len() / 3);
         while items.len() >= 3 {
             let [key, value, version] = take(&mut items)?;
@@ -339,9 +347,6 @@ impl TableScan for RedisScan {
             if let Some(versioned) = versioned(value, version)? {
                 entries.push((key, versioned));
             }
-        }
-        if let Some((last, _)) = entries.last() {
-            self.after = Some(last.clone());
         }
         self.done = done;
         Ok(ScanPage { entries, done })

@@ -156,8 +156,8 @@ return reply
 
 /// One page of a scan, by key name. ARGV: '1' and the last key of the previous page, or '0' and ''
 /// to start; the most entries (at least one is taken); the byte limit (key and value lengths; the page
-/// stops once it is reached, after at least one entry). Returns `{done (1 or 0), key, value, version,
-/// key, value, version, ...}`.
+/// stops once it is reached, after at least one entry). Returns `{done (1 or 0), the last name read
+/// (where the next page starts after), key, value, version, key, value, version, ...}`.
 pub static SCAN_PAGE: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(
         r"#!lua flags=no-writes
@@ -166,7 +166,7 @@ if ARGV[1] == '1' then start = '(' .. ARGV[2] end
 local count = math.max(tonumber(ARGV[3]), 1)
 local max_bytes = tonumber(ARGV[4])
 local names = redis.call('ZRANGE', KEYS[3], start, '+', 'BYLEX', 'LIMIT', 0, count + 1)
-local reply = {0}
+local reply = {0, false}
 local bytes, taken = 0, 0
 for i = 1, math.min(#names, count) do
   if taken > 0 and bytes >= max_bytes then break end
@@ -180,6 +180,7 @@ for i = 1, math.min(#names, count) do
     bytes = bytes + #name + #value
   end
   taken = i
+  reply[2] = name
 end
 if taken == #names then reply[1] = 1 end
 return reply
