@@ -3,7 +3,8 @@
 //! `cargo xtask durable-report` (durable writes against Redis, see `durable`), `cargo xtask
 //! pubsub-report` (pub/sub fan-out, see `pubsub`), `cargo xtask lab` (QUIC against TLS over emulated
 //! mobile links, see `lab`), `cargo xtask storm-report` (reconnect storms through an emulated link,
-//! see `storm`) and `cargo xtask scale-report` (10,000 connections and subscribers, see `scale`).
+//! see `storm`) and `cargo xtask scale-report` (10,000 connections and subscribers, see `scale`) and `cargo xtask
+//! cluster-report` (gateways over Redis Cluster, see `cluster`).
 //!
 //! `bench-report`:
 //! On this machine kind (2 vCPUs), every server runs pinned to core 0 and every load generator to core
@@ -14,6 +15,7 @@
 //! of the performance targets, all from the same run. Everything started is stopped at the end, and on
 //! Ctrl-C (which reaches the whole process group).
 
+mod cluster;
 mod durable;
 mod lab;
 mod plot;
@@ -52,6 +54,9 @@ enum Task {
     /// Reconnect storms (root only): connection setups per second and their latency with 1 to 1024
     /// clients connecting at once through an emulated 25 ms link, QUIC 0-RTT, QUIC full and TLS.
     StormReport(storm::StormArgs),
+    /// qkv gateways over a real Redis Cluster beside the in-memory server and Redis: throughput, latency,
+    /// CPU per request, and a failover with and without --redis-wait.
+    ClusterReport(SweepArgs),
     /// 10,000 connections and 10,000 subscribers over QUIC and TLS: latency, errors, the server's
     /// memory and CPU, the time to open them all.
     ScaleReport(scale::ScaleArgs),
@@ -95,6 +100,7 @@ fn main() -> anyhow::Result<()> {
         Task::PubsubReport(args) => pubsub::run(args),
         Task::StormReport(args) => storm::run(args),
         Task::ScaleReport(args) => scale::run(args),
+        Task::ClusterReport(args) => cluster::run(args),
     }
 }
 
