@@ -573,7 +573,8 @@ pub struct RedisArgs {
         value_name = "URL",
         value_delimiter = ',',
         default_value = "redis://127.0.0.1:6379",
-        env = "QKV_REDIS"
+        env = "QKV_REDIS",
+        hide_env_values = true
     )]
     pub urls: Vec<String>,
     /// Redis user, when the URLs do not name one.
@@ -611,6 +612,18 @@ impl RedisArgs {
         };
         if self.urls.iter().any(|url| !url.starts_with("redis://") && !url.starts_with("rediss://")) {
             return Err(CliError::InvalidInput("--redis takes redis:// or rediss:// URLs".into()));
+        }
+        if self.redis_wait > 0 && self.redis_wait_timeout.is_zero() {
+            // WAIT with a timeout of 0 waits for ever.
+            return Err(CliError::InvalidInput(
+                "--redis-wait-timeout must be longer than zero with --redis-wait".into(),
+            ));
+        }
+        if self.redis_prefix.contains(['{', '}']) {
+            return Err(CliError::InvalidInput(
+                "--redis-prefix must not contain { or }: a hash tag there would put every table in one slot"
+                    .into(),
+            ));
         }
         Ok(qkv::storage::RedisConfig {
             urls: self.urls.clone(),

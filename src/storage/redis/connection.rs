@@ -9,13 +9,14 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{
-    Client, Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, ProtocolVersion, PushInfo, RedisError,
-    ServerErrorKind, TlsCertificates, Value as RedisValue,
+    Client, Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, ProtocolVersion, RedisError, ServerErrorKind,
+    TlsCertificates, Value as RedisValue,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::WaitReplicas;
+use super::relay::Pushes;
 use super::scripts::Lua;
 use crate::storage::{StorageError, StorageResult};
 
@@ -131,13 +132,25 @@ impl Connection {
         }
     }
 
-    async fn send_waiting(&mut self, cmd: &Cmd, wait: WaitReplicas) -> Result<Vec<RedisValue>, RedisError> {
-        // One pipeline, so the WAIT goes to the shard that ran the write, right after it.
+    /// The write, then WAIT: one pipeline, so that the WAIT goes to the shard that ran the write, right
+    /// after it. Each reply comes back on its own (an error of WAIT is not one of the write).
+    async fn send_waiting(
+        &mut self,
+        cmd: &Cmd,
+        wait: WaitReplicas,
+    ) -> Result<(RedisValue, RedisValue), RedisError> {
         let mut pipeline = redis::pipe();
+        pipeline.ignore_errors();
         pipeline.add_command(cmd.clone()).cmd("WAIT").arg(wait.replicas).arg(wait.timeout.as_millis() as u64);
-        match self {
+        let replies: Vec<RedisValue> = match self {
             Connection::Single(c) => pipeline.query_async(c).await,
             Connection::Cluster(c) => pipeline.query_async(c).await,
+        }?;
+        let mut replies = replies.into_iter();
+        match (replies.next(), replies.next()) {
+            (Some(RedisValue::ServerError(e)), _) => Err(e.into()),
+            (Some(reply), Some(waited)) => Ok((reply, waited)),
+            _ => Err(RedisError::from((ErrorKind::Parse, "a short reply to a write and WAIT"))),
         }
     }
 
@@ -190,14 +203,20 @@ impl Connection {
                 result => result.map_err(storage_error),
             };
         };
-        let replies = match self.send_waiting(&cmd, wait).await {
+        let (reply, waited) = match self.send_waiting(&cmd, wait).await {
             Err(e) if is_noscript(&e) => self.send_waiting(&eval(&cmd, script), wait).await,
             result => result,
         }
         .map_err(storage_error)?;
-        let mut replies = replies.into_iter();
-        let (Some(reply), Some(RedisValue::Int(replicas))) = (replies.next(), replies.next()) else {
-            return Err(StorageError::Backend("unexpected reply from Redis to a write and WAIT".into()));
+        // The write ran: whatever stopped WAIT (a master turned replica answers UNBLOCKED) leaves its
+        // fate unknown.
+        let replicas = match waited {
+            RedisValue::Int(replicas) => replicas,
+            other => {
+                return Err(StorageError::Uncertain(format!(
+                    "the write was made on the Redis master, but waiting for its replicas failed: {other:?}"
+                )));
+            }
         };
         if replicas < i64::from(wait.replicas) {
             return Err(StorageError::Uncertain(format!(
@@ -209,8 +228,8 @@ impl Connection {
     }
 }
 
-/// `EVALSHA <hash> 4 <keys>`, to which the caller adds the script's arguments.
-pub(super) fn evalsha(script: &Lua, keys: &[String; 4]) -> Cmd {
+/// `EVALSHA <hash> <number of keys> <keys>`, to which the caller adds the script's arguments.
+pub(super) fn evalsha(script: &Lua, keys: &[String]) -> Cmd {
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(&script.hash).arg(keys.len()).arg(keys);
     cmd
@@ -238,7 +257,9 @@ fn storage_error(e: RedisError) -> StorageError {
     if e.code() == Some("OOM") {
         return StorageError::OutOfMemory(format!("Redis is out of memory: {e}"));
     }
+    // BUSY: a script is running too long, and this command was not run.
     let refused = e.is_connection_refusal()
+        || e.code() == Some("BUSY")
         || matches!(
             e.kind(),
             ErrorKind::Server(
@@ -258,29 +279,6 @@ fn storage_error(e: RedisError) -> StorageError {
         return StorageError::Uncertain(format!("Redis did not answer: {e}"));
     }
     StorageError::Backend(format!("Redis: {e}"))
-}
-
-/// Where Redis's pushes go: a bounded queue, so that a flood of published messages cannot grow this
-/// process without bound. A message that does not fit is dropped, and its topic remembered in
-/// `overflowed`, so that its subscribers are told they missed messages.
-#[derive(Clone)]
-pub(super) struct Pushes {
-    pub(super) queue: tokio::sync::mpsc::Sender<PushInfo>,
-    pub(super) overflowed: Arc<Mutex<std::collections::HashSet<Vec<u8>>>>,
-}
-
-impl Pushes {
-    fn sender(&self) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static {
-        let pushes = self.clone();
-        move |info: PushInfo| {
-            if let Err(tokio::sync::mpsc::error::TrySendError::Full(info)) = pushes.queue.try_send(info)
-                && let Some(RedisValue::BulkString(topic)) = info.data.first()
-            {
-                pushes.overflowed.lock().insert(topic.clone());
-            }
-            Ok(())
-        }
-    }
 }
 
 /// Makes the first connection in the background, retrying until it succeeds; redis-rs makes it again

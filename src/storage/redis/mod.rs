@@ -51,6 +51,14 @@ pub struct WaitReplicas {
 /// UTF-8 table name maps to its own four keys, all in one slot.
 struct TableKeys([String; 4]);
 
+/// A key of its own for one write call, in its table's slot: where Redis keeps the call's answer for a
+/// repeat ([`scripts::REMEMBERED_MS`]).
+fn call_key(table_keys: &TableKeys) -> String {
+    let values = &table_keys.0[0];
+    let base = values.strip_suffix(":values").unwrap_or(values);
+    format!("{base}:w:{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
+}
+
 impl TableKeys {
     fn new(prefix: &str, table: &str) -> Self {
         let mut tag = String::with_capacity(table.len() + 1);
@@ -66,9 +74,16 @@ impl TableKeys {
         TableKeys(["values", "versions", "names", "counter"].map(|part| format!("{prefix}{{{tag}}}:{part}")))
     }
 
-    /// A call of `script` on this table, to which the caller adds the arguments.
+    /// A call of a reading `script` on this table, to which the caller adds the arguments.
     fn call(&self, script: &'static Lua) -> Call {
         Call { cmd: evalsha(script, &self.0), script }
+    }
+
+    /// A call of a writing `script`: the table's keys and the call's own (see `scripts`).
+    fn write_call(&self, script: &'static Lua) -> Call {
+        let [values, versions, names, counter] = &self.0;
+        let keys = [values.clone(), versions.clone(), names.clone(), counter.clone(), call_key(self)];
+        Call { cmd: evalsha(script, &keys), script }
     }
 }
 
@@ -92,9 +107,9 @@ impl RedisStore {
         let prefix = Arc::from(config.prefix.as_str());
         let wait = (config.wait_replicas > 0)
             .then_some(WaitReplicas { replicas: config.wait_replicas, timeout: config.wait_timeout });
-        let (pushes, relay) = relay::RedisRelay::new();
-        let connector = Connector::start(config, pushes.clone());
-        let relay = Arc::new(relay(connector.clone(), pushes));
+        let (pushes, relay) = relay::RedisRelay::new(&config.prefix);
+        let connector = Connector::start(config, pushes);
+        let relay = Arc::new(relay(connector.clone()));
         RedisStore { connector, relay, prefix, wait }
     }
 
@@ -126,8 +141,25 @@ impl RedisStore {
     /// Runs a script that writes, then waits for replicas if so configured.
     async fn write(&self, call: Call) -> StorageResult<RedisValue> {
         let mut connection = self.connector.connection()?;
-        connection.invoke(call.cmd, call.script, self.wait).await
+        let reply = connection.invoke(call.cmd, call.script, self.wait).await?;
+        match &reply {
+            RedisValue::Array(items) if matches!(items[..], [RedisValue::Int(scripts::REPEATED)]) => {
+                Err(StorageError::Uncertain(
+                    "Redis ran the write, then the connection broke before its answer came; it was sent again and not applied twice, but its answer is lost: read the key".into(),
+                ))
+            }
+            _ => Ok(reply),
+        }
     }
+}
+
+/// The error of a multi-key write that failed after `done` of its `total` keys were written (in calls
+/// of [`KEYS_PER_CALL`]): whatever it was, the write as a whole was partly applied.
+fn partly(e: StorageError, done: usize, total: usize) -> StorageError {
+    if done == 0 {
+        return e;
+    }
+    StorageError::Uncertain(format!("the first {done} of the {total} keys were written, then: {e}"))
 }
 
 /// One entry of a script's reply, as the scripts return it.
@@ -244,7 +276,7 @@ impl Storage for RedisStore {
         expected_version: Option<u64>,
     ) -> StorageResult<WriteOutcome> {
         let keys = self.keys(table);
-        let mut call = keys.call(&scripts::SET);
+        let mut call = keys.write_call(&scripts::SET);
         call.arg(key)
             .arg(value.encode_to_vec())
             .arg(expected_version.map(|v| v.to_string()).unwrap_or_default());
@@ -255,11 +287,12 @@ impl Storage for RedisStore {
         let keys = self.keys(table);
         let mut outcomes = Vec::with_capacity(pairs.len());
         for chunk in pairs.chunks(KEYS_PER_CALL) {
-            let mut call = keys.call(&scripts::SET_MANY);
+            let mut call = keys.write_call(&scripts::SET_MANY);
             for (key, value) in chunk {
                 call.arg(key).arg(value.encode_to_vec());
             }
-            let mut items = array(self.write(call).await?)?;
+            let reply = self.write(call).await.map_err(|e| partly(e, outcomes.len(), pairs.len()))?;
+            let mut items = array(reply)?;
             for _ in chunk {
                 let [previous_value, previous_version, new_version] = take(&mut items)?;
                 let previous = versioned(previous_value, previous_version)?;
@@ -276,7 +309,7 @@ impl Storage for RedisStore {
         expected_version: Option<u64>,
     ) -> StorageResult<WriteOutcome> {
         let keys = self.keys(table);
-        let mut call = keys.call(&scripts::DELETE);
+        let mut call = keys.write_call(&scripts::DELETE);
         call.arg(key).arg(expected_version.map(|v| v.to_string()).unwrap_or_default());
         write_outcome(self.write(call).await?)
     }
@@ -285,9 +318,10 @@ impl Storage for RedisStore {
         let table_keys = self.keys(table);
         let mut outcomes = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(KEYS_PER_CALL) {
-            let mut call = table_keys.call(&scripts::DELETE_MANY);
+            let mut call = table_keys.write_call(&scripts::DELETE_MANY);
             call.arg(chunk);
-            let mut items = array(self.write(call).await?)?;
+            let reply = self.write(call).await.map_err(|e| partly(e, outcomes.len(), keys.len()))?;
+            let mut items = array(reply)?;
             for _ in chunk {
                 let [value, version] = take(&mut items)?;
                 outcomes.push(WriteOutcome::Written { previous: versioned(value, version)?, version: 0 });

@@ -5,7 +5,12 @@
 //! Every script gets the four keys of one table ([`super::TableKeys`]), in this order:
 //! `KEYS[1]` the hash of encoded values, `KEYS[2]` the hash of versions (decimal strings),
 //! `KEYS[3]` the sorted set of key names (all scored 0, so ordered by name, for paging), `KEYS[4]` the
-//! table's version counter.
+//! table's version counter. Scripts that write get a fifth, `KEYS[5]`: the call's own key, set for
+//! [`REMEMBERED_MS`] once the write is made. redis-rs sends a command again when the connection it
+//! went on broke, even if Redis had already run it; the second run then finds the key and answers
+//! `{2}` ([`REPEATED`]) instead of writing twice (or finding its own version and calling that a
+//! conflict). Only a marker is kept, not the answer: answers hold the values writes replaced, and
+//! keeping them would weigh on Redis's memory just when it is short.
 //!
 //! Versions are decimal strings end to end: Lua's numbers are doubles, exact to 2^53, which versions
 //! stay below (they count up from the clock in µs); an expected version from a client is compared as a
@@ -30,6 +35,26 @@ impl Lua {
     }
 }
 
+/// How long a write call is remembered in Redis, for a repeat of the same call: longer than redis-rs
+/// goes on sending a command again (bounded by `--redis-timeout`, 2 s by default).
+pub const REMEMBERED_MS: u64 = 10_000;
+
+/// What a write call answers when it finds it was run before.
+pub const REPEATED: i64 = 2;
+
+/// A write call seen before answers [`REPEATED`]; `remember` marks the call as run.
+fn once() -> String {
+    format!(
+        r"
+if redis.call('EXISTS', KEYS[5]) == 1 then return {{{REPEATED}}} end
+local function remember(reply)
+  redis.call('SET', KEYS[5], '1', 'PX', {REMEMBERED_MS})
+  return reply
+end
+"
+    )
+}
+
 /// The table's next version: above the last one handed out and at least Redis's clock in µs, so that
 /// a version is never handed out twice, even when the counter was lost (a failover that dropped its
 /// last increments, a table dropped and created again) as long as Redis's clock does not go back.
@@ -49,7 +74,8 @@ end
 /// `{0, current version or '0', current value or nil}` on a conflict.
 pub static SET: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(&format!(
-        "{NEXT_VERSION}{}",
+        "{}{NEXT_VERSION}{}",
+        once(),
         r"
 local key, value, expected = ARGV[1], ARGV[2], ARGV[3]
 local current = redis.call('HGET', KEYS[2], key)
@@ -62,7 +88,7 @@ local version = next_version()
 redis.call('HSET', KEYS[1], key, value)
 redis.call('HSET', KEYS[2], key, version)
 redis.call('ZADD', KEYS[3], 0, key)
-return {1, current or '0', previous, version}
+return remember({1, current or '0', previous, version})
 "
     ))
 });
@@ -71,7 +97,8 @@ return {1, current or '0', previous, version}
 /// '0', new version`.
 pub static SET_MANY: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(&format!(
-        "{NEXT_VERSION}{}",
+        "{}{NEXT_VERSION}{}",
+        once(),
         r"
 local reply = {}
 for i = 1, #ARGV, 2 do
@@ -87,7 +114,7 @@ for i = 1, #ARGV, 2 do
   reply[#reply + 1] = current or '0'
   reply[#reply + 1] = version
 end
-return reply
+return remember(reply)
 "
     ))
 });
@@ -95,7 +122,9 @@ return reply
 /// ARGV: key, expected version ('' for none). Returns `{written (1 or 0), version before or '0',
 /// value before or nil}`.
 pub static DELETE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
+    Lua::new(&format!(
+        "{}{}",
+        once(),
         r"
 local key, expected = ARGV[1], ARGV[2]
 local current = redis.call('HGET', KEYS[2], key)
@@ -109,14 +138,16 @@ if current then
   redis.call('HDEL', KEYS[2], key)
   redis.call('ZREM', KEYS[3], key)
 end
-return {1, current or '0', value}
-",
-    )
+return remember({1, current or '0', value})
+"
+    ))
 });
 
 /// ARGV: keys. Returns, per key, `value before or nil, version before or '0'`.
 pub static DELETE_MANY: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
+    Lua::new(&format!(
+        "{}{}",
+        once(),
         r"
 local reply = {}
 for i = 1, #ARGV do
@@ -132,9 +163,9 @@ for i = 1, #ARGV do
   reply[#reply + 1] = value
   reply[#reply + 1] = current or '0'
 end
-return reply
-",
-    )
+return remember(reply)
+"
+    ))
 });
 
 /// ARGV: keys. Returns, per key, `value or nil, version or '0'`: a value and its version read together.

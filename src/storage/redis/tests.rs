@@ -162,3 +162,26 @@ async fn writes_wait_for_a_replica_in_the_cluster() {
         written_version(store.set(table, "k", "v".into(), None).await.unwrap());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_call_sent_twice_is_applied_once_and_its_repeat_is_uncertain() {
+    // What redis-rs does when the connection broke after Redis ran the write: it sends it again.
+    let store = connected(config(vec![single().url()])).await;
+    let keys = store.keys("t");
+    let mut call = keys.write_call(&scripts::SET);
+    call.arg("k").arg(Value::from("v").encode_to_vec()).arg("0");
+    let mut connection = store.connector.connection().unwrap();
+    let first = write_outcome(connection.invoke(call.cmd.clone(), call.script, None).await.unwrap()).unwrap();
+    let WriteOutcome::Written { previous: None, version } = first else { panic!("{first:?}") };
+    let again = connection.invoke(call.cmd, call.script, None).await.unwrap();
+    assert_eq!(
+        again,
+        RedisValue::Array(vec![RedisValue::Int(scripts::REPEATED)]),
+        "not a conflict with itself"
+    );
+    let stored = store.get("t", "k").await.unwrap().unwrap();
+    assert_eq!(stored.version, version, "not a second write");
+    // Another call with the same condition is a conflict.
+    let other = store.set("t", "k", "w".into(), Some(0)).await.unwrap();
+    assert!(matches!(other, WriteOutcome::Conflict { .. }), "{other:?}");
+}
