@@ -37,7 +37,7 @@ pub fn cli(port: u16, args: &[&str]) -> io::Result<String> {
 }
 
 /// A TCP port free now, whose cluster bus port (+10000) is free too.
-fn free_port() -> io::Result<u16> {
+pub fn free_port() -> io::Result<u16> {
     for _ in 0..100 {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
@@ -84,7 +84,9 @@ impl RedisNode {
         self.supervisor = Some(command.spawn()?);
         let deadline = Instant::now() + START_DEADLINE;
         while Instant::now() < deadline {
-            if cli(self.port, &["PING"])?.trim() == "PONG" {
+            // A node that asks for a password is up too.
+            let answer = cli(self.port, &["PING"])?;
+            if answer.trim() == "PONG" || answer.contains("NOAUTH") {
                 return Ok(());
             }
             if let Some(supervisor) = &mut self.supervisor

@@ -353,7 +353,8 @@ fn write(
          persistence, not pinned); qkv servers (the in-memory server, and two gateways `--store redis`) \
          pinned to core 0; load generators pinned to core 1. `qkv bench` over QUIC, 1 connection, 64-byte \
          values among 10,000 keys of one table (so one Redis shard); through two gateways, one bench \
-         process each, at once (throughput summed). Redis: `redis-benchmark -c N` HSET/HGET of 10,000 \
+         process each, at once (throughput summed; both gateways share core 0, so two gateways show \
+         what a second one adds when the first is not the only thing on its core, not scaling out). Redis: `redis-benchmark -c N` HSET/HGET of 10,000 \
          fields of one hash, straight to the master of its slot (`--cluster` does not route custom \
          commands). CPU: the qkv servers' user + system time over the run and its warm-up second, per \
          request. Each point: every target in turn, {} s after 1 s of warm-up; repeated {reps} time(s); \
@@ -404,7 +405,11 @@ fn write(
             show1(med(target, "hset", 64, cpu)),
         )?;
     }
-    writeln!(md, "\n![throughput](cluster-throughput.svg)\n")?;
+    writeln!(
+        md,
+        "\n![throughput](cluster-throughput.svg)\n\nWhere a gateway's CPU goes, and why the CPU target is \
+         missed: [DESIGN.md](../DESIGN.md#redis-cluster-stateless-gateways---store-redis), \"Cost\".\n"
+    )?;
     writeln!(
         md,
         "## Latency at low load: HGET, 1 connection × 1 (µs)\n\n| target | p50 | p99 |\n|---|---:|---:|"

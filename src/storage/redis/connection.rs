@@ -93,7 +93,7 @@ impl RedisConfig {
         }
         // Push messages (pub/sub) need RESP3.
         settings = settings.set_protocol(ProtocolVersion::RESP3);
-        Ok(info.set_redis_settings(settings))
+        Ok(info.set_redis_settings(settings).set_tcp_settings(tcp_settings()))
     }
 
     fn certificates(&self) -> Option<TlsCertificates> {
@@ -107,6 +107,11 @@ impl RedisConfig {
             _ => Client::open(info),
         }
     }
+}
+
+/// Commands go out at once (TCP_NODELAY): a request waits for its Redis round trip, never for Nagle.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
 }
 
 /// A URL without its user and password.
@@ -415,6 +420,7 @@ async fn connect_single(
 async fn connect_cluster(config: &RedisConfig, pushes: &Pushes) -> Result<ClusterConnection, RedisError> {
     let seeds = config.urls.iter().map(|url| config.connection_info(url)).collect::<Result<Vec<_>, _>>()?;
     let mut builder = ClusterClientBuilder::new(seeds)
+        .tcp_settings(tcp_settings())
         .use_protocol(ProtocolVersion::RESP3)
         .push_sender(pushes.sender())
         .retries(config.retries)

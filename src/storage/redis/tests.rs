@@ -185,3 +185,27 @@ async fn a_write_call_sent_twice_is_applied_once_and_its_repeat_is_uncertain() {
     let other = store.set("t", "k", "w".into(), Some(0)).await.unwrap();
     assert!(matches!(other, WriteOutcome::Conflict { .. }), "{other:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_and_a_password() {
+    let certs = tempfile::tempdir().unwrap();
+    let dir = crate::certs::CertDir::new(certs.path());
+    dir.issue_server_certificate(&[], false).unwrap();
+    let tls_port = qkv_testkit::free_port().unwrap();
+    let file = |path: std::path::PathBuf| path.display().to_string();
+    let (cert, key, ca) = (file(dir.server_cert()), file(dir.server_key()), file(dir.ca_cert()));
+    let port = tls_port.to_string();
+    let _node = RedisNode::start(&[
+        "--tls-port", &port, "--tls-cert-file", &cert, "--tls-key-file", &key, "--tls-ca-cert-file", &ca,
+        "--tls-auth-clients", "no", "--requirepass", "s3cret",
+    ])
+    .unwrap();
+    let store = connected(RedisConfig {
+        password: Some("s3cret".into()),
+        ca_pem: Some(std::fs::read(dir.ca_cert()).unwrap()),
+        ..config(vec![format!("rediss://127.0.0.1:{tls_port}")])
+    })
+    .await;
+    let version = written_version(store.set("t", "k", "over TLS".into(), None).await.unwrap());
+    assert_eq!(store.get("t", "k").await.unwrap().map(|v| v.version), Some(version));
+}
