@@ -196,8 +196,18 @@ async fn rediss_with_a_private_ca_and_a_password() {
     let (cert, key, ca) = (file(dir.server_cert()), file(dir.server_key()), file(dir.ca_cert()));
     let port = tls_port.to_string();
     let _node = RedisNode::start(&[
-        "--tls-port", &port, "--tls-cert-file", &cert, "--tls-key-file", &key, "--tls-ca-cert-file", &ca,
-        "--tls-auth-clients", "no", "--requirepass", "s3cret",
+        "--tls-port",
+        &port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        "s3cret",
     ])
     .unwrap();
     let store = connected(RedisConfig {
