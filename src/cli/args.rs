@@ -594,6 +594,16 @@ pub struct RedisArgs {
     /// How long one Redis command may take before it is answered 504, e.g. 2s.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
+    /// How long connecting to one Redis node may take, e.g. 1s.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub redis_connect_timeout: Duration,
+    /// How many times a command is sent again after a redirect (MOVED, ASK), TRYAGAIN or a lost node.
+    #[arg(long, default_value_t = 8)]
+    pub redis_retries: u32,
+    /// Bytes of published messages from Redis that may wait for delivery to this server's subscribers;
+    /// beyond, messages are dropped and the subscribers told they missed some, e.g. 64MiB.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub redis_push_buffer: usize,
     /// Put before the name of every Redis key qkv uses, to share a Redis with other programs.
     #[arg(long, default_value = "qkv:")]
     pub redis_prefix: String,
@@ -634,7 +644,9 @@ impl RedisArgs {
             wait_replicas: self.redis_wait,
             wait_timeout: self.redis_wait_timeout,
             response_timeout: self.redis_timeout,
-            ..qkv::storage::RedisConfig::default()
+            connect_timeout: self.redis_connect_timeout,
+            retries: self.redis_retries,
+            push_buffer: self.redis_push_buffer,
         })
     }
 }

@@ -11,7 +11,7 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -122,28 +122,24 @@ fn bench(
     let runs: Vec<Child> = servers
         .iter()
         .map(|server| {
-            pinned(CLIENT_CORE, QKV)
-                .args(["bench", "--json", "--workload", workload, "--transport", "quic"])
-                .args(["--connections", &scenario.connections.to_string()])
-                .args(["--inflight", &scenario.inflight.to_string()])
-                .args(["--keys", &KEYS.to_string(), "--value-size", &VALUE_SIZE.to_string()])
-                .args(["--duration", &format!("{}s", duration.as_secs()), "--warmup", "1s"])
-                .args(["--addr", &format!("127.0.0.1:{}", server.port), "--ca"])
-                .arg(certs.join("ca.pem"))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
+            started(run::qkv_bench_command(server.port, certs, "quic", workload, scenario, duration))
         })
         .collect::<Result<_, _>>()?;
-    let mut reports = Vec::new();
-    for run in runs {
-        let output = run.wait_with_output()?;
-        if !output.status.success() {
-            bail!("qkv bench failed");
-        }
-        reports.push(serde_json::from_slice(&output.stdout).context("qkv bench --json output")?);
-    }
+    let reports = runs.into_iter().map(report_of).collect::<anyhow::Result<Vec<_>>>()?;
     Ok((reports, cpu(servers)? - before))
+}
+
+/// A `qkv bench --json` started, its report to be read by [`report_of`].
+fn started(mut command: Command) -> std::io::Result<Child> {
+    command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()
+}
+
+fn report_of(run: Child) -> anyhow::Result<qkv::bench::JsonReport> {
+    let output = run.wait_with_output()?;
+    if !output.status.success() {
+        bail!("qkv bench failed");
+    }
+    serde_json::from_slice(&output.stdout).context("qkv bench --json output")
 }
 
 /// redis-benchmark straight to `port` (the master of the key's slot), HSET or HGET of 64-byte values
@@ -238,14 +234,9 @@ fn failover(work: &Path, certs: &Path, redis_wait: u32) -> anyhow::Result<Failov
     )?;
     let slot = cluster.slot_of("qkv:{tbench}:values").context("the bench table's slot")?;
     let master = cluster.master_of_slot(slot).context("its master")?;
-    let run = pinned(CLIENT_CORE, QKV)
-        .args(["bench", "--json", "--workload", "hset", "--transport", "quic", "--connections", "1"])
-        .args(["--inflight", "16", "--keys", &KEYS.to_string(), "--duration", "20s", "--warmup", "1s"])
-        .args(["--addr", &format!("127.0.0.1:{}", gateway.port), "--ca"])
-        .arg(certs.join("ca.pem"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let load = Scenario::new(1, 16);
+    let run =
+        started(run::qkv_bench_command(gateway.port, certs, "quic", "hset", load, Duration::from_secs(20)))?;
     std::thread::sleep(Duration::from_secs(6));
     cluster.nodes[master].kill();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -256,9 +247,7 @@ fn failover(work: &Path, certs: &Path, redis_wait: u32) -> anyhow::Result<Failov
         std::thread::sleep(Duration::from_millis(50));
     }
     cluster.nodes[master].restart()?;
-    let output = run.wait_with_output()?;
-    let report: qkv::bench::JsonReport =
-        serde_json::from_slice(&output.stdout).context("qkv bench --json output")?;
+    let report = report_of(run)?;
     Ok(Failover {
         redis_wait,
         requests: report.requests,
@@ -268,9 +257,7 @@ fn failover(work: &Path, certs: &Path, redis_wait: u32) -> anyhow::Result<Failov
 }
 
 pub fn run(args: SweepArgs) -> anyhow::Result<()> {
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        bail!("the report pins servers and load generators to different cores: it needs at least 2");
-    }
+    run::require_two_cores()?;
     run::ensure_redis()?;
     run::build_qkv()?;
     let (reps, duration) = match args.quick {
@@ -493,12 +480,5 @@ fn plot_throughput(path: &Path, values: &[[f64; 2]]) -> anyhow::Result<()> {
             .label(label)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()?;
-    Ok(())
+    plot::finish(&mut chart, &root, SeriesLabelPosition::UpperRight)
 }

@@ -127,9 +127,7 @@ fn redis_hset(servers: &Servers, clients: u32, requests: u64) -> anyhow::Result<
 }
 
 pub fn run(args: SweepArgs) -> anyhow::Result<()> {
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        bail!("the report pins servers and load generators to different cores: it needs at least 2");
-    }
+    run::require_two_cores()?;
     run::ensure_redis()?;
     run::build_qkv()?;
     let (points, reps, duration) = match args.quick {

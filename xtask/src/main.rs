@@ -140,9 +140,7 @@ fn bench_report(args: ReportArgs) -> anyhow::Result<()> {
         eprintln!("report rewritten in {} from {}", args.out.display(), from.display());
         return Ok(());
     }
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        bail!("the report pins servers and load generators to different cores: it needs at least 2");
-    }
+    run::require_two_cores()?;
     run::ensure_redis()?;
     run::build_qkv()?;
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::SweepArgs;
@@ -36,9 +36,7 @@ struct Measurement {
 }
 
 pub fn run(args: SweepArgs) -> anyhow::Result<()> {
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        bail!("the report pins the server and the load generator to different cores: it needs at least 2");
-    }
+    run::require_two_cores()?;
     run::build_qkv()?;
     let (reps, duration) = match args.quick {
         true => (1, Duration::from_secs(2)),

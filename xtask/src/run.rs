@@ -109,6 +109,14 @@ pub struct Servers {
     redis_tls: u16,
 }
 
+/// The reports pin servers to one core and load generators to another.
+pub fn require_two_cores() -> anyhow::Result<()> {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        bail!("the report pins servers and load generators to different cores: it needs at least 2");
+    }
+    Ok(())
+}
+
 pub fn ensure_redis() -> anyhow::Result<()> {
     let present =
         |program: &str| Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success());
@@ -301,6 +309,31 @@ fn qkv_bench(
     })
 }
 
+/// `qkv bench --json` pinned to the client core against the server on `port`, not yet started.
+pub fn qkv_bench_command(
+    port: u16,
+    certs: &Path,
+    transport: &str,
+    workload: &str,
+    scenario: Scenario,
+    duration: Duration,
+) -> Command {
+    let mut command = pinned(CLIENT_CORE, QKV);
+    command
+        .args(["bench", "--json", "--workload", workload, "--transport", transport])
+        .args([
+            "--connections",
+            &scenario.connections.to_string(),
+            "--inflight",
+            &scenario.inflight.to_string(),
+        ])
+        .args(["--keys", &KEYS.to_string(), "--value-size", &VALUE_SIZE.to_string()])
+        .args(["--duration", &format!("{}s", duration.as_secs()), "--warmup", "1s"])
+        .args(["--addr", &format!("127.0.0.1:{port}"), "--ca"])
+        .arg(certs.join("ca.pem"));
+    command
+}
+
 /// Runs `qkv bench --json` pinned to the client core against the server on `port`.
 pub fn qkv_bench_json(
     port: u16,
@@ -311,19 +344,8 @@ pub fn qkv_bench_json(
     duration: Duration,
     extra: &[String],
 ) -> anyhow::Result<qkv::bench::JsonReport> {
-    let output = pinned(CLIENT_CORE, QKV)
-        .args(["bench", "--json", "--workload", workload, "--transport", transport])
+    let output = qkv_bench_command(port, certs, transport, workload, scenario, duration)
         .args(extra)
-        .args([
-            "--connections",
-            &scenario.connections.to_string(),
-            "--inflight",
-            &scenario.inflight.to_string(),
-        ])
-        .args(["--keys", &KEYS.to_string(), "--value-size", &VALUE_SIZE.to_string()])
-        .args(["--duration", &format!("{}s", duration.as_secs()), "--warmup", "1s"])
-        .args(["--addr", &format!("127.0.0.1:{port}"), "--ca"])
-        .arg(certs.join("ca.pem"))
         .stderr(Stdio::inherit())
         .output()?;
     if !output.status.success() {

@@ -159,9 +159,7 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
         eprintln!("report rewritten in {} from {}", sweep.out.display(), from.display());
         return Ok(());
     }
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        bail!("the report pins the server and the load generator to different cores: it needs at least 2");
-    }
+    run::require_two_cores()?;
     let started = Instant::now();
     run::build_qkv()?;
     let (reps, duration) = match sweep.quick {

@@ -43,6 +43,9 @@ pub struct RedisConfig {
     pub connect_timeout: Duration,
     /// How many times a command is sent again after a redirect (MOVED, ASK), TRYAGAIN or a lost node.
     pub retries: u32,
+    /// Bytes of published messages Redis has pushed that may wait for delivery to this server's
+    /// subscribers; beyond, messages are dropped and their subscribers told (a "missed" frame).
+    pub push_buffer: usize,
 }
 
 impl Default for RedisConfig {
@@ -58,6 +61,7 @@ impl Default for RedisConfig {
             response_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
             retries: 8,
+            push_buffer: 64 << 20,
         }
     }
 }
@@ -193,7 +197,7 @@ impl Connection {
         self.send(cmd).await.map_err(storage_error)
     }
 
-    /// A script call built by [`evalsha`]; sent as the script itself when Redis has not cached it
+    /// A script call (`EVALSHA`, built by `TableKeys`); sent as the script itself when Redis has not cached it
     /// (a node that just took over after a failover, a restarted one). With `wait`, then waits for
     /// that many replicas.
     pub(super) async fn invoke(
@@ -231,13 +235,6 @@ impl Connection {
         }
         Ok(reply)
     }
-}
-
-/// `EVALSHA <hash> <number of keys> <keys>`, to which the caller adds the script's arguments.
-pub(super) fn evalsha(script: &Lua, keys: &[String]) -> Cmd {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(&script.hash).arg(keys.len()).arg(keys);
-    cmd
 }
 
 /// The same call as `EVAL <code> ...`.

@@ -18,8 +18,8 @@ use std::time::Duration;
 use prost::Message;
 use redis::{Cmd, Value as RedisValue};
 
+use connection::Connector;
 pub use connection::RedisConfig;
-use connection::{Connection, Connector, evalsha};
 use scripts::Lua;
 
 use super::{PageLimit, ScanPage, Storage, StorageError, StorageResult, TableScan, Versioned, WriteOutcome};
@@ -46,44 +46,69 @@ pub struct WaitReplicas {
     pub timeout: Duration,
 }
 
-/// The Redis keys of one table. The hash tag (between the braces) is the table's name with `%`, `{`
-/// and `}` escaped, after a `t` (so that it is never empty, which would hash the whole key): any
-/// UTF-8 table name maps to its own four keys, all in one slot.
-struct TableKeys([String; 4]);
-
-/// A key of its own for one write call, in its table's slot: where Redis keeps the call's answer for a
-/// repeat ([`scripts::REMEMBERED_MS`]).
-fn call_key(table_keys: &TableKeys) -> String {
-    let values = &table_keys.0[0];
-    let base = values.strip_suffix(":values").unwrap_or(values);
-    format!("{base}:w:{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
+/// The Redis keys of one table: its base name, `prefix{tag}`, and one of [`TableKeys::PARTS`] after it.
+/// The hash tag (between the braces) is the table's name with `%`, `{` and `}` escaped, after a `t` (so
+/// that it is never empty, which would hash the whole key): any UTF-8 table name maps to its own keys,
+/// all in one slot.
+struct TableKeys {
+    base: String,
 }
 
 impl TableKeys {
+    /// The keys every script gets, in this order (see `scripts`).
+    const PARTS: [&'static str; 4] = [":values", ":versions", ":names", ":counter"];
+
     fn new(prefix: &str, table: &str) -> Self {
-        let mut tag = String::with_capacity(table.len() + 1);
-        tag.push('t');
+        let mut base = String::with_capacity(prefix.len() + table.len() + 3);
+        base.push_str(prefix);
+        base.push_str("{t");
         for c in table.chars() {
             match c {
-                '%' => tag.push_str("%25"),
-                '{' => tag.push_str("%7B"),
-                '}' => tag.push_str("%7D"),
-                c => tag.push(c),
+                '%' => base.push_str("%25"),
+                '{' => base.push_str("%7B"),
+                '}' => base.push_str("%7D"),
+                c => base.push(c),
             }
         }
-        TableKeys(["values", "versions", "names", "counter"].map(|part| format!("{prefix}{{{tag}}}:{part}")))
+        base.push('}');
+        TableKeys { base }
+    }
+
+    /// The key of one of [`TableKeys::PARTS`].
+    fn key(&self, part: &str) -> String {
+        format!("{}{part}", self.base)
+    }
+
+    /// All four keys, in script order.
+    #[cfg(test)]
+    fn all(&self) -> [String; 4] {
+        Self::PARTS.map(|part| self.key(part))
     }
 
     /// A call of a reading `script` on this table, to which the caller adds the arguments.
     fn call(&self, script: &'static Lua) -> Call {
-        Call { cmd: evalsha(script, &self.0), script }
+        self.calling(script, None)
     }
 
-    /// A call of a writing `script`: the table's keys and the call's own (see `scripts`).
+    /// A call of a writing `script`: the table's keys and a key of the call's own, in the table's slot,
+    /// which marks the call as run (see `scripts`).
     fn write_call(&self, script: &'static Lua) -> Call {
-        let [values, versions, names, counter] = &self.0;
-        let keys = [values.clone(), versions.clone(), names.clone(), counter.clone(), call_key(self)];
-        Call { cmd: evalsha(script, &keys), script }
+        let call = format!(":w:{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        self.calling(script, Some(&call))
+    }
+
+    /// `EVALSHA <hash> <number of keys> <keys>`, each key written straight into the command.
+    fn calling(&self, script: &'static Lua, call: Option<&str>) -> Call {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&script.hash).arg(Self::PARTS.len() + usize::from(call.is_some()));
+        let mut key = Vec::with_capacity(self.base.len() + 40);
+        for part in Self::PARTS.iter().copied().chain(call) {
+            key.clear();
+            key.extend_from_slice(self.base.as_bytes());
+            key.extend_from_slice(part.as_bytes());
+            cmd.arg(key.as_slice());
+        }
+        Call { cmd, script }
     }
 }
 
@@ -107,7 +132,7 @@ impl RedisStore {
         let prefix = Arc::from(config.prefix.as_str());
         let wait = (config.wait_replicas > 0)
             .then_some(WaitReplicas { replicas: config.wait_replicas, timeout: config.wait_timeout });
-        let (pushes, relay) = relay::RedisRelay::new(&config.prefix);
+        let (pushes, relay) = relay::RedisRelay::new(&config.prefix, config.push_buffer);
         let connector = Connector::start(config, pushes);
         let relay = Arc::new(relay(connector.clone()));
         RedisStore { connector, relay, prefix, wait }
@@ -121,11 +146,6 @@ impl RedisStore {
     /// Why the store cannot serve now, or `None` when it is connected.
     pub fn unavailable(&self) -> Option<String> {
         self.connector.unavailable()
-    }
-
-    /// Whether the backend is a Redis Cluster (known once connected).
-    pub fn is_cluster(&self) -> Option<bool> {
-        self.connector.connection().ok().map(|c| matches!(c, Connection::Cluster(_)))
     }
 
     fn keys(&self, table: &str) -> TableKeys {
@@ -259,7 +279,7 @@ impl Storage for RedisStore {
         let mut answers = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(KEYS_PER_CALL) {
             let mut hmget = redis::cmd("HMGET");
-            hmget.arg(&table_keys.0[1]).arg(chunk);
+            hmget.arg(table_keys.key(":versions")).arg(chunk);
             let mut connection = self.connector.connection()?;
             for item in array(connection.query(&hmget).await?)? {
                 answers.push(version(item)?);

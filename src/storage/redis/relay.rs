@@ -34,11 +34,11 @@ use crate::pb::CommandResponse;
 use crate::pubsub::{Broker, Relay};
 use crate::storage::StorageError;
 
-/// Pushes from Redis waiting to be delivered, in number and in bytes of messages; beyond either,
-/// messages are dropped and their subscribers told. (Bounded apart from the connection memory budget:
-/// a gateway holds at most this much of Redis's pushes.)
-pub(super) const PUSH_QUEUE: usize = 4_096;
-pub(super) const PUSH_QUEUE_BYTES: usize = 64 << 20;
+/// Pushes from Redis waiting to be delivered, in number; in bytes of messages, `--redis-push-buffer`
+/// ([`super::RedisConfig::push_buffer`]). Beyond either, messages are dropped and their subscribers
+/// told. (Bounded apart from the connection memory budget: a gateway holds at most this much of
+/// Redis's pushes.)
+const PUSH_QUEUE: usize = 4_096;
 
 /// How often topics without subscribers left are unsubscribed from.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -50,6 +50,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub(super) struct Pushes {
     queue: mpsc::Sender<PushInfo>,
+    max_bytes: usize,
     shared: Arc<Overflow>,
 }
 
@@ -74,7 +75,7 @@ impl Pushes {
         move |info: PushInfo| {
             let overflow = &pushes.shared;
             let len = message_len(&info);
-            let dropped = if overflow.queued_bytes.load(Ordering::Acquire) + len > PUSH_QUEUE_BYTES {
+            let dropped = if overflow.queued_bytes.load(Ordering::Acquire) + len > pushes.max_bytes {
                 info
             } else {
                 overflow.queued_bytes.fetch_add(len, Ordering::AcqRel);
@@ -129,10 +130,13 @@ impl State {
 
 impl RedisRelay {
     /// The relay (once given its connector) and the push channel its connection must deliver to.
-    pub(super) fn new(prefix: &str) -> (Pushes, impl FnOnce(Arc<Connector>) -> Self + use<>) {
+    pub(super) fn new(
+        prefix: &str,
+        max_bytes: usize,
+    ) -> (Pushes, impl FnOnce(Arc<Connector>) -> Self + use<>) {
         let (queue, receiver) = mpsc::channel(PUSH_QUEUE);
         let overflow = Arc::new(Overflow::default());
-        let pushes = Pushes { queue, shared: overflow.clone() };
+        let pushes = Pushes { queue, max_bytes, shared: overflow.clone() };
         let state = Arc::new(State {
             prefix: prefix.to_owned(),
             joined: tokio::sync::Mutex::default(),

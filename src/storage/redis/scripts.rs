@@ -42,8 +42,22 @@ pub const REMEMBERED_MS: u64 = 10_000;
 /// What a write call answers when it finds it was run before.
 pub const REPEATED: i64 = 2;
 
-/// A write call seen before answers [`REPEATED`]; `remember` marks the call as run.
-fn once() -> String {
+/// What every script may use: a key's version and value, read together.
+const ENTRY: &str = r"
+-- The key's version ('0' when absent) and value (false when absent).
+local function entry(key)
+  local version = redis.call('HGET', KEYS[2], key)
+  if not version then return '0', false end
+  return version, redis.call('HGET', KEYS[1], key)
+end
+";
+
+/// What every writing script starts with, after [`ENTRY`]: a call seen before answers [`REPEATED`]
+/// (`remember` marks the call as run); the table's next version, above the last one handed out and at
+/// least Redis's clock in µs, so that a version is never handed out twice, even when the counter was
+/// lost (a failover that dropped its last increments, a table dropped and created again) as long as
+/// Redis's clock does not go back; and storing and removing a key in all three structures.
+fn write_prelude() -> String {
     format!(
         r"
 if redis.call('EXISTS', KEYS[5]) == 1 then return {{{REPEATED}}} end
@@ -51,14 +65,6 @@ local function remember(reply)
   redis.call('SET', KEYS[5], '1', 'PX', {REMEMBERED_MS})
   return reply
 end
-"
-    )
-}
-
-/// The table's next version: above the last one handed out and at least Redis's clock in µs, so that
-/// a version is never handed out twice, even when the counter was lost (a failover that dropped its
-/// last increments, a table dropped and created again) as long as Redis's clock does not go back.
-const NEXT_VERSION: &str = r"
 local function next_version()
   local now = redis.call('TIME')
   local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
@@ -67,118 +73,107 @@ local function next_version()
   redis.call('SET', KEYS[4], version)
   return version
 end
-";
+-- Writes the key; its new version.
+local function store(key, value)
+  local version = next_version()
+  redis.call('HSET', KEYS[1], key, value)
+  redis.call('HSET', KEYS[2], key, version)
+  redis.call('ZADD', KEYS[3], 0, key)
+  return version
+end
+local function unlink(key)
+  redis.call('HDEL', KEYS[1], key)
+  redis.call('HDEL', KEYS[2], key)
+  redis.call('ZREM', KEYS[3], key)
+end
+"
+    )
+}
+
+/// A script that writes: no shebang (see the module's comment), [`ENTRY`], [`write_prelude`], `body`.
+fn writing(body: &str) -> Lua {
+    Lua::new(&format!("{ENTRY}{}{body}", write_prelude()))
+}
+
+/// A script that only reads: flagged `no-writes`, [`ENTRY`], `body`.
+fn reading(body: &str) -> Lua {
+    Lua::new(&format!("#!lua flags=no-writes\n{ENTRY}{body}"))
+}
 
 /// ARGV: key, encoded value, expected version ('' for none).
 /// Returns `{1, previous version or '0', previous value or nil, new version}` when written, or
 /// `{0, current version or '0', current value or nil}` on a conflict.
 pub static SET: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(&format!(
-        "{}{NEXT_VERSION}{}",
-        once(),
+    writing(
         r"
 local key, value, expected = ARGV[1], ARGV[2], ARGV[3]
-local current = redis.call('HGET', KEYS[2], key)
-local previous = false
-if current then previous = redis.call('HGET', KEYS[1], key) end
-if expected ~= '' and expected ~= (current or '0') then
-  return {0, current or '0', previous}
+local current, previous = entry(key)
+if expected ~= '' and expected ~= current then
+  return {0, current, previous}
 end
-local version = next_version()
-redis.call('HSET', KEYS[1], key, value)
-redis.call('HSET', KEYS[2], key, version)
-redis.call('ZADD', KEYS[3], 0, key)
-return remember({1, current or '0', previous, version})
-"
-    ))
+return remember({1, current, previous, store(key, value)})
+",
+    )
 });
 
 /// ARGV: key, value, key, value, ... Returns, per pair, `previous value or nil, previous version or
 /// '0', new version`.
 pub static SET_MANY: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(&format!(
-        "{}{NEXT_VERSION}{}",
-        once(),
+    writing(
         r"
 local reply = {}
 for i = 1, #ARGV, 2 do
-  local key = ARGV[i]
-  local current = redis.call('HGET', KEYS[2], key)
-  local previous = false
-  if current then previous = redis.call('HGET', KEYS[1], key) end
-  local version = next_version()
-  redis.call('HSET', KEYS[1], key, ARGV[i + 1])
-  redis.call('HSET', KEYS[2], key, version)
-  redis.call('ZADD', KEYS[3], 0, key)
+  local current, previous = entry(ARGV[i])
   reply[#reply + 1] = previous
-  reply[#reply + 1] = current or '0'
-  reply[#reply + 1] = version
+  reply[#reply + 1] = current
+  reply[#reply + 1] = store(ARGV[i], ARGV[i + 1])
 end
 return remember(reply)
-"
-    ))
+",
+    )
 });
 
 /// ARGV: key, expected version ('' for none). Returns `{written (1 or 0), version before or '0',
 /// value before or nil}`.
 pub static DELETE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(&format!(
-        "{}{}",
-        once(),
+    writing(
         r"
 local key, expected = ARGV[1], ARGV[2]
-local current = redis.call('HGET', KEYS[2], key)
-local value = false
-if current then value = redis.call('HGET', KEYS[1], key) end
-if expected ~= '' and expected ~= (current or '0') then
-  return {0, current or '0', value}
+local current, value = entry(key)
+if expected ~= '' and expected ~= current then
+  return {0, current, value}
 end
-if current then
-  redis.call('HDEL', KEYS[1], key)
-  redis.call('HDEL', KEYS[2], key)
-  redis.call('ZREM', KEYS[3], key)
-end
-return remember({1, current or '0', value})
-"
-    ))
+if current ~= '0' then unlink(key) end
+return remember({1, current, value})
+",
+    )
 });
 
 /// ARGV: keys. Returns, per key, `value before or nil, version before or '0'`.
 pub static DELETE_MANY: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(&format!(
-        "{}{}",
-        once(),
+    writing(
         r"
 local reply = {}
 for i = 1, #ARGV do
-  local key = ARGV[i]
-  local current = redis.call('HGET', KEYS[2], key)
-  local value = false
-  if current then
-    value = redis.call('HGET', KEYS[1], key)
-    redis.call('HDEL', KEYS[1], key)
-    redis.call('HDEL', KEYS[2], key)
-    redis.call('ZREM', KEYS[3], key)
-  end
+  local current, value = entry(ARGV[i])
+  if current ~= '0' then unlink(ARGV[i]) end
   reply[#reply + 1] = value
-  reply[#reply + 1] = current or '0'
+  reply[#reply + 1] = current
 end
 return remember(reply)
-"
-    ))
+",
+    )
 });
 
 /// ARGV: keys. Returns, per key, `value or nil, version or '0'`: a value and its version read together.
 pub static GET_MANY: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        r"#!lua flags=no-writes
+    reading(
+        r"
 local reply = {}
 for i = 1, #ARGV do
-  local version = redis.call('HGET', KEYS[2], ARGV[i])
-  local value = false
-  if version then value = redis.call('HGET', KEYS[1], ARGV[i]) end
+  local version, value = entry(ARGV[i])
   reply[#reply + 1] = value
-  reply[#reply + 1] = version or '0'
+  reply[#reply + 1] = version
 end
 return reply
 ",
@@ -190,8 +185,8 @@ return reply
 /// stops once it is reached, after at least one entry). Returns `{done (1 or 0), the last name read
 /// (where the next page starts after), key, value, version, key, value, version, ...}`.
 pub static SCAN_PAGE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(
-        r"#!lua flags=no-writes
+    reading(
+        r"
 local start = '-'
 if ARGV[1] == '1' then start = '(' .. ARGV[2] end
 local count = math.max(tonumber(ARGV[3]), 1)
@@ -202,9 +197,8 @@ local bytes, taken = 0, 0
 for i = 1, math.min(#names, count) do
   if taken > 0 and bytes >= max_bytes then break end
   local name = names[i]
-  local value = redis.call('HGET', KEYS[1], name)
-  local version = redis.call('HGET', KEYS[2], name)
-  if value and version then
+  local version, value = entry(name)
+  if value then
     reply[#reply + 1] = name
     reply[#reply + 1] = value
     reply[#reply + 1] = version
