@@ -138,7 +138,7 @@ pub fn run(args: StormArgs) -> anyhow::Result<()> {
         false => (CONCURRENCY.to_vec(), sweep.reps.max(1), Duration::from_secs(sweep.seconds)),
     };
     let started = std::time::Instant::now();
-    lab::prepare()?;
+    lab::prepare(lab::Build::Release)?;
     let work = lab::scratch("qkv-storm")?;
     let measured = measure_all(&args.qkv, &points, reps, duration, &work);
     lab::cleanup();
@@ -187,7 +187,7 @@ fn measure_all(
     work: &Path,
 ) -> anyhow::Result<Measured> {
     let session = Session::start(Namespaces::STORM, qkv, work, duration, &[])?;
-    let link = Link::apply(Namespaces::STORM, &Profile::STORM, work)?;
+    let link = Link::apply(Namespaces::STORM, &Profile::STORM, work, &lab::Build::Release.linkem())?;
     let rtt_ms = lab::calibrate(&session.bench, &Profile::STORM)?;
     let total = reps * points.len() * Variant::ALL.len();
     let mut measurements = Vec::with_capacity(total);

@@ -43,8 +43,32 @@ pub struct LabArgs {
     out: Option<PathBuf>,
 }
 
-const LINKEM: &str = "target/release/linkem";
 pub const QKV: &str = "target/release/qkv";
+
+/// Which build of qkv and linkem a task runs: measurements need release builds; a smoke run only checks
+/// that the lab works, so it reuses the debug build the tests made (CI saves a release build's minutes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    Release,
+    Dev,
+}
+
+impl Build {
+    fn dir(self) -> &'static str {
+        match self {
+            Build::Release => "target/release",
+            Build::Dev => "target/debug",
+        }
+    }
+
+    pub fn qkv(self) -> PathBuf {
+        Path::new(self.dir()).join("qkv")
+    }
+
+    pub fn linkem(self) -> PathBuf {
+        Path::new(self.dir()).join("linkem")
+    }
+}
 
 pub fn run(args: LabArgs) -> anyhow::Result<()> {
     let profiles: Vec<Profile> = match (&args.profiles[..], args.smoke) {
@@ -61,9 +85,10 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         (None, true) => std::env::temp_dir().join("qkv-lab-smoke"),
         (None, false) => PathBuf::from("docs/bench"),
     };
-    prepare()?;
+    let build = if args.smoke { Build::Dev } else { Build::Release };
+    prepare(build)?;
     let work = scratch("qkv-lab")?;
-    let result = run_lab(&profiles, Duration::from_secs(seconds), &work);
+    let result = run_lab(build, &profiles, Duration::from_secs(seconds), &work);
     topology::cleanup();
     let results = result?;
 
@@ -80,14 +105,14 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What every task in namespaces needs first: root, the tools, release builds of qkv and linkem, and an
+/// What every task in namespaces needs first: root, the tools, `build`s of qkv and linkem, and an
 /// interrupt handler that takes everything down again.
-pub fn prepare() -> anyhow::Result<()> {
+pub fn prepare(build: Build) -> anyhow::Result<()> {
     if !topology::is_root() {
         bail!("the lab creates network namespaces: run it as root (sudo -E cargo xtask ...)");
     }
     ensure_tools()?;
-    build()?;
+    cargo_build(build)?;
     ctrlc::set_handler(|| {
         eprintln!("interrupted: removing the lab's namespaces");
         topology::cleanup();
@@ -107,15 +132,16 @@ pub fn cleanup() {
 }
 
 fn run_lab(
+    build: Build,
     profiles: &[Profile],
     duration: Duration,
     work: &Path,
 ) -> anyhow::Result<Vec<report::ProfileResults>> {
-    let session = Session::start(Namespaces::LAB, Path::new(QKV), work, duration, &[])?;
+    let session = Session::start(Namespaces::LAB, &build.qkv(), work, duration, &[])?;
     let mut results = Vec::new();
     for profile in profiles {
         eprintln!("profile {}: {}", profile.name, profile.describe());
-        let link = Link::apply(session.bench.ns, profile, work)?;
+        let link = Link::apply(session.bench.ns, profile, work, &build.linkem())?;
         let measured = experiments::run_all(&session.bench, profile);
         let link_report = link.remove()?;
         let mut measured = measured?;
@@ -185,13 +211,14 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn apply(ns: Namespaces, profile: &Profile, work: &Path) -> anyhow::Result<Link> {
+    /// Puts `profile` in force between the namespaces, with the `linkem` binary at that path.
+    pub fn apply(ns: Namespaces, profile: &Profile, work: &Path, linkem: &Path) -> anyhow::Result<Link> {
         topology::set_bandwidth(ns, profile.mbit)?;
         let mut daemons = Vec::new();
         if profile.impairs() {
             for (queue, seed) in [(topology::UPLINK_QUEUE, 1), (topology::DOWNLINK_QUEUE, 2)] {
                 let log = work.join(format!("linkem-{}-{queue}.log", profile.name));
-                let mut command = topology::command_in(ns.router, LINKEM);
+                let mut command = topology::command_in(ns.router, linkem);
                 command
                     .args(["--queue", &queue.to_string(), "--seed", &seed.to_string()])
                     .args(["--delay", &format!("{}ms", profile.one_way_delay_ms)])
@@ -256,12 +283,14 @@ fn ensure_tools() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build() -> anyhow::Result<()> {
-    let status = std::process::Command::new("cargo")
-        .args(["build", "--release", "--quiet", "--package", "qkv", "--package", "linkem"])
-        .status()?;
-    if !status.success() {
-        bail!("cargo build --release failed");
+fn cargo_build(build: Build) -> anyhow::Result<()> {
+    let mut command = std::process::Command::new("cargo");
+    command.args(["build", "--quiet", "--package", "qkv", "--package", "linkem"]);
+    if build == Build::Release {
+        command.arg("--release");
+    }
+    if !command.status()?.success() {
+        bail!("cargo build of qkv and linkem failed");
     }
     Ok(())
 }
