@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use clap::Parser;
 use futures_util::StreamExt;
 use qkv::certs::{CertDir, Provisioned};
 use qkv::client::{Client, ClientConfig, Event};
@@ -17,13 +16,21 @@ use qkv::server::{Server, shutdown_signal};
 use qkv::storage::{DiskStore, MemoryStore, RedisStore, Storage};
 use tracing_subscriber::EnvFilter;
 
-use cli::args::{BenchArgs, CertArgs, Cli, ClientArgs, Command, FloorArgs, ServeArgs, Store};
+use cli::args::{BenchArgs, CertArgs, ClientArgs, Command, FloorArgs, ServeArgs, Store};
+use cli::config::Invocation;
 use cli::output::{self, CliError};
 use qkv::bench::{BenchConfig, Progress};
 use qkv::service::shown;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match cli::config::parse() {
+        Ok(Invocation::Run(cli)) => *cli,
+        Ok(Invocation::PrintConfig(toml)) => {
+            print!("{toml}");
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => return output::report(&error),
+    };
     let default_log = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log)))
@@ -31,7 +38,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Cert(args) => cert(args),
         Command::Bench(args) => bench(args),
         Command::Floor(args) => floor(args),

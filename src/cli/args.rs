@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the server (QUIC on UDP; certificates generated in --certs on first start).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create a CA (if the directory has none) and a server certificate signed by it.
     Cert(CertArgs),
     /// Print the value of KEY in TABLE.
@@ -311,6 +311,14 @@ fn tcp_mode(no_tcp: bool, plaintext: bool) -> TcpMode {
 
 #[derive(Args)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file: every key is one of these flags with - as _ (`qkv serve
+    /// --print-config` prints them all). A flag or a QKV_<KEY> environment variable overrides a key.
+    #[arg(long, value_name = "FILE", env = super::config::CONFIG_VARIABLE)]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (file, environment and flags applied; every default included;
+    /// credentials removed) as TOML and exit: the way to start a config file.
+    #[arg(long)]
+    pub print_config: bool,
     /// Address for QUIC (UDP) and TCP (the same port number).
     #[arg(long, default_value_t = DEFAULT_LISTEN, env = "QKV_LISTEN")]
     pub listen: SocketAddr,

@@ -26,7 +26,7 @@ use std::future::Future;
 
 pub use disk::{DATA_FILE, DiskScan, DiskStore, Durability, StoreClosed};
 pub use memory::{MemoryScan, MemoryStore, MemoryUsage, default_memory_budget};
-pub use redis::{RedisConfig, RedisScan, RedisStore};
+pub use redis::{RedisConfig, RedisScan, RedisStore, redacted_url};
 
 use crate::pb::Value;
 pub use crate::pb::Versioned;

@@ -82,7 +82,7 @@ impl std::fmt::Debug for RedisConfig {
 impl RedisConfig {
     /// The seeds as they may be logged: scheme, host and port, without credentials.
     pub fn seeds(&self) -> String {
-        let shown: Vec<String> = self.urls.iter().map(|url| redacted(url)).collect();
+        let shown: Vec<String> = self.urls.iter().map(|url| redacted_url(url)).collect();
         shown.join(", ")
     }
 
@@ -118,8 +118,8 @@ fn tcp_settings() -> redis::io::tcp::TcpSettings {
     redis::io::tcp::TcpSettings::default().set_nodelay(true)
 }
 
-/// A URL without its user and password.
-fn redacted(url: &str) -> String {
+/// A Redis URL without its user and password, as it may be logged or printed.
+pub fn redacted_url(url: &str) -> String {
     match (url.split_once("://"), url.rfind('@')) {
         (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
         _ => url.to_owned(),
@@ -435,9 +435,9 @@ mod tests {
 
     #[test]
     fn urls_are_logged_without_credentials() {
-        assert_eq!(redacted("redis://user:secret@10.0.0.1:6379"), "redis://10.0.0.1:6379");
-        assert_eq!(redacted("rediss://:p@ss@host:7000/0"), "rediss://host:7000/0");
-        assert_eq!(redacted("redis://host:6379"), "redis://host:6379");
+        assert_eq!(redacted_url("redis://user:secret@10.0.0.1:6379"), "redis://10.0.0.1:6379");
+        assert_eq!(redacted_url("rediss://:p@ss@host:7000/0"), "rediss://host:7000/0");
+        assert_eq!(redacted_url("redis://host:6379"), "redis://host:6379");
         let config = RedisConfig {
             urls: vec!["redis://u:hunter2@h:1".into()],
             password: Some("hunter3".into()),

@@ -19,7 +19,7 @@ use prost::Message;
 use redis::{Cmd, Value as RedisValue};
 
 use connection::Connector;
-pub use connection::RedisConfig;
+pub use connection::{RedisConfig, redacted_url};
 use scripts::Lua;
 
 use super::{PageLimit, ScanPage, Storage, StorageError, StorageResult, TableScan, Versioned, WriteOutcome};

@@ -1,0 +1,188 @@
+//! `qkv serve --config FILE`, the QKV_<KEY> environment variables and `--print-config`
+//! (docs/OPERATIONS.md, "Configuration"): precedence flag > environment > file > default, bad files
+//! refused before anything starts, and a server that runs on what its file says.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use common::process::ServerProcess;
+use qkv::client::{Client, ClientError};
+use qkv::transport::Transport;
+
+const EXIT_INVALID_INPUT: i32 = 2;
+
+/// Runs `qkv serve ARGS... --print-config`-style commands with exactly the QKV_ variables in `env`
+/// (none inherited from the test's own environment). A config that is accepted would start a
+/// server, so every run is bounded in time.
+async fn serve(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"));
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("QKV_")) {
+        command.env_remove(name);
+    }
+    command.arg("serve").args(args).envs(env.iter().copied()).kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("qkv serve returns (a config that is accepted must not start a server here)")
+        .expect("qkv runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The effective configuration's lines that set `key`.
+async fn effective(key: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut args = args.to_vec();
+    args.push("--print-config");
+    let output = serve(&args, env).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let printed = text(&output.stdout);
+    let prefix = format!("{key} = ");
+    printed
+        .lines()
+        .find(|line| line.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("{key} in {printed}"))
+        .to_owned()
+}
+
+fn write(dir: &Path, name: &str, contents: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write the config file");
+    path.to_string_lossy().into_owned()
+}
+
+#[tokio::test]
+async fn printed_configuration_reads_back_as_the_same_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let defaults = serve(&["--print-config"], &[]).await;
+    assert!(defaults.status.success(), "{}", text(&defaults.stderr));
+    let defaults = text(&defaults.stdout);
+    for key in ["listen = ", "max_connections = ", "store = \"memory\"", "tcp_plaintext = false", "redis = ["]
+    {
+        assert!(defaults.lines().any(|l| l.starts_with(key)), "{key} in\n{defaults}");
+    }
+    assert!(
+        defaults.contains("\n# connection_memory =\n"),
+        "an option without a default is shown commented out"
+    );
+
+    // Everything changed from its default at once, then printed, read back and printed again.
+    let changed = serve(
+        &["--print-config", "--max-connections", "7", "--no-tcp", "--redis", "redis://a:1,redis://b:2"],
+        &[("QKV_IDLE_TIMEOUT", "1m")],
+    )
+    .await;
+    let changed = text(&changed.stdout);
+    let file = write(dir.path(), "qkv.toml", &changed);
+    let again = serve(&["--config", &file, "--print-config"], &[]).await;
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(text(&again.stdout), changed);
+    assert_ne!(changed, defaults);
+}
+
+#[tokio::test]
+async fn a_flag_beats_the_environment_which_beats_the_file_which_beats_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "qkv.toml",
+        "max_connections = 100\nno_tcp = true\nredis = [\"redis://file:1\"]\nidle_timeout = \"5s\"\n",
+    );
+    let config = ["--config", file.as_str()];
+    // Default, then file.
+    assert_eq!(effective("max_connections", &[], &[]).await, "max_connections = 10000");
+    assert_eq!(effective("max_connections", &config, &[]).await, "max_connections = 100");
+    // The file named by the environment, like any other key.
+    assert_eq!(effective("max_connections", &[], &[("QKV_CONFIG", &file)]).await, "max_connections = 100");
+    // Environment over file, flag over environment; for a number, a switch, a list and a duration.
+    let env = [
+        ("QKV_MAX_CONNECTIONS", "200"),
+        ("QKV_NO_TCP", "false"),
+        ("QKV_REDIS", "redis://env:1"),
+        ("QKV_IDLE_TIMEOUT", "6s"),
+    ];
+    assert_eq!(effective("max_connections", &config, &env).await, "max_connections = 200");
+    assert_eq!(effective("no_tcp", &config, &[]).await, "no_tcp = true");
+    assert_eq!(effective("no_tcp", &config, &env).await, "no_tcp = false");
+    assert_eq!(effective("redis", &config, &[]).await, "redis = [\"redis://file:1\"]");
+    assert_eq!(effective("redis", &config, &env).await, "redis = [\"redis://env:1\"]");
+    assert_eq!(effective("idle_timeout", &config, &env).await, "idle_timeout = \"6s\"");
+    let flags = [
+        "--config",
+        file.as_str(),
+        "--max-connections",
+        "300",
+        "--redis",
+        "redis://flag:1",
+        "--idle-timeout",
+        "7s",
+    ];
+    assert_eq!(effective("max_connections", &flags, &env).await, "max_connections = 300");
+    assert_eq!(effective("redis", &flags, &env).await, "redis = [\"redis://flag:1\"]");
+    assert_eq!(effective("idle_timeout", &flags, &env).await, "idle_timeout = \"7s\"");
+}
+
+#[tokio::test]
+async fn printed_configuration_shows_no_credentials() {
+    let printed = effective("redis", &["--redis", "redis://user:hunter2@10.0.0.1:7000"], &[]).await;
+    assert_eq!(printed, "redis = [\"redis://10.0.0.1:7000\"]");
+    let printed = effective("redis", &[], &[("QKV_REDIS", "rediss://:hunter2@h:1")]).await;
+    assert!(!printed.contains("hunter2"), "{printed}");
+}
+
+#[tokio::test]
+async fn a_bad_config_file_is_refused_naming_the_file_the_key_and_what_was_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs = certs.to_string_lossy();
+    // (contents, what the error must say besides the file's name)
+    let cases = [
+        ("max_conections = 1\n", vec!["unknown key `max_conections`", "--print-config"]),
+        ("max_connections = \"many\"\n", vec!["key `max_connections`", "invalid value 'many'"]),
+        ("max_connections = -1\n", vec!["key `max_connections`", "'-1'"]),
+        ("threads = 0\n", vec!["key `threads`", "0 is not in 1..=65535"]),
+        ("store = \"mem\"\n", vec!["key `store`", "possible values: memory, disk, redis"]),
+        ("idle_timeout = \"5x\"\n", vec!["key `idle_timeout`", "unknown time unit"]),
+        ("max_frame_size = \"lots\"\n", vec!["key `max_frame_size`", "'lots'"]),
+        ("no_tcp = \"yes\"\n", vec!["key `no_tcp`", "expected true or false"]),
+        ("listen = [\"127.0.0.1:1\"]\n", vec!["key `listen`", "expected one value"]),
+        ("listen = { port = 1 }\n", vec!["key `listen`", "expected a string or a number, found table"]),
+        ("[quic]\ncongestion = \"bbr\"\n", vec!["unknown key `quic`"]),
+        ("listen = \n", vec!["TOML parse error at line 1"]),
+        // A good key does not let a bad one through, whatever their order.
+        ("max_connections = 5\nsend_window = \"big\"\n", vec!["key `send_window`"]),
+    ];
+    for (contents, expected) in cases {
+        let file = write(dir.path(), "bad.toml", contents);
+        let output = serve(&["--config", &file, "--listen", "127.0.0.1:0", "--certs", &certs], &[]).await;
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(EXIT_INVALID_INPUT), "{contents:?}: {stderr}");
+        assert!(stderr.contains(&format!("config file {file}")), "{contents:?}: {stderr}");
+        for words in expected {
+            assert!(stderr.contains(words), "{contents:?}: {words:?} not in {stderr}");
+        }
+        assert!(!stderr.contains("serving"), "{contents:?}: the server must not start: {stderr}");
+    }
+    let missing = dir.path().join("missing.toml");
+    let output = serve(&["--config", &missing.to_string_lossy()], &[]).await;
+    assert_eq!(output.status.code(), Some(EXIT_INVALID_INPUT));
+    assert!(text(&output.stderr).contains("cannot read the config file"), "{}", text(&output.stderr));
+}
+
+#[tokio::test]
+async fn a_server_runs_on_what_its_config_file_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "qkv.toml", "tcp_plaintext = true\nmax_value_size = \"1KiB\"\n");
+    let server = ServerProcess::start(&["--config", &file]).await;
+    // Plaintext TCP, as the file asks (TLS would refuse this client).
+    let client = Client::connect_with(server.client_config(Transport::Tcp)).await.expect("plaintext TCP");
+    client.hset("t", "small", "x".repeat(1000)).await.expect("a value under the file's limit");
+    match client.hset("t", "large", "x".repeat(2000)).await {
+        Err(ClientError::Status { status: 413, .. }) => {}
+        other => panic!("a value over the file's 1 KiB limit must be refused with 413, got {other:?}"),
+    }
+    server.kill().await;
+}
