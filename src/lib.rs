@@ -16,6 +16,7 @@
 //! - [`transport`]: frames on byte streams, and the QUIC listener and connector.
 //! - [`tls`] and [`certs`]: rustls configurations (ring, TLS 1.3, ALPN `qkv/1`) and certificate files.
 //! - [`server`] and [`client`]: wiring, limits and graceful shutdown; the typed async client.
+//! - [`metrics`]: what the server counts, for the admin listener's `/metrics`.
 //! - [`bench`]: the load generator behind `qkv bench`, built on the client (here rather than in the
 //!   binary, so the CLI holds no logic of its own).
 //!
@@ -27,6 +28,8 @@
 //! `docs/DESIGN.md`.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "server")]
+pub mod admin;
 pub mod client;
 pub mod pb;
 pub mod tls;
@@ -36,6 +39,8 @@ pub mod transport;
 pub mod certs;
 #[cfg(feature = "server")]
 pub mod memory;
+#[cfg(feature = "server")]
+pub mod metrics;
 #[cfg(feature = "server")]
 pub mod pubsub;
 #[cfg(feature = "server")]

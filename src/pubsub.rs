@@ -289,6 +289,7 @@ struct Inner {
 impl Inner {
     fn count_changed(&self, registry: &Registry) {
         self.count.send_replace(registry.registrations.len());
+        crate::metrics::subscriptions(registry.registrations.len());
     }
 }
 
@@ -355,6 +356,14 @@ impl Broker {
     /// for no subscriber: a full queue is handled by the lag policy. Refused, for every subscriber,
     /// when the memory budget cannot hold the message.
     pub async fn publish(&self, topic: &str, message: Vec<u8>) -> Result<Published, PublishError> {
+        let published = self.fan_out(topic, message).await;
+        if let Ok(published) = &published {
+            crate::metrics::published(published.receivers as u64, published.lagging as u64);
+        }
+        published
+    }
+
+    async fn fan_out(&self, topic: &str, message: Vec<u8>) -> Result<Published, PublishError> {
         let Some(topic) = self.inner.registry.lock().by_name.get(topic).cloned() else {
             return Ok(Published::default());
         };

@@ -13,15 +13,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::admin::{self, Draining};
 use crate::certs::{CertDir, CertError, Provisioned};
 use crate::memory::MemoryBudget;
+use crate::metrics::{self, Exporter, Metered};
 use crate::service::{Service, ServiceConfig};
 use crate::storage::Storage;
 use crate::tls::{self, Identity, TlsError};
 use crate::transport::admission::Admission;
 use crate::transport::quic::{self, QuicOptions};
 use crate::transport::tcp::{self, TcpSecurity};
-use crate::transport::{self, Limits};
+use crate::transport::{self, Limits, Transport};
 
 /// Where `qkv serve` listens unless told otherwise: loopback only, so a development server is not
 /// exposed by accident.
@@ -51,6 +53,9 @@ pub struct ServerConfig {
     pub service: ServiceConfig,
     /// How long shutdown waits for in-flight requests before closing connections regardless.
     pub shutdown_grace: Duration,
+    /// Where the admin listener (/metrics, /healthz, /readyz) listens, if anywhere; with it, the
+    /// server records metrics.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +71,7 @@ impl Default for ServerConfig {
             session_cache: tls::DEFAULT_SESSION_CACHE,
             service: ServiceConfig::default(),
             shutdown_grace: Duration::from_secs(10),
+            admin: None,
         }
     }
 }
@@ -80,12 +86,15 @@ pub enum ServerError {
     Tls(#[from] TlsError),
     #[error("cannot listen on {addr} ({protocol}): {cause}")]
     Bind { addr: SocketAddr, protocol: &'static str, cause: io::Error },
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// A bound server, ready to run.
 pub struct Server<S> {
     quic: Endpoint,
     tcp: Option<(TcpListener, TcpSecurity)>,
+    admin: Option<(TcpListener, Exporter)>,
     service: Service<S>,
     memory: MemoryBudget,
     config: ServerConfig,
@@ -123,6 +132,18 @@ impl<S: Storage> Server<S> {
                 "serving plaintext TCP beyond loopback: anyone on the network can read and change the traffic"
             );
         }
+        let admin = match config.admin {
+            Some(addr) => {
+                let exporter = metrics::install()?;
+                let listener = admin::bind(addr).map_err(|cause| ServerError::Bind {
+                    addr,
+                    protocol: "admin HTTP",
+                    cause,
+                })?;
+                Some((listener, exporter))
+            }
+            None => None,
+        };
         let memory = MemoryBudget::new(config.connection_memory);
         let service = Service::with_memory(
             storage,
@@ -130,7 +151,7 @@ impl<S: Storage> Server<S> {
             config.limits.max_frame_len,
             memory.clone(),
         );
-        Ok(Server { quic, tcp, service, memory, config })
+        Ok(Server { quic, tcp, admin, service, memory, config })
     }
 
     /// The address actually bound (useful with port 0); QUIC and TCP share its port number.
@@ -181,9 +202,22 @@ impl<S: Storage> Server<S> {
         let grace = self.config.shutdown_grace;
         // One admission (connection limit and memory) for all transports together.
         let admission = Admission::new(limits.max_connections, self.memory.clone());
+        let draining = Draining::default();
+        let admin_stop = CancellationToken::new();
+        let admin = match self.admin {
+            Some((listener, exporter)) => Some(tokio::spawn(admin::serve(
+                listener,
+                exporter,
+                self.service.clone(),
+                self.memory.clone(),
+                draining.clone(),
+                admin_stop.clone(),
+            ))),
+            None => None,
+        };
         let quic = quic::serve(
             self.quic,
-            self.service.clone(),
+            Metered::new(self.service.clone(), Transport::Quic),
             limits.clone(),
             admission.clone(),
             token.clone(),
@@ -193,24 +227,36 @@ impl<S: Storage> Server<S> {
         let service = self.service.clone();
         let tcp = async {
             if let Some((listener, security)) = self.tcp {
-                tcp::serve(listener, security, self.service, limits, admission, token.clone(), grace).await;
+                let handler = Metered::new(self.service, security.transport());
+                tcp::serve(listener, security, handler, limits, admission, token.clone(), grace).await;
             }
         };
         let serving = async {
             tokio::join!(quic, tcp);
         };
         tokio::pin!(serving);
-        tokio::select! {
-            _ = &mut serving => return,
+        let stopped = tokio::select! {
+            _ = &mut serving => false,
             _ = shutdown => {
+                // Not ready from now on, so that a load balancer sends new clients elsewhere.
+                draining.start();
                 // Subscriptions first: each ends with its last frame, so that the connections that
                 // carry them can finish within the grace period like any other.
                 service.close_subscriptions();
                 token.cancel();
+                true
             }
+        };
+        if stopped {
+            serving.await;
         }
-        serving.await;
-        info!("shut down");
+        admin_stop.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
+        if stopped {
+            info!("shut down");
+        }
     }
 }
 

@@ -128,14 +128,25 @@ pub const DEFAULT_SESSION_CACHE: usize = 16 * 1024;
 #[cfg(feature = "server")]
 struct SessionCache {
     sessions: scc::HashCache<Vec<u8>, Vec<u8>>,
+    /// The transport whose handshakes use it, as the metrics name it.
+    transport: &'static str,
 }
 
 #[cfg(feature = "server")]
 impl SessionCache {
-    fn new(capacity: usize) -> Arc<Self> {
+    fn new(capacity: usize, transport: crate::transport::Transport) -> Arc<Self> {
         // Allocated whole at once: a growing cache evicts from its few buckets before it grows.
         let capacity = capacity.max(1);
-        Arc::new(SessionCache { sessions: scc::HashCache::with_capacity(capacity, capacity) })
+        let sessions = scc::HashCache::with_capacity(capacity, capacity);
+        Arc::new(SessionCache { sessions, transport: transport.name() })
+    }
+
+    /// Counts a ticket presented: known (the session resumes) or not.
+    fn looked_up(&self, session: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        let result = if session.is_some() { "resumed" } else { "unknown" };
+        metrics::counter!("qkv_tls_resumptions_total", "transport" => self.transport, "result" => result)
+            .increment(1);
+        session
     }
 }
 
@@ -147,11 +158,11 @@ impl rustls::server::StoresServerSessions for SessionCache {
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.sessions.read_sync(key, |_, value| value.clone())
+        self.looked_up(self.sessions.read_sync(key, |_, value| value.clone()))
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.sessions.remove_sync(key).map(|(_, value)| value)
+        self.looked_up(self.sessions.remove_sync(key).map(|(_, value)| value))
     }
 
     fn can_cache(&self) -> bool {
@@ -208,9 +219,9 @@ pub fn server_configs(
     };
     let mut tcp = builder.with_single_cert(identity.cert_chain, identity.key)?;
     tcp.alpn_protocols = vec![ALPN.to_vec()];
-    tcp.session_storage = SessionCache::new(session_cache);
+    tcp.session_storage = SessionCache::new(session_cache, crate::transport::Transport::Tls);
     let mut quic = tcp.clone();
-    quic.session_storage = SessionCache::new(session_cache);
+    quic.session_storage = SessionCache::new(session_cache, crate::transport::Transport::Quic);
     quic.max_early_data_size = u32::MAX;
     Ok(ServerTls { quic, tcp })
 }
@@ -369,7 +380,7 @@ mod tests {
 
     #[test]
     fn a_session_resumes_once() {
-        let cache = SessionCache::new(16);
+        let cache = SessionCache::new(16, crate::transport::Transport::Quic);
         assert!(cache.put(ticket(1), b"session".to_vec()));
         assert_eq!(cache.get(&ticket(1)).as_deref(), Some(&b"session"[..]));
         assert_eq!(cache.take(&ticket(1)).as_deref(), Some(&b"session"[..]));
@@ -380,7 +391,7 @@ mod tests {
     #[test]
     fn the_cache_stays_within_its_capacity_and_keeps_recent_sessions() {
         let capacity = 1000;
-        let cache = SessionCache::new(capacity);
+        let cache = SessionCache::new(capacity, crate::transport::Transport::Quic);
         for i in 0..20 * capacity as u32 {
             cache.put(ticket(i), vec![1; 100]);
         }

@@ -322,6 +322,11 @@ pub struct ServeArgs {
     /// Address for QUIC (UDP) and TCP (the same port number).
     #[arg(long, default_value_t = DEFAULT_LISTEN, env = "QKV_LISTEN")]
     pub listen: SocketAddr,
+    /// Address of the admin listener: plaintext HTTP with /metrics (Prometheus), /healthz and /readyz,
+    /// for loopback or a private network only (docs/OPERATIONS.md). Off unless set; metrics are
+    /// recorded only with it.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
     /// Serve plaintext TCP instead of TLS over TCP (QUIC is unaffected). For trusted networks and
     /// clients without TLS, such as the course's.
     #[arg(long, conflicts_with = "no_tcp")]
@@ -489,6 +494,7 @@ impl ServeArgs {
             certs_dir: self.certs.clone(),
             client_ca: self.client_ca.clone(),
             shutdown_grace: self.shutdown_grace,
+            admin: self.admin,
             ..ServerConfig::default()
         };
         config.limits.max_frame_len = self.max_frame_size;

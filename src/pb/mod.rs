@@ -16,5 +16,6 @@ mod values;
 
 pub use generated::*;
 pub use pubsub::{Published, SubscriptionId};
+pub use requests::COMMAND_NAMES;
 pub use responses::split_response;
 pub use values::Versioned;

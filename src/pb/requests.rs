@@ -156,21 +156,45 @@ impl CommandRequest {
 
     /// The command's name as the protocol spells it, for logs and error messages.
     pub fn command_name(&self) -> &'static str {
+        COMMAND_NAMES[self.command_index()]
+    }
+
+    /// The command's place in [`COMMAND_NAMES`] (0 for a request without a command).
+    pub fn command_index(&self) -> usize {
         match &self.request_data {
-            None => "none",
-            Some(RequestData::Hget(_)) => "Hget",
-            Some(RequestData::Hgetall(_)) => "Hgetall",
-            Some(RequestData::Hmget(_)) => "Hmget",
-            Some(RequestData::Hset(_)) => "Hset",
-            Some(RequestData::Hmset(_)) => "Hmset",
-            Some(RequestData::Hdel(_)) => "Hdel",
-            Some(RequestData::Hmdel(_)) => "Hmdel",
-            Some(RequestData::Hexist(_)) => "Hexist",
-            Some(RequestData::Hmexist(_)) => "Hmexist",
-            Some(RequestData::Subscribe(_)) => "Subscribe",
-            Some(RequestData::Unsubscribe(_)) => "Unsubscribe",
-            Some(RequestData::Publish(_)) => "Publish",
-            Some(RequestData::Ping(_)) => "Ping",
+            None => 0,
+            Some(RequestData::Hget(_)) => 1,
+            Some(RequestData::Hgetall(_)) => 2,
+            Some(RequestData::Hmget(_)) => 3,
+            Some(RequestData::Hset(_)) => 4,
+            Some(RequestData::Hmset(_)) => 5,
+            Some(RequestData::Hdel(_)) => 6,
+            Some(RequestData::Hmdel(_)) => 7,
+            Some(RequestData::Hexist(_)) => 8,
+            Some(RequestData::Hmexist(_)) => 9,
+            Some(RequestData::Subscribe(_)) => 10,
+            Some(RequestData::Unsubscribe(_)) => 11,
+            Some(RequestData::Publish(_)) => 12,
+            Some(RequestData::Ping(_)) => 13,
         }
     }
 }
+
+/// Every command's name as the protocol spells it, "none" first (a request without a command), in
+/// the order of [`CommandRequest::command_index`].
+pub const COMMAND_NAMES: [&str; 14] = [
+    "none",
+    "Hget",
+    "Hgetall",
+    "Hmget",
+    "Hset",
+    "Hmset",
+    "Hdel",
+    "Hmdel",
+    "Hexist",
+    "Hmexist",
+    "Subscribe",
+    "Unsubscribe",
+    "Publish",
+    "Ping",
+];

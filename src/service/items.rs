@@ -54,17 +54,17 @@ impl ItemLimits {
     fn names<'a>(&self, table: &str, keys: impl IntoIterator<Item = &'a String>) -> Result<(), ServiceError> {
         if table.len() > self.max_table_len {
             // Topics are names of the same kind, and share the limit.
-            return Err(too_long("table name or topic", table.len(), self.max_table_len, "--max-table-size"));
+            return Err(too_long("table name or topic", table.len(), self.max_table_len, "max_table_size"));
         }
         match keys.into_iter().find(|key| key.len() > self.max_key_len) {
-            Some(key) => Err(too_long("key", key.len(), self.max_key_len, "--max-key-size")),
+            Some(key) => Err(too_long("key", key.len(), self.max_key_len, "max_key_size")),
             None => Ok(()),
         }
     }
 
     fn values<'a>(&self, values: impl IntoIterator<Item = &'a crate::pb::Value>) -> Result<(), ServiceError> {
         match values.into_iter().map(Message::encoded_len).find(|&len| len > self.max_value_len) {
-            Some(len) => Err(too_long("value", len, self.max_value_len, "--max-value-size")),
+            Some(len) => Err(too_long("value", len, self.max_value_len, "max_value_size")),
             None => Ok(()),
         }
     }
@@ -92,9 +92,12 @@ impl ItemLimits {
     }
 }
 
-fn too_long(what: &str, len: usize, max: usize, flag: &str) -> ServiceError {
+/// `limit` is the flag's name as a metric labels it (`max_key_size` for `--max-key-size`).
+fn too_long(what: &str, len: usize, max: usize, limit: &'static str) -> ServiceError {
+    crate::metrics::limit_hit(limit);
+    let flag = limit.replace('_', "-");
     ServiceError::TooLarge(format!(
-        "a {what} of {len} bytes is over the server's limit of {max} bytes ({flag})"
+        "a {what} of {len} bytes is over the server's limit of {max} bytes (--{flag})"
     ))
 }
 
@@ -112,14 +115,14 @@ mod tests {
     fn names_and_values_at_the_limits_pass_and_one_byte_more_is_refused_naming_the_flag() {
         assert!(check(CommandRequest::hset("tttt", "kkkkkkkk", "v".repeat(14))).is_ok());
         for (request, flag) in [
-            (CommandRequest::hget("ttttt", "k"), "--max-table-size"),
-            (CommandRequest::hmget("t", ["k", "kkkkkkkkk"]), "--max-key-size"),
-            (CommandRequest::hset("t", "k", "v".repeat(15)), "--max-value-size"),
+            (CommandRequest::hget("ttttt", "k"), "max_table_size"),
+            (CommandRequest::hmget("t", ["k", "kkkkkkkkk"]), "max_key_size"),
+            (CommandRequest::hset("t", "k", "v".repeat(15)), "max_value_size"),
             (
                 CommandRequest::hmset("t", [Kvpair::new("k", "v"), Kvpair::new("k", "v".repeat(15))]),
-                "--max-value-size",
+                "max_value_size",
             ),
-            (CommandRequest::hgetall("ttttt"), "--max-table-size"),
+            (CommandRequest::hgetall("ttttt"), "max_table_size"),
         ] {
             let err = check(request).unwrap_err();
             assert!(matches!(err, ServiceError::TooLarge(_)) && err.to_string().contains(flag), "{err}");

@@ -17,7 +17,10 @@ use parking_lot::RwLock;
 use prost::Message;
 use scc::hash_map::{Entry as MapEntry, OccupiedEntry};
 
-use super::{PageLimit, ScanPage, Storage, StorageError, StorageResult, TableScan, Versioned, WriteOutcome};
+use super::{
+    PageLimit, ScanPage, Storage, StorageError, StorageResult, StorageUsage, TableScan, Versioned,
+    WriteOutcome,
+};
 use bytes::Bytes;
 
 use crate::pb::{Value, value};
@@ -99,7 +102,10 @@ impl MemoryStore {
                 used.checked_add(bytes).filter(|&total| total <= self.budget)
             })
             .map(drop)
-            .map_err(|used| StorageError::Full { needed: bytes, used, budget: self.budget })
+            .map_err(|used| {
+                crate::metrics::limit_hit("memory_budget");
+                StorageError::Full { needed: bytes, used, budget: self.budget }
+            })
     }
 
     fn release(&self, bytes: usize) {
@@ -281,6 +287,16 @@ fn absent_delete(expected_version: Option<u64>) -> WriteOutcome {
 
 impl Storage for MemoryStore {
     type Scan = MemoryScan;
+
+    /// Keys are counted table by table (a walk over the tables, for a scrape now and then).
+    fn usage(&self) -> StorageUsage {
+        let mut keys = 0u64;
+        self.tables.iter_sync(|_, table| {
+            keys += table.entries.len() as u64;
+            true
+        });
+        StorageUsage { keys: Some(keys), memory: Some(self.memory()) }
+    }
 
     async fn get(&self, table: &str, key: &str) -> StorageResult<Option<Versioned>> {
         Ok(self.table(table).and_then(|t| t.entries.read_sync(key, |_, v| v.clone())))

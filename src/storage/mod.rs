@@ -162,6 +162,24 @@ pub trait Storage: Send + Sync + 'static {
     fn relay(&self) -> Option<std::sync::Arc<dyn crate::pubsub::Relay>> {
         None
     }
+
+    /// Whether the backend answers now (for `/readyz`): `Err` says why not. A backend of this process
+    /// alone always does.
+    fn health(&self) -> impl Future<Output = Result<(), String>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    /// What the backend holds, as far as it knows cheaply (for the metrics).
+    fn usage(&self) -> StorageUsage {
+        StorageUsage::default()
+    }
+}
+
+/// What a backend holds; `None` for what it does not count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageUsage {
+    pub keys: Option<u64>,
+    pub memory: Option<MemoryUsage>,
 }
 
 /// A scan in progress. Owns what it needs, so it can outlive the request that started it.

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::Transport;
 use crate::memory::{Charge, MemoryBudget};
+use crate::metrics::{self, OpenConnection};
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +23,16 @@ pub enum Refusal {
     ConnectionLimit,
     /// The memory budget cannot take the connection's fixed share.
     Memory,
+}
+
+impl Refusal {
+    /// The flag of the limit that refused.
+    pub fn limit(self) -> &'static str {
+        match self {
+            Refusal::ConnectionLimit => "max_connections",
+            Refusal::Memory => "connection_memory",
+        }
+    }
 }
 
 impl fmt::Display for Refusal {
@@ -37,6 +49,7 @@ impl fmt::Display for Refusal {
 pub struct Admitted {
     _place: OwnedSemaphorePermit,
     _share: Charge,
+    _open: OpenConnection,
 }
 
 /// The server's admission of connections. Cheap to clone; clones share the limits.
@@ -65,16 +78,20 @@ impl Admission {
         &self.memory
     }
 
-    /// Admits a connection whose fixed share of memory is `share` bytes, or says why not (and logs
-    /// it, at most once a second).
-    pub fn admit(&self, share: usize) -> Result<Admitted, Refusal> {
+    /// Admits a connection on `transport` whose fixed share of memory is `share` bytes, or says why
+    /// not (and logs it, at most once a second). Both count in the metrics.
+    pub fn admit(&self, transport: Transport, share: usize) -> Result<Admitted, Refusal> {
         let refusal = match self.places.clone().try_acquire_owned() {
             Err(_) => Refusal::ConnectionLimit,
             Ok(place) => match self.memory.try_charge(share) {
-                Some(share) => return Ok(Admitted { _place: place, _share: share }),
+                Some(share) => {
+                    let open = OpenConnection::new(transport);
+                    return Ok(Admitted { _place: place, _share: share, _open: open });
+                }
                 None => Refusal::Memory,
             },
         };
+        metrics::connection_refused(transport, refusal.limit());
         let mut last = self.last_warning.lock();
         if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
             tracing::warn!(
@@ -102,11 +119,11 @@ mod tests {
     #[test]
     fn a_connection_needs_a_place_and_its_share_and_gives_both_back() {
         let admission = Admission::new(2, MemoryBudget::new(1000));
-        let first = admission.admit(600).unwrap();
-        assert_eq!(admission.admit(600).unwrap_err(), Refusal::Memory);
+        let first = admission.admit(Transport::Quic, 600).unwrap();
+        assert_eq!(admission.admit(Transport::Quic, 600).unwrap_err(), Refusal::Memory);
         assert_eq!(admission.connections(), 1, "a refused connection keeps no place");
-        let second = admission.admit(300).unwrap();
-        assert_eq!(admission.admit(1).unwrap_err(), Refusal::ConnectionLimit);
+        let second = admission.admit(Transport::Quic, 300).unwrap();
+        assert_eq!(admission.admit(Transport::Quic, 1).unwrap_err(), Refusal::ConnectionLimit);
         assert_eq!(admission.memory().used(), 900, "a refused connection keeps no memory");
         drop((first, second));
         assert_eq!((admission.connections(), admission.memory().used()), (0, 0));

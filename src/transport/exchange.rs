@@ -52,6 +52,16 @@ impl RequestError {
         }
     }
 
+    /// The limit that refused the request, named by its flag, if one did.
+    pub fn limit(&self) -> Option<&'static str> {
+        match self {
+            RequestError::Frame(FrameError::TooLarge { .. }) => Some("max_frame_size"),
+            RequestError::TimedOut(_) => Some("request_timeout"),
+            RequestError::NoMemory => Some("connection_memory"),
+            _ => None,
+        }
+    }
+
     /// The error response; `consequence` is appended to the message (", closing the connection").
     pub fn response(&self, consequence: &str) -> CommandResponse {
         CommandResponse::error(self.status(), format!("{self}{consequence}"))
@@ -180,6 +190,9 @@ where
         Err(RequestError::Frame(FrameError::Io(e))) => return Err(FrameError::Io(e)),
         Err(e) => {
             tracing::info!(error = %e, "rejected a request");
+            if let Some(limit) = e.limit() {
+                crate::metrics::limit_hit(limit);
+            }
             (e.response("").into(), Served::Rejected(e))
         }
     };

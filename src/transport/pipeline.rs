@@ -285,6 +285,14 @@ pub async fn serve_pipelined<IO, H>(
     }
 
     let ending = ending.unwrap_or(Ending::ClientClosed);
+    let limit = match &ending {
+        Ending::Rejected(e) => e.limit(),
+        Ending::NoMemory => Some("connection_memory"),
+        _ => None,
+    };
+    if let Some(limit) = limit {
+        crate::metrics::limit_hit(limit);
+    }
     match &ending {
         Ending::Rejected(_) => warn!(reason = %ending, "closing the connection"),
         Ending::Failed(_) => info!(reason = %ending, "closing the connection"),

@@ -19,8 +19,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::admission::{Admission, Admitted, Refusal};
 use super::frame::encode_frame;
 use super::pipeline::serve_pipelined;
-use super::{Limits, authenticated_caller};
+use super::{Limits, Transport, authenticated_caller};
 use crate::memory::MemoryBudget;
+use crate::metrics;
 use crate::pb::{CommandResponse, status};
 use crate::service::{Caller, Handler};
 
@@ -31,6 +32,16 @@ pub enum TcpSecurity {
     Tls(TlsAcceptor),
     /// No encryption, no authentication: for trusted networks and course clients.
     Plaintext,
+}
+
+impl TcpSecurity {
+    /// The transport this security makes of TCP.
+    pub fn transport(&self) -> Transport {
+        match self {
+            TcpSecurity::Tls(_) => Transport::Tls,
+            TcpSecurity::Plaintext => Transport::Tcp,
+        }
+    }
 }
 
 /// Binds a TCP listener on `addr`. Must be called within a tokio runtime.
@@ -66,7 +77,7 @@ pub async fn serve<H: Handler>(
                 }
             },
         };
-        let admitted = match admission.admit(limits.tcp_connection_share()) {
+        let admitted = match admission.admit(security.transport(), limits.tcp_connection_share()) {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 refuse(stream, &security, refusal, &connections);
@@ -162,6 +173,7 @@ async fn handle_connection<H: Handler>(
     if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&probes) {
         debug!(error = %e, "could not enable TCP keep-alive");
     }
+    let stream = Counted::new(stream, security.transport());
     match security {
         TcpSecurity::Plaintext => {
             serve_pipelined(stream, handler, limits, memory, shutdown, Caller::default()).await
@@ -170,12 +182,98 @@ async fn handle_connection<H: Handler>(
             let handshake = tokio::time::timeout(limits.request_timeout, acceptor.accept(stream)).await;
             match handshake {
                 Ok(Ok(tls)) => {
+                    metrics::handshake(Transport::Tls, "completed");
                     let caller = authenticated_caller(tls.get_ref().1.peer_certificates());
                     serve_pipelined(tls, handler, limits, memory, shutdown, caller).await
                 }
-                Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
-                Err(_) => info!(timeout = ?limits.request_timeout, "TLS handshake did not complete in time"),
+                Ok(Err(e)) => {
+                    metrics::handshake(Transport::Tls, "failed");
+                    info!(error = %e, "TLS handshake failed")
+                }
+                Err(_) => {
+                    metrics::handshake(Transport::Tls, "timed_out");
+                    metrics::limit_hit("request_timeout");
+                    info!(timeout = ?limits.request_timeout, "TLS handshake did not complete in time")
+                }
             }
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A TCP stream that counts the bytes it reads and writes into `qkv_bytes_received_total` and
+    /// `qkv_bytes_sent_total` (handles registered once, an atomic add per read or write).
+    struct Counted {
+        #[pin]
+        stream: TcpStream,
+        received: ::metrics::Counter,
+        sent: ::metrics::Counter,
+    }
+}
+
+impl Counted {
+    fn new(stream: TcpStream, transport: Transport) -> Self {
+        let (received, sent) = metrics::byte_counters(transport);
+        Counted { stream, received, sent }
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.stream.poll_read(cx, buf);
+        this.received.increment((buf.filled().len() - before) as u64);
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let this = self.project();
+        let polled = this.stream.poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            this.sent.increment(*n as u64);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        let this = self.project();
+        let polled = this.stream.poll_write_vectored(cx, bufs);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            this.sent.increment(*n as u64);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.project().stream.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.project().stream.poll_shutdown(cx)
     }
 }

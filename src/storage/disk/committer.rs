@@ -119,6 +119,7 @@ fn commit(
 ) -> StorageResult<Vec<Vec<WriteOutcome>>> {
     let mut txn = db.begin_write().map_err(backend)?;
     txn.set_durability(if flush { redb::Durability::Immediate } else { redb::Durability::None });
+    crate::metrics::disk_batch(writes.len());
     let mut outcomes = Vec::with_capacity(writes.len());
     let mut next = *last_version;
     {
@@ -131,7 +132,11 @@ fn commit(
             meta.insert(LAST_VERSION, next).map_err(backend)?;
         }
     }
+    let started = std::time::Instant::now();
     txn.commit().map_err(backend)?;
+    if flush {
+        crate::metrics::disk_fsync(started.elapsed());
+    }
     *last_version = next;
     Ok(outcomes)
 }

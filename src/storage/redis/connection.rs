@@ -166,19 +166,23 @@ impl Connection {
     /// Receives a topic's messages from now on (SSUBSCRIBE on a cluster: the shard that owns the
     /// topic's slot; SUBSCRIBE on a plain Redis). Confirmed through the push channel.
     pub(super) async fn subscribe(&mut self, topic: &str) -> StorageResult<()> {
-        match self {
-            Connection::Single(c) => c.subscribe(topic).await,
-            Connection::Cluster(c) => c.ssubscribe(topic).await,
-        }
-        .map_err(storage_error)
+        counted(
+            match self {
+                Connection::Single(c) => c.subscribe(topic).await,
+                Connection::Cluster(c) => c.ssubscribe(topic).await,
+            }
+            .map_err(storage_error),
+        )
     }
 
     pub(super) async fn unsubscribe(&mut self, topic: &str) -> StorageResult<()> {
-        match self {
-            Connection::Single(c) => c.unsubscribe(topic).await,
-            Connection::Cluster(c) => c.sunsubscribe(topic).await,
-        }
-        .map_err(storage_error)
+        counted(
+            match self {
+                Connection::Single(c) => c.unsubscribe(topic).await,
+                Connection::Cluster(c) => c.sunsubscribe(topic).await,
+            }
+            .map_err(storage_error),
+        )
     }
 
     /// Publishes; answers how many Redis clients (gateways) received the message.
@@ -194,13 +198,22 @@ impl Connection {
 
     /// One command; errors sorted.
     pub(super) async fn query(&mut self, cmd: &Cmd) -> StorageResult<RedisValue> {
-        self.send(cmd).await.map_err(storage_error)
+        counted(self.send(cmd).await.map_err(storage_error))
     }
 
     /// A script call (`EVALSHA`, built by `TableKeys`); sent as the script itself when Redis has not cached it
     /// (a node that just took over after a failover, a restarted one). With `wait`, then waits for
     /// that many replicas.
     pub(super) async fn invoke(
+        &mut self,
+        cmd: Cmd,
+        script: &Lua,
+        wait: Option<WaitReplicas>,
+    ) -> StorageResult<RedisValue> {
+        counted(self.invoke_uncounted(cmd, script, wait).await)
+    }
+
+    async fn invoke_uncounted(
         &mut self,
         cmd: Cmd,
         script: &Lua,
@@ -251,6 +264,19 @@ fn eval(evalsha: &Cmd, script: &Lua) -> Cmd {
 
 fn is_noscript(e: &RedisError) -> bool {
     e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) || e.code() == Some("NOSCRIPT")
+}
+
+/// `result`, counted in `qkv_backend_requests_total` by its outcome.
+fn counted<T>(result: StorageResult<T>) -> StorageResult<T> {
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(StorageError::Unavailable(_)) => "unavailable",
+        Err(StorageError::Uncertain(_)) => "uncertain",
+        Err(StorageError::OutOfMemory(_)) => "out_of_memory",
+        Err(_) => "error",
+    };
+    crate::metrics::backend_request("redis", outcome);
+    result
 }
 
 /// Sorts a Redis error by what it means for the request: refused before anything was done (retry),

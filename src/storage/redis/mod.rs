@@ -143,11 +143,6 @@ impl RedisStore {
         self.connector.connected().await
     }
 
-    /// Why the store cannot serve now, or `None` when it is connected.
-    pub fn unavailable(&self) -> Option<String> {
-        self.connector.unavailable()
-    }
-
     fn keys(&self, table: &str) -> TableKeys {
         TableKeys::new(&self.prefix, table)
     }
@@ -352,6 +347,12 @@ impl Storage for RedisStore {
 
     fn relay(&self) -> Option<Arc<dyn crate::pubsub::Relay>> {
         Some(self.relay.clone())
+    }
+
+    /// Redis answers a PING (on a cluster, the node redis-rs picks) within `--redis-timeout`.
+    async fn health(&self) -> Result<(), String> {
+        let mut connection = self.connector.connection().map_err(|e| e.to_string())?;
+        connection.query(&redis::cmd("PING")).await.map(drop).map_err(|e| e.to_string())
     }
 
     async fn scan(&self, table: &str) -> StorageResult<RedisScan> {

@@ -26,13 +26,14 @@ use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use super::codes;
 use crate::memory::MemoryBudget;
+use crate::metrics::{self, PathSampler};
 use crate::service::{Caller, Handler};
 use crate::transport::admission::{Admission, Admitted};
 use crate::transport::budget::ReadBudget;
 use crate::transport::exchange::{EarlyData, Served, serve_request};
 use crate::transport::frame::FrameError;
 use crate::transport::timeouts;
-use crate::transport::{Limits, authenticated_caller};
+use crate::transport::{Limits, Transport, authenticated_caller};
 
 /// How long to wait, after every connection is closed, for the close frames to reach the clients.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -63,13 +64,14 @@ pub async fn serve<H: Handler>(
         if !validated && unvalidated.load(Ordering::Acquire) >= limits.max_unvalidated_handshakes {
             // Stateless: nothing is kept for this address until it comes back with the token.
             if incoming.may_retry() {
-                if let Err(e) = incoming.retry() {
-                    debug!(error = %e, "could not send a Retry");
+                match incoming.retry() {
+                    Ok(()) => metrics::retry_sent(),
+                    Err(e) => debug!(error = %e, "could not send a Retry"),
                 }
                 continue;
             }
         }
-        let admitted = match admission.admit(limits.quic_connection_share()) {
+        let admitted = match admission.admit(Transport::Quic, limits.quic_connection_share()) {
             Ok(admitted) => admitted,
             Err(_) => {
                 incoming.refuse();
@@ -160,12 +162,16 @@ async fn handle_connection<H: Handler>(
             (connection, EarlyData::new(async move { accepted.await || watched.close_reason().is_none() }))
         }
         Err(connecting) => match tokio::time::timeout(limits.request_timeout, connecting).await {
+            // Counted as completed with the others, in `serve_connection`.
             Ok(Ok(connection)) => (connection, EarlyData::new(std::future::ready(true))),
             Ok(Err(e)) => {
+                metrics::handshake(Transport::Quic, "failed");
                 debug!(%remote, error = %e, "handshake failed");
                 return;
             }
             Err(_) => {
+                metrics::handshake(Transport::Quic, "timed_out");
+                metrics::limit_hit("request_timeout");
                 debug!(%remote, timeout = ?limits.request_timeout, "handshake did not complete in time");
                 return;
             }
@@ -207,16 +213,30 @@ async fn serve_connection<H: Handler>(
     let handshake_done = timeouts::deadline(limits.request_timeout, handshake.completed());
     tokio::pin!(handshake_done);
     let mut handshaking = true;
+    let mut path = PathSampler::default();
+    let first_sample = tokio::time::Instant::now() + metrics::PATH_SAMPLE_INTERVAL;
+    let mut sample = tokio::time::interval_at(first_sample, metrics::PATH_SAMPLE_INTERVAL);
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ended = loop {
         let (send, recv) = tokio::select! {
             _ = shutdown.cancelled() => break None,
             done = &mut handshake_done, if handshaking => {
                 handshaking = false;
                 pending = None;
-                if done.is_err() {
-                    debug!(timeout = ?limits.request_timeout, "handshake did not complete in time");
-                    connection.close(codes::HANDSHAKE_TIMEOUT, b"handshake did not complete in time");
+                match done {
+                    Ok(true) => metrics::handshake(Transport::Quic, "completed"),
+                    Ok(false) => metrics::handshake(Transport::Quic, "failed"),
+                    Err(_) => {
+                        metrics::handshake(Transport::Quic, "timed_out");
+                        metrics::limit_hit("request_timeout");
+                        debug!(timeout = ?limits.request_timeout, "handshake did not complete in time");
+                        connection.close(codes::HANDSHAKE_TIMEOUT, b"handshake did not complete in time");
+                    }
                 }
+                continue;
+            }
+            _ = sample.tick(), if metrics::enabled() => {
+                path.sample(&connection);
                 continue;
             }
             stream = connection.accept_bi() => match stream {
@@ -226,6 +246,9 @@ async fn serve_connection<H: Handler>(
         };
         let stream_id = recv.id();
         let early = recv.is_0rtt().then(|| handshake.clone());
+        if early.is_some() {
+            metrics::zero_rtt_request();
+        }
         // Boxed: spawning moves the future into the task, and a request's state is large.
         let stream = Box::pin(handle_stream(
             send,
@@ -247,6 +270,7 @@ async fn serve_connection<H: Handler>(
     };
     drop(pending);
     streams.close();
+    path.sample(&connection);
     match ended {
         Some(reason) => {
             log_connection_end(&reason);
@@ -303,11 +327,13 @@ async fn handle_stream<H: Handler>(
             let _ = recv.stop(codes::REQUEST_REJECTED);
         }
         Err(e @ FrameError::MemoryExhausted { .. }) => {
+            metrics::limit_hit("connection_memory");
             info!(error = %e, "no memory for an answer; dropped it");
             let _ = send.reset(codes::ANSWER_DROPPED);
             return;
         }
         Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
+            metrics::limit_hit("reply_timeout");
             debug!(error = %e, "abandoned a reply the client does not read");
             let _ = send.reset(codes::REPLY_TIMEOUT);
             return;

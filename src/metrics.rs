@@ -1,0 +1,427 @@
+//! What the server counts, named by Prometheus's conventions; every metric is listed with its meaning in
+//! docs/OPERATIONS.md, "Metrics".
+//!
+//! Code records through the `metrics` facade, wherever it is (a listener, the broker, the disk
+//! committer's thread), without a handle passed down to it. Until [`install`] sets the process's
+//! recorder, which `qkv serve --admin` does, every record is a no-op, and [`Metered`] skips even
+//! reading the clock. What is recorded per request goes through handles registered once
+//! ([`RequestMetrics`]): an atomic add and a histogram sample, not a registry lookup.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use metrics::{Counter, Gauge, Histogram, Unit, counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::pb::{COMMAND_NAMES, CommandRequest, status};
+use crate::service::{Caller, Handler, Reply, RequestClass};
+use crate::transport::Transport;
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// True once [`install`] has set the recorder.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Request durations: 50 µs (a loopback round trip's floor) to 10 s, about ×2.5 apart.
+const DURATION_BUCKETS: [f64; 14] =
+    [50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1.0, 10.0];
+/// Path RTTs: 100 µs to 5 s.
+const RTT_BUCKETS: [f64; 12] =
+    [100e-6, 500e-6, 1e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 5.0];
+/// Congestion windows: 2 packets to 64 MiB.
+const WINDOW_BUCKETS: [f64; 10] = [
+    2_400.0,
+    12_000.0,
+    32_768.0,
+    65_536.0,
+    131_072.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    67_108_864.0,
+];
+/// Writes per disk commit.
+const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+
+/// Where the rendered metrics come from, once installed.
+#[derive(Clone)]
+pub struct Exporter {
+    handle: PrometheusHandle,
+}
+
+impl Exporter {
+    /// Every metric in Prometheus's text exposition format (0.0.4).
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Folds the samples recorded since the last render into the histograms, so that memory does not
+    /// grow between scrapes; call it every few seconds.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up metrics: {0}")]
+pub struct MetricsError(String);
+
+/// Sets the process's recorder (once: a second call returns the first exporter) and describes every
+/// metric, so that each has its HELP line from the start.
+pub fn install() -> Result<Exporter, MetricsError> {
+    static INSTALLED: OnceLock<Exporter> = OnceLock::new();
+    if let Some(exporter) = INSTALLED.get() {
+        return Ok(exporter.clone());
+    }
+    let error = |e: metrics_exporter_prometheus::BuildError| MetricsError(e.to_string());
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full("qkv_request_duration_seconds".into()), &DURATION_BUCKETS)
+        .map_err(error)?
+        .set_buckets_for_metric(Matcher::Full("qkv_disk_fsync_duration_seconds".into()), &DURATION_BUCKETS)
+        .map_err(error)?
+        .set_buckets_for_metric(Matcher::Full("qkv_quic_rtt_seconds".into()), &RTT_BUCKETS)
+        .map_err(error)?
+        .set_buckets_for_metric(Matcher::Full("qkv_quic_congestion_window_bytes".into()), &WINDOW_BUCKETS)
+        .map_err(error)?
+        .set_buckets_for_metric(Matcher::Full("qkv_disk_commit_batch_size".into()), &BATCH_BUCKETS)
+        .map_err(error)?
+        .build_recorder();
+    let exporter = Exporter { handle: recorder.handle() };
+    metrics::set_global_recorder(recorder).map_err(|e| MetricsError(e.to_string()))?;
+    describe();
+    gauge!("qkv_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    ENABLED.store(true, Ordering::Relaxed);
+    Ok(INSTALLED.get_or_init(|| exporter).clone())
+}
+
+fn describe() {
+    use metrics::{describe_counter as c, describe_gauge as g, describe_histogram as h};
+    c!("qkv_requests_total", "Requests answered, by command, transport and status code.");
+    h!(
+        "qkv_request_duration_seconds",
+        Unit::Seconds,
+        "Time from a decoded request to its answer (to the start of a streamed answer)."
+    );
+    g!("qkv_requests_in_flight", "Requests being executed.");
+    c!("qkv_connections_accepted_total", "Connections admitted.");
+    c!("qkv_connections_refused_total", "Connections refused, by reason.");
+    g!("qkv_connections_open", "Connections being served.");
+    c!(
+        "qkv_bytes_received_total",
+        Unit::Bytes,
+        "Bytes received: QUIC UDP payloads; TLS and TCP socket bytes."
+    );
+    c!("qkv_bytes_sent_total", Unit::Bytes, "Bytes sent: QUIC UDP payloads; TLS and TCP socket bytes.");
+    c!("qkv_handshakes_total", "TLS handshakes, by result.");
+    c!(
+        "qkv_tls_resumptions_total",
+        "Session tickets presented: resumed, or unknown (full handshake, 0-RTT rejected)."
+    );
+    c!("qkv_zero_rtt_requests_total", "QUIC requests that arrived as 0-RTT early data.");
+    c!("qkv_quic_retries_total", "QUIC Retry packets sent to validate client addresses.");
+    c!("qkv_quic_migrations_total", "QUIC connections seen on a new client address.");
+    h!(
+        "qkv_quic_rtt_seconds",
+        Unit::Seconds,
+        "Smoothed RTT of QUIC connections, sampled every 10 s and at their end."
+    );
+    h!(
+        "qkv_quic_congestion_window_bytes",
+        Unit::Bytes,
+        "Congestion window of QUIC connections, sampled every 10 s and at their end."
+    );
+    c!("qkv_quic_sent_packets_total", "QUIC packets sent.");
+    c!("qkv_quic_lost_packets_total", "QUIC packets declared lost.");
+    c!("qkv_quic_lost_bytes_total", Unit::Bytes, "QUIC bytes declared lost.");
+    c!("qkv_quic_congestion_events_total", "QUIC congestion events (window reductions).");
+    c!("qkv_limits_hit_total", "Requests or connections refused by a limit, named by its flag.");
+    g!("qkv_storage_keys", "Keys stored (memory store).");
+    g!("qkv_storage_memory_used_bytes", Unit::Bytes, "Memory the memory store's data takes.");
+    g!("qkv_storage_memory_budget_bytes", Unit::Bytes, "The memory store's budget (--memory-budget).");
+    g!("qkv_connection_memory_used_bytes", Unit::Bytes, "Memory connections hold now.");
+    g!(
+        "qkv_connection_memory_budget_bytes",
+        Unit::Bytes,
+        "The connection memory budget (--connection-memory)."
+    );
+    h!("qkv_disk_commit_batch_size", "Writes per disk commit.");
+    h!(
+        "qkv_disk_fsync_duration_seconds",
+        Unit::Seconds,
+        "Time of one durable disk commit: its pages written and fsynced."
+    );
+    c!("qkv_backend_requests_total", "Round trips to the storage backend (Redis), by result.");
+    g!("qkv_subscriptions", "Subscriptions open.");
+    c!("qkv_pubsub_published_total", "Messages published.");
+    c!("qkv_pubsub_delivered_total", "Messages queued for a subscriber.");
+    c!("qkv_pubsub_missed_total", "Messages subscribers missed (lag policy skip).");
+    g!("qkv_build_info", "The server's version; always 1.");
+    g!("qkv_ready", "1 when the server is ready to serve (as /readyz), 0 otherwise.");
+}
+
+/// A limit refused a request or a connection; `limit` is its flag's name with `_` (`max_value_size`).
+pub fn limit_hit(limit: &'static str) {
+    counter!("qkv_limits_hit_total", "limit" => limit).increment(1);
+}
+
+/// The per-request handles of one transport, registered on first use.
+pub struct RequestMetrics {
+    transport: &'static str,
+    /// `qkv_requests_total`, by command and status (`STATUSES`, and one for any other).
+    requests: Vec<OnceLock<Counter>>,
+    /// `qkv_request_duration_seconds`, by command.
+    durations: Vec<OnceLock<Histogram>>,
+    in_flight: Gauge,
+}
+
+/// The status codes counted apart; another counts as "other".
+const STATUSES: [u32; 15] = [
+    status::OK,
+    status::BAD_REQUEST,
+    status::FORBIDDEN,
+    status::NOT_FOUND,
+    status::REQUEST_TIMEOUT,
+    status::CONFLICT,
+    status::GONE,
+    status::PAYLOAD_TOO_LARGE,
+    status::TOO_MANY_REQUESTS,
+    status::INTERNAL_ERROR,
+    status::NOT_IMPLEMENTED,
+    status::UNAVAILABLE,
+    status::GATEWAY_TIMEOUT,
+    status::INSUFFICIENT_STORAGE,
+    412,
+];
+const STATUS_LABELS: [&str; 16] = [
+    "200", "400", "403", "404", "408", "409", "410", "413", "429", "500", "501", "503", "504", "507", "412",
+    "other",
+];
+
+impl RequestMetrics {
+    pub fn new(transport: Transport) -> Self {
+        let transport = transport.name();
+        RequestMetrics {
+            transport,
+            requests: (0..COMMAND_NAMES.len() * STATUS_LABELS.len()).map(|_| OnceLock::new()).collect(),
+            durations: (0..COMMAND_NAMES.len()).map(|_| OnceLock::new()).collect(),
+            in_flight: gauge!("qkv_requests_in_flight", "transport" => transport),
+        }
+    }
+
+    fn record(&self, command: usize, status: u32, elapsed: Duration) {
+        let status = STATUSES.iter().position(|&s| s == status).unwrap_or(STATUSES.len());
+        let (command_name, transport) = (COMMAND_NAMES[command], self.transport);
+        self.requests[command * STATUS_LABELS.len() + status]
+            .get_or_init(|| {
+                counter!("qkv_requests_total", "command" => command_name, "transport" => transport, "status" => STATUS_LABELS[status])
+            })
+            .increment(1);
+        self.durations[command]
+            .get_or_init(|| {
+                histogram!("qkv_request_duration_seconds", "command" => command_name, "transport" => transport)
+            })
+            .record(elapsed.as_secs_f64());
+    }
+}
+
+/// A handler that counts what `H` answers on one transport: requests by command and status, their
+/// durations, those in flight. A streamed answer (Hgetall, Subscribe) counts as its first frame's
+/// status is not known before it is sent: 200, timed to the start of the stream.
+#[derive(Clone)]
+pub struct Metered<H> {
+    inner: H,
+    metrics: Option<std::sync::Arc<RequestMetrics>>,
+}
+
+impl<H: Handler> Metered<H> {
+    /// `inner`, counted as serving `transport` when metrics are installed, as it is otherwise.
+    pub fn new(inner: H, transport: Transport) -> Self {
+        Metered { inner, metrics: enabled().then(|| std::sync::Arc::new(RequestMetrics::new(transport))) }
+    }
+}
+
+impl<H: Handler> Handler for Metered<H> {
+    fn class(&self, request: &CommandRequest) -> RequestClass {
+        self.inner.class(request)
+    }
+
+    async fn execute<'a>(&'a self, request: CommandRequest, caller: &'a Caller) -> Reply {
+        let Some(metrics) = &self.metrics else {
+            return self.inner.execute(request, caller).await;
+        };
+        let command = request.command_index();
+        metrics.in_flight.increment(1.0);
+        let in_flight = DecrementOnDrop(&metrics.in_flight);
+        let started = Instant::now();
+        let reply = self.inner.execute(request, caller).await;
+        let status = match &reply {
+            Reply::One(response) => response.status,
+            Reply::Stream(_) => status::OK,
+        };
+        metrics.record(command, status, started.elapsed());
+        drop(in_flight);
+        reply
+    }
+
+    fn connection_closing(&self, caller: &Caller) {
+        self.inner.connection_closing(caller)
+    }
+}
+
+/// Takes one off a gauge when dropped, so that a request whose connection goes away mid-way still
+/// leaves the in-flight count.
+struct DecrementOnDrop<'a>(&'a Gauge);
+
+impl Drop for DecrementOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// One more connection open on `transport` until dropped.
+#[derive(Debug)]
+pub struct OpenConnection(Option<Gauge>);
+
+impl OpenConnection {
+    pub fn new(transport: Transport) -> Self {
+        if !enabled() {
+            return OpenConnection(None);
+        }
+        counter!("qkv_connections_accepted_total", "transport" => transport.name()).increment(1);
+        let open = gauge!("qkv_connections_open", "transport" => transport.name());
+        open.increment(1.0);
+        OpenConnection(Some(open))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Some(open) = &self.0 {
+            open.decrement(1.0);
+        }
+    }
+}
+
+/// A connection on `transport` was refused; `reason` is the limit's flag name.
+pub fn connection_refused(transport: Transport, reason: &'static str) {
+    counter!("qkv_connections_refused_total", "transport" => transport.name(), "reason" => reason)
+        .increment(1);
+    limit_hit(reason);
+}
+
+/// A TLS handshake on `transport` ended: `completed`, `failed` or `timed_out`.
+pub fn handshake(transport: Transport, result: &'static str) {
+    counter!("qkv_handshakes_total", "transport" => transport.name(), "result" => result).increment(1);
+}
+
+/// A QUIC Retry was sent to validate a client's address.
+pub fn retry_sent() {
+    counter!("qkv_quic_retries_total").increment(1);
+}
+
+/// A QUIC request arrived as 0-RTT early data.
+pub fn zero_rtt_request() {
+    counter!("qkv_zero_rtt_requests_total").increment(1);
+}
+
+/// The disk committer is about to commit `writes` writes in one transaction (none: a flush alone).
+pub fn disk_batch(writes: usize) {
+    if writes > 0 {
+        histogram!("qkv_disk_commit_batch_size").record(writes as f64);
+    }
+}
+
+/// A durable disk commit (its pages written and fsynced) took `elapsed`.
+pub fn disk_fsync(elapsed: Duration) {
+    histogram!("qkv_disk_fsync_duration_seconds").record(elapsed.as_secs_f64());
+}
+
+/// A round trip to the storage backend ended: `ok`, or the kind of error.
+pub fn backend_request(backend: &'static str, result: &'static str) {
+    counter!("qkv_backend_requests_total", "backend" => backend, "result" => result).increment(1);
+}
+
+/// Subscriptions open now.
+pub fn subscriptions(open: usize) {
+    gauge!("qkv_subscriptions").set(open as f64);
+}
+
+/// A message was published: queued for `delivered` subscribers, missed by `missed` whose queues were
+/// full (each one a hit of the subscriber queue's limit).
+pub fn published(delivered: u64, missed: u64) {
+    counter!("qkv_pubsub_published_total").increment(1);
+    if delivered > 0 {
+        counter!("qkv_pubsub_delivered_total").increment(delivered);
+    }
+    if missed > 0 {
+        counter!("qkv_pubsub_missed_total").increment(missed);
+        counter!("qkv_limits_hit_total", "limit" => "subscriber_queue").increment(missed);
+    }
+}
+
+/// The counters of bytes received and sent on `transport`, for a connection to add to as it goes.
+pub fn byte_counters(transport: Transport) -> (Counter, Counter) {
+    (
+        counter!("qkv_bytes_received_total", "transport" => transport.name()),
+        counter!("qkv_bytes_sent_total", "transport" => transport.name()),
+    )
+}
+
+/// Bytes received and sent on `transport`.
+pub fn bytes(transport: Transport, received: u64, sent: u64) {
+    if received > 0 {
+        counter!("qkv_bytes_received_total", "transport" => transport.name()).increment(received);
+    }
+    if sent > 0 {
+        counter!("qkv_bytes_sent_total", "transport" => transport.name()).increment(sent);
+    }
+}
+
+/// The figures of a QUIC connection's path, sampled now and then: adds what changed since the last
+/// sample to the counters and observes its RTT and window.
+#[derive(Default)]
+pub struct PathSampler {
+    last: Option<quinn::ConnectionStats>,
+    address: Option<std::net::SocketAddr>,
+}
+
+/// How often a QUIC connection's path is sampled (besides at its end).
+pub const PATH_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
+
+impl PathSampler {
+    pub fn sample(&mut self, connection: &quinn::Connection) {
+        if !enabled() {
+            return;
+        }
+        let stats = connection.stats();
+        let address = connection.remote_address();
+        if self.address.is_some_and(|last| last != address) {
+            counter!("qkv_quic_migrations_total").increment(1);
+        }
+        self.address = Some(address);
+        let last = self.last.unwrap_or_default();
+        bytes(
+            Transport::Quic,
+            stats.udp_rx.bytes.saturating_sub(last.udp_rx.bytes),
+            stats.udp_tx.bytes.saturating_sub(last.udp_tx.bytes),
+        );
+        let (path, before) = (&stats.path, &last.path);
+        for (name, now, then) in [
+            ("qkv_quic_sent_packets_total", path.sent_packets, before.sent_packets),
+            ("qkv_quic_lost_packets_total", path.lost_packets, before.lost_packets),
+            ("qkv_quic_lost_bytes_total", path.lost_bytes, before.lost_bytes),
+            ("qkv_quic_congestion_events_total", path.congestion_events, before.congestion_events),
+        ] {
+            if now > then {
+                counter!(name).increment(now - then);
+            }
+        }
+        histogram!("qkv_quic_rtt_seconds").record(path.rtt.as_secs_f64());
+        histogram!("qkv_quic_congestion_window_bytes").record(path.cwnd as f64);
+        self.last = Some(stats);
+    }
+}
