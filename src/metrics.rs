@@ -70,13 +70,14 @@ impl Exporter {
 #[error("cannot set up metrics: {0}")]
 pub struct MetricsError(String);
 
-/// Sets the process's recorder (once: a second call returns the first exporter) and describes every
+/// Sets the process's recorder (once: later calls return the same exporter) and describes every
 /// metric, so that each has its HELP line from the start.
 pub fn install() -> Result<Exporter, MetricsError> {
-    static INSTALLED: OnceLock<Exporter> = OnceLock::new();
-    if let Some(exporter) = INSTALLED.get() {
-        return Ok(exporter.clone());
-    }
+    static INSTALLED: OnceLock<Result<Exporter, String>> = OnceLock::new();
+    INSTALLED.get_or_init(|| set_recorder().map_err(|e| e.0)).clone().map_err(MetricsError)
+}
+
+fn set_recorder() -> Result<Exporter, MetricsError> {
     let error = |e: metrics_exporter_prometheus::BuildError| MetricsError(e.to_string());
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full("qkv_request_duration_seconds".into()), &DURATION_BUCKETS)
@@ -95,7 +96,7 @@ pub fn install() -> Result<Exporter, MetricsError> {
     describe();
     gauge!("qkv_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     ENABLED.store(true, Ordering::Relaxed);
-    Ok(INSTALLED.get_or_init(|| exporter).clone())
+    Ok(exporter)
 }
 
 fn describe() {

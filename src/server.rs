@@ -159,6 +159,11 @@ impl<S: Storage> Server<S> {
         self.quic.local_addr()
     }
 
+    /// The admin listener's address, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
     pub fn service(&self) -> &Service<S> {
         &self.service
     }

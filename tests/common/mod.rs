@@ -57,6 +57,8 @@ pub struct TestServer {
     pub transport: Transport,
     /// The server's service, and through it its store: still readable after the server has stopped.
     pub service: Service<MemoryStore>,
+    /// The admin listener's address, if the configuration asked for one.
+    pub admin: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -101,12 +103,13 @@ impl TestServer {
     fn spawn(config: ServerConfig, store: MemoryStore, certs: TempDir, transport: Transport) -> Self {
         let server = Server::bind(config, store).expect("server binds");
         let addr = server.local_addr().expect("bound address");
+        let admin = server.admin_addr();
         let service = server.service().clone();
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = signal.await;
         }));
-        TestServer { addr, certs, transport, service, shutdown: Some(shutdown), task: Some(task) }
+        TestServer { addr, certs, transport, service, admin, shutdown: Some(shutdown), task: Some(task) }
     }
 
     /// Stops the server and starts a new one on the same address with the same certificates: a new

@@ -1,0 +1,174 @@
+//! The admin listener (`--admin`): what /metrics counts, over every transport, and what /healthz and
+//! /readyz say while the server serves, while it shuts down, and while its Redis is away.
+//!
+//! The metrics recorder belongs to the process, so every assertion on a counter is in one test
+//! (`metrics_count_what_each_transport_served`); the others only read health.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::TestServer;
+use qkv::client::ClientError;
+use qkv::server::{Server, ServerConfig};
+use qkv::storage::{RedisConfig, RedisStore};
+use qkv::transport::Transport;
+use qkv_testkit::RedisNode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// GET `path` from the admin listener: its status and body.
+async fn get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(admin).await.expect("the admin listener accepts");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("request sent");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("response read");
+        response
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange).await.expect("an answer in time");
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `name{labels}` exactly as the exposition writes it (labels in the order
+/// the exporter writes them), 0 if absent.
+fn sample(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn admin_config(config: &mut ServerConfig) {
+    config.admin = Some("127.0.0.1:0".parse().expect("address"));
+    config.service.items.max_value_len = 1024;
+}
+
+#[tokio::test]
+async fn metrics_count_what_each_transport_served() {
+    for transport in Transport::ALL {
+        let server = TestServer::start_for_with(transport, admin_config).await;
+        let admin = server.admin.expect("an admin listener");
+        let name = transport.name();
+        let before = get(admin, "/metrics").await.1;
+
+        let client = server.client().await;
+        for i in 0..3 {
+            client.hset("t", &format!("k{i}"), "v").await.expect("hset");
+        }
+        assert!(client.hget("t", "missing").await.expect("hget").is_none());
+        match client.hset("t", "big", "x".repeat(2000)).await {
+            Err(ClientError::Status { status: 413, .. }) => {}
+            other => panic!("{transport}: a value over --max-value-size is refused, got {other:?}"),
+        }
+        drop(client);
+
+        let (status, after) = get(admin, "/metrics").await;
+        assert_eq!(status, 200);
+        let delta = |series: &str| sample(&after, series) - sample(&before, series);
+        let requests = |command: &str, status: &str| {
+            delta(&format!(
+                "qkv_requests_total{{command=\"{command}\",transport=\"{name}\",status=\"{status}\"}}"
+            ))
+        };
+        assert_eq!(requests("Hset", "200"), 3.0, "{transport}:\n{after}");
+        assert_eq!(requests("Hget", "404"), 1.0, "{transport}");
+        assert_eq!(requests("Hset", "413"), 1.0, "{transport}");
+        assert_eq!(
+            delta(&format!("qkv_request_duration_seconds_count{{command=\"Hset\",transport=\"{name}\"}}")),
+            4.0,
+            "{transport}: every answered Hset is timed"
+        );
+        assert_eq!(delta("qkv_limits_hit_total{limit=\"max_value_size\"}"), 1.0, "{transport}");
+        assert!(
+            delta(&format!("qkv_connections_accepted_total{{transport=\"{name}\"}}")) >= 1.0,
+            "{transport}"
+        );
+        assert!(delta(&format!("qkv_bytes_received_total{{transport=\"{name}\"}}")) > 0.0, "{transport}");
+        assert!(delta(&format!("qkv_bytes_sent_total{{transport=\"{name}\"}}")) > 0.0, "{transport}");
+        if transport != Transport::Tcp {
+            assert!(
+                delta(&format!("qkv_handshakes_total{{transport=\"{name}\",result=\"completed\"}}")) >= 1.0,
+                "{transport}: {after}"
+            );
+        }
+        assert_eq!(sample(&after, "qkv_storage_keys"), 3.0, "{transport}: this server's store");
+        assert!(sample(&after, "qkv_storage_memory_used_bytes") > 0.0);
+        assert!(sample(&after, "qkv_connection_memory_budget_bytes") > 0.0);
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn health_is_ok_and_readiness_ends_when_shutdown_begins() {
+    let mut server = TestServer::start_with(|config| {
+        admin_config(config);
+        // Long enough that the shutdown below waits for the unfinished request, not for the clock.
+        config.shutdown_grace = Duration::from_secs(60);
+    })
+    .await;
+    let admin = server.admin.expect("an admin listener");
+    assert_eq!(get(admin, "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(get(admin, "/readyz").await, (200, "ready\n".into()));
+
+    // A request stream left open: shutdown waits for it, with the admin listener still up.
+    let connection = server.raw_connection().await;
+    let (mut send, _recv) = connection.open_bi().await.expect("a stream");
+    send.write_all(&[0, 0]).await.expect("half a frame header");
+    server.begin_stop();
+    let (status, body) = get(admin, "/readyz").await;
+    assert_eq!((status, body.as_str()), (503, "not ready: shutting down\n"));
+    assert_eq!(get(admin, "/healthz").await.0, 200, "alive while it drains");
+    drop(send);
+    connection.close(0u32.into(), b"done");
+    server.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_redis_backend() {
+    let mut redis = RedisNode::start(&[]).expect("redis-server starts");
+    let config = RedisConfig {
+        urls: vec![redis.url()],
+        prefix: "qkv-admin-test:".into(),
+        response_timeout: Duration::from_millis(500),
+        ..RedisConfig::default()
+    };
+    let certs = tempfile::tempdir().expect("temporary directory");
+    let server_config = ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        certs_dir: certs.path().to_owned(),
+        admin: Some("127.0.0.1:0".parse().expect("address")),
+        ..ServerConfig::default()
+    };
+    let server = Server::bind(server_config, RedisStore::start(config)).expect("binds");
+    let admin = server.admin_addr().expect("an admin listener");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+
+    let readiness = |want: u16| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = get(admin, "/readyz").await;
+            if status == want {
+                return body;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "/readyz stayed {status}: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    readiness(200).await;
+    redis.kill();
+    let body = readiness(503).await;
+    assert!(body.starts_with("not ready: storage: "), "{body}");
+    assert_eq!(get(admin, "/healthz").await.0, 200, "the process is alive without its Redis");
+    redis.restart().expect("redis-server starts again");
+    readiness(200).await;
+
+    let _ = stop.send(());
+    serving.await.expect("the server stops");
+}
