@@ -19,7 +19,7 @@ use crate::memory::MemoryBudget;
 use crate::metrics::{self, Exporter, Metered};
 use crate::service::{Service, ServiceConfig};
 use crate::storage::Storage;
-use crate::tls::{self, Identity, TlsError};
+use crate::tls::{self, Credentials, Identity, TlsError};
 use crate::transport::admission::Admission;
 use crate::transport::quic::{self, QuicOptions};
 use crate::transport::tcp::{self, TcpSecurity};
@@ -95,6 +95,8 @@ pub struct Server<S> {
     quic: Endpoint,
     tcp: Option<(TcpListener, TcpSecurity)>,
     admin: Option<(TcpListener, Exporter)>,
+    /// The certificate and client CA, reloaded on SIGHUP.
+    credentials: Credentials,
     service: Service<S>,
     memory: MemoryBudget,
     config: ServerConfig,
@@ -122,6 +124,7 @@ impl<S: Storage> Server<S> {
         log_provisioning(&certs, certs.ensure_server_certificate()?);
         let identity = Identity::from_pem_files(&certs.server_cert(), &certs.server_key())?;
         let tls = tls::server_configs(identity, config.session_cache, config.client_ca.as_deref())?;
+        let credentials = tls.credentials.clone();
         let transport::Bound { quic, tcp } =
             transport::bind(config.listen, tls, config.tcp, &config.limits, &config.quic).map_err(|e| {
                 ServerError::Bind { addr: config.listen, protocol: e.protocol, cause: e.cause }
@@ -151,7 +154,7 @@ impl<S: Storage> Server<S> {
             config.limits.max_frame_len,
             memory.clone(),
         );
-        Ok(Server { quic, tcp, admin, service, memory, config })
+        Ok(Server { quic, tcp, admin, credentials, service, memory, config })
     }
 
     /// The address actually bound (useful with port 0); QUIC and TCP share its port number.
@@ -236,8 +239,13 @@ impl<S: Storage> Server<S> {
                 tcp::serve(listener, security, handler, limits, admission, token.clone(), grace).await;
             }
         };
+        let certs = CertDir::new(&self.config.certs_dir);
+        let reloading = reload_on_hangup(self.credentials, certs.server_cert(), certs.server_key());
         let serving = async {
-            tokio::join!(quic, tcp);
+            tokio::select! {
+                _ = async { tokio::join!(quic, tcp) } => {}
+                _ = reloading => {}
+            }
         };
         tokio::pin!(serving);
         let stopped = tokio::select! {
@@ -263,6 +271,29 @@ impl<S: Storage> Server<S> {
             info!("shut down");
         }
     }
+}
+
+/// Reloads the certificate and key (and the client CA) on every SIGHUP, for new handshakes; a bad new
+/// file is refused with a warning, and the files in use stay in use. Never completes.
+async fn reload_on_hangup(credentials: Credentials, cert: PathBuf, key: PathBuf) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP: certificates will not be reloaded");
+            return std::future::pending().await;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match credentials.reload(&cert, &key) {
+            Ok(()) => {
+                info!(cert = %cert.display(), "SIGHUP: reloaded the certificates; new handshakes use them")
+            }
+            Err(e) => {
+                warn!(error = %e, "SIGHUP: the new certificates were refused; the ones in use stay in use")
+            }
+        }
+    }
+    std::future::pending().await
 }
 
 fn log_provisioning(certs: &CertDir, provisioned: Provisioned) {

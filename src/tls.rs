@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 #[cfg(feature = "server")]
+use parking_lot::RwLock;
+#[cfg(feature = "server")]
 use rustls::ServerConfig;
 use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::crypto::CryptoProvider;
@@ -183,6 +185,8 @@ impl std::fmt::Debug for SessionCache {
 pub struct ServerTls {
     pub quic: ServerConfig,
     pub tcp: ServerConfig,
+    /// What both present and verify, for reloading.
+    pub credentials: Credentials,
 }
 
 /// TLS 1.3 server configurations offering ALPN `qkv/1`, with session resumption: after each handshake
@@ -205,25 +209,137 @@ pub fn server_configs(
     session_cache: usize,
     client_ca: Option<&Path>,
 ) -> Result<ServerTls, TlsError> {
+    let cert = Arc::new(ReloadableCert(RwLock::new(Arc::new(certified_key(identity)?))));
     let builder =
         ServerConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
+    let (builder, verifier) = match client_ca {
+        None => (builder.with_no_client_auth(), None),
         Some(ca_file) => {
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(read_roots(ca_file)?), provider())
-                    .build()
-                    .map_err(|e| TlsError::BadCa { path: ca_file.to_owned(), reason: e.to_string() })?;
-            builder.with_client_cert_verifier(verifier)
+            let verifier = Arc::new(ReloadableClientVerifier(RwLock::new(client_verifier(ca_file)?)));
+            (builder.with_client_cert_verifier(verifier.clone()), Some((ca_file.to_owned(), verifier)))
         }
     };
-    let mut tcp = builder.with_single_cert(identity.cert_chain, identity.key)?;
+    let mut tcp = builder.with_cert_resolver(cert.clone());
     tcp.alpn_protocols = vec![ALPN.to_vec()];
     tcp.session_storage = SessionCache::new(session_cache, crate::transport::Transport::Tls);
     let mut quic = tcp.clone();
     quic.session_storage = SessionCache::new(session_cache, crate::transport::Transport::Quic);
     quic.max_early_data_size = u32::MAX;
-    Ok(ServerTls { quic, tcp })
+    Ok(ServerTls { quic, tcp, credentials: Credentials { cert, client_ca: verifier } })
+}
+
+/// The certificate a server presents and the CA its clients' certificates must chain to, replaced by
+/// [`Credentials::reload`] (on SIGHUP) for every handshake from then on. Established connections keep
+/// the keys they agreed; a session resumed from a ticket issued before the reload keeps its identity
+/// (tickets are single-use and end with the process).
+#[cfg(feature = "server")]
+#[derive(Clone)]
+pub struct Credentials {
+    cert: Arc<ReloadableCert>,
+    client_ca: Option<(PathBuf, Arc<ReloadableClientVerifier>)>,
+}
+
+#[cfg(feature = "server")]
+impl Credentials {
+    /// Reads the certificate chain and key again, and the client CA file if there is one, and uses
+    /// them for new handshakes. All or nothing: a file that cannot be read or parsed, a key that does
+    /// not match the certificate, or a CA file without a usable certificate leaves everything as it
+    /// was, and says why.
+    pub fn reload(&self, cert: &Path, key: &Path) -> Result<(), TlsError> {
+        let certified = certified_key(Identity::from_pem_files(cert, key)?)?;
+        let verifier = match &self.client_ca {
+            Some((ca_file, _)) => Some(client_verifier(ca_file)?),
+            None => None,
+        };
+        *self.cert.0.write() = Arc::new(certified);
+        if let (Some((_, current)), Some(verifier)) = (&self.client_ca, verifier) {
+            *current.0.write() = verifier;
+        }
+        Ok(())
+    }
+}
+
+/// A certificate chain and its key, checked to belong together.
+#[cfg(feature = "server")]
+fn certified_key(identity: Identity) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    if identity.cert_chain.is_empty() {
+        return Err(TlsError::Config(rustls::Error::General(
+            "the certificate file holds no certificate".into(),
+        )));
+    }
+    Ok(rustls::sign::CertifiedKey::from_der(identity.cert_chain, identity.key, &provider())?)
+}
+
+#[cfg(feature = "server")]
+fn client_verifier(ca_file: &Path) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    WebPkiClientVerifier::builder_with_provider(Arc::new(read_roots(ca_file)?), provider())
+        .build()
+        .map_err(|e| TlsError::BadCa { path: ca_file.to_owned(), reason: e.to_string() })
+}
+
+/// The server certificate, replaceable.
+#[cfg(feature = "server")]
+#[derive(Debug)]
+struct ReloadableCert(RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+#[cfg(feature = "server")]
+impl rustls::server::ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().clone())
+    }
+}
+
+/// The verifier of client certificates (WebPKI against the client CA file), replaceable. It names no
+/// acceptable CAs in its certificate request (the hint is optional in TLS 1.3, and a qkv client has
+/// one certificate to present anyway).
+#[cfg(feature = "server")]
+#[derive(Debug)]
+struct ReloadableClientVerifier(RwLock<Arc<dyn rustls::server::danger::ClientCertVerifier>>);
+
+#[cfg(feature = "server")]
+impl rustls::server::danger::ClientCertVerifier for ReloadableClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.0.read().verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.read().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.read().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.read().supported_verify_schemes()
+    }
 }
 
 /// TLS 1.3 client configuration that trusts exactly `roots`, presents `identity` if the server asks

@@ -120,6 +120,13 @@ impl ServerProcess {
         assert!(sent.expect("kill runs").success(), "SIGTERM to {pid}");
     }
 
+    /// Sends SIGHUP: the server reloads its certificates.
+    pub fn hang_up(&self) {
+        let pid = self.child.id().expect("the server is running");
+        let sent = std::process::Command::new("kill").arg("-HUP").arg(pid.to_string()).status();
+        assert!(sent.expect("kill runs").success(), "SIGHUP to {pid}");
+    }
+
     /// Kills the server with SIGKILL, as a crash would, and waits until it is gone.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("SIGKILL to the server");

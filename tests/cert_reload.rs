@@ -1,0 +1,115 @@
+//! Certificate rotation without a restart: on SIGHUP `qkv serve` reads its certificate, key and client
+//! CA again. New handshakes use the new files, established connections keep going, and a bad new file
+//! is refused with the old ones kept (docs/OPERATIONS.md, "Certificate rotation").
+
+mod common;
+
+use std::path::Path;
+
+use common::process::ServerProcess;
+use qkv::certs::CertDir;
+use qkv::client::{Client, ClientConfig, ClientError};
+use qkv::tls::ClientCertFiles;
+use qkv::transport::Transport;
+
+const NAMES: [&str; 1] = ["127.0.0.1"];
+
+/// A client of `server` over `transport` trusting `ca`, with a ticket store of its own (a ticket from
+/// an earlier connection would resume without looking at the new certificate at all).
+fn config(server: &ServerProcess, transport: Transport, ca: &Path) -> ClientConfig {
+    ClientConfig { transport, ..ClientConfig::new(server.addr.to_string(), ca) }
+}
+
+async fn connects(config: ClientConfig) -> Result<(), ClientError> {
+    let client = Client::connect_with(config).await?;
+    client.hset("t", "k", "v").await.map(drop)
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_server_certificate_for_new_handshakes_only() {
+    let mut server = ServerProcess::start(&[]).await;
+    let old_ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::copy(server.ca(), old_ca.path()).unwrap();
+    let established: Vec<Client> = {
+        let mut clients = Vec::new();
+        for transport in [Transport::Quic, Transport::Tls] {
+            clients.push(Client::connect_with(config(&server, transport, old_ca.path())).await.unwrap());
+        }
+        clients
+    };
+
+    // A certificate from another CA, written over the server's files.
+    let other = tempfile::tempdir().unwrap();
+    let other_dir = CertDir::new(other.path());
+    other_dir.issue_server_certificate(&NAMES.map(String::from), false).unwrap();
+    let served = CertDir::new(server.certs.path());
+    std::fs::copy(other_dir.server_cert(), served.server_cert()).unwrap();
+    std::fs::copy(other_dir.server_key(), served.server_key()).unwrap();
+    server.hang_up();
+    server.log_line(&["SIGHUP: reloaded the certificates"]).await;
+
+    for transport in [Transport::Quic, Transport::Tls] {
+        let refused = connects(config(&server, transport, old_ca.path())).await;
+        assert!(refused.is_err(), "{transport}: a new handshake presents the new certificate");
+        connects(config(&server, transport, &other_dir.ca_cert())).await.expect("the new CA is trusted");
+    }
+    for client in &established {
+        client.hget("t", "k").await.expect("an established connection keeps going");
+    }
+
+    // A bad file is refused; the certificate in use stays in use.
+    std::fs::write(served.server_cert(), "not a certificate").unwrap();
+    server.hang_up();
+    let refusal = server.log_line(&["SIGHUP: the new certificates were refused"]).await;
+    assert!(refusal.contains("server.pem"), "the log names the file: {refusal}");
+    for transport in [Transport::Quic, Transport::Tls] {
+        connects(config(&server, transport, &other_dir.ca_cert()))
+            .await
+            .expect("still the reloaded certificate");
+    }
+    // A key that does not belong to the certificate is refused too.
+    std::fs::copy(other_dir.server_cert(), served.server_cert()).unwrap();
+    std::fs::copy(server.certs.path().join("ca-key.pem"), served.server_key()).unwrap();
+    server.hang_up();
+    server.log_line(&["SIGHUP: the new certificates were refused"]).await;
+    connects(config(&server, Transport::Quic, &other_dir.ca_cert())).await.expect("still serving");
+    server.kill().await;
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_client_ca_for_new_handshakes_only() {
+    let clients = tempfile::tempdir().unwrap();
+    let clients_dir = CertDir::new(clients.path());
+    let alice = clients_dir.issue_client_certificate("alice", false).unwrap();
+    let client_ca = clients_dir.ca_cert();
+    let mut server = ServerProcess::start(&["--client-ca", client_ca.to_str().unwrap()]).await;
+    let (addr, server_ca) = (server.addr.to_string(), server.ca());
+    let as_client = |files: &qkv::certs::IssuedClient, transport| ClientConfig {
+        transport,
+        client_cert: Some(ClientCertFiles { cert: files.cert.clone(), key: files.key.clone() }),
+        ..ClientConfig::new(addr.clone(), &server_ca)
+    };
+    let established = Client::connect_with(as_client(&alice, Transport::Quic)).await.unwrap();
+    established.hset("t", "k", "v").await.unwrap();
+
+    // Another CA takes the place of the client CA; bob has a certificate from it.
+    let other = tempfile::tempdir().unwrap();
+    let other_dir = CertDir::new(other.path());
+    let bob = other_dir.issue_client_certificate("bob", false).unwrap();
+    std::fs::copy(other_dir.ca_cert(), &client_ca).unwrap();
+    server.hang_up();
+    server.log_line(&["SIGHUP: reloaded the certificates"]).await;
+
+    for transport in [Transport::Quic, Transport::Tls] {
+        assert!(connects(as_client(&alice, transport)).await.is_err(), "{transport}: alice's CA is gone");
+        connects(as_client(&bob, transport)).await.expect("bob's CA is the client CA now");
+    }
+    established.hget("t", "k").await.expect("alice's established connection keeps going");
+
+    std::fs::write(&client_ca, "").unwrap();
+    server.hang_up();
+    let refusal = server.log_line(&["SIGHUP: the new certificates were refused"]).await;
+    assert!(refusal.contains("ca.pem"), "the log names the file: {refusal}");
+    connects(as_client(&bob, Transport::Quic)).await.expect("the client CA in use stays in use");
+    server.kill().await;
+}
