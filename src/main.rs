@@ -16,7 +16,7 @@ use qkv::server::{Server, shutdown_signal};
 use qkv::storage::{DiskStore, MemoryStore, RedisStore, Storage};
 use tracing_subscriber::EnvFilter;
 
-use cli::args::{BenchArgs, CertArgs, ClientArgs, Command, FloorArgs, ServeArgs, Store};
+use cli::args::{BenchArgs, CertArgs, ClientArgs, Command, FloorArgs, LogFormat, ServeArgs, Store};
 use cli::config::Invocation;
 use cli::output::{self, CliError};
 use qkv::bench::{BenchConfig, Progress};
@@ -31,12 +31,17 @@ fn main() -> ExitCode {
         }
         Err(error) => return output::report(&error),
     };
-    let default_log = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
-    tracing_subscriber::fmt()
+    let (default_log, format) = match &cli.command {
+        Command::Serve(args) => ("info", args.log_format),
+        _ => ("warn", LogFormat::Text),
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log)))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Cert(args) => cert(args),

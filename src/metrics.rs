@@ -388,22 +388,30 @@ pub fn bytes(transport: Transport, received: u64, sent: u64) {
 pub struct PathSampler {
     last: Option<quinn::ConnectionStats>,
     address: Option<std::net::SocketAddr>,
+    migrations: u64,
 }
 
 /// How often a QUIC connection's path is sampled (besides at its end).
 pub const PATH_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
 
 impl PathSampler {
+    /// New client addresses seen, sample to sample (a migration between two samples that came back is
+    /// not seen).
+    pub fn migrations(&self) -> u64 {
+        self.migrations
+    }
+
     pub fn sample(&mut self, connection: &quinn::Connection) {
+        let address = connection.remote_address();
+        if self.address.is_some_and(|last| last != address) {
+            self.migrations += 1;
+            counter!("qkv_quic_migrations_total").increment(1);
+        }
+        self.address = Some(address);
         if !enabled() {
             return;
         }
         let stats = connection.stats();
-        let address = connection.remote_address();
-        if self.address.is_some_and(|last| last != address) {
-            counter!("qkv_quic_migrations_total").increment(1);
-        }
-        self.address = Some(address);
         let last = self.last.unwrap_or_default();
         bytes(
             Transport::Quic,

@@ -327,6 +327,10 @@ pub struct ServeArgs {
     /// recorded only with it.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
+    /// Log lines as text, or as JSON objects one per line (for log shippers). RUST_LOG sets what is
+    /// logged, e.g. RUST_LOG=info,qkv::connection=warn drops the line each connection logs as it ends.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Serve plaintext TCP instead of TLS over TCP (QUIC is unaffected). For trusted networks and
     /// clients without TLS, such as the course's.
     #[arg(long, conflicts_with = "no_tcp")]
@@ -563,6 +567,12 @@ impl RuntimeArgs {
             },
         })
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

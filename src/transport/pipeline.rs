@@ -121,7 +121,7 @@ impl fmt::Display for Ending {
 }
 
 /// Serves one pipelined connection from `caller` until it ends; see the module documentation. What it
-/// holds beyond its fixed share is charged to `memory`.
+/// holds beyond its fixed share is charged to `memory`. Returns how many requests it read.
 pub async fn serve_pipelined<IO, H>(
     io: IO,
     handler: H,
@@ -129,7 +129,8 @@ pub async fn serve_pipelined<IO, H>(
     memory: MemoryBudget,
     shutdown: CancellationToken,
     caller: Caller,
-) where
+) -> u64
+where
     IO: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
@@ -153,6 +154,7 @@ pub async fn serve_pipelined<IO, H>(
     // A decoded request the queue cannot take yet; nothing more is decoded or read until it can.
     let mut waiting: Option<CommandRequest> = None;
     let mut unflushed = false;
+    let mut requests = 0u64;
     let mut ending: Option<Ending> = None;
     let mut subscriptions_ended = false;
     let mut partial_since: Option<Instant> = None;
@@ -186,6 +188,7 @@ pub async fn serve_pipelined<IO, H>(
             let bytes = request.encoded_len();
             let (handler, caller) = (handler.clone(), caller.clone());
             queue.start(sequencing, bytes, async move { handler.execute(request, &caller).await });
+            requests += 1;
         }
         // Write every answer whose turn has come, up to one that is a stream of frames.
         while current.is_none()
@@ -196,7 +199,7 @@ pub async fn serve_pipelined<IO, H>(
                     if let Err(e) = answers.feed(ReplyFrame::Response(response)).await {
                         log_write_failure(&e);
                         let _ = answers.get_mut().shutdown().await;
-                        return;
+                        return requests;
                     }
                     unflushed = true;
                 }
@@ -263,7 +266,7 @@ pub async fn serve_pipelined<IO, H>(
                 Ok(Written::NextFrame(frame)) => {
                     if let Err(e) = answers.start_send_unpin(frame) {
                         log_write_failure(&e);
-                        return;
+                        return requests;
                     }
                     (unflushed, idle_since) = (true, Instant::now());
                 }
@@ -272,7 +275,7 @@ pub async fn serve_pipelined<IO, H>(
                 Ok(Written::Flushed) => unflushed = false,
                 Err(e) => {
                     log_write_failure(&e);
-                    return;
+                    return requests;
                 }
             },
             _ = deadline.as_mut(), if armed.is_some() => match armed {
@@ -306,6 +309,7 @@ pub async fn serve_pipelined<IO, H>(
     let _ = SinkExt::<ReplyFrame>::flush(&mut answers).await;
     let _ = answers.get_mut().shutdown().await;
     linger(read).await;
+    requests
 }
 
 /// Writing an answer failed: the connection closes (its client sees it lost, so the answers it did not

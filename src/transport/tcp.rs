@@ -7,6 +7,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -173,8 +174,11 @@ async fn handle_connection<H: Handler>(
     if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&probes) {
         debug!(error = %e, "could not enable TCP keep-alive");
     }
-    let stream = Counted::new(stream, security.transport());
-    match security {
+    let started = std::time::Instant::now();
+    let transport = security.transport();
+    let bytes = Arc::new(ByteCounts::default());
+    let stream = Counted::new(stream, transport, bytes.clone());
+    let requests = match security {
         TcpSecurity::Plaintext => {
             serve_pipelined(stream, handler, limits, memory, shutdown, Caller::default()).await
         }
@@ -188,33 +192,57 @@ async fn handle_connection<H: Handler>(
                 }
                 Ok(Err(e)) => {
                     metrics::handshake(Transport::Tls, "failed");
-                    info!(error = %e, "TLS handshake failed")
+                    info!(error = %e, "TLS handshake failed");
+                    return;
                 }
                 Err(_) => {
                     metrics::handshake(Transport::Tls, "timed_out");
                     metrics::limit_hit("request_timeout");
-                    info!(timeout = ?limits.request_timeout, "TLS handshake did not complete in time")
+                    info!(timeout = ?limits.request_timeout, "TLS handshake did not complete in time");
+                    return;
                 }
             }
         }
-    }
+    };
+    info!(
+        target: "qkv::connection",
+        transport = transport.name(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        requests,
+        bytes_in = bytes.received.load(Ordering::Relaxed),
+        bytes_out = bytes.sent.load(Ordering::Relaxed),
+        "connection ended"
+    );
+}
+
+/// The bytes a connection has read and written, for its last log line.
+#[derive(Default)]
+struct ByteCounts {
+    received: AtomicU64,
+    sent: AtomicU64,
 }
 
 pin_project_lite::pin_project! {
     /// A TCP stream that counts the bytes it reads and writes into `qkv_bytes_received_total` and
-    /// `qkv_bytes_sent_total` (handles registered once, an atomic add per read or write).
+    /// `qkv_bytes_sent_total` (handles registered once) and into the connection's own counts.
     struct Counted {
         #[pin]
         stream: TcpStream,
         received: ::metrics::Counter,
         sent: ::metrics::Counter,
+        counts: Arc<ByteCounts>,
     }
 }
 
 impl Counted {
-    fn new(stream: TcpStream, transport: Transport) -> Self {
+    fn new(stream: TcpStream, transport: Transport, counts: Arc<ByteCounts>) -> Self {
         let (received, sent) = metrics::byte_counters(transport);
-        Counted { stream, received, sent }
+        Counted { stream, received, sent, counts }
+    }
+
+    fn count_sent(counter: &::metrics::Counter, counts: &ByteCounts, n: usize) {
+        counter.increment(n as u64);
+        counts.sent.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -227,7 +255,9 @@ impl tokio::io::AsyncRead for Counted {
         let this = self.project();
         let before = buf.filled().len();
         let polled = this.stream.poll_read(cx, buf);
-        this.received.increment((buf.filled().len() - before) as u64);
+        let read = (buf.filled().len() - before) as u64;
+        this.received.increment(read);
+        this.counts.received.fetch_add(read, Ordering::Relaxed);
         polled
     }
 }
@@ -241,7 +271,7 @@ impl tokio::io::AsyncWrite for Counted {
         let this = self.project();
         let polled = this.stream.poll_write(cx, buf);
         if let std::task::Poll::Ready(Ok(n)) = &polled {
-            this.sent.increment(*n as u64);
+            Counted::count_sent(this.sent, this.counts, *n);
         }
         polled
     }
@@ -254,7 +284,7 @@ impl tokio::io::AsyncWrite for Counted {
         let this = self.project();
         let polled = this.stream.poll_write_vectored(cx, bufs);
         if let std::task::Poll::Ready(Ok(n)) = &polled {
-            this.sent.increment(*n as u64);
+            Counted::count_sent(this.sent, this.counts, *n);
         }
         polled
     }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use quinn::{Connection, ConnectionError, Endpoint, Incoming, RecvStream, SendStream};
+use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
 use rustls::pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -214,6 +214,8 @@ async fn serve_connection<H: Handler>(
     tokio::pin!(handshake_done);
     let mut handshaking = true;
     let mut path = PathSampler::default();
+    let started = std::time::Instant::now();
+    let mut requests = 0u64;
     let first_sample = tokio::time::Instant::now() + metrics::PATH_SAMPLE_INTERVAL;
     let mut sample = tokio::time::interval_at(first_sample, metrics::PATH_SAMPLE_INTERVAL);
     sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -244,6 +246,7 @@ async fn serve_connection<H: Handler>(
                 Err(e) => break Some(e),
             },
         };
+        requests += 1;
         let stream_id = recv.id();
         let early = recv.is_0rtt().then(|| handshake.clone());
         if early.is_some() {
@@ -270,32 +273,35 @@ async fn serve_connection<H: Handler>(
     };
     drop(pending);
     streams.close();
-    path.sample(&connection);
-    match ended {
+    let reason = match ended {
         Some(reason) => {
-            log_connection_end(&reason);
             // The connection is gone, so its streams end soon; they still hold their requests and
             // answers until then, which the connection's place and memory must cover.
             streams.wait().await;
+            reason.to_string()
         }
         None => {
             streams.wait().await;
             connection.close(codes::SHUTTING_DOWN, b"server shutting down");
-            debug!("connection closed for shutdown");
+            "closed for shutdown".to_owned()
         }
-    }
+    };
+    path.sample(&connection);
+    let stats = connection.stats();
+    info!(
+        target: "qkv::connection",
+        transport = "quic",
+        %reason,
+        duration_ms = started.elapsed().as_millis() as u64,
+        requests,
+        bytes_in = stats.udp_rx.bytes,
+        bytes_out = stats.udp_tx.bytes,
+        rtt_us = stats.path.rtt.as_micros() as u64,
+        lost_packets = stats.path.lost_packets,
+        migrations = path.migrations(),
+        "connection ended"
+    );
     drop(admitted);
-}
-
-fn log_connection_end(reason: &ConnectionError) {
-    match reason {
-        ConnectionError::ApplicationClosed(_)
-        | ConnectionError::LocallyClosed
-        | ConnectionError::TimedOut => {
-            debug!(%reason, "connection ended")
-        }
-        _ => info!(%reason, "connection ended abnormally"),
-    }
 }
 
 #[allow(clippy::too_many_arguments)] // a task's owned inputs, gathered in one place
