@@ -1,8 +1,13 @@
 //! Real Redis servers and Redis Clusters on loopback, for qkv's tests and reports: started from
 //! Debian's `redis-server`, each in a temporary directory, on free ports, and gone when their handle
 //! is dropped or the process that started them ends (even by SIGKILL: each node runs under a `sh`
-//! that kills it when its standard input, a pipe from this process, closes).
+//! that kills it when its standard input, a pipe from this process, closes). And a real Prometheus
+//! scraping a test's targets, with `promtool check metrics` (see [`prometheus`]).
 #![forbid(unsafe_code)]
+
+pub mod prometheus;
+
+pub use prometheus::{Prometheus, Sample, http_get, promtool_check_metrics};
 
 use std::io;
 use std::net::TcpListener;
@@ -80,7 +85,7 @@ impl RedisNode {
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        which("redis-server")?;
+        which("redis-server", "redis-server redis-tools")?;
         self.supervisor = Some(command.spawn()?);
         let deadline = Instant::now() + START_DEADLINE;
         while Instant::now() < deadline {
@@ -145,13 +150,14 @@ impl Drop for RedisNode {
     }
 }
 
-fn which(program: &str) -> io::Result<()> {
-    match Command::new(program).arg("--version").stdout(Stdio::null()).status() {
+/// Whether `program` runs; if not, an error saying which Debian `packages` provide it.
+fn which(program: &str, packages: &str) -> io::Result<()> {
+    match Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
         Ok(_) => Ok(()),
         Err(e) => Err(io::Error::new(
             e.kind(),
             format!(
-                "{program} is not installed: `cargo xtask test` installs it, or `apt-get install redis-server redis-tools`"
+                "{program} is not installed: `cargo xtask test` installs it, or `apt-get install {packages}`"
             ),
         )),
     }

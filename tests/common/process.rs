@@ -84,7 +84,7 @@ impl ServerProcess {
                 }
                 self.startup_log.push(line);
             }
-            panic!("the server exited without logging {words:?}");
+            panic!("the server exited without logging {words:?}; it logged {:#?}", self.startup_log);
         };
         tokio::time::timeout(Duration::from_secs(30), wait).await.expect("the log line")
     }

@@ -37,8 +37,8 @@ use run::{Processes, Scenario, Target};
 #[derive(Parser)]
 #[command(name = "xtask")]
 enum Task {
-    /// Install what the tests need (Debian's redis-server and redis-tools, if missing), then run
-    /// `cargo test --workspace` with any further arguments: the README's test command.
+    /// Install what the tests need (Debian's redis-server, redis-tools and prometheus, if missing),
+    /// then run `cargo test --workspace` with any further arguments: the README's test command.
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -106,6 +106,7 @@ fn main() -> anyhow::Result<()> {
 
 fn test(args: &[String]) -> anyhow::Result<()> {
     run::ensure_redis()?;
+    run::ensure_prometheus()?;
     let status = std::process::Command::new(env!("CARGO"))
         .args(["test", "--workspace"])
         .args(args)

@@ -117,24 +117,83 @@ pub fn require_two_cores() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `program --version` runs and succeeds.
+fn present(program: &str) -> bool {
+    Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
 pub fn ensure_redis() -> anyhow::Result<()> {
-    let present =
-        |program: &str| Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success());
     if present("redis-server") && present("redis-benchmark") {
         return Ok(());
     }
-    eprintln!("installing Debian's redis-server and redis-tools");
-    let installed = Command::new("apt-get")
-        .args(["install", "-y", "-q", "redis-server", "redis-tools"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("apt-get is needed to install Redis")?;
-    if !installed.success() {
-        bail!(
-            "installing redis-server and redis-tools failed (apt-get needs root; or install them yourself)"
-        );
+    apt_install(&["redis-server", "redis-tools"])
+}
+
+/// Prometheus and promtool (one Debian package) for the tests of the admin listener's metrics.
+pub fn ensure_prometheus() -> anyhow::Result<()> {
+    if present("prometheus") && present("promtool") {
+        return Ok(());
+    }
+    apt_install(&["prometheus"])
+}
+
+/// Installs Debian packages, without their recommendations and without starting the services they
+/// ship: the tests start their own servers on free ports, and a Redis on :6379 or a Prometheus on
+/// :9090 left running would outlive them. A machine without package lists yet gets them first.
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    eprintln!("installing Debian's {}", packages.join(" and "));
+    let _no_starts = NoServiceStarts::forbid();
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("apt-get is needed to install the tests' servers")
+    };
+    let mut installed = install()?.success();
+    if !installed {
+        let updated = Command::new("apt-get").args(["update", "-q"]).status()?.success();
+        installed = updated && install()?.success();
+    }
+    if !installed {
+        bail!("installing {} failed (apt-get needs root; or install them yourself)", packages.join(", "));
     }
     Ok(())
+}
+
+/// Debian's policy-rc.d, which a package's maintainer scripts ask (through invoke-rc.d and
+/// deb-systemd-invoke) before they start its service: while this lives, one that answers 101
+/// ("action forbidden"), unless the machine already has one (a container's usually forbids it too).
+struct NoServiceStarts(Option<&'static Path>);
+
+impl NoServiceStarts {
+    const POLICY: &'static str = "/usr/sbin/policy-rc.d";
+
+    fn forbid() -> Self {
+        let path = Path::new(Self::POLICY);
+        if path.exists() {
+            return NoServiceStarts(None);
+        }
+        let written = std::fs::write(
+            path,
+            "#!/bin/sh\n# cargo xtask test: no service starts while it installs\nexit 101\n",
+        )
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        });
+        // Without root, apt-get fails too, and says so.
+        NoServiceStarts(written.is_ok().then_some(path))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 pub fn build_qkv() -> anyhow::Result<()> {

@@ -1,0 +1,81 @@
+//! The admin listener seen by the real thing (docs/OPERATIONS.md, "Metrics"): `qkv serve --admin`
+//! answers /healthz and /readyz, its /metrics pass `promtool check metrics`, and a real Prometheus
+//! (Debian's, started by qkv-testkit; `cargo xtask test` installs it) scrapes them and counts the
+//! requests a client made, by command, transport and status.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::process::ServerProcess;
+use qkv::client::Client;
+use qkv::transport::Transport;
+use qkv_testkit::{Prometheus, http_get, promtool_check_metrics};
+
+/// Runs blocking testkit work (HTTP, waits on Prometheus) off the runtime, which keeps reading the
+/// server's log meanwhile.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work).await.expect("the blocking work does not panic")
+}
+
+/// The admin listener's address, from its `admin listener serving ... addr=IP:PORT` log line.
+async fn admin_addr(server: &mut ServerProcess) -> SocketAddr {
+    let line = server.log_line(&["admin listener serving"]).await;
+    line.rsplit("addr=")
+        .next()
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no addr=IP:PORT in the admin listener's log line: {line}"))
+}
+
+async fn hsets(server: &ServerProcess, transport: Transport, count: usize) {
+    let client = Client::connect_with(server.client_config(transport))
+        .await
+        .unwrap_or_else(|e| panic!("a {transport:?} client connects: {e}"));
+    for i in 0..count {
+        client.hset("t", &format!("{transport:?}{i}"), "v").await.expect("Hset answers 200");
+    }
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_the_admin_listener() {
+    let mut server = ServerProcess::start(&["--admin", "127.0.0.1:0"]).await;
+    let admin = admin_addr(&mut server).await;
+    // Prometheus sends its first targets to the scrapers 5 s after it starts (its discovery throttle,
+    // fixed in 2.42): started first, it waits while the test does the rest.
+    let prometheus = blocking(move || Prometheus::start(&[admin])).await.expect("prometheus starts");
+
+    hsets(&server, Transport::Quic, 7).await;
+    hsets(&server, Transport::Tls, 3).await;
+
+    let (health, ready, metrics) = blocking(move || {
+        let get = |path: &str| http_get(admin, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        (get("/healthz"), get("/readyz"), get("/metrics"))
+    })
+    .await;
+    assert_eq!(health.0, 200, "GET /healthz: {health:?}");
+    assert_eq!(ready.0, 200, "GET /readyz: {ready:?}");
+    assert_eq!(metrics.0, 200, "GET /metrics: {}", metrics.1);
+    let hsets_quic = r#"qkv_requests_total{command="Hset",transport="quic",status="200"}"#;
+    assert!(
+        metrics.1.lines().any(|l| l.starts_with("qkv_requests_total{") && l.contains(r#"command="Hset""#)),
+        "GET /metrics counts no Hset:\n{}",
+        metrics.1
+    );
+    let text = metrics.1.clone();
+    blocking(move || promtool_check_metrics(&text))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nin GET /metrics:\n{}", metrics.1));
+
+    blocking(move || {
+        prometheus
+            .wait_target_up()
+            .unwrap_or_else(|e| panic!("{e}\nprometheus logged: {}", prometheus.log()));
+        prometheus.wait_for_sample(hsets_quic, |v| v == 7.0).expect("7 Hset over QUIC, through Prometheus");
+        let all = r#"sum(qkv_requests_total{command="Hset"})"#;
+        prometheus.wait_for_sample(all, |v| v == 10.0).expect("10 Hset in all, through Prometheus");
+        let tls = r#"qkv_requests_total{command="Hset",transport="tls",status="200"}"#;
+        prometheus.wait_for_sample(tls, |v| v == 3.0).expect("3 Hset over TLS, through Prometheus");
+    })
+    .await;
+}
