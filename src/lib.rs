@@ -19,10 +19,11 @@
 //! - [`metrics`]: what the server counts, for the admin listener's `/metrics`.
 //! - [`bench`]: the load generator behind `qkv bench`, built on the client (here rather than in the
 //!   binary, so the CLI holds no logic of its own).
+//! - [`stat`]: `qkv stat`'s live view of a server, from its admin listener's Prometheus metrics.
 //!
 //! Features: `server` adds the server (service, stores, broker, listeners, certificate generation);
-//! `cli` (the default) adds the load generator and what the `qkv` binary needs. With
-//! `default-features = false` the crate is the client and the protocol only.
+//! `cli` (the default) adds the load generator, `qkv stat`'s scraper and what the `qkv` binary needs.
+//! With `default-features = false` the crate is the client and the protocol only.
 //!
 //! The wire protocol is specified in `docs/PROTOCOL.md`; the design and its measurements in
 //! `docs/DESIGN.md`.
@@ -55,5 +56,7 @@ pub mod bench;
 #[cfg(feature = "server")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "cli")]
+pub mod stat;
 
 pub use client::Client;

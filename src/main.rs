@@ -3,7 +3,7 @@
 
 mod cli;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -16,7 +16,7 @@ use qkv::server::{Server, shutdown_signal};
 use qkv::storage::{DiskStore, MemoryStore, RedisStore, Storage};
 use tracing_subscriber::EnvFilter;
 
-use cli::args::{BenchArgs, CertArgs, ClientArgs, Command, FloorArgs, LogFormat, ServeArgs, Store};
+use cli::args::{BenchArgs, CertArgs, ClientArgs, Command, FloorArgs, LogFormat, ServeArgs, StatArgs, Store};
 use cli::config::Invocation;
 use cli::output::{self, CliError};
 use qkv::bench::{BenchConfig, Progress};
@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         Command::Cert(args) => cert(args),
         Command::Bench(args) => bench(args),
         Command::Floor(args) => floor(args),
+        Command::Stat(args) => stat(args),
         command => client_runtime().and_then(|runtime| runtime.block_on(run_client_command(command))),
     };
     match result {
@@ -197,6 +198,48 @@ fn floor(args: FloorArgs) -> anyhow::Result<()> {
     })
 }
 
+/// `qkv stat`: a line (or a JSON object) per interval, until --count intervals or Ctrl-C. Only the first
+/// scrape must succeed; a later failure is reported and the view goes on, so it picks a restarted
+/// server up again (whose counters then start from 0: `Interval::between` takes that into account).
+fn stat(args: StatArgs) -> anyhow::Result<()> {
+    client_runtime()?.block_on(async {
+        let mut ticks = tokio::time::interval(args.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        let mut before = qkv::stat::scrape(&args.admin, args.timeout).await?;
+        let mut scraped_at = Instant::now();
+        let mut table = qkv::stat::Table::new(args.by_command);
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        let mut intervals = 0;
+        while args.count.is_none_or(|count| intervals < count) {
+            tokio::select! {
+                _ = ticks.tick() => intervals += 1,
+                () = &mut shutdown => break,
+            }
+            let now = match qkv::stat::scrape(&args.admin, args.timeout).await {
+                Ok(now) => now,
+                Err(error) => {
+                    eprintln!("{}; trying again", output::one_line(&error.into()));
+                    continue;
+                }
+            };
+            let interval = qkv::stat::Interval::between(&before, &now, scraped_at.elapsed());
+            (before, scraped_at) = (now, Instant::now());
+            let text =
+                if args.json { serde_json::to_string(&interval)? + "\n" } else { table.render(&interval) };
+            let mut stdout = std::io::stdout().lock();
+            match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+                Ok(()) => {}
+                // `qkv stat | head`: whoever read the lines has enough of them.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    })
+}
+
 fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
@@ -234,7 +277,7 @@ async fn run_client_command(command: Command) -> anyhow::Result<()> {
         | Command::Subscribe { client, .. }
         | Command::Publish { client, .. }
         | Command::Ping { client, .. } => client,
-        Command::Serve(_) | Command::Cert(_) | Command::Bench(_) | Command::Floor(_) => {
+        Command::Serve(_) | Command::Cert(_) | Command::Bench(_) | Command::Floor(_) | Command::Stat(_) => {
             unreachable!("handled in main")
         }
     };
@@ -355,7 +398,7 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
                 println!("pong from {} in {rtt_ms:.3} ms", client.remote_address());
             }
         }
-        Command::Serve(_) | Command::Cert(_) | Command::Bench(_) | Command::Floor(_) => {
+        Command::Serve(_) | Command::Cert(_) | Command::Bench(_) | Command::Floor(_) | Command::Stat(_) => {
             unreachable!("handled in main")
         }
     }

@@ -9,6 +9,7 @@ use qkv::bench::{KeyDist, Workload};
 use qkv::pubsub::LagPolicy;
 use qkv::server::{DEFAULT_LISTEN, RuntimeLayout, ServerConfig, TcpMode};
 use qkv::service::{DEFAULT_RESPONSE_FRAME_TARGET, ItemLimits, ServiceConfig};
+use qkv::stat::AdminAddr;
 use qkv::storage::Durability;
 use qkv::transport::quic::{Congestion, QuicOptions};
 use qkv::transport::{Limits, Transport};
@@ -147,6 +148,9 @@ pub enum Command {
     /// Run a floor server: echo on QUIC and TCP with qkv's settings but no KV work, to measure what the
     /// transports cost (`qkv bench --workload echo` against it).
     Floor(FloorArgs),
+    /// Watch a server live from its admin listener (qkv serve --admin ADDR): each interval, requests/s
+    /// and errors/s, p50 and p99, connections by transport, storage, pub/sub and limits hit.
+    Stat(StatArgs),
     /// Measure round trips to the server.
     Ping {
         /// Bytes to send, echoed by the server.
@@ -158,6 +162,37 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+#[derive(Args)]
+pub struct StatArgs {
+    /// The admin listener, HOST:PORT or http://HOST:PORT, as given to qkv serve --admin.
+    #[arg(long, value_name = "ADDR", env = "QKV_ADMIN")]
+    pub admin: AdminAddr,
+    /// Time between two lines, e.g. 1s or 500ms.
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Stop after N intervals (default: until Ctrl-C).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Print one JSON object per interval, one per line, instead of the table (fields in
+    /// docs/OPERATIONS.md).
+    #[arg(long)]
+    pub json: bool,
+    /// Under each line, one per command answered in the interval: requests/s, errors/s, p50, p99.
+    #[arg(long, conflicts_with = "json")]
+    pub by_command: bool,
+    /// How long one scrape of /metrics may take, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(interval) if interval.is_zero() => Err("the interval must be longer than zero".into()),
+        Ok(interval) => Ok(interval),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Args)]

@@ -14,7 +14,8 @@ pub mod exit {
     pub const SERVER_SAID_NO: u8 = 1;
     /// Bad usage or input (clap uses 2 for its own usage errors too).
     pub const INVALID_INPUT: u8 = 2;
-    /// The server could not be reached or trusted, or the connection was lost.
+    /// The server (or, for `qkv stat`, its admin listener) could not be reached or trusted, or the
+    /// connection was lost.
     pub const UNREACHABLE: u8 = 3;
     /// Anything else that failed here: files, sockets, the runtime, a server that could not start.
     pub const LOCAL_FAILURE: u8 = 4;
@@ -41,6 +42,8 @@ pub fn report(error: &anyhow::Error) -> ExitCode {
             ClientError::Tls(_) => exit::LOCAL_FAILURE,
             _ => exit::UNREACHABLE,
         }
+    } else if error.downcast_ref::<qkv::stat::ScrapeError>().is_some() {
+        exit::UNREACHABLE
     } else {
         match error.downcast_ref::<CliError>() {
             Some(CliError::Refused(_)) => exit::SERVER_SAID_NO,
@@ -53,7 +56,7 @@ pub fn report(error: &anyhow::Error) -> ExitCode {
 
 /// The error and its causes on one line. A cause whose text is already shown is not repeated: the
 /// client's errors name their cause in their message and also keep it as their source.
-fn one_line(error: &anyhow::Error) -> String {
+pub fn one_line(error: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in error.chain().map(ToString::to_string) {
         if line.contains(&cause) {
