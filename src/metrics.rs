@@ -95,6 +95,7 @@ fn set_recorder() -> Result<Exporter, MetricsError> {
     metrics::set_global_recorder(recorder).map_err(|e| MetricsError(e.to_string()))?;
     describe();
     gauge!("qkv_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    subscriptions(0);
     ENABLED.store(true, Ordering::Relaxed);
     Ok(exporter)
 }

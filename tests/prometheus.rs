@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use common::process::ServerProcess;
 use qkv::client::Client;
 use qkv::transport::Transport;
@@ -16,16 +14,6 @@ use qkv_testkit::{Prometheus, http_get, promtool_check_metrics};
 /// server's log meanwhile.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(work).await.expect("the blocking work does not panic")
-}
-
-/// The admin listener's address, from its `admin listener serving ... addr=IP:PORT` log line.
-async fn admin_addr(server: &mut ServerProcess) -> SocketAddr {
-    let line = server.log_line(&["admin listener serving"]).await;
-    line.rsplit("addr=")
-        .next()
-        .and_then(|a| a.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no addr=IP:PORT in the admin listener's log line: {line}"))
 }
 
 async fn hsets(server: &ServerProcess, transport: Transport, count: usize) {
@@ -40,7 +28,7 @@ async fn hsets(server: &ServerProcess, transport: Transport, count: usize) {
 #[tokio::test]
 async fn prometheus_scrapes_the_admin_listener() {
     let mut server = ServerProcess::start(&["--admin", "127.0.0.1:0"]).await;
-    let admin = admin_addr(&mut server).await;
+    let admin = server.admin_addr().await;
     // Prometheus sends its first targets to the scrapers 5 s after it starts (its discovery throttle,
     // fixed in 2.42): started first, it waits while the test does the rest.
     let prometheus = blocking(move || Prometheus::start(&[admin])).await.expect("prometheus starts");

@@ -1,5 +1,8 @@
 //! `qkv stat` against a stand-in admin listener whose canned /metrics change from one scrape to the
-//! next: the figures it prints for programs and for people, and its errors and exit codes.
+//! next: the figures it prints for programs and for people, and its errors and exit codes; and once
+//! against a real server, whose metric names it must read.
+
+mod common;
 
 use std::net::SocketAddr;
 use std::process::Output;
@@ -198,4 +201,24 @@ async fn an_address_without_metrics_is_refused_with_exit_code_3() {
     let output = qkv(&["stat", "--admin", &format!("http://{addr}/elsewhere"), "--count", "1"]).await;
     assert_eq!(output.status.code(), Some(EXIT_UNREACHABLE), "{}", stderr(&output));
     assert!(stderr(&output).contains("answered 404 Not Found to GET /elsewhere"), "{}", stderr(&output));
+}
+
+#[tokio::test]
+async fn figures_of_a_real_server() {
+    let mut server = common::process::ServerProcess::start(&["--admin", "127.0.0.1:0"]).await;
+    let admin = server.admin_addr().await.to_string();
+    let client = qkv::Client::connect_with(server.client_config(qkv::transport::Transport::Quic))
+        .await
+        .expect("a client connects");
+    for key in ["a", "b", "c"] {
+        client.hset("t", key, "v").await.expect("hset");
+    }
+    let output = qkv(&["stat", "--admin", &admin, "--count", "1", "--json", "--interval", "100ms"]).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let line: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(line["storage"]["keys"], 3, "{line}");
+    assert_eq!(line["connections"]["quic"], 1, "{line}");
+    assert_eq!(line["pubsub"]["subscriptions"], 0, "{line}");
+    assert!(line["storage"]["memory_budget_bytes"].as_u64().is_some_and(|b| b > 0), "{line}");
+    server.kill().await;
 }

@@ -355,7 +355,8 @@ impl Interval {
 }
 
 fn per_second(count: f64, seconds: f64) -> f64 {
-    if seconds > 0.0 { count / seconds } else { 0.0 }
+    // `+ 0.0`: a sum of nothing is -0.0 in Rust, and a rate of nothing should print as 0.
+    if seconds > 0.0 { count / seconds + 0.0 } else { 0.0 }
 }
 
 /// A status label that says the request succeeded: 2xx.

@@ -120,6 +120,17 @@ impl ServerProcess {
         assert!(sent.expect("kill runs").success(), "SIGTERM to {pid}");
     }
 
+    /// The admin listener's address (a server started with `--admin`), from its `admin listener
+    /// serving ... addr=IP:PORT` log line.
+    pub async fn admin_addr(&mut self) -> SocketAddr {
+        let line = self.log_line(&["admin listener serving"]).await;
+        line.rsplit("addr=")
+            .next()
+            .and_then(|a| a.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no addr=IP:PORT in the admin listener's log line: {line}"))
+    }
+
     /// Sends SIGHUP: the server reloads its certificates.
     pub fn hang_up(&self) {
         let pid = self.child.id().expect("the server is running");
