@@ -179,3 +179,58 @@ fn versions_measurements_and_text_are_told_apart() {
     assert!(line_matches("Ada King", "Ada Lovelace", &mut offset).is_err());
     assert!(line_matches("false", "false true", &mut offset).is_err());
 }
+
+/// The commands of the README's section "Operations", in order: the configuration printed to a file, a
+/// server started on that file with an admin listener, `qkv stat` against it. The server and `qkv
+/// stat` run until stopped, so the test gives the server a free port and stops `qkv stat` after one
+/// line (`--count 1`); the admin address the README shows is replaced by a free one.
+#[tokio::test]
+async fn the_readme_operations_commands_work() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let section = readme.split("\n## Operations\n").nth(1).expect("the Operations section");
+    let section = section.split("\n## ").next().expect("the section's end");
+    let commands: Vec<&str> = section
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|block| block.split("\n```").next())
+        .flat_map(str::lines)
+        .collect();
+    let [print, serve, stat] = commands[..] else {
+        panic!("three commands in the Operations section: {commands:?}")
+    };
+    let readme_admin = "127.0.0.1:9100";
+    let dir = tempfile::tempdir().unwrap();
+    let qkv = env!("CARGO_BIN_EXE_qkv");
+
+    let printed = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(print.replacen("qkv ", &format!("{qkv} "), 1))
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(printed.status.success(), "{print}: {}", String::from_utf8_lossy(&printed.stderr));
+
+    let args: Vec<String> = serve
+        .strip_prefix("qkv serve ")
+        .expect("qkv serve ...")
+        .split_whitespace()
+        .map(|arg| match arg {
+            "qkv.toml" => dir.path().join(arg).to_string_lossy().into_owned(),
+            arg if arg == readme_admin => "127.0.0.1:0".to_owned(),
+            arg => arg.to_owned(),
+        })
+        .collect();
+    assert!(args.iter().any(|a| a.ends_with("qkv.toml")), "the server reads the printed file: {serve}");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = ServerProcess::start(&args).await;
+    let admin = server.admin_addr().await.to_string();
+
+    let stat = stat.replacen("qkv ", &format!("{qkv} "), 1).replace(readme_admin, &admin) + " --count 1";
+    let shown = tokio::process::Command::new("sh").arg("-c").arg(&stat).output().await.unwrap();
+    let output = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{stat}: {}", String::from_utf8_lossy(&shown.stderr));
+    assert!(output.contains("req/s") && output.lines().count() == 3, "a header and one line: {output}");
+    server.kill().await;
+}

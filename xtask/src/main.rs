@@ -18,6 +18,7 @@
 mod cluster;
 mod durable;
 mod lab;
+mod metrics_cost;
 mod plot;
 mod proc;
 mod pubsub;
@@ -60,6 +61,8 @@ enum Task {
     /// 10,000 connections and 10,000 subscribers over QUIC and TLS: latency, errors, the server's
     /// memory and CPU, the time to open them all.
     ScaleReport(scale::ScaleArgs),
+    /// What recording metrics costs: HGET over QUIC against two servers, with and without --admin.
+    MetricsReport(SweepArgs),
 }
 
 /// How long and how often a benchmark report measures, and where it goes.
@@ -101,6 +104,7 @@ fn main() -> anyhow::Result<()> {
         Task::StormReport(args) => storm::run(args),
         Task::ScaleReport(args) => scale::run(args),
         Task::ClusterReport(args) => cluster::run(args),
+        Task::MetricsReport(args) => metrics_cost::run(args),
     }
 }
 

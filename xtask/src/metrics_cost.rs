@@ -1,0 +1,173 @@
+//! `cargo xtask metrics-report`: what recording metrics costs. Two servers, the same but for `--admin`
+//! (metrics are recorded only with it), pinned to core 0; `qkv bench` HGET over QUIC, 1 connection × 64
+//! in flight, pinned to core 1, against one then the other, alternating, `--reps` times each. While the
+//! server with metrics is measured, a scraper fetches its /metrics every second, as Prometheus would.
+//!
+//! Reported: medians of throughput, p50/p99 and the server's CPU time per request (from /proc), and
+//! the ratios metrics on / off. Goal: throughput on ≥ 0.97 × off.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::SweepArgs;
+use crate::proc::cpu_seconds;
+use crate::report::median;
+use crate::run::{self, Processes, QKV, SERVER_CORE, Scenario, pinned};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Measurement {
+    metrics: bool,
+    throughput_rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    server_cpu_us_per_request: f64,
+    errors: u64,
+}
+
+pub fn run(args: SweepArgs) -> anyhow::Result<()> {
+    run::require_two_cores()?;
+    run::build_qkv()?;
+    let (reps, duration) = match args.quick {
+        true => (1, Duration::from_secs(2)),
+        false => (args.reps, Duration::from_secs(args.seconds)),
+    };
+    let work = std::env::temp_dir().join(format!("qkv-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let certs = run::make_certs(&work)?;
+    let (plain, metered, admin) = (run::free_port()?, run::free_port()?, run::free_port()?);
+    let mut processes = Processes::default();
+    let mut pids = Vec::new();
+    for (port, extra, name) in [
+        (plain, vec![], "qkv"),
+        (metered, vec!["--admin".to_owned(), format!("127.0.0.1:{admin}")], "qkv-metrics"),
+    ] {
+        let child = pinned(SERVER_CORE, QKV)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--certs"])
+            .arg(&certs)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(work.join(format!("{name}.log")))?)
+            .spawn()?;
+        pids.push(child.id());
+        processes.0.push(child);
+        run::wait_for_tcp(port, name)?;
+    }
+    run::wait_for_tcp(admin, "the admin listener")?;
+    let mut measurements = Vec::new();
+    for rep in 1..=reps {
+        for (metrics, port, pid) in [(false, plain, pids[0]), (true, metered, pids[1])] {
+            eprintln!("[{}/{}] metrics {} (run {rep})", measurements.len() + 1, reps * 2, on_off(metrics));
+            let scraping = Arc::new(AtomicBool::new(metrics));
+            let scraper = {
+                let scraping = scraping.clone();
+                std::thread::spawn(move || scrape_every_second(admin, &scraping))
+            };
+            let cpu_before = cpu_seconds(pid)?;
+            let json = run::qkv_bench_json(port, &certs, "quic", "hget", Scenario::new(1, 64), duration, &[]);
+            let cpu = cpu_seconds(pid)? - cpu_before;
+            scraping.store(false, Ordering::Relaxed);
+            let _ = scraper.join();
+            let json = json?;
+            // CPU over the whole run, warm-up included; requests over the measured part, scaled to it.
+            let requests = json.throughput_rps * (json.duration_s + 1.0);
+            measurements.push(Measurement {
+                metrics,
+                throughput_rps: json.throughput_rps,
+                p50_us: json.latency_us.p50 as f64,
+                p99_us: json.latency_us.p99 as f64,
+                server_cpu_us_per_request: cpu * 1e6 / requests.max(1.0),
+                errors: json.errors,
+            });
+        }
+    }
+    drop(processes);
+    let _ = std::fs::remove_dir_all(&work);
+    write(&measurements, reps, duration, args.quick, &args.out)
+}
+
+fn on_off(metrics: bool) -> &'static str {
+    if metrics { "on" } else { "off" }
+}
+
+/// GETs /metrics every second while `scraping` holds, as a Prometheus server would.
+fn scrape_every_second(port: u16, scraping: &AtomicBool) {
+    while scraping.load(Ordering::Relaxed) {
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: qkv\r\nConnection: close\r\n\r\n");
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn write(
+    measurements: &[Measurement],
+    reps: usize,
+    duration: Duration,
+    quick: bool,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let med = |metrics: bool, field: fn(&Measurement) -> f64| {
+        let mut values: Vec<f64> = measurements.iter().filter(|m| m.metrics == metrics).map(field).collect();
+        median(&mut values)
+    };
+    let mut md = String::from("# What metrics cost\n\n");
+    writeln!(
+        md,
+        "Generated by `cargo xtask metrics-report{}`: two `qkv serve` on core 0, identical but for `--admin` \
+         (metrics are recorded only with it), `qkv bench --workload hget --transport quic --connections 1 \
+         --inflight 64` on core 1 against one then the other, alternating, {reps} time(s) each, {} s \
+         measured after 1 s of warm-up. While the server with metrics is measured, /metrics is fetched \
+         every second. Medians; server CPU from /proc over the whole run, per request.\n",
+        if quick { " --quick" } else { "" },
+        duration.as_secs()
+    )?;
+    writeln!(md, "| metrics | requests/s | p50 µs | p99 µs | server CPU µs/request | errors |")?;
+    writeln!(md, "|---|---:|---:|---:|---:|---:|")?;
+    for metrics in [false, true] {
+        let errors: u64 = measurements.iter().filter(|m| m.metrics == metrics).map(|m| m.errors).sum();
+        writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {errors} |",
+            on_off(metrics),
+            med(metrics, |m| m.throughput_rps),
+            med(metrics, |m| m.p50_us),
+            med(metrics, |m| m.p99_us),
+            med(metrics, |m| m.server_cpu_us_per_request),
+        )?;
+    }
+    let throughput = med(true, |m| m.throughput_rps) / med(false, |m| m.throughput_rps);
+    let cpu = med(true, |m| m.server_cpu_us_per_request) / med(false, |m| m.server_cpu_us_per_request);
+    writeln!(md)?;
+    writeln!(
+        md,
+        "Throughput with metrics / without: **{throughput:.3}** (goal ≥ 0.97: {}); server CPU per request \
+         with / without: {cpu:.3}.\n",
+        if throughput >= 0.97 { "met" } else { "**not met**" }
+    )?;
+    writeln!(md, "Each run, in order:\n")?;
+    writeln!(md, "| metrics | requests/s | p50 µs | p99 µs | server CPU µs/request |")?;
+    writeln!(md, "|---|---:|---:|---:|---:|")?;
+    for m in measurements {
+        writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            on_off(m.metrics),
+            m.throughput_rps,
+            m.p50_us,
+            m.p99_us,
+            m.server_cpu_us_per_request
+        )?;
+    }
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("METRICS.md"), md)?;
+    std::fs::write(out.join("metrics-results.json"), serde_json::to_vec_pretty(measurements)?)?;
+    eprintln!("report written to {}", out.join("METRICS.md").display());
+    Ok(())
+}
