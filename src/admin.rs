@@ -109,6 +109,7 @@ async fn metrics<S: Storage>(State(admin): State<Arc<Admin<S>>>) -> impl IntoRes
     }
     ::metrics::gauge!("qkv_connection_memory_used_bytes").set(admin.connections.used() as f64);
     ::metrics::gauge!("qkv_connection_memory_budget_bytes").set(admin.connections.total() as f64);
+    crate::metrics::refresh();
     ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], admin.exporter.render())
 }
 

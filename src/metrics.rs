@@ -8,7 +8,7 @@
 //! ([`RequestMetrics`]): an atomic add and a histogram sample, not a registry lookup.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram, Unit, counter, gauge, histogram};
@@ -170,6 +170,19 @@ pub fn limit_hit(limit: &'static str) {
     counter!("qkv_limits_hit_total", "limit" => limit).increment(1);
 }
 
+/// Requests being executed, by transport (in `Transport::ALL`'s order): plain atomics, read into the
+/// `qkv_requests_in_flight` gauges when metrics are rendered ([`refresh`]), so that a request does not
+/// pay for two float updates.
+static IN_FLIGHT: [AtomicI64; 3] = [AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)];
+
+/// Sets the gauges that are read rather than recorded; called before every render.
+pub fn refresh() {
+    for (transport, in_flight) in Transport::ALL.iter().zip(&IN_FLIGHT) {
+        gauge!("qkv_requests_in_flight", "transport" => transport.name())
+            .set(in_flight.load(Ordering::Relaxed) as f64);
+    }
+}
+
 /// The per-request handles of one transport, registered on first use.
 pub struct RequestMetrics {
     transport: &'static str,
@@ -177,7 +190,7 @@ pub struct RequestMetrics {
     requests: Vec<OnceLock<Counter>>,
     /// `qkv_request_duration_seconds`, by command.
     durations: Vec<OnceLock<Histogram>>,
-    in_flight: Gauge,
+    in_flight: &'static AtomicI64,
 }
 
 /// The status codes counted apart; another counts as "other".
@@ -205,12 +218,12 @@ const STATUS_LABELS: [&str; 16] = [
 
 impl RequestMetrics {
     pub fn new(transport: Transport) -> Self {
-        let transport = transport.name();
+        let index = Transport::ALL.iter().position(|&t| t == transport).unwrap_or_default();
         RequestMetrics {
-            transport,
+            transport: transport.name(),
             requests: (0..COMMAND_NAMES.len() * STATUS_LABELS.len()).map(|_| OnceLock::new()).collect(),
             durations: (0..COMMAND_NAMES.len()).map(|_| OnceLock::new()).collect(),
-            in_flight: gauge!("qkv_requests_in_flight", "transport" => transport),
+            in_flight: &IN_FLIGHT[index],
         }
     }
 
@@ -256,8 +269,8 @@ impl<H: Handler> Handler for Metered<H> {
             return self.inner.execute(request, caller).await;
         };
         let command = request.command_index();
-        metrics.in_flight.increment(1.0);
-        let in_flight = DecrementOnDrop(&metrics.in_flight);
+        metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = DecrementOnDrop(metrics.in_flight);
         let started = Instant::now();
         let reply = self.inner.execute(request, caller).await;
         let status = match &reply {
@@ -274,13 +287,13 @@ impl<H: Handler> Handler for Metered<H> {
     }
 }
 
-/// Takes one off a gauge when dropped, so that a request whose connection goes away mid-way still
+/// Takes one off a count when dropped, so that a request whose connection goes away mid-way still
 /// leaves the in-flight count.
-struct DecrementOnDrop<'a>(&'a Gauge);
+struct DecrementOnDrop(&'static AtomicI64);
 
-impl Drop for DecrementOnDrop<'_> {
+impl Drop for DecrementOnDrop {
     fn drop(&mut self) {
-        self.0.decrement(1.0);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -385,17 +398,37 @@ pub fn bytes(transport: Transport, received: u64, sent: u64) {
 
 /// The figures of a QUIC connection's path, sampled now and then: adds what changed since the last
 /// sample to the counters and observes its RTT and window.
-#[derive(Default)]
 pub struct PathSampler {
     last: Option<quinn::ConnectionStats>,
-    address: Option<std::net::SocketAddr>,
+    address: std::net::SocketAddr,
     migrations: u64,
 }
 
 /// How often a QUIC connection's path is sampled (besides at its end).
 pub const PATH_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Samples `connection`'s path into `sampler` every [`PATH_SAMPLE_INTERVAL`] until `stop` is
+/// cancelled: a task of its own, so that the connection's loop does not poll a timer for every
+/// stream it accepts.
+pub async fn sample_path(
+    connection: quinn::Connection,
+    sampler: std::sync::Arc<parking_lot::Mutex<PathSampler>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PATH_SAMPLE_INTERVAL) => sampler.lock().sample(&connection),
+        }
+    }
+}
+
 impl PathSampler {
+    /// A sampler of `connection`, on the client address it has now.
+    pub fn new(connection: &quinn::Connection) -> Self {
+        PathSampler { last: None, address: connection.remote_address(), migrations: 0 }
+    }
+
     /// New client addresses seen, sample to sample (a migration between two samples that came back is
     /// not seen).
     pub fn migrations(&self) -> u64 {
@@ -404,11 +437,11 @@ impl PathSampler {
 
     pub fn sample(&mut self, connection: &quinn::Connection) {
         let address = connection.remote_address();
-        if self.address.is_some_and(|last| last != address) {
+        if address != self.address {
             self.migrations += 1;
             counter!("qkv_quic_migrations_total").increment(1);
         }
-        self.address = Some(address);
+        self.address = address;
         if !enabled() {
             return;
         }

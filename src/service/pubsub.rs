@@ -27,6 +27,7 @@ pub fn subscribe(broker: &Broker, relay: Option<&dyn Relay>, cmd: Subscribe, cal
             return CommandResponse::error(status::UNAVAILABLE, e.to_string()).into();
         }
         Err(e @ SubscribeError::TooMany { .. }) => {
+            crate::metrics::limit_hit("subscriptions_per_connection");
             return CommandResponse::error(status::TOO_MANY_REQUESTS, e.to_string()).into();
         }
     };
@@ -136,7 +137,10 @@ pub async fn publish(
 impl From<PublishError> for ServiceError {
     fn from(e: PublishError) -> Self {
         match e {
-            PublishError::MemoryExhausted { .. } => ServiceError::Unavailable(e.to_string()),
+            PublishError::MemoryExhausted { .. } => {
+                crate::metrics::limit_hit("connection_memory");
+                ServiceError::Unavailable(e.to_string())
+            }
         }
     }
 }

@@ -213,12 +213,13 @@ async fn serve_connection<H: Handler>(
     let handshake_done = timeouts::deadline(limits.request_timeout, handshake.completed());
     tokio::pin!(handshake_done);
     let mut handshaking = true;
-    let mut path = PathSampler::default();
+    let path = Arc::new(parking_lot::Mutex::new(PathSampler::new(&connection)));
+    let sampling = CancellationToken::new();
+    if metrics::enabled() {
+        streams.spawn(metrics::sample_path(connection.clone(), path.clone(), sampling.clone()));
+    }
     let started = std::time::Instant::now();
     let mut requests = 0u64;
-    let first_sample = tokio::time::Instant::now() + metrics::PATH_SAMPLE_INTERVAL;
-    let mut sample = tokio::time::interval_at(first_sample, metrics::PATH_SAMPLE_INTERVAL);
-    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ended = loop {
         let (send, recv) = tokio::select! {
             _ = shutdown.cancelled() => break None,
@@ -235,10 +236,6 @@ async fn serve_connection<H: Handler>(
                         connection.close(codes::HANDSHAKE_TIMEOUT, b"handshake did not complete in time");
                     }
                 }
-                continue;
-            }
-            _ = sample.tick(), if metrics::enabled() => {
-                path.sample(&connection);
                 continue;
             }
             stream = connection.accept_bi() => match stream {
@@ -272,6 +269,7 @@ async fn serve_connection<H: Handler>(
         }
     };
     drop(pending);
+    sampling.cancel();
     streams.close();
     let reason = match ended {
         Some(reason) => {
@@ -286,7 +284,11 @@ async fn serve_connection<H: Handler>(
             "closed for shutdown".to_owned()
         }
     };
-    path.sample(&connection);
+    let migrations = {
+        let mut path = path.lock();
+        path.sample(&connection);
+        path.migrations()
+    };
     let stats = connection.stats();
     info!(
         target: "qkv::connection",
@@ -298,7 +300,7 @@ async fn serve_connection<H: Handler>(
         bytes_out = stats.udp_tx.bytes,
         rtt_us = stats.path.rtt.as_micros() as u64,
         lost_packets = stats.path.lost_packets,
-        migrations = path.migrations(),
+        migrations,
         "connection ended"
     );
     drop(admitted);
