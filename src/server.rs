@@ -54,7 +54,7 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight requests before closing connections regardless.
     pub shutdown_grace: Duration,
     /// Where the admin listener (/metrics, /healthz, /readyz) listens, if anywhere; with it, the
-    /// server records metrics.
+    /// server records metrics. Metrics belong to the process: servers in one process share them.
     pub admin: Option<SocketAddr>,
 }
 
