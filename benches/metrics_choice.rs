@@ -60,7 +60,7 @@ fn request(c: &mut Criterion) {
             histogram.record(0.000_2);
             n += 1;
             // Upkeep folds the samples in, as the admin listener does every few seconds.
-            if n % 100_000 == 0 {
+            if n.is_multiple_of(100_000) {
                 handle.run_upkeep();
             }
         })
@@ -68,8 +68,7 @@ fn request(c: &mut Criterion) {
 
     let mut registry = Registry::default();
     let requests = Family::<RequestLabels, Counter>::default();
-    let durations =
-        Family::<DurationLabels, Histogram>::new_with_constructor(|| Histogram::new(BUCKETS.into_iter()));
+    let durations = Family::<DurationLabels, Histogram>::new_with_constructor(|| Histogram::new(BUCKETS));
     registry.register("requests", "Requests answered", requests.clone());
     registry.register("duration_seconds", "Request durations", durations.clone());
     let counter = requests

@@ -115,14 +115,14 @@ mod tests {
     fn names_and_values_at_the_limits_pass_and_one_byte_more_is_refused_naming_the_flag() {
         assert!(check(CommandRequest::hset("tttt", "kkkkkkkk", "v".repeat(14))).is_ok());
         for (request, flag) in [
-            (CommandRequest::hget("ttttt", "k"), "max_table_size"),
-            (CommandRequest::hmget("t", ["k", "kkkkkkkkk"]), "max_key_size"),
-            (CommandRequest::hset("t", "k", "v".repeat(15)), "max_value_size"),
+            (CommandRequest::hget("ttttt", "k"), "--max-table-size"),
+            (CommandRequest::hmget("t", ["k", "kkkkkkkkk"]), "--max-key-size"),
+            (CommandRequest::hset("t", "k", "v".repeat(15)), "--max-value-size"),
             (
                 CommandRequest::hmset("t", [Kvpair::new("k", "v"), Kvpair::new("k", "v".repeat(15))]),
-                "max_value_size",
+                "--max-value-size",
             ),
-            (CommandRequest::hgetall("ttttt"), "max_table_size"),
+            (CommandRequest::hgetall("ttttt"), "--max-table-size"),
         ] {
             let err = check(request).unwrap_err();
             assert!(matches!(err, ServiceError::TooLarge(_)) && err.to_string().contains(flag), "{err}");
