@@ -29,9 +29,6 @@ use crate::storage::Storage;
 /// How long `/readyz` waits for the backend to answer before it says it does not.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How often histogram samples are folded in between scrapes, so they do not pile up.
-const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-
 /// The content type of Prometheus's text exposition format.
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -42,6 +39,7 @@ pub struct Draining(Arc<AtomicBool>);
 impl Draining {
     pub fn start(&self) {
         self.0.store(true, Ordering::Relaxed);
+        crate::metrics::ready(false);
     }
 
     fn is_set(&self) -> bool {
@@ -73,32 +71,24 @@ pub async fn serve<S: Storage>(
     stop: CancellationToken,
 ) {
     let addr = listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
-    let admin = Arc::new(Admin { exporter: exporter.clone(), service, connections, draining });
+    let admin = Arc::new(Admin { exporter, service, connections, draining });
     let router = Router::new()
         .route("/metrics", get(metrics::<S>))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<S>))
         .with_state(admin);
     info!(%addr, "admin listener serving /metrics, /healthz and /readyz over plaintext HTTP");
-    let upkeep = async {
-        let mut every = tokio::time::interval(UPKEEP_INTERVAL);
-        loop {
-            every.tick().await;
-            exporter.upkeep();
-        }
-    };
+    if listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+        warn!(%addr, "the admin listener is plaintext HTTP without authentication: keep it on a private network");
+    }
     let served = axum::serve(listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
-    tokio::select! {
-        result = served => {
-            if let Err(e) = result {
-                warn!(error = %e, "the admin listener failed");
-            }
-        }
-        _ = upkeep => {}
+    if let Err(e) = served.await {
+        warn!(error = %e, "the admin listener failed");
     }
 }
 
 async fn metrics<S: Storage>(State(admin): State<Arc<Admin<S>>>) -> impl IntoResponse {
+    crate::metrics::ready(readiness(&admin).await.is_ok());
     let usage = admin.service.storage().usage();
     if let Some(keys) = usage.keys {
         ::metrics::gauge!("qkv_storage_keys").set(keys as f64);
@@ -113,16 +103,20 @@ async fn metrics<S: Storage>(State(admin): State<Arc<Admin<S>>>) -> impl IntoRes
     ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], admin.exporter.render())
 }
 
+/// Ready, or why not: shutting down, or the storage backend does not answer.
+async fn readiness<S: Storage>(admin: &Admin<S>) -> Result<(), String> {
+    if admin.draining.is_set() {
+        return Err("shutting down".to_owned());
+    }
+    match tokio::time::timeout(HEALTH_TIMEOUT, admin.service.storage().health()).await {
+        Ok(health) => health.map_err(|reason| format!("storage: {reason}")),
+        Err(_) => Err(format!("storage: no answer within {HEALTH_TIMEOUT:?}")),
+    }
+}
+
 async fn readyz<S: Storage>(State(admin): State<Arc<Admin<S>>>) -> (StatusCode, String) {
-    let ready = if admin.draining.is_set() {
-        Err("shutting down".to_owned())
-    } else {
-        match tokio::time::timeout(HEALTH_TIMEOUT, admin.service.storage().health()).await {
-            Ok(health) => health.map_err(|reason| format!("storage: {reason}")),
-            Err(_) => Err(format!("storage: no answer within {HEALTH_TIMEOUT:?}")),
-        }
-    };
-    ::metrics::gauge!("qkv_ready").set(if ready.is_ok() { 1.0 } else { 0.0 });
+    let ready = readiness(&admin).await;
+    crate::metrics::ready(ready.is_ok());
     match ready {
         Ok(()) => (StatusCode::OK, "ready\n".into()),
         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),

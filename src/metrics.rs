@@ -47,6 +47,9 @@ const WINDOW_BUCKETS: [f64; 10] = [
 /// Writes per disk commit.
 const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Where the rendered metrics come from, once installed.
 #[derive(Clone)]
 pub struct Exporter {
@@ -93,6 +96,18 @@ fn set_recorder() -> Result<Exporter, MetricsError> {
         .build_recorder();
     let exporter = Exporter { handle: recorder.handle() };
     metrics::set_global_recorder(recorder).map_err(|e| MetricsError(e.to_string()))?;
+    // Histogram samples wait in buckets until folded in: fold them every few seconds for as long as
+    // the process records, scraped or not, so that they cannot pile up.
+    let upkeep = exporter.clone();
+    std::thread::Builder::new()
+        .name("qkv-metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                upkeep.upkeep();
+            }
+        })
+        .map_err(|e| MetricsError(format!("cannot start the upkeep thread: {e}")))?;
     describe();
     gauge!("qkv_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     subscriptions(0);
@@ -165,6 +180,11 @@ fn describe() {
     g!("qkv_ready", "1 when the server is ready to serve (as /readyz), 0 otherwise.");
 }
 
+/// Whether the server is ready, as /readyz last found it (0 from the moment shutdown begins).
+pub fn ready(ready: bool) {
+    gauge!("qkv_ready").set(if ready { 1.0 } else { 0.0 });
+}
+
 /// A limit refused a request or a connection; `limit` is its flag's name with `_` (`max_value_size`).
 pub fn limit_hit(limit: &'static str) {
     counter!("qkv_limits_hit_total", "limit" => limit).increment(1);
@@ -209,8 +229,11 @@ const STATUSES: [u32; 15] = [
     status::UNAVAILABLE,
     status::GATEWAY_TIMEOUT,
     status::INSUFFICIENT_STORAGE,
-    412,
+    PRECONDITION_FAILED,
 ];
+
+/// HTTP's Precondition Failed, which the web front door answers for a conditional request's conflict.
+const PRECONDITION_FAILED: u32 = 412;
 const STATUS_LABELS: [&str; 16] = [
     "200", "400", "403", "404", "408", "409", "410", "413", "429", "500", "501", "503", "504", "507", "412",
     "other",

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use quinn::Endpoint;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -97,6 +98,8 @@ pub struct Server<S> {
     admin: Option<(TcpListener, Exporter)>,
     /// The certificate and client CA, reloaded on SIGHUP.
     credentials: Credentials,
+    /// SIGHUP, listened for from `bind` on, so that one sent while the server starts is not fatal.
+    hangups: Option<Signal>,
     service: Service<S>,
     memory: MemoryBudget,
     config: ServerConfig,
@@ -125,6 +128,13 @@ impl<S: Storage> Server<S> {
         let identity = Identity::from_pem_files(&certs.server_cert(), &certs.server_key())?;
         let tls = tls::server_configs(identity, config.session_cache, config.client_ca.as_deref())?;
         let credentials = tls.credentials.clone();
+        let hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => Some(hangups),
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP: certificates will not be reloaded");
+                None
+            }
+        };
         let transport::Bound { quic, tcp } =
             transport::bind(config.listen, tls, config.tcp, &config.limits, &config.quic).map_err(|e| {
                 ServerError::Bind { addr: config.listen, protocol: e.protocol, cause: e.cause }
@@ -154,7 +164,7 @@ impl<S: Storage> Server<S> {
             config.limits.max_frame_len,
             memory.clone(),
         );
-        Ok(Server { quic, tcp, admin, credentials, service, memory, config })
+        Ok(Server { quic, tcp, admin, credentials, hangups, service, memory, config })
     }
 
     /// The address actually bound (useful with port 0); QUIC and TCP share its port number.
@@ -240,7 +250,8 @@ impl<S: Storage> Server<S> {
             }
         };
         let certs = CertDir::new(&self.config.certs_dir);
-        let reloading = reload_on_hangup(self.credentials, certs.server_cert(), certs.server_key());
+        let reloading =
+            reload_on_hangup(self.hangups, self.credentials, certs.server_cert(), certs.server_key());
         let serving = async {
             tokio::select! {
                 _ = async { tokio::join!(quic, tcp) } => {}
@@ -264,8 +275,11 @@ impl<S: Storage> Server<S> {
             serving.await;
         }
         admin_stop.cancel();
-        if let Some(admin) = admin {
-            let _ = admin.await;
+        if let Some(mut admin) = admin {
+            // A scraper that stops reading must not hold the shutdown up.
+            if tokio::time::timeout(grace, &mut admin).await.is_err() {
+                admin.abort();
+            }
         }
         if stopped {
             info!("shut down");
@@ -275,21 +289,21 @@ impl<S: Storage> Server<S> {
 
 /// Reloads the certificate and key (and the client CA) on every SIGHUP, for new handshakes; a bad new
 /// file is refused with a warning, and the files in use stay in use. Never completes.
-async fn reload_on_hangup(credentials: Credentials, cert: PathBuf, key: PathBuf) {
-    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGHUP: certificates will not be reloaded");
-            return std::future::pending().await;
-        }
+async fn reload_on_hangup(hangups: Option<Signal>, credentials: Credentials, cert: PathBuf, key: PathBuf) {
+    let Some(mut hangups) = hangups else {
+        return std::future::pending().await;
     };
     while hangups.recv().await.is_some() {
-        match credentials.reload(&cert, &key) {
-            Ok(()) => {
-                info!(cert = %cert.display(), "SIGHUP: reloaded the certificates; new handshakes use them")
+        let (credentials, cert, key) = (credentials.clone(), cert.clone(), key.clone());
+        // Reading and parsing files: off the runtime's thread.
+        let reloaded = tokio::task::spawn_blocking(move || credentials.reload(&cert, &key)).await;
+        match reloaded {
+            Ok(Ok(())) => info!("SIGHUP: reloaded the certificates; new handshakes use them"),
+            Ok(Err(e)) => {
+                warn!(error = %e, "SIGHUP: the new certificates were refused; the ones in use stay in use")
             }
             Err(e) => {
-                warn!(error = %e, "SIGHUP: the new certificates were refused; the ones in use stay in use")
+                warn!(error = %e, "SIGHUP: reloading the certificates failed; the ones in use stay in use")
             }
         }
     }

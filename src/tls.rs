@@ -221,22 +221,28 @@ pub fn server_configs(
     };
     let mut tcp = builder.with_cert_resolver(cert.clone());
     tcp.alpn_protocols = vec![ALPN.to_vec()];
-    tcp.session_storage = SessionCache::new(session_cache, crate::transport::Transport::Tls);
+    let sessions = [
+        SessionCache::new(session_cache, crate::transport::Transport::Tls),
+        SessionCache::new(session_cache, crate::transport::Transport::Quic),
+    ];
+    tcp.session_storage = sessions[0].clone();
     let mut quic = tcp.clone();
-    quic.session_storage = SessionCache::new(session_cache, crate::transport::Transport::Quic);
+    quic.session_storage = sessions[1].clone();
     quic.max_early_data_size = u32::MAX;
-    Ok(ServerTls { quic, tcp, credentials: Credentials { cert, client_ca: verifier } })
+    Ok(ServerTls { quic, tcp, credentials: Credentials { cert, client_ca: verifier, sessions } })
 }
 
 /// The certificate a server presents and the CA its clients' certificates must chain to, replaced by
 /// [`Credentials::reload`] (on SIGHUP) for every handshake from then on. Established connections keep
-/// the keys they agreed; a session resumed from a ticket issued before the reload keeps its identity
-/// (tickets are single-use and end with the process).
+/// the keys they agreed. The sessions remembered for resumption are forgotten at a reload: a resumed
+/// handshake does not verify the client's certificate again, so a session made under the old client CA
+/// must not outlive it.
 #[cfg(feature = "server")]
 #[derive(Clone)]
 pub struct Credentials {
     cert: Arc<ReloadableCert>,
     client_ca: Option<(PathBuf, Arc<ReloadableClientVerifier>)>,
+    sessions: [Arc<SessionCache>; 2],
 }
 
 #[cfg(feature = "server")]
@@ -254,6 +260,9 @@ impl Credentials {
         *self.cert.0.write() = Arc::new(certified);
         if let (Some((_, current)), Some(verifier)) = (&self.client_ca, verifier) {
             *current.0.write() = verifier;
+        }
+        for sessions in &self.sessions {
+            sessions.sessions.clear_sync();
         }
         Ok(())
     }

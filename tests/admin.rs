@@ -65,6 +65,13 @@ async fn metrics_count_what_each_transport_served() {
             other => panic!("{transport}: a value over --max-value-size is refused, got {other:?}"),
         }
         drop(client);
+        // QUIC's bytes are counted from its statistics when the connection ends: wait for that.
+        let open = format!("qkv_connections_open{{transport=\"{name}\"}}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while sample(&get(admin, "/metrics").await.1, &open) > 0.0 {
+            assert!(tokio::time::Instant::now() < deadline, "{transport}: the connection did not end");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
 
         let (status, after) = get(admin, "/metrics").await;
         assert_eq!(status, 200);
@@ -119,7 +126,16 @@ async fn health_is_ok_and_readiness_ends_when_shutdown_begins() {
     let (mut send, _recv) = connection.open_bi().await.expect("a stream");
     send.write_all(&[0, 0]).await.expect("half a frame header");
     server.begin_stop();
-    let (status, body) = get(admin, "/readyz").await;
+    // The server task sees the stop when it next runs: wait for readiness to end (it must, while the
+    // unfinished request holds the shutdown open).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        let (status, body) = get(admin, "/readyz").await;
+        if status != 200 || tokio::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::task::yield_now().await;
+    };
     assert_eq!((status, body.as_str()), (503, "not ready: shutting down\n"));
     assert_eq!(get(admin, "/healthz").await.0, 200, "alive while it drains");
     drop(send);

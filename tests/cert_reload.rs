@@ -91,6 +91,9 @@ async fn sighup_reloads_the_client_ca_for_new_handshakes_only() {
     };
     let established = Client::connect_with(as_client(&alice, Transport::Quic)).await.unwrap();
     established.hset("t", "k", "v").await.unwrap();
+    // A client holding session tickets from before the reload (clones of a config share its tickets).
+    let resuming = as_client(&alice, Transport::Quic);
+    connects(resuming.clone()).await.expect("alice connects before the reload");
 
     // Another CA takes the place of the client CA; bob has a certificate from it.
     let other = tempfile::tempdir().unwrap();
@@ -105,6 +108,10 @@ async fn sighup_reloads_the_client_ca_for_new_handshakes_only() {
         connects(as_client(&bob, transport)).await.expect("bob's CA is the client CA now");
     }
     established.hget("t", "k").await.expect("alice's established connection keeps going");
+    assert!(
+        connects(resuming).await.is_err(),
+        "a session made under the old client CA must not resume after the reload"
+    );
 
     std::fs::write(&client_ca, "").unwrap();
     server.hang_up();

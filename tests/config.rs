@@ -149,6 +149,7 @@ async fn a_bad_config_file_is_refused_naming_the_file_the_key_and_what_was_expec
         ("max_frame_size = \"lots\"\n", vec!["key `max_frame_size`", "'lots'"]),
         ("no_tcp = \"yes\"\n", vec!["key `no_tcp`", "expected true or false"]),
         ("listen = [\"127.0.0.1:1\"]\n", vec!["key `listen`", "expected one value"]),
+        ("redis = []\n", vec!["key `redis`", "expected at least one value"]),
         ("listen = { port = 1 }\n", vec!["key `listen`", "expected a string or a number, found table"]),
         ("[quic]\ncongestion = \"bbr\"\n", vec!["unknown key `quic`"]),
         ("listen = \n", vec!["TOML parse error at line 1"]),

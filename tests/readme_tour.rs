@@ -203,7 +203,12 @@ async fn the_readme_operations_commands_work() {
     let dir = tempfile::tempdir().unwrap();
     let qkv = env!("CARGO_BIN_EXE_qkv");
 
-    let printed = tokio::process::Command::new("sh")
+    let mut printing = tokio::process::Command::new("sh");
+    // The configuration printed must be the defaults, not whatever QKV_ variables this test inherited.
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("QKV_")) {
+        printing.env_remove(name);
+    }
+    let printed = printing
         .arg("-c")
         .arg(print.replacen("qkv ", &format!("{qkv} "), 1))
         .current_dir(dir.path())

@@ -130,6 +130,7 @@ fn flags_for(arg: &Arg, value: &toml::Value) -> Result<Vec<String>, String> {
         };
     }
     let scalars = match value {
+        toml::Value::Array(items) if items.is_empty() => return Err("expected at least one value".into()),
         toml::Value::Array(items) if matches!(arg.get_action(), ArgAction::Append) => items.iter().collect(),
         toml::Value::Array(_) => return Err("expected one value, found an array".into()),
         scalar => vec![scalar],

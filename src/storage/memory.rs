@@ -52,6 +52,8 @@ pub struct MemoryStore {
     last_version: AtomicU64,
     /// Bytes accounted to the entries and tables held now.
     used: AtomicUsize,
+    /// Keys held now, in every table (for the metrics).
+    keys: AtomicU64,
     budget: usize,
 }
 
@@ -87,6 +89,7 @@ impl MemoryStore {
             tables: scc::HashMap::default(),
             last_version: AtomicU64::new(super::first_version_floor()),
             used: AtomicUsize::new(0),
+            keys: AtomicU64::new(0),
             budget,
         }
     }
@@ -206,6 +209,7 @@ impl MemoryStore {
                 MapEntry::Vacant(entry) => {
                     let version = self.next_version();
                     entry.insert_entry(Versioned { value, version });
+                    self.keys.fetch_add(1, Ordering::Relaxed);
                     WriteOutcome::Written { previous: None, version }
                 }
             },
@@ -224,6 +228,7 @@ impl MemoryStore {
             return WriteOutcome::Conflict { current: Some(entry.get().clone()) };
         }
         let (key, previous) = entry.remove_entry();
+        self.keys.fetch_sub(1, Ordering::Relaxed);
         self.release(entry_size(&key, &previous.value));
         WriteOutcome::Written { previous: Some(previous), version: 0 }
     }
@@ -288,14 +293,8 @@ fn absent_delete(expected_version: Option<u64>) -> WriteOutcome {
 impl Storage for MemoryStore {
     type Scan = MemoryScan;
 
-    /// Keys are counted table by table (a walk over the tables, for a scrape now and then).
     fn usage(&self) -> StorageUsage {
-        let mut keys = 0u64;
-        self.tables.iter_sync(|_, table| {
-            keys += table.entries.len() as u64;
-            true
-        });
-        StorageUsage { keys: Some(keys), memory: Some(self.memory()) }
+        StorageUsage { keys: Some(self.keys.load(Ordering::Relaxed)), memory: Some(self.memory()) }
     }
 
     async fn get(&self, table: &str, key: &str) -> StorageResult<Option<Versioned>> {

@@ -317,6 +317,7 @@ where
 fn log_write_failure(e: &FrameError) {
     match e {
         FrameError::MemoryExhausted { .. } => {
+            crate::metrics::limit_hit("connection_memory");
             info!(error = %e, "no memory for an answer; closing the connection")
         }
         _ => debug!(error = %e, "writing answers failed; closing the connection"),

@@ -268,6 +268,10 @@ async fn serve_connection<H: Handler>(
             streams.spawn(stream);
         }
     };
+    if handshaking && ended.is_some() {
+        // The connection failed before its handshake's end was seen.
+        metrics::handshake(Transport::Quic, "failed");
+    }
     drop(pending);
     sampling.cancel();
     streams.close();
