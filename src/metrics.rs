@@ -175,7 +175,7 @@ fn describe() {
     g!("qkv_subscriptions", "Subscriptions open.");
     c!("qkv_pubsub_published_total", "Messages published.");
     c!("qkv_pubsub_delivered_total", "Messages queued for a subscriber.");
-    c!("qkv_pubsub_missed_total", "Messages subscribers missed (lag policy skip).");
+    c!("qkv_pubsub_missed_total", "Deliveries that did not happen because a subscriber's queue was full.");
     g!("qkv_build_info", "The server's version; always 1.");
     g!("qkv_ready", "1 when the server is ready to serve (as /readyz), 0 otherwise.");
 }
@@ -206,56 +206,35 @@ pub fn refresh() {
 /// The per-request handles of one transport, registered on first use.
 pub struct RequestMetrics {
     transport: &'static str,
-    /// `qkv_requests_total`, by command and status (`STATUSES`, and one for any other).
+    /// `qkv_requests_total`, by command and status (`status::ALL`, and one for any other).
     requests: Vec<OnceLock<Counter>>,
     /// `qkv_request_duration_seconds`, by command.
     durations: Vec<OnceLock<Histogram>>,
     in_flight: &'static AtomicI64,
 }
 
-/// The status codes counted apart; another counts as "other".
-const STATUSES: [u32; 15] = [
-    status::OK,
-    status::BAD_REQUEST,
-    status::FORBIDDEN,
-    status::NOT_FOUND,
-    status::REQUEST_TIMEOUT,
-    status::CONFLICT,
-    status::GONE,
-    status::PAYLOAD_TOO_LARGE,
-    status::TOO_MANY_REQUESTS,
-    status::INTERNAL_ERROR,
-    status::NOT_IMPLEMENTED,
-    status::UNAVAILABLE,
-    status::GATEWAY_TIMEOUT,
-    status::INSUFFICIENT_STORAGE,
-    PRECONDITION_FAILED,
-];
-
-/// HTTP's Precondition Failed, which the web front door answers for a conditional request's conflict.
-const PRECONDITION_FAILED: u32 = 412;
-const STATUS_LABELS: [&str; 16] = [
-    "200", "400", "403", "404", "408", "409", "410", "413", "429", "500", "501", "503", "504", "507", "412",
-    "other",
-];
+/// A counter slot per status the protocol lists, and one for any other.
+const STATUS_SLOTS: usize = status::ALL.len() + 1;
 
 impl RequestMetrics {
     pub fn new(transport: Transport) -> Self {
         let index = Transport::ALL.iter().position(|&t| t == transport).unwrap_or_default();
         RequestMetrics {
             transport: transport.name(),
-            requests: (0..COMMAND_NAMES.len() * STATUS_LABELS.len()).map(|_| OnceLock::new()).collect(),
+            requests: (0..COMMAND_NAMES.len() * STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
             durations: (0..COMMAND_NAMES.len()).map(|_| OnceLock::new()).collect(),
             in_flight: &IN_FLIGHT[index],
         }
     }
 
     fn record(&self, command: usize, status: u32, elapsed: Duration) {
-        let status = STATUSES.iter().position(|&s| s == status).unwrap_or(STATUSES.len());
+        // A status the protocol does not list shares the last slot, labelled "other".
+        let slot = status::ALL.iter().position(|&s| s == status).unwrap_or(status::ALL.len());
         let (command_name, transport) = (COMMAND_NAMES[command], self.transport);
-        self.requests[command * STATUS_LABELS.len() + status]
+        self.requests[command * STATUS_SLOTS + slot]
             .get_or_init(|| {
-                counter!("qkv_requests_total", "command" => command_name, "transport" => transport, "status" => STATUS_LABELS[status])
+                let label = status::ALL.get(slot).map_or_else(|| "other".to_owned(), u32::to_string);
+                counter!("qkv_requests_total", "command" => command_name, "transport" => transport, "status" => label)
             })
             .increment(1);
         self.durations[command]

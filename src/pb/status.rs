@@ -34,3 +34,21 @@ pub const GATEWAY_TIMEOUT: u32 = 504;
 /// A write would take the store over its memory budget; nothing was written. Reads and deletes still
 /// work; retry after data is deleted.
 pub const INSUFFICIENT_STORAGE: u32 = 507;
+
+/// Every status a response may carry (docs/PROTOCOL.md, "Status codes").
+pub const ALL: [u32; 14] = [
+    OK,
+    BAD_REQUEST,
+    FORBIDDEN,
+    NOT_FOUND,
+    REQUEST_TIMEOUT,
+    CONFLICT,
+    GONE,
+    PAYLOAD_TOO_LARGE,
+    TOO_MANY_REQUESTS,
+    INTERNAL_ERROR,
+    NOT_IMPLEMENTED,
+    UNAVAILABLE,
+    GATEWAY_TIMEOUT,
+    INSUFFICIENT_STORAGE,
+];

@@ -8,7 +8,6 @@
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::SweepArgs;
 use crate::proc::cpu_seconds;
 use crate::report::median;
-use crate::run::{self, Processes, QKV, SERVER_CORE, Scenario, pinned};
+use crate::run::{self, Processes, Scenario};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Measurement {
@@ -47,16 +46,9 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         (plain, vec![], "qkv"),
         (metered, vec!["--admin".to_owned(), format!("127.0.0.1:{admin}")], "qkv-metrics"),
     ] {
-        let child = pinned(SERVER_CORE, QKV)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--certs"])
-            .arg(&certs)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(work.join(format!("{name}.log")))?)
-            .spawn()?;
+        let child = run::serve_pinned(&work, &certs, port, &extra, name)?;
         pids.push(child.id());
         processes.0.push(child);
-        run::wait_for_tcp(port, name)?;
     }
     run::wait_for_tcp(admin, "the admin listener")?;
     let mut measurements = Vec::new();

@@ -9,7 +9,6 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::SweepArgs;
 use crate::report;
-use crate::run::{self, Processes, QKV, SERVER_CORE, Scenario, pinned};
+use crate::run::{self, Processes, Scenario};
 
 const SUBSCRIBERS: usize = 100;
 const TRANSPORTS: [&str; 3] = ["quic", "tls", "tcp"];
@@ -48,18 +47,9 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     let (tls_port, plaintext_port) = (run::free_port()?, run::free_port()?);
     let mut processes = Processes::default();
     for (port, extra, name) in
-        [(tls_port, None, "qkv"), (plaintext_port, Some("--tcp-plaintext"), "qkv-plaintext")]
+        [(tls_port, vec![], "qkv"), (plaintext_port, vec!["--tcp-plaintext".to_owned()], "qkv-plaintext")]
     {
-        processes.0.push(
-            pinned(SERVER_CORE, QKV)
-                .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--certs"])
-                .arg(&certs)
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(work.join(format!("{name}.log")))?)
-                .spawn()?,
-        );
-        run::wait_for_tcp(port, name)?;
+        processes.0.push(run::serve_pinned(&work, &certs, port, &extra, name)?);
     }
     let points = [1u32, 16];
     let mut measurements = Vec::new();

@@ -211,6 +211,26 @@ pub fn pinned(core: &str, program: &str) -> Command {
     command
 }
 
+/// Starts `qkv serve` on core 0, on loopback `port` with the certificates in `certs` and `extra` flags,
+/// logging to `work/NAME.log`, and waits until it listens.
+pub fn serve_pinned(
+    work: &Path,
+    certs: &Path,
+    port: u16,
+    extra: &[String],
+    name: &str,
+) -> anyhow::Result<Child> {
+    let child = pinned(SERVER_CORE, QKV)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--certs"])
+        .arg(certs)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.join(format!("{name}.log")))?)
+        .spawn()?;
+    wait_for_tcp(port, name)?;
+    Ok(child)
+}
+
 pub fn free_port() -> anyhow::Result<u16> {
     // Probe UDP and TCP together: qkv listens on both with one port number.
     for _ in 0..64 {
