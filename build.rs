@@ -1,12 +1,29 @@
-//! Compiles `proto/kv.proto` with protox (a pure-Rust protobuf compiler), so building qkv never needs
-//! a system `protoc`.
+//! Compiles `proto/kv.proto` (the wire messages) and `proto/qkv/v1/kv.proto` (the gRPC service) with
+//! protox, a pure-Rust protobuf compiler, so building qkv never needs a system `protoc`.
+
+use std::path::PathBuf;
+
+use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(["proto/kv.proto"], ["proto"])?;
+    let messages = protox::compile(["proto/kv.proto"], ["proto"])?;
     prost_build::Config::new()
         // `bytes` fields as `bytes::Bytes`: cloning a stored binary value is then a reference-count bump.
         .bytes(["."])
-        .compile_fds(descriptors)?;
+        .compile_fds(messages)?;
+
+    // The service's messages are the ones above (`extern_path`); its descriptors, with kv.proto's,
+    // are what gRPC server reflection serves.
+    let service = protox::compile(["proto/qkv/v1/kv.proto"], ["proto"])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("qkv_descriptor.bin"), service.encode_to_vec())?;
+    let only_service = prost_types::FileDescriptorSet {
+        file: service.file.into_iter().filter(|file| file.package() == "qkv.v1").collect(),
+    };
+    tonic_prost_build::configure()
+        .build_transport(false)
+        .extern_path(".abi", "crate::pb")
+        .compile_fds(only_service)?;
     Ok(())
 }

@@ -69,7 +69,7 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("scan (first 64 KiB page of 100,000 keys)", |b| {
         b.to_async(&runtime).iter(|| async {
-            let mut scan = store.scan("t").await.unwrap();
+            let mut scan = store.scan("t", None).await.unwrap();
             scan.next_page(PageLimit { entries: 8192, bytes: 64 * 1024 }).await.unwrap()
         })
     });

@@ -20,6 +20,7 @@
 //! - [`bench`]: the load generator behind `qkv bench`, built on the client (here rather than in the
 //!   binary, so the CLI holds no logic of its own).
 //! - [`stat`]: `qkv stat`'s live view of a server, from its admin listener's Prometheus metrics.
+//! - [`web`]: the web listener, REST and gRPC adapters onto the same service (docs/HTTP.md).
 //!
 //! Features: `server` adds the server (service, stores, broker, listeners, certificate generation);
 //! `cli` (the default) adds the load generator, `qkv stat`'s scraper and what the `qkv` binary needs.
@@ -58,5 +59,7 @@ pub mod bench;
 pub mod fuzzing;
 #[cfg(feature = "cli")]
 pub mod stat;
+#[cfg(feature = "server")]
+pub mod web;
 
 pub use client::Client;

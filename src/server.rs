@@ -11,6 +11,7 @@ use std::time::Duration;
 use quinn::Endpoint;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -25,6 +26,7 @@ use crate::transport::admission::Admission;
 use crate::transport::quic::{self, QuicOptions};
 use crate::transport::tcp::{self, TcpSecurity};
 use crate::transport::{self, Limits, Transport};
+use crate::web::{self, WebSecurity};
 
 /// Where `qkv serve` listens unless told otherwise: loopback only, so a development server is not
 /// exposed by accident.
@@ -57,6 +59,10 @@ pub struct ServerConfig {
     /// Where the admin listener (/metrics, /healthz, /readyz) listens, if anywhere; with it, the
     /// server records metrics. Metrics belong to the process: servers in one process share them.
     pub admin: Option<SocketAddr>,
+    /// Where the web listener (REST and gRPC, docs/HTTP.md) listens, if anywhere.
+    pub web: Option<SocketAddr>,
+    /// The web listener in plaintext HTTP, for loopback behind a proxy (refused with `client_ca`).
+    pub web_plaintext: bool,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +79,8 @@ impl Default for ServerConfig {
             service: ServiceConfig::default(),
             shutdown_grace: Duration::from_secs(10),
             admin: None,
+            web: None,
+            web_plaintext: false,
         }
     }
 }
@@ -96,6 +104,7 @@ pub struct Server<S> {
     quic: Endpoint,
     tcp: Option<(TcpListener, TcpSecurity)>,
     admin: Option<(TcpListener, Exporter)>,
+    web: Option<(TcpListener, WebSecurity)>,
     /// The certificate and client CA, reloaded on SIGHUP.
     credentials: Credentials,
     /// SIGHUP, listened for from `bind` on, so that one sent while the server starts is not fatal.
@@ -118,6 +127,12 @@ impl<S: Storage> Server<S> {
                 config.connection_memory
             )));
         }
+        if config.client_ca.is_some() && config.web_plaintext {
+            return Err(ServerError::Config(
+                "client certificates (--client-ca) need TLS on the web listener too: drop --web-plaintext"
+                    .into(),
+            ));
+        }
         if config.client_ca.is_some() && config.tcp == TcpMode::Plaintext {
             return Err(ServerError::Config(
                 "client certificates (--client-ca) need TLS on TCP too: drop --tcp-plaintext, or serve QUIC only with --no-tcp".into(),
@@ -128,6 +143,7 @@ impl<S: Storage> Server<S> {
         let identity = Identity::from_pem_files(&certs.server_cert(), &certs.server_key())?;
         let tls = tls::server_configs(identity, config.session_cache, config.client_ca.as_deref())?;
         let credentials = tls.credentials.clone();
+        let web_tls = Arc::new(tls.web.clone());
         let hangups = match signal(SignalKind::hangup()) {
             Ok(hangups) => Some(hangups),
             Err(e) => {
@@ -157,6 +173,25 @@ impl<S: Storage> Server<S> {
             }
             None => None,
         };
+        let web = match config.web {
+            Some(addr) => {
+                let listener = web::bind(addr).map_err(|cause| ServerError::Bind {
+                    addr,
+                    protocol: "web HTTP",
+                    cause,
+                })?;
+                let security = if config.web_plaintext {
+                    if !addr.ip().is_loopback() {
+                        warn!(%addr, "serving the web listener in plaintext beyond loopback: anyone on the network can read and change the traffic");
+                    }
+                    WebSecurity::Plaintext
+                } else {
+                    WebSecurity::Tls(TlsAcceptor::from(web_tls))
+                };
+                Some((listener, security))
+            }
+            None => None,
+        };
         let memory = MemoryBudget::new(config.connection_memory);
         let service = Service::with_memory(
             storage,
@@ -164,12 +199,17 @@ impl<S: Storage> Server<S> {
             config.limits.max_frame_len,
             memory.clone(),
         );
-        Ok(Server { quic, tcp, admin, credentials, hangups, service, memory, config })
+        Ok(Server { quic, tcp, admin, web, credentials, hangups, service, memory, config })
     }
 
     /// The address actually bound (useful with port 0); QUIC and TCP share its port number.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.quic.local_addr()
+    }
+
+    /// The web listener's address, when there is one.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
     }
 
     /// The admin listener's address, when there is one.
@@ -243,6 +283,13 @@ impl<S: Storage> Server<S> {
             client_auth,
         );
         let service = self.service.clone();
+        let (handler, web_limits, web_admission) = (self.service.clone(), limits.clone(), admission.clone());
+        let web = async {
+            if let Some((listener, security)) = self.web {
+                web::serve(listener, security, handler, web_limits, web_admission, token.clone(), grace)
+                    .await;
+            }
+        };
         let tcp = async {
             if let Some((listener, security)) = self.tcp {
                 let handler = Metered::new(self.service, security.transport());
@@ -254,7 +301,7 @@ impl<S: Storage> Server<S> {
             reload_on_hangup(self.hangups, self.credentials, certs.server_cert(), certs.server_key());
         let serving = async {
             tokio::select! {
-                _ = async { tokio::join!(quic, tcp) } => {}
+                _ = async { tokio::join!(quic, tcp, web) } => {}
                 _ = reloading => {}
             }
         };

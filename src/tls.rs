@@ -27,6 +27,9 @@ use rustls::{ClientConfig, RootCertStore};
 /// The ALPN protocol identifier of qkv's wire protocol, version 1.
 pub const ALPN: &[u8] = b"qkv/1";
 
+/// The ALPN protocol identifiers of the web listener, HTTP/2 preferred.
+pub const WEB_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {}: {cause}", path.display())]
@@ -180,11 +183,13 @@ impl std::fmt::Debug for SessionCache {
     }
 }
 
-/// A server's TLS configurations: one for QUIC, one for TLS over TCP.
+/// A server's TLS configurations: one for QUIC, one for TLS over TCP, one for the web listener.
 #[cfg(feature = "server")]
 pub struct ServerTls {
     pub quic: ServerConfig,
     pub tcp: ServerConfig,
+    /// ALPN `h2` and `http/1.1`, for the web listener (REST and gRPC); sessions shared with `tcp`.
+    pub web: ServerConfig,
     /// What both present and verify, for reloading.
     pub credentials: Credentials,
 }
@@ -229,7 +234,9 @@ pub fn server_configs(
     let mut quic = tcp.clone();
     quic.session_storage = sessions[1].clone();
     quic.max_early_data_size = u32::MAX;
-    Ok(ServerTls { quic, tcp, credentials: Credentials { cert, client_ca: verifier, sessions } })
+    let mut web = tcp.clone();
+    web.alpn_protocols = WEB_ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(ServerTls { quic, tcp, web, credentials: Credentials { cert, client_ca: verifier, sessions } })
 }
 
 /// The certificate a server presents and the CA its clients' certificates must chain to, replaced by

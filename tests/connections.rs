@@ -219,7 +219,7 @@ async fn a_full_server_refuses_connections_without_blaming_certificates(transpor
     assert!(!matches!(refused, ClientError::Handshake { .. }), "not a certificate problem: {refused}");
     let says = match transport {
         Transport::Quic => "refused",
-        Transport::Tls | Transport::Tcp => "connection limit",
+        _ => "connection limit",
     };
     assert!(refused.to_string().contains(says), "{refused}");
     first.ping("").await.expect("the first connection is unaffected");

@@ -99,7 +99,7 @@ impl Connections {
         // Over TCP there is no socket to share; one endpoint still builds the TLS configuration once.
         let per_endpoint = match config.client.transport {
             Transport::Quic => config.connections_per_socket.max(1),
-            Transport::Tls | Transport::Tcp => n,
+            _ => n,
         };
         // Each endpoint is made by the first of its connections to need it, inside the concurrent
         // opening, so that binding thousands of sockets does not hold up the first handshakes.
@@ -180,13 +180,13 @@ pub fn files_needed(config: &BenchConfig) -> u64 {
             let subscribers = (subscribers + stalled) as u64;
             let subscriber_sockets = match config.client.transport {
                 Transport::Quic => subscribers.div_ceil(config.connections_per_socket.max(1) as u64),
-                Transport::Tls | Transport::Tcp => subscribers,
+                _ => subscribers,
             };
             subscriber_sockets + n
         }
         _ => match config.client.transport {
             Transport::Quic => n.div_ceil(config.connections_per_socket.max(1) as u64),
-            Transport::Tls | Transport::Tcp => n,
+            _ => n,
         },
     };
     sockets + OTHER_FILES

@@ -145,7 +145,7 @@ async fn subscribe(
 ) -> Result<(Vec<ClientEndpoint>, Vec<Client>, Vec<Subscription>), BenchError> {
     let per_endpoint = match config.client.transport {
         Transport::Quic => config.connections_per_socket.max(1),
-        Transport::Tls | Transport::Tcp => n.max(1),
+        _ => n.max(1),
     };
     let mut endpoints = Vec::with_capacity(n.div_ceil(per_endpoint));
     for _ in 0..n.div_ceil(per_endpoint) {

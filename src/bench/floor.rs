@@ -152,7 +152,7 @@ impl EchoEndpoint {
                 )?;
                 Some(quic::client_endpoint(bind, config, limits)?)
             }
-            Transport::Tls | Transport::Tcp => None,
+            _ => None,
         };
         Ok(EchoEndpoint { transport, addr, tls, max_frame_len: limits.max_frame_len, quic })
     }

@@ -362,6 +362,15 @@ pub struct ServeArgs {
     /// recorded only with it.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
+    /// Address of the web listener: the REST API and gRPC (service qkv.v1.Kv) on one port, over HTTPS
+    /// with the server's certificates (HTTP/2 and HTTP/1.1), mutual TLS with --client-ca
+    /// (docs/HTTP.md). Off unless set.
+    #[arg(long, value_name = "ADDR")]
+    pub web: Option<SocketAddr>,
+    /// Serve the web listener in plaintext HTTP (HTTP/1.1, and HTTP/2 with prior knowledge, as gRPC
+    /// clients speak it): for loopback behind a TLS-terminating proxy only.
+    #[arg(long, requires = "web")]
+    pub web_plaintext: bool,
     /// Log lines as text, or as JSON objects one per line (for log shippers). RUST_LOG sets what is
     /// logged, e.g. RUST_LOG=info,qkv::connection=warn drops the line each connection logs as it ends.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -534,6 +543,8 @@ impl ServeArgs {
             client_ca: self.client_ca.clone(),
             shutdown_grace: self.shutdown_grace,
             admin: self.admin,
+            web: self.web,
+            web_plaintext: self.web_plaintext,
             ..ServerConfig::default()
         };
         config.limits.max_frame_len = self.max_frame_size;

@@ -59,6 +59,13 @@ impl ClientEndpoint {
                 Some(config.tickets.client_config(&config.ca_file, config.client_cert.as_ref())?)
             }
             Transport::Tcp => None,
+            // The same verification, offering HTTP/2 instead of qkv/1.
+            Transport::Http | Transport::Grpc => {
+                let qkv = config.tickets.client_config(&config.ca_file, config.client_cert.as_ref())?;
+                let mut http = rustls::ClientConfig::clone(&qkv);
+                http.alpn_protocols = vec![b"h2".to_vec()];
+                Some(Arc::new(http))
+            }
         };
         let quic = Self::quic_config(&config, tls.as_ref())?;
         let endpoint = match &quic {

@@ -141,6 +141,13 @@ pub enum Cause {
     UnaskedFrame,
     #[error("no connection to the server within the call's deadline of {0:?}")]
     NoConnectionWithin(Duration),
+    /// HTTP/2 failed (the web transports).
+    #[error(transparent)]
+    Http(Arc<dyn std::error::Error + Send + Sync>),
+    /// A gRPC call failed without a qkv answer.
+    #[cfg(feature = "web-client")]
+    #[error(transparent)]
+    Grpc(Arc<tonic::Status>),
 }
 
 impl From<io::Error> for Cause {

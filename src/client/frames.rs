@@ -36,6 +36,9 @@ enum Source {
         frames: mpsc::UnboundedReceiver<FrameResult>,
         state: Arc<State>,
     },
+    /// Frames as a web transport translated them.
+    #[cfg(feature = "web-client")]
+    Web(super::web::WebFrames),
 }
 
 impl ResponseFrames {
@@ -47,6 +50,11 @@ impl ResponseFrames {
 
     pub(super) fn tcp(frames: mpsc::UnboundedReceiver<FrameResult>, state: Arc<State>) -> Self {
         ResponseFrames { source: Source::Tcp { frames, state }, peeked: None, done: false }
+    }
+
+    #[cfg(feature = "web-client")]
+    pub(super) fn web(frames: super::web::WebFrames) -> Self {
+        ResponseFrames { source: Source::Web(frames), peeked: None, done: false }
     }
 
     /// The next frame, or `None` after the last one (the one with `more = false`).
@@ -72,6 +80,11 @@ impl ResponseFrames {
                 Some(Ok(frame)) => Ok(frame),
                 Some(Err(closed)) => Err(closed.error()),
                 None => Err(state.reason().error()),
+            },
+            #[cfg(feature = "web-client")]
+            Source::Web(frames) => match ready!(frames.poll_next_unpin(cx)) {
+                Some(frame) => frame,
+                None => Err(ClientError::Protocol("the reply ended before its last frame".into())),
             },
         };
         self.done = frame.as_ref().map_or(true, |frame| !frame.more);

@@ -24,6 +24,8 @@ mod frames;
 mod quic;
 mod subscription;
 mod tcp;
+#[cfg(feature = "web-client")]
+mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -213,6 +215,8 @@ struct Inner {
 enum Connection {
     Quic(quic::QuicConnection),
     Tcp(Arc<tcp::TcpConnection>),
+    #[cfg(feature = "web-client")]
+    Web(web::WebConnection),
 }
 
 impl Connection {
@@ -220,6 +224,8 @@ impl Connection {
         match self {
             Connection::Quic(quic) => quic.is_usable(),
             Connection::Tcp(tcp) => tcp.is_usable(),
+            #[cfg(feature = "web-client")]
+            Connection::Web(web) => web.is_usable(),
         }
     }
 }
@@ -301,6 +307,17 @@ impl Client {
             (Some(endpoint), Some(quic)) => Connection::Quic(
                 quic::QuicConnection::connect(endpoint, quic, config, name, remote, &inner.stats).await?,
             ),
+            #[cfg(feature = "web-client")]
+            _ if config.transport.is_web() => {
+                let tls = inner.tls.clone().ok_or(ClientError::Unsupported("the web transports need TLS"))?;
+                Connection::Web(web::WebConnection::connect(config, tls, name, remote, &inner.stats).await?)
+            }
+            #[cfg(not(feature = "web-client"))]
+            _ if config.transport.is_web() => {
+                return Err(ClientError::Unsupported(
+                    "the web transports need the crate's `web-client` feature",
+                ));
+            }
             _ => Connection::Tcp(Arc::new(
                 tcp::TcpConnection::connect(config, inner.tls.clone(), name, remote, &inner.stats).await?,
             )),
@@ -335,8 +352,11 @@ impl Client {
             // request certainly not executed.
             let sent = match tokio::time::timeout_at(deadline, self.connection()).await {
                 Ok(Ok(connection)) => {
-                    tokio::time::timeout_at(deadline, self.send(connection, frame.clone(), max_frame_len))
-                        .await
+                    tokio::time::timeout_at(
+                        deadline,
+                        self.send(connection, request, frame.clone(), max_frame_len),
+                    )
+                    .await
                 }
                 Ok(Err(e)) => Ok(Err(e)),
                 Err(_) => {
@@ -364,12 +384,15 @@ impl Client {
     async fn send(
         &self,
         connection: Connection,
+        #[cfg_attr(not(feature = "web-client"), allow(unused_variables))] request: &CommandRequest,
         frame: Bytes,
         max_frame_len: usize,
     ) -> ClientResult<ResponseFrames> {
         let mut frames = match connection {
             Connection::Quic(quic) => quic.send(frame, max_frame_len).await?,
             Connection::Tcp(tcp) => tcp.send(frame).await?,
+            #[cfg(feature = "web-client")]
+            Connection::Web(web) => web.send(request, self.inner.config.request_timeout).await?,
         };
         frames.wait_first().await?;
         Ok(frames)
@@ -393,8 +416,11 @@ impl Client {
         match &self.inner.endpoint {
             Some(endpoint) => endpoint::rebind(endpoint, self.inner.remote, &self.inner.config),
             None => {
-                if let Some(Connection::Tcp(tcp)) = self.inner.current.lock().as_ref() {
-                    tcp.abandon();
+                let mut current = self.inner.current.lock();
+                match current.as_ref() {
+                    Some(Connection::Tcp(tcp)) => tcp.abandon(),
+                    // The next call opens a new connection; calls in flight finish on the old one.
+                    _ => *current = None,
                 }
                 Ok(())
             }
@@ -553,7 +579,7 @@ impl Client {
         match current {
             Some(Connection::Quic(quic)) => quic.remote_address(),
             Some(Connection::Tcp(tcp)) => tcp.remote_address(),
-            None => self.inner.remote,
+            _ => self.inner.remote,
         }
     }
 
@@ -567,7 +593,8 @@ impl Client {
         match current {
             Some(Connection::Quic(quic)) => quic.close(&self.inner.stats).await,
             Some(Connection::Tcp(tcp)) => tcp.close().await,
-            None => {}
+            // Dropping the last clone of an HTTP/2 connection's sender closes it.
+            _ => {}
         }
         if let (Some(endpoint), false) = (&self.inner.endpoint, self.inner.endpoint_shared) {
             endpoint.wait_idle().await;

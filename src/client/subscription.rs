@@ -57,6 +57,10 @@ enum Channel {
         frames: FramedRead<ReadHalf<Box<dyn ByteStream>>, FrameCodec<CommandResponse>>,
         requests: WriteHalf<Box<dyn ByteStream>>,
     },
+    /// A stream of the shared HTTP/2 connection (gRPC's ExecuteStream, REST's event stream), and the
+    /// connection (an Unsubscribe must come from it). Dropping the stream ends the subscription.
+    #[cfg(feature = "web-client")]
+    Web { frames: ResponseFrames, connection: super::web::WebConnection },
 }
 
 impl Client {
@@ -107,6 +111,20 @@ impl Client {
                 let frames = FramedRead::new(read, FrameCodec::new(max_frame_len));
                 Channel::Tcp { frames, requests }
             }
+            #[cfg(feature = "web-client")]
+            Transport::Http | Transport::Grpc => {
+                let Connection::Web(connection) = self.connection().await? else {
+                    return Err(ClientError::Protocol("a web client holds another connection".into()));
+                };
+                let request = CommandRequest::subscribe(topic);
+                Channel::Web { frames: connection.send(&request, config.request_timeout).await?, connection }
+            }
+            #[cfg(not(feature = "web-client"))]
+            Transport::Http | Transport::Grpc => {
+                return Err(ClientError::Unsupported(
+                    "the web transports need the crate's `web-client` feature",
+                ));
+            }
         };
         let first = match channel.next_frame().await {
             Some(frame) => frame?,
@@ -152,6 +170,8 @@ impl Channel {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<ClientResult<CommandResponse>>> {
         match self {
             Channel::Quic { frames, .. } => frames.poll_next(cx),
+            #[cfg(feature = "web-client")]
+            Channel::Web { frames, .. } => frames.poll_next(cx),
             Channel::Tcp { frames, .. } => Poll::Ready(match ready!(frames.poll_next_unpin(cx)) {
                 Some(frame) => Some(frame.map_err(ClientError::from_frame)),
                 None => Some(Err(ClientError::ConnectionLost(Cause::ServerClosed))),
@@ -207,6 +227,21 @@ impl Subscription {
                         subscription_over = !frame.more;
                     }
                     Err(ClientError::ConnectionLost(Cause::ServerClosed))
+                }
+                // Over REST the server removes a subscription whose event stream ends; over gRPC it
+                // confirms an Unsubscribe from the same connection.
+                #[cfg(feature = "web-client")]
+                Channel::Web { connection, .. } => {
+                    match connection.send(&request, self.request_timeout).await {
+                        Err(ClientError::Unsupported(_)) => Ok(()),
+                        Ok(mut answer) => {
+                            let response = answer.next().await.unwrap_or_else(|| {
+                                Err(ClientError::Protocol("Unsubscribe was answered with nothing".into()))
+                            })?;
+                            ok(response).map(drop)
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
             }
         };

@@ -31,7 +31,6 @@ use super::error::Cause;
 use super::frames::ResponseFrames;
 use super::{ClientConfig, ClientError, ClientResult, Stats};
 use crate::pb::{CommandRequest, CommandResponse, status};
-use crate::tls::ALPN;
 use crate::transport::frame::{FrameCodec, FrameError, encode_frame};
 
 /// Why a TCP connection stopped carrying requests, as each unanswered request learns it.
@@ -133,13 +132,14 @@ pub(super) async fn open_stream(
     let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).map_err(|e| {
         ClientError::InvalidConfig(format!("{server_name:?} is not a valid server name: {e}"))
     })?;
+    let offered = tls.alpn_protocols.clone();
     let handshake = TlsConnector::from(tls).connect(name, stream);
     let stream = tokio::time::timeout(config.connect_timeout, handshake)
         .await
         .map_err(|_| timed_out())?
         .map_err(|e| handshake_error(config, e))?;
     let session = stream.get_ref().1;
-    if session.alpn_protocol() != Some(ALPN) {
+    if session.alpn_protocol().is_none_or(|agreed| !offered.iter().any(|p| p == agreed)) {
         return Err(ClientError::NoApplicationProtocol { addr: config.addr.clone() });
     }
     if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {

@@ -8,6 +8,10 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/abi.rs"));
 }
 
+#[cfg(any(feature = "server", feature = "web-client"))]
+pub mod grpc;
+#[cfg(any(feature = "server", feature = "web-client"))]
+pub mod json;
 mod pubsub;
 mod requests;
 mod responses;

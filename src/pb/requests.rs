@@ -29,7 +29,13 @@ impl CommandRequest {
     }
 
     pub fn hgetall(table: impl Into<String>) -> Self {
-        RequestData::Hgetall(Hgetall { table: table.into() }).into()
+        Self::hgetall_page(table, "", 0)
+    }
+
+    /// One page of a table read across requests: at most `limit` entries (0: all) in key order,
+    /// starting after key `after` (empty: the first key).
+    pub fn hgetall_page(table: impl Into<String>, after: impl Into<String>, limit: u32) -> Self {
+        RequestData::Hgetall(Hgetall { table: table.into(), after: after.into(), limit }).into()
     }
 
     pub fn hmget(table: impl Into<String>, keys: impl IntoIterator<Item = impl Into<String>>) -> Self {
@@ -50,7 +56,8 @@ impl CommandRequest {
         Self::hset_expecting(table, key, value, Some(expected_version))
     }
 
-    fn hset_expecting(
+    /// An `Hset` that is conditional when `expected_version` is given (0: key absent).
+    pub fn hset_expecting(
         table: impl Into<String>,
         key: impl Into<String>,
         value: impl Into<Value>,

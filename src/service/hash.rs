@@ -129,29 +129,40 @@ fn writes_response(outcomes: Vec<WriteOutcome>) -> CommandResponse {
 /// Streams the table page by page, one frame per page, so a table of any size is answered in frames of
 /// about `response_frame_target` bytes without being copied whole.
 pub async fn hgetall<S: Storage>(service: &Service<S>, cmd: Hgetall) -> Reply {
-    let limit = PageLimit { entries: MAX_PAIRS_PER_PAGE, bytes: service.config().response_frame_target };
+    let bytes = service.config().response_frame_target;
+    let after = (!cmd.after.is_empty()).then_some(cmd.after);
+    // Entries still to send when the request set a limit.
+    let remaining = (cmd.limit > 0).then_some(cmd.limit as usize);
     // Nothing happens until the reply is first polled, when it is its turn to be written: on a pipelined
     // connection an Hgetall queued behind other requests holds no scan slot and no snapshot yet.
-    let pages = stream::unfold(Scan::NotStarted(service.clone(), cmd.table), move |state| async move {
+    let start = Scan::NotStarted(service.clone(), cmd.table, after);
+    let pages = stream::unfold((start, remaining), move |(state, mut remaining)| async move {
         let (mut scan, permit) = match state {
-            Scan::NotStarted(service, table) => {
+            Scan::NotStarted(service, table, after) => {
                 // The permit travels with the scan and is released when the reply ends or is abandoned.
                 let permit = service.scan_permit().await;
-                match service.storage().scan(&table).await {
+                match service.storage().scan(&table, after.as_deref()).await {
                     Ok(scan) => (scan, permit),
-                    Err(e) => return Some((ServiceError::from(e).into_response(), Scan::Finished)),
+                    Err(e) => return Some((ServiceError::from(e).into_response(), (Scan::Finished, None))),
                 }
             }
             Scan::Reading(scan, permit) => (scan, permit),
             Scan::Finished => return None,
         };
-        match scan.next_page(limit).await {
-            Ok(page) => {
+        let entries = remaining.map_or(MAX_PAIRS_PER_PAGE, |left| left.min(MAX_PAIRS_PER_PAGE));
+        match scan.next_page(PageLimit { entries, bytes }).await {
+            Ok(mut page) => {
+                if let Some(left) = remaining.as_mut() {
+                    page.entries.truncate(*left);
+                    *left -= page.entries.len();
+                    // The limit reached ends the reply, whether or not the table goes on.
+                    page.done |= *left == 0;
+                }
                 let next = if page.done { Scan::Finished } else { Scan::Reading(scan, permit) };
-                Some((page_frame(page), next))
+                Some((page_frame(page), (next, remaining)))
             }
             // A failure mid-scan ends the response with an error frame; the client discards what came before.
-            Err(e) => Some((ServiceError::from(e).into_response(), Scan::Finished)),
+            Err(e) => Some((ServiceError::from(e).into_response(), (Scan::Finished, None))),
         }
     });
     // Page sizes count keys and values only; the one splitting rule of every response keeps the frames,
@@ -163,7 +174,7 @@ pub async fn hgetall<S: Storage>(service: &Service<S>, cmd: Hgetall) -> Reply {
 
 /// Where an Hgetall reply stands.
 enum Scan<S: Storage> {
-    NotStarted(Service<S>, String),
+    NotStarted(Service<S>, String, Option<String>),
     Reading(S::Scan, Option<OwnedSemaphorePermit>),
     Finished,
 }

@@ -27,7 +27,7 @@ impl ItemLimits {
     pub fn check(&self, command: &RequestData) -> Result<(), ServiceError> {
         match command {
             RequestData::Hget(c) => self.names(&c.table, [&c.key]),
-            RequestData::Hgetall(c) => self.names(&c.table, []),
+            RequestData::Hgetall(c) => self.names(&c.table, [&c.after]),
             RequestData::Hmget(c) => self.names(&c.table, &c.keys),
             RequestData::Hdel(c) => self.names(&c.table, [&c.key]),
             RequestData::Hmdel(c) => self.names(&c.table, &c.keys),

@@ -434,8 +434,8 @@ mod tests {
         async fn delete_many(&self, t: &str, k: &[String]) -> StorageResult<Vec<WriteOutcome>> {
             self.0.delete_many(t, k).await
         }
-        async fn scan(&self, t: &str) -> StorageResult<FailAfterFirstPage> {
-            Ok(FailAfterFirstPage(self.0.scan(t).await?, false))
+        async fn scan(&self, t: &str, after: Option<&str>) -> StorageResult<FailAfterFirstPage> {
+            Ok(FailAfterFirstPage(self.0.scan(t, after).await?, false))
         }
     }
 

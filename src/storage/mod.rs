@@ -153,9 +153,14 @@ pub trait Storage: Send + Sync + 'static {
         keys: &[String],
     ) -> impl Future<Output = StorageResult<Vec<WriteOutcome>>> + Send;
 
-    /// Starts a scan of the table's entries, read page by page so that a huge table is never copied
-    /// whole. Scanning a table that does not exist yields one empty, final page.
-    fn scan(&self, table: &str) -> impl Future<Output = StorageResult<Self::Scan>> + Send;
+    /// Starts a scan of the table's entries in key order (by the keys' UTF-8 bytes), from the first
+    /// key after `after` if given, read page by page so that a huge table is never copied whole.
+    /// Scanning a table that does not exist yields one empty, final page.
+    fn scan(
+        &self,
+        table: &str,
+        after: Option<&str>,
+    ) -> impl Future<Output = StorageResult<Self::Scan>> + Send;
 
     /// What carries published messages to the other servers sharing this store, if any: a store of
     /// this server alone has none, and its subscribers are all there are.

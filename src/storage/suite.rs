@@ -33,6 +33,7 @@ macro_rules! storage_conformance {
             scan_pages_respect_limits_and_cover_every_key_once,
             scan_skips_keys_deleted_before_they_are_reached,
             scan_pages_hold_at_least_one_entry_whatever_the_limits,
+            scan_is_in_key_order_and_starts_after_a_key,
             concurrent_conditional_increments_are_atomic,
         );
     };
@@ -249,7 +250,7 @@ pub async fn every_value_type_round_trips<S: Storage>(s: Arc<S>) {
 }
 
 pub async fn scan_of_missing_table_is_one_empty_final_page<S: Storage>(s: Arc<S>) {
-    let mut scan = s.scan("nothing-here").await.unwrap();
+    let mut scan = s.scan("nothing-here", None).await.unwrap();
     let page = scan.next_page(PageLimit { entries: 10, bytes: 1 << 20 }).await.unwrap();
     assert!(page.entries.is_empty());
     assert!(page.done);
@@ -266,7 +267,7 @@ pub async fn scan_pages_respect_limits_and_cover_every_key_once<S: Storage>(s: A
     s.set("other", "key-0", "elsewhere".into(), None).await.unwrap();
 
     let mut seen = BTreeMap::new();
-    let mut scan = s.scan("big").await.unwrap();
+    let mut scan = s.scan("big", None).await.unwrap();
     let limit = PageLimit { entries: 100, bytes: 1 << 20 };
     let mut pages = 0;
     loop {
@@ -285,7 +286,7 @@ pub async fn scan_pages_respect_limits_and_cover_every_key_once<S: Storage>(s: A
     assert!(pages >= 25);
 
     // A byte limit smaller than one entry still makes progress, one entry per page.
-    let mut scan = s.scan("big").await.unwrap();
+    let mut scan = s.scan("big", None).await.unwrap();
     let page = scan.next_page(PageLimit { entries: 100, bytes: 1 }).await.unwrap();
     assert_eq!(page.entries.len(), 1);
     assert!(!page.done);
@@ -295,7 +296,7 @@ pub async fn scan_skips_keys_deleted_before_they_are_reached<S: Storage>(s: Arc<
     for i in 0..10 {
         s.set("t", &i.to_string(), (i as i64).into(), None).await.unwrap();
     }
-    let mut scan = s.scan("t").await.unwrap();
+    let mut scan = s.scan("t", None).await.unwrap();
     let first = scan.next_page(PageLimit { entries: 1, bytes: 1 << 20 }).await.unwrap();
     let seen_first: Vec<String> = first.entries.iter().map(|(k, _)| k.clone()).collect();
     let to_delete: Vec<String> = (0..10).map(|i| i.to_string()).filter(|k| !seen_first.contains(k)).collect();
@@ -309,7 +310,7 @@ pub async fn scan_pages_hold_at_least_one_entry_whatever_the_limits<S: Storage>(
     for i in 0..3 {
         s.set("t", &i.to_string(), "v".into(), None).await.unwrap();
     }
-    let mut scan = s.scan("t").await.unwrap();
+    let mut scan = s.scan("t", None).await.unwrap();
     let mut seen = 0;
     for _ in 0..10 {
         let page = scan.next_page(PageLimit { entries: 0, bytes: 0 }).await.unwrap();
@@ -320,6 +321,37 @@ pub async fn scan_pages_hold_at_least_one_entry_whatever_the_limits<S: Storage>(
         }
     }
     assert_eq!(seen, 3);
+}
+
+/// Paging by key (REST's `after`, Hgetall's `after`) needs one order in every backend: the keys'
+/// UTF-8 bytes.
+pub async fn scan_is_in_key_order_and_starts_after_a_key<S: Storage>(s: Arc<S>) {
+    let keys = ["b", "a", "ä", "ab", "B", "a0", "z"];
+    for key in keys {
+        s.set("ordered", key, key.into(), None).await.unwrap();
+    }
+    let mut sorted: Vec<&str> = keys.to_vec();
+    sorted.sort_unstable();
+    let all = |after: Option<&'static str>| {
+        let s = s.clone();
+        async move {
+            let mut scan = s.scan("ordered", after).await.unwrap();
+            let mut seen = Vec::new();
+            loop {
+                let page = scan.next_page(PageLimit { entries: 3, bytes: 1 << 20 }).await.unwrap();
+                seen.extend(page.entries.into_iter().map(|(key, _)| key));
+                if page.done {
+                    return seen;
+                }
+            }
+        }
+    };
+    assert_eq!(all(None).await, sorted);
+    // After a present key, after an absent one, after the last.
+    assert_eq!(all(Some("a")).await, sorted[2..]);
+    assert_eq!(all(Some("aa")).await, sorted[3..]);
+    assert_eq!(all(Some("z")).await, vec!["ä"]);
+    assert!(all(Some("ä")).await.is_empty());
 }
 
 pub async fn concurrent_conditional_increments_are_atomic<S: Storage>(s: Arc<S>) {

@@ -35,7 +35,8 @@ pub use listen::{BindError, Bound, TcpMode, bind, default_connection_memory};
 
 pub use frame::DEFAULT_MAX_FRAME_LEN;
 
-/// How a client reaches the server. All three carry the same frames (docs/PROTOCOL.md).
+/// How a client reaches the server. The first three carry the protocol's frames (docs/PROTOCOL.md);
+/// the web listener's two doors carry the same requests over HTTP (docs/HTTP.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
     /// QUIC over UDP, one stream per request.
@@ -44,17 +45,32 @@ pub enum Transport {
     Tls,
     /// Plaintext TCP, requests pipelined on one connection (trusted networks only).
     Tcp,
+    /// The REST API on the web listener.
+    Http,
+    /// gRPC (service `qkv.v1.Kv`) on the web listener.
+    Grpc,
 }
 
 impl Transport {
-    pub const ALL: [Transport; 3] = [Transport::Quic, Transport::Tls, Transport::Tcp];
+    pub const ALL: [Transport; 5] =
+        [Transport::Quic, Transport::Tls, Transport::Tcp, Transport::Http, Transport::Grpc];
+
+    /// The transports of qkv's own framing, served on the main port.
+    pub const FRAMED: [Transport; 3] = [Transport::Quic, Transport::Tls, Transport::Tcp];
 
     pub fn name(self) -> &'static str {
         match self {
             Transport::Quic => "quic",
             Transport::Tls => "tls",
             Transport::Tcp => "tcp",
+            Transport::Http => "http",
+            Transport::Grpc => "grpc",
         }
+    }
+
+    /// Served by the web listener (`--web`) rather than on the main port.
+    pub fn is_web(self) -> bool {
+        matches!(self, Transport::Http | Transport::Grpc)
     }
 }
 
@@ -71,7 +87,7 @@ impl FromStr for Transport {
         Transport::ALL
             .into_iter()
             .find(|t| t.name() == s)
-            .ok_or_else(|| format!("unknown transport {s:?}: expected quic, tls or tcp"))
+            .ok_or_else(|| format!("unknown transport {s:?}: expected quic, tls, tcp, http or grpc"))
     }
 }
 

@@ -63,6 +63,48 @@ pub async fn serve<H: Handler>(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
+    let transport = security.transport();
+    let share = limits.tcp_connection_share();
+    let memory = admission.memory().clone();
+    let refusals = security.clone();
+    accept_loop(
+        listener,
+        Accepting { transport, share, admission, shutdown: shutdown.clone(), grace },
+        move |stream, refusal, tasks| refuse(stream, &refusals, refusal, tasks),
+        move |stream, admitted| {
+            let (security, handler, limits, memory, shutdown) =
+                (security.clone(), handler.clone(), limits.clone(), memory.clone(), shutdown.clone());
+            handle_connection(stream, security, handler, limits, memory, shutdown, admitted)
+        },
+    )
+    .await
+}
+
+/// How a TCP listener admits its connections.
+pub(crate) struct Accepting {
+    /// What its connections are counted as.
+    pub transport: Transport,
+    /// The memory each connection is charged on admission.
+    pub share: usize,
+    pub admission: Admission,
+    pub shutdown: CancellationToken,
+    pub grace: Duration,
+}
+
+/// The one accept loop of every TCP listener (qkv/1 over TCP and TLS, the web listener): accepts until
+/// `shutdown` is cancelled, backing off when accepting fails; admits each connection against the
+/// server-wide limits (or hands it to `refuse`); runs `connection` for it in a task of its own, in a
+/// span; then waits up to `grace` for the connections to end and drops the rest.
+pub(crate) async fn accept_loop<C, F>(
+    listener: TcpListener,
+    accepting: Accepting,
+    mut refuse: impl FnMut(TcpStream, Refusal, &TaskTracker),
+    mut connection: C,
+) where
+    C: FnMut(TcpStream, Admitted) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Accepting { transport, share, admission, shutdown, grace } = accepting;
     let connections = TaskTracker::new();
     let cut_off = CancellationToken::new();
     loop {
@@ -78,24 +120,17 @@ pub async fn serve<H: Handler>(
                 }
             },
         };
-        let admitted = match admission.admit(security.transport(), limits.tcp_connection_share()) {
+        let admitted = match admission.admit(transport, share) {
             Ok(admitted) => admitted,
             Err(refusal) => {
-                refuse(stream, &security, refusal, &connections);
+                refuse(stream, refusal, &connections);
                 continue;
             }
         };
-        let connection = handle_connection(
-            stream,
-            security.clone(),
-            handler.clone(),
-            limits.clone(),
-            admission.memory().clone(),
-            shutdown.clone(),
-            admitted,
-        );
+        let connection = connection(stream, admitted);
         let cut_off = cut_off.clone();
-        let span = info_span!("connection", %remote, transport = "tcp", client = tracing::field::Empty);
+        let span =
+            info_span!("connection", %remote, transport = transport.name(), client = tracing::field::Empty);
         connections.spawn(
             async move {
                 tokio::select! {
@@ -112,7 +147,8 @@ pub async fn serve<H: Handler>(
         warn!(
             ?grace,
             connections = connections.len(),
-            "grace period over; closing the remaining TCP connections"
+            transport = transport.name(),
+            "grace period over; closing the remaining connections"
         );
         cut_off.cancel();
         connections.wait().await;
@@ -151,15 +187,8 @@ const KEEPALIVE_PROBES: u32 = 3;
 /// How long a refused plaintext client gets to take its 503.
 const REFUSAL_TIMEOUT: Duration = Duration::from_millis(100);
 
-async fn handle_connection<H: Handler>(
-    stream: TcpStream,
-    security: TcpSecurity,
-    handler: H,
-    limits: Arc<Limits>,
-    memory: MemoryBudget,
-    shutdown: CancellationToken,
-    _admitted: Admitted,
-) {
+/// Sets up an accepted connection's socket: no delay for small answers, keep-alive probes.
+pub(crate) fn tune(stream: &TcpStream, limits: &Limits) {
     // Requests and answers are small and latency matters more than packet count.
     if let Err(e) = stream.set_nodelay(true) {
         debug!(error = %e, "could not set TCP_NODELAY");
@@ -174,6 +203,18 @@ async fn handle_connection<H: Handler>(
     if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&probes) {
         debug!(error = %e, "could not enable TCP keep-alive");
     }
+}
+
+async fn handle_connection<H: Handler>(
+    stream: TcpStream,
+    security: TcpSecurity,
+    handler: H,
+    limits: Arc<Limits>,
+    memory: MemoryBudget,
+    shutdown: CancellationToken,
+    _admitted: Admitted,
+) {
+    tune(&stream, &limits);
     let started = std::time::Instant::now();
     let transport = security.transport();
     let bytes = Arc::new(ByteCounts::default());
@@ -182,27 +223,10 @@ async fn handle_connection<H: Handler>(
         TcpSecurity::Plaintext => {
             serve_pipelined(stream, handler, limits, memory, shutdown, Caller::default()).await
         }
-        TcpSecurity::Tls(acceptor) => {
-            let handshake = tokio::time::timeout(limits.request_timeout, acceptor.accept(stream)).await;
-            match handshake {
-                Ok(Ok(tls)) => {
-                    metrics::handshake(Transport::Tls, "completed");
-                    let caller = authenticated_caller(tls.get_ref().1.peer_certificates());
-                    serve_pipelined(tls, handler, limits, memory, shutdown, caller).await
-                }
-                Ok(Err(e)) => {
-                    metrics::handshake(Transport::Tls, "failed");
-                    info!(error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    metrics::handshake(Transport::Tls, "timed_out");
-                    metrics::limit_hit("request_timeout");
-                    info!(timeout = ?limits.request_timeout, "TLS handshake did not complete in time");
-                    return;
-                }
-            }
-        }
+        TcpSecurity::Tls(acceptor) => match tls_handshake(&acceptor, stream, &limits, transport).await {
+            Some((tls, caller)) => serve_pipelined(tls, handler, limits, memory, shutdown, caller).await,
+            None => return,
+        },
     };
     info!(
         target: "qkv::connection",
@@ -215,17 +239,46 @@ async fn handle_connection<H: Handler>(
     );
 }
 
+/// The TLS handshake of a connection on `transport`, within the request timeout, counted in the
+/// metrics; the client it authenticated, if the server asks for certificates. `None` when it failed
+/// (and was logged).
+pub(crate) async fn tls_handshake(
+    acceptor: &TlsAcceptor,
+    stream: Counted,
+    limits: &Limits,
+    transport: Transport,
+) -> Option<(tokio_rustls::server::TlsStream<Counted>, Caller)> {
+    match tokio::time::timeout(limits.request_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            metrics::handshake(transport, "completed");
+            let caller = authenticated_caller(tls.get_ref().1.peer_certificates());
+            Some((tls, caller))
+        }
+        Ok(Err(e)) => {
+            metrics::handshake(transport, "failed");
+            info!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics::handshake(transport, "timed_out");
+            metrics::limit_hit("request_timeout");
+            info!(timeout = ?limits.request_timeout, "TLS handshake did not complete in time");
+            None
+        }
+    }
+}
+
 /// The bytes a connection has read and written, for its last log line.
 #[derive(Default)]
-struct ByteCounts {
-    received: AtomicU64,
-    sent: AtomicU64,
+pub(crate) struct ByteCounts {
+    pub received: AtomicU64,
+    pub sent: AtomicU64,
 }
 
 pin_project_lite::pin_project! {
     /// A TCP stream that counts the bytes it reads and writes into `qkv_bytes_received_total` and
     /// `qkv_bytes_sent_total` (handles registered once) and into the connection's own counts.
-    struct Counted {
+    pub(crate) struct Counted {
         #[pin]
         stream: TcpStream,
         received: ::metrics::Counter,
@@ -235,7 +288,7 @@ pin_project_lite::pin_project! {
 }
 
 impl Counted {
-    fn new(stream: TcpStream, transport: Transport, counts: Arc<ByteCounts>) -> Self {
+    pub(crate) fn new(stream: TcpStream, transport: Transport, counts: Arc<ByteCounts>) -> Self {
         let (received, sent) = metrics::byte_counters(transport);
         Counted { stream, received, sent, counts }
     }

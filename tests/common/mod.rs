@@ -59,6 +59,8 @@ pub struct TestServer {
     pub service: Service<MemoryStore>,
     /// The admin listener's address, if the configuration asked for one.
     pub admin: Option<SocketAddr>,
+    /// The web listener's address (REST and gRPC): always there for a web transport's server.
+    pub web: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -94,6 +96,7 @@ impl TestServer {
             listen: "127.0.0.1:0".parse().expect("address"),
             tcp: if transport == Transport::Tcp { TcpMode::Plaintext } else { TcpMode::Tls },
             certs_dir: certs.path().to_owned(),
+            web: transport.is_web().then(|| "127.0.0.1:0".parse().expect("address")),
             ..ServerConfig::default()
         };
         configure(&mut config);
@@ -104,12 +107,13 @@ impl TestServer {
         let server = Server::bind(config, store).expect("server binds");
         let addr = server.local_addr().expect("bound address");
         let admin = server.admin_addr();
+        let web = server.web_addr();
         let service = server.service().clone();
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = signal.await;
         }));
-        TestServer { addr, certs, transport, service, admin, shutdown: Some(shutdown), task: Some(task) }
+        TestServer { addr, certs, transport, service, admin, web, shutdown: Some(shutdown), task: Some(task) }
     }
 
     /// Stops the server and starts a new one on the same address with the same certificates: a new
@@ -121,6 +125,7 @@ impl TestServer {
             listen: self.addr,
             tcp: if self.transport == Transport::Tcp { TcpMode::Plaintext } else { TcpMode::Tls },
             certs_dir: self.certs.path().to_owned(),
+            web: self.web,
             ..ServerConfig::default()
         };
         let certs = std::mem::replace(&mut self.certs, tempfile::tempdir().expect("temporary directory"));
@@ -131,8 +136,16 @@ impl TestServer {
         self.certs.path().join("ca.pem")
     }
 
+    /// Where `client()` connects: the web listener for the web transports, the main port otherwise.
+    pub fn client_addr(&self) -> SocketAddr {
+        match (self.transport.is_web(), self.web) {
+            (true, Some(web)) => web,
+            _ => self.addr,
+        }
+    }
+
     pub fn client_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new(self.addr.to_string(), self.ca());
+        let mut config = ClientConfig::new(self.client_addr().to_string(), self.ca());
         config.transport = self.transport;
         config
     }

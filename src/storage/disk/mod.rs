@@ -237,8 +237,9 @@ impl Storage for DiskStore {
         self.write(Write::DeleteMany { table: table.to_owned(), keys: keys.to_vec() }).await
     }
 
-    async fn scan(&self, table: &str) -> StorageResult<DiskScan> {
-        Ok(DiskScan { db: self.db.clone(), prefix: table_prefix(table), after: None, done: false })
+    async fn scan(&self, table: &str, after: Option<&str>) -> StorageResult<DiskScan> {
+        let after = after.map(|key| entry_key(table, key));
+        Ok(DiskScan { db: self.db.clone(), prefix: table_prefix(table), after, done: false })
     }
 }
 

@@ -355,10 +355,11 @@ impl Storage for RedisStore {
         connection.query(&redis::cmd("PING")).await.map(drop).map_err(|e| e.to_string())
     }
 
-    async fn scan(&self, table: &str) -> StorageResult<RedisScan> {
+    async fn scan(&self, table: &str, after: Option<&str>) -> StorageResult<RedisScan> {
         // Fail now, not at the first page, when Redis is away.
         self.connector.connection()?;
-        Ok(RedisScan { store: self.clone(), keys: self.keys(table), after: None, done: false })
+        let after = after.map(str::to_owned);
+        Ok(RedisScan { store: self.clone(), keys: self.keys(table), after, done: false })
     }
 }
 

@@ -1,0 +1,342 @@
+//! The web listener (`qkv serve --web ADDR`): REST and gRPC on one port, over HTTPS (ALPN `h2` and
+//! `http/1.1`, the server's certificates, mutual TLS when the server asks for client certificates) or,
+//! for loopback behind a proxy, plaintext. Both are adapters onto the same [`Handler`] as QUIC and TCP:
+//!
+//! ```text
+//! TCP ─► admission ─► TLS ─► hyper (HTTP/1.1, HTTP/2) ─► body buffered and charged ─┬─► rest  ─┐
+//!                                                       content-type application/grpc └─► grpc ─┴─► Handler
+//! ```
+//!
+//! Requests are routed by content type: `application/grpc…` to gRPC (service `qkv.v1.Kv`, reflection),
+//! everything else to REST. Connections are admitted with the other transports' (one connection limit,
+//! one memory budget); each request body is read whole, at most `--max-frame-size` bytes, and held
+//! against the memory budget while its request runs. docs/HTTP.md is the API's specification.
+
+pub mod grpc;
+pub mod openapi;
+mod problem;
+pub mod rest;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use futures_util::{Stream, StreamExt, stream};
+use http_body_util::{BodyExt, Limited};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use tracing::{debug, info};
+
+pub use problem::Problem;
+
+use crate::memory::MemoryBudget;
+use crate::metrics::Metered;
+use crate::pb::{CommandResponse, status};
+use crate::service::{Caller, Handler, Reply, ReplyFrame};
+use crate::transport::admission::{Admission, Admitted};
+use crate::transport::tcp::{Accepting, ByteCounts, Counted, accept_loop, tls_handshake, tune};
+use crate::transport::{Limits, Transport};
+
+/// Binds the web listener (before the server runs, so that a bad address fails the start).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    crate::transport::tcp::bind(addr)
+}
+
+/// How the web listener's connections are secured.
+#[derive(Clone)]
+pub enum WebSecurity {
+    /// TLS 1.3, ALPN `h2` and `http/1.1`.
+    Tls(TlsAcceptor),
+    /// Plaintext HTTP/1.1 and HTTP/2 (prior knowledge, as gRPC clients send it): loopback behind a
+    /// proxy only.
+    Plaintext,
+}
+
+/// The routes every web connection serves: REST and gRPC, each behind the request body limit.
+#[derive(Clone)]
+struct Doors {
+    rest: Router,
+    grpc: Router,
+}
+
+/// Serves the web listener until `shutdown` is cancelled, then shuts down gracefully within `grace`:
+/// HTTP/2 connections are sent GOAWAY and HTTP/1.1 ones closed after their current request, in-flight
+/// requests finish (subscriptions have ended by then, each with its last event).
+#[allow(clippy::too_many_arguments)]
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    security: WebSecurity,
+    handler: H,
+    limits: Arc<Limits>,
+    admission: Admission,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let addr = listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
+    match security {
+        WebSecurity::Tls(_) => info!(%addr, "web listener serving REST and gRPC over HTTPS"),
+        WebSecurity::Plaintext => info!(%addr, "web listener serving REST and gRPC over plaintext HTTP"),
+    }
+    let memory = admission.memory().clone();
+    // A REST body carries a value as text (binary as base64, a third larger); a gRPC body is a frame's
+    // protobuf behind gRPC's 5-byte message header. The service's item limits apply to both.
+    let rest_body = BodyLimit { max: rest_body_limit(&limits), memory: memory.clone() };
+    let grpc_body = BodyLimit { max: limits.max_frame_len + GRPC_MESSAGE_HEADER, memory };
+    let doors = Doors {
+        rest: buffered(rest::router(Metered::new(handler.clone(), Transport::Http)), rest_body, false),
+        grpc: buffered(
+            grpc::router(Metered::new(handler.clone(), Transport::Grpc), &limits),
+            grpc_body,
+            true,
+        ),
+    };
+    let accepting = Accepting {
+        transport: Transport::Http,
+        share: web_connection_share(&limits),
+        admission,
+        shutdown: shutdown.clone(),
+        grace,
+    };
+    // A refused connection is closed at once: over TLS nothing can be said before a handshake.
+    let refuse = |_stream, _refusal, _tasks: &_| {};
+    accept_loop(listener, accepting, refuse, move |stream, admitted| {
+        let connection = Connection {
+            security: security.clone(),
+            doors: doors.clone(),
+            handler: handler.clone(),
+            limits: limits.clone(),
+            shutdown: shutdown.clone(),
+        };
+        connection.serve(stream, admitted)
+    })
+    .await
+}
+
+/// gRPC's length-prefixed message header: a compression flag and a 4-byte length.
+const GRPC_MESSAGE_HEADER: usize = 5;
+
+/// The largest REST request body: twice the largest frame, room for a value of the largest frame's size
+/// in JSON (base64 takes 4 bytes for 3, escapes up to 6 for 1 in strings of control characters, which
+/// the item limits then refuse by their decoded size).
+pub fn rest_body_limit(limits: &Limits) -> usize {
+    limits.max_frame_len.saturating_mul(2)
+}
+
+/// What one web connection can make the server hold beyond the request bodies (which are charged as
+/// they are read): HTTP/2's receive window for the whole connection, and its send window.
+pub fn web_connection_share(limits: &Limits) -> usize {
+    limits.connection_receive_window + limits.send_window
+}
+
+struct Connection<H> {
+    security: WebSecurity,
+    doors: Doors,
+    handler: H,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+}
+
+impl<H: Handler> Connection<H> {
+    async fn serve(self, stream: TcpStream, _admitted: Admitted) {
+        tune(&stream, &self.limits);
+        let started = std::time::Instant::now();
+        let bytes = Arc::new(ByteCounts::default());
+        let stream = Counted::new(stream, Transport::Http, bytes.clone());
+        match &self.security {
+            WebSecurity::Plaintext => self.http(stream, Caller::default()).await,
+            WebSecurity::Tls(acceptor) => {
+                match tls_handshake(acceptor, stream, &self.limits, Transport::Http).await {
+                    Some((tls, caller)) => self.http(tls, caller).await,
+                    None => return,
+                }
+            }
+        }
+        info!(
+            target: "qkv::connection",
+            transport = Transport::Http.name(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            bytes_in = bytes.received.load(Ordering::Relaxed),
+            bytes_out = bytes.sent.load(Ordering::Relaxed),
+            "connection ended"
+        );
+    }
+
+    /// Serves HTTP/1.1 or HTTP/2 (whichever the client speaks) on `io` until the client closes it or
+    /// the server shuts down; then ends what the connection's requests own (their subscriptions).
+    async fn http<I>(self, io: I, caller: Caller)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection { doors, handler, limits, shutdown, .. } = self;
+        let request_caller = caller.clone();
+        let service =
+            hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(request_caller.clone());
+                let door = if is_grpc(&request) { doors.grpc.clone() } else { doors.rest.clone() };
+                async move { door.oneshot(request.map(Body::new)).await }
+            });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            // Also how long an idle keep-alive connection waits for its next request.
+            .header_read_timeout(limits.idle_timeout)
+            .max_buf_size(64 * 1024);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_requests)
+            .initial_connection_window_size(
+                u32::try_from(limits.connection_receive_window).unwrap_or(u32::MAX),
+            )
+            .initial_stream_window_size(u32::try_from(limits.connection_receive_window).unwrap_or(u32::MAX))
+            .max_send_buf_size(limits.send_window)
+            .max_header_list_size(64 * 1024)
+            .keep_alive_interval(Some(limits.idle_timeout / 3))
+            .keep_alive_timeout(limits.idle_timeout / 3);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let served = tokio::select! {
+            served = connection.as_mut() => served,
+            _ = shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(e) = served {
+            debug!(error = %e, "the HTTP connection ended with an error");
+        }
+        handler.connection_closing(&caller);
+    }
+}
+
+/// gRPC requests say so in their content type (`application/grpc`, `application/grpc+proto`, …).
+fn is_grpc<B>(request: &hyper::Request<B>) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The limit on request bodies and the budget they are charged to.
+#[derive(Clone)]
+struct BodyLimit {
+    max: usize,
+    memory: MemoryBudget,
+}
+
+/// `router` behind [`read_body`]; gRPC's refusals are gRPC statuses.
+fn buffered(router: Router, limit: BodyLimit, grpc: bool) -> Router {
+    // The body is read (and limited) once, by `read_body`; axum's own default limit stays out of it.
+    let router = if grpc {
+        router.layer(middleware::from_fn_with_state(limit, read_body::<true>))
+    } else {
+        router.layer(middleware::from_fn_with_state(limit, read_body::<false>))
+    };
+    router.layer(DefaultBodyLimit::disable())
+}
+
+/// Reads a request's body whole, refusing one over the limit (413) and one the connection memory
+/// budget cannot hold now (503); the charge is held until the request's answer has begun.
+async fn read_body<const GRPC: bool>(
+    State(limit): State<BodyLimit>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let refuse = |status: StatusCode, grpc: tonic::Status, detail: String| {
+        if GRPC {
+            grpc.into_http::<Body>().into_response()
+        } else {
+            Problem::new(status, detail).into_response()
+        }
+    };
+    let bytes = match Limited::new(body, limit.max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            crate::metrics::limit_hit("max_frame_size");
+            let detail = format!(
+                "the request body is over the limit of {} bytes (set by --max-frame-size, docs/HTTP.md)",
+                limit.max
+            );
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                tonic::Status::resource_exhausted(detail.clone()),
+                detail,
+            );
+        }
+        Err(e) => {
+            let detail = format!("the request body could not be read: {e}");
+            return refuse(StatusCode::BAD_REQUEST, tonic::Status::cancelled(detail.clone()), detail);
+        }
+    };
+    let Some(charge) = limit.memory.try_charge(bytes.len()) else {
+        crate::metrics::limit_hit("connection_memory");
+        let detail =
+            "the server's connection memory budget is spent; nothing was executed: retry shortly".to_string();
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, tonic::Status::unavailable(detail.clone()), detail);
+    };
+    let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    drop(charge);
+    response
+}
+
+/// The frames of a reply after the first, decoded.
+pub type Frames = Pin<Box<dyn Stream<Item = Result<CommandResponse, prost::DecodeError>> + Send>>;
+
+/// A reply's first frame, and a stream of the others (empty when the first was the last).
+pub async fn first_frame(reply: Reply) -> (CommandResponse, Frames) {
+    match reply {
+        Reply::One(response) => (response, Box::pin(stream::empty())),
+        Reply::Stream(mut frames) => match frames.next().await.map(ReplyFrame::into_response) {
+            Some(Ok(first)) if first.more => (first, Box::pin(frames.map(ReplyFrame::into_response))),
+            Some(Ok(first)) => (first, Box::pin(stream::empty())),
+            Some(Err(e)) => (decode_failure(e), Box::pin(stream::empty())),
+            None => (ended_early(), Box::pin(stream::empty())),
+        },
+    }
+}
+
+/// A reply's whole answer in one response, for doors that answer once: the frames' values, pairs and
+/// versions in order; or the first error frame.
+pub async fn complete(reply: Reply) -> CommandResponse {
+    let (mut whole, mut rest) = first_frame(reply).await;
+    if whole.status != status::OK {
+        return whole;
+    }
+    while whole.more {
+        let frame = match rest.next().await {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return decode_failure(e),
+            None => return ended_early(),
+        };
+        if frame.status != status::OK {
+            return frame;
+        }
+        whole.values.extend(frame.values);
+        whole.pairs.extend(frame.pairs);
+        whole.versions.extend(frame.versions);
+        whole.more = frame.more;
+    }
+    whole
+}
+
+fn decode_failure(e: prost::DecodeError) -> CommandResponse {
+    CommandResponse::error(status::INTERNAL_ERROR, format!("an answer could not be decoded: {e}"))
+}
+
+fn ended_early() -> CommandResponse {
+    CommandResponse::error(status::INTERNAL_ERROR, "the answer ended before its last frame")
+}
