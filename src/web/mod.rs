@@ -42,7 +42,7 @@ pub use problem::Problem;
 
 use crate::memory::MemoryBudget;
 use crate::metrics::Metered;
-use crate::pb::{CommandResponse, status};
+use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::service::{Caller, Handler, Reply, ReplyFrame};
 use crate::transport::admission::{Admission, Admitted};
 use crate::transport::tcp::{Accepting, ByteCounts, Counted, accept_loop, tls_handshake, tune};
@@ -291,6 +291,23 @@ async fn read_body<const GRPC: bool>(
     let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     drop(charge);
     response
+}
+
+/// A [`Handler`] behind a trait object: what the REST handlers call.
+pub trait Run: Send + Sync + 'static {
+    fn run(&self, request: CommandRequest, caller: Caller)
+    -> futures_util::future::BoxFuture<'static, Reply>;
+}
+
+impl<H: Handler> Run for H {
+    fn run(
+        &self,
+        request: CommandRequest,
+        caller: Caller,
+    ) -> futures_util::future::BoxFuture<'static, Reply> {
+        let handler = self.clone();
+        Box::pin(async move { handler.execute(request, &caller).await })
+    }
 }
 
 /// The frames of a reply after the first, decoded.

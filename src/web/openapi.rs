@@ -1,7 +1,102 @@
-//! The OpenAPI 3.1 document of the REST API, served at `/v1/openapi.json`.
+//! The OpenAPI 3.1 document of the REST API, generated from the handlers' annotations (`rest`) and the
+//! types below, which are the JSON the API reads and writes; served at `/v1/openapi.json`.
 
-use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as Json, json};
+use utoipa::openapi::{RefOr, schema::Schema};
+use utoipa::{OpenApi, PartialSchema, ToSchema};
 
-pub async fn document() -> Json<serde_json::Value> {
-    Json(serde_json::json!({}))
+/// The document's frame: what the handlers' annotations do not say.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "qkv REST API",
+        description = "Keys as resources whose ETag is their version: If-Match and If-None-Match are qkv's conditional writes. Tables listed page by page, batch reads and writes, topics published to with POST and read as server-sent events. Errors are application/problem+json (RFC 9457). docs/HTTP.md is the full specification.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    tags(
+        (name = "keys", description = "One key of a table"),
+        (name = "tables", description = "A table's keys, listed or read and written many at a time"),
+        (name = "topics", description = "Publish and subscribe"),
+    ),
+    components(schemas(JsonValue, Problem, Current))
+)]
+pub struct ApiDoc;
+
+/// A value as JSON: a string, an integer (64-bit signed), a number with a fraction or an exponent (a
+/// float), a boolean; binary as `{"binary": "<base64>"}`, and the floats JSON cannot write as
+/// `{"float": "NaN" | "Infinity" | "-Infinity"}`.
+pub struct JsonValue;
+
+impl PartialSchema for JsonValue {
+    fn schema() -> RefOr<Schema> {
+        let schema = json!({
+            "description": "A value: string, integer (int64), float (written with a fraction or an exponent), boolean, {\"binary\": base64} or {\"float\": \"NaN\"|\"Infinity\"|\"-Infinity\"}",
+            "oneOf": [
+                { "type": "string" },
+                { "type": "integer", "format": "int64" },
+                { "type": "number", "format": "double" },
+                { "type": "boolean" },
+                {
+                    "type": "object",
+                    "required": ["binary"],
+                    "additionalProperties": false,
+                    "properties": { "binary": { "type": "string", "contentEncoding": "base64" } }
+                },
+                {
+                    "type": "object",
+                    "required": ["float"],
+                    "additionalProperties": false,
+                    "properties": { "float": { "type": "string", "enum": ["NaN", "Infinity", "-Infinity"] } }
+                }
+            ]
+        });
+        // A literal of this module's own, held to deserialize by a test.
+        serde_json::from_value(schema).map(RefOr::T).unwrap_or_else(|_| RefOr::T(Schema::default()))
+    }
+}
+
+impl ToSchema for JsonValue {}
+
+/// An error: `application/problem+json` (RFC 9457).
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub struct Problem {
+    /// Always `about:blank`: the status says what kind of problem it is.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    /// What went wrong and what to do about it.
+    pub detail: String,
+    /// qkv's status code, when the service answered (a 412 is qkv's 409).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qkv_status: Option<u32>,
+    /// On a 412 about a key that exists: its current value and version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current: Option<Current>,
+}
+
+/// A key's current value and version.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Current {
+    #[schema(value_type = JsonValue)]
+    pub value: Json,
+    pub version: u64,
+}
+
+/// The document as served.
+pub fn document(api: &utoipa::openapi::OpenApi) -> Json {
+    serde_json::to_value(api).unwrap_or(Json::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_value_schema_is_well_formed() {
+        let RefOr::T(schema) = JsonValue::schema() else { panic!("an inline schema") };
+        assert_ne!(serde_json::to_value(schema).unwrap(), serde_json::to_value(Schema::default()).unwrap());
+    }
 }

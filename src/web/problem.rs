@@ -3,8 +3,8 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
+use super::openapi;
 use crate::pb::json::to_json;
 use crate::pb::{CommandResponse, Value, status};
 
@@ -62,20 +62,19 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let title = self.status.canonical_reason().unwrap_or("Error");
-        let mut body = json!({
-            "type": "about:blank",
-            "title": title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        if let Some(qkv_status) = self.qkv_status {
-            body["qkv_status"] = qkv_status.into();
-        }
-        if let Some((value, version)) = &self.current {
-            body["current"] = json!({ "value": to_json(value), "version": version });
-        }
-        let mut response = (self.status, body.to_string()).into_response();
+        let body = openapi::Problem {
+            kind: "about:blank".into(),
+            title: self.status.canonical_reason().unwrap_or("Error").into(),
+            status: self.status.as_u16(),
+            detail: self.detail,
+            qkv_status: self.qkv_status,
+            current: self
+                .current
+                .as_ref()
+                .map(|(value, version)| openapi::Current { value: to_json(value), version: *version }),
+        };
+        let body = serde_json::to_string(&body).unwrap_or_default();
+        let mut response = (self.status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some((_, version)) = self.current

@@ -15,27 +15,28 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use futures_util::{StreamExt, stream};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::{self, JsonValue};
 use super::problem::Problem;
-use super::{complete, first_frame};
+use super::{Run, complete, first_frame};
 use crate::pb::json::{from_json, to_json};
 use crate::pb::{CommandRequest, CommandResponse, Kvpair, Value, status, value};
 use crate::service::{Caller, Handler};
 
-/// The REST routes, on `handler`.
+/// The REST routes, on `handler`, and `/v1/openapi.json`: the document generated from the routes
+/// themselves, so that it cannot leave one out.
 pub fn router<H: Handler>(handler: H) -> Router {
-    Router::new()
-        .route("/v1/tables/{table}/keys/{key}", get(get_key::<H>).put(put_key::<H>).delete(delete_key::<H>))
-        .route("/v1/tables/{table}", get(list_table::<H>))
-        .route("/v1/tables/{table}/mget", post(mget::<H>))
-        .route("/v1/tables/{table}/mset", post(mset::<H>))
-        .route("/v1/tables/{table}/mdel", post(mdel::<H>))
-        .route("/v1/topics/{topic}", get(subscribe::<H>).post(publish::<H>))
-        .route("/v1/openapi.json", get(super::openapi::document))
+    let (router, api) = api().with_state(Arc::new(handler) as Door).split_for_parts();
+    let document = openapi::document(&api);
+    router
+        .route("/v1/openapi.json", get(move || std::future::ready(axum::Json(document.clone()))))
         .fallback(|| async {
             Problem::new(StatusCode::NOT_FOUND, "no such resource: see /v1/openapi.json for the API")
         })
@@ -45,10 +46,22 @@ pub fn router<H: Handler>(handler: H) -> Router {
                 "this resource does not take that method: see /v1/openapi.json",
             )
         })
-        .with_state(Arc::new(handler))
 }
 
-type Shared<H> = State<Arc<H>>;
+/// The documented routes: each handler's `#[utoipa::path]` gives both its route and its operation.
+pub fn api() -> OpenApiRouter<Door> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(get_key, put_key, delete_key))
+        .routes(routes!(list_table))
+        .routes(routes!(mget))
+        .routes(routes!(mset))
+        .routes(routes!(mdel))
+        .routes(routes!(subscribe, publish))
+}
+
+/// The service behind the REST handlers, one type whatever the handler (so that the handlers, and the
+/// OpenAPI document generated from them, are not generic).
+pub type Door = Arc<dyn Run>;
 
 /// A key's ETag: its version, as a strong entity tag.
 fn etag(version: u64) -> HeaderValue {
@@ -134,23 +147,15 @@ fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
         |range| {
             let mut parts = range.split(';').map(str::trim);
             let media = parts.next().unwrap_or_default();
-            let refused = parts.any(|p| p.replace(' ', "").parse::<QZero>().is_ok());
+            let refused = parts.any(q_zero);
             media.eq_ignore_ascii_case(wanted) && !refused
         },
     )
 }
 
 /// A `q=0` parameter: the media range is not acceptable.
-struct QZero;
-
-impl std::str::FromStr for QZero {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s.strip_prefix("q=").map(|q| q.parse::<f32>()) {
-            Some(Ok(q)) if q == 0.0 => Ok(QZero),
-            _ => Err(()),
-        }
-    }
+fn q_zero(parameter: &str) -> bool {
+    parameter.replace(' ', "").strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()) == Some(0.0)
 }
 
 /// A value as a response body: JSON when the client asked for it; otherwise strings as text, binary as
@@ -206,23 +211,19 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes, expected: &str) -> Re
 }
 
 /// Runs `request` and returns its complete answer when it succeeded, the problem otherwise.
-async fn run<H: Handler>(
-    handler: &H,
-    request: CommandRequest,
-    caller: &Caller,
-) -> Result<CommandResponse, Problem> {
-    let response = complete(handler.execute(request, caller).await).await;
+async fn run(door: &dyn Run, request: CommandRequest, caller: &Caller) -> Result<CommandResponse, Problem> {
+    let response = complete(door.run(request, caller.clone()).await).await;
     if response.status == status::OK { Ok(response) } else { Err(Problem::from_response(&response)) }
 }
 
 /// The key's current value and version, or `None` when absent.
-async fn current<H: Handler>(
-    handler: &H,
+async fn current(
+    door: &dyn Run,
     table: &str,
     key: &str,
     caller: &Caller,
 ) -> Result<Option<(Value, u64)>, Problem> {
-    let response = complete(handler.execute(CommandRequest::hget(table, key), caller).await).await;
+    let response = complete(door.run(CommandRequest::hget(table, key), caller.clone()).await).await;
     match response.status {
         status::OK => Ok(current_of(response)),
         status::NOT_FOUND => Ok(None),
@@ -237,15 +238,34 @@ fn current_of(response: CommandResponse) -> Option<(Value, u64)> {
 }
 
 /// `GET` (and `HEAD`) a key: its value and ETag; 304 when `If-None-Match` names the current ETag.
-async fn get_key<H: Handler>(
-    State(handler): Shared<H>,
+#[utoipa::path(
+    get,
+    path = "/v1/tables/{table}/keys/{key}",
+    tag = "keys",
+    summary = "Read a key (HEAD: whether it exists, and its ETag)",
+    params(
+        ("table" = String, Path, description = "The table (percent-encoded)"),
+        ("key" = String, Path, description = "The key (percent-encoded; a / in it as %2F)"),
+        ("Accept" = Option<String>, Header, description = "application/json: the value as JSON whatever its kind"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag, a list of them or *: 304 when the key's matches"),
+    ),
+    responses(
+        (status = 200, description = "The value: a string as text/plain, binary as application/octet-stream, numbers and booleans (or anything, with Accept: application/json) as JSON", headers(("ETag" = String, description = "The key's version, quoted")),
+            content((String = "text/plain"), (Vec<u8> = "application/octet-stream"), (JsonValue = "application/json"))),
+        (status = 304, description = "Not modified: If-None-Match named the key's ETag"),
+        (status = 400, description = "A bad name or header", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such key", body = openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_key(
+    State(door): State<Door>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let (table, key) = names(path)?;
     let unless = Condition::parse(&headers, header::IF_NONE_MATCH)?;
-    let response = complete(handler.execute(CommandRequest::hget(&table, &key), &caller).await).await;
+    let response = complete(door.run(CommandRequest::hget(&table, &key), caller.clone()).await).await;
     if response.status != status::OK {
         return Err(Problem::from_response(&response));
     }
@@ -261,8 +281,8 @@ async fn get_key<H: Handler>(
 
 /// What a `PUT` or `DELETE` expects of the key's version, from its conditional headers: `None` for an
 /// unconditional write, `Some(0)` for "absent".
-async fn expected_version<H: Handler>(
-    handler: &H,
+async fn expected_version(
+    door: &dyn Run,
     caller: &Caller,
     table: &str,
     key: &str,
@@ -279,7 +299,7 @@ async fn expected_version<H: Handler>(
         // Anything else is decided on the current version, and the write then expects that version,
         // so that a change in between still fails it.
         (if_match, if_none_match) => {
-            let current = current(handler, table, key, caller).await?;
+            let current = current(door, table, key, caller).await?;
             let version = current.as_ref().map(|(_, version)| *version);
             let holds = if_match.is_none_or(|c| c.matches_strongly(version))
                 && if_none_match.is_none_or(|c| !c.matches_weakly(version));
@@ -300,8 +320,31 @@ fn write_failed(response: CommandResponse, conditional: bool) -> Problem {
 
 /// `PUT` a key: 201 when it was created, 200 when it replaced a value; the new ETag, and a JSON body
 /// with the version and the value replaced.
-async fn put_key<H: Handler>(
-    State(handler): Shared<H>,
+#[utoipa::path(
+    put,
+    path = "/v1/tables/{table}/keys/{key}",
+    tag = "keys",
+    summary = "Write a key, unconditionally or if its version is as expected",
+    params(
+        ("table" = String, Path, description = "The table"),
+        ("key" = String, Path, description = "The key"),
+        ("If-Match" = Option<String>, Header, description = "Write only if the key's ETag is this one (or, with *, if the key exists)"),
+        ("If-None-Match" = Option<String>, Header, description = "*: write only if the key does not exist"),
+    ),
+    request_body(description = "The value, by its content type", content(
+        (String = "text/plain"), (Vec<u8> = "application/octet-stream"), (JsonValue = "application/json"))),
+    responses(
+        (status = 200, description = "Replaced a value", body = Written, headers(("ETag" = String, description = "The new version"))),
+        (status = 201, description = "Created the key", body = Written, headers(("ETag" = String), ("Location" = String))),
+        (status = 400, description = "Not a value of its content type", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The condition does not hold; the key's current value and version come with it", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "A name or value over the server's limits", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "A content type that is not a value's", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The store is full", body = openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn put_key(
+    State(door): State<Door>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
@@ -309,18 +352,18 @@ async fn put_key<H: Handler>(
 ) -> Result<Response, Problem> {
     let (table, key) = names(path)?;
     let value = value_of(&headers, body)?;
-    let expected = expected_version(&*handler, &caller, &table, &key, &headers).await?;
+    let expected = expected_version(&*door, &caller, &table, &key, &headers).await?;
     let request = CommandRequest::hset_expecting(&table, &key, value, expected);
-    let response = complete(handler.execute(request, &caller).await).await;
+    let response = complete(door.run(request, caller.clone()).await).await;
     if response.status != status::OK {
         return Err(write_failed(response, expected.is_some()));
     }
     let version = response.versions.first().copied().unwrap_or_default();
     let previous = response.values.into_iter().next().filter(|v| !v.is_empty());
     let created = previous.is_none();
-    let body = json!({ "version": version, "previous": previous.as_ref().map(to_json) });
+    let body = Written { version, previous: previous.as_ref().map(to_json) };
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    let mut answer = (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+    let mut answer = (status, axum::Json(body)).into_response();
     answer.headers_mut().insert(header::ETAG, etag(version));
     if created {
         // The path as requested, so the header is a relative reference to this very resource.
@@ -347,19 +390,37 @@ fn encode(segment: &str) -> String {
 }
 
 /// `DELETE` a key: 200 with the value it held, 404 when there was none, 412 when `If-Match` fails.
-async fn delete_key<H: Handler>(
-    State(handler): Shared<H>,
+#[utoipa::path(
+    delete,
+    path = "/v1/tables/{table}/keys/{key}",
+    tag = "keys",
+    summary = "Delete a key, unconditionally or if its version is as expected",
+    params(
+        ("table" = String, Path, description = "The table"),
+        ("key" = String, Path, description = "The key"),
+        ("If-Match" = Option<String>, Header, description = "Delete only if the key's ETag is this one"),
+        ("Accept" = Option<String>, Header, description = "application/json: the old value as JSON"),
+    ),
+    responses(
+        (status = 200, description = "Deleted; the value it held, represented as GET would",
+            content((String = "text/plain"), (Vec<u8> = "application/octet-stream"), (JsonValue = "application/json"))),
+        (status = 404, description = "No such key", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The condition does not hold", body = openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn delete_key(
+    State(door): State<Door>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let (table, key) = names(path)?;
-    let expected = expected_version(&*handler, &caller, &table, &key, &headers).await?;
+    let expected = expected_version(&*door, &caller, &table, &key, &headers).await?;
     let request = match expected {
         Some(version) => CommandRequest::hdel_if_version(&table, &key, version),
         None => CommandRequest::hdel(&table, &key),
     };
-    let response = complete(handler.execute(request, &caller).await).await;
+    let response = complete(door.run(request, caller.clone()).await).await;
     if response.status != status::OK {
         return Err(write_failed(response, expected.is_some()));
     }
@@ -372,7 +433,8 @@ async fn delete_key<H: Handler>(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Page {
     /// At most this many entries (0 or absent: all of them).
     #[serde(default)]
@@ -385,8 +447,19 @@ struct Page {
 /// `GET` a table: `{"items": [{"key", "value", "version"}…], "next": <key or null>}`, streamed page by
 /// page as the service reads them. `next` is the key to pass as `after` for the next page, when a
 /// `limit` was reached.
-async fn list_table<H: Handler>(
-    State(handler): Shared<H>,
+#[utoipa::path(
+    get,
+    path = "/v1/tables/{table}",
+    tag = "tables",
+    summary = "List a table's keys, values and versions in key order, streamed; page with limit and after",
+    params(("table" = String, Path, description = "The table"), Page),
+    responses(
+        (status = 200, description = "The entries in key order (by UTF-8 bytes). A body cut short (no closing bracket) means the listing failed part way", body = TablePage),
+        (status = 400, description = "A bad name or query", body = openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_table(
+    State(door): State<Door>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Page>, QueryRejection>,
@@ -395,7 +468,7 @@ async fn list_table<H: Handler>(
     let Query(page) =
         query.map_err(|e| Problem::bad_request(format!("bad query: {e}: use limit=N&after=KEY")))?;
     let request = CommandRequest::hgetall_page(&table, page.after, page.limit);
-    let (first, rest) = first_frame(handler.execute(request, &caller).await).await;
+    let (first, rest) = first_frame(door.run(request, caller.clone()).await).await;
     if first.status != status::OK {
         return Err(Problem::from_response(&first));
     }
@@ -431,8 +504,9 @@ async fn list_table<H: Handler>(
                 }
                 count += 1;
                 let value = pair.value.as_ref().map_or(Json::Null, to_json);
-                let item = json!({ "key": pair.key, "value": value, "version": versions.next().copied().unwrap_or_default() });
-                chunk.push_str(&item.to_string());
+                let version = versions.next().copied().unwrap_or_default();
+                let entry = Entry { key: pair.key.clone(), value, version };
+                chunk.push_str(&serde_json::to_string(&entry).unwrap_or_default());
                 last = Some(pair.key.clone());
             }
             let ended = !frame.more;
@@ -446,66 +520,170 @@ async fn list_table<H: Handler>(
     Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Keys {
     keys: Vec<String>,
 }
 
+/// A key with its value and version (`null` and 0 for a key that does not exist).
+#[derive(Debug, Serialize, ToSchema)]
+struct Entry {
+    key: String,
+    #[schema(value_type = Option<JsonValue>)]
+    value: Json,
+    version: u64,
+}
+
+/// A page of a table.
+#[derive(Debug, Serialize, ToSchema)]
+struct TablePage {
+    items: Vec<Entry>,
+    /// The last key, to pass as `after` for the next page, when `limit` entries were listed.
+    next: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct Entries {
+    items: Vec<Entry>,
+}
+
+/// What a write did: the key's new version, and the value it replaced (`null`: none).
+#[derive(Debug, Serialize, ToSchema)]
+struct Written {
+    version: u64,
+    #[schema(value_type = Option<JsonValue>)]
+    previous: Option<Json>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct WrittenItem {
+    key: String,
+    version: u64,
+    #[schema(value_type = Option<JsonValue>)]
+    previous: Option<Json>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct WrittenItems {
+    items: Vec<WrittenItem>,
+}
+
+/// A deleted key and the value it held (`null`: none).
+#[derive(Debug, Serialize, ToSchema)]
+struct DeletedItem {
+    key: String,
+    #[schema(value_type = Option<JsonValue>)]
+    previous: Option<Json>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct DeletedItems {
+    items: Vec<DeletedItem>,
+}
+
+/// How many subscribers got a message, and how many of them are behind.
+#[derive(Debug, Serialize, ToSchema)]
+struct Published {
+    subscribers: i64,
+    lagging: i64,
+}
+
 /// `POST /mget`: `{"keys": [...]}` → `{"items": [{"key", "value", "version"}…]}` in request order, with
 /// `value: null, version: 0` for absent keys.
-async fn mget<H: Handler>(
-    State(handler): Shared<H>,
+#[utoipa::path(
+    post,
+    path = "/v1/tables/{table}/mget",
+    tag = "tables",
+    summary = "Read many keys of a table in one request",
+    params(("table" = String, Path, description = "The table")),
+    request_body = Keys,
+    responses(
+        (status = 200, description = "One entry per key, in request order", body = Entries),
+        (status = 400, description = "Not the body described", body = openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn mget(
+    State(door): State<Door>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Response, Problem> {
     let table = name(path)?;
     let Keys { keys } = json_body(&body, r#"{"keys": ["key", …]}"#)?;
-    let response = run(&*handler, CommandRequest::hmget(&table, keys.iter()), &caller).await?;
-    let items: Vec<Json> = keys
+    let response = run(&*door, CommandRequest::hmget(&table, keys.iter()), &caller).await?;
+    let items: Vec<_> = keys
         .iter()
         .zip(response.values.iter().zip(response.versions.iter().chain(std::iter::repeat(&0))))
-        .map(|(key, (value, version))| json!({ "key": key, "value": to_json(value), "version": version }))
+        .map(|(key, (value, version))| Entry { key: key.clone(), value: to_json(value), version: *version })
         .collect();
-    Ok(axum::Json(json!({ "items": items })).into_response())
+    Ok(axum::Json(Entries { items }).into_response())
 }
 
 /// `POST /mdel`: `{"keys": [...]}` → `{"items": [{"key", "previous"}…]}`, `previous: null` for keys that
 /// did not exist.
-async fn mdel<H: Handler>(
-    State(handler): Shared<H>,
+#[utoipa::path(
+    post,
+    path = "/v1/tables/{table}/mdel",
+    tag = "tables",
+    summary = "Delete many keys of a table in one request",
+    params(("table" = String, Path, description = "The table")),
+    request_body = Keys,
+    responses(
+        (status = 200, description = "One item per key, in request order", body = DeletedItems),
+        (status = 400, description = "Not the body described", body = openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn mdel(
+    State(door): State<Door>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Response, Problem> {
     let table = name(path)?;
     let Keys { keys } = json_body(&body, r#"{"keys": ["key", …]}"#)?;
-    let response = run(&*handler, CommandRequest::hmdel(&table, keys.iter()), &caller).await?;
-    let items: Vec<Json> = keys
+    let response = run(&*door, CommandRequest::hmdel(&table, keys.iter()), &caller).await?;
+    let items: Vec<_> = keys
         .iter()
         .zip(response.values.iter())
-        .map(|(key, previous)| json!({ "key": key, "previous": (!previous.is_empty()).then(|| to_json(previous)) }))
+        .map(|(key, previous)| DeletedItem {
+            key: key.clone(),
+            previous: (!previous.is_empty()).then(|| to_json(previous)),
+        })
         .collect();
-    Ok(axum::Json(json!({ "items": items })).into_response())
+    Ok(axum::Json(DeletedItems { items }).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Items {
     items: Vec<Item>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Item {
     key: String,
+    #[schema(value_type = JsonValue)]
     value: Json,
 }
 
 /// `POST /mset`: `{"items": [{"key", "value"}…]}` → `{"items": [{"key", "version", "previous"}…]}`.
-async fn mset<H: Handler>(
-    State(handler): Shared<H>,
+#[utoipa::path(
+    post,
+    path = "/v1/tables/{table}/mset",
+    tag = "tables",
+    summary = "Write many keys of a table in one request (unconditionally)",
+    params(("table" = String, Path, description = "The table")),
+    request_body = Items,
+    responses(
+        (status = 200, description = "One item per key, in request order", body = WrittenItems),
+        (status = 400, description = "Not the body described", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Names or values over the server's limits; nothing written", body = openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn mset(
+    State(door): State<Door>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     body: Bytes,
@@ -518,22 +696,34 @@ async fn mset<H: Handler>(
         pairs.push(Kvpair::new(key, value));
     }
     let keys: Vec<String> = pairs.iter().map(|p| p.key.clone()).collect();
-    let response = run(&*handler, CommandRequest::hmset(&table, pairs), &caller).await?;
-    let items: Vec<Json> = keys
+    let response = run(&*door, CommandRequest::hmset(&table, pairs), &caller).await?;
+    let items: Vec<_> = keys
         .iter()
         .zip(response.values.iter().zip(response.versions.iter().chain(std::iter::repeat(&0))))
         .map(|(key, (previous, version))| {
             let previous = (!previous.is_empty()).then(|| to_json(previous));
-            json!({ "key": key, "version": version, "previous": previous })
+            WrittenItem { key: key.clone(), version: *version, previous }
         })
         .collect();
-    Ok(axum::Json(json!({ "items": items })).into_response())
+    Ok(axum::Json(WrittenItems { items }).into_response())
 }
 
 /// `POST` to a topic: a JSON array of values, published as one message; answers
 /// `{"subscribers": n, "lagging": m}` (how many subscribers got it, and how many of them are behind).
-async fn publish<H: Handler>(
-    State(handler): Shared<H>,
+#[utoipa::path(
+    post,
+    path = "/v1/topics/{topic}",
+    tag = "topics",
+    summary = "Publish a message: a JSON array of values",
+    params(("topic" = String, Path, description = "The topic")),
+    request_body(content = Vec<JsonValue>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Published", body = Published),
+        (status = 400, description = "Not a JSON array of values", body = openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn publish(
+    State(door): State<Door>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     body: Bytes,
@@ -545,19 +735,34 @@ async fn publish<H: Handler>(
         .enumerate()
         .map(|(i, v)| from_json(v).map_err(|e| Problem::bad_request(format!("[{i}]: {e}"))))
         .collect::<Result<Vec<Value>, Problem>>()?;
-    let response = run(&*handler, CommandRequest::publish(&topic, data), &caller).await?;
+    let response = run(&*door, CommandRequest::publish(&topic, data), &caller).await?;
     let count = |i: usize| match response.values.get(i).and_then(|v| v.value.as_ref()) {
         Some(value::Value::Integer(n)) => *n,
         _ => 0,
     };
-    Ok(axum::Json(json!({ "subscribers": count(0), "lagging": count(1) })).into_response())
+    Ok(axum::Json(Published { subscribers: count(0), lagging: count(1) }).into_response())
 }
 
 /// `GET` a topic as server-sent events: `subscribed` (`{"id": n}`), then a `message` per message (its
 /// values as a JSON array), `missed` (`{"missed": n}`) where this subscriber fell behind, and `end`
 /// (`{"status", "detail"}`) when the subscription ends (the server shuts down, for one).
-async fn subscribe<H: Handler>(
-    State(handler): Shared<H>,
+#[utoipa::path(
+    get,
+    path = "/v1/topics/{topic}",
+    tag = "topics",
+    summary = "Subscribe, as server-sent events",
+    params(
+        ("topic" = String, Path, description = "The topic"),
+        ("Accept" = String, Header, description = "text/event-stream"),
+    ),
+    responses(
+        (status = 200, description = "Events: subscribed {\"id\"}, message [values], missed {\"missed\"}, end {\"status\", \"detail\"}", content_type = "text/event-stream", body = String),
+        (status = 406, description = "Accept does not list text/event-stream", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many subscriptions", body = openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn subscribe(
+    State(door): State<Door>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -569,7 +774,7 @@ async fn subscribe<H: Handler>(
             "a topic is read as server-sent events: send Accept: text/event-stream",
         ));
     }
-    let (first, rest) = first_frame(handler.execute(CommandRequest::subscribe(&topic), &caller).await).await;
+    let (first, rest) = first_frame(door.run(CommandRequest::subscribe(&topic), caller.clone()).await).await;
     if first.status != status::OK || !first.more {
         return Err(Problem::from_response(&first));
     }

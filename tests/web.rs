@@ -1,0 +1,443 @@
+//! The REST API as an HTTP client sees it: curl (HTTP/2 over TLS, HTTP/1.1, plaintext HTTP/2), against
+//! a real server's web listener. Statuses, headers (ETag, Location, Content-Type), conditional
+//! requests, representations by content type, paging, server-sent events, bad input (always a clear
+//! 4xx as application/problem+json, never a 500) and the OpenAPI document held against the routes.
+//! The command semantics themselves run over REST in tests/commands.rs.
+
+#[macro_use]
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::TestServer;
+use qkv::certs::CertDir;
+use qkv::transport::Transport;
+use serde_json::{Value as Json, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+/// What curl got: the status, the headers (names lowercase) and the body.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn json(&self) -> Json {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// An error answer as RFC 9457 says: its content type, the status in the body, a detail.
+    fn problem(&self, status: u16) -> Json {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(self.header("content-type"), Some("application/problem+json"), "{self:?}");
+        let problem = self.json();
+        assert_eq!(problem["status"], status);
+        assert!(problem["detail"].as_str().is_some_and(|d| d.len() > 10), "{problem}");
+        problem
+    }
+}
+
+/// A web listener and curl aimed at it.
+struct Web {
+    server: TestServer,
+    base: String,
+}
+
+impl Web {
+    async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(configure: impl FnOnce(&mut qkv::server::ServerConfig)) -> Self {
+        let server = TestServer::start_for_with(Transport::Http, configure).await;
+        let port = server.web.expect("a web listener").port();
+        Web { base: format!("https://localhost:{port}"), server }
+    }
+
+    /// curl with `args`, over HTTP/2 trusting the server's CA, on `path`.
+    async fn curl(&self, path: &str, args: &[&str]) -> Answer {
+        let ca = self.server.ca();
+        let mut all = vec!["--cacert", ca.to_str().expect("a UTF-8 path"), "--http2", "--max-time", "20"];
+        all.extend_from_slice(args);
+        curl(&format!("{}{path}", self.base), &all).await
+    }
+
+    async fn put(&self, path: &str, content_type: &str, body: &[u8], headers: &[&str]) -> Answer {
+        let file = tempfile::NamedTempFile::new().expect("a temporary file");
+        std::fs::write(file.path(), body).expect("body written");
+        let content_type = format!("content-type: {content_type}");
+        let data = format!("@{}", file.path().display());
+        let mut args = vec!["-X", "PUT", "-H", &content_type, "--data-binary", &data];
+        for header in headers {
+            args.extend(["-H", header]);
+        }
+        self.curl(path, &args).await
+    }
+
+    async fn post_json(&self, path: &str, body: &Json) -> Answer {
+        let body = body.to_string();
+        self.curl(path, &["-X", "POST", "-H", "content-type: application/json", "--data-binary", &body]).await
+    }
+}
+
+/// Runs curl on `url` and reads what it got.
+async fn curl(url: &str, args: &[&str]) -> Answer {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (headers, body) = (dir.path().join("headers"), dir.path().join("body"));
+    let output = Command::new("curl")
+        .args(["-sS", "-D"])
+        .arg(&headers)
+        .arg("-o")
+        .arg(&body)
+        .args(["-w", "%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .await
+        .expect("curl runs (apt install curl)");
+    assert!(output.status.success(), "curl failed: {}", String::from_utf8_lossy(&output.stderr));
+    let status = String::from_utf8_lossy(&output.stdout).trim().parse().expect("a status code");
+    let headers = std::fs::read_to_string(&headers)
+        .expect("headers")
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    Answer { status, headers, body: std::fs::read(&body).unwrap_or_default() }
+}
+
+fn etag(answer: &Answer) -> String {
+    answer.header("etag").unwrap_or_else(|| panic!("an ETag: {answer:?}")).to_owned()
+}
+
+#[tokio::test]
+async fn keys_are_resources_whose_etag_is_their_version() {
+    let web = Web::start().await;
+    let key = "/v1/tables/users/keys/ada";
+
+    let created = web.put(key, "text/plain; charset=utf-8", b"Ada", &[]).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(created.header("location"), Some(key));
+    let first = etag(&created);
+    assert_eq!(created.json()["version"].to_string(), first.trim_matches('"'));
+    assert_eq!(created.json()["previous"], Json::Null);
+
+    let read = web.curl(key, &[]).await;
+    assert_eq!((read.status, read.text(), etag(&read)), (200, "Ada".into(), first.clone()));
+    assert_eq!(read.header("content-type"), Some("text/plain; charset=utf-8"));
+    let as_json = web.curl(key, &["-H", "accept: application/json"]).await;
+    assert_eq!(as_json.json(), json!("Ada"));
+    let head = web.curl(key, &["-I"]).await;
+    assert_eq!((head.status, etag(&head)), (200, first.clone()));
+
+    // Unchanged: 304, with the ETag and no body.
+    let if_none_match = format!("if-none-match: {first}");
+    let unchanged = web.curl(key, &["-H", &if_none_match]).await;
+    assert_eq!((unchanged.status, unchanged.body.len()), (304, 0));
+
+    // A write that expects another version is refused, and says what the key holds.
+    let stale = web.put(key, "text/plain", b"Eve", &["if-match: \"1\""]).await;
+    let problem = stale.problem(412);
+    assert_eq!(problem["qkv_status"], 409);
+    assert_eq!(
+        problem["current"],
+        json!({ "value": "Ada", "version": first.trim_matches('"').parse::<u64>().unwrap() })
+    );
+    assert_eq!(etag(&stale), first);
+    // Create-only on a key that exists: 412 too.
+    web.put(key, "text/plain", b"Eve", &["if-none-match: *"]).await.problem(412);
+
+    let if_match = format!("if-match: {first}");
+    let replaced = web.put(key, "text/plain", b"Ada Lovelace", &[&if_match]).await;
+    assert_eq!(replaced.status, 200, "{}", replaced.text());
+    assert_eq!(replaced.json()["previous"], json!("Ada"));
+    let second = etag(&replaced);
+    assert_ne!(second, first);
+    // The old ETag no longer matches: not modified no more, and a conditional delete fails.
+    assert_eq!(web.curl(key, &["-H", &if_none_match]).await.status, 200);
+    web.curl(key, &["-X", "DELETE", "-H", &if_match]).await.problem(412);
+
+    let deleted = web.curl(key, &["-X", "DELETE", "-H", &format!("if-match: {second}")]).await;
+    assert_eq!((deleted.status, deleted.text()), (200, "Ada Lovelace".into()));
+    web.curl(key, &[]).await.problem(404);
+    web.curl(key, &["-X", "DELETE"]).await.problem(404);
+    // Create-only on a key that does not exist: created.
+    assert_eq!(web.put(key, "text/plain", b"Ada", &["if-none-match: *"]).await.status, 201);
+}
+
+#[tokio::test]
+async fn values_keep_their_kind_through_content_types() {
+    let web = Web::start().await;
+    let binary: Vec<u8> = vec![0, 255, 10, 13];
+    assert_eq!(web.put("/v1/tables/t/keys/bin", "application/octet-stream", &binary, &[]).await.status, 201);
+    let read = web.curl("/v1/tables/t/keys/bin", &[]).await;
+    assert_eq!((read.header("content-type"), read.body.clone()), (Some("application/octet-stream"), binary));
+    let as_json = web.curl("/v1/tables/t/keys/bin", &["-H", "accept: application/json"]).await;
+    assert_eq!(as_json.json(), json!({ "binary": "AP8KDQ==" }));
+
+    for (key, body, kind) in [
+        ("int", "-7", json!(-7)),
+        ("float", "1.0", json!(1.0)),
+        ("bool", "true", json!(true)),
+        ("text", "\"7\"", json!("7")),
+        ("b64", "{\"binary\": \"AAE=\"}", json!({ "binary": "AAE=" })),
+        ("nan", "{\"float\": \"NaN\"}", json!({ "float": "NaN" })),
+    ] {
+        let path = format!("/v1/tables/t/keys/{key}");
+        assert_eq!(web.put(&path, "application/json", body.as_bytes(), &[]).await.status, 201, "{key}");
+        let read = web.curl(&path, &["-H", "accept: application/json"]).await;
+        assert_eq!(read.json(), kind, "{key}");
+        // Numbers and booleans are JSON either way; an integer stays an integer, a float a float.
+        if matches!(key, "int" | "float" | "bool") {
+            let plain = web.curl(&path, &[]).await;
+            assert_eq!((plain.header("content-type"), plain.text()), (Some("application/json"), body.into()));
+        }
+    }
+    // Over the Rust client the same keys read as the kinds REST wrote.
+    let client = web.server.client().await;
+    assert_eq!(client.hget("t", "int").await.unwrap().unwrap().value, (-7i64).into());
+    assert_eq!(client.hget("t", "float").await.unwrap().unwrap().value, 1.0f64.into());
+    // Names are percent-encoded path segments: any UTF-8, slashes included.
+    let odd = "/v1/tables/t%2Fx/keys/%C3%A4%20b%2Fc";
+    assert_eq!(web.put(odd, "text/plain", b"v", &[]).await.status, 201);
+    assert_eq!(client.hget("t/x", "ä b/c").await.unwrap().unwrap().value, "v".into());
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_and_never_a_500() {
+    let web = Web::start_with(|config| {
+        config.limits.max_frame_len = 64 * 1024;
+        config.service.items.max_value_len = 32 * 1024;
+    })
+    .await;
+    let key = "/v1/tables/t/keys/k";
+    web.put(key, "application/json", b"{not json", &[]).await.problem(400);
+    web.put(key, "application/json", b"null", &[]).await.problem(400);
+    web.put(key, "application/json", b"[1]", &[]).await.problem(400);
+    web.put(key, "application/json", b"18446744073709551615", &[]).await.problem(400);
+    web.put(key, "application/json", b"{\"binary\": \"!\"}", &[]).await.problem(400);
+    web.put(key, "text/plain", &[0xff, 0xfe], &[]).await.problem(400);
+    web.put(key, "text/plain; charset=latin1", b"x", &[]).await.problem(415);
+    web.put(key, "application/x-www-form-urlencoded", b"a=b", &[]).await.problem(415);
+    web.curl(key, &["-X", "PUT", "--data-binary", "x", "-H", "content-type:"]).await.problem(415);
+    web.put(key, "text/plain", &vec![b'x'; 200 * 1024], &[]).await.problem(413);
+    // Over the item limits: 413 from the service, naming the limit.
+    let huge = web.put(key, "application/octet-stream", &vec![1u8; 60 * 1024], &[]).await;
+    assert!(huge.problem(413)["detail"].as_str().unwrap().contains("--max"), "{}", huge.text());
+    web.put(key, "text/plain", b"x", &["if-match: 7"]).await.problem(400);
+    web.curl("/v1/tables/t?limit=lots", &[]).await.problem(400);
+    web.curl("/v1/tables/t?limit=-1", &[]).await.problem(400);
+    web.post_json("/v1/tables/t/mget", &json!({ "names": [] })).await.problem(400);
+    web.post_json("/v1/tables/t/mset", &json!({ "items": [{ "key": "a", "value": null }] }))
+        .await
+        .problem(400);
+    web.post_json("/v1/topics/x", &json!({ "not": "an array" })).await.problem(400);
+    web.curl("/v1/topics/x", &[]).await.problem(406);
+    web.curl("/nowhere", &[]).await.problem(404);
+    web.curl("/v1/tables/t/keys/k/more", &[]).await.problem(404);
+    web.curl("/v1/tables/t/keys/k", &["-X", "PATCH"]).await.problem(405);
+    web.curl("/v1/tables/t/keys/%FF", &[]).await.problem(400);
+    // After all that the server serves as before.
+    assert_eq!(web.put(key, "text/plain", b"fine", &[]).await.status, 201);
+}
+
+#[tokio::test]
+async fn a_table_is_listed_in_key_order_whole_or_page_by_page() {
+    let web = Web::start_with(|config| config.service.response_frame_target = 4096).await;
+    let n = 2_500;
+    let mut keys: Vec<String> = (0..n).map(|i| format!("key-{i}")).collect();
+    for chunk in keys.chunks(500) {
+        let items: Vec<Json> = chunk.iter().map(|k| json!({ "key": k, "value": k })).collect();
+        let written = web.post_json("/v1/tables/big/mset", &json!({ "items": items })).await;
+        assert_eq!(written.status, 200, "{}", written.text());
+    }
+    keys.sort();
+    let listed = |answer: &Answer| -> (Vec<String>, Json) {
+        let page = answer.json();
+        let keys =
+            page["items"].as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap().to_owned()).collect();
+        (keys, page["next"].clone())
+    };
+    let whole = web.curl("/v1/tables/big", &[]).await;
+    assert_eq!(whole.header("content-type"), Some("application/json"));
+    assert_eq!(listed(&whole), (keys.clone(), Json::Null));
+
+    let mut paged = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (page, next) = listed(&web.curl(&format!("/v1/tables/big?limit=700&after={after}"), &[]).await);
+        assert!(page.len() <= 700);
+        paged.extend(page);
+        match next.as_str() {
+            Some(next) => after = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(paged, keys);
+    let missing = web.curl("/v1/tables/nothing", &[]).await;
+    assert_eq!(missing.json(), json!({ "items": [], "next": null }));
+
+    let batch = web.post_json("/v1/tables/big/mget", &json!({ "keys": ["key-1", "nope"] })).await;
+    let items = batch.json()["items"].clone();
+    assert_eq!(
+        (items[0]["value"].clone(), items[1]["value"].clone(), items[1]["version"].clone()),
+        (json!("key-1"), Json::Null, json!(0))
+    );
+    let deleted = web.post_json("/v1/tables/big/mdel", &json!({ "keys": ["key-1", "nope"] })).await;
+    assert_eq!(
+        deleted.json()["items"],
+        json!([{ "key": "key-1", "previous": "key-1" }, { "key": "nope", "previous": null }])
+    );
+}
+
+#[tokio::test]
+async fn a_topic_streams_as_server_sent_events_until_the_server_stops() {
+    let mut web = Web::start().await;
+    let ca = web.server.ca();
+    let mut events = Command::new("curl")
+        .args(["-sS", "-N", "--http2", "--max-time", "60", "-H", "accept: text/event-stream", "--cacert"])
+        .arg(&ca)
+        .arg(format!("{}/v1/topics/news", web.base))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("curl runs");
+    let mut lines = BufReader::new(events.stdout.take().expect("curl's output")).lines();
+    let mut next_event = async || {
+        let (mut name, mut data) = (String::new(), String::new());
+        while let Some(line) = lines.next_line().await.expect("curl's output") {
+            if let Some(value) = line.strip_prefix("event:") {
+                name = value.trim().to_owned();
+            } else if let Some(value) = line.strip_prefix("data:") {
+                data = value.trim().to_owned();
+            } else if line.is_empty() && !name.is_empty() {
+                return Some((name, serde_json::from_str::<Json>(&data).expect("JSON data")));
+            }
+        }
+        None
+    };
+    let subscribed = next_event().await.expect("subscribed");
+    assert_eq!(subscribed.0, "subscribed");
+
+    let published = web.post_json("/v1/topics/news", &json!(["hello", 7, { "binary": "AQ==" }])).await;
+    assert_eq!(published.json(), json!({ "subscribers": 1, "lagging": 0 }));
+    assert_eq!(next_event().await, Some(("message".into(), json!(["hello", 7, { "binary": "AQ==" }]))));
+    // A QUIC client's message reaches the REST subscriber too.
+    web.server.client().await.publish("news", ["from quic".into()]).await.unwrap();
+    assert_eq!(next_event().await, Some(("message".into(), json!(["from quic"]))));
+
+    web.server.begin_stop();
+    let (name, end) = next_event().await.expect("an end event");
+    assert_eq!((name.as_str(), end["status"].clone()), ("end", json!(410)));
+    let exit =
+        tokio::time::timeout(Duration::from_secs(30), events.wait()).await.expect("curl ends").unwrap();
+    assert!(exit.success(), "the stream ended cleanly: {exit}");
+    tokio::time::timeout(Duration::from_secs(30), web.server.stopped()).await.expect("stopped");
+}
+
+#[tokio::test]
+async fn http_1_1_and_plaintext_http_2_are_served_too() {
+    let web = Web::start().await;
+    let put = web
+        .curl(
+            "/v1/tables/t/keys/k",
+            &["--http1.1", "-X", "PUT", "-H", "content-type: text/plain", "--data-binary", "v"],
+        )
+        .await;
+    assert_eq!(put.status, 201);
+    assert_eq!(web.curl("/v1/tables/t/keys/k", &["--http1.1"]).await.text(), "v");
+
+    // Behind a proxy on loopback: plaintext HTTP/1.1, and HTTP/2 with prior knowledge (as gRPC speaks).
+    let plain = TestServer::start_for_with(Transport::Http, |config| config.web_plaintext = true).await;
+    let url = format!("http://127.0.0.1:{}/v1/tables/t/keys/k", plain.web.unwrap().port());
+    let put = curl(&url, &["-X", "PUT", "-H", "content-type: text/plain", "--data-binary", "v"]).await;
+    assert_eq!(put.status, 201);
+    assert_eq!(curl(&url, &["--http2-prior-knowledge"]).await.text(), "v");
+}
+
+#[tokio::test]
+async fn the_web_listener_requires_client_certificates_when_the_server_does() {
+    let web = Web::start_with(|config| {
+        let dir = config.certs_dir.clone();
+        CertDir::new(&dir).ensure_server_certificate().unwrap();
+        config.client_ca = Some(dir.join("ca.pem"));
+    })
+    .await;
+    let dir = web.server.certs.path();
+    let output = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(web.server.ca())
+        .arg(format!("{}/v1/tables/t", web.base))
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success(), "served without a client certificate");
+    let issued = CertDir::new(dir).issue_client_certificate("alice", false).unwrap();
+    let (cert, key) = (path(&issued.cert), path(&issued.key));
+    let answer = web.curl("/v1/tables/t", &["--cert", &cert, "--key", &key]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+}
+
+fn path(p: &Path) -> String {
+    p.to_str().expect("a UTF-8 path").to_owned()
+}
+
+/// The document is generated from the routes; here every operation it lists is held to be served
+/// (not the fallback's 404 or 405), and every route this test knows to be documented.
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let web = Web::start().await;
+    let document = web.curl("/v1/openapi.json", &[]).await.json();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3.1"), "{}", document["openapi"]);
+    let paths = document["paths"].as_object().expect("paths");
+    let mut operations = Vec::new();
+    for (path, item) in paths {
+        for method in item
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|m| ["get", "put", "post", "delete"].contains(&m.as_str()))
+        {
+            operations.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    operations.sort();
+    assert_eq!(
+        operations,
+        [
+            "DELETE /v1/tables/{table}/keys/{key}",
+            "GET /v1/tables/{table}",
+            "GET /v1/tables/{table}/keys/{key}",
+            "GET /v1/topics/{topic}",
+            "POST /v1/tables/{table}/mdel",
+            "POST /v1/tables/{table}/mget",
+            "POST /v1/tables/{table}/mset",
+            "POST /v1/topics/{topic}",
+            "PUT /v1/tables/{table}/keys/{key}",
+        ]
+    );
+    for operation in operations {
+        let (method, path) = operation.split_once(' ').unwrap();
+        let path = path.replace("{table}", "t").replace("{key}", "k").replace("{topic}", "x");
+        // No body and no negotiation: a routed operation answers something else than "no such
+        // resource" or "method not allowed" (a 4xx about the missing body, say).
+        let answer = web.curl(&path, &["-X", method, "--max-time", "2"]).await;
+        assert!(
+            ![404, 405].contains(&answer.status) || answer.json()["qkv_status"].is_number(),
+            "{operation}: {answer:?}"
+        );
+    }
+}
