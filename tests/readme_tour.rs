@@ -35,10 +35,15 @@ struct Step {
 
 /// The first `console` block of the README's section "A tour of the command line".
 fn tour() -> Vec<Step> {
+    console_block("A tour of the command line")
+}
+
+/// The first `console` block of the README's section `heading`, as steps.
+fn console_block(heading: &str) -> Vec<Step> {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
-    let section = readme.split("\n## A tour of the command line\n").nth(1).expect("the tour's section");
-    let block = section.split("```console\n").nth(1).expect("a console block in the tour");
+    let section = readme.split(&format!("\n## {heading}\n")).nth(1).expect("the section");
+    let block = section.split("```console\n").nth(1).expect("a console block in the section");
     let block = block.split("\n```").next().expect("the end of the console block");
     let mut steps: Vec<Step> = Vec::new();
     for line in block.lines() {
@@ -130,14 +135,18 @@ async fn the_readme_tour_prints_what_the_readme_shows() {
         .await
         .expect("sh runs");
     let printed = String::from_utf8_lossy(&output.stdout).replace(&server.addr.to_string(), README_ADDR);
+    assert_printed_as_shown(&steps[1..], &printed);
+}
 
+/// Each step's output in `printed` (each after a marker line) is what the README shows under it.
+fn assert_printed_as_shown(steps: &[Step], printed: &str) {
     let marker_line = format!("{MARKER}\n");
     let mut outputs = printed.split(&marker_line);
     assert_eq!(outputs.next(), Some(""), "nothing before the first command: {printed}");
     let outputs: Vec<&str> = outputs.collect();
-    assert_eq!(outputs.len(), steps.len() - 1, "{printed}");
+    assert_eq!(outputs.len(), steps.len(), "{printed}");
     let mut offset = None;
-    for (step, printed) in steps[1..].iter().zip(outputs) {
+    for (step, printed) in steps.iter().zip(outputs) {
         let printed: Vec<&str> = printed.lines().collect();
         let shown = step.expected.iter().map(String::as_str);
         let mismatch = |why: String| {
@@ -162,6 +171,39 @@ async fn the_readme_tour_prints_what_the_readme_shows() {
         }
     }
     assert!(offset.is_some(), "the tour shows versions");
+}
+
+/// The README's curl examples of the REST API print what it shows: against a server started as its
+/// first line says (on a free port instead of the one shown), trusting that server's CA.
+#[tokio::test]
+async fn the_readme_http_examples_print_what_the_readme_shows() {
+    let steps = console_block("HTTP: REST and gRPC");
+    let readme_web = "localhost:9443";
+    let serve = format!("qkv serve --web 127.0.0.1:{} &", readme_web.rsplit(':').next().unwrap_or_default());
+    assert_eq!(
+        steps.first().map(|s| s.command.as_str()),
+        Some(serve.as_str()),
+        "the examples start the server"
+    );
+    assert!(steps.len() > 3 && steps[1..].iter().all(|s| s.command.contains("curl ")), "{steps:#?}");
+
+    let mut server = ServerProcess::start(&["--web", "127.0.0.1:0"]).await;
+    let web = format!("localhost:{}", server.web_addr().await.port());
+    let ca = server.ca().to_string_lossy().into_owned();
+    let mut script = String::from("exec 2>&1\n");
+    for step in &steps[1..] {
+        let command = step.command.replace(readme_web, &web).replace("certs/ca.pem", &ca);
+        script.push_str(&format!("echo '{MARKER}'\n{command}\n"));
+    }
+    let output = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("sh runs");
+    let printed = String::from_utf8_lossy(&output.stdout).replace(&web, readme_web);
+    assert_printed_as_shown(&steps[1..], &printed);
 }
 
 #[test]

@@ -123,12 +123,22 @@ impl ServerProcess {
     /// The admin listener's address (a server started with `--admin`), from its `admin listener
     /// serving ... addr=IP:PORT` log line.
     pub async fn admin_addr(&mut self) -> SocketAddr {
-        let line = self.log_line(&["admin listener serving"]).await;
+        self.listener_addr("admin listener serving").await
+    }
+
+    /// The web listener's address (a server started with `--web`), from its `web listener serving ...
+    /// addr=IP:PORT` log line.
+    pub async fn web_addr(&mut self) -> SocketAddr {
+        self.listener_addr("web listener serving").await
+    }
+
+    async fn listener_addr(&mut self, logged: &str) -> SocketAddr {
+        let line = self.log_line(&[logged]).await;
         line.rsplit("addr=")
             .next()
             .and_then(|a| a.split_whitespace().next())
             .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no addr=IP:PORT in the admin listener's log line: {line}"))
+            .unwrap_or_else(|| panic!("no addr=IP:PORT in the log line: {line}"))
     }
 
     /// Sends SIGHUP: the server reloads its certificates.

@@ -38,8 +38,9 @@ use run::{Processes, Scenario, Target};
 #[derive(Parser)]
 #[command(name = "xtask")]
 enum Task {
-    /// Install what the tests need (Debian's redis-server, redis-tools and prometheus, if missing),
-    /// then run `cargo test --workspace` with any further arguments: the README's test command.
+    /// Install what the tests need (Debian's redis-server, redis-tools, prometheus and curl; Python's
+    /// grpcio packages), if missing, then run `cargo test --workspace` with any further arguments: the
+    /// README's test command.
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -111,6 +112,8 @@ fn main() -> anyhow::Result<()> {
 fn test(args: &[String]) -> anyhow::Result<()> {
     run::ensure_redis()?;
     run::ensure_prometheus()?;
+    run::ensure_curl()?;
+    run::ensure_python_grpc()?;
     let status = std::process::Command::new(env!("CARGO"))
         .args(["test", "--workspace"])
         .args(args)

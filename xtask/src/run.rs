@@ -137,6 +137,40 @@ pub fn ensure_prometheus() -> anyhow::Result<()> {
     apt_install(&["prometheus"])
 }
 
+/// curl, the independent HTTP client of the REST API's tests (tests/web.rs).
+pub fn ensure_curl() -> anyhow::Result<()> {
+    if present("curl") {
+        return Ok(());
+    }
+    apt_install(&["curl"])
+}
+
+/// Python's grpcio, grpcio-tools and grpcio-reflection (tests/grpc/requirements.txt), for the gRPC
+/// test's client of another implementation, from PyPI.
+pub fn ensure_python_grpc() -> anyhow::Result<()> {
+    let imports = Command::new("python3").args(["-c", "import grpc, grpc_tools, grpc_reflection"]).output();
+    if imports.is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    eprintln!("installing Python's grpcio, grpcio-tools and grpcio-reflection");
+    let installed = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "-r",
+            "tests/grpc/requirements.txt",
+        ])
+        .status()
+        .context("python3 with pip is needed for the gRPC test's Python client")?;
+    if !installed.success() {
+        bail!("installing tests/grpc/requirements.txt with pip failed");
+    }
+    Ok(())
+}
+
 /// Installs Debian packages, without their recommendations and without starting the services they
 /// ship: the tests start their own servers on free ports, and a Redis on :6379 or a Prometheus on
 /// :9090 left running would outlive them. A machine without package lists yet gets them first.

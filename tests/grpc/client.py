@@ -1,0 +1,110 @@
+"""A client of qkv's gRPC service written with Python's grpcio, an implementation that shares no code
+with tonic: run by tests/grpc.rs as `python3 client.py HOST:PORT CA_FILE STUBS_DIR`. Every check
+raises on failure; the last line printed is "all checks passed"."""
+
+import sys
+import threading
+import time
+
+address, ca_file, stubs = sys.argv[1], sys.argv[2], sys.argv[3]
+sys.path.insert(0, stubs)
+
+import grpc  # noqa: E402
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (  # noqa: E402
+    ProtoReflectionDescriptorDatabase,
+)
+
+import kv_pb2  # noqa: E402
+from qkv.v1 import kv_pb2_grpc  # noqa: E402
+
+with open(ca_file, "rb") as f:
+    credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+channel = grpc.secure_channel(address, credentials)
+kv = kv_pb2_grpc.KvStub(channel)
+
+
+def check(condition, what):
+    if not condition:
+        raise AssertionError(what)
+    print("ok:", what, flush=True)
+
+
+def failure(call):
+    """The RpcError a call raises, with its qkv status and the frame its details carry."""
+    try:
+        call()
+    except grpc.RpcError as error:
+        trailers = dict(error.trailing_metadata() or ())
+        frame = kv_pb2.CommandResponse()
+        # The details (grpc-status-details-bin) carry the whole qkv frame.
+        details = trailers.get("grpc-status-details-bin", b"")
+        frame.ParseFromString(details)
+        return error, trailers.get("qkv-status"), frame
+    raise AssertionError("the call did not fail")
+
+
+def request(**command):
+    return kv_pb2.CommandRequest(**command)
+
+
+def hset(table, key, value, expected=None):
+    pair = kv_pb2.Kvpair(key=key, value=kv_pb2.Value(string=value))
+    command = kv_pb2.Hset(table=table, pair=pair)
+    if expected is not None:
+        command.expected_version = expected
+    return kv.Execute(request(hset=command), timeout=10)
+
+
+written = hset("users", "ada", "Ada Lovelace")
+check(written.status == 200 and len(written.versions) == 1, "Execute(Hset) answers 200 with a version")
+read = kv.Execute(request(hget=kv_pb2.Hget(table="users", key="ada")), timeout=10)
+check(read.values[0].string == "Ada Lovelace", "Execute(Hget) reads what was written")
+check(read.versions[0] == written.versions[0], "with the version the write answered")
+
+error, qkv_status, frame = failure(lambda: kv.Execute(request(hget=kv_pb2.Hget(table="users", key="nobody")), timeout=10))
+check(error.code() == grpc.StatusCode.NOT_FOUND, "a miss is NOT_FOUND")
+check(qkv_status == "404" and frame.status == 404, "with qkv's 404 beside it, and the frame in the details")
+
+error, qkv_status, frame = failure(lambda: hset("users", "ada", "Eve", expected=1))
+check(error.code() == grpc.StatusCode.ABORTED, "a conditional write that lost is ABORTED")
+check(qkv_status == "409" and frame.values[0].string == "Ada Lovelace", "its frame carries the current value")
+check(frame.versions[0] == written.versions[0], "and the current version")
+
+error, _, _ = failure(lambda: kv.Execute(request(hgetall=kv_pb2.Hgetall(table="users")), timeout=10))
+check(error.code() == grpc.StatusCode.INVALID_ARGUMENT, "Execute refuses Hgetall: it answers with many frames")
+
+pairs = [kv_pb2.Kvpair(key=f"key-{i:05}", value=kv_pb2.Value(integer=i)) for i in range(3000)]
+kv.Execute(request(hmset=kv_pb2.Hmset(table="big", pairs=pairs)), timeout=30)
+frames = list(kv.ExecuteStream(request(hgetall=kv_pb2.Hgetall(table="big")), timeout=30))
+keys = [pair.key for frame in frames for pair in frame.pairs]
+check(len(frames) > 1 and all(f.more for f in frames[:-1]) and not frames[-1].more, "ExecuteStream(Hgetall) streams frames")
+check(keys == sorted(p.key for p in pairs), "every key once, in key order")
+page = list(kv.ExecuteStream(request(hgetall=kv_pb2.Hgetall(table="big", after="key-00099", limit=5)), timeout=10))
+check([p.key for f in page for p in f.pairs] == [f"key-{i:05}" for i in range(100, 105)], "Hgetall pages with after and limit")
+
+# A subscription: its first frame, a message published meanwhile, then the call's deadline ends it.
+subscription = kv.ExecuteStream(request(subscribe=kv_pb2.Subscribe(topic="news")), timeout=3)
+first = next(subscription)
+check(first.more and first.values[0].integer > 0, "ExecuteStream(Subscribe) answers with the subscription's id")
+published = kv.Execute(request(publish=kv_pb2.Publish(topic="news", data=[kv_pb2.Value(string="hello")])), timeout=10)
+check(published.values[0].integer == 1, "Publish reaches the one subscriber")
+message = next(subscription)
+check(message.values[0].string == "hello", "the subscriber gets the message")
+started = time.monotonic()
+try:
+    next(subscription)
+    raise AssertionError("the subscription outlived its deadline")
+except grpc.RpcError as error:
+    check(error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline ends the call")
+check(time.monotonic() - started < 10, "at the deadline, not after")
+
+# Reflection: what grpcurl and Postman use to find the service without the .proto files.
+database = ProtoReflectionDescriptorDatabase(channel)
+services = database.get_services()
+check("qkv.v1.Kv" in services, "reflection lists qkv.v1.Kv")
+service = database.FindFileContainingSymbol("qkv.v1.Kv")
+check(any(m.name == "ExecuteStream" for s in service.service for m in s.method), "reflection describes its methods")
+message = database.FindFileContainingSymbol("abi.CommandRequest")
+check(any(m.name == "CommandRequest" for m in message.message_type), "and the protocol's messages")
+
+print("all checks passed", flush=True)
