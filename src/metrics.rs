@@ -193,7 +193,7 @@ pub fn limit_hit(limit: &'static str) {
 /// Requests being executed, by transport (in `Transport::ALL`'s order): plain atomics, read into the
 /// `qkv_requests_in_flight` gauges when metrics are rendered ([`refresh`]), so that a request does not
 /// pay for two float updates.
-static IN_FLIGHT: [AtomicI64; 3] = [AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)];
+static IN_FLIGHT: [AtomicI64; Transport::ALL.len()] = [const { AtomicI64::new(0) }; Transport::ALL.len()];
 
 /// Sets the gauges that are read rather than recorded; called before every render.
 pub fn refresh() {

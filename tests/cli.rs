@@ -19,7 +19,7 @@ async fn qkv(server: Option<&TestServer>, args: &[&str]) -> Output {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"));
     command.args(args);
     if let Some(server) = server {
-        command.arg("--addr").arg(server.addr.to_string()).arg("--ca").arg(server.ca());
+        command.arg("--addr").arg(server.client_addr().to_string()).arg("--ca").arg(server.ca());
         command.arg("--transport").arg(server.transport.name());
     }
     command.output().await.expect("qkv runs")

@@ -240,9 +240,7 @@ async fn pairs_and_payloads_whose_answers_cannot_fit_in_a_frame_get_413(transpor
         CommandRequest::hset("t", "big", vec![2u8; max_frame - 100]),
         CommandRequest::hmset("t", [Kvpair::new("ok", "1"), Kvpair::new("big", vec![2u8; max_frame - 100])]),
     ];
-    if transport != Transport::Http {
-        requests.push(CommandRequest::ping(vec![3u8; max_frame - 100]));
-    }
+    requests.push(CommandRequest::ping(vec![3u8; max_frame - 100]));
     for request in requests {
         let response = client.call(&request).await.unwrap();
         assert_eq!(response.status, status::PAYLOAD_TOO_LARGE, "{}", request.command_name());
@@ -375,13 +373,13 @@ transport_tests!(commands: quic, tls, tcp, http, grpc =>
     clients_share_the_store_and_a_client_shares_its_connection,
     names_and_values_over_the_item_limits_get_413_naming_the_limit,
     a_full_store_refuses_writes_with_507_and_keeps_serving_reads_and_deletes,
+    ping_echoes_its_payload,
 );
 
-// What only the transports that carry the protocol's messages as they are can say: REST has no Ping,
-// cannot send a request that is not a command, and addresses keys by URL, whose length HTTP limits
-// (tests/web.rs holds REST to its own bad input).
+// What only the transports that carry the protocol's messages as they are can say: REST cannot send a
+// request that is not a command, and addresses keys by URL, whose length HTTP limits (tests/web.rs
+// holds REST to its own bad input).
 transport_tests!(messages: quic, tls, tcp, grpc =>
     error_messages_about_huge_names_stay_small,
-    ping_echoes_its_payload,
     invalid_requests_are_answered_400_with_a_message,
 );

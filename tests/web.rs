@@ -422,6 +422,7 @@ async fn the_openapi_document_describes_every_route() {
             "GET /v1/tables/{table}",
             "GET /v1/tables/{table}/keys/{key}",
             "GET /v1/topics/{topic}",
+            "POST /v1/ping",
             "POST /v1/tables/{table}/mdel",
             "POST /v1/tables/{table}/mget",
             "POST /v1/tables/{table}/mset",

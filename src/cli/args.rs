@@ -752,7 +752,7 @@ pub struct ClientArgs {
     #[arg(long, default_value = "127.0.0.1:9527", env = "QKV_ADDR")]
     pub addr: String,
     /// quic (the default), tls (TLS 1.3 over TCP) or tcp (plaintext TCP, for servers started with
-    /// --tcp-plaintext).
+    /// --tcp-plaintext); http (the REST API) or grpc, with --addr the server's web listener (--web).
     #[arg(long, default_value_t = Transport::Quic, env = "QKV_TRANSPORT")]
     pub transport: Transport,
     /// CA certificate file the server's certificate must chain to.

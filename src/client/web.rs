@@ -4,8 +4,8 @@
 //!
 //! gRPC carries the protocol's messages as they are. REST is translated: each command becomes the
 //! request docs/HTTP.md gives for it, and its JSON answer the frames it stands for (Hgetall page by
-//! page, with `limit` and `after`; Subscribe from server-sent events). Ping and Unsubscribe have no
-//! REST form (a REST subscription ends when its event stream is dropped).
+//! page, with `limit` and `after`; Subscribe from server-sent events). Unsubscribe has no REST form (a
+//! REST subscription ends when its event stream is dropped).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -326,7 +326,25 @@ async fn rest(sender: SendRequest<Full<Bytes>>, request: &CommandRequest) -> Cli
                 "over REST a subscription ends when its event stream is dropped",
             ));
         }
-        RequestData::Ping(_) => return Err(ClientError::Unsupported("Ping has no REST form")),
+        RequestData::Ping(c) => {
+            let request = hyper::Request::post("/v1/ping")
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .body(Full::new(c.payload.clone()))
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let response = send(&sender, request).await?;
+            let (parts, body) = response.into_parts();
+            let body =
+                body.collect().await.map_err(|e| ClientError::ConnectionLost(Cause::Http(Arc::new(e))))?;
+            one(match parts.status {
+                StatusCode::OK => {
+                    let mut values = vec![Value::from(body.to_bytes())];
+                    let identity = parts.headers.get("qkv-identity").and_then(|v| v.to_str().ok());
+                    values.extend(identity.map(Value::from));
+                    CommandResponse::with_values(values, Vec::new())
+                }
+                status => problem(status, &body.to_bytes()),
+            })
+        }
     })
 }
 

@@ -18,6 +18,7 @@ use utoipa::{OpenApi, PartialSchema, ToSchema};
         (name = "keys", description = "One key of a table"),
         (name = "tables", description = "A table's keys, listed or read and written many at a time"),
         (name = "topics", description = "Publish and subscribe"),
+        (name = "server", description = "The server itself"),
     ),
     components(schemas(JsonValue, Problem, Current))
 )]

@@ -30,6 +30,9 @@ use crate::pb::json::{from_json, to_json};
 use crate::pb::{CommandRequest, CommandResponse, Kvpair, Value, status, value};
 use crate::service::{Caller, Handler};
 
+/// The header of a ping's answer that names the client's certificate (mutual TLS).
+pub const IDENTITY_HEADER: &str = "qkv-identity";
+
 /// The REST routes, on `handler`, and `/v1/openapi.json`: the document generated from the routes
 /// themselves, so that it cannot leave one out.
 pub fn router<H: Handler>(handler: H) -> Router {
@@ -57,6 +60,7 @@ pub fn api() -> OpenApiRouter<Door> {
         .routes(routes!(mset))
         .routes(routes!(mdel))
         .routes(routes!(subscribe, publish))
+        .routes(routes!(ping))
 }
 
 /// The service behind the REST handlers, one type whatever the handler (so that the handlers, and the
@@ -801,6 +805,40 @@ async fn subscribe(
         })
     }));
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// `POST /v1/ping`: the body echoed back, and who the server takes the client for (`qkv-identity`,
+/// with mutual TLS).
+#[utoipa::path(
+    post,
+    path = "/v1/ping",
+    tag = "server",
+    summary = "Echo the body: a round trip through the service",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "The body, echoed", content_type = "application/octet-stream", body = Vec<u8>,
+            headers(("qkv-identity" = String, description = "The subject of the client's certificate, with mutual TLS"))),
+        (status = 413, description = "A payload over what one answer can carry", body = openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn ping(
+    State(door): State<Door>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let response = run(&*door, CommandRequest::ping(body), &caller).await?;
+    let mut values = response.values.into_iter();
+    let payload = match values.next().and_then(|v| v.value) {
+        Some(value::Value::Binary(payload)) => payload,
+        _ => Bytes::new(),
+    };
+    let mut answer = ([(header::CONTENT_TYPE, "application/octet-stream")], payload).into_response();
+    if let Some(value::Value::String(identity)) = values.next().and_then(|v| v.value)
+        && let Ok(identity) = HeaderValue::from_str(&identity)
+    {
+        answer.headers_mut().insert(IDENTITY_HEADER, identity);
+    }
+    Ok(answer)
 }
 
 #[cfg(test)]
