@@ -29,8 +29,9 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt, stream};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -263,9 +264,9 @@ async fn read_body<const GRPC: bool>(
             Problem::new(status, detail).into_response()
         }
     };
-    let bytes = match Limited::new(body, limit.max).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let bytes = match read_limited(body, limit.max).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => {
             crate::metrics::limit_hit("max_frame_size");
             let detail = format!(
                 "the request body is over the limit of {} bytes (set by --max-frame-size, docs/HTTP.md)",
@@ -277,7 +278,7 @@ async fn read_body<const GRPC: bool>(
                 detail,
             );
         }
-        Err(e) => {
+        Err(BodyError::Read(e)) => {
             let detail = format!("the request body could not be read: {e}");
             return refuse(StatusCode::BAD_REQUEST, tonic::Status::cancelled(detail.clone()), detail);
         }
@@ -308,6 +309,37 @@ impl<H: Handler> Run for H {
         let handler = self.clone();
         Box::pin(async move { handler.execute(request, &caller).await })
     }
+}
+
+/// How many bytes of a body over the limit are read and dropped before the refusal is sent: a client
+/// that is still sending when the answer comes may take the stream's reset for a failure (curl does)
+/// instead of reading the 413. A body larger still is refused at once.
+const DRAIN_OVER_LIMIT: usize = 1024 * 1024;
+
+enum BodyError {
+    TooLarge,
+    Read(axum::Error),
+}
+
+/// The whole body if it is at most `max` bytes. A larger one is read on, without being kept, up to
+/// [`DRAIN_OVER_LIMIT`] bytes, so that the client has sent it all when it is refused.
+async fn read_limited(mut body: Body, max: usize) -> Result<Bytes, BodyError> {
+    let mut kept = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Read)?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen = seen.saturating_add(data.len());
+        if seen > max {
+            if seen > max.saturating_add(DRAIN_OVER_LIMIT) {
+                return Err(BodyError::TooLarge);
+            }
+            kept.clear();
+            continue;
+        }
+        kept.extend_from_slice(&data);
+    }
+    if seen > max { Err(BodyError::TooLarge) } else { Ok(kept.freeze()) }
 }
 
 /// The frames of a reply after the first, decoded.
