@@ -26,6 +26,7 @@ mod report;
 mod run;
 mod scale;
 mod storm;
+mod web;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -64,6 +65,9 @@ enum Task {
     ScaleReport(scale::ScaleArgs),
     /// What recording metrics costs: HGET over QUIC against two servers, with and without --admin.
     MetricsReport(SweepArgs),
+    /// The web doors (gRPC, REST) beside QUIC and TLS: HGET throughput, latency and server CPU per
+    /// request at 1 × 64 and 64 × 1.
+    WebReport(SweepArgs),
 }
 
 /// How long and how often a benchmark report measures, and where it goes.
@@ -106,6 +110,7 @@ fn main() -> anyhow::Result<()> {
         Task::ScaleReport(args) => scale::run(args),
         Task::ClusterReport(args) => cluster::run(args),
         Task::MetricsReport(args) => metrics_cost::run(args),
+        Task::WebReport(args) => web::run(args),
     }
 }
 
