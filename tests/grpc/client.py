@@ -98,6 +98,10 @@ except grpc.RpcError as error:
     check(error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline ends the call")
 check(time.monotonic() - started < 10, "at the deadline, not after")
 
+unknown = channel.unary_unary("/qkv.v1.Kv/Nope", request_serializer=lambda m: m.SerializeToString())
+error, _, _ = failure(lambda: unknown(request(ping=kv_pb2.Ping()), timeout=10))
+check(error.code() == grpc.StatusCode.UNIMPLEMENTED, "an unknown method is UNIMPLEMENTED")
+
 # Reflection: what grpcurl and Postman use to find the service without the .proto files.
 database = ProtoReflectionDescriptorDatabase(channel)
 services = database.get_services()
