@@ -3,11 +3,15 @@
 //! TLS. Statuses, the qkv frame in a failure's details, streaming, deadlines and reflection. The Rust
 //! (tonic) client runs the command and pub/sub suites over gRPC (tests/commands.rs, tests/pubsub.rs).
 //!
-//! Needs python3 with the packages in tests/grpc/requirements.txt: `cargo xtask test` installs them.
+//! Needs python3 with the packages in tests/requirements.txt: `cargo xtask test` installs them.
 
 mod common;
 
+use std::time::Duration;
+
 use common::TestServer;
+use hyper::HeaderMap;
+use qkv::pb::CommandRequest;
 use qkv::transport::Transport;
 use tokio::process::Command;
 
@@ -28,7 +32,7 @@ async fn a_python_grpcio_client_uses_the_service() {
         .expect("python3 runs");
     assert!(
         generated.status.success(),
-        "generating the Python stubs failed (pip install -r tests/grpc/requirements.txt, or run cargo xtask test): {}",
+        "generating the Python stubs failed (pip install -r tests/requirements.txt, or run cargo xtask test): {}",
         String::from_utf8_lossy(&generated.stderr)
     );
     let address = format!("localhost:{}", server.web.expect("a web listener").port());
@@ -46,4 +50,72 @@ async fn a_python_grpcio_client_uses_the_service() {
         "{printed}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// One gRPC call made by hand over HTTP/2 (hyper, no gRPC library, so nothing on this side enforces
+/// a deadline): the messages' bytes and the trailers (or the headers of a trailers-only answer).
+async fn raw_call(
+    server: &TestServer,
+    method: &str,
+    timeout: &str,
+    request: &CommandRequest,
+) -> (Vec<u8>, HeaderMap) {
+    let tls = qkv::tls::client_config(
+        qkv::tls::read_roots(&server.ca()).expect("the CA"),
+        &qkv::tls::Tickets::none(),
+        None,
+    )
+    .expect("a TLS configuration");
+    let mut tls = tls;
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let stream = tokio::net::TcpStream::connect(server.web.expect("a web listener")).await.expect("connects");
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect("localhost".try_into().expect("a name"), stream)
+        .await
+        .expect("TLS");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2");
+    tokio::spawn(connection);
+    let message = prost::Message::encode_to_vec(request);
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let call = hyper::Request::post(format!("https://localhost/qkv.v1.Kv/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("a request");
+    let response = sender.send_request(call).await.expect("an answer");
+    let (parts, mut body) = response.into_parts();
+    let (mut data, mut trailers) = (Vec::new(), parts.headers);
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        let frame = frame.expect("a frame");
+        match frame.into_data() {
+            Ok(bytes) => data.extend_from_slice(&bytes),
+            Err(frame) => trailers.extend(frame.into_trailers().expect("trailers")),
+        }
+    }
+    (data, trailers)
+}
+
+/// The server holds a call to the client's deadline (`grpc-timeout`), whatever the client does: a
+/// subscription's stream ends at it with DEADLINE_EXCEEDED and qkv's 504, which only the server sets.
+#[tokio::test]
+async fn the_server_ends_a_call_at_its_deadline() {
+    let server = TestServer::start_for(Transport::Grpc).await;
+    let started = std::time::Instant::now();
+    let (data, trailers) = raw_call(&server, "ExecuteStream", "300m", &CommandRequest::subscribe("t")).await;
+    assert!(data.len() > 5, "the subscription's first message came before the end");
+    assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"4"[..]), "{trailers:?}");
+    assert_eq!(trailers.get("qkv-status").map(|v| v.as_bytes()), Some(&b"504"[..]), "{trailers:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300), "not before the deadline");
+
+    let (_, trailers) =
+        raw_call(&server, "Execute", "18446744073709551615S", &CommandRequest::ping("")).await;
+    assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"3"[..]), "{trailers:?}");
 }

@@ -174,8 +174,16 @@ async fn keys_are_resources_whose_etag_is_their_version() {
     assert_eq!((deleted.status, deleted.text()), (200, "Ada Lovelace".into()));
     web.curl(key, &[]).await.problem(404);
     web.curl(key, &["-X", "DELETE"]).await.problem(404);
+    // "0" is no version: it matches nothing, even a key that does not exist (the protocol's
+    // "expected version 0" is If-None-Match: *).
+    web.put(key, "text/plain", b"Ada", &["if-match: \"0\""]).await.problem(412);
+    web.curl(key, &["-X", "DELETE", "-H", "if-match: \"0\""]).await.problem(412);
+    web.put(key, "text/plain", b"Ada", &["if-match: ,"]).await.problem(400);
     // Create-only on a key that does not exist: created.
-    assert_eq!(web.put(key, "text/plain", b"Ada", &["if-none-match: *"]).await.status, 201);
+    let created = web.put(key, "text/plain", b"Ada", &["if-none-match: *"]).await;
+    assert_eq!(created.status, 201);
+    // Representations share the ETag, so caches must tell them apart.
+    assert_eq!(web.curl(key, &[]).await.header("vary"), Some("accept"));
 }
 
 #[tokio::test]
@@ -245,6 +253,9 @@ async fn bad_input_gets_a_clear_4xx_and_never_a_500() {
         .await
         .problem(400);
     web.post_json("/v1/topics/x", &json!({ "not": "an array" })).await.problem(400);
+    // JSON bodies must say so: a page of another origin can send text/plain without asking.
+    let as_text = ["-X", "POST", "-H", "content-type: text/plain", "--data-binary", r#"{"keys": ["k"]}"#];
+    web.curl("/v1/tables/t/mdel", &as_text).await.problem(415);
     web.curl("/v1/topics/x", &[]).await.problem(406);
     web.curl("/nowhere", &[]).await.problem(404);
     web.curl("/v1/tables/t/keys/k/more", &[]).await.problem(404);
@@ -275,18 +286,22 @@ async fn a_table_is_listed_in_key_order_whole_or_page_by_page() {
     assert_eq!(whole.header("content-type"), Some("application/json"));
     assert_eq!(listed(&whole), (keys.clone(), Json::Null));
 
-    let mut paged = Vec::new();
-    let mut after = String::new();
-    loop {
-        let (page, next) = listed(&web.curl(&format!("/v1/tables/big?limit=700&after={after}"), &[]).await);
-        assert!(page.len() <= 700);
-        paged.extend(page);
-        match next.as_str() {
-            Some(next) => after = next.to_owned(),
-            None => break,
+    // 700 leaves a short last page; 500 a full one, whose `next` leads to an empty page.
+    for limit in [700, 500] {
+        let mut paged = Vec::new();
+        let mut after = String::new();
+        loop {
+            let (page, next) =
+                listed(&web.curl(&format!("/v1/tables/big?limit={limit}&after={after}"), &[]).await);
+            assert!(page.len() <= limit);
+            paged.extend(page);
+            match next.as_str() {
+                Some(next) => after = next.to_owned(),
+                None => break,
+            }
         }
+        assert_eq!(paged, keys, "pages of {limit}");
     }
-    assert_eq!(paged, keys);
     let missing = web.curl("/v1/tables/nothing", &[]).await;
     assert_eq!(missing.json(), json!({ "items": [], "next": null }));
 
@@ -391,8 +406,67 @@ async fn the_web_listener_requires_client_certificates_when_the_server_does() {
     assert_eq!(answer.status, 200, "{}", answer.text());
 }
 
+/// A connection that asks nothing is closed after the idle timeout, whether it never sent a request
+/// (not even the bytes that tell HTTP/1.1 from HTTP/2) or its last one was answered.
+#[tokio::test]
+async fn idle_web_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_for_with(Transport::Http, |config| {
+        config.web_plaintext = true;
+        config.limits.idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let web = server.web.expect("a web listener");
+    let mut silent = tokio::net::TcpStream::connect(web).await.unwrap();
+    let mut answered = tokio::net::TcpStream::connect(web).await.unwrap();
+    answered.write_all(b"GET /v1/tables/t HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    for connection in [&mut silent, &mut answered] {
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut buffer = vec![0u8; 4096];
+            while connection.read(&mut buffer).await.is_ok_and(|n| n > 0) {}
+        })
+        .await;
+        assert!(closed.is_ok(), "an idle connection stayed open");
+    }
+}
+
 fn path(p: &Path) -> String {
     p.to_str().expect("a UTF-8 path").to_owned()
+}
+
+/// schemathesis makes requests from the OpenAPI document (valid and not: names, headers, bodies, in
+/// sequences), and holds the answers to it: never a 500, only documented statuses and content types,
+/// bodies that match their schemas. The subscription is left out (its event stream does not end); the
+/// curl tests above cover it.
+#[tokio::test]
+async fn requests_made_from_the_openapi_document_are_answered_as_it_says() {
+    let web = Web::start().await;
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())",
+            "run",
+        ])
+        .arg(format!("{}/v1/openapi.json", web.base))
+        .arg("--tls-verify")
+        .arg(web.server.ca())
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+            "--exclude-operation-id",
+            "subscribe",
+            "--max-examples",
+            "30",
+            "--seed",
+            "1",
+            "--no-color",
+        ])
+        .output()
+        .await
+        .expect("python3 runs (pip install -r tests/requirements.txt, or run cargo xtask test)");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{printed}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(printed.contains(" passed") && !printed.contains("failed"), "{printed}");
 }
 
 /// The document is generated from the routes; here every operation it lists is held to be served

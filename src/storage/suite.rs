@@ -352,6 +352,11 @@ pub async fn scan_is_in_key_order_and_starts_after_a_key<S: Storage>(s: Arc<S>) 
     assert_eq!(all(Some("aa")).await, sorted[3..]);
     assert_eq!(all(Some("z")).await, vec!["ä"]);
     assert!(all(Some("ä")).await.is_empty());
+    // A scan after keys were added and deleted sees them so (however a backend keeps its order).
+    s.set("ordered", "aa", "aa".into(), None).await.unwrap();
+    s.delete("ordered", "b", None).await.unwrap();
+    s.set("ordered", "a", "replaced".into(), None).await.unwrap();
+    assert_eq!(all(Some("a0")).await, vec!["aa", "ab", "z", "ä"]);
 }
 
 pub async fn concurrent_conditional_increments_are_atomic<S: Storage>(s: Arc<S>) {

@@ -14,7 +14,7 @@ use prost::Message;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Response, Status};
 
-use super::{complete, first_frame};
+use super::{Frames, complete, first_frame, unstalled};
 use crate::pb::command_request::RequestData;
 use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::service::{Caller, Handler};
@@ -25,7 +25,8 @@ use crate::pb::grpc::{FILE_DESCRIPTOR_SET, QKV_STATUS};
 
 /// The gRPC routes: `qkv.v1.Kv` and server reflection (v1 and v1alpha, for older grpcurl).
 pub fn router<H: Handler>(handler: H, limits: &Limits) -> Router {
-    let kv = KvServer::new(GrpcDoor { handler }).max_decoding_message_size(limits.max_frame_len);
+    let door = GrpcDoor { handler, reply_timeout: limits.reply_timeout };
+    let kv = KvServer::new(door).max_decoding_message_size(limits.max_frame_len);
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -77,16 +78,23 @@ fn deadline(metadata: &tonic::metadata::MetadataMap) -> Result<Option<Duration>,
     let Some(value) = metadata.get("grpc-timeout") else { return Ok(None) };
     let bad =
         || Status::invalid_argument("grpc-timeout must be at most 8 digits and a unit (H, M, S, m, u, n)");
-    let text = value.to_str().map_err(|_| bad())?;
-    let (digits, unit) = text.split_at(text.len().saturating_sub(1));
-    let amount: u64 = digits.parse().map_err(|_| bad())?;
+    let text = value.as_bytes();
+    let (Some((&unit, digits)), true) = (text.split_last(), (1..=8).contains(&text.len().saturating_sub(1)))
+    else {
+        return Err(bad());
+    };
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return Err(bad());
+    }
+    // At most 8 digits: no overflow below, whatever the unit.
+    let amount = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
     let timeout = match unit {
-        "H" => Duration::from_secs(amount.saturating_mul(3600)),
-        "M" => Duration::from_secs(amount.saturating_mul(60)),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
         _ => return Err(bad()),
     };
     Ok(Some(timeout))
@@ -102,6 +110,7 @@ fn deadline_exceeded(timeout: Duration) -> Status {
 
 struct GrpcDoor<H> {
     handler: H,
+    reply_timeout: Duration,
 }
 
 impl<H: Handler> GrpcDoor<H> {
@@ -144,7 +153,9 @@ impl<H: Handler> Kv for GrpcDoor<H> {
         let timeout = deadline(request.metadata())?;
         let caller = Self::caller(&request);
         let started = tokio::time::Instant::now();
-        let reply = self.handler.execute(request.into_inner(), &caller);
+        let command = request.into_inner();
+        let scan = matches!(command.request_data, Some(RequestData::Hgetall(_)));
+        let reply = self.handler.execute(command, &caller);
         let (first, rest) = match timeout {
             Some(timeout) => tokio::time::timeout(timeout, async { first_frame(reply.await).await })
                 .await
@@ -155,7 +166,11 @@ impl<H: Handler> Kv for GrpcDoor<H> {
             return Err(failure(&first));
         }
         // Frames as messages until one with an error status, which ends the call with its status.
-        let frames = stream::once(std::future::ready(Ok(first))).chain(rest).scan(false, |failed, frame| {
+        let frames: Frames = Box::pin(stream::once(std::future::ready(Ok(first))).chain(rest));
+        // A client that stops reading a table must not hold the scan for ever; a subscriber that stops
+        // reading is the lag policy's.
+        let frames = if scan { unstalled(frames, self.reply_timeout) } else { frames };
+        let frames = frames.scan(false, |failed, frame| {
             let item = match frame {
                 _ if *failed => None,
                 Ok(frame) if frame.status == status::OK => Some(Ok(frame)),
@@ -173,7 +188,11 @@ impl<H: Handler> Kv for GrpcDoor<H> {
         let frames: ResponseStream = match timeout {
             // The deadline covers the whole stream: when it passes first, the call ends with it.
             Some(timeout) => {
-                let expired = Box::pin(tokio::time::sleep_until(started + timeout));
+                // Far beyond any clock's reach: no deadline at all.
+                let expired = match started.checked_add(timeout) {
+                    Some(at) => Box::pin(tokio::time::sleep_until(at)),
+                    None => Box::pin(tokio::time::sleep(Duration::from_secs(u64::from(u32::MAX)))),
+                };
                 Box::pin(stream::unfold(
                     (Box::pin(frames), expired, false),
                     move |(mut frames, mut expired, done)| async move {
@@ -190,5 +209,26 @@ impl<H: Handler> Kv for GrpcDoor<H> {
             None => Box::pin(frames),
         };
         Ok(Response::new(frames))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(value: &'static str) -> Result<Option<Duration>, Code> {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        metadata.insert("grpc-timeout", MetadataValue::from_static(value));
+        deadline(&metadata).map_err(|status| status.code())
+    }
+
+    #[test]
+    fn deadlines_are_read_as_grpc_writes_them_and_nothing_else() {
+        assert_eq!(parsed("100m"), Ok(Some(Duration::from_millis(100))));
+        assert_eq!(parsed("99999999H"), Ok(Some(Duration::from_secs(99_999_999 * 3600))));
+        assert_eq!(parsed("1n"), Ok(Some(Duration::from_nanos(1))));
+        for bad in ["", "S", "123456789S", "18446744073709551615S", "10x", "-1S", "1.5S", "ms"] {
+            assert_eq!(parsed(bad), Err(Code::InvalidArgument), "{bad:?}");
+        }
     }
 }

@@ -41,7 +41,7 @@ use tracing::{debug, info};
 
 pub use problem::Problem;
 
-use crate::memory::MemoryBudget;
+use crate::memory::{Charge, MemoryBudget};
 use crate::metrics::Metered;
 use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::service::{Caller, Handler, Reply, ReplyFrame};
@@ -92,10 +92,15 @@ pub async fn serve<H: Handler>(
     let memory = admission.memory().clone();
     // A REST body carries a value as text (binary as base64, a third larger); a gRPC body is a frame's
     // protobuf behind gRPC's 5-byte message header. The service's item limits apply to both.
-    let rest_body = BodyLimit { max: rest_body_limit(&limits), memory: memory.clone() };
-    let grpc_body = BodyLimit { max: limits.max_frame_len + GRPC_MESSAGE_HEADER, memory };
+    let deadline = limits.request_timeout;
+    let rest_body = BodyLimit { max: rest_body_limit(&limits), memory: memory.clone(), deadline };
+    let grpc_body = BodyLimit { max: limits.max_frame_len + GRPC_MESSAGE_HEADER, memory, deadline };
     let doors = Doors {
-        rest: buffered(rest::router(Metered::new(handler.clone(), Transport::Http)), rest_body, false),
+        rest: buffered(
+            rest::router(Metered::new(handler.clone(), Transport::Http), &limits),
+            rest_body,
+            false,
+        ),
         grpc: buffered(
             grpc::router(Metered::new(handler.clone(), Transport::Grpc), &limits),
             grpc_body,
@@ -135,9 +140,12 @@ pub fn rest_body_limit(limits: &Limits) -> usize {
 }
 
 /// What one web connection can make the server hold beyond the request bodies (which are charged as
-/// they are read): HTTP/2's receive window for the whole connection, and its send window.
+/// they are read): HTTP/2's receive window for the whole connection, and what each of its streams may
+/// queue for sending.
 pub fn web_connection_share(limits: &Limits) -> usize {
-    limits.connection_receive_window + limits.send_window
+    let streams = usize::try_from(limits.max_concurrent_requests).unwrap_or(usize::MAX);
+    (h2_window(limits.connection_receive_window) as usize)
+        .saturating_add(stream_send_buffer(limits).saturating_mul(streams))
 }
 
 struct Connection<H> {
@@ -181,11 +189,18 @@ impl<H: Handler> Connection<H> {
     {
         let Connection { doors, handler, limits, shutdown, .. } = self;
         let request_caller = caller.clone();
+        let activity = Activity::new();
+        let requests = activity.clone();
         let service =
             hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(request_caller.clone());
                 let door = if is_grpc(&request) { doors.grpc.clone() } else { doors.rest.clone() };
-                async move { door.oneshot(request.map(Body::new)).await }
+                // Open from here until its answer's body is dropped (sent, or the stream reset).
+                let open = requests.open();
+                async move {
+                    let response = door.oneshot(request.map(Body::new)).await;
+                    response.map(|response| response.map(|body| Body::new(Tracked { body, _open: open })))
+                }
             });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -198,27 +213,115 @@ impl<H: Handler> Connection<H> {
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_concurrent_requests)
-            .initial_connection_window_size(
-                u32::try_from(limits.connection_receive_window).unwrap_or(u32::MAX),
-            )
-            .initial_stream_window_size(u32::try_from(limits.connection_receive_window).unwrap_or(u32::MAX))
-            .max_send_buf_size(limits.send_window)
+            .initial_connection_window_size(h2_window(limits.connection_receive_window))
+            .initial_stream_window_size(h2_window(limits.connection_receive_window))
+            .max_send_buf_size(stream_send_buffer(&limits))
             .max_header_list_size(64 * 1024)
             .keep_alive_interval(Some(limits.idle_timeout / 3))
             .keep_alive_timeout(limits.idle_timeout / 3);
         let connection = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
         let served = tokio::select! {
-            served = connection.as_mut() => served,
+            served = connection.as_mut() => Some(served),
             _ = shutdown.cancelled() => {
                 connection.as_mut().graceful_shutdown();
-                connection.await
+                Some(connection.await)
+            }
+            // Nothing asked for a while (not even a first request): the connection is closed, as QUIC's
+            // idle timeout would. A connection with a request open (a subscription) is not idle.
+            _ = activity.idle_for(limits.idle_timeout) => {
+                debug!(timeout = ?limits.idle_timeout, "closing an idle web connection");
+                connection.as_mut().graceful_shutdown();
+                tokio::time::timeout(limits.request_timeout, connection).await.ok()
             }
         };
-        if let Err(e) = served {
+        if let Some(Err(e)) = served {
             debug!(error = %e, "the HTTP connection ended with an error");
         }
         handler.connection_closing(&caller);
+    }
+}
+
+/// HTTP/2's largest window (RFC 9113, 6.9.1).
+const H2_MAX_WINDOW: u32 = (1 << 31) - 1;
+
+fn h2_window(bytes: usize) -> u32 {
+    u32::try_from(bytes).unwrap_or(u32::MAX).min(H2_MAX_WINDOW)
+}
+
+/// What each HTTP/2 stream may queue for sending: the connection's send window shared among its
+/// streams, at least 8 KiB each.
+fn stream_send_buffer(limits: &Limits) -> usize {
+    let streams = usize::try_from(limits.max_concurrent_requests).unwrap_or(usize::MAX).max(1);
+    (limits.send_window / streams).max(8 * 1024).min(u32::MAX as usize)
+}
+
+/// When a connection's requests were last all answered, and how many are open now: its idle timer.
+#[derive(Clone)]
+struct Activity(Arc<parking_lot::Mutex<(usize, tokio::time::Instant)>>);
+
+impl Activity {
+    fn new() -> Self {
+        Activity(Arc::new(parking_lot::Mutex::new((0, tokio::time::Instant::now()))))
+    }
+
+    /// One more request open until the guard is dropped.
+    fn open(&self) -> OpenRequest {
+        self.0.lock().0 += 1;
+        OpenRequest(self.clone())
+    }
+
+    /// Completes once no request has been open for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let (open, since) = *self.0.lock();
+            let idle = since.elapsed();
+            if open == 0 && idle >= timeout {
+                return;
+            }
+            // With a request open, look again a timeout later: it cannot be idle before.
+            let wait = if open == 0 { timeout - idle } else { timeout };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+struct OpenRequest(Activity);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        let mut state = (self.0).0.lock();
+        state.0 = state.0.saturating_sub(1);
+        state.1 = tokio::time::Instant::now();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An answer's body that keeps its request open (for the idle timer) until it is dropped.
+    struct Tracked {
+        #[pin]
+        body: Body,
+        _open: OpenRequest,
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -236,6 +339,8 @@ fn is_grpc<B>(request: &hyper::Request<B>) -> bool {
 struct BodyLimit {
     max: usize,
     memory: MemoryBudget,
+    /// How long a client may take to send a body (`--request-timeout`).
+    deadline: Duration,
 }
 
 /// `router` behind [`read_body`]; gRPC's refusals are gRPC statuses.
@@ -264,9 +369,10 @@ async fn read_body<const GRPC: bool>(
             Problem::new(status, detail).into_response()
         }
     };
-    let bytes = match read_limited(body, limit.max).await {
-        Ok(bytes) => bytes,
-        Err(BodyError::TooLarge) => {
+    let read = tokio::time::timeout(limit.deadline, read_limited(body, limit.max, &limit.memory)).await;
+    let (bytes, charge) = match read {
+        Ok(Ok(read)) => read,
+        Ok(Err(BodyError::TooLarge)) => {
             crate::metrics::limit_hit("max_frame_size");
             let detail = format!(
                 "the request body is over the limit of {} bytes (set by --max-frame-size, docs/HTTP.md)",
@@ -278,16 +384,33 @@ async fn read_body<const GRPC: bool>(
                 detail,
             );
         }
-        Err(BodyError::Read(e)) => {
+        Ok(Err(BodyError::NoMemory)) => {
+            crate::metrics::limit_hit("connection_memory");
+            let detail =
+                "the server's connection memory budget is spent; nothing was executed: retry shortly"
+                    .to_string();
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                tonic::Status::unavailable(detail.clone()),
+                detail,
+            );
+        }
+        Ok(Err(BodyError::Read(e))) => {
             let detail = format!("the request body could not be read: {e}");
             return refuse(StatusCode::BAD_REQUEST, tonic::Status::cancelled(detail.clone()), detail);
         }
-    };
-    let Some(charge) = limit.memory.try_charge(bytes.len()) else {
-        crate::metrics::limit_hit("connection_memory");
-        let detail =
-            "the server's connection memory budget is spent; nothing was executed: retry shortly".to_string();
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, tonic::Status::unavailable(detail.clone()), detail);
+        Err(_) => {
+            crate::metrics::limit_hit("request_timeout");
+            let detail = format!(
+                "the request body did not arrive within {:?} (--request-timeout); nothing was executed",
+                limit.deadline
+            );
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                tonic::Status::deadline_exceeded(detail.clone()),
+                detail,
+            );
+        }
     };
     let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     drop(charge);
@@ -318,13 +441,22 @@ const DRAIN_OVER_LIMIT: usize = 1024 * 1024;
 
 enum BodyError {
     TooLarge,
+    /// The connection memory budget cannot hold the body.
+    NoMemory,
     Read(axum::Error),
 }
 
-/// The whole body if it is at most `max` bytes. A larger one is read on, without being kept, up to
-/// [`DRAIN_OVER_LIMIT`] bytes, so that the client has sent it all when it is refused.
-async fn read_limited(mut body: Body, max: usize) -> Result<Bytes, BodyError> {
+/// The whole body if it is at most `max` bytes, charged to `memory` as it arrives (so that the bytes
+/// HTTP/2's flow control lets in once they are read are never held uncounted). A larger one is read on,
+/// neither kept nor charged, up to [`DRAIN_OVER_LIMIT`] bytes, so that the client has sent it all
+/// when it is refused.
+async fn read_limited(
+    mut body: Body,
+    max: usize,
+    memory: &MemoryBudget,
+) -> Result<(Bytes, Charge), BodyError> {
     let mut kept = bytes::BytesMut::new();
+    let mut charge = memory.empty_charge();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(BodyError::Read)?;
@@ -334,16 +466,56 @@ async fn read_limited(mut body: Body, max: usize) -> Result<Bytes, BodyError> {
             if seen > max.saturating_add(DRAIN_OVER_LIMIT) {
                 return Err(BodyError::TooLarge);
             }
-            kept.clear();
+            kept = bytes::BytesMut::new();
+            charge = memory.empty_charge();
             continue;
+        }
+        if !charge.try_grow(data.len()) {
+            return Err(BodyError::NoMemory);
         }
         kept.extend_from_slice(&data);
     }
-    if seen > max { Err(BodyError::TooLarge) } else { Ok(kept.freeze()) }
+    if seen > max { Err(BodyError::TooLarge) } else { Ok((kept.freeze(), charge)) }
 }
 
 /// The frames of a reply after the first, decoded.
 pub type Frames = Pin<Box<dyn Stream<Item = Result<CommandResponse, prost::DecodeError>> + Send>>;
+
+/// `frames` read ahead by a task of their own, which waits at most `stall` for the consumer to take
+/// each: a client that stops reading a long answer (HTTP/2's flow control holds it back) does not hold
+/// what producing it holds (a scan and its slot) for longer. Abandoned, the stream ends with a 408
+/// frame (`--reply-timeout`), which the doors turn into a failed answer.
+pub fn unstalled(mut frames: Frames, stall: Duration) -> Frames {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while let Some(frame) = frames.next().await {
+            if sender.send_timeout(frame, stall).await.is_err() {
+                crate::metrics::limit_hit("reply_timeout");
+                return;
+            }
+        }
+    });
+    Box::pin(stream::unfold((receiver, true), move |(mut receiver, more)| async move {
+        if !more {
+            return None;
+        }
+        match receiver.recv().await {
+            Some(frame) => {
+                let more = frame.as_ref().is_ok_and(|frame| frame.more);
+                Some((frame, (receiver, more)))
+            }
+            None => {
+                let abandoned = CommandResponse::error(
+                    status::REQUEST_TIMEOUT,
+                    format!(
+                        "the client did not read the answer for {stall:?} (--reply-timeout); it was abandoned"
+                    ),
+                );
+                Some((Ok(abandoned), (receiver, false)))
+            }
+        }
+    }))
+}
 
 /// A reply's first frame, and a stream of the others (empty when the first was the last).
 pub async fn first_frame(reply: Reply) -> (CommandResponse, Frames) {

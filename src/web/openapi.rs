@@ -20,9 +20,12 @@ use utoipa::{OpenApi, PartialSchema, ToSchema};
         (name = "topics", description = "Publish and subscribe"),
         (name = "server", description = "The server itself"),
     ),
-    components(schemas(JsonValue, Problem, Current))
+    components(schemas(JsonValue, Problem, Current, ServerSentEvent))
 )]
 pub struct ApiDoc;
+
+/// Standard base64, padded.
+const BASE64_PATTERN: &str = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$";
 
 /// A value as JSON: a string, an integer (64-bit signed), a number with a fraction or an exponent (a
 /// float), a boolean; binary as `{"binary": "<base64>"}`, and the floats JSON cannot write as
@@ -33,16 +36,19 @@ impl PartialSchema for JsonValue {
     fn schema() -> RefOr<Schema> {
         let schema = json!({
             "description": "A value: string, integer (int64), float (written with a fraction or an exponent), boolean, {\"binary\": base64} or {\"float\": \"NaN\"|\"Infinity\"|\"-Infinity\"}",
-            "oneOf": [
+            // anyOf, not oneOf: in JSON Schema 7 is an integer and a number both.
+            "anyOf": [
                 { "type": "string" },
-                { "type": "integer", "format": "int64" },
+                { "type": "integer", "format": "int64", "minimum": i64::MIN, "maximum": i64::MAX },
                 { "type": "number", "format": "double" },
                 { "type": "boolean" },
                 {
                     "type": "object",
                     "required": ["binary"],
                     "additionalProperties": false,
-                    "properties": { "binary": { "type": "string", "contentEncoding": "base64" } }
+                    "properties": {
+                        "binary": { "type": "string", "contentEncoding": "base64", "pattern": BASE64_PATTERN }
+                    }
                 },
                 {
                     "type": "object",
@@ -84,6 +90,16 @@ pub struct Current {
     #[schema(value_type = JsonValue)]
     pub value: Json,
     pub version: u64,
+}
+
+/// One server-sent event of a subscription (docs/HTTP.md, 2.5): `subscribed` (`{"id": n}`), `message`
+/// (a JSON array of values), `missed` (`{"missed": n}`) or `end` (`{"status": s, "detail": "…"}`).
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ServerSentEvent {
+    #[schema(pattern = "^(subscribed|message|missed|end)$")]
+    pub event: String,
+    /// JSON, as the event's name says.
+    pub data: String,
 }
 
 /// The document as served.

@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -25,18 +26,20 @@ use utoipa_axum::routes;
 
 use super::openapi::{self, JsonValue};
 use super::problem::Problem;
-use super::{Run, complete, first_frame};
+use super::{Run, complete, first_frame, unstalled};
 use crate::pb::json::{from_json, to_json};
 use crate::pb::{CommandRequest, CommandResponse, Kvpair, Value, status, value};
 use crate::service::{Caller, Handler};
+use crate::transport::Limits;
 
 /// The header of a ping's answer that names the client's certificate (mutual TLS).
 pub const IDENTITY_HEADER: &str = "qkv-identity";
 
 /// The REST routes, on `handler`, and `/v1/openapi.json`: the document generated from the routes
 /// themselves, so that it cannot leave one out.
-pub fn router<H: Handler>(handler: H) -> Router {
-    let (router, api) = api().with_state(Arc::new(handler) as Door).split_for_parts();
+pub fn router<H: Handler>(handler: H, limits: &Limits) -> Router {
+    let door = Door { handler: Arc::new(handler), reply_timeout: limits.reply_timeout };
+    let (router, api) = api().with_state(door).split_for_parts();
     let document = openapi::document(&api);
     router
         .route("/v1/openapi.json", get(move || std::future::ready(axum::Json(document.clone()))))
@@ -64,8 +67,23 @@ pub fn api() -> OpenApiRouter<Door> {
 }
 
 /// The service behind the REST handlers, one type whatever the handler (so that the handlers, and the
-/// OpenAPI document generated from them, are not generic).
-pub type Door = Arc<dyn Run>;
+/// OpenAPI document generated from them, are not generic), and how long an answer may wait for its
+/// client to read on.
+#[derive(Clone)]
+pub struct Door {
+    handler: Arc<dyn Run>,
+    reply_timeout: Duration,
+}
+
+impl Run for Door {
+    fn run(
+        &self,
+        request: CommandRequest,
+        caller: Caller,
+    ) -> futures_util::future::BoxFuture<'static, crate::service::Reply> {
+        self.handler.run(request, caller)
+    }
+}
 
 /// A key's ETag: its version, as a strong entity tag.
 fn etag(version: u64) -> HeaderValue {
@@ -90,9 +108,11 @@ impl Condition {
         let bad = || Problem::bad_request(format!("{name} must be * or a list of ETags such as \"42\""));
         let mut strong = Vec::new();
         let mut weak = Vec::new();
+        let mut tags = 0;
         for value in values {
             for tag in value.to_str().map_err(|_| bad())?.split(',').map(str::trim).filter(|t| !t.is_empty())
             {
+                tags += 1;
                 if tag == "*" {
                     return Ok(Some(Condition::Any));
                 }
@@ -101,11 +121,15 @@ impl Condition {
                     None => (&mut strong, tag),
                 };
                 let inner = quoted.strip_prefix('"').and_then(|t| t.strip_suffix('"')).ok_or_else(bad)?;
-                // An ETag this server never made matches nothing (RFC 9110: it is not an error).
-                if let Ok(version) = inner.parse() {
+                // An ETag this server never made matches nothing (RFC 9110: it is not an error). Versions
+                // start above 0: "0" is one of those, not the protocol's "absent".
+                if let Ok(version @ 1..) = inner.parse::<u64>() {
                     list.push(version);
                 }
             }
+        }
+        if tags == 0 {
+            return Err(bad());
         }
         Ok(Some(Condition::Tags { strong, weak }))
     }
@@ -171,7 +195,8 @@ fn representation(value: &Value, json: bool) -> Response {
         (Some(value::Value::Binary(b)), false) => ("application/octet-stream", b.clone().into()),
         (_, false) => ("application/json", to_json(value).to_string().into()),
     };
-    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+    // The ETag names the key's version, which each representation shares: caches must keep them apart.
+    ([(header::CONTENT_TYPE, content_type), (header::VARY, "accept")], body).into_response()
 }
 
 /// A request body as a value, by its content type.
@@ -209,7 +234,22 @@ fn value_of(headers: &HeaderMap, body: Bytes) -> Result<Value, Problem> {
     }
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes, expected: &str) -> Result<T, Problem> {
+/// A JSON request body. Its content type must say so: a browser sends a form or text/plain to another
+/// origin without asking first, never application/json, so this also keeps other origins' pages from
+/// writing.
+fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+    expected: &str,
+) -> Result<T, Problem> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    if !media.eq_ignore_ascii_case("application/json") {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("the body must be application/json ({expected}), not {content_type:?}"),
+        ));
+    }
     serde_json::from_slice(body)
         .map_err(|e| Problem::bad_request(format!("the body must be {expected}: {e}")))
 }
@@ -251,7 +291,7 @@ fn current_of(response: CommandResponse) -> Option<(Value, u64)> {
         ("table" = String, Path, description = "The table (percent-encoded)"),
         ("key" = String, Path, description = "The key (percent-encoded; a / in it as %2F)"),
         ("Accept" = Option<String>, Header, description = "application/json: the value as JSON whatever its kind"),
-        ("If-None-Match" = Option<String>, Header, description = "An ETag, a list of them or *: 304 when the key's matches"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag, a list of them or *: 304 when the key's matches", pattern = r#"^(\*|(W/)?"[^"]*"([ \t]*,[ \t]*(W/)?"[^"]*")*)$"#),
     ),
     responses(
         (status = 200, description = "The value: a string as text/plain, binary as application/octet-stream, numbers and booleans (or anything, with Accept: application/json) as JSON", headers(("ETag" = String, description = "The key's version, quoted")),
@@ -275,7 +315,10 @@ async fn get_key(
     }
     let version = response.versions.first().copied().unwrap_or_default();
     if unless.is_some_and(|c| c.matches_weakly(Some(version))) {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag(version))]).into_response());
+        let vary = HeaderValue::from_static("accept");
+        return Ok(
+            (StatusCode::NOT_MODIFIED, [(header::ETAG, etag(version)), (header::VARY, vary)]).into_response()
+        );
     }
     let value = response.values.into_iter().next().unwrap_or_default();
     let mut answer = representation(&value, wants_json(&headers));
@@ -332,8 +375,8 @@ fn write_failed(response: CommandResponse, conditional: bool) -> Problem {
     params(
         ("table" = String, Path, description = "The table"),
         ("key" = String, Path, description = "The key"),
-        ("If-Match" = Option<String>, Header, description = "Write only if the key's ETag is this one (or, with *, if the key exists)"),
-        ("If-None-Match" = Option<String>, Header, description = "*: write only if the key does not exist"),
+        ("If-Match" = Option<String>, Header, description = "Write only if the key's ETag is this one (or, with *, if the key exists)", pattern = r#"^(\*|(W/)?"[^"]*"([ \t]*,[ \t]*(W/)?"[^"]*")*)$"#),
+        ("If-None-Match" = Option<String>, Header, description = "*: write only if the key does not exist", pattern = r#"^(\*|(W/)?"[^"]*"([ \t]*,[ \t]*(W/)?"[^"]*")*)$"#),
     ),
     request_body(description = "The value, by its content type", content(
         (String = "text/plain"), (Vec<u8> = "application/octet-stream"), (JsonValue = "application/json"))),
@@ -356,7 +399,7 @@ async fn put_key(
 ) -> Result<Response, Problem> {
     let (table, key) = names(path)?;
     let value = value_of(&headers, body)?;
-    let expected = expected_version(&*door, &caller, &table, &key, &headers).await?;
+    let expected = expected_version(&door, &caller, &table, &key, &headers).await?;
     let request = CommandRequest::hset_expecting(&table, &key, value, expected);
     let response = complete(door.run(request, caller.clone()).await).await;
     if response.status != status::OK {
@@ -402,12 +445,13 @@ fn encode(segment: &str) -> String {
     params(
         ("table" = String, Path, description = "The table"),
         ("key" = String, Path, description = "The key"),
-        ("If-Match" = Option<String>, Header, description = "Delete only if the key's ETag is this one"),
+        ("If-Match" = Option<String>, Header, description = "Delete only if the key's ETag is this one", pattern = r#"^(\*|(W/)?"[^"]*"([ \t]*,[ \t]*(W/)?"[^"]*")*)$"#),
         ("Accept" = Option<String>, Header, description = "application/json: the old value as JSON"),
     ),
     responses(
         (status = 200, description = "Deleted; the value it held, represented as GET would",
             content((String = "text/plain"), (Vec<u8> = "application/octet-stream"), (JsonValue = "application/json"))),
+        (status = 400, description = "A bad name or header", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such key", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 412, description = "The condition does not hold", body = openapi::Problem, content_type = "application/problem+json"),
     )
@@ -419,7 +463,7 @@ async fn delete_key(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let (table, key) = names(path)?;
-    let expected = expected_version(&*door, &caller, &table, &key, &headers).await?;
+    let expected = expected_version(&door, &caller, &table, &key, &headers).await?;
     let request = match expected {
         Some(version) => CommandRequest::hdel_if_version(&table, &key, version),
         None => CommandRequest::hdel(&table, &key),
@@ -477,7 +521,9 @@ async fn list_table(
         return Err(Problem::from_response(&first));
     }
     let limit = page.limit as usize;
-    let frames = stream::once(std::future::ready(Ok(first))).chain(rest);
+    // A client that stops reading must not hold the scan (and its slot) for ever.
+    let frames =
+        unstalled(Box::pin(stream::once(std::future::ready(Ok(first))).chain(rest)), door.reply_timeout);
     let body = stream::unfold(
         (Box::pin(frames), 0usize, None::<String>, false),
         move |(mut frames, mut count, mut last, ended)| async move {
@@ -500,7 +546,7 @@ async fn list_table(
                 }
                 Err(e) => return Some((Err(std::io::Error::other(e)), (frames, count, last, true))),
             };
-            let mut chunk = if count == 0 { String::from("{\"items\":[") } else { String::new() };
+            let mut chunk = String::new();
             let mut versions = frame.versions.iter();
             for pair in &frame.pairs {
                 if count > 0 {
@@ -521,7 +567,8 @@ async fn list_table(
             Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), (frames, count, last, ended)))
         },
     );
-    Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response())
+    let opening = stream::once(std::future::ready(Ok(Bytes::from_static(b"{\"items\":["))));
+    Ok(([(header::CONTENT_TYPE, "application/json")], Body::from_stream(opening.chain(body))).into_response())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -605,17 +652,19 @@ struct Published {
     responses(
         (status = 200, description = "One entry per key, in request order", body = Entries),
         (status = 400, description = "Not the body described", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "A body that is not application/json", body = openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn mget(
     State(door): State<Door>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
     let table = name(path)?;
-    let Keys { keys } = json_body(&body, r#"{"keys": ["key", …]}"#)?;
-    let response = run(&*door, CommandRequest::hmget(&table, keys.iter()), &caller).await?;
+    let Keys { keys } = json_body(&headers, &body, r#"{"keys": ["key", …]}"#)?;
+    let response = run(&door, CommandRequest::hmget(&table, keys.iter()), &caller).await?;
     let items: Vec<_> = keys
         .iter()
         .zip(response.values.iter().zip(response.versions.iter().chain(std::iter::repeat(&0))))
@@ -636,17 +685,19 @@ async fn mget(
     responses(
         (status = 200, description = "One item per key, in request order", body = DeletedItems),
         (status = 400, description = "Not the body described", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "A body that is not application/json", body = openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn mdel(
     State(door): State<Door>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
     let table = name(path)?;
-    let Keys { keys } = json_body(&body, r#"{"keys": ["key", …]}"#)?;
-    let response = run(&*door, CommandRequest::hmdel(&table, keys.iter()), &caller).await?;
+    let Keys { keys } = json_body(&headers, &body, r#"{"keys": ["key", …]}"#)?;
+    let response = run(&door, CommandRequest::hmdel(&table, keys.iter()), &caller).await?;
     let items: Vec<_> = keys
         .iter()
         .zip(response.values.iter())
@@ -683,6 +734,7 @@ struct Item {
     responses(
         (status = 200, description = "One item per key, in request order", body = WrittenItems),
         (status = 400, description = "Not the body described", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "A body that is not application/json", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Names or values over the server's limits; nothing written", body = openapi::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -690,17 +742,18 @@ async fn mset(
     State(door): State<Door>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
     let table = name(path)?;
-    let Items { items } = json_body(&body, r#"{"items": [{"key": "k", "value": "v"}, …]}"#)?;
+    let Items { items } = json_body(&headers, &body, r#"{"items": [{"key": "k", "value": "v"}, …]}"#)?;
     let mut pairs = Vec::with_capacity(items.len());
     for (i, Item { key, value }) in items.into_iter().enumerate() {
         let value = from_json(value).map_err(|e| Problem::bad_request(format!("items[{i}].value: {e}")))?;
         pairs.push(Kvpair::new(key, value));
     }
     let keys: Vec<String> = pairs.iter().map(|p| p.key.clone()).collect();
-    let response = run(&*door, CommandRequest::hmset(&table, pairs), &caller).await?;
+    let response = run(&door, CommandRequest::hmset(&table, pairs), &caller).await?;
     let items: Vec<_> = keys
         .iter()
         .zip(response.values.iter().zip(response.versions.iter().chain(std::iter::repeat(&0))))
@@ -724,22 +777,24 @@ async fn mset(
     responses(
         (status = 200, description = "Published", body = Published),
         (status = 400, description = "Not a JSON array of values", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "A body that is not application/json", body = openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn publish(
     State(door): State<Door>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
     let topic = name(path)?;
-    let data: Vec<Json> = json_body(&body, "a JSON array of values")?;
+    let data: Vec<Json> = json_body(&headers, &body, "a JSON array of values")?;
     let data = data
         .into_iter()
         .enumerate()
         .map(|(i, v)| from_json(v).map_err(|e| Problem::bad_request(format!("[{i}]: {e}"))))
         .collect::<Result<Vec<Value>, Problem>>()?;
-    let response = run(&*door, CommandRequest::publish(&topic, data), &caller).await?;
+    let response = run(&door, CommandRequest::publish(&topic, data), &caller).await?;
     let count = |i: usize| match response.values.get(i).and_then(|v| v.value.as_ref()) {
         Some(value::Value::Integer(n)) => *n,
         _ => 0,
@@ -757,10 +812,11 @@ async fn publish(
     summary = "Subscribe, as server-sent events",
     params(
         ("topic" = String, Path, description = "The topic"),
-        ("Accept" = String, Header, description = "text/event-stream"),
+        ("Accept" = String, Header, description = "text/event-stream", pattern = "text/event-stream"),
     ),
     responses(
-        (status = 200, description = "Events: subscribed {\"id\"}, message [values], missed {\"missed\"}, end {\"status\", \"detail\"}", content_type = "text/event-stream", body = String),
+        (status = 200, description = "Events: subscribed {\"id\"}, message [values], missed {\"missed\"}, end {\"status\", \"detail\"}", content_type = "text/event-stream", body = openapi::ServerSentEvent),
+        (status = 400, description = "A bad name", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 406, description = "Accept does not list text/event-stream", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many subscriptions", body = openapi::Problem, content_type = "application/problem+json"),
     )
@@ -826,7 +882,7 @@ async fn ping(
     Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    let response = run(&*door, CommandRequest::ping(body), &caller).await?;
+    let response = run(&door, CommandRequest::ping(body), &caller).await?;
     let mut values = response.values.into_iter();
     let payload = match values.next().and_then(|v| v.value) {
         Some(value::Value::Binary(payload)) => payload,

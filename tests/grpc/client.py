@@ -83,7 +83,7 @@ page = list(kv.ExecuteStream(request(hgetall=kv_pb2.Hgetall(table="big", after="
 check([p.key for f in page for p in f.pairs] == [f"key-{i:05}" for i in range(100, 105)], "Hgetall pages with after and limit")
 
 # A subscription: its first frame, a message published meanwhile, then the call's deadline ends it.
-subscription = kv.ExecuteStream(request(subscribe=kv_pb2.Subscribe(topic="news")), timeout=3)
+subscription = kv.ExecuteStream(request(subscribe=kv_pb2.Subscribe(topic="news")), timeout=6)
 first = next(subscription)
 check(first.more and first.values[0].integer > 0, "ExecuteStream(Subscribe) answers with the subscription's id")
 published = kv.Execute(request(publish=kv_pb2.Publish(topic="news", data=[kv_pb2.Value(string="hello")])), timeout=10)
@@ -96,7 +96,7 @@ try:
     raise AssertionError("the subscription outlived its deadline")
 except grpc.RpcError as error:
     check(error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline ends the call")
-check(time.monotonic() - started < 10, "at the deadline, not after")
+check(time.monotonic() - started < 15, "at the deadline, not long after")
 
 unknown = channel.unary_unary("/qkv.v1.Kv/Nope", request_serializer=lambda m: m.SerializeToString())
 error, _, _ = failure(lambda: unknown(request(ping=kv_pb2.Ping()), timeout=10))

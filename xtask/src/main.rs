@@ -40,7 +40,7 @@ use run::{Processes, Scenario, Target};
 #[command(name = "xtask")]
 enum Task {
     /// Install what the tests need (Debian's redis-server, redis-tools, prometheus and curl; Python's
-    /// grpcio packages), if missing, then run `cargo test --workspace` with any further arguments: the
+    /// grpcio packages and schemathesis), if missing, then run `cargo test --workspace` with any further arguments: the
     /// README's test command.
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -118,7 +118,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     run::ensure_redis()?;
     run::ensure_prometheus()?;
     run::ensure_curl()?;
-    run::ensure_python_grpc()?;
+    run::ensure_python_tools()?;
     let status = std::process::Command::new(env!("CARGO"))
         .args(["test", "--workspace"])
         .args(args)

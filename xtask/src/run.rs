@@ -145,28 +145,22 @@ pub fn ensure_curl() -> anyhow::Result<()> {
     apt_install(&["curl"])
 }
 
-/// Python's grpcio, grpcio-tools and grpcio-reflection (tests/grpc/requirements.txt), for the gRPC
-/// test's client of another implementation, from PyPI.
-pub fn ensure_python_grpc() -> anyhow::Result<()> {
-    let imports = Command::new("python3").args(["-c", "import grpc, grpc_tools, grpc_reflection"]).output();
+/// The tests' Python tools (tests/requirements.txt), from PyPI: grpcio and its tools, for the gRPC
+/// test's client of another implementation; schemathesis, for requests made from the OpenAPI document.
+pub fn ensure_python_tools() -> anyhow::Result<()> {
+    let imports = Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools, grpc_reflection, schemathesis"])
+        .output();
     if imports.is_ok_and(|o| o.status.success()) {
         return Ok(());
     }
-    eprintln!("installing Python's grpcio, grpcio-tools and grpcio-reflection");
+    eprintln!("installing the tests' Python tools (tests/requirements.txt)");
     let installed = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            "-r",
-            "tests/grpc/requirements.txt",
-        ])
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", "tests/requirements.txt"])
         .status()
-        .context("python3 with pip is needed for the gRPC test's Python client")?;
+        .context("python3 with pip is needed for the tests' Python tools")?;
     if !installed.success() {
-        bail!("installing tests/grpc/requirements.txt with pip failed");
+        bail!("installing tests/requirements.txt with pip failed");
     }
     Ok(())
 }
