@@ -55,9 +55,6 @@ impl Transport {
     pub const ALL: [Transport; 5] =
         [Transport::Quic, Transport::Tls, Transport::Tcp, Transport::Http, Transport::Grpc];
 
-    /// The transports of qkv's own framing, served on the main port.
-    pub const FRAMED: [Transport; 3] = [Transport::Quic, Transport::Tls, Transport::Tcp];
-
     pub fn name(self) -> &'static str {
         match self {
             Transport::Quic => "quic",
