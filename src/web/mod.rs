@@ -9,8 +9,10 @@
 //!
 //! Requests are routed by content type: `application/grpc…` to gRPC (service `qkv.v1.Kv`, reflection),
 //! everything else to REST. Connections are admitted with the other transports' (one connection limit,
-//! one memory budget); each request body is read whole, at most `--max-frame-size` bytes, and held
-//! against the memory budget while its request runs. docs/HTTP.md is the API's specification.
+//! one memory budget); each request body is read whole, within its limit and `--request-timeout`,
+//! charged to the memory budget as it arrives and held against it while its request runs; an idle
+//! connection is closed, a listing its client stops reading abandoned. docs/HTTP.md is the API's
+//! specification.
 
 pub mod grpc;
 pub mod openapi;
@@ -74,7 +76,6 @@ struct Doors {
 /// Serves the web listener until `shutdown` is cancelled, then shuts down gracefully within `grace`:
 /// HTTP/2 connections are sent GOAWAY and HTTP/1.1 ones closed after their current request, in-flight
 /// requests finish (subscriptions have ended by then, each with its last event).
-#[allow(clippy::too_many_arguments)]
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     security: WebSecurity,
