@@ -406,6 +406,31 @@ async fn the_web_listener_requires_client_certificates_when_the_server_does() {
     assert_eq!(answer.status, 200, "{}", answer.text());
 }
 
+/// Request bodies are charged to the server-wide connection memory budget as they arrive: with room for
+/// one web connection and 16 KiB more, a 64 KiB body is refused with a 503 (nothing executed), and
+/// bodies that fit are served before and after it. (One client, one connection: a second connection
+/// would not fit the budget either.)
+#[tokio::test]
+async fn request_bodies_are_charged_to_the_connection_memory_budget() {
+    let web = Web::start_with(|config| {
+        config.connection_memory = qkv::web::web_connection_share(&config.limits) + 16 * 1024;
+    })
+    .await;
+    let client = web.server.client().await;
+    client.hset("t", "small", vec![1u8; 8 * 1024]).await.expect("a body that fits");
+    match client.hset("t", "big", vec![7u8; 64 * 1024]).await {
+        Err(e @ qkv::client::ClientError::Unavailable { .. }) => {
+            assert!(e.to_string().contains("memory"), "{e}")
+        }
+        other => panic!("a body over the budget is refused with a 503, got {other:?}"),
+    }
+    assert_eq!(client.hget("t", "big").await.unwrap(), None, "nothing executed");
+    // What the refused body was charged before it ran out was given back: small bodies keep fitting.
+    for i in 0..8 {
+        client.hset("t", &format!("k{i}"), vec![1u8; 8 * 1024]).await.expect("a body that fits");
+    }
+}
+
 /// A connection that asks nothing is closed after the idle timeout, whether it never sent a request
 /// (not even the bytes that tell HTTP/1.1 from HTTP/2) or its last one was answered.
 #[tokio::test]
