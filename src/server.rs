@@ -63,6 +63,9 @@ pub struct ServerConfig {
     pub web: Option<SocketAddr>,
     /// The web listener in plaintext HTTP, for loopback behind a proxy (refused with `client_ca`).
     pub web_plaintext: bool,
+    /// The largest request head the web listener reads (HTTP/1.1 request line and headers, HTTP/2
+    /// header list).
+    pub web_max_header_size: usize,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +84,7 @@ impl Default for ServerConfig {
             admin: None,
             web: None,
             web_plaintext: false,
+            web_max_header_size: crate::web::DEFAULT_MAX_HEADER_SIZE,
         }
     }
 }
@@ -125,6 +129,13 @@ impl<S: Storage> Server<S> {
             return Err(ServerError::Config(format!(
                 "the connection memory budget ({} bytes) cannot admit a single connection, which takes {share} bytes with these windows: raise --connection-memory or lower --connection-window and --send-window",
                 config.connection_memory
+            )));
+        }
+        if !(web::MIN_MAX_HEADER_SIZE..=u32::MAX as usize).contains(&config.web_max_header_size) {
+            return Err(ServerError::Config(format!(
+                "the web listener's header limit must be at least {} bytes (and fit 32 bits), not {}",
+                web::MIN_MAX_HEADER_SIZE,
+                config.web_max_header_size
             )));
         }
         if config.client_ca.is_some() && config.web_plaintext {
@@ -284,9 +295,10 @@ impl<S: Storage> Server<S> {
         );
         let service = self.service.clone();
         let (handler, web_limits, web_admission) = (self.service.clone(), limits.clone(), admission.clone());
+        let options = web::WebOptions { max_header_size: self.config.web_max_header_size, grace };
         let web = async {
             if let Some((listener, security)) = self.web {
-                web::serve(listener, security, handler, web_limits, web_admission, token.clone(), grace)
+                web::serve(listener, security, handler, web_limits, web_admission, token.clone(), options)
                     .await;
             }
         };

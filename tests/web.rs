@@ -431,6 +431,17 @@ async fn request_bodies_are_charged_to_the_connection_memory_budget() {
     }
 }
 
+/// The request head is limited (`--web-max-header-size`): a URL over it is refused with 431, one under
+/// it served.
+#[tokio::test]
+async fn request_heads_over_the_limit_are_refused() {
+    let web = Web::start_with(|config| config.web_max_header_size = 8 * 1024).await;
+    let long = format!("/v1/tables/t/keys/{}", "k".repeat(10_000));
+    assert_eq!(web.curl(&long, &["--http1.1"]).await.status, 431);
+    let fits = format!("/v1/tables/t/keys/{}", "k".repeat(4_000));
+    web.curl(&fits, &["--http1.1"]).await.problem(404);
+}
+
 /// A connection that asks nothing is closed after the idle timeout, whether it never sent a request
 /// (not even the bytes that tell HTTP/1.1 from HTTP/2) or its last one was answered.
 #[tokio::test]

@@ -371,6 +371,10 @@ pub struct ServeArgs {
     /// clients speak it): for loopback behind a TLS-terminating proxy only.
     #[arg(long, requires = "web")]
     pub web_plaintext: bool,
+    /// Largest request head on the web listener (HTTP/1.1's request line and headers; HTTP/2's decoded
+    /// header list): names travel in URLs, so this also bounds the table and key names REST can address.
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    pub web_max_header_size: usize,
     /// Log lines as text, or as JSON objects one per line (for log shippers). RUST_LOG sets what is
     /// logged, e.g. RUST_LOG=info,qkv::connection=warn drops the line each connection logs as it ends.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -545,6 +549,7 @@ impl ServeArgs {
             admin: self.admin,
             web: self.web,
             web_plaintext: self.web_plaintext,
+            web_max_header_size: self.web_max_header_size,
             ..ServerConfig::default()
         };
         config.limits.max_frame_len = self.max_frame_size;

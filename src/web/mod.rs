@@ -83,8 +83,9 @@ pub async fn serve<H: Handler>(
     limits: Arc<Limits>,
     admission: Admission,
     shutdown: CancellationToken,
-    grace: Duration,
+    options: WebOptions,
 ) {
+    let WebOptions { max_header_size, grace } = options;
     let addr = listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
     match security {
         WebSecurity::Tls(_) => info!(%addr, "web listener serving REST and gRPC over HTTPS"),
@@ -124,10 +125,26 @@ pub async fn serve<H: Handler>(
             handler: handler.clone(),
             limits: limits.clone(),
             shutdown: shutdown.clone(),
+            max_header_size,
         };
         connection.serve(stream, admitted)
     })
     .await
+}
+
+/// The largest request head read unless configured otherwise (`--web-max-header-size`).
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
+
+/// The smallest header limit accepted: hyper's HTTP/1.1 reader needs at least 8 KiB of buffer.
+pub const MIN_MAX_HEADER_SIZE: usize = 8 * 1024;
+
+/// What the web listener adds to the limits every transport shares.
+#[derive(Debug, Clone, Copy)]
+pub struct WebOptions {
+    /// The largest request head (HTTP/1.1 request line and headers; HTTP/2 decoded header list).
+    pub max_header_size: usize,
+    /// How long shutdown waits for requests in flight.
+    pub grace: Duration,
 }
 
 /// gRPC's length-prefixed message header: a compression flag and a 4-byte length.
@@ -155,6 +172,7 @@ struct Connection<H> {
     handler: H,
     limits: Arc<Limits>,
     shutdown: CancellationToken,
+    max_header_size: usize,
 }
 
 impl<H: Handler> Connection<H> {
@@ -188,7 +206,7 @@ impl<H: Handler> Connection<H> {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let Connection { doors, handler, limits, shutdown, .. } = self;
+        let Connection { doors, handler, limits, shutdown, max_header_size, .. } = self;
         let request_caller = caller.clone();
         let activity = Activity::new();
         let requests = activity.clone();
@@ -209,7 +227,7 @@ impl<H: Handler> Connection<H> {
             .timer(TokioTimer::new())
             // Also how long an idle keep-alive connection waits for its next request.
             .header_read_timeout(limits.idle_timeout)
-            .max_buf_size(64 * 1024);
+            .max_buf_size(max_header_size);
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -217,7 +235,7 @@ impl<H: Handler> Connection<H> {
             .initial_connection_window_size(h2_window(limits.connection_receive_window))
             .initial_stream_window_size(h2_window(limits.connection_receive_window))
             .max_send_buf_size(stream_send_buffer(&limits))
-            .max_header_list_size(64 * 1024)
+            .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(limits.idle_timeout / 3))
             .keep_alive_timeout(limits.idle_timeout / 3);
         let connection = builder.serve_connection(TokioIo::new(io), service);
