@@ -408,15 +408,22 @@ async fn the_web_listener_requires_client_certificates_when_the_server_does() {
 
 /// Request bodies are charged to the server-wide connection memory budget as they arrive: with room for
 /// one web connection and 16 KiB more, a 64 KiB body is refused with a 503 (nothing executed), and
-/// bodies that fit are served before and after it. (One client, one connection: a second connection
-/// would not fit the budget either.)
+/// bodies that fit are served before and after it; over gRPC the refusal is UNAVAILABLE with qkv's 503
+/// in its details, so the client knows nothing was executed. (One client, one connection: a second
+/// connection would not fit the budget either.)
 #[tokio::test]
 async fn request_bodies_are_charged_to_the_connection_memory_budget() {
-    let web = Web::start_with(|config| {
+    for transport in [Transport::Http, Transport::Grpc] {
+        bodies_over_the_budget_are_refused(transport).await;
+    }
+}
+
+async fn bodies_over_the_budget_are_refused(transport: Transport) {
+    let server = TestServer::start_for_with(transport, |config| {
         config.connection_memory = qkv::web::web_connection_share(&config.limits) + 16 * 1024;
     })
     .await;
-    let client = web.server.client().await;
+    let client = server.client().await;
     client.hset("t", "small", vec![1u8; 8 * 1024]).await.expect("a body that fits");
     match client.hset("t", "big", vec![7u8; 64 * 1024]).await {
         Err(e @ qkv::client::ClientError::Unavailable { .. }) => {

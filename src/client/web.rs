@@ -186,7 +186,19 @@ fn grpc_failure(failure: tonic::Status) -> ClientResult<CommandResponse> {
             ClientError::ConnectionLost(cause)
         }
         tonic::Code::DeadlineExceeded => ClientError::Stream(cause),
-        _ => ClientError::Status { status: status::INTERNAL_ERROR, message: failure.message().to_owned() },
+        // Refused by the gRPC layer itself (a message over its size limit, an unknown method): the
+        // status qkv gives the same refusal.
+        code => {
+            let status = match code {
+                tonic::Code::InvalidArgument | tonic::Code::OutOfRange => status::BAD_REQUEST,
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => status::FORBIDDEN,
+                tonic::Code::NotFound => status::NOT_FOUND,
+                tonic::Code::ResourceExhausted => status::PAYLOAD_TOO_LARGE,
+                tonic::Code::Unimplemented => status::NOT_IMPLEMENTED,
+                _ => status::INTERNAL_ERROR,
+            };
+            ClientError::Status { status, message: failure.message().to_owned() }
+        }
     })
 }
 

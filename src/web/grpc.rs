@@ -63,7 +63,7 @@ pub fn code_of(qkv_status: u32) -> Code {
 }
 
 /// A frame with a qkv error status as the gRPC status that ends the call.
-fn failure(response: &CommandResponse) -> Status {
+pub(super) fn failure(response: &CommandResponse) -> Status {
     let mut failure = Status::with_details(
         code_of(response.status),
         response.message.clone(),

@@ -381,9 +381,12 @@ async fn read_body<const GRPC: bool>(
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let refuse = |status: StatusCode, grpc: tonic::Status, detail: String| {
+    // As every refusal of the doors: a problem for REST; for gRPC the status code that matches, with
+    // qkv's frame in its details (so a client knows nothing was executed).
+    let refuse = |status: StatusCode, detail: String| {
         if GRPC {
-            grpc.into_http::<Body>().into_response()
+            let frame = CommandResponse::error(u32::from(status.as_u16()), detail);
+            grpc::failure(&frame).into_http::<Body>().into_response()
         } else {
             Problem::new(status, detail).into_response()
         }
@@ -397,26 +400,18 @@ async fn read_body<const GRPC: bool>(
                 "the request body is over the limit of {} bytes (set by --max-frame-size, docs/HTTP.md)",
                 limit.max
             );
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                tonic::Status::resource_exhausted(detail.clone()),
-                detail,
-            );
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, detail);
         }
         Ok(Err(BodyError::NoMemory)) => {
             crate::metrics::limit_hit("connection_memory");
             let detail =
                 "the server's connection memory budget is spent; nothing was executed: retry shortly"
                     .to_string();
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                tonic::Status::unavailable(detail.clone()),
-                detail,
-            );
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, detail);
         }
         Ok(Err(BodyError::Read(e))) => {
             let detail = format!("the request body could not be read: {e}");
-            return refuse(StatusCode::BAD_REQUEST, tonic::Status::cancelled(detail.clone()), detail);
+            return refuse(StatusCode::BAD_REQUEST, detail);
         }
         Err(_) => {
             crate::metrics::limit_hit("request_timeout");
@@ -424,11 +419,7 @@ async fn read_body<const GRPC: bool>(
                 "the request body did not arrive within {:?} (--request-timeout); nothing was executed",
                 limit.deadline
             );
-            return refuse(
-                StatusCode::REQUEST_TIMEOUT,
-                tonic::Status::deadline_exceeded(detail.clone()),
-                detail,
-            );
+            return refuse(StatusCode::REQUEST_TIMEOUT, detail);
         }
     };
     let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
