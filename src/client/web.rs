@@ -572,12 +572,14 @@ fn table_path(table: &str, rest: &str) -> String {
 
 /// Percent-encodes a path segment or query value.
 fn encode(segment: &str) -> String {
+    use std::fmt::Write as _;
     let mut out = String::with_capacity(segment.len());
     for byte in segment.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
             out.push(byte as char);
         } else {
-            out.push_str(&format!("%{byte:02X}"));
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{byte:02X}");
         }
     }
     out
@@ -634,4 +636,14 @@ fn problem(http: StatusCode, body: &[u8]) -> CommandResponse {
         frame.versions.push(current["version"].as_u64().unwrap_or_default());
     }
     frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(encode("a b/ä"), "a%20b%2F%C3%A4");
+    }
 }

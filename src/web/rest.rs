@@ -394,6 +394,7 @@ async fn put_key(
     State(door): State<Door>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<(String, String)>, PathRejection>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
@@ -413,27 +414,12 @@ async fn put_key(
     let mut answer = (status, axum::Json(body)).into_response();
     answer.headers_mut().insert(header::ETAG, etag(version));
     if created {
-        // The path as requested, so the header is a relative reference to this very resource.
-        if let Ok(location) =
-            HeaderValue::from_str(&format!("/v1/tables/{}/keys/{}", encode(&table), encode(&key)))
-        {
+        // The path as requested: a reference to this very resource, encoded as the client encoded it.
+        if let Ok(location) = HeaderValue::from_str(uri.path()) {
             answer.headers_mut().insert(header::LOCATION, location);
         }
     }
     Ok(answer)
-}
-
-/// Percent-encodes a path segment.
-fn encode(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 /// `DELETE` a key: 200 with the value it held, 404 when there was none, 412 when `If-Match` fails.
@@ -928,10 +914,5 @@ mod tests {
         assert!(wants_json(&headers(&[(header::ACCEPT, "text/html, application/json;q=0.9")])));
         assert!(!wants_json(&headers(&[(header::ACCEPT, "application/json; q=0")])));
         assert!(!wants_json(&headers(&[(header::ACCEPT, "*/*")])));
-    }
-
-    #[test]
-    fn path_segments_are_percent_encoded() {
-        assert_eq!(encode("a b/ä"), "a%20b%2F%C3%A4");
     }
 }
