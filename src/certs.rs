@@ -232,6 +232,34 @@ fn check_client_name(name: &str) -> Result<(), CertError> {
     Ok(())
 }
 
+/// How long a certificate for browsers' WebTransport sessions is valid: a browser accepts a certificate
+/// by its hash (`serverCertificateHashes`, W3C WebTransport) only if it is valid for at most 14 days;
+/// 13, plus the hour before issue that tolerates clock skew.
+pub const WEBTRANSPORT_VALIDITY: Duration = Duration::days(13);
+
+/// A self-signed certificate for browsers' WebTransport sessions, which trust it by its hash.
+pub struct SelfIssued {
+    pub cert: rustls::pki_types::CertificateDer<'static>,
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+    pub not_after: OffsetDateTime,
+}
+
+/// Issues a self-signed certificate for `names` (at least one), of the only kind browsers accept by
+/// hash: an ECDSA P-256 key, valid for [`WEBTRANSPORT_VALIDITY`]. It is not signed by the directory's
+/// CA: a browser pins it by its hash, and a CA the browser does not know adds nothing.
+pub fn issue_webtransport_certificate(names: &[String]) -> Result<SelfIssued, CertError> {
+    let mut params = CertificateParams::new(names.to_vec())
+        .map_err(|e| CertError::InvalidName { name: names.join(", "), cause: e.to_string() })?;
+    params.distinguished_name = common_name(names.first().map_or("qkv", String::as_str));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    (params.not_before, params.not_after) = validity(WEBTRANSPORT_VALIDITY);
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let cert = params.self_signed(&key)?;
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into();
+    Ok(SelfIssued { cert: cert.der().clone(), key, not_after: params.not_after })
+}
+
 /// A self-signed CA that may sign end-entity certificates only (path length 0).
 fn new_ca() -> Result<(String, KeyPair), CertError> {
     let key = KeyPair::generate()?;

@@ -57,7 +57,7 @@ pub mod bench;
 #[cfg(feature = "server")]
 #[doc(hidden)]
 pub mod fuzzing;
-#[cfg(feature = "cli")]
+#[cfg(feature = "server")]
 pub mod stat;
 #[cfg(feature = "server")]
 pub mod web;

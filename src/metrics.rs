@@ -218,9 +218,14 @@ const STATUS_SLOTS: usize = status::ALL.len() + 1;
 
 impl RequestMetrics {
     pub fn new(transport: Transport) -> Self {
+        Self::labelled(transport, transport.name())
+    }
+
+    /// Counted with `transport`'s requests in flight, labelled `label`.
+    fn labelled(transport: Transport, label: &'static str) -> Self {
         let index = Transport::ALL.iter().position(|&t| t == transport).unwrap_or_default();
         RequestMetrics {
-            transport: transport.name(),
+            transport: label,
             requests: (0..COMMAND_NAMES.len() * STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
             durations: (0..COMMAND_NAMES.len()).map(|_| OnceLock::new()).collect(),
             in_flight: &IN_FLIGHT[index],
@@ -258,6 +263,12 @@ impl<H: Handler> Metered<H> {
     /// `inner`, counted as serving `transport` when metrics are installed, as it is otherwise.
     pub fn new(inner: H, transport: Transport) -> Self {
         Metered { inner, metrics: enabled().then(|| std::sync::Arc::new(RequestMetrics::new(transport))) }
+    }
+
+    /// `inner`, counted as serving a door of `transport` that has its own label (`websocket`).
+    pub fn labelled(inner: H, transport: Transport, label: &'static str) -> Self {
+        let metrics = enabled().then(|| std::sync::Arc::new(RequestMetrics::labelled(transport, label)));
+        Metered { inner, metrics }
     }
 }
 

@@ -33,6 +33,7 @@ use crate::web::{self, WebSecurity};
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9527));
 
 pub use crate::transport::TcpMode;
+use crate::transport::origin::Origins;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -66,6 +67,14 @@ pub struct ServerConfig {
     /// The largest request head the web listener reads (HTTP/1.1 request line and headers, HTTP/2
     /// header list).
     pub web_max_header_size: usize,
+    /// Web pages allowed to open WebTransport and WebSocket sessions besides the web listener's own
+    /// (`https://app.example.com`, or `*`): docs/SECURITY.md, "Browsers".
+    pub web_origins: Vec<String>,
+    /// What WebTransport sessions are presented: a short-lived certificate the server issues itself
+    /// (browsers trust it by hash), or the server's own (issued by a CA browsers trust).
+    pub webtransport_cert: tls::WebTransportCert,
+    /// The largest WebSocket message a client may send.
+    pub websocket_max_message: usize,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +94,9 @@ impl Default for ServerConfig {
             web: None,
             web_plaintext: false,
             web_max_header_size: crate::web::DEFAULT_MAX_HEADER_SIZE,
+            web_origins: Vec::new(),
+            webtransport_cert: tls::WebTransportCert::default(),
+            websocket_max_message: crate::web::browser::DEFAULT_WEBSOCKET_MAX_MESSAGE,
         }
     }
 }
@@ -108,6 +120,8 @@ pub struct Server<S> {
     quic: Endpoint,
     tcp: Option<(TcpListener, TcpSecurity)>,
     admin: Option<(TcpListener, Exporter)>,
+    /// The metrics, when recorded: the admin listener's, and the web listener's figures.
+    exporter: Option<Exporter>,
     web: Option<(TcpListener, WebSecurity)>,
     /// The certificate and client CA, reloaded on SIGHUP.
     credentials: Credentials,
@@ -138,6 +152,14 @@ impl<S: Storage> Server<S> {
                 config.web_max_header_size
             )));
         }
+        if config.websocket_max_message < web::browser::MIN_WEBSOCKET_MAX_MESSAGE {
+            return Err(ServerError::Config(format!(
+                "the WebSocket message limit must be at least {} bytes, not {}",
+                web::browser::MIN_WEBSOCKET_MAX_MESSAGE,
+                config.websocket_max_message
+            )));
+        }
+        Origins::new(&config.web_origins).map_err(ServerError::Config)?;
         if config.client_ca.is_some() && config.web_plaintext {
             return Err(ServerError::Config(
                 "client certificates (--client-ca) need TLS on the web listener too: drop --web-plaintext"
@@ -152,7 +174,12 @@ impl<S: Storage> Server<S> {
         let certs = CertDir::new(&config.certs_dir);
         log_provisioning(&certs, certs.ensure_server_certificate()?);
         let identity = Identity::from_pem_files(&certs.server_cert(), &certs.server_key())?;
-        let tls = tls::server_configs(identity, config.session_cache, config.client_ca.as_deref())?;
+        let tls = tls::server_configs(
+            identity,
+            config.session_cache,
+            config.client_ca.as_deref(),
+            config.webtransport_cert,
+        )?;
         let credentials = tls.credentials.clone();
         let web_tls = Arc::new(tls.web.clone());
         let hangups = match signal(SignalKind::hangup()) {
@@ -210,7 +237,8 @@ impl<S: Storage> Server<S> {
             config.limits.max_frame_len,
             memory.clone(),
         );
-        Ok(Server { quic, tcp, admin, web, credentials, hangups, service, memory, config })
+        let exporter = admin.as_ref().map(|(_, exporter)| exporter.clone());
+        Ok(Server { quic, tcp, admin, exporter, web, credentials, hangups, service, memory, config })
     }
 
     /// The address actually bound (useful with port 0); QUIC and TCP share its port number.
@@ -249,6 +277,15 @@ impl<S: Storage> Server<S> {
             (None, _) => "off",
         };
         let client_auth = self.config.client_ca.is_some();
+        let started = std::time::Instant::now();
+        // Checked in `bind`.
+        let mut origins = Origins::new(&self.config.web_origins).unwrap_or_default();
+        if let Some(web) = self.web_addr() {
+            origins = origins
+                .with_web_listener(if self.config.web_plaintext { "http" } else { "https" }, web.port());
+        }
+        let origins = Arc::new(origins);
+        let quic_port = self.local_addr().map_or(0, |a| a.port());
         match &self.config.client_ca {
             Some(ca) => {
                 info!(%addr, quic = "on", tcp, client_ca = %ca.display(), "serving; client certificates required")
@@ -292,10 +329,19 @@ impl<S: Storage> Server<S> {
             token.clone(),
             grace,
             client_auth,
+            origins.clone(),
         );
         let service = self.service.clone();
         let (handler, web_limits, web_admission) = (self.service.clone(), limits.clone(), admission.clone());
-        let options = web::WebOptions { max_header_size: self.config.web_max_header_size, grace };
+        let browsers = web::browser::Browsers {
+            origins,
+            credentials: self.credentials.clone(),
+            quic_port,
+            websocket_max_message: self.config.websocket_max_message,
+            metrics: self.exporter.clone(),
+            started,
+        };
+        let options = web::WebOptions { max_header_size: self.config.web_max_header_size, grace, browsers };
         let web = async {
             if let Some((listener, security)) = self.web {
                 web::serve(listener, security, handler, web_limits, web_admission, token.clone(), options)
@@ -309,12 +355,14 @@ impl<S: Storage> Server<S> {
             }
         };
         let certs = CertDir::new(&self.config.certs_dir);
+        let renewing = renew_webtransport_cert(self.credentials.clone());
         let reloading =
             reload_on_hangup(self.hangups, self.credentials, certs.server_cert(), certs.server_key());
         let serving = async {
             tokio::select! {
                 _ = async { tokio::join!(quic, tcp, web) } => {}
                 _ = reloading => {}
+                _ = renewing => {}
             }
         };
         tokio::pin!(serving);
@@ -367,6 +415,34 @@ async fn reload_on_hangup(hangups: Option<Signal>, credentials: Credentials, cer
         }
     }
     std::future::pending().await
+}
+
+/// How often the server looks at its WebTransport certificate's expiry.
+const WEBTRANSPORT_CERT_CHECK: Duration = Duration::from_secs(3600);
+
+/// Renews the self-issued WebTransport certificate when less than this is left of its validity (13
+/// days): browsers that fetch its hash get one valid for a week at least.
+const WEBTRANSPORT_CERT_RENEW_BEFORE: time::Duration = time::Duration::days(7);
+
+/// Issues the WebTransport certificate again before it expires, hourly looked at. Never completes.
+async fn renew_webtransport_cert(credentials: Credentials) {
+    let mut checks = tokio::time::interval(WEBTRANSPORT_CERT_CHECK);
+    loop {
+        checks.tick().await;
+        let credentials = credentials.clone();
+        let renewed = tokio::task::spawn_blocking(move || {
+            credentials.renew_webtransport(WEBTRANSPORT_CERT_RENEW_BEFORE)
+        })
+        .await;
+        match renewed {
+            Ok(Ok(true)) => info!("renewed the WebTransport certificate; browsers fetch its new hash"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "could not renew the WebTransport certificate; retrying in an hour")
+            }
+            Err(e) => warn!(error = %e, "could not renew the WebTransport certificate; retrying in an hour"),
+        }
+    }
 }
 
 fn log_provisioning(certs: &CertDir, provisioned: Provisioned) {

@@ -30,6 +30,9 @@ pub const ALPN: &[u8] = b"qkv/1";
 /// The ALPN protocol identifiers of the web listener, HTTP/2 preferred.
 pub const WEB_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
+/// HTTP/3's ALPN: what browsers offer, alone, for a WebTransport session on the QUIC port.
+pub const H3_ALPN: &[u8] = b"h3";
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {}: {cause}", path.display())]
@@ -213,8 +216,14 @@ pub fn server_configs(
     identity: Identity,
     session_cache: usize,
     client_ca: Option<&Path>,
+    webtransport: WebTransportCert,
 ) -> Result<ServerTls, TlsError> {
-    let cert = Arc::new(ReloadableCert(RwLock::new(Arc::new(certified_key(identity)?))));
+    let server = certified_key(identity)?;
+    let browsers = match webtransport {
+        WebTransportCert::SelfIssued => Some(RwLock::new(Arc::new(BrowserCert::issue(&server)?))),
+        WebTransportCert::Server => None,
+    };
+    let cert = Arc::new(ReloadableCert { server: RwLock::new(Arc::new(server)), browsers });
     let builder =
         ServerConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
     let (builder, verifier) = match client_ca {
@@ -232,6 +241,7 @@ pub fn server_configs(
     ];
     tcp.session_storage = sessions[0].clone();
     let mut quic = tcp.clone();
+    quic.alpn_protocols = vec![ALPN.to_vec(), H3_ALPN.to_vec()];
     quic.session_storage = sessions[1].clone();
     quic.max_early_data_size = u32::MAX;
     let mut web = tcp.clone();
@@ -264,7 +274,11 @@ impl Credentials {
             Some((ca_file, _)) => Some(client_verifier(ca_file)?),
             None => None,
         };
-        *self.cert.0.write() = Arc::new(certified);
+        if let Some(browsers) = &self.cert.browsers {
+            // For the new certificate's names.
+            *browsers.write() = Arc::new(BrowserCert::issue(&certified)?);
+        }
+        *self.cert.server.write() = Arc::new(certified);
         if let (Some((_, current)), Some(verifier)) = (&self.client_ca, verifier) {
             *current.0.write() = verifier;
         }
@@ -273,6 +287,132 @@ impl Credentials {
         }
         Ok(())
     }
+}
+
+#[cfg(feature = "server")]
+impl Credentials {
+    /// The certificate WebTransport sessions are presented now, as browsers pin it.
+    pub fn webtransport(&self) -> WebTransportIdentity {
+        match &self.cert.browsers {
+            Some(browsers) => {
+                let current = browsers.read().clone();
+                WebTransportIdentity {
+                    sha256: current.sha256,
+                    not_after: Some(current.not_after),
+                    self_issued: true,
+                }
+            }
+            None => {
+                let server = self.cert.server.read().clone();
+                let sha256 = server.end_entity_cert().map(|cert| sha256(cert.as_ref())).unwrap_or_default();
+                WebTransportIdentity { sha256, not_after: None, self_issued: false }
+            }
+        }
+    }
+
+    /// Issues the self-issued WebTransport certificate again if it expires within `within`; whether it
+    /// did. Fails (and keeps the current one) only if a new one cannot be made.
+    pub fn renew_webtransport(&self, within: time::Duration) -> Result<bool, TlsError> {
+        let Some(browsers) = &self.cert.browsers else { return Ok(false) };
+        if browsers.read().not_after - time::OffsetDateTime::now_utc() > within {
+            return Ok(false);
+        }
+        let renewed = BrowserCert::issue(&self.cert.server.read())?;
+        *browsers.write() = Arc::new(renewed);
+        Ok(true)
+    }
+}
+
+/// What the QUIC endpoint presents to browsers' WebTransport sessions (ALPN `h3`).
+#[cfg(feature = "server")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WebTransportCert {
+    /// A short-lived ECDSA certificate the server issues itself and renews, which browsers trust by
+    /// its hash (`serverCertificateHashes`): for a server whose CA browsers do not know.
+    #[default]
+    SelfIssued,
+    /// The server's own certificate: for one issued by a CA that browsers trust.
+    Server,
+}
+
+#[cfg(feature = "server")]
+impl std::str::FromStr for WebTransportCert {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "self-issued" => Ok(WebTransportCert::SelfIssued),
+            "server" => Ok(WebTransportCert::Server),
+            other => Err(format!("{other:?} is not a WebTransport certificate: self-issued or server")),
+        }
+    }
+}
+
+/// The certificate WebTransport sessions are presented: its SHA-256 (of the DER encoding, what
+/// `serverCertificateHashes` takes), when it expires if the server issued it, and whether it did.
+#[cfg(feature = "server")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebTransportIdentity {
+    pub sha256: [u8; 32],
+    pub not_after: Option<time::OffsetDateTime>,
+    pub self_issued: bool,
+}
+
+#[cfg(feature = "server")]
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(digest.as_ref());
+    hash
+}
+
+/// A self-issued certificate for WebTransport sessions.
+#[cfg(feature = "server")]
+#[derive(Debug)]
+struct BrowserCert {
+    key: Arc<rustls::sign::CertifiedKey>,
+    sha256: [u8; 32],
+    not_after: time::OffsetDateTime,
+}
+
+#[cfg(feature = "server")]
+impl BrowserCert {
+    /// A new one, for the names of the server's certificate `server`.
+    fn issue(server: &rustls::sign::CertifiedKey) -> Result<BrowserCert, TlsError> {
+        let names = server.end_entity_cert().map(|cert| subject_alt_names(cert)).unwrap_or_default();
+        let names = if names.is_empty() {
+            crate::certs::DEFAULT_SERVER_NAMES.iter().map(|n| n.to_string()).collect()
+        } else {
+            names
+        };
+        let issued = crate::certs::issue_webtransport_certificate(&names)
+            .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+        let sha256 = sha256(issued.cert.as_ref());
+        let key = certified_key(Identity { cert_chain: vec![issued.cert], key: issued.key })?;
+        Ok(BrowserCert { key: Arc::new(key), sha256, not_after: issued.not_after })
+    }
+}
+
+/// The DNS names and IP addresses a certificate is valid for.
+#[cfg(feature = "server")]
+fn subject_alt_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else { return Vec::new() };
+    let Ok(Some(names)) = parsed.subject_alternative_name() else { return Vec::new() };
+    names
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some(dns.to_string()),
+            GeneralName::IPAddress(ip) => match ip.len() {
+                4 => <[u8; 4]>::try_from(*ip).ok().map(|o| std::net::IpAddr::from(o).to_string()),
+                16 => <[u8; 16]>::try_from(*ip).ok().map(|o| std::net::IpAddr::from(o).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 /// A certificate chain and its key, checked to belong together.
@@ -293,15 +433,27 @@ fn client_verifier(ca_file: &Path) -> Result<Arc<dyn rustls::server::danger::Cli
         .map_err(|e| TlsError::BadCa { path: ca_file.to_owned(), reason: e.to_string() })
 }
 
-/// The server certificate, replaceable.
+/// The server certificate, replaceable, and the one WebTransport sessions get if the server issues its
+/// own for them.
 #[cfg(feature = "server")]
 #[derive(Debug)]
-struct ReloadableCert(RwLock<Arc<rustls::sign::CertifiedKey>>);
+struct ReloadableCert {
+    server: RwLock<Arc<rustls::sign::CertifiedKey>>,
+    browsers: Option<RwLock<Arc<BrowserCert>>>,
+}
 
 #[cfg(feature = "server")]
 impl rustls::server::ResolvesServerCert for ReloadableCert {
-    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.0.read().clone())
+    /// A client that offers HTTP/3 and not qkv's protocol is a browser opening a WebTransport session.
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        if let Some(browsers) = &self.browsers
+            && let Some(mut offered) = hello.alpn()
+            && offered.all(|protocol| protocol != ALPN)
+            && hello.alpn().is_some_and(|mut offered| offered.any(|protocol| protocol == H3_ALPN))
+        {
+            return Some(browsers.read().key.clone());
+        }
+        Some(self.server.read().clone())
     }
 }
 
@@ -487,7 +639,7 @@ mod tests {
         let certs = crate::certs::CertDir::new(dir.path());
         certs.ensure_server_certificate().unwrap();
         let identity = Identity::from_pem_files(&certs.server_cert(), &certs.server_key()).unwrap();
-        let server = Arc::new(server_configs(identity, 16, None).unwrap().tcp);
+        let server = Arc::new(server_configs(identity, 16, None, WebTransportCert::Server).unwrap().tcp);
         let roots = read_roots(&certs.ca_cert()).unwrap();
 
         let qkv_client = Arc::new(client_config(roots.clone(), &Tickets::none(), None).unwrap());

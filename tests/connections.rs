@@ -185,7 +185,7 @@ async fn a_client_abandoning_a_reply_stops_the_stream_with_the_cancelled_code() 
     let dir = qkv::certs::CertDir::new(certs.path());
     dir.ensure_server_certificate().unwrap();
     let identity = qkv::tls::Identity::from_pem_files(&dir.server_cert(), &dir.server_key()).unwrap();
-    let tls = qkv::tls::server_configs(identity, 16, None).unwrap();
+    let tls = qkv::tls::server_configs(identity, 16, None, qkv::tls::WebTransportCert::Server).unwrap();
     let endpoint = quic::server_endpoint(
         "127.0.0.1:0".parse().unwrap(),
         tls.quic,

@@ -280,7 +280,7 @@ async fn dropping_a_call_while_its_request_is_written_resets_the_stream() {
     let dir = qkv::certs::CertDir::new(certs.path());
     dir.ensure_server_certificate().unwrap();
     let identity = qkv::tls::Identity::from_pem_files(&dir.server_cert(), &dir.server_key()).unwrap();
-    let tls = qkv::tls::server_configs(identity, 16, None).unwrap();
+    let tls = qkv::tls::server_configs(identity, 16, None, qkv::tls::WebTransportCert::Server).unwrap();
     let limits = qkv::transport::Limits::default();
     let endpoint = qkv::transport::quic::server_endpoint(
         "127.0.0.1:0".parse().unwrap(),

@@ -375,6 +375,20 @@ pub struct ServeArgs {
     /// header list): names travel in URLs, so this also bounds the table and key names REST can address.
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     pub web_max_header_size: usize,
+    /// A web page origin allowed to open WebTransport and WebSocket sessions (scheme://host[:port], or
+    /// `*` for any), besides the web listener's own (its console); repeatable or comma-separated.
+    /// Pages of other origins are refused with 403 (docs/SECURITY.md, "Browsers").
+    #[arg(long = "web-origin", value_name = "ORIGIN", value_delimiter = ',')]
+    pub web_origins: Vec<String>,
+    /// The certificate WebTransport sessions (browsers, on the QUIC port) are presented: one the
+    /// server issues itself every week (ECDSA P-256, valid 13 days), which browsers trust by the hash
+    /// published at /webtransport-cert; or the server's own, when browsers trust its CA.
+    #[arg(long, value_name = "WHICH", default_value = "self-issued")]
+    pub webtransport_cert: qkv::tls::WebTransportCert,
+    /// Largest WebSocket message a client may send on /ws (clients split larger frames); the server
+    /// sends none larger either.
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    pub websocket_max_message: usize,
     /// Log lines as text, or as JSON objects one per line (for log shippers). RUST_LOG sets what is
     /// logged, e.g. RUST_LOG=info,qkv::connection=warn drops the line each connection logs as it ends.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -550,6 +564,9 @@ impl ServeArgs {
             web: self.web,
             web_plaintext: self.web_plaintext,
             web_max_header_size: self.web_max_header_size,
+            web_origins: self.web_origins.clone(),
+            webtransport_cert: self.webtransport_cert,
+            websocket_max_message: self.websocket_max_message,
             ..ServerConfig::default()
         };
         config.limits.max_frame_len = self.max_frame_size;

@@ -9,11 +9,19 @@
 //!
 //! Everything but `scrape` is pure, so the figures are tested on literal exposition text.
 
+//!
+//! The web listener's `/v1/stats` (the console's figures) serves the same [`Interval`] from the
+//! server's own metrics; the scraper and the table are the command line's.
+
 pub mod exposition;
 mod figures;
+#[cfg(feature = "cli")]
 mod scrape;
+#[cfg(feature = "cli")]
 mod view;
 
 pub use figures::{Interval, PubsubFigures, RequestFigures, Snapshot, StorageFigures};
+#[cfg(feature = "cli")]
 pub use scrape::{AdminAddr, Cause, ScrapeError, scrape};
+#[cfg(feature = "cli")]
 pub use view::{HEADER_EVERY, Table};

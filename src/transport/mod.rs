@@ -16,6 +16,8 @@ pub mod budget;
 #[cfg(feature = "server")]
 pub mod exchange;
 #[cfg(feature = "server")]
+pub mod origin;
+#[cfg(feature = "server")]
 pub mod pipeline;
 #[cfg(feature = "server")]
 pub mod tcp;

@@ -14,6 +14,7 @@
 //! connection is closed, a listing its client stops reading abandoned. docs/HTTP.md is the API's
 //! specification.
 
+pub mod browser;
 pub mod grpc;
 pub mod openapi;
 mod problem;
@@ -85,7 +86,7 @@ pub async fn serve<H: Handler>(
     shutdown: CancellationToken,
     options: WebOptions,
 ) {
-    let WebOptions { max_header_size, grace } = options;
+    let WebOptions { max_header_size, grace, browsers } = options;
     let addr = listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
     match security {
         WebSecurity::Tls(_) => info!(%addr, "web listener serving REST and gRPC over HTTPS"),
@@ -99,7 +100,10 @@ pub async fn serve<H: Handler>(
     let grpc_body = BodyLimit { max: limits.max_frame_len + GRPC_MESSAGE_HEADER, memory, deadline };
     let doors = Doors {
         rest: buffered(
-            rest::router(Metered::new(handler.clone(), Transport::Http), &limits),
+            rest::router(Metered::new(handler.clone(), Transport::Http), &limits).merge(browser::router(
+                Metered::labelled(handler.clone(), Transport::Http, "websocket"),
+                browsers,
+            )),
             rest_body,
             false,
         ),
@@ -109,6 +113,7 @@ pub async fn serve<H: Handler>(
             true,
         ),
     };
+    let memory = admission.memory().clone();
     let accepting = Accepting {
         transport: Transport::Http,
         share: web_connection_share(&limits),
@@ -124,6 +129,7 @@ pub async fn serve<H: Handler>(
             doors: doors.clone(),
             handler: handler.clone(),
             limits: limits.clone(),
+            memory: memory.clone(),
             shutdown: shutdown.clone(),
             max_header_size,
         };
@@ -139,12 +145,14 @@ pub const DEFAULT_MAX_HEADER_SIZE: usize = 64 * 1024;
 pub const MIN_MAX_HEADER_SIZE: usize = 8 * 1024;
 
 /// What the web listener adds to the limits every transport shares.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct WebOptions {
     /// The largest request head (HTTP/1.1 request line and headers; HTTP/2 decoded header list).
     pub max_header_size: usize,
     /// How long shutdown waits for requests in flight.
     pub grace: Duration,
+    /// What browsers are served: WebSocket, the WebTransport certificate, the console.
+    pub browsers: browser::Browsers,
 }
 
 /// gRPC's length-prefixed message header: a compression flag and a 4-byte length.
@@ -171,6 +179,7 @@ struct Connection<H> {
     doors: Doors,
     handler: H,
     limits: Arc<Limits>,
+    memory: MemoryBudget,
     shutdown: CancellationToken,
     max_header_size: usize,
 }
@@ -206,13 +215,23 @@ impl<H: Handler> Connection<H> {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let Connection { doors, handler, limits, shutdown, max_header_size, .. } = self;
+        let Connection { doors, handler, limits, memory, shutdown, max_header_size, .. } = self;
         let request_caller = caller.clone();
         let activity = Activity::new();
         let requests = activity.clone();
+        // WebSocket sessions outlive their request (and, upgraded from HTTP/1.1, the connection's HTTP).
+        let sessions = tokio_util::task::TaskTracker::new();
+        let scope = browser::ConnectionScope {
+            sessions: sessions.clone(),
+            shutdown: shutdown.clone(),
+            activity: activity.clone(),
+            memory,
+            limits: limits.clone(),
+        };
         let service =
             hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(request_caller.clone());
+                request.extensions_mut().insert(scope.clone());
                 let door = if is_grpc(&request) { doors.grpc.clone() } else { doors.rest.clone() };
                 // Open from here until its answer's body is dropped (sent, or the stream reset).
                 let open = requests.open();
@@ -236,9 +255,11 @@ impl<H: Handler> Connection<H> {
             .initial_stream_window_size(h2_window(limits.connection_receive_window))
             .max_send_buf_size(stream_send_buffer(&limits))
             .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
+            // WebSocket over HTTP/2 (RFC 8441's extended CONNECT).
+            .enable_connect_protocol()
             .keep_alive_interval(Some(limits.idle_timeout / 3))
             .keep_alive_timeout(limits.idle_timeout / 3);
-        let connection = builder.serve_connection(TokioIo::new(io), service);
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(connection);
         let served = tokio::select! {
             served = connection.as_mut() => Some(served),
@@ -257,6 +278,10 @@ impl<H: Handler> Connection<H> {
         if let Some(Err(e)) = served {
             debug!(error = %e, "the HTTP connection ended with an error");
         }
+        // The connection's place is held until its WebSocket sessions have ended too (they end at
+        // shutdown like any connection).
+        sessions.close();
+        sessions.wait().await;
         handler.connection_closing(&caller);
     }
 }
@@ -277,7 +302,7 @@ fn stream_send_buffer(limits: &Limits) -> usize {
 
 /// When a connection's requests were last all answered, and how many are open now: its idle timer.
 #[derive(Clone)]
-struct Activity(Arc<parking_lot::Mutex<(usize, tokio::time::Instant)>>);
+pub(crate) struct Activity(Arc<parking_lot::Mutex<(usize, tokio::time::Instant)>>);
 
 impl Activity {
     fn new() -> Self {
@@ -285,7 +310,7 @@ impl Activity {
     }
 
     /// One more request open until the guard is dropped.
-    fn open(&self) -> OpenRequest {
+    pub(crate) fn open(&self) -> OpenRequest {
         self.0.lock().0 += 1;
         OpenRequest(self.clone())
     }
@@ -305,7 +330,7 @@ impl Activity {
     }
 }
 
-struct OpenRequest(Activity);
+pub(crate) struct OpenRequest(Activity);
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {

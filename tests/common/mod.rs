@@ -248,6 +248,17 @@ pub async fn raw_byte_stream(
     Box::new(connector.connect(name, tcp).await.expect("TLS handshake"))
 }
 
+/// A TLS connection to `addr` trusting `ca`, asking for ALPN `alpn` (a web listener's).
+pub async fn raw_tls(addr: SocketAddr, ca: &std::path::Path, alpn: &[u8]) -> Box<dyn ByteStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("TCP connect");
+    let roots = tls::read_roots(ca).expect("CA");
+    let mut config = tls::client_config(roots, &tls::Tickets::none(), None).expect("TLS config");
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    Box::new(connector.connect(name, tcp).await.expect("TLS handshake"))
+}
+
 /// A bare quinn client endpoint trusting `ca`, resuming sessions with `tickets`.
 pub fn quic_client_endpoint(ca: &std::path::Path, tickets: &tls::Tickets) -> quinn::Endpoint {
     let roots = tls::read_roots(ca).expect("CA");

@@ -7,6 +7,10 @@
 //! round trip, so that Initial packets from spoofed addresses, whose senders never answer, cannot hold
 //! the connection places. A handshake must complete within the request timeout.
 //!
+//! A connection that chose ALPN `h3` is a browser's WebTransport session ([`webtransport`]): once the
+//! session is established, each of its bidirectional streams is served exactly as a QUIC request
+//! stream, by the same loop.
+//!
 //! Shutdown, once `shutdown` is cancelled: stop accepting connections; on every connection stop accepting
 //! streams, let the streams already accepted finish (their replies acknowledged by the client), then
 //! close with [`codes::SHUTTING_DOWN`]. Whatever is still running after the grace period is cut off by
@@ -24,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
-use super::codes;
+use super::{codes, webtransport};
 use crate::memory::MemoryBudget;
 use crate::metrics::{self, PathSampler};
 use crate::service::{Caller, Handler};
@@ -32,6 +36,7 @@ use crate::transport::admission::{Admission, Admitted};
 use crate::transport::budget::ReadBudget;
 use crate::transport::exchange::{EarlyData, Served, serve_request};
 use crate::transport::frame::FrameError;
+use crate::transport::origin::Origins;
 use crate::transport::timeouts;
 use crate::transport::{Limits, Transport, authenticated_caller};
 
@@ -40,7 +45,9 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves `endpoint` until `shutdown` is cancelled, then shuts down gracefully within `grace`.
 /// `admission` is shared with the other transports. `client_auth` says the endpoint's TLS
-/// configuration requires client certificates.
+/// configuration requires client certificates; `origins` are the web pages whose WebTransport
+/// sessions are accepted.
+#[allow(clippy::too_many_arguments)] // the loop's owned inputs, gathered in one place
 pub async fn serve<H: Handler>(
     endpoint: Endpoint,
     handler: H,
@@ -49,6 +56,7 @@ pub async fn serve<H: Handler>(
     shutdown: CancellationToken,
     grace: Duration,
     client_auth: bool,
+    origins: Arc<Origins>,
 ) {
     let connections = TaskTracker::new();
     let unvalidated = Arc::new(AtomicUsize::new(0));
@@ -81,9 +89,10 @@ pub async fn serve<H: Handler>(
         let pending = (!validated).then(|| UnvalidatedHandshake::new(&unvalidated));
         let (handler, limits, shutdown) = (handler.clone(), limits.clone(), shutdown.clone());
         let memory = admission.memory().clone();
+        let origins = origins.clone();
         connections.spawn(async move {
             let hold = Hold { admitted, memory, pending };
-            handle_connection(incoming, handler, limits, shutdown, client_auth, hold).await;
+            handle_connection(incoming, handler, limits, shutdown, client_auth, hold, origins).await;
         });
     }
 
@@ -119,7 +128,7 @@ impl Drop for UnvalidatedHandshake {
 }
 
 /// What an admitted connection holds while it is served.
-struct Hold {
+pub(super) struct Hold {
     /// Its place and fixed share of memory, given back when the connection's task ends.
     admitted: Admitted,
     /// The budget its requests and answers draw from.
@@ -135,15 +144,24 @@ async fn handle_connection<H: Handler>(
     shutdown: CancellationToken,
     client_auth: bool,
     hold: Hold,
+    origins: Arc<Origins>,
 ) {
     let remote = incoming.remote_address();
-    let connecting = match incoming.accept() {
+    let mut connecting = match incoming.accept() {
         Ok(connecting) => connecting,
         Err(e) => {
             debug!(%remote, error = %e, "connection attempt failed");
             return;
         }
     };
+    // The protocol is chosen by the client's first flight, which the server has by now.
+    if webtransport::is_browser(&mut connecting).await {
+        let span =
+            info_span!("connection", %remote, transport = "webtransport", client = tracing::field::Empty);
+        let accept = webtransport::accept(connecting, handler, limits, shutdown, hold, origins);
+        accept.instrument(span).await;
+        return;
+    }
     // Serve before the handshake completes (0.5-RTT), so that requests a resuming client sent in 0-RTT
     // early data are answered within its first round trip. `handshake` resolves once the client's
     // Finished has arrived; writes from early data wait for it (see `EarlyData`). For a server,
@@ -186,19 +204,74 @@ async fn handle_connection<H: Handler>(
     );
     async move {
         let caller = authenticated_caller(peer_certificates(&connection).as_deref());
-        serve_connection(connection, handshake, handler, limits, shutdown, caller, hold).await
+        let session = Session::Qkv(connection);
+        serve_connection(session, handshake, handler, limits, shutdown, caller, hold).await
     }
     .instrument(span)
     .await
 }
 
 /// The certificate chain the client presented, once the handshake has got that far.
-fn peer_certificates(connection: &Connection) -> Option<Vec<CertificateDer<'static>>> {
+pub(super) fn peer_certificates(connection: &Connection) -> Option<Vec<CertificateDer<'static>>> {
     connection.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok().map(|chain| *chain)
 }
 
-async fn serve_connection<H: Handler>(
-    connection: Connection,
+/// What a connection carries: qkv's protocol (ALPN `qkv/1`), or a browser's WebTransport session
+/// (ALPN `h3`), whose bidirectional streams carry the same exchanges.
+pub(super) enum Session {
+    Qkv(Connection),
+    WebTransport(wtransport::Connection),
+}
+
+impl Session {
+    fn quic(&self) -> &Connection {
+        match self {
+            Session::Qkv(connection) => connection,
+            Session::WebTransport(session) => session.quic_connection(),
+        }
+    }
+
+    fn transport(&self) -> &'static str {
+        match self {
+            Session::Qkv(_) => "quic",
+            Session::WebTransport(_) => "webtransport",
+        }
+    }
+
+    /// The next request stream the client opens; why the connection ended, when it has.
+    async fn accept(&self) -> Result<RequestStream, String> {
+        match self {
+            Session::Qkv(connection) => {
+                { connection.accept_bi().await.map(|(send, recv)| RequestStream::Qkv(send, recv)) }
+                    .map_err(|e| e.to_string())
+            }
+            Session::WebTransport(session) => session
+                .accept_bi()
+                .await
+                .map(|(send, recv)| RequestStream::WebTransport(send, recv))
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// A request's bidirectional stream: a QUIC stream, or one of a WebTransport session (a QUIC stream
+/// after its WebTransport header, which `wtransport` has read).
+enum RequestStream {
+    Qkv(SendStream, RecvStream),
+    WebTransport(wtransport::SendStream, wtransport::RecvStream),
+}
+
+impl RequestStream {
+    fn quic(&mut self) -> (&mut SendStream, &mut RecvStream) {
+        match self {
+            RequestStream::Qkv(send, recv) => (send, recv),
+            RequestStream::WebTransport(send, recv) => (send.quic_stream_mut(), recv.quic_stream_mut()),
+        }
+    }
+}
+
+pub(super) async fn serve_connection<H: Handler>(
+    session: Session,
     handshake: EarlyData,
     handler: H,
     limits: Arc<Limits>,
@@ -207,6 +280,7 @@ async fn serve_connection<H: Handler>(
     hold: Hold,
 ) {
     debug!("connection established");
+    let connection = session.quic().clone();
     let Hold { admitted, memory, mut pending } = hold;
     let streams = TaskTracker::new();
     let budget = ReadBudget::new(limits.max_request_buffer, memory.clone(), limits.memory_wait);
@@ -220,8 +294,9 @@ async fn serve_connection<H: Handler>(
     }
     let started = std::time::Instant::now();
     let mut requests = 0u64;
+    let mut accepts_uni = matches!(session, Session::Qkv(_));
     let ended = loop {
-        let (send, recv) = tokio::select! {
+        let mut stream = tokio::select! {
             _ = shutdown.cancelled() => break None,
             done = &mut handshake_done, if handshaking => {
                 handshaking = false;
@@ -238,12 +313,24 @@ async fn serve_connection<H: Handler>(
                 }
                 continue;
             }
-            stream = connection.accept_bi() => match stream {
+            stream = session.accept() => match stream {
                 Ok(stream) => stream,
                 Err(e) => break Some(e),
             },
+            // qkv's protocol has no unidirectional streams (the server grants some for HTTP/3): read
+            // nothing of one, and say so. An error here is the connection's, which `accept` reports.
+            uni = connection.accept_uni(), if accepts_uni => {
+                match uni {
+                    Ok(mut uni) => {
+                        let _ = uni.stop(codes::REQUEST_REJECTED);
+                    }
+                    Err(_) => accepts_uni = false,
+                }
+                continue;
+            }
         };
         requests += 1;
+        let (_, recv) = stream.quic();
         let stream_id = recv.id();
         let early = recv.is_0rtt().then(|| handshake.clone());
         if early.is_some() {
@@ -251,8 +338,7 @@ async fn serve_connection<H: Handler>(
         }
         // Boxed: spawning moves the future into the task, and a request's state is large.
         let stream = Box::pin(handle_stream(
-            send,
-            recv,
+            stream,
             early,
             handler.clone(),
             limits.clone(),
@@ -280,7 +366,7 @@ async fn serve_connection<H: Handler>(
             // The connection is gone, so its streams end soon; they still hold their requests and
             // answers until then, which the connection's place and memory must cover.
             streams.wait().await;
-            reason.to_string()
+            reason
         }
         None => {
             streams.wait().await;
@@ -296,7 +382,7 @@ async fn serve_connection<H: Handler>(
     let stats = connection.stats();
     info!(
         target: "qkv::connection",
-        transport = "quic",
+        transport = session.transport(),
         %reason,
         duration_ms = started.elapsed().as_millis() as u64,
         requests,
@@ -312,8 +398,7 @@ async fn serve_connection<H: Handler>(
 
 #[allow(clippy::too_many_arguments)] // a task's owned inputs, gathered in one place
 async fn handle_stream<H: Handler>(
-    mut send: SendStream,
-    mut recv: RecvStream,
+    mut stream: RequestStream,
     early: Option<EarlyData>,
     handler: H,
     limits: Arc<Limits>,
@@ -321,11 +406,12 @@ async fn handle_stream<H: Handler>(
     budget: ReadBudget,
     caller: Caller,
 ) {
+    let (send, recv) = stream.quic();
     // A client that abandons its request stops reading the reply (STOP_SENDING): stop working on it
     // at once rather than finish a reply nobody will read.
     let abandoned = send.stopped();
     let served = tokio::select! {
-        served = serve_request(budget.reader(&mut recv), &mut send, &handler, &limits, &memory, early.as_ref(), &caller) => served,
+        served = serve_request(budget.reader(&mut *recv), &mut *send, &handler, &limits, &memory, early.as_ref(), &caller) => served,
         _ = abandoned => {
             debug!("the client abandoned the request");
             let _ = recv.stop(codes::CANCELLED);

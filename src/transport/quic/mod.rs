@@ -1,10 +1,13 @@
 //! QUIC with quinn: endpoints, transport settings and the application error codes qkv uses.
 //!
-//! Each request has its own client-opened bidirectional stream (docs/PROTOCOL.md). Unidirectional
-//! streams are not used, so neither side grants any.
+//! Each request has its own client-opened bidirectional stream (docs/PROTOCOL.md). qkv's protocol uses
+//! no unidirectional streams; a server grants a client three, which a browser's HTTP/3 needs for a
+//! WebTransport session ([`webtransport`]).
 
 #[cfg(feature = "server")]
 mod listener;
+#[cfg(feature = "server")]
+mod webtransport;
 
 use std::io;
 use std::net::SocketAddr;
@@ -138,12 +141,23 @@ fn mtu_discovery() -> MtuDiscoveryConfig {
 /// See [`mtu_discovery`]: any step from 1200 bytes smaller than this is not probed.
 const MTU_PROBE_STEP: u16 = 200;
 
+/// The unidirectional streams a server lets a client open: HTTP/3's control stream and QPACK's
+/// encoder and decoder streams, which a browser opens for a WebTransport session. A qkv client opens
+/// none; one that does has them stopped at once.
+pub const HTTP3_UNI_STREAMS: u32 = 3;
+
+/// QUIC datagrams (RFC 9221) waiting to be read. qkv reads none, but a browser's WebTransport needs the
+/// extension on; a peer's datagrams are dropped beyond this (quinn's default, 1.25 MB, would be held
+/// outside every budget).
+const DATAGRAM_BUFFER: usize = 8 * 1024;
+
 /// Transport settings shared by both sides; `peer_streams` is how many bidirectional streams the peer
-/// may open at once.
+/// may open at once, `peer_uni_streams` how many unidirectional ones.
 fn transport_config(
     limits: &Limits,
     options: &QuicOptions,
     peer_streams: u32,
+    peer_uni_streams: u32,
 ) -> io::Result<TransportConfig> {
     let mut transport = TransportConfig::default();
     let window = |bytes: usize| VarInt::from_u64(bytes as u64).map_err(invalid_input);
@@ -151,7 +165,9 @@ fn transport_config(
         .receive_window(window(limits.connection_receive_window)?)
         .send_window(limits.send_window as u64)
         .max_concurrent_bidi_streams(VarInt::from_u32(peer_streams))
-        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .max_concurrent_uni_streams(VarInt::from_u32(peer_uni_streams))
+        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
+        .datagram_send_buffer_size(DATAGRAM_BUFFER)
         .max_idle_timeout(Some(IdleTimeout::try_from(limits.idle_timeout).map_err(invalid_input)?))
         .initial_rtt(options.initial_rtt)
         .enable_segmentation_offload(options.segmentation_offload);
@@ -196,7 +212,7 @@ pub fn server_endpoint(
 ) -> io::Result<Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(invalid_input)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(limits, options, limits.max_concurrent_requests)?));
+    config.transport_config(Arc::new(transport_config(limits, options, limits.max_concurrent_requests, HTTP3_UNI_STREAMS)?));
     // A phone moving from Wi-Fi to cellular keeps its connection (quinn's default, stated here).
     config.migration(true);
     let socket = bind_udp(addr, limits.udp_socket_buffer)?;
@@ -214,7 +230,7 @@ pub fn client_config(
 ) -> io::Result<quinn::ClientConfig> {
     let crypto = QuicClientConfig::try_from(tls).map_err(invalid_input)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = transport_config(limits, options, 0)?;
+    let mut transport = transport_config(limits, options, 0, 0)?;
     transport.keep_alive_interval(Some(keep_alive));
     config.transport_config(Arc::new(transport));
     Ok(config)

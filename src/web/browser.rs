@@ -1,0 +1,422 @@
+//! What the web listener serves browsers besides the API (docs/PROTOCOL.md, "WebSocket" and
+//! "WebTransport"; docs/HTTP.md, "Browsers"):
+//!
+//! - `/ws`: a WebSocket whose binary messages carry qkv's TCP byte stream: the pipeline of
+//!   [`serve_pipelined`] over the WebSocket, not a copy of it.
+//! - `/webtransport-cert`: the SHA-256 of the certificate WebTransport sessions on the QUIC port are
+//!   presented, for `serverCertificateHashes`, and that port.
+//! - `/v1/stats`: the server's figures, as `qkv stat --json` prints them, for the console.
+//! - `/` and `/console/…`: the web console, embedded in the binary.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_util::io::{CopyToBytes, SinkWriter, StreamReader};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span};
+
+use super::problem::Problem;
+use crate::memory::MemoryBudget;
+use crate::metrics::Exporter;
+use crate::service::{Caller, Handler};
+use crate::stat::{Interval, Snapshot, exposition};
+use crate::tls::Credentials;
+use crate::transport::Limits;
+use crate::transport::origin::{Origins, host_of};
+use crate::transport::pipeline::serve_pipelined;
+
+/// The largest WebSocket message a client may send unless configured otherwise
+/// (`--websocket-max-message`); larger frames are split over several messages.
+pub const DEFAULT_WEBSOCKET_MAX_MESSAGE: usize = 64 * 1024;
+
+/// The smallest message limit accepted: a frame header and a small request.
+pub const MIN_WEBSOCKET_MAX_MESSAGE: usize = 1024;
+
+/// The WebSocket subprotocol a client may ask for (the same name as the ALPN of qkv's protocol).
+pub const WEBSOCKET_PROTOCOL: &str = "qkv/1";
+
+/// What the web listener needs to serve browsers.
+#[derive(Clone)]
+pub struct Browsers {
+    /// The pages allowed to open sessions (`--web-origin`, and the listener's own).
+    pub origins: Arc<Origins>,
+    /// The certificates, for the WebTransport one.
+    pub credentials: Credentials,
+    /// The QUIC port, where WebTransport sessions go.
+    pub quic_port: u16,
+    /// The largest message a WebSocket client may send (`--websocket-max-message`).
+    pub websocket_max_message: usize,
+    /// The server's metrics, when it records them (`--admin`).
+    pub metrics: Option<Exporter>,
+    /// When the server started: the first figures are since then.
+    pub started: Instant,
+}
+
+/// What a WebSocket session holds beyond the pipeline's own (which charges its requests and answers):
+/// the message being received, and the messages queued for sending.
+pub fn websocket_share(max_message: usize) -> usize {
+    max_message.saturating_mul(3)
+}
+
+/// What the connection a request came on gives the requests that outlive it (a WebSocket, after an
+/// HTTP/1.1 upgrade): its admission and its shutdown, held until they end.
+#[derive(Clone)]
+pub(super) struct ConnectionScope {
+    /// Keeps the connection's place (and shutdown's wait) until the session ends.
+    pub sessions: tokio_util::task::TaskTracker,
+    pub shutdown: CancellationToken,
+    /// Keeps the connection from being closed as idle while a session is open.
+    pub activity: super::Activity,
+    pub memory: MemoryBudget,
+    pub limits: Arc<Limits>,
+}
+
+#[derive(Clone)]
+struct BrowserState<H> {
+    handler: H,
+    browsers: Browsers,
+    figures: Arc<parking_lot::Mutex<Figures>>,
+}
+
+/// The routes for browsers, on `handler`.
+pub(super) fn router<H: Handler>(handler: H, browsers: Browsers) -> Router {
+    let state = BrowserState { handler, browsers, figures: Arc::default() };
+    Router::new()
+        .route("/", get(console_index))
+        .route("/console/{file}", get(console_file))
+        .route("/webtransport-cert", get(webtransport_cert::<H>))
+        .route("/v1/stats", get(stats::<H>))
+        .route("/ws", get(websocket::<H>))
+        .with_state(state)
+}
+
+/// The console's files, embedded: (name, content type, content).
+const CONSOLE: [(&str, &str, &str); 4] = [
+    ("index.html", "text/html; charset=utf-8", include_str!("console/index.html")),
+    ("console.js", "text/javascript; charset=utf-8", include_str!("console/console.js")),
+    ("console.css", "text/css; charset=utf-8", include_str!("console/console.css")),
+    ("qkv-client.js", "text/javascript; charset=utf-8", include_str!("console/qkv-client.js")),
+];
+
+async fn console_index() -> Response {
+    console_asset("index.html")
+}
+
+async fn console_file(Path(file): Path<String>) -> Response {
+    console_asset(&file)
+}
+
+fn console_asset(name: &str) -> Response {
+    match CONSOLE.iter().find(|(file, _, _)| *file == name) {
+        Some((_, content_type, content)) => (
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+                // The files change with the binary: revalidate, never serve a stale console.
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(
+                        "default-src 'self'; connect-src 'self' https: wss: ws:; frame-ancestors 'none'",
+                    ),
+                ),
+            ],
+            *content,
+        )
+            .into_response(),
+        None => Problem::new(StatusCode::NOT_FOUND, "the console has no such file").into_response(),
+    }
+}
+
+/// `GET /webtransport-cert`: what a page passes as `serverCertificateHashes`, and where to connect.
+/// Readable by the allowed origins' pages (CORS), since they connect from another origin.
+async fn webtransport_cert<H: Handler>(State(state): State<BrowserState<H>>, headers: HeaderMap) -> Response {
+    let identity = state.browsers.credentials.webtransport();
+    let sha256: String = identity.sha256.iter().map(|b| format!("{b:02x}")).collect();
+    let not_after =
+        identity.not_after.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+    let body = axum::Json(json!({
+        "sha256": sha256,
+        "not_after": not_after,
+        "self_issued": identity.self_issued,
+        "port": state.browsers.quic_port,
+        "path": "/",
+    }));
+    let mut response =
+        ([(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], body).into_response();
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    if let Some(origin) = origin
+        && state.browsers.origins.allows(Some(origin), request_host(&headers, None))
+        && let Ok(value) = HeaderValue::from_str(origin)
+    {
+        response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        response.headers_mut().insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+/// The host a request was sent to, without its port: HTTP/2's `:authority`, or HTTP/1.1's `Host`.
+fn request_host<'a>(headers: &'a HeaderMap, uri: Option<&'a axum::http::Uri>) -> &'a str {
+    let authority = uri
+        .and_then(|uri| uri.authority())
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("");
+    host_of(authority)
+}
+
+/// The figures served last, and the scrape they were measured to.
+#[derive(Default)]
+struct Figures {
+    last: Option<(Instant, Snapshot, Option<Interval>)>,
+}
+
+/// The shortest interval figures are measured over; requests in between get the last ones.
+const MIN_FIGURES_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `GET /v1/stats`: the figures `qkv stat --json` prints, from the server's own metrics, over the time
+/// since they were last asked for (at least a second; the first time, since the server started).
+async fn stats<H: Handler>(State(state): State<BrowserState<H>>) -> Response {
+    let Some(exporter) = &state.browsers.metrics else {
+        return Problem::new(
+            StatusCode::NOT_FOUND,
+            "this server records no metrics: start it with --admin ADDR to have figures here",
+        )
+        .into_response();
+    };
+    let samples = match exposition::parse(&exporter.render()) {
+        Ok(samples) => samples,
+        Err(e) => {
+            return Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the metrics could not be read: {e}"),
+            )
+            .into_response();
+        }
+    };
+    let now = Snapshot::new(samples);
+    let mut figures = state.figures.lock();
+    let interval = match &figures.last {
+        Some((at, _, Some(interval))) if at.elapsed() < MIN_FIGURES_INTERVAL => interval.clone(),
+        Some((at, before, _)) => Interval::between(before, &now, at.elapsed()),
+        None => Interval::between(&Snapshot::default(), &now, state.browsers.started.elapsed()),
+    };
+    if !matches!(&figures.last, Some((at, _, Some(_))) if at.elapsed() < MIN_FIGURES_INTERVAL) {
+        figures.last = Some((Instant::now(), now, Some(interval.clone())));
+    }
+    ([(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], axum::Json(interval)).into_response()
+}
+
+/// `GET /ws`: a WebSocket session from an allowed origin, served as a TCP connection is.
+async fn websocket<H: Handler>(
+    State(state): State<BrowserState<H>>,
+    Extension(scope): Extension<ConnectionScope>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    if !state.browsers.origins.allows(origin, request_host(&headers, Some(&uri))) {
+        info!(origin, "refused a WebSocket session from an origin not allowed (--web-origin)");
+        return Problem::new(
+            StatusCode::FORBIDDEN,
+            "this page's origin may not open qkv sessions: the server allows it with --web-origin",
+        )
+        .into_response();
+    }
+    let max_message = state.browsers.websocket_max_message;
+    let Some(share) = scope.memory.try_charge(websocket_share(max_message)) else {
+        crate::metrics::limit_hit("connection_memory");
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server's connection memory budget is spent; nothing was executed: retry shortly",
+        )
+        .into_response();
+    };
+    // Held by the session: the connection's place and the shutdown's wait last until it ends.
+    let token = scope.sessions.token();
+    let open = scope.activity.open();
+    let handler = state.handler.clone();
+    upgrade
+        .protocols([WEBSOCKET_PROTOCOL])
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .read_buffer_size(max_message.min(64 * 1024))
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_message.saturating_mul(2))
+        .on_failed_upgrade(|e| debug!(error = %e, "a WebSocket upgrade failed"))
+        .on_upgrade(move |socket| {
+            let span = info_span!("websocket", client = caller.identity.as_deref().unwrap_or(""));
+            async move {
+                serve_websocket(socket, handler, scope, caller, max_message).await;
+                drop((share, open, token));
+            }
+            .instrument(span)
+        })
+}
+
+/// Serves qkv's pipeline on the byte stream the WebSocket's binary messages carry. The session ends
+/// with a close code that says why: 1000 when the client closed or was idle, 1001 at shutdown, 1003
+/// after a text message, 1009 after a message over the limit, 1002 after any other protocol error.
+async fn serve_websocket<H: Handler>(
+    socket: WebSocket,
+    handler: H,
+    scope: ConnectionScope,
+    caller: Caller,
+    max_message: usize,
+) {
+    let started = Instant::now();
+    let (sink, stream) = socket.split();
+    let why = Arc::new(parking_lot::Mutex::new(None::<CloseFrame>));
+    let failed = why.clone();
+    // Received: binary messages' payloads, in order, as bytes; a text message is not qkv's.
+    let received = stream.filter_map(move |message| {
+        let fail = |code: u16, reason: &'static str| {
+            *failed.lock() = Some(CloseFrame { code, reason: reason.into() });
+            Some(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, reason)))
+        };
+        std::future::ready(match message {
+            Ok(Message::Binary(bytes)) => Some(Ok(bytes)),
+            Ok(Message::Text(_)) => fail(close_code::UNSUPPORTED, "qkv's frames travel in binary messages"),
+            // Pings are answered by the WebSocket layer; a close ends the stream after it.
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_)) => None,
+            Err(e) if is_too_large(&e) => fail(close_code::SIZE, "a message over --websocket-max-message"),
+            Err(e) => {
+                debug!(error = %e, "the WebSocket failed");
+                fail(close_code::PROTOCOL, "not a valid WebSocket message")
+            }
+        })
+    });
+    let reader = StreamReader::new(received);
+    let shutdown = scope.shutdown.clone();
+    let closing = Closing { inner: sink, why, shutdown, closed: false };
+    let sent =
+        closing.with(|bytes: Bytes| std::future::ready(Ok::<_, std::io::Error>(Message::Binary(bytes))));
+    let writer = Chunked { inner: SinkWriter::new(CopyToBytes::new(sent)), max: max_message };
+    let io = tokio::io::join(reader, writer);
+    let (limits, memory) = (scope.limits.clone(), scope.memory.clone());
+    let requests = serve_pipelined(io, handler, limits, memory, scope.shutdown.clone(), caller).await;
+    info!(
+        target: "qkv::connection",
+        transport = "websocket",
+        duration_ms = started.elapsed().as_millis() as u64,
+        requests,
+        "connection ended"
+    );
+}
+
+/// Whether a WebSocket error is a message (or frame) over the configured limit.
+fn is_too_large(error: &axum::Error) -> bool {
+    use tungstenite::Error;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(Error::Capacity(_)) = e.downcast_ref::<Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+pin_project_lite::pin_project! {
+    /// The session's sending side: closing it sends a close frame that says why the session ended.
+    struct Closing<S> {
+        #[pin]
+        inner: S,
+        why: Arc<parking_lot::Mutex<Option<CloseFrame>>>,
+        shutdown: CancellationToken,
+        closed: bool,
+    }
+}
+
+impl<S> futures_util::Sink<Message> for Closing<S>
+where
+    S: futures_util::Sink<Message, Error = axum::Error>,
+{
+    type Error = std::io::Error;
+
+    fn poll_ready(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_ready(cx).map_err(std::io::Error::other)
+    }
+
+    fn start_send(self: std::pin::Pin<&mut Self>, item: Message) -> std::io::Result<()> {
+        self.project().inner.start_send(item).map_err(std::io::Error::other)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx).map_err(std::io::Error::other)
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let mut this = self.project();
+        if !*this.closed {
+            std::task::ready!(this.inner.as_mut().poll_ready(cx)).map_err(std::io::Error::other)?;
+            let frame = this.why.lock().take().unwrap_or_else(|| {
+                if this.shutdown.is_cancelled() {
+                    CloseFrame { code: close_code::AWAY, reason: "the server is shutting down".into() }
+                } else {
+                    CloseFrame { code: close_code::NORMAL, reason: "".into() }
+                }
+            });
+            // Fails only if the client closed first, which is as good.
+            let _ = this.inner.as_mut().start_send(Message::Close(Some(frame)));
+            *this.closed = true;
+        }
+        this.inner.poll_close(cx).map_err(std::io::Error::other)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Writes at most `max` bytes at a time: each write becomes one WebSocket message, so none is
+    /// larger than what clients may send.
+    struct Chunked<W> {
+        #[pin]
+        inner: W,
+        max: usize,
+    }
+}
+
+impl<W: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Chunked<W> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let len = buf.len().min(*this.max);
+        this.inner.poll_write(cx, &buf[..len])
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,300 @@
+//! The doors for browsers, from Rust clients that do what a browser does: WebTransport sessions on the
+//! QUIC port (`wtransport`'s client, trusting the server by the certificate hash it publishes, as
+//! `serverCertificateHashes` does), and WebSockets on the web listener (tokio-tungstenite, with an
+//! `Origin` header as a page's). The JavaScript client and the console are tested from node and from
+//! Chromium (tests/js_client.rs, tests/browser.rs).
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::{TestServer, frame};
+use futures_util::{SinkExt, StreamExt};
+use qkv::pb::{CommandRequest, CommandResponse, Value, status};
+use qkv::transport::Transport;
+use qkv::transport::frame::FrameCodec;
+use serde_json::Value as Json;
+use tokio::process::Command;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::codec::Decoder;
+use wtransport::endpoint::{ConnectOptions, endpoint_side::Client};
+use wtransport::error::ConnectingError;
+use wtransport::tls::Sha256Digest;
+
+/// A server with its web listener, and how browsers reach it.
+struct Browsers {
+    server: TestServer,
+}
+
+impl Browsers {
+    async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(configure: impl FnOnce(&mut qkv::server::ServerConfig)) -> Self {
+        Browsers { server: TestServer::start_for_with(Transport::Http, configure).await }
+    }
+
+    fn web_port(&self) -> u16 {
+        self.server.web.expect("a web listener").port()
+    }
+
+    /// The web listener's own origin: its pages' (the console's).
+    fn own_origin(&self) -> String {
+        format!("https://localhost:{}", self.web_port())
+    }
+
+    /// `GET /webtransport-cert`, as a page fetches it.
+    async fn webtransport_cert(&self) -> Json {
+        let ca = self.server.ca();
+        let url = format!("{}/webtransport-cert", self.own_origin());
+        let output = Command::new("curl")
+            .args(["-sS", "--fail", "--cacert"])
+            .arg(&ca)
+            .arg(&url)
+            .output()
+            .await
+            .expect("curl runs (apt install curl)");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).expect("JSON")
+    }
+
+    /// A WebTransport session to `path` on the QUIC port, as a page of `origin` opens it: trusting the
+    /// certificate by the hash the server publishes.
+    async fn webtransport(
+        &self,
+        origin: Option<&str>,
+        path: &str,
+    ) -> Result<wtransport::Connection, ConnectingError> {
+        let published = self.webtransport_cert().await;
+        let hex = published["sha256"].as_str().expect("a hash");
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")).collect();
+        let hash = Sha256Digest::new(bytes.try_into().expect("32 bytes"));
+        let config = wtransport::ClientConfig::builder()
+            .with_bind_default()
+            .with_server_certificate_hashes([hash])
+            .max_idle_timeout(Some(Duration::from_secs(10)))
+            .expect("an idle timeout")
+            .build();
+        let endpoint: wtransport::Endpoint<Client> =
+            wtransport::Endpoint::client(config).expect("a client endpoint");
+        let port = published["port"].as_u64().expect("the QUIC port");
+        let mut options = ConnectOptions::builder(format!("https://localhost:{port}{path}"));
+        if let Some(origin) = origin {
+            options = options.add_header("origin", origin);
+        }
+        endpoint.connect(options.build()).await
+    }
+
+    /// A WebSocket on `/ws`, as a page of `origin` opens it.
+    async fn websocket(
+        &self,
+        origin: Option<&str>,
+    ) -> Result<WebSocket, tokio_tungstenite::tungstenite::Error> {
+        let tls =
+            common::raw_tls(self.server.web.expect("a web listener"), &self.server.ca(), b"http/1.1").await;
+        let mut request = format!("wss://localhost:{}/ws", self.web_port()).into_client_request()?;
+        if let Some(origin) = origin {
+            request.headers_mut().insert("origin", origin.parse().expect("a header value"));
+        }
+        let (socket, _) = tokio_tungstenite::client_async(request, tls).await?;
+        Ok(socket)
+    }
+}
+
+type WebSocket = tokio_tungstenite::WebSocketStream<Box<dyn common::ByteStream>>;
+
+/// One exchange on its own WebTransport stream: the request frame, FIN, every answer frame to the end.
+async fn exchange(session: &wtransport::Connection, request: &CommandRequest) -> Vec<CommandResponse> {
+    let (mut send, mut recv) = session.open_bi().await.expect("a stream").await.expect("the stream opens");
+    send.write_all(&frame(request)).await.expect("request written");
+    send.finish().await.expect("FIN");
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut recv, &mut bytes).await.expect("the answer, to its end");
+    decode_all(&mut BytesMut::from(&bytes[..]))
+}
+
+/// Every whole frame in `bytes`, taken out of it.
+fn decode_all(bytes: &mut BytesMut) -> Vec<CommandResponse> {
+    let mut codec = FrameCodec::<CommandResponse>::new(64 << 20);
+    let mut frames = Vec::new();
+    while let Some(frame) = codec.decode(bytes).expect("a well-formed answer") {
+        frames.push(frame);
+    }
+    frames
+}
+
+/// Reads WebSocket messages until `count` answers (their last frames) have arrived.
+async fn answers(socket: &mut WebSocket, count: usize) -> Vec<Vec<CommandResponse>> {
+    let mut received = BytesMut::new();
+    let mut answers = vec![Vec::new()];
+    while answers.len() <= count {
+        match socket.next().await.expect("a message").expect("the session stays up") {
+            Message::Binary(bytes) => received.extend_from_slice(&bytes),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+        for frame in decode_all(&mut received) {
+            let last = !frame.more;
+            answers.last_mut().expect("an answer").push(frame);
+            if last {
+                answers.push(Vec::new());
+            }
+        }
+    }
+    answers.pop();
+    answers
+}
+
+#[tokio::test]
+async fn a_webtransport_session_serves_one_exchange_per_stream() {
+    let browsers = Browsers::start_with(|config| config.service.response_frame_target = 64).await;
+    let session = browsers.webtransport(Some(&browsers.own_origin()), "/").await.expect("a session");
+    let set = exchange(&session, &CommandRequest::hset("t", "k", "v")).await;
+    assert_eq!((set.len(), set[0].status), (1, status::OK), "{set:?}");
+    for i in 0..20 {
+        exchange(&session, &CommandRequest::hset("t", format!("k{i:02}"), Value::from(i as i64))).await;
+    }
+    // Streams are independent: many at once, each answered on its own.
+    let gets = (0..20).map(|i| {
+        let session = &session;
+        async move { exchange(session, &CommandRequest::hget("t", format!("k{i:02}"))).await }
+    });
+    for (i, answer) in futures_util::future::join_all(gets).await.into_iter().enumerate() {
+        assert_eq!(answer[0].values, vec![Value::from(i as i64)], "{answer:?}");
+    }
+    // A long answer spans frames on its stream, the last with more = false.
+    let all = exchange(&session, &CommandRequest::hgetall("t")).await;
+    assert!(all.len() > 1, "small frames: {all:?}");
+    assert!(all[..all.len() - 1].iter().all(|f| f.more) && !all[all.len() - 1].more);
+    assert_eq!(all.iter().map(|f| f.pairs.len()).sum::<usize>(), 21);
+    // The same data is there for qkv's own clients.
+    let client = browsers.server.client().await;
+    assert_eq!(client.hget("t", "k").await.expect("hget").map(|e| e.value), Some(Value::from("v")));
+}
+
+#[tokio::test]
+async fn the_webtransport_certificate_is_one_browsers_accept_by_hash() {
+    let browsers = Browsers::start().await;
+    let published = browsers.webtransport_cert().await;
+    assert_eq!(published["self_issued"], true);
+    let session = browsers.webtransport(Some(&browsers.own_origin()), "/").await.expect("a session");
+    let chain = session.peer_identity().expect("the server's certificate");
+    let (_, cert) = x509_parser::parse_x509_certificate(chain.as_slice()[0].der()).expect("X.509");
+    let validity = cert.validity();
+    let days = (validity.not_after.timestamp() - validity.not_before.timestamp()) / 86_400;
+    assert!(days <= 14, "valid for {days} days: browsers refuse more than 14");
+    assert_eq!(
+        cert.public_key().algorithm.algorithm,
+        x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY,
+        "an ECDSA key (P-256)"
+    );
+    // qkv's own clients still get the server's certificate, from the CA they trust.
+    let client = browsers.server.client().await;
+    client.ping("p").await.expect("a QUIC client still connects");
+}
+
+#[tokio::test]
+async fn webtransport_sessions_from_other_origins_or_for_other_paths_are_refused() {
+    let browsers =
+        Browsers::start_with(|config| config.web_origins = vec!["https://app.example".into()]).await;
+    let refused = browsers.webtransport(Some("https://evil.example"), "/").await;
+    assert!(matches!(refused, Err(ConnectingError::SessionRejected)), "{:?}", refused.err());
+    let refused = browsers.webtransport(Some(&browsers.own_origin()), "/elsewhere").await;
+    assert!(matches!(refused, Err(ConnectingError::SessionRejected)), "{:?}", refused.err());
+    browsers.webtransport(Some("https://app.example"), "/").await.expect("an allowed origin");
+    browsers.webtransport(None, "/").await.expect("no origin: not a page");
+}
+
+#[tokio::test]
+async fn a_websocket_carries_the_tcp_byte_stream_whatever_its_message_boundaries() {
+    let browsers = Browsers::start().await;
+    let mut socket = browsers.websocket(Some(&browsers.own_origin())).await.expect("a WebSocket");
+    let requests = [
+        CommandRequest::hset("t", "a", "1"),
+        CommandRequest::hset("t", "a", "2"),
+        CommandRequest::hget("t", "a"),
+        CommandRequest::hset("t", "b", "3"),
+        CommandRequest::hgetall("t"),
+    ];
+    let bytes: Vec<u8> = requests.iter().flat_map(|r| frame(r).to_vec()).collect();
+    // The first request a byte per message, the rest in one message: frames span messages, and
+    // messages carry several frames.
+    let first = frame(&requests[0]).len();
+    for byte in &bytes[..first] {
+        socket.send(Message::binary(vec![*byte])).await.expect("sent");
+    }
+    socket.send(Message::binary(bytes[first..].to_vec())).await.expect("sent");
+    let answers = answers(&mut socket, requests.len()).await;
+    // In request order: each sees the writes before it.
+    assert_eq!(answers[1][0].values, vec![Value::from("1")], "{answers:?}");
+    assert_eq!(answers[2][0].values, vec![Value::from("2")], "{answers:?}");
+    let pairs: Vec<_> = answers[4].iter().flat_map(|f| f.pairs.iter().map(|p| p.key.clone())).collect();
+    assert_eq!(pairs, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn websockets_from_other_origins_are_refused() {
+    let browsers =
+        Browsers::start_with(|config| config.web_origins = vec!["https://app.example".into()]).await;
+    match browsers.websocket(Some("https://evil.example")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    browsers.websocket(Some("https://app.example")).await.expect("an allowed origin");
+    browsers.websocket(None).await.expect("no origin: not a page");
+}
+
+#[tokio::test]
+async fn a_text_message_or_one_over_the_limit_ends_the_session() {
+    let browsers = Browsers::start_with(|config| config.websocket_max_message = 4096).await;
+    let own = browsers.own_origin();
+    let mut socket = browsers.websocket(Some(&own)).await.expect("a WebSocket");
+    socket.send(Message::text("HGET t k")).await.expect("sent");
+    assert_eq!(closed(&mut socket).await, Some(CloseCode::Unsupported), "a text message is not qkv's");
+
+    let mut socket = browsers.websocket(Some(&own)).await.expect("a WebSocket");
+    socket.send(Message::binary(vec![0u8; 8192])).await.expect("sent");
+    assert_eq!(closed(&mut socket).await, Some(CloseCode::Size), "over --websocket-max-message");
+
+    // Within the limit, a large request travels in several messages.
+    let mut socket = browsers.websocket(Some(&own)).await.expect("a WebSocket");
+    let large = frame(&CommandRequest::hset("t", "large", "x".repeat(10_000)));
+    for chunk in large.chunks(4096) {
+        socket.send(Message::binary(chunk.to_vec())).await.expect("sent");
+    }
+    let answer = answers(&mut socket, 1).await;
+    assert_eq!(answer[0][0].status, status::OK, "{answer:?}");
+}
+
+/// Reads until the server closes the session; its close code, if it sent one.
+async fn closed(socket: &mut WebSocket) -> Option<CloseCode> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("closed in time") {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_sessions_end_when_the_server_shuts_down() {
+    let mut browsers = Browsers::start().await;
+    let mut socket = browsers.websocket(None).await.expect("a WebSocket");
+    socket
+        .send(Message::binary(frame(&CommandRequest::ping(bytes::Bytes::new())).to_vec()))
+        .await
+        .expect("sent");
+    answers(&mut socket, 1).await;
+    browsers.server.begin_stop();
+    // As on TCP: a 503 announces the end (nothing later was executed), then the session closes.
+    let announced = answers(&mut socket, 1).await;
+    assert_eq!(announced[0][0].status, status::UNAVAILABLE, "{announced:?}");
+    assert_eq!(closed(&mut socket).await, Some(CloseCode::Away));
+    browsers.server.stopped().await;
+}
