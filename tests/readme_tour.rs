@@ -8,7 +8,8 @@
 //!   up exactly as the server's do;
 //! - measurements (decimal numbers, like a ping's milliseconds): any number;
 //! - the server's address: the README shows the default, 127.0.0.1:9527;
-//! - a line `...`: the command's remaining lines, whatever they are.
+//! - a line `...`: the command's remaining lines, whatever they are;
+//! - `…` within a line: any text there (a hash, a date).
 
 mod common;
 
@@ -22,6 +23,9 @@ const ALIAS: &str = "alias qkv='cargo run --release --quiet --'";
 
 /// What the README shows for the server's address.
 const README_ADDR: &str = "127.0.0.1:9527";
+
+/// In a line the README shows: any text, at least a character.
+const ELIDED: &str = "…";
 
 /// Printed before each command's output, to tell the outputs apart.
 const MARKER: &str = "@@readme-tour-step@@";
@@ -85,6 +89,9 @@ fn tokens(line: &str) -> Vec<Token<'_>> {
 /// Compares a line the README shows with one the tour printed; `offset` is what the printed versions
 /// add to the README's, set by the first version met.
 fn line_matches(expected: &str, actual: &str, offset: &mut Option<i128>) -> Result<(), String> {
+    if expected.contains(ELIDED) {
+        return elided_matches(expected, actual);
+    }
     let (expected, actual) = (tokens(expected), tokens(actual));
     if expected.len() != actual.len() {
         return Err("different shapes".into());
@@ -106,6 +113,28 @@ fn line_matches(expected: &str, actual: &str, offset: &mut Option<i128>) -> Resu
             (Token::Number(e), Token::Number(a)) if e == a => {}
             (e, a) => return Err(format!("{e:?} is shown, {a:?} printed")),
         }
+    }
+    Ok(())
+}
+
+/// A line with `…` stands for any text there (a hash, a date); the rest must be printed as shown.
+fn elided_matches(expected: &str, actual: &str) -> Result<(), String> {
+    let mut parts = expected.split(ELIDED);
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = actual.strip_prefix(first) else {
+        return Err(format!("it does not start with {first:?}"));
+    };
+    let parts: Vec<&str> = parts.collect();
+    for (i, part) in parts.iter().enumerate() {
+        let at = if i + 1 == parts.len() {
+            rest.len().checked_sub(part.len()).filter(|&at| rest.is_char_boundary(at) && rest[at..] == **part)
+        } else {
+            rest.find(part)
+        };
+        let Some(at) = at.filter(|&at| at > 0) else {
+            return Err(format!("{part:?} is not printed after …"));
+        };
+        rest = &rest[at + part.len()..];
     }
     Ok(())
 }
@@ -135,11 +164,12 @@ async fn the_readme_tour_prints_what_the_readme_shows() {
         .await
         .expect("sh runs");
     let printed = String::from_utf8_lossy(&output.stdout).replace(&server.addr.to_string(), README_ADDR);
-    assert_printed_as_shown(&steps[1..], &printed);
+    assert!(assert_printed_as_shown(&steps[1..], &printed), "the tour shows versions");
 }
 
 /// Each step's output in `printed` (each after a marker line) is what the README shows under it.
-fn assert_printed_as_shown(steps: &[Step], printed: &str) {
+/// Whether it showed versions.
+fn assert_printed_as_shown(steps: &[Step], printed: &str) -> bool {
     let marker_line = format!("{MARKER}\n");
     let mut outputs = printed.split(&marker_line);
     assert_eq!(outputs.next(), Some(""), "nothing before the first command: {printed}");
@@ -170,14 +200,28 @@ fn assert_printed_as_shown(steps: &[Step], printed: &str) {
             mismatch(format!("{extra:?} is not shown"));
         }
     }
-    assert!(offset.is_some(), "the tour shows versions");
+    offset.is_some()
 }
 
 /// The README's curl examples of the REST API print what it shows: against a server started as its
 /// first line says (on a free port instead of the one shown), trusting that server's CA.
 #[tokio::test]
 async fn the_readme_http_examples_print_what_the_readme_shows() {
-    let steps = console_block("HTTP: REST and gRPC");
+    assert!(assert_curl_examples("HTTP: REST and gRPC").await, "the examples show versions");
+}
+
+/// The README's browser section: what `/webtransport-cert` tells a page.
+#[tokio::test]
+async fn the_readme_browser_examples_print_what_the_readme_shows() {
+    assert_curl_examples("From a browser").await;
+}
+
+/// Runs the first `console` block of the README's section `heading`: a `qkv serve --web` line, then
+/// curl commands, which must print what the README shows. The server runs on free ports, which the
+/// output shows as the README's (the web listener's 9443, the QUIC port's 9527). Whether they showed
+/// versions.
+async fn assert_curl_examples(heading: &str) -> bool {
+    let steps = console_block(heading);
     let readme_web = "localhost:9443";
     let serve = format!("qkv serve --web 127.0.0.1:{} &", readme_web.rsplit(':').next().unwrap_or_default());
     assert_eq!(
@@ -185,7 +229,7 @@ async fn the_readme_http_examples_print_what_the_readme_shows() {
         Some(serve.as_str()),
         "the examples start the server"
     );
-    assert!(steps.len() > 3 && steps[1..].iter().all(|s| s.command.contains("curl ")), "{steps:#?}");
+    assert!(steps.len() > 1 && steps[1..].iter().all(|s| s.command.contains("curl ")), "{steps:#?}");
 
     let mut server = ServerProcess::start(&["--web", "127.0.0.1:0"]).await;
     let web = format!("localhost:{}", server.web_addr().await.port());
@@ -202,8 +246,11 @@ async fn the_readme_http_examples_print_what_the_readme_shows() {
         .output()
         .await
         .expect("sh runs");
-    let printed = String::from_utf8_lossy(&output.stdout).replace(&web, readme_web);
-    assert_printed_as_shown(&steps[1..], &printed);
+    let quic_port = format!("\"port\":{}", server.addr.port());
+    let printed = String::from_utf8_lossy(&output.stdout)
+        .replace(&web, readme_web)
+        .replace(&quic_port, &format!("\"port\":{}", README_ADDR.rsplit(':').next().unwrap_or_default()));
+    assert_printed_as_shown(&steps[1..], &printed)
 }
 
 #[test]
@@ -220,6 +267,33 @@ fn versions_measurements_and_text_are_told_apart() {
     assert!(line_matches("born\t1815", "born\t1816", &mut offset).is_err());
     assert!(line_matches("Ada King", "Ada Lovelace", &mut offset).is_err());
     assert!(line_matches("false", "false true", &mut offset).is_err());
+    // `…` elides any text, but at least a character, and nothing else.
+    assert!(
+        line_matches(
+            r#"{"sha256":"…","self_issued":true}"#,
+            r#"{"sha256":"a1b2","self_issued":true}"#,
+            &mut offset
+        )
+        .is_ok()
+    );
+    assert!(
+        line_matches(
+            r#"{"sha256":"…","self_issued":true}"#,
+            r#"{"sha256":"","self_issued":true}"#,
+            &mut offset
+        )
+        .is_err()
+    );
+    assert!(
+        line_matches(
+            r#"{"sha256":"…","self_issued":true}"#,
+            r#"{"sha256":"ab","self_issued":false}"#,
+            &mut offset
+        )
+        .is_err()
+    );
+    assert!(line_matches("at … and …", "at noon and later", &mut offset).is_ok());
+    assert!(line_matches("at … and …", "by noon and later", &mut offset).is_err());
 }
 
 /// The commands of the README's section "Operations", in order: the configuration printed to a file, a

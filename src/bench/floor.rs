@@ -44,7 +44,8 @@ pub async fn serve_floor(
     certs.ensure_server_certificate().map_err(|e| setup(&e))?;
     let identity =
         Identity::from_pem_files(&certs.server_cert(), &certs.server_key()).map_err(|e| setup(&e))?;
-    let tls = tls::server_configs(identity, tls::DEFAULT_SESSION_CACHE, None, tls::WebTransportCert::Server).map_err(|e| setup(&e))?;
+    let tls = tls::server_configs(identity, tls::DEFAULT_SESSION_CACHE, None, tls::WebTransportCert::Server)
+        .map_err(|e| setup(&e))?;
     let sockets = transport::bind(listen, tls, tcp, &limits, &QuicOptions::default())
         .map_err(|e| setup(&format!("cannot listen on {listen} ({}): {}", e.protocol, e.cause)))?;
     let _ = bound.send(sockets.quic.local_addr().map_err(|e| setup(&e))?);

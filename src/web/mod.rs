@@ -89,8 +89,12 @@ pub async fn serve<H: Handler>(
     let WebOptions { max_header_size, grace, browsers } = options;
     let addr = listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
     match security {
-        WebSecurity::Tls(_) => info!(%addr, "web listener serving REST and gRPC over HTTPS"),
-        WebSecurity::Plaintext => info!(%addr, "web listener serving REST and gRPC over plaintext HTTP"),
+        WebSecurity::Tls(_) => {
+            info!(%addr, console = %format!("https://{addr}/"), "web listener serving REST, gRPC, WebSocket and the console over HTTPS")
+        }
+        WebSecurity::Plaintext => {
+            info!(%addr, console = %format!("http://{addr}/"), "web listener serving REST, gRPC, WebSocket and the console over plaintext HTTP")
+        }
     }
     let memory = admission.memory().clone();
     // A REST body carries a value as text (binary as base64, a third larger); a gRPC body is a frame's

@@ -212,7 +212,12 @@ pub fn server_endpoint(
 ) -> io::Result<Endpoint> {
     let crypto = QuicServerConfig::try_from(tls).map_err(invalid_input)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(limits, options, limits.max_concurrent_requests, HTTP3_UNI_STREAMS)?));
+    config.transport_config(Arc::new(transport_config(
+        limits,
+        options,
+        limits.max_concurrent_requests,
+        HTTP3_UNI_STREAMS,
+    )?));
     // A phone moving from Wi-Fi to cellular keeps its connection (quinn's default, stated here).
     config.migration(true);
     let socket = bind_udp(addr, limits.udp_socket_buffer)?;
