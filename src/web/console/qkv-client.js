@@ -3001,17 +3001,16 @@ function openWebSocket(url, WebSocket, options) {
       return;
     }
     socket.binaryType = "arraybuffer";
-    let error = "", timer = setTimeout(() => {
-      socket.onclose = null, socket.close(), reject(new TransportFailure(`the WebSocket to ${url} did not open within ${options.timeoutMs} ms`, "no"));
-    }, options.timeoutMs);
-    socket.onerror = (event) => {
-      error = errorText(event);
-    }, socket.onclose = (event) => {
-      clearTimeout(timer);
-      let why = error || `closed with code ${event.code ?? "?"}${event.reason ? `: ${event.reason}` : ""}`;
+    let fail = (why) => {
+      clearTimeout(timer), socket.onopen = socket.onerror = socket.onclose = null;
+      try {
+        socket.close();
+      } catch {
+      }
       reject(new TransportFailure(`the WebSocket to ${url} did not open (${why})`, "no"));
-    }, socket.onopen = () => {
-      clearTimeout(timer), resolve(new WebSocketConnection(socket, options.maxFrameSize, options.maxMessage));
+    }, timer = setTimeout(() => fail(`not within ${options.timeoutMs} ms`), options.timeoutMs);
+    socket.onerror = (event) => fail(errorText(event)), socket.onclose = (event) => fail(`closed with code ${event.code ?? "?"}${event.reason ? `: ${event.reason}` : ""}`), socket.onopen = () => {
+      clearTimeout(timer), socket.onopen = socket.onerror = socket.onclose = null, resolve(new WebSocketConnection(socket, options.maxFrameSize, options.maxMessage));
     };
   });
 }
@@ -3037,8 +3036,7 @@ var PipelinedAnswer = class {
   constructor(socket, maxFrameSize, maxMessage = 65536) {
     this.socket = socket;
     this.maxMessage = maxMessage;
-    this.decoder = new FrameDecoder(maxFrameSize), socket.onmessage = (event) => this.received(event.data), socket.onclose = (event) => this.ended(`the server closed the WebSocket (code ${event.code ?? "?"}${event.reason ? `: ${event.reason}` : ""})`), socket.onerror = () => {
-    };
+    this.decoder = new FrameDecoder(maxFrameSize), socket.onmessage = (event) => this.received(event.data), socket.onclose = (event) => this.ended(`the server closed the WebSocket (code ${event.code ?? "?"}${event.reason ? `: ${event.reason}` : ""})`), socket.onerror = (event) => this.broken(`the WebSocket failed: ${errorText(event)}`);
   }
   socket;
   maxMessage;
@@ -3540,7 +3538,9 @@ var QkvClient = class {
     let every = this.settings.keepAliveMs;
     every <= 0 || this.closedBy !== void 0 || (this.keepAlive = setTimeout(
       () => {
-        Date.now() - this.lastSent >= every && this.connection?.open && (this.lastSent = Date.now(), this.ping().catch(() => {
+        let connection = this.connection;
+        Date.now() - this.lastSent >= every && connection?.open && (this.lastSent = Date.now(), this.ping().catch((e) => {
+          e instanceof QkvError && e.status === 0 && this.connection === connection && connection.close();
         })), this.scheduleKeepAlive();
       },
       Math.max(0, this.lastSent + every - Date.now())

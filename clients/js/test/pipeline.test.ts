@@ -1,0 +1,315 @@
+// Pipelining over the WebSocket byte stream (docs/PROTOCOL.md, section 2.2): answers matched to
+// requests in order whatever the cuts between messages, messages of at most 64 KiB, and what the client
+// does when the connection is lost: retries, errors that say whether a request ran, reconnection.
+
+import { afterEach, test } from "node:test";
+import assert from "node:assert/strict";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { CommandResponseSchema, type CommandRequest, type CommandResponse } from "../src/gen/kv_pb.js";
+import { connect, QkvError, value, type Client, type ClientState, type ConnectOptions } from "../src/index.js";
+import { toPb } from "../src/value.js";
+import { FakeServer, type FakeSocket } from "./fake-websocket.js";
+
+type Init = MessageInitShape<typeof CommandResponseSchema>;
+const frame = (init: Init): CommandResponse => create(CommandResponseSchema, { status: 200, ...init });
+
+/** A toy store behind the fake: enough of each command's answer to tell answers apart. */
+function store(): (request: CommandRequest) => CommandResponse[] {
+  const data = new Map<string, { value: string; version: bigint }>();
+  let version = 100n;
+  return (request) => {
+    const r = request.requestData;
+    switch (r.case) {
+      case "hget": {
+        const found = data.get(r.value.key);
+        if (!found) return [frame({ status: 404, message: "not found" })];
+        return [frame({ values: [toPb(found.value)], versions: [found.version] })];
+      }
+      case "hset": {
+        const v = r.value.pair?.value?.value;
+        const text = v?.case === "string" ? v.value : String(v?.value);
+        const previous = data.get(r.value.pair?.key ?? "");
+        data.set(r.value.pair?.key ?? "", { value: text, version: ++version });
+        return [frame({ values: [previous ? toPb(previous.value) : {}], versions: [version] })];
+      }
+      case "hmget":
+        // One frame per key: a multi-frame answer.
+        return r.value.keys.map((key, i) => {
+          const found = data.get(key);
+          return frame({
+            more: i < r.value.keys.length - 1,
+            values: [found ? toPb(found.value) : {}],
+            versions: [found?.version ?? 0n],
+          });
+        });
+      case "ping":
+        return [frame({ values: [toPb(r.value.payload)] })];
+      default:
+        return [frame({ status: 400, message: `the fake does not serve ${r.case}` })];
+    }
+  };
+}
+
+const clients: Client[] = [];
+afterEach(() => {
+  for (const client of clients.splice(0)) client.close();
+});
+
+async function client(server: FakeServer, options: ConnectOptions = {}): Promise<Client> {
+  const c = await connect({
+    url: "https://qkv.test",
+    transport: "websocket",
+    WebSocket: server.WebSocket,
+    keepAliveMs: 0,
+    reconnect: { initialDelayMs: 1, maxDelayMs: 5 },
+    ...options,
+  });
+  clients.push(c);
+  return c;
+}
+
+/** The next state the client changes to. */
+function nextState(c: Client): Promise<ClientState> {
+  return new Promise((resolve) => {
+    c.onstatechange = (state) => {
+      c.onstatechange = undefined;
+      resolve(state);
+    };
+  });
+}
+
+test("the WebSocket goes to /ws on the web listener, as ws: or wss:", async () => {
+  const server = new FakeServer(store());
+  await client(server);
+  await client(server, { url: "http://localhost:9528/" });
+  await client(server, { url: "https://example.com/qkv" });
+  assert.deepEqual(
+    server.sockets.map((s) => s.url),
+    ["wss://qkv.test/ws", "ws://localhost:9528/ws", "wss://example.com/qkv/ws"],
+  );
+  assert.equal(server.sockets[0].binaryType, "arraybuffer");
+});
+
+for (const seed of [1, 2, 3, 4, 5]) {
+  test(`hundreds of concurrent requests are each answered with their own answer (cuts, seed ${seed})`, async () => {
+    const server = new FakeServer(store(), seed);
+    const c = await client(server);
+    for (let i = 0; i < 50; i++) await c.hset("t", `k${i}`, `v${i}`);
+    server.holding = true;
+    const calls: Promise<unknown>[] = [];
+    const expected: unknown[] = [];
+    for (let i = 0; i < 300; i++) {
+      const key = `k${i % 60}`;
+      switch (i % 4) {
+        case 0:
+          calls.push(c.hget("t", key).then((e) => e && [e.key, e.value.value]));
+          expected.push(i % 60 < 50 ? [key, `v${i % 60}`] : undefined);
+          break;
+        case 1:
+          calls.push(c.hmget("t", [key, "missing", "k1"]).then((es) => es.map((e) => e?.value.value)));
+          expected.push([i % 60 < 50 ? `v${i % 60}` : undefined, undefined, "v1"]);
+          break;
+        case 2:
+          calls.push(c.ping(new Uint8Array([i & 0xff, i >> 8])).then((p) => [...p.payload]));
+          expected.push([i & 0xff, i >> 8]);
+          break;
+        case 3:
+          calls.push(c.hexist("t", key).then(() => "unexpected", (e: QkvError) => e.status));
+          expected.push(400);
+          break;
+      }
+    }
+    // Everything was sent before any answer came; then every answer arrives at once, cut at random.
+    await new Promise((resolve) => setTimeout(resolve));
+    assert.equal(server.requests.length, 350);
+    server.release();
+    assert.deepEqual(await Promise.all(calls), expected);
+    assert.equal(server.sockets.length, 1, "all on one connection");
+    assert.ok(server.messageSizes.length < 350, "requests sent together share messages");
+  });
+}
+
+test("a frame larger than 64 KiB is sent in messages of at most 64 KiB", async () => {
+  const server = new FakeServer(store());
+  const c = await client(server);
+  const big = "x".repeat(200_000);
+  await Promise.all([c.hset("t", "big", big), c.hset("t", "small", "s")]);
+  assert.ok(server.messageSizes.every((size) => size <= 65_536), `${server.messageSizes}`);
+  assert.ok(server.messageSizes.length >= 4);
+  assert.equal((await c.hget("t", "big"))?.value.value, big);
+});
+
+test("when the connection is lost, reads are sent again; a write's outcome is unknown; the client reconnects", async () => {
+  const server = new FakeServer(store());
+  const c = await client(server);
+  await c.hset("t", "k", "before");
+  server.holding = true;
+  const states: ClientState[] = [];
+  c.onstatechange = (state) => states.push(state);
+  const read = c.hget("t", "k");
+  const write = c.hset("t", "k", "lost?");
+  write.catch(() => {}); // examined below
+  await new Promise((resolve) => setTimeout(resolve));
+  server.holding = false;
+  server.sockets[0].serverClose();
+  const entry = await read;
+  assert.equal(entry?.value.value, "lost?", "the read was sent again on the new connection (after the write ran)");
+  await assert.rejects(write, (e: unknown) => {
+    assert.ok(e instanceof QkvError);
+    assert.equal(e.status, 0);
+    assert.equal(e.executed, "maybe");
+    return true;
+  });
+  assert.deepEqual(states, ["reconnecting", "connected"]);
+  assert.equal(server.sockets.length, 2);
+  assert.equal((await c.hget("t", "k"))?.value.value, "lost?");
+});
+
+test("after a 503 the server executed nothing more on the connection: those requests are sent again", async () => {
+  let refusing: FakeSocket | undefined;
+  const inner = store();
+  const server = new FakeServer((request, socket) => {
+    if (socket === refusing) return []; // the server executes nothing more on it
+    if (refusing === undefined && request.requestData.case === "hset") {
+      refusing = socket;
+      // The answer to this request, then the connection ends; the requests after it were not executed.
+      server.deliver(socket, [frame({ status: 503, message: "the server is shutting down; nothing was executed" })]);
+      socket.serverClose();
+      return [];
+    }
+    return inner(request);
+  });
+  const c = await client(server);
+  const [first, second] = await Promise.all([c.hset("t", "a", "1"), c.hset("t", "b", "2")]);
+  assert.ok(first.version > 0n && second.version > 0n && first.version !== second.version);
+  assert.equal(server.sockets.length, 2);
+  assert.deepEqual(
+    server.requests.map((r) => r.requestData.case),
+    ["hset", "hset", "hset", "hset"],
+    "both sent on the first connection, and again on the second",
+  );
+});
+
+test("with reconnecting off, a lost connection closes the client", async () => {
+  const server = new FakeServer(store());
+  const c = await client(server, { reconnect: false });
+  const closed = nextState(c);
+  server.sockets[0].serverClose();
+  assert.equal(await closed, "closed");
+  await assert.rejects(c.ping(), (e: unknown) => e instanceof QkvError && e.status === 0 && e.executed === "no");
+});
+
+test("reconnection gives up after maxAttempts, and the client is closed", async () => {
+  const server = new FakeServer(store());
+  const c = await client(server, { reconnect: { initialDelayMs: 1, maxDelayMs: 2, maxAttempts: 3 } });
+  server.refusing = true;
+  const states: ClientState[] = [];
+  const closed = new Promise<void>((resolve) => {
+    c.onstatechange = (state) => {
+      states.push(state);
+      if (state === "closed") resolve();
+    };
+  });
+  const pending = c.hget("t", "k");
+  server.sockets[0].serverClose();
+  await closed;
+  assert.deepEqual(states, ["reconnecting", "closed"]);
+  assert.equal(server.sockets.length, 4, "the first connection and 3 attempts");
+  await assert.rejects(pending, (e: unknown) => e instanceof QkvError && /3 attempts/.test(e.message));
+});
+
+test("a call times out when no answer comes", async () => {
+  const server = new FakeServer(() => []);
+  const c = await client(server, { requestTimeoutMs: 20 });
+  await assert.rejects(c.hset("t", "k", 1), (e: unknown) => {
+    assert.ok(e instanceof QkvError);
+    assert.equal(e.status, 0);
+    assert.equal(e.executed, "maybe");
+    return true;
+  });
+});
+
+test("connect fails with status 0 when the WebSocket does not open", async () => {
+  const server = new FakeServer(store());
+  server.refusing = true;
+  await assert.rejects(
+    connect({ url: "https://qkv.test", transport: "websocket", WebSocket: server.WebSocket }),
+    (e: unknown) => e instanceof QkvError && e.status === 0 && /connection refused/.test(e.message),
+  );
+  const global = globalThis as { WebSocket?: unknown };
+  const WebSocket = global.WebSocket;
+  delete global.WebSocket;
+  try {
+    await assert.rejects(connect({ url: "https://qkv.test", transport: "websocket" }), /no WebSocket/);
+  } finally {
+    global.WebSocket = WebSocket;
+  }
+});
+
+test("a subscription has a WebSocket of its own; its events come in order; close unsubscribes", async () => {
+  let subscriber: FakeSocket | undefined;
+  const server = new FakeServer((request, socket) => {
+    const r = request.requestData;
+    if (r.case === "subscribe") {
+      subscriber = socket;
+      return [frame({ more: true, values: [toPb(7)] })];
+    }
+    if (r.case === "unsubscribe") {
+      assert.equal(r.value.id, 7);
+      assert.equal(r.value.topic, "news");
+      return [frame({ message: "unsubscribed" }), frame({})];
+    }
+    return [frame({ values: [toPb(1), toPb(0)] })];
+  });
+  const c = await client(server);
+  const subscription = c.subscribe("news");
+  await subscription.ready;
+  assert.equal(subscription.id, 7);
+  assert.notEqual(subscriber, server.sockets[0], "not the client's connection");
+  assert.equal(await c.publish("news", ["ignored by the fake"]), 1);
+  server.deliver(subscriber as FakeSocket, [
+    frame({ more: true, values: [toPb("one"), toPb(1)] }),
+    frame({ more: true, missed: 5n }),
+    frame({ more: true, values: [] }),
+    frame({ more: true, values: [toPb("two")] }),
+  ]);
+  const events = [];
+  for await (const event of subscription) {
+    events.push(event);
+    if (events.length === 4) break; // unsubscribes
+  }
+  assert.deepEqual(events, [
+    { kind: "message", values: [value("one"), value(1)] },
+    { kind: "missed", count: 5n },
+    { kind: "message", values: [] },
+    { kind: "message", values: [value("two")] },
+  ]);
+  assert.equal(server.requests.at(-1)?.requestData.case, "unsubscribe");
+  assert.ok(subscriber?.closedByClient, "its connection closed after the Unsubscribe's answer");
+});
+
+test("a subscription whose connection is lost is made again, with a missed event", async () => {
+  let id = 0;
+  const subscribers: FakeSocket[] = [];
+  const server = new FakeServer((request, socket) => {
+    if (request.requestData.case === "subscribe") {
+      subscribers.push(socket);
+      return [frame({ more: true, values: [toPb(++id)] })];
+    }
+    return [];
+  });
+  const c = await client(server);
+  const subscription = c.subscribe("news");
+  const events = subscription[Symbol.asyncIterator]();
+  await subscription.ready;
+  server.deliver(subscribers[0], [frame({ more: true, values: [toPb("before")] })]);
+  assert.deepEqual((await events.next()).value, { kind: "message", values: [value("before")] });
+  subscribers[0].serverClose();
+  assert.deepEqual((await events.next()).value, { kind: "missed", count: 1n, reconnected: true });
+  assert.equal(subscription.id, 2);
+  server.deliver(subscribers[1], [frame({ more: true, values: [toPb("after")] })]);
+  assert.deepEqual((await events.next()).value, { kind: "message", values: [value("after")] });
+  // The server ends it for lagging (429): the iterator fails with that.
+  server.deliver(subscribers[1], [frame({ status: 429, message: "dropped: the subscriber did not keep up" })]);
+  await assert.rejects(events.next(), (e: unknown) => e instanceof QkvError && e.status === 429);
+});

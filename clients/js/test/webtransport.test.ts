@@ -1,0 +1,110 @@
+// WebTransport (docs/PROTOCOL.md, sections 1.1 and 2.1) against a fake session: each request on a
+// bidirectional stream of its own, its writable side closed after the one frame, the answer read to
+// the end of the stream (the server's FIN), and a request over the maximum frame size never sent.
+
+import { afterEach, test } from "node:test";
+import assert from "node:assert/strict";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { CommandRequestSchema, CommandResponseSchema, type CommandRequest, type CommandResponse } from "../src/gen/kv_pb.js";
+import { FrameDecoder, concat, encodeFrame } from "../src/frame.js";
+import { connect, QkvError, type Client } from "../src/index.js";
+import { toPb } from "../src/value.js";
+
+/** One stream as the server sees it. */
+interface Exchange {
+  request?: CommandRequest;
+  /** The client closed its writable side (FIN). */
+  finished: boolean;
+  /** Resolves once the client has read the end of the readable side (the server's FIN). */
+  readToEnd: Promise<void>;
+}
+
+/** A WebTransport session whose streams are answered by `answer`, one chunk per frame. */
+class FakeSession {
+  static exchanges: Exchange[] = [];
+  static answer: (request: CommandRequest) => CommandResponse[] = () => [];
+  readonly ready = Promise.resolve();
+  readonly closed = new Promise<void>(() => {});
+
+  constructor(readonly url: string) {}
+
+  async createBidirectionalStream() {
+    let readToEnd!: () => void;
+    const exchange: Exchange = { finished: false, readToEnd: new Promise((resolve) => (readToEnd = resolve)) };
+    FakeSession.exchanges.push(exchange);
+    const pieces: Uint8Array[] = [];
+    let answered: (chunks: Uint8Array[]) => void;
+    const answer = new Promise<Uint8Array[]>((resolve) => (answered = resolve));
+    const writable = new WritableStream<Uint8Array>({
+      write: (chunk) => void pieces.push(chunk.slice()),
+      close: () => {
+        exchange.finished = true;
+        const [payload] = new FrameDecoder().push(concat(pieces));
+        exchange.request = fromBinary(CommandRequestSchema, payload);
+        answered(FakeSession.answer(exchange.request).map((r) => encodeFrame(toBinary(CommandResponseSchema, r))));
+      },
+    });
+    const readable = new ReadableStream<Uint8Array>(
+      {
+        async pull(controller) {
+          const chunk = (await answer).shift();
+          if (chunk !== undefined) return controller.enqueue(chunk);
+          readToEnd();
+          controller.close();
+        },
+      },
+      { highWaterMark: 0 },
+    );
+    return { readable, writable };
+  }
+
+  close(): void {}
+}
+
+const clients: Client[] = [];
+afterEach(() => {
+  for (const client of clients.splice(0)) client.close();
+  FakeSession.exchanges = [];
+});
+
+async function client(): Promise<Client> {
+  (globalThis as { WebTransport?: unknown }).WebTransport = FakeSession;
+  try {
+    const c = await connect({
+      url: "https://qkv.test:9528",
+      transport: "webtransport",
+      webTransportUrl: "https://qkv.test:9527/",
+      serverCertificateHashes: [],
+      keepAliveMs: 0,
+      maxFrameSize: 4096,
+    });
+    clients.push(c);
+    return c;
+  } finally {
+    delete (globalThis as { WebTransport?: unknown }).WebTransport;
+  }
+}
+
+const ok = (init: Parameters<typeof create<typeof CommandResponseSchema>>[1]) => create(CommandResponseSchema, { status: 200, ...init });
+
+// The timeout fails a client that never reads a stream's end (the test would wait for it forever).
+test("each request has a stream of its own, finished after its frame; the answer is read to the stream's end", { timeout: 10_000 }, async () => {
+  FakeSession.answer = (request) =>
+    request.requestData.case === "hmget"
+      ? [ok({ more: true, values: [toPb("a")], versions: [1n] }), ok({ values: [toPb("b")], versions: [2n] })]
+      : [ok({ values: [toPb(new Uint8Array([1]))] })];
+  const c = await client();
+  assert.equal(c.transport, "webtransport");
+  const [entries] = await Promise.all([c.hmget("t", ["x", "y"]), c.ping(new Uint8Array([1]))]);
+  assert.deepEqual(entries.map((e) => e?.version), [1n, 2n], "the frames of one answer, merged");
+  assert.equal(FakeSession.exchanges.length, 2);
+  assert.ok(FakeSession.exchanges.every((e) => e.finished), "FIN after the request");
+  // The end is read after the answer's last frame has been handed over.
+  await Promise.all(FakeSession.exchanges.map((e) => e.readToEnd));
+});
+
+test("a request over maxFrameSize opens no stream and is a 413 from the client", async () => {
+  const c = await client();
+  await assert.rejects(c.hset("t", "k", new Uint8Array(4096)), (e: QkvError) => e.status === 413 && e.executed === "no");
+  assert.equal(FakeSession.exchanges.length, 0);
+});
