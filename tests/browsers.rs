@@ -62,6 +62,21 @@ impl Browsers {
         serde_json::from_slice(&output.stdout).expect("JSON")
     }
 
+    /// The headers of `GET path`, as a page of `origin` asks for it: lower-cased, one per line.
+    async fn headers(&self, path: &str, origin: &str) -> String {
+        let output = Command::new("curl")
+            .args(["-sS", "--fail", "-o", "/dev/null", "-D", "-", "-H"])
+            .arg(format!("origin: {origin}"))
+            .arg("--cacert")
+            .arg(self.server.ca())
+            .arg(format!("{}{path}", self.own_origin()))
+            .output()
+            .await
+            .expect("curl runs (apt install curl)");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).to_lowercase()
+    }
+
     /// A WebTransport session to `path` on the QUIC port, as a page of `origin` opens it: trusting the
     /// certificate by the hash the server publishes.
     async fn webtransport(
@@ -196,6 +211,19 @@ async fn the_webtransport_certificate_is_one_browsers_accept_by_hash() {
     // qkv's own clients still get the server's certificate, from the CA they trust.
     let client = browsers.server.client().await;
     client.ping("p").await.expect("a QUIC client still connects");
+}
+
+/// Any site's page may import the client's bundle (it is public code; what the page may then open is
+/// `--web-origin`'s to say), but the console itself is not for framing, nor for other origins' scripts.
+#[tokio::test]
+async fn other_sites_may_import_the_client_bundle_but_not_embed_the_console() {
+    let browsers = Browsers::start().await;
+    let bundle = browsers.headers("/console/qkv-client.js", "https://app.example").await;
+    assert!(bundle.contains("access-control-allow-origin: *\r\n"), "{bundle}");
+    assert!(bundle.contains("content-type: text/javascript"), "{bundle}");
+    let console = browsers.headers("/", "https://app.example").await;
+    assert!(!console.contains("access-control-allow-origin"), "{console}");
+    assert!(console.contains("frame-ancestors 'none'"), "{console}");
 }
 
 #[tokio::test]

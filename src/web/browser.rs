@@ -95,7 +95,9 @@ pub(super) fn router<H: Handler>(handler: H, browsers: Browsers) -> Router {
         .route("/console/{file}", get(console_file))
         .route("/webtransport-cert", get(webtransport_cert::<H>))
         .route("/v1/stats", get(stats::<H>))
-        .route("/ws", get(websocket::<H>))
+        // HTTP/1.1's upgrade is a GET; HTTP/2's (RFC 8441, which browsers use when the connection
+        // offers it) is a CONNECT.
+        .route("/ws", get(websocket::<H>).connect(websocket::<H>))
         .with_state(state)
 }
 
@@ -104,7 +106,7 @@ const CONSOLE: [(&str, &str, &str); 4] = [
     ("index.html", "text/html; charset=utf-8", include_str!("console/index.html")),
     ("console.js", "text/javascript; charset=utf-8", include_str!("console/console.js")),
     ("console.css", "text/css; charset=utf-8", include_str!("console/console.css")),
-    ("qkv-client.js", "text/javascript; charset=utf-8", include_str!("console/qkv-client.js")),
+    (CLIENT_BUNDLE, "text/javascript; charset=utf-8", include_str!("console/qkv-client.js")),
 ];
 
 async fn console_index() -> Response {
@@ -115,8 +117,12 @@ async fn console_file(Path(file): Path<String>) -> Response {
     console_asset(&file)
 }
 
+/// The client's bundle, which other sites' pages may import as a module (CORS): it is public code, and
+/// what such a page may then open is decided where sessions open, by `--web-origin`.
+const CLIENT_BUNDLE: &str = "qkv-client.js";
+
 fn console_asset(name: &str) -> Response {
-    match CONSOLE.iter().find(|(file, _, _)| *file == name) {
+    let mut response = match CONSOLE.iter().find(|(file, _, _)| *file == name) {
         Some((_, content_type, content)) => (
             [
                 (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
@@ -133,8 +139,12 @@ fn console_asset(name: &str) -> Response {
             *content,
         )
             .into_response(),
-        None => Problem::new(StatusCode::NOT_FOUND, "the console has no such file").into_response(),
+        None => return Problem::new(StatusCode::NOT_FOUND, "the console has no such file").into_response(),
+    };
+    if name == CLIENT_BUNDLE {
+        response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     }
+    response
 }
 
 /// `GET /webtransport-cert`: what a page passes as `serverCertificateHashes`, and where to connect.
