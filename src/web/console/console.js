@@ -272,7 +272,9 @@ function openRow(row) {
 /** Shows the current page again, if it is of `table` (after a write to it). */
 function refreshPageOf(table) {
   if (client && page.table === table) {
-    loadPage(page.table, page.size, page.after, page.before).catch((error) => setStatus("table-status", describe(error), "error"));
+    loadPage(page.table, page.size, page.after, page.before).catch((error) =>
+      setStatus("table-status", describe(error), "error"),
+    );
   }
 }
 
@@ -363,7 +365,8 @@ function showConflictOf(error, table, key) {
   panel.dataset.table = table;
   panel.dataset.key = key;
   if (current?.value) {
-    $("conflict-detail").textContent = `Nothing was changed: "${key}" is no longer at version ${lastRead.version}. It now holds:`;
+    const read = lastRead.version;
+    $("conflict-detail").textContent = `Nothing was changed: "${key}" is no longer at version ${read}. It now holds:`;
     $("conflict-value").replaceChildren(valueElement(current.value));
     $("conflict-kind").textContent = current.value.kind;
     $("conflict-version").textContent = String(current.version);
@@ -612,7 +615,7 @@ function renderStats(stats) {
     tile("p50_ms", "Latency p50", ms(stats.p50_ms)),
     tile("p99_ms", "Latency p99", ms(stats.p99_ms)),
     tile("connections", "Connections", number(sum(connections)), "open now"),
-    tile("storage.keys", "Keys", number(storage.keys)),
+    tile("storage.keys", "Keys", number(storage.keys), storage.keys == null ? "not reported" : "stored"),
     tile("pubsub.subscriptions", "Subscriptions", number(pubsub.subscriptions), "open now"),
   );
   if (stats.errors > 0) tiles.querySelector('[data-stat="errors_per_second"]').classList.add("bad");
@@ -634,17 +637,15 @@ function renderStats(stats) {
     Object.assign(meter, { min: 0, max: budget, value: used, high: budget * 0.8 });
     meter.title = `${((100 * used) / budget).toFixed(1)}% of the budget`;
   }
-  rows.push(
-    line(
-      "storage",
-      "Storage",
-      [
-        ["storage.memory_used_bytes", "memory used", typeof used === "number" ? bytes(used) : "–"],
-        ["storage.memory_budget_bytes", "of a budget of", typeof budget === "number" ? bytes(budget) : "none"],
-      ],
-      meter,
-    ),
-  );
+  const memory = [];
+  if (typeof used === "number") memory.push(["storage.memory_used_bytes", "memory used", bytes(used)]);
+  if (typeof budget === "number") memory.push(["storage.memory_budget_bytes", "of a budget of", bytes(budget)]);
+  const storageLine = line("storage", "Storage", memory, meter);
+  // `null`: the backend does not report its memory (or the server has not measured it yet).
+  if (memory.length === 0) {
+    storageLine.querySelector("dd").replaceChildren(el("small", "memory not reported", { className: "muted" }));
+  }
+  rows.push(storageLine);
 
   rows.push(
     line("pubsub", "Pub/sub", [

@@ -1,0 +1,89 @@
+//! The web console (src/web/console) in a real browser: tests/browser/console.mjs drives Debian's
+//! headless Chromium (playwright-core) against a real server's web listener, like a person would:
+//! sets a key and reads it back, meets a version conflict made by another writer and reloads, pages
+//! through a table, subscribes and watches published messages arrive, and checks that the console
+//! says which transport it uses (and DevTools confirms the browser used it). Once over WebTransport
+//! (the QUIC port) and once over WebSocket; and once against a server without --admin, whose console
+//! says why it shows no figures.
+//!
+//! Chromium trusts the server's development CA through an NSS database in a temporary $HOME, as a
+//! person's browser would after importing it: no certificate check is skipped.
+//!
+//! Needs node, Debian's `chromium` and `certutil` (`libnss3-tools`), and tests/browser/node_modules
+//! (`npm ci` there): `cargo xtask test` installs them all.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use qkv::transport::Transport;
+use tokio::process::Command;
+
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+
+/// Far above what a visit takes (a few seconds), so that only a hang fails by time.
+const VISIT_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[tokio::test]
+async fn the_console_works_over_webtransport() {
+    visit_the_console("webtransport", Figures::Recorded).await;
+}
+
+#[tokio::test]
+async fn the_console_works_over_websocket() {
+    visit_the_console("websocket", Figures::Recorded).await;
+}
+
+#[tokio::test]
+async fn the_console_says_why_it_has_no_figures() {
+    visit_the_console("no-figures", Figures::NotRecorded).await;
+}
+
+/// Whether the server records the figures the console shows (GET /v1/stats): only with --admin.
+#[derive(PartialEq)]
+enum Figures {
+    Recorded,
+    NotRecorded,
+}
+
+/// Runs console.mjs's `visit` against a fresh server; on a failure its output says what the page
+/// showed and logged, and where its screenshot is (kept: the temporary directory is not removed).
+async fn visit_the_console(visit: &str, figures: Figures) {
+    assert!(
+        Path::new(DIR).join("node_modules/playwright-core").is_dir(),
+        "tests/browser/node_modules is missing: run `npm ci` in tests/browser, or cargo xtask test"
+    );
+    let server = TestServer::start_for_with(Transport::Http, |config| {
+        if figures == Figures::Recorded {
+            config.admin = Some("127.0.0.1:0".parse().expect("an address"));
+        }
+    })
+    .await;
+    let web = server.web.expect("a web listener");
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let started = Instant::now();
+    let run = Command::new("node")
+        .arg(format!("{DIR}/console.mjs"))
+        .arg(visit)
+        // The address the server listens on: "localhost" may resolve to ::1 first, where nothing
+        // listens, and Chromium's QUIC (WebTransport) does not fall back to 127.0.0.1 as TCP does.
+        .env("QKV_WEB_URL", format!("https://{web}"))
+        .env("QKV_CA", server.ca())
+        .env("QKV_OUT_DIR", out.path())
+        .current_dir(DIR)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(VISIT_TIMEOUT, run)
+        .await
+        .unwrap_or_else(|_| panic!("console.mjs {visit} took more than {VISIT_TIMEOUT:?}"))
+        .expect("node runs (install Node.js)");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let complaints = String::from_utf8_lossy(&output.stderr);
+    if !(output.status.success() && printed.trim_end().ends_with("all checks passed")) {
+        let kept = out.keep();
+        panic!("console.mjs {visit} failed (screenshot in {}):\n{printed}\n{complaints}", kept.display());
+    }
+    eprintln!("{}in {:.1} s with Chromium's start", printed, started.elapsed().as_secs_f64());
+}
