@@ -89,17 +89,7 @@ pub async fn serve<S: Storage>(
 
 async fn metrics<S: Storage>(State(admin): State<Arc<Admin<S>>>) -> impl IntoResponse {
     crate::metrics::ready(readiness(&admin).await.is_ok());
-    let usage = admin.service.storage().usage();
-    if let Some(keys) = usage.keys {
-        ::metrics::gauge!("qkv_storage_keys").set(keys as f64);
-    }
-    if let Some(memory) = usage.memory {
-        ::metrics::gauge!("qkv_storage_memory_used_bytes").set(memory.used as f64);
-        ::metrics::gauge!("qkv_storage_memory_budget_bytes").set(memory.budget as f64);
-    }
-    ::metrics::gauge!("qkv_connection_memory_used_bytes").set(admin.connections.used() as f64);
-    ::metrics::gauge!("qkv_connection_memory_budget_bytes").set(admin.connections.total() as f64);
-    crate::metrics::refresh();
+    crate::metrics::record_usage(admin.service.storage().usage(), &admin.connections);
     ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], admin.exporter.render())
 }
 

@@ -195,6 +195,21 @@ pub fn limit_hit(limit: &'static str) {
 /// pay for two float updates.
 static IN_FLIGHT: [AtomicI64; Transport::ALL.len()] = [const { AtomicI64::new(0) }; Transport::ALL.len()];
 
+/// Sets the gauges of what the store and the connections hold, which are read rather than recorded:
+/// called before every render, by the admin listener's /metrics and the web listener's /v1/stats alike.
+pub fn record_usage(storage: crate::storage::StorageUsage, connections: &crate::memory::MemoryBudget) {
+    if let Some(keys) = storage.keys {
+        gauge!("qkv_storage_keys").set(keys as f64);
+    }
+    if let Some(memory) = storage.memory {
+        gauge!("qkv_storage_memory_used_bytes").set(memory.used as f64);
+        gauge!("qkv_storage_memory_budget_bytes").set(memory.budget as f64);
+    }
+    gauge!("qkv_connection_memory_used_bytes").set(connections.used() as f64);
+    gauge!("qkv_connection_memory_budget_bytes").set(connections.total() as f64);
+    refresh();
+}
+
 /// Sets the gauges that are read rather than recorded; called before every render.
 pub fn refresh() {
     for (transport, in_flight) in Transport::ALL.iter().zip(&IN_FLIGHT) {

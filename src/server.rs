@@ -284,8 +284,9 @@ impl<S: Storage> Server<S> {
             origins = origins
                 .with_web_listener(if self.config.web_plaintext { "http" } else { "https" }, web.port());
         }
-        let origins = Arc::new(origins);
-        let quic_port = self.local_addr().map_or(0, |a| a.port());
+        // The names at start: a reload that renames the server leaves the old names' pages allowed.
+        let origins = Arc::new(origins.with_names(self.credentials.server_names()));
+        let quic_addr = self.local_addr().unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
         match &self.config.client_ca {
             Some(ca) => {
                 info!(%addr, quic = "on", tcp, client_ca = %ca.display(), "serving; client certificates required")
@@ -336,9 +337,14 @@ impl<S: Storage> Server<S> {
         let browsers = web::browser::Browsers {
             origins,
             credentials: self.credentials.clone(),
-            quic_port,
+            quic_addr,
             websocket_max_message: self.config.websocket_max_message,
-            metrics: self.exporter.clone(),
+            metrics: self.exporter.clone().map(|exporter| {
+                let (service, memory) = (self.service.clone(), self.memory.clone());
+                let record_usage: Arc<dyn Fn() + Send + Sync> =
+                    Arc::new(move || metrics::record_usage(service.storage().usage(), &memory));
+                (exporter, record_usage)
+            }),
             started,
         };
         let options = web::WebOptions { max_header_size: self.config.web_max_header_size, grace, browsers };

@@ -291,6 +291,12 @@ impl Credentials {
 
 #[cfg(feature = "server")]
 impl Credentials {
+    /// The DNS names and IP addresses the server's certificate is valid for.
+    pub fn server_names(&self) -> Vec<String> {
+        let server = self.cert.server.read().clone();
+        server.end_entity_cert().map(|cert| subject_alt_names(cert)).unwrap_or_default()
+    }
+
     /// The certificate WebTransport sessions are presented now, as browsers pin it.
     pub fn webtransport(&self) -> WebTransportIdentity {
         match &self.cert.browsers {

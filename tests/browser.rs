@@ -67,9 +67,10 @@ async fn visit_the_console(visit: &str, figures: Figures) {
     let run = Command::new("node")
         .arg(format!("{DIR}/console.mjs"))
         .arg(visit)
-        // The address the server listens on: "localhost" may resolve to ::1 first, where nothing
-        // listens, and Chromium's QUIC (WebTransport) does not fall back to 127.0.0.1 as TCP does.
-        .env("QKV_WEB_URL", format!("https://{web}"))
+        // As the README has people open it: "localhost", which Chromium resolves to ::1 first, where
+        // nothing listens; its QUIC does not fall back to 127.0.0.1 as TCP does, so WebTransport works
+        // only because /webtransport-cert names the address the server listens on.
+        .env("QKV_WEB_URL", format!("https://localhost:{}", web.port()))
         .env("QKV_CA", server.ca())
         .env("QKV_OUT_DIR", out.path())
         .current_dir(DIR)

@@ -16,6 +16,8 @@ pub struct Origins {
     any: bool,
     /// The web listener's scheme and port, when there is one.
     web: Option<(&'static str, u16)>,
+    /// The server certificate's names (host names, IP addresses), its pages' hosts too.
+    names: Vec<String>,
 }
 
 impl Origins {
@@ -44,16 +46,32 @@ impl Origins {
         self
     }
 
+    /// With the names of the server's certificate: a page loaded from the web listener under any of
+    /// them is the listener's own (a browser loaded it only after checking that certificate), even when
+    /// its session dials another (a WebTransport session dials the address the QUIC endpoint listens
+    /// on, `localhost`'s page included).
+    pub fn with_names(mut self, names: Vec<String>) -> Origins {
+        self.names = names
+            .into_iter()
+            .map(|name| if name.contains(':') { format!("[{name}]") } else { name })
+            .collect();
+        self
+    }
+
     /// Whether a session asked for by page `origin` may open; `host` is the host (without port) the
-    /// client dialled, whose web listener's origin is allowed.
+    /// client dialled, whose web listener's origin is allowed (as are the certificate's names').
     pub fn allows(&self, origin: Option<&str>, host: &str) -> bool {
         let Some(origin) = origin else { return true };
         if self.any {
             return true;
         }
         let Some(origin) = normalise(origin) else { return false };
-        let own = self.web.and_then(|(scheme, port)| normalise(&format!("{scheme}://{host}:{port}")));
-        own.is_some_and(|own| own == origin) || self.allowed.contains(&origin)
+        let own = |host: &str| {
+            self.web
+                .and_then(|(scheme, port)| normalise(&format!("{scheme}://{host}:{port}")))
+                .is_some_and(|own| own == origin)
+        };
+        own(host) || self.names.iter().any(|name| own(name)) || self.allowed.contains(&origin)
     }
 }
 
@@ -104,6 +122,16 @@ mod tests {
         assert!(!listed.allows(Some("https://evil.example"), own));
         assert!(!listed.allows(Some("null"), own), "an opaque origin is nobody's");
         assert!(!origins(&[]).allows(Some("https://localhost:9528"), own), "no web listener, no own origin");
+    }
+
+    #[test]
+    fn pages_under_the_certificate_s_names_are_the_listener_s_own_whichever_host_is_dialled() {
+        let own =
+            origins(&[]).with_web_listener("https", 9528).with_names(vec!["localhost".into(), "::1".into()]);
+        assert!(own.allows(Some("https://localhost:9528"), "127.0.0.1"));
+        assert!(own.allows(Some("https://[::1]:9528"), "127.0.0.1"));
+        assert!(!own.allows(Some("https://localhost:9529"), "127.0.0.1"), "another port");
+        assert!(!own.allows(Some("https://kv.example:9528"), "127.0.0.1"), "not a name of the certificate");
     }
 
     #[test]

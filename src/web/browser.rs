@@ -8,6 +8,7 @@
 //! - `/v1/stats`: the server's figures, as `qkv stat --json` prints them, for the console.
 //! - `/` and `/console/…`: the web console, embedded in the binary.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -51,12 +52,13 @@ pub struct Browsers {
     pub origins: Arc<Origins>,
     /// The certificates, for the WebTransport one.
     pub credentials: Credentials,
-    /// The QUIC port, where WebTransport sessions go.
-    pub quic_port: u16,
+    /// The QUIC endpoint's address, where WebTransport sessions go.
+    pub quic_addr: SocketAddr,
     /// The largest message a WebSocket client may send (`--websocket-max-message`).
     pub websocket_max_message: usize,
-    /// The server's metrics, when it records them (`--admin`).
-    pub metrics: Option<Exporter>,
+    /// The server's metrics, when it records them (`--admin`), and what sets the gauges read at each
+    /// render (`metrics::record_usage`).
+    pub metrics: Option<(Exporter, Arc<dyn Fn() + Send + Sync>)>,
     /// When the server started: the first figures are since then.
     pub started: Instant,
 }
@@ -154,11 +156,21 @@ async fn webtransport_cert<H: Handler>(State(state): State<BrowserState<H>>, hea
     let sha256: String = identity.sha256.iter().map(|b| format!("{b:02x}")).collect();
     let not_after =
         identity.not_after.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+    // A page dials the host it was loaded from, unless the certificate is pinned by hash (which no
+    // name is checked against) and the endpoint listens on one address: then that address, since the
+    // page's host name may resolve to another first (`localhost` to ::1 for a server on 127.0.0.1),
+    // and browsers do not try the next address for WebTransport.
+    let quic = state.browsers.quic_addr;
+    let host = (identity.self_issued && !quic.ip().is_unspecified()).then(|| match quic.ip() {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    });
     let body = axum::Json(json!({
+        "host": host,
         "sha256": sha256,
         "not_after": not_after,
         "self_issued": identity.self_issued,
-        "port": state.browsers.quic_port,
+        "port": quic.port(),
         "path": "/",
     }));
     let mut response =
@@ -196,13 +208,14 @@ const MIN_FIGURES_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 /// `GET /v1/stats`: the figures `qkv stat --json` prints, from the server's own metrics, over the time
 /// since they were last asked for (at least a second; the first time, since the server started).
 async fn stats<H: Handler>(State(state): State<BrowserState<H>>) -> Response {
-    let Some(exporter) = &state.browsers.metrics else {
+    let Some((exporter, record_usage)) = &state.browsers.metrics else {
         return Problem::new(
             StatusCode::NOT_FOUND,
             "this server records no metrics: start it with --admin ADDR to have figures here",
         )
         .into_response();
     };
+    record_usage();
     let samples = match exposition::parse(&exporter.render()) {
         Ok(samples) => samples,
         Err(e) => {

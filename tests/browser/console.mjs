@@ -4,7 +4,7 @@
 // checks that the console says which transport it uses, and that the browser really used that one
 // (DevTools' network events: WebTransport sessions and WebSockets the page opened).
 //
-//   QKV_WEB_URL=https://127.0.0.1:PORT QKV_CA=ca.pem [QKV_OUT_DIR=dir] node console.mjs [webtransport] [websocket]
+//   QKV_WEB_URL=https://localhost:PORT QKV_CA=ca.pem [QKV_OUT_DIR=dir] node console.mjs [webtransport] [websocket]
 //   QKV_WEB_URL=... QKV_CA=... node console.mjs no-figures    (a server started without --admin)
 //
 // tests/browser.rs runs it against a real server. It prints "all checks passed" last when every

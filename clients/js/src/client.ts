@@ -21,7 +21,7 @@ export interface ConnectOptions {
    * (within min(connectTimeoutMs, 5 s)), else WebSocket.
    */
   transport?: "auto" | "webtransport" | "websocket";
-  /** Default "https://<hostname of url>:<port from /webtransport-cert><its path>". */
+  /** Default "https://<host from /webtransport-cert, else hostname of url>:<its port><its path>". */
   webTransportUrl?: string;
   /** Default: the `sha256` of `${url}/webtransport-cert` when it says `self_issued`, else none. */
   serverCertificateHashes?: Uint8Array[];
@@ -231,7 +231,7 @@ async function openWebTransportOf(settings: Settings, timeoutMs: number): Promis
   let hashes = settings.serverCertificateHashes;
   if (url === undefined || hashes === undefined) {
     const cert = await webTransportCert(settings.base, timeoutMs);
-    url ??= `https://${new URL(settings.base).hostname}:${cert.port}${cert.path ?? "/"}`;
+    url ??= `https://${cert.host ?? new URL(settings.base).hostname}:${cert.port}${cert.path ?? "/"}`;
     hashes ??= cert.self_issued ? [hexBytes(cert.sha256)] : [];
   }
   return openWebTransport(url, { serverCertificateHashes: hashes, timeoutMs, maxFrameSize: settings.maxFrameSize });

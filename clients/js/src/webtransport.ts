@@ -21,6 +21,12 @@ export interface WebTransportCert {
   not_after?: string | null;
   /** Whether it is the server's own (a development CA's): then pages pass its hash as serverCertificateHashes. */
   self_issued: boolean;
+  /**
+   * The host to dial (an IP literal, IPv6 in brackets), or null for the page's own host name: given
+   * when the certificate is pinned by hash and the server listens on one address, which the page's
+   * host name may not resolve to first (`localhost` is ::1 before 127.0.0.1 in Chromium).
+   */
+  host?: string | null;
   /** The QUIC port, where sessions go. */
   port: number;
   /** The session's path (`/`). */

@@ -3380,7 +3380,7 @@ async function openWebTransportOf(settings, timeoutMs) {
   let url = settings.webTransportUrl, hashes = settings.serverCertificateHashes;
   if (url === void 0 || hashes === void 0) {
     let cert = await webTransportCert(settings.base, timeoutMs);
-    url ??= `https://${new URL(settings.base).hostname}:${cert.port}${cert.path ?? "/"}`, hashes ??= cert.self_issued ? [hexBytes(cert.sha256)] : [];
+    url ??= `https://${cert.host ?? new URL(settings.base).hostname}:${cert.port}${cert.path ?? "/"}`, hashes ??= cert.self_issued ? [hexBytes(cert.sha256)] : [];
   }
   return openWebTransport(url, { serverCertificateHashes: hashes, timeoutMs, maxFrameSize: settings.maxFrameSize });
 }
