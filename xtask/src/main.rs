@@ -4,7 +4,8 @@
 //! pubsub-report` (pub/sub fan-out, see `pubsub`), `cargo xtask lab` (QUIC against TLS over emulated
 //! mobile links, see `lab`), `cargo xtask storm-report` (reconnect storms through an emulated link,
 //! see `storm`) and `cargo xtask scale-report` (10,000 connections and subscribers, see `scale`) and `cargo xtask
-//! cluster-report` (gateways over Redis Cluster, see `cluster`).
+//! cluster-report` (gateways over Redis Cluster, see `cluster`) and `cargo xtask browser-report` (the JS
+//! client in headless Chromium beside the native clients, see `browser`).
 //!
 //! `bench-report`:
 //! On this machine kind (2 vCPUs), every server runs pinned to core 0 and every load generator to core
@@ -15,6 +16,7 @@
 //! of the performance targets, all from the same run. Everything started is stopped at the end, and on
 //! Ctrl-C (which reaches the whole process group).
 
+mod browser;
 mod cluster;
 mod durable;
 mod lab;
@@ -68,6 +70,9 @@ enum Task {
     /// The web doors (gRPC, REST) beside QUIC and TLS: HGET throughput, latency and server CPU per
     /// request at 1 × 64 and 64 × 1.
     WebReport(SweepArgs),
+    /// The JS client in headless Chromium (WebTransport, WebSocket) beside the native QUIC and TLS
+    /// clients, 1 session × 64 HGETs: on loopback, and through the lab's target profile (root).
+    BrowserReport(browser::BrowserArgs),
 }
 
 /// How long and how often a benchmark report measures, and where it goes.
@@ -111,6 +116,7 @@ fn main() -> anyhow::Result<()> {
         Task::ClusterReport(args) => cluster::run(args),
         Task::MetricsReport(args) => metrics_cost::run(args),
         Task::WebReport(args) => web::run(args),
+        Task::BrowserReport(args) => browser::run(args),
     }
 }
 
@@ -119,6 +125,9 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     run::ensure_prometheus()?;
     run::ensure_curl()?;
     run::ensure_python_tools()?;
+    run::ensure_chromium()?;
+    run::ensure_node_packages("tests/browser")?;
+    run::ensure_node_packages("clients/js")?;
     let status = std::process::Command::new(env!("CARGO"))
         .args(["test", "--workspace"])
         .args(args)

@@ -19,6 +19,34 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((ticks(11) + ticks(12)) as f64 / clock_ticks())
 }
 
+/// User and system CPU time of process `root` and all its descendants (a browser's processes), in
+/// seconds; processes that have already ended (and been reaped) are not counted.
+pub fn tree_cpu_seconds(root: u32) -> f64 {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The parent's id is the second field after the command name.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut tree = vec![root];
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for (pid, ppid) in &parents {
+            if tree.contains(ppid) && !tree.contains(pid) {
+                tree.push(*pid);
+                grew = true;
+            }
+        }
+    }
+    tree.iter().filter_map(|pid| cpu_seconds(*pid).ok()).sum()
+}
+
 /// Clock ticks per second of /proc's CPU times (USER_HZ; 100 on every Linux build we know).
 fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
@@ -117,6 +145,7 @@ mod tests {
         let peak = memory_bytes(pid, "VmHWM").unwrap();
         assert!(rss > 0 && peak >= rss, "{rss} {peak}");
         assert!(cpu_seconds(pid).unwrap() >= 0.0);
+        assert!(tree_cpu_seconds(pid) >= cpu_seconds(pid).unwrap());
         assert!(memory_bytes(pid, "NoSuchField").is_err());
     }
 

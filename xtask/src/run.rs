@@ -165,6 +165,38 @@ pub fn ensure_python_tools() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A directory's npm packages, as its package-lock.json pins them: `npm ci` when its node_modules is
+/// missing or older than the lock file (a lock file changed since the last install).
+pub fn ensure_node_packages(dir: &str) -> anyhow::Result<()> {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let dir = Path::new(dir);
+    let installed = modified(&dir.join("node_modules"));
+    if installed.is_some() && installed >= modified(&dir.join("package-lock.json")) {
+        return Ok(());
+    }
+    eprintln!("installing the npm packages of {} (npm ci)", dir.display());
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .status()
+        .context("npm (Node.js) is needed for the tests' JavaScript packages")?;
+    if !status.success() {
+        bail!("npm ci in {} failed", dir.display());
+    }
+    Ok(())
+}
+
+/// Debian's Chromium, which the console's browser test drives headless (tests/browser.rs), and
+/// certutil (libnss3-tools), with which the test makes it trust the server's development CA.
+pub fn ensure_chromium() -> anyhow::Result<()> {
+    let certutil =
+        Command::new("certutil").arg("-H").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if Path::new("/usr/bin/chromium").exists() && certutil {
+        return Ok(());
+    }
+    apt_install(&["chromium", "libnss3-tools"])
+}
+
 /// Installs Debian packages, without their recommendations and without starting the services they
 /// ship: the tests start their own servers on free ports, and a Redis on :6379 or a Prometheus on
 /// :9090 left running would outlive them. A machine without package lists yet gets them first.

@@ -8,8 +8,8 @@
 //! Delay, jitter and loss come from `linkem` (lab/linkem), an NFQUEUE daemon in the router namespace,
 //! because this kernel has no netem; bandwidth from tbf on the router's egress.
 //!
-//! The pieces other tasks reuse (`cargo xtask storm-report`): [`prepare`], [`Session`] (the namespaces
-//! and a server in them) and [`Link`] (a profile in force).
+//! The pieces other tasks reuse (`cargo xtask storm-report`, `browser-report`): [`prepare`], [`Session`]
+//! (the namespaces and a server in them), [`Link`] (a profile in force) and [`command_in`].
 
 mod experiments;
 mod profiles;
@@ -24,7 +24,7 @@ use anyhow::{Context, bail};
 
 pub use experiments::{Bench, calibrate};
 pub use profiles::Profile;
-pub use topology::Namespaces;
+pub use topology::{Namespaces, SERVER_ADDR, command_in};
 
 #[derive(clap::Args)]
 pub struct LabArgs {
