@@ -2,34 +2,19 @@
 // frame size is refused before it is sent, a subscription's unread events are capped (the rest are
 // counted, as the server counts a slow subscriber's), and Hgetall reads a table in requests of a page.
 
-import { afterEach, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { CommandResponseSchema, type CommandResponse } from "../src/gen/kv_pb.js";
-import { connect, QkvError, value, type Client, type ConnectOptions } from "../src/index.js";
+import { QkvError, value } from "../src/index.js";
 import { toPb } from "../src/value.js";
-import { FakeServer, type FakeSocket } from "./fake-websocket.js";
+import { FakeServer, fakeClients, type FakeSocket } from "./fake-websocket.js";
 
 type Init = MessageInitShape<typeof CommandResponseSchema>;
 const frame = (init: Init): CommandResponse => create(CommandResponseSchema, { status: 200, ...init });
 
-const clients: Client[] = [];
-afterEach(() => {
-  for (const client of clients.splice(0)) client.close();
-});
-
-async function client(server: FakeServer, options: ConnectOptions = {}): Promise<Client> {
-  const c = await connect({
-    url: "https://qkv.test",
-    transport: "websocket",
-    WebSocket: server.WebSocket,
-    keepAliveMs: 0,
-    reconnect: { initialDelayMs: 1, maxDelayMs: 5 },
-    ...options,
-  });
-  clients.push(c);
-  return c;
-}
+// Clients of fake servers, closed after each test.
+const client = fakeClients();
 
 test("a request over maxFrameSize is a 413 from the client, never sent; the connection carries on", async () => {
   const server = new FakeServer(() => [frame({ values: [toPb(new Uint8Array(0))] })]);

@@ -10,6 +10,8 @@ import {
   type CommandResponse,
 } from "../src/gen/kv_pb.js";
 import { FrameDecoder, concat, encodeFrame } from "../src/frame.js";
+import { connect, type Client, type ConnectOptions } from "../src/index.js";
+import { afterEach } from "node:test";
 
 /** The frames answering one request; none for an answer the test will send itself (a subscription's). */
 export type Handler = (request: CommandRequest, socket: FakeSocket) => CommandResponse[];
@@ -137,4 +139,27 @@ export class FakeSocket {
       this.onclose?.({ code, reason: "" });
     });
   }
+}
+
+/**
+ * Connects clients to fake servers over WebSocket (no keep-alive, quick reconnection): call it at the
+ * top of a test file; the clients it made are closed after each test.
+ */
+export function fakeClients(): (server: FakeServer, options?: ConnectOptions) => Promise<Client> {
+  const clients: Client[] = [];
+  afterEach(() => {
+    for (const client of clients.splice(0)) client.close();
+  });
+  return async (server, options = {}) => {
+    const client = await connect({
+      url: "https://qkv.test",
+      transport: "websocket",
+      WebSocket: server.WebSocket,
+      keepAliveMs: 0,
+      reconnect: { initialDelayMs: 1, maxDelayMs: 5 },
+      ...options,
+    });
+    clients.push(client);
+    return client;
+  };
 }

@@ -2,13 +2,13 @@
 // requests in order whatever the cuts between messages, messages of at most 64 KiB, and what the client
 // does when the connection is lost: retries, errors that say whether a request ran, reconnection.
 
-import { afterEach, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { CommandResponseSchema, type CommandRequest, type CommandResponse } from "../src/gen/kv_pb.js";
-import { connect, QkvError, value, type Client, type ClientState, type ConnectOptions } from "../src/index.js";
+import { connect, QkvError, value, type Client, type ClientState } from "../src/index.js";
 import { toPb } from "../src/value.js";
-import { FakeServer, type FakeSocket } from "./fake-websocket.js";
+import { FakeServer, fakeClients, type FakeSocket } from "./fake-websocket.js";
 
 type Init = MessageInitShape<typeof CommandResponseSchema>;
 const frame = (init: Init): CommandResponse => create(CommandResponseSchema, { status: 200, ...init });
@@ -50,23 +50,8 @@ function store(): (request: CommandRequest) => CommandResponse[] {
   };
 }
 
-const clients: Client[] = [];
-afterEach(() => {
-  for (const client of clients.splice(0)) client.close();
-});
-
-async function client(server: FakeServer, options: ConnectOptions = {}): Promise<Client> {
-  const c = await connect({
-    url: "https://qkv.test",
-    transport: "websocket",
-    WebSocket: server.WebSocket,
-    keepAliveMs: 0,
-    reconnect: { initialDelayMs: 1, maxDelayMs: 5 },
-    ...options,
-  });
-  clients.push(c);
-  return c;
-}
+// Clients of fake servers, closed after each test.
+const client = fakeClients();
 
 /** The next state the client changes to. */
 function nextState(c: Client): Promise<ClientState> {
