@@ -41,6 +41,11 @@ async fn the_console_says_why_it_has_no_figures() {
     visit_the_console("no-figures", Figures::NotRecorded).await;
 }
 
+#[tokio::test]
+async fn the_readme_browser_example_logs_what_it_shows() {
+    visit_the_console("readme", Figures::NotRecorded).await;
+}
+
 /// Whether the server records the figures the console shows (GET /v1/stats): only with --admin.
 #[derive(PartialEq)]
 enum Figures {

@@ -6,13 +6,14 @@
 //
 //   QKV_WEB_URL=https://localhost:PORT QKV_CA=ca.pem [QKV_OUT_DIR=dir] node console.mjs [webtransport] [websocket]
 //   QKV_WEB_URL=... QKV_CA=... node console.mjs no-figures    (a server started without --admin)
+//   QKV_WEB_URL=... QKV_CA=... node console.mjs readme        (the README's JavaScript example)
 //
 // tests/browser.rs runs it against a real server. It prints "all checks passed" last when every
 // visit passed; on a failure it prints the page's console messages and saves a screenshot to
 // QKV_OUT_DIR (console-NAME.png). It waits for what it checks (Playwright's locators), never
 // for a fixed time.
 
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 
@@ -27,6 +28,7 @@ const VISITS = {
   webtransport: { title: "the console over WebTransport", visit: (page, opened) => visit(page, "webtransport", opened) },
   websocket: { title: "the console over WebSocket", visit: (page, opened) => visit(page, "websocket", opened) },
   "no-figures": { title: "the console without figures", visit: (page) => visitWithoutFigures(page) },
+  readme: { title: "the README's browser example", visit: (page) => runTheReadmeExample(page) },
 };
 const ASKED = process.argv.length > 2 ? process.argv.slice(2) : ["webtransport", "websocket"];
 /** How long any one thing may take to appear: generous for a loaded machine, small beside 20 s. */
@@ -266,6 +268,37 @@ async function visitWithoutFigures(page) {
   const stats = page.locator('#stats[data-state="unavailable"]');
   await expectText(stats, /^Figures unavailable 404: .*--admin/, "what the console says without figures");
   check((await page.locator("#stats [data-stat]").count()) === 1, "no figures are shown, only why");
+}
+
+/**
+ * The README's JavaScript example (section "From a browser"), as a person would run it on the console's
+ * page: its `import` made a dynamic one (a page script cannot be one here: the console's CSP allows no
+ * inline scripts), the README's address replaced by the server's. What it logs must be what the README
+ * shows in its last comment.
+ */
+async function runTheReadmeExample(page) {
+  const readme = readFileSync(new URL("../../README.md", import.meta.url), "utf8");
+  const section = readme.split("\n## From a browser\n")[1]?.split("\n## ")[0] ?? "";
+  const example = section.split("```js\n")[1]?.split("\n```")[0];
+  check(example !== undefined, "the README's section From a browser has a js block");
+  const shown = example.match(/\/\/ (.+)\s*$/)?.[1];
+  check(shown !== undefined, "the example ends with a comment showing what it logs");
+  const code = example
+    .replaceAll("https://localhost:9443", WEB_URL)
+    .replace(/^import (\{[^}]*\}) from ("[^"]+");$/m, "const $1 = await import($2);");
+  await page.goto(`${WEB_URL}/`);
+  const logged = await page.evaluate(async (code) => {
+    const lines = [];
+    const log = console.log;
+    console.log = (...args) => lines.push(args.map(String).join(" "));
+    try {
+      await new Function(`return (async () => {\n${code}\n})();`)();
+    } finally {
+      console.log = log;
+    }
+    return lines;
+  }, code);
+  check(logged.length === 1 && logged[0] === shown, `the example logged ${JSON.stringify(logged)}, the README shows ${JSON.stringify(shown)}`);
 }
 
 /**
