@@ -86,7 +86,7 @@ pub(super) struct ConnectionScope {
 struct BrowserState<H> {
     handler: H,
     browsers: Browsers,
-    figures: Arc<parking_lot::Mutex<Figures>>,
+    figures: Arc<parking_lot::Mutex<Option<Figures>>>,
 }
 
 /// The routes for browsers, on `handler`.
@@ -196,10 +196,11 @@ fn request_host<'a>(headers: &'a HeaderMap, uri: Option<&'a axum::http::Uri>) ->
     host_of(authority)
 }
 
-/// The figures served last, and the scrape they were measured to.
-#[derive(Default)]
+/// The figures served last: when, the scrape they were measured to, and what they were.
 struct Figures {
-    last: Option<(Instant, Snapshot, Option<Interval>)>,
+    at: Instant,
+    snapshot: Snapshot,
+    interval: Interval,
 }
 
 /// The shortest interval figures are measured over; requests in between get the last ones.
@@ -215,6 +216,16 @@ async fn stats<H: Handler>(State(state): State<BrowserState<H>>) -> Response {
         )
         .into_response();
     };
+    let figures_response = |interval: &Interval| {
+        ([(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], axum::Json(interval))
+            .into_response()
+    };
+    let mut last = state.figures.lock();
+    if let Some(figures) = last.as_ref()
+        && figures.at.elapsed() < MIN_FIGURES_INTERVAL
+    {
+        return figures_response(&figures.interval);
+    }
     record_usage();
     let samples = match exposition::parse(&exporter.render()) {
         Ok(samples) => samples,
@@ -226,17 +237,14 @@ async fn stats<H: Handler>(State(state): State<BrowserState<H>>) -> Response {
             .into_response();
         }
     };
-    let now = Snapshot::new(samples);
-    let mut figures = state.figures.lock();
-    let interval = match &figures.last {
-        Some((at, _, Some(interval))) if at.elapsed() < MIN_FIGURES_INTERVAL => interval.clone(),
-        Some((at, before, _)) => Interval::between(before, &now, at.elapsed()),
-        None => Interval::between(&Snapshot::default(), &now, state.browsers.started.elapsed()),
+    let snapshot = Snapshot::new(samples);
+    let interval = match last.as_ref() {
+        Some(before) => Interval::between(&before.snapshot, &snapshot, before.at.elapsed()),
+        None => Interval::between(&Snapshot::default(), &snapshot, state.browsers.started.elapsed()),
     };
-    if !matches!(&figures.last, Some((at, _, Some(_))) if at.elapsed() < MIN_FIGURES_INTERVAL) {
-        figures.last = Some((Instant::now(), now, Some(interval.clone())));
-    }
-    ([(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], axum::Json(interval)).into_response()
+    let response = figures_response(&interval);
+    *last = Some(Figures { at: Instant::now(), snapshot, interval });
+    response
 }
 
 /// `GET /ws`: a WebSocket session from an allowed origin, served as a TCP connection is.
