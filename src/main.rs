@@ -13,7 +13,7 @@ use qkv::certs::{CertDir, Provisioned};
 use qkv::client::{Client, ClientConfig, Event};
 use qkv::pb::Kvpair;
 use qkv::server::{Server, shutdown_signal};
-use qkv::storage::{DiskStore, MemoryStore, RedisStore, Storage};
+use qkv::storage::{DiskConfig, DiskStore, MemoryStore, RedisStore, Storage};
 use tracing_subscriber::EnvFilter;
 
 use cli::args::{BenchArgs, CertArgs, ClientArgs, Command, FloorArgs, LogFormat, ServeArgs, StatArgs, Store};
@@ -62,18 +62,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let served = runtime.block_on(async {
         match args.store {
             Store::Memory => {
-                let budget = args.memory_budget.unwrap_or_else(qkv::storage::default_memory_budget);
-                if budget == 0 {
-                    anyhow::bail!("invalid configuration: the memory budget must be larger than zero");
-                }
+                let budget = memory_budget(&args)?;
                 tracing::info!(budget = %bytesize::ByteSize(budget as u64).display().iec(), "in-memory store");
                 run_server(args.config(), MemoryStore::with_budget(budget)).await
             }
             Store::Disk => {
-                let durability = args.durability()?;
-                let store = DiskStore::open(&args.data_dir, durability)
+                let config = DiskConfig {
+                    durability: args.durability()?,
+                    memory_budget: memory_budget(&args)?,
+                    snapshot_log_size: args.snapshot_log_size as u64,
+                };
+                let store = DiskStore::open(&args.data_dir, config)
                     .with_context(|| format!("cannot open the data directory {}", args.data_dir.display()))?;
-                tracing::info!(dir = %args.data_dir.display(), ?durability, "durable store");
+                tracing::info!(
+                    dir = %args.data_dir.display(), durability = ?config.durability,
+                    budget = %bytesize::ByteSize(config.memory_budget as u64).display().iec(), "durable store"
+                );
                 disk_closed = Some(store.closed());
                 run_server(args.config(), store).await
             }
@@ -91,6 +95,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         closed.wait_blocking();
     }
     served
+}
+
+fn memory_budget(args: &ServeArgs) -> anyhow::Result<usize> {
+    let budget = args.memory_budget.unwrap_or_else(qkv::storage::default_memory_budget);
+    if budget == 0 {
+        anyhow::bail!("invalid configuration: the memory budget must be larger than zero");
+    }
+    Ok(budget)
 }
 
 async fn run_server<S: Storage>(config: qkv::server::ServerConfig, storage: S) -> anyhow::Result<()> {

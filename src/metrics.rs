@@ -157,19 +157,23 @@ fn describe() {
     c!("qkv_quic_congestion_events_total", "QUIC congestion events (window reductions).");
     c!("qkv_limits_hit_total", "Requests or connections refused by a limit, named by its flag.");
     g!("qkv_storage_keys", "Keys stored (memory store).");
-    g!("qkv_storage_memory_used_bytes", Unit::Bytes, "Memory the memory store's data takes.");
-    g!("qkv_storage_memory_budget_bytes", Unit::Bytes, "The memory store's budget (--memory-budget).");
+    g!(
+        "qkv_storage_memory_used_bytes",
+        Unit::Bytes,
+        "Memory the store's data takes (memory and disk stores)."
+    );
+    g!("qkv_storage_memory_budget_bytes", Unit::Bytes, "The store's memory budget (--memory-budget).");
     g!("qkv_connection_memory_used_bytes", Unit::Bytes, "Memory connections hold now.");
     g!(
         "qkv_connection_memory_budget_bytes",
         Unit::Bytes,
         "The connection memory budget (--connection-memory)."
     );
-    h!("qkv_disk_commit_batch_size", "Writes per disk commit.");
+    h!("qkv_disk_commit_batch_size", "Log records per disk commit.");
     h!(
         "qkv_disk_fsync_duration_seconds",
         Unit::Seconds,
-        "Time of one durable disk commit: its pages written and fsynced."
+        "Time of one durable disk commit: the fsync of the log's new records."
     );
     c!("qkv_backend_requests_total", "Round trips to the storage backend (Redis), by result.");
     g!("qkv_subscriptions", "Subscriptions open.");
@@ -371,14 +375,14 @@ pub fn zero_rtt_request() {
     counter!("qkv_zero_rtt_requests_total").increment(1);
 }
 
-/// The disk committer is about to commit `writes` writes in one transaction (none: a flush alone).
+/// The disk committer is about to write `writes` log records and fsync them (group commit).
 pub fn disk_batch(writes: usize) {
     if writes > 0 {
         histogram!("qkv_disk_commit_batch_size").record(writes as f64);
     }
 }
 
-/// A durable disk commit (its pages written and fsynced) took `elapsed`.
+/// An fsync of the disk store's log took `elapsed`.
 pub fn disk_fsync(elapsed: Duration) {
     histogram!("qkv_disk_fsync_duration_seconds").record(elapsed.as_secs_f64());
 }

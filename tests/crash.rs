@@ -1,7 +1,8 @@
 //! Crash safety of the disk store: a loader writes and records every acknowledged write while the
 //! server is killed with SIGKILL at random moments; after each restart on the same data directory,
 //! every acknowledged write is there with its value and version, and conditional writes carry on from
-//! those versions.
+//! those versions. The snapshot threshold is tiny, so that snapshots are written all the time and the
+//! kills land in the middle of them too.
 
 mod common;
 
@@ -19,17 +20,23 @@ use tokio_util::sync::CancellationToken;
 const CYCLES: usize = 20;
 const WRITERS: usize = 16;
 
-/// What the loader knows of one key: the last write acknowledged, and the one in flight when the
-/// server died (which may or may not have been made durable: it was never acknowledged).
+/// What the loader knows of one key: the last write acknowledged (0: the key was deleted), and the one
+/// in flight when the server died (which may or may not have been made durable: it was never
+/// acknowledged).
 #[derive(Debug, Clone, Copy, Default)]
 struct Known {
     acknowledged: i64,
     version: u64,
     in_flight: Option<i64>,
+    /// The writer's next value: values are never reused, so a value tells which write made it.
+    next: i64,
+    /// Writes acknowledged so far.
+    writes: usize,
 }
 
 async fn start(data: &Path) -> ServerProcess {
-    ServerProcess::start(&["--store", "disk", "--data-dir", data.to_str().expect("a UTF-8 path")]).await
+    let data = data.to_str().expect("a UTF-8 path");
+    ServerProcess::start(&["--store", "disk", "--data-dir", data, "--snapshot-log-size", "8KiB"]).await
 }
 
 async fn client(server: &ServerProcess) -> Client {
@@ -59,25 +66,46 @@ async fn verify(client: &Client, known: &[Known], cycle: usize) -> Vec<Known> {
         } else {
             assert_eq!(Some(value), k.in_flight, "cycle {cycle}, {key}: {k:?} acknowledged, {value} stored");
         }
-        now.push(Known { acknowledged: value, version, in_flight: None });
+        now.push(Known {
+            acknowledged: value,
+            version,
+            in_flight: None,
+            next: k.next.max(value),
+            writes: k.writes,
+        });
     }
     now
 }
 
 /// One writer: conditional writes of 1, 2, 3... on its key, each expecting the version the last one
-/// made, until the server is killed (the write then in flight may or may not have been made).
+/// made, and every fourth a conditional delete, until the server is killed (the write then in flight
+/// may or may not have been made).
 async fn write_until_killed(client: Client, w: usize, mut known: Known, killed: CancellationToken) -> Known {
     let key = format!("writer:{w}");
     loop {
-        let next = known.acknowledged + 1;
+        let delete = known.acknowledged != 0 && known.writes % 4 == 3;
+        let next = if delete { 0 } else { known.next + 1 };
         known.in_flight = Some(next);
-        let write = client.hset_if_version("crash", &key, Value::from(next), known.version);
+        let write = async {
+            match delete {
+                true => client.hdel_if_version("crash", &key, known.version).await,
+                false => client.hset_if_version("crash", &key, Value::from(next), known.version).await,
+            }
+        };
         let outcome = tokio::select! {
             outcome = write => outcome,
             _ = killed.cancelled() => return known,
         };
         match outcome {
-            Ok(written) => known = Known { acknowledged: next, version: written.version, in_flight: None },
+            Ok(written) => {
+                known = Known {
+                    acknowledged: next,
+                    version: written.version,
+                    in_flight: None,
+                    next: next.max(known.next),
+                    writes: known.writes + 1,
+                }
+            }
             Err(qkv::client::ClientError::Conflict { current }) => {
                 panic!(
                     "{key}: a conditional write on the version just acknowledged conflicted with {current:?}"
@@ -109,7 +137,7 @@ async fn every_acknowledged_write_survives_sigkill() {
         killed.cancel();
         for (w, writer) in writers.into_iter().enumerate() {
             let after = writer.await.expect("writer");
-            total += (after.acknowledged - known[w].acknowledged) as usize;
+            total += after.writes - known[w].writes;
             known[w] = after;
         }
     }
@@ -117,4 +145,9 @@ async fn every_acknowledged_write_survives_sigkill() {
     verify(&client(&server).await, &known, CYCLES).await;
     eprintln!("{total} acknowledged writes over {CYCLES} crashes");
     assert!(total >= CYCLES * WRITERS, "the loader barely wrote: {total} acknowledged writes");
+    let snapshots = std::fs::read_dir(data.path())
+        .unwrap()
+        .filter(|entry| entry.as_ref().unwrap().file_name().to_string_lossy().starts_with("qkv-snapshot."))
+        .count();
+    assert!(snapshots >= 1, "no snapshot was written: the kills never met one");
 }

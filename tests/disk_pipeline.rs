@@ -8,7 +8,7 @@ use prost::Message;
 use qkv::pb::{CommandRequest, CommandResponse, Value, value};
 use qkv::pubsub::{ConnectionId, Delivery};
 use qkv::server::{Server, ServerConfig, TcpMode};
-use qkv::storage::{DiskStore, Durability, Storage};
+use qkv::storage::{DiskConfig, DiskStore, Durability, Storage};
 use tokio::io::AsyncWriteExt;
 
 /// A subscriber told of a write (pipelined Hset, then Publish, on one connection) finds the write in
@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 #[tokio::test]
 async fn a_publish_pipelined_after_a_write_is_seen_only_once_the_write_is_durable() {
     let dir = tempfile::tempdir().unwrap();
-    let store = DiskStore::open(&dir.path().join("data"), Durability::Strict).unwrap();
+    let store = DiskStore::open(&dir.path().join("data"), DiskConfig::new(Durability::Strict)).unwrap();
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         tcp: TcpMode::Plaintext,

@@ -11,10 +11,11 @@ use qkv::transport::frame::encode_frame;
 
 type Harness = fn(&[u8]);
 
-const TARGETS: [(&str, Harness); 3] = [
+const TARGETS: [(&str, Harness); 4] = [
     ("frame_decoder", fuzzing::frame_decoder),
     ("request_dispatch", fuzzing::request_dispatch),
     ("tcp_pipeline", fuzzing::tcp_pipeline),
+    ("log_recovery", fuzzing::log_recovery),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
@@ -43,6 +44,29 @@ fn requests() -> Vec<CommandRequest> {
     ]
 }
 
+/// Bodies of log records (docs/DESIGN.md, "Durable storage"): sets, a delete, a snapshot's end.
+fn log_record_bodies() -> Vec<Vec<u8>> {
+    let body = |kind: u8, number: u64, table: &str, key: &str, value: Option<qkv::pb::Value>| {
+        let mut body = vec![kind];
+        body.extend_from_slice(&number.to_le_bytes());
+        for name in [table, key] {
+            body.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            body.extend_from_slice(name.as_bytes());
+        }
+        if let Some(value) = value {
+            value.encode(&mut body).unwrap();
+        }
+        body
+    };
+    vec![
+        body(1, 7, "t", "k", Some("v".into())),
+        body(1, 8, "t", "n", Some(42i64.into())),
+        body(2, 9, "t", "k", None),
+        body(1, 10, "", "", Some(vec![0u8, 1, 2].into())),
+        [&[3u8][..], &3u64.to_le_bytes()].concat(),
+    ]
+}
+
 /// Named seed inputs per target.
 fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
     let frames: Vec<Vec<u8>> =
@@ -65,6 +89,17 @@ fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
             ("http".into(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
             ("truncated".into(), pipelined[..pipelined.len() - 2].to_vec()),
         ],
+        "log_recovery" => {
+            // Structured inputs (first byte even): record bodies, each after its length byte.
+            let bodies = log_record_bodies();
+            let structured: Vec<u8> =
+                bodies.iter().flat_map(|body| [&[body.len() as u8][..], body].concat()).collect();
+            vec![
+                ("records".into(), [&[0u8][..], &structured].concat()),
+                ("records-cut".into(), [&[0u8][..], &structured[..structured.len() - 3]].concat()),
+                ("raw-bytes".into(), [&[1u8][..], &structured].concat()),
+            ]
+        }
         _ => unreachable!("unknown target {target}"),
     };
     seeds.push(("empty".into(), Vec::new()));

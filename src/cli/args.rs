@@ -413,12 +413,16 @@ pub struct ServeArgs {
     pub store: Store,
     #[command(flatten)]
     pub redis: RedisArgs,
-    /// Where the disk store keeps its data (one file, qkv.redb); created if missing.
+    /// Where the disk store keeps its data (its log and snapshots); created if missing.
     #[arg(long, default_value = "data", env = "QKV_DATA_DIR")]
     pub data_dir: PathBuf,
+    /// The disk store writes a snapshot (and drops the log before it) once its log since the last one
+    /// is larger than this and than the last snapshot, e.g. 64MiB.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub snapshot_log_size: usize,
     /// When a write to the disk store is acknowledged: strict, once it is on disk (fsync); relaxed,
-    /// once committed, with what is committed flushed to disk every --flush-interval (a crash loses
-    /// at most that much).
+    /// once the operating system has it (it survives the server's crash), with what it has flushed to
+    /// disk every --flush-interval (a crash of the machine loses at most that much).
     #[arg(long, value_enum, default_value_t = DurabilityMode::Strict)]
     pub durability: DurabilityMode,
     /// With --durability relaxed: how often committed writes are flushed to disk, e.g. 10ms.
@@ -469,8 +473,9 @@ pub struct ServeArgs {
     /// Largest value accepted (encoded).
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     pub max_value_size: usize,
-    /// Memory the in-memory store's data may take; writes beyond it are refused with status 507
-    /// while reads and deletes keep working. Default: half of the machine's (or cgroup's) memory.
+    /// Memory the store's data may take (memory and disk stores: the disk store serves from memory);
+    /// writes beyond it are refused with status 507 while reads and deletes keep working. Default:
+    /// half of the machine's (or cgroup's) memory.
     #[arg(long, value_parser = parse_size)]
     pub memory_budget: Option<usize>,
     /// Hgetall scans running at once; more wait. Each holds a snapshot of its table's keys.

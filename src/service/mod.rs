@@ -260,6 +260,12 @@ impl<S: Storage> Service<S> {
     /// See [`Handler::class`].
     pub fn class(&self, request: &CommandRequest) -> RequestClass {
         let sequencing = match &request.request_data {
+            Some(RequestData::Hmset(m)) if m.pairs.len() > crate::storage::ORDERED_WRITE_KEYS => {
+                Sequencing::Barrier
+            }
+            Some(RequestData::Hmdel(m)) if m.keys.len() > crate::storage::ORDERED_WRITE_KEYS => {
+                Sequencing::Barrier
+            }
             Some(
                 RequestData::Hset(_) | RequestData::Hmset(_) | RequestData::Hdel(_) | RequestData::Hmdel(_),
             ) if S::APPLIES_WRITES_IN_ISSUE_ORDER => Sequencing::OrderedWrite,
@@ -474,6 +480,16 @@ mod tests {
         assert_eq!(sequencing(&disk, publish()), Sequencing::Barrier);
         assert_eq!(sequencing(&memory, publish()), Sequencing::Barrier);
         assert_eq!(sequencing(&disk, CommandRequest::hget("t", "k")), Sequencing::Read);
+        // A multi-key write the backend applies in batches, with other requests between them, is a
+        // barrier: a later write of one of its keys must not be applied before its last batch.
+        let hmset =
+            |n: usize| CommandRequest::hmset("t", (0..n).map(|i| crate::pb::Kvpair::new(format!("k{i}"), 1)));
+        let hmdel = |n: usize| CommandRequest::hmdel("t", (0..n).map(|i| format!("k{i}")));
+        let most = crate::storage::ORDERED_WRITE_KEYS;
+        assert_eq!(sequencing(&disk, hmset(most)), Sequencing::OrderedWrite);
+        assert_eq!(sequencing(&disk, hmset(most + 1)), Sequencing::Barrier);
+        assert_eq!(sequencing(&disk, hmdel(most)), Sequencing::OrderedWrite);
+        assert_eq!(sequencing(&disk, hmdel(most + 1)), Sequencing::Barrier);
         assert!(memory(&CommandRequest::hget("t", "k")).replay_safe);
         assert!(!memory(&CommandRequest::hset("t", "k", 1)).replay_safe);
     }

@@ -9,6 +9,10 @@
 //! writer that looked the table up just before it was unlinked and then inserts into the orphan, losing
 //! the write. `Table::unlinked` closes that gap: writers hold it shared while they write and re-fetch the
 //! table if it is set; unlinking holds it exclusively, so it only ever unlinks a table no writer is in.
+//!
+//! Every change is also told to the store's [`Journal`] while the key's bucket is held: the plain store's
+//! journal only counts versions; the durable store's ([`super::DiskStore`]) appends the change to its
+//! log, so that a key's changes reach the log in the order they were made.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -27,7 +31,7 @@ use crate::pb::{Value, value};
 
 /// Keys handled between two yields to the runtime in multi-key operations, so that one request with a
 /// million keys cannot hold the (single) runtime thread for long.
-const BATCH: usize = 1024;
+pub(crate) const BATCH: usize = 1024;
 
 /// Tables with more keys than this are snapshotted for a scan on a blocking thread.
 const INLINE_SNAPSHOT_KEYS: usize = 4096;
@@ -39,17 +43,54 @@ const ENTRY_OVERHEAD: usize = 160;
 /// Bytes a table costs beyond its name: its maps and their first buckets.
 const TABLE_OVERHEAD: usize = 4608;
 
-/// A concurrent in-memory store. All data is lost when the process exits.
+/// Where a store's changes go, besides its maps. Both methods are called while the key's bucket lock is
+/// held, after the change is decided and before it is made visible, so they must be quick (no I/O).
+pub trait Journal: Send + Sync + 'static {
+    /// Records that `key` of `table` is set to `value`, and returns its new version: greater than every
+    /// version handed out before.
+    fn set(&self, table: &str, key: &str, value: &Value) -> u64;
+    /// Records that `key` of `table` is deleted.
+    fn delete(&self, table: &str, key: &str);
+}
+
+impl<J: Journal> Journal for Arc<J> {
+    fn set(&self, table: &str, key: &str, value: &Value) -> u64 {
+        (**self).set(table, key, value)
+    }
+
+    fn delete(&self, table: &str, key: &str) {
+        (**self).delete(table, key)
+    }
+}
+
+/// The journal of a store that keeps nothing beyond the process: a version counter. It starts at
+/// `first_version_floor`, so versions also keep growing across restarts.
+pub struct Versions(AtomicU64);
+
+impl Default for Versions {
+    fn default() -> Self {
+        Versions(AtomicU64::new(super::first_version_floor()))
+    }
+}
+
+impl Journal for Versions {
+    fn set(&self, _: &str, _: &str, _: &Value) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn delete(&self, _: &str, _: &str) {}
+}
+
+/// A concurrent in-memory store. All data is lost when the process exits, unless its journal keeps it.
 ///
 /// It keeps an account of the memory its entries take (keys, encoded values and the estimated overheads
 /// above) and refuses, with [`StorageError::Full`], a write that would take the account over its
 /// budget. A write needs room for its new entry before the old one is released; deletes always work.
-pub struct MemoryStore {
+pub struct MemoryStore<J: Journal = Versions> {
     tables: scc::HashMap<Arc<str>, Arc<Table>>,
-    /// The last version handed out; one counter for the whole store keeps versions unique, so a key
-    /// that is deleted and re-created can never reuse a version a client still holds. It starts at
-    /// `first_version_floor`, so versions also keep growing across restarts.
-    last_version: AtomicU64,
+    /// Hands out versions: one counter for the whole store keeps versions unique, so a key that is
+    /// deleted and re-created can never reuse a version a client still holds.
+    journal: J,
     /// Bytes accounted to the entries and tables held now.
     used: AtomicUsize,
     /// Keys held now, in every table (for the metrics).
@@ -95,13 +136,24 @@ impl MemoryStore {
 
     /// A store whose entries may take at most `budget` bytes (see the type's documentation).
     pub fn with_budget(budget: usize) -> Self {
+        Self::with_journal(budget, Versions::default())
+    }
+}
+
+impl<J: Journal> MemoryStore<J> {
+    /// A store whose changes also go to `journal`.
+    pub fn with_journal(budget: usize, journal: J) -> Self {
         MemoryStore {
             tables: scc::HashMap::default(),
-            last_version: AtomicU64::new(super::first_version_floor()),
+            journal,
             used: AtomicUsize::new(0),
             keys: AtomicU64::new(0),
             budget,
         }
+    }
+
+    pub fn journal(&self) -> &J {
+        &self.journal
     }
 
     pub fn memory(&self) -> MemoryUsage {
@@ -123,10 +175,6 @@ impl MemoryStore {
 
     fn release(&self, bytes: usize) {
         self.used.fetch_sub(bytes, Ordering::Relaxed);
-    }
-
-    fn next_version(&self) -> u64 {
-        self.last_version.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     fn table(&self, name: &str) -> Option<Arc<Table>> {
@@ -183,6 +231,7 @@ impl MemoryStore {
     /// Replaces an existing key's value if `expected_version` allows it.
     fn replace(
         &self,
+        table: &str,
         mut entry: OccupiedEntry<'_, Arc<str>, Versioned>,
         value: Value,
         expected_version: Option<u64>,
@@ -191,7 +240,7 @@ impl MemoryStore {
         if expected_version.is_some_and(|expected| expected != current.version) {
             return WriteOutcome::Conflict { current: Some(current.clone()) };
         }
-        let version = self.next_version();
+        let version = self.journal.set(table, entry.key(), &value);
         let previous = std::mem::replace(entry.get_mut(), Versioned { value, version });
         self.release(entry_size(entry.key(), &previous.value));
         WriteOutcome::Written { previous: Some(previous), version }
@@ -201,6 +250,7 @@ impl MemoryStore {
     /// entry keeps, or which are released when nothing is written.
     fn set_in(
         &self,
+        name: &str,
         table: &Table,
         key: &str,
         value: Value,
@@ -210,14 +260,14 @@ impl MemoryStore {
         let value = owned(value);
         // The common case, overwriting a key, must not allocate a new `Arc<str>` for the key.
         let outcome = match table.entries.get_sync(key) {
-            Some(entry) => self.replace(entry, value, expected_version),
+            Some(entry) => self.replace(name, entry, value, expected_version),
             None => match table.entries.entry_sync(Arc::from(key)) {
-                MapEntry::Occupied(entry) => self.replace(entry, value, expected_version),
+                MapEntry::Occupied(entry) => self.replace(name, entry, value, expected_version),
                 MapEntry::Vacant(_) if expected_version.is_some_and(|expected| expected != 0) => {
                     WriteOutcome::Conflict { current: None }
                 }
                 MapEntry::Vacant(entry) => {
-                    let version = self.next_version();
+                    let version = self.journal.set(name, key, &value);
                     entry.insert_entry(Versioned { value, version });
                     table.key_changes.fetch_add(1, Ordering::Release);
                     self.keys.fetch_add(1, Ordering::Relaxed);
@@ -231,19 +281,91 @@ impl MemoryStore {
         outcome
     }
 
-    fn delete_in(&self, table: &Table, key: &str, expected_version: Option<u64>) -> WriteOutcome {
+    fn delete_in(&self, name: &str, table: &Table, key: &str, expected_version: Option<u64>) -> WriteOutcome {
         let Some(entry) = table.entries.get_sync(key) else {
             return absent_delete(expected_version);
         };
         if expected_version.is_some_and(|expected| expected != entry.get().version) {
             return WriteOutcome::Conflict { current: Some(entry.get().clone()) };
         }
+        self.journal.delete(name, key);
         let (key, previous) = entry.remove_entry();
         table.key_changes.fetch_add(1, Ordering::Release);
         self.keys.fetch_sub(1, Ordering::Relaxed);
         self.release(entry_size(&key, &previous.value));
         WriteOutcome::Written { previous: Some(previous), version: 0 }
     }
+}
+
+/// Recovery and snapshots of a journaled store (the durable store's).
+impl<J: Journal> MemoryStore<J> {
+    /// Puts `key` back as a journal recorded it: without telling the journal, and without the budget's
+    /// refusal (a store restored over a budget that was lowered meanwhile refuses writes until deletes
+    /// bring it under).
+    pub(crate) fn restore(&self, name: &str, key: &str, versioned: Versioned) {
+        let table = match self.table(name) {
+            Some(table) => table,
+            None => {
+                self.used.fetch_add(table_size(name), Ordering::Relaxed);
+                self.tables.entry_sync(Arc::from(name)).or_default().get().clone()
+            }
+        };
+        self.used.fetch_add(entry_size(key, &versioned.value), Ordering::Relaxed);
+        let replaced = match table.entries.get_sync(key) {
+            Some(mut entry) => Some(std::mem::replace(entry.get_mut(), versioned)),
+            None => {
+                table.entries.upsert_sync(Arc::from(key), versioned);
+                table.key_changes.fetch_add(1, Ordering::Release);
+                self.keys.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        };
+        if let Some(previous) = replaced {
+            self.release(entry_size(key, &previous.value));
+        }
+    }
+
+    /// Removes `key` as a journal recorded it, without telling the journal.
+    pub(crate) fn forget(&self, name: &str, key: &str) {
+        let Some(table) = self.table(name) else { return };
+        if let Some((key, previous)) = table.entries.remove_sync(key) {
+            table.key_changes.fetch_add(1, Ordering::Release);
+            self.keys.fetch_sub(1, Ordering::Relaxed);
+            self.release(entry_size(&key, &previous.value));
+        }
+        self.unlink_if_empty(name, &table);
+    }
+
+    /// Shows `visitor` every entry, table by table, while writes go on: an entry that does not change
+    /// during the walk is visited once, as it is; one that changes is visited as it is at some moment of
+    /// the walk, or not at all.
+    pub(crate) fn walk(&self, visitor: &mut impl Visitor) -> std::io::Result<()> {
+        let mut tables = Vec::with_capacity(self.tables.len());
+        self.tables.iter_sync(|name, table| {
+            tables.push((name.clone(), table.clone()));
+            true
+        });
+        for (name, table) in tables {
+            let mut keys = Vec::with_capacity(table.entries.len());
+            table.entries.iter_sync(|key, _| {
+                keys.push(key.clone());
+                true
+            });
+            for key in keys {
+                table.entries.read_sync(&*key, |key, versioned| visitor.entry(&name, key, versioned));
+                visitor.between()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`MemoryStore::walk`] shows the entries to.
+pub(crate) trait Visitor {
+    /// One entry; called while its key's bucket is held, so it must be quick (no I/O).
+    fn entry(&mut self, table: &str, key: &str, versioned: &Versioned);
+    /// Called after each key, outside every lock; an error stops the walk.
+    fn between(&mut self) -> std::io::Result<()>;
 }
 
 /// The memory budget of a store unless configured otherwise: half of the memory this process may use
@@ -305,7 +427,7 @@ fn absent_delete(expected_version: Option<u64>) -> WriteOutcome {
     }
 }
 
-impl Storage for MemoryStore {
+impl<J: Journal> Storage for MemoryStore<J> {
     type Scan = MemoryScan;
 
     fn usage(&self) -> StorageUsage {
@@ -334,7 +456,8 @@ impl Storage for MemoryStore {
     ) -> StorageResult<WriteOutcome> {
         let size = entry_size(key, &value);
         self.reserve(size)?;
-        let written = self.write_to_table(table, |t| self.set_in(t, key, value, expected_version, size));
+        let written =
+            self.write_to_table(table, |t| self.set_in(table, t, key, value, expected_version, size));
         if written.is_err() {
             self.release(size);
         }
@@ -356,7 +479,7 @@ impl Storage for MemoryStore {
                 outcomes.extend(batch.map(|(key, value)| {
                     let size = entry_size(&key, &value);
                     unspent -= size;
-                    self.set_in(t, &key, value, None, size)
+                    self.set_in(table, t, &key, value, None, size)
                 }))
             });
             if let Err(e) = written {
@@ -378,7 +501,7 @@ impl Storage for MemoryStore {
         let Some(t) = self.table(table) else {
             return Ok(absent_delete(expected_version));
         };
-        let outcome = self.delete_in(&t, key, expected_version);
+        let outcome = self.delete_in(table, &t, key, expected_version);
         self.unlink_if_empty(table, &t);
         Ok(outcome)
     }
@@ -388,7 +511,8 @@ impl Storage for MemoryStore {
             return Ok(keys.iter().map(|_| absent_delete(None)).collect());
         };
         let outcomes =
-            batched(keys, |batch| batch.iter().map(|key| self.delete_in(&t, key, None)).collect()).await;
+            batched(keys, |batch| batch.iter().map(|key| self.delete_in(table, &t, key, None)).collect())
+                .await;
         self.unlink_if_empty(table, &t);
         Ok(outcomes)
     }

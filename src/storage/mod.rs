@@ -1,8 +1,8 @@
 //! Storage: where tables of versioned values live. Knows nothing of networks or the wire format's framing.
 //!
 //! [`Storage`] is async so that backends that do I/O fit behind it without blocking the runtime: the
-//! in-memory backend ([`MemoryStore`]) answers immediately; the durable one ([`DiskStore`], redb) reads
-//! on blocking threads and acknowledges writes once a group commit has made them durable. Every backend runs the
+//! in-memory backend ([`MemoryStore`]) answers immediately; the durable one ([`DiskStore`]) serves from
+//! memory too and acknowledges writes once a group commit has made them durable in its log. Every backend runs the
 //! same conformance suite (`suite.rs`), so the semantics below are checked, not just described.
 //!
 //! Semantics every backend provides:
@@ -16,7 +16,7 @@
 //! - Scans are weakly consistent: a key present for the whole scan is returned exactly once; a key
 //!   written or deleted during the scan may or may not be. Order is unspecified.
 
-mod disk;
+pub(crate) mod disk;
 mod memory;
 mod redis;
 #[cfg(test)]
@@ -24,8 +24,8 @@ pub(crate) mod suite;
 
 use std::future::Future;
 
-pub use disk::{DATA_FILE, DiskScan, DiskStore, Durability, StoreClosed};
-pub use memory::{MemoryScan, MemoryStore, MemoryUsage, default_memory_budget};
+pub use disk::{DiskConfig, DiskScan, DiskStore, Durability, StoreClosed};
+pub use memory::{Journal, MemoryScan, MemoryStore, MemoryUsage, Versions, default_memory_budget};
 pub use redis::{RedisConfig, RedisScan, RedisStore, redacted_url};
 
 use crate::pb::Value;
@@ -38,6 +38,11 @@ pub use crate::pb::Versioned;
 fn first_version_floor() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
+
+/// The most keys a multi-key write may have to be applied whole on its first poll (see
+/// [`Storage::APPLIES_WRITES_IN_ISSUE_ORDER`]); larger ones are applied in batches of this many, with
+/// other requests served between them.
+pub const ORDERED_WRITE_KEYS: usize = memory::BATCH;
 
 /// A key and its versioned value, as scans return them.
 pub type Entry = (String, Versioned);
@@ -101,9 +106,10 @@ pub trait Storage: Send + Sync + 'static {
     type Scan: TableScan;
 
     /// True when writes issued one after another (each future polled once, in turn) are applied in
-    /// that order even if the earlier ones have not completed. A pipelined connection may then issue a
-    /// write before the one before it is done, so that consecutive writes share a (group) commit
-    /// instead of waiting for each other's.
+    /// that order even if the earlier ones have not completed, for writes of at most
+    /// [`ORDERED_WRITE_KEYS`] keys (larger ones may yield between batches). A pipelined connection may
+    /// then issue such a write before the one before it is done, so that consecutive writes share a
+    /// (group) commit instead of waiting for each other's.
     const APPLIES_WRITES_IN_ISSUE_ORDER: bool = false;
 
     /// The key's value and version, or `None` when absent.

@@ -1,96 +1,144 @@
-//! The durable backend: redb, one file in the data directory, every write acknowledged only once it
-//! is on disk, with group commit ([`committer`]).
+//! The durable backend: the memory store as the working set, and a write-ahead log on disk that every
+//! change goes to, with group commit; snapshots compact the log. Redis's design (an append-only file
+//! with `appendfsync always`, rewritten when it grows), chosen by measurement over B-tree and LSM
+//! engines: docs/DESIGN.md, "Durable storage".
 //!
-//! redb was chosen over fjall by measurement on this workload (docs/DESIGN.md, "Durable storage"):
-//! faster reads and scans, steady read latency under writes, one file, real transactions, no
-//! background threads, and a version line that builds with qkv's minimum Rust.
+//! - A write is applied to the memory store, which appends its record to the log's tail while the key
+//!   is locked ([`log`]), and is acknowledged once the committer ([`committer`]) has written and fsynced
+//!   it (strict), or handed it to the operating system (relaxed).
+//! - A read is a memory store read, answered once what it saw is durable (at once, unless it saw a
+//!   write whose fsync is still under way), so no answer shows a write that a crash could take back.
+//! - Opening a directory loads the newest snapshot and replays the log after it ([`recovery`]).
 //!
-//! Reads and scans run on tokio's blocking threads, each in a read transaction of its own (MVCC: they
-//! never wait for the committer). Every write goes through the committer thread.
+//! All data must fit in memory: the store has the memory store's budget (`--memory-budget`), and writes
+//! beyond it are refused with status 507, as the memory store's are.
 //!
 //! Dropping the store never blocks (the last handle may go on a runtime thread, which must not wait
-//! for an fsync): the committer finishes the writes it was given, makes every commit durable and
-//! exits on its own. [`StoreClosed`], taken from the store beforehand, waits for that, so that a
-//! process exits, or opens the directory again, only once every acknowledged write is on disk.
+//! for an fsync): the committer writes what it was given, makes it durable and exits on its own.
+//! [`StoreClosed`], taken from the store beforehand, waits for that, so that a process exits, or opens
+//! the directory again, only once every acknowledged write is on disk.
 
 mod committer;
-mod encoding;
+mod files;
+pub(crate) mod format;
+mod import;
+pub(crate) mod log;
+pub(crate) mod recovery;
+pub(crate) mod snapshot;
 
-use std::ops::Bound;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use redb::{Database, ReadableTable, TableDefinition};
-use tokio::sync::oneshot;
-
 pub use committer::Durability;
-use committer::{Job, LAST_VERSION, Write};
-use encoding::{decode_version, decode_versioned, entry_key, key_of, table_prefix};
+use log::Log;
+use snapshot::Store;
 
-use super::{PageLimit, ScanPage, Storage, StorageError, StorageResult, TableScan, Versioned, WriteOutcome};
+use super::memory::{MemoryScan, MemoryStore};
+use super::{
+    PageLimit, ScanPage, Storage, StorageError, StorageResult, StorageUsage, TableScan, Versioned,
+    WriteOutcome,
+};
 use crate::pb::Value;
 
-/// Every qkv table's entries, keyed as `encoding` describes.
-const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
-/// Bookkeeping: the last version handed out.
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-
-/// The database file in a data directory.
-pub const DATA_FILE: &str = "qkv.redb";
-
-fn backend(e: impl Into<redb::Error>) -> StorageError {
-    StorageError::Backend(e.into().to_string())
+/// How a disk store keeps its data.
+#[derive(Debug, Clone, Copy)]
+pub struct DiskConfig {
+    pub durability: Durability,
+    /// What the entries may take in memory (see [`MemoryStore::with_budget`]).
+    pub memory_budget: usize,
+    /// A snapshot is written once the log since the last one is larger than this and than the last
+    /// snapshot: the log, and so the directory and the time to restart, stay within a few times the
+    /// data.
+    pub snapshot_log_size: u64,
 }
 
-/// A store on disk. Cheap operations stay cheap: a read is one read transaction on a blocking
-/// thread; a write waits for the next group commit.
+impl DiskConfig {
+    pub const DEFAULT_SNAPSHOT_LOG_SIZE: u64 = 64 << 20;
+
+    /// The defaults, with `durability`.
+    pub fn new(durability: Durability) -> Self {
+        DiskConfig {
+            durability,
+            memory_budget: super::default_memory_budget(),
+            snapshot_log_size: Self::DEFAULT_SNAPSHOT_LOG_SIZE,
+        }
+    }
+}
+
+/// A store on disk, served from memory.
 pub struct DiskStore {
-    db: Arc<Database>,
-    /// To the committer, which stops once this (the only sender) is dropped.
-    jobs: mpsc::Sender<Job>,
+    memory: Arc<Store>,
+    log: Arc<Log>,
     closed: StoreClosed,
     /// Keeps a temporary data directory (tests only) alive as long as the store.
     _temporary: Option<TemporaryDir>,
 }
 
-impl DiskStore {
-    /// Opens (or creates) the store in `dir`. After a crash, redb repairs the file on open, which
-    /// takes time proportional to its size.
-    pub fn open(dir: &Path, durability: Durability) -> StorageResult<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StorageError::Backend(format!("cannot create {}: {e}", dir.display())))?;
-        let path: PathBuf = dir.join(DATA_FILE);
-        let db = Database::create(&path).map_err(|e| {
-            StorageError::Backend(format!("cannot open {}: {}", path.display(), redb::Error::from(e)))
-        })?;
-        // Create both tables now, so that reads never meet a missing one; read the version counter.
-        let txn = db.begin_write().map_err(backend)?;
-        let stored_version = {
-            txn.open_table(ENTRIES).map_err(backend)?;
-            let meta = txn.open_table(META).map_err(backend)?;
-            meta.get(LAST_VERSION).map_err(backend)?.map(|v| v.value())
-        };
-        txn.commit().map_err(backend)?;
+fn io_error(what: &str, dir: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
+    move |e| StorageError::Backend(format!("{what} {}: {e}", dir.display()))
+}
 
-        let db = Arc::new(db);
-        let (jobs, queue) = mpsc::channel();
-        let first_version = committer::first_version(stored_version);
-        let for_committer = db.clone();
+impl DiskStore {
+    /// Opens (or creates) the store in `dir`: loads its snapshot and replays its log, which takes time
+    /// proportional to the data (docs/bench/DURABLE.md).
+    pub fn open(dir: &Path, config: DiskConfig) -> StorageResult<Self> {
+        std::fs::create_dir_all(dir).map_err(io_error("cannot create", dir))?;
+        let lock = files::lock(dir).map_err(io_error("cannot lock", dir))?;
+        let started = Instant::now();
+        let log = Arc::new(Log::new(0));
+        let memory = Arc::new(MemoryStore::with_journal(config.memory_budget, log.clone()));
+        let imported =
+            import::from_redb(dir, &memory).map_err(io_error("cannot import the redb file in", dir))?;
+        let recovered =
+            recovery::recover(dir, &memory).map_err(io_error("cannot recover the data in", dir))?;
+        log.start_after(recovered.last_version.max(imported).max(super::first_version_floor()));
+        let segment = files::create_segment(dir, recovered.next_generation, log.appended())
+            .map_err(io_error("cannot start a log segment in", dir))?;
+        let usage = memory.usage();
+        tracing::info!(
+            dir = %dir.display(),
+            keys = usage.keys.unwrap_or_default(),
+            snapshot_entries = recovered.snapshot_entries,
+            log_records = recovered.records,
+            torn_bytes = recovered.torn_bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "data recovered"
+        );
+        if let Some(memory) = usage.memory
+            && memory.used > memory.budget
+        {
+            tracing::warn!(
+                used = memory.used,
+                budget = memory.budget,
+                "the data is larger than the memory budget: writes are refused until deletes bring it under"
+            );
+        }
+        let committer = committer::Committer {
+            log: log.clone(),
+            dir: dir.to_owned(),
+            segment,
+            generation: recovered.next_generation,
+            durability: config.durability,
+            store: Arc::downgrade(&memory),
+            snapshot_log_size: config.snapshot_log_size,
+            log_bytes: recovered.log_bytes,
+            snapshot_size: recovered.snapshot_size,
+            lock,
+        };
         let committer = std::thread::Builder::new()
             .name("qkv-committer".into())
-            .spawn(move || committer::run(for_committer, queue, durability, first_version))
+            .spawn(move || committer.run())
             .map_err(|e| StorageError::Backend(format!("cannot start the committer thread: {e}")))?;
         let closed = StoreClosed { committer: Arc::new(Mutex::new(Some(committer))) };
-        Ok(DiskStore { db, jobs, closed, _temporary: None })
+        Ok(DiskStore { memory, log, closed, _temporary: None })
     }
 
     /// A handle that completes once this store has been dropped and its committer has made every write
-    /// it acknowledged durable and stopped. The database file is closed then, unless a scan still
-    /// reads it (a [`DiskScan`] keeps it open until it is dropped).
+    /// it acknowledged durable and stopped.
     pub fn closed(&self) -> StoreClosed {
         self.closed.clone()
     }
@@ -99,41 +147,42 @@ impl DiskStore {
     #[cfg(test)]
     pub(crate) fn temporary() -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut store = Self::open(dir.path(), Durability::Strict).expect("a store in a temporary directory");
+        let mut store = Self::open(dir.path(), test_config()).expect("a store in a temporary directory");
         store._temporary = Some(dir);
         store
     }
 
-    /// Runs `read` on a blocking thread, in a read transaction, with the entries table.
-    async fn read<R: Send + 'static>(
-        &self,
-        read: impl FnOnce(&redb::ReadOnlyTable<&[u8], &[u8]>) -> StorageResult<R> + Send + 'static,
-    ) -> StorageResult<R> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(backend)?;
-            let entries = txn.open_table(ENTRIES).map_err(backend)?;
-            read(&entries)
-        })
-        .await
-        .map_err(|e| StorageError::Backend(format!("a read failed: {e}")))?
+    /// Answers with `read` once everything it saw is durable: the versions it returns, and, when it
+    /// found a key absent, the last delete.
+    async fn answer<R>(&self, read: R, versions: impl Iterator<Item = Option<u64>>) -> StorageResult<R> {
+        let mut seen = 0;
+        for version in versions {
+            seen = seen.max(version.unwrap_or_else(|| self.log.deleted()));
+        }
+        self.log.durable(seen).await.map_err(|why| {
+            StorageError::Backend(format!("the data log cannot be written ({why}); restart the server"))
+        })?;
+        Ok(read)
     }
 
-    /// Hands `write` to the committer and waits until it is durable.
-    async fn write(&self, write: Write) -> StorageResult<Vec<WriteOutcome>> {
-        let (done, outcome) = oneshot::channel();
-        let gone = || StorageError::Backend("the store is shutting down".into());
-        self.jobs.send(Job { write, done }).map_err(|_| gone())?;
-        outcome.await.map_err(|_| gone())?
-    }
-
-    async fn write_one(&self, write: Write) -> StorageResult<WriteOutcome> {
-        self.write(write).await?.pop().ok_or_else(|| StorageError::Backend("a write had no outcome".into()))
+    /// Acknowledges an applied write once it is durable, with everything it saw (all of it appended
+    /// before it returned).
+    async fn acknowledge<R>(&self, written: R) -> StorageResult<R> {
+        self.log.durable(self.log.appended()).await.map_err(|why| {
+            StorageError::Uncertain(format!("the data log cannot be written ({why}); restart the server"))
+        })?;
+        Ok(written)
     }
 }
 
-/// The end of a [`DiskStore`]'s committer: see [`DiskStore::closed`]. Dropping the store (its last
-/// handle, the job sender) tells the committer to finish; this waits until it has.
+impl Drop for DiskStore {
+    fn drop(&mut self) {
+        self.log.close();
+    }
+}
+
+/// The end of a [`DiskStore`]'s committer: see [`DiskStore::closed`]. Dropping the store tells the
+/// committer to finish; this waits until it has.
 #[derive(Clone)]
 pub struct StoreClosed {
     /// Taken by the first waiter, which joins it while holding the lock, so that every other waiter
@@ -165,45 +214,43 @@ type TemporaryDir = tempfile::TempDir;
 #[cfg(not(test))]
 type TemporaryDir = std::convert::Infallible;
 
-fn get_in(
-    entries: &redb::ReadOnlyTable<&[u8], &[u8]>,
-    table: &str,
-    key: &str,
-) -> StorageResult<Option<Versioned>> {
-    match entries.get(entry_key(table, key).as_slice()).map_err(backend)? {
-        Some(stored) => decode_versioned(stored.value()).map(Some),
-        None => Ok(None),
-    }
+fn versions_of<'a>(
+    found: impl IntoIterator<Item = &'a Option<Versioned>>,
+) -> impl Iterator<Item = Option<u64>> {
+    found.into_iter().map(|found| found.as_ref().map(|v| v.version))
 }
 
 impl Storage for DiskStore {
     type Scan = DiskScan;
 
-    /// A write's first poll hands it to the committer's FIFO queue, which applies writes in the order
-    /// they arrive.
+    /// A write is applied to memory, its records appended, on its first poll (up to
+    /// `ORDERED_WRITE_KEYS` keys: the memory store's first batch); only then does it wait.
     const APPLIES_WRITES_IN_ISSUE_ORDER: bool = true;
 
+    fn usage(&self) -> StorageUsage {
+        self.memory.usage()
+    }
+
+    async fn health(&self) -> Result<(), String> {
+        self.log.writable().map_err(|e| e.to_string())
+    }
+
     async fn get(&self, table: &str, key: &str) -> StorageResult<Option<Versioned>> {
-        let (table, key) = (table.to_owned(), key.to_owned());
-        self.read(move |entries| get_in(entries, &table, &key)).await
+        let found = self.memory.get(table, key).await?;
+        let version = found.as_ref().map(|v| v.version);
+        self.answer(found, std::iter::once(version)).await
     }
 
     async fn get_many(&self, table: &str, keys: &[String]) -> StorageResult<Vec<Option<Versioned>>> {
-        let (table, keys) = (table.to_owned(), keys.to_vec());
-        self.read(move |entries| keys.iter().map(|key| get_in(entries, &table, key)).collect()).await
+        let found = self.memory.get_many(table, keys).await?;
+        let versions: Vec<_> = versions_of(&found).collect();
+        self.answer(found, versions.into_iter()).await
     }
 
     async fn versions(&self, table: &str, keys: &[String]) -> StorageResult<Vec<u64>> {
-        let (table, keys) = (table.to_owned(), keys.to_vec());
-        self.read(move |entries| {
-            keys.iter()
-                .map(|key| match entries.get(entry_key(&table, key).as_slice()).map_err(backend)? {
-                    Some(stored) => decode_version(stored.value()),
-                    None => Ok(0),
-                })
-                .collect()
-        })
-        .await
+        let found = self.memory.versions(table, keys).await?;
+        let versions: Vec<_> = found.iter().map(|&v| (v != 0).then_some(v)).collect();
+        self.answer(found, versions.into_iter()).await
     }
 
     async fn set(
@@ -213,13 +260,15 @@ impl Storage for DiskStore {
         value: Value,
         expected_version: Option<u64>,
     ) -> StorageResult<WriteOutcome> {
-        let write =
-            Write::Set { table: table.to_owned(), key: key.to_owned(), value, expected: expected_version };
-        self.write_one(write).await
+        self.log.writable()?;
+        let written = self.memory.set(table, key, value, expected_version).await?;
+        self.acknowledge(written).await
     }
 
     async fn set_many(&self, table: &str, pairs: Vec<(String, Value)>) -> StorageResult<Vec<WriteOutcome>> {
-        self.write(Write::SetMany { table: table.to_owned(), pairs }).await
+        self.log.writable()?;
+        let written = self.memory.set_many(table, pairs).await?;
+        self.acknowledge(written).await
     }
 
     async fn delete(
@@ -228,133 +277,44 @@ impl Storage for DiskStore {
         key: &str,
         expected_version: Option<u64>,
     ) -> StorageResult<WriteOutcome> {
-        let write =
-            Write::Delete { table: table.to_owned(), key: key.to_owned(), expected: expected_version };
-        self.write_one(write).await
+        self.log.writable()?;
+        let written = self.memory.delete(table, key, expected_version).await?;
+        self.acknowledge(written).await
     }
 
     async fn delete_many(&self, table: &str, keys: &[String]) -> StorageResult<Vec<WriteOutcome>> {
-        self.write(Write::DeleteMany { table: table.to_owned(), keys: keys.to_vec() }).await
+        self.log.writable()?;
+        let written = self.memory.delete_many(table, keys).await?;
+        self.acknowledge(written).await
     }
 
     async fn scan(&self, table: &str, after: Option<&str>) -> StorageResult<DiskScan> {
-        let after = after.map(|key| entry_key(table, key));
-        Ok(DiskScan { db: self.db.clone(), prefix: table_prefix(table), after, done: false })
+        Ok(DiskScan { scan: self.memory.scan(table, after).await?, log: self.log.clone() })
     }
 }
 
-/// A scan of one table in key order, a page per read transaction: no snapshot is held between pages,
-/// and each page resumes after the last key returned, so a key present for the whole scan is returned
-/// exactly once.
+/// A scan of the memory store whose pages are answered once what they hold is durable.
 pub struct DiskScan {
-    db: Arc<Database>,
-    prefix: Vec<u8>,
-    /// The last key returned; the next page starts after it.
-    after: Option<Vec<u8>>,
-    done: bool,
+    scan: MemoryScan,
+    log: Arc<Log>,
 }
 
 impl TableScan for DiskScan {
     async fn next_page(&mut self, limit: PageLimit) -> StorageResult<ScanPage> {
-        if self.done {
-            return Ok(ScanPage { entries: Vec::new(), done: true });
-        }
-        let (db, prefix, after) = (self.db.clone(), self.prefix.clone(), self.after.clone());
-        let (page, last) =
-            tokio::task::spawn_blocking(move || read_page(&db, &prefix, after.as_deref(), limit))
-                .await
-                .map_err(|e| StorageError::Backend(format!("a scan failed: {e}")))??;
-        self.done = page.done;
-        self.after = last.or(self.after.take());
+        let page = self.scan.next_page(limit).await?;
+        // Keys deleted meanwhile are missing from the page: the last delete must be durable too.
+        let seen = page.entries.iter().map(|(_, v)| v.version).fold(self.log.deleted(), u64::max);
+        self.log.durable(seen).await.map_err(|why| {
+            StorageError::Backend(format!("the data log cannot be written ({why}); restart the server"))
+        })?;
         Ok(page)
     }
 }
 
-/// Up to `limit` entries of the table with `prefix`, after key `after`; and the last key read.
-fn read_page(
-    db: &Database,
-    prefix: &[u8],
-    after: Option<&[u8]>,
-    limit: PageLimit,
-) -> StorageResult<(ScanPage, Option<Vec<u8>>)> {
-    let txn = db.begin_read().map_err(backend)?;
-    let entries = txn.open_table(ENTRIES).map_err(backend)?;
-    let start = match after {
-        Some(after) => Bound::Excluded(after),
-        None => Bound::Included(prefix),
-    };
-    let mut page = ScanPage { entries: Vec::new(), done: true };
-    let mut last = None;
-    let mut bytes = 0;
-    for item in entries.range::<&[u8]>((start, Bound::Unbounded)).map_err(backend)? {
-        let (key, value) = item.map_err(backend)?;
-        let key = key.value();
-        if !key.starts_with(prefix) {
-            break;
-        }
-        // Always at least one entry per page when any remain, whatever the limits.
-        if !page.entries.is_empty() && (page.entries.len() >= limit.entries || bytes >= limit.bytes) {
-            page.done = false;
-            break;
-        }
-        let versioned = decode_versioned(value.value())?;
-        let name = key_of(key, prefix.len())?;
-        bytes += name.len() + value.value().len();
-        page.entries.push((name, versioned));
-        last = Some(key.to_vec());
-    }
-    Ok((page, last))
+#[cfg(test)]
+fn test_config() -> DiskConfig {
+    DiskConfig { memory_budget: usize::MAX, ..DiskConfig::new(Durability::Strict) }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    crate::storage::suite::storage_conformance!(DiskStore::temporary());
-
-    #[tokio::test]
-    async fn data_versions_and_conditional_writes_survive_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let (version, deleted_version, closed) = {
-            let store = DiskStore::open(dir.path(), Durability::Strict).unwrap();
-            let WriteOutcome::Written { version, .. } =
-                store.set("a:b", "", vec![0u8; 100_000].into(), None).await.unwrap()
-            else {
-                panic!("an unconditional write")
-            };
-            let WriteOutcome::Written { version: deleted, .. } =
-                store.set("t", "gone", 1i64.into(), None).await.unwrap()
-            else {
-                panic!("an unconditional write")
-            };
-            store.delete("t", "gone", None).await.unwrap();
-            (version, deleted, store.closed())
-        };
-        closed.wait().await;
-        let store = DiskStore::open(dir.path(), Durability::Strict).unwrap();
-        let stored = store.get("a:b", "").await.unwrap().unwrap();
-        assert_eq!((stored.value, stored.version), (vec![0u8; 100_000].into(), version));
-        assert_eq!(store.get("t", "gone").await.unwrap(), None);
-        // A conditional write on the version from before the restart succeeds; a stale one conflicts.
-        let outcome = store.set("a:b", "", "next".into(), Some(version)).await.unwrap();
-        let WriteOutcome::Written { version: next, .. } = outcome else { panic!("{outcome:?}") };
-        assert!(next > version && next > deleted_version, "versions keep growing across restarts");
-        assert!(matches!(
-            store.set("a:b", "", "x".into(), Some(version)).await.unwrap(),
-            WriteOutcome::Conflict { .. }
-        ));
-    }
-
-    #[tokio::test]
-    async fn relaxed_writes_are_on_disk_once_the_store_is_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let relaxed = Durability::Relaxed { flush_interval: std::time::Duration::from_secs(3600) };
-        let store = DiskStore::open(dir.path(), relaxed).unwrap();
-        store.set("t", "k", "v".into(), None).await.unwrap();
-        let closed = store.closed();
-        drop(store);
-        closed.wait().await;
-        let store = DiskStore::open(dir.path(), Durability::Strict).unwrap();
-        assert_eq!(store.get("t", "k").await.unwrap().unwrap().value, "v".into());
-    }
-}
+mod tests;

@@ -1,0 +1,100 @@
+//! The data directory: which files it holds, what they are called, and the fsyncs that make creating,
+//! renaming and removing them durable.
+//!
+//! ```text
+//! qkv.lock                      held (flock) by the process that has the directory open
+//! qkv-log.00000007              log segments, numbered in order; replayed after the snapshot
+//! qkv-snapshot.00000007         every entry as of the start of segment 7
+//! qkv-snapshot.00000008.tmp     a snapshot being written (removed when found at open)
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::format::{Header, LOG_MAGIC};
+
+const LOCK: &str = "qkv.lock";
+const LOG: &str = "qkv-log.";
+const SNAPSHOT: &str = "qkv-snapshot.";
+const PARTIAL: &str = ".tmp";
+
+pub fn segment(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("{LOG}{generation:08}"))
+}
+
+pub fn snapshot(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("{SNAPSHOT}{generation:08}"))
+}
+
+pub fn partial_snapshot(dir: &Path, generation: u64) -> PathBuf {
+    dir.join(format!("{SNAPSHOT}{generation:08}{PARTIAL}"))
+}
+
+/// What a data directory holds, by generation.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub segments: BTreeMap<u64, PathBuf>,
+    pub snapshots: BTreeMap<u64, PathBuf>,
+    /// Snapshots that were being written when the process stopped.
+    pub partial: Vec<PathBuf>,
+}
+
+pub fn list(dir: &Path) -> io::Result<Listing> {
+    let mut listing = Listing::default();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|name| name.to_str()) else { continue };
+        if let Some(rest) = name.strip_prefix(SNAPSHOT) {
+            if rest.ends_with(PARTIAL) {
+                listing.partial.push(path);
+            } else if let Ok(generation) = rest.parse() {
+                listing.snapshots.insert(generation, path);
+            }
+        } else if let Some(generation) = name.strip_prefix(LOG).and_then(|rest| rest.parse().ok()) {
+            listing.segments.insert(generation, path);
+        }
+    }
+    Ok(listing)
+}
+
+/// Makes the directory's entries (files created, renamed or removed in it) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Takes the directory for this process: two servers appending to one log would corrupt it. The lock
+/// is held as long as the returned file is open, and goes with the process however it ends.
+pub fn lock(dir: &Path) -> io::Result<File> {
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            format!("another process has {} open (it holds {LOCK})", dir.display()),
+        )),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Starts log segment `generation`: the file with its header, durable, and its name in the directory
+/// durable too.
+pub fn create_segment(dir: &Path, generation: u64, last_version: u64) -> io::Result<File> {
+    let path = segment(dir, generation);
+    let mut file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+    file.write_all(&Header { magic: LOG_MAGIC, generation, last_version }.encode())?;
+    file.sync_all()?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// Removes the segments and snapshots a newer snapshot (of `generation`) has made unnecessary.
+pub fn remove_before(dir: &Path, generation: u64) -> io::Result<()> {
+    let listing = list(dir)?;
+    let old = |files: BTreeMap<u64, PathBuf>| files.into_iter().filter(move |(g, _)| *g < generation);
+    for (_, path) in old(listing.segments).chain(old(listing.snapshots)) {
+        fs::remove_file(path)?;
+    }
+    sync_dir(dir)
+}

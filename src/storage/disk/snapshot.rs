@@ -1,0 +1,149 @@
+//! Snapshots: every entry of the store written to one file, so that the log before it can go.
+//!
+//! A snapshot of generation g is started right after log segment g is, and is taken while writes go on
+//! (a fuzzy snapshot): each entry is read as it is at some moment after segment g began. Replaying
+//! segments g, g+1, … over it gives the exact state, because a key's records are replayed in the order
+//! its writes were made, and a key with no record from segment g on was read as it was throughout.
+//!
+//! It is written to `qkv-snapshot.g.tmp`, fsynced, renamed to `qkv-snapshot.g` and the directory
+//! fsynced; only then are older segments and snapshots removed. A crash at any moment leaves either the
+//! old snapshot with every segment after it, or the new one with every segment after it.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::files;
+use super::format::{self, Header, Next, Reader, Record, SNAPSHOT_MAGIC};
+use super::log::Log;
+use crate::pb::Versioned;
+use crate::storage::memory::{MemoryStore, Visitor};
+
+/// Bytes encoded before they are written to the file.
+const CHUNK: usize = 1 << 20;
+
+pub type Store = MemoryStore<Arc<Log>>;
+
+/// Writes the snapshot of `generation` (whose log segment has been started) and removes what it makes
+/// unnecessary. Returns its size. Stops early, removing the partial file, when `cancelled` is set.
+pub fn write(dir: &Path, generation: u64, store: &Store, cancelled: &AtomicBool) -> io::Result<u64> {
+    let partial = files::partial_snapshot(dir, generation);
+    let written = write_partial(&partial, generation, store, cancelled).and_then(|size| {
+        fs::rename(&partial, files::snapshot(dir, generation))?;
+        files::sync_dir(dir)?;
+        Ok(size)
+    });
+    if written.is_err() {
+        let _ = fs::remove_file(&partial);
+        return written;
+    }
+    files::remove_before(dir, generation)?;
+    written
+}
+
+pub(crate) fn write_partial(
+    path: &Path,
+    generation: u64,
+    store: &Store,
+    cancelled: &AtomicBool,
+) -> io::Result<u64> {
+    let header = Header { magic: SNAPSHOT_MAGIC, generation, last_version: store.journal().appended() };
+    let mut writer = Writer {
+        file: File::create(path)?,
+        buffer: Vec::with_capacity(CHUNK + CHUNK / 4),
+        count: 0,
+        size: 0,
+        cancelled,
+    };
+    writer.buffer.extend_from_slice(&header.encode());
+    store.walk(&mut writer)?;
+    format::encode_end(&mut writer.buffer, writer.count);
+    writer.flush()?;
+    writer.file.sync_all()?;
+    Ok(writer.size)
+}
+
+struct Writer<'a> {
+    file: File,
+    buffer: Vec<u8>,
+    count: u64,
+    size: u64,
+    cancelled: &'a AtomicBool,
+}
+
+impl Writer<'_> {
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.write_all(&self.buffer)?;
+        self.size += self.buffer.len() as u64;
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
+impl Visitor for Writer<'_> {
+    fn entry(&mut self, table: &str, key: &str, versioned: &Versioned) {
+        format::encode_set(&mut self.buffer, versioned.version, table, key, &versioned.value);
+        self.count += 1;
+    }
+
+    fn between(&mut self) -> io::Result<()> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "the store is closing"));
+        }
+        if self.buffer.len() >= CHUNK { self.flush() } else { Ok(()) }
+    }
+}
+
+/// What loading a snapshot found.
+pub struct Loaded {
+    pub entries: u64,
+    /// The highest version in it, or handed out before it was started.
+    pub last_version: u64,
+    pub size: u64,
+}
+
+/// Loads the snapshot of `generation` into `store`. A snapshot is whole (it was renamed into place only
+/// once fsynced), so anything amiss in it is damage, reported with the file and the offset.
+pub fn load(dir: &Path, generation: u64, store: &Store) -> io::Result<Loaded> {
+    let path = files::snapshot(dir, generation);
+    let damaged = |what: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the snapshot {} is damaged: {what}", path.display()),
+        )
+    };
+    let file = File::open(&path)?;
+    let size = file.metadata()?.len();
+    let mut input = BufReader::with_capacity(CHUNK, file);
+    let header = match Header::read(&mut input, SNAPSHOT_MAGIC)? {
+        Some(header) if header.generation == generation => header,
+        _ => return Err(damaged("its header is not a qkv snapshot's of this generation".into())),
+    };
+    let mut reader = Reader::new(input, format::HEADER_LEN as u64, size);
+    let mut loaded = Loaded { entries: 0, last_version: header.last_version, size };
+    loop {
+        match reader.next()? {
+            Next::Record(Record::Set { table, key, versioned }) => {
+                loaded.last_version = loaded.last_version.max(versioned.version);
+                loaded.entries += 1;
+                store.restore(&table, &key, versioned);
+            }
+            Next::Record(Record::End { count }) if count == loaded.entries && reader.offset() == size => {
+                return Ok(loaded);
+            }
+            Next::Record(Record::End { .. }) => {
+                return Err(damaged(format!(
+                    "its end at byte {} does not match what precedes it",
+                    reader.offset()
+                )));
+            }
+            Next::Record(Record::Delete { .. }) => {
+                return Err(damaged(format!("a delete before byte {}", reader.offset())));
+            }
+            Next::End => return Err(damaged("it ends without its end record".into())),
+            Next::Damaged { offset, what } => return Err(damaged(format!("{what} at byte {offset}"))),
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The disk store: the storage conformance suite, restarts, torn and damaged logs, snapshots.
+
+use super::*;
+use crate::storage::ORDERED_WRITE_KEYS;
+
+crate::storage::suite::storage_conformance!(DiskStore::temporary());
+
+#[tokio::test]
+async fn data_versions_and_conditional_writes_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (version, deleted_version, closed) = {
+        let store = DiskStore::open(dir.path(), test_config()).unwrap();
+        let WriteOutcome::Written { version, .. } =
+            store.set("a:b", "", vec![0u8; 100_000].into(), None).await.unwrap()
+        else {
+            panic!("an unconditional write")
+        };
+        let WriteOutcome::Written { version: deleted, .. } =
+            store.set("t", "gone", 1i64.into(), None).await.unwrap()
+        else {
+            panic!("an unconditional write")
+        };
+        store.delete("t", "gone", None).await.unwrap();
+        (version, deleted, store.closed())
+    };
+    closed.wait().await;
+    let store = DiskStore::open(dir.path(), test_config()).unwrap();
+    let stored = store.get("a:b", "").await.unwrap().unwrap();
+    assert_eq!((stored.value, stored.version), (vec![0u8; 100_000].into(), version));
+    assert_eq!(store.get("t", "gone").await.unwrap(), None);
+    // A conditional write on the version from before the restart succeeds; a stale one conflicts.
+    let outcome = store.set("a:b", "", "next".into(), Some(version)).await.unwrap();
+    let WriteOutcome::Written { version: next, .. } = outcome else { panic!("{outcome:?}") };
+    assert!(next > version && next > deleted_version, "versions keep growing across restarts");
+    assert!(matches!(
+        store.set("a:b", "", "x".into(), Some(version)).await.unwrap(),
+        WriteOutcome::Conflict { .. }
+    ));
+}
+
+#[tokio::test]
+async fn relaxed_writes_are_on_disk_once_the_store_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let relaxed = Durability::Relaxed { flush_interval: std::time::Duration::from_secs(3600) };
+    let store = DiskStore::open(dir.path(), DiskConfig { durability: relaxed, ..test_config() }).unwrap();
+    store.set("t", "k", "v".into(), None).await.unwrap();
+    let closed = store.closed();
+    drop(store);
+    closed.wait().await;
+    let store = DiskStore::open(dir.path(), test_config()).unwrap();
+    assert_eq!(store.get("t", "k").await.unwrap().unwrap().value, "v".into());
+}
+
+/// What a store should hold: key → value and version.
+type Model = std::collections::BTreeMap<String, Versioned>;
+
+const TABLE: &str = "t";
+
+async fn close(store: DiskStore) {
+    let closed = store.closed();
+    drop(store);
+    closed.wait().await;
+}
+
+/// Checks that `store` holds exactly `model` in `TABLE`.
+async fn assert_holds(store: &DiskStore, model: &Model, case: &str) {
+    let mut scan = store.scan(TABLE, None).await.unwrap();
+    let mut held = Model::new();
+    loop {
+        let page = scan.next_page(PageLimit { entries: 1000, bytes: usize::MAX }).await.unwrap();
+        held.extend(page.entries);
+        if page.done {
+            break;
+        }
+    }
+    assert_eq!(&held, model, "{case}");
+}
+
+/// Writes that each append one record (sets, conditional sets, deletes of present keys), and the model
+/// after each: `states[i]` is what the first `i` records make.
+async fn write_history(store: &DiskStore, writes: usize) -> Vec<Model> {
+    let mut model = Model::new();
+    let mut states = vec![model.clone()];
+    for i in 0..writes {
+        let key = format!("k{}", i % 7);
+        let outcome = match (i % 5, model.get(&key)) {
+            (3, Some(_)) => store.delete(TABLE, &key, None).await.unwrap(),
+            (4, current) => {
+                let expected = current.map_or(0, |v| v.version);
+                store.set(TABLE, &key, Value::from(vec![i as u8; i % 13]), Some(expected)).await.unwrap()
+            }
+            _ => store.set(TABLE, &key, Value::from(format!("value {i}")), None).await.unwrap(),
+        };
+        let WriteOutcome::Written { version, .. } = outcome else { panic!("{outcome:?}") };
+        match version {
+            0 => model.remove(&key),
+            version => model.insert(
+                key.clone(),
+                store.get(TABLE, &key).await.unwrap().map(|v| Versioned { version, ..v }).unwrap(),
+            ),
+        };
+        states.push(model.clone());
+    }
+    states
+}
+
+/// Where each record of a log segment ends.
+fn record_ends(segment: &[u8]) -> Vec<u64> {
+    let mut reader =
+        format::Reader::new(&segment[format::HEADER_LEN..], format::HEADER_LEN as u64, segment.len() as u64);
+    let mut ends = Vec::new();
+    while let format::Next::Record(_) = reader.next().unwrap() {
+        ends.push(reader.offset());
+    }
+    assert_eq!(*ends.last().unwrap(), segment.len() as u64, "the log is whole before it is damaged");
+    ends
+}
+
+/// A crash can tear the log's last write anywhere; a disk can damage any byte. Cut or damaged at every
+/// byte of its last records, the log recovers every write before the damage, and the store goes on.
+#[tokio::test]
+async fn a_torn_or_damaged_tail_loses_no_write_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path(), test_config()).unwrap();
+    let states = write_history(&store, 40).await;
+    close(store).await;
+    let (_, segment_path) = files::list(dir.path()).unwrap().segments.pop_last().unwrap();
+    let segment = std::fs::read(&segment_path).unwrap();
+    let ends = record_ends(&segment);
+    assert_eq!(ends.len(), 40);
+    let last_records_start = ends[ends.len() - 4];
+    let mut cases = 0;
+    for at in last_records_start..segment.len() as u64 {
+        // Records wholly before the cut or the damaged byte survive; the one it falls in and any after
+        // it are gone.
+        let whole = ends.iter().filter(|&&end| end <= at).count();
+        let truncated = segment[..at as usize].to_vec();
+        let mut flipped = segment.clone();
+        flipped[at as usize] ^= 0x5a;
+        for (damage, bytes) in [("cut", truncated), ("flipped", flipped)] {
+            let case = format!("log {damage} at byte {at}: {whole} whole records");
+            let copy = tempfile::tempdir().unwrap();
+            std::fs::write(copy.path().join(segment_path.file_name().unwrap()), bytes).unwrap();
+            let store = DiskStore::open(copy.path(), test_config()).expect(&case);
+            assert_holds(&store, &states[whole], &case).await;
+            // The damage is gone for good: a write after it survives the next restart.
+            store.set(TABLE, "after", "x".into(), None).await.unwrap();
+            close(store).await;
+            let store = DiskStore::open(copy.path(), test_config()).expect(&case);
+            let mut model = states[whole].clone();
+            model.insert("after".into(), store.get(TABLE, "after").await.unwrap().unwrap());
+            assert_holds(&store, &model, &case).await;
+            close(store).await;
+            cases += 1;
+        }
+    }
+    assert!(cases > 100, "{cases} cases");
+}
+
+/// Damage that a crash cannot cause (in a log segment that is not the last) stops the store from
+/// opening, with a message that names the file.
+#[tokio::test]
+async fn damage_before_the_last_segment_is_refused_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path(), test_config()).unwrap();
+    write_history(&store, 10).await;
+    close(store).await;
+    // A second segment, so that the first is not the last.
+    let store = DiskStore::open(dir.path(), test_config()).unwrap();
+    store.set(TABLE, "second", "v".into(), None).await.unwrap();
+    close(store).await;
+    let (_, first) = files::list(dir.path()).unwrap().segments.pop_first().unwrap();
+    let mut bytes = std::fs::read(&first).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&first, bytes).unwrap();
+    let Err(StorageError::Backend(error)) = DiskStore::open(dir.path(), test_config()) else {
+        panic!("a damaged segment was accepted")
+    };
+    assert!(error.contains(&first.display().to_string()) && error.contains("damaged"), "{error}");
+}
+
+/// A process stopped while it wrote a snapshot leaves a partial file (cut anywhere), or a complete one
+/// whose older segments were not yet removed: either way, every write is recovered.
+#[tokio::test]
+async fn a_crash_while_a_snapshot_is_written_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path(), test_config()).unwrap();
+    let states = write_history(&store, 300).await;
+    let expected = states.last().unwrap().clone();
+    // The snapshot the next rotation would write, taken from the live store.
+    let side = tempfile::tempdir().unwrap();
+    let full = side.path().join("snapshot");
+    snapshot::write_partial(&full, 3, &store.memory, &std::sync::atomic::AtomicBool::new(false)).unwrap();
+    close(store).await;
+    let snapshot = std::fs::read(&full).unwrap();
+    let copy_with = |snapshot_file: std::path::PathBuf, bytes: &[u8]| {
+        let copy = tempfile::tempdir().unwrap();
+        for (_, path) in files::list(dir.path()).unwrap().segments {
+            std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+        }
+        // The rotation that started the snapshot started segment 3 before it, as the committer does
+        // (2 stands for the segments between).
+        files::create_segment(copy.path(), 2, 0).unwrap();
+        files::create_segment(copy.path(), 3, 0).unwrap();
+        std::fs::write(copy.path().join(snapshot_file.file_name().unwrap()), bytes).unwrap();
+        copy
+    };
+    let cuts = (0..snapshot.len()).step_by(61).chain(snapshot.len() - 30..snapshot.len() + 1);
+    for cut in cuts {
+        let copy = copy_with(files::partial_snapshot(dir.path(), 3), &snapshot[..cut]);
+        let store = DiskStore::open(copy.path(), test_config()).unwrap();
+        assert_holds(&store, &expected, &format!("snapshot cut at byte {cut}")).await;
+        close(store).await;
+        assert!(files::list(copy.path()).unwrap().partial.is_empty(), "the partial snapshot is removed");
+    }
+    // Renamed into place, older segments not yet removed.
+    let copy = copy_with(files::snapshot(dir.path(), 3), &snapshot);
+    let store = DiskStore::open(copy.path(), test_config()).unwrap();
+    assert_holds(&store, &expected, "a complete snapshot beside the segments it replaces").await;
+    close(store).await;
+    let listing = files::list(copy.path()).unwrap();
+    assert!(listing.segments.keys().all(|&g| g >= 3), "{listing:?}");
+    // A complete snapshot damaged afterwards is refused, not half-loaded.
+    let mut damaged = snapshot.clone();
+    damaged[snapshot.len() / 2] ^= 1;
+    let copy = copy_with(files::snapshot(dir.path(), 3), &damaged);
+    assert!(
+        matches!(DiskStore::open(copy.path(), test_config()), Err(StorageError::Backend(e)) if e.contains("damaged"))
+    );
+}
+
+/// Snapshots keep the log short: with a small threshold, an overwrite-heavy load leaves a snapshot and
+/// the segments after it, not the whole history; and everything is there after a restart.
+#[tokio::test]
+async fn snapshots_compact_the_log_while_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DiskConfig { snapshot_log_size: 16 << 10, ..test_config() };
+    let store = DiskStore::open(dir.path(), config).unwrap();
+    let mut model = Model::new();
+    let mut snapshots_seen = 0;
+    for i in 0..5000 {
+        let key = format!("k{}", i % 50);
+        let value = Value::from(format!("{i:0>60}"));
+        let WriteOutcome::Written { version, .. } =
+            store.set(TABLE, &key, value.clone(), None).await.unwrap()
+        else {
+            panic!("an unconditional write")
+        };
+        model.insert(key, Versioned { value, version });
+        if i % 100 == 99 {
+            let listing = files::list(dir.path()).unwrap();
+            snapshots_seen = snapshots_seen.max(listing.snapshots.keys().next_back().copied().unwrap_or(0));
+        }
+    }
+    close(store).await;
+    assert!(
+        snapshots_seen >= 3,
+        "5000 writes of ~90 bytes over a 16 KiB threshold: {snapshots_seen} snapshots"
+    );
+    let listing = files::list(dir.path()).unwrap();
+    let (&latest, _) = listing.snapshots.iter().next_back().unwrap();
+    assert_eq!(listing.snapshots.len(), 1, "older snapshots are removed: {listing:?}");
+    assert!(
+        listing.segments.keys().all(|&g| g >= latest),
+        "segments before the snapshot are removed: {listing:?}"
+    );
+    let store = DiskStore::open(dir.path(), config).unwrap();
+    assert_holds(&store, &model, "after snapshots and a restart").await;
+    close(store).await;
+}
+
+#[tokio::test]
+async fn a_directory_is_opened_by_one_store_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path(), test_config()).unwrap();
+    let Err(StorageError::Backend(error)) = DiskStore::open(dir.path(), test_config()) else {
+        panic!("a second store opened the same directory")
+    };
+    assert!(error.contains("another process"), "{error}");
+    close(store).await;
+    close(DiskStore::open(dir.path(), test_config()).unwrap()).await;
+}
+
+/// What lets a pipelined connection overlap its writes (`APPLIES_WRITES_IN_ISSUE_ORDER`): a write is
+/// applied on its first poll, before it waits for its fsync, so writes polled once each, in turn, are
+/// applied in that order and share a commit.
+#[tokio::test]
+async fn writes_are_applied_in_the_order_they_are_first_polled() {
+    use std::future::Future;
+    use std::task::Context;
+
+    let store = DiskStore::temporary();
+    let keys: Vec<String> = (0..ORDERED_WRITE_KEYS).map(|i| format!("k{i}")).collect();
+    let pairs = |value: i64| keys.iter().map(|k| (k.clone(), Value::from(value))).collect::<Vec<_>>();
+    type Write<'a> = std::pin::Pin<Box<dyn Future<Output = StorageResult<Vec<WriteOutcome>>> + Send + 'a>>;
+    let mut writes: Vec<Write<'_>> = vec![
+        Box::pin(store.set_many(TABLE, pairs(1))),
+        Box::pin(async { Ok(vec![store.set(TABLE, "k7", 2i64.into(), None).await?]) }),
+        Box::pin(store.delete_many(TABLE, &keys[..3])),
+        Box::pin(async { Ok(vec![store.set(TABLE, "k1", 3i64.into(), None).await?]) }),
+    ];
+    let mut context = Context::from_waker(std::task::Waker::noop());
+    for write in &mut writes {
+        let _ = write.as_mut().poll(&mut context);
+    }
+    // Applied already, durable or not: the store's memory shows the outcome of the order above.
+    let held = |key: &str| {
+        let read = futures_util::FutureExt::now_or_never(store.memory.get(TABLE, key))
+            .expect("memory answers at once");
+        read.unwrap().map(|v| v.value)
+    };
+    assert_eq!(held("k7"), Some(2i64.into()));
+    assert_eq!(held("k0"), None);
+    assert_eq!(held("k1"), Some(3i64.into()));
+    assert_eq!(held("k9"), Some(1i64.into()));
+    for write in writes {
+        write.await.unwrap();
+    }
+}
