@@ -224,7 +224,7 @@ pub fn log_recovery(data: &[u8]) {
 
     use crate::storage::disk::format::{Next, Reader, Record, encode};
     use crate::storage::disk::log::Log;
-    use crate::storage::disk::recovery::replay;
+    use crate::storage::disk::recovery::{Stop, replay};
 
     let Some((&mode, rest)) = data.split_first() else { return };
     let log = match mode % 2 {
@@ -272,7 +272,7 @@ pub fn log_recovery(data: &[u8]) {
     }
     let applied = records.iter().take_while(|r| !matches!(r, Record::End { .. })).count();
     assert_eq!(replayed.records, applied as u64, "replay applied every whole record and no more");
-    assert_eq!(replayed.damage.is_none(), matches!(end, Next::End) && applied == records.len());
+    assert_eq!(replayed.stop == Stop::End, matches!(end, Next::End) && applied == records.len());
     for ((table, key), versioned) in &model {
         let held = runtime().block_on(store.get(table, key)).expect("a memory read");
         assert_eq!(held.as_ref(), Some(versioned), "{table:?}/{key:?}");

@@ -484,9 +484,14 @@ impl<J: Journal> Storage for MemoryStore<J> {
             });
             if let Err(e) = written {
                 // The table was emptied and unlinked by others between batches, and there is no room
-                // to create it again.
+                // to create it again: the batches before were written.
                 self.release(unspent);
-                return Err(e);
+                return Err(match outcomes.len() {
+                    0 => e,
+                    done => StorageError::Uncertain(format!(
+                        "{e}; the first {done} pairs were written before the table was emptied by others"
+                    )),
+                });
             }
         }
         Ok(outcomes)

@@ -63,6 +63,7 @@ struct Snapshotting {
 impl Committer {
     /// Runs until the store closes; then makes everything durable, stops any snapshot and returns.
     pub fn run(mut self) {
+        let _fail_on_panic = FailOnPanic(self.log.clone());
         let mut batch = Vec::new();
         let mut unsynced_since: Option<Instant> = None;
         let mut snapshotting: Option<Snapshotting> = None;
@@ -98,13 +99,22 @@ impl Committer {
                         tracing::error!(error = %e, "writing a snapshot failed; the log keeps everything meanwhile");
                         retry_snapshot_at = Instant::now() + SNAPSHOT_RETRY;
                     }
-                    Err(_) => tracing::error!("the snapshot thread panicked"),
+                    Err(_) => {
+                        tracing::error!("the snapshot thread panicked; the log keeps everything meanwhile");
+                        retry_snapshot_at = Instant::now() + SNAPSHOT_RETRY;
+                    }
                 }
             }
             let due = self.log_bytes >= self.snapshot_log_size.max(self.snapshot_size);
             if due && !failed && snapshotting.is_none() && Instant::now() >= retry_snapshot_at {
-                match self.start_snapshot(&mut unsynced_since) {
-                    Ok(started) => snapshotting = started,
+                match self.rotate(&mut unsynced_since) {
+                    Ok(()) => match self.start_snapshot() {
+                        Ok(started) => snapshotting = started,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot start a snapshot; the log keeps everything meanwhile");
+                            retry_snapshot_at = Instant::now() + SNAPSHOT_RETRY;
+                        }
+                    },
                     Err(e) => {
                         tracing::error!(error = %e, "starting a log segment failed: the store refuses writes from now on");
                         self.log.fail(e.to_string());
@@ -158,21 +168,22 @@ impl Committer {
         Ok(())
     }
 
-    /// Starts the next log segment and a snapshot of its generation.
-    fn start_snapshot(
-        &mut self,
-        unsynced_since: &mut Option<Instant>,
-    ) -> std::io::Result<Option<Snapshotting>> {
-        let Some(store) = self.store.upgrade() else { return Ok(None) };
-        // The old segment is complete: make it durable before the new one starts.
+    /// Starts the next log segment (after making the current one durable).
+    fn rotate(&mut self, unsynced_since: &mut Option<Instant>) -> std::io::Result<()> {
         self.segment.sync_data()?;
         *unsynced_since = None;
         let generation = self.generation + 1;
         self.segment = files::create_segment(&self.dir, generation, self.log.appended())?;
         self.generation = generation;
         self.log_bytes = 0;
+        Ok(())
+    }
+
+    /// Starts a thread that writes the snapshot of the current segment's generation.
+    fn start_snapshot(&self) -> std::io::Result<Option<Snapshotting>> {
+        let Some(store) = self.store.upgrade() else { return Ok(None) };
         let cancelled = Arc::new(AtomicBool::new(false));
-        let (dir, stop) = (self.dir.clone(), cancelled.clone());
+        let (dir, stop, generation) = (self.dir.clone(), cancelled.clone(), self.generation);
         let thread = std::thread::Builder::new().name("qkv-snapshot".into()).spawn(move || {
             let started = Instant::now();
             let size = snapshot::write(&dir, generation, &store, &stop)?;
@@ -185,5 +196,16 @@ impl Committer {
             Ok(size)
         })?;
         Ok(Some(Snapshotting { thread, cancelled }))
+    }
+}
+
+/// Fails the log if the committer thread panics, so that writers waiting for it are answered.
+struct FailOnPanic(Arc<Log>);
+
+impl Drop for FailOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail("the committer thread panicked".into());
+        }
     }
 }

@@ -11,7 +11,8 @@
 //!
 //! A log is appended to and may end in a torn record (the machine stopped in the middle of a write):
 //! reading stops at the first record that is short, runs past the end or fails its checksum, and says
-//! where, so recovery can cut the tail off. Nothing acknowledged can be in or after a torn record, since
+//! where, so recovery can cut the tail off. A whole record (checksum intact) that does not decode is
+//! told apart: it is another format, never a torn write. Nothing acknowledged can be in or after a torn record, since
 //! a write is acknowledged only once every byte before its end is on disk. A snapshot is complete only
 //! with its end record, whose count must match.
 
@@ -149,10 +150,16 @@ pub enum Next {
     Record(Record),
     /// The input ended cleanly, after a whole record (or the header).
     End,
-    /// The input is damaged (or torn) from `offset` on; everything before it was whole.
+    /// The input is torn (or damaged) from `offset` on: a record is cut short, runs past the end or fails
+    /// its checksum. Everything before it was whole.
     Damaged {
         offset: u64,
         what: &'static str,
+    },
+    /// The record at `offset` is whole (its checksum holds) but is not one this version of qkv knows:
+    /// not what a crash leaves, so nothing may be cut off because of it.
+    Unknown {
+        offset: u64,
     },
 }
 
@@ -200,7 +207,7 @@ impl<R: Read> Reader<R> {
             return damaged("a record fails its checksum");
         }
         let Some(record) = decode(&self.body) else {
-            return damaged("a record whose checksum holds does not decode");
+            return Ok(Next::Unknown { offset: self.offset });
         };
         self.offset += RECORD_HEAD as u64 + length;
         Ok(Next::Record(record))

@@ -99,6 +99,11 @@ impl Log {
         }
     }
 
+    /// Whether every record up to `number` is durable.
+    pub fn is_durable(&self, number: u64) -> bool {
+        self.durable.load(Ordering::Acquire) >= number
+    }
+
     /// Waits until every record up to `number` is durable; `Err` says why it never will be.
     pub async fn durable(&self, number: u64) -> Result<(), String> {
         loop {

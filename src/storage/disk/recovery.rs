@@ -31,7 +31,8 @@ pub struct Recovered {
     pub torn_bytes: u64,
 }
 
-/// Loads the directory's data into `store`, which must be empty.
+/// Loads the directory's data into `store` (empty, or holding what the import of a redb file put there,
+/// which the snapshot replaces).
 pub fn recover(dir: &Path, store: &Store) -> io::Result<Recovered> {
     let listing = files::list(dir)?;
     for partial in &listing.partial {
@@ -50,8 +51,10 @@ pub fn recover(dir: &Path, store: &Store) -> io::Result<Recovered> {
         files::remove_before(dir, generation)?;
         segments.retain(|g, _| *g >= generation);
     }
-    let mut expected = base;
+    // Without a snapshot nothing was ever removed, so the log starts at segment 1.
+    let mut expected = Some(base.unwrap_or(1));
     let last = segments.keys().next_back().copied();
+    let mut next_generation = base.unwrap_or(1);
     for (generation, path) in &segments {
         if expected.is_some_and(|expected| *generation != expected) {
             return Err(damaged(
@@ -61,17 +64,17 @@ pub fn recover(dir: &Path, store: &Store) -> io::Result<Recovered> {
         }
         expected = Some(generation + 1);
         let is_last = Some(*generation) == last;
-        let replayed = replay_segment(path, *generation, store, is_last)?;
+        let Some(replayed) = replay_segment(path, *generation, store, is_last)? else {
+            // The last segment was being created: its number is free again.
+            break;
+        };
+        next_generation = generation + 1;
         recovered.last_version = recovered.last_version.max(replayed.last_number);
         recovered.records += replayed.records;
         recovered.log_bytes += replayed.valid_len;
         recovered.torn_bytes += replayed.torn_bytes;
     }
-    recovered.next_generation = match (last, base) {
-        (Some(last), _) => last + 1,
-        (None, Some(base)) => base,
-        (None, None) => 1,
-    };
+    recovered.next_generation = next_generation;
     Ok(recovered)
 }
 
@@ -89,44 +92,57 @@ struct Replayed {
     torn_bytes: u64,
 }
 
-fn replay_segment(path: &Path, generation: u64, store: &Store, is_last: bool) -> io::Result<Replayed> {
+/// Replays one segment; `None` when it is the last and was being created (it is removed).
+fn replay_segment(
+    path: &Path,
+    generation: u64,
+    store: &Store,
+    is_last: bool,
+) -> io::Result<Option<Replayed>> {
     let file = File::open(path)?;
     let len = file.metadata()?.len();
     let mut input = BufReader::with_capacity(1 << 20, file);
     let header = Header::read(&mut input, LOG_MAGIC)?;
-    if header.is_none_or(|header| header.generation != generation) {
-        if is_last {
-            // A segment is created with its header and fsynced before any record goes into it: one
-            // without a whole header was being created when the process stopped, and holds nothing.
+    let Some(header) = header.filter(|header| header.generation == generation) else {
+        if is_last && len <= format::HEADER_LEN as u64 {
+            // A segment is created with its header and fsynced before any record goes into it: the last
+            // one without a whole header was being created when the process stopped, and holds nothing.
             tracing::warn!(file = %path.display(), "removing a log segment that was being created");
             fs::remove_file(path)?;
             files::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
-            return Ok(Replayed { records: 0, last_number: 0, valid_len: 0, torn_bytes: len });
+            return Ok(None);
         }
         return Err(damaged(path, "its header is not a qkv log segment's of this number".into()));
-    }
+    };
     let mut reader = Reader::new(input, format::HEADER_LEN as u64, len);
     let replayed = replay(&mut reader, store)?;
     let mut result = Replayed {
         records: replayed.records,
-        last_number: replayed.last_number,
+        last_number: replayed.last_number.max(header.last_version),
         valid_len: reader.offset(),
         torn_bytes: 0,
     };
-    if let Some((offset, what)) = replayed.damage {
-        if !is_last {
-            return Err(damaged(path, format!("{what} at byte {offset}")));
+    match replayed.stop {
+        Stop::End => {}
+        Stop::Torn { offset, what } if is_last => {
+            result.torn_bytes = len - offset;
+            tracing::warn!(
+                file = %path.display(), offset, bytes = result.torn_bytes, what,
+                "the log ends in a torn write (the machine or process stopped during it): cutting it off; no acknowledged write was in it"
+            );
+            let file = OpenOptions::new().write(true).open(path)?;
+            file.set_len(offset)?;
+            file.sync_all()?;
         }
-        result.torn_bytes = len - offset;
-        tracing::warn!(
-            file = %path.display(), offset, bytes = result.torn_bytes, what,
-            "the log ends in a torn write (the machine or process stopped during it): cutting it off; no acknowledged write was in it"
-        );
-        let file = OpenOptions::new().write(true).open(path)?;
-        file.set_len(offset)?;
-        file.sync_all()?;
+        Stop::Torn { offset, what } => return Err(damaged(path, format!("{what} at byte {offset}"))),
+        Stop::Unknown { offset, what } => {
+            return Err(damaged(
+                path,
+                format!("{what} at byte {offset}: written by another version of qkv? Nothing was cut off"),
+            ));
+        }
     }
-    Ok(result)
+    Ok(Some(result))
 }
 
 /// What replaying a segment's records did.
@@ -135,35 +151,46 @@ pub struct Replay {
     pub records: u64,
     /// The highest version or delete's number replayed.
     pub last_number: u64,
-    /// Where the records stopped being whole, and how, if they did before the end.
-    pub damage: Option<(u64, &'static str)>,
+    /// Why replay stopped.
+    pub stop: Stop,
 }
 
-/// Applies every whole record from `reader` to `store`, in order, up to the end or the first damaged
-/// record.
+/// Why replay stopped.
+#[derive(Debug, Default, PartialEq)]
+pub enum Stop {
+    /// At the end, after a whole record.
+    #[default]
+    End,
+    /// At a torn or damaged record (see [`Next::Damaged`]).
+    Torn { offset: u64, what: &'static str },
+    /// At a whole record that does not belong in a log: unknown, or a snapshot's end.
+    Unknown { offset: u64, what: &'static str },
+}
+
+/// Applies every whole record from `reader` to `store`, in order, up to the end or the first record
+/// that is not a whole log record.
 pub fn replay(reader: &mut Reader<impl Read>, store: &Store) -> io::Result<Replay> {
     let mut replay = Replay::default();
     loop {
         let at = reader.offset();
-        match reader.next()? {
+        replay.stop = match reader.next()? {
             Next::Record(Record::Set { table, key, versioned }) => {
                 replay.last_number = replay.last_number.max(versioned.version);
                 store.restore(&table, &key, versioned);
+                replay.records += 1;
+                continue;
             }
             Next::Record(Record::Delete { sequence, table, key }) => {
                 replay.last_number = replay.last_number.max(sequence);
                 store.forget(&table, &key);
+                replay.records += 1;
+                continue;
             }
-            Next::Record(Record::End { .. }) => {
-                replay.damage = Some((at, "a snapshot's end record in the log"));
-                return Ok(replay);
-            }
-            Next::End => return Ok(replay),
-            Next::Damaged { offset, what } => {
-                replay.damage = Some((offset, what));
-                return Ok(replay);
-            }
-        }
-        replay.records += 1;
+            Next::Record(Record::End { .. }) => Stop::Unknown { offset: at, what: "a snapshot's end record" },
+            Next::Unknown { offset } => Stop::Unknown { offset, what: "a record of an unknown kind" },
+            Next::End => Stop::End,
+            Next::Damaged { offset, what } => Stop::Torn { offset, what },
+        };
+        return Ok(replay);
     }
 }

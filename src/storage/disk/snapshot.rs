@@ -31,6 +31,9 @@ pub type Store = MemoryStore<Arc<Log>>;
 pub fn write(dir: &Path, generation: u64, store: &Store, cancelled: &AtomicBool) -> io::Result<u64> {
     let partial = files::partial_snapshot(dir, generation);
     let written = write_partial(&partial, generation, store, cancelled).and_then(|size| {
+        // The walk may have seen writes whose records are not durable yet. Renamed before they are, a
+        // crash could leave the snapshot with a write but the log without an earlier one it follows.
+        wait_until_durable(store.journal(), store.journal().appended(), cancelled)?;
         fs::rename(&partial, files::snapshot(dir, generation))?;
         files::sync_dir(dir)?;
         Ok(size)
@@ -41,6 +44,18 @@ pub fn write(dir: &Path, generation: u64, store: &Store, cancelled: &AtomicBool)
     }
     files::remove_before(dir, generation)?;
     written
+}
+
+/// Blocks until the log is durable up to `number` (a few fsyncs at most; this thread is not a runtime's).
+fn wait_until_durable(log: &Log, number: u64, cancelled: &AtomicBool) -> io::Result<()> {
+    while !log.is_durable(number) {
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "the store is closing"));
+        }
+        log.writable().map_err(io::Error::other)?;
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 pub(crate) fn write_partial(
@@ -144,6 +159,9 @@ pub fn load(dir: &Path, generation: u64, store: &Store) -> io::Result<Loaded> {
             }
             Next::End => return Err(damaged("it ends without its end record".into())),
             Next::Damaged { offset, what } => return Err(damaged(format!("{what} at byte {offset}"))),
+            Next::Unknown { offset } => {
+                return Err(damaged(format!("a record this version of qkv does not know at byte {offset}")));
+            }
         }
     }
 }

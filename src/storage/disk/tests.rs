@@ -318,3 +318,52 @@ async fn writes_are_applied_in_the_order_they_are_first_polled() {
         write.await.unwrap();
     }
 }
+
+/// A process stopped while it created a log segment leaves it empty or with part of its header: it is
+/// removed and its number reused, so the next opens find no gap in the log.
+#[tokio::test]
+async fn a_crash_while_a_segment_is_created_leaves_no_gap() {
+    for leftover in [&[][..], &format::LOG_MAGIC[..5], &[0; format::HEADER_LEN][..]] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path(), test_config()).unwrap();
+        let states = write_history(&store, 10).await;
+        close(store).await;
+        let (&last, _) = files::list(dir.path()).unwrap().segments.iter().next_back().unwrap();
+        std::fs::write(files::segment(dir.path(), last + 1), leftover).unwrap();
+        for _ in 0..3 {
+            let store = DiskStore::open(dir.path(), test_config()).unwrap();
+            assert_holds(&store, states.last().unwrap(), &format!("leftover segment {leftover:?}")).await;
+            close(store).await;
+        }
+    }
+}
+
+/// What a crash cannot leave in the last segment is not cut off as if it were torn: a damaged header
+/// on a segment that holds records, or a whole record this version does not know (another version's
+/// format). The store refuses to open, and the records stay on disk.
+#[tokio::test]
+async fn the_last_segment_is_cut_only_where_a_write_was_torn() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path(), test_config()).unwrap();
+    write_history(&store, 10).await;
+    close(store).await;
+    let (_, path) = files::list(dir.path()).unwrap().segments.pop_last().unwrap();
+    let original = std::fs::read(&path).unwrap();
+    let mut bad_header = original.clone();
+    bad_header[3] ^= 1;
+    // A record of kind 9 with a valid checksum, then a whole set record after it.
+    let mut unknown = original.clone();
+    let body = [9u8; 12];
+    unknown.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    unknown.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    unknown.extend_from_slice(&body);
+    format::encode_set(&mut unknown, u64::MAX >> 12, TABLE, "later", &"v".into());
+    for (case, bytes) in [("a damaged header", bad_header), ("an unknown record", unknown)] {
+        std::fs::write(&path, &bytes).unwrap();
+        let Err(StorageError::Backend(error)) = DiskStore::open(dir.path(), test_config()) else {
+            panic!("{case}: the store opened")
+        };
+        assert!(error.contains("damaged"), "{case}: {error}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "{case}: the segment was changed");
+    }
+}
