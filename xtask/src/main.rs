@@ -1,6 +1,7 @@
 //! Project automation: `cargo xtask test` (the tests, with what they need installed first), `cargo
 //! xtask bench-report` (the side-by-side benchmark report of docs/bench/),
-//! `cargo xtask durable-report` (durable writes against Redis, see `durable`), `cargo xtask
+//! `cargo xtask durable-report` (the disk store: writes against Redis, reads against the memory store,
+//! restart and space, see `durable`), `cargo xtask
 //! pubsub-report` (pub/sub fan-out, see `pubsub`), `cargo xtask lab` (QUIC against TLS over emulated
 //! mobile links, see `lab`), `cargo xtask storm-report` (reconnect storms through an emulated link,
 //! see `storm`) and `cargo xtask scale-report` (10,000 connections and subscribers, see `scale`) and `cargo xtask
@@ -52,7 +53,8 @@ enum Task {
     BenchReport(ReportArgs),
     /// Run the network lab (root only): QUIC against TLS over emulated mobile links, and its report.
     Lab(lab::LabArgs),
-    /// Durable writes: qkv's disk store against Redis with appendfsync always, and its report.
+    /// The disk store: writes against Redis with appendfsync always, reads against the memory store,
+    /// restart time and space on disk, and its report.
     DurableReport(SweepArgs),
     /// Pub/sub fan-out to 100 subscribers over QUIC, TLS and TCP, and its report.
     PubsubReport(SweepArgs),

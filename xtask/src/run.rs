@@ -280,15 +280,67 @@ pub fn serve_pinned(
     extra: &[String],
     name: &str,
 ) -> anyhow::Result<Child> {
-    let child = pinned(SERVER_CORE, QKV)
+    let child = spawn_serve(work, certs, port, extra, name)?;
+    wait_for_tcp(port, name)?;
+    Ok(child)
+}
+
+/// [`serve_pinned`] without the wait: for callers that time the server's start themselves.
+pub fn spawn_serve(
+    work: &Path,
+    certs: &Path,
+    port: u16,
+    extra: &[String],
+    name: &str,
+) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(work.join(format!("{name}.log")))?;
+    Ok(pinned(SERVER_CORE, QKV)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--certs"])
         .arg(certs)
         .args(extra)
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(work.join(format!("{name}.log")))?)
-        .spawn()?;
-    wait_for_tcp(port, name)?;
-    Ok(child)
+        .stderr(log)
+        .spawn()?)
+}
+
+/// Runs `work` on a thread of its own pinned to `core`, as are the threads it starts: for reports whose
+/// xtask process is itself a load generator. The rest of the process keeps every core.
+pub fn on_core<T: Send>(core: &str, work: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+    let pinned_work = || {
+        // /proc/thread-self links to PID/task/TID.
+        let thread = std::fs::read_link("/proc/thread-self")?;
+        let tid = thread.file_name().and_then(|tid| tid.to_str()).context("no thread id in /proc")?;
+        let status = Command::new("taskset")
+            .args(["--pid", "--cpu-list", core, tid])
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("taskset could not pin thread {tid} to core {core}");
+        }
+        work()
+    };
+    std::thread::scope(|scope| {
+        scope.spawn(pinned_work).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Stops `child` with SIGTERM, as a service manager would, and waits for it to exit: how long that
+/// took. After `limit` it is killed (SIGKILL) and this is an error.
+pub fn terminate(child: &mut Child, limit: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+    if !status.success() {
+        bail!("kill -TERM {} failed", child.id());
+    }
+    while child.try_wait()?.is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("process {} did not exit within {limit:?} of SIGTERM", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(started.elapsed())
 }
 
 pub fn free_port() -> anyhow::Result<u16> {
@@ -541,4 +593,17 @@ fn redis_run(servers: &Servers, tls: bool, scenario: Scenario, requests: u64) ->
         p99_us,
         errors: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_on_a_core_has_that_core_alone_and_the_process_keeps_the_others() {
+        let cores = || std::thread::available_parallelism().map_or(1, |n| n.get());
+        let before = cores();
+        assert_eq!(on_core("0", || Ok(cores())).unwrap(), 1);
+        assert_eq!(cores(), before);
+    }
 }
