@@ -286,6 +286,25 @@ pub fn serve_pinned(
 }
 
 /// [`serve_pinned`] without the wait: for callers that time the server's start themselves.
+/// Whether a socket listens on TCP `port` (IPv4 or IPv6), from /proc/net/tcp*: asks the kernel without
+/// connecting.
+pub fn tcp_listening(port: u16) -> anyhow::Result<bool> {
+    const LISTEN: &str = "0A";
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1).and_then(|local| local.rsplit_once(':')).map(|(_, port)| port);
+            if local_port.and_then(|port| u16::from_str_radix(port, 16).ok()) == Some(port)
+                && fields.get(3) == Some(&LISTEN)
+            {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 pub fn spawn_serve(
     work: &Path,
     certs: &Path,

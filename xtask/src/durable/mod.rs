@@ -229,7 +229,10 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         })?;
         anyhow::Ok(Results { quick: args.quick, reps, seconds: duration.as_secs(), sweep, restarts, space })
     })();
-    let _ = std::fs::remove_dir_all(&work);
+    match &measured {
+        Ok(_) => drop(std::fs::remove_dir_all(&work)),
+        Err(_) => eprintln!("the servers' logs are kept in {}", work.display()),
+    }
     write(&measured?, &points, &args.out)
 }
 

@@ -282,12 +282,19 @@ async fn read_until(
     let deadline = Instant::now() + limit;
     let mut last = String::from("no answer");
     while Instant::now() < deadline {
-        match read(&config).await {
-            Ok(found) if found == expected => return Ok(()),
-            Ok(found) => {
-                last = format!("it answered {}", if found.is_some() { "another value" } else { "none" })
+        // Connecting before the server listens would be refused, and thousands of attempts to a port
+        // in the ephemeral range can connect a socket to itself (TCP simultaneous open), taking the
+        // very port the server is about to bind: look for its listening socket first.
+        if !run::tcp_listening(server_port(&config)?)? {
+            last = "not listening yet".into();
+        } else {
+            match read(&config).await {
+                Ok(found) if found == expected => return Ok(()),
+                Ok(found) => {
+                    last = format!("it answered {}", if found.is_some() { "another value" } else { "none" })
+                }
+                Err(e) => last = format!("{e:#}"),
             }
-            Err(e) => last = format!("{e:#}"),
         }
         if let Some(status) = server.try_wait()? {
             bail!("the server exited ({status}) before it answered a read of {key}: {last}");
@@ -295,6 +302,11 @@ async fn read_until(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     bail!("no read of {key} answered as expected within {limit:?}: {last}")
+}
+
+fn server_port(config: &ClientConfig) -> anyhow::Result<u16> {
+    let (_, port) = config.addr.rsplit_once(':').context("a server address without a port")?;
+    Ok(port.parse()?)
 }
 
 /// How many of the keys `indices` the server does not hold with the value they were written with.
