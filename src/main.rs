@@ -13,7 +13,7 @@ use qkv::certs::{CertDir, Provisioned};
 use qkv::client::{Client, ClientConfig, Event};
 use qkv::pb::Kvpair;
 use qkv::server::{Server, shutdown_signal};
-use qkv::storage::{DiskConfig, DiskStore, MemoryStore, RedisStore, Storage};
+use qkv::storage::{DiskConfig, DiskStore, MemoryStore, RedisStore, RuntimeIdle, Storage};
 use tracing_subscriber::EnvFilter;
 
 use cli::args::{BenchArgs, CertArgs, ClientArgs, Command, FloorArgs, LogFormat, ServeArgs, StatArgs, Store};
@@ -57,7 +57,9 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let runtime = qkv::server::runtime(args.runtime.layout()?).context("cannot start the runtime")?;
+    let idle = RuntimeIdle::default();
+    let runtime = qkv::server::runtime(args.runtime.layout()?, Some(idle.clone()))
+        .context("cannot start the runtime")?;
     let mut disk_closed = None;
     let served = runtime.block_on(async {
         match args.store {
@@ -78,6 +80,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     dir = %args.data_dir.display(), durability = ?config.durability,
                     budget = %bytesize::ByteSize(config.memory_budget as u64).display().iec(), "durable store"
                 );
+                store.attach_runtime(&idle);
                 disk_closed = Some(store.closed());
                 run_server(args.config(), store).await
             }
@@ -161,7 +164,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         zero_rtt: args.zero_rtt,
         timeline: args.timeline,
     };
-    let runtime = qkv::server::runtime(args.runtime.layout()?)?;
+    let runtime = qkv::server::runtime(args.runtime.layout()?, None)?;
     let bar = std::io::stderr().is_terminal().then(output::bench_progress_bar);
     let progress = bar.clone().map_or_else(Progress::new, Progress::shown_on);
     let report = runtime.block_on(qkv::bench::run(&config, progress))?;
@@ -183,7 +186,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn floor(args: FloorArgs) -> anyhow::Result<()> {
-    let runtime = qkv::server::runtime(args.runtime.layout()?)?;
+    let runtime = qkv::server::runtime(args.runtime.layout()?, None)?;
     runtime.block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let (bound, addr) = tokio::sync::oneshot::channel();

@@ -480,13 +480,24 @@ pub enum RuntimeLayout {
     MultiThread { workers: usize },
 }
 
-pub fn runtime(layout: RuntimeLayout) -> io::Result<tokio::runtime::Runtime> {
-    match layout {
-        RuntimeLayout::CurrentThread => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+/// A runtime of `layout`; `idle` hears whenever one of its threads runs out of work (a disk store
+/// commits then: [`crate::storage::RuntimeIdle`]).
+pub fn runtime(
+    layout: RuntimeLayout,
+    idle: Option<crate::storage::RuntimeIdle>,
+) -> io::Result<tokio::runtime::Runtime> {
+    let mut builder = match layout {
+        RuntimeLayout::CurrentThread => tokio::runtime::Builder::new_current_thread(),
         RuntimeLayout::MultiThread { workers } => {
-            tokio::runtime::Builder::new_multi_thread().worker_threads(workers.max(1)).enable_all().build()
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers.max(1));
+            builder
         }
+    };
+    if let Some(idle) = idle {
+        builder.on_thread_park(move || idle.parked());
     }
+    builder.enable_all().build()
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM.

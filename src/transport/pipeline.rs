@@ -72,6 +72,11 @@ const LINGER: Duration = Duration::from_secs(1);
 /// Bytes asked of the socket per read, beyond what the frame being decoded needs.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Room made in the read buffer before a read, when it has less: a small request then arrives in one
+/// read, which, having left room, also tells the runtime the socket is drained (no second read that
+/// finds nothing). Part of the connection's fixed share, as `READ_CHUNK` is.
+const READ_ROOM: usize = 2048;
+
 /// Why a connection stopped taking requests.
 #[derive(Debug)]
 enum Ending {
@@ -493,6 +498,9 @@ impl<F: Future<Output = Reply>> Future for Numbered<F> {
 
 /// Reads at most `READ_CHUNK` bytes into `buffer`, which grows as they arrive.
 async fn read_chunk<R: AsyncRead + Unpin>(read: &mut R, buffer: &mut BytesMut) -> std::io::Result<usize> {
+    if buffer.capacity() - buffer.len() < READ_ROOM {
+        buffer.reserve(READ_ROOM);
+    }
     read.read_buf(&mut buffer.limit(READ_CHUNK)).await
 }
 

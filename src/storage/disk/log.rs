@@ -8,8 +8,9 @@
 //! write that a crash could still take back. A delete takes a number from the same counter; a reader
 //! that found a key absent waits for the last delete's.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::Notify;
@@ -33,9 +34,20 @@ pub struct Log {
     deleted: AtomicU64,
     /// Notified whenever `durable` moves on or the log fails.
     advanced: Notify,
+    /// Whether `advanced` is notified by a task on the serving runtime ([`Log::relay_on_runtime`]).
+    relayed: AtomicBool,
+    /// What the committer notifies instead of `advanced` when relayed.
+    committed: Notify,
     /// Why the log stopped: once writing or fsyncing it failed, nothing later can be made durable.
     failed: OnceLock<String>,
+    /// Whether the committer holds records back until the runtime runs out of work
+    /// ([`Log::batch_until_idle`]).
+    batch_until_idle: AtomicBool,
 }
+
+/// How long the committer holds records back at most while the runtime stays busy: under a load that
+/// never lets the runtime park, writes are still committed this often.
+pub const BUSY_WAIT: Duration = Duration::from_micros(500);
 
 /// Records appended and not yet taken by the committer.
 pub struct Pending {
@@ -46,6 +58,12 @@ pub struct Pending {
     last: u64,
     /// True while the committer waits for records (so appending must wake it).
     pub committer_waiting: bool,
+    /// True while the committer holds records back until the runtime runs out of work (so the runtime's
+    /// parking must wake it).
+    committer_waiting_for_idle: bool,
+    /// A runtime thread parked since the first of `records` was appended: the requests that came
+    /// with them have all been handled.
+    runtime_idle: bool,
     /// The store is gone: the committer finishes and stops.
     pub closing: bool,
 }
@@ -59,6 +77,8 @@ impl Log {
                 count: 0,
                 last: last_version,
                 committer_waiting: false,
+                committer_waiting_for_idle: false,
+                runtime_idle: false,
                 closing: false,
             }),
             wake: Condvar::new(),
@@ -66,7 +86,49 @@ impl Log {
             durable: AtomicU64::new(last_version),
             deleted: AtomicU64::new(0),
             advanced: Notify::new(),
+            relayed: AtomicBool::new(false),
+            committed: Notify::new(),
             failed: OnceLock::new(),
+            batch_until_idle: AtomicBool::new(false),
+        }
+    }
+
+    /// From now on the committer takes records only once a runtime thread has run out of work since
+    /// they were appended ([`Log::runtime_parked`]), or [`BUSY_WAIT`] after they woke it: Redis's
+    /// shape (it writes and fsyncs the log once per turn of its event loop, after handling every
+    /// request that had arrived). A committer woken by the first write of a burst would otherwise
+    /// take that write alone; on a busy core it even preempts the thread that is handling the rest.
+    pub fn batch_until_idle(&self) {
+        self.batch_until_idle.store(true, Ordering::Relaxed);
+    }
+
+    /// From now on the committer wakes one task on the current runtime, which wakes every waiting
+    /// writer and reader, instead of waking each of them itself. A task woken from outside its runtime
+    /// is queued there one at a time, with a syscall each to wake the runtime's thread, which then often
+    /// runs it alone and sends its answer in a packet of its own; woken from inside, the whole batch
+    /// runs together and its answers share packets. Must be called from within the runtime that
+    /// serves the store, and that runtime must outlive every wait on the log.
+    pub fn relay_on_runtime(self: &Arc<Self>) {
+        self.relayed.store(true, Ordering::Release);
+        let log = self.clone();
+        tokio::spawn(async move {
+            loop {
+                // A notification while the task is busy is kept as a permit: none is missed.
+                log.committed.notified().await;
+                log.advanced.notify_waiters();
+            }
+        });
+    }
+
+    /// A runtime thread has no more work and is about to park: records pending now can go.
+    pub fn runtime_parked(&self) {
+        let mut pending = self.pending.lock();
+        if pending.records.is_empty() {
+            return;
+        }
+        pending.runtime_idle = true;
+        if pending.committer_waiting_for_idle {
+            self.wake.notify_one();
         }
     }
 
@@ -144,6 +206,17 @@ impl Log {
             }
             pending.committer_waiting = false;
         }
+        if self.batch_until_idle.load(Ordering::Relaxed) && !pending.records.is_empty() {
+            let deadline = Instant::now() + BUSY_WAIT;
+            pending.committer_waiting_for_idle = true;
+            while !pending.runtime_idle && !pending.closing {
+                if self.wake.wait_until(&mut pending, deadline).timed_out() {
+                    break;
+                }
+            }
+            pending.committer_waiting_for_idle = false;
+        }
+        pending.runtime_idle = false;
         if pending.records.is_empty() && pending.closing {
             return None;
         }
@@ -155,7 +228,11 @@ impl Log {
     /// Everything up to `number` is durable now.
     pub(super) fn made_durable(&self, number: u64) {
         self.durable.fetch_max(number, Ordering::AcqRel);
-        self.advanced.notify_waiters();
+        if self.relayed.load(Ordering::Acquire) {
+            self.committed.notify_one();
+        } else {
+            self.advanced.notify_waiters();
+        }
     }
 
     /// The log cannot be written any more: every waiter, present and future, is told why.
@@ -173,6 +250,10 @@ impl Log {
     /// Appends a record made by `encode` with the next number, which it returns.
     fn append(&self, encode: impl FnOnce(&mut Vec<u8>, u64)) -> u64 {
         let mut pending = self.pending.lock();
+        if pending.records.is_empty() {
+            // A park before this record does not mean its request has been handled to the end.
+            pending.runtime_idle = false;
+        }
         pending.last += 1;
         let number = pending.last;
         encode(&mut pending.records, number);

@@ -27,7 +27,7 @@ pub(crate) mod recovery;
 pub(crate) mod snapshot;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -65,6 +65,23 @@ impl DiskConfig {
             durability,
             memory_budget: super::default_memory_budget(),
             snapshot_log_size: Self::DEFAULT_SNAPSHOT_LOG_SIZE,
+        }
+    }
+}
+
+/// Tells a disk store when the runtime that serves it runs out of work, so that its committer writes
+/// and fsyncs once per burst of requests rather than once per first write of a burst
+/// ([`Log::batch_until_idle`]). Call [`RuntimeIdle::parked`] from the runtime's `on_thread_park`
+/// hook, and hand the signal to the store with [`DiskStore::attach_runtime`]; a store with no
+/// signal commits as soon as records arrive.
+#[derive(Clone, Default)]
+pub struct RuntimeIdle(Arc<OnceLock<Weak<Log>>>);
+
+impl RuntimeIdle {
+    /// A runtime thread is about to park.
+    pub fn parked(&self) {
+        if let Some(log) = self.0.get().and_then(Weak::upgrade) {
+            log.runtime_parked();
         }
     }
 }
@@ -135,6 +152,19 @@ impl DiskStore {
             .map_err(|e| StorageError::Backend(format!("cannot start the committer thread: {e}")))?;
         let closed = StoreClosed { committer: Arc::new(Mutex::new(Some(committer))) };
         Ok(DiskStore { memory, log, closed, _temporary: None })
+    }
+
+    /// Serves the store from the current runtime, which `idle` hears from: each batch is committed
+    /// once the runtime has handled the requests that came with it (or after [`log::BUSY_WAIT`]), and
+    /// the writers and readers a commit releases are woken by one task on the runtime
+    /// ([`Log::relay_on_runtime`]). Call from within that runtime, which must outlive every request
+    /// to the store. One signal serves one store: a second store given the same signal is not
+    /// batched.
+    pub fn attach_runtime(&self, idle: &RuntimeIdle) {
+        self.log.relay_on_runtime();
+        if idle.0.set(Arc::downgrade(&self.log)).is_ok() {
+            self.log.batch_until_idle();
+        }
     }
 
     /// A handle that completes once this store has been dropped and its committer has made every write

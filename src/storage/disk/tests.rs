@@ -5,6 +5,72 @@ use crate::storage::ORDERED_WRITE_KEYS;
 
 crate::storage::suite::storage_conformance!(DiskStore::temporary());
 
+/// The suite again on a store attached to the runtime as the server attaches it, with a signal that
+/// never hears of a park: every commit then goes by the [`log::BUSY_WAIT`] fallback, and every answer
+/// is woken through the relay task.
+mod attached {
+    use super::*;
+
+    fn attached() -> DiskStore {
+        let store = DiskStore::temporary();
+        store.attach_runtime(&RuntimeIdle::default());
+        store
+    }
+
+    crate::storage::suite::storage_conformance!(attached());
+}
+
+/// As `qkv serve` runs a disk store: attached to a current-thread runtime whose parking commits.
+/// Writes and reads issued together all complete, and every acknowledged write is on disk after.
+#[test]
+fn a_store_attached_to_the_serving_runtime_answers_bursts_and_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let idle = RuntimeIdle::default();
+    let runtime =
+        crate::server::runtime(crate::server::RuntimeLayout::CurrentThread, Some(idle.clone())).unwrap();
+    let (acknowledged, closed) = runtime.block_on(async {
+        let store = Arc::new(DiskStore::open(dir.path(), test_config()).unwrap());
+        store.attach_runtime(&idle);
+        let mut acknowledged = Model::new();
+        for round in 0..20 {
+            let writes: Vec<_> = (0..64)
+                .map(|i| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let key = format!("k{i}");
+                        let written = store.set(TABLE, &key, format!("{round}").into(), None).await;
+                        let read = store.get(TABLE, &key).await;
+                        (key, written, read)
+                    })
+                })
+                .collect();
+            let answered = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+                let mut answers = Vec::new();
+                for write in writes {
+                    answers.push(write.await.unwrap());
+                }
+                answers
+            });
+            for (key, written, read) in answered.await.expect("a burst of writes is answered") {
+                let WriteOutcome::Written { version, .. } = written.unwrap() else { panic!("unconditional") };
+                let stored = Versioned { value: format!("{round}").into(), version };
+                assert_eq!(read.unwrap(), Some(stored.clone()), "a read after an acknowledged write sees it");
+                acknowledged.insert(key, stored);
+            }
+        }
+        let closed = store.closed();
+        drop(store);
+        (acknowledged, closed)
+    });
+    drop(runtime);
+    closed.wait_blocking();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let store = DiskStore::open(dir.path(), test_config()).unwrap();
+        assert_holds(&store, &acknowledged, "after the attached store closed").await;
+    });
+}
+
 #[tokio::test]
 async fn data_versions_and_conditional_writes_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
