@@ -24,6 +24,12 @@ use crate::storage::memory::{MemoryStore, Visitor};
 /// Bytes encoded before they are written to the file.
 const CHUNK: usize = 1 << 20;
 
+/// Bytes written between two syncs of the snapshot file. Left to the end, the sync of a large snapshot
+/// wrote hundreds of megabytes at once, and the log's fsyncs (every durable write's) queued behind it
+/// for seconds; synced as it goes, a log fsync waits for at most this much, and stopping the store
+/// during a snapshot waits for at most this much too.
+const SYNC_EVERY: u64 = 8 << 20;
+
 pub type Store = MemoryStore<Arc<Log>>;
 
 /// Writes the snapshot of `generation` (whose log segment has been started) and removes what it makes
@@ -70,6 +76,7 @@ pub(crate) fn write_partial(
         buffer: Vec::with_capacity(CHUNK + CHUNK / 4),
         count: 0,
         size: 0,
+        unsynced: 0,
         cancelled,
     };
     writer.buffer.extend_from_slice(&header.encode());
@@ -85,6 +92,8 @@ struct Writer<'a> {
     buffer: Vec<u8>,
     count: u64,
     size: u64,
+    /// Bytes written since the file was last synced.
+    unsynced: u64,
     cancelled: &'a AtomicBool,
 }
 
@@ -92,7 +101,12 @@ impl Writer<'_> {
     fn flush(&mut self) -> io::Result<()> {
         self.file.write_all(&self.buffer)?;
         self.size += self.buffer.len() as u64;
+        self.unsynced += self.buffer.len() as u64;
         self.buffer.clear();
+        if self.unsynced >= SYNC_EVERY {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
         Ok(())
     }
 }
