@@ -55,7 +55,7 @@ enum Task {
     Lab(lab::LabArgs),
     /// The disk store: writes against Redis with appendfsync always, reads against the memory store,
     /// restart time and space on disk, and its report.
-    DurableReport(SweepArgs),
+    DurableReport(ReportArgs),
     /// Pub/sub fan-out to 100 subscribers over QUIC, TLS and TCP, and its report.
     PubsubReport(SweepArgs),
     /// Reconnect storms (root only): connection setups per second and their latency with 1 to 1024
