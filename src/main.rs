@@ -61,6 +61,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = qkv::server::runtime(args.runtime.layout()?, Some(idle.clone()))
         .context("cannot start the runtime")?;
     let mut disk_closed = None;
+    let mut retained = None;
+    let args_store = args.store;
     let served = runtime.block_on(async {
         match args.store {
             Store::Memory => {
@@ -82,6 +84,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 );
                 store.attach_runtime(&idle);
                 disk_closed = Some(store.closed());
+                retained = Some(store.retain_memory());
                 run_server(args.config(), store).await
             }
             Store::Redis => {
@@ -93,10 +96,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     // Tasks the runtime still holds may hold the last handles on the store: they go with it. Then the
     // committer makes every acknowledged write durable, and this thread, no runtime's, waits for it.
+    // The data itself is not freed: entry by entry that takes seconds for millions of keys, and the
+    // operating system takes it back at once when the process exits.
+    if matches!(args_store, Store::Memory) {
+        std::mem::forget(runtime);
+        return served;
+    }
     drop(runtime);
     if let Some(closed) = disk_closed {
         closed.wait_blocking();
     }
+    std::mem::forget(retained);
     served
 }
 

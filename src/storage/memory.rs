@@ -347,10 +347,16 @@ impl<J: Journal> MemoryStore<J> {
         });
         for (name, table) in tables {
             let mut keys = Vec::with_capacity(table.entries.len());
+            let mut stopped = false;
             table.entries.iter_sync(|key, _| {
                 keys.push(key.clone());
-                true
+                // Listing millions of keys takes seconds: a stop need not wait for it.
+                stopped = keys.len() % 4096 == 0 && visitor.stopped();
+                !stopped
             });
+            if stopped {
+                return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "the walk was stopped"));
+            }
             for key in keys {
                 table.entries.read_sync(&*key, |key, versioned| visitor.entry(&name, key, versioned));
                 visitor.between()?;
@@ -366,6 +372,11 @@ pub(crate) trait Visitor {
     fn entry(&mut self, table: &str, key: &str, versioned: &Versioned);
     /// Called after each key, outside every lock; an error stops the walk.
     fn between(&mut self) -> std::io::Result<()>;
+    /// Whether the walk should stop; asked now and then while keys are listed (under a bucket's lock,
+    /// so it must be quick).
+    fn stopped(&self) -> bool {
+        false
+    }
 }
 
 /// The memory budget of a store unless configured otherwise: half of the memory this process may use
@@ -587,6 +598,30 @@ mod tests {
     use super::*;
 
     crate::storage::suite::storage_conformance!(MemoryStore::new());
+
+    /// A snapshot being cancelled (the server stopping) stops its walk while it still lists a large
+    /// table's keys, before any entry is shown.
+    #[tokio::test]
+    async fn a_walk_stops_while_it_lists_keys() {
+        struct Stopping(usize);
+        impl Visitor for Stopping {
+            fn entry(&mut self, _: &str, _: &str, _: &Versioned) {
+                self.0 += 1;
+            }
+            fn between(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+            fn stopped(&self) -> bool {
+                true
+            }
+        }
+        let store = MemoryStore::new();
+        let pairs: Vec<_> = (0..10_000).map(|i| (format!("k{i}"), Value::from(1i64))).collect();
+        store.set_many("t", pairs).await.unwrap();
+        let mut visitor = Stopping(0);
+        let stopped = store.walk(&mut visitor).unwrap_err();
+        assert_eq!((stopped.kind(), visitor.0), (std::io::ErrorKind::Interrupted, 0));
+    }
 
     #[tokio::test]
     async fn versions_start_above_the_clock_so_a_restarted_store_does_not_reissue_them() {

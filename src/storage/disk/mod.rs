@@ -86,6 +86,9 @@ impl RuntimeIdle {
     }
 }
 
+/// A disk store's data, kept: see [`DiskStore::retain_memory`].
+pub struct RetainedMemory(#[allow(dead_code)] Arc<Store>);
+
 /// A store on disk, served from memory.
 pub struct DiskStore {
     memory: Arc<Store>,
@@ -165,6 +168,14 @@ impl DiskStore {
         if idle.0.set(Arc::downgrade(&self.log)).is_ok() {
             self.log.batch_until_idle();
         }
+    }
+
+    /// Keeps the store's data in memory after the store itself is dropped (its log closes and its
+    /// committer finishes as usual). A process about to exit forgets this handle, so that the data is
+    /// never freed entry by entry, which took 28 s for 20 million keys; the operating system takes the
+    /// memory back at once.
+    pub fn retain_memory(&self) -> RetainedMemory {
+        RetainedMemory(self.memory.clone())
     }
 
     /// A handle that completes once this store has been dropped and its committer has made every write

@@ -117,6 +117,10 @@ impl Visitor for Writer<'_> {
         self.count += 1;
     }
 
+    fn stopped(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
     fn between(&mut self) -> io::Result<()> {
         if self.cancelled.load(Ordering::Relaxed) {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "the store is closing"));
