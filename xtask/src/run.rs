@@ -285,7 +285,6 @@ pub fn serve_pinned(
     Ok(child)
 }
 
-/// [`serve_pinned`] without the wait: for callers that time the server's start themselves.
 /// Whether a socket listens on TCP `port` (IPv4 or IPv6), from /proc/net/tcp*: asks the kernel without
 /// connecting.
 pub fn tcp_listening(port: u16) -> anyhow::Result<bool> {
@@ -305,6 +304,7 @@ pub fn tcp_listening(port: u16) -> anyhow::Result<bool> {
     Ok(false)
 }
 
+/// [`serve_pinned`] without the wait: for callers that time the server's start themselves.
 pub fn spawn_serve(
     work: &Path,
     certs: &Path,
