@@ -255,6 +255,13 @@ pub fn log_recovery(data: &[u8]) {
         }
     };
     let (records, end, whole) = read_all(&log);
+    if let Next::Unwritten { offset } = end {
+        assert_eq!(
+            (offset, &log[whole as usize..][..8]),
+            (whole, &[0u8; 8][..]),
+            "unwritten: a head of zeros"
+        );
+    }
 
     let store = MemoryStore::with_journal(usize::MAX, Arc::new(Log::new(0)));
     let replayed = replay(&mut Reader::new(&log[..], 0, log.len() as u64), &store).expect("from memory");

@@ -9,14 +9,13 @@
 //! snapshot of that generation ([`super::snapshot`]), after which the older segments go.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::files;
+use super::files::{self, Segment};
 use super::log::Log;
 use super::snapshot::{self, Store};
 
@@ -41,7 +40,7 @@ const KEEP_BUFFER: usize = 4 << 20;
 pub struct Committer {
     pub log: Arc<Log>,
     pub dir: PathBuf,
-    pub segment: File,
+    pub segment: Segment,
     pub generation: u64,
     pub durability: Durability,
     /// The store, for snapshots; the committer must not keep it alive.
@@ -123,10 +122,7 @@ impl Committer {
                 }
             }
         }
-        if unsynced_since.is_some()
-            && !failed
-            && let Err(e) = self.segment.sync_data()
-        {
+        if !failed && let Err(e) = self.segment.finish() {
             tracing::error!(error = %e, "the last flush failed: writes of the last moments may be lost");
         }
         if let Some(running) = snapshotting {
@@ -147,7 +143,7 @@ impl Committer {
     ) -> std::io::Result<()> {
         if !batch.is_empty() {
             crate::metrics::disk_batch(count);
-            self.segment.write_all(batch)?;
+            self.segment.append(batch)?;
         }
         let sync = match self.durability {
             Durability::Strict => true,
@@ -160,7 +156,7 @@ impl Committer {
         };
         if sync {
             let started = Instant::now();
-            self.segment.sync_data()?;
+            self.segment.sync()?;
             crate::metrics::disk_fsync(started.elapsed());
             *unsynced_since = None;
             self.log.made_durable(last);
@@ -170,7 +166,8 @@ impl Committer {
 
     /// Starts the next log segment (after making the current one durable).
     fn rotate(&mut self, unsynced_since: &mut Option<Instant>) -> std::io::Result<()> {
-        self.segment.sync_data()?;
+        // Only the last segment may end in zeros: recovery refuses them anywhere else.
+        self.segment.finish()?;
         *unsynced_since = None;
         let generation = self.generation + 1;
         self.segment = files::create_segment(&self.dir, generation, self.log.appended())?;

@@ -1,7 +1,7 @@
 //! The bytes of the log and of snapshots: a header, then records, each checksummed.
 //!
 //! ```text
-//! file    := header record*
+//! file    := header record* zero*                                (zeros: a log segment's unwritten space)
 //! header  := magic[8] generation:u64 last_version:u64            (24 bytes, little-endian)
 //! record  := length:u32 crc:u32 body[length]                     (crc: CRC-32 of body)
 //! body    := 1 version:u64 table_len:u32 table key_len:u32 key value   a key set (value: protobuf Value)
@@ -11,7 +11,9 @@
 //!
 //! A log is appended to and may end in a torn record (the machine stopped in the middle of a write):
 //! reading stops at the first record that is short, runs past the end or fails its checksum, and says
-//! where, so recovery can cut the tail off. A whole record (checksum intact) that does not decode is
+//! where, so recovery can cut the tail off. The segment being appended to also ends in zeros written
+//! ahead of its records (files.rs, `Segment`): a record head of zeros (length 0, which no record has)
+//! is unwritten space, where reading stops too. A whole record (checksum intact) that does not decode is
 //! told apart: it is another format, never a torn write. Nothing acknowledged can be in or after a torn record, since
 //! a write is acknowledged only once every byte before its end is on disk. A snapshot is complete only
 //! with its end record, whose count must match.
@@ -161,6 +163,11 @@ pub enum Next {
     Unknown {
         offset: u64,
     },
+    /// From `offset` on the file holds what was never written as a record: a head of zeros, where
+    /// the log segment being appended to has space written ahead.
+    Unwritten {
+        offset: u64,
+    },
 }
 
 /// Reads records from a file's contents after its header, one at a time, never trusting a length
@@ -196,6 +203,9 @@ impl<R: Read> Reader<R> {
         }
         let mut head = [0; RECORD_HEAD];
         self.input.read_exact(&mut head)?;
+        if head == [0; RECORD_HEAD] {
+            return Ok(Next::Unwritten { offset: self.offset });
+        }
         let length = u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
         let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
         if length > left - RECORD_HEAD as u64 {

@@ -27,8 +27,10 @@ pub struct Recovered {
     /// Records replayed from the log, and their segments' bytes.
     pub records: u64,
     pub log_bytes: u64,
-    /// Bytes cut off the end of the last segment.
+    /// Bytes cut off the end of the last segment: a torn record.
     pub torn_bytes: u64,
+    /// Bytes cut off the end of the last segment: space written ahead of its records (zeros).
+    pub unwritten_bytes: u64,
 }
 
 /// Loads the directory's data into `store` (empty, or holding what the import of a redb file put there,
@@ -73,6 +75,7 @@ pub fn recover(dir: &Path, store: &Store) -> io::Result<Recovered> {
         recovered.records += replayed.records;
         recovered.log_bytes += replayed.valid_len;
         recovered.torn_bytes += replayed.torn_bytes;
+        recovered.unwritten_bytes += replayed.unwritten_bytes;
     }
     recovered.next_generation = next_generation;
     Ok(recovered)
@@ -90,6 +93,7 @@ struct Replayed {
     last_number: u64,
     valid_len: u64,
     torn_bytes: u64,
+    unwritten_bytes: u64,
 }
 
 /// Replays one segment; `None` when it is the last and was being created (it is removed).
@@ -121,6 +125,12 @@ fn replay_segment(
         last_number: replayed.last_number.max(header.last_version),
         valid_len: reader.offset(),
         torn_bytes: 0,
+        unwritten_bytes: 0,
+    };
+    let cut_at = |offset: u64| -> io::Result<()> {
+        let file = OpenOptions::new().write(true).open(path)?;
+        file.set_len(offset)?;
+        file.sync_all()
     };
     match replayed.stop {
         Stop::End => {}
@@ -130,9 +140,16 @@ fn replay_segment(
                 file = %path.display(), offset, bytes = result.torn_bytes, what,
                 "the log ends in a torn write (the machine or process stopped during it): cutting it off; no acknowledged write was in it"
             );
-            let file = OpenOptions::new().write(true).open(path)?;
-            file.set_len(offset)?;
-            file.sync_all()?;
+            cut_at(offset)?;
+        }
+        // The space the segment had written ahead when the process stopped without finishing it.
+        Stop::Unwritten { offset } if is_last => {
+            result.unwritten_bytes = len - offset;
+            tracing::debug!(file = %path.display(), offset, bytes = result.unwritten_bytes, "cutting off the log's unwritten space");
+            cut_at(offset)?;
+        }
+        Stop::Unwritten { offset } => {
+            return Err(damaged(path, format!("zeros where a record should be, at byte {offset}")));
         }
         Stop::Torn { offset, what } => return Err(damaged(path, format!("{what} at byte {offset}"))),
         Stop::Unknown { offset, what } => {
@@ -165,6 +182,8 @@ pub enum Stop {
     Torn { offset: u64, what: &'static str },
     /// At a whole record that does not belong in a log: unknown, or a snapshot's end.
     Unknown { offset: u64, what: &'static str },
+    /// At space written ahead of the records (zeros), from `offset` on.
+    Unwritten { offset: u64 },
 }
 
 /// Applies every whole record from `reader` to `store`, in order, up to the end or the first record
@@ -190,6 +209,7 @@ pub fn replay(reader: &mut Reader<impl Read>, store: &Store) -> io::Result<Repla
             Next::Unknown { offset } => Stop::Unknown { offset, what: "a record of an unknown kind" },
             Next::End => Stop::End,
             Next::Damaged { offset, what } => Stop::Torn { offset, what },
+            Next::Unwritten { offset } => Stop::Unwritten { offset },
         };
         return Ok(replay);
     }

@@ -177,6 +177,7 @@ pub fn load(dir: &Path, generation: u64, store: &Store) -> io::Result<Loaded> {
             }
             Next::End => return Err(damaged("it ends without its end record".into())),
             Next::Damaged { offset, what } => return Err(damaged(format!("{what} at byte {offset}"))),
+            Next::Unwritten { offset } => return Err(damaged(format!("zeros at byte {offset}"))),
             Next::Unknown { offset } => {
                 return Err(damaged(format!("a record this version of qkv does not know at byte {offset}")));
             }

@@ -183,7 +183,9 @@ fn record_ends(segment: &[u8]) -> Vec<u64> {
 }
 
 /// A crash can tear the log's last write anywhere; a disk can damage any byte. Cut or damaged at every
-/// byte of its last records, the log recovers every write before the damage, and the store goes on.
+/// byte of its last records, and each either where the file ends or followed by the zeros the segment
+/// had written ahead (a crash leaves them: only a closed store cuts them off), the log recovers every
+/// write before the damage, and the store goes on.
 #[tokio::test]
 async fn a_torn_or_damaged_tail_loses_no_write_before_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -203,7 +205,24 @@ async fn a_torn_or_damaged_tail_loses_no_write_before_it() {
         let truncated = segment[..at as usize].to_vec();
         let mut flipped = segment.clone();
         flipped[at as usize] ^= 0x5a;
-        for (damage, bytes) in [("cut", truncated), ("flipped", flipped)] {
+        let zeroed_ahead = |bytes: &[u8]| {
+            let mut bytes = bytes.to_vec();
+            bytes.resize(files::ZEROED_AHEAD as usize, 0);
+            bytes
+        };
+        // Zeros after a cut restore the record it fell in if the bytes cut off were zeros themselves
+        // (a value ending in zeros): the record is whole, and an unacknowledged write may be kept.
+        let restored = ends
+            .iter()
+            .filter(|&&end| end <= at || segment[at as usize..end as usize].iter().all(|&b| b == 0))
+            .count();
+        let damaged = [
+            ("cut, then zeros", zeroed_ahead(&truncated), restored),
+            ("flipped, then zeros", zeroed_ahead(&flipped), whole),
+            ("cut", truncated, whole),
+            ("flipped", flipped, whole),
+        ];
+        for (damage, bytes, whole) in damaged {
             let case = format!("log {damage} at byte {at}: {whole} whole records");
             let copy = tempfile::tempdir().unwrap();
             std::fs::write(copy.path().join(segment_path.file_name().unwrap()), bytes).unwrap();
@@ -220,7 +239,7 @@ async fn a_torn_or_damaged_tail_loses_no_write_before_it() {
             cases += 1;
         }
     }
-    assert!(cases > 100, "{cases} cases");
+    assert!(cases > 200, "{cases} cases");
 }
 
 /// Damage that a crash cannot cause (in a log segment that is not the last) stops the store from
@@ -236,14 +255,60 @@ async fn damage_before_the_last_segment_is_refused_not_skipped() {
     store.set(TABLE, "second", "v".into(), None).await.unwrap();
     close(store).await;
     let (_, first) = files::list(dir.path()).unwrap().segments.pop_first().unwrap();
-    let mut bytes = std::fs::read(&first).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 1;
-    std::fs::write(&first, bytes).unwrap();
-    let Err(StorageError::Backend(error)) = DiskStore::open(dir.path(), test_config()) else {
-        panic!("a damaged segment was accepted")
-    };
-    assert!(error.contains(&first.display().to_string()) && error.contains("damaged"), "{error}");
+    let original = std::fs::read(&first).unwrap();
+    let mut flipped = original.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 1;
+    // Zeros are cut off a segment before the next one starts: after its records they are damage too.
+    let mut zeros = original.clone();
+    zeros.resize(zeros.len() + 100, 0);
+    for (case, bytes) in [("a flipped byte", flipped), ("zeros after the records", zeros)] {
+        std::fs::write(&first, bytes).unwrap();
+        let Err(StorageError::Backend(error)) = DiskStore::open(dir.path(), test_config()) else {
+            panic!("{case}: a damaged segment was accepted")
+        };
+        assert!(error.contains(&first.display().to_string()) && error.contains("damaged"), "{case}: {error}");
+    }
+}
+
+/// A store that stops without closing (a crash) leaves its segment's zeros; they are cut off when it
+/// opens, the records before them all recovered, and a closed store leaves none.
+#[tokio::test]
+async fn the_zeros_written_ahead_are_cut_off_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path(), test_config()).unwrap();
+    let states = write_history(&store, 10).await;
+    let (_, path) = files::list(dir.path()).unwrap().segments.pop_last().unwrap();
+    let written = std::fs::read(&path).unwrap();
+    assert_eq!(written.len() as u64, files::ZEROED_AHEAD, "room written ahead of the records");
+    let records_end = *record_ends_before_zeros(&written).last().unwrap();
+    assert!(written[records_end as usize..].iter().all(|&b| b == 0), "zeros after the records");
+    // The crash: the files as they are now, copied before the store is closed.
+    let crashed = tempfile::tempdir().unwrap();
+    std::fs::write(crashed.path().join(path.file_name().unwrap()), &written).unwrap();
+    close(store).await;
+    assert_eq!(std::fs::read(&path).unwrap().len() as u64, records_end, "a closed store cuts its zeros off");
+    for _ in 0..2 {
+        let store = DiskStore::open(crashed.path(), test_config()).unwrap();
+        assert_holds(&store, states.last().unwrap(), "after a crash").await;
+        close(store).await;
+    }
+    let (_, first) = files::list(crashed.path()).unwrap().segments.pop_first().unwrap();
+    assert_eq!(std::fs::read(first).unwrap().len() as u64, records_end, "cut off where the records end");
+}
+
+/// Where each record of a log segment that ends in zeros ends.
+fn record_ends_before_zeros(segment: &[u8]) -> Vec<u64> {
+    let mut reader =
+        format::Reader::new(&segment[format::HEADER_LEN..], format::HEADER_LEN as u64, segment.len() as u64);
+    let mut ends = Vec::new();
+    loop {
+        match reader.next().unwrap() {
+            format::Next::Record(_) => ends.push(reader.offset()),
+            format::Next::Unwritten { .. } => return ends,
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 /// A process stopped while it wrote a snapshot leaves a partial file (cut anywhere), or a complete one
