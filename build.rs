@@ -24,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_transport(false)
         .extern_path(".abi", "crate::pb")
+        // A Pipeline message's bytes are handed on without a copy.
+        .bytes(".qkv.v1")
         .compile_fds(only_service)?;
     Ok(())
 }

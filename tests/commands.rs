@@ -355,7 +355,7 @@ async fn clients_share_the_store_and_a_client_shares_its_connection(transport: T
     assert_eq!(first.hget("t", "k").await.unwrap().unwrap().value, "from clone".into());
 }
 
-transport_tests!(commands: quic, tls, tcp, http, grpc =>
+transport_tests!(commands: quic, tls, tcp, http, grpc, grpc_pipeline =>
     hget_returns_value_and_version_or_none,
     hset_returns_previous_value_and_a_new_version_each_time,
     every_value_type_round_trips,
@@ -379,7 +379,7 @@ transport_tests!(commands: quic, tls, tcp, http, grpc =>
 // What only the transports that carry the protocol's messages as they are can say: REST cannot send a
 // request that is not a command, and addresses keys by URL, whose length HTTP limits (tests/web.rs
 // holds REST to its own bad input).
-transport_tests!(messages: quic, tls, tcp, grpc =>
+transport_tests!(messages: quic, tls, tcp, grpc, grpc_pipeline =>
     error_messages_about_huge_names_stay_small,
     invalid_requests_are_answered_400_with_a_message,
 );

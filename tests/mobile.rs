@@ -270,7 +270,7 @@ async fn a_lost_connection_is_replaced_on_the_next_call(transport: Transport) {
     assert_eq!(client.stats().connections, 2);
 }
 
-transport_tests!(reconnection: quic, tls, tcp, http, grpc => a_lost_connection_is_replaced_on_the_next_call);
+transport_tests!(reconnection: quic, tls, tcp, http, grpc, grpc_pipeline => a_lost_connection_is_replaced_on_the_next_call);
 
 #[tokio::test]
 async fn dropping_a_call_while_its_request_is_written_resets_the_stream() {

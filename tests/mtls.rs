@@ -69,7 +69,7 @@ async fn without_client_ca_no_identity_is_reported(transport: Transport) {
     assert_eq!(server.client().await.whoami().await.unwrap(), None);
 }
 
-transport_tests!(mtls: quic, tls, http, grpc =>
+transport_tests!(mtls: quic, tls, http, grpc, grpc_pipeline =>
     a_client_with_a_certificate_from_the_client_ca_is_served_and_known_by_name,
     a_client_without_a_certificate_is_refused_with_an_error_that_says_so,
     a_client_certificate_from_another_ca_is_refused,

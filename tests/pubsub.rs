@@ -233,7 +233,7 @@ async fn shutdown_ends_subscriptions_with_410_within_the_grace_period(transport:
         .expect("stopped well within the grace");
 }
 
-transport_tests!(pubsub: quic, tls, tcp, http, grpc =>
+transport_tests!(pubsub: quic, tls, tcp, http, grpc, grpc_pipeline =>
     a_thousand_subscribers_get_every_message_in_each_publishers_order,
     a_subscriber_that_never_reads_holds_up_neither_the_publisher_nor_a_fast_subscriber,
     with_the_drop_policy_a_lagging_subscriber_is_ended_with_429,

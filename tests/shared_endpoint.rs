@@ -93,4 +93,4 @@ async fn a_client_made_without_connecting_connects_on_first_use(transport: Trans
     client.close().await;
 }
 
-transport_tests!(lazy: quic, tls, tcp, http, grpc => a_client_made_without_connecting_connects_on_first_use);
+transport_tests!(lazy: quic, tls, tcp, http, grpc, grpc_pipeline => a_client_made_without_connecting_connects_on_first_use);

@@ -77,7 +77,7 @@ async fn under_load_every_call_is_answered_or_not_executed_and_no_acknowledged_w
     }
 }
 
-transport_tests!(in_process: quic, tls, tcp, http, grpc =>
+transport_tests!(in_process: quic, tls, tcp, http, grpc, grpc_pipeline =>
     under_load_every_call_is_answered_or_not_executed_and_no_acknowledged_write_is_lost,
 );
 

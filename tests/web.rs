@@ -438,6 +438,32 @@ async fn bodies_over_the_budget_are_refused(transport: Transport) {
     }
 }
 
+/// A gRPC Pipeline call holds a WebSocket's share of the connection memory budget (its message being
+/// received and those queued for sending) for as long as it lasts: without room for it the call is
+/// refused with qkv's 503 (UNAVAILABLE; nothing executed), with room it serves. What the pipeline
+/// buffers beyond that share is charged as it is, as on TCP.
+#[tokio::test]
+async fn a_pipeline_call_is_charged_its_share_of_the_connection_memory_budget() {
+    // Served: room for the share and for the pipeline's requests and answers (16 KiB).
+    for (room, served) in [(0, false), (16 * 1024 + 1, true)] {
+        let server = TestServer::start_for_with(Transport::GrpcPipeline, |config| {
+            let session = qkv::web::browser::websocket_share(config.websocket_max_message);
+            config.connection_memory = qkv::web::web_connection_share(&config.limits) + session - 1 + room;
+        })
+        .await;
+        match qkv::Client::connect_with(server.client_config()).await {
+            Ok(client) if served => {
+                client.hset("t", "k", "v").await.expect("served");
+            }
+            Err(e @ qkv::client::ClientError::Unavailable { .. }) if !served => {
+                assert!(e.to_string().contains("memory"), "{e}")
+            }
+            Ok(_) => panic!("a call without room for its share is refused"),
+            Err(e) => panic!("a call with room for its share is served, got {e}"),
+        }
+    }
+}
+
 /// The request head is limited (`--web-max-header-size`): a URL over it is refused with 431, one under
 /// it served.
 #[tokio::test]

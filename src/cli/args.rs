@@ -385,8 +385,8 @@ pub struct ServeArgs {
     /// published at /webtransport-cert; or the server's own, when browsers trust its CA.
     #[arg(long, value_name = "WHICH", default_value = "self-issued")]
     pub webtransport_cert: qkv::tls::WebTransportCert,
-    /// Largest WebSocket message a client may send on /ws (clients split larger frames); the server
-    /// sends none larger either.
+    /// Largest WebSocket message a client may send on /ws, and the largest gRPC Pipeline message
+    /// (clients split larger frames); the server sends none larger either.
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     pub websocket_max_message: usize,
     /// Log lines as text, or as JSON objects one per line (for log shippers). RUST_LOG sets what is
@@ -779,7 +779,8 @@ pub struct ClientArgs {
     #[arg(long, default_value = "127.0.0.1:9527", env = "QKV_ADDR")]
     pub addr: String,
     /// quic (the default), tls (TLS 1.3 over TCP) or tcp (plaintext TCP, for servers started with
-    /// --tcp-plaintext); http (the REST API) or grpc, with --addr the server's web listener (--web).
+    /// --tcp-plaintext); http (the REST API), grpc (a call per request) or grpc-pipeline (requests
+    /// pipelined on one gRPC call), with --addr the server's web listener (--web).
     #[arg(long, default_value_t = Transport::Quic, env = "QKV_TRANSPORT")]
     pub transport: Transport,
     /// CA certificate file the server's certificate must chain to.

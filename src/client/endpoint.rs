@@ -60,7 +60,7 @@ impl ClientEndpoint {
             }
             Transport::Tcp => None,
             // The same verification, offering HTTP/2 instead of qkv/1.
-            Transport::Http | Transport::Grpc => {
+            Transport::Http | Transport::Grpc | Transport::GrpcPipeline => {
                 let qkv = config.tickets.client_config(&config.ca_file, config.client_cert.as_ref())?;
                 let mut http = rustls::ClientConfig::clone(&qkv);
                 http.alpn_protocols = vec![b"h2".to_vec()];

@@ -308,6 +308,12 @@ impl Client {
                 quic::QuicConnection::connect(endpoint, quic, config, name, remote, &inner.stats).await?,
             ),
             #[cfg(feature = "web-client")]
+            _ if config.transport == Transport::GrpcPipeline => {
+                let tls = inner.tls.clone().ok_or(ClientError::Unsupported("the web transports need TLS"))?;
+                let (stream, more) = web::open_pipeline(config, tls, name, remote, &inner.stats).await?;
+                Connection::Tcp(Arc::new(tcp::TcpConnection::start(stream, remote, config, Some(more))))
+            }
+            #[cfg(feature = "web-client")]
             _ if config.transport.is_web() => {
                 let tls = inner.tls.clone().ok_or(ClientError::Unsupported("the web transports need TLS"))?;
                 Connection::Web(web::WebConnection::connect(config, tls, name, remote, &inner.stats).await?)

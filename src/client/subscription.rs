@@ -99,11 +99,34 @@ impl Client {
                 Channel::Quic { frames: connection.send(frame, max_frame_len).await?, connection }
             }
             // A connection of its own, made directly: the shared one is not needed, nor connected.
-            Transport::Tls | Transport::Tcp => {
+            Transport::Tls | Transport::Tcp | Transport::GrpcPipeline => {
                 let inner = &self.inner;
-                let stream =
-                    open_stream(config, inner.tls.clone(), &inner.server_name, inner.remote, &inner.stats)
-                        .await?;
+                let stream = match config.transport {
+                    // A call of its own on the client's HTTP/2 connection.
+                    #[cfg(feature = "web-client")]
+                    Transport::GrpcPipeline => {
+                        let opener = match self.connection().await? {
+                            Connection::Tcp(connection) => connection.opener(),
+                            _ => None,
+                        };
+                        let Some(open) = opener else {
+                            return Err(ClientError::Protocol(
+                                "a gRPC client holds another connection".into(),
+                            ));
+                        };
+                        open().await?
+                    }
+                    #[cfg(not(feature = "web-client"))]
+                    Transport::GrpcPipeline => {
+                        return Err(ClientError::Unsupported(
+                            "the web transports need the crate's `web-client` feature",
+                        ));
+                    }
+                    _ => {
+                        let (name, remote, stats) = (&inner.server_name, inner.remote, &inner.stats);
+                        open_stream(config, inner.tls.clone(), name, remote, stats).await?
+                    }
+                };
                 let (read, mut requests) = tokio::io::split(stream);
                 let not_sent = |e: std::io::Error| ClientError::NotSent { cause: e.into() };
                 requests.write_all(&frame).await.map_err(not_sent)?;

@@ -95,12 +95,23 @@ pub(super) struct TcpConnection {
     closing: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     remote: SocketAddr,
+    /// Where the byte stream shares its connection with others: what opens them.
+    #[cfg_attr(not(feature = "web-client"), allow(dead_code))]
+    more: Option<StreamOpener>,
 }
 
 /// A TCP connection's byte stream, encrypted or not.
 pub(super) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
+
+/// Opens another byte stream to the server on the connection a [`TcpConnection`]'s runs on, where
+/// one connection carries many (gRPC `Pipeline` calls on one HTTP/2 connection).
+pub(super) type StreamOpener = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ClientResult<Box<dyn ByteStream>>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Connects a byte stream; with `tls`, verifies the server and requires ALPN `qkv/1`.
 pub(super) async fn open_stream(
@@ -158,13 +169,21 @@ impl TcpConnection {
         stats: &Stats,
     ) -> ClientResult<Self> {
         let stream = open_stream(config, tls, server_name, remote, stats).await?;
-        Ok(Self::start(stream, remote, config.limits.max_frame_len, config.keep_alive))
+        Ok(Self::start(stream, remote, config, None))
     }
 
-    fn start<IO>(io: IO, remote: SocketAddr, max_frame_len: usize, keepalive: Duration) -> Self
+    /// Carries requests on `io`, a connected byte stream to the server at `remote`; `more` opens more
+    /// streams on the connection `io` runs on, if it carries many.
+    pub(super) fn start<IO>(
+        io: IO,
+        remote: SocketAddr,
+        config: &ClientConfig,
+        more: Option<StreamOpener>,
+    ) -> Self
     where
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
+        let (max_frame_len, keepalive) = (config.limits.max_frame_len, config.keep_alive);
         let (read, write) = tokio::io::split(io);
         // Enough room that a burst of concurrent callers is written in one go.
         let (calls, queue) = mpsc::channel(1024);
@@ -177,7 +196,13 @@ impl TcpConnection {
             Writer { queue, routes, state: state.clone(), over: over.clone(), max_frame_len, keepalive };
         let reader = Reader { routed, state: state.clone(), over, closing: closing.clone(), max_frame_len };
         let tasks = vec![tokio::spawn(writer.run(write)), tokio::spawn(reader.run(read))];
-        TcpConnection { calls, state, closing, tasks: Mutex::new(tasks), remote }
+        TcpConnection { calls, state, closing, tasks: Mutex::new(tasks), remote, more }
+    }
+
+    /// Another byte stream on this one's connection, if it can carry more.
+    #[cfg(feature = "web-client")]
+    pub(super) fn opener(&self) -> Option<StreamOpener> {
+        self.more.clone()
     }
 
     pub(super) async fn send(&self, frame: Bytes) -> ClientResult<ResponseFrames> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt, stream};
+use futures_util::{SinkExt, Stream, StreamExt, stream};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper::{Method, StatusCode, header};
@@ -21,13 +21,15 @@ use prost::Message;
 use serde_json::{Value as Json, json};
 
 use super::error::Cause;
-use super::tcp::open_stream;
+use super::tcp::{ByteStream, StreamOpener, open_stream};
 use super::{ClientConfig, ClientError, ClientResult, ResponseFrames, Stats};
 use crate::pb::command_request::RequestData;
 use crate::pb::grpc::kv_client::KvClient;
+use crate::pb::grpc::{Frames, MAX_MESSAGE_HEADER};
 use crate::pb::json::{from_json, to_json};
 use crate::pb::{CommandRequest, CommandResponse, Value, status};
 use crate::transport::Transport;
+use crate::transport::messages::{MIN_MAX_MESSAGE, message_stream};
 
 /// Entries per page when the client reads a whole table over REST.
 const REST_PAGE: u32 = 256;
@@ -137,6 +139,57 @@ impl WebConnection {
         };
         Ok(ResponseFrames::web(frames))
     }
+}
+
+/// Opens an HTTP/2 connection for gRPC `Pipeline` calls and the first call on it: the byte stream its
+/// messages carry, on which the TCP client runs as on a socket (docs/HTTP.md, "Pipeline"), and what
+/// opens further calls on the same connection (for subscriptions, each a call of its own).
+pub(super) async fn open_pipeline(
+    config: &ClientConfig,
+    tls: Arc<rustls::ClientConfig>,
+    server_name: &str,
+    remote: SocketAddr,
+    stats: &Stats,
+) -> ClientResult<(Box<dyn ByteStream>, StreamOpener)> {
+    let stream = open_stream(config, Some(tls), server_name, remote, stats).await?;
+    let origin = hyper::Uri::try_from(format!("https://{server_name}"))
+        .map_err(|e| ClientError::InvalidConfig(format!("{server_name:?} is not a valid host name: {e}")))?;
+    let sender = handshake(TokioIo::new(stream), config).await?;
+    let client = KvClient::with_origin(H2(sender), origin).max_decoding_message_size(usize::MAX);
+    let first = pipeline_call(client.clone()).await?;
+    let opener: StreamOpener = Arc::new(move || Box::pin(pipeline_call(client.clone())));
+    Ok((first, opener))
+}
+
+/// One `Pipeline` call on `client`'s connection, as a byte stream. Each write is sent as one message,
+/// no larger than the server's `qkv-max-message` says it accepts.
+async fn pipeline_call(mut client: KvClient<H2>) -> ClientResult<Box<dyn ByteStream>> {
+    // One message queued beside the one being sent: the rest waits in the TCP client's buffer.
+    let (requests, mut queued) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let messages = stream::poll_fn(move |cx| queued.poll_recv(cx)).map(|data| Frames { data });
+    let answers = match client.pipeline(messages).await {
+        Ok(answers) => answers,
+        Err(failure) => {
+            // The server's refusal (its frame, which `ok` turns into the error any call gets), or the
+            // client's own error.
+            let refused = grpc_failure(failure).and_then(super::ok);
+            return Err(refused.err().unwrap_or_else(|| {
+                ClientError::Protocol("a Pipeline call failed with an answer of status 200".into())
+            }));
+        }
+    };
+    let max_message = answers
+        .metadata()
+        .get(MAX_MESSAGE_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(MIN_MAX_MESSAGE);
+    let received = answers.into_inner().map(|message| match message {
+        Ok(message) => Ok(message.data),
+        Err(failure) => Err(std::io::Error::other(failure)),
+    });
+    let sent = tokio_util::sync::PollSender::new(requests)
+        .sink_map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+    Ok(Box::new(Box::pin(message_stream(received, sent, max_message))))
 }
 
 /// One gRPC call: `ExecuteStream` for the commands that answer with many frames, `Execute` otherwise.

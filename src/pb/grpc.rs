@@ -14,3 +14,6 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// The response header (trailer) that carries qkv's status code beside gRPC's on a failed call; the
 /// status's details carry the whole `CommandResponse`.
 pub const QKV_STATUS: &str = "qkv-status";
+
+/// The response header of a `Pipeline` call that says how large its messages may be, either way.
+pub const MAX_MESSAGE_HEADER: &str = "qkv-max-message";

@@ -199,6 +199,11 @@ impl Caller {
     pub fn new(identity: Option<Arc<str>>) -> Self {
         Caller { identity, connection: ConnectionId::unique(), max_subscriptions: None }
     }
+
+    /// The same caller on a new connection of its own, which owns its own subscriptions.
+    pub fn on_new_connection(&self) -> Caller {
+        Caller { connection: ConnectionId::unique(), ..self.clone() }
+    }
 }
 
 impl Default for Caller {

@@ -6,6 +6,7 @@
 //! [`tcp`] only adapt their sockets to those.
 
 pub mod frame;
+pub mod messages;
 pub mod quic;
 pub mod timeouts;
 
@@ -49,13 +50,21 @@ pub enum Transport {
     Tcp,
     /// The REST API on the web listener.
     Http,
-    /// gRPC (service `qkv.v1.Kv`) on the web listener.
+    /// gRPC (service `qkv.v1.Kv`) on the web listener, a call per request.
     Grpc,
+    /// gRPC's `Pipeline` call on the web listener: requests pipelined on one call as over TCP.
+    GrpcPipeline,
 }
 
 impl Transport {
-    pub const ALL: [Transport; 5] =
-        [Transport::Quic, Transport::Tls, Transport::Tcp, Transport::Http, Transport::Grpc];
+    pub const ALL: [Transport; 6] = [
+        Transport::Quic,
+        Transport::Tls,
+        Transport::Tcp,
+        Transport::Http,
+        Transport::Grpc,
+        Transport::GrpcPipeline,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -64,12 +73,13 @@ impl Transport {
             Transport::Tcp => "tcp",
             Transport::Http => "http",
             Transport::Grpc => "grpc",
+            Transport::GrpcPipeline => "grpc-pipeline",
         }
     }
 
     /// Served by the web listener (`--web`) rather than on the main port.
     pub fn is_web(self) -> bool {
-        matches!(self, Transport::Http | Transport::Grpc)
+        matches!(self, Transport::Http | Transport::Grpc | Transport::GrpcPipeline)
     }
 }
 
@@ -83,10 +93,9 @@ impl FromStr for Transport {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        Transport::ALL
-            .into_iter()
-            .find(|t| t.name() == s)
-            .ok_or_else(|| format!("unknown transport {s:?}: expected quic, tls, tcp, http or grpc"))
+        Transport::ALL.into_iter().find(|t| t.name() == s).ok_or_else(|| {
+            format!("unknown transport {s:?}: expected quic, tls, tcp, http, grpc or grpc-pipeline")
+        })
     }
 }
 

@@ -139,7 +139,9 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
 {
-    let caller = Caller { max_subscriptions: Some(1), ..caller };
+    // The byte stream is a connection of its own (a WebSocket or gRPC Pipeline call among others on
+    // one HTTP/2 connection): its subscription is its own, and ends with it.
+    let caller = Caller { max_subscriptions: Some(1), ..caller.on_new_connection() };
     let (mut read, write) = tokio::io::split(io);
     let mut codec = FrameCodec::<CommandRequest>::new(limits.max_frame_len);
     let mut received = BytesMut::new();

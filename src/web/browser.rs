@@ -21,7 +21,6 @@ use axum::routing::get;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio_util::io::{CopyToBytes, SinkWriter, StreamReader};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span};
 
@@ -32,6 +31,7 @@ use crate::service::{Caller, Handler};
 use crate::stat::{Interval, Snapshot, exposition};
 use crate::tls::Credentials;
 use crate::transport::Limits;
+use crate::transport::messages::message_stream;
 use crate::transport::origin::{Origins, host_of};
 use crate::transport::pipeline::serve_pipelined;
 
@@ -40,7 +40,7 @@ use crate::transport::pipeline::serve_pipelined;
 pub const DEFAULT_WEBSOCKET_MAX_MESSAGE: usize = 64 * 1024;
 
 /// The smallest message limit accepted: a frame header and a small request.
-pub const MIN_WEBSOCKET_MAX_MESSAGE: usize = 1024;
+pub const MIN_WEBSOCKET_MAX_MESSAGE: usize = crate::transport::messages::MIN_MAX_MESSAGE;
 
 /// The WebSocket subprotocol a client may ask for (the same name as the ALPN of qkv's protocol).
 pub const WEBSOCKET_PROTOCOL: &str = "qkv/1";
@@ -328,13 +328,12 @@ async fn serve_websocket<H: Handler>(
             }
         })
     });
-    let reader = StreamReader::new(received);
     let shutdown = scope.shutdown.clone();
     let closing = Closing { inner: sink, why, shutdown, closed: false };
     let sent =
         closing.with(|bytes: Bytes| std::future::ready(Ok::<_, std::io::Error>(Message::Binary(bytes))));
-    let writer = Chunked { inner: SinkWriter::new(CopyToBytes::new(sent)), max: max_message };
-    let io = tokio::io::join(reader, writer);
+    // Each write one message, none larger than what clients may send.
+    let io = std::pin::pin!(message_stream(received, sent, max_message));
     let (limits, memory) = (scope.limits.clone(), scope.memory.clone());
     let requests = serve_pipelined(io, handler, limits, memory, scope.shutdown.clone(), caller).await;
     info!(
@@ -413,41 +412,5 @@ where
             *this.closed = true;
         }
         this.inner.poll_close(cx).map_err(std::io::Error::other)
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// Writes at most `max` bytes at a time: each write becomes one WebSocket message, so none is
-    /// larger than what clients may send.
-    struct Chunked<W> {
-        #[pin]
-        inner: W,
-        max: usize,
-    }
-}
-
-impl<W: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Chunked<W> {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let this = self.project();
-        let len = buf.len().min(*this.max);
-        this.inner.poll_write(cx, &buf[..len])
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
     }
 }

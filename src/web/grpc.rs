@@ -3,29 +3,41 @@
 //! qkv status is not 200 ends the call with the matching gRPC status code; the frame itself travels in
 //! the status's details (its protobuf encoding) and its code in the `qkv-status` trailer, so a client
 //! loses nothing the other transports would tell it (docs/HTTP.md, "gRPC"). Deadlines (`grpc-timeout`)
-//! bound the whole call.
+//! bound the whole call. `Pipeline` carries TCP's byte stream in its messages, served by the pipeline
+//! every byte stream has ([`serve_pipelined`]), not a copy of it.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use futures_util::{Stream, StreamExt, stream};
+use bytes::Bytes;
+use futures_util::{SinkExt, Stream, StreamExt, stream};
 use prost::Message;
+use tokio_util::sync::PollSender;
 use tonic::metadata::MetadataValue;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::Instrument;
 
-use super::{Frames, complete, first_frame, unstalled};
+use super::browser::{ConnectionScope, websocket_share};
+use super::{complete, first_frame, unstalled};
 use crate::pb::command_request::RequestData;
 use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::service::{Caller, Handler};
 use crate::transport::Limits;
+use crate::transport::messages::message_stream;
+use crate::transport::pipeline::serve_pipelined;
 
 use crate::pb::grpc::kv_server::{Kv, KvServer};
-use crate::pb::grpc::{FILE_DESCRIPTOR_SET, QKV_STATUS};
+use crate::pb::grpc::{FILE_DESCRIPTOR_SET, Frames, MAX_MESSAGE_HEADER, QKV_STATUS};
 
-/// The gRPC routes: `qkv.v1.Kv` and server reflection (v1 and v1alpha, for older grpcurl).
-pub fn router<H: Handler>(handler: H, limits: &Limits) -> Router {
-    let door = GrpcDoor { handler, reply_timeout: limits.reply_timeout };
+/// The path of `Pipeline` calls, which [`pipeline_router`] serves.
+pub const PIPELINE_PATH: &str = "/qkv.v1.Kv/Pipeline";
+
+/// The gRPC routes but `Pipeline`: `qkv.v1.Kv` and server reflection (v1 and v1alpha, for older
+/// grpcurl). Their request bodies are read whole before they get here.
+pub fn router<H: Handler>(handler: H, limits: &Limits, max_message: usize) -> Router {
+    let door = GrpcDoor { handler, reply_timeout: limits.reply_timeout, max_message };
     let kv = KvServer::new(door).max_decoding_message_size(limits.max_frame_len);
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -40,6 +52,18 @@ pub fn router<H: Handler>(handler: H, limits: &Limits) -> Router {
     }
     routes.prepare().into_axum_router()
 }
+
+/// `Pipeline` calls ([`PIPELINE_PATH`]), whose bodies are streams: messages of at most `max_message`
+/// bytes (`--websocket-max-message`, which bounds the WebSocket's the same way).
+pub fn pipeline_router<H: Handler>(handler: H, limits: &Limits, max_message: usize) -> Router {
+    let door = GrpcDoor { handler, reply_timeout: limits.reply_timeout, max_message };
+    // The message's encoding: `data`'s tag and length, then at most `max_message` bytes.
+    let kv = KvServer::new(door).max_decoding_message_size(max_message + FRAMES_OVERHEAD);
+    tonic::service::Routes::new(kv).prepare().into_axum_router()
+}
+
+/// What a `Frames` message adds to its data: a tag and a length of up to 5 bytes.
+const FRAMES_OVERHEAD: usize = 6;
 
 /// The gRPC status code of a qkv status (docs/HTTP.md has the table).
 pub fn code_of(qkv_status: u32) -> Code {
@@ -111,10 +135,12 @@ fn deadline_exceeded(timeout: Duration) -> Status {
 struct GrpcDoor<H> {
     handler: H,
     reply_timeout: Duration,
+    /// The largest `Pipeline` message either way.
+    max_message: usize,
 }
 
 impl<H: Handler> GrpcDoor<H> {
-    fn caller(request: &Request<CommandRequest>) -> Caller {
+    fn caller<M>(request: &Request<M>) -> Caller {
         // Set on every request by the web listener's connection; a request without it (which cannot
         // come from a socket) has no identity.
         request.extensions().get::<Caller>().cloned().unwrap_or_default()
@@ -145,6 +171,74 @@ impl<H: Handler> Kv for GrpcDoor<H> {
     }
 
     type ExecuteStreamStream = ResponseStream;
+    type PipelineStream = Pin<Box<dyn Stream<Item = Result<Frames, Status>> + Send>>;
+
+    /// Serves the pipeline on the call's byte stream, in a task of the connection's sessions (so that
+    /// its timeouts run while the client does not read, and shutdown waits for it). It ends when the
+    /// client half-closes, resets the call or stops reading for the reply timeout, or at shutdown;
+    /// a message over the limit or a failed stream ends the call with the status that says why.
+    async fn pipeline(
+        &self,
+        request: Request<Streaming<Frames>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        let caller = Self::caller(&request);
+        let Some(scope) = request.extensions().get::<ConnectionScope>().cloned() else {
+            return Err(Status::internal("a Pipeline call came without its connection"));
+        };
+        let max_message = self.max_message;
+        let Some(share) = scope.memory.try_charge(websocket_share(max_message)) else {
+            crate::metrics::limit_hit("connection_memory");
+            return Err(failure(&CommandResponse::error(
+                status::UNAVAILABLE,
+                "the server's connection memory budget is spent; nothing was executed: retry shortly",
+            )));
+        };
+        let failed = Arc::new(parking_lot::Mutex::new(None::<Status>));
+        let failure_seen = failed.clone();
+        let too_large = move || {
+            failure(&CommandResponse::error(
+                status::PAYLOAD_TOO_LARGE,
+                format!(
+                    "a Pipeline message carries at most {max_message} bytes of data (the qkv-max-message \
+                     header; the server's --websocket-max-message)"
+                ),
+            ))
+        };
+        let received = request.into_inner().map(move |message| {
+            let status = match message {
+                Ok(message) if message.data.len() <= max_message => return Ok(message.data),
+                Ok(_) => too_large(),
+                // tonic's refusal of a message over its limit (this one's, give or take the overhead).
+                Err(status) if status.code() == Code::OutOfRange => too_large(),
+                Err(status) => status,
+            };
+            let e = std::io::Error::other(status.message().to_owned());
+            // The first failure is why: the stream read after it (to its end) is garbage.
+            failure_seen.lock().get_or_insert(status);
+            Err(e)
+        });
+        // One message in flight to hyper, one queued: the rest waits in the pipeline's own buffers.
+        let (sent, mut outgoing) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let sent =
+            PollSender::new(sent).sink_map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        let (ended, ending) = tokio::sync::oneshot::channel();
+        let handler = self.handler.clone();
+        let session = async move {
+            let io = std::pin::pin!(message_stream(received, sent, max_message));
+            let (limits, memory, shutdown) = (scope.limits.clone(), scope.memory.clone(), scope.shutdown);
+            serve_pipelined(io, handler, limits, memory, shutdown, caller).await;
+            drop(share);
+            let _ = ended.send(failed.lock().take());
+        };
+        scope.sessions.spawn(session.in_current_span());
+        let answers = stream::poll_fn(move |cx| outgoing.poll_recv(cx)).map(|data| Ok(Frames { data }));
+        // After the last answer, the status a failed stream ended with (OK otherwise).
+        let ending =
+            stream::once(ending).filter_map(|failure| std::future::ready(failure.ok().flatten().map(Err)));
+        let mut response = Response::new(Box::pin(answers.chain(ending)) as Self::PipelineStream);
+        response.metadata_mut().insert(MAX_MESSAGE_HEADER, MetadataValue::from(max_message as u64));
+        Ok(response)
+    }
 
     async fn execute_stream(
         &self,
@@ -166,7 +260,7 @@ impl<H: Handler> Kv for GrpcDoor<H> {
             return Err(failure(&first));
         }
         // Frames as messages until one with an error status, which ends the call with its status.
-        let frames: Frames = Box::pin(stream::once(std::future::ready(Ok(first))).chain(rest));
+        let frames: super::Frames = Box::pin(stream::once(std::future::ready(Ok(first))).chain(rest));
         // A client that stops reading a table must not hold the scan for ever; a subscriber that stops
         // reading is the lag policy's.
         let frames = if scan { unstalled(frames, self.reply_timeout) } else { frames };

@@ -67,11 +67,13 @@ pub enum WebSecurity {
     Plaintext,
 }
 
-/// The routes every web connection serves: REST and gRPC, each behind the request body limit.
+/// The routes every web connection serves: REST and gRPC, each behind the request body limit, and
+/// gRPC's `Pipeline`, whose body is a stream the pipeline charges as it reads it.
 #[derive(Clone)]
 struct Doors {
     rest: Router,
     grpc: Router,
+    pipeline: Router,
 }
 
 /// Serves the web listener until `shutdown` is cancelled, then shuts down gracefully within `grace`:
@@ -97,6 +99,7 @@ pub async fn serve<H: Handler>(
         }
     }
     let memory = admission.memory().clone();
+    let max_message = browsers.websocket_max_message;
     // A REST body carries a value as text (binary as base64, a third larger); a gRPC body is a frame's
     // protobuf behind gRPC's 5-byte message header. The service's item limits apply to both.
     let deadline = limits.request_timeout;
@@ -112,9 +115,14 @@ pub async fn serve<H: Handler>(
             false,
         ),
         grpc: buffered(
-            grpc::router(Metered::new(handler.clone(), Transport::Grpc), &limits),
+            grpc::router(Metered::new(handler.clone(), Transport::Grpc), &limits, max_message),
             grpc_body,
             true,
+        ),
+        pipeline: grpc::pipeline_router(
+            Metered::new(handler.clone(), Transport::GrpcPipeline),
+            &limits,
+            max_message,
         ),
     };
     let memory = admission.memory().clone();
@@ -236,7 +244,11 @@ impl<H: Handler> Connection<H> {
             hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(request_caller.clone());
                 request.extensions_mut().insert(scope.clone());
-                let door = if is_grpc(&request) { doors.grpc.clone() } else { doors.rest.clone() };
+                let door = match is_grpc(&request) {
+                    true if request.uri().path() == grpc::PIPELINE_PATH => doors.pipeline.clone(),
+                    true => doors.grpc.clone(),
+                    false => doors.rest.clone(),
+                };
                 // Open from here until its answer's body is dropped (sent, or the stream reset).
                 let open = requests.open();
                 async move {

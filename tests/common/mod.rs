@@ -42,7 +42,9 @@ macro_rules! transport_tests {
             $(
                 #[tokio::test]
                 async fn $test() {
-                    let transport = stringify!($transport).parse().expect("a transport name");
+                    // `grpc_pipeline` names `grpc-pipeline`.
+                    let name = stringify!($transport).replace('_', "-");
+                    let transport = name.parse().expect("a transport name");
                     super::super::$test(transport).await
                 }
             )+

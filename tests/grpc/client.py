@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (  # no
 )
 
 import kv_pb2  # noqa: E402
-from qkv.v1 import kv_pb2_grpc  # noqa: E402
+from qkv.v1 import kv_pb2 as service_pb2, kv_pb2_grpc  # noqa: E402
 
 with open(ca_file, "rb") as f:
     credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
@@ -97,6 +97,48 @@ try:
 except grpc.RpcError as error:
     check(error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline ends the call")
 check(time.monotonic() - started < 15, "at the deadline, not long after")
+
+# Pipeline: TCP's byte stream (4-byte big-endian length + message) in the call's messages, split
+# anywhere; answers in request order; the call ends once the client half-closes and all is answered.
+def framed(command):
+    encoded = command.SerializeToString()
+    return len(encoded).to_bytes(4, "big") + encoded
+
+
+commands = [
+    request(hset=kv_pb2.Hset(table="piped", pair=kv_pb2.Kvpair(key="k", value=kv_pb2.Value(string="v")))),
+    request(hget=kv_pb2.Hget(table="piped", key="k")),
+    request(hgetall=kv_pb2.Hgetall(table="big")),
+    request(hget=kv_pb2.Hget(table="piped", key="nobody")),
+    request(ping=kv_pb2.Ping(payload=b"last")),
+]
+stream_bytes = b"".join(framed(c) for c in commands)
+# The first request a byte at a time, the rest in pieces of 7 bytes: frames cross messages both ways.
+first_len = len(framed(commands[0]))
+pieces = [stream_bytes[i:i + 1] for i in range(first_len)]
+pieces += [stream_bytes[i:i + 7] for i in range(first_len, len(stream_bytes), 7)]
+call = kv.Pipeline(iter(service_pb2.Frames(data=p) for p in pieces), timeout=30)
+received = b"".join(message.data for message in call)
+check(call.code() == grpc.StatusCode.OK, "a Pipeline call ends with OK once its requests are answered")
+max_message = int(dict(call.initial_metadata()).get("qkv-max-message", "0"))
+check(max_message >= 1024, "and says how large its messages may be (qkv-max-message)")
+answers, offset = [], 0
+while offset < len(received):
+    length = int.from_bytes(received[offset:offset + 4], "big")
+    frame = kv_pb2.CommandResponse()
+    frame.ParseFromString(received[offset + 4:offset + 4 + length])
+    answers.append(frame)
+    offset += 4 + length
+check(offset == len(received), "the answers are whole frames")
+check(answers[0].status == 200 and answers[1].values[0].string == "v", "Pipeline answers in request order")
+listing = answers[2:-2]
+check(all(f.more for f in listing[:-1]) and not listing[-1].more, "a multi-frame answer ends with more = false")
+check(sum(len(f.pairs) for f in listing) == 3000, "with every entry, before the next request's answer")
+check(answers[-2].status == 404 and answers[-1].values[0].binary == b"last", "a refusal is a frame; the call goes on")
+
+oversized = kv.Pipeline(iter([service_pb2.Frames(data=bytes(max_message + 1))]), timeout=10)
+error, qkv_status, _ = failure(lambda: list(oversized))
+check(error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and qkv_status == "413", "a Pipeline message over the limit ends the call with 413")
 
 unknown = channel.unary_unary("/qkv.v1.Kv/Nope", request_serializer=lambda m: m.SerializeToString())
 error, _, _ = failure(lambda: unknown(request(ping=kv_pb2.Ping()), timeout=10))
