@@ -132,7 +132,7 @@ fn measure(
     let (first, child) = Server::spawn(work, certs, &dir, &format!("{name}-loaded"))?;
     processes.0.push(child);
     let loaded = &mut processes.0[0];
-    runtime.block_on(read_until(loaded, &first.client(certs), &key(0), None, START_LIMIT))?;
+    runtime.block_on(read_until(loaded, &first, certs, &key(0), None, START_LIMIT))?;
     let rss_empty_bytes = proc::memory_bytes(loaded.id(), "VmRSS")?;
     let loading = Instant::now();
     let limit = Duration::from_secs(60) + Duration::from_secs_f64(keys as f64 / SLOWEST_LOAD);
@@ -156,7 +156,7 @@ fn measure(
     let restarted = &mut processes.0[1];
     let last = keys - 1;
     let expected = Some(value(last));
-    runtime.block_on(read_until(restarted, &second.client(certs), &key(last), expected, RESTART_LIMIT))?;
+    runtime.block_on(read_until(restarted, &second, certs, &key(last), expected, RESTART_LIMIT))?;
     let restart_s = spawned.elapsed().as_secs_f64();
     let indices: Vec<usize> = (0..SAMPLE.min(keys)).map(|i| i * keys / SAMPLE.min(keys)).collect();
     let wrong = runtime.block_on(count_wrong(&second.client(certs), &indices))?;
@@ -259,16 +259,17 @@ async fn load(config: &ClientConfig, keys: usize) -> anyhow::Result<()> {
 }
 
 /// Reads `key` over plaintext TCP, a new connection each time, every few milliseconds, until the
-/// server answers with `expected` (`None`: that the key is missing). Fails once `server` exits, or
-/// after `limit`.
+/// `server` answers with `expected` (`None`: that the key is missing). Fails once `child` (its process)
+/// exits, or after `limit`.
 async fn read_until(
-    server: &mut Child,
-    config: &ClientConfig,
+    child: &mut Child,
+    server: &Server,
+    certs: &Path,
     key: &str,
     expected: Option<Value>,
     limit: Duration,
 ) -> anyhow::Result<()> {
-    let mut config = config.clone();
+    let mut config = server.client(certs);
     config.transport = Transport::Tcp;
     config.connect_timeout = Duration::from_secs(1);
     config.request_timeout = Duration::from_secs(2);
@@ -285,7 +286,7 @@ async fn read_until(
         // Connecting before the server listens would be refused, and thousands of attempts to a port
         // in the ephemeral range can connect a socket to itself (TCP simultaneous open), taking the
         // very port the server is about to bind: look for its listening socket first.
-        if !run::tcp_listening(server_port(&config)?)? {
+        if !run::tcp_listening(server.port)? {
             last = "not listening yet".into();
         } else {
             match read(&config).await {
@@ -296,17 +297,12 @@ async fn read_until(
                 Err(e) => last = format!("{e:#}"),
             }
         }
-        if let Some(status) = server.try_wait()? {
+        if let Some(status) = child.try_wait()? {
             bail!("the server exited ({status}) before it answered a read of {key}: {last}");
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     bail!("no read of {key} answered as expected within {limit:?}: {last}")
-}
-
-fn server_port(config: &ClientConfig) -> anyhow::Result<u16> {
-    let (_, port) = config.addr.rsplit_once(':').context("a server address without a port")?;
-    Ok(port.parse()?)
 }
 
 /// How many of the keys `indices` the server does not hold with the value they were written with.
