@@ -1,12 +1,14 @@
 //! `cargo xtask web-report`: the web doors beside qkv's own transports. One `qkv serve --web` pinned to
-//! core 0; `qkv bench` HGET pinned to core 1 over QUIC, TLS, gRPC and REST (both HTTP/2 over TLS), at 1
-//! connection × 64 requests in flight and 64 connections × 1, every configuration once per repetition,
-//! interleaved, `--reps` repetitions. Reported: medians of throughput, p50/p99 and the server's CPU time
-//! per request (from /proc), and each door's ratios to TLS. Goal: gRPC 1 × 64 ≥ 0.7 × TLS 1 × 64.
+//! core 0; `qkv bench` HGET pinned to core 1 over QUIC, TLS, gRPC (`Pipeline` and `Execute`) and REST
+//! (HTTP/2 over TLS), at 1 connection × 64 requests in flight and 64 connections × 1, every
+//! configuration once per repetition, interleaved, `--reps` repetitions. Reported: medians of
+//! throughput, p50/p99 and the server's CPU time per request (from /proc), and each door's ratios to
+//! TLS. Goal: gRPC 1 × 64 ≥ 0.7 × TLS 1 × 64, met by requests pipelined on a `Pipeline` call.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use qkv::transport::Transport;
 use serde::{Deserialize, Serialize};
 
 use crate::SweepArgs;
@@ -14,7 +16,8 @@ use crate::proc::cpu_seconds;
 use crate::report::median;
 use crate::run::{self, Processes, Scenario};
 
-const TRANSPORTS: [&str; 5] = ["quic", "tls", "grpc-pipeline", "grpc", "http"];
+const TRANSPORTS: [Transport; 5] =
+    [Transport::Quic, Transport::Tls, Transport::GrpcPipeline, Transport::Grpc, Transport::Http];
 const POINTS: [(u32, u32); 2] = [(1, 64), (64, 1)];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,12 +52,13 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     let total = reps * TRANSPORTS.len() * POINTS.len();
     for rep in 1..=reps {
         for (connections, inflight) in POINTS {
-            for transport in TRANSPORTS {
+            for door in TRANSPORTS {
+                let transport = door.name();
                 eprintln!(
                     "[{}/{total}] {transport} {connections} × {inflight} (run {rep})",
                     measurements.len() + 1
                 );
-                let target = if matches!(transport, "grpc-pipeline" | "grpc" | "http") { web } else { port };
+                let target = if door.is_web() { web } else { port };
                 let cpu_before = cpu_seconds(pid)?;
                 let scenario = Scenario::new(connections, inflight);
                 let json = run::qkv_bench_json(target, &certs, transport, "hget", scenario, duration, &[])?;
@@ -115,7 +119,7 @@ fn write(
     for point in POINTS {
         let tls =
             (med("tls", point, |m| m.throughput_rps), med("tls", point, |m| m.server_cpu_us_per_request));
-        for transport in TRANSPORTS {
+        for transport in TRANSPORTS.map(Transport::name) {
             let errors: u64 = measurements
                 .iter()
                 .filter(|m| m.transport == transport && (m.connections, m.inflight) == point)
