@@ -263,7 +263,7 @@ pub fn log_recovery(data: &[u8]) {
         );
     }
 
-    let store = MemoryStore::with_journal(usize::MAX, Arc::new(Log::new(0)));
+    let store = MemoryStore::with_journal(usize::MAX, Arc::new(Log::new(0, std::time::Duration::ZERO)));
     let replayed = replay(&mut Reader::new(&log[..], 0, log.len() as u64), &store).expect("from memory");
     let mut model: BTreeMap<(String, String), crate::pb::Versioned> = BTreeMap::new();
     for record in &records {

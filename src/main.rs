@@ -75,6 +75,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     durability: args.durability()?,
                     memory_budget: memory_budget(&args)?,
                     snapshot_log_size: args.snapshot_log_size as u64,
+                    commit_wait: args.commit_wait()?,
                 };
                 let store = DiskStore::open(&args.data_dir, config)
                     .with_context(|| format!("cannot open the data directory {}", args.data_dir.display()))?;

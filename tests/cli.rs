@@ -101,6 +101,12 @@ async fn bad_input_exits_2_and_negative_numbers_are_values() {
     let misuse = qkv(None, &["serve", "--threads", "2"]).await;
     assert_eq!(misuse.status.code(), Some(EXIT_INVALID_INPUT));
     assert!(stderr(&misuse).contains("--runtime multi-thread"), "{}", stderr(&misuse));
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data = dir.path().to_str().expect("a UTF-8 path");
+    let held = qkv(None, &["serve", "--store", "disk", "--data-dir", data, "--commit-wait", "1s"]).await;
+    assert_eq!(held.status.code(), Some(EXIT_INVALID_INPUT));
+    assert!(stderr(&held).contains("--commit-wait 1s holds writes too long"), "{}", stderr(&held));
 }
 
 #[tokio::test]

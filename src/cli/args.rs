@@ -428,6 +428,11 @@ pub struct ServeArgs {
     /// With --durability relaxed: how often committed writes are flushed to disk, e.g. 10ms.
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     pub flush_interval: Duration,
+    /// With --store disk: while the server stays busy, how long writes gather before they are written
+    /// and fsynced together, e.g. 2ms. A server that runs out of work commits at once; longer means
+    /// fewer fsyncs on a saturated server, and its writes answered that much later.
+    #[arg(long, default_value = "2ms", value_parser = humantime::parse_duration)]
+    pub commit_wait: Duration,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Largest frame accepted or sent, e.g. 16MiB.
@@ -546,6 +551,9 @@ impl QuicArgs {
     }
 }
 
+/// The longest `--commit-wait`: beyond it a busy server's writes would look stuck.
+const MAX_COMMIT_WAIT: Duration = Duration::from_millis(100);
+
 impl ServeArgs {
     pub fn durability(&self) -> Result<Durability, CliError> {
         match self.durability {
@@ -555,6 +563,18 @@ impl ServeArgs {
             )),
             DurabilityMode::Relaxed => Ok(Durability::Relaxed { flush_interval: self.flush_interval }),
         }
+    }
+
+    /// `--commit-wait`, within what a write may sensibly be held for.
+    pub fn commit_wait(&self) -> Result<Duration, CliError> {
+        if self.commit_wait > MAX_COMMIT_WAIT {
+            return Err(CliError::InvalidInput(format!(
+                "--commit-wait {} holds writes too long: at most {}",
+                humantime::format_duration(self.commit_wait),
+                humantime::format_duration(MAX_COMMIT_WAIT)
+            )));
+        }
+        Ok(self.commit_wait)
     }
 
     pub fn config(&self) -> ServerConfig {

@@ -43,11 +43,9 @@ pub struct Log {
     /// Whether the committer holds records back until the runtime runs out of work
     /// ([`Log::batch_until_idle`]).
     batch_until_idle: AtomicBool,
+    /// How long it holds them back at most while the runtime stays busy.
+    commit_wait: Duration,
 }
-
-/// How long the committer holds records back at most while the runtime stays busy: under a load that
-/// never lets the runtime park, writes are still committed this often.
-pub const BUSY_WAIT: Duration = Duration::from_micros(500);
 
 /// Records appended and not yet taken by the committer.
 pub struct Pending {
@@ -69,8 +67,9 @@ pub struct Pending {
 }
 
 impl Log {
-    /// A log whose versions continue after `last_version`, all of it durable so far.
-    pub fn new(last_version: u64) -> Self {
+    /// A log whose versions continue after `last_version`, all of it durable so far, whose committer
+    /// holds records back for at most `commit_wait` once it batches until the runtime is idle.
+    pub fn new(last_version: u64, commit_wait: Duration) -> Self {
         Log {
             pending: Mutex::new(Pending {
                 records: Vec::new(),
@@ -90,11 +89,12 @@ impl Log {
             committed: Notify::new(),
             failed: OnceLock::new(),
             batch_until_idle: AtomicBool::new(false),
+            commit_wait,
         }
     }
 
     /// From now on the committer takes records only once a runtime thread has run out of work since
-    /// they were appended ([`Log::runtime_parked`]), or [`BUSY_WAIT`] after they woke it: Redis's
+    /// they were appended ([`Log::runtime_parked`]), or the commit wait after they woke it: Redis's
     /// shape (it writes and fsyncs the log once per turn of its event loop, after handling every
     /// request that had arrived). A committer woken by the first write of a burst would otherwise
     /// take that write alone; on a busy core it even preempts the thread that is handling the rest.
@@ -207,7 +207,7 @@ impl Log {
             pending.committer_waiting = false;
         }
         if self.batch_until_idle.load(Ordering::Relaxed) && !pending.records.is_empty() {
-            let deadline = Instant::now() + BUSY_WAIT;
+            let deadline = Instant::now() + self.commit_wait;
             pending.committer_waiting_for_idle = true;
             while !pending.runtime_idle && !pending.closing {
                 if self.wake.wait_until(&mut pending, deadline).timed_out() {

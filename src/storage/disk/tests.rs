@@ -6,7 +6,7 @@ use crate::storage::ORDERED_WRITE_KEYS;
 crate::storage::suite::storage_conformance!(DiskStore::temporary());
 
 /// The suite again on a store attached to the runtime as the server attaches it, with a signal that
-/// never hears of a park: every commit then goes by the [`log::BUSY_WAIT`] fallback, and every answer
+/// never hears of a park: every commit then goes by the commit wait fallback, and every answer
 /// is woken through the relay task.
 mod attached {
     use super::*;
