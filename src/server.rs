@@ -495,7 +495,9 @@ pub fn runtime(
         }
     };
     if let Some(idle) = idle {
+        let unparked = idle.clone();
         builder.on_thread_park(move || idle.parked());
+        builder.on_thread_unpark(move || unparked.unparked());
     }
     builder.enable_all().build()
 }

@@ -45,6 +45,31 @@ pub struct Log {
     batch_until_idle: AtomicBool,
     /// How long it holds them back at most while the runtime stays busy.
     commit_wait: Duration,
+    /// Nanoseconds the serving runtime's threads have spent parked, summed ([`Log::runtime_unparked`]).
+    idle_ns: AtomicU64,
+}
+
+/// A batch is split ([`Pending::split_at`]) only when the runtime spent at least this share of the
+/// last commit's cycle parked: then the core has room for the extra fsync, and the requests of the
+/// two halves overlap with each other's commit instead of waiting for one commit all together.
+const SPARE_SHARE: f64 = 0.25;
+
+/// Nor into halves smaller than this: an fsync costs the core about as much as 100 requests.
+const MIN_SPLIT: usize = 32;
+
+/// Where to split a batch after a cycle of `cycle` in which the runtime idled for `idle` and the
+/// committer took `last_batch` records: half that when the runtime had room, else nowhere.
+pub(super) fn split_point(cycle: Duration, idle: Duration, last_batch: usize) -> usize {
+    let spare = !cycle.is_zero() && idle.as_secs_f64() / cycle.as_secs_f64() >= SPARE_SHARE;
+    match spare && last_batch >= 2 * MIN_SPLIT {
+        true => last_batch / 2,
+        false => usize::MAX,
+    }
+}
+
+thread_local! {
+    /// When this runtime thread parked, if it is parked.
+    static PARKED_AT: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
 }
 
 /// Records appended and not yet taken by the committer.
@@ -64,6 +89,20 @@ pub struct Pending {
     runtime_idle: bool,
     /// The store is gone: the committer finishes and stops.
     pub closing: bool,
+    /// While the committer holds records back, a batch this long goes without waiting for the
+    /// runtime to park (`usize::MAX`: never). Set to half the last batch when the last cycle left the
+    /// runtime idle ([`SPARE_SHARE`]): a closed loop whose every request waits for the same commit
+    /// moves in lockstep (the clients, the runtime and the disk each idle while another works), and
+    /// committing the first half early lets them overlap. A saturated runtime gets no split: there
+    /// every extra fsync takes core time from the requests.
+    split_at: usize,
+    /// The batch reached `split_at`.
+    split: bool,
+    /// The committer's view of the last cycle: when it took its batch, the runtime's idle time then,
+    /// and the batch's length in records.
+    last_take: Instant,
+    last_idle_ns: u64,
+    last_batch: usize,
 }
 
 impl Log {
@@ -79,6 +118,11 @@ impl Log {
                 committer_waiting_for_idle: false,
                 runtime_idle: false,
                 closing: false,
+                split_at: usize::MAX,
+                split: false,
+                last_take: Instant::now(),
+                last_idle_ns: 0,
+                last_batch: 0,
             }),
             wake: Condvar::new(),
             appended: AtomicU64::new(last_version),
@@ -90,6 +134,7 @@ impl Log {
             failed: OnceLock::new(),
             batch_until_idle: AtomicBool::new(false),
             commit_wait,
+            idle_ns: AtomicU64::new(0),
         }
     }
 
@@ -122,6 +167,7 @@ impl Log {
 
     /// A runtime thread has no more work and is about to park: records pending now can go.
     pub fn runtime_parked(&self) {
+        PARKED_AT.set(Some(Instant::now()));
         let mut pending = self.pending.lock();
         if pending.records.is_empty() {
             return;
@@ -129,6 +175,14 @@ impl Log {
         pending.runtime_idle = true;
         if pending.committer_waiting_for_idle {
             self.wake.notify_one();
+        }
+    }
+
+    /// A runtime thread has work again: the time it was parked counts as the runtime's idle time.
+    pub fn runtime_unparked(&self) {
+        if let Some(parked_at) = PARKED_AT.take() {
+            let parked = parked_at.elapsed().as_nanos().try_into().unwrap_or(u64::MAX);
+            self.idle_ns.fetch_add(parked, Ordering::Relaxed);
         }
     }
 
@@ -208,21 +262,35 @@ impl Log {
         }
         if self.batch_until_idle.load(Ordering::Relaxed) && !pending.records.is_empty() {
             let deadline = Instant::now() + self.commit_wait;
+            pending.split_at = self.split_at(&pending);
+            pending.split = pending.count >= pending.split_at;
             pending.committer_waiting_for_idle = true;
-            while !pending.runtime_idle && !pending.closing {
+            while !pending.runtime_idle && !pending.split && !pending.closing {
                 if self.wake.wait_until(&mut pending, deadline).timed_out() {
                     break;
                 }
             }
             pending.committer_waiting_for_idle = false;
+            pending.split = false;
+            pending.split_at = usize::MAX;
         }
         pending.runtime_idle = false;
+        pending.last_take = Instant::now();
+        pending.last_idle_ns = self.idle_ns.load(Ordering::Relaxed);
+        pending.last_batch = pending.count;
         if pending.records.is_empty() && pending.closing {
             return None;
         }
         std::mem::swap(&mut pending.records, into);
         let count = std::mem::take(&mut pending.count);
         Some((pending.last, count))
+    }
+
+    /// Where the batch being gathered is split, from the cycle since the last one was taken.
+    fn split_at(&self, pending: &Pending) -> usize {
+        let cycle = pending.last_take.elapsed();
+        let idle = self.idle_ns.load(Ordering::Relaxed).saturating_sub(pending.last_idle_ns);
+        split_point(cycle, Duration::from_nanos(idle), pending.last_batch)
     }
 
     /// Everything up to `number` is durable now.
@@ -258,6 +326,10 @@ impl Log {
         let number = pending.last;
         encode(&mut pending.records, number);
         pending.count += 1;
+        if pending.count >= pending.split_at && pending.committer_waiting_for_idle && !pending.split {
+            pending.split = true;
+            self.wake.notify_one();
+        }
         self.appended.store(number, Ordering::Release);
         if pending.committer_waiting {
             self.wake.notify_one();

@@ -80,9 +80,10 @@ impl DiskConfig {
 
 /// Tells a disk store when the runtime that serves it runs out of work, so that its committer writes
 /// and fsyncs once per burst of requests rather than once per first write of a burst
-/// ([`Log::batch_until_idle`]). Call [`RuntimeIdle::parked`] from the runtime's `on_thread_park`
-/// hook, and hand the signal to the store with [`DiskStore::attach_runtime`]; a store with no
-/// signal commits as soon as records arrive.
+/// ([`Log::batch_until_idle`]), and how much it idles, so that a batch is split when the core has
+/// room ([`log::split_point`]). Call [`RuntimeIdle::parked`] from the runtime's `on_thread_park` hook
+/// and [`RuntimeIdle::unparked`] from `on_thread_unpark`, and hand the signal to the store with
+/// [`DiskStore::attach_runtime`]; a store with no signal commits as soon as records arrive.
 #[derive(Clone, Default)]
 pub struct RuntimeIdle(Arc<OnceLock<Weak<Log>>>);
 
@@ -91,6 +92,14 @@ impl RuntimeIdle {
     pub fn parked(&self) {
         if let Some(log) = self.0.get().and_then(Weak::upgrade) {
             log.runtime_parked();
+        }
+    }
+
+    /// A runtime thread has unparked (call from `on_thread_unpark`): how long the runtime idles tells
+    /// the committer whether it may split a batch ([`Log::runtime_unparked`]).
+    pub fn unparked(&self) {
+        if let Some(log) = self.0.get().and_then(Weak::upgrade) {
+            log.runtime_unparked();
         }
     }
 }

@@ -498,3 +498,16 @@ async fn the_last_segment_is_cut_only_where_a_write_was_torn() {
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "{case}: the segment was changed");
     }
 }
+
+/// A batch is split in half only when the last cycle left the runtime room, and never into halves
+/// smaller than the minimum.
+#[test]
+fn batches_split_only_when_the_runtime_idled() {
+    use std::time::Duration;
+    let ms = Duration::from_millis;
+    assert_eq!(log::split_point(ms(4), ms(2), 250), 125, "half idle: lockstep, split");
+    assert_eq!(log::split_point(ms(4), ms(1), 250), 125, "a quarter idle is room enough");
+    assert_eq!(log::split_point(ms(4), Duration::from_micros(500), 250), usize::MAX, "saturated");
+    assert_eq!(log::split_point(ms(4), ms(4), 63), usize::MAX, "halves too small to pay an fsync");
+    assert_eq!(log::split_point(Duration::ZERO, Duration::ZERO, 250), usize::MAX);
+}
