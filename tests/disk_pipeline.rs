@@ -12,12 +12,15 @@ use qkv::storage::{DiskConfig, DiskStore, Durability, Storage};
 use tokio::io::AsyncWriteExt;
 
 /// A subscriber told of a write (pipelined Hset, then Publish, on one connection) finds the write in
-/// the store: the publish waited until the write was durable and visible. The subscriber and its read
-/// are in-process, so that nothing but the write's own commit stands between them and the publish.
+/// the store, and on disk: the publish waited until the write was durable and visible, so a crash
+/// right after it cannot take the write back (a copy of the data directory taken on delivery is
+/// opened as a crash would leave it). The subscriber and its read are in-process, so that nothing but
+/// the write's own commit stands between them and the publish.
 #[tokio::test]
 async fn a_publish_pipelined_after_a_write_is_seen_only_once_the_write_is_durable() {
     let dir = tempfile::tempdir().unwrap();
-    let store = DiskStore::open(&dir.path().join("data"), DiskConfig::new(Durability::Strict)).unwrap();
+    let data = dir.path().join("data");
+    let store = DiskStore::open(&data, DiskConfig::new(Durability::Strict)).unwrap();
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         tcp: TcpMode::Plaintext,
@@ -45,6 +48,9 @@ async fn a_publish_pipelined_after_a_write_is_seen_only_once_the_write_is_durabl
         };
         let message = CommandResponse::decode(encoded).unwrap();
         assert_eq!(message.values, [Value::from(round)]);
+        // First the disk (a read of the store would wait for the write's commit itself).
+        let on_disk = after_a_crash(&data).await;
+        assert!(on_disk >= round, "told of write {round} but the disk held {on_disk}: a crash would lose it");
         let stored = service.storage().get("t", "k").await.unwrap().map(|v| v.value.value);
         let Some(Some(value::Value::Integer(seen))) = stored else {
             panic!("told of write {round} but found {stored:?}: the publish overtook the write")
@@ -53,4 +59,24 @@ async fn a_publish_pipelined_after_a_write_is_seen_only_once_the_write_is_durabl
     }
     let _ = stop.send(());
     serving.await.unwrap();
+}
+
+/// The integer at `t`/`k` in a copy of the data directory `data` as it is now, opened as a store:
+/// what a crash at this moment would leave (0 if absent).
+async fn after_a_crash(data: &std::path::Path) -> i64 {
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(data).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with("qkv-log") || name.to_string_lossy().starts_with("qkv-snapshot")
+        {
+            std::fs::copy(entry.path(), copy.path().join(&name)).unwrap();
+        }
+    }
+    let store = DiskStore::open(copy.path(), DiskConfig::new(Durability::Strict)).unwrap();
+    let found = store.get("t", "k").await.unwrap().map(|v| v.value.value);
+    match found {
+        Some(Some(value::Value::Integer(n))) => n,
+        _ => 0,
+    }
 }

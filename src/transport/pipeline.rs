@@ -27,6 +27,11 @@
 //!   running, answers waiting) are charged to the server-wide memory budget, and nothing more is read
 //!   while they are not covered. A connection that waits for the budget longer than the memory wait
 //!   ends with a 503 frame (like shutdown's: this request and the later ones were not executed).
+//! - A request's store may answer before the answer may be sent (the disk store, before the write's
+//!   fsync): its first poll runs within `storage::deferring`, and the answer waits in its slot for
+//!   the ticket it came with, the connection waiting once for its oldest answer's. A barrier starts
+//!   only once no earlier answer waits so, so what it makes visible (a publish) never precedes a
+//!   write a crash could still take back.
 //! - Answers ready together are written with one flush.
 //! - An answer that is a stream of frames (a large `Hgetall`, a subscription) is written frame by frame
 //!   as the frames come and the socket takes them, while the loop goes on reading and running
@@ -63,7 +68,8 @@ use super::timeouts::StallTimeout;
 use super::writer::FrameWriter;
 use crate::memory::MemoryBudget;
 use crate::pb::{CommandRequest, CommandResponse, status};
-use crate::service::{Caller, Handler, Reply, ReplyFrame, ReplyStream, Sequencing};
+use crate::service::{Caller, Handler, Reply, ReplyFrame, ReplyStream, Sequencing, ServiceError};
+use crate::storage::{StorageError, Ticket};
 
 /// After its last frame the server keeps reading (and discarding) for this long before closing, so the
 /// client's unread requests do not turn the close into a reset that could destroy the answers in flight.
@@ -252,6 +258,7 @@ where
         }
         waiting_for_memory = !covered;
         let may_read = ending.is_none() && waiting.is_none() && covered;
+        let front = queue.front_ticket();
 
         tokio::select! {
             biased;
@@ -268,6 +275,9 @@ where
                 Err(e) => ending = Some(Ending::Failed(e)),
             },
             Some(done) = queue.running.next(), if !queue.running.is_empty() => queue.finish(done),
+            // The oldest answer may go once its ticket is durable (a barrier waiting behind it, too).
+            durable = async { match front.clone() { Some(ticket) => ticket.wait().await, None => Ok(()) } },
+                if front.is_some() => if let Err(e) = durable { queue.fail_front(e) },
             written = std::future::poll_fn(|cx| poll_write(cx, &mut answers, &mut current, unflushed)),
                 if current.is_some() || unflushed => match written {
                 Ok(Written::NextFrame(frame)) => {
@@ -388,8 +398,17 @@ struct InOrder<F> {
 }
 
 enum Slot {
-    Running { sequencing: Sequencing, request_bytes: usize },
-    Done { reply: Reply, reply_bytes: usize },
+    /// `ticket`: what its answer must wait for, as the store said in its first poll.
+    Running {
+        sequencing: Sequencing,
+        request_bytes: usize,
+        ticket: Option<Ticket>,
+    },
+    Done {
+        reply: Reply,
+        reply_bytes: usize,
+        ticket: Option<Ticket>,
+    },
 }
 
 impl<F: Future<Output = Reply>> InOrder<F> {
@@ -427,8 +446,12 @@ impl<F: Future<Output = Reply>> InOrder<F> {
         let ordered = match sequencing {
             Sequencing::Read => self.running_writes == 0 && !self.running_barrier,
             Sequencing::OrderedWrite => self.running_reads == 0 && !self.running_barrier,
+            // A barrier's effects (a publish) must not be seen before what came before it is durable.
             Sequencing::Barrier => {
-                self.running_reads == 0 && self.running_writes == 0 && !self.running_barrier
+                self.running_reads == 0
+                    && self.running_writes == 0
+                    && !self.running_barrier
+                    && !self.holds_answers()
             }
         };
         within_limits && ordered
@@ -438,13 +461,21 @@ impl<F: Future<Output = Reply>> InOrder<F> {
     /// started one after another are issued in request order.
     fn start(&mut self, sequencing: Sequencing, request_bytes: usize, execution: F) {
         let number = self.first + self.slots.len() as u64;
-        self.slots.push_back(Slot::Running { sequencing, request_bytes });
+        self.slots.push_back(Slot::Running { sequencing, request_bytes, ticket: None });
         self.count_running(sequencing, 1);
         self.bytes += request_bytes;
         let mut execution = Box::pin(Numbered { number, future: execution });
         // A no-op waker is enough for this first poll: the set of running requests polls it again with
         // its own waker (a pushed future starts out ready to be polled).
-        match execution.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        // The store may answer before its answer may be sent (a disk store's write before its fsync):
+        // the answer then waits here, in its slot, for the ticket.
+        let (polled, ticket) = crate::storage::deferring(|| {
+            execution.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        });
+        if let Some(Slot::Running { ticket: slot, .. }) = self.slots.back_mut() {
+            *slot = ticket;
+        }
+        match polled {
             std::task::Poll::Ready(done) => self.finish(done),
             std::task::Poll::Pending => self.running.push(execution),
         }
@@ -452,7 +483,8 @@ impl<F: Future<Output = Reply>> InOrder<F> {
 
     fn finish(&mut self, (number, reply): (u64, Reply)) {
         let index = (number - self.first) as usize;
-        let Some(&Slot::Running { sequencing, request_bytes }) = self.slots.get(index) else { return };
+        let Some(Slot::Running { sequencing, request_bytes, ticket }) = self.slots.get(index) else { return };
+        let (sequencing, request_bytes, ticket) = (*sequencing, *request_bytes, ticket.clone());
         self.count_running(sequencing, -1);
         if let Some(slot) = self.slots.get_mut(index) {
             let reply_bytes = match &reply {
@@ -461,16 +493,39 @@ impl<F: Future<Output = Reply>> InOrder<F> {
                 Reply::Stream(_) => 0,
             };
             self.bytes = self.bytes - request_bytes + reply_bytes;
-            *slot = Slot::Done { reply, reply_bytes };
+            *slot = Slot::Done { reply, reply_bytes, ticket };
         }
+    }
+
+    /// The ticket the oldest answer waits for, if it must still wait.
+    fn front_ticket(&self) -> Option<Ticket> {
+        match self.slots.front() {
+            Some(Slot::Done { ticket: Some(ticket), .. }) if !ticket.is_durable() => Some(ticket.clone()),
+            _ => None,
+        }
+    }
+
+    /// The oldest answer's ticket failed: it is answered with `error` instead.
+    fn fail_front(&mut self, error: StorageError) {
+        if let Some(Slot::Done { reply, ticket, .. }) = self.slots.front_mut() {
+            *reply = Reply::One(ServiceError::from(error).into_response());
+            *ticket = None;
+        }
+    }
+
+    /// Whether an answer that has finished still waits for its ticket.
+    fn holds_answers(&self) -> bool {
+        self.slots.iter().any(|slot| matches!(slot, Slot::Done { ticket: Some(t), .. } if !t.is_durable()))
     }
 
     /// The oldest answer, if it is ready.
     fn next_answer(&mut self) -> Option<Reply> {
-        if !matches!(self.slots.front(), Some(Slot::Done { .. })) {
-            return None;
+        match self.slots.front() {
+            Some(Slot::Done { ticket: None, .. }) => {}
+            Some(Slot::Done { ticket: Some(t), .. }) if t.is_durable() => {}
+            _ => return None,
         }
-        let Some(Slot::Done { reply, reply_bytes }) = self.slots.pop_front() else { return None };
+        let Some(Slot::Done { reply, reply_bytes, .. }) = self.slots.pop_front() else { return None };
         self.first += 1;
         self.bytes -= reply_bytes;
         Some(reply)

@@ -218,18 +218,23 @@ impl DiskStore {
         for version in versions {
             seen = seen.max(version.unwrap_or_else(|| self.log.deleted()));
         }
-        self.log.durable(seen).await.map_err(|why| {
-            StorageError::Backend(format!("the data log cannot be written ({why}); restart the server"))
-        })?;
+        self.durable(seen, Failure::Read).await?;
         Ok(read)
+    }
+
+    /// Waits until the log is durable up to `number`, or, within [`deferring`], hands that wait to
+    /// whoever holds the answer.
+    async fn durable(&self, number: u64, on_failure: Failure) -> StorageResult<()> {
+        if self.log.is_durable(number) || defer(&self.log, number, on_failure) {
+            return Ok(());
+        }
+        Ticket { number, log: self.log.clone(), on_failure }.wait().await
     }
 
     /// Acknowledges an applied write once it is durable, with everything it saw (all of it appended
     /// before it returned).
     async fn acknowledge<R>(&self, written: R) -> StorageResult<R> {
-        self.log.durable(self.log.appended()).await.map_err(|why| {
-            StorageError::Uncertain(format!("the data log cannot be written ({why}); restart the server"))
-        })?;
+        self.durable(self.log.appended(), Failure::Write).await?;
         Ok(written)
     }
 }
@@ -264,6 +269,85 @@ impl StoreClosed {
     /// [`StoreClosed::wait_blocking`] on one of tokio's blocking threads.
     pub async fn wait(self) {
         let _ = tokio::task::spawn_blocking(move || self.wait_blocking()).await;
+    }
+}
+
+thread_local! {
+    /// While [`deferring`] runs: `Some`, holding the ticket gathered so far.
+    static DEFERRED: std::cell::RefCell<Option<Option<Ticket>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Within [`deferring`]: adds `number` to the ticket and says so (the caller answers without waiting).
+fn defer(log: &Arc<Log>, number: u64, on_failure: Failure) -> bool {
+    DEFERRED.with(|deferred| match &mut *deferred.borrow_mut() {
+        Some(ticket) => {
+            let this = Ticket { number, log: log.clone(), on_failure };
+            *ticket = Some(match ticket.take() {
+                Some(before) => before.merge(this),
+                None => this,
+            });
+            true
+        }
+        None => false,
+    })
+}
+
+/// Runs `poll` (one poll of a request's future) letting the disk store answer at once what it would
+/// otherwise answer only once the log is durable: what that answer must wait for comes back as a
+/// ticket. Whoever holds the answer must not send it before [`Ticket::wait`] succeeds, and sends
+/// [`Ticket::failure`] instead if it fails. A connection that answers in order (the TCP pipeline) so
+/// waits once for all its answers instead of once in each request's future.
+pub fn deferring<R>(poll: impl FnOnce() -> R) -> (R, Option<Ticket>) {
+    let outer = DEFERRED.with(|deferred| deferred.borrow_mut().replace(None));
+    let polled = poll();
+    let ticket = DEFERRED.with(|deferred| std::mem::replace(&mut *deferred.borrow_mut(), outer)).flatten();
+    (polled, ticket)
+}
+
+/// What an answer held for a ticket becomes if the log fails first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// A read's: nothing was changed (500).
+    Read,
+    /// A write's: it was applied in memory and may or may not be on disk (504).
+    Write,
+}
+
+/// What an answer must wait for before it is sent: see [`deferring`].
+#[derive(Clone)]
+pub struct Ticket {
+    number: u64,
+    log: Arc<Log>,
+    on_failure: Failure,
+}
+
+impl Ticket {
+    pub fn is_durable(&self) -> bool {
+        self.log.is_durable(self.number)
+    }
+
+    /// Waits until the answer may be sent; `Err` is the error to send instead.
+    pub async fn wait(self) -> Result<(), StorageError> {
+        self.log.durable(self.number).await.map_err(|why| self.failure(why))
+    }
+
+    /// The error an answer held for this ticket becomes when the log fails for `why`: what
+    /// [`DiskStore`]'s own wait would have answered.
+    fn failure(&self, why: String) -> StorageError {
+        let message = format!("the data log cannot be written ({why}); restart the server");
+        match self.on_failure {
+            Failure::Read => StorageError::Backend(message),
+            Failure::Write => StorageError::Uncertain(message),
+        }
+    }
+
+    /// One ticket for both answers: the later number, and a write's failure if either was a write.
+    fn merge(self, other: Ticket) -> Ticket {
+        let on_failure = match (self.on_failure, other.on_failure) {
+            (Failure::Read, Failure::Read) => Failure::Read,
+            _ => Failure::Write,
+        };
+        Ticket { number: self.number.max(other.number), log: self.log, on_failure }
     }
 }
 

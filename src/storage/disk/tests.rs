@@ -511,3 +511,43 @@ fn batches_split_only_when_the_runtime_idled() {
     assert_eq!(log::split_point(ms(4), ms(4), 63), usize::MAX, "halves too small to pay an fsync");
     assert_eq!(log::split_point(Duration::ZERO, Duration::ZERO, 250), usize::MAX);
 }
+
+/// Within `deferring`, a write and a read answer in their first poll and hand their wait to the
+/// caller as a ticket, which passes once the log is durable, and turns into what the store itself
+/// would have answered when the log fails: 504 (the write may be on disk) and 500 (for a read).
+#[tokio::test]
+async fn deferred_answers_wait_for_their_ticket_and_fail_as_the_store_would() {
+    // Attached to a runtime whose parks it never hears of, with a long commit wait: nothing is
+    // committed before the test says.
+    let config = DiskConfig { commit_wait: std::time::Duration::from_secs(30), ..test_config() };
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open(dir.path(), config).unwrap();
+    store.attach_runtime(&RuntimeIdle::default());
+    let noop = &mut std::task::Context::from_waker(std::task::Waker::noop());
+
+    let mut write = Box::pin(store.set(TABLE, "k", "v".into(), None));
+    let (polled, write_ticket) = deferring(|| write.as_mut().poll(noop));
+    assert!(matches!(polled, std::task::Poll::Ready(Ok(WriteOutcome::Written { .. }))), "{polled:?}");
+    let write_ticket = write_ticket.expect("a write not yet durable hands over a ticket");
+    assert!(!write_ticket.is_durable());
+
+    let mut read = Box::pin(store.get(TABLE, "k"));
+    let (polled, read_ticket) = deferring(|| read.as_mut().poll(noop));
+    assert!(matches!(polled, std::task::Poll::Ready(Ok(Some(_)))), "{polled:?}");
+    let read_ticket = read_ticket.expect("a read of a write not yet durable hands over a ticket");
+
+    // Outside `deferring`, the store waits itself.
+    let mut waiting = Box::pin(store.get(TABLE, "k"));
+    assert!(waiting.as_mut().poll(noop).is_pending());
+
+    store.log.fail("the disk is gone".into());
+    let failed = |e: &StorageError| e.to_string().contains("the disk is gone");
+    match write_ticket.wait().await {
+        Err(e @ StorageError::Uncertain(_)) if failed(&e) => {}
+        other => panic!("a write's ticket fails as uncertain: {other:?}"),
+    }
+    match read_ticket.wait().await {
+        Err(e @ StorageError::Backend(_)) if failed(&e) => {}
+        other => panic!("a read's ticket fails as an internal error: {other:?}"),
+    }
+}
