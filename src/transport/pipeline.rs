@@ -259,6 +259,7 @@ where
         waiting_for_memory = !covered;
         let may_read = ending.is_none() && waiting.is_none() && covered;
         let front = queue.front_ticket();
+        let answer_waits = front.is_some();
 
         tokio::select! {
             biased;
@@ -276,8 +277,8 @@ where
             },
             Some(done) = queue.running.next(), if !queue.running.is_empty() => queue.finish(done),
             // The oldest answer may go once its ticket is durable (a barrier waiting behind it, too).
-            durable = async { match front.clone() { Some(ticket) => ticket.wait().await, None => Ok(()) } },
-                if front.is_some() => if let Err(e) = durable { queue.fail_front(e) },
+            durable = async move { match front { Some(ticket) => ticket.wait().await, None => Ok(()) } },
+                if answer_waits => if let Err(e) = durable { queue.fail_front(e) },
             written = std::future::poll_fn(|cx| poll_write(cx, &mut answers, &mut current, unflushed)),
                 if current.is_some() || unflushed => match written {
                 Ok(Written::NextFrame(frame)) => {
@@ -483,8 +484,10 @@ impl<F: Future<Output = Reply>> InOrder<F> {
 
     fn finish(&mut self, (number, reply): (u64, Reply)) {
         let index = (number - self.first) as usize;
-        let Some(Slot::Running { sequencing, request_bytes, ticket }) = self.slots.get(index) else { return };
-        let (sequencing, request_bytes, ticket) = (*sequencing, *request_bytes, ticket.clone());
+        let Some(Slot::Running { sequencing, request_bytes, ticket }) = self.slots.get_mut(index) else {
+            return;
+        };
+        let (sequencing, request_bytes, ticket) = (*sequencing, *request_bytes, ticket.take());
         self.count_running(sequencing, -1);
         if let Some(slot) = self.slots.get_mut(index) {
             let reply_bytes = match &reply {

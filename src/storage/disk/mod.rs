@@ -295,7 +295,7 @@ fn defer(log: &Arc<Log>, number: u64, on_failure: Failure) -> bool {
 /// Runs `poll` (one poll of a request's future) letting the disk store answer at once what it would
 /// otherwise answer only once the log is durable: what that answer must wait for comes back as a
 /// ticket. Whoever holds the answer must not send it before [`Ticket::wait`] succeeds, and sends
-/// [`Ticket::failure`] instead if it fails. A connection that answers in order (the TCP pipeline) so
+/// the error it returns instead if it fails. A connection that answers in order (the TCP pipeline) so
 /// waits once for all its answers instead of once in each request's future.
 pub fn deferring<R>(poll: impl FnOnce() -> R) -> (R, Option<Ticket>) {
     let outer = DEFERRED.with(|deferred| deferred.borrow_mut().replace(None));
@@ -313,6 +313,17 @@ enum Failure {
     Write,
 }
 
+impl Failure {
+    /// The error an answer becomes when the log fails for `why`.
+    fn error(self, why: String) -> StorageError {
+        let message = format!("the data log cannot be written ({why}); restart the server");
+        match self {
+            Failure::Read => StorageError::Backend(message),
+            Failure::Write => StorageError::Uncertain(message),
+        }
+    }
+}
+
 /// What an answer must wait for before it is sent: see [`deferring`].
 #[derive(Clone)]
 pub struct Ticket {
@@ -328,17 +339,7 @@ impl Ticket {
 
     /// Waits until the answer may be sent; `Err` is the error to send instead.
     pub async fn wait(self) -> Result<(), StorageError> {
-        self.log.durable(self.number).await.map_err(|why| self.failure(why))
-    }
-
-    /// The error an answer held for this ticket becomes when the log fails for `why`: what
-    /// [`DiskStore`]'s own wait would have answered.
-    fn failure(&self, why: String) -> StorageError {
-        let message = format!("the data log cannot be written ({why}); restart the server");
-        match self.on_failure {
-            Failure::Read => StorageError::Backend(message),
-            Failure::Write => StorageError::Uncertain(message),
-        }
+        self.log.durable(self.number).await.map_err(|why| self.on_failure.error(why))
     }
 
     /// One ticket for both answers: the later number, and a write's failure if either was a write.
@@ -447,9 +448,7 @@ impl TableScan for DiskScan {
         let page = self.scan.next_page(limit).await?;
         // Keys deleted meanwhile are missing from the page: the last delete must be durable too.
         let seen = page.entries.iter().map(|(_, v)| v.version).fold(self.log.deleted(), u64::max);
-        self.log.durable(seen).await.map_err(|why| {
-            StorageError::Backend(format!("the data log cannot be written ({why}); restart the server"))
-        })?;
+        self.log.durable(seen).await.map_err(|why| Failure::Read.error(why))?;
         Ok(page)
     }
 }
