@@ -5,10 +5,9 @@ use std::task::{Context, Poll, ready};
 
 use futures_util::StreamExt;
 use quinn::RecvStream;
-use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
-use super::tcp::{FrameResult, State};
+use super::tcp::{AnswerReceiver, State};
 use super::{ClientError, ClientResult};
 use crate::pb::CommandResponse;
 use crate::transport::frame::FrameCodec;
@@ -33,7 +32,7 @@ enum Source {
     Quic(FramedRead<RecvStream, FrameCodec<CommandResponse>>),
     /// Frames routed to this request by the connection's reader; `state` says why they stopped early.
     Tcp {
-        frames: mpsc::UnboundedReceiver<FrameResult>,
+        frames: AnswerReceiver,
         state: Arc<State>,
     },
     /// Frames as a web transport translated them.
@@ -48,7 +47,7 @@ impl ResponseFrames {
         ResponseFrames { source: Source::Quic(frames), peeked: None, done: false }
     }
 
-    pub(super) fn tcp(frames: mpsc::UnboundedReceiver<FrameResult>, state: Arc<State>) -> Self {
+    pub(super) fn tcp(frames: AnswerReceiver, state: Arc<State>) -> Self {
         ResponseFrames { source: Source::Tcp { frames, state }, peeked: None, done: false }
     }
 
@@ -76,7 +75,7 @@ impl ResponseFrames {
                 Some(Err(e)) => Err(ClientError::from_frame(e)),
                 None => Err(ClientError::Protocol("the reply ended before its last frame".into())),
             },
-            Source::Tcp { frames, state } => match ready!(frames.poll_recv(cx)) {
+            Source::Tcp { frames, state } => match ready!(frames.poll_next_unpin(cx)) {
                 Some(Ok(frame)) => Ok(frame),
                 Some(Err(closed)) => Err(closed.error()),
                 None => Err(state.reason().error()),

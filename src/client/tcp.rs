@@ -1,30 +1,36 @@
 //! The client over TCP (TLS 1.3 or plaintext): one connection, requests pipelined on it.
 //!
-//! Two tasks own the connection. The writer takes callers' request frames in arrival order, writes them
-//! (many per flush when they come in bursts), and before each one tells the reader where its answer
-//! goes. The reader routes incoming frames to the oldest unanswered request until one says
-//! `more = false`. Neither ever waits for the other or for a caller: answers are queued for callers
-//! without limit, so a caller that holds a reply without reading it cannot stall the connection (it
-//! only keeps that reply in memory), and a writer blocked on a full socket never stops answers from
-//! being read.
+//! Requests go out through an [`Outbox`] in call order, each routed to the reader before its bytes can
+//! leave, so the reader knows where its answer goes. A call that finds the connection idle (nothing
+//! waiting to be written, no answer outstanding) writes its frame itself; otherwise it leaves the
+//! frame in the outbox for the writer task, which writes everything waiting in one go. So a lone call
+//! costs no task switch on its way out, and concurrent calls still share writes.
+//!
+//! The reader task routes incoming frames to the oldest unanswered request until one says
+//! `more = false`. Nothing ever waits for a caller: answers are queued for callers without limit, so
+//! a caller that holds a reply without reading it cannot stall the connection (it only keeps that
+//! reply in memory), and a writer blocked on a full socket never stops answers from being read.
 //!
 //! A 503 frame means the server executes nothing more on this connection: that request and every later
 //! one fail with [`ClientError::Unavailable`], safe to retry elsewhere.
 
 use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
-use tokio_util::codec::{BytesCodec, FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::error::Cause;
@@ -60,13 +66,20 @@ impl Closed {
 /// One frame of an answer, or why the answer ends early.
 pub(super) type FrameResult = Result<CommandResponse, Closed>;
 
+/// Where the reader sends one request's frames. (futures' channel allocates as frames come; tokio's
+/// allocates room for 32 at once, a few KiB for every call.)
+type AnswerSender = futures_channel::mpsc::UnboundedSender<FrameResult>;
+pub(super) type AnswerReceiver = futures_channel::mpsc::UnboundedReceiver<FrameResult>;
+
 /// What both tasks and the callers share.
 pub(super) struct State {
     /// Set once, when the connection stops carrying requests.
     closed: OnceLock<Closed>,
-    /// The number of the last request written whole into the writer's buffer: requests numbered above
-    /// it never reached the server.
+    /// The number of the last request its byte stream took whole: requests numbered above it never
+    /// reached the server.
     written: AtomicU64,
+    /// Requests (and keep-alive pings) routed whose answer has not ended.
+    outstanding: AtomicUsize,
 }
 
 impl State {
@@ -76,21 +89,109 @@ impl State {
     }
 }
 
-/// A request for the writer, and where its answer's frames go.
-struct Call {
-    frame: Bytes,
-    answer: mpsc::UnboundedSender<FrameResult>,
-}
-
 /// Where the reader sends the frames of request `number`; `None` for keep-alive pings.
 struct Route {
     number: u64,
-    answer: Option<mpsc::UnboundedSender<FrameResult>>,
+    answer: Option<AnswerSender>,
+}
+
+/// Bytes waiting in an outbox beyond which callers wait for the writer to catch up.
+const OUTBOX_LIMIT: usize = 256 * 1024;
+
+/// What callers and the writer task share: the byte stream's write half and the frames waiting for it.
+struct Outbox {
+    write: Box<dyn AsyncWrite + Send + Unpin>,
+    /// Frames the byte stream has not taken yet, in request order.
+    waiting: BytesMut,
+    /// The number and the length still waiting of each frame in `waiting`.
+    frames: VecDeque<(u64, usize)>,
+    /// Taken by the byte stream and not flushed yet.
+    unflushed: bool,
+    /// Where the reader learns each request's number and where its answer goes.
+    routes: mpsc::UnboundedSender<Route>,
+    /// The number of the last request routed.
+    number: u64,
+    /// A request was routed since the writer last looked (keep-alive pings go only on a quiet
+    /// connection).
+    active: bool,
+    /// A caller's write failed: the writer ends the connection with this.
+    failed: Option<io::Error>,
+    /// The writer has stopped: nothing more is written.
+    stopped: bool,
+}
+
+impl Outbox {
+    /// Numbers `frame`, routes it to the reader and puts it in line; false if the reader has gone.
+    fn push(&mut self, frame: &[u8], answer: Option<AnswerSender>, state: &State) -> bool {
+        let number = self.number + 1;
+        if self.routes.send(Route { number, answer }).is_err() {
+            return false;
+        }
+        self.number = number;
+        self.active = true;
+        state.outstanding.fetch_add(1, Ordering::Relaxed);
+        self.waiting.extend_from_slice(frame);
+        self.frames.push_back((number, frame.len()));
+        true
+    }
+
+    /// Whether a caller may add a frame, or must wait for the writer to catch up.
+    fn has_room(&self) -> bool {
+        self.waiting.len() < OUTBOX_LIMIT
+    }
+
+    /// Nothing waits to be written or flushed.
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty() && !self.unflushed
+    }
+
+    /// Gives the byte stream everything waiting, then flushes it; `Pending` while the stream cannot
+    /// take more (`cx` hears when it can).
+    fn poll_write(&mut self, cx: &mut Context<'_>, state: &State) -> Poll<io::Result<()>> {
+        while !self.waiting.is_empty() {
+            let taken = ready!(Pin::new(&mut self.write).poll_write(cx, &self.waiting))?;
+            if taken == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.waiting.advance(taken);
+            self.unflushed = true;
+            let mut left = taken;
+            while let Some((number, len)) = self.frames.front_mut() {
+                if *len > left {
+                    *len -= left;
+                    break;
+                }
+                left -= *len;
+                state.written.store(*number, Ordering::Release);
+                self.frames.pop_front();
+            }
+        }
+        if self.waiting.capacity() > OUTBOX_LIMIT {
+            // Room made for a large request is not kept for the connection's life.
+            self.waiting = BytesMut::new();
+        }
+        if self.unflushed {
+            ready!(Pin::new(&mut self.write).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// What the callers, the writer and the reader share.
+struct Shared {
+    outbox: parking_lot::Mutex<Outbox>,
+    state: Arc<State>,
+    /// Wakes the writer: frames wait for it, a caller's write failed, or the connection was dropped.
+    wake_writer: Notify,
+    /// The outbox has room again (or the writer has stopped).
+    room: Notify,
+    /// Every handle on the connection is gone: the writer writes what waits, then closes its side.
+    dropped: AtomicBool,
 }
 
 pub(super) struct TcpConnection {
-    calls: mpsc::Sender<Call>,
-    state: Arc<State>,
+    shared: Arc<Shared>,
     /// Cancelled by `close()`.
     closing: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -185,18 +286,37 @@ impl TcpConnection {
     {
         let (max_frame_len, keepalive) = (config.limits.max_frame_len, config.keep_alive);
         let (read, write) = tokio::io::split(io);
-        // Enough room that a burst of concurrent callers is written in one go.
-        let (calls, queue) = mpsc::channel(1024);
         let (routes, routed) = mpsc::unbounded_channel();
-        let state = Arc::new(State { closed: OnceLock::new(), written: AtomicU64::new(0) });
+        let state = Arc::new(State {
+            closed: OnceLock::new(),
+            written: AtomicU64::new(0),
+            outstanding: AtomicUsize::new(0),
+        });
+        let outbox = Outbox {
+            write: Box::new(write),
+            waiting: BytesMut::new(),
+            frames: VecDeque::new(),
+            unflushed: false,
+            routes,
+            number: 0,
+            active: false,
+            failed: None,
+            stopped: false,
+        };
+        let shared = Arc::new(Shared {
+            outbox: parking_lot::Mutex::new(outbox),
+            state: state.clone(),
+            wake_writer: Notify::new(),
+            room: Notify::new(),
+            dropped: AtomicBool::new(false),
+        });
         let closing = CancellationToken::new();
         // The reader stops the writer when the connection is over.
         let over = closing.child_token();
-        let writer =
-            Writer { queue, routes, state: state.clone(), over: over.clone(), max_frame_len, keepalive };
+        let writer = Writer { shared: shared.clone(), over: over.clone(), max_frame_len, keepalive };
         let reader = Reader { routed, state: state.clone(), over, closing: closing.clone(), max_frame_len };
-        let tasks = vec![tokio::spawn(writer.run(write)), tokio::spawn(reader.run(read))];
-        TcpConnection { calls, state, closing, tasks: Mutex::new(tasks), remote, more }
+        let tasks = vec![tokio::spawn(writer.run()), tokio::spawn(reader.run(read))];
+        TcpConnection { shared, closing, tasks: Mutex::new(tasks), remote, more }
     }
 
     /// Another byte stream on this one's connection, if it can carry more.
@@ -206,14 +326,50 @@ impl TcpConnection {
     }
 
     pub(super) async fn send(&self, frame: Bytes) -> ClientResult<ResponseFrames> {
-        if let Some(closed) = self.state.closed.get() {
-            return Err(closed.error());
+        let (shared, state) = (&*self.shared, &*self.shared.state);
+        let (answer, frames) = futures_channel::mpsc::unbounded();
+        loop {
+            {
+                let mut outbox = shared.outbox.lock();
+                if let Some(closed) = state.closed.get() {
+                    return Err(closed.error());
+                }
+                if outbox.stopped {
+                    return Err(state.reason().error());
+                }
+                if outbox.has_room() {
+                    let idle = outbox.is_empty() && state.outstanding.load(Ordering::Relaxed) == 0;
+                    if !outbox.push(&frame, Some(answer), state) {
+                        return Err(state.reason().error());
+                    }
+                    // Alone on the connection: write it now rather than wake the writer to. Frames that
+                    // follow while answers are outstanding wait for the writer, and go out together.
+                    let written = match idle {
+                        true => outbox.poll_write(&mut Context::from_waker(Waker::noop()), state),
+                        false => Poll::Pending,
+                    };
+                    match written {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => {
+                            outbox.failed = Some(e);
+                            shared.wake_writer.notify_one();
+                        }
+                        Poll::Pending => shared.wake_writer.notify_one(),
+                    }
+                    return Ok(ResponseFrames::tcp(frames, self.shared.state.clone()));
+                }
+            }
+            // Registered before looking again, so room made in between is not missed.
+            let mut room = pin!(shared.room.notified());
+            room.as_mut().enable();
+            let full = {
+                let outbox = shared.outbox.lock();
+                !outbox.has_room() && !outbox.stopped
+            };
+            if full {
+                room.await;
+            }
         }
-        let (answer, frames) = mpsc::unbounded_channel();
-        if self.calls.send(Call { frame, answer }).await.is_err() {
-            return Err(self.state.reason().error());
-        }
-        Ok(ResponseFrames::tcp(frames, self.state.clone()))
     }
 
     pub(super) fn remote_address(&self) -> SocketAddr {
@@ -222,20 +378,29 @@ impl TcpConnection {
 
     /// False once the connection has stopped carrying requests: the next call needs a new one.
     pub(super) fn is_usable(&self) -> bool {
-        self.state.closed.get().is_none() && !self.closing.is_cancelled()
+        self.shared.state.closed.get().is_none()
     }
 
     /// Gives the connection up without waiting: its unanswered requests fail at once. A call that
     /// timed out does this, because its answer holds back every later one on the connection.
     pub(super) fn abandon(&self) {
+        // Said here as the reader will say it, so that no call starts on the connection meanwhile.
+        let _ = self.shared.state.closed.set(Closed::Lost(Cause::ClientClosed));
         self.closing.cancel();
     }
 
     pub(super) async fn close(&self) {
-        self.closing.cancel();
+        self.abandon();
         for task in self.tasks.lock().await.drain(..) {
             let _ = task.await;
         }
+    }
+}
+
+impl Drop for TcpConnection {
+    fn drop(&mut self) {
+        self.shared.dropped.store(true, Ordering::Release);
+        self.shared.wake_writer.notify_one();
     }
 }
 
@@ -260,76 +425,65 @@ fn handshake_error(config: &ClientConfig, e: std::io::Error) -> ClientError {
 }
 
 struct Writer {
-    queue: mpsc::Receiver<Call>,
-    routes: mpsc::UnboundedSender<Route>,
-    state: Arc<State>,
+    shared: Arc<Shared>,
     over: CancellationToken,
     max_frame_len: usize,
     keepalive: Duration,
 }
 
 impl Writer {
-    async fn run<W: AsyncWrite + Unpin>(mut self, write: W) {
-        let mut requests = FramedWrite::new(write, BytesCodec::new());
-        let mut number = 0;
-        let mut unflushed = false;
-        let mut quiet = true;
-        let mut keepalive = tokio::time::interval(self.keepalive);
+    async fn run(self) {
+        let Writer { shared, over, max_frame_len, keepalive } = self;
+        let state = &*shared.state;
+        let mut keepalive = tokio::time::interval(keepalive);
         keepalive.tick().await;
+        let mut over = pin!(over.cancelled());
         loop {
-            let frame = tokio::select! {
+            tokio::select! {
                 biased;
-                _ = self.over.cancelled() => break,
-                call = self.queue.recv() => {
-                    // `None`: every handle on the client is gone. Stop writing; the reader goes on until
-                    // the answers already asked for have come.
-                    let Some(call) = call else { break };
-                    Some((call.frame, Some(call.answer)))
-                }
-                flushed = SinkExt::<Bytes>::flush(&mut requests), if unflushed => {
-                    if let Err(e) = flushed {
-                        let _ = self.state.closed.set(Closed::Lost(e.into()));
-                        break;
-                    }
-                    unflushed = false;
-                    None
-                }
+                _ = over.as_mut() => break,
+                _ = shared.wake_writer.notified() => {}
                 _ = keepalive.tick() => {
                     // Keep an idle connection (and the NATs on its way) open, as QUIC's keep-alives do.
-                    let idle = std::mem::replace(&mut quiet, true);
-                    let ping = encode_frame(&CommandRequest::ping(Bytes::new()), self.max_frame_len);
-                    match ping {
-                        Ok(ping) if idle => Some((ping, None)),
-                        _ => None,
+                    let mut outbox = shared.outbox.lock();
+                    let quiet = !std::mem::replace(&mut outbox.active, false);
+                    if quiet && let Ok(ping) = encode_frame(&CommandRequest::ping(Bytes::new()), max_frame_len) {
+                        outbox.push(&ping, None, state);
                     }
                 }
+            }
+            if let Some(e) = shared.outbox.lock().failed.take() {
+                let _ = state.closed.set(Closed::Lost(e.into()));
+                break;
+            }
+            let written = tokio::select! {
+                biased;
+                _ = over.as_mut() => break,
+                written = std::future::poll_fn(|cx| shared.outbox.lock().poll_write(cx, state)) => written,
             };
-            let Some((frame, answer)) = frame else { continue };
-            number += 1;
-            // Routed first, so the reader knows where the answer goes before it can arrive.
-            if self.routes.send(Route { number, answer }).is_err() {
+            shared.room.notify_waiters();
+            if let Err(e) = written {
+                let _ = state.closed.set(Closed::Lost(e.into()));
                 break;
             }
-            if let Err(e) = requests.feed(frame).await {
-                let _ = self.state.closed.set(Closed::Lost(e.into()));
+            // Every handle on the client is gone and what they asked for is written: the reader goes on
+            // until the answers have come.
+            if shared.dropped.load(Ordering::Acquire) {
                 break;
             }
-            self.state.written.store(number, Ordering::Release);
-            (unflushed, quiet) = (true, false);
         }
-        // Whatever is still queued was never written.
-        self.queue.close();
-        while let Ok(call) = self.queue.try_recv() {
-            let reason = self.state.reason();
-            let _ = call.answer.send(Err(match reason {
-                Closed::Lost(reason) => Closed::NotSent(reason),
-                other => other,
-            }));
-        }
-        // Send what was written, then close this side: the server answers what it has read and closes
-        // its side, and the reader sees that through.
-        let _ = SinkExt::<Bytes>::flush(&mut requests).await;
-        let _ = requests.get_mut().shutdown().await;
+        // Frames still waiting were never written: their requests fail as not sent (the reader tells
+        // them), and so does every later call.
+        let mut write = {
+            let mut outbox = shared.outbox.lock();
+            outbox.stopped = true;
+            std::mem::replace(&mut outbox.write, Box::new(tokio::io::sink()))
+        };
+        shared.room.notify_waiters();
+        // Close this side: the server answers what it has read and closes its side, and the reader sees
+        // that through.
+        let _ = write.flush().await;
+        let _ = write.shutdown().await;
     }
 }
 
@@ -347,10 +501,12 @@ impl Reader {
         let mut answers = FramedRead::new(read, FrameCodec::<CommandResponse>::new(self.max_frame_len));
         // The request whose answer is arriving, once its first frame is in.
         let mut current: Option<Route> = None;
+        let closing = self.closing.clone();
+        let mut closing = pin!(closing.cancelled());
         let closed = loop {
             let frame = tokio::select! {
                 biased;
-                _ = self.closing.cancelled() => break Closed::Lost(Cause::ClientClosed),
+                _ = closing.as_mut() => break Closed::Lost(Cause::ClientClosed),
                 frame = answers.next() => frame,
             };
             let frame = match frame {
@@ -364,7 +520,7 @@ impl Reader {
             };
             let unavailable = !frame.more && frame.status == status::UNAVAILABLE;
             let reason = unavailable.then(|| frame.message.clone());
-            // The writer routes each request before writing it, so its route is here before its answer.
+            // Each request is routed before it is written, so its route is here before its answer.
             let Some(route) = current.take().or_else(|| self.routed.try_recv().ok()) else {
                 // Only a 503 may come unasked: the server announcing that it closes.
                 match reason {
@@ -373,9 +529,13 @@ impl Reader {
                 }
             };
             let more = frame.more;
+            if !more {
+                // Before the caller hears: its next call may find the connection idle.
+                self.state.outstanding.fetch_sub(1, Ordering::Relaxed);
+            }
             if let Some(answer) = &route.answer {
                 // A caller that dropped its reply still has its frames read here, and discarded.
-                let _ = answer.send(Ok(frame));
+                let _ = answer.unbounded_send(Ok(frame));
             }
             if more {
                 current = Some(route);
@@ -395,8 +555,111 @@ impl Reader {
                 other => other.clone(),
             };
             if let Some(answer) = route.answer {
-                let _ = answer.send(Err(reason));
+                let _ = answer.unbounded_send(Err(reason));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    use super::*;
+    use crate::client::Executed;
+
+    const MAX_FRAME: usize = 1 << 20;
+
+    /// A connection over an in-memory pipe of `capacity` bytes each way, and the server's end of it.
+    fn connection(capacity: usize) -> (TcpConnection, DuplexStream) {
+        let (client, server) = tokio::io::duplex(capacity);
+        let config = ClientConfig::new("127.0.0.1:7000", "unused-ca.pem");
+        let remote = "127.0.0.1:7000".parse().unwrap();
+        (TcpConnection::start(client, remote, &config, None), server)
+    }
+
+    fn ping(payload_len: usize) -> Bytes {
+        encode_frame(&CommandRequest::ping(vec![7u8; payload_len]), MAX_FRAME).unwrap()
+    }
+
+    /// Reads one whole request frame from the server's end; returns its length.
+    async fn read_frame(server: &mut DuplexStream) -> usize {
+        let len = server.read_u32().await.unwrap() as usize;
+        let mut body = vec![0; len];
+        server.read_exact(&mut body).await.unwrap();
+        4 + len
+    }
+
+    async fn answer(server: &mut DuplexStream, message: &str) {
+        let frame = encode_frame(&CommandResponse::error(status::OK, message), MAX_FRAME).unwrap();
+        server.write_all(&frame).await.unwrap();
+    }
+
+    /// Polls `future` once: whether it has finished.
+    fn finished<F: Future + Unpin>(future: &mut F) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(future).poll(&mut cx).is_ready()
+    }
+
+    #[tokio::test]
+    async fn answers_reach_their_callers_whether_a_frame_went_out_at_once_or_through_the_writer() {
+        let (connection, mut server) = connection(64 * 1024);
+        // Alone on the connection: written by the call itself.
+        let mut first = connection.send(ping(10)).await.unwrap();
+        // An answer is outstanding: these wait for the writer, and go out after the first, in order.
+        let mut second = connection.send(ping(20)).await.unwrap();
+        let mut third = connection.send(ping(30)).await.unwrap();
+        let lengths =
+            [read_frame(&mut server).await, read_frame(&mut server).await, read_frame(&mut server).await];
+        assert_eq!(lengths, [ping(10).len(), ping(20).len(), ping(30).len()]);
+        for name in ["first", "second", "third"] {
+            answer(&mut server, name).await;
+        }
+        for (frames, name) in [(&mut first, "first"), (&mut second, "second"), (&mut third, "third")] {
+            assert_eq!(frames.next().await.unwrap().unwrap().message, name);
+            assert!(frames.next().await.is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_the_connection_never_took_fail_as_not_sent_and_the_rest_as_maybe_executed() {
+        // Room for the first two frames only, and a server that reads nothing.
+        let frame = ping(40);
+        let (connection, server) = connection(2 * frame.len());
+        let mut calls = Vec::new();
+        for _ in 0..4 {
+            calls.push(connection.send(frame.clone()).await.unwrap());
+        }
+        // Once the writer has filled the pipe, the server goes away.
+        while connection.shared.state.written.load(Ordering::Acquire) < 2 {
+            tokio::task::yield_now().await;
+        }
+        drop(server);
+        let mut executed = Vec::new();
+        for mut frames in calls {
+            let error = frames.next().await.unwrap().unwrap_err();
+            executed.push(error.executed());
+        }
+        assert_eq!(executed, [Executed::Maybe, Executed::Maybe, Executed::No, Executed::No]);
+    }
+
+    #[tokio::test]
+    async fn callers_wait_for_room_while_the_server_reads_nothing() {
+        let (connection, mut server) = connection(1024);
+        let big = ping(OUTBOX_LIMIT / 2);
+        let _first = connection.send(big.clone()).await.unwrap();
+        // The pipe takes 1 KiB of the first; the rest of it and the next two fill the outbox.
+        let _second = connection.send(big.clone()).await.unwrap();
+        let _third = connection.send(big.clone()).await.unwrap();
+        let mut fourth = Box::pin(connection.send(ping(10)));
+        assert!(!finished(&mut fourth), "a call was queued beyond the outbox's limit");
+        // The server reads: the waiting call goes out after the others.
+        for _ in 0..3 {
+            assert_eq!(read_frame(&mut server).await, big.len());
+        }
+        let _fourth = fourth.await.unwrap();
+        assert_eq!(read_frame(&mut server).await, ping(10).len());
     }
 }
