@@ -219,6 +219,19 @@ where
                 Reply::Stream(stream) => current = Some(stream),
             }
         }
+        // Every request is answered: nothing more can be written before the next read, so flush now
+        // rather than in another turn of the loop. (While requests run, answers gather and go out
+        // together, flushed below.)
+        if unflushed && current.is_none() && queue.is_empty() && waiting.is_none() {
+            match std::future::poll_fn(|cx| Poll::Ready(answers.poll_flush_unpin(cx))).await {
+                Poll::Ready(Ok(())) => unflushed = false,
+                Poll::Ready(Err(e)) => {
+                    log_write_failure(&e);
+                    return requests;
+                }
+                Poll::Pending => {}
+            }
+        }
         if ending.is_some() {
             if !subscriptions_ended {
                 // The connection takes no more requests: its subscriptions end (each with a last
