@@ -188,6 +188,34 @@ async fn a_call_without_an_answer_times_out_and_the_connection_outlives_a_short_
     assert_eq!(client.stats().connections, 1);
 }
 
+#[tokio::test]
+async fn a_quic_call_whose_answer_is_overdue_probes_its_connection_with_enough_bytes_to_lift_amplification_limits()
+ {
+    let server = TestServer::start().await;
+    let relay = UdpRelay::start(server.addr).await;
+    let config = ClientConfig {
+        addr: relay.addr.to_string(),
+        request_timeout: Duration::from_secs(30),
+        ..server.client_config()
+    };
+    let client = Client::connect_with(config).await.unwrap();
+    client.ping("").await.unwrap();
+
+    // The server's datagrams stop arriving, as when a server may not send to the client's new
+    // address after losing its first datagram there (its anti-amplification limit).
+    relay.start_recording();
+    relay.set_downstream_silent(true);
+    let (answer, ()) = tokio::join!(client.ping("overdue"), async {
+        // The client's own retransmissions are small, and path MTU probes 1200 bytes or more: a
+        // datagram in between is the probe, over a third of the 1200 bytes the server needs.
+        let probe = relay.wait_for_datagram(|datagram| (1000..1200).contains(&datagram.len()));
+        tokio::time::timeout(Duration::from_secs(20), probe).await.expect("no probe within 20 s");
+        relay.set_downstream_silent(false);
+    });
+    assert_eq!(answer.unwrap(), "overdue".as_bytes());
+    assert_eq!(client.stats().connections, 1);
+}
+
 /// A plaintext TCP server that reads requests and, after each one, does what `answer` says: `true`
 /// to keep the connection (without answering), `false` to close it. Counts requests and connections.
 struct FakeServer {

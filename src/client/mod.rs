@@ -395,7 +395,11 @@ impl Client {
         max_frame_len: usize,
     ) -> ClientResult<ResponseFrames> {
         let mut frames = match connection {
-            Connection::Quic(quic) => quic.send(frame, max_frame_len).await?,
+            Connection::Quic(quic) => {
+                let mut frames = quic.send(frame, max_frame_len).await?;
+                quic.wait_first(&mut frames, max_frame_len).await?;
+                return Ok(frames);
+            }
             Connection::Tcp(tcp) => tcp.send(frame).await?,
             #[cfg(feature = "web-client")]
             Connection::Web(web) => web.send(request, self.inner.config.request_timeout).await?,

@@ -2,19 +2,33 @@
 //! endpoint. With a session ticket the connection is resumed in 0-RTT: requests go out with the first
 //! packet, before the handshake has completed.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use quinn::{ConnectError, Connection, Endpoint, SendStream, WriteError, ZeroRttAccepted};
+use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::error::Cause;
 use super::frames::ResponseFrames;
 use super::{ClientConfig, ClientError, ClientResult, Stats};
+use crate::pb::CommandRequest;
+use crate::transport::frame::encode_frame;
 use crate::transport::quic::codes;
+
+/// An answer is overdue after this many of the connection's round trips without its first frame...
+const OVERDUE_RTTS: u32 = 4;
+/// ... and never sooner than this.
+const OVERDUE_AT_LEAST: Duration = Duration::from_millis(200);
+/// The probe's payload: with its headers, over a third of the 1200-byte datagram a server must be
+/// allowed to send to validate a new path (see [`QuicConnection::wait_first`]).
+const PROBE_PAYLOAD: usize = 1024;
 
 #[derive(Clone)]
 pub(super) struct QuicConnection {
@@ -24,6 +38,8 @@ pub(super) struct QuicConnection {
     /// aborts it) and [`QuicConnection::close`] waits for it, so that once a client is closed its
     /// 0-RTT statistics are final.
     handshake: Option<Arc<Mutex<Option<AbortOnDropHandle<()>>>>>,
+    /// When the connection was last probed for an overdue answer.
+    probed_at: Arc<Mutex<Option<Instant>>>,
 }
 
 impl QuicConnection {
@@ -49,7 +65,7 @@ impl QuicConnection {
                 Ok((connection, accepted)) => {
                     let watcher = watch_handshake(connection.clone(), accepted, stats.clone(), config);
                     let handshake = Some(Arc::new(Mutex::new(Some(watcher))));
-                    return Ok(QuicConnection { connection, handshake });
+                    return Ok(QuicConnection { connection, handshake, probed_at: Arc::default() });
                 }
                 Err(connecting) => connecting, // no ticket: a full handshake
             },
@@ -65,7 +81,7 @@ impl QuicConnection {
             Ok(Err(e)) => return Err(handshake_error(config, e)),
             Ok(Ok(connection)) => connection,
         };
-        Ok(QuicConnection { connection, handshake: None })
+        Ok(QuicConnection { connection, handshake: None, probed_at: Arc::default() })
     }
 
     /// Opens a stream, writes the request frame and finishes the stream.
@@ -81,6 +97,62 @@ impl QuicConnection {
         }
         send.finish();
         Ok(ResponseFrames::quic(recv, max_frame_len))
+    }
+
+    /// Waits for the first frame of `frames`, probing the connection while it is overdue.
+    ///
+    /// Why: after a client's address changes without its knowing (a phone moving from Wi-Fi to
+    /// cellular), the server may send to the new address only three times what it has received from
+    /// there until it has validated it (RFC 9000's anti-amplification limit). If the server's first
+    /// datagram there, padded to 1200 bytes with its PATH_CHALLENGE, is lost, the server may send
+    /// nothing more; a client whose requests were all acknowledged has nothing to retransmit, and both
+    /// wait until the client next sends (quinn-rs/quinn#1160). So once an answer is overdue (4 round
+    /// trips, at least 200 ms, doubling while it stays so) the client sends a `Ping` of 1 KiB on a
+    /// stream of its own, at most one per connection in that time: its bytes lift the server's limit,
+    /// and its acknowledgements give the new path a round-trip time. Its answer is read and dropped.
+    pub(super) async fn wait_first(
+        &self,
+        frames: &mut ResponseFrames,
+        max_frame_len: usize,
+    ) -> ClientResult<()> {
+        let mut first = pin!(frames.wait_first());
+        let mut overdue = (self.connection.rtt() * OVERDUE_RTTS).max(OVERDUE_AT_LEAST);
+        let mut check = pin!(tokio::time::sleep(overdue));
+        let mut probe: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+        loop {
+            tokio::select! {
+                biased;
+                first = first.as_mut() => return first,
+                () = async { if let Some(probe) = probe.as_mut() { probe.await } }, if probe.is_some() => probe = None,
+                () = check.as_mut() => {
+                    if probe.is_none() && self.due_for_probe(overdue) {
+                        probe = Some(Box::pin(self.clone().probe(max_frame_len)));
+                    }
+                    overdue *= 2;
+                    check.as_mut().reset(Instant::now() + overdue);
+                }
+            }
+        }
+    }
+
+    /// Whether no probe went out on this connection within `interval`; if so, counts one as sent now.
+    fn due_for_probe(&self, interval: Duration) -> bool {
+        let mut probed_at = self.probed_at.lock();
+        let now = Instant::now();
+        if probed_at.is_some_and(|at| now < at + interval) {
+            return false;
+        }
+        *probed_at = Some(now);
+        true
+    }
+
+    /// Sends a probe and reads its answer to the end (see [`QuicConnection::wait_first`]).
+    async fn probe(self, max_frame_len: usize) {
+        let ping = CommandRequest::ping(Bytes::from(vec![0u8; PROBE_PAYLOAD]));
+        let Ok(frame) = encode_frame(&ping, max_frame_len) else { return };
+        if let Ok(mut answer) = self.send(frame, max_frame_len).await {
+            while let Some(Ok(_)) = answer.next().await {}
+        }
     }
 
     /// False once the connection has failed or been closed: the next call needs a new one.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 pub struct UdpRelay {
@@ -17,6 +17,8 @@ pub struct UdpRelay {
     server: SocketAddr,
     controls: watch::Sender<Controls>,
     recording: Arc<Mutex<Option<Vec<Bytes>>>>,
+    /// Notified whenever a datagram is recorded.
+    recorded: Arc<Notify>,
     task: JoinHandle<()>,
 }
 
@@ -24,6 +26,8 @@ pub struct UdpRelay {
 struct Controls {
     /// Drop everything, both ways.
     silent: bool,
+    /// Drop what the server sends.
+    downstream_silent: bool,
     /// Bumped to make the relay send to the server from a new socket (a new source port).
     upstream_generation: u32,
 }
@@ -34,13 +38,30 @@ impl UdpRelay {
         let addr = downstream.local_addr().expect("relay address");
         let (controls, watched) = watch::channel(Controls::default());
         let recording: Arc<Mutex<Option<Vec<Bytes>>>> = Arc::default();
-        let task = tokio::spawn(relay(downstream, server, watched, recording.clone()));
-        UdpRelay { addr, server, controls, recording, task }
+        let recorded = Arc::new(Notify::new());
+        let task = tokio::spawn(relay(downstream, server, watched, recording.clone(), recorded.clone()));
+        UdpRelay { addr, server, controls, recording, recorded, task }
     }
 
     /// Drops every datagram both ways while `silent`.
     pub fn set_silent(&self, silent: bool) {
         self.controls.send_modify(|c| c.silent = silent);
+    }
+
+    /// Drops every datagram from the server to the client while `silent`.
+    pub fn set_downstream_silent(&self, silent: bool) {
+        self.controls.send_modify(|c| c.downstream_silent = silent);
+    }
+
+    /// Waits until the client has sent a datagram (since `start_recording`) for which `wanted` holds.
+    pub async fn wait_for_datagram(&self, wanted: impl Fn(&[u8]) -> bool) {
+        loop {
+            let recorded = self.recorded.notified();
+            if self.recording.lock().as_ref().is_some_and(|all| all.iter().any(|d| wanted(d))) {
+                return;
+            }
+            recorded.await;
+        }
     }
 
     /// From now on the server sees the client at a new address, as after a NAT rebinding.
@@ -80,6 +101,7 @@ async fn relay(
     server: SocketAddr,
     mut controls: watch::Receiver<Controls>,
     recording: Arc<Mutex<Option<Vec<Bytes>>>>,
+    recorded: Arc<Notify>,
 ) {
     let upstream_socket = || async {
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("relay upstream socket");
@@ -105,8 +127,9 @@ async fn relay(
             received = downstream.recv_from(&mut from_client) => {
                 let Ok((len, peer)) = received else { return };
                 client = Some(peer);
-                if let Some(recorded) = recording.lock().as_mut() {
-                    recorded.push(Bytes::copy_from_slice(&from_client[..len]));
+                if let Some(datagrams) = recording.lock().as_mut() {
+                    datagrams.push(Bytes::copy_from_slice(&from_client[..len]));
+                    recorded.notify_waiters();
                 }
                 let silent = controls.borrow().silent;
                 if !silent {
@@ -115,7 +138,7 @@ async fn relay(
             }
             received = upstream.recv(&mut from_server) => {
                 let Ok(len) = received else { return };
-                let silent = controls.borrow().silent;
+                let silent = controls.borrow().silent || controls.borrow().downstream_silent;
                 if let (Some(client), false) = (client, silent) {
                     let _ = downstream.send_to(&from_server[..len], client).await;
                 }
