@@ -358,23 +358,19 @@ impl Client {
             // request certainly not executed.
             let sent = match tokio::time::timeout_at(deadline, self.connection()).await {
                 Ok(Ok(connection)) => {
-                    tokio::time::timeout_at(
-                        deadline,
-                        self.send(connection, request, frame.clone(), max_frame_len),
-                    )
-                    .await
+                    self.send_until(connection, request, frame.clone(), max_frame_len, deadline).await
                 }
-                Ok(Err(e)) => Ok(Err(e)),
+                Ok(Err(e)) => Some(Err(e)),
                 Err(_) => {
                     let cause = Cause::NoConnectionWithin(self.inner.config.request_timeout);
                     return Err(last_error.unwrap_or(ClientError::NotSent { cause }));
                 }
             };
             let error = match sent {
-                Ok(Ok(frames)) => return Ok(frames),
-                Ok(Err(e)) => e,
+                Some(Ok(frames)) => return Ok(frames),
+                Some(Err(e)) => e,
                 // A retry ran out of time: why the first attempt failed says more than the deadline.
-                Err(_) => return Err(last_error.unwrap_or_else(|| self.timed_out())),
+                None => return Err(last_error.unwrap_or_else(|| self.timed_out())),
             };
             if attempt >= self.inner.config.retry.attempts || !error.may_retry(idempotent) {
                 return Err(error);
@@ -386,26 +382,23 @@ impl Client {
         }
     }
 
-    /// One attempt on `connection`, up to the first frame of the answer.
-    async fn send(
+    /// One attempt on `connection`, up to the first frame of the answer; `None` once `deadline` passes.
+    async fn send_until(
         &self,
         connection: Connection,
         #[cfg_attr(not(feature = "web-client"), allow(unused_variables))] request: &CommandRequest,
         frame: Bytes,
         max_frame_len: usize,
-    ) -> ClientResult<ResponseFrames> {
-        let mut frames = match connection {
-            Connection::Quic(quic) => {
-                let mut frames = quic.send(frame, max_frame_len).await?;
-                quic.wait_first(&mut frames, max_frame_len).await?;
-                return Ok(frames);
-            }
-            Connection::Tcp(tcp) => tcp.send(frame).await?,
+        deadline: Instant,
+    ) -> Option<ClientResult<ResponseFrames>> {
+        match connection {
+            Connection::Quic(quic) => quic.call(frame, max_frame_len, deadline).await,
+            Connection::Tcp(tcp) => first_frame_until(deadline, tcp.send(frame)).await,
             #[cfg(feature = "web-client")]
-            Connection::Web(web) => web.send(request, self.inner.config.request_timeout).await?,
-        };
-        frames.wait_first().await?;
-        Ok(frames)
+            Connection::Web(web) => {
+                first_frame_until(deadline, web.send(request, self.inner.config.request_timeout)).await
+            }
+        }
     }
 
     /// The deadline passed. Over TCP the connection is given up too: the late answer holds back every
@@ -678,6 +671,19 @@ fn booleans(response: CommandResponse) -> ClientResult<Vec<bool>> {
             other => Err(ClientError::Protocol(format!("expected a bool, got {other:?}"))),
         })
         .collect()
+}
+
+/// `sending`, then the first frame of its answer, by `deadline` (`None` past it).
+async fn first_frame_until(
+    deadline: Instant,
+    sending: impl Future<Output = ClientResult<ResponseFrames>>,
+) -> Option<ClientResult<ResponseFrames>> {
+    let first = async {
+        let mut frames = sending.await?;
+        frames.wait_first().await?;
+        Ok(frames)
+    };
+    tokio::time::timeout_at(deadline, first).await.ok()
 }
 
 fn all_written(response: CommandResponse) -> ClientResult<Vec<Written>> {

@@ -27,7 +27,7 @@ const OVERDUE_RTTS: u32 = 4;
 /// ... and never sooner than this.
 const OVERDUE_AT_LEAST: Duration = Duration::from_millis(200);
 /// The probe's payload: with its headers, over a third of the 1200-byte datagram a server must be
-/// allowed to send to validate a new path (see [`QuicConnection::wait_first`]).
+/// allowed to send to validate a new path (see [`QuicConnection::call`]).
 const PROBE_PAYLOAD: usize = 1024;
 
 #[derive(Clone)]
@@ -99,9 +99,10 @@ impl QuicConnection {
         Ok(ResponseFrames::quic(recv, max_frame_len))
     }
 
-    /// Waits for the first frame of `frames`, probing the connection while it is overdue.
+    /// Sends `frame` and waits for the first frame of its answer, until `deadline` (`None` past it),
+    /// probing the connection while the answer is overdue. One timer serves both.
     ///
-    /// Why: after a client's address changes without its knowing (a phone moving from Wi-Fi to
+    /// Why probe: after a client's address changes without its knowing (a phone moving from Wi-Fi to
     /// cellular), the server may send to the new address only three times what it has received from
     /// there until it has validated it (RFC 9000's anti-amplification limit). If the server's first
     /// datagram there, padded to 1200 bytes with its PATH_CHALLENGE, is lost, the server may send
@@ -110,26 +111,35 @@ impl QuicConnection {
     /// trips, at least 200 ms, doubling while it stays so) the client sends a `Ping` of 1 KiB on a
     /// stream of its own, at most one per connection in that time: its bytes lift the server's limit,
     /// and its acknowledgements give the new path a round-trip time. Its answer is read and dropped.
-    pub(super) async fn wait_first(
+    pub(super) async fn call(
         &self,
-        frames: &mut ResponseFrames,
+        frame: Bytes,
         max_frame_len: usize,
-    ) -> ClientResult<()> {
-        let mut first = pin!(frames.wait_first());
+        deadline: Instant,
+    ) -> Option<ClientResult<ResponseFrames>> {
+        let mut answered = pin!(async {
+            let mut frames = self.send(frame, max_frame_len).await?;
+            frames.wait_first().await?;
+            Ok(frames)
+        });
         let mut overdue = (self.connection.rtt() * OVERDUE_RTTS).max(OVERDUE_AT_LEAST);
-        let mut check = pin!(tokio::time::sleep(overdue));
+        let mut timer = pin!(tokio::time::sleep_until((Instant::now() + overdue).min(deadline)));
         let mut probe: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
         loop {
             tokio::select! {
                 biased;
-                first = first.as_mut() => return first,
+                answered = answered.as_mut() => return Some(answered),
                 () = async { if let Some(probe) = probe.as_mut() { probe.await } }, if probe.is_some() => probe = None,
-                () = check.as_mut() => {
+                () = timer.as_mut() => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
                     if probe.is_none() && self.due_for_probe(overdue) {
                         probe = Some(Box::pin(self.clone().probe(max_frame_len)));
                     }
                     overdue *= 2;
-                    check.as_mut().reset(Instant::now() + overdue);
+                    timer.as_mut().reset((now + overdue).min(deadline));
                 }
             }
         }
@@ -146,7 +156,7 @@ impl QuicConnection {
         true
     }
 
-    /// Sends a probe and reads its answer to the end (see [`QuicConnection::wait_first`]).
+    /// Sends a probe and reads its answer to the end (see [`QuicConnection::call`]).
     async fn probe(self, max_frame_len: usize) {
         let ping = CommandRequest::ping(Bytes::from(vec![0u8; PROBE_PAYLOAD]));
         let Ok(frame) = encode_frame(&ping, max_frame_len) else { return };
