@@ -673,17 +673,21 @@ fn booleans(response: CommandResponse) -> ClientResult<Vec<bool>> {
         .collect()
 }
 
-/// `sending`, then the first frame of its answer, by `deadline` (`None` past it).
+/// `sending`, then the first frame of its answer (kept for the caller's `next`).
+async fn first_frame(
+    sending: impl Future<Output = ClientResult<ResponseFrames>>,
+) -> ClientResult<ResponseFrames> {
+    let mut frames = sending.await?;
+    frames.wait_first().await?;
+    Ok(frames)
+}
+
+/// [`first_frame`] by `deadline` (`None` past it).
 async fn first_frame_until(
     deadline: Instant,
     sending: impl Future<Output = ClientResult<ResponseFrames>>,
 ) -> Option<ClientResult<ResponseFrames>> {
-    let first = async {
-        let mut frames = sending.await?;
-        frames.wait_first().await?;
-        Ok(frames)
-    };
-    tokio::time::timeout_at(deadline, first).await.ok()
+    tokio::time::timeout_at(deadline, first_frame(sending)).await.ok()
 }
 
 fn all_written(response: CommandResponse) -> ClientResult<Vec<Written>> {

@@ -117,11 +117,7 @@ impl QuicConnection {
         max_frame_len: usize,
         deadline: Instant,
     ) -> Option<ClientResult<ResponseFrames>> {
-        let mut answered = pin!(async {
-            let mut frames = self.send(frame, max_frame_len).await?;
-            frames.wait_first().await?;
-            Ok(frames)
-        });
+        let mut answered = pin!(super::first_frame(self.send(frame, max_frame_len)));
         let mut overdue = (self.connection.rtt() * OVERDUE_RTTS).max(OVERDUE_AT_LEAST);
         let mut timer = pin!(tokio::time::sleep_until((Instant::now() + overdue).min(deadline)));
         let mut probe: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;

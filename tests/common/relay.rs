@@ -138,7 +138,8 @@ async fn relay(
             }
             received = upstream.recv(&mut from_server) => {
                 let Ok(len) = received else { return };
-                let silent = controls.borrow().silent || controls.borrow().downstream_silent;
+                let Controls { silent, downstream_silent, .. } = *controls.borrow();
+                let silent = silent || downstream_silent;
                 if let (Some(client), false) = (client, silent) {
                     let _ = downstream.send_to(&from_server[..len], client).await;
                 }
