@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use super::connections::CLOSE_LIMIT;
 use super::load::{self, Tally, Window};
+use super::pacer::Pacer;
 use super::workload::RequestError;
 use super::{BenchConfig, BenchError, BenchReport, ConnectionTimes, Progress};
 use crate::client::{Client, ClientEndpoint, Event, Subscription};
@@ -80,11 +81,13 @@ pub async fn run(
         }
     };
     let mut publishing = JoinSet::new();
+    // Lives until every publisher has finished (the open loop's timers use it).
+    let pacer = if config.rate.is_some() { Pacer::start() } else { Pacer::tokio() };
     match config.rate {
         // Paced: `rate` publishes per second over all publishers (each a delivery to every subscriber).
         Some(rate) => {
             let schedule = publishers.iter().map(publish).collect();
-            for publisher in load::open_loop(schedule, rate, config.inflight, window, progress) {
+            for publisher in load::open_loop(schedule, rate, config.inflight, window, progress, &pacer) {
                 publishing.spawn(publisher);
             }
         }

@@ -2,7 +2,9 @@
 //! rate and measures each request's latency from its *intended* send time, so a server that falls
 //! behind cannot hide the queueing it causes (no coordinated omission).
 //!
-//! Open-loop send times are accurate to microseconds: see [`wait_until`].
+//! Open-loop requests go out on their schedule to within tens of microseconds, released by a pacer
+//! thread rather than tokio's millisecond timer; a request's latency runs from its release, or from
+//! its due time if the loop got to it late: see [`super::pacer`].
 //!
 //! Every loop stops issuing at the deadline, then waits at most `DRAIN` for the requests still in flight;
 //! those that do not finish by then count as errors. So do open-loop requests that fell due inside the
@@ -25,6 +27,7 @@ use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
+use super::pacer::{Pacer, Timer};
 use super::progress::Progress;
 use super::timeline::Timeline;
 use super::workload::RequestError;
@@ -117,9 +120,21 @@ impl Tally {
         }
     }
 
-    /// Records a request that started (or was due) at `started`, if that was inside the window.
+    /// Records a request that started at `started`, if that was inside the window.
     pub fn record(&mut self, window: &Window, started: Instant, result: Result<(), RequestError>) {
-        if started < window.measure_from {
+        self.record_due(window, started, started, result);
+    }
+
+    /// Records an open-loop request if it fell `due` inside the window, its latency from `started`
+    /// (which its release may put a little before `due`, see [`super::pacer`]).
+    fn record_due(
+        &mut self,
+        window: &Window,
+        due: Instant,
+        started: Instant,
+        result: Result<(), RequestError>,
+    ) {
+        if due < window.measure_from {
             return;
         }
         let now = Instant::now();
@@ -190,27 +205,6 @@ where
     tally
 }
 
-/// Waits until `due` to within microseconds. tokio's timer wakes up to a millisecond late, which an open
-/// loop would count against the server (latency runs from when each request was due), so the last
-/// millisecond is spent yielding instead: it costs the load generator's core, never the server's.
-async fn wait_until(due: Instant) {
-    const TIMER_SLACK: Duration = Duration::from_millis(1);
-    if let Some(early) = due.checked_sub(TIMER_SLACK)
-        && early > Instant::now()
-    {
-        tokio::time::sleep_until(early).await;
-    }
-    // Bounded in real time too: on tokio's paused clock (in tests) time stands still while anything
-    // yields, and the timer below moves it on.
-    let spinning = std::time::Instant::now();
-    while Instant::now() < due && spinning.elapsed() < TIMER_SLACK {
-        tokio::task::yield_now().await;
-    }
-    if Instant::now() < due {
-        tokio::time::sleep_until(due).await;
-    }
-}
-
 /// Open loop over connections: `rate` requests per second in all, due from `window.start`, one schedule
 /// dealt out to the connections in turn (request k goes on connection k mod n). Each connection sends
 /// every nth request, so at `rate / n`, from its own offset: connection c's first is due c / `rate` after
@@ -227,6 +221,7 @@ pub fn open_loop<F, R>(
     max_inflight: usize,
     window: Window,
     progress: &Progress,
+    pacer: &Pacer,
 ) -> Vec<impl Future<Output = Tally> + use<F, R>>
 where
     F: Fn(u64) -> R,
@@ -239,14 +234,16 @@ where
         .enumerate()
         .map(|(c, request)| {
             let first = Duration::from_secs_f64(c as f64 / rate);
-            open_connection(request, rate / n as f64, first, max_inflight, window, progress.clone())
+            let timer = pacer.timer();
+            open_connection(request, rate / n as f64, first, max_inflight, window, progress.clone(), timer)
         })
         .collect()
 }
 
 /// Open loop: one connection's share of the rate, `rate` requests per second due from `window.start` +
 /// `first`, at most `max_inflight` at once (a request due while the connection is full waits, and its
-/// wait counts in its latency). `request(n)` sends the `n`th request and waits for its answer.
+/// wait counts in its latency). `request(n)` sends the `n`th request and waits for its answer; `timer`
+/// releases each request when it is due.
 async fn open_connection<F, R>(
     request: F,
     rate: f64,
@@ -254,6 +251,7 @@ async fn open_connection<F, R>(
     max_inflight: usize,
     window: Window,
     progress: Progress,
+    timer: Timer,
 ) -> Tally
 where
     F: Fn(u64) -> R,
@@ -266,6 +264,9 @@ where
     let mut tally = Tally::new();
     let mut in_flight = FuturesUnordered::new();
     let mut issued: u64 = 0;
+    // When the timer released the request due next, if it did (from then on its latency counts).
+    let mut released = None;
+    let mut deadline = std::pin::pin!(tokio::time::sleep_until(window.deadline));
     loop {
         let next_due = due(issued);
         if next_due >= window.deadline {
@@ -273,10 +274,12 @@ where
         }
         let now = Instant::now();
         // A request due before the deadline goes out even if the loop gets to it late (a busy machine
-        // can keep a task waiting for milliseconds): its lateness counts in its latency, like any wait.
-        if next_due <= now && in_flight.len() < max_inflight {
+        // can keep a task waiting for milliseconds, or the connection was full): its latency counts
+        // from when it was due, so its lateness counts like any wait.
+        if (next_due <= now || released.is_some()) && in_flight.len() < max_inflight {
             let answer = request(issued);
-            in_flight.push(async move { (next_due, answer.await) });
+            let sent = released.take().unwrap_or(next_due);
+            in_flight.push(async move { (next_due, sent, answer.await) });
             issued += 1;
             continue; // everything already due goes out at once: timers are coarser than the interval
         }
@@ -285,12 +288,12 @@ where
         }
         tokio::select! {
             biased; // answers first: the room they make is used at once
-            Some((due, result)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((due, sent, result)) = in_flight.next(), if !in_flight.is_empty() => {
                 progress.add_completed();
-                tally.record(&window, due, result);
+                tally.record_due(&window, due, sent, result);
             }
-            _ = wait_until(next_due), if in_flight.len() < max_inflight => {}
-            _ = tokio::time::sleep_until(window.deadline) => {}
+            at = timer.until(next_due), if in_flight.len() < max_inflight => released = Some(at),
+            () = &mut deadline => {}
         }
     }
     // How many requests fall due before `t`: those with start + n × interval < t.
@@ -307,9 +310,9 @@ where
         ));
     }
     let drained = tokio::time::timeout(DRAIN, async {
-        while let Some((due, result)) = in_flight.next().await {
+        while let Some((due, sent, result)) = in_flight.next().await {
             progress.add_completed();
-            tally.record(&window, due, result);
+            tally.record_due(&window, due, sent, result);
         }
     })
     .await;
@@ -343,13 +346,22 @@ mod tests {
         Ok(())
     }
 
+    /// One connection's open loop at 1000/s from the window's start, on tokio's timers.
+    async fn at_1000_per_second<F, R>(request: F, max_inflight: usize, window: Window) -> Tally
+    where
+        F: Fn(u64) -> R,
+        R: Future<Output = Result<(), RequestError>>,
+    {
+        let timer = Pacer::tokio().timer();
+        open_connection(request, 1000.0, Duration::ZERO, max_inflight, window, Progress::new(), timer).await
+    }
+
     #[tokio::test(start_paused = true)]
     async fn open_loop_sends_every_request_due_in_the_window_and_none_of_the_warm_up() {
         // 1000/s: one due every millisecond (tokio's timer's resolution); 100 ms of warm-up, then 250 ms
         // measured → exactly 250 recorded.
         let request = |_| async { Ok(()) };
-        let tally =
-            open_connection(request, 1000.0, Duration::ZERO, 8, window(100, 250), Progress::new()).await;
+        let tally = at_1000_per_second(request, 8, window(100, 250)).await;
         assert_eq!(tally.requests, 250);
         assert_eq!(tally.errors, 0, "{:?}", tally.first_error);
     }
@@ -360,8 +372,7 @@ mod tests {
         // fallen behind. Measured from the actual send, every latency would be 10 ms; measured from
         // when each request was due, the queue that builds up is visible.
         let request = |_| answer_after(Duration::from_millis(10));
-        let tally =
-            open_connection(request, 1000.0, Duration::ZERO, 1, window(0, 200), Progress::new()).await;
+        let tally = at_1000_per_second(request, 1, window(0, 200)).await;
         // Sent at 0, 10, ... 200 ms (the answer at the deadline made room for one more), the nth due at
         // n ms: the last waited 190 ms.
         assert_eq!(tally.requests, 21);
@@ -386,7 +397,8 @@ mod tests {
                 }
             })
             .collect();
-        let tallies = join_all(open_loop(connections, 10.0, 1, window, &Progress::new())).await;
+        let tallies =
+            join_all(open_loop(connections, 10.0, 1, window, &Progress::new(), &Pacer::tokio())).await;
         assert!(tallies.iter().all(|t| t.requests == 1 && t.errors == 0));
         let mut sent = sent.lock().clone();
         sent.sort();

@@ -16,6 +16,7 @@ mod connections;
 mod fanout;
 pub mod floor;
 mod load;
+mod pacer;
 mod progress;
 mod timeline;
 mod workload;
@@ -42,6 +43,7 @@ use crate::pb::Value;
 use crate::tls::Tickets;
 use connections::Connections;
 use load::Window;
+use pacer::Pacer;
 use workload::{KeyPicker, RequestMaker};
 
 #[derive(Debug, Clone)]
@@ -271,8 +273,10 @@ async fn run_until_done(config: &BenchConfig, progress: &Progress) -> Result<Ben
             }
         }
     }
+    // Lives until every worker has finished (the open loop's timers use it).
+    let pacer = if config.rate.is_some() { Pacer::start() } else { Pacer::tokio() };
     if let Some(rate) = config.rate {
-        for connection in load::open_loop(open_loop, rate, config.inflight, window, progress) {
+        for connection in load::open_loop(open_loop, rate, config.inflight, window, progress, &pacer) {
             workers.spawn(connection);
         }
     }

@@ -224,8 +224,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub inflight: u32,
     /// Open loop: send this many requests per second in all, whatever the answers do; latency counts
-    /// from when each request was due, so queueing is not hidden. For the fan-out workload: publishes
-    /// per second.
+    /// from when each request was due (released by a pacer thread, within tens of µs), so queueing is
+    /// not hidden. For the fan-out workload: publishes per second.
     #[arg(long)]
     pub rate: Option<f64>,
     /// How long to measure, e.g. 10s.
