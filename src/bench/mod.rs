@@ -149,6 +149,7 @@ impl BenchReport {
                 p99: quantile(0.99),
                 p999: quantile(0.999),
                 max: self.latency_us.max(),
+                held_up: held_up(&self.latency_us),
             },
             measured_from_unix_ms: self
                 .measured_from
@@ -209,6 +210,29 @@ pub struct Latencies {
     pub p99: u64,
     pub p999: u64,
     pub max: u64,
+    /// The share of requests (0 to 1) slower than [`HELD_UP`] × the median: those held up by
+    /// something other than the round trip itself, such as a lost packet (their own or, on one TCP
+    /// connection, one ahead of them). Over a lossy link this is what head-of-line blocking costs,
+    /// where a percentile only says how long the held-up requests waited, if it falls among them.
+    #[serde(default)]
+    pub held_up: f64,
+}
+
+/// See [`Latencies::held_up`].
+pub const HELD_UP: f64 = 1.5;
+
+fn held_up(latency_us: &Histogram<u64>) -> f64 {
+    let total = latency_us.len();
+    if total == 0 {
+        return 0.0;
+    }
+    let threshold = (latency_us.value_at_quantile(0.5) as f64 * HELD_UP) as u64;
+    let held_up: u64 = latency_us
+        .iter_recorded()
+        .filter(|v| v.value_iterated_to() > threshold)
+        .map(|v| v.count_at_value())
+        .sum();
+    held_up as f64 / total as f64
 }
 
 /// Runs the benchmark: connects, loads the keys, warms up, measures; `progress` follows it as it goes.
@@ -334,5 +358,27 @@ async fn show_progress(bar: indicatif::ProgressBar, window: Window, progress: Pr
             bar.set_position((now - window.measure_from).as_millis() as u64);
             bar.set_message(format!("{rate:.0} req/s"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_up_counts_the_requests_slower_than_one_and_a_half_medians() {
+        let mut latency_us = load::new_histogram();
+        assert_eq!(held_up(&latency_us), 0.0);
+        // 96 requests in one round trip of 50 ms, 4 held up by a loss (two and three round trips),
+        // none just under the line.
+        for _ in 0..96 {
+            latency_us.record(50_000).unwrap();
+        }
+        latency_us.record(74_000).unwrap();
+        for held in [101_000, 102_000, 150_000, 152_000] {
+            latency_us.record(held).unwrap();
+        }
+        let share = held_up(&latency_us);
+        assert!((share - 4.0 / 101.0).abs() < 1e-9, "{share}");
     }
 }

@@ -58,6 +58,12 @@ fn checks(results: &LabResults) -> Vec<String> {
             ms(tls.result.latency_us.p99),
             verdict(ratio <= 0.5)
         ));
+        lines.push(format!(
+            "Held up (slower than {} × the median): QUIC {:.2}% / TLS {:.2}% of requests",
+            qkv::bench::HELD_UP,
+            quic.result.latency_us.held_up * 100.0,
+            tls.result.latency_us.held_up * 100.0
+        ));
     }
     if let (Some(quic), Some(tls)) =
         (ProfileResults::find(&target.setup, "quic 0-RTT"), ProfileResults::find(&target.setup, "tls full"))
@@ -147,14 +153,14 @@ pub fn write(results: &LabResults, out: &Path) -> anyhow::Result<Vec<String>> {
 
     writeln!(md, "\n## 1. Head-of-line blocking: 1 connection × 64 HGETs in flight\n")?;
     writeln!(md, "![p50 and p99 per profile](lab-hol.svg)\n")?;
-    writeln!(md, "| profile | transport | req/s | p50 ms | p99 ms | p99.9 ms | max ms | errors |")?;
-    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
+    writeln!(md, "| profile | transport | req/s | p50 ms | p99 ms | p99.9 ms | max ms | held up | errors |")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
     for p in &results.profiles {
         for run in &p.hol {
             let l = &run.result.latency_us;
             writeln!(
                 md,
-                "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+                "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2}% | {} |",
                 p.profile.name,
                 run.variant,
                 run.result.throughput_rps,
@@ -162,10 +168,20 @@ pub fn write(results: &LabResults, out: &Path) -> anyhow::Result<Vec<String>> {
                 ms(l.p99),
                 ms(l.p999),
                 ms(l.max),
+                l.held_up * 100.0,
                 run.result.errors
             )?;
         }
     }
+    writeln!(
+        md,
+        "\nHeld up: the share of requests slower than {} × their run's median, that is, delayed by more \
+         than the round trip (by a lost packet: their own or, on one TCP connection, one ahead of them). \
+         Where about as many requests are held up as the percentile leaves above it (1% for p99), the \
+         percentile falls on either side of that edge from run to run: read the two together \
+         ([LAB-METHOD.md](LAB-METHOD.md)).",
+        qkv::bench::HELD_UP
+    )?;
 
     writeln!(md, "\n## 2. Connection setup: connect → first answer, a new connection per request\n")?;
     writeln!(md, "![p50 per profile](lab-setup.svg)\n")?;
