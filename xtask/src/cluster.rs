@@ -2,9 +2,9 @@
 //! beside the in-memory server and Redis itself: throughput of HGET and HSET at 1 connection × 64 in
 //! flight over QUIC through one and through two gateways; latency at low load (1 × 1); the servers' CPU
 //! per request, at full speed and at the same load (an open loop at half of what one gateway sustains,
-//! sent to the gateway and to the in-memory server alike); and a failover (the master of the bench table's slot killed under load, in a
-//! 3 + 3 cluster) with and without `--redis-wait 1`: the longest time without an answer, the failed
-//! requests.
+//! sent to the gateway and to the in-memory server alike); and a failover (the master of the bench
+//! table's slot killed under load, in a 3 + 3 cluster) with and without `--redis-wait 1`: the longest
+//! time without an answer, the failed requests.
 //!
 //! qkv servers (the in-memory one and the gateways) are pinned to core 0, load generators to core 1;
 //! Redis's nodes are not pinned (everything shares two cores here: the report gives CPU time per
@@ -369,7 +369,12 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         for (workload, rate) in ["hset", "hget"].into_iter().zip(&mut rates) {
             let gateway = measurements
                 .iter()
-                .find(|m| m.target == Target::Gateway && m.workload == workload && m.inflight == 64)
+                .find(|m| {
+                    m.target == Target::Gateway
+                        && m.workload == workload
+                        && m.inflight == 64
+                        && m.rate.is_none()
+                })
                 .map_or(2000.0, |m| m.throughput);
             let point =
                 Point { workload, inflight: 64, rate: Some(*rate.get_or_insert_with(|| same_load(gateway))) };
