@@ -50,7 +50,6 @@ struct Measurement {
     workload: String,
     inflight: u32,
     /// The open loop's rate (requests/s), or none for a closed loop (as fast as answers come).
-    #[serde(default)]
     rate: Option<u64>,
     throughput: f64,
     p50_us: f64,
@@ -375,7 +374,8 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
                         && m.inflight == 64
                         && m.rate.is_none()
                 })
-                .map_or(2000.0, |m| m.throughput);
+                .map(|m| m.throughput)
+                .context("the gateway's closed-loop run, which sets the same load")?;
             let point =
                 Point { workload, inflight: 64, rate: Some(*rate.get_or_insert_with(|| same_load(gateway))) };
             for target in same_load_targets {
@@ -442,8 +442,8 @@ fn write(
          asks: an open loop (`qkv bench --rate`, 1 × 64) at half of what one gateway answered at 1 × 64 in \
          the first repetition, sent to the gateway and to the in-memory server alike; at full speed each \
          server runs at its own rate, and the faster one spreads its fixed costs (wake-ups, system calls) \
-         over more requests per wake-up, so that ratio is shown beside it, not taken as the target. Each point: every target in turn, {} s after 1 s of warm-up; repeated {reps} time(s); \
-         medians.\n",
+         over more requests per wake-up, so that ratio is shown beside it, not taken as the target. \
+         Each point: every target in turn, {} s after 1 s of warm-up; repeated {reps} time(s); medians.\n",
         duration.as_secs()
     )?;
 
