@@ -65,6 +65,7 @@ use super::Limits;
 use super::exchange::RequestError;
 use super::frame::{FrameCodec, FrameError};
 use super::timeouts::StallTimeout;
+use super::woken::PolledWhenWoken;
 use super::writer::FrameWriter;
 use crate::memory::MemoryBudget;
 use crate::pb::{CommandRequest, CommandResponse, status};
@@ -174,6 +175,8 @@ where
     let mut idle_since = Instant::now();
     let mut deadline = pin!(tokio::time::sleep(limits.idle_timeout));
     let mut armed: Option<Timer> = None;
+    // Polled on every turn of the loop, so only once it has something to say.
+    let mut shutting_down = PolledWhenWoken::new(shutdown.cancelled_owned());
 
     loop {
         // Start every request that may start now, decoding as many as are buffered.
@@ -276,7 +279,7 @@ where
 
         tokio::select! {
             biased;
-            _ = shutdown.cancelled(), if ending.is_none() => ending = Some(Ending::ShuttingDown),
+            _ = &mut shutting_down, if ending.is_none() => ending = Some(Ending::ShuttingDown),
             () = charge.cover(held), if waiting_for_memory && ending.is_none() => {}
             () = memory_wait.as_mut(), if waiting_for_memory && ending.is_none() => ending = Some(Ending::NoMemory),
             // At most a chunk at a time: the fixed share covers one chunk beyond what is charged.
@@ -400,6 +403,10 @@ enum Timer {
 /// Requests in request order: running, or finished with their answer waiting for its turn.
 struct InOrder<F> {
     running: FuturesUnordered<Pin<Box<Numbered<F>>>>,
+    /// The allocation of the last request that finished on its first poll, kept for the next: most do
+    /// (a memory store's, a disk store's deferred write), and a request's future takes a few KiB, which
+    /// the allocator would otherwise hand out and take back per request.
+    spare: Option<Pin<Box<Numbered<F>>>>,
     /// One slot per unanswered request, oldest first; `first` is the number of the front one.
     slots: VecDeque<Slot>,
     first: u64,
@@ -429,6 +436,7 @@ impl<F: Future<Output = Reply>> InOrder<F> {
     fn new() -> Self {
         InOrder {
             running: FuturesUnordered::new(),
+            spare: None,
             slots: VecDeque::new(),
             first: 0,
             running_reads: 0,
@@ -473,12 +481,13 @@ impl<F: Future<Output = Reply>> InOrder<F> {
 
     /// Starts a request, polling it once at once: that issues its storage operation now, so requests
     /// started one after another are issued in request order.
-    fn start(&mut self, sequencing: Sequencing, request_bytes: usize, execution: F) {
+    fn start(&mut self, sequencing: Sequencing, request_bytes: usize, execution_future: F) {
         let number = self.first + self.slots.len() as u64;
         self.slots.push_back(Slot::Running { sequencing, request_bytes, ticket: None });
         self.count_running(sequencing, 1);
         self.bytes += request_bytes;
-        let mut execution = Box::pin(Numbered { number, future: execution });
+        let mut execution = self.spare.take().unwrap_or_else(|| Box::pin(Numbered::vacant()));
+        execution.as_mut().occupy(number, execution_future);
         // A no-op waker is enough for this first poll: the set of running requests polls it again with
         // its own waker (a pushed future starts out ready to be polled).
         // The store may answer before its answer may be sent (a disk store's write before its fsync):
@@ -490,7 +499,11 @@ impl<F: Future<Output = Reply>> InOrder<F> {
             *slot = ticket;
         }
         match polled {
-            std::task::Poll::Ready(done) => self.finish(done),
+            std::task::Poll::Ready(done) => {
+                execution.as_mut().vacate();
+                self.spare = Some(execution);
+                self.finish(done)
+            }
             std::task::Poll::Pending => self.running.push(execution),
         }
     }
@@ -549,23 +562,43 @@ impl<F: Future<Output = Reply>> InOrder<F> {
 }
 
 pin_project_lite::pin_project! {
-    /// A request's execution, tagged with its place in the connection's order.
+    /// A request's execution, tagged with its place in the connection's order; vacant between two
+    /// requests while its allocation waits to be reused.
     struct Numbered<F> {
         number: u64,
         #[pin]
-        future: F,
+        future: Option<F>,
+    }
+}
+
+impl<F> Numbered<F> {
+    fn vacant() -> Self {
+        Numbered { number: 0, future: None }
+    }
+
+    /// Holds the execution of request `number` from now on (dropping what it held).
+    fn occupy(self: Pin<&mut Self>, number: u64, future: F) {
+        let mut this = self.project();
+        *this.number = number;
+        this.future.set(Some(future));
+    }
+
+    /// Drops the execution it holds.
+    fn vacate(self: Pin<&mut Self>) {
+        self.project().future.set(None);
     }
 }
 
 impl<F: Future<Output = Reply>> Future for Numbered<F> {
     type Output = (u64, Reply);
 
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<(u64, Reply)> {
+    /// A vacant one is never ready (it is never polled: only occupied ones run).
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(u64, Reply)> {
         let this = self.project();
-        this.future.poll(cx).map(|reply| (*this.number, reply))
+        match this.future.as_pin_mut() {
+            Some(future) => future.poll(cx).map(|reply| (*this.number, reply)),
+            None => Poll::Pending,
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::admission::{Admission, Admitted, Refusal};
 use super::frame::encode_frame;
 use super::pipeline::serve_pipelined;
+use super::woken::PolledWhenWoken;
 use super::{Limits, Transport, authenticated_caller};
 use crate::memory::MemoryBudget;
 use crate::metrics;
@@ -133,9 +134,12 @@ pub(crate) async fn accept_loop<C, F>(
             info_span!("connection", %remote, transport = transport.name(), client = tracing::field::Empty);
         connections.spawn(
             async move {
+                // Polled whenever the connection is: only once it has something to say.
+                let cut_off = PolledWhenWoken::new(cut_off.cancelled_owned());
                 tokio::select! {
+                    biased;
                     _ = connection => {}
-                    _ = cut_off.cancelled() => debug!("closed: the grace period ran out"),
+                    _ = cut_off => debug!("closed: the grace period ran out"),
                 }
             }
             .instrument(span),

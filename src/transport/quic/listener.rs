@@ -38,6 +38,7 @@ use crate::transport::exchange::{EarlyData, Served, serve_request};
 use crate::transport::frame::FrameError;
 use crate::transport::origin::Origins;
 use crate::transport::timeouts;
+use crate::transport::woken::PolledWhenWoken;
 use crate::transport::{Limits, Transport, authenticated_caller};
 
 /// How long to wait, after every connection is closed, for the close frames to reach the clients.
@@ -295,9 +296,11 @@ pub(super) async fn serve_connection<H: Handler>(
     let started = std::time::Instant::now();
     let mut requests = 0u64;
     let mut accepts_uni = matches!(session, Session::Qkv(_));
+    // Polled for every stream accepted: only once it has something to say.
+    let mut shutting_down = PolledWhenWoken::new(shutdown.cancelled_owned());
     let ended = loop {
         let mut stream = tokio::select! {
-            _ = shutdown.cancelled() => break None,
+            _ = &mut shutting_down => break None,
             done = &mut handshake_done, if handshaking => {
                 handshaking = false;
                 pending = None;
