@@ -180,8 +180,8 @@ pub const QUIC_CONNECTION_OVERHEAD: usize = 64 * 1024;
 
 /// What a TCP connection holds whatever it sends: the pipeline's read chunk and the allocation it keeps
 /// for its next request's execution (1.5 KiB), rustls's buffers (a record each way and its bounded
-/// plaintext buffer), its task. An idle one takes about 36 KiB of the
-/// server's RSS (docs/bench/SCALE.md); the rest is room for full buffers.
+/// plaintext buffer), its task. An idle one takes about 36 KiB of the server's RSS
+/// (docs/bench/SCALE.md); the rest is room for full buffers.
 pub const TCP_CONNECTION_OVERHEAD: usize = 128 * 1024;
 
 impl Limits {
