@@ -23,7 +23,7 @@ pub mod pipeline;
 #[cfg(feature = "server")]
 pub mod tcp;
 #[cfg(feature = "server")]
-mod woken;
+pub(crate) mod woken;
 #[cfg(feature = "server")]
 pub mod writer;
 

@@ -50,6 +50,7 @@ use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::service::{Caller, Handler, Reply, ReplyFrame};
 use crate::transport::admission::{Admission, Admitted};
 use crate::transport::tcp::{Accepting, ByteCounts, Counted, accept_loop, tls_handshake, tune};
+use crate::transport::woken::PolledWhenWoken;
 use crate::transport::{Limits, Transport};
 
 /// Binds the web listener (before the server runs, so that a bad address fails the start).
@@ -277,9 +278,11 @@ impl<H: Handler> Connection<H> {
             .keep_alive_timeout(limits.idle_timeout / 3);
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(connection);
+        // Polled whenever the connection is: only once it has something to say.
+        let shutting_down = PolledWhenWoken::new(shutdown.cancelled());
         let served = tokio::select! {
             served = connection.as_mut() => Some(served),
-            _ = shutdown.cancelled() => {
+            _ = shutting_down => {
                 connection.as_mut().graceful_shutdown();
                 Some(connection.await)
             }
