@@ -184,6 +184,9 @@ pub const QUIC_CONNECTION_OVERHEAD: usize = 64 * 1024;
 /// (docs/bench/SCALE.md); the rest is room for full buffers.
 pub const TCP_CONNECTION_OVERHEAD: usize = 128 * 1024;
 
+#[cfg(feature = "server")]
+const _: () = assert!(TCP_CONNECTION_OVERHEAD > pipeline::FIXED_HOLDINGS);
+
 impl Limits {
     /// The fixed share of the connection memory budget a QUIC connection is admitted with: its two
     /// flow-control windows and its bookkeeping.

@@ -134,7 +134,8 @@ pub(crate) async fn accept_loop<C, F>(
             info_span!("connection", %remote, transport = transport.name(), client = tracing::field::Empty);
         connections.spawn(
             async move {
-                // Polled whenever the connection is: only once it has something to say.
+                // Polled whenever the connection is: only once it has something to say. Biased: the
+                // connection first, with no random pick of an order on every poll.
                 let cut_off = PolledWhenWoken::new(cut_off.cancelled_owned());
                 tokio::select! {
                     biased;

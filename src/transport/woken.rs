@@ -10,8 +10,11 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 
-/// Wraps a future so that, after its first poll, polling it again does nothing (one atomic swap) until
-/// the future's own waker has fired. The task polling it is woken as the future's waker would wake it.
+/// Wraps a future so that, after its first poll, polling it again reaches the future only once the
+/// future's own waker has fired; until then a poll takes no lock (it registers the task's waker,
+/// without a clone while that waker is unchanged, and swaps a flag). The task polling it is woken as
+/// the future's waker would wake it. Like most futures, it must not be polled after it returned
+/// `Ready`.
 pub struct PolledWhenWoken<F> {
     future: Pin<Box<F>>,
     signal: Arc<Signal>,
@@ -72,7 +75,6 @@ mod tests {
         ready: bool,
     }
 
-    /// A task's waker that counts its wakes.
     #[derive(Default)]
     struct Wakes(std::sync::atomic::AtomicUsize);
 
@@ -96,12 +98,21 @@ mod tests {
         }
     }
 
+    /// A task's waker that counts its wakes.
+    fn counting_waker() -> (Arc<Wakes>, Waker) {
+        let wakes = Arc::new(Wakes::default());
+        (wakes.clone(), Waker::from(wakes))
+    }
+
+    fn wakes(wakes: &Wakes) -> usize {
+        wakes.0.load(Ordering::Relaxed)
+    }
+
     #[test]
     fn polls_the_future_again_only_once_it_has_woken_the_task() {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let mut wrapped = PolledWhenWoken::new(Probe(seen.clone()));
-        let woken = Arc::new(Wakes::default());
-        let task = Waker::from(woken.clone());
+        let (woken, task) = counting_waker();
         let cx = &mut Context::from_waker(&task);
         for _ in 0..10 {
             assert!(Pin::new(&mut wrapped).poll(cx).is_pending());
@@ -112,20 +123,50 @@ mod tests {
         assert!(Pin::new(&mut wrapped).poll(cx).is_pending(), "ready, but it has not said so yet");
         let waker = seen.lock().waker.take().unwrap();
         waker.wake();
-        assert_eq!(woken.0.load(Ordering::Relaxed), 1, "the polling task is woken");
+        assert_eq!(wakes(&woken), 1, "the polling task is woken");
         assert!(Pin::new(&mut wrapped).poll(cx).is_ready());
         assert_eq!(seen.lock().polls, 2);
     }
 
-    #[tokio::test]
-    async fn a_cancellation_reaches_the_task_that_waits_on_the_wrapped_signal() {
+    #[test]
+    fn a_wake_during_the_futures_own_poll_is_not_lost() {
+        // Wakes itself on its first poll and is ready on its second (as a future that yields does).
+        let mut polls = 0;
+        let mut wrapped = PolledWhenWoken::new(std::future::poll_fn(move |cx| {
+            polls += 1;
+            if polls == 1 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(polls)
+        }));
+        let (woken, task) = counting_waker();
+        let cx = &mut Context::from_waker(&task);
+        assert!(Pin::new(&mut wrapped).poll(cx).is_pending());
+        assert_eq!(wakes(&woken), 1, "the task is woken to poll again");
+        assert_eq!(Pin::new(&mut wrapped).poll(cx), Poll::Ready(2));
+    }
+
+    #[test]
+    fn the_task_woken_is_the_one_that_polled_last() {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let mut wrapped = PolledWhenWoken::new(Probe(seen.clone()));
+        let (first, first_task) = counting_waker();
+        let (second, second_task) = counting_waker();
+        assert!(Pin::new(&mut wrapped).poll(&mut Context::from_waker(&first_task)).is_pending());
+        assert!(Pin::new(&mut wrapped).poll(&mut Context::from_waker(&second_task)).is_pending());
+        seen.lock().waker.take().unwrap().wake();
+        assert_eq!((wakes(&first), wakes(&second)), (0, 1));
+    }
+
+    #[test]
+    fn a_cancellation_wakes_the_task_that_waits_on_the_wrapped_signal() {
         let token = CancellationToken::new();
-        let waiting = tokio::spawn(PolledWhenWoken::new(token.clone().cancelled_owned()));
-        tokio::task::yield_now().await;
+        let mut waiting = tokio_test::task::spawn(PolledWhenWoken::new(token.clone().cancelled_owned()));
+        assert!(waiting.poll().is_pending());
+        assert!(waiting.poll().is_pending());
         token.cancel();
-        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
-            .await
-            .expect("the task waiting on the signal is woken by the cancellation")
-            .unwrap();
+        assert!(waiting.is_woken(), "the cancellation wakes the task");
+        assert!(waiting.poll().is_ready());
     }
 }

@@ -63,10 +63,11 @@ pub struct Browsers {
     pub started: Instant,
 }
 
-/// What a WebSocket session holds beyond the pipeline's own (which charges its requests and answers):
-/// the message being received, and the messages queued for sending.
+/// What a WebSocket session (or a gRPC `Pipeline` call) holds beyond what its pipeline charges as it
+/// goes (its requests and answers): the message being received, the messages queued for sending, and
+/// the pipeline's fixed holdings (its read chunk, the allocation it keeps for its next request).
 pub fn websocket_share(max_message: usize) -> usize {
-    max_message.saturating_mul(3)
+    max_message.saturating_mul(3).saturating_add(crate::transport::pipeline::FIXED_HOLDINGS)
 }
 
 /// What the connection a request came on gives the requests that outlive it (a WebSocket, after an

@@ -278,9 +278,11 @@ impl<H: Handler> Connection<H> {
             .keep_alive_timeout(limits.idle_timeout / 3);
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(connection);
-        // Polled whenever the connection is: only once it has something to say.
+        // Polled whenever the connection is: only once it has something to say. Biased: the
+        // connection first, with no random pick of an order on every poll.
         let shutting_down = PolledWhenWoken::new(shutdown.cancelled());
         let served = tokio::select! {
+            biased;
             served = connection.as_mut() => Some(served),
             _ = shutting_down => {
                 connection.as_mut().graceful_shutdown();
