@@ -1,18 +1,20 @@
 //! What a reconnect storm needs (docs/bench/STORM.md): clients that share one UDP socket, every client
 //! of a connect-workload fleet resuming with tickets of its own, and path MTU discovery that costs a
-//! new connection one probe, not a search.
+//! new connection one probe, not a search (and none with `--no-mtu-discovery`).
 
 #[macro_use]
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestServer;
 use qkv::bench::Progress;
 use qkv::bench::{BenchConfig, KeyDist, Workload};
 use qkv::client::{ClientConfig, ClientEndpoint, ClientError};
-use qkv::tls::Tickets;
-use qkv::transport::Transport;
+use qkv::pb::CommandRequest;
+use qkv::tls::{self, Tickets};
+use qkv::transport::{Limits, Transport, quic};
 
 /// Long enough for anything on loopback, however loaded the machine: a bound, not a wait.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -95,4 +97,31 @@ async fn a_new_connection_probes_the_path_mtu_once() {
     assert_eq!(path.current_mtu, 1452);
     // quinn's default search would have taken four probes (1326, 1389, 1420, 1436 bytes).
     assert_eq!(path.sent_plpmtud_probes, 1, "{path:?}");
+}
+
+/// `--no-mtu-discovery` on both sides: no probe, and packets stay at QUIC's minimum. With discovery on,
+/// the client sends its probe the first time it has nothing else to send once the handshake is
+/// complete, so a request's round trip is long enough to see it.
+#[tokio::test]
+async fn without_path_mtu_discovery_a_connection_sends_no_probe() {
+    for discovery in [true, false] {
+        let server = TestServer::start_with(|config| config.quic.mtu_discovery = discovery).await;
+        let options = quic::QuicOptions { mtu_discovery: discovery, ..Default::default() };
+        let roots = tls::read_roots(&server.ca()).unwrap();
+        let client_tls = Arc::new(tls::client_config(roots, &Tickets::none(), None).unwrap());
+        let limits = Limits::default();
+        let config = quic::client_config(client_tls, &limits, &options, Duration::from_secs(10)).unwrap();
+        let endpoint = quic::client_endpoint("127.0.0.1:0".parse().unwrap(), config, &limits).unwrap();
+        let connection = endpoint.connect(server.addr, "localhost").unwrap().await.unwrap();
+        let answers =
+            common::raw_exchange(&connection, &common::frame(&CommandRequest::hget("t", "k"))).await;
+        assert_eq!(answers.len(), 1);
+        let path = connection.stats().path;
+        if discovery {
+            assert_eq!(path.sent_plpmtud_probes, 1, "{path:?}");
+        } else {
+            assert_eq!(path.sent_plpmtud_probes, 0, "{path:?}");
+            assert_eq!(path.current_mtu, 1200, "{path:?}");
+        }
+    }
 }

@@ -35,12 +35,17 @@ const WARMUP: Duration = Duration::from_secs(2);
 pub struct StormArgs {
     #[command(flatten)]
     sweep: SweepArgs,
-    /// Write the report from the measurements of an earlier run (its storm-results.json).
+    /// Write the report from the measurements of an earlier run (its storm-results.json, or
+    /// storm-no-mtu-discovery-results.json).
     #[arg(long, value_name = "RESULTS_JSON")]
     from: Option<PathBuf>,
     /// Measure this qkv binary (an older build, to compare) instead of the workspace's release build.
     #[arg(long, value_name = "PATH", default_value = lab::QKV)]
     qkv: PathBuf,
+    /// Run the server and the clients with `--no-mtu-discovery` (docs/DESIGN.md, "reconnect storms");
+    /// the report says so.
+    #[arg(long)]
+    no_mtu_discovery: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -140,11 +145,13 @@ pub fn run(args: StormArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     lab::prepare(lab::Build::Release)?;
     let work = lab::scratch("qkv-storm")?;
-    let measured = measure_all(&args.qkv, &points, reps, duration, &work);
+    let flags: &[&str] = if args.no_mtu_discovery { &["--no-mtu-discovery"] } else { &[] };
+    let measured = measure_all(&args.qkv, flags, &points, reps, duration, &work);
     lab::cleanup();
     let (measurements, rtt_ms, link) = measured?;
     let results = StormResults {
         quick: sweep.quick,
+        no_mtu_discovery: args.no_mtu_discovery,
         reps,
         seconds: duration.as_secs(),
         minutes: started.elapsed().as_secs_f64() / 60.0,
@@ -154,7 +161,8 @@ pub fn run(args: StormArgs) -> anyhow::Result<()> {
         measurements,
     };
     write(&results, &sweep.out)?;
-    eprintln!("storm report written to {}", sweep.out.join("STORM.md").display());
+    let markdown = Files::of(results.no_mtu_discovery).markdown;
+    eprintln!("storm report written to {}", sweep.out.join(markdown).display());
     for line in verdicts(&results).iter().map(Verdict::line) {
         eprintln!("{line}");
     }
@@ -165,6 +173,9 @@ pub fn run(args: StormArgs) -> anyhow::Result<()> {
 #[derive(Debug, Serialize, Deserialize)]
 struct StormResults {
     quick: bool,
+    /// Server and clients ran with `--no-mtu-discovery` (absent in reports before the flag).
+    #[serde(default)]
+    no_mtu_discovery: bool,
     reps: usize,
     seconds: u64,
     /// How long the whole report took, building included.
@@ -179,14 +190,16 @@ struct StormResults {
 
 type Measured = (Vec<Measurement>, f64, Vec<String>);
 
+/// `flags` go to the server and to every run of the bench.
 fn measure_all(
     qkv: &Path,
+    flags: &[&str],
     points: &[u32],
     reps: usize,
     duration: Duration,
     work: &Path,
 ) -> anyhow::Result<Measured> {
-    let session = Session::start(Namespaces::STORM, qkv, work, duration, &[])?;
+    let session = Session::start(Namespaces::STORM, qkv, work, duration, flags)?;
     let link = Link::apply(Namespaces::STORM, &Profile::STORM, work, &lab::Build::Release.linkem())?;
     let rtt_ms = lab::calibrate(&session.bench, &Profile::STORM)?;
     let total = reps * points.len() * Variant::ALL.len();
@@ -199,7 +212,7 @@ fn measure_all(
                     measurements.len() + 1,
                     variant.label()
                 );
-                let measurement = measure(&session, &link, variant, concurrency, rep)
+                let measurement = measure(&session, &link, variant, concurrency, rep, flags)
                     .with_context(|| format!("{} at {concurrency}", variant.label()))?;
                 measurements.push(measurement);
             }
@@ -218,10 +231,12 @@ fn measure(
     variant: Variant,
     concurrency: u32,
     rep: usize,
+    flags: &[&str],
 ) -> anyhow::Result<Measurement> {
     let concurrency_arg = concurrency.to_string();
     let mut extra = vec!["--workload", "connect", "--connections", &concurrency_arg, "--inflight", "1"];
     extra.extend_from_slice(variant.extra());
+    extra.extend_from_slice(flags);
     let mut command = session.bench.command(variant.transport(), WARMUP, &extra);
     command.env("RUST_LOG", "qkv::bench=info");
     let mut child = lab::spawn(command)?;
@@ -404,16 +419,41 @@ fn verdicts(results: &StormResults) -> Vec<Verdict> {
     verdicts
 }
 
+/// The report's files: STORM.md, storm.svg and storm-results.json, or with `--no-mtu-discovery`
+/// STORM-NO-MTU-DISCOVERY.md and the like, so both can sit in docs/bench.
+struct Files {
+    markdown: &'static str,
+    plot: &'static str,
+    results: &'static str,
+}
+
+impl Files {
+    fn of(no_mtu_discovery: bool) -> Files {
+        match no_mtu_discovery {
+            false => Files { markdown: "STORM.md", plot: "storm.svg", results: "storm-results.json" },
+            true => Files {
+                markdown: "STORM-NO-MTU-DISCOVERY.md",
+                plot: "storm-no-mtu-discovery.svg",
+                results: "storm-no-mtu-discovery-results.json",
+            },
+        }
+    }
+}
+
 fn write(results: &StormResults, out: &Path) -> anyhow::Result<()> {
+    let files = Files::of(results.no_mtu_discovery);
     std::fs::create_dir_all(out)?;
-    std::fs::write(out.join("storm-results.json"), serde_json::to_string_pretty(results)?)?;
-    plot_storm(results, &out.join("storm.svg"))?;
-    let mut md = report::header(
-        "Reconnect storms: connection setup under a burst of clients",
-        "storm-report",
-        results.quick,
-        "[the method below](#method) and issue 14, item 3",
-    );
+    std::fs::write(out.join(files.results), serde_json::to_string_pretty(results)?)?;
+    plot_storm(results, &out.join(files.plot))?;
+    let (title, command) = match results.no_mtu_discovery {
+        false => ("Reconnect storms: connection setup under a burst of clients", "storm-report"),
+        true => (
+            "Reconnect storms, path MTU discovery off: connection setup under a burst of clients",
+            "storm-report --no-mtu-discovery",
+        ),
+    };
+    let mut md =
+        report::header(title, command, results.quick, "[the method below](#method) and issue 14, item 3");
     writeln!(md, "## Method\n\n{}", method(results))?;
 
     writeln!(md, "## Goals (ratios of medians from this run)\n")?;
@@ -451,7 +491,7 @@ fn write(results: &StormResults, out: &Path) -> anyhow::Result<()> {
         }
         writeln!(md)?;
     }
-    writeln!(md, "\n![setups per second and p99 against concurrency](storm.svg)\n")?;
+    writeln!(md, "\n![setups per second and p99 against concurrency]({})\n", files.plot)?;
 
     writeln!(md, "## Where the time goes (medians per setup, over the measured periods)\n")?;
     writeln!(
@@ -526,10 +566,10 @@ fn write(results: &StormResults, out: &Path) -> anyhow::Result<()> {
     }
     writeln!(
         md,
-        "\nThe whole report took {:.0} minutes. Raw measurements: [storm-results.json](storm-results.json).",
-        results.minutes
+        "\nThe whole report took {:.0} minutes. Raw measurements: [{}]({}).",
+        results.minutes, files.results, files.results
     )?;
-    std::fs::write(out.join("STORM.md"), md)?;
+    std::fs::write(out.join(files.markdown), md)?;
     Ok(())
 }
 
@@ -580,11 +620,18 @@ fn misses(results: &StormResults, verdicts: &[Verdict]) -> Vec<String> {
 }
 
 fn method(results: &StormResults) -> String {
+    let (server, flag) = match results.no_mtu_discovery {
+        false => ("`qkv serve` with its defaults", ""),
+        true => (
+            "`qkv serve --no-mtu-discovery` (path MTU discovery off; its defaults otherwise)",
+            " --no-mtu-discovery",
+        ),
+    };
     format!(
         "Three network namespaces on this machine (client, router, server; see [LAB-METHOD.md](LAB-METHOD.md) \
          for the topology and the link emulator). The link: {} ms each way, no loss, no bandwidth limit. One \
-         `qkv serve` with its defaults in the server namespace; every run is `qkv bench --workload connect \
-         --connections N --inflight 1` in the client namespace: N clients, each opening a new connection, \
+         {server} in the server namespace; every run is `qkv bench --workload connect \
+         --connections N --inflight 1{flag}` in the client namespace: N clients, each opening a new connection, \
          sending one HGET on it and, once answered, doing it again (a closed loop). A setup's latency runs \
          from the connect call to the answer. The clients share one UDP socket (one quinn endpoint); each \
          keeps session tickets of its own.\n\n\
@@ -689,6 +736,7 @@ mod tests {
     fn goals_are_judged_on_ratios_of_medians() {
         let results = StormResults {
             quick: false,
+            no_mtu_discovery: false,
             reps: 3,
             seconds: 5,
             minutes: 1.0,
