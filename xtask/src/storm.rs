@@ -44,7 +44,7 @@ pub struct StormArgs {
     qkv: PathBuf,
     /// Run the server and the clients with `--no-mtu-discovery` (docs/DESIGN.md, "reconnect storms");
     /// the report says so.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "from")]
     no_mtu_discovery: bool,
 }
 

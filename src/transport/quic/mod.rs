@@ -111,11 +111,11 @@ pub struct QuicOptions {
     /// Generic segmentation offload: many packets handed to the kernel in one call. Off only to
     /// measure its effect, or on a path (some VPNs, old kernels) that mishandles it.
     pub segmentation_offload: bool,
-    /// Path MTU discovery (see [`mtu_discovery`]): one probe each way per connection, for packets of
-    /// up to 1452 bytes instead of 1200. Off, a connection that makes one request (a fleet that
-    /// reconnects for each, a reconnect storm) takes ~15% fewer packets and ~6% less CPU to set up
-    /// (docs/DESIGN.md, "reconnect storms"); on, one that carries answers larger than a packet sends
-    /// 17% fewer packets for them.
+    /// Path MTU discovery, one probe from this side per connection (the `mtu_discovery` function
+    /// below), for packets of up to 1452 bytes instead of 1200. Off on both sides, a connection that
+    /// makes one request (a fleet that reconnects for each, a reconnect storm) takes ~15% fewer
+    /// packets and ~6% less of the server's CPU to set up (docs/DESIGN.md, "reconnect storms"); on,
+    /// one that carries answers larger than a packet sends 17% fewer packets for them.
     pub mtu_discovery: bool,
 }
 
