@@ -11,14 +11,14 @@
 //! - [`service`]: what each command does; shared by all connections and transports.
 //! - [`memory`]: the memory the process may use, and the server-wide budget of what connections can
 //!   make it hold.
-//! - [`pubsub`]: topics, subscribers and their bounded queues (the broker that Subscribe, Unsubscribe
-//!   and Publish are being built on).
+//! - [`pubsub`]: topics, subscribers and their bounded queues (the broker behind Subscribe, Unsubscribe
+//!   and Publish).
 //! - [`transport`]: frames on byte streams, and the QUIC listener and connector.
 //! - [`tls`] and [`certs`]: rustls configurations (ring, TLS 1.3, ALPN `qkv/1`) and certificate files.
 //! - [`server`] and [`client`]: wiring, limits and graceful shutdown; the typed async client.
 //! - [`metrics`]: what the server counts, for the admin listener's `/metrics`.
-//! - [`bench`]: the load generator behind `qkv bench`, built on the client (here rather than in the
-//!   binary, so the CLI holds no logic of its own).
+//! - [`bench`](mod@bench): the load generator behind `qkv bench`, built on the client (here rather
+//!   than in the binary, so the CLI holds no logic of its own).
 //! - [`stat`]: `qkv stat`'s live view of a server, from its admin listener's Prometheus metrics.
 //! - [`web`]: the web listener, REST and gRPC adapters onto the same service (docs/HTTP.md).
 //!
@@ -29,6 +29,8 @@
 //! The wire protocol is specified in `docs/PROTOCOL.md`; the design and its measurements in
 //! `docs/DESIGN.md`.
 #![forbid(unsafe_code)]
+// The map above names modules that the smaller feature sets leave out.
+#![cfg_attr(not(all(feature = "server", feature = "cli")), allow(rustdoc::broken_intra_doc_links))]
 
 #[cfg(feature = "server")]
 pub mod admin;

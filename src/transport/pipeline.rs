@@ -4,7 +4,7 @@
 //!
 //! One task serves a connection. Its loop reads bytes and decodes frames itself (with the same
 //! `FrameCodec` as everywhere), so that it sees a partial frame the moment it arrives and can hold it to
-//! the request timeout. Decoded requests enter an [`InOrder`] queue, which runs them and hands their
+//! the request timeout. Decoded requests enter an `InOrder` queue, which runs them and hands their
 //! answers back in request order:
 //!
 //! - What may run beside what is the handler's to say ([`Sequencing`], from `Handler::class`), so

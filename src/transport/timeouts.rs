@@ -2,7 +2,7 @@
 //! wait, so the common case (data already there, room to write) registers no timer at all.
 //!
 //! - [`StallTimeout`]: a writer that fails when its peer stops reading, or reads only a trickle (less
-//!   than [`MIN_PROGRESS`] bytes within `timeout` of having to wait).
+//!   than [`DEFAULT_MIN_PROGRESS`] bytes, or what is set, within `timeout` of having to wait).
 //! - [`deadline`]: a future that fails if it is still waiting `timeout` after it first had to wait.
 
 use std::future::Future;

@@ -55,7 +55,7 @@ pub struct DiskConfig {
     /// data.
     pub snapshot_log_size: u64,
     /// While the runtime serving the store stays busy, how long the committer lets writes gather
-    /// before it writes and fsyncs them ([`Log::batch_until_idle`]): the longer, the fewer fsyncs
+    /// before it writes and fsyncs them (`Log::batch_until_idle`): the longer, the fewer fsyncs
     /// share a saturated core with the requests, and the longer writes wait there. A runtime that
     /// runs out of work has its writes committed at once.
     pub commit_wait: Duration,
@@ -80,8 +80,8 @@ impl DiskConfig {
 
 /// Tells a disk store when the runtime that serves it runs out of work, so that its committer writes
 /// and fsyncs once per burst of requests rather than once per first write of a burst
-/// ([`Log::batch_until_idle`]), and how much it idles, so that a batch is split when the core has
-/// room ([`log::split_point`]). Call [`RuntimeIdle::parked`] from the runtime's `on_thread_park` hook
+/// (`Log::batch_until_idle`), and how much it idles, so that a batch is split when the core has
+/// room (`log::split_point`). Call [`RuntimeIdle::parked`] from the runtime's `on_thread_park` hook
 /// and [`RuntimeIdle::unparked`] from `on_thread_unpark`, and hand the signal to the store with
 /// [`DiskStore::attach_runtime`]; a store with no signal commits as soon as records arrive.
 #[derive(Clone, Default)]
@@ -96,7 +96,7 @@ impl RuntimeIdle {
     }
 
     /// A runtime thread has unparked (call from `on_thread_unpark`): how long the runtime idles tells
-    /// the committer whether it may split a batch ([`Log::runtime_unparked`]).
+    /// the committer whether it may split a batch (`Log::runtime_unparked`).
     pub fn unparked(&self) {
         if let Some(log) = self.0.get().and_then(Weak::upgrade) {
             log.runtime_unparked();
@@ -178,7 +178,7 @@ impl DiskStore {
     /// Serves the store from the current runtime, which `idle` hears from: each batch is committed
     /// once the runtime has handled the requests that came with it (or after the commit wait), and
     /// the writers and readers a commit releases are woken by one task on the runtime
-    /// ([`Log::relay_on_runtime`]). Call from within that runtime, which must outlive every request
+    /// (`Log::relay_on_runtime`). Call from within that runtime, which must outlive every request
     /// to the store. One signal serves one store: a second store given the same signal is not
     /// batched.
     pub fn attach_runtime(&self, idle: &RuntimeIdle) {

@@ -2,7 +2,7 @@
 //!
 //! Each request has its own client-opened bidirectional stream (docs/PROTOCOL.md). qkv's protocol uses
 //! no unidirectional streams; a server grants a client three, which a browser's HTTP/3 needs for a
-//! WebTransport session ([`webtransport`]).
+//! WebTransport session (the `webtransport` module).
 
 #[cfg(feature = "server")]
 mod listener;
