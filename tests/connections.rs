@@ -13,8 +13,8 @@ use qkv::client::{Client, ClientConfig, ClientError};
 use qkv::pb::{CommandRequest, CommandResponse, Kvpair, status};
 use qkv::server::{Server, ServerConfig};
 use qkv::storage::MemoryStore;
-use qkv::transport::quic::{self, codes};
-use qkv::transport::{Limits, Transport};
+use qkv::transport::Transport;
+use qkv::transport::quic::codes;
 
 async fn a_thousand_concurrent_requests_on_one_connection_are_all_answered_correctly(transport: Transport) {
     // More requests than the connection's stream limit (256), so stream credit must be returned as
@@ -181,19 +181,8 @@ async fn dropping_a_reply_cancels_it_and_frees_its_scan_slot() {
 #[tokio::test]
 async fn a_client_abandoning_a_reply_stops_the_stream_with_the_cancelled_code() {
     // A bare QUIC server stands in for qkv, to see exactly what the client sends.
-    let certs = tempfile::tempdir().unwrap();
-    let dir = qkv::certs::CertDir::new(certs.path());
-    dir.ensure_server_certificate().unwrap();
-    let identity = qkv::tls::Identity::from_pem_files(&dir.server_cert(), &dir.server_key()).unwrap();
-    let tls = qkv::tls::server_configs(identity, 16, None, qkv::tls::WebTransportCert::Server).unwrap();
-    let endpoint = quic::server_endpoint(
-        "127.0.0.1:0".parse().unwrap(),
-        tls.quic,
-        &Limits::default(),
-        &Default::default(),
-    )
-    .unwrap();
-    let addr = endpoint.local_addr().unwrap();
+    let bare = common::BareQuicServer::start(&Default::default());
+    let endpoint = bare.endpoint.clone();
     let server = tokio::spawn(async move {
         let connection = endpoint.accept().await.unwrap().await.unwrap();
         let (mut send, _recv) = connection.accept_bi().await.unwrap();
@@ -201,7 +190,7 @@ async fn a_client_abandoning_a_reply_stops_the_stream_with_the_cancelled_code() 
         send.write_all(&common::frame_of(&first)).await.unwrap();
         send.stopped().await.unwrap()
     });
-    let client = Client::connect(&addr.to_string(), dir.ca_cert()).await.unwrap();
+    let client = Client::connect(&bare.addr.to_string(), &bare.ca).await.unwrap();
     let mut frames = client.call_frames(&CommandRequest::hgetall("t")).await.unwrap();
     assert!(frames.next().await.unwrap().unwrap().more);
     drop(frames);

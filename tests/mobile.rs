@@ -304,20 +304,8 @@ transport_tests!(reconnection: quic, tls, tcp, http, grpc, grpc_pipeline => a_lo
 async fn dropping_a_call_while_its_request_is_written_resets_the_stream() {
     // A bare QUIC server that accepts the request stream and reads none of it: the client's write
     // blocks on flow control, and the call is given up.
-    let certs = tempfile::tempdir().unwrap();
-    let dir = qkv::certs::CertDir::new(certs.path());
-    dir.ensure_server_certificate().unwrap();
-    let identity = qkv::tls::Identity::from_pem_files(&dir.server_cert(), &dir.server_key()).unwrap();
-    let tls = qkv::tls::server_configs(identity, 16, None, qkv::tls::WebTransportCert::Server).unwrap();
-    let limits = qkv::transport::Limits::default();
-    let endpoint = qkv::transport::quic::server_endpoint(
-        "127.0.0.1:0".parse().unwrap(),
-        tls.quic,
-        &limits,
-        &Default::default(),
-    )
-    .unwrap();
-    let addr = endpoint.local_addr().unwrap();
+    let bare = common::BareQuicServer::start(&Default::default());
+    let endpoint = bare.endpoint.clone();
     let server = tokio::spawn(async move {
         let connection = endpoint.accept().await.unwrap().await.unwrap();
         let (_send, mut recv) = connection.accept_bi().await.unwrap();
@@ -325,7 +313,7 @@ async fn dropping_a_call_while_its_request_is_written_resets_the_stream() {
     });
     let config = ClientConfig {
         request_timeout: Duration::from_millis(300),
-        ..ClientConfig::new(addr.to_string(), dir.ca_cert())
+        ..ClientConfig::new(bare.addr.to_string(), bare.ca.clone())
     };
     let client = Client::connect_with(config).await.unwrap();
     let err = client.hset("t", "big", vec![0u8; 12 << 20]).await.unwrap_err();

@@ -5,15 +5,14 @@
 #[macro_use]
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestServer;
+use common::{BareQuicServer, TestServer};
 use qkv::bench::Progress;
 use qkv::bench::{BenchConfig, KeyDist, Workload};
 use qkv::client::{ClientConfig, ClientEndpoint, ClientError};
-use qkv::tls::{self, Tickets};
-use qkv::transport::{Limits, Transport, quic};
+use qkv::tls::Tickets;
+use qkv::transport::{Transport, quic};
 
 /// Long enough for anything on loopback, however loaded the machine: a bound, not a wait.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -104,30 +103,20 @@ async fn a_new_connection_probes_the_path_mtu_once() {
 /// send, in the same turn of its driver, before the stream reaches the application.
 #[tokio::test]
 async fn without_path_mtu_discovery_neither_side_probes() {
-    let certs = tempfile::tempdir().unwrap();
-    let dir = qkv::certs::CertDir::new(certs.path());
-    dir.ensure_server_certificate().unwrap();
-    let limits = Limits::default();
     for discovery in [true, false] {
         let options = quic::QuicOptions { mtu_discovery: discovery, ..Default::default() };
-        let identity = tls::Identity::from_pem_files(&dir.server_cert(), &dir.server_key()).unwrap();
-        let server_tls = tls::server_configs(identity, 16, None, tls::WebTransportCert::Server).unwrap();
-        let any_port = "127.0.0.1:0".parse().unwrap();
-        let server = quic::server_endpoint(any_port, server_tls.quic, &limits, &options).unwrap();
-        let addr = server.local_addr().unwrap();
+        let server = BareQuicServer::start(&options);
+        let endpoint = server.endpoint.clone();
         let echo = tokio::spawn(async move {
-            let connection = server.accept().await.unwrap().await.unwrap();
+            let connection = endpoint.accept().await.unwrap().await.unwrap();
             let (mut send, mut recv) = connection.accept_bi().await.unwrap();
             let request = recv.read_to_end(64).await.unwrap();
             send.write_all(&request).await.unwrap();
             send.finish().unwrap();
             connection
         });
-        let roots = tls::read_roots(&dir.ca_cert()).unwrap();
-        let client_tls = Arc::new(tls::client_config(roots, &Tickets::none(), None).unwrap());
-        let config = quic::client_config(client_tls, &limits, &options, Duration::from_secs(10)).unwrap();
-        let client = quic::client_endpoint(any_port, config, &limits).unwrap();
-        let connection = client.connect(addr, "localhost").unwrap().await.unwrap();
+        let client = common::quic_client_endpoint_with(&server.ca, &Tickets::none(), &options);
+        let connection = client.connect(server.addr, "localhost").unwrap().await.unwrap();
         let (mut send, mut recv) = connection.open_bi().await.unwrap();
         send.write_all(b"ping").await.unwrap();
         send.finish().unwrap();

@@ -263,10 +263,44 @@ pub async fn raw_tls(addr: SocketAddr, ca: &std::path::Path, alpn: &[u8]) -> Box
 
 /// A bare quinn client endpoint trusting `ca`, resuming sessions with `tickets`.
 pub fn quic_client_endpoint(ca: &std::path::Path, tickets: &tls::Tickets) -> quinn::Endpoint {
+    quic_client_endpoint_with(ca, tickets, &Default::default())
+}
+
+/// [`quic_client_endpoint`] with QUIC settings of the test's choosing.
+pub fn quic_client_endpoint_with(
+    ca: &std::path::Path,
+    tickets: &tls::Tickets,
+    options: &quic::QuicOptions,
+) -> quinn::Endpoint {
     let roots = tls::read_roots(ca).expect("CA");
     let tls = std::sync::Arc::new(tls::client_config(roots, tickets, None).expect("TLS config"));
     let limits = Limits::default();
-    let config =
-        quic::client_config(tls, &limits, &Default::default(), Duration::from_secs(10)).expect("config");
+    let config = quic::client_config(tls, &limits, options, Duration::from_secs(10)).expect("config");
     quic::client_endpoint("127.0.0.1:0".parse().expect("address"), config, &limits).expect("client endpoint")
+}
+
+/// A bare quinn server with qkv's QUIC settings (`options`, default limits) and a certificate of its
+/// own, standing in for qkv where a test must see exactly what a client does. Clients trust `ca`.
+pub struct BareQuicServer {
+    pub endpoint: quinn::Endpoint,
+    pub addr: SocketAddr,
+    pub ca: PathBuf,
+    /// Holds the certificates until the server is dropped.
+    _certs: TempDir,
+}
+
+impl BareQuicServer {
+    pub fn start(options: &quic::QuicOptions) -> Self {
+        let certs = tempfile::tempdir().expect("temporary directory");
+        let dir = qkv::certs::CertDir::new(certs.path());
+        dir.ensure_server_certificate().expect("certificate");
+        let identity =
+            tls::Identity::from_pem_files(&dir.server_cert(), &dir.server_key()).expect("identity");
+        let tls = tls::server_configs(identity, 16, None, tls::WebTransportCert::Server).expect("TLS config");
+        let any_port = "127.0.0.1:0".parse().expect("address");
+        let endpoint =
+            quic::server_endpoint(any_port, tls.quic, &Limits::default(), options).expect("server endpoint");
+        let addr = endpoint.local_addr().expect("local address");
+        BareQuicServer { endpoint, addr, ca: dir.ca_cert(), _certs: certs }
+    }
 }
