@@ -201,11 +201,13 @@ fn floor(args: FloorArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let (bound, addr) = tokio::sync::oneshot::channel();
+        let options = args.quic.options();
         let serving = qkv::bench::floor::serve_floor(
             args.listen,
             &args.certs,
             args.tcp(),
             qkv::transport::Limits::default(),
+            &options,
             shutdown.clone(),
             bound,
         );

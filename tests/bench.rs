@@ -174,7 +174,16 @@ async fn start_floor(tcp: TcpMode) -> (SocketAddr, tempfile::TempDir, Cancellati
     let dir = certs.path().to_owned();
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        serve_floor("127.0.0.1:0".parse().unwrap(), &dir, tcp, Limits::default(), stop, bound).await
+        serve_floor(
+            "127.0.0.1:0".parse().unwrap(),
+            &dir,
+            tcp,
+            Limits::default(),
+            &Default::default(),
+            stop,
+            bound,
+        )
+        .await
     });
     (addr.await.unwrap(), certs, shutdown)
 }

@@ -49,9 +49,10 @@ impl Endpoint {
         let client = &config.client;
         Ok(match echo_addr {
             Some(addr) => Endpoint::Echo(
-                EchoEndpoint::new(client.transport, addr, &client.ca_file, &client.limits).map_err(|e| {
-                    BenchError::Setup(format!("cannot prepare connections to the floor at {addr}: {e}"))
-                })?,
+                EchoEndpoint::new(client.transport, addr, &client.ca_file, &client.limits, &client.quic)
+                    .map_err(|e| {
+                        BenchError::Setup(format!("cannot prepare connections to the floor at {addr}: {e}"))
+                    })?,
             ),
             None => Endpoint::Kv(Box::new(ClientEndpoint::new(client.clone()).await?)),
         })

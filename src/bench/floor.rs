@@ -29,13 +29,14 @@ use crate::transport::quic::{self, QuicOptions};
 use crate::transport::tcp::TcpSecurity;
 use crate::transport::{self, Limits, TcpMode, Transport};
 
-/// Serves echo on QUIC and on TCP (`tcp` decides TLS or plaintext) at `listen` until `shutdown`.
-/// Returns the address bound, once serving has started, through `bound`.
+/// Serves echo on QUIC (with `options`) and on TCP (`tcp` decides TLS or plaintext) at `listen` until
+/// `shutdown`. Returns the address bound, once serving has started, through `bound`.
 pub async fn serve_floor(
     listen: SocketAddr,
     certs_dir: &Path,
     tcp: TcpMode,
     limits: Limits,
+    options: &QuicOptions,
     shutdown: CancellationToken,
     bound: oneshot::Sender<SocketAddr>,
 ) -> Result<(), BenchError> {
@@ -46,7 +47,7 @@ pub async fn serve_floor(
         Identity::from_pem_files(&certs.server_cert(), &certs.server_key()).map_err(|e| setup(&e))?;
     let tls = tls::server_configs(identity, tls::DEFAULT_SESSION_CACHE, None, tls::WebTransportCert::Server)
         .map_err(|e| setup(&e))?;
-    let sockets = transport::bind(listen, tls, tcp, &limits, &QuicOptions::default())
+    let sockets = transport::bind(listen, tls, tcp, &limits, options)
         .map_err(|e| setup(&format!("cannot listen on {listen} ({}): {}", e.protocol, e.cause)))?;
     let _ = bound.send(sockets.quic.local_addr().map_err(|e| setup(&e))?);
     let max = limits.max_frame_len;
@@ -135,22 +136,20 @@ pub struct EchoEndpoint {
 }
 
 impl EchoEndpoint {
+    /// Connections over `transport` to the floor at `addr`, whose certificate `ca_file` signed; QUIC ones
+    /// with `options`.
     pub fn new(
         transport: Transport,
         addr: SocketAddr,
         ca_file: &Path,
         limits: &Limits,
+        options: &QuicOptions,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let tls = Arc::new(tls::client_config(tls::read_roots(ca_file)?, &Tickets::none(), None)?);
         let quic = match transport {
             Transport::Quic => {
                 let bind: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
-                let config = quic::client_config(
-                    tls.clone(),
-                    limits,
-                    &QuicOptions::default(),
-                    limits.idle_timeout / 3,
-                )?;
+                let config = quic::client_config(tls.clone(), limits, options, limits.idle_timeout / 3)?;
                 Some(quic::client_endpoint(bind, config, limits)?)
             }
             _ => None,
@@ -260,4 +259,51 @@ where
         }
     });
     calls
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The floor runs with the QUIC options it is given, on both sides: `qkv floor --no-mtu-discovery`
+    /// and `qkv bench --workload echo --no-mtu-discovery` measure the transport as a server and clients
+    /// with that flag would run it. A path MTU probe is a PING: the client counts its own, and the
+    /// server's as PINGs received (the server sends its probe in the turn that completes the handshake,
+    /// so before the echo).
+    #[tokio::test]
+    async fn the_floor_and_its_clients_use_the_quic_options_given() {
+        for discovery in [true, false] {
+            let options = QuicOptions { mtu_discovery: discovery, ..QuicOptions::default() };
+            let certs = tempfile::tempdir().unwrap();
+            let (shutdown, (bound, addr)) = (CancellationToken::new(), oneshot::channel());
+            let listen = "127.0.0.1:0".parse().unwrap();
+            let serving = tokio::spawn({
+                let dir = certs.path().to_owned();
+                let options = options.clone();
+                let shutdown = shutdown.clone();
+                async move {
+                    serve_floor(listen, &dir, TcpMode::Off, Limits::default(), &options, shutdown, bound)
+                        .await
+                }
+            });
+            let addr = addr.await.unwrap();
+            let clients = EchoEndpoint::new(
+                Transport::Quic,
+                addr,
+                &CertDir::new(certs.path()).ca_cert(),
+                &Limits::default(),
+                &options,
+            )
+            .unwrap();
+            let client = clients.connect().await.unwrap();
+            assert_eq!(client.echo(Bytes::from_static(b"ping"), 64).await.unwrap(), 4);
+            let EchoClient::Quic(connection) = &client else { panic!("not over QUIC") };
+            let stats = connection.stats();
+            let (client_probes, server_probes) = (stats.path.sent_plpmtud_probes, stats.frame_rx.ping);
+            assert_eq!((client_probes, server_probes), if discovery { (1, 1) } else { (0, 0) }, "{stats:?}");
+            client.close();
+            shutdown.cancel();
+            serving.await.unwrap().unwrap();
+        }
+    }
 }

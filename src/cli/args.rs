@@ -327,6 +327,8 @@ pub struct FloorArgs {
     #[arg(long)]
     pub no_tcp: bool,
     #[command(flatten)]
+    pub quic: QuicArgs,
+    #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
 
