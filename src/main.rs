@@ -318,6 +318,8 @@ async fn run_client_command(command: Command) -> anyhow::Result<()> {
 /// Prints messages as they arrive, until `count` of them or Ctrl-C (then unsubscribes).
 async fn subscribe(client: &Client, topic: &str, count: Option<u64>) -> anyhow::Result<()> {
     let mut subscription = client.subscribe(topic).await?;
+    // On stderr, so that stdout holds messages only: from here on, every message published is printed.
+    eprintln!("subscribed to {}", shown(topic));
     let mut received = 0;
     while count.is_none_or(|count| received < count) {
         let event = tokio::select! {

@@ -189,6 +189,7 @@ async fn subscribe_prints_each_message_as_it_arrives_and_publish_prints_its_rece
         let (output, ()) = tokio::join!(subscriber, publishing);
         assert!(output.status.success(), "{}", stderr(&output));
         assert_eq!(stdout(&output), "hello\tworld\n-7\n", "over {transport}");
+        assert_eq!(stderr(&output), "subscribed to \"news\"\n", "over {transport}");
         // It unsubscribed on its way out.
         assert_eq!(server.service.broker().total_subscriptions(), 0);
     }

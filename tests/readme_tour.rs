@@ -1,6 +1,9 @@
 //! The README's tour of the command line is true: its commands, run in order in one shell against a
 //! real `qkv serve`, print what the README shows. The tour is read from README.md itself, so the test
-//! fails as soon as the two drift apart.
+//! fails as soon as the two drift apart. So are its other examples: the REST and browser ones (curl),
+//! the operations commands, and those that start servers of their own or run in the background
+//! (transports, publish and subscribe, mutual TLS, benchmarking). Its Rust examples are compiled by
+//! tests/readme_rust.rs.
 //!
 //! What may differ, and how the README shows it:
 //! - versions (integers of 13 digits or more, counted from the server's start time in µs): every
@@ -35,6 +38,8 @@ const MARKER: &str = "@@readme-tour-step@@";
 struct Step {
     command: String,
     expected: Vec<String>,
+    /// Its lines may be printed in any order (a background command prints beside it).
+    unordered: bool,
 }
 
 /// The first `console` block of the README's section "A tour of the command line".
@@ -52,7 +57,9 @@ fn console_block(heading: &str) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
     for line in block.lines() {
         match line.strip_prefix("$ ") {
-            Some(command) => steps.push(Step { command: command.to_owned(), expected: Vec::new() }),
+            Some(command) => {
+                steps.push(Step { command: command.to_owned(), expected: Vec::new(), unordered: false })
+            }
             None => steps.last_mut().expect("the block starts with a command").expected.push(line.to_owned()),
         }
     }
@@ -177,8 +184,13 @@ fn assert_printed_as_shown(steps: &[Step], printed: &str) -> bool {
     assert_eq!(outputs.len(), steps.len(), "{printed}");
     let mut offset = None;
     for (step, printed) in steps.iter().zip(outputs) {
-        let printed: Vec<&str> = printed.lines().collect();
-        let shown = step.expected.iter().map(String::as_str);
+        let mut printed: Vec<&str> = printed.lines().collect();
+        let mut shown: Vec<&str> = step.expected.iter().map(String::as_str).collect();
+        if step.unordered {
+            assert!(!shown.contains(&"..."), "`{}`: an unordered step shows every line", step.command);
+            printed.sort_unstable();
+            shown.sort_unstable();
+        }
         let mismatch = |why: String| {
             panic!(
                 "`{}`: {why}\nthe README shows:\n{}\nit printed:\n{}",
@@ -354,4 +366,218 @@ async fn the_readme_operations_commands_work() {
     assert!(shown.status.success(), "{stat}: {}", String::from_utf8_lossy(&shown.stderr));
     assert!(output.contains("req/s") && output.lines().count() == 3, "a header and one line: {output}");
     server.kill().await;
+}
+
+/// How the runner of a README example treats one of its commands.
+#[derive(Debug, PartialEq)]
+enum Role {
+    /// `qkv serve … &` or `qkv floor … &`: a server, in the background until the example ends.
+    Server,
+    /// Any other `… &` (`qkv subscribe … &`): a client in the background, waited for at the end.
+    Client,
+    /// A command the example waits for.
+    Foreground,
+}
+
+impl Role {
+    /// The role of `command` (without its comment), and the command without its `&`.
+    fn of(command: &str) -> (Role, &str) {
+        // A background job's `$!` must be qkv itself, not a subshell running the `qkv` function, so
+        // that killing it stops qkv: the runner puts the binary in place of `qkv` there.
+        match command.strip_suffix('&').map(str::trim_end) {
+            Some(server) if server.starts_with("qkv serve") || server.starts_with("qkv floor") => {
+                (Role::Server, server)
+            }
+            Some(client) => (Role::Client, client),
+            None => (Role::Foreground, command),
+        }
+    }
+}
+
+/// How long a bench of a README example runs in its test, instead of what it says (or 10 s), and with
+/// no warm-up: what it prints has the same lines.
+const BENCH_DURATION: &str = "1s";
+
+/// The shell functions of a README example's script. `ready FILE TEXT` waits until FILE has a line
+/// with TEXT (with an empty TEXT, any line): for a hang, it gives up after a minute; it is no
+/// measure of speed. Whatever the example left in the background is killed when the script ends.
+const EXAMPLE_PRELUDE: &str = r#"exec 2>&1
+qkv() { "$QKV_BIN" "$@"; }
+servers=
+clients=
+trap 'kill $servers $clients 2>/dev/null' EXIT
+ready() {
+    for _ in $(seq 1200); do grep -q -e "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+    echo "never ready: $1"; cat "$1"; exit 1
+}
+"#;
+
+/// Runs the first `console` block of the README's section `heading` in one shell, in a directory of
+/// its own where `qkv cert` has made the certificates (as the README's first command does), and
+/// asserts that each command prints what the README shows under it. Beside what the tour's test
+/// allows (versions, measurements, `...`, `…`):
+/// - `qkv serve` listens on a free port (`QKV_LISTEN`) and later commands reach it (`QKV_ADDR`); a
+///   server started with `--listen ADDR` gets a free port instead, which later commands get in place
+///   of ADDR. In what was printed, each server's address becomes the one the README shows.
+/// - With `running_server`, the example runs against a `qkv serve` started first, as the README's
+///   first section has the reader do.
+/// - A server is waited for until it logs that it serves. A client in the background (`qkv subscribe
+///   … &`) is waited for until it says something on stderr, which is shown under its command, and at
+///   the end until it exits; the commands that run meanwhile may have their lines in any order.
+/// - Benches run for [`BENCH_DURATION`] without warm-up, and what they say on stderr is shown only if
+///   they fail.
+async fn assert_example_prints_what_it_shows(heading: &str, running_server: bool) {
+    let mut steps = console_block(heading);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let qkv = env!("CARGO_BIN_EXE_qkv");
+    let certs = tokio::process::Command::new(qkv)
+        .args(["cert", "--dir", "certs"])
+        .current_dir(dir.path())
+        .output()
+        .await
+        .expect("qkv cert runs");
+    assert!(certs.status.success(), "{}", String::from_utf8_lossy(&certs.stderr));
+
+    let mut script = String::from(EXAMPLE_PRELUDE);
+    if running_server {
+        script.push_str(&start_server(0, "qkv serve", &mut Vec::new()));
+    }
+    // What later commands say in place of an address given to a server's --listen.
+    let mut listen: Vec<(String, String)> = Vec::new();
+    let mut in_background = false;
+    for (i, step) in steps.iter_mut().enumerate() {
+        step.unordered = in_background;
+        let command = step.command.split(" #").next().unwrap_or_default().trim_end();
+        let mut command = command.to_owned();
+        for (readme, variable) in &listen {
+            command = command.replace(readme.as_str(), variable);
+        }
+        script.push_str(&format!("echo '{MARKER}'\n"));
+        match Role::of(&command) {
+            (Role::Server, server) => script.push_str(&start_server(i + 1, server, &mut listen)),
+            (Role::Client, client) => {
+                in_background = true;
+                script.push_str(&format!(
+                    "{} 2>background-{i}.err &\nclients=\"$clients $!\"\nready background-{i}.err ''\ncat background-{i}.err\n",
+                    binary_in_place(client)
+                ));
+            }
+            (Role::Foreground, command) if command.starts_with("qkv bench") => {
+                let mut args: Vec<&str> = command.split_whitespace().collect();
+                match args.iter().position(|&a| a == "--duration") {
+                    Some(at) if at + 1 < args.len() => args[at + 1] = BENCH_DURATION,
+                    _ => args.extend(["--duration", BENCH_DURATION]),
+                }
+                if !args.contains(&"--warmup") {
+                    args.extend(["--warmup", "0s"]);
+                }
+                // What a bench says on stderr (errors it counted, at a rate a debug build on a busy
+                // machine cannot keep up) depends on the machine; it is shown if the bench fails.
+                script.push_str(&format!("{} 2>bench.err || cat bench.err\n", args.join(" ")));
+            }
+            (Role::Foreground, command) => script.push_str(&format!("{command}\n")),
+        }
+    }
+    // Background clients end by themselves (the README's `--count`); what they said after their first
+    // line on stderr is shown under the last command.
+    script.push_str("for client in $clients; do wait $client; done\n");
+    script.push_str("for err in background-*.err; do [ -e \"$err\" ] && tail -n +2 \"$err\"; done\n");
+
+    let mut shell = tokio::process::Command::new("sh");
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("QKV_")) {
+        shell.env_remove(name);
+    }
+    // A process group of its own: if the example hangs, its background jobs are killed with it.
+    let shell = shell
+        .arg("-c")
+        .arg(&script)
+        .current_dir(dir.path())
+        .env("QKV_BIN", qkv)
+        .env("QKV_LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("sh runs");
+    let group = shell.id().expect("the shell's pid");
+    let output = tokio::time::timeout(std::time::Duration::from_secs(120), shell.wait_with_output()).await;
+    let Ok(output) = output else {
+        let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{group}")]).status();
+        panic!("the example did not end within 120 s (a deadline for a hang)");
+    };
+    let output = output.expect("sh runs");
+    let mut printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    let addresses = std::fs::read_to_string(dir.path().join("addresses")).unwrap_or_default();
+    for line in addresses.lines() {
+        if let Some((actual, readme)) = line.split_once(' ') {
+            printed = printed.replace(actual, readme);
+        }
+    }
+    if running_server {
+        // The hidden server's start printed nothing, and has no step of its own.
+        assert!(!printed.starts_with(MARKER) || printed.starts_with(&format!("{MARKER}\n")), "{printed}");
+    }
+    assert_printed_as_shown(&steps, &printed);
+}
+
+/// The script lines that start `server` (a `qkv serve` or `qkv floor` command line) in the background,
+/// as the `number`th command, wait until it serves and tell later commands where: `QKV_ADDR` for `qkv
+/// serve` on its default address, or, for `--listen ADDR`, a shell variable that `listen` records in
+/// place of ADDR.
+fn start_server(number: usize, server: &str, listen: &mut Vec<(String, String)>) -> String {
+    let log = format!("server-{number}.log");
+    let mut args: Vec<String> = server.split_whitespace().map(str::to_owned).collect();
+    let given = args.iter().position(|a| a == "--listen").and_then(|at| args.get(at + 1).cloned());
+    if let Some(readme) = &given {
+        for arg in args.iter_mut().filter(|a| *a == readme) {
+            *arg = "127.0.0.1:0".to_owned();
+        }
+    }
+    let tell = match given {
+        Some(readme) => {
+            let variable = format!("server_{number}");
+            listen.push((readme.clone(), format!("${variable}")));
+            format!("{variable}=$addr\necho \"$addr {readme}\" >> addresses\n")
+        }
+        None => format!("export QKV_ADDR=$addr\necho \"$addr {README_ADDR}\" >> addresses\n"),
+    };
+    format!(
+        "RUST_LOG=info {} >{log} 2>&1 &\nservers=\"$servers $!\"\nready {log} ' serving'\n\
+         addr=$(sed -n 's/.* serving.* addr=\\([0-9.:]*\\).*/\\1/p' {log} | head -n 1)\n{tell}",
+        binary_in_place(&args.join(" "))
+    )
+}
+
+/// `command` with the qkv binary in place of its leading `qkv`.
+fn binary_in_place(command: &str) -> String {
+    match command.strip_prefix("qkv ") {
+        Some(args) => format!("\"$QKV_BIN\" {args}"),
+        None => command.to_owned(),
+    }
+}
+
+/// The README's transports example: a plaintext TCP server, a write and a bench over it.
+#[tokio::test]
+async fn the_readme_transports_example_prints_what_it_shows() {
+    assert_example_prints_what_it_shows("Transports", false).await;
+}
+
+/// The README's publish and subscribe example: a subscriber in the background, then a publish.
+#[tokio::test]
+async fn the_readme_publish_and_subscribe_example_prints_what_it_shows() {
+    assert_example_prints_what_it_shows("Publish and subscribe", true).await;
+}
+
+/// The README's mutual TLS example: a client certificate, a server that requires one, a ping with it
+/// and one without.
+#[tokio::test]
+async fn the_readme_mutual_tls_example_prints_what_it_shows() {
+    assert_example_prints_what_it_shows("Only your clients: mutual TLS", false).await;
+}
+
+/// The README's benchmarking example: closed and open loop against the running server, then the floor.
+#[tokio::test]
+async fn the_readme_benchmarking_example_prints_what_it_shows() {
+    assert_example_prints_what_it_shows("Benchmarking", true).await;
 }
