@@ -193,9 +193,14 @@ async fn the_floor_echoes_without_kv_work(transport: Transport) {
     let (addr, certs, shutdown) = start_floor(tcp).await;
     let mut client = ClientConfig::new(addr.to_string(), certs.path().join("ca.pem"));
     client.transport = transport;
-    let report = qkv::bench::run(&config(client, Workload::Echo), Progress::new()).await.unwrap();
+    let config = config(client, Workload::Echo);
+    let report = qkv::bench::run(&config, Progress::new()).await.unwrap();
     assert!(report.requests > 0);
     assert_eq!(report.errors, 0, "{:?}", report.first_error);
+    // Its connections are counted as a qkv client's are, and over QUIC what they sent.
+    let stats = report.client_stats;
+    assert_eq!(stats.connections, config.connections as u64, "{stats:?}");
+    assert_eq!(stats.packets_sent > 0, transport == Transport::Quic, "{stats:?}");
     shutdown.cancel();
 }
 

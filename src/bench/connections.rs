@@ -132,12 +132,16 @@ impl Connections {
     /// and sums what the clients did (for the connect workload, the clients of the requests that
     /// started at or after `counted_from`: the measured ones).
     pub async fn close(self, counted_from: Instant) -> ClientStats {
+        let mut echoes = ClientStats::default();
+        for target in &self.targets {
+            if let Target::Echo { client, .. } = target {
+                echoes += client.close();
+            }
+        }
         let closing = async {
             join_all(self.targets.iter().map(|target| async move {
-                match target {
-                    Target::Kv(client) => client.close().await,
-                    Target::Echo { client, .. } => client.close(),
-                    Target::Connect(_) => {}
+                if let Target::Kv(client) = target {
+                    client.close().await;
                 }
             }))
             .await;
@@ -155,7 +159,7 @@ impl Connections {
         if closed.is_err() {
             tracing::warn!(limit = ?CLOSE_LIMIT, "the connections did not all close in time");
         }
-        let mut stats = ClientStats::default();
+        let mut stats = echoes;
         for target in &self.targets {
             if let Target::Kv(client) = target {
                 stats += client.stats();

@@ -24,6 +24,7 @@ use tracing::debug;
 
 use super::BenchError;
 use crate::certs::CertDir;
+use crate::client::ClientStats;
 use crate::tls::{self, Identity, Tickets};
 use crate::transport::quic::{self, QuicOptions};
 use crate::transport::tcp::TcpSecurity;
@@ -196,11 +197,16 @@ pub enum EchoClient {
 
 impl EchoClient {
     /// Closes a QUIC connection (its endpoint's `wait_idle` waits until the server has been told); a TCP
-    /// one closes when its last clone is dropped.
-    pub fn close(&self) {
+    /// one closes when its last clone is dropped. Returns what the connection counted, as a qkv
+    /// client's do: itself, and over QUIC the packets it sent and took for lost.
+    pub fn close(&self) -> ClientStats {
+        let mut stats = ClientStats { connections: 1, ..ClientStats::default() };
         if let EchoClient::Quic(connection) = self {
+            let path = connection.stats().path;
+            (stats.packets_sent, stats.packets_lost) = (path.sent_packets, path.lost_packets);
             connection.close(quinn::VarInt::from_u32(0), b"done");
         }
+        stats
     }
 
     /// Sends `message` and waits for its echo; returns the echo's length.
