@@ -41,6 +41,10 @@ pub enum TlsError {
     NoCertificate { path: PathBuf },
     #[error("{} holds no CA certificate that can be trusted: {reason}", path.display())]
     BadCa { path: PathBuf, reason: String },
+    #[error("the key in {} does not belong to the certificate in {}", key.display(), cert.display())]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("{} holds no private key that can sign for the certificate in {}: {reason}", key.display(), cert.display())]
+    BadKey { cert: PathBuf, key: PathBuf, reason: String },
     #[error("invalid TLS configuration: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -82,12 +86,25 @@ pub struct ClientCertFiles {
 }
 
 impl Identity {
-    /// Reads a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, PKCS#1 or SEC1).
+    /// Reads a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, PKCS#1 or SEC1), and
+    /// checks that the key is one qkv can sign with and belongs to the leaf certificate; an error names
+    /// the files.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let cert_chain = read_certificates(cert)?;
-        let key = PrivateKeyDer::from_pem_file(key)
+        let key_der = PrivateKeyDer::from_pem_file(key)
             .map_err(|cause| TlsError::Read { path: key.to_owned(), cause })?;
-        Ok(Identity { cert_chain, key })
+        let files = || (cert.to_owned(), key.to_owned());
+        match rustls::sign::CertifiedKey::from_der(cert_chain.clone(), key_der.clone_key(), &provider()) {
+            Ok(_) => Ok(Identity { cert_chain, key: key_der }),
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+                let (cert, key) = files();
+                Err(TlsError::KeyMismatch { cert, key })
+            }
+            Err(e) => {
+                let (cert, key) = files();
+                Err(TlsError::BadKey { cert, key, reason: e.to_string() })
+            }
+        }
     }
 }
 

@@ -71,7 +71,12 @@ async fn sighup_reloads_the_server_certificate_for_new_handshakes_only() {
     std::fs::copy(other_dir.server_cert(), served.server_cert()).unwrap();
     std::fs::copy(server.certs.path().join("ca-key.pem"), served.server_key()).unwrap();
     server.hang_up();
-    server.log_line(&["SIGHUP: the new certificates were refused"]).await;
+    let refusal = server.log_line(&["SIGHUP: the new certificates were refused"]).await;
+    assert!(
+        refusal.contains("server-key.pem does not belong to the certificate in")
+            && refusal.contains("server.pem"),
+        "the log names the files: {refusal}"
+    );
     connects(config(&server, Transport::Quic, &other_dir.ca_cert())).await.expect("still serving");
     server.kill().await;
 }

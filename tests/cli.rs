@@ -194,3 +194,39 @@ async fn subscribe_prints_each_message_as_it_arrives_and_publish_prints_its_rece
         assert_eq!(server.service.broker().total_subscriptions(), 0);
     }
 }
+
+/// `--log-format json`: the line a connection logs as it ends has exactly the fields of
+/// docs/OPERATIONS.md's sample (a QUIC connection's); over TLS, all but QUIC's own (`reason`,
+/// `rtt_us`, `lost_packets`, `migrations`, and the span's `id`).
+#[tokio::test]
+async fn json_logs_have_the_fields_operations_md_shows() {
+    let operations = include_str!("../docs/OPERATIONS.md");
+    let logs = operations.split("\n## Logs\n").nth(1).expect("the Logs section");
+    let sample = logs.split("```json\n").nth(1).and_then(|b| b.lines().next()).expect("a JSON sample");
+    let sample: serde_json::Value = serde_json::from_str(sample).expect("the sample is JSON");
+    let keys = |value: &serde_json::Value| -> std::collections::BTreeSet<String> {
+        value.as_object().expect("an object").keys().cloned().collect()
+    };
+    const QUIC_ONLY: [&str; 5] = ["reason", "rtt_us", "lost_packets", "migrations", "id"];
+
+    let mut server = ServerProcess::start(&["--log-format", "json"]).await;
+    for transport in [Transport::Quic, Transport::Tls] {
+        let client = qkv::Client::connect_with(server.client_config(transport)).await.unwrap();
+        client.ping(bytes::Bytes::new()).await.unwrap();
+        client.close().await;
+        let line = server.log_line(&["connection ended", &format!("\"transport\":\"{transport}\"")]).await;
+        let logged: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let expected = |value: &serde_json::Value| {
+            let mut keys = keys(value);
+            if transport != Transport::Quic {
+                keys.retain(|key| !QUIC_ONLY.contains(&key.as_str()));
+            }
+            keys
+        };
+        assert_eq!(keys(&logged), keys(&sample), "{line}");
+        assert_eq!(keys(&logged["fields"]), expected(&sample["fields"]), "{transport}: {line}");
+        assert_eq!(keys(&logged["spans"][0]), expected(&sample["spans"][0]), "{transport}: {line}");
+        assert_eq!(logged["target"], sample["target"], "{line}");
+    }
+    server.kill().await;
+}

@@ -54,11 +54,18 @@ impl ServerProcess {
         });
         let mut server =
             ServerProcess { child, log, startup_log: Vec::new(), addr: ([0, 0, 0, 0], 0).into(), certs };
-        let serving = server.log_line(&["INFO", "serving", "addr="]).await;
+        // Where it serves, in its text log or, with --log-format json, its JSON one.
+        let json = args.windows(2).any(|pair| pair == ["--log-format", "json"]);
+        let (words, addr) = if json {
+            (["INFO", "\"message\":\"serving\"", "\"addr\":\""], "\"addr\":\"")
+        } else {
+            (["INFO", "serving", "addr="], "addr=")
+        };
+        let serving = server.log_line(&words).await;
         let port = serving
-            .rsplit("addr=")
+            .rsplit(addr)
             .next()
-            .and_then(|a| a.split_whitespace().next())
+            .and_then(|a| a.split(|c: char| c.is_whitespace() || c == '"').next())
             .and_then(|a| a.rsplit(':').next())
             .and_then(|port| port.parse::<u16>().ok())
             .expect("the port in the log");
