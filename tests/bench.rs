@@ -64,6 +64,32 @@ async fn an_open_loop_sends_exactly_its_schedule(transport: Transport) {
 
 transport_tests!(load: quic, tls, tcp => a_closed_loop_counts_every_answer, an_open_loop_sends_exactly_its_schedule);
 
+/// The fan-out workload (docs/bench/PUBSUB.md, SCALE.md): every reading subscriber receives every
+/// message published in the measured period, whatever a subscriber that never reads does. A publish
+/// counts when it is sent in the period, a delivery when the message it carries was: they differ only
+/// by the publishes in flight at the period's two ends.
+async fn the_fanout_workload_delivers_every_publish_to_every_reader(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
+    let (subscribers, stalled) = (3, 1);
+    let config = config(server.client_config(), Workload::Fanout { subscribers, stalled });
+    let report = qkv::bench::run(&config, Progress::new()).await.unwrap();
+    assert_eq!(report.errors, 0, "{:?}", report.first_error);
+    let fanout = report.fanout.expect("a fan-out report");
+    assert_eq!((fanout.subscribers, fanout.stalled, fanout.missed), (subscribers, stalled, 0), "{fanout:?}");
+    assert!(fanout.published > 0, "{fanout:?}");
+    let in_flight = (config.connections * config.inflight) as u64;
+    let expected = fanout.published * subscribers as u64;
+    let edges = in_flight * subscribers as u64;
+    let delivered = report.requests as u64;
+    assert!(
+        delivered + edges >= expected && delivered <= expected + edges,
+        "{delivered} deliveries for {} publishes to {subscribers} readers",
+        fanout.published
+    );
+}
+
+transport_tests!(fanout: quic, tls, tcp => the_fanout_workload_delivers_every_publish_to_every_reader);
+
 /// The connect workload opens a connection per request; with --zero-rtt each resumes the session of
 /// one before it (0-RTT over QUIC), without it none does.
 async fn the_connect_workload_resumes_only_when_asked(transport: Transport) {
