@@ -319,7 +319,8 @@ async fn run_client_command(command: Command) -> anyhow::Result<()> {
 async fn subscribe(client: &Client, topic: &str, count: Option<u64>) -> anyhow::Result<()> {
     let mut subscription = client.subscribe(topic).await?;
     // On stderr, so that stdout holds messages only: from here on, every message published is printed.
-    eprintln!("subscribed to {}", shown(topic));
+    // One write, so that a reader of stderr never sees half the line.
+    let _ = std::io::stderr().write_all(format!("subscribed to {}\n", shown(topic)).as_bytes());
     let mut received = 0;
     while count.is_none_or(|count| received < count) {
         let event = tokio::select! {

@@ -122,8 +122,8 @@ pub enum Command {
         client: ClientArgs,
     },
     /// Subscribe to TOPIC and print each message published to it as it arrives, one per line (its
-    /// values tab-separated); until Ctrl-C, or --count messages. Says `subscribed to TOPIC` on stderr
-    /// once the server has registered the subscription.
+    /// values tab-separated); until Ctrl-C, or --count messages. Says `subscribed to "TOPIC"` on
+    /// stderr once the server has registered the subscription.
     Subscribe {
         topic: String,
         /// Exit after this many messages.
