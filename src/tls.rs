@@ -45,6 +45,8 @@ pub enum TlsError {
     KeyMismatch { cert: PathBuf, key: PathBuf },
     #[error("{} holds no private key that can sign for the certificate in {}: {reason}", key.display(), cert.display())]
     BadKey { cert: PathBuf, key: PathBuf, reason: String },
+    #[error("the certificate in {} cannot be used: {reason}", path.display())]
+    BadCertificate { path: PathBuf, reason: String },
     #[error("invalid TLS configuration: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -94,16 +96,20 @@ impl Identity {
         let key_der = PrivateKeyDer::from_pem_file(key)
             .map_err(|cause| TlsError::Read { path: key.to_owned(), cause })?;
         let files = || (cert.to_owned(), key.to_owned());
-        match rustls::sign::CertifiedKey::from_der(cert_chain.clone(), key_der.clone_key(), &provider()) {
-            Ok(_) => Ok(Identity { cert_chain, key: key_der }),
+        let signing = provider().key_provider.load_private_key(key_der.clone_key()).map_err(|e| {
+            let (cert, key) = files();
+            TlsError::BadKey { cert, key, reason: e.to_string() }
+        })?;
+        match rustls::sign::CertifiedKey::new(cert_chain.clone(), signing).keys_match() {
+            // A key that cannot tell its public half is not refused (as rustls does not).
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+                Ok(Identity { cert_chain, key: key_der })
+            }
             Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
                 let (cert, key) = files();
                 Err(TlsError::KeyMismatch { cert, key })
             }
-            Err(e) => {
-                let (cert, key) = files();
-                Err(TlsError::BadKey { cert, key, reason: e.to_string() })
-            }
+            Err(e) => Err(TlsError::BadCertificate { path: cert.to_owned(), reason: e.to_string() }),
         }
     }
 }
@@ -683,6 +689,28 @@ mod tests {
             agreed_suite(Arc::new(chacha_client), server),
             rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
         );
+    }
+
+    /// A certificate and a key that do not belong together, or a certificate that cannot be parsed, are
+    /// refused when they are read, naming the files (the server's start and its SIGHUP reload).
+    #[test]
+    fn an_identity_whose_key_or_certificate_is_wrong_names_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = crate::certs::CertDir::new(dir.path());
+        certs.ensure_server_certificate().unwrap();
+        let (cert, key, ca_key) = (certs.server_cert(), certs.server_key(), certs.ca_key());
+        assert!(Identity::from_pem_files(&cert, &key).is_ok());
+
+        let mismatch = Identity::from_pem_files(&cert, &ca_key).unwrap_err();
+        assert!(matches!(&mismatch, TlsError::KeyMismatch { .. }), "{mismatch:?}");
+        let message = mismatch.to_string();
+        assert!(message.contains("ca-key.pem") && message.contains("server.pem"), "{message}");
+
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+        let unparsed = Identity::from_pem_files(&garbage, &key).unwrap_err();
+        assert!(matches!(&unparsed, TlsError::BadCertificate { .. }), "{unparsed:?}");
+        assert!(unparsed.to_string().contains("garbage.pem"), "{unparsed}");
     }
 
     #[test]
