@@ -64,6 +64,9 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// How the error of a directory whose lock is held begins.
+pub const LOCK_BUSY: &str = "another process has";
+
 /// Takes the directory for this process: two servers appending to one log would corrupt it. The lock
 /// is held as long as the returned file is open, and goes with the process however it ends.
 pub fn lock(dir: &Path) -> io::Result<File> {
@@ -72,7 +75,7 @@ pub fn lock(dir: &Path) -> io::Result<File> {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
             io::ErrorKind::ResourceBusy,
-            format!("another process has {} open (it holds {LOCK})", dir.display()),
+            format!("{LOCK_BUSY} {} open (it holds {LOCK})", dir.display()),
         )),
         Err(fs::TryLockError::Error(e)) => Err(e),
     }

@@ -107,7 +107,7 @@ mod tests {
         let far_future = 1 << 60;
         write_redb(dir.path(), &[("a:b", "", "x".into(), 5), ("t", "k", 7i64.into(), 9)], far_future);
         for _ in 0..2 {
-            let store = DiskStore::open(dir.path(), test_config()).unwrap();
+            let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
             assert_eq!(
                 store.get("a:b", "").await.unwrap(),
                 Some(Versioned { value: "x".into(), version: 5 })

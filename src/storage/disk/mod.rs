@@ -202,6 +202,25 @@ impl DiskStore {
         self.closed.clone()
     }
 
+    /// [`DiskStore::open`] for tests, waiting (at most 10 s) while the directory's lock is busy. Other
+    /// tests of the binary start Redis servers, and a child process holds a copy of every descriptor
+    /// of its parent, the lock's among them, from its fork until its exec: a store closed in those
+    /// moments still looks held. (A server starts no process, so `open` need not wait.)
+    #[cfg(test)]
+    pub(crate) fn open_when_free(dir: &Path, config: DiskConfig) -> StorageResult<Self> {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Self::open(dir, config) {
+                Err(StorageError::Backend(e))
+                    if e.contains(files::LOCK_BUSY) && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
     /// A store in a new temporary directory, removed when the store is dropped.
     #[cfg(test)]
     pub(crate) fn temporary() -> Self {

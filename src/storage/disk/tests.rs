@@ -29,7 +29,7 @@ fn a_store_attached_to_the_serving_runtime_answers_bursts_and_keeps_them() {
     let runtime =
         crate::server::runtime(crate::server::RuntimeLayout::CurrentThread, Some(idle.clone())).unwrap();
     let (acknowledged, closed) = runtime.block_on(async {
-        let store = Arc::new(DiskStore::open(dir.path(), test_config()).unwrap());
+        let store = Arc::new(DiskStore::open_when_free(dir.path(), test_config()).unwrap());
         store.attach_runtime(&idle);
         let mut acknowledged = Model::new();
         for round in 0..20 {
@@ -66,7 +66,7 @@ fn a_store_attached_to_the_serving_runtime_answers_bursts_and_keeps_them() {
     closed.wait_blocking();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let store = DiskStore::open(dir.path(), test_config()).unwrap();
+        let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
         assert_holds(&store, &acknowledged, "after the attached store closed").await;
     });
 }
@@ -75,7 +75,7 @@ fn a_store_attached_to_the_serving_runtime_answers_bursts_and_keeps_them() {
 async fn data_versions_and_conditional_writes_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (version, deleted_version, closed) = {
-        let store = DiskStore::open(dir.path(), test_config()).unwrap();
+        let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
         let WriteOutcome::Written { version, .. } =
             store.set("a:b", "", vec![0u8; 100_000].into(), None).await.unwrap()
         else {
@@ -90,7 +90,7 @@ async fn data_versions_and_conditional_writes_survive_a_reopen() {
         (version, deleted, store.closed())
     };
     closed.wait().await;
-    let store = DiskStore::open(dir.path(), test_config()).unwrap();
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
     let stored = store.get("a:b", "").await.unwrap().unwrap();
     assert_eq!((stored.value, stored.version), (vec![0u8; 100_000].into(), version));
     assert_eq!(store.get("t", "gone").await.unwrap(), None);
@@ -108,12 +108,13 @@ async fn data_versions_and_conditional_writes_survive_a_reopen() {
 async fn relaxed_writes_are_on_disk_once_the_store_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let relaxed = Durability::Relaxed { flush_interval: std::time::Duration::from_secs(3600) };
-    let store = DiskStore::open(dir.path(), DiskConfig { durability: relaxed, ..test_config() }).unwrap();
+    let store =
+        DiskStore::open_when_free(dir.path(), DiskConfig { durability: relaxed, ..test_config() }).unwrap();
     store.set("t", "k", "v".into(), None).await.unwrap();
     let closed = store.closed();
     drop(store);
     closed.wait().await;
-    let store = DiskStore::open(dir.path(), test_config()).unwrap();
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
     assert_eq!(store.get("t", "k").await.unwrap().unwrap().value, "v".into());
 }
 
@@ -189,7 +190,7 @@ fn record_ends(segment: &[u8]) -> Vec<u64> {
 #[tokio::test]
 async fn a_torn_or_damaged_tail_loses_no_write_before_it() {
     let dir = tempfile::tempdir().unwrap();
-    let store = DiskStore::open(dir.path(), test_config()).unwrap();
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
     let states = write_history(&store, 40).await;
     close(store).await;
     let (_, segment_path) = files::list(dir.path()).unwrap().segments.pop_last().unwrap();
@@ -226,12 +227,12 @@ async fn a_torn_or_damaged_tail_loses_no_write_before_it() {
             let case = format!("log {damage} at byte {at}: {whole} whole records");
             let copy = tempfile::tempdir().unwrap();
             std::fs::write(copy.path().join(segment_path.file_name().unwrap()), bytes).unwrap();
-            let store = DiskStore::open(copy.path(), test_config()).expect(&case);
+            let store = DiskStore::open_when_free(copy.path(), test_config()).expect(&case);
             assert_holds(&store, &states[whole], &case).await;
             // The damage is gone for good: a write after it survives the next restart.
             store.set(TABLE, "after", "x".into(), None).await.unwrap();
             close(store).await;
-            let store = DiskStore::open(copy.path(), test_config()).expect(&case);
+            let store = DiskStore::open_when_free(copy.path(), test_config()).expect(&case);
             let mut model = states[whole].clone();
             model.insert("after".into(), store.get(TABLE, "after").await.unwrap().unwrap());
             assert_holds(&store, &model, &case).await;
@@ -247,11 +248,11 @@ async fn a_torn_or_damaged_tail_loses_no_write_before_it() {
 #[tokio::test]
 async fn damage_before_the_last_segment_is_refused_not_skipped() {
     let dir = tempfile::tempdir().unwrap();
-    let store = DiskStore::open(dir.path(), test_config()).unwrap();
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
     write_history(&store, 10).await;
     close(store).await;
     // A second segment, so that the first is not the last.
-    let store = DiskStore::open(dir.path(), test_config()).unwrap();
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
     store.set(TABLE, "second", "v".into(), None).await.unwrap();
     close(store).await;
     let (_, first) = files::list(dir.path()).unwrap().segments.pop_first().unwrap();
@@ -264,7 +265,7 @@ async fn damage_before_the_last_segment_is_refused_not_skipped() {
     zeros.resize(zeros.len() + 100, 0);
     for (case, bytes) in [("a flipped byte", flipped), ("zeros after the records", zeros)] {
         std::fs::write(&first, bytes).unwrap();
-        let Err(StorageError::Backend(error)) = DiskStore::open(dir.path(), test_config()) else {
+        let Err(StorageError::Backend(error)) = DiskStore::open_when_free(dir.path(), test_config()) else {
             panic!("{case}: a damaged segment was accepted")
         };
         assert!(error.contains(&first.display().to_string()) && error.contains("damaged"), "{case}: {error}");
@@ -276,7 +277,7 @@ async fn damage_before_the_last_segment_is_refused_not_skipped() {
 #[tokio::test]
 async fn the_zeros_written_ahead_are_cut_off_at_open() {
     let dir = tempfile::tempdir().unwrap();
-    let store = DiskStore::open(dir.path(), test_config()).unwrap();
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
     let states = write_history(&store, 10).await;
     let (_, path) = files::list(dir.path()).unwrap().segments.pop_last().unwrap();
     let written = std::fs::read(&path).unwrap();
@@ -289,7 +290,7 @@ async fn the_zeros_written_ahead_are_cut_off_at_open() {
     close(store).await;
     assert_eq!(std::fs::read(&path).unwrap().len() as u64, records_end, "a closed store cuts its zeros off");
     for _ in 0..2 {
-        let store = DiskStore::open(crashed.path(), test_config()).unwrap();
+        let store = DiskStore::open_when_free(crashed.path(), test_config()).unwrap();
         assert_holds(&store, states.last().unwrap(), "after a crash").await;
         close(store).await;
     }
@@ -316,7 +317,7 @@ fn record_ends_before_zeros(segment: &[u8]) -> Vec<u64> {
 #[tokio::test]
 async fn a_crash_while_a_snapshot_is_written_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = DiskStore::open(dir.path(), test_config()).unwrap();
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
     let states = write_history(&store, 300).await;
     let expected = states.last().unwrap().clone();
     // The snapshot the next rotation would write, taken from the live store.
@@ -340,14 +341,14 @@ async fn a_crash_while_a_snapshot_is_written_loses_nothing() {
     let cuts = (0..snapshot.len()).step_by(61).chain(snapshot.len() - 30..snapshot.len() + 1);
     for cut in cuts {
         let copy = copy_with(files::partial_snapshot(dir.path(), 3), &snapshot[..cut]);
-        let store = DiskStore::open(copy.path(), test_config()).unwrap();
+        let store = DiskStore::open_when_free(copy.path(), test_config()).unwrap();
         assert_holds(&store, &expected, &format!("snapshot cut at byte {cut}")).await;
         close(store).await;
         assert!(files::list(copy.path()).unwrap().partial.is_empty(), "the partial snapshot is removed");
     }
     // Renamed into place, older segments not yet removed.
     let copy = copy_with(files::snapshot(dir.path(), 3), &snapshot);
-    let store = DiskStore::open(copy.path(), test_config()).unwrap();
+    let store = DiskStore::open_when_free(copy.path(), test_config()).unwrap();
     assert_holds(&store, &expected, "a complete snapshot beside the segments it replaces").await;
     close(store).await;
     let listing = files::list(copy.path()).unwrap();
@@ -357,7 +358,7 @@ async fn a_crash_while_a_snapshot_is_written_loses_nothing() {
     damaged[snapshot.len() / 2] ^= 1;
     let copy = copy_with(files::snapshot(dir.path(), 3), &damaged);
     assert!(
-        matches!(DiskStore::open(copy.path(), test_config()), Err(StorageError::Backend(e)) if e.contains("damaged"))
+        matches!(DiskStore::open_when_free(copy.path(), test_config()), Err(StorageError::Backend(e)) if e.contains("damaged"))
     );
 }
 
@@ -367,7 +368,7 @@ async fn a_crash_while_a_snapshot_is_written_loses_nothing() {
 async fn snapshots_compact_the_log_while_writes_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let config = DiskConfig { snapshot_log_size: 16 << 10, ..test_config() };
-    let store = DiskStore::open(dir.path(), config).unwrap();
+    let store = DiskStore::open_when_free(dir.path(), config).unwrap();
     let mut model = Model::new();
     let mut snapshots_seen = 0;
     for i in 0..5000 {
@@ -396,7 +397,7 @@ async fn snapshots_compact_the_log_while_writes_go_on() {
         listing.segments.keys().all(|&g| g >= latest),
         "segments before the snapshot are removed: {listing:?}"
     );
-    let store = DiskStore::open(dir.path(), config).unwrap();
+    let store = DiskStore::open_when_free(dir.path(), config).unwrap();
     assert_holds(&store, &model, "after snapshots and a restart").await;
     close(store).await;
 }
@@ -404,13 +405,13 @@ async fn snapshots_compact_the_log_while_writes_go_on() {
 #[tokio::test]
 async fn a_directory_is_opened_by_one_store_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
-    let store = DiskStore::open(dir.path(), test_config()).unwrap();
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
     let Err(StorageError::Backend(error)) = DiskStore::open(dir.path(), test_config()) else {
         panic!("a second store opened the same directory")
     };
     assert!(error.contains("another process"), "{error}");
     close(store).await;
-    close(DiskStore::open(dir.path(), test_config()).unwrap()).await;
+    close(DiskStore::open_when_free(dir.path(), test_config()).unwrap()).await;
 }
 
 /// What lets a pipelined connection overlap its writes (`APPLIES_WRITES_IN_ISSUE_ORDER`): a write is
@@ -456,13 +457,13 @@ async fn writes_are_applied_in_the_order_they_are_first_polled() {
 async fn a_crash_while_a_segment_is_created_leaves_no_gap() {
     for leftover in [&[][..], &format::LOG_MAGIC[..5], &[0; format::HEADER_LEN][..]] {
         let dir = tempfile::tempdir().unwrap();
-        let store = DiskStore::open(dir.path(), test_config()).unwrap();
+        let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
         let states = write_history(&store, 10).await;
         close(store).await;
         let (&last, _) = files::list(dir.path()).unwrap().segments.iter().next_back().unwrap();
         std::fs::write(files::segment(dir.path(), last + 1), leftover).unwrap();
         for _ in 0..3 {
-            let store = DiskStore::open(dir.path(), test_config()).unwrap();
+            let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
             assert_holds(&store, states.last().unwrap(), &format!("leftover segment {leftover:?}")).await;
             close(store).await;
         }
@@ -475,7 +476,7 @@ async fn a_crash_while_a_segment_is_created_leaves_no_gap() {
 #[tokio::test]
 async fn the_last_segment_is_cut_only_where_a_write_was_torn() {
     let dir = tempfile::tempdir().unwrap();
-    let store = DiskStore::open(dir.path(), test_config()).unwrap();
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
     write_history(&store, 10).await;
     close(store).await;
     let (_, path) = files::list(dir.path()).unwrap().segments.pop_last().unwrap();
@@ -491,7 +492,7 @@ async fn the_last_segment_is_cut_only_where_a_write_was_torn() {
     format::encode_set(&mut unknown, u64::MAX >> 12, TABLE, "later", &"v".into());
     for (case, bytes) in [("a damaged header", bad_header), ("an unknown record", unknown)] {
         std::fs::write(&path, &bytes).unwrap();
-        let Err(StorageError::Backend(error)) = DiskStore::open(dir.path(), test_config()) else {
+        let Err(StorageError::Backend(error)) = DiskStore::open_when_free(dir.path(), test_config()) else {
             panic!("{case}: the store opened")
         };
         assert!(error.contains("damaged"), "{case}: {error}");
@@ -521,7 +522,7 @@ async fn deferred_answers_wait_for_their_ticket_and_fail_as_the_store_would() {
     // committed before the test says.
     let config = DiskConfig { commit_wait: std::time::Duration::from_secs(30), ..test_config() };
     let dir = tempfile::tempdir().unwrap();
-    let store = DiskStore::open(dir.path(), config).unwrap();
+    let store = DiskStore::open_when_free(dir.path(), config).unwrap();
     store.attach_runtime(&RuntimeIdle::default());
     let noop = &mut std::task::Context::from_waker(std::task::Waker::noop());
 
