@@ -42,9 +42,12 @@ struct Step {
     unordered: bool,
 }
 
-/// The first `console` block of the README's section "A tour of the command line".
+/// The README's section of the tour.
+const TOUR: &str = "A tour of the command line";
+
+/// The first `console` block of the README's tour.
 fn tour() -> Vec<Step> {
-    console_block("A tour of the command line")
+    console_block(TOUR)
 }
 
 /// The first `console` block of the README's section `heading`, as steps.
@@ -146,32 +149,16 @@ fn elided_matches(expected: &str, actual: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The tour, in one shell as a reader's terminal (its variables carry from one command to the next),
+/// against the server the README's first command runs.
 #[tokio::test]
 async fn the_readme_tour_prints_what_the_readme_shows() {
     let steps = tour();
     assert_eq!(steps.first().map(|s| s.command.as_str()), Some(ALIAS), "the tour starts with the alias");
     assert!(steps.len() > 5, "{steps:#?}");
     assert!(steps[0].expected.is_empty(), "{steps:#?}");
-
-    // One shell, as a reader's terminal: the tour's variables carry from one command to the next.
-    let mut script = String::from("exec 2>&1\nqkv() { \"$QKV_BIN\" \"$@\"; }\n");
-    for step in &steps[1..] {
-        script.push_str(&format!("echo '{MARKER}'\n{}\n", step.command));
-    }
-    let server = ServerProcess::start(&[]).await;
-    let output = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(&script)
-        .env("QKV_BIN", env!("CARGO_BIN_EXE_qkv"))
-        .env("QKV_ADDR", server.addr.to_string())
-        .env("QKV_CA", server.ca())
-        .env_remove("QKV_TRANSPORT")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("sh runs");
-    let printed = String::from_utf8_lossy(&output.stdout).replace(&server.addr.to_string(), README_ADDR);
-    assert!(assert_printed_as_shown(&steps[1..], &printed), "the tour shows versions");
+    let shown_versions = assert_example_prints_what_it_shows(TOUR, true).await;
+    assert!(shown_versions, "the tour shows versions");
 }
 
 /// Each step's output in `printed` (each after a marker line) is what the README shows under it.
@@ -398,17 +385,40 @@ impl Role {
 /// no warm-up: what it prints has the same lines.
 const BENCH_DURATION: &str = "1s";
 
-/// The shell functions of a README example's script. `ready FILE TEXT` waits until FILE has a line
-/// with TEXT (with an empty TEXT, any line): for a hang, it gives up after a minute; it is no
-/// measure of speed. Whatever the example left in the background is killed when the script ends.
+/// The shell functions of a README example's script; whatever the example left in the background is
+/// killed when the script ends.
+/// - `ready FILE TEXT PID` waits until FILE has a whole line with TEXT (any line if TEXT is empty)
+///   while process PID runs;
+/// - `ended PID...` waits until those processes have ended.
+///
+/// Both give up after a minute, a deadline for a hang and no measure of speed, at once if the process
+/// waited for has ended, and end the script if the test that runs it has ended (the script is in a
+/// process group of its own). A process that ended but was not waited for is a zombie, which `kill -0`
+/// still finds: `alive` reads its state.
 const EXAMPLE_PRELUDE: &str = r#"exec 2>&1
 qkv() { "$QKV_BIN" "$@"; }
 servers=
 clients=
 trap 'kill $servers $clients 2>/dev/null' EXIT
+alive() { [ -e "/proc/$1" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]; }
 ready() {
-    for _ in $(seq 1200); do grep -q -e "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+    for _ in $(seq 1200); do
+        head -n "$(wc -l < "$1" 2>/dev/null || echo 0)" "$1" 2>/dev/null | grep -q -e "$2" && return 0
+        alive "$3" || { echo "ended before it was ready: $1"; cat "$1"; exit 1; }
+        alive "$PPID" || exit 1
+        sleep 0.05
+    done
     echo "never ready: $1"; cat "$1"; exit 1
+}
+ended() {
+    for _ in $(seq 1200); do
+        running=
+        for pid in "$@"; do alive "$pid" && running=1; done
+        [ -z "$running" ] && { wait "$@"; return 0; }
+        alive "$PPID" || exit 1
+        sleep 0.05
+    done
+    echo "never ended: $*"; exit 1
 }
 "#;
 
@@ -426,7 +436,10 @@ ready() {
 ///   the end until it exits; the commands that run meanwhile may have their lines in any order.
 /// - Benches run for [`BENCH_DURATION`] without warm-up, and what they say on stderr is shown only if
 ///   they fail.
-async fn assert_example_prints_what_it_shows(heading: &str, running_server: bool) {
+/// - The tour's first line, its alias for `qkv`, is the script's `qkv` function.
+///
+/// Whether the example showed versions.
+async fn assert_example_prints_what_it_shows(heading: &str, running_server: bool) -> bool {
     let mut steps = console_block(heading);
     let dir = tempfile::tempdir().expect("a temporary directory");
     let qkv = env!("CARGO_BIN_EXE_qkv");
@@ -448,17 +461,25 @@ async fn assert_example_prints_what_it_shows(heading: &str, running_server: bool
     for (i, step) in steps.iter_mut().enumerate() {
         step.unordered = in_background;
         let command = step.command.split(" #").next().unwrap_or_default().trim_end();
+        for flag in ["--listen=", "--duration=", "--warmup="] {
+            assert!(!command.contains(flag), "the runner reads `{flag}` as two words: {command}");
+        }
         let mut command = command.to_owned();
         for (readme, variable) in &listen {
             command = command.replace(readme.as_str(), variable);
         }
         script.push_str(&format!("echo '{MARKER}'\n"));
+        if command == ALIAS {
+            // The prelude's `qkv` function stands for it.
+            continue;
+        }
         match Role::of(&command) {
             (Role::Server, server) => script.push_str(&start_server(i + 1, server, &mut listen)),
             (Role::Client, client) => {
                 in_background = true;
                 script.push_str(&format!(
-                    "{} 2>background-{i}.err &\nclients=\"$clients $!\"\nready background-{i}.err ''\ncat background-{i}.err\n",
+                    "{} 2>background-{i}.err &\npid=$!\nclients=\"$clients $pid\"\n\
+                     ready background-{i}.err '' $pid\ncat background-{i}.err\n",
                     binary_in_place(client)
                 ));
             }
@@ -480,11 +501,12 @@ async fn assert_example_prints_what_it_shows(heading: &str, running_server: bool
     }
     // Background clients end by themselves (the README's `--count`); what they said after their first
     // line on stderr is shown under the last command.
-    script.push_str("for client in $clients; do wait $client; done\n");
+    script.push_str("[ -z \"$clients\" ] || ended $clients\n");
     script.push_str("for err in background-*.err; do [ -e \"$err\" ] && tail -n +2 \"$err\"; done\n");
 
     let mut shell = tokio::process::Command::new("sh");
-    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("QKV_")) {
+    // What the README's reader has not set: a QKV_ variable or a log filter would change what qkv does.
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("QKV_") || name == "RUST_LOG") {
         shell.env_remove(name);
     }
     // A process group of its own: if the example hangs, its background jobs are killed with it.
@@ -514,11 +536,7 @@ async fn assert_example_prints_what_it_shows(heading: &str, running_server: bool
             printed = printed.replace(actual, readme);
         }
     }
-    if running_server {
-        // The hidden server's start printed nothing, and has no step of its own.
-        assert!(!printed.starts_with(MARKER) || printed.starts_with(&format!("{MARKER}\n")), "{printed}");
-    }
-    assert_printed_as_shown(&steps, &printed);
+    assert_printed_as_shown(&steps, &printed)
 }
 
 /// The script lines that start `server` (a `qkv serve` or `qkv floor` command line) in the background,
@@ -543,8 +561,9 @@ fn start_server(number: usize, server: &str, listen: &mut Vec<(String, String)>)
         None => format!("export QKV_ADDR=$addr\necho \"$addr {README_ADDR}\" >> addresses\n"),
     };
     format!(
-        "RUST_LOG=info {} >{log} 2>&1 &\nservers=\"$servers $!\"\nready {log} ' serving'\n\
-         addr=$(sed -n 's/.* serving.* addr=\\([0-9.:]*\\).*/\\1/p' {log} | head -n 1)\n{tell}",
+        "RUST_LOG=info {} >{log} 2>&1 &\npid=$!\nservers=\"$servers $pid\"\nready {log} ' serving' $pid\n\
+         addr=$(sed -n 's/.* serving.* addr=\\([0-9.:]*\\).*/\\1/p' {log} | head -n 1)\n\
+         [ -n \"$addr\" ] || {{ echo 'no address in {log}'; cat {log}; exit 1; }}\n{tell}",
         binary_in_place(&args.join(" "))
     )
 }
@@ -554,6 +573,32 @@ fn binary_in_place(command: &str) -> String {
     match command.strip_prefix("qkv ") {
         Some(args) => format!("\"$QKV_BIN\" {args}"),
         None => command.to_owned(),
+    }
+}
+
+/// The README's sections whose `console` block a test here runs.
+const RUN: [&str; 7] = [
+    TOUR,
+    "HTTP: REST and gRPC",
+    "From a browser",
+    "Transports",
+    "Publish and subscribe",
+    "Only your clients: mutual TLS",
+    "Benchmarking",
+];
+
+/// No `console` block of the README goes unrun: each is the only one of a section a test runs.
+#[test]
+fn every_console_example_of_the_readme_is_run() {
+    let readme = include_str!("../README.md");
+    for section in readme.split("\n## ").skip(1) {
+        let heading = section.lines().next().unwrap_or_default();
+        let blocks = section.matches("```console\n").count();
+        match blocks {
+            0 => assert!(!RUN.contains(&heading), "{heading:?} has no console block to run"),
+            1 => assert!(RUN.contains(&heading), "the console block of {heading:?} is run by no test"),
+            _ => panic!("{heading:?} has {blocks} console blocks; the tests run a section's first only"),
+        }
     }
 }
 
