@@ -1,14 +1,15 @@
 //! The admin listener seen by the real thing (docs/OPERATIONS.md, "Metrics"): `qkv serve --admin`
 //! answers /healthz and /readyz, its /metrics pass `promtool check metrics`, and a real Prometheus
 //! (Debian's, started by qkv-testkit; `cargo xtask test` installs it) scrapes them and counts the
-//! requests a client made, by command, transport and status.
+//! requests a client made, by command, transport and status. OPERATIONS.md names only metrics the
+//! server exports, in alert rules `promtool check rules` accepts.
 
 mod common;
 
 use common::process::ServerProcess;
 use qkv::client::Client;
 use qkv::transport::Transport;
-use qkv_testkit::{Prometheus, http_get, promtool_check_metrics};
+use qkv_testkit::{Prometheus, http_get, promtool_check_metrics, promtool_check_rules};
 
 /// Runs blocking testkit work (HTTP, waits on Prometheus) off the runtime, which keeps reading the
 /// server's log meanwhile.
@@ -66,4 +67,32 @@ async fn prometheus_scrapes_the_admin_listener() {
         prometheus.wait_for_sample(tls, |v| v == 3.0).expect("3 Hset over TLS, through Prometheus");
     })
     .await;
+}
+
+/// The `qkv_…` names in `text`, without a histogram's `_bucket` suffix.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("qkv_"))
+        .map(|word| word.strip_suffix("_bucket").unwrap_or(word).to_owned())
+        .collect()
+}
+
+/// docs/OPERATIONS.md's table lists exactly the metrics the server describes (src/metrics.rs), and its
+/// alert rules and graphs name only those, in rules `promtool check rules` accepts: a renamed
+/// metric must not silently break a user's alerts.
+#[test]
+fn operations_md_names_the_metrics_the_server_exports_in_rules_prometheus_accepts() {
+    let operations = include_str!("../docs/OPERATIONS.md");
+    let table: String = operations.lines().filter(|line| line.starts_with("| `qkv_")).collect();
+    let listed = metric_names(&table);
+    let described = metric_names(include_str!("../src/metrics.rs"));
+    assert_eq!(listed, described, "OPERATIONS.md's table against src/metrics.rs");
+
+    let alerts = operations.split("### Alerts worth setting\n").nth(1).expect("the alerts section");
+    let alerts = alerts.split("\n### ").next().unwrap_or_default();
+    let unknown: Vec<String> = metric_names(alerts).difference(&listed).cloned().collect();
+    assert!(unknown.is_empty(), "the alerts and graphs name metrics the server does not export: {unknown:?}");
+
+    let rules = alerts.split("```yaml\n").nth(1).and_then(|b| b.split("\n```").next()).expect("the rules");
+    promtool_check_rules(rules).unwrap_or_else(|e| panic!("{e}\nthe rules:\n{rules}"));
 }

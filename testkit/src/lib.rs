@@ -7,7 +7,7 @@
 
 pub mod prometheus;
 
-pub use prometheus::{Prometheus, Sample, http_get, promtool_check_metrics};
+pub use prometheus::{Prometheus, Sample, http_get, promtool_check_metrics, promtool_check_rules};
 
 use std::io;
 use std::net::TcpListener;

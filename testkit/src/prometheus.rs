@@ -297,6 +297,30 @@ pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
     }
 }
 
+/// Runs `promtool check rules` on `rules`, a YAML file of Prometheus rule groups: `Ok` if it accepts
+/// them (their syntax and every expression's PromQL), else what it said.
+pub fn promtool_check_rules(rules: &str) -> Result<(), String> {
+    crate::which("promtool", "prometheus").map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
+    let file = dir.path().join("rules.yml");
+    std::fs::write(&file, rules).map_err(|e| format!("{}: {e}", file.display()))?;
+    let output = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .map_err(|e| format!("promtool: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "promtool check rules: {}: {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
