@@ -9,7 +9,9 @@ mod common;
 use common::process::ServerProcess;
 use qkv::client::Client;
 use qkv::transport::Transport;
-use qkv_testkit::{Prometheus, http_get, promtool_check_metrics, promtool_check_rules};
+use qkv_testkit::{
+    Prometheus, http_get, promtool_check_config, promtool_check_metrics, promtool_check_rules,
+};
 
 /// Runs blocking testkit work (HTTP, waits on Prometheus) off the runtime, which keeps reading the
 /// server's log meanwhile.
@@ -79,7 +81,8 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
 
 /// docs/OPERATIONS.md's table lists exactly the metrics the server describes (src/metrics.rs), and its
 /// alert rules and graphs name only those, in rules `promtool check rules` accepts: a renamed
-/// metric must not silently break a user's alerts.
+/// metric must not silently break a user's alerts. Its scrape configuration passes `promtool check
+/// config`.
 #[test]
 fn operations_md_names_the_metrics_the_server_exports_in_rules_prometheus_accepts() {
     let operations = include_str!("../docs/OPERATIONS.md");
@@ -95,4 +98,8 @@ fn operations_md_names_the_metrics_the_server_exports_in_rules_prometheus_accept
 
     let rules = alerts.split("```yaml\n").nth(1).and_then(|b| b.split("\n```").next()).expect("the rules");
     promtool_check_rules(rules).unwrap_or_else(|e| panic!("{e}\nthe rules:\n{rules}"));
+
+    let scraping = operations.split("### Scraping\n").nth(1).expect("the scraping section");
+    let config = scraping.split("```yaml\n").nth(1).and_then(|b| b.split("\n```").next()).expect("a config");
+    promtool_check_config(config).unwrap_or_else(|e| panic!("{e}\nthe configuration:\n{config}"));
 }

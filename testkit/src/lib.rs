@@ -7,7 +7,9 @@
 
 pub mod prometheus;
 
-pub use prometheus::{Prometheus, Sample, http_get, promtool_check_metrics, promtool_check_rules};
+pub use prometheus::{
+    Prometheus, Sample, http_get, promtool_check_config, promtool_check_metrics, promtool_check_rules,
+};
 
 use std::io;
 use std::net::TcpListener;

@@ -300,12 +300,24 @@ pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
 /// Runs `promtool check rules` on `rules`, a YAML file of Prometheus rule groups: `Ok` if it accepts
 /// them (their syntax and every expression's PromQL), else what it said.
 pub fn promtool_check_rules(rules: &str) -> Result<(), String> {
+    promtool_check_file(&["rules"], rules)
+}
+
+/// Runs `promtool check config --syntax-only` on `config`, a prometheus.yml (its rule files and
+/// credentials are not looked for): `Ok` if it accepts it, else what it said.
+pub fn promtool_check_config(config: &str) -> Result<(), String> {
+    promtool_check_file(&["config", "--syntax-only"], config)
+}
+
+/// `promtool check ARGS FILE`, FILE holding `contents`.
+fn promtool_check_file(args: &[&str], contents: &str) -> Result<(), String> {
     crate::which("promtool", "prometheus").map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
-    let file = dir.path().join("rules.yml");
-    std::fs::write(&file, rules).map_err(|e| format!("{}: {e}", file.display()))?;
+    let file = dir.path().join("checked.yml");
+    std::fs::write(&file, contents).map_err(|e| format!("{}: {e}", file.display()))?;
     let output = Command::new("promtool")
-        .args(["check", "rules"])
+        .arg("check")
+        .args(args)
         .arg(&file)
         .output()
         .map_err(|e| format!("promtool: {e}"))?;
@@ -313,7 +325,8 @@ pub fn promtool_check_rules(rules: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "promtool check rules: {}: {}{}",
+            "promtool check {}: {}: {}{}",
+            args.join(" "),
             output.status,
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
