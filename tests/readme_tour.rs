@@ -206,13 +206,13 @@ fn assert_printed_as_shown(steps: &[Step], printed: &str) -> bool {
 /// first line says (on a free port instead of the one shown), trusting that server's CA.
 #[tokio::test]
 async fn the_readme_http_examples_print_what_the_readme_shows() {
-    assert!(assert_curl_examples("HTTP: REST and gRPC").await, "the examples show versions");
+    assert!(assert_curl_examples(HTTP).await, "the examples show versions");
 }
 
 /// The README's browser section: what `/webtransport-cert` tells a page.
 #[tokio::test]
 async fn the_readme_browser_examples_print_what_the_readme_shows() {
-    assert_curl_examples("From a browser").await;
+    assert_curl_examples(BROWSER).await;
 }
 
 /// Runs the first `console` block of the README's section `heading`: a `qkv serve --web` line, then
@@ -576,53 +576,54 @@ fn binary_in_place(command: &str) -> String {
     }
 }
 
+/// The README's sections of curl examples.
+const HTTP: &str = "HTTP: REST and gRPC";
+const BROWSER: &str = "From a browser";
+
+/// A test per README example that [`assert_example_prints_what_it_shows`] runs as it is: its name, its
+/// section, and whether it runs against the server the README's first command starts. `EXAMPLES`
+/// lists their sections.
+macro_rules! readme_examples {
+    ($($(#[$doc:meta])* $test:ident: $heading:literal, running_server: $running:literal;)+) => {
+        const EXAMPLES: &[&str] = &[$($heading),+];
+        $(
+            $(#[$doc])*
+            #[tokio::test]
+            async fn $test() {
+                assert_example_prints_what_it_shows($heading, $running).await;
+            }
+        )+
+    };
+}
+
+readme_examples! {
+    /// A plaintext TCP server, a write and a bench over it.
+    the_readme_transports_example_prints_what_it_shows: "Transports", running_server: false;
+    /// A subscriber in the background, then a publish.
+    the_readme_publish_and_subscribe_example_prints_what_it_shows: "Publish and subscribe", running_server: true;
+    /// A client certificate, a server that requires one, a ping with it and one without.
+    the_readme_mutual_tls_example_prints_what_it_shows: "Only your clients: mutual TLS", running_server: false;
+    /// Closed and open loop against the running server, then the floor.
+    the_readme_benchmarking_example_prints_what_it_shows: "Benchmarking", running_server: true;
+}
+
 /// The README's sections whose `console` block a test here runs.
-const RUN: [&str; 7] = [
-    TOUR,
-    "HTTP: REST and gRPC",
-    "From a browser",
-    "Transports",
-    "Publish and subscribe",
-    "Only your clients: mutual TLS",
-    "Benchmarking",
-];
+fn run_sections() -> Vec<&'static str> {
+    [TOUR, HTTP, BROWSER].into_iter().chain(EXAMPLES.iter().copied()).collect()
+}
 
 /// No `console` block of the README goes unrun: each is the only one of a section a test runs.
 #[test]
 fn every_console_example_of_the_readme_is_run() {
+    let run = run_sections();
     let readme = include_str!("../README.md");
     for section in readme.split("\n## ").skip(1) {
         let heading = section.lines().next().unwrap_or_default();
         let blocks = section.matches("```console\n").count();
         match blocks {
-            0 => assert!(!RUN.contains(&heading), "{heading:?} has no console block to run"),
-            1 => assert!(RUN.contains(&heading), "the console block of {heading:?} is run by no test"),
+            0 => assert!(!run.contains(&heading), "{heading:?} has no console block to run"),
+            1 => assert!(run.contains(&heading), "the console block of {heading:?} is run by no test"),
             _ => panic!("{heading:?} has {blocks} console blocks; the tests run a section's first only"),
         }
     }
-}
-
-/// The README's transports example: a plaintext TCP server, a write and a bench over it.
-#[tokio::test]
-async fn the_readme_transports_example_prints_what_it_shows() {
-    assert_example_prints_what_it_shows("Transports", false).await;
-}
-
-/// The README's publish and subscribe example: a subscriber in the background, then a publish.
-#[tokio::test]
-async fn the_readme_publish_and_subscribe_example_prints_what_it_shows() {
-    assert_example_prints_what_it_shows("Publish and subscribe", true).await;
-}
-
-/// The README's mutual TLS example: a client certificate, a server that requires one, a ping with it
-/// and one without.
-#[tokio::test]
-async fn the_readme_mutual_tls_example_prints_what_it_shows() {
-    assert_example_prints_what_it_shows("Only your clients: mutual TLS", false).await;
-}
-
-/// The README's benchmarking example: closed and open loop against the running server, then the floor.
-#[tokio::test]
-async fn the_readme_benchmarking_example_prints_what_it_shows() {
-    assert_example_prints_what_it_shows("Benchmarking", true).await;
 }
