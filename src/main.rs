@@ -13,10 +13,12 @@ use qkv::certs::{CertDir, Provisioned};
 use qkv::client::{Client, ClientConfig, Event};
 use qkv::pb::Kvpair;
 use qkv::server::{Server, shutdown_signal};
-use qkv::storage::{DiskConfig, DiskStore, MemoryStore, RedisStore, RuntimeIdle, Storage};
+use qkv::storage::{DiskConfig, DiskStore, MemoryStore, RedisStore, Repaired, RuntimeIdle, Storage};
 use tracing_subscriber::EnvFilter;
 
-use cli::args::{BenchArgs, CertArgs, ClientArgs, Command, FloorArgs, LogFormat, ServeArgs, StatArgs, Store};
+use cli::args::{
+    BenchArgs, CertArgs, ClientArgs, Command, FloorArgs, LogFormat, RepairArgs, ServeArgs, StatArgs, Store,
+};
 use cli::config::Invocation;
 use cli::output::{self, CliError};
 use qkv::bench::{BenchConfig, Progress};
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args),
         Command::Floor(args) => floor(args),
         Command::Stat(args) => stat(args),
+        Command::Repair(args) => repair(args),
         command => client_runtime().and_then(|runtime| runtime.block_on(run_client_command(command))),
     };
     match result {
@@ -229,6 +232,26 @@ fn floor(args: FloorArgs) -> anyhow::Result<()> {
 /// `qkv stat`: a line (or a JSON object) per interval, until --count intervals or Ctrl-C. Only the first
 /// scrape must succeed; a later failure is reported and the view goes on, so it picks a restarted
 /// server up again (whose counters then start from 0: `Interval::between` takes that into account).
+fn repair(args: RepairArgs) -> anyhow::Result<()> {
+    match DiskStore::repair(&args.data_dir)? {
+        Repaired::Nothing => println!(
+            "nothing to repair in {}: its log ends whole, or in a write torn by a crash, which qkv serve cuts off",
+            args.data_dir.display()
+        ),
+        Repaired::Cut { segment, offset, first_whole, records_after, saved } => {
+            println!(
+                "cut {} at byte {offset}: damaged there, with a whole record from byte {first_whole} on",
+                segment.display()
+            );
+            println!(
+                "the bytes cut off ({records_after} whole records after the damage, their writes lost) are in {}",
+                saved.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn stat(args: StatArgs) -> anyhow::Result<()> {
     client_runtime()?.block_on(async {
         let mut ticks = tokio::time::interval(args.interval);
@@ -305,7 +328,12 @@ async fn run_client_command(command: Command) -> anyhow::Result<()> {
         | Command::Subscribe { client, .. }
         | Command::Publish { client, .. }
         | Command::Ping { client, .. } => client,
-        Command::Serve(_) | Command::Cert(_) | Command::Bench(_) | Command::Floor(_) | Command::Stat(_) => {
+        Command::Serve(_)
+        | Command::Cert(_)
+        | Command::Bench(_)
+        | Command::Floor(_)
+        | Command::Stat(_)
+        | Command::Repair(_) => {
             unreachable!("handled in main")
         }
     };
@@ -429,7 +457,12 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
                 println!("pong from {} in {rtt_ms:.3} ms", client.remote_address());
             }
         }
-        Command::Serve(_) | Command::Cert(_) | Command::Bench(_) | Command::Floor(_) | Command::Stat(_) => {
+        Command::Serve(_)
+        | Command::Cert(_)
+        | Command::Bench(_)
+        | Command::Floor(_)
+        | Command::Stat(_)
+        | Command::Repair(_) => {
             unreachable!("handled in main")
         }
     }

@@ -152,6 +152,10 @@ pub enum Command {
     /// Watch a server live from its admin listener (qkv serve --admin ADDR): each interval, requests/s
     /// and errors/s, p50 and p99, connections by transport, storage, pub/sub and limits hit.
     Stat(StatArgs),
+    /// Make a disk store's directory open again when `qkv serve` refused it because its last log
+    /// segment is damaged with whole records after the damage: cuts the log where the damage starts and
+    /// keeps the bytes cut off in a file beside it. Run it with no server on the directory.
+    Repair(RepairArgs),
     /// Measure round trips to the server.
     Ping {
         /// Bytes to send, echoed by the server.
@@ -186,6 +190,13 @@ pub struct StatArgs {
     /// How long one scrape of /metrics may take, e.g. 5s.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+}
+
+#[derive(Args)]
+pub struct RepairArgs {
+    /// The disk store's directory, as given to qkv serve --data-dir.
+    #[arg(long, default_value = "data", env = "QKV_DATA_DIR")]
+    pub data_dir: PathBuf,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

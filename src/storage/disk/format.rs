@@ -27,7 +27,7 @@ use crate::pb::{Value, Versioned};
 pub const LOG_MAGIC: [u8; 8] = *b"qkvlog\0\x01";
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"qkvsnap\x01";
 pub const HEADER_LEN: usize = 24;
-const RECORD_HEAD: usize = 8;
+pub const RECORD_HEAD: usize = 8;
 
 const SET: u8 = 1;
 const DELETE: u8 = 2;
@@ -222,6 +222,33 @@ impl<R: Read> Reader<R> {
         self.offset += RECORD_HEAD as u64 + length;
         Ok(Next::Record(record))
     }
+}
+
+/// How many bytes of a record [`candidate`] looks at: its head, kind, number and table name's length.
+pub const PEEK: usize = RECORD_HEAD + 13;
+/// The shortest record: a snapshot's end.
+pub const MIN_RECORD: usize = RECORD_HEAD + 9;
+
+/// Whether a record could start at `bytes` (at most [`PEEK`] bytes, fewer where the file ends), with
+/// `left` bytes of the file from there: a head that is not zeros, a length that fits, a kind this
+/// version writes, and a table name that fits in the body. Returns the body's length and checksum,
+/// which the caller checks: together they tell a whole record found past damage from chance bytes.
+pub fn candidate(bytes: &[u8], left: u64) -> Option<(u64, u32)> {
+    let (length, rest) = bytes.split_first_chunk::<4>()?;
+    let (crc, body) = rest.split_first_chunk::<4>()?;
+    let length = u64::from(u32::from_le_bytes(*length));
+    if length < (MIN_RECORD - RECORD_HEAD) as u64 || length > left.saturating_sub(RECORD_HEAD as u64) {
+        return None;
+    }
+    let fits = match *body.first()? {
+        END => length == (MIN_RECORD - RECORD_HEAD) as u64,
+        SET | DELETE => {
+            let table_len = body.get(9..13)?.try_into().map(u32::from_le_bytes).ok()?;
+            length >= 17 && u64::from(table_len) <= length - 17
+        }
+        _ => false,
+    };
+    fits.then_some((length, u32::from_le_bytes(*crc)))
 }
 
 fn decode(body: &[u8]) -> Option<Record> {

@@ -24,6 +24,8 @@ pub(crate) mod format;
 mod import;
 pub(crate) mod log;
 pub(crate) mod recovery;
+
+pub use recovery::Repaired;
 pub(crate) mod snapshot;
 
 use std::path::Path;
@@ -173,6 +175,14 @@ impl DiskStore {
             .map_err(|e| StorageError::Backend(format!("cannot start the committer thread: {e}")))?;
         let closed = StoreClosed { committer: Arc::new(Mutex::new(Some(committer))) };
         Ok(DiskStore { memory, log, closed, _temporary: None })
+    }
+
+    /// Cuts the last log segment of `dir` where it is damaged, when whole records follow the damage
+    /// (which [`DiskStore::open`] refuses: a crash does not leave that), keeping the bytes it cuts in
+    /// a file beside the segment ([`recovery::repair`]). For `qkv repair`; run it on a directory no
+    /// server has open.
+    pub fn repair(dir: &Path) -> StorageResult<Repaired> {
+        recovery::repair(dir).map_err(io_error("cannot repair the data in", dir))
     }
 
     /// Serves the store from the current runtime, which `idle` hears from: each batch is committed

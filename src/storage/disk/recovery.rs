@@ -2,13 +2,14 @@
 //!
 //! The last segment may end in a torn record (the machine stopped during a write): it is cut off there,
 //! which loses nothing acknowledged (a write is acknowledged only once every byte up to its record's end
-//! is durable). Damage anywhere else (a snapshot, an earlier segment, a missing segment) is not what a
+//! is durable), unless a whole record follows it: a crash tears only the last write, so that is damage,
+//! refused like damage elsewhere until `qkv repair` ([`repair`]) cuts it. Damage anywhere else (a snapshot, an earlier segment, a missing segment) is not what a
 //! crash leaves behind: the store refuses to open and says which file is damaged where, rather than
 //! serve data with a hole in it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::files::{self, Listing};
 use super::format::{self, Header, LOG_MAGIC, Next, Reader, Record};
@@ -135,6 +136,7 @@ fn replay_segment(
     match replayed.stop {
         Stop::End => {}
         Stop::Torn { offset, what } if is_last => {
+            refuse_if_records_follow(path, offset, len, what)?;
             result.torn_bytes = len - offset;
             tracing::warn!(
                 file = %path.display(), offset, bytes = result.torn_bytes, what,
@@ -144,6 +146,7 @@ fn replay_segment(
         }
         // The space the segment had written ahead when the process stopped without finishing it.
         Stop::Unwritten { offset } if is_last => {
+            refuse_if_records_follow(path, offset, len, "zeros where a record should be")?;
             result.unwritten_bytes = len - offset;
             tracing::debug!(file = %path.display(), offset, bytes = result.unwritten_bytes, "cutting off the log's unwritten space");
             cut_at(offset)?;
@@ -160,6 +163,119 @@ fn replay_segment(
         }
     }
     Ok(Some(result))
+}
+
+/// A crash tears only the last write: after a torn record (or the zeros a segment writes ahead) come
+/// more zeros, the rest of that write, or nothing. A whole record further on says the bytes were damaged
+/// after they were written, and what follows may have been acknowledged: nothing is cut, and the store
+/// refuses to open until `qkv repair` has been run (which keeps what it cuts).
+fn refuse_if_records_follow(path: &Path, offset: u64, len: u64, what: &str) -> io::Result<()> {
+    let Some(at) = whole_record_after(&File::open(path)?, offset, len)? else { return Ok(()) };
+    Err(damaged(
+        path,
+        format!(
+            "{what} at byte {offset}, yet a whole record follows at byte {at}: that is damage, not a write \
+             torn by a crash, and the records after it may have been acknowledged. Nothing was cut off; \
+             `qkv repair --data-dir DIR` cuts the log at byte {offset} and keeps the bytes it cuts in a \
+             file beside it"
+        ),
+    ))
+}
+
+/// Where the first whole record after byte `from` of a segment of `len` bytes starts: a head that
+/// [`format::candidate`] finds plausible and whose body's checksum holds. Reads the file a megabyte at
+/// a time; zeros, the usual tail, are passed over at once.
+pub(super) fn whole_record_after(file: &File, from: u64, len: u64) -> io::Result<Option<u64>> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: usize = 1 << 20;
+    let mut window = Vec::with_capacity(CHUNK + format::PEEK);
+    let mut start = from + 1;
+    while start + format::MIN_RECORD as u64 <= len {
+        window.resize((len - start).min((CHUNK + format::PEEK) as u64) as usize, 0);
+        file.read_exact_at(&mut window, start)?;
+        let candidates = (window.len() + 1 - format::MIN_RECORD).min(CHUNK);
+        for i in 0..candidates {
+            let at = start + i as u64;
+            let peek = &window[i..window.len().min(i + format::PEEK)];
+            if let Some((length, crc)) = format::candidate(peek, len - at)
+                && checksum(file, at + format::RECORD_HEAD as u64, length)? == crc
+            {
+                return Ok(Some(at));
+            }
+        }
+        start += CHUNK as u64;
+    }
+    Ok(None)
+}
+
+/// The CRC-32 of `length` bytes of `file` from `offset`, read in pieces.
+fn checksum(file: &File, mut offset: u64, length: u64) -> io::Result<u32> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut piece = vec![0; length.min(64 << 10) as usize];
+    let end = offset + length;
+    while offset < end {
+        let n = (end - offset).min(piece.len() as u64) as usize;
+        file.read_exact_at(&mut piece[..n], offset)?;
+        hasher.update(&piece[..n]);
+        offset += n as u64;
+    }
+    Ok(hasher.finalize())
+}
+
+/// What `qkv repair` did to a data directory.
+#[derive(Debug, PartialEq)]
+pub enum Repaired {
+    /// The last segment needs no repair: whole, or torn by a crash (which opening the store cuts off).
+    Nothing,
+    /// The last segment was cut at `offset`: damage followed by whole records, the first of them at
+    /// `first_whole`. The bytes cut off, `records_after` whole records among them, are in `saved`.
+    Cut { segment: PathBuf, offset: u64, first_whole: u64, records_after: u64, saved: PathBuf },
+}
+
+/// Cuts the last log segment of `dir` where it is damaged when whole records follow the damage (the
+/// case [`recover`] refuses), after copying the bytes cut off to `<segment>.damaged-at-<offset>` (durable
+/// before the cut). The writes in them are lost to the store; the copy is for whoever wants to look.
+/// Damage anywhere else (a snapshot, an earlier segment) is not repaired: `qkv serve` names it, and
+/// a backup is the way back.
+pub fn repair(dir: &Path) -> io::Result<Repaired> {
+    let _lock = files::lock(dir)?;
+    let Some((generation, path)) = files::list(dir)?.segments.pop_last() else {
+        return Ok(Repaired::Nothing);
+    };
+    let file = File::open(&path)?;
+    let len = file.metadata()?.len();
+    let mut input = BufReader::new(&file);
+    if Header::read(&mut input, LOG_MAGIC)?.is_none_or(|header| header.generation != generation) {
+        return Ok(Repaired::Nothing);
+    }
+    let mut reader = Reader::new(input, format::HEADER_LEN as u64, len);
+    let offset = loop {
+        match reader.next()? {
+            Next::Record(_) => continue,
+            Next::Damaged { offset, .. } | Next::Unwritten { offset } => break offset,
+            Next::End | Next::Unknown { .. } => return Ok(Repaired::Nothing),
+        }
+    };
+    let Some(first_whole) = whole_record_after(&file, offset, len)? else { return Ok(Repaired::Nothing) };
+    let mut after = BufReader::new(&file);
+    io::Seek::seek(&mut after, io::SeekFrom::Start(first_whole))?;
+    let mut reader = Reader::new(after, first_whole, len);
+    let mut records_after = 0;
+    while let Next::Record(_) = reader.next()? {
+        records_after += 1;
+    }
+    let saved = PathBuf::from(format!("{}.damaged-at-{offset}", path.display()));
+    let mut copy = OpenOptions::new().create_new(true).write(true).open(&saved)?;
+    let mut tail = BufReader::new(&file);
+    io::Seek::seek(&mut tail, io::SeekFrom::Start(offset))?;
+    io::copy(&mut tail, &mut copy)?;
+    copy.sync_all()?;
+    files::sync_dir(dir)?;
+    let cut = OpenOptions::new().write(true).open(&path)?;
+    cut.set_len(offset)?;
+    cut.sync_all()?;
+    Ok(Repaired::Cut { segment: path, offset, first_whole, records_after, saved })
 }
 
 /// What replaying a segment's records did.

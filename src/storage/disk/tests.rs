@@ -185,8 +185,12 @@ fn record_ends(segment: &[u8]) -> Vec<u64> {
 
 /// A crash can tear the log's last write anywhere; a disk can damage any byte. Cut or damaged at every
 /// byte of its last records, and each either where the file ends or followed by the zeros the segment
-/// had written ahead (a crash leaves them: only a closed store cuts them off), the log recovers every
-/// write before the damage, and the store goes on.
+/// had written ahead (a crash leaves them: only a closed store cuts them off):
+/// - where nothing whole follows the damage (what a crash leaves), the log recovers every write before
+///   it, and the store goes on;
+/// - where whole records follow it (a damaged byte, not a torn write: they may have been acknowledged),
+///   the store refuses to open and changes nothing; `qkv repair` then cuts the log at the damage,
+///   keeping the bytes it cuts, and the store opens with every write before it.
 #[tokio::test]
 async fn a_torn_or_damaged_tail_loses_no_write_before_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -198,7 +202,7 @@ async fn a_torn_or_damaged_tail_loses_no_write_before_it() {
     let ends = record_ends(&segment);
     assert_eq!(ends.len(), 40);
     let last_records_start = ends[ends.len() - 4];
-    let mut cases = 0;
+    let (mut cases, mut refused) = (0, 0);
     for at in last_records_start..segment.len() as u64 {
         // Records wholly before the cut or the damaged byte survive; the one it falls in and any after
         // it are gone.
@@ -217,16 +221,51 @@ async fn a_torn_or_damaged_tail_loses_no_write_before_it() {
             .iter()
             .filter(|&&end| end <= at || segment[at as usize..end as usize].iter().all(|&b| b == 0))
             .count();
+        let followed = whole + 1 < ends.len();
         let damaged = [
-            ("cut, then zeros", zeroed_ahead(&truncated), restored),
-            ("flipped, then zeros", zeroed_ahead(&flipped), whole),
-            ("cut", truncated, whole),
-            ("flipped", flipped, whole),
+            ("cut, then zeros", zeroed_ahead(&truncated), restored, false),
+            ("flipped, then zeros", zeroed_ahead(&flipped), whole, followed),
+            ("cut", truncated, whole, false),
+            ("flipped", flipped, whole, followed),
         ];
-        for (damage, bytes, whole) in damaged {
+        for (damage, bytes, whole, followed) in damaged {
             let case = format!("log {damage} at byte {at}: {whole} whole records");
             let copy = tempfile::tempdir().unwrap();
-            std::fs::write(copy.path().join(segment_path.file_name().unwrap()), bytes).unwrap();
+            let path = copy.path().join(segment_path.file_name().unwrap());
+            std::fs::write(&path, &bytes).unwrap();
+            if followed {
+                let Err(StorageError::Backend(error)) = DiskStore::open_when_free(copy.path(), test_config())
+                else {
+                    panic!("{case}: opened, with whole records after the damage")
+                };
+                assert!(
+                    error.contains("yet a whole record follows") && error.contains("qkv repair"),
+                    "{case}: {error}"
+                );
+                assert_eq!(std::fs::read(&path).unwrap(), bytes, "{case}: the segment was changed");
+                let Repaired::Cut { offset, saved, records_after, .. } =
+                    DiskStore::repair(copy.path()).unwrap()
+                else {
+                    panic!("{case}: nothing repaired")
+                };
+                assert_eq!(
+                    offset,
+                    if whole == 0 { format::HEADER_LEN as u64 } else { ends[whole - 1] },
+                    "{case}"
+                );
+                assert!(
+                    records_after >= (ends.len() - whole - 1) as u64,
+                    "{case}: {records_after} records after"
+                );
+                assert_eq!(
+                    std::fs::read(saved).unwrap(),
+                    bytes[offset as usize..],
+                    "{case}: the bytes cut off"
+                );
+                refused += 1;
+            } else {
+                assert_eq!(DiskStore::repair(copy.path()).unwrap(), Repaired::Nothing, "{case}");
+            }
             let store = DiskStore::open_when_free(copy.path(), test_config()).expect(&case);
             assert_holds(&store, &states[whole], &case).await;
             // The damage is gone for good: a write after it survives the next restart.
@@ -240,7 +279,7 @@ async fn a_torn_or_damaged_tail_loses_no_write_before_it() {
             cases += 1;
         }
     }
-    assert!(cases > 200, "{cases} cases");
+    assert!(cases > 200 && refused > 50, "{cases} cases, {refused} refused");
 }
 
 /// Damage that a crash cannot cause (in a log segment that is not the last) stops the store from
