@@ -112,6 +112,24 @@ async fn hmset_and_hmdel_answer_in_request_order(transport: Transport) {
     assert_eq!(previous, vec![Some("2".into()), None, Some("1".into())]);
 }
 
+/// An empty table or key is a name like any other, on every door (REST has routes of its own for them).
+async fn empty_names_are_names_like_any_other(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
+    let client = server.client().await;
+    for (table, key) in [("t", ""), ("", "k"), ("", "")] {
+        let case = format!("table {table:?}, key {key:?}");
+        let version = client.hset(table, key, "v").await.expect(&case).version;
+        let held = Some(Versioned { value: "v".into(), version });
+        assert_eq!(client.hget(table, key).await.expect(&case), held, "{case}");
+        assert!(client.hexist(table, key).await.expect(&case), "{case}");
+        let listed = client.hgetall(table).await.expect(&case);
+        assert!(listed.iter().any(|(k, v)| k == key && v.version == version), "{case}: {listed:?}");
+        let deleted = client.hdel(table, key).await.expect(&case);
+        assert_eq!(deleted, Written { previous: Some("v".into()), version: 0 }, "{case}");
+        assert!(!client.hexist(table, key).await.expect(&case), "{case}");
+    }
+}
+
 async fn hgetall_returns_every_pair_with_its_version(transport: Transport) {
     let server = TestServer::start_for(transport).await;
     let client = server.client().await;
@@ -360,6 +378,7 @@ transport_tests!(commands: quic, tls, tcp, http, grpc, grpc_pipeline =>
     hset_returns_previous_value_and_a_new_version_each_time,
     every_value_type_round_trips,
     hdel_returns_previous_value_and_leaves_the_key_absent,
+    empty_names_are_names_like_any_other,
     hexist_and_hmexist_answer_booleans_and_versions_in_request_order,
     hmget_answers_one_entry_per_key_in_request_order_with_empty_values_for_misses,
     hmset_and_hmdel_answer_in_request_order,

@@ -166,6 +166,17 @@ async fn keys_are_resources_whose_etag_is_their_version() {
     assert_eq!(replaced.json()["previous"], json!("Ada"));
     let second = etag(&replaced);
     assert_ne!(second, first);
+    // Strong comparison is character by character, an opaque tag may hold a comma, and * stands alone.
+    let bare = second.trim_matches('"');
+    for near in [format!("\"+{bare}\""), format!("\"0{bare}\""), "\"a,b\"".into()] {
+        web.put(key, "text/plain", b"Eve", &[&format!("if-match: {near}")]).await.problem(412);
+    }
+    web.put(key, "text/plain", b"Eve", &[&format!("if-match: {second}, *")]).await.problem(400);
+    // A read with If-Match: only of that version.
+    assert_eq!(web.curl(key, &["-H", &format!("if-match: {second}")]).await.status, 200);
+    web.curl(key, &["-H", &if_match]).await.problem(412);
+    web.curl(key, &["-H", "if-match: garbage"]).await.problem(400);
+    web.put(key, "text/plain", b"Eve", &[&format!("if-match: {second} \"1\"")]).await.problem(400);
     // The old ETag no longer matches: not modified no more, and a conditional delete fails.
     assert_eq!(web.curl(key, &["-H", &if_none_match]).await.status, 200);
     web.curl(key, &["-X", "DELETE", "-H", &if_match]).await.problem(412);
@@ -239,6 +250,7 @@ async fn bad_input_gets_a_clear_4xx_and_never_a_500() {
     web.put(key, "application/json", b"{\"binary\": \"!\"}", &[]).await.problem(400);
     web.put(key, "text/plain", &[0xff, 0xfe], &[]).await.problem(400);
     web.put(key, "text/plain; charset=latin1", b"x", &[]).await.problem(415);
+    web.put(key, "text/plain; Charset=latin1", b"x", &[]).await.problem(415);
     web.put(key, "application/x-www-form-urlencoded", b"a=b", &[]).await.problem(415);
     web.curl(key, &["-X", "PUT", "--data-binary", "x", "-H", "content-type:"]).await.problem(415);
     web.put(key, "text/plain", &vec![b'x'; 200 * 1024], &[]).await.problem(413);

@@ -47,9 +47,7 @@ impl Problem {
             Some((_, version)) => format!(
                 "the key's current version is {version} (ETag \"{version}\"): read it again and retry with If-Match: \"{version}\", or without a condition to overwrite it"
             ),
-            None => {
-                "the key does not exist: retry without If-Match, or with If-None-Match: * to create it".into()
-            }
+            None => "the key does not exist: retry without If-Match (a PUT with If-None-Match: * creates it only if it is still absent)".into(),
         };
         Problem {
             status: StatusCode::PRECONDITION_FAILED,

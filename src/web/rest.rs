@@ -39,7 +39,7 @@ pub const IDENTITY_HEADER: &str = "qkv-identity";
 /// themselves, so that it cannot leave one out.
 pub fn router<H: Handler>(handler: H, limits: &Limits) -> Router {
     let door = Door { handler: Arc::new(handler), reply_timeout: limits.reply_timeout };
-    let (router, api) = api().with_state(door).split_for_parts();
+    let (router, api) = empty_names(api()).with_state(door).split_for_parts();
     let document = openapi::document(&api);
     router
         .route("/v1/openapi.json", get(move || std::future::ready(axum::Json(document.clone()))))
@@ -64,6 +64,29 @@ pub fn api() -> OpenApiRouter<Door> {
         .routes(routes!(mdel))
         .routes(routes!(subscribe, publish))
         .routes(routes!(ping))
+}
+
+/// The routes of empty names, the same handlers: a path parameter matches an empty segment inside a
+/// path (`/v1/tables//keys/k` is key `k` of the empty table) but never at its end, so the empty key of a
+/// table is `/v1/tables/{table}/keys/`, the empty table `/v1/tables/` and the empty topic
+/// `/v1/topics/`. Left out of the OpenAPI document, which cannot say "this parameter may be empty".
+fn empty_names(router: OpenApiRouter<Door>) -> OpenApiRouter<Door> {
+    type Named = Result<Path<String>, PathRejection>;
+    let key = |table: Named| table.map(|Path(table)| Path((table, String::new())));
+    let empty = || -> Named { Ok(Path(String::new())) };
+    router
+        .route(
+            "/v1/tables/{table}/keys/",
+            get(move |s, c, table: Named, h| get_key(s, c, key(table), h))
+                .put(move |s, c, table: Named, u, h, b| put_key(s, c, key(table), u, h, b))
+                .delete(move |s, c, table: Named, h| delete_key(s, c, key(table), h)),
+        )
+        .route("/v1/tables/", get(move |s, c, q| list_table(s, c, empty(), q)))
+        .route(
+            "/v1/topics/",
+            get(move |s, c, h| subscribe(s, c, empty(), h))
+                .post(move |s, c, h, b| publish(s, c, empty(), h, b)),
+        )
 }
 
 /// The service behind the REST handlers, one type whatever the handler (so that the handlers, and the
@@ -108,28 +131,50 @@ impl Condition {
         let bad = || Problem::bad_request(format!("{name} must be * or a list of ETags such as \"42\""));
         let mut strong = Vec::new();
         let mut weak = Vec::new();
-        let mut tags = 0;
+        let (mut tags, mut any) = (0, false);
         for value in values {
-            for tag in value.to_str().map_err(|_| bad())?.split(',').map(str::trim).filter(|t| !t.is_empty())
-            {
-                tags += 1;
-                if tag == "*" {
-                    return Ok(Some(Condition::Any));
+            // RFC 9110: `*`, or a comma-separated list of entity tags, each `"opaque"` or `W/"opaque"`,
+            // where the opaque part may hold commas.
+            let mut rest = value.to_str().map_err(|_| bad())?;
+            loop {
+                rest = rest.trim_start_matches([' ', '\t', ',']);
+                if rest.is_empty() {
+                    break;
                 }
-                let (list, quoted) = match tag.strip_prefix("W/") {
-                    Some(quoted) => (&mut weak, quoted),
-                    None => (&mut strong, tag),
+                tags += 1;
+                let after = if let Some(after) = rest.strip_prefix('*') {
+                    any = true;
+                    after
+                } else {
+                    let (list, quoted) = match rest.strip_prefix("W/") {
+                        Some(quoted) => (&mut weak, quoted),
+                        None => (&mut strong, rest),
+                    };
+                    let opaque = quoted.strip_prefix('"').ok_or_else(bad)?;
+                    let end = opaque.find('"').ok_or_else(bad)?;
+                    // An ETag this server never made matches nothing (RFC 9110: it is not an error), and
+                    // comparison is character by character: "+42" and "042" are not "42". Versions start
+                    // above 0: "0" is one of those, not the protocol's "absent".
+                    let inner = &opaque[..end];
+                    if let Ok(version @ 1..) = inner.parse::<u64>()
+                        && version.to_string() == inner
+                    {
+                        list.push(version);
+                    }
+                    &opaque[end + 1..]
                 };
-                let inner = quoted.strip_prefix('"').and_then(|t| t.strip_suffix('"')).ok_or_else(bad)?;
-                // An ETag this server never made matches nothing (RFC 9110: it is not an error). Versions
-                // start above 0: "0" is one of those, not the protocol's "absent".
-                if let Ok(version @ 1..) = inner.parse::<u64>() {
-                    list.push(version);
+                rest = after.trim_start_matches([' ', '\t']);
+                if !rest.is_empty() && !rest.starts_with(',') {
+                    return Err(bad());
                 }
             }
         }
-        if tags == 0 {
-            return Err(bad());
+        match (tags, any) {
+            (0, _) => return Err(bad()),
+            (1, true) => return Ok(Some(Condition::Any)),
+            // `*` stands alone.
+            (_, true) => return Err(bad()),
+            _ => {}
         }
         Ok(Some(Condition::Tags { strong, weak }))
     }
@@ -214,7 +259,11 @@ fn value_of(headers: &HeaderMap, body: Bytes) -> Result<Value, Problem> {
     };
     match media.as_str() {
         "text/plain" => {
-            let charset = parts.find_map(|p| p.strip_prefix("charset=")).map(|c| c.trim_matches('"'));
+            // Parameter names are case-insensitive (RFC 9110, 5.6.6).
+            let charset = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(name, _)| name.trim().eq_ignore_ascii_case("charset"))
+                .map(|(_, c)| c.trim().trim_matches('"'));
             if charset.is_some_and(|c| !c.eq_ignore_ascii_case("utf-8")) {
                 return Err(unsupported());
             }
@@ -292,13 +341,16 @@ fn current_of(response: CommandResponse) -> Option<(Value, u64)> {
         ("key" = String, Path, description = "The key (percent-encoded; a / in it as %2F)"),
         ("Accept" = Option<String>, Header, description = "application/json: the value as JSON whatever its kind"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag, a list of them or *: 304 when the key's matches", pattern = r#"^(\*|(W/)?"[^"]*"([ \t]*,[ \t]*(W/)?"[^"]*")*)$"#),
+        ("If-Match" = Option<String>, Header, description = "An ETag, a list of them or *: 412 unless the key's matches", pattern = r#"^(\*|(W/)?"[^"]*"([ \t]*,[ \t]*(W/)?"[^"]*")*)$"#),
     ),
     responses(
         (status = 200, description = "The value: a string as text/plain, binary as application/octet-stream, numbers and booleans (or anything, with Accept: application/json) as JSON", headers(("ETag" = String, description = "The key's version, quoted")),
             content((String = "text/plain"), (Vec<u8> = "application/octet-stream"), (JsonValue = "application/json"))),
         (status = 304, description = "Not modified: If-None-Match named the key's ETag"),
         (status = 400, description = "A bad name or header", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "A name over the server's limits", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such key", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match named no ETag of the key (or the key does not exist)", body = openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn get_key(
@@ -308,8 +360,16 @@ async fn get_key(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let (table, key) = names(path)?;
+    let only_if = Condition::parse(&headers, header::IF_MATCH)?;
     let unless = Condition::parse(&headers, header::IF_NONE_MATCH)?;
     let response = complete(door.run(CommandRequest::hget(&table, &key), caller.clone()).await).await;
+    // If-Match first, even on a missing key (RFC 9110, 13.2.2): a read of another version is a 412.
+    if let Some(only_if) = only_if {
+        let current = (response.status == status::OK).then(|| current_of(response.clone())).flatten();
+        if !only_if.matches_strongly(current.as_ref().map(|(_, version)| *version)) {
+            return Err(Problem::precondition_failed(current));
+        }
+    }
     if response.status != status::OK {
         return Err(Problem::from_response(&response));
     }
@@ -432,12 +492,14 @@ async fn put_key(
         ("table" = String, Path, description = "The table"),
         ("key" = String, Path, description = "The key"),
         ("If-Match" = Option<String>, Header, description = "Delete only if the key's ETag is this one", pattern = r#"^(\*|(W/)?"[^"]*"([ \t]*,[ \t]*(W/)?"[^"]*")*)$"#),
+        ("If-None-Match" = Option<String>, Header, description = "Delete only if the key's ETag is none of these (*: only if the key does not exist, which deletes nothing)", pattern = r#"^(\*|(W/)?"[^"]*"([ \t]*,[ \t]*(W/)?"[^"]*")*)$"#),
         ("Accept" = Option<String>, Header, description = "application/json: the old value as JSON"),
     ),
     responses(
         (status = 200, description = "Deleted; the value it held, represented as GET would",
             content((String = "text/plain"), (Vec<u8> = "application/octet-stream"), (JsonValue = "application/json"))),
         (status = 400, description = "A bad name or header", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "A name over the server's limits", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such key", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 412, description = "The condition does not hold", body = openapi::Problem, content_type = "application/problem+json"),
     )
@@ -490,6 +552,7 @@ struct Page {
     responses(
         (status = 200, description = "The entries in key order (by UTF-8 bytes). A body cut short (no closing bracket) means the listing failed part way", body = TablePage),
         (status = 400, description = "A bad name or query", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "A name over the server's limits", body = openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn list_table(
@@ -638,6 +701,7 @@ struct Published {
     responses(
         (status = 200, description = "One entry per key, in request order", body = Entries),
         (status = 400, description = "Not the body described", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "A name over the server's limits", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 415, description = "A body that is not application/json", body = openapi::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -671,6 +735,7 @@ async fn mget(
     responses(
         (status = 200, description = "One item per key, in request order", body = DeletedItems),
         (status = 400, description = "Not the body described", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "A name over the server's limits", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 415, description = "A body that is not application/json", body = openapi::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -763,6 +828,7 @@ async fn mset(
     responses(
         (status = 200, description = "Published", body = Published),
         (status = 400, description = "Not a JSON array of values", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "A topic name (or, for a publish, the message) over the server's limits", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 415, description = "A body that is not application/json", body = openapi::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -803,6 +869,7 @@ async fn publish(
     responses(
         (status = 200, description = "Events: subscribed {\"id\"}, message [values], missed {\"missed\"}, end {\"status\", \"detail\"}", content_type = "text/event-stream", body = openapi::ServerSentEvent),
         (status = 400, description = "A bad name", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "A topic name (or, for a publish, the message) over the server's limits", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 406, description = "Accept does not list text/event-stream", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many subscriptions", body = openapi::Problem, content_type = "application/problem+json"),
     )
