@@ -3,7 +3,8 @@
 //!
 //! - `GET /metrics`: every metric (docs/OPERATIONS.md), in Prometheus's text format. Gauges of what
 //!   the store and the connections hold are read at each scrape.
-//! - `GET /healthz`: 200 while the process runs.
+//! - `GET /healthz`: 200 while the process runs, 503 once the store has failed in a way that only a
+//!   restart mends (the disk store's log could not be written).
 //! - `GET /readyz`: 200 when the storage backend answers and the server is not shutting down; 503
 //!   with the reason otherwise.
 
@@ -74,7 +75,7 @@ pub async fn serve<S: Storage>(
     let admin = Arc::new(Admin { exporter, service, connections, draining });
     let router = Router::new()
         .route("/metrics", get(metrics::<S>))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz::<S>))
         .route("/readyz", get(readyz::<S>))
         .with_state(admin);
     info!(%addr, "admin listener serving /metrics, /healthz and /readyz over plaintext HTTP");
@@ -101,6 +102,14 @@ async fn readiness<S: Storage>(admin: &Admin<S>) -> Result<(), String> {
     match tokio::time::timeout(HEALTH_TIMEOUT, admin.service.storage().health()).await {
         Ok(health) => health.map_err(|reason| format!("storage: {reason}")),
         Err(_) => Err(format!("storage: no answer within {HEALTH_TIMEOUT:?}")),
+    }
+}
+
+/// Alive unless the store has failed in a way only a restart mends (a liveness probe then restarts it).
+async fn healthz<S: Storage>(State(admin): State<Arc<Admin<S>>>) -> (StatusCode, String) {
+    match admin.service.storage().broken() {
+        None => (StatusCode::OK, "ok\n".into()),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("broken: {reason}\n")),
     }
 }
 

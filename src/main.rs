@@ -122,9 +122,17 @@ fn memory_budget(args: &ServeArgs) -> anyhow::Result<usize> {
     Ok(budget)
 }
 
+/// Serves until a shutdown signal. A store that failed in a way only a restart mends (a disk store whose
+/// log could not be written) makes it an error, so that the process exits with status 4 and a
+/// supervisor restarts it (`Restart=on-failure`).
 async fn run_server<S: Storage>(config: qkv::server::ServerConfig, storage: S) -> anyhow::Result<()> {
-    Server::bind(config, storage)?.run(shutdown_signal()).await;
-    Ok(())
+    let server = Server::bind(config, storage)?;
+    let service = server.service().clone();
+    server.run(shutdown_signal()).await;
+    match service.storage().broken() {
+        Some(reason) => bail!("the store failed while serving, and refused writes since: {reason}"),
+        None => Ok(()),
+    }
 }
 
 fn cert(args: CertArgs) -> anyhow::Result<()> {
@@ -362,7 +370,9 @@ async fn subscribe(client: &Client, topic: &str, count: Option<u64>) -> anyhow::
                 received += 1;
             }
             Some(Event::Missed(missed)) => {
-                eprintln!("(missed {missed} messages: this subscriber read too slowly)")
+                eprintln!(
+                    "(missed {missed} messages: this subscriber read too slowly, or its server lost its link to Redis for a while)"
+                )
             }
             None => return Ok(()),
         }

@@ -183,6 +183,12 @@ pub trait Storage: Send + Sync + 'static {
         std::future::ready(Ok(()))
     }
 
+    /// A failure that only a restart of the process mends (for `/healthz`, and the exit status): what
+    /// failed, or `None`. The disk store's log, once a write to it has failed.
+    fn broken(&self) -> Option<String> {
+        None
+    }
+
     /// What the backend holds, as far as it knows cheaply (for the metrics).
     fn usage(&self) -> StorageUsage {
         StorageUsage::default()

@@ -408,6 +408,10 @@ impl Storage for DiskStore {
         self.log.writable().map_err(|e| e.to_string())
     }
 
+    fn broken(&self) -> Option<String> {
+        self.log.writable().err().map(|e| e.to_string())
+    }
+
     async fn get(&self, table: &str, key: &str) -> StorageResult<Option<Versioned>> {
         let found = self.memory.get(table, key).await?;
         let version = found.as_ref().map(|v| v.version);

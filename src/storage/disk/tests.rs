@@ -591,3 +591,16 @@ async fn deferred_answers_wait_for_their_ticket_and_fail_as_the_store_would() {
         other => panic!("a read's ticket fails as an internal error: {other:?}"),
     }
 }
+
+/// Once a write to the log has failed, the store says it is broken (`/healthz` answers 503 and the
+/// server exits with an error, so that a supervisor restarts it), and refuses writes.
+#[tokio::test]
+async fn a_failed_log_leaves_the_store_broken_until_a_restart() {
+    let store = DiskStore::temporary();
+    assert_eq!(store.broken(), None);
+    store.set(TABLE, "k", "v".into(), None).await.unwrap();
+    store.log.fail("No space left on device".into());
+    let broken = store.broken().expect("broken");
+    assert!(broken.contains("No space left on device") && broken.contains("restarts"), "{broken}");
+    assert!(store.set(TABLE, "k", "w".into(), None).await.is_err());
+}

@@ -119,9 +119,12 @@ fn tcp_settings() -> redis::io::tcp::TcpSettings {
 }
 
 /// A Redis URL without its user and password, as it may be logged or printed.
+/// Whatever comes before an `@` is taken for credentials, even in a URL malformed otherwise (say
+/// `redis//user:secret@host`), which is printed only to be refused.
 pub fn redacted_url(url: &str) -> String {
     match (url.split_once("://"), url.rfind('@')) {
         (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
+        (None, Some(at)) => format!("…@{}", &url[at + 1..]),
         _ => url.to_owned(),
     }
 }
@@ -464,6 +467,7 @@ mod tests {
         assert_eq!(redacted_url("redis://user:secret@10.0.0.1:6379"), "redis://10.0.0.1:6379");
         assert_eq!(redacted_url("rediss://:p@ss@host:7000/0"), "rediss://host:7000/0");
         assert_eq!(redacted_url("redis://host:6379"), "redis://host:6379");
+        assert_eq!(redacted_url("redis//u:hunter2@host"), "…@host");
         let config = RedisConfig {
             urls: vec!["redis://u:hunter2@h:1".into()],
             password: Some("hunter3".into()),
