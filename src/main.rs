@@ -60,6 +60,13 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Limits that cannot work together are a bad command line: said before anything is opened.
+    let config = args.config();
+    config
+        .limits
+        .validate()
+        .and_then(|()| config.service.validate(config.limits.max_frame_len))
+        .map_err(|e| CliError::InvalidInput(format!("invalid configuration: {e}")))?;
     let idle = RuntimeIdle::default();
     let runtime = qkv::server::runtime(args.runtime.layout()?, Some(idle.clone()))
         .context("cannot start the runtime")?;

@@ -155,6 +155,12 @@ async fn a_bad_config_file_is_refused_naming_the_file_the_key_and_what_was_expec
         ("listen = \n", vec!["TOML parse error at line 1"]),
         // A good key does not let a bad one through, whatever their order.
         ("max_connections = 5\nsend_window = \"big\"\n", vec!["key `send_window`"]),
+        // Out of range, refused by the parser as a flag would be.
+        ("max_connections = 0\n", vec!["key `max_connections`", "must be at least 1"]),
+        ("max_frame_size = \"5GiB\"\n", vec!["key `max_frame_size`", "must be between 1KiB"]),
+        ("idle_timeout = \"0s\"\n", vec!["key `idle_timeout`", "longer than zero"]),
+        ("memory_budget = 0\n", vec!["key `memory_budget`", "at least 1 byte"]),
+        ("connection_window = 1\n", vec!["key `connection_window`", "between 16KiB and 1TiB"]),
     ];
     for (contents, expected) in cases {
         let file = write(dir.path(), "bad.toml", contents);
@@ -167,6 +173,12 @@ async fn a_bad_config_file_is_refused_naming_the_file_the_key_and_what_was_expec
         }
         assert!(!stderr.contains("serving"), "{contents:?}: the server must not start: {stderr}");
     }
+    // Limits that cannot work together: refused before anything is opened, naming the flags.
+    let file = write(dir.path(), "bad.toml", "max_frame_size = \"32MiB\"\nmax_request_buffer = \"16MiB\"\n");
+    let output = serve(&["--config", &file, "--listen", "127.0.0.1:0", "--certs", &certs], &[]).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(EXIT_INVALID_INPUT), "{stderr}");
+    assert!(stderr.contains("--max-request-buffer") && stderr.contains("--max-frame-size"), "{stderr}");
     let missing = dir.path().join("missing.toml");
     let output = serve(&["--config", &missing.to_string_lossy()], &[]).await;
     assert_eq!(output.status.code(), Some(EXIT_INVALID_INPUT));

@@ -175,7 +175,7 @@ pub struct StatArgs {
     #[arg(long, value_name = "ADDR", env = "QKV_ADMIN")]
     pub admin: AdminAddr,
     /// Time between two lines, e.g. 1s or 500ms.
-    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    #[arg(long, default_value = "1s", value_parser = parse_positive_duration)]
     pub interval: Duration,
     /// Stop after N intervals (default: until Ctrl-C).
     #[arg(long, value_name = "N")]
@@ -197,14 +197,6 @@ pub struct RepairArgs {
     /// The disk store's directory, as given to qkv serve --data-dir.
     #[arg(long, default_value = "data", env = "QKV_DATA_DIR")]
     pub data_dir: PathBuf,
-}
-
-fn parse_interval(s: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(s) {
-        Ok(interval) if interval.is_zero() => Err("the interval must be longer than zero".into()),
-        Ok(interval) => Ok(interval),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 #[derive(Args)]
@@ -450,62 +442,62 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Largest frame accepted or sent, e.g. 16MiB.
-    #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "16MiB", value_parser = parse_frame_size)]
     pub max_frame_size: usize,
     /// Requests in progress per connection (QUIC: open streams; TCP: pipelined requests read but not
     /// yet answered).
-    #[arg(long, alias = "max-streams", default_value_t = Limits::default().max_concurrent_requests)]
+    #[arg(long, alias = "max-streams", default_value_t = Limits::default().max_concurrent_requests, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
     /// Connections served at once; more are refused.
-    #[arg(long, default_value_t = Limits::default().max_connections)]
+    #[arg(long, default_value_t = Limits::default().max_connections, value_parser = parse_at_least_one)]
     pub max_connections: usize,
     /// Request bytes one connection may have buffered at once (at least one maximum-size frame).
     #[arg(long, default_value = "32MiB", value_parser = parse_size)]
     pub max_request_buffer: usize,
     /// Request bytes a QUIC connection may send ahead of what the server has read (flow control);
     /// reserved from --connection-memory for every QUIC connection.
-    #[arg(long, default_value = "256KiB", value_parser = parse_size)]
+    #[arg(long, default_value = "256KiB", value_parser = parse_window)]
     pub connection_window: usize,
     /// Reply bytes a QUIC connection may have unacknowledged (what a client that stops reading can make
     /// the server hold for it); reserved from --connection-memory for every QUIC connection.
-    #[arg(long, default_value = "256KiB", value_parser = parse_size)]
+    #[arg(long, default_value = "256KiB", value_parser = parse_window)]
     pub send_window: usize,
     /// Memory all connections together can make the server hold: their windows and buffers, request
     /// bytes, answers waiting, published messages queued for subscribers. New connections are refused
     /// when it cannot take their share; requests wait (then 503). Default: a quarter of the machine's
     /// (or cgroup's) memory.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_nonzero_size)]
     pub connection_memory: Option<usize>,
     /// How long a request waits for --connection-memory before it is refused with 503, e.g. 2s.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_positive_duration)]
     pub memory_wait: Duration,
     /// QUIC handshakes from unvalidated addresses in progress at once; beyond it, new clients must
     /// prove their address with a Retry (one more round trip), so spoofed Initials cannot hold places.
     #[arg(long, default_value_t = Limits::default().max_unvalidated_handshakes)]
     pub max_unvalidated_handshakes: usize,
     /// Longest table name accepted.
-    #[arg(long, default_value = "1KiB", value_parser = parse_size)]
+    #[arg(long, default_value = "1KiB", value_parser = parse_nonzero_size)]
     pub max_table_size: usize,
     /// Longest key accepted.
-    #[arg(long, default_value = "16KiB", value_parser = parse_size)]
+    #[arg(long, default_value = "16KiB", value_parser = parse_nonzero_size)]
     pub max_key_size: usize,
     /// Largest value accepted (encoded).
-    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "4MiB", value_parser = parse_nonzero_size)]
     pub max_value_size: usize,
     /// Memory the store's data may take (memory and disk stores: the disk store serves from memory);
     /// writes beyond it are refused with status 507 while reads and deletes keep working. Default:
     /// half of the machine's (or cgroup's) memory.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_nonzero_size)]
     pub memory_budget: Option<usize>,
     /// Hgetall scans running at once; more wait. Each holds a snapshot of its table's keys.
-    #[arg(long, default_value_t = ServiceConfig::default().max_concurrent_scans)]
+    #[arg(long, default_value_t = ServiceConfig::default().max_concurrent_scans, value_parser = parse_at_least_one)]
     pub max_concurrent_scans: usize,
     /// Messages each subscriber's queue holds before --lag-policy applies to it.
-    #[arg(long, default_value_t = ServiceConfig::default().subscriber_queue)]
+    #[arg(long, default_value_t = ServiceConfig::default().subscriber_queue, value_parser = parse_at_least_one)]
     pub subscriber_queue: usize,
     /// Bytes of messages each subscriber's queue holds before --lag-policy applies to it (an empty
     /// queue takes any message), e.g. 16MiB.
-    #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+    #[arg(long, default_value = "16MiB", value_parser = parse_nonzero_size)]
     pub subscriber_queue_bytes: usize,
     /// What happens to a subscriber whose queue is full when a message is published: skip (it misses
     /// the message and is told how many it missed) or drop (its subscription ends with status 429).
@@ -513,16 +505,16 @@ pub struct ServeArgs {
     pub lag_policy: LagPolicy,
     /// Abandon a reply the client reads less than --reply-min-progress of in this long, once it has to
     /// wait, e.g. 30s.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
     pub reply_timeout: Duration,
     /// What a client must read of a waiting reply within --reply-timeout, e.g. 16KiB.
     #[arg(long, default_value = "16KiB", value_parser = parse_size)]
     pub reply_min_progress: usize,
     /// Time a client has to send a whole request, e.g. 10s.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
     pub request_timeout: Duration,
     /// Close connections idle for this long, e.g. 30s.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
     pub idle_timeout: Duration,
     /// On shutdown, how long in-flight requests may take before connections are closed regardless.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -531,7 +523,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     pub udp_socket_buffer: usize,
     /// Responses larger than this are sent as several frames.
-    #[arg(long, default_value_t = DEFAULT_RESPONSE_FRAME_TARGET, value_parser = parse_size)]
+    #[arg(long, default_value_t = DEFAULT_RESPONSE_FRAME_TARGET, value_parser = parse_nonzero_size)]
     pub response_frame_target: usize,
     /// TLS sessions remembered for resumption (0-RTT over QUIC), per transport; each ticket resumes
     /// one connection.
@@ -892,4 +884,45 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
 fn parse_size(s: &str) -> Result<usize, String> {
     let size: bytesize::ByteSize = s.parse()?;
     usize::try_from(size.as_u64()).map_err(|e| e.to_string())
+}
+
+/// A size of at least one byte.
+fn parse_nonzero_size(s: &str) -> Result<usize, String> {
+    Some(parse_size(s)?).filter(|&size| size > 0).ok_or_else(|| "must be at least 1 byte".to_owned())
+}
+
+/// A maximum frame size: from 1 KiB to 4 GiB - 1 (the length prefix is 32 bits).
+fn parse_frame_size(s: &str) -> Result<usize, String> {
+    let size = parse_size(s)?;
+    let range = qkv::transport::MIN_MAX_FRAME_LEN..=u32::MAX as usize;
+    range
+        .contains(&size)
+        .then_some(size)
+        .ok_or_else(|| format!("must be between 1KiB and {} bytes", u32::MAX))
+}
+
+/// A QUIC flow-control window: from 16 KiB to 1 TiB.
+fn parse_window(s: &str) -> Result<usize, String> {
+    let size = parse_size(s)?;
+    (qkv::transport::MIN_WINDOW..=1 << 40)
+        .contains(&size)
+        .then_some(size)
+        .ok_or_else(|| "must be between 16KiB and 1TiB".to_owned())
+}
+
+fn parse_at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A duration longer than zero, e.g. 10s.
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(duration) if duration.is_zero() => Err("must be longer than zero".into()),
+        Ok(duration) => Ok(duration),
+        Err(e) => Err(e.to_string()),
+    }
 }

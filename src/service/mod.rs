@@ -76,7 +76,7 @@ impl ServiceConfig {
         }
         if self.response_frame_target == 0 || self.response_frame_target > max_frame_len {
             return Err(format!(
-                "the response frame target must be between 1 and the maximum frame size ({max_frame_len} bytes), not {}",
+                "the response frame target (--response-frame-target) must be between 1 and the maximum frame size (--max-frame-size, {max_frame_len} bytes), not {}",
                 self.response_frame_target
             ));
         }

@@ -210,7 +210,7 @@ impl Limits {
         }
         if self.max_request_buffer < self.max_frame_len + frame::HEADER_LEN {
             return Err(format!(
-                "the request buffer per connection ({} bytes) must hold at least one maximum-size frame ({} bytes)",
+                "the request buffer per connection (--max-request-buffer, {} bytes) must hold at least one maximum-size frame and its header (--max-frame-size + 4: {} bytes)",
                 self.max_request_buffer,
                 self.max_frame_len + frame::HEADER_LEN
             ));
