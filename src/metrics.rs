@@ -271,7 +271,8 @@ impl RequestMetrics {
 
 /// A handler that counts what `H` answers on one transport: requests by command and status, their
 /// durations, those in flight. A streamed answer (Hgetall, Subscribe) counts as its first frame's
-/// status is not known before it is sent: 200, timed to the start of the stream.
+/// status is not known before it is sent: 200, timed to the start of the stream. An answer the disk
+/// store deferred to its fsync (`storage::deferring`) counts when it may be sent, with its final status.
 #[derive(Clone)]
 pub struct Metered<H> {
     inner: H,
@@ -309,8 +310,16 @@ impl<H: Handler> Handler for Metered<H> {
             Reply::One(response) => response.status,
             Reply::Stream(_) => status::OK,
         };
-        metrics.record(command, status, started.elapsed());
-        drop(in_flight);
+        // An answer the disk store deferred (the TCP pipeline's) is final only once its ticket is: it is
+        // timed to then, and counted with the status it goes out with (an error if its fsync failed).
+        let metrics = metrics.clone();
+        let record = move |status| {
+            metrics.record(command, status, started.elapsed());
+            drop(in_flight);
+        };
+        if let Err(record) = crate::storage::when_settled(record) {
+            record(status);
+        }
         reply
     }
 

@@ -6,41 +6,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::TestServer;
+use common::{TestServer, admin_get as get, sample};
 use qkv::client::ClientError;
 use qkv::server::{Server, ServerConfig};
 use qkv::storage::{RedisConfig, RedisStore};
 use qkv::transport::Transport;
 use qkv_testkit::RedisNode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// GET `path` from the admin listener: its status and body.
-async fn get(admin: SocketAddr, path: &str) -> (u16, String) {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(admin).await.expect("the admin listener accepts");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.expect("request sent");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("response read");
-        response
-    };
-    let response = tokio::time::timeout(Duration::from_secs(10), exchange).await.expect("an answer in time");
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line");
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    (status, body)
-}
-
-/// The value of the sample `name{labels}` exactly as the exposition writes it (labels in the order
-/// the exporter writes them), 0 if absent.
-fn sample(exposition: &str, series: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
 
 fn admin_config(config: &mut ServerConfig) {
     config.admin = Some("127.0.0.1:0".parse().expect("address"));

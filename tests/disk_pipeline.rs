@@ -4,6 +4,11 @@
 
 mod common;
 
+use common::process::ServerProcess;
+use common::{admin_get, sample};
+use qkv::Client;
+use qkv::transport::Transport;
+
 use prost::Message;
 use qkv::pb::{CommandRequest, CommandResponse, Value, value};
 use qkv::pubsub::{ConnectionId, Delivery};
@@ -79,4 +84,27 @@ async fn after_a_crash(data: &std::path::Path) -> i64 {
         Some(Some(value::Value::Integer(n))) => n,
         _ => 0,
     }
+}
+
+/// The request metrics of a TCP pipeline time a durable write to when its answer may go out, after its
+/// commit's fsync, not to when the store applied it in memory (the pipeline holds the answer for the
+/// fsync). One write at a time, each request's time holds its own fsync: the requests' total is at
+/// least the fsyncs'.
+#[tokio::test]
+async fn request_metrics_time_a_pipelined_durable_write_through_its_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let args = ["--store", "disk", "--data-dir", data, "--tcp-plaintext", "--admin", "127.0.0.1:0"];
+    let mut server = ServerProcess::start(&args).await;
+    let admin = server.admin_addr().await;
+    let client = Client::connect_with(server.client_config(Transport::Tcp)).await.unwrap();
+    for i in 0..20 {
+        client.hset("t", &format!("k{i}"), "v").await.unwrap();
+    }
+    let metrics = admin_get(admin, "/metrics").await.1;
+    let series = |what| format!("qkv_request_duration_seconds_{what}{{command=\"Hset\",transport=\"tcp\"}}");
+    assert_eq!(sample(&metrics, &series("count")), 20.0, "{metrics}");
+    let (requests, fsyncs) =
+        (sample(&metrics, &series("sum")), sample(&metrics, "qkv_disk_fsync_duration_seconds_sum"));
+    assert!(fsyncs > 0.0 && requests >= fsyncs, "requests {requests} s in all, their fsyncs {fsyncs} s");
 }

@@ -24,10 +24,10 @@ pub(crate) mod suite;
 
 use std::future::Future;
 
+pub use disk::{Deferred, Ticket, deferring, when_settled};
 pub use disk::{
     DiskConfig, DiskScan, DiskStore, Durability, Repaired, RetainedMemory, RuntimeIdle, StoreClosed,
 };
-pub use disk::{Ticket, deferring};
 pub use memory::{Journal, MemoryScan, MemoryStore, MemoryUsage, Versions, default_memory_budget};
 pub use redis::{RedisConfig, RedisScan, RedisStore, redacted_url};
 

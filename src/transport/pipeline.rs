@@ -70,7 +70,7 @@ use super::writer::FrameWriter;
 use crate::memory::MemoryBudget;
 use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::service::{Caller, Handler, Reply, ReplyFrame, ReplyStream, Sequencing, ServiceError};
-use crate::storage::{StorageError, Ticket};
+use crate::storage::{Deferred, StorageError, Ticket};
 
 /// After its last frame the server keeps reading (and discarding) for this long before closing, so the
 /// client's unread requests do not turn the close into a reset that could destroy the answers in flight.
@@ -428,12 +428,12 @@ enum Slot {
     Running {
         sequencing: Sequencing,
         request_bytes: usize,
-        ticket: Option<Ticket>,
+        ticket: Option<Deferred>,
     },
     Done {
         reply: Reply,
         reply_bytes: usize,
-        ticket: Option<Ticket>,
+        ticket: Option<Deferred>,
     },
 }
 
@@ -534,7 +534,9 @@ impl<F: Future<Output = Reply>> InOrder<F> {
     /// The ticket the oldest answer waits for, if it must still wait.
     fn front_ticket(&self) -> Option<Ticket> {
         match self.slots.front() {
-            Some(Slot::Done { ticket: Some(ticket), .. }) if !ticket.is_durable() => Some(ticket.clone()),
+            Some(Slot::Done { ticket: Some(deferred), .. }) if !deferred.ticket.is_durable() => {
+                Some(deferred.ticket.clone())
+            }
             _ => None,
         }
     }
@@ -542,24 +544,35 @@ impl<F: Future<Output = Reply>> InOrder<F> {
     /// The oldest answer's ticket failed: it is answered with `error` instead.
     fn fail_front(&mut self, error: StorageError) {
         if let Some(Slot::Done { reply, ticket, .. }) = self.slots.front_mut() {
-            *reply = Reply::One(ServiceError::from(error).into_response());
-            *ticket = None;
+            let response = ServiceError::from(error).into_response();
+            if let Some(deferred) = ticket.take() {
+                deferred.settle(response.status);
+            }
+            *reply = Reply::One(response);
         }
     }
 
     /// Whether an answer that has finished still waits for its ticket.
     fn holds_answers(&self) -> bool {
-        self.slots.iter().any(|slot| matches!(slot, Slot::Done { ticket: Some(t), .. } if !t.is_durable()))
+        self.slots
+            .iter()
+            .any(|slot| matches!(slot, Slot::Done { ticket: Some(d), .. } if !d.ticket.is_durable()))
     }
 
     /// The oldest answer, if it is ready.
     fn next_answer(&mut self) -> Option<Reply> {
         match self.slots.front() {
             Some(Slot::Done { ticket: None, .. }) => {}
-            Some(Slot::Done { ticket: Some(t), .. }) if t.is_durable() => {}
+            Some(Slot::Done { ticket: Some(d), .. }) if d.ticket.is_durable() => {}
             _ => return None,
         }
-        let Some(Slot::Done { reply, reply_bytes, .. }) = self.slots.pop_front() else { return None };
+        let Some(Slot::Done { reply, reply_bytes, ticket }) = self.slots.pop_front() else { return None };
+        if let Some(deferred) = ticket {
+            deferred.settle(match &reply {
+                Reply::One(response) => response.status,
+                Reply::Stream(_) => status::OK,
+            });
+        }
         self.first += 1;
         self.bytes -= reply_bytes;
         Some(reply)

@@ -21,6 +21,7 @@ use qkv::transport::frame::{FrameCodec, encode_frame};
 use qkv::transport::quic;
 use qkv::transport::{Limits, Transport};
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::codec::FramedRead;
@@ -303,4 +304,29 @@ impl BareQuicServer {
         let addr = endpoint.local_addr().expect("local address");
         BareQuicServer { endpoint, addr, ca: dir.ca_cert(), _certs: certs }
     }
+}
+
+/// GET `path` from the admin listener: its status and body.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(admin).await.expect("the admin listener accepts");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("request sent");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("response read");
+        response
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange).await.expect("an answer in time");
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `name{labels}` exactly as the exposition writes it (labels in the order
+/// the exporter writes them), 0 if absent.
+pub fn sample(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
 }

@@ -302,18 +302,34 @@ impl StoreClosed {
 }
 
 thread_local! {
-    /// While [`deferring`] runs: `Some`, holding the ticket gathered so far.
-    static DEFERRED: std::cell::RefCell<Option<Option<Ticket>>> = const { std::cell::RefCell::new(None) };
+    /// While [`deferring`] runs: `Some`, holding what was deferred so far.
+    static DEFERRED: std::cell::RefCell<Option<Option<Deferred>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What [`deferring`] gathered: the ticket an answer waits for, and who wants to hear when it is sent.
+pub struct Deferred {
+    pub ticket: Ticket,
+    settled: Vec<Box<dyn FnOnce(u32) + Send>>,
+}
+
+impl Deferred {
+    /// The answer goes out now with `status` (its own, or the error its ticket failed with): tells
+    /// those who asked ([`when_settled`]).
+    pub fn settle(self, status: u32) {
+        for settled in self.settled {
+            settled(status);
+        }
+    }
 }
 
 /// Within [`deferring`]: adds `number` to the ticket and says so (the caller answers without waiting).
 fn defer(log: &Arc<Log>, number: u64, on_failure: Failure) -> bool {
     DEFERRED.with(|deferred| match &mut *deferred.borrow_mut() {
-        Some(ticket) => {
+        Some(deferred) => {
             let this = Ticket { number, log: log.clone(), on_failure };
-            *ticket = Some(match ticket.take() {
-                Some(before) => before.merge(this),
-                None => this,
+            *deferred = Some(match deferred.take() {
+                Some(before) => Deferred { ticket: before.ticket.merge(this), settled: before.settled },
+                None => Deferred { ticket: this, settled: Vec::new() },
             });
             true
         }
@@ -321,16 +337,31 @@ fn defer(log: &Arc<Log>, number: u64, on_failure: Failure) -> bool {
     })
 }
 
+/// Within [`deferring`], once the store has deferred an answer: `settled` is called with the status the
+/// answer goes out with, when its holder sends it ([`Deferred::settle`]), and dropped if it never does.
+/// Otherwise (nothing deferred: the answer is final as it is) `settled` is given back. The request
+/// metrics time an answer to when it may be sent, and count the error it may become.
+pub fn when_settled<F: FnOnce(u32) + Send + 'static>(settled: F) -> Result<(), F> {
+    DEFERRED.with(|deferred| match &mut *deferred.borrow_mut() {
+        Some(Some(deferred)) => {
+            deferred.settled.push(Box::new(settled));
+            Ok(())
+        }
+        _ => Err(settled),
+    })
+}
+
 /// Runs `poll` (one poll of a request's future) letting the disk store answer at once what it would
 /// otherwise answer only once the log is durable: what that answer must wait for comes back as a
 /// ticket. Whoever holds the answer must not send it before [`Ticket::wait`] succeeds, and sends
-/// the error it returns instead if it fails. A connection that answers in order (the TCP pipeline) so
-/// waits once for all its answers instead of once in each request's future.
-pub fn deferring<R>(poll: impl FnOnce() -> R) -> (R, Option<Ticket>) {
+/// the error it returns instead if it fails, then calls [`Deferred::settle`]. A connection that answers
+/// in order (the TCP pipeline) so waits once for all its answers instead of once in each request's
+/// future.
+pub fn deferring<R>(poll: impl FnOnce() -> R) -> (R, Option<Deferred>) {
     let outer = DEFERRED.with(|deferred| deferred.borrow_mut().replace(None));
     let polled = poll();
-    let ticket = DEFERRED.with(|deferred| std::mem::replace(&mut *deferred.borrow_mut(), outer)).flatten();
-    (polled, ticket)
+    let deferred = DEFERRED.with(|deferred| std::mem::replace(&mut *deferred.borrow_mut(), outer)).flatten();
+    (polled, deferred)
 }
 
 /// What an answer held for a ticket becomes if the log fails first.

@@ -568,13 +568,13 @@ async fn deferred_answers_wait_for_their_ticket_and_fail_as_the_store_would() {
     let mut write = Box::pin(store.set(TABLE, "k", "v".into(), None));
     let (polled, write_ticket) = deferring(|| write.as_mut().poll(noop));
     assert!(matches!(polled, std::task::Poll::Ready(Ok(WriteOutcome::Written { .. }))), "{polled:?}");
-    let write_ticket = write_ticket.expect("a write not yet durable hands over a ticket");
+    let write_ticket = write_ticket.expect("a write not yet durable hands over a ticket").ticket;
     assert!(!write_ticket.is_durable());
 
     let mut read = Box::pin(store.get(TABLE, "k"));
     let (polled, read_ticket) = deferring(|| read.as_mut().poll(noop));
     assert!(matches!(polled, std::task::Poll::Ready(Ok(Some(_)))), "{polled:?}");
-    let read_ticket = read_ticket.expect("a read of a write not yet durable hands over a ticket");
+    let read_ticket = read_ticket.expect("a read of a write not yet durable hands over a ticket").ticket;
 
     // Outside `deferring`, the store waits itself.
     let mut waiting = Box::pin(store.get(TABLE, "k"));
@@ -603,4 +603,35 @@ async fn a_failed_log_leaves_the_store_broken_until_a_restart() {
     let broken = store.broken().expect("broken");
     assert!(broken.contains("No space left on device") && broken.contains("restarts"), "{broken}");
     assert!(store.set(TABLE, "k", "w".into(), None).await.is_err());
+}
+
+/// Who asks to hear when a deferred answer goes out ([`when_settled`]) hears its final status, once;
+/// an answer that was not deferred gives the asker back, to record at once.
+#[tokio::test]
+async fn a_deferred_answer_tells_its_final_status_when_it_is_settled() {
+    let config = DiskConfig { commit_wait: std::time::Duration::from_secs(30), ..test_config() };
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open_when_free(dir.path(), config).unwrap();
+    store.attach_runtime(&RuntimeIdle::default());
+    let noop = &mut std::task::Context::from_waker(std::task::Waker::noop());
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let hear = |heard: &Arc<Mutex<Vec<u32>>>| {
+        let heard = heard.clone();
+        move |status| heard.lock().push(status)
+    };
+
+    let mut write = Box::pin(store.set(TABLE, "k", "v".into(), None));
+    let (_, deferred) = deferring(|| {
+        let polled = write.as_mut().poll(noop);
+        assert!(when_settled(hear(&heard)).is_ok(), "a deferred write takes the asker");
+        polled
+    });
+    let deferred = deferred.expect("deferred");
+    assert!(heard.lock().is_empty(), "nothing heard before the answer goes out");
+    deferred.settle(504);
+    assert_eq!(*heard.lock(), [504]);
+    // Nothing deferred (outside `deferring`, or a store that answered as it was): given back.
+    assert!(when_settled(hear(&heard)).is_err());
+    let (given_back, nothing) = deferring(|| when_settled(hear(&heard)).is_err());
+    assert!(given_back && nothing.is_none());
 }
