@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::process::ServerProcess;
 use futures_util::{SinkExt, StreamExt};
-use qkv::client::{Client, ClientError, Event, Executed};
-use qkv::pb::{CommandRequest, CommandResponse, Value, status};
+use qkv::client::{Client, ClientError, Event, Executed, Subscription};
+use qkv::pb::{CommandRequest, CommandResponse, Value, status, value};
 use qkv::transport::Transport;
 use qkv::transport::frame::FrameCodec;
 use qkv_testkit::{RedisCluster, RedisNode};
@@ -253,10 +253,7 @@ async fn a_killed_master_fails_over_and_no_acknowledged_write_is_lost_with_redis
         tokio::spawn(write_until(client(&b, Transport::Tls).await, table.clone(), "b", stop.clone())),
     ];
     // A subscriber, through the other gateway, of a topic on the shard that fails.
-    let topic = (0..)
-        .map(|i| format!("failover-news-{i}"))
-        .find(|t| cluster.slot_of(t).and_then(|s| cluster.master_of_slot(s)) == Some(master))
-        .expect("a topic on that shard");
+    let (topic, _) = topic_on(&cluster, master, "failover-news");
     let listener = client(&b, Transport::Quic).await;
     let mut subscription = listener.subscribe(&topic).await.unwrap();
     let reader = client(&a, Transport::Quic).await;
@@ -316,6 +313,111 @@ async fn a_killed_master_fails_over_and_no_acknowledged_write_is_lost_with_redis
     let found = reader.hmget(&table, &keys).await.unwrap();
     let lost: Vec<&str> = keys.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(k, _)| *k).collect();
     assert!(lost.is_empty(), "{} of {} acknowledged writes lost: {lost:?}", lost.len(), keys.len());
+}
+
+/// A topic whose channel (`qkv:` and its name) lives on the shard of `master`, and its slot.
+fn topic_on(cluster: &RedisCluster, master: usize, name: &str) -> (String, u16) {
+    (0..)
+        .map(|i| format!("{name}-{i}"))
+        .find_map(|topic| {
+            let slot = cluster.slot_of(&format!("qkv:{topic}"))?;
+            (cluster.master_of_slot(slot) == Some(master)).then_some((topic, slot))
+        })
+        .expect("a topic on that shard")
+}
+
+/// Publishes numbered messages (from `next` on) through `publisher`, one every so often, until
+/// `subscription` receives one; the events it received on the way. Publishes that fail (the shard
+/// is failing over) are simply tried again with the next number.
+async fn publish_until_received(
+    publisher: &Client,
+    topic: &str,
+    subscription: &mut Subscription,
+    next: &mut i64,
+    within: Duration,
+) -> Vec<Event> {
+    let deadline = Instant::now() + within;
+    let mut events = Vec::new();
+    while Instant::now() < deadline {
+        let _ = publisher.publish(topic, [Value::from(*next)]).await;
+        *next += 1;
+        // Whatever arrives within a moment; then the next message, until one gets through.
+        while let Ok(event) = tokio::time::timeout(Duration::from_millis(250), subscription.next()).await {
+            let event = event.expect("the subscription goes on").expect("an event");
+            let message = matches!(event, Event::Message(_));
+            events.push(event);
+            if message {
+                return events;
+            }
+        }
+    }
+    panic!("no message reached the subscriber within {within:?}; it received {events:?}")
+}
+
+/// How many subscriptions to `channel` the live nodes of the cluster hold, in all.
+fn subscriptions_in_redis(cluster: &RedisCluster, channel: &str) -> usize {
+    cluster
+        .nodes
+        .iter()
+        .filter_map(|node| qkv_testkit::cli(node.port, &["PUBSUB", "SHARDNUMSUB", channel]).ok())
+        .filter_map(|answer| answer.lines().nth(1)?.trim().parse::<usize>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_gateways_subscriber_follows_a_failover_and_gets_each_message_once_when_the_old_master_returns()
+ {
+    let mut cluster = RedisCluster::start(3, 1).expect("a cluster of its own, to break");
+    let seeds = cluster.urls();
+    // The subscriber's gateway serves nothing else: no request of its own shows it the new master.
+    let (idle, other) = (gateway(&seeds, &[]).await, gateway(&seeds, &[]).await);
+    let master = cluster.master_of_slot(0).expect("slot 0's master");
+    let (topic, slot) = topic_on(&cluster, master, "idle-news");
+    let listener = client(&idle, Transport::Quic).await;
+    let mut subscription = listener.subscribe(&topic).await.unwrap();
+    let publisher = client(&other, Transport::Quic).await;
+    let mut next = 0;
+    let events =
+        publish_until_received(&publisher, &topic, &mut subscription, &mut next, Duration::from_secs(10))
+            .await;
+    assert_eq!(events, [Event::Message(vec![Value::from(0)])]);
+
+    // The master dies and its replica takes over: the subscriber is told of the gap, then receives again.
+    cluster.nodes[master].kill();
+    let events =
+        publish_until_received(&publisher, &topic, &mut subscription, &mut next, Duration::from_secs(30))
+            .await;
+    assert!(
+        matches!(events.first(), Some(Event::Missed(n)) if *n >= 1),
+        "the gap is reported first: {events:?}"
+    );
+    assert_ne!(cluster.master_of_slot(slot), Some(master), "the replica took over");
+
+    // The old master returns, as the new one's replica: each message is delivered once, none lost.
+    cluster.nodes[master].restart().expect("the killed node restarts");
+    tokio::task::block_in_place(|| cluster.wait_until_healthy()).expect("the old master is a replica again");
+    let batch: Vec<i64> = (next..next + 20).collect();
+    for i in &batch {
+        let published = publisher.publish(&topic, [Value::from(*i)]).await.unwrap();
+        assert_eq!(published.receivers, 1, "one gateway subscribes");
+    }
+    let mut received = Vec::new();
+    while received.last() != batch.last() {
+        match tokio::time::timeout(Duration::from_secs(10), subscription.next()).await {
+            Ok(Some(Ok(Event::Message(values)))) => match values.as_slice() {
+                [Value { value: Some(value::Value::Integer(i)) }] if *i >= batch[0] => received.push(*i),
+                _ => {}
+            },
+            other => panic!("after {received:?}: {other:?}"),
+        }
+    }
+    assert_eq!(received, batch, "each message once, in order");
+    let channel = format!("qkv:{topic}");
+    assert_eq!(
+        subscriptions_in_redis(&cluster, &channel),
+        1,
+        "the gateway holds one subscription to {channel}"
+    );
 }
 
 /// Calls `call` through a new client of `gateway` until it succeeds.

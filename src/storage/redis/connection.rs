@@ -104,7 +104,7 @@ impl RedisConfig {
         self.ca_pem.as_ref().map(|pem| TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) })
     }
 
-    fn client(&self, url: &str) -> Result<Client, RedisError> {
+    pub(super) fn client(&self, url: &str) -> Result<Client, RedisError> {
         let info = self.connection_info(url)?;
         match self.certificates() {
             Some(certificates) if url.starts_with("rediss://") => Client::build_with_tls(info, certificates),
@@ -164,28 +164,6 @@ impl Connection {
             (Some(reply), Some(waited)) => Ok((reply, waited)),
             _ => Err(RedisError::from((ErrorKind::Parse, "a short reply to a write and WAIT"))),
         }
-    }
-
-    /// Receives a topic's messages from now on (SSUBSCRIBE on a cluster: the shard that owns the
-    /// topic's slot; SUBSCRIBE on a plain Redis). Confirmed through the push channel.
-    pub(super) async fn subscribe(&mut self, topic: &str) -> StorageResult<()> {
-        counted(
-            match self {
-                Connection::Single(c) => c.subscribe(topic).await,
-                Connection::Cluster(c) => c.ssubscribe(topic).await,
-            }
-            .map_err(storage_error),
-        )
-    }
-
-    pub(super) async fn unsubscribe(&mut self, topic: &str) -> StorageResult<()> {
-        counted(
-            match self {
-                Connection::Single(c) => c.unsubscribe(topic).await,
-                Connection::Cluster(c) => c.sunsubscribe(topic).await,
-            }
-            .map_err(storage_error),
-        )
     }
 
     /// Publishes; answers how many Redis clients (gateways) received the message.
@@ -270,7 +248,7 @@ fn is_noscript(e: &RedisError) -> bool {
 }
 
 /// `result`, counted in `qkv_backend_requests_total` by its outcome.
-fn counted<T>(result: StorageResult<T>) -> StorageResult<T> {
+pub(super) fn counted<T>(result: StorageResult<T>) -> StorageResult<T> {
     let outcome = match &result {
         Ok(_) => "ok",
         Err(StorageError::Unavailable(_)) => "unavailable",
@@ -284,7 +262,7 @@ fn counted<T>(result: StorageResult<T>) -> StorageResult<T> {
 
 /// Sorts a Redis error by what it means for the request: refused before anything was done (retry),
 /// out of memory, or unknown outcome.
-fn storage_error(e: RedisError) -> StorageError {
+pub(super) fn storage_error(e: RedisError) -> StorageError {
     if e.code() == Some("OOM") {
         return StorageError::OutOfMemory(format!("Redis is out of memory: {e}"));
     }
@@ -328,8 +306,9 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_LAST: Duration = Duration::from_secs(2);
 
 impl Connector {
-    /// Starts connecting; what Redis pushes (published messages, subscription confirmations, lost
-    /// connections) goes to `pushes`.
+    /// Starts connecting; what a plain Redis pushes (published messages, subscription confirmations,
+    /// a lost connection) goes to `pushes`. A cluster's subscriptions are not made on this
+    /// connection but on the relay's own links (`shards.rs`).
     pub(super) fn start(config: RedisConfig, pushes: Pushes) -> Arc<Self> {
         let connector = Arc::new(Connector {
             connection: OnceLock::new(),
@@ -406,7 +385,7 @@ async fn connect(config: &RedisConfig, pushes: &Pushes) -> Result<Connection, Re
     let mut last_error = None;
     for url in &config.urls {
         match probe(config, url).await {
-            Ok(true) => return connect_cluster(config, pushes).await.map(Connection::Cluster),
+            Ok(true) => return connect_cluster(config).await.map(Connection::Cluster),
             Ok(false) => return connect_single(config, url, pushes).await.map(Connection::Single),
             Err(e) => last_error = Some(e),
         }
@@ -438,17 +417,18 @@ async fn connect_single(
         // within about --redis-timeout while Redis is away, rather than waiting through a backoff.
         .set_number_of_retries(1)
         .set_max_delay(RETRY_FIRST)
-        .set_push_sender(pushes.sender())
+        .set_push_sender(pushes.sender(None))
         .set_automatic_resubscription();
     config.client(url)?.get_connection_manager_with_config(manager).await
 }
 
-async fn connect_cluster(config: &RedisConfig, pushes: &Pushes) -> Result<ClusterConnection, RedisError> {
+/// Without a push sender: redis-rs then keeps no subscriptions, and never makes one again by itself
+/// (see `shards.rs`).
+async fn connect_cluster(config: &RedisConfig) -> Result<ClusterConnection, RedisError> {
     let seeds = config.urls.iter().map(|url| config.connection_info(url)).collect::<Result<Vec<_>, _>>()?;
     let mut builder = ClusterClientBuilder::new(seeds)
         .tcp_settings(tcp_settings())
         .use_protocol(ProtocolVersion::RESP3)
-        .push_sender(pushes.sender())
         .retries(config.retries)
         .connection_timeout(config.connect_timeout)
         .response_timeout(config.response_timeout);

@@ -11,6 +11,7 @@
 mod connection;
 mod relay;
 mod scripts;
+mod shards;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,7 +133,7 @@ impl RedisStore {
         let prefix = Arc::from(config.prefix.as_str());
         let wait = (config.wait_replicas > 0)
             .then_some(WaitReplicas { replicas: config.wait_replicas, timeout: config.wait_timeout });
-        let (pushes, relay) = relay::RedisRelay::new(&config.prefix, config.push_buffer);
+        let (pushes, relay) = relay::RedisRelay::new(&config);
         let connector = Connector::start(config, pushes);
         let relay = Arc::new(relay(connector.clone()));
         RedisStore { connector, relay, prefix, wait }

@@ -7,11 +7,15 @@
 //! subscribers see one order: Redis keeps each connection's publishes to a channel in order, and a
 //! gateway delivers what it receives one message at a time.
 //!
-//! Gaps are reported, never hidden: when a link to Redis breaks (a failover, a restart: redis-rs does
-//! not say which shard's, so every topic of the gateway is told) or Redis ends a subscription itself
-//! (its slot moved), the subscribers concerned get a `Missed` of 1 (at least one message may be
-//! missing) and the subscription is made again; so do the subscribers of a topic whose message was
-//! dropped because the queue of pushes was full.
+//! On a cluster each topic is subscribed on one link to one node, and only that link's pushes are
+//! delivered (`shards.rs`): each message once, however many nodes of its shard send it.
+//!
+//! Gaps are reported, never hidden: when a link to Redis breaks (a failover, a restart: on a cluster
+//! the topics subscribed on that link; on a plain Redis every topic) or Redis ends a subscription
+//! itself (its slot moved), the subscribers concerned get a `Missed` of 1 (at least one message may be
+//! missing) and the subscription is made again, by a task of its own that tries until it succeeds
+//! (on the new master once a replica has taken over); so do the subscribers of a topic whose message
+//! was dropped because the queue of pushes was full.
 //!
 //! A topic's channel is `--redis-prefix` + its name; only messages that decode as answer frames (what
 //! a gateway publishes) are passed on.
@@ -29,10 +33,11 @@ use redis::{PushInfo, PushKind, Value as RedisValue};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::connection::Connector;
+use super::connection::{Connection, Connector, RedisConfig, counted, storage_error};
+use super::shards::{Link, Shards};
 use crate::pb::CommandResponse;
 use crate::pubsub::{Broker, Relay};
-use crate::storage::StorageError;
+use crate::storage::{StorageError, StorageResult};
 
 /// Pushes from Redis waiting to be delivered, in number; in bytes of messages, `--redis-push-buffer`
 /// ([`super::RedisConfig::push_buffer`]). Beyond either, messages are dropped and their subscribers
@@ -43,13 +48,20 @@ const PUSH_QUEUE: usize = 4_096;
 /// How often topics without subscribers left are unsubscribed from.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Waits between attempts to make lost subscriptions again: from the first to the last, doubling.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_LAST: Duration = Duration::from_secs(1);
+
+/// A push and the link it came from: `None` from a plain Redis's one connection.
+type Push = (Option<Link>, PushInfo);
+
 /// Where Redis's pushes go: a bounded queue, so that a flood of published messages cannot grow this
 /// process without bound. A message that does not fit is dropped and its topic remembered; a dropped
 /// push of another kind (a lost connection, a subscription confirmed or ended) could concern any
 /// topic, so every topic is then told it may have missed messages.
 #[derive(Clone)]
 pub(super) struct Pushes {
-    queue: mpsc::Sender<PushInfo>,
+    queue: mpsc::Sender<Push>,
     max_bytes: usize,
     shared: Arc<Overflow>,
 }
@@ -69,8 +81,11 @@ fn message_len(info: &PushInfo) -> usize {
 }
 
 impl Pushes {
-    /// What the connection is given to push with: never blocks.
-    pub(super) fn sender(&self) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static {
+    /// What a connection (`link`, on a cluster) is given to push with: never blocks.
+    pub(super) fn sender(
+        &self,
+        link: Option<Link>,
+    ) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static {
         let pushes = self.clone();
         move |info: PushInfo| {
             let overflow = &pushes.shared;
@@ -79,11 +94,11 @@ impl Pushes {
                 info
             } else {
                 overflow.queued_bytes.fetch_add(len, Ordering::AcqRel);
-                match pushes.queue.try_send(info) {
+                match pushes.queue.try_send((link.clone(), info)) {
                     Ok(()) => return Ok(()),
                     Err(e) => {
                         overflow.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                        e.into_inner()
+                        e.into_inner().1
                     }
                 }
             };
@@ -101,9 +116,9 @@ impl Pushes {
 pub(super) struct RedisRelay {
     connector: Arc<Connector>,
     state: Arc<State>,
-    pushes: Mutex<Option<mpsc::Receiver<PushInfo>>>,
+    pushes: Mutex<Option<mpsc::Receiver<Push>>>,
     overflow: Arc<Overflow>,
-    task: Mutex<Option<JoinHandle<()>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 struct State {
@@ -116,6 +131,10 @@ struct State {
     /// Channels whose subscription Redis has confirmed since the link was last lost: a second
     /// confirmation is a subscription made again, after a gap.
     confirmed: Mutex<HashSet<Vec<u8>>>,
+    /// A cluster's subscriptions, on the relay's own links.
+    shards: Shards,
+    /// Wakes the task that makes lost subscriptions again.
+    repair: tokio::sync::Notify,
 }
 
 impl State {
@@ -126,28 +145,55 @@ impl State {
     fn topic<'a>(&self, channel: &'a [u8]) -> Option<&'a str> {
         std::str::from_utf8(channel.strip_prefix(self.prefix.as_bytes())?).ok()
     }
+
+    /// Whether `channel` is subscribed to now (on a cluster: it has a home; on a plain Redis: Redis
+    /// confirmed it since the connection was last lost).
+    fn subscribed(&self, channel: &str) -> bool {
+        self.shards.has_home(channel.as_bytes()) || self.confirmed.lock().contains(channel.as_bytes())
+    }
+
+    /// Receives `channel`'s messages from now on (SSUBSCRIBE on a cluster, on the master of its
+    /// slot; SUBSCRIBE on a plain Redis). Called under the `joined` lock.
+    async fn subscribe(&self, connector: &Connector, channel: &str) -> StorageResult<()> {
+        match connector.connection()? {
+            Connection::Cluster(cluster) => {
+                self.shards.subscribe(Connection::Cluster(cluster), channel).await
+            }
+            Connection::Single(mut single) => counted(single.subscribe(channel).await.map_err(storage_error)),
+        }
+    }
+
+    /// Called under the `joined` lock.
+    async fn unsubscribe(&self, connector: &Connector, channel: &str) {
+        match connector.connection() {
+            Ok(Connection::Cluster(_)) => self.shards.unsubscribe(channel).await,
+            Ok(Connection::Single(mut single)) => {
+                let _ = counted(single.unsubscribe(channel).await.map_err(storage_error));
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 impl RedisRelay {
     /// The relay (once given its connector) and the push channel its connection must deliver to.
-    pub(super) fn new(
-        prefix: &str,
-        max_bytes: usize,
-    ) -> (Pushes, impl FnOnce(Arc<Connector>) -> Self + use<>) {
+    pub(super) fn new(config: &RedisConfig) -> (Pushes, impl FnOnce(Arc<Connector>) -> Self + use<>) {
         let (queue, receiver) = mpsc::channel(PUSH_QUEUE);
         let overflow = Arc::new(Overflow::default());
-        let pushes = Pushes { queue, max_bytes, shared: overflow.clone() };
+        let pushes = Pushes { queue, max_bytes: config.push_buffer, shared: overflow.clone() };
         let state = Arc::new(State {
-            prefix: prefix.to_owned(),
+            prefix: config.prefix.clone(),
             joined: tokio::sync::Mutex::default(),
             confirmed: Mutex::default(),
+            shards: Shards::new(config.clone(), pushes.clone()),
+            repair: tokio::sync::Notify::new(),
         });
         let make = move |connector| RedisRelay {
             connector,
             state,
             pushes: Mutex::new(Some(receiver)),
             overflow,
-            task: Mutex::new(None),
+            tasks: Mutex::default(),
         };
         (pushes, make)
     }
@@ -155,7 +201,7 @@ impl RedisRelay {
 
 impl Drop for RedisRelay {
     fn drop(&mut self) {
-        if let Some(task) = self.task.lock().take() {
+        for task in self.tasks.lock().drain(..) {
             task.abort();
         }
     }
@@ -170,7 +216,8 @@ impl Relay for RedisRelay {
             overflow: self.overflow.clone(),
             broker,
         };
-        *self.task.lock() = Some(tokio::spawn(delivery.run(pushes)));
+        let repair = repair(self.connector.clone(), self.state.clone());
+        *self.tasks.lock() = vec![tokio::spawn(delivery.run(pushes)), tokio::spawn(repair)];
     }
 
     fn join(&self, topic: String) -> BoxFuture<'static, Result<(), String>> {
@@ -180,11 +227,10 @@ impl Relay for RedisRelay {
             let mut joined = state.joined.lock().await;
             // Joined and linked now: nothing to do. Joined but not linked (the link was lost and is
             // being made again): subscribe now, so that this subscriber misses nothing from its answer on.
-            if joined.contains(&channel) && state.confirmed.lock().contains(channel.as_bytes()) {
+            if joined.contains(&channel) && state.subscribed(&channel) {
                 return Ok(());
             }
-            let mut connection = connector.connection().map_err(|e| e.to_string())?;
-            connection.subscribe(&channel).await.map_err(|e| e.to_string())?;
+            state.subscribe(&connector, &channel).await.map_err(|e| e.to_string())?;
             joined.insert(channel);
             Ok(())
         }
@@ -206,15 +252,15 @@ struct Delivery {
 }
 
 impl Delivery {
-    async fn run(self, mut pushes: mpsc::Receiver<PushInfo>) {
+    async fn run(self, mut pushes: mpsc::Receiver<Push>) {
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         loop {
             tokio::select! {
                 push = pushes.recv() => match push {
-                    Some(info) => {
+                    Some((link, info)) => {
                         self.overflow.queued_bytes.fetch_sub(message_len(&info), Ordering::AcqRel);
                         self.report_overflow().await;
-                        self.handle(info).await;
+                        self.handle(link, info).await;
                     }
                     None => return,
                 },
@@ -232,7 +278,14 @@ impl Delivery {
     /// Gaps for what the push queue had no room for.
     async fn report_overflow(&self) {
         if self.overflow.everything.swap(false, Ordering::AcqRel) {
-            self.gap_everywhere().await;
+            // On a cluster a link may have been lost without the news: every subscription is made
+            // again, on new links, and the old links' pushes are not delivered any more. (Channels
+            // without a home were told when they lost it.)
+            let homed = self.state.shards.reset();
+            if homed.is_empty() {
+                self.gap_everywhere().await;
+            }
+            self.lost(homed);
         }
         let dropped: Vec<Vec<u8>> = self.overflow.topics.lock().drain().collect();
         for channel in dropped {
@@ -240,8 +293,8 @@ impl Delivery {
         }
     }
 
-    /// Every topic this gateway listens to may have missed messages: the link to some shard was lost
-    /// (redis-rs does not say which), or news of it was dropped.
+    /// Every topic this gateway listens to may have missed messages: the connection to a plain Redis
+    /// was lost, or news of a lost link was dropped.
     async fn gap_everywhere(&self) {
         let joined: Vec<String> = self.state.joined.lock().await.iter().cloned().collect();
         for channel in joined {
@@ -249,14 +302,37 @@ impl Delivery {
         }
     }
 
-    async fn handle(&self, info: PushInfo) {
+    /// Channels whose subscriptions were lost: their subscribers are told, and they are made again.
+    fn lost(&self, channels: Vec<Vec<u8>>) {
+        if channels.is_empty() {
+            return;
+        }
+        let mut confirmed = self.state.confirmed.lock();
+        for channel in channels {
+            confirmed.remove(&channel);
+            self.gap(&channel);
+        }
+        self.state.repair.notify_one();
+    }
+
+    /// What `link` (`None`: a plain Redis's connection) pushed.
+    async fn handle(&self, link: Option<Link>, info: PushInfo) {
+        let channel = match info.data.first() {
+            Some(RedisValue::BulkString(channel)) => channel.as_slice(),
+            _ => &[],
+        };
+        // On a cluster, a channel's messages and news come from its home only: another node of its
+        // shard may send them too, or a link lost or left since.
+        let shards = &self.state.shards;
+        if let Some(link) = &link
+            && info.kind != PushKind::Disconnection
+            && !shards.is_home(channel, link)
+        {
+            return;
+        }
         match info.kind {
             PushKind::Message | PushKind::SMessage => {
-                let (Some(RedisValue::BulkString(channel)), Some(RedisValue::BulkString(message))) =
-                    (info.data.first(), info.data.get(1))
-                else {
-                    return;
-                };
+                let Some(RedisValue::BulkString(message)) = info.data.get(1) else { return };
                 let Some(topic) = self.state.topic(channel) else { return };
                 // Only what a qkv gateway published is passed on: an answer frame, as subscribers get it.
                 if CommandResponse::decode(message.as_slice()).is_err() {
@@ -271,31 +347,25 @@ impl Delivery {
                     self.broker.report_gap(topic);
                 }
             }
-            PushKind::Subscribe | PushKind::SSubscribe => {
-                let Some(RedisValue::BulkString(channel)) = info.data.first() else { return };
-                if !self.state.confirmed.lock().insert(channel.clone()) {
-                    self.gap(channel);
-                }
+            // A second confirmation is a subscription made again, after a gap.
+            PushKind::Subscribe | PushKind::SSubscribe
+                if !channel.is_empty() && !self.state.confirmed.lock().insert(channel.to_vec()) =>
+            {
+                self.gap(channel);
             }
-            PushKind::Unsubscribe | PushKind::SUnsubscribe => {
-                let Some(RedisValue::BulkString(channel)) = info.data.first() else { return };
-                self.state.confirmed.lock().remove(channel);
-                let Ok(channel) = String::from_utf8(channel.clone()) else { return };
-                // Not asked for (its slot moved, say): subscribe again, wherever the topic lives now.
-                let mut joined = self.state.joined.lock().await;
-                if joined.contains(&channel) {
-                    self.gap(channel.as_bytes());
-                    let subscribed = match self.connector.connection() {
-                        Ok(mut connection) => connection.subscribe(&channel).await,
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = subscribed {
-                        // The next subscriber to join subscribes again.
-                        tracing::warn!(channel, error = %e, "cannot subscribe again after Redis ended the subscription");
-                        joined.remove(&channel);
-                    }
+            // Not asked for (an unsubscription asked for has taken the channel's home or its place
+            // in `joined` first): Redis ended it, its slot moved, say. Subscribe again, wherever the
+            // topic lives now (the repair task skips channels no longer joined).
+            PushKind::Unsubscribe | PushKind::SUnsubscribe if !channel.is_empty() => {
+                if let Some(link) = &link {
+                    shards.end(channel, link);
                 }
+                self.lost(vec![channel.to_vec()]);
             }
+            // A cluster's link: the channels subscribed on it. redis-rs's cluster connection does not
+            // make them again (it has no push sender, so keeps no subscriptions): the repair task does.
+            PushKind::Disconnection if let Some(link) = &link => self.lost(shards.lost(link)),
+            // A plain Redis: redis-rs's connection manager makes every subscription again itself.
             PushKind::Disconnection => {
                 self.state.confirmed.lock().clear();
                 self.gap_everywhere().await;
@@ -316,9 +386,34 @@ impl Delivery {
             .collect();
         for channel in idle {
             joined.remove(&channel);
-            if let Ok(mut connection) = self.connector.connection() {
-                let _ = connection.unsubscribe(&channel).await;
+            self.state.unsubscribe(&self.connector, &channel).await;
+        }
+    }
+}
+
+/// Makes the lost subscriptions of joined channels again, whenever told to, and until each is made:
+/// after a failover, on the replica that took over, once the cluster says it has. Apart from the
+/// delivery task, so that deliveries of other topics go on meanwhile.
+async fn repair(connector: Arc<Connector>, state: Arc<State>) {
+    loop {
+        state.repair.notified().await;
+        let mut pause = RETRY_FIRST;
+        loop {
+            let mut failed = 0;
+            {
+                let joined = state.joined.lock().await;
+                for channel in joined.iter().filter(|channel| !state.subscribed(channel)) {
+                    if let Err(e) = state.subscribe(&connector, channel).await {
+                        tracing::debug!(channel, error = %e, "cannot subscribe again yet; retrying");
+                        failed += 1;
+                    }
+                }
             }
+            if failed == 0 {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_LAST);
         }
     }
 }
