@@ -1,15 +1,21 @@
 //! The server-wide connection memory budget against clients that each try to make the server hold as
 //! much as they can: many connections with unfinished requests, answers nobody reads, subscribers that
 //! never read. Each test runs a real `qkv serve` and reads its peak memory from the kernel; without the
-//! budget, the same attacks would make it hold gigabytes.
+//! budget, the same attacks would make it hold gigabytes. And what a client is told when the budget is
+//! spent: a request the server cannot take in is answered 503, not executed, on every transport.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
 
+use common::TestServer;
 use common::process::ServerProcess;
 use qkv::client::{Client, ClientError, Executed};
+use qkv::memory::Charge;
 use qkv::pb::{CommandRequest, Value};
+use qkv::server::ServerConfig;
+use qkv::storage::Storage;
 use qkv::transport::Transport;
 use tokio::io::AsyncWriteExt;
 
@@ -205,4 +211,92 @@ async fn declared_frame_lengths_reserve_nothing() {
     assert_eq!(common::read_responses(recv).await[0].status, 200);
     let grown = server.virtual_peak_mib().saturating_sub(baseline);
     assert!(grown < 512, "200 headers made the server map {grown} MiB");
+}
+
+transport_tests!(refusals: quic, tls, tcp =>
+    a_request_larger_than_the_budget_is_answered_503_and_not_executed,
+    a_request_is_answered_503_and_not_executed_when_other_connections_spent_the_budget,
+);
+
+/// A server with a small connection memory budget (2 MiB) and a short memory wait, whose clients make
+/// one attempt per call, so that a test sees the server's answer rather than a retry's.
+async fn small_budget_server(transport: Transport) -> TestServer {
+    TestServer::start_for_with(transport, |config: &mut ServerConfig| {
+        config.connection_memory = 2 << 20;
+        config.limits.connection_receive_window = 64 * 1024;
+        config.limits.send_window = 64 * 1024;
+        config.limits.memory_wait = Duration::from_millis(100);
+        // The connections that spend the budget in the tests wait for no timeout meanwhile.
+        config.limits.request_timeout = Duration::from_secs(600);
+        config.limits.idle_timeout = Duration::from_secs(600);
+    })
+    .await
+}
+
+async fn one_attempt_client(server: &TestServer) -> Client {
+    let mut config = server.client_config();
+    config.retry.attempts = 1;
+    Client::connect_with(config).await.expect("client connects")
+}
+
+/// The refusal a write the server had no memory for must get: 503, "not executed".
+fn assert_refused_for_memory(written: Result<impl std::fmt::Debug, ClientError>) {
+    let error = written.expect_err("the server has no memory for the write");
+    assert!(matches!(error, ClientError::Unavailable { .. }), "{error:?}: {error}");
+    assert_eq!(error.executed(), Executed::No, "{error}");
+    assert!(error.to_string().contains("not executed"), "{error}");
+    assert!(error.to_string().contains("memory"), "{error}");
+}
+
+/// Whether the server's store holds `table`/`key`.
+async fn stored(server: &TestServer, table: &str, key: &str) -> bool {
+    server.service.storage().get(table, key).await.expect("the store answers").is_some()
+}
+
+/// One request larger than the whole budget: the server holds what it can of it, waits the memory
+/// wait, and answers 503 from the memory the request's own bytes gave back.
+async fn a_request_larger_than_the_budget_is_answered_503_and_not_executed(transport: Transport) {
+    let server = small_budget_server(transport).await;
+    let client = one_attempt_client(&server).await;
+    client.ping("warm").await.unwrap();
+
+    assert_refused_for_memory(client.hset("bench", "k0", Value::from(vec![7u8; 3_000_000])).await);
+    assert!(!stored(&server, "bench", "k0").await, "the refused write was executed");
+}
+
+/// Many connections together spend the budget: idle QUIC connections take their fixed shares until the
+/// server refuses the next one, and the test takes the rest (standing in for one more client's
+/// unfinished request), so that not one byte is left. A request on a connection admitted before then
+/// waits the memory wait and is answered 503: a refusal needs no memory from the spent budget.
+async fn a_request_is_answered_503_and_not_executed_when_other_connections_spent_the_budget(
+    transport: Transport,
+) {
+    let server = small_budget_server(transport).await;
+    let client = one_attempt_client(&server).await;
+    client.ping("warm").await.unwrap();
+
+    let endpoint = common::quic_client_endpoint(&server.ca(), &qkv::tls::Tickets::none());
+    let mut others = Vec::new();
+    while let Ok(connection) = endpoint.connect(server.addr, "localhost").expect("connect").await {
+        others.push(connection);
+        assert!(others.len() < 100, "the budget admits only a few connections");
+    }
+    assert!(others.len() > 2, "{} connections spent the budget", others.len());
+    let rest = spend_the_rest(&server);
+    assert_eq!(server.memory.available(), 0);
+
+    // Larger than one read, so that the server must charge it before it has it whole.
+    assert_refused_for_memory(client.hset("t", "k", Value::from(vec![7u8; 100_000])).await);
+
+    assert!(!stored(&server, "t", "k").await, "the refused write was executed");
+    drop((rest, others));
+}
+
+/// Charges everything the server's budget has left.
+fn spend_the_rest(server: &TestServer) -> Charge {
+    loop {
+        if let Some(charge) = server.memory.try_charge(server.memory.available()) {
+            return charge;
+        }
+    }
 }

@@ -9,19 +9,83 @@ use std::time::Duration;
 
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::codec::FramedRead;
 
-use super::Limits;
-use super::frame::{FrameCodec, FrameError};
+use super::frame::{FrameCodec, FrameError, HEADER_LEN};
 use super::timeouts::{self, StallTimeout};
 use super::writer::FrameWriter;
-use crate::memory::MemoryBudget;
+use super::{Limits, MIN_MAX_FRAME_LEN};
+use crate::memory::{Charge, MemoryBudget};
 use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::service::{Caller, Handler, Reply, ReplyFrame};
 
 /// Initial size of a request stream's read buffer.
 const REQUEST_BUFFER: usize = 256;
+
+/// The longest refusal's payload: what the smallest maximum frame size a server accepts leaves room
+/// for. A longer message is cut short to fit.
+pub const MAX_REFUSAL_LEN: usize = MIN_MAX_FRAME_LEN;
+
+/// The bytes one refusal takes, its length prefix included: what [`AnswerBudget`] sets aside for it.
+pub const REFUSAL_ROOM: usize = HEADER_LEN + MAX_REFUSAL_LEN;
+
+/// What a connection's answers are charged to: the server-wide budget and, for refusals, room set
+/// aside for them in the connection's fixed share.
+///
+/// A refusal is an error response to a request that was not executed (400, 408, 413, 503; the
+/// transport's, or a service's 503). It must reach the client whether or not the budget has memory:
+/// a request is often refused *because* the budget is spent, and an answer that cannot be held is
+/// dropped, which tells the client it was executed. So a refusal is charged to the budget when it can
+/// be, and otherwise to the connection's room, which holds `refusals_at_once` of them
+/// ([`REFUSAL_ROOM`] bytes each) and was charged to the budget with the connection's fixed share
+/// when the connection was admitted. A refusal that finds the room full waits until one before it
+/// has been written out (each within the reply timeout). So however many requests a peer has refused,
+/// their answers hold at most the room beyond what the budget allows: memory stays bounded by the
+/// budget.
+#[derive(Clone, Debug)]
+pub struct AnswerBudget {
+    memory: MemoryBudget,
+    refusals: MemoryBudget,
+}
+
+impl AnswerBudget {
+    /// Answers charged to `memory`, and room for `refusals_at_once` refusals when it is spent (which
+    /// the caller has counted in the connection's fixed share).
+    pub fn new(memory: MemoryBudget, refusals_at_once: usize) -> Self {
+        AnswerBudget { memory, refusals: MemoryBudget::new(refusals_at_once.max(1) * REFUSAL_ROOM) }
+    }
+
+    /// The server-wide budget, which every other answer is charged to.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.memory
+    }
+
+    /// A charge for a refusal of `len` bytes (at most [`REFUSAL_ROOM`]): from the budget if it has
+    /// them now, otherwise from the room, once it has them.
+    async fn refusal(&self, len: usize) -> Charge {
+        if let Some(charge) = self.memory.try_charge(len) {
+            return charge;
+        }
+        let mut charge = self.refusals.empty_charge();
+        charge.cover(len.min(self.refusals.total())).await;
+        charge
+    }
+}
+
+/// Cuts `refusal`'s message short, at a character boundary, so that it takes at most
+/// [`MAX_REFUSAL_LEN`] bytes encoded.
+fn fit_refusal(refusal: &mut CommandResponse) {
+    let excess = refusal.encoded_len().saturating_sub(MAX_REFUSAL_LEN);
+    if excess > 0 {
+        let mut end = refusal.message.len().saturating_sub(excess);
+        while !refusal.message.is_char_boundary(end) {
+            end -= 1;
+        }
+        refusal.message.truncate(end);
+    }
+}
 
 /// Why a request could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +139,10 @@ pub enum Served {
     Answered,
     /// The request was refused with an error response; unread input may remain on the stream.
     Rejected(RequestError),
+    /// The request was not executed, and the refusal saying so could not be written: the stream
+    /// failed, or its peer did not read it within the reply timeout. (Never for want of memory: see
+    /// [`AnswerBudget`].) Unread input may remain on the stream.
+    RefusalLost(FrameError),
 }
 
 /// Reads one request (one frame, then the end of the stream) within `limits.request_timeout`.
@@ -129,6 +197,22 @@ pub async fn write_reply<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Writes `refusal`, an error response to a request that was not executed, charged to `answers`'
+/// budget or, when that is spent, to its room for refusals (see [`AnswerBudget`]): never refused for
+/// want of memory. Fails with `TimedOut` if the peer reads nothing of it for `limits.reply_timeout`.
+pub async fn write_refusal<W: AsyncWrite + Unpin>(
+    send: W,
+    mut refusal: CommandResponse,
+    limits: &Limits,
+    answers: &AnswerBudget,
+) -> Result<(), FrameError> {
+    fit_refusal(&mut refusal);
+    let charge = answers.refusal(HEADER_LEN + refusal.encoded_len()).await;
+    let send = StallTimeout::new(send, limits.reply_timeout, limits.reply_min_progress);
+    let mut frames = FrameWriter::with_charge(send, limits.max_frame_len, charge);
+    frames.send(ReplyFrame::Response(refusal)).await
+}
+
 /// A request that arrived in 0-RTT early data, before the handshake completed. An attacker who
 /// captured it could replay it, so only a read-only command is executed at once; anything else waits
 /// until the handshake completes (which a replay never does). docs/PROTOCOL.md, "0-RTT".
@@ -157,15 +241,17 @@ impl EarlyData {
 
 /// Serves one request stream: reads the request, executes it, writes the reply. An unreadable request
 /// is answered with an error response (docs/PROTOCOL.md, "Errors"). `early` is set when the request
-/// came in 0-RTT early data. The reply's frames are charged to `memory` while held. Returns an error
-/// only when the stream itself failed, for instance because the peer reset it or the connection was
-/// lost, or when the reply could not be held (`MemoryExhausted`).
+/// came in 0-RTT early data. The reply's frames are charged to `answers` while held; refusals (a
+/// rejected request, a service's 503) always can be (see [`AnswerBudget`]), and a refusal that cannot
+/// be delivered is `Served::RefusalLost`. Returns an error only when the stream itself failed, for
+/// instance because the peer reset it or the connection was lost, or when an executed request's reply
+/// could not be held (`MemoryExhausted`).
 pub async fn serve_request<R, W, H>(
     mut recv: R,
     send: W,
     handler: &H,
     limits: &Limits,
-    memory: &MemoryBudget,
+    answers: &AnswerBudget,
     early: Option<&EarlyData>,
     caller: &Caller,
 ) -> Result<Served, FrameError>
@@ -174,9 +260,7 @@ where
     W: AsyncWrite + Unpin,
     H: Handler,
 {
-    // `recv` lives until the reply is written: a budgeted reader keeps its request's bytes charged
-    // while the request executes.
-    let (reply, served) = match read_request(&mut recv, limits).await {
+    let (refusal, served) = match read_request(&mut recv, limits).await {
         Ok(request) => {
             tracing::Span::current().record("command", request.command_name());
             if let Some(early) = early
@@ -185,7 +269,19 @@ where
                 let failed = "the handshake failed: a write sent in 0-RTT early data was not executed";
                 return Err(FrameError::Io(io::Error::new(io::ErrorKind::ConnectionAborted, failed)));
             }
-            (handler.execute(request, caller).await, Served::Answered)
+            match handler.execute(request, caller).await {
+                // Not executed either (a `Publish` the budget cannot queue, an unreachable backend):
+                // it must reach the client as surely as the transport's own refusals.
+                Reply::One(response) if response.status == status::UNAVAILABLE => {
+                    (response, Served::Answered)
+                }
+                // `recv` lives until the reply is written: a budgeted reader keeps its request's bytes
+                // charged while the request executes and is answered.
+                reply => {
+                    write_reply(send, reply, limits, &answers.memory).await?;
+                    return Ok(Served::Answered);
+                }
+            }
         }
         Err(RequestError::Frame(FrameError::Io(e))) => return Err(FrameError::Io(e)),
         Err(e) => {
@@ -193,11 +289,16 @@ where
             if let Some(limit) = e.limit() {
                 crate::metrics::limit_hit(limit);
             }
-            (e.response("").into(), Served::Rejected(e))
+            (e.response(""), Served::Rejected(e))
         }
     };
-    write_reply(send, reply, limits, memory).await?;
-    Ok(served)
+    // Nothing of this request will run: its bytes go back to the budget before its refusal is
+    // written, which may need them (the request may be what spent the budget).
+    drop(recv);
+    match write_refusal(send, refusal, limits, answers).await {
+        Ok(()) => Ok(served),
+        Err(lost) => Ok(Served::RefusalLost(lost)),
+    }
 }
 
 #[cfg(test)]
@@ -212,8 +313,8 @@ mod tests {
 
     const MAX: usize = 1 << 20;
 
-    fn unlimited() -> MemoryBudget {
-        MemoryBudget::unlimited()
+    fn unlimited() -> AnswerBudget {
+        AnswerBudget::new(MemoryBudget::unlimited(), 1)
     }
 
     fn service() -> Service<MemoryStore> {
@@ -308,5 +409,35 @@ mod tests {
         )
         .await;
         assert!(matches!(served, Ok(Served::Answered)), "{served:?}");
+    }
+
+    /// Refusals written while the budget is spent: a client that reads none of them holds at most the
+    /// room (one here), and the next waits for it, then goes out once the first has been read.
+    #[tokio::test]
+    async fn refusals_need_no_budget_and_hold_at_most_their_room() {
+        let memory = MemoryBudget::new(64 * 1024);
+        let _spent = memory.try_charge(64 * 1024).unwrap();
+        let answers = AnswerBudget::new(memory.clone(), 1);
+        let refusal = || CommandResponse::error(status::UNAVAILABLE, "x".repeat(5000));
+        let limits = Limits::default();
+        // Too small for a refusal: the first one stays in its writer, charged to the room.
+        let (first_send, first_reply) = tokio::io::duplex(64);
+        let first = write_refusal(first_send, refusal(), &limits, &answers);
+        let (second_send, second_reply) = tokio::io::duplex(64 * 1024);
+        let second = write_refusal(second_send, refusal(), &limits, &answers);
+        tokio::pin!(first, second);
+        assert!(futures_util::poll!(&mut first).is_pending(), "the client has not read it");
+        assert!(futures_util::poll!(&mut second).is_pending(), "the room holds one refusal");
+
+        let mut first_reply = FramedRead::new(first_reply, FrameCodec::<CommandResponse>::new(MAX));
+        let (written, answer) = tokio::join!(first, first_reply.next());
+        written.unwrap();
+        let answer = answer.unwrap().unwrap();
+        assert_eq!(answer.status, status::UNAVAILABLE);
+        assert!(answer.encoded_len() <= MAX_REFUSAL_LEN, "a long message is cut to fit the room");
+        second.await.unwrap();
+        let mut second_reply = FramedRead::new(second_reply, FrameCodec::<CommandResponse>::new(MAX));
+        assert_eq!(second_reply.next().await.unwrap().unwrap().status, status::UNAVAILABLE);
+        assert_eq!(memory.available(), 0, "the spent budget gave nothing to the refusals");
     }
 }

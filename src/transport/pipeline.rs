@@ -62,7 +62,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Limits;
-use super::exchange::RequestError;
+use super::exchange::{AnswerBudget, REFUSAL_ROOM, RequestError, write_refusal};
 use super::frame::{FrameCodec, FrameError};
 use super::timeouts::StallTimeout;
 use super::woken::PolledWhenWoken;
@@ -86,8 +86,12 @@ const READ_ROOM: usize = 2048;
 
 /// What a pipelined connection holds beyond what it charges as it goes: the chunk it may read into and
 /// the room made before a read, and the allocation it keeps for its next request's execution (1,512
-/// bytes for a TCP connection's). Each transport's fixed share covers it.
+/// bytes for a TCP connection's). Each transport's fixed share covers it. The connection's last frame
+/// (a refusal: see `Ending::last_frame`) takes the read chunk's place once reading has stopped, so it
+/// can be written when the server-wide budget is spent.
 pub const FIXED_HOLDINGS: usize = READ_CHUNK + READ_ROOM + 2 * 1024;
+
+const _: () = assert!(READ_CHUNK >= REFUSAL_ROOM);
 
 /// Why a connection stopped taking requests.
 #[derive(Debug)]
@@ -340,13 +344,22 @@ where
         Ending::Failed(_) => info!(reason = %ending, "closing the connection"),
         _ => debug!(reason = %ending, "closing the connection"),
     }
+    // Nothing more is read or executed: what the connection held for requests (the frame it was
+    // receiving, which may be what spent the budget) goes back before the last frame is written.
+    drop((received, charge));
+    let flushed = SinkExt::<ReplyFrame>::flush(&mut answers).await;
+    let mut write = answers.into_inner().into_inner();
     if let Some(last) = ending.last_frame()
-        && let Err(e) = answers.send(ReplyFrame::Response(last)).await
+        && flushed.is_ok()
     {
-        debug!(error = %e, "could not send the last frame");
+        // A refusal: written from the budget if it has room, otherwise from the read chunk's place in
+        // the connection's fixed share, so a connection refused for want of memory is still told so.
+        let room = AnswerBudget::new(memory, 1);
+        if let Err(e) = write_refusal(&mut write, last, &limits, &room).await {
+            debug!(error = %e, "could not send the last frame");
+        }
     }
-    let _ = SinkExt::<ReplyFrame>::flush(&mut answers).await;
-    let _ = answers.get_mut().shutdown().await;
+    let _ = write.shutdown().await;
     linger(read).await;
     requests
 }

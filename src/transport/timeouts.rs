@@ -72,6 +72,11 @@ impl<W> StallTimeout<W> {
         StallTimeout { inner, timeout, min_progress, deadline: None, waiting: false, written_in_stall: 0 }
     }
 
+    /// The writer underneath.
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+
     /// Polls the deadline, arming it first if needed; completes with the error once it expires.
     fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         let (timeout, min_progress) = (self.timeout, self.min_progress);

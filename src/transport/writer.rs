@@ -47,17 +47,24 @@ pub struct FrameWriter<W> {
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// A writer of frames of at most `max_frame_len` bytes, whose buffer is charged to `budget`.
     pub fn new(inner: W, max_frame_len: usize, budget: &MemoryBudget) -> Self {
-        FrameWriter {
-            inner,
-            buffer: BytesMut::new(),
-            shared: None,
-            max_frame_len,
-            charge: budget.empty_charge(),
-        }
+        Self::with_charge(inner, max_frame_len, budget.empty_charge())
+    }
+
+    /// A writer whose buffer is covered by `charge` as far as it goes, and charged to `charge`'s
+    /// budget beyond: a frame charged before it is written (a refusal, from the room set aside for
+    /// it) needs nothing more from the budget.
+    pub fn with_charge(inner: W, max_frame_len: usize, charge: Charge) -> Self {
+        FrameWriter { inner, buffer: BytesMut::new(), shared: None, max_frame_len, charge }
     }
 
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
+    }
+
+    /// The writer underneath, once everything has been flushed (what was not is dropped, and the
+    /// buffer's charge given back).
+    pub fn into_inner(self) -> W {
+        self.inner
     }
 
     /// Makes room for `additional` more bytes in the buffer, charging the growth first; refuses if the

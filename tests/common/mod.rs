@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use qkv::client::{Client, ClientConfig};
+use qkv::memory::MemoryBudget;
 use qkv::pb::{CommandRequest, CommandResponse};
 use qkv::server::{Server, ServerConfig, TcpMode};
 use qkv::service::Service;
@@ -64,6 +65,8 @@ pub struct TestServer {
     pub admin: Option<SocketAddr>,
     /// The web listener's address (REST and gRPC): always there for a web transport's server.
     pub web: Option<SocketAddr>,
+    /// The server-wide connection memory budget, which a test may spend to stand in for other clients.
+    pub memory: MemoryBudget,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -112,11 +115,22 @@ impl TestServer {
         let admin = server.admin_addr();
         let web = server.web_addr();
         let service = server.service().clone();
+        let memory = server.connection_memory().clone();
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = signal.await;
         }));
-        TestServer { addr, certs, transport, service, admin, web, shutdown: Some(shutdown), task: Some(task) }
+        TestServer {
+            addr,
+            certs,
+            transport,
+            service,
+            admin,
+            web,
+            memory,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
     }
 
     /// Stops the server and starts a new one on the same address with the same certificates: a new

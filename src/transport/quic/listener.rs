@@ -34,7 +34,7 @@ use crate::metrics::{self, PathSampler};
 use crate::service::{Caller, Handler};
 use crate::transport::admission::{Admission, Admitted};
 use crate::transport::budget::ReadBudget;
-use crate::transport::exchange::{EarlyData, Served, serve_request};
+use crate::transport::exchange::{AnswerBudget, EarlyData, Served, serve_request};
 use crate::transport::frame::FrameError;
 use crate::transport::origin::Origins;
 use crate::transport::timeouts;
@@ -43,6 +43,10 @@ use crate::transport::{Limits, Transport, authenticated_caller};
 
 /// How long to wait, after every connection is closed, for the close frames to reach the clients.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Refusals a connection can hold at once when the memory budget is spent (`AnswerBudget`): 4 KiB of
+/// its fixed share's bookkeeping (`QUIC_CONNECTION_OVERHEAD`). More wait their turn.
+const REFUSALS_AT_ONCE: usize = 4;
 
 /// Serves `endpoint` until `shutdown` is cancelled, then shuts down gracefully within `grace`.
 /// `admission` is shared with the other transports. `client_auth` says the endpoint's TLS
@@ -285,6 +289,7 @@ pub(super) async fn serve_connection<H: Handler>(
     let Hold { admitted, memory, mut pending } = hold;
     let streams = TaskTracker::new();
     let budget = ReadBudget::new(limits.max_request_buffer, memory.clone(), limits.memory_wait);
+    let answers = AnswerBudget::new(memory.clone(), REFUSALS_AT_ONCE);
     let handshake_done = timeouts::deadline(limits.request_timeout, handshake.completed());
     tokio::pin!(handshake_done);
     let mut handshaking = true;
@@ -345,7 +350,7 @@ pub(super) async fn serve_connection<H: Handler>(
             early,
             handler.clone(),
             limits.clone(),
-            memory.clone(),
+            answers.clone(),
             budget.clone(),
             caller.clone(),
         ));
@@ -405,7 +410,7 @@ async fn handle_stream<H: Handler>(
     early: Option<EarlyData>,
     handler: H,
     limits: Arc<Limits>,
-    memory: MemoryBudget,
+    answers: AnswerBudget,
     budget: ReadBudget,
     caller: Caller,
 ) {
@@ -414,7 +419,7 @@ async fn handle_stream<H: Handler>(
     // at once rather than finish a reply nobody will read.
     let abandoned = send.stopped();
     let served = tokio::select! {
-        served = serve_request(budget.reader(&mut *recv), &mut *send, &handler, &limits, &memory, early.as_ref(), &caller) => served,
+        served = serve_request(budget.reader(&mut *recv), &mut *send, &handler, &limits, &answers, early.as_ref(), &caller) => served,
         _ = abandoned => {
             debug!("the client abandoned the request");
             let _ = recv.stop(codes::CANCELLED);
@@ -426,6 +431,13 @@ async fn handle_stream<H: Handler>(
         Ok(Served::Rejected(_)) => {
             // Tell the client to stop sending the rest of a request that will never be read.
             let _ = recv.stop(codes::REQUEST_REJECTED);
+        }
+        Ok(Served::RefusalLost(e)) => {
+            // Not executed, whatever became of the answer saying so: never a code that says it was.
+            debug!(error = %e, "could not deliver a refusal");
+            let _ = recv.stop(codes::REQUEST_REJECTED);
+            let _ = send.reset(codes::REQUEST_REJECTED);
+            return;
         }
         Err(e @ FrameError::MemoryExhausted { .. }) => {
             metrics::limit_hit("connection_memory");

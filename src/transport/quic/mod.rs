@@ -40,7 +40,8 @@ pub mod codes {
     /// A request without its complete reply may or may not have been executed.
     pub const SHUTDOWN_FORCED: VarInt = VarInt::from_u32(2);
     /// Stream (STOP_SENDING from the server): the request was refused with an error response (413, 400,
-    /// 408) and the server will read no more of it.
+    /// 408, 503) and the server will read no more of it. As RESET_STREAM from the server: the request was
+    /// not executed, and its error response could not be delivered.
     pub const REQUEST_REJECTED: VarInt = VarInt::from_u32(0x10);
     /// Stream (RESET_STREAM from the server): the server could not complete the reply.
     pub const REPLY_FAILED: VarInt = VarInt::from_u32(0x11);
