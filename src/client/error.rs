@@ -85,6 +85,10 @@ pub enum ClientError {
         "the server executed the request but had no memory to hold its answer (its connection memory budget is spent); a read can be sent again"
     )]
     AnswerDropped,
+    /// The server refused the request with an error answer it could not deliver (QUIC reset code
+    /// 0x10 on the answer: its memory or the client's reading ran out); nothing was executed.
+    #[error("the server refused the request and could not deliver why; it was not executed")]
+    RefusedUnanswered,
     #[error("request of {len} bytes exceeds the maximum frame size of {max} bytes")]
     RequestTooLarge { len: u64, max: usize },
     /// The server's reply, though well framed, did not say what the request asks for.
@@ -198,6 +202,7 @@ impl ClientError {
             | ClientCertificateRefused { .. }
             | Unavailable { .. }
             | NotSent { .. }
+            | RefusedUnanswered
             | ZeroRttRejected
             | Closed
             | RequestTooLarge { .. }
@@ -237,6 +242,7 @@ impl ClientError {
                 | Connect { .. }
                 | Unavailable { .. }
                 | NotSent { .. }
+                | RefusedUnanswered
                 | ZeroRttRejected
                 | ConnectionLost(_)
                 | Stream(_)
@@ -324,6 +330,7 @@ impl ClientError {
             ReadError::ConnectionLost(e) => Self::from_connection(e),
             ReadError::ZeroRttRejected => ClientError::ZeroRttRejected,
             ReadError::Reset(code) if code == codes::ANSWER_DROPPED => ClientError::AnswerDropped,
+            ReadError::Reset(code) if code == codes::REQUEST_REJECTED => ClientError::RefusedUnanswered,
             other => ClientError::Stream(other.into()),
         }
     }
@@ -374,6 +381,8 @@ mod tests {
             ClientError::Unavailable { reason: "shutting down".into() },
             ClientError::from_write(WriteError::ZeroRttRejected),
             ClientError::Connect { addr: "a:1".into(), cause: Cause::ServerClosed, hint: "" },
+            // A refusal whose error answer the server could not deliver.
+            ClientError::from_read(ReadError::Reset(codes::REQUEST_REJECTED)),
         ] {
             assert_eq!(error.executed(), Executed::No, "{error}");
             assert!(error.is_retryable() && error.may_retry(false), "{error}");
