@@ -6,6 +6,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::TestServer;
+use futures_util::StreamExt;
 use futures_util::future::join_all;
 use std::time::Duration;
 
@@ -14,7 +15,9 @@ use qkv::pb::{CommandRequest, CommandResponse, Kvpair, status};
 use qkv::server::{Server, ServerConfig};
 use qkv::storage::MemoryStore;
 use qkv::transport::Transport;
+use qkv::transport::frame::FrameCodec;
 use qkv::transport::quic::codes;
+use tokio_util::codec::FramedRead;
 
 async fn a_thousand_concurrent_requests_on_one_connection_are_all_answered_correctly(transport: Transport) {
     // More requests than the connection's stream limit (256), so stream credit must be returned as
@@ -315,3 +318,37 @@ transport_tests!(encrypted: quic, tls =>
     a_certificate_for_another_name_is_refused,
     a_missing_ca_file_is_reported_with_its_path,
 );
+
+/// A QUIC client using every request it may have in progress gets more stream credit (a stream's credit
+/// comes back only with the client's acknowledgement of its answer), while the server still runs no
+/// more than the limit at once: a request opened beyond it waits, and runs once one ends.
+#[tokio::test]
+async fn a_client_at_the_request_limit_may_open_more_streams_which_wait_their_turn() {
+    let server = TestServer::start_with(|config| config.limits.max_concurrent_requests = 2).await;
+    let connection = server.raw_connection().await;
+    let mut subscriptions = Vec::new();
+    for _ in 0..2 {
+        let (mut send, recv) = connection.open_bi().await.expect("a stream within the limit");
+        send.write_all(&common::frame(&CommandRequest::subscribe("news"))).await.expect("subscribe sent");
+        send.finish().expect("finished");
+        let mut frames = FramedRead::new(recv, FrameCodec::<CommandResponse>::new(1 << 20));
+        let first = frames.next().await.expect("a first frame").expect("well formed");
+        assert_eq!(first.status, status::OK, "subscribed: {first:?}");
+        subscriptions.push(frames);
+    }
+    // Both in progress for as long as they last: a third stream needs the credit the server adds.
+    let third = tokio::time::timeout(Duration::from_secs(10), connection.open_bi()).await;
+    let (mut send, recv) = third.expect("more credit for a client at its limit").expect("a stream");
+    send.write_all(&common::frame(&CommandRequest::ping("after"))).await.expect("ping sent");
+    send.finish().expect("finished");
+    let answered = tokio::spawn(common::read_responses(recv));
+    // Still two in progress: a publish reaches both subscriptions, and the ping has not run.
+    let publisher = server.client().await;
+    assert_eq!(publisher.publish("news", ["x".into()]).await.expect("published").receivers, 2);
+    assert!(!answered.is_finished(), "a third request ran beside the two the limit allows");
+    // One ends (the client stops reading it): the waiting ping runs.
+    drop(subscriptions.pop());
+    let answer =
+        tokio::time::timeout(Duration::from_secs(10), answered).await.expect("answered").expect("task");
+    assert_eq!(answer.first().map(|a| a.status), Some(status::OK), "{answer:?}");
+}

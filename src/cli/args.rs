@@ -444,8 +444,8 @@ pub struct ServeArgs {
     /// Largest frame accepted or sent, e.g. 16MiB.
     #[arg(long, default_value = "16MiB", value_parser = parse_frame_size)]
     pub max_frame_size: usize,
-    /// Requests in progress per connection (QUIC: open streams; TCP: pipelined requests read but not
-    /// yet answered).
+    /// Requests in progress per connection (QUIC: streams being served, with up to as many more open and
+    /// waiting; TCP: pipelined requests read but not yet answered).
     #[arg(long, alias = "max-streams", default_value_t = Limits::default().max_concurrent_requests, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
     /// Connections served at once; more are refused.

@@ -290,6 +290,12 @@ pub(super) async fn serve_connection<H: Handler>(
     let streams = TaskTracker::new();
     let budget = ReadBudget::new(limits.max_request_buffer, memory.clone(), limits.memory_wait);
     let answers = AnswerBudget::new(memory.clone(), REFUSALS_AT_ONCE);
+    // Requests in progress: a stream is accepted with a permit, which its task gives back once the
+    // answer is complete. Once a client uses them all, quinn grants it more streams
+    // (`super::STREAM_CREDIT`), so that those whose answers wait for its acknowledgement do not hold
+    // back its next requests.
+    let in_progress = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests as usize));
+    let mut credit_raised = false;
     let handshake_done = timeouts::deadline(limits.request_timeout, handshake.completed());
     tokio::pin!(handshake_done);
     let mut handshaking = true;
@@ -304,7 +310,7 @@ pub(super) async fn serve_connection<H: Handler>(
     // Polled for every stream accepted: only once it has something to say.
     let mut shutting_down = PolledWhenWoken::new(shutdown.cancelled_owned());
     let ended = loop {
-        let mut stream = tokio::select! {
+        let (permit, mut stream) = tokio::select! {
             _ = &mut shutting_down => break None,
             done = &mut handshake_done, if handshaking => {
                 handshaking = false;
@@ -321,10 +327,12 @@ pub(super) async fn serve_connection<H: Handler>(
                 }
                 continue;
             }
-            stream = session.accept() => match stream {
-                Ok(stream) => stream,
-                Err(e) => break Some(e),
-            },
+            accepted = async { (in_progress.clone().acquire_owned().await.ok(), session.accept().await) } => {
+                match accepted {
+                    (permit, Ok(stream)) => (permit, stream),
+                    (_, Err(e)) => break Some(e),
+                }
+            }
             // qkv's protocol has no unidirectional streams (the server grants some for HTTP/3): read
             // nothing of one, and say so. An error here is the connection's, which `accept` reports.
             uni = connection.accept_uni(), if accepts_uni => {
@@ -338,6 +346,13 @@ pub(super) async fn serve_connection<H: Handler>(
             }
         };
         requests += 1;
+        if !credit_raised && in_progress.available_permits() == 0 {
+            // The client uses every stream it may: more credit, so that those waiting for its
+            // acknowledgement do not hold back its next requests (`super::STREAM_CREDIT`).
+            credit_raised = true;
+            let credit = limits.max_concurrent_requests.saturating_mul(super::STREAM_CREDIT);
+            connection.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(credit));
+        }
         let (_, recv) = stream.quic();
         let stream_id = recv.id();
         let early = recv.is_0rtt().then(|| handshake.clone());
@@ -347,6 +362,7 @@ pub(super) async fn serve_connection<H: Handler>(
         // Boxed: spawning moves the future into the task, and a request's state is large.
         let stream = Box::pin(handle_stream(
             stream,
+            permit,
             early,
             handler.clone(),
             limits.clone(),
@@ -407,6 +423,7 @@ pub(super) async fn serve_connection<H: Handler>(
 #[allow(clippy::too_many_arguments)] // a task's owned inputs, gathered in one place
 async fn handle_stream<H: Handler>(
     mut stream: RequestStream,
+    in_progress: Option<tokio::sync::OwnedSemaphorePermit>,
     early: Option<EarlyData>,
     handler: H,
     limits: Arc<Limits>,
@@ -457,6 +474,9 @@ async fn handle_stream<H: Handler>(
             return;
         }
     }
+    // The answer is complete: the request no longer counts as in progress, while its stream's credit
+    // comes back only with the client's acknowledgement (up to its ack delay, 25 ms, later).
+    drop(in_progress);
     if send.finish().is_ok() {
         // Wait until the client has the whole reply. Shutdown waits for this task, so a connection is
         // never closed (which discards unacknowledged data) before its answered requests are delivered.

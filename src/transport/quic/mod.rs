@@ -154,6 +154,18 @@ const MTU_PROBE_STEP: u16 = 200;
 /// none; one that does has them stopped at once.
 pub const HTTP3_UNI_STREAMS: u32 = 3;
 
+/// Bidirectional streams a client that uses all of `--max-concurrent-requests` may have open, as a
+/// multiple of it. quinn gives a stream's credit back only once the client has acknowledged all of its
+/// answer, which a client does after its ack delay (25 ms) unless more packets prompt it: at credit
+/// equal to the limit, a client keeping that many requests in flight waited for those acknowledgements
+/// (4 in flight at a limit of 4: 152 requests/s; 256 at 256: 269k/s, against 57k/s and 453k/s with
+/// twice the credit, docs/DESIGN.md). The server itself runs at most the limit at once
+/// (`listener::serve_connection`); the other streams wait unread, their bytes within the connection's
+/// flow-control window. A connection starts with credit equal to the limit, raised only once it
+/// uses it all: quinn allocates the state of every stream it grants when it grants it, which a
+/// connection of a few requests (a reconnect storm's) would pay for nothing.
+pub(crate) const STREAM_CREDIT: u32 = 2;
+
 /// QUIC datagrams (RFC 9221) waiting to be read. qkv reads none, but a browser's WebTransport needs the
 /// extension on; a peer's datagrams are dropped beyond this (quinn's default, 1.25 MB, would be held
 /// outside every budget).
