@@ -130,8 +130,9 @@ fn memory_budget(args: &ServeArgs) -> anyhow::Result<usize> {
 }
 
 /// Serves until a shutdown signal. A store that failed in a way only a restart mends (a disk store whose
-/// log could not be written) makes it an error, so that the process exits with status 4 and a
-/// supervisor restarts it (`Restart=on-failure`).
+/// log could not be written) makes it an error, so that the process exits with status 4 when it is
+/// stopped. Nothing stops it for that: `/healthz` answers 503 meanwhile, for a liveness probe to
+/// restart it (an explicit stop is not restarted by `Restart=on-failure`).
 async fn run_server<S: Storage>(config: qkv::server::ServerConfig, storage: S) -> anyhow::Result<()> {
     let server = Server::bind(config, storage)?;
     let service = server.service().clone();
@@ -244,9 +245,7 @@ fn floor(args: FloorArgs) -> anyhow::Result<()> {
     })
 }
 
-/// `qkv stat`: a line (or a JSON object) per interval, until --count intervals or Ctrl-C. Only the first
-/// scrape must succeed; a later failure is reported and the view goes on, so it picks a restarted
-/// server up again (whose counters then start from 0: `Interval::between` takes that into account).
+/// `qkv repair`: cuts a damaged log segment that `qkv serve` refused, keeping what it cuts.
 fn repair(args: RepairArgs) -> anyhow::Result<()> {
     match DiskStore::repair(&args.data_dir)? {
         Repaired::Nothing => println!(
@@ -267,6 +266,9 @@ fn repair(args: RepairArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `qkv stat`: a line (or a JSON object) per interval, until --count intervals or Ctrl-C. Only the first
+/// scrape must succeed; a later failure is reported and the view goes on, so it picks a restarted
+/// server up again (whose counters then start from 0: `Interval::between` takes that into account).
 fn stat(args: StatArgs) -> anyhow::Result<()> {
     client_runtime()?.block_on(async {
         let mut ticks = tokio::time::interval(args.interval);

@@ -258,6 +258,9 @@ async fn bad_input_gets_a_clear_4xx_and_never_a_500() {
     let huge = web.put(key, "application/octet-stream", &vec![1u8; 60 * 1024], &[]).await;
     assert!(huge.problem(413)["detail"].as_str().unwrap().contains("--max"), "{}", huge.text());
     web.put(key, "text/plain", b"x", &["if-match: 7"]).await.problem(400);
+    // A refusal is not a missing key: If-Match does not turn it into a 412.
+    let long_key = format!("/v1/tables/t/keys/{}", "k".repeat(17 * 1024));
+    web.curl(&long_key, &["-H", "if-match: \"1\""]).await.problem(413);
     web.curl("/v1/tables/t?limit=lots", &[]).await.problem(400);
     web.curl("/v1/tables/t?limit=-1", &[]).await.problem(400);
     web.post_json("/v1/tables/t/mget", &json!({ "names": [] })).await.problem(400);

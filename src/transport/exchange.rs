@@ -197,6 +197,19 @@ pub async fn write_reply<W: AsyncWrite + Unpin>(
     }
 }
 
+/// A service's answer that says its request was not executed, and carries nothing but a message.
+fn is_refusal(response: &CommandResponse) -> bool {
+    matches!(
+        response.status,
+        status::BAD_REQUEST
+            | status::FORBIDDEN
+            | status::PAYLOAD_TOO_LARGE
+            | status::NOT_IMPLEMENTED
+            | status::UNAVAILABLE
+            | status::INSUFFICIENT_STORAGE
+    )
+}
+
 /// Writes `refusal`, an error response to a request that was not executed, charged to `answers`'
 /// budget or, when that is spent, to its room for refusals (see [`AnswerBudget`]): never refused for
 /// want of memory. Fails with `TimedOut` if the peer reads nothing of it for `limits.reply_timeout`.
@@ -270,16 +283,23 @@ where
                 return Err(FrameError::Io(io::Error::new(io::ErrorKind::ConnectionAborted, failed)));
             }
             match handler.execute(request, caller).await {
-                // Not executed either (a `Publish` the budget cannot queue, an unreachable backend):
-                // it must reach the client as surely as the transport's own refusals.
-                Reply::One(response) if response.status == status::UNAVAILABLE => {
-                    (response, Served::Answered)
-                }
+                // Not executed either (a name over its limit, a `Publish` the budget cannot queue, an
+                // unreachable backend, a full store): it must reach the client as surely as the
+                // transport's own refusals.
+                Reply::One(response) if is_refusal(&response) => (response, Served::Answered),
                 // `recv` lives until the reply is written: a budgeted reader keeps its request's bytes
                 // charged while the request executes and is answered.
                 reply => {
-                    write_reply(send, reply, limits, &answers.memory).await?;
-                    return Ok(Served::Answered);
+                    let not_executed = matches!(&reply, Reply::One(r) if r.status == status::CONFLICT);
+                    return match write_reply(send, reply, limits, &answers.memory).await {
+                        Ok(()) => Ok(Served::Answered),
+                        // A conflict's answer carries the key's value, which may not fit in what is
+                        // left: it is lost, but the client must not hear "executed" (0x14).
+                        Err(e @ FrameError::MemoryExhausted { .. }) if not_executed => {
+                            Ok(Served::RefusalLost(e))
+                        }
+                        Err(e) => Err(e),
+                    };
                 }
             }
         }
@@ -439,5 +459,32 @@ mod tests {
         let mut second_reply = FramedRead::new(second_reply, FrameCodec::<CommandResponse>::new(MAX));
         assert_eq!(second_reply.next().await.unwrap().unwrap().status, status::UNAVAILABLE);
         assert_eq!(memory.available(), 0, "the spent budget gave nothing to the refusals");
+    }
+
+    /// A service's refusals (here a key over its limit: 413) are delivered while the budget is spent, as
+    /// the transport's own are, and a conflict whose answer cannot be held is lost as not executed.
+    #[tokio::test]
+    async fn a_services_refusals_need_no_budget_and_a_lost_conflict_is_not_executed() {
+        let service = service();
+        let (recv, (mut send, _reply)) = stream_of(&CommandRequest::hset("t", "k", "v")).await;
+        serve_request(recv, &mut send, &service, &Limits::default(), &unlimited(), None, &Caller::default())
+            .await
+            .unwrap();
+        let memory = MemoryBudget::new(64 * 1024);
+        let _spent = memory.try_charge(64 * 1024).unwrap();
+        let answers = AnswerBudget::new(memory.clone(), 1);
+        let long_key = "k".repeat(ServiceConfig::default().items.max_key_len + 1);
+        let (recv, (mut send, reply)) = stream_of(&CommandRequest::hget("t", long_key)).await;
+        let (limits, caller) = (Limits::default(), Caller::default());
+        let served = serve_request(recv, &mut send, &service, &limits, &answers, None, &caller).await;
+        assert!(matches!(served, Ok(Served::Answered)), "{served:?}");
+        let mut frames = FramedRead::new(reply, FrameCodec::<CommandResponse>::new(MAX));
+        assert_eq!(frames.next().await.unwrap().unwrap().status, status::PAYLOAD_TOO_LARGE);
+
+        // Versions start from the clock: 1 is never the key's.
+        let conflict = CommandRequest::hset_if_version("t", "k", "w", 1);
+        let (recv, (mut send, _reply)) = stream_of(&conflict).await;
+        let served = serve_request(recv, &mut send, &service, &limits, &answers, None, &caller).await;
+        assert!(matches!(served, Ok(Served::RefusalLost(FrameError::MemoryExhausted { .. }))), "{served:?}");
     }
 }

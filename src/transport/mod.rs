@@ -174,7 +174,7 @@ pub const DEFAULT_WINDOW: usize = 256 * 1024;
 pub const MIN_WINDOW: usize = 16 * 1024;
 
 /// What a QUIC connection holds besides its windows: quinn's connection state, its tasks, its
-/// request streams' bookkeeping, and room for 4 refusals (4 KiB) written when the memory budget is
+/// request streams' bookkeeping, and room for 4 refusals (4,112 bytes) written when the memory budget is
 /// spent (`exchange::AnswerBudget`). An idle connection takes about 53 KiB of the server's RSS
 /// (docs/bench/SCALE.md, "server memory per connection").
 pub const QUIC_CONNECTION_OVERHEAD: usize = 64 * 1024;

@@ -363,11 +363,15 @@ async fn get_key(
     let only_if = Condition::parse(&headers, header::IF_MATCH)?;
     let unless = Condition::parse(&headers, header::IF_NONE_MATCH)?;
     let response = complete(door.run(CommandRequest::hget(&table, &key), caller.clone()).await).await;
-    // If-Match first, even on a missing key (RFC 9110, 13.2.2): a read of another version is a 412.
-    if let Some(only_if) = only_if {
-        let current = (response.status == status::OK).then(|| current_of(response.clone())).flatten();
-        if !only_if.matches_strongly(current.as_ref().map(|(_, version)| *version)) {
-            return Err(Problem::precondition_failed(current));
+    // If-Match first, even on a missing key (RFC 9110, 13.2.2): a read of another version is a 412. A
+    // failure (5xx, 413) is not a missing key, and is answered as it is.
+    if let Some(only_if) = only_if
+        && matches!(response.status, status::OK | status::NOT_FOUND)
+    {
+        let version = response.versions.first().copied().filter(|&v| v > 0 && response.status == status::OK);
+        if !only_if.matches_strongly(version) {
+            let value = response.values.into_iter().next().unwrap_or_default();
+            return Err(Problem::precondition_failed(version.map(|version| (value, version))));
         }
     }
     if response.status != status::OK {
