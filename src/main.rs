@@ -252,11 +252,24 @@ fn repair(args: RepairArgs) -> anyhow::Result<()> {
             "nothing to repair in {}: its log ends whole, or in a write torn by a crash, which qkv serve cuts off",
             args.data_dir.display()
         ),
-        Repaired::Cut { segment, offset, first_whole, records_after, saved } => {
-            println!(
-                "cut {} at byte {offset}: damaged there, with a whole record from byte {first_whole} on",
+        Repaired::Unrepairable { segment, what } => {
+            return Err(CliError::Refused(format!(
+                "{} is damaged in a way qkv repair does not mend ({what}): restore the directory from a backup",
                 segment.display()
-            );
+            ))
+            .into());
+        }
+        Repaired::Cut { segment, offset, first_whole, records_after, saved } => {
+            match first_whole {
+                Some(first) => println!(
+                    "cut {} at byte {offset}: damaged there, with a whole record from byte {first} on",
+                    segment.display()
+                ),
+                None => println!(
+                    "cut {} at byte {offset}: damaged there, with too much after it to tell whether a whole record follows",
+                    segment.display()
+                ),
+            }
             println!(
                 "the bytes cut off ({records_after} whole records after the damage, their writes lost) are in {}",
                 saved.display()

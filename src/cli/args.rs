@@ -904,8 +904,8 @@ fn parse_frame_size(s: &str) -> Result<usize, String> {
 /// A QUIC flow-control window: from 16 KiB to 1 TiB.
 fn parse_window(s: &str) -> Result<usize, String> {
     let size = parse_size(s)?;
-    (qkv::transport::MIN_WINDOW..=1 << 40)
-        .contains(&size)
+    (qkv::transport::MIN_WINDOW as u64..=1 << 40)
+        .contains(&(size as u64))
         .then_some(size)
         .ok_or_else(|| "must be between 16KiB and 1TiB".to_owned())
 }

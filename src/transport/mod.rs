@@ -227,7 +227,7 @@ impl Limits {
         for (name, value) in
             [("connection window", self.connection_receive_window), ("send window", self.send_window)]
         {
-            if !(MIN_WINDOW..=1 << 40).contains(&value) {
+            if !(MIN_WINDOW as u64..=1 << 40).contains(&(value as u64)) {
                 return Err(format!("the {name} must be between {MIN_WINDOW} bytes and 1 TiB, not {value}"));
             }
         }

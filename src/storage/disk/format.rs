@@ -232,8 +232,9 @@ pub const MIN_RECORD: usize = RECORD_HEAD + 9;
 /// Whether a record could start at `bytes` (at most [`PEEK`] bytes, fewer where the file ends), with
 /// `left` bytes of the file from there: a head that is not zeros, a length that fits, a kind this
 /// version writes, and a table name that fits in the body. Returns the body's length and checksum,
-/// which the caller checks: together they tell a whole record found past damage from chance bytes.
-pub fn candidate(bytes: &[u8], left: u64) -> Option<(u64, u32)> {
+/// which the caller checks (together they tell a whole record found past damage from chance bytes),
+/// and its number (a version, a delete's number, or an end's count).
+pub fn candidate(bytes: &[u8], left: u64) -> Option<(u64, u32, u64)> {
     let (length, rest) = bytes.split_first_chunk::<4>()?;
     let (crc, body) = rest.split_first_chunk::<4>()?;
     let length = u64::from(u32::from_le_bytes(*length));
@@ -248,7 +249,8 @@ pub fn candidate(bytes: &[u8], left: u64) -> Option<(u64, u32)> {
         }
         _ => false,
     };
-    fits.then_some((length, u32::from_le_bytes(*crc)))
+    let number = body.get(1..9)?.try_into().map(u64::from_le_bytes).ok()?;
+    fits.then_some((length, u32::from_le_bytes(*crc), number))
 }
 
 fn decode(body: &[u8]) -> Option<Record> {

@@ -133,8 +133,8 @@ impl DiskStore {
         let memory = Arc::new(MemoryStore::with_journal(config.memory_budget, log.clone()));
         let imported =
             import::from_redb(dir, &memory).map_err(io_error("cannot import the redb file in", dir))?;
-        let recovered =
-            recovery::recover(dir, &memory).map_err(io_error("cannot recover the data in", dir))?;
+        let recovered = recovery::recover(dir, &memory, config.durability)
+            .map_err(io_error("cannot recover the data in", dir))?;
         log.start_after(recovered.last_version.max(imported).max(super::first_version_floor()));
         let segment = files::create_segment(dir, recovered.next_generation, log.appended())
             .map_err(io_error("cannot start a log segment in", dir))?;

@@ -2,15 +2,17 @@
 //!
 //! The last segment may end in a torn record (the machine stopped during a write): it is cut off there,
 //! which loses nothing acknowledged (a write is acknowledged only once every byte up to its record's end
-//! is durable), unless a whole record follows it: a crash tears only the last write, so that is damage,
-//! refused like damage elsewhere until `qkv repair` ([`repair`]) cuts it. Damage anywhere else (a snapshot, an earlier segment, a missing segment) is not what a
-//! crash leaves behind: the store refuses to open and says which file is damaged where, rather than
-//! serve data with a hole in it.
+//! is durable), unless a whole record follows it: a strict log's crash tears only the last write, so
+//! that is damage, refused like damage elsewhere until `qkv repair` ([`repair`]) cuts it (a relaxed
+//! log is cut so at once: [`settle_damaged_tail`]). Damage anywhere else (a snapshot, an earlier
+//! segment, a missing segment) is not what a crash leaves behind: the store refuses to open and says
+//! which file is damaged where, rather than serve data with a hole in it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use super::committer::Durability;
 use super::files::{self, Listing};
 use super::format::{self, Header, LOG_MAGIC, Next, Reader, Record};
 use super::snapshot::{self, Store};
@@ -36,7 +38,9 @@ pub struct Recovered {
 
 /// Loads the directory's data into `store` (empty, or holding what the import of a redb file put there,
 /// which the snapshot replaces).
-pub fn recover(dir: &Path, store: &Store) -> io::Result<Recovered> {
+/// `durability` is the mode the store opens in, taken for the one its log was written in: a relaxed log
+/// may end in damage that a crash left (see [`settle_damaged_tail`]).
+pub fn recover(dir: &Path, store: &Store, durability: Durability) -> io::Result<Recovered> {
     let listing = files::list(dir)?;
     for partial in &listing.partial {
         tracing::info!(file = %partial.display(), "removing a snapshot that was not finished");
@@ -67,7 +71,7 @@ pub fn recover(dir: &Path, store: &Store) -> io::Result<Recovered> {
         }
         expected = Some(generation + 1);
         let is_last = Some(*generation) == last;
-        let Some(replayed) = replay_segment(path, *generation, store, is_last)? else {
+        let Some(replayed) = replay_segment(path, *generation, store, is_last, durability)? else {
             // The last segment was being created: its number is free again.
             break;
         };
@@ -103,6 +107,7 @@ fn replay_segment(
     generation: u64,
     store: &Store,
     is_last: bool,
+    durability: Durability,
 ) -> io::Result<Option<Replayed>> {
     let file = File::open(path)?;
     let len = file.metadata()?.len();
@@ -136,7 +141,9 @@ fn replay_segment(
     match replayed.stop {
         Stop::End => {}
         Stop::Torn { offset, what } if is_last => {
-            refuse_if_records_follow(path, offset, len, what)?;
+            if settle_damaged_tail(path, offset, len, what, replayed.last_number, durability)? {
+                return Ok(Some(result));
+            }
             result.torn_bytes = len - offset;
             tracing::warn!(
                 file = %path.display(), offset, bytes = result.torn_bytes, what,
@@ -146,7 +153,10 @@ fn replay_segment(
         }
         // The space the segment had written ahead when the process stopped without finishing it.
         Stop::Unwritten { offset } if is_last => {
-            refuse_if_records_follow(path, offset, len, "zeros where a record should be")?;
+            let what = "zeros where a record should be";
+            if settle_damaged_tail(path, offset, len, what, replayed.last_number, durability)? {
+                return Ok(Some(result));
+            }
             result.unwritten_bytes = len - offset;
             tracing::debug!(file = %path.display(), offset, bytes = result.unwritten_bytes, "cutting off the log's unwritten space");
             cut_at(offset)?;
@@ -165,29 +175,72 @@ fn replay_segment(
     Ok(Some(result))
 }
 
-/// A crash tears only the last write: after a torn record (or the zeros a segment writes ahead) come
-/// more zeros, the rest of that write, or nothing. A whole record further on says the bytes were damaged
-/// after they were written, and what follows may have been acknowledged: nothing is cut, and the store
-/// refuses to open until `qkv repair` has been run (which keeps what it cuts).
-fn refuse_if_records_follow(path: &Path, offset: u64, len: u64, what: &str) -> io::Result<()> {
-    let Some(at) = whole_record_after(&File::open(path)?, offset, len)? else { return Ok(()) };
+/// A strict log's committer writes a batch only once the one before it is durable, so a crash tears
+/// only the last write: after a torn record (or the zeros a segment writes ahead) come more zeros, the
+/// rest of that write, or nothing. A whole record further on says the bytes were damaged after they were
+/// written, and the records after the damage may have been acknowledged: the store refuses to open, and
+/// cuts nothing, until `qkv repair` has been run. A relaxed log acknowledges writes before they are
+/// durable, so a machine's crash may leave several unsynced batches in any state: the tail is cut as it
+/// would be by `qkv repair`, keeping the bytes cut in a file beside the segment, with an error logged.
+/// Returns whether it cut the tail so (false: nothing whole follows, the tail is a torn write's).
+fn settle_damaged_tail(
+    path: &Path,
+    offset: u64,
+    len: u64,
+    what: &str,
+    last_number: u64,
+    durability: Durability,
+) -> io::Result<bool> {
+    let found = match whole_record_after(&File::open(path)?, offset, len, last_number)? {
+        Scan::Nothing => return Ok(false),
+        Scan::Found(at) => format!("a whole record follows at byte {at}"),
+        Scan::GaveUp { hashed } => format!(
+            "whether a whole record follows could not be told within {} of checksums",
+            bytesize::ByteSize(hashed).display().iec()
+        ),
+    };
+    if let Durability::Relaxed { .. } = durability {
+        let saved = cut_keeping(path, offset)?;
+        tracing::error!(
+            file = %path.display(), offset, what, %found, saved = %saved.display(),
+            "the log is damaged where a crash of the machine may have left it (relaxed durability acknowledges writes before they are durable): cut there, the writes after it lost to the store, the bytes cut kept"
+        );
+        return Ok(true);
+    }
     Err(damaged(
         path,
         format!(
-            "{what} at byte {offset}, yet a whole record follows at byte {at}: that is damage, not a write \
-             torn by a crash, and the records after it may have been acknowledged. Nothing was cut off; \
-             `qkv repair --data-dir DIR` cuts the log at byte {offset} and keeps the bytes it cuts in a \
-             file beside it"
+            "{what} at byte {offset}, yet {found}: damage, not a write torn by a crash, and the records \
+             after it may have been acknowledged. Nothing was cut off; `qkv repair --data-dir DIR` cuts \
+             the log at byte {offset} and keeps the bytes it cuts in a file beside it"
         ),
     ))
 }
 
+/// What looking for a whole record past damage found.
+#[derive(Debug, PartialEq)]
+pub(super) enum Scan {
+    /// Nothing whole: zeros, pieces of records, or nothing at all.
+    Nothing,
+    /// A whole record at this offset.
+    Found(u64),
+    /// The checksums it may compute ran out first, having hashed this many bytes.
+    GaveUp { hashed: u64 },
+}
+
+/// Bytes [`whole_record_after`] may hash, at least; or 8 times the bytes it looks through, if more.
+/// Chance candidates are few, but a value can be made of fake record heads, each claiming a body up to
+/// the end of the file: checking them all would take time quadratic in the tail.
+const SCAN_BUDGET: u64 = 256 << 20;
+
 /// Where the first whole record after byte `from` of a segment of `len` bytes starts: a head that
-/// [`format::candidate`] finds plausible and whose body's checksum holds. Reads the file a megabyte at
-/// a time; zeros, the usual tail, are passed over at once.
-pub(super) fn whole_record_after(file: &File, from: u64, len: u64) -> io::Result<Option<u64>> {
+/// [`format::candidate`] finds plausible, numbered above `last_number` (a log's numbers grow), whose
+/// body's checksum holds. Reads the file a megabyte at a time; zeros, the usual tail, are passed over
+/// at once.
+pub(super) fn whole_record_after(file: &File, from: u64, len: u64, last_number: u64) -> io::Result<Scan> {
     use std::os::unix::fs::FileExt;
     const CHUNK: usize = 1 << 20;
+    let mut budget = SCAN_BUDGET.max(8 * (len - from));
     let mut window = Vec::with_capacity(CHUNK + format::PEEK);
     let mut start = from + 1;
     while start + format::MIN_RECORD as u64 <= len {
@@ -197,15 +250,21 @@ pub(super) fn whole_record_after(file: &File, from: u64, len: u64) -> io::Result
         for i in 0..candidates {
             let at = start + i as u64;
             let peek = &window[i..window.len().min(i + format::PEEK)];
-            if let Some((length, crc)) = format::candidate(peek, len - at)
-                && checksum(file, at + format::RECORD_HEAD as u64, length)? == crc
-            {
-                return Ok(Some(at));
+            let Some((length, crc, number)) = format::candidate(peek, len - at) else { continue };
+            if number <= last_number {
+                continue;
+            }
+            if length > budget {
+                return Ok(Scan::GaveUp { hashed: SCAN_BUDGET.max(8 * (len - from)) - budget });
+            }
+            budget -= length;
+            if checksum(file, at + format::RECORD_HEAD as u64, length)? == crc {
+                return Ok(Scan::Found(at));
             }
         }
         start += CHUNK as u64;
     }
-    Ok(None)
+    Ok(Scan::Nothing)
 }
 
 /// The CRC-32 of `length` bytes of `file` from `offset`, read in pieces.
@@ -228,9 +287,13 @@ fn checksum(file: &File, mut offset: u64, length: u64) -> io::Result<u32> {
 pub enum Repaired {
     /// The last segment needs no repair: whole, or torn by a crash (which opening the store cuts off).
     Nothing,
-    /// The last segment was cut at `offset`: damage followed by whole records, the first of them at
-    /// `first_whole`. The bytes cut off, `records_after` whole records among them, are in `saved`.
-    Cut { segment: PathBuf, offset: u64, first_whole: u64, records_after: u64, saved: PathBuf },
+    /// The last segment is damaged in a way repair does not mend (its header, or a whole record of a
+    /// kind this version does not know): `what`.
+    Unrepairable { segment: PathBuf, what: String },
+    /// The last segment was cut at `offset`: damage followed by whole records (the first at
+    /// `first_whole`, when the scan could tell). The bytes cut off, `records_after` whole records from
+    /// there among them, are in `saved`.
+    Cut { segment: PathBuf, offset: u64, first_whole: Option<u64>, records_after: u64, saved: PathBuf },
 }
 
 /// Cuts the last log segment of `dir` where it is damaged when whole records follow the damage (the
@@ -239,43 +302,68 @@ pub enum Repaired {
 /// Damage anywhere else (a snapshot, an earlier segment) is not repaired: `qkv serve` names it, and
 /// a backup is the way back.
 pub fn repair(dir: &Path) -> io::Result<Repaired> {
-    let _lock = files::lock(dir)?;
-    let Some((generation, path)) = files::list(dir)?.segments.pop_last() else {
-        return Ok(Repaired::Nothing);
+    let listing = files::list(dir)?;
+    let Some((generation, path)) = listing.segments.into_iter().next_back() else {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "it holds no qkv log segment"));
     };
+    let _lock = files::lock(dir)?;
     let file = File::open(&path)?;
     let len = file.metadata()?.len();
     let mut input = BufReader::new(&file);
-    if Header::read(&mut input, LOG_MAGIC)?.is_none_or(|header| header.generation != generation) {
-        return Ok(Repaired::Nothing);
-    }
+    let header = Header::read(&mut input, LOG_MAGIC)?.filter(|header| header.generation == generation);
+    let Some(header) = header else {
+        let what = "its header is not a qkv log segment's of this number".into();
+        return Ok(Repaired::Unrepairable { segment: path, what });
+    };
     let mut reader = Reader::new(input, format::HEADER_LEN as u64, len);
+    let mut last_number = header.last_version;
     let offset = loop {
         match reader.next()? {
-            Next::Record(_) => continue,
+            Next::Record(Record::Set { versioned, .. }) => last_number = last_number.max(versioned.version),
+            Next::Record(Record::Delete { sequence, .. }) => last_number = last_number.max(sequence),
             Next::Damaged { offset, .. } | Next::Unwritten { offset } => break offset,
-            Next::End | Next::Unknown { .. } => return Ok(Repaired::Nothing),
+            Next::End => return Ok(Repaired::Nothing),
+            Next::Record(Record::End { .. }) | Next::Unknown { .. } => {
+                let what = format!("a whole record it does not know, at byte {}", reader.offset());
+                return Ok(Repaired::Unrepairable { segment: path, what });
+            }
         }
     };
-    let Some(first_whole) = whole_record_after(&file, offset, len)? else { return Ok(Repaired::Nothing) };
-    let mut after = BufReader::new(&file);
-    io::Seek::seek(&mut after, io::SeekFrom::Start(first_whole))?;
-    let mut reader = Reader::new(after, first_whole, len);
+    let first_whole = match whole_record_after(&file, offset, len, last_number)? {
+        Scan::Nothing => return Ok(Repaired::Nothing),
+        Scan::Found(at) => Some(at),
+        Scan::GaveUp { .. } => None,
+    };
     let mut records_after = 0;
-    while let Next::Record(_) = reader.next()? {
-        records_after += 1;
+    if let Some(first_whole) = first_whole {
+        let mut after = BufReader::new(&file);
+        io::Seek::seek(&mut after, io::SeekFrom::Start(first_whole))?;
+        let mut reader = Reader::new(after, first_whole, len);
+        while let Next::Record(_) = reader.next()? {
+            records_after += 1;
+        }
     }
+    let saved = cut_keeping(&path, offset)?;
+    Ok(Repaired::Cut { segment: path, offset, first_whole, records_after, saved })
+}
+
+/// Cuts the segment at `path` at `offset`, after copying what it cuts to `<segment>.damaged-at-<offset>`
+/// (written under a temporary name, then renamed, and durable with its directory before the cut: a
+/// repair stopped half way and run again finds the segment as it was). Returns the copy's path.
+fn cut_keeping(path: &Path, offset: u64) -> io::Result<PathBuf> {
     let saved = PathBuf::from(format!("{}.damaged-at-{offset}", path.display()));
-    let mut copy = OpenOptions::new().create_new(true).write(true).open(&saved)?;
-    let mut tail = BufReader::new(&file);
+    let partial = PathBuf::from(format!("{}.partial", saved.display()));
+    let mut copy = File::create(&partial)?;
+    let mut tail = BufReader::new(File::open(path)?);
     io::Seek::seek(&mut tail, io::SeekFrom::Start(offset))?;
     io::copy(&mut tail, &mut copy)?;
     copy.sync_all()?;
-    files::sync_dir(dir)?;
-    let cut = OpenOptions::new().write(true).open(&path)?;
+    fs::rename(&partial, &saved)?;
+    files::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    let cut = OpenOptions::new().write(true).open(path)?;
     cut.set_len(offset)?;
     cut.sync_all()?;
-    Ok(Repaired::Cut { segment: path, offset, first_whole, records_after, saved })
+    Ok(saved)
 }
 
 /// What replaying a segment's records did.

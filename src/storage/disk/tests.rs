@@ -635,3 +635,51 @@ async fn a_deferred_answer_tells_its_final_status_when_it_is_settled() {
     let (given_back, nothing) = deferring(|| when_settled(hear(&heard)).is_err());
     assert!(given_back && nothing.is_none());
 }
+
+/// A relaxed log acknowledges writes before they are durable, so a machine's crash may leave damage with
+/// whole records after it: the store opens, cutting the log there and keeping what it cut beside it.
+#[tokio::test]
+async fn a_relaxed_log_damaged_before_whole_records_is_cut_keeping_what_it_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
+    let states = write_history(&store, 10).await;
+    close(store).await;
+    let (_, path) = files::list(dir.path()).unwrap().segments.pop_last().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let ends = record_ends(&bytes);
+    // The first byte of the fifth record's body.
+    bytes[ends[3] as usize + 8] ^= 0x5a;
+    std::fs::write(&path, &bytes).unwrap();
+    let relaxed = DiskConfig {
+        durability: Durability::Relaxed { flush_interval: std::time::Duration::from_millis(10) },
+        ..test_config()
+    };
+    let store = DiskStore::open_when_free(dir.path(), relaxed).expect("a relaxed log opens");
+    assert_holds(&store, &states[4], "cut at the damage").await;
+    close(store).await;
+    let saved = std::path::PathBuf::from(format!("{}.damaged-at-{}", path.display(), ends[3]));
+    assert_eq!(std::fs::read(saved).unwrap(), bytes[ends[3] as usize..], "the bytes cut, kept");
+    // Strict, the same damage is refused (a_torn_or_damaged_tail_loses_no_write_before_it).
+}
+
+/// A tail made of fake record heads, each claiming a body to the end of the file, is not checked head
+/// by head (time quadratic in the tail): the scan gives up once it has hashed its budget.
+#[test]
+fn a_scan_past_damage_gives_up_on_fake_heads_within_its_budget() {
+    let mut fake = Vec::new();
+    fake.extend_from_slice(&(1u32 << 20).to_le_bytes()); // a body of 1 MiB
+    fake.extend_from_slice(&0u32.to_le_bytes()); // a checksum that never holds
+    fake.push(1); // a set
+    fake.extend_from_slice(&(u64::MAX >> 1).to_le_bytes()); // numbered above anything before it
+    fake.extend_from_slice(&0u32.to_le_bytes()); // an empty table name
+    let mut bytes = vec![0xff; 8]; // the damage
+    while bytes.len() < 4 << 20 {
+        bytes.extend_from_slice(&fake);
+    }
+    let file = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut &file, &bytes).unwrap();
+    match recovery::whole_record_after(&file, 0, bytes.len() as u64, 0).unwrap() {
+        recovery::Scan::GaveUp { hashed } => assert!(hashed <= 256 << 20, "hashed {hashed} bytes"),
+        other => panic!("{other:?}"),
+    }
+}
