@@ -107,6 +107,13 @@ async fn bad_input_exits_2_and_negative_numbers_are_values() {
     let held = qkv(None, &["serve", "--store", "disk", "--data-dir", data, "--commit-wait", "1s"]).await;
     assert_eq!(held.status.code(), Some(EXIT_INVALID_INPUT));
     assert!(stderr(&held).contains("--commit-wait 1s holds writes too long"), "{}", stderr(&held));
+
+    // A Redis URL that cannot be used is refused at start, not retried for ever.
+    for (url, said) in [("http://h:1", "redis:// or rediss://"), ("redis://h:port", "not a Redis URL")] {
+        let refused = qkv(None, &["serve", "--store", "redis", "--redis", url]).await;
+        assert_eq!(refused.status.code(), Some(EXIT_INVALID_INPUT), "{url}: {}", stderr(&refused));
+        assert!(stderr(&refused).contains(said), "{url}: {}", stderr(&refused));
+    }
 }
 
 #[tokio::test]
