@@ -44,6 +44,9 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().with_current_span(false).init(),
     }
+    for variable in cli::config::unknown_variables() {
+        tracing::warn!(%variable, "no qkv flag reads this environment variable: is it misspelt?");
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Cert(args) => cert(args),

@@ -237,3 +237,19 @@ async fn json_logs_have_the_fields_operations_md_shows() {
     }
     server.kill().await;
 }
+
+/// A `QKV_` variable that no flag reads is named in a warning, not ignored without a word.
+#[tokio::test]
+async fn a_misspelt_environment_variable_is_named_in_a_warning() {
+    // Any command warns (this one then fails, which does not matter here).
+    let known = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"))
+        .args(["cert", "--dir", "/nonexistent/qkv-test"])
+        .env("QKV_MAX_CONECTIONS", "5")
+        .env("QKV_MAX_CONNECTIONS", "5")
+        .output()
+        .await
+        .expect("qkv runs");
+    let said = stderr(&known);
+    assert!(said.contains("QKV_MAX_CONECTIONS") && said.contains("misspelt"), "{said}");
+    assert!(!said.contains("QKV_MAX_CONNECTIONS"), "a variable a flag reads is not warned of: {said}");
+}

@@ -756,7 +756,9 @@ impl RedisArgs {
         // Refused now rather than retried for ever (a port that is not a number, a bad host).
         if let Some(url) = self.urls.iter().find(|url| redis::Client::open(url.as_str()).is_err()) {
             let shown = qkv::storage::redacted_url(url);
-            return Err(CliError::InvalidInput(format!("--redis {shown} is not a Redis URL redis-rs can use")));
+            return Err(CliError::InvalidInput(format!(
+                "--redis {shown} is not a Redis URL redis-rs can use"
+            )));
         }
         if self.redis_wait > 0 && self.redis_wait_timeout.is_zero() {
             // WAIT with a timeout of 0 waits for ever.

@@ -66,6 +66,24 @@ pub fn command() -> clap::Command {
     })
 }
 
+/// The `QKV_*` variables of the environment that no flag of any command reads (a misspelt
+/// `QKV_MAX_CONECTIONS` would otherwise be ignored without a word): for a warning at start.
+pub fn unknown_variables() -> Vec<String> {
+    let mut known = vec![super::args::REDIS_PASSWORD_VARIABLE.to_owned()];
+    collect_env(&command(), &mut known);
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| name.starts_with("QKV_") && !known.contains(name))
+        .collect()
+}
+
+fn collect_env(command: &clap::Command, known: &mut Vec<String>) {
+    known.extend(command.get_arguments().filter_map(|arg| arg.get_env()?.to_str().map(str::to_owned)));
+    for sub in command.get_subcommands() {
+        collect_env(sub, known);
+    }
+}
+
 /// The key of a `serve` flag in a config file: its long name with `-` as `_`. `--config` and
 /// `--print-config` have none, nor have `--help` and `--version`.
 fn key(arg: &Arg) -> Option<String> {
