@@ -93,7 +93,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 let store = DiskStore::open(&args.data_dir, config)
                     .with_context(|| format!("cannot open the data directory {}", args.data_dir.display()))?;
                 tracing::info!(
-                    dir = %args.data_dir.display(), durability = ?config.durability,
+                    dir = %args.data_dir.display(), durability = %config.durability,
                     budget = %bytesize::ByteSize(config.memory_budget as u64).display().iec(), "durable store"
                 );
                 store.attach_runtime(&idle);

@@ -35,7 +35,7 @@ pub const H3_ALPN: &[u8] = b"h3";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {}: {cause}", path.display())]
+    #[error("cannot read {}: {}", path.display(), pem_reason(cause))]
     Read { path: PathBuf, cause: rustls::pki_types::pem::Error },
     #[error("{} holds no certificate", path.display())]
     NoCertificate { path: PathBuf },
@@ -49,6 +49,20 @@ pub enum TlsError {
     BadCertificate { path: PathBuf, reason: String },
     #[error("invalid TLS configuration: {0}")]
     Config(#[from] rustls::Error),
+}
+
+/// What is wrong with a PEM file, its labels as text (rustls-pki-types shows them as byte lists).
+fn pem_reason(cause: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match cause {
+        Error::MissingSectionEnd { end_marker } => {
+            format!("its {} section has no END line", String::from_utf8_lossy(end_marker))
+        }
+        Error::IllegalSectionStart { line } => {
+            format!("a section starts with a bad line: {}", String::from_utf8_lossy(line))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// The only crypto provider qkv uses: ring's, with AES-128-GCM/SHA-256 preferred.
@@ -711,6 +725,15 @@ mod tests {
         let unparsed = Identity::from_pem_files(&garbage, &key).unwrap_err();
         assert!(matches!(&unparsed, TlsError::BadCertificate { .. }), "{unparsed:?}");
         assert!(unparsed.to_string().contains("garbage.pem"), "{unparsed}");
+
+        // A key cut short: its file, and the section that has no end, in words.
+        let cut = dir.path().join("cut-key.pem");
+        std::fs::write(&cut, "-----BEGIN PRIVATE KEY-----\nAAAA\n").unwrap();
+        let unread = Identity::from_pem_files(&cert, &cut).unwrap_err().to_string();
+        assert!(
+            unread.contains("cut-key.pem") && unread.contains("PRIVATE KEY section has no END line"),
+            "{unread}"
+        );
     }
 
     #[test]

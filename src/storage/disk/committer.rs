@@ -31,6 +31,18 @@ pub enum Durability {
     Relaxed { flush_interval: Duration },
 }
 
+/// As the flags say it: `strict`, or `relaxed (flushed every 10ms)`.
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Durability::Strict => f.write_str("strict"),
+            Durability::Relaxed { flush_interval } => {
+                write!(f, "relaxed (flushed every {flush_interval:?})")
+            }
+        }
+    }
+}
+
 /// How long a failed snapshot waits before the next try.
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(60);
 
