@@ -263,6 +263,7 @@ async fn bad_input_gets_a_clear_4xx_and_never_a_500() {
     web.curl(&long_key, &["-H", "if-match: \"1\""]).await.problem(413);
     web.curl("/v1/tables/t?limit=lots", &[]).await.problem(400);
     web.curl("/v1/tables/t?limit=-1", &[]).await.problem(400);
+    web.curl("/v1/tables/t?after=%FF", &[]).await.problem(400);
     web.post_json("/v1/tables/t/mget", &json!({ "names": [] })).await.problem(400);
     web.post_json("/v1/tables/t/mset", &json!({ "items": [{ "key": "a", "value": null }] }))
         .await

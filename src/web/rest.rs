@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -81,7 +81,7 @@ fn empty_names(router: OpenApiRouter<Door>) -> OpenApiRouter<Door> {
                 .put(move |s, c, table: Named, u, h, b| put_key(s, c, key(table), u, h, b))
                 .delete(move |s, c, table: Named, h| delete_key(s, c, key(table), h)),
         )
-        .route("/v1/tables/", get(move |s, c, q| list_table(s, c, empty(), q)))
+        .route("/v1/tables/", get(move |s, c, q, r| list_table(s, c, empty(), q, r)))
         .route(
             "/v1/topics/",
             get(move |s, c, h| subscribe(s, c, empty(), h))
@@ -564,10 +564,16 @@ async fn list_table(
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Page>, QueryRejection>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     let table = name(path)?;
     let Query(page) =
         query.map_err(|e| Problem::bad_request(format!("bad query: {e}: use limit=N&after=KEY")))?;
+    // Form decoding replaces what is not UTF-8 with U+FFFD, which would start after another key.
+    let utf8 = |value: &str| percent_encoding::percent_decode_str(value).decode_utf8().is_ok();
+    if !raw.iter().flat_map(|raw| raw.split('&')).all(utf8) {
+        return Err(Problem::bad_request("a query parameter is not UTF-8 once percent-decoded"));
+    }
     let request = CommandRequest::hgetall_page(&table, page.after, page.limit);
     let (first, rest) = first_frame(door.run(request, caller.clone()).await).await;
     if first.status != status::OK {
