@@ -26,6 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".abi", "crate::pb")
         // A Pipeline message's bytes are handed on without a copy.
         .bytes(".qkv.v1")
+        // A message that does not decode is INVALID_ARGUMENT, not INTERNAL (src/pb/grpc.rs).
+        .codec_path("crate::pb::grpc::Codec")
         .compile_fds(only_service)?;
     Ok(())
 }

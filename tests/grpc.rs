@@ -53,13 +53,9 @@ async fn a_python_grpcio_client_uses_the_service() {
 }
 
 /// One gRPC call made by hand over HTTP/2 (hyper, no gRPC library, so nothing on this side enforces
-/// a deadline): the messages' bytes and the trailers (or the headers of a trailers-only answer).
-async fn raw_call(
-    server: &TestServer,
-    method: &str,
-    timeout: &str,
-    request: &CommandRequest,
-) -> (Vec<u8>, HeaderMap) {
+/// a deadline or checks the message): the messages' bytes and the trailers (or the headers of a
+/// trailers-only answer).
+async fn raw_call(server: &TestServer, method: &str, timeout: &str, message: &[u8]) -> (Vec<u8>, HeaderMap) {
     let tls = qkv::tls::client_config(
         qkv::tls::read_roots(&server.ca()).expect("the CA"),
         &qkv::tls::Tickets::none(),
@@ -80,10 +76,9 @@ async fn raw_call(
     .await
     .expect("HTTP/2");
     tokio::spawn(connection);
-    let message = prost::Message::encode_to_vec(request);
     let mut body = vec![0u8];
     body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(&message);
+    body.extend_from_slice(message);
     let call = hyper::Request::post(format!("https://localhost/qkv.v1.Kv/{method}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
@@ -109,13 +104,26 @@ async fn raw_call(
 async fn the_server_ends_a_call_at_its_deadline() {
     let server = TestServer::start_for(Transport::Grpc).await;
     let started = std::time::Instant::now();
-    let (data, trailers) = raw_call(&server, "ExecuteStream", "300m", &CommandRequest::subscribe("t")).await;
+    let subscribe = prost::Message::encode_to_vec(&CommandRequest::subscribe("t"));
+    let (data, trailers) = raw_call(&server, "ExecuteStream", "300m", &subscribe).await;
     assert!(data.len() > 5, "the subscription's first message came before the end");
     assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"4"[..]), "{trailers:?}");
     assert_eq!(trailers.get("qkv-status").map(|v| v.as_bytes()), Some(&b"504"[..]), "{trailers:?}");
     assert!(started.elapsed() >= Duration::from_millis(300), "not before the deadline");
 
-    let (_, trailers) =
-        raw_call(&server, "Execute", "18446744073709551615S", &CommandRequest::ping("")).await;
+    let ping = prost::Message::encode_to_vec(&CommandRequest::ping(""));
+    let (_, trailers) = raw_call(&server, "Execute", "18446744073709551615S", &ping).await;
     assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"3"[..]), "{trailers:?}");
+}
+
+/// A message that does not decode is the client's error, INVALID_ARGUMENT (qkv's 400), not INTERNAL.
+#[tokio::test]
+async fn a_message_that_does_not_decode_is_an_invalid_argument() {
+    let server = TestServer::start_for(Transport::Grpc).await;
+    // An Hget (field 1) whose length runs past the end, and a key that is not UTF-8.
+    let hget_bad_key = [0x0a, 0x05, 0x12, 0x03, 0xff, 0xfe, 0xfd];
+    for message in [&[0x0a, 0x05, 0x0a][..], &hget_bad_key] {
+        let (_, trailers) = raw_call(&server, "Execute", "10S", message).await;
+        assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"3"[..]), "{trailers:?}");
+    }
 }

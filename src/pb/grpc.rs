@@ -17,3 +17,50 @@ pub const QKV_STATUS: &str = "qkv-status";
 
 /// The response header of a `Pipeline` call that says how large its messages may be, either way.
 pub const MAX_MESSAGE_HEADER: &str = "qkv-max-message";
+
+/// tonic-prost's codec, except that a message that does not decode is its sender's error: INVALID_ARGUMENT
+/// (qkv's 400 on every other door), where tonic-prost says INTERNAL, a server's failure. The generated
+/// stubs use it (build.rs, `codec_path`).
+#[derive(Debug, Clone, Default)]
+pub struct Codec<T, U>(tonic_prost::ProstCodec<T, U>);
+
+impl<T, U> tonic::codec::Codec for Codec<T, U>
+where
+    T: prost::Message + Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = tonic_prost::ProstEncoder<T>;
+    type Decoder = Decoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        self.0.encoder()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Decoder(self.0.decoder())
+    }
+}
+
+/// [`Codec`]'s decoder.
+#[derive(Debug, Clone)]
+pub struct Decoder<U>(tonic_prost::ProstDecoder<U>);
+
+impl<U: prost::Message + Default> tonic::codec::Decoder for Decoder<U> {
+    type Item = U;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<U>, tonic::Status> {
+        self.0.decode(buf).map_err(|failed| match failed.code() {
+            tonic::Code::Internal => {
+                tonic::Status::invalid_argument(format!("the message does not decode: {}", failed.message()))
+            }
+            _ => failed,
+        })
+    }
+
+    fn buffer_settings(&self) -> tonic::codec::BufferSettings {
+        self.0.buffer_settings()
+    }
+}
