@@ -604,3 +604,18 @@ async fn the_openapi_document_describes_every_route() {
         );
     }
 }
+
+/// The browser routes answer their errors as the REST routes do: problem+json, and a 405 says which
+/// methods the route takes.
+#[tokio::test]
+async fn the_browser_routes_answer_errors_as_problems() {
+    let web = Web::start().await;
+    let posted = web.curl("/", &["-X", "POST"]).await;
+    posted.problem(405);
+    assert_eq!(posted.header("allow"), Some("GET,HEAD"), "{posted:?}");
+    // A GET of /ws over HTTP/2, where the upgrade is a CONNECT; over HTTP/1.1 without upgrade headers.
+    let over_h2 = web.curl("/ws", &[]).await;
+    over_h2.problem(405);
+    assert_eq!(over_h2.header("allow"), Some("GET, CONNECT"), "{over_h2:?}");
+    web.curl("/ws", &["--http1.1"]).await.problem(400);
+}

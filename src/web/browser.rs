@@ -255,8 +255,22 @@ async fn websocket<H: Handler>(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     uri: axum::http::Uri,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
+    // Not an upgrade (a plain GET, a GET over HTTP/2, where the upgrade is a CONNECT): said as a problem.
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            let status = rejection.status();
+            let mut answer =
+                Problem::new(status, format!("not a WebSocket upgrade: {}", rejection.body_text()))
+                    .into_response();
+            if status == StatusCode::METHOD_NOT_ALLOWED {
+                answer.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, CONNECT"));
+            }
+            return answer;
+        }
+    };
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     if !state.browsers.origins.allows(origin, request_host(&headers, Some(&uri))) {
         info!(origin, "refused a WebSocket session from an origin not allowed (--web-origin)");

@@ -108,10 +108,12 @@ pub async fn serve<H: Handler>(
     let grpc_body = BodyLimit { max: limits.max_frame_len + GRPC_MESSAGE_HEADER, memory, deadline };
     let doors = Doors {
         rest: buffered(
-            rest::router(Metered::new(handler.clone(), Transport::Http), &limits).merge(browser::router(
-                Metered::labelled(handler.clone(), Transport::Http, "websocket"),
-                browsers,
-            )),
+            rest::router(Metered::new(handler.clone(), Transport::Http), &limits)
+                .merge(browser::router(
+                    Metered::labelled(handler.clone(), Transport::Http, "websocket"),
+                    browsers,
+                ))
+                .method_not_allowed_fallback(rest::method_not_allowed),
             rest_body,
             false,
         ),

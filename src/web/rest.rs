@@ -41,17 +41,20 @@ pub fn router<H: Handler>(handler: H, limits: &Limits) -> Router {
     let door = Door { handler: Arc::new(handler), reply_timeout: limits.reply_timeout };
     let (router, api) = empty_names(api()).with_state(door).split_for_parts();
     let document = openapi::document(&api);
-    router
-        .route("/v1/openapi.json", get(move || std::future::ready(axum::Json(document.clone()))))
-        .fallback(|| async {
+    router.route("/v1/openapi.json", get(move || std::future::ready(axum::Json(document.clone())))).fallback(
+        || async {
             Problem::new(StatusCode::NOT_FOUND, "no such resource: see /v1/openapi.json for the API")
-        })
-        .method_not_allowed_fallback(|| async {
-            Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "this resource does not take that method: see /v1/openapi.json",
-            )
-        })
+        },
+    )
+}
+
+/// The answer to a method a route does not take (axum adds the `Allow` header): set on the web
+/// listener's whole router, the browser routes' included, once they are merged.
+pub async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this resource does not take that method: see /v1/openapi.json",
+    )
 }
 
 /// The documented routes: each handler's `#[utoipa::path]` gives both its route and its operation.
