@@ -147,6 +147,11 @@ async fn keys_are_resources_whose_etag_is_their_version() {
     let if_none_match = format!("if-none-match: {first}");
     let unchanged = web.curl(key, &["-H", &if_none_match]).await;
     assert_eq!((unchanged.status, unchanged.body.len()), (304, 0));
+    // If it says a length, the 200's (RFC 9110, 8.6), over HTTP/2 as over HTTP/1.1.
+    for http in ["--http2", "--http1.1"] {
+        let unchanged = web.curl(key, &[http, "-H", &if_none_match]).await;
+        assert!(unchanged.header("content-length").is_none_or(|l| l == "3"), "{http}: {unchanged:?}");
+    }
 
     // A write that expects another version is refused, and says what the key holds.
     let stale = web.put(key, "text/plain", b"Eve", &["if-match: \"1\""]).await;

@@ -381,14 +381,19 @@ async fn get_key(
         return Err(Problem::from_response(&response));
     }
     let version = response.versions.first().copied().unwrap_or_default();
-    if unless.is_some_and(|c| c.matches_weakly(Some(version))) {
-        let vary = HeaderValue::from_static("accept");
-        return Ok(
-            (StatusCode::NOT_MODIFIED, [(header::ETAG, etag(version)), (header::VARY, vary)]).into_response()
-        );
-    }
     let value = response.values.into_iter().next().unwrap_or_default();
     let mut answer = representation(&value, wants_json(&headers));
+    if unless.is_some_and(|c| c.matches_weakly(Some(version))) {
+        // Without the body, but with the length the 200 would have had: a Content-Length a 304 carries
+        // must be that (RFC 9110, 8.6), and HTTP/2 would otherwise say 0.
+        let length = axum::body::HttpBody::size_hint(answer.body()).exact().unwrap_or_default();
+        let headers = [
+            (header::ETAG, etag(version)),
+            (header::VARY, HeaderValue::from_static("accept")),
+            (header::CONTENT_LENGTH, HeaderValue::from(length)),
+        ];
+        return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
+    }
     answer.headers_mut().insert(header::ETAG, etag(version));
     Ok(answer)
 }
