@@ -113,9 +113,33 @@ impl RedisConfig {
     }
 }
 
+/// TCP keepalive on every connection to Redis: first probe after this long without traffic, then
+/// one every [`KEEPALIVE_INTERVAL`], [`KEEPALIVE_RETRIES`] unanswered ending the connection. So a
+/// node that vanished without closing its connections (powered off, cut off) is noticed on an idle
+/// connection within about 5 + 3 × 2 = 11 s, on one waiting for an acknowledgement within
+/// [`USER_TIMEOUT`] (on Linux; which also bounds the probes); redis-rs
+/// then sees the connection fail, reconnects (the cluster connection, a plain Redis's manager) or
+/// tells the relay (a subscription link, which its PING every few seconds tests sooner: see
+/// `relay.rs`).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// Data sent but not acknowledged by the node for this long ends the connection (Linux's
+/// TCP_USER_TIMEOUT; elsewhere retransmissions go on for many minutes).
+#[cfg(target_os = "linux")]
+const USER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Commands go out at once (TCP_NODELAY): a request waits for its Redis round trip, never for Nagle.
+/// A node that vanished is noticed (see [`KEEPALIVE_IDLE`]).
 fn tcp_settings() -> redis::io::tcp::TcpSettings {
-    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+    let keepalive = redis::io::tcp::socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    let settings = redis::io::tcp::TcpSettings::default().set_nodelay(true).set_keepalive(keepalive);
+    #[cfg(target_os = "linux")]
+    let settings = settings.set_user_timeout(USER_TIMEOUT);
+    settings
 }
 
 /// A Redis URL without its user and password, as it may be logged or printed.
@@ -333,6 +357,11 @@ impl Connector {
             Some(_) => None,
             None => Some(format!("cannot reach Redis at {}: {}; retrying", self.seeds, self.failure.lock())),
         }
+    }
+
+    /// Whether the connection is made, to a cluster.
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self.connection.get(), Some(Connection::Cluster(_)))
     }
 
     pub(super) async fn connected(&self) {

@@ -15,9 +15,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures_util::future::join_all;
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Value as RedisValue};
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, RedisError, Value as RedisValue};
 
 use super::connection::{Connection, RedisConfig, counted, storage_error};
 use super::relay::Pushes;
@@ -45,22 +46,23 @@ impl Shards {
         Shards { config, pushes, serial: AtomicU64::new(0), links: Mutex::default(), homes: Mutex::default() }
     }
 
-    /// Subscribes to `channel` on the master of its slot, as the cluster says now. Its home is set
-    /// before SSUBSCRIBE is sent, so that what follows the confirmation is delivered.
-    pub(super) async fn subscribe(&self, cluster: Connection, channel: &str) -> StorageResult<()> {
-        let node = master_of(cluster, channel).await?;
-        let (link, mut connection) = self.link(&node).await?;
+    /// Subscribes to `channel` on `node` (the master of its slot, as the caller's [`Masters`] say).
+    /// Its home is set before SSUBSCRIBE is sent, so that what follows the confirmation is delivered.
+    /// If the link itself failed (no answer in time, a closed connection), it is dropped and the
+    /// other channels it was the home of are lost like those of any lost link (see [`Shards::broken`]).
+    pub(super) async fn subscribe(&self, node: &str, channel: &str) -> StorageResult<()> {
+        let (link, mut connection) = self.link(node).await?;
         self.homes.lock().insert(channel.as_bytes().to_vec(), link.clone());
         let subscribed =
             redis::cmd("SSUBSCRIBE").arg(channel).query_async::<RedisValue>(&mut connection).await;
-        if let Err(e) = counted(subscribed.map_err(storage_error)) {
+        if let Err(e) = subscribed {
             self.end(channel.as_bytes(), &link);
-            if matches!(e, StorageError::Unavailable(_) | StorageError::Uncertain(_)) {
-                self.lost(&link);
+            if is_link_failure(&e) {
+                self.broken(&link);
             }
-            return Err(e);
+            return counted(Err(storage_error(e)));
         }
-        Ok(())
+        counted(Ok(()))
     }
 
     /// Unsubscribes from `channel` on its home, if it has one; its pushes are not delivered from now on.
@@ -71,8 +73,34 @@ impl Shards {
         if let Some(mut connection) = connection {
             let sent =
                 redis::cmd("SUNSUBSCRIBE").arg(channel).query_async::<RedisValue>(&mut connection).await;
+            // A link that does not answer is dropped, so that a sweep of many channels waits for it
+            // once, not once per channel.
+            if let Err(e) = &sent
+                && is_link_failure(e)
+            {
+                self.broken(&home);
+            }
             let _ = counted(sent.map_err(storage_error));
         }
+    }
+
+    /// Sends PING on every link at once; a link that does not answer within `--redis-timeout` is
+    /// dropped and its channels lost. A subscriber link sends nothing else, and redis-rs notices a
+    /// lost connection only when reading or writing fails: without this a node that vanished without
+    /// closing the connection (powered off, cut off by the network) would go unnoticed until TCP
+    /// keepalive ends the connection, its subscribers receiving nothing meanwhile.
+    pub(super) async fn ping(&self) {
+        let links: Vec<(Link, MultiplexedConnection)> = self.links.lock().values().cloned().collect();
+        join_all(links.into_iter().map(|(link, mut connection)| async move {
+            let answer = redis::cmd("PING").query_async::<RedisValue>(&mut connection).await;
+            if let Err(e) = answer
+                && is_link_failure(&e)
+            {
+                tracing::debug!(node = %link.node, error = %e, "a subscription link did not answer PING; dropping it");
+                self.broken(&link);
+            }
+        }))
+        .await;
     }
 
     /// Whether `channel`'s pushes from `link` are to be delivered.
@@ -98,10 +126,7 @@ impl Shards {
     /// `link` is lost: it is made again when next needed; the channels it was the home of, which now
     /// have none.
     pub(super) fn lost(&self, link: &Link) -> Vec<Vec<u8>> {
-        let mut links = self.links.lock();
-        if links.get(&link.node).is_some_and(|(l, _)| l == link) {
-            links.remove(&link.node);
-        }
+        self.forget(link);
         let mut homes = self.homes.lock();
         let channels: Vec<Vec<u8>> =
             homes.iter().filter(|(_, l)| *l == link).map(|(c, _)| c.clone()).collect();
@@ -109,6 +134,26 @@ impl Shards {
             homes.remove(channel);
         }
         channels
+    }
+
+    /// `link` failed under a command of ours (no answer in time, a closed connection): it is not
+    /// used again, and the relay is told as redis-rs tells it of a connection that broke, with a
+    /// disconnection push from that link. So the channels it was the home of take the one way of a
+    /// lost link's (their subscribers told, their subscriptions made again), in order after what the
+    /// link pushed before. A timeout gives no push of redis-rs's own; a closed connection may, and
+    /// the second push then finds nothing left to lose.
+    fn broken(&self, link: &Link) {
+        self.forget(link);
+        let disconnected = PushInfo { kind: PushKind::Disconnection, data: Vec::new() };
+        let _ = self.pushes.sender(Some(link.clone()))(disconnected);
+    }
+
+    /// `link` is not used again (a link made to its node since stays).
+    fn forget(&self, link: &Link) {
+        let mut links = self.links.lock();
+        if links.get(&link.node).is_some_and(|(l, _)| l == link) {
+            links.remove(&link.node);
+        }
     }
 
     /// Forgets every link and home (news of a lost link may have been dropped): the channels that had
@@ -149,36 +194,80 @@ impl Shards {
     }
 }
 
-/// The node (`host:port`) that serves `channel`'s slot as master, as a node of the cluster says now.
-async fn master_of(mut cluster: Connection, channel: &str) -> StorageResult<String> {
-    let slot = match cluster.query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(channel)).await? {
-        RedisValue::Int(slot) => slot,
-        other => {
-            return Err(StorageError::Backend(format!("unexpected reply to CLUSTER KEYSLOT: {other:?}")));
-        }
-    };
-    let RedisValue::Array(ranges) = cluster.query(redis::cmd("CLUSTER").arg("SLOTS")).await? else {
-        return Err(StorageError::Backend("unexpected reply to CLUSTER SLOTS".into()));
-    };
-    // Each range: first slot, last slot, then the master ([host, port, id, …]), then its replicas.
-    for range in ranges {
-        let RedisValue::Array(range) = range else { continue };
-        let (Some(RedisValue::Int(first)), Some(RedisValue::Int(last)), Some(RedisValue::Array(master))) =
-            (range.first(), range.get(1), range.get(2))
-        else {
-            continue;
+/// Whether `e` means the link itself failed (it did not answer in time, or its connection is gone),
+/// rather than that Redis refused the command (MOVED after a slot moved, CLUSTERDOWN), after which
+/// the link still serves its other channels.
+fn is_link_failure(e: &RedisError) -> bool {
+    e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+/// Which node serves each slot as master, as one node of the cluster says now (one `CLUSTER SLOTS`):
+/// fetched once for a join, and once for a whole pass of the repair task.
+pub(super) struct Masters(Vec<(u16, u16, String)>);
+
+impl Masters {
+    pub(super) async fn fetch(mut cluster: Connection) -> StorageResult<Self> {
+        let RedisValue::Array(ranges) = cluster.query(redis::cmd("CLUSTER").arg("SLOTS")).await? else {
+            return Err(StorageError::Backend("unexpected reply to CLUSTER SLOTS".into()));
         };
-        if !(*first..=*last).contains(&slot) {
-            continue;
+        let mut masters = Vec::new();
+        // Each range: first slot, last slot, then the master ([host, port, id, …]), then its replicas.
+        for range in ranges {
+            let RedisValue::Array(range) = range else { continue };
+            let (Some(RedisValue::Int(first)), Some(RedisValue::Int(last)), Some(RedisValue::Array(master))) =
+                (range.first(), range.get(1), range.get(2))
+            else {
+                continue;
+            };
+            let host = match master.first() {
+                Some(RedisValue::BulkString(host)) => String::from_utf8_lossy(host).into_owned(),
+                Some(RedisValue::SimpleString(host)) => host.clone(),
+                _ => String::new(),
+            };
+            if let (false, Some(RedisValue::Int(port)), Ok(first), Ok(last)) =
+                (host.is_empty() || host == "?", master.get(1), u16::try_from(*first), u16::try_from(*last))
+            {
+                masters.push((first, last, format!("{host}:{port}")));
+            }
         }
-        let host = match master.first() {
-            Some(RedisValue::BulkString(host)) => String::from_utf8_lossy(host).into_owned(),
-            Some(RedisValue::SimpleString(host)) => host.clone(),
-            _ => String::new(),
-        };
-        if let (false, Some(RedisValue::Int(port))) = (host.is_empty() || host == "?", master.get(1)) {
-            return Ok(format!("{host}:{port}"));
+        Ok(Masters(masters))
+    }
+
+    /// The node (`host:port`) that serves `channel`'s slot as master.
+    pub(super) fn of(&self, channel: &str) -> StorageResult<&str> {
+        let slot = slot(channel.as_bytes());
+        self.0
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&slot))
+            .map(|(_, _, node)| node.as_str())
+            .ok_or_else(|| {
+                StorageError::Unavailable(format!("no Redis master known for slot {slot} (of {channel})"))
+            })
+    }
+}
+
+/// The cluster slot of `key`: CRC16 (XMODEM) of its hash tag (what lies between its first `{` and the
+/// next `}`, if not empty) or else of all of it, modulo 16384.
+fn slot(key: &[u8]) -> u16 {
+    let tag = key.iter().position(|b| *b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        rest.iter().position(|b| *b == b'}').map(|close| &rest[..close]).filter(|tag| !tag.is_empty())
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tag.unwrap_or(key)) % 16_384
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::cluster_routing::Slot;
+
+    use super::slot;
+
+    #[test]
+    fn a_slot_is_the_one_redis_rs_computes() {
+        for key in
+            ["", "qkv:news", "{", "}{", "a{}b", "a{b}c{d}", "{tag}x", "x{tag}", "ü{ß}", "{{a}}", "qkv:{t}"]
+        {
+            assert_eq!(Slot::new(slot(key.as_bytes())), Some(Slot::for_key(key)), "{key:?}");
         }
     }
-    Err(StorageError::Unavailable(format!("no Redis master known for slot {slot} (of {channel})")))
 }
