@@ -312,6 +312,8 @@ impl<H: Handler> Handler for Metered<H> {
         };
         // An answer the disk store deferred (the TCP pipeline's) is final only once its ticket is: it is
         // timed to then, and counted with the status it goes out with (an error if its fsync failed).
+        // The store defers only within the pipeline's first poll, so this finds the deferral as long as
+        // the handler answers within that poll after its store call, as the service does.
         let metrics = metrics.clone();
         let record = move |status| {
             metrics.record(command, status, started.elapsed());

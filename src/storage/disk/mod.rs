@@ -179,7 +179,7 @@ impl DiskStore {
 
     /// Cuts the last log segment of `dir` where it is damaged, when whole records follow the damage
     /// (which [`DiskStore::open`] refuses: a crash does not leave that), keeping the bytes it cuts in
-    /// a file beside the segment ([`recovery::repair`]). For `qkv repair`; run it on a directory no
+    /// a file beside the segment (`recovery::repair`). For `qkv repair`; run it on a directory no
     /// server has open.
     pub fn repair(dir: &Path) -> StorageResult<Repaired> {
         recovery::repair(dir).map_err(io_error("cannot repair the data in", dir))

@@ -164,6 +164,7 @@ pub const HTTP3_UNI_STREAMS: u32 = 3;
 /// flow-control window. A connection starts with credit equal to the limit, raised only once it
 /// uses it all: quinn allocates the state of every stream it grants when it grants it, which a
 /// connection of a few requests (a reconnect storm's) would pay for nothing.
+#[cfg(feature = "server")]
 pub(crate) const STREAM_CREDIT: u32 = 2;
 
 /// QUIC datagrams (RFC 9221) waiting to be read. qkv reads none, but a browser's WebTransport needs the
