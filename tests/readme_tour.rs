@@ -396,7 +396,7 @@ const BENCH_DURATION: &str = "1s";
 /// process group of its own). A process that ended but was not waited for is a zombie, which `kill -0`
 /// still finds: `alive` reads its state.
 const EXAMPLE_PRELUDE: &str = r#"exec 2>&1
-qkv() { "$QKV_BIN" "$@"; }
+qkv() { "$README_QKV_BIN" "$@"; }
 servers=
 clients=
 trap 'kill $servers $clients 2>/dev/null' EXIT
@@ -514,7 +514,7 @@ async fn assert_example_prints_what_it_shows(heading: &str, running_server: bool
         .arg("-c")
         .arg(&script)
         .current_dir(dir.path())
-        .env("QKV_BIN", qkv)
+        .env("README_QKV_BIN", qkv)
         .env("QKV_LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -571,7 +571,7 @@ fn start_server(number: usize, server: &str, listen: &mut Vec<(String, String)>)
 /// `command` with the qkv binary in place of its leading `qkv`.
 fn binary_in_place(command: &str) -> String {
     match command.strip_prefix("qkv ") {
-        Some(args) => format!("\"$QKV_BIN\" {args}"),
+        Some(args) => format!("\"$README_QKV_BIN\" {args}"),
         None => command.to_owned(),
     }
 }
