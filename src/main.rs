@@ -70,6 +70,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .validate()
         .and_then(|()| config.service.validate(config.limits.max_frame_len))
         .map_err(|e| CliError::InvalidInput(format!("invalid configuration: {e}")))?;
+    warn_of_budgets_beyond_the_machine(&args, &config);
     let idle = RuntimeIdle::default();
     let runtime = qkv::server::runtime(args.runtime.layout()?, Some(idle.clone()))
         .context("cannot start the runtime")?;
@@ -122,6 +123,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     std::mem::forget(retained);
     served
+}
+
+/// Budgets set above what the machine (or cgroup) has do not bound anything: the kernel's OOM killer
+/// would stop the server before they turn a write or a connection away.
+fn warn_of_budgets_beyond_the_machine(args: &ServeArgs, config: &qkv::server::ServerConfig) {
+    let store = match args.store {
+        Store::Memory | Store::Disk => args.memory_budget.unwrap_or_else(qkv::storage::default_memory_budget),
+        Store::Redis => 0,
+    };
+    let available = qkv::memory::available_memory();
+    if store.saturating_add(config.connection_memory) > available {
+        let iec = |bytes: usize| bytesize::ByteSize(bytes as u64).display().iec().to_string();
+        tracing::warn!(
+            store = %iec(store), connections = %iec(config.connection_memory), available = %iec(available),
+            "--memory-budget and --connection-memory add up to more than this machine (or cgroup) has: the server may be killed before they turn anything away"
+        );
+    }
 }
 
 fn memory_budget(args: &ServeArgs) -> anyhow::Result<usize> {

@@ -253,3 +253,18 @@ async fn a_misspelt_environment_variable_is_named_in_a_warning() {
     assert!(said.contains("QKV_MAX_CONECTIONS") && said.contains("misspelt"), "{said}");
     assert!(!said.contains("QKV_MAX_CONNECTIONS"), "a variable a flag reads is not warned of: {said}");
 }
+
+/// Budgets above what the machine has bound nothing: the server says so as it starts.
+#[tokio::test]
+async fn budgets_beyond_the_machine_are_warned_of() {
+    let server = ServerProcess::start(&["--memory-budget", "1PiB"]).await;
+    let warned =
+        server.startup_log.iter().any(|line| line.contains("WARN") && line.contains("add up to more"));
+    assert!(warned, "{:#?}", server.startup_log);
+    let modest = ServerProcess::start(&["--memory-budget", "16MiB", "--connection-memory", "16MiB"]).await;
+    assert!(
+        !modest.startup_log.iter().any(|line| line.contains("add up to more")),
+        "{:#?}",
+        modest.startup_log
+    );
+}

@@ -341,7 +341,8 @@ where
     }
     match &ending {
         Ending::Rejected(_) => warn!(reason = %ending, "closing the connection"),
-        Ending::Failed(_) => info!(reason = %ending, "closing the connection"),
+        // An operator wants to see the budget turn clients away, as a QUIC answer it drops is seen.
+        Ending::Failed(_) | Ending::NoMemory => info!(reason = %ending, "closing the connection"),
         _ => debug!(reason = %ending, "closing the connection"),
     }
     // Nothing more is read or executed: what the connection held for requests (the frame it was

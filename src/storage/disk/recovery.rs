@@ -63,11 +63,15 @@ pub fn recover(dir: &Path, store: &Store, durability: Durability) -> io::Result<
     let last = segments.keys().next_back().copied();
     let mut next_generation = base.unwrap_or(1);
     for (generation, path) in &segments {
-        if expected.is_some_and(|expected| *generation != expected) {
-            return Err(damaged(
-                path,
-                format!("the segment before it (number {}) is missing", generation - 1),
-            ));
+        if let Some(expected) = expected.filter(|expected| generation != expected) {
+            // The first segment of a log: what comes before it is a snapshot, which is missing too.
+            let missing = match (base, expected == base.unwrap_or(1)) {
+                (None, true) if expected < *generation => {
+                    "the segments before it, or the snapshot that replaced them, are missing".to_owned()
+                }
+                _ => format!("the segment before it (number {}) is missing", generation - 1),
+            };
+            return Err(damaged(path, missing));
         }
         expected = Some(generation + 1);
         let is_last = Some(*generation) == last;

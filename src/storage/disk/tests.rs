@@ -683,3 +683,27 @@ fn a_scan_past_damage_gives_up_on_fake_heads_within_its_budget() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A segment missing from the log is named as what it is: the ones before the first (or the snapshot
+/// that replaced them), or one between two others.
+#[tokio::test]
+async fn a_missing_segment_is_named_for_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    for key in ["a", "b", "c"] {
+        let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
+        store.set(TABLE, key, "v".into(), None).await.unwrap();
+        close(store).await;
+    }
+    let segments = files::list(dir.path()).unwrap().segments;
+    assert_eq!(segments.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
+    for (removed, said) in [
+        (2, "the segment before it (number 2) is missing"),
+        (1, "the segments before it, or the snapshot that replaced them, are missing"),
+    ] {
+        std::fs::remove_file(&segments[&removed]).unwrap();
+        let Err(StorageError::Backend(error)) = DiskStore::open_when_free(dir.path(), test_config()) else {
+            panic!("opened without segment {removed}")
+        };
+        assert!(error.contains(said), "{error}");
+    }
+}
