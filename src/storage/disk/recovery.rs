@@ -244,7 +244,8 @@ const SCAN_BUDGET: u64 = 256 << 20;
 pub(super) fn whole_record_after(file: &File, from: u64, len: u64, last_number: u64) -> io::Result<Scan> {
     use std::os::unix::fs::FileExt;
     const CHUNK: usize = 1 << 20;
-    let mut budget = SCAN_BUDGET.max(8 * (len - from));
+    let allowed = SCAN_BUDGET.max(8 * (len - from));
+    let mut budget = allowed;
     let mut window = Vec::with_capacity(CHUNK + format::PEEK);
     let mut start = from + 1;
     while start + format::MIN_RECORD as u64 <= len {
@@ -259,7 +260,7 @@ pub(super) fn whole_record_after(file: &File, from: u64, len: u64, last_number: 
                 continue;
             }
             if length > budget {
-                return Ok(Scan::GaveUp { hashed: SCAN_BUDGET.max(8 * (len - from)) - budget });
+                return Ok(Scan::GaveUp { hashed: allowed - budget });
             }
             budget -= length;
             if checksum(file, at + format::RECORD_HEAD as u64, length)? == crc {

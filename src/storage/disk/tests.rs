@@ -552,17 +552,22 @@ fn batches_split_only_when_the_runtime_idled() {
     assert_eq!(log::split_point(Duration::ZERO, Duration::ZERO, 250), usize::MAX);
 }
 
+/// A store attached to a runtime whose parks it never hears of, with a long commit wait: nothing is
+/// committed before its test says (or its log fails).
+fn uncommitted_store() -> (tempfile::TempDir, DiskStore) {
+    let config = DiskConfig { commit_wait: std::time::Duration::from_secs(30), ..test_config() };
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open_when_free(dir.path(), config).unwrap();
+    store.attach_runtime(&RuntimeIdle::default());
+    (dir, store)
+}
+
 /// Within `deferring`, a write and a read answer in their first poll and hand their wait to the
 /// caller as a ticket, which passes once the log is durable, and turns into what the store itself
 /// would have answered when the log fails: 504 (the write may be on disk) and 500 (for a read).
 #[tokio::test]
 async fn deferred_answers_wait_for_their_ticket_and_fail_as_the_store_would() {
-    // Attached to a runtime whose parks it never hears of, with a long commit wait: nothing is
-    // committed before the test says.
-    let config = DiskConfig { commit_wait: std::time::Duration::from_secs(30), ..test_config() };
-    let dir = tempfile::tempdir().unwrap();
-    let store = DiskStore::open_when_free(dir.path(), config).unwrap();
-    store.attach_runtime(&RuntimeIdle::default());
+    let (_dir, store) = uncommitted_store();
     let noop = &mut std::task::Context::from_waker(std::task::Waker::noop());
 
     let mut write = Box::pin(store.set(TABLE, "k", "v".into(), None));
@@ -609,10 +614,7 @@ async fn a_failed_log_leaves_the_store_broken_until_a_restart() {
 /// an answer that was not deferred gives the asker back, to record at once.
 #[tokio::test]
 async fn a_deferred_answer_tells_its_final_status_when_it_is_settled() {
-    let config = DiskConfig { commit_wait: std::time::Duration::from_secs(30), ..test_config() };
-    let dir = tempfile::tempdir().unwrap();
-    let store = DiskStore::open_when_free(dir.path(), config).unwrap();
-    store.attach_runtime(&RuntimeIdle::default());
+    let (_dir, store) = uncommitted_store();
     let noop = &mut std::task::Context::from_waker(std::task::Waker::noop());
     let heard = Arc::new(Mutex::new(Vec::new()));
     let hear = |heard: &Arc<Mutex<Vec<u32>>>| {
