@@ -216,6 +216,7 @@ async fn declared_frame_lengths_reserve_nothing() {
 transport_tests!(refusals: quic, tls, tcp =>
     a_request_larger_than_the_budget_is_answered_503_and_not_executed,
     a_request_is_answered_503_and_not_executed_when_other_connections_spent_the_budget,
+    a_service_refusal_is_delivered_when_other_connections_spent_the_budget,
 );
 
 /// A server with a small connection memory budget (2 MiB) and a short memory wait, whose clients make
@@ -266,15 +267,8 @@ async fn a_request_larger_than_the_budget_is_answered_503_and_not_executed(trans
 
 /// Many connections together spend the budget: idle QUIC connections take their fixed shares until the
 /// server refuses the next one, and the test takes the rest (standing in for one more client's
-/// unfinished request), so that not one byte is left. A request on a connection admitted before then
-/// waits the memory wait and is answered 503: a refusal needs no memory from the spent budget.
-async fn a_request_is_answered_503_and_not_executed_when_other_connections_spent_the_budget(
-    transport: Transport,
-) {
-    let server = small_budget_server(transport).await;
-    let client = one_attempt_client(&server).await;
-    client.ping("warm").await.unwrap();
-
+/// unfinished request), so that not one byte is left. Returns what holds it spent.
+async fn spend_the_budget(server: &TestServer) -> (Charge, Vec<quinn::Connection>) {
     let endpoint = common::quic_client_endpoint(&server.ca(), &qkv::tls::Tickets::none());
     let mut others = Vec::new();
     while let Ok(connection) = endpoint.connect(server.addr, "localhost").expect("connect").await {
@@ -282,14 +276,49 @@ async fn a_request_is_answered_503_and_not_executed_when_other_connections_spent
         assert!(others.len() < 100, "the budget admits only a few connections");
     }
     assert!(others.len() > 2, "{} connections spent the budget", others.len());
-    let rest = spend_the_rest(&server);
+    let rest = spend_the_rest(server);
     assert_eq!(server.memory.available(), 0);
+    (rest, others)
+}
+
+/// A request on a connection admitted before the budget was spent waits the memory wait and is
+/// answered 503: a refusal needs no memory from the spent budget.
+async fn a_request_is_answered_503_and_not_executed_when_other_connections_spent_the_budget(
+    transport: Transport,
+) {
+    let server = small_budget_server(transport).await;
+    let client = one_attempt_client(&server).await;
+    client.ping("warm").await.unwrap();
+    let spent = spend_the_budget(&server).await;
 
     // Larger than one read, so that the server must charge it before it has it whole.
     assert_refused_for_memory(client.hset("t", "k", Value::from(vec![7u8; 100_000])).await);
 
     assert!(!stored(&server, "t", "k").await, "the refused write was executed");
-    drop((rest, others));
+    drop(spent);
+}
+
+/// A request the service refuses (a table name over its limit: 413), small enough to arrive in one
+/// read, while the budget is spent. On TCP and TLS it arrives in the read chunk the connection's fixed
+/// share covers, and the service's refusal reaches the client as it is, not executed, where it once
+/// closed the connection (the client could not tell whether its request had run). On QUIC a stream's
+/// request is charged whole before the service sees it: 503.
+async fn a_service_refusal_is_delivered_when_other_connections_spent_the_budget(transport: Transport) {
+    let server = small_budget_server(transport).await;
+    let client = one_attempt_client(&server).await;
+    client.ping("warm").await.unwrap();
+    let spent = spend_the_budget(&server).await;
+
+    let written = client.hset(&"t".repeat(1025), "k", Value::from("v")).await;
+    if transport == Transport::Quic {
+        assert_refused_for_memory(written);
+    } else {
+        let refused = written.expect_err("a name over its limit");
+        assert!(matches!(refused, ClientError::Status { status: 413, .. }), "{refused:?}: {refused}");
+        assert_eq!(refused.executed(), Executed::No, "{refused}");
+        assert!(refused.to_string().contains("--max-table-size"), "{refused}");
+    }
+    drop(spent);
 }
 
 /// Charges everything the server's budget has left.

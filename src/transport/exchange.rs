@@ -198,7 +198,7 @@ pub async fn write_reply<W: AsyncWrite + Unpin>(
 }
 
 /// A service's answer that says its request was not executed, and carries nothing but a message.
-fn is_refusal(response: &CommandResponse) -> bool {
+pub(super) fn is_refusal(response: &CommandResponse) -> bool {
     matches!(
         response.status,
         status::BAD_REQUEST

@@ -62,7 +62,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Limits;
-use super::exchange::{AnswerBudget, REFUSAL_ROOM, RequestError, write_refusal};
+use super::exchange::{AnswerBudget, REFUSAL_ROOM, RequestError, is_refusal, write_refusal};
 use super::frame::{FrameCodec, FrameError};
 use super::timeouts::StallTimeout;
 use super::woken::PolledWhenWoken;
@@ -85,11 +85,12 @@ const READ_CHUNK: usize = 16 * 1024;
 const READ_ROOM: usize = 2048;
 
 /// What a pipelined connection holds beyond what it charges as it goes: the chunk it may read into and
-/// the room made before a read, and the allocation it keeps for its next request's execution (1,512
-/// bytes for a TCP connection's). Each transport's fixed share covers it. The connection's last frame
-/// (a refusal: see `Ending::last_frame`) takes the read chunk's place once reading has stopped, so it
-/// can be written when the server-wide budget is spent.
-pub const FIXED_HOLDINGS: usize = READ_CHUNK + READ_ROOM + 2 * 1024;
+/// the room made before a read, the allocation it keeps for its next request's execution (1,512 bytes
+/// for a TCP connection's), and room for one refusal. Each transport's fixed share covers it. So a
+/// refusal is delivered when the server-wide budget is spent: a service's refusal in the middle of
+/// the pipeline from the room for one (see `feed_answer`), the connection's last frame (see
+/// `Ending::last_frame`) from the read chunk's place once reading has stopped.
+pub const FIXED_HOLDINGS: usize = READ_CHUNK + READ_ROOM + 2 * 1024 + REFUSAL_ROOM;
 
 const _: () = assert!(READ_CHUNK >= REFUSAL_ROOM);
 
@@ -166,6 +167,8 @@ where
         limits.max_frame_len,
         &memory,
     );
+    // A service's refusals, when the budget is spent: room for one, in the fixed share.
+    let refusals = AnswerBudget::new(memory.clone(), 1);
     // Covers the bytes received and not yet decoded, and the queue's requests and answers.
     let mut charge = memory.empty_charge();
     let mut memory_wait = pin!(tokio::time::sleep(limits.memory_wait));
@@ -221,7 +224,7 @@ where
         {
             match reply {
                 Reply::One(response) => {
-                    if let Err(e) = answers.feed(ReplyFrame::Response(response)).await {
+                    if let Err(e) = feed_answer(&mut answers, response, &refusals, &limits).await {
                         log_write_failure(&e);
                         let _ = answers.get_mut().shutdown().await;
                         return requests;
@@ -363,6 +366,28 @@ where
     let _ = write.shutdown().await;
     linger(read).await;
     requests
+}
+
+/// Feeds `response` to the writer, to be written with the answers fed before it. A refusal (a service's
+/// answer saying its request was not executed) the budget has no room for is delivered all the same:
+/// the answers before it are written out, and it is written from `refusals`, the room for one in the
+/// connection's fixed share. Nothing is read or written meanwhile, so the room holds one at a time.
+/// Any other answer the budget cannot hold fails with `MemoryExhausted`: the connection closes.
+async fn feed_answer<W: AsyncWrite + Unpin>(
+    answers: &mut FrameWriter<W>,
+    response: CommandResponse,
+    refusals: &AnswerBudget,
+    limits: &Limits,
+) -> Result<(), FrameError> {
+    // (A refusal carries a message of at most ~1 KiB: cheap to keep until it is known to be held.)
+    let refusal = is_refusal(&response).then(|| response.clone());
+    match (answers.feed(ReplyFrame::Response(response)).await, refusal) {
+        (Err(FrameError::MemoryExhausted { .. }), Some(refusal)) => {
+            SinkExt::<ReplyFrame>::flush(answers).await?;
+            write_refusal(answers.get_mut(), refusal, limits, refusals).await
+        }
+        (fed, _) => fed,
+    }
 }
 
 /// Writing an answer failed: the connection closes (its client sees it lost, so the answers it did not
