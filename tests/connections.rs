@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 use std::time::Duration;
 
 use qkv::client::{Client, ClientConfig, ClientError};
-use qkv::pb::{CommandRequest, CommandResponse, Kvpair, status};
+use qkv::pb::{CommandRequest, CommandResponse, Kvpair, Value, status};
 use qkv::server::{Server, ServerConfig};
 use qkv::storage::MemoryStore;
 use qkv::transport::Transport;
@@ -351,4 +351,42 @@ async fn a_client_at_the_request_limit_may_open_more_streams_which_wait_their_tu
     let answer =
         tokio::time::timeout(Duration::from_secs(10), answered).await.expect("answered").expect("task");
     assert_eq!(answer.first().map(|a| a.status), Some(status::OK), "{answer:?}");
+}
+
+/// Requests waiting their turn on a QUIC connection must not hold back the bytes of those that have
+/// it: every stream of a connection shares its flow-control window, so streams left unread until
+/// their turn once filled it, and the request given the next turn could not receive the rest of
+/// itself (408 after the request timeout). With two subscriptions holding the limit of two, two
+/// writes of 1 MB (four windows each) are opened; once a subscription ends, both run.
+#[tokio::test]
+async fn requests_waiting_their_turn_do_not_starve_the_one_that_has_it() {
+    let server = TestServer::start_with(|config| config.limits.max_concurrent_requests = 2).await;
+    let connection = server.raw_connection().await;
+    let mut subscriptions = Vec::new();
+    for _ in 0..2 {
+        let (mut send, recv) = connection.open_bi().await.expect("a stream within the limit");
+        send.write_all(&common::frame(&CommandRequest::subscribe("news"))).await.expect("subscribe sent");
+        send.finish().expect("finished");
+        let mut frames = FramedRead::new(recv, FrameCodec::<CommandResponse>::new(1 << 20));
+        let first = frames.next().await.expect("a first frame").expect("well formed");
+        assert_eq!(first.status, status::OK, "subscribed: {first:?}");
+        subscriptions.push(frames);
+    }
+    let mut writes = Vec::new();
+    for key in ["a", "b"] {
+        let connection = connection.clone();
+        writes.push(tokio::spawn(async move {
+            let (mut send, recv) = connection.open_bi().await.expect("credit for a client at its limit");
+            let request = CommandRequest::hset("big", key, Value::from(vec![7u8; 1_000_000]));
+            send.write_all(&common::frame(&request)).await.expect("request sent");
+            send.finish().expect("finished");
+            common::read_responses(recv).await
+        }));
+    }
+    drop(subscriptions.pop());
+    for write in writes {
+        let answer =
+            tokio::time::timeout(Duration::from_secs(60), write).await.expect("answered").expect("task");
+        assert_eq!(answer.first().map(|a| a.status), Some(status::OK), "{answer:?}");
+    }
 }

@@ -11,6 +11,7 @@ use futures_util::future::{BoxFuture, Shared};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::Semaphore;
 use tokio_util::codec::FramedRead;
 
 use super::frame::{FrameCodec, FrameError, HEADER_LEN};
@@ -259,6 +260,12 @@ impl EarlyData {
 /// be delivered is `Served::RefusalLost`. Returns an error only when the stream itself failed, for
 /// instance because the peer reset it or the connection was lost, or when an executed request's reply
 /// could not be held (`MemoryExhausted`).
+///
+/// `in_progress`, when given, limits how many requests execute at once: a request read whole waits
+/// for one of its permits, and holds it until its answer is written. It is taken only once the request
+/// has been read, so that requests waiting their turn never hold back the bytes of those that have it
+/// (a QUIC connection's flow-control window is shared by all its streams).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_request<R, W, H>(
     mut recv: R,
     send: W,
@@ -267,6 +274,7 @@ pub async fn serve_request<R, W, H>(
     answers: &AnswerBudget,
     early: Option<&EarlyData>,
     caller: &Caller,
+    in_progress: Option<&Semaphore>,
 ) -> Result<Served, FrameError>
 where
     R: AsyncRead + Unpin,
@@ -282,6 +290,11 @@ where
                 let failed = "the handshake failed: a write sent in 0-RTT early data was not executed";
                 return Err(FrameError::Io(io::Error::new(io::ErrorKind::ConnectionAborted, failed)));
             }
+            // (The semaphore is never closed; were it, the request would run without a turn.)
+            let _turn = match in_progress {
+                Some(in_progress) => in_progress.acquire().await.ok(),
+                None => None,
+            };
             match handler.execute(request, caller).await {
                 // Not executed either (a name over its limit, a `Publish` the budget cannot queue, an
                 // unreachable backend, a full store): it must reach the client as surely as the
@@ -358,9 +371,18 @@ mod tests {
 
     async fn stored(service: &Service<MemoryStore>, key: &str) -> bool {
         let (recv, (mut send, reply)) = stream_of(&CommandRequest::hexist("t", key)).await;
-        serve_request(recv, &mut send, service, &Limits::default(), &unlimited(), None, &Caller::default())
-            .await
-            .unwrap();
+        serve_request(
+            recv,
+            &mut send,
+            service,
+            &Limits::default(),
+            &unlimited(),
+            None,
+            &Caller::default(),
+            None,
+        )
+        .await
+        .unwrap();
         let mut frames = FramedRead::new(reply, FrameCodec::<CommandResponse>::new(MAX));
         frames.next().await.unwrap().unwrap().values[0] == true.into()
     }
@@ -379,6 +401,7 @@ mod tests {
             &unlimited(),
             Some(early),
             &Caller::default(),
+            None,
         )
         .await
     }
@@ -426,6 +449,7 @@ mod tests {
             &unlimited(),
             Some(&early),
             &Caller::default(),
+            None,
         )
         .await;
         assert!(matches!(served, Ok(Served::Answered)), "{served:?}");
@@ -467,16 +491,25 @@ mod tests {
     async fn a_services_refusals_need_no_budget_and_a_lost_conflict_is_not_executed() {
         let service = service();
         let (recv, (mut send, _reply)) = stream_of(&CommandRequest::hset("t", "k", "v")).await;
-        serve_request(recv, &mut send, &service, &Limits::default(), &unlimited(), None, &Caller::default())
-            .await
-            .unwrap();
+        serve_request(
+            recv,
+            &mut send,
+            &service,
+            &Limits::default(),
+            &unlimited(),
+            None,
+            &Caller::default(),
+            None,
+        )
+        .await
+        .unwrap();
         let memory = MemoryBudget::new(64 * 1024);
         let _spent = memory.try_charge(64 * 1024).unwrap();
         let answers = AnswerBudget::new(memory.clone(), 1);
         let long_key = "k".repeat(ServiceConfig::default().items.max_key_len + 1);
         let (recv, (mut send, reply)) = stream_of(&CommandRequest::hget("t", long_key)).await;
         let (limits, caller) = (Limits::default(), Caller::default());
-        let served = serve_request(recv, &mut send, &service, &limits, &answers, None, &caller).await;
+        let served = serve_request(recv, &mut send, &service, &limits, &answers, None, &caller, None).await;
         assert!(matches!(served, Ok(Served::Answered)), "{served:?}");
         let mut frames = FramedRead::new(reply, FrameCodec::<CommandResponse>::new(MAX));
         assert_eq!(frames.next().await.unwrap().unwrap().status, status::PAYLOAD_TOO_LARGE);
@@ -484,7 +517,7 @@ mod tests {
         // Versions start from the clock: 1 is never the key's.
         let conflict = CommandRequest::hset_if_version("t", "k", "w", 1);
         let (recv, (mut send, _reply)) = stream_of(&conflict).await;
-        let served = serve_request(recv, &mut send, &service, &limits, &answers, None, &caller).await;
+        let served = serve_request(recv, &mut send, &service, &limits, &answers, None, &caller, None).await;
         assert!(matches!(served, Ok(Served::RefusalLost(FrameError::MemoryExhausted { .. }))), "{served:?}");
     }
 }

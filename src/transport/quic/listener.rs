@@ -290,10 +290,12 @@ pub(super) async fn serve_connection<H: Handler>(
     let streams = TaskTracker::new();
     let budget = ReadBudget::new(limits.max_request_buffer, memory.clone(), limits.memory_wait);
     let answers = AnswerBudget::new(memory.clone(), REFUSALS_AT_ONCE);
-    // Requests in progress: a stream is accepted with a permit, which its task gives back once the
-    // answer is complete. Once a client uses them all, quinn grants it more streams
-    // (`super::STREAM_CREDIT`), so that those whose answers wait for its acknowledgement do not hold
-    // back its next requests.
+    // Requests in progress: every stream the client may open is accepted and read, and a request read
+    // whole waits for a permit to execute, given back once its answer is complete. Once a client
+    // uses them all, quinn grants it more streams (`super::STREAM_CREDIT`), so that those whose
+    // answers wait for its acknowledgement do not hold back its next requests. Those are read too:
+    // a stream left unread would hold its bytes in the connection's flow-control window, which all
+    // streams share, until the requests being served could not receive the rest of theirs.
     let in_progress = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests as usize));
     let mut credit_raised = false;
     let handshake_done = timeouts::deadline(limits.request_timeout, handshake.completed());
@@ -310,7 +312,7 @@ pub(super) async fn serve_connection<H: Handler>(
     // Polled for every stream accepted: only once it has something to say.
     let mut shutting_down = PolledWhenWoken::new(shutdown.cancelled_owned());
     let ended = loop {
-        let (permit, mut stream) = tokio::select! {
+        let mut stream = tokio::select! {
             _ = &mut shutting_down => break None,
             done = &mut handshake_done, if handshaking => {
                 handshaking = false;
@@ -327,12 +329,10 @@ pub(super) async fn serve_connection<H: Handler>(
                 }
                 continue;
             }
-            accepted = async { (in_progress.clone().acquire_owned().await.ok(), session.accept().await) } => {
-                match accepted {
-                    (permit, Ok(stream)) => (permit, stream),
-                    (_, Err(e)) => break Some(e),
-                }
-            }
+            accepted = session.accept() => match accepted {
+                Ok(stream) => stream,
+                Err(e) => break Some(e),
+            },
             // qkv's protocol has no unidirectional streams (the server grants some for HTTP/3): read
             // nothing of one, and say so. An error here is the connection's, which `accept` reports.
             uni = connection.accept_uni(), if accepts_uni => {
@@ -346,7 +346,9 @@ pub(super) async fn serve_connection<H: Handler>(
             }
         };
         requests += 1;
-        if !credit_raised && in_progress.available_permits() == 0 {
+        // Every stream's task holds a clone of `in_progress` until its answer is acknowledged (when
+        // quinn gives its credit back): with this one, the streams open are its count of clones.
+        if !credit_raised && Arc::strong_count(&in_progress) >= limits.max_concurrent_requests as usize {
             // The client uses every stream it may: more credit, so that those waiting for its
             // acknowledgement do not hold back its next requests (`super::STREAM_CREDIT`).
             credit_raised = true;
@@ -362,7 +364,7 @@ pub(super) async fn serve_connection<H: Handler>(
         // Boxed: spawning moves the future into the task, and a request's state is large.
         let stream = Box::pin(handle_stream(
             stream,
-            permit,
+            in_progress.clone(),
             early,
             handler.clone(),
             limits.clone(),
@@ -423,7 +425,7 @@ pub(super) async fn serve_connection<H: Handler>(
 #[allow(clippy::too_many_arguments)] // a task's owned inputs, gathered in one place
 async fn handle_stream<H: Handler>(
     mut stream: RequestStream,
-    in_progress: Option<tokio::sync::OwnedSemaphorePermit>,
+    in_progress: Arc<tokio::sync::Semaphore>,
     early: Option<EarlyData>,
     handler: H,
     limits: Arc<Limits>,
@@ -436,7 +438,7 @@ async fn handle_stream<H: Handler>(
     // at once rather than finish a reply nobody will read.
     let abandoned = send.stopped();
     let served = tokio::select! {
-        served = serve_request(budget.reader(&mut *recv), &mut *send, &handler, &limits, &answers, early.as_ref(), &caller) => served,
+        served = serve_request(budget.reader(&mut *recv), &mut *send, &handler, &limits, &answers, early.as_ref(), &caller, Some(&in_progress)) => served,
         _ = abandoned => {
             debug!("the client abandoned the request");
             let _ = recv.stop(codes::CANCELLED);
@@ -474,9 +476,9 @@ async fn handle_stream<H: Handler>(
             return;
         }
     }
-    // The answer is complete: the request no longer counts as in progress, while its stream's credit
-    // comes back only with the client's acknowledgement (up to its ack delay, 25 ms, later).
-    drop(in_progress);
+    // The answer is complete, and the request no longer counts as in progress (`serve_request` gave
+    // its permit back), while its stream's credit comes back only with the client's acknowledgement
+    // (up to its ack delay, 25 ms, later).
     if send.finish().is_ok() {
         // Wait until the client has the whole reply. Shutdown waits for this task, so a connection is
         // never closed (which discards unacknowledged data) before its answered requests are delivered.

@@ -160,8 +160,9 @@ pub const HTTP3_UNI_STREAMS: u32 = 3;
 /// equal to the limit, a client keeping that many requests in flight waited for those acknowledgements
 /// (4 in flight at a limit of 4: 152 requests/s; 256 at 256: 269k/s, against 57k/s and 453k/s with
 /// twice the credit, docs/DESIGN.md). The server itself runs at most the limit at once
-/// (`listener::serve_connection`); the other streams wait unread, their bytes within the connection's
-/// flow-control window. A connection starts with credit equal to the limit, raised only once it
+/// (`listener::serve_connection`); the other streams are read, and their requests wait for a turn
+/// (left unread, they held their bytes in the flow-control window all streams share, and starved the
+/// requests running). A connection starts with credit equal to the limit, raised only once it
 /// uses it all: quinn allocates the state of every stream it grants when it grants it, which a
 /// connection of a few requests (a reconnect storm's) would pay for nothing.
 #[cfg(feature = "server")]
