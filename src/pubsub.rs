@@ -191,8 +191,11 @@ struct Queued {
 #[derive(Default)]
 struct Shared {
     /// Messages missed and not yet reported: taken by the next message queued, or by the subscription
-    /// once it has read everything queued (the gap is at the end then).
-    missed: AtomicU64,
+    /// once it has read everything queued (the gap is at the end then). A publisher holds the lock
+    /// while it takes the count and queues the message that carries it, and the subscription while it
+    /// looks at its queue and takes the count, so that the two never interleave: a count the
+    /// subscription takes is of misses after every message it has read and before any it has not.
+    missed: Mutex<u64>,
     /// Bytes of the messages in the queue.
     queued_bytes: AtomicUsize,
     /// Wakes a subscription waiting on an empty queue when it misses a message, so that it reports
@@ -409,24 +412,24 @@ impl Broker {
         let queued_bytes = shared.queued_bytes.load(Ordering::Acquire);
         // An empty queue takes any message, so a message larger than the byte limit still arrives.
         let fits = queued_bytes == 0 || queued_bytes + message.len() <= self.inner.queue.bytes;
+        let mut missed = shared.missed.lock();
         if fits {
-            let queued =
-                Queued { missed_before: shared.missed.swap(0, Ordering::AcqRel), message: message.clone() };
+            let queued = Queued { missed_before: *missed, message: message.clone() };
             match subscriber.queue.try_send(queued) {
                 Ok(()) => {
+                    *missed = 0;
                     shared.queued_bytes.fetch_add(message.len(), Ordering::AcqRel);
                     return Offered::Queued;
                 }
                 // Unsubscribed since this fan-out copied the list of subscribers.
                 Err(mpsc::error::TrySendError::Closed(_)) => return Offered::Gone,
-                Err(mpsc::error::TrySendError::Full(queued)) => {
-                    // Put back the misses it was to carry.
-                    shared.missed.fetch_add(queued.missed_before, Ordering::AcqRel);
-                }
+                // The misses stay for the next message, or for the subscription.
+                Err(mpsc::error::TrySendError::Full(_)) => {}
             }
         }
         if self.inner.policy == LagPolicy::Skip {
-            shared.missed.fetch_add(1, Ordering::AcqRel);
+            *missed += 1;
+            drop(missed);
             shared.waker.wake();
         }
         Offered::Missed
@@ -479,7 +482,7 @@ impl Broker {
     pub fn report_gap(&self, topic: &str) {
         let Some(topic) = self.inner.registry.lock().by_name.get(topic).cloned() else { return };
         for subscriber in topic.subscribers.lock().values() {
-            subscriber.shared.missed.fetch_add(1, Ordering::AcqRel);
+            *subscriber.shared.missed.lock() += 1;
             subscriber.shared.waker.wake();
         }
     }
@@ -529,6 +532,13 @@ impl Subscription {
 
     /// The next delivery; `None` after [`Delivery::Ended`].
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        self.poll_next_with(cx, || ())
+    }
+
+    /// [`Self::poll_next`], running `meanwhile` once the subscription has taken the count of what it
+    /// missed and before it answers: where a publish racing with it can happen, so that tests can
+    /// make one happen there.
+    fn poll_next_with(&mut self, cx: &mut Context<'_>, meanwhile: impl FnOnce()) -> Poll<Option<Delivery>> {
         if let Some(message) = self.after_gap.take() {
             return Poll::Ready(Some(Delivery::Message(message)));
         }
@@ -537,7 +547,7 @@ impl Subscription {
         }
         match self.receiver.poll_recv(cx) {
             Poll::Ready(Some(queued)) => Poll::Ready(Some(self.deliver(queued))),
-            Poll::Ready(None) => match self.shared.missed.swap(0, Ordering::AcqRel) {
+            Poll::Ready(None) => match std::mem::take(&mut *self.shared.missed.lock()) {
                 0 => {
                     self.end_reported = true;
                     // Whoever removed the subscriber set the reason first; only a broker dropped while
@@ -548,22 +558,28 @@ impl Subscription {
                 missed => Poll::Ready(Some(Delivery::Missed(missed))),
             },
             Poll::Pending => {
-                // Everything queued has been read: a gap now is the last thing that happened. The waker
-                // is registered before looking, so a miss after the look wakes this.
+                // Everything queued has been read. The waker is registered before looking, so a miss
+                // after the look wakes this.
                 self.shared.waker.register(cx.waker());
-                let missed = self.shared.missed.swap(0, Ordering::AcqRel);
+                // A publisher may have queued a message since the first look: it carries the misses
+                // before it, and any counted now came after it. Looking again with the count held
+                // keeps a publisher from queuing one between the look and the taking of the count.
+                let missed = {
+                    let mut count = self.shared.missed.lock();
+                    match self.receiver.try_recv() {
+                        Ok(queued) => {
+                            drop(count);
+                            return Poll::Ready(Some(self.deliver(queued)));
+                        }
+                        // Nothing queued: a gap now is the last thing that happened.
+                        Err(_) => std::mem::take(&mut *count),
+                    }
+                };
                 if missed == 0 {
                     return Poll::Pending;
                 }
-                // Publishers may have queued a message between the two looks; it came before the gap
-                // (a miss before it would ride on it), so it goes first and the count goes back.
-                match self.receiver.try_recv() {
-                    Ok(queued) => {
-                        self.shared.missed.fetch_add(missed, Ordering::AcqRel);
-                        Poll::Ready(Some(self.deliver(queued)))
-                    }
-                    Err(_) => Poll::Ready(Some(Delivery::Missed(missed))),
-                }
+                meanwhile();
+                Poll::Ready(Some(Delivery::Missed(missed)))
             }
         }
     }
@@ -614,6 +630,8 @@ impl Drop for Subscription {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+
     use super::*;
 
     fn message(n: i64) -> Vec<u8> {
@@ -680,6 +698,28 @@ mod tests {
         publish(&broker, "t", 16).await;
         assert_eq!(slow.next().await, Some(Delivery::Missed(2)), "messages 14 and 15");
         assert_eq!(slow.next().await, delivered(16));
+    }
+
+    /// A message published while the subscription takes the count of what it missed came after what
+    /// it missed: it is delivered after the "missed".
+    #[tokio::test]
+    async fn a_message_published_while_a_gap_is_being_reported_follows_the_gap() {
+        let broker = broker(1, LagPolicy::Skip);
+        let mut slow = broker.subscribe("t", connection(), None).unwrap();
+        publish(&broker, "t", 0).await;
+        assert_eq!(publish(&broker, "t", 1).await.lagging, 1, "the queue of one is full");
+        assert_eq!(slow.next().await, delivered(0));
+        let mut publisher = Some(broker.clone());
+        let racing_publish = std::future::poll_fn(|cx| {
+            slow.poll_next_with(cx, || {
+                let Some(broker) = publisher.take() else { return };
+                let published = broker.publish("t", message(2)).now_or_never();
+                assert_eq!(published, Some(Ok(Published { receivers: 1, lagging: 0 })));
+            })
+        });
+        assert_eq!(racing_publish.await, Some(Delivery::Missed(1)), "message 1 was missed before 2");
+        assert_eq!(slow.next().await, delivered(2));
+        assert!(publisher.is_none(), "the publish raced with the subscription");
     }
 
     #[tokio::test]
