@@ -351,6 +351,17 @@ async fn a_full_store_refuses_writes_with_507_and_keeps_serving_reads_and_delete
     let ClientError::Status { status, message } = &refusal else { panic!("expected a 507, got {refusal}") };
     assert_eq!(*status, status::INSUFFICIENT_STORAGE);
     assert!(message.contains("--memory-budget"), "{message}");
+    // A conditional write that cannot match is a conflict with the current value, as on a store with
+    // room, so a read-modify-write loop retries; one that matches and does not grow the entry is made.
+    let current = client.hget("t", "k0").await.unwrap();
+    for expected in [current.as_ref().map_or(0, |c| c.version) + 1, 0] {
+        match client.hset_if_version("t", "k0", vec![8u8; 1000], expected).await {
+            Err(ClientError::Conflict { current: now }) => assert_eq!(now, current, "expected {expected}"),
+            other => panic!("expected a conflict for version {expected}, got {other:?}"),
+        }
+    }
+    let version = current.map_or(0, |c| c.version);
+    client.hset_if_version("t", "k0", value.clone(), version).await.unwrap();
     // A multi-key write that does not fit changes nothing, even the keys that would have fit.
     let pairs = (0..10).map(|i| Kvpair::new(format!("m{i}"), value.clone()));
     let response = client.call(&CommandRequest::hmset("t", pairs)).await.unwrap();

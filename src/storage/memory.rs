@@ -85,7 +85,10 @@ impl Journal for Versions {
 ///
 /// It keeps an account of the memory its entries take (keys, encoded values and the estimated overheads
 /// above) and refuses, with [`StorageError::Full`], a write that would take the account over its
-/// budget. A write needs room for its new entry before the old one is released; deletes always work.
+/// budget. A single-key write is charged only what its entry grows by (an overwrite with a value no
+/// larger always fits), and only once its condition holds, so a conditional write that cannot match is
+/// a conflict however full the store is. A multi-key write needs room for all its new entries before
+/// the ones they replace are released. Deletes always work.
 pub struct MemoryStore<J: Journal = Versions> {
     tables: scc::HashMap<Arc<str>, Arc<Table>>,
     /// Hands out versions: one counter for the whole store keeps versions unique, so a key that is
@@ -189,18 +192,30 @@ impl<J: Journal> MemoryStore<J> {
             .collect()
     }
 
-    /// Runs `write` on the named table, creating it if needed (and if the budget has room for it), while
-    /// guaranteeing the table stays linked.
-    fn write_to_table<R>(&self, name: &str, write: impl FnOnce(&Table) -> R) -> StorageResult<R> {
+    /// Runs `write` on the named table while guaranteeing the table stays linked. When the table does
+    /// not exist, `if_absent` says whether to create it (if the budget has room for it) or what to
+    /// answer instead. A table created for a write that then wrote nothing (it did not fit) is removed
+    /// again, so that a refused write leaves nothing behind.
+    fn write_to_table<R>(
+        &self,
+        name: &str,
+        if_absent: IfAbsent<R>,
+        write: impl FnOnce(&Table) -> R,
+    ) -> StorageResult<R> {
         loop {
+            let mut created = false;
             let table = match self.table(name) {
                 Some(table) => table,
                 None => match self.tables.entry_sync(Arc::from(name)) {
                     MapEntry::Occupied(entry) => entry.get().clone(),
-                    MapEntry::Vacant(entry) => {
-                        self.reserve(table_size(name))?;
-                        entry.insert_entry(Arc::default()).get().clone()
-                    }
+                    MapEntry::Vacant(entry) => match if_absent {
+                        IfAbsent::Answer(answer) => return Ok(answer),
+                        IfAbsent::Create => {
+                            self.reserve(table_size(name))?;
+                            created = true;
+                            entry.insert_entry(Arc::default()).get().clone()
+                        }
+                    },
                 },
             };
             let unlinked = table.unlinked.read();
@@ -208,7 +223,12 @@ impl<J: Journal> MemoryStore<J> {
                 // Lost a race with `unlink_if_empty`; the next lookup finds or creates a linked table.
                 continue;
             }
-            return Ok(write(&table));
+            let written = write(&table);
+            drop(unlinked);
+            if created {
+                self.unlink_if_empty(name, &table);
+            }
+            return Ok(written);
         }
     }
 
@@ -228,26 +248,45 @@ impl<J: Journal> MemoryStore<J> {
         }
     }
 
-    /// Replaces an existing key's value if `expected_version` allows it.
+    /// Brings the account from `held` bytes (what an entry being replaced takes, and what the caller
+    /// reserved for the write) to `needed` (what the new entry takes), or fails without changing it.
+    fn settle(&self, held: usize, needed: usize) -> StorageResult<()> {
+        match needed.checked_sub(held) {
+            Some(growth) => self.reserve(growth),
+            None => {
+                self.release(held - needed);
+                Ok(())
+            }
+        }
+    }
+
+    /// Replaces an existing key's value if `expected_version` allows it and the budget has room for
+    /// what the entry grows by; see [`Self::set_in`] for `prepaid`.
     fn replace(
         &self,
         table: &str,
         mut entry: OccupiedEntry<'_, Arc<str>, Versioned>,
         value: Value,
         expected_version: Option<u64>,
-    ) -> WriteOutcome {
+        prepaid: usize,
+    ) -> StorageResult<WriteOutcome> {
         let current = entry.get();
         if expected_version.is_some_and(|expected| expected != current.version) {
-            return WriteOutcome::Conflict { current: Some(current.clone()) };
+            return Ok(WriteOutcome::Conflict { current: Some(current.clone()) });
         }
+        let held = entry_size(entry.key(), &current.value) + prepaid;
+        self.settle(held, entry_size(entry.key(), &value))?;
         let version = self.journal.set(table, entry.key(), &value);
         let previous = std::mem::replace(entry.get_mut(), Versioned { value, version });
-        self.release(entry_size(entry.key(), &previous.value));
-        WriteOutcome::Written { previous: Some(previous), version }
+        Ok(WriteOutcome::Written { previous: Some(previous), version })
     }
 
-    /// Writes the key; the caller has reserved `reserved` = `entry_size(key, value)` bytes, which the
-    /// entry keeps, or which are released when nothing is written.
+    /// Writes the key if `expected_version` allows it and the budget has room. The condition is
+    /// decided first, and the room taken after it while the key's bucket is held, so that a write that
+    /// cannot match is a conflict (with the current value) even when the store is full, and an
+    /// overwrite is charged only what the entry grows by. `prepaid` bytes were reserved by the caller
+    /// for this write (`set_many` reserves for all its pairs at once): they count toward the new entry,
+    /// and are released when nothing is written.
     fn set_in(
         &self,
         name: &str,
@@ -255,28 +294,28 @@ impl<J: Journal> MemoryStore<J> {
         key: &str,
         value: Value,
         expected_version: Option<u64>,
-        reserved: usize,
-    ) -> WriteOutcome {
+        prepaid: usize,
+    ) -> StorageResult<WriteOutcome> {
         let value = owned(value);
         // The common case, overwriting a key, must not allocate a new `Arc<str>` for the key.
         let outcome = match table.entries.get_sync(key) {
-            Some(entry) => self.replace(name, entry, value, expected_version),
+            Some(entry) => self.replace(name, entry, value, expected_version, prepaid),
             None => match table.entries.entry_sync(Arc::from(key)) {
-                MapEntry::Occupied(entry) => self.replace(name, entry, value, expected_version),
+                MapEntry::Occupied(entry) => self.replace(name, entry, value, expected_version, prepaid),
                 MapEntry::Vacant(_) if expected_version.is_some_and(|expected| expected != 0) => {
-                    WriteOutcome::Conflict { current: None }
+                    Ok(WriteOutcome::Conflict { current: None })
                 }
-                MapEntry::Vacant(entry) => {
+                MapEntry::Vacant(entry) => self.settle(prepaid, entry_size(key, &value)).map(|()| {
                     let version = self.journal.set(name, key, &value);
                     entry.insert_entry(Versioned { value, version });
                     table.key_changes.fetch_add(1, Ordering::Release);
                     self.keys.fetch_add(1, Ordering::Relaxed);
                     WriteOutcome::Written { previous: None, version }
-                }
+                }),
             },
         };
-        if matches!(outcome, WriteOutcome::Conflict { .. }) {
-            self.release(reserved);
+        if !matches!(outcome, Ok(WriteOutcome::Written { .. })) {
+            self.release(prepaid);
         }
         outcome
     }
@@ -397,6 +436,14 @@ fn table_size(name: &str) -> usize {
     name.len() + TABLE_OVERHEAD
 }
 
+/// What [`MemoryStore::write_to_table`] does when the table does not exist.
+enum IfAbsent<R> {
+    /// Creates it.
+    Create,
+    /// Answers this, without creating it.
+    Answer(R),
+}
+
 /// Applies `work` to `items` a batch at a time, letting other tasks run between batches.
 async fn batched<T, R>(items: &[T], mut work: impl FnMut(&[T]) -> Vec<R>) -> Vec<R> {
     let mut results = Vec::with_capacity(items.len());
@@ -465,14 +512,13 @@ impl<J: Journal> Storage for MemoryStore<J> {
         value: Value,
         expected_version: Option<u64>,
     ) -> StorageResult<WriteOutcome> {
-        let size = entry_size(key, &value);
-        self.reserve(size)?;
-        let written =
-            self.write_to_table(table, |t| self.set_in(table, t, key, value, expected_version, size));
-        if written.is_err() {
-            self.release(size);
-        }
-        written
+        // A write that needs the key to exist cannot match in a table that does not: it is a conflict,
+        // and creates no table (for which the budget may have no room).
+        let if_absent = match expected_version {
+            Some(expected) if expected != 0 => IfAbsent::Answer(Ok(WriteOutcome::Conflict { current: None })),
+            _ => IfAbsent::Create,
+        };
+        self.write_to_table(table, if_absent, |t| self.set_in(table, t, key, value, expected_version, 0))?
     }
 
     async fn set_many(&self, table: &str, pairs: Vec<(String, Value)>) -> StorageResult<Vec<WriteOutcome>> {
@@ -486,14 +532,16 @@ impl<J: Journal> Storage for MemoryStore<J> {
                 tokio::task::yield_now().await;
             }
             let batch = pairs.by_ref().take(BATCH);
-            let written = self.write_to_table(table, |t| {
-                outcomes.extend(batch.map(|(key, value)| {
+            let written = self.write_to_table(table, IfAbsent::Create, |t| {
+                for (key, value) in batch {
                     let size = entry_size(&key, &value);
                     unspent -= size;
-                    self.set_in(table, t, &key, value, None, size)
-                }))
+                    // Paid for in full, so it always has room.
+                    outcomes.push(self.set_in(table, t, &key, value, None, size)?);
+                }
+                Ok(())
             });
-            if let Err(e) = written {
+            if let Err(e) = written.and_then(|written| written) {
                 // The table was emptied and unlinked by others between batches, and there is no room
                 // to create it again: the batches before were written.
                 self.release(unspent);
@@ -598,6 +646,48 @@ mod tests {
     use super::*;
 
     crate::storage::suite::storage_conformance!(MemoryStore::new());
+    crate::storage::suite::full_store_conformance!(MemoryStore::with_budget(256 * 1024));
+
+    fn bytes(byte: u8, len: usize) -> Value {
+        Value::from(Bytes::from(vec![byte; len]))
+    }
+
+    /// On a full store, an overwrite that does not grow its entry is written, so read-modify-write
+    /// loops still make progress; one that grows it is refused. The account stays exact throughout.
+    #[tokio::test]
+    async fn at_a_full_budget_an_overwrite_that_does_not_grow_its_entry_is_written() {
+        let store = MemoryStore::with_budget(256 * 1024);
+        let WriteOutcome::Written { version, .. } = store.set("t", "k", bytes(1, 100), None).await.unwrap()
+        else {
+            panic!("unconditional writes do not conflict")
+        };
+        crate::storage::suite::fill(&store).await;
+
+        let same_size = store.set("t", "k", bytes(2, 100), Some(version)).await;
+        assert!(matches!(same_size, Ok(WriteOutcome::Written { .. })), "{same_size:?}");
+        let smaller = store.set("t", "k", bytes(3, 10), None).await;
+        assert!(matches!(smaller, Ok(WriteOutcome::Written { .. })), "{smaller:?}");
+        let larger = store.set("t", "k", bytes(4, 4096), None).await;
+        assert!(matches!(larger, Err(StorageError::Full { .. })), "{larger:?}");
+        assert_eq!(store.get("t", "k").await.unwrap().map(|v| v.value), Some(bytes(3, 10)));
+        assert!(store.memory().used <= store.memory().budget);
+
+        let filled: Vec<String> = (0..10_000).map(|i| i.to_string()).collect();
+        store.delete_many("fill", &filled).await.unwrap();
+        store.delete("t", "k", None).await.unwrap();
+        assert_eq!(store.memory().used, 0, "the account gives back all it took");
+    }
+
+    /// A write refused for want of room for its entry, in a table created for it, leaves no table.
+    #[tokio::test]
+    async fn a_write_that_does_not_fit_leaves_no_empty_table_behind() {
+        let store = MemoryStore::with_budget(table_size("t") + 100);
+        let refused = store.set("t", "k", bytes(1, 4096), None).await;
+        assert!(matches!(refused, Err(StorageError::Full { .. })), "{refused:?}");
+        assert_eq!((store.tables.len(), store.memory().used), (0, 0));
+        store.set("t", "k", bytes(1, 1), Some(0)).await.unwrap_err();
+        assert_eq!((store.tables.len(), store.memory().used), (0, 0));
+    }
 
     /// A snapshot being cancelled (the server stopping) stops its walk while it still lists a large
     /// table's keys, before any entry is shown.

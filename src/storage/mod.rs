@@ -130,7 +130,8 @@ pub trait Storage: Send + Sync + 'static {
     fn versions(&self, table: &str, keys: &[String]) -> impl Future<Output = StorageResult<Vec<u64>>> + Send;
 
     /// Sets the key to `value`. With `expected_version`, writes only if the key's current version equals
-    /// it (0: only if the key is absent), and otherwise reports the conflict.
+    /// it (0: only if the key is absent), and otherwise reports the conflict, even when the store is
+    /// full: the version is compared before the room is looked for.
     fn set(
         &self,
         table: &str,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{PageLimit, Storage, TableScan, Versioned, WriteOutcome};
+use super::{PageLimit, Storage, StorageError, TableScan, Versioned, WriteOutcome};
 use crate::pb::Value;
 
 /// Instantiates every conformance test for the backend built by `$make` (evaluated once per test).
@@ -48,6 +48,17 @@ macro_rules! storage_conformance {
     };
 }
 pub(crate) use storage_conformance;
+
+/// Instantiates the conformance tests of a full store for the backend built by `$make`, which must
+/// have a memory limit that [`fill`] can reach in a few hundred writes (a few MiB).
+macro_rules! full_store_conformance {
+    ($make:expr) => {
+        $crate::storage::suite::storage_conformance!(@tests $make;
+            conditional_writes_that_cannot_match_are_conflicts_when_the_store_is_full,
+        );
+    };
+}
+pub(crate) use full_store_conformance;
 
 fn written(outcome: WriteOutcome) -> (Option<Versioned>, u64) {
     match outcome {
@@ -390,4 +401,50 @@ pub async fn concurrent_conditional_increments_are_atomic<S: Storage>(s: Arc<S>)
     }
     let total = s.get("counter", "n").await.unwrap().map(|v| v.value);
     assert_eq!(total, Some(((tasks * increments) as i64).into()), "an increment was lost");
+}
+
+/// True for the refusal of a write that does not fit: the memory store's budget, Redis's `maxmemory`.
+pub fn is_full<T: std::fmt::Debug>(result: &Result<T, StorageError>) -> bool {
+    matches!(result, Err(StorageError::Full { .. } | StorageError::OutOfMemory(_)))
+}
+
+/// Writes values into table "fill", halving their size at each refusal, until the store refuses
+/// one of 16 bytes: what room is left is less than a small entry takes.
+pub async fn fill<S: Storage>(s: &S) {
+    let (mut size, mut written) = (64 * 1024, 0);
+    while size >= 16 {
+        let value = Value::from(Bytes::from(vec![0u8; size]));
+        let result = s.set("fill", &written.to_string(), value, None).await;
+        if is_full(&result) {
+            size /= 2;
+        } else {
+            result.unwrap();
+            written += 1;
+            assert!(written < 10_000, "the store is not full after {written} writes");
+        }
+    }
+}
+
+/// A conditional write whose condition fails is a conflict that carries the current value, however
+/// full the store is: the compare comes before the room. A CAS loop then retries with that value,
+/// where being told "the store is full" would make it give up.
+pub async fn conditional_writes_that_cannot_match_are_conflicts_when_the_store_is_full<S: Storage>(
+    s: Arc<S>,
+) {
+    let (_, version) = written(s.set("t", "k", "v".into(), None).await.unwrap());
+    let current = Some(Versioned { value: "v".into(), version });
+    fill(&*s).await;
+    let large = Value::from(Bytes::from(vec![1u8; 4096]));
+    assert!(is_full(&s.set("t", "new", large.clone(), None).await), "the store has room left");
+
+    let stale = s.set("t", "k", large.clone(), Some(version + 1)).await;
+    assert_eq!(conflict(stale.unwrap()), current, "a stale version");
+    let create_only = s.set("t", "k", large.clone(), Some(0)).await;
+    assert_eq!(conflict(create_only.unwrap()), current, "create-only on an existing key");
+    let absent = s.set("t", "absent", large.clone(), Some(version)).await;
+    assert_eq!(conflict(absent.unwrap()), None, "a version for an absent key");
+    let no_table = s.set("no-table", "k", large.clone(), Some(version)).await;
+    assert_eq!(conflict(no_table.unwrap()), None, "a version for a key of a table that does not exist");
+    assert_eq!(s.get("t", "k").await.unwrap(), current, "nothing was written");
+    assert_eq!(s.get("no-table", "k").await.unwrap(), None);
 }

@@ -234,8 +234,14 @@ impl DiskStore {
     /// A store in a new temporary directory, removed when the store is dropped.
     #[cfg(test)]
     pub(crate) fn temporary() -> Self {
+        Self::temporary_with(test_config())
+    }
+
+    /// A store in a new temporary directory, removed when the store is dropped.
+    #[cfg(test)]
+    pub(crate) fn temporary_with(config: DiskConfig) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let mut store = Self::open(dir.path(), test_config()).expect("a store in a temporary directory");
+        let mut store = Self::open(dir.path(), config).expect("a store in a temporary directory");
         store._temporary = Some(dir);
         store
     }

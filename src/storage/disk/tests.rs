@@ -4,6 +4,10 @@ use super::*;
 use crate::storage::ORDERED_WRITE_KEYS;
 
 crate::storage::suite::storage_conformance!(DiskStore::temporary());
+crate::storage::suite::full_store_conformance!(DiskStore::temporary_with(DiskConfig {
+    memory_budget: 256 * 1024,
+    ..test_config()
+}));
 
 /// The suite again on a store attached to the runtime as the server attaches it, with a signal that
 /// never hears of a park: every commit then goes by the commit wait fallback, and every answer

@@ -42,6 +42,21 @@ mod single_redis {
     storage_conformance!(connected(config(vec![single().url()])).await);
 }
 
+mod full_redis {
+    use super::*;
+
+    /// A Redis whose memory `fill` can use up.
+    fn small() -> &'static RedisNode {
+        static NODE: OnceLock<RedisNode> = OnceLock::new();
+        NODE.get_or_init(|| {
+            RedisNode::start(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"])
+                .expect("redis-server starts")
+        })
+    }
+
+    crate::storage::suite::full_store_conformance!(connected(config(vec![small().url()])).await);
+}
+
 mod redis_cluster {
     use super::*;
     storage_conformance!(connected(config(cluster().urls())).await);
