@@ -8,8 +8,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::process::ServerProcess;
 use common::{TestServer, admin_get as get, sample};
-use qkv::client::ClientError;
+use qkv::client::{Client, ClientConfig, ClientError, RetryPolicy};
 use qkv::server::{Server, ServerConfig};
 use qkv::storage::{RedisConfig, RedisStore};
 use qkv::transport::Transport;
@@ -167,4 +168,30 @@ async fn readiness_follows_the_redis_backend() {
 
     let _ = stop.send(());
     serving.await.expect("the server stops");
+}
+
+/// A gateway that has never reached its Redis (wrong seeds, Redis down when it started) answers 503,
+/// and counts each of those round trips as `unavailable` in `qkv_backend_requests_total`, so that the
+/// alert on that metric (docs/OPERATIONS.md) fires for it too. (Its own process: the counters of the
+/// in-process servers here belong to the test process.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_never_reached_redis_counts_its_requests_as_unavailable() {
+    let nothing_there = format!("redis://127.0.0.1:{}", qkv_testkit::free_port().expect("a free port"));
+    let mut gateway =
+        ServerProcess::start(&["--store", "redis", "--redis", &nothing_there, "--admin", "127.0.0.1:0"])
+            .await;
+    let admin = gateway.admin_addr().await;
+    let config = ClientConfig {
+        retry: RetryPolicy { attempts: 1, ..Default::default() },
+        ..gateway.client_config(Transport::Quic)
+    };
+    let client = Client::connect_with(config).await.expect("connects to the gateway");
+    let error = client.hget("t", "k").await.expect_err("no Redis to read from");
+    assert!(matches!(error, ClientError::Unavailable { .. }), "{error}");
+
+    let (status, metrics) = get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(sample(&metrics, "qkv_ready"), 0.0, "{metrics}");
+    let unavailable = r#"qkv_backend_requests_total{backend="redis",result="unavailable"}"#;
+    assert!(sample(&metrics, unavailable) >= 1.0, "the 503 is counted:\n{metrics}");
 }

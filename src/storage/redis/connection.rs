@@ -226,9 +226,10 @@ impl Connection {
     ) -> StorageResult<RedisValue> {
         let Some(wait) = wait else {
             return match self.send(&cmd).await {
-                Err(e) if is_noscript(&e) => self.query(&eval(&cmd, script)).await,
-                result => result.map_err(storage_error),
-            };
+                Err(e) if is_noscript(&e) => self.send(&eval(&cmd, script)).await,
+                result => result,
+            }
+            .map_err(storage_error);
         };
         let (reply, waited) = match self.send_waiting(&cmd, wait).await {
             Err(e) if is_noscript(&e) => self.send_waiting(&eval(&cmd, script), wait).await,
@@ -346,10 +347,17 @@ impl Connector {
         connector
     }
 
+    /// The connection, for a round trip to Redis. Before the first connection is made, the round trip
+    /// fails here, and is counted in `qkv_backend_requests_total` as `unavailable` like one Redis
+    /// refused: so a gateway that never reached Redis (wrong seeds, the cluster down at start) shows
+    /// its failures there, and the alerts on that metric see them.
     pub(super) fn connection(&self) -> StorageResult<Connection> {
-        self.connection.get().cloned().ok_or_else(|| {
-            StorageError::Unavailable(self.unavailable().unwrap_or_else(|| "not connected to Redis".into()))
-        })
+        match self.connection.get() {
+            Some(connection) => Ok(connection.clone()),
+            None => counted(Err(StorageError::Unavailable(
+                self.unavailable().unwrap_or_else(|| "not connected to Redis".into()),
+            ))),
+        }
     }
 
     pub(super) fn unavailable(&self) -> Option<String> {

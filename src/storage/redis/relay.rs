@@ -182,7 +182,10 @@ impl State {
         match connector.connection()? {
             Connection::Cluster(cluster) => {
                 let masters = Masters::fetch(Connection::Cluster(cluster)).await?;
-                self.shards.subscribe(masters.of(channel)?, channel).await
+                // No master known for its slot (the cluster lost a shard): the join fails as if the
+                // cluster had refused it, and is counted as such.
+                let node = masters.of(channel).or_else(|e| counted(Err(e)))?;
+                self.shards.subscribe(node, channel).await
             }
             Connection::Single(mut single) => counted(single.subscribe(channel).await.map_err(storage_error)),
         }
