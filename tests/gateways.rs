@@ -1,7 +1,8 @@
 //! qkv servers as stateless gateways over a real Redis Cluster (3 masters, 3 replicas, on loopback,
 //! started by qkv-testkit): what one gateway writes, another reads at once; conditional writes racing
-//! through two gateways; Redis away at start and in the middle; a master killed under load; slots
-//! moved under load; pipelined TCP writes keeping their order.
+//! through two gateways; Redis away at start and in the middle; a plain Redis restarted under an idle
+//! gateway; a master killed under load; slots moved under load; pipelined TCP writes keeping their
+//! order.
 
 #[macro_use]
 mod common;
@@ -189,6 +190,44 @@ async fn redis_away_is_503_with_the_reason_and_the_gateway_recovers_by_itself() 
     until_answered(&client, Duration::from_secs(20)).await;
 }
 
+/// A plain Redis restarted under a gateway that nothing goes through but a subscription: the gateway
+/// connects again by itself, so its subscriber is told of the gap and then receives what is published
+/// after, and the gateway's first request since the restart is served (not 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_redis_restarted_under_an_idle_gateway_is_connected_again_without_a_request() {
+    let mut redis = RedisNode::start(&[]).unwrap();
+    let topic = table("idle-plain");
+    let mut gateways = IdleSubscriber::start(&[redis.url()], &topic).await;
+
+    // Redis restarts: the subscriber is told of the gap as the connection breaks.
+    redis.kill();
+    match tokio::time::timeout(Duration::from_secs(10), gateways.subscription.next()).await {
+        Ok(Some(Ok(Event::Missed(n)))) => assert!(n >= 1),
+        other => panic!("a gap, not {other:?}"),
+    }
+    // Away for a second, as a restart takes: longer than redis-rs's own attempt to connect again at
+    // the moment the connection broke, so the gateway must try again by itself. (The length of the
+    // outage, not a wait for an event.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.restart().unwrap();
+    // Published through the other gateway (its own requests make it connect again; the idle one has
+    // none): the subscriber receives again.
+    publish_until_received(
+        &gateways.publisher,
+        &topic,
+        &mut gateways.subscription,
+        &mut gateways.next,
+        Duration::from_secs(30),
+    )
+    .await;
+    let config = qkv::client::ClientConfig {
+        retry: qkv::client::RetryPolicy { attempts: 1, ..Default::default() },
+        ..gateways.idle.client_config(Transport::Quic)
+    };
+    let first = Client::connect_with(config).await.unwrap();
+    first.hget(&topic, "k").await.expect("the idle gateway's first request since the restart is served");
+}
+
 async fn until_answered(client: &Client, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
@@ -357,6 +396,34 @@ async fn publish_until_received(
     panic!("no message reached the subscriber within {within:?}; it received {events:?}")
 }
 
+/// Two gateways on the same Redis: one that serves nothing but a subscriber of a topic, so that no
+/// request of its own makes it notice what happens in Redis, and one to publish through; made once a
+/// message has reached the subscriber.
+struct IdleSubscriber {
+    idle: ServerProcess,
+    _other: ServerProcess,
+    _listener: Client,
+    subscription: Subscription,
+    publisher: Client,
+    /// The number of the next message to publish (see [`publish_until_received`]).
+    next: i64,
+}
+
+impl IdleSubscriber {
+    async fn start(seeds: &[String], topic: &str) -> Self {
+        let (idle, other) = (gateway(seeds, &[]).await, gateway(seeds, &[]).await);
+        let listener = client(&idle, Transport::Quic).await;
+        let mut subscription = listener.subscribe(topic).await.unwrap();
+        let publisher = client(&other, Transport::Quic).await;
+        let mut next = 0;
+        let events =
+            publish_until_received(&publisher, topic, &mut subscription, &mut next, Duration::from_secs(30))
+                .await;
+        assert!(matches!(events.as_slice(), [Event::Message(_)]), "a message, no gap: {events:?}");
+        IdleSubscriber { idle, _other: other, _listener: listener, subscription, publisher, next }
+    }
+}
+
 /// How many subscriptions to `channel` the live nodes of the cluster hold, in all.
 fn subscriptions_in_redis(cluster: &RedisCluster, channel: &str) -> usize {
     cluster
@@ -372,25 +439,22 @@ async fn an_idle_gateways_subscriber_follows_a_failover_and_gets_each_message_on
  {
     let mut cluster = RedisCluster::start(3, 1).expect("a cluster of its own, to break");
     let seeds = cluster.urls();
-    // The subscriber's gateway serves nothing else: no request of its own shows it the new master.
-    let (idle, other) = (gateway(&seeds, &[]).await, gateway(&seeds, &[]).await);
     let master = cluster.master_of_slot(0).expect("slot 0's master");
     let (topic, slot) = topic_on(&cluster, master, "idle-news");
-    let listener = client(&idle, Transport::Quic).await;
-    let mut subscription = listener.subscribe(&topic).await.unwrap();
-    let publisher = client(&other, Transport::Quic).await;
-    let mut next = 0;
-    let events =
-        publish_until_received(&publisher, &topic, &mut subscription, &mut next, Duration::from_secs(30))
-            .await;
-    assert!(matches!(events.as_slice(), [Event::Message(_)]), "a message, no gap: {events:?}");
+    // No request of the subscriber's gateway's own shows it the new master.
+    let mut gateways = IdleSubscriber::start(&seeds, &topic).await;
 
     // The master dies and its replica takes over: the subscriber is told of the gap, then receives again.
     // (A message published before the kill may still arrive before the gap.)
     cluster.nodes[master].kill();
-    let events =
-        publish_until_received(&publisher, &topic, &mut subscription, &mut next, Duration::from_secs(60))
-            .await;
+    let events = publish_until_received(
+        &gateways.publisher,
+        &topic,
+        &mut gateways.subscription,
+        &mut gateways.next,
+        Duration::from_secs(60),
+    )
+    .await;
     assert!(
         events.iter().any(|event| matches!(event, Event::Missed(n) if *n >= 1)),
         "the gap is reported before the next message: {events:?}"
@@ -400,14 +464,14 @@ async fn an_idle_gateways_subscriber_follows_a_failover_and_gets_each_message_on
     // The old master returns, as the new one's replica: each message is delivered once, none lost.
     cluster.nodes[master].restart().expect("the killed node restarts");
     tokio::task::block_in_place(|| cluster.wait_until_healthy()).expect("the old master is a replica again");
-    let batch: Vec<i64> = (next..next + 20).collect();
+    let batch: Vec<i64> = (gateways.next..gateways.next + 20).collect();
     for i in &batch {
-        let published = publisher.publish(&topic, [Value::from(*i)]).await.unwrap();
+        let published = gateways.publisher.publish(&topic, [Value::from(*i)]).await.unwrap();
         assert_eq!(published.receivers, 1, "one gateway subscribes");
     }
     let mut received = Vec::new();
     while received.last() != batch.last() {
-        match tokio::time::timeout(Duration::from_secs(30), subscription.next()).await {
+        match tokio::time::timeout(Duration::from_secs(30), gateways.subscription.next()).await {
             Ok(Some(Ok(Event::Message(values)))) => match values.as_slice() {
                 [Value { value: Some(value::Value::Integer(i)) }] if *i >= batch[0] => received.push(*i),
                 _ => {}

@@ -360,6 +360,12 @@ impl Connector {
         }
     }
 
+    /// The connection once made, without counting anything: for the relay's own upkeep (its
+    /// heartbeat), which is not a round trip asked for by anyone.
+    pub(super) fn established(&self) -> Option<Connection> {
+        self.connection.get().cloned()
+    }
+
     pub(super) fn unavailable(&self) -> Option<String> {
         match self.connection.get() {
             Some(_) => None,
@@ -450,8 +456,9 @@ async fn connect_single(
     let manager = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.response_timeout))
-        // Reconnecting is tried again at the next command: one attempt each, so a command fails
-        // within about --redis-timeout while Redis is away, rather than waiting through a backoff.
+        // Reconnecting is tried again at the next command, and by the relay's heartbeat until Redis
+        // answers (`relay.rs`): one attempt each, so a command fails within about --redis-timeout
+        // while Redis is away, rather than waiting through a backoff.
         .set_number_of_retries(1)
         .set_max_delay(RETRY_FIRST)
         .set_push_sender(pushes.sender(None))

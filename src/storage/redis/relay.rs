@@ -15,8 +15,10 @@
 //! time (a SSUBSCRIBE, a SUNSUBSCRIBE, the PING every [`HEARTBEAT`]) or Redis ends a subscription
 //! itself (its slot moved), the subscribers concerned get a `Missed` of 1 (at least one message may be
 //! missing) and the subscription is made again, by a task of its own that tries until it succeeds
-//! (on the new master once a replica has taken over); so do the subscribers of a topic whose message
-//! was dropped because the queue of pushes was full.
+//! (on the new master once a replica has taken over; on a plain Redis, by redis-rs's connection
+//! manager as it connects again, which the heartbeat makes it do by sending PING until Redis answers,
+//! whether or not anything else goes through this gateway); so do the subscribers of a topic whose
+//! message was dropped because the queue of pushes was full.
 //!
 //! Four tasks: delivery (pushes to the broker; never waits on Redis), repair, sweep and heartbeat.
 //!
@@ -32,6 +34,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use prost::Message as _;
+use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value as RedisValue};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -54,7 +57,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// How often each of a cluster's subscription links is sent PING. A link that does not answer within
 /// `--redis-timeout` is lost: a node gone silent (powered off, cut off, stalled) is noticed within
 /// this plus `--redis-timeout`, 7 s by default, where nothing else would notice it before TCP
-/// keepalive (`connection.rs`).
+/// keepalive (`connection.rs`). A plain Redis's connection is sent PING as often, so that a connection
+/// lost without news reaching the relay is made again all the same.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Waits between attempts to make lost subscriptions again: from the first to the last, doubling.
@@ -149,6 +153,8 @@ struct State {
     shards: Shards,
     /// Wakes the task that makes lost subscriptions again.
     repair: tokio::sync::Notify,
+    /// Wakes the heartbeat: a plain Redis's connection was lost.
+    reconnect: tokio::sync::Notify,
 }
 
 impl State {
@@ -298,6 +304,7 @@ impl RedisRelay {
             confirmed: Mutex::default(),
             shards: Shards::new(config.clone(), pushes.clone()),
             repair: tokio::sync::Notify::new(),
+            reconnect: tokio::sync::Notify::new(),
         });
         let make = move |connector| RedisRelay {
             connector,
@@ -324,7 +331,7 @@ impl Relay for RedisRelay {
         let delivery = Delivery { state: self.state.clone(), overflow: self.overflow.clone(), broker };
         let repair = repair(self.connector.clone(), self.state.clone());
         let sweep = sweep(self.connector.clone(), self.state.clone(), delivery.broker.clone());
-        let heartbeat = heartbeat(self.state.clone());
+        let heartbeat = heartbeat(self.connector.clone(), self.state.clone());
         *self.tasks.lock() = vec![
             tokio::spawn(delivery.run(pushes)),
             tokio::spawn(repair),
@@ -471,10 +478,14 @@ impl Delivery {
             // A cluster's link: the channels subscribed on it. redis-rs's cluster connection does not
             // make them again (it has no push sender, so keeps no subscriptions): the repair task does.
             PushKind::Disconnection if let Some(link) = &link => self.lost(shards.lost(link)),
-            // A plain Redis: redis-rs's connection manager makes every subscription again itself.
+            // A plain Redis: redis-rs's connection manager makes every subscription again itself once
+            // it has connected again, which it tries once at once, then at the next command only: the
+            // heartbeat is woken to send PING until Redis answers, so that it connects again as soon
+            // as Redis is back, however idle this gateway is.
             PushKind::Disconnection => {
                 self.state.confirmed.lock().clear();
                 self.gap_everywhere();
+                self.state.reconnect.notify_one();
             }
             _ => {}
         }
@@ -520,13 +531,46 @@ async fn sweep(connector: Arc<Connector>, state: Arc<State>, broker: Broker) {
     }
 }
 
-/// Every [`HEARTBEAT`], tests a cluster's subscription links (see [`Shards::ping`]).
-async fn heartbeat(state: Arc<State>) {
+/// Every [`HEARTBEAT`], tests the links to Redis: a cluster's subscription links (see
+/// [`Shards::ping`]), or a plain Redis's one connection, at once too when that connection was lost
+/// (see [`ping_until_answered`]). Neither is counted in `qkv_backend_requests_total`: no request
+/// asked for them.
+async fn heartbeat(connector: Arc<Connector>, state: Arc<State>) {
     let mut interval = tokio::time::interval(HEARTBEAT);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        interval.tick().await;
-        state.shards.ping().await;
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = state.reconnect.notified() => {}
+        }
+        match connector.established() {
+            Some(Connection::Single(single)) => ping_until_answered(single).await,
+            Some(Connection::Cluster(_)) => state.shards.ping().await,
+            None => {}
+        }
+    }
+}
+
+/// Sends PING to a plain Redis until it answers. redis-rs's connection manager connects again as its
+/// connection breaks and then only when a command finds it broken, trying twice each time
+/// (`connect_single`): without this a gateway that nothing else goes through would stay unconnected
+/// after a Redis restart longer than that, its subscribers receiving nothing and its next request
+/// answered 503. Each PING that fails makes the manager connect again; the
+/// one that succeeds comes after it has, and has made the subscriptions again, which their
+/// confirmations then show the relay.
+async fn ping_until_answered(mut single: ConnectionManager) {
+    let mut pause = RETRY_FIRST;
+    let mut lost = false;
+    while let Err(e) = redis::cmd("PING").query_async::<RedisValue>(&mut single).await {
+        if !lost {
+            tracing::warn!(error = %e, "Redis does not answer; trying again until it does");
+            lost = true;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RETRY_LAST);
+    }
+    if lost {
+        tracing::info!("Redis answers again");
     }
 }
 
