@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
 
@@ -175,8 +176,71 @@ async fn bad_tcp_input_is_logged_and_plaintext_beyond_loopback_is_warned_about()
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let line = server.log_line(&["closing the connection"]).await;
-    assert!(line.contains("WARN") && line.contains("bad request") && line.contains("HTTP request"), "{line}");
+    assert!(line.contains("INFO") && line.contains("bad request") && line.contains("HTTP request"), "{line}");
+    assert!(line.contains("qkv::connection"), "{line}");
     assert!(line.contains(&stream.local_addr().unwrap().to_string()), "the line names the client: {line}");
+}
+
+/// Opens `count` connections to `server`, each sending `bad` and reading until the server closes it;
+/// then stops the server and returns the lines it logged containing `logged`, and the clients'
+/// addresses and how long the connections took.
+async fn flood(
+    mut server: ServerProcess,
+    count: usize,
+    bad: &[u8],
+    logged: &str,
+) -> (Vec<String>, HashSet<String>, std::time::Duration) {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut clients = HashSet::new();
+    for _ in 0..count {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        clients.insert(stream.local_addr().unwrap().to_string());
+        stream.write_all(bad).await.unwrap();
+        // Until the server closes the connection (a reset is a close too).
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink).await;
+    }
+    let took = started.elapsed();
+    // Shutdown waits for every connection's task: the lines are all written when it exits.
+    server.terminate();
+    let mut lines: Vec<String> = std::mem::take(&mut server.startup_log);
+    let (exited, rest) = server.exit().await;
+    assert!(exited.success(), "{exited:?}");
+    lines.extend(rest);
+    lines.retain(|line| line.contains(logged));
+    (lines, clients, took)
+}
+
+/// A client that opens bad connections by the thousand cannot flood the log: the server logs at most
+/// a line a second for them, under `qkv::connection`, each naming its client and how many lines it
+/// left out; and `RUST_LOG=info,qkv::connection=warn` turns them off, as docs/OPERATIONS.md says.
+#[tokio::test]
+async fn a_flood_of_bad_connections_logs_a_line_a_second_naming_its_client() {
+    const COUNT: usize = 300;
+    let oversized = (1u32 << 30).to_be_bytes();
+    let garbage_hello = b"\x16\x03\x01\x00\x10not a client hello";
+    for (args, bad, logged) in [
+        (&["--tcp-plaintext"][..], &oversized[..], "closing the connection"),
+        (&[][..], &garbage_hello[..], "TLS handshake failed"),
+    ] {
+        let server = ServerProcess::start(args).await;
+        let (lines, clients, took) = flood(server, COUNT, bad, logged).await;
+        assert!(!lines.is_empty(), "{logged}: logged at all");
+        // A line at the start and then at most one a second.
+        assert!(lines.len() as u64 <= took.as_secs() + 2, "{logged}: {} lines in {took:?}", lines.len());
+        for line in &lines {
+            assert!(line.contains("INFO") && line.contains("qkv::connection"), "{line}");
+            let client = line.split("remote=").nth(1).and_then(|r| r.split([' ', '}']).next());
+            assert!(client.is_some_and(|c| clients.contains(c)), "the line names its client: {line}");
+            assert!(line.contains("suppressed="), "{line}");
+        }
+    }
+
+    let quiet =
+        ServerProcess::start_with_env(&["--tcp-plaintext"], &[("RUST_LOG", "info,qkv::connection=warn")]);
+    let (lines, _, _) = flood(quiet.await, 20, &oversized, "closing the connection").await;
+    assert!(lines.is_empty(), "{lines:#?}");
 }
 
 #[tokio::test]

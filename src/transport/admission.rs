@@ -7,12 +7,10 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Transport;
+use super::log_throttle::LogThrottle;
 use crate::memory::{Charge, MemoryBudget};
 use crate::metrics::{self, OpenConnection};
 
@@ -58,9 +56,8 @@ pub struct Admission {
     places: Arc<Semaphore>,
     max_connections: usize,
     memory: MemoryBudget,
-    /// When a refusal was last logged: at most one warning a second, so that a flood of refusals does
-    /// not flood the log too.
-    last_warning: Arc<Mutex<Option<Instant>>>,
+    /// At most one warning a second, so that a flood of refusals does not flood the log too.
+    warnings: Arc<LogThrottle>,
 }
 
 impl Admission {
@@ -69,7 +66,7 @@ impl Admission {
             places: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             memory,
-            last_warning: Arc::default(),
+            warnings: Arc::default(),
         }
     }
 
@@ -92,16 +89,15 @@ impl Admission {
             },
         };
         metrics::connection_refused(transport, refusal.limit());
-        let mut last = self.last_warning.lock();
-        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+        if let Some(suppressed) = self.warnings.admit() {
             tracing::warn!(
                 reason = %refusal,
+                suppressed,
                 max_connections = self.max_connections,
                 memory_used = self.memory.used(),
                 memory_total = self.memory.total(),
                 "refusing new connections"
             );
-            *last = Some(Instant::now());
         }
         Err(refusal)
     }

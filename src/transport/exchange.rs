@@ -318,7 +318,8 @@ where
         }
         Err(RequestError::Frame(FrameError::Io(e))) => return Err(FrameError::Io(e)),
         Err(e) => {
-            tracing::info!(error = %e, "rejected a request");
+            // Request-level: at debug only, in the request's span (and so the connection's).
+            tracing::debug!(target: "qkv::connection", error = %e, "rejected a request");
             if let Some(limit) = e.limit() {
                 crate::metrics::limit_hit(limit);
             }

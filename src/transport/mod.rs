@@ -17,6 +17,8 @@ pub mod budget;
 #[cfg(feature = "server")]
 pub mod exchange;
 #[cfg(feature = "server")]
+pub mod log_throttle;
+#[cfg(feature = "server")]
 pub mod origin;
 #[cfg(feature = "server")]
 pub mod pipeline;

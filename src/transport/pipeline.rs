@@ -59,11 +59,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::Limits;
 use super::exchange::{AnswerBudget, REFUSAL_ROOM, RequestError, is_refusal, write_refusal};
 use super::frame::{FrameCodec, FrameError};
+use super::log_throttle::LogThrottle;
 use super::timeouts::StallTimeout;
 use super::woken::PolledWhenWoken;
 use super::writer::FrameWriter;
@@ -343,10 +344,16 @@ where
         crate::metrics::limit_hit(limit);
     }
     match &ending {
-        Ending::Rejected(_) => warn!(reason = %ending, "closing the connection"),
-        // An operator wants to see the budget turn clients away, as a QUIC answer it drops is seen.
-        Ending::Failed(_) | Ending::NoMemory => info!(reason = %ending, "closing the connection"),
-        _ => debug!(reason = %ending, "closing the connection"),
+        // A client can send bad frames, and fail, at will; an operator wants to see the budget turn
+        // clients away, as a QUIC answer it drops is seen. Throttled, in the connection's span (the
+        // client's address).
+        Ending::Rejected(_) | Ending::Failed(_) | Ending::NoMemory => {
+            static CLOSED: LogThrottle = LogThrottle::new();
+            if let Some(suppressed) = CLOSED.admit() {
+                info!(target: "qkv::connection", reason = %ending, suppressed, "closing the connection");
+            }
+        }
+        _ => debug!(target: "qkv::connection", reason = %ending, "closing the connection"),
     }
     // Nothing more is read or executed: what the connection held for requests (the frame it was
     // receiving, which may be what spent the budget) goes back before the last frame is written.
@@ -396,7 +403,10 @@ fn log_write_failure(e: &FrameError) {
     match e {
         FrameError::MemoryExhausted { .. } => {
             crate::metrics::limit_hit("connection_memory");
-            info!(error = %e, "no memory for an answer; closing the connection")
+            static NO_MEMORY: LogThrottle = LogThrottle::new();
+            if let Some(suppressed) = NO_MEMORY.admit() {
+                info!(target: "qkv::connection", error = %e, suppressed, "no memory for an answer; closing the connection")
+            }
         }
         _ => debug!(error = %e, "writing answers failed; closing the connection"),
     }

@@ -19,6 +19,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::admission::{Admission, Admitted, Refusal};
 use super::frame::encode_frame;
+use super::log_throttle::LogThrottle;
 use super::pipeline::serve_pipelined;
 use super::woken::PolledWhenWoken;
 use super::{Limits, Transport, authenticated_caller};
@@ -259,15 +260,27 @@ pub(crate) async fn tls_handshake(
             let caller = authenticated_caller(tls.get_ref().1.peer_certificates());
             Some((tls, caller))
         }
+        // Any client can fail a handshake at will: throttled, in the connection's span (its address).
         Ok(Err(e)) => {
             metrics::handshake(transport, "failed");
-            info!(error = %e, "TLS handshake failed");
+            static FAILED: LogThrottle = LogThrottle::new();
+            if let Some(suppressed) = FAILED.admit() {
+                info!(target: "qkv::connection", error = %e, suppressed, "TLS handshake failed");
+            }
             None
         }
         Err(_) => {
             metrics::handshake(transport, "timed_out");
             metrics::limit_hit("request_timeout");
-            info!(timeout = ?limits.request_timeout, "TLS handshake did not complete in time");
+            static TIMED_OUT: LogThrottle = LogThrottle::new();
+            if let Some(suppressed) = TIMED_OUT.admit() {
+                info!(
+                    target: "qkv::connection",
+                    timeout = ?limits.request_timeout,
+                    suppressed,
+                    "TLS handshake did not complete in time"
+                );
+            }
             None
         }
     }

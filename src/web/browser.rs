@@ -31,6 +31,7 @@ use crate::service::{Caller, Handler};
 use crate::stat::{Interval, Snapshot, exposition};
 use crate::tls::Credentials;
 use crate::transport::Limits;
+use crate::transport::log_throttle::LogThrottle;
 use crate::transport::messages::message_stream;
 use crate::transport::origin::{Origins, host_of};
 use crate::transport::pipeline::serve_pipelined;
@@ -273,7 +274,16 @@ async fn websocket<H: Handler>(
     };
     let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     if !state.browsers.origins.allows(origin, request_host(&headers, Some(&uri))) {
-        info!(origin, "refused a WebSocket session from an origin not allowed (--web-origin)");
+        // Any page can ask at will: throttled, in the connection's span (its address).
+        static REFUSED: LogThrottle = LogThrottle::new();
+        if let Some(suppressed) = REFUSED.admit() {
+            info!(
+                target: "qkv::connection",
+                origin,
+                suppressed,
+                "refused a WebSocket session from an origin not allowed (--web-origin)"
+            );
+        }
         return Problem::new(
             StatusCode::FORBIDDEN,
             "this page's origin may not open qkv sessions: the server allows it with --web-origin",

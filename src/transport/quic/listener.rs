@@ -373,8 +373,13 @@ pub(super) async fn serve_connection<H: Handler>(
             caller.clone(),
         ));
         // A span per request only when it will be used: an enabled span costs more than the request.
-        if tracing::enabled!(tracing::Level::DEBUG) {
+        // Request-level events are logged at debug, some under `qkv::connection`: if those are on
+        // but not the request span, the connection's span still names the client.
+        if tracing::enabled!(tracing::Level::DEBUG)
+            || tracing::enabled!(target: "qkv::connection", tracing::Level::DEBUG)
+        {
             let span = debug_span!("request", stream = %stream_id, command = tracing::field::Empty);
+            let span = if span.is_disabled() { tracing::Span::current() } else { span };
             streams.spawn(stream.instrument(span));
         } else {
             streams.spawn(stream);

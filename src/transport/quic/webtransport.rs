@@ -20,6 +20,7 @@ use crate::metrics;
 use crate::service::Handler;
 use crate::tls::H3_ALPN;
 use crate::transport::exchange::EarlyData;
+use crate::transport::log_throttle::LogThrottle;
 use crate::transport::origin::{Origins, host_of};
 use crate::transport::{Limits, Transport, authenticated_caller};
 
@@ -57,16 +58,29 @@ pub(super) async fn accept<H: Handler>(
         }
     };
     metrics::handshake(Transport::Quic, "completed");
+    // Any client can ask for these at will: throttled, in the connection's span (its address).
+    static REFUSED: LogThrottle = LogThrottle::new();
     if request.path() != SESSION_PATH {
-        info!(path = request.path(), "refused a WebTransport session for another path than /");
+        if let Some(suppressed) = REFUSED.admit() {
+            info!(
+                target: "qkv::connection",
+                path = request.path(),
+                suppressed,
+                "refused a WebTransport session for another path than /"
+            );
+        }
         request.not_found().await;
         return;
     }
     if !origins.allows(request.origin(), host_of(request.authority())) {
-        info!(
-            origin = request.origin(),
-            "refused a WebTransport session from an origin not allowed (--web-origin)"
-        );
+        if let Some(suppressed) = REFUSED.admit() {
+            info!(
+                target: "qkv::connection",
+                origin = request.origin(),
+                suppressed,
+                "refused a WebTransport session from an origin not allowed (--web-origin)"
+            );
+        }
         request.forbidden().await;
         return;
     }
