@@ -7,6 +7,10 @@
 //!   restart mends (the disk store's log could not be written).
 //! - `GET /readyz`: 200 when the storage backend answers and the server is not shutting down; 503
 //!   with the reason otherwise.
+//!
+//! It answers from before the store is opened ([`StartingAdmin`]): a disk store's recovery takes time
+//! proportional to its data, minutes for tens of GB, and a liveness probe refused meanwhile would
+//! restart the server in a loop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -57,35 +62,122 @@ struct Admin<S> {
 
 /// Binds the admin listener (before the server runs, so that a bad address fails the start).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    TcpListener::from_std(listener)
+    TcpListener::from_std(bind_std(addr)?)
 }
 
-/// Serves the admin endpoints on `listener` until `stop` is cancelled.
+fn bind_std(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// How long the starting admin listener may take to finish the probes it is answering when the server
+/// takes its socket over; then they are cut off (a probe client tries again).
+const HAND_OVER_GRACE: Duration = Duration::from_secs(1);
+
+/// The admin listener while the server starts, before its store is open: `/healthz` answers 200 (the
+/// process runs; a liveness probe must not restart a server that is recovering its data), `/readyz`
+/// 503 `not ready: recovering: ...` with what the server is doing, `/metrics` what is recorded so far.
+/// The server takes its socket over once it runs ([`crate::server::Server::bind_with_admin`]): the
+/// same socket, so a probe in between waits in its backlog rather than being refused.
+pub struct StartingAdmin {
+    /// The socket, kept for the server; the starting listener answers on a duplicate of it.
+    listener: std::net::TcpListener,
+    exporter: Exporter,
+    stop: CancellationToken,
+    served: JoinHandle<()>,
+}
+
+impl StartingAdmin {
+    /// Binds `addr` and answers on it from a task of the current runtime (which must keep running
+    /// tasks while the store opens: open it on a blocking thread). `doing` is what `/readyz` says the
+    /// server is doing.
+    pub fn start(addr: SocketAddr, exporter: Exporter, doing: String) -> std::io::Result<Self> {
+        let listener = bind_std(addr)?;
+        let answering = TcpListener::from_std(listener.try_clone()?)?;
+        let doing: Arc<str> = format!("not ready: recovering: {doing}\n").into();
+        let metrics_exporter = exporter.clone();
+        let router = Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    crate::metrics::ready(false);
+                    let rendered = metrics_exporter.render();
+                    async move { ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], rendered) }
+                }),
+            )
+            .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+            .route(
+                "/readyz",
+                get(move || {
+                    crate::metrics::ready(false);
+                    let doing = doing.to_string();
+                    async move { (StatusCode::SERVICE_UNAVAILABLE, doing) }
+                }),
+            );
+        let stop = CancellationToken::new();
+        log_serving(&answering);
+        let served = tokio::spawn(serve_router(answering, router, stop.clone()));
+        Ok(StartingAdmin { listener, exporter, stop, served })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The metrics the starting listener serves, which the server goes on recording.
+    pub fn exporter(&self) -> &Exporter {
+        &self.exporter
+    }
+
+    /// Stops answering (the probes being answered finish, within `HAND_OVER_GRACE`) and gives the
+    /// socket back, for the server's own admin listener.
+    pub(crate) async fn hand_over(self) -> std::io::Result<TcpListener> {
+        let StartingAdmin { listener, exporter: _, stop, mut served } = self;
+        stop.cancel();
+        if tokio::time::timeout(HAND_OVER_GRACE, &mut served).await.is_err() {
+            served.abort();
+        }
+        TcpListener::from_std(listener)
+    }
+}
+
+fn log_serving(listener: &TcpListener) {
+    let addr = listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
+    info!(%addr, "admin listener serving /metrics, /healthz and /readyz over plaintext HTTP");
+    if listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+        warn!(%addr, "the admin listener is plaintext HTTP without authentication: keep it on a private network");
+    }
+}
+
+async fn serve_router(listener: TcpListener, router: Router, stop: CancellationToken) {
+    let served = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
+    if let Err(e) = served.await {
+        warn!(error = %e, "the admin listener failed");
+    }
+}
+
+/// Serves the admin endpoints on `listener` until `stop` is cancelled; `announce`: logs where (not
+/// again for a socket taken over from a [`StartingAdmin`], which did).
 pub async fn serve<S: Storage>(
     listener: TcpListener,
+    announce: bool,
     exporter: Exporter,
     service: Service<S>,
     connections: MemoryBudget,
     draining: Draining,
     stop: CancellationToken,
 ) {
-    let addr = listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
     let admin = Arc::new(Admin { exporter, service, connections, draining });
     let router = Router::new()
         .route("/metrics", get(metrics::<S>))
         .route("/healthz", get(healthz::<S>))
         .route("/readyz", get(readyz::<S>))
         .with_state(admin);
-    info!(%addr, "admin listener serving /metrics, /healthz and /readyz over plaintext HTTP");
-    if listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
-        warn!(%addr, "the admin listener is plaintext HTTP without authentication: keep it on a private network");
+    if announce {
+        log_serving(&listener);
     }
-    let served = axum::serve(listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
-    if let Err(e) = served.await {
-        warn!(error = %e, "the admin listener failed");
-    }
+    serve_router(listener, router, stop).await;
 }
 
 async fn metrics<S: Storage>(State(admin): State<Arc<Admin<S>>>) -> impl IntoResponse {

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
+use qkv::admin::StartingAdmin;
 use qkv::certs::{CertDir, Provisioned};
 use qkv::client::{Client, ClientConfig, Event};
 use qkv::pb::Kvpair;
@@ -82,7 +83,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Store::Memory => {
                 let budget = memory_budget(&args)?;
                 tracing::info!(budget = %bytesize::ByteSize(budget as u64).display().iec(), "in-memory store");
-                run_server(args.config(), MemoryStore::with_budget(budget)).await
+                run_server(args.config(), MemoryStore::with_budget(budget), None).await
             }
             Store::Disk => {
                 let config = DiskConfig {
@@ -91,7 +92,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     snapshot_log_size: args.snapshot_log_size as u64,
                     commit_wait: args.commit_wait()?,
                 };
-                let store = DiskStore::open(&args.data_dir, config)
+                // Recovery takes time proportional to the data (minutes for tens of GB): the admin
+                // listener answers meanwhile, `/healthz` 200 and `/readyz` 503 saying so, and the store
+                // opens on a blocking thread so that the runtime answers them.
+                let doing = format!(
+                    "opening the data directory {}: loading its snapshot and replaying its log",
+                    args.data_dir.display()
+                );
+                let starting = qkv::server::start_admin(&args.config(), doing)?;
+                let dir = args.data_dir.clone();
+                let store = tokio::task::spawn_blocking(move || DiskStore::open(&dir, config))
+                    .await
+                    .context("opening the store stopped")?
                     .with_context(|| format!("cannot open the data directory {}", args.data_dir.display()))?;
                 tracing::info!(
                     dir = %args.data_dir.display(), durability = %config.durability,
@@ -100,12 +112,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 store.attach_runtime(&idle);
                 disk_closed = Some(store.closed());
                 retained = Some(store.retain_memory());
-                run_server(args.config(), store).await
+                run_server(args.config(), store, starting).await
             }
             Store::Redis => {
                 let config = args.redis.config()?;
                 tracing::info!(seeds = %config.seeds(), wait_replicas = config.wait_replicas, "Redis store");
-                run_server(args.config(), RedisStore::start(config)).await
+                run_server(args.config(), RedisStore::start(config), None).await
             }
         }
     });
@@ -154,8 +166,12 @@ fn memory_budget(args: &ServeArgs) -> anyhow::Result<usize> {
 /// log could not be written) makes it an error, so that the process exits with status 4 when it is
 /// stopped. Nothing stops it for that: `/healthz` answers 503 meanwhile, for a liveness probe to
 /// restart it (an explicit stop is not restarted by `Restart=on-failure`).
-async fn run_server<S: Storage>(config: qkv::server::ServerConfig, storage: S) -> anyhow::Result<()> {
-    let server = Server::bind(config, storage)?;
+async fn run_server<S: Storage>(
+    config: qkv::server::ServerConfig,
+    storage: S,
+    starting: Option<StartingAdmin>,
+) -> anyhow::Result<()> {
+    let server = Server::bind_with_admin(config, storage, starting)?;
     let service = server.service().clone();
     server.run(shutdown_signal()).await;
     match service.storage().broken() {

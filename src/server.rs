@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::admin::{self, Draining};
+use crate::admin::{self, Draining, StartingAdmin};
 use crate::certs::{CertDir, CertError, Provisioned};
 use crate::memory::MemoryBudget;
 use crate::metrics::{self, Exporter, Metered};
@@ -119,7 +119,7 @@ pub enum ServerError {
 pub struct Server<S> {
     quic: Endpoint,
     tcp: Option<(TcpListener, TcpSecurity)>,
-    admin: Option<(TcpListener, Exporter)>,
+    admin: Option<AdminSocket>,
     /// The metrics, when recorded: the admin listener's, and the web listener's figures.
     exporter: Option<Exporter>,
     web: Option<(TcpListener, WebSecurity)>,
@@ -132,10 +132,41 @@ pub struct Server<S> {
     config: ServerConfig,
 }
 
+/// The admin listener's socket: bound by the server, or taken over from the listener that answered
+/// while the store opened.
+enum AdminSocket {
+    Bound(TcpListener),
+    Starting(StartingAdmin),
+}
+
+/// Binds `config.admin`, if set, before the store is opened, and answers probes on it meanwhile
+/// ([`StartingAdmin`]); `doing` is what `/readyz` says the server is doing. Give it to
+/// [`Server::bind_with_admin`]. Must be called within a tokio runtime.
+pub fn start_admin(config: &ServerConfig, doing: String) -> Result<Option<StartingAdmin>, ServerError> {
+    let Some(addr) = config.admin else { return Ok(None) };
+    let exporter = metrics::install()?;
+    let starting = StartingAdmin::start(addr, exporter, doing).map_err(|cause| ServerError::Bind {
+        addr,
+        protocol: "admin HTTP",
+        cause,
+    })?;
+    Ok(Some(starting))
+}
+
 impl<S: Storage> Server<S> {
     /// Loads (or first generates) the certificates and binds the endpoint. Must be called within a
     /// tokio runtime.
     pub fn bind(config: ServerConfig, storage: S) -> Result<Self, ServerError> {
+        Self::bind_with_admin(config, storage, None)
+    }
+
+    /// [`Server::bind`], with the admin listener `starting` that has answered since before the store
+    /// was opened ([`start_admin`]); without it, the admin listener is bound here.
+    pub fn bind_with_admin(
+        config: ServerConfig,
+        storage: S,
+        starting: Option<StartingAdmin>,
+    ) -> Result<Self, ServerError> {
         config.limits.validate().map_err(ServerError::Config)?;
         config.service.validate(config.limits.max_frame_len).map_err(ServerError::Config)?;
         let share = config.limits.quic_connection_share().max(config.limits.tcp_connection_share());
@@ -199,17 +230,21 @@ impl<S: Storage> Server<S> {
                 "serving plaintext TCP beyond loopback: anyone on the network can read and change the traffic"
             );
         }
-        let admin = match config.admin {
-            Some(addr) => {
+        let (admin, exporter) = match (starting, config.admin) {
+            (Some(starting), _) => {
+                let exporter = starting.exporter().clone();
+                (Some(AdminSocket::Starting(starting)), Some(exporter))
+            }
+            (None, Some(addr)) => {
                 let exporter = metrics::install()?;
                 let listener = admin::bind(addr).map_err(|cause| ServerError::Bind {
                     addr,
                     protocol: "admin HTTP",
                     cause,
                 })?;
-                Some((listener, exporter))
+                (Some(AdminSocket::Bound(listener)), Some(exporter))
             }
-            None => None,
+            (None, None) => (None, None),
         };
         let web = match config.web {
             Some(addr) => {
@@ -237,7 +272,6 @@ impl<S: Storage> Server<S> {
             config.limits.max_frame_len,
             memory.clone(),
         );
-        let exporter = admin.as_ref().map(|(_, exporter)| exporter.clone());
         Ok(Server { quic, tcp, admin, exporter, web, credentials, hangups, service, memory, config })
     }
 
@@ -253,7 +287,10 @@ impl<S: Storage> Server<S> {
 
     /// The admin listener's address, when there is one.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
+        match self.admin.as_ref()? {
+            AdminSocket::Bound(listener) => listener.local_addr().ok(),
+            AdminSocket::Starting(starting) => starting.local_addr().ok(),
+        }
     }
 
     pub fn service(&self) -> &Service<S> {
@@ -311,16 +348,29 @@ impl<S: Storage> Server<S> {
         let admission = Admission::new(limits.max_connections, self.memory.clone());
         let draining = Draining::default();
         let admin_stop = CancellationToken::new();
-        let admin = match self.admin {
-            Some((listener, exporter)) => Some(tokio::spawn(admin::serve(
-                listener,
-                exporter,
-                self.service.clone(),
-                self.memory.clone(),
-                draining.clone(),
-                admin_stop.clone(),
-            ))),
-            None => None,
+        let admin = match (self.admin, self.exporter.clone()) {
+            (Some(socket), Some(exporter)) => {
+                let (listener, announce) = match socket {
+                    AdminSocket::Bound(listener) => (Ok(listener), true),
+                    AdminSocket::Starting(starting) => (starting.hand_over().await, false),
+                };
+                match listener {
+                    Ok(listener) => Some(tokio::spawn(admin::serve(
+                        listener,
+                        announce,
+                        exporter,
+                        self.service.clone(),
+                        self.memory.clone(),
+                        draining.clone(),
+                        admin_stop.clone(),
+                    ))),
+                    Err(e) => {
+                        warn!(error = %e, "the admin listener could not be taken over; serving without it");
+                        None
+                    }
+                }
+            }
+            _ => None,
         };
         let quic = quic::serve(
             self.quic,

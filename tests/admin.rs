@@ -195,3 +195,104 @@ async fn a_gateway_that_never_reached_redis_counts_its_requests_as_unavailable()
     let unavailable = r#"qkv_backend_requests_total{backend="redis",result="unavailable"}"#;
     assert!(sample(&metrics, unavailable) >= 1.0, "the 503 is counted:\n{metrics}");
 }
+
+/// The admin listener answers from before the store is open, on the socket the server then takes
+/// over: `/healthz` 200 (a liveness probe must not restart a server that is recovering), `/readyz`
+/// 503 saying what the server is doing, and once the server runs, its own answers.
+#[tokio::test]
+async fn the_admin_listener_answers_while_the_store_opens_and_the_server_takes_it_over() {
+    let certs = tempfile::tempdir().expect("temporary directory");
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        certs_dir: certs.path().to_owned(),
+        admin: Some("127.0.0.1:0".parse().expect("address")),
+        ..ServerConfig::default()
+    };
+    let starting = qkv::server::start_admin(&config, "opening the data directory /nowhere".into())
+        .expect("the admin listener binds")
+        .expect("an admin listener");
+    let admin = starting.local_addr().expect("its address");
+    // The store is not open: nothing but the admin listener exists yet.
+    assert_eq!(get(admin, "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(
+        get(admin, "/readyz").await,
+        (503, "not ready: recovering: opening the data directory /nowhere\n".into())
+    );
+    assert_eq!(sample(&get(admin, "/metrics").await.1, "qkv_ready"), 0.0);
+
+    let server = Server::bind_with_admin(config, qkv::storage::MemoryStore::new(), Some(starting))
+        .expect("server binds");
+    assert_eq!(server.admin_addr(), Some(admin));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    // Taken over when the server runs, which this task does not wait for: until then the starting
+    // listener answers, and a probe never finds the port closed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(admin, "/readyz").await;
+        if status == 200 {
+            assert_eq!(body, "ready\n");
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(tokio::time::Instant::now() < deadline, "the server did not take the listener over");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(get(admin, "/healthz").await, (200, "ok\n".into()));
+    let _ = stop.send(());
+    serving.await.expect("the server stops");
+}
+
+/// `qkv serve --store disk` with a log that takes a while to replay: `/healthz` answers 200 before the
+/// store is open (its `/readyz` says it is recovering), so that a liveness probe does not restart
+/// it in a loop; then it serves as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_while_a_disk_store_recovers() {
+    use qkv::storage::{DiskConfig, DiskStore, Durability, Storage};
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let data = dir.path().join("data");
+    {
+        // A real log: 600,000 records, which take the server a while to replay.
+        let store = DiskStore::open(
+            &data,
+            DiskConfig::new(Durability::Relaxed { flush_interval: Duration::from_millis(10) }),
+        )
+        .expect("store opens");
+        for batch in 0..600 {
+            let pairs = (0..1000i64).map(|i| (format!("k{batch}-{i}"), qkv::pb::Value::from(i))).collect();
+            store.set_many("t", pairs).await.expect("written");
+        }
+        let closed = store.closed();
+        drop(store);
+        closed.wait().await;
+    }
+    let data = data.to_str().expect("a UTF-8 path");
+    let args = ["--store", "disk", "--data-dir", data, "--admin", "127.0.0.1:0"];
+    let mut server = common::process::ServerProcess::launch(&args, &[]);
+    let admin = server.admin_addr().await;
+    // The event that shows it, whatever the speed of this machine: the admin listener served before
+    // the store said it had recovered.
+    assert!(
+        !server.startup_log.iter().any(|line| line.contains("data recovered")),
+        "the admin listener was bound only after recovery: {:#?}",
+        server.startup_log
+    );
+    assert_eq!(get(admin, "/healthz").await, (200, "ok\n".into()), "alive while it recovers");
+    // Most likely still recovering (a 600,000-record log); if it is done already, ready.
+    let (status, body) = get(admin, "/readyz").await;
+    if status != 200 {
+        assert_eq!(status, 503, "{body}");
+        assert!(body.starts_with("not ready: recovering: opening the data directory"), "{body}");
+    }
+
+    server.wait_until_serving(&args).await;
+    assert_eq!(get(admin, "/readyz").await, (200, "ready\n".into()));
+    let client = qkv::Client::connect_with(server.client_config(Transport::Quic)).await.expect("connects");
+    assert!(client.hget("t", "k599-999").await.expect("hget").is_some(), "the data was recovered");
+    client.close().await;
+    server.terminate();
+    let (exited, _) = server.exit().await;
+    assert!(exited.success(), "{exited:?}");
+}

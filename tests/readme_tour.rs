@@ -561,8 +561,8 @@ fn start_server(number: usize, server: &str, listen: &mut Vec<(String, String)>)
         None => format!("export QKV_ADDR=$addr\necho \"$addr {README_ADDR}\" >> addresses\n"),
     };
     format!(
-        "RUST_LOG=info {} >{log} 2>&1 &\npid=$!\nservers=\"$servers $pid\"\nready {log} ' serving' $pid\n\
-         addr=$(sed -n 's/.* serving.* addr=\\([0-9.:]*\\).*/\\1/p' {log} | head -n 1)\n\
+        "RUST_LOG=info {} >{log} 2>&1 &\npid=$!\nservers=\"$servers $pid\"\nready {log} 'qkv::server: serving' $pid\n\
+         addr=$(sed -n 's/.*qkv::server: serving.* addr=\\([0-9.:]*\\).*/\\1/p' {log} | head -n 1)\n\
          [ -n \"$addr\" ] || {{ echo 'no address in {log}'; cat {log}; exit 1; }}\n{tell}",
         binary_in_place(&args.join(" "))
     )

@@ -35,6 +35,15 @@ impl ServerProcess {
     /// [`ServerProcess::start`] with environment variables set for the server (`RUST_LOG`, say, for a
     /// test that waits for a debug line).
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut server = Self::launch(args, env);
+        server.wait_until_serving(args).await;
+        server
+    }
+
+    /// Starts `qkv serve` as [`ServerProcess::start_with_env`] does, without waiting until it serves
+    /// (its `addr` is unknown until [`ServerProcess::wait_until_serving`]): for a test of what it does
+    /// before, such as recovering its store.
+    pub fn launch(args: &[&str], env: &[(&str, &str)]) -> Self {
         let certs = tempfile::tempdir().expect("temporary directory");
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"));
         command.arg("serve").arg("--certs").arg(certs.path()).args(args);
@@ -52,14 +61,19 @@ impl ServerProcess {
                 }
             }
         });
-        let mut server =
-            ServerProcess { child, log, startup_log: Vec::new(), addr: ([0, 0, 0, 0], 0).into(), certs };
+        ServerProcess { child, log, startup_log: Vec::new(), addr: ([0, 0, 0, 0], 0).into(), certs }
+    }
+
+    /// Waits until the server launched with `args` serves, and sets `addr` from its log.
+    pub async fn wait_until_serving(&mut self, args: &[&str]) {
+        let server = self;
         // Where it serves, in its text log or, with --log-format json, its JSON one.
         let json = args.windows(2).any(|pair| pair == ["--log-format", "json"]);
         let (words, addr) = if json {
             (["INFO", "\"message\":\"serving\"", "\"addr\":\""], "\"addr\":\"")
         } else {
-            (["INFO", "serving", "addr="], "addr=")
+            // Not the admin listener's `admin listener serving` line, which may come first.
+            (["INFO", "qkv::server: serving", "addr="], "addr=")
         };
         let serving = server.log_line(&words).await;
         let port = serving
@@ -70,7 +84,6 @@ impl ServerProcess {
             .and_then(|port| port.parse::<u16>().ok())
             .expect("the port in the log");
         server.addr = ([127, 0, 0, 1], port).into();
-        server
     }
 
     pub fn ca(&self) -> PathBuf {
