@@ -38,12 +38,14 @@ fn main() -> ExitCode {
         Command::Serve(args) => ("info", args.log_format),
         _ => ("warn", LogFormat::Text),
     };
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log)))
-        .with_writer(std::io::stderr);
+    let (filter, ignored) = log_filter(default_log);
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
+    for (directive, error) in ignored {
+        tracing::warn!(%directive, %error, "RUST_LOG: ignoring a directive that does not parse; the others apply");
     }
     for variable in cli::config::unknown_variables() {
         tracing::warn!(%variable, "no qkv flag reads this environment variable: is it misspelt?");
@@ -61,6 +63,29 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => output::report(&error),
     }
+}
+
+/// What `RUST_LOG` asks to log (`default` when it is unset or says nothing), and the directives in it
+/// that do not parse, with why: those are left out and named in a warning, the others kept. A typo in
+/// one directive (`qkv::connection=warning`) would otherwise silently replace them all with the default;
+/// and a logging setting is not worth refusing to start a server (or run a client command) over.
+fn log_filter(default: &str) -> (EnvFilter, Vec<(String, String)>) {
+    let spec = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_default();
+    let mut ignored = Vec::new();
+    let mut good = Vec::new();
+    for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        match directive.parse::<tracing_subscriber::filter::Directive>() {
+            Ok(_) => good.push(directive),
+            Err(e) => ignored.push((directive.to_owned(), e.to_string())),
+        }
+    }
+    // Each parsed alone, so together they do too.
+    let filter = if good.is_empty() {
+        EnvFilter::new(default)
+    } else {
+        EnvFilter::try_new(good.join(",")).unwrap_or_else(|_| EnvFilter::new(default))
+    };
+    (filter, ignored)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -302,6 +302,24 @@ async fn json_logs_have_the_fields_operations_md_shows() {
     server.kill().await;
 }
 
+/// A `RUST_LOG` directive that does not parse is named in a warning and left out; the others apply,
+/// rather than all of them silently replaced by the default.
+#[tokio::test]
+async fn a_bad_rust_log_directive_is_named_and_the_others_apply() {
+    let env = [("RUST_LOG", "info,qkv::connection=warning,qkv::transport=debug")];
+    let mut server = ServerProcess::start_with_env(&[], &env).await;
+    let warned = server.startup_log.iter().find(|l| l.contains("WARN") && l.contains("RUST_LOG"));
+    let warned = warned.unwrap_or_else(|| panic!("no warning: {:#?}", server.startup_log));
+    assert!(warned.contains("qkv::connection=warning"), "{warned}");
+    // `qkv::transport=debug` applies: a connection is logged at debug as it is established.
+    let client = qkv::Client::connect_with(server.client_config(Transport::Quic)).await.unwrap();
+    client.ping(bytes::Bytes::new()).await.unwrap();
+    let line = server.log_line(&["DEBUG", "connection established"]).await;
+    assert!(line.contains("qkv::transport"), "{line}");
+    client.close().await;
+    server.kill().await;
+}
+
 /// A `QKV_` variable that no flag reads is named in a warning, not ignored without a word.
 #[tokio::test]
 async fn a_misspelt_environment_variable_is_named_in_a_warning() {
