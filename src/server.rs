@@ -54,6 +54,11 @@ pub struct ServerConfig {
     pub quic: QuicOptions,
     /// Sessions remembered for resumption (0-RTT over QUIC), per transport.
     pub session_cache: usize,
+    /// Whether QUIC clients resuming a session may send requests in 0-RTT early data (read-only ones
+    /// are served from it, writes wait for the handshake). Off: the server's tickets allow no early
+    /// data, so a resuming client sends its requests after the handshake, one round trip later, and
+    /// nothing it sends can be replayed.
+    pub zero_rtt: bool,
     pub service: ServiceConfig,
     /// How long shutdown waits for in-flight requests before closing connections regardless.
     pub shutdown_grace: Duration,
@@ -88,6 +93,7 @@ impl Default for ServerConfig {
             connection_memory: transport::default_connection_memory(),
             quic: QuicOptions::default(),
             session_cache: tls::DEFAULT_SESSION_CACHE,
+            zero_rtt: true,
             service: ServiceConfig::default(),
             shutdown_grace: Duration::from_secs(10),
             admin: None,
@@ -205,12 +211,16 @@ impl<S: Storage> Server<S> {
         let certs = CertDir::new(&config.certs_dir);
         log_provisioning(&certs, certs.ensure_server_certificate()?);
         let identity = Identity::from_pem_files(&certs.server_cert(), &certs.server_key())?;
-        let tls = tls::server_configs(
+        let mut tls = tls::server_configs(
             identity,
             config.session_cache,
             config.client_ca.as_deref(),
             config.webtransport_cert,
         )?;
+        if !config.zero_rtt {
+            // Tickets then allow no early data, and clients do not offer any (QUIC allows 0 or all).
+            tls.quic.max_early_data_size = 0;
+        }
         let credentials = tls.credentials.clone();
         let web_tls = Arc::new(tls.web.clone());
         let hangups = match signal(SignalKind::hangup()) {

@@ -52,6 +52,28 @@ async fn a_resumed_quic_connection_sends_its_first_requests_in_0rtt() {
     assert_eq!((stats.connections, stats.zero_rtt_accepted, stats.zero_rtt_rejected), (1, 0, 0), "{stats:?}");
 }
 
+/// `qkv serve --no-0rtt`: the server accepts no early data, so a client resuming its session sends
+/// its requests after the handshake (it offers no 0-RTT, as its ticket allows none); without the flag
+/// the same client's first request goes in early data.
+#[tokio::test]
+async fn a_server_with_no_0rtt_takes_no_early_data_from_a_resuming_client() {
+    for (args, early) in [(&[][..], 1), (&["--no-0rtt"][..], 0)] {
+        let server = common::process::ServerProcess::start(args).await;
+        let config = server.client_config(Transport::Quic);
+        collect_tickets(&config).await;
+        let client = Client::connect_with(config).await.unwrap();
+        client.hset("t", "k", "v").await.unwrap();
+        client.close().await;
+        let stats = client.stats();
+        assert_eq!(
+            (stats.connections, stats.zero_rtt_accepted, stats.zero_rtt_rejected),
+            (1, early, 0),
+            "{args:?}: {stats:?}"
+        );
+        server.kill().await;
+    }
+}
+
 #[tokio::test]
 async fn tls_over_tcp_resumes_sessions() {
     let server = TestServer::start_for(Transport::Tls).await;

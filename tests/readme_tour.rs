@@ -627,3 +627,106 @@ fn every_console_example_of_the_readme_is_run() {
         }
     }
 }
+
+/// The flags of `qkv SUBCOMMAND`, from its `--help`.
+fn flags_of(subcommand: &str) -> std::collections::BTreeSet<String> {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_qkv"))
+        .args([subcommand, "--help"])
+        .output()
+        .expect("qkv runs");
+    assert!(help.status.success(), "qkv {subcommand} --help");
+    String::from_utf8_lossy(&help.stdout)
+        .lines()
+        .map(str::trim_start)
+        .filter(|line| line.starts_with('-'))
+        .flat_map(|line| line.split([' ', ',', '=', '[', '<']).filter(|word| word.starts_with("--")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The `--flags` in `text`, without what follows an `=` and without brackets.
+fn flags_in(text: &str) -> Vec<&str> {
+    text.split(|c: char| c.is_whitespace() || "[]()=`,;".contains(c))
+        .filter(|word| word.starts_with("--") && word.len() > 2)
+        .collect()
+}
+
+/// Every flag the README names exists where it says: each `qkv SUBCOMMAND ...` it shows (in a code
+/// block or in running text) has the flags it is given; a flag said to be `(on server and client)`
+/// is a flag of `qkv serve` and of the client commands, one said to be `on the client` of the client
+/// commands; and every other flag in running text (`--flag`) is a flag of some subcommand.
+#[test]
+fn every_flag_the_readme_names_is_a_flag_of_its_command() {
+    let readme = include_str!("../README.md");
+    let help =
+        std::process::Command::new(env!("CARGO_BIN_EXE_qkv")).arg("--help").output().expect("qkv runs");
+    let listed = String::from_utf8_lossy(&help.stdout).into_owned();
+    let subcommands: Vec<String> = listed
+        .split("Commands:")
+        .nth(1)
+        .expect("a list of commands")
+        .lines()
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect();
+    let flags: std::collections::BTreeMap<&str, _> =
+        subcommands.iter().map(|name| (name.as_str(), flags_of(name))).collect();
+    let any: std::collections::BTreeSet<&String> = flags.values().flatten().collect();
+    let mut wrong = Vec::new();
+
+    // `qkv SUBCOMMAND --flag ...`, to the end of its line or of its code span, or a pipe.
+    for line in readme.lines() {
+        for (at, _) in line.match_indices("qkv ") {
+            let before = line[..at].chars().next_back();
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '/' || c == '-' || c == '_') {
+                continue;
+            }
+            let rest = &line[at + 4..];
+            let Some(subcommand) = rest.split_whitespace().next() else { continue };
+            let Some(known) = flags.get(subcommand) else { continue };
+            let command = rest.split(['`', '|', ';', '&', ')']).next().unwrap_or_default();
+            for flag in flags_in(command) {
+                if !known.contains(flag) {
+                    wrong.push(format!("`qkv {subcommand}` has no {flag}: {line}"));
+                }
+            }
+        }
+    }
+    // The running text, paragraph by paragraph (code blocks left out).
+    let prose: String = readme.split("```").step_by(2).collect::<Vec<_>>().join("\n");
+    let client = &flags["ping"];
+    let serve = &flags["serve"];
+    for paragraph in prose.split("\n\n").map(|p| p.replace('\n', " ")) {
+        // A clause that ends in "(on server and client)" or "on the client)": its flags.
+        for (sides, said) in
+            [(&[serve, client][..], "(on server and client)"), (&[client][..], "on the client)")]
+        {
+            for (at, _) in paragraph.match_indices(said) {
+                // Back to the clause's start: a `;` or the end of a sentence.
+                let before = &paragraph[..at];
+                let start = [before.rfind(';').map(|i| i + 1), before.rfind(". ").map(|i| i + 2)]
+                    .into_iter()
+                    .flatten()
+                    .max()
+                    .unwrap_or(0);
+                let clause = &before[start..];
+                for flag in flags_in(clause) {
+                    if !sides.iter().all(|side| side.contains(flag)) {
+                        wrong.push(format!("{flag} is not {said}: {clause}"));
+                    }
+                }
+            }
+        }
+        for span in paragraph.split('`').skip(1).step_by(2).filter(|span| span.starts_with("--")) {
+            for flag in flags_in(span) {
+                if !any.contains(&flag.to_owned()) {
+                    wrong.push(format!("no qkv command has {flag}: `{span}`"));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

@@ -529,6 +529,11 @@ pub struct ServeArgs {
     /// one connection.
     #[arg(long, default_value_t = qkv::tls::DEFAULT_SESSION_CACHE)]
     pub session_cache: usize,
+    /// Accept no 0-RTT early data (QUIC): a resuming client then sends its requests after the
+    /// handshake, one round trip later. By default read-only requests are served from early data and
+    /// writes wait for the handshake.
+    #[arg(long)]
+    pub no_0rtt: bool,
     #[command(flatten)]
     pub quic: QuicArgs,
 }
@@ -634,6 +639,7 @@ impl ServeArgs {
             max_value_len: self.max_value_size,
         };
         config.session_cache = self.session_cache;
+        config.zero_rtt = !self.no_0rtt;
         config.quic = self.quic.options();
         config
     }
