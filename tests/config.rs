@@ -199,3 +199,27 @@ async fn a_server_runs_on_what_its_config_file_says() {
     }
     server.kill().await;
 }
+
+/// A bad value in a `QKV_` variable is reported as the variable (which the operator set), with the
+/// flag it stands for, not as a flag the operator never typed.
+#[tokio::test]
+async fn a_bad_environment_value_is_named_as_its_variable() {
+    for (variable, value, said) in [
+        ("QKV_IDLE_TIMEOUT", "30", "time unit needed"),
+        ("QKV_STORE", "mem", "possible values: memory, disk, redis"),
+        ("QKV_MAX_CONNECTIONS", "0", "must be at least 1"),
+    ] {
+        let output = serve(&["--print-config"], &[(variable, value)]).await;
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(EXIT_INVALID_INPUT), "{variable}: {stderr}");
+        let flag = format!("--{}", variable.trim_start_matches("QKV_").to_lowercase().replace('_', "-"));
+        assert!(stderr.contains(&format!("{variable}={value} (for {flag}): ")), "{stderr}");
+        assert!(stderr.contains(said), "{said:?} not in {stderr}");
+        assert!(!stderr.contains(&format!("for '{flag}")), "the flag as if typed: {stderr}");
+    }
+    // A flag given on the command line is still named as the flag.
+    let output = serve(&["--idle-timeout", "30", "--print-config"], &[]).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(EXIT_INVALID_INPUT), "{stderr}");
+    assert!(stderr.contains("for '--idle-timeout"), "{stderr}");
+}

@@ -39,13 +39,13 @@ pub fn parse() -> anyhow::Result<Invocation> {
 }
 
 pub fn parse_from(mut args: Vec<OsString>) -> anyhow::Result<Invocation> {
-    let mut matches = command().get_matches_from(&args);
+    let mut matches = matches_from(&args)?;
     if let Some(("serve", serve)) = matches.subcommand()
         && let Some(path) = serve.get_one::<std::path::PathBuf>("config")
     {
         let from_file = file_arguments(path, serve)?;
         args.extend(from_file.into_iter().map(OsString::from));
-        matches = command().get_matches_from(&args);
+        matches = matches_from(&args)?;
     }
     if let Some(("serve", serve)) = matches.subcommand()
         && serve.get_flag("print_config")
@@ -53,6 +53,54 @@ pub fn parse_from(mut args: Vec<OsString>) -> anyhow::Result<Invocation> {
         return Ok(Invocation::PrintConfig(print_config(serve)));
     }
     Ok(Invocation::Run(Box::new(Cli::from_arg_matches(&matches)?)))
+}
+
+/// The command line parsed, with the environment. clap's errors exit as `get_matches_from` would,
+/// except for a bad value from an environment variable: clap names the flag, which the operator never
+/// typed, so the error names the variable (and its flag) instead.
+fn matches_from(args: &[OsString]) -> anyhow::Result<ArgMatches> {
+    let command = command();
+    match command.clone().try_get_matches_from(args) {
+        Ok(matches) => Ok(matches),
+        Err(error) => match from_environment(&command, &error, args) {
+            Some(message) => Err(CliError::InvalidInput(message).into()),
+            None => error.exit(),
+        },
+    }
+}
+
+/// `QKV_IDLE_TIMEOUT=30 (for --idle-timeout): ...` when `error` is about a value that came from an
+/// environment variable: one the command line does not override.
+fn from_environment(command: &clap::Command, error: &clap::Error, args: &[OsString]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let (Some(ContextValue::String(arg)), Some(ContextValue::String(value))) =
+        (error.get(ContextKind::InvalidArg), error.get(ContextKind::InvalidValue))
+    else {
+        return None;
+    };
+    let flag = arg.split([' ', '=']).next()?;
+    let long = flag.strip_prefix("--")?;
+    let on_command_line =
+        args.iter().filter_map(|a| a.to_str()).any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    if on_command_line {
+        return None;
+    }
+    let variable = all_arguments(command)
+        .filter(|a| a.get_long() == Some(long))
+        .filter_map(|a| a.get_env()?.to_str().map(str::to_owned))
+        .find(|variable| std::env::var(variable).is_ok_and(|set| set == *value))?;
+    let message = clap_message(error);
+    let why = message
+        .strip_prefix(&format!("invalid value '{value}' for '{arg}'"))
+        .map(|rest| rest.trim_start_matches([':', ';', ' ']))
+        .filter(|rest| !rest.is_empty())
+        .unwrap_or(&message);
+    Some(format!("{variable}={value} (for {flag}): {why}"))
+}
+
+/// The arguments of `command` and of all its subcommands.
+fn all_arguments(command: &clap::Command) -> Box<dyn Iterator<Item = &Arg> + '_> {
+    Box::new(command.get_arguments().chain(command.get_subcommands().flat_map(all_arguments)))
 }
 
 /// The command line's definition, with `QKV_<KEY>` as the environment variable of every `serve` flag
