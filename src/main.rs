@@ -28,7 +28,13 @@ use qkv::service::shown;
 fn main() -> ExitCode {
     let cli = match cli::config::parse() {
         Ok(Invocation::Run(cli)) => *cli,
-        Ok(Invocation::PrintConfig(toml)) => {
+        Ok(Invocation::PrintConfig { toml, cli }) => {
+            // What it prints is what a server would run with: refused as `serve` would refuse it.
+            if let Command::Serve(args) = &cli.command
+                && let Err(error) = check_serve(args)
+            {
+                return output::report(&error);
+            }
             print!("{toml}");
             return ExitCode::SUCCESS;
         }
@@ -88,14 +94,30 @@ fn log_filter(default: &str) -> (EnvFilter, Vec<(String, String)>) {
     (filter, ignored)
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    // Limits that cannot work together are a bad command line: said before anything is opened.
+/// Settings that cannot work together are a bad command line: said before anything is opened, by
+/// `serve` and by `serve --print-config` alike.
+fn check_serve(args: &ServeArgs) -> anyhow::Result<qkv::server::ServerConfig> {
     let config = args.config();
-    config
-        .limits
-        .validate()
-        .and_then(|()| config.service.validate(config.limits.max_frame_len))
-        .map_err(|e| CliError::InvalidInput(format!("invalid configuration: {e}")))?;
+    config.validate().map_err(|e| CliError::InvalidInput(format!("invalid configuration: {e}")))?;
+    args.runtime.layout()?;
+    match args.store {
+        Store::Memory => {
+            memory_budget(args)?;
+        }
+        Store::Disk => {
+            memory_budget(args)?;
+            args.durability()?;
+            args.commit_wait()?;
+        }
+        Store::Redis => {
+            args.redis.config()?;
+        }
+    }
+    Ok(config)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = check_serve(&args)?;
     warn_of_budgets_beyond_the_machine(&args, &config);
     let idle = RuntimeIdle::default();
     let runtime = qkv::server::runtime(args.runtime.layout()?, Some(idle.clone()))

@@ -121,6 +121,49 @@ pub enum ServerError {
     Metrics(#[from] crate::metrics::MetricsError),
 }
 
+impl ServerConfig {
+    /// Settings that cannot work together, said before anything is opened or bound (`qkv serve
+    /// --print-config` checks them too, so that what it prints is what a server would run with).
+    pub fn validate(&self) -> Result<(), String> {
+        self.limits.validate()?;
+        self.service.validate(self.limits.max_frame_len)?;
+        let share = self.limits.quic_connection_share().max(self.limits.tcp_connection_share());
+        if self.connection_memory < share {
+            return Err(format!(
+                "the connection memory budget ({} bytes) cannot admit a single connection, which takes {share} bytes with these windows: raise --connection-memory or lower --connection-window and --send-window",
+                self.connection_memory
+            ));
+        }
+        if !(web::MIN_MAX_HEADER_SIZE..=u32::MAX as usize).contains(&self.web_max_header_size) {
+            return Err(format!(
+                "the web listener's header limit must be at least {} bytes (and fit 32 bits), not {}",
+                web::MIN_MAX_HEADER_SIZE,
+                self.web_max_header_size
+            ));
+        }
+        if self.websocket_max_message < web::browser::MIN_WEBSOCKET_MAX_MESSAGE {
+            return Err(format!(
+                "the WebSocket message limit must be at least {} bytes, not {}",
+                web::browser::MIN_WEBSOCKET_MAX_MESSAGE,
+                self.websocket_max_message
+            ));
+        }
+        Origins::new(&self.web_origins)?;
+        if self.client_ca.is_some() && self.web_plaintext {
+            return Err(
+                "client certificates (--client-ca) need TLS on the web listener too: drop --web-plaintext"
+                    .into(),
+            );
+        }
+        if self.client_ca.is_some() && self.tcp == TcpMode::Plaintext {
+            return Err(
+                "client certificates (--client-ca) need TLS on TCP too: drop --tcp-plaintext, or serve QUIC only with --no-tcp".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A bound server, ready to run.
 pub struct Server<S> {
     quic: Endpoint,
@@ -173,41 +216,7 @@ impl<S: Storage> Server<S> {
         storage: S,
         starting: Option<StartingAdmin>,
     ) -> Result<Self, ServerError> {
-        config.limits.validate().map_err(ServerError::Config)?;
-        config.service.validate(config.limits.max_frame_len).map_err(ServerError::Config)?;
-        let share = config.limits.quic_connection_share().max(config.limits.tcp_connection_share());
-        if config.connection_memory < share {
-            return Err(ServerError::Config(format!(
-                "the connection memory budget ({} bytes) cannot admit a single connection, which takes {share} bytes with these windows: raise --connection-memory or lower --connection-window and --send-window",
-                config.connection_memory
-            )));
-        }
-        if !(web::MIN_MAX_HEADER_SIZE..=u32::MAX as usize).contains(&config.web_max_header_size) {
-            return Err(ServerError::Config(format!(
-                "the web listener's header limit must be at least {} bytes (and fit 32 bits), not {}",
-                web::MIN_MAX_HEADER_SIZE,
-                config.web_max_header_size
-            )));
-        }
-        if config.websocket_max_message < web::browser::MIN_WEBSOCKET_MAX_MESSAGE {
-            return Err(ServerError::Config(format!(
-                "the WebSocket message limit must be at least {} bytes, not {}",
-                web::browser::MIN_WEBSOCKET_MAX_MESSAGE,
-                config.websocket_max_message
-            )));
-        }
-        Origins::new(&config.web_origins).map_err(ServerError::Config)?;
-        if config.client_ca.is_some() && config.web_plaintext {
-            return Err(ServerError::Config(
-                "client certificates (--client-ca) need TLS on the web listener too: drop --web-plaintext"
-                    .into(),
-            ));
-        }
-        if config.client_ca.is_some() && config.tcp == TcpMode::Plaintext {
-            return Err(ServerError::Config(
-                "client certificates (--client-ca) need TLS on TCP too: drop --tcp-plaintext, or serve QUIC only with --no-tcp".into(),
-            ));
-        }
+        config.validate().map_err(ServerError::Config)?;
         let certs = CertDir::new(&config.certs_dir);
         log_provisioning(&certs, certs.ensure_server_certificate()?);
         let identity = Identity::from_pem_files(&certs.server_cert(), &certs.server_key())?;

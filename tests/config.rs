@@ -200,6 +200,36 @@ async fn a_server_runs_on_what_its_config_file_says() {
     server.kill().await;
 }
 
+/// `--print-config` answers "what would this server run with?": what `serve` would refuse (settings
+/// that cannot work together) it refuses too, with the same message and exit code 2, printing nothing.
+#[tokio::test]
+async fn print_config_refuses_what_serve_refuses() {
+    for (args, said) in [
+        (&["--threads", "4"][..], "--threads needs --runtime multi-thread"),
+        (&["--max-frame-size", "1KiB"][..], "invalid configuration"),
+        (&["--connection-memory", "1KiB"][..], "cannot admit a single connection"),
+        (&["--store", "disk", "--commit-wait", "1s"][..], "holds writes too long"),
+        (
+            &["--store", "redis", "--redis-wait", "1", "--redis-wait-timeout", "0s"][..],
+            "--redis-wait-timeout",
+        ),
+    ] {
+        let printed = serve(&[args, &["--print-config"]].concat(), &[]).await;
+        let stderr = text(&printed.stderr);
+        assert_eq!(printed.status.code(), Some(EXIT_INVALID_INPUT), "{args:?}: {stderr}");
+        assert!(stderr.contains(said), "{args:?}: {said:?} not in {stderr}");
+        assert!(printed.stdout.is_empty(), "{args:?}: printed {}", text(&printed.stdout));
+        // As `serve` itself says (before anything is opened).
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        let served =
+            serve(&[args, &["--listen", "127.0.0.1:0", "--certs", &certs.to_string_lossy()]].concat(), &[])
+                .await;
+        assert_eq!(served.status.code(), Some(EXIT_INVALID_INPUT), "{args:?}: {}", text(&served.stderr));
+        assert!(text(&served.stderr).contains(said), "{args:?}: {}", text(&served.stderr));
+    }
+}
+
 /// A bad value in a `QKV_` variable is reported as the variable (which the operator set), with the
 /// flag it stands for, not as a flag the operator never typed.
 #[tokio::test]

@@ -25,8 +25,9 @@ use super::output::CliError;
 pub enum Invocation {
     /// Run this command.
     Run(Box<Cli>),
-    /// `qkv serve --print-config`: print this TOML and exit.
-    PrintConfig(String),
+    /// `qkv serve --print-config`: print this TOML and exit, once the settings it prints have
+    /// passed the checks `serve` runs.
+    PrintConfig { toml: String, cli: Box<Cli> },
 }
 
 /// The environment variable that names the config file (the `--config` flag's).
@@ -50,7 +51,8 @@ pub fn parse_from(mut args: Vec<OsString>) -> anyhow::Result<Invocation> {
     if let Some(("serve", serve)) = matches.subcommand()
         && serve.get_flag("print_config")
     {
-        return Ok(Invocation::PrintConfig(print_config(serve)));
+        let toml = print_config(serve);
+        return Ok(Invocation::PrintConfig { toml, cli: Box::new(Cli::from_arg_matches(&matches)?) });
     }
     Ok(Invocation::Run(Box::new(Cli::from_arg_matches(&matches)?)))
 }
