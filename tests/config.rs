@@ -127,8 +127,9 @@ async fn a_flag_beats_the_environment_which_beats_the_file_which_beats_the_defau
 
 #[tokio::test]
 async fn printed_configuration_shows_no_credentials() {
+    // The user stays: a server started from the printed file connects as the same user.
     let printed = effective("redis", &["--redis", "redis://user:hunter2@10.0.0.1:7000"], &[]).await;
-    assert_eq!(printed, "redis = [\"redis://10.0.0.1:7000\"]");
+    assert_eq!(printed, "redis = [\"redis://user@10.0.0.1:7000\"]");
     let printed = effective("redis", &[], &[("QKV_REDIS", "rediss://:hunter2@h:1")]).await;
     assert!(!printed.contains("hunter2"), "{printed}");
 }

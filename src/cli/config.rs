@@ -232,7 +232,7 @@ fn clap_message(error: &clap::Error) -> String {
 }
 
 /// The effective configuration as TOML: every key with its value (defaults included), a key without
-/// a value commented out, each after its flag's help. Redis URLs lose their user and password.
+/// a value commented out, each after its flag's help. Redis URLs lose their password (not their user).
 fn print_config(matches: &ArgMatches) -> String {
     let serve = command();
     let serve = serve.find_subcommand("serve").cloned().unwrap_or_default();
@@ -254,7 +254,7 @@ fn print_config(matches: &ArgMatches) -> String {
             .map(|raw| raw.map(|v| v.to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
         let values: Vec<String> = match key.as_str() {
-            "redis" => values.iter().map(|url| qkv::storage::redacted_url(url)).collect(),
+            "redis" => values.iter().map(|url| qkv::storage::url_without_password(url)).collect(),
             _ => values,
         };
         let _ = match (values.as_slice(), is_switch(arg), arg.get_action()) {

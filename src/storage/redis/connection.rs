@@ -153,6 +153,24 @@ pub fn redacted_url(url: &str) -> String {
     }
 }
 
+/// A Redis URL without its password, its user kept: for `qkv serve --print-config`, whose output
+/// starts a config file, and a server started from it must connect as the same user (its password
+/// given apart, as `QKV_REDIS_PASSWORD`). A URL whose credentials cannot be told apart from the rest
+/// loses them all, as in [`redacted_url`].
+pub fn url_without_password(url: &str) -> String {
+    let (Some((scheme, rest)), Some(at)) = (url.split_once("://"), url.rfind('@')) else {
+        return redacted_url(url);
+    };
+    let Some(credentials) = at.checked_sub(scheme.len() + 3).and_then(|end| rest.get(..end)) else {
+        return redacted_url(url);
+    };
+    let user = credentials.split_once(':').map_or(credentials, |(user, _)| user);
+    match user {
+        "" => format!("{scheme}://{}", &url[at + 1..]),
+        user => format!("{scheme}://{user}@{}", &url[at + 1..]),
+    }
+}
+
 /// A connection to one plain Redis, or to a cluster. Cheap to clone; both kinds reconnect by themselves.
 #[derive(Clone)]
 pub(super) enum Connection {
@@ -492,6 +510,17 @@ mod tests {
         assert_eq!(redacted_url("rediss://:p@ss@host:7000/0"), "rediss://host:7000/0");
         assert_eq!(redacted_url("redis://host:6379"), "redis://host:6379");
         assert_eq!(redacted_url("redis//u:hunter2@host"), "…@host");
+    }
+
+    #[test]
+    fn a_url_without_its_password_keeps_its_user() {
+        assert_eq!(url_without_password("redis://user:secret@10.0.0.1:6379"), "redis://user@10.0.0.1:6379");
+        assert_eq!(url_without_password("rediss://user:p@ss@host:7000/0"), "rediss://user@host:7000/0");
+        assert_eq!(url_without_password("rediss://:secret@host:7000"), "rediss://host:7000");
+        assert_eq!(url_without_password("redis://user@host"), "redis://user@host");
+        assert_eq!(url_without_password("redis://host:6379"), "redis://host:6379");
+        assert_eq!(url_without_password("redis//u:hunter2@host"), "…@host");
+        assert_eq!(url_without_password("re@dis://host"), redacted_url("re@dis://host"));
         let config = RedisConfig {
             urls: vec!["redis://u:hunter2@h:1".into()],
             password: Some("hunter3".into()),

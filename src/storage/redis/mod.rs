@@ -20,7 +20,7 @@ use prost::Message;
 use redis::{Cmd, Value as RedisValue};
 
 use connection::Connector;
-pub use connection::{RedisConfig, redacted_url};
+pub use connection::{RedisConfig, redacted_url, url_without_password};
 use scripts::Lua;
 
 use super::{PageLimit, ScanPage, Storage, StorageError, StorageResult, TableScan, Versioned, WriteOutcome};
