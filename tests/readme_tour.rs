@@ -561,12 +561,16 @@ fn start_server(number: usize, server: &str, listen: &mut Vec<(String, String)>)
         None => format!("export QKV_ADDR=$addr\necho \"$addr {README_ADDR}\" >> addresses\n"),
     };
     format!(
-        "RUST_LOG=info {} >{log} 2>&1 &\npid=$!\nservers=\"$servers $pid\"\nready {log} 'qkv::server: serving' $pid\n\
-         addr=$(sed -n 's/.*qkv::server: serving.* addr=\\([0-9.:]*\\).*/\\1/p' {log} | head -n 1)\n\
+        "RUST_LOG=info {} >{log} 2>&1 &\npid=$!\nservers=\"$servers $pid\"\nready {log} '{SERVING}' $pid\n\
+         addr=$(sed -n 's/.*\\({SERVING}\\).* addr=\\([0-9.:]*\\).*/\\2/p' {log} | head -n 1)\n\
          [ -n \"$addr\" ] || {{ echo 'no address in {log}'; cat {log}; exit 1; }}\n{tell}",
         binary_in_place(&args.join(" "))
     )
 }
+
+/// What a server's log says once it serves, as a basic regular expression: `qkv serve`'s line (not its
+/// admin or web listener's, which may come first), or `qkv floor`'s.
+const SERVING: &str = r"qkv::server: serving\|qkv: serving the floor";
 
 /// `command` with the qkv binary in place of its leading `qkv`.
 fn binary_in_place(command: &str) -> String {
