@@ -46,6 +46,20 @@ async fn the_readme_browser_example_logs_what_it_shows() {
     visit_the_console("readme", Figures::NotRecorded).await;
 }
 
+/// A page's `Promise.all` of 600 requests over WebTransport: more than the streams the server grants
+/// a session, which Chromium refuses at once rather than waiting. All are answered.
+#[tokio::test]
+async fn a_page_sends_more_requests_at_once_than_it_may_open_streams() {
+    visit_with("many-requests", |_| {}).await;
+}
+
+/// The same with a server that runs 8 of a connection's requests at once: the session is granted 16
+/// streams (twice the limit), fewer than the client's 256, and the client keeps to those.
+#[tokio::test]
+async fn a_page_keeps_to_the_streams_a_small_limit_grants() {
+    visit_with("many-requests", |config| config.limits.max_concurrent_requests = 8).await;
+}
+
 /// Whether the server records the figures the console shows (GET /v1/stats): only with --admin.
 #[derive(PartialEq)]
 enum Figures {
@@ -53,19 +67,24 @@ enum Figures {
     NotRecorded,
 }
 
-/// Runs console.mjs's `visit` against a fresh server; on a failure its output says what the page
-/// showed and logged, and where its screenshot is (kept: the temporary directory is not removed).
 async fn visit_the_console(visit: &str, figures: Figures) {
-    assert!(
-        Path::new(DIR).join("node_modules/playwright-core").is_dir(),
-        "tests/browser/node_modules is missing: run `npm ci` in tests/browser, or cargo xtask test"
-    );
-    let server = TestServer::start_for_with(Transport::Http, |config| {
+    visit_with(visit, |config| {
         if figures == Figures::Recorded {
             config.admin = Some("127.0.0.1:0".parse().expect("an address"));
         }
     })
-    .await;
+    .await
+}
+
+/// Runs console.mjs's `visit` against a fresh server configured by `configure`; on a failure its
+/// output says what the page showed and logged, and where its screenshot is (kept: the temporary
+/// directory is not removed).
+async fn visit_with(visit: &str, configure: impl FnOnce(&mut qkv::server::ServerConfig)) {
+    assert!(
+        Path::new(DIR).join("node_modules/playwright-core").is_dir(),
+        "tests/browser/node_modules is missing: run `npm ci` in tests/browser, or cargo xtask test"
+    );
+    let server = TestServer::start_for_with(Transport::Http, configure).await;
     let web = server.web.expect("a web listener");
     let out = tempfile::tempdir().expect("a temporary directory");
     let started = Instant::now();

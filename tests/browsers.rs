@@ -192,6 +192,31 @@ async fn a_webtransport_session_serves_one_exchange_per_stream() {
     assert_eq!(client.hget("t", "k").await.expect("hget").map(|e| e.value), Some(Value::from("v")));
 }
 
+/// A browser refuses a stream beyond the server's credit at once, so a session is granted from its
+/// start what a QUIC client is once it uses all of `--max-concurrent-requests`: twice the limit, its
+/// CONNECT stream beside them.
+#[tokio::test]
+async fn a_webtransport_session_may_open_twice_the_limit_of_request_streams_at_once() {
+    let browsers = Browsers::start_with(|config| config.limits.max_concurrent_requests = 8).await;
+    let session = browsers.webtransport(Some(&browsers.own_origin()), "/").await.expect("a session");
+    let mut held = Vec::new();
+    for n in 1..=16 {
+        // wtransport's client waits for credit where a browser fails: a stream not granted never opens.
+        let opening = async { session.open_bi().await.expect("a stream").await.expect("the stream opens") };
+        let stream = tokio::time::timeout(Duration::from_secs(10), opening)
+            .await
+            .unwrap_or_else(|_| panic!("request stream {n} of 16 was not granted"));
+        held.push(stream);
+    }
+    // Each is a request stream the server serves: the first 8 now, the others as those end.
+    let (mut send, mut recv) = held.swap_remove(0);
+    send.write_all(&frame(&CommandRequest::ping(bytes::Bytes::new()))).await.expect("request written");
+    send.finish().await.expect("FIN");
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut recv, &mut bytes).await.expect("the answer");
+    assert_eq!(decode_all(&mut BytesMut::from(&bytes[..]))[0].status, status::OK);
+}
+
 #[tokio::test]
 async fn the_webtransport_certificate_is_one_browsers_accept_by_hash() {
     let browsers = Browsers::start().await;

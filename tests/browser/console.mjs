@@ -7,6 +7,7 @@
 //   QKV_WEB_URL=https://localhost:PORT QKV_CA=ca.pem [QKV_OUT_DIR=dir] node console.mjs [webtransport] [websocket]
 //   QKV_WEB_URL=... QKV_CA=... node console.mjs no-figures    (a server started without --admin)
 //   QKV_WEB_URL=... QKV_CA=... node console.mjs readme        (the README's JavaScript example)
+//   QKV_WEB_URL=... QKV_CA=... node console.mjs many-requests (600 requests at once over WebTransport)
 //
 // tests/browser.rs runs it against a real server. It prints "all checks passed" last when every
 // visit passed; on a failure it prints the page's console messages and saves a screenshot to
@@ -29,6 +30,7 @@ const VISITS = {
   websocket: { title: "the console over WebSocket", visit: (page, opened) => visit(page, "websocket", opened) },
   "no-figures": { title: "the console without figures", visit: (page) => visitWithoutFigures(page) },
   readme: { title: "the README's browser example", visit: (page) => runTheReadmeExample(page) },
+  "many-requests": { title: "600 requests at once over WebTransport", visit: (page) => manyRequestsAtOnce(page) },
 };
 const ASKED = process.argv.length > 2 ? process.argv.slice(2) : ["webtransport", "websocket"];
 /** How long any one thing may take to appear: generous for a loaded machine, small beside 20 s. */
@@ -299,6 +301,31 @@ async function runTheReadmeExample(page) {
     return lines;
   }, code);
   check(logged.length === 1 && logged[0] === shown, `the example logged ${JSON.stringify(logged)}, the README shows ${JSON.stringify(shown)}`);
+}
+
+/**
+ * 600 requests at once over WebTransport, as `Promise.all(keys.map(...))` makes them: more than the
+ * streams the server grants a session (its --max-concurrent-requests, 256 by default), which Chromium
+ * refuses at once rather than waiting for. Every one is answered: the client waits for a stream.
+ */
+async function manyRequestsAtOnce(page) {
+  await page.goto(`${WEB_URL}/`);
+  const outcome = await page.evaluate(async () => {
+    const { connect } = await import("/console/qkv-client.js");
+    const client = await connect({ transport: "webtransport", reconnect: false });
+    try {
+      const keys = Array.from({ length: 600 }, (_, i) => `k${i}`);
+      await client.hmset("many", keys.map((key, i) => [key, i]));
+      const results = await Promise.allSettled(keys.map((key) => client.hget("many", key)));
+      const wrong = results.filter((r, i) => r.status !== "fulfilled" || r.value?.value.value !== BigInt(i));
+      const reasons = [...new Set(wrong.map((r) => (r.status === "rejected" ? r.reason.message : `got ${String(r.value?.value.value)}`)))];
+      return { transport: client.transport, answered: results.length - wrong.length, reasons };
+    } finally {
+      client.close();
+    }
+  });
+  check(outcome.transport === "webtransport", `over WebTransport: ${JSON.stringify(outcome)}`);
+  check(outcome.answered === 600, `all 600 answered: ${JSON.stringify(outcome)}`);
 }
 
 /**

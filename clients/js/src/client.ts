@@ -11,7 +11,7 @@ import { NO_ANSWER, QkvError } from "./errors.js";
 import { DEFAULT_MAX_FRAME_SIZE } from "./frame.js";
 import { fromPb, type Entry, type Value, type ValueLike } from "./value.js";
 import { errorText, openWebSocket, type WebSocketConstructor } from "./websocket.js";
-import { hexBytes, openWebTransport, type WebTransportCert } from "./webtransport.js";
+import { DEFAULT_MAX_STREAMS, hexBytes, openWebTransport, type WebTransportCert } from "./webtransport.js";
 
 export interface ConnectOptions {
   /** The web listener's origin, e.g. "https://localhost:9528"; default `globalThis.location.origin`. */
@@ -40,6 +40,14 @@ export interface ConnectOptions {
    * sent (a 413), a larger answer breaks the connection. Default 16 MiB.
    */
   maxFrameSize?: number;
+  /**
+   * WebTransport: the streams open at once, one per request in flight (a subscription holds one for
+   * its life); more requests wait for one to end. Default 256, the server's default
+   * `--max-concurrent-requests`. A browser refuses a stream beyond what the server grants rather than
+   * waiting, so the client also keeps to fewer when it meets such a refusal: requests then wait for
+   * a stream to end, and are not failed.
+   */
+  maxStreams?: number;
   /**
    * Events each subscription holds that its reader has not taken yet. Beyond it, messages are
    * dropped and counted, and the reader gets a "missed" event with their number where they were
@@ -149,6 +157,7 @@ interface Settings {
   connectTimeoutMs: number;
   keepAliveMs: number;
   maxFrameSize: number;
+  maxStreams: number;
   subscriptionQueue: number;
 }
 
@@ -203,6 +212,7 @@ function settingsOf(options: ConnectOptions): Settings {
     connectTimeoutMs: number("connectTimeoutMs", 10_000),
     keepAliveMs: number("keepAliveMs", 10_000),
     maxFrameSize: number("maxFrameSize", DEFAULT_MAX_FRAME_SIZE),
+    maxStreams: Math.max(1, number("maxStreams", DEFAULT_MAX_STREAMS)),
     subscriptionQueue: Math.max(1, number("subscriptionQueue", DEFAULT_SUBSCRIPTION_QUEUE)),
   };
 }
@@ -234,7 +244,12 @@ async function openWebTransportOf(settings: Settings, timeoutMs: number): Promis
     url ??= `https://${cert.host ?? new URL(settings.base).hostname}:${cert.port}${cert.path ?? "/"}`;
     hashes ??= cert.self_issued ? [hexBytes(cert.sha256)] : [];
   }
-  return openWebTransport(url, { serverCertificateHashes: hashes, timeoutMs, maxFrameSize: settings.maxFrameSize });
+  return openWebTransport(url, {
+    serverCertificateHashes: hashes,
+    timeoutMs,
+    maxFrameSize: settings.maxFrameSize,
+    maxStreams: settings.maxStreams,
+  });
 }
 
 /** `GET /webtransport-cert` of the web listener at `base`: its certificate's hash and the QUIC port. */

@@ -13,6 +13,12 @@ import { errorText } from "./websocket.js";
 /** The application code of a stream the client abandons (docs/PROTOCOL.md, section 8). */
 export const ABANDONED = 0x12;
 
+/** Streams a session has open at once by default (ConnectOptions.maxStreams): the server's default `--max-concurrent-requests`. */
+export const DEFAULT_MAX_STREAMS = 256;
+
+/** How long a request waits before trying again to open a stream the browser refused while none of the session's was open. */
+const REFUSED_RETRY_MS = { first: 5, max: 250 };
+
 /** What `GET /webtransport-cert` on the web listener answers. */
 export interface WebTransportCert {
   /** Lowercase hex of the SHA-256 of the DER certificate WebTransport sessions are presented. */
@@ -57,7 +63,7 @@ type WebTransportConstructor = new (
 /** Opens a session to `url`; a TransportFailure if it does not open within `timeoutMs`. */
 export async function openWebTransport(
   url: string,
-  options: { serverCertificateHashes?: Uint8Array[]; timeoutMs: number; maxFrameSize?: number },
+  options: { serverCertificateHashes?: Uint8Array[]; timeoutMs: number; maxFrameSize?: number; maxStreams?: number },
 ): Promise<WebTransportConnection> {
   const WebTransport = (globalThis as { WebTransport?: WebTransportConstructor }).WebTransport;
   if (WebTransport === undefined) throw new TransportFailure("this environment has no WebTransport", "no");
@@ -92,20 +98,113 @@ export async function openWebTransport(
   } finally {
     clearTimeout(timer);
   }
-  return new WebTransportConnection(session, options.maxFrameSize);
+  return new WebTransportConnection(session, options.maxFrameSize, options.maxStreams);
+}
+
+/**
+ * The streams a session may have open at once, and the requests waiting for one, first come first
+ * served. A browser refuses a stream beyond the server's stream credit at once rather than waiting
+ * for more (Chromium: "Failed to create bidirectional stream"), and the page cannot ask what the
+ * credit is: so at most `max` streams are open, and a refusal while the session is up lowers the limit
+ * to the streams open then, and the refused request waits, first in line, for one of them to end. The
+ * limit grows again by one for every `limit` streams that end (the server may have raised its credit,
+ * and credit comes back only once the server has seen a stream's end), up to `max`: refusals stay a
+ * small share of the streams opened.
+ */
+export class StreamSlots {
+  private inUse = 0;
+  private limit: number;
+  private ended = 0;
+  private waiting: Array<(granted: boolean) => void> = [];
+  private gone = false;
+
+  constructor(readonly max: number) {
+    this.limit = max;
+  }
+
+  /** Streams open (or being opened) now. */
+  get open(): number {
+    return this.inUse;
+  }
+
+  /** How many streams may be open now: `max`, or fewer after refusals. */
+  get current(): number {
+    return this.limit;
+  }
+
+  /**
+   * A place for a stream (`first`: ahead of those waiting): `granted` resolves to true once the
+   * stream may be opened, to false once the session is gone or the place is withdrawn.
+   */
+  take(first = false): { granted: Promise<boolean>; withdraw: () => void } {
+    if (this.gone) return { granted: Promise.resolve(false), withdraw: () => {} };
+    if (this.inUse < this.limit && (first || this.waiting.length === 0)) {
+      this.inUse += 1;
+      return { granted: Promise.resolve(true), withdraw: () => {} };
+    }
+    let wake!: (granted: boolean) => void;
+    const granted = new Promise<boolean>((resolve) => (wake = resolve));
+    if (first) this.waiting.unshift(wake);
+    else this.waiting.push(wake);
+    const withdraw = () => {
+      const i = this.waiting.indexOf(wake);
+      if (i < 0) return;
+      this.waiting.splice(i, 1);
+      wake(false);
+    };
+    return { granted, withdraw };
+  }
+
+  /** A stream that was granted a place has ended (or never opened): its place goes to the first waiting. */
+  give(): void {
+    this.inUse = Math.max(0, this.inUse - 1);
+    this.ended += 1;
+    if (this.ended >= this.limit) {
+      this.ended = 0;
+      this.limit = Math.min(this.max, this.limit + 1);
+    }
+    this.wake();
+  }
+
+  /**
+   * The browser refused a stream while the session was up: its place is given back, and the limit
+   * becomes the streams still open (at least one). The caller then takes a place again, first.
+   */
+  refused(): void {
+    this.inUse = Math.max(0, this.inUse - 1);
+    this.limit = Math.max(1, this.inUse);
+    this.ended = 0;
+  }
+
+  /** The session is gone: every waiting request is told so. */
+  end(): void {
+    this.gone = true;
+    for (const wake of this.waiting.splice(0)) wake(false);
+  }
+
+  private wake(): void {
+    while (this.inUse < this.limit && this.waiting.length > 0) {
+      this.inUse += 1;
+      (this.waiting.shift() as (granted: boolean) => void)(true);
+    }
+  }
 }
 
 export class WebTransportConnection implements Connection {
   readonly transport = "webtransport";
   private isOpen = true;
   private gone = deferred<void>();
+  readonly slots: StreamSlots;
 
   constructor(
     private session: WebTransportSession,
     private maxFrameSize?: number,
+    maxStreams = DEFAULT_MAX_STREAMS,
   ) {
+    this.slots = new StreamSlots(Math.max(1, maxStreams));
     const end = () => {
       this.isOpen = false;
+      this.slots.end();
       this.gone.resolve();
     };
     session.closed.then(end, end);
@@ -123,7 +222,7 @@ export class WebTransportConnection implements Connection {
     const payload = toBinary(CommandRequestSchema, request);
     const max = this.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE;
     if (payload.length > max) return tooLarge(payload.length, max);
-    return new StreamAnswer(this.session, encodeFrame(payload), max);
+    return new StreamAnswer(this, this.session, encodeFrame(payload), max);
   }
 
   close(): void {
@@ -137,7 +236,11 @@ export class WebTransportConnection implements Connection {
   }
 }
 
-/** One request's stream: the frame written and the stream finished at once, the answer read as asked for. */
+/**
+ * One request's stream: opened once the session has a place for it (StreamSlots), the frame written
+ * and the stream finished at once, the answer read as asked for. Its place is given back once the
+ * stream is done with: its end read, or stopped, or failed.
+ */
 class StreamAnswer implements Answer {
   sent = false;
   private reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
@@ -146,20 +249,52 @@ class StreamAnswer implements Answer {
   private finished = false;
   private cancelled = false;
   private started: Promise<void>;
+  /** Whether this request holds one of the session's places (until `release`). */
+  private holding = false;
+  private withdraw: () => void = () => {};
 
-  constructor(session: WebTransportSession, frame: Uint8Array, maxFrameSize?: number) {
+  constructor(
+    private connection: WebTransportConnection,
+    session: WebTransportSession,
+    frame: Uint8Array,
+    maxFrameSize?: number,
+  ) {
     this.decoder = new FrameDecoder(maxFrameSize);
     this.started = this.start(session, frame);
     this.started.catch(() => {});
   }
 
   private async start(session: WebTransportSession, frame: Uint8Array): Promise<void> {
-    let stream: Awaited<ReturnType<WebTransportSession["createBidirectionalStream"]>>;
-    try {
-      stream = await session.createBidirectionalStream();
-    } catch (e) {
-      throw new TransportFailure(`could not open a stream: ${errorText(e)}`, "no", { cause: e });
+    const slots = this.connection.slots;
+    let stream: Awaited<ReturnType<WebTransportSession["createBidirectionalStream"]>> | undefined;
+    let retryMs = REFUSED_RETRY_MS.first;
+    for (let refusals = 0; stream === undefined; ) {
+      const place = slots.take(refusals > 0);
+      this.withdraw = place.withdraw;
+      const granted = await place.granted;
+      if (this.cancelled) {
+        if (granted) slots.give();
+        return;
+      }
+      if (!granted) throw new TransportFailure("the WebTransport session ended before the request was sent", "no");
+      try {
+        stream = await session.createBidirectionalStream();
+      } catch (e) {
+        if (!this.connection.open) {
+          slots.give();
+          throw new TransportFailure(`could not open a stream: ${errorText(e)}`, "no", { cause: e });
+        }
+        // The session is up: the server's stream credit is spent. Wait for a stream of the session to
+        // end, or, with none open, a moment (credit comes back once the server has seen a stream end).
+        slots.refused();
+        refusals += 1;
+        if (slots.open === 0) {
+          await new Promise((resolve) => setTimeout(resolve, retryMs));
+          retryMs = Math.min(REFUSED_RETRY_MS.max, retryMs * 2);
+        }
+      }
     }
+    this.holding = true;
     this.reader = stream.readable.getReader();
     if (this.cancelled) {
       this.stop();
@@ -172,6 +307,13 @@ class StreamAnswer implements Answer {
     // says why, so a failed write is not the outcome; reading is.
     writer.write(frame).catch(() => {});
     writer.close().catch(() => {});
+  }
+
+  /** The stream is done with: its place goes to the next request. */
+  private release(): void {
+    if (!this.holding) return;
+    this.holding = false;
+    this.connection.slots.give();
   }
 
   async next(): Promise<CommandResponse | undefined> {
@@ -198,10 +340,12 @@ class StreamAnswer implements Answer {
       try {
         chunk = await reader.read();
       } catch (e) {
+        this.release();
         throw new TransportFailure(`the request's stream failed: ${errorText(e)}`, "maybe", { cause: e });
       }
       if (this.cancelled) return undefined;
       if (chunk.done) {
+        this.release();
         const where = this.decoder.pending > 0 ? "inside a frame" : "before the answer's last frame";
         throw new TransportFailure(`the request's stream ended ${where}`, "maybe");
       }
@@ -226,6 +370,8 @@ class StreamAnswer implements Answer {
       }
     } catch {
       // Reset after its last frame: nothing of the answer is lost.
+    } finally {
+      this.release();
     }
   }
 
@@ -241,12 +387,14 @@ class StreamAnswer implements Answer {
   cancel(): void {
     if (this.cancelled) return;
     this.cancelled = true;
+    this.withdraw();
     if (!this.finished) this.stop();
   }
 
   /** Stops reading the stream: STOP_SENDING with code 0x12, which ends the request on the server. */
   private stop(): void {
     this.reader?.cancel(abandoned()).catch(() => {});
+    this.release();
   }
 }
 

@@ -23,12 +23,30 @@ interface Exchange {
 class FakeSession {
   static exchanges: Exchange[] = [];
   static answer: (request: CommandRequest) => CommandResponse[] = () => [];
+  /**
+   * The server's stream credit: a stream beyond it is refused at once, as Chromium does. A stream's
+   * credit comes back a moment after the client has read its end (once the server has seen it).
+   */
+  static credit = Infinity;
+  /** Streams whose credit the server has not given back. */
+  static held = 0;
+  /** Streams whose end the client has not read, and the most there were at once. */
+  static open = 0;
+  static mostOpen = 0;
+  static refused = 0;
   readonly ready = Promise.resolve();
   readonly closed = new Promise<void>(() => {});
 
   constructor(readonly url: string) {}
 
   async createBidirectionalStream() {
+    if (FakeSession.held >= FakeSession.credit) {
+      FakeSession.refused += 1;
+      throw new Error("Failed to create bidirectional stream.");
+    }
+    FakeSession.held += 1;
+    FakeSession.open += 1;
+    FakeSession.mostOpen = Math.max(FakeSession.mostOpen, FakeSession.open);
     let readToEnd!: () => void;
     const exchange: Exchange = { finished: false, readToEnd: new Promise((resolve) => (readToEnd = resolve)) };
     FakeSession.exchanges.push(exchange);
@@ -41,7 +59,9 @@ class FakeSession {
         exchange.finished = true;
         const [payload] = new FrameDecoder().push(concat(pieces));
         exchange.request = fromBinary(CommandRequestSchema, payload);
-        answered(FakeSession.answer(exchange.request).map((r) => encodeFrame(toBinary(CommandResponseSchema, r))));
+        const frames = FakeSession.answer(exchange.request).map((r) => encodeFrame(toBinary(CommandResponseSchema, r)));
+        // After a turn of the event loop, as from a network.
+        setImmediate(() => answered(frames));
       },
     });
     const readable = new ReadableStream<Uint8Array>(
@@ -50,6 +70,8 @@ class FakeSession {
           const chunk = (await answer).shift();
           if (chunk !== undefined) return controller.enqueue(chunk);
           readToEnd();
+          FakeSession.open -= 1;
+          setImmediate(() => (FakeSession.held -= 1));
           controller.close();
         },
       },
@@ -65,9 +87,10 @@ const clients: Client[] = [];
 afterEach(() => {
   for (const client of clients.splice(0)) client.close();
   FakeSession.exchanges = [];
+  Object.assign(FakeSession, { credit: Infinity, held: 0, open: 0, mostOpen: 0, refused: 0 });
 });
 
-async function client(): Promise<Client> {
+async function client(options: { maxStreams?: number } = {}): Promise<Client> {
   (globalThis as { WebTransport?: unknown }).WebTransport = FakeSession;
   try {
     const c = await connect({
@@ -77,6 +100,7 @@ async function client(): Promise<Client> {
       serverCertificateHashes: [],
       keepAliveMs: 0,
       maxFrameSize: 4096,
+      ...options,
     });
     clients.push(c);
     return c;
@@ -107,4 +131,28 @@ test("a request over maxFrameSize opens no stream and is a 413 from the client",
   const c = await client();
   await assert.rejects(c.hset("t", "k", new Uint8Array(4096)), (e: QkvError) => e.status === 413 && e.executed === "no");
   assert.equal(FakeSession.exchanges.length, 0);
+});
+
+test("requests beyond maxStreams wait for a stream to end", async () => {
+  FakeSession.answer = (request) => [ok({ values: [toPb(request.requestData.case ?? "")] })];
+  const c = await client({ maxStreams: 4 });
+  const answers = await Promise.all(Array.from({ length: 100 }, () => c.ping()));
+  assert.equal(answers.length, 100);
+  assert.equal(FakeSession.exchanges.length, 100, "one stream each");
+  assert.ok(FakeSession.mostOpen <= 4, `at most maxStreams open: ${FakeSession.mostOpen}`);
+  assert.equal(FakeSession.refused, 0);
+});
+
+// Chromium refuses a stream beyond the server's credit at once ("Failed to create bidirectional
+// stream."): the requests beyond it wait for a stream to end rather than fail.
+test("requests beyond the streams the server grants wait, and all are answered", async () => {
+  FakeSession.answer = () => [ok({ values: [toPb("v")], versions: [1n] })];
+  FakeSession.credit = 10;
+  const c = await client();
+  const results = await Promise.allSettled(Array.from({ length: 600 }, (_, i) => c.hget("t", `k${i}`)));
+  const failed = results.filter((r) => r.status === "rejected");
+  assert.equal(failed.length, 0, `all answered: ${failed.length} failed, first: ${(failed[0] as PromiseRejectedResult | undefined)?.reason}`);
+  assert.equal(FakeSession.exchanges.length, 600, "a refused stream is not sent twice");
+  // The first 256 tried at once, most refused; after that the client keeps to what it met.
+  assert.ok(FakeSession.refused < 600, `not a refusal per request: ${FakeSession.refused}`);
 });

@@ -236,6 +236,16 @@ impl Session {
         }
     }
 
+    /// The bidirectional streams the session itself holds, beside its requests': HTTP/3's CONNECT
+    /// stream for WebTransport (its control and QPACK streams are unidirectional,
+    /// `super::HTTP3_UNI_STREAMS`), none for qkv's own protocol.
+    fn streams_of_its_own(&self) -> u32 {
+        match self {
+            Session::Qkv(_) => 0,
+            Session::WebTransport(_) => 1,
+        }
+    }
+
     fn transport(&self) -> &'static str {
         match self {
             Session::Qkv(_) => "quic",
@@ -297,7 +307,21 @@ pub(super) async fn serve_connection<H: Handler>(
     // a stream left unread would hold its bytes in the connection's flow-control window, which all
     // streams share, until the requests being served could not receive the rest of theirs.
     let in_progress = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests as usize));
-    let mut credit_raised = false;
+    // A WebTransport session's CONNECT stream is a bidirectional stream of the connection's credit,
+    // open for the session's life, so a page short of one would never have all of its permits in
+    // use, which is what raises the credit. And a browser cannot wait for credit: it refuses a
+    // stream beyond it at once (Chromium), so a page needs the headroom that covers answers not yet
+    // acknowledged from its first request on. So a session starts with the raised credit, its CONNECT
+    // stream beside it. (One stream more alone would not even be announced: quinn sends MAX_STREAMS
+    // only for a rise of an eighth of the limit.)
+    let session_streams = session.streams_of_its_own();
+    let raised_credit = |limits: &Limits| {
+        limits.max_concurrent_requests.saturating_mul(super::STREAM_CREDIT).saturating_add(session_streams)
+    };
+    let mut credit_raised = session_streams > 0;
+    if credit_raised {
+        connection.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(raised_credit(&limits)));
+    }
     let handshake_done = timeouts::deadline(limits.request_timeout, handshake.completed());
     tokio::pin!(handshake_done);
     let mut handshaking = true;
@@ -352,8 +376,7 @@ pub(super) async fn serve_connection<H: Handler>(
             // The client uses every stream it may: more credit, so that those waiting for its
             // acknowledgement do not hold back its next requests (`super::STREAM_CREDIT`).
             credit_raised = true;
-            let credit = limits.max_concurrent_requests.saturating_mul(super::STREAM_CREDIT);
-            connection.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(credit));
+            connection.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(raised_credit(&limits)));
         }
         let (_, recv) = stream.quic();
         let stream_id = recv.id();

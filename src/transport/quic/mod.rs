@@ -164,7 +164,9 @@ pub const HTTP3_UNI_STREAMS: u32 = 3;
 /// (left unread, they held their bytes in the flow-control window all streams share, and starved the
 /// requests running). A connection starts with credit equal to the limit, raised only once it
 /// uses it all: quinn allocates the state of every stream it grants when it grants it, which a
-/// connection of a few requests (a reconnect storm's) would pay for nothing.
+/// connection of a few requests (a reconnect storm's) would pay for nothing. A WebTransport session
+/// starts with it raised, since a browser refuses a stream beyond the credit rather than waiting
+/// (`listener::serve_connection`).
 #[cfg(feature = "server")]
 pub(crate) const STREAM_CREDIT: u32 = 2;
 

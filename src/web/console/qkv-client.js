@@ -3144,7 +3144,7 @@ function errorText(e) {
 }
 
 // src/webtransport.ts
-var ABANDONED = 18;
+var ABANDONED = 18, DEFAULT_MAX_STREAMS = 256, REFUSED_RETRY_MS = { first: 5, max: 250 };
 function hexBytes(hex) {
   if (!/^([0-9a-fA-F]{2})*$/.test(hex)) throw new SyntaxError(`not hex: ${JSON.stringify(hex)}`);
   let bytes = new Uint8Array(hex.length / 2);
@@ -3182,14 +3182,70 @@ async function openWebTransport(url, options) {
   } finally {
     clearTimeout(timer);
   }
-  return new WebTransportConnection(session, options.maxFrameSize);
+  return new WebTransportConnection(session, options.maxFrameSize, options.maxStreams);
 }
-var WebTransportConnection = class {
-  constructor(session, maxFrameSize) {
+var StreamSlots = class {
+  constructor(max) {
+    this.max = max;
+    this.limit = max;
+  }
+  max;
+  inUse = 0;
+  limit;
+  ended = 0;
+  waiting = [];
+  gone = !1;
+  /** Streams open (or being opened) now. */
+  get open() {
+    return this.inUse;
+  }
+  /** How many streams may be open now: `max`, or fewer after refusals. */
+  get current() {
+    return this.limit;
+  }
+  /**
+   * A place for a stream (`first`: ahead of those waiting): `granted` resolves to true once the
+   * stream may be opened, to false once the session is gone or the place is withdrawn.
+   */
+  take(first = !1) {
+    if (this.gone) return { granted: Promise.resolve(!1), withdraw: () => {
+    } };
+    if (this.inUse < this.limit && (first || this.waiting.length === 0))
+      return this.inUse += 1, { granted: Promise.resolve(!0), withdraw: () => {
+      } };
+    let wake, granted = new Promise((resolve) => wake = resolve);
+    return first ? this.waiting.unshift(wake) : this.waiting.push(wake), { granted, withdraw: () => {
+      let i = this.waiting.indexOf(wake);
+      i < 0 || (this.waiting.splice(i, 1), wake(!1));
+    } };
+  }
+  /** A stream that was granted a place has ended (or never opened): its place goes to the first waiting. */
+  give() {
+    this.inUse = Math.max(0, this.inUse - 1), this.ended += 1, this.ended >= this.limit && (this.ended = 0, this.limit = Math.min(this.max, this.limit + 1)), this.wake();
+  }
+  /**
+   * The browser refused a stream while the session was up: its place is given back, and the limit
+   * becomes the streams still open (at least one). The caller then takes a place again, first.
+   */
+  refused() {
+    this.inUse = Math.max(0, this.inUse - 1), this.limit = Math.max(1, this.inUse), this.ended = 0;
+  }
+  /** The session is gone: every waiting request is told so. */
+  end() {
+    this.gone = !0;
+    for (let wake of this.waiting.splice(0)) wake(!1);
+  }
+  wake() {
+    for (; this.inUse < this.limit && this.waiting.length > 0; )
+      this.inUse += 1, this.waiting.shift()(!0);
+  }
+}, WebTransportConnection = class {
+  constructor(session, maxFrameSize, maxStreams = DEFAULT_MAX_STREAMS) {
     this.session = session;
     this.maxFrameSize = maxFrameSize;
+    this.slots = new StreamSlots(Math.max(1, maxStreams));
     let end = () => {
-      this.isOpen = !1, this.gone.resolve();
+      this.isOpen = !1, this.slots.end(), this.gone.resolve();
     };
     session.closed.then(end, end);
   }
@@ -3198,6 +3254,7 @@ var WebTransportConnection = class {
   transport = "webtransport";
   isOpen = !0;
   gone = deferred();
+  slots;
   get open() {
     return this.isOpen;
   }
@@ -3206,7 +3263,7 @@ var WebTransportConnection = class {
   }
   send(request2) {
     let payload = toBinary(CommandRequestSchema, request2), max = this.maxFrameSize ?? 16777216;
-    return payload.length > max ? tooLarge(payload.length, max) : new StreamAnswer(this.session, encodeFrame(payload), max);
+    return payload.length > max ? tooLarge(payload.length, max) : new StreamAnswer(this, this.session, encodeFrame(payload), max);
   }
   close() {
     if (this.isOpen) {
@@ -3218,6 +3275,12 @@ var WebTransportConnection = class {
     }
   }
 }, StreamAnswer = class {
+  constructor(connection, session, frame, maxFrameSize) {
+    this.connection = connection;
+    this.decoder = new FrameDecoder(maxFrameSize), this.started = this.start(session, frame), this.started.catch(() => {
+    });
+  }
+  connection;
   sent = !1;
   reader;
   decoder;
@@ -3225,18 +3288,30 @@ var WebTransportConnection = class {
   finished = !1;
   cancelled = !1;
   started;
-  constructor(session, frame, maxFrameSize) {
-    this.decoder = new FrameDecoder(maxFrameSize), this.started = this.start(session, frame), this.started.catch(() => {
-    });
-  }
+  /** Whether this request holds one of the session's places (until `release`). */
+  holding = !1;
+  withdraw = () => {
+  };
   async start(session, frame) {
-    let stream;
-    try {
-      stream = await session.createBidirectionalStream();
-    } catch (e) {
-      throw new TransportFailure(`could not open a stream: ${errorText(e)}`, "no", { cause: e });
+    let slots = this.connection.slots, stream, retryMs = REFUSED_RETRY_MS.first;
+    for (let refusals = 0; stream === void 0; ) {
+      let place = slots.take(refusals > 0);
+      this.withdraw = place.withdraw;
+      let granted = await place.granted;
+      if (this.cancelled) {
+        granted && slots.give();
+        return;
+      }
+      if (!granted) throw new TransportFailure("the WebTransport session ended before the request was sent", "no");
+      try {
+        stream = await session.createBidirectionalStream();
+      } catch (e) {
+        if (!this.connection.open)
+          throw slots.give(), new TransportFailure(`could not open a stream: ${errorText(e)}`, "no", { cause: e });
+        slots.refused(), refusals += 1, slots.open === 0 && (await new Promise((resolve) => setTimeout(resolve, retryMs)), retryMs = Math.min(REFUSED_RETRY_MS.max, retryMs * 2));
+      }
     }
-    if (this.reader = stream.readable.getReader(), this.cancelled) {
+    if (this.holding = !0, this.reader = stream.readable.getReader(), this.cancelled) {
       this.stop(), stream.writable.abort(abandoned()).catch(() => {
       });
       return;
@@ -3245,6 +3320,10 @@ var WebTransportConnection = class {
     this.sent = !0, writer.write(frame).catch(() => {
     }), writer.close().catch(() => {
     });
+  }
+  /** The stream is done with: its place goes to the next request. */
+  release() {
+    this.holding && (this.holding = !1, this.connection.slots.give());
   }
   async next() {
     for (await this.started; ; ) {
@@ -3264,10 +3343,11 @@ var WebTransportConnection = class {
       try {
         chunk = await reader.read();
       } catch (e) {
-        throw new TransportFailure(`the request's stream failed: ${errorText(e)}`, "maybe", { cause: e });
+        throw this.release(), new TransportFailure(`the request's stream failed: ${errorText(e)}`, "maybe", { cause: e });
       }
       if (this.cancelled) return;
       if (chunk.done) {
+        this.release();
         let where = this.decoder.pending > 0 ? "inside a frame" : "before the answer's last frame";
         throw new TransportFailure(`the request's stream ended ${where}`, "maybe");
       }
@@ -3289,6 +3369,8 @@ var WebTransportConnection = class {
           if (chunk.value.length > 0) return this.stop();
         }
       } catch {
+      } finally {
+        this.release();
       }
   }
   decode(payload) {
@@ -3299,12 +3381,12 @@ var WebTransportConnection = class {
     }
   }
   cancel() {
-    this.cancelled || (this.cancelled = !0, this.finished || this.stop());
+    this.cancelled || (this.cancelled = !0, this.withdraw(), this.finished || this.stop());
   }
   /** Stops reading the stream: STOP_SENDING with code 0x12, which ends the request on the server. */
   stop() {
     this.reader?.cancel(abandoned()).catch(() => {
-    });
+    }), this.release();
   }
 };
 function abandoned() {
@@ -3361,6 +3443,7 @@ function settingsOf(options) {
     connectTimeoutMs: number("connectTimeoutMs", 1e4),
     keepAliveMs: number("keepAliveMs", 1e4),
     maxFrameSize: number("maxFrameSize", 16777216),
+    maxStreams: Math.max(1, number("maxStreams", DEFAULT_MAX_STREAMS)),
     subscriptionQueue: Math.max(1, number("subscriptionQueue", DEFAULT_SUBSCRIPTION_QUEUE))
   };
 }
@@ -3382,7 +3465,12 @@ async function openWebTransportOf(settings, timeoutMs) {
     let cert = await webTransportCert(settings.base, timeoutMs);
     url ??= `https://${cert.host ?? new URL(settings.base).hostname}:${cert.port}${cert.path ?? "/"}`, hashes ??= cert.self_issued ? [hexBytes(cert.sha256)] : [];
   }
-  return openWebTransport(url, { serverCertificateHashes: hashes, timeoutMs, maxFrameSize: settings.maxFrameSize });
+  return openWebTransport(url, {
+    serverCertificateHashes: hashes,
+    timeoutMs,
+    maxFrameSize: settings.maxFrameSize,
+    maxStreams: settings.maxStreams
+  });
 }
 async function webTransportCert(base, timeoutMs = 1e4) {
   let url = new URL("webtransport-cert", base.endsWith("/") ? base : `${base}/`), signal = typeof AbortSignal.timeout == "function" ? AbortSignal.timeout(timeoutMs) : void 0, response;
