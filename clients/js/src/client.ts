@@ -92,6 +92,7 @@ export interface HgetallOptions {
 }
 
 export interface Client {
+  /** The transport in use: in "auto" it is chosen again at each reconnection. */
   readonly transport: "webtransport" | "websocket";
   /** Pings the server; `identity` is the client's certificate subject when the server requires one. */
   ping(payload?: Uint8Array): Promise<{ identity?: string; payload: Uint8Array }>;
@@ -168,29 +169,46 @@ export async function connect(options: ConnectOptions = {}): Promise<Client> {
   if (!["auto", "webtransport", "websocket"].includes(choice)) {
     throw new TypeError(`transport is "auto", "webtransport" or "websocket", not ${JSON.stringify(choice)}`);
   }
-  const failures: string[] = [];
-  const hasWebTransport = typeof (globalThis as { WebTransport?: unknown }).WebTransport === "function";
-  if (choice === "webtransport" || (choice === "auto" && hasWebTransport)) {
-    const timeoutMs = choice === "auto" ? Math.min(settings.connectTimeoutMs, WEBTRANSPORT_AUTO_TIMEOUT_MS) : settings.connectTimeoutMs;
-    const open = () => openWebTransportOf(settings, timeoutMs);
-    try {
-      return new QkvClient(settings, "webtransport", open, await open());
-    } catch (e) {
-      failures.push(`WebTransport: ${errorText(e)}`);
-      if (choice === "webtransport") throw notConnected(failures, e);
-    }
-  }
-  const open = () => openWebSocketOf(settings);
+  // The same choice at every reconnection: in "auto", WebTransport first again, so that a client that
+  // connected over it still falls back to WebSocket once UDP is blocked.
+  const open =
+    choice === "auto"
+      ? () => openAuto(settings)
+      : choice === "webtransport"
+        ? () => named("WebTransport", openWebTransportOf(settings, settings.connectTimeoutMs))
+        : () => named("WebSocket", openWebSocketOf(settings));
+  let first: Connection;
   try {
-    return new QkvClient(settings, "websocket", open, await open());
+    first = await open();
   } catch (e) {
-    failures.push(`WebSocket: ${errorText(e)}`);
-    throw notConnected(failures, e);
+    throw new QkvError(`could not connect to qkv: ${errorText(e)}`, { status: NO_ANSWER, executed: "no", cause: e });
   }
+  return new QkvClient(settings, open, first);
 }
 
-function notConnected(failures: string[], cause: unknown): QkvError {
-  return new QkvError(`could not connect to qkv: ${failures.join("; ")}`, { status: NO_ANSWER, executed: "no", cause });
+/**
+ * "auto": WebTransport when the environment has it and the session opens within
+ * min(connectTimeoutMs, 5 s), else WebSocket; a failure says why each failed.
+ */
+async function openAuto(settings: Settings): Promise<Connection> {
+  let tried = "";
+  if (typeof (globalThis as { WebTransport?: unknown }).WebTransport === "function") {
+    try {
+      return await openWebTransportOf(settings, Math.min(settings.connectTimeoutMs, WEBTRANSPORT_AUTO_TIMEOUT_MS));
+    } catch (e) {
+      tried = `WebTransport: ${errorText(e)}; `;
+    }
+  }
+  return named("WebSocket", openWebSocketOf(settings), tried);
+}
+
+/** `opening`, its failure's message prefixed with the transport's name (and what was tried before). */
+async function named(transport: string, opening: Promise<Connection>, before = ""): Promise<Connection> {
+  try {
+    return await opening;
+  } catch (e) {
+    throw new TransportFailure(`${before}${transport}: ${errorText(e)}`, "no", { cause: e });
+  }
 }
 
 function settingsOf(options: ConnectOptions): Settings {
@@ -313,6 +331,7 @@ function beforeDeadline<T>(work: Promise<T>, deadline: number, onTimeout: () => 
 class QkvClient implements Client {
   onstatechange?: (state: ClientState) => void;
   private currentState: ClientState = "connected";
+  private current: "webtransport" | "websocket";
   private connection: Connection | undefined;
   private waiters = new Set<{ resolve: (c: Connection) => void; reject: (e: unknown) => void }>();
   private closedBy: QkvError | undefined;
@@ -324,11 +343,16 @@ class QkvClient implements Client {
 
   constructor(
     readonly settings: Settings,
-    readonly transport: "webtransport" | "websocket",
     readonly openConnection: () => Promise<Connection>,
     first: Connection,
   ) {
+    this.current = first.transport;
     this.adopt(first);
+  }
+
+  /** The transport of the connection, or of the last one while reconnecting (in "auto" it may change then). */
+  get transport(): "webtransport" | "websocket" {
+    return this.current;
   }
 
   get state(): ClientState {
@@ -347,6 +371,7 @@ class QkvClient implements Client {
 
   private adopt(connection: Connection): void {
     this.connection = connection;
+    this.current = connection.transport;
     this.setState("connected");
     for (const waiter of this.waiters) waiter.resolve(connection);
     this.waiters.clear();
@@ -440,10 +465,17 @@ class QkvClient implements Client {
     });
   }
 
-  /** A connection for a subscription: over WebSocket one of its own, over WebTransport the client's. */
-  subscriptionConnection(): Promise<Connection> {
-    if (this.closedBy !== undefined) return Promise.reject(this.closedBy);
-    return this.transport === "websocket" ? this.openConnection() : this.connectionBefore(Infinity);
+  /**
+   * A connection for a subscription: over WebTransport the client's, over WebSocket one of its own
+   * (a subscription's answer would hold up the requests behind it on the client's byte stream).
+   */
+  async subscriptionConnection(): Promise<Connection> {
+    if (this.closedBy !== undefined) throw this.closedBy;
+    if (this.transport === "webtransport") {
+      const shared = await this.connectionBefore(Infinity);
+      if (shared.transport === "webtransport") return shared;
+    }
+    return named("WebSocket", openWebSocketOf(this.settings));
   }
 
   /** A Ping once no request has been sent for keepAliveMs. */
@@ -716,7 +748,7 @@ class QkvSubscription implements Subscription {
         let failure: unknown;
         try {
           const connection = await this.client.subscriptionConnection();
-          if (this.client.transport === "websocket") this.own = connection;
+          if (connection.transport === "websocket") this.own = connection;
           if (this.closing) break;
           const answer = connection.send(requests.subscribe(this.topic));
           this.answer = answer;

@@ -9,6 +9,7 @@ import { CommandRequestSchema, CommandResponseSchema, type CommandRequest, type 
 import { FrameDecoder, concat, encodeFrame } from "../src/frame.js";
 import { connect, QkvError, type Client } from "../src/index.js";
 import { toPb } from "../src/value.js";
+import { FakeServer } from "./fake-websocket.js";
 
 /** One stream as the server sees it. */
 interface Exchange {
@@ -155,4 +156,45 @@ test("requests beyond the streams the server grants wait, and all are answered",
   assert.equal(FakeSession.exchanges.length, 600, "a refused stream is not sent twice");
   // The first 256 tried at once, most refused; after that the client keeps to what it met.
   assert.ok(FakeSession.refused < 600, `not a refusal per request: ${FakeSession.refused}`);
+});
+
+// A network that starts dropping UDP: WebTransport sessions no longer open. In "auto" the client
+// chooses again at a reconnection, as at connect(), and goes on over WebSocket.
+test('"auto" falls back to WebSocket at a reconnection once WebTransport no longer opens', async () => {
+  const pong = () => [ok({ values: [toPb(new Uint8Array([7]))] })];
+  FakeSession.answer = pong;
+  const server = new FakeServer(pong);
+  let endSession!: () => void;
+  class EndingSession extends FakeSession {
+    override readonly closed = new Promise<void>((resolve) => (endSession = resolve));
+  }
+  const global = globalThis as { WebTransport?: unknown };
+  global.WebTransport = EndingSession;
+  try {
+    const c = await connect({
+      url: "https://qkv.test:9528",
+      webTransportUrl: "https://qkv.test:9527/",
+      serverCertificateHashes: [],
+      WebSocket: server.WebSocket,
+      keepAliveMs: 0,
+      reconnect: { initialDelayMs: 1, maxDelayMs: 5 },
+    });
+    clients.push(c);
+    assert.equal(c.transport, "webtransport");
+    await c.ping();
+    const states: string[] = [];
+    c.onstatechange = (state) => states.push(state);
+    global.WebTransport = class {
+      constructor() {
+        throw new Error("UDP blocked");
+      }
+    };
+    endSession();
+    assert.deepEqual([...(await c.ping()).payload], [7], "answered after the reconnection");
+    assert.equal(c.transport, "websocket");
+    assert.deepEqual(states, ["reconnecting", "connected"]);
+    assert.equal(server.requests.length, 1, "the ping went over the WebSocket");
+  } finally {
+    delete global.WebTransport;
+  }
 });

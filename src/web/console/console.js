@@ -44,7 +44,10 @@ async function connect(transport) {
     }
     client = connected;
     client.onstatechange = (state) => {
-      if (mine === attempt) showState(state);
+      if (mine !== attempt) return;
+      // In "auto" a reconnection may change the transport (WebSocket once UDP is blocked).
+      showTransport(connected.transport);
+      showState(state);
     };
     showTransport(client.transport);
     showState(client.state);

@@ -3405,24 +3405,30 @@ async function connect(options = {}) {
   let settings = settingsOf(options), choice = options.transport ?? "auto";
   if (!["auto", "webtransport", "websocket"].includes(choice))
     throw new TypeError(`transport is "auto", "webtransport" or "websocket", not ${JSON.stringify(choice)}`);
-  let failures = [], hasWebTransport = typeof globalThis.WebTransport == "function";
-  if (choice === "webtransport" || choice === "auto" && hasWebTransport) {
-    let timeoutMs = choice === "auto" ? Math.min(settings.connectTimeoutMs, WEBTRANSPORT_AUTO_TIMEOUT_MS) : settings.connectTimeoutMs, open2 = () => openWebTransportOf(settings, timeoutMs);
-    try {
-      return new QkvClient(settings, "webtransport", open2, await open2());
-    } catch (e) {
-      if (failures.push(`WebTransport: ${errorText(e)}`), choice === "webtransport") throw notConnected(failures, e);
-    }
-  }
-  let open = () => openWebSocketOf(settings);
+  let open = choice === "auto" ? () => openAuto(settings) : choice === "webtransport" ? () => named("WebTransport", openWebTransportOf(settings, settings.connectTimeoutMs)) : () => named("WebSocket", openWebSocketOf(settings)), first;
   try {
-    return new QkvClient(settings, "websocket", open, await open());
+    first = await open();
   } catch (e) {
-    throw failures.push(`WebSocket: ${errorText(e)}`), notConnected(failures, e);
+    throw new QkvError(`could not connect to qkv: ${errorText(e)}`, { status: 0, executed: "no", cause: e });
   }
+  return new QkvClient(settings, open, first);
 }
-function notConnected(failures, cause) {
-  return new QkvError(`could not connect to qkv: ${failures.join("; ")}`, { status: 0, executed: "no", cause });
+async function openAuto(settings) {
+  let tried = "";
+  if (typeof globalThis.WebTransport == "function")
+    try {
+      return await openWebTransportOf(settings, Math.min(settings.connectTimeoutMs, WEBTRANSPORT_AUTO_TIMEOUT_MS));
+    } catch (e) {
+      tried = `WebTransport: ${errorText(e)}; `;
+    }
+  return named("WebSocket", openWebSocketOf(settings), tried);
+}
+async function named(transport, opening, before = "") {
+  try {
+    return await opening;
+  } catch (e) {
+    throw new TransportFailure(`${before}${transport}: ${errorText(e)}`, "no", { cause: e });
+  }
 }
 function settingsOf(options) {
   let base = options.url ?? globalThis.location?.origin;
@@ -3514,17 +3520,16 @@ function beforeDeadline(work, deadline, onTimeout) {
   }));
 }
 var QkvClient = class {
-  constructor(settings, transport, openConnection, first) {
+  constructor(settings, openConnection, first) {
     this.settings = settings;
-    this.transport = transport;
     this.openConnection = openConnection;
-    this.adopt(first);
+    this.current = first.transport, this.adopt(first);
   }
   settings;
-  transport;
   openConnection;
   onstatechange;
   currentState = "connected";
+  current;
   connection;
   waiters = /* @__PURE__ */ new Set();
   closedBy;
@@ -3533,6 +3538,10 @@ var QkvClient = class {
   /** When the last request was sent (Date.now()). */
   lastSent = Date.now();
   sleep = new Sleep();
+  /** The transport of the connection, or of the last one while reconnecting (in "auto" it may change then). */
+  get transport() {
+    return this.current;
+  }
   get state() {
     return this.currentState;
   }
@@ -3546,7 +3555,7 @@ var QkvClient = class {
     }
   }
   adopt(connection) {
-    this.connection = connection, this.setState("connected");
+    this.connection = connection, this.current = connection.transport, this.setState("connected");
     for (let waiter of this.waiters) waiter.resolve(connection);
     this.waiters.clear(), connection.closed.then(() => {
       this.connection === connection && this.lost();
@@ -3616,9 +3625,17 @@ var QkvClient = class {
       }, Math.max(0, deadline - Date.now()))), this.waiters.add(waiter);
     });
   }
-  /** A connection for a subscription: over WebSocket one of its own, over WebTransport the client's. */
-  subscriptionConnection() {
-    return this.closedBy !== void 0 ? Promise.reject(this.closedBy) : this.transport === "websocket" ? this.openConnection() : this.connectionBefore(1 / 0);
+  /**
+   * A connection for a subscription: over WebTransport the client's, over WebSocket one of its own
+   * (a subscription's answer would hold up the requests behind it on the client's byte stream).
+   */
+  async subscriptionConnection() {
+    if (this.closedBy !== void 0) throw this.closedBy;
+    if (this.transport === "webtransport") {
+      let shared = await this.connectionBefore(1 / 0);
+      if (shared.transport === "webtransport") return shared;
+    }
+    return named("WebSocket", openWebSocketOf(this.settings));
   }
   /** A Ping once no request has been sent for keepAliveMs. */
   scheduleKeepAlive() {
@@ -3814,7 +3831,7 @@ var QkvClient = class {
         let failure;
         try {
           let connection = await this.client.subscriptionConnection();
-          if (this.client.transport === "websocket" && (this.own = connection), this.closing) break;
+          if (connection.transport === "websocket" && (this.own = connection), this.closing) break;
           let answer = connection.send(requests.subscribe(this.topic));
           this.answer = answer;
           let deadline = Date.now() + this.client.settings.requestTimeoutMs, first = await beforeDeadline(answer.next(), deadline, () => (answer.cancel(), new TransportFailure("the Subscribe was not answered within the request timeout", "maybe")));
