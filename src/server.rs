@@ -75,6 +75,10 @@ pub struct ServerConfig {
     /// Web pages allowed to open WebTransport and WebSocket sessions besides the web listener's own
     /// (`https://app.example.com`, or `*`): docs/SECURITY.md, "Browsers".
     pub web_origins: Vec<String>,
+    /// Host names the web listener answers to besides IP addresses, `localhost` and its certificate's
+    /// names (`kv.example.com` behind a proxy, or `*`); requests for others are refused (421), which
+    /// stops DNS rebinding: docs/SECURITY.md, "Browsers".
+    pub web_hosts: Vec<String>,
     /// What WebTransport sessions are presented: a short-lived certificate the server issues itself
     /// (browsers trust it by hash), or the server's own (issued by a CA browsers trust).
     pub webtransport_cert: tls::WebTransportCert,
@@ -101,6 +105,7 @@ impl Default for ServerConfig {
             web_plaintext: false,
             web_max_header_size: crate::web::DEFAULT_MAX_HEADER_SIZE,
             web_origins: Vec::new(),
+            web_hosts: Vec::new(),
             webtransport_cert: tls::WebTransportCert::default(),
             websocket_max_message: crate::web::browser::DEFAULT_WEBSOCKET_MAX_MESSAGE,
         }
@@ -148,7 +153,7 @@ impl ServerConfig {
                 self.websocket_max_message
             ));
         }
-        Origins::new(&self.web_origins)?;
+        Origins::new(&self.web_origins)?.with_hosts(&self.web_hosts)?;
         if self.client_ca.is_some() && self.web_plaintext {
             return Err(
                 "client certificates (--client-ca) need TLS on the web listener too: drop --web-plaintext"
@@ -335,7 +340,9 @@ impl<S: Storage> Server<S> {
         let client_auth = self.config.client_ca.is_some();
         let started = std::time::Instant::now();
         // Checked in `bind`.
-        let mut origins = Origins::new(&self.config.web_origins).unwrap_or_default();
+        let mut origins = Origins::new(&self.config.web_origins)
+            .and_then(|origins| origins.with_hosts(&self.config.web_hosts))
+            .unwrap_or_default();
         if let Some(web) = self.web_addr() {
             origins = origins
                 .with_web_listener(if self.config.web_plaintext { "http" } else { "https" }, web.port());

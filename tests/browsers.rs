@@ -351,3 +351,109 @@ async fn websocket_sessions_end_when_the_server_shuts_down() {
     assert_eq!(closed(&mut socket).await, Some(CloseCode::Away));
     browsers.server.stopped().await;
 }
+
+/// The head of the answer to `request` (an HTTP/1.1 request's head, without its blank line unless a
+/// body follows it) sent to
+/// `addr` in plaintext, as it would come from a browser whatever name it dialled: lower-cased.
+async fn plaintext_head(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connected");
+    // A request with a body carries its blank line already.
+    let ending = if request.contains("\r\n\r\n") { "" } else { "\r\n\r\n" };
+    stream.write_all(format!("{request}{ending}").as_bytes()).await.expect("sent");
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buffer[..n]);
+    }
+    String::from_utf8_lossy(&head).to_lowercase()
+}
+
+/// DNS rebinding: a site makes its name resolve to the server's address, and its page (origin
+/// `http://evil.test:PORT`) then sends `Host: evil.test:PORT`. In plaintext no certificate stops it,
+/// so the listener answers only to the host names it has (IP addresses, localhost, its certificate's,
+/// `--web-host`): every route refuses another name with 421, and its page is never the listener's own.
+#[tokio::test]
+async fn a_rebound_host_name_is_refused_on_every_web_route() {
+    let browsers = Browsers::start_with(|config| config.web_plaintext = true).await;
+    let web = browsers.server.web.expect("a web listener");
+    let port = web.port();
+    let requests = |host: &str| {
+        let origin = format!("origin: http://{host}:{port}");
+        let get = |path: &str| {
+            format!("GET {path} HTTP/1.1\r\nhost: {host}:{port}\r\n{origin}\r\nconnection: close")
+        };
+        [
+            get("/"),
+            get("/console/console.js"),
+            get("/console/qkv-client.js"),
+            get("/webtransport-cert"),
+            get("/v1/stats"),
+            get("/v1/tables/t/keys/k"),
+            get("/v1/tables/t"),
+            format!(
+                "GET /ws HTTP/1.1\r\nhost: {host}:{port}\r\n{origin}\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+                 sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ=="
+            ),
+            format!(
+                "PUT /v1/tables/t/keys/k HTTP/1.1\r\nhost: {host}:{port}\r\n{origin}\r\ncontent-type: text/plain\r\n\
+                 content-length: 1\r\nconnection: close\r\n\r\nv"
+            ),
+        ]
+    };
+    for request in requests("evil.test") {
+        let head = plaintext_head(web, &request).await;
+        assert!(head.starts_with("http/1.1 421"), "{request}\n→ {head}");
+        assert!(!head.contains("access-control-allow-origin"), "{head}");
+    }
+    // The names the listener answers to are served as before: its address, localhost.
+    for host in ["127.0.0.1", "localhost"] {
+        for request in requests(host) {
+            let head = plaintext_head(web, &request).await;
+            assert!(!head.starts_with("http/1.1 421"), "{request}\n→ {head}");
+        }
+        let upgrade = &requests(host)[7];
+        assert!(plaintext_head(web, upgrade).await.starts_with("http/1.1 101"), "the own origin's WebSocket");
+    }
+    // gRPC too (routed by content type): refused before it is read.
+    let grpc = plaintext_head(
+        web,
+        &format!(
+            "POST /qkv.v1.Kv/Execute HTTP/1.1\r\nhost: evil.test:{port}\r\ncontent-type: application/grpc\r\n\
+             content-length: 0\r\nconnection: close"
+        ),
+    )
+    .await;
+    assert!(grpc.contains("qkv-status: 421") && !grpc.contains("grpc-status: 0\r\n"), "{grpc}");
+
+    // A name a proxy forwards is served once given with --web-host.
+    let proxied = Browsers::start_with(|config| {
+        config.web_plaintext = true;
+        config.web_hosts = vec!["kv.example.com".into()];
+    })
+    .await;
+    let web = proxied.server.web.expect("a web listener");
+    let port = web.port();
+    let cert = plaintext_head(
+        web,
+        &format!(
+            "GET /webtransport-cert HTTP/1.1\r\nhost: kv.example.com:{port}\r\norigin: http://kv.example.com:{port}\r\nconnection: close"
+        ),
+    )
+    .await;
+    assert!(cert.starts_with("http/1.1 200"), "{cert}");
+    assert!(cert.contains(&format!("access-control-allow-origin: http://kv.example.com:{port}")), "{cert}");
+    let rebound = plaintext_head(
+        web,
+        &format!("GET /v1/tables/t HTTP/1.1\r\nhost: evil.test:{port}\r\nconnection: close"),
+    )
+    .await;
+    assert!(rebound.starts_with("http/1.1 421"), "{rebound}");
+}

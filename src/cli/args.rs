@@ -386,6 +386,12 @@ pub struct ServeArgs {
     /// Pages of other origins are refused with 403 (docs/SECURITY.md, "Browsers").
     #[arg(long = "web-origin", value_name = "ORIGIN", value_delimiter = ',')]
     pub web_origins: Vec<String>,
+    /// A host name the web listener answers to besides IP addresses, `localhost` and its certificate's
+    /// names, such as the public name a proxy forwards (or `*` for any); repeatable or comma-separated.
+    /// Requests for other names are refused with 421, which stops DNS rebinding (docs/SECURITY.md,
+    /// "Browsers").
+    #[arg(long = "web-host", value_name = "NAME", value_delimiter = ',')]
+    pub web_hosts: Vec<String>,
     /// The certificate WebTransport sessions (browsers, on the QUIC port) are presented: one the
     /// server issues itself every week (ECDSA P-256, valid 13 days), which browsers trust by the hash
     /// published at /webtransport-cert; or the server's own, when browsers trust its CA.
@@ -608,6 +614,7 @@ impl ServeArgs {
             web_plaintext: self.web_plaintext,
             web_max_header_size: self.web_max_header_size,
             web_origins: self.web_origins.clone(),
+            web_hosts: self.web_hosts.clone(),
             webtransport_cert: self.webtransport_cert,
             websocket_max_message: self.websocket_max_message,
             ..ServerConfig::default()

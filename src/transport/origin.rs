@@ -7,6 +7,13 @@
 //!
 //! Allowed: the web listener's own origin (the console it serves), and those given with `--web-origin`
 //! (`*` for any).
+//!
+//! The own origin is the listener's scheme and port under a host name it answers to: DNS rebinding
+//! (a site's name made to resolve to the server's address) would otherwise make a page of that site
+//! the listener's own, since its origin and the `Host` it sends are both the site's name. Over TLS
+//! the certificate stops it (the browser refuses a certificate without the name); in plaintext only
+//! the `Host` check does: a request for a host the listener does not answer to is refused, whatever
+//! its route ([`Origins::answers_to`]).
 
 /// The origins allowed to open sessions. Compared normalised: scheme and host in lower case, the
 /// scheme's default port left out.
@@ -18,6 +25,8 @@ pub struct Origins {
     web: Option<(&'static str, u16)>,
     /// The server certificate's names (host names, IP addresses), its pages' hosts too.
     names: Vec<String>,
+    /// Further host names the web listener answers to (`--web-host`): names a proxy forwards.
+    hosts: Vec<String>,
 }
 
 impl Origins {
@@ -58,8 +67,40 @@ impl Origins {
         self
     }
 
+    /// With further host names the web listener answers to (`--web-host`), such as the public name a
+    /// proxy forwards; `*` for any (DNS rebinding is then the proxy's to stop).
+    pub fn with_hosts(mut self, hosts: &[String]) -> Result<Origins, String> {
+        for host in hosts {
+            let name = host.trim().to_ascii_lowercase();
+            let valid = name == "*"
+                || (!name.is_empty()
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
+            if !valid {
+                return Err(format!(
+                    "{host:?} is not a host name: a DNS name such as kv.example.com, without scheme or port, or *"
+                ));
+            }
+            self.hosts.push(name);
+        }
+        Ok(self)
+    }
+
+    /// Whether the web listener answers to `host` (a request's `Host` or `:authority`, without its
+    /// port): an IP address (no name to rebind), `localhost`, a name of the server's certificate, or
+    /// one given with `--web-host`. No host at all (HTTP/1.0) is not a browser's request, and passes.
+    pub fn answers_to(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(&host);
+        host.is_empty()
+            || bare.parse::<std::net::IpAddr>().is_ok()
+            || host == "localhost"
+            || self.names.iter().any(|name| name.eq_ignore_ascii_case(&host))
+            || self.hosts.iter().any(|name| name == "*" || *name == host)
+    }
+
     /// Whether a session asked for by page `origin` may open; `host` is the host (without port) the
-    /// client dialled, whose web listener's origin is allowed (as are the certificate's names').
+    /// client dialled, whose web listener's origin is allowed when the listener answers to it (as are
+    /// the certificate's names').
     pub fn allows(&self, origin: Option<&str>, host: &str) -> bool {
         let Some(origin) = origin else { return true };
         if self.any {
@@ -71,7 +112,9 @@ impl Origins {
                 .and_then(|(scheme, port)| normalise(&format!("{scheme}://{host}:{port}")))
                 .is_some_and(|own| own == origin)
         };
-        own(host) || self.names.iter().any(|name| own(name)) || self.allowed.contains(&origin)
+        (self.answers_to(host) && own(host))
+            || self.names.iter().any(|name| own(name))
+            || self.allowed.contains(&origin)
     }
 }
 
@@ -132,6 +175,27 @@ mod tests {
         assert!(own.allows(Some("https://[::1]:9528"), "127.0.0.1"));
         assert!(!own.allows(Some("https://localhost:9529"), "127.0.0.1"), "another port");
         assert!(!own.allows(Some("https://kv.example:9528"), "127.0.0.1"), "not a name of the certificate");
+    }
+
+    #[test]
+    fn a_page_of_a_rebound_name_is_not_the_listener_s_own() {
+        let plain = origins(&[]).with_web_listener("http", 9528);
+        assert!(!plain.answers_to("evil.test"));
+        assert!(!plain.allows(Some("http://evil.test:9528"), "evil.test"), "DNS rebinding");
+        for host in ["127.0.0.1", "[::1]", "localhost", "LOCALHOST.", "10.0.0.7", ""] {
+            assert!(plain.answers_to(host), "{host}");
+        }
+        assert!(plain.allows(Some("http://127.0.0.1:9528"), "127.0.0.1"));
+        let proxied = plain.with_hosts(&["KV.example.com".into()]).unwrap();
+        assert!(proxied.answers_to("kv.example.com"));
+        assert!(proxied.allows(Some("http://kv.example.com:9528"), "kv.example.com"));
+        assert!(!proxied.answers_to("evil.test"));
+        let named = origins(&[]).with_web_listener("https", 9528).with_names(vec!["kv.internal".into()]);
+        assert!(named.answers_to("kv.internal"));
+        for bad in ["http://kv.example.com", "kv.example.com:80", ""] {
+            assert!(origins(&[]).with_hosts(&[bad.into()]).is_err(), "{bad}");
+        }
+        assert!(origins(&[]).with_hosts(&["*".into()]).unwrap().answers_to("anything.example"));
     }
 
     #[test]

@@ -189,7 +189,7 @@ async fn webtransport_cert<H: Handler>(State(state): State<BrowserState<H>>, hea
 }
 
 /// The host a request was sent to, without its port: HTTP/2's `:authority`, or HTTP/1.1's `Host`.
-fn request_host<'a>(headers: &'a HeaderMap, uri: Option<&'a axum::http::Uri>) -> &'a str {
+pub(super) fn request_host<'a>(headers: &'a HeaderMap, uri: Option<&'a axum::http::Uri>) -> &'a str {
     let authority = uri
         .and_then(|uri| uri.authority())
         .map(|a| a.as_str())

@@ -49,6 +49,8 @@ use crate::metrics::Metered;
 use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::service::{Caller, Handler, Reply, ReplyFrame};
 use crate::transport::admission::{Admission, Admitted};
+use crate::transport::log_throttle::LogThrottle;
+use crate::transport::origin::Origins;
 use crate::transport::tcp::{Accepting, ByteCounts, Counted, accept_loop, tls_handshake, tune};
 use crate::transport::woken::PolledWhenWoken;
 use crate::transport::{Limits, Transport};
@@ -101,31 +103,41 @@ pub async fn serve<H: Handler>(
     }
     let memory = admission.memory().clone();
     let max_message = browsers.websocket_max_message;
+    let origins = browsers.origins.clone();
     // A REST body carries a value as text (binary as base64, a third larger); a gRPC body is a frame's
     // protobuf behind gRPC's 5-byte message header. The service's item limits apply to both.
     let deadline = limits.request_timeout;
     let rest_body = BodyLimit { max: rest_body_limit(&limits), memory: memory.clone(), deadline };
     let grpc_body = BodyLimit { max: limits.max_frame_len + GRPC_MESSAGE_HEADER, memory, deadline };
     let doors = Doors {
-        rest: buffered(
-            rest::router(Metered::new(handler.clone(), Transport::Http), &limits)
-                .merge(browser::router(
-                    Metered::labelled(handler.clone(), Transport::Http, "websocket"),
-                    browsers,
-                ))
-                .method_not_allowed_fallback(rest::method_not_allowed),
-            rest_body,
-            false,
+        rest: for_known_hosts::<false>(
+            buffered(
+                rest::router(Metered::new(handler.clone(), Transport::Http), &limits)
+                    .merge(browser::router(
+                        Metered::labelled(handler.clone(), Transport::Http, "websocket"),
+                        browsers,
+                    ))
+                    .method_not_allowed_fallback(rest::method_not_allowed),
+                rest_body,
+                false,
+            ),
+            &origins,
         ),
-        grpc: buffered(
-            grpc::router(Metered::new(handler.clone(), Transport::Grpc), &limits, max_message),
-            grpc_body,
-            true,
+        grpc: for_known_hosts::<true>(
+            buffered(
+                grpc::router(Metered::new(handler.clone(), Transport::Grpc), &limits, max_message),
+                grpc_body,
+                true,
+            ),
+            &origins,
         ),
-        pipeline: grpc::pipeline_router(
-            Metered::new(handler.clone(), Transport::GrpcPipeline),
-            &limits,
-            max_message,
+        pipeline: for_known_hosts::<true>(
+            grpc::pipeline_router(
+                Metered::new(handler.clone(), Transport::GrpcPipeline),
+                &limits,
+                max_message,
+            ),
+            &origins,
         ),
     };
     let memory = admission.memory().clone();
@@ -408,6 +420,45 @@ struct BodyLimit {
     memory: MemoryBudget,
     /// How long a client may take to send a body (`--request-timeout`).
     deadline: Duration,
+}
+
+/// `router` for the host names the listener answers to only ([`Origins::answers_to`]): a request for
+/// another is refused before anything else, 421 Misdirected Request (RFC 9110: this server does not
+/// serve that name), so that a page of a name rebound to the server's address (DNS rebinding) reads
+/// and changes nothing, and its origin is never the listener's own.
+fn for_known_hosts<const GRPC: bool>(router: Router, origins: &Arc<Origins>) -> Router {
+    router.layer(middleware::from_fn_with_state(origins.clone(), check_host::<GRPC>))
+}
+
+async fn check_host<const GRPC: bool>(
+    State(origins): State<Arc<Origins>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = browser::request_host(request.headers(), Some(request.uri()));
+    if origins.answers_to(host) {
+        return next.run(request).await;
+    }
+    // Any page or client can ask at will: throttled, in the connection's span (its address).
+    static REFUSED: LogThrottle = LogThrottle::new();
+    if let Some(suppressed) = REFUSED.admit() {
+        info!(
+            target: "qkv::connection",
+            host,
+            suppressed,
+            "refused a web request for a host name the listener does not answer to (--web-host)"
+        );
+    }
+    let detail = format!(
+        "this server does not answer to the host name {host:?}: IP addresses, localhost and its certificate's \
+         names only, and those given with --web-host (docs/SECURITY.md, \"Browsers\")"
+    );
+    if GRPC {
+        let frame = CommandResponse::error(u32::from(StatusCode::MISDIRECTED_REQUEST.as_u16()), detail);
+        grpc::failure(&frame).into_http::<Body>().into_response()
+    } else {
+        Problem::new(StatusCode::MISDIRECTED_REQUEST, detail).into_response()
+    }
 }
 
 /// `router` behind [`read_body`]; gRPC's refusals are gRPC statuses.
