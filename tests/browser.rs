@@ -46,6 +46,13 @@ async fn the_readme_browser_example_logs_what_it_shows() {
     visit_the_console("readme", Figures::NotRecorded).await;
 }
 
+/// Any string is a name: the console lists, opens, reads and writes the empty key, loads the empty
+/// table and a padded one under their own names, and subscribes to the empty topic.
+#[tokio::test]
+async fn the_console_takes_names_as_typed_the_empty_one_included() {
+    visit_the_console("names", Figures::NotRecorded).await;
+}
+
 /// A page's `Promise.all` of 600 requests over WebTransport: more than the streams the server grants
 /// a session, which Chromium refuses at once rather than waiting. All are answered.
 #[tokio::test]

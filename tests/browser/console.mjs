@@ -7,6 +7,7 @@
 //   QKV_WEB_URL=https://localhost:PORT QKV_CA=ca.pem [QKV_OUT_DIR=dir] node console.mjs [webtransport] [websocket]
 //   QKV_WEB_URL=... QKV_CA=... node console.mjs no-figures    (a server started without --admin)
 //   QKV_WEB_URL=... QKV_CA=... node console.mjs readme        (the README's JavaScript example)
+//   QKV_WEB_URL=... QKV_CA=... node console.mjs names         (empty and padded names)
 //   QKV_WEB_URL=... QKV_CA=... node console.mjs many-requests (600 requests at once over WebTransport)
 //
 // tests/browser.rs runs it against a real server. It prints "all checks passed" last when every
@@ -30,6 +31,7 @@ const VISITS = {
   websocket: { title: "the console over WebSocket", visit: (page, opened) => visit(page, "websocket", opened) },
   "no-figures": { title: "the console without figures", visit: (page) => visitWithoutFigures(page) },
   readme: { title: "the README's browser example", visit: (page) => runTheReadmeExample(page) },
+  names: { title: "the console with empty and padded names", visit: (page) => visitNames(page) },
   "many-requests": { title: "600 requests at once over WebTransport", visit: (page) => manyRequestsAtOnce(page) },
 };
 const ASKED = process.argv.length > 2 ? process.argv.slice(2) : ["webtransport", "websocket"];
@@ -61,6 +63,16 @@ async function expectText(locator, expected, what) {
   } catch {
     const seen = await locator.first().textContent({ timeout: 500 }).catch(() => "(no such element)");
     throw new Error(`${what}: expected ${pattern}, the page shows ${JSON.stringify(seen?.trim())}`);
+  }
+}
+
+/** Waits until status line `id` says exactly `text`, spaces included (Playwright's text matching trims and collapses them). */
+async function expectStatus(page, id, text, what) {
+  try {
+    await page.waitForFunction(([id, text]) => document.getElementById(id)?.textContent === text, [id, text], { timeout: WAIT_MS });
+  } catch {
+    const seen = await page.locator(`#${id}`).textContent();
+    throw new Error(`${what}: expected ${JSON.stringify(text)}, the page shows ${JSON.stringify(seen)}`);
   }
 }
 
@@ -301,6 +313,63 @@ async function runTheReadmeExample(page) {
     return lines;
   }, code);
   check(logged.length === 1 && logged[0] === shown, `the example logged ${JSON.stringify(logged)}, the README shows ${JSON.stringify(shown)}`);
+}
+
+/**
+ * Any string is a name (docs/PROTOCOL.md, section 4), the empty one and one with spaces at its ends
+ * included: the console takes them as typed, lists them, and opens them.
+ */
+async function visitNames(page) {
+  await page.goto(`${WEB_URL}/?transport=websocket`);
+  await expectText(page.locator("#state"), "connected", "the connection state");
+  await page.evaluate(async () => {
+    const { connect } = await import("/console/qkv-client.js");
+    const c = await connect({ transport: "websocket", reconnect: false });
+    try {
+      await c.hmset("names", [["", "the empty key's"], ["a", "A"]]);
+      await c.hset("", "k", "in the empty table");
+      await c.hset(" padded ", "k", "in the padded table");
+    } finally {
+      c.close();
+    }
+  });
+
+  // The empty key is listed first, and its row opens it.
+  await page.fill("#table", "names");
+  await page.click("#load-table");
+  await expectText(page.locator("#table-status"), /^keys 1–2/, "the table with the empty key");
+  await page.fill("#key", "zzz");
+  await page.click('#table-rows tr[data-key=""]');
+  await expectText(page.locator("#result-value"), "the empty key's", "the empty key opened from its row");
+  check((await page.inputValue("#key")) === "", "the key field holds the empty key");
+  check((await page.inputValue("#key-table")) === "names", "the key's table");
+
+  // Get and Set take the empty key, and the empty table.
+  await page.fill("#value", "written to the empty key");
+  await page.click("#set-key");
+  await expectText(page.locator("#key-status"), /^written at .*, replacing/, "a set of the empty key");
+  await page.fill("#key-table", "");
+  await page.fill("#key", "k");
+  await page.click("#get-key");
+  await expectText(page.locator("#result-value"), "in the empty table", "a key of the empty table");
+
+  // The empty table and a padded one load under their own names, not trimmed.
+  await page.fill("#table", "");
+  await page.click("#load-table");
+  await expectStatus(page, "table-status", 'keys 1–1 (the last) of ""', "the empty table");
+  await page.fill("#table", " padded ");
+  await page.click("#load-table");
+  await expectStatus(page, "table-status", 'keys 1–1 (the last) of " padded "', "the padded table");
+  await expectText(page.locator('#table-rows tr[data-key="k"] td:nth-child(2)'), "in the padded table", "its value");
+
+  // The empty topic: subscribed to, published to.
+  await page.fill("#topic", "");
+  await page.click("#subscribe");
+  await expectVisible(page.locator('#subscriptions li[data-topic=""][data-state="subscribed"]'), "the empty topic's subscription");
+  await page.fill("#publish-topic", "");
+  await page.fill("#publish-value", "to the empty topic");
+  await page.click("#publish");
+  await expectText(page.locator("#publish-status"), /: 1 subscriber got it$/, "the publish to the empty topic");
 }
 
 /**

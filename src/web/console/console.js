@@ -52,7 +52,7 @@ async function connect(transport) {
     showTransport(client.transport);
     showState(client.state);
     document.body.classList.add("connected");
-    if ($("table").value.trim()) action($("load-table"), "table-status", loadFirstPage);
+    if ($("table").value !== "") action($("load-table"), "table-status", loadFirstPage);
   } catch (error) {
     if (mine !== attempt) return;
     showState("failed");
@@ -200,10 +200,12 @@ let page = { table: "", size: 10, after: undefined, before: [], next: undefined 
 /** Counts page loads: only the latest one's page is shown. */
 let pageLoads = 0;
 
-/** Loads the first page of the table named in the browser's form. */
+/**
+ * Loads the first page of the table named in the browser's form. Names are taken as typed: any string
+ * is a name (docs/PROTOCOL.md, section 4), the empty one and one with spaces at its ends included.
+ */
 function loadFirstPage() {
-  const table = $("table").value.trim();
-  if (!table) throw new Error("a table name, please");
+  const table = $("table").value;
   return loadPage(table, Number($("page-size").value), undefined, []);
 }
 
@@ -266,7 +268,8 @@ function renderRows(entries) {
 
 /** Opens a listed key in the key editor, read afresh. */
 function openRow(row) {
-  if (!row?.dataset.key) return;
+  // The empty key is a key: only a row without one (the "No keys." row) opens nothing.
+  if (row?.dataset.key === undefined) return;
   $("key-table").value = page.table;
   $("key").value = row.dataset.key;
   action($("get-key"), "key-status", readKey);
@@ -287,11 +290,9 @@ function refreshPageOf(table) {
 /** The key last read or written here and its version then (0n: it did not exist). */
 let lastRead;
 
+/** The table and key as typed: any string is a name, the empty one included. */
 function keyFields() {
-  const table = $("key-table").value.trim();
-  const key = $("key").value;
-  if (!table || !key) throw new Error("a table and a key, please");
-  return { table, key };
+  return { table: $("key-table").value, key: $("key").value };
 }
 
 /** The options of a write: the version last read when "only if unchanged" is checked. */
@@ -404,8 +405,7 @@ async function reloadConflicted() {
 const subscriptions = new Map();
 
 async function subscribe() {
-  const topic = $("topic").value.trim();
-  if (!topic) throw new Error("a topic, please");
+  const topic = $("topic").value;
   if (subscriptions.has(topic)) {
     setStatus("publish-status", `already subscribed to "${topic}"`);
     return;
@@ -521,8 +521,7 @@ function addNote(topic, text) {
 }
 
 async function publish() {
-  const topic = $("publish-topic").value.trim();
-  if (!topic) throw new Error("a topic, please");
+  const topic = $("publish-topic").value;
   const value = parseValue($("publish-value").value, $("publish-kind").value);
   const receivers = await connected().publish(topic, [value]);
   setStatus(
