@@ -342,3 +342,46 @@ async fn dropping_a_call_while_its_request_is_written_resets_the_stream() {
     assert!(matches!(err, ClientError::Timeout(_)), "{err}");
     assert_eq!(server.await.unwrap(), Some(qkv::transport::quic::codes::CANCELLED));
 }
+
+#[tokio::test]
+async fn a_retry_that_reaches_the_server_and_times_out_may_have_executed_the_request() {
+    // A bare QUIC server: the first connection is closed as a server shutting down closes it (the
+    // request not executed, so even a write is sent again); the second takes the retry and never
+    // answers, as a server that executes it and stalls would.
+    let bare = common::BareQuicServer::start(&Default::default());
+    let endpoint = bare.endpoint.clone();
+    let (retry_read, retry_received) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(async move {
+        let first = endpoint.accept().await.unwrap().await.unwrap();
+        let _request = first.accept_bi().await.unwrap();
+        first.close(qkv::transport::quic::codes::SHUTTING_DOWN, b"shutting down");
+        let second = endpoint.accept().await.unwrap().await.unwrap();
+        let (send, mut recv) = second.accept_bi().await.unwrap();
+        let request = recv.read_to_end(1 << 20).await.unwrap();
+        let _ = retry_read.send(request);
+        // Held, unanswered, until the client has given up.
+        second.closed().await;
+        drop(send);
+    });
+    let config = ClientConfig {
+        // Long enough for the retry to reach the server on a loaded machine.
+        request_timeout: Duration::from_secs(5),
+        zero_rtt: false,
+        retry: RetryPolicy { attempts: 3, initial_backoff: Duration::from_millis(1), ..Default::default() },
+        ..ClientConfig::new(bare.addr.to_string(), bare.ca.clone())
+    };
+    let client = Client::connect_with(config).await.unwrap();
+    let err = client.hset("t", "k", "v").await.unwrap_err();
+    let request = retry_received.await.expect("the retry reached the server");
+    assert!(!request.is_empty());
+    assert_eq!(err.executed(), qkv::client::Executed::Maybe, "{err}");
+    assert!(!err.may_retry(false), "{err}");
+    match &err {
+        ClientError::TimeoutRetrying { earlier, .. } => {
+            assert!(matches!(**earlier, ClientError::Unavailable { .. }), "{earlier}")
+        }
+        other => panic!("expected a timeout after a retry, got {other}"),
+    }
+    client.close().await;
+    server.await.unwrap();
+}

@@ -71,6 +71,17 @@ pub enum ClientError {
     ZeroRttRejected,
     #[error("no complete answer within {0:?}; the request may or may not have been executed")]
     Timeout(Duration),
+    /// A retry was sent and its answer did not come by the call's deadline; `earlier` is why the
+    /// attempt before it failed. The retry may have reached the server, so whether the request was
+    /// executed is unknown, even if the earlier attempt certainly was not.
+    #[error(
+        "no complete answer within {timeout:?} to a retry (the attempt before failed: {earlier}); the request may or may not have been executed"
+    )]
+    TimeoutRetrying {
+        timeout: Duration,
+        #[source]
+        earlier: Box<ClientError>,
+    },
     #[error("the client has been closed")]
     Closed,
     /// The connection failed after the request was sent.
@@ -223,6 +234,7 @@ impl ClientError {
                 _ => Executed::Maybe,
             },
             Timeout(_)
+            | TimeoutRetrying { .. }
             | ConnectionLost(_)
             | Stream(_)
             | AnswerDropped

@@ -352,10 +352,13 @@ impl Client {
         }
         let idempotent = request.is_idempotent();
         let mut attempt = 1;
+        // The first failure of an attempt that may have reached the server: once there is one, no
+        // later failure can make the call certainly not executed.
+        let mut reached: Option<ClientError> = None;
         let mut last_error = None;
         loop {
             // Until there is a connection nothing has been sent: running out of time then leaves the
-            // request certainly not executed.
+            // request certainly not executed, unless an earlier attempt may have run it.
             let sent = match tokio::time::timeout_at(deadline, self.connection()).await {
                 Ok(Ok(connection)) => {
                     self.send_until(connection, request, frame.clone(), max_frame_len, deadline).await
@@ -363,22 +366,30 @@ impl Client {
                 Ok(Err(e)) => Some(Err(e)),
                 Err(_) => {
                     let cause = Cause::NoConnectionWithin(self.inner.config.request_timeout);
-                    return Err(last_error.unwrap_or(ClientError::NotSent { cause }));
+                    return Err(reached.or(last_error).unwrap_or(ClientError::NotSent { cause }));
                 }
             };
             let error = match sent {
                 Some(Ok(frames)) => return Ok(frames),
                 Some(Err(e)) => e,
-                // A retry ran out of time: why the first attempt failed says more than the deadline.
-                None => return Err(last_error.unwrap_or_else(|| self.timed_out())),
+                // This attempt was sent and its answer did not come in time: the server may have
+                // executed it, whatever became of the attempts before.
+                None => return Err(self.timed_out_retrying(reached.or(last_error))),
             };
-            if attempt >= self.inner.config.retry.attempts || !error.may_retry(idempotent) {
-                return Err(error);
+            let out_of_time = Instant::now() >= deadline;
+            if out_of_time || attempt >= self.inner.config.retry.attempts || !error.may_retry(idempotent) {
+                return Err(match (error.executed(), reached) {
+                    (Executed::No, Some(earlier)) => earlier,
+                    _ => error,
+                });
             }
             attempt += 1;
             self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(error = %error, attempt, "sending the request again");
-            last_error = Some(error);
+            match error.executed() {
+                Executed::Maybe if reached.is_none() => reached = Some(error),
+                _ => last_error = Some(error),
+            }
         }
     }
 
@@ -408,6 +419,18 @@ impl Client {
             tcp.abandon();
         }
         ClientError::Timeout(self.inner.config.request_timeout)
+    }
+
+    /// [`Client::timed_out`] for an attempt after a failed one, keeping why the first failed.
+    fn timed_out_retrying(&self, earlier: Option<ClientError>) -> ClientError {
+        let timeout = self.timed_out();
+        match earlier {
+            None => timeout,
+            Some(earlier) => ClientError::TimeoutRetrying {
+                timeout: self.inner.config.request_timeout,
+                earlier: Box::new(earlier),
+            },
+        }
     }
 
     /// Moves the client to a new local UDP socket (a new port, and the address the system now routes
