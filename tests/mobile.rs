@@ -385,3 +385,48 @@ async fn a_retry_that_reaches_the_server_and_times_out_may_have_executed_the_req
     client.close().await;
     server.await.unwrap();
 }
+
+/// A write sent in 0-RTT early data to a server that answers nothing (stopped, say): the handshake
+/// never completes, and the server executes no early-data write before it does.
+async fn unanswered_early_data(
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    attempts: u32,
+) -> ClientError {
+    let server = TestServer::start().await;
+    let relay = UdpRelay::start(server.addr).await;
+    let config = ClientConfig {
+        addr: relay.addr.to_string(),
+        connect_timeout,
+        request_timeout,
+        retry: RetryPolicy { attempts, initial_backoff: Duration::from_millis(1), ..Default::default() },
+        ..server.client_config()
+    };
+    collect_tickets(&config).await;
+    relay.set_silent(true);
+    let client = Client::connect_with(config).await.unwrap();
+    let err = client.hset("t", "k", "early").await.unwrap_err();
+    relay.set_silent(false);
+    // Nothing reached the store.
+    assert_eq!(server.client().await.hget("t", "k").await.unwrap(), None);
+    err
+}
+
+#[tokio::test]
+async fn early_data_the_server_never_answers_was_not_executed_at_the_deadline() {
+    // The call's deadline comes first, while the handshake is still awaited.
+    let err = unanswered_early_data(Duration::from_secs(30), Duration::from_millis(500), 3).await;
+    assert!(matches!(err, ClientError::ConnectTimeout { .. }), "{err}");
+    assert_eq!(err.executed(), qkv::client::Executed::No, "{err}");
+    assert!(err.to_string().contains("is the server running"), "{err}");
+}
+
+#[tokio::test]
+async fn early_data_the_server_never_answers_was_not_executed_when_the_handshake_is_given_up() {
+    // The connect timeout comes first: the client gives the handshake up and closes the connection.
+    // One attempt, so that its own failure is seen (a retry, without a ticket left, would make a full
+    // handshake and fail as that does).
+    let err = unanswered_early_data(Duration::from_millis(300), Duration::from_secs(2), 1).await;
+    assert!(matches!(err, ClientError::ConnectTimeout { .. }), "{err}");
+    assert_eq!(err.executed(), qkv::client::Executed::No, "{err}");
+}

@@ -30,9 +30,31 @@ const OVERDUE_AT_LEAST: Duration = Duration::from_millis(200);
 /// allowed to send to validate a new path (see [`QuicConnection::call`]).
 const PROBE_PAYLOAD: usize = 1024;
 
+/// How far the handshake of a connection has come, as its client knows it. Until the handshake
+/// completes the client has not sent its Finished, so the server cannot have completed its side
+/// either, and it executes no write sent in 0-RTT early data before then (docs/PROTOCOL.md, "0-RTT"):
+/// a call that fails before that point was not executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handshake {
+    /// Under way (a connection opened in 0-RTT whose handshake is still running).
+    Pending,
+    Completed,
+    /// The connection was lost before its handshake completed.
+    Failed,
+    /// No handshake within the connect timeout: the client closed the connection.
+    GaveUp,
+}
+
 #[derive(Clone)]
 pub(super) struct QuicConnection {
     connection: Connection,
+    /// Where the handshake stands: set by the watcher of a 0-RTT connection, `Completed` from the start
+    /// for any other.
+    handshake_state: tokio::sync::watch::Receiver<Handshake>,
+    /// For the errors of calls made before the handshake completed.
+    addr: Arc<str>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
     /// For a connection opened in 0-RTT, the task that waits for its handshake: see
     /// [`watch_handshake`]. It lives no longer than the connection (the last clone of this handle
     /// aborts it) and [`QuicConnection::close`] waits for it, so that once a client is closed its
@@ -60,12 +82,22 @@ impl QuicConnection {
             }
             other => ClientError::Connect { addr: config.addr.clone(), cause: other.into(), hint: "" },
         })?;
+        let established = |connection, handshake, handshake_state| QuicConnection {
+            connection,
+            handshake_state,
+            addr: config.addr.as_str().into(),
+            connect_timeout: config.connect_timeout,
+            request_timeout: config.request_timeout,
+            handshake,
+            probed_at: Arc::default(),
+        };
         let connecting = match config.zero_rtt {
             true => match connecting.into_0rtt() {
                 Ok((connection, accepted)) => {
-                    let watcher = watch_handshake(connection.clone(), accepted, stats.clone(), config);
+                    let (state, handshake_state) = tokio::sync::watch::channel(Handshake::Pending);
+                    let watcher = watch_handshake(connection.clone(), accepted, stats.clone(), config, state);
                     let handshake = Some(Arc::new(Mutex::new(Some(watcher))));
-                    return Ok(QuicConnection { connection, handshake, probed_at: Arc::default() });
+                    return Ok(established(connection, handshake, handshake_state));
                 }
                 Err(connecting) => connecting, // no ticket: a full handshake
             },
@@ -81,7 +113,7 @@ impl QuicConnection {
             Ok(Err(e)) => return Err(handshake_error(config, e)),
             Ok(Ok(connection)) => connection,
         };
-        Ok(QuicConnection { connection, handshake: None, probed_at: Arc::default() })
+        Ok(established(connection, None, tokio::sync::watch::channel(Handshake::Completed).1))
     }
 
     /// Opens a stream, writes the request frame and finishes the stream.
@@ -111,7 +143,51 @@ impl QuicConnection {
     /// trips, at least 200 ms, doubling while it stays so) the client sends a `Ping` of 1 KiB on a
     /// stream of its own, at most one per connection in that time: its bytes lift the server's limit,
     /// and its acknowledgements give the new path a round-trip time. Its answer is read and dropped.
+    ///
+    /// A call that fails, or is not answered by `deadline`, before the connection's handshake has
+    /// completed was not executed (see [`Handshake`]): it fails as such, with
+    /// [`ClientError::ConnectTimeout`] when no server answered the handshake.
     pub(super) async fn call(
+        &self,
+        frame: Bytes,
+        max_frame_len: usize,
+        deadline: Instant,
+    ) -> Option<ClientResult<ResponseFrames>> {
+        match self.answer(frame, max_frame_len, deadline).await {
+            Some(Ok(frames)) => Some(Ok(frames)),
+            None => match *self.handshake_state.borrow() {
+                Handshake::Completed => None,
+                _ => Some(Err(self.no_handshake(self.request_timeout))),
+            },
+            Some(Err(e)) => Some(Err(self.before_handshake(e).await)),
+        }
+    }
+
+    /// `e` as it stands when the handshake completed; otherwise a failure that left the request
+    /// unexecuted.
+    async fn before_handshake(&self, e: ClientError) -> ClientError {
+        let mut state = self.handshake_state.clone();
+        // A lost connection settles its handshake at once: wait for the watcher to say how.
+        let settled = match self.connection.close_reason() {
+            Some(_) => state.wait_for(|state| *state != Handshake::Pending).await.map(|state| *state),
+            None => Ok(*state.borrow()),
+        };
+        match (settled.unwrap_or(Handshake::Completed), e) {
+            (Handshake::GaveUp, _) => self.no_handshake(self.connect_timeout),
+            (Handshake::Failed, ClientError::ConnectionLost(cause) | ClientError::Stream(cause)) => {
+                ClientError::NotSent { cause }
+            }
+            (_, e) => e,
+        }
+    }
+
+    /// No server completed the handshake within `waited`.
+    fn no_handshake(&self, waited: Duration) -> ClientError {
+        ClientError::ConnectTimeout { addr: self.addr.to_string(), timeout: waited }
+    }
+
+    /// [`QuicConnection::call`], whatever the state of the handshake.
+    async fn answer(
         &self,
         frame: Bytes,
         max_frame_len: usize,
@@ -184,26 +260,38 @@ impl QuicConnection {
     }
 }
 
-/// Waits for the handshake of a connection opened in 0-RTT. Whether the server took the early data is
-/// known when the handshake completes; requests it refused fail with `ZeroRttRejected` and are sent
-/// again, and the outcome is counted in `stats`. A handshake that does not complete within the connect
-/// timeout (no server there any more, say) ends the connection, as a full handshake's would.
+/// Waits for the handshake of a connection opened in 0-RTT, and says in `state` how it ended. Whether
+/// the server took the early data is known when the handshake completes; requests it refused fail with
+/// `ZeroRttRejected` and are sent again, and the outcome is counted in `stats`. A handshake that does
+/// not complete within the connect timeout (no server there any more, say) ends the connection, as a
+/// full handshake's would.
 fn watch_handshake(
     connection: Connection,
     accepted: ZeroRttAccepted,
     stats: Arc<Stats>,
     config: &ClientConfig,
+    state: tokio::sync::watch::Sender<Handshake>,
 ) -> AbortOnDropHandle<()> {
     let timeout = config.connect_timeout;
     AbortOnDropHandle::new(tokio::spawn(async move {
-        let counter = match tokio::time::timeout(timeout, accepted).await {
-            Ok(true) => &stats.zero_rtt_accepted,
-            Ok(false) => &stats.zero_rtt_rejected,
+        let accepted = match tokio::time::timeout(timeout, accepted).await {
+            Ok(accepted) => accepted,
             Err(_) => {
+                // Before closing: the calls the close fails read the state.
+                state.send_replace(Handshake::GaveUp);
                 connection.close(codes::NO_ERROR, b"no handshake within the connect timeout");
                 return;
             }
         };
+        // quinn says "not accepted" also of a connection lost before its handshake completed. (One
+        // that completed with its early data refused and was lost before this task ran counts as
+        // failed too: a window of one scheduling turn.)
+        if !accepted && connection.close_reason().is_some() {
+            state.send_replace(Handshake::Failed);
+            return;
+        }
+        state.send_replace(Handshake::Completed);
+        let counter = if accepted { &stats.zero_rtt_accepted } else { &stats.zero_rtt_rejected };
         counter.fetch_add(1, Ordering::Relaxed);
     }))
 }
