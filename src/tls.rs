@@ -232,6 +232,30 @@ pub struct ServerTls {
     pub web: ServerConfig,
     /// What both present and verify, for reloading.
     pub credentials: Credentials,
+    /// The QUIC endpoint's settings, with the keys of its stateless resets and connection IDs: see
+    /// [`quic_endpoint_config`].
+    pub quic_endpoint: quinn::EndpointConfig,
+}
+
+/// The QUIC endpoint's settings, its keys derived from the server's private key (HKDF-Extract, RFC
+/// 5869, with labels of qkv's own) so that they are the same after a restart: the key that makes
+/// stateless reset tokens, and the key that makes its connection IDs recognisable as its own. A
+/// restarted server can then end the connections of the process before it with a stateless reset,
+/// and their clients learn at their next packet that the connection is gone instead of waiting for
+/// the idle timeout. quinn's default, random keys per start, made the new process drop its
+/// predecessor's packets as not its own and its resets unrecognisable. Servers that share a private
+/// key share these keys (docs/SECURITY.md, "Stateless resets").
+#[cfg(feature = "server")]
+pub fn quic_endpoint_config(key: &PrivateKeyDer<'_>) -> quinn::EndpointConfig {
+    use ring::hmac::{HMAC_SHA256, Key, sign};
+    let derive = |label: &[u8]| sign(&Key::new(HMAC_SHA256, label), key.secret_der());
+    let reset = Key::new(HMAC_SHA256, derive(b"qkv/1 QUIC stateless reset key").as_ref());
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset));
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&derive(b"qkv/1 QUIC connection ID key").as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    config
 }
 
 /// TLS 1.3 server configurations offering ALPN `qkv/1`, with session resumption: after each handshake
@@ -255,6 +279,7 @@ pub fn server_configs(
     client_ca: Option<&Path>,
     webtransport: WebTransportCert,
 ) -> Result<ServerTls, TlsError> {
+    let quic_endpoint = quic_endpoint_config(&identity.key);
     let server = certified_key(identity)?;
     let browsers = match webtransport {
         WebTransportCert::SelfIssued => Some(RwLock::new(Arc::new(BrowserCert::issue(&server)?))),
@@ -283,7 +308,8 @@ pub fn server_configs(
     quic.max_early_data_size = u32::MAX;
     let mut web = tcp.clone();
     web.alpn_protocols = WEB_ALPN.iter().map(|p| p.to_vec()).collect();
-    Ok(ServerTls { quic, tcp, web, credentials: Credentials { cert, client_ca: verifier, sessions } })
+    let credentials = Credentials { cert, client_ca: verifier, sessions };
+    Ok(ServerTls { quic, tcp, web, credentials, quic_endpoint })
 }
 
 /// The certificate a server presents and the CA its clients' certificates must chain to, replaced by

@@ -214,3 +214,26 @@ async fn a_damaged_log_is_refused_until_qkv_repair_cuts_it() {
     let found = reader.hmget("crash", &["a", "b", "c"]).await.unwrap();
     assert_eq!(found.iter().map(Option::is_some).collect::<Vec<_>>(), [true, false, false]);
 }
+
+#[tokio::test]
+async fn a_server_restarted_after_sigkill_resets_the_connections_of_the_process_before_it() {
+    let server = ServerProcess::start(&[]).await;
+    let (addr, ca) = (server.addr, server.ca());
+    let client = Client::connect_with(server.client_config(Transport::Quic)).await.unwrap();
+    client.ping("before").await.unwrap();
+    let raw = common::raw_quic(addr, &ca).await;
+
+    let certs = server.crash().await;
+    let listen = addr.to_string();
+    let _server = ServerProcess::start_in(certs, &["--listen", &listen], &[]).await;
+
+    // The new process knows nothing of the connection, and answers its next packet with a stateless
+    // reset the client recognises: the connection ends now, not at the idle timeout.
+    if let Ok((mut send, _recv)) = raw.open_bi().await {
+        let _ = send.write_all(&[0u8; 100]).await;
+    }
+    assert_eq!(raw.closed().await, quinn::ConnectionError::Reset);
+    // The qkv client's call finds its connection reset too, and is answered on a new one.
+    assert_eq!(client.ping("after").await.unwrap(), "after".as_bytes());
+    assert_eq!(client.stats().connections, 2);
+}

@@ -67,7 +67,9 @@ pub fn bind(
     let attempts = if listen.port() == 0 { PORT_ATTEMPTS } else { 1 };
     let mut last_error = io::Error::other("no port could be bound");
     for _ in 0..attempts {
-        let quic = quic::server_endpoint(listen, tls.quic.clone(), limits, quic_options).map_err(udp)?;
+        let endpoint = tls.quic_endpoint.clone();
+        let quic =
+            quic::server_endpoint(listen, tls.quic.clone(), endpoint, limits, quic_options).map_err(udp)?;
         let Some(security) = security.clone() else {
             return Ok(Bound { quic, tcp: None });
         };

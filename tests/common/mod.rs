@@ -314,7 +314,8 @@ impl BareQuicServer {
         let tls = tls::server_configs(identity, 16, None, tls::WebTransportCert::Server).expect("TLS config");
         let any_port = "127.0.0.1:0".parse().expect("address");
         let endpoint =
-            quic::server_endpoint(any_port, tls.quic, &Limits::default(), options).expect("server endpoint");
+            quic::server_endpoint(any_port, tls.quic, tls.quic_endpoint, &Limits::default(), options)
+                .expect("server endpoint");
         let addr = endpoint.local_addr().expect("local address");
         BareQuicServer { endpoint, addr, ca: dir.ca_cert(), _certs: certs }
     }

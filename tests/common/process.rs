@@ -35,7 +35,13 @@ impl ServerProcess {
     /// [`ServerProcess::start`] with environment variables set for the server (`RUST_LOG`, say, for a
     /// test that waits for a debug line).
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut server = Self::launch(args, env);
+        Self::start_in(tempfile::tempdir().expect("temporary directory"), args, env).await
+    }
+
+    /// [`ServerProcess::start_with_env`] with the certificates in `certs` (made if missing): a server
+    /// restarted on them after [`ServerProcess::crash`] is the same server to its clients.
+    pub async fn start_in(certs: TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut server = Self::launch_in(certs, args, env);
         server.wait_until_serving(args).await;
         server
     }
@@ -44,7 +50,11 @@ impl ServerProcess {
     /// (its `addr` is unknown until [`ServerProcess::wait_until_serving`]): for a test of what it does
     /// before, such as recovering its store.
     pub fn launch(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let certs = tempfile::tempdir().expect("temporary directory");
+        Self::launch_in(tempfile::tempdir().expect("temporary directory"), args, env)
+    }
+
+    /// [`ServerProcess::launch`] with the certificates in `certs`.
+    fn launch_in(certs: TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"));
         command.arg("serve").arg("--certs").arg(certs.path()).args(args);
         command.envs(env.iter().copied());
@@ -171,6 +181,12 @@ impl ServerProcess {
     /// Kills the server with SIGKILL, as a crash would, and waits until it is gone.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("SIGKILL to the server");
+    }
+
+    /// [`ServerProcess::kill`], keeping the certificates for a restart ([`ServerProcess::start_in`]).
+    pub async fn crash(mut self) -> TempDir {
+        self.child.kill().await.expect("SIGKILL to the server");
+        self.certs
     }
 
     /// Waits for the server to exit; returns how it exited and what it logged since the last line

@@ -228,9 +228,12 @@ pub fn bind_udp(addr: SocketAddr, buffer_bytes: usize) -> io::Result<std::net::U
 
 /// A server endpoint on `addr`, serving TLS configuration `tls` (which must offer TLS 1.3; with
 /// `max_early_data_size` at `u32::MAX` it accepts 0-RTT). Clients may migrate to new addresses.
+/// `endpoint` holds the keys of its stateless resets and connection IDs: keys that outlive the process
+/// (see `tls::quic_endpoint_config`) let a restarted server end its predecessor's connections at once.
 pub fn server_endpoint(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
+    endpoint: EndpointConfig,
     limits: &Limits,
     options: &QuicOptions,
 ) -> io::Result<Endpoint> {
@@ -245,7 +248,7 @@ pub fn server_endpoint(
     // A phone moving from Wi-Fi to cellular keeps its connection (quinn's default, stated here).
     config.migration(true);
     let socket = bind_udp(addr, limits.udp_socket_buffer)?;
-    Endpoint::new(EndpointConfig::default(), Some(config), socket, Arc::new(TokioRuntime))
+    Endpoint::new(endpoint, Some(config), socket, Arc::new(TokioRuntime))
 }
 
 /// The settings of a client's connections: TLS configuration `tls` (whose ticket store decides
