@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::TestServer;
 use futures_util::future::join_all;
 use futures_util::{Stream, StreamExt};
-use qkv::client::{Client, ClientError, Event, Subscription};
+use qkv::client::{Client, ClientConfig, ClientError, Event, Subscription, SubscriptionQueue};
 use qkv::pb::{CommandRequest, Value, status};
 use qkv::pubsub::LagPolicy;
 use qkv::server::ServerConfig;
@@ -36,6 +36,12 @@ async fn next_event(
 
 fn message(publisher: i64, n: i64) -> Vec<Value> {
     vec![Value::from(publisher), Value::from(n)]
+}
+
+/// A client whose QUIC subscriptions are read only as their subscriber reads, without a queue in the
+/// client: the server's flow control and lag policy are what a slow subscriber meets.
+async fn server_paced_client(server: &TestServer) -> Client {
+    Client::connect_with(ClientConfig { subscription_queue: None, ..server.client_config() }).await.unwrap()
 }
 
 async fn server_with(transport: Transport, queue: usize, policy: LagPolicy) -> TestServer {
@@ -108,7 +114,7 @@ async fn a_subscriber_that_never_reads_holds_up_neither_the_publisher_nor_a_fast
     const MESSAGES: usize = 1500;
     let server = server_with(transport, 8, LagPolicy::Skip).await;
     let (slow_client, fast_client, publisher) =
-        (server.client().await, server.client().await, server.client().await);
+        (server_paced_client(&server).await, server.client().await, server.client().await);
     let mut slow = slow_client.subscribe("t").await.unwrap();
     let mut fast = fast_client.subscribe("t").await.unwrap();
     let payload = "x".repeat(16 * 1024);
@@ -152,7 +158,7 @@ async fn a_subscriber_that_never_reads_holds_up_neither_the_publisher_nor_a_fast
 
 async fn with_the_drop_policy_a_lagging_subscriber_is_ended_with_429(transport: Transport) {
     let server = server_with(transport, 4, LagPolicy::Drop).await;
-    let (subscriber, publisher) = (server.client().await, server.client().await);
+    let (subscriber, publisher) = (server_paced_client(&server).await, server.client().await);
     let mut lagging = subscriber.subscribe("t").await.unwrap();
     let payload = Value::from("x".repeat(16 * 1024));
     // Publish until the server has dropped it: its buffers and queue full.
@@ -264,4 +270,60 @@ async fn a_subscribe_is_not_a_call() {
     let client: Client = server.client().await;
     let refused = client.call(&CommandRequest::subscribe("t")).await;
     assert!(matches!(refused, Err(ClientError::Unsupported(_))), "{refused:?}");
+}
+
+/// Publishes `count` messages of 4 KiB to `topic`, each the number of its order.
+async fn publish_numbered(publisher: &Client, topic: &str, count: i64) {
+    let payload = Value::from("x".repeat(4096));
+    for n in 0..count {
+        publisher.publish(topic, [Value::from(n), payload.clone()]).await.unwrap();
+    }
+}
+
+/// Reads `subscription` until `count` messages are accounted for: received in order, or reported
+/// missed. Returns how many were missed.
+async fn read_numbered(subscription: &mut Subscription, count: usize) -> usize {
+    let (mut accounted, mut missed) = (0, 0);
+    while accounted < count {
+        match next_event(subscription).await.expect("an event") {
+            Event::Message(values) => {
+                assert_eq!(values[0], Value::from(accounted as i64), "in order");
+                accounted += 1;
+            }
+            Event::Missed(n) => (accounted, missed) = (accounted + n as usize, missed + n as usize),
+        }
+    }
+    assert_eq!(accounted, count);
+    missed
+}
+
+/// Over QUIC a subscription shares its client's connection: left unread, it must not hold up the
+/// answers to the client's calls (it once filled the connection's 256 KiB receive window).
+#[tokio::test]
+async fn an_unread_quic_subscription_does_not_stall_the_calls_of_its_client() {
+    let server = TestServer::start().await;
+    let config = ClientConfig { request_timeout: Duration::from_secs(30), ..server.client_config() };
+    let (client, publisher) = (Client::connect_with(config).await.unwrap(), server.client().await);
+    let mut unread = client.subscribe("chat").await.unwrap();
+    publish_numbered(&publisher, "chat", 100).await;
+    assert_eq!(client.hget("t", "k").await.unwrap(), None);
+    client.hset("t", "k", "v").await.unwrap();
+    // Within the default queue: nothing missed.
+    assert_eq!(read_numbered(&mut unread, 100).await, 0);
+}
+
+/// A subscription's queue in the client is bounded: what does not fit is reported missed, in place.
+#[tokio::test]
+async fn a_full_subscription_queue_in_the_client_reports_what_it_dropped_as_missed() {
+    let server = TestServer::start().await;
+    let queue = SubscriptionQueue { messages: 1000, bytes: 64 * 1024 };
+    let config = ClientConfig { subscription_queue: Some(queue), ..server.client_config() };
+    let (client, publisher) = (Client::connect_with(config).await.unwrap(), server.client().await);
+    let mut unread = client.subscribe("chat").await.unwrap();
+    publish_numbered(&publisher, "chat", 100).await;
+    // 400 KiB published, 64 KiB held: whatever the timing, the rest arrived while the queue was full,
+    // or while the server's queue was (its default holds all 100).
+    client.ping("").await.unwrap();
+    let missed = read_numbered(&mut unread, 100).await;
+    assert!(missed > 0, "nothing missed: the queue held more than its bound");
 }

@@ -21,6 +21,7 @@ mod backoff;
 mod endpoint;
 mod error;
 mod frames;
+mod inbox;
 mod quic;
 mod subscription;
 mod tcp;
@@ -40,6 +41,7 @@ pub use backoff::RetryPolicy;
 pub use endpoint::ClientEndpoint;
 pub use error::{Cause, ClientError, Executed};
 pub use frames::ResponseFrames;
+pub use inbox::SubscriptionQueue;
 pub use subscription::{Event, Subscription};
 
 use crate::pb::command_request::RequestData;
@@ -83,6 +85,12 @@ pub struct ClientConfig {
     pub zero_rtt: bool,
     /// Retries and reconnection backoff.
     pub retry: RetryPolicy,
+    /// How much of each QUIC subscription the client holds while its subscriber has not read it;
+    /// beyond it, messages are dropped and reported as [`Event::Missed`]. `None`: a subscription is
+    /// read from its stream only as its subscriber reads, so the server's flow control and lag policy
+    /// (`--lag-policy drop` included) apply to it, but one left unread stalls every call on the
+    /// connection once it has filled the connection's receive window.
+    pub subscription_queue: Option<SubscriptionQueue>,
 }
 
 impl ClientConfig {
@@ -101,6 +109,7 @@ impl ClientConfig {
             tickets: Tickets::default(),
             zero_rtt: true,
             retry: RetryPolicy::default(),
+            subscription_queue: Some(SubscriptionQueue::default()),
         }
     }
 }
@@ -126,6 +135,9 @@ impl ClientConfig {
         }
         if self.retry.attempts == 0 {
             return Err("a call needs at least one attempt".into());
+        }
+        if self.subscription_queue.is_some_and(|queue| queue.messages == 0) {
+            return Err("a subscription's queue must hold at least one message".into());
         }
         Ok(())
     }

@@ -2,11 +2,14 @@
 //! the topic, and [`Client::publish`] publishes.
 //!
 //! Over QUIC a subscription is one more stream on the client's connection: subscriptions are cheap,
-//! and they survive a change of network with the connection. Over TCP its answer would hold up every
-//! answer after it on a shared connection (answers come in request order), so each subscription has a
-//! connection of its own. Either way the subscriber reads at its own pace: the server's flow control
-//! holds back what it has not read, and the server's lag policy decides what happens when its queue
-//! there fills (docs/PROTOCOL.md, section 6.1).
+//! and they survive a change of network with the connection. The client reads that stream as frames
+//! arrive, into a queue of the subscription's own ([`SubscriptionQueue`]), so that a subscriber that
+//! does not read cannot stall the calls that share the connection; what arrives while the queue is full
+//! is reported as [`Event::Missed`]. Over TCP its answer would hold up every answer after it on a
+//! shared connection (answers come in request order), so each subscription has a connection of its
+//! own, and the subscriber reads at its own pace: the server's flow control holds back what it has not
+//! read. Either way the server's lag policy decides what happens when its queue there fills
+//! (docs/PROTOCOL.md, section 6.1).
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -17,7 +20,10 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
+#[cfg(doc)]
+use super::SubscriptionQueue;
 use super::error::Cause;
+use super::inbox::Inbox;
 use super::tcp::{ByteStream, open_stream};
 use super::{Client, ClientError, ClientResult, Connection, ResponseFrames, ok, quic};
 use crate::pb::{CommandRequest, CommandResponse, Value, status, value};
@@ -31,14 +37,16 @@ pub enum Event {
     /// A message published to the topic: the values of its Publish.
     Message(Vec<Value>),
     /// This many messages were published but not delivered here, because this subscriber's queue on
-    /// the server was full (it read too slowly). The next message follows them.
+    /// the server, or over QUIC its queue in the client ([`SubscriptionQueue`]), was full (it read too
+    /// slowly). The next message follows them.
     Missed(u64),
 }
 
 /// A subscription to a topic: a `Stream` of [`Event`]s in publish order. It ends (`None`) when it is
 /// unsubscribed; it fails with [`ClientError::SubscriptionEnded`] when the server ends it (status 429:
-/// dropped for lagging; 410: the server is shutting down) and with a connection error when the
-/// connection is lost. Dropping it unsubscribes: the server removes it at once.
+/// dropped for lagging; 410: the server is shutting down; 408: it read nothing for the server's reply
+/// timeout) and with a connection error when the connection is lost. Dropping it unsubscribes: the
+/// server removes it at once.
 pub struct Subscription {
     id: SubscriptionId,
     topic: String,
@@ -50,8 +58,12 @@ pub struct Subscription {
 }
 
 enum Channel {
-    /// The subscription's stream, and the connection that owns it: an Unsubscribe must come from it.
-    Quic { frames: ResponseFrames, connection: quic::QuicConnection },
+    /// The subscription's stream, read into its queue, and the connection that owns it: an Unsubscribe
+    /// must come from it.
+    Quic { frames: Inbox, connection: quic::QuicConnection },
+    /// The subscription's stream read as the subscriber reads (until its first frame has been read,
+    /// and without a [`SubscriptionQueue`]), and the connection that owns it.
+    QuicDirect { frames: ResponseFrames, connection: quic::QuicConnection },
     /// A connection of the subscription's own.
     Tcp {
         frames: FramedRead<ReadHalf<Box<dyn ByteStream>>, FrameCodec<CommandResponse>>,
@@ -96,7 +108,7 @@ impl Client {
                 let Connection::Quic(connection) = self.connection().await? else {
                     return Err(ClientError::Protocol("a QUIC client holds a TCP connection".into()));
                 };
-                Channel::Quic { frames: connection.send(frame, max_frame_len).await?, connection }
+                Channel::QuicDirect { frames: connection.send(frame, max_frame_len).await?, connection }
             }
             // A connection of its own, made directly: the shared one is not needed, nor connected.
             Transport::Tls | Transport::Tcp | Transport::GrpcPipeline => {
@@ -162,6 +174,12 @@ impl Client {
                 .map_err(|_| ClientError::Protocol(format!("subscription id {id} out of range")))?,
             other => return Err(ClientError::Protocol(format!("Subscribe answered an id of {other:?}"))),
         };
+        let channel = match (channel, config.subscription_queue) {
+            (Channel::QuicDirect { frames, connection }, Some(limits)) => {
+                Channel::Quic { frames: Inbox::start(frames, limits), connection }
+            }
+            (channel, _) => channel,
+        };
         Ok(Subscription {
             id,
             topic: topic.to_owned(),
@@ -192,7 +210,8 @@ impl Client {
 impl Channel {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<ClientResult<CommandResponse>>> {
         match self {
-            Channel::Quic { frames, .. } => frames.poll_next(cx),
+            Channel::Quic { frames, .. } => frames.poll_frame(cx),
+            Channel::QuicDirect { frames, .. } => frames.poll_next(cx),
             #[cfg(feature = "web-client")]
             Channel::Web { frames, .. } => frames.poll_next(cx),
             Channel::Tcp { frames, .. } => Poll::Ready(match ready!(frames.poll_next_unpin(cx)) {
@@ -229,7 +248,7 @@ impl Subscription {
         let (max_frame_len, ended) = (self.max_frame_len, self.ended);
         let unsubscribing = async {
             match &mut self.channel {
-                Channel::Quic { connection, .. } => {
+                Channel::Quic { connection, .. } | Channel::QuicDirect { connection, .. } => {
                     let mut answer = connection.send(frame, max_frame_len).await?;
                     let response = answer.next().await.unwrap_or_else(|| {
                         Err(ClientError::Protocol("Unsubscribe was answered with nothing".into()))
@@ -303,12 +322,28 @@ impl futures_util::Stream for Subscription {
             Some(Ok(frame)) => Poll::Ready(this.event(frame)),
             Some(Err(e)) => {
                 this.ended = true;
-                Poll::Ready(Some(Err(e)))
+                Poll::Ready(Some(Err(ended_by_server(e))))
             }
             None => {
                 this.ended = true;
                 Poll::Ready(None)
             }
         }
+    }
+}
+
+/// `e`, or, for a subscription stream the server reset because its subscriber read none of it for the
+/// server's reply timeout (QUIC code 0x13), the end of the subscription it is.
+fn ended_by_server(e: ClientError) -> ClientError {
+    match e {
+        ClientError::Stream(Cause::QuicRead(quinn::ReadError::Reset(code)))
+            if code == crate::transport::quic::codes::REPLY_TIMEOUT =>
+        {
+            ClientError::SubscriptionEnded {
+                status: status::REQUEST_TIMEOUT,
+                reason: "the subscriber read none of it for the server's reply timeout".into(),
+            }
+        }
+        other => other,
     }
 }
