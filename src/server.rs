@@ -248,6 +248,14 @@ impl<S: Storage> Server<S> {
             transport::bind(config.listen, tls, config.tcp, &config.limits, &config.quic).map_err(|e| {
                 ServerError::Bind { addr: config.listen, protocol: e.protocol, cause: e.cause }
             })?;
+        let keep_alive = crate::client::DEFAULT_KEEP_ALIVE;
+        if config.limits.idle_timeout < 3 * keep_alive {
+            warn!(
+                idle_timeout = ?config.limits.idle_timeout,
+                client_keep_alive = ?keep_alive,
+                "the idle timeout is shorter than three keep-alive intervals of qkv's clients: an idle QUIC connection (a quiet subscriber's) may be closed under its client; give clients --keep-alive under a third of --idle-timeout, or raise it"
+            );
+        }
         if config.tcp == TcpMode::Plaintext && !config.listen.ip().is_loopback() {
             warn!(
                 addr = %config.listen,

@@ -350,3 +350,16 @@ async fn budgets_beyond_the_machine_are_warned_of() {
         modest.startup_log
     );
 }
+
+#[tokio::test]
+async fn an_idle_timeout_shorter_than_clients_keep_alive_needs_is_warned_about() {
+    let warned = |server: &ServerProcess| {
+        server.startup_log.iter().any(|l| l.contains("WARN") && l.contains("three keep-alive intervals"))
+    };
+    // `qkv subscribe` against `--idle-timeout 5s` lost its quiet subscription: clients keep alive
+    // every 10 s by default.
+    let short = ServerProcess::start(&["--idle-timeout", "5s"]).await;
+    assert!(warned(&short), "{:?}", short.startup_log);
+    let default = ServerProcess::start(&[]).await;
+    assert!(!warned(&default), "{:?}", default.startup_log);
+}

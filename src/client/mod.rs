@@ -54,6 +54,12 @@ use backoff::Backoff;
 
 pub type ClientResult<T> = Result<T, ClientError>;
 
+/// How often a client keeps an idle connection alive unless told otherwise ([`ClientConfig::keep_alive`],
+/// `--keep-alive`). QUIC closes a connection idle for the smaller of the two sides' idle timeouts, so
+/// a server whose `--idle-timeout` is not well above this closes its default clients' quiet
+/// connections; it warns at start when it is under three times this.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
+
 /// How to reach a server, and how to behave on a link that fails.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -104,7 +110,7 @@ impl ClientConfig {
             limits: Limits::default(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
-            keep_alive: Duration::from_secs(10),
+            keep_alive: DEFAULT_KEEP_ALIVE,
             quic: QuicOptions::default(),
             tickets: Tickets::default(),
             zero_rtt: true,
