@@ -414,3 +414,15 @@ async fn a_connection_carries_one_subscription_at_a_time() {
     assert_eq!(publisher.publish("c", [Value::from("now")]).await.unwrap().receivers, 1);
     assert_eq!(frames.next().await.unwrap().unwrap().values, [Value::from("now")]);
 }
+
+#[tokio::test]
+async fn a_plaintext_client_at_a_tls_port_is_told_nothing_was_executed() {
+    let server = TestServer::start_for(Transport::Tls).await;
+    let config = qkv::client::ClientConfig { transport: Transport::Tcp, ..server.client_config() };
+    let client = qkv::Client::connect_with(config).await.unwrap();
+    let err = client.hset("t", "k", "v").await.unwrap_err();
+    assert_eq!(err.executed(), qkv::client::Executed::No, "{err}");
+    assert!(!err.is_retryable(), "the same mistake again: {err}");
+    assert!(err.to_string().contains("looks like TLS"), "{err}");
+    assert_eq!(server.client().await.hget("t", "k").await.unwrap(), None);
+}

@@ -100,6 +100,10 @@ pub enum ClientError {
     /// 0x10 on the answer: its memory or the client's reading ran out); nothing was executed.
     #[error("the server refused the request and could not deliver why; it was not executed")]
     RefusedUnanswered,
+    /// The server answered in another protocol than the client speaks (TLS, to a plaintext TCP
+    /// client): it cannot have taken anything the client sent for a request.
+    #[error("the server does not speak this transport: {0}; the request was not executed")]
+    OtherProtocol(#[source] Cause),
     #[error("request of {len} bytes exceeds the maximum frame size of {max} bytes")]
     RequestTooLarge { len: u64, max: usize },
     /// The server's reply, though well framed, did not say what the request asks for.
@@ -217,6 +221,7 @@ impl ClientError {
             | ZeroRttRejected
             | Closed
             | RequestTooLarge { .. }
+            | OtherProtocol(_)
             | Unsupported(_)
             // A conditional write whose expected version did not match wrote nothing.
             | Conflict { .. } => Executed::No,
@@ -286,6 +291,7 @@ impl ClientError {
             | ClientError::Connect { cause, .. }
             | ClientError::ClientCertificateRefused { cause }
             | ClientError::NotSent { cause }
+            | ClientError::OtherProtocol(cause)
             | ClientError::ConnectionLost(cause)
             | ClientError::Stream(cause) => Some(cause),
             _ => None,

@@ -50,6 +50,9 @@ pub(super) enum Closed {
     Lost(Cause),
     /// The server refused the client's certificate, or its lack of one, after the handshake.
     CertificateRefused(Cause),
+    /// The server answered in another protocol (TLS, to a plaintext client): it took nothing sent
+    /// on the connection for a request.
+    OtherProtocol(Cause),
 }
 
 impl Closed {
@@ -59,6 +62,7 @@ impl Closed {
             Closed::NotSent(cause) => ClientError::NotSent { cause },
             Closed::Lost(cause) => ClientError::ConnectionLost(cause),
             Closed::CertificateRefused(cause) => ClientError::ClientCertificateRefused { cause },
+            Closed::OtherProtocol(cause) => ClientError::OtherProtocol(cause),
         }
     }
 }
@@ -515,6 +519,7 @@ impl Reader {
                     Some(alert) => break Closed::CertificateRefused(alert.into()),
                     None => break Closed::Lost(e.into()),
                 },
+                Some(Err(e)) if e.is_other_protocol() => break Closed::OtherProtocol(e.into()),
                 Some(Err(e)) => break Closed::Lost(e.into()),
                 None => break Closed::Lost(Cause::ServerClosed),
             };

@@ -38,6 +38,14 @@ pub enum FrameError {
     Io(#[from] io::Error),
 }
 
+impl FrameError {
+    /// Whether the "frame" was the start of another protocol (TLS, HTTP): the peer does not speak
+    /// qkv's framing on this connection, so it read nothing sent on it as a request.
+    pub fn is_other_protocol(&self) -> bool {
+        matches!(self, FrameError::TooLarge { declared, .. } if !other_protocol_hint(*declared).is_empty())
+    }
+}
+
 /// When a "length" is really the start of another protocol, says which: the usual way to meet an
 /// absurd frame size is a client and server that disagree about TLS, or a web browser.
 fn other_protocol_hint(declared: u64) -> &'static str {
