@@ -255,7 +255,8 @@ async fn run_until_done(config: &BenchConfig, progress: &Progress) -> Result<Ben
         let mut loader_config = config.client.clone();
         loader_config.tickets = Tickets::none();
         let loader = Client::connect_with(loader_config).await?;
-        let loaded = workload::preload(&loader, config.keys.max(1), &preloaded).await;
+        let max_frame_len = config.client.limits.max_frame_len;
+        let loaded = workload::preload(&loader, config.keys.max(1), &preloaded, max_frame_len).await;
         loader.close().await;
         loaded?;
     }

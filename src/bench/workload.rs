@@ -250,14 +250,30 @@ impl RequestMaker {
     }
 }
 
-/// Writes every key the workload reads, so that reads hit.
-pub async fn preload(client: &Client, keys: usize, value: &Value) -> Result<(), ClientError> {
-    const BATCH: usize = 1000;
-    for start in (0..keys).step_by(BATCH) {
-        let pairs = (start..(start + BATCH).min(keys)).map(|i| Kvpair::new(key(i), value.clone()));
+/// Writes every key the workload reads, so that reads hit: in Hmsets of up to 1000 keys, and fewer
+/// when their values are large, so that each request fits in half of `max_frame_len` (the rest is room
+/// for framing).
+pub async fn preload(
+    client: &Client,
+    keys: usize,
+    value: &Value,
+    max_frame_len: usize,
+) -> Result<(), ClientError> {
+    let batch = preload_batch(keys, value, max_frame_len);
+    for start in (0..keys).step_by(batch) {
+        let pairs = (start..(start + batch).min(keys)).map(|i| Kvpair::new(key(i), value.clone()));
         client.hmset(TABLE, pairs).await?;
     }
     Ok(())
+}
+
+/// How many keys one preloading Hmset carries (at least one: a single value too large for a frame
+/// fails as the request it is).
+fn preload_batch(keys: usize, value: &Value, max_frame_len: usize) -> usize {
+    const MOST: usize = 1000;
+    // The longest key's pair, with the tag and length that put it in the request.
+    let pair = prost::Message::encoded_len(&Kvpair::new(key(keys.max(1) - 1), value.clone())) + 8;
+    (max_frame_len / 2 / pair).clamp(1, MOST)
 }
 
 #[cfg(test)]
@@ -275,6 +291,18 @@ mod tests {
             counts[index] += 1;
         }
         counts
+    }
+
+    #[test]
+    fn preloading_large_values_takes_requests_that_fit_in_a_frame() {
+        let max = crate::transport::frame::DEFAULT_MAX_FRAME_LEN;
+        assert_eq!(preload_batch(10_000, &Value::from(vec![b'p'; 100]), max), 1000);
+        let large = Value::from(vec![b'p'; 100_000]);
+        let batch = preload_batch(10_000, &large, max);
+        let pairs = (0..batch).map(|i| Kvpair::new(key(i), large.clone()));
+        let request = crate::pb::CommandRequest::hmset(TABLE, pairs);
+        assert!(crate::transport::frame::encode_frame(&request, max).is_ok(), "{batch} pairs");
+        assert_eq!(preload_batch(10, &Value::from(vec![b'p'; 20 << 20]), max), 1);
     }
 
     #[test]
