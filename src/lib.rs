@@ -7,20 +7,23 @@
 //! ```
 //!
 //! - [`pb`]: the wire messages (generated from `proto/kv.proto`) and their conveniences.
-//! - [`storage`]: the async [`storage::Storage`] trait and its backends.
-//! - [`service`]: what each command does; shared by all connections and transports.
-//! - [`memory`]: the memory the process may use, and the server-wide budget of what connections can
+//! - `storage`: the async `Storage` trait and its backends.
+//! - `service`: what each command does; shared by all connections and transports.
+//! - `memory`: the memory the process may use, and the server-wide budget of what connections can
 //!   make it hold.
-//! - [`pubsub`]: topics, subscribers and their bounded queues (the broker behind Subscribe, Unsubscribe
+//! - `pubsub`: topics, subscribers and their bounded queues (the broker behind Subscribe, Unsubscribe
 //!   and Publish).
 //! - [`transport`]: frames on byte streams, and the QUIC listener and connector.
-//! - [`tls`] and [`certs`]: rustls configurations (ring, TLS 1.3, ALPN `qkv/1`) and certificate files.
-//! - [`server`] and [`client`]: wiring, limits and graceful shutdown; the typed async client.
-//! - [`metrics`]: what the server counts, for the admin listener's `/metrics`.
-//! - [`bench`](mod@bench): the load generator behind `qkv bench`, built on the client (here rather
-//!   than in the binary, so the CLI holds no logic of its own).
-//! - [`stat`]: `qkv stat`'s live view of a server, from its admin listener's Prometheus metrics.
-//! - [`web`]: the web listener, REST and gRPC adapters onto the same service (docs/HTTP.md).
+//! - [`tls`] and `certs`: rustls configurations (ring, TLS 1.3, ALPN `qkv/1`) and certificate files.
+//! - `server` and [`client`]: wiring, limits and graceful shutdown; the typed async client.
+//! - `metrics`: what the server counts, for the admin listener's `/metrics`.
+//! - `bench`: the load generator behind `qkv bench`, built on the client (here rather than in the
+//!   binary, so the CLI holds no logic of its own).
+//! - `stat`: `qkv stat`'s live view of a server, from its admin listener's Prometheus metrics.
+//! - `web`: the web listener, REST and gRPC adapters onto the same service (docs/HTTP.md).
+//!
+//! The modules named without a link are the server's and the CLI's: only the features below build
+//! them (plain names, so that a client-only build's documentation has no broken links).
 //!
 //! Features: `server` adds the server (service, stores, broker, listeners, certificate generation);
 //! `cli` (the default) adds the load generator, `qkv stat`'s scraper and what the `qkv` binary needs.
@@ -29,8 +32,6 @@
 //! The wire protocol is specified in `docs/PROTOCOL.md`; the design and its measurements in
 //! `docs/DESIGN.md`.
 #![forbid(unsafe_code)]
-// The map above names modules that the smaller feature sets leave out.
-#![cfg_attr(not(all(feature = "server", feature = "cli")), allow(rustdoc::broken_intra_doc_links))]
 
 #[cfg(feature = "server")]
 pub mod admin;

@@ -5,7 +5,7 @@
 //! The server name checked is the one the client dialled (a DNS name or an IP address), never a
 //! hard-coded one. With mutual TLS (a client CA given to the server) the server verifies clients'
 //! certificates the same way, against its client CA file, and knows each client by its certificate's
-//! subject ([`certificate_subject`]).
+//! subject (`certificate_subject`, in a build with the `server` feature).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -73,6 +73,13 @@ fn pem_reason(cause: &rustls::pki_types::pem::Error) -> String {
 /// AES-128-GCM is TLS 1.3's mandatory suite and what browsers and most QUIC stacks prefer; the other
 /// two stay on offer for peers that want them. A server follows its client's order (rustls'
 /// default), so a client that prefers ChaCha20 (no AES instructions) gets it.
+///
+/// rustls 0.23.48 deprecates `crypto::ring::default_provider` because ring offers no post-quantum key
+/// exchange, and offers no other way to build ring's provider: the allowance below keeps the warning
+/// out of every dependent's build while qkv stays on ring (quinn's and wtransport's provider too, and
+/// no C toolchain for aws-lc). Key exchange is therefore classical (X25519, P-256, P-384): see
+/// docs/SECURITY.md, "Known gaps".
+#[allow(deprecated)]
 pub fn provider() -> Arc<CryptoProvider> {
     use rustls::crypto::ring::cipher_suite::{
         TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
@@ -159,7 +166,7 @@ pub fn read_roots(ca_file: &Path) -> Result<RootCertStore, TlsError> {
 }
 
 /// How many sessions a server remembers for resumption, unless configured otherwise. Each ticket
-/// resumes one connection (see [`server_configs`]); a few hundred bytes each.
+/// resumes one connection (see `server_configs`); a few hundred bytes each.
 pub const DEFAULT_SESSION_CACHE: usize = 16 * 1024;
 
 /// The sessions a server remembers for resumption, each taken out when a client resumes it.

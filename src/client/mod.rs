@@ -164,17 +164,19 @@ pub struct Written {
 pub struct ClientStats {
     /// Connections established, the first included.
     pub connections: u64,
-    /// QUIC connections whose 0-RTT early data the server accepted, or refused.
+    /// QUIC connections whose 0-RTT early data the server accepted.
     pub zero_rtt_accepted: u64,
+    /// QUIC connections whose 0-RTT early data the server refused (their requests were sent again).
     pub zero_rtt_rejected: u64,
     /// TLS-over-TCP connections that resumed a session.
     pub resumed: u64,
     /// Calls sent again after a failure.
     pub retries: u64,
-    /// QUIC packets the closed connections sent, and those they took for lost (quinn's loss
-    /// detection; on a path that loses nothing, a late acknowledgement).
+    /// QUIC packets the closed connections sent.
     #[cfg_attr(feature = "cli", serde(default))]
     pub packets_sent: u64,
+    /// QUIC packets the closed connections took for lost (quinn's loss detection; on a path that
+    /// loses nothing, a late acknowledgement).
     #[cfg_attr(feature = "cli", serde(default))]
     pub packets_lost: u64,
 }

@@ -1,9 +1,9 @@
 //! Transports: how frames travel. Everything above the byte stream is shared: [`frame`] is the codec,
-//! [`writer`] writes reply frames, [`exchange`] serves one request on a stream of its own (QUIC),
-//! [`pipeline`] serves many requests in order on one byte stream (TCP), both over any
-//! `AsyncRead`/`AsyncWrite` and generic over the [`Handler`](crate::service::Handler) behind them;
-//! [`admission`], [`budget`] and [`timeouts`] bound what a peer can make the server hold. [`quic`] and
-//! [`tcp`] only adapt their sockets to those.
+//! `writer` writes reply frames, `exchange` serves one request on a stream of its own (QUIC),
+//! `pipeline` serves many requests in order on one byte stream (TCP), both over any
+//! `AsyncRead`/`AsyncWrite` and generic over the service's `Handler` behind them; `admission`,
+//! `budget` and [`timeouts`] bound what a peer can make the server hold. [`quic`] and `tcp` only adapt
+//! their sockets to those. (Names without links are the server's: a client-only build has none of them.)
 
 pub mod frame;
 pub mod messages;
