@@ -163,7 +163,12 @@ impl ServerProcess {
     }
 
     async fn listener_addr(&mut self, logged: &str) -> SocketAddr {
-        let line = self.log_line(&[logged]).await;
+        // The admin listener may serve before the server does (while its store opens), so its line
+        // may be among those read already.
+        let line = match self.startup_log.iter().find(|line| line.contains(logged)) {
+            Some(line) => line.clone(),
+            None => self.log_line(&[logged]).await,
+        };
         line.rsplit("addr=")
             .next()
             .and_then(|a| a.split_whitespace().next())
