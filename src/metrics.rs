@@ -15,7 +15,7 @@ use metrics::{Counter, Gauge, Histogram, Unit, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::pb::{COMMAND_NAMES, CommandRequest, status};
-use crate::service::{Caller, Handler, Reply, RequestClass};
+use crate::service::{Arrival, Caller, Handler, Reply, RequestClass};
 use crate::transport::Transport;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -25,8 +25,14 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// Request durations: 50 µs (a loopback round trip's floor) to 10 s, about ×2.5 apart.
-const DURATION_BUCKETS: [f64; 14] =
+/// Request durations and latencies: 1 µs to 10 s, about ×2.5 apart. A memory store executes a
+/// request in about a microsecond, so the fine buckets are what resolve its service time.
+const REQUEST_BUCKETS: [f64; 19] = [
+    1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
+    100e-3, 250e-3, 1.0, 10.0,
+];
+/// fsync durations: 50 µs (a fast device's floor) to 10 s.
+const FSYNC_BUCKETS: [f64; 14] =
     [50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1.0, 10.0];
 /// Path RTTs: 100 µs to 5 s.
 const RTT_BUCKETS: [f64; 12] =
@@ -83,9 +89,11 @@ pub fn install() -> Result<Exporter, MetricsError> {
 fn set_recorder() -> Result<Exporter, MetricsError> {
     let error = |e: metrics_exporter_prometheus::BuildError| MetricsError(e.to_string());
     let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full("qkv_request_duration_seconds".into()), &DURATION_BUCKETS)
+        .set_buckets_for_metric(Matcher::Full("qkv_request_duration_seconds".into()), &REQUEST_BUCKETS)
         .map_err(error)?
-        .set_buckets_for_metric(Matcher::Full("qkv_disk_fsync_duration_seconds".into()), &DURATION_BUCKETS)
+        .set_buckets_for_metric(Matcher::Full("qkv_request_latency_seconds".into()), &REQUEST_BUCKETS)
+        .map_err(error)?
+        .set_buckets_for_metric(Matcher::Full("qkv_disk_fsync_duration_seconds".into()), &FSYNC_BUCKETS)
         .map_err(error)?
         .set_buckets_for_metric(Matcher::Full("qkv_quic_rtt_seconds".into()), &RTT_BUCKETS)
         .map_err(error)?
@@ -111,6 +119,7 @@ fn set_recorder() -> Result<Exporter, MetricsError> {
     describe();
     gauge!("qkv_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     subscriptions(0);
+    register_at_zero();
     ENABLED.store(true, Ordering::Relaxed);
     Ok(exporter)
 }
@@ -121,7 +130,12 @@ fn describe() {
     h!(
         "qkv_request_duration_seconds",
         Unit::Seconds,
-        "Time from a decoded request to its answer (to the start of a streamed answer)."
+        "Service time: from a request's execution starting to its answer (to the start of a streamed answer); no queueing."
+    );
+    h!(
+        "qkv_request_latency_seconds",
+        Unit::Seconds,
+        "What a client waits, as the server sees it: from a request's frame read whole to its answer handed to the transport, queueing included."
     );
     g!("qkv_requests_in_flight", "Requests being executed.");
     c!("qkv_connections_accepted_total", "Connections admitted.");
@@ -184,14 +198,144 @@ fn describe() {
     g!("qkv_ready", "1 when the server is ready to serve (as /readyz), 0 otherwise.");
 }
 
+/// Declares an enum of a label's values, with `ALL` listing every one and `name` the label's text: the
+/// one list that [`register_at_zero`] exports from the start, so that a new value cannot be left out.
+macro_rules! label_values {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$variant_meta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $name { $($(#[$variant_meta])* $variant,)+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// As the metrics label it.
+            pub fn name(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+        }
+    };
+}
+
+label_values! {
+    /// A limit that refused a request or a connection, as `qkv_limits_hit_total` labels it: its
+    /// flag's name with `_`.
+    pub enum Limit {
+        MaxFrameSize => "max_frame_size",
+        MaxTableSize => "max_table_size",
+        MaxKeySize => "max_key_size",
+        MaxValueSize => "max_value_size",
+        ConnectionMemory => "connection_memory",
+        MemoryBudget => "memory_budget",
+        MaxConnections => "max_connections",
+        RequestTimeout => "request_timeout",
+        ReplyTimeout => "reply_timeout",
+        SubscriberQueue => "subscriber_queue",
+        SubscriptionsPerConnection => "subscriptions_per_connection",
+    }
+}
+
+label_values! {
+    /// How a TLS handshake ended (`qkv_handshakes_total`).
+    pub enum HandshakeResult {
+        Completed => "completed",
+        /// A TLS error, e.g. a bad client certificate.
+        Failed => "failed",
+        TimedOut => "timed_out",
+    }
+}
+
+label_values! {
+    /// What a session ticket came to (`qkv_tls_resumptions_total`).
+    pub enum Resumption {
+        /// The handshake skipped the certificate.
+        Resumed => "resumed",
+        /// Not in the session cache: a full handshake, and 0-RTT rejected.
+        Unknown => "unknown",
+    }
+}
+
+label_values! {
+    /// How a round trip to the storage backend ended (`qkv_backend_requests_total`).
+    pub enum BackendResult {
+        Ok => "ok",
+        Unavailable => "unavailable",
+        Uncertain => "uncertain",
+        OutOfMemory => "out_of_memory",
+        Error => "error",
+    }
+}
+
+/// The transports that carry connections of their own (the web listener's as `http`): what the
+/// connection and byte counters are labelled with.
+const CONNECTION_TRANSPORTS: [Transport; 4] =
+    [Transport::Quic, Transport::Tls, Transport::Tcp, Transport::Http];
+
+/// The transports whose connections begin with a TLS handshake (QUIC's included).
+const HANDSHAKE_TRANSPORTS: [Transport; 3] = [Transport::Quic, Transport::Tls, Transport::Http];
+
+/// The backends that count round trips.
+const BACKENDS: [&str; 1] = ["redis"];
+
+/// Exports every counter whose labels are all known in advance at 0 (and the connection gauges), so
+/// that a series exists before its first event: Prometheus's `rate()` and `increase()` need a
+/// sample before an increment to see it, and a series that appears at 1 is a first burst lost.
+/// (`qkv_requests_total`, by command, transport and status, would be thousands of series: each
+/// appears with its first request.)
+fn register_at_zero() {
+    for limit in Limit::ALL {
+        counter!("qkv_limits_hit_total", "limit" => limit.name()).absolute(0);
+    }
+    for transport in CONNECTION_TRANSPORTS {
+        let t = transport.name();
+        counter!("qkv_connections_accepted_total", "transport" => t).absolute(0);
+        gauge!("qkv_connections_open", "transport" => t).increment(0.0);
+        counter!("qkv_bytes_received_total", "transport" => t).absolute(0);
+        counter!("qkv_bytes_sent_total", "transport" => t).absolute(0);
+        for reason in [Limit::MaxConnections, Limit::ConnectionMemory] {
+            counter!("qkv_connections_refused_total", "transport" => t, "reason" => reason.name())
+                .absolute(0);
+        }
+    }
+    for transport in HANDSHAKE_TRANSPORTS {
+        let t = transport.name();
+        for result in HandshakeResult::ALL {
+            counter!("qkv_handshakes_total", "transport" => t, "result" => result.name()).absolute(0);
+        }
+        for result in Resumption::ALL {
+            counter!("qkv_tls_resumptions_total", "transport" => t, "result" => result.name()).absolute(0);
+        }
+    }
+    for backend in BACKENDS {
+        for result in BackendResult::ALL {
+            counter!("qkv_backend_requests_total", "backend" => backend, "result" => result.name())
+                .absolute(0);
+        }
+    }
+    for name in [
+        "qkv_zero_rtt_requests_total",
+        "qkv_quic_retries_total",
+        "qkv_quic_migrations_total",
+        "qkv_quic_sent_packets_total",
+        "qkv_quic_lost_packets_total",
+        "qkv_quic_lost_bytes_total",
+        "qkv_quic_congestion_events_total",
+        "qkv_pubsub_published_total",
+        "qkv_pubsub_delivered_total",
+        "qkv_pubsub_missed_total",
+    ] {
+        counter!(name).absolute(0);
+    }
+}
+
 /// Whether the server is ready, as /readyz last found it (0 from the moment shutdown begins).
 pub fn ready(ready: bool) {
     gauge!("qkv_ready").set(if ready { 1.0 } else { 0.0 });
 }
 
-/// A limit refused a request or a connection; `limit` is its flag's name with `_` (`max_value_size`).
-pub fn limit_hit(limit: &'static str) {
-    counter!("qkv_limits_hit_total", "limit" => limit).increment(1);
+/// A limit refused a request or a connection.
+pub fn limit_hit(limit: Limit) {
+    counter!("qkv_limits_hit_total", "limit" => limit.name()).increment(1);
 }
 
 /// Requests being executed, by transport (in `Transport::ALL`'s order): plain atomics, read into the
@@ -229,6 +373,8 @@ pub struct RequestMetrics {
     requests: Vec<OnceLock<Counter>>,
     /// `qkv_request_duration_seconds`, by command.
     durations: Vec<OnceLock<Histogram>>,
+    /// `qkv_request_latency_seconds`, by command.
+    latencies: Vec<OnceLock<Histogram>>,
     in_flight: &'static AtomicI64,
 }
 
@@ -247,6 +393,7 @@ impl RequestMetrics {
             transport: label,
             requests: (0..COMMAND_NAMES.len() * STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
             durations: (0..COMMAND_NAMES.len()).map(|_| OnceLock::new()).collect(),
+            latencies: (0..COMMAND_NAMES.len()).map(|_| OnceLock::new()).collect(),
             in_flight: &IN_FLIGHT[index],
         }
     }
@@ -267,12 +414,25 @@ impl RequestMetrics {
             })
             .record(elapsed.as_secs_f64());
     }
+
+    fn record_latency(&self, arrival: Arrival) {
+        let Some(latency) = self.latencies.get(arrival.command) else { return };
+        let (command_name, transport) = (COMMAND_NAMES[arrival.command], self.transport);
+        latency
+            .get_or_init(|| {
+                histogram!("qkv_request_latency_seconds", "command" => command_name, "transport" => transport)
+            })
+            .record(arrival.at.elapsed().as_secs_f64());
+    }
 }
 
 /// A handler that counts what `H` answers on one transport: requests by command and status, their
 /// durations, those in flight. A streamed answer (Hgetall, Subscribe) counts as its first frame's
 /// status is not known before it is sent: 200, timed to the start of the stream. An answer the disk
 /// store deferred to its fsync (`storage::deferring`) counts when it may be sent, with its final status.
+/// Its duration is service time only; what the transports tell it of answers handed to them
+/// ([`Handler::answered`]) is the latency, which includes the time a request waited to run and its
+/// answer waited for its turn: under overload the one grows while the other does not.
 #[derive(Clone)]
 pub struct Metered<H> {
     inner: H,
@@ -328,6 +488,16 @@ impl<H: Handler> Handler for Metered<H> {
     fn connection_closing(&self, caller: &Caller) {
         self.inner.connection_closing(caller)
     }
+
+    fn times_answers(&self) -> bool {
+        self.metrics.is_some()
+    }
+
+    fn answered(&self, arrival: Arrival) {
+        if let Some(metrics) = &self.metrics {
+            metrics.record_latency(arrival);
+        }
+    }
 }
 
 /// Takes one off a count when dropped, so that a request whose connection goes away mid-way still
@@ -364,16 +534,21 @@ impl Drop for OpenConnection {
     }
 }
 
-/// A connection on `transport` was refused; `reason` is the limit's flag name.
-pub fn connection_refused(transport: Transport, reason: &'static str) {
-    counter!("qkv_connections_refused_total", "transport" => transport.name(), "reason" => reason)
+/// A connection on `transport` was refused by `reason`.
+pub fn connection_refused(transport: Transport, reason: Limit) {
+    counter!("qkv_connections_refused_total", "transport" => transport.name(), "reason" => reason.name())
         .increment(1);
     limit_hit(reason);
 }
 
-/// A TLS handshake on `transport` ended: `completed`, `failed` or `timed_out`.
-pub fn handshake(transport: Transport, result: &'static str) {
-    counter!("qkv_handshakes_total", "transport" => transport.name(), "result" => result).increment(1);
+/// A TLS handshake on `transport` ended.
+pub fn handshake(transport: Transport, result: HandshakeResult) {
+    counter!("qkv_handshakes_total", "transport" => transport.name(), "result" => result.name()).increment(1);
+}
+
+/// A session ticket was presented on `transport`.
+pub fn resumption(transport: &'static str, result: Resumption) {
+    counter!("qkv_tls_resumptions_total", "transport" => transport, "result" => result.name()).increment(1);
 }
 
 /// A QUIC Retry was sent to validate a client's address.
@@ -398,9 +573,9 @@ pub fn disk_fsync(elapsed: Duration) {
     histogram!("qkv_disk_fsync_duration_seconds").record(elapsed.as_secs_f64());
 }
 
-/// A round trip to the storage backend ended: `ok`, or the kind of error.
-pub fn backend_request(backend: &'static str, result: &'static str) {
-    counter!("qkv_backend_requests_total", "backend" => backend, "result" => result).increment(1);
+/// A round trip to the storage backend (one of `BACKENDS`) ended.
+pub fn backend_request(backend: &'static str, result: BackendResult) {
+    counter!("qkv_backend_requests_total", "backend" => backend, "result" => result.name()).increment(1);
 }
 
 /// Subscriptions open now.
@@ -417,7 +592,7 @@ pub fn published(delivered: u64, missed: u64) {
     }
     if missed > 0 {
         counter!("qkv_pubsub_missed_total").increment(missed);
-        counter!("qkv_limits_hit_total", "limit" => "subscriber_queue").increment(missed);
+        counter!("qkv_limits_hit_total", "limit" => Limit::SubscriberQueue.name()).increment(missed);
     }
 }
 

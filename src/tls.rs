@@ -195,9 +195,9 @@ impl SessionCache {
 
     /// Counts a ticket presented: known (the session resumes) or not.
     fn looked_up(&self, session: Option<Vec<u8>>) -> Option<Vec<u8>> {
-        let result = if session.is_some() { "resumed" } else { "unknown" };
-        metrics::counter!("qkv_tls_resumptions_total", "transport" => self.transport, "result" => result)
-            .increment(1);
+        use crate::metrics::Resumption;
+        let result = if session.is_some() { Resumption::Resumed } else { Resumption::Unknown };
+        crate::metrics::resumption(self.transport, result);
         session
     }
 }

@@ -5,6 +5,7 @@
 use prost::Message;
 
 use super::ServiceError;
+use crate::metrics::Limit;
 use crate::pb::command_request::RequestData;
 
 /// The largest table name (or topic), key and value (encoded) the service accepts.
@@ -54,17 +55,22 @@ impl ItemLimits {
     fn names<'a>(&self, table: &str, keys: impl IntoIterator<Item = &'a String>) -> Result<(), ServiceError> {
         if table.len() > self.max_table_len {
             // Topics are names of the same kind, and share the limit.
-            return Err(too_long("table name or topic", table.len(), self.max_table_len, "max_table_size"));
+            return Err(too_long(
+                "table name or topic",
+                table.len(),
+                self.max_table_len,
+                Limit::MaxTableSize,
+            ));
         }
         match keys.into_iter().find(|key| key.len() > self.max_key_len) {
-            Some(key) => Err(too_long("key", key.len(), self.max_key_len, "max_key_size")),
+            Some(key) => Err(too_long("key", key.len(), self.max_key_len, Limit::MaxKeySize)),
             None => Ok(()),
         }
     }
 
     fn values<'a>(&self, values: impl IntoIterator<Item = &'a crate::pb::Value>) -> Result<(), ServiceError> {
         match values.into_iter().map(Message::encoded_len).find(|&len| len > self.max_value_len) {
-            Some(len) => Err(too_long("value", len, self.max_value_len, "max_value_size")),
+            Some(len) => Err(too_long("value", len, self.max_value_len, Limit::MaxValueSize)),
             None => Ok(()),
         }
     }
@@ -92,10 +98,10 @@ impl ItemLimits {
     }
 }
 
-/// `limit` is the flag's name as a metric labels it (`max_key_size` for `--max-key-size`).
-fn too_long(what: &str, len: usize, max: usize, limit: &'static str) -> ServiceError {
+/// `limit`'s name is its flag's as a metric labels it (`max_key_size` for `--max-key-size`).
+fn too_long(what: &str, len: usize, max: usize, limit: Limit) -> ServiceError {
     crate::metrics::limit_hit(limit);
-    let flag = limit.replace('_', "-");
+    let flag = limit.name().replace('_', "-");
     ServiceError::TooLarge(format!(
         "a {what} of {len} bytes is over the server's limit of {max} bytes (--{flag})"
     ))

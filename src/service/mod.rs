@@ -173,6 +173,28 @@ pub trait Handler: Clone + Send + Sync + 'static {
     /// `caller`'s connection takes no more requests (a TCP client closed its side): end what it owns
     /// that would otherwise keep its answers going (its subscriptions, each with a last frame).
     fn connection_closing(&self, caller: &Caller);
+
+    /// Whether [`Handler::answered`] wants to hear of answers. A transport reads the clock for it
+    /// only then, so that a server without metrics does not pay for it.
+    fn times_answers(&self) -> bool {
+        false
+    }
+
+    /// The answer to a request was handed to its transport to be written: after the request waited
+    /// for its turn, ran, and waited for the answers before it. `arrival` says when its frame was
+    /// whole. What a client waits is this, not [`Handler::execute`]'s time alone: a handler that
+    /// measures it (`metrics::Metered`) is told here.
+    fn answered(&self, arrival: Arrival) {
+        let _ = arrival;
+    }
+}
+
+/// A request as its transport received it, for [`Handler::answered`]: its command
+/// ([`CommandRequest::command_index`]) and the moment its frame was whole.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    pub command: usize,
+    pub at: std::time::Instant,
 }
 
 impl From<CommandResponse> for Reply {

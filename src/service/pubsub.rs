@@ -27,7 +27,7 @@ pub fn subscribe(broker: &Broker, relay: Option<&dyn Relay>, cmd: Subscribe, cal
             return CommandResponse::error(status::UNAVAILABLE, e.to_string()).into();
         }
         Err(e @ SubscribeError::TooMany { .. }) => {
-            crate::metrics::limit_hit("subscriptions_per_connection");
+            crate::metrics::limit_hit(crate::metrics::Limit::SubscriptionsPerConnection);
             return CommandResponse::error(status::TOO_MANY_REQUESTS, e.to_string()).into();
         }
     };
@@ -138,7 +138,7 @@ impl From<PublishError> for ServiceError {
     fn from(e: PublishError) -> Self {
         match e {
             PublishError::MemoryExhausted { .. } => {
-                crate::metrics::limit_hit("connection_memory");
+                crate::metrics::limit_hit(crate::metrics::Limit::ConnectionMemory);
                 ServiceError::Unavailable(e.to_string())
             }
         }

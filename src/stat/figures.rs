@@ -15,6 +15,7 @@ use super::exposition::Sample;
 pub mod names {
     pub const REQUESTS: &str = "qkv_requests_total";
     pub const REQUEST_DURATION_BUCKET: &str = "qkv_request_duration_seconds_bucket";
+    pub const REQUEST_LATENCY_BUCKET: &str = "qkv_request_latency_seconds_bucket";
     pub const CONNECTIONS_OPEN: &str = "qkv_connections_open";
     pub const LIMITS_HIT: &str = "qkv_limits_hit_total";
     pub const STORAGE_KEYS: &str = "qkv_storage_keys";
@@ -24,6 +25,7 @@ pub mod names {
     pub const PUBSUB_PUBLISHED: &str = "qkv_pubsub_published_total";
     pub const PUBSUB_DELIVERED: &str = "qkv_pubsub_delivered_total";
     pub const PUBSUB_MISSED: &str = "qkv_pubsub_missed_total";
+    pub const BUILD_INFO: &str = "qkv_build_info";
 }
 
 /// One series: a metric name and its labels, sorted by name.
@@ -236,7 +238,8 @@ pub struct RequestFigures {
     /// Answers whose status was not 2xx.
     pub errors: u64,
     pub errors_per_second: f64,
-    /// Request duration quantiles over the interval's requests, in milliseconds; `null` without
+    /// Request latency quantiles over the interval's requests (`qkv_request_latency_seconds`, or
+    /// `qkv_request_duration_seconds` from a server without it), in milliseconds; `null` without
     /// requests (or without the histogram).
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
@@ -283,7 +286,14 @@ impl Interval {
         let per_second = |count: f64| per_second(count, seconds);
 
         let requests = counter_deltas(before, now, names::REQUESTS);
-        let (durations, durations_reset) = bucket_deltas(before, now, names::REQUEST_DURATION_BUCKET);
+        // The quantiles are of what clients wait, queueing included: the latency histogram. A server
+        // that exports none (older versions; the REST API alone) has its service time only.
+        let histogram = if now.of(names::REQUEST_LATENCY_BUCKET).next().is_some() {
+            names::REQUEST_LATENCY_BUCKET
+        } else {
+            names::REQUEST_DURATION_BUCKET
+        };
+        let (durations, durations_reset) = bucket_deltas(before, now, histogram);
         let limits = counter_deltas(before, now, names::LIMITS_HIT);
         let published = counter_deltas(before, now, names::PUBSUB_PUBLISHED);
         let delivered = counter_deltas(before, now, names::PUBSUB_DELIVERED);
@@ -502,6 +512,26 @@ qkv_subscriptions 2
         assert_eq!(interval.pubsub.subscriptions, Some(2));
         assert_eq!((interval.pubsub.delivered, interval.pubsub.delivered_per_second), (50, 25.0));
         assert_eq!(interval.pubsub.missed, 0);
+    }
+
+    /// What a client waits, queueing included, not the service time: under overload the service time
+    /// stays at microseconds while the latency grows.
+    #[test]
+    fn quantiles_are_of_the_latency_when_the_server_exports_it() {
+        let latency = |count: u32| {
+            format!(
+                "qkv_request_latency_seconds_bucket{{command=\"Hget\",transport=\"quic\",le=\"0.01\"}} 0\n\
+                 qkv_request_latency_seconds_bucket{{command=\"Hget\",transport=\"quic\",le=\"0.02\"}} {count}\n\
+                 qkv_request_latency_seconds_bucket{{command=\"Hget\",transport=\"quic\",le=\"+Inf\"}} {count}\n"
+            )
+        };
+        let before = snapshot(&format!("{BEFORE}{}", latency(1010)));
+        let after = snapshot(&format!("{AFTER}{}", latency(1210)));
+        let interval = Interval::between(&before, &after, Duration::from_secs(2));
+        // 200 Hget in (10, 20] ms: rank 100 is half way.
+        assert!(close(interval.commands["Hget"].p50_ms, 15.0), "{:?}", interval.commands["Hget"].p50_ms);
+        assert!(close(interval.all.p50_ms, 15.0), "{:?}", interval.all.p50_ms);
+        assert_eq!(interval.commands["Hset"].p50_ms, None, "no Hset latency was exported");
     }
 
     #[test]

@@ -171,7 +171,7 @@ impl<J: Journal> MemoryStore<J> {
             })
             .map(drop)
             .map_err(|used| {
-                crate::metrics::limit_hit("memory_budget");
+                crate::metrics::limit_hit(crate::metrics::Limit::MemoryBudget);
                 StorageError::Full { needed: bytes, used, budget: self.budget }
             })
     }

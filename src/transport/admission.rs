@@ -25,10 +25,10 @@ pub enum Refusal {
 
 impl Refusal {
     /// The flag of the limit that refused.
-    pub fn limit(self) -> &'static str {
+    pub fn limit(self) -> metrics::Limit {
         match self {
-            Refusal::ConnectionLimit => "max_connections",
-            Refusal::Memory => "connection_memory",
+            Refusal::ConnectionLimit => metrics::Limit::MaxConnections,
+            Refusal::Memory => metrics::Limit::ConnectionMemory,
         }
     }
 }

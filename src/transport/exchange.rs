@@ -19,8 +19,9 @@ use super::timeouts::{self, StallTimeout};
 use super::writer::FrameWriter;
 use super::{Limits, MIN_MAX_FRAME_LEN};
 use crate::memory::{Charge, MemoryBudget};
+use crate::metrics::Limit;
 use crate::pb::{CommandRequest, CommandResponse, status};
-use crate::service::{Caller, Handler, Reply, ReplyFrame};
+use crate::service::{Arrival, Caller, Handler, Reply, ReplyFrame};
 
 /// Initial size of a request stream's read buffer.
 const REQUEST_BUFFER: usize = 256;
@@ -118,11 +119,11 @@ impl RequestError {
     }
 
     /// The limit that refused the request, named by its flag, if one did.
-    pub fn limit(&self) -> Option<&'static str> {
+    pub fn limit(&self) -> Option<Limit> {
         match self {
-            RequestError::Frame(FrameError::TooLarge { .. }) => Some("max_frame_size"),
-            RequestError::TimedOut(_) => Some("request_timeout"),
-            RequestError::NoMemory => Some("connection_memory"),
+            RequestError::Frame(FrameError::TooLarge { .. }) => Some(Limit::MaxFrameSize),
+            RequestError::TimedOut(_) => Some(Limit::RequestTimeout),
+            RequestError::NoMemory => Some(Limit::ConnectionMemory),
             _ => None,
         }
     }
@@ -284,6 +285,10 @@ where
     let (refusal, served) = match read_request(&mut recv, limits).await {
         Ok(request) => {
             tracing::Span::current().record("command", request.command_name());
+            // The request's frame is whole now: what its client waits from here on is its latency.
+            let arrival = handler
+                .times_answers()
+                .then(|| Arrival { command: request.command_index(), at: std::time::Instant::now() });
             if let Some(early) = early
                 && !early.allows(handler.class(&request).replay_safe).await
             {
@@ -295,7 +300,11 @@ where
                 Some(in_progress) => in_progress.acquire().await.ok(),
                 None => None,
             };
-            match handler.execute(request, caller).await {
+            let reply = handler.execute(request, caller).await;
+            if let Some(arrival) = arrival {
+                handler.answered(arrival);
+            }
+            match reply {
                 // Not executed either (a name over its limit, a `Publish` the budget cannot queue, an
                 // unreachable backend, a full store): it must reach the client as surely as the
                 // transport's own refusals.

@@ -70,7 +70,7 @@ use super::woken::PolledWhenWoken;
 use super::writer::FrameWriter;
 use crate::memory::MemoryBudget;
 use crate::pb::{CommandRequest, CommandResponse, status};
-use crate::service::{Caller, Handler, Reply, ReplyFrame, ReplyStream, Sequencing, ServiceError};
+use crate::service::{Arrival, Caller, Handler, Reply, ReplyFrame, ReplyStream, Sequencing, ServiceError};
 use crate::storage::{Deferred, StorageError, Ticket};
 
 /// After its last frame the server keeps reading (and discarding) for this long before closing, so the
@@ -186,6 +186,9 @@ where
     let mut subscriptions_ended = false;
     let mut partial_since: Option<Instant> = None;
     let mut idle_since = Instant::now();
+    // When the last read ended: the moment the frames it completed were whole. Frames left in the
+    // buffer are decoded before anything more is read, so this is each decoded frame's arrival.
+    let mut read_at = idle_since;
     let mut deadline = pin!(tokio::time::sleep(limits.idle_timeout));
     let mut armed: Option<Timer> = None;
     // Polled on every turn of the loop, so only once it has something to say.
@@ -215,14 +218,16 @@ where
                 break;
             }
             let bytes = request.encoded_len();
+            let arrival = Arrival { command: request.command_index(), at: read_at.into_std() };
             let (handler, caller) = (handler.clone(), caller.clone());
-            queue.start(sequencing, bytes, async move { handler.execute(request, &caller).await });
+            queue.start(sequencing, bytes, arrival, async move { handler.execute(request, &caller).await });
             requests += 1;
         }
         // Write every answer whose turn has come, up to one that is a stream of frames.
         while current.is_none()
-            && let Some(reply) = queue.next_answer()
+            && let Some((reply, arrival)) = queue.next_answer()
         {
+            handler.answered(arrival);
             match reply {
                 Reply::One(response) => {
                     if let Err(e) = feed_answer(&mut answers, response, &refusals, &limits).await {
@@ -301,7 +306,10 @@ where
                     ending = Some(Ending::Rejected(FrameError::Truncated { buffered: received.len() }.into()));
                 }
                 Ok(0) => ending = Some(Ending::ClientClosed),
-                Ok(_) => idle_since = Instant::now(),
+                Ok(_) => {
+                    idle_since = Instant::now();
+                    read_at = idle_since;
+                }
                 Err(e) => ending = Some(Ending::Failed(e)),
             },
             Some(done) = queue.running.next(), if !queue.running.is_empty() => queue.finish(done),
@@ -337,7 +345,7 @@ where
     let ending = ending.unwrap_or(Ending::ClientClosed);
     let limit = match &ending {
         Ending::Rejected(e) => e.limit(),
-        Ending::NoMemory => Some("connection_memory"),
+        Ending::NoMemory => Some(crate::metrics::Limit::ConnectionMemory),
         _ => None,
     };
     if let Some(limit) = limit {
@@ -402,7 +410,7 @@ async fn feed_answer<W: AsyncWrite + Unpin>(
 fn log_write_failure(e: &FrameError) {
     match e {
         FrameError::MemoryExhausted { .. } => {
-            crate::metrics::limit_hit("connection_memory");
+            crate::metrics::limit_hit(crate::metrics::Limit::ConnectionMemory);
             static NO_MEMORY: LogThrottle = LogThrottle::new();
             if let Some(suppressed) = NO_MEMORY.admit() {
                 info!(target: "qkv::connection", error = %e, suppressed, "no memory for an answer; closing the connection")
@@ -478,11 +486,13 @@ enum Slot {
         sequencing: Sequencing,
         request_bytes: usize,
         ticket: Option<Deferred>,
+        arrival: Arrival,
     },
     Done {
         reply: Reply,
         reply_bytes: usize,
         ticket: Option<Deferred>,
+        arrival: Arrival,
     },
 }
 
@@ -535,9 +545,9 @@ impl<F: Future<Output = Reply>> InOrder<F> {
 
     /// Starts a request, polling it once at once: that issues its storage operation now, so requests
     /// started one after another are issued in request order.
-    fn start(&mut self, sequencing: Sequencing, request_bytes: usize, execution_future: F) {
+    fn start(&mut self, sequencing: Sequencing, request_bytes: usize, arrival: Arrival, execution_future: F) {
         let number = self.first + self.slots.len() as u64;
-        self.slots.push_back(Slot::Running { sequencing, request_bytes, ticket: None });
+        self.slots.push_back(Slot::Running { sequencing, request_bytes, ticket: None, arrival });
         self.count_running(sequencing, 1);
         self.bytes += request_bytes;
         let mut execution = self.spare.take().unwrap_or_else(|| Box::pin(Numbered::vacant()));
@@ -564,10 +574,12 @@ impl<F: Future<Output = Reply>> InOrder<F> {
 
     fn finish(&mut self, (number, reply): (u64, Reply)) {
         let index = (number - self.first) as usize;
-        let Some(Slot::Running { sequencing, request_bytes, ticket }) = self.slots.get_mut(index) else {
+        let Some(Slot::Running { sequencing, request_bytes, ticket, arrival }) = self.slots.get_mut(index)
+        else {
             return;
         };
-        let (sequencing, request_bytes, ticket) = (*sequencing, *request_bytes, ticket.take());
+        let (sequencing, request_bytes, ticket, arrival) =
+            (*sequencing, *request_bytes, ticket.take(), *arrival);
         self.count_running(sequencing, -1);
         if let Some(slot) = self.slots.get_mut(index) {
             let reply_bytes = match &reply {
@@ -576,7 +588,7 @@ impl<F: Future<Output = Reply>> InOrder<F> {
                 Reply::Stream(_) => 0,
             };
             self.bytes = self.bytes - request_bytes + reply_bytes;
-            *slot = Slot::Done { reply, reply_bytes, ticket };
+            *slot = Slot::Done { reply, reply_bytes, ticket, arrival };
         }
     }
 
@@ -608,14 +620,16 @@ impl<F: Future<Output = Reply>> InOrder<F> {
             .any(|slot| matches!(slot, Slot::Done { ticket: Some(d), .. } if !d.ticket.is_durable()))
     }
 
-    /// The oldest answer, if it is ready.
-    fn next_answer(&mut self) -> Option<Reply> {
+    /// The oldest answer, if it is ready, and when its request arrived.
+    fn next_answer(&mut self) -> Option<(Reply, Arrival)> {
         match self.slots.front() {
             Some(Slot::Done { ticket: None, .. }) => {}
             Some(Slot::Done { ticket: Some(d), .. }) if d.ticket.is_durable() => {}
             _ => return None,
         }
-        let Some(Slot::Done { reply, reply_bytes, ticket }) = self.slots.pop_front() else { return None };
+        let Some(Slot::Done { reply, reply_bytes, ticket, arrival }) = self.slots.pop_front() else {
+            return None;
+        };
         if let Some(deferred) = ticket {
             deferred.settle(match &reply {
                 Reply::One(response) => response.status,
@@ -624,7 +638,7 @@ impl<F: Future<Output = Reply>> InOrder<F> {
         }
         self.first += 1;
         self.bytes -= reply_bytes;
-        Some(reply)
+        Some((reply, arrival))
     }
 }
 
@@ -781,8 +795,8 @@ mod tests {
     }
 
     /// The message of an answer.
-    fn message(reply: Option<Reply>) -> String {
-        match reply {
+    fn message(reply: Option<(Reply, Arrival)>) -> String {
+        match reply.map(|(reply, _)| reply) {
             Some(Reply::One(response)) => response.message,
             Some(Reply::Stream(_)) => "a stream".into(),
             None => "no answer yet".into(),
@@ -797,19 +811,21 @@ mod tests {
             Reply::One(CommandResponse { message: text.into(), ..CommandResponse::ok() })
         };
         let mut queue = InOrder::<Execution>::new();
-        queue.start(Sequencing::Read, 10, Box::pin(async move { answer("first") }));
+        let arrival = Arrival { command: 0, at: std::time::Instant::now() };
+        queue.start(Sequencing::Read, 10, arrival, Box::pin(async move { answer("first") }));
         assert!(queue.spare.is_some(), "finished in its first poll: its allocation is kept");
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         queue.start(
             Sequencing::Read,
             10,
+            arrival,
             Box::pin(async move {
                 let _ = released.await;
                 answer("second")
             }),
         );
         assert!(queue.spare.is_none(), "the request still running took the kept allocation");
-        queue.start(Sequencing::Read, 10, Box::pin(async move { answer("third") }));
+        queue.start(Sequencing::Read, 10, arrival, Box::pin(async move { answer("third") }));
 
         assert_eq!(message(queue.next_answer()), "first");
         assert_eq!(message(queue.next_answer()), "no answer yet", "the second is still running");

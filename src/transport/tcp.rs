@@ -256,13 +256,13 @@ pub(crate) async fn tls_handshake(
 ) -> Option<(tokio_rustls::server::TlsStream<Counted>, Caller)> {
     match tokio::time::timeout(limits.request_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
-            metrics::handshake(transport, "completed");
+            metrics::handshake(transport, metrics::HandshakeResult::Completed);
             let caller = authenticated_caller(tls.get_ref().1.peer_certificates());
             Some((tls, caller))
         }
         // Any client can fail a handshake at will: throttled, in the connection's span (its address).
         Ok(Err(e)) => {
-            metrics::handshake(transport, "failed");
+            metrics::handshake(transport, metrics::HandshakeResult::Failed);
             static FAILED: LogThrottle = LogThrottle::new();
             if let Some(suppressed) = FAILED.admit() {
                 info!(target: "qkv::connection", error = %e, suppressed, "TLS handshake failed");
@@ -270,8 +270,8 @@ pub(crate) async fn tls_handshake(
             None
         }
         Err(_) => {
-            metrics::handshake(transport, "timed_out");
-            metrics::limit_hit("request_timeout");
+            metrics::handshake(transport, metrics::HandshakeResult::TimedOut);
+            metrics::limit_hit(metrics::Limit::RequestTimeout);
             static TIMED_OUT: LogThrottle = LogThrottle::new();
             if let Some(suppressed) = TIMED_OUT.admit() {
                 info!(

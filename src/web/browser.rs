@@ -292,7 +292,7 @@ async fn websocket<H: Handler>(
     }
     let max_message = state.browsers.websocket_max_message;
     let Some(share) = scope.memory.try_charge(websocket_share(max_message)) else {
-        crate::metrics::limit_hit("connection_memory");
+        crate::metrics::limit_hit(crate::metrics::Limit::ConnectionMemory);
         return Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server's connection memory budget is spent; nothing was executed: retry shortly",

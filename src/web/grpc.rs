@@ -187,7 +187,7 @@ impl<H: Handler> Kv for GrpcDoor<H> {
         };
         let max_message = self.max_message;
         let Some(share) = scope.memory.try_charge(websocket_share(max_message)) else {
-            crate::metrics::limit_hit("connection_memory");
+            crate::metrics::limit_hit(crate::metrics::Limit::ConnectionMemory);
             return Err(failure(&CommandResponse::error(
                 status::UNAVAILABLE,
                 "the server's connection memory budget is spent; nothing was executed: retry shortly",

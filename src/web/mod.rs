@@ -494,7 +494,7 @@ async fn read_body<const GRPC: bool>(
     let (bytes, charge) = match read {
         Ok(Ok(read)) => read,
         Ok(Err(BodyError::TooLarge)) => {
-            crate::metrics::limit_hit("max_frame_size");
+            crate::metrics::limit_hit(crate::metrics::Limit::MaxFrameSize);
             let detail = format!(
                 "the request body is over the limit of {} bytes (set by --max-frame-size, docs/HTTP.md)",
                 limit.max
@@ -502,7 +502,7 @@ async fn read_body<const GRPC: bool>(
             return refuse(StatusCode::PAYLOAD_TOO_LARGE, detail);
         }
         Ok(Err(BodyError::NoMemory)) => {
-            crate::metrics::limit_hit("connection_memory");
+            crate::metrics::limit_hit(crate::metrics::Limit::ConnectionMemory);
             let detail =
                 "the server's connection memory budget is spent; nothing was executed: retry shortly"
                     .to_string();
@@ -513,7 +513,7 @@ async fn read_body<const GRPC: bool>(
             return refuse(StatusCode::BAD_REQUEST, detail);
         }
         Err(_) => {
-            crate::metrics::limit_hit("request_timeout");
+            crate::metrics::limit_hit(crate::metrics::Limit::RequestTimeout);
             let detail = format!(
                 "the request body did not arrive within {:?} (--request-timeout); nothing was executed",
                 limit.deadline
@@ -599,7 +599,7 @@ pub fn unstalled(mut frames: Frames, stall: Duration) -> Frames {
     tokio::spawn(async move {
         while let Some(frame) = frames.next().await {
             if sender.send_timeout(frame, stall).await.is_err() {
-                crate::metrics::limit_hit("reply_timeout");
+                crate::metrics::limit_hit(crate::metrics::Limit::ReplyTimeout);
                 return;
             }
         }

@@ -9,6 +9,7 @@ pub mod prometheus;
 
 pub use prometheus::{
     Prometheus, Sample, http_get, promtool_check_config, promtool_check_metrics, promtool_check_rules,
+    promtool_test_rules,
 };
 
 use std::io;

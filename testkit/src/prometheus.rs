@@ -309,6 +309,34 @@ pub fn promtool_check_config(config: &str) -> Result<(), String> {
     promtool_check_file(&["config", "--syntax-only"], config)
 }
 
+/// Runs `promtool test rules` on `tests`, a file of rule unit tests (series, and the alerts they must
+/// and must not fire) whose `rule_files` name `rules_name`, which holds `rules`: `Ok` if every case
+/// passes, else what promtool said (each expected and fired alert).
+pub fn promtool_test_rules(rules_name: &str, rules: &str, tests: &str) -> Result<(), String> {
+    crate::which("promtool", "prometheus").map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
+    let (rules_file, tests_file) = (dir.path().join(rules_name), dir.path().join("tests.yml"));
+    for (file, contents) in [(&rules_file, rules), (&tests_file, tests)] {
+        std::fs::write(file, contents).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    let output = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&tests_file)
+        .current_dir(dir.path())
+        .output()
+        .map_err(|e| format!("promtool: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "promtool test rules: {}: {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
 /// `promtool check ARGS FILE`, FILE holding `contents`.
 fn promtool_check_file(args: &[&str], contents: &str) -> Result<(), String> {
     crate::which("promtool", "prometheus").map_err(|e| e.to_string())?;

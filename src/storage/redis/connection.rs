@@ -292,12 +292,13 @@ fn is_noscript(e: &RedisError) -> bool {
 
 /// `result`, counted in `qkv_backend_requests_total` by its outcome.
 pub(super) fn counted<T>(result: StorageResult<T>) -> StorageResult<T> {
+    use crate::metrics::BackendResult;
     let outcome = match &result {
-        Ok(_) => "ok",
-        Err(StorageError::Unavailable(_)) => "unavailable",
-        Err(StorageError::Uncertain(_)) => "uncertain",
-        Err(StorageError::OutOfMemory(_)) => "out_of_memory",
-        Err(_) => "error",
+        Ok(_) => BackendResult::Ok,
+        Err(StorageError::Unavailable(_)) => BackendResult::Unavailable,
+        Err(StorageError::Uncertain(_)) => BackendResult::Uncertain,
+        Err(StorageError::OutOfMemory(_)) => BackendResult::OutOfMemory,
+        Err(_) => BackendResult::Error,
     };
     crate::metrics::backend_request("redis", outcome);
     result

@@ -188,13 +188,13 @@ async fn handle_connection<H: Handler>(
             // Counted as completed with the others, in `serve_connection`.
             Ok(Ok(connection)) => (connection, EarlyData::new(std::future::ready(true))),
             Ok(Err(e)) => {
-                metrics::handshake(Transport::Quic, "failed");
+                metrics::handshake(Transport::Quic, metrics::HandshakeResult::Failed);
                 debug!(%remote, error = %e, "handshake failed");
                 return;
             }
             Err(_) => {
-                metrics::handshake(Transport::Quic, "timed_out");
-                metrics::limit_hit("request_timeout");
+                metrics::handshake(Transport::Quic, metrics::HandshakeResult::TimedOut);
+                metrics::limit_hit(metrics::Limit::RequestTimeout);
                 debug!(%remote, timeout = ?limits.request_timeout, "handshake did not complete in time");
                 return;
             }
@@ -342,11 +342,11 @@ pub(super) async fn serve_connection<H: Handler>(
                 handshaking = false;
                 pending = None;
                 match done {
-                    Ok(true) => metrics::handshake(Transport::Quic, "completed"),
-                    Ok(false) => metrics::handshake(Transport::Quic, "failed"),
+                    Ok(true) => metrics::handshake(Transport::Quic, metrics::HandshakeResult::Completed),
+                    Ok(false) => metrics::handshake(Transport::Quic, metrics::HandshakeResult::Failed),
                     Err(_) => {
-                        metrics::handshake(Transport::Quic, "timed_out");
-                        metrics::limit_hit("request_timeout");
+                        metrics::handshake(Transport::Quic, metrics::HandshakeResult::TimedOut);
+                        metrics::limit_hit(metrics::Limit::RequestTimeout);
                         debug!(timeout = ?limits.request_timeout, "handshake did not complete in time");
                         connection.close(codes::HANDSHAKE_TIMEOUT, b"handshake did not complete in time");
                     }
@@ -410,7 +410,7 @@ pub(super) async fn serve_connection<H: Handler>(
     };
     if handshaking && ended.is_some() {
         // The connection failed before its handshake's end was seen.
-        metrics::handshake(Transport::Quic, "failed");
+        metrics::handshake(Transport::Quic, metrics::HandshakeResult::Failed);
     }
     drop(pending);
     sampling.cancel();
@@ -487,13 +487,13 @@ async fn handle_stream<H: Handler>(
             return;
         }
         Err(e @ FrameError::MemoryExhausted { .. }) => {
-            metrics::limit_hit("connection_memory");
+            metrics::limit_hit(metrics::Limit::ConnectionMemory);
             info!(error = %e, "no memory for an answer; dropped it");
             let _ = send.reset(codes::ANSWER_DROPPED);
             return;
         }
         Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
-            metrics::limit_hit("reply_timeout");
+            metrics::limit_hit(metrics::Limit::ReplyTimeout);
             debug!(error = %e, "abandoned a reply the client does not read");
             let _ = send.reset(codes::REPLY_TIMEOUT);
             return;

@@ -46,18 +46,18 @@ pub(super) async fn accept<H: Handler>(
     let request = match tokio::time::timeout(limits.request_timeout, incoming).await {
         Ok(Ok(request)) => request,
         Ok(Err(e)) => {
-            metrics::handshake(Transport::Quic, "failed");
+            metrics::handshake(Transport::Quic, metrics::HandshakeResult::Failed);
             debug!(error = %e, "WebTransport session failed before its request");
             return;
         }
         Err(_) => {
-            metrics::handshake(Transport::Quic, "timed_out");
-            metrics::limit_hit("request_timeout");
+            metrics::handshake(Transport::Quic, metrics::HandshakeResult::TimedOut);
+            metrics::limit_hit(metrics::Limit::RequestTimeout);
             debug!(timeout = ?limits.request_timeout, "no WebTransport session request in time");
             return;
         }
     };
-    metrics::handshake(Transport::Quic, "completed");
+    metrics::handshake(Transport::Quic, metrics::HandshakeResult::Completed);
     // Any client can ask for these at will: throttled, in the connection's span (its address).
     static REFUSED: LogThrottle = LogThrottle::new();
     if request.path() != SESSION_PATH {
