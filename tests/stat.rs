@@ -16,7 +16,9 @@ use serde_json::Value;
 const EXIT_UNREACHABLE: i32 = 3;
 
 /// The baseline scrape.
-const FIRST: &str = r#"# HELP qkv_requests_total Requests answered.
+const FIRST: &str = r#"# TYPE qkv_build_info gauge
+qkv_build_info{version="0.1.0"} 1
+# HELP qkv_requests_total Requests answered.
 # TYPE qkv_requests_total counter
 qkv_requests_total{command="Hget",transport="quic",status="200"} 1000
 qkv_requests_total{command="Hset",transport="tcp",status="200"} 50
@@ -43,7 +45,8 @@ qkv_pubsub_missed_total 0
 "#;
 
 /// 200 more Hget, all in (1, 10] ms; 10 Hset refused 507 by the memory budget; 20 deliveries.
-const SECOND: &str = r#"qkv_requests_total{command="Hget",transport="quic",status="200"} 1200
+const SECOND: &str = r#"qkv_build_info{version="0.1.0"} 1
+qkv_requests_total{command="Hget",transport="quic",status="200"} 1200
 qkv_requests_total{command="Hset",transport="tcp",status="200"} 50
 qkv_requests_total{command="Hset",transport="tcp",status="507"} 10
 qkv_request_duration_seconds_bucket{command="Hget",transport="quic",le="0.001"} 1000
@@ -66,7 +69,8 @@ qkv_pubsub_missed_total 2
 "#;
 
 /// The server restarted: its counters start again from 0.
-const THIRD: &str = r#"qkv_requests_total{command="Hget",transport="quic",status="200"} 8
+const THIRD: &str = r#"qkv_build_info{version="0.1.0"} 1
+qkv_requests_total{command="Hget",transport="quic",status="200"} 8
 qkv_request_duration_seconds_bucket{command="Hget",transport="quic",le="0.001"} 8
 qkv_request_duration_seconds_bucket{command="Hget",transport="quic",le="0.01"} 8
 qkv_request_duration_seconds_bucket{command="Hget",transport="quic",le="+Inf"} 8
@@ -201,6 +205,24 @@ async fn an_address_without_metrics_is_refused_with_exit_code_3() {
     let output = qkv(&["stat", "--admin", &format!("http://{addr}/elsewhere"), "--count", "1"]).await;
     assert_eq!(output.status.code(), Some(EXIT_UNREACHABLE), "{}", stderr(&output));
     assert!(stderr(&output).contains("answered 404 Not Found to GET /elsewhere"), "{}", stderr(&output));
+}
+
+/// Another exporter's metrics (here Prometheus's own, as on its port 9090) are not an idle qkv server.
+const NOT_QKV: &str = r#"# HELP go_goroutines Number of goroutines that currently exist.
+# TYPE go_goroutines gauge
+go_goroutines 38
+# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.
+# TYPE process_start_time_seconds gauge
+process_start_time_seconds 1.7649e+09
+"#;
+
+#[tokio::test]
+async fn metrics_that_are_not_a_qkv_servers_are_refused_with_exit_code_3() {
+    let addr = admin_listener(&[NOT_QKV]).await;
+    let output = qkv(&["stat", "--admin", &addr.to_string(), "--count", "1", "--interval", "100ms"]).await;
+    assert_eq!(output.status.code(), Some(EXIT_UNREACHABLE), "{}", stderr(&output));
+    assert!(stderr(&output).contains("with metrics, but not a qkv server's"), "{}", stderr(&output));
+    assert!(output.stdout.is_empty(), "no figures of an idle server");
 }
 
 #[tokio::test]

@@ -25,7 +25,6 @@ pub mod names {
     pub const PUBSUB_PUBLISHED: &str = "qkv_pubsub_published_total";
     pub const PUBSUB_DELIVERED: &str = "qkv_pubsub_delivered_total";
     pub const PUBSUB_MISSED: &str = "qkv_pubsub_missed_total";
-    pub const BUILD_INFO: &str = "qkv_build_info";
 }
 
 /// One series: a metric name and its labels, sorted by name.

@@ -15,6 +15,9 @@ use tokio::net::TcpStream;
 use super::exposition::{self, ExpositionError};
 use super::figures::Snapshot;
 
+/// What every qkv server exports from its start, and tells its metrics from another exporter's.
+const BUILD_INFO: &str = "qkv_build_info";
+
 /// Largest /metrics body read: qkv's is a few tens of kilobytes.
 const MAX_BODY: usize = 16 << 20;
 
@@ -85,6 +88,10 @@ pub enum ScrapeError {
         #[source]
         source: ExpositionError,
     },
+    /// Metrics, but not a qkv server's (another exporter's, Prometheus's own): without this check its
+    /// figures would pass for an idle qkv server's.
+    #[error("{addr} answered GET {} with metrics, but not a qkv server's: no qkv_build_info (is it qkv serve's --admin address?)", .addr.path())]
+    NotQkv { addr: AdminAddr },
 }
 
 /// What went wrong on the way to an answer.
@@ -102,7 +109,8 @@ pub enum Cause {
     Timeout(Duration),
 }
 
-/// GETs the metrics at `addr` and reads them, all within `timeout`.
+/// GETs the metrics at `addr` and reads them, all within `timeout`. They must be a qkv server's
+/// (`qkv_build_info`, which every qkv server exports from its start).
 pub async fn scrape(addr: &AdminAddr, timeout: Duration) -> Result<Snapshot, ScrapeError> {
     let unreachable = |cause| ScrapeError::Unreachable { addr: addr.clone(), cause };
     let (status, body) = tokio::time::timeout(timeout, get(addr))
@@ -114,6 +122,9 @@ pub async fn scrape(addr: &AdminAddr, timeout: Duration) -> Result<Snapshot, Scr
     }
     let samples = exposition::parse(&String::from_utf8_lossy(&body))
         .map_err(|source| ScrapeError::Exposition { addr: addr.clone(), source })?;
+    if !samples.iter().any(|sample| sample.name == BUILD_INFO) {
+        return Err(ScrapeError::NotQkv { addr: addr.clone() });
+    }
     Ok(Snapshot::new(samples))
 }
 
