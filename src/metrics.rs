@@ -117,6 +117,8 @@ fn set_recorder() -> Result<Exporter, MetricsError> {
         })
         .map_err(|e| MetricsError(format!("cannot start the upkeep thread: {e}")))?;
     describe();
+    process().describe();
+    process().collect();
     gauge!("qkv_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     subscriptions(0);
     register_at_zero();
@@ -358,8 +360,17 @@ pub fn record_usage(storage: crate::storage::StorageUsage, connections: &crate::
     refresh();
 }
 
+/// The process's own figures, Prometheus's standard `process_*` metrics (start time, CPU, resident
+/// memory, open files, threads), read from /proc at each render: a restart shows as a new start time,
+/// whatever the counters did meanwhile.
+fn process() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
 /// Sets the gauges that are read rather than recorded; called before every render.
 pub fn refresh() {
+    process().collect();
     for (transport, in_flight) in Transport::ALL.iter().zip(&IN_FLIGHT) {
         gauge!("qkv_requests_in_flight", "transport" => transport.name())
             .set(in_flight.load(Ordering::Relaxed) as f64);

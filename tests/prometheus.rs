@@ -153,7 +153,7 @@ fn operations_md_names_the_metrics_the_server_exports_in_rules_prometheus_accept
 
 /// A fresh server already exports every counter whose labels are known in advance, at 0: a first event
 /// is then an increase Prometheus can see, and `qkv stat` has figures (connections open) from the
-/// start.
+/// start. It exports the process's standard metrics too.
 #[tokio::test]
 async fn a_fresh_server_exports_its_labelled_counters_at_zero() {
     use qkv::metrics::{BackendResult, HandshakeResult, Limit, Resumption};
@@ -195,6 +195,26 @@ async fn a_fresh_server_exports_its_labelled_counters_at_zero() {
         expected.push(format!("{name} 0"));
     }
     let missing: Vec<&String> = expected.iter().filter(|line| !metrics.lines().any(|l| l == *line)).collect();
+    // The process's standard figures: `qkv stat` tells a restart by a new start time.
+    for name in [
+        "process_start_time_seconds",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_threads",
+    ] {
+        let value = metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' '));
+        let value: f64 =
+            value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {name}:\n{metrics}"));
+        assert!(value >= 0.0, "{name} {value}");
+    }
+    let started = metrics.lines().find_map(|l| l.strip_prefix("process_start_time_seconds "));
+    let started: f64 = started.and_then(|v| v.parse().ok()).unwrap_or_default();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    assert!(
+        started > 0.0 && started <= now.as_secs_f64() + 1.0,
+        "the process started {started}, now is {now:?}"
+    );
     assert!(
         missing.is_empty(),
         "not exported at 0 by a fresh server: {missing:#?}\nin GET /metrics:\n{metrics}"

@@ -25,6 +25,7 @@ pub mod names {
     pub const PUBSUB_PUBLISHED: &str = "qkv_pubsub_published_total";
     pub const PUBSUB_DELIVERED: &str = "qkv_pubsub_delivered_total";
     pub const PUBSUB_MISSED: &str = "qkv_pubsub_missed_total";
+    pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
 }
 
 /// One series: a metric name and its labels, sorted by name.
@@ -212,7 +213,8 @@ fn parse_le(text: &str) -> Option<f64> {
 pub struct Interval {
     /// Seconds between the two scrapes: what the rates are per.
     pub interval_seconds: f64,
-    /// A counter went down: the server restarted in the interval, and its new counts are the deltas.
+    /// The server restarted in the interval (its process start time changed, or a counter went
+    /// down): its new counts are the deltas.
     pub restarted: bool,
     /// Every request answered in the interval (its fields sit at the top level of the JSON).
     #[serde(flatten)]
@@ -283,6 +285,14 @@ impl Interval {
     pub fn between(before: &Snapshot, now: &Snapshot, elapsed: Duration) -> Interval {
         let seconds = elapsed.as_secs_f64();
         let per_second = |count: f64| per_second(count, seconds);
+        // A new start time is a restart even when the new counts have passed the old ones: everything
+        // counted is then the interval's.
+        let started_again = matches!(
+            (before.gauge(names::PROCESS_START_TIME), now.gauge(names::PROCESS_START_TIME)),
+            (Some(then), Some(since)) if then != since
+        );
+        let nothing = Snapshot::default();
+        let before = if started_again { &nothing } else { before };
 
         let requests = counter_deltas(before, now, names::REQUESTS);
         // The quantiles are of what clients wait, queueing included: the latency histogram. A server
@@ -324,7 +334,8 @@ impl Interval {
 
         Interval {
             interval_seconds: seconds,
-            restarted: requests.reset
+            restarted: started_again
+                || requests.reset
                 || durations_reset
                 || limits.reset
                 || published.reset
@@ -531,6 +542,21 @@ qkv_subscriptions 2
         assert!(close(interval.commands["Hget"].p50_ms, 15.0), "{:?}", interval.commands["Hget"].p50_ms);
         assert!(close(interval.all.p50_ms, 15.0), "{:?}", interval.all.p50_ms);
         assert_eq!(interval.commands["Hset"].p50_ms, None, "no Hset latency was exported");
+    }
+
+    /// A server restarted and, by the next scrape, counted past what it had: only its start time says so.
+    #[test]
+    fn a_new_process_start_time_is_a_restart_even_when_the_counts_grew() {
+        let before = snapshot(&format!("{BEFORE}process_start_time_seconds 1000\n"));
+        let same = snapshot(&format!("{AFTER}process_start_time_seconds 1000\n"));
+        let restarted = snapshot(&format!("{AFTER}process_start_time_seconds 2000\n"));
+        let interval = Interval::between(&before, &same, Duration::from_secs(2));
+        assert!(!interval.restarted);
+        assert_eq!(interval.all.requests, 220);
+        let interval = Interval::between(&before, &restarted, Duration::from_secs(2));
+        assert!(interval.restarted, "a new start time");
+        assert_eq!(interval.all.requests, 1100 + 600 + 10 + 300 + 20, "everything the new process counted");
+        assert_eq!(interval.pubsub.delivered, 150);
     }
 
     #[test]

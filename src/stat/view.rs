@@ -41,7 +41,7 @@ impl Table {
         text.push_str(&row(&cells(interval)));
         text.push('\n');
         if interval.restarted {
-            text.push_str("  (a counter went down: the server restarted, and counts start again)\n");
+            text.push_str("  (the server restarted, and counts start again)\n");
         }
         if self.by_command {
             text.push_str(&by_command(interval));
