@@ -265,7 +265,8 @@ impl EarlyData {
 /// `in_progress`, when given, limits how many requests execute at once: a request read whole waits
 /// for one of its permits, and holds it until its answer is written. It is taken only once the request
 /// has been read, so that requests waiting their turn never hold back the bytes of those that have it
-/// (a QUIC connection's flow-control window is shared by all its streams).
+/// (a QUIC connection's flow-control window is shared by all its streams). `accepted`, when given, is
+/// when the stream was accepted: what the handler is told its client waited counts from then.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_request<R, W, H>(
     mut recv: R,
@@ -276,6 +277,7 @@ pub async fn serve_request<R, W, H>(
     early: Option<&EarlyData>,
     caller: &Caller,
     in_progress: Option<&Semaphore>,
+    accepted: Option<std::time::Instant>,
 ) -> Result<Served, FrameError>
 where
     R: AsyncRead + Unpin,
@@ -285,10 +287,12 @@ where
     let (refusal, served) = match read_request(&mut recv, limits).await {
         Ok(request) => {
             tracing::Span::current().record("command", request.command_name());
-            // The request's frame is whole now: what its client waits from here on is its latency.
-            let arrival = handler
-                .times_answers()
-                .then(|| Arrival { command: request.command_index(), at: std::time::Instant::now() });
+            // Its latency counts from the moment its stream was accepted (waiting for the runtime, for
+            // its bytes and for a turn included), or else from now, its frame being whole.
+            let arrival = handler.times_answers().then(|| Arrival {
+                command: request.command_index(),
+                at: accepted.unwrap_or_else(std::time::Instant::now),
+            });
             if let Some(early) = early
                 && !early.allows(handler.class(&request).replay_safe).await
             {
@@ -390,6 +394,7 @@ mod tests {
             None,
             &Caller::default(),
             None,
+            None,
         )
         .await
         .unwrap();
@@ -411,6 +416,7 @@ mod tests {
             &unlimited(),
             Some(early),
             &Caller::default(),
+            None,
             None,
         )
         .await
@@ -459,6 +465,7 @@ mod tests {
             &unlimited(),
             Some(&early),
             &Caller::default(),
+            None,
             None,
         )
         .await;
@@ -510,6 +517,7 @@ mod tests {
             None,
             &Caller::default(),
             None,
+            None,
         )
         .await
         .unwrap();
@@ -519,7 +527,8 @@ mod tests {
         let long_key = "k".repeat(ServiceConfig::default().items.max_key_len + 1);
         let (recv, (mut send, reply)) = stream_of(&CommandRequest::hget("t", long_key)).await;
         let (limits, caller) = (Limits::default(), Caller::default());
-        let served = serve_request(recv, &mut send, &service, &limits, &answers, None, &caller, None).await;
+        let served =
+            serve_request(recv, &mut send, &service, &limits, &answers, None, &caller, None, None).await;
         assert!(matches!(served, Ok(Served::Answered)), "{served:?}");
         let mut frames = FramedRead::new(reply, FrameCodec::<CommandResponse>::new(MAX));
         assert_eq!(frames.next().await.unwrap().unwrap().status, status::PAYLOAD_TOO_LARGE);
@@ -527,7 +536,8 @@ mod tests {
         // Versions start from the clock: 1 is never the key's.
         let conflict = CommandRequest::hset_if_version("t", "k", "w", 1);
         let (recv, (mut send, _reply)) = stream_of(&conflict).await;
-        let served = serve_request(recv, &mut send, &service, &limits, &answers, None, &caller, None).await;
+        let served =
+            serve_request(recv, &mut send, &service, &limits, &answers, None, &caller, None, None).await;
         assert!(matches!(served, Ok(Served::RefusalLost(FrameError::MemoryExhausted { .. }))), "{served:?}");
     }
 }

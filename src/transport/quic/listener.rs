@@ -384,9 +384,12 @@ pub(super) async fn serve_connection<H: Handler>(
         if early.is_some() {
             metrics::zero_rtt_request();
         }
+        // What the client waits counts from now (`Handler::answered`), when metrics want it.
+        let accepted = handler.times_answers().then(std::time::Instant::now);
         // Boxed: spawning moves the future into the task, and a request's state is large.
         let stream = Box::pin(handle_stream(
             stream,
+            accepted,
             in_progress.clone(),
             early,
             handler.clone(),
@@ -453,6 +456,7 @@ pub(super) async fn serve_connection<H: Handler>(
 #[allow(clippy::too_many_arguments)] // a task's owned inputs, gathered in one place
 async fn handle_stream<H: Handler>(
     mut stream: RequestStream,
+    accepted: Option<std::time::Instant>,
     in_progress: Arc<tokio::sync::Semaphore>,
     early: Option<EarlyData>,
     handler: H,
@@ -466,7 +470,7 @@ async fn handle_stream<H: Handler>(
     // at once rather than finish a reply nobody will read.
     let abandoned = send.stopped();
     let served = tokio::select! {
-        served = serve_request(budget.reader(&mut *recv), &mut *send, &handler, &limits, &answers, early.as_ref(), &caller, Some(&in_progress)) => served,
+        served = serve_request(budget.reader(&mut *recv), &mut *send, &handler, &limits, &answers, early.as_ref(), &caller, Some(&in_progress), accepted) => served,
         _ = abandoned => {
             debug!("the client abandoned the request");
             let _ = recv.stop(codes::CANCELLED);
