@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::TestServer;
 use common::process::ServerProcess;
-use qkv::client::{Client, ClientError, Executed};
+use qkv::client::{Client, ClientConfig, ClientError, Executed};
 use qkv::memory::Charge;
 use qkv::pb::{CommandRequest, Value};
 use qkv::server::ServerConfig;
@@ -156,10 +156,12 @@ async fn subscribers_that_never_read_cannot_make_the_server_hold_more_than_the_b
     publisher.ping("warm").await.unwrap();
     let baseline = server.resident_mib();
     // 16 subscribers to 16 topics, none of which reads: their queues (16 MiB each) could hold 256 MiB
-    // of messages between them if the messages were not charged.
+    // of messages between them if the messages were not charged. (Without a queue of their own, which
+    // would read for them and drop what it cannot hold.)
     let mut subscribers = Vec::new();
     for topic in 0..16 {
-        let client = Client::connect_with(server.client_config(Transport::Quic)).await.unwrap();
+        let config = ClientConfig { subscription_queue: None, ..server.client_config(Transport::Quic) };
+        let client = Client::connect_with(config).await.unwrap();
         subscribers.push((client.subscribe(&format!("news{topic}")).await.unwrap(), client));
     }
     let message = Value::from(vec![1u8; 512 * 1024]);
