@@ -258,11 +258,64 @@ pub fn quic_endpoint_config(key: &PrivateKeyDer<'_>) -> quinn::EndpointConfig {
     let derive = |label: &[u8]| sign(&Key::new(HMAC_SHA256, label), key.secret_der());
     let reset = Key::new(HMAC_SHA256, derive(b"qkv/1 QUIC stateless reset key").as_ref());
     let mut config = quinn::EndpointConfig::new(Arc::new(reset));
-    let mut cid_key = [0u8; 8];
-    cid_key.copy_from_slice(&derive(b"qkv/1 QUIC connection ID key").as_ref()[..8]);
-    let cid_key = u64::from_le_bytes(cid_key);
-    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    let cid_key = Key::new(HMAC_SHA256, derive(b"qkv/1 QUIC connection ID key").as_ref());
+    config.cid_generator(move || Box::new(TaggedConnectionIds { key: cid_key.clone() }));
     config
+}
+
+/// Random bytes of a connection ID made by [`TaggedConnectionIds`]: 2^48 of them.
+#[cfg(feature = "server")]
+const CID_NONCE: usize = 6;
+
+/// Bytes of a connection ID's tag: forging one takes 2^47 tries on average.
+#[cfg(feature = "server")]
+const CID_TAG: usize = 6;
+
+/// Connection IDs a server recognises as its own, after a restart too, and that nobody without its key
+/// can make: [`CID_NONCE`] random bytes and a tag, HMAC-SHA256 of them truncated to [`CID_TAG`] bytes.
+/// quinn's own `HashedConnectionIdGenerator` takes 3 random bytes and a check of a non-cryptographic
+/// hash: 2^24 connection IDs in all, whose key can be worked out from one's own connections' IDs. With
+/// the key kept across restarts, someone could then have collected the stateless reset token of every
+/// connection ID the server could ever issue (the server answers a stray packet with one, for the ID
+/// it carries), and kept them for as long as the private key lasts. Here a stray packet must carry an
+/// ID the server actually issued to get a reset (docs/SECURITY.md, "Stateless resets").
+#[cfg(feature = "server")]
+struct TaggedConnectionIds {
+    key: ring::hmac::Key,
+}
+
+#[cfg(feature = "server")]
+impl TaggedConnectionIds {
+    fn tag(&self, nonce: &[u8]) -> ring::hmac::Tag {
+        ring::hmac::sign(&self.key, nonce)
+    }
+}
+
+#[cfg(feature = "server")]
+impl quinn_proto::ConnectionIdGenerator for TaggedConnectionIds {
+    fn generate_cid(&mut self) -> quinn_proto::ConnectionId {
+        use rand::Rng;
+        let mut id = [0u8; CID_NONCE + CID_TAG];
+        rand::rng().fill_bytes(&mut id[..CID_NONCE]);
+        let tag = self.tag(&id[..CID_NONCE]);
+        id[CID_NONCE..].copy_from_slice(&tag.as_ref()[..CID_TAG]);
+        quinn_proto::ConnectionId::new(&id)
+    }
+
+    /// (Not in constant time: whether an ID is valid shows anyway, as a reset or none.)
+    fn validate(&self, cid: &quinn_proto::ConnectionId) -> Result<(), quinn_proto::InvalidCid> {
+        let valid = cid.len() == CID_NONCE + CID_TAG
+            && self.tag(&cid[..CID_NONCE]).as_ref()[..CID_TAG] == cid[CID_NONCE..];
+        if valid { Ok(()) } else { Err(quinn_proto::InvalidCid) }
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_NONCE + CID_TAG
+    }
+
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// TLS 1.3 server configurations offering ALPN `qkv/1`, with session resumption: after each handshake
@@ -681,6 +734,38 @@ mod tests {
     use rustls::server::StoresServerSessions;
 
     use super::*;
+
+    /// Connection IDs: the server's own validate, with this key or the same key after a restart; one
+    /// changed byte, an ID of another key's, or random bytes do not (quinn's own generator left 2^24
+    /// IDs and a key that could be worked out).
+    #[cfg(feature = "server")]
+    #[test]
+    fn only_the_connection_ids_a_key_made_validate_with_it() {
+        use quinn_proto::ConnectionIdGenerator;
+        let ids =
+            |label: &[u8]| TaggedConnectionIds { key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, label) };
+        let (mut server, restarted, other) = (ids(b"key"), ids(b"key"), ids(b"another key"));
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let id = server.generate_cid();
+            assert_eq!(id.len(), server.cid_len());
+            assert!(seen.insert(id.to_vec()), "IDs repeat");
+            assert!(server.validate(&id).is_ok() && restarted.validate(&id).is_ok());
+            assert!(other.validate(&id).is_err());
+            for i in 0..id.len() {
+                let mut changed = id.to_vec();
+                changed[i] ^= 1;
+                assert!(server.validate(&quinn_proto::ConnectionId::new(&changed)).is_err(), "byte {i}");
+            }
+        }
+        let forged = (0..10_000).filter(|i| {
+            let mut random = [0u8; CID_NONCE + CID_TAG];
+            random[..8].copy_from_slice(&u64::to_le_bytes(*i));
+            server.validate(&quinn_proto::ConnectionId::new(&random)).is_ok()
+        });
+        assert_eq!(forged.count(), 0);
+        assert!(server.validate(&quinn_proto::ConnectionId::new(&[0u8; 8])).is_err(), "another length");
+    }
 
     fn ticket(i: u32) -> Vec<u8> {
         let mut key = vec![0u8; 32];
