@@ -94,7 +94,7 @@ impl Origins {
         host.is_empty()
             || bare.parse::<std::net::IpAddr>().is_ok()
             || host == "localhost"
-            || self.names.iter().any(|name| name.eq_ignore_ascii_case(&host))
+            || self.names.iter().any(|name| covers(name, &host))
             || self.hosts.iter().any(|name| name == "*" || *name == host)
     }
 
@@ -115,6 +115,18 @@ impl Origins {
         (self.answers_to(host) && own(host))
             || self.names.iter().any(|name| own(name))
             || self.allowed.contains(&origin)
+    }
+}
+
+/// Whether a certificate's `name` covers `host` (in lower case): the same name, or a wildcard name
+/// (`*.example.com`) and a host of one more label (`kv.example.com`, not `a.kv.example.com` nor
+/// `example.com`), as a browser checks it (RFC 6125, section 6.4.3).
+fn covers(name: &str, host: &str) -> bool {
+    match name.strip_prefix("*.") {
+        Some(parent) => host
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest.eq_ignore_ascii_case(parent)),
+        None => name.eq_ignore_ascii_case(host),
     }
 }
 
@@ -196,6 +208,20 @@ mod tests {
             assert!(origins(&[]).with_hosts(&[bad.into()]).is_err(), "{bad}");
         }
         assert!(origins(&[]).with_hosts(&["*".into()]).unwrap().answers_to("anything.example"));
+    }
+
+    /// A wildcard certificate's name covers one label more, as a browser checks it: a listener with
+    /// one answered 421 to every name it was meant for.
+    #[test]
+    fn a_wildcard_name_covers_one_label_more() {
+        let wildcard = origins(&[]).with_web_listener("https", 9528).with_names(vec!["*.example.com".into()]);
+        for host in ["kv.example.com", "KV.Example.com."] {
+            assert!(wildcard.answers_to(host), "{host}");
+        }
+        assert!(wildcard.allows(Some("https://kv.example.com:9528"), "kv.example.com"));
+        for host in ["example.com", "a.kv.example.com", ".example.com", "kvexample.com", "evil.test"] {
+            assert!(!wildcard.answers_to(host), "{host}");
+        }
     }
 
     #[test]

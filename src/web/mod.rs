@@ -101,6 +101,7 @@ pub async fn serve<H: Handler>(
             info!(%addr, console = %format!("http://{addr}/"), "web listener serving REST, gRPC, WebSocket and the console over plaintext HTTP")
         }
     }
+    let tls = matches!(security, WebSecurity::Tls(_));
     let memory = admission.memory().clone();
     let max_message = browsers.websocket_max_message;
     let origins = browsers.origins.clone();
@@ -122,6 +123,7 @@ pub async fn serve<H: Handler>(
                 false,
             ),
             &origins,
+            tls,
         ),
         grpc: for_known_hosts::<true>(
             buffered(
@@ -130,6 +132,7 @@ pub async fn serve<H: Handler>(
                 true,
             ),
             &origins,
+            tls,
         ),
         pipeline: for_known_hosts::<true>(
             grpc::pipeline_router(
@@ -138,6 +141,7 @@ pub async fn serve<H: Handler>(
                 max_message,
             ),
             &origins,
+            tls,
         ),
     };
     let memory = admission.memory().clone();
@@ -426,7 +430,13 @@ struct BodyLimit {
 /// another is refused before anything else, 421 Misdirected Request (RFC 9110: this server does not
 /// serve that name), so that a page of a name rebound to the server's address (DNS rebinding) reads
 /// and changes nothing, and its origin is never the listener's own.
-fn for_known_hosts<const GRPC: bool>(router: Router, origins: &Arc<Origins>) -> Router {
+/// Over TLS the layer is left out: a browser has checked the name against the certificate already, so a
+/// rebound name cannot reach the listener, and a name the certificate covers in a way this check does
+/// not know (one added by a reload) keeps being served.
+fn for_known_hosts<const GRPC: bool>(router: Router, origins: &Arc<Origins>, tls: bool) -> Router {
+    if tls {
+        return router;
+    }
     router.layer(middleware::from_fn_with_state(origins.clone(), check_host::<GRPC>))
 }
 
