@@ -10,6 +10,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::Shared;
 use parking_lot::Mutex;
 use quinn::{ConnectError, Connection, Endpoint, SendStream, WriteError, ZeroRttAccepted};
 use tokio::time::Instant;
@@ -51,6 +53,9 @@ pub(super) struct QuicConnection {
     /// Where the handshake stands: set by the watcher of a 0-RTT connection, `Completed` from the start
     /// for any other.
     handshake_state: tokio::sync::watch::Receiver<Handshake>,
+    /// For a connection opened in 0-RTT, quinn's word that its handshake completed, which the watcher
+    /// passes on a scheduling turn later: see [`QuicConnection::handshake_now`].
+    accepted: Option<Shared<ZeroRttAccepted>>,
     /// For the errors of calls made before the handshake completed.
     addr: Arc<str>,
     connect_timeout: Duration,
@@ -82,9 +87,10 @@ impl QuicConnection {
             }
             other => ClientError::Connect { addr: config.addr.clone(), cause: other.into(), hint: "" },
         })?;
-        let established = |connection, handshake, handshake_state| QuicConnection {
+        let established = |connection, handshake, handshake_state, accepted| QuicConnection {
             connection,
             handshake_state,
+            accepted,
             addr: config.addr.as_str().into(),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
@@ -95,9 +101,11 @@ impl QuicConnection {
             true => match connecting.into_0rtt() {
                 Ok((connection, accepted)) => {
                     let (state, handshake_state) = tokio::sync::watch::channel(Handshake::Pending);
-                    let watcher = watch_handshake(connection.clone(), accepted, stats.clone(), config, state);
+                    let accepted = accepted.shared();
+                    let watcher =
+                        watch_handshake(connection.clone(), accepted.clone(), stats.clone(), config, state);
                     let handshake = Some(Arc::new(Mutex::new(Some(watcher))));
-                    return Ok(established(connection, handshake, handshake_state));
+                    return Ok(established(connection, handshake, handshake_state, Some(accepted)));
                 }
                 Err(connecting) => connecting, // no ticket: a full handshake
             },
@@ -113,7 +121,7 @@ impl QuicConnection {
             Ok(Err(e)) => return Err(handshake_error(config, e)),
             Ok(Ok(connection)) => connection,
         };
-        Ok(established(connection, None, tokio::sync::watch::channel(Handshake::Completed).1))
+        Ok(established(connection, None, tokio::sync::watch::channel(Handshake::Completed).1, None))
     }
 
     /// Opens a stream, writes the request frame and finishes the stream.
@@ -155,7 +163,7 @@ impl QuicConnection {
     ) -> Option<ClientResult<ResponseFrames>> {
         match self.answer(frame, max_frame_len, deadline).await {
             Some(Ok(frames)) => Some(Ok(frames)),
-            None => match *self.handshake_state.borrow() {
+            None => match self.handshake_now() {
                 Handshake::Completed => None,
                 _ => Some(Err(self.no_handshake(self.request_timeout))),
             },
@@ -170,7 +178,7 @@ impl QuicConnection {
         // A lost connection settles its handshake at once: wait for the watcher to say how.
         let settled = match self.connection.close_reason() {
             Some(_) => state.wait_for(|state| *state != Handshake::Pending).await.map(|state| *state),
-            None => Ok(*state.borrow()),
+            None => Ok(self.handshake_now()),
         };
         match (settled.unwrap_or(Handshake::Completed), e) {
             (Handshake::GaveUp, _) => self.no_handshake(self.connect_timeout),
@@ -178,6 +186,22 @@ impl QuicConnection {
                 ClientError::NotSent { cause }
             }
             (_, e) => e,
+        }
+    }
+
+    /// Where the handshake stands now: the watcher's word, or quinn's if the handshake has settled and
+    /// the watcher has not yet run since. A call that read `Pending` there would report a write the
+    /// server may still execute (the client's Finished is on its way) as not executed.
+    fn handshake_now(&self) -> Handshake {
+        let state = *self.handshake_state.borrow();
+        let Some(accepted) = self.accepted.as_ref().filter(|_| state == Handshake::Pending) else {
+            return state;
+        };
+        match accepted.clone().now_or_never() {
+            None => Handshake::Pending,
+            // quinn says "not accepted" also of a connection lost before its handshake completed.
+            Some(false) if self.connection.close_reason().is_some() => Handshake::Failed,
+            Some(_) => Handshake::Completed,
         }
     }
 
@@ -267,7 +291,7 @@ impl QuicConnection {
 /// full handshake's would.
 fn watch_handshake(
     connection: Connection,
-    accepted: ZeroRttAccepted,
+    accepted: Shared<ZeroRttAccepted>,
     stats: Arc<Stats>,
     config: &ClientConfig,
     state: tokio::sync::watch::Sender<Handshake>,
