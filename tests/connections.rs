@@ -319,15 +319,14 @@ transport_tests!(encrypted: quic, tls =>
     a_missing_ca_file_is_reported_with_its_path,
 );
 
-/// A QUIC client using every request it may have in progress gets more stream credit (a stream's credit
-/// comes back only with the client's acknowledgement of its answer), while the server still runs no
-/// more than the limit at once: a request opened beyond it waits, and runs once one ends.
-#[tokio::test]
-async fn a_client_at_the_request_limit_may_open_more_streams_which_wait_their_turn() {
-    let server = TestServer::start_with(|config| config.limits.max_concurrent_requests = 2).await;
-    let connection = server.raw_connection().await;
+/// `count` subscriptions to "news" on `connection`, each answered (so each holds a request's place
+/// for as long as it lasts).
+async fn subscribed(
+    connection: &quinn::Connection,
+    count: usize,
+) -> Vec<FramedRead<quinn::RecvStream, FrameCodec<CommandResponse>>> {
     let mut subscriptions = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..count {
         let (mut send, recv) = connection.open_bi().await.expect("a stream within the limit");
         send.write_all(&common::frame(&CommandRequest::subscribe("news"))).await.expect("subscribe sent");
         send.finish().expect("finished");
@@ -336,6 +335,17 @@ async fn a_client_at_the_request_limit_may_open_more_streams_which_wait_their_tu
         assert_eq!(first.status, status::OK, "subscribed: {first:?}");
         subscriptions.push(frames);
     }
+    subscriptions
+}
+
+/// A QUIC client using every request it may have in progress gets more stream credit (a stream's credit
+/// comes back only with the client's acknowledgement of its answer), while the server still runs no
+/// more than the limit at once: a request opened beyond it waits, and runs once one ends.
+#[tokio::test]
+async fn a_client_at_the_request_limit_may_open_more_streams_which_wait_their_turn() {
+    let server = TestServer::start_with(|config| config.limits.max_concurrent_requests = 2).await;
+    let connection = server.raw_connection().await;
+    let mut subscriptions = subscribed(&connection, 2).await;
     // Both in progress for as long as they last: a third stream needs the credit the server adds.
     let third = tokio::time::timeout(Duration::from_secs(10), connection.open_bi()).await;
     let (mut send, recv) = third.expect("more credit for a client at its limit").expect("a stream");
@@ -362,16 +372,7 @@ async fn a_client_at_the_request_limit_may_open_more_streams_which_wait_their_tu
 async fn requests_waiting_their_turn_do_not_starve_the_one_that_has_it() {
     let server = TestServer::start_with(|config| config.limits.max_concurrent_requests = 2).await;
     let connection = server.raw_connection().await;
-    let mut subscriptions = Vec::new();
-    for _ in 0..2 {
-        let (mut send, recv) = connection.open_bi().await.expect("a stream within the limit");
-        send.write_all(&common::frame(&CommandRequest::subscribe("news"))).await.expect("subscribe sent");
-        send.finish().expect("finished");
-        let mut frames = FramedRead::new(recv, FrameCodec::<CommandResponse>::new(1 << 20));
-        let first = frames.next().await.expect("a first frame").expect("well formed");
-        assert_eq!(first.status, status::OK, "subscribed: {first:?}");
-        subscriptions.push(frames);
-    }
+    let mut subscriptions = subscribed(&connection, 2).await;
     let mut writes = Vec::new();
     for key in ["a", "b"] {
         let connection = connection.clone();
