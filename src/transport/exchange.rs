@@ -383,21 +383,21 @@ mod tests {
         (EarlyData::new(async { outcome.await.unwrap_or(false) }), done)
     }
 
+    /// Serves the request on `recv` with default limits, no budget, no limit on requests in progress
+    /// and no arrival to tell of; `early` as `serve_request` takes it.
+    async fn serve(
+        recv: impl AsyncRead + Unpin,
+        send: impl AsyncWrite + Unpin,
+        service: &Service<MemoryStore>,
+        early: Option<&EarlyData>,
+    ) -> Result<Served, FrameError> {
+        let (limits, caller) = (Limits::default(), Caller::default());
+        serve_request(recv, send, service, &limits, &unlimited(), early, &caller, None, None).await
+    }
+
     async fn stored(service: &Service<MemoryStore>, key: &str) -> bool {
         let (recv, (mut send, reply)) = stream_of(&CommandRequest::hexist("t", key)).await;
-        serve_request(
-            recv,
-            &mut send,
-            service,
-            &Limits::default(),
-            &unlimited(),
-            None,
-            &Caller::default(),
-            None,
-            None,
-        )
-        .await
-        .unwrap();
+        serve(recv, &mut send, service, None).await.unwrap();
         let mut frames = FramedRead::new(reply, FrameCodec::<CommandResponse>::new(MAX));
         frames.next().await.unwrap().unwrap().values[0] == true.into()
     }
@@ -408,18 +408,7 @@ mod tests {
         early: &EarlyData,
     ) -> Result<Served, FrameError> {
         let (recv, (mut send, _reply)) = stream_of(&CommandRequest::hset("t", "k", "v")).await;
-        serve_request(
-            recv,
-            &mut send,
-            service,
-            &Limits::default(),
-            &unlimited(),
-            Some(early),
-            &Caller::default(),
-            None,
-            None,
-        )
-        .await
+        serve(recv, &mut send, service, Some(early)).await
     }
 
     #[tokio::test]
@@ -457,18 +446,7 @@ mod tests {
         let service = service();
         let (early, _handshake) = pending_handshake();
         let (recv, (mut send, _reply)) = stream_of(&CommandRequest::hget("t", "k")).await;
-        let served = serve_request(
-            recv,
-            &mut send,
-            &service,
-            &Limits::default(),
-            &unlimited(),
-            Some(&early),
-            &Caller::default(),
-            None,
-            None,
-        )
-        .await;
+        let served = serve(recv, &mut send, &service, Some(&early)).await;
         assert!(matches!(served, Ok(Served::Answered)), "{served:?}");
     }
 
@@ -508,19 +486,7 @@ mod tests {
     async fn a_services_refusals_need_no_budget_and_a_lost_conflict_is_not_executed() {
         let service = service();
         let (recv, (mut send, _reply)) = stream_of(&CommandRequest::hset("t", "k", "v")).await;
-        serve_request(
-            recv,
-            &mut send,
-            &service,
-            &Limits::default(),
-            &unlimited(),
-            None,
-            &Caller::default(),
-            None,
-            None,
-        )
-        .await
-        .unwrap();
+        serve(recv, &mut send, &service, None).await.unwrap();
         let memory = MemoryBudget::new(64 * 1024);
         let _spent = memory.try_charge(64 * 1024).unwrap();
         let answers = AnswerBudget::new(memory.clone(), 1);

@@ -319,22 +319,7 @@ pub fn promtool_test_rules(rules_name: &str, rules: &str, tests: &str) -> Result
     for (file, contents) in [(&rules_file, rules), (&tests_file, tests)] {
         std::fs::write(file, contents).map_err(|e| format!("{}: {e}", file.display()))?;
     }
-    let output = Command::new("promtool")
-        .args(["test", "rules"])
-        .arg(&tests_file)
-        .current_dir(dir.path())
-        .output()
-        .map_err(|e| format!("promtool: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "promtool test rules: {}: {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
+    promtool(&["test", "rules"], &tests_file, dir.path())
 }
 
 /// `promtool check ARGS FILE`, FILE holding `contents`.
@@ -343,17 +328,22 @@ fn promtool_check_file(args: &[&str], contents: &str) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
     let file = dir.path().join("checked.yml");
     std::fs::write(&file, contents).map_err(|e| format!("{}: {e}", file.display()))?;
+    promtool(&[&["check"], args].concat(), &file, dir.path())
+}
+
+/// `promtool ARGS FILE` in `dir`: what it printed, when it fails.
+fn promtool(args: &[&str], file: &std::path::Path, dir: &std::path::Path) -> Result<(), String> {
     let output = Command::new("promtool")
-        .arg("check")
         .args(args)
-        .arg(&file)
+        .arg(file)
+        .current_dir(dir)
         .output()
         .map_err(|e| format!("promtool: {e}"))?;
     if output.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "promtool check {}: {}: {}{}",
+            "promtool {}: {}: {}{}",
             args.join(" "),
             output.status,
             String::from_utf8_lossy(&output.stdout),
