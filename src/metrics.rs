@@ -7,11 +7,13 @@
 //! reading the clock. What is recorded per request goes through handles registered once
 //! ([`RequestMetrics`]): an atomic add and a histogram sample, not a registry lookup.
 
+mod request_histograms;
+
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use metrics::{Counter, Gauge, Histogram, Unit, counter, gauge, histogram};
+use metrics::{Counter, Gauge, Unit, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::pb::{COMMAND_NAMES, CommandRequest, status};
@@ -25,12 +27,6 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// Request durations and latencies: 1 µs to 10 s, about ×2.5 apart. A memory store executes a
-/// request in about a microsecond, so the fine buckets are what resolve its service time.
-const REQUEST_BUCKETS: [f64; 19] = [
-    1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
-    100e-3, 250e-3, 1.0, 10.0,
-];
 /// fsync durations: 50 µs (a fast device's floor) to 10 s.
 const FSYNC_BUCKETS: [f64; 14] =
     [50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1.0, 10.0];
@@ -65,7 +61,9 @@ pub struct Exporter {
 impl Exporter {
     /// Every metric in Prometheus's text exposition format (0.0.4).
     pub fn render(&self) -> String {
-        self.handle.render()
+        let mut rendered = self.handle.render();
+        request_histograms::render(&mut rendered);
+        rendered
     }
 
     /// Folds the samples recorded since the last render into the histograms, so that memory does not
@@ -89,10 +87,6 @@ pub fn install() -> Result<Exporter, MetricsError> {
 fn set_recorder() -> Result<Exporter, MetricsError> {
     let error = |e: metrics_exporter_prometheus::BuildError| MetricsError(e.to_string());
     let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full("qkv_request_duration_seconds".into()), &REQUEST_BUCKETS)
-        .map_err(error)?
-        .set_buckets_for_metric(Matcher::Full("qkv_request_latency_seconds".into()), &REQUEST_BUCKETS)
-        .map_err(error)?
         .set_buckets_for_metric(Matcher::Full("qkv_disk_fsync_duration_seconds".into()), &FSYNC_BUCKETS)
         .map_err(error)?
         .set_buckets_for_metric(Matcher::Full("qkv_quic_rtt_seconds".into()), &RTT_BUCKETS)
@@ -129,16 +123,6 @@ fn set_recorder() -> Result<Exporter, MetricsError> {
 fn describe() {
     use metrics::{describe_counter as c, describe_gauge as g, describe_histogram as h};
     c!("qkv_requests_total", "Requests answered, by command, transport and status code.");
-    h!(
-        "qkv_request_duration_seconds",
-        Unit::Seconds,
-        "Service time: from a request's execution starting to its answer (to the start of a streamed answer); no queueing."
-    );
-    h!(
-        "qkv_request_latency_seconds",
-        Unit::Seconds,
-        "What a client waits, as the server sees it: from a request's frame read whole to its answer handed to the transport, queueing included."
-    );
     g!("qkv_requests_in_flight", "Requests being executed.");
     c!("qkv_connections_accepted_total", "Connections admitted.");
     c!("qkv_connections_refused_total", "Connections refused, by reason.");
@@ -382,10 +366,8 @@ pub struct RequestMetrics {
     transport: &'static str,
     /// `qkv_requests_total`, by command and status (`status::ALL`, and one for any other).
     requests: Vec<OnceLock<Counter>>,
-    /// `qkv_request_duration_seconds`, by command.
-    durations: Vec<OnceLock<Histogram>>,
-    /// `qkv_request_latency_seconds`, by command.
-    latencies: Vec<OnceLock<Histogram>>,
+    /// `qkv_request_duration_seconds` and `qkv_request_latency_seconds`, by command.
+    histograms: std::sync::Arc<request_histograms::TransportHistograms>,
     in_flight: &'static AtomicI64,
 }
 
@@ -403,8 +385,7 @@ impl RequestMetrics {
         RequestMetrics {
             transport: label,
             requests: (0..COMMAND_NAMES.len() * STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
-            durations: (0..COMMAND_NAMES.len()).map(|_| OnceLock::new()).collect(),
-            latencies: (0..COMMAND_NAMES.len()).map(|_| OnceLock::new()).collect(),
+            histograms: request_histograms::for_transport(label),
             in_flight: &IN_FLIGHT[index],
         }
     }
@@ -419,21 +400,11 @@ impl RequestMetrics {
                 counter!("qkv_requests_total", "command" => command_name, "transport" => transport, "status" => label)
             })
             .increment(1);
-        self.durations[command]
-            .get_or_init(|| {
-                histogram!("qkv_request_duration_seconds", "command" => command_name, "transport" => transport)
-            })
-            .record(elapsed.as_secs_f64());
+        self.histograms.duration(command, elapsed);
     }
 
     fn record_latency(&self, arrival: Arrival) {
-        let Some(latency) = self.latencies.get(arrival.command) else { return };
-        let (command_name, transport) = (COMMAND_NAMES[arrival.command], self.transport);
-        latency
-            .get_or_init(|| {
-                histogram!("qkv_request_latency_seconds", "command" => command_name, "transport" => transport)
-            })
-            .record(arrival.at.elapsed().as_secs_f64());
+        self.histograms.latency(arrival.command, arrival.at.elapsed());
     }
 }
 

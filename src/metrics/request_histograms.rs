@@ -7,8 +7,10 @@
 //! search among the bounds and two relaxed atomic additions, and nothing waits to be folded.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use crate::pb::COMMAND_NAMES;
@@ -92,43 +94,58 @@ impl Histogram {
     }
 }
 
-/// The histograms of one transport label, a pair per command (in [`COMMAND_NAMES`]'s order).
+/// The two families: their names and help, in the order [`TransportHistograms::families`] holds them.
+const FAMILIES: [(&str, &str); 2] = [
+    (
+        "qkv_request_duration_seconds",
+        "Service time: from a request's execution starting to its answer (to the start of a streamed answer); no queueing.",
+    ),
+    (
+        "qkv_request_latency_seconds",
+        "What a client waits, as the server sees it: from a request's frame read whole to its answer handed to the transport, queueing included.",
+    ),
+];
+const DURATION: usize = 0;
+const LATENCY: usize = 1;
+
+/// The histograms of one transport label: of each family, one per command (in [`COMMAND_NAMES`]'s
+/// order).
 pub struct TransportHistograms {
     transport: &'static str,
-    durations: [Histogram; COMMAND_NAMES.len()],
-    latencies: [Histogram; COMMAND_NAMES.len()],
+    families: [[Histogram; COMMAND_NAMES.len()]; FAMILIES.len()],
 }
 
 impl TransportHistograms {
     /// A request of `command` (its index in [`COMMAND_NAMES`]) was executed in `elapsed`.
     pub fn duration(&self, command: usize, elapsed: Duration) {
-        if let Some(histogram) = self.durations.get(command) {
-            histogram.record(elapsed);
-        }
+        self.record(DURATION, command, elapsed);
     }
 
     /// A request of `command` was answered `elapsed` after it arrived.
     pub fn latency(&self, command: usize, elapsed: Duration) {
-        if let Some(histogram) = self.latencies.get(command) {
-            histogram.record(elapsed);
+        self.record(LATENCY, command, elapsed);
+    }
+
+    fn record(&self, family: usize, command: usize, sample: Duration) {
+        if let Some(histogram) = self.families[family].get(command) {
+            histogram.record(sample);
         }
     }
 }
 
 /// Every transport label's histograms, in the order first asked for: few, and looked up only when a
 /// listener starts.
-static ALL: Mutex<Vec<Arc<TransportHistograms>>> = Mutex::new(Vec::new());
+static ALL: Mutex<Vec<Arc<TransportHistograms>>> = parking_lot::const_mutex(Vec::new());
 
 /// The histograms labelled `transport`, shared by everything that records with that label.
 pub fn for_transport(transport: &'static str) -> Arc<TransportHistograms> {
-    let mut all = ALL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut all = ALL.lock();
     if let Some(found) = all.iter().find(|histograms| histograms.transport == transport) {
         return found.clone();
     }
     let histograms = Arc::new(TransportHistograms {
         transport,
-        durations: std::array::from_fn(|_| Histogram::new()),
-        latencies: std::array::from_fn(|_| Histogram::new()),
+        families: std::array::from_fn(|_| std::array::from_fn(|_| Histogram::new())),
     });
     all.push(histograms.clone());
     histograms
@@ -137,24 +154,11 @@ pub fn for_transport(transport: &'static str) -> Arc<TransportHistograms> {
 /// The two families in Prometheus's text format (0.0.4), each series with a sample, each family with
 /// a series.
 pub fn render(out: &mut String) {
-    let all: Vec<Arc<TransportHistograms>> =
-        ALL.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    let families: [(&str, &str, fn(&TransportHistograms) -> &[Histogram]); 2] = [
-        (
-            "qkv_request_duration_seconds",
-            "Service time: from a request's execution starting to its answer (to the start of a streamed answer); no queueing.",
-            |histograms| &histograms.durations,
-        ),
-        (
-            "qkv_request_latency_seconds",
-            "What a client waits, as the server sees it: from a request's frame read whole to its answer handed to the transport, queueing included.",
-            |histograms| &histograms.latencies,
-        ),
-    ];
-    for (name, help, series_of) in families {
+    let all: Vec<Arc<TransportHistograms>> = ALL.lock().clone();
+    for (family, (name, help)) in FAMILIES.iter().enumerate() {
         let mut series = String::new();
         for histograms in &all {
-            for (command, histogram) in COMMAND_NAMES.iter().zip(series_of(histograms)) {
+            for (command, histogram) in COMMAND_NAMES.iter().zip(&histograms.families[family]) {
                 let labels = format!("command=\"{command}\",transport=\"{}\"", histograms.transport);
                 histogram.render(name, &labels, &mut series);
             }
