@@ -661,7 +661,7 @@ mod tests {
         else {
             panic!("unconditional writes do not conflict")
         };
-        crate::storage::suite::fill(&store).await;
+        crate::storage::suite::fill(&store, "fill").await;
 
         let same_size = store.set("t", "k", bytes(2, 100), Some(version)).await;
         assert!(matches!(same_size, Ok(WriteOutcome::Written { .. })), "{same_size:?}");
@@ -672,7 +672,7 @@ mod tests {
         assert_eq!(store.get("t", "k").await.unwrap().map(|v| v.value), Some(bytes(3, 10)));
         assert!(store.memory().used <= store.memory().budget);
 
-        let filled: Vec<String> = (0..10_000).map(|i| i.to_string()).collect();
+        let filled: Vec<String> = (0..10_000).map(|i| format!("fill-{i}")).collect();
         store.delete_many("fill", &filled).await.unwrap();
         store.delete("t", "k", None).await.unwrap();
         assert_eq!(store.memory().used, 0, "the account gives back all it took");

@@ -408,13 +408,14 @@ pub fn is_full<T: std::fmt::Debug>(result: &Result<T, StorageError>) -> bool {
     matches!(result, Err(StorageError::Full { .. } | StorageError::OutOfMemory(_)))
 }
 
-/// Writes values into table "fill", halving their size at each refusal, until the store refuses
-/// one of 16 bytes: what room is left is less than a small entry takes.
-pub async fn fill<S: Storage>(s: &S) {
+/// Writes values into `table` (keys "fill-0", "fill-1"…), halving their size at each refusal, until the
+/// store refuses one of 16 bytes: what room is left is less than a small entry takes. On a Redis
+/// Cluster a table lives in one slot: what fills up is the master that holds `table`.
+pub async fn fill<S: Storage>(s: &S, table: &str) {
     let (mut size, mut written) = (64 * 1024, 0);
     while size >= 16 {
         let value = Value::from(Bytes::from(vec![0u8; size]));
-        let result = s.set("fill", &written.to_string(), value, None).await;
+        let result = s.set(table, &format!("fill-{written}"), value, None).await;
         if is_full(&result) {
             size /= 2;
         } else {
@@ -433,7 +434,7 @@ pub async fn conditional_writes_that_cannot_match_are_conflicts_when_the_store_i
 ) {
     let (_, version) = written(s.set("t", "k", "v".into(), None).await.unwrap());
     let current = Some(Versioned { value: "v".into(), version });
-    fill(&*s).await;
+    fill(&*s, "t").await;
     let large = Value::from(Bytes::from(vec![1u8; 4096]));
     assert!(is_full(&s.set("t", "new", large.clone(), None).await), "the store has room left");
 

@@ -178,9 +178,15 @@ const CLUSTER_ARGS: [&str; 6] =
 
 impl RedisCluster {
     pub fn start(masters: usize, replicas: usize) -> io::Result<Self> {
+        Self::start_with(masters, replicas, &[])
+    }
+
+    /// A cluster whose every node also gets `args` (such as a memory limit).
+    pub fn start_with(masters: usize, replicas: usize, args: &[&str]) -> io::Result<Self> {
+        let node_args: Vec<&str> = CLUSTER_ARGS.iter().copied().chain(args.iter().copied()).collect();
         let mut nodes = Vec::new();
         for _ in 0..masters * (1 + replicas) {
-            nodes.push(RedisNode::start(&CLUSTER_ARGS)?);
+            nodes.push(RedisNode::start(&node_args)?);
         }
         let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let created = Command::new("redis-cli")

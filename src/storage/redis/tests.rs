@@ -1,5 +1,6 @@
 //! The Redis backend against real Redis servers started for these tests (qkv-testkit): the
-//! conformance suite on one plain Redis and on a 3-master, 3-replica cluster, then what only this
+//! conformance suite on one plain Redis and on a 3-master, 3-replica cluster (and the full-store suite
+//! on a full Redis and a full cluster), then what only this
 //! backend has (hash tags, a lost version counter, Redis's memory limit, Redis away and back, WAIT).
 
 use std::sync::OnceLock;
@@ -42,19 +43,33 @@ mod single_redis {
     storage_conformance!(connected(config(vec![single().url()])).await);
 }
 
+/// What `fill` can use up: a few MiB, and no eviction (Redis refuses writes with OOM instead).
+const SMALL_REDIS: [&str; 4] = ["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"];
+
 mod full_redis {
     use super::*;
 
-    /// A Redis whose memory `fill` can use up.
     fn small() -> &'static RedisNode {
         static NODE: OnceLock<RedisNode> = OnceLock::new();
-        NODE.get_or_init(|| {
-            RedisNode::start(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"])
-                .expect("redis-server starts")
-        })
+        NODE.get_or_init(|| RedisNode::start(&SMALL_REDIS).expect("redis-server starts"))
     }
 
     crate::storage::suite::full_store_conformance!(connected(config(vec![small().url()])).await);
+}
+
+/// A full cluster: a table lives in one slot, so `fill` fills the master that holds it, and the
+/// cluster client must bring its refusal back as a single Redis's is.
+mod full_redis_cluster {
+    use super::*;
+
+    fn small() -> &'static RedisCluster {
+        static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+        CLUSTER.get_or_init(|| {
+            RedisCluster::start_with(3, 0, &SMALL_REDIS).expect("a 3-master Redis Cluster starts")
+        })
+    }
+
+    crate::storage::suite::full_store_conformance!(connected(config(small().urls())).await);
 }
 
 mod redis_cluster {
