@@ -254,29 +254,35 @@ impl EarlyData {
     }
 }
 
+/// What a connection serves each of its request streams with, cloned into each stream's task.
+#[derive(Clone)]
+pub struct Exchange<H> {
+    pub handler: H,
+    pub limits: std::sync::Arc<Limits>,
+    /// What the connection's answers are charged to.
+    pub answers: AnswerBudget,
+    /// Who the connection's peer is, as requests are executed for it.
+    pub caller: Caller,
+    /// When set, how many of the connection's requests may execute at once: a request read whole
+    /// waits for one of its permits, and holds it until its answer is written. It is taken only once
+    /// the request has been read, so that requests waiting their turn never hold back the bytes of
+    /// those that have it (a QUIC connection's flow-control window is shared by all its streams).
+    pub in_progress: Option<std::sync::Arc<Semaphore>>,
+}
+
 /// Serves one request stream: reads the request, executes it, writes the reply. An unreadable request
 /// is answered with an error response (docs/PROTOCOL.md, "Errors"). `early` is set when the request
-/// came in 0-RTT early data. The reply's frames are charged to `answers` while held; refusals (a
-/// rejected request, a service's 503) always can be (see [`AnswerBudget`]), and a refusal that cannot
-/// be delivered is `Served::RefusalLost`. Returns an error only when the stream itself failed, for
-/// instance because the peer reset it or the connection was lost, or when an executed request's reply
-/// could not be held (`MemoryExhausted`).
-///
-/// `in_progress`, when given, limits how many requests execute at once: a request read whole waits
-/// for one of its permits, and holds it until its answer is written. It is taken only once the request
-/// has been read, so that requests waiting their turn never hold back the bytes of those that have it
-/// (a QUIC connection's flow-control window is shared by all its streams). `accepted`, when given, is
-/// when the stream was accepted: what the handler is told its client waited counts from then.
-#[allow(clippy::too_many_arguments)]
+/// came in 0-RTT early data; `accepted`, when given, is when the stream was accepted: what the
+/// handler is told its client waited counts from then. The reply's frames are charged to the
+/// connection's answers while held; refusals (a rejected request, a service's 503) always can be
+/// (see [`AnswerBudget`]), and a refusal that cannot be delivered is `Served::RefusalLost`. Returns
+/// an error only when the stream itself failed, for instance because the peer reset it or the
+/// connection was lost, or when an executed request's reply could not be held (`MemoryExhausted`).
 pub async fn serve_request<R, W, H>(
     mut recv: R,
     send: W,
-    handler: &H,
-    limits: &Limits,
-    answers: &AnswerBudget,
+    exchange: &Exchange<H>,
     early: Option<&EarlyData>,
-    caller: &Caller,
-    in_progress: Option<&Semaphore>,
     accepted: Option<std::time::Instant>,
 ) -> Result<Served, FrameError>
 where
@@ -284,6 +290,7 @@ where
     W: AsyncWrite + Unpin,
     H: Handler,
 {
+    let Exchange { handler, limits, answers, caller, in_progress } = exchange;
     let (refusal, served) = match read_request(&mut recv, limits).await {
         Ok(request) => {
             tracing::Span::current().record("command", request.command_name());
@@ -391,8 +398,19 @@ mod tests {
         service: &Service<MemoryStore>,
         early: Option<&EarlyData>,
     ) -> Result<Served, FrameError> {
-        let (limits, caller) = (Limits::default(), Caller::default());
-        serve_request(recv, send, service, &limits, &unlimited(), early, &caller, None, None).await
+        serve_request(recv, send, &exchange(service, unlimited()), early, None).await
+    }
+
+    /// What a connection with default limits, answers charged to `answers` and no limit on requests
+    /// in progress serves its streams with.
+    fn exchange(service: &Service<MemoryStore>, answers: AnswerBudget) -> Exchange<Service<MemoryStore>> {
+        Exchange {
+            handler: service.clone(),
+            limits: std::sync::Arc::new(Limits::default()),
+            answers,
+            caller: Caller::default(),
+            in_progress: None,
+        }
     }
 
     async fn stored(service: &Service<MemoryStore>, key: &str) -> bool {
@@ -489,12 +507,10 @@ mod tests {
         serve(recv, &mut send, &service, None).await.unwrap();
         let memory = MemoryBudget::new(64 * 1024);
         let _spent = memory.try_charge(64 * 1024).unwrap();
-        let answers = AnswerBudget::new(memory.clone(), 1);
+        let exchange = exchange(&service, AnswerBudget::new(memory.clone(), 1));
         let long_key = "k".repeat(ServiceConfig::default().items.max_key_len + 1);
         let (recv, (mut send, reply)) = stream_of(&CommandRequest::hget("t", long_key)).await;
-        let (limits, caller) = (Limits::default(), Caller::default());
-        let served =
-            serve_request(recv, &mut send, &service, &limits, &answers, None, &caller, None, None).await;
+        let served = serve_request(recv, &mut send, &exchange, None, None).await;
         assert!(matches!(served, Ok(Served::Answered)), "{served:?}");
         let mut frames = FramedRead::new(reply, FrameCodec::<CommandResponse>::new(MAX));
         assert_eq!(frames.next().await.unwrap().unwrap().status, status::PAYLOAD_TOO_LARGE);
@@ -502,8 +518,7 @@ mod tests {
         // Versions start from the clock: 1 is never the key's.
         let conflict = CommandRequest::hset_if_version("t", "k", "w", 1);
         let (recv, (mut send, _reply)) = stream_of(&conflict).await;
-        let served =
-            serve_request(recv, &mut send, &service, &limits, &answers, None, &caller, None, None).await;
+        let served = serve_request(recv, &mut send, &exchange, None, None).await;
         assert!(matches!(served, Ok(Served::RefusalLost(FrameError::MemoryExhausted { .. }))), "{served:?}");
     }
 }

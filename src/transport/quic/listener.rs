@@ -34,7 +34,7 @@ use crate::metrics::{self, PathSampler};
 use crate::service::{Caller, Handler};
 use crate::transport::admission::{Admission, Admitted};
 use crate::transport::budget::ReadBudget;
-use crate::transport::exchange::{AnswerBudget, EarlyData, Served, serve_request};
+use crate::transport::exchange::{AnswerBudget, EarlyData, Exchange, Served, serve_request};
 use crate::transport::frame::FrameError;
 use crate::transport::origin::Origins;
 use crate::transport::timeouts;
@@ -299,7 +299,6 @@ pub(super) async fn serve_connection<H: Handler>(
     let Hold { admitted, memory, mut pending } = hold;
     let streams = TaskTracker::new();
     let budget = ReadBudget::new(limits.max_request_buffer, memory.clone(), limits.memory_wait);
-    let answers = AnswerBudget::new(memory.clone(), REFUSALS_AT_ONCE);
     // Requests in progress: every stream the client may open is accepted and read, and a request read
     // whole waits for a permit to execute, given back once its answer is complete. Once a client
     // uses them all, quinn grants it more streams (`super::STREAM_CREDIT`), so that those whose
@@ -307,6 +306,13 @@ pub(super) async fn serve_connection<H: Handler>(
     // a stream left unread would hold its bytes in the connection's flow-control window, which all
     // streams share, until the requests being served could not receive the rest of theirs.
     let in_progress = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests as usize));
+    let exchange = Exchange {
+        handler,
+        limits: limits.clone(),
+        answers: AnswerBudget::new(memory.clone(), REFUSALS_AT_ONCE),
+        caller,
+        in_progress: Some(in_progress),
+    };
     // A WebTransport session's CONNECT stream is a bidirectional stream of the connection's credit,
     // open for the session's life, so a page short of one would never have all of its permits in
     // use, which is what raises the credit. And a browser cannot wait for credit: it refuses a
@@ -370,9 +376,11 @@ pub(super) async fn serve_connection<H: Handler>(
             }
         };
         requests += 1;
-        // Every stream's task holds a clone of `in_progress` until its answer is acknowledged (when
-        // quinn gives its credit back): with this one, the streams open are its count of clones.
-        if !credit_raised && Arc::strong_count(&in_progress) >= limits.max_concurrent_requests as usize {
+        // Every stream's task holds a clone of the exchange's `in_progress` until its answer is
+        // acknowledged (when quinn gives its credit back): with the connection's own, the streams open
+        // are its count of clones.
+        let streams_open = exchange.in_progress.as_ref().map_or(0, Arc::strong_count);
+        if !credit_raised && streams_open >= limits.max_concurrent_requests as usize {
             // The client uses every stream it may: more credit, so that those waiting for its
             // acknowledgement do not hold back its next requests (`super::STREAM_CREDIT`).
             credit_raised = true;
@@ -385,19 +393,9 @@ pub(super) async fn serve_connection<H: Handler>(
             metrics::zero_rtt_request();
         }
         // What the client waits counts from now (`Handler::answered`), when metrics want it.
-        let accepted = handler.times_answers().then(std::time::Instant::now);
+        let accepted = exchange.handler.times_answers().then(std::time::Instant::now);
         // Boxed: spawning moves the future into the task, and a request's state is large.
-        let stream = Box::pin(handle_stream(
-            stream,
-            accepted,
-            in_progress.clone(),
-            early,
-            handler.clone(),
-            limits.clone(),
-            answers.clone(),
-            budget.clone(),
-            caller.clone(),
-        ));
+        let stream = Box::pin(handle_stream(stream, exchange.clone(), budget.clone(), early, accepted));
         // A span per request only when it will be used: an enabled span costs more than the request.
         // Request-level events are logged at debug, some under `qkv::connection`: if those are on
         // but not the request span, the connection's span still names the client.
@@ -453,24 +451,21 @@ pub(super) async fn serve_connection<H: Handler>(
     drop(admitted);
 }
 
-#[allow(clippy::too_many_arguments)] // a task's owned inputs, gathered in one place
+/// Serves one request stream with what its connection serves them all with (`exchange`), its
+/// request's bytes charged to `budget`; `early` and `accepted` as [`serve_request`] takes them.
 async fn handle_stream<H: Handler>(
     mut stream: RequestStream,
-    accepted: Option<std::time::Instant>,
-    in_progress: Arc<tokio::sync::Semaphore>,
-    early: Option<EarlyData>,
-    handler: H,
-    limits: Arc<Limits>,
-    answers: AnswerBudget,
+    exchange: Exchange<H>,
     budget: ReadBudget,
-    caller: Caller,
+    early: Option<EarlyData>,
+    accepted: Option<std::time::Instant>,
 ) {
     let (send, recv) = stream.quic();
     // A client that abandons its request stops reading the reply (STOP_SENDING): stop working on it
     // at once rather than finish a reply nobody will read.
     let abandoned = send.stopped();
     let served = tokio::select! {
-        served = serve_request(budget.reader(&mut *recv), &mut *send, &handler, &limits, &answers, early.as_ref(), &caller, Some(&in_progress), accepted) => served,
+        served = serve_request(budget.reader(&mut *recv), &mut *send, &exchange, early.as_ref(), accepted) => served,
         _ = abandoned => {
             debug!("the client abandoned the request");
             let _ = recv.stop(codes::CANCELLED);
@@ -514,6 +509,6 @@ async fn handle_stream<H: Handler>(
     if send.finish().is_ok() {
         // Wait until the client has the whole reply. Shutdown waits for this task, so a connection is
         // never closed (which discards unacknowledged data) before its answered requests are delivered.
-        let _ = timeouts::deadline(limits.reply_timeout, send.stopped()).await;
+        let _ = timeouts::deadline(exchange.limits.reply_timeout, send.stopped()).await;
     }
 }
