@@ -297,20 +297,38 @@ async fn read_numbered(subscription: &mut Subscription, count: usize) -> usize {
     missed
 }
 
-/// Over QUIC a subscription shares its client's connection: left unread, it must not hold up the
-/// answers to the client's calls (it once filled the connection's 256 KiB receive window).
-#[tokio::test]
-async fn an_unread_quic_subscription_does_not_stall_the_calls_of_its_client() {
-    let server = TestServer::start().await;
+/// Subscriptions left unread must not hold up the answers to their client's calls. Over QUIC they
+/// share the client's connection, whose 256 KiB receive window one once filled; over HTTP/2 (REST,
+/// gRPC, gRPC pipelines) they share its connection window (5 MiB), of which each stream may hold
+/// 2 MiB; over TCP and TLS each has a connection of its own.
+async fn unread_subscriptions_do_not_stall_the_calls_of_their_client(transport: Transport) {
+    const TOPICS: usize = 4;
+    const MESSAGES: i64 = 80;
+    let server = TestServer::start_for(transport).await;
     let config = ClientConfig { request_timeout: Duration::from_secs(30), ..server.client_config() };
     let (client, publisher) = (Client::connect_with(config).await.unwrap(), server.client().await);
-    let mut unread = client.subscribe("chat").await.unwrap();
-    publish_numbered(&publisher, "chat", 100).await;
+    let mut unread = Vec::new();
+    for topic in 0..TOPICS {
+        unread.push(client.subscribe(&topic.to_string()).await.unwrap());
+    }
+    // 2.5 MiB to each: more than an HTTP/2 stream window, and together more than its connection's.
+    let payload = Value::from("x".repeat(32 * 1024));
+    for n in 0..MESSAGES {
+        for topic in 0..TOPICS {
+            publisher.publish(&topic.to_string(), [Value::from(n), payload.clone()]).await.unwrap();
+        }
+    }
     assert_eq!(client.hget("t", "k").await.unwrap(), None);
     client.hset("t", "k", "v").await.unwrap();
-    // Within the default queue: nothing missed.
-    assert_eq!(read_numbered(&mut unread, 100).await, 0);
+    // Within the default queues, the client's and the server's: nothing missed.
+    for subscription in &mut unread {
+        assert_eq!(read_numbered(subscription, MESSAGES as usize).await, 0);
+    }
 }
+
+transport_tests!(unread: quic, tls, tcp, http, grpc, grpc_pipeline =>
+    unread_subscriptions_do_not_stall_the_calls_of_their_client,
+);
 
 /// A subscription's queue in the client is bounded: what does not fit is reported missed, in place.
 #[tokio::test]

@@ -100,6 +100,14 @@ impl ResponseFrames {
     }
 }
 
+impl futures_util::Stream for ResponseFrames {
+    type Item = ClientResult<CommandResponse>;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        ResponseFrames::poll_next(self.get_mut(), cx)
+    }
+}
+
 impl Drop for ResponseFrames {
     fn drop(&mut self) {
         if let (false, Source::Quic(frames)) = (self.done, &mut self.source) {

@@ -1,9 +1,12 @@
-//! A QUIC subscription's inbox: its frames read off its stream as they arrive into a bounded queue.
+//! A subscription's inbox: its frames read off its stream as they arrive into a bounded queue.
 //!
-//! A subscription's stream shares its connection's flow-control window (`connection_receive_window`)
-//! with every call on that connection. Left unread on the stream, a subscription whose subscriber is
-//! not reading fills that window, and from then on no answer to any call can arrive. So the stream
-//! is always read, into a queue bounded in messages and bytes ([`SubscriptionQueue`]); messages that
+//! A subscription's stream may share its connection's flow-control window with every call on that
+//! connection: a QUIC connection's (`connection_receive_window`), or an HTTP/2 connection's (REST's
+//! event streams, gRPC's calls and pipelines; hyper's client gives each stream up to 2 MiB of the
+//! connection's 5 MiB). Left unread on the stream, a subscription whose subscriber is not reading
+//! fills its share of that window, and once the shares fill the window no answer to any call can
+//! arrive. So the stream is always read, into a queue bounded in messages and bytes
+//! ([`SubscriptionQueue`]); messages that
 //! arrive while it is full are counted and reported as [`Event::Missed`](super::Event::Missed), as the
 //! server's `skip` lag policy reports those its own queue had no room for. The last frame (why the
 //! subscription ended) and a failure are always kept.
@@ -12,11 +15,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use futures_util::{Stream, StreamExt};
 use parking_lot::Mutex;
 use prost::Message;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::{ClientResult, ResponseFrames};
+use super::ClientResult;
 use crate::pb::{CommandResponse, status};
 
 /// How much of a subscription the client holds that its subscriber has not read yet. An empty queue
@@ -37,11 +41,13 @@ impl Default for SubscriptionQueue {
     }
 }
 
-/// The frames of one subscription, read by a task of their own. Dropping it stops the task and with
-/// it the stream (STOP_SENDING 0x12): the server removes the subscription.
-pub(super) struct Inbox {
+/// The frames of one subscription (`S`, which ends with the subscription's last frame or a failure),
+/// read by a task of their own. Dropping it stops the task and drops the stream (a QUIC stream's
+/// STOP_SENDING 0x12, an HTTP/2 stream's RST_STREAM): the server removes the subscription.
+pub(super) struct Inbox<S> {
     queue: Arc<Mutex<Queue>>,
-    _reader: AbortOnDropHandle<()>,
+    /// Gives the stream back once it has read the last frame.
+    reader: AbortOnDropHandle<S>,
 }
 
 #[derive(Default)]
@@ -79,10 +85,10 @@ fn missed(count: u64) -> CommandResponse {
     CommandResponse { status: status::OK, more: true, missed: count, ..Default::default() }
 }
 
-impl Inbox {
+impl<S: Stream<Item = ClientResult<CommandResponse>> + Send + Unpin + 'static> Inbox<S> {
     /// Starts reading `frames` (a subscription's, its first frame already read) into a queue bounded
     /// by `limits`.
-    pub(super) fn start(mut frames: ResponseFrames, limits: SubscriptionQueue) -> Self {
+    pub(super) fn start(mut frames: S, limits: SubscriptionQueue) -> Self {
         let queue = Arc::new(Mutex::new(Queue::default()));
         let shared = queue.clone();
         let reader = tokio::spawn(async move {
@@ -111,13 +117,22 @@ impl Inbox {
                     waker.wake();
                 }
                 if queue.finished {
-                    return;
+                    return frames;
                 }
             }
         });
-        Inbox { queue, _reader: AbortOnDropHandle::new(reader) }
+        Inbox { queue, reader: AbortOnDropHandle::new(reader) }
     }
 
+    /// The stream, once its reader has read the subscription's last frame (or failed): what follows
+    /// on it, such as the answer to an Unsubscribe sent on the same stream. `None` if the reader
+    /// panicked.
+    pub(super) async fn rest(&mut self) -> Option<S> {
+        (&mut self.reader).await.ok()
+    }
+}
+
+impl<S> Inbox<S> {
     /// The next frame; `None` once the last one has been read.
     pub(super) fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<ClientResult<CommandResponse>>> {
         let mut queue = self.queue.lock();

@@ -91,11 +91,13 @@ pub struct ClientConfig {
     pub zero_rtt: bool,
     /// Retries and reconnection backoff.
     pub retry: RetryPolicy,
-    /// How much of each QUIC subscription the client holds while its subscriber has not read it;
-    /// beyond it, messages are dropped and reported as [`Event::Missed`]. `None`: a subscription is
-    /// read from its stream only as its subscriber reads, so the server's flow control and lag policy
-    /// (`--lag-policy drop` included) apply to it, but one left unread stalls every call on the
-    /// connection once it has filled the connection's receive window.
+    /// How much of each subscription that shares the client's connection (QUIC's, or HTTP/2's for
+    /// REST, gRPC and gRPC pipelines) the client holds while its subscriber has not read it; beyond it,
+    /// messages are dropped and reported as [`Event::Missed`]. `None`: a subscription is read from its
+    /// stream only as its subscriber reads, so the server's flow control and lag policy
+    /// (`--lag-policy drop` included) apply to it, but subscriptions left unread stall every call on
+    /// the connection once they have filled its receive window. Over TCP and TLS a subscription has a
+    /// connection of its own, read as its subscriber reads.
     pub subscription_queue: Option<SubscriptionQueue>,
 }
 

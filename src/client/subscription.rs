@@ -2,25 +2,25 @@
 //! the topic, and [`Client::publish`] publishes.
 //!
 //! Over QUIC a subscription is one more stream on the client's connection: subscriptions are cheap,
-//! and they survive a change of network with the connection. The client reads that stream as frames
-//! arrive, into a queue of the subscription's own ([`SubscriptionQueue`]), so that a subscriber that
-//! does not read cannot stall the calls that share the connection; what arrives while the queue is full
-//! is reported as [`Event::Missed`]. Over TCP its answer would hold up every answer after it on a
-//! shared connection (answers come in request order), so each subscription has a connection of its
-//! own, and the subscriber reads at its own pace: the server's flow control holds back what it has not
-//! read. Either way the server's lag policy decides what happens when its queue there fills
-//! (docs/PROTOCOL.md, section 6.1).
+//! and they survive a change of network with the connection. Over HTTP/2 (REST, gRPC, gRPC
+//! pipelines) it is one more stream on the client's HTTP/2 connection. Either way the client reads
+//! that stream as frames arrive, into a queue of the subscription's own ([`SubscriptionQueue`]), so
+//! that a subscriber that does not read cannot stall the calls that share the connection's
+//! flow-control window; what arrives while the queue is full is reported as [`Event::Missed`]. Over
+//! TCP and TLS its answer would hold up every answer after it on a shared connection (answers come in
+//! request order), so each subscription has a connection of its own, and the subscriber reads at its
+//! own pace: the server's flow control holds back what it has not read. Either way the server's lag
+//! policy decides what happens when its queue there fills (docs/PROTOCOL.md, section 6.1).
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
-#[cfg(doc)]
 use super::SubscriptionQueue;
 use super::error::Cause;
 use super::inbox::Inbox;
@@ -37,7 +37,7 @@ pub enum Event {
     /// A message published to the topic: the values of its Publish.
     Message(Vec<Value>),
     /// This many messages were published but not delivered here, because this subscriber's queue on
-    /// the server, or over QUIC its queue in the client ([`SubscriptionQueue`]), was full (it read too
+    /// the server, or its queue in the client ([`SubscriptionQueue`]), was full (it read too
     /// slowly). The next message follows them.
     Missed(u64),
 }
@@ -58,21 +58,56 @@ pub struct Subscription {
 }
 
 enum Channel {
-    /// The subscription's stream, read into its queue, and the connection that owns it: an Unsubscribe
+    /// The subscription's stream on the client's QUIC connection, and the connection: an Unsubscribe
     /// must come from it.
-    Quic { frames: Inbox, connection: quic::QuicConnection },
-    /// The subscription's stream read as the subscriber reads (until its first frame has been read,
-    /// and without a [`SubscriptionQueue`]), and the connection that owns it.
-    QuicDirect { frames: ResponseFrames, connection: quic::QuicConnection },
-    /// A connection of the subscription's own.
-    Tcp {
-        frames: FramedRead<ReadHalf<Box<dyn ByteStream>>, FrameCodec<CommandResponse>>,
-        requests: WriteHalf<Box<dyn ByteStream>>,
-    },
+    Quic { frames: Frames<ResponseFrames>, connection: quic::QuicConnection },
+    /// A byte stream of the subscription's own, which its Unsubscribe is sent on: a TCP or TLS
+    /// connection, or a gRPC pipeline call on the client's HTTP/2 connection.
+    Tcp { frames: Frames<OwnFrames>, requests: WriteHalf<Box<dyn ByteStream>> },
     /// A stream of the shared HTTP/2 connection (gRPC's ExecuteStream, REST's event stream), and the
     /// connection (an Unsubscribe must come from it). Dropping the stream ends the subscription.
     #[cfg(feature = "web-client")]
-    Web { frames: ResponseFrames, connection: super::web::WebConnection },
+    Web { frames: Frames<ResponseFrames>, connection: super::web::WebConnection },
+}
+
+/// A subscription's frames: read from its stream as its subscriber reads them (until its first frame
+/// has been read, or without a [`SubscriptionQueue`]), or read as they arrive into a queue in the
+/// client ([`Inbox`]). (Boxed: a QUIC stream's reader is large beside the other variants.)
+enum Frames<S> {
+    Direct(Box<S>),
+    Queued(Inbox<S>),
+}
+
+impl<S: Stream<Item = ClientResult<CommandResponse>> + Send + Unpin + 'static> Frames<S> {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<ClientResult<CommandResponse>>> {
+        match self {
+            Frames::Direct(frames) => frames.poll_next_unpin(cx),
+            Frames::Queued(inbox) => inbox.poll_frame(cx),
+        }
+    }
+
+    /// The frames read into a queue bounded by `limits`, if given.
+    fn queued(self, limits: Option<SubscriptionQueue>) -> Self {
+        match (self, limits) {
+            (Frames::Direct(frames), Some(limits)) => Frames::Queued(Inbox::start(*frames, limits)),
+            (frames, _) => frames,
+        }
+    }
+}
+
+/// A byte stream of the subscription's own, read as frames: its end is a lost connection (a
+/// subscription's last frame, or the answer to its Unsubscribe, comes before it).
+struct OwnFrames(FramedRead<ReadHalf<Box<dyn ByteStream>>, FrameCodec<CommandResponse>>);
+
+impl Stream for OwnFrames {
+    type Item = ClientResult<CommandResponse>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Poll::Ready(Some(match ready!(self.0.poll_next_unpin(cx)) {
+            Some(frame) => frame.map_err(ClientError::from_frame),
+            None => Err(ClientError::ConnectionLost(Cause::ServerClosed)),
+        }))
+    }
 }
 
 impl Client {
@@ -108,7 +143,8 @@ impl Client {
                 let Connection::Quic(connection) = self.connection().await? else {
                     return Err(ClientError::Protocol("a QUIC client holds a TCP connection".into()));
                 };
-                Channel::QuicDirect { frames: connection.send(frame, max_frame_len).await?, connection }
+                let frames = Frames::Direct(Box::new(connection.send(frame, max_frame_len).await?));
+                Channel::Quic { frames, connection }
             }
             // A connection of its own, made directly: the shared one is not needed, nor connected.
             Transport::Tls | Transport::Tcp | Transport::GrpcPipeline => {
@@ -143,8 +179,8 @@ impl Client {
                 let not_sent = |e: std::io::Error| ClientError::NotSent { cause: e.into() };
                 requests.write_all(&frame).await.map_err(not_sent)?;
                 requests.flush().await.map_err(not_sent)?;
-                let frames = FramedRead::new(read, FrameCodec::new(max_frame_len));
-                Channel::Tcp { frames, requests }
+                let frames = OwnFrames(FramedRead::new(read, FrameCodec::new(max_frame_len)));
+                Channel::Tcp { frames: Frames::Direct(Box::new(frames)), requests }
             }
             #[cfg(feature = "web-client")]
             Transport::Http | Transport::Grpc => {
@@ -152,7 +188,9 @@ impl Client {
                     return Err(ClientError::Protocol("a web client holds another connection".into()));
                 };
                 let request = CommandRequest::subscribe(topic);
-                Channel::Web { frames: connection.send(&request, config.request_timeout).await?, connection }
+                let frames =
+                    Frames::Direct(Box::new(connection.send(&request, config.request_timeout).await?));
+                Channel::Web { frames, connection }
             }
             #[cfg(not(feature = "web-client"))]
             Transport::Http | Transport::Grpc => {
@@ -174,11 +212,20 @@ impl Client {
                 .map_err(|_| ClientError::Protocol(format!("subscription id {id} out of range")))?,
             other => return Err(ClientError::Protocol(format!("Subscribe answered an id of {other:?}"))),
         };
-        let channel = match (channel, config.subscription_queue) {
-            (Channel::QuicDirect { frames, connection }, Some(limits)) => {
-                Channel::Quic { frames: Inbox::start(frames, limits), connection }
+        // A subscription that shares its connection's flow-control window with the client's calls
+        // (QUIC's, HTTP/2's) is read as it arrives; a connection of its own (TCP, TLS) is left to the
+        // server's flow control and lag policy.
+        let queue = config.subscription_queue;
+        let channel = match channel {
+            Channel::Quic { frames, connection } => {
+                Channel::Quic { frames: frames.queued(queue), connection }
             }
-            (channel, _) => channel,
+            Channel::Tcp { frames, requests } if config.transport == Transport::GrpcPipeline => {
+                Channel::Tcp { frames: frames.queued(queue), requests }
+            }
+            #[cfg(feature = "web-client")]
+            Channel::Web { frames, connection } => Channel::Web { frames: frames.queued(queue), connection },
+            channel => channel,
         };
         Ok(Subscription {
             id,
@@ -211,13 +258,9 @@ impl Channel {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<ClientResult<CommandResponse>>> {
         match self {
             Channel::Quic { frames, .. } => frames.poll_frame(cx),
-            Channel::QuicDirect { frames, .. } => frames.poll_next(cx),
+            Channel::Tcp { frames, .. } => frames.poll_frame(cx),
             #[cfg(feature = "web-client")]
-            Channel::Web { frames, .. } => frames.poll_next(cx),
-            Channel::Tcp { frames, .. } => Poll::Ready(match ready!(frames.poll_next_unpin(cx)) {
-                Some(frame) => Some(frame.map_err(ClientError::from_frame)),
-                None => Some(Err(ClientError::ConnectionLost(Cause::ServerClosed))),
-            }),
+            Channel::Web { frames, .. } => frames.poll_frame(cx),
         }
     }
 
@@ -248,7 +291,7 @@ impl Subscription {
         let (max_frame_len, ended) = (self.max_frame_len, self.ended);
         let unsubscribing = async {
             match &mut self.channel {
-                Channel::Quic { connection, .. } | Channel::QuicDirect { connection, .. } => {
+                Channel::Quic { connection, .. } => {
                     let mut answer = connection.send(frame, max_frame_len).await?;
                     let response = answer.next().await.unwrap_or_else(|| {
                         Err(ClientError::Protocol("Unsubscribe was answered with nothing".into()))
@@ -260,15 +303,25 @@ impl Subscription {
                     requests.write_all(&frame).await.map_err(failed)?;
                     requests.flush().await.map_err(failed)?;
                     // Answers come in order: the subscription's frames up to its last, then this one's.
-                    let mut subscription_over = ended;
-                    while let Some(frame) = frames.next().await {
-                        let frame = frame.map_err(ClientError::from_frame)?;
-                        if subscription_over {
-                            return ok(frame).map(drop);
+                    let lost = || ClientError::ConnectionLost(Cause::ServerClosed);
+                    let answer = match frames {
+                        Frames::Direct(frames) => {
+                            let mut subscription_over = ended;
+                            loop {
+                                let frame = frames.next().await.ok_or_else(lost)??;
+                                if subscription_over {
+                                    break frame;
+                                }
+                                subscription_over = !frame.more;
+                            }
                         }
-                        subscription_over = !frame.more;
-                    }
-                    Err(ClientError::ConnectionLost(Cause::ServerClosed))
+                        // Its reader stops after the subscription's last frame.
+                        Frames::Queued(inbox) => {
+                            let mut frames = inbox.rest().await.ok_or_else(lost)?;
+                            frames.next().await.ok_or_else(lost)??
+                        }
+                    };
+                    ok(answer).map(drop)
                 }
                 // Over REST the server removes a subscription whose event stream ends; over gRPC it
                 // confirms an Unsubscribe from the same connection.
