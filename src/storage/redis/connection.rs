@@ -9,8 +9,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{
-    Client, Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, ProtocolVersion, RedisError, ServerErrorKind,
-    TlsCertificates, Value as RedisValue,
+    Client, Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
+    RedisError, ServerErrorKind, TlsCertificates, Value as RedisValue,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -171,17 +171,86 @@ pub fn url_without_password(url: &str) -> String {
     }
 }
 
-/// A connection to one plain Redis, or to a cluster. Cheap to clone; both kinds reconnect by themselves.
+/// A connection to one plain Redis, or to a cluster. Cheap to clone; both kinds reconnect by themselves
+/// when their connection breaks.
 #[derive(Clone)]
 pub(super) enum Connection {
-    Single(ConnectionManager),
+    Single(Arc<SingleRedis>),
     Cluster(ClusterConnection),
 }
+
+/// A plain Redis, through redis-rs's connection manager. The manager connects again when its
+/// connection breaks, but once connecting has failed for another reason than I/O it answers every
+/// command with that failure for ever, even once Redis would take the connection. The one such
+/// failure that can pass is Redis refusing the gateway's credentials (a restart with another
+/// password, an ACL changed, then put right): after it, a new manager is made in the background
+/// ([`SingleRedis::after_failure`]), whichever command met it (a request's, or the relay's heartbeat
+/// PING, which an idle gateway sends every few seconds).
+pub(super) struct SingleRedis {
+    manager: Mutex<ConnectionManager>,
+    /// When the last new manager was asked for, and whether it is being made.
+    replacing: Mutex<(Option<std::time::Instant>, bool)>,
+    config: RedisConfig,
+    url: String,
+    pushes: Pushes,
+}
+
+impl SingleRedis {
+    /// The manager now (a handle: cheap to clone).
+    pub(super) fn manager(&self) -> ConnectionManager {
+        self.manager.lock().clone()
+    }
+
+    /// After a command failed with `e`: if Redis refused the gateway's credentials, a new manager is
+    /// made in the background, one attempt at a time and at most one every [`RETRY_LAST`].
+    pub(super) fn after_failure(self: &Arc<Self>, e: &RedisError) {
+        if !is_credentials_refusal(e) {
+            return;
+        }
+        {
+            let mut replacing = self.replacing.lock();
+            let (last, busy) = *replacing;
+            if busy || last.is_some_and(|at| at.elapsed() < RETRY_LAST) {
+                return;
+            }
+            *replacing = (Some(std::time::Instant::now()), true);
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            match connect_single(&this.config, &this.url, &this.pushes).await {
+                Ok(manager) => {
+                    // The old manager's subscriptions end with it: the relay is told, before anything
+                    // the new one pushes, and makes them again on the new one (`relay.rs`).
+                    let _ = (this.pushes.sender(None))(replaced_push());
+                    *this.manager.lock() = manager;
+                    tracing::info!(url = %redacted_url(&this.url), "connected to Redis again");
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot connect to Redis again yet"),
+            }
+            this.replacing.lock().1 = false;
+        });
+    }
+}
+
+/// What tells the relay that a plain Redis's connection manager was replaced: a disconnection, whose
+/// data says so (redis-rs's own carry none).
+pub(super) fn replaced_push() -> PushInfo {
+    PushInfo { kind: PushKind::Disconnection, data: vec![RedisValue::SimpleString(REPLACED.into())] }
+}
+
+/// See [`replaced_push`].
+pub(super) const REPLACED: &str = "qkv: connection manager replaced";
 
 impl Connection {
     async fn send(&mut self, cmd: &Cmd) -> Result<RedisValue, RedisError> {
         match self {
-            Connection::Single(c) => cmd.query_async(c).await,
+            Connection::Single(c) => {
+                let result = cmd.query_async(&mut c.manager()).await;
+                if let Err(e) = &result {
+                    c.after_failure(e);
+                }
+                result
+            }
             Connection::Cluster(c) => cmd.query_async(c).await,
         }
     }
@@ -197,7 +266,13 @@ impl Connection {
         pipeline.ignore_errors();
         pipeline.add_command(cmd.clone()).cmd("WAIT").arg(wait.replicas).arg(wait.timeout.as_millis() as u64);
         let replies: Vec<RedisValue> = match self {
-            Connection::Single(c) => pipeline.query_async(c).await,
+            Connection::Single(c) => {
+                let result = pipeline.query_async(&mut c.manager()).await;
+                if let Err(e) = &result {
+                    c.after_failure(e);
+                }
+                result
+            }
             Connection::Cluster(c) => pipeline.query_async(c).await,
         }?;
         let mut replies = replies.into_iter();
@@ -290,6 +365,30 @@ fn is_noscript(e: &RedisError) -> bool {
     e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) || e.code() == Some("NOSCRIPT")
 }
 
+/// Redis did not run the command, and says why: it cannot now (loading, a failover, a script
+/// running too long: BUSY), or the command is another node's.
+fn is_refusal(e: &RedisError) -> bool {
+    e.is_connection_refusal()
+        || e.code() == Some("BUSY")
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ReadOnly
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
+            ) | ErrorKind::ClusterConnectionNotFound
+        )
+}
+
+/// Redis refused the credentials the gateway connects with (or asks for some it was not given).
+pub(super) fn is_credentials_refusal(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
+}
+
 /// `result`, counted in `qkv_backend_requests_total` by its outcome.
 pub(super) fn counted<T>(result: StorageResult<T>) -> StorageResult<T> {
     use crate::metrics::BackendResult;
@@ -310,23 +409,12 @@ pub(super) fn storage_error(e: RedisError) -> StorageError {
     if e.code() == Some("OOM") {
         return StorageError::OutOfMemory(format!("Redis is out of memory: {e}"));
     }
-    // BUSY: a script is running too long, and this command was not run.
-    let refused = e.is_connection_refusal()
-        || e.code() == Some("BUSY")
-        || matches!(
-            e.kind(),
-            ErrorKind::Server(
-                ServerErrorKind::ClusterDown
-                    | ServerErrorKind::MasterDown
-                    | ServerErrorKind::BusyLoading
-                    | ServerErrorKind::TryAgain
-                    | ServerErrorKind::ReadOnly
-                    | ServerErrorKind::Moved
-                    | ServerErrorKind::Ask
-            ) | ErrorKind::ClusterConnectionNotFound
-        );
-    if refused {
+    if is_refusal(&e) {
         return StorageError::Unavailable(format!("Redis did not take the command: {e}"));
+    }
+    // Connecting again, the gateway was refused: nothing was run.
+    if is_credentials_refusal(&e) {
+        return StorageError::Unavailable(format!("Redis refused the gateway's credentials: {e}"));
     }
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
         return StorageError::Uncertain(format!("Redis did not answer: {e}"));
@@ -448,7 +536,16 @@ async fn connect(config: &RedisConfig, pushes: &Pushes) -> Result<Connection, Re
     for url in &config.urls {
         match probe(config, url).await {
             Ok(true) => return connect_cluster(config).await.map(Connection::Cluster),
-            Ok(false) => return connect_single(config, url, pushes).await.map(Connection::Single),
+            Ok(false) => {
+                let manager = connect_single(config, url, pushes).await?;
+                return Ok(Connection::Single(Arc::new(SingleRedis {
+                    manager: Mutex::new(manager),
+                    replacing: Mutex::new((None, false)),
+                    config: config.clone(),
+                    url: url.clone(),
+                    pushes: pushes.clone(),
+                })));
+            }
             Err(e) => last_error = Some(e),
         }
     }

@@ -34,12 +34,11 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use prost::Message as _;
-use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value as RedisValue};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::connection::{Connection, Connector, RedisConfig, counted, storage_error};
+use super::connection::{Connection, Connector, REPLACED, RedisConfig, SingleRedis, counted, storage_error};
 use super::shards::{Link, Masters, Shards};
 use crate::pb::CommandResponse;
 use crate::pubsub::{Broker, Relay};
@@ -193,7 +192,13 @@ impl State {
                 let node = masters.of(channel).or_else(|e| counted(Err(e)))?;
                 self.shards.subscribe(node, channel).await
             }
-            Connection::Single(mut single) => counted(single.subscribe(channel).await.map_err(storage_error)),
+            Connection::Single(single) => {
+                let subscribed = single.manager().subscribe(channel).await;
+                if let Err(e) = &subscribed {
+                    single.after_failure(e);
+                }
+                counted(subscribed.map_err(storage_error))
+            }
         }
     }
 
@@ -203,8 +208,8 @@ impl State {
         self.confirmed.lock().remove(channel.as_bytes());
         match connector.connection() {
             Ok(Connection::Cluster(_)) => self.shards.unsubscribe(channel).await,
-            Ok(Connection::Single(mut single)) => {
-                let _ = counted(single.unsubscribe(channel).await.map_err(storage_error));
+            Ok(Connection::Single(single)) => {
+                let _ = counted(single.manager().unsubscribe(channel).await.map_err(storage_error));
             }
             Err(_) => {}
         }
@@ -482,6 +487,15 @@ impl Delivery {
             // it has connected again, which it tries once at once, then at the next command only: the
             // heartbeat is woken to send PING until Redis answers, so that it connects again as soon
             // as Redis is back, however idle this gateway is.
+            // A new connection manager in place of one that could not connect again by itself
+            // (`SingleRedis`): it has no subscriptions, which the repair task makes.
+            PushKind::Disconnection
+                if info.data.first() == Some(&RedisValue::SimpleString(REPLACED.into())) =>
+            {
+                self.state.confirmed.lock().clear();
+                self.gap_everywhere();
+                self.state.repair.notify_one();
+            }
             PushKind::Disconnection => {
                 self.state.confirmed.lock().clear();
                 self.gap_everywhere();
@@ -544,7 +558,7 @@ async fn heartbeat(connector: Arc<Connector>, state: Arc<State>) {
             _ = state.reconnect.notified() => {}
         }
         match connector.established() {
-            Some(Connection::Single(single)) => ping_until_answered(single).await,
+            Some(Connection::Single(single)) => ping_until_answered(&single).await,
             Some(Connection::Cluster(_)) => state.shards.ping().await,
             None => {}
         }
@@ -557,15 +571,17 @@ async fn heartbeat(connector: Arc<Connector>, state: Arc<State>) {
 /// after a Redis restart longer than that, its subscribers receiving nothing and its next request
 /// answered 503. Each PING that fails makes the manager connect again; the
 /// one that succeeds comes after it has, and has made the subscriptions again, which their
-/// confirmations then show the relay.
-async fn ping_until_answered(mut single: ConnectionManager) {
+/// confirmations then show the relay. A manager that Redis refused the gateway's credentials would
+/// not connect again: the failed PING has a new one made (`SingleRedis::after_failure`).
+async fn ping_until_answered(single: &Arc<SingleRedis>) {
     let mut pause = RETRY_FIRST;
     let mut lost = false;
-    while let Err(e) = redis::cmd("PING").query_async::<RedisValue>(&mut single).await {
+    while let Err(e) = redis::cmd("PING").query_async::<RedisValue>(&mut single.manager()).await {
         if !lost {
             tracing::warn!(error = %e, "Redis does not answer; trying again until it does");
             lost = true;
         }
+        single.after_failure(&e);
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(RETRY_LAST);
     }

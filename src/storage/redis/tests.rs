@@ -171,6 +171,49 @@ async fn redis_away_at_start_is_unavailable_with_the_reason_then_serves_when_it_
     }
 }
 
+/// Redis restarted with another password refuses the gateway (503: nothing was run); once its password
+/// is the gateway's again, the gateway serves again by itself. redis-rs's connection manager alone
+/// would answer the refusal for ever: it connects again only after I/O errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_refused_its_credentials_serves_again_once_redis_takes_them() {
+    let node = RedisNode::start(&["--requirepass", "first"]).unwrap();
+    let store = connected(RedisConfig { password: Some("first".into()), ..config(vec![node.url()]) }).await;
+    store.set("t", "k", "v".into(), None).await.unwrap();
+    // As a restart with another password would: the gateway's connection ends, and it is refused.
+    testkit_cli(node.port, &["-a", "first", "CONFIG", "SET", "requirepass", "second"]);
+    testkit_cli(node.port, &["-a", "second", "CLIENT", "KILL", "TYPE", "normal"]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        match store.get("t", "k").await {
+            Err(StorageError::Unavailable(reason)) if reason.contains("credentials") => break reason,
+            Ok(_) | Err(StorageError::Unavailable(_) | StorageError::Uncertain(_)) => {
+                assert!(tokio::time::Instant::now() < deadline, "the gateway was not refused");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    assert!(refused.contains("WRONGPASS"), "{refused}");
+    testkit_cli(node.port, &["-a", "second", "CONFIG", "SET", "requirepass", "first"]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match store.get("t", "k").await {
+            Ok(found) => break assert_eq!(found.map(|v| v.value), Some("v".into())),
+            Err(StorageError::Unavailable(_) | StorageError::Uncertain(_)) => {
+                assert!(tokio::time::Instant::now() < deadline, "the gateway did not connect again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
+
+/// redis-cli against `port`, which must succeed.
+fn testkit_cli(port: u16, args: &[&str]) {
+    let out = qkv_testkit::cli(port, args).expect("redis-cli runs");
+    assert!(out.trim() == "OK" || out.trim().parse::<u64>().is_ok(), "redis-cli {args:?}: {out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_replicas_do_not_confirm_is_uncertain() {
     // A plain Redis has no replicas: WAIT 1 cannot be satisfied.
