@@ -208,6 +208,52 @@ async fn a_gateway_refused_its_credentials_serves_again_once_redis_takes_them() 
     }
 }
 
+/// The same on a cluster, whose client keeps a connection per node and makes them again itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_gateway_refused_its_credentials_serves_again_once_the_cluster_takes_them() {
+    let cluster = RedisCluster::start(3, 0).unwrap();
+    for node in &cluster.nodes {
+        testkit_cli(node.port, &["CONFIG", "SET", "requirepass", "first"]);
+    }
+    let store = connected(RedisConfig { password: Some("first".into()), ..config(cluster.urls()) }).await;
+    let tables = ["a", "b", "c", "d", "e", "f"];
+    for table in tables {
+        store.set(table, "k", "v".into(), None).await.unwrap();
+    }
+    for node in &cluster.nodes {
+        testkit_cli(node.port, &["-a", "first", "CONFIG", "SET", "requirepass", "second"]);
+        testkit_cli(node.port, &["-a", "second", "CLIENT", "KILL", "TYPE", "normal"]);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        // Refused, however the cluster client puts it: no connection to the node, 503.
+        let failed = store.get("a", "k").await;
+        if let Err(StorageError::Unavailable(_)) = &failed {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the gateway was not refused: {failed:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for node in &cluster.nodes {
+        testkit_cli(node.port, &["-a", "second", "CONFIG", "SET", "requirepass", "first"]);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for table in tables {
+        loop {
+            match store.get(table, "k").await {
+                Ok(found) => break assert_eq!(found.map(|v| v.value), Some("v".into())),
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "the gateway did not connect again: {e:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
 /// redis-cli against `port`, which must succeed.
 fn testkit_cli(port: u16, args: &[&str]) {
     let out = qkv_testkit::cli(port, args).expect("redis-cli runs");
