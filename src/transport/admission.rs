@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Transport;
-use super::log_throttle::LogThrottle;
+use super::log_throttle::{HeldBack, LogThrottle};
 use crate::memory::{Charge, MemoryBudget};
 use crate::metrics::{self, OpenConnection};
 
@@ -89,10 +89,11 @@ impl Admission {
             },
         };
         metrics::connection_refused(transport, refusal.limit());
-        if let Some(suppressed) = self.warnings.admit() {
+        if let Some(HeldBack { suppressed, crowded_out }) = self.warnings.admit() {
             tracing::warn!(
                 reason = %refusal,
                 suppressed,
+                crowded_out,
                 max_connections = self.max_connections,
                 memory_used = self.memory.used(),
                 memory_total = self.memory.total(),

@@ -64,7 +64,7 @@ use tracing::{debug, info};
 use super::Limits;
 use super::exchange::{AnswerBudget, REFUSAL_ROOM, RequestError, is_refusal, write_refusal};
 use super::frame::{FrameCodec, FrameError};
-use super::log_throttle::LogThrottle;
+use super::log_throttle::{HeldBack, LogThrottle};
 use super::timeouts::StallTimeout;
 use super::woken::PolledWhenWoken;
 use super::writer::FrameWriter;
@@ -357,8 +357,8 @@ where
         // client's address).
         Ending::Rejected(_) | Ending::Failed(_) | Ending::NoMemory => {
             static CLOSED: LogThrottle = LogThrottle::new();
-            if let Some(suppressed) = CLOSED.admit() {
-                info!(target: "qkv::connection", reason = %ending, suppressed, "closing the connection");
+            if let Some(HeldBack { suppressed, crowded_out }) = CLOSED.admit() {
+                info!(target: "qkv::connection", reason = %ending, suppressed, crowded_out, "closing the connection");
             }
         }
         _ => debug!(target: "qkv::connection", reason = %ending, "closing the connection"),
@@ -412,8 +412,8 @@ fn log_write_failure(e: &FrameError) {
         FrameError::MemoryExhausted { .. } => {
             crate::metrics::limit_hit(crate::metrics::Limit::ConnectionMemory);
             static NO_MEMORY: LogThrottle = LogThrottle::new();
-            if let Some(suppressed) = NO_MEMORY.admit() {
-                info!(target: "qkv::connection", error = %e, suppressed, "no memory for an answer; closing the connection")
+            if let Some(HeldBack { suppressed, crowded_out }) = NO_MEMORY.admit() {
+                info!(target: "qkv::connection", error = %e, suppressed, crowded_out, "no memory for an answer; closing the connection")
             }
         }
         _ => debug!(error = %e, "writing answers failed; closing the connection"),

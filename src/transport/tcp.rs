@@ -19,7 +19,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::admission::{Admission, Admitted, Refusal};
 use super::frame::encode_frame;
-use super::log_throttle::LogThrottle;
+use super::log_throttle::{self, HeldBack, LogThrottle};
 use super::pipeline::serve_pipelined;
 use super::woken::PolledWhenWoken;
 use super::{Limits, Transport, authenticated_caller};
@@ -133,19 +133,17 @@ pub(crate) async fn accept_loop<C, F>(
         let cut_off = cut_off.clone();
         let span =
             info_span!("connection", %remote, transport = transport.name(), client = tracing::field::Empty);
-        connections.spawn(
-            async move {
-                // Polled whenever the connection is: only once it has something to say. Biased: the
-                // connection first, with no random pick of an order on every poll.
-                let cut_off = PolledWhenWoken::new(cut_off.cancelled_owned());
-                tokio::select! {
-                    biased;
-                    _ = connection => {}
-                    _ = cut_off => debug!("closed: the grace period ran out"),
-                }
+        let serving = log_throttle::serving(remote.ip(), async move {
+            // Polled whenever the connection is: only once it has something to say. Biased: the
+            // connection first, with no random pick of an order on every poll.
+            let cut_off = PolledWhenWoken::new(cut_off.cancelled_owned());
+            tokio::select! {
+                biased;
+                _ = connection => {}
+                _ = cut_off => debug!("closed: the grace period ran out"),
             }
-            .instrument(span),
-        );
+        });
+        connections.spawn(serving.instrument(span));
     }
     drop(listener);
     connections.close();
@@ -264,8 +262,8 @@ pub(crate) async fn tls_handshake(
         Ok(Err(e)) => {
             metrics::handshake(transport, metrics::HandshakeResult::Failed);
             static FAILED: LogThrottle = LogThrottle::new();
-            if let Some(suppressed) = FAILED.admit() {
-                info!(target: "qkv::connection", error = %e, suppressed, "TLS handshake failed");
+            if let Some(HeldBack { suppressed, crowded_out }) = FAILED.admit() {
+                info!(target: "qkv::connection", error = %e, suppressed, crowded_out, "TLS handshake failed");
             }
             None
         }
@@ -273,11 +271,12 @@ pub(crate) async fn tls_handshake(
             metrics::handshake(transport, metrics::HandshakeResult::TimedOut);
             metrics::limit_hit(metrics::Limit::RequestTimeout);
             static TIMED_OUT: LogThrottle = LogThrottle::new();
-            if let Some(suppressed) = TIMED_OUT.admit() {
+            if let Some(HeldBack { suppressed, crowded_out }) = TIMED_OUT.admit() {
                 info!(
                     target: "qkv::connection",
                     timeout = ?limits.request_timeout,
                     suppressed,
+                    crowded_out,
                     "TLS handshake did not complete in time"
                 );
             }

@@ -31,7 +31,7 @@ use crate::service::{Caller, Handler};
 use crate::stat::{Interval, Snapshot, exposition};
 use crate::tls::Credentials;
 use crate::transport::Limits;
-use crate::transport::log_throttle::LogThrottle;
+use crate::transport::log_throttle::{self, HeldBack, LogThrottle};
 use crate::transport::messages::message_stream;
 use crate::transport::origin::{Origins, host_of};
 use crate::transport::pipeline::serve_pipelined;
@@ -276,11 +276,12 @@ async fn websocket<H: Handler>(
     if !state.browsers.origins.allows(origin, request_host(&headers, Some(&uri))) {
         // Any page can ask at will: throttled, in the connection's span (its address).
         static REFUSED: LogThrottle = LogThrottle::new();
-        if let Some(suppressed) = REFUSED.admit() {
+        if let Some(HeldBack { suppressed, crowded_out }) = REFUSED.admit() {
             info!(
                 target: "qkv::connection",
                 origin,
                 suppressed,
+                crowded_out,
                 "refused a WebSocket session from an origin not allowed (--web-origin)"
             );
         }
@@ -303,6 +304,8 @@ async fn websocket<H: Handler>(
     let token = scope.sessions.token();
     let open = scope.activity.open();
     let handler = state.handler.clone();
+    // The session runs in a task of its own: the lines it throttles are still its client's.
+    let client = log_throttle::client();
     upgrade
         .protocols([WEBSOCKET_PROTOCOL])
         .max_message_size(max_message)
@@ -313,11 +316,11 @@ async fn websocket<H: Handler>(
         .on_failed_upgrade(|e| debug!(error = %e, "a WebSocket upgrade failed"))
         .on_upgrade(move |socket| {
             let span = info_span!("websocket", client = caller.identity.as_deref().unwrap_or(""));
-            async move {
+            let session = async move {
                 serve_websocket(socket, handler, scope, caller, max_message).await;
                 drop((share, open, token));
-            }
-            .instrument(span)
+            };
+            log_throttle::serving(client, session).instrument(span)
         })
 }
 

@@ -25,6 +25,7 @@ use crate::pb::command_request::RequestData;
 use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::service::{Caller, Handler};
 use crate::transport::Limits;
+use crate::transport::log_throttle;
 use crate::transport::messages::message_stream;
 use crate::transport::pipeline::serve_pipelined;
 
@@ -230,7 +231,7 @@ impl<H: Handler> Kv for GrpcDoor<H> {
             drop(share);
             let _ = ended.send(failed.lock().take());
         };
-        scope.sessions.spawn(session.in_current_span());
+        scope.sessions.spawn(log_throttle::keeping_client(session).in_current_span());
         let answers = stream::poll_fn(move |cx| outgoing.poll_recv(cx)).map(|data| Ok(Frames { data }));
         // After the last answer, the status a failed stream ended with (OK otherwise).
         let ending =

@@ -35,7 +35,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, stream};
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -49,7 +49,7 @@ use crate::metrics::Metered;
 use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::service::{Caller, Handler, Reply, ReplyFrame};
 use crate::transport::admission::{Admission, Admitted};
-use crate::transport::log_throttle::LogThrottle;
+use crate::transport::log_throttle::{self, HeldBack, LogThrottle};
 use crate::transport::origin::Origins;
 use crate::transport::tcp::{Accepting, ByteCounts, Counted, accept_loop, tls_handshake, tune};
 use crate::transport::woken::PolledWhenWoken;
@@ -205,6 +205,21 @@ pub fn web_connection_share(limits: &Limits) -> usize {
         .saturating_add(stream_send_buffer(limits).saturating_mul(streams))
 }
 
+/// Runs what hyper spawns for a connection (each HTTP/2 stream's service) as serving the connection's
+/// client: the lines those throttle are counted as that client's (`log_throttle`).
+#[derive(Clone, Copy)]
+struct ClientExecutor(std::net::IpAddr);
+
+impl<F> hyper::rt::Executor<F> for ClientExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(log_throttle::serving(self.0, future));
+    }
+}
+
 struct Connection<H> {
     security: WebSecurity,
     doors: Doors,
@@ -275,7 +290,8 @@ impl<H: Handler> Connection<H> {
                     response.map(|response| response.map(|body| Body::new(Tracked { body, _open: open })))
                 }
             });
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let executor = ClientExecutor(log_throttle::client());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(executor);
         builder
             .http1()
             .timer(TokioTimer::new())
@@ -451,11 +467,12 @@ async fn check_host<const GRPC: bool>(
     }
     // Any page or client can ask at will: throttled, in the connection's span (its address).
     static REFUSED: LogThrottle = LogThrottle::new();
-    if let Some(suppressed) = REFUSED.admit() {
+    if let Some(HeldBack { suppressed, crowded_out }) = REFUSED.admit() {
         info!(
             target: "qkv::connection",
             host,
             suppressed,
+            crowded_out,
             "refused a web request for a host name the listener does not answer to (--web-host)"
         );
     }

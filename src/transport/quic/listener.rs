@@ -36,6 +36,7 @@ use crate::transport::admission::{Admission, Admitted};
 use crate::transport::budget::ReadBudget;
 use crate::transport::exchange::{AnswerBudget, EarlyData, Exchange, Served, serve_request};
 use crate::transport::frame::FrameError;
+use crate::transport::log_throttle;
 use crate::transport::origin::Origins;
 use crate::transport::timeouts;
 use crate::transport::woken::PolledWhenWoken;
@@ -95,10 +96,11 @@ pub async fn serve<H: Handler>(
         let (handler, limits, shutdown) = (handler.clone(), limits.clone(), shutdown.clone());
         let memory = admission.memory().clone();
         let origins = origins.clone();
-        connections.spawn(async move {
+        let client = incoming.remote_address().ip();
+        connections.spawn(log_throttle::serving(client, async move {
             let hold = Hold { admitted, memory, pending };
             handle_connection(incoming, handler, limits, shutdown, client_auth, hold, origins).await;
-        });
+        }));
     }
 
     endpoint.set_server_config(None);

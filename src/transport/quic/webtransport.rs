@@ -20,7 +20,7 @@ use crate::metrics;
 use crate::service::Handler;
 use crate::tls::H3_ALPN;
 use crate::transport::exchange::EarlyData;
-use crate::transport::log_throttle::LogThrottle;
+use crate::transport::log_throttle::{HeldBack, LogThrottle};
 use crate::transport::origin::{Origins, host_of};
 use crate::transport::{Limits, Transport, authenticated_caller};
 
@@ -61,11 +61,12 @@ pub(super) async fn accept<H: Handler>(
     // Any client can ask for these at will: throttled, in the connection's span (its address).
     static REFUSED: LogThrottle = LogThrottle::new();
     if request.path() != SESSION_PATH {
-        if let Some(suppressed) = REFUSED.admit() {
+        if let Some(HeldBack { suppressed, crowded_out }) = REFUSED.admit() {
             info!(
                 target: "qkv::connection",
                 path = request.path(),
                 suppressed,
+                crowded_out,
                 "refused a WebTransport session for another path than /"
             );
         }
@@ -73,11 +74,12 @@ pub(super) async fn accept<H: Handler>(
         return;
     }
     if !origins.allows(request.origin(), host_of(request.authority())) {
-        if let Some(suppressed) = REFUSED.admit() {
+        if let Some(HeldBack { suppressed, crowded_out }) = REFUSED.admit() {
             info!(
                 target: "qkv::connection",
                 origin = request.origin(),
                 suppressed,
+                crowded_out,
                 "refused a WebTransport session from an origin not allowed (--web-origin)"
             );
         }
