@@ -146,7 +146,8 @@ impl Client {
                 let frames = Frames::Direct(Box::new(connection.send(frame, max_frame_len).await?));
                 Channel::Quic { frames, connection }
             }
-            // A connection of its own, made directly: the shared one is not needed, nor connected.
+            // A byte stream of its own: over TCP and TLS a connection, made directly (the shared one is
+            // not needed, nor connected); over gRPC a call on the client's HTTP/2 connection.
             Transport::Tls | Transport::Tcp | Transport::GrpcPipeline => {
                 let inner = &self.inner;
                 let stream = match config.transport {
@@ -317,7 +318,8 @@ impl Subscription {
                         }
                         // Its reader stops after the subscription's last frame.
                         Frames::Queued(inbox) => {
-                            let mut frames = inbox.rest().await.ok_or_else(lost)?;
+                            let failed = || ClientError::Protocol("the subscription's reader failed".into());
+                            let mut frames = inbox.rest().await.ok_or_else(failed)?;
                             frames.next().await.ok_or_else(lost)??
                         }
                     };

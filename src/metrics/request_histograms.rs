@@ -4,7 +4,8 @@
 //! metrics-exporter-prometheus keeps every histogram sample, with a timestamp of its own, in a queue
 //! that its upkeep later folds into buckets: for these two, recorded with every request, that was
 //! two thirds of what metrics cost a small request (docs/bench/METRICS.md). Here a sample costs a
-//! search among the bounds and two relaxed atomic additions, and nothing waits to be folded.
+//! search among the bounds, a relaxed atomic addition to its bucket and a compare-and-swap of the sum,
+//! and nothing waits to be folded.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -67,7 +68,6 @@ impl Histogram {
             count.fetch_add(1, Ordering::Relaxed);
         }
         let seconds = sample.as_secs_f64();
-        // Uncontended on a current-thread runtime: one load and one compare-exchange.
         let _ = self.sum_seconds.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
             Some((f64::from_bits(bits) + seconds).to_bits())
         });
@@ -76,12 +76,13 @@ impl Histogram {
     /// Appends the series, labelled `labels`, unless it has no sample. Read while requests record,
     /// the buckets are each exact but not of one instant: the count is their total, so it always
     /// equals the `+Inf` bucket, and the sum may include a sample or two more or fewer.
-    fn render(&self, name: &str, labels: &str, out: &mut String) {
+    fn render(&self, name: &str, labels: impl FnOnce() -> String, out: &mut String) {
         let counts: Vec<u64> = self.counts.iter().map(|count| count.load(Ordering::Relaxed)).collect();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return;
         }
+        let labels = labels();
         let mut cumulative = 0;
         for (bound, count) in BOUNDS_SECONDS.iter().zip(&counts) {
             cumulative += count;
@@ -159,8 +160,8 @@ pub fn render(out: &mut String) {
         let mut series = String::new();
         for histograms in &all {
             for (command, histogram) in COMMAND_NAMES.iter().zip(&histograms.families[family]) {
-                let labels = format!("command=\"{command}\",transport=\"{}\"", histograms.transport);
-                histogram.render(name, &labels, &mut series);
+                let labels = || format!("command=\"{command}\",transport=\"{}\"", histograms.transport);
+                histogram.render(name, labels, &mut series);
             }
         }
         if !series.is_empty() {
@@ -189,7 +190,7 @@ mod tests {
         histogram.record(Duration::from_nanos(1_001));
         histogram.record(Duration::from_secs(60)); // above every bound
         let mut out = String::new();
-        histogram.render("h", "a=\"b\"", &mut out);
+        histogram.render("h", || "a=\"b\"".into(), &mut out);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0], "h_bucket{a=\"b\",le=\"0.000001\"} 1");
         assert_eq!(lines[1], "h_bucket{a=\"b\",le=\"0.0000025\"} 2");
@@ -203,7 +204,7 @@ mod tests {
     #[test]
     fn a_series_without_samples_is_not_rendered() {
         let mut out = String::new();
-        Histogram::new().render("h", "a=\"b\"", &mut out);
+        Histogram::new().render("h", || unreachable!("labels of an empty series"), &mut out);
         assert_eq!(out, "");
     }
 }

@@ -187,47 +187,64 @@ pub(super) enum Connection {
 /// ([`SingleRedis::after_failure`]), whichever command met it (a request's, or the relay's heartbeat
 /// PING, which an idle gateway sends every few seconds).
 pub(super) struct SingleRedis {
-    manager: Mutex<ConnectionManager>,
-    /// When the last new manager was asked for, and whether it is being made.
-    replacing: Mutex<(Option<std::time::Instant>, bool)>,
+    current: Mutex<Managed>,
+    replacing: Mutex<Replacing>,
     config: RedisConfig,
     url: String,
     pushes: Pushes,
 }
 
+/// A connection manager, and which of the gateway's it is: a failure met on one that has since been
+/// replaced asks for nothing more.
+#[derive(Clone)]
+pub(super) struct Managed {
+    pub(super) manager: ConnectionManager,
+    generation: u64,
+}
+
+/// When a new manager was last asked for, and whether one is being made.
+#[derive(Default)]
+struct Replacing {
+    last: Option<std::time::Instant>,
+    busy: bool,
+}
+
 impl SingleRedis {
     /// The manager now (a handle: cheap to clone).
-    pub(super) fn manager(&self) -> ConnectionManager {
-        self.manager.lock().clone()
+    pub(super) fn manager(&self) -> Managed {
+        self.current.lock().clone()
     }
 
-    /// After a command failed with `e`: if Redis refused the gateway's credentials, a new manager is
-    /// made in the background, one attempt at a time and at most one every [`RETRY_LAST`].
-    pub(super) fn after_failure(self: &Arc<Self>, e: &RedisError) {
-        if !is_credentials_refusal(e) {
+    /// After a command on `failed` failed with `e`: if Redis refused the gateway's credentials and
+    /// `failed` is still the current manager, a new one is made in the background, one attempt at a
+    /// time and at most one every [`RETRY_LAST`].
+    pub(super) fn after_failure(self: &Arc<Self>, failed: &Managed, e: &RedisError) {
+        if !is_credentials_refusal(e) || self.current.lock().generation != failed.generation {
             return;
         }
         {
             let mut replacing = self.replacing.lock();
-            let (last, busy) = *replacing;
-            if busy || last.is_some_and(|at| at.elapsed() < RETRY_LAST) {
+            if replacing.busy || replacing.last.is_some_and(|at| at.elapsed() < RETRY_LAST) {
                 return;
             }
-            *replacing = (Some(std::time::Instant::now()), true);
+            *replacing = Replacing { last: Some(std::time::Instant::now()), busy: true };
         }
         let this = self.clone();
         tokio::spawn(async move {
             match connect_single(&this.config, &this.url, &this.pushes).await {
                 Ok(manager) => {
+                    let mut current = this.current.lock();
                     // The old manager's subscriptions end with it: the relay is told, before anything
-                    // the new one pushes, and makes them again on the new one (`relay.rs`).
+                    // the new one pushes and before anyone can use it (the push is queued without
+                    // waiting), and makes them again on the new one (`relay.rs`).
                     let _ = (this.pushes.sender(None))(replaced_push());
-                    *this.manager.lock() = manager;
+                    *current = Managed { manager, generation: current.generation + 1 };
+                    drop(current);
                     tracing::info!(url = %redacted_url(&this.url), "connected to Redis again");
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot connect to Redis again yet"),
             }
-            this.replacing.lock().1 = false;
+            this.replacing.lock().busy = false;
         });
     }
 }
@@ -245,9 +262,10 @@ impl Connection {
     async fn send(&mut self, cmd: &Cmd) -> Result<RedisValue, RedisError> {
         match self {
             Connection::Single(c) => {
-                let result = cmd.query_async(&mut c.manager()).await;
+                let mut managed = c.manager();
+                let result = cmd.query_async(&mut managed.manager).await;
                 if let Err(e) = &result {
-                    c.after_failure(e);
+                    c.after_failure(&managed, e);
                 }
                 result
             }
@@ -267,9 +285,10 @@ impl Connection {
         pipeline.add_command(cmd.clone()).cmd("WAIT").arg(wait.replicas).arg(wait.timeout.as_millis() as u64);
         let replies: Vec<RedisValue> = match self {
             Connection::Single(c) => {
-                let result = pipeline.query_async(&mut c.manager()).await;
+                let mut managed = c.manager();
+                let result = pipeline.query_async(&mut managed.manager).await;
                 if let Err(e) = &result {
-                    c.after_failure(e);
+                    c.after_failure(&managed, e);
                 }
                 result
             }
@@ -539,8 +558,8 @@ async fn connect(config: &RedisConfig, pushes: &Pushes) -> Result<Connection, Re
             Ok(false) => {
                 let manager = connect_single(config, url, pushes).await?;
                 return Ok(Connection::Single(Arc::new(SingleRedis {
-                    manager: Mutex::new(manager),
-                    replacing: Mutex::new((None, false)),
+                    current: Mutex::new(Managed { manager, generation: 0 }),
+                    replacing: Mutex::new(Replacing::default()),
                     config: config.clone(),
                     url: url.clone(),
                     pushes: pushes.clone(),

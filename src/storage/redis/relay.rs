@@ -17,8 +17,9 @@
 //! missing) and the subscription is made again, by a task of its own that tries until it succeeds
 //! (on the new master once a replica has taken over; on a plain Redis, by redis-rs's connection
 //! manager as it connects again, which the heartbeat makes it do by sending PING until Redis answers,
-//! whether or not anything else goes through this gateway); so do the subscribers of a topic whose
-//! message was dropped because the queue of pushes was full.
+//! whether or not anything else goes through this gateway, or by the repair task on a new manager,
+//! when Redis had refused the gateway's credentials: see `SingleRedis`); so do the subscribers of a
+//! topic whose message was dropped because the queue of pushes was full.
 //!
 //! Four tasks: delivery (pushes to the broker; never waits on Redis), repair, sweep and heartbeat.
 //!
@@ -193,9 +194,10 @@ impl State {
                 self.shards.subscribe(node, channel).await
             }
             Connection::Single(single) => {
-                let subscribed = single.manager().subscribe(channel).await;
+                let mut managed = single.manager();
+                let subscribed = managed.manager.subscribe(channel).await;
                 if let Err(e) = &subscribed {
-                    single.after_failure(e);
+                    single.after_failure(&managed, e);
                 }
                 counted(subscribed.map_err(storage_error))
             }
@@ -209,7 +211,12 @@ impl State {
         match connector.connection() {
             Ok(Connection::Cluster(_)) => self.shards.unsubscribe(channel).await,
             Ok(Connection::Single(single)) => {
-                let _ = counted(single.manager().unsubscribe(channel).await.map_err(storage_error));
+                let mut managed = single.manager();
+                let unsubscribed = managed.manager.unsubscribe(channel).await;
+                if let Err(e) = &unsubscribed {
+                    single.after_failure(&managed, e);
+                }
+                let _ = counted(unsubscribed.map_err(storage_error));
             }
             Err(_) => {}
         }
@@ -399,7 +406,11 @@ impl Delivery {
             // without a home were told when they lost it.)
             let homed = self.state.shards.reset();
             if homed.is_empty() {
+                // On a plain Redis the news may have been of a new connection manager, which has no
+                // subscriptions: each is made again (again, if it was not lost: harmless).
+                self.state.confirmed.lock().clear();
                 self.gap_everywhere();
+                self.state.repair.notify_one();
             }
             self.lost(homed);
         }
@@ -483,12 +494,8 @@ impl Delivery {
             // A cluster's link: the channels subscribed on it. redis-rs's cluster connection does not
             // make them again (it has no push sender, so keeps no subscriptions): the repair task does.
             PushKind::Disconnection if let Some(link) = &link => self.lost(shards.lost(link)),
-            // A plain Redis: redis-rs's connection manager makes every subscription again itself once
-            // it has connected again, which it tries once at once, then at the next command only: the
-            // heartbeat is woken to send PING until Redis answers, so that it connects again as soon
-            // as Redis is back, however idle this gateway is.
-            // A new connection manager in place of one that could not connect again by itself
-            // (`SingleRedis`): it has no subscriptions, which the repair task makes.
+            // A plain Redis: a new connection manager in place of one that could not connect again
+            // by itself (`SingleRedis`). It has no subscriptions: the repair task makes them.
             PushKind::Disconnection
                 if info.data.first() == Some(&RedisValue::SimpleString(REPLACED.into())) =>
             {
@@ -496,6 +503,10 @@ impl Delivery {
                 self.gap_everywhere();
                 self.state.repair.notify_one();
             }
+            // A plain Redis: redis-rs's connection manager makes every subscription again itself once
+            // it has connected again, which it tries once at once, then at the next command only: the
+            // heartbeat is woken to send PING until Redis answers, so that it connects again as soon
+            // as Redis is back, however idle this gateway is.
             PushKind::Disconnection => {
                 self.state.confirmed.lock().clear();
                 self.gap_everywhere();
@@ -576,12 +587,14 @@ async fn heartbeat(connector: Arc<Connector>, state: Arc<State>) {
 async fn ping_until_answered(single: &Arc<SingleRedis>) {
     let mut pause = RETRY_FIRST;
     let mut lost = false;
-    while let Err(e) = redis::cmd("PING").query_async::<RedisValue>(&mut single.manager()).await {
+    loop {
+        let mut managed = single.manager();
+        let Err(e) = redis::cmd("PING").query_async::<RedisValue>(&mut managed.manager).await else { break };
         if !lost {
             tracing::warn!(error = %e, "Redis does not answer; trying again until it does");
             lost = true;
         }
-        single.after_failure(&e);
+        single.after_failure(&managed, &e);
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(RETRY_LAST);
     }
@@ -634,6 +647,52 @@ mod tests {
             }
         }
         panic!("nothing reached the subscriber within 30 s")
+    }
+
+    /// A plain Redis that refused the gateway's credentials for a while (its password changed, its
+    /// connections ended): its subscribers are told of the gap, and once the password is put right the
+    /// subscriptions are made on the new connection manager, each message delivered once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn subscriptions_are_made_again_on_the_manager_that_replaces_a_refused_one() {
+        let node = qkv_testkit::RedisNode::start(&["--requirepass", "first"]).unwrap();
+        let config = RedisConfig {
+            password: Some("first".into()),
+            ..RedisConfig { urls: vec![node.url()], ..RedisConfig::default() }
+        };
+        let (pushes, relay) = RedisRelay::new(&config);
+        let connector = Connector::start(config, pushes);
+        timeout(Duration::from_secs(30), connector.connected()).await.expect("connects");
+        let relay = relay(connector);
+        let broker = Broker::new(64, usize::MAX, LagPolicy::Skip, MemoryBudget::unlimited());
+        relay.attach(broker.clone());
+        let mut subscription = broker.subscribe("news", ConnectionId::unique(), None).unwrap();
+        relay.join("news".into()).await.unwrap();
+        let first = publish_until_delivered(&relay, "news", &mut subscription).await;
+        assert!(matches!(first, Delivery::Message(_)), "{first:?}");
+
+        let cli = |args: &[&str]| qkv_testkit::cli(node.port, args).expect("redis-cli runs");
+        cli(&["-a", "first", "CONFIG", "SET", "requirepass", "second"]);
+        cli(&["-a", "second", "CLIENT", "KILL", "TYPE", "pubsub"]);
+        cli(&["-a", "second", "CLIENT", "KILL", "TYPE", "normal"]);
+        // The lost connection is told; connecting again, the gateway is refused.
+        let told = timeout(Duration::from_secs(10), subscription.next()).await.expect("told within 10 s");
+        assert_eq!(told, Some(Delivery::Missed(1)));
+        cli(&["-a", "second", "CONFIG", "SET", "requirepass", "first"]);
+        loop {
+            match publish_until_delivered(&relay, "news", &mut subscription).await {
+                Delivery::Message(_) => break,
+                Delivery::Missed(_) => {}
+                ended => panic!("{ended:?}"),
+            }
+        }
+        // Subscribed once: one message, one delivery.
+        let message = CommandResponse::default().encode_to_vec();
+        let receivers = relay.publish("news".into(), message).await;
+        assert!(matches!(receivers, Ok(1)), "one gateway subscribed: {receivers:?}");
+        let next = timeout(Duration::from_secs(10), subscription.next()).await.expect("delivered");
+        assert!(matches!(next, Some(Delivery::Message(_))), "{next:?}");
+        let more = timeout(Duration::from_millis(500), subscription.next()).await;
+        assert!(more.is_err(), "delivered twice: {more:?}");
     }
 
     /// A relay on `cluster` and a subscriber of `topic` through it, once a message has reached it.
