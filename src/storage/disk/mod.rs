@@ -213,22 +213,19 @@ impl DiskStore {
     }
 
     /// [`DiskStore::open`] for tests, waiting (at most 10 s) while the directory's lock is busy. Other
-    /// tests of the binary start Redis servers, and a child process holds a copy of every descriptor
-    /// of its parent, the lock's among them, from its fork until its exec: a store closed in those
-    /// moments still looks held. (A server starts no process, so `open` need not wait.)
+    /// tests of the binary start Redis servers and redis-cli, and a child process holds a copy of every
+    /// descriptor of its parent, the lock's among them, from its fork until its exec: a store closed in
+    /// those moments still looks held. (A server starts no process, so `open` need not wait.)
     #[cfg(test)]
     pub(crate) fn open_when_free(dir: &Path, config: DiskConfig) -> StorageResult<Self> {
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match Self::open(dir, config) {
-                Err(StorageError::Backend(e))
-                    if e.contains(files::LOCK_BUSY) && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-                opened => return opened,
-            }
-        }
+        when_free(|| Self::open(dir, config))
+    }
+
+    /// [`DiskStore::repair`] for tests, waiting while the directory's lock is busy, as
+    /// [`DiskStore::open_when_free`] does.
+    #[cfg(test)]
+    pub(crate) fn repair_when_free(dir: &Path) -> StorageResult<Repaired> {
+        when_free(|| Self::repair(dir))
     }
 
     /// A store in a new temporary directory, removed when the store is dropped.
@@ -530,6 +527,20 @@ fn test_config() -> DiskConfig {
         memory_budget: usize::MAX,
         commit_wait: Duration::from_micros(200),
         ..DiskConfig::new(Durability::Strict)
+    }
+}
+
+/// Runs `attempt` until the lock it takes is not busy (at most 10 s): see [`DiskStore::open_when_free`].
+#[cfg(test)]
+fn when_free<T>(mut attempt: impl FnMut() -> StorageResult<T>) -> StorageResult<T> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match attempt() {
+            Err(StorageError::Backend(e)) if e.contains(files::LOCK_BUSY) && Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            done => return done,
+        }
     }
 }
 

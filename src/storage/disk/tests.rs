@@ -248,7 +248,7 @@ async fn a_torn_or_damaged_tail_loses_no_write_before_it() {
                 );
                 assert_eq!(std::fs::read(&path).unwrap(), bytes, "{case}: the segment was changed");
                 let Repaired::Cut { offset, saved, records_after, .. } =
-                    DiskStore::repair(copy.path()).unwrap()
+                    DiskStore::repair_when_free(copy.path()).unwrap()
                 else {
                     panic!("{case}: nothing repaired")
                 };
@@ -268,7 +268,7 @@ async fn a_torn_or_damaged_tail_loses_no_write_before_it() {
                 );
                 refused += 1;
             } else {
-                assert_eq!(DiskStore::repair(copy.path()).unwrap(), Repaired::Nothing, "{case}");
+                assert_eq!(DiskStore::repair_when_free(copy.path()).unwrap(), Repaired::Nothing, "{case}");
             }
             let store = DiskStore::open_when_free(copy.path(), test_config()).expect(&case);
             assert_holds(&store, &states[whole], &case).await;
