@@ -201,7 +201,8 @@ async fn flood(
         let mut sink = Vec::new();
         let _ = stream.read_to_end(&mut sink).await;
     }
-    // And one from another client, at once: the flood must not hide its line.
+    // And one from another client, at once: the flood must not hide its line. (Linux takes all of
+    // 127.0.0.0/8 as loopback; elsewhere 127.0.0.2 needs an alias.)
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
     let mut stream = socket.connect(server.addr).await.unwrap();

@@ -4,9 +4,12 @@
 //! that it happens and to whom (a flood from one client does not hide another's first failure), and
 //! clients opening thousands of bad connections cannot fill the disk or bury the other lines.
 //!
-//! The client is the task's: the listener runs each connection's task inside [`serving`], and what the
-//! connection spawns keeps it ([`keeping_client`]). A line from a task without one is throttled as if
-//! one client's.
+//! The client is the task's: the listener runs each connection's task inside [`serving`], and the
+//! tasks it spawns that log throttled lines keep it ([`keeping_client`]; hyper's HTTP/2 streams,
+//! WebSocket and gRPC pipeline sessions; not QUIC's request streams, which log none). A line from a
+//! task without one (the accept loops' refusals) is throttled as if one client's. The second a cap
+//! counts in is fixed, not sliding: two of them can put up to twice the cap within one real second.
+//! One client holding many IPv6 /64s (a /56 has 256) can still take the whole cap.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -68,8 +71,8 @@ struct State {
 pub struct HeldBack {
     /// This client's lines of this kind held back since its last one.
     pub suppressed: u64,
-    /// Lines of this kind from any client held back by the cap on lines a second, since the last
-    /// line logged.
+    /// Lines of this kind from any client held back by the cap on lines a second (or by clients
+    /// forgotten with lines held back), since the last line logged.
     pub crowded_out: u64,
 }
 
@@ -102,7 +105,16 @@ impl LogThrottle {
             return None;
         }
         if !state.clients.contains_key(&client) && state.clients.len() >= CLIENTS {
-            state.clients.retain(|_, (last, _)| now.duration_since(*last) < INTERVAL);
+            // Those forgotten take what they held back with them, into `crowded_out`.
+            let mut forgotten = 0;
+            state.clients.retain(|_, (last, suppressed)| {
+                let recent = now.duration_since(*last) < INTERVAL;
+                if !recent {
+                    forgotten += *suppressed;
+                }
+                recent
+            });
+            state.crowded_out += forgotten;
             if state.clients.len() >= CLIENTS {
                 state.crowded_out += 1;
                 return None;

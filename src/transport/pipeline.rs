@@ -358,7 +358,13 @@ where
         Ending::Rejected(_) | Ending::Failed(_) | Ending::NoMemory => {
             static CLOSED: LogThrottle = LogThrottle::new();
             if let Some(HeldBack { suppressed, crowded_out }) = CLOSED.admit() {
-                info!(target: "qkv::connection", reason = %ending, suppressed, crowded_out, "closing the connection");
+                info!(
+                    target: "qkv::connection",
+                    reason = %ending,
+                    suppressed,
+                    crowded_out,
+                    "closing the connection"
+                );
             }
         }
         _ => debug!(target: "qkv::connection", reason = %ending, "closing the connection"),
@@ -413,7 +419,13 @@ fn log_write_failure(e: &FrameError) {
             crate::metrics::limit_hit(crate::metrics::Limit::ConnectionMemory);
             static NO_MEMORY: LogThrottle = LogThrottle::new();
             if let Some(HeldBack { suppressed, crowded_out }) = NO_MEMORY.admit() {
-                info!(target: "qkv::connection", error = %e, suppressed, crowded_out, "no memory for an answer; closing the connection")
+                info!(
+                    target: "qkv::connection",
+                    error = %e,
+                    suppressed,
+                    crowded_out,
+                    "no memory for an answer; closing the connection"
+                );
             }
         }
         _ => debug!(error = %e, "writing answers failed; closing the connection"),

@@ -304,8 +304,9 @@ async fn websocket<H: Handler>(
     let token = scope.sessions.token();
     let open = scope.activity.open();
     let handler = state.handler.clone();
-    // The session runs in a task of its own: the lines it throttles are still its client's.
-    let client = log_throttle::client();
+    // The session runs in a task of its own: its lines are still in the connection's span, and the
+    // ones it throttles still its client's.
+    let (client, connection) = (log_throttle::client(), tracing::Span::current());
     upgrade
         .protocols([WEBSOCKET_PROTOCOL])
         .max_message_size(max_message)
@@ -315,7 +316,8 @@ async fn websocket<H: Handler>(
         .max_write_buffer_size(max_message.saturating_mul(2))
         .on_failed_upgrade(|e| debug!(error = %e, "a WebSocket upgrade failed"))
         .on_upgrade(move |socket| {
-            let span = info_span!("websocket", client = caller.identity.as_deref().unwrap_or(""));
+            let span =
+                info_span!(parent: &connection, "websocket", client = caller.identity.as_deref().unwrap_or(""));
             let session = async move {
                 serve_websocket(socket, handler, scope, caller, max_message).await;
                 drop((share, open, token));

@@ -205,10 +205,11 @@ pub fn web_connection_share(limits: &Limits) -> usize {
         .saturating_add(stream_send_buffer(limits).saturating_mul(streams))
 }
 
-/// Runs what hyper spawns for a connection (each HTTP/2 stream's service) as serving the connection's
-/// client: the lines those throttle are counted as that client's (`log_throttle`).
-#[derive(Clone, Copy)]
-struct ClientExecutor(std::net::IpAddr);
+/// Runs what hyper spawns for a connection (each HTTP/2 stream's service) in the connection's span
+/// (its lines name the client's address) and as serving its client (the lines those throttle are
+/// counted as that client's: `log_throttle`).
+#[derive(Clone)]
+struct ClientExecutor(std::net::IpAddr, tracing::Span);
 
 impl<F> hyper::rt::Executor<F> for ClientExecutor
 where
@@ -216,7 +217,7 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, future: F) {
-        tokio::spawn(log_throttle::serving(self.0, future));
+        tokio::spawn(tracing::Instrument::instrument(log_throttle::serving(self.0, future), self.1.clone()));
     }
 }
 
@@ -290,7 +291,7 @@ impl<H: Handler> Connection<H> {
                     response.map(|response| response.map(|body| Body::new(Tracked { body, _open: open })))
                 }
             });
-        let executor = ClientExecutor(log_throttle::client());
+        let executor = ClientExecutor(log_throttle::client(), tracing::Span::current());
         let mut builder = hyper_util::server::conn::auto::Builder::new(executor);
         builder
             .http1()

@@ -215,16 +215,27 @@ impl SingleRedis {
         self.current.lock().clone()
     }
 
+    /// How many managers have been replaced.
+    #[cfg(test)]
+    pub(super) fn replacements(&self) -> u64 {
+        self.current.lock().generation
+    }
+
     /// After a command on `failed` failed with `e`: if Redis refused the gateway's credentials and
     /// `failed` is still the current manager, a new one is made in the background, one attempt at a
     /// time and at most one every [`RETRY_LAST`].
     pub(super) fn after_failure(self: &Arc<Self>, failed: &Managed, e: &RedisError) {
-        if !is_credentials_refusal(e) || self.current.lock().generation != failed.generation {
+        if !is_credentials_refusal(e) {
             return;
         }
         {
             let mut replacing = self.replacing.lock();
-            if replacing.busy || replacing.last.is_some_and(|at| at.elapsed() < RETRY_LAST) {
+            // Checked under `replacing`, after `busy`: a replacement sets `busy` back only once its
+            // manager is current, so a failure of the manager it replaced asks for nothing.
+            if replacing.busy
+                || replacing.last.is_some_and(|at| at.elapsed() < RETRY_LAST)
+                || self.current.lock().generation != failed.generation
+            {
                 return;
             }
             *replacing = Replacing { last: Some(std::time::Instant::now()), busy: true };
