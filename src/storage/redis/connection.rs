@@ -197,8 +197,8 @@ pub(super) struct SingleRedis {
 /// A connection manager, and which of the gateway's it is: a failure met on one that has since been
 /// replaced asks for nothing more.
 #[derive(Clone)]
-pub(super) struct Managed {
-    pub(super) manager: ConnectionManager,
+struct Managed {
+    manager: ConnectionManager,
     generation: u64,
 }
 
@@ -210,9 +210,18 @@ struct Replacing {
 }
 
 impl SingleRedis {
-    /// The manager now (a handle: cheap to clone).
-    pub(super) fn manager(&self) -> Managed {
-        self.current.lock().clone()
+    /// Runs `command` on the manager now; a credentials refusal has a new one made
+    /// ([`SingleRedis::after_failure`]).
+    pub(super) async fn run<T>(
+        self: &Arc<Self>,
+        command: impl AsyncFnOnce(&mut ConnectionManager) -> Result<T, RedisError>,
+    ) -> Result<T, RedisError> {
+        let mut managed = self.current.lock().clone();
+        let result = command(&mut managed.manager).await;
+        if let Err(e) = &result {
+            self.after_failure(&managed, e);
+        }
+        result
     }
 
     /// How many managers have been replaced.
@@ -224,7 +233,7 @@ impl SingleRedis {
     /// After a command on `failed` failed with `e`: if Redis refused the gateway's credentials and
     /// `failed` is still the current manager, a new one is made in the background, one attempt at a
     /// time and at most one every [`RETRY_LAST`].
-    pub(super) fn after_failure(self: &Arc<Self>, failed: &Managed, e: &RedisError) {
+    fn after_failure(self: &Arc<Self>, failed: &Managed, e: &RedisError) {
         if !is_credentials_refusal(e) {
             return;
         }
@@ -272,14 +281,7 @@ pub(super) const REPLACED: &str = "qkv: connection manager replaced";
 impl Connection {
     async fn send(&mut self, cmd: &Cmd) -> Result<RedisValue, RedisError> {
         match self {
-            Connection::Single(c) => {
-                let mut managed = c.manager();
-                let result = cmd.query_async(&mut managed.manager).await;
-                if let Err(e) = &result {
-                    c.after_failure(&managed, e);
-                }
-                result
-            }
+            Connection::Single(c) => c.run(async |manager| cmd.query_async(manager).await).await,
             Connection::Cluster(c) => cmd.query_async(c).await,
         }
     }
@@ -295,14 +297,7 @@ impl Connection {
         pipeline.ignore_errors();
         pipeline.add_command(cmd.clone()).cmd("WAIT").arg(wait.replicas).arg(wait.timeout.as_millis() as u64);
         let replies: Vec<RedisValue> = match self {
-            Connection::Single(c) => {
-                let mut managed = c.manager();
-                let result = pipeline.query_async(&mut managed.manager).await;
-                if let Err(e) = &result {
-                    c.after_failure(&managed, e);
-                }
-                result
-            }
+            Connection::Single(c) => c.run(async |manager| pipeline.query_async(manager).await).await,
             Connection::Cluster(c) => pipeline.query_async(c).await,
         }?;
         let mut replies = replies.into_iter();

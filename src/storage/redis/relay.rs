@@ -35,6 +35,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use prost::Message as _;
+use redis::aio::ConnectionManager;
 use redis::{PushInfo, PushKind, Value as RedisValue};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -200,11 +201,7 @@ impl State {
                 self.shards.subscribe(node, channel).await
             }
             Connection::Single(single) => {
-                let mut managed = single.manager();
-                let subscribed = managed.manager.subscribe(channel).await;
-                if let Err(e) = &subscribed {
-                    single.after_failure(&managed, e);
-                }
+                let subscribed = single.run(async |manager| manager.subscribe(channel).await).await;
                 counted(subscribed.map_err(storage_error))
             }
         }
@@ -217,11 +214,7 @@ impl State {
         match connector.connection() {
             Ok(Connection::Cluster(_)) => self.shards.unsubscribe(channel).await,
             Ok(Connection::Single(single)) => {
-                let mut managed = single.manager();
-                let unsubscribed = managed.manager.unsubscribe(channel).await;
-                if let Err(e) = &unsubscribed {
-                    single.after_failure(&managed, e);
-                }
+                let unsubscribed = single.run(async |manager| manager.unsubscribe(channel).await).await;
                 let _ = counted(unsubscribed.map_err(storage_error));
             }
             Err(_) => {}
@@ -591,18 +584,17 @@ async fn heartbeat(connector: Arc<Connector>, state: Arc<State>) {
 /// answered 503. Each PING that fails makes the manager connect again; the
 /// one that succeeds comes after it has, and has made the subscriptions again, which their
 /// confirmations then show the relay. A manager that Redis refused the gateway's credentials would
-/// not connect again: the failed PING has a new one made (`SingleRedis::after_failure`).
+/// not connect again: the failed PING has a new one made (`SingleRedis::run`).
 async fn ping_until_answered(single: &Arc<SingleRedis>) {
     let mut pause = RETRY_FIRST;
     let mut lost = false;
-    loop {
-        let mut managed = single.manager();
-        let Err(e) = redis::cmd("PING").query_async::<RedisValue>(&mut managed.manager).await else { break };
+    let ping =
+        async |manager: &mut ConnectionManager| redis::cmd("PING").query_async::<RedisValue>(manager).await;
+    while let Err(e) = single.run(ping).await {
         if !lost {
             tracing::warn!(error = %e, "Redis does not answer; trying again until it does");
             lost = true;
         }
-        single.after_failure(&managed, &e);
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(RETRY_LAST);
     }
