@@ -56,7 +56,9 @@ pub struct Admission {
     places: Arc<Semaphore>,
     max_connections: usize,
     memory: MemoryBudget,
-    /// At most one warning a second, so that a flood of refusals does not flood the log too.
+    /// At most one warning a second, so that a flood of refusals does not flood the log too: the accept
+    /// loops refuse outside any client's task, so every refusal counts as one client's
+    /// (`log_throttle`).
     warnings: Arc<LogThrottle>,
 }
 
