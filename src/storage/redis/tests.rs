@@ -157,13 +157,27 @@ async fn redis_away_at_start_is_unavailable_with_the_reason_then_serves_when_it_
     store.set("t", "k", "v".into(), None).await.unwrap();
     // And after it goes away again and comes back, without a restart of the store.
     node.restart().unwrap();
+    // A plain Redis without persistence comes back empty.
+    reading_until(&store, "the store did not reconnect", |read| read.as_ref().ok().map(drop)).await;
+}
+
+/// Reads t/k from `store` until `done` takes the result, waiting out (at most 20 s, then failing with
+/// `waited_for`) results it does not take that mean Redis is away or being reached again: any
+/// value, 503, an unknown outcome. Any other error fails the test.
+async fn reading_until<T>(
+    store: &RedisStore,
+    waited_for: &str,
+    mut done: impl FnMut(&StorageResult<Option<Versioned>>) -> Option<T>,
+) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        match store.get("t", "k").await {
-            // A plain Redis without persistence comes back empty.
-            Ok(_) => break,
-            Err(StorageError::Unavailable(_) | StorageError::Uncertain(_)) => {
-                assert!(tokio::time::Instant::now() < deadline, "the store did not reconnect");
+        let read = store.get("t", "k").await;
+        if let Some(done) = done(&read) {
+            return done;
+        }
+        match read {
+            Ok(_) | Err(StorageError::Unavailable(_) | StorageError::Uncertain(_)) => {
+                assert!(tokio::time::Instant::now() < deadline, "{waited_for}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => panic!("{e:?}"),
@@ -182,30 +196,16 @@ async fn a_gateway_refused_its_credentials_serves_again_once_redis_takes_them() 
     // As a restart with another password would: the gateway's connection ends, and it is refused.
     testkit_cli(node.port, &["-a", "first", "CONFIG", "SET", "requirepass", "second"]);
     testkit_cli(node.port, &["-a", "second", "CLIENT", "KILL", "TYPE", "normal"]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let refused = loop {
-        match store.get("t", "k").await {
-            Err(StorageError::Unavailable(reason)) if reason.contains("credentials") => break reason,
-            Ok(_) | Err(StorageError::Unavailable(_) | StorageError::Uncertain(_)) => {
-                assert!(tokio::time::Instant::now() < deadline, "the gateway was not refused");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("{e:?}"),
-        }
-    };
+    let refused = reading_until(&store, "the gateway was not refused", |read| match read {
+        Err(StorageError::Unavailable(reason)) if reason.contains("credentials") => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
     assert!(refused.contains("WRONGPASS"), "{refused}");
     testkit_cli(node.port, &["-a", "second", "CONFIG", "SET", "requirepass", "first"]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match store.get("t", "k").await {
-            Ok(found) => break assert_eq!(found.map(|v| v.value), Some("v".into())),
-            Err(StorageError::Unavailable(_) | StorageError::Uncertain(_)) => {
-                assert!(tokio::time::Instant::now() < deadline, "the gateway did not connect again");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("{e:?}"),
-        }
-    }
+    let found =
+        reading_until(&store, "the gateway did not connect again", |read| read.as_ref().ok().cloned()).await;
+    assert_eq!(found.map(|v| v.value), Some("v".into()));
 }
 
 /// The same on a cluster, whose client keeps a connection per node and makes them again itself.
