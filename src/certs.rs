@@ -283,8 +283,11 @@ fn common_name(name: &str) -> DistinguishedName {
 }
 
 /// From an hour ago (tolerating clock skew between machines) for `length`.
+/// From an hour ago (a client's clock may be behind) for `length`, in whole seconds: what a certificate
+/// can say, and so what the server reports of it (`/webtransport-cert`'s `not_after`).
 fn validity(length: Duration) -> (OffsetDateTime, OffsetDateTime) {
     let now = OffsetDateTime::now_utc();
+    let now = now.replace_nanosecond(0).unwrap_or(now);
     (now - Duration::hours(1), now + length)
 }
 

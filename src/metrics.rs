@@ -471,6 +471,10 @@ impl<H: Handler> Handler for Metered<H> {
         self.inner.connection_closing(caller)
     }
 
+    fn connection_stalled(&self, caller: &Caller) {
+        self.inner.connection_stalled(caller)
+    }
+
     fn times_answers(&self) -> bool {
         self.metrics.is_some()
     }

@@ -125,6 +125,9 @@ pub enum EndReason {
     /// Its connection stopped taking requests (a TCP client closed its side, or the connection is being
     /// closed after a bad request or a failure).
     ConnectionEnding,
+    /// Its connection answers in request order and reached its limits with requests behind it: they
+    /// could be answered, and more read (an Unsubscribe among them), only once it ended.
+    Stalled,
     /// The server is shutting down.
     ServerClosing,
 }
@@ -456,12 +459,13 @@ impl Broker {
         Ok(())
     }
 
-    /// Ends every subscription of connection `owner`: it takes no more requests.
-    pub fn end_connection(&self, owner: ConnectionId) {
+    /// Ends every subscription of connection `owner`, for `reason`: it takes no more requests
+    /// ([`EndReason::ConnectionEnding`]), or it cannot take more until they end ([`EndReason::Stalled`]).
+    pub fn end_connection(&self, owner: ConnectionId, reason: EndReason) {
         let mut registry = self.inner.registry.lock();
         let Some(owned) = registry.by_owner.remove(&owner) else { return };
         for id in owned {
-            registry.remove(id, EndReason::ConnectionEnding);
+            registry.remove(id, reason);
         }
         self.inner.count_changed(&registry);
     }
@@ -763,7 +767,7 @@ mod tests {
         let mut gone =
             [broker.subscribe("a", closing, None).unwrap(), broker.subscribe("b", closing, None).unwrap()];
         let mut kept = broker.subscribe("a", staying, None).unwrap();
-        broker.end_connection(closing);
+        broker.end_connection(closing, EndReason::ConnectionEnding);
         for subscription in &mut gone {
             assert_eq!(subscription.next().await, Some(Delivery::Ended(EndReason::ConnectionEnding)));
         }

@@ -228,6 +228,11 @@ async fn the_webtransport_certificate_is_one_browsers_accept_by_hash() {
     let validity = cert.validity();
     let days = (validity.not_after.timestamp() - validity.not_before.timestamp()) / 86_400;
     assert!(days <= 14, "valid for {days} days: browsers refuse more than 14");
+    // Published as the certificate says it, to the second (RFC 3339, as the protocol's example).
+    let not_after = published["not_after"].as_str().expect("not_after");
+    let parsed = time::OffsetDateTime::parse(not_after, &time::format_description::well_known::Rfc3339);
+    assert_eq!(parsed.map(|t| t.unix_timestamp()).ok(), Some(validity.not_after.timestamp()), "{not_after}");
+    assert!(!not_after.contains('.'), "no fraction of a second: {not_after}");
     assert_eq!(
         cert.public_key().algorithm.algorithm,
         x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY,

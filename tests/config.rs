@@ -9,7 +9,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::process::ServerProcess;
+use prost::Message;
 use qkv::client::{Client, ClientError};
+use qkv::pb::{CommandRequest, Kvpair};
 use qkv::transport::Transport;
 
 const EXIT_INVALID_INPUT: i32 = 2;
@@ -207,7 +209,7 @@ async fn a_server_runs_on_what_its_config_file_says() {
 async fn print_config_refuses_what_serve_refuses() {
     for (args, said) in [
         (&["--threads", "4"][..], "--threads needs --runtime multi-thread"),
-        (&["--max-frame-size", "1KiB"][..], "invalid configuration"),
+        (&["--max-frame-size", "4KiB", "--response-frame-target", "8KiB"][..], "invalid configuration"),
         (&["--connection-memory", "1KiB"][..], "cannot admit a single connection"),
         (&["--store", "disk", "--commit-wait", "1s"][..], "holds writes too long"),
         (
@@ -229,6 +231,27 @@ async fn print_config_refuses_what_serve_refuses() {
         assert_eq!(served.status.code(), Some(EXIT_INVALID_INPUT), "{args:?}: {}", text(&served.stderr));
         assert!(text(&served.stderr).contains(said), "{args:?}: {}", text(&served.stderr));
     }
+}
+
+/// Lowering the maximum frame size is enough: the response frame target (64 KiB by default) comes down
+/// with it, rather than leaving a configuration the server refuses; answers are split to fit.
+#[tokio::test]
+async fn a_smaller_maximum_frame_size_brings_the_frame_target_down_with_it() {
+    let server = ServerProcess::start(&["--max-frame-size", "4KiB"]).await;
+    let client = Client::connect_with(server.client_config(Transport::Quic)).await.unwrap();
+    for batch in 0..5 {
+        let pairs = (0..20).map(|i| Kvpair::new(format!("k{batch}-{i}"), vec![7u8; 100]));
+        client.hmset("t", pairs).await.unwrap();
+    }
+    let mut frames = client.call_frames(&CommandRequest::hgetall("t")).await.unwrap();
+    let mut pairs = 0;
+    while let Some(frame) = frames.next().await {
+        let frame = frame.unwrap();
+        assert!(frame.encoded_len() <= 4096, "a frame of {} bytes", frame.encoded_len());
+        pairs += frame.pairs.len();
+    }
+    assert_eq!(pairs, 100);
+    server.kill().await;
 }
 
 /// A bad value in a `QKV_` variable is reported as the variable (which the operator set), with the

@@ -1,19 +1,20 @@
 //! What only the TCP transport has: pipelining, the course's client, and bad input that must end its
 //! own connection and nothing else. (The command suite runs over TCP too, in `commands.rs`.)
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::TestServer;
 use common::process::ServerProcess;
+use common::{TestServer, raw_byte_stream};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message;
 use qkv::pb::{CommandRequest, CommandResponse, Kvpair, Value, status};
 use qkv::transport::Transport;
-use qkv::transport::frame::FrameCodec;
+use qkv::transport::frame::{FrameCodec, FrameError};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::codec::{Framed, FramedRead, LengthDelimitedCodec};
@@ -414,6 +415,71 @@ async fn a_connection_carries_one_subscription_at_a_time() {
     assert_eq!(publisher.publish("c", [Value::from("now")]).await.unwrap().receivers, 1);
     assert_eq!(frames.next().await.unwrap().unwrap().values, [Value::from("now")]);
 }
+
+/// A subscription's answer lasts, so the answers of the requests sent behind it wait: once they reach
+/// the connection's limits the server can read nothing more, not even the Unsubscribe that would end
+/// it. It ends the subscription then (429, saying why) and the answers follow, so the connection takes
+/// requests again, and one its client closes in that state is gone, not held open with its
+/// subscription for good (it held the only connection slot here, and every later client was refused).
+async fn a_subscription_the_requests_behind_it_stall_ends_and_their_answers_follow(transport: Transport) {
+    let server = TestServer::start_for_with(transport, |config| {
+        config.limits.max_concurrent_requests = 4;
+        config.limits.max_connections = 1;
+    })
+    .await;
+    let stream = raw_byte_stream(server.addr, &server.ca(), transport).await;
+    let (read, mut write) = tokio::io::split(stream);
+    let mut frames = FramedRead::new(read, FrameCodec::<CommandResponse>::new(1 << 20));
+    // Without its subscription ended the answers would never come: wait for each at most 10 s.
+    async fn next(
+        frames: &mut (impl StreamExt<Item = Result<CommandResponse, FrameError>> + Unpin),
+    ) -> CommandResponse {
+        let next = tokio::time::timeout(Duration::from_secs(10), frames.next()).await;
+        next.expect("a frame within 10 s").expect("a frame").expect("a whole frame")
+    }
+    let stall = |topic: &str| {
+        let mut burst = common::frame(&CommandRequest::subscribe(topic)).to_vec();
+        // The Subscribe and three pings take the four places; the fourth ping cannot start.
+        for i in 0..5u8 {
+            burst.extend_from_slice(&common::frame(&CommandRequest::ping(vec![i])));
+        }
+        burst
+    };
+    write.write_all(&stall("news")).await.unwrap();
+    let first = next(&mut frames).await;
+    assert!(first.more && first.status == status::OK, "{first:?}");
+    let last = next(&mut frames).await;
+    assert_eq!((last.status, last.more), (status::TOO_MANY_REQUESTS, false), "{last:?}");
+    assert!(last.message.contains("Unsubscribe"), "says why: {}", last.message);
+    for i in 0..5u8 {
+        let pong = next(&mut frames).await;
+        assert_eq!((pong.status, pong.values.clone()), (status::OK, vec![Value::from(vec![i])]), "{pong:?}");
+    }
+    assert_eq!(server.service.broker().total_subscriptions(), 0);
+    write.write_all(&common::frame(&CommandRequest::ping(b"again".to_vec()))).await.unwrap();
+    assert_eq!(next(&mut frames).await.values, [Value::from(b"again".to_vec())]);
+
+    // Stalled again, and closed without reading a thing: the connection's slot comes back.
+    write.write_all(&stall("more")).await.unwrap();
+    drop((frames, write));
+    let admitted = async {
+        loop {
+            let mut next = raw_byte_stream(server.addr, &server.ca(), transport).await;
+            next.write_all(&common::frame(&CommandRequest::ping(Bytes::new()))).await.unwrap();
+            let mut answers = FramedRead::new(next, FrameCodec::<CommandResponse>::new(1 << 20));
+            match answers.next().await {
+                Some(Ok(answer)) if answer.status == status::OK => break,
+                // Refused (the connection limit): the closed connection has not ended yet.
+                Some(Ok(answer)) => assert_eq!(answer.status, status::UNAVAILABLE, "{answer:?}"),
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), admitted).await.expect("the closed connection ends");
+}
+
+transport_tests!(pipelined: tls, tcp => a_subscription_the_requests_behind_it_stall_ends_and_their_answers_follow);
 
 #[tokio::test]
 async fn a_plaintext_client_at_a_tls_port_is_told_nothing_was_executed() {

@@ -528,9 +528,10 @@ pub struct ServeArgs {
     /// Requested UDP socket buffer size (the kernel caps it at net.core.rmem_max / wmem_max).
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     pub udp_socket_buffer: usize,
-    /// Responses larger than this are sent as several frames.
-    #[arg(long, default_value_t = DEFAULT_RESPONSE_FRAME_TARGET, value_parser = parse_nonzero_size)]
-    pub response_frame_target: usize,
+    /// Responses larger than this are sent as several frames. Default: 64 KiB, or --max-frame-size if
+    /// that is smaller.
+    #[arg(long, value_parser = parse_nonzero_size)]
+    pub response_frame_target: Option<usize>,
     /// TLS sessions remembered for resumption (0-RTT over QUIC), per transport; each ticket resumes
     /// one connection.
     #[arg(long, default_value_t = qkv::tls::DEFAULT_SESSION_CACHE)]
@@ -636,7 +637,8 @@ impl ServeArgs {
         config.limits.reply_timeout = self.reply_timeout;
         config.limits.reply_min_progress = self.reply_min_progress;
         config.service.max_concurrent_scans = self.max_concurrent_scans;
-        config.service.response_frame_target = self.response_frame_target;
+        config.service.response_frame_target =
+            self.response_frame_target.unwrap_or(DEFAULT_RESPONSE_FRAME_TARGET.min(self.max_frame_size));
         config.service.subscriber_queue = self.subscriber_queue;
         config.service.subscriber_queue_bytes = self.subscriber_queue_bytes;
         config.service.lag_policy = self.lag_policy;

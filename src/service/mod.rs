@@ -25,7 +25,7 @@ pub use items::ItemLimits;
 
 use crate::memory::MemoryBudget;
 use crate::pb::{CommandRequest, CommandResponse, command_request::RequestData, split_response};
-use crate::pubsub::{Broker, ConnectionId, LagPolicy, Relay};
+use crate::pubsub::{Broker, ConnectionId, EndReason, LagPolicy, Relay};
 use crate::storage::Storage;
 
 /// The default target size of one response frame: big enough that framing overhead is negligible,
@@ -173,6 +173,11 @@ pub trait Handler: Clone + Send + Sync + 'static {
     /// `caller`'s connection takes no more requests (a TCP client closed its side): end what it owns
     /// that would otherwise keep its answers going (its subscriptions, each with a last frame).
     fn connection_closing(&self, caller: &Caller);
+
+    /// `caller`'s connection answers in request order and can take no more requests until the answer
+    /// being written ends, which only ending its subscriptions can bring about (see
+    /// `transport::pipeline`): end them, each with a last frame saying why.
+    fn connection_stalled(&self, caller: &Caller);
 
     /// Whether [`Handler::answered`] wants to hear of answers. A transport reads the clock for it
     /// only then, so that a server without metrics does not pay for it.
@@ -326,7 +331,13 @@ impl<S: Storage> Service<S> {
     /// Ends the subscriptions of `caller`'s connection, which takes no more requests (a TCP client
     /// closed its side). Each ends with its last frame, so that the connection's answers can end.
     pub fn connection_closing(&self, caller: &Caller) {
-        self.inner.broker.end_connection(caller.connection);
+        self.inner.broker.end_connection(caller.connection, EndReason::ConnectionEnding);
+    }
+
+    /// Ends the subscriptions of `caller`'s connection, which can take no more requests until they end
+    /// (`Handler::connection_stalled`). Each ends with its last frame, a 429 saying why.
+    pub fn connection_stalled(&self, caller: &Caller) {
+        self.inner.broker.end_connection(caller.connection, EndReason::Stalled);
     }
 
     /// Ends every subscription, each with its last frame, and takes no new ones: the server is
@@ -416,6 +427,10 @@ impl<S: Storage> Handler for Service<S> {
 
     fn connection_closing(&self, caller: &Caller) {
         Service::connection_closing(self, caller)
+    }
+
+    fn connection_stalled(&self, caller: &Caller) {
+        Service::connection_stalled(self, caller)
     }
 }
 

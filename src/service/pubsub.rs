@@ -77,6 +77,10 @@ fn ended(reason: EndReason) -> CommandResponse {
             message: "the connection is ending: the client closed its side, or the server is closing it after a bad request or a failure".into(),
             ..CommandResponse::ok()
         },
+        EndReason::Stalled => CommandResponse::error(
+            status::TOO_MANY_REQUESTS,
+            "ended: the requests sent after this subscription on its connection reached the connection's limits (--max-concurrent-requests, --max-request-buffer) and their answers wait behind it, so the server could read nothing more, not even an Unsubscribe; their answers follow. Give a subscription a connection of its own",
+        ),
         EndReason::Lagged => CommandResponse::error(
             status::TOO_MANY_REQUESTS,
             "dropped: this subscriber did not keep up, its queue was full, and the server's lag policy drops such subscribers",

@@ -19,7 +19,9 @@
 //!   until it is ended, and a second one could only start answering after that, while holding a queue
 //!   of messages nobody can be sent. The requests after a subscription go on running: an
 //!   `Unsubscribe` sent on the same connection runs at once (it is a read) and ends it; then its own
-//!   answer follows (docs/PROTOCOL.md, section 6.1).
+//!   answer follows (docs/PROTOCOL.md, section 6.1). Once the requests behind it reach the limits
+//!   below, nothing more can be read, an Unsubscribe included, until it ends: the handler ends it then
+//!   (`Handler::connection_stalled`, a 429 as its last frame), and the answers behind it follow.
 //! - Reading stops while `max_concurrent_requests` requests are unanswered or while their bytes (requests
 //!   running, plus answers finished but not yet written) reach `max_request_buffer`; TCP's flow control
 //!   then holds the client back. The connection holds at most that, plus one frame being received.
@@ -184,6 +186,8 @@ where
     let mut requests = 0u64;
     let mut ending: Option<Ending> = None;
     let mut subscriptions_ended = false;
+    // Whether the connection's subscriptions were ended for the stall the request `waiting` is in.
+    let mut stall_ended = false;
     let mut partial_since: Option<Instant> = None;
     let mut idle_since = Instant::now();
     // When the last read ended: the moment the frames it completed were whole. Frames left in the
@@ -217,6 +221,7 @@ where
                 waiting = Some(request);
                 break;
             }
+            stall_ended = false;
             let bytes = request.encoded_len();
             let arrival = Arrival { command: request.command_index(), at: read_at.into_std() };
             let (handler, caller) = (handler.clone(), caller.clone());
@@ -252,6 +257,21 @@ where
                 }
                 Poll::Pending => {}
             }
+        }
+        // Stalled for good: the next request cannot start for the limits (nothing running can free a
+        // slot, no answer waits for its ticket, so the order is not what holds it), and the answer
+        // being written holds the answers behind it. A long answer ends as its client reads it; a
+        // subscription never would, nor could its Unsubscribe be read: the subscriptions end (a last
+        // frame saying why), so that the answers behind them go out and reading resumes. Otherwise a
+        // client that closed such a connection would leave it open, its subscription counted, for good.
+        if waiting.is_some()
+            && current.is_some()
+            && !stall_ended
+            && queue.running.is_empty()
+            && !queue.holds_answers()
+        {
+            handler.connection_stalled(&caller);
+            stall_ended = true;
         }
         if ending.is_some() {
             if !subscriptions_ended {
@@ -781,6 +801,8 @@ mod tests {
         }
 
         fn connection_closing(&self, _caller: &Caller) {}
+
+        fn connection_stalled(&self, _caller: &Caller) {}
     }
 
     /// Serves a connection to `handler` and sends it `requests`, all at once.
