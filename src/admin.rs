@@ -25,7 +25,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::memory::MemoryBudget;
 use crate::metrics::Exporter;
@@ -150,10 +150,63 @@ fn log_serving(listener: &TcpListener) {
     }
 }
 
+/// Admin connections served at once; more are closed as soon as they are accepted, so that nothing
+/// that reaches this port can take the file descriptors the data ports need.
+const MAX_CONNECTIONS: usize = 64;
+
+/// How long a request head may take to arrive (also how long a kept-alive connection waits for its
+/// next request).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection lasts at most: a scraper that keeps its connection opens another for its next
+/// scrape.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// How long a connection asked to close may take to finish the request it is answering.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves `router` on `listener` until `stop` is cancelled, within the limits above; then lets each
+/// connection finish the request it is answering (an idle one closes at once).
 async fn serve_router(listener: TcpListener, router: Router, stop: CancellationToken) {
-    let served = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned());
-    if let Err(e) = served.await {
-        warn!(error = %e, "the admin listener failed");
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        while connections.try_join_next().is_some() {}
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait for some to close rather than spin.
+                debug!(error = %e, "the admin listener could not accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Full: dropping the connection closes it.
+        let Ok(place) = places.clone().try_acquire_owned() else { continue };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let _place = place;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
+        });
+    }
+    let finished = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(CLOSE_GRACE, finished).await.is_err() {
+        warn!("admin connections did not finish their requests in time; they are dropped");
     }
 }
 

@@ -119,6 +119,7 @@ fn check_serve(args: &ServeArgs) -> anyhow::Result<qkv::server::ServerConfig> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = check_serve(&args)?;
     warn_of_budgets_beyond_the_machine(&args, &config);
+    make_room_for_connections(&config);
     let idle = RuntimeIdle::default();
     let runtime = qkv::server::runtime(args.runtime.layout()?, Some(idle.clone()))
         .context("cannot start the runtime")?;
@@ -198,6 +199,34 @@ fn warn_of_budgets_beyond_the_machine(args: &ServeArgs, config: &qkv::server::Se
             store = %iec(store), connections = %iec(config.connection_memory), available = %iec(available),
             "--memory-budget and --connection-memory add up to more than this machine (or cgroup) has: the server may be killed before they turn anything away"
         );
+    }
+}
+
+/// Every TCP connection (TLS, plaintext, web) takes a file descriptor. Raises the soft limit of open
+/// files to what `--max-connections` needs (at most the hard limit), and warns when even the hard
+/// limit is lower: then TCP connections beyond it are refused as accepting fails (QUIC connections
+/// share one socket), and every accept that fails is logged.
+fn make_room_for_connections(config: &qkv::server::ServerConfig) {
+    // The listeners, the store's files, the admin listener's connections, certificates, /proc.
+    const OTHER_FILES: u64 = 256;
+    let needed = config.limits.max_connections as u64 + OTHER_FILES;
+    let Ok((soft, _)) = rlimit::Resource::NOFILE.get() else { return };
+    if soft >= needed {
+        return;
+    }
+    match rlimit::increase_nofile_limit(needed) {
+        Ok(raised) if raised >= needed => {
+            tracing::info!(from = soft, to = raised, "raised the limit of open files for --max-connections")
+        }
+        Ok(limit) => tracing::warn!(
+            limit,
+            needed,
+            max_connections = config.limits.max_connections,
+            "the process may open fewer files than --max-connections needs: TCP connections beyond the limit are refused until others close (raise `ulimit -Hn`, or LimitNOFILE= for a service, or lower --max-connections)"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, soft, needed, "could not raise the limit of open files for --max-connections")
+        }
     }
 }
 

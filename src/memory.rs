@@ -188,19 +188,28 @@ impl Charge {
         }
     }
 
-    /// Grows by `bytes` if the budget has them now; otherwise changes nothing.
+    /// Grows by `bytes` if the budget has them now; otherwise changes nothing. (More than the
+    /// semaphore counts at once, `u32::MAX`, is taken in steps, and given back if a step fails: a
+    /// QUIC connection's share is over 4 GiB with windows of 2 GiB.)
     pub fn try_grow(&mut self, bytes: usize) -> bool {
-        if bytes == 0 {
-            return true;
-        }
-        let Ok(step) = u32::try_from(bytes) else { return false };
-        match self.budget.clone_inner().try_acquire_many_owned(step) {
-            Ok(permit) => {
-                self.add(permit);
-                true
+        let mut taken: Option<OwnedSemaphorePermit> = None;
+        let mut left = bytes;
+        while left > 0 {
+            let step = left.min(MAX_STEP);
+            let Ok(permit) = self.budget.clone_inner().try_acquire_many_owned(step as u32) else {
+                // Dropping what was taken gives it back.
+                return false;
+            };
+            match &mut taken {
+                Some(held) => held.merge(permit),
+                None => taken = Some(permit),
             }
-            Err(_) => false,
+            left -= step;
         }
+        if let Some(permit) = taken {
+            self.add(permit);
+        }
+        true
     }
 
     /// Grows until it holds at least `target` bytes, waiting for the budget while it has not enough;
@@ -269,6 +278,20 @@ mod tests {
         assert_eq!((a.bytes(), budget.available()), (30, 70));
         drop(a);
         assert_eq!(budget.available(), 100);
+    }
+
+    /// A budget over 4 GiB (the default on a machine of 16 GiB) takes a charge over 4 GiB, which the
+    /// semaphore counts in steps; one it cannot hold takes nothing.
+    #[test]
+    fn charges_over_4_gib_are_taken_whole_or_not_at_all() {
+        let gib = 1usize << 30;
+        let budget = MemoryBudget::new(6 * gib);
+        let big = budget.try_charge(5 * gib).expect("5 GiB of 6");
+        assert_eq!((big.bytes(), budget.available()), (5 * gib, gib));
+        assert!(budget.try_charge(5 * gib).is_none());
+        assert_eq!(budget.available(), gib, "a refused charge takes nothing");
+        drop(big);
+        assert_eq!(budget.available(), 6 * gib);
     }
 
     #[tokio::test(start_paused = true)]

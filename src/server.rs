@@ -153,6 +153,17 @@ impl ServerConfig {
                 self.websocket_max_message
             ));
         }
+        // A web connection is admitted with its share, and each WebSocket session or gRPC Pipeline
+        // call on it is charged three messages more: a budget that cannot hold one of each would
+        // refuse every session, each with a 503 that says "retry shortly".
+        let session = web::web_connection_share(&self.limits)
+            .saturating_add(web::browser::websocket_share(self.websocket_max_message));
+        if self.web.is_some() && self.connection_memory < session {
+            return Err(format!(
+                "the connection memory budget ({} bytes) cannot admit a single web connection with a WebSocket session or gRPC Pipeline call, which takes {session} bytes: raise --connection-memory or lower --websocket-max-message",
+                self.connection_memory
+            ));
+        }
         Origins::new(&self.web_origins)?.with_hosts(&self.web_hosts)?;
         if self.client_ca.is_some() && self.web_plaintext {
             return Err(
@@ -222,6 +233,7 @@ impl<S: Storage> Server<S> {
         starting: Option<StartingAdmin>,
     ) -> Result<Self, ServerError> {
         config.validate().map_err(ServerError::Config)?;
+        config.service.warn_of_surprises(config.limits.max_frame_len);
         let certs = CertDir::new(&config.certs_dir);
         log_provisioning(&certs, certs.ensure_server_certificate()?);
         let identity = Identity::from_pem_files(&certs.server_cert(), &certs.server_key())?;

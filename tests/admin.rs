@@ -296,3 +296,31 @@ async fn health_answers_while_a_disk_store_recovers() {
     let (exited, _) = server.exit().await;
     assert!(exited.success(), "{exited:?}");
 }
+
+/// The admin listener serves at most 64 connections at once: the next is closed as soon as it is
+/// accepted, so that whatever reaches the port cannot take the file descriptors the data ports need;
+/// once the holders go, it serves again.
+#[tokio::test]
+async fn the_admin_listener_holds_a_bounded_number_of_connections() {
+    use tokio::io::AsyncReadExt;
+    let server = TestServer::start_with(admin_config).await;
+    let admin = server.admin.expect("an admin listener");
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(tokio::net::TcpStream::connect(admin).await.expect("connects"));
+    }
+    let mut extra = tokio::net::TcpStream::connect(admin).await.expect("connects");
+    let read = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut [0u8; 16])).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "the 65th is closed at once, not held: {read:?}");
+    drop(held);
+    let served = async {
+        loop {
+            // The holders' closes reach the listener's tasks in their own time.
+            if let Ok((200, _)) = tokio::spawn(get(admin, "/healthz")).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), served).await.expect("served once the holders are gone");
+}

@@ -373,3 +373,45 @@ async fn an_idle_timeout_shorter_than_clients_keep_alive_needs_is_warned_about()
     let default = ServerProcess::start(&[]).await;
     assert!(!warned(&default), "{:?}", default.startup_log);
 }
+
+/// Every TCP connection takes a file descriptor: a server whose limit of open files is below what
+/// `--max-connections` needs raises it as far as it may, and says so when even that is too low (then
+/// TCP connections beyond the limit are refused, and each failed accept is logged).
+#[tokio::test]
+async fn a_server_that_may_open_too_few_files_for_its_connections_says_so() {
+    let certs = tempfile::tempdir().unwrap();
+    let serve = |limits: &str| {
+        let mut command = tokio::process::Command::new("prlimit");
+        command
+            .arg(format!("--nofile={limits}"))
+            .arg(env!("CARGO_BIN_EXE_qkv"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--max-connections", "1000", "--certs"])
+            .arg(certs.path())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        command.spawn().expect("prlimit runs qkv serve (util-linux)")
+    };
+    // The lines the server logs until it serves.
+    async fn startup(mut child: tokio::process::Child) -> String {
+        use tokio::io::AsyncBufReadExt;
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let mut log = String::new();
+        let until_serving = async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                log.push_str(&line);
+                log.push('\n');
+                if line.contains("serving") {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), until_serving).await.expect("it serves");
+        child.kill().await.expect("stopped");
+        log
+    }
+    let raised = startup(serve("300:2000")).await;
+    assert!(raised.contains("raised the limit of open files"), "{raised}");
+    let short = startup(serve("300:300")).await;
+    assert!(short.contains("may open fewer files than --max-connections needs"), "{short}");
+}

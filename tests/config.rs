@@ -211,6 +211,10 @@ async fn print_config_refuses_what_serve_refuses() {
         (&["--threads", "4"][..], "--threads needs --runtime multi-thread"),
         (&["--max-frame-size", "4KiB", "--response-frame-target", "8KiB"][..], "invalid configuration"),
         (&["--connection-memory", "1KiB"][..], "cannot admit a single connection"),
+        (
+            &["--web", "127.0.0.1:0", "--websocket-max-message", "10GiB"][..],
+            "cannot admit a single web connection",
+        ),
         (&["--store", "disk", "--commit-wait", "1s"][..], "holds writes too long"),
         (
             &["--store", "redis", "--redis-wait", "1", "--redis-wait-timeout", "0s"][..],

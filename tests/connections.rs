@@ -233,11 +233,14 @@ async fn limits_that_cannot_work_together_are_refused_at_start() {
     target_over_max.service.response_frame_target = target_over_max.limits.max_frame_len + 1;
     let mut tiny_frames = base.clone();
     tiny_frames.limits.max_frame_len = 100;
+    let mut streams = base.clone();
+    streams.limits.max_concurrent_requests = qkv::transport::MAX_CONCURRENT_REQUESTS + 1;
     for (config, words) in [
         (small_buffer, "request buffer"),
         (zero_target, "frame target"),
         (target_over_max, "frame target"),
         (tiny_frames, "maximum frame size"),
+        (streams, "concurrent requests"),
     ] {
         let err = Server::bind(config, MemoryStore::new()).err().expect("refused");
         assert!(err.to_string().contains(words), "{err}");

@@ -23,10 +23,14 @@ async fn a_python_grpcio_client_uses_the_service() {
     let server = TestServer::start_for(Transport::Grpc).await;
     let stubs = tempfile::tempdir().expect("a temporary directory");
     let generated = Command::new("python3")
-        .args(["-m", "grpc_tools.protoc", "-I", PROTO])
+        .args(["-m", "grpc_tools.protoc", "-I", PROTO, "-I", DIR])
         .arg(format!("--python_out={}", stubs.path().display()))
         .arg(format!("--grpc_python_out={}", stubs.path().display()))
-        .args([format!("{PROTO}/kv.proto"), format!("{PROTO}/qkv/v1/kv.proto")])
+        .args([
+            format!("{PROTO}/kv.proto"),
+            format!("{PROTO}/qkv/v1/kv.proto"),
+            format!("{DIR}/rpc_status.proto"),
+        ])
         .output()
         .await
         .expect("python3 runs");
@@ -109,6 +113,17 @@ async fn the_server_ends_a_call_at_its_deadline() {
     assert!(data.len() > 5, "the subscription's first message came before the end");
     assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"4"[..]), "{trailers:?}");
     assert_eq!(trailers.get("qkv-status").map(|v| v.as_bytes()), Some(&b"504"[..]), "{trailers:?}");
+    // The details are a google.rpc.Status of the call's code, whose one detail is qkv's frame.
+    let details = trailers.get("grpc-status-details-bin").expect("details").to_str().expect("base64");
+    let details = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        details.trim_end_matches('='),
+    )
+    .expect("base64");
+    let status = <qkv::pb::grpc::RpcStatus as prost::Message>::decode(details.as_slice()).expect("a Status");
+    assert_eq!(status.code, tonic::Code::DeadlineExceeded as i32, "{status:?}");
+    let frame = qkv::pb::grpc::frame_in_details(&details).expect("qkv's frame");
+    assert_eq!(frame.status, 504, "{frame:?}");
     assert!(started.elapsed() >= Duration::from_millis(300), "not before the deadline");
 
     let ping = prost::Message::encode_to_vec(&CommandRequest::ping(""));

@@ -451,8 +451,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "16MiB", value_parser = parse_frame_size)]
     pub max_frame_size: usize,
     /// Requests in progress per connection (QUIC: streams being served, with up to as many more open and
-    /// waiting; TCP: pipelined requests read but not yet answered).
-    #[arg(long, alias = "max-streams", default_value_t = Limits::default().max_concurrent_requests, value_parser = clap::value_parser!(u32).range(1..))]
+    /// waiting; TCP: pipelined requests read but not yet answered). At most 16384.
+    #[arg(long, alias = "max-streams", default_value_t = Limits::default().max_concurrent_requests, value_parser = clap::value_parser!(u32).range(1..=i64::from(qkv::transport::MAX_CONCURRENT_REQUESTS)))]
     pub max_concurrent_requests: u32,
     /// Connections served at once; more are refused.
     #[arg(long, default_value_t = Limits::default().max_connections, value_parser = parse_at_least_one)]

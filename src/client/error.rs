@@ -28,8 +28,9 @@ pub enum ClientError {
     },
     #[error("cannot open a UDP socket: {0}")]
     Socket(#[source] io::Error),
-    #[error("no answer from {addr} within {timeout:?}: is the server running there? (QUIC uses UDP)")]
-    ConnectTimeout { addr: String, timeout: Duration },
+    /// `hint` (empty, or a parenthesised remark starting with a space) suggests what to check.
+    #[error("no answer from {addr} within {timeout:?}: is the server running there?{hint}")]
+    ConnectTimeout { addr: String, timeout: Duration, hint: &'static str },
     #[error(
         "TLS handshake with {addr} failed: {cause} (the server's certificate must be signed by a CA in {} and be valid for the name dialled)",
         ca_file.display()

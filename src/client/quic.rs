@@ -24,6 +24,9 @@ use crate::pb::CommandRequest;
 use crate::transport::frame::encode_frame;
 use crate::transport::quic::codes;
 
+/// What a QUIC connect that got no answer at all should make a user check: that UDP gets through.
+const UDP_HINT: &str = " (QUIC uses UDP: is the port open for UDP?)";
+
 /// An answer is overdue after this many of the connection's round trips without its first frame...
 const OVERDUE_RTTS: u32 = 4;
 /// ... and never sooner than this.
@@ -116,6 +119,7 @@ impl QuicConnection {
                 return Err(ClientError::ConnectTimeout {
                     addr: config.addr.clone(),
                     timeout: config.connect_timeout,
+                    hint: UDP_HINT,
                 });
             }
             Ok(Err(e)) => return Err(handshake_error(config, e)),
@@ -207,7 +211,7 @@ impl QuicConnection {
 
     /// No server completed the handshake within `waited`.
     fn no_handshake(&self, waited: Duration) -> ClientError {
-        ClientError::ConnectTimeout { addr: self.addr.to_string(), timeout: waited }
+        ClientError::ConnectTimeout { addr: self.addr.to_string(), timeout: waited, hint: UDP_HINT }
     }
 
     /// [`QuicConnection::call`], whatever the state of the handshake.

@@ -226,8 +226,11 @@ pub(super) async fn open_stream(
     remote: SocketAddr,
     stats: &Stats,
 ) -> ClientResult<Box<dyn ByteStream>> {
-    let timed_out =
-        || ClientError::ConnectTimeout { addr: config.addr.clone(), timeout: config.connect_timeout };
+    let timed_out = || ClientError::ConnectTimeout {
+        addr: config.addr.clone(),
+        timeout: config.connect_timeout,
+        hint: "",
+    };
     let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(remote))
         .await
         .map_err(|_| timed_out())?

@@ -17,7 +17,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper::{Method, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use prost::Message;
 use serde_json::{Value as Json, json};
 
 use super::error::Cause;
@@ -224,8 +223,7 @@ async fn grpc(
 /// A failed call: the qkv frame its details carry (the server's answer, as any transport would carry
 /// it), or an error of the client's.
 fn grpc_failure(failure: tonic::Status) -> ClientResult<CommandResponse> {
-    if let Ok(frame) = CommandResponse::decode(failure.details())
-        && !failure.details().is_empty()
+    if let Some(frame) = crate::pb::grpc::frame_in_details(failure.details())
         && frame.status != status::OK
     {
         return Ok(frame);

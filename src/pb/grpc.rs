@@ -12,8 +12,49 @@ pub use generated::*;
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/qkv_descriptor.bin"));
 
 /// The response header (trailer) that carries qkv's status code beside gRPC's on a failed call; the
-/// status's details carry the whole `CommandResponse`.
+/// status's details carry the whole `CommandResponse` ([`status_details`]).
 pub const QKV_STATUS: &str = "qkv-status";
+
+/// `google.rpc.Status`, what `grpc-status-details-bin` carries in gRPC's rich error model: the call's
+/// code and message, and its details. Standard tooling reads it (grpc-go's `status.FromError`, which
+/// turns details whose code is not the call's into INTERNAL; Python's grpc-status; tonic-types).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+    #[prost(message, repeated, tag = "3")]
+    pub details: Vec<Any>,
+}
+
+/// `google.protobuf.Any`: a message and the name of its type.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Any {
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
+}
+
+/// The type URL of a qkv frame among a status's details.
+pub const COMMAND_RESPONSE_TYPE: &str = "type.googleapis.com/abi.CommandResponse";
+
+/// The details of a call that failed with `frame`, as gRPC `code`: a `google.rpc.Status` whose one
+/// detail is the frame.
+pub fn status_details(code: tonic::Code, frame: &crate::pb::CommandResponse) -> Vec<u8> {
+    use prost::Message;
+    let detail = Any { type_url: COMMAND_RESPONSE_TYPE.into(), value: frame.encode_to_vec() };
+    RpcStatus { code: code as i32, message: frame.message.clone(), details: vec![detail] }.encode_to_vec()
+}
+
+/// The qkv frame a failed call's details carry ([`status_details`]), if they carry one.
+pub fn frame_in_details(details: &[u8]) -> Option<crate::pb::CommandResponse> {
+    use prost::Message;
+    let status = RpcStatus::decode(details).ok()?;
+    let detail = status.details.into_iter().find(|any| any.type_url == COMMAND_RESPONSE_TYPE)?;
+    crate::pb::CommandResponse::decode(detail.value.as_slice()).ok()
+}
 
 /// The response header of a `Pipeline` call that says how large its messages may be, either way.
 pub const MAX_MESSAGE_HEADER: &str = "qkv-max-message";

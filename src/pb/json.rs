@@ -27,6 +27,23 @@ pub fn to_json(value: &Value) -> Json {
     }
 }
 
+/// A value from its JSON text, as [`from_json`] reads it, except that a number written as an integer
+/// (an optional `-` and digits: no fraction, no exponent) is an integer: one outside the 64-bit signed
+/// range is an error, and `-0` is 0. (Parsed to a `serde_json::Value` first, an integer beyond
+/// ±2⁶⁴ comes back as a float, losing digits, and `-0` as the float -0.0.)
+pub fn from_json_text(text: &str) -> Result<Value, String> {
+    let text = text.trim_matches([' ', '\t', '\n', '\r']);
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return match text.parse::<i64>() {
+            Ok(integer) => Ok(integer.into()),
+            Err(_) => Err(format!("{text} is out of range: integers are 64-bit signed")),
+        };
+    }
+    let json: Json = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    from_json(json)
+}
+
 /// A JSON scalar (or one of [`to_json`]'s objects) as a value; the error says what was wrong.
 pub fn from_json(json: Json) -> Result<Value, String> {
     Ok(match json {

@@ -75,8 +75,8 @@ impl ItemLimits {
         }
     }
 
-    /// Checks the limits against the largest frame; the error says what to change.
-    pub fn validate(&self, max_entry_len: usize) -> Result<(), String> {
+    /// Checks that each limit allows something; the error says which.
+    pub fn validate(&self) -> Result<(), String> {
         for (name, value) in [
             ("table name size", self.max_table_len),
             ("key size", self.max_key_len),
@@ -86,6 +86,12 @@ impl ItemLimits {
                 return Err(format!("the maximum {name} must be at least 1 byte"));
             }
         }
+        Ok(())
+    }
+
+    /// Warns (once, where a server starts) when a key and a value at their limits could not be
+    /// answered in one frame of `max_entry_len` bytes: allowed, but such writes get 413.
+    pub fn warn_if_entries_cannot_fit(&self, max_entry_len: usize) {
         if self.max_key_len.saturating_add(self.max_value_len) > max_entry_len {
             tracing::warn!(
                 max_key = self.max_key_len,
@@ -94,7 +100,6 @@ impl ItemLimits {
                 "a key and value at their maximum sizes do not fit in one frame; such writes get 413"
             );
         }
-        Ok(())
     }
 }
 

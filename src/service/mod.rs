@@ -86,7 +86,12 @@ impl ServiceConfig {
         if self.subscriber_queue == 0 || self.subscriber_queue_bytes == 0 {
             return Err("a subscriber's queue must hold at least one message".into());
         }
-        self.items.validate(max_frame_len - ANSWER_OVERHEAD)
+        self.items.validate()
+    }
+
+    /// Warns of what `validate` allows but a user may not expect (see `ItemLimits`).
+    pub fn warn_of_surprises(&self, max_frame_len: usize) {
+        self.items.warn_if_entries_cannot_fit(max_frame_len - ANSWER_OVERHEAD);
     }
 }
 

@@ -181,6 +181,17 @@ pub const MIN_WINDOW: usize = 16 * 1024;
 /// (docs/bench/SCALE.md, "server memory per connection").
 pub const QUIC_CONNECTION_OVERHEAD: usize = 64 * 1024;
 
+/// The most requests a connection may have unanswered (`--max-concurrent-requests`). quinn sets up the
+/// state of every stream a QUIC connection may open when it accepts the connection, on the runtime's
+/// thread: at a million streams that took 1.4 s and 180 MB per connection, stalling every client.
+/// At this maximum, about 3 MB and a few milliseconds.
+pub const MAX_CONCURRENT_REQUESTS: u32 = 16_384;
+
+/// quinn's state for each stream a QUIC connection may open (measured: about 180 bytes), charged for
+/// the streams beyond the default's 256, which `QUIC_CONNECTION_OVERHEAD` covers.
+const QUIC_STREAM_STATE: usize = 192;
+const DEFAULT_STREAMS_COVERED: usize = 256;
+
 /// What a TCP connection holds whatever it sends: the pipeline's read chunk and the allocation it keeps
 /// for its next request's execution (1.5 KiB), rustls's buffers (a record each way and its bounded
 /// plaintext buffer), its task. An idle one takes about 36 KiB of the server's RSS
@@ -194,7 +205,11 @@ impl Limits {
     /// The fixed share of the connection memory budget a QUIC connection is admitted with: its two
     /// flow-control windows and its bookkeeping.
     pub fn quic_connection_share(&self) -> usize {
-        self.connection_receive_window + self.send_window + QUIC_CONNECTION_OVERHEAD
+        let streams = (self.max_concurrent_requests as usize).saturating_sub(DEFAULT_STREAMS_COVERED);
+        self.connection_receive_window
+            + self.send_window
+            + QUIC_CONNECTION_OVERHEAD
+            + streams * QUIC_STREAM_STATE
     }
 
     /// The fixed share a TCP connection is admitted with.
@@ -218,13 +233,14 @@ impl Limits {
                 self.max_frame_len + frame::HEADER_LEN
             ));
         }
-        for (name, value) in [
-            ("concurrent requests per connection", self.max_concurrent_requests as usize),
-            ("connections", self.max_connections),
-        ] {
-            if value == 0 {
-                return Err(format!("the maximum number of {name} must be at least 1"));
-            }
+        if !(1..=MAX_CONCURRENT_REQUESTS).contains(&self.max_concurrent_requests) {
+            return Err(format!(
+                "the concurrent requests per connection (--max-concurrent-requests) must be between 1 and {MAX_CONCURRENT_REQUESTS}, not {}: a QUIC connection sets up the state of every stream it may open when it is accepted",
+                self.max_concurrent_requests
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err("the maximum number of connections must be at least 1".into());
         }
         for (name, value) in
             [("connection window", self.connection_receive_window), ("send window", self.send_window)]

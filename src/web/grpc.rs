@@ -13,7 +13,6 @@ use std::time::Duration;
 use axum::Router;
 use bytes::Bytes;
 use futures_util::{SinkExt, Stream, StreamExt, stream};
-use prost::Message;
 use tokio_util::sync::PollSender;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -30,7 +29,7 @@ use crate::transport::messages::message_stream;
 use crate::transport::pipeline::serve_pipelined;
 
 use crate::pb::grpc::kv_server::{Kv, KvServer};
-use crate::pb::grpc::{FILE_DESCRIPTOR_SET, Frames, MAX_MESSAGE_HEADER, QKV_STATUS};
+use crate::pb::grpc::{FILE_DESCRIPTOR_SET, Frames, MAX_MESSAGE_HEADER, QKV_STATUS, status_details};
 
 /// The path of `Pipeline` calls, which [`pipeline_router`] serves.
 pub const PIPELINE_PATH: &str = "/qkv.v1.Kv/Pipeline";
@@ -38,7 +37,12 @@ pub const PIPELINE_PATH: &str = "/qkv.v1.Kv/Pipeline";
 /// The gRPC routes but `Pipeline`: `qkv.v1.Kv` and server reflection (v1 and v1alpha, for older
 /// grpcurl). Their request bodies are read whole before they get here.
 pub fn router<H: Handler>(handler: H, limits: &Limits, max_message: usize) -> Router {
-    let door = GrpcDoor { handler, reply_timeout: limits.reply_timeout, max_message };
+    let door = GrpcDoor {
+        handler,
+        reply_timeout: limits.reply_timeout,
+        max_message,
+        max_answer: limits.max_frame_len,
+    };
     let kv = KvServer::new(door).max_decoding_message_size(limits.max_frame_len);
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -57,7 +61,12 @@ pub fn router<H: Handler>(handler: H, limits: &Limits, max_message: usize) -> Ro
 /// `Pipeline` calls ([`PIPELINE_PATH`]), whose bodies are streams: messages of at most `max_message`
 /// bytes (`--websocket-max-message`, which bounds the WebSocket's the same way).
 pub fn pipeline_router<H: Handler>(handler: H, limits: &Limits, max_message: usize) -> Router {
-    let door = GrpcDoor { handler, reply_timeout: limits.reply_timeout, max_message };
+    let door = GrpcDoor {
+        handler,
+        reply_timeout: limits.reply_timeout,
+        max_message,
+        max_answer: limits.max_frame_len,
+    };
     // The message's encoding: `data`'s tag and length, then at most `max_message` bytes.
     let kv = KvServer::new(door).max_decoding_message_size(max_message + FRAMES_OVERHEAD);
     tonic::service::Routes::new(kv).prepare().into_axum_router()
@@ -89,11 +98,9 @@ pub fn code_of(qkv_status: u32) -> Code {
 
 /// A frame with a qkv error status as the gRPC status that ends the call.
 pub(super) fn failure(response: &CommandResponse) -> Status {
-    let mut failure = Status::with_details(
-        code_of(response.status),
-        response.message.clone(),
-        response.encode_to_vec().into(),
-    );
+    let code = code_of(response.status);
+    let mut failure =
+        Status::with_details(code, response.message.clone(), status_details(code, response).into());
     failure.metadata_mut().insert(QKV_STATUS, MetadataValue::from(response.status));
     failure
 }
@@ -126,11 +133,12 @@ fn deadline(metadata: &tonic::metadata::MetadataMap) -> Result<Option<Duration>,
 }
 
 fn deadline_exceeded(timeout: Duration) -> Status {
-    let mut failure = Status::deadline_exceeded(format!(
-        "the call's deadline ({timeout:?}) passed; a write may have executed: read before writing again"
-    ));
-    failure.metadata_mut().insert(QKV_STATUS, MetadataValue::from(status::GATEWAY_TIMEOUT));
-    failure
+    failure(&CommandResponse::error(
+        status::GATEWAY_TIMEOUT,
+        format!(
+            "the call's deadline ({timeout:?}) passed; a write may have executed: read before writing again"
+        ),
+    ))
 }
 
 struct GrpcDoor<H> {
@@ -138,6 +146,8 @@ struct GrpcDoor<H> {
     reply_timeout: Duration,
     /// The largest `Pipeline` message either way.
     max_message: usize,
+    /// The largest answer of `Execute`, which gathers its frames into one message.
+    max_answer: usize,
 }
 
 impl<H: Handler> GrpcDoor<H> {
@@ -157,11 +167,13 @@ impl<H: Handler> Kv for GrpcDoor<H> {
         let caller = Self::caller(&request);
         let command = request.into_inner();
         if matches!(command.request_data, Some(RequestData::Hgetall(_) | RequestData::Subscribe(_))) {
-            return Err(Status::invalid_argument(
+            return Err(failure(&CommandResponse::error(
+                status::BAD_REQUEST,
                 "Hgetall and Subscribe answer with many frames: call ExecuteStream",
-            ));
+            )));
         }
-        let run = async { complete(self.handler.execute(command, &caller).await).await };
+        let max_answer = self.max_answer;
+        let run = async { complete(self.handler.execute(command, &caller).await, max_answer).await };
         let response = match timeout {
             Some(timeout) => {
                 tokio::time::timeout(timeout, run).await.map_err(|_| deadline_exceeded(timeout))?

@@ -36,6 +36,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, stream};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prost::Message;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -668,13 +669,25 @@ pub async fn first_frame(reply: Reply) -> (CommandResponse, Frames) {
 }
 
 /// A reply's whole answer in one response, for doors that answer once: the frames' values, pairs and
-/// versions in order; or the first error frame.
-pub async fn complete(reply: Reply) -> CommandResponse {
+/// versions in order; or the first error frame. An answer of more than `max_bytes` (its frames'
+/// encodings together) is refused with 413 as soon as it is seen to be, rather than gathered: one
+/// small `Hmget` naming a large key a thousand times would otherwise make the server hold gigabytes.
+pub async fn complete(reply: Reply, max_bytes: usize) -> CommandResponse {
     let (mut whole, mut rest) = first_frame(reply).await;
     if whole.status != status::OK {
         return whole;
     }
+    let mut bytes = whole.encoded_len();
     while whole.more {
+        if bytes > max_bytes {
+            crate::metrics::limit_hit(crate::metrics::Limit::MaxFrameSize);
+            return CommandResponse::error(
+                status::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the answer is over {max_bytes} bytes (--max-frame-size), the most one answer may carry when it comes whole; ask for fewer keys at a time (gRPC's ExecuteStream, QUIC and TCP send long answers in frames)"
+                ),
+            );
+        }
         let frame = match rest.next().await {
             Some(Ok(frame)) => frame,
             Some(Err(e)) => return decode_failure(e),
@@ -683,6 +696,7 @@ pub async fn complete(reply: Reply) -> CommandResponse {
         if frame.status != status::OK {
             return frame;
         }
+        bytes += frame.encoded_len();
         whole.values.extend(frame.values);
         whole.pairs.extend(frame.pairs);
         whole.versions.extend(frame.versions);

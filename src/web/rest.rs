@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value as Json, json};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -27,7 +28,7 @@ use utoipa_axum::routes;
 use super::openapi::{self, JsonValue};
 use super::problem::Problem;
 use super::{Run, complete, first_frame, unstalled};
-use crate::pb::json::{from_json, to_json};
+use crate::pb::json::{from_json_text, to_json};
 use crate::pb::{CommandRequest, CommandResponse, Kvpair, Value, status, value};
 use crate::service::{Caller, Handler};
 use crate::transport::Limits;
@@ -38,14 +39,35 @@ pub const IDENTITY_HEADER: &str = "qkv-identity";
 /// The REST routes, on `handler`, and `/v1/openapi.json`: the document generated from the routes
 /// themselves, so that it cannot leave one out.
 pub fn router<H: Handler>(handler: H, limits: &Limits) -> Router {
-    let door = Door { handler: Arc::new(handler), reply_timeout: limits.reply_timeout };
+    let door = Door {
+        handler: Arc::new(handler),
+        reply_timeout: limits.reply_timeout,
+        max_answer: limits.max_frame_len,
+    };
     let (router, api) = empty_names(api()).with_state(door).split_for_parts();
     let document = openapi::document(&api);
-    router.route("/v1/openapi.json", get(move || std::future::ready(axum::Json(document.clone())))).fallback(
-        || async {
+    router
+        .route("/v1/openapi.json", get(move || std::future::ready(axum::Json(document.clone()))))
+        .fallback(|| async {
             Problem::new(StatusCode::NOT_FOUND, "no such resource: see /v1/openapi.json for the API")
-        },
-    )
+        })
+        .layer(axum::middleware::from_fn(well_escaped))
+}
+
+/// Refuses a path with a `%` that two hex digits do not follow: the path extractor would take it as
+/// it is, so `/keys/%zz` and `/keys/%25zz` would name the same key.
+async fn well_escaped(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let path = request.uri().path().as_bytes();
+    let bad = path.iter().enumerate().any(|(i, &b)| {
+        b == b'%' && !(path.get(i + 1..i + 3).is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)))
+    });
+    if bad {
+        return Problem::bad_request(
+            "the path has a % not followed by two hex digits: write a % in a name as %25",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// The answer to a method a route does not take (axum adds the `Allow` header): set on the web
@@ -99,6 +121,8 @@ fn empty_names(router: OpenApiRouter<Door>) -> OpenApiRouter<Door> {
 pub struct Door {
     handler: Arc<dyn Run>,
     reply_timeout: Duration,
+    /// The most bytes one answer may carry, gathered whole (`web::complete`).
+    max_answer: usize,
 }
 
 impl Run for Door {
@@ -278,9 +302,9 @@ fn value_of(headers: &HeaderMap, body: Bytes) -> Result<Value, Problem> {
         }
         "application/octet-stream" => Ok(Value::from(body)),
         "application/json" => {
-            let json: Json = serde_json::from_slice(&body)
-                .map_err(|e| Problem::bad_request(format!("the body is not JSON: {e}")))?;
-            from_json(json).map_err(Problem::bad_request)
+            let text = std::str::from_utf8(&body)
+                .map_err(|_| Problem::bad_request("the body is not JSON: it is not UTF-8"))?;
+            from_json_text(text).map_err(Problem::bad_request)
         }
         _ => Err(unsupported()),
     }
@@ -307,19 +331,20 @@ fn json_body<T: serde::de::DeserializeOwned>(
 }
 
 /// Runs `request` and returns its complete answer when it succeeded, the problem otherwise.
-async fn run(door: &dyn Run, request: CommandRequest, caller: &Caller) -> Result<CommandResponse, Problem> {
-    let response = complete(door.run(request, caller.clone()).await).await;
+async fn run(door: &Door, request: CommandRequest, caller: &Caller) -> Result<CommandResponse, Problem> {
+    let response = complete(door.run(request, caller.clone()).await, door.max_answer).await;
     if response.status == status::OK { Ok(response) } else { Err(Problem::from_response(&response)) }
 }
 
 /// The key's current value and version, or `None` when absent.
 async fn current(
-    door: &dyn Run,
+    door: &Door,
     table: &str,
     key: &str,
     caller: &Caller,
 ) -> Result<Option<(Value, u64)>, Problem> {
-    let response = complete(door.run(CommandRequest::hget(table, key), caller.clone()).await).await;
+    let response =
+        complete(door.run(CommandRequest::hget(table, key), caller.clone()).await, door.max_answer).await;
     match response.status {
         status::OK => Ok(current_of(response)),
         status::NOT_FOUND => Ok(None),
@@ -365,7 +390,8 @@ async fn get_key(
     let (table, key) = names(path)?;
     let only_if = Condition::parse(&headers, header::IF_MATCH)?;
     let unless = Condition::parse(&headers, header::IF_NONE_MATCH)?;
-    let response = complete(door.run(CommandRequest::hget(&table, &key), caller.clone()).await).await;
+    let response =
+        complete(door.run(CommandRequest::hget(&table, &key), caller.clone()).await, door.max_answer).await;
     // If-Match first, even on a missing key (RFC 9110, 13.2.2): a read of another version is a 412. A
     // failure (5xx, 413) is not a missing key, and is answered as it is.
     if let Some(only_if) = only_if
@@ -401,7 +427,7 @@ async fn get_key(
 /// What a `PUT` or `DELETE` expects of the key's version, from its conditional headers: `None` for an
 /// unconditional write, `Some(0)` for "absent".
 async fn expected_version(
-    door: &dyn Run,
+    door: &Door,
     caller: &Caller,
     table: &str,
     key: &str,
@@ -474,7 +500,7 @@ async fn put_key(
     let value = value_of(&headers, body)?;
     let expected = expected_version(&door, &caller, &table, &key, &headers).await?;
     let request = CommandRequest::hset_expecting(&table, &key, value, expected);
-    let response = complete(door.run(request, caller.clone()).await).await;
+    let response = complete(door.run(request, caller.clone()).await, door.max_answer).await;
     if response.status != status::OK {
         return Err(write_failed(response, expected.is_some()));
     }
@@ -528,7 +554,7 @@ async fn delete_key(
         Some(version) => CommandRequest::hdel_if_version(&table, &key, version),
         None => CommandRequest::hdel(&table, &key),
     };
-    let response = complete(door.run(request, caller.clone()).await).await;
+    let response = complete(door.run(request, caller.clone()).await, door.max_answer).await;
     if response.status != status::OK {
         return Err(write_failed(response, expected.is_some()));
     }
@@ -543,6 +569,8 @@ async fn delete_key(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+// A misspelt parameter (`limt=2`) is refused rather than ignored, as a misspelt JSON member is.
+#[serde(deny_unknown_fields)]
 struct Page {
     /// At most this many entries (0 or absent: all of them).
     #[serde(default)]
@@ -788,8 +816,9 @@ struct Items {
 #[serde(deny_unknown_fields)]
 struct Item {
     key: String,
+    /// Read from its text (`from_json_text`), so that an integer stays one.
     #[schema(value_type = JsonValue)]
-    value: Json,
+    value: Box<RawValue>,
 }
 
 /// `POST /mset`: `{"items": [{"key", "value"}…]}` → `{"items": [{"key", "version", "previous"}…]}`.
@@ -818,7 +847,8 @@ async fn mset(
     let Items { items } = json_body(&headers, &body, r#"{"items": [{"key": "k", "value": "v"}, …]}"#)?;
     let mut pairs = Vec::with_capacity(items.len());
     for (i, Item { key, value }) in items.into_iter().enumerate() {
-        let value = from_json(value).map_err(|e| Problem::bad_request(format!("items[{i}].value: {e}")))?;
+        let value = from_json_text(value.get())
+            .map_err(|e| Problem::bad_request(format!("items[{i}].value: {e}")))?;
         pairs.push(Kvpair::new(key, value));
     }
     let keys: Vec<String> = pairs.iter().map(|p| p.key.clone()).collect();
@@ -858,11 +888,11 @@ async fn publish(
     body: Bytes,
 ) -> Result<Response, Problem> {
     let topic = name(path)?;
-    let data: Vec<Json> = json_body(&headers, &body, "a JSON array of values")?;
+    let data: Vec<Box<RawValue>> = json_body(&headers, &body, "a JSON array of values")?;
     let data = data
         .into_iter()
         .enumerate()
-        .map(|(i, v)| from_json(v).map_err(|e| Problem::bad_request(format!("[{i}]: {e}"))))
+        .map(|(i, v)| from_json_text(v.get()).map_err(|e| Problem::bad_request(format!("[{i}]: {e}"))))
         .collect::<Result<Vec<Value>, Problem>>()?;
     let response = run(&door, CommandRequest::publish(&topic, data), &caller).await?;
     let count = |i: usize| match response.values.get(i).and_then(|v| v.value.as_ref()) {

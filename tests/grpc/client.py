@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (  # no
 )
 
 import kv_pb2  # noqa: E402
+import rpc_status_pb2  # noqa: E402
 from qkv.v1 import kv_pb2 as service_pb2, kv_pb2_grpc  # noqa: E402
 
 with open(ca_file, "rb") as f:
@@ -35,10 +36,17 @@ def failure(call):
         call()
     except grpc.RpcError as error:
         trailers = dict(error.trailing_metadata() or ())
+        # The details (grpc-status-details-bin) are a google.rpc.Status, as the rich error model has
+        # them: the call's code and message, and the whole qkv frame as its one detail.
+        # (A call the server never reached, such as an unknown method, has none.)
         frame = kv_pb2.CommandResponse()
-        # The details (grpc-status-details-bin) carry the whole qkv frame.
-        details = trailers.get("grpc-status-details-bin", b"")
-        frame.ParseFromString(details)
+        details = trailers.get("grpc-status-details-bin")
+        if details is not None:
+            status = rpc_status_pb2.RpcStatus()
+            status.ParseFromString(details)
+            check(status.code == error.code().value[0], "the details' code is the call's")
+            check(status.message == error.details(), "and so is their message")
+            check(len(status.details) == 1 and status.details[0].Unpack(frame), "the one detail is the qkv frame")
         return error, trailers.get("qkv-status"), frame
     raise AssertionError("the call did not fail")
 
