@@ -278,6 +278,8 @@ async fn bad_input_gets_a_clear_4xx_and_never_a_500() {
     web.curl("/v1/tables/t/keys/%zz", &[]).await.problem(400);
     web.curl("/v1/tables/t/keys/a%2", &[]).await.problem(400);
     web.curl("/v1/tables/t?limt=2", &[]).await.problem(400);
+    // A body in a content coding would be stored as its coded bytes: refused.
+    web.put(key, "text/plain", b"\x1f\x8b", &["content-encoding: gzip"]).await.problem(415);
     // "-0" is an integer, written without fraction or exponent: 0, not the float -0.0.
     assert_eq!(web.put("/v1/tables/t/keys/zero", "application/json", b"-0", &[]).await.status, 201);
     assert_eq!(web.curl("/v1/tables/t/keys/zero", &["-H", "accept: application/json"]).await.text(), "0");
@@ -432,6 +434,18 @@ async fn a_topic_streams_as_server_sent_events_until_the_server_stops() {
         tokio::time::timeout(Duration::from_secs(30), events.wait()).await.expect("curl ends").unwrap();
     assert!(exit.success(), "the stream ended cleanly: {exit}");
     tokio::time::timeout(Duration::from_secs(30), web.server.stopped()).await.expect("stopped");
+}
+
+/// HEAD on a topic says what a GET would answer, without subscribing: no subscription is registered
+/// (and counted) for a request that reads nothing.
+#[tokio::test]
+async fn a_head_of_a_topic_subscribes_nothing() {
+    let web = Web::start().await;
+    let mut subscriptions = web.server.service.broker().watch_subscriptions();
+    subscriptions.borrow_and_update();
+    let head = web.curl("/v1/topics/news", &["-I", "-H", "accept: text/event-stream"]).await;
+    assert_eq!((head.status, head.header("content-type")), (200, Some("text/event-stream")), "{head:?}");
+    assert!(!subscriptions.has_changed().unwrap(), "a subscription came and went");
 }
 
 #[tokio::test]

@@ -51,12 +51,14 @@ pub fn router<H: Handler>(handler: H, limits: &Limits) -> Router {
         .fallback(|| async {
             Problem::new(StatusCode::NOT_FOUND, "no such resource: see /v1/openapi.json for the API")
         })
-        .layer(axum::middleware::from_fn(well_escaped))
+        .layer(axum::middleware::from_fn(well_formed))
 }
 
-/// Refuses a path with a `%` that two hex digits do not follow: the path extractor would take it as
-/// it is, so `/keys/%zz` and `/keys/%25zz` would name the same key.
-async fn well_escaped(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// Refuses what the routes would misread: a path with a `%` that two hex digits do not follow (the
+/// path extractor would take it as it is, so `/keys/%zz` and `/keys/%25zz` would name the same key),
+/// and a body in a content coding (gzip, say), which would be stored as the coded bytes (415, RFC
+/// 9110, 8.4.1).
+async fn well_formed(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let path = request.uri().path().as_bytes();
     let bad = path.iter().enumerate().any(|(i, &b)| {
         b == b'%' && !(path.get(i + 1..i + 3).is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)))
@@ -64,6 +66,16 @@ async fn well_escaped(request: axum::extract::Request, next: axum::middleware::N
     if bad {
         return Problem::bad_request(
             "the path has a % not followed by two hex digits: write a % in a name as %25",
+        )
+        .into_response();
+    }
+    let coded = request.headers().get_all(header::CONTENT_ENCODING).iter().any(|coding| {
+        coding.to_str().map_or(true, |c| c.split(',').any(|c| !c.trim().eq_ignore_ascii_case("identity")))
+    });
+    if coded {
+        return Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the server takes request bodies without a content coding: send them as they are (no Content-Encoding)",
         )
         .into_response();
     }
@@ -109,7 +121,7 @@ fn empty_names(router: OpenApiRouter<Door>) -> OpenApiRouter<Door> {
         .route("/v1/tables/", get(move |s, c, q, r| list_table(s, c, empty(), q, r)))
         .route(
             "/v1/topics/",
-            get(move |s, c, h| subscribe(s, c, empty(), h))
+            get(move |s, c, m, h| subscribe(s, c, empty(), m, h))
                 .post(move |s, c, h, b| publish(s, c, empty(), h, b)),
         )
 }
@@ -926,6 +938,7 @@ async fn subscribe(
     State(door): State<Door>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
+    method: axum::http::Method,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let topic = name(path)?;
@@ -934,6 +947,12 @@ async fn subscribe(
             StatusCode::NOT_ACCEPTABLE,
             "a topic is read as server-sent events: send Accept: text/event-stream",
         ));
+    }
+    // HEAD says what a GET would answer without subscribing (which would register, and count, a
+    // subscription for nothing).
+    if method == axum::http::Method::HEAD {
+        return Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], ())
+            .into_response());
     }
     let (first, rest) = first_frame(door.run(CommandRequest::subscribe(&topic), caller.clone()).await).await;
     if first.status != status::OK || !first.more {
