@@ -31,9 +31,11 @@
 //!   ends with a 503 frame (like shutdown's: this request and the later ones were not executed).
 //! - A request's store may answer before the answer may be sent (the disk store, before the write's
 //!   fsync): its first poll runs within `storage::deferring`, and the answer waits in its slot for
-//!   the ticket it came with, the connection waiting once for its oldest answer's. A barrier starts
-//!   only once no earlier answer waits so, so what it makes visible (a publish) never precedes a
-//!   write a crash could still take back.
+//!   the ticket it came with, the connection waiting once for the oldest answer's that still waits. A
+//!   barrier starts only once no earlier answer waits so, so what it makes visible (a publish) never
+//!   precedes a write a crash could still take back. Each turn of the loop looks at the tickets once
+//!   (`InOrder::look_at_tickets`) and decides by what it saw, so a ticket that becomes durable during
+//!   the turn is still waited for, and the wait returns at once.
 //! - Answers ready together are written with one flush.
 //! - An answer that is a stream of frames (a large `Hgetall`, a subscription) is written frame by frame
 //!   as the frames come and the socket takes them, while the loop goes on reading and running
@@ -199,6 +201,10 @@ where
     let mut shutting_down = PolledWhenWoken::new(shutdown.cancelled_owned());
 
     loop {
+        // Which answers still wait for their tickets, as this turn sees it: everything below decides
+        // by that, and the turn waits for the first of them, so that a ticket that becomes durable
+        // meanwhile (the committer is another thread) wakes the next turn rather than going unseen.
+        queue.look_at_tickets();
         // Start every request that may start now, decoding as many as are buffered.
         while ending.is_none() {
             let request = match waiting.take() {
@@ -312,8 +318,8 @@ where
         }
         waiting_for_memory = !covered;
         let may_read = ending.is_none() && waiting.is_none() && covered;
-        let front = queue.front_ticket();
-        let answer_waits = front.is_some();
+        let waited_for = queue.held_ticket();
+        let answer_waits = waited_for.is_some();
 
         tokio::select! {
             biased;
@@ -333,9 +339,11 @@ where
                 Err(e) => ending = Some(Ending::Failed(e)),
             },
             Some(done) = queue.running.next(), if !queue.running.is_empty() => queue.finish(done),
-            // The oldest answer may go once its ticket is durable (a barrier waiting behind it, too).
-            durable = async move { match front { Some(ticket) => ticket.wait().await, None => Ok(()) } },
-                if answer_waits => if let Err(e) = durable { queue.fail_front(e) },
+            // The oldest answer held for its ticket may go once that is durable (a barrier waiting
+            // behind it, too): not always the front one, which may be running, or done but behind the
+            // stream being written (a subscription).
+            durable = async move { match waited_for { Some(ticket) => ticket.wait().await, None => Ok(()) } },
+                if answer_waits => if let Err(e) = durable { queue.fail_held(e) },
             written = std::future::poll_fn(|cx| poll_write(cx, &mut answers, &mut current, unflushed)),
                 if current.is_some() || unflushed => match written {
                 Ok(Written::NextFrame(frame)) => {
@@ -512,6 +520,8 @@ struct InOrder<F> {
     bytes: usize,
 }
 
+/// `held`: its ticket was not durable when the connection last looked (`InOrder::look_at_tickets`),
+/// so its answer waits, and so does a barrier; the ticket stays until the answer goes out, to be settled.
 enum Slot {
     /// `ticket`: what its answer must wait for, as the store said in its first poll.
     Running {
@@ -524,6 +534,7 @@ enum Slot {
         reply: Reply,
         reply_bytes: usize,
         ticket: Option<Deferred>,
+        held: bool,
         arrival: Arrival,
     },
 }
@@ -620,46 +631,60 @@ impl<F: Future<Output = Reply>> InOrder<F> {
                 Reply::Stream(_) => 0,
             };
             self.bytes = self.bytes - request_bytes + reply_bytes;
-            *slot = Slot::Done { reply, reply_bytes, ticket, arrival };
+            let held = ticket.as_ref().is_some_and(|deferred| !deferred.ticket.is_durable());
+            *slot = Slot::Done { reply, reply_bytes, ticket, held, arrival };
         }
     }
 
-    /// The ticket the oldest answer waits for, if it must still wait.
-    fn front_ticket(&self) -> Option<Ticket> {
-        match self.slots.front() {
-            Some(Slot::Done { ticket: Some(deferred), .. }) if !deferred.ticket.is_durable() => {
-                Some(deferred.ticket.clone())
+    /// Looks at the tickets of the answers held for them: those durable now are held no longer. Only
+    /// here: the other methods decide by what was seen, so that what they decide in one turn of the
+    /// loop agrees, and the turn waits for `held_ticket`, which a ticket that became durable since
+    /// completes at once. (Deciding by a fresh look each time lost a wakeup: `next_answer` saw the
+    /// front ticket not durable, `front_ticket` then saw it durable and gave nothing to wait for, and
+    /// the connection, its answer unsent and its publish unstarted, waited for nothing.)
+    fn look_at_tickets(&mut self) {
+        for slot in &mut self.slots {
+            if let Slot::Done { ticket: Some(deferred), held, .. } = slot
+                && *held
+            {
+                *held = !deferred.ticket.is_durable();
             }
-            _ => None,
         }
     }
 
-    /// The oldest answer's ticket failed: it is answered with `error` instead.
-    fn fail_front(&mut self, error: StorageError) {
-        if let Some(Slot::Done { reply, ticket, .. }) = self.slots.front_mut() {
+    /// The ticket of the oldest answer held for one (see `look_at_tickets`): once it is durable, the
+    /// answer may go, or a barrier start, or the next held answer be waited for.
+    fn held_ticket(&self) -> Option<Ticket> {
+        self.slots.iter().find_map(|slot| match slot {
+            Slot::Done { ticket: Some(deferred), held: true, .. } => Some(deferred.ticket.clone()),
+            _ => None,
+        })
+    }
+
+    /// The ticket of `held_ticket`'s answer failed: it is answered with `error` instead.
+    fn fail_held(&mut self, error: StorageError) {
+        let held = self.slots.iter_mut().find(|slot| matches!(slot, Slot::Done { held: true, .. }));
+        if let Some(Slot::Done { reply, ticket, held, .. }) = held {
             let response = ServiceError::from(error).into_response();
             if let Some(deferred) = ticket.take() {
                 deferred.settle(response.status);
             }
             *reply = Reply::One(response);
+            *held = false;
         }
     }
 
     /// Whether an answer that has finished still waits for its ticket.
     fn holds_answers(&self) -> bool {
-        self.slots
-            .iter()
-            .any(|slot| matches!(slot, Slot::Done { ticket: Some(d), .. } if !d.ticket.is_durable()))
+        self.slots.iter().any(|slot| matches!(slot, Slot::Done { held: true, .. }))
     }
 
     /// The oldest answer, if it is ready, and when its request arrived.
     fn next_answer(&mut self) -> Option<(Reply, Arrival)> {
-        match self.slots.front() {
-            Some(Slot::Done { ticket: None, .. }) => {}
-            Some(Slot::Done { ticket: Some(d), .. }) if d.ticket.is_durable() => {}
-            _ => return None,
+        if !matches!(self.slots.front(), Some(Slot::Done { held: false, .. })) {
+            return None;
         }
-        let Some(Slot::Done { reply, reply_bytes, ticket, arrival }) = self.slots.pop_front() else {
+        let Some(Slot::Done { reply, reply_bytes, ticket, arrival, .. }) = self.slots.pop_front() else {
             return None;
         };
         if let Some(deferred) = ticket {
@@ -751,6 +776,7 @@ mod tests {
     use crate::pb::Value;
     use crate::pb::command_request::RequestData;
     use crate::service::RequestClass;
+    use crate::storage::disk::ManualLog;
     use crate::transport::frame::encode_frame;
 
     /// A handler whose writes are ordered writes that complete only when the test lets them (as a
@@ -806,7 +832,7 @@ mod tests {
     }
 
     /// Serves a connection to `handler` and sends it `requests`, all at once.
-    async fn pipelined(handler: &Gated, requests: &[CommandRequest]) -> DuplexStream {
+    async fn pipelined<H: Handler>(handler: &H, requests: &[CommandRequest]) -> DuplexStream {
         let (mut client, server) = tokio::io::duplex(1 << 20);
         let limits = Arc::new(Limits::default());
         let serving = serve_pipelined(
@@ -826,6 +852,46 @@ mod tests {
             tokio::task::yield_now().await;
         }
         client
+    }
+
+    /// A handler whose writes are answered at once with a ticket, as a disk store's first poll answers
+    /// within `storage::deferring`: the write of key "n" waits for record n of a log the test makes
+    /// durable by hand. A subscription is an answer that never ends; publishes are barriers.
+    #[derive(Clone)]
+    struct Deferring {
+        log: Arc<Mutex<Vec<String>>>,
+        tickets: Arc<ManualLog>,
+    }
+
+    impl Handler for Deferring {
+        fn class(&self, request: &CommandRequest) -> RequestClass {
+            let sequencing = match request.request_data {
+                Some(RequestData::Hset(_)) => Sequencing::OrderedWrite,
+                Some(RequestData::Publish(_)) => Sequencing::Barrier,
+                _ => Sequencing::Read,
+            };
+            RequestClass { sequencing, replay_safe: false }
+        }
+
+        async fn execute(&self, request: CommandRequest, _caller: &Caller) -> Reply {
+            match request.request_data {
+                Some(RequestData::Hset(set)) => {
+                    let key = set.pair.map(|p| p.key).unwrap_or_default();
+                    assert!(self.tickets.defer(key.parse().unwrap()), "first polled within deferring");
+                    self.log.lock().push(format!("write {key}"));
+                }
+                Some(RequestData::Subscribe(_)) => {
+                    return Reply::Stream(Box::pin(futures_util::stream::pending()));
+                }
+                Some(RequestData::Publish(_)) => self.log.lock().push("publish".into()),
+                _ => {}
+            }
+            Reply::One(CommandResponse::ok())
+        }
+
+        fn connection_closing(&self, _caller: &Caller) {}
+
+        fn connection_stalled(&self, _caller: &Caller) {}
     }
 
     /// The message of an answer.
@@ -897,6 +963,72 @@ mod tests {
             &log[2..],
             ["write a durable", "write b durable", "publish", "read"],
             "the publish follows the writes it was sent after, and the read follows the publish"
+        );
+    }
+
+    /// The committer is another thread: a ticket can become durable in the middle of a turn of the
+    /// loop, after the answer was found held and before the turn picks what to wait for. The turn
+    /// must still wait for it (the wait then returns at once); before, it found nothing to wait for
+    /// and the connection, its write's answer unsent and the publish behind it unstarted, hung.
+    #[tokio::test]
+    async fn a_ticket_that_becomes_durable_during_a_turn_is_still_waited_for() {
+        type Execution = Pin<Box<dyn Future<Output = Reply> + Send>>;
+        let tickets = Arc::new(ManualLog::new());
+        let limits = Limits::default();
+        let mut queue = InOrder::<Execution>::new();
+        let arrival = Arrival { command: 0, at: std::time::Instant::now() };
+        let write = tickets.clone();
+        queue.start(
+            Sequencing::OrderedWrite,
+            10,
+            arrival,
+            Box::pin(async move {
+                assert!(write.defer(1));
+                Reply::One(CommandResponse::ok())
+            }),
+        );
+        // One turn: it looks at the tickets, then decides.
+        queue.look_at_tickets();
+        assert!(!queue.may_start(Sequencing::Barrier, &limits), "a publish waits for the write");
+        assert!(queue.next_answer().is_none(), "the write's answer waits for its ticket");
+        tickets.made_durable(1);
+        let ticket = queue.held_ticket().expect("what the turn found held is what it waits for");
+        tokio::time::timeout(Duration::from_secs(1), ticket.wait()).await.unwrap().unwrap();
+        // The next turn sees it durable.
+        queue.look_at_tickets();
+        assert!(queue.may_start(Sequencing::Barrier, &limits));
+        assert_eq!(message(queue.next_answer()), "");
+        assert!(queue.held_ticket().is_none());
+    }
+
+    /// Behind a subscription being written, answers done wait (in order) and a publish waits for
+    /// their tickets. Once the front one's is durable, the loop must wait for the next one's: before,
+    /// it waited only for the front answer's ticket, so when the second write became durable nothing
+    /// woke the loop and the publish never started (nor could anything more be read).
+    #[tokio::test]
+    async fn a_publish_behind_a_subscription_starts_once_every_answer_before_it_is_durable() {
+        let handler = Deferring { log: Arc::default(), tickets: Arc::new(ManualLog::new()) };
+        let requests = [
+            CommandRequest::subscribe("news"),
+            CommandRequest::hset("t", "1", "a"),
+            CommandRequest::hset("t", "2", "b"),
+            CommandRequest::publish("news", vec![Value::from("changed")]),
+        ];
+        let _client = pipelined(&handler, &requests).await;
+        assert_eq!(handler.log.lock().clone(), ["write 1", "write 2"], "the publish waits for the writes");
+        handler.tickets.made_durable(1);
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(handler.log.lock().clone(), ["write 1", "write 2"], "the second write is not durable yet");
+        handler.tickets.made_durable(2);
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            handler.log.lock().clone(),
+            ["write 1", "write 2", "publish"],
+            "both writes durable: the publish starts"
         );
     }
 }

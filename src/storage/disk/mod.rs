@@ -415,6 +415,29 @@ impl Ticket {
     }
 }
 
+/// For tests of what holds answers for tickets (the TCP pipeline): a log whose durability the test
+/// moves by hand, with no store and no committer.
+#[cfg(test)]
+pub(crate) struct ManualLog(Arc<Log>);
+
+#[cfg(test)]
+impl ManualLog {
+    pub(crate) fn new() -> Self {
+        ManualLog(Arc::new(Log::new(0, Duration::ZERO)))
+    }
+
+    /// Within [`deferring`]: defers the answer being produced until record `number` is durable, as a
+    /// disk write's first poll does. False outside `deferring`.
+    pub(crate) fn defer(&self, number: u64) -> bool {
+        defer(&self.0, number, Failure::Write)
+    }
+
+    /// Every record up to `number` is durable now.
+    pub(crate) fn made_durable(&self, number: u64) {
+        self.0.made_durable(number);
+    }
+}
+
 /// A temporary data directory: only tests make one (tempfile is a test dependency).
 #[cfg(test)]
 type TemporaryDir = tempfile::TempDir;

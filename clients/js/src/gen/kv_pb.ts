@@ -125,9 +125,9 @@ export const CommandRequestSchema: GenMessage<CommandRequest> = /*@__PURE__*/
 export type CommandResponse = Message<"abi.CommandResponse"> & {
   /**
    * HTTP-style status: 200 OK, 400 bad request, 403 not the subscription's owner, 404 not found,
-   * 409 version conflict, 413 frame too large, 429 a subscriber dropped for lagging, 500 internal
-   * error, 501 not implemented, 503 shutting down, 507 the store is full (docs/PROTOCOL.md lists
-   * every status).
+   * 409 version conflict, 413 frame too large, 429 a subscription refused or ended (section 6.1),
+   * 500 internal error, 501 not implemented, 503 shutting down, 507 the store is full
+   * (docs/PROTOCOL.md lists every status).
    *
    * @generated from field: uint32 status = 1;
    */
