@@ -436,6 +436,22 @@ async fn a_topic_streams_as_server_sent_events_until_the_server_stops() {
     tokio::time::timeout(Duration::from_secs(30), web.server.stopped()).await.expect("stopped");
 }
 
+/// A client that waits for `100 Continue` before sending a body it declares over the limit is told
+/// 413 at once, not invited to send it.
+#[tokio::test]
+async fn a_body_declared_too_large_is_refused_before_it_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let web = Web::start().await;
+    let addr = web.server.web.expect("a web listener");
+    let mut stream = common::raw_tls(addr, &web.server.ca(), b"http/1.1").await;
+    let head = "PUT /v1/tables/t/keys/k HTTP/1.1\r\nhost: localhost\r\ncontent-type: text/plain\r\n\
+                content-length: 99999999999\r\nexpect: 100-continue\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut answer)).await.unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&answer), "HTTP/1.1 413");
+}
+
 /// HEAD on a topic says what a GET would answer, without subscribing: no subscription is registered
 /// (and counted) for a request that reads nothing.
 #[tokio::test]

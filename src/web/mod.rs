@@ -519,7 +519,18 @@ async fn read_body<const GRPC: bool>(
             Problem::new(status, detail).into_response()
         }
     };
-    let read = tokio::time::timeout(limit.deadline, read_limited(body, limit.max, &limit.memory)).await;
+    // A client that waits for `100 Continue` before sending a body it declares too large is refused
+    // before it is invited to send it (hyper sends the 100 when the body is first read).
+    let expects_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|expect| expect.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let declared =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let read = match declared {
+        Some(declared) if expects_continue && declared > limit.max as u64 => Ok(Err(BodyError::TooLarge)),
+        _ => tokio::time::timeout(limit.deadline, read_limited(body, limit.max, &limit.memory)).await,
+    };
     let (bytes, charge) = match read {
         Ok(Ok(read)) => read,
         Ok(Err(BodyError::TooLarge)) => {
