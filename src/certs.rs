@@ -282,8 +282,7 @@ fn common_name(name: &str) -> DistinguishedName {
     dn
 }
 
-/// From an hour ago (tolerating clock skew between machines) for `length`.
-/// From an hour ago (a client's clock may be behind) for `length`, in whole seconds: what a certificate
+/// From an hour ago (tolerating clock skew between machines) for `length`, in whole seconds: what a certificate
 /// can say, and so what the server reports of it (`/webtransport-cert`'s `not_after`).
 fn validity(length: Duration) -> (OffsetDateTime, OffsetDateTime) {
     let now = OffsetDateTime::now_utc();

@@ -479,7 +479,49 @@ async fn a_subscription_the_requests_behind_it_stall_ends_and_their_answers_foll
     tokio::time::timeout(Duration::from_secs(10), admitted).await.expect("the closed connection ends");
 }
 
-transport_tests!(pipelined: tls, tcp => a_subscription_the_requests_behind_it_stall_ends_and_their_answers_follow);
+/// Only an endless answer stalls a connection for good: behind a long Hgetall still being written, a
+/// Subscribe and the requests after it wait, and once the Hgetall ends the subscription's place frees
+/// and the waiting request starts, so the subscription lives (it was ended while it waited). Its
+/// Unsubscribe, one request too many behind it, then stalls it as the rule says.
+async fn a_subscription_waiting_behind_a_long_answer_is_not_ended(transport: Transport) {
+    let server =
+        TestServer::start_for_with(transport, |config| config.limits.max_concurrent_requests = 4).await;
+    let publisher = fill_big_table(&server).await;
+    let stream = raw_byte_stream(server.addr, &server.ca(), transport).await;
+    let (read, mut write) = tokio::io::split(stream);
+    let mut frames = FramedRead::new(read, FrameCodec::<CommandResponse>::new(64 << 20));
+    // The Subscribe and three pings take the four places while the Hgetall is written; the fourth
+    // ping waits.
+    let mut burst = common::frame(&CommandRequest::hgetall("big")).to_vec();
+    burst.extend_from_slice(&common::frame(&CommandRequest::subscribe("news")));
+    for i in 0..4u8 {
+        burst.extend_from_slice(&common::frame(&CommandRequest::ping(vec![i])));
+    }
+    write.write_all(&burst).await.unwrap();
+    let next = async |frames: &mut FramedRead<_, _>| -> CommandResponse {
+        let next = tokio::time::timeout(Duration::from_secs(10), frames.next()).await;
+        next.expect("a frame within 10 s").expect("a frame").expect("a whole frame")
+    };
+    while next(&mut frames).await.more {}
+    let first = next(&mut frames).await;
+    assert!(first.more && first.status == status::OK, "subscribed: {first:?}");
+    let Some(qkv::pb::value::Value::Integer(id)) = first.values[0].value else { panic!("an id: {first:?}") };
+    assert_eq!(publisher.publish("news", [Value::from("live")]).await.unwrap().receivers, 1, "alive");
+    let message = next(&mut frames).await;
+    assert_eq!((message.values, message.more), (vec![Value::from("live")], true));
+    write.write_all(&common::frame(&CommandRequest::unsubscribe("news", id as u32))).await.unwrap();
+    let last = next(&mut frames).await;
+    assert_eq!((last.status, last.more), (status::TOO_MANY_REQUESTS, false), "{last:?}");
+    for i in 0..4u8 {
+        assert_eq!(next(&mut frames).await.values, [Value::from(vec![i])]);
+    }
+    assert_eq!(next(&mut frames).await.status, status::NOT_FOUND, "the Unsubscribe found it ended");
+}
+
+transport_tests!(pipelined: tls, tcp =>
+    a_subscription_the_requests_behind_it_stall_ends_and_their_answers_follow,
+    a_subscription_waiting_behind_a_long_answer_is_not_ended,
+);
 
 #[tokio::test]
 async fn a_plaintext_client_at_a_tls_port_is_told_nothing_was_executed() {

@@ -280,6 +280,8 @@ async fn bad_input_gets_a_clear_4xx_and_never_a_500() {
     web.curl("/v1/tables/t?limt=2", &[]).await.problem(400);
     // A body in a content coding would be stored as its coded bytes: refused.
     web.put(key, "text/plain", b"\x1f\x8b", &["content-encoding: gzip"]).await.problem(415);
+    // JSON has no leading zeros.
+    web.put(key, "application/json", b"007", &[]).await.problem(400);
     // "-0" is an integer, written without fraction or exponent: 0, not the float -0.0.
     assert_eq!(web.put("/v1/tables/t/keys/zero", "application/json", b"-0", &[]).await.status, 201);
     assert_eq!(web.curl("/v1/tables/t/keys/zero", &["-H", "accept: application/json"]).await.text(), "0");

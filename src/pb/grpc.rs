@@ -48,12 +48,28 @@ pub fn status_details(code: tonic::Code, frame: &crate::pb::CommandResponse) -> 
     RpcStatus { code: code as i32, message: frame.message.clone(), details: vec![detail] }.encode_to_vec()
 }
 
-/// The qkv frame a failed call's details carry ([`status_details`]), if they carry one.
+/// A call refused with qkv's `frame`, as gRPC `code`: its details ([`status_details`]) and the
+/// `qkv-status` trailer carry the frame, as every failure of the server's does.
+pub fn refusal(code: tonic::Code, frame: crate::pb::CommandResponse) -> tonic::Status {
+    let mut status =
+        tonic::Status::with_details(code, frame.message.clone(), status_details(code, &frame).into());
+    status.metadata_mut().insert(QKV_STATUS, tonic::metadata::MetadataValue::from(frame.status));
+    status
+}
+
+/// The qkv frame a failed call's details carry ([`status_details`]), if they carry one. (A server
+/// before the rich error model sent the bare frame: read as such when the details are no Status.)
 pub fn frame_in_details(details: &[u8]) -> Option<crate::pb::CommandResponse> {
     use prost::Message;
-    let status = RpcStatus::decode(details).ok()?;
-    let detail = status.details.into_iter().find(|any| any.type_url == COMMAND_RESPONSE_TYPE)?;
-    crate::pb::CommandResponse::decode(detail.value.as_slice()).ok()
+    let detail = RpcStatus::decode(details)
+        .ok()
+        .and_then(|status| status.details.into_iter().find(|any| any.type_url == COMMAND_RESPONSE_TYPE));
+    match detail {
+        Some(detail) => crate::pb::CommandResponse::decode(detail.value.as_slice()).ok(),
+        None => crate::pb::CommandResponse::decode(details)
+            .ok()
+            .filter(|frame| !details.is_empty() && frame.status != 0),
+    }
 }
 
 /// The response header of a `Pipeline` call that says how large its messages may be, either way.
@@ -94,9 +110,13 @@ impl<U: prost::Message + Default> tonic::codec::Decoder for Decoder<U> {
 
     fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<U>, tonic::Status> {
         self.0.decode(buf).map_err(|failed| match failed.code() {
-            tonic::Code::Internal => {
-                tonic::Status::invalid_argument(format!("the message does not decode: {}", failed.message()))
-            }
+            tonic::Code::Internal => refusal(
+                tonic::Code::InvalidArgument,
+                crate::pb::CommandResponse::error(
+                    crate::pb::status::BAD_REQUEST,
+                    format!("the message does not decode: {}", failed.message()),
+                ),
+            ),
             _ => failed,
         })
     }

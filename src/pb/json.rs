@@ -35,6 +35,9 @@ pub fn from_json_text(text: &str) -> Result<Value, String> {
     let text = text.trim_matches([' ', '\t', '\n', '\r']);
     let digits = text.strip_prefix('-').unwrap_or(text);
     if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        if digits.len() > 1 && digits.starts_with('0') {
+            return Err(format!("{text} is not JSON: a number has no leading zeros"));
+        }
         return match text.parse::<i64>() {
             Ok(integer) => Ok(integer.into()),
             Err(_) => Err(format!("{text} is out of range: integers are 64-bit signed")),

@@ -158,6 +158,10 @@ pub enum Sequencing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestClass {
     pub sequencing: Sequencing,
+    /// Its answer lasts until something ends it (a subscription), rather than ending by itself once
+    /// its client has read it: a connection that answers in order and cannot read on until it ends
+    /// must end it (`Handler::connection_stalled`).
+    pub endless: bool,
     /// Safe to run from 0-RTT early data, which an attacker may replay: it changes nothing.
     pub replay_safe: bool,
 }
@@ -325,7 +329,8 @@ impl<S: Storage> Service<S> {
                 | RequestData::Unsubscribe(_),
             ) => Sequencing::Read,
         };
-        RequestClass { sequencing, replay_safe: request.is_read_only() }
+        let endless = matches!(request.request_data, Some(RequestData::Subscribe(_)));
+        RequestClass { sequencing, endless, replay_safe: request.is_read_only() }
     }
 
     /// The topics and their subscribers.

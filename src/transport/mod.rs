@@ -187,10 +187,11 @@ pub const QUIC_CONNECTION_OVERHEAD: usize = 64 * 1024;
 /// At this maximum, about 3 MB and a few milliseconds.
 pub const MAX_CONCURRENT_REQUESTS: u32 = 16_384;
 
-/// quinn's state for each stream a QUIC connection may open (measured: about 180 bytes), charged for
-/// the streams beyond the default's 256, which `QUIC_CONNECTION_OVERHEAD` covers.
+/// quinn's state for each stream a QUIC connection may open (measured: about 180 bytes). A connection
+/// that uses all its streams is granted `quic::STREAM_CREDIT` times as many, and quinn sets up every
+/// one: charged beyond what the default (256) grants, which `QUIC_CONNECTION_OVERHEAD` was measured with.
 const QUIC_STREAM_STATE: usize = 192;
-const DEFAULT_STREAMS_COVERED: usize = 256;
+const DEFAULT_STREAMS_COVERED: usize = 256 * quic::STREAM_CREDIT as usize;
 
 /// What a TCP connection holds whatever it sends: the pipeline's read chunk and the allocation it keeps
 /// for its next request's execution (1.5 KiB), rustls's buffers (a record each way and its bounded
@@ -205,7 +206,8 @@ impl Limits {
     /// The fixed share of the connection memory budget a QUIC connection is admitted with: its two
     /// flow-control windows and its bookkeeping.
     pub fn quic_connection_share(&self) -> usize {
-        let streams = (self.max_concurrent_requests as usize).saturating_sub(DEFAULT_STREAMS_COVERED);
+        let granted = self.max_concurrent_requests as usize * quic::STREAM_CREDIT as usize;
+        let streams = granted.saturating_sub(DEFAULT_STREAMS_COVERED);
         self.connection_receive_window
             + self.send_window
             + QUIC_CONNECTION_OVERHEAD

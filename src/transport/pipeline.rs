@@ -188,6 +188,8 @@ where
     let mut requests = 0u64;
     let mut ending: Option<Ending> = None;
     let mut subscriptions_ended = false;
+    // Whether `current` is endless (a subscription), which only its end, not its client, ends.
+    let mut current_endless = false;
     // Whether the connection's subscriptions were ended for the stall the request `waiting` is in.
     let mut stall_ended = false;
     let mut partial_since: Option<Instant> = None;
@@ -222,7 +224,8 @@ where
                     }
                 },
             };
-            let sequencing = handler.class(&request).sequencing;
+            let class = handler.class(&request);
+            let sequencing = class.sequencing;
             if !queue.may_start(sequencing, &limits) {
                 waiting = Some(request);
                 break;
@@ -231,12 +234,13 @@ where
             let bytes = request.encoded_len();
             let arrival = Arrival { command: request.command_index(), at: read_at.into_std() };
             let (handler, caller) = (handler.clone(), caller.clone());
-            queue.start(sequencing, bytes, arrival, async move { handler.execute(request, &caller).await });
+            let execution = async move { handler.execute(request, &caller).await };
+            queue.start(sequencing, class.endless, bytes, arrival, execution);
             requests += 1;
         }
         // Write every answer whose turn has come, up to one that is a stream of frames.
         while current.is_none()
-            && let Some((reply, arrival)) = queue.next_answer()
+            && let Some((reply, arrival, endless)) = queue.next_answer()
         {
             handler.answered(arrival);
             match reply {
@@ -248,7 +252,7 @@ where
                     }
                     unflushed = true;
                 }
-                Reply::Stream(stream) => current = Some(stream),
+                Reply::Stream(stream) => (current, current_endless) = (Some(stream), endless),
             }
         }
         // Every request is answered: nothing more can be written before the next read, so flush now
@@ -270,8 +274,14 @@ where
         // subscription never would, nor could its Unsubscribe be read: the subscriptions end (a last
         // frame saying why), so that the answers behind them go out and reading resumes. Otherwise a
         // client that closed such a connection would leave it open, its subscription counted, for good.
-        if waiting.is_some()
+        // (Whether the waiting request may start is asked again: the answer that just became `current`
+        // gave up its place in the queue, after this turn tried to start it.)
+        if waiting
+            .as_ref()
+            .is_some_and(|request| !queue.may_start(handler.class(request).sequencing, &limits))
             && current.is_some()
+            && current_endless
+            && ending.is_none()
             && !stall_ended
             && queue.running.is_empty()
             && !queue.holds_answers()
@@ -518,6 +528,8 @@ struct InOrder<F> {
     running_barrier: bool,
     /// Bytes held: requests running plus answers waiting.
     bytes: usize,
+    /// Slots `held` (see `Slot`): so that a turn with none looks at no ticket.
+    held: usize,
 }
 
 /// `held`: its ticket was not durable when the connection last looked (`InOrder::look_at_tickets`),
@@ -526,12 +538,14 @@ enum Slot {
     /// `ticket`: what its answer must wait for, as the store said in its first poll.
     Running {
         sequencing: Sequencing,
+        endless: bool,
         request_bytes: usize,
         ticket: Option<Deferred>,
         arrival: Arrival,
     },
     Done {
         reply: Reply,
+        endless: bool,
         reply_bytes: usize,
         ticket: Option<Deferred>,
         held: bool,
@@ -550,6 +564,7 @@ impl<F: Future<Output = Reply>> InOrder<F> {
             running_writes: 0,
             running_barrier: false,
             bytes: 0,
+            held: 0,
         }
     }
 
@@ -588,9 +603,16 @@ impl<F: Future<Output = Reply>> InOrder<F> {
 
     /// Starts a request, polling it once at once: that issues its storage operation now, so requests
     /// started one after another are issued in request order.
-    fn start(&mut self, sequencing: Sequencing, request_bytes: usize, arrival: Arrival, execution_future: F) {
+    fn start(
+        &mut self,
+        sequencing: Sequencing,
+        endless: bool,
+        request_bytes: usize,
+        arrival: Arrival,
+        execution_future: F,
+    ) {
         let number = self.first + self.slots.len() as u64;
-        self.slots.push_back(Slot::Running { sequencing, request_bytes, ticket: None, arrival });
+        self.slots.push_back(Slot::Running { sequencing, endless, request_bytes, ticket: None, arrival });
         self.count_running(sequencing, 1);
         self.bytes += request_bytes;
         let mut execution = self.spare.take().unwrap_or_else(|| Box::pin(Numbered::vacant()));
@@ -617,12 +639,13 @@ impl<F: Future<Output = Reply>> InOrder<F> {
 
     fn finish(&mut self, (number, reply): (u64, Reply)) {
         let index = (number - self.first) as usize;
-        let Some(Slot::Running { sequencing, request_bytes, ticket, arrival }) = self.slots.get_mut(index)
+        let Some(Slot::Running { sequencing, endless, request_bytes, ticket, arrival }) =
+            self.slots.get_mut(index)
         else {
             return;
         };
-        let (sequencing, request_bytes, ticket, arrival) =
-            (*sequencing, *request_bytes, ticket.take(), *arrival);
+        let (sequencing, endless, request_bytes, ticket, arrival) =
+            (*sequencing, *endless, *request_bytes, ticket.take(), *arrival);
         self.count_running(sequencing, -1);
         if let Some(slot) = self.slots.get_mut(index) {
             let reply_bytes = match &reply {
@@ -632,7 +655,8 @@ impl<F: Future<Output = Reply>> InOrder<F> {
             };
             self.bytes = self.bytes - request_bytes + reply_bytes;
             let held = ticket.as_ref().is_some_and(|deferred| !deferred.ticket.is_durable());
-            *slot = Slot::Done { reply, reply_bytes, ticket, held, arrival };
+            self.held += usize::from(held);
+            *slot = Slot::Done { reply, endless, reply_bytes, ticket, held, arrival };
         }
     }
 
@@ -643,11 +667,16 @@ impl<F: Future<Output = Reply>> InOrder<F> {
     /// front ticket not durable, `front_ticket` then saw it durable and gave nothing to wait for, and
     /// the connection, its answer unsent and its publish unstarted, waited for nothing.)
     fn look_at_tickets(&mut self) {
+        if self.held == 0 {
+            return;
+        }
         for slot in &mut self.slots {
             if let Slot::Done { ticket: Some(deferred), held, .. } = slot
                 && *held
+                && deferred.ticket.is_durable()
             {
-                *held = !deferred.ticket.is_durable();
+                *held = false;
+                self.held -= 1;
             }
         }
     }
@@ -671,20 +700,22 @@ impl<F: Future<Output = Reply>> InOrder<F> {
             }
             *reply = Reply::One(response);
             *held = false;
+            self.held -= 1;
         }
     }
 
     /// Whether an answer that has finished still waits for its ticket.
     fn holds_answers(&self) -> bool {
-        self.slots.iter().any(|slot| matches!(slot, Slot::Done { held: true, .. }))
+        self.held > 0
     }
 
-    /// The oldest answer, if it is ready, and when its request arrived.
-    fn next_answer(&mut self) -> Option<(Reply, Arrival)> {
+    /// The oldest answer, if it is ready, when its request arrived, and whether it is endless.
+    fn next_answer(&mut self) -> Option<(Reply, Arrival, bool)> {
         if !matches!(self.slots.front(), Some(Slot::Done { held: false, .. })) {
             return None;
         }
-        let Some(Slot::Done { reply, reply_bytes, ticket, arrival, .. }) = self.slots.pop_front() else {
+        let Some(Slot::Done { reply, endless, reply_bytes, ticket, arrival, .. }) = self.slots.pop_front()
+        else {
             return None;
         };
         if let Some(deferred) = ticket {
@@ -695,7 +726,7 @@ impl<F: Future<Output = Reply>> InOrder<F> {
         }
         self.first += 1;
         self.bytes -= reply_bytes;
-        Some((reply, arrival))
+        Some((reply, arrival, endless))
     }
 }
 
@@ -809,7 +840,7 @@ mod tests {
                 Some(RequestData::Publish(_)) => Sequencing::Barrier,
                 _ => Sequencing::Read,
             };
-            RequestClass { sequencing, replay_safe: false }
+            RequestClass { sequencing, endless: false, replay_safe: false }
         }
 
         async fn execute(&self, request: CommandRequest, _caller: &Caller) -> Reply {
@@ -870,7 +901,8 @@ mod tests {
                 Some(RequestData::Publish(_)) => Sequencing::Barrier,
                 _ => Sequencing::Read,
             };
-            RequestClass { sequencing, replay_safe: false }
+            let endless = matches!(request.request_data, Some(RequestData::Subscribe(_)));
+            RequestClass { sequencing, endless, replay_safe: false }
         }
 
         async fn execute(&self, request: CommandRequest, _caller: &Caller) -> Reply {
@@ -895,8 +927,8 @@ mod tests {
     }
 
     /// The message of an answer.
-    fn message(reply: Option<(Reply, Arrival)>) -> String {
-        match reply.map(|(reply, _)| reply) {
+    fn message(reply: Option<(Reply, Arrival, bool)>) -> String {
+        match reply.map(|(reply, ..)| reply) {
             Some(Reply::One(response)) => response.message,
             Some(Reply::Stream(_)) => "a stream".into(),
             None => "no answer yet".into(),
@@ -912,11 +944,12 @@ mod tests {
         };
         let mut queue = InOrder::<Execution>::new();
         let arrival = Arrival { command: 0, at: std::time::Instant::now() };
-        queue.start(Sequencing::Read, 10, arrival, Box::pin(async move { answer("first") }));
+        queue.start(Sequencing::Read, false, 10, arrival, Box::pin(async move { answer("first") }));
         assert!(queue.spare.is_some(), "finished in its first poll: its allocation is kept");
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         queue.start(
             Sequencing::Read,
+            false,
             10,
             arrival,
             Box::pin(async move {
@@ -925,7 +958,7 @@ mod tests {
             }),
         );
         assert!(queue.spare.is_none(), "the request still running took the kept allocation");
-        queue.start(Sequencing::Read, 10, arrival, Box::pin(async move { answer("third") }));
+        queue.start(Sequencing::Read, false, 10, arrival, Box::pin(async move { answer("third") }));
 
         assert_eq!(message(queue.next_answer()), "first");
         assert_eq!(message(queue.next_answer()), "no answer yet", "the second is still running");
@@ -980,6 +1013,7 @@ mod tests {
         let write = tickets.clone();
         queue.start(
             Sequencing::OrderedWrite,
+            false,
             10,
             arrival,
             Box::pin(async move {

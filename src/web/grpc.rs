@@ -29,7 +29,7 @@ use crate::transport::messages::message_stream;
 use crate::transport::pipeline::serve_pipelined;
 
 use crate::pb::grpc::kv_server::{Kv, KvServer};
-use crate::pb::grpc::{FILE_DESCRIPTOR_SET, Frames, MAX_MESSAGE_HEADER, QKV_STATUS, status_details};
+use crate::pb::grpc::{FILE_DESCRIPTOR_SET, Frames, MAX_MESSAGE_HEADER, refusal};
 
 /// The path of `Pipeline` calls, which [`pipeline_router`] serves.
 pub const PIPELINE_PATH: &str = "/qkv.v1.Kv/Pipeline";
@@ -98,18 +98,18 @@ pub fn code_of(qkv_status: u32) -> Code {
 
 /// A frame with a qkv error status as the gRPC status that ends the call.
 pub(super) fn failure(response: &CommandResponse) -> Status {
-    let code = code_of(response.status);
-    let mut failure =
-        Status::with_details(code, response.message.clone(), status_details(code, response).into());
-    failure.metadata_mut().insert(QKV_STATUS, MetadataValue::from(response.status));
-    failure
+    refusal(code_of(response.status), response.clone())
 }
 
 /// The deadline a gRPC client set (`grpc-timeout`: digits and a unit, H M S m u n), if any.
 fn deadline(metadata: &tonic::metadata::MetadataMap) -> Result<Option<Duration>, Status> {
     let Some(value) = metadata.get("grpc-timeout") else { return Ok(None) };
-    let bad =
-        || Status::invalid_argument("grpc-timeout must be at most 8 digits and a unit (H, M, S, m, u, n)");
+    let bad = || {
+        failure(&CommandResponse::error(
+            status::BAD_REQUEST,
+            "grpc-timeout must be at most 8 digits and a unit (H, M, S, m, u, n)",
+        ))
+    };
     let text = value.as_bytes();
     let (Some((&unit, digits)), true) = (text.split_last(), (1..=8).contains(&text.len().saturating_sub(1)))
     else {

@@ -684,21 +684,24 @@ pub async fn first_frame(reply: Reply) -> (CommandResponse, Frames) {
 /// encodings together) is refused with 413 as soon as it is seen to be, rather than gathered: one
 /// small `Hmget` naming a large key a thousand times would otherwise make the server hold gigabytes.
 pub async fn complete(reply: Reply, max_bytes: usize) -> CommandResponse {
+    let too_large = || {
+        crate::metrics::limit_hit(crate::metrics::Limit::MaxFrameSize);
+        CommandResponse::error(
+            status::PAYLOAD_TOO_LARGE,
+            format!(
+                "the answer is over {max_bytes} bytes (--max-frame-size), the most one answer may carry when it comes whole; ask for fewer keys at a time (gRPC's ExecuteStream, QUIC and TCP send long answers in frames)"
+            ),
+        )
+    };
     let (mut whole, mut rest) = first_frame(reply).await;
     if whole.status != status::OK {
         return whole;
     }
     let mut bytes = whole.encoded_len();
+    if bytes > max_bytes {
+        return too_large();
+    }
     while whole.more {
-        if bytes > max_bytes {
-            crate::metrics::limit_hit(crate::metrics::Limit::MaxFrameSize);
-            return CommandResponse::error(
-                status::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the answer is over {max_bytes} bytes (--max-frame-size), the most one answer may carry when it comes whole; ask for fewer keys at a time (gRPC's ExecuteStream, QUIC and TCP send long answers in frames)"
-                ),
-            );
-        }
         let frame = match rest.next().await {
             Some(Ok(frame)) => frame,
             Some(Err(e)) => return decode_failure(e),
@@ -708,6 +711,9 @@ pub async fn complete(reply: Reply, max_bytes: usize) -> CommandResponse {
             return frame;
         }
         bytes += frame.encoded_len();
+        if bytes > max_bytes {
+            return too_large();
+        }
         whole.values.extend(frame.values);
         whole.pairs.extend(frame.pairs);
         whole.versions.extend(frame.versions);
