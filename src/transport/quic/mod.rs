@@ -167,7 +167,6 @@ pub const HTTP3_UNI_STREAMS: u32 = 3;
 /// connection of a few requests (a reconnect storm's) would pay for nothing. A WebTransport session
 /// starts with it raised, since a browser refuses a stream beyond the credit rather than waiting
 /// (`listener::serve_connection`).
-#[cfg(feature = "server")]
 pub(crate) const STREAM_CREDIT: u32 = 2;
 
 /// QUIC datagrams (RFC 9221) waiting to be read. qkv reads none, but a browser's WebTransport needs the
