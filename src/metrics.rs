@@ -211,6 +211,7 @@ label_values! {
         MaxTableSize => "max_table_size",
         MaxKeySize => "max_key_size",
         MaxValueSize => "max_value_size",
+        MaxAnswerSize => "max_answer_size",
         ConnectionMemory => "connection_memory",
         MemoryBudget => "memory_budget",
         MaxConnections => "max_connections",

@@ -338,7 +338,29 @@ async fn an_answer_gathered_whole_stops_at_the_maximum_frame_size(transport: Tra
     }
 }
 
-transport_tests!(whole_answers: quic, tcp, http, grpc => an_answer_gathered_whole_stops_at_the_maximum_frame_size);
+/// An Hmget's answer is built whole before it is sent, whatever the transport: one naming a large
+/// value many times is refused (413, naming --max-answer-size) before the value is copied that many
+/// times (a 4 KB request made the server copy 1 MB a thousand times); each distinct key is read once,
+/// and the answer keeps the request's order and repeats.
+async fn an_hmget_answer_is_bounded_before_it_is_built(transport: Transport) {
+    let server = TestServer::start_for_with(transport, |config| config.service.max_answer = 4 << 20).await;
+    let client = server.client().await;
+    client.hset("t", "big", "x".repeat(1 << 20)).await.unwrap();
+    client.hset("t", "small", "s").await.unwrap();
+    let answer = client.call(&CommandRequest::hmget("t", ["big"; 5])).await.unwrap();
+    assert_eq!(answer.status, status::PAYLOAD_TOO_LARGE, "{}", answer.message);
+    assert!(answer.message.contains("--max-answer-size"), "{}", answer.message);
+    let keys = ["small", "big", "nope", "small", "big"];
+    let read = client.hmget("t", &keys).await.unwrap();
+    let values: Vec<Option<usize>> =
+        read.iter().map(|v| v.as_ref().map(|v| v.value.to_string().len())).collect();
+    assert_eq!(values, [Some(1), Some(1 << 20), None, Some(1), Some(1 << 20)]);
+}
+
+transport_tests!(whole_answers: quic, tcp, http, grpc =>
+    an_answer_gathered_whole_stops_at_the_maximum_frame_size,
+    an_hmget_answer_is_bounded_before_it_is_built,
+);
 
 #[tokio::test]
 async fn a_table_is_listed_in_key_order_whole_or_page_by_page() {

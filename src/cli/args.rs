@@ -528,6 +528,10 @@ pub struct ServeArgs {
     /// Requested UDP socket buffer size (the kernel caps it at net.core.rmem_max / wmem_max).
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     pub udp_socket_buffer: usize,
+    /// The most bytes of values one Hmget answer may carry (it is built whole before it is sent, and a
+    /// request may name one large value many times); beyond, 413.
+    #[arg(long, default_value = "64MiB", value_parser = parse_nonzero_size)]
+    pub max_answer_size: usize,
     /// Responses larger than this are sent as several frames. Default: 64 KiB, or --max-frame-size if
     /// that is smaller.
     #[arg(long, value_parser = parse_nonzero_size)]
@@ -639,6 +643,7 @@ impl ServeArgs {
         config.service.max_concurrent_scans = self.max_concurrent_scans;
         config.service.response_frame_target =
             self.response_frame_target.unwrap_or(DEFAULT_RESPONSE_FRAME_TARGET.min(self.max_frame_size));
+        config.service.max_answer = self.max_answer_size;
         config.service.subscriber_queue = self.subscriber_queue;
         config.service.subscriber_queue_bytes = self.subscriber_queue_bytes;
         config.service.lag_policy = self.lag_policy;

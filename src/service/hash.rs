@@ -28,10 +28,38 @@ pub async fn hget(storage: &impl Storage, cmd: Hget) -> CommandResult {
     }
 }
 
-pub async fn hmget(storage: &impl Storage, cmd: Hmget) -> CommandResult {
-    let found = storage.get_many(&cmd.table, &cmd.keys).await?;
-    let (values, versions) =
-        found.into_iter().map(|entry| entry.map_or((Value::default(), 0), |v| (v.value, v.version))).unzip();
+/// Reads each distinct key once, and refuses (413) an answer of more than `max_answer` bytes of values
+/// before copying a byte of it: the answer is built whole, and a 4 KB request naming one 1 MB value a
+/// thousand times made the server copy it a thousand times (strings are copied, not shared).
+pub async fn hmget(storage: &impl Storage, max_answer: usize, cmd: Hmget) -> CommandResult {
+    let mut distinct: Vec<String> = Vec::new();
+    let mut positions = Vec::with_capacity(cmd.keys.len());
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for key in &cmd.keys {
+        let position = *seen.entry(key.as_str()).or_insert_with(|| {
+            distinct.push(key.clone());
+            distinct.len() - 1
+        });
+        positions.push(position);
+    }
+    let found = storage.get_many(&cmd.table, &distinct).await?;
+    let bytes: usize = positions
+        .iter()
+        .map(|&i| found.get(i).and_then(Option::as_ref).map_or(0, |v| v.value.encoded_len()))
+        .sum();
+    if bytes > max_answer {
+        crate::metrics::limit_hit(crate::metrics::Limit::MaxAnswerSize);
+        return Err(ServiceError::TooLarge(format!(
+            "the answer would carry {bytes} bytes of values, over the server's limit of {max_answer} bytes for one Hmget (--max-answer-size): ask for fewer keys at a time"
+        )));
+    }
+    let (values, versions) = positions
+        .iter()
+        .map(|&i| match found.get(i).and_then(Option::as_ref) {
+            Some(v) => (v.value.clone(), v.version),
+            None => (Value::default(), 0),
+        })
+        .unzip();
     Ok(CommandResponse::with_values(values, versions))
 }
 

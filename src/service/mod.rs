@@ -49,7 +49,12 @@ pub struct ServiceConfig {
     pub subscriber_queue_bytes: usize,
     /// What happens to a subscriber whose queue is full when a message is published.
     pub lag_policy: LagPolicy,
+    /// The most bytes of values one `Hmget` answer may carry: it is built whole before it is sent.
+    pub max_answer: usize,
 }
+
+/// The default of [`ServiceConfig::max_answer`].
+pub const DEFAULT_MAX_ANSWER: usize = 64 * 1024 * 1024;
 
 impl Default for ServiceConfig {
     fn default() -> Self {
@@ -60,6 +65,7 @@ impl Default for ServiceConfig {
             subscriber_queue: 1024,
             subscriber_queue_bytes: 16 * 1024 * 1024,
             lag_policy: LagPolicy::Skip,
+            max_answer: DEFAULT_MAX_ANSWER,
         }
     }
 }
@@ -85,6 +91,12 @@ impl ServiceConfig {
         }
         if self.subscriber_queue == 0 || self.subscriber_queue_bytes == 0 {
             return Err("a subscriber's queue must hold at least one message".into());
+        }
+        if self.max_answer < self.items.max_value_len {
+            return Err(format!(
+                "the answer limit (--max-answer-size, {} bytes) must hold at least one value at the value limit (--max-value-size, {} bytes)",
+                self.max_answer, self.items.max_value_len
+            ));
         }
         self.items.validate()
     }
@@ -390,7 +402,7 @@ impl<S: Storage> Service<S> {
         let result = match command {
             RequestData::Hget(cmd) => hash::hget(storage, cmd).await,
             RequestData::Hgetall(cmd) => return hash::hgetall(self, cmd).await,
-            RequestData::Hmget(cmd) => hash::hmget(storage, cmd).await,
+            RequestData::Hmget(cmd) => hash::hmget(storage, self.inner.config.max_answer, cmd).await,
             RequestData::Hset(cmd) => hash::hset(storage, self.max_entry_len(), cmd).await,
             RequestData::Hmset(cmd) => hash::hmset(storage, self.max_entry_len(), cmd).await,
             RequestData::Hdel(cmd) => hash::hdel(storage, cmd).await,
