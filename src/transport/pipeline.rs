@@ -276,15 +276,15 @@ where
         // client that closed such a connection would leave it open, its subscription counted, for good.
         // (Whether the waiting request may start is asked again: the answer that just became `current`
         // gave up its place in the queue, after this turn tried to start it.)
-        if waiting
-            .as_ref()
-            .is_some_and(|request| !queue.may_start(handler.class(request).sequencing, &limits))
+        if current_endless
             && current.is_some()
-            && current_endless
             && ending.is_none()
             && !stall_ended
             && queue.running.is_empty()
             && !queue.holds_answers()
+            && waiting
+                .as_ref()
+                .is_some_and(|request| !queue.may_start(handler.class(request).sequencing, &limits))
         {
             handler.connection_stalled(&caller);
             stall_ended = true;
