@@ -30,36 +30,42 @@ pub async fn hget(storage: &impl Storage, cmd: Hget) -> CommandResult {
 
 /// Reads each distinct key once, and refuses (413) an answer of more than `max_answer` bytes of values
 /// before copying a byte of it: the answer is built whole, and a 4 KB request naming one 1 MB value a
-/// thousand times made the server copy it a thousand times (strings are copied, not shared).
+/// thousand times made the server copy it a thousand times (strings are copied, not shared). Keys are
+/// copied, and values copied per repeat, only when some key is repeated.
 pub async fn hmget(storage: &impl Storage, max_answer: usize, cmd: Hmget) -> CommandResult {
-    let mut distinct: Vec<String> = Vec::new();
+    // For each requested key, the index of its first occurrence among the distinct keys.
     let mut positions = Vec::with_capacity(cmd.keys.len());
-    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for key in &cmd.keys {
+    let mut firsts = Vec::with_capacity(cmd.keys.len());
+    let mut seen: std::collections::HashMap<&str, usize> =
+        std::collections::HashMap::with_capacity(cmd.keys.len());
+    for (i, key) in cmd.keys.iter().enumerate() {
         let position = *seen.entry(key.as_str()).or_insert_with(|| {
-            distinct.push(key.clone());
-            distinct.len() - 1
+            firsts.push(i);
+            firsts.len() - 1
         });
         positions.push(position);
     }
-    let found = storage.get_many(&cmd.table, &distinct).await?;
-    let bytes: usize = positions
-        .iter()
-        .map(|&i| found.get(i).and_then(Option::as_ref).map_or(0, |v| v.value.encoded_len()))
-        .sum();
+    let repeated = firsts.len() < cmd.keys.len();
+    let found = match repeated {
+        true => {
+            let distinct: Vec<String> = firsts.iter().map(|&i| cmd.keys[i].clone()).collect();
+            storage.get_many(&cmd.table, &distinct).await?
+        }
+        false => storage.get_many(&cmd.table, &cmd.keys).await?,
+    };
+    let size = |i: usize| found.get(i).and_then(Option::as_ref).map_or(0, |v| v.value.encoded_len());
+    let bytes: usize = positions.iter().map(|&i| size(i)).sum();
     if bytes > max_answer {
         crate::metrics::limit_hit(crate::metrics::Limit::MaxAnswerSize);
         return Err(ServiceError::TooLarge(format!(
             "the answer would carry {bytes} bytes of values, over the server's limit of {max_answer} bytes for one Hmget (--max-answer-size): ask for fewer keys at a time"
         )));
     }
-    let (values, versions) = positions
-        .iter()
-        .map(|&i| match found.get(i).and_then(Option::as_ref) {
-            Some(v) => (v.value.clone(), v.version),
-            None => (Value::default(), 0),
-        })
-        .unzip();
+    let entry = |found: Option<Versioned>| found.map_or((Value::default(), 0), |v| (v.value, v.version));
+    let (values, versions) = match repeated {
+        true => positions.iter().map(|&i| entry(found.get(i).cloned().flatten())).unzip(),
+        false => found.into_iter().map(entry).unzip(),
+    };
     Ok(CommandResponse::with_values(values, versions))
 }
 

@@ -833,14 +833,21 @@ mod tests {
         }
     }
 
+    /// How the test handlers class requests, as a disk store's service would: Hset an ordered write,
+    /// Publish a barrier, a subscription endless, the rest reads.
+    fn class_of(request: &CommandRequest) -> RequestClass {
+        let sequencing = match request.request_data {
+            Some(RequestData::Hset(_)) => Sequencing::OrderedWrite,
+            Some(RequestData::Publish(_)) => Sequencing::Barrier,
+            _ => Sequencing::Read,
+        };
+        let endless = matches!(request.request_data, Some(RequestData::Subscribe(_)));
+        RequestClass { sequencing, endless, replay_safe: false }
+    }
+
     impl Handler for Gated {
         fn class(&self, request: &CommandRequest) -> RequestClass {
-            let sequencing = match request.request_data {
-                Some(RequestData::Hset(_)) => Sequencing::OrderedWrite,
-                Some(RequestData::Publish(_)) => Sequencing::Barrier,
-                _ => Sequencing::Read,
-            };
-            RequestClass { sequencing, endless: false, replay_safe: false }
+            class_of(request)
         }
 
         async fn execute(&self, request: CommandRequest, _caller: &Caller) -> Reply {
@@ -896,13 +903,7 @@ mod tests {
 
     impl Handler for Deferring {
         fn class(&self, request: &CommandRequest) -> RequestClass {
-            let sequencing = match request.request_data {
-                Some(RequestData::Hset(_)) => Sequencing::OrderedWrite,
-                Some(RequestData::Publish(_)) => Sequencing::Barrier,
-                _ => Sequencing::Read,
-            };
-            let endless = matches!(request.request_data, Some(RequestData::Subscribe(_)));
-            RequestClass { sequencing, endless, replay_safe: false }
+            class_of(request)
         }
 
         async fn execute(&self, request: CommandRequest, _caller: &Caller) -> Reply {

@@ -147,6 +147,14 @@ impl Run for Door {
     }
 }
 
+impl Door {
+    /// `request`'s whole answer, for a handler that answers once (`web::complete`, within the most
+    /// bytes one answer may carry).
+    async fn answer(&self, request: CommandRequest, caller: &Caller) -> CommandResponse {
+        complete(self.run(request, caller.clone()).await, self.max_answer).await
+    }
+}
+
 /// A key's ETag: its version, as a strong entity tag.
 fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
@@ -344,7 +352,7 @@ fn json_body<T: serde::de::DeserializeOwned>(
 
 /// Runs `request` and returns its complete answer when it succeeded, the problem otherwise.
 async fn run(door: &Door, request: CommandRequest, caller: &Caller) -> Result<CommandResponse, Problem> {
-    let response = complete(door.run(request, caller.clone()).await, door.max_answer).await;
+    let response = door.answer(request, caller).await;
     if response.status == status::OK { Ok(response) } else { Err(Problem::from_response(&response)) }
 }
 
@@ -355,8 +363,7 @@ async fn current(
     key: &str,
     caller: &Caller,
 ) -> Result<Option<(Value, u64)>, Problem> {
-    let response =
-        complete(door.run(CommandRequest::hget(table, key), caller.clone()).await, door.max_answer).await;
+    let response = door.answer(CommandRequest::hget(table, key), caller).await;
     match response.status {
         status::OK => Ok(current_of(response)),
         status::NOT_FOUND => Ok(None),
@@ -402,8 +409,7 @@ async fn get_key(
     let (table, key) = names(path)?;
     let only_if = Condition::parse(&headers, header::IF_MATCH)?;
     let unless = Condition::parse(&headers, header::IF_NONE_MATCH)?;
-    let response =
-        complete(door.run(CommandRequest::hget(&table, &key), caller.clone()).await, door.max_answer).await;
+    let response = door.answer(CommandRequest::hget(&table, &key), &caller).await;
     // If-Match first, even on a missing key (RFC 9110, 13.2.2): a read of another version is a 412. A
     // failure (5xx, 413) is not a missing key, and is answered as it is.
     if let Some(only_if) = only_if
@@ -512,7 +518,7 @@ async fn put_key(
     let value = value_of(&headers, body)?;
     let expected = expected_version(&door, &caller, &table, &key, &headers).await?;
     let request = CommandRequest::hset_expecting(&table, &key, value, expected);
-    let response = complete(door.run(request, caller.clone()).await, door.max_answer).await;
+    let response = door.answer(request, &caller).await;
     if response.status != status::OK {
         return Err(write_failed(response, expected.is_some()));
     }
@@ -566,7 +572,7 @@ async fn delete_key(
         Some(version) => CommandRequest::hdel_if_version(&table, &key, version),
         None => CommandRequest::hdel(&table, &key),
     };
-    let response = complete(door.run(request, caller.clone()).await, door.max_answer).await;
+    let response = door.answer(request, &caller).await;
     if response.status != status::OK {
         return Err(write_failed(response, expected.is_some()));
     }
