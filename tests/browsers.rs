@@ -381,6 +381,48 @@ async fn plaintext_head(addr: std::net::SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&head).to_lowercase()
 }
 
+/// A request names its host once: an HTTP/1.1 request without `Host`, with two (the first allowed, the
+/// second not: a proxy may route by either), or with a `Host` other than its absolute-form target is a
+/// 400 on every door, before anything runs; HTTP/1.0 may leave `Host` out.
+#[tokio::test]
+async fn a_request_that_does_not_name_its_host_once_is_refused() {
+    let browsers = Browsers::start_with(|config| config.web_plaintext = true).await;
+    let web = browsers.server.web.expect("a web listener");
+    let port = web.port();
+    let put = |head: &str| {
+        format!(
+            "PUT /v1/tables/t/keys/k {head}\r\ncontent-type: text/plain\r\ncontent-length: 1\r\nconnection: close\r\n\r\nv"
+        )
+    };
+    for request in [
+        put("HTTP/1.1"),
+        put(&format!("HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nhost: evil.test:{port}")),
+        format!(
+            "PUT http://127.0.0.1:{port}/v1/tables/t/keys/k HTTP/1.1\r\nhost: evil.test:{port}\r\n\
+             content-type: text/plain\r\ncontent-length: 1\r\nconnection: close\r\n\r\nv"
+        ),
+    ] {
+        let head = plaintext_head(web, &request).await;
+        assert!(head.starts_with("http/1.1 400"), "{request}\n→ {head}");
+        assert!(head.contains("application/problem+json"), "{head}");
+    }
+    let grpc = plaintext_head(
+        web,
+        "POST /qkv.v1.Kv/Execute HTTP/1.1\r\ncontent-type: application/grpc\r\ncontent-length: 0\r\nconnection: close",
+    )
+    .await;
+    assert!(grpc.contains("qkv-status: 400") && !grpc.contains("grpc-status: 0\r\n"), "{grpc}");
+    // Nothing was stored by the refused writes.
+    let get = format!("GET /v1/tables/t/keys/k HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close");
+    assert!(plaintext_head(web, &get).await.starts_with("http/1.1 404"));
+    // Named once, or not at all in HTTP/1.0, the same write is served.
+    for request in [put(&format!("HTTP/1.1\r\nhost: 127.0.0.1:{port}")), put("HTTP/1.0")] {
+        let head = plaintext_head(web, &request).await;
+        let status = head.split_whitespace().nth(1);
+        assert!(status.is_some_and(|s| s.starts_with("20")), "{request}\n→ {head}");
+    }
+}
+
 /// DNS rebinding: a site makes its name resolve to the server's address, and its page (origin
 /// `http://evil.test:PORT`) then sends `Host: evil.test:PORT`. In plaintext no certificate stops it,
 /// so the listener answers only to the host names it has (IP addresses, localhost, its certificate's,

@@ -444,27 +444,54 @@ struct BodyLimit {
     deadline: Duration,
 }
 
-/// `router` for the host names the listener answers to only ([`Origins::answers_to`]): a request for
-/// another is refused before anything else, 421 Misdirected Request (RFC 9110: this server does not
-/// serve that name), so that a page of a name rebound to the server's address (DNS rebinding) reads
-/// and changes nothing, and its origin is never the listener's own.
-/// Over TLS the layer is left out: a browser has checked the name against the certificate already, so a
-/// rebound name cannot reach the listener, and a name the certificate covers in a way this check does
-/// not know (one added by a reload) keeps being served.
+/// `router` for requests that name their host as HTTP requires, and for the host names the listener
+/// answers to only.
+///
+/// - An HTTP/1.1 request without a `Host` header, or with more than one, is refused, 400 (RFC 9112,
+///   3.2: a server must), and so is an HTTP/2 or HTTP/1.1 request whose `Host` names another authority
+///   than its target (HTTP/2's `:authority`, HTTP/1.1's absolute form; RFC 9113, 8.3.1): which of the
+///   two names counts would be up to each proxy and check on the way.
+/// - Without TLS, a request for a name the listener does not answer to ([`Origins::answers_to`]) is
+///   refused before anything else, 421 Misdirected Request (RFC 9110: this server does not serve that
+///   name), so that a page of a name rebound to the server's address (DNS rebinding) reads and changes
+///   nothing, and its origin is never the listener's own. Over TLS this check is left out: a browser has
+///   checked the name against the certificate already, so a rebound name cannot reach the listener, and
+///   a name the certificate covers in a way this check does not know (one added by a reload) keeps
+///   being served.
 fn for_known_hosts<const GRPC: bool>(router: Router, origins: &Arc<Origins>, tls: bool) -> Router {
-    if tls {
-        return router;
+    let names = (!tls).then(|| origins.clone());
+    router.layer(middleware::from_fn_with_state(names, check_host::<GRPC>))
+}
+
+/// What is wrong with how a request names its host, if anything (see [`for_known_hosts`]).
+fn host_fault(request: &Request) -> Option<&'static str> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let (host, second) = (hosts.next(), hosts.next());
+    if second.is_some() {
+        return Some("the request has more than one Host header: send one");
     }
-    router.layer(middleware::from_fn_with_state(origins.clone(), check_host::<GRPC>))
+    if host.is_none() && request.version() == axum::http::Version::HTTP_11 {
+        return Some("an HTTP/1.1 request needs a Host header (RFC 9112, 3.2)");
+    }
+    let target = request.uri().authority();
+    match (host, target) {
+        (Some(host), Some(target)) if !host.as_bytes().eq_ignore_ascii_case(target.as_str().as_bytes()) => {
+            Some("the request's Host header names another host than its target (:authority): send one name")
+        }
+        _ => None,
+    }
 }
 
 async fn check_host<const GRPC: bool>(
-    State(origins): State<Arc<Origins>>,
+    State(names): State<Option<Arc<Origins>>>,
     request: Request,
     next: Next,
 ) -> Response {
+    if let Some(fault) = host_fault(&request) {
+        return refusal::<GRPC>(StatusCode::BAD_REQUEST, fault.to_owned());
+    }
     let host = browser::request_host(request.headers(), Some(request.uri()));
-    if origins.answers_to(host) {
+    if names.is_none_or(|origins| origins.answers_to(host)) {
         return next.run(request).await;
     }
     // Any page or client can ask at will: throttled, in the connection's span (its address).
@@ -482,11 +509,17 @@ async fn check_host<const GRPC: bool>(
         "this server does not answer to the host name {host:?}: IP addresses, localhost and its certificate's \
          names only, and those given with --web-host (docs/SECURITY.md, \"Browsers\")"
     );
+    refusal::<GRPC>(StatusCode::MISDIRECTED_REQUEST, detail)
+}
+
+/// A refusal as every door gives it: a problem for REST; for gRPC the status code that matches, with
+/// qkv's frame in its details (so a client knows nothing was executed).
+fn refusal<const GRPC: bool>(status: StatusCode, detail: String) -> Response {
     if GRPC {
-        let frame = CommandResponse::error(u32::from(StatusCode::MISDIRECTED_REQUEST.as_u16()), detail);
+        let frame = CommandResponse::error(u32::from(status.as_u16()), detail);
         grpc::failure(&frame).into_http::<Body>().into_response()
     } else {
-        Problem::new(StatusCode::MISDIRECTED_REQUEST, detail).into_response()
+        Problem::new(status, detail).into_response()
     }
 }
 
@@ -509,16 +542,7 @@ async fn read_body<const GRPC: bool>(
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    // As every refusal of the doors: a problem for REST; for gRPC the status code that matches, with
-    // qkv's frame in its details (so a client knows nothing was executed).
-    let refuse = |status: StatusCode, detail: String| {
-        if GRPC {
-            let frame = CommandResponse::error(u32::from(status.as_u16()), detail);
-            grpc::failure(&frame).into_http::<Body>().into_response()
-        } else {
-            Problem::new(status, detail).into_response()
-        }
-    };
+    let refuse = refusal::<GRPC>;
     // A client that waits for `100 Continue` before sending a body it declares too large is refused
     // before it is invited to send it (hyper sends the 100 when the body is first read).
     let expects_continue = parts
