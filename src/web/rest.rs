@@ -257,25 +257,76 @@ fn name(path: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
     path.map(|Path(name)| name).map_err(|e| Problem::bad_request(format!("bad name in the URL: {e}")))
 }
 
-/// The request's Accept header lists `application/json` (with a q above 0).
-fn wants_json(headers: &HeaderMap) -> bool {
-    accepts(headers, "application/json")
+/// Whether `value` is answered as JSON rather than as a body of its own (text, octets; a number or a
+/// boolean is JSON either way), by the request's `Accept` (RFC 9110, 12.5.1): each of the two media
+/// types takes the q of the most specific range that matches it (`type/subtype`, then `type/*`, then
+/// `*/*`); JSON is chosen when its q is higher, or equal with a more specific range, or equal and as
+/// specific but listed first (`application/json, text/plain, */*`, as some HTTP libraries send, is
+/// JSON). Without `Accept`, when neither is acceptable, and on a tie, the value's own form.
+fn wants_json(headers: &HeaderMap, value: &Value) -> bool {
+    let own = match &value.value {
+        Some(value::Value::String(_)) => "text/plain",
+        Some(value::Value::Binary(_)) => "application/octet-stream",
+        _ => return false,
+    };
+    match (acceptance(headers, "application/json"), acceptance(headers, own)) {
+        (Some(json), Some(own)) => json.q > 0.0 && json.preferred_to(&own),
+        (Some(json), None) => json.q > 0.0,
+        (None, _) => false,
+    }
 }
 
+/// How a request's `Accept` takes one media type: the most specific range that matches it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Acceptance {
+    q: f32,
+    /// 2 for `type/subtype`, 1 for `type/*`, 0 for `*/*`.
+    specificity: u8,
+    /// Where the range is listed: earlier is preferred among equals.
+    position: usize,
+}
+
+impl Acceptance {
+    fn preferred_to(&self, other: &Acceptance) -> bool {
+        (self.q, self.specificity, std::cmp::Reverse(self.position))
+            > (other.q, other.specificity, std::cmp::Reverse(other.position))
+    }
+}
+
+/// How `Accept` takes `media` (`type/subtype`): `None` when it has no range that matches it. A range's
+/// parameters other than `q` are not weighed; a `q` that is not a number counts as 1.
+fn acceptance(headers: &HeaderMap, media: &str) -> Option<Acceptance> {
+    let (kind, _) = media.split_once('/')?;
+    let ranges =
+        headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','));
+    let mut best: Option<Acceptance> = None;
+    for (position, range) in ranges.enumerate() {
+        let mut parts = range.split(';').map(str::trim);
+        let listed = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let specificity = match listed.split_once('/') {
+            _ if listed == media => 2,
+            Some((listed_kind, "*")) if listed_kind == kind => 1,
+            _ if listed == "*/*" => 0,
+            _ => continue,
+        };
+        let q = parts.find_map(q_value).unwrap_or(1.0);
+        if best.is_none_or(|best| specificity > best.specificity) {
+            best = Some(Acceptance { q, specificity, position });
+        }
+    }
+    best
+}
+
+/// The request's Accept header lists `wanted` itself with a q above 0.
 fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
-    headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(
-        |range| {
-            let mut parts = range.split(';').map(str::trim);
-            let media = parts.next().unwrap_or_default();
-            let refused = parts.any(q_zero);
-            media.eq_ignore_ascii_case(wanted) && !refused
-        },
-    )
+    acceptance(headers, wanted).is_some_and(|a| a.specificity == 2 && a.q > 0.0)
 }
 
-/// A `q=0` parameter: the media range is not acceptable.
-fn q_zero(parameter: &str) -> bool {
-    parameter.replace(' ', "").strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()) == Some(0.0)
+/// A range's `q` parameter, if this is one: its weight, 1 if it is not a number.
+fn q_value(parameter: &str) -> Option<f32> {
+    let q = parameter.replace(' ', "");
+    let q = q.strip_prefix("q=").or_else(|| q.strip_prefix("Q="))?;
+    Some(q.parse::<f32>().ok().filter(|q| (0.0..=1.0).contains(q)).unwrap_or(1.0))
 }
 
 /// A value as a response body: JSON when the client asked for it; otherwise strings as text, binary as
@@ -426,7 +477,7 @@ async fn get_key(
     }
     let version = response.versions.first().copied().unwrap_or_default();
     let value = response.values.into_iter().next().unwrap_or_default();
-    let mut answer = representation(&value, wants_json(&headers));
+    let mut answer = representation(&value, wants_json(&headers, &value));
     if unless.is_some_and(|c| c.matches_weakly(Some(version))) {
         // Without the body, but with the length the 200 would have had: a Content-Length a 304 carries
         // must be that (RFC 9110, 8.6), and HTTP/2 would otherwise say 0.
@@ -577,7 +628,7 @@ async fn delete_key(
         return Err(write_failed(response, expected.is_some()));
     }
     match response.values.into_iter().next().filter(|v| !v.is_empty()) {
-        Some(previous) => Ok(representation(&previous, wants_json(&headers))),
+        Some(previous) => Ok(representation(&previous, wants_json(&headers, &previous))),
         None => Err(Problem {
             qkv_status: Some(status::NOT_FOUND),
             ..Problem::new(StatusCode::NOT_FOUND, format!("key {key:?} of table {table:?} does not exist"))
@@ -1050,9 +1101,33 @@ mod tests {
     }
 
     #[test]
-    fn accept_lists_are_read_with_their_q_values() {
-        assert!(wants_json(&headers(&[(header::ACCEPT, "text/html, application/json;q=0.9")])));
-        assert!(!wants_json(&headers(&[(header::ACCEPT, "application/json; q=0")])));
-        assert!(!wants_json(&headers(&[(header::ACCEPT, "*/*")])));
+    fn accept_lists_are_weighed_by_q_then_specificity_then_order() {
+        let text = Value::from("Ada");
+        let bytes = Value { value: Some(value::Value::Binary(vec![0, 255].into())) };
+        let json = |accept: &str, value: &Value| wants_json(&headers(&[(header::ACCEPT, accept)]), value);
+        assert!(json("text/html, application/json;q=0.9", &text), "text/plain is not acceptable");
+        assert!(!json("application/json; q=0", &text));
+        assert!(!json("*/*", &text), "a tie: the value's own form");
+        assert!(!wants_json(&HeaderMap::new(), &text));
+        assert!(json("application/json, text/plain, */*", &text), "listed first");
+        assert!(!json("text/plain, application/json", &text));
+        assert!(!json("text/plain;q=0.5, application/json;q=0.4", &text), "the higher q");
+        assert!(json("text/plain;q=0.4, application/json;q=0.5", &text));
+        assert!(!json("application/octet-stream, application/json;q=0.1", &bytes));
+        assert!(
+            json("application/octet-stream, application/json;q=0.1", &text),
+            "text/plain is not acceptable"
+        );
+        assert!(json("application/json, */*;q=0.8", &bytes), "more specific, higher q");
+        assert!(!json("application/*;q=0.5, application/octet-stream;q=0.9", &bytes));
+        assert!(!json("text/*, application/json;q=0.2", &text), "text/* takes text/plain");
+        assert!(!json("APPLICATION/OCTET-STREAM, application/json;q=0.5", &bytes), "case-blind");
+        assert!(!json("application/json", &Value::from(7)), "a number is JSON either way");
+        assert!(json("application/json;q=bad, text/plain;q=0.9", &text), "a q that is no number counts as 1");
+        // The most specific range decides, even when a wildcard would allow more.
+        assert!(json("text/plain;q=0, */*", &text));
+        assert!(!accepts(&headers(&[(header::ACCEPT, "*/*")]), "text/event-stream"));
+        assert!(accepts(&headers(&[(header::ACCEPT, "text/event-stream")]), "text/event-stream"));
+        assert!(!accepts(&headers(&[(header::ACCEPT, "text/event-stream;q=0")]), "text/event-stream"));
     }
 }
