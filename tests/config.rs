@@ -220,6 +220,12 @@ async fn print_config_refuses_what_serve_refuses() {
             &["--store", "redis", "--redis-wait", "1", "--redis-wait-timeout", "0s"][..],
             "--redis-wait-timeout",
         ),
+        (
+            &["--store", "redis", "--redis-wait", "1", "--redis-wait-timeout", "2s", "--redis-timeout", "2s"]
+                [..],
+            "must be shorter than --redis-timeout",
+        ),
+        (&["--store", "redis", "--redis-prefix", "a{b"][..], "--redis-prefix must not contain"),
     ] {
         let printed = serve(&[args, &["--print-config"]].concat(), &[]).await;
         let stderr = text(&printed.stderr);

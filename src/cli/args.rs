@@ -741,6 +741,12 @@ pub struct RedisArgs {
     /// 504 (it may or may not survive a failover), e.g. 1s.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub redis_wait_timeout: Duration,
+    /// How many writes may wait for --redis-wait replicas at once, each on a Redis connection of its
+    /// own (Redis reads nothing more from a connection while a WAIT on it waits, so a shared one would
+    /// hold up every request behind it); more wait for one, and are answered 503 (nothing run) if none
+    /// frees within --redis-timeout. On a cluster each is a connection to every node.
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub redis_wait_connections: u32,
     /// How long one Redis command may take before it is answered 504, e.g. 2s.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
@@ -786,6 +792,14 @@ impl RedisArgs {
                 "--redis-wait-timeout must be longer than zero with --redis-wait".into(),
             ));
         }
+        if self.redis_wait > 0 && self.redis_wait_timeout >= self.redis_timeout {
+            // The write and its WAIT are one round trip, which --redis-timeout bounds.
+            return Err(CliError::InvalidInput(format!(
+                "--redis-wait-timeout ({}) must be shorter than --redis-timeout ({}): a write and its wait are one Redis round trip",
+                humantime::format_duration(self.redis_wait_timeout),
+                humantime::format_duration(self.redis_timeout)
+            )));
+        }
         if self.redis_prefix.contains(['{', '}']) {
             return Err(CliError::InvalidInput(
                 "--redis-prefix must not contain { or }: a hash tag there would put every table in one slot"
@@ -800,6 +814,7 @@ impl RedisArgs {
             prefix: self.redis_prefix.clone(),
             wait_replicas: self.redis_wait,
             wait_timeout: self.redis_wait_timeout,
+            wait_connections: self.redis_wait_connections as usize,
             response_timeout: self.redis_timeout,
             connect_timeout: self.redis_connect_timeout,
             retries: self.redis_retries,

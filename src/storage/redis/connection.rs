@@ -37,6 +37,9 @@ pub struct RedisConfig {
     pub wait_replicas: u32,
     /// How long a write waits for its replicas before it is answered as uncertain.
     pub wait_timeout: Duration,
+    /// How many writes may wait for their replicas at once, each on a connection of its own (Redis
+    /// holds a connection still while a WAIT on it waits): see `WaitingLinks`.
+    pub wait_connections: usize,
     /// How long one Redis command may take.
     pub response_timeout: Duration,
     /// How long connecting to one node may take.
@@ -58,6 +61,7 @@ impl Default for RedisConfig {
             prefix: "qkv:".into(),
             wait_replicas: 0,
             wait_timeout: Duration::from_secs(1),
+            wait_connections: 16,
             response_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
             retries: 8,
@@ -286,28 +290,6 @@ impl Connection {
         }
     }
 
-    /// The write, then WAIT: one pipeline, so that the WAIT goes to the shard that ran the write, right
-    /// after it. Each reply comes back on its own (an error of WAIT is not one of the write).
-    async fn send_waiting(
-        &mut self,
-        cmd: &Cmd,
-        wait: WaitReplicas,
-    ) -> Result<(RedisValue, RedisValue), RedisError> {
-        let mut pipeline = redis::pipe();
-        pipeline.ignore_errors();
-        pipeline.add_command(cmd.clone()).cmd("WAIT").arg(wait.replicas).arg(wait.timeout.as_millis() as u64);
-        let replies: Vec<RedisValue> = match self {
-            Connection::Single(c) => c.run(async |manager| pipeline.query_async(manager).await).await,
-            Connection::Cluster(c) => pipeline.query_async(c).await,
-        }?;
-        let mut replies = replies.into_iter();
-        match (replies.next(), replies.next()) {
-            (Some(RedisValue::ServerError(e)), _) => Err(e.into()),
-            (Some(reply), Some(waited)) => Ok((reply, waited)),
-            _ => Err(RedisError::from((ErrorKind::Parse, "a short reply to a write and WAIT"))),
-        }
-    }
-
     /// Publishes; answers how many Redis clients (gateways) received the message.
     pub(super) async fn publish(&mut self, topic: &str, message: &[u8]) -> StorageResult<usize> {
         let command = if matches!(self, Connection::Cluster(_)) { "SPUBLISH" } else { "PUBLISH" };
@@ -325,13 +307,13 @@ impl Connection {
     }
 
     /// A script call (`EVALSHA`, built by `TableKeys`); sent as the script itself when Redis has not cached it
-    /// (a node that just took over after a failover, a restarted one). With `wait`, then waits for
-    /// that many replicas.
+    /// (a node that just took over after a failover, a restarted one). With `wait`, it goes on a
+    /// connection of those links, then waits for their replicas.
     pub(super) async fn invoke(
         &mut self,
         cmd: Cmd,
         script: &Lua,
-        wait: Option<WaitReplicas>,
+        wait: Option<&WaitingLinks>,
     ) -> StorageResult<RedisValue> {
         counted(self.invoke_uncounted(cmd, script, wait).await)
     }
@@ -340,20 +322,17 @@ impl Connection {
         &mut self,
         cmd: Cmd,
         script: &Lua,
-        wait: Option<WaitReplicas>,
+        wait: Option<&WaitingLinks>,
     ) -> StorageResult<RedisValue> {
-        let Some(wait) = wait else {
+        let Some(links) = wait else {
             return match self.send(&cmd).await {
                 Err(e) if is_noscript(&e) => self.send(&eval(&cmd, script)).await,
                 result => result,
             }
             .map_err(storage_error);
         };
-        let (reply, waited) = match self.send_waiting(&cmd, wait).await {
-            Err(e) if is_noscript(&e) => self.send_waiting(&eval(&cmd, script), wait).await,
-            result => result,
-        }
-        .map_err(storage_error)?;
+        let (reply, waited) = links.send_waiting(self, &cmd, script).await?;
+        let wait = links.wait;
         // The write ran: whatever stopped WAIT (a master turned replica answers UNBLOCKED) leaves its
         // fate unknown.
         let replicas = match waited {
@@ -371,6 +350,119 @@ impl Connection {
             )));
         }
         Ok(reply)
+    }
+}
+
+/// Connections of their own for the writes that wait for replicas (`--redis-wait`). Redis blocks the
+/// connection a WAIT came on until the replicas confirm or its timeout passes, and reads nothing more
+/// from it meanwhile: on the shared, multiplexed connection every command sent to that node after a
+/// WAIT waited behind it. A master that has just failed over has no replica until its old master
+/// returns, so every WAIT there lasts its whole timeout: with four clients writing, the node's reads
+/// and writes queued behind one WAIT after another, beyond `--redis-timeout`, and the gateway answered
+/// 504 for that node (and `/readyz` timed out) until the replica came back, minutes later. Here a
+/// write and its WAIT have a connection to themselves: a WAIT holds up no other request, and at most
+/// `--redis-wait-connections` writes wait at once; more wait for a connection (and are answered 503,
+/// nothing run, if none frees within `--redis-timeout`).
+pub(super) struct WaitingLinks {
+    wait: WaitReplicas,
+    links: Vec<tokio::sync::Mutex<Option<Link>>>,
+    free: tokio::sync::Semaphore,
+    config: RedisConfig,
+}
+
+/// One connection of [`WaitingLinks`]: to the plain Redis the gateway uses, or to the cluster (which
+/// redis-rs keeps one connection to each node of, made again when one breaks).
+enum Link {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl WaitingLinks {
+    pub(super) fn new(config: &RedisConfig, wait: WaitReplicas, count: usize) -> Self {
+        let count = count.max(1);
+        WaitingLinks {
+            wait,
+            links: (0..count).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            free: tokio::sync::Semaphore::new(count),
+            config: config.clone(),
+        }
+    }
+
+    /// `cmd`, sent as its script if Redis has not cached it, then WAIT, on a connection nothing else
+    /// uses meanwhile (made when first needed, of the kind `main` is). A connection that failed in any
+    /// way is closed, not used again: one whose WAIT outlived the answer's timeout may still be blocked.
+    async fn send_waiting(
+        &self,
+        main: &Connection,
+        cmd: &Cmd,
+        script: &Lua,
+    ) -> StorageResult<(RedisValue, RedisValue)> {
+        let busy = || {
+            StorageError::Unavailable(format!(
+                "every connection for writes that wait for replicas ({}, --redis-wait-connections) stayed busy for {:?} (--redis-timeout); nothing was run",
+                self.links.len(),
+                self.config.response_timeout
+            ))
+        };
+        let _permit = tokio::time::timeout(self.config.response_timeout, self.free.acquire())
+            .await
+            .map_err(|_| busy())?
+            .map_err(|_| busy())?;
+        // A permit leaves at least one link unlocked.
+        let mut slot = self.links.iter().find_map(|link| link.try_lock().ok()).ok_or_else(busy)?;
+        let link = match &mut *slot {
+            Some(link) => link,
+            empty => empty.insert(self.connect(main).await.map_err(|e| {
+                StorageError::Unavailable(format!(
+                    "cannot connect to Redis for a write that waits for replicas: {e}"
+                ))
+            })?),
+        };
+        let result = match link.send_waiting(cmd, self.wait).await {
+            Err(e) if is_noscript(&e) => link.send_waiting(&eval(cmd, script), self.wait).await,
+            result => result,
+        };
+        if result.is_err() {
+            *slot = None;
+        }
+        result.map_err(storage_error)
+    }
+
+    async fn connect(&self, main: &Connection) -> Result<Link, RedisError> {
+        match main {
+            Connection::Cluster(_) => connect_cluster(&self.config).await.map(Link::Cluster),
+            Connection::Single(single) => {
+                let settings = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.config.connect_timeout))
+                    .set_response_timeout(Some(self.config.response_timeout));
+                let client = self.config.client(&single.url)?;
+                client.get_multiplexed_async_connection_with_config(&settings).await.map(Link::Single)
+            }
+        }
+    }
+}
+
+impl Link {
+    /// The write, then WAIT: one pipeline, so that the WAIT goes to the shard that ran the write, right
+    /// after it. Each reply comes back on its own (an error of WAIT is not one of the write).
+    async fn send_waiting(
+        &mut self,
+        cmd: &Cmd,
+        wait: WaitReplicas,
+    ) -> Result<(RedisValue, RedisValue), RedisError> {
+        let mut pipeline = redis::pipe();
+        pipeline.ignore_errors();
+        pipeline.add_command(cmd.clone()).cmd("WAIT").arg(wait.replicas).arg(wait.timeout.as_millis() as u64);
+        let replies: Vec<RedisValue> = match self {
+            Link::Single(c) => pipeline.query_async(c).await,
+            Link::Cluster(c) => pipeline.query_async(c).await,
+        }?;
+        let mut replies = replies.into_iter();
+        match (replies.next(), replies.next()) {
+            (Some(RedisValue::ServerError(e)), _) => Err(e.into()),
+            (Some(reply), Some(waited)) => Ok((reply, waited)),
+            _ => Err(RedisError::from((ErrorKind::Parse, "a short reply to a write and WAIT"))),
+        }
     }
 }
 

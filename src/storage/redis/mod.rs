@@ -19,7 +19,7 @@ use std::time::Duration;
 use prost::Message;
 use redis::{Cmd, Value as RedisValue};
 
-use connection::Connector;
+use connection::{Connector, WaitingLinks};
 pub use connection::{RedisConfig, redacted_url, url_without_password};
 use scripts::Lua;
 
@@ -36,7 +36,8 @@ pub struct RedisStore {
     connector: Arc<Connector>,
     relay: Arc<relay::RedisRelay>,
     prefix: Arc<str>,
-    wait: Option<WaitReplicas>,
+    /// With `--redis-wait`: the connections writes wait for their replicas on.
+    wait: Option<Arc<WaitingLinks>>,
 }
 
 /// `WAIT numreplicas timeout` after every write: the write is acknowledged only once that many
@@ -131,8 +132,10 @@ impl RedisStore {
     /// once; see [`RedisStore::connected`]. Needs a tokio runtime.
     pub fn start(config: RedisConfig) -> Self {
         let prefix = Arc::from(config.prefix.as_str());
-        let wait = (config.wait_replicas > 0)
-            .then_some(WaitReplicas { replicas: config.wait_replicas, timeout: config.wait_timeout });
+        let wait = (config.wait_replicas > 0).then(|| {
+            let replicas = WaitReplicas { replicas: config.wait_replicas, timeout: config.wait_timeout };
+            Arc::new(WaitingLinks::new(&config, replicas, config.wait_connections))
+        });
         let (pushes, relay) = relay::RedisRelay::new(&config);
         let connector = Connector::start(config, pushes);
         let relay = Arc::new(relay(connector.clone()));
@@ -157,7 +160,7 @@ impl RedisStore {
     /// Runs a script that writes, then waits for replicas if so configured.
     async fn write(&self, call: Call) -> StorageResult<RedisValue> {
         let mut connection = self.connector.connection()?;
-        let reply = connection.invoke(call.cmd, call.script, self.wait).await?;
+        let reply = connection.invoke(call.cmd, call.script, self.wait.as_deref()).await?;
         match &reply {
             RedisValue::Array(items) if matches!(items[..], [RedisValue::Int(scripts::REPEATED)]) => {
                 Err(StorageError::Uncertain(

@@ -274,6 +274,53 @@ async fn a_write_that_replicas_do_not_confirm_is_uncertain() {
     assert!(reason.contains("0 of the 1 replicas"), "{reason}");
 }
 
+/// Redis reads nothing more from a connection while a WAIT on it waits. A master that has just failed
+/// over has no replica until its old master returns, so each WAIT there lasts its whole timeout; on
+/// one shared connection the node's reads and other writes waited behind it (the gateway answered 504
+/// for minutes). Each waiting write has a connection of its own, and reads go on meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_waiting_for_replicas_holds_up_no_other_request() {
+    // A Redis of its own (no other test's WAIT in its client list), without replicas: WAIT 1 lasts its
+    // whole timeout, longer than this test.
+    let node = RedisNode::start(&[]).expect("redis-server starts");
+    let store = connected(RedisConfig {
+        wait_replicas: 1,
+        wait_timeout: Duration::from_secs(60),
+        response_timeout: Duration::from_secs(120),
+        wait_connections: 2,
+        ..config(vec![node.url()])
+    })
+    .await;
+    // The scripts cached, so that each write is one EVALSHA (a NOSCRIPT would be waited for too).
+    let warm = connected(config(vec![node.url()])).await;
+    warm.set("t", "warm", "v".into(), None).await.unwrap();
+    let writes: Vec<_> = ["a", "b"]
+        .map(|key| {
+            let store = store.clone();
+            tokio::spawn(async move { store.set("t", key, "v".into(), None).await })
+        })
+        .into();
+    // Both writes wait in Redis at once, each on its own connection.
+    let waiting = || {
+        let clients = qkv_testkit::cli(node.port, &["CLIENT", "LIST"]).expect("redis-cli runs");
+        clients.lines().filter(|client| client.contains(" cmd=wait ")).count()
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while waiting() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both writes wait for their replicas at once");
+    // Their keys are written (WAIT comes after the write), and a read answers while they wait.
+    let read = tokio::time::timeout(Duration::from_secs(20), store.get("t", "a")).await;
+    assert!(read.expect("a read is not held up by a WAIT").unwrap().is_some());
+    assert!(writes.iter().all(|write| !write.is_finished()), "the writes still wait");
+    for write in writes {
+        write.abort();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_wait_for_a_replica_in_the_cluster() {
     let store = connected(RedisConfig { wait_replicas: 1, ..config(cluster().urls()) }).await;
