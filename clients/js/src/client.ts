@@ -145,6 +145,9 @@ const DEFAULT_SUBSCRIPTION_QUEUE = 1024;
 /** Entries per request of an Hgetall by default (HgetallOptions.pageSize). */
 const DEFAULT_PAGE_SIZE = 1000;
 
+/** The largest `limit` of an Hgetall: the protocol's is a uint32. */
+const MAX_LIMIT = 0xffffffff;
+
 /** In "auto", how long WebTransport gets before the client falls back to WebSocket. */
 const WEBTRANSPORT_AUTO_TIMEOUT_MS = 5000;
 
@@ -617,7 +620,7 @@ class QkvClient implements Client {
   hgetall(table: string, options: HgetallOptions = {}): AsyncIterable<Entry[]> {
     const { after = "", limit = 0, pageSize = DEFAULT_PAGE_SIZE } = options;
     for (const [name, n] of [["limit", limit], ["pageSize", pageSize]] as const) {
-      if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new RangeError(`${name} must be an integer from 0 to 2^32 - 1`);
+      if (!Number.isInteger(n) || n < 0 || n > MAX_LIMIT) throw new RangeError(`${name} must be an integer from 0 to 2^32 - 1`);
     }
     return { [Symbol.asyncIterator]: () => this.scan(table, after, limit, pageSize) };
   }
@@ -626,17 +629,27 @@ class QkvClient implements Client {
    * The entries of `table` after `after`, at most `limit` (0: all), each frame's as it arrives; in
    * requests of `pageSize` (0: one request). A request cut off by a lost connection is sent again
    * from the last key received (a listing changes nothing, and is weakly consistent anyway).
+   *
+   * The empty key sorts first, and an empty `after` means "from the first key": no request can start
+   * after the empty key (docs/PROTOCOL.md, section 6, Hgetall). Once it has been received, the next
+   * request starts from the first key again, asks for one entry more, and drops the empty key, so
+   * that each key comes once whatever the page size.
    */
   private async *scan(table: string, after: string, limit: number, pageSize: number): AsyncGenerator<Entry[]> {
     let cursor = after;
+    /** The empty key has been received: `cursor` "" means after it, not from the first key. */
+    let pastEmptyKey = false;
     let remaining = limit; // 0: no limit
     let attempt = 1;
     for (;;) {
       const asked = pageSize > 0 ? (remaining > 0 ? Math.min(pageSize, remaining) : pageSize) : remaining;
+      const skipEmptyKey = pastEmptyKey && cursor === "";
+      const wanted = skipEmptyKey && asked > 0 ? Math.min(asked + 1, MAX_LIMIT) : asked;
       const deadline = () => Date.now() + this.settings.requestTimeoutMs;
       const connection = await this.connectionBefore(deadline());
-      const answer = connection.send(requests.hgetall(table, cursor, asked));
+      const answer = connection.send(requests.hgetall(table, cursor, wanted));
       this.lastSent = Date.now();
+      /** Entries of this request's answer, the empty key dropped included. */
       let received = 0;
       let complete = false;
       try {
@@ -653,10 +666,13 @@ class QkvClient implements Client {
           }
           if (frame === undefined) throw new QkvError("the listing was abandoned", { status: NO_ANSWER, executed: "no" });
           if (frame.status === 503 && received === 0 && !frame.more && attempt < MAX_ATTEMPTS) break;
-          const entries = results.hgetall(frame);
+          let entries = results.hgetall(frame);
+          const first = received === 0;
+          received += entries.length;
+          if (skipEmptyKey && first && entries[0]?.key === "") entries = entries.slice(1);
           if (entries.length > 0) {
-            received += entries.length;
             cursor = entries[entries.length - 1].key;
+            if (cursor === "") pastEmptyKey = true;
             if (remaining > 0) remaining -= entries.length;
             attempt = 1;
             yield entries;
@@ -675,7 +691,7 @@ class QkvClient implements Client {
         await this.sleep.wait(backoffDelay(attempt, this.settings.reconnect));
         continue;
       }
-      if (pageSize === 0 || received < asked || (limit > 0 && remaining === 0)) return;
+      if (pageSize === 0 || received < wanted || (limit > 0 && remaining === 0)) return;
     }
   }
 

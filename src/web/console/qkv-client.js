@@ -3400,7 +3400,7 @@ function abandoned() {
 }
 
 // src/client.ts
-var MAX_ATTEMPTS = 3, DEFAULT_SUBSCRIPTION_QUEUE = 1024, DEFAULT_PAGE_SIZE = 1e3, WEBTRANSPORT_AUTO_TIMEOUT_MS = 5e3;
+var MAX_ATTEMPTS = 3, DEFAULT_SUBSCRIPTION_QUEUE = 1024, DEFAULT_PAGE_SIZE = 1e3, MAX_LIMIT = 4294967295, WEBTRANSPORT_AUTO_TIMEOUT_MS = 5e3;
 async function connect(options = {}) {
   let settings = settingsOf(options), choice = options.transport ?? "auto";
   if (!["auto", "webtransport", "websocket"].includes(choice))
@@ -3735,18 +3735,23 @@ var QkvClient = class {
   hgetall(table, options = {}) {
     let { after = "", limit = 0, pageSize = DEFAULT_PAGE_SIZE } = options;
     for (let [name, n] of [["limit", limit], ["pageSize", pageSize]])
-      if (!Number.isInteger(n) || n < 0 || n > 4294967295) throw new RangeError(`${name} must be an integer from 0 to 2^32 - 1`);
+      if (!Number.isInteger(n) || n < 0 || n > MAX_LIMIT) throw new RangeError(`${name} must be an integer from 0 to 2^32 - 1`);
     return { [Symbol.asyncIterator]: () => this.scan(table, after, limit, pageSize) };
   }
   /**
    * The entries of `table` after `after`, at most `limit` (0: all), each frame's as it arrives; in
    * requests of `pageSize` (0: one request). A request cut off by a lost connection is sent again
    * from the last key received (a listing changes nothing, and is weakly consistent anyway).
+   *
+   * The empty key sorts first, and an empty `after` means "from the first key": no request can start
+   * after the empty key (docs/PROTOCOL.md, section 6, Hgetall). Once it has been received, the next
+   * request starts from the first key again, asks for one entry more, and drops the empty key, so
+   * that each key comes once whatever the page size.
    */
   async *scan(table, after, limit, pageSize) {
-    let cursor = after, remaining = limit, attempt = 1;
+    let cursor = after, pastEmptyKey = !1, remaining = limit, attempt = 1;
     for (; ; ) {
-      let asked = pageSize > 0 ? remaining > 0 ? Math.min(pageSize, remaining) : pageSize : remaining, deadline = () => Date.now() + this.settings.requestTimeoutMs, answer = (await this.connectionBefore(deadline())).send(requests.hgetall(table, cursor, asked));
+      let asked = pageSize > 0 ? remaining > 0 ? Math.min(pageSize, remaining) : pageSize : remaining, skipEmptyKey = pastEmptyKey && cursor === "", wanted = skipEmptyKey && asked > 0 ? Math.min(asked + 1, MAX_LIMIT) : asked, deadline = () => Date.now() + this.settings.requestTimeoutMs, answer = (await this.connectionBefore(deadline())).send(requests.hgetall(table, cursor, wanted));
       this.lastSent = Date.now();
       let received = 0, complete = !1;
       try {
@@ -3762,8 +3767,8 @@ var QkvClient = class {
           }
           if (frame === void 0) throw new QkvError("the listing was abandoned", { status: 0, executed: "no" });
           if (frame.status === 503 && received === 0 && !frame.more && attempt < MAX_ATTEMPTS) break;
-          let entries = results.hgetall(frame);
-          if (entries.length > 0 && (received += entries.length, cursor = entries[entries.length - 1].key, remaining > 0 && (remaining -= entries.length), attempt = 1, yield entries), !frame.more) {
+          let entries = results.hgetall(frame), first = received === 0;
+          if (received += entries.length, skipEmptyKey && first && entries[0]?.key === "" && (entries = entries.slice(1)), entries.length > 0 && (cursor = entries[entries.length - 1].key, cursor === "" && (pastEmptyKey = !0), remaining > 0 && (remaining -= entries.length), attempt = 1, yield entries), !frame.more) {
             complete = !0;
             break;
           }
@@ -3775,7 +3780,7 @@ var QkvClient = class {
         attempt++, await this.sleep.wait(backoffDelay(attempt, this.settings.reconnect));
         continue;
       }
-      if (pageSize === 0 || received < asked || limit > 0 && remaining === 0) return;
+      if (pageSize === 0 || received < wanted || limit > 0 && remaining === 0) return;
     }
   }
   subscribe(topic) {
