@@ -5,7 +5,7 @@
 
 import type { CommandRequest, CommandResponse } from "./gen/kv_pb.js";
 import { backoffDelay, reconnectPolicy, type ReconnectOptions, type ReconnectPolicy } from "./backoff.js";
-import { errorFor, isReadOnly, merge, pairsOf, requests, results } from "./commands.js";
+import { errorFor, isReadOnly, merge, pairsOf, requests, results, text } from "./commands.js";
 import { TransportFailure, Channel, deferred, type Answer, type Connection } from "./connection.js";
 import { NO_ANSWER, QkvError } from "./errors.js";
 import { DEFAULT_MAX_FRAME_SIZE } from "./frame.js";
@@ -619,6 +619,8 @@ class QkvClient implements Client {
 
   hgetall(table: string, options: HgetallOptions = {}): AsyncIterable<Entry[]> {
     const { after = "", limit = 0, pageSize = DEFAULT_PAGE_SIZE } = options;
+    text("table", table);
+    text("after", after);
     for (const [name, n] of [["limit", limit], ["pageSize", pageSize]] as const) {
       if (!Number.isInteger(n) || n < 0 || n > MAX_LIMIT) throw new RangeError(`${name} must be an integer from 0 to 2^32 - 1`);
     }
@@ -696,6 +698,7 @@ class QkvClient implements Client {
   }
 
   subscribe(topic: string): Subscription {
+    text("topic", topic);
     const subscription = new QkvSubscription(this, topic);
     if (this.closedBy !== undefined) subscription.abort(this.closedBy);
     else this.subscriptions.add(subscription);

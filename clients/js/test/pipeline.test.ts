@@ -231,6 +231,46 @@ test("connect fails with status 0 when the WebSocket does not open", async () =>
   }
 });
 
+// README: "Bad arguments are thrown (or rejected) at once, before anything is sent". A lone surrogate
+// has no UTF-8: encoded, it would become U+FFFD, and "\ud800" and "\udc00" would be one key.
+test("bad arguments are refused at the call with a TypeError, and nothing is sent", async () => {
+  const server = new FakeServer(store());
+  const c = await client(server);
+  const refused = async (call: () => unknown, pattern: RegExp) => {
+    await assert.rejects(async () => call(), (e: unknown) => {
+      assert.ok(e instanceof TypeError, `a TypeError, not ${e}`);
+      assert.match(e.message, pattern);
+      return true;
+    });
+  };
+  await refused(() => c.hset("sg", "\ud800", "A"), /key is not well-formed Unicode: a lone surrogate \(\\uD800\) at index 0/);
+  await refused(() => c.hget("sg", "x\udc00"), /key is not well-formed.*index 1/);
+  await refused(() => c.hset("\udfff", "k", "v"), /table is not well-formed/);
+  await refused(() => c.hset("t", "k", "v\ud800"), /a string value is not well-formed/);
+  await refused(() => c.hset("t", "k", { kind: "string", value: "\ud800" }), /a string value is not well-formed/);
+  await refused(() => c.hset(undefined as never, "k", "v"), /table must be a string, not undefined/);
+  await refused(() => c.hset("t", 5 as never, "v"), /key must be a string, not number/);
+  await refused(() => c.hmget("t", "abc" as never), /keys must be an array of strings, not string/);
+  await refused(() => c.hmget("t", ["a", 1] as never), /keys\[1\] must be a string/);
+  await refused(() => c.hmexist("t", [null] as never), /keys\[0\] must be a string, not null/);
+  await refused(() => c.hmdel("t", "a" as never), /keys must be an array/);
+  await refused(() => c.hmset("t", { "\ud800": 1 }), /entries\[0\]'s key is not well-formed/);
+  await refused(() => c.hmset("t", [["k"]] as never), /entries\[0\] must be a \[key, value\] pair/);
+  await refused(() => c.hmset("t", null as never), /entries must be an object/);
+  await refused(() => c.hdel("t", undefined as never), /key must be a string/);
+  await refused(() => c.hexist(1 as never, "k"), /table must be a string/);
+  await refused(() => c.publish("news", "hi" as never), /values must be an array/);
+  await refused(() => c.publish("\ud800", ["hi"]), /topic is not well-formed/);
+  await refused(() => c.ping("hi" as never), /payload must be a Uint8Array/);
+  assert.throws(() => c.hgetall(undefined as never), /table must be a string/);
+  assert.throws(() => c.hgetall("t", { after: "\ud800" }), /after is not well-formed/);
+  assert.throws(() => c.subscribe(7 as never), /topic must be a string, not number/);
+  assert.equal(server.requests.length, 0, "nothing was sent");
+  // Well-formed strings of any kind go: the empty string, pairs of surrogates.
+  await c.hset("", "", "😀");
+  assert.equal((await c.hget("", ""))?.value.value, "😀");
+});
+
 test("a subscription has a WebSocket of its own; its events come in order; close unsubscribes", async () => {
   let subscriber: FakeSocket | undefined;
   const server = new FakeServer((request, socket) => {

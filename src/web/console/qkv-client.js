@@ -430,8 +430,8 @@ function getTextEncoding() {
     let textEncoder = new globals.TextEncoder(), textDecoder = new globals.TextDecoder("utf-8", {
       ignoreBOM: !0
     }), textDecoderStrict, config = {
-      encodeUtf8(text) {
-        return textEncoder.encode(text);
+      encodeUtf8(text2) {
+        return textEncoder.encode(text2);
       },
       decodeUtf8(bytes, strict) {
         return strict ? (textDecoderStrict || (textDecoderStrict = new globals.TextDecoder("utf-8", {
@@ -439,9 +439,9 @@ function getTextEncoding() {
           ignoreBOM: !0
         })), textDecoderStrict.decode(bytes)) : textDecoder.decode(bytes);
       },
-      checkUtf8(text) {
+      checkUtf8(text2) {
         try {
-          return encodeURIComponent(text), !0;
+          return encodeURIComponent(text2), !0;
         } catch {
           return !1;
         }
@@ -449,13 +449,13 @@ function getTextEncoding() {
     };
     textEncoder.encodeInto && (config.encodeUtf8Into = textEncoder.encodeInto.bind(textEncoder));
     let nativeStringIsWellFormed = String.prototype.isWellFormed;
-    nativeStringIsWellFormed && (config.checkUtf8 = (text) => nativeStringIsWellFormed.call(text)), configureTextEncoding(config);
+    nativeStringIsWellFormed && (config.checkUtf8 = (text2) => nativeStringIsWellFormed.call(text2)), configureTextEncoding(config);
   }
   return te;
 }
 function emulateEncodeInto(encodeUtf8) {
-  return (text, dest) => {
-    let bytes = encodeUtf8(text);
+  return (text2, dest) => {
+    let bytes = encodeUtf8(text2);
     return dest.set(bytes), { written: bytes.byteLength };
   };
 }
@@ -2580,7 +2580,7 @@ var INT64_MIN = -(2n ** 63n), INT64_MAX = 2n ** 63n - 1n;
 function value(v) {
   switch (typeof v) {
     case "string":
-      return { kind: "string", value: v };
+      return { kind: "string", value: wellFormed("a string value", v) };
     case "boolean":
       return { kind: "bool", value: v };
     case "bigint":
@@ -2590,9 +2590,15 @@ function value(v) {
     case "object":
       if (v instanceof Uint8Array) return { kind: "binary", value: v };
       if (v !== null && isValue(v))
-        return v.kind === "integer" && int64(v.value), v;
+        return v.kind === "integer" && int64(v.value), v.kind === "string" && wellFormed("a string value", v.value), v;
   }
   throw new TypeError(`not a qkv value: ${describe(v)} (a string, boolean, bigint, number, Uint8Array or Value)`);
+}
+var isWellFormed = typeof String.prototype.isWellFormed == "function" ? (s) => s.isWellFormed() : (s) => !/\p{Cs}/u.test(s);
+function wellFormed(what, s) {
+  if (isWellFormed(s)) return s;
+  let at = s.search(/\p{Cs}/u), unit = s.charCodeAt(at).toString(16).toUpperCase();
+  throw new TypeError(`${what} is not well-formed Unicode: a lone surrogate (\\u${unit}) at index ${at}, which UTF-8 cannot carry`);
 }
 function float(x) {
   if (typeof x != "number") throw new TypeError(`float() takes a number, not ${describe(x)}`);
@@ -2605,8 +2611,8 @@ function formatValue(v) {
     case "integer":
       return v.value.toString();
     case "float": {
-      let text = String(v.value);
-      return /^-?\d+$/.test(text) ? `${text}.0` : text;
+      let text2 = String(v.value);
+      return /^-?\d+$/.test(text2) ? `${text2}.0` : text2;
     }
     case "bool":
       return v.value ? "true" : "false";
@@ -2620,10 +2626,10 @@ function toBase64(bytes) {
     binary += String.fromCharCode(...bytes.subarray(at, at + 32768));
   return btoa(binary);
 }
-function fromBase64(text) {
+function fromBase64(text2) {
   let binary;
   try {
-    binary = atob(text);
+    binary = atob(text2);
   } catch {
     throw new SyntaxError("not base64");
   }
@@ -2700,40 +2706,60 @@ function version(v) {
   if (typeof v != "bigint" || v < 0n || v >= 2n ** 64n) throw new RangeError(`a version is a 64-bit unsigned integer, not ${v}`);
   return v;
 }
+function text(what, s) {
+  if (typeof s != "string") throw new TypeError(`${what} must be a string, not ${describe(s)}`);
+  return wellFormed(what, s);
+}
+function texts(what, list) {
+  if (!Array.isArray(list)) throw new TypeError(`${what} must be an array of strings, not ${describe(list)}`);
+  return list.forEach((s, i) => text(`${what}[${i}]`, s)), list;
+}
 function pairsOf(entries) {
-  return Array.isArray(entries) ? entries : Object.entries(entries);
+  if (Array.isArray(entries))
+    return entries.forEach((pair, i) => {
+      if (!Array.isArray(pair) || pair.length !== 2) throw new TypeError(`entries[${i}] must be a [key, value] pair, not ${describe(pair)}`);
+    }), entries;
+  if (typeof entries != "object" || entries === null)
+    throw new TypeError(`entries must be an object of keys and values or an array of [key, value] pairs, not ${describe(entries)}`);
+  return Object.entries(entries);
 }
 var requests = {
-  hget: (table, key) => request({ case: "hget", value: { table, key } }),
-  hgetall: (table, after = "", limit = 0) => request({ case: "hgetall", value: { table, after, limit } }),
-  hmget: (table, keys) => request({ case: "hmget", value: { table, keys } }),
+  hget: (table, key) => request({ case: "hget", value: { table: text("table", table), key: text("key", key) } }),
+  hgetall: (table, after = "", limit = 0) => request({ case: "hgetall", value: { table: text("table", table), after: text("after", after), limit } }),
+  hmget: (table, keys) => request({ case: "hmget", value: { table: text("table", table), keys: texts("keys", keys) } }),
   hset: (table, key, v, expectedVersion) => request({
     case: "hset",
     value: {
-      table,
-      pair: { key, value: toPb(v) },
+      table: text("table", table),
+      pair: { key: text("key", key), value: toPb(v) },
       ...expectedVersion === void 0 ? {} : { expectedVersion: version(expectedVersion) }
     }
   }),
   hmset: (table, pairs) => request({
     case: "hmset",
-    value: { table, pairs: pairs.map(([key, v]) => ({ key, value: toPb(v) })) }
+    value: { table: text("table", table), pairs: pairs.map(([key, v], i) => ({ key: text(`entries[${i}]'s key`, key), value: toPb(v) })) }
   }),
   hdel: (table, key, expectedVersion) => request({
     case: "hdel",
     value: {
-      table,
-      key,
+      table: text("table", table),
+      key: text("key", key),
       ...expectedVersion === void 0 ? {} : { expectedVersion: version(expectedVersion) }
     }
   }),
-  hmdel: (table, keys) => request({ case: "hmdel", value: { table, keys } }),
-  hexist: (table, key) => request({ case: "hexist", value: { table, key } }),
-  hmexist: (table, keys) => request({ case: "hmexist", value: { table, keys } }),
-  subscribe: (topic) => request({ case: "subscribe", value: { topic } }),
+  hmdel: (table, keys) => request({ case: "hmdel", value: { table: text("table", table), keys: texts("keys", keys) } }),
+  hexist: (table, key) => request({ case: "hexist", value: { table: text("table", table), key: text("key", key) } }),
+  hmexist: (table, keys) => request({ case: "hmexist", value: { table: text("table", table), keys: texts("keys", keys) } }),
+  subscribe: (topic) => request({ case: "subscribe", value: { topic: text("topic", topic) } }),
   unsubscribe: (topic, id) => request({ case: "unsubscribe", value: { topic, id } }),
-  publish: (topic, values) => request({ case: "publish", value: { topic, data: values.map((v) => toPb(v)) } }),
-  ping: (payload = new Uint8Array(0)) => request({ case: "ping", value: { payload } })
+  publish: (topic, values) => {
+    if (!Array.isArray(values)) throw new TypeError(`values must be an array of values, not ${describe(values)}`);
+    return request({ case: "publish", value: { topic: text("topic", topic), data: values.map((v) => toPb(v)) } });
+  },
+  ping: (payload = new Uint8Array(0)) => {
+    if (!(payload instanceof Uint8Array)) throw new TypeError(`a ping's payload must be a Uint8Array, not ${describe(payload)}`);
+    return request({ case: "ping", value: { payload } });
+  }
 };
 function isReadOnly(request2) {
   switch (request2.requestData.case) {
@@ -3734,6 +3760,7 @@ var QkvClient = class {
   }
   hgetall(table, options = {}) {
     let { after = "", limit = 0, pageSize = DEFAULT_PAGE_SIZE } = options;
+    text("table", table), text("after", after);
     for (let [name, n] of [["limit", limit], ["pageSize", pageSize]])
       if (!Number.isInteger(n) || n < 0 || n > MAX_LIMIT) throw new RangeError(`${name} must be an integer from 0 to 2^32 - 1`);
     return { [Symbol.asyncIterator]: () => this.scan(table, after, limit, pageSize) };
@@ -3784,6 +3811,7 @@ var QkvClient = class {
     }
   }
   subscribe(topic) {
+    text("topic", topic);
     let subscription = new QkvSubscription(this, topic);
     return this.closedBy !== void 0 ? subscription.abort(this.closedBy) : this.subscriptions.add(subscription), subscription;
   }
