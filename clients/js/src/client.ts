@@ -436,8 +436,11 @@ class QkvClient implements Client {
 
   close(): void {
     if (this.closedBy !== undefined) return;
-    this.shutDown(new QkvError("the client is closed", { status: NO_ANSWER, executed: "no" }));
-    for (const subscription of this.subscriptions) subscription.abort();
+    const closed = new QkvError("the client is closed", { status: NO_ANSWER, executed: "no" });
+    this.shutDown(closed);
+    // Each subscription's iterator throws it (after the events it holds), so that a reader tells a
+    // closed client from an unsubscribe, which ends the iterator.
+    for (const subscription of this.subscriptions) subscription.abort(closed);
     this.connection?.close();
     this.connection = undefined;
   }
@@ -722,6 +725,8 @@ class QkvSubscription implements Subscription {
   /** Messages dropped because `events` was full, not yet reported as a "missed" event. */
   private dropped = 0n;
   private closing = false;
+  /** Why the subscription was ended without an unsubscribe (the client was closed). */
+  private abortedBy: QkvError | undefined;
   /** The subscription's own connection (WebSocket). */
   private own: Connection | undefined;
   /** The current Subscribe's answer, and whether it is going (between its first and last frames). */
@@ -816,7 +821,7 @@ class QkvSubscription implements Subscription {
       }
       this.flushDropped();
       this.events.end();
-      this.readied.reject(new QkvError("the subscription was closed", { status: NO_ANSWER, executed: "no" }));
+      this.readied.reject(this.abortedBy ?? new QkvError("the subscription was closed", { status: NO_ANSWER, executed: "no" }));
     } catch (e) {
       const error = e instanceof QkvError ? e : new QkvError(errorText(e), { status: NO_ANSWER, executed: "maybe", cause: e });
       this.readied.reject(error);
@@ -892,13 +897,19 @@ class QkvSubscription implements Subscription {
     this.dropped = 0n;
   }
 
-  /** Ends the subscription without unsubscribing (its connection is going away). */
-  abort(error?: QkvError): void {
+  /**
+   * Ends the subscription without unsubscribing (its connection is going away): its iterator throws
+   * `error` after the events it holds, and `ready`, if pending, rejects with it.
+   */
+  abort(error: QkvError): void {
+    if (this.closing) return;
     this.closing = true;
+    this.abortedBy = error;
     this.sleep.wake();
     this.answer?.cancel();
     this.own?.close();
-    if (error !== undefined) this.events.fail(error);
+    this.flushDropped();
+    this.events.fail(error);
   }
 }
 

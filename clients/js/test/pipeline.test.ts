@@ -313,6 +313,33 @@ test("a subscription has a WebSocket of its own; its events come in order; close
   assert.ok(subscriber?.closedByClient, "its connection closed after the Unsubscribe's answer");
 });
 
+// README: the iterator throws a QkvError "when ... the client is closed": a reader must tell that
+// from an unsubscribe, which ends the iterator.
+test("closing the client fails its subscriptions' iterators with a QkvError, after the events they hold", async () => {
+  let subscriber: FakeSocket | undefined;
+  const server = new FakeServer((request, socket) => {
+    if (request.requestData.case === "subscribe") {
+      subscriber ??= socket;
+      return socket === subscriber ? [frame({ more: true, values: [toPb(1)] })] : [];
+    }
+    return [frame({ values: [toPb(new Uint8Array(0))] })];
+  });
+  const c = await client(server);
+  const made = c.subscribe("news");
+  await made.ready;
+  const waiting = c.subscribe("other"); // never answered: not ready when the client closes
+  server.deliver(subscriber as FakeSocket, [frame({ more: true, values: [toPb("held")] })]);
+  await c.ping(); // the fake delivers in order: the message is in
+  c.close();
+  const events = made[Symbol.asyncIterator]();
+  assert.deepEqual((await events.next()).value, { kind: "message", values: [value("held")] });
+  const closed = (e: unknown) => e instanceof QkvError && e.status === 0 && e.executed === "no" && /client is closed/.test(e.message);
+  await assert.rejects(events.next(), closed);
+  await assert.rejects(waiting.ready, closed);
+  await assert.rejects(waiting[Symbol.asyncIterator]().next(), closed);
+  await assert.rejects(c.subscribe("late")[Symbol.asyncIterator]().next(), closed, "and one made after");
+});
+
 test("a subscription whose connection is lost is made again, with a missed event", async () => {
   let id = 0;
   const subscribers: FakeSocket[] = [];

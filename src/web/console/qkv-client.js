@@ -3629,11 +3629,11 @@ var QkvClient = class {
     this.waiters.clear(), this.setState("closed");
   }
   close() {
-    if (this.closedBy === void 0) {
-      this.shutDown(new QkvError("the client is closed", { status: 0, executed: "no" }));
-      for (let subscription of this.subscriptions) subscription.abort();
-      this.connection?.close(), this.connection = void 0;
-    }
+    if (this.closedBy !== void 0) return;
+    let closed = new QkvError("the client is closed", { status: 0, executed: "no" });
+    this.shutDown(closed);
+    for (let subscription of this.subscriptions) subscription.abort(closed);
+    this.connection?.close(), this.connection = void 0;
   }
   /** The connection to send on: the current one, or the next one, if it comes before `deadline`. */
   connectionBefore(deadline) {
@@ -3837,6 +3837,8 @@ var QkvClient = class {
   /** Messages dropped because `events` was full, not yet reported as a "missed" event. */
   dropped = 0n;
   closing = !1;
+  /** Why the subscription was ended without an unsubscribe (the client was closed). */
+  abortedBy;
   /** The subscription's own connection (WebSocket). */
   own;
   /** The current Subscribe's answer, and whether it is going (between its first and last frames). */
@@ -3894,7 +3896,7 @@ var QkvClient = class {
           });
         await this.sleep.wait(backoffDelay(attempt++, policy));
       }
-      this.flushDropped(), this.events.end(), this.readied.reject(new QkvError("the subscription was closed", { status: 0, executed: "no" }));
+      this.flushDropped(), this.events.end(), this.readied.reject(this.abortedBy ?? new QkvError("the subscription was closed", { status: 0, executed: "no" }));
     } catch (e) {
       let error = e instanceof QkvError ? e : new QkvError(errorText(e), { status: 0, executed: "maybe", cause: e });
       this.readied.reject(error), this.flushDropped(), this.events.fail(error);
@@ -3939,9 +3941,12 @@ var QkvClient = class {
   flushDropped() {
     this.dropped !== 0n && (this.events.push({ kind: "missed", count: this.dropped }), this.dropped = 0n);
   }
-  /** Ends the subscription without unsubscribing (its connection is going away). */
+  /**
+   * Ends the subscription without unsubscribing (its connection is going away): its iterator throws
+   * `error` after the events it holds, and `ready`, if pending, rejects with it.
+   */
   abort(error) {
-    this.closing = !0, this.sleep.wake(), this.answer?.cancel(), this.own?.close(), error !== void 0 && this.events.fail(error);
+    this.closing || (this.closing = !0, this.abortedBy = error, this.sleep.wake(), this.answer?.cancel(), this.own?.close(), this.flushDropped(), this.events.fail(error));
   }
 };
 async function drain(answer) {
