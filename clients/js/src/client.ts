@@ -5,6 +5,7 @@
 
 import type { CommandRequest, CommandResponse } from "./gen/kv_pb.js";
 import { backoffDelay, reconnectPolicy, type ReconnectOptions, type ReconnectPolicy } from "./backoff.js";
+import { hiddenCause, pageOrigin } from "./browser.js";
 import { errorFor, isReadOnly, merge, pairsOf, requests, results, text } from "./commands.js";
 import { TransportFailure, Channel, deferred, type Answer, type Connection } from "./connection.js";
 import { NO_ANSWER, QkvError } from "./errors.js";
@@ -254,6 +255,10 @@ function openWebSocketOf(settings: Settings): Promise<Connection> {
   return openWebSocket(webSocketUrl(settings.base), settings.WebSocket, {
     timeoutMs: settings.connectTimeoutMs,
     maxFrameSize: settings.maxFrameSize,
+  }).catch(async (e: unknown) => {
+    // A browser says nothing of a refused handshake (a 403 for the page's origin): ask what it may.
+    const cause = e instanceof TransportFailure && pageOrigin() !== undefined ? await hiddenCause(settings.base, settings.connectTimeoutMs) : "";
+    throw cause === "" ? e : new TransportFailure(`${errorText(e)}${cause}`, "no", { cause: e });
   });
 }
 
@@ -273,20 +278,30 @@ async function openWebTransportOf(settings: Settings, timeoutMs: number): Promis
   });
 }
 
-/** `GET /webtransport-cert` of the web listener at `base`: its certificate's hash and the QUIC port. */
+/**
+ * `GET /webtransport-cert` of the web listener at `base`: its certificate's hash and the QUIC port.
+ * Rejects with a QkvError: the HTTP status the server answered, or 0 when no usable answer came (in a
+ * page, with the likely cause the browser hides).
+ */
 export async function webTransportCert(base: string, timeoutMs = 10_000): Promise<WebTransportCert> {
   const url = new URL("webtransport-cert", base.endsWith("/") ? base : `${base}/`);
   const signal = typeof AbortSignal.timeout === "function" ? AbortSignal.timeout(timeoutMs) : undefined;
+  const failure = (message: string, status = NO_ANSWER, cause?: unknown) => new QkvError(message, { status, executed: "no", cause });
   let response: Response;
   try {
     response = await fetch(url, { signal, cache: "no-store" });
   } catch (e) {
-    throw new TransportFailure(`could not fetch ${url}: ${errorText(e)}`, "no", { cause: e });
+    throw failure(`could not fetch ${url}: ${errorText(e)}${await hiddenCause(base, timeoutMs)}`, NO_ANSWER, e);
   }
-  if (!response.ok) throw new TransportFailure(`${url} answered ${response.status}`, "no");
-  const cert = (await response.json()) as WebTransportCert;
-  if (typeof cert.port !== "number" || typeof cert.sha256 !== "string") {
-    throw new TransportFailure(`${url} did not answer a certificate hash and a port`, "no");
+  if (!response.ok) throw failure(`${url} answered ${response.status}`, response.status);
+  let cert: WebTransportCert;
+  try {
+    cert = (await response.json()) as WebTransportCert;
+  } catch (e) {
+    throw failure(`${url} did not answer JSON: ${errorText(e)}`, NO_ANSWER, e);
+  }
+  if (typeof cert?.port !== "number" || typeof cert.sha256 !== "string") {
+    throw failure(`${url} did not answer a certificate hash and a port`);
   }
   return cert;
 }

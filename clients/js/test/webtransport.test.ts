@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { CommandRequestSchema, CommandResponseSchema, type CommandRequest, type CommandResponse } from "../src/gen/kv_pb.js";
 import { FrameDecoder, concat, encodeFrame } from "../src/frame.js";
-import { connect, QkvError, type Client } from "../src/index.js";
+import { connect, QkvError, webTransportCert, type Client } from "../src/index.js";
 import { toPb } from "../src/value.js";
 import { FakeServer } from "./fake-websocket.js";
 
@@ -197,4 +197,64 @@ test('"auto" falls back to WebSocket at a reconnection once WebTransport no long
   } finally {
     delete global.WebTransport;
   }
+});
+
+/** Runs `f` with `fetch` answering as `answer` says, and, given `page`, as in a page of that origin. */
+async function withFetch(answer: (url: string, init?: RequestInit) => Promise<Response>, page: string | undefined, f: () => Promise<void>) {
+  const global = globalThis as { fetch: unknown; location?: unknown };
+  const fetch = global.fetch;
+  global.fetch = (url: URL | string, init?: RequestInit) => answer(String(url), init);
+  if (page !== undefined) global.location = { origin: page };
+  try {
+    await f();
+  } finally {
+    global.fetch = fetch;
+    delete global.location;
+  }
+}
+
+// README: "Every call rejects with a QkvError", webTransportCert too: the HTTP status the server
+// answered, or 0 when none came.
+test("webTransportCert rejects with a QkvError: the server's status, or 0 when no usable answer came", async () => {
+  const is = (status: number, pattern: RegExp) => (e: unknown) =>
+    e instanceof QkvError && e.status === status && e.executed === "no" && pattern.test(e.message);
+  const base = "https://qkv.test:9528";
+  await withFetch(() => Promise.reject(new TypeError("fetch failed")), undefined, () =>
+    assert.rejects(webTransportCert(base), is(0, /could not fetch https:\/\/qkv.test:9528\/webtransport-cert: fetch failed$/)),
+  );
+  await withFetch(async () => new Response("no", { status: 404 }), undefined, () =>
+    assert.rejects(webTransportCert(base), is(404, /answered 404/)),
+  );
+  await withFetch(async () => new Response("<html>"), undefined, () => assert.rejects(webTransportCert(base), is(0, /did not answer JSON/)));
+  await withFetch(async () => Response.json({ port: "x" }), undefined, () =>
+    assert.rejects(webTransportCert(base), is(0, /did not answer a certificate hash and a port/)),
+  );
+  await withFetch(async () => Response.json({ port: 9527, sha256: "ab", self_issued: true }), undefined, async () => {
+    assert.equal((await webTransportCert(base)).port, 9527);
+  });
+});
+
+// A browser hides a refusal: a fetch the page may not read (CORS) is a TypeError, a WebSocket refused
+// with 403 an error event. The server answers /webtransport-cert with CORS for allowed origins only:
+// answered to an opaque (no-cors) request but unreadable, the page's origin is not allowed.
+test("in a page of an origin the server does not allow, the error names --web-origin", async () => {
+  const refusedOrigin = async (_url: string, init?: RequestInit) => {
+    if (init?.mode === "no-cors") return new Response(null, { status: 200 });
+    throw new TypeError("Failed to fetch");
+  };
+  const named = (e: unknown) =>
+    e instanceof QkvError && e.status === 0 && /does not allow this page's origin, https:\/\/page.test; start it with --web-origin https:\/\/page.test/.test(e.message);
+  await withFetch(refusedOrigin, "https://page.test", async () => {
+    await assert.rejects(webTransportCert("https://qkv.test:9528"), named);
+    const server = new FakeServer(() => []);
+    server.refusing = true;
+    await assert.rejects(connect({ transport: "websocket", url: "https://qkv.test:9528", WebSocket: server.WebSocket }), named);
+  });
+  // Unreachable: not a matter of origin alone; the page's own origin: always allowed, nothing to add.
+  await withFetch(() => Promise.reject(new TypeError("Failed to fetch")), "https://page.test", () =>
+    assert.rejects(webTransportCert("https://qkv.test:9528"), /not reached from this page, or the browser does not trust its certificate/),
+  );
+  await withFetch(() => Promise.reject(new TypeError("Failed to fetch")), "https://qkv.test:9528", () =>
+    assert.rejects(webTransportCert("https://qkv.test:9528"), /Failed to fetch$/),
+  );
 });

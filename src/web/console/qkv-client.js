@@ -22,6 +22,25 @@ function backoffDelay(attempt, policy = DEFAULT_RECONNECT, random = Math.random)
   return Math.floor(random() * backoffCeiling(attempt, policy));
 }
 
+// src/browser.ts
+function pageOrigin() {
+  let origin = globalThis.location?.origin;
+  return typeof origin == "string" && origin !== "null" ? origin : void 0;
+}
+async function hiddenCause(base, timeoutMs) {
+  let page = pageOrigin(), url = new URL("webtransport-cert", base.endsWith("/") ? base : `${base}/`);
+  if (page === void 0 || page === url.origin || typeof fetch != "function") return "";
+  let answers = async (mode) => {
+    let signal = typeof AbortSignal.timeout == "function" ? AbortSignal.timeout(timeoutMs) : void 0;
+    try {
+      return await fetch(url, { mode, cache: "no-store", signal }), !0;
+    } catch {
+      return !1;
+    }
+  };
+  return await answers("cors") ? "" : await answers("no-cors") ? ` (the browser hides the server's answer: the server is reached, but does not allow this page's origin, ${page}; start it with --web-origin ${page})` : ` (the browser hides why: the server at ${url.origin} is not reached from this page, or the browser does not trust its certificate; or, if it runs, this page's origin ${page} is not allowed: --web-origin ${page})`;
+}
+
 // node_modules/@bufbuild/protobuf/dist/esm/is-message.js
 function isMessage(arg, schema) {
   return arg !== null && typeof arg == "object" && "$typeName" in arg && typeof arg.$typeName == "string" ? schema === void 0 ? !0 : schema.typeName === arg.$typeName : !1;
@@ -3489,6 +3508,9 @@ function openWebSocketOf(settings) {
   ) : openWebSocket(webSocketUrl(settings.base), settings.WebSocket, {
     timeoutMs: settings.connectTimeoutMs,
     maxFrameSize: settings.maxFrameSize
+  }).catch(async (e) => {
+    let cause = e instanceof TransportFailure && pageOrigin() !== void 0 ? await hiddenCause(settings.base, settings.connectTimeoutMs) : "";
+    throw cause === "" ? e : new TransportFailure(`${errorText(e)}${cause}`, "no", { cause: e });
   });
 }
 async function openWebTransportOf(settings, timeoutMs) {
@@ -3505,16 +3527,21 @@ async function openWebTransportOf(settings, timeoutMs) {
   });
 }
 async function webTransportCert(base, timeoutMs = 1e4) {
-  let url = new URL("webtransport-cert", base.endsWith("/") ? base : `${base}/`), signal = typeof AbortSignal.timeout == "function" ? AbortSignal.timeout(timeoutMs) : void 0, response;
+  let url = new URL("webtransport-cert", base.endsWith("/") ? base : `${base}/`), signal = typeof AbortSignal.timeout == "function" ? AbortSignal.timeout(timeoutMs) : void 0, failure = (message, status = 0, cause) => new QkvError(message, { status, executed: "no", cause }), response;
   try {
     response = await fetch(url, { signal, cache: "no-store" });
   } catch (e) {
-    throw new TransportFailure(`could not fetch ${url}: ${errorText(e)}`, "no", { cause: e });
+    throw failure(`could not fetch ${url}: ${errorText(e)}${await hiddenCause(base, timeoutMs)}`, 0, e);
   }
-  if (!response.ok) throw new TransportFailure(`${url} answered ${response.status}`, "no");
-  let cert = await response.json();
-  if (typeof cert.port != "number" || typeof cert.sha256 != "string")
-    throw new TransportFailure(`${url} did not answer a certificate hash and a port`, "no");
+  if (!response.ok) throw failure(`${url} answered ${response.status}`, response.status);
+  let cert;
+  try {
+    cert = await response.json();
+  } catch (e) {
+    throw failure(`${url} did not answer JSON: ${errorText(e)}`, 0, e);
+  }
+  if (typeof cert?.port != "number" || typeof cert.sha256 != "string")
+    throw failure(`${url} did not answer a certificate hash and a port`);
   return cert;
 }
 var Sleep = class {
