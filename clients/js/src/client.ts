@@ -50,6 +50,16 @@ export interface ConnectOptions {
    */
   maxStreams?: number;
   /**
+   * Subscriptions the client holds at once, over either transport; `subscribe()` beyond it fails at
+   * once with a QkvError (429), sending nothing. Over WebTransport each holds one of the session's
+   * streams for its life, and the server runs at most `--max-concurrent-requests` (256) of a
+   * session's streams: so this must be below `maxStreams`, which leaves the rest to calls (a
+   * RangeError otherwise, where WebTransport may be used). Over WebSocket each has a WebSocket of its
+   * own, and browsers cap the WebSockets open to a host (Chromium: about 255). Default 128, or half
+   * of `maxStreams` when that is less.
+   */
+  maxSubscriptions?: number;
+  /**
    * Events each subscription holds that its reader has not taken yet. Beyond it, messages are
    * dropped and counted, and the reader gets a "missed" event with their number where they were
    * dropped, as the server does for a subscriber whose queue is full. Default 1024.
@@ -143,6 +153,13 @@ const MAX_ATTEMPTS = 3;
 /** Events a subscription holds for its reader by default (ConnectOptions.subscriptionQueue). */
 const DEFAULT_SUBSCRIPTION_QUEUE = 1024;
 
+/**
+ * Subscriptions a client holds at once by default (ConnectOptions.maxSubscriptions): half of the
+ * default streams of a WebTransport session, so that calls keep the other half, and half of what
+ * Chromium lets a browser open of WebSockets to one host.
+ */
+const DEFAULT_MAX_SUBSCRIPTIONS = 128;
+
 /** Entries per request of an Hgetall by default (HgetallOptions.pageSize). */
 const DEFAULT_PAGE_SIZE = 1000;
 
@@ -163,6 +180,7 @@ interface Settings {
   keepAliveMs: number;
   maxFrameSize: number;
   maxStreams: number;
+  maxSubscriptions: number;
   subscriptionQueue: number;
 }
 
@@ -172,6 +190,14 @@ export async function connect(options: ConnectOptions = {}): Promise<Client> {
   const choice = options.transport ?? "auto";
   if (!["auto", "webtransport", "websocket"].includes(choice)) {
     throw new TypeError(`transport is "auto", "webtransport" or "websocket", not ${JSON.stringify(choice)}`);
+  }
+  const webTransportPossible =
+    choice === "webtransport" || (choice === "auto" && typeof (globalThis as { WebTransport?: unknown }).WebTransport === "function");
+  if (webTransportPossible && settings.maxSubscriptions >= settings.maxStreams) {
+    throw new RangeError(
+      `maxSubscriptions (${settings.maxSubscriptions}) must be below maxStreams (${settings.maxStreams}): over WebTransport ` +
+        "each subscription holds a stream for its life, and calls need the others",
+    );
   }
   // The same choice at every reconnection: in "auto", WebTransport first again, so that a client that
   // connected over it still falls back to WebSocket once UDP is blocked.
@@ -224,6 +250,7 @@ function settingsOf(options: ConnectOptions): Settings {
     if (typeof given !== "number" || !(given >= 0)) throw new RangeError(`${name} must be a number ≥ 0`);
     return given;
   };
+  const maxStreams = Math.max(1, number("maxStreams", DEFAULT_MAX_STREAMS));
   return {
     base: base.endsWith("/") ? base : `${base}/`,
     webTransportUrl: options.webTransportUrl,
@@ -234,7 +261,8 @@ function settingsOf(options: ConnectOptions): Settings {
     connectTimeoutMs: number("connectTimeoutMs", 10_000),
     keepAliveMs: number("keepAliveMs", 10_000),
     maxFrameSize: number("maxFrameSize", DEFAULT_MAX_FRAME_SIZE),
-    maxStreams: Math.max(1, number("maxStreams", DEFAULT_MAX_STREAMS)),
+    maxStreams,
+    maxSubscriptions: number("maxSubscriptions", Math.min(DEFAULT_MAX_SUBSCRIPTIONS, Math.floor(maxStreams / 2))),
     subscriptionQueue: Math.max(1, number("subscriptionQueue", DEFAULT_SUBSCRIPTION_QUEUE)),
   };
 }
@@ -717,9 +745,18 @@ class QkvClient implements Client {
 
   subscribe(topic: string): Subscription {
     text("topic", topic);
-    const subscription = new QkvSubscription(this, topic);
-    if (this.closedBy !== undefined) subscription.abort(this.closedBy);
-    else this.subscriptions.add(subscription);
+    const max = this.settings.maxSubscriptions;
+    const refusal =
+      this.closedBy ??
+      (this.subscriptions.size < max
+        ? undefined
+        : new QkvError(
+            `too many subscriptions: the client holds ${max} (maxSubscriptions), and each holds a ` +
+              `${this.current === "webtransport" ? "stream of the session" : "WebSocket"} for its life; close one, or raise maxSubscriptions`,
+            { status: 429, executed: "no" },
+          ));
+    const subscription = new QkvSubscription(this, topic, refusal);
+    if (refusal === undefined) this.subscriptions.add(subscription);
     return subscription;
   }
 
@@ -750,13 +787,23 @@ class QkvSubscription implements Subscription {
   private sleep = new Sleep();
   private finished = deferred<void>();
 
+  /** Made by `client.subscribe`, which passes `refusal` instead when the subscription may not be made: then nothing is sent. */
   constructor(
     private client: QkvClient,
     readonly topic: string,
+    refusal?: QkvError,
   ) {
     this.ready = this.readied.promise;
     this.ready.catch(() => {});
-    void this.run();
+    if (refusal === undefined) {
+      void this.run();
+      return;
+    }
+    this.closing = true;
+    this.abortedBy = refusal;
+    this.events.fail(refusal);
+    this.readied.reject(refusal);
+    this.finished.resolve();
   }
 
   [Symbol.asyncIterator](): AsyncIterator<SubscriptionEvent> {
@@ -792,9 +839,16 @@ class QkvSubscription implements Subscription {
           const answer = connection.send(requests.subscribe(this.topic));
           this.answer = answer;
           const deadline = Date.now() + this.client.settings.requestTimeoutMs;
+          // Not answered in time: abandoned (its stream stopped, its WebSocket closed, which ends it
+          // on the server if it got there) and failed, never sent again: a second Subscribe could
+          // only add to what kept the first waiting (a session's streams all held).
           const first = await beforeDeadline(answer.next(), deadline, () => {
             answer.cancel();
-            return new TransportFailure("the Subscribe was not answered within the request timeout", "maybe");
+            return new QkvError(
+              `the Subscribe to ${JSON.stringify(this.topic)} was not answered within the request timeout ` +
+                `(${this.client.settings.requestTimeoutMs} ms): the subscription was abandoned`,
+              { status: NO_ANSWER, executed: "maybe" },
+            );
           });
           if (first === undefined) throw new TransportFailure("the Subscribe's answer ended before it began", "maybe");
           if (first.status !== 200 || !first.more) {

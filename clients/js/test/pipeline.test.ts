@@ -340,6 +340,43 @@ test("closing the client fails its subscriptions' iterators with a QkvError, aft
   await assert.rejects(c.subscribe("late")[Symbol.asyncIterator]().next(), closed, "and one made after");
 });
 
+// Over WebSocket each subscription has a WebSocket of its own, and browsers cap those open to a host
+// (Chromium: about 255; beyond, one fails after tens of seconds with an opaque error): the same cap as
+// over WebTransport, so that an app behaves alike whichever transport "auto" chose.
+test("over WebSocket too, subscriptions beyond maxSubscriptions fail at once with a 429, opening nothing", async () => {
+  let id = 0;
+  const server = new FakeServer((request) => {
+    const r = request.requestData;
+    if (r.case === "subscribe") return [frame({ more: true, values: [toPb(++id)] })];
+    if (r.case === "unsubscribe") return [frame({}), frame({})];
+    return [frame({ values: [toPb(new Uint8Array(0))] })];
+  });
+  const c = await client(server, { maxSubscriptions: 3 });
+  const made = ["a", "b", "c"].map((topic) => c.subscribe(topic));
+  await Promise.all(made.map((s) => s.ready));
+  const refused = c.subscribe("d");
+  await assert.rejects(refused.ready, (e: unknown) => {
+    assert.ok(e instanceof QkvError);
+    assert.equal(e.status, 429);
+    assert.equal(e.executed, "no");
+    assert.match(e.message, /too many subscriptions: the client holds 3 \(maxSubscriptions\), and each holds a WebSocket/);
+    return true;
+  });
+  assert.equal(server.sockets.length, 4, "the client's and one per subscription made");
+  await made[0].close();
+  await c.subscribe("e").ready;
+  assert.equal(server.requests.filter((r) => r.requestData.case === "subscribe").length, 4);
+});
+
+test("over WebSocket, a Subscribe not answered in time fails and is not sent again", async () => {
+  const server = new FakeServer((request) => (request.requestData.case === "subscribe" ? [] : [frame({ values: [toPb(new Uint8Array(0))] })]));
+  const c = await client(server, { requestTimeoutMs: 50 });
+  const subscription = c.subscribe("slow");
+  await assert.rejects(subscription.ready, (e: unknown) => e instanceof QkvError && e.status === 0 && /not answered within the request timeout/.test(e.message));
+  assert.equal(server.requests.filter((r) => r.requestData.case === "subscribe").length, 1);
+  assert.ok(server.sockets[1].closedByClient, "its WebSocket closed: the server ends the subscription");
+});
+
 test("a subscription whose connection is lost is made again, with a missed event", async () => {
   let id = 0;
   const subscribers: FakeSocket[] = [];

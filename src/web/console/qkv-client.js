@@ -3236,6 +3236,7 @@ var StreamSlots = class {
   }
   max;
   inUse = 0;
+  held = 0;
   limit;
   ended = 0;
   waiting = [];
@@ -3243,6 +3244,10 @@ var StreamSlots = class {
   /** Streams open (or being opened) now. */
   get open() {
     return this.inUse;
+  }
+  /** Streams open for a subscription's life (`hold`), among those `open`. */
+  get lasting() {
+    return this.held;
   }
   /** How many streams may be open now: `max`, or fewer after refusals. */
   get current() {
@@ -3264,16 +3269,24 @@ var StreamSlots = class {
       i < 0 || (this.waiting.splice(i, 1), wake(!1));
     } };
   }
-  /** A stream that was granted a place has ended (or never opened): its place goes to the first waiting. */
-  give() {
-    this.inUse = Math.max(0, this.inUse - 1), this.ended += 1, this.ended >= this.limit && (this.ended = 0, this.limit = Math.min(this.max, this.limit + 1)), this.wake();
+  /** A stream that was granted a place is a subscription's: it ends only with it. */
+  hold() {
+    this.held += 1;
+  }
+  /**
+   * A stream that was granted a place has ended (or never opened), a subscription's (`hold`) if
+   * `held`: its place goes to the first waiting.
+   */
+  give(held = !1) {
+    held && (this.held = Math.max(0, this.held - 1)), this.inUse = Math.max(0, this.inUse - 1), this.ended += 1, this.ended >= this.limit && (this.ended = 0, this.limit = Math.min(this.max, this.limit + 1)), this.wake();
   }
   /**
    * The browser refused a stream while the session was up: its place is given back, and the limit
-   * becomes the streams still open (at least one). The caller then takes a place again, first.
+   * becomes the streams still open, and at least one more than the subscriptions' (whose ends would
+   * never make room). The caller then takes a place again, first.
    */
   refused() {
-    this.inUse = Math.max(0, this.inUse - 1), this.limit = Math.max(1, this.inUse), this.ended = 0;
+    this.inUse = Math.max(0, this.inUse - 1), this.limit = Math.max(this.held + 1, this.inUse), this.ended = 0;
   }
   /** The session is gone: every waiting request is told so. */
   end() {
@@ -3308,7 +3321,7 @@ var StreamSlots = class {
   }
   send(request2) {
     let payload = toBinary(CommandRequestSchema, request2), max = this.maxFrameSize ?? 16777216;
-    return payload.length > max ? tooLarge(payload.length, max) : new StreamAnswer(this, this.session, encodeFrame(payload), max);
+    return payload.length > max ? tooLarge(payload.length, max) : new StreamAnswer(this, this.session, encodeFrame(payload), max, request2.requestData.case === "subscribe");
   }
   close() {
     if (this.isOpen) {
@@ -3320,12 +3333,14 @@ var StreamSlots = class {
     }
   }
 }, StreamAnswer = class {
-  constructor(connection, session, frame, maxFrameSize) {
+  constructor(connection, session, frame, maxFrameSize, lasting = !1) {
     this.connection = connection;
+    this.lasting = lasting;
     this.decoder = new FrameDecoder(maxFrameSize), this.started = this.start(session, frame), this.started.catch(() => {
     });
   }
   connection;
+  lasting;
   sent = !1;
   reader;
   decoder;
@@ -3335,6 +3350,8 @@ var StreamSlots = class {
   started;
   /** Whether this request holds one of the session's places (until `release`). */
   holding = !1;
+  /** Whether its place is held for a subscription's life (StreamSlots.hold). */
+  held = !1;
   withdraw = () => {
   };
   async start(session, frame) {
@@ -3353,10 +3370,10 @@ var StreamSlots = class {
       } catch (e) {
         if (!this.connection.open)
           throw slots.give(), new TransportFailure(`could not open a stream: ${errorText(e)}`, "no", { cause: e });
-        slots.refused(), refusals += 1, slots.open === 0 && (await new Promise((resolve) => setTimeout(resolve, retryMs)), retryMs = Math.min(REFUSED_RETRY_MS.max, retryMs * 2));
+        slots.refused(), refusals += 1, slots.open <= slots.lasting && (await new Promise((resolve) => setTimeout(resolve, retryMs)), retryMs = Math.min(REFUSED_RETRY_MS.max, retryMs * 2));
       }
     }
-    if (this.holding = !0, this.reader = stream.readable.getReader(), this.cancelled) {
+    if (this.holding = !0, this.lasting && (this.held = !0, slots.hold()), this.reader = stream.readable.getReader(), this.cancelled) {
       this.stop(), stream.writable.abort(abandoned()).catch(() => {
       });
       return;
@@ -3368,7 +3385,7 @@ var StreamSlots = class {
   }
   /** The stream is done with: its place goes to the next request. */
   release() {
-    this.holding && (this.holding = !1, this.connection.slots.give());
+    this.holding && (this.holding = !1, this.connection.slots.give(this.held));
   }
   async next() {
     for (await this.started; ; ) {
@@ -3445,11 +3462,15 @@ function abandoned() {
 }
 
 // src/client.ts
-var MAX_ATTEMPTS = 3, DEFAULT_SUBSCRIPTION_QUEUE = 1024, DEFAULT_PAGE_SIZE = 1e3, MAX_LIMIT = 4294967295, WEBTRANSPORT_AUTO_TIMEOUT_MS = 5e3;
+var MAX_ATTEMPTS = 3, DEFAULT_SUBSCRIPTION_QUEUE = 1024, DEFAULT_MAX_SUBSCRIPTIONS = 128, DEFAULT_PAGE_SIZE = 1e3, MAX_LIMIT = 4294967295, WEBTRANSPORT_AUTO_TIMEOUT_MS = 5e3;
 async function connect(options = {}) {
   let settings = settingsOf(options), choice = options.transport ?? "auto";
   if (!["auto", "webtransport", "websocket"].includes(choice))
     throw new TypeError(`transport is "auto", "webtransport" or "websocket", not ${JSON.stringify(choice)}`);
+  if ((choice === "webtransport" || choice === "auto" && typeof globalThis.WebTransport == "function") && settings.maxSubscriptions >= settings.maxStreams)
+    throw new RangeError(
+      `maxSubscriptions (${settings.maxSubscriptions}) must be below maxStreams (${settings.maxStreams}): over WebTransport each subscription holds a stream for its life, and calls need the others`
+    );
   let open = choice === "auto" ? () => openAuto(settings) : choice === "webtransport" ? () => named("WebTransport", openWebTransportOf(settings, settings.connectTimeoutMs)) : () => named("WebSocket", openWebSocketOf(settings)), first;
   try {
     first = await open();
@@ -3483,7 +3504,7 @@ function settingsOf(options) {
     if (given === void 0) return fallback;
     if (typeof given != "number" || !(given >= 0)) throw new RangeError(`${name} must be a number ≥ 0`);
     return given;
-  };
+  }, maxStreams = Math.max(1, number("maxStreams", DEFAULT_MAX_STREAMS));
   return {
     base: base.endsWith("/") ? base : `${base}/`,
     webTransportUrl: options.webTransportUrl,
@@ -3494,7 +3515,8 @@ function settingsOf(options) {
     connectTimeoutMs: number("connectTimeoutMs", 1e4),
     keepAliveMs: number("keepAliveMs", 1e4),
     maxFrameSize: number("maxFrameSize", 16777216),
-    maxStreams: Math.max(1, number("maxStreams", DEFAULT_MAX_STREAMS)),
+    maxStreams,
+    maxSubscriptions: number("maxSubscriptions", Math.min(DEFAULT_MAX_SUBSCRIPTIONS, Math.floor(maxStreams / 2))),
     subscriptionQueue: Math.max(1, number("subscriptionQueue", DEFAULT_SUBSCRIPTION_QUEUE))
   };
 }
@@ -3839,8 +3861,11 @@ var QkvClient = class {
   }
   subscribe(topic) {
     text("topic", topic);
-    let subscription = new QkvSubscription(this, topic);
-    return this.closedBy !== void 0 ? subscription.abort(this.closedBy) : this.subscriptions.add(subscription), subscription;
+    let max = this.settings.maxSubscriptions, refusal = this.closedBy ?? (this.subscriptions.size < max ? void 0 : new QkvError(
+      `too many subscriptions: the client holds ${max} (maxSubscriptions), and each holds a ${this.current === "webtransport" ? "stream of the session" : "WebSocket"} for its life; close one, or raise maxSubscriptions`,
+      { status: 429, executed: "no" }
+    )), subscription = new QkvSubscription(this, topic, refusal);
+    return refusal === void 0 && this.subscriptions.add(subscription), subscription;
   }
   forget(subscription) {
     this.subscriptions.delete(subscription);
@@ -3849,11 +3874,16 @@ var QkvClient = class {
     return this.closedBy;
   }
 }, QkvSubscription = class {
-  constructor(client, topic) {
+  /** Made by `client.subscribe`, which passes `refusal` instead when the subscription may not be made: then nothing is sent. */
+  constructor(client, topic, refusal) {
     this.client = client;
     this.topic = topic;
-    this.ready = this.readied.promise, this.ready.catch(() => {
-    }), this.run();
+    if (this.ready = this.readied.promise, this.ready.catch(() => {
+    }), refusal === void 0) {
+      this.run();
+      return;
+    }
+    this.closing = !0, this.abortedBy = refusal, this.events.fail(refusal), this.readied.reject(refusal), this.finished.resolve();
   }
   client;
   topic;
@@ -3896,7 +3926,10 @@ var QkvClient = class {
           if (connection.transport === "websocket" && (this.own = connection), this.closing) break;
           let answer = connection.send(requests.subscribe(this.topic));
           this.answer = answer;
-          let deadline = Date.now() + this.client.settings.requestTimeoutMs, first = await beforeDeadline(answer.next(), deadline, () => (answer.cancel(), new TransportFailure("the Subscribe was not answered within the request timeout", "maybe")));
+          let deadline = Date.now() + this.client.settings.requestTimeoutMs, first = await beforeDeadline(answer.next(), deadline, () => (answer.cancel(), new QkvError(
+            `the Subscribe to ${JSON.stringify(this.topic)} was not answered within the request timeout (${this.client.settings.requestTimeoutMs} ms): the subscription was abandoned`,
+            { status: 0, executed: "maybe" }
+          )));
           if (first === void 0) throw new TransportFailure("the Subscribe's answer ended before it began", "maybe");
           if (first.status !== 200 || !first.more) {
             if (first.status !== 503 || policy === void 0) throw errorFor(first);
