@@ -697,8 +697,9 @@ class QkvClient implements Client {
       const connection = await this.connectionBefore(deadline());
       const answer = connection.send(requests.hgetall(table, cursor, wanted));
       this.lastSent = Date.now();
-      /** Entries of this request's answer, the empty key dropped included. */
+      /** Entries of this request's answer, the empty key dropped included; and those yielded. */
       let received = 0;
+      let kept = 0;
       let complete = false;
       try {
         for (;;) {
@@ -717,7 +718,13 @@ class QkvClient implements Client {
           let entries = results.hgetall(frame);
           const first = received === 0;
           received += entries.length;
-          if (skipEmptyKey && first && entries[0]?.key === "") entries = entries.slice(1);
+          if (skipEmptyKey) {
+            if (first && entries[0]?.key === "") entries = entries.slice(1);
+            // The empty key deleted since it was received: the entry asked for in its place belongs
+            // to the next page (a limit must not be overrun).
+            if (asked > 0) entries = entries.slice(0, Math.max(0, asked - kept));
+          }
+          kept += entries.length;
           if (entries.length > 0) {
             cursor = entries[entries.length - 1].key;
             if (cursor === "") pastEmptyKey = true;

@@ -107,6 +107,17 @@ test("hgetall pages past the empty key: each key once, whatever pageSize and lim
   assert.deepEqual(await read(), [["", "a", "b"]]);
   keys.splice(1);
   assert.deepEqual(await read({ pageSize: 1 }), [[""]], "a table of the empty key alone");
+
+  // The empty key deleted between two pages: the entry asked for in its place is the next page's, and
+  // a limit is not overrun.
+  keys.splice(0, keys.length, "", "a", "b", "c");
+  const pages: string[][] = [];
+  for await (const page of c.hgetall("t", { pageSize: 1, limit: 2 })) {
+    pages.push(page.map((e) => e.key));
+    if (pages.length === 1) keys.splice(0, 1);
+    if (pages.length > 10) break;
+  }
+  assert.deepEqual(pages, [[""], ["a"]]);
 });
 
 test("a keep-alive Ping without an answer closes the silent connection, and the client reconnects", async () => {

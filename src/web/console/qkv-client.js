@@ -3829,7 +3829,7 @@ var QkvClient = class {
     for (; ; ) {
       let asked = pageSize > 0 ? remaining > 0 ? Math.min(pageSize, remaining) : pageSize : remaining, skipEmptyKey = pastEmptyKey && cursor === "", wanted = skipEmptyKey && asked > 0 ? Math.min(asked + 1, MAX_LIMIT) : asked, deadline = () => Date.now() + this.settings.requestTimeoutMs, answer = (await this.connectionBefore(deadline())).send(requests.hgetall(table, cursor, wanted));
       this.lastSent = Date.now();
-      let received = 0, complete = !1;
+      let received = 0, kept = 0, complete = !1;
       try {
         for (; ; ) {
           let frame;
@@ -3844,7 +3844,7 @@ var QkvClient = class {
           if (frame === void 0) throw new QkvError("the listing was abandoned", { status: 0, executed: "no" });
           if (frame.status === 503 && received === 0 && !frame.more && attempt < MAX_ATTEMPTS) break;
           let entries = results.hgetall(frame), first = received === 0;
-          if (received += entries.length, skipEmptyKey && first && entries[0]?.key === "" && (entries = entries.slice(1)), entries.length > 0 && (cursor = entries[entries.length - 1].key, cursor === "" && (pastEmptyKey = !0), remaining > 0 && (remaining -= entries.length), attempt = 1, yield entries), !frame.more) {
+          if (received += entries.length, skipEmptyKey && (first && entries[0]?.key === "" && (entries = entries.slice(1)), asked > 0 && (entries = entries.slice(0, Math.max(0, asked - kept)))), kept += entries.length, entries.length > 0 && (cursor = entries[entries.length - 1].key, cursor === "" && (pastEmptyKey = !0), remaining > 0 && (remaining -= entries.length), attempt = 1, yield entries), !frame.more) {
             complete = !0;
             break;
           }
