@@ -5,7 +5,8 @@
 
 import type { CommandRequest, CommandResponse } from "./gen/kv_pb.js";
 import { backoffDelay, reconnectPolicy, type ReconnectOptions, type ReconnectPolicy } from "./backoff.js";
-import { errorFor, isReadOnly, merge, pairsOf, requests, results } from "./commands.js";
+import { hiddenCause, pageOrigin } from "./browser.js";
+import { errorFor, isReadOnly, merge, pairsOf, requests, results, text } from "./commands.js";
 import { TransportFailure, Channel, deferred, type Answer, type Connection } from "./connection.js";
 import { NO_ANSWER, QkvError } from "./errors.js";
 import { DEFAULT_MAX_FRAME_SIZE } from "./frame.js";
@@ -48,6 +49,16 @@ export interface ConnectOptions {
    * a stream to end, and are not failed.
    */
   maxStreams?: number;
+  /**
+   * Subscriptions the client holds at once, over either transport; `subscribe()` beyond it fails at
+   * once with a QkvError (429), sending nothing. Over WebTransport each holds one of the session's
+   * streams for its life, and the server runs at most `--max-concurrent-requests` (256) of a
+   * session's streams: so this must be below `maxStreams`, which leaves the rest to calls (a
+   * RangeError otherwise, where WebTransport may be used). Over WebSocket each has a WebSocket of its
+   * own, and browsers cap the WebSockets open to a host (Chromium: about 255). Default 128, or half
+   * of `maxStreams` when that is less.
+   */
+  maxSubscriptions?: number;
   /**
    * Events each subscription holds that its reader has not taken yet. Beyond it, messages are
    * dropped and counted, and the reader gets a "missed" event with their number where they were
@@ -142,8 +153,18 @@ const MAX_ATTEMPTS = 3;
 /** Events a subscription holds for its reader by default (ConnectOptions.subscriptionQueue). */
 const DEFAULT_SUBSCRIPTION_QUEUE = 1024;
 
+/**
+ * Subscriptions a client holds at once by default (ConnectOptions.maxSubscriptions): half of the
+ * default streams of a WebTransport session, so that calls keep the other half, and half of what
+ * Chromium lets a browser open of WebSockets to one host.
+ */
+const DEFAULT_MAX_SUBSCRIPTIONS = 128;
+
 /** Entries per request of an Hgetall by default (HgetallOptions.pageSize). */
 const DEFAULT_PAGE_SIZE = 1000;
+
+/** The largest `limit` of an Hgetall: the protocol's is a uint32. */
+const MAX_LIMIT = 0xffffffff;
 
 /** In "auto", how long WebTransport gets before the client falls back to WebSocket. */
 const WEBTRANSPORT_AUTO_TIMEOUT_MS = 5000;
@@ -159,6 +180,7 @@ interface Settings {
   keepAliveMs: number;
   maxFrameSize: number;
   maxStreams: number;
+  maxSubscriptions: number;
   subscriptionQueue: number;
 }
 
@@ -168,6 +190,14 @@ export async function connect(options: ConnectOptions = {}): Promise<Client> {
   const choice = options.transport ?? "auto";
   if (!["auto", "webtransport", "websocket"].includes(choice)) {
     throw new TypeError(`transport is "auto", "webtransport" or "websocket", not ${JSON.stringify(choice)}`);
+  }
+  const webTransportPossible =
+    choice === "webtransport" || (choice === "auto" && typeof (globalThis as { WebTransport?: unknown }).WebTransport === "function");
+  if (webTransportPossible && settings.maxSubscriptions >= settings.maxStreams) {
+    throw new RangeError(
+      `maxSubscriptions (${settings.maxSubscriptions}) must be below maxStreams (${settings.maxStreams}): over WebTransport ` +
+        "each subscription holds a stream for its life, and calls need the others",
+    );
   }
   // The same choice at every reconnection: in "auto", WebTransport first again, so that a client that
   // connected over it still falls back to WebSocket once UDP is blocked.
@@ -220,6 +250,7 @@ function settingsOf(options: ConnectOptions): Settings {
     if (typeof given !== "number" || !(given >= 0)) throw new RangeError(`${name} must be a number ≥ 0`);
     return given;
   };
+  const maxStreams = Math.max(1, number("maxStreams", DEFAULT_MAX_STREAMS));
   return {
     base: base.endsWith("/") ? base : `${base}/`,
     webTransportUrl: options.webTransportUrl,
@@ -230,7 +261,8 @@ function settingsOf(options: ConnectOptions): Settings {
     connectTimeoutMs: number("connectTimeoutMs", 10_000),
     keepAliveMs: number("keepAliveMs", 10_000),
     maxFrameSize: number("maxFrameSize", DEFAULT_MAX_FRAME_SIZE),
-    maxStreams: Math.max(1, number("maxStreams", DEFAULT_MAX_STREAMS)),
+    maxStreams,
+    maxSubscriptions: number("maxSubscriptions", Math.min(DEFAULT_MAX_SUBSCRIPTIONS, Math.floor(maxStreams / 2))),
     subscriptionQueue: Math.max(1, number("subscriptionQueue", DEFAULT_SUBSCRIPTION_QUEUE)),
   };
 }
@@ -251,6 +283,10 @@ function openWebSocketOf(settings: Settings): Promise<Connection> {
   return openWebSocket(webSocketUrl(settings.base), settings.WebSocket, {
     timeoutMs: settings.connectTimeoutMs,
     maxFrameSize: settings.maxFrameSize,
+  }).catch(async (e: unknown) => {
+    // A browser says nothing of a refused handshake (a 403 for the page's origin): ask what it may.
+    const cause = e instanceof TransportFailure && pageOrigin() !== undefined ? await hiddenCause(settings.base, settings.connectTimeoutMs) : "";
+    throw cause === "" ? e : new TransportFailure(`${errorText(e)}${cause}`, "no", { cause: e });
   });
 }
 
@@ -270,20 +306,30 @@ async function openWebTransportOf(settings: Settings, timeoutMs: number): Promis
   });
 }
 
-/** `GET /webtransport-cert` of the web listener at `base`: its certificate's hash and the QUIC port. */
+/**
+ * `GET /webtransport-cert` of the web listener at `base`: its certificate's hash and the QUIC port.
+ * Rejects with a QkvError: the HTTP status the server answered, or 0 when no usable answer came (in a
+ * page, with the likely cause the browser hides).
+ */
 export async function webTransportCert(base: string, timeoutMs = 10_000): Promise<WebTransportCert> {
   const url = new URL("webtransport-cert", base.endsWith("/") ? base : `${base}/`);
   const signal = typeof AbortSignal.timeout === "function" ? AbortSignal.timeout(timeoutMs) : undefined;
+  const failure = (message: string, status = NO_ANSWER, cause?: unknown) => new QkvError(message, { status, executed: "no", cause });
   let response: Response;
   try {
     response = await fetch(url, { signal, cache: "no-store" });
   } catch (e) {
-    throw new TransportFailure(`could not fetch ${url}: ${errorText(e)}`, "no", { cause: e });
+    throw failure(`could not fetch ${url}: ${errorText(e)}${await hiddenCause(base, timeoutMs)}`, NO_ANSWER, e);
   }
-  if (!response.ok) throw new TransportFailure(`${url} answered ${response.status}`, "no");
-  const cert = (await response.json()) as WebTransportCert;
-  if (typeof cert.port !== "number" || typeof cert.sha256 !== "string") {
-    throw new TransportFailure(`${url} did not answer a certificate hash and a port`, "no");
+  if (!response.ok) throw failure(`${url} answered ${response.status}`, response.status);
+  let cert: WebTransportCert;
+  try {
+    cert = (await response.json()) as WebTransportCert;
+  } catch (e) {
+    throw failure(`${url} did not answer JSON: ${errorText(e)}`, NO_ANSWER, e);
+  }
+  if (typeof cert?.port !== "number" || typeof cert.sha256 !== "string") {
+    throw failure(`${url} did not answer a certificate hash and a port`);
   }
   return cert;
 }
@@ -433,8 +479,11 @@ class QkvClient implements Client {
 
   close(): void {
     if (this.closedBy !== undefined) return;
-    this.shutDown(new QkvError("the client is closed", { status: NO_ANSWER, executed: "no" }));
-    for (const subscription of this.subscriptions) subscription.abort();
+    const closed = new QkvError("the client is closed", { status: NO_ANSWER, executed: "no" });
+    this.shutDown(closed);
+    // Each subscription's iterator throws it (after the events it holds), so that a reader tells a
+    // closed client from an unsubscribe, which ends the iterator.
+    for (const subscription of this.subscriptions) subscription.abort(closed);
     this.connection?.close();
     this.connection = undefined;
   }
@@ -616,8 +665,10 @@ class QkvClient implements Client {
 
   hgetall(table: string, options: HgetallOptions = {}): AsyncIterable<Entry[]> {
     const { after = "", limit = 0, pageSize = DEFAULT_PAGE_SIZE } = options;
+    text("table", table);
+    text("after", after);
     for (const [name, n] of [["limit", limit], ["pageSize", pageSize]] as const) {
-      if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new RangeError(`${name} must be an integer from 0 to 2^32 - 1`);
+      if (!Number.isInteger(n) || n < 0 || n > MAX_LIMIT) throw new RangeError(`${name} must be an integer from 0 to 2^32 - 1`);
     }
     return { [Symbol.asyncIterator]: () => this.scan(table, after, limit, pageSize) };
   }
@@ -626,18 +677,29 @@ class QkvClient implements Client {
    * The entries of `table` after `after`, at most `limit` (0: all), each frame's as it arrives; in
    * requests of `pageSize` (0: one request). A request cut off by a lost connection is sent again
    * from the last key received (a listing changes nothing, and is weakly consistent anyway).
+   *
+   * The empty key sorts first, and an empty `after` means "from the first key": no request can start
+   * after the empty key (docs/PROTOCOL.md, section 6, Hgetall). Once it has been received, the next
+   * request starts from the first key again, asks for one entry more, and drops the empty key, so
+   * that each key comes once whatever the page size.
    */
   private async *scan(table: string, after: string, limit: number, pageSize: number): AsyncGenerator<Entry[]> {
     let cursor = after;
+    /** The empty key has been received: `cursor` "" means after it, not from the first key. */
+    let pastEmptyKey = false;
     let remaining = limit; // 0: no limit
     let attempt = 1;
     for (;;) {
       const asked = pageSize > 0 ? (remaining > 0 ? Math.min(pageSize, remaining) : pageSize) : remaining;
+      const skipEmptyKey = pastEmptyKey && cursor === "";
+      const wanted = skipEmptyKey && asked > 0 ? Math.min(asked + 1, MAX_LIMIT) : asked;
       const deadline = () => Date.now() + this.settings.requestTimeoutMs;
       const connection = await this.connectionBefore(deadline());
-      const answer = connection.send(requests.hgetall(table, cursor, asked));
+      const answer = connection.send(requests.hgetall(table, cursor, wanted));
       this.lastSent = Date.now();
+      /** Entries of this request's answer, the empty key dropped included; and those yielded. */
       let received = 0;
+      let kept = 0;
       let complete = false;
       try {
         for (;;) {
@@ -653,10 +715,19 @@ class QkvClient implements Client {
           }
           if (frame === undefined) throw new QkvError("the listing was abandoned", { status: NO_ANSWER, executed: "no" });
           if (frame.status === 503 && received === 0 && !frame.more && attempt < MAX_ATTEMPTS) break;
-          const entries = results.hgetall(frame);
+          let entries = results.hgetall(frame);
+          const first = received === 0;
+          received += entries.length;
+          if (skipEmptyKey) {
+            if (first && entries[0]?.key === "") entries = entries.slice(1);
+            // The empty key deleted since it was received: the entry asked for in its place belongs
+            // to the next page (a limit must not be overrun).
+            if (asked > 0) entries = entries.slice(0, Math.max(0, asked - kept));
+          }
+          kept += entries.length;
           if (entries.length > 0) {
-            received += entries.length;
             cursor = entries[entries.length - 1].key;
+            if (cursor === "") pastEmptyKey = true;
             if (remaining > 0) remaining -= entries.length;
             attempt = 1;
             yield entries;
@@ -675,14 +746,24 @@ class QkvClient implements Client {
         await this.sleep.wait(backoffDelay(attempt, this.settings.reconnect));
         continue;
       }
-      if (pageSize === 0 || received < asked || (limit > 0 && remaining === 0)) return;
+      if (pageSize === 0 || received < wanted || (limit > 0 && remaining === 0)) return;
     }
   }
 
   subscribe(topic: string): Subscription {
-    const subscription = new QkvSubscription(this, topic);
-    if (this.closedBy !== undefined) subscription.abort(this.closedBy);
-    else this.subscriptions.add(subscription);
+    text("topic", topic);
+    const max = this.settings.maxSubscriptions;
+    const refusal =
+      this.closedBy ??
+      (this.subscriptions.size < max
+        ? undefined
+        : new QkvError(
+            `too many subscriptions: the client holds ${max} (maxSubscriptions), and each holds a ` +
+              `${this.current === "webtransport" ? "stream of the session" : "WebSocket"} for its life; close one, or raise maxSubscriptions`,
+            { status: 429, executed: "no" },
+          ));
+    const subscription = new QkvSubscription(this, topic, refusal);
+    if (refusal === undefined) this.subscriptions.add(subscription);
     return subscription;
   }
 
@@ -703,6 +784,8 @@ class QkvSubscription implements Subscription {
   /** Messages dropped because `events` was full, not yet reported as a "missed" event. */
   private dropped = 0n;
   private closing = false;
+  /** Why the subscription was ended without an unsubscribe (the client was closed). */
+  private abortedBy: QkvError | undefined;
   /** The subscription's own connection (WebSocket). */
   private own: Connection | undefined;
   /** The current Subscribe's answer, and whether it is going (between its first and last frames). */
@@ -711,13 +794,23 @@ class QkvSubscription implements Subscription {
   private sleep = new Sleep();
   private finished = deferred<void>();
 
+  /** Made by `client.subscribe`, which passes `refusal` instead when the subscription may not be made: then nothing is sent. */
   constructor(
     private client: QkvClient,
     readonly topic: string,
+    refusal?: QkvError,
   ) {
     this.ready = this.readied.promise;
     this.ready.catch(() => {});
-    void this.run();
+    if (refusal === undefined) {
+      void this.run();
+      return;
+    }
+    this.closing = true;
+    this.abortedBy = refusal;
+    this.events.fail(refusal);
+    this.readied.reject(refusal);
+    this.finished.resolve();
   }
 
   [Symbol.asyncIterator](): AsyncIterator<SubscriptionEvent> {
@@ -753,9 +846,16 @@ class QkvSubscription implements Subscription {
           const answer = connection.send(requests.subscribe(this.topic));
           this.answer = answer;
           const deadline = Date.now() + this.client.settings.requestTimeoutMs;
+          // Not answered in time: abandoned (its stream stopped, its WebSocket closed, which ends it
+          // on the server if it got there) and failed, never sent again: a second Subscribe could
+          // only add to what kept the first waiting (a session's streams all held).
           const first = await beforeDeadline(answer.next(), deadline, () => {
             answer.cancel();
-            return new TransportFailure("the Subscribe was not answered within the request timeout", "maybe");
+            return new QkvError(
+              `the Subscribe to ${JSON.stringify(this.topic)} was not answered within the request timeout ` +
+                `(${this.client.settings.requestTimeoutMs} ms): the subscription was abandoned`,
+              { status: NO_ANSWER, executed: "maybe" },
+            );
           });
           if (first === undefined) throw new TransportFailure("the Subscribe's answer ended before it began", "maybe");
           if (first.status !== 200 || !first.more) {
@@ -797,7 +897,7 @@ class QkvSubscription implements Subscription {
       }
       this.flushDropped();
       this.events.end();
-      this.readied.reject(new QkvError("the subscription was closed", { status: NO_ANSWER, executed: "no" }));
+      this.readied.reject(this.abortedBy ?? new QkvError("the subscription was closed", { status: NO_ANSWER, executed: "no" }));
     } catch (e) {
       const error = e instanceof QkvError ? e : new QkvError(errorText(e), { status: NO_ANSWER, executed: "maybe", cause: e });
       this.readied.reject(error);
@@ -873,13 +973,19 @@ class QkvSubscription implements Subscription {
     this.dropped = 0n;
   }
 
-  /** Ends the subscription without unsubscribing (its connection is going away). */
-  abort(error?: QkvError): void {
+  /**
+   * Ends the subscription without unsubscribing (its connection is going away): its iterator throws
+   * `error` after the events it holds, and `ready`, if pending, rejects with it.
+   */
+  abort(error: QkvError): void {
+    if (this.closing) return;
     this.closing = true;
+    this.abortedBy = error;
     this.sleep.wake();
     this.answer?.cancel();
     this.own?.close();
-    if (error !== undefined) this.events.fail(error);
+    this.flushDropped();
+    this.events.fail(error);
   }
 }
 

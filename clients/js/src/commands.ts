@@ -11,7 +11,7 @@ import {
   type CommandResponse,
 } from "./gen/kv_pb.js";
 import { QkvError } from "./errors.js";
-import { fromPb, toPb, type Entry, type Value, type ValueLike } from "./value.js";
+import { describe, fromPb, toPb, wellFormed, type Entry, type Value, type ValueLike } from "./value.js";
 
 type Request = NonNullable<MessageInitShape<typeof CommandRequestSchema>["requestData"]>;
 
@@ -29,46 +29,80 @@ export function version(v: bigint | number): bigint {
   return v;
 }
 
-/** The pairs of Hmset's argument, in order. */
-export function pairsOf(entries: Record<string, ValueLike> | [string, ValueLike][]): [string, ValueLike][] {
-  return Array.isArray(entries) ? entries : Object.entries(entries);
+/**
+ * A table, key or topic: a string, well-formed (a TypeError otherwise). The protocol's are any UTF-8,
+ * so the empty string too; but `undefined` is not "", nor 5 "5": the mistake is caught here, at the
+ * call, rather than written to another table.
+ */
+export function text(what: string, s: unknown): string {
+  if (typeof s !== "string") throw new TypeError(`${what} must be a string, not ${describe(s)}`);
+  return wellFormed(what, s);
 }
 
+/** A list of keys: an array of strings (`text`), else a TypeError. */
+export function texts(what: string, list: unknown): string[] {
+  if (!Array.isArray(list)) throw new TypeError(`${what} must be an array of strings, not ${describe(list)}`);
+  list.forEach((s, i) => text(`${what}[${i}]`, s));
+  return list;
+}
+
+/** The pairs of Hmset's argument, in order: an object's own entries, or an array of [key, value]. */
+export function pairsOf(entries: Record<string, ValueLike> | [string, ValueLike][]): [string, ValueLike][] {
+  if (Array.isArray(entries)) {
+    entries.forEach((pair, i) => {
+      if (!Array.isArray(pair) || pair.length !== 2) throw new TypeError(`entries[${i}] must be a [key, value] pair, not ${describe(pair)}`);
+    });
+    return entries;
+  }
+  if (typeof entries !== "object" || entries === null) {
+    throw new TypeError(`entries must be an object of keys and values or an array of [key, value] pairs, not ${describe(entries)}`);
+  }
+  return Object.entries(entries);
+}
+
+/** Each command's request; a TypeError or RangeError for an argument it cannot carry, before anything is sent. */
 export const requests = {
-  hget: (table: string, key: string) => request({ case: "hget", value: { table, key } }),
-  hgetall: (table: string, after = "", limit = 0) => request({ case: "hgetall", value: { table, after, limit } }),
-  hmget: (table: string, keys: string[]) => request({ case: "hmget", value: { table, keys } }),
+  hget: (table: string, key: string) => request({ case: "hget", value: { table: text("table", table), key: text("key", key) } }),
+  hgetall: (table: string, after = "", limit = 0) =>
+    request({ case: "hgetall", value: { table: text("table", table), after: text("after", after), limit } }),
+  hmget: (table: string, keys: string[]) => request({ case: "hmget", value: { table: text("table", table), keys: texts("keys", keys) } }),
   hset: (table: string, key: string, v: ValueLike, expectedVersion?: bigint | number) =>
     request({
       case: "hset",
       value: {
-        table,
-        pair: { key, value: toPb(v) },
+        table: text("table", table),
+        pair: { key: text("key", key), value: toPb(v) },
         ...(expectedVersion === undefined ? {} : { expectedVersion: version(expectedVersion) }),
       },
     }),
   hmset: (table: string, pairs: [string, ValueLike][]) =>
     request({
       case: "hmset",
-      value: { table, pairs: pairs.map(([key, v]) => ({ key, value: toPb(v) })) },
+      value: { table: text("table", table), pairs: pairs.map(([key, v], i) => ({ key: text(`entries[${i}]'s key`, key), value: toPb(v) })) },
     }),
   hdel: (table: string, key: string, expectedVersion?: bigint | number) =>
     request({
       case: "hdel",
       value: {
-        table,
-        key,
+        table: text("table", table),
+        key: text("key", key),
         ...(expectedVersion === undefined ? {} : { expectedVersion: version(expectedVersion) }),
       },
     }),
-  hmdel: (table: string, keys: string[]) => request({ case: "hmdel", value: { table, keys } }),
-  hexist: (table: string, key: string) => request({ case: "hexist", value: { table, key } }),
-  hmexist: (table: string, keys: string[]) => request({ case: "hmexist", value: { table, keys } }),
-  subscribe: (topic: string) => request({ case: "subscribe", value: { topic } }),
+  hmdel: (table: string, keys: string[]) => request({ case: "hmdel", value: { table: text("table", table), keys: texts("keys", keys) } }),
+  hexist: (table: string, key: string) => request({ case: "hexist", value: { table: text("table", table), key: text("key", key) } }),
+  hmexist: (table: string, keys: string[]) =>
+    request({ case: "hmexist", value: { table: text("table", table), keys: texts("keys", keys) } }),
+  subscribe: (topic: string) => request({ case: "subscribe", value: { topic: text("topic", topic) } }),
   unsubscribe: (topic: string, id: number) => request({ case: "unsubscribe", value: { topic, id } }),
-  publish: (topic: string, values: ValueLike[]) =>
-    request({ case: "publish", value: { topic, data: values.map((v) => toPb(v)) } }),
-  ping: (payload: Uint8Array = new Uint8Array(0)) => request({ case: "ping", value: { payload } }),
+  publish: (topic: string, values: ValueLike[]) => {
+    if (!Array.isArray(values)) throw new TypeError(`values must be an array of values, not ${describe(values)}`);
+    return request({ case: "publish", value: { topic: text("topic", topic), data: values.map((v) => toPb(v)) } });
+  },
+  ping: (payload: Uint8Array = new Uint8Array(0)) => {
+    if (!(payload instanceof Uint8Array)) throw new TypeError(`a ping's payload must be a Uint8Array, not ${describe(payload)}`);
+    return request({ case: "ping", value: { payload } });
+  },
 };
 
 /** Requests that change nothing: sent again after any failure (docs/PROTOCOL.md, section 8). */

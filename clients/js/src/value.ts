@@ -30,11 +30,14 @@ export interface Entry {
 const INT64_MIN = -(2n ** 63n);
 const INT64_MAX = 2n ** 63n - 1n;
 
-/** `v` as a Value (see ValueLike); a TypeError for anything else, a RangeError for a bigint beyond 64 bits. */
+/**
+ * `v` as a Value (see ValueLike); a TypeError for anything else, and for a string that is not
+ * well-formed (see `wellFormed`); a RangeError for a bigint beyond 64 bits.
+ */
 export function value(v: ValueLike): Value {
   switch (typeof v) {
     case "string":
-      return { kind: "string", value: v };
+      return { kind: "string", value: wellFormed("a string value", v) };
     case "boolean":
       return { kind: "bool", value: v };
     case "bigint":
@@ -45,10 +48,29 @@ export function value(v: ValueLike): Value {
       if (v instanceof Uint8Array) return { kind: "binary", value: v };
       if (v !== null && isValue(v)) {
         if (v.kind === "integer") int64(v.value);
+        if (v.kind === "string") wellFormed("a string value", v.value);
         return v;
       }
   }
   throw new TypeError(`not a qkv value: ${describe(v)} (a string, boolean, bigint, number, Uint8Array or Value)`);
+}
+
+/** String.prototype.isWellFormed (ES2024: node 20, current browsers), else the same test: no lone surrogate. */
+const isWellFormed: (s: string) => boolean =
+  typeof (String.prototype as { isWellFormed?: unknown }).isWellFormed === "function"
+    ? (s) => (s as unknown as { isWellFormed(): boolean }).isWellFormed()
+    : (s) => !/\p{Cs}/u.test(s);
+
+/**
+ * `s`, a string that UTF-8 can carry, else a TypeError naming `what`: a lone surrogate (half of a
+ * UTF-16 pair) has no UTF-8, and encoding it would send U+FFFD instead, so that two different
+ * strings would reach the server as one.
+ */
+export function wellFormed(what: string, s: string): string {
+  if (isWellFormed(s)) return s;
+  const at = s.search(/\p{Cs}/u);
+  const unit = s.charCodeAt(at).toString(16).toUpperCase();
+  throw new TypeError(`${what} is not well-formed Unicode: a lone surrogate (\\u${unit}) at index ${at}, which UTF-8 cannot carry`);
 }
 
 /** A float Value, even when `x` is integral (`value(2)` is the integer 2, `float(2)` the float 2.0). */
@@ -160,7 +182,8 @@ function isValue(v: object): v is Value {
   }
 }
 
-function describe(v: unknown): string {
+/** What `v` is, for a TypeError's message. */
+export function describe(v: unknown): string {
   if (v === null) return "null";
   if (typeof v === "object") return v.constructor?.name ?? "an object";
   return typeof v;

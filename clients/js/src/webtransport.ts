@@ -109,10 +109,12 @@ export async function openWebTransport(
  * to the streams open then, and the refused request waits, first in line, for one of them to end. The
  * limit grows again by one for every `limit` streams that end (the server may have raised its credit,
  * and credit comes back only once the server has seen a stream's end), up to `max`: refusals stay a
- * small share of the streams opened.
+ * small share of the streams opened. A subscription's stream lasts as long as the subscription: it
+ * is counted apart, so that the limit leaves a place beside them and no request waits for them to end.
  */
 export class StreamSlots {
   private inUse = 0;
+  private held = 0;
   private limit: number;
   private ended = 0;
   private waiting: Array<(granted: boolean) => void> = [];
@@ -125,6 +127,11 @@ export class StreamSlots {
   /** Streams open (or being opened) now. */
   get open(): number {
     return this.inUse;
+  }
+
+  /** Streams open for a subscription's life (`hold`), among those `open`. */
+  get lasting(): number {
+    return this.held;
   }
 
   /** How many streams may be open now: `max`, or fewer after refusals. */
@@ -155,8 +162,17 @@ export class StreamSlots {
     return { granted, withdraw };
   }
 
-  /** A stream that was granted a place has ended (or never opened): its place goes to the first waiting. */
-  give(): void {
+  /** A stream that was granted a place is a subscription's: it ends only with it. */
+  hold(): void {
+    this.held += 1;
+  }
+
+  /**
+   * A stream that was granted a place has ended (or never opened), a subscription's (`hold`) if
+   * `held`: its place goes to the first waiting.
+   */
+  give(held = false): void {
+    if (held) this.held = Math.max(0, this.held - 1);
     this.inUse = Math.max(0, this.inUse - 1);
     this.ended += 1;
     if (this.ended >= this.limit) {
@@ -168,11 +184,12 @@ export class StreamSlots {
 
   /**
    * The browser refused a stream while the session was up: its place is given back, and the limit
-   * becomes the streams still open (at least one). The caller then takes a place again, first.
+   * becomes the streams still open, and at least one more than the subscriptions' (whose ends would
+   * never make room). The caller then takes a place again, first.
    */
   refused(): void {
     this.inUse = Math.max(0, this.inUse - 1);
-    this.limit = Math.max(1, this.inUse);
+    this.limit = Math.max(this.held + 1, this.inUse);
     this.ended = 0;
   }
 
@@ -222,7 +239,7 @@ export class WebTransportConnection implements Connection {
     const payload = toBinary(CommandRequestSchema, request);
     const max = this.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE;
     if (payload.length > max) return tooLarge(payload.length, max);
-    return new StreamAnswer(this, this.session, encodeFrame(payload), max);
+    return new StreamAnswer(this, this.session, encodeFrame(payload), max, request.requestData.case === "subscribe");
   }
 
   close(): void {
@@ -251,6 +268,8 @@ class StreamAnswer implements Answer {
   private started: Promise<void>;
   /** Whether this request holds one of the session's places (until `release`). */
   private holding = false;
+  /** Whether its place is held for a subscription's life (StreamSlots.hold). */
+  private held = false;
   private withdraw: () => void = () => {};
 
   constructor(
@@ -258,6 +277,8 @@ class StreamAnswer implements Answer {
     session: WebTransportSession,
     frame: Uint8Array,
     maxFrameSize?: number,
+    /** A Subscribe: its stream lasts as long as the subscription. */
+    private lasting = false,
   ) {
     this.decoder = new FrameDecoder(maxFrameSize);
     this.started = this.start(session, frame);
@@ -285,16 +306,21 @@ class StreamAnswer implements Answer {
           throw new TransportFailure(`could not open a stream: ${errorText(e)}`, "no", { cause: e });
         }
         // The session is up: the server's stream credit is spent. Wait for a stream of the session to
-        // end, or, with none open, a moment (credit comes back once the server has seen a stream end).
+        // end, or, with none open but subscriptions', a moment (credit comes back once the server has
+        // seen a stream end).
         slots.refused();
         refusals += 1;
-        if (slots.open === 0) {
+        if (slots.open <= slots.lasting) {
           await new Promise((resolve) => setTimeout(resolve, retryMs));
           retryMs = Math.min(REFUSED_RETRY_MS.max, retryMs * 2);
         }
       }
     }
     this.holding = true;
+    if (this.lasting) {
+      this.held = true;
+      slots.hold();
+    }
     this.reader = stream.readable.getReader();
     if (this.cancelled) {
       this.stop();
@@ -313,7 +339,7 @@ class StreamAnswer implements Answer {
   private release(): void {
     if (!this.holding) return;
     this.holding = false;
-    this.connection.slots.give();
+    this.connection.slots.give(this.held);
   }
 
   async next(): Promise<CommandResponse | undefined> {

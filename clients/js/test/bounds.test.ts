@@ -79,6 +79,47 @@ test("hgetall reads a table in requests of 1000 entries by default; pageSize 0 i
   assert.deepEqual(limits(3), [0]);
 });
 
+// An empty `after` means "from the first key", and the empty key sorts first: a request cannot start
+// after it (docs/PROTOCOL.md, section 6). Paging from it again would give it again, for ever.
+test("hgetall pages past the empty key: each key once, whatever pageSize and limit", async () => {
+  const keys = ["", "a", "b"];
+  const server = new FakeServer((request) => {
+    const r = request.requestData;
+    if (r.case !== "hgetall") return [frame({ status: 400, message: "hgetall only" })];
+    const from = r.value.after === "" ? keys : keys.filter((k) => k > r.value.after);
+    const page = r.value.limit > 0 ? from.slice(0, r.value.limit) : from;
+    return [frame({ pairs: page.map((key) => ({ key, value: toPb(key) })), versions: page.map(() => 1n) })];
+  });
+  const c = await client(server);
+  const read = async (options = {}) => {
+    const got: string[][] = [];
+    for await (const page of c.hgetall("t", options)) {
+      got.push(page.map((e) => e.key));
+      if (got.length > 10) break; // the bug this test is about: the same page for ever
+    }
+    return got;
+  };
+  assert.deepEqual(await read({ pageSize: 1 }), [[""], ["a"], ["b"]]);
+  assert.deepEqual(await read({ pageSize: 1, limit: 3 }), [[""], ["a"], ["b"]]);
+  assert.deepEqual(await read({ pageSize: 1, limit: 2 }), [[""], ["a"]]);
+  assert.deepEqual(await read({ pageSize: 2 }), [["", "a"], ["b"]]);
+  assert.deepEqual(await read({ limit: 1 }), [[""]]);
+  assert.deepEqual(await read(), [["", "a", "b"]]);
+  keys.splice(1);
+  assert.deepEqual(await read({ pageSize: 1 }), [[""]], "a table of the empty key alone");
+
+  // The empty key deleted between two pages: the entry asked for in its place is the next page's, and
+  // a limit is not overrun.
+  keys.splice(0, keys.length, "", "a", "b", "c");
+  const pages: string[][] = [];
+  for await (const page of c.hgetall("t", { pageSize: 1, limit: 2 })) {
+    pages.push(page.map((e) => e.key));
+    if (pages.length === 1) keys.splice(0, 1);
+    if (pages.length > 10) break;
+  }
+  assert.deepEqual(pages, [[""], ["a"]]);
+});
+
 test("a keep-alive Ping without an answer closes the silent connection, and the client reconnects", async () => {
   const server = new FakeServer(() => [frame({ values: [toPb(new Uint8Array(0))] })]);
   const c = await client(server, { keepAliveMs: 20, requestTimeoutMs: 100 });

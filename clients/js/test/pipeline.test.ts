@@ -231,6 +231,46 @@ test("connect fails with status 0 when the WebSocket does not open", async () =>
   }
 });
 
+// README: "Bad arguments are thrown (or rejected) at once, before anything is sent". A lone surrogate
+// has no UTF-8: encoded, it would become U+FFFD, and "\ud800" and "\udc00" would be one key.
+test("bad arguments are refused at the call with a TypeError, and nothing is sent", async () => {
+  const server = new FakeServer(store());
+  const c = await client(server);
+  const refused = async (call: () => unknown, pattern: RegExp) => {
+    await assert.rejects(async () => call(), (e: unknown) => {
+      assert.ok(e instanceof TypeError, `a TypeError, not ${e}`);
+      assert.match(e.message, pattern);
+      return true;
+    });
+  };
+  await refused(() => c.hset("sg", "\ud800", "A"), /key is not well-formed Unicode: a lone surrogate \(\\uD800\) at index 0/);
+  await refused(() => c.hget("sg", "x\udc00"), /key is not well-formed.*index 1/);
+  await refused(() => c.hset("\udfff", "k", "v"), /table is not well-formed/);
+  await refused(() => c.hset("t", "k", "v\ud800"), /a string value is not well-formed/);
+  await refused(() => c.hset("t", "k", { kind: "string", value: "\ud800" }), /a string value is not well-formed/);
+  await refused(() => c.hset(undefined as never, "k", "v"), /table must be a string, not undefined/);
+  await refused(() => c.hset("t", 5 as never, "v"), /key must be a string, not number/);
+  await refused(() => c.hmget("t", "abc" as never), /keys must be an array of strings, not string/);
+  await refused(() => c.hmget("t", ["a", 1] as never), /keys\[1\] must be a string/);
+  await refused(() => c.hmexist("t", [null] as never), /keys\[0\] must be a string, not null/);
+  await refused(() => c.hmdel("t", "a" as never), /keys must be an array/);
+  await refused(() => c.hmset("t", { "\ud800": 1 }), /entries\[0\]'s key is not well-formed/);
+  await refused(() => c.hmset("t", [["k"]] as never), /entries\[0\] must be a \[key, value\] pair/);
+  await refused(() => c.hmset("t", null as never), /entries must be an object/);
+  await refused(() => c.hdel("t", undefined as never), /key must be a string/);
+  await refused(() => c.hexist(1 as never, "k"), /table must be a string/);
+  await refused(() => c.publish("news", "hi" as never), /values must be an array/);
+  await refused(() => c.publish("\ud800", ["hi"]), /topic is not well-formed/);
+  await refused(() => c.ping("hi" as never), /payload must be a Uint8Array/);
+  assert.throws(() => c.hgetall(undefined as never), /table must be a string/);
+  assert.throws(() => c.hgetall("t", { after: "\ud800" }), /after is not well-formed/);
+  assert.throws(() => c.subscribe(7 as never), /topic must be a string, not number/);
+  assert.equal(server.requests.length, 0, "nothing was sent");
+  // Well-formed strings of any kind go: the empty string, pairs of surrogates.
+  await c.hset("", "", "😀");
+  assert.equal((await c.hget("", ""))?.value.value, "😀");
+});
+
 test("a subscription has a WebSocket of its own; its events come in order; close unsubscribes", async () => {
   let subscriber: FakeSocket | undefined;
   const server = new FakeServer((request, socket) => {
@@ -271,6 +311,70 @@ test("a subscription has a WebSocket of its own; its events come in order; close
   ]);
   assert.equal(server.requests.at(-1)?.requestData.case, "unsubscribe");
   assert.ok(subscriber?.closedByClient, "its connection closed after the Unsubscribe's answer");
+});
+
+// README: the iterator throws a QkvError "when ... the client is closed": a reader must tell that
+// from an unsubscribe, which ends the iterator.
+test("closing the client fails its subscriptions' iterators with a QkvError, after the events they hold", async () => {
+  let subscriber: FakeSocket | undefined;
+  const server = new FakeServer((request, socket) => {
+    if (request.requestData.case === "subscribe") {
+      subscriber ??= socket;
+      return socket === subscriber ? [frame({ more: true, values: [toPb(1)] })] : [];
+    }
+    return [frame({ values: [toPb(new Uint8Array(0))] })];
+  });
+  const c = await client(server);
+  const made = c.subscribe("news");
+  await made.ready;
+  const waiting = c.subscribe("other"); // never answered: not ready when the client closes
+  server.deliver(subscriber as FakeSocket, [frame({ more: true, values: [toPb("held")] })]);
+  await c.ping(); // the fake delivers in order: the message is in
+  c.close();
+  const events = made[Symbol.asyncIterator]();
+  assert.deepEqual((await events.next()).value, { kind: "message", values: [value("held")] });
+  const closed = (e: unknown) => e instanceof QkvError && e.status === 0 && e.executed === "no" && /client is closed/.test(e.message);
+  await assert.rejects(events.next(), closed);
+  await assert.rejects(waiting.ready, closed);
+  await assert.rejects(waiting[Symbol.asyncIterator]().next(), closed);
+  await assert.rejects(c.subscribe("late")[Symbol.asyncIterator]().next(), closed, "and one made after");
+});
+
+// Over WebSocket each subscription has a WebSocket of its own, and browsers cap those open to a host
+// (Chromium: about 255; beyond, one fails after tens of seconds with an opaque error): the same cap as
+// over WebTransport, so that an app behaves alike whichever transport "auto" chose.
+test("over WebSocket too, subscriptions beyond maxSubscriptions fail at once with a 429, opening nothing", async () => {
+  let id = 0;
+  const server = new FakeServer((request) => {
+    const r = request.requestData;
+    if (r.case === "subscribe") return [frame({ more: true, values: [toPb(++id)] })];
+    if (r.case === "unsubscribe") return [frame({}), frame({})];
+    return [frame({ values: [toPb(new Uint8Array(0))] })];
+  });
+  const c = await client(server, { maxSubscriptions: 3 });
+  const made = ["a", "b", "c"].map((topic) => c.subscribe(topic));
+  await Promise.all(made.map((s) => s.ready));
+  const refused = c.subscribe("d");
+  await assert.rejects(refused.ready, (e: unknown) => {
+    assert.ok(e instanceof QkvError);
+    assert.equal(e.status, 429);
+    assert.equal(e.executed, "no");
+    assert.match(e.message, /too many subscriptions: the client holds 3 \(maxSubscriptions\), and each holds a WebSocket/);
+    return true;
+  });
+  assert.equal(server.sockets.length, 4, "the client's and one per subscription made");
+  await made[0].close();
+  await c.subscribe("e").ready;
+  assert.equal(server.requests.filter((r) => r.requestData.case === "subscribe").length, 4);
+});
+
+test("over WebSocket, a Subscribe not answered in time fails and is not sent again", async () => {
+  const server = new FakeServer((request) => (request.requestData.case === "subscribe" ? [] : [frame({ values: [toPb(new Uint8Array(0))] })]));
+  const c = await client(server, { requestTimeoutMs: 50 });
+  const subscription = c.subscribe("slow");
+  await assert.rejects(subscription.ready, (e: unknown) => e instanceof QkvError && e.status === 0 && /not answered within the request timeout/.test(e.message));
+  assert.equal(server.requests.filter((r) => r.requestData.case === "subscribe").length, 1);
+  assert.ok(server.sockets[1].closedByClient, "its WebSocket closed: the server ends the subscription");
 });
 
 test("a subscription whose connection is lost is made again, with a missed event", async () => {

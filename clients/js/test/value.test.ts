@@ -35,6 +35,14 @@ test("a Value passes through unchanged; anything else is refused", () => {
   assert.throws(() => float("2" as unknown as number), TypeError);
 });
 
+test("a string value must be well-formed: a lone surrogate has no UTF-8", () => {
+  assert.deepEqual(value("😀"), { kind: "string", value: "😀" }, "a pair is one character");
+  assert.throws(() => value("\ud800"), TypeError);
+  assert.throws(() => value("a\udc00b"), /lone surrogate \(\\uDC00\) at index 1/);
+  assert.throws(() => value({ kind: "string", value: "\ud83d" }), TypeError);
+  assert.throws(() => toPb("\udfff"), TypeError);
+});
+
 test("integers are 64-bit", () => {
   assert.deepEqual(value(2n ** 63n - 1n), { kind: "integer", value: 2n ** 63n - 1n });
   assert.deepEqual(value(-(2n ** 63n)), { kind: "integer", value: -(2n ** 63n) });

@@ -22,6 +22,25 @@ function backoffDelay(attempt, policy = DEFAULT_RECONNECT, random = Math.random)
   return Math.floor(random() * backoffCeiling(attempt, policy));
 }
 
+// src/browser.ts
+function pageOrigin() {
+  let origin = globalThis.location?.origin;
+  return typeof origin == "string" && origin !== "null" ? origin : void 0;
+}
+async function hiddenCause(base, timeoutMs) {
+  let page = pageOrigin(), url = new URL("webtransport-cert", base.endsWith("/") ? base : `${base}/`);
+  if (page === void 0 || page === url.origin || typeof fetch != "function") return "";
+  let answers = async (mode) => {
+    let signal = typeof AbortSignal.timeout == "function" ? AbortSignal.timeout(timeoutMs) : void 0;
+    try {
+      return await fetch(url, { mode, cache: "no-store", signal }), !0;
+    } catch {
+      return !1;
+    }
+  };
+  return await answers("cors") ? "" : await answers("no-cors") ? ` (the browser hides the server's answer: the server is reached, but does not allow this page's origin, ${page}; start it with --web-origin ${page})` : ` (the browser hides why: the server at ${url.origin} is not reached from this page, or the browser does not trust its certificate; or, if it runs, this page's origin ${page} is not allowed: --web-origin ${page})`;
+}
+
 // node_modules/@bufbuild/protobuf/dist/esm/is-message.js
 function isMessage(arg, schema) {
   return arg !== null && typeof arg == "object" && "$typeName" in arg && typeof arg.$typeName == "string" ? schema === void 0 ? !0 : schema.typeName === arg.$typeName : !1;
@@ -430,8 +449,8 @@ function getTextEncoding() {
     let textEncoder = new globals.TextEncoder(), textDecoder = new globals.TextDecoder("utf-8", {
       ignoreBOM: !0
     }), textDecoderStrict, config = {
-      encodeUtf8(text) {
-        return textEncoder.encode(text);
+      encodeUtf8(text2) {
+        return textEncoder.encode(text2);
       },
       decodeUtf8(bytes, strict) {
         return strict ? (textDecoderStrict || (textDecoderStrict = new globals.TextDecoder("utf-8", {
@@ -439,9 +458,9 @@ function getTextEncoding() {
           ignoreBOM: !0
         })), textDecoderStrict.decode(bytes)) : textDecoder.decode(bytes);
       },
-      checkUtf8(text) {
+      checkUtf8(text2) {
         try {
-          return encodeURIComponent(text), !0;
+          return encodeURIComponent(text2), !0;
         } catch {
           return !1;
         }
@@ -449,13 +468,13 @@ function getTextEncoding() {
     };
     textEncoder.encodeInto && (config.encodeUtf8Into = textEncoder.encodeInto.bind(textEncoder));
     let nativeStringIsWellFormed = String.prototype.isWellFormed;
-    nativeStringIsWellFormed && (config.checkUtf8 = (text) => nativeStringIsWellFormed.call(text)), configureTextEncoding(config);
+    nativeStringIsWellFormed && (config.checkUtf8 = (text2) => nativeStringIsWellFormed.call(text2)), configureTextEncoding(config);
   }
   return te;
 }
 function emulateEncodeInto(encodeUtf8) {
-  return (text, dest) => {
-    let bytes = encodeUtf8(text);
+  return (text2, dest) => {
+    let bytes = encodeUtf8(text2);
     return dest.set(bytes), { written: bytes.byteLength };
   };
 }
@@ -2580,7 +2599,7 @@ var INT64_MIN = -(2n ** 63n), INT64_MAX = 2n ** 63n - 1n;
 function value(v) {
   switch (typeof v) {
     case "string":
-      return { kind: "string", value: v };
+      return { kind: "string", value: wellFormed("a string value", v) };
     case "boolean":
       return { kind: "bool", value: v };
     case "bigint":
@@ -2590,9 +2609,15 @@ function value(v) {
     case "object":
       if (v instanceof Uint8Array) return { kind: "binary", value: v };
       if (v !== null && isValue(v))
-        return v.kind === "integer" && int64(v.value), v;
+        return v.kind === "integer" && int64(v.value), v.kind === "string" && wellFormed("a string value", v.value), v;
   }
   throw new TypeError(`not a qkv value: ${describe(v)} (a string, boolean, bigint, number, Uint8Array or Value)`);
+}
+var isWellFormed = typeof String.prototype.isWellFormed == "function" ? (s) => s.isWellFormed() : (s) => !/\p{Cs}/u.test(s);
+function wellFormed(what, s) {
+  if (isWellFormed(s)) return s;
+  let at = s.search(/\p{Cs}/u), unit = s.charCodeAt(at).toString(16).toUpperCase();
+  throw new TypeError(`${what} is not well-formed Unicode: a lone surrogate (\\u${unit}) at index ${at}, which UTF-8 cannot carry`);
 }
 function float(x) {
   if (typeof x != "number") throw new TypeError(`float() takes a number, not ${describe(x)}`);
@@ -2605,8 +2630,8 @@ function formatValue(v) {
     case "integer":
       return v.value.toString();
     case "float": {
-      let text = String(v.value);
-      return /^-?\d+$/.test(text) ? `${text}.0` : text;
+      let text2 = String(v.value);
+      return /^-?\d+$/.test(text2) ? `${text2}.0` : text2;
     }
     case "bool":
       return v.value ? "true" : "false";
@@ -2620,10 +2645,10 @@ function toBase64(bytes) {
     binary += String.fromCharCode(...bytes.subarray(at, at + 32768));
   return btoa(binary);
 }
-function fromBase64(text) {
+function fromBase64(text2) {
   let binary;
   try {
-    binary = atob(text);
+    binary = atob(text2);
   } catch {
     throw new SyntaxError("not base64");
   }
@@ -2700,40 +2725,60 @@ function version(v) {
   if (typeof v != "bigint" || v < 0n || v >= 2n ** 64n) throw new RangeError(`a version is a 64-bit unsigned integer, not ${v}`);
   return v;
 }
+function text(what, s) {
+  if (typeof s != "string") throw new TypeError(`${what} must be a string, not ${describe(s)}`);
+  return wellFormed(what, s);
+}
+function texts(what, list) {
+  if (!Array.isArray(list)) throw new TypeError(`${what} must be an array of strings, not ${describe(list)}`);
+  return list.forEach((s, i) => text(`${what}[${i}]`, s)), list;
+}
 function pairsOf(entries) {
-  return Array.isArray(entries) ? entries : Object.entries(entries);
+  if (Array.isArray(entries))
+    return entries.forEach((pair, i) => {
+      if (!Array.isArray(pair) || pair.length !== 2) throw new TypeError(`entries[${i}] must be a [key, value] pair, not ${describe(pair)}`);
+    }), entries;
+  if (typeof entries != "object" || entries === null)
+    throw new TypeError(`entries must be an object of keys and values or an array of [key, value] pairs, not ${describe(entries)}`);
+  return Object.entries(entries);
 }
 var requests = {
-  hget: (table, key) => request({ case: "hget", value: { table, key } }),
-  hgetall: (table, after = "", limit = 0) => request({ case: "hgetall", value: { table, after, limit } }),
-  hmget: (table, keys) => request({ case: "hmget", value: { table, keys } }),
+  hget: (table, key) => request({ case: "hget", value: { table: text("table", table), key: text("key", key) } }),
+  hgetall: (table, after = "", limit = 0) => request({ case: "hgetall", value: { table: text("table", table), after: text("after", after), limit } }),
+  hmget: (table, keys) => request({ case: "hmget", value: { table: text("table", table), keys: texts("keys", keys) } }),
   hset: (table, key, v, expectedVersion) => request({
     case: "hset",
     value: {
-      table,
-      pair: { key, value: toPb(v) },
+      table: text("table", table),
+      pair: { key: text("key", key), value: toPb(v) },
       ...expectedVersion === void 0 ? {} : { expectedVersion: version(expectedVersion) }
     }
   }),
   hmset: (table, pairs) => request({
     case: "hmset",
-    value: { table, pairs: pairs.map(([key, v]) => ({ key, value: toPb(v) })) }
+    value: { table: text("table", table), pairs: pairs.map(([key, v], i) => ({ key: text(`entries[${i}]'s key`, key), value: toPb(v) })) }
   }),
   hdel: (table, key, expectedVersion) => request({
     case: "hdel",
     value: {
-      table,
-      key,
+      table: text("table", table),
+      key: text("key", key),
       ...expectedVersion === void 0 ? {} : { expectedVersion: version(expectedVersion) }
     }
   }),
-  hmdel: (table, keys) => request({ case: "hmdel", value: { table, keys } }),
-  hexist: (table, key) => request({ case: "hexist", value: { table, key } }),
-  hmexist: (table, keys) => request({ case: "hmexist", value: { table, keys } }),
-  subscribe: (topic) => request({ case: "subscribe", value: { topic } }),
+  hmdel: (table, keys) => request({ case: "hmdel", value: { table: text("table", table), keys: texts("keys", keys) } }),
+  hexist: (table, key) => request({ case: "hexist", value: { table: text("table", table), key: text("key", key) } }),
+  hmexist: (table, keys) => request({ case: "hmexist", value: { table: text("table", table), keys: texts("keys", keys) } }),
+  subscribe: (topic) => request({ case: "subscribe", value: { topic: text("topic", topic) } }),
   unsubscribe: (topic, id) => request({ case: "unsubscribe", value: { topic, id } }),
-  publish: (topic, values) => request({ case: "publish", value: { topic, data: values.map((v) => toPb(v)) } }),
-  ping: (payload = new Uint8Array(0)) => request({ case: "ping", value: { payload } })
+  publish: (topic, values) => {
+    if (!Array.isArray(values)) throw new TypeError(`values must be an array of values, not ${describe(values)}`);
+    return request({ case: "publish", value: { topic: text("topic", topic), data: values.map((v) => toPb(v)) } });
+  },
+  ping: (payload = new Uint8Array(0)) => {
+    if (!(payload instanceof Uint8Array)) throw new TypeError(`a ping's payload must be a Uint8Array, not ${describe(payload)}`);
+    return request({ case: "ping", value: { payload } });
+  }
 };
 function isReadOnly(request2) {
   switch (request2.requestData.case) {
@@ -3191,6 +3236,7 @@ var StreamSlots = class {
   }
   max;
   inUse = 0;
+  held = 0;
   limit;
   ended = 0;
   waiting = [];
@@ -3198,6 +3244,10 @@ var StreamSlots = class {
   /** Streams open (or being opened) now. */
   get open() {
     return this.inUse;
+  }
+  /** Streams open for a subscription's life (`hold`), among those `open`. */
+  get lasting() {
+    return this.held;
   }
   /** How many streams may be open now: `max`, or fewer after refusals. */
   get current() {
@@ -3219,16 +3269,24 @@ var StreamSlots = class {
       i < 0 || (this.waiting.splice(i, 1), wake(!1));
     } };
   }
-  /** A stream that was granted a place has ended (or never opened): its place goes to the first waiting. */
-  give() {
-    this.inUse = Math.max(0, this.inUse - 1), this.ended += 1, this.ended >= this.limit && (this.ended = 0, this.limit = Math.min(this.max, this.limit + 1)), this.wake();
+  /** A stream that was granted a place is a subscription's: it ends only with it. */
+  hold() {
+    this.held += 1;
+  }
+  /**
+   * A stream that was granted a place has ended (or never opened), a subscription's (`hold`) if
+   * `held`: its place goes to the first waiting.
+   */
+  give(held = !1) {
+    held && (this.held = Math.max(0, this.held - 1)), this.inUse = Math.max(0, this.inUse - 1), this.ended += 1, this.ended >= this.limit && (this.ended = 0, this.limit = Math.min(this.max, this.limit + 1)), this.wake();
   }
   /**
    * The browser refused a stream while the session was up: its place is given back, and the limit
-   * becomes the streams still open (at least one). The caller then takes a place again, first.
+   * becomes the streams still open, and at least one more than the subscriptions' (whose ends would
+   * never make room). The caller then takes a place again, first.
    */
   refused() {
-    this.inUse = Math.max(0, this.inUse - 1), this.limit = Math.max(1, this.inUse), this.ended = 0;
+    this.inUse = Math.max(0, this.inUse - 1), this.limit = Math.max(this.held + 1, this.inUse), this.ended = 0;
   }
   /** The session is gone: every waiting request is told so. */
   end() {
@@ -3263,7 +3321,7 @@ var StreamSlots = class {
   }
   send(request2) {
     let payload = toBinary(CommandRequestSchema, request2), max = this.maxFrameSize ?? 16777216;
-    return payload.length > max ? tooLarge(payload.length, max) : new StreamAnswer(this, this.session, encodeFrame(payload), max);
+    return payload.length > max ? tooLarge(payload.length, max) : new StreamAnswer(this, this.session, encodeFrame(payload), max, request2.requestData.case === "subscribe");
   }
   close() {
     if (this.isOpen) {
@@ -3275,12 +3333,14 @@ var StreamSlots = class {
     }
   }
 }, StreamAnswer = class {
-  constructor(connection, session, frame, maxFrameSize) {
+  constructor(connection, session, frame, maxFrameSize, lasting = !1) {
     this.connection = connection;
+    this.lasting = lasting;
     this.decoder = new FrameDecoder(maxFrameSize), this.started = this.start(session, frame), this.started.catch(() => {
     });
   }
   connection;
+  lasting;
   sent = !1;
   reader;
   decoder;
@@ -3290,6 +3350,8 @@ var StreamSlots = class {
   started;
   /** Whether this request holds one of the session's places (until `release`). */
   holding = !1;
+  /** Whether its place is held for a subscription's life (StreamSlots.hold). */
+  held = !1;
   withdraw = () => {
   };
   async start(session, frame) {
@@ -3308,10 +3370,10 @@ var StreamSlots = class {
       } catch (e) {
         if (!this.connection.open)
           throw slots.give(), new TransportFailure(`could not open a stream: ${errorText(e)}`, "no", { cause: e });
-        slots.refused(), refusals += 1, slots.open === 0 && (await new Promise((resolve) => setTimeout(resolve, retryMs)), retryMs = Math.min(REFUSED_RETRY_MS.max, retryMs * 2));
+        slots.refused(), refusals += 1, slots.open <= slots.lasting && (await new Promise((resolve) => setTimeout(resolve, retryMs)), retryMs = Math.min(REFUSED_RETRY_MS.max, retryMs * 2));
       }
     }
-    if (this.holding = !0, this.reader = stream.readable.getReader(), this.cancelled) {
+    if (this.holding = !0, this.lasting && (this.held = !0, slots.hold()), this.reader = stream.readable.getReader(), this.cancelled) {
       this.stop(), stream.writable.abort(abandoned()).catch(() => {
       });
       return;
@@ -3323,7 +3385,7 @@ var StreamSlots = class {
   }
   /** The stream is done with: its place goes to the next request. */
   release() {
-    this.holding && (this.holding = !1, this.connection.slots.give());
+    this.holding && (this.holding = !1, this.connection.slots.give(this.held));
   }
   async next() {
     for (await this.started; ; ) {
@@ -3400,11 +3462,15 @@ function abandoned() {
 }
 
 // src/client.ts
-var MAX_ATTEMPTS = 3, DEFAULT_SUBSCRIPTION_QUEUE = 1024, DEFAULT_PAGE_SIZE = 1e3, WEBTRANSPORT_AUTO_TIMEOUT_MS = 5e3;
+var MAX_ATTEMPTS = 3, DEFAULT_SUBSCRIPTION_QUEUE = 1024, DEFAULT_MAX_SUBSCRIPTIONS = 128, DEFAULT_PAGE_SIZE = 1e3, MAX_LIMIT = 4294967295, WEBTRANSPORT_AUTO_TIMEOUT_MS = 5e3;
 async function connect(options = {}) {
   let settings = settingsOf(options), choice = options.transport ?? "auto";
   if (!["auto", "webtransport", "websocket"].includes(choice))
     throw new TypeError(`transport is "auto", "webtransport" or "websocket", not ${JSON.stringify(choice)}`);
+  if ((choice === "webtransport" || choice === "auto" && typeof globalThis.WebTransport == "function") && settings.maxSubscriptions >= settings.maxStreams)
+    throw new RangeError(
+      `maxSubscriptions (${settings.maxSubscriptions}) must be below maxStreams (${settings.maxStreams}): over WebTransport each subscription holds a stream for its life, and calls need the others`
+    );
   let open = choice === "auto" ? () => openAuto(settings) : choice === "webtransport" ? () => named("WebTransport", openWebTransportOf(settings, settings.connectTimeoutMs)) : () => named("WebSocket", openWebSocketOf(settings)), first;
   try {
     first = await open();
@@ -3438,7 +3504,7 @@ function settingsOf(options) {
     if (given === void 0) return fallback;
     if (typeof given != "number" || !(given >= 0)) throw new RangeError(`${name} must be a number ≥ 0`);
     return given;
-  };
+  }, maxStreams = Math.max(1, number("maxStreams", DEFAULT_MAX_STREAMS));
   return {
     base: base.endsWith("/") ? base : `${base}/`,
     webTransportUrl: options.webTransportUrl,
@@ -3449,7 +3515,8 @@ function settingsOf(options) {
     connectTimeoutMs: number("connectTimeoutMs", 1e4),
     keepAliveMs: number("keepAliveMs", 1e4),
     maxFrameSize: number("maxFrameSize", 16777216),
-    maxStreams: Math.max(1, number("maxStreams", DEFAULT_MAX_STREAMS)),
+    maxStreams,
+    maxSubscriptions: number("maxSubscriptions", Math.min(DEFAULT_MAX_SUBSCRIPTIONS, Math.floor(maxStreams / 2))),
     subscriptionQueue: Math.max(1, number("subscriptionQueue", DEFAULT_SUBSCRIPTION_QUEUE))
   };
 }
@@ -3463,6 +3530,9 @@ function openWebSocketOf(settings) {
   ) : openWebSocket(webSocketUrl(settings.base), settings.WebSocket, {
     timeoutMs: settings.connectTimeoutMs,
     maxFrameSize: settings.maxFrameSize
+  }).catch(async (e) => {
+    let cause = e instanceof TransportFailure && pageOrigin() !== void 0 ? await hiddenCause(settings.base, settings.connectTimeoutMs) : "";
+    throw cause === "" ? e : new TransportFailure(`${errorText(e)}${cause}`, "no", { cause: e });
   });
 }
 async function openWebTransportOf(settings, timeoutMs) {
@@ -3479,16 +3549,21 @@ async function openWebTransportOf(settings, timeoutMs) {
   });
 }
 async function webTransportCert(base, timeoutMs = 1e4) {
-  let url = new URL("webtransport-cert", base.endsWith("/") ? base : `${base}/`), signal = typeof AbortSignal.timeout == "function" ? AbortSignal.timeout(timeoutMs) : void 0, response;
+  let url = new URL("webtransport-cert", base.endsWith("/") ? base : `${base}/`), signal = typeof AbortSignal.timeout == "function" ? AbortSignal.timeout(timeoutMs) : void 0, failure = (message, status = 0, cause) => new QkvError(message, { status, executed: "no", cause }), response;
   try {
     response = await fetch(url, { signal, cache: "no-store" });
   } catch (e) {
-    throw new TransportFailure(`could not fetch ${url}: ${errorText(e)}`, "no", { cause: e });
+    throw failure(`could not fetch ${url}: ${errorText(e)}${await hiddenCause(base, timeoutMs)}`, 0, e);
   }
-  if (!response.ok) throw new TransportFailure(`${url} answered ${response.status}`, "no");
-  let cert = await response.json();
-  if (typeof cert.port != "number" || typeof cert.sha256 != "string")
-    throw new TransportFailure(`${url} did not answer a certificate hash and a port`, "no");
+  if (!response.ok) throw failure(`${url} answered ${response.status}`, response.status);
+  let cert;
+  try {
+    cert = await response.json();
+  } catch (e) {
+    throw failure(`${url} did not answer JSON: ${errorText(e)}`, 0, e);
+  }
+  if (typeof cert?.port != "number" || typeof cert.sha256 != "string")
+    throw failure(`${url} did not answer a certificate hash and a port`);
   return cert;
 }
 var Sleep = class {
@@ -3603,11 +3678,11 @@ var QkvClient = class {
     this.waiters.clear(), this.setState("closed");
   }
   close() {
-    if (this.closedBy === void 0) {
-      this.shutDown(new QkvError("the client is closed", { status: 0, executed: "no" }));
-      for (let subscription of this.subscriptions) subscription.abort();
-      this.connection?.close(), this.connection = void 0;
-    }
+    if (this.closedBy !== void 0) return;
+    let closed = new QkvError("the client is closed", { status: 0, executed: "no" });
+    this.shutDown(closed);
+    for (let subscription of this.subscriptions) subscription.abort(closed);
+    this.connection?.close(), this.connection = void 0;
   }
   /** The connection to send on: the current one, or the next one, if it comes before `deadline`. */
   connectionBefore(deadline) {
@@ -3734,21 +3809,27 @@ var QkvClient = class {
   }
   hgetall(table, options = {}) {
     let { after = "", limit = 0, pageSize = DEFAULT_PAGE_SIZE } = options;
+    text("table", table), text("after", after);
     for (let [name, n] of [["limit", limit], ["pageSize", pageSize]])
-      if (!Number.isInteger(n) || n < 0 || n > 4294967295) throw new RangeError(`${name} must be an integer from 0 to 2^32 - 1`);
+      if (!Number.isInteger(n) || n < 0 || n > MAX_LIMIT) throw new RangeError(`${name} must be an integer from 0 to 2^32 - 1`);
     return { [Symbol.asyncIterator]: () => this.scan(table, after, limit, pageSize) };
   }
   /**
    * The entries of `table` after `after`, at most `limit` (0: all), each frame's as it arrives; in
    * requests of `pageSize` (0: one request). A request cut off by a lost connection is sent again
    * from the last key received (a listing changes nothing, and is weakly consistent anyway).
+   *
+   * The empty key sorts first, and an empty `after` means "from the first key": no request can start
+   * after the empty key (docs/PROTOCOL.md, section 6, Hgetall). Once it has been received, the next
+   * request starts from the first key again, asks for one entry more, and drops the empty key, so
+   * that each key comes once whatever the page size.
    */
   async *scan(table, after, limit, pageSize) {
-    let cursor = after, remaining = limit, attempt = 1;
+    let cursor = after, pastEmptyKey = !1, remaining = limit, attempt = 1;
     for (; ; ) {
-      let asked = pageSize > 0 ? remaining > 0 ? Math.min(pageSize, remaining) : pageSize : remaining, deadline = () => Date.now() + this.settings.requestTimeoutMs, answer = (await this.connectionBefore(deadline())).send(requests.hgetall(table, cursor, asked));
+      let asked = pageSize > 0 ? remaining > 0 ? Math.min(pageSize, remaining) : pageSize : remaining, skipEmptyKey = pastEmptyKey && cursor === "", wanted = skipEmptyKey && asked > 0 ? Math.min(asked + 1, MAX_LIMIT) : asked, deadline = () => Date.now() + this.settings.requestTimeoutMs, answer = (await this.connectionBefore(deadline())).send(requests.hgetall(table, cursor, wanted));
       this.lastSent = Date.now();
-      let received = 0, complete = !1;
+      let received = 0, kept = 0, complete = !1;
       try {
         for (; ; ) {
           let frame;
@@ -3762,8 +3843,8 @@ var QkvClient = class {
           }
           if (frame === void 0) throw new QkvError("the listing was abandoned", { status: 0, executed: "no" });
           if (frame.status === 503 && received === 0 && !frame.more && attempt < MAX_ATTEMPTS) break;
-          let entries = results.hgetall(frame);
-          if (entries.length > 0 && (received += entries.length, cursor = entries[entries.length - 1].key, remaining > 0 && (remaining -= entries.length), attempt = 1, yield entries), !frame.more) {
+          let entries = results.hgetall(frame), first = received === 0;
+          if (received += entries.length, skipEmptyKey && (first && entries[0]?.key === "" && (entries = entries.slice(1)), asked > 0 && (entries = entries.slice(0, Math.max(0, asked - kept)))), kept += entries.length, entries.length > 0 && (cursor = entries[entries.length - 1].key, cursor === "" && (pastEmptyKey = !0), remaining > 0 && (remaining -= entries.length), attempt = 1, yield entries), !frame.more) {
             complete = !0;
             break;
           }
@@ -3775,12 +3856,16 @@ var QkvClient = class {
         attempt++, await this.sleep.wait(backoffDelay(attempt, this.settings.reconnect));
         continue;
       }
-      if (pageSize === 0 || received < asked || limit > 0 && remaining === 0) return;
+      if (pageSize === 0 || received < wanted || limit > 0 && remaining === 0) return;
     }
   }
   subscribe(topic) {
-    let subscription = new QkvSubscription(this, topic);
-    return this.closedBy !== void 0 ? subscription.abort(this.closedBy) : this.subscriptions.add(subscription), subscription;
+    text("topic", topic);
+    let max = this.settings.maxSubscriptions, refusal = this.closedBy ?? (this.subscriptions.size < max ? void 0 : new QkvError(
+      `too many subscriptions: the client holds ${max} (maxSubscriptions), and each holds a ${this.current === "webtransport" ? "stream of the session" : "WebSocket"} for its life; close one, or raise maxSubscriptions`,
+      { status: 429, executed: "no" }
+    )), subscription = new QkvSubscription(this, topic, refusal);
+    return refusal === void 0 && this.subscriptions.add(subscription), subscription;
   }
   forget(subscription) {
     this.subscriptions.delete(subscription);
@@ -3789,11 +3874,16 @@ var QkvClient = class {
     return this.closedBy;
   }
 }, QkvSubscription = class {
-  constructor(client, topic) {
+  /** Made by `client.subscribe`, which passes `refusal` instead when the subscription may not be made: then nothing is sent. */
+  constructor(client, topic, refusal) {
     this.client = client;
     this.topic = topic;
-    this.ready = this.readied.promise, this.ready.catch(() => {
-    }), this.run();
+    if (this.ready = this.readied.promise, this.ready.catch(() => {
+    }), refusal === void 0) {
+      this.run();
+      return;
+    }
+    this.closing = !0, this.abortedBy = refusal, this.events.fail(refusal), this.readied.reject(refusal), this.finished.resolve();
   }
   client;
   topic;
@@ -3804,6 +3894,8 @@ var QkvClient = class {
   /** Messages dropped because `events` was full, not yet reported as a "missed" event. */
   dropped = 0n;
   closing = !1;
+  /** Why the subscription was ended without an unsubscribe (the client was closed). */
+  abortedBy;
   /** The subscription's own connection (WebSocket). */
   own;
   /** The current Subscribe's answer, and whether it is going (between its first and last frames). */
@@ -3834,7 +3926,10 @@ var QkvClient = class {
           if (connection.transport === "websocket" && (this.own = connection), this.closing) break;
           let answer = connection.send(requests.subscribe(this.topic));
           this.answer = answer;
-          let deadline = Date.now() + this.client.settings.requestTimeoutMs, first = await beforeDeadline(answer.next(), deadline, () => (answer.cancel(), new TransportFailure("the Subscribe was not answered within the request timeout", "maybe")));
+          let deadline = Date.now() + this.client.settings.requestTimeoutMs, first = await beforeDeadline(answer.next(), deadline, () => (answer.cancel(), new QkvError(
+            `the Subscribe to ${JSON.stringify(this.topic)} was not answered within the request timeout (${this.client.settings.requestTimeoutMs} ms): the subscription was abandoned`,
+            { status: 0, executed: "maybe" }
+          )));
           if (first === void 0) throw new TransportFailure("the Subscribe's answer ended before it began", "maybe");
           if (first.status !== 200 || !first.more) {
             if (first.status !== 503 || policy === void 0) throw errorFor(first);
@@ -3861,7 +3956,7 @@ var QkvClient = class {
           });
         await this.sleep.wait(backoffDelay(attempt++, policy));
       }
-      this.flushDropped(), this.events.end(), this.readied.reject(new QkvError("the subscription was closed", { status: 0, executed: "no" }));
+      this.flushDropped(), this.events.end(), this.readied.reject(this.abortedBy ?? new QkvError("the subscription was closed", { status: 0, executed: "no" }));
     } catch (e) {
       let error = e instanceof QkvError ? e : new QkvError(errorText(e), { status: 0, executed: "maybe", cause: e });
       this.readied.reject(error), this.flushDropped(), this.events.fail(error);
@@ -3906,9 +4001,12 @@ var QkvClient = class {
   flushDropped() {
     this.dropped !== 0n && (this.events.push({ kind: "missed", count: this.dropped }), this.dropped = 0n);
   }
-  /** Ends the subscription without unsubscribing (its connection is going away). */
+  /**
+   * Ends the subscription without unsubscribing (its connection is going away): its iterator throws
+   * `error` after the events it holds, and `ready`, if pending, rejects with it.
+   */
   abort(error) {
-    this.closing = !0, this.sleep.wake(), this.answer?.cancel(), this.own?.close(), error !== void 0 && this.events.fail(error);
+    this.closing || (this.closing = !0, this.abortedBy = error, this.sleep.wake(), this.answer?.cancel(), this.own?.close(), this.flushDropped(), this.events.fail(error));
   }
 };
 async function drain(answer) {

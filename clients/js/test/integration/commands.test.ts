@@ -152,6 +152,13 @@ test("bad input: refused with a clear error, and the connection carries on", asy
   await assert.rejects(c.hset(table, "k", 2n ** 63n), RangeError);
   await assert.rejects(c.hset(table, "k", "v", { expectedVersion: -1 }), RangeError);
   assert.throws(() => c.hgetall(table, { limit: -1 }), RangeError);
+  // A lone surrogate has no UTF-8: sent, it would be U+FFFD, and these two keys one.
+  await assert.rejects(c.hset(table, "\ud800", "A"), TypeError);
+  await assert.rejects(c.hget(table, "\udc00"), TypeError);
+  await assert.rejects(c.hset(undefined as never, "k", "v"), TypeError);
+  await assert.rejects(c.hset(table, 5 as never, "v"), TypeError);
+  await assert.rejects(c.hmget(table, "abc" as never), TypeError);
+  assert.equal(await c.hget("", "k"), undefined, "nothing was written to the table \"\"");
 
   // Refused by the server (docs/PROTOCOL.md, section 9), each on its own: requests pipelined behind
   // them on the same WebSocket are answered.

@@ -75,3 +75,23 @@ test("leaving an hgetall loop early leaves the connection answering the next req
   assert.deepEqual(probe?.value, value("answer"));
   assert.equal(count, true);
 });
+
+// The empty key sorts first, and an empty `after` means "from the first": no request can start after
+// it (docs/PROTOCOL.md, section 6), so a client paging past it must not ask for it again.
+test("hgetall pages past the empty key: each key once", async () => {
+  const c = await client();
+  const name = unique("empty-key");
+  await c.hmset(name, { "": 0, a: 1, b: 2 });
+  const keys = async (options: { pageSize?: number; limit?: number }) => {
+    const got: string[] = [];
+    for await (const page of c.hgetall(name, options)) {
+      got.push(...page.map((e) => e.key));
+      if (got.length > 10) break; // not for ever
+    }
+    return got;
+  };
+  assert.deepEqual(await keys({ pageSize: 1 }), ["", "a", "b"]);
+  assert.deepEqual(await keys({ pageSize: 1, limit: 3 }), ["", "a", "b"]);
+  assert.deepEqual(await keys({ pageSize: 2 }), ["", "a", "b"]);
+  assert.deepEqual(await keys({}), ["", "a", "b"]);
+});

@@ -6,7 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Worker } from "node:worker_threads";
-import { value, type Subscription, type SubscriptionEvent } from "../../src/index.js";
+import { QkvError, value, type Subscription, type SubscriptionEvent } from "../../src/index.js";
 import { WEB_URL, client, sockets, unique } from "./server.js";
 
 /** The next `n` events of `subscription`. */
@@ -108,4 +108,20 @@ test("a subscription whose connection is lost is made again, and says messages m
   assert.equal(await publisher.publish(topic, ["still here"]), 1);
   assert.deepEqual(await take(subscription, 1), [{ kind: "message", values: [value("still here")] }]);
   assert.equal(typeof firstId, "number");
+});
+
+// Each subscription holds a WebSocket (over WebTransport, a stream) for its life: a client holds at
+// most maxSubscriptions (128) of them, and one more fails at once, while its calls go on.
+test("a client holds at most 128 subscriptions: the next fails at once with a 429, and calls go on", async () => {
+  const c = await client();
+  const topic = unique("many");
+  const subscriptions = Array.from({ length: 128 }, () => c.subscribe(topic));
+  await Promise.all(subscriptions.map((s) => s.ready));
+  const refused = c.subscribe(topic);
+  await assert.rejects(refused.ready, (e: unknown) => e instanceof QkvError && e.status === 429 && /maxSubscriptions/.test(e.message));
+  assert.equal(await c.publish(topic, ["to all"]), 128);
+  const [event] = await take(subscriptions[127], 1);
+  assert.deepEqual(event, { kind: "message", values: [value("to all")] });
+  await subscriptions[0].close();
+  await c.subscribe(topic).ready;
 });
