@@ -365,10 +365,9 @@ fn repair(args: RepairArgs) -> anyhow::Result<()> {
             "nothing to repair in {}: its log ends whole, or in a write torn by a crash, which qkv serve cuts off",
             args.data_dir.display()
         ),
-        Repaired::Unrepairable { segment, what } => {
+        Repaired::Unrepairable { what, .. } => {
             return Err(CliError::Refused(format!(
-                "{} is damaged in a way qkv repair does not mend ({what}): restore the directory from a backup",
-                segment.display()
+                "{what}. qkv repair mends only damage at the end of the last log segment: restore the directory from a backup (docs/OPERATIONS.md), nothing was changed"
             ))
             .into());
         }

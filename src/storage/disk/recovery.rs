@@ -292,9 +292,10 @@ fn checksum(file: &File, mut offset: u64, length: u64) -> io::Result<u32> {
 pub enum Repaired {
     /// The last segment needs no repair: whole, or torn by a crash (which opening the store cuts off).
     Nothing,
-    /// The last segment is damaged in a way repair does not mend (its header, or a whole record of a
-    /// kind this version does not know): `what`.
-    Unrepairable { segment: PathBuf, what: String },
+    /// The directory is damaged in a way repair does not mend, `what` says where (naming the file):
+    /// a snapshot, an earlier segment or a missing one, or the last segment's header or a whole record
+    /// of a kind this version does not know.
+    Unrepairable { file: PathBuf, what: String },
     /// The last segment was cut at `offset`: damage followed by whole records (the first at
     /// `first_whole`, when the scan could tell). The bytes cut off, `records_after` whole records from
     /// there among them, are in `saved`.
@@ -308,17 +309,20 @@ pub enum Repaired {
 /// a backup is the way back.
 pub fn repair(dir: &Path) -> io::Result<Repaired> {
     let listing = files::list(dir)?;
+    let _lock = files::lock(dir)?;
+    if let Some(unrepairable) = damage_before_the_last_segment(dir, &listing)? {
+        return Ok(unrepairable);
+    }
     let Some((generation, path)) = listing.segments.into_iter().next_back() else {
         return Err(io::Error::new(io::ErrorKind::NotFound, "it holds no qkv log segment"));
     };
-    let _lock = files::lock(dir)?;
     let file = File::open(&path)?;
     let len = file.metadata()?.len();
     let mut input = BufReader::new(&file);
     let header = Header::read(&mut input, LOG_MAGIC)?.filter(|header| header.generation == generation);
     let Some(header) = header else {
-        let what = "its header is not a qkv log segment's of this number".into();
-        return Ok(Repaired::Unrepairable { segment: path, what });
+        let what = damaged(&path, "its header is not a qkv log segment's of this number".into()).to_string();
+        return Ok(Repaired::Unrepairable { file: path, what });
     };
     let mut reader = Reader::new(input, format::HEADER_LEN as u64, len);
     let mut last_number = header.last_version;
@@ -329,8 +333,8 @@ pub fn repair(dir: &Path) -> io::Result<Repaired> {
             Next::Damaged { offset, .. } | Next::Unwritten { offset } => break offset,
             Next::End => return Ok(Repaired::Nothing),
             Next::Record(Record::End { .. }) | Next::Unknown { .. } => {
-                let what = format!("a whole record it does not know, at byte {}", reader.offset());
-                return Ok(Repaired::Unrepairable { segment: path, what });
+                let what = damaged(&path, format!("a whole record it does not know, at byte {}", reader.offset()));
+                return Ok(Repaired::Unrepairable { file: path, what: what.to_string() });
             }
         }
     };
@@ -350,6 +354,61 @@ pub fn repair(dir: &Path) -> io::Result<Repaired> {
     }
     let saved = cut_keeping(&path, offset)?;
     Ok(Repaired::Cut { segment: path, offset, first_whole, records_after, saved })
+}
+
+/// What [`recover`] would refuse before it reaches the last segment, which repair does not mend: the
+/// snapshot it starts from, and every segment after it but the last (each there, in sequence, whole).
+/// Reads the snapshot and those segments through, keeping nothing.
+fn damage_before_the_last_segment(dir: &Path, listing: &Listing) -> io::Result<Option<Repaired>> {
+    let unrepairable = |file: &Path, e: io::Error| match e.kind() {
+        io::ErrorKind::InvalidData => Ok(Some(Repaired::Unrepairable { file: file.to_owned(), what: e.to_string() })),
+        _ => Err(e),
+    };
+    let base = listing.snapshots.keys().next_back().copied();
+    if let Some(generation) = base
+        && let Err(e) = snapshot::check(dir, generation)
+    {
+        return unrepairable(&files::snapshot(dir, generation), e);
+    }
+    let segments: Vec<_> = listing.segments.range(base.unwrap_or(1)..).collect();
+    let mut expected = base.unwrap_or(1);
+    for (position, &(&generation, path)) in segments.iter().enumerate() {
+        if generation != expected {
+            let what = format!("the segment before it (number {}) is missing", generation - 1);
+            return unrepairable(path, damaged(path, what));
+        }
+        expected = generation + 1;
+        if position + 1 == segments.len() {
+            break;
+        }
+        if let Err(e) = check_segment(path, generation) {
+            return unrepairable(path, e);
+        }
+    }
+    Ok(None)
+}
+
+/// Reads a segment that is not the last through: an error of kind `InvalidData` if it is not whole.
+fn check_segment(path: &Path, generation: u64) -> io::Result<()> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    if Header::read(&mut input, LOG_MAGIC)?.filter(|header| header.generation == generation).is_none() {
+        return Err(damaged(path, "its header is not a qkv log segment's of this number".into()));
+    }
+    let mut reader = Reader::new(input, format::HEADER_LEN as u64, len);
+    loop {
+        let what = match reader.next()? {
+            Next::Record(Record::Set { .. } | Record::Delete { .. }) => continue,
+            Next::End => return Ok(()),
+            Next::Damaged { offset, what } => format!("{what} at byte {offset}"),
+            Next::Unwritten { offset } => format!("zeros where a record should be, at byte {offset}"),
+            Next::Record(Record::End { .. }) | Next::Unknown { .. } => {
+                format!("a whole record it does not know, at byte {}", reader.offset())
+            }
+        };
+        return Err(damaged(path, what));
+    }
 }
 
 /// Cuts the segment at `path` at `offset`, after copying what it cuts to `<segment>.damaged-at-<offset>`

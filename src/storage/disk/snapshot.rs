@@ -140,6 +140,16 @@ pub struct Loaded {
 /// Loads the snapshot of `generation` into `store`. A snapshot is whole (it was renamed into place only
 /// once fsynced), so anything amiss in it is damage, reported with the file and the offset.
 pub fn load(dir: &Path, generation: u64, store: &Store) -> io::Result<Loaded> {
+    walk(dir, generation, |table, key, versioned| store.restore(&table, &key, versioned))
+}
+
+/// Reads the snapshot of `generation` through, as [`load`] would, keeping nothing: whether it is whole.
+pub fn check(dir: &Path, generation: u64) -> io::Result<Loaded> {
+    walk(dir, generation, |_, _, _| {})
+}
+
+/// Reads the snapshot of `generation`, giving each entry to `each`.
+fn walk(dir: &Path, generation: u64, mut each: impl FnMut(String, String, Versioned)) -> io::Result<Loaded> {
     let path = files::snapshot(dir, generation);
     let damaged = |what: String| {
         io::Error::new(
@@ -161,7 +171,7 @@ pub fn load(dir: &Path, generation: u64, store: &Store) -> io::Result<Loaded> {
             Next::Record(Record::Set { table, key, versioned }) => {
                 loaded.last_version = loaded.last_version.max(versioned.version);
                 loaded.entries += 1;
-                store.restore(&table, &key, versioned);
+                each(table, key, versioned);
             }
             Next::Record(Record::End { count }) if count == loaded.entries && reader.offset() == size => {
                 return Ok(loaded);

@@ -312,7 +312,30 @@ async fn damage_before_the_last_segment_is_refused_not_skipped() {
             panic!("{case}: a damaged segment was accepted")
         };
         assert!(error.contains(&first.display().to_string()) && error.contains("damaged"), "{case}: {error}");
+        assert!(error.contains("restore the directory from a backup"), "{case}: what to do: {error}");
+        // `qkv repair` mends only the last segment's end: it says so, naming the segment, and changes
+        // nothing (it said there was nothing to repair, and the store still refused to open).
+        let bytes = std::fs::read(&first).unwrap();
+        let repaired = DiskStore::repair_when_free(dir.path()).unwrap();
+        assert!(
+            matches!(&repaired, Repaired::Unrepairable { file, what } if *file == first && what.contains("damaged")),
+            "{case}: {repaired:?}"
+        );
+        assert_eq!(std::fs::read(&first).unwrap(), bytes, "{case}: the segment was changed");
     }
+    // A segment missing between two others: named too.
+    std::fs::write(&first, &original).unwrap();
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
+    close(store).await;
+    let segments = files::list(dir.path()).unwrap().segments;
+    assert!(segments.len() >= 3, "{segments:?}");
+    let (_, second) = segments.iter().nth(1).unwrap();
+    std::fs::remove_file(second).unwrap();
+    let repaired = DiskStore::repair_when_free(dir.path()).unwrap();
+    assert!(
+        matches!(&repaired, Repaired::Unrepairable { what, .. } if what.contains("is missing")),
+        "{repaired:?}"
+    );
 }
 
 /// A store that stops without closing (a crash) leaves its segment's zeros; they are cut off when it
@@ -403,6 +426,14 @@ async fn a_crash_while_a_snapshot_is_written_loses_nothing() {
     assert!(
         matches!(DiskStore::open_when_free(copy.path(), test_config()), Err(StorageError::Backend(e)) if e.contains("damaged"))
     );
+    // `qkv repair` says so, naming the snapshot, and changes nothing.
+    let snapshot_path = files::snapshot(copy.path(), 3);
+    let repaired = DiskStore::repair_when_free(copy.path()).unwrap();
+    assert!(
+        matches!(&repaired, Repaired::Unrepairable { file, what } if *file == snapshot_path && what.contains("snapshot")),
+        "{repaired:?}"
+    );
+    assert_eq!(std::fs::read(&snapshot_path).unwrap(), damaged);
 }
 
 /// Snapshots keep the log short: with a small threshold, an overwrite-heavy load leaves a snapshot and
