@@ -209,7 +209,7 @@ impl Log {
     pub fn writable(&self) -> Result<(), StorageError> {
         match self.failed.get() {
             Some(why) => Err(StorageError::Backend(format!(
-                "the data log cannot be written ({why}); writes are refused until the server restarts"
+                "the data log cannot be written ({why}); writes are refused until the server restarts: free disk space or mend the disk first, or the first write after the restart fails the same way"
             ))),
             None => Ok(()),
         }
