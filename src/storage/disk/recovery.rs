@@ -333,7 +333,8 @@ pub fn repair(dir: &Path) -> io::Result<Repaired> {
             Next::Damaged { offset, .. } | Next::Unwritten { offset } => break offset,
             Next::End => return Ok(Repaired::Nothing),
             Next::Record(Record::End { .. }) | Next::Unknown { .. } => {
-                let what = damaged(&path, format!("a whole record it does not know, at byte {}", reader.offset()));
+                let what =
+                    damaged(&path, format!("a whole record it does not know, at byte {}", reader.offset()));
                 return Ok(Repaired::Unrepairable { file: path, what: what.to_string() });
             }
         }
@@ -361,7 +362,9 @@ pub fn repair(dir: &Path) -> io::Result<Repaired> {
 /// Reads the snapshot and those segments through, keeping nothing.
 fn damage_before_the_last_segment(dir: &Path, listing: &Listing) -> io::Result<Option<Repaired>> {
     let unrepairable = |file: &Path, e: io::Error| match e.kind() {
-        io::ErrorKind::InvalidData => Ok(Some(Repaired::Unrepairable { file: file.to_owned(), what: e.to_string() })),
+        io::ErrorKind::InvalidData => {
+            Ok(Some(Repaired::Unrepairable { file: file.to_owned(), what: e.to_string() }))
+        }
         _ => Err(e),
     };
     let base = listing.snapshots.keys().next_back().copied();

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::WaitReplicas;
 use super::relay::Pushes;
-use super::scripts::Lua;
+use super::scripts::{self, Lua};
 use crate::storage::{StorageError, StorageResult};
 
 /// Where Redis is and how to talk to it.
@@ -291,12 +291,27 @@ impl Connection {
     }
 
     /// Publishes; answers how many Redis clients (gateways) received the message.
+    ///
+    /// On a cluster, SPUBLISH goes inside a script ([`scripts::SHARD_PUBLISH`]): a replica of the
+    /// channel's shard takes SPUBLISH itself and tells only its own subscribers (none: the relays
+    /// subscribe on masters), where it redirects a script (MOVED) to the master. redis-rs's map of the
+    /// slots can name such a replica for as long as no command of this gateway is redirected (a failed
+    /// master back as its successor's replica, met by a map refreshed while it still called itself
+    /// master): a gateway that only published lost every message meanwhile, answered 0 receivers.
     pub(super) async fn publish(&mut self, topic: &str, message: &[u8]) -> StorageResult<usize> {
-        let command = if matches!(self, Connection::Cluster(_)) { "SPUBLISH" } else { "PUBLISH" };
-        match self.query(redis::cmd(command).arg(topic).arg(message)).await? {
+        let reply = match self {
+            Connection::Cluster(_) => {
+                let script = &scripts::SHARD_PUBLISH;
+                let mut call = redis::cmd("EVALSHA");
+                call.arg(&script.hash).arg(1).arg(topic).arg(message);
+                self.invoke(call, script, None).await?
+            }
+            Connection::Single(_) => self.query(redis::cmd("PUBLISH").arg(topic).arg(message)).await?,
+        };
+        match reply {
             RedisValue::Int(n) => Ok(usize::try_from(n).unwrap_or(0)),
             other => {
-                Err(StorageError::Backend(format!("unexpected reply from Redis to {command}: {other:?}")))
+                Err(StorageError::Backend(format!("unexpected reply from Redis to a publish: {other:?}")))
             }
         }
     }
@@ -390,7 +405,7 @@ impl WaitingLinks {
 
     /// `cmd`, sent as its script if Redis has not cached it, then WAIT, on a connection nothing else
     /// uses meanwhile (made when first needed, of the kind `main` is). A connection that failed in any
-    /// way is closed, not used again: one whose WAIT outlived the answer's timeout may still be blocked.
+    /// way is closed, not used again: one whose WAIT outlived the answer's timeout may still be waiting.
     async fn send_waiting(
         &self,
         main: &Connection,
@@ -410,20 +425,22 @@ impl WaitingLinks {
             .map_err(|_| busy())?;
         // A permit leaves at least one link unlocked.
         let mut slot = self.links.iter().find_map(|link| link.try_lock().ok()).ok_or_else(busy)?;
-        let link = match &mut *slot {
+        // Taken out while in use, and put back only once answered: a request dropped half way (its
+        // client gone) drops the link with it, whose WAIT may still be waiting.
+        let mut link = match slot.take() {
             Some(link) => link,
-            empty => empty.insert(self.connect(main).await.map_err(|e| {
+            None => self.connect(main).await.map_err(|e| {
                 StorageError::Unavailable(format!(
                     "cannot connect to Redis for a write that waits for replicas: {e}"
                 ))
-            })?),
+            })?,
         };
         let result = match link.send_waiting(cmd, self.wait).await {
             Err(e) if is_noscript(&e) => link.send_waiting(&eval(cmd, script), self.wait).await,
             result => result,
         };
-        if result.is_err() {
-            *slot = None;
+        if result.is_ok() {
+            *slot = Some(link);
         }
         result.map_err(storage_error)
     }

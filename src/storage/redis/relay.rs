@@ -12,7 +12,7 @@
 //!
 //! Gaps are reported, never hidden: when a link to Redis breaks (a failover, a restart: on a cluster
 //! the topics subscribed on that link; on a plain Redis every topic), does not answer a command in
-//! time (a SSUBSCRIBE, a SUNSUBSCRIBE, the PING every [`HEARTBEAT`]) or Redis ends a subscription
+//! time (a SSUBSCRIBE, a SUNSUBSCRIBE, on a cluster the ROLE every [`HEARTBEAT`]) or Redis ends a subscription
 //! itself (its slot moved), the subscribers concerned get a `Missed` of 1 (at least one message may be
 //! missing) and the subscription is made again, by a task of its own that tries until it succeeds
 //! (on the new master once a replica has taken over; on a plain Redis, by redis-rs's connection
@@ -55,7 +55,8 @@ const PUSH_QUEUE: usize = 4_096;
 /// How often topics without subscribers left are unsubscribed from.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// How often each of a cluster's subscription links is sent PING. A link that does not answer within
+/// How often each of a cluster's subscription links is sent ROLE (a replica's channels are made again on
+/// their master: `Shards::demoted`). A link that does not answer within
 /// `--redis-timeout` is lost: a node gone silent (powered off, cut off, stalled) is noticed within
 /// this plus `--redis-timeout`, 7 s by default, where nothing else would notice it before TCP
 /// keepalive (`connection.rs`). A plain Redis's connection is sent PING as often, so that a connection
@@ -263,7 +264,10 @@ impl State {
                             continue;
                         }
                         match self.shards.subscribe(node, &channel).await {
-                            Ok(()) => made.push(channel),
+                            Ok(()) => {
+                                tracing::debug!(channel, node, "subscribed again");
+                                made.push(channel)
+                            }
                             Err(e) => {
                                 tracing::debug!(channel, node, error = %e, "cannot subscribe again yet; retrying");
                                 failed += 1;
@@ -632,6 +636,16 @@ mod tests {
         cluster.master_of_slot(slot).expect("a master")
     }
 
+    /// What `subscription` receives next that is not a message (messages before it are let pass).
+    async fn past_messages(subscription: &mut Subscription) -> Option<Delivery> {
+        loop {
+            match subscription.next().await {
+                Some(Delivery::Message(_)) => {}
+                other => return other,
+            }
+        }
+    }
+
     /// Publishes through `relay` until `subscription` receives something: what it receives first.
     async fn publish_until_delivered(
         relay: &RedisRelay,
@@ -749,16 +763,97 @@ mod tests {
         assert!(relay.state.shards.has_home(b"qkv:news"), "subscribed again");
     }
 
+    /// A channel subscribed on a node that turns out to be a replica (a killed master restarted calls
+    /// itself master from its old configuration until the cluster tells it otherwise, and a CLUSTER
+    /// SLOTS of its believed then) still gets the shard's messages there, but the master's SPUBLISH
+    /// does not count it. The heartbeat's ROLE finds the replica: the subscriber is told of a gap, and
+    /// the channel is subscribed on its master, where publishes count it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_channel_left_on_a_replica_moves_to_its_master() {
+        let cluster = RedisCluster::start(3, 1).expect("a cluster of its own, with replicas");
+        let (relay, _broker, mut news) = listening(&cluster, "news").await;
+        let master = cluster.nodes[master_of(&cluster, "news")].port;
+        let replica = cluster
+            .nodes
+            .iter()
+            .map(|node| node.port)
+            .find(|&port| {
+                let role = qkv_testkit::cli(port, &["ROLE"]).expect("redis-cli runs");
+                role.lines().next() == Some("slave") && role.lines().any(|line| line == master.to_string())
+            })
+            .expect("the master's replica");
+        // Where the stale topology would have put it.
+        relay.state.shards.unsubscribe("qkv:news").await;
+        relay.state.shards.subscribe(&format!("127.0.0.1:{replica}"), "qkv:news").await.unwrap();
+        let message = CommandResponse::default().encode_to_vec();
+        assert_eq!(
+            relay.publish("news".into(), message.clone()).await.unwrap(),
+            0,
+            "not counted on the master"
+        );
+
+        let told = timeout(HEARTBEAT + Duration::from_secs(10), past_messages(&mut news)).await;
+        assert!(matches!(told, Ok(Some(Delivery::Missed(1)))), "{told:?}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while relay.publish("news".into(), message.clone()).await.unwrap() == 0 {
+            assert!(Instant::now() < deadline, "the channel was not subscribed on its master again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let again = publish_until_delivered(&relay, "news", &mut news).await;
+        assert!(matches!(again, Delivery::Message(_)), "{again:?}");
+    }
+
+    /// After a failover that no command of a gateway's has met (here a manual one: nothing breaks),
+    /// redis-rs's map of the slots still names the old master, a replica now, which takes SPUBLISH
+    /// for its own subscribers only. A gateway that only publishes must still reach the subscribers,
+    /// which are on the new master once their relay has moved them there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publish_reaches_the_new_master_through_a_map_that_names_the_old_one() {
+        let cluster = RedisCluster::start(3, 1).expect("a cluster of its own, to fail over");
+        let (publisher, _) = relay_on(&cluster).await;
+        let (_subscriber, _broker, mut news) = listening(&cluster, "news").await;
+        let message = CommandResponse::default().encode_to_vec();
+        assert_eq!(publisher.publish("news".into(), message.clone()).await.unwrap(), 1);
+        let old = cluster.nodes[master_of(&cluster, "news")].port;
+        let role = |port: u16| qkv_testkit::cli(port, &["ROLE"]).expect("redis-cli runs");
+        let new = cluster
+            .nodes
+            .iter()
+            .map(|node| node.port)
+            .find(|&port| {
+                role(port).lines().next() == Some("slave") && role(port).lines().any(|l| l == old.to_string())
+            })
+            .expect("the master's replica");
+        qkv_testkit::cli(new, &["CLUSTER", "FAILOVER"]).expect("a manual failover");
+        let subscribed_on = |port: u16| {
+            let counts =
+                qkv_testkit::cli(port, &["PUBSUB", "SHARDNUMSUB", "qkv:news"]).expect("redis-cli runs");
+            counts.lines().nth(1) == Some("1")
+        };
+        // The subscriber's relay moves its channel to the new master (telling it of a gap).
+        let deadline = Instant::now() + HEARTBEAT + Duration::from_secs(20);
+        while !(role(new).starts_with("master") && subscribed_on(new)) {
+            assert!(Instant::now() < deadline, "the channel did not move to the new master");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let told = timeout(Duration::from_secs(10), past_messages(&mut news)).await;
+        assert!(matches!(told, Ok(Some(Delivery::Missed(1)))), "{told:?}");
+        // The publisher, whose map still names the old master, reaches it there.
+        let delivered = publish_until_delivered(&publisher, "news", &mut news).await;
+        assert!(matches!(delivered, Delivery::Message(_)), "{delivered:?}");
+        assert_eq!(publisher.publish("news".into(), message).await.unwrap(), 1, "counted on the new master");
+    }
+
     /// A node that goes silent without closing its connections (powered off, cut off; here a long
     /// CLIENT PAUSE) while a gateway only listens: nothing is sent on the link but the heartbeat's
-    /// PING, whose lack of answer loses the link, so the subscribers are told within HEARTBEAT plus
+    /// ROLE, whose lack of answer loses the link, so the subscribers are told within HEARTBEAT plus
     /// the response timeout, and the subscription is made again when the node answers.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_node_gone_silent_under_an_idle_subscription_is_noticed_by_the_heartbeat() {
         let cluster = RedisCluster::start(3, 0).expect("a cluster of its own, to stall");
         let (relay, _broker, mut news) = listening(&cluster, "news").await;
 
-        // Longer than a heartbeat and its answer may take, so that one PING falls in it unanswered.
+        // Longer than a heartbeat and its answer may take, so that one ROLE falls in it unanswered.
         let silence = HEARTBEAT + RedisConfig::default().response_timeout + Duration::from_secs(2);
         let port = cluster.nodes[master_of(&cluster, "news")].port;
         qkv_testkit::cli(port, &["CLIENT", "PAUSE", &silence.as_millis().to_string(), "ALL"]).unwrap();

@@ -180,6 +180,12 @@ return reply
     )
 });
 
+/// SPUBLISH of KEYS[1], a shard channel, with ARGV[1]: as a script, which only the master of the
+/// channel's slot runs (a replica redirects it), where a replica of the slot's shard takes SPUBLISH
+/// itself, for its own subscribers only (see `Connection::publish`). Returns SPUBLISH's count.
+pub static SHARD_PUBLISH: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new("return redis.call('SPUBLISH', KEYS[1], ARGV[1])"));
+
 /// One page of a scan, by key name. ARGV: '1' and the last key of the previous page, or '0' and ''
 /// to start; the most entries (at least one is taken); the byte limit (key and value lengths; the page
 /// stops once it is reached, after at least one entry). Returns `{done (1 or 0), the last name read

@@ -92,15 +92,37 @@ impl Shards {
     pub(super) async fn ping(&self) {
         let links: Vec<(Link, MultiplexedConnection)> = self.links.lock().values().cloned().collect();
         join_all(links.into_iter().map(|(link, mut connection)| async move {
-            let answer = redis::cmd("PING").query_async::<RedisValue>(&mut connection).await;
-            if let Err(e) = answer
-                && is_link_failure(&e)
-            {
-                tracing::debug!(node = %link.node, error = %e, "a subscription link did not answer PING; dropping it");
-                self.broken(&link);
+            match redis::cmd("ROLE").query_async::<RedisValue>(&mut connection).await {
+                Err(e) if is_link_failure(&e) => {
+                    tracing::debug!(node = %link.node, error = %e, "a subscription link did not answer ROLE; dropping it");
+                    self.broken(&link);
+                }
+                Ok(RedisValue::Array(role)) if role.first().is_some_and(is_replica) => self.demoted(&link),
+                _ => {}
             }
         }))
         .await;
+    }
+
+    /// `link`'s node is a replica now: its channels are told to the relay as Redis tells it of a slot
+    /// that moved (an SUNSUBSCRIBE from their home), so that their subscribers hear of a gap and the
+    /// subscriptions are made again on the master. A node subscribed on as master can have turned
+    /// replica without ending them: a killed master restarted reads its old configuration and calls
+    /// itself master until the cluster tells it otherwise, and a subscription made on it meanwhile (its
+    /// CLUSTER SLOTS believed) stays, on the replica, where the master's SPUBLISH does not count it.
+    fn demoted(&self, link: &Link) {
+        let channels: Vec<Vec<u8>> =
+            self.homes.lock().iter().filter(|(_, home)| *home == link).map(|(c, _)| c.clone()).collect();
+        if !channels.is_empty() {
+            tracing::debug!(node = %link.node, channels = channels.len(), "a subscription link's node is a replica now; subscribing on its master");
+        }
+        for channel in channels {
+            let moved = PushInfo {
+                kind: PushKind::SUnsubscribe,
+                data: vec![RedisValue::BulkString(channel), RedisValue::Int(0)],
+            };
+            let _ = self.pushes.sender(Some(link.clone()))(moved);
+        }
     }
 
     /// Whether `channel`'s pushes from `link` are to be delivered.
@@ -197,6 +219,12 @@ impl Shards {
 /// Whether `e` means the link itself failed (it did not answer in time, or its connection is gone),
 /// rather than that Redis refused the command (MOVED after a slot moved, CLUSTERDOWN), after which
 /// the link still serves its other channels.
+/// The first item of ROLE's answer on a replica.
+fn is_replica(role: &RedisValue) -> bool {
+    matches!(role, RedisValue::BulkString(r) if r == b"slave")
+        || matches!(role, RedisValue::SimpleString(r) if r == "slave")
+}
+
 fn is_link_failure(e: &RedisError) -> bool {
     e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
 }
