@@ -847,15 +847,19 @@ class QkvSubscription implements Subscription {
           this.answer = answer;
           const deadline = Date.now() + this.client.settings.requestTimeoutMs;
           // Not answered in time: abandoned (its stream stopped, its WebSocket closed, which ends it
-          // on the server if it got there) and failed, never sent again: a second Subscribe could
-          // only add to what kept the first waiting (a session's streams all held).
+          // on the server if it got there). A first Subscribe then fails, never sent again: a second
+          // could only add to what kept the first waiting (a session's streams all held). One made
+          // again after a lost connection is tried again after the reconnect policy's pause, as a
+          // lost connection is: a server busy recovering (a Redis failover) must not end a
+          // long-lived subscription.
           const first = await beforeDeadline(answer.next(), deadline, () => {
             answer.cancel();
-            return new QkvError(
+            const message =
               `the Subscribe to ${JSON.stringify(this.topic)} was not answered within the request timeout ` +
-                `(${this.client.settings.requestTimeoutMs} ms): the subscription was abandoned`,
-              { status: NO_ANSWER, executed: "maybe" },
-            );
+              `(${this.client.settings.requestTimeoutMs} ms)`;
+            return madeBefore
+              ? new TransportFailure(message, "maybe")
+              : new QkvError(`${message}: the subscription was abandoned`, { status: NO_ANSWER, executed: "maybe" });
           });
           if (first === undefined) throw new TransportFailure("the Subscribe's answer ended before it began", "maybe");
           if (first.status !== 200 || !first.more) {

@@ -377,6 +377,29 @@ test("over WebSocket, a Subscribe not answered in time fails and is not sent aga
   assert.ok(server.sockets[1].closedByClient, "its WebSocket closed: the server ends the subscription");
 });
 
+test("a subscription made again after a lost connection whose Subscribe is slow is tried again, not ended", async () => {
+  let subscribes = 0;
+  const subscribers: FakeSocket[] = [];
+  const server = new FakeServer((request, socket) => {
+    if (request.requestData.case !== "subscribe") return [];
+    subscribes++;
+    // The first is answered; the second not at all (a server busy recovering); the third is.
+    if (subscribes === 2) return [];
+    subscribers.push(socket);
+    return [frame({ more: true, values: [toPb(subscribes)] })];
+  });
+  const c = await client(server, { requestTimeoutMs: 100 });
+  const subscription = c.subscribe("news");
+  const events = subscription[Symbol.asyncIterator]();
+  await subscription.ready;
+  subscribers[0].serverClose();
+  assert.deepEqual((await events.next()).value, { kind: "missed", count: 1n, reconnected: true });
+  assert.equal(subscribes, 3, "the slow one abandoned, then made again");
+  assert.equal(subscription.id, 3);
+  server.deliver(subscribers[1], [frame({ more: true, values: [toPb("after")] })]);
+  assert.deepEqual((await events.next()).value, { kind: "message", values: [value("after")] });
+});
+
 test("a subscription whose connection is lost is made again, with a missed event", async () => {
   let id = 0;
   const subscribers: FakeSocket[] = [];

@@ -136,7 +136,9 @@ impl DiskStore {
         let recovered = recovery::recover(dir, &memory, config.durability).map_err(|e| {
             // Damage that `qkv repair` mends names it; any other asks for a backup.
             let advice = match e.kind() {
-                std::io::ErrorKind::InvalidData if !e.to_string().contains("qkv repair") => {
+                std::io::ErrorKind::InvalidData
+                    if !e.to_string().contains("qkv repair") && !e.to_string().contains("another version") =>
+                {
                     ". qkv repair mends only damage at the end of the last log segment: restore the directory from a backup (docs/OPERATIONS.md)"
                 }
                 _ => "",

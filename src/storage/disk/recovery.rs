@@ -308,19 +308,29 @@ pub enum Repaired {
 /// Damage anywhere else (a snapshot, an earlier segment) is not repaired: `qkv serve` names it, and
 /// a backup is the way back.
 pub fn repair(dir: &Path) -> io::Result<Repaired> {
-    let listing = files::list(dir)?;
     let _lock = files::lock(dir)?;
+    let listing = files::list(dir)?;
     if let Some(unrepairable) = damage_before_the_last_segment(dir, &listing)? {
         return Ok(unrepairable);
     }
-    let Some((generation, path)) = listing.segments.into_iter().next_back() else {
-        return Err(io::Error::new(io::ErrorKind::NotFound, "it holds no qkv log segment"));
+    // The log after the snapshot, as `recover` reads it (segments before it are left over).
+    let base = listing.snapshots.keys().next_back().copied().unwrap_or(1);
+    let Some((&generation, path)) = listing.segments.range(base..).next_back() else {
+        return match listing.snapshots.is_empty() {
+            true => Err(io::Error::new(io::ErrorKind::NotFound, "it holds no qkv log segment")),
+            false => Ok(Repaired::Nothing),
+        };
     };
+    let path = path.clone();
     let file = File::open(&path)?;
     let len = file.metadata()?.len();
     let mut input = BufReader::new(&file);
     let header = Header::read(&mut input, LOG_MAGIC)?.filter(|header| header.generation == generation);
     let Some(header) = header else {
+        if len <= format::HEADER_LEN as u64 {
+            // Being created when the process stopped: `recover` removes it.
+            return Ok(Repaired::Nothing);
+        }
         let what = damaged(&path, "its header is not a qkv log segment's of this number".into()).to_string();
         return Ok(Repaired::Unrepairable { file: path, what });
     };

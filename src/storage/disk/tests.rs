@@ -338,6 +338,22 @@ async fn damage_before_the_last_segment_is_refused_not_skipped() {
     );
 }
 
+/// A segment whose header was being written when the process stopped holds nothing: `qkv repair` has
+/// nothing to do (the store removes it when it opens), and says so rather than asking for a backup.
+#[tokio::test]
+async fn a_segment_stopped_while_being_created_needs_no_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
+    let states = write_history(&store, 5).await;
+    close(store).await;
+    let (last, _) = files::list(dir.path()).unwrap().segments.pop_last().unwrap();
+    std::fs::write(files::segment(dir.path(), last + 1), [0x71, 0x6b]).unwrap();
+    assert_eq!(DiskStore::repair_when_free(dir.path()).unwrap(), Repaired::Nothing);
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
+    assert_holds(&store, states.last().unwrap(), "after the half-made segment").await;
+    close(store).await;
+}
+
 /// A store that stops without closing (a crash) leaves its segment's zeros; they are cut off when it
 /// opens, the records before them all recovered, and a closed store leaves none.
 #[tokio::test]

@@ -425,33 +425,45 @@ impl WaitingLinks {
             .map_err(|_| busy())?;
         // A permit leaves at least one link unlocked.
         let mut slot = self.links.iter().find_map(|link| link.try_lock().ok()).ok_or_else(busy)?;
-        // Taken out while in use, and put back only once answered: a request dropped half way (its
+        // Taken out while in use, and put back unless it failed: a request dropped half way (its
         // client gone) drops the link with it, whose WAIT may still be waiting.
-        let mut link = match slot.take() {
-            Some(link) => link,
-            None => self.connect(main).await.map_err(|e| {
+        let connect = async || {
+            self.connect(main).await.map_err(|e| {
                 StorageError::Unavailable(format!(
                     "cannot connect to Redis for a write that waits for replicas: {e}"
                 ))
-            })?,
+            })
         };
-        let result = match link.send_waiting(cmd, self.wait).await {
-            Err(e) if is_noscript(&e) => link.send_waiting(&eval(cmd, script), self.wait).await,
-            result => result,
+        let (mut link, reused) = match slot.take() {
+            Some(link) => (link, true),
+            None => (connect().await?, false),
         };
-        if result.is_ok() {
+        let mut result = link.write_and_wait(cmd, script, self.wait).await;
+        // A link that sat idle may have been closed since (Redis restarted, its idle timeout): the
+        // write is sent once more on a new one. A write call is applied once however often it is sent
+        // (`scripts`): if the first did run, the second answers that it was repeated (uncertain).
+        if reused && result.as_ref().is_err_and(|e| e.is_io_error() || e.is_connection_dropped()) {
+            link = connect().await?;
+            result = link.write_and_wait(cmd, script, self.wait).await;
+        }
+        if result.as_ref().err().is_none_or(keeps_link) {
             *slot = Some(link);
         }
         result.map_err(storage_error)
     }
 
     async fn connect(&self, main: &Connection) -> Result<Link, RedisError> {
+        // Room for the whole WAIT, and then for the round trip --redis-timeout bounds.
+        let response_timeout = self.config.response_timeout + self.wait.timeout;
         match main {
-            Connection::Cluster(_) => connect_cluster(&self.config).await.map(Link::Cluster),
+            Connection::Cluster(_) => {
+                let config = RedisConfig { response_timeout, ..self.config.clone() };
+                connect_cluster(&config).await.map(Link::Cluster)
+            }
             Connection::Single(single) => {
                 let settings = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(self.config.connect_timeout))
-                    .set_response_timeout(Some(self.config.response_timeout));
+                    .set_response_timeout(Some(response_timeout));
                 let client = self.config.client(&single.url)?;
                 client.get_multiplexed_async_connection_with_config(&settings).await.map(Link::Single)
             }
@@ -459,7 +471,33 @@ impl WaitingLinks {
     }
 }
 
+/// Whether a link whose write failed with `e` is used again: after an answer of Redis's (out of
+/// memory, a script error), yes; not after a connection that broke or an answer that did not come
+/// (its WAIT may still be waiting), nor after a redirect (MOVED, ASK) or a cluster that is not whole,
+/// which the pipeline returns as replies, so that redis-rs neither follows them nor refreshes the
+/// link's map of the slots: a new link learns the map afresh.
+fn keeps_link(e: &RedisError) -> bool {
+    !(e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(e.code(), Some("MOVED" | "ASK" | "CLUSTERDOWN" | "TRYAGAIN")))
+}
+
 impl Link {
+    /// [`Link::send_waiting`] of `cmd`, sent as its script if Redis has not cached it.
+    async fn write_and_wait(
+        &mut self,
+        cmd: &Cmd,
+        script: &Lua,
+        wait: WaitReplicas,
+    ) -> Result<(RedisValue, RedisValue), RedisError> {
+        match self.send_waiting(cmd, wait).await {
+            Err(e) if is_noscript(&e) => self.send_waiting(&eval(cmd, script), wait).await,
+            result => result,
+        }
+    }
+
     /// The write, then WAIT: one pipeline, so that the WAIT goes to the shard that ran the write, right
     /// after it. Each reply comes back on its own (an error of WAIT is not one of the write).
     async fn send_waiting(

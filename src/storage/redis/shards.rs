@@ -97,32 +97,22 @@ impl Shards {
                     tracing::debug!(node = %link.node, error = %e, "a subscription link did not answer ROLE; dropping it");
                     self.broken(&link);
                 }
-                Ok(RedisValue::Array(role)) if role.first().is_some_and(is_replica) => self.demoted(&link),
+                // A node subscribed on as master can have turned replica without ending the
+                // subscriptions: a killed master restarted reads its old configuration and calls
+                // itself master until the cluster tells it otherwise, and a repair that believed its
+                // CLUSTER SLOTS meanwhile subscribed there, where the master's SPUBLISH does not count
+                // them. The link is dropped as a lost one (closing it ends them on the replica): its
+                // channels' subscribers are told of a gap, and they are made again on the master.
+                Ok(RedisValue::Array(role)) if role.first().is_some_and(is_replica) => {
+                    tracing::debug!(node = %link.node, "a subscription link's node is a replica now; subscribing on the master");
+                    self.broken(&link);
+                }
+                Ok(RedisValue::ServerError(e)) => refused_role(&link, &e.to_string()),
+                Err(e) => refused_role(&link, &e.to_string()),
                 _ => {}
             }
         }))
         .await;
-    }
-
-    /// `link`'s node is a replica now: its channels are told to the relay as Redis tells it of a slot
-    /// that moved (an SUNSUBSCRIBE from their home), so that their subscribers hear of a gap and the
-    /// subscriptions are made again on the master. A node subscribed on as master can have turned
-    /// replica without ending them: a killed master restarted reads its old configuration and calls
-    /// itself master until the cluster tells it otherwise, and a subscription made on it meanwhile (its
-    /// CLUSTER SLOTS believed) stays, on the replica, where the master's SPUBLISH does not count it.
-    fn demoted(&self, link: &Link) {
-        let channels: Vec<Vec<u8>> =
-            self.homes.lock().iter().filter(|(_, home)| *home == link).map(|(c, _)| c.clone()).collect();
-        if !channels.is_empty() {
-            tracing::debug!(node = %link.node, channels = channels.len(), "a subscription link's node is a replica now; subscribing on its master");
-        }
-        for channel in channels {
-            let moved = PushInfo {
-                kind: PushKind::SUnsubscribe,
-                data: vec![RedisValue::BulkString(channel), RedisValue::Int(0)],
-            };
-            let _ = self.pushes.sender(Some(link.clone()))(moved);
-        }
     }
 
     /// Whether `channel`'s pushes from `link` are to be delivered.
@@ -219,6 +209,15 @@ impl Shards {
 /// Whether `e` means the link itself failed (it did not answer in time, or its connection is gone),
 /// rather than that Redis refused the command (MOVED after a slot moved, CLUSTERDOWN), after which
 /// the link still serves its other channels.
+/// ROLE refused (an ACL user without it: it is in `@admin`): a channel left on a replica is not noticed
+/// by the heartbeat. Said once per process.
+fn refused_role(link: &Link, error: &str) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        tracing::warn!(node = %link.node, error, "Redis refused ROLE on a subscription link: give the gateway's user ROLE (docs/DEPLOY.md), or a subscription left on a replica after a failover is not moved to its master");
+    }
+}
+
 /// The first item of ROLE's answer on a replica.
 fn is_replica(role: &RedisValue) -> bool {
     matches!(role, RedisValue::BulkString(r) if r == b"slave")

@@ -3926,10 +3926,11 @@ var QkvClient = class {
           if (connection.transport === "websocket" && (this.own = connection), this.closing) break;
           let answer = connection.send(requests.subscribe(this.topic));
           this.answer = answer;
-          let deadline = Date.now() + this.client.settings.requestTimeoutMs, first = await beforeDeadline(answer.next(), deadline, () => (answer.cancel(), new QkvError(
-            `the Subscribe to ${JSON.stringify(this.topic)} was not answered within the request timeout (${this.client.settings.requestTimeoutMs} ms): the subscription was abandoned`,
-            { status: 0, executed: "maybe" }
-          )));
+          let deadline = Date.now() + this.client.settings.requestTimeoutMs, first = await beforeDeadline(answer.next(), deadline, () => {
+            answer.cancel();
+            let message = `the Subscribe to ${JSON.stringify(this.topic)} was not answered within the request timeout (${this.client.settings.requestTimeoutMs} ms)`;
+            return madeBefore ? new TransportFailure(message, "maybe") : new QkvError(`${message}: the subscription was abandoned`, { status: 0, executed: "maybe" });
+          });
           if (first === void 0) throw new TransportFailure("the Subscribe's answer ended before it began", "maybe");
           if (first.status !== 200 || !first.more) {
             if (first.status !== 503 || policy === void 0) throw errorFor(first);
