@@ -636,6 +636,19 @@ mod tests {
         cluster.master_of_slot(slot).expect("a master")
     }
 
+    /// The port of the replica of the master on `master` (ROLE: `slave`, then its master's address).
+    fn replica_of(cluster: &RedisCluster, master: u16) -> u16 {
+        cluster
+            .nodes
+            .iter()
+            .map(|node| node.port)
+            .find(|&port| {
+                let role = qkv_testkit::cli(port, &["ROLE"]).expect("redis-cli runs");
+                role.lines().next() == Some("slave") && role.lines().any(|line| line == master.to_string())
+            })
+            .expect("the master's replica")
+    }
+
     /// What `subscription` receives next that is not a message (messages before it are let pass).
     async fn past_messages(subscription: &mut Subscription) -> Option<Delivery> {
         loop {
@@ -773,15 +786,7 @@ mod tests {
         let cluster = RedisCluster::start(3, 1).expect("a cluster of its own, with replicas");
         let (relay, _broker, mut news) = listening(&cluster, "news").await;
         let master = cluster.nodes[master_of(&cluster, "news")].port;
-        let replica = cluster
-            .nodes
-            .iter()
-            .map(|node| node.port)
-            .find(|&port| {
-                let role = qkv_testkit::cli(port, &["ROLE"]).expect("redis-cli runs");
-                role.lines().next() == Some("slave") && role.lines().any(|line| line == master.to_string())
-            })
-            .expect("the master's replica");
+        let replica = replica_of(&cluster, master);
         // Where the stale topology would have put it.
         relay.state.shards.unsubscribe("qkv:news").await;
         relay.state.shards.subscribe(&format!("127.0.0.1:{replica}"), "qkv:news").await.unwrap();
@@ -816,14 +821,7 @@ mod tests {
         assert_eq!(publisher.publish("news".into(), message.clone()).await.unwrap(), 1);
         let old = cluster.nodes[master_of(&cluster, "news")].port;
         let role = |port: u16| qkv_testkit::cli(port, &["ROLE"]).expect("redis-cli runs");
-        let new = cluster
-            .nodes
-            .iter()
-            .map(|node| node.port)
-            .find(|&port| {
-                role(port).lines().next() == Some("slave") && role(port).lines().any(|l| l == old.to_string())
-            })
-            .expect("the master's replica");
+        let new = replica_of(&cluster, old);
         qkv_testkit::cli(new, &["CLUSTER", "FAILOVER"]).expect("a manual failover");
         let subscribed_on = |port: u16| {
             let counts =
