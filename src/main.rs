@@ -366,10 +366,7 @@ fn repair(args: RepairArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         ),
         Repaired::Unrepairable { what, .. } => {
-            return Err(CliError::Refused(format!(
-                "{what}. qkv repair mends only damage at the end of the last log segment: restore the directory from a backup (docs/OPERATIONS.md), nothing was changed"
-            ))
-            .into());
+            return Err(CliError::Refused(format!("{what}; nothing was changed")).into());
         }
         Repaired::Cut { segment, offset, first_whole, records_after, saved } => {
             match first_whole {

@@ -133,18 +133,8 @@ impl DiskStore {
         let memory = Arc::new(MemoryStore::with_journal(config.memory_budget, log.clone()));
         let imported =
             import::from_redb(dir, &memory).map_err(io_error("cannot import the redb file in", dir))?;
-        let recovered = recovery::recover(dir, &memory, config.durability).map_err(|e| {
-            // Damage that `qkv repair` mends names it; any other asks for a backup.
-            let advice = match e.kind() {
-                std::io::ErrorKind::InvalidData
-                    if !e.to_string().contains("qkv repair") && !e.to_string().contains("another version") =>
-                {
-                    ". qkv repair mends only damage at the end of the last log segment: restore the directory from a backup (docs/OPERATIONS.md)"
-                }
-                _ => "",
-            };
-            StorageError::Backend(format!("cannot recover the data in {}: {e}{advice}", dir.display()))
-        })?;
+        let recovered = recovery::recover(dir, &memory, config.durability)
+            .map_err(io_error("cannot recover the data in", dir))?;
         log.start_after(recovered.last_version.max(imported).max(super::first_version_floor()));
         let segment = files::create_segment(dir, recovered.next_generation, log.appended())
             .map_err(io_error("cannot start a log segment in", dir))?;

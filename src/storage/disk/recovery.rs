@@ -90,7 +90,17 @@ pub fn recover(dir: &Path, store: &Store, durability: Durability) -> io::Result<
     Ok(recovered)
 }
 
+/// What to do about damage that `qkv repair` does not mend.
+pub(super) const RESTORE: &str = "qkv repair mends only damage at the end of the last log segment: \
+    restore the directory from a backup (docs/OPERATIONS.md)";
+
+/// Damage in the segment at `path` that only a backup mends ([`RESTORE`]).
 fn damaged(path: &Path, what: String) -> io::Error {
+    described(path, format!("{what}. {RESTORE}"))
+}
+
+/// Damage in the segment at `path`, `what` saying what to do.
+fn described(path: &Path, what: String) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         format!("the log segment {} is damaged: {what}", path.display()),
@@ -170,7 +180,7 @@ fn replay_segment(
         }
         Stop::Torn { offset, what } => return Err(damaged(path, format!("{what} at byte {offset}"))),
         Stop::Unknown { offset, what } => {
-            return Err(damaged(
+            return Err(described(
                 path,
                 format!("{what} at byte {offset}: written by another version of qkv? Nothing was cut off"),
             ));
@@ -211,7 +221,7 @@ fn settle_damaged_tail(
         );
         return Ok(true);
     }
-    Err(damaged(
+    Err(described(
         path,
         format!(
             "{what} at byte {offset}, yet {found}: damage, not a write torn by a crash, and the records \

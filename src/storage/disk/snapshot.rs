@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::files;
 use super::format::{self, Header, Next, Reader, Record, SNAPSHOT_MAGIC};
 use super::log::Log;
+use super::recovery::RESTORE;
 use crate::pb::Versioned;
 use crate::storage::memory::{MemoryStore, Visitor};
 
@@ -154,7 +155,7 @@ fn walk(dir: &Path, generation: u64, mut each: impl FnMut(String, String, Versio
     let damaged = |what: String| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("the snapshot {} is damaged: {what}", path.display()),
+            format!("the snapshot {} is damaged: {what}. {RESTORE}", path.display()),
         )
     };
     let file = File::open(&path)?;

@@ -346,25 +346,7 @@ impl Connection {
             }
             .map_err(storage_error);
         };
-        let (reply, waited) = links.send_waiting(self, &cmd, script).await?;
-        let wait = links.wait;
-        // The write ran: whatever stopped WAIT (a master turned replica answers UNBLOCKED) leaves its
-        // fate unknown.
-        let replicas = match waited {
-            RedisValue::Int(replicas) => replicas,
-            other => {
-                return Err(StorageError::Uncertain(format!(
-                    "the write was made on the Redis master, but waiting for its replicas failed: {other:?}"
-                )));
-            }
-        };
-        if replicas < i64::from(wait.replicas) {
-            return Err(StorageError::Uncertain(format!(
-                "the write was made on the Redis master but only {replicas} of the {} replicas asked for (--redis-wait) confirmed it within {:?}; it may be lost if that master fails",
-                wait.replicas, wait.timeout
-            )));
-        }
-        Ok(reply)
+        links.write(self, &cmd, script).await
     }
 }
 
@@ -393,19 +375,43 @@ enum Link {
 }
 
 impl WaitingLinks {
-    pub(super) fn new(config: &RedisConfig, wait: WaitReplicas, count: usize) -> Self {
-        let count = count.max(1);
-        WaitingLinks {
-            wait,
+    /// The links `config` asks for: none without `--redis-wait`.
+    pub(super) fn new(config: &RedisConfig) -> Option<Self> {
+        let count = config.wait_connections.max(1);
+        (config.wait_replicas > 0).then(|| WaitingLinks {
+            wait: WaitReplicas { replicas: config.wait_replicas, timeout: config.wait_timeout },
             links: (0..count).map(|_| tokio::sync::Mutex::new(None)).collect(),
             free: tokio::sync::Semaphore::new(count),
             config: config.clone(),
+        })
+    }
+
+    /// The write `cmd`, then WAIT, answered once enough replicas have it (else uncertain).
+    async fn write(&self, main: &Connection, cmd: &Cmd, script: &Lua) -> StorageResult<RedisValue> {
+        let (reply, waited) = self.send_waiting(main, cmd, script).await?;
+        let wait = self.wait;
+        // The write ran: whatever stopped WAIT (a master turned replica answers UNBLOCKED) leaves its
+        // fate unknown.
+        let replicas = match waited {
+            RedisValue::Int(replicas) => replicas,
+            other => {
+                return Err(StorageError::Uncertain(format!(
+                    "the write was made on the Redis master, but waiting for its replicas failed: {other:?}"
+                )));
+            }
+        };
+        if replicas < i64::from(wait.replicas) {
+            return Err(StorageError::Uncertain(format!(
+                "the write was made on the Redis master but only {replicas} of the {} replicas asked for (--redis-wait) confirmed it within {:?}; it may be lost if that master fails",
+                wait.replicas, wait.timeout
+            )));
         }
+        Ok(reply)
     }
 
     /// `cmd`, sent as its script if Redis has not cached it, then WAIT, on a connection nothing else
-    /// uses meanwhile (made when first needed, of the kind `main` is). A connection that failed in any
-    /// way is closed, not used again: one whose WAIT outlived the answer's timeout may still be waiting.
+    /// uses meanwhile (made when first needed, of the kind `main` is; see [`keeps_link`] for when it
+    /// is used again).
     async fn send_waiting(
         &self,
         main: &Connection,

@@ -132,10 +132,7 @@ impl RedisStore {
     /// once; see [`RedisStore::connected`]. Needs a tokio runtime.
     pub fn start(config: RedisConfig) -> Self {
         let prefix = Arc::from(config.prefix.as_str());
-        let wait = (config.wait_replicas > 0).then(|| {
-            let replicas = WaitReplicas { replicas: config.wait_replicas, timeout: config.wait_timeout };
-            Arc::new(WaitingLinks::new(&config, replicas, config.wait_connections))
-        });
+        let wait = WaitingLinks::new(&config).map(Arc::new);
         let (pushes, relay) = relay::RedisRelay::new(&config);
         let connector = Connector::start(config, pushes);
         let relay = Arc::new(relay(connector.clone()));

@@ -798,7 +798,8 @@ mod tests {
         );
 
         let told = timeout(HEARTBEAT + Duration::from_secs(10), past_messages(&mut news)).await;
-        assert!(matches!(told, Ok(Some(Delivery::Missed(1)))), "{told:?}");
+        // At least one gap: the replica may end the subscriptions itself too, each a gap of its own.
+        assert!(matches!(told, Ok(Some(Delivery::Missed(n))) if n >= 1), "{told:?}");
         let deadline = Instant::now() + Duration::from_secs(20);
         while relay.publish("news".into(), message.clone()).await.unwrap() == 0 {
             assert!(Instant::now() < deadline, "the channel was not subscribed on its master again");
@@ -835,7 +836,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let told = timeout(Duration::from_secs(10), past_messages(&mut news)).await;
-        assert!(matches!(told, Ok(Some(Delivery::Missed(1)))), "{told:?}");
+        // At least one gap: the replica may end the subscriptions itself too, each a gap of its own.
+        assert!(matches!(told, Ok(Some(Delivery::Missed(n))) if n >= 1), "{told:?}");
         // The publisher, whose map still names the old master, reaches it there.
         let delivered = publish_until_delivered(&publisher, "news", &mut news).await;
         assert!(matches!(delivered, Delivery::Message(_)), "{delivered:?}");
