@@ -394,13 +394,17 @@ async fn a_request_that_does_not_name_its_host_once_is_refused() {
             "PUT /v1/tables/t/keys/k {head}\r\ncontent-type: text/plain\r\ncontent-length: 1\r\nconnection: close\r\n\r\nv"
         )
     };
+    let absolute = |target: &str, host: &str| {
+        format!(
+            "PUT http://{target}/v1/tables/t/keys/k HTTP/1.1\r\nhost: {host}\r\n\
+             content-type: text/plain\r\ncontent-length: 1\r\nconnection: close\r\n\r\nv"
+        )
+    };
     for request in [
         put("HTTP/1.1"),
         put(&format!("HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nhost: evil.test:{port}")),
-        format!(
-            "PUT http://127.0.0.1:{port}/v1/tables/t/keys/k HTTP/1.1\r\nhost: evil.test:{port}\r\n\
-             content-type: text/plain\r\ncontent-length: 1\r\nconnection: close\r\n\r\nv"
-        ),
+        absolute(&format!("127.0.0.1:{port}"), &format!("evil.test:{port}")),
+        absolute("127.0.0.1", "127.0.0.1:81"),
     ] {
         let head = plaintext_head(web, &request).await;
         assert!(head.starts_with("http/1.1 400"), "{request}\n→ {head}");
@@ -416,7 +420,13 @@ async fn a_request_that_does_not_name_its_host_once_is_refused() {
     let get = format!("GET /v1/tables/t/keys/k HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close");
     assert!(plaintext_head(web, &get).await.starts_with("http/1.1 404"));
     // Named once, or not at all in HTTP/1.0, the same write is served.
-    for request in [put(&format!("HTTP/1.1\r\nhost: 127.0.0.1:{port}")), put("HTTP/1.0")] {
+    // A port left out is the scheme's default, in the target or in Host.
+    for request in [
+        put(&format!("HTTP/1.1\r\nhost: 127.0.0.1:{port}")),
+        put("HTTP/1.0"),
+        absolute("127.0.0.1", "127.0.0.1:80"),
+        absolute("LOCALHOST:80", "localhost"),
+    ] {
         let head = plaintext_head(web, &request).await;
         let status = head.split_whitespace().nth(1);
         assert!(status.is_some_and(|s| s.starts_with("20")), "{request}\n→ {head}");

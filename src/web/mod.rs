@@ -29,6 +29,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::uri::{Authority, Scheme};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -473,13 +474,27 @@ fn host_fault(request: &Request) -> Option<&'static str> {
     if host.is_none() && request.version() == axum::http::Version::HTTP_11 {
         return Some("an HTTP/1.1 request needs a Host header (RFC 9112, 3.2)");
     }
-    let target = request.uri().authority();
-    match (host, target) {
-        (Some(host), Some(target)) if !host.as_bytes().eq_ignore_ascii_case(target.as_str().as_bytes()) => {
+    let uri = request.uri();
+    match (host, uri.authority()) {
+        (Some(host), Some(target)) if !same_authority(host.as_bytes(), target, uri.scheme()) => {
             Some("the request's Host header names another host than its target (:authority): send one name")
         }
         _ => None,
     }
+}
+
+/// Whether a Host header names the same host and port as a request's target, a port left out being
+/// its scheme's default (`Host: example.com` and `https://example.com:443/`: RFC 9110, 4.2.3).
+fn same_authority(host: &[u8], target: &Authority, scheme: Option<&Scheme>) -> bool {
+    let Ok(host) = Authority::try_from(host) else {
+        return false;
+    };
+    let default = match scheme.map(Scheme::as_str) {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    };
+    host.host().eq_ignore_ascii_case(target.host()) && host.port_u16().or(default) == target.port_u16().or(default)
 }
 
 async fn check_host<const GRPC: bool>(
