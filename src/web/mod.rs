@@ -494,7 +494,8 @@ fn same_authority(host: &[u8], target: &Authority, scheme: Option<&Scheme>) -> b
         Some("http") => Some(80),
         _ => None,
     };
-    host.host().eq_ignore_ascii_case(target.host()) && host.port_u16().or(default) == target.port_u16().or(default)
+    host.host().eq_ignore_ascii_case(target.host())
+        && host.port_u16().or(default) == target.port_u16().or(default)
 }
 
 async fn check_host<const GRPC: bool>(

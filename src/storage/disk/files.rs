@@ -92,6 +92,15 @@ pub fn create_segment(dir: &Path, generation: u64, last_version: u64) -> io::Res
     Ok(Segment { file, end: HEADER_LEN as u64, zeroed: HEADER_LEN as u64 })
 }
 
+/// Finishes a segment that was being created when the process stopped (its file holding no more
+/// than part of its header): writes its header, durable, with its name in the directory.
+pub fn finish_segment(path: &Path, generation: u64, last_version: u64) -> io::Result<()> {
+    let mut file = OpenOptions::new().write(true).truncate(true).open(path)?;
+    file.write_all(&Header { magic: LOG_MAGIC, generation, last_version }.encode())?;
+    file.sync_all()?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
 /// How far ahead of its records a segment is written with zeros.
 pub const ZEROED_AHEAD: u64 = 1 << 20;
 

@@ -47,6 +47,11 @@ pub fn from_redb(dir: &Path, store: &Store) -> io::Result<u64> {
         );
     }
     // Imported now, or by an earlier open that stopped before this rename: the snapshot holds it all.
+    // Its segment is made before the import is named done, as the committer makes a snapshot's before
+    // the snapshot: a snapshot without its segment is then only ever damage (recovery refuses it).
+    if listing.segments.is_empty() {
+        files::create_segment(dir, 1, store.journal().appended())?;
+    }
     std::fs::rename(&path, dir.join(IMPORTED))?;
     files::sync_dir(dir)?;
     Ok(store.journal().appended())

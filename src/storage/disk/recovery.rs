@@ -8,6 +8,7 @@
 //! segment, a missing segment) is not what a crash leaves behind: the store refuses to open and says
 //! which file is damaged where, rather than serve data with a hole in it.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -57,13 +58,15 @@ pub fn recover(dir: &Path, store: &Store, durability: Durability) -> io::Result<
         // Left by a crash between a snapshot's rename and the removal of what it replaced.
         files::remove_before(dir, generation)?;
         segments.retain(|g, _| *g >= generation);
+        if let Some(missing) = missing_after_snapshot(dir, generation, &segments) {
+            return Err(missing);
+        }
     }
     // Without a snapshot nothing was ever removed, so the log starts at segment 1.
-    let mut expected = Some(base.unwrap_or(1));
+    let mut expected = base.unwrap_or(1);
     let last = segments.keys().next_back().copied();
-    let mut next_generation = base.unwrap_or(1);
     for (generation, path) in &segments {
-        if let Some(expected) = expected.filter(|expected| generation != expected) {
+        if *generation != expected {
             // The first segment of a log: what comes before it is a snapshot, which is missing too.
             let missing = match (base, expected == base.unwrap_or(1)) {
                 (None, true) if expected < *generation => {
@@ -73,21 +76,38 @@ pub fn recover(dir: &Path, store: &Store, durability: Durability) -> io::Result<
             };
             return Err(damaged(path, missing));
         }
-        expected = Some(generation + 1);
+        expected = generation + 1;
         let is_last = Some(*generation) == last;
-        let Some(replayed) = replay_segment(path, *generation, store, is_last, durability)? else {
-            // The last segment was being created: its number is free again.
-            break;
-        };
-        next_generation = generation + 1;
+        let replayed = replay_segment(path, *generation, store, is_last, durability, recovered.last_version)?;
         recovered.last_version = recovered.last_version.max(replayed.last_number);
         recovered.records += replayed.records;
         recovered.log_bytes += replayed.valid_len;
         recovered.torn_bytes += replayed.torn_bytes;
         recovered.unwritten_bytes += replayed.unwritten_bytes;
     }
-    recovered.next_generation = next_generation;
+    recovered.next_generation = expected;
     Ok(recovered)
+}
+
+/// The segment a snapshot of `generation` is followed by, when it is missing from `segments`. Segment
+/// N is made, durable, before snapshot N is begun (and the import of a redb file makes segment 1 before
+/// it names the import done), so a snapshot without it has lost the writes since: removed by hand, say,
+/// or left out of a copy.
+fn missing_after_snapshot(
+    dir: &Path,
+    generation: u64,
+    segments: &BTreeMap<u64, PathBuf>,
+) -> Option<io::Error> {
+    if segments.contains_key(&generation) {
+        return None;
+    }
+    let what = format!(
+        "the log segment {} is missing: the snapshot {} is followed by it, and it holds the writes made \
+         since (was it removed, or left out of a copy?). {RESTORE}",
+        files::segment(dir, generation).display(),
+        files::snapshot(dir, generation).display(),
+    );
+    Some(io::Error::new(io::ErrorKind::InvalidData, what))
 }
 
 /// What to do about damage that `qkv repair` does not mend.
@@ -107,6 +127,7 @@ fn described(path: &Path, what: String) -> io::Error {
     )
 }
 
+#[derive(Default)]
 struct Replayed {
     records: u64,
     last_number: u64,
@@ -115,14 +136,16 @@ struct Replayed {
     unwritten_bytes: u64,
 }
 
-/// Replays one segment; `None` when it is the last and was being created (it is removed).
+/// Replays one segment. The last one, if it was being created, is finished as an empty segment whose
+/// header says `last_version`.
 fn replay_segment(
     path: &Path,
     generation: u64,
     store: &Store,
     is_last: bool,
     durability: Durability,
-) -> io::Result<Option<Replayed>> {
+    last_version: u64,
+) -> io::Result<Replayed> {
     let file = File::open(path)?;
     let len = file.metadata()?.len();
     let mut input = BufReader::with_capacity(1 << 20, file);
@@ -131,10 +154,10 @@ fn replay_segment(
         if is_last && len <= format::HEADER_LEN as u64 {
             // A segment is created with its header and fsynced before any record goes into it: the last
             // one without a whole header was being created when the process stopped, and holds nothing.
-            tracing::warn!(file = %path.display(), "removing a log segment that was being created");
-            fs::remove_file(path)?;
-            files::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
-            return Ok(None);
+            // It is finished, not removed: a snapshot's segment is never missing but by damage.
+            tracing::warn!(file = %path.display(), "finishing a log segment that was being created");
+            files::finish_segment(path, generation, last_version)?;
+            return Ok(Replayed { valid_len: format::HEADER_LEN as u64, ..Replayed::default() });
         }
         return Err(damaged(path, "its header is not a qkv log segment's of this number".into()));
     };
@@ -156,7 +179,7 @@ fn replay_segment(
         Stop::End => {}
         Stop::Torn { offset, what } if is_last => {
             if settle_damaged_tail(path, offset, len, what, replayed.last_number, durability)? {
-                return Ok(Some(result));
+                return Ok(result);
             }
             result.torn_bytes = len - offset;
             tracing::warn!(
@@ -169,7 +192,7 @@ fn replay_segment(
         Stop::Unwritten { offset } if is_last => {
             let what = "zeros where a record should be";
             if settle_damaged_tail(path, offset, len, what, replayed.last_number, durability)? {
-                return Ok(Some(result));
+                return Ok(result);
             }
             result.unwritten_bytes = len - offset;
             tracing::debug!(file = %path.display(), offset, bytes = result.unwritten_bytes, "cutting off the log's unwritten space");
@@ -186,7 +209,7 @@ fn replay_segment(
             ));
         }
     }
-    Ok(Some(result))
+    Ok(result)
 }
 
 /// A strict log's committer writes a batch only once the one before it is durable, so a crash tears
@@ -338,7 +361,7 @@ pub fn repair(dir: &Path) -> io::Result<Repaired> {
     let header = Header::read(&mut input, LOG_MAGIC)?.filter(|header| header.generation == generation);
     let Some(header) = header else {
         if len <= format::HEADER_LEN as u64 {
-            // Being created when the process stopped: `recover` removes it.
+            // Being created when the process stopped: `recover` finishes it.
             return Ok(Repaired::Nothing);
         }
         let what = damaged(&path, "its header is not a qkv log segment's of this number".into()).to_string();
@@ -388,10 +411,13 @@ fn damage_before_the_last_segment(dir: &Path, listing: &Listing) -> io::Result<O
         _ => Err(e),
     };
     let base = listing.snapshots.keys().next_back().copied();
-    if let Some(generation) = base
-        && let Err(e) = snapshot::check(dir, generation)
-    {
-        return unrepairable(&files::snapshot(dir, generation), e);
+    if let Some(generation) = base {
+        if let Err(e) = snapshot::check(dir, generation) {
+            return unrepairable(&files::snapshot(dir, generation), e);
+        }
+        if let Some(e) = missing_after_snapshot(dir, generation, &listing.segments) {
+            return unrepairable(&files::segment(dir, generation), e);
+        }
     }
     let segments: Vec<_> = listing.segments.range(base.unwrap_or(1)..).collect();
     let mut expected = base.unwrap_or(1);

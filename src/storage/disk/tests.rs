@@ -352,6 +352,45 @@ async fn a_segment_stopped_while_being_created_needs_no_repair() {
     let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
     assert_holds(&store, states.last().unwrap(), "after the half-made segment").await;
     close(store).await;
+    // It was finished, not removed (a snapshot's segment is then missing only by damage), and the
+    // log goes on after it.
+    let segments = files::list(dir.path()).unwrap().segments;
+    assert_eq!(segments.keys().rev().take(2).copied().collect::<Vec<_>>(), [last + 2, last + 1]);
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
+    assert_holds(&store, states.last().unwrap(), "opened again").await;
+    close(store).await;
+}
+
+/// The log after a snapshot holds every write since: a directory whose snapshot is there without it
+/// (the log files removed by hand to save space, or left out of a copy) is refused, not opened with
+/// those writes gone, and `qkv repair` says it cannot mend it.
+#[tokio::test]
+async fn a_snapshot_without_the_log_after_it_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DiskConfig { snapshot_log_size: 16 << 10, ..test_config() };
+    let store = DiskStore::open_when_free(dir.path(), config).unwrap();
+    let mut i = 0;
+    while files::list(dir.path()).unwrap().snapshots.is_empty() {
+        store.set(TABLE, &format!("k{i}"), format!("{i:0>60}").into(), None).await.unwrap();
+        i += 1;
+    }
+    close(store).await;
+    let listing = files::list(dir.path()).unwrap();
+    let (&snapshot, _) = listing.snapshots.iter().next_back().unwrap();
+    for (_, segment) in listing.segments.range(snapshot..) {
+        std::fs::remove_file(segment).unwrap();
+    }
+    let missing = files::segment(dir.path(), snapshot).display().to_string();
+    let Err(StorageError::Backend(error)) = DiskStore::open_when_free(dir.path(), config) else {
+        panic!("opened a snapshot without the log after it")
+    };
+    assert!(error.contains(&missing) && error.contains("is missing"), "{error}");
+    assert!(error.contains("restore the directory from a backup"), "what to do: {error}");
+    let repaired = DiskStore::repair_when_free(dir.path()).unwrap();
+    assert!(
+        matches!(&repaired, Repaired::Unrepairable { file, what } if file.display().to_string() == missing && what.contains("is missing")),
+        "{repaired:?}"
+    );
 }
 
 /// A store that stops without closing (a crash) leaves its segment's zeros; they are cut off when it
