@@ -122,8 +122,9 @@ pub enum EndReason {
     Unsubscribed,
     /// Its queue was full and the lag policy is [`LagPolicy::Drop`].
     Lagged,
-    /// Its connection stopped taking requests (a TCP client closed its side, or the connection is being
-    /// closed after a bad request or a failure).
+    /// Its connection stopped taking requests: the client closed its side with requests behind the
+    /// subscription, or a stream that cannot stay half open ended, or the connection is being closed
+    /// after a bad request or a failure.
     ConnectionEnding,
     /// Its connection answers in request order and reached its limits with requests behind it: they
     /// could be answered, and more read (an Unsubscribe among them), only once it ended.

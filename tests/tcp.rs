@@ -518,9 +518,55 @@ async fn a_subscription_waiting_behind_a_long_answer_is_not_ended(transport: Tra
     assert_eq!(next(&mut frames).await.status, status::NOT_FOUND, "the Unsubscribe found it ended");
 }
 
+/// The course's client subscribes, then closes its sending side (`stream.close()`) and reads on: a
+/// half-closed connection's subscription goes on, delivering every message, until it ends otherwise
+/// (here the client's closing the whole connection, found at the next message). With a request behind
+/// it, which could be answered only once it ends, a half-close ends it (200) and that answer follows.
+async fn a_subscriber_that_closes_its_sending_side_reads_on(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
+    let publisher = server.client().await;
+    let next = async |frames: &mut FramedRead<_, _>| -> CommandResponse {
+        let next = tokio::time::timeout(Duration::from_secs(10), frames.next()).await;
+        next.expect("a frame within 10 s").expect("a frame").expect("a whole frame")
+    };
+    let stream = raw_byte_stream(server.addr, &server.ca(), transport).await;
+    let (read, mut write) = tokio::io::split(stream);
+    let mut frames = FramedRead::new(read, FrameCodec::<CommandResponse>::new(1 << 20));
+    write.write_all(&common::frame(&CommandRequest::subscribe("news"))).await.unwrap();
+    write.shutdown().await.unwrap();
+    let first = next(&mut frames).await;
+    assert!(first.more && first.status == status::OK, "subscribed: {first:?}");
+    for word in ["one", "two"] {
+        assert_eq!(publisher.publish("news", [Value::from(word)]).await.unwrap().receivers, 1);
+        let message = next(&mut frames).await;
+        assert_eq!((message.values, message.more), (vec![Value::from(word)], true), "{word}");
+    }
+    drop((frames, write));
+    let gone = async {
+        while publisher.publish("news", [Value::from("anyone?")]).await.unwrap().receivers > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), gone).await.expect("the closed subscriber is found");
+
+    let stream = raw_byte_stream(server.addr, &server.ca(), transport).await;
+    let (read, mut write) = tokio::io::split(stream);
+    let mut frames = FramedRead::new(read, FrameCodec::<CommandResponse>::new(1 << 20));
+    let mut burst = common::frame(&CommandRequest::subscribe("news")).to_vec();
+    burst.extend_from_slice(&common::frame(&CommandRequest::ping(b"behind".to_vec())));
+    write.write_all(&burst).await.unwrap();
+    write.shutdown().await.unwrap();
+    assert!(next(&mut frames).await.more, "subscribed");
+    let last = next(&mut frames).await;
+    assert_eq!((last.status, last.more), (status::OK, false), "{last:?}");
+    assert_eq!(next(&mut frames).await.values, [Value::from(b"behind".to_vec())]);
+    assert!(frames.next().await.is_none(), "then the connection ends");
+}
+
 transport_tests!(pipelined: tls, tcp =>
     a_subscription_the_requests_behind_it_stall_ends_and_their_answers_follow,
     a_subscription_waiting_behind_a_long_answer_is_not_ended,
+    a_subscriber_that_closes_its_sending_side_reads_on,
 );
 
 #[tokio::test]

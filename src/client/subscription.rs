@@ -24,7 +24,7 @@ use tokio_util::codec::FramedRead;
 use super::SubscriptionQueue;
 use super::error::Cause;
 use super::inbox::Inbox;
-use super::tcp::{ByteStream, open_stream};
+use super::tcp::{ByteStream, Closing, open_stream};
 use super::{Client, ClientError, ClientResult, Connection, ResponseFrames, ok, quic};
 use crate::pb::{CommandRequest, CommandResponse, Value, status, value};
 use crate::pb::{Published, SubscriptionId};
@@ -173,7 +173,7 @@ impl Client {
                     }
                     _ => {
                         let (name, remote, stats) = (&inner.server_name, inner.remote, &inner.stats);
-                        open_stream(config, inner.tls.clone(), name, remote, stats).await?
+                        open_stream(config, inner.tls.clone(), name, remote, stats, Closing::Reset).await?
                     }
                 };
                 let (read, mut requests) = tokio::io::split(stream);

@@ -225,6 +225,7 @@ pub(super) async fn open_stream(
     server_name: &str,
     remote: SocketAddr,
     stats: &Stats,
+    closing: Closing,
 ) -> ClientResult<Box<dyn ByteStream>> {
     let timed_out = || ClientError::ConnectTimeout {
         addr: config.addr.clone(),
@@ -245,6 +246,9 @@ pub(super) async fn open_stream(
     // server that has gone (and keep NAT bindings), as QUIC's keep-alives do.
     let probes = socket2::TcpKeepalive::new().with_time(config.keep_alive).with_interval(config.keep_alive);
     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&probes.with_retries(3));
+    if closing == Closing::Reset {
+        let _ = stream.set_zero_linger();
+    }
     let Some(tls) = tls else {
         return Ok(Box::new(stream));
     };
@@ -276,7 +280,7 @@ impl TcpConnection {
         remote: SocketAddr,
         stats: &Stats,
     ) -> ClientResult<Self> {
-        let stream = open_stream(config, tls, server_name, remote, stats).await?;
+        let stream = open_stream(config, tls, server_name, remote, stats, Closing::Graceful).await?;
         Ok(Self::start(stream, remote, config, None))
     }
 
@@ -409,6 +413,17 @@ impl Drop for TcpConnection {
         self.shared.dropped.store(true, Ordering::Release);
         self.shared.wake_writer.notify_one();
     }
+}
+
+/// How a connection [`open_stream`] opens is closed when it is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Closing {
+    /// TCP's FIN, after what was written: the server answers what it read (calls' connections).
+    Graceful,
+    /// A reset: a subscription's own connection, which the server keeps on a FIN (a half-close, which
+    /// the course's client subscribes with: docs/PROTOCOL.md, section 6.1) until a message to it fails;
+    /// the reset ends it at once, as dropping a subscription promises.
+    Reset,
 }
 
 /// Only certificate failures are about the CA file; a reset or non-TLS data means something else.

@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value as Json, json};
 
 use super::error::Cause;
-use super::tcp::{ByteStream, StreamOpener, open_stream};
+use super::tcp::{ByteStream, Closing, StreamOpener, open_stream};
 use super::{ClientConfig, ClientError, ClientResult, ResponseFrames, Stats};
 use crate::pb::command_request::RequestData;
 use crate::pb::grpc::kv_client::KvClient;
@@ -101,7 +101,7 @@ impl WebConnection {
         remote: SocketAddr,
         stats: &Arc<Stats>,
     ) -> ClientResult<Self> {
-        let stream = open_stream(config, Some(tls), server_name, remote, stats).await?;
+        let stream = open_stream(config, Some(tls), server_name, remote, stats, Closing::Graceful).await?;
         let io = TokioIo::new(stream);
         match config.transport {
             Transport::Grpc => {
@@ -150,7 +150,7 @@ pub(super) async fn open_pipeline(
     remote: SocketAddr,
     stats: &Stats,
 ) -> ClientResult<(Box<dyn ByteStream>, StreamOpener)> {
-    let stream = open_stream(config, Some(tls), server_name, remote, stats).await?;
+    let stream = open_stream(config, Some(tls), server_name, remote, stats, Closing::Graceful).await?;
     let origin = hyper::Uri::try_from(format!("https://{server_name}"))
         .map_err(|e| ClientError::InvalidConfig(format!("{server_name:?} is not a valid host name: {e}")))?;
     let sender = handshake(TokioIo::new(stream), config).await?;

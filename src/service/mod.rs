@@ -191,8 +191,9 @@ pub trait Handler: Clone + Send + Sync + 'static {
         caller: &'a Caller,
     ) -> impl Future<Output = Reply> + Send + 'a;
 
-    /// `caller`'s connection takes no more requests (a TCP client closed its side): end what it owns
-    /// that would otherwise keep its answers going (its subscriptions, each with a last frame).
+    /// `caller`'s connection takes no more requests and must end (see `transport::pipeline::AfterClose`):
+    /// end what it owns that would otherwise keep its answers going (its subscriptions, each with a
+    /// last frame).
     fn connection_closing(&self, caller: &Caller);
 
     /// `caller`'s connection answers in request order and can take no more requests until the answer
@@ -350,8 +351,8 @@ impl<S: Storage> Service<S> {
         &self.inner.broker
     }
 
-    /// Ends the subscriptions of `caller`'s connection, which takes no more requests (a TCP client
-    /// closed its side). Each ends with its last frame, so that the connection's answers can end.
+    /// Ends the subscriptions of `caller`'s connection, which takes no more requests and must end
+    /// (`Handler::connection_closing`). Each ends with its last frame, so that its answers can end.
     pub fn connection_closing(&self, caller: &Caller) {
         self.inner.broker.end_connection(caller.connection, EndReason::ConnectionEnding);
     }

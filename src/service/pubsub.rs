@@ -74,7 +74,7 @@ fn ended(reason: EndReason) -> CommandResponse {
             CommandResponse { message: "unsubscribed".into(), ..CommandResponse::ok() }
         }
         EndReason::ConnectionEnding => CommandResponse {
-            message: "the connection is ending: the client closed its side, or the server is closing it after a bad request or a failure".into(),
+            message: "the connection is ending: the client closed its side with a request behind this subscription (answered once it ends), or the server is closing the connection after a bad request or a failure".into(),
             ..CommandResponse::ok()
         },
         EndReason::Stalled => CommandResponse::error(

@@ -24,7 +24,7 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("frame of {declared} bytes exceeds the maximum frame size of {max} bytes{}", other_protocol_hint(*declared))]
+    #[error("frame of {declared} bytes exceeds the maximum frame size of {max} bytes{}", too_large_hint(*declared))]
     TooLarge { declared: u64, max: usize },
     #[error("the stream ended inside a frame ({buffered} bytes of it received)")]
     Truncated { buffered: usize },
@@ -45,6 +45,21 @@ impl FrameError {
         matches!(self, FrameError::TooLarge { declared, .. } if !other_protocol_hint(*declared).is_empty())
     }
 }
+
+/// What an impossible length most likely is: the start of another protocol, or the flag of a
+/// compressed frame.
+fn too_large_hint(declared: u64) -> &'static str {
+    match other_protocol_hint(declared) {
+        "" if declared & u64::from(COMPRESSED) != 0 => {
+            " (its top bit is set: a frame compressed as the course's frame.rs compresses those over 1436 \
+             bytes; qkv does not take compressed frames: send it uncompressed, docs/PROTOCOL.md section 12)"
+        }
+        hint => hint,
+    }
+}
+
+/// The top bit of a length prefix, which the course's later frame.rs sets on a gzip-compressed frame.
+const COMPRESSED: u32 = 1 << 31;
 
 /// When a "length" is really the start of another protocol, says which: the usual way to meet an
 /// absurd frame size is a client and server that disagree about TLS, or a web browser.
@@ -260,6 +275,14 @@ mod tests {
         assert!(too_large([0x16, 0x03, 0x01, 0x02]).to_string().contains("looks like TLS"));
         assert!(too_large(*b"GET ").to_string().contains("looks like an HTTP request"));
         assert!(!too_large([0, 1, 0, 0]).to_string().contains("looks like"));
+        // The course's frame.rs flags a gzip-compressed frame with the top bit: said, and not taken
+        // for another protocol (the connection's peer speaks qkv's framing).
+        let compressed = too_large([0x80, 0, 0x05, 0xa0]);
+        assert!(
+            compressed.to_string().contains("compressed") && !compressed.is_other_protocol(),
+            "{compressed}"
+        );
+        assert!(!too_large([0, 1, 0, 0]).to_string().contains("compressed"));
     }
 
     #[test]

@@ -41,8 +41,10 @@
 //!   as the frames come and the socket takes them, while the loop goes on reading and running
 //!   requests; answers after it wait their turn.
 //!
-//! A connection ends when the client closes it, after its last answer (its subscriptions end first,
-//! each with its last frame); when a frame is bad (an error frame, then close: on a byte stream there
+//! A connection ends when the client closes it, after its last answer: on TCP, a client that closes
+//! its sending side (a half-close) still gets every answer, a subscription's messages until it ends by
+//! other means included (the course's client subscribes so: [`AfterClose`]); on a stream that cannot
+//! stay half open, its subscriptions end first, each with its last frame; when a frame is bad (an error frame, then close: on a byte stream there
 //! is no way to resynchronise); when a frame takes longer than the request timeout to arrive (408);
 //! when it is idle for the idle timeout; or at shutdown, with a 503 frame meaning "this request and all
 //! later ones on this connection were not executed".
@@ -98,6 +100,19 @@ const READ_ROOM: usize = 2048;
 pub const FIXED_HOLDINGS: usize = READ_CHUNK + READ_ROOM + 2 * 1024 + REFUSAL_ROOM;
 
 const _: () = assert!(READ_CHUNK >= REFUSAL_ROOM);
+
+/// What a client's end of its sending side (its stream's end) means for its subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterClose {
+    /// TCP's half-close: no more requests, but the client reads on. Its subscription, when no request
+    /// waits behind it, goes on until it ends otherwise (the server's shutdown, the lag policy, the
+    /// reply timeout when the client stops reading, a write that fails once the client has gone: a
+    /// client that closed the whole connection is found at the next message sent to it).
+    ReadOn,
+    /// The stream is over (a WebSocket's close, a gRPC call's end of requests): its subscriptions end,
+    /// each with its last frame, so that the answers after them can be written.
+    EndSubscriptions,
+}
 
 /// Why a connection stopped taking requests.
 #[derive(Debug)]
@@ -156,6 +171,7 @@ pub async fn serve_pipelined<IO, H>(
     memory: MemoryBudget,
     shutdown: CancellationToken,
     caller: Caller,
+    after_close: AfterClose,
 ) -> u64
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -289,8 +305,15 @@ where
             handler.connection_stalled(&caller);
             stall_ended = true;
         }
-        if ending.is_some() {
-            if !subscriptions_ended {
+        if let Some(ending) = &ending {
+            // A half-closed connection's subscription goes on while nothing waits behind it: an answer
+            // after it could only be written once it ends, which the client can no longer ask for.
+            let behind_endless = (current_endless && (!queue.is_empty() || waiting.is_some()))
+                || queue.holds_request_after_endless(waiting.is_some());
+            let reads_on = matches!(ending, Ending::ClientClosed)
+                && after_close == AfterClose::ReadOn
+                && !behind_endless;
+            if !subscriptions_ended && !reads_on {
                 // The connection takes no more requests: its subscriptions end (each with a last
                 // frame), so that the answers before the ending can all be written.
                 handler.connection_closing(&caller);
@@ -580,6 +603,18 @@ impl<F: Future<Output = Reply>> InOrder<F> {
 
     fn is_empty(&self) -> bool {
         self.slots.is_empty()
+    }
+
+    /// Whether a request comes after an endless answer (a subscription) in the queue, or, when
+    /// `waiting`, after any endless answer in it.
+    fn holds_request_after_endless(&self, waiting: bool) -> bool {
+        let endless = |slot: &Slot| {
+            matches!(slot, Slot::Running { endless: true, .. } | Slot::Done { endless: true, .. })
+        };
+        match self.slots.iter().position(endless) {
+            Some(first) => waiting || first + 1 < self.slots.len(),
+            None => false,
+        }
     }
 
     /// Whether a request sequenced so may start now: within the limits, and in its order against the
@@ -880,6 +915,7 @@ mod tests {
             MemoryBudget::unlimited(),
             CancellationToken::new(),
             Caller::default(),
+            AfterClose::ReadOn,
         );
         tokio::spawn(serving);
         for request in requests {

@@ -20,7 +20,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::admission::{Admission, Admitted, Refusal};
 use super::frame::encode_frame;
 use super::log_throttle::{self, HeldBack, LogThrottle};
-use super::pipeline::serve_pipelined;
+use super::pipeline::{AfterClose, serve_pipelined};
 use super::woken::PolledWhenWoken;
 use super::{Limits, Transport, authenticated_caller};
 use crate::memory::MemoryBudget;
@@ -225,10 +225,13 @@ async fn handle_connection<H: Handler>(
     let stream = Counted::new(stream, transport, bytes.clone());
     let requests = match security {
         TcpSecurity::Plaintext => {
-            serve_pipelined(stream, handler, limits, memory, shutdown, Caller::default()).await
+            serve_pipelined(stream, handler, limits, memory, shutdown, Caller::default(), AfterClose::ReadOn)
+                .await
         }
         TcpSecurity::Tls(acceptor) => match tls_handshake(&acceptor, stream, &limits, transport).await {
-            Some((tls, caller)) => serve_pipelined(tls, handler, limits, memory, shutdown, caller).await,
+            Some((tls, caller)) => {
+                serve_pipelined(tls, handler, limits, memory, shutdown, caller, AfterClose::ReadOn).await
+            }
             None => return,
         },
     };

@@ -34,7 +34,7 @@ use crate::transport::Limits;
 use crate::transport::log_throttle::{self, HeldBack, LogThrottle};
 use crate::transport::messages::message_stream;
 use crate::transport::origin::{Origins, host_of};
-use crate::transport::pipeline::serve_pipelined;
+use crate::transport::pipeline::{AfterClose, serve_pipelined};
 
 /// The largest WebSocket message a client may send unless configured otherwise
 /// (`--websocket-max-message`); larger frames are split over several messages.
@@ -365,7 +365,16 @@ async fn serve_websocket<H: Handler>(
     // Each write one message, none larger than what clients may send.
     let io = std::pin::pin!(message_stream(received, sent, max_message));
     let (limits, memory) = (scope.limits.clone(), scope.memory.clone());
-    let requests = serve_pipelined(io, handler, limits, memory, scope.shutdown.clone(), caller).await;
+    let requests = serve_pipelined(
+        io,
+        handler,
+        limits,
+        memory,
+        scope.shutdown.clone(),
+        caller,
+        AfterClose::EndSubscriptions,
+    )
+    .await;
     info!(
         target: "qkv::connection",
         transport = "websocket",
