@@ -239,7 +239,43 @@ async fn shutdown_ends_subscriptions_with_410_within_the_grace_period(transport:
         .expect("stopped well within the grace");
 }
 
+/// A client holds at most `max_subscriptions` (over QUIC each holds one of the connection's streams,
+/// which the server bounds: past them every call waited for a stream that never freed). One more is
+/// refused at once (429), nothing sent; a slot comes back when a subscription is dropped. `close()`
+/// ends them all (`Closed`, and the server removes them once they are dropped), and nothing more can
+/// be subscribed after it.
+async fn a_client_holds_its_subscriptions_within_its_limit_and_closing_it_ends_them(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
+    let config = ClientConfig { max_subscriptions: 2, ..server.client_config() };
+    let client = Client::connect_with(config).await.unwrap();
+    let first = client.subscribe("t").await.unwrap();
+    let mut second = client.subscribe("t").await.unwrap();
+    let refused = client.subscribe("t").await.map(|_| ()).unwrap_err();
+    assert!(
+        matches!(&refused, ClientError::Status { status: status::TOO_MANY_REQUESTS, message } if message.contains("max_subscriptions")),
+        "{refused:?}"
+    );
+    assert_eq!(refused.executed(), qkv::client::Executed::No);
+    subscriptions_become(&server, 2).await;
+    drop(first);
+    let mut third = client.subscribe("t").await.unwrap();
+    assert_eq!(client.hget("t", "k").await.unwrap(), None, "calls go on beside them");
+
+    client.close().await;
+    for subscription in [&mut second, &mut third] {
+        let ended =
+            tokio::time::timeout(Duration::from_secs(10), subscription.next()).await.expect("at once");
+        assert!(matches!(ended, Some(Err(ClientError::Closed))), "{ended:?}");
+        assert!(subscription.next().await.is_none(), "and nothing after");
+    }
+    let after = client.subscribe("t").await.map(|_| ()).unwrap_err();
+    assert!(matches!(after, ClientError::Closed), "{after:?}");
+    drop((second, third));
+    subscriptions_become(&server, 0).await;
+}
+
 transport_tests!(pubsub: quic, tls, tcp, http, grpc, grpc_pipeline =>
+    a_client_holds_its_subscriptions_within_its_limit_and_closing_it_ends_them,
     a_thousand_subscribers_get_every_message_in_each_publishers_order,
     a_subscriber_that_never_reads_holds_up_neither_the_publisher_nor_a_fast_subscriber,
     with_the_drop_policy_a_lagging_subscriber_is_ended_with_429,

@@ -233,6 +233,8 @@ impl ClientError {
                 | status::NOT_FOUND
                 | status::REQUEST_TIMEOUT
                 | status::PAYLOAD_TOO_LARGE
+                // As a whole answer (a subscription's 429 end is `SubscriptionEnded`): refused.
+                | status::TOO_MANY_REQUESTS
                 | status::NOT_IMPLEMENTED
                 | status::UNAVAILABLE
                 | status::INSUFFICIENT_STORAGE => Executed::No,

@@ -31,11 +31,12 @@ mod web;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub use backoff::RetryPolicy;
 pub use endpoint::ClientEndpoint;
@@ -99,7 +100,17 @@ pub struct ClientConfig {
     /// the connection once they have filled its receive window. Over TCP and TLS a subscription has a
     /// connection of its own, read as its subscriber reads.
     pub subscription_queue: Option<SubscriptionQueue>,
+    /// Subscriptions the client holds at once; `subscribe()` beyond it fails at once with
+    /// [`ClientError::Status`] 429, sending nothing. Over QUIC each holds one of the connection's
+    /// streams for its life, and the server runs at most `--max-concurrent-requests` (256) of a
+    /// connection's streams: beyond them every call would wait for a stream that never frees. Over
+    /// TCP and TLS each has a connection of its own, which counts against the server's connection
+    /// limit. Default 128, half of the server's default streams, leaving the rest to calls.
+    pub max_subscriptions: usize,
 }
+
+/// Subscriptions a client holds at once by default ([`ClientConfig::max_subscriptions`]).
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 128;
 
 impl ClientConfig {
     pub fn new(addr: impl Into<String>, ca_file: impl Into<PathBuf>) -> Self {
@@ -118,6 +129,7 @@ impl ClientConfig {
             zero_rtt: true,
             retry: RetryPolicy::default(),
             subscription_queue: Some(SubscriptionQueue::default()),
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
         }
     }
 }
@@ -229,7 +241,10 @@ struct Inner {
     current: parking_lot::Mutex<Option<Connection>>,
     /// Held while connecting, so that concurrent calls wait for one new connection.
     reconnect: tokio::sync::Mutex<Backoff>,
-    closed: AtomicBool,
+    /// Cancelled by [`Client::close`]: calls and subscriptions end.
+    closed: CancellationToken,
+    /// Subscriptions held now (at most `config.max_subscriptions`).
+    subscriptions: Arc<AtomicUsize>,
     stats: Arc<Stats>,
 }
 
@@ -284,7 +299,8 @@ impl Client {
                 endpoint_shared: shared,
                 current: parking_lot::Mutex::new(None),
                 reconnect: tokio::sync::Mutex::new(Backoff::default()),
-                closed: AtomicBool::new(false),
+                closed: CancellationToken::new(),
+                subscriptions: Arc::new(AtomicUsize::new(0)),
                 stats: Arc::default(),
             }),
         }
@@ -303,7 +319,7 @@ impl Client {
         if let Some(connection) = usable() {
             return Ok(connection);
         }
-        if inner.closed.load(Ordering::Acquire) {
+        if inner.closed.is_cancelled() {
             return Err(ClientError::Closed);
         }
         let wait = backoff.delay(&inner.config.retry, &mut rand::rng());
@@ -636,7 +652,7 @@ impl Client {
     /// is sent without waiting (the endpoint falls idle only once all its clients have closed):
     /// [`ClientEndpoint::wait_idle`] waits for them all.
     pub async fn close(&self) {
-        self.inner.closed.store(true, Ordering::Release);
+        self.inner.closed.cancel();
         let current = self.inner.current.lock().take();
         match current {
             Some(Connection::Quic(quic)) => quic.close(&self.inner.stats).await,

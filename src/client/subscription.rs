@@ -12,7 +12,10 @@
 //! own pace: the server's flow control holds back what it has not read. Either way the server's lag
 //! policy decides what happens when its queue there fills (docs/PROTOCOL.md, section 6.1).
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -20,6 +23,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::SubscriptionQueue;
 use super::error::Cause;
@@ -29,7 +33,7 @@ use super::{Client, ClientError, ClientResult, Connection, ResponseFrames, ok, q
 use crate::pb::{CommandRequest, CommandResponse, Value, status, value};
 use crate::pb::{Published, SubscriptionId};
 use crate::transport::Transport;
-use crate::transport::frame::{FrameCodec, encode_frame};
+use crate::transport::frame::{FrameCodec, FrameError, encode_frame};
 
 /// What a subscription delivers.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +59,26 @@ pub struct Subscription {
     ended: bool,
     request_timeout: Duration,
     max_frame_len: usize,
+    /// The client's [`Client::close`]: the subscription ends with [`ClientError::Closed`].
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    _slot: SubscriptionSlot,
+}
+
+/// One of the subscriptions a client may hold ([`ClientConfig::max_subscriptions`](super::ClientConfig)),
+/// given back when the subscription is dropped.
+struct SubscriptionSlot(Arc<AtomicUsize>);
+
+impl SubscriptionSlot {
+    fn take(held: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(SubscriptionSlot(held.clone()))
+    }
+}
+
+impl Drop for SubscriptionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 enum Channel {
@@ -104,6 +128,10 @@ impl Stream for OwnFrames {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         Poll::Ready(Some(match ready!(self.0.poll_next_unpin(cx)) {
+            // The stream is the connection: its failure is the connection's.
+            Some(Err(FrameError::Io(e))) if ClientError::certificate_alert(&e).is_none() => {
+                Err(ClientError::ConnectionLost(e.into()))
+            }
             Some(frame) => frame.map_err(ClientError::from_frame),
             None => Err(ClientError::ConnectionLost(Cause::ServerClosed)),
         }))
@@ -135,6 +163,18 @@ impl Client {
 
     async fn subscribe_once(&self, topic: &str) -> ClientResult<Subscription> {
         let config = &self.inner.config;
+        if self.inner.closed.is_cancelled() {
+            return Err(ClientError::Closed);
+        }
+        let Some(slot) = SubscriptionSlot::take(&self.inner.subscriptions, config.max_subscriptions) else {
+            return Err(ClientError::Status {
+                status: status::TOO_MANY_REQUESTS,
+                message: format!(
+                    "too many subscriptions: the client holds {} (ClientConfig::max_subscriptions); end one, or raise it",
+                    config.max_subscriptions
+                ),
+            });
+        };
         let max_frame_len = config.limits.max_frame_len;
         let frame = encode_frame(&CommandRequest::subscribe(topic), max_frame_len)
             .map_err(ClientError::from_encode)?;
@@ -235,6 +275,8 @@ impl Client {
             ended: false,
             request_timeout: config.request_timeout,
             max_frame_len,
+            closed: Box::pin(self.inner.closed.clone().cancelled_owned()),
+            _slot: slot,
         })
     }
 
@@ -372,6 +414,10 @@ impl futures_util::Stream for Subscription {
         let this = self.get_mut();
         if this.ended {
             return Poll::Ready(None);
+        }
+        if this.closed.as_mut().poll(cx).is_ready() {
+            this.ended = true;
+            return Poll::Ready(Some(Err(ClientError::Closed)));
         }
         match ready!(this.channel.poll_frame(cx)) {
             Some(Ok(frame)) => Poll::Ready(this.event(frame)),
