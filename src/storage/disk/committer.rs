@@ -8,7 +8,6 @@
 //! `snapshot_log_size` and the last snapshot, it starts a new segment and a thread that writes a
 //! snapshot of that generation ([`super::snapshot`]), after which the older segments go.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -62,7 +61,7 @@ pub struct Committer {
     pub log_bytes: u64,
     pub snapshot_size: u64,
     /// Held until the committer is done with the directory.
-    pub lock: File,
+    pub lock: files::DirLock,
 }
 
 /// A snapshot being written.

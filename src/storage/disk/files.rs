@@ -68,17 +68,33 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 pub const LOCK_BUSY: &str = "another process has";
 
 /// Takes the directory for this process: two servers appending to one log would corrupt it. The lock
-/// is held as long as the returned file is open, and goes with the process however it ends.
-pub fn lock(dir: &Path) -> io::Result<File> {
+/// is held as long as the returned value lives, and goes with the process however it ends. Both the
+/// directory itself and `qkv.lock` in it are locked: the directory's lock holds even when the file is
+/// deleted (by hand, or by a cleanup of stray files), the file's against versions that lock only it.
+pub fn lock(dir: &Path) -> io::Result<DirLock> {
     let file = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
+    let busy = || {
+        io::Error::new(
             io::ErrorKind::ResourceBusy,
-            format!("{LOCK_BUSY} {} open (it holds {LOCK})", dir.display()),
-        )),
+            format!("{LOCK_BUSY} {} open (it holds {LOCK} and the directory)", dir.display()),
+        )
+    };
+    let take = |file: &File| match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(fs::TryLockError::WouldBlock) => Err(busy()),
         Err(fs::TryLockError::Error(e)) => Err(e),
-    }
+    };
+    let directory = File::open(dir)?;
+    take(&directory)?;
+    take(&file)?;
+    Ok(DirLock { _directory: directory, _file: file })
+}
+
+/// A data directory taken by this process ([`lock`]).
+#[derive(Debug)]
+pub struct DirLock {
+    _directory: File,
+    _file: File,
 }
 
 /// Starts log segment `generation`: the file with its header, durable, and its name in the directory

@@ -184,7 +184,7 @@ fn replay_segment(
             result.torn_bytes = len - offset;
             tracing::warn!(
                 file = %path.display(), offset, bytes = result.torn_bytes, what,
-                "the log ends in a torn write (the machine or process stopped during it): cutting it off; no acknowledged write was in it"
+                "the log ends in a torn write (the machine or process stopped during it): cutting it off; no acknowledged write was in it, unless the disk itself damaged its last record"
             );
             cut_at(offset)?;
         }

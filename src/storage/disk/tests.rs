@@ -539,6 +539,13 @@ async fn a_directory_is_opened_by_one_store_at_a_time() {
         panic!("a second store opened the same directory")
     };
     assert!(error.contains("another process"), "{error}");
+    // The directory itself is locked too: deleting the lock file (by hand, a cleanup of stray files)
+    // lets no second store in.
+    std::fs::remove_file(dir.path().join("qkv.lock")).unwrap();
+    let Err(StorageError::Backend(error)) = DiskStore::open(dir.path(), test_config()) else {
+        panic!("a second store opened the directory once its lock file was gone")
+    };
+    assert!(error.contains("another process"), "{error}");
     close(store).await;
     close(DiskStore::open_when_free(dir.path(), test_config()).unwrap()).await;
 }
