@@ -380,7 +380,8 @@ fn repair(args: RepairArgs) -> anyhow::Result<()> {
                 ),
             }
             println!(
-                "the bytes cut off ({records_after} whole records after the damage, their writes lost) are in {}",
+                "the bytes cut off ({records_after} whole record{} after the damage, their writes lost) are in {}",
+                if records_after == 1 { "" } else { "s" },
                 saved.display()
             );
         }

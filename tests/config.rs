@@ -216,6 +216,7 @@ async fn print_config_refuses_what_serve_refuses() {
             "cannot admit a single web connection",
         ),
         (&["--store", "disk", "--commit-wait", "1s"][..], "holds writes too long"),
+        (&["--store", "disk", "--flush-interval", "5ms"][..], "applies only with --durability relaxed"),
         (
             &["--store", "redis", "--redis-wait", "1", "--redis-wait-timeout", "0s"][..],
             "--redis-wait-timeout",

@@ -193,13 +193,16 @@ async fn a_damaged_log_is_refused_until_qkv_repair_cuts_it() {
     let refused = qkv(&[&serve[..], &["--certs", certs.path().to_str().unwrap()]].concat()).await;
     let said = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(4), "{said}");
-    assert!(said.contains("yet a whole record follows") && said.contains("qkv repair"), "{said}");
+    assert!(
+        said.contains("yet a whole record follows") && said.contains(&format!("qkv repair --data-dir {dir}")),
+        "{said}"
+    );
     assert_eq!(std::fs::read(&segment).unwrap(), bytes, "the refusal changed the log");
 
     let repaired = qkv(&["repair", "--data-dir", dir]).await;
     let said = String::from_utf8_lossy(&repaired.stdout);
     assert!(repaired.status.success(), "{said}{}", String::from_utf8_lossy(&repaired.stderr));
-    assert!(said.contains("1 whole records after the damage"), "{said}");
+    assert!(said.contains("1 whole record after the damage"), "{said}");
     let saved = std::fs::read_dir(data.path())
         .unwrap()
         .map(|entry| entry.unwrap().path())

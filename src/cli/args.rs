@@ -437,7 +437,8 @@ pub struct ServeArgs {
     /// disk every --flush-interval (a crash of the machine loses at most that much).
     #[arg(long, value_enum, default_value_t = DurabilityMode::Strict)]
     pub durability: DurabilityMode,
-    /// With --durability relaxed: how often committed writes are flushed to disk, e.g. 10ms.
+    /// With --durability relaxed: how often committed writes are flushed to disk, e.g. 10ms (refused
+    /// with strict durability, which makes every write durable before its answer).
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     pub flush_interval: Duration,
     /// With --store disk: while the server stays busy, how long writes gather before they are written
@@ -580,12 +581,23 @@ impl QuicArgs {
     }
 }
 
+/// `--flush-interval`'s default, which strict durability ignores.
+const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+
 /// The longest `--commit-wait`: beyond it a busy server's writes would look stuck.
 const MAX_COMMIT_WAIT: Duration = Duration::from_millis(100);
 
 impl ServeArgs {
     pub fn durability(&self) -> Result<Durability, CliError> {
         match self.durability {
+            // A setting that would be ignored is a mistake to point out, not to pass over.
+            DurabilityMode::Strict if self.flush_interval != DEFAULT_FLUSH_INTERVAL => {
+                Err(CliError::InvalidInput(format!(
+                    "--flush-interval {} applies only with --durability relaxed: strict durability makes every \
+                     write durable before its answer; leave it out, or choose relaxed",
+                    humantime::format_duration(self.flush_interval)
+                )))
+            }
             DurabilityMode::Strict => Ok(Durability::Strict),
             DurabilityMode::Relaxed if self.flush_interval.is_zero() => Err(CliError::InvalidInput(
                 "--flush-interval must be longer than zero (or use --durability strict)".into(),

@@ -59,6 +59,26 @@ pub fn list(dir: &Path) -> io::Result<Listing> {
     Ok(listing)
 }
 
+/// Options for a file of the data directory: readable by its owner alone (0600), as the data is
+/// nobody else's to read (the directory is made 0700 too: `create_dir`).
+pub fn private() -> OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = OpenOptions::new();
+    options.mode(0o600);
+    options
+}
+
+/// Creates the data directory (and its parents) if it is missing: 0700, its owner's alone.
+pub fn create_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Opens a file of the data directory to read; an error names it (a permission, say, on one file).
+pub fn open(path: &Path) -> io::Result<File> {
+    File::open(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
 /// Makes the directory's entries (files created, renamed or removed in it) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -72,7 +92,7 @@ pub const LOCK_BUSY: &str = "another process has";
 /// directory itself and `qkv.lock` in it are locked: the directory's lock holds even when the file is
 /// deleted (by hand, or by a cleanup of stray files), the file's against versions that lock only it.
 pub fn lock(dir: &Path) -> io::Result<DirLock> {
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK))?;
+    let file = private().create(true).truncate(false).write(true).open(dir.join(LOCK))?;
     let busy = || {
         io::Error::new(
             io::ErrorKind::ResourceBusy,
@@ -101,7 +121,7 @@ pub struct DirLock {
 /// durable too.
 pub fn create_segment(dir: &Path, generation: u64, last_version: u64) -> io::Result<Segment> {
     let path = segment(dir, generation);
-    let mut file = OpenOptions::new().create_new(true).write(true).open(&path)?;
+    let mut file = private().create_new(true).write(true).open(&path)?;
     file.write_all(&Header { magic: LOG_MAGIC, generation, last_version }.encode())?;
     file.sync_all()?;
     sync_dir(dir)?;

@@ -208,7 +208,8 @@ impl Log {
     /// Whether new writes may be made: not once the log has failed.
     pub fn writable(&self) -> Result<(), StorageError> {
         match self.failed.get() {
-            Some(why) => Err(StorageError::Backend(format!(
+            // Refused before anything is done: not executed (503).
+            Some(why) => Err(StorageError::Unavailable(format!(
                 "the data log cannot be written ({why}); writes are refused until the server restarts: free disk space or mend the disk first, or the first write after the restart fails the same way"
             ))),
             None => Ok(()),

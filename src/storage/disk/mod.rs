@@ -126,7 +126,7 @@ impl DiskStore {
     /// Opens (or creates) the store in `dir`: loads its snapshot and replays its log, which takes time
     /// proportional to the data (docs/bench/DURABLE.md).
     pub fn open(dir: &Path, config: DiskConfig) -> StorageResult<Self> {
-        std::fs::create_dir_all(dir).map_err(io_error("cannot create", dir))?;
+        files::create_dir(dir).map_err(io_error("cannot create", dir))?;
         let lock = files::lock(dir).map_err(io_error("cannot lock", dir))?;
         let started = Instant::now();
         let log = Arc::new(Log::new(0, config.commit_wait));
@@ -370,7 +370,7 @@ pub fn deferring<R>(poll: impl FnOnce() -> R) -> (R, Option<Deferred>) {
 /// What an answer held for a ticket becomes if the log fails first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Failure {
-    /// A read's: nothing was changed (500).
+    /// A read's: nothing was changed, and the answer is not sent (503, not executed).
     Read,
     /// A write's: it was applied in memory and may or may not be on disk (504).
     Write,
@@ -381,7 +381,7 @@ impl Failure {
     fn error(self, why: String) -> StorageError {
         let message = format!("the data log cannot be written ({why}); restart the server");
         match self {
-            Failure::Read => StorageError::Backend(message),
+            Failure::Read => StorageError::Unavailable(message),
             Failure::Write => StorageError::Uncertain(message),
         }
     }

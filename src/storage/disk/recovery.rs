@@ -146,7 +146,7 @@ fn replay_segment(
     durability: Durability,
     last_version: u64,
 ) -> io::Result<Replayed> {
-    let file = File::open(path)?;
+    let file = files::open(path)?;
     let len = file.metadata()?.len();
     let mut input = BufReader::with_capacity(1 << 20, file);
     let header = Header::read(&mut input, LOG_MAGIC)?;
@@ -228,7 +228,7 @@ fn settle_damaged_tail(
     last_number: u64,
     durability: Durability,
 ) -> io::Result<bool> {
-    let found = match whole_record_after(&File::open(path)?, offset, len, last_number)? {
+    let found = match whole_record_after(&files::open(path)?, offset, len, last_number)? {
         Scan::Nothing => return Ok(false),
         Scan::Found(at) => format!("a whole record follows at byte {at}"),
         Scan::GaveUp { hashed } => format!(
@@ -248,8 +248,9 @@ fn settle_damaged_tail(
         path,
         format!(
             "{what} at byte {offset}, yet {found}: damage, not a write torn by a crash, and the records \
-             after it may have been acknowledged. Nothing was cut off; `qkv repair --data-dir DIR` cuts \
-             the log at byte {offset} and keeps the bytes it cuts in a file beside it"
+             after it may have been acknowledged. Nothing was cut off; `qkv repair --data-dir {}` cuts \
+             the log at byte {offset} and keeps the bytes it cuts in a file beside it",
+            path.parent().unwrap_or(Path::new(".")).display(),
         ),
     ))
 }
@@ -355,7 +356,7 @@ pub fn repair(dir: &Path) -> io::Result<Repaired> {
         };
     };
     let path = path.clone();
-    let file = File::open(&path)?;
+    let file = files::open(&path)?;
     let len = file.metadata()?.len();
     let mut input = BufReader::new(&file);
     let header = Header::read(&mut input, LOG_MAGIC)?.filter(|header| header.generation == generation);
@@ -439,7 +440,7 @@ fn damage_before_the_last_segment(dir: &Path, listing: &Listing) -> io::Result<O
 
 /// Reads a segment that is not the last through: an error of kind `InvalidData` if it is not whole.
 fn check_segment(path: &Path, generation: u64) -> io::Result<()> {
-    let file = File::open(path)?;
+    let file = files::open(path)?;
     let len = file.metadata()?.len();
     let mut input = BufReader::with_capacity(1 << 20, file);
     if Header::read(&mut input, LOG_MAGIC)?.filter(|header| header.generation == generation).is_none() {
@@ -466,8 +467,8 @@ fn check_segment(path: &Path, generation: u64) -> io::Result<()> {
 fn cut_keeping(path: &Path, offset: u64) -> io::Result<PathBuf> {
     let saved = PathBuf::from(format!("{}.damaged-at-{offset}", path.display()));
     let partial = PathBuf::from(format!("{}.partial", saved.display()));
-    let mut copy = File::create(&partial)?;
-    let mut tail = BufReader::new(File::open(path)?);
+    let mut copy = files::private().write(true).create(true).truncate(true).open(&partial)?;
+    let mut tail = BufReader::new(files::open(path)?);
     io::Seek::seek(&mut tail, io::SeekFrom::Start(offset))?;
     io::copy(&mut tail, &mut copy)?;
     copy.sync_all()?;

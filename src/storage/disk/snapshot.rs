@@ -73,7 +73,7 @@ pub(crate) fn write_partial(
 ) -> io::Result<u64> {
     let header = Header { magic: SNAPSHOT_MAGIC, generation, last_version: store.journal().appended() };
     let mut writer = Writer {
-        file: File::create(path)?,
+        file: files::private().write(true).create(true).truncate(true).open(path)?,
         buffer: Vec::with_capacity(CHUNK + CHUNK / 4),
         count: 0,
         size: 0,
@@ -158,7 +158,7 @@ fn walk(dir: &Path, generation: u64, mut each: impl FnMut(String, String, Versio
             format!("the snapshot {} is damaged: {what}. {RESTORE}", path.display()),
         )
     };
-    let file = File::open(&path)?;
+    let file = files::open(&path)?;
     let size = file.metadata()?.len();
     let mut input = BufReader::with_capacity(CHUNK, file);
     let header = match Header::read(&mut input, SNAPSHOT_MAGIC)? {

@@ -361,6 +361,29 @@ async fn a_segment_stopped_while_being_created_needs_no_repair() {
     close(store).await;
 }
 
+/// The data is its owner's alone: the directory the store creates is 0700, and every file in it 0600
+/// (a snapshot and a segment included), whatever the umask.
+#[tokio::test]
+async fn the_data_directory_and_its_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("data");
+    let config = DiskConfig { snapshot_log_size: 16 << 10, ..test_config() };
+    let store = DiskStore::open_when_free(&dir, config).unwrap();
+    let mut i = 0;
+    while files::list(&dir).unwrap().snapshots.is_empty() {
+        store.set(TABLE, &format!("k{i}"), format!("{i:0>60}").into(), None).await.unwrap();
+        i += 1;
+    }
+    close(store).await;
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "the directory");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+}
+
 /// The log after a snapshot holds every write since: a directory whose snapshot is there without it
 /// (the log files removed by hand to save space, or left out of a copy) is refused, not opened with
 /// those writes gone, and `qkv repair` says it cannot mend it.
@@ -661,7 +684,8 @@ fn uncommitted_store() -> (tempfile::TempDir, DiskStore) {
 
 /// Within `deferring`, a write and a read answer in their first poll and hand their wait to the
 /// caller as a ticket, which passes once the log is durable, and turns into what the store itself
-/// would have answered when the log fails: 504 (the write may be on disk) and 500 (for a read).
+/// would have answered when the log fails: 504 (the write may be on disk) and 503 (for a read, which
+/// changed nothing).
 #[tokio::test]
 async fn deferred_answers_wait_for_their_ticket_and_fail_as_the_store_would() {
     let (_dir, store) = uncommitted_store();
@@ -689,8 +713,8 @@ async fn deferred_answers_wait_for_their_ticket_and_fail_as_the_store_would() {
         other => panic!("a write's ticket fails as uncertain: {other:?}"),
     }
     match read_ticket.wait().await {
-        Err(e @ StorageError::Backend(_)) if failed(&e) => {}
-        other => panic!("a read's ticket fails as an internal error: {other:?}"),
+        Err(e @ StorageError::Unavailable(_)) if failed(&e) => {}
+        other => panic!("a read's ticket fails as not executed: {other:?}"),
     }
 }
 
@@ -704,7 +728,14 @@ async fn a_failed_log_leaves_the_store_broken_until_a_restart() {
     store.log.fail("No space left on device".into());
     let broken = store.broken().expect("broken");
     assert!(broken.contains("No space left on device") && broken.contains("restarts"), "{broken}");
-    assert!(store.set(TABLE, "k", "w".into(), None).await.is_err());
+    // Refused before anything is done: not executed (503), whether a write or a delete.
+    let refused = store.set(TABLE, "k", "w".into(), None).await;
+    assert!(
+        matches!(&refused, Err(StorageError::Unavailable(e)) if e.contains("No space left")),
+        "{refused:?}"
+    );
+    assert!(matches!(store.delete(TABLE, "k", None).await, Err(StorageError::Unavailable(_))));
+    assert_eq!(store.get(TABLE, "k").await.unwrap().map(|v| v.value), Some("v".into()), "reads go on");
 }
 
 /// Who asks to hear when a deferred answer goes out ([`when_settled`]) hears its final status, once;
