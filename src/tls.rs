@@ -8,6 +8,7 @@
 //! subject (`certificate_subject`, in a build with the `server` feature).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -35,20 +36,52 @@ pub const H3_ALPN: &[u8] = b"h3";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {}: {}", path.display(), pem_reason(cause))]
-    Read { path: PathBuf, cause: rustls::pki_types::pem::Error },
+    /// The file could not be read, or is not PEM: `cause` says which (a missing file is its
+    /// `io::Error`, kept as the error's source).
+    #[error("cannot read {}: {cause}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        cause: PemFailure,
+    },
+    /// The PEM file holds no certificate.
     #[error("{} holds no certificate", path.display())]
     NoCertificate { path: PathBuf },
+    /// None of the CA file's certificates can be a trust anchor.
     #[error("{} holds no CA certificate that can be trusted: {reason}", path.display())]
     BadCa { path: PathBuf, reason: String },
+    /// The private key is not the certificate's.
     #[error("the key in {} does not belong to the certificate in {}", key.display(), cert.display())]
     KeyMismatch { cert: PathBuf, key: PathBuf },
+    /// The key file holds no usable private key.
     #[error("{} holds no private key that can sign for the certificate in {}: {reason}", key.display(), cert.display())]
     BadKey { cert: PathBuf, key: PathBuf, reason: String },
+    /// The certificate cannot be used (expired, not yet valid, or not for this use).
     #[error("the certificate in {} cannot be used: {reason}", path.display())]
     BadCertificate { path: PathBuf, reason: String },
+    /// rustls refused the configuration.
     #[error("invalid TLS configuration: {0}")]
     Config(#[from] rustls::Error),
+}
+
+/// Why a PEM file could not be read: its message with labels as text (rustls-pki-types shows them as
+/// byte lists), and the operating system's error, when reading failed, as its source.
+#[derive(Debug)]
+pub struct PemFailure(pub rustls::pki_types::pem::Error);
+
+impl fmt::Display for PemFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&pem_reason(&self.0))
+    }
+}
+
+impl std::error::Error for PemFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0 {
+            rustls::pki_types::pem::Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 /// What is wrong with a PEM file, its labels as text (rustls-pki-types shows them as byte lists).
@@ -115,7 +148,7 @@ impl Identity {
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let cert_chain = read_certificates(cert)?;
         let key_der = PrivateKeyDer::from_pem_file(key)
-            .map_err(|cause| TlsError::Read { path: key.to_owned(), cause })?;
+            .map_err(|cause| TlsError::Read { path: key.to_owned(), cause: PemFailure(cause) })?;
         let files = || (cert.to_owned(), key.to_owned());
         let signing = provider().key_provider.load_private_key(key_der.clone_key()).map_err(|e| {
             let (cert, key) = files();
@@ -145,7 +178,7 @@ pub fn certificate_subject(cert: &CertificateDer<'_>) -> Option<String> {
 }
 
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let read_error = |cause| TlsError::Read { path: path.to_owned(), cause };
+    let read_error = |cause| TlsError::Read { path: path.to_owned(), cause: PemFailure(cause) };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(read_error)?
         .collect::<Result<Vec<_>, _>>()
@@ -734,6 +767,21 @@ mod tests {
     use rustls::server::StoresServerSessions;
 
     use super::*;
+
+    /// A CA file that cannot be read says which, and keeps the operating system's error as its
+    /// source, for a caller that wants its kind.
+    #[test]
+    fn a_missing_ca_file_keeps_the_io_error_underneath() {
+        let error = read_roots(Path::new("/nonexistent/ca.pem")).unwrap_err();
+        assert!(error.to_string().contains("/nonexistent/ca.pem"), "{error}");
+        let mut source = std::error::Error::source(&error);
+        let mut kinds = Vec::new();
+        while let Some(cause) = source {
+            kinds.extend(cause.downcast_ref::<std::io::Error>().map(std::io::Error::kind));
+            source = cause.source();
+        }
+        assert_eq!(kinds, [std::io::ErrorKind::NotFound], "{error:?}");
+    }
 
     /// Connection IDs: the server's own validate, with this key or the same key after a restart; one
     /// changed byte, an ID of another key's, or random bytes do not (quinn's own generator left 2^24

@@ -14,23 +14,37 @@ use crate::tls::TlsError;
 use crate::transport::frame::FrameError;
 use crate::transport::quic::codes;
 
+/// Why a call (or connecting, or subscribing) failed. Match on the variant for what happened, or ask
+/// [`ClientError::executed`] whether the request may have taken effect and
+/// [`ClientError::may_retry`] whether sending it again is safe; [`ClientError::cause`] (and
+/// `source()`) holds the error underneath, quinn's, rustls's or the socket's, as it was raised
+/// ([`qkv::client::quinn`](crate::client::quinn) and [`qkv::client::rustls`](crate::client::rustls)
+/// are the versions to match them with).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// A [`ClientConfig`](super::ClientConfig) setting is out of range or contradicts another; the
+    /// message says which. Nothing was sent.
     #[error("invalid client configuration: {0}")]
     InvalidConfig(String),
+    /// A certificate or key file of the configuration could not be used (the CA file, or the client
+    /// certificate's): the message names the file. Nothing was sent.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The server's address did not resolve. Nothing was sent.
     #[error("cannot resolve {addr}: {cause}")]
     Resolve {
         addr: String,
         #[source]
         cause: io::Error,
     },
+    /// The client's UDP socket (QUIC) could not be opened. Nothing was sent.
     #[error("cannot open a UDP socket: {0}")]
     Socket(#[source] io::Error),
-    /// `hint` (empty, or a parenthesised remark starting with a space) suggests what to check.
+    /// No connection within [`ClientConfig::connect_timeout`](super::ClientConfig); `hint` (empty, or a parenthesised remark starting with a space) suggests what to check.
     #[error("no answer from {addr} within {timeout:?}: is the server running there?{hint}")]
     ConnectTimeout { addr: String, timeout: Duration, hint: &'static str },
+    /// The server's certificate was refused: not signed by a CA of the CA file, or not valid for the
+    /// name dialled (`cause` holds rustls's `InvalidCertificate`). Nothing was sent.
     #[error(
         "TLS handshake with {addr} failed: {cause} (the server's certificate must be signed by a CA in {} and be valid for the name dialled)",
         ca_file.display()
@@ -50,8 +64,12 @@ pub enum ClientError {
         cause: Cause,
         hint: &'static str,
     },
+    /// The server does not speak qkv's protocol (ALPN `qkv/1`) on that port. Nothing was sent.
     #[error("cannot connect to {addr}: the server did not agree to the qkv/1 protocol (ALPN)")]
     NoApplicationProtocol { addr: String },
+    /// The server requires a client certificate signed by its client CA (mutual TLS) and refused
+    /// this one, or its absence: set [`ClientConfig::client_cert`](super::ClientConfig) (the CLI's
+    /// `--cert` and `--key`). Nothing was executed.
     #[error(
         "the server refused this client ({cause}): it requires a client certificate signed by its client CA (--cert and --key)"
     )]
@@ -63,13 +81,19 @@ pub enum ClientError {
     /// is what it said.
     #[error("the server is unavailable ({reason}); the request was not executed and can be retried")]
     Unavailable { reason: String },
+    /// The request never left the client (its connection failed first).
     #[error("the request was not sent ({cause}); it can be retried")]
     NotSent {
         #[source]
         cause: Cause,
     },
+    /// A resumed QUIC connection's early data was refused by the server, the request with it: it
+    /// was not executed (the client sends it again after the handshake, within its attempts).
     #[error("the server refused the 0-RTT early data that carried the request; it was not executed")]
     ZeroRttRejected,
+    /// The call's [`ClientConfig::request_timeout`](super::ClientConfig) passed, retries included,
+    /// without a complete answer. The request may have been executed: a timeout is final
+    /// ([`ClientError::may_retry`] is false), as the call's time is spent.
     #[error("no complete answer within {0:?}; the request may or may not have been executed")]
     Timeout(Duration),
     /// A retry was sent and its answer did not come by the call's deadline; `earlier` is why the
@@ -83,6 +107,8 @@ pub enum ClientError {
         #[source]
         earlier: Box<ClientError>,
     },
+    /// [`Client::close`](super::Client::close) was called: nothing more is sent, and its
+    /// subscriptions end with this.
     #[error("the client has been closed")]
     Closed,
     /// The connection failed after the request was sent.
@@ -105,6 +131,8 @@ pub enum ClientError {
     /// client): it cannot have taken anything the client sent for a request.
     #[error("the server does not speak this transport: {0}; the request was not executed")]
     OtherProtocol(#[source] Cause),
+    /// The request does not fit in a frame of the configured maximum size
+    /// (`limits.max_frame_len`); nothing was sent.
     #[error("request of {len} bytes exceeds the maximum frame size of {max} bytes")]
     RequestTooLarge { len: u64, max: usize },
     /// The server's reply, though well framed, did not say what the request asks for.
@@ -113,12 +141,21 @@ pub enum ClientError {
     /// The server's reply was not a valid frame.
     #[error("malformed reply from the server: {0}")]
     MalformedReply(#[source] FrameError),
+    /// A conditional write's expected version did not match (409): nothing was written. `current`
+    /// is the key's value and version now (`None`: the key does not exist), to decide the next try.
     #[error("version conflict: the key's current version is {}", current.as_ref().map_or(0, |c| c.version))]
     Conflict { current: Option<Versioned> },
+    /// The server answered with an error status (docs/PROTOCOL.md, section 8, says what each
+    /// means and whether the request was executed); `message` is the server's. Also a subscription
+    /// the client refuses itself (429: [`ClientConfig::max_subscriptions`](super::ClientConfig)).
     #[error("server answered {status}: {message}")]
     Status { status: u32, message: String },
+    /// A subscription the server ended: 429 (it lagged and the lag policy is `drop`), 410 (the
+    /// server is shutting down: subscribe again), 408 (its subscriber read none of it for the
+    /// server's reply timeout).
     #[error("the server ended the subscription ({status}): {reason}")]
     SubscriptionEnded { status: u32, reason: String },
+    /// The transport needs a feature this build does not have (`web-client` for HTTP and gRPC).
     #[error("{0}")]
     Unsupported(&'static str),
 }
@@ -151,14 +188,22 @@ pub enum Cause {
     /// The bytes on a TCP connection were not a valid reply frame.
     #[error(transparent)]
     Frame(Arc<FrameError>),
+    /// The server closed the connection (TCP: its end of the stream came before the answer).
     #[error("the server closed the connection")]
     ServerClosed,
+    /// This client closed the connection: [`Client::close`](super::Client::close), or a rebind
+    /// over TCP (calls in flight on the old connection fail with it).
     #[error("the client closed the connection")]
     ClientClosed,
+    /// The connection ended with nothing more said (a web transport's).
     #[error("the connection ended")]
     ConnectionEnded,
+    /// The server sent a frame no request asked for: the connection is out of step, so it is
+    /// dropped.
     #[error("the server sent a frame no request asked for")]
     UnaskedFrame,
+    /// The call's deadline passed while the client was still connecting (or backing off between
+    /// tries).
     #[error("no connection to the server within the call's deadline of {0:?}")]
     NoConnectionWithin(Duration),
     /// HTTP/2 failed (the web transports).
@@ -276,9 +321,12 @@ impl ClientError {
         self.executed() == Executed::No && self.is_transient()
     }
 
-    /// Whether a call that failed like this may be sent again: always when it certainly was not
-    /// executed; when it may have been, only if it is idempotent, because executing it twice changes
-    /// nothing. Refusals by the server (a status, a conflict) and timeouts are final.
+    /// Whether a call that failed like this may be sent again: when it certainly was not executed,
+    /// or, when it may have been, if it is idempotent (executing it twice changes nothing) — but
+    /// never after a refusal by the server (a status, a conflict: the same answer would come) nor a
+    /// timeout (the call's time is spent, whatever `executed()` says: a timed-out read is `false`
+    /// too). A write whose fate is unknown is best sent again as a conditional write, which cannot
+    /// apply twice.
     pub fn may_retry(&self, idempotent: bool) -> bool {
         self.is_transient()
             && match self.executed() {

@@ -38,6 +38,11 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// The quinn a [`Cause`] holds the errors of, to match them with (`Cause::QuicConnection(quinn::ConnectionError::Reset)`).
+pub use quinn;
+/// The rustls a [`Cause`] holds the errors of, to match them with (`Cause::Tls(rustls::Error::AlertReceived(..))`).
+pub use rustls;
+
 pub use backoff::RetryPolicy;
 pub use endpoint::ClientEndpoint;
 pub use error::{Cause, ClientError, Executed};
@@ -53,6 +58,7 @@ use crate::transport::quic::QuicOptions;
 use crate::transport::{Limits, Transport};
 use backoff::Backoff;
 
+/// What a client call returns.
 pub type ClientResult<T> = Result<T, ClientError>;
 
 /// How often a client keeps an idle connection alive unless told otherwise ([`ClientConfig::keep_alive`],
@@ -113,6 +119,8 @@ pub struct ClientConfig {
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 128;
 
 impl ClientConfig {
+    /// The defaults, for the server at `addr` (`host:port`), trusting the CA certificates in
+    /// `ca_file` (PEM): QUIC, the server's name taken from `addr`, 0-RTT on, 3 attempts a call.
     pub fn new(addr: impl Into<String>, ca_file: impl Into<PathBuf>) -> Self {
         ClientConfig {
             addr: addr.into(),
@@ -584,6 +592,7 @@ impl Client {
             .collect())
     }
 
+    /// Sets `key` in `table` to `value`; the answer holds the value it replaced and the new version.
     pub async fn hset(&self, table: &str, key: &str, value: impl Into<Value>) -> ClientResult<Written> {
         written(self.call(&CommandRequest::hset(table, key, value)).await?)
     }
@@ -624,15 +633,18 @@ impl Client {
         written(self.call(&CommandRequest::hdel_if_version(table, key, expected_version)).await?)
     }
 
+    /// Deletes each of `keys` from `table`: for each, the value it removed (none if it was missing).
     pub async fn hmdel(&self, table: &str, keys: &[&str]) -> ClientResult<Vec<Written>> {
         all_written(self.call(&CommandRequest::hmdel(table, keys.iter().copied())).await?)
     }
 
+    /// Whether `key` exists in `table`.
     pub async fn hexist(&self, table: &str, key: &str) -> ClientResult<bool> {
         let found = booleans(ok(self.call(&CommandRequest::hexist(table, key)).await?)?)?;
         found.into_iter().next().ok_or_else(|| ClientError::Protocol("Hexist answered no value".into()))
     }
 
+    /// Whether each of `keys` exists in `table`, in order.
     pub async fn hmexist(&self, table: &str, keys: &[&str]) -> ClientResult<Vec<bool>> {
         booleans(ok(self.call(&CommandRequest::hmexist(table, keys.iter().copied())).await?)?)
     }

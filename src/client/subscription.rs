@@ -318,6 +318,7 @@ impl Subscription {
         self.id
     }
 
+    /// The topic subscribed to.
     pub fn topic(&self) -> &str {
         &self.topic
     }
