@@ -283,6 +283,27 @@ transport_tests!(pubsub: quic, tls, tcp, http, grpc, grpc_pipeline =>
     shutdown_ends_subscriptions_with_410_within_the_grace_period,
 );
 
+/// A QUIC client may hold nearly every stream of its connection in subscriptions (250 of the
+/// server's 256 requests at once) and its calls go on. quinn announces freed stream credit an
+/// eighth of the limit at a time: with more than seven eighths held for good, the few streams freed
+/// were never announced, and from the 227th subscription on every call waited for a stream for good.
+#[tokio::test]
+async fn a_quic_client_holding_nearly_every_stream_in_subscriptions_still_makes_calls() {
+    let server = TestServer::start().await;
+    let config = ClientConfig { max_subscriptions: 250, ..server.client_config() };
+    let client = Client::connect_with(config).await.unwrap();
+    let mut subscriptions = Vec::new();
+    for i in 0..250 {
+        subscriptions.push(client.subscribe("t").await.unwrap_or_else(|e| panic!("subscription {i}: {e}")));
+        client
+            .hset("t", "k", i as i64)
+            .await
+            .unwrap_or_else(|e| panic!("a call beside {} subscriptions: {e}", i + 1));
+    }
+    let published = client.publish("t", [Value::from("all")]).await.unwrap();
+    assert_eq!(published.receivers, 250);
+}
+
 /// QUIC's point for mobile subscribers: a subscription survives a change of network.
 #[tokio::test]
 async fn a_quic_subscription_survives_the_client_moving_to_a_new_address() {

@@ -382,9 +382,13 @@ pub(super) async fn serve_connection<H: Handler>(
         // acknowledged (when quinn gives its credit back): with the connection's own, the streams open
         // are its count of clones.
         let streams_open = exchange.in_progress.as_ref().map_or(0, Arc::strong_count);
-        if !credit_raised && streams_open >= limits.max_concurrent_requests as usize {
-            // The client uses every stream it may: more credit, so that those waiting for its
-            // acknowledgement do not hold back its next requests (`super::STREAM_CREDIT`).
+        let limit = limits.max_concurrent_requests as usize;
+        if !credit_raised && streams_open + limit / 8 >= limit {
+            // The client uses (nearly) every stream it may: more credit, so that those waiting for
+            // its acknowledgement do not hold back its next requests (`super::STREAM_CREDIT`).
+            // Nearly: quinn announces credit freed only an eighth of the limit at a time, so a client
+            // holding more than seven eighths in streams that last (subscriptions) would never hear
+            // of the few others freed, and wait for a stream for good.
             credit_raised = true;
             connection.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(raised_credit(&limits)));
         }
