@@ -61,13 +61,15 @@ struct Decoded {
 
 /// Decodes `wire` fed to the codec `piece` bytes at a time, then ends the stream.
 fn decode_in_pieces(wire: &[u8], piece: usize) -> Decoded {
-    let mut codec = FrameCodec::<CommandRequest>::new(MAX_FRAME);
+    // As a byte stream's pipeline decodes: compressed frames taken.
+    let mut codec = FrameCodec::<CommandRequest>::new(MAX_FRAME).taking_compressed();
     let mut buffer = BytesMut::new();
     let mut frames = Vec::new();
     let error_kind = |e: FrameError| match e {
         FrameError::TooLarge { .. } => "too large",
         FrameError::Truncated { .. } => "truncated",
         FrameError::Decode { .. } => "decode",
+        FrameError::Compressed(_) => "compressed",
         FrameError::MemoryExhausted { .. } | FrameError::Io(_) => "io",
     };
     for chunk in wire.chunks(piece.max(1)) {

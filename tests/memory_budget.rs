@@ -11,13 +11,17 @@ use std::time::Duration;
 
 use common::TestServer;
 use common::process::ServerProcess;
+use futures_util::StreamExt;
+use prost::Message;
 use qkv::client::{Client, ClientConfig, ClientError, Executed};
 use qkv::memory::Charge;
-use qkv::pb::{CommandRequest, Value};
+use qkv::pb::{CommandRequest, CommandResponse, Value, status};
 use qkv::server::ServerConfig;
 use qkv::storage::Storage;
 use qkv::transport::Transport;
+use qkv::transport::frame::FrameCodec;
 use tokio::io::AsyncWriteExt;
+use tokio_util::codec::FramedRead;
 
 /// Small limits, so that the attacks fill the budget quickly: 64 MiB for all connections together.
 const BUDGET_MIB: u64 = 64;
@@ -265,6 +269,28 @@ async fn a_request_larger_than_the_budget_is_answered_503_and_not_executed(trans
 
     assert_refused_for_memory(client.hset("bench", "k0", Value::from(vec![7u8; 3_000_000])).await);
     assert!(!stored(&server, "bench", "k0").await, "the refused write was executed");
+}
+
+/// A compressed frame (the course's) is inflated only into room charged first, as its gzip trailer
+/// says: 3 MB of zeros, a few kilobytes compressed, on a server whose whole budget is 2 MiB, waits the
+/// memory wait and is answered 503, not executed; the server never inflated it.
+#[tokio::test]
+async fn a_compressed_request_inflating_beyond_the_budget_is_answered_503_and_not_executed() {
+    use std::io::Write;
+    let server = small_budget_server(Transport::Tcp).await;
+    let request = CommandRequest::hset("t", "zeros", Value::from(vec![0u8; 3_000_000])).encode_to_vec();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(&request).unwrap();
+    let gzip = gzip.finish().unwrap();
+    assert!(gzip.len() < 64 << 10, "{} bytes compressed", gzip.len());
+    let mut stream = server.raw_tcp().await;
+    stream.write_all(&((gzip.len() as u32) | 1 << 31).to_be_bytes()).await.unwrap();
+    stream.write_all(&gzip).await.unwrap();
+    let mut answers = FramedRead::new(stream, FrameCodec::<CommandResponse>::new(1 << 20));
+    let answer = answers.next().await.expect("an answer").expect("a frame");
+    assert_eq!(answer.status, status::UNAVAILABLE, "{answer:?}");
+    assert!(answer.message.contains("memory"), "{}", answer.message);
+    assert!(!stored(&server, "t", "zeros").await, "the refused write was executed");
 }
 
 /// Many connections together spend the budget: idle QUIC connections take their fixed shares until the

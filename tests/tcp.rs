@@ -563,7 +563,66 @@ async fn a_subscriber_that_closes_its_sending_side_reads_on(transport: Transport
     assert!(frames.next().await.is_none(), "then the connection ends");
 }
 
+/// A frame compressed as the course's `frame.rs` does it: gzip, its length's top bit set.
+fn compressed_frame(request: &CommandRequest) -> Vec<u8> {
+    use std::io::Write;
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(&request.encode_to_vec()).unwrap();
+    let gzip = gzip.finish().unwrap();
+    let mut frame = ((gzip.len() as u32) | 1 << 31).to_be_bytes().to_vec();
+    frame.extend_from_slice(&gzip);
+    frame
+}
+
+/// The course's client compresses every frame over 1436 bytes: such requests are taken, answered
+/// uncompressed (which the course's decoder reads), beside plain ones. A gzip that says it inflates
+/// to more than the maximum frame size is refused before it is inflated (413), one that holds other
+/// than its trailer says is a bad request (400), and each ends its connection as a bad frame does.
+async fn the_course_clients_compressed_frames_are_taken(transport: Transport) {
+    let server = TestServer::start_for(transport).await;
+    let value = "course ".repeat(2000); // 14 KB, as the course's test of compression sends
+    let stream = raw_byte_stream(server.addr, &server.ca(), transport).await;
+    let (read, mut write) = tokio::io::split(stream);
+    let mut frames = FramedRead::new(read, LengthDelimitedCodec::new());
+    let mut burst = compressed_frame(&CommandRequest::hset("course", "k", value.as_str()));
+    burst.extend_from_slice(&common::frame(&CommandRequest::hget("course", "k")));
+    burst.extend_from_slice(&compressed_frame(&CommandRequest::hget("course", "k")));
+    write.write_all(&burst).await.unwrap();
+    let answer = async |frames: &mut FramedRead<_, LengthDelimitedCodec>| {
+        let frame = frames.next().await.expect("an answer").expect("an uncompressed frame");
+        CommandResponse::decode(frame).unwrap()
+    };
+    assert_eq!(answer(&mut frames).await.status, status::OK, "the compressed Hset");
+    for which in ["plain", "compressed"] {
+        assert_eq!(answer(&mut frames).await.values, [Value::from(value.as_str())], "the {which} Hget");
+    }
+
+    let bomb = {
+        let mut frame = compressed_frame(&CommandRequest::hset("course", "k", value.as_str()));
+        let len = frame.len();
+        frame[len - 4..].copy_from_slice(&(64u32 << 20).to_le_bytes()); // "inflates to 64 MiB"
+        frame
+    };
+    let lying = {
+        let mut frame = compressed_frame(&CommandRequest::hset("course", "k", value.as_str()));
+        let len = frame.len();
+        frame[len - 4..].copy_from_slice(&100u32.to_le_bytes()); // "inflates to 100 bytes"
+        frame
+    };
+    for (frame, expected) in [(bomb, status::PAYLOAD_TOO_LARGE), (lying, status::BAD_REQUEST)] {
+        let mut stream = raw_byte_stream(server.addr, &server.ca(), transport).await;
+        stream.write_all(&frame).await.unwrap();
+        let (read, _write) = tokio::io::split(stream);
+        let answers = frames_until_closed(read).await;
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert_eq!(answers[0].status, expected, "{answers:?}");
+    }
+    let client = server.client().await;
+    assert_eq!(client.hget("course", "k").await.unwrap().map(|v| v.value), Some(Value::from(value.as_str())));
+}
+
 transport_tests!(pipelined: tls, tcp =>
+    the_course_clients_compressed_frames_are_taken,
     a_subscription_the_requests_behind_it_stall_ends_and_their_answers_follow,
     a_subscription_waiting_behind_a_long_answer_is_not_ended,
     a_subscriber_that_closes_its_sending_side_reads_on,

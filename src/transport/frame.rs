@@ -30,6 +30,10 @@ pub enum FrameError {
     Truncated { buffered: usize },
     #[error("frame is not a valid {message}: {cause}")]
     Decode { message: &'static str, cause: prost::DecodeError },
+    /// A compressed frame (the course's) whose gzip could not be inflated, or held more than its
+    /// trailer said.
+    #[error("compressed frame cannot be inflated: {0}")]
+    Compressed(String),
     #[error(
         "the server has no memory to hold {needed} more bytes: its connection memory budget (--connection-memory) is spent"
     )]
@@ -52,7 +56,8 @@ fn too_large_hint(declared: u64) -> &'static str {
     match other_protocol_hint(declared) {
         "" if declared & u64::from(COMPRESSED) != 0 => {
             " (its top bit is set: a frame compressed as the course's frame.rs compresses those over 1436 \
-             bytes; qkv does not take compressed frames: send it uncompressed, docs/PROTOCOL.md section 12)"
+             bytes, which qkv takes on TCP and TLS but not on a QUIC stream: send it uncompressed there, \
+             docs/PROTOCOL.md section 12)"
         }
         hint => hint,
     }
@@ -82,6 +87,8 @@ fn other_protocol_hint(declared: u64) -> &'static str {
 #[derive(Debug)]
 pub struct FrameCodec<In> {
     max_frame_len: usize,
+    /// Whether a frame flagged compressed is inflated ([`FrameCodec::taking_compressed`]).
+    compressed: bool,
     _in: PhantomData<fn() -> In>,
 }
 
@@ -89,8 +96,66 @@ impl<In> FrameCodec<In> {
     /// A codec refusing frames over `max_frame_len` bytes (capped at `u32::MAX`, the most a 4-byte
     /// prefix can say).
     pub fn new(max_frame_len: usize) -> Self {
-        FrameCodec { max_frame_len: max_frame_len.min(u32::MAX as usize), _in: PhantomData }
+        FrameCodec {
+            max_frame_len: max_frame_len.min(u32::MAX as usize),
+            compressed: false,
+            _in: PhantomData,
+        }
     }
+
+    /// Also takes frames compressed as the course's later `frame.rs` compresses them: the top bit of
+    /// the length set, the rest the length of a gzip stream, which inflates to the message (at most
+    /// the maximum frame size). A caller must hold room for what a compressed frame at the front of
+    /// its buffer inflates to ([`inflated_len`]) before it decodes it.
+    #[cfg(feature = "server")]
+    pub fn taking_compressed(self) -> Self {
+        FrameCodec { compressed: true, ..self }
+    }
+}
+
+/// What the compressed frame at the front of `src`, if one is there whole, inflates to by its gzip
+/// trailer (which the codec holds it to), at most `max_frame_len`: what its decoding will hold.
+#[cfg(feature = "server")]
+pub fn inflated_len(src: &[u8], max_frame_len: usize) -> Option<usize> {
+    let header = u32::from_be_bytes(src.get(..HEADER_LEN)?.try_into().ok()?);
+    if header & COMPRESSED == 0 {
+        return None;
+    }
+    let frame = src.get(HEADER_LEN..HEADER_LEN + (header & !COMPRESSED) as usize)?;
+    // One over the maximum, or without a size, is refused before anything is inflated.
+    Some(gzip_size(frame).filter(|&size| size <= max_frame_len).unwrap_or(0))
+}
+
+/// The size a gzip stream says it inflates to (its trailer's ISIZE), if it is long enough to have one.
+#[cfg(feature = "server")]
+fn gzip_size(gzip: &[u8]) -> Option<usize> {
+    let trailer: [u8; 4] = gzip.get(gzip.len().checked_sub(4)?..)?.try_into().ok()?;
+    usize::try_from(u32::from_le_bytes(trailer)).ok()
+}
+
+/// Inflates a compressed frame's gzip into at most what its trailer says (and at most
+/// `max_frame_len`): the room its caller held for it.
+#[cfg(feature = "server")]
+fn inflate(gzip: &[u8], max_frame_len: usize) -> Result<Bytes, FrameError> {
+    use std::io::Read;
+    let claimed = gzip_size(gzip).ok_or_else(|| FrameError::Compressed("too short to be gzip".into()))?;
+    if claimed > max_frame_len {
+        return Err(FrameError::TooLarge { declared: claimed as u64, max: max_frame_len });
+    }
+    let mut inflated = Vec::with_capacity(claimed);
+    flate2::read::GzDecoder::new(gzip)
+        .take(claimed as u64 + 1)
+        .read_to_end(&mut inflated)
+        .map_err(|e| FrameError::Compressed(e.to_string()))?;
+    if inflated.len() > claimed {
+        let what = format!("it inflates to more than the {claimed} bytes its gzip trailer says");
+        return Err(FrameError::Compressed(what));
+    }
+    if inflated.len() < claimed {
+        let what = format!("it inflates to {} bytes where its gzip trailer says {claimed}", inflated.len());
+        return Err(FrameError::Compressed(what));
+    }
+    Ok(Bytes::from(inflated))
 }
 
 /// `abi::CommandRequest` → `CommandRequest`, for error messages.
@@ -108,7 +173,9 @@ impl<In: Message + Default> Decoder for FrameCodec<In> {
     /// starts.
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
         let Some(header) = src.get(..HEADER_LEN) else { return Ok(None) };
-        let declared = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let header = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+        let compressed = self.compressed && header & COMPRESSED != 0;
+        let declared = if compressed { header & !COMPRESSED } else { header } as usize;
         if declared > self.max_frame_len {
             return Err(FrameError::TooLarge { declared: declared as u64, max: self.max_frame_len });
         }
@@ -118,6 +185,8 @@ impl<In: Message + Default> Decoder for FrameCodec<In> {
         }
         src.advance(HEADER_LEN);
         let payload = src.split_to(declared).freeze();
+        #[cfg(feature = "server")]
+        let payload = if compressed { inflate(&payload, self.max_frame_len)? } else { payload };
         In::decode(payload)
             .map(Some)
             .map_err(|cause| FrameError::Decode { message: short_type_name::<In>(), cause })

@@ -69,7 +69,7 @@ use tracing::{debug, info};
 
 use super::Limits;
 use super::exchange::{AnswerBudget, REFUSAL_ROOM, RequestError, is_refusal, write_refusal};
-use super::frame::{FrameCodec, FrameError};
+use super::frame::{self, FrameCodec, FrameError};
 use super::log_throttle::{HeldBack, LogThrottle};
 use super::timeouts::StallTimeout;
 use super::woken::PolledWhenWoken;
@@ -181,7 +181,8 @@ where
     // one HTTP/2 connection): its subscription is its own, and ends with it.
     let caller = Caller { max_subscriptions: Some(1), ..caller.on_new_connection() };
     let (mut read, write) = tokio::io::split(io);
-    let mut codec = FrameCodec::<CommandRequest>::new(limits.max_frame_len);
+    // The course's client compresses its larger frames (docs/PROTOCOL.md, section 12).
+    let mut codec = FrameCodec::<CommandRequest>::new(limits.max_frame_len).taking_compressed();
     let mut received = BytesMut::new();
     let mut answers = FrameWriter::new(
         StallTimeout::new(write, limits.reply_timeout, limits.reply_min_progress),
@@ -223,8 +224,22 @@ where
         // by that, and the turn waits for the first of them, so that a ticket that becomes durable
         // meanwhile (the committer is another thread) wakes the next turn rather than going unseen.
         queue.look_at_tickets();
-        // Start every request that may start now, decoding as many as are buffered.
+        // Start every request that may start now, decoding as many as are buffered. `inflating`: room
+        // for the compressed frame at the front of `received` to inflate into, which the budget cannot
+        // give yet; nothing more is decoded (or read) until it can.
+        let mut inflating = 0;
         while ending.is_none() {
+            // A compressed frame is inflated only into room charged for it first: its gzip says how
+            // much (and is held to it), so the budget bounds what inflating can make it hold.
+            if waiting.is_none()
+                && let Some(room) = frame::inflated_len(&received, limits.max_frame_len)
+            {
+                let needed = received.len() + queue.bytes + room;
+                if charge.bytes() < needed && !charge.try_grow(needed - charge.bytes()) {
+                    inflating = room;
+                    break;
+                }
+            }
             let request = match waiting.take() {
                 Some(request) => request,
                 None => match codec.decode(&mut received) {
@@ -343,7 +358,7 @@ where
         }
         // What is held beyond the fixed share must be charged before more is read; the charge
         // follows what is held down at once.
-        let held = received.len() + queue.bytes;
+        let held = received.len() + queue.bytes + inflating;
         charge.shrink_to(held);
         let covered = charge.bytes() >= held || charge.try_grow(held - charge.bytes());
         if !covered && !waiting_for_memory {
