@@ -71,7 +71,7 @@ pub enum ClientError {
     /// this one, or its absence: set [`ClientConfig::client_cert`](super::ClientConfig) (the CLI's
     /// `--cert` and `--key`). Nothing was executed.
     #[error(
-        "the server refused this client ({cause}): it requires a client certificate signed by its client CA (--cert and --key)"
+        "the server refused this client ({cause}): it requires a client certificate signed by its client CA (--cert and --key; in Rust, ClientConfig::client_cert)"
     )]
     ClientCertificateRefused {
         #[source]

@@ -481,9 +481,13 @@ impl Client {
 
     /// Moves the client to a new local UDP socket (a new port, and the address the system now routes
     /// from), keeping its QUIC connection: for an app's network-change callback. The server sees the
-    /// connection migrate and carries on. On a [`ClientEndpoint`] shared with other clients this moves
-    /// the endpoint, so every client on it moves too. Over TCP, where a connection cannot move, the
-    /// connection is closed instead and the next call opens a new one.
+    /// connection migrate and carries on, and so do the calls in flight and the subscriptions. On a
+    /// [`ClientEndpoint`] shared with other clients this moves the endpoint, so every client on it
+    /// moves too. Over TCP, where a connection cannot move, the connection is closed instead and the
+    /// next call opens a new one: calls in flight on it fail ([`Cause::ClientClosed`], their outcome
+    /// unknown), and subscriptions, which have connections of their own, are left as they are (one on
+    /// a network that is gone ends with a lost connection once TCP gives up on it, or is dropped and
+    /// made again by the app).
     pub fn rebind(&self) -> ClientResult<()> {
         match &self.inner.endpoint {
             Some(endpoint) => endpoint::rebind(endpoint, self.inner.remote, &self.inner.config),
@@ -500,7 +504,7 @@ impl Client {
     }
 
     /// The local address the client sends from (for QUIC, its endpoint's socket, which the clients of a
-    /// shared [`ClientEndpoint`] have in common).
+    /// shared [`ClientEndpoint`] have in common); `None` over TCP and TLS, whose connections come and go.
     pub fn local_address(&self) -> Option<SocketAddr> {
         self.inner.endpoint.as_ref().and_then(|endpoint| endpoint.local_addr().ok())
     }
