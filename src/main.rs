@@ -21,7 +21,7 @@ use cli::args::{
     BenchArgs, CertArgs, ClientArgs, Command, FloorArgs, LogFormat, RepairArgs, ServeArgs, StatArgs, Store,
 };
 use cli::config::Invocation;
-use cli::output::{self, CliError};
+use cli::output::{self, CliError, out};
 use qkv::bench::{BenchConfig, Progress};
 use qkv::service::shown;
 
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
             {
                 return output::report(&error);
             }
-            print!("{toml}");
+            out!("{}", toml.strip_suffix('\n').unwrap_or(&toml));
             return ExitCode::SUCCESS;
         }
         Err(error) => return output::report(&error),
@@ -261,28 +261,20 @@ fn cert(args: CertArgs) -> anyhow::Result<()> {
     if let Some(name) = &args.client {
         let issued = dir.issue_client_certificate(name, args.force)?;
         if issued.new_ca {
-            println!("created a CA: {} (servers take it as --client-ca)", dir.ca_cert().display());
+            out!("created a CA: {} (servers take it as --client-ca)", dir.ca_cert().display());
         }
-        println!("created a client certificate for CN={name}: {}", issued.cert.display());
-        println!("and its private key (keep it secret): {}", issued.key.display());
+        out!("created a client certificate for CN={name}: {}", issued.cert.display());
+        out!("and its private key (keep it secret): {}", issued.key.display());
         return Ok(());
     }
     match dir.issue_server_certificate(&args.names, args.force)? {
         Provisioned::NewCaAndServer { names } => {
-            println!("created a CA: {} (give this file to clients)", dir.ca_cert().display());
-            println!(
-                "created a server certificate for {}: {}",
-                names.join(", "),
-                dir.server_cert().display()
-            );
+            out!("created a CA: {} (give this file to clients)", dir.ca_cert().display());
+            out!("created a server certificate for {}: {}", names.join(", "), dir.server_cert().display());
         }
         Provisioned::IssuedByExistingCa { names } => {
-            println!("using the CA in {}", dir.ca_cert().display());
-            println!(
-                "created a server certificate for {}: {}",
-                names.join(", "),
-                dir.server_cert().display()
-            );
+            out!("using the CA in {}", dir.ca_cert().display());
+            out!("created a server certificate for {}: {}", names.join(", "), dir.server_cert().display());
         }
         Provisioned::Existing => {}
     }
@@ -290,6 +282,7 @@ fn cert(args: CertArgs) -> anyhow::Result<()> {
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    args.validate()?;
     let config = BenchConfig {
         client: client_config(&args.client),
         workload: args.workload()?,
@@ -315,7 +308,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         bar.finish_and_clear();
     }
     if args.json {
-        println!("{}", serde_json::to_string(&report.to_json(&config))?);
+        out!("{}", serde_json::to_string(&report.to_json(&config))?);
     } else {
         output::bench_summary(&config, &report);
     }
@@ -361,7 +354,7 @@ fn floor(args: FloorArgs) -> anyhow::Result<()> {
 /// `qkv repair`: cuts a damaged log segment that `qkv serve` refused, keeping what it cuts.
 fn repair(args: RepairArgs) -> anyhow::Result<()> {
     match DiskStore::repair(&args.data_dir)? {
-        Repaired::Nothing => println!(
+        Repaired::Nothing => out!(
             "nothing to repair in {}: its log ends whole, or in a write torn by a crash, which qkv serve cuts off",
             args.data_dir.display()
         ),
@@ -370,16 +363,16 @@ fn repair(args: RepairArgs) -> anyhow::Result<()> {
         }
         Repaired::Cut { segment, offset, first_whole, records_after, saved } => {
             match first_whole {
-                Some(first) => println!(
+                Some(first) => out!(
                     "cut {} at byte {offset}: damaged there, with a whole record from byte {first} on",
                     segment.display()
                 ),
-                None => println!(
+                None => out!(
                     "cut {} at byte {offset}: damaged there, with too much after it to tell whether a whole record follows",
                     segment.display()
                 ),
             }
-            println!(
+            out!(
                 "the bytes cut off ({records_after} whole record{} after the damage, their writes lost) are in {}",
                 if records_after == 1 { "" } else { "s" },
                 saved.display()
@@ -498,7 +491,7 @@ async fn subscribe(client: &Client, topic: &str, count: Option<u64>) -> anyhow::
         match event.transpose()? {
             Some(Event::Message(values)) => {
                 let line: Vec<String> = values.iter().map(ToString::to_string).collect();
-                println!("{}", line.join("\t"));
+                out!("{}", line.join("\t"));
                 received += 1;
             }
             Some(Event::Missed(missed)) => {
@@ -516,7 +509,7 @@ async fn subscribe(client: &Client, topic: &str, count: Option<u64>) -> anyhow::
 async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Hget { table, key, show, .. } => match client.hget(&table, &key).await? {
-            Some(entry) => println!("{}", output::versioned(&entry, show.with_version)),
+            Some(entry) => out!("{}", output::versioned(&entry, show.with_version)),
             None => {
                 let message = format!("key {} not found in table {}", shown(&key), shown(&table));
                 return Err(CliError::Refused(message).into());
@@ -526,13 +519,13 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
             let mut entries = client.hgetall(&table).await?;
             entries.sort_by(|a, b| a.0.cmp(&b.0));
             for (key, entry) in entries {
-                println!("{key}\t{}", output::versioned(&entry, show.with_version));
+                out!("{key}\t{}", output::versioned(&entry, show.with_version));
             }
         }
         Command::Hmget { table, keys, show, .. } => {
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             for entry in client.hmget(&table, &keys).await? {
-                println!("{}", output::optional(entry.as_ref(), show.with_version));
+                out!("{}", output::optional(entry.as_ref(), show.with_version));
             }
         }
         Command::Hset { table, key, value, typed, if_version, if_absent, .. } => {
@@ -542,7 +535,7 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
                 Some(expected) => client.hset_if_version(&table, &key, value, expected).await?,
                 None => client.hset(&table, &key, value).await?,
             };
-            println!("{}", written.version);
+            out!("{}", written.version);
         }
         Command::Hmset { table, pairs, typed, .. } => {
             let pairs = pairs
@@ -550,7 +543,7 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
                 .map(|(key, raw)| Ok(Kvpair::new(key, output::parse_value(&raw, typed.value_type)?)))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             for written in client.hmset(&table, pairs).await? {
-                println!("{}", written.version);
+                out!("{}", written.version);
             }
         }
         Command::Hdel { table, key, if_version, .. } => {
@@ -558,19 +551,19 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
                 Some(expected) => client.hdel_if_version(&table, &key, expected).await?,
                 None => client.hdel(&table, &key).await?,
             };
-            println!("{}", output::previous(&written));
+            out!("{}", output::previous(&written));
         }
         Command::Hmdel { table, keys, .. } => {
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             for written in client.hmdel(&table, &keys).await? {
-                println!("{}", output::previous(&written));
+                out!("{}", output::previous(&written));
             }
         }
-        Command::Hexist { table, key, .. } => println!("{}", client.hexist(&table, &key).await?),
+        Command::Hexist { table, key, .. } => out!("{}", client.hexist(&table, &key).await?),
         Command::Hmexist { table, keys, .. } => {
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             for exists in client.hmexist(&table, &keys).await? {
-                println!("{exists}");
+                out!("{exists}");
             }
         }
         Command::Subscribe { topic, count, .. } => subscribe(client, &topic, count).await?,
@@ -580,14 +573,14 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
                 .map(|raw| output::parse_value(raw, typed.value_type))
                 .collect::<Result<Vec<_>, _>>()?;
             let published = client.publish(&topic, values).await?;
-            println!("{}", published.receivers);
+            out!("{}", published.receivers);
             if published.lagging > 0 {
                 eprintln!("{} subscribers missed it: their queues were full", published.lagging);
             }
         }
         Command::Ping { payload, count, .. } => {
             if let Some(identity) = client.whoami().await? {
-                println!("the server knows this client as {identity}");
+                out!("the server knows this client as {identity}");
             }
             for _ in 0..count {
                 let start = Instant::now();
@@ -596,7 +589,7 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
                     bail!("the server echoed {echoed:?} instead of the payload sent");
                 }
                 let rtt_ms = start.elapsed().as_secs_f64() * 1e3;
-                println!("pong from {} in {rtt_ms:.3} ms", client.remote_address());
+                out!("pong from {} in {rtt_ms:.3} ms", client.remote_address());
             }
         }
         Command::Serve(_)

@@ -91,7 +91,28 @@ async fn the_fanout_workload_delivers_every_publish_to_every_reader(transport: T
     );
 }
 
-transport_tests!(fanout: quic, tls, tcp => the_fanout_workload_delivers_every_publish_to_every_reader);
+/// A stalled subscriber stalls at the server, on every transport: once its transport's buffers and
+/// its queue on the server are full, publishes find it lagging (over QUIC, the client's own queue used
+/// to read it all as it came, and the server saw no stall at all).
+async fn a_stalled_subscriber_lags_at_the_server(transport: Transport) {
+    let server = TestServer::start_for_with(transport, |config| {
+        config.service.subscriber_queue = 2;
+        config.limits.send_window = 64 * 1024;
+    })
+    .await;
+    let mut config = config(server.client_config(), Workload::Fanout { subscribers: 1, stalled: 1 });
+    (config.connections, config.inflight, config.value_size) = (1, 1, 64 * 1024);
+    config.duration = Duration::from_secs(1);
+    let report = qkv::bench::run(&config, Progress::new()).await.unwrap();
+    let fanout = report.fanout.expect("a fan-out report");
+    assert!(fanout.lagging > 0, "{fanout:?}");
+    assert!(fanout.lagging <= fanout.published, "only the stalled one lags: {fanout:?}");
+}
+
+transport_tests!(fanout: quic, tls, tcp =>
+    the_fanout_workload_delivers_every_publish_to_every_reader,
+    a_stalled_subscriber_lags_at_the_server,
+);
 
 /// The connect workload opens a connection per request; with --zero-rtt each resumes the session of
 /// one before it (0-RTT over QUIC), without it none does.
@@ -244,6 +265,22 @@ async fn qkv_bench(server: &TestServer, args: &[&str]) -> std::process::Output {
         .output()
         .await
         .unwrap()
+}
+
+/// A bench that cannot open all its connections (the server is at its limit) fails, and closes the
+/// ones it opened: the server is told at once, and a client after it is served, rather than refused
+/// until those time out (30 s here).
+#[tokio::test]
+async fn a_bench_refused_a_connection_closes_the_ones_it_opened() {
+    let server = TestServer::start_with(|config| config.limits.max_connections = 3).await;
+    // Full handshakes: a resumed (0-RTT) connection is open to the client before the server admits it.
+    let refused =
+        qkv_bench(&server, &["--connections", "6", "--connect-concurrency", "1", "--no-0rtt"]).await;
+    assert!(!refused.status.success(), "the server admits only 3");
+    let mut config = server.client_config();
+    config.retry.attempts = 1;
+    let client = qkv::Client::connect_with(config).await.expect("a place under the limit");
+    tokio::time::timeout(Duration::from_secs(10), client.ping(Vec::new())).await.expect("served").unwrap();
 }
 
 #[tokio::test]

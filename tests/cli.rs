@@ -34,6 +34,30 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// A reader that stops early (`qkv hgetall t | head -1`) ends the command quietly, with success, as it
+/// ends a Unix filter: no panic, no backtrace.
+#[tokio::test]
+async fn a_reader_that_stops_early_ends_the_output_quietly() {
+    use tokio::io::AsyncBufReadExt;
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let value = "v".repeat(100);
+    client
+        .hmset("t", (0..3000).map(|i| qkv::pb::Kvpair::new(format!("k{i:04}"), value.as_str())))
+        .await
+        .unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"));
+    command.args(["hgetall", "t", "--addr", &server.client_addr().to_string()]).arg("--ca").arg(server.ca());
+    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("qkv runs");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("its stdout")).lines();
+    assert!(lines.next_line().await.unwrap().is_some_and(|line| line.starts_with("k0000\t")));
+    drop(lines); // 300 KB more to print than the pipe holds
+    let output = child.wait_with_output().await.expect("qkv ends");
+    assert!(output.status.success(), "{:?}: {}", output.status, stderr(&output));
+    assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+}
+
 #[tokio::test]
 async fn the_cli_tour_prints_values_plainly() {
     for transport in Transport::ALL {
@@ -108,6 +132,29 @@ async fn bad_input_exits_2_and_negative_numbers_are_values() {
     let held = qkv(None, &["serve", "--store", "disk", "--data-dir", data, "--commit-wait", "1s"]).await;
     assert_eq!(held.status.code(), Some(EXIT_INVALID_INPUT));
     assert!(stderr(&held).contains("--commit-wait 1s holds writes too long"), "{}", stderr(&held));
+
+    // A bench that cannot run as asked, or would ignore a flag, says so rather than measuring
+    // something else (or panicking).
+    for (args, said) in [
+        (&["--rate", "0"][..], "--rate must be a number of requests per second above 0"),
+        (&["--rate=-5"][..], "--rate must be"),
+        (&["--rate", "NaN"][..], "--rate must be"),
+        (&["--rate", "1e12"][..], "at most"),
+        (&["--duration", "0s"][..], "--duration must be longer than zero"),
+        (&["--timeline", "100ms"][..], "use it with --json"),
+        (&["--timeline", "0ms", "--json"][..], "--timeline must be a slot longer than zero"),
+        (
+            &["--zero-rtt"][..],
+            "--zero-rtt is for the connect workload only; the hget workload would ignore it",
+        ),
+        (&["--stalled", "1"][..], "--stalled is for the fanout workload only"),
+        (&["--read-ratio", "0.5"][..], "--read-ratio is for the mixed workload only"),
+        (&["--workload", "mixed", "--read-ratio", "-0.1"][..], "--read-ratio must be between 0 and 1"),
+    ] {
+        let refused = qkv(None, &[&["bench", "--addr", "127.0.0.1:9"][..], args].concat()).await;
+        assert_eq!(refused.status.code(), Some(EXIT_INVALID_INPUT), "{args:?}: {}", stderr(&refused));
+        assert!(stderr(&refused).contains(said), "{args:?}: {}", stderr(&refused));
+    }
 
     // A Redis URL that cannot be used is refused at start, not retried for ever.
     for (url, said) in [("http://h:1", "redis:// or rediss://"), ("redis://h:port", "not a Redis URL")] {

@@ -118,11 +118,21 @@ impl Connections {
                 });
                 next += 1;
             }
-            // A failure ends the run; dropping the set aborts the handshakes still under way.
             let Some(opened) = opening.join_next().await else { break };
-            let (c, target) =
-                opened.map_err(|e| BenchError::Setup(format!("a connection task failed: {e}")))??;
-            targets[c] = Some(target);
+            let opened = opened.map_err(|e| BenchError::Setup(format!("a connection task failed: {e}")));
+            match opened.and_then(|opened| opened) {
+                Ok((c, target)) => targets[c] = Some(target),
+                Err(e) => {
+                    // A failure ends the run: the handshakes still under way are aborted, and the
+                    // connections made are closed, so that the server is told rather than holding
+                    // them (and their places under its connection limit) until they time out.
+                    opening.abort_all();
+                    let endpoints = groups.iter().filter_map(|group| group.get().cloned()).collect();
+                    let made = Connections { targets: targets.into_iter().flatten().collect(), endpoints };
+                    made.close(Instant::now()).await;
+                    return Err(e);
+                }
+            }
         }
         let endpoints = groups.iter().filter_map(|group| group.get().cloned()).collect();
         Ok(Connections { targets: targets.into_iter().flatten().collect(), endpoints })

@@ -10,6 +10,8 @@
 //! Every message carries its send time (nanoseconds since the run's start, as its first value; the
 //! publishers and subscribers share one process and clock) and `value_size` bytes of payload.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -23,7 +25,7 @@ use super::load::{self, Tally, Window};
 use super::pacer::Pacer;
 use super::workload::RequestError;
 use super::{BenchConfig, BenchError, BenchReport, ConnectionTimes, Progress};
-use crate::client::{Client, ClientEndpoint, Event, Subscription};
+use crate::client::{Client, ClientConfig, ClientEndpoint, ClientStats, Event, Subscription};
 use crate::pb::{Value, value};
 use crate::transport::Transport;
 
@@ -43,6 +45,10 @@ pub struct FanoutReport {
     pub published: u64,
     /// Messages the reading subscribers were told they missed (their queues were full).
     pub missed: u64,
+    /// Of the deliveries the publishes answered in the measured period asked for, those the server
+    /// could not queue (`Publish`'s lagging count): the stalled subscribers' once their queues filled.
+    #[serde(default)]
+    pub lagging: u64,
 }
 
 pub async fn run(
@@ -53,10 +59,16 @@ pub async fn run(
 ) -> Result<BenchReport, BenchError> {
     // Subscribers first: a subscription receives only what is published after it is made.
     let subscribing = Instant::now();
-    let (endpoints, clients, mut subscriptions) = subscribe(config, subscribers + stalled).await?;
+    let (mut endpoints, mut clients, subscriptions) = subscribe(config, &config.client, subscribers).await?;
+    // A stalled subscriber reads nothing, and its client holds nothing for it either: over QUIC a
+    // client's queue would read it all as it came (`ClientConfig::subscription_queue`), and the server
+    // would see no stall at all.
+    let unread = ClientConfig { subscription_queue: None, ..config.client.clone() };
+    let (stalled_endpoints, stalled_clients, idle) = subscribe(config, &unread, stalled).await?;
+    endpoints.extend(stalled_endpoints);
+    clients.extend(stalled_clients);
     let open = subscribing.elapsed();
-    tracing::info!(subscriptions = subscriptions.len(), ?open, "subscribed");
-    let idle = subscriptions.split_off(subscribers);
+    tracing::info!(subscriptions = subscriptions.len() + idle.len(), ?open, "subscribed");
     let mut publishers = Vec::with_capacity(config.connections);
     for _ in 0..config.connections.max(1) {
         publishers.push(Client::connect_with(config.client.clone()).await?);
@@ -70,13 +82,20 @@ pub async fn run(
         reading.spawn(read(subscription, window));
     }
     let payload = Value::from(vec![b'm'; config.value_size]);
+    let lagging = Arc::new(AtomicU64::new(0));
     let publish = |publisher: &Client| {
-        let (publisher, payload) = (publisher.clone(), payload.clone());
+        let (publisher, payload, lagging) = (publisher.clone(), payload.clone(), lagging.clone());
         move |_: u64| {
-            let (publisher, payload) = (publisher.clone(), payload.clone());
+            let (publisher, payload, lagging) = (publisher.clone(), payload.clone(), lagging.clone());
             async move {
                 let sent_at = Value::from(window.start.elapsed().as_nanos() as i64);
-                publisher.publish(TOPIC, [sent_at, payload]).await.map(drop).map_err(RequestError::from)
+                let published =
+                    publisher.publish(TOPIC, [sent_at, payload]).await.map_err(RequestError::from)?;
+                let now = Instant::now();
+                if now >= window.measure_from && now < window.deadline {
+                    lagging.fetch_add(published.lagging as u64, Ordering::Relaxed);
+                }
+                Ok(())
             }
         }
     };
@@ -124,6 +143,10 @@ pub async fn run(
         tracing::warn!(limit = ?CLOSE_LIMIT, "the connections did not all close in time");
     }
     let close = closing.elapsed();
+    let mut client_stats = ClientStats::default();
+    for client in clients.iter().chain(&publishers) {
+        client_stats += client.stats();
+    }
     let first_error = published.first_error.clone().or(delivered.first_error.clone());
     Ok(BenchReport {
         requests: delivered.requests,
@@ -131,11 +154,17 @@ pub async fn run(
         elapsed: config.duration,
         latency_us: delivered.latency_us(),
         first_error,
-        client_stats: Default::default(),
+        client_stats,
         measured_from,
         longest_gap: delivered.timeline.longest_gap(config.duration),
         timeline: config.timeline.map(|slot| delivered.timeline.report(slot, config.duration)),
-        fanout: Some(FanoutReport { subscribers, stalled, published: published.requests, missed }),
+        fanout: Some(FanoutReport {
+            subscribers,
+            stalled,
+            published: published.requests,
+            missed,
+            lagging: lagging.load(Ordering::Relaxed),
+        }),
         connection_times: Some(ConnectionTimes { open, close }),
     })
 }
@@ -144,15 +173,16 @@ pub async fn run(
 /// share, the clients (to close at the end) and their subscriptions, in the same order.
 async fn subscribe(
     config: &BenchConfig,
+    client: &ClientConfig,
     n: usize,
 ) -> Result<(Vec<ClientEndpoint>, Vec<Client>, Vec<Subscription>), BenchError> {
-    let per_endpoint = match config.client.transport {
+    let per_endpoint = match client.transport {
         Transport::Quic => config.connections_per_socket.max(1),
         _ => n.max(1),
     };
     let mut endpoints = Vec::with_capacity(n.div_ceil(per_endpoint));
     for _ in 0..n.div_ceil(per_endpoint) {
-        endpoints.push(ClientEndpoint::new(config.client.clone()).await?);
+        endpoints.push(ClientEndpoint::new(client.clone()).await?);
     }
     let clients: Vec<Client> = (0..n).map(|i| endpoints[i / per_endpoint].client()).collect();
     let subscriptions = futures_util::stream::iter(&clients)

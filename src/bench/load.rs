@@ -301,9 +301,14 @@ where
         let elapsed = t.saturating_duration_since(start).as_nanos();
         u64::try_from(elapsed.div_ceil(interval.as_nanos().max(1))).unwrap_or(u64::MAX)
     };
-    let unsent = due_before(window.deadline).saturating_sub(issued.max(due_before(window.measure_from)));
+    let first_unsent = issued.max(due_before(window.measure_from));
+    let unsent = due_before(window.deadline).saturating_sub(first_unsent);
     if unsent > 0 {
         tally.errors += unsent;
+        // In the timeline where each fell due: an outage shows where it was.
+        for n in first_unsent..first_unsent + unsent {
+            tally.timeline.add(due(n).saturating_duration_since(window.measure_from), false);
+        }
         tally.first_error.get_or_insert(format!(
             "{unsent} requests fell due but were never sent: all {max_inflight} in flight were still waiting \
              (the server fell behind the rate, or --inflight is too low for it)"
@@ -379,7 +384,11 @@ mod tests {
         assert_eq!(tally.latency_us().max() / 1000, 190, "queueing was hidden");
         // The requests that fell due but could not be sent are errors, not a shorter schedule.
         assert_eq!(tally.errors, 179, "{:?}", tally.first_error);
-        assert!(tally.first_error.is_some_and(|e| e.contains("never sent")));
+        assert!(tally.first_error.as_ref().is_some_and(|e| e.contains("never sent")));
+        // The timeline has them too, where they fell due (the 22nd on, at 21 ms): 79 in the first 100 ms,
+        // 100 in the second.
+        let timeline = tally.timeline.report(Duration::from_millis(100), Duration::from_millis(200));
+        assert_eq!(timeline.errors, [79, 100], "{timeline:?}");
     }
 
     #[tokio::test(start_paused = true)]

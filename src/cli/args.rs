@@ -199,16 +199,22 @@ pub struct RepairArgs {
     pub data_dir: PathBuf,
 }
 
+/// `--read-ratio`'s default.
+const DEFAULT_READ_RATIO: f64 = 0.9;
+
+/// `--subscribers`'s default.
+const DEFAULT_SUBSCRIBERS: usize = 100;
+
 #[derive(Args)]
 pub struct BenchArgs {
     /// What each request does; echo needs a floor server (qkv floor).
     #[arg(long, value_enum, default_value_t = WorkloadArg::Hget)]
     pub workload: WorkloadArg,
     /// For the mixed workload: the share of reads (Hget); the rest are writes (Hset).
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = DEFAULT_READ_RATIO, allow_negative_numbers = true)]
     pub read_ratio: f64,
     /// For the fan-out workload: subscribers that read every message, each on a connection of its own.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = DEFAULT_SUBSCRIBERS)]
     pub subscribers: usize,
     /// For the fan-out workload: subscribers that never read (each on a connection of its own).
     #[arg(long, default_value_t = 0)]
@@ -230,7 +236,7 @@ pub struct BenchArgs {
     /// Open loop: send this many requests per second in all, whatever the answers do; latency counts
     /// from when each request was due (released by a pacer thread, within tens of µs), so queueing is
     /// not hidden. For the fan-out workload: publishes per second.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub rate: Option<f64>,
     /// How long to measure, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -287,7 +293,50 @@ pub enum KeyDistArg {
     Zipf,
 }
 
+/// The highest `--rate`: a pacer releases a request every 100 ns at it, beyond what a server answers.
+const MAX_RATE: f64 = 10_000_000.0;
+
 impl BenchArgs {
+    /// Refuses values the bench cannot run with, and flags the workload chosen would ignore (a run
+    /// that silently measured something else than asked would mislead).
+    pub fn validate(&self) -> Result<(), CliError> {
+        let invalid = |what: String| Err(CliError::InvalidInput(what));
+        let workload = self.workload.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default();
+        if let Some(rate) = self.rate
+            && !(rate > 0.0 && rate <= MAX_RATE)
+        {
+            return invalid(format!(
+                "--rate must be a number of requests per second above 0 and at most {MAX_RATE}, not {rate}"
+            ));
+        }
+        if self.duration.is_zero() {
+            return invalid("--duration must be longer than zero".into());
+        }
+        if self.timeline.is_some_and(|slot| slot.is_zero()) {
+            return invalid("--timeline must be a slot longer than zero, e.g. 100ms".into());
+        }
+        if self.timeline.is_some() && !self.json {
+            return invalid("--timeline adds a timeline to the JSON report: use it with --json".into());
+        }
+        let fanout = matches!(self.workload, WorkloadArg::Fanout);
+        let ignored = [
+            (self.zero_rtt && !matches!(self.workload, WorkloadArg::Connect), "--zero-rtt", "connect"),
+            (self.stalled > 0 && !fanout, "--stalled", "fanout"),
+            (self.subscribers != DEFAULT_SUBSCRIBERS && !fanout, "--subscribers", "fanout"),
+            (
+                self.read_ratio != DEFAULT_READ_RATIO && !matches!(self.workload, WorkloadArg::Mixed),
+                "--read-ratio",
+                "mixed",
+            ),
+        ];
+        if let Some((_, flag, for_workload)) = ignored.iter().find(|(ignored, ..)| *ignored) {
+            return invalid(format!(
+                "{flag} is for the {for_workload} workload only; the {workload} workload would ignore it"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn workload(&self) -> Result<Workload, CliError> {
         Ok(match self.workload {
             WorkloadArg::Ping => Workload::Ping,

@@ -1,12 +1,37 @@
 //! How results are printed: values plainly, one per line; errors on stderr with an exit code that
 //! says what kind of failure it was.
 
+use std::fmt;
+use std::io::Write;
 use std::process::ExitCode;
 
 use qkv::client::{ClientError, Written};
 use qkv::pb::{Value, Versioned, value};
 
 use super::args::ValueType;
+
+/// `println!` for what a command prints on stdout. A reader that has gone (`qkv hgetall t | head -1`)
+/// ends the program quietly with success, as it ends a Unix filter, where `println!` would panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use out;
+
+/// Writes one line to stdout (see [`out!`]).
+pub fn write_line(line: fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(line).and_then(|()| stdout.write_all(b"\n"));
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            std::process::exit(i32::from(exit::LOCAL_FAILURE));
+        }
+    }
+}
 
 /// Exit codes, as the README documents them.
 pub mod exit {
@@ -111,7 +136,7 @@ pub fn bench_progress_bar() -> indicatif::ProgressBar {
 pub fn bench_summary(config: &qkv::bench::BenchConfig, report: &qkv::bench::BenchReport) {
     let json = report.to_json(config);
     let load = match config.rate {
-        Some(rate) => format!("{rate:.0}/s, <= {} in flight", config.inflight),
+        Some(rate) => format!("{rate}/s, <= {} in flight", config.inflight),
         None => format!("{} in flight", config.inflight),
     };
     let header = [
@@ -149,9 +174,9 @@ pub fn bench_summary(config: &qkv::bench::BenchConfig, report: &qkv::bench::Benc
     let line = |cells: Vec<&str>| {
         cells.iter().zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect::<Vec<_>>().join("  ")
     };
-    println!("{}", line(header.to_vec()));
-    println!("{}", line(row.iter().map(String::as_str).collect()));
-    println!(
+    out!("{}", line(header.to_vec()));
+    out!("{}", line(row.iter().map(String::as_str).collect()));
+    out!(
         "measured {:.1} s after {:.1} s of warm-up",
         report.elapsed.as_secs_f64(),
         config.warmup.as_secs_f64()
@@ -165,7 +190,7 @@ pub fn bench_summary(config: &qkv::bench::BenchConfig, report: &qkv::bench::Benc
             Some(fanout) => (fanout.subscribers + fanout.stalled, "subscribers"),
             None => (config.connections, "connections"),
         };
-        println!(
+        out!(
             "opened {opened} {what} in {:.2} s ({} at a time{sharing}), closed them in {:.2} s",
             times.open.as_secs_f64(),
             config.connect_concurrency,
@@ -173,17 +198,18 @@ pub fn bench_summary(config: &qkv::bench::BenchConfig, report: &qkv::bench::Benc
         );
     }
     if let Some(fanout) = &json.fanout {
-        println!(
-            "fan-out: {} messages/s published to {} reading subscribers ({} stalled); the req/s and latencies above are deliveries (publish to receipt); {} reported missed",
+        out!(
+            "fan-out: {} messages/s published to {} reading subscribers ({} stalled); the req/s and latencies above are deliveries (publish to receipt); {} reported missed to readers; {} deliveries the server could not queue (lagging subscribers)",
             (fanout.published as f64 / report.elapsed.as_secs_f64()).round(),
             fanout.subscribers,
             fanout.stalled,
-            fanout.missed
+            fanout.missed,
+            fanout.lagging
         );
         return;
     }
     let stats = &json.client_stats;
-    println!(
+    out!(
         "connections {}, 0-RTT accepted {} / rejected {}, TLS resumed {}, retries {}; longest time without a success {} ms",
         stats.connections,
         stats.zero_rtt_accepted,
