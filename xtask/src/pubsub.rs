@@ -31,6 +31,12 @@ struct Measurement {
     p50_us: f64,
     p99_us: f64,
     missed: u64,
+    /// Deliveries the server could not queue (the stalled subscriber's, once full).
+    #[serde(default)]
+    lagging: u64,
+    /// Publishes answered in the measured period.
+    #[serde(default)]
+    published: u64,
     errors: u64,
 }
 
@@ -89,6 +95,8 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
                         p50_us: json.latency_us.p50 as f64,
                         p99_us: json.latency_us.p99 as f64,
                         missed: fanout.missed,
+                        lagging: fanout.lagging,
+                        published: fanout.published,
                         errors: json.errors,
                     });
                 }
@@ -168,6 +176,25 @@ fn write(
             match (rate(1), rate(0)) {
                 (Some(with), Some(without)) => write!(md, " {:.2} |", with / without)?,
                 _ => write!(md, " – |")?,
+            }
+        }
+        writeln!(md)?;
+    }
+    writeln!(
+        md,
+        "\nThat it stalled at the server: the share of publishes that found a subscriber lagging (its \
+         transport's buffers and its queue on the server full: `Publish`'s lagging count ÷ publishes), \
+         with the stalled subscriber.\n"
+    )?;
+    writeln!(md, "| publishes in flight | {} |", TRANSPORTS.map(transport_label).join(" | "))?;
+    writeln!(md, "|---:|{}", "---:|".repeat(TRANSPORTS.len()))?;
+    for &n in points {
+        write!(md, "| {n} |")?;
+        for transport in TRANSPORTS {
+            let share = med(transport, n, 1, |m| m.lagging as f64 / m.published.max(1) as f64);
+            match share {
+                Some(share) => write!(md, " {share:.2} |")?,
+                None => write!(md, " – |")?,
             }
         }
         writeln!(md)?;
