@@ -44,8 +44,8 @@
 //! A connection ends when the client closes it, after its last answer: on TCP, a client that closes
 //! its sending side (a half-close) still gets every answer, a subscription's messages until it ends by
 //! other means included (the course's client subscribes so: [`AfterClose`]); on a stream that cannot
-//! stay half open, its subscriptions end first, each with its last frame; when a frame is bad (an error frame, then close: on a byte stream there
-//! is no way to resynchronise); when a frame takes longer than the request timeout to arrive (408);
+//! stay half open, its subscriptions end first, each with its last frame. It ends too when a frame is
+//! bad (an error frame, then close: on a byte stream there is no way to resynchronise); when a frame takes longer than the request timeout to arrive (408);
 //! when it is idle for the idle timeout; or at shutdown, with a 503 frame meaning "this request and all
 //! later ones on this connection were not executed".
 
