@@ -561,6 +561,24 @@ async fn a_subscriber_that_closes_its_sending_side_reads_on(transport: Transport
     assert_eq!((last.status, last.more), (status::OK, false), "{last:?}");
     assert_eq!(next(&mut frames).await.values, [Value::from(b"behind".to_vec())]);
     assert!(frames.next().await.is_none(), "then the connection ends");
+
+    // Nothing more is read from a half-closed connection, so a client that went away is found only by
+    // a write: the idle timeout bounds how long its subscription goes without one (else peers that
+    // subscribe, close and vanish would hold connections for good).
+    let quiet = TestServer::start_for_with(transport, |config| {
+        config.limits.idle_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let stream = raw_byte_stream(quiet.addr, &quiet.ca(), transport).await;
+    let (read, mut write) = tokio::io::split(stream);
+    let mut frames = FramedRead::new(read, FrameCodec::<CommandResponse>::new(1 << 20));
+    write.write_all(&common::frame(&CommandRequest::subscribe("news"))).await.unwrap();
+    write.shutdown().await.unwrap();
+    assert!(next(&mut frames).await.more, "subscribed");
+    let last = next(&mut frames).await;
+    assert_eq!((last.status, last.more), (status::OK, false), "{last:?}");
+    assert!(frames.next().await.is_none(), "then the connection ends");
+    assert_eq!(quiet.service.broker().total_subscriptions(), 0);
 }
 
 /// A frame compressed as the course's `frame.rs` does it: gzip, its length's top bit set.

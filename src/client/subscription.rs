@@ -92,6 +92,8 @@ enum Channel {
     /// connection (an Unsubscribe must come from it). Dropping the stream ends the subscription.
     #[cfg(feature = "web-client")]
     Web { frames: Frames<ResponseFrames>, connection: super::web::WebConnection },
+    /// Let go when the client was closed: its stream or connection is gone, and the server told.
+    Ended,
 }
 
 /// A subscription's frames: read from its stream as its subscriber reads them (until its first frame
@@ -256,6 +258,10 @@ impl Client {
         // A subscription that shares its connection's flow-control window with the client's calls
         // (QUIC's, HTTP/2's) is read as it arrives; a connection of its own (TCP, TLS) is left to the
         // server's flow control and lag policy.
+        if self.inner.closed.is_cancelled() {
+            // Closed while it subscribed: it goes with the rest.
+            return Err(ClientError::Closed);
+        }
         let queue = config.subscription_queue;
         let channel = match channel {
             Channel::Quic { frames, connection } => {
@@ -304,6 +310,7 @@ impl Channel {
             Channel::Tcp { frames, .. } => frames.poll_frame(cx),
             #[cfg(feature = "web-client")]
             Channel::Web { frames, .. } => frames.poll_frame(cx),
+            Channel::Ended => Poll::Ready(None),
         }
     }
 
@@ -368,6 +375,7 @@ impl Subscription {
                     };
                     ok(answer).map(drop)
                 }
+                Channel::Ended => Ok(()),
                 // Over REST the server removes a subscription whose event stream ends; over gRPC it
                 // confirms an Unsubscribe from the same connection.
                 #[cfg(feature = "web-client")]
@@ -417,7 +425,9 @@ impl futures_util::Stream for Subscription {
             return Poll::Ready(None);
         }
         if this.closed.as_mut().poll(cx).is_ready() {
-            this.ended = true;
+            // Let go of the stream (a TCP connection of its own is reset), so that the server ends
+            // the subscription now, not when it is dropped.
+            (this.ended, this.channel) = (true, Channel::Ended);
             return Poll::Ready(Some(Err(ClientError::Closed)));
         }
         match ready!(this.channel.poll_frame(cx)) {

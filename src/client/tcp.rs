@@ -523,6 +523,10 @@ impl Reader {
         let mut answers = FramedRead::new(read, FrameCodec::<CommandResponse>::new(self.max_frame_len));
         // The request whose answer is arriving, once its first frame is in.
         let mut current: Option<Route> = None;
+        // The last answer, if it was a 503: followed by the connection's end, it was the server's
+        // closing (shutdown, its connection limit or memory), and the requests after it were not
+        // executed; followed by more answers, it refused its own request alone (a backend unavailable).
+        let mut last_refusal: Option<String> = None;
         let closing = self.closing.clone();
         let mut closing = pin!(closing.cancelled());
         let closed = loop {
@@ -539,7 +543,10 @@ impl Reader {
                 },
                 Some(Err(e)) if e.is_other_protocol() => break Closed::OtherProtocol(e.into()),
                 Some(Err(e)) => break Closed::Lost(e.into()),
-                None => break Closed::Lost(Cause::ServerClosed),
+                None => match last_refusal.take() {
+                    Some(reason) => break Closed::Unavailable(reason),
+                    None => break Closed::Lost(Cause::ServerClosed),
+                },
             };
             let unavailable = !frame.more && frame.status == status::UNAVAILABLE;
             let reason = unavailable.then(|| frame.message.clone());
@@ -563,9 +570,7 @@ impl Reader {
             if more {
                 current = Some(route);
             }
-            if let Some(reason) = reason {
-                break Closed::Unavailable(reason);
-            }
+            last_refusal = reason;
         };
         let _ = self.state.closed.set(closed.clone());
         self.over.cancel();

@@ -142,17 +142,18 @@ fn inflate(gzip: &[u8], max_frame_len: usize) -> Result<Bytes, FrameError> {
     if claimed > max_frame_len {
         return Err(FrameError::TooLarge { declared: claimed as u64, max: max_frame_len });
     }
-    let mut inflated = Vec::with_capacity(claimed);
-    flate2::read::GzDecoder::new(gzip)
-        .take(claimed as u64 + 1)
-        .read_to_end(&mut inflated)
-        .map_err(|e| FrameError::Compressed(e.to_string()))?;
-    if inflated.len() > claimed {
+    // Into exactly the room charged for it: one byte more is an error, not a larger buffer.
+    let mut inflated = vec![0; claimed];
+    let mut decoder = flate2::read::GzDecoder::new(gzip);
+    let failed = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => FrameError::Compressed(format!(
+            "it inflates to fewer bytes than the {claimed} its gzip trailer says"
+        )),
+        _ => FrameError::Compressed(e.to_string()),
+    };
+    decoder.read_exact(&mut inflated).map_err(failed)?;
+    if decoder.read(&mut [0u8; 1]).map_err(failed)? > 0 {
         let what = format!("it inflates to more than the {claimed} bytes its gzip trailer says");
-        return Err(FrameError::Compressed(what));
-    }
-    if inflated.len() < claimed {
-        let what = format!("it inflates to {} bytes where its gzip trailer says {claimed}", inflated.len());
         return Err(FrameError::Compressed(what));
     }
     Ok(Bytes::from(inflated))

@@ -107,7 +107,8 @@ pub enum AfterClose {
     /// TCP's half-close: no more requests, but the client reads on. Its subscription, when no request
     /// waits behind it, goes on until it ends otherwise (the server's shutdown, the lag policy, the
     /// reply timeout when the client stops reading, a write that fails once the client has gone: a
-    /// client that closed the whole connection is found at the next message sent to it).
+    /// client that closed the whole connection is found at the next message sent to it), or until the
+    /// idle timeout passes without a message to it: nothing else would find a client that vanished.
     ReadOn,
     /// The stream is over (a WebSocket's close, a gRPC call's end of requests): its subscriptions end,
     /// each with its last frame, so that the answers after them can be written.
@@ -201,6 +202,9 @@ where
     let mut current: Option<ReplyStream> = None;
     // A decoded request the queue cannot take yet; nothing more is decoded or read until it can.
     let mut waiting: Option<CommandRequest> = None;
+    // What `waiting` holds, charged like the queue's requests (its bytes left `received` when it was
+    // decoded; a compressed one inflated to them).
+    let mut waiting_bytes = 0;
     let mut unflushed = false;
     let mut requests = 0u64;
     let mut ending: Option<Ending> = None;
@@ -240,6 +244,7 @@ where
                     break;
                 }
             }
+            waiting_bytes = 0;
             let request = match waiting.take() {
                 Some(request) => request,
                 None => match codec.decode(&mut received) {
@@ -258,6 +263,7 @@ where
             let class = handler.class(&request);
             let sequencing = class.sequencing;
             if !queue.may_start(sequencing, &limits) {
+                waiting_bytes = request.encoded_len();
                 waiting = Some(request);
                 break;
             }
@@ -320,6 +326,9 @@ where
             handler.connection_stalled(&caller);
             stall_ended = true;
         }
+        // A half-closed connection whose subscription goes on: nothing more is read from it, so only a
+        // write can find that its client has gone; the idle timeout bounds how long it goes without one.
+        let mut half_closed_subscription = false;
         if let Some(ending) = &ending {
             // A half-closed connection's subscription goes on while nothing waits behind it: an answer
             // after it could only be written once it ends, which the client can no longer ask for.
@@ -328,6 +337,7 @@ where
             let reads_on = matches!(ending, Ending::ClientClosed)
                 && after_close == AfterClose::ReadOn
                 && !behind_endless;
+            half_closed_subscription = reads_on && !subscriptions_ended;
             if !subscriptions_ended && !reads_on {
                 // The connection takes no more requests: its subscriptions end (each with a last
                 // frame), so that the answers before the ending can all be written.
@@ -346,7 +356,8 @@ where
             Some(Timer::PartialFrame(*partial_since.get_or_insert_with(Instant::now)))
         } else {
             partial_since = None;
-            (queue.is_empty() && current.is_none() && !unflushed && ending.is_none()).then_some(Timer::Idle)
+            let idle = queue.is_empty() && current.is_none() && ending.is_none();
+            ((idle || half_closed_subscription) && !unflushed).then_some(Timer::Idle)
         };
         if wanted != armed {
             armed = wanted;
@@ -358,7 +369,7 @@ where
         }
         // What is held beyond the fixed share must be charged before more is read; the charge
         // follows what is held down at once.
-        let held = received.len() + queue.bytes + inflating;
+        let held = received.len() + queue.bytes + waiting_bytes + inflating;
         charge.shrink_to(held);
         let covered = charge.bytes() >= held || charge.try_grow(held - charge.bytes());
         if !covered && !waiting_for_memory {

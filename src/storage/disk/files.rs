@@ -104,9 +104,17 @@ pub fn lock(dir: &Path) -> io::Result<DirLock> {
         Err(fs::TryLockError::WouldBlock) => Err(busy()),
         Err(fs::TryLockError::Error(e)) => Err(e),
     };
-    let directory = File::open(dir)?;
-    take(&directory)?;
     take(&file)?;
+    // Some filesystems cannot lock a directory (NFSv4 emulates flock with POSIX locks, which a
+    // read-only descriptor cannot take): the file's lock alone holds there.
+    let directory = File::open(dir)?;
+    match directory.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => return Err(busy()),
+        Err(fs::TryLockError::Error(e)) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot lock the data directory itself, only its qkv.lock: do not delete that file while a server runs");
+        }
+    }
     Ok(DirLock { _directory: directory, _file: file })
 }
 
