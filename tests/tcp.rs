@@ -12,6 +12,7 @@ use common::process::ServerProcess;
 use common::{TestServer, raw_byte_stream};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message;
+use qkv::client::{Client, ClientConfig, ClientError};
 use qkv::pb::{CommandRequest, CommandResponse, Kvpair, Value, status};
 use qkv::transport::Transport;
 use qkv::transport::frame::{FrameCodec, FrameError};
@@ -579,6 +580,37 @@ async fn a_subscriber_that_closes_its_sending_side_reads_on(transport: Transport
     assert_eq!((last.status, last.more), (status::OK, false), "{last:?}");
     assert!(frames.next().await.is_none(), "then the connection ends");
     assert_eq!(quiet.service.broker().total_subscriptions(), 0);
+}
+
+/// A 503 that refuses one request (a backend unavailable) is that request's answer alone: the qkv
+/// client goes on with the connection, and the calls after it are answered. Only a 503 the server
+/// closes the connection after means the later requests were not executed.
+#[tokio::test]
+async fn a_503_followed_by_more_answers_refuses_its_request_alone() {
+    let server = TestServer::start_for(Transport::Tcp).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut connection = Framed::new(stream, FrameCodec::<CommandRequest>::new(1 << 20));
+        let pong = CommandResponse { values: vec![Value::from(b"b".to_vec())], ..CommandResponse::ok() };
+        for answer in [CommandResponse::error(status::UNAVAILABLE, "the backend is unavailable"), pong] {
+            connection.next().await.expect("a request").expect("a frame");
+            connection.send(answer).await.unwrap();
+        }
+        connection.next().await.is_none() // the client closes
+    });
+    let mut config = ClientConfig::new(addr.to_string(), server.ca());
+    (config.transport, config.retry.attempts) = (Transport::Tcp, 1);
+    let client = Client::connect_with(config).await.unwrap();
+    let (refused, served) = tokio::join!(client.ping(b"a".to_vec()), async {
+        tokio::task::yield_now().await;
+        client.ping(b"b".to_vec()).await
+    });
+    assert!(matches!(refused, Err(ClientError::Unavailable { .. })), "{refused:?}");
+    assert!(served.is_ok(), "the call after a backend's 503 was answered: {served:?}");
+    client.close().await;
+    assert!(fake.await.unwrap());
 }
 
 /// A frame compressed as the course's `frame.rs` does it: gzip, its length's top bit set.
