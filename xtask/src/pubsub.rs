@@ -167,38 +167,19 @@ fn write(
         md,
         "Deliveries per second to the {SUBSCRIBERS} reading subscribers with one stalled subscriber, ÷ without (1.00: no cost).\n"
     )?;
-    writeln!(md, "| publishes in flight | {} |", TRANSPORTS.map(transport_label).join(" | "))?;
-    writeln!(md, "|---:|{}", "---:|".repeat(TRANSPORTS.len()))?;
-    for &n in points {
-        write!(md, "| {n} |")?;
-        for transport in TRANSPORTS {
-            let rate = |stalled| med(transport, n, stalled, |m| m.deliveries_per_s);
-            match (rate(1), rate(0)) {
-                (Some(with), Some(without)) => write!(md, " {:.2} |", with / without)?,
-                _ => write!(md, " – |")?,
-            }
-        }
-        writeln!(md)?;
-    }
+    ratio_table(&mut md, points, |transport, n| {
+        let rate = |stalled| med(transport, n, stalled, |m| m.deliveries_per_s);
+        Some(rate(1)? / rate(0)?)
+    })?;
     writeln!(
         md,
         "\nThat it stalled at the server: the share of publishes that found a subscriber lagging (its \
          transport's buffers and its queue on the server full: `Publish`'s lagging count ÷ publishes), \
          with the stalled subscriber.\n"
     )?;
-    writeln!(md, "| publishes in flight | {} |", TRANSPORTS.map(transport_label).join(" | "))?;
-    writeln!(md, "|---:|{}", "---:|".repeat(TRANSPORTS.len()))?;
-    for &n in points {
-        write!(md, "| {n} |")?;
-        for transport in TRANSPORTS {
-            let share = med(transport, n, 1, |m| m.lagging as f64 / m.published.max(1) as f64);
-            match share {
-                Some(share) => write!(md, " {share:.2} |")?,
-                None => write!(md, " – |")?,
-            }
-        }
-        writeln!(md)?;
-    }
+    ratio_table(&mut md, points, |transport, n| {
+        med(transport, n, 1, |m| m.lagging as f64 / m.published.max(1) as f64)
+    })?;
     let errors: u64 = measurements.iter().map(|m| m.errors).sum();
     let missed: u64 = measurements.iter().map(|m| m.missed).sum();
     writeln!(
@@ -219,4 +200,26 @@ fn transport_label(transport: &str) -> &'static str {
         "tls" => "qkv TLS",
         _ => "qkv TCP",
     }
+}
+
+/// A table of one figure per transport (columns) and publishes in flight (rows), with two decimals;
+/// `value` is `None` where a point was not measured.
+fn ratio_table(
+    md: &mut String,
+    points: &[u32],
+    value: impl Fn(&str, u32) -> Option<f64>,
+) -> std::fmt::Result {
+    writeln!(md, "| publishes in flight | {} |", TRANSPORTS.map(transport_label).join(" | "))?;
+    writeln!(md, "|---:|{}", "---:|".repeat(TRANSPORTS.len()))?;
+    for &n in points {
+        write!(md, "| {n} |")?;
+        for transport in TRANSPORTS {
+            match value(transport, n) {
+                Some(value) => write!(md, " {value:.2} |")?,
+                None => write!(md, " – |")?,
+            }
+        }
+        writeln!(md)?;
+    }
+    Ok(())
 }
