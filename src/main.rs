@@ -178,11 +178,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         return served;
     }
     drop(runtime);
-    if let Some(closed) = disk_closed {
-        closed.wait_blocking();
-    }
+    let closed = disk_closed.map_or(Ok(()), |closed| closed.wait_blocking());
     std::mem::forget(retained);
-    served
+    // A log that failed while serving stops the server with a failure too (exit code 4), however it
+    // was stopped: a supervisor then knows the store needs looking at.
+    served.and(closed.map_err(anyhow::Error::msg))
 }
 
 /// Budgets set above what the machine (or cgroup) has do not bound anything: the kernel's OOM killer

@@ -266,7 +266,7 @@ async fn health_answers_while_a_disk_store_recovers() {
         }
         let closed = store.closed();
         drop(store);
-        closed.wait().await;
+        closed.wait().await.expect("the store closes with every write durable");
     }
     let data = data.to_str().expect("a UTF-8 path");
     let args = ["--store", "disk", "--data-dir", data, "--admin", "127.0.0.1:0"];

@@ -60,8 +60,26 @@ pub struct Committer {
     /// Log bytes written since the segment of the last snapshot started.
     pub log_bytes: u64,
     pub snapshot_size: u64,
+    /// The number of the last record written to the log (on disk once the segment is synced).
+    pub written: u64,
     /// Held until the committer is done with the directory.
     pub lock: files::DirLock,
+}
+
+/// How long the committer may wait for records before it must fsync what it left unsynced (relaxed
+/// durability); `None`: until records come. A failed log is never fsynced again (its unsynced writes
+/// cannot be made safe), so it waits for records alone: a timeout due at once would spin a core.
+pub(super) fn flush_timeout(
+    durability: Durability,
+    unsynced_since: Option<Instant>,
+    failed: bool,
+) -> Option<Duration> {
+    match (durability, unsynced_since) {
+        (Durability::Relaxed { flush_interval }, Some(since)) if !failed => {
+            Some(flush_interval.saturating_sub(since.elapsed()))
+        }
+        _ => None,
+    }
 }
 
 /// A snapshot being written.
@@ -72,20 +90,17 @@ struct Snapshotting {
 
 impl Committer {
     /// Runs until the store closes; then makes everything durable, stops any snapshot and returns.
-    pub fn run(mut self) {
+    /// `Err` says what went wrong with the log on the way, and what of the writes it may have cost.
+    pub fn run(mut self) -> Result<(), String> {
         let _fail_on_panic = FailOnPanic(self.log.clone());
         let mut batch = Vec::new();
         let mut unsynced_since: Option<Instant> = None;
         let mut snapshotting: Option<Snapshotting> = None;
         let mut retry_snapshot_at = Instant::now();
-        let mut failed = false;
+        let mut failure: Option<String> = None;
         loop {
-            let timeout = match (self.durability, unsynced_since) {
-                (Durability::Relaxed { flush_interval }, Some(since)) => {
-                    Some(flush_interval.saturating_sub(since.elapsed()))
-                }
-                _ => None,
-            };
+            let failed = failure.is_some();
+            let timeout = flush_timeout(self.durability, unsynced_since, failed);
             let Some((last, count)) = self.log.take(&mut batch, timeout) else { break };
             if failed {
                 batch.clear();
@@ -94,7 +109,7 @@ impl Committer {
             if let Err(e) = self.commit(&batch, count, last, &mut unsynced_since) {
                 tracing::error!(error = %e, "writing the data log failed: the store refuses writes from now on");
                 self.log.fail(e.to_string());
-                failed = true;
+                failure = Some(format!("writing the data log failed ({e})"));
             }
             self.log_bytes += batch.len() as u64;
             batch.clear();
@@ -116,7 +131,7 @@ impl Committer {
                 }
             }
             let due = self.log_bytes >= self.snapshot_log_size.max(self.snapshot_size);
-            if due && !failed && snapshotting.is_none() && Instant::now() >= retry_snapshot_at {
+            if due && failure.is_none() && snapshotting.is_none() && Instant::now() >= retry_snapshot_at {
                 match self.rotate(&mut unsynced_since) {
                     Ok(()) => match self.start_snapshot() {
                         Ok(started) => snapshotting = started,
@@ -128,19 +143,31 @@ impl Committer {
                     Err(e) => {
                         tracing::error!(error = %e, "starting a log segment failed: the store refuses writes from now on");
                         self.log.fail(e.to_string());
-                        failed = true;
+                        failure = Some(format!("starting a log segment failed ({e})"));
                     }
                 }
             }
         }
-        if !failed && let Err(e) = self.segment.finish() {
+        if failure.is_none()
+            && let Err(e) = self.segment.finish()
+        {
             tracing::error!(error = %e, "the last flush failed: writes of the last moments may be lost");
+            failure = Some(format!("the last flush of the data log failed ({e})"));
         }
         if let Some(running) = snapshotting {
             running.cancelled.store(true, Ordering::Relaxed);
             let _ = running.thread.join();
         }
         drop(self.lock);
+        match (failure, self.durability) {
+            (None, _) => Ok(()),
+            (Some(what), Durability::Strict) => Err(format!(
+                "{what}: every write acknowledged before it is on disk, and the writes since were refused"
+            )),
+            (Some(what), Durability::Relaxed { .. }) => Err(format!(
+                "{what}: writes acknowledged within a flush interval before it may be lost (relaxed durability)"
+            )),
+        }
     }
 
     /// Writes `batch` (`count` records, the last numbered `last`) and makes it as durable as the mode
@@ -170,8 +197,9 @@ impl Committer {
             self.segment.sync()?;
             crate::metrics::disk_fsync(started.elapsed());
             *unsynced_since = None;
-            self.log.made_durable(last);
+            self.log.made_synced(last);
         }
+        self.written = last;
         Ok(())
     }
 
@@ -180,6 +208,7 @@ impl Committer {
         // Only the last segment may end in zeros: recovery refuses them anywhere else.
         self.segment.finish()?;
         *unsynced_since = None;
+        self.log.made_synced(self.written);
         let generation = self.generation + 1;
         self.segment = files::create_segment(&self.dir, generation, self.log.appended())?;
         self.generation = generation;

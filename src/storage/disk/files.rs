@@ -68,10 +68,20 @@ pub fn private() -> OpenOptions {
     options
 }
 
-/// Creates the data directory (and its parents) if it is missing: 0700, its owner's alone.
+/// Creates the data directory (and its parents) if it is missing: 0700, its owner's alone. Each
+/// directory it creates is durable before it returns (its parent synced), as the files in it will be.
 pub fn create_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    let missing: Vec<&Path> =
+        dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).collect();
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    for created in missing {
+        match created.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
+            _ => sync_dir(Path::new("."))?,
+        }
+    }
+    Ok(())
 }
 
 /// Opens a file of the data directory to read; an error names it (a permission, say, on one file).
@@ -133,7 +143,24 @@ pub fn create_segment(dir: &Path, generation: u64, last_version: u64) -> io::Res
     file.write_all(&Header { magic: LOG_MAGIC, generation, last_version }.encode())?;
     file.sync_all()?;
     sync_dir(dir)?;
-    Ok(Segment { file, end: HEADER_LEN as u64, zeroed: HEADER_LEN as u64 })
+    Ok(Segment {
+        file,
+        end: HEADER_LEN as u64,
+        zeroed: HEADER_LEN as u64,
+        #[cfg(test)]
+        dir: dir.to_owned(),
+    })
+}
+
+/// Directories whose segments' writes fail from now on, as on a full disk: for tests of what the store
+/// does then.
+#[cfg(test)]
+static FAILING: parking_lot::Mutex<Vec<PathBuf>> = parking_lot::Mutex::new(Vec::new());
+
+/// Makes every later write to a log segment of `dir` fail ([`FAILING`]).
+#[cfg(test)]
+pub fn fail_writes_in(dir: &Path) {
+    FAILING.lock().push(dir.to_owned());
 }
 
 /// Finishes a segment that was being created when the process stopped (its file holding no more
@@ -160,12 +187,19 @@ pub struct Segment {
     end: u64,
     /// Where the zeros end: the file's length.
     zeroed: u64,
+    /// The directory it is in ([`fail_writes_in`]).
+    #[cfg(test)]
+    dir: PathBuf,
 }
 
 impl Segment {
     /// Writes `records` after the last ones (not yet durable: see [`Segment::sync`]).
     pub fn append(&mut self, records: &[u8]) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
+        #[cfg(test)]
+        if FAILING.lock().contains(&self.dir) {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "No space left on device (a test's)"));
+        }
         let end = self.end + records.len() as u64;
         if end <= self.zeroed {
             self.file.write_all_at(records, self.end)?;

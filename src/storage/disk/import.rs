@@ -130,7 +130,7 @@ mod tests {
             store.delete("t", "new", None).await.unwrap();
             let closed = store.closed();
             drop(store);
-            closed.wait().await;
+            closed.wait().await.unwrap();
         }
         assert!(!dir.path().join(REDB_FILE).exists());
         assert!(dir.path().join(IMPORTED).exists());

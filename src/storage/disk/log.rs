@@ -30,6 +30,9 @@ pub struct Log {
     /// Every record up to this number is as durable as the store's mode promises (on disk when strict,
     /// handed to the operating system when relaxed).
     durable: AtomicU64,
+    /// Every record up to this number is on disk (fsynced): `durable` when strict, behind it when
+    /// relaxed. What a snapshot waits for before it takes the place of the log.
+    synced: AtomicU64,
     /// The number of the last delete appended.
     deleted: AtomicU64,
     /// Notified whenever `durable` moves on or the log fails.
@@ -127,6 +130,7 @@ impl Log {
             wake: Condvar::new(),
             appended: AtomicU64::new(last_version),
             durable: AtomicU64::new(last_version),
+            synced: AtomicU64::new(last_version),
             deleted: AtomicU64::new(0),
             advanced: Notify::new(),
             relayed: AtomicBool::new(false),
@@ -193,6 +197,7 @@ impl Log {
         pending.last = pending.last.max(last_version);
         self.appended.store(pending.last, Ordering::Release);
         self.durable.store(pending.last, Ordering::Release);
+        self.synced.store(pending.last, Ordering::Release);
     }
 
     /// The number of the last record appended.
@@ -219,6 +224,11 @@ impl Log {
     /// Whether every record up to `number` is durable.
     pub fn is_durable(&self, number: u64) -> bool {
         self.durable.load(Ordering::Acquire) >= number
+    }
+
+    /// Whether every record up to `number` is on disk (fsynced), whatever the mode.
+    pub fn is_synced(&self, number: u64) -> bool {
+        self.synced.load(Ordering::Acquire) >= number
     }
 
     /// Waits until every record up to `number` is durable; `Err` says why it never will be.
@@ -302,6 +312,12 @@ impl Log {
         } else {
             self.advanced.notify_waiters();
         }
+    }
+
+    /// Everything up to `number` is on disk now (and so durable in either mode).
+    pub(super) fn made_synced(&self, number: u64) {
+        self.synced.fetch_max(number, Ordering::AcqRel);
+        self.made_durable(number);
     }
 
     /// The log cannot be written any more: every waiter, present and future, is told why.

@@ -167,6 +167,7 @@ impl DiskStore {
             snapshot_log_size: config.snapshot_log_size,
             log_bytes: recovered.log_bytes,
             snapshot_size: recovered.snapshot_size,
+            written: log.appended(),
             lock,
         };
         let committer = std::thread::Builder::new()
@@ -283,24 +284,34 @@ impl Drop for DiskStore {
 pub struct StoreClosed {
     /// Taken by the first waiter, which joins it while holding the lock, so that every other waiter
     /// returns only once the committer has finished too.
-    committer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    committer: Arc<Mutex<Option<Committing>>>,
 }
+
+/// The committer's thread: it ends with what went wrong with the log, if anything (`committer::Committer::run`).
+type Committing = JoinHandle<Result<(), String>>;
 
 impl StoreClosed {
     /// Blocks the calling thread until the store has been dropped and every write it acknowledged is
-    /// durable. Not for a runtime's worker thread: use [`StoreClosed::wait`] there.
-    pub fn wait_blocking(&self) {
+    /// durable. Not for a runtime's worker thread: use [`StoreClosed::wait`] there. `Err` says why some
+    /// may not be, or why writes were refused (the log failed), for the first waiter; later ones get
+    /// `Ok` once it has returned.
+    pub fn wait_blocking(&self) -> Result<(), String> {
         let mut committer = self.committer.lock();
-        if let Some(committer) = committer.take()
-            && committer.join().is_err()
-        {
-            tracing::error!("the committer thread panicked: writes of its last moments may be lost");
+        match committer.take().map(JoinHandle::join) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(why))) => Err(why),
+            Some(Err(_)) => {
+                tracing::error!("the committer thread panicked: writes of its last moments may be lost");
+                Err("the data log's committer thread panicked: writes of its last moments may be lost".into())
+            }
         }
     }
 
     /// [`StoreClosed::wait_blocking`] on one of tokio's blocking threads.
-    pub async fn wait(self) {
-        let _ = tokio::task::spawn_blocking(move || self.wait_blocking()).await;
+    pub async fn wait(self) -> Result<(), String> {
+        tokio::task::spawn_blocking(move || self.wait_blocking())
+            .await
+            .unwrap_or_else(|e| Err(format!("waiting for the data log's committer failed: {e}")))
     }
 }
 

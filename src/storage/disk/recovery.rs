@@ -360,16 +360,18 @@ pub fn repair(dir: &Path) -> io::Result<Repaired> {
     let len = file.metadata()?.len();
     let mut input = BufReader::new(&file);
     let header = Header::read(&mut input, LOG_MAGIC)?.filter(|header| header.generation == generation);
-    let Some(header) = header else {
+    if header.is_none() {
         if len <= format::HEADER_LEN as u64 {
             // Being created when the process stopped: `recover` finishes it.
             return Ok(Repaired::Nothing);
         }
         let what = damaged(&path, "its header is not a qkv log segment's of this number".into()).to_string();
         return Ok(Repaired::Unrepairable { file: path, what });
-    };
+    }
     let mut reader = Reader::new(input, format::HEADER_LEN as u64, len);
-    let mut last_number = header.last_version;
+    // The records' own numbers, as `recover` takes them: a segment's header is no bound for its records,
+    // which may include writes appended before it was created but not yet committed then.
+    let mut last_number = 0;
     let offset = loop {
         match reader.next()? {
             Next::Record(Record::Set { versioned, .. }) => last_number = last_number.max(versioned.version),

@@ -38,9 +38,10 @@ pub type Store = MemoryStore<Arc<Log>>;
 pub fn write(dir: &Path, generation: u64, store: &Store, cancelled: &AtomicBool) -> io::Result<u64> {
     let partial = files::partial_snapshot(dir, generation);
     let written = write_partial(&partial, generation, store, cancelled).and_then(|size| {
-        // The walk may have seen writes whose records are not durable yet. Renamed before they are, a
-        // crash could leave the snapshot with a write but the log without an earlier one it follows.
-        wait_until_durable(store.journal(), store.journal().appended(), cancelled)?;
+        // The walk may have seen writes whose records are not on disk yet (relaxed durability
+        // acknowledges them before). Renamed before they are, a crash could leave the snapshot with a
+        // write but the log without an earlier one it follows: a state no moment of the store had.
+        wait_until_synced(store.journal(), store.journal().appended(), cancelled)?;
         fs::rename(&partial, files::snapshot(dir, generation))?;
         files::sync_dir(dir)?;
         Ok(size)
@@ -53,9 +54,10 @@ pub fn write(dir: &Path, generation: u64, store: &Store, cancelled: &AtomicBool)
     written
 }
 
-/// Blocks until the log is durable up to `number` (a few fsyncs at most; this thread is not a runtime's).
-fn wait_until_durable(log: &Log, number: u64, cancelled: &AtomicBool) -> io::Result<()> {
-    while !log.is_durable(number) {
+/// Blocks until the log is on disk up to `number` (a few fsyncs at most, or --flush-interval when
+/// relaxed; this thread is not a runtime's).
+pub(super) fn wait_until_synced(log: &Log, number: u64, cancelled: &AtomicBool) -> io::Result<()> {
+    while !log.is_synced(number) {
         if cancelled.load(Ordering::Relaxed) {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "the store is closing"));
         }

@@ -67,7 +67,7 @@ fn a_store_attached_to_the_serving_runtime_answers_bursts_and_keeps_them() {
         (acknowledged, closed)
     });
     drop(runtime);
-    closed.wait_blocking();
+    closed.wait_blocking().unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
@@ -93,7 +93,7 @@ async fn data_versions_and_conditional_writes_survive_a_reopen() {
         store.delete("t", "gone", None).await.unwrap();
         (version, deleted, store.closed())
     };
-    closed.wait().await;
+    closed.wait().await.unwrap();
     let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
     let stored = store.get("a:b", "").await.unwrap().unwrap();
     assert_eq!((stored.value, stored.version), (vec![0u8; 100_000].into(), version));
@@ -117,7 +117,7 @@ async fn relaxed_writes_are_on_disk_once_the_store_is_dropped() {
     store.set("t", "k", "v".into(), None).await.unwrap();
     let closed = store.closed();
     drop(store);
-    closed.wait().await;
+    closed.wait().await.unwrap();
     let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
     assert_eq!(store.get("t", "k").await.unwrap().unwrap().value, "v".into());
 }
@@ -130,7 +130,7 @@ const TABLE: &str = "t";
 async fn close(store: DiskStore) {
     let closed = store.closed();
     drop(store);
-    closed.wait().await;
+    closed.wait().await.unwrap();
 }
 
 /// Checks that `store` holds exactly `model` in `TABLE`.
@@ -284,6 +284,92 @@ async fn a_torn_or_damaged_tail_loses_no_write_before_it() {
         }
     }
     assert!(cases > 200 && refused > 50, "{cases} cases, {refused} refused");
+}
+
+/// A snapshot takes the log's place only once the records it may have seen are on disk: relaxed
+/// durability acknowledges them (durable) before they are fsynced, and a snapshot renamed before then
+/// could keep, through a crash of the machine, a write whose earlier writes the log lost.
+#[test]
+fn a_snapshot_waits_for_the_records_on_disk_not_only_acknowledged() {
+    use std::sync::atomic::AtomicBool;
+    let log = Log::new(10, std::time::Duration::ZERO);
+    log.made_durable(12);
+    let closing = AtomicBool::new(true);
+    let waited = snapshot::wait_until_synced(&log, 12, &closing);
+    assert!(waited.is_err_and(|e| e.kind() == std::io::ErrorKind::Interrupted), "it waits for the fsync");
+    log.made_synced(12);
+    snapshot::wait_until_synced(&log, 12, &closing).unwrap();
+}
+
+/// A segment's header says the last version handed out when it was created, but records appended
+/// before then and committed after go into it too, numbered at or below that. Damage in front of them
+/// is refused by the store and cut by `qkv repair` alike: repair took the header's number for a bound,
+/// found no whole record after the damage and did nothing, and the store went on refusing to open.
+#[tokio::test]
+async fn repair_cuts_the_damage_the_store_refuses_whatever_the_header_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
+    let states = write_history(&store, 10).await;
+    close(store).await;
+    let (_, path) = files::list(dir.path()).unwrap().segments.pop_last().unwrap();
+    let mut segment = std::fs::read(&path).unwrap();
+    let ends = record_ends(&segment);
+    let header = format::Header::read(&mut &segment[..], format::LOG_MAGIC).unwrap().unwrap();
+    let ahead = format::Header { last_version: header.last_version + 1_000_000_000, ..header };
+    segment[..format::HEADER_LEN].copy_from_slice(&ahead.encode());
+    // The second record damaged, eight whole ones after it.
+    segment[ends[0] as usize + 2] ^= 0x5a;
+    std::fs::write(&path, &segment).unwrap();
+    let Err(StorageError::Backend(error)) = DiskStore::open_when_free(dir.path(), test_config()) else {
+        panic!("opened with whole records after the damage")
+    };
+    assert!(error.contains("yet a whole record follows"), "{error}");
+    let repaired = DiskStore::repair_when_free(dir.path()).unwrap();
+    let Repaired::Cut { offset, first_whole, records_after, .. } = repaired else {
+        panic!("repair left the damage the store refuses: {repaired:?}")
+    };
+    assert_eq!((offset, first_whole, records_after), (ends[0], Some(ends[1]), 8));
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
+    assert_holds(&store, &states[1], "after the repair").await;
+    close(store).await;
+}
+
+/// When a write to the log fails (a full disk), the writes waiting for it are answered as uncertain,
+/// later ones are refused, and the store's end says what it cost, so that `qkv serve` exits with a
+/// failure rather than as if all were well: with relaxed durability, acknowledged writes may be lost.
+#[tokio::test]
+async fn a_log_that_failed_ends_the_store_saying_what_it_cost() {
+    let relaxed = Durability::Relaxed { flush_interval: std::time::Duration::from_secs(3600) };
+    for (durability, cost) in [(Durability::Strict, "refused"), (relaxed, "may be lost")] {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            DiskStore::open_when_free(dir.path(), DiskConfig { durability, ..test_config() }).unwrap();
+        store.set(TABLE, "before", "v".into(), None).await.unwrap();
+        files::fail_writes_in(dir.path());
+        let failed = store.set(TABLE, "k", "v".into(), None).await;
+        assert!(matches!(failed, Err(StorageError::Uncertain(_))), "{durability}: {failed:?}");
+        let refused = store.set(TABLE, "later", "v".into(), None).await;
+        assert!(matches!(refused, Err(StorageError::Unavailable(_))), "{durability}: {refused:?}");
+        let closed = store.closed();
+        drop(store);
+        let why = closed.wait().await.unwrap_err();
+        assert!(why.contains("writing the data log failed") && why.contains("No space left"), "{why}");
+        assert!(why.contains(cost), "{durability}: {why}");
+    }
+}
+
+/// A relaxed log waits for records at most until its flush interval is up, but a failed one only for
+/// records: it is never fsynced again, and a timeout due at once spun a core until the restart.
+#[test]
+fn a_failed_relaxed_log_waits_for_records_alone() {
+    use super::committer::flush_timeout;
+    use std::time::{Duration, Instant};
+    let relaxed = Durability::Relaxed { flush_interval: Duration::from_millis(10) };
+    let long_ago = Instant::now().checked_sub(Duration::from_secs(1)).unwrap();
+    assert_eq!(flush_timeout(relaxed, Some(long_ago), false), Some(Duration::ZERO));
+    assert_eq!(flush_timeout(relaxed, Some(long_ago), true), None);
+    assert_eq!(flush_timeout(relaxed, None, false), None);
+    assert_eq!(flush_timeout(Durability::Strict, Some(long_ago), false), None);
 }
 
 /// Damage that a crash cannot cause (in a log segment that is not the last) stops the store from
