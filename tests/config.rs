@@ -162,6 +162,8 @@ async fn a_bad_config_file_is_refused_naming_the_file_the_key_and_what_was_expec
         ("max_connections = 0\n", vec!["key `max_connections`", "must be at least 1"]),
         ("max_frame_size = \"5GiB\"\n", vec!["key `max_frame_size`", "must be between 1KiB"]),
         ("idle_timeout = \"0s\"\n", vec!["key `idle_timeout`", "longer than zero"]),
+        // Far beyond any use, and past what the clock's arithmetic takes.
+        ("request_timeout = \"1000years\"\n", vec!["key `request_timeout`", "at most a year"]),
         ("memory_budget = 0\n", vec!["key `memory_budget`", "at least 1 byte"]),
         ("connection_window = 1\n", vec!["key `connection_window`", "between 16KiB and 1TiB"]),
     ];

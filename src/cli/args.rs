@@ -1021,10 +1021,11 @@ fn parse_at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
-/// A duration longer than zero, e.g. 10s.
+/// A duration longer than zero and at most a year (`qkv::transport::MAX_TIMEOUT`), e.g. 10s.
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     match humantime::parse_duration(s) {
         Ok(duration) if duration.is_zero() => Err("must be longer than zero".into()),
+        Ok(duration) if duration > qkv::transport::MAX_TIMEOUT => Err("must be at most a year".into()),
         Ok(duration) => Ok(duration),
         Err(e) => Err(e.to_string()),
     }

@@ -277,6 +277,9 @@ struct Inner<S> {
     broker: Broker,
     /// Carries publishes to and from the other gateways of a shared store (Redis), if any.
     relay: Option<Arc<dyn Relay>>,
+    /// The server-wide budget of what connections make the server hold: answers built ahead of their
+    /// writing are charged to it ([`Service::framed`]), published messages too (the broker's).
+    memory: MemoryBudget,
 }
 
 impl<S> Clone for Service<S> {
@@ -292,8 +295,8 @@ impl<S: Storage> Service<S> {
         Self::with_memory(storage, config, max_frame_len, MemoryBudget::unlimited())
     }
 
-    /// A service whose published messages, while subscribers' queues hold them, are charged to
-    /// `memory` (the server-wide budget the transports charge too).
+    /// A service whose published messages, while subscribers' queues hold them, and answers built ahead
+    /// of their writing are charged to `memory` (the server-wide budget the transports charge too).
     pub fn with_memory(
         storage: S,
         config: ServiceConfig,
@@ -302,13 +305,17 @@ impl<S: Storage> Service<S> {
     ) -> Self {
         let scans = Arc::new(Semaphore::new(config.max_concurrent_scans));
         let max_entry_len = max_frame_len.saturating_sub(ANSWER_OVERHEAD);
-        let broker =
-            Broker::new(config.subscriber_queue, config.subscriber_queue_bytes, config.lag_policy, memory);
+        let broker = Broker::new(
+            config.subscriber_queue,
+            config.subscriber_queue_bytes,
+            config.lag_policy,
+            memory.clone(),
+        );
         let relay = storage.relay();
         if let Some(relay) = &relay {
             relay.attach(broker.clone());
         }
-        Service { inner: Arc::new(Inner { storage, config, max_entry_len, scans, broker, relay }) }
+        Service { inner: Arc::new(Inner { storage, config, max_entry_len, scans, broker, relay, memory }) }
     }
 
     /// See [`Handler::class`].
@@ -400,6 +407,11 @@ impl<S: Storage> Service<S> {
             return e.into_response().into();
         }
         let storage = self.storage();
+        // A write's answer is sent whatever memory it finds: the write was made.
+        let refusable = !matches!(
+            command,
+            RequestData::Hset(_) | RequestData::Hmset(_) | RequestData::Hdel(_) | RequestData::Hmdel(_)
+        );
         let result = match command {
             RequestData::Hget(cmd) => hash::hget(storage, cmd).await,
             RequestData::Hgetall(cmd) => return hash::hgetall(self, cmd).await,
@@ -420,18 +432,37 @@ impl<S: Storage> Service<S> {
             }
         };
         let response = result.unwrap_or_else(ServiceError::into_response);
-        self.framed(response)
+        self.framed(response, refusable)
     }
 
-    /// Spreads a response over several frames when it is larger than the frame target.
-    fn framed(&self, response: CommandResponse) -> Reply {
+    /// Spreads a response over several frames when it is larger than the frame target. Such an answer
+    /// is built whole before its turn to be written, so its frames are charged to the memory budget
+    /// until they are taken (the writer charges each as it writes it): a connection's 256 Hmgets of up
+    /// to --max-answer-size each held gigabytes uncharged while its client read nothing. When the
+    /// budget cannot hold them, a `refusable` request (not a write) is answered 503, nothing changed; a
+    /// write's answer goes uncharged (its values were the store's, charged there, a moment before).
+    fn framed(&self, response: CommandResponse, refusable: bool) -> Reply {
         let mut frames = split_response(response, self.config().response_frame_target);
-        match frames.len() {
-            1 => Reply::One(frames.remove(0)),
-            _ => {
-                Reply::Stream(Box::pin(futures_util::stream::iter(frames.into_iter().map(ReplyFrame::from))))
-            }
+        if frames.len() == 1 {
+            return Reply::One(frames.remove(0));
         }
+        let mut left: usize = frames.iter().map(CommandResponse::encoded_len).sum();
+        let mut charge = self.inner.memory.try_charge(left);
+        if charge.is_none() && refusable {
+            crate::metrics::limit_hit(crate::metrics::Limit::ConnectionMemory);
+            let why = format!(
+                "the server has no memory for an answer of {left} bytes now (its connection memory budget \
+                 is spent); nothing was changed: try again later, or ask for less at a time"
+            );
+            return ServiceError::Unavailable(why).into_response().into();
+        }
+        Reply::Stream(Box::pin(futures_util::stream::iter(frames.into_iter().map(move |frame| {
+            left = left.saturating_sub(frame.encoded_len());
+            if let Some(charge) = &mut charge {
+                charge.shrink_to(left);
+            }
+            ReplyFrame::from(frame)
+        }))))
     }
 }
 
@@ -528,6 +559,41 @@ mod tests {
         assert_eq!(last.status, status::INTERNAL_ERROR);
         assert!(!last.more, "the error frame ends the reply");
         assert!(last.message.contains("disk on fire"), "{}", last.message);
+    }
+
+    /// An answer built whole ahead of its writing (an Hmget over several frames) is charged to the
+    /// memory budget until its frames are taken, and a read's is refused (503, nothing changed) when
+    /// the budget cannot hold it: a connection's Hmgets, unread, held gigabytes uncharged.
+    #[tokio::test]
+    async fn an_answer_built_ahead_is_charged_until_its_frames_are_taken() {
+        let memory = MemoryBudget::new(1 << 20);
+        let service =
+            Service::with_memory(MemoryStore::new(), ServiceConfig::default(), 16 << 20, memory.clone());
+        let caller = Caller::default();
+        service.execute(CommandRequest::hset("t", "k", "x".repeat(100_000)), &caller).await;
+        let hmget = |n: usize| CommandRequest::hmget("t", vec!["k"; n]);
+        let Reply::Stream(mut frames) = service.execute(hmget(8), &caller).await else {
+            panic!("an answer of 800 kB in frames of 64 KiB")
+        };
+        assert!(memory.used() > 800_000, "charged: {}", memory.used());
+        let mut values = 0;
+        while let Some(frame) = frames.next().await {
+            values += frame.into_response().unwrap().values.len();
+            assert!(memory.used() <= 800_000 + 1000 - values * 100_000 + 100_000, "{}", memory.used());
+        }
+        assert_eq!((values, memory.used()), (8, 0));
+        let Reply::One(refused) = service.execute(hmget(11), &caller).await else { panic!("a refusal") };
+        assert_eq!(refused.status, status::UNAVAILABLE, "{}", refused.message);
+        assert_eq!(memory.used(), 0);
+        // A write's answer is sent, charged or not: the write was made.
+        let values = (0..11).map(|i| crate::pb::Kvpair::new(format!("k{i}"), "y".repeat(100_000)));
+        service.execute(CommandRequest::hmset("t", values.clone()), &caller).await;
+        let Reply::Stream(frames) = service.execute(CommandRequest::hmset("t", values), &caller).await else {
+            panic!("an answer of 1.1 MB carrying the previous values")
+        };
+        let frames: Vec<_> = frames.collect().await;
+        let previous: usize = frames.into_iter().map(|f| f.into_response().unwrap().values.len()).sum();
+        assert_eq!(previous, 11);
     }
 
     #[test]

@@ -14,7 +14,9 @@ pub fn ping(max_entry_len: usize, cmd: Ping, caller: &Caller) -> Result<CommandR
             max_entry_len
         )));
     }
-    let mut values = vec![Value::from(cmd.payload)];
+    // Copied: decoded as a slice of the request's frame, the payload would keep the whole frame (up to
+    // --max-frame-size, whatever else it carried) alive, uncharged, for as long as the answer waits.
+    let mut values = vec![Value::from(bytes::Bytes::copy_from_slice(&cmd.payload))];
     values.extend(caller.identity.as_deref().map(Value::from));
     Ok(CommandResponse::with_values(values, Vec::new()))
 }

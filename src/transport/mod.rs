@@ -167,6 +167,10 @@ impl Default for Limits {
 /// The smallest maximum frame size accepted: room for any error response.
 pub const MIN_MAX_FRAME_LEN: usize = 1024;
 
+/// The longest timeout or wait the server takes: a year (longer is no use, and far longer overflowed
+/// the clock's arithmetic).
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
 /// The default QUIC flow-control windows, each way: 256 KiB, enough for 5 MB/s per connection at a
 /// mobile RTT of 50 ms (and for any rate on a LAN), small enough that the memory budget reserves them
 /// for 10,000 connections in about 5 GiB.
@@ -257,8 +261,8 @@ impl Limits {
             ("idle timeout", self.idle_timeout),
             ("memory wait", self.memory_wait),
         ] {
-            if value.is_zero() {
-                return Err(format!("the {name} must be longer than zero"));
+            if value.is_zero() || value > MAX_TIMEOUT {
+                return Err(format!("the {name} must be longer than zero and at most a year, not {value:?}"));
             }
         }
         Ok(())

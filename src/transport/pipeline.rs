@@ -91,6 +91,11 @@ const READ_CHUNK: usize = 16 * 1024;
 /// finds nothing). Part of the connection's fixed share, as `READ_CHUNK` is.
 const READ_ROOM: usize = 2048;
 
+/// A read buffer grown beyond this (for a large frame) is replaced by a small one once it holds little:
+/// otherwise the connection keeps the whole allocation for good, uncharged (the budget covers the
+/// bytes it holds), as `bytes` takes it back whenever room is reserved in it again.
+const KEEP_READ_CAPACITY: usize = 64 * 1024;
+
 /// What a pipelined connection holds beyond what it charges as it goes: the chunk it may read into and
 /// the room made before a read, the allocation it keeps for its next request's execution (1,512 bytes
 /// for a TCP connection's), and room for one refusal. Each transport's fixed share covers it. So a
@@ -280,6 +285,9 @@ where
             && let Some((reply, arrival, endless)) = queue.next_answer()
         {
             handler.answered(arrival);
+            // The answer leaves the queue's bytes for the writer's, charged as it is fed: its room goes
+            // first, so that an answer charged once is not charged twice (which a spent budget refused).
+            charge.shrink_to(received.len() + queue.bytes + waiting_bytes + inflating);
             match reply {
                 Reply::One(response) => {
                     if let Err(e) = feed_answer(&mut answers, response, &refusals, &limits).await {
@@ -471,7 +479,9 @@ where
             debug!(error = %e, "could not send the last frame");
         }
     }
-    let _ = write.shutdown().await;
+    // Bounded too: a TLS stream's shutdown writes its close_notify, and waits for as long as the peer
+    // reads nothing (the connection's place and share held all the while).
+    let _ = tokio::time::timeout(limits.reply_timeout, write.shutdown()).await;
     linger(read).await;
     requests
 }
@@ -840,6 +850,11 @@ async fn read_chunk<R: AsyncRead + Unpin>(read: &mut R, buffer: &mut BytesMut) -
     if buffer.capacity() - buffer.len() < READ_ROOM {
         buffer.reserve(READ_ROOM);
     }
+    if buffer.capacity() > KEEP_READ_CAPACITY && buffer.len() < buffer.capacity() / 4 {
+        let mut smaller = BytesMut::with_capacity(buffer.len() + READ_ROOM);
+        smaller.extend_from_slice(buffer);
+        *buffer = smaller;
+    }
     read.read_buf(&mut buffer.limit(READ_CHUNK)).await
 }
 
@@ -928,6 +943,71 @@ mod tests {
         fn connection_closing(&self, _caller: &Caller) {}
 
         fn connection_stalled(&self, _caller: &Caller) {}
+    }
+
+    /// Once a large frame is taken, the read buffer gives its room back: `bytes` takes the whole
+    /// allocation back whenever room is reserved in it, and a connection kept 16 MiB, uncharged.
+    #[tokio::test]
+    async fn the_read_buffer_gives_back_a_large_frames_room() {
+        let mut buffer = BytesMut::with_capacity(16 << 20);
+        buffer.resize(16 << 20, 1);
+        drop(buffer.split_to((16 << 20) - 10));
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"abc").await.unwrap();
+        read_chunk(&mut server, &mut buffer).await.unwrap();
+        assert_eq!(&buffer[..], [&[1; 10][..], b"abc"].concat());
+        assert!(buffer.capacity() <= KEEP_READ_CAPACITY, "{}", buffer.capacity());
+    }
+
+    /// A byte stream whose shutdown never ends, as a TLS stream's does while its peer reads nothing and
+    /// the close_notify cannot be written.
+    struct ShutdownHangs(DuplexStream);
+
+    impl AsyncRead for ShutdownHangs {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for ShutdownHangs {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    /// A connection ends, and gives back its place, even when its stream's shutdown never does: it
+    /// waited for ever on a TLS peer that read nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_ends_though_its_shutdown_does_not() {
+        let (client, server) = tokio::io::duplex(1 << 10);
+        drop(client);
+        let serving = serve_pipelined(
+            ShutdownHangs(server),
+            Gated::new(),
+            Arc::new(Limits::default()),
+            MemoryBudget::unlimited(),
+            CancellationToken::new(),
+            Caller::default(),
+            AfterClose::ReadOn,
+        );
+        let ended = tokio::time::timeout(Duration::from_secs(3600), serving).await;
+        assert!(ended.is_ok(), "the connection never ended");
     }
 
     /// Serves a connection to `handler` and sends it `requests`, all at once.
