@@ -74,7 +74,7 @@ use super::log_throttle::{HeldBack, LogThrottle};
 use super::timeouts::StallTimeout;
 use super::woken::PolledWhenWoken;
 use super::writer::FrameWriter;
-use crate::memory::MemoryBudget;
+use crate::memory::{Charge, MemoryBudget};
 use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::service::{Arrival, Caller, Handler, Reply, ReplyFrame, ReplyStream, Sequencing, ServiceError};
 use crate::storage::{Deferred, StorageError, Ticket};
@@ -285,12 +285,12 @@ where
             && let Some((reply, arrival, endless)) = queue.next_answer()
         {
             handler.answered(arrival);
-            // The answer leaves the queue's bytes for the writer's, charged as it is fed: its room goes
-            // first, so that an answer charged once is not charged twice (which a spent budget refused).
-            charge.shrink_to(received.len() + queue.bytes + waiting_bytes + inflating);
             match reply {
                 Reply::One(response) => {
-                    if let Err(e) = feed_answer(&mut answers, response, &refusals, &limits).await {
+                    // What the connection holds once the answer is the writer's.
+                    let held = received.len() + queue.bytes + waiting_bytes + inflating;
+                    let fed = feed_answer(&mut answers, response, (&mut charge, held), &refusals, &limits);
+                    if let Err(e) = fed.await {
                         log_write_failure(&e);
                         let _ = answers.get_mut().shutdown().await;
                         return requests;
@@ -494,11 +494,18 @@ where
 async fn feed_answer<W: AsyncWrite + Unpin>(
     answers: &mut FrameWriter<W>,
     response: CommandResponse,
+    (charge, held): (&mut Charge, usize),
     refusals: &AnswerBudget,
     limits: &Limits,
 ) -> Result<(), FrameError> {
     // (A refusal carries a message of at most ~1 KiB: cheap to keep until it is known to be held.)
     let refusal = is_refusal(&response).then(|| response.clone());
+    // The answer's charge moves from the connection's `charge` (which covered it in the queue) to the
+    // writer's once the writer has room: given back before, the answer would be held uncharged while
+    // the writer waits for the client; given back after, it would be charged twice for a moment, and a
+    // spent budget refused it.
+    std::future::poll_fn(|cx| SinkExt::<ReplyFrame>::poll_ready_unpin(answers, cx)).await?;
+    charge.shrink_to(held);
     match (answers.feed(ReplyFrame::Response(response)).await, refusal) {
         (Err(FrameError::MemoryExhausted { .. }), Some(refusal)) => {
             SinkExt::<ReplyFrame>::flush(answers).await?;

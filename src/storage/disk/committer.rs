@@ -102,11 +102,12 @@ impl Committer {
             let failed = failure.is_some();
             let timeout = flush_timeout(self.durability, unsynced_since, failed);
             let Some((last, count)) = self.log.take(&mut batch, timeout) else { break };
+            let sync_wanted = self.log.take_sync_wanted();
             if failed {
                 batch.clear();
                 continue;
             }
-            if let Err(e) = self.commit(&batch, count, last, &mut unsynced_since) {
+            if let Err(e) = self.commit(&batch, count, last, &mut unsynced_since, sync_wanted) {
                 tracing::error!(error = %e, "writing the data log failed: the store refuses writes from now on");
                 self.log.fail(e.to_string());
                 failure = Some(format!("writing the data log failed ({e})"));
@@ -171,13 +172,15 @@ impl Committer {
     }
 
     /// Writes `batch` (`count` records, the last numbered `last`) and makes it as durable as the mode
-    /// asks; an empty batch only fsyncs what earlier ones left unsynced (relaxed mode's timer).
+    /// asks, or on disk when `sync_wanted` (a snapshot waits for it); an empty batch only fsyncs what
+    /// earlier ones left unsynced (relaxed mode's timer).
     fn commit(
         &mut self,
         batch: &[u8],
         count: usize,
         last: u64,
         unsynced_since: &mut Option<Instant>,
+        sync_wanted: bool,
     ) -> std::io::Result<()> {
         if !batch.is_empty() {
             crate::metrics::disk_batch(count);
@@ -189,7 +192,7 @@ impl Committer {
                 // Acknowledged once written: the operating system has it.
                 self.log.made_durable(last);
                 let since = *unsynced_since.get_or_insert_with(Instant::now);
-                since.elapsed() >= flush_interval
+                since.elapsed() >= flush_interval || sync_wanted
             }
         };
         if sync {

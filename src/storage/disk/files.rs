@@ -76,9 +76,14 @@ pub fn create_dir(dir: &Path) -> io::Result<()> {
         dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).collect();
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     for created in missing {
-        match created.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
-            _ => sync_dir(Path::new("."))?,
+        let parent = created.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        match sync_dir(parent) {
+            Ok(()) => {}
+            // A parent one may write in but not read (mode 0300, 1733) cannot be opened to sync.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => tracing::warn!(
+                dir = %parent.display(), "cannot open the directory to make the data directory's creation durable in it: a crash of the machine soon after may lose the new directory"
+            ),
+            Err(e) => return Err(e),
         }
     }
     Ok(())

@@ -33,6 +33,9 @@ pub struct Log {
     /// Every record up to this number is on disk (fsynced): `durable` when strict, behind it when
     /// relaxed. What a snapshot waits for before it takes the place of the log.
     synced: AtomicU64,
+    /// Someone waits for `synced` (a snapshot): the committer fsyncs at its next turn, not at the end
+    /// of the flush interval.
+    sync_wanted: AtomicBool,
     /// The number of the last delete appended.
     deleted: AtomicU64,
     /// Notified whenever `durable` moves on or the log fails.
@@ -131,6 +134,7 @@ impl Log {
             appended: AtomicU64::new(last_version),
             durable: AtomicU64::new(last_version),
             synced: AtomicU64::new(last_version),
+            sync_wanted: AtomicBool::new(false),
             deleted: AtomicU64::new(0),
             advanced: Notify::new(),
             relayed: AtomicBool::new(false),
@@ -261,7 +265,7 @@ impl Log {
         timeout: Option<std::time::Duration>,
     ) -> Option<(u64, usize)> {
         let mut pending = self.pending.lock();
-        if pending.records.is_empty() && !pending.closing {
+        if pending.records.is_empty() && !pending.closing && !self.sync_wanted.load(Ordering::Acquire) {
             pending.committer_waiting = true;
             match timeout {
                 Some(timeout) => {
@@ -312,6 +316,18 @@ impl Log {
         } else {
             self.advanced.notify_waiters();
         }
+    }
+
+    /// Asks the committer to fsync what it has written at its next turn, waking it if it waits.
+    pub(super) fn want_sync(&self) {
+        self.sync_wanted.store(true, Ordering::Release);
+        let _pending = self.pending.lock();
+        self.wake.notify_one();
+    }
+
+    /// Whether an fsync was asked for since the last call ([`Log::want_sync`]).
+    pub(super) fn take_sync_wanted(&self) -> bool {
+        self.sync_wanted.swap(false, Ordering::AcqRel)
     }
 
     /// Everything up to `number` is on disk now (and so durable in either mode).

@@ -54,14 +54,15 @@ pub fn write(dir: &Path, generation: u64, store: &Store, cancelled: &AtomicBool)
     written
 }
 
-/// Blocks until the log is on disk up to `number` (a few fsyncs at most, or --flush-interval when
-/// relaxed; this thread is not a runtime's).
+/// Blocks until the log is on disk up to `number` (a few fsyncs at most: with relaxed durability it
+/// asks the committer for one rather than wait for --flush-interval; this thread is not a runtime's).
 pub(super) fn wait_until_synced(log: &Log, number: u64, cancelled: &AtomicBool) -> io::Result<()> {
     while !log.is_synced(number) {
         if cancelled.load(Ordering::Relaxed) {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "the store is closing"));
         }
         log.writable().map_err(io::Error::other)?;
+        log.want_sync();
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     Ok(())

@@ -301,6 +301,25 @@ fn a_snapshot_waits_for_the_records_on_disk_not_only_acknowledged() {
     snapshot::wait_until_synced(&log, 12, &closing).unwrap();
 }
 
+/// A relaxed store's snapshot asks the committer for the fsync it waits for, rather than wait for the
+/// flush interval (an hour here) with compaction held all the while.
+#[tokio::test]
+async fn a_relaxed_store_snapshots_without_waiting_for_its_flush_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let relaxed = Durability::Relaxed { flush_interval: std::time::Duration::from_secs(3600) };
+    let config = DiskConfig { durability: relaxed, snapshot_log_size: 16 << 10, ..test_config() };
+    let store = DiskStore::open_when_free(dir.path(), config).unwrap();
+    for i in 0..1000 {
+        store.set(TABLE, &format!("k{}", i % 50), Value::from(format!("{i:0>60}")), None).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while files::list(dir.path()).unwrap().snapshots.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no snapshot within a minute");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    close(store).await;
+}
+
 /// A segment's header says the last version handed out when it was created, but records appended
 /// before then and committed after go into it too, numbered at or below that. Damage in front of them
 /// is refused by the store and cut by `qkv repair` alike: repair took the header's number for a bound,
