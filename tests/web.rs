@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::TestServer;
 use qkv::certs::CertDir;
-use qkv::pb::{CommandRequest, status};
+use qkv::pb::{CommandRequest, Kvpair, Value, status};
 use qkv::transport::Transport;
 use serde_json::{Value as Json, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -357,9 +357,31 @@ async fn an_hmget_answer_is_bounded_before_it_is_built(transport: Transport) {
     assert_eq!(values, [Some(1), Some(1 << 20), None, Some(1), Some(1 << 20)]);
 }
 
+/// A multi-key write whose answer (the values it replaced) is over the maximum frame size is answered
+/// whole all the same by the doors that gather answers: the write is made by then, and their 413 said
+/// it was not (the keys overwritten or deleted, the client told to send fewer).
+async fn a_write_is_answered_whatever_the_size_of_what_it_replaced(transport: Transport) {
+    let server = TestServer::start_for_with(transport, |config| config.limits.max_frame_len = 1 << 20).await;
+    let client = server.client().await;
+    let keys = ["a", "b", "c", "d", "e"];
+    let value = Value::from(vec![7u8; 300 * 1024]);
+    let set_big = async || {
+        for key in keys {
+            client.hset("t", key, value.clone()).await.unwrap();
+        }
+    };
+    set_big().await;
+    let written = client.hmset("t", keys.map(|k| Kvpair::new(k, "x"))).await.unwrap();
+    assert!(written.iter().all(|w| w.previous.as_ref() == Some(&value)), "1.5 MB of previous values");
+    set_big().await;
+    let deleted = client.hmdel("t", &keys).await.unwrap();
+    assert!(deleted.iter().all(|d| d.previous.as_ref() == Some(&value) && d.version == 0));
+}
+
 transport_tests!(whole_answers: quic, tcp, http, grpc =>
     an_answer_gathered_whole_stops_at_the_maximum_frame_size,
     an_hmget_answer_is_bounded_before_it_is_built,
+    a_write_is_answered_whatever_the_size_of_what_it_replaced,
 );
 
 #[tokio::test]

@@ -282,6 +282,15 @@ struct Inner<S> {
     memory: MemoryBudget,
 }
 
+/// Whether `command` changes stored data: its answer must reach its client whatever its size or the
+/// memory it finds, since the change is made by then (a refusal would say it was not).
+pub fn is_write(command: &RequestData) -> bool {
+    matches!(
+        command,
+        RequestData::Hset(_) | RequestData::Hmset(_) | RequestData::Hdel(_) | RequestData::Hmdel(_)
+    )
+}
+
 impl<S> Clone for Service<S> {
     fn clone(&self) -> Self {
         Service { inner: self.inner.clone() }
@@ -408,10 +417,7 @@ impl<S: Storage> Service<S> {
         }
         let storage = self.storage();
         // A write's answer is sent whatever memory it finds: the write was made.
-        let refusable = !matches!(
-            command,
-            RequestData::Hset(_) | RequestData::Hmset(_) | RequestData::Hdel(_) | RequestData::Hmdel(_)
-        );
+        let refusable = !is_write(&command);
         let result = match command {
             RequestData::Hget(cmd) => hash::hget(storage, cmd).await,
             RequestData::Hgetall(cmd) => return hash::hgetall(self, cmd).await,

@@ -172,7 +172,7 @@ impl<H: Handler> Kv for GrpcDoor<H> {
                 "Hgetall and Subscribe answer with many frames: call ExecuteStream",
             )));
         }
-        let max_answer = self.max_answer;
+        let max_answer = super::answer_limit(&command, self.max_answer);
         let run = async { complete(self.handler.execute(command, &caller).await, max_answer).await };
         let response = match timeout {
             Some(timeout) => {

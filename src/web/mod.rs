@@ -659,8 +659,15 @@ async fn read_limited(
             charge = memory.empty_charge();
             continue;
         }
-        if !charge.try_grow(data.len()) {
-            return Err(BodyError::NoMemory);
+        // The charge covers the buffer's allocation, not only what it holds: grown by doubling (within
+        // the limit), it held up to twice what was charged.
+        let needed = kept.len() + data.len();
+        if needed > kept.capacity() {
+            let capacity = needed.max(kept.capacity().saturating_mul(2).min(max));
+            if !charge.try_grow(capacity.saturating_sub(charge.bytes())) {
+                return Err(BodyError::NoMemory);
+            }
+            kept.reserve(capacity - kept.len());
         }
         kept.extend_from_slice(&data);
     }
@@ -719,6 +726,16 @@ pub async fn first_frame(reply: Reply) -> (CommandResponse, Frames) {
     }
 }
 
+/// The most bytes `request`'s answer may carry when it is gathered whole ([`complete`]): `max_answer`,
+/// but no limit for a write's, whose change is made by then (a 413 said it was not, and the keys were
+/// overwritten or deleted all the same); its previous values were the store's a moment before.
+pub fn answer_limit(request: &CommandRequest, max_answer: usize) -> usize {
+    match &request.request_data {
+        Some(command) if crate::service::is_write(command) => usize::MAX,
+        _ => max_answer,
+    }
+}
+
 /// A reply's whole answer in one response, for doors that answer once: the frames' values, pairs and
 /// versions in order; or the first error frame. An answer of more than `max_bytes` (its frames'
 /// encodings together) is refused with 413 as soon as it is seen to be, rather than gathered: one
@@ -768,4 +785,26 @@ fn decode_failure(e: prost::DecodeError) -> CommandResponse {
 
 fn ended_early() -> CommandResponse {
     CommandResponse::error(status::INTERNAL_ERROR, "the answer ended before its last frame")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body read in pieces is charged for the buffer it grows into, not only for its bytes: grown
+    /// by doubling, the buffer held up to twice what was charged. A million bytes in pieces of 10,000
+    /// grow it to 1.28 MB, which a budget of a million and one does not have.
+    #[tokio::test]
+    async fn a_body_is_charged_for_the_buffer_that_keeps_it() {
+        let body = || {
+            let pieces = (0..100)
+                .map(|_| Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(vec![1u8; 10_000]))));
+            Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(pieces)))
+        };
+        let roomy = MemoryBudget::new(2_000_000);
+        let (kept, charge) = read_limited(body(), 4 << 20, &roomy).await.ok().unwrap();
+        assert_eq!((kept.len(), charge.bytes()), (1_000_000, 1_280_000));
+        let tight = MemoryBudget::new(1_000_001);
+        assert!(matches!(read_limited(body(), 4 << 20, &tight).await, Err(BodyError::NoMemory)));
+    }
 }

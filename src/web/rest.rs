@@ -149,9 +149,10 @@ impl Run for Door {
 
 impl Door {
     /// `request`'s whole answer, for a handler that answers once (`web::complete`, within the most
-    /// bytes one answer may carry).
+    /// bytes one answer may carry unless it is a write's).
     async fn answer(&self, request: CommandRequest, caller: &Caller) -> CommandResponse {
-        complete(self.run(request, caller.clone()).await, self.max_answer).await
+        let max_answer = super::answer_limit(&request, self.max_answer);
+        complete(self.run(request, caller.clone()).await, max_answer).await
     }
 }
 
