@@ -407,7 +407,9 @@ async fn unanswered_early_data(
     let client = Client::connect_with(config).await.unwrap();
     let err = client.hset("t", "k", "early").await.unwrap_err();
     relay.set_silent(false);
-    // Nothing reached the store.
+    // Nothing reached the store, even once the client can reach the server again: a handshake left
+    // pending at the deadline completed then, and the server ran the early write.
+    client.ping("after").await.unwrap();
     assert_eq!(server.client().await.hget("t", "k").await.unwrap(), None);
     err
 }
@@ -429,4 +431,52 @@ async fn early_data_the_server_never_answers_was_not_executed_when_the_handshake
     let err = unanswered_early_data(Duration::from_millis(300), Duration::from_secs(2), 1).await;
     assert!(matches!(err, ClientError::ConnectTimeout { .. }), "{err}");
     assert_eq!(err.executed(), qkv::client::Executed::No, "{err}");
+}
+
+/// A client closed while a call is opening a new connection (the old one lost) ends that call with
+/// `Closed`, and its close returns: the connection the call opened was kept and used after the close,
+/// and the close waited for ever for the endpoint it kept busy.
+#[tokio::test]
+async fn a_client_closed_while_a_call_connects_ends_the_call_and_its_connection() {
+    let server = TestServer::start().await;
+    let relay = UdpRelay::start(server.addr).await;
+    let limits = qkv::transport::Limits { idle_timeout: Duration::from_millis(500), ..Default::default() };
+    let config = ClientConfig {
+        addr: relay.addr.to_string(),
+        limits,
+        keep_alive: Duration::from_millis(200),
+        // A resumed connection would be returned at once, in 0-RTT, before its handshake ends.
+        zero_rtt: false,
+        connect_timeout: Duration::from_secs(60),
+        request_timeout: Duration::from_secs(60),
+        ..server.client_config()
+    };
+    let client = Client::connect_with(config).await.unwrap();
+    client.ping("").await.unwrap();
+    // The path goes silent: the connection times out, and a call opens another, whose handshake the
+    // relay holds up.
+    relay.set_silent(true);
+    relay.start_recording();
+    let calling = tokio::spawn({
+        let client = client.clone();
+        async move {
+            loop {
+                match client.ping("late").await {
+                    Err(ClientError::Closed) => return Err(ClientError::Closed),
+                    Ok(answer) => return Ok(answer),
+                    Err(_) => {}
+                }
+            }
+        }
+    });
+    // A long header's Initial packet (first byte 0b1100_xxxx): a new connection's first flight.
+    relay.wait_for_datagram(|datagram| datagram.first().is_some_and(|b| b & 0xf0 == 0xc0)).await;
+    let closing = tokio::spawn({
+        let client = client.clone();
+        async move { client.close().await }
+    });
+    relay.set_silent(false);
+    let called = tokio::time::timeout(Duration::from_secs(30), calling).await.expect("the call ended");
+    assert!(matches!(called.unwrap(), Err(ClientError::Closed)), "a call after close() fails Closed");
+    tokio::time::timeout(Duration::from_secs(30), closing).await.expect("close() returned").unwrap();
 }

@@ -613,6 +613,32 @@ async fn a_503_followed_by_more_answers_refuses_its_request_alone() {
     assert!(fake.await.unwrap());
 }
 
+/// A 503 is sent again within the call's attempts, as PROTOCOL.md section 13 says (it certainly was
+/// not executed): the call is answered by the retry. It was returned to the caller at once.
+#[tokio::test]
+async fn a_503_is_sent_again() {
+    let server = TestServer::start_for(Transport::Tcp).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fake = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut connection = Framed::new(stream, FrameCodec::<CommandRequest>::new(1 << 20));
+        let pong = CommandResponse { values: vec![Value::from(b"a".to_vec())], ..CommandResponse::ok() };
+        for answer in [CommandResponse::error(status::UNAVAILABLE, "the backend is unavailable"), pong] {
+            connection.next().await.expect("a request").expect("a frame");
+            connection.send(answer).await.unwrap();
+        }
+        connection.next().await.is_none() // the client closes
+    });
+    let mut config = ClientConfig::new(addr.to_string(), server.ca());
+    config.transport = Transport::Tcp;
+    let client = Client::connect_with(config).await.unwrap();
+    assert_eq!(client.ping(b"a".to_vec()).await.unwrap(), &b"a"[..]);
+    assert_eq!(client.stats().retries, 1);
+    client.close().await;
+    assert!(fake.await.unwrap());
+}
+
 /// A frame compressed as the course's `frame.rs` does it: gzip, its length's top bit set.
 fn compressed_frame(request: &CommandRequest) -> Vec<u8> {
     use std::io::Write;

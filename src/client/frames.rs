@@ -56,6 +56,12 @@ impl ResponseFrames {
         ResponseFrames { source: Source::Web(frames), peeked: None, done: false }
     }
 
+    /// The message of the first frame when it is a 503 (read ahead already), which refuses the request.
+    pub(super) fn unavailable(&self) -> Option<String> {
+        let first = self.peeked.as_ref().filter(|first| first.status == crate::pb::status::UNAVAILABLE);
+        first.map(|first| first.message.clone())
+    }
+
     /// The next frame, or `None` after the last one (the one with `more = false`).
     pub async fn next(&mut self) -> Option<ClientResult<CommandResponse>> {
         std::future::poll_fn(|cx| self.poll_next(cx)).await

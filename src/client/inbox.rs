@@ -96,7 +96,9 @@ impl<S: Stream<Item = ClientResult<CommandResponse>> + Send + Unpin + 'static> I
                 let frame = frames.next().await;
                 let mut queue = shared.lock();
                 match frame {
-                    Some(Ok(frame)) if frame.more && frame.missed > 0 => queue.missed += frame.missed,
+                    Some(Ok(frame)) if frame.more && frame.missed > 0 => {
+                        queue.missed = queue.missed.saturating_add(frame.missed)
+                    }
                     Some(Ok(frame)) if frame.more => {
                         let len = frame.encoded_len();
                         if queue.has_room(&limits, len) {
@@ -104,7 +106,7 @@ impl<S: Stream<Item = ClientResult<CommandResponse>> + Send + Unpin + 'static> I
                             queue.bytes += len;
                             queue.push(Ok(frame));
                         } else {
-                            queue.missed += 1;
+                            queue.missed = queue.missed.saturating_add(1);
                         }
                     }
                     Some(last) => {

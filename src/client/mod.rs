@@ -336,8 +336,17 @@ impl Client {
             Ok(connection) => {
                 backoff.succeeded();
                 inner.stats.connections.fetch_add(1, Ordering::Relaxed);
-                *inner.current.lock() = Some(connection.clone());
-                Ok(connection)
+                {
+                    let mut current = inner.current.lock();
+                    // `close()` may have run while this one was opened, and found no connection to close:
+                    // kept, it served calls after the close, and kept the close waiting for ever.
+                    if !inner.closed.is_cancelled() {
+                        *current = Some(connection.clone());
+                        return Ok(connection);
+                    }
+                }
+                close_connection(Some(connection), &inner.stats).await;
+                Err(ClientError::Closed)
             }
             Err(e) => {
                 backoff.failed();
@@ -416,7 +425,14 @@ impl Client {
                 }
             };
             let error = match sent {
-                Some(Ok(frames)) => return Ok(frames),
+                // A 503 was not executed, for want of what comes back (PROTOCOL.md, section 8): it is
+                // sent again as the other refusals are, while attempts are left; the last is answered.
+                Some(Ok(frames)) => match frames.unavailable() {
+                    Some(reason) if attempt < self.inner.config.retry.attempts => {
+                        ClientError::Unavailable { reason }
+                    }
+                    _ => return Ok(frames),
+                },
                 Some(Err(e)) => e,
                 // This attempt was sent and its answer did not come in time: the server may have
                 // executed it, whatever became of the attempts before.
@@ -668,17 +684,23 @@ impl Client {
     /// is sent without waiting (the endpoint falls idle only once all its clients have closed):
     /// [`ClientEndpoint::wait_idle`] waits for them all.
     pub async fn close(&self) {
+        // Before the connection is taken: a call that opens one from now on closes it itself.
         self.inner.closed.cancel();
         let current = self.inner.current.lock().take();
-        match current {
-            Some(Connection::Quic(quic)) => quic.close(&self.inner.stats).await,
-            Some(Connection::Tcp(tcp)) => tcp.close().await,
-            // Dropping the last clone of an HTTP/2 connection's sender closes it.
-            _ => {}
-        }
+        close_connection(current, &self.inner.stats).await;
         if let (Some(endpoint), false) = (&self.inner.endpoint, self.inner.endpoint_shared) {
             endpoint.wait_idle().await;
         }
+    }
+}
+
+/// Closes `connection`, waiting until the server has been told (QUIC, TCP); dropping the last clone of
+/// an HTTP/2 connection's sender closes it.
+async fn close_connection(connection: Option<Connection>, stats: &Stats) {
+    match connection {
+        Some(Connection::Quic(quic)) => quic.close(stats).await,
+        Some(Connection::Tcp(tcp)) => tcp.close().await,
+        _ => {}
     }
 }
 

@@ -169,7 +169,16 @@ impl QuicConnection {
             Some(Ok(frames)) => Some(Ok(frames)),
             None => match self.handshake_now() {
                 Handshake::Completed => None,
-                _ => Some(Err(self.no_handshake(self.request_timeout))),
+                _ => {
+                    // Still pending, the handshake could complete later and the server then run the
+                    // request held in early data: closed now, it never completes (unless it did
+                    // meanwhile, and then the request may have been executed).
+                    self.connection.close(codes::NO_ERROR, b"no handshake within the request timeout");
+                    match self.handshake_now() {
+                        Handshake::Completed => None,
+                        _ => Some(Err(self.no_handshake(self.request_timeout))),
+                    }
+                }
             },
             Some(Err(e)) => Some(Err(self.before_handshake(e).await)),
         }

@@ -504,10 +504,18 @@ impl Writer {
         shared.room.notify_waiters();
         // Close this side: the server answers what it has read and closes its side, and the reader sees
         // that through.
-        let _ = write.flush().await;
-        let _ = write.shutdown().await;
+        // Bounded: over TLS both write what rustls holds (the close_notify among it), and a server that
+        // reads nothing (stopped, its window shut) would keep them, and `close()`, waiting for ever.
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            let _ = write.flush().await;
+            let _ = write.shutdown().await;
+        })
+        .await;
     }
 }
+
+/// How long a connection's end waits for the server to take what is left to write.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 struct Reader {
     routed: mpsc::UnboundedReceiver<Route>,
