@@ -470,7 +470,8 @@ async fn a_client_closed_while_a_call_connects_ends_the_call_and_its_connection(
         }
     });
     // A long header's Initial packet (first byte 0b1100_xxxx): a new connection's first flight.
-    relay.wait_for_datagram(|datagram| datagram.first().is_some_and(|b| b & 0xf0 == 0xc0)).await;
+    let initial = relay.wait_for_datagram(|datagram| datagram.first().is_some_and(|b| b & 0xf0 == 0xc0));
+    tokio::time::timeout(Duration::from_secs(30), initial).await.expect("a new connection's Initial");
     let closing = tokio::spawn({
         let client = client.clone();
         async move { client.close().await }

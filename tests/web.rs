@@ -372,9 +372,11 @@ async fn a_write_is_answered_whatever_the_size_of_what_it_replaced(transport: Tr
     };
     set_big().await;
     let written = client.hmset("t", keys.map(|k| Kvpair::new(k, "x"))).await.unwrap();
+    assert_eq!(written.len(), keys.len());
     assert!(written.iter().all(|w| w.previous.as_ref() == Some(&value)), "1.5 MB of previous values");
     set_big().await;
     let deleted = client.hmdel("t", &keys).await.unwrap();
+    assert_eq!(deleted.len(), keys.len());
     assert!(deleted.iter().all(|d| d.previous.as_ref() == Some(&value) && d.version == 0));
 }
 

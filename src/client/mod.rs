@@ -411,6 +411,8 @@ impl Client {
         // later failure can make the call certainly not executed.
         let mut reached: Option<ClientError> = None;
         let mut last_error = None;
+        // The last attempt was answered 503: the next waits a moment for what the server lacked.
+        let mut refused_for_now = false;
         loop {
             // Until there is a connection nothing has been sent: running out of time then leaves the
             // request certainly not executed, unless an earlier attempt may have run it.
@@ -429,6 +431,7 @@ impl Client {
                 // sent again as the other refusals are, while attempts are left; the last is answered.
                 Some(Ok(frames)) => match frames.unavailable() {
                     Some(reason) if attempt < self.inner.config.retry.attempts => {
+                        refused_for_now = true;
                         ClientError::Unavailable { reason }
                     }
                     _ => return Ok(frames),
@@ -446,6 +449,15 @@ impl Client {
                 });
             }
             attempt += 1;
+            if std::mem::take(&mut refused_for_now) {
+                // Full jitter over a bound that doubles per attempt, as reconnections wait: three
+                // attempts at once would only triple the load on a server short of memory.
+                let policy = &self.inner.config.retry;
+                let bound =
+                    policy.initial_backoff.saturating_mul(1 << (attempt - 2).min(30)).min(policy.max_backoff);
+                let wait = bound.mul_f64(rand::random::<f64>());
+                tokio::time::sleep_until((Instant::now() + wait).min(deadline)).await;
+            }
             self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(error = %error, attempt, "sending the request again");
             match error.executed() {
@@ -459,13 +471,15 @@ impl Client {
     async fn send_until(
         &self,
         connection: Connection,
-        #[cfg_attr(not(feature = "web-client"), allow(unused_variables))] request: &CommandRequest,
+        request: &CommandRequest,
         frame: Bytes,
         max_frame_len: usize,
         deadline: Instant,
     ) -> Option<ClientResult<ResponseFrames>> {
         match connection {
-            Connection::Quic(quic) => quic.call(frame, max_frame_len, deadline).await,
+            Connection::Quic(quic) => {
+                quic.call(frame, max_frame_len, deadline, request.is_idempotent()).await
+            }
             Connection::Tcp(tcp) => first_frame_until(deadline, tcp.send(frame)).await,
             #[cfg(feature = "web-client")]
             Connection::Web(web) => {
@@ -540,8 +554,10 @@ impl Client {
     }
 
     /// Sends one request and returns its whole reply: the frames' values, pairs and versions
-    /// concatenated, with the status and message of the last frame. Any status is returned as is.
-    /// The request deadline covers the whole reply.
+    /// concatenated, with the status and message of the last frame. Any status is returned as is,
+    /// but a 503 (not executed) is first sent again within the retry policy's attempts, after a
+    /// jittered pause; the last attempt's answer is returned. The request deadline covers the whole
+    /// reply.
     pub async fn call(&self, request: &CommandRequest) -> ClientResult<CommandResponse> {
         let deadline = Instant::now() + self.inner.config.request_timeout;
         let mut frames = self.call_frames_until(request, deadline).await?;

@@ -164,16 +164,19 @@ impl QuicConnection {
         frame: Bytes,
         max_frame_len: usize,
         deadline: Instant,
+        idempotent: bool,
     ) -> Option<ClientResult<ResponseFrames>> {
         match self.answer(frame, max_frame_len, deadline).await {
             Some(Ok(frames)) => Some(Ok(frames)),
             None => match self.handshake_now() {
                 Handshake::Completed => None,
                 _ => {
-                    // Still pending, the handshake could complete later and the server then run the
-                    // request held in early data: closed now, it never completes (unless it did
-                    // meanwhile, and then the request may have been executed).
-                    self.connection.close(codes::NO_ERROR, b"no handshake within the request timeout");
+                    // Still pending, the handshake could complete later and the server then run a write
+                    // held in early data: closed now, it never completes (unless it did meanwhile, and
+                    // then the request may have been executed). A read's connection is left to finish.
+                    if !idempotent {
+                        self.connection.close(codes::NO_ERROR, b"no handshake within the request timeout");
+                    }
                     match self.handshake_now() {
                         Handshake::Completed => None,
                         _ => Some(Err(self.no_handshake(self.request_timeout))),

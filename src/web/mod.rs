@@ -667,7 +667,10 @@ async fn read_limited(
             if !charge.try_grow(capacity.saturating_sub(charge.bytes())) {
                 return Err(BodyError::NoMemory);
             }
-            kept.reserve(capacity - kept.len());
+            // Exactly that: reserving would let the allocator double past the limit, uncharged.
+            let mut grown = bytes::BytesMut::with_capacity(capacity);
+            grown.extend_from_slice(&kept);
+            kept = grown;
         }
         kept.extend_from_slice(&data);
     }

@@ -449,7 +449,13 @@ impl WaitingLinks {
         // write is sent once more on a new one. A write call is applied once however often it is sent
         // (`scripts`): if the first did run, the second answers that it was repeated (uncertain).
         if reused && result.as_ref().is_err_and(|e| e.is_io_error() || e.is_connection_dropped()) {
-            link = connect().await?;
+            // The first may have run before its link failed: no new link is then uncertain, not
+            // "nothing was run" (a client sends a 503 again, and the write would run twice).
+            link = connect().await.map_err(|e| {
+                StorageError::Uncertain(format!(
+                    "{e} (after a link failed under the write, which may have run)"
+                ))
+            })?;
             result = link.write_and_wait(cmd, script, self.wait).await;
         }
         if result.as_ref().err().is_none_or(keeps_link) {
