@@ -582,26 +582,36 @@ async fn a_subscriber_that_closes_its_sending_side_reads_on(transport: Transport
     assert_eq!(quiet.service.broker().total_subscriptions(), 0);
 }
 
-/// A 503 that refuses one request (a backend unavailable) is that request's answer alone: the qkv
-/// client goes on with the connection, and the calls after it are answered. Only a 503 the server
-/// closes the connection after means the later requests were not executed.
-#[tokio::test]
-async fn a_503_followed_by_more_answers_refuses_its_request_alone() {
+/// A fake TCP server that answers its client's first request 503 (a backend unavailable) and its
+/// second with `pong`, then waits for the client to close; and a TCP client config for it, whose
+/// retries `attempts` allows. The task says whether the client closed.
+async fn answering_503_then(
+    pong: &'static [u8],
+    attempts: u32,
+) -> (ClientConfig, tokio::task::JoinHandle<bool>) {
     let server = TestServer::start_for(Transport::Tcp).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let mut config = ClientConfig::new(listener.local_addr().unwrap().to_string(), server.ca());
+    (config.transport, config.retry.attempts) = (Transport::Tcp, attempts);
     let fake = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
         let mut connection = Framed::new(stream, FrameCodec::<CommandRequest>::new(1 << 20));
-        let pong = CommandResponse { values: vec![Value::from(b"b".to_vec())], ..CommandResponse::ok() };
+        let pong = CommandResponse { values: vec![Value::from(pong.to_vec())], ..CommandResponse::ok() };
         for answer in [CommandResponse::error(status::UNAVAILABLE, "the backend is unavailable"), pong] {
             connection.next().await.expect("a request").expect("a frame");
             connection.send(answer).await.unwrap();
         }
         connection.next().await.is_none() // the client closes
     });
-    let mut config = ClientConfig::new(addr.to_string(), server.ca());
-    (config.transport, config.retry.attempts) = (Transport::Tcp, 1);
+    (config, fake)
+}
+
+/// A 503 that refuses one request (a backend unavailable) is that request's answer alone: the qkv
+/// client goes on with the connection, and the calls after it are answered. Only a 503 the server
+/// closes the connection after means the later requests were not executed.
+#[tokio::test]
+async fn a_503_followed_by_more_answers_refuses_its_request_alone() {
+    let (config, fake) = answering_503_then(b"b", 1).await;
     let client = Client::connect_with(config).await.unwrap();
     let (refused, served) = tokio::join!(client.ping(b"a".to_vec()), async {
         tokio::task::yield_now().await;
@@ -617,21 +627,7 @@ async fn a_503_followed_by_more_answers_refuses_its_request_alone() {
 /// not executed): the call is answered by the retry. It was returned to the caller at once.
 #[tokio::test]
 async fn a_503_is_sent_again() {
-    let server = TestServer::start_for(Transport::Tcp).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let fake = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let mut connection = Framed::new(stream, FrameCodec::<CommandRequest>::new(1 << 20));
-        let pong = CommandResponse { values: vec![Value::from(b"a".to_vec())], ..CommandResponse::ok() };
-        for answer in [CommandResponse::error(status::UNAVAILABLE, "the backend is unavailable"), pong] {
-            connection.next().await.expect("a request").expect("a frame");
-            connection.send(answer).await.unwrap();
-        }
-        connection.next().await.is_none() // the client closes
-    });
-    let mut config = ClientConfig::new(addr.to_string(), server.ca());
-    config.transport = Transport::Tcp;
+    let (config, fake) = answering_503_then(b"a", 3).await;
     let client = Client::connect_with(config).await.unwrap();
     assert_eq!(client.ping(b"a".to_vec()).await.unwrap(), &b"a"[..]);
     assert_eq!(client.stats().retries, 1);
