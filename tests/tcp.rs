@@ -584,11 +584,12 @@ async fn a_subscriber_that_closes_its_sending_side_reads_on(transport: Transport
 
 /// A fake TCP server that answers its client's first request 503 (a backend unavailable) and its
 /// second with `pong`, then waits for the client to close; and a TCP client config for it, whose
-/// retries `attempts` allows. The task says whether the client closed.
+/// retries `attempts` allows, trusting the CA of the test server returned with it (kept alive for its
+/// certificate files). The task says whether the client closed.
 async fn answering_503_then(
     pong: &'static [u8],
     attempts: u32,
-) -> (ClientConfig, tokio::task::JoinHandle<bool>) {
+) -> (TestServer, ClientConfig, tokio::task::JoinHandle<bool>) {
     let server = TestServer::start_for(Transport::Tcp).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut config = ClientConfig::new(listener.local_addr().unwrap().to_string(), server.ca());
@@ -603,7 +604,7 @@ async fn answering_503_then(
         }
         connection.next().await.is_none() // the client closes
     });
-    (config, fake)
+    (server, config, fake)
 }
 
 /// A 503 that refuses one request (a backend unavailable) is that request's answer alone: the qkv
@@ -611,7 +612,7 @@ async fn answering_503_then(
 /// closes the connection after means the later requests were not executed.
 #[tokio::test]
 async fn a_503_followed_by_more_answers_refuses_its_request_alone() {
-    let (config, fake) = answering_503_then(b"b", 1).await;
+    let (_server, config, fake) = answering_503_then(b"b", 1).await;
     let client = Client::connect_with(config).await.unwrap();
     let (refused, served) = tokio::join!(client.ping(b"a".to_vec()), async {
         tokio::task::yield_now().await;
@@ -627,7 +628,7 @@ async fn a_503_followed_by_more_answers_refuses_its_request_alone() {
 /// not executed): the call is answered by the retry. It was returned to the caller at once.
 #[tokio::test]
 async fn a_503_is_sent_again() {
-    let (config, fake) = answering_503_then(b"a", 3).await;
+    let (_server, config, fake) = answering_503_then(b"a", 3).await;
     let client = Client::connect_with(config).await.unwrap();
     assert_eq!(client.ping(b"a".to_vec()).await.unwrap(), &b"a"[..]);
     assert_eq!(client.stats().retries, 1);
