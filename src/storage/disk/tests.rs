@@ -175,6 +175,18 @@ async fn write_history(store: &DiskStore, writes: usize) -> Vec<Model> {
     states
 }
 
+/// A store's directory after `writes` records of [`write_history`], closed: the states they made, and
+/// the last log segment's path and bytes.
+async fn closed_history(writes: usize) -> (tempfile::TempDir, Vec<Model>, std::path::PathBuf, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
+    let states = write_history(&store, writes).await;
+    close(store).await;
+    let (_, path) = files::list(dir.path()).unwrap().segments.pop_last().unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    (dir, states, path, bytes)
+}
+
 /// Where each record of a log segment ends.
 fn record_ends(segment: &[u8]) -> Vec<u64> {
     let mut reader =
@@ -197,12 +209,7 @@ fn record_ends(segment: &[u8]) -> Vec<u64> {
 ///   keeping the bytes it cuts, and the store opens with every write before it.
 #[tokio::test]
 async fn a_torn_or_damaged_tail_loses_no_write_before_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
-    let states = write_history(&store, 40).await;
-    close(store).await;
-    let (_, segment_path) = files::list(dir.path()).unwrap().segments.pop_last().unwrap();
-    let segment = std::fs::read(&segment_path).unwrap();
+    let (_dir, states, segment_path, segment) = closed_history(40).await;
     let ends = record_ends(&segment);
     assert_eq!(ends.len(), 40);
     let last_records_start = ends[ends.len() - 4];
@@ -326,12 +333,7 @@ async fn a_relaxed_store_snapshots_without_waiting_for_its_flush_interval() {
 /// found no whole record after the damage and did nothing, and the store went on refusing to open.
 #[tokio::test]
 async fn repair_cuts_the_damage_the_store_refuses_whatever_the_header_says() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
-    let states = write_history(&store, 10).await;
-    close(store).await;
-    let (_, path) = files::list(dir.path()).unwrap().segments.pop_last().unwrap();
-    let mut segment = std::fs::read(&path).unwrap();
+    let (dir, states, path, mut segment) = closed_history(10).await;
     let ends = record_ends(&segment);
     let header = format::Header::read(&mut &segment[..], format::LOG_MAGIC).unwrap().unwrap();
     let ahead = format::Header { last_version: header.last_version + 1_000_000_000, ..header };
@@ -739,12 +741,7 @@ async fn a_crash_while_a_segment_is_created_leaves_no_gap() {
 /// format). The store refuses to open, and the records stay on disk.
 #[tokio::test]
 async fn the_last_segment_is_cut_only_where_a_write_was_torn() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
-    write_history(&store, 10).await;
-    close(store).await;
-    let (_, path) = files::list(dir.path()).unwrap().segments.pop_last().unwrap();
-    let original = std::fs::read(&path).unwrap();
+    let (dir, _, path, original) = closed_history(10).await;
     let mut bad_header = original.clone();
     bad_header[3] ^= 1;
     // A record of kind 9 with a valid checksum, then a whole set record after it.
@@ -875,12 +872,7 @@ async fn a_deferred_answer_tells_its_final_status_when_it_is_settled() {
 /// whole records after it: the store opens, cutting the log there and keeping what it cut beside it.
 #[tokio::test]
 async fn a_relaxed_log_damaged_before_whole_records_is_cut_keeping_what_it_cuts() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
-    let states = write_history(&store, 10).await;
-    close(store).await;
-    let (_, path) = files::list(dir.path()).unwrap().segments.pop_last().unwrap();
-    let mut bytes = std::fs::read(&path).unwrap();
+    let (dir, states, path, mut bytes) = closed_history(10).await;
     let ends = record_ends(&bytes);
     // The first byte of the fifth record's body.
     bytes[ends[3] as usize + 8] ^= 0x5a;
