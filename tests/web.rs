@@ -657,6 +657,85 @@ async fn idle_web_connections_are_closed() {
     }
 }
 
+/// An answer its client does not read is charged to the connection memory budget while it waits, and
+/// abandoned once it has waited the reply timeout: the budget gets it back and the connection is
+/// closed. (Before, a 12 MiB value's answer was handed to hyper whole and held uncharged for as long
+/// as the client liked.)
+#[tokio::test]
+async fn an_unread_answer_is_charged_until_it_is_abandoned_after_the_reply_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_for_with(Transport::Http, |config| {
+        config.web_plaintext = true;
+        config.limits.reply_timeout = Duration::from_millis(500);
+        config.limits.max_frame_len = 16 << 20;
+        config.service.items.max_value_len = 13 << 20;
+    })
+    .await;
+    let web = server.web.expect("a web listener");
+    let value = vec![7u8; 12 << 20];
+    let mut writer = tokio::net::TcpStream::connect(web).await.unwrap();
+    let head = format!(
+        "PUT /v1/tables/t/keys/big HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/octet-stream\r\n\
+         content-length: {}\r\n\r\n",
+        value.len()
+    );
+    writer.write_all(head.as_bytes()).await.unwrap();
+    writer.write_all(&value).await.unwrap();
+    let stored = http_1_1_answer(&mut writer).await;
+    assert!(stored.starts_with("HTTP/1.1 2"), "the value is stored: {stored}");
+
+    // A client that reads slowly (a small receive buffer), and has been answered once on its
+    // connection, so that the connection's own share is charged before the budget is looked at.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut reader = socket.connect(web).await.unwrap();
+    reader.write_all(b"GET /v1/tables/t/keys/missing HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
+    assert!(http_1_1_answer(&mut reader).await.starts_with("HTTP/1.1 404"));
+    let before = server.memory.used();
+    reader.write_all(b"GET /v1/tables/t/keys/big HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
+
+    // Not read, the answer waits: what the sockets do not hold is charged.
+    let until = |what: &'static str, done: Box<dyn Fn(usize) -> bool>| {
+        let memory = server.memory.clone();
+        async move {
+            let waited = tokio::time::timeout(Duration::from_secs(20), async {
+                while !done(memory.used()) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+            assert!(waited.await.is_ok(), "{what}: {} bytes charged, {before} before", memory.used());
+        }
+    };
+    until("charged while unread", Box::new(move |used| used >= before + (4 << 20))).await;
+    until("given back once abandoned", Box::new(move |used| used < before)).await;
+    let mut received = 0;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(n @ 1..) = reader.read(&mut buffer).await {
+            received += n;
+        }
+    });
+    assert!(ended.await.is_ok(), "the connection of an abandoned answer is closed");
+    assert!(received < value.len(), "the answer was abandoned, not sent: {received} bytes");
+}
+
+/// One HTTP/1.1 answer read from `stream` (its head, and a body of its content-length), as text.
+async fn http_1_1_answer(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.expect("an answer"));
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let length = head
+        .lines()
+        .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:")?.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.expect("the answer's body");
+    head + &String::from_utf8_lossy(&body)
+}
+
 fn path(p: &Path) -> String {
     p.to_str().expect("a UTF-8 path").to_owned()
 }

@@ -11,12 +11,13 @@
 //! everything else to REST. Connections are admitted with the other transports' (one connection limit,
 //! one memory budget); each request body is read whole, within its limit and `--request-timeout`,
 //! charged to the memory budget as it arrives and held against it while its request runs; an idle
-//! connection is closed, a listing its client stops reading abandoned. docs/HTTP.md is the API's
-//! specification.
+//! connection is closed, an answer or a listing its client stops reading abandoned (answers are paced,
+//! charged while they wait: paced.rs). docs/HTTP.md is the API's specification.
 
 pub mod browser;
 pub mod grpc;
 pub mod openapi;
+mod paced;
 mod problem;
 pub mod rest;
 
@@ -44,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::{debug, info};
 
+use paced::{Paced, Pacing};
 pub use problem::Problem;
 
 use crate::memory::{Charge, MemoryBudget};
@@ -270,6 +272,14 @@ impl<H: Handler> Connection<H> {
         let requests = activity.clone();
         // WebSocket sessions outlive their request (and, upgraded from HTTP/1.1, the connection's HTTP).
         let sessions = tokio_util::task::TaskTracker::new();
+        // Cancelled when an HTTP/1.1 answer is abandoned: the connection is closed.
+        let abandoned = CancellationToken::new();
+        let pacing = Pacing {
+            memory: memory.clone(),
+            piece: stream_send_buffer(&limits),
+            stall: limits.reply_timeout,
+            close: None,
+        };
         let scope = browser::ConnectionScope {
             sessions: sessions.clone(),
             shutdown: shutdown.clone(),
@@ -277,6 +287,7 @@ impl<H: Handler> Connection<H> {
             memory,
             limits: limits.clone(),
         };
+        let close_on_abandon = abandoned.clone();
         let service =
             hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(request_caller.clone());
@@ -288,9 +299,16 @@ impl<H: Handler> Connection<H> {
                 };
                 // Open from here until its answer's body is dropped (sent, or the stream reset).
                 let open = requests.open();
+                let mut pacing = pacing.clone();
+                if request.version() < axum::http::Version::HTTP_2 {
+                    pacing.close = Some(close_on_abandon.clone());
+                }
                 async move {
                     let response = door.oneshot(request.map(Body::new)).await;
-                    response.map(|response| response.map(|body| Body::new(Tracked { body, _open: open })))
+                    response.map(|response| {
+                        response
+                            .map(|body| Body::new(Tracked { body: Paced::new(body, pacing), _open: open }))
+                    })
                 }
             });
         let executor = ClientExecutor(log_throttle::client(), tracing::Span::current());
@@ -324,6 +342,11 @@ impl<H: Handler> Connection<H> {
             _ = shutting_down => {
                 connection.as_mut().graceful_shutdown();
                 Some(connection.await)
+            }
+            // Its client left an HTTP/1.1 answer unread for the reply timeout: nothing more can be sent.
+            _ = abandoned.cancelled() => {
+                debug!(timeout = ?limits.reply_timeout, "closing a web connection whose client stopped reading its answer");
+                None
             }
             // Nothing asked for a while (not even a first request): the connection is closed, as QUIC's
             // idle timeout would. A connection with a request open (a subscription) is not idle.
@@ -399,10 +422,11 @@ impl Drop for OpenRequest {
 }
 
 pin_project_lite::pin_project! {
-    /// An answer's body that keeps its request open (for the idle timer) until it is dropped.
+    /// An answer's body, paced ([`Paced`]), that keeps its request open (for the idle timer) until it
+    /// is dropped.
     struct Tracked {
         #[pin]
-        body: Body,
+        body: Paced,
         _open: OpenRequest,
     }
 }
