@@ -674,15 +674,7 @@ async fn an_unread_answer_is_charged_until_it_is_abandoned_after_the_reply_timeo
     let web = server.web.expect("a web listener");
     let value = vec![7u8; 12 << 20];
     let mut writer = tokio::net::TcpStream::connect(web).await.unwrap();
-    let head = format!(
-        "PUT /v1/tables/t/keys/big HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/octet-stream\r\n\
-         content-length: {}\r\n\r\n",
-        value.len()
-    );
-    writer.write_all(head.as_bytes()).await.unwrap();
-    writer.write_all(&value).await.unwrap();
-    let stored = http_1_1_answer(&mut writer).await;
-    assert!(stored.starts_with("HTTP/1.1 2"), "the value is stored: {stored}");
+    put_over_http_1_1(&mut writer, "/v1/tables/t/keys/big", &value).await;
 
     // A client that reads slowly (a small receive buffer), and has been answered once on its
     // connection, so that the connection's own share is charged before the budget is looked at.
@@ -717,6 +709,70 @@ async fn an_unread_answer_is_charged_until_it_is_abandoned_after_the_reply_timeo
     });
     assert!(ended.await.is_ok(), "the connection of an abandoned answer is closed");
     assert!(received < value.len(), "the answer was abandoned, not sent: {received} bytes");
+}
+
+/// Over HTTP/2 an answer whose client grants no window is abandoned after the reply timeout too: its
+/// charge is given back, and the stream no longer counts as a request open, so the connection, with
+/// nothing else open, is closed after the idle timeout (the client answers every keep-alive PING, and
+/// hyper would wait on the stream for ever).
+#[tokio::test]
+async fn an_unread_http_2_answer_is_abandoned_and_its_connection_closed_when_idle() {
+    let server = TestServer::start_for_with(Transport::Http, |config| {
+        config.web_plaintext = true;
+        config.limits.reply_timeout = Duration::from_millis(500);
+        config.limits.idle_timeout = Duration::from_secs(1);
+        config.limits.request_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let web = server.web.expect("a web listener");
+    let value = vec![7u8; 3 << 20];
+    let mut writer = tokio::net::TcpStream::connect(web).await.unwrap();
+    put_over_http_1_1(&mut writer, "/v1/tables/t/keys/big", &value).await;
+
+    let socket = tokio::net::TcpStream::connect(web).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(1024)
+        .handshake::<_, bytes::Bytes>(socket)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let before = server.memory.used();
+    let request = axum::http::Request::get(format!("http://{web}/v1/tables/t/keys/big")).body(()).unwrap();
+    let (answer, _) = client.send_request(request, true).unwrap();
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status(), 200);
+
+    let memory = server.memory.clone();
+    let charged = tokio::time::timeout(Duration::from_secs(20), async {
+        while memory.used() < before + (2 << 20) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    assert!(charged.await.is_ok(), "charged while unread: {} bytes, {before} before", memory.used());
+    let given_back = tokio::time::timeout(Duration::from_secs(20), async {
+        while memory.used() > before {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    assert!(given_back.await.is_ok(), "given back once abandoned: {} bytes, {before} before", memory.used());
+    let closed = tokio::time::timeout(Duration::from_secs(20), connection).await;
+    assert!(closed.is_ok(), "the connection of an abandoned stream is closed once idle");
+    drop(answer);
+}
+
+/// Stores `value` at `path` (REST) over the HTTP/1.1 connection `stream`.
+async fn put_over_http_1_1(stream: &mut tokio::net::TcpStream, path: &str, value: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/octet-stream\r\n\
+         content-length: {}\r\n\r\n",
+        value.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(value).await.unwrap();
+    let stored = http_1_1_answer(stream).await;
+    assert!(stored.starts_with("HTTP/1.1 2"), "the value is stored: {stored}");
 }
 
 /// One HTTP/1.1 answer read from `stream` (its head, and a body of its content-length), as text.

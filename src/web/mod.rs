@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::{debug, info};
 
-use paced::{Paced, Pacing};
+use paced::{Http1, Paced, Pacing};
 pub use problem::Problem;
 
 use crate::memory::{Charge, MemoryBudget};
@@ -242,10 +242,10 @@ impl<H: Handler> Connection<H> {
         let bytes = Arc::new(ByteCounts::default());
         let stream = Counted::new(stream, Transport::Http, bytes.clone());
         match &self.security {
-            WebSecurity::Plaintext => self.http(stream, Caller::default()).await,
+            WebSecurity::Plaintext => self.http(stream, Caller::default(), bytes.clone()).await,
             WebSecurity::Tls(acceptor) => {
                 match tls_handshake(acceptor, stream, &self.limits, Transport::Http).await {
-                    Some((tls, caller)) => self.http(tls, caller).await,
+                    Some((tls, caller)) => self.http(tls, caller, bytes.clone()).await,
                     None => return,
                 }
             }
@@ -262,7 +262,7 @@ impl<H: Handler> Connection<H> {
 
     /// Serves HTTP/1.1 or HTTP/2 (whichever the client speaks) on `io` until the client closes it or
     /// the server shuts down; then ends what the connection's requests own (their subscriptions).
-    async fn http<I>(self, io: I, caller: Caller)
+    async fn http<I>(self, io: I, caller: Caller, bytes: Arc<ByteCounts>)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -276,10 +276,12 @@ impl<H: Handler> Connection<H> {
         let abandoned = CancellationToken::new();
         let pacing = Pacing {
             memory: memory.clone(),
-            piece: stream_send_buffer(&limits),
+            piece: answer_piece(&limits),
             stall: limits.reply_timeout,
-            close: None,
+            min_progress: limits.reply_min_progress,
+            http1: None,
         };
+        let http1 = Http1 { bytes, close: abandoned.clone() };
         let scope = browser::ConnectionScope {
             sessions: sessions.clone(),
             shutdown: shutdown.clone(),
@@ -287,7 +289,6 @@ impl<H: Handler> Connection<H> {
             memory,
             limits: limits.clone(),
         };
-        let close_on_abandon = abandoned.clone();
         let service =
             hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(request_caller.clone());
@@ -301,14 +302,11 @@ impl<H: Handler> Connection<H> {
                 let open = requests.open();
                 let mut pacing = pacing.clone();
                 if request.version() < axum::http::Version::HTTP_2 {
-                    pacing.close = Some(close_on_abandon.clone());
+                    pacing.http1 = Some(http1.clone());
                 }
                 async move {
                     let response = door.oneshot(request.map(Body::new)).await;
-                    response.map(|response| {
-                        response
-                            .map(|body| Body::new(Tracked { body: Paced::new(body, pacing), _open: open }))
-                    })
+                    response.map(|response| response.map(|body| Body::new(Paced::new(body, pacing, open))))
                 }
             });
         let executor = ClientExecutor(log_throttle::client(), tracing::Span::current());
@@ -381,6 +379,13 @@ fn stream_send_buffer(limits: &Limits) -> usize {
     (limits.send_window / streams).max(8 * 1024).min(u32::MAX as usize)
 }
 
+/// The most of an answer handed to hyper at once (paced.rs): a third of what a stream may queue, as
+/// hyper and h2 hold up to three pieces of a stream; and no more than a client must read within the
+/// reply timeout.
+fn answer_piece(limits: &Limits) -> usize {
+    (stream_send_buffer(limits) / 3).min(limits.reply_min_progress).max(1024)
+}
+
 /// When a connection's requests were last all answered, and how many are open now: its idle timer.
 #[derive(Clone)]
 pub(crate) struct Activity(Arc<parking_lot::Mutex<(usize, tokio::time::Instant)>>);
@@ -418,36 +423,6 @@ impl Drop for OpenRequest {
         let mut state = (self.0).0.lock();
         state.0 = state.0.saturating_sub(1);
         state.1 = tokio::time::Instant::now();
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// An answer's body, paced ([`Paced`]), that keeps its request open (for the idle timer) until it
-    /// is dropped.
-    struct Tracked {
-        #[pin]
-        body: Paced,
-        _open: OpenRequest,
-    }
-}
-
-impl hyper::body::Body for Tracked {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
-        self.project().body.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
     }
 }
 

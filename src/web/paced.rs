@@ -2,14 +2,22 @@
 //!
 //! hyper hands a body's data frame to the connection whole: an answer of a 16 MiB value, or a gRPC
 //! `Execute`'s message, would sit in HTTP/2's send queue (or HTTP/1.1's) until the client's window let
-//! it out, uncharged, for as long as the client liked. [`Paced`] gives hyper a large frame one piece
-//! at a time (what a stream may queue for sending, `stream_send_buffer`): hyper asks for the next
-//! piece only once the last has left. What is still to be sent is charged to the connection memory
-//! budget meanwhile, and once a piece waits longer than `--reply-timeout` to be taken, the rest is
-//! dropped and the answer fails, as a long answer of any other transport is abandoned: HTTP/1.1's
-//! connection is closed, as TCP's is; an HTTP/2 stream is reset if its client ever reads on.
+//! it out, uncharged, for as long as the client liked. [`Paced`] gives hyper a large frame a piece at
+//! a time. hyper takes pieces while the stream's send queue has room (HTTP/2: under what a stream may
+//! queue, with one more piece waiting in hyper; HTTP/1.1: its write buffer), so pieces of a third of
+//! what a stream may queue keep what hyper and h2 hold within the share each stream is charged when
+//! its connection is admitted. What is still to be sent is charged to the connection memory budget
+//! meanwhile. A client that makes no progress for `--reply-timeout` has the rest dropped and the answer
+//! fails, as a long answer of any other transport is abandoned: progress is a piece taken, or on
+//! HTTP/1.1 (one answer at a time, whose progress is the connection's) `--reply-min-progress` bytes
+//! sent. Then HTTP/1.1's connection is closed, as TCP's is; an HTTP/2 stream is reset if its client
+//! ever reads on, and meanwhile no longer counts as a request open, so a connection with nothing else
+//! open is closed after the idle timeout. hyper does not poll a body while it waits for the client,
+//! so a body cannot fail itself on time: a watchdog task does it, one per frame larger than a piece,
+//! ending as soon as that frame has been handed on.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -19,9 +27,11 @@ use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
 use parking_lot::Mutex;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::OpenRequest;
 use crate::memory::{Charge, MemoryBudget};
+use crate::transport::tcp::ByteCounts;
 
 /// How a connection's answers are paced.
 #[derive(Clone)]
@@ -29,14 +39,22 @@ pub struct Pacing {
     pub memory: MemoryBudget,
     /// The most of an answer handed to hyper at once.
     pub piece: usize,
-    /// How long a piece may wait for the client (`--reply-timeout`).
+    /// How long an answer may wait for its client to make progress (`--reply-timeout`).
     pub stall: Duration,
-    /// Cancelled when an answer is abandoned, to close its connection: HTTP/1.1's, whose answers go
-    /// one after the other, so that nothing more can be sent on it. (hyper waits for the client before
-    /// it polls a body again, so the body's failure alone would never be seen; an HTTP/2 stream whose
-    /// client does not read holds one piece, within the connection's share, until the client resets
-    /// it or the connection ends.)
-    pub close: Option<CancellationToken>,
+    /// What progress is on HTTP/1.1: this many bytes sent (`--reply-min-progress`).
+    pub min_progress: usize,
+    /// HTTP/1.1's connection, for requests that came on one.
+    pub http1: Option<Http1>,
+}
+
+/// An HTTP/1.1 connection, as its answers' pacing sees it.
+#[derive(Clone)]
+pub struct Http1 {
+    /// The bytes it has sent.
+    pub bytes: Arc<ByteCounts>,
+    /// Cancelled when an answer is abandoned, to close the connection: its answers go one after
+    /// the other, so nothing more can be sent on it.
+    pub close: CancellationToken,
 }
 
 /// The rest of a data frame larger than a piece.
@@ -47,23 +65,28 @@ struct Held {
     charge: Option<Charge>,
     /// When the last piece was taken.
     taken: Instant,
-    /// The client took no piece for `stall`: `rest` was dropped.
+    /// The client made no progress for the reply timeout: `rest` was dropped.
     abandoned: bool,
+    /// Ends the watchdog when the frame has been handed on (or the answer dropped).
+    _handed_on: DropGuard,
 }
 
 pin_project_lite::pin_project! {
-    /// `body`, its data frames larger than a piece handed on a piece at a time ([`Pacing`]).
+    /// An answer's body, its data frames larger than a piece handed on a piece at a time
+    /// ([`Pacing`]), which keeps its request open (for the connection's idle timer) until it is
+    /// dropped or abandoned.
     pub struct Paced {
         #[pin]
         body: Body,
         pacing: Pacing,
         held: Option<Arc<Mutex<Held>>>,
+        open: Arc<Mutex<Option<OpenRequest>>>,
     }
 }
 
 impl Paced {
-    pub fn new(body: Body, pacing: Pacing) -> Self {
-        Paced { body, pacing, held: None }
+    pub fn new(body: Body, pacing: Pacing, open: OpenRequest) -> Self {
+        Paced { body, pacing, held: None, open: Arc::new(Mutex::new(Some(open))) }
     }
 }
 
@@ -122,8 +145,15 @@ impl hyper::body::Body for Paced {
         if charge.is_none() {
             crate::metrics::limit_hit(crate::metrics::Limit::ConnectionMemory);
         }
-        let held = Arc::new(Mutex::new(Held { rest: data, charge, taken: Instant::now(), abandoned: false }));
-        watch(Arc::downgrade(&held), this.pacing.stall, this.pacing.close.clone());
+        let handed_on = CancellationToken::new();
+        let held = Arc::new(Mutex::new(Held {
+            rest: data,
+            charge,
+            taken: Instant::now(),
+            abandoned: false,
+            _handed_on: handed_on.clone().drop_guard(),
+        }));
+        watch(Arc::downgrade(&held), handed_on, this.open.clone(), this.pacing.clone());
         *this.held = Some(held);
         Poll::Ready(Some(Ok(Frame::data(piece))))
     }
@@ -144,28 +174,50 @@ impl hyper::body::Body for Paced {
     }
 }
 
-/// Drops what `held` has left once its client has taken no piece for `stall` (and cancels `close`);
-/// ends when the answer is sent or dropped.
-fn watch(held: Weak<Mutex<Held>>, stall: Duration, close: Option<CancellationToken>) {
+/// Drops what `held` has left once its client has made no progress for the reply timeout, lets its
+/// request count as closed, and closes an HTTP/1.1 connection; ends as soon as `handed_on` is
+/// cancelled (the frame is sent, or the answer dropped).
+fn watch(
+    held: Weak<Mutex<Held>>,
+    handed_on: CancellationToken,
+    open: Arc<Mutex<Option<OpenRequest>>>,
+    pacing: Pacing,
+) {
+    let http1 = pacing.http1.clone();
+    let sent = move || http1.as_ref().map(|http1| http1.bytes.sent.load(Ordering::Relaxed));
     tokio::spawn(async move {
+        // Progress on HTTP/1.1 counted in bytes: when it was last seen, and the bytes sent then.
+        let mut progress = (Instant::now(), sent());
         loop {
-            let Some(due) = held.upgrade().map(|held| held.lock().taken + stall) else { return };
-            tokio::time::sleep_until(due).await;
+            let Some(taken) = held.upgrade().map(|held| held.lock().taken) else { return };
+            let due = taken.max(progress.0) + pacing.stall;
+            tokio::select! {
+                _ = handed_on.cancelled() => return,
+                _ = tokio::time::sleep_until(due) => {}
+            }
             let Some(held) = held.upgrade() else { return };
             let mut state = held.lock();
-            if state.rest.is_empty() {
-                return;
+            let now = Instant::now();
+            if now < state.taken.max(progress.0) + pacing.stall {
+                continue;
             }
-            if state.taken.elapsed() >= stall {
-                state.rest = Bytes::new();
-                state.charge = None;
-                state.abandoned = true;
-                crate::metrics::limit_hit(crate::metrics::Limit::ReplyTimeout);
-                if let Some(close) = close {
-                    close.cancel();
-                }
-                return;
+            let bytes = sent();
+            if let (Some(now_sent), Some(then)) = (bytes, progress.1)
+                && now_sent.saturating_sub(then) >= pacing.min_progress as u64
+            {
+                progress = (now, bytes);
+                continue;
             }
+            state.rest = Bytes::new();
+            state.charge = None;
+            state.abandoned = true;
+            drop(state);
+            crate::metrics::limit_hit(crate::metrics::Limit::ReplyTimeout);
+            drop(open.lock().take());
+            if let Some(http1) = &pacing.http1 {
+                http1.close.cancel();
+            }
+            return;
         }
     });
 }
