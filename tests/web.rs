@@ -673,8 +673,7 @@ async fn an_unread_answer_is_charged_until_it_is_abandoned_after_the_reply_timeo
     .await;
     let web = server.web.expect("a web listener");
     let value = vec![7u8; 12 << 20];
-    let mut writer = tokio::net::TcpStream::connect(web).await.unwrap();
-    put_over_http_1_1(&mut writer, "/v1/tables/t/keys/big", &value).await;
+    put_over_http_1_1(&server, "/v1/tables/t/keys/big", &value).await;
 
     // A client that reads slowly (a small receive buffer), and has been answered once on its
     // connection, so that the connection's own share is charged before the budget is looked at.
@@ -726,8 +725,7 @@ async fn an_unread_http_2_answer_is_abandoned_and_its_connection_closed_when_idl
     .await;
     let web = server.web.expect("a web listener");
     let value = vec![7u8; 3 << 20];
-    let mut writer = tokio::net::TcpStream::connect(web).await.unwrap();
-    put_over_http_1_1(&mut writer, "/v1/tables/t/keys/big", &value).await;
+    put_over_http_1_1(&server, "/v1/tables/t/keys/big", &value).await;
 
     let socket = tokio::net::TcpStream::connect(web).await.unwrap();
     let (client, connection) = h2::client::Builder::new()
@@ -761,9 +759,12 @@ async fn an_unread_http_2_answer_is_abandoned_and_its_connection_closed_when_idl
     drop(answer);
 }
 
-/// Stores `value` at `path` (REST) over the HTTP/1.1 connection `stream`.
-async fn put_over_http_1_1(stream: &mut tokio::net::TcpStream, path: &str, value: &[u8]) {
+/// Stores `value` at `path` (REST) over an HTTP/1.1 connection of its own, and returns once that
+/// connection is closed and its share of the memory budget given back (so that tests can look at the
+/// budget without it).
+async fn put_over_http_1_1(server: &TestServer, path: &str, value: &[u8]) {
     use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(server.web.expect("a web listener")).await.unwrap();
     let head = format!(
         "PUT {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/octet-stream\r\n\
          content-length: {}\r\n\r\n",
@@ -771,8 +772,16 @@ async fn put_over_http_1_1(stream: &mut tokio::net::TcpStream, path: &str, value
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(value).await.unwrap();
-    let stored = http_1_1_answer(stream).await;
+    let stored = http_1_1_answer(&mut stream).await;
     assert!(stored.starts_with("HTTP/1.1 2"), "the value is stored: {stored}");
+    let with_writer = server.memory.used();
+    drop(stream);
+    let gone = tokio::time::timeout(Duration::from_secs(20), async {
+        while server.memory.used() >= with_writer {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    assert!(gone.await.is_ok(), "a closed connection's share is given back");
 }
 
 /// One HTTP/1.1 answer read from `stream` (its head, and a body of its content-length), as text.

@@ -379,11 +379,11 @@ fn stream_send_buffer(limits: &Limits) -> usize {
     (limits.send_window / streams).max(8 * 1024).min(u32::MAX as usize)
 }
 
-/// The most of an answer handed to hyper at once (paced.rs): a third of what a stream may queue, as
-/// hyper and h2 hold up to three pieces of a stream; and no more than a client must read within the
-/// reply timeout.
+/// The most of an answer handed to hyper at once (paced.rs): a fifth of what a stream may queue, as
+/// h2 queues pieces while its queue is not full (up to four of them) and hyper holds one more while it
+/// waits; and no more than a client must read within the reply timeout.
 fn answer_piece(limits: &Limits) -> usize {
-    (stream_send_buffer(limits) / 3).min(limits.reply_min_progress).max(1024)
+    (stream_send_buffer(limits) / 5).min(limits.reply_min_progress).max(1024)
 }
 
 /// When a connection's requests were last all answered, and how many are open now: its idle timer.

@@ -2,19 +2,26 @@
 //!
 //! hyper hands a body's data frame to the connection whole: an answer of a 16 MiB value, or a gRPC
 //! `Execute`'s message, would sit in HTTP/2's send queue (or HTTP/1.1's) until the client's window let
-//! it out, uncharged, for as long as the client liked. [`Paced`] gives hyper a large frame a piece at
-//! a time. hyper takes pieces while the stream's send queue has room (HTTP/2: under what a stream may
-//! queue, with one more piece waiting in hyper; HTTP/1.1: its write buffer), so pieces of a third of
-//! what a stream may queue keep what hyper and h2 hold within the share each stream is charged when
-//! its connection is admitted. What is still to be sent is charged to the connection memory budget
-//! meanwhile. A client that makes no progress for `--reply-timeout` has the rest dropped and the answer
-//! fails, as a long answer of any other transport is abandoned: progress is a piece taken, or on
-//! HTTP/1.1 (one answer at a time, whose progress is the connection's) `--reply-min-progress` bytes
-//! sent. Then HTTP/1.1's connection is closed, as TCP's is; an HTTP/2 stream is reset if its client
-//! ever reads on, and meanwhile no longer counts as a request open, so a connection with nothing else
-//! open is closed after the idle timeout. hyper does not poll a body while it waits for the client,
-//! so a body cannot fail itself on time: a watchdog task does it, one per frame larger than a piece,
-//! ending as soon as that frame has been handed on.
+//! it out, uncharged, for as long as the client liked. [`Paced`] gives hyper a larger frame a piece at
+//! a time, each piece a copy (a slice would keep the whole frame's allocation alive for as long as
+//! hyper or h2 holds it). hyper takes pieces while the stream's send queue has room (HTTP/2: h2 takes
+//! one more while its queue is not full, and hyper holds one more while it waits; HTTP/1.1: its write
+//! buffer), so pieces of a fifth of what a stream may queue keep what they hold within the share each
+//! stream is charged when its connection is admitted. The frame is charged to the connection memory
+//! budget until its last piece is handed on, or it is abandoned.
+//!
+//! A client that makes too little progress for `--reply-timeout` (`--reply-min-progress` bytes: on
+//! HTTP/1.1, whose answers go one at a time, sent on the connection; on HTTP/2 handed on to the
+//! stream, which takes more only as its client reads) has the rest dropped and the answer fails, as a
+//! long answer of any other transport is abandoned. Then HTTP/1.1's connection is closed, as TCP's is;
+//! an HTTP/2 stream is reset if its client ever reads on. hyper does not poll a body while it waits
+//! for the client, so a body cannot fail itself on time: a watchdog task does it, one per frame larger
+//! than a piece, ending as soon as that frame has been handed on.
+//!
+//! A request counts as open (the connection's idle timer, `web::Activity`) until its answer's end has
+//! been handed on or the answer is abandoned, not until hyper drops the body: an HTTP/2 client that
+//! grants no window would otherwise keep its connection from ever being idle (it answers keep-alive
+//! PINGs), with whatever its streams hold.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -23,8 +30,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::body::Body;
-use bytes::Bytes;
-use hyper::body::{Frame, SizeHint};
+use bytes::{Buf, Bytes};
+use hyper::body::{Body as _, Frame, SizeHint};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -41,7 +48,7 @@ pub struct Pacing {
     pub piece: usize,
     /// How long an answer may wait for its client to make progress (`--reply-timeout`).
     pub stall: Duration,
-    /// What progress is on HTTP/1.1: this many bytes sent (`--reply-min-progress`).
+    /// What progress is: this many bytes (`--reply-min-progress`, at least 1).
     pub min_progress: usize,
     /// HTTP/1.1's connection, for requests that came on one.
     pub http1: Option<Http1>,
@@ -60,12 +67,12 @@ pub struct Http1 {
 /// The rest of a data frame larger than a piece.
 struct Held {
     rest: Bytes,
-    /// What `rest` is charged; `None` when the budget could not hold it (it is sent all the same: the
-    /// answer was made, a write's included, and its headers have gone).
-    charge: Option<Charge>,
-    /// When the last piece was taken.
-    taken: Instant,
-    /// The client made no progress for the reply timeout: `rest` was dropped.
+    /// The whole frame, whose allocation `rest` keeps; `None` when the budget could not hold it (it is
+    /// sent all the same: the answer was made, a write's included, and its headers have gone).
+    _charge: Option<Charge>,
+    /// The bytes handed on so far.
+    handed: u64,
+    /// The client made too little progress: `rest` was dropped.
     abandoned: bool,
     /// Ends the watchdog when the frame has been handed on (or the answer dropped).
     _handed_on: DropGuard,
@@ -73,8 +80,8 @@ struct Held {
 
 pin_project_lite::pin_project! {
     /// An answer's body, its data frames larger than a piece handed on a piece at a time
-    /// ([`Pacing`]), which keeps its request open (for the connection's idle timer) until it is
-    /// dropped or abandoned.
+    /// ([`Pacing`]), which keeps its request open (for the connection's idle timer) until its end is
+    /// handed on or it is abandoned.
     pub struct Paced {
         #[pin]
         body: Body,
@@ -107,55 +114,14 @@ impl hyper::body::Body for Paced {
     type Error = axum::Error;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = self.project();
-        if let Some(held) = this.held.take() {
-            let mut state = held.lock();
-            if state.abandoned {
-                return Poll::Ready(Some(Err(axum::Error::new(Abandoned(this.pacing.stall)))));
-            }
-            let size = state.rest.len().min(this.pacing.piece);
-            let piece = state.rest.split_to(size);
-            state.taken = Instant::now();
-            let left = state.rest.len();
-            if let Some(charge) = &mut state.charge {
-                charge.shrink_to(left);
-            }
-            drop(state);
-            if left > 0 {
-                *this.held = Some(held);
-            }
-            if !piece.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(piece))));
-            }
+        let polled = self.as_mut().poll_paced(cx);
+        if polled.is_ready() && self.is_end_stream() {
+            drop(self.open.lock().take());
         }
-        let frame = match ready!(this.body.poll_frame(cx)) {
-            Some(Ok(frame)) => frame,
-            other => return Poll::Ready(other),
-        };
-        let mut data = match frame.into_data() {
-            Ok(data) if data.len() > this.pacing.piece => data,
-            Ok(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-            Err(frame) => return Poll::Ready(Some(Ok(frame))),
-        };
-        let piece = data.split_to(this.pacing.piece);
-        let charge = this.pacing.memory.try_charge(data.len());
-        if charge.is_none() {
-            crate::metrics::limit_hit(crate::metrics::Limit::ConnectionMemory);
-        }
-        let handed_on = CancellationToken::new();
-        let held = Arc::new(Mutex::new(Held {
-            rest: data,
-            charge,
-            taken: Instant::now(),
-            abandoned: false,
-            _handed_on: handed_on.clone().drop_guard(),
-        }));
-        watch(Arc::downgrade(&held), handed_on, this.open.clone(), this.pacing.clone());
-        *this.held = Some(held);
-        Poll::Ready(Some(Ok(Frame::data(piece))))
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -174,42 +140,97 @@ impl hyper::body::Body for Paced {
     }
 }
 
-/// Drops what `held` has left once its client has made no progress for the reply timeout, lets its
-/// request count as closed, and closes an HTTP/1.1 connection; ends as soon as `handed_on` is
-/// cancelled (the frame is sent, or the answer dropped).
+impl Paced {
+    fn poll_paced(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.project();
+        if let Some(held) = this.held.take() {
+            let mut state = held.lock();
+            if state.abandoned {
+                return Poll::Ready(Some(Err(axum::Error::new(Abandoned(this.pacing.stall)))));
+            }
+            let piece = take_piece(&mut state.rest, this.pacing.piece);
+            state.handed += piece.len() as u64;
+            let left = state.rest.len();
+            drop(state);
+            // The last piece handed on: the frame's charge and allocation go with `held`.
+            if left > 0 {
+                *this.held = Some(held);
+            }
+            if !piece.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(piece))));
+            }
+        }
+        let frame = match ready!(this.body.poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            other => return Poll::Ready(other),
+        };
+        let mut rest = match frame.into_data() {
+            Ok(data) if data.len() > this.pacing.piece => data,
+            Ok(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+            Err(frame) => return Poll::Ready(Some(Ok(frame))),
+        };
+        let charge = this.pacing.memory.try_charge(rest.len());
+        if charge.is_none() {
+            crate::metrics::limit_hit(crate::metrics::Limit::ConnectionMemory);
+        }
+        let piece = take_piece(&mut rest, this.pacing.piece);
+        let handed_on = CancellationToken::new();
+        let held = Arc::new(Mutex::new(Held {
+            rest,
+            _charge: charge,
+            handed: piece.len() as u64,
+            abandoned: false,
+            _handed_on: handed_on.clone().drop_guard(),
+        }));
+        watch(Arc::downgrade(&held), handed_on, this.open.clone(), this.pacing.clone());
+        *this.held = Some(held);
+        Poll::Ready(Some(Ok(Frame::data(piece))))
+    }
+}
+
+/// A copy of the first `size` bytes of `rest` (at most), which it no longer holds.
+fn take_piece(rest: &mut Bytes, size: usize) -> Bytes {
+    let piece = Bytes::copy_from_slice(&rest[..rest.len().min(size)]);
+    rest.advance(piece.len());
+    piece
+}
+
+/// Drops what `held` has left once its client has made too little progress for the reply timeout,
+/// lets its request count as closed, and closes an HTTP/1.1 connection; ends as soon as `handed_on`
+/// is cancelled (the frame is handed on, or the answer dropped).
 fn watch(
     held: Weak<Mutex<Held>>,
     handed_on: CancellationToken,
     open: Arc<Mutex<Option<OpenRequest>>>,
     pacing: Pacing,
 ) {
+    // Progress in bytes: sent on an HTTP/1.1 connection, handed on to an HTTP/2 stream.
     let http1 = pacing.http1.clone();
-    let sent = move || http1.as_ref().map(|http1| http1.bytes.sent.load(Ordering::Relaxed));
+    let progress = move |held: &Held| match &http1 {
+        Some(http1) => http1.bytes.sent.load(Ordering::Relaxed),
+        None => held.handed,
+    };
+    let Some(mut mark) = held.upgrade().map(|state| (Instant::now(), progress(&state.lock()))) else {
+        return;
+    };
     tokio::spawn(async move {
-        // Progress on HTTP/1.1 counted in bytes: when it was last seen, and the bytes sent then.
-        let mut progress = (Instant::now(), sent());
         loop {
-            let Some(taken) = held.upgrade().map(|held| held.lock().taken) else { return };
-            let due = taken.max(progress.0) + pacing.stall;
             tokio::select! {
                 _ = handed_on.cancelled() => return,
-                _ = tokio::time::sleep_until(due) => {}
+                _ = tokio::time::sleep_until(mark.0 + pacing.stall) => {}
             }
             let Some(held) = held.upgrade() else { return };
             let mut state = held.lock();
-            let now = Instant::now();
-            if now < state.taken.max(progress.0) + pacing.stall {
-                continue;
-            }
-            let bytes = sent();
-            if let (Some(now_sent), Some(then)) = (bytes, progress.1)
-                && now_sent.saturating_sub(then) >= pacing.min_progress as u64
-            {
-                progress = (now, bytes);
+            let now = progress(&state);
+            if now.saturating_sub(mark.1) >= pacing.min_progress.max(1) as u64 {
+                mark = (Instant::now(), now);
                 continue;
             }
             state.rest = Bytes::new();
-            state.charge = None;
+            state._charge = None;
             state.abandoned = true;
             drop(state);
             crate::metrics::limit_hit(crate::metrics::Limit::ReplyTimeout);
@@ -220,4 +241,115 @@ fn watch(
             return;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::web::Activity;
+
+    const MIN_PROGRESS: usize = 16 * 1024;
+    const STALL: Duration = Duration::from_secs(30);
+    const PIECE: usize = 1024;
+
+    /// A 1 MiB answer paced in pieces of 1 KiB, its first piece taken; the budget it is charged to,
+    /// the connection's count of requests open, and the answer's frame.
+    async fn answer(http1: Option<Http1>) -> (Paced, MemoryBudget, Activity, Bytes) {
+        let memory = MemoryBudget::new(1 << 30);
+        let pacing =
+            Pacing { memory: memory.clone(), piece: PIECE, stall: STALL, min_progress: MIN_PROGRESS, http1 };
+        let activity = Activity::new();
+        let frame = Bytes::from(vec![1u8; 1 << 20]);
+        let mut body = Paced::new(Body::from(frame.clone()), pacing, activity.open());
+        assert_eq!(piece(&mut body).await, Some(PIECE));
+        assert_eq!(memory.used(), 1 << 20, "the frame is charged while its pieces wait");
+        (body, memory, activity, frame)
+    }
+
+    /// The length of the next piece, if the next frame is data.
+    async fn piece(body: &mut Paced) -> Option<usize> {
+        body.frame().await.and_then(|frame| frame.ok()?.into_data().ok()).map(|piece| piece.len())
+    }
+
+    fn open_requests(activity: &Activity) -> usize {
+        activity.0.lock().0
+    }
+
+    /// On HTTP/1.1 hyper takes no piece while it flushes its write buffer: a client that reads the
+    /// minimum progress in every reply timeout keeps its answer all the same, one that stops has it
+    /// abandoned: the rest dropped and given back, the connection closed, the request no longer open.
+    #[tokio::test(start_paused = true)]
+    async fn an_http_1_1_answer_lasts_while_its_client_reads_the_minimum_progress() {
+        let bytes = Arc::new(ByteCounts::default());
+        let close = CancellationToken::new();
+        let http1 = Http1 { bytes: bytes.clone(), close: close.clone() };
+        let (mut body, memory, activity, _) = answer(Some(http1)).await;
+        for _ in 0..10 {
+            tokio::time::sleep(STALL * 2 / 3).await;
+            bytes.sent.fetch_add(MIN_PROGRESS as u64, Ordering::Relaxed);
+        }
+        assert!(!close.is_cancelled(), "a client reading the minimum progress is not cut");
+        assert_eq!(open_requests(&activity), 1);
+        tokio::time::sleep(STALL * 2).await;
+        assert!(close.is_cancelled(), "a client that stopped reading is cut");
+        assert_eq!(memory.used(), 0, "what was left is given back");
+        assert_eq!(open_requests(&activity), 0, "the request no longer counts as open");
+        assert!(body.frame().await.is_some_and(|frame| frame.is_err()), "the answer fails");
+    }
+
+    /// Over HTTP/2 progress is what the stream takes (h2 takes the next piece once its queue has
+    /// room, as the client reads): the minimum progress in every reply timeout keeps the answer, a
+    /// trickle (a piece at a time) has it abandoned, and the watchdog closes nothing (the
+    /// connection's other streams go on).
+    #[tokio::test(start_paused = true)]
+    async fn an_http_2_answer_lasts_while_its_stream_takes_the_minimum_progress() {
+        let (mut body, memory, activity, _) = answer(None).await;
+        for _ in 0..5 {
+            tokio::time::sleep(STALL * 2 / 3).await;
+            for _ in 0..MIN_PROGRESS / PIECE {
+                assert_eq!(piece(&mut body).await, Some(PIECE));
+            }
+        }
+        assert_eq!(open_requests(&activity), 1, "the minimum progress keeps the answer");
+        let mut trickled = 0;
+        while piece(&mut body).await == Some(PIECE) {
+            trickled += 1;
+            assert!(trickled < 10, "a trickle is abandoned");
+            tokio::time::sleep(STALL * 2 / 3).await;
+        }
+        assert_eq!(memory.used(), 0, "abandoned, what was left is given back");
+        assert_eq!(open_requests(&activity), 0);
+    }
+
+    /// The pieces are copies: once the answer is abandoned, the pieces hyper and h2 may still hold
+    /// do not keep the whole frame's allocation (which the budget no longer counts) alive.
+    #[tokio::test(start_paused = true)]
+    async fn pieces_held_after_an_answer_is_abandoned_keep_nothing_else_alive() {
+        let (mut body, _, _, frame) = answer(None).await;
+        let held = body.frame().await;
+        tokio::time::sleep(STALL * 2).await;
+        assert!(body.frame().await.is_some_and(|frame| frame.is_err()), "abandoned");
+        assert!(frame.is_unique(), "the frame is freed but for the test's own reference");
+        drop(held);
+    }
+
+    /// An answer of small frames counts as closed once its end is handed on, though hyper still
+    /// holds it (waiting for a client that grants no window).
+    #[tokio::test]
+    async fn a_small_answer_counts_as_closed_once_its_end_is_handed_on() {
+        let activity = Activity::new();
+        let pacing = Pacing {
+            memory: MemoryBudget::new(1 << 20),
+            piece: PIECE,
+            stall: STALL,
+            min_progress: MIN_PROGRESS,
+            http1: None,
+        };
+        let mut body = Paced::new(Body::from("not found"), pacing, activity.open());
+        assert_eq!(open_requests(&activity), 1);
+        assert_eq!(piece(&mut body).await, Some(9));
+        assert_eq!(open_requests(&activity), 0);
+    }
 }
