@@ -323,7 +323,7 @@ impl<H: Handler> Connection<H> {
             .max_concurrent_streams(limits.max_concurrent_requests)
             .initial_connection_window_size(h2_window(limits.connection_receive_window))
             .initial_stream_window_size(h2_window(limits.connection_receive_window))
-            .max_send_buf_size(stream_send_buffer(&limits))
+            .max_send_buf_size(h2_send_queue(&limits))
             .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
             // WebSocket over HTTP/2 (RFC 8441's extended CONNECT).
             .enable_connect_protocol()
@@ -379,11 +379,18 @@ fn stream_send_buffer(limits: &Limits) -> usize {
     (limits.send_window / streams).max(8 * 1024).min(u32::MAX as usize)
 }
 
-/// The most of an answer handed to hyper at once (paced.rs): a fifth of what a stream may queue, as
-/// h2 queues pieces while its queue is not full (up to four of them) and hyper holds one more while it
-/// waits; and no more than a client must read within the reply timeout.
+/// The most of an answer handed to hyper at once (paced.rs): a fifth of what a stream may queue, and
+/// no more than a client must read within the reply timeout.
 fn answer_piece(limits: &Limits) -> usize {
     (stream_send_buffer(limits) / 5).min(limits.reply_min_progress).max(1024)
+}
+
+/// h2's limit on a stream's send queue: what a stream may queue less two pieces, as h2 takes a piece
+/// while its queue is under the limit (so up to a piece beyond it) and hyper holds one more while it
+/// waits for room: a stream holds at most what it may queue, its share of the connection's.
+fn h2_send_queue(limits: &Limits) -> usize {
+    let piece = answer_piece(limits);
+    stream_send_buffer(limits).saturating_sub(2 * piece).max(piece)
 }
 
 /// When a connection's requests were last all answered, and how many are open now: its idle timer.

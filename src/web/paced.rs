@@ -83,8 +83,9 @@ pin_project_lite::pin_project! {
     /// ([`Pacing`]), which keeps its request open (for the connection's idle timer) until its end is
     /// handed on or it is abandoned.
     pub struct Paced {
-        #[pin]
-        body: Body,
+        // Shared with the watchdog, which drops it when the answer is abandoned: what the answer
+        // has yet to produce (a long answer's frames, charged, or a listing's next page) goes too.
+        body: Arc<Mutex<Body>>,
         pacing: Pacing,
         held: Option<Arc<Mutex<Held>>>,
         open: Arc<Mutex<Option<OpenRequest>>>,
@@ -93,7 +94,7 @@ pin_project_lite::pin_project! {
 
 impl Paced {
     pub fn new(body: Body, pacing: Pacing, open: OpenRequest) -> Self {
-        Paced { body, pacing, held: None, open: Arc::new(Mutex::new(Some(open))) }
+        Paced { body: Arc::new(Mutex::new(body)), pacing, held: None, open: Arc::new(Mutex::new(Some(open))) }
     }
 }
 
@@ -125,12 +126,12 @@ impl hyper::body::Body for Paced {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.held.is_none() && self.body.is_end_stream()
+        self.held.is_none() && self.body.lock().is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
         let held = self.held.as_ref().map_or(0, |held| held.lock().rest.len() as u64);
-        let inner = self.body.size_hint();
+        let inner = self.body.lock().size_hint();
         let mut hint = SizeHint::new();
         hint.set_lower(inner.lower().saturating_add(held));
         if let Some(upper) = inner.upper() {
@@ -163,7 +164,7 @@ impl Paced {
                 return Poll::Ready(Some(Ok(Frame::data(piece))));
             }
         }
-        let frame = match ready!(this.body.poll_frame(cx)) {
+        let frame = match ready!(Pin::new(&mut *this.body.lock()).poll_frame(cx)) {
             Some(Ok(frame)) => frame,
             other => return Poll::Ready(other),
         };
@@ -185,7 +186,8 @@ impl Paced {
             abandoned: false,
             _handed_on: handed_on.clone().drop_guard(),
         }));
-        watch(Arc::downgrade(&held), handed_on, this.open.clone(), this.pacing.clone());
+        let answer = Answer { body: Arc::downgrade(this.body), open: this.open.clone() };
+        watch(Arc::downgrade(&held), handed_on, answer, this.pacing.clone());
         *this.held = Some(held);
         Poll::Ready(Some(Ok(Frame::data(piece))))
     }
@@ -198,17 +200,24 @@ fn take_piece(rest: &mut Bytes, size: usize) -> Bytes {
     piece
 }
 
-/// Drops what `held` has left once its client has made too little progress for the reply timeout,
-/// lets its request count as closed, and closes an HTTP/1.1 connection; ends as soon as `handed_on`
-/// is cancelled (the frame is handed on, or the answer dropped).
-fn watch(
-    held: Weak<Mutex<Held>>,
-    handed_on: CancellationToken,
+/// What the watchdog of an answer's frame drops when it abandons the answer.
+struct Answer {
+    /// The body, which the watchdog must not keep alive.
+    body: Weak<Mutex<Body>>,
     open: Arc<Mutex<Option<OpenRequest>>>,
-    pacing: Pacing,
-) {
-    // Progress in bytes: sent on an HTTP/1.1 connection, handed on to an HTTP/2 stream.
+}
+
+/// Drops what `held` has left once its client has made too little progress for the reply timeout, and
+/// the rest of its answer; lets its request count as closed, and closes an HTTP/1.1 connection. Ends
+/// as soon as `handed_on` is cancelled (the frame is handed on, or the answer dropped).
+fn watch(held: Weak<Mutex<Held>>, handed_on: CancellationToken, answer: Answer, pacing: Pacing) {
+    // Progress in bytes: sent on an HTTP/1.1 connection, handed on to an HTTP/2 stream (a piece at a
+    // time: a client reading exactly the minimum may fall a piece short of it in a window).
     let http1 = pacing.http1.clone();
+    let needed = match &http1 {
+        Some(_) => pacing.min_progress.max(1),
+        None => pacing.min_progress.saturating_sub(pacing.piece).max(1),
+    } as u64;
     let progress = move |held: &Held| match &http1 {
         Some(http1) => http1.bytes.sent.load(Ordering::Relaxed),
         None => held.handed,
@@ -225,16 +234,24 @@ fn watch(
             let Some(held) = held.upgrade() else { return };
             let mut state = held.lock();
             let now = progress(&state);
-            if now.saturating_sub(mark.1) >= pacing.min_progress.max(1) as u64 {
+            if now.saturating_sub(mark.1) >= needed {
                 mark = (Instant::now(), now);
                 continue;
+            }
+            // Handed on in full meanwhile: nothing to abandon.
+            if state.rest.is_empty() {
+                return;
             }
             state.rest = Bytes::new();
             state._charge = None;
             state.abandoned = true;
             drop(state);
             crate::metrics::limit_hit(crate::metrics::Limit::ReplyTimeout);
-            drop(open.lock().take());
+            if let Some(body) = answer.body.upgrade() {
+                let rest_of_answer = std::mem::replace(&mut *body.lock(), Body::empty());
+                drop(rest_of_answer);
+            }
+            drop(answer.open.lock().take());
             if let Some(http1) = &pacing.http1 {
                 http1.close.cancel();
             }
@@ -333,6 +350,46 @@ mod tests {
         assert!(body.frame().await.is_some_and(|frame| frame.is_err()), "abandoned");
         assert!(frame.is_unique(), "the frame is freed but for the test's own reference");
         drop(held);
+    }
+
+    /// `--reply-min-progress 0` does not turn the rule off: a client that reads nothing is cut.
+    #[tokio::test(start_paused = true)]
+    async fn a_minimum_progress_of_nothing_still_cuts_a_client_that_reads_nothing() {
+        let close = CancellationToken::new();
+        let http1 = Http1 { bytes: Arc::new(ByteCounts::default()), close: close.clone() };
+        let pacing = Pacing {
+            memory: MemoryBudget::new(1 << 30),
+            piece: PIECE,
+            stall: STALL,
+            min_progress: 0,
+            http1: Some(http1),
+        };
+        let mut body = Paced::new(Body::from(vec![1u8; 1 << 20]), pacing, Activity::new().open());
+        assert_eq!(piece(&mut body).await, Some(PIECE));
+        tokio::time::sleep(STALL * 2).await;
+        assert!(close.is_cancelled());
+    }
+
+    /// Abandoning an answer drops what it has yet to produce too (a long answer's next frames, a
+    /// listing's next page), not only the frame it was sending.
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_answer_drops_its_next_frames() {
+        let next = Bytes::from(vec![2u8; 1 << 20]);
+        let frames = vec![Ok::<_, std::io::Error>(Bytes::from(vec![1u8; 1 << 20])), Ok(next.clone())];
+        let pacing = Pacing {
+            memory: MemoryBudget::new(1 << 30),
+            piece: PIECE,
+            stall: STALL,
+            min_progress: MIN_PROGRESS,
+            http1: None,
+        };
+        let mut body =
+            Paced::new(Body::from_stream(futures_util::stream::iter(frames)), pacing, Activity::new().open());
+        assert_eq!(piece(&mut body).await, Some(PIECE));
+        assert!(!next.is_unique(), "the answer holds its next frame");
+        tokio::time::sleep(STALL * 2).await;
+        assert!(next.is_unique(), "abandoned, it holds it no more");
+        assert!(body.frame().await.is_some_and(|frame| frame.is_err()));
     }
 
     /// An answer of small frames counts as closed once its end is handed on, though hyper still
