@@ -271,12 +271,16 @@ mod tests {
     const STALL: Duration = Duration::from_secs(30);
     const PIECE: usize = 1024;
 
+    /// Pieces of 1 KiB, charged to a budget of 1 GiB, within a reply timeout of 30 s.
+    fn pacing(min_progress: usize, http1: Option<Http1>) -> Pacing {
+        Pacing { memory: MemoryBudget::new(1 << 30), piece: PIECE, stall: STALL, min_progress, http1 }
+    }
+
     /// A 1 MiB answer paced in pieces of 1 KiB, its first piece taken; the budget it is charged to,
     /// the connection's count of requests open, and the answer's frame.
     async fn answer(http1: Option<Http1>) -> (Paced, MemoryBudget, Activity, Bytes) {
-        let memory = MemoryBudget::new(1 << 30);
-        let pacing =
-            Pacing { memory: memory.clone(), piece: PIECE, stall: STALL, min_progress: MIN_PROGRESS, http1 };
+        let pacing = pacing(MIN_PROGRESS, http1);
+        let memory = pacing.memory.clone();
         let activity = Activity::new();
         let frame = Bytes::from(vec![1u8; 1 << 20]);
         let mut body = Paced::new(Body::from(frame.clone()), pacing, activity.open());
@@ -357,14 +361,8 @@ mod tests {
     async fn a_minimum_progress_of_nothing_still_cuts_a_client_that_reads_nothing() {
         let close = CancellationToken::new();
         let http1 = Http1 { bytes: Arc::new(ByteCounts::default()), close: close.clone() };
-        let pacing = Pacing {
-            memory: MemoryBudget::new(1 << 30),
-            piece: PIECE,
-            stall: STALL,
-            min_progress: 0,
-            http1: Some(http1),
-        };
-        let mut body = Paced::new(Body::from(vec![1u8; 1 << 20]), pacing, Activity::new().open());
+        let mut body =
+            Paced::new(Body::from(vec![1u8; 1 << 20]), pacing(0, Some(http1)), Activity::new().open());
         assert_eq!(piece(&mut body).await, Some(PIECE));
         tokio::time::sleep(STALL * 2).await;
         assert!(close.is_cancelled());
@@ -376,15 +374,8 @@ mod tests {
     async fn an_abandoned_answer_drops_its_next_frames() {
         let next = Bytes::from(vec![2u8; 1 << 20]);
         let frames = vec![Ok::<_, std::io::Error>(Bytes::from(vec![1u8; 1 << 20])), Ok(next.clone())];
-        let pacing = Pacing {
-            memory: MemoryBudget::new(1 << 30),
-            piece: PIECE,
-            stall: STALL,
-            min_progress: MIN_PROGRESS,
-            http1: None,
-        };
-        let mut body =
-            Paced::new(Body::from_stream(futures_util::stream::iter(frames)), pacing, Activity::new().open());
+        let body = Body::from_stream(futures_util::stream::iter(frames));
+        let mut body = Paced::new(body, pacing(MIN_PROGRESS, None), Activity::new().open());
         assert_eq!(piece(&mut body).await, Some(PIECE));
         assert!(!next.is_unique(), "the answer holds its next frame");
         tokio::time::sleep(STALL * 2).await;
@@ -397,14 +388,7 @@ mod tests {
     #[tokio::test]
     async fn a_small_answer_counts_as_closed_once_its_end_is_handed_on() {
         let activity = Activity::new();
-        let pacing = Pacing {
-            memory: MemoryBudget::new(1 << 20),
-            piece: PIECE,
-            stall: STALL,
-            min_progress: MIN_PROGRESS,
-            http1: None,
-        };
-        let mut body = Paced::new(Body::from("not found"), pacing, activity.open());
+        let mut body = Paced::new(Body::from("not found"), pacing(MIN_PROGRESS, None), activity.open());
         assert_eq!(open_requests(&activity), 1);
         assert_eq!(piece(&mut body).await, Some(9));
         assert_eq!(open_requests(&activity), 0);
