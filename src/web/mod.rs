@@ -298,7 +298,7 @@ impl<H: Handler> Connection<H> {
                     true => doors.grpc.clone(),
                     false => doors.rest.clone(),
                 };
-                // Open from here until its answer's body is dropped (sent, or the stream reset).
+                // Open from here until its answer's end is handed on (or it is abandoned, or dropped).
                 let open = requests.open();
                 let mut pacing = pacing.clone();
                 if request.version() < axum::http::Version::HTTP_2 {
