@@ -686,19 +686,8 @@ async fn an_unread_answer_is_charged_until_it_is_abandoned_after_the_reply_timeo
     reader.write_all(b"GET /v1/tables/t/keys/big HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
 
     // Not read, the answer waits: what the sockets do not hold is charged.
-    let until = |what: &'static str, done: Box<dyn Fn(usize) -> bool>| {
-        let memory = server.memory.clone();
-        async move {
-            let waited = tokio::time::timeout(Duration::from_secs(20), async {
-                while !done(memory.used()) {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            });
-            assert!(waited.await.is_ok(), "{what}: {} bytes charged, {before} before", memory.used());
-        }
-    };
-    until("charged while unread", Box::new(move |used| used >= before + (4 << 20))).await;
-    until("given back once abandoned", Box::new(move |used| used < before)).await;
+    budget_until(&server, "charged while unread", |used| used >= before + (4 << 20)).await;
+    budget_until(&server, "given back once abandoned", |used| used < before).await;
     let mut received = 0;
     let mut buffer = vec![0u8; 64 * 1024];
     let ended = tokio::time::timeout(Duration::from_secs(20), async {
@@ -741,19 +730,8 @@ async fn an_unread_http_2_answer_is_abandoned_and_its_connection_closed_when_idl
     let answer = answer.await.unwrap();
     assert_eq!(answer.status(), 200);
 
-    let memory = server.memory.clone();
-    let charged = tokio::time::timeout(Duration::from_secs(20), async {
-        while memory.used() < before + (2 << 20) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
-    assert!(charged.await.is_ok(), "charged while unread: {} bytes, {before} before", memory.used());
-    let given_back = tokio::time::timeout(Duration::from_secs(20), async {
-        while memory.used() > before {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
-    assert!(given_back.await.is_ok(), "given back once abandoned: {} bytes, {before} before", memory.used());
+    budget_until(&server, "charged while unread", |used| used >= before + (2 << 20)).await;
+    budget_until(&server, "given back once abandoned", |used| used <= before).await;
     let closed = tokio::time::timeout(Duration::from_secs(20), connection).await;
     assert!(closed.is_ok(), "the connection of an abandoned stream is closed once idle");
     drop(answer);
@@ -776,12 +754,17 @@ async fn put_over_http_1_1(server: &TestServer, path: &str, value: &[u8]) {
     assert!(stored.starts_with("HTTP/1.1 2"), "the value is stored: {stored}");
     let with_writer = server.memory.used();
     drop(stream);
-    let gone = tokio::time::timeout(Duration::from_secs(20), async {
-        while server.memory.used() >= with_writer {
+    budget_until(server, "a closed connection's share given back", |used| used < with_writer).await;
+}
+
+/// Waits (up to 20 s) until the bytes charged to `server`'s memory budget satisfy `done`.
+async fn budget_until(server: &TestServer, what: &str, done: impl Fn(usize) -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(20), async {
+        while !done(server.memory.used()) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    assert!(gone.await.is_ok(), "a closed connection's share is given back");
+    assert!(waited.await.is_ok(), "{what}: {} bytes charged", server.memory.used());
 }
 
 /// One HTTP/1.1 answer read from `stream` (its head, and a body of its content-length), as text.

@@ -78,18 +78,16 @@ struct Held {
     _handed_on: DropGuard,
 }
 
-pin_project_lite::pin_project! {
-    /// An answer's body, its data frames larger than a piece handed on a piece at a time
-    /// ([`Pacing`]), which keeps its request open (for the connection's idle timer) until its end is
-    /// handed on or it is abandoned.
-    pub struct Paced {
-        // Shared with the watchdog, which drops it when the answer is abandoned: what the answer
-        // has yet to produce (a long answer's frames, charged, or a listing's next page) goes too.
-        body: Arc<Mutex<Body>>,
-        pacing: Pacing,
-        held: Option<Arc<Mutex<Held>>>,
-        open: Arc<Mutex<Option<OpenRequest>>>,
-    }
+/// An answer's body, its data frames larger than a piece handed on a piece at a time ([`Pacing`]),
+/// which keeps its request open (for the connection's idle timer) until its end is handed on or it is
+/// abandoned.
+pub struct Paced {
+    /// Shared with the watchdog, which drops it when the answer is abandoned: what the answer has yet
+    /// to produce (a long answer's frames, charged, or a listing's next page) goes too.
+    body: Arc<Mutex<Body>>,
+    pacing: Pacing,
+    held: Option<Arc<Mutex<Held>>>,
+    open: Arc<Mutex<Option<OpenRequest>>>,
 }
 
 impl Paced {
@@ -115,12 +113,14 @@ impl hyper::body::Body for Paced {
     type Error = axum::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = self.as_mut().poll_paced(cx);
-        if polled.is_ready() && self.is_end_stream() {
-            drop(self.open.lock().take());
+        // Unpin: nothing in it is pinned.
+        let this = self.get_mut();
+        let polled = this.poll_paced(cx);
+        if polled.is_ready() && this.is_end_stream() {
+            drop(this.open.lock().take());
         }
         polled
     }
@@ -142,42 +142,38 @@ impl hyper::body::Body for Paced {
 }
 
 impl Paced {
-    fn poll_paced(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = self.project();
-        if let Some(held) = this.held.take() {
+    fn poll_paced(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        if let Some(held) = self.held.take() {
             let mut state = held.lock();
             if state.abandoned {
-                return Poll::Ready(Some(Err(axum::Error::new(Abandoned(this.pacing.stall)))));
+                return Poll::Ready(Some(Err(axum::Error::new(Abandoned(self.pacing.stall)))));
             }
-            let piece = take_piece(&mut state.rest, this.pacing.piece);
+            let piece = take_piece(&mut state.rest, self.pacing.piece);
             state.handed += piece.len() as u64;
             let left = state.rest.len();
             drop(state);
             // The last piece handed on: the frame's charge and allocation go with `held`.
             if left > 0 {
-                *this.held = Some(held);
+                self.held = Some(held);
             }
             if !piece.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(piece))));
             }
         }
-        let frame = match ready!(Pin::new(&mut *this.body.lock()).poll_frame(cx)) {
+        let frame = match ready!(Pin::new(&mut *self.body.lock()).poll_frame(cx)) {
             Some(Ok(frame)) => frame,
             other => return Poll::Ready(other),
         };
         let mut rest = match frame.into_data() {
-            Ok(data) if data.len() > this.pacing.piece => data,
+            Ok(data) if data.len() > self.pacing.piece => data,
             Ok(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
             Err(frame) => return Poll::Ready(Some(Ok(frame))),
         };
-        let charge = this.pacing.memory.try_charge(rest.len());
+        let charge = self.pacing.memory.try_charge(rest.len());
         if charge.is_none() {
             crate::metrics::limit_hit(crate::metrics::Limit::ConnectionMemory);
         }
-        let piece = take_piece(&mut rest, this.pacing.piece);
+        let piece = take_piece(&mut rest, self.pacing.piece);
         let handed_on = CancellationToken::new();
         let held = Arc::new(Mutex::new(Held {
             rest,
@@ -186,9 +182,9 @@ impl Paced {
             abandoned: false,
             _handed_on: handed_on.clone().drop_guard(),
         }));
-        let answer = Answer { body: Arc::downgrade(this.body), open: this.open.clone() };
-        watch(Arc::downgrade(&held), handed_on, answer, this.pacing.clone());
-        *this.held = Some(held);
+        let answer = Answer { body: Arc::downgrade(&self.body), open: self.open.clone() };
+        watch(Arc::downgrade(&held), handed_on, answer, self.pacing.clone());
+        self.held = Some(held);
         Poll::Ready(Some(Ok(Frame::data(piece))))
     }
 }
