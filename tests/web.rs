@@ -737,6 +737,100 @@ async fn an_unread_http_2_answer_is_abandoned_and_its_connection_closed_when_idl
     drop(answer);
 }
 
+/// An HTTP/2 client that grants no window, answering every keep-alive PING, cannot hold its connection
+/// open with answers it does not read: an answer waiting for its client (a value, a listing, a gRPC
+/// call: none of them ever asked for its first frame here) does not count as a request open, so the
+/// connection is closed after the idle timeout, once it has sent nothing for the reply timeout.
+#[tokio::test]
+async fn a_client_that_grants_no_window_cannot_hold_its_http_2_connection() {
+    let server = TestServer::start_for_with(Transport::Http, |config| {
+        config.web_plaintext = true;
+        config.limits.reply_timeout = Duration::from_millis(500);
+        config.limits.idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    for key in ["a", "b", "c"] {
+        put_over_http_1_1(&server, &format!("/v1/tables/t/keys/{key}"), b"value").await;
+    }
+    let web = server.web.expect("a web listener");
+    let hget = prost::Message::encode_to_vec(&CommandRequest::hget("t", "a"));
+    let grpc = [&[0u8][..], &(hget.len() as u32).to_be_bytes(), &hget].concat();
+    let get = |path: &str| axum::http::Request::get(format!("http://{web}{path}"));
+    let calls = [
+        ("a value", get("/v1/tables/t/keys/a"), bytes::Bytes::new()),
+        ("a listing", get("/v1/tables/t"), bytes::Bytes::new()),
+        (
+            "a gRPC call",
+            axum::http::Request::post(format!("http://{web}/qkv.v1.Kv/Execute"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers"),
+            bytes::Bytes::from(grpc),
+        ),
+    ];
+    let unread = calls.into_iter().map(|(what, request, body)| async move {
+        let socket = tokio::net::TcpStream::connect(web).await.unwrap();
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(socket)
+            .await
+            .unwrap();
+        let connection = tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let (answer, mut sending) = client.send_request(request.body(()).unwrap(), false).unwrap();
+        sending.send_data(body, true).unwrap();
+        let answer = answer.await.unwrap();
+        assert_eq!(answer.status(), 200, "{what}");
+        let closed = tokio::time::timeout(Duration::from_secs(20), connection).await;
+        assert!(closed.is_ok(), "{what}: the connection is closed though its client answers PINGs");
+        drop(answer);
+    });
+    futures_util::future::join_all(unread).await;
+}
+
+/// A client that pauses (well within the reply timeout) while it reads a long answer gets all of it,
+/// though its connection is found idle meanwhile (an answer waiting for its client to read on does
+/// not count as a request open): what a connection found idle holds is sent as long as its client
+/// reads the minimum progress within the reply timeout. The listing, about 8 MB of JSON, is more than
+/// the socket buffers hold, so that the server holds the rest when it finds the connection idle.
+#[tokio::test]
+async fn a_client_that_pauses_in_a_long_answer_gets_all_of_it_though_its_connection_is_found_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_for_with(Transport::Http, |config| {
+        config.web_plaintext = true;
+        config.limits.idle_timeout = Duration::from_millis(250);
+        config.limits.request_timeout = Duration::from_millis(250);
+        config.limits.reply_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let web = server.web.expect("a web listener");
+    let keys = ["k0", "k1", "k2", "k3", "k4", "k5"];
+    for key in keys {
+        put_over_http_1_1(&server, &format!("/v1/tables/t/keys/{key}"), &[7u8; 1 << 20]).await;
+    }
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(web).await.unwrap();
+    stream.write_all(b"GET /v1/tables/t HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut piece = vec![0u8; 64 * 1024];
+        while !received.ends_with(b"\r\n0\r\n\r\n") {
+            match stream.read(&mut piece).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&piece[..n]),
+            }
+        }
+    });
+    assert!(read.await.is_ok(), "the listing ends, or its connection");
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.ends_with("\r\n0\r\n\r\n"), "the listing arrives to its end: {} bytes", received.len());
+    for key in keys {
+        assert!(text.contains(&format!("\"{key}\"")), "{key} is listed");
+    }
+}
+
 /// Stores `value` at `path` (REST) over an HTTP/1.1 connection of its own, and returns once that
 /// connection is closed and its share of the memory budget given back (so that tests can look at the
 /// budget without it).

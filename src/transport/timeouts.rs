@@ -2,7 +2,8 @@
 //! wait, so the common case (data already there, room to write) registers no timer at all.
 //!
 //! - [`StallTimeout`]: a writer that fails when its peer stops reading, or reads only a trickle (less
-//!   than [`DEFAULT_MIN_PROGRESS`] bytes, or what is set, within `timeout` of having to wait).
+//!   than [`DEFAULT_MIN_PROGRESS`] bytes, or what is set, within `timeout` of having to wait). Wrapped
+//!   around a whole connection (the web listener's), it reads as the connection does.
 //! - [`deadline`]: a future that fails if it is still waiting `timeout` after it first had to wait.
 
 use std::future::Future;
@@ -11,7 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// `future`, failing with `Elapsed` if it is still pending `timeout` after its first `Pending`.
@@ -125,6 +126,19 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for StallTimeout<W> {
         self.progress(result, |&n| n, cx)
     }
 
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progress(result, |&n| n, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let result = Pin::new(&mut self.inner).poll_flush(cx);
         self.progress(result, |_| 0, cx)
@@ -133,6 +147,17 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for StallTimeout<W> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let result = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.progress(result, |_| 0, cx)
+    }
+}
+
+/// Reads are the connection's own: only writes wait for the peer to read.
+impl<W: AsyncRead + Unpin> AsyncRead for StallTimeout<W> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 

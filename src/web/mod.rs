@@ -24,7 +24,7 @@ pub mod rest;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::{debug, info};
 
-use paced::{Http1, Paced, Pacing};
+use paced::{Paced, Pacing};
 pub use problem::Problem;
 
 use crate::memory::{Charge, MemoryBudget};
@@ -56,6 +56,7 @@ use crate::transport::admission::{Admission, Admitted};
 use crate::transport::log_throttle::{self, HeldBack, LogThrottle};
 use crate::transport::origin::Origins;
 use crate::transport::tcp::{Accepting, ByteCounts, Counted, accept_loop, tls_handshake, tune};
+use crate::transport::timeouts::StallTimeout;
 use crate::transport::woken::PolledWhenWoken;
 use crate::transport::{Limits, Transport};
 
@@ -272,16 +273,13 @@ impl<H: Handler> Connection<H> {
         let requests = activity.clone();
         // WebSocket sessions outlive their request (and, upgraded from HTTP/1.1, the connection's HTTP).
         let sessions = tokio_util::task::TaskTracker::new();
-        // Cancelled when an HTTP/1.1 answer is abandoned: the connection is closed.
-        let abandoned = CancellationToken::new();
         let pacing = Pacing {
             memory: memory.clone(),
             piece: answer_piece(&limits),
             stall: limits.reply_timeout,
             min_progress: limits.reply_min_progress,
-            http1: None,
+            watch: false,
         };
-        let http1 = Http1 { bytes, close: abandoned.clone() };
         let scope = browser::ConnectionScope {
             sessions: sessions.clone(),
             shutdown: shutdown.clone(),
@@ -298,12 +296,14 @@ impl<H: Handler> Connection<H> {
                     true => doors.grpc.clone(),
                     false => doors.rest.clone(),
                 };
-                // Open from here until its answer's end is handed on (or it is abandoned, or dropped).
+                // Open from here until its answer's end is handed on (or it is abandoned, or dropped),
+                // but for while its answer waits for the client to read on (paced.rs).
                 let open = requests.open();
-                let mut pacing = pacing.clone();
-                if request.version() < axum::http::Version::HTTP_2 {
-                    pacing.http1 = Some(http1.clone());
-                }
+                // HTTP/2's streams share a connection that goes on while one of them waits for its
+                // client; HTTP/1.1's answers go one after the other, on a connection whose writes
+                // time out if its client stops reading (below).
+                let pacing =
+                    Pacing { watch: request.version() >= axum::http::Version::HTTP_2, ..pacing.clone() };
                 async move {
                     let response = door.oneshot(request.map(Body::new)).await;
                     response.map(|response| response.map(|body| Body::new(Paced::new(body, pacing, open))))
@@ -329,6 +329,9 @@ impl<H: Handler> Connection<H> {
             .enable_connect_protocol()
             .keep_alive_interval(Some(limits.idle_timeout / 3))
             .keep_alive_timeout(limits.idle_timeout / 3);
+        // A client that reads less than the minimum progress in the reply timeout while an answer
+        // waits for it, on either HTTP version, has its connection closed, as TCP's is.
+        let io = StallTimeout::new(io, limits.reply_timeout, limits.reply_min_progress);
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(connection);
         // Polled whenever the connection is: only once it has something to say. Biased: the
@@ -341,21 +344,24 @@ impl<H: Handler> Connection<H> {
                 connection.as_mut().graceful_shutdown();
                 Some(connection.await)
             }
-            // Its client left an HTTP/1.1 answer unread for the reply timeout: nothing more can be sent.
-            _ = abandoned.cancelled() => {
-                debug!(timeout = ?limits.reply_timeout, "closing a web connection whose client stopped reading its answer");
-                None
-            }
-            // Nothing asked for a while (not even a first request): the connection is closed, as QUIC's
-            // idle timeout would. A connection with a request open (a subscription) is not idle.
+            // Nothing asked for a while (not even a first request), or only answers waiting for their
+            // client to read: the connection is closed, as QUIC's idle timeout would. A connection with
+            // a request open (a subscription) is not idle. What it has left to send goes first, as
+            // long as its client reads it.
             _ = activity.idle_for(limits.idle_timeout) => {
                 debug!(timeout = ?limits.idle_timeout, "closing an idle web connection");
                 connection.as_mut().graceful_shutdown();
-                tokio::time::timeout(limits.request_timeout, connection).await.ok()
+                let sent = &bytes.sent;
+                while_sending(connection, sent, limits.reply_timeout, limits.reply_min_progress).await
             }
         };
-        if let Some(Err(e)) = served {
-            debug!(error = %e, "the HTTP connection ended with an error");
+        match served {
+            Some(Err(e)) if stalled(&*e) => {
+                crate::metrics::limit_hit(crate::metrics::Limit::ReplyTimeout);
+                debug!(error = %e, "closed a web connection whose client stopped reading");
+            }
+            Some(Err(e)) => debug!(error = %e, "the HTTP connection ended with an error"),
+            _ => {}
         }
         // The connection's place is held until its WebSocket sessions have ended too (they end at
         // shutdown like any connection).
@@ -363,6 +369,45 @@ impl<H: Handler> Connection<H> {
         sessions.wait().await;
         handler.connection_closing(&caller);
     }
+}
+
+/// `connection`'s end, or `None` once it sends fewer than `min_progress` bytes (at least one) in a
+/// `timeout`: an HTTP/2 stream that waits for a client that grants no window would hold a closing
+/// connection for ever (its socket has nothing to write, so no write waits and times out).
+async fn while_sending<F: std::future::Future>(
+    connection: F,
+    sent: &AtomicU64,
+    timeout: Duration,
+    min_progress: usize,
+) -> Option<F::Output> {
+    tokio::pin!(connection);
+    let mut mark = sent.load(Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            biased;
+            served = connection.as_mut() => return Some(served),
+            _ = tokio::time::sleep(timeout) => {}
+        }
+        let now = sent.load(Ordering::Relaxed);
+        if now.saturating_sub(mark) < min_progress.max(1) as u64 {
+            crate::metrics::limit_hit(crate::metrics::Limit::ReplyTimeout);
+            debug!(?timeout, "closing a web connection whose client stopped reading");
+            return None;
+        }
+        mark = now;
+    }
+}
+
+/// Whether a connection's error is its writes' stall timeout (its client stopped reading).
+fn stalled(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// HTTP/2's largest window (RFC 9113, 6.9.1).
@@ -394,6 +439,8 @@ fn h2_send_queue(limits: &Limits) -> usize {
 }
 
 /// When a connection's requests were last all answered, and how many are open now: its idle timer.
+/// A request whose answer waits for its client to read on does not count as open (see
+/// [`OpenRequest::waiting`]).
 #[derive(Clone)]
 pub(crate) struct Activity(Arc<parking_lot::Mutex<(usize, tokio::time::Instant)>>);
 
@@ -405,7 +452,14 @@ impl Activity {
     /// One more request open until the guard is dropped.
     pub(crate) fn open(&self) -> OpenRequest {
         self.0.lock().0 += 1;
-        OpenRequest(self.clone())
+        OpenRequest { activity: self.clone(), waiting: false }
+    }
+
+    /// One fewer open, from now.
+    fn close_one(&self) {
+        let mut state = self.0.lock();
+        state.0 = state.0.saturating_sub(1);
+        state.1 = tokio::time::Instant::now();
     }
 
     /// Completes once no request has been open for `timeout`.
@@ -423,13 +477,33 @@ impl Activity {
     }
 }
 
-pub(crate) struct OpenRequest(Activity);
+pub(crate) struct OpenRequest {
+    activity: Activity,
+    waiting: bool,
+}
+
+impl OpenRequest {
+    /// Whether the request waits for its client: its answer is made, or has handed HTTP a frame, and
+    /// HTTP asks for the next only once the client has room. Waiting, it does not keep the connection
+    /// from being idle, so that a client that stops reading (an HTTP/2 one granting no window still
+    /// answers keep-alive PINGs) cannot hold a connection, and what its answers hold, for ever.
+    pub(crate) fn waiting(&mut self, waiting: bool) {
+        if self.waiting == waiting {
+            return;
+        }
+        self.waiting = waiting;
+        match waiting {
+            true => self.activity.close_one(),
+            false => self.activity.0.lock().0 += 1,
+        }
+    }
+}
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {
-        let mut state = (self.0).0.lock();
-        state.0 = state.0.saturating_sub(1);
-        state.1 = tokio::time::Instant::now();
+        if !self.waiting {
+            self.activity.close_one();
+        }
     }
 }
 

@@ -10,21 +10,24 @@
 //! stream is charged when its connection is admitted. The frame is charged to the connection memory
 //! budget until its last piece is handed on, or it is abandoned.
 //!
-//! A client that makes too little progress for `--reply-timeout` (`--reply-min-progress` bytes: on
-//! HTTP/1.1, whose answers go one at a time, sent on the connection; on HTTP/2 handed on to the
-//! stream, which takes more only as its client reads) has the rest dropped and the answer fails, as a
-//! long answer of any other transport is abandoned. Then HTTP/1.1's connection is closed, as TCP's is;
-//! an HTTP/2 stream is reset if its client ever reads on. hyper does not poll a body while it waits
-//! for the client, so a body cannot fail itself on time: a watchdog task does it, one per frame larger
-//! than a piece, ending as soon as that frame has been handed on.
+//! A client that stops reading, or reads a trickle (less than `--reply-min-progress` in
+//! `--reply-timeout`), loses its answer, as a long answer of any other transport is abandoned. On
+//! HTTP/1.1, whose answers go one at a time, the connection's writes time out (web::Connection wraps
+//! its socket in `transport::timeouts::StallTimeout`, as the TCP transport does its writer), which
+//! closes it. On HTTP/2 the connection goes on for its other streams, and progress is what a stream
+//! takes: a watchdog has the rest of a frame dropped (and the stream reset if its client ever reads
+//! on) when the stream took too little of it. hyper does not poll a body while it waits for the
+//! client, so a body cannot fail itself on time: the watchdog is a task, one per frame larger than a
+//! piece, ending as soon as that frame has been handed on.
 //!
 //! A request counts as open (the connection's idle timer, `web::Activity`) until its answer's end has
-//! been handed on or the answer is abandoned, not until hyper drops the body: an HTTP/2 client that
-//! grants no window would otherwise keep its connection from ever being idle (it answers keep-alive
-//! PINGs), with whatever its streams hold.
+//! been handed on or the answer is abandoned, not until hyper drops the body; and not while the answer
+//! waits for hyper to ask for a frame, which it does once the client has room (the answer made, or a
+//! frame handed on: [`OpenRequest::waiting`]). An HTTP/2 client that grants no window would otherwise
+//! keep its connection from ever being idle (it answers keep-alive PINGs), with whatever its streams
+//! hold.
 
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -38,7 +41,6 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::OpenRequest;
 use crate::memory::{Charge, MemoryBudget};
-use crate::transport::tcp::ByteCounts;
 
 /// How a connection's answers are paced.
 #[derive(Clone)]
@@ -50,18 +52,9 @@ pub struct Pacing {
     pub stall: Duration,
     /// What progress is: this many bytes (`--reply-min-progress`, at least 1).
     pub min_progress: usize,
-    /// HTTP/1.1's connection, for requests that came on one.
-    pub http1: Option<Http1>,
-}
-
-/// An HTTP/1.1 connection, as its answers' pacing sees it.
-#[derive(Clone)]
-pub struct Http1 {
-    /// The bytes it has sent.
-    pub bytes: Arc<ByteCounts>,
-    /// Cancelled when an answer is abandoned, to close the connection: its answers go one after
-    /// the other, so nothing more can be sent on it.
-    pub close: CancellationToken,
+    /// Watch each frame larger than a piece for its stream's progress (HTTP/2; an HTTP/1.1
+    /// connection's writes time out instead).
+    pub watch: bool,
 }
 
 /// The rest of a data frame larger than a piece.
@@ -91,7 +84,10 @@ pub struct Paced {
 }
 
 impl Paced {
-    pub fn new(body: Body, pacing: Pacing, open: OpenRequest) -> Self {
+    /// `body`, whose request is `open`: made, the answer waits for hyper to ask for its first frame
+    /// (which it does once the client has room for it).
+    pub fn new(body: Body, pacing: Pacing, mut open: OpenRequest) -> Self {
+        open.waiting(true);
         Paced { body: Arc::new(Mutex::new(body)), pacing, held: None, open: Arc::new(Mutex::new(Some(open))) }
     }
 }
@@ -118,9 +114,15 @@ impl hyper::body::Body for Paced {
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         // Unpin: nothing in it is pinned.
         let this = self.get_mut();
+        // Asked for more: the answer is the server's to make again.
+        this.waiting(false);
         let polled = this.poll_paced(cx);
-        if polled.is_ready() && this.is_end_stream() {
-            drop(this.open.lock().take());
+        match &polled {
+            // The answer's next frame is the server's to make.
+            Poll::Pending => {}
+            // Handed on: hyper asks for the next once its client has read on.
+            Poll::Ready(Some(Ok(_))) if !this.is_end_stream() => this.waiting(true),
+            Poll::Ready(_) => drop(this.open.lock().take()),
         }
         polled
     }
@@ -142,6 +144,12 @@ impl hyper::body::Body for Paced {
 }
 
 impl Paced {
+    fn waiting(&self, waiting: bool) {
+        if let Some(open) = self.open.lock().as_mut() {
+            open.waiting(waiting);
+        }
+    }
+
     fn poll_paced(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         if let Some(held) = self.held.take() {
             let mut state = held.lock();
@@ -182,8 +190,10 @@ impl Paced {
             abandoned: false,
             _handed_on: handed_on.clone().drop_guard(),
         }));
-        let answer = Answer { body: Arc::downgrade(&self.body), open: self.open.clone() };
-        watch(Arc::downgrade(&held), handed_on, answer, self.pacing.clone());
+        if self.pacing.watch {
+            let answer = Answer { body: Arc::downgrade(&self.body), open: self.open.clone() };
+            watch(Arc::downgrade(&held), handed_on, answer, self.pacing.clone());
+        }
         self.held = Some(held);
         Poll::Ready(Some(Ok(Frame::data(piece))))
     }
@@ -204,21 +214,13 @@ struct Answer {
 }
 
 /// Drops what `held` has left once its client has made too little progress for the reply timeout, and
-/// the rest of its answer; lets its request count as closed, and closes an HTTP/1.1 connection. Ends
-/// as soon as `handed_on` is cancelled (the frame is handed on, or the answer dropped).
+/// the rest of its answer, and lets its request count as closed. Ends as soon as `handed_on` is
+/// cancelled (the frame is handed on, or the answer dropped).
 fn watch(held: Weak<Mutex<Held>>, handed_on: CancellationToken, answer: Answer, pacing: Pacing) {
-    // Progress in bytes: sent on an HTTP/1.1 connection, handed on to an HTTP/2 stream (a piece at a
-    // time: a client reading exactly the minimum may fall a piece short of it in a window).
-    let http1 = pacing.http1.clone();
-    let needed = match &http1 {
-        Some(_) => pacing.min_progress.max(1),
-        None => pacing.min_progress.saturating_sub(pacing.piece).max(1),
-    } as u64;
-    let progress = move |held: &Held| match &http1 {
-        Some(http1) => http1.bytes.sent.load(Ordering::Relaxed),
-        None => held.handed,
-    };
-    let Some(mut mark) = held.upgrade().map(|state| (Instant::now(), progress(&state.lock()))) else {
+    // Progress: the bytes handed on to the stream, a piece at a time (a client reading exactly the
+    // minimum may fall a piece short of it in a window).
+    let needed = pacing.min_progress.saturating_sub(pacing.piece).max(1) as u64;
+    let Some(mut mark) = held.upgrade().map(|state| (Instant::now(), state.lock().handed)) else {
         return;
     };
     tokio::spawn(async move {
@@ -229,9 +231,8 @@ fn watch(held: Weak<Mutex<Held>>, handed_on: CancellationToken, answer: Answer, 
             }
             let Some(held) = held.upgrade() else { return };
             let mut state = held.lock();
-            let now = progress(&state);
-            if now.saturating_sub(mark.1) >= needed {
-                mark = (Instant::now(), now);
+            if state.handed.saturating_sub(mark.1) >= needed {
+                mark = (Instant::now(), state.handed);
                 continue;
             }
             // Handed on in full meanwhile: nothing to abandon.
@@ -248,9 +249,6 @@ fn watch(held: Weak<Mutex<Held>>, handed_on: CancellationToken, answer: Answer, 
                 drop(rest_of_answer);
             }
             drop(answer.open.lock().take());
-            if let Some(http1) = &pacing.http1 {
-                http1.close.cancel();
-            }
             return;
         }
     });
@@ -267,15 +265,15 @@ mod tests {
     const STALL: Duration = Duration::from_secs(30);
     const PIECE: usize = 1024;
 
-    /// Pieces of 1 KiB, charged to a budget of 1 GiB, within a reply timeout of 30 s.
-    fn pacing(min_progress: usize, http1: Option<Http1>) -> Pacing {
-        Pacing { memory: MemoryBudget::new(1 << 30), piece: PIECE, stall: STALL, min_progress, http1 }
+    /// Pieces of 1 KiB, charged to a budget of 1 GiB, within a reply timeout of 30 s, watched as an
+    /// HTTP/2 stream's are.
+    fn pacing(min_progress: usize) -> Pacing {
+        Pacing { memory: MemoryBudget::new(1 << 30), piece: PIECE, stall: STALL, min_progress, watch: true }
     }
 
     /// A 1 MiB answer paced in pieces of 1 KiB, its first piece taken; the budget it is charged to,
     /// the connection's count of requests open, and the answer's frame.
-    async fn answer(http1: Option<Http1>) -> (Paced, MemoryBudget, Activity, Bytes) {
-        let pacing = pacing(MIN_PROGRESS, http1);
+    async fn answer(pacing: Pacing) -> (Paced, MemoryBudget, Activity, Bytes) {
         let memory = pacing.memory.clone();
         let activity = Activity::new();
         let frame = Bytes::from(vec![1u8; 1 << 20]);
@@ -294,42 +292,20 @@ mod tests {
         activity.0.lock().0
     }
 
-    /// On HTTP/1.1 hyper takes no piece while it flushes its write buffer: a client that reads the
-    /// minimum progress in every reply timeout keeps its answer all the same, one that stops has it
-    /// abandoned: the rest dropped and given back, the connection closed, the request no longer open.
-    #[tokio::test(start_paused = true)]
-    async fn an_http_1_1_answer_lasts_while_its_client_reads_the_minimum_progress() {
-        let bytes = Arc::new(ByteCounts::default());
-        let close = CancellationToken::new();
-        let http1 = Http1 { bytes: bytes.clone(), close: close.clone() };
-        let (mut body, memory, activity, _) = answer(Some(http1)).await;
-        for _ in 0..10 {
-            tokio::time::sleep(STALL * 2 / 3).await;
-            bytes.sent.fetch_add(MIN_PROGRESS as u64, Ordering::Relaxed);
-        }
-        assert!(!close.is_cancelled(), "a client reading the minimum progress is not cut");
-        assert_eq!(open_requests(&activity), 1);
-        tokio::time::sleep(STALL * 2).await;
-        assert!(close.is_cancelled(), "a client that stopped reading is cut");
-        assert_eq!(memory.used(), 0, "what was left is given back");
-        assert_eq!(open_requests(&activity), 0, "the request no longer counts as open");
-        assert!(body.frame().await.is_some_and(|frame| frame.is_err()), "the answer fails");
-    }
-
     /// Over HTTP/2 progress is what the stream takes (h2 takes the next piece once its queue has
     /// room, as the client reads): the minimum progress in every reply timeout keeps the answer, a
     /// trickle (a piece at a time) has it abandoned, and the watchdog closes nothing (the
     /// connection's other streams go on).
     #[tokio::test(start_paused = true)]
     async fn an_http_2_answer_lasts_while_its_stream_takes_the_minimum_progress() {
-        let (mut body, memory, activity, _) = answer(None).await;
+        let (mut body, memory, activity, _) = answer(pacing(MIN_PROGRESS)).await;
         for _ in 0..5 {
             tokio::time::sleep(STALL * 2 / 3).await;
             for _ in 0..MIN_PROGRESS / PIECE {
                 assert_eq!(piece(&mut body).await, Some(PIECE));
             }
         }
-        assert_eq!(open_requests(&activity), 1, "the minimum progress keeps the answer");
+        assert!(memory.used() > 0, "the minimum progress keeps the answer");
         let mut trickled = 0;
         while piece(&mut body).await == Some(PIECE) {
             trickled += 1;
@@ -344,7 +320,7 @@ mod tests {
     /// do not keep the whole frame's allocation (which the budget no longer counts) alive.
     #[tokio::test(start_paused = true)]
     async fn pieces_held_after_an_answer_is_abandoned_keep_nothing_else_alive() {
-        let (mut body, _, _, frame) = answer(None).await;
+        let (mut body, _, _, frame) = answer(pacing(MIN_PROGRESS)).await;
         let held = body.frame().await;
         tokio::time::sleep(STALL * 2).await;
         assert!(body.frame().await.is_some_and(|frame| frame.is_err()), "abandoned");
@@ -352,16 +328,52 @@ mod tests {
         drop(held);
     }
 
-    /// `--reply-min-progress 0` does not turn the rule off: a client that reads nothing is cut.
+    /// `--reply-min-progress 0` does not turn the rule off: a stream that takes nothing is cut.
     #[tokio::test(start_paused = true)]
     async fn a_minimum_progress_of_nothing_still_cuts_a_client_that_reads_nothing() {
-        let close = CancellationToken::new();
-        let http1 = Http1 { bytes: Arc::new(ByteCounts::default()), close: close.clone() };
-        let mut body =
-            Paced::new(Body::from(vec![1u8; 1 << 20]), pacing(0, Some(http1)), Activity::new().open());
-        assert_eq!(piece(&mut body).await, Some(PIECE));
+        let (mut body, memory, _, _) = answer(pacing(0)).await;
         tokio::time::sleep(STALL * 2).await;
-        assert!(close.is_cancelled());
+        assert_eq!(memory.used(), 0);
+        assert!(body.frame().await.is_some_and(|frame| frame.is_err()));
+    }
+
+    /// On HTTP/1.1 the connection's writes time out instead (`StallTimeout`): no watchdog abandons
+    /// the answer, which stays charged for as long as its connection lives.
+    #[tokio::test(start_paused = true)]
+    async fn an_http_1_1_answer_is_left_to_its_connection() {
+        let (mut body, memory, _, _) = answer(Pacing { watch: false, ..pacing(MIN_PROGRESS) }).await;
+        tokio::time::sleep(STALL * 4).await;
+        assert_eq!(memory.used(), 1 << 20);
+        assert_eq!(piece(&mut body).await, Some(PIECE));
+        drop(body);
+        assert_eq!(memory.used(), 0, "given back with the answer");
+    }
+
+    /// A request whose answer was handed on, and not yet asked for its next frame, waits for its
+    /// client: it does not keep the connection from being idle. Asked for more, it is open again.
+    #[tokio::test]
+    async fn a_request_whose_answer_waits_for_its_client_does_not_count_as_open() {
+        let activity = Activity::new();
+        let (frames, mut events) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, std::io::Error>>();
+        let events = futures_util::stream::poll_fn(move |cx| events.poll_recv(cx));
+        let mut body = Paced::new(Body::from_stream(events), pacing(MIN_PROGRESS), activity.open());
+        let poll = |body: &mut Paced| {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            Pin::new(body).poll_frame(&mut cx).map(|frame| frame.map(|frame| frame.is_ok()))
+        };
+        assert_eq!(open_requests(&activity), 0, "made, the answer waits for hyper to ask for it");
+        assert_eq!(poll(&mut body), Poll::Pending);
+        assert_eq!(open_requests(&activity), 1, "waiting for its next event, the request is open");
+        frames.send(Ok(Bytes::from("event"))).unwrap();
+        assert_eq!(poll(&mut body), Poll::Ready(Some(true)));
+        assert_eq!(open_requests(&activity), 0, "handed on, the answer waits for the client");
+        assert_eq!(poll(&mut body), Poll::Pending);
+        assert_eq!(open_requests(&activity), 1, "asked for more");
+        drop(frames);
+        assert_eq!(poll(&mut body), Poll::Ready(None));
+        assert_eq!(open_requests(&activity), 0, "ended");
+        drop(body);
+        assert_eq!(open_requests(&activity), 0, "counted closed once");
     }
 
     /// Abandoning an answer drops what it has yet to produce too (a long answer's next frames, a
@@ -371,7 +383,7 @@ mod tests {
         let next = Bytes::from(vec![2u8; 1 << 20]);
         let frames = vec![Ok::<_, std::io::Error>(Bytes::from(vec![1u8; 1 << 20])), Ok(next.clone())];
         let body = Body::from_stream(futures_util::stream::iter(frames));
-        let mut body = Paced::new(body, pacing(MIN_PROGRESS, None), Activity::new().open());
+        let mut body = Paced::new(body, pacing(MIN_PROGRESS), Activity::new().open());
         assert_eq!(piece(&mut body).await, Some(PIECE));
         assert!(!next.is_unique(), "the answer holds its next frame");
         tokio::time::sleep(STALL * 2).await;
@@ -379,14 +391,17 @@ mod tests {
         assert!(body.frame().await.is_some_and(|frame| frame.is_err()));
     }
 
-    /// An answer of small frames counts as closed once its end is handed on, though hyper still
-    /// holds it (waiting for a client that grants no window).
+    /// An answer counts as closed once its end is handed on, though hyper still holds it (waiting
+    /// for a client that grants no window), and once only.
     #[tokio::test]
-    async fn a_small_answer_counts_as_closed_once_its_end_is_handed_on() {
+    async fn an_answer_counts_as_closed_once_its_end_is_handed_on() {
         let activity = Activity::new();
-        let mut body = Paced::new(Body::from("not found"), pacing(MIN_PROGRESS, None), activity.open());
-        assert_eq!(open_requests(&activity), 1);
+        let other = activity.open();
+        let mut body = Paced::new(Body::from("not found"), pacing(MIN_PROGRESS), activity.open());
         assert_eq!(piece(&mut body).await, Some(9));
-        assert_eq!(open_requests(&activity), 0);
+        assert_eq!(piece(&mut body).await, None);
+        drop(body);
+        assert_eq!(open_requests(&activity), 1, "the other request is still open");
+        drop(other);
     }
 }
