@@ -739,8 +739,10 @@ async fn an_unread_http_2_answer_is_abandoned_and_its_connection_closed_when_idl
 
 /// An HTTP/2 client that grants no window, answering every keep-alive PING, cannot hold its connection
 /// open with answers it does not read: an answer waiting for its client (a value, a listing, a gRPC
-/// call: none of them ever asked for its first frame here) does not count as a request open, so the
-/// connection is closed after the idle timeout, once it has sent nothing for the reply timeout.
+/// call: each has handed hyper its first frame, which hyper cannot send, and is not asked for the
+/// next) does not count as a request open, so the connection is closed after the idle timeout, once
+/// it has sent nothing for the reply timeout. (Before, the listing and the gRPC call, whose ends come
+/// after their last data, kept their connections for ever.)
 #[tokio::test]
 async fn a_client_that_grants_no_window_cannot_hold_its_http_2_connection() {
     let server = TestServer::start_for_with(Transport::Http, |config| {
@@ -787,11 +789,50 @@ async fn a_client_that_grants_no_window_cannot_hold_its_http_2_connection() {
     futures_util::future::join_all(unread).await;
 }
 
+/// A subscription waiting for its next event is a request open: its connection is not closed as idle,
+/// however long nothing is published (here four idle timeouts), and the next event reaches it.
+#[tokio::test]
+async fn a_subscription_keeps_its_connection_however_long_nothing_is_published() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_for_with(Transport::Http, |config| {
+        config.web_plaintext = true;
+        config.limits.idle_timeout = Duration::from_millis(250);
+        config.limits.reply_timeout = Duration::from_millis(250);
+    })
+    .await;
+    let web = server.web.expect("a web listener");
+    let mut events = tokio::net::TcpStream::connect(web).await.unwrap();
+    let subscribe = "GET /v1/topics/news HTTP/1.1\r\nhost: localhost\r\naccept: text/event-stream\r\n\r\n";
+    events.write_all(subscribe.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut until = async |what: &str| {
+        let mut piece = [0u8; 1024];
+        while !String::from_utf8_lossy(&received).contains(what) {
+            let n = events.read(&mut piece).await.unwrap();
+            assert!(n > 0, "the subscription's connection was closed before {what:?} came");
+            received.extend_from_slice(&piece[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), until("event: subscribed")).await.expect("subscribed");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut publisher = tokio::net::TcpStream::connect(web).await.unwrap();
+    let publish = "POST /v1/topics/news HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+                   content-length: 9\r\n\r\n[\"later\"]";
+    publisher.write_all(publish.as_bytes()).await.unwrap();
+    assert!(
+        http_1_1_answer(&mut publisher).await.contains("\"subscribers\":1"),
+        "published to the subscriber"
+    );
+    tokio::time::timeout(Duration::from_secs(20), until("later")).await.expect("the event arrives");
+}
+
 /// A client that pauses (well within the reply timeout) while it reads a long answer gets all of it,
 /// though its connection is found idle meanwhile (an answer waiting for its client to read on does
 /// not count as a request open): what a connection found idle holds is sent as long as its client
 /// reads the minimum progress within the reply timeout. The listing, about 8 MB of JSON, is more than
-/// the socket buffers hold, so that the server holds the rest when it finds the connection idle.
+/// the socket buffers hold, so that the server holds the rest when it finds the connection idle; that
+/// it did shows in the request sent after it, which is not answered: a connection found idle takes no
+/// more requests.
 #[tokio::test]
 async fn a_client_that_pauses_in_a_long_answer_gets_all_of_it_though_its_connection_is_found_idle() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -812,20 +853,19 @@ async fn a_client_that_pauses_in_a_long_answer_gets_all_of_it_though_its_connect
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(web).await.unwrap();
     stream.write_all(b"GET /v1/tables/t HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
+    stream.write_all(b"GET /v1/tables/t/keys/k0 HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut received = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(20), async {
         let mut piece = vec![0u8; 64 * 1024];
-        while !received.ends_with(b"\r\n0\r\n\r\n") {
-            match stream.read(&mut piece).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&piece[..n]),
-            }
+        while let Ok(n @ 1..) = stream.read(&mut piece).await {
+            received.extend_from_slice(&piece[..n]);
         }
     });
-    assert!(read.await.is_ok(), "the listing ends, or its connection");
+    assert!(read.await.is_ok(), "the connection is closed after the listing");
     let text = String::from_utf8_lossy(&received);
-    assert!(text.ends_with("\r\n0\r\n\r\n"), "the listing arrives to its end: {} bytes", received.len());
+    assert!(text.ends_with("\r\n0\r\n\r\n"), "the listing arrives to its end, and nothing after it");
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 1, "one answer");
     for key in keys {
         assert!(text.contains(&format!("\"{key}\"")), "{key} is listed");
     }

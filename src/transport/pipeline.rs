@@ -71,7 +71,6 @@ use super::Limits;
 use super::exchange::{AnswerBudget, REFUSAL_ROOM, RequestError, is_refusal, write_refusal};
 use super::frame::{self, FrameCodec, FrameError};
 use super::log_throttle::{HeldBack, LogThrottle};
-use super::timeouts::StallTimeout;
 use super::woken::PolledWhenWoken;
 use super::writer::FrameWriter;
 use crate::memory::{Charge, MemoryBudget};
@@ -170,6 +169,9 @@ impl fmt::Display for Ending {
 
 /// Serves one pipelined connection from `caller` until it ends; see the module documentation. What it
 /// holds beyond its fixed share is charged to `memory`. Returns how many requests it read.
+///
+/// `io`'s writes must fail when its peer stops reading: wrap it in `timeouts::StallTimeout` (a
+/// socket beneath its TLS, which is where the bytes are seen to leave).
 pub async fn serve_pipelined<IO, H>(
     io: IO,
     handler: H,
@@ -190,11 +192,7 @@ where
     // The course's client compresses its larger frames (docs/PROTOCOL.md, section 12).
     let mut codec = FrameCodec::<CommandRequest>::new(limits.max_frame_len).taking_compressed();
     let mut received = BytesMut::new();
-    let mut answers = FrameWriter::new(
-        StallTimeout::new(write, limits.reply_timeout, limits.reply_min_progress),
-        limits.max_frame_len,
-        &memory,
-    );
+    let mut answers = FrameWriter::new(write, limits.max_frame_len, &memory);
     // A service's refusals, when the budget is spent: room for one, in the fixed share.
     let refusals = AnswerBudget::new(memory.clone(), 1);
     // Covers the bytes received and not yet decoded, and the queue's requests and answers.
@@ -468,7 +466,7 @@ where
     // receiving, which may be what spent the budget) goes back before the last frame is written.
     drop((received, charge));
     let flushed = SinkExt::<ReplyFrame>::flush(&mut answers).await;
-    let mut write = answers.into_inner().into_inner();
+    let mut write = answers.into_inner();
     if let Some(last) = ending.last_frame()
         && flushed.is_ok()
     {

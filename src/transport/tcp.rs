@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,7 @@ use super::admission::{Admission, Admitted, Refusal};
 use super::frame::encode_frame;
 use super::log_throttle::{self, HeldBack, LogThrottle};
 use super::pipeline::{AfterClose, serve_pipelined};
+use super::timeouts::StallTimeout;
 use super::woken::PolledWhenWoken;
 use super::{Limits, Transport, authenticated_caller};
 use crate::memory::MemoryBudget;
@@ -223,6 +224,8 @@ async fn handle_connection<H: Handler>(
     let transport = security.transport();
     let bytes = Arc::new(ByteCounts::default());
     let stream = Counted::new(stream, transport, bytes.clone());
+    // Writes time out beneath TLS, where the bytes are seen to leave.
+    let stream = StallTimeout::new(stream, limits.reply_timeout, limits.reply_min_progress);
     let requests = match security {
         TcpSecurity::Plaintext => {
             serve_pipelined(stream, handler, limits, memory, shutdown, Caller::default(), AfterClose::ReadOn)
@@ -249,12 +252,12 @@ async fn handle_connection<H: Handler>(
 /// The TLS handshake of a connection on `transport`, within the request timeout, counted in the
 /// metrics; the client it authenticated, if the server asks for certificates. `None` when it failed
 /// (and was logged).
-pub(crate) async fn tls_handshake(
+pub(crate) async fn tls_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
     acceptor: &TlsAcceptor,
-    stream: Counted,
+    stream: IO,
     limits: &Limits,
     transport: Transport,
-) -> Option<(tokio_rustls::server::TlsStream<Counted>, Caller)> {
+) -> Option<(tokio_rustls::server::TlsStream<IO>, Caller)> {
     match tokio::time::timeout(limits.request_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
             metrics::handshake(transport, metrics::HandshakeResult::Completed);

@@ -53,6 +53,31 @@ impl<F: Future> Future for Deadline<F> {
 /// reply open.
 pub const DEFAULT_MIN_PROGRESS: usize = 16 * 1024;
 
+/// The error a [`StallTimeout`] fails with (kind `TimedOut`): its peer read too little.
+#[derive(Debug)]
+pub struct Stalled {
+    min_progress: usize,
+    timeout: Duration,
+}
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the peer read less than {} bytes in {:?}", self.min_progress, self.timeout)
+    }
+}
+
+impl std::error::Error for Stalled {}
+
+impl Stalled {
+    /// Whether `error` is a [`StallTimeout`]'s (not another timeout, such as TCP keep-alive's).
+    pub fn is(error: &io::Error) -> bool {
+        error.get_ref().is_some_and(|inner| inner.is::<Stalled>())
+    }
+}
+
+/// A writer that fails once its peer reads too little (see the module documentation). Wrap what sees
+/// the bytes leave: a socket beneath TLS, not the TLS stream, whose flush waits (counting nothing)
+/// while the client takes what TLS has buffered.
 pub struct StallTimeout<W> {
     inner: W,
     timeout: Duration,
@@ -84,10 +109,9 @@ impl<W> StallTimeout<W> {
         let deadline =
             self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + timeout)));
         match deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the peer read less than {min_progress} bytes in {timeout:?}"),
-            )),
+            Poll::Ready(()) => {
+                Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, Stalled { min_progress, timeout }))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -186,6 +210,8 @@ mod tests {
         writer.write_all(&[0; 8]).await.unwrap(); // progress: fine
         let err = writer.write_all(&[0; 1]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(Stalled::is(&err), "{err}");
+        assert!(!Stalled::is(&io::Error::from(io::ErrorKind::TimedOut)));
     }
 
     /// Reads `chunk` bytes every `every` until the writer is done or fails.

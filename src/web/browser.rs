@@ -35,6 +35,7 @@ use crate::transport::log_throttle::{self, HeldBack, LogThrottle};
 use crate::transport::messages::message_stream;
 use crate::transport::origin::{Origins, host_of};
 use crate::transport::pipeline::{AfterClose, serve_pipelined};
+use crate::transport::timeouts::StallTimeout;
 
 /// The largest WebSocket message a client may send unless configured otherwise
 /// (`--websocket-max-message`); larger frames are split over several messages.
@@ -365,6 +366,7 @@ async fn serve_websocket<H: Handler>(
     // Each write one message, none larger than what clients may send.
     let io = std::pin::pin!(message_stream(received, sent, max_message));
     let (limits, memory) = (scope.limits.clone(), scope.memory.clone());
+    let io = StallTimeout::new(io, limits.reply_timeout, limits.reply_min_progress);
     let requests = serve_pipelined(
         io,
         handler,

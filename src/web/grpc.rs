@@ -27,6 +27,7 @@ use crate::transport::Limits;
 use crate::transport::log_throttle;
 use crate::transport::messages::message_stream;
 use crate::transport::pipeline::{AfterClose, serve_pipelined};
+use crate::transport::timeouts::StallTimeout;
 
 use crate::pb::grpc::kv_server::{Kv, KvServer};
 use crate::pb::grpc::{FILE_DESCRIPTOR_SET, Frames, MAX_MESSAGE_HEADER, refusal};
@@ -239,6 +240,7 @@ impl<H: Handler> Kv for GrpcDoor<H> {
         let session = async move {
             let io = std::pin::pin!(message_stream(received, sent, max_message));
             let (limits, memory, shutdown) = (scope.limits.clone(), scope.memory.clone(), scope.shutdown);
+            let io = StallTimeout::new(io, limits.reply_timeout, limits.reply_min_progress);
             serve_pipelined(io, handler, limits, memory, shutdown, caller, AfterClose::EndSubscriptions)
                 .await;
             drop(share);

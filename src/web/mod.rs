@@ -56,7 +56,7 @@ use crate::transport::admission::{Admission, Admitted};
 use crate::transport::log_throttle::{self, HeldBack, LogThrottle};
 use crate::transport::origin::Origins;
 use crate::transport::tcp::{Accepting, ByteCounts, Counted, accept_loop, tls_handshake, tune};
-use crate::transport::timeouts::StallTimeout;
+use crate::transport::timeouts::{StallTimeout, Stalled};
 use crate::transport::woken::PolledWhenWoken;
 use crate::transport::{Limits, Transport};
 
@@ -242,6 +242,11 @@ impl<H: Handler> Connection<H> {
         let started = std::time::Instant::now();
         let bytes = Arc::new(ByteCounts::default());
         let stream = Counted::new(stream, Transport::Http, bytes.clone());
+        // A client that reads less than the minimum progress in the reply timeout while something waits
+        // to be sent to it, on either HTTP version, has its connection closed, as TCP's is. Beneath
+        // TLS, where the bytes are seen to leave (TLS's flush waits, counting nothing, while its
+        // client takes what it has buffered).
+        let stream = StallTimeout::new(stream, self.limits.reply_timeout, self.limits.reply_min_progress);
         match &self.security {
             WebSecurity::Plaintext => self.http(stream, Caller::default(), bytes.clone()).await,
             WebSecurity::Tls(acceptor) => {
@@ -329,9 +334,6 @@ impl<H: Handler> Connection<H> {
             .enable_connect_protocol()
             .keep_alive_interval(Some(limits.idle_timeout / 3))
             .keep_alive_timeout(limits.idle_timeout / 3);
-        // A client that reads less than the minimum progress in the reply timeout while an answer
-        // waits for it, on either HTTP version, has its connection closed, as TCP's is.
-        let io = StallTimeout::new(io, limits.reply_timeout, limits.reply_min_progress);
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(connection);
         // Polled whenever the connection is: only once it has something to say. Biased: the
@@ -351,8 +353,8 @@ impl<H: Handler> Connection<H> {
             _ = activity.idle_for(limits.idle_timeout) => {
                 debug!(timeout = ?limits.idle_timeout, "closing an idle web connection");
                 connection.as_mut().graceful_shutdown();
-                let sent = &bytes.sent;
-                while_sending(connection, sent, limits.reply_timeout, limits.reply_min_progress).await
+                let progress = (limits.reply_timeout, limits.reply_min_progress);
+                while_sending(connection, &activity, &bytes.sent, progress).await
             }
         };
         match served {
@@ -371,14 +373,16 @@ impl<H: Handler> Connection<H> {
     }
 }
 
-/// `connection`'s end, or `None` once it sends fewer than `min_progress` bytes (at least one) in a
-/// `timeout`: an HTTP/2 stream that waits for a client that grants no window would hold a closing
-/// connection for ever (its socket has nothing to write, so no write waits and times out).
+/// `connection`'s end, or `None` once, with no request open, it sends fewer than `min_progress` bytes
+/// (at least one) in a `timeout`: an HTTP/2 stream that waits for a client that grants no window would
+/// hold a closing connection for ever (its socket has nothing to write, so no write waits and times
+/// out). A request open again (a subscription whose client caught up, a stream opened before the
+/// GOAWAY) is served on.
 async fn while_sending<F: std::future::Future>(
     connection: F,
+    activity: &Activity,
     sent: &AtomicU64,
-    timeout: Duration,
-    min_progress: usize,
+    (timeout, min_progress): (Duration, usize),
 ) -> Option<F::Output> {
     tokio::pin!(connection);
     let mut mark = sent.load(Ordering::Relaxed);
@@ -389,9 +393,8 @@ async fn while_sending<F: std::future::Future>(
             _ = tokio::time::sleep(timeout) => {}
         }
         let now = sent.load(Ordering::Relaxed);
-        if now.saturating_sub(mark) < min_progress.max(1) as u64 {
-            crate::metrics::limit_hit(crate::metrics::Limit::ReplyTimeout);
-            debug!(?timeout, "closing a web connection whose client stopped reading");
+        if activity.open_now() == 0 && now.saturating_sub(mark) < min_progress.max(1) as u64 {
+            debug!(?timeout, "closing an idle web connection whose client does not read what is left");
             return None;
         }
         mark = now;
@@ -402,7 +405,7 @@ async fn while_sending<F: std::future::Future>(
 fn stalled(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
     while let Some(error) = cause {
-        if error.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut) {
+        if error.downcast_ref::<std::io::Error>().is_some_and(Stalled::is) {
             return true;
         }
         cause = error.source();
@@ -453,6 +456,11 @@ impl Activity {
     pub(crate) fn open(&self) -> OpenRequest {
         self.0.lock().0 += 1;
         OpenRequest { activity: self.clone(), waiting: false }
+    }
+
+    /// How many requests are open now.
+    fn open_now(&self) -> usize {
+        self.0.lock().0
     }
 
     /// One fewer open, from now.
