@@ -790,7 +790,8 @@ async fn a_client_that_grants_no_window_cannot_hold_its_http_2_connection() {
 }
 
 /// A subscription waiting for its next event is a request open: its connection is not closed as idle,
-/// however long nothing is published (here four idle timeouts), and the next event reaches it.
+/// however long nothing is published (here four idle and reply timeouts), and the next event reaches
+/// it.
 #[tokio::test]
 async fn a_subscription_keeps_its_connection_however_long_nothing_is_published() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -71,6 +71,7 @@ use super::Limits;
 use super::exchange::{AnswerBudget, REFUSAL_ROOM, RequestError, is_refusal, write_refusal};
 use super::frame::{self, FrameCodec, FrameError};
 use super::log_throttle::{HeldBack, LogThrottle};
+use super::timeouts::Stalled;
 use super::woken::PolledWhenWoken;
 use super::writer::FrameWriter;
 use crate::memory::{Charge, MemoryBudget};
@@ -529,6 +530,11 @@ fn log_write_failure(e: &FrameError) {
                     "no memory for an answer; closing the connection"
                 );
             }
+        }
+        // The client read less than the minimum progress within the reply timeout (StallTimeout).
+        FrameError::Io(e) if Stalled::is(e) => {
+            crate::metrics::limit_hit(crate::metrics::Limit::ReplyTimeout);
+            debug!(error = %e, "abandoned answers the client does not read; closing the connection");
         }
         _ => debug!(error = %e, "writing answers failed; closing the connection"),
     }

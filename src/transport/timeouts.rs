@@ -3,12 +3,15 @@
 //!
 //! - [`StallTimeout`]: a writer that fails when its peer stops reading, or reads only a trickle (less
 //!   than [`DEFAULT_MIN_PROGRESS`] bytes, or what is set, within `timeout` of having to wait). Wrapped
-//!   around a whole connection (the web listener's), it reads as the connection does.
+//!   around a whole connection (a TCP or web listener's socket, beneath TLS), it reads as the
+//!   connection does.
 //! - [`deadline`]: a future that fails if it is still waiting `timeout` after it first had to wait.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -89,13 +92,30 @@ pub struct StallTimeout<W> {
     waiting: bool,
     /// Bytes written since the deadline was armed.
     written_in_stall: usize,
+    /// Set when the stall times out (see [`StallTimeout::alarm`]).
+    alarm: Option<Arc<AtomicBool>>,
 }
 
 impl<W> StallTimeout<W> {
     /// A writer that fails when, once it has had to wait, fewer than `min_progress` bytes get written
     /// within `timeout`.
     pub fn new(inner: W, timeout: Duration, min_progress: usize) -> Self {
-        StallTimeout { inner, timeout, min_progress, deadline: None, waiting: false, written_in_stall: 0 }
+        StallTimeout {
+            inner,
+            timeout,
+            min_progress,
+            deadline: None,
+            waiting: false,
+            written_in_stall: 0,
+            alarm: None,
+        }
+    }
+
+    /// Sets `alarm` when the stall times out: for a caller whose error reaches it rebuilt (h2 keeps an
+    /// I/O error's kind and text only), to tell a stall from other failures.
+    pub fn alarm(mut self, alarm: Arc<AtomicBool>) -> Self {
+        self.alarm = Some(alarm);
+        self
     }
 
     /// The writer underneath.
@@ -110,6 +130,9 @@ impl<W> StallTimeout<W> {
             self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + timeout)));
         match deadline.as_mut().poll(cx) {
             Poll::Ready(()) => {
+                if let Some(alarm) = &self.alarm {
+                    alarm.store(true, Ordering::Relaxed);
+                }
                 Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, Stalled { min_progress, timeout }))
             }
             Poll::Pending => Poll::Pending,
@@ -203,12 +226,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_writer_whose_peer_stops_reading_times_out() {
         let (writer, mut reader) = tokio::io::duplex(16);
-        let mut writer = StallTimeout::new(writer, Duration::from_secs(5), DEFAULT_MIN_PROGRESS);
+        let alarm = Arc::new(AtomicBool::new(false));
+        let mut writer =
+            StallTimeout::new(writer, Duration::from_secs(5), DEFAULT_MIN_PROGRESS).alarm(alarm.clone());
         writer.write_all(&[0; 16]).await.unwrap(); // fills the pipe
         let mut buf = [0; 8];
         tokio::io::AsyncReadExt::read_exact(&mut reader, &mut buf).await.unwrap();
         writer.write_all(&[0; 8]).await.unwrap(); // progress: fine
+        assert!(!alarm.load(Ordering::Relaxed));
         let err = writer.write_all(&[0; 1]).await.unwrap_err();
+        assert!(alarm.load(Ordering::Relaxed), "the alarm is set");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(Stalled::is(&err), "{err}");
         assert!(!Stalled::is(&io::Error::from(io::ErrorKind::TimedOut)));

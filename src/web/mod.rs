@@ -24,7 +24,7 @@ pub mod rest;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -56,7 +56,7 @@ use crate::transport::admission::{Admission, Admitted};
 use crate::transport::log_throttle::{self, HeldBack, LogThrottle};
 use crate::transport::origin::Origins;
 use crate::transport::tcp::{Accepting, ByteCounts, Counted, accept_loop, tls_handshake, tune};
-use crate::transport::timeouts::{StallTimeout, Stalled};
+use crate::transport::timeouts::StallTimeout;
 use crate::transport::woken::PolledWhenWoken;
 use crate::transport::{Limits, Transport};
 
@@ -246,12 +246,14 @@ impl<H: Handler> Connection<H> {
         // to be sent to it, on either HTTP version, has its connection closed, as TCP's is. Beneath
         // TLS, where the bytes are seen to leave (TLS's flush waits, counting nothing, while its
         // client takes what it has buffered).
-        let stream = StallTimeout::new(stream, self.limits.reply_timeout, self.limits.reply_min_progress);
+        let stalled = Arc::new(AtomicBool::new(false));
+        let stream = StallTimeout::new(stream, self.limits.reply_timeout, self.limits.reply_min_progress)
+            .alarm(stalled.clone());
         match &self.security {
-            WebSecurity::Plaintext => self.http(stream, Caller::default(), bytes.clone()).await,
+            WebSecurity::Plaintext => self.http(stream, Caller::default(), (bytes.clone(), stalled)).await,
             WebSecurity::Tls(acceptor) => {
                 match tls_handshake(acceptor, stream, &self.limits, Transport::Http).await {
-                    Some((tls, caller)) => self.http(tls, caller, bytes.clone()).await,
+                    Some((tls, caller)) => self.http(tls, caller, (bytes.clone(), stalled)).await,
                     None => return,
                 }
             }
@@ -268,7 +270,8 @@ impl<H: Handler> Connection<H> {
 
     /// Serves HTTP/1.1 or HTTP/2 (whichever the client speaks) on `io` until the client closes it or
     /// the server shuts down; then ends what the connection's requests own (their subscriptions).
-    async fn http<I>(self, io: I, caller: Caller, bytes: Arc<ByteCounts>)
+    /// `bytes`: what the socket has sent; `stalled`: set when its writes time out.
+    async fn http<I>(self, io: I, caller: Caller, (bytes, stalled): (Arc<ByteCounts>, Arc<AtomicBool>))
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -358,7 +361,7 @@ impl<H: Handler> Connection<H> {
             }
         };
         match served {
-            Some(Err(e)) if stalled(&*e) => {
+            Some(Err(e)) if stalled.load(Ordering::Relaxed) => {
                 crate::metrics::limit_hit(crate::metrics::Limit::ReplyTimeout);
                 debug!(error = %e, "closed a web connection whose client stopped reading");
             }
@@ -373,7 +376,7 @@ impl<H: Handler> Connection<H> {
     }
 }
 
-/// `connection`'s end, or `None` once, with no request open, it sends fewer than `min_progress` bytes
+/// `connection`'s end, or `None` once, with no request open meanwhile, it sends fewer than `min_progress` bytes
 /// (at least one) in a `timeout`: an HTTP/2 stream that waits for a client that grants no window would
 /// hold a closing connection for ever (its socket has nothing to write, so no write waits and times
 /// out). A request open again (a subscription whose client caught up, a stream opened before the
@@ -385,7 +388,8 @@ async fn while_sending<F: std::future::Future>(
     (timeout, min_progress): (Duration, usize),
 ) -> Option<F::Output> {
     tokio::pin!(connection);
-    let mut mark = sent.load(Ordering::Relaxed);
+    // When the window began, and what had been sent by then.
+    let mut mark = (tokio::time::Instant::now(), sent.load(Ordering::Relaxed));
     loop {
         tokio::select! {
             biased;
@@ -393,24 +397,12 @@ async fn while_sending<F: std::future::Future>(
             _ = tokio::time::sleep(timeout) => {}
         }
         let now = sent.load(Ordering::Relaxed);
-        if activity.open_now() == 0 && now.saturating_sub(mark) < min_progress.max(1) as u64 {
+        if !activity.open_since(mark.0) && now.saturating_sub(mark.1) < min_progress.max(1) as u64 {
             debug!(?timeout, "closing an idle web connection whose client does not read what is left");
             return None;
         }
-        mark = now;
+        mark = (tokio::time::Instant::now(), now);
     }
-}
-
-/// Whether a connection's error is its writes' stall timeout (its client stopped reading).
-fn stalled(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(error) = cause {
-        if error.downcast_ref::<std::io::Error>().is_some_and(Stalled::is) {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
 }
 
 /// HTTP/2's largest window (RFC 9113, 6.9.1).
@@ -458,9 +450,10 @@ impl Activity {
         OpenRequest { activity: self.clone(), waiting: false }
     }
 
-    /// How many requests are open now.
-    fn open_now(&self) -> usize {
-        self.0.lock().0
+    /// Whether a request has been open at any time since `instant` (one is now, or one closed since).
+    fn open_since(&self, instant: tokio::time::Instant) -> bool {
+        let (open, since) = *self.0.lock();
+        open > 0 || since >= instant
     }
 
     /// One fewer open, from now.

@@ -13,7 +13,7 @@
 //! A client that stops reading, or reads a trickle (less than `--reply-min-progress` in
 //! `--reply-timeout`), loses its answer, as a long answer of any other transport is abandoned. On
 //! HTTP/1.1, whose answers go one at a time, the connection's writes time out (web::Connection wraps
-//! its socket in `transport::timeouts::StallTimeout`, as the TCP transport does its writer), which
+//! its socket in `transport::timeouts::StallTimeout`, as the TCP transport does its own), which
 //! closes it. On HTTP/2 the connection goes on for its other streams, and progress is what a stream
 //! takes: a watchdog has the rest of a frame dropped (and the stream reset if its client ever reads
 //! on) when the stream took too little of it. hyper does not poll a body while it waits for the
