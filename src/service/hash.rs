@@ -9,7 +9,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use prost::Message;
 
-use super::{Reply, ReplyFrame, Service, ServiceError, shown};
+use super::{Reply, ReplyFrame, ReplyStream, Service, ServiceError, shown};
 use crate::pb::{
     CommandResponse, Hdel, Hexist, Hget, Hgetall, Hmdel, Hmexist, Hmget, Hmset, Hset, Kvpair, Value,
     split_response,
@@ -203,7 +203,7 @@ pub async fn hgetall<S: Storage>(service: &Service<S>, cmd: Hgetall) -> Reply {
     // protobuf overhead included, near the target.
     let target = service.config().response_frame_target;
     let frames = pages.flat_map(move |page| stream::iter(split_response(page, target)).map(ReplyFrame::from));
-    Reply::Stream(Box::pin(frames))
+    Reply::Stream(ReplyStream::new(frames))
 }
 
 /// Where an Hgetall reply stands.

@@ -114,7 +114,47 @@ pub enum Reply {
     Stream(ReplyStream),
 }
 
-pub type ReplyStream = Pin<Box<dyn Stream<Item = ReplyFrame> + Send>>;
+/// The frames of a streamed answer, and how many bytes of them were built before it was handed on.
+/// An answer spread over frames whole (`Service::framed`) holds them until they are taken, and a
+/// connection counts them among what it holds (the TCP pipeline, against `--max-request-buffer`), so
+/// that one connection's unread answers cannot take the whole memory budget. Frames made as they are
+/// taken (a listing's pages, a subscription's messages) are built as none.
+pub struct ReplyStream {
+    frames: Pin<Box<dyn Stream<Item = ReplyFrame> + Send>>,
+    built: usize,
+}
+
+impl ReplyStream {
+    /// Frames made as they are taken.
+    pub fn new(frames: impl Stream<Item = ReplyFrame> + Send + 'static) -> Self {
+        ReplyStream { frames: Box::pin(frames), built: 0 }
+    }
+
+    /// Frames built already, `bytes` of them (encoded).
+    pub fn built(frames: impl Stream<Item = ReplyFrame> + Send + 'static, bytes: usize) -> Self {
+        ReplyStream { frames: Box::pin(frames), built: bytes }
+    }
+
+    /// The bytes built when the answer was made (not less as its frames are taken).
+    pub fn built_bytes(&self) -> usize {
+        self.built
+    }
+}
+
+impl Stream for ReplyStream {
+    type Item = ReplyFrame;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<ReplyFrame>> {
+        self.frames.as_mut().poll_next(cx)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.frames.size_hint()
+    }
+}
 
 /// One frame of a streamed answer: a response for the transport to encode, or one encoded already.
 #[derive(Debug, Clone, PartialEq)]
@@ -462,13 +502,15 @@ impl<S: Storage> Service<S> {
             );
             return ServiceError::Unavailable(why).into_response().into();
         }
-        Reply::Stream(Box::pin(futures_util::stream::iter(frames.into_iter().map(move |frame| {
+        let built = left;
+        let frames = futures_util::stream::iter(frames.into_iter().map(move |frame| {
             left = left.saturating_sub(frame.encoded_len());
             if let Some(charge) = &mut charge {
                 charge.shrink_to(left);
             }
             ReplyFrame::from(frame)
-        }))))
+        }));
+        Reply::Stream(ReplyStream::built(frames, built))
     }
 }
 

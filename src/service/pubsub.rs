@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use prost::Message as _;
 use prost::encoding::encoded_len_varint;
 
-use super::{Caller, Reply, ReplyFrame, ServiceError};
+use super::{Caller, Reply, ReplyFrame, ReplyStream, ServiceError};
 use crate::pb::{CommandResponse, Publish, Subscribe, Unsubscribe, Value, status};
 use crate::pubsub::{
     Broker, Delivery, EndReason, PublishError, Relay, SubscribeError, Subscription, UnsubscribeError,
@@ -37,7 +37,7 @@ pub fn subscribe(broker: &Broker, relay: Option<&dyn Relay>, cmd: Subscribe, cal
     };
     let Some(relay) = relay else {
         let first = futures_util::stream::once(std::future::ready(ReplyFrame::from(first)));
-        return Reply::Stream(Box::pin(first.chain(frames(subscription))));
+        return Reply::Stream(ReplyStream::new(first.chain(frames(subscription))));
     };
     let joined = relay.join(cmd.topic);
     let stream = futures_util::stream::once(async move {
@@ -55,7 +55,7 @@ pub fn subscribe(broker: &Broker, relay: Option<&dyn Relay>, cmd: Subscribe, cal
         }
     })
     .flatten();
-    Reply::Stream(Box::pin(stream))
+    Reply::Stream(ReplyStream::new(stream))
 }
 
 /// A frame for every delivery of `subscription`, the last one saying why it ended. A message is sent as

@@ -23,7 +23,8 @@
 //!   below, nothing more can be read, an Unsubscribe included, until it ends: the handler ends it then
 //!   (`Handler::connection_stalled`, a 429 as its last frame), and the answers behind it follow.
 //! - Reading stops while `max_concurrent_requests` requests are unanswered or while their bytes (requests
-//!   running, plus answers finished but not yet written) reach `max_request_buffer`; TCP's flow control
+//!   running, plus answers finished but not yet written, an answer spread over frames whole included)
+//!   reach `max_request_buffer`; TCP's flow control
 //!   then holds the client back. The connection holds at most that, plus one frame being received.
 //! - The bytes held beyond the connection's fixed share (the partial frame received so far, requests
 //!   running, answers waiting) are charged to the server-wide memory budget, and nothing more is read
@@ -596,8 +597,11 @@ struct InOrder<F> {
     running_reads: usize,
     running_writes: usize,
     running_barrier: bool,
-    /// Bytes held: requests running plus answers waiting.
+    /// Bytes held: requests running plus answers waiting (charged to the budget by the connection).
     bytes: usize,
+    /// Bytes of answers waiting that were built ahead as streams of frames (`ReplyStream::built`):
+    /// charged by the service already, but held for this connection, so counted in its limit.
+    built: usize,
     /// Slots `held` (see `Slot`): so that a turn with none looks at no ticket.
     held: usize,
 }
@@ -634,6 +638,7 @@ impl<F: Future<Output = Reply>> InOrder<F> {
             running_writes: 0,
             running_barrier: false,
             bytes: 0,
+            built: 0,
             held: 0,
         }
     }
@@ -668,7 +673,7 @@ impl<F: Future<Output = Reply>> InOrder<F> {
     /// requests before it (see the module documentation).
     fn may_start(&self, sequencing: Sequencing, limits: &Limits) -> bool {
         let within_limits = self.slots.len() < limits.max_concurrent_requests as usize
-            && self.bytes < limits.max_request_buffer;
+            && self.bytes + self.built < limits.max_request_buffer;
         let ordered = match sequencing {
             Sequencing::Read => self.running_writes == 0 && !self.running_barrier,
             Sequencing::OrderedWrite => self.running_reads == 0 && !self.running_barrier,
@@ -732,10 +737,13 @@ impl<F: Future<Output = Reply>> InOrder<F> {
         if let Some(slot) = self.slots.get_mut(index) {
             let reply_bytes = match &reply {
                 Reply::One(response) => response.encoded_len(),
-                // Produced as it is written, so it holds nothing yet.
+                // Produced as it is written, or built ahead and charged by the service (`built`).
                 Reply::Stream(_) => 0,
             };
             self.bytes = self.bytes - request_bytes + reply_bytes;
+            if let Reply::Stream(stream) = &reply {
+                self.built += stream.built_bytes();
+            }
             let held = ticket.as_ref().is_some_and(|deferred| !deferred.ticket.is_durable());
             self.held += usize::from(held);
             *slot = Slot::Done { reply, endless, reply_bytes, ticket, held, arrival };
@@ -780,6 +788,9 @@ impl<F: Future<Output = Reply>> InOrder<F> {
             if let Some(deferred) = ticket.take() {
                 deferred.settle(response.status);
             }
+            if let Reply::Stream(stream) = &*reply {
+                self.built -= stream.built_bytes();
+            }
             *reply = Reply::One(response);
             *held = false;
             self.held -= 1;
@@ -808,6 +819,9 @@ impl<F: Future<Output = Reply>> InOrder<F> {
         }
         self.first += 1;
         self.bytes -= reply_bytes;
+        if let Reply::Stream(stream) = &reply {
+            self.built -= stream.built_bytes();
+        }
         Some((reply, arrival, endless))
     }
 }
@@ -1021,6 +1035,52 @@ mod tests {
         assert!(ended.is_ok(), "the connection never ended");
     }
 
+    /// Answers spread over frames whole (a large Hmget's) count against the connection's limit
+    /// (`max_request_buffer`) while they wait, as single-frame answers do: a connection that sends
+    /// many and reads none is no longer read once they reach it, rather than taking the whole memory
+    /// budget (which they are charged to, by the service).
+    #[tokio::test(start_paused = true)]
+    async fn answers_built_ahead_count_against_the_connections_limit() {
+        let memory = MemoryBudget::new(1 << 30);
+        let config = crate::service::ServiceConfig { response_frame_target: 16 * 1024, ..Default::default() };
+        let service = crate::service::Service::with_memory(
+            crate::storage::MemoryStore::new(),
+            config,
+            16 << 20,
+            memory.clone(),
+        );
+        // Eight values of 64 KiB: an Hmget of them all answers 512 KiB, in frames of 16 KiB.
+        let keys: Vec<String> = (0..8).map(|i| format!("k{i}")).collect();
+        let pairs = keys.iter().map(|key| crate::pb::Kvpair::new(key.as_str(), vec![7u8; 64 * 1024]));
+        service.execute(CommandRequest::hmset("t", pairs), &Caller::default()).await;
+        let before = memory.used();
+
+        let limits = Limits { max_request_buffer: 2 << 20, ..Limits::default() };
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let serving = serve_pipelined(
+            server,
+            service,
+            Arc::new(limits),
+            memory.clone(),
+            CancellationToken::new(),
+            Caller::default(),
+            AfterClose::ReadOn,
+        );
+        tokio::spawn(serving);
+        // 64 of them, 32 MiB of answers, none read.
+        let hmget = encode_frame(&CommandRequest::hmget("t", &keys), 1 << 20).unwrap();
+        for _ in 0..64 {
+            client.write_all(&hmget).await.unwrap();
+        }
+        // The clock is paused: it moves on once every task waits, the connection's for its client.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let held = memory.used() - before;
+        // The limit, the answer being written and the one that crossed the limit, and the frames in
+        // the writer.
+        assert!(held <= (2 << 20) + 2 * (512 << 10) + (128 << 10), "the connection holds {held} bytes");
+        drop(client);
+    }
+
     /// Serves a connection to `handler` and sends it `requests`, all at once.
     async fn pipelined<H: Handler>(handler: &H, requests: &[CommandRequest]) -> DuplexStream {
         let (mut client, server) = tokio::io::duplex(1 << 20);
@@ -1067,7 +1127,7 @@ mod tests {
                     self.log.lock().push(format!("write {key}"));
                 }
                 Some(RequestData::Subscribe(_)) => {
-                    return Reply::Stream(Box::pin(futures_util::stream::pending()));
+                    return Reply::Stream(ReplyStream::new(futures_util::stream::pending()));
                 }
                 Some(RequestData::Publish(_)) => self.log.lock().push("publish".into()),
                 _ => {}
