@@ -508,7 +508,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = Limits::default().max_connections, value_parser = parse_at_least_one)]
     pub max_connections: usize,
     /// Request bytes one connection may have buffered at once (at least one maximum-size frame); on a
-    /// pipelined connection (TCP), answers waiting to be written count too.
+    /// pipelined byte stream (TCP, TLS, a WebSocket, a gRPC Pipeline call), answers waiting to be
+    /// written count too.
     #[arg(long, default_value = "32MiB", value_parser = parse_size)]
     pub max_request_buffer: usize,
     /// Request bytes a QUIC connection may send ahead of what the server has read (flow control);

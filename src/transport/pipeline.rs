@@ -24,8 +24,11 @@
 //!   (`Handler::connection_stalled`, a 429 as its last frame), and the answers behind it follow.
 //! - Reading stops while `max_concurrent_requests` requests are unanswered or while their bytes (requests
 //!   running, plus answers finished but not yet written, an answer spread over frames whole included)
-//!   reach `max_request_buffer`; TCP's flow control
-//!   then holds the client back. The connection holds at most that, plus one frame being received.
+//!   reach `max_request_buffer`; TCP's flow control then holds the client back. The connection holds at
+//!   most that, plus one frame being received, the answer that crossed the limit and the one being
+//!   written. A request still running counts by its own bytes, not its answer's, which is not known
+//!   yet: requests that do not finish at once (a Redis backend's, an Hmget of over a thousand keys)
+//!   may each still build an answer of up to `--max-answer-size`.
 //! - The bytes held beyond the connection's fixed share (the partial frame received so far, requests
 //!   running, answers waiting) are charged to the server-wide memory budget, and nothing more is read
 //!   while they are not covered. A connection that waits for the budget longer than the memory wait
@@ -600,7 +603,8 @@ struct InOrder<F> {
     /// Bytes held: requests running plus answers waiting (charged to the budget by the connection).
     bytes: usize,
     /// Bytes of answers waiting that were built ahead as streams of frames (`ReplyStream::built`):
-    /// charged by the service already, but held for this connection, so counted in its limit.
+    /// charged by the service (when the budget can hold them), but held for this connection, so counted
+    /// in its limit.
     built: usize,
     /// Slots `held` (see `Slot`): so that a turn with none looks at no ticket.
     held: usize,
