@@ -638,12 +638,10 @@ async fn request_heads_over_the_limit_are_refused() {
 #[tokio::test]
 async fn idle_web_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = TestServer::start_for_with(Transport::Http, |config| {
-        config.web_plaintext = true;
+    let (_server, web) = plaintext_web(|config| {
         config.limits.idle_timeout = Duration::from_secs(1);
     })
     .await;
-    let web = server.web.expect("a web listener");
     let mut silent = tokio::net::TcpStream::connect(web).await.unwrap();
     let mut answered = tokio::net::TcpStream::connect(web).await.unwrap();
     answered.write_all(b"GET /v1/tables/t HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
@@ -664,14 +662,12 @@ async fn idle_web_connections_are_closed() {
 #[tokio::test]
 async fn an_unread_answer_is_charged_until_it_is_abandoned_after_the_reply_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = TestServer::start_for_with(Transport::Http, |config| {
-        config.web_plaintext = true;
+    let (server, web) = plaintext_web(|config| {
         config.limits.reply_timeout = Duration::from_millis(500);
         config.limits.max_frame_len = 16 << 20;
         config.service.items.max_value_len = 13 << 20;
     })
     .await;
-    let web = server.web.expect("a web listener");
     let value = vec![7u8; 12 << 20];
     put_over_http_1_1(&server, "/v1/tables/t/keys/big", &value).await;
 
@@ -705,25 +701,16 @@ async fn an_unread_answer_is_charged_until_it_is_abandoned_after_the_reply_timeo
 /// hyper would wait on the stream for ever).
 #[tokio::test]
 async fn an_unread_http_2_answer_is_abandoned_and_its_connection_closed_when_idle() {
-    let server = TestServer::start_for_with(Transport::Http, |config| {
-        config.web_plaintext = true;
+    let (server, web) = plaintext_web(|config| {
         config.limits.reply_timeout = Duration::from_millis(500);
         config.limits.idle_timeout = Duration::from_secs(1);
         config.limits.request_timeout = Duration::from_secs(1);
     })
     .await;
-    let web = server.web.expect("a web listener");
     let value = vec![7u8; 3 << 20];
     put_over_http_1_1(&server, "/v1/tables/t/keys/big", &value).await;
 
-    let socket = tokio::net::TcpStream::connect(web).await.unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(1024)
-        .handshake::<_, bytes::Bytes>(socket)
-        .await
-        .unwrap();
-    let connection = tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
+    let (mut client, connection) = h2_client(web, 1024).await;
     let before = server.memory.used();
     let request = axum::http::Request::get(format!("http://{web}/v1/tables/t/keys/big")).body(()).unwrap();
     let (answer, _) = client.send_request(request, true).unwrap();
@@ -745,8 +732,7 @@ async fn an_unread_http_2_answer_is_abandoned_and_its_connection_closed_when_idl
 /// after their last data, kept their connections for ever.)
 #[tokio::test]
 async fn a_client_that_grants_no_window_cannot_hold_its_http_2_connection() {
-    let server = TestServer::start_for_with(Transport::Http, |config| {
-        config.web_plaintext = true;
+    let (server, web) = plaintext_web(|config| {
         config.limits.reply_timeout = Duration::from_millis(500);
         config.limits.idle_timeout = Duration::from_secs(1);
     })
@@ -754,7 +740,6 @@ async fn a_client_that_grants_no_window_cannot_hold_its_http_2_connection() {
     for key in ["a", "b", "c"] {
         put_over_http_1_1(&server, &format!("/v1/tables/t/keys/{key}"), b"value").await;
     }
-    let web = server.web.expect("a web listener");
     let hget = prost::Message::encode_to_vec(&CommandRequest::hget("t", "a"));
     let grpc = [&[0u8][..], &(hget.len() as u32).to_be_bytes(), &hget].concat();
     let get = |path: &str| axum::http::Request::get(format!("http://{web}{path}"));
@@ -770,14 +755,7 @@ async fn a_client_that_grants_no_window_cannot_hold_its_http_2_connection() {
         ),
     ];
     let unread = calls.into_iter().map(|(what, request, body)| async move {
-        let socket = tokio::net::TcpStream::connect(web).await.unwrap();
-        let (client, connection) = h2::client::Builder::new()
-            .initial_window_size(0)
-            .handshake::<_, bytes::Bytes>(socket)
-            .await
-            .unwrap();
-        let connection = tokio::spawn(connection);
-        let mut client = client.ready().await.unwrap();
+        let (mut client, connection) = h2_client(web, 0).await;
         let (answer, mut sending) = client.send_request(request.body(()).unwrap(), false).unwrap();
         sending.send_data(body, true).unwrap();
         let answer = answer.await.unwrap();
@@ -795,13 +773,11 @@ async fn a_client_that_grants_no_window_cannot_hold_its_http_2_connection() {
 #[tokio::test]
 async fn a_subscription_keeps_its_connection_however_long_nothing_is_published() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = TestServer::start_for_with(Transport::Http, |config| {
-        config.web_plaintext = true;
+    let (_server, web) = plaintext_web(|config| {
         config.limits.idle_timeout = Duration::from_millis(250);
         config.limits.reply_timeout = Duration::from_millis(250);
     })
     .await;
-    let web = server.web.expect("a web listener");
     let mut events = tokio::net::TcpStream::connect(web).await.unwrap();
     let subscribe = "GET /v1/topics/news HTTP/1.1\r\nhost: localhost\r\naccept: text/event-stream\r\n\r\n";
     events.write_all(subscribe.as_bytes()).await.unwrap();
@@ -837,14 +813,12 @@ async fn a_subscription_keeps_its_connection_however_long_nothing_is_published()
 #[tokio::test]
 async fn a_client_that_pauses_in_a_long_answer_gets_all_of_it_though_its_connection_is_found_idle() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = TestServer::start_for_with(Transport::Http, |config| {
-        config.web_plaintext = true;
+    let (server, web) = plaintext_web(|config| {
         config.limits.idle_timeout = Duration::from_millis(250);
         config.limits.request_timeout = Duration::from_millis(250);
         config.limits.reply_timeout = Duration::from_secs(5);
     })
     .await;
-    let web = server.web.expect("a web listener");
     let keys = ["k0", "k1", "k2", "k3", "k4", "k5"];
     for key in keys {
         put_over_http_1_1(&server, &format!("/v1/tables/t/keys/{key}"), &[7u8; 1 << 20]).await;
@@ -870,6 +844,33 @@ async fn a_client_that_pauses_in_a_long_answer_gets_all_of_it_though_its_connect
     for key in keys {
         assert!(text.contains(&format!("\"{key}\"")), "{key} is listed");
     }
+}
+
+/// A server whose web listener serves plaintext (so that tests may speak raw HTTP/1.1 and HTTP/2 to
+/// it), with `configure` applied; and the listener's address.
+async fn plaintext_web(
+    configure: impl FnOnce(&mut qkv::server::ServerConfig),
+) -> (TestServer, std::net::SocketAddr) {
+    let server = TestServer::start_for_with(Transport::Http, |config| {
+        config.web_plaintext = true;
+        configure(config);
+    })
+    .await;
+    let web = server.web.expect("a web listener");
+    (server, web)
+}
+
+/// An HTTP/2 client of `web` that grants each stream a window of `window` bytes, ready to send a
+/// request, and its connection's task (which ends when the server closes the connection).
+async fn h2_client(
+    web: std::net::SocketAddr,
+    window: u32,
+) -> (h2::client::SendRequest<bytes::Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
+    let socket = tokio::net::TcpStream::connect(web).await.unwrap();
+    let (client, connection) =
+        h2::client::Builder::new().initial_window_size(window).handshake(socket).await.unwrap();
+    let connection = tokio::spawn(connection);
+    (client.ready().await.unwrap(), connection)
 }
 
 /// Stores `value` at `path` (REST) over an HTTP/1.1 connection of its own, and returns once that

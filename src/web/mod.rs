@@ -376,10 +376,10 @@ impl<H: Handler> Connection<H> {
     }
 }
 
-/// `connection`'s end, or `None` once, with no request open meanwhile, it sends fewer than `min_progress` bytes
-/// (at least one) in a `timeout`: an HTTP/2 stream that waits for a client that grants no window would
-/// hold a closing connection for ever (its socket has nothing to write, so no write waits and times
-/// out). A request open again (a subscription whose client caught up, a stream opened before the
+/// `connection`'s end, or `None` once, with no request open meanwhile, it sends fewer than
+/// `min_progress` bytes (at least one) in a `timeout`: an HTTP/2 stream that waits for a client that
+/// grants no window would hold a closing connection for ever (its socket has nothing to write, so no
+/// write waits and times out). A request open again (a subscription whose client caught up, a stream opened before the
 /// GOAWAY) is served on.
 async fn while_sending<F: std::future::Future>(
     connection: F,

@@ -67,13 +67,13 @@ struct Held {
     handed: u64,
     /// The client made too little progress: `rest` was dropped.
     abandoned: bool,
-    /// Ends the watchdog when the frame has been handed on (or the answer dropped).
-    _handed_on: DropGuard,
+    /// Ends the watchdog, if the frame has one, when it has been handed on (or the answer dropped).
+    _handed_on: Option<DropGuard>,
 }
 
 /// An answer's body, its data frames larger than a piece handed on a piece at a time ([`Pacing`]),
 /// which keeps its request open (for the connection's idle timer) until its end is handed on or it is
-/// abandoned.
+/// abandoned, but for while it waits for hyper to ask for a frame (see the module documentation).
 pub struct Paced {
     /// Shared with the watchdog, which drops it when the answer is abandoned: what the answer has yet
     /// to produce (a long answer's frames, charged, or a listing's next page) goes too.
@@ -182,15 +182,15 @@ impl Paced {
             crate::metrics::limit_hit(crate::metrics::Limit::ConnectionMemory);
         }
         let piece = take_piece(&mut rest, self.pacing.piece);
-        let handed_on = CancellationToken::new();
+        let handed_on = self.pacing.watch.then(CancellationToken::new);
         let held = Arc::new(Mutex::new(Held {
             rest,
             _charge: charge,
             handed: piece.len() as u64,
             abandoned: false,
-            _handed_on: handed_on.clone().drop_guard(),
+            _handed_on: handed_on.as_ref().map(|token| token.clone().drop_guard()),
         }));
-        if self.pacing.watch {
+        if let Some(handed_on) = handed_on {
             let answer = Answer { body: Arc::downgrade(&self.body), open: self.open.clone() };
             watch(Arc::downgrade(&held), handed_on, answer, self.pacing.clone());
         }
