@@ -213,6 +213,7 @@ label_values! {
         MaxValueSize => "max_value_size",
         MaxAnswerSize => "max_answer_size",
         ConnectionMemory => "connection_memory",
+        MaxRequestBuffer => "max_request_buffer",
         MemoryBudget => "memory_budget",
         MaxConnections => "max_connections",
         RequestTimeout => "request_timeout",

@@ -192,6 +192,65 @@ async fn subscribers_that_never_read_cannot_make_the_server_hold_more_than_the_b
     tokio::time::timeout(Duration::from_secs(60), published).await.expect("publishing works again");
 }
 
+/// One QUIC connection that opens many streams and reads none of their answers holds its share of
+/// memory (`--max-request-buffer`), not the whole budget: its requests beyond the share wait to run,
+/// so another client is served meanwhile, and the waiting requests are answered, none refused, once
+/// the connection reads. (Without the share, 64 answers of 512 KiB made at once would want 32 MiB of a
+/// 24 MiB budget: answers refused with 503 to the attacker and to everyone else.)
+#[tokio::test]
+async fn one_quic_connection_leaving_its_answers_unread_holds_its_share_not_the_budget() {
+    let args = ["--connection-memory", "24MiB", "--max-frame-size", "1MiB", "--max-request-buffer", "2MiB"];
+    let mut server = ServerProcess::start(&[&args[..], &["--admin", "127.0.0.1:0"]].concat()).await;
+    let admin = server.admin_addr().await;
+    let client = Client::connect_with(server.client_config(Transport::Quic)).await.unwrap();
+    // Eight values of 64 KiB: an Hmget of them all is an answer of 512 KiB, in frames, made whole.
+    let keys: Vec<String> = (0..8).map(|i| format!("k{i}")).collect();
+    for key in &keys {
+        client.hset("t", key, Value::from(vec![3u8; 64 * 1024])).await.unwrap();
+    }
+    let hmget = common::frame(&CommandRequest::hmget("t", keys.iter().map(String::as_str)));
+    let connection = common::raw_quic(server.addr, &server.ca()).await;
+    let mut unread = Vec::new();
+    for _ in 0..64 {
+        let (mut send, recv) = connection.open_bi().await.unwrap();
+        send.write_all(&hmget).await.unwrap();
+        send.finish().unwrap();
+        unread.push(recv);
+    }
+    // Either limit says the attack has taken hold: the share (a request waits) or the budget (an
+    // answer refused).
+    let hits = |exposition: &str, limit: &str| {
+        common::sample(exposition, &format!("qkv_limits_hit_total{{limit=\"{limit}\"}}"))
+    };
+    let took_hold = async {
+        loop {
+            let (_, exposition) = common::admin_get(admin, "/metrics").await;
+            let (share, budget) =
+                (hits(&exposition, "max_request_buffer"), hits(&exposition, "connection_memory"));
+            if share + budget > 0.0 {
+                return budget;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let refused =
+        tokio::time::timeout(Duration::from_secs(60), took_hold).await.expect("the attack takes hold");
+    assert_eq!(refused, 0.0, "answers were refused for memory: one connection spent the budget");
+
+    let values = client.hmget("t", &keys.iter().map(String::as_str).collect::<Vec<_>>()).await.unwrap();
+    assert!(values.iter().all(Option::is_some), "another client is served in full");
+    let answers = futures_util::future::join_all(unread.into_iter().map(common::read_responses)).await;
+    for frames in &answers {
+        assert!(
+            frames.iter().all(|frame| frame.status == status::OK),
+            "{:?}",
+            frames.first().map(|f| &f.message)
+        );
+        let values: usize = frames.iter().map(|frame| frame.values.len()).sum();
+        assert_eq!(values, keys.len(), "every value of every answer, once the connection reads");
+    }
+}
+
 /// A length header alone reserves nothing: 200 streams declaring the largest frame and sending ten
 /// bytes of it make the server map almost nothing (a codec that reserved the declared length would
 /// map 3 GiB, which a peak-resident-memory check cannot see).

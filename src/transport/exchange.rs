@@ -5,13 +5,14 @@
 
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::codec::FramedRead;
 
 use super::frame::{FrameCodec, FrameError, HEADER_LEN};
@@ -73,6 +74,88 @@ impl AnswerBudget {
         let mut charge = self.refusals.empty_charge();
         charge.cover(len.min(self.refusals.total())).await;
         charge
+    }
+}
+
+/// A connection's share of memory for answers: the bytes of its answers made and not yet written to
+/// their streams, and how many it may hold before its next request waits to run (`--max-request-buffer`,
+/// as a pipelined connection's answers count against it).
+///
+/// An answer is made whole before it is written (an Hmget spread over frames included): charged, it
+/// cannot take the server past its budget, but one connection whose client opens many streams and
+/// reads none of their answers could spend the whole budget, every other client then refused with 503
+/// until the reply timeout abandoned them. With the share, a request runs only while the answers held
+/// are under it, so one connection holds at most its share, plus the answer that crossed it (and any
+/// other started before the share filled: requests that do not finish at once, a Redis backend's, may
+/// each still make one). Those that wait run as the client reads (or the reply timeout abandons what it
+/// does not), holding their stream and their turn meanwhile.
+#[derive(Debug)]
+pub struct AnswerShare {
+    held: AtomicUsize,
+    limit: usize,
+    /// Told when the answers held fall under the limit.
+    freed: Notify,
+}
+
+impl AnswerShare {
+    /// A share of `limit` bytes of answers.
+    pub fn new(limit: usize) -> Self {
+        AnswerShare { held: AtomicUsize::new(0), limit, freed: Notify::new() }
+    }
+
+    /// Waits until the answers held are under the share: counted once (limit `max_request_buffer`)
+    /// if the request has to wait.
+    async fn room(&self) {
+        if self.held.load(Ordering::Acquire) < self.limit {
+            return;
+        }
+        crate::metrics::limit_hit(Limit::MaxRequestBuffer);
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before looking, so that a release in between is not missed.
+            freed.as_mut().enable();
+            if self.held.load(Ordering::Acquire) < self.limit {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    /// Counts an answer of `bytes` as held until the returned guard is dropped.
+    fn hold(&self, bytes: usize) -> HeldAnswer<'_> {
+        self.held.fetch_add(bytes, Ordering::AcqRel);
+        HeldAnswer { share: self, bytes }
+    }
+
+    /// The bytes of answers held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+/// An answer counted in its connection's [`AnswerShare`] until it has been written.
+struct HeldAnswer<'a> {
+    share: &'a AnswerShare,
+    bytes: usize,
+}
+
+impl Drop for HeldAnswer<'_> {
+    fn drop(&mut self) {
+        let before = self.share.held.fetch_sub(self.bytes, Ordering::AcqRel);
+        // Only a fall from at or over the limit to under it can end a wait.
+        if before >= self.share.limit && before - self.bytes < self.share.limit {
+            self.share.freed.notify_waiters();
+        }
+    }
+}
+
+/// The bytes an answer holds once made: a single frame's, or those of frames built ahead
+/// (`ReplyStream::built_bytes`; none for a stream made as it is written, a subscription's).
+fn answer_bytes(reply: &Reply) -> usize {
+    match reply {
+        Reply::One(response) => response.encoded_len(),
+        Reply::Stream(stream) => stream.built_bytes(),
     }
 }
 
@@ -268,6 +351,9 @@ pub struct Exchange<H> {
     /// the request has been read, so that requests waiting their turn never hold back the bytes of
     /// those that have it (a QUIC connection's flow-control window is shared by all its streams).
     pub in_progress: Option<std::sync::Arc<Semaphore>>,
+    /// When set, the connection's share for answers: a request runs only while its answers held are
+    /// under it (see [`AnswerShare`]).
+    pub answer_share: Option<std::sync::Arc<AnswerShare>>,
 }
 
 /// Serves one request stream: reads the request, executes it, writes the reply. An unreadable request
@@ -290,7 +376,7 @@ where
     W: AsyncWrite + Unpin,
     H: Handler,
 {
-    let Exchange { handler, limits, answers, caller, in_progress } = exchange;
+    let Exchange { handler, limits, answers, caller, in_progress, answer_share } = exchange;
     let (refusal, served) = match read_request(&mut recv, limits).await {
         Ok(request) => {
             tracing::Span::current().record("command", request.command_name());
@@ -311,6 +397,9 @@ where
                 Some(in_progress) => in_progress.acquire().await.ok(),
                 None => None,
             };
+            if let Some(share) = answer_share {
+                share.room().await;
+            }
             let reply = handler.execute(request, caller).await;
             if let Some(arrival) = arrival {
                 handler.answered(arrival);
@@ -324,6 +413,7 @@ where
                 // charged while the request executes and is answered.
                 reply => {
                     let not_executed = matches!(&reply, Reply::One(r) if r.status == status::CONFLICT);
+                    let _held = answer_share.as_ref().map(|share| share.hold(answer_bytes(&reply)));
                     return match write_reply(send, reply, limits, &answers.memory).await {
                         Ok(()) => Ok(Served::Answered),
                         // A conflict's answer carries the key's value, which may not fit in what is
@@ -410,6 +500,7 @@ mod tests {
             answers,
             caller: Caller::default(),
             in_progress: None,
+            answer_share: None,
         }
     }
 
@@ -466,6 +557,25 @@ mod tests {
         let (recv, (mut send, _reply)) = stream_of(&CommandRequest::hget("t", "k")).await;
         let served = serve(recv, &mut send, &service, Some(&early)).await;
         assert!(matches!(served, Ok(Served::Answered)), "{served:?}");
+    }
+
+    /// A request runs only while its connection's answers held are under the share, and one that
+    /// waits runs once an answer held is written.
+    #[tokio::test]
+    async fn a_request_waits_while_its_connections_answers_fill_their_share() {
+        let share = AnswerShare::new(10);
+        let under = share.hold(9);
+        let room = share.room();
+        tokio::pin!(room);
+        assert!(futures_util::poll!(&mut room).is_ready(), "under the share: at once");
+        let over = share.hold(3);
+        let room = share.room();
+        tokio::pin!(room);
+        assert!(futures_util::poll!(&mut room).is_pending(), "12 bytes held of 10");
+        drop(under);
+        assert!(futures_util::poll!(&mut room).is_ready(), "3 held once the first is written");
+        drop(over);
+        assert_eq!(share.held(), 0);
     }
 
     /// Refusals written while the budget is spent: a client that reads none of them holds at most the

@@ -34,7 +34,7 @@ use crate::metrics::{self, PathSampler};
 use crate::service::{Caller, Handler};
 use crate::transport::admission::{Admission, Admitted};
 use crate::transport::budget::ReadBudget;
-use crate::transport::exchange::{AnswerBudget, EarlyData, Exchange, Served, serve_request};
+use crate::transport::exchange::{AnswerBudget, AnswerShare, EarlyData, Exchange, Served, serve_request};
 use crate::transport::frame::FrameError;
 use crate::transport::log_throttle;
 use crate::transport::origin::Origins;
@@ -314,6 +314,7 @@ pub(super) async fn serve_connection<H: Handler>(
         answers: AnswerBudget::new(memory.clone(), REFUSALS_AT_ONCE),
         caller,
         in_progress: Some(in_progress),
+        answer_share: Some(Arc::new(AnswerShare::new(limits.max_request_buffer))),
     };
     // A WebTransport session's CONNECT stream is a bidirectional stream of the connection's credit,
     // open for the session's life, so a page short of one would never have all of its permits in
