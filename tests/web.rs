@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::TestServer;
+use futures_util::FutureExt;
 use qkv::certs::CertDir;
 use qkv::pb::{CommandRequest, Kvpair, Value, status};
 use qkv::transport::Transport;
@@ -722,6 +723,109 @@ async fn an_unread_http_2_answer_is_abandoned_and_its_connection_closed_when_idl
     let closed = tokio::time::timeout(Duration::from_secs(20), connection).await;
     assert!(closed.is_ok(), "the connection of an abandoned stream is closed once idle");
     drop(answer);
+}
+
+/// An HTTP/2 connection's answers that its client does not read count in the connection's share
+/// (`--max-request-buffer`) as they are charged: once they fill it, its next requests wait to run (the
+/// `max_request_buffer` limit hit says one did) rather than add theirs, and every one is answered in
+/// full once the client reads. For REST and gRPC answers.
+#[tokio::test]
+async fn an_http_2_connections_unread_answers_hold_its_share_not_the_budget() {
+    let (server, web) = plaintext_web(|config| {
+        config.limits.max_frame_len = 1 << 20;
+        config.limits.max_request_buffer = 2 << 20;
+        config.admin = Some("127.0.0.1:0".parse().expect("an address"));
+    })
+    .await;
+    let admin = server.admin.expect("an admin listener");
+    let waited_for_share = || async move {
+        let (_, exposition) = common::admin_get(admin, "/metrics").await;
+        common::sample(&exposition, r#"qkv_limits_hit_total{limit="max_request_buffer"}"#)
+    };
+    const VALUE: usize = 256 * 1024;
+    put_over_http_1_1(&server, "/v1/tables/t/keys/big", &[7u8; VALUE]).await;
+    let hget = prost::Message::encode_to_vec(&CommandRequest::hget("t", "big"));
+    let grpc = bytes::Bytes::from([&[0u8][..], &(hget.len() as u32).to_be_bytes(), &hget].concat());
+    let rest = || axum::http::Request::get(format!("http://{web}/v1/tables/t/keys/big"));
+    let execute = || {
+        axum::http::Request::post(format!("http://{web}/qkv.v1.Kv/Execute"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+    };
+    let doors: [(&str, &dyn Fn() -> axum::http::request::Builder, bytes::Bytes); 2] =
+        [("REST", &rest, bytes::Bytes::new()), ("gRPC", &execute, grpc)];
+    for (door, request, body) in doors {
+        // A client that grants its streams no window until it is told to read.
+        let socket = tokio::net::TcpStream::connect(web).await.unwrap();
+        let (client, mut connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(socket)
+            .await
+            .unwrap();
+        let (read, reads) = tokio::sync::oneshot::channel::<()>();
+        let driver = tokio::spawn(async move {
+            tokio::select! {
+                ended = &mut connection => return ended,
+                _ = reads => {}
+            }
+            connection.set_initial_window_size(1 << 20)?;
+            connection.await
+        });
+        let client = client.ready().await.unwrap();
+        let before = server.memory.used();
+        let ask = async |client: h2::client::SendRequest<bytes::Bytes>| {
+            let mut client = client.ready().await.unwrap();
+            let (answer, mut sending) = client.send_request(request().body(()).unwrap(), false).unwrap();
+            sending.send_data(body.clone(), true).unwrap();
+            (client, answer)
+        };
+        let mut answers = futures_util::stream::FuturesUnordered::new();
+        let mut client = client;
+        for _ in 0..32 {
+            let answer;
+            (client, answer) = ask(client).await;
+            answers.push(answer);
+        }
+        // The share holds 8 answers (requests running at once may make more): their heads come,
+        // and they are charged while they wait for their client.
+        let mut answered = Vec::new();
+        for _ in 0..8 {
+            answered.push(futures_util::StreamExt::next(&mut answers).await.unwrap().unwrap());
+        }
+        budget_until(&server, door, |used| used >= before + 8 * VALUE).await;
+        // The share is full: one more request waits to run.
+        let waited = waited_for_share().await;
+        let (_client, answer) = ask(client).await;
+        answers.push(answer);
+        let waits = async {
+            while waited_for_share().await <= waited {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), waits).await.expect("a request waits for the share");
+
+        read.send(()).unwrap();
+        // Every answer read at once: the connection's window is shared, and the requests that wait
+        // for the share run only as the others are read.
+        let read_body = async |answer: Result<axum::http::Response<h2::RecvStream>, h2::Error>| {
+            let answer = answer.unwrap();
+            assert_eq!(answer.status(), 200, "{door}");
+            let mut body = answer.into_body();
+            let mut received = 0;
+            while let Some(data) = body.data().await {
+                let data = data.unwrap();
+                received += data.len();
+                let _ = body.flow_control().release_capacity(data.len());
+            }
+            received
+        };
+        let answered = answered.into_iter().map(|answer| read_body(Ok(answer)).boxed());
+        let waiting = answers.into_iter().map(|answer| async { read_body(answer.await).await }.boxed());
+        for received in futures_util::future::join_all(answered.chain(waiting)).await {
+            assert!(received >= VALUE, "{door}: {received} bytes of an answer of {VALUE}");
+        }
+        driver.abort();
+    }
 }
 
 /// An HTTP/2 client that grants no window, answering every keep-alive PING, cannot hold its connection

@@ -88,7 +88,9 @@ impl AnswerBudget {
 /// are under it, so one connection holds at most its share, plus the answer that crossed it (and any
 /// other started before the share filled: requests that do not finish at once, a Redis backend's, may
 /// each still make one). Those that wait run as the client reads (or the reply timeout abandons what it
-/// does not), holding their stream and their turn meanwhile.
+/// does not), holding their stream and their turn meanwhile. A QUIC connection's requests use it here
+/// (`Exchange::answer_share`); the web listener's connections count their answers' large frames in one
+/// too (web/paced.rs).
 #[derive(Debug)]
 pub struct AnswerShare {
     held: AtomicUsize,
@@ -105,8 +107,8 @@ impl AnswerShare {
 
     /// Waits until the answers held are under the share: counted once (limit `max_request_buffer`)
     /// if the request has to wait.
-    async fn room(&self) {
-        if self.held.load(Ordering::Acquire) < self.limit {
+    pub(crate) async fn room(&self) {
+        if self.has_room() {
             return;
         }
         crate::metrics::limit_hit(Limit::MaxRequestBuffer);
@@ -115,7 +117,7 @@ impl AnswerShare {
             tokio::pin!(freed);
             // Registered before looking, so that a release in between is not missed.
             freed.as_mut().enable();
-            if self.held.load(Ordering::Acquire) < self.limit {
+            if self.has_room() {
                 return;
             }
             freed.await;
@@ -123,30 +125,47 @@ impl AnswerShare {
     }
 
     /// Counts an answer of `bytes` as held until the returned guard is dropped.
-    fn hold(&self, bytes: usize) -> HeldAnswer<'_> {
-        self.held.fetch_add(bytes, Ordering::AcqRel);
-        HeldAnswer { share: self, bytes }
+    fn hold(&self, bytes: usize) -> HeldAnswer<&Self> {
+        HeldAnswer::new(self, bytes)
+    }
+
+    /// Whether the answers held are under the share: a request may run at once.
+    pub fn has_room(&self) -> bool {
+        self.held.load(Ordering::Acquire) < self.limit
     }
 
     /// The bytes of answers held now.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Acquire)
     }
+
+    fn release(&self, bytes: usize) {
+        let before = self.held.fetch_sub(bytes, Ordering::AcqRel);
+        // Only a fall from at or over the limit to under it can end a wait.
+        if before >= self.limit && before - bytes < self.limit {
+            self.freed.notify_waiters();
+        }
+    }
 }
 
-/// An answer counted in its connection's [`AnswerShare`] until it has been written.
-struct HeldAnswer<'a> {
-    share: &'a AnswerShare,
+/// An answer counted in its connection's [`AnswerShare`] until it is dropped (once written, or handed
+/// on whole); `S` is how the share is reached: borrowed, or shared (an `Arc`) by an answer that
+/// outlives the code that made it (the web listener's).
+pub(crate) struct HeldAnswer<S: std::ops::Deref<Target = AnswerShare>> {
+    share: S,
     bytes: usize,
 }
 
-impl Drop for HeldAnswer<'_> {
+impl<S: std::ops::Deref<Target = AnswerShare>> HeldAnswer<S> {
+    pub(crate) fn new(share: S, bytes: usize) -> Self {
+        share.held.fetch_add(bytes, Ordering::AcqRel);
+        HeldAnswer { share, bytes }
+    }
+}
+
+impl<S: std::ops::Deref<Target = AnswerShare>> Drop for HeldAnswer<S> {
     fn drop(&mut self) {
-        let before = self.share.held.fetch_sub(self.bytes, Ordering::AcqRel);
-        // Only a fall from at or over the limit to under it can end a wait.
-        if before >= self.share.limit && before - self.bytes < self.share.limit {
-            self.share.freed.notify_waiters();
-        }
+        self.share.release(self.bytes);
     }
 }
 

@@ -53,6 +53,7 @@ use crate::metrics::Metered;
 use crate::pb::{CommandRequest, CommandResponse, status};
 use crate::service::{Caller, Handler, Reply, ReplyFrame};
 use crate::transport::admission::{Admission, Admitted};
+use crate::transport::exchange::AnswerShare;
 use crate::transport::log_throttle::{self, HeldBack, LogThrottle};
 use crate::transport::origin::Origins;
 use crate::transport::tcp::{Accepting, ByteCounts, Counted, accept_loop, tls_handshake, tune};
@@ -287,6 +288,7 @@ impl<H: Handler> Connection<H> {
             stall: limits.reply_timeout,
             min_progress: limits.reply_min_progress,
             watch: false,
+            share: Arc::new(AnswerShare::new(limits.max_request_buffer)),
         };
         let scope = browser::ConnectionScope {
             sessions: sessions.clone(),
@@ -306,13 +308,21 @@ impl<H: Handler> Connection<H> {
                 };
                 // Open from here until its answer's end is handed on (or it is abandoned, or dropped),
                 // but for while its answer waits for the client to read on (paced.rs).
-                let open = requests.open();
+                let mut open = requests.open();
                 // HTTP/2's streams share a connection that goes on while one of them waits for its
                 // client; HTTP/1.1's answers go one after the other, on a connection whose writes
                 // time out if its client stops reading (below).
                 let pacing =
                     Pacing { watch: request.version() >= axum::http::Version::HTTP_2, ..pacing.clone() };
                 async move {
+                    // The connection's answers its client has not read fill their share: this request
+                    // runs once it reads on (or they are abandoned), and meanwhile it waits for the
+                    // client, as they do, so it does not keep the connection from being idle.
+                    if !pacing.share.has_room() {
+                        open.waiting(true);
+                        pacing.share.room().await;
+                        open.waiting(false);
+                    }
                     let response = door.oneshot(request.map(Body::new)).await;
                     response.map(|response| response.map(|body| Body::new(Paced::new(body, pacing, open))))
                 }

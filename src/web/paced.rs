@@ -8,7 +8,9 @@
 //! one more while its queue is not full, and hyper holds one more while it waits; HTTP/1.1: its write
 //! buffer), so pieces of a fifth of what a stream may queue keep what they hold within the share each
 //! stream is charged when its connection is admitted. The frame is charged to the connection memory
-//! budget until its last piece is handed on, or it is abandoned.
+//! budget until its last piece is handed on, or it is abandoned, and counts in its connection's share
+//! for answers meanwhile (`Pacing::share`: while such frames fill it, the connection's next requests
+//! wait to run).
 //!
 //! A client that stops reading, or reads a trickle (less than `--reply-min-progress` in
 //! `--reply-timeout`), loses its answer, as a long answer of any other transport is abandoned. On
@@ -41,6 +43,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::OpenRequest;
 use crate::memory::{Charge, MemoryBudget};
+use crate::transport::exchange::{AnswerShare, HeldAnswer};
 
 /// How a connection's answers are paced.
 #[derive(Clone)]
@@ -55,6 +58,9 @@ pub struct Pacing {
     /// Watch each frame larger than a piece for its stream's progress (HTTP/2; an HTTP/1.1
     /// connection's writes time out instead).
     pub watch: bool,
+    /// The connection's share for answers (`--max-request-buffer`): a frame larger than a piece
+    /// counts in it, as it is charged, until its last piece is handed on.
+    pub share: Arc<AnswerShare>,
 }
 
 /// The rest of a data frame larger than a piece.
@@ -63,6 +69,8 @@ struct Held {
     /// The whole frame, whose allocation `rest` keeps; `None` when the budget could not hold it (it is
     /// sent all the same: the answer was made, a write's included, and its headers have gone).
     _charge: Option<Charge>,
+    /// The whole frame, counted in the connection's share.
+    _share: Option<HeldAnswer<Arc<AnswerShare>>>,
     /// The bytes handed on so far.
     handed: u64,
     /// The client made too little progress: `rest` was dropped.
@@ -181,11 +189,13 @@ impl Paced {
         if charge.is_none() {
             crate::metrics::limit_hit(crate::metrics::Limit::ConnectionMemory);
         }
+        let share = HeldAnswer::new(self.pacing.share.clone(), rest.len());
         let piece = take_piece(&mut rest, self.pacing.piece);
         let handed_on = self.pacing.watch.then(CancellationToken::new);
         let held = Arc::new(Mutex::new(Held {
             rest,
             _charge: charge,
+            _share: Some(share),
             handed: piece.len() as u64,
             abandoned: false,
             _handed_on: handed_on.as_ref().map(|token| token.clone().drop_guard()),
@@ -241,6 +251,7 @@ fn watch(held: Weak<Mutex<Held>>, handed_on: CancellationToken, answer: Answer, 
             }
             state.rest = Bytes::new();
             state._charge = None;
+            state._share = None;
             state.abandoned = true;
             drop(state);
             crate::metrics::limit_hit(crate::metrics::Limit::ReplyTimeout);
@@ -268,7 +279,14 @@ mod tests {
     /// Pieces of 1 KiB, charged to a budget of 1 GiB, within a reply timeout of 30 s, watched as an
     /// HTTP/2 stream's are.
     fn pacing(min_progress: usize) -> Pacing {
-        Pacing { memory: MemoryBudget::new(1 << 30), piece: PIECE, stall: STALL, min_progress, watch: true }
+        Pacing {
+            memory: MemoryBudget::new(1 << 30),
+            piece: PIECE,
+            stall: STALL,
+            min_progress,
+            watch: true,
+            share: Arc::new(AnswerShare::new(usize::MAX)),
+        }
     }
 
     /// A 1 MiB answer paced in pieces of 1 KiB, its first piece taken; the budget it is charged to,
