@@ -744,6 +744,7 @@ async fn an_http_2_connections_unread_answers_hold_its_share_not_the_budget() {
     };
     const VALUE: usize = 256 * 1024;
     put_over_http_1_1(&server, "/v1/tables/t/keys/big", &[7u8; VALUE]).await;
+    let idle = server.memory.used();
     let hget = prost::Message::encode_to_vec(&CommandRequest::hget("t", "big"));
     let grpc = bytes::Bytes::from([&[0u8][..], &(hget.len() as u32).to_be_bytes(), &hget].concat());
     let rest = || axum::http::Request::get(format!("http://{web}/v1/tables/t/keys/big"));
@@ -771,6 +772,7 @@ async fn an_http_2_connections_unread_answers_hold_its_share_not_the_budget() {
             connection.set_initial_window_size(1 << 20)?;
             connection.await
         });
+        // Admitted (its share charged) before the server took part in the handshake.
         let client = client.ready().await.unwrap();
         let before = server.memory.used();
         let ask = async |client: h2::client::SendRequest<bytes::Bytes>| {
@@ -825,6 +827,7 @@ async fn an_http_2_connections_unread_answers_hold_its_share_not_the_budget() {
             assert!(received >= VALUE, "{door}: {received} bytes of an answer of {VALUE}");
         }
         driver.abort();
+        budget_until(&server, "the connection's share given back", |used| used <= idle).await;
     }
 }
 

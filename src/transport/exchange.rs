@@ -85,10 +85,11 @@ impl AnswerBudget {
 /// cannot take the server past its budget, but one connection whose client opens many streams and
 /// reads none of their answers could spend the whole budget, every other client then refused with 503
 /// until the reply timeout abandoned them. With the share, a request runs only while the answers held
-/// are under it, so one connection holds at most its share, plus the answer that crossed it (and any
-/// other started before the share filled: requests that do not finish at once, a Redis backend's, may
-/// each still make one). Those that wait run as the client reads (or the reply timeout abandons what it
-/// does not), holding their stream and their turn meanwhile. A QUIC connection's requests use it here
+/// are under it. It is a gate, not a reservation: the answer that crosses the share is held whole, and
+/// so is that of every request that passed while it had room and had not made its answer yet (one that
+/// does not finish at once, a Redis backend's; when the share falls under its limit, every request
+/// waiting is let through together). Those that wait run as the client reads (or the reply timeout
+/// abandons what it does not), holding their stream and their turn meanwhile. A QUIC connection's requests use it here
 /// (`Exchange::answer_share`); the web listener's connections count their answers' large frames in one
 /// too (web/paced.rs).
 #[derive(Debug)]

@@ -117,7 +117,7 @@ pub struct Limits {
     /// Request bytes one connection may have buffered at once, over all its streams; a stream waits
     /// (and its peer, through flow control) until there is room. At least `max_frame_len` + 4. Also
     /// what a connection's answers not yet written may hold: on a pipelined byte stream counted with
-    /// its requests, on QUIC in a share of their own (`exchange::AnswerShare`).
+    /// its requests, on QUIC and the web listener in a share of their own (`exchange::AnswerShare`).
     pub max_request_buffer: usize,
     /// QUIC connection-wide flow-control window: request bytes a peer may send ahead of what the
     /// server has read. Reserved from the connection memory budget for every QUIC connection.

@@ -308,21 +308,15 @@ impl<H: Handler> Connection<H> {
                 };
                 // Open from here until its answer's end is handed on (or it is abandoned, or dropped),
                 // but for while its answer waits for the client to read on (paced.rs).
-                let mut open = requests.open();
+                let open = requests.open();
                 // HTTP/2's streams share a connection that goes on while one of them waits for its
                 // client; HTTP/1.1's answers go one after the other, on a connection whose writes
                 // time out if its client stops reading (below).
                 let pacing =
                     Pacing { watch: request.version() >= axum::http::Version::HTTP_2, ..pacing.clone() };
+                // For `read_body`, which waits for room in it before the request runs.
+                request.extensions_mut().insert(pacing.share.clone());
                 async move {
-                    // The connection's answers its client has not read fill their share: this request
-                    // runs once it reads on (or they are abandoned), and meanwhile it waits for the
-                    // client, as they do, so it does not keep the connection from being idle.
-                    if !pacing.share.has_room() {
-                        open.waiting(true);
-                        pacing.share.room().await;
-                        open.waiting(false);
-                    }
                     let response = door.oneshot(request.map(Body::new)).await;
                     response.map(|response| response.map(|body| Body::new(Paced::new(body, pacing, open))))
                 }
@@ -642,7 +636,8 @@ fn buffered(router: Router, limit: BodyLimit, grpc: bool) -> Router {
 }
 
 /// Reads a request's body whole, refusing one over the limit (413) and one the connection memory
-/// budget cannot hold now (503); the charge is held until the request's answer has begun.
+/// budget cannot hold now (503), and has it wait for room in its connection's share for answers; the
+/// charge is held until the request's answer has begun.
 async fn read_body<const GRPC: bool>(
     State(limit): State<BodyLimit>,
     request: Request,
@@ -692,6 +687,12 @@ async fn read_body<const GRPC: bool>(
             return refuse(StatusCode::REQUEST_TIMEOUT, detail);
         }
     };
+    // While the connection's answers its client has not read fill their share, the request waits to
+    // run, its body read (so that it holds no flow-control window the requests running need) and
+    // charged, until the client reads on or the answers are abandoned (paced.rs).
+    if let Some(share) = parts.extensions.get::<Arc<AnswerShare>>() {
+        share.room().await;
+    }
     let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     drop(charge);
     response
