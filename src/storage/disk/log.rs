@@ -60,8 +60,10 @@ pub struct Log {
 /// two halves overlap with each other's commit instead of waiting for one commit all together.
 const SPARE_SHARE: f64 = 0.25;
 
-/// Nor into halves smaller than this: an fsync costs the core about as much as 100 requests.
-const MIN_SPLIT: usize = 32;
+/// Nor into halves smaller than this: an fsync costs the core about as much as 100 requests, but a
+/// core with room to spare has it to give (measured: 16 writes in flight gained a quarter from halves
+/// of 8; docs/DESIGN.md, "How writes caught up", item 10).
+const MIN_SPLIT: usize = 8;
 
 /// Where to split a batch after a cycle of `cycle` in which the runtime idled for `idle` and the
 /// committer took `last_batch` records: half that when the runtime had room, else nowhere.

@@ -770,7 +770,8 @@ fn batches_split_only_when_the_runtime_idled() {
     assert_eq!(log::split_point(ms(4), ms(2), 250), 125, "half idle: lockstep, split");
     assert_eq!(log::split_point(ms(4), ms(1), 250), 125, "a quarter idle is room enough");
     assert_eq!(log::split_point(ms(4), Duration::from_micros(500), 250), usize::MAX, "saturated");
-    assert_eq!(log::split_point(ms(4), ms(4), 63), usize::MAX, "halves too small to pay an fsync");
+    assert_eq!(log::split_point(ms(4), ms(4), 15), usize::MAX, "halves too small to pay an fsync");
+    assert_eq!(log::split_point(ms(4), ms(4), 16), 8, "16 in flight: two commits of 8");
     assert_eq!(log::split_point(Duration::ZERO, Duration::ZERO, 250), usize::MAX);
 }
 
