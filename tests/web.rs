@@ -831,6 +831,44 @@ async fn an_http_2_connections_unread_answers_hold_its_share_not_the_budget() {
     }
 }
 
+/// A request that waits for room in its connection's share longer than a body may take to arrive
+/// (`--request-timeout`) is refused, 503, and nothing is executed: waiting, its body holds the budget.
+#[tokio::test]
+async fn a_request_that_waits_too_long_for_its_connections_share_is_refused() {
+    use qkv::storage::Storage;
+    let (server, web) = plaintext_web(|config| {
+        config.limits.max_frame_len = 1 << 20;
+        config.limits.max_request_buffer = 2 << 20;
+        config.limits.request_timeout = Duration::from_millis(300);
+    })
+    .await;
+    const VALUE: usize = 256 * 1024;
+    put_over_http_1_1(&server, "/v1/tables/t/keys/big", &[7u8; VALUE]).await;
+    let (mut client, connection) = h2_client(web, 0).await;
+    let before = server.memory.used();
+    // Eight unread answers fill the share.
+    let mut unread = Vec::new();
+    for _ in 0..8 {
+        client = client.ready().await.unwrap();
+        let get = axum::http::Request::get(format!("http://{web}/v1/tables/t/keys/big")).body(()).unwrap();
+        unread.push(client.send_request(get, true).unwrap().0);
+    }
+    budget_until(&server, "unread answers charged", |used| used >= before + 8 * VALUE).await;
+
+    client = client.ready().await.unwrap();
+    let put = axum::http::Request::put(format!("http://{web}/v1/tables/t/keys/late"))
+        .header("content-type", "application/octet-stream")
+        .body(())
+        .unwrap();
+    let (answer, mut sending) = client.send_request(put, false).unwrap();
+    sending.send_data(bytes::Bytes::from_static(b"late"), true).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(20), answer).await.expect("answered").unwrap();
+    assert_eq!(answer.status(), 503);
+    assert!(server.service.storage().get("t", "late").await.unwrap().is_none(), "nothing was executed");
+    connection.abort();
+    drop(unread);
+}
+
 /// An HTTP/2 client that grants no window, answering every keep-alive PING, cannot hold its connection
 /// open with answers it does not read: an answer waiting for its client (a value, a listing, a gRPC
 /// call: each has handed hyper its first frame, which hyper cannot send, and is not asked for the

@@ -509,8 +509,9 @@ pub struct ServeArgs {
     pub max_connections: usize,
     /// Request bytes one connection may have buffered at once (at least one maximum-size frame); on a
     /// pipelined byte stream (TCP, TLS, a WebSocket, a gRPC Pipeline call), answers waiting to be
-    /// written count too; on QUIC and HTTP/2, answers not yet written have a share of this size of
-    /// their own (while they fill it, the connection's next requests wait to run).
+    /// written count too; on QUIC, answers not yet written, and on the web listener, answer frames
+    /// larger than a piece, have a share of this size of their own (while they fill it, the
+    /// connection's next requests wait to run).
     #[arg(long, default_value = "32MiB", value_parser = parse_size)]
     pub max_request_buffer: usize,
     /// Request bytes a QUIC connection may send ahead of what the server has read (flow control);

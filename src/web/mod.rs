@@ -689,9 +689,18 @@ async fn read_body<const GRPC: bool>(
     };
     // While the connection's answers its client has not read fill their share, the request waits to
     // run, its body read (so that it holds no flow-control window the requests running need) and
-    // charged, until the client reads on or the answers are abandoned (paced.rs).
-    if let Some(share) = parts.extensions.get::<Arc<AnswerShare>>() {
-        share.room().await;
+    // charged, until the client reads on or the answers are abandoned (paced.rs); for at most the
+    // time a body may take to arrive, so that waiting bodies do not hold the budget for as long as
+    // the client reads its answers slowly.
+    if let Some(share) = parts.extensions.get::<Arc<AnswerShare>>()
+        && tokio::time::timeout(limit.deadline, share.room()).await.is_err()
+    {
+        let detail = format!(
+            "the connection's earlier answers, unread, fill its share (--max-request-buffer) and did not \
+             make room within {:?} (--request-timeout); nothing was executed: read them, then retry",
+            limit.deadline
+        );
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, detail);
     }
     let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     drop(charge);
