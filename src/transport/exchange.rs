@@ -78,8 +78,8 @@ impl AnswerBudget {
 }
 
 /// A connection's share of memory for answers: the bytes of its answers made and not yet written to
-/// their streams, and how many it may hold before its next request waits to run (`--max-request-buffer`,
-/// as a pipelined connection's answers count against it).
+/// their streams, and how many it may hold before its next request waits to run
+/// (`--max-request-buffer`, as a pipelined connection's answers count against it).
 ///
 /// An answer is made whole before it is written (an Hmget spread over frames included): charged, it
 /// cannot take the server past its budget, but one connection whose client opens many streams and
@@ -89,9 +89,9 @@ impl AnswerBudget {
 /// so is that of every request that passed while it had room and had not made its answer yet (one that
 /// does not finish at once, a Redis backend's; when the share falls under its limit, every request
 /// waiting is let through together). Those that wait run as the client reads (or the reply timeout
-/// abandons what it does not), holding their stream and their turn meanwhile. A QUIC connection's requests use it here
-/// (`Exchange::answer_share`); the web listener's connections count their answers' large frames in one
-/// too (web/paced.rs).
+/// abandons what it does not), holding their stream and their turn meanwhile. A QUIC connection's
+/// requests use it here (`Exchange::answer_share`); the web listener's connections count their
+/// answers' large frames in one too (web/paced.rs).
 #[derive(Debug)]
 pub struct AnswerShare {
     held: AtomicUsize,
