@@ -195,8 +195,8 @@ async fn subscribers_that_never_read_cannot_make_the_server_hold_more_than_the_b
 /// One QUIC connection that opens many streams and reads none of their answers holds its share of
 /// memory (`--max-request-buffer`), not the whole budget: its requests beyond the share wait to run,
 /// so another client is served meanwhile, and the waiting requests are answered, none refused, once
-/// the connection reads. (Without the share, 64 answers of 512 KiB made at once would want 32 MiB of a
-/// 24 MiB budget: answers refused with 503 to the attacker and to everyone else.)
+/// the connection reads. (Without the share, 64 answers of 512 KiB made at once want 32 MiB of a 24 MiB
+/// budget: answers are refused for memory, which the test sees as a `connection_memory` limit hit.)
 #[tokio::test]
 async fn one_quic_connection_leaving_its_answers_unread_holds_its_share_not_the_budget() {
     let args = ["--connection-memory", "24MiB", "--max-frame-size", "1MiB", "--max-request-buffer", "2MiB"];

@@ -773,7 +773,7 @@ async fn an_http_2_connections_unread_answers_hold_its_share_not_the_budget() {
             connection.await
         });
         // Admitted (its share charged) before the server took part in the handshake.
-        let client = client.ready().await.unwrap();
+        let mut client = client.ready().await.unwrap();
         let before = server.memory.used();
         let ask = async |client: h2::client::SendRequest<bytes::Bytes>| {
             let mut client = client.ready().await.unwrap();
@@ -782,7 +782,6 @@ async fn an_http_2_connections_unread_answers_hold_its_share_not_the_budget() {
             (client, answer)
         };
         let mut answers = futures_util::stream::FuturesUnordered::new();
-        let mut client = client;
         for _ in 0..32 {
             let answer;
             (client, answer) = ask(client).await;
