@@ -66,7 +66,7 @@ fn decode_in_pieces(wire: &[u8], piece: usize) -> Decoded {
     let mut buffer = BytesMut::new();
     let mut frames = Vec::new();
     let error_kind = |e: FrameError| match e {
-        FrameError::TooLarge { .. } => "too large",
+        FrameError::TooLarge { .. } | FrameError::InflatesTooLarge { .. } => "too large",
         FrameError::Truncated { .. } => "truncated",
         FrameError::Decode { .. } => "decode",
         FrameError::Compressed(_) => "compressed",

@@ -638,9 +638,14 @@ async fn a_503_is_sent_again() {
 
 /// A frame compressed as the course's `frame.rs` does it: gzip, its length's top bit set.
 fn compressed_frame(request: &CommandRequest) -> Vec<u8> {
+    compressed_frame_of(&request.encode_to_vec())
+}
+
+/// `message` compressed into a frame as [`compressed_frame`] does.
+fn compressed_frame_of(message: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gzip.write_all(&request.encode_to_vec()).unwrap();
+    gzip.write_all(message).unwrap();
     let gzip = gzip.finish().unwrap();
     let mut frame = ((gzip.len() as u32) | 1 << 31).to_be_bytes().to_vec();
     frame.extend_from_slice(&gzip);
@@ -650,7 +655,8 @@ fn compressed_frame(request: &CommandRequest) -> Vec<u8> {
 /// The course's client compresses every frame over 1436 bytes: such requests are taken, answered
 /// uncompressed (which the course's decoder reads), beside plain ones. A gzip that says it inflates
 /// to more than the maximum frame size is refused before it is inflated (413), one that holds other
-/// than its trailer says is a bad request (400), and each ends its connection as a bad frame does.
+/// than its trailer says, or is not gzip, or is several gzip members, is a bad request (400), and each
+/// ends its connection as a bad frame does, saying why.
 async fn the_course_clients_compressed_frames_are_taken(transport: Transport) {
     let server = TestServer::start_for(transport).await;
     let value = "course ".repeat(2000); // 14 KB, as the course's test of compression sends
@@ -682,13 +688,40 @@ async fn the_course_clients_compressed_frames_are_taken(transport: Transport) {
         frame[len - 4..].copy_from_slice(&100u32.to_le_bytes()); // "inflates to 100 bytes"
         frame
     };
-    for (frame, expected) in [(bomb, status::PAYLOAD_TOO_LARGE), (lying, status::BAD_REQUEST)] {
+    let not_gzip = {
+        let junk = b"notgzip".repeat(10);
+        let mut frame = ((junk.len() as u32) | 1 << 31).to_be_bytes().to_vec();
+        frame.extend_from_slice(&junk);
+        frame
+    };
+    // RFC 1952 allows several members in a row, but the trailer gives only the last one's size.
+    let two_members = {
+        let message = CommandRequest::hset("course", "k", value.as_str()).encode_to_vec();
+        let (first, second) = message.split_at(10);
+        let gzip = |part: &[u8]| {
+            let mut frame = compressed_frame_of(part);
+            frame.drain(..4);
+            frame
+        };
+        let members = [gzip(first), gzip(second)].concat();
+        let mut frame = ((members.len() as u32) | 1 << 31).to_be_bytes().to_vec();
+        frame.extend_from_slice(&members);
+        frame
+    };
+    let refused = [
+        (bomb, status::PAYLOAD_TOO_LARGE, "inflates to 67108864 bytes by its gzip trailer"),
+        (lying, status::BAD_REQUEST, "inflates to more than the 100 bytes its gzip trailer says"),
+        (not_gzip, status::BAD_REQUEST, "not a gzip stream"),
+        (two_members, status::BAD_REQUEST, "send the message as one gzip member"),
+    ];
+    for (frame, expected, saying) in refused {
         let mut stream = raw_byte_stream(server.addr, &server.ca(), transport).await;
         stream.write_all(&frame).await.unwrap();
         let (read, _write) = tokio::io::split(stream);
         let answers = frames_until_closed(read).await;
         assert_eq!(answers.len(), 1, "{answers:?}");
         assert_eq!(answers[0].status, expected, "{answers:?}");
+        assert!(answers[0].message.contains(saying), "{saying:?} in {answers:?}");
     }
     let client = server.client().await;
     assert_eq!(client.hget("course", "k").await.unwrap().map(|v| v.value), Some(Value::from(value.as_str())));

@@ -214,7 +214,9 @@ impl RequestError {
     /// the drivers handle it before asking.)
     pub fn status(&self) -> u32 {
         match self {
-            RequestError::Frame(FrameError::TooLarge { .. }) => status::PAYLOAD_TOO_LARGE,
+            RequestError::Frame(FrameError::TooLarge { .. } | FrameError::InflatesTooLarge { .. }) => {
+                status::PAYLOAD_TOO_LARGE
+            }
             RequestError::TimedOut(_) => status::REQUEST_TIMEOUT,
             RequestError::NoMemory => status::UNAVAILABLE,
             RequestError::Frame(_) | RequestError::Empty | RequestError::TrailingData => status::BAD_REQUEST,
@@ -224,7 +226,9 @@ impl RequestError {
     /// The limit that refused the request, named by its flag, if one did.
     pub fn limit(&self) -> Option<Limit> {
         match self {
-            RequestError::Frame(FrameError::TooLarge { .. }) => Some(Limit::MaxFrameSize),
+            RequestError::Frame(FrameError::TooLarge { .. } | FrameError::InflatesTooLarge { .. }) => {
+                Some(Limit::MaxFrameSize)
+            }
             RequestError::TimedOut(_) => Some(Limit::RequestTimeout),
             RequestError::NoMemory => Some(Limit::ConnectionMemory),
             _ => None,

@@ -26,6 +26,12 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 pub enum FrameError {
     #[error("frame of {declared} bytes exceeds the maximum frame size of {max} bytes{}", too_large_hint(*declared))]
     TooLarge { declared: u64, max: usize },
+    /// A compressed frame whose gzip trailer says it inflates to more than the maximum frame size:
+    /// refused before anything is inflated.
+    #[error(
+        "compressed frame inflates to {claimed} bytes by its gzip trailer (ISIZE), over the maximum frame size of {max} bytes"
+    )]
+    InflatesTooLarge { claimed: usize, max: usize },
     #[error("the stream ended inside a frame ({buffered} bytes of it received)")]
     Truncated { buffered: usize },
     #[error("frame is not a valid {message}: {cause}")]
@@ -122,41 +128,72 @@ pub fn inflated_len(src: &[u8], max_frame_len: usize) -> Option<usize> {
         return None;
     }
     let frame = src.get(HEADER_LEN..HEADER_LEN + (header & !COMPRESSED) as usize)?;
-    // One over the maximum, or without a size, is refused before anything is inflated.
+    // One over the maximum, or without a size, or not gzip at all, is refused before anything is
+    // inflated.
     Some(gzip_size(frame).filter(|&size| size <= max_frame_len).unwrap_or(0))
 }
 
-/// The size a gzip stream says it inflates to (its trailer's ISIZE), if it is long enough to have one.
+/// What every gzip member begins with (RFC 1952: ID1, ID2).
+#[cfg(feature = "server")]
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// The size a gzip stream says it inflates to (its trailer's ISIZE), if it is gzip (by its first
+/// bytes) and long enough to have a trailer.
 #[cfg(feature = "server")]
 fn gzip_size(gzip: &[u8]) -> Option<usize> {
+    if !gzip.starts_with(&GZIP_MAGIC) {
+        return None;
+    }
     let trailer: [u8; 4] = gzip.get(gzip.len().checked_sub(4)?..)?.try_into().ok()?;
     usize::try_from(u32::from_le_bytes(trailer)).ok()
 }
 
-/// Inflates a compressed frame's gzip into at most what its trailer says (and at most
-/// `max_frame_len`): the room its caller held for it.
+/// Inflates a compressed frame's gzip, one member (RFC 1952), into at most what its trailer says
+/// (and at most `max_frame_len`): the room its caller held for it. Several members are refused: the
+/// trailer gives the last one's size only, so the room could not be known before inflating.
 #[cfg(feature = "server")]
 fn inflate(gzip: &[u8], max_frame_len: usize) -> Result<Bytes, FrameError> {
     use std::io::Read;
-    let claimed = gzip_size(gzip).ok_or_else(|| FrameError::Compressed("too short to be gzip".into()))?;
+    let claimed = gzip_size(gzip).ok_or_else(|| {
+        let start = &gzip[..gzip.len().min(2)];
+        FrameError::Compressed(format!(
+            "it is not a gzip stream (gzip begins 1f 8b; its {} bytes begin {start:02x?})",
+            gzip.len()
+        ))
+    })?;
     if claimed > max_frame_len {
-        return Err(FrameError::TooLarge { declared: claimed as u64, max: max_frame_len });
+        return Err(FrameError::InflatesTooLarge { claimed, max: max_frame_len });
     }
     // Into exactly the room charged for it: one byte more is an error, not a larger buffer.
     let mut inflated = vec![0; claimed];
-    let mut decoder = flate2::read::GzDecoder::new(gzip);
-    let failed = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => FrameError::Compressed(format!(
-            "it inflates to fewer bytes than the {claimed} its gzip trailer says"
-        )),
-        _ => FrameError::Compressed(e.to_string()),
+    let mut decoder = flate2::bufread::GzDecoder::new(gzip);
+    // What is left of the frame once the first member has been inflated.
+    let after_member = |decoder: &flate2::bufread::GzDecoder<&[u8]>| match decoder.get_ref().len() {
+        0 => String::new(),
+        left => {
+            format!(", and {left} bytes follow its first gzip member: send the message as one gzip member")
+        }
     };
-    decoder.read_exact(&mut inflated).map_err(failed)?;
-    if decoder.read(&mut [0u8; 1]).map_err(failed)? > 0 {
-        let what = format!("it inflates to more than the {claimed} bytes its gzip trailer says");
-        return Err(FrameError::Compressed(what));
+    let inflating = decoder.read_exact(&mut inflated);
+    if let Err(e) = inflating {
+        return Err(FrameError::Compressed(match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => format!(
+                "it inflates to fewer bytes than the {claimed} its gzip trailer says{}",
+                after_member(&decoder)
+            ),
+            _ => e.to_string(),
+        }));
     }
-    Ok(Bytes::from(inflated))
+    match decoder.read(&mut [0u8; 1]) {
+        Ok(0) if decoder.get_ref().is_empty() => Ok(Bytes::from(inflated)),
+        Ok(0) => {
+            Err(FrameError::Compressed(format!("it inflates to {claimed} bytes{}", after_member(&decoder))))
+        }
+        Ok(_) => Err(FrameError::Compressed(format!(
+            "it inflates to more than the {claimed} bytes its gzip trailer says"
+        ))),
+        Err(e) => Err(FrameError::Compressed(e.to_string())),
+    }
 }
 
 /// `abi::CommandRequest` → `CommandRequest`, for error messages.
