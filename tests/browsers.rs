@@ -110,14 +110,31 @@ impl Browsers {
         &self,
         origin: Option<&str>,
     ) -> Result<WebSocket, tokio_tungstenite::tungstenite::Error> {
+        Ok(self.websocket_asking(origin, None).await?.0)
+    }
+
+    /// A WebSocket on `/ws` that asks for the subprotocols `protocols` (comma-separated), and the one
+    /// the server selected.
+    async fn websocket_asking(
+        &self,
+        origin: Option<&str>,
+        protocols: Option<&str>,
+    ) -> Result<(WebSocket, Option<String>), tokio_tungstenite::tungstenite::Error> {
         let tls =
             common::raw_tls(self.server.web.expect("a web listener"), &self.server.ca(), b"http/1.1").await;
         let mut request = format!("wss://localhost:{}/ws", self.web_port()).into_client_request()?;
         if let Some(origin) = origin {
             request.headers_mut().insert("origin", origin.parse().expect("a header value"));
         }
-        let (socket, _) = tokio_tungstenite::client_async(request, tls).await?;
-        Ok(socket)
+        if let Some(protocols) = protocols {
+            request
+                .headers_mut()
+                .insert("sec-websocket-protocol", protocols.parse().expect("a header value"));
+        }
+        let (socket, response) = tokio_tungstenite::client_async(request, tls).await?;
+        let selected =
+            response.headers().get("sec-websocket-protocol").map(|p| p.to_str().unwrap().to_owned());
+        Ok((socket, selected))
     }
 }
 
@@ -256,6 +273,39 @@ async fn other_sites_may_import_the_client_bundle_but_not_embed_the_console() {
     assert!(console.contains("frame-ancestors 'none'"), "{console}");
 }
 
+/// The console's files are `no-cache`: a browser revalidates them on every load, and a file it has
+/// already (its ETag) is answered 304 without its bytes (the client bundle is ~190 KB).
+#[tokio::test]
+async fn the_consoles_files_are_revalidated_by_their_etag() {
+    let browsers = Browsers::start().await;
+    let get = async |path: &str, if_none_match: &str| {
+        let output = Command::new("curl")
+            .args(["-sS", "-D", "-", "-o", "/dev/null", "-w", "%{size_download}", "-H"])
+            .arg(format!("if-none-match: {if_none_match}"))
+            .arg("--cacert")
+            .arg(browsers.server.ca())
+            .arg(format!("{}{path}", browsers.own_origin()))
+            .output()
+            .await
+            .expect("curl runs (apt install curl)");
+        String::from_utf8_lossy(&output.stdout).to_lowercase()
+    };
+    for path in ["/", "/console/qkv-client.js"] {
+        let first = get(path, "\"none\"").await;
+        assert!(first.starts_with("http/2 200"), "{first}");
+        let etag = first.lines().find_map(|l| l.strip_prefix("etag: ")).expect("an etag").trim().to_owned();
+        let again = get(path, &etag).await;
+        assert!(again.starts_with("http/2 304"), "{again}");
+        assert!(again.ends_with("\r\n0"), "bytes sent with the 304: {again}");
+        assert!(
+            again.contains(&format!("etag: {etag}")) && again.contains("cache-control: no-cache"),
+            "{again}"
+        );
+        let weak = get(path, &format!("\"other\", W/{etag}")).await;
+        assert!(weak.starts_with("http/2 304"), "{weak}");
+    }
+}
+
 #[tokio::test]
 async fn webtransport_sessions_from_other_origins_or_for_other_paths_are_refused() {
     let browsers =
@@ -293,6 +343,30 @@ async fn a_websocket_carries_the_tcp_byte_stream_whatever_its_message_boundaries
     assert_eq!(answers[2][0].values, vec![Value::from("2")], "{answers:?}");
     let pairs: Vec<_> = answers[4].iter().flat_map(|f| f.pairs.iter().map(|p| p.key.clone())).collect();
     assert_eq!(pairs, ["a", "b"]);
+}
+
+/// The subprotocol has a name browsers may ask for (`new WebSocket(url, "qkv.v1")`: a `/` is not
+/// allowed in one); the name first documented, qkv's ALPN, is still selected for clients that send it;
+/// a session that asks for none is served all the same.
+#[tokio::test]
+async fn a_websocket_may_ask_for_the_qkv_subprotocol_by_a_name_browsers_accept() {
+    let browsers = Browsers::start().await;
+    let origin = browsers.own_origin();
+    for (asked, selected) in [
+        (Some("qkv.v1"), Some("qkv.v1")),
+        (Some("chat, qkv.v1"), Some("qkv.v1")),
+        (Some("qkv/1"), Some("qkv/1")),
+        (None, None),
+    ] {
+        let (mut socket, chosen) =
+            browsers.websocket_asking(Some(&origin), asked).await.expect("a WebSocket");
+        assert_eq!(chosen.as_deref(), selected, "asking for {asked:?}");
+        socket
+            .send(Message::binary(frame(&CommandRequest::hset("t", "k", "v")).to_vec()))
+            .await
+            .expect("sent");
+        assert_eq!(answers(&mut socket, 1).await[0][0].status, qkv::pb::status::OK, "asking for {asked:?}");
+    }
 }
 
 #[tokio::test]

@@ -279,6 +279,24 @@ async fn bad_input_gets_a_clear_4xx_and_never_a_500() {
     web.curl("/v1/tables/t/keys/%zz", &[]).await.problem(400);
     web.curl("/v1/tables/t/keys/a%2", &[]).await.problem(400);
     web.curl("/v1/tables/t?limt=2", &[]).await.problem(400);
+    // A resource that takes no query refuses one rather than ignore it: this DELETE deletes nothing.
+    assert_eq!(web.put("/v1/tables/t/keys/kept", "text/plain", b"v", &[]).await.status, 201);
+    web.curl("/v1/tables/t/keys/kept?dry_run=1", &["-X", "DELETE"]).await.problem(400);
+    web.curl(
+        "/v1/tables/t/mget?x",
+        &["-X", "POST", "-H", "content-type: application/json", "--data-binary", "{\"keys\":[]}"],
+    )
+    .await
+    .problem(400);
+    assert_eq!(web.curl("/v1/tables/t/keys/kept", &[]).await.text(), "v");
+    // gRPC-Web, or a codec other than protobuf, would be read as protobuf and answered in frames its
+    // client cannot read: refused, saying so.
+    for media in ["application/grpc-web+proto", "application/grpc+json", "application/grpcx"] {
+        let content_type = format!("content-type: {media}");
+        let refused =
+            web.curl("/qkv.v1.Kv/Execute", &["-X", "POST", "-H", &content_type, "--data-binary", "x"]).await;
+        assert!(refused.problem(415)["detail"].as_str().unwrap().contains("gRPC-Web"), "{}", refused.text());
+    }
     // A body in a content coding would be stored as its coded bytes: refused.
     web.put(key, "text/plain", b"\x1f\x8b", &["content-encoding: gzip"]).await.problem(415);
     // JSON has no leading zeros.
@@ -510,6 +528,8 @@ async fn a_head_of_a_topic_subscribes_nothing() {
     subscriptions.borrow_and_update();
     let head = web.curl("/v1/topics/news", &["-I", "-H", "accept: text/event-stream"]).await;
     assert_eq!((head.status, head.header("content-type")), (200, Some("text/event-stream")), "{head:?}");
+    // A GET's body is endless: the HEAD announces no length either (not `content-length: 0`).
+    assert_eq!(head.header("content-length"), None, "{head:?}");
     assert!(!subscriptions.has_changed().unwrap(), "a subscription came and went");
 }
 
@@ -1141,6 +1161,32 @@ async fn the_openapi_document_describes_every_route() {
             "PUT /v1/tables/{table}/keys/{key}",
         ]
     );
+    // What any operation may answer is listed on each; bodies of bytes are binary, not integers.
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().unwrap() {
+            assert!(operation["responses"]["503"].is_object(), "{method} {path}: no 503");
+            if operation.get("requestBody").is_some() {
+                assert!(operation["responses"]["408"].is_object(), "{method} {path}: no 408");
+            }
+        }
+    }
+    let key = &paths["/v1/tables/{table}/keys/{key}"];
+    let octets = &key["put"]["requestBody"]["content"]["application/octet-stream"]["schema"];
+    let octets = match octets["$ref"].as_str().and_then(|r| r.strip_prefix("#/components/schemas/")) {
+        Some(name) => &document["components"]["schemas"][name],
+        None => octets,
+    };
+    assert_eq!(
+        (octets["type"].as_str(), octets["format"].as_str()),
+        (Some("string"), Some("binary")),
+        "{octets}"
+    );
+    assert!(
+        key["put"]["responses"]["412"]["headers"]["ETag"].is_object(),
+        "{}",
+        key["put"]["responses"]["412"]
+    );
+    assert!(paths["/v1/tables/{table}/mset"]["post"]["responses"]["507"].is_object());
     for operation in operations {
         let (method, path) = operation.split_once(' ').unwrap();
         let path = path.replace("{table}", "t").replace("{key}", "k").replace("{topic}", "x");

@@ -44,8 +44,13 @@ pub const DEFAULT_WEBSOCKET_MAX_MESSAGE: usize = 64 * 1024;
 /// The smallest message limit accepted: a frame header and a small request.
 pub const MIN_WEBSOCKET_MAX_MESSAGE: usize = crate::transport::messages::MIN_MAX_MESSAGE;
 
-/// The WebSocket subprotocol a client may ask for (the same name as the ALPN of qkv's protocol).
-pub const WEBSOCKET_PROTOCOL: &str = "qkv/1";
+/// The WebSocket subprotocol a client may ask for: `qkv.v1`. A subprotocol's name must be an HTTP
+/// token (RFC 6455, 4.1), which a `/` is not, so browsers refuse to ask for [`WEBSOCKET_PROTOCOL_ALPN`].
+pub const WEBSOCKET_PROTOCOL: &str = "qkv.v1";
+
+/// The name first documented for the subprotocol, that of qkv's ALPN: still selected when asked for,
+/// by clients that can send it (not browsers).
+pub const WEBSOCKET_PROTOCOL_ALPN: &str = "qkv/1";
 
 /// What the web listener needs to serve browsers.
 #[derive(Clone)]
@@ -114,40 +119,64 @@ const CONSOLE: [(&str, &str, &str); 4] = [
     (CLIENT_BUNDLE, "text/javascript; charset=utf-8", include_str!("console/qkv-client.js")),
 ];
 
-async fn console_index() -> Response {
-    console_asset("index.html")
+async fn console_index(headers: HeaderMap) -> Response {
+    console_asset("index.html", &headers)
 }
 
-async fn console_file(Path(file): Path<String>) -> Response {
-    console_asset(&file)
+async fn console_file(Path(file): Path<String>, headers: HeaderMap) -> Response {
+    console_asset(&file, &headers)
+}
+
+/// Each console file's ETag: the start of its SHA-256, so that a browser revalidating a file (they
+/// are `no-cache`) gets a 304 instead of the file again, until the binary serves another.
+static CONSOLE_ETAGS: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|| {
+    CONSOLE
+        .iter()
+        .map(|(_, _, content)| {
+            let digest = ring::digest::digest(&ring::digest::SHA256, content.as_bytes());
+            let hex: String = digest.as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect();
+            HeaderValue::from_str(&format!("\"{hex}\"")).unwrap_or(HeaderValue::from_static("\"\""))
+        })
+        .collect()
+});
+
+/// Whether `If-None-Match` names `etag` (or is `*`): the client's copy is current. Compared weakly,
+/// as RFC 9110 (13.1.2) says for this header.
+fn unchanged(headers: &HeaderMap, etag: &HeaderValue) -> bool {
+    let etag = etag.to_str().unwrap_or_default();
+    headers.get_all(header::IF_NONE_MATCH).iter().filter_map(|v| v.to_str().ok()).any(|list| {
+        list.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
+    })
 }
 
 /// The client's bundle, which other sites' pages may import as a module (CORS): it is public code, and
 /// what such a page may then open is decided where sessions open, by `--web-origin`.
 const CLIENT_BUNDLE: &str = "qkv-client.js";
 
-fn console_asset(name: &str) -> Response {
-    let mut response = match CONSOLE.iter().find(|(file, _, _)| *file == name) {
-        Some((_, content_type, content)) => (
-            [
-                (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-                // The files change with the binary: revalidate, never serve a stale console.
-                (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-                (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
-                (
-                    header::CONTENT_SECURITY_POLICY,
-                    HeaderValue::from_static(
-                        "default-src 'self'; connect-src 'self' https: wss: ws:; frame-ancestors 'none'",
-                    ),
-                ),
-            ],
-            *content,
-        )
-            .into_response(),
-        None => return Problem::new(StatusCode::NOT_FOUND, "the console has no such file").into_response(),
+fn console_asset(name: &str, request: &HeaderMap) -> Response {
+    let Some(index) = CONSOLE.iter().position(|(file, _, _)| *file == name) else {
+        return Problem::new(StatusCode::NOT_FOUND, "the console has no such file").into_response();
     };
+    let (_, content_type, content) = CONSOLE[index];
+    let etag = CONSOLE_ETAGS.get(index).cloned().unwrap_or(HeaderValue::from_static("\"\""));
+    // A 304 carries the headers the 200 would have, but for its content type (RFC 9110, 15.4.5).
+    let mut response = match unchanged(request, &etag) {
+        true => StatusCode::NOT_MODIFIED.into_response(),
+        false => ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], content).into_response(),
+    };
+    let headers = response.headers_mut();
+    // The files change with the binary: revalidate (by the ETag), never serve a stale console.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(header::ETAG, etag);
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; connect-src 'self' https: wss: ws:; frame-ancestors 'none'",
+        ),
+    );
     if name == CLIENT_BUNDLE {
-        response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     }
     response
 }
@@ -309,7 +338,7 @@ async fn websocket<H: Handler>(
     // ones it throttles still its client's.
     let (client, connection) = (log_throttle::client(), tracing::Span::current());
     upgrade
-        .protocols([WEBSOCKET_PROTOCOL])
+        .protocols([WEBSOCKET_PROTOCOL, WEBSOCKET_PROTOCOL_ALPN])
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .read_buffer_size(max_message.min(64 * 1024))

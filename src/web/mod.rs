@@ -512,13 +512,20 @@ impl Drop for OpenRequest {
     }
 }
 
-/// gRPC requests say so in their content type (`application/grpc`, `application/grpc+proto`, …).
+/// gRPC requests say so in their content type: `application/grpc`, or `application/grpc+proto` (the
+/// protobuf codec, the one served). Other `application/grpc…` types (gRPC-Web, other codecs) go to the
+/// REST router, which refuses them (`rest::well_formed`): served as gRPC, their bodies would be read
+/// as protobuf and their answers framed as gRPC's, which their clients cannot read.
 fn is_grpc<B>(request: &hyper::Request<B>) -> bool {
-    request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
+    let media =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(media_type);
+    media.is_some_and(|media| media == "application/grpc" || media == "application/grpc+proto")
+}
+
+/// A content type's media type, lower-cased, without its parameters.
+pub(crate) fn media_type(content_type: &str) -> Option<String> {
+    let media = content_type.split(';').next()?.trim();
+    (!media.is_empty()).then(|| media.to_ascii_lowercase())
 }
 
 /// The limit on request bodies and the budget they are charged to.

@@ -20,7 +20,7 @@ use utoipa::{OpenApi, PartialSchema, ToSchema};
         (name = "topics", description = "Publish and subscribe"),
         (name = "server", description = "The server itself"),
     ),
-    components(schemas(JsonValue, Problem, Current, ServerSentEvent))
+    components(schemas(JsonValue, Binary, Problem, Current, ServerSentEvent))
 )]
 pub struct ApiDoc;
 
@@ -65,6 +65,20 @@ impl PartialSchema for JsonValue {
 
 impl ToSchema for JsonValue {}
 
+/// Bytes as they are: an `application/octet-stream` body (utoipa would describe `Vec<u8>` as an array
+/// of integers).
+pub struct Binary;
+
+impl PartialSchema for Binary {
+    fn schema() -> RefOr<Schema> {
+        let schema =
+            json!({ "type": "string", "format": "binary", "contentMediaType": "application/octet-stream" });
+        serde_json::from_value(schema).map(RefOr::T).unwrap_or_else(|_| RefOr::T(Schema::default()))
+    }
+}
+
+impl ToSchema for Binary {}
+
 /// An error: `application/problem+json` (RFC 9457).
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -102,9 +116,33 @@ pub struct ServerSentEvent {
     pub data: String,
 }
 
-/// The document as served.
+/// The document as served: the handlers' own responses, and those any operation may meet whatever
+/// it is (docs/HTTP.md, 2.7): 503 when the connection memory budget is spent (or the Redis backend is
+/// unreachable), and for those with a body 408 when it does not arrive in time.
 pub fn document(api: &utoipa::openapi::OpenApi) -> Json {
-    serde_json::to_value(api).unwrap_or(Json::Null)
+    let mut document = serde_json::to_value(api).unwrap_or(Json::Null);
+    let problem = |description: &str| {
+        json!({
+            "description": description,
+            "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
+        })
+    };
+    let mut unavailable = problem(
+        "Nothing was executed: the server's connection memory budget is spent, or the store (Redis backend) is unreachable; retry",
+    );
+    unavailable["headers"] =
+        json!({ "Retry-After": { "description": "Seconds to wait", "schema": { "type": "integer" } } });
+    let late = problem("The request's body did not arrive within the server's request timeout");
+    let operations = document["paths"].as_object_mut().into_iter().flat_map(|paths| paths.values_mut());
+    for operation in operations.filter_map(Json::as_object_mut).flat_map(|item| item.values_mut()) {
+        let has_body = operation.get("requestBody").is_some();
+        let Some(responses) = operation.get_mut("responses").and_then(Json::as_object_mut) else { continue };
+        responses.entry("503").or_insert_with(|| unavailable.clone());
+        if has_body {
+            responses.entry("408").or_insert_with(|| late.clone());
+        }
+    }
+    document
 }
 
 #[cfg(test)]

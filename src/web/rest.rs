@@ -56,9 +56,30 @@ pub fn router<H: Handler>(handler: H, limits: &Limits) -> Router {
 
 /// Refuses what the routes would misread: a path with a `%` that two hex digits do not follow (the
 /// path extractor would take it as it is, so `/keys/%zz` and `/keys/%25zz` would name the same key),
-/// and a body in a content coding (gzip, say), which would be stored as the coded bytes (415, RFC
+/// a query on a resource that takes none (a misspelt `?dry_run=1` on a DELETE would otherwise delete),
+/// a gRPC content type the gRPC door does not serve (`super::is_grpc`), and a body in a content coding (gzip, say), which would be stored as the coded bytes (415, RFC
 /// 9110, 8.4.1).
 async fn well_formed(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Some(query) = request.uri().query().filter(|q| !q.is_empty())
+        && !takes_a_query(request.uri().path())
+    {
+        return Problem::bad_request(format!(
+            "this resource takes no query parameters (got {query:?}): only a table's listing does, limit and after"
+        ))
+        .into_response();
+    }
+    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if let Some(media) = content_type.and_then(super::media_type)
+        && media.starts_with("application/grpc")
+    {
+        return Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "gRPC is served as application/grpc or application/grpc+proto (protobuf), not {media}: gRPC-Web needs a proxy that translates it (Envoy, say)"
+            ),
+        )
+        .into_response();
+    }
     let path = request.uri().path().as_bytes();
     let bad = path.iter().enumerate().any(|(i, &b)| {
         b == b'%' && !(path.get(i + 1..i + 3).is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)))
@@ -80,6 +101,15 @@ async fn well_formed(request: axum::extract::Request, next: axum::middleware::Ne
         .into_response();
     }
     next.run(request).await
+}
+
+/// Whether a query string on `path` is for its route to read: the API's resources take none but a
+/// table's listing (`/v1/tables/{table}`, whose name has no `/` once encoded); paths outside the
+/// resources (the OpenAPI document, unknown paths) are left to their routes.
+fn takes_a_query(path: &str) -> bool {
+    let resource = path.starts_with("/v1/tables/") || path.starts_with("/v1/topics/") || path == "/v1/ping";
+    let listing = path.strip_prefix("/v1/tables/").is_some_and(|table| !table.contains('/'));
+    !resource || listing
 }
 
 /// The answer to a method a route does not take (axum adds the `Allow` header): set on the web
@@ -444,12 +474,12 @@ fn current_of(response: CommandResponse) -> Option<(Value, u64)> {
     ),
     responses(
         (status = 200, description = "The value: a string as text/plain, binary as application/octet-stream, numbers and booleans (or anything, with Accept: application/json) as JSON", headers(("ETag" = String, description = "The key's version, quoted")),
-            content((String = "text/plain"), (Vec<u8> = "application/octet-stream"), (JsonValue = "application/json"))),
+            content((String = "text/plain"), (openapi::Binary = "application/octet-stream"), (JsonValue = "application/json"))),
         (status = 304, description = "Not modified: If-None-Match named the key's ETag"),
         (status = 400, description = "A bad name or header", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "A name over the server's limits", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such key", body = openapi::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match named no ETag of the key (or the key does not exist)", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match named no ETag of the key (or the key does not exist)", headers(("ETag" = String, description = "The key's current version, quoted, when the key exists")), body = openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn get_key(
@@ -547,12 +577,12 @@ fn write_failed(response: CommandResponse, conditional: bool) -> Problem {
         ("If-None-Match" = Option<String>, Header, description = "*: write only if the key does not exist", pattern = r#"^(\*|(W/)?"[^"]*"([ \t]*,[ \t]*(W/)?"[^"]*")*)$"#),
     ),
     request_body(description = "The value, by its content type", content(
-        (String = "text/plain"), (Vec<u8> = "application/octet-stream"), (JsonValue = "application/json"))),
+        (String = "text/plain"), (openapi::Binary = "application/octet-stream"), (JsonValue = "application/json"))),
     responses(
         (status = 200, description = "Replaced a value", body = Written, headers(("ETag" = String, description = "The new version"))),
         (status = 201, description = "Created the key", body = Written, headers(("ETag" = String), ("Location" = String))),
         (status = 400, description = "Not a value of its content type", body = openapi::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The condition does not hold; the key's current value and version come with it", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The condition does not hold; the key's current value and version come with it", headers(("ETag" = String, description = "The key's current version, quoted, when the key exists")), body = openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "A name or value over the server's limits", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 415, description = "A content type that is not a value's", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 507, description = "The store is full", body = openapi::Problem, content_type = "application/problem+json"),
@@ -605,11 +635,11 @@ async fn put_key(
     ),
     responses(
         (status = 200, description = "Deleted; the value it held, represented as GET would",
-            content((String = "text/plain"), (Vec<u8> = "application/octet-stream"), (JsonValue = "application/json"))),
+            content((String = "text/plain"), (openapi::Binary = "application/octet-stream"), (JsonValue = "application/json"))),
         (status = 400, description = "A bad name or header", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "A name over the server's limits", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such key", body = openapi::Problem, content_type = "application/problem+json"),
-        (status = 412, description = "The condition does not hold", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The condition does not hold", headers(("ETag" = String, description = "The key's current version, quoted, when the key exists")), body = openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn delete_key(
@@ -904,6 +934,7 @@ struct Item {
         (status = 400, description = "Not the body described", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 415, description = "A body that is not application/json", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Names or values over the server's limits; nothing written", body = openapi::Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The store is full; nothing written", body = openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn mset(
@@ -1007,10 +1038,12 @@ async fn subscribe(
         ));
     }
     // HEAD says what a GET would answer without subscribing (which would register, and count, a
-    // subscription for nothing).
+    // subscription for nothing). A body of unknown length, as the GET's endless one: an empty body
+    // would be announced as `content-length: 0`, which a GET does not send (RFC 9110, 8.6).
     if method == axum::http::Method::HEAD {
-        return Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], ())
-            .into_response());
+        let unknown_length = Body::from_stream(stream::empty::<Result<Bytes, Infallible>>());
+        let headers = [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")];
+        return Ok((headers, unknown_length).into_response());
     }
     let (first, rest) = first_frame(door.run(CommandRequest::subscribe(&topic), caller.clone()).await).await;
     if first.status != status::OK || !first.more {
@@ -1048,9 +1081,9 @@ async fn subscribe(
     path = "/v1/ping",
     tag = "server",
     summary = "Echo the body: a round trip through the service",
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    request_body(content = openapi::Binary, content_type = "application/octet-stream"),
     responses(
-        (status = 200, description = "The body, echoed", content_type = "application/octet-stream", body = Vec<u8>,
+        (status = 200, description = "The body, echoed", content_type = "application/octet-stream", body = openapi::Binary,
             headers(("qkv-identity" = String, description = "The subject of the client's certificate, with mutual TLS"))),
         (status = 413, description = "A payload over what one answer can carry", body = openapi::Problem, content_type = "application/problem+json"),
     )
