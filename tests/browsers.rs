@@ -479,6 +479,9 @@ async fn a_request_that_does_not_name_its_host_once_is_refused() {
         put(&format!("HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nhost: evil.test:{port}")),
         absolute(&format!("127.0.0.1:{port}"), &format!("evil.test:{port}")),
         absolute("127.0.0.1", "127.0.0.1:81"),
+        // A Host that is no host: empty, or a port that is not a number.
+        put("HTTP/1.1\r\nhost: "),
+        put("HTTP/1.1\r\nhost: localhost:abc"),
     ] {
         let head = plaintext_head(web, &request).await;
         assert!(head.starts_with("http/1.1 400"), "{request}\n→ {head}");

@@ -566,12 +566,34 @@ fn host_fault(request: &Request) -> Option<&'static str> {
     if host.is_none() && request.version() == axum::http::Version::HTTP_11 {
         return Some("an HTTP/1.1 request needs a Host header (RFC 9112, 3.2)");
     }
+    // An http(s) URI always has a host: an empty Host, or one with a port that is not a number, is
+    // invalid (RFC 9112, 3.2), and a check by name would be made of what it is not.
+    let valid = |host: &axum::http::HeaderValue| {
+        Authority::try_from(host.as_bytes())
+            .is_ok_and(|a| !a.host().is_empty() && port_is_a_number(a.as_str()))
+    };
+    if host.is_some_and(|host| !valid(host)) {
+        return Some("the request's Host header is not a host name and port: send the host it is meant for");
+    }
     let uri = request.uri();
     match (host, uri.authority()) {
         (Some(host), Some(target)) if !same_authority(host.as_bytes(), target, uri.scheme()) => {
             Some("the request's Host header names another host than its target (:authority): send one name")
         }
         _ => None,
+    }
+}
+
+/// Whether `authority`'s port, if it has one, is a number (`Authority` takes `localhost:abc`, and its
+/// `port()` is then `None`).
+fn port_is_a_number(authority: &str) -> bool {
+    let after_host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']').map_or("", |(_, rest)| rest),
+        None => authority.find(':').map_or("", |colon| &authority[colon..]),
+    };
+    match after_host.strip_prefix(':') {
+        Some(port) => port.is_empty() || port.parse::<u16>().is_ok(),
+        None => after_host.is_empty(),
     }
 }
 
@@ -917,5 +939,15 @@ mod tests {
         assert_eq!((kept.len(), charge.bytes()), (1_000_000, 1_280_000));
         let tight = MemoryBudget::new(1_000_001);
         assert!(matches!(read_limited(body(), 4 << 20, &tight).await, Err(BodyError::NoMemory)));
+    }
+
+    #[test]
+    fn a_hosts_port_is_a_number_or_nothing() {
+        for valid in ["localhost", "localhost:8443", "localhost:", "[::1]", "[::1]:443", "10.0.0.1:65535"] {
+            assert!(port_is_a_number(valid), "{valid}");
+        }
+        for invalid in ["localhost:abc", "localhost:65536", "[::1]:x", "[::1]x", "a:1:2"] {
+            assert!(!port_is_a_number(invalid), "{invalid}");
+        }
     }
 }
