@@ -181,12 +181,14 @@ async fn keys_are_resources_whose_etag_is_their_version() {
     web.put(key, "text/plain", b"Eve", &[&format!("if-match: {second}, *")]).await.problem(400);
     // A read with If-Match: only of that version.
     assert_eq!(web.curl(key, &["-H", &format!("if-match: {second}")]).await.status, 200);
-    web.curl(key, &["-H", &if_match]).await.problem(412);
+    let read = web.curl(key, &["-H", &if_match]).await;
+    assert!(read.problem(412)["detail"].as_str().unwrap().contains("read it without one"), "{}", read.text());
     web.curl(key, &["-H", "if-match: garbage"]).await.problem(400);
     web.put(key, "text/plain", b"Eve", &[&format!("if-match: {second} \"1\"")]).await.problem(400);
     // The old ETag no longer matches: not modified no more, and a conditional delete fails.
     assert_eq!(web.curl(key, &["-H", &if_none_match]).await.status, 200);
-    web.curl(key, &["-X", "DELETE", "-H", &if_match]).await.problem(412);
+    let delete = web.curl(key, &["-X", "DELETE", "-H", &if_match]).await;
+    assert!(delete.problem(412)["detail"].as_str().unwrap().contains("to delete it whatever its version"));
 
     let deleted = web.curl(key, &["-X", "DELETE", "-H", &format!("if-match: {second}")]).await;
     assert_eq!((deleted.status, deleted.text()), (200, "Ada Lovelace".into()));
@@ -195,7 +197,12 @@ async fn keys_are_resources_whose_etag_is_their_version() {
     // "0" is no version: it matches nothing, even a key that does not exist (the protocol's
     // "expected version 0" is If-None-Match: *).
     web.put(key, "text/plain", b"Ada", &["if-match: \"0\""]).await.problem(412);
-    web.curl(key, &["-X", "DELETE", "-H", "if-match: \"0\""]).await.problem(412);
+    let absent = web.curl(key, &["-X", "DELETE", "-H", "if-match: \"0\""]).await;
+    assert!(
+        absent.problem(412)["detail"].as_str().unwrap().contains("nothing to delete"),
+        "{}",
+        absent.text()
+    );
     web.put(key, "text/plain", b"Ada", &["if-match: ,"]).await.problem(400);
     // Create-only on a key that does not exist: created.
     let created = web.put(key, "text/plain", b"Ada", &["if-none-match: *"]).await;

@@ -41,13 +41,21 @@ impl Problem {
     }
 
     /// A conditional request (`If-Match`, `If-None-Match`) whose condition does not hold: 412, with
-    /// the key's current value and version when it exists.
-    pub fn precondition_failed(current: Option<(Value, u64)>) -> Self {
-        let detail = match &current {
-            Some((_, version)) => format!(
+    /// the key's current value and version when it exists; what to do next depends on `verb`.
+    pub fn precondition_failed(verb: Verb, current: Option<(Value, u64)>) -> Self {
+        let detail = match (&current, verb) {
+            (Some((_, version)), Verb::Read) => format!(
+                "the key's current version is {version} (ETag \"{version}\"), which the condition does not allow: read it without one"
+            ),
+            (Some((_, version)), Verb::Write) => format!(
                 "the key's current version is {version} (ETag \"{version}\"): read it again and retry with If-Match: \"{version}\", or without a condition to overwrite it"
             ),
-            None => "the key does not exist: retry without If-Match (a PUT with If-None-Match: * creates it only if it is still absent)".into(),
+            (Some((_, version)), Verb::Delete) => format!(
+                "the key's current version is {version} (ETag \"{version}\"): read it again and retry with If-Match: \"{version}\", or without a condition to delete it whatever its version"
+            ),
+            (None, Verb::Read) => "the key does not exist, and If-Match asked for a version of it".into(),
+            (None, Verb::Write) => "the key does not exist: retry without If-Match (a PUT with If-None-Match: * creates it only if it is still absent)".into(),
+            (None, Verb::Delete) => "the key does not exist: there is nothing to delete".into(),
         };
         Problem {
             status: StatusCode::PRECONDITION_FAILED,
@@ -56,6 +64,14 @@ impl Problem {
             current,
         }
     }
+}
+
+/// What a conditional request was for, which says what to do when its condition fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Read,
+    Write,
+    Delete,
 }
 
 impl IntoResponse for Problem {

@@ -26,7 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{self, JsonValue};
-use super::problem::Problem;
+use super::problem::{Problem, Verb};
 use super::{Run, complete, first_frame, unstalled};
 use crate::pb::json::{from_json_text, to_json};
 use crate::pb::{CommandRequest, CommandResponse, Kvpair, Value, status, value};
@@ -500,7 +500,7 @@ async fn get_key(
         let version = response.versions.first().copied().filter(|&v| v > 0 && response.status == status::OK);
         if !only_if.matches_strongly(version) {
             let value = response.values.into_iter().next().unwrap_or_default();
-            return Err(Problem::precondition_failed(version.map(|version| (value, version))));
+            return Err(Problem::precondition_failed(Verb::Read, version.map(|version| (value, version))));
         }
     }
     if response.status != status::OK {
@@ -527,6 +527,7 @@ async fn get_key(
 /// What a `PUT` or `DELETE` expects of the key's version, from its conditional headers: `None` for an
 /// unconditional write, `Some(0)` for "absent".
 async fn expected_version(
+    verb: Verb,
     door: &Door,
     caller: &Caller,
     table: &str,
@@ -548,16 +549,20 @@ async fn expected_version(
             let version = current.as_ref().map(|(_, version)| *version);
             let holds = if_match.is_none_or(|c| c.matches_strongly(version))
                 && if_none_match.is_none_or(|c| !c.matches_weakly(version));
-            if holds { Ok(Some(version.unwrap_or(0))) } else { Err(Problem::precondition_failed(current)) }
+            if holds {
+                Ok(Some(version.unwrap_or(0)))
+            } else {
+                Err(Problem::precondition_failed(verb, current))
+            }
         }
     }
 }
 
 /// An error answer to a write; a 409 from a conditional write is HTTP's 412, with the key's current
 /// value and version.
-fn write_failed(response: CommandResponse, conditional: bool) -> Problem {
+fn write_failed(verb: Verb, response: CommandResponse, conditional: bool) -> Problem {
     if conditional && response.status == status::CONFLICT {
-        Problem::precondition_failed(current_of(response))
+        Problem::precondition_failed(verb, current_of(response))
     } else {
         Problem::from_response(&response)
     }
@@ -598,11 +603,11 @@ async fn put_key(
 ) -> Result<Response, Problem> {
     let (table, key) = names(path)?;
     let value = value_of(&headers, body)?;
-    let expected = expected_version(&door, &caller, &table, &key, &headers).await?;
+    let expected = expected_version(Verb::Write, &door, &caller, &table, &key, &headers).await?;
     let request = CommandRequest::hset_expecting(&table, &key, value, expected);
     let response = door.answer(request, &caller).await;
     if response.status != status::OK {
-        return Err(write_failed(response, expected.is_some()));
+        return Err(write_failed(Verb::Write, response, expected.is_some()));
     }
     let version = response.versions.first().copied().unwrap_or_default();
     let previous = response.values.into_iter().next().filter(|v| !v.is_empty());
@@ -649,14 +654,14 @@ async fn delete_key(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let (table, key) = names(path)?;
-    let expected = expected_version(&door, &caller, &table, &key, &headers).await?;
+    let expected = expected_version(Verb::Delete, &door, &caller, &table, &key, &headers).await?;
     let request = match expected {
         Some(version) => CommandRequest::hdel_if_version(&table, &key, version),
         None => CommandRequest::hdel(&table, &key),
     };
     let response = door.answer(request, &caller).await;
     if response.status != status::OK {
-        return Err(write_failed(response, expected.is_some()));
+        return Err(write_failed(Verb::Delete, response, expected.is_some()));
     }
     match response.values.into_iter().next().filter(|v| !v.is_empty()) {
         Some(previous) => Ok(representation(&previous, wants_json(&headers, &previous))),
