@@ -528,8 +528,14 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
                 out!("{}", output::optional(entry.as_ref(), show.with_version));
             }
         }
-        Command::Hset { table, key, value, typed, if_version, if_absent, .. } => {
-            let value = output::parse_value(&value, typed.value_type)?;
+        Command::Hset { table, key, value, value_file, typed, if_version, if_absent, .. } => {
+            let value = match (value, value_file) {
+                (Some(value), _) => output::parse_value(value.as_encoded_bytes(), typed.value_type)?,
+                (None, Some(file)) => output::parse_value_file(&file, typed.value_type)?,
+                (None, None) => {
+                    return Err(CliError::InvalidInput("give a VALUE or --value-file".into()).into());
+                }
+            };
             let expected = if if_absent { Some(0) } else { if_version };
             let written = match expected {
                 Some(expected) => client.hset_if_version(&table, &key, value, expected).await?,
@@ -570,7 +576,7 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
         Command::Publish { topic, values, typed, .. } => {
             let values = values
                 .iter()
-                .map(|raw| output::parse_value(raw, typed.value_type))
+                .map(|raw| output::parse_value(raw.as_encoded_bytes(), typed.value_type))
                 .collect::<Result<Vec<_>, _>>()?;
             let published = client.publish(&topic, values).await?;
             out!("{}", published.receivers);

@@ -111,6 +111,78 @@ async fn server_refusals_exit_1_with_the_reason_on_stderr() {
     assert!(stderr(&conflict).contains("version conflict"), "{}", stderr(&conflict));
 }
 
+/// `--type binary` stores bytes as they are: an argument's, not UTF-8 (clap refused those before
+/// they reached it), or a file's or standard input's (`--value-file`), NUL and all; text types still
+/// need UTF-8 (exit 2, pointing at --type binary), and a number read from a file loses its newline.
+#[tokio::test]
+async fn binary_values_are_taken_as_bytes_from_an_argument_a_file_or_standard_input() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let run = async |args: &[&OsStr], stdin: &[u8]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"));
+        command.args(args).arg("--addr").arg(server.client_addr().to_string()).arg("--ca").arg(server.ca());
+        command.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+        command.stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("qkv runs");
+        let mut input = child.stdin.take().expect("its stdin");
+        input.write_all(stdin).await.expect("stdin written");
+        drop(input);
+        child.wait_with_output().await.expect("qkv ends")
+    };
+    let stored = async |key: &str| match client.hget("t", key).await.unwrap().and_then(|v| v.value.value) {
+        Some(qkv::pb::value::Value::Binary(bytes)) => bytes.to_vec(),
+        other => panic!("{key}: not binary: {other:?}"),
+    };
+    let os = |s: &str| OsStr::new(s).to_owned();
+    let not_utf8: &[u8] = b"\xff\xfe not UTF-8\t\n";
+    let argument = run(
+        &[&os("hset"), &os("t"), &os("arg"), OsStr::from_bytes(not_utf8), &os("--type"), &os("binary")],
+        b"",
+    )
+    .await;
+    assert!(argument.status.success(), "{}", stderr(&argument));
+    assert_eq!(stored("arg").await, not_utf8);
+    let pair = [b"pair=".as_slice(), not_utf8].concat();
+    let pairs =
+        run(&[&os("hmset"), &os("t"), OsStr::from_bytes(&pair), &os("--type"), &os("binary")], b"").await;
+    assert!(pairs.status.success(), "{}", stderr(&pairs));
+    assert_eq!(stored("pair").await, not_utf8);
+
+    let every_byte: Vec<u8> = (0..=255).collect();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("value.bin");
+    std::fs::write(&file, &every_byte).unwrap();
+    let args = [
+        os("hset"),
+        os("t"),
+        os("file"),
+        os("--value-file"),
+        file.into_os_string(),
+        os("--type"),
+        os("binary"),
+    ];
+    let from_file = run(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(), b"").await;
+    assert!(from_file.status.success(), "{}", stderr(&from_file));
+    assert_eq!(stored("file").await, every_byte);
+    let args = [os("hset"), os("t"), os("stdin"), os("--value-file"), os("-"), os("--type"), os("binary")];
+    let from_stdin = run(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(), &every_byte).await;
+    assert!(from_stdin.status.success(), "{}", stderr(&from_stdin));
+    assert_eq!(stored("stdin").await, every_byte);
+    let number = run(
+        &[&os("hset"), &os("t"), &os("n"), &os("--value-file"), &os("-"), &os("--type"), &os("int")],
+        b"42\n",
+    )
+    .await;
+    assert!(number.status.success(), "{}", stderr(&number));
+    assert_eq!(stdout(&qkv(Some(&server), &["hget", "t", "n"]).await), "42\n");
+
+    let text = run(&[&os("hset"), &os("t"), &os("text"), OsStr::from_bytes(not_utf8)], b"").await;
+    assert_eq!(text.status.code(), Some(EXIT_INVALID_INPUT));
+    assert!(stderr(&text).contains("--type binary"), "{}", stderr(&text));
+}
+
 #[tokio::test]
 async fn bad_input_exits_2_and_negative_numbers_are_values() {
     let server = TestServer::start().await;
@@ -118,6 +190,12 @@ async fn bad_input_exits_2_and_negative_numbers_are_values() {
     let bad_int = qkv(s, &["hset", "t", "k", "forty", "--type", "int"]).await;
     assert_eq!(bad_int.status.code(), Some(EXIT_INVALID_INPUT));
     assert!(stderr(&bad_int).contains("not an integer"), "{}", stderr(&bad_int));
+
+    // An address that is no host:port is a typo (2), not a server to try later (3).
+    for addr in ["127.0.0.1", "localhost:abc"] {
+        let typo = qkv(None, &["hget", "t", "k", "--addr", addr]).await;
+        assert_eq!(typo.status.code(), Some(EXIT_INVALID_INPUT), "{addr}: {}", stderr(&typo));
+    }
 
     let negative = qkv(s, &["hset", "t", "n", "-5", "--type", "int"]).await;
     assert!(negative.status.success(), "{}", stderr(&negative));
@@ -192,6 +270,17 @@ async fn an_unreachable_or_untrusted_server_exits_3() {
         qkv(None, &["ping", "--addr", &server.addr.to_string(), "--ca", other_ca.to_str().unwrap()]).await;
     assert_eq!(untrusted.status.code(), Some(EXIT_UNREACHABLE));
     assert!(stderr(&untrusted).contains("UnknownIssuer"), "{}", stderr(&untrusted));
+
+    // `qkv bench` fails as the client it runs does (it exited 4, "a local failure").
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    for (addr, ca) in [(silent_addr.as_str(), &ca), (&server.addr.to_string(), &other_ca)] {
+        let bench = qkv(
+            None,
+            &["bench", "--addr", addr, "--ca", ca.to_str().unwrap(), "--duration", "1s", "--warmup", "0s"],
+        )
+        .await;
+        assert_eq!(bench.status.code(), Some(EXIT_UNREACHABLE), "{addr}: {}", stderr(&bench));
+    }
 }
 
 #[tokio::test]
@@ -207,8 +296,13 @@ async fn cert_writes_private_keys_0600_and_refuses_to_overwrite_without_force() 
         assert_eq!(mode & 0o777, 0o600, "{key}");
     }
     let again = qkv(None, &["cert", "--dir", path]).await;
-    assert!(!again.status.success());
+    assert_eq!(again.status.code(), Some(EXIT_INVALID_INPUT));
     assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+    // Names that cannot be certificate names are bad input too, not local failures.
+    for bad in [&["--name", "bad name!", "--force"][..], &["--client", ""], &["--client", "../evil"]] {
+        let refused = qkv(None, &[&["cert", "--dir", path][..], bad].concat()).await;
+        assert_eq!(refused.status.code(), Some(EXIT_INVALID_INPUT), "{bad:?}: {}", stderr(&refused));
+    }
     assert!(qkv(None, &["cert", "--dir", path, "--force"]).await.status.success());
 }
 

@@ -1,5 +1,6 @@
 //! Command-line arguments. Defaults come from the library, so the CLI and the library never disagree.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,8 +66,13 @@ pub enum Command {
     Hset {
         table: String,
         key: String,
-        #[arg(allow_hyphen_values = true)]
-        value: String,
+        /// The value (any bytes with --type binary); or --value-file.
+        #[arg(allow_hyphen_values = true, required_unless_present = "value_file")]
+        value: Option<OsString>,
+        /// Read the value from FILE instead, whole (`-`: standard input): its bytes with --type binary,
+        /// its UTF-8 text otherwise (with int, float and bool, without the newline it ends with).
+        #[arg(long, value_name = "FILE", conflicts_with = "value")]
+        value_file: Option<PathBuf>,
         #[command(flatten)]
         typed: TypeArgs,
         /// Write only if the key's current version is N (as printed by hset or hget --with-version).
@@ -81,8 +87,8 @@ pub enum Command {
     /// Set several KEY=VALUE pairs in TABLE and print their new versions, one per line.
     Hmset {
         table: String,
-        #[arg(required = true, value_name = "KEY=VALUE", value_parser = parse_pair)]
-        pairs: Vec<(String, String)>,
+        #[arg(required = true, value_name = "KEY=VALUE", value_parser = clap::builder::TypedValueParser::try_map(clap::builder::OsStringValueParser::new(), parse_pair))]
+        pairs: Vec<(String, Vec<u8>)>,
         #[command(flatten)]
         typed: TypeArgs,
         #[command(flatten)]
@@ -138,7 +144,7 @@ pub enum Command {
         topic: String,
         /// The message's values (a value that starts with '-' and is not a number goes after `--`).
         #[arg(required = true, allow_negative_numbers = true)]
-        values: Vec<String>,
+        values: Vec<OsString>,
         #[command(flatten)]
         typed: TypeArgs,
         #[command(flatten)]
@@ -968,7 +974,8 @@ pub struct ShowArgs {
 
 #[derive(Args)]
 pub struct TypeArgs {
-    /// How to read VALUE: binary takes the bytes of the argument as they are.
+    /// How to read VALUE: binary takes the bytes of the argument as they are (any bytes, UTF-8 or
+    /// not); the others need UTF-8.
     #[arg(long = "type", value_enum, default_value_t = ValueType::String)]
     pub value_type: ValueType,
 }
@@ -982,10 +989,15 @@ pub enum ValueType {
     Binary,
 }
 
-fn parse_pair(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+/// `KEY=VALUE`: the key UTF-8, the value any bytes (for --type binary; on Unix an argument's bytes are
+/// its own).
+fn parse_pair(s: OsString) -> Result<(String, Vec<u8>), String> {
+    let bytes = s.as_encoded_bytes();
+    let Some(at) = bytes.iter().position(|&b| b == b'=') else {
+        return Err(format!("expected KEY=VALUE, got {s:?}"));
+    };
+    let key = std::str::from_utf8(&bytes[..at]).map_err(|_| format!("the key of {s:?} is not UTF-8"))?;
+    Ok((key.to_owned(), bytes[at + 1..].to_vec()))
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {

@@ -60,15 +60,33 @@ pub enum CliError {
 /// Prints `error` on stderr and picks the exit code.
 pub fn report(error: &anyhow::Error) -> ExitCode {
     eprintln!("error: {}", one_line(error));
-    let code = if let Some(error) = error.downcast_ref::<ClientError>() {
+    // `qkv bench` fails as the client it runs does.
+    let client_error = error.downcast_ref::<ClientError>().or_else(|| match error.downcast_ref() {
+        Some(qkv::bench::BenchError::Client(error)) => Some(error),
+        _ => None,
+    });
+    let code = if let Some(error) = client_error {
         match error {
             ClientError::Status { .. } | ClientError::Conflict { .. } => exit::SERVER_SAID_NO,
             ClientError::RequestTooLarge { .. } | ClientError::InvalidConfig(_) => exit::INVALID_INPUT,
+            // An address that is no `host:port` (or whose port is no number) is a typo, not a server
+            // to try again later.
+            ClientError::Resolve { cause, .. } if cause.kind() == std::io::ErrorKind::InvalidInput => {
+                exit::INVALID_INPUT
+            }
             ClientError::Tls(_) => exit::LOCAL_FAILURE,
             _ => exit::UNREACHABLE,
         }
     } else if error.downcast_ref::<qkv::stat::ScrapeError>().is_some() {
         exit::UNREACHABLE
+    } else if let Some(error) = error.downcast_ref::<qkv::certs::CertError>() {
+        use qkv::certs::CertError;
+        match error {
+            CertError::Exists { .. }
+            | CertError::InvalidClientName { .. }
+            | CertError::InvalidName { .. } => exit::INVALID_INPUT,
+            _ => exit::LOCAL_FAILURE,
+        }
     } else {
         match error.downcast_ref::<CliError>() {
             Some(CliError::Refused(_)) => exit::SERVER_SAID_NO,
@@ -111,8 +129,17 @@ fn invalid(raw: &str, expected: &str, error: impl std::fmt::Display) -> CliError
     CliError::InvalidInput(format!("{raw:?} is not {expected}: {error}"))
 }
 
-/// Reads a command-line argument as a value of the requested type.
-pub fn parse_value(raw: &str, value_type: ValueType) -> Result<Value, CliError> {
+/// Reads a command-line argument (or a file's bytes) as a value of the requested type: binary takes
+/// the bytes as they are, whatever they are; the other types need UTF-8.
+pub fn parse_value(raw: &[u8], value_type: ValueType) -> Result<Value, CliError> {
+    if let ValueType::Binary = value_type {
+        return Ok(value::Value::Binary(raw.to_vec().into()).into());
+    }
+    let raw = std::str::from_utf8(raw).map_err(|_| {
+        CliError::InvalidInput(
+            "the value is not UTF-8 text: pass --type binary to store its bytes as they are".into(),
+        )
+    })?;
     let parsed = match value_type {
         ValueType::String => value::Value::String(raw.to_owned()),
         ValueType::Binary => value::Value::Binary(raw.as_bytes().to_vec().into()),
@@ -121,6 +148,26 @@ pub fn parse_value(raw: &str, value_type: ValueType) -> Result<Value, CliError> 
         ValueType::Bool => value::Value::Bool(raw.parse().map_err(|e| invalid(raw, "true or false", e))?),
     };
     Ok(parsed.into())
+}
+
+/// Reads a value from a file, whole (`-`: standard input), as [`parse_value`] reads an argument; a
+/// number or a boolean without the newline its file ends with.
+pub fn parse_value_file(path: &std::path::Path, value_type: ValueType) -> Result<Value, CliError> {
+    use std::io::Read;
+    let read = match path.as_os_str() == "-" {
+        true => {
+            let mut bytes = Vec::new();
+            std::io::stdin().read_to_end(&mut bytes).map(|_| bytes)
+        }
+        false => std::fs::read(path),
+    };
+    let bytes = read
+        .map_err(|e| CliError::InvalidInput(format!("cannot read the value from {}: {e}", path.display())))?;
+    let bytes = match value_type {
+        ValueType::Int | ValueType::Float | ValueType::Bool => bytes.trim_ascii(),
+        ValueType::String | ValueType::Binary => &bytes[..],
+    };
+    parse_value(bytes, value_type)
 }
 
 pub fn bench_progress_bar() -> indicatif::ProgressBar {
