@@ -181,9 +181,12 @@ fn replay_segment(
             if settle_damaged_tail(path, offset, len, what, replayed.last_number, durability)? {
                 return Ok(result);
             }
-            result.torn_bytes = len - offset;
+            // The zeros the segment had written ahead follow the torn bytes: told apart, so that the
+            // warning does not count a megabyte of them as what the crash cut.
+            let written = written_end(path, offset, len)?;
+            (result.torn_bytes, result.unwritten_bytes) = (written - offset, len - written);
             tracing::warn!(
-                file = %path.display(), offset, bytes = result.torn_bytes, what,
+                file = %path.display(), offset, bytes = result.torn_bytes, zeros_after = result.unwritten_bytes, what,
                 "the log ends in a torn write (the machine or process stopped during it): cutting it off; no acknowledged write was in it, unless the disk itself damaged its last record"
             );
             cut_at(offset)?;
@@ -210,6 +213,17 @@ fn replay_segment(
         }
     }
     Ok(result)
+}
+
+/// Where the bytes written in `path` from `offset` to `len` end: after its last byte that is not zero
+/// (`offset` if all are zeros, the space a segment writes ahead of its records).
+fn written_end(path: &Path, offset: u64, len: u64) -> io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = files::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut tail = Vec::new();
+    file.take(len.saturating_sub(offset)).read_to_end(&mut tail)?;
+    Ok(offset + tail.iter().rposition(|&b| b != 0).map_or(0, |last| last as u64 + 1))
 }
 
 /// A strict log's committer writes a batch only once the one before it is durable, so a crash tears
@@ -532,5 +546,25 @@ pub fn replay(reader: &mut Reader<impl Read>, store: &Store) -> io::Result<Repla
             Next::Unwritten { offset } => Stop::Unwritten { offset },
         };
         return Ok(replay);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A torn record is counted apart from the zeros written ahead after it: a crash that tore a
+    /// 32-byte record in a segment written ahead by a megabyte cut 32 bytes of data, not a megabyte.
+    #[test]
+    fn the_written_end_of_a_tail_is_after_its_last_byte_that_is_not_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        let mut bytes = vec![7u8; 100];
+        bytes.extend_from_slice(&[1, 0, 2]); // a torn record may hold zeros of its own
+        bytes.resize(1 << 20, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(written_end(&path, 100, bytes.len() as u64).unwrap(), 103);
+        assert_eq!(written_end(&path, 103, bytes.len() as u64).unwrap(), 103, "zeros only");
+        assert_eq!(written_end(&path, 50, 60).unwrap(), 60, "within the range asked for");
     }
 }
