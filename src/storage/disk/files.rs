@@ -157,6 +157,22 @@ pub fn create_segment(dir: &Path, generation: u64, last_version: u64) -> io::Res
     })
 }
 
+/// Starts log segment `generation` again, one that holds no record (its records would be lost): its
+/// header rewritten to say `last_version`, durable. A crash while it is rewritten leaves the last
+/// segment without a whole header, which recovery finishes as an empty one (`finish_segment`).
+pub fn restart_segment(dir: &Path, generation: u64, last_version: u64) -> io::Result<Segment> {
+    let path = segment(dir, generation);
+    finish_segment(&path, generation, last_version)?;
+    let file = OpenOptions::new().write(true).open(&path)?;
+    Ok(Segment {
+        file,
+        end: HEADER_LEN as u64,
+        zeroed: HEADER_LEN as u64,
+        #[cfg(test)]
+        dir: dir.to_owned(),
+    })
+}
+
 /// Directories whose segments' writes fail from now on, as on a full disk: for tests of what the store
 /// does then.
 #[cfg(test)]

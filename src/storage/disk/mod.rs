@@ -136,8 +136,16 @@ impl DiskStore {
         let recovered = recovery::recover(dir, &memory, config.durability)
             .map_err(io_error("cannot recover the data in", dir))?;
         log.start_after(recovered.last_version.max(imported).max(super::first_version_floor()));
-        let segment = files::create_segment(dir, recovered.next_generation, log.appended())
-            .map_err(io_error("cannot start a log segment in", dir))?;
+        // A last segment with no record is gone on with: a new one at every start would leave one
+        // more empty file for every later recovery to open (a server in a restart loop).
+        let (generation, segment) = match recovered.empty_last_segment {
+            Some(generation) => (generation, files::restart_segment(dir, generation, log.appended())),
+            None => (
+                recovered.next_generation,
+                files::create_segment(dir, recovered.next_generation, log.appended()),
+            ),
+        };
+        let segment = segment.map_err(io_error("cannot start a log segment in", dir))?;
         let usage = memory.usage();
         tracing::info!(
             dir = %dir.display(),
@@ -161,7 +169,7 @@ impl DiskStore {
             log: log.clone(),
             dir: dir.to_owned(),
             segment,
-            generation: recovered.next_generation,
+            generation,
             durability: config.durability,
             store: Arc::downgrade(&memory),
             snapshot_log_size: config.snapshot_log_size,

@@ -23,6 +23,10 @@ use super::snapshot::{self, Store};
 pub struct Recovered {
     /// The generation of the log segment to start.
     pub next_generation: u64,
+    /// The last segment, when it holds no record (a start, or starts, with no write since): the store
+    /// goes on in it rather than start another, so that restarts do not pile up empty segments that
+    /// every later recovery must open.
+    pub empty_last_segment: Option<u64>,
     /// The highest version (or delete's number) found anywhere.
     pub last_version: u64,
     /// Entries in the snapshot loaded.
@@ -84,6 +88,9 @@ pub fn recover(dir: &Path, store: &Store, durability: Durability) -> io::Result<
         recovered.log_bytes += replayed.valid_len;
         recovered.torn_bytes += replayed.torn_bytes;
         recovered.unwritten_bytes += replayed.unwritten_bytes;
+        if is_last && replayed.records == 0 {
+            recovered.empty_last_segment = Some(*generation);
+        }
     }
     recovered.next_generation = expected;
     Ok(recovered)
