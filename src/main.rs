@@ -40,8 +40,10 @@ fn main() -> ExitCode {
         }
         Err(error) => return output::report(&error),
     };
+    // Servers say what they do; the floor (a server too) says where it listens.
     let (default_log, format) = match &cli.command {
         Command::Serve(args) => ("info", args.log_format),
+        Command::Floor(_) => ("info", LogFormat::Text),
         _ => ("warn", LogFormat::Text),
     };
     let (filter, ignored) = log_filter(default_log);

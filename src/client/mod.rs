@@ -760,6 +760,12 @@ fn ok(response: CommandResponse) -> ClientResult<CommandResponse> {
         status::CONFLICT => {
             Err(ClientError::Conflict { current: versioned_values(response).into_iter().next().flatten() })
         }
+        // Every qkv answer has a status: one without came from something else (a floor server,
+        // which echoes requests back).
+        0 => Err(ClientError::Protocol(
+            "the answer has no status: is this a qkv server? (a floor server only echoes: bench it with --workload echo)"
+                .into(),
+        )),
         status => Err(ClientError::Status { status, message: response.message }),
     }
 }
