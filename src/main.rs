@@ -533,7 +533,9 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
         Command::Hset { table, key, value, value_file, typed, if_version, if_absent, .. } => {
             let value = match (value, value_file) {
                 (Some(value), _) => output::parse_value(value.as_encoded_bytes(), typed.value_type)?,
-                (None, Some(file)) => output::parse_value_file(&file, typed.value_type)?,
+                (None, Some(file)) => {
+                    output::parse_value_file(&file, typed.value_type, qkv::transport::DEFAULT_MAX_FRAME_LEN)?
+                }
                 (None, None) => {
                     return Err(CliError::InvalidInput("give a VALUE or --value-file".into()).into());
                 }

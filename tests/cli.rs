@@ -178,6 +178,22 @@ async fn binary_values_are_taken_as_bytes_from_an_argument_a_file_or_standard_in
     assert!(number.status.success(), "{}", stderr(&number));
     assert_eq!(stdout(&qkv(Some(&server), &["hget", "t", "n"]).await), "42\n");
 
+    // A file larger than one request can carry is refused before it is read to its end.
+    let huge = dir.path().join("huge.bin");
+    std::fs::File::create(&huge).unwrap().set_len(qkv::transport::DEFAULT_MAX_FRAME_LEN as u64 + 1).unwrap();
+    let args = [
+        os("hset"),
+        os("t"),
+        os("huge"),
+        os("--value-file"),
+        huge.into_os_string(),
+        os("--type"),
+        os("binary"),
+    ];
+    let too_large = run(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(), b"").await;
+    assert_eq!(too_large.status.code(), Some(EXIT_INVALID_INPUT), "{}", stderr(&too_large));
+    assert!(stderr(&too_large).contains("the most one request carries"), "{}", stderr(&too_large));
+
     let text = run(&[&os("hset"), &os("t"), &os("text"), OsStr::from_bytes(not_utf8)], b"").await;
     assert_eq!(text.status.code(), Some(EXIT_INVALID_INPUT));
     assert!(stderr(&text).contains("--type binary"), "{}", stderr(&text));

@@ -151,18 +151,28 @@ pub fn parse_value(raw: &[u8], value_type: ValueType) -> Result<Value, CliError>
 }
 
 /// Reads a value from a file, whole (`-`: standard input), as [`parse_value`] reads an argument; a
-/// number or a boolean without the newline its file ends with.
-pub fn parse_value_file(path: &std::path::Path, value_type: ValueType) -> Result<Value, CliError> {
+/// number or a boolean without the newline its file ends with. At most what one request can carry
+/// (`max`, the client's maximum frame size) is read: a larger file (or `/dev/zero`) is refused, not
+/// read into memory to its end.
+pub fn parse_value_file(
+    path: &std::path::Path,
+    value_type: ValueType,
+    max: usize,
+) -> Result<Value, CliError> {
     use std::io::Read;
-    let read = match path.as_os_str() == "-" {
-        true => {
-            let mut bytes = Vec::new();
-            std::io::stdin().read_to_end(&mut bytes).map(|_| bytes)
-        }
-        false => std::fs::read(path),
+    let cannot = |e: std::io::Error| {
+        CliError::InvalidInput(format!("cannot read the value from {}: {e}", path.display()))
     };
-    let bytes = read
-        .map_err(|e| CliError::InvalidInput(format!("cannot read the value from {}: {e}", path.display())))?;
+    let input: Box<dyn Read> = match path.as_os_str() == "-" {
+        true => Box::new(std::io::stdin()),
+        false => Box::new(std::fs::File::open(path).map_err(cannot)?),
+    };
+    let mut bytes = Vec::new();
+    input.take(max as u64 + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() > max {
+        let what = format!("{} holds more than {max} bytes, the most one request carries", path.display());
+        return Err(CliError::InvalidInput(what));
+    }
     let bytes = match value_type {
         ValueType::Int | ValueType::Float | ValueType::Bool => bytes.trim_ascii(),
         ValueType::String | ValueType::Binary => &bytes[..],

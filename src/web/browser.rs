@@ -161,7 +161,10 @@ fn console_asset(name: &str, request: &HeaderMap) -> Response {
     let etag = CONSOLE_ETAGS.get(index).cloned().unwrap_or(HeaderValue::from_static("\"\""));
     // A 304 carries the headers the 200 would have, but for its content type (RFC 9110, 15.4.5).
     let mut response = match unchanged(request, &etag) {
-        true => StatusCode::NOT_MODIFIED.into_response(),
+        // With the 200's length: a Content-Length a 304 carries must be that (RFC 9110, 8.6), and
+        // axum would otherwise say 0 for its empty body.
+        true => (StatusCode::NOT_MODIFIED, [(header::CONTENT_LENGTH, HeaderValue::from(content.len()))])
+            .into_response(),
         false => ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], content).into_response(),
     };
     let headers = response.headers_mut();

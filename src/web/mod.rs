@@ -7,12 +7,13 @@
 //!                                                       content-type application/grpc └─► grpc ─┴─► Handler
 //! ```
 //!
-//! Requests are routed by content type: `application/grpc…` to gRPC (service `qkv.v1.Kv`, reflection),
-//! everything else to REST. Connections are admitted with the other transports' (one connection limit,
-//! one memory budget); each request body is read whole, within its limit and `--request-timeout`,
-//! charged to the memory budget as it arrives and held against it while its request runs; an idle
-//! connection is closed, an answer or a listing its client stops reading abandoned (answers are paced,
-//! charged while they wait: paced.rs). docs/HTTP.md is the API's specification.
+//! Requests are routed by content type: `application/grpc` and `application/grpc+proto` to gRPC
+//! (service `qkv.v1.Kv`, reflection), everything else to REST (which refuses other `application/grpc…`
+//! types). Connections are admitted with the other transports' (one connection limit, one memory
+//! budget); each request body is read whole, within its limit and `--request-timeout`, charged to the
+//! memory budget as it arrives and held against it while its request runs; an idle connection is
+//! closed, an answer or a listing its client stops reading abandoned (answers are paced, charged while
+//! they wait: paced.rs). docs/HTTP.md is the API's specification.
 
 pub mod browser;
 pub mod grpc;

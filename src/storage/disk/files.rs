@@ -157,13 +157,18 @@ pub fn create_segment(dir: &Path, generation: u64, last_version: u64) -> io::Res
     })
 }
 
-/// Starts log segment `generation` again, one that holds no record (its records would be lost): its
-/// header rewritten to say `last_version`, durable. A crash while it is rewritten leaves the last
-/// segment without a whole header, which recovery finishes as an empty one (`finish_segment`).
+/// Starts log segment `generation` again, one that recovery left as its header alone (no record, and
+/// no damage kept beside it): the header overwritten in place to say `last_version` (never lower than
+/// what it said), durable. In place, not truncated first: a crash meanwhile leaves the old header or
+/// the new one, either a floor under the versions to come, where an empty file would leave only the
+/// clock.
 pub fn restart_segment(dir: &Path, generation: u64, last_version: u64) -> io::Result<Segment> {
+    use std::os::unix::fs::FileExt;
     let path = segment(dir, generation);
-    finish_segment(&path, generation, last_version)?;
     let file = OpenOptions::new().write(true).open(&path)?;
+    file.write_all_at(&Header { magic: LOG_MAGIC, generation, last_version }.encode(), 0)?;
+    file.set_len(HEADER_LEN as u64)?;
+    file.sync_all()?;
     Ok(Segment {
         file,
         end: HEADER_LEN as u64,

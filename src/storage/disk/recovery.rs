@@ -88,7 +88,7 @@ pub fn recover(dir: &Path, store: &Store, durability: Durability) -> io::Result<
         recovered.log_bytes += replayed.valid_len;
         recovered.torn_bytes += replayed.torn_bytes;
         recovered.unwritten_bytes += replayed.unwritten_bytes;
-        if is_last && replayed.records == 0 {
+        if is_last && replayed.records == 0 && !replayed.kept_damage {
             recovered.empty_last_segment = Some(*generation);
         }
     }
@@ -141,6 +141,9 @@ struct Replayed {
     valid_len: u64,
     torn_bytes: u64,
     unwritten_bytes: u64,
+    /// Damage was cut off and kept beside the segment (`cut_keeping`): the segment is not written
+    /// again, so that a later cut at the same byte cannot replace what was kept.
+    kept_damage: bool,
 }
 
 /// Replays one segment. The last one, if it was being created, is finished as an empty segment whose
@@ -176,6 +179,7 @@ fn replay_segment(
         valid_len: reader.offset(),
         torn_bytes: 0,
         unwritten_bytes: 0,
+        kept_damage: false,
     };
     let cut_at = |offset: u64| -> io::Result<()> {
         let file = OpenOptions::new().write(true).open(path)?;
@@ -186,7 +190,7 @@ fn replay_segment(
         Stop::End => {}
         Stop::Torn { offset, what } if is_last => {
             if settle_damaged_tail(path, offset, len, what, replayed.last_number, durability)? {
-                return Ok(result);
+                return Ok(Replayed { kept_damage: true, ..result });
             }
             // The zeros the segment had written ahead follow the torn bytes: told apart, so that the
             // warning does not count a megabyte of them as what the crash cut.
@@ -202,7 +206,7 @@ fn replay_segment(
         Stop::Unwritten { offset } if is_last => {
             let what = "zeros where a record should be";
             if settle_damaged_tail(path, offset, len, what, replayed.last_number, durability)? {
-                return Ok(result);
+                return Ok(Replayed { kept_damage: true, ..result });
             }
             result.unwritten_bytes = len - offset;
             tracing::debug!(file = %path.display(), offset, bytes = result.unwritten_bytes, "cutting off the log's unwritten space");
@@ -223,14 +227,24 @@ fn replay_segment(
 }
 
 /// Where the bytes written in `path` from `offset` to `len` end: after its last byte that is not zero
-/// (`offset` if all are zeros, the space a segment writes ahead of its records).
+/// (`offset` if all are zeros, the space a segment writes ahead of its records). Read backwards a
+/// window at a time: the tail may be long.
 fn written_end(path: &Path, offset: u64, len: u64) -> io::Result<u64> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = files::open(path)?;
-    file.seek(SeekFrom::Start(offset))?;
-    let mut tail = Vec::new();
-    file.take(len.saturating_sub(offset)).read_to_end(&mut tail)?;
-    Ok(offset + tail.iter().rposition(|&b| b != 0).map_or(0, |last| last as u64 + 1))
+    use std::os::unix::fs::FileExt;
+    const WINDOW: u64 = 64 << 10;
+    let file = files::open(path)?;
+    let mut window = vec![0u8; WINDOW as usize];
+    let mut end = len;
+    while end > offset {
+        let start = end.saturating_sub(WINDOW).max(offset);
+        let bytes = &mut window[..(end - start) as usize];
+        file.read_exact_at(bytes, start)?;
+        if let Some(last) = bytes.iter().rposition(|&b| b != 0) {
+            return Ok(start + last as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(offset)
 }
 
 /// A strict log's committer writes a batch only once the one before it is durable, so a crash tears
@@ -573,5 +587,10 @@ mod tests {
         assert_eq!(written_end(&path, 100, bytes.len() as u64).unwrap(), 103);
         assert_eq!(written_end(&path, 103, bytes.len() as u64).unwrap(), 103, "zeros only");
         assert_eq!(written_end(&path, 50, 60).unwrap(), 60, "within the range asked for");
+        // Across windows of the backward scan.
+        let mut long = vec![0u8; 3 << 20];
+        long[100_000] = 1;
+        std::fs::write(&path, &long).unwrap();
+        assert_eq!(written_end(&path, 24, long.len() as u64).unwrap(), 100_001);
     }
 }

@@ -768,10 +768,18 @@ async fn the_last_segment_is_cut_only_where_a_write_was_torn() {
 async fn restarts_without_writes_leave_no_empty_segments() {
     let dir = tempfile::tempdir().unwrap();
     let segments = || files::list(dir.path()).unwrap().segments.keys().copied().collect::<Vec<_>>();
+    // The reused segment's header is rewritten with each start's version floor, never lower.
+    let header_floor = || {
+        let mut file = std::fs::File::open(files::segment(dir.path(), 1)).unwrap();
+        format::Header::read(&mut file, format::LOG_MAGIC).unwrap().expect("a header").last_version
+    };
+    let mut floors = Vec::new();
     for _ in 0..3 {
         close(DiskStore::open_when_free(dir.path(), test_config()).unwrap()).await;
+        floors.push(header_floor());
     }
     assert_eq!(segments(), [1]);
+    assert!(floors.windows(2).all(|w| w[0] < w[1]), "each start raises the floor: {floors:?}");
     let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
     let written = store.set(TABLE, "k", "v".into(), None).await.unwrap();
     close(store).await;
@@ -919,6 +927,20 @@ async fn a_relaxed_log_damaged_before_whole_records_is_cut_keeping_what_it_cuts(
     let saved = std::path::PathBuf::from(format!("{}.damaged-at-{}", path.display(), ends[3]));
     assert_eq!(std::fs::read(saved).unwrap(), bytes[ends[3] as usize..], "the bytes cut, kept");
     // Strict, the same damage is refused (a_torn_or_damaged_tail_loses_no_write_before_it).
+
+    // Damaged at its first record, a segment keeps no record once cut: it is not gone on with (a
+    // start goes on in an empty last segment), so the same damage there later could not replace the
+    // bytes kept the first time.
+    let (dir, _, path, mut bytes) = closed_history(10).await;
+    let first = format::HEADER_LEN;
+    bytes[first + 8] ^= 0x5a;
+    std::fs::write(&path, &bytes).unwrap();
+    let generation = files::list(dir.path()).unwrap().segments.keys().copied().next_back().unwrap();
+    close(DiskStore::open_when_free(dir.path(), relaxed).expect("a relaxed log opens")).await;
+    let segments: Vec<u64> = files::list(dir.path()).unwrap().segments.keys().copied().collect();
+    assert_eq!(segments.last(), Some(&(generation + 1)), "a new segment after the cut one: {segments:?}");
+    let saved = std::path::PathBuf::from(format!("{}.damaged-at-{first}", path.display()));
+    assert_eq!(std::fs::read(saved).unwrap(), bytes[first..], "the bytes cut, kept");
 }
 
 /// A tail made of fake record heads, each claiming a body to the end of the file, is not checked head
