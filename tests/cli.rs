@@ -192,7 +192,7 @@ async fn binary_values_are_taken_as_bytes_from_an_argument_a_file_or_standard_in
     ];
     let too_large = run(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(), b"").await;
     assert_eq!(too_large.status.code(), Some(EXIT_INVALID_INPUT), "{}", stderr(&too_large));
-    assert!(stderr(&too_large).contains("the most one request carries"), "{}", stderr(&too_large));
+    assert!(stderr(&too_large).contains("one request carries at most"), "{}", stderr(&too_large));
 
     let text = run(&[&os("hset"), &os("t"), &os("text"), OsStr::from_bytes(not_utf8)], b"").await;
     assert_eq!(text.status.code(), Some(EXIT_INVALID_INPUT));

@@ -170,7 +170,10 @@ pub fn parse_value_file(
     let mut bytes = Vec::new();
     input.take(max as u64 + 1).read_to_end(&mut bytes).map_err(cannot)?;
     if bytes.len() > max {
-        let what = format!("{} holds more than {max} bytes, the most one request carries", path.display());
+        let what = format!(
+            "{} holds more than {max} bytes: one request carries at most that, table and key included",
+            path.display()
+        );
         return Err(CliError::InvalidInput(what));
     }
     let bytes = match value_type {

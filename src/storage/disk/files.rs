@@ -8,7 +8,7 @@
 //! qkv-snapshot.00000008.tmp     a snapshot being written (removed when found at open)
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -19,6 +19,8 @@ const LOCK: &str = "qkv.lock";
 const LOG: &str = "qkv-log.";
 const SNAPSHOT: &str = "qkv-snapshot.";
 const PARTIAL: &str = ".tmp";
+/// What follows a segment's name in the file that keeps damage cut off it (`recovery::cut_keeping`).
+pub const DAMAGED_AT: &str = ".damaged-at-";
 
 pub fn segment(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("{LOG}{generation:08}"))
@@ -39,6 +41,9 @@ pub struct Listing {
     pub snapshots: BTreeMap<u64, PathBuf>,
     /// Snapshots that were being written when the process stopped.
     pub partial: Vec<PathBuf>,
+    /// Segments with damage cut off and kept beside them (`<segment>.damaged-at-<offset>`): never
+    /// written again, so that a later cut at the same byte cannot replace what was kept.
+    pub damage_kept: BTreeSet<u64>,
 }
 
 pub fn list(dir: &Path) -> io::Result<Listing> {
@@ -52,8 +57,12 @@ pub fn list(dir: &Path) -> io::Result<Listing> {
             } else if let Ok(generation) = rest.parse() {
                 listing.snapshots.insert(generation, path);
             }
-        } else if let Some(generation) = name.strip_prefix(LOG).and_then(|rest| rest.parse().ok()) {
-            listing.segments.insert(generation, path);
+        } else if let Some(rest) = name.strip_prefix(LOG) {
+            if let Ok(generation) = rest.parse() {
+                listing.segments.insert(generation, path);
+            } else if let Some(Ok(generation)) = rest.split_once(DAMAGED_AT).map(|(g, _)| g.parse()) {
+                listing.damage_kept.insert(generation);
+            }
         }
     }
     Ok(listing)

@@ -39,7 +39,8 @@ pub struct Header {
     pub magic: [u8; 8],
     /// The log segment's number; a snapshot's is the segment that was started when it was.
     pub generation: u64,
-    /// The last version handed out when the file was started.
+    /// The last version handed out when the file was started (or, for a log segment a start went on
+    /// in, last started: `files::restart_segment`).
     pub last_version: u64,
 }
 

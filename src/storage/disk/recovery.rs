@@ -51,7 +51,7 @@ pub fn recover(dir: &Path, store: &Store, durability: Durability) -> io::Result<
         tracing::info!(file = %partial.display(), "removing a snapshot that was not finished");
         fs::remove_file(partial)?;
     }
-    let Listing { mut segments, snapshots, .. } = listing;
+    let Listing { mut segments, snapshots, damage_kept, .. } = listing;
     let mut recovered = Recovered::default();
     let base = snapshots.keys().next_back().copied();
     if let Some(generation) = base {
@@ -88,7 +88,8 @@ pub fn recover(dir: &Path, store: &Store, durability: Durability) -> io::Result<
         recovered.log_bytes += replayed.valid_len;
         recovered.torn_bytes += replayed.torn_bytes;
         recovered.unwritten_bytes += replayed.unwritten_bytes;
-        if is_last && replayed.records == 0 && !replayed.kept_damage {
+        // Not one whose damage was kept beside it, now or by an earlier start or `qkv repair`.
+        if is_last && replayed.records == 0 && !replayed.kept_damage && !damage_kept.contains(generation) {
             recovered.empty_last_segment = Some(*generation);
         }
     }
@@ -502,7 +503,7 @@ fn check_segment(path: &Path, generation: u64) -> io::Result<()> {
 /// (written under a temporary name, then renamed, and durable with its directory before the cut: a
 /// repair stopped half way and run again finds the segment as it was). Returns the copy's path.
 fn cut_keeping(path: &Path, offset: u64) -> io::Result<PathBuf> {
-    let saved = PathBuf::from(format!("{}.damaged-at-{offset}", path.display()));
+    let saved = PathBuf::from(format!("{}{}{offset}", path.display(), files::DAMAGED_AT));
     let partial = PathBuf::from(format!("{}.partial", saved.display()));
     let mut copy = files::private().write(true).create(true).truncate(true).open(&partial)?;
     let mut tail = BufReader::new(files::open(path)?);

@@ -446,7 +446,8 @@ async fn damage_before_the_last_segment_is_refused_not_skipped() {
 }
 
 /// A segment whose header was being written when the process stopped holds nothing: `qkv repair` has
-/// nothing to do (the store removes it when it opens), and says so rather than asking for a backup.
+/// nothing to do (the store finishes it when it opens, and goes on in it), and says so rather than
+/// asking for a backup.
 #[tokio::test]
 async fn a_segment_stopped_while_being_created_needs_no_repair() {
     let dir = tempfile::tempdir().unwrap();
@@ -941,6 +942,23 @@ async fn a_relaxed_log_damaged_before_whole_records_is_cut_keeping_what_it_cuts(
     assert_eq!(segments.last(), Some(&(generation + 1)), "a new segment after the cut one: {segments:?}");
     let saved = std::path::PathBuf::from(format!("{}.damaged-at-{first}", path.display()));
     assert_eq!(std::fs::read(saved).unwrap(), bytes[first..], "the bytes cut, kept");
+
+    // Cut by `qkv repair` (a strict log refuses to open), the segment is left with no record, and the
+    // kept file beside it is what says, at every later start, not to go on in it.
+    let (dir, _, path, mut bytes) = closed_history(10).await;
+    bytes[first + 8] ^= 0x5a;
+    std::fs::write(&path, &bytes).unwrap();
+    let generation = files::list(dir.path()).unwrap().segments.keys().copied().next_back().unwrap();
+    assert!(DiskStore::open_when_free(dir.path(), test_config()).is_err(), "whole records follow the damage");
+    assert!(matches!(DiskStore::repair_when_free(dir.path()).unwrap(), Repaired::Cut { .. }));
+    close(DiskStore::open_when_free(dir.path(), test_config()).unwrap()).await;
+    let segments: Vec<u64> = files::list(dir.path()).unwrap().segments.keys().copied().collect();
+    assert_eq!(
+        segments.last(),
+        Some(&(generation + 1)),
+        "a new segment after the repaired one: {segments:?}"
+    );
+    assert_eq!(files::list(dir.path()).unwrap().damage_kept.into_iter().collect::<Vec<_>>(), [generation]);
 }
 
 /// A tail made of fake record heads, each claiming a body to the end of the file, is not checked head
