@@ -157,13 +157,7 @@ pub fn create_segment(dir: &Path, generation: u64, last_version: u64) -> io::Res
     file.write_all(&Header { magic: LOG_MAGIC, generation, last_version }.encode())?;
     file.sync_all()?;
     sync_dir(dir)?;
-    Ok(Segment {
-        file,
-        end: HEADER_LEN as u64,
-        zeroed: HEADER_LEN as u64,
-        #[cfg(test)]
-        dir: dir.to_owned(),
-    })
+    Ok(Segment::after_header(file, dir))
 }
 
 /// Starts log segment `generation` again, one that recovery left as its header alone (no record, and
@@ -178,13 +172,7 @@ pub fn restart_segment(dir: &Path, generation: u64, last_version: u64) -> io::Re
     file.write_all_at(&Header { magic: LOG_MAGIC, generation, last_version }.encode(), 0)?;
     file.set_len(HEADER_LEN as u64)?;
     file.sync_all()?;
-    Ok(Segment {
-        file,
-        end: HEADER_LEN as u64,
-        zeroed: HEADER_LEN as u64,
-        #[cfg(test)]
-        dir: dir.to_owned(),
-    })
+    Ok(Segment::after_header(file, dir))
 }
 
 /// Directories whose segments' writes fail from now on, as on a full disk: for tests of what the store
@@ -228,6 +216,17 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// A segment of `dir` whose file holds its header alone, durable: records go after it.
+    fn after_header(file: File, #[cfg_attr(not(test), allow(unused_variables))] dir: &Path) -> Self {
+        Segment {
+            file,
+            end: HEADER_LEN as u64,
+            zeroed: HEADER_LEN as u64,
+            #[cfg(test)]
+            dir: dir.to_owned(),
+        }
+    }
+
     /// Writes `records` after the last ones (not yet durable: see [`Segment::sync`]).
     pub fn append(&mut self, records: &[u8]) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
