@@ -207,6 +207,18 @@ async fn bad_input_exits_2_and_negative_numbers_are_values() {
     assert_eq!(bad_int.status.code(), Some(EXIT_INVALID_INPUT));
     assert!(stderr(&bad_int).contains("not an integer"), "{}", stderr(&bad_int));
 
+    // A count of nothing is a mistake, not a run that prints nothing and succeeds.
+    for command in
+        [&["ping", "--count", "0"][..], &["subscribe", "news", "--count", "0"], &["stat", "--count", "0"]]
+    {
+        let nothing = qkv(None, command).await;
+        assert_eq!(nothing.status.code(), Some(EXIT_INVALID_INPUT), "{command:?}: {}", stderr(&nothing));
+        assert!(
+            stderr(&nothing).contains("invalid value '0' for '--count"),
+            "{command:?}: {}",
+            stderr(&nothing)
+        );
+    }
     // An address that is no host:port is a typo (2), not a server to try later (3).
     for addr in ["127.0.0.1", "localhost:abc"] {
         let typo = qkv(None, &["hget", "t", "k", "--addr", addr]).await;

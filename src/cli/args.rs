@@ -132,8 +132,8 @@ pub enum Command {
     /// stderr once the server has registered the subscription.
     Subscribe {
         topic: String,
-        /// Exit after this many messages.
-        #[arg(long, value_name = "N")]
+        /// Exit after this many messages (at least 1).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         count: Option<u64>,
         #[command(flatten)]
         client: ClientArgs,
@@ -167,8 +167,8 @@ pub enum Command {
         /// Bytes to send, echoed by the server.
         #[arg(default_value = "", allow_hyphen_values = true)]
         payload: String,
-        /// Number of pings, one after the other.
-        #[arg(long, short = 'c', default_value_t = 1)]
+        /// Number of pings, one after the other (at least 1).
+        #[arg(long, short = 'c', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         count: u32,
         #[command(flatten)]
         client: ClientArgs,
@@ -183,8 +183,8 @@ pub struct StatArgs {
     /// Time between two lines, e.g. 1s or 500ms.
     #[arg(long, default_value = "1s", value_parser = parse_positive_duration)]
     pub interval: Duration,
-    /// Stop after N intervals (default: until Ctrl-C).
-    #[arg(long, value_name = "N")]
+    /// Stop after N intervals (at least 1; default: until Ctrl-C).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Print one JSON object per interval, one per line, instead of the table (fields in
     /// docs/OPERATIONS.md).
