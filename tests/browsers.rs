@@ -64,9 +64,17 @@ impl Browsers {
 
     /// The headers of `GET path`, as a page of `origin` asks for it: lower-cased, one per line.
     async fn headers(&self, path: &str, origin: &str) -> String {
+        self.response_head(path, &format!("origin: {origin}"), &["--fail"]).await
+    }
+
+    /// The status line and headers of `GET path` sent with `header`, lower-cased, one per line, then
+    /// what `extra` curl arguments print (`-w`).
+    async fn response_head(&self, path: &str, header: &str, extra: &[&str]) -> String {
         let output = Command::new("curl")
-            .args(["-sS", "--fail", "-o", "/dev/null", "-D", "-", "-H"])
-            .arg(format!("origin: {origin}"))
+            .args(["-sS", "-o", "/dev/null", "-D", "-"])
+            .args(extra)
+            .arg("-H")
+            .arg(header)
             .arg("--cacert")
             .arg(self.server.ca())
             .arg(format!("{}{path}", self.own_origin()))
@@ -279,16 +287,8 @@ async fn other_sites_may_import_the_client_bundle_but_not_embed_the_console() {
 async fn the_consoles_files_are_revalidated_by_their_etag() {
     let browsers = Browsers::start().await;
     let get = async |path: &str, if_none_match: &str| {
-        let output = Command::new("curl")
-            .args(["-sS", "-D", "-", "-o", "/dev/null", "-w", "%{size_download}", "-H"])
-            .arg(format!("if-none-match: {if_none_match}"))
-            .arg("--cacert")
-            .arg(browsers.server.ca())
-            .arg(format!("{}{path}", browsers.own_origin()))
-            .output()
-            .await
-            .expect("curl runs (apt install curl)");
-        String::from_utf8_lossy(&output.stdout).to_lowercase()
+        let header = format!("if-none-match: {if_none_match}");
+        browsers.response_head(path, &header, &["-w", "%{size_download}"]).await
     };
     for path in ["/", "/console/qkv-client.js"] {
         let first = get(path, "\"none\"").await;

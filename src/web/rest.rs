@@ -421,8 +421,7 @@ fn json_body<T: serde::de::DeserializeOwned>(
     expected: &str,
 ) -> Result<T, Problem> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let media = content_type.split(';').next().unwrap_or_default().trim();
-    if !media.eq_ignore_ascii_case("application/json") {
+    if super::media_type(content_type).as_deref() != Some("application/json") {
         return Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("the body must be application/json ({expected}), not {content_type:?}"),
