@@ -561,3 +561,108 @@ async fn moving_slots_under_load_fails_no_request() {
         assert!(!tally.acknowledged.is_empty());
     }
 }
+
+/// The arguments of docs/DEPLOY.md's `ACL SETUSER` for a gateway's Redis user, as `redis-cli` gets
+/// them from a shell (quotes taken off), with `password` put in.
+fn documented_acl_user(password: &str) -> Vec<String> {
+    let guide = include_str!("../docs/DEPLOY.md");
+    let start = guide.find("ACL SETUSER").expect("docs/DEPLOY.md sets up a Redis user");
+    let command: String = guide[start..]
+        .lines()
+        .take_while(|line| !line.trim_start().starts_with("```"))
+        .map(|line| line.trim().trim_end_matches('\\'))
+        .collect::<Vec<_>>()
+        .join(" ");
+    command.split_whitespace().map(|word| word.trim_matches('\'').replace("PASSWORD", password)).collect()
+}
+
+/// A gateway whose Redis user has the rights docs/DEPLOY.md gives, and no more, serves every command
+/// (on a cluster with `--redis-wait`, which needs WAIT); a right taken away is named in the error.
+async fn the_deployment_guides_redis_user_serves_every_command(on_a_cluster: bool) {
+    let plain;
+    let (seeds, nodes, wait): (Vec<String>, Vec<u16>, &[&str]) = if on_a_cluster {
+        let cluster = shared_cluster();
+        (cluster.urls(), cluster.nodes.iter().map(|n| n.port).collect(), &["--redis-wait", "1"])
+    } else {
+        plain = RedisNode::start(&[]).expect("redis-server starts");
+        (vec![plain.url()], vec![plain.port], &[])
+    };
+    let acl = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        for port in &nodes {
+            let answer = qkv_testkit::cli(*port, &args).expect("redis-cli runs");
+            assert_eq!(answer.trim(), "OK", "{args:?} on {port}");
+        }
+    };
+    acl(&documented_acl_user("gateway-secret"));
+    let user = documented_acl_user("")[2].clone();
+    let seeds = seeds.join(",");
+    let mut args = vec!["--store", "redis", "--redis", &seeds];
+    args.extend_from_slice(wait);
+    let env = [("QKV_REDIS_USERNAME", user.as_str()), ("QKV_REDIS_PASSWORD", "gateway-secret")];
+    let mut gateway = ServerProcess::start_with_env(&args, &env).await;
+    gateway.log_line(&["connected to Redis"]).await;
+    let client = client(&gateway, Transport::Quic).await;
+
+    let table = table(&format!("acl-{on_a_cluster}"));
+    let written = client.hset(&table, "a", "1").await.expect("hset");
+    client.hset_if_version(&table, "a", "2", written.version).await.expect("a conditional hset");
+    let pairs = [qkv::pb::Kvpair::new("b", "3"), qkv::pb::Kvpair::new("c", "4")];
+    client.hmset(&table, pairs).await.expect("hmset");
+    assert_eq!(client.hget(&table, "a").await.expect("hget").map(|v| v.value), Some("2".into()));
+    assert_eq!(client.hmget(&table, &["b", "x"]).await.expect("hmget").len(), 2);
+    assert!(client.hexist(&table, "c").await.expect("hexist"));
+    assert_eq!(client.hmexist(&table, &["c", "x"]).await.expect("hmexist"), [true, false]);
+    assert_eq!(client.hgetall(&table).await.expect("hgetall").len(), 3);
+    client.hdel(&table, "a").await.expect("hdel");
+    client.hmdel(&table, &["b", "c"]).await.expect("hmdel");
+    let mut subscription = client.subscribe(&table).await.expect("subscribe");
+    let published = client.publish(&table, [Value::from("news")]).await.expect("publish");
+    assert_eq!(published.receivers, 1);
+    match tokio::time::timeout(Duration::from_secs(10), subscription.next()).await {
+        Ok(Some(Ok(Event::Message(values)))) => assert_eq!(values, [Value::from("news")]),
+        other => panic!("the message: {other:?}"),
+    }
+
+    // Without the right to one command a script runs, the error names what is wrong.
+    acl(&["ACL".into(), "SETUSER".into(), user.clone(), "-zscore".into()]);
+    let refused = client.hset(&table, "a", "1").await.expect_err("a write without ZSCORE");
+    assert!(refused.to_string().contains("refused the gateway's user a command"), "{refused}");
+    acl(&["ACL".into(), "SETUSER".into(), user, "+zscore".into()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deployment_guides_redis_user_serves_every_command_on_a_plain_redis() {
+    the_deployment_guides_redis_user_serves_every_command(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deployment_guides_redis_user_serves_every_command_on_a_cluster() {
+    the_deployment_guides_redis_user_serves_every_command(true).await;
+}
+
+/// A write Redis does not answer in time may have been made: the gateway answers 504, the client
+/// says `Executed::Maybe`, and the CLI exits 5 ("read the key before writing it again"), not 1 (a
+/// refusal, after which nothing changed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_redis_does_not_answer_in_time_is_an_unknown_outcome_to_the_client_and_the_cli() {
+    let redis = RedisNode::start(&[]).expect("redis-server starts");
+    let gateway = gateway(&[redis.url()], &["--redis-timeout", "300ms"]).await;
+    let client = client(&gateway, Transport::Quic).await;
+    client.hset("paused", "k", "before").await.expect("a write while Redis answers");
+    // Redis holds every write command (scripts that may write among them) until unpaused.
+    qkv_testkit::cli(redis.port, &["CLIENT", "PAUSE", "30000", "WRITE"]).expect("redis-cli runs");
+    let lost = client.hset("paused", "k", "during").await.expect_err("Redis is paused");
+    assert_eq!(lost.executed(), Executed::Maybe, "{lost}");
+    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"))
+        .args(["hset", "paused", "k", "from the CLI", "--addr", &gateway.addr.to_string()])
+        .arg("--ca")
+        .arg(gateway.ca())
+        .output()
+        .await
+        .expect("qkv runs");
+    qkv_testkit::cli(redis.port, &["CLIENT", "UNPAUSE"]).expect("redis-cli runs");
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert_eq!(cli.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("504"), "{stderr}");
+}

@@ -44,6 +44,9 @@ pub mod exit {
     pub const UNREACHABLE: u8 = 3;
     /// Anything else that failed here: files, sockets, the runtime, a server that could not start.
     pub const LOCAL_FAILURE: u8 = 4;
+    /// The request was sent and nothing says whether it took effect (a 504, a connection lost after
+    /// sending): a write may have been made.
+    pub const OUTCOME_UNKNOWN: u8 = 5;
 }
 
 /// Failures the CLI itself recognises, so that they get the right exit code.
@@ -67,6 +70,7 @@ pub fn report(error: &anyhow::Error) -> ExitCode {
     });
     let code = if let Some(error) = client_error {
         match error {
+            error if error.executed() == qkv::client::Executed::Maybe => exit::OUTCOME_UNKNOWN,
             ClientError::Status { .. } | ClientError::Conflict { .. } => exit::SERVER_SAID_NO,
             ClientError::RequestTooLarge { .. } | ClientError::InvalidConfig(_) => exit::INVALID_INPUT,
             // An address that is no `host:port` (or whose port is no number) is a typo, not a server

@@ -1,6 +1,7 @@
 //! The connection to Redis: made in the background from any seed, to a cluster or one plain Redis,
 //! and its errors sorted into what a client needs to know (executed or not, retry or not).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -431,6 +432,30 @@ impl WaitingLinks {
             .map_err(|_| busy())?;
         // A permit leaves at least one link unlocked.
         let mut slot = self.links.iter().find_map(|link| link.try_lock().ok()).ok_or_else(busy)?;
+        // One bound for the whole write, however many connections it takes: a link made again after a
+        // failed one, each bounded by its own timeouts, could otherwise add up to three times as much.
+        let bound = self.config.response_timeout + self.wait.timeout;
+        let sent = AtomicBool::new(false);
+        tokio::time::timeout(bound, self.send_on(&mut slot, main, cmd, script, &sent)).await.map_err(|_| {
+            let why = format!("within {bound:?} (--redis-timeout + --redis-wait-timeout)");
+            match sent.load(Ordering::Relaxed) {
+                true => StorageError::Uncertain(format!("Redis did not answer a write and its WAIT {why}")),
+                false => StorageError::Unavailable(format!(
+                    "no connection to Redis for a write that waits for replicas could be made {why}; nothing was run"
+                )),
+            }
+        })?
+    }
+
+    /// [`WaitingLinks::send_waiting`] on the link in `slot`, made if there is none.
+    async fn send_on(
+        &self,
+        slot: &mut Option<Link>,
+        main: &Connection,
+        cmd: &Cmd,
+        script: &Lua,
+        sent: &AtomicBool,
+    ) -> StorageResult<(RedisValue, RedisValue)> {
         // Taken out while in use, and put back unless it failed: a request dropped half way (its
         // client gone) drops the link with it, whose WAIT may still be waiting.
         let connect = async || {
@@ -444,6 +469,7 @@ impl WaitingLinks {
             Some(link) => (link, true),
             None => (connect().await?, false),
         };
+        sent.store(true, Ordering::Relaxed);
         let mut result = link.write_and_wait(cmd, script, self.wait).await;
         // A link that sat idle may have been closed since (Redis restarted, its idle timeout): the
         // write is sent once more on a new one. A write call is applied once however often it is sent
@@ -573,6 +599,12 @@ pub(super) fn is_credentials_refusal(e: &RedisError) -> bool {
     e.kind() == ErrorKind::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
 }
 
+/// Redis's ACL refused the gateway's user a command: one it sent (`NOPERM`), or one a script ran
+/// (an error without a code of its own, in Redis 7).
+fn is_permission_refusal(e: &RedisError) -> bool {
+    e.code() == Some("NOPERM") || e.to_string().contains("can't run this command")
+}
+
 /// `result`, counted in `qkv_backend_requests_total` by its outcome.
 pub(super) fn counted<T>(result: StorageResult<T>) -> StorageResult<T> {
     use crate::metrics::BackendResult;
@@ -602,6 +634,11 @@ pub(super) fn storage_error(e: RedisError) -> StorageError {
     }
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
         return StorageError::Uncertain(format!("Redis did not answer: {e}"));
+    }
+    if is_permission_refusal(&e) {
+        return StorageError::Backend(format!(
+            "Redis refused the gateway's user a command it needs (grant the commands docs/DEPLOY.md lists): {e}"
+        ));
     }
     StorageError::Backend(format!("Redis: {e}"))
 }

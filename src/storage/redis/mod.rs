@@ -2,7 +2,7 @@
 //! several qkv servers can serve the same data as stateless gateways (docs/DESIGN.md, "Redis Cluster";
 //! docs/DEPLOY.md).
 //!
-//! Each table lives in four Redis keys that share the table's hash tag, and so one slot and one shard
+//! Each table lives in five Redis keys that share the table's hash tag, and so one slot and one shard
 //! ([`TableKeys`]); each write is one Lua script ([`scripts`]), atomic on that shard. The connection
 //! is made in the background and made again by redis-rs when it breaks: until it is up, every
 //! operation fails at once with [`StorageError::Unavailable`] and the reason, so that the server can
@@ -60,6 +60,10 @@ impl TableKeys {
     /// The keys every script gets, in this order (see `scripts`).
     const PARTS: [&'static str; 4] = [":values", ":versions", ":names", ":counter"];
 
+    /// The key writing scripts get after [`TableKeys::PARTS`]: the table's recent write calls (see
+    /// `scripts`).
+    const CALLS: &'static str = ":calls";
+
     fn new(prefix: &str, table: &str) -> Self {
         let mut base = String::with_capacity(prefix.len() + table.len() + 3);
         base.push_str(prefix);
@@ -81,30 +85,31 @@ impl TableKeys {
         format!("{}{part}", self.base)
     }
 
-    /// All four keys, in script order.
+    /// All five keys: those every script gets, in script order, then the calls'.
     #[cfg(test)]
-    fn all(&self) -> [String; 4] {
-        Self::PARTS.map(|part| self.key(part))
+    fn all(&self) -> Vec<String> {
+        Self::PARTS.iter().chain([&Self::CALLS]).map(|part| self.key(part)).collect()
     }
 
     /// A call of a reading `script` on this table, to which the caller adds the arguments.
     fn call(&self, script: &'static Lua) -> Call {
-        self.calling(script, None)
+        self.calling(script, false)
     }
 
-    /// A call of a writing `script`: the table's keys and a key of the call's own, in the table's slot,
-    /// which marks the call as run (see `scripts`).
+    /// A call of a writing `script`: the table's keys, then [`TableKeys::CALLS`], and an id of the
+    /// call's own as its first argument, which marks the call as run (see `scripts`).
     fn write_call(&self, script: &'static Lua) -> Call {
-        let call = format!(":w:{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
-        self.calling(script, Some(&call))
+        let mut call = self.calling(script, true);
+        call.arg(format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>()));
+        call
     }
 
     /// `EVALSHA <hash> <number of keys> <keys>`, each key written straight into the command.
-    fn calling(&self, script: &'static Lua, call: Option<&str>) -> Call {
+    fn calling(&self, script: &'static Lua, writes: bool) -> Call {
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&script.hash).arg(Self::PARTS.len() + usize::from(call.is_some()));
-        let mut key = Vec::with_capacity(self.base.len() + 40);
-        for part in Self::PARTS.iter().copied().chain(call) {
+        cmd.arg(&script.hash).arg(Self::PARTS.len() + usize::from(writes));
+        let mut key = Vec::with_capacity(self.base.len() + 16);
+        for part in Self::PARTS.iter().copied().chain(writes.then_some(Self::CALLS)) {
             key.clear();
             key.extend_from_slice(self.base.as_bytes());
             key.extend_from_slice(part.as_bytes());

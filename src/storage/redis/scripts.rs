@@ -2,15 +2,24 @@
 //! atomic on the shard that owns its table (conditional writes included), and each multi-key command
 //! is one round trip.
 //!
-//! Every script gets the four keys of one table ([`super::TableKeys`]), in this order:
+//! Every script gets four keys of one table ([`super::TableKeys`]), in this order:
 //! `KEYS[1]` the hash of encoded values, `KEYS[2]` the hash of versions (decimal strings),
 //! `KEYS[3]` the sorted set of key names (all scored 0, so ordered by name, for paging), `KEYS[4]` the
-//! table's version counter. Scripts that write get a fifth, `KEYS[5]`: the call's own key, set for
-//! [`REMEMBERED_MS`] once the write is made. redis-rs sends a command again when the connection it
-//! went on broke, even if Redis had already run it; the second run then finds the key and answers
-//! `{2}` ([`REPEATED`]) instead of writing twice (or finding its own version and calling that a
-//! conflict). Only a marker is kept, not the answer: answers hold the values writes replaced, and
+//! table's version counter. Scripts that write get a fifth, `KEYS[5]`: the table's recent calls, a
+//! sorted set of call ids scored by when each is forgotten (Redis's clock in ms, [`REMEMBERED_MS`]
+//! after the write), and their call's own id as `ARGV[1]` (their other arguments follow it). A write
+//! adds its id once it is made and drops the ids whose time is up. redis-rs sends a command again when
+//! the connection it went on broke, even if Redis had already run it; the second run then finds its id
+//! and answers `{2}` ([`REPEATED`]) instead of writing twice (or finding its own version and calling
+//! that a conflict). Only the id is kept, not the answer: answers hold the values writes replaced, and
 //! keeping them would weigh on Redis's memory just when it is short.
+//!
+//! The ids live in one key of the table's, not in a key per call: a slot that is being moved to
+//! another node (`CLUSTER SETSLOT … MIGRATING`) runs a script only if every key it names is still
+//! there (else `TRYAGAIN`, until the move ends), and a key made by the call itself never is. So with a
+//! key per call, every write to every table of a slot being moved waited for the whole move, which
+//! took seconds for a busy slot (made larger by those very keys). The set is never emptied by a write
+//! (the id just added stays), so a table once written keeps it, beside its counter.
 //!
 //! Versions are decimal strings end to end: Lua's numbers are doubles, exact to 2^53, which versions
 //! stay below (they count up from the clock in µs); an expected version from a client is compared as a
@@ -36,7 +45,8 @@ impl Lua {
 }
 
 /// How long a write call is remembered in Redis, for a repeat of the same call: longer than redis-rs
-/// goes on sending a command again (bounded by `--redis-timeout`, 2 s by default).
+/// goes on sending a command again (bounded by `--redis-timeout`, 2 s by default, and with
+/// `--redis-wait` by it and `--redis-wait-timeout`).
 pub const REMEMBERED_MS: u64 = 10_000;
 
 /// What a write call answers when it finds it was run before.
@@ -52,21 +62,27 @@ local function entry(key)
 end
 ";
 
-/// What every writing script starts with, after [`ENTRY`]: a call seen before answers [`REPEATED`]
-/// (`remember` marks the call as run); the table's next version, above the last one handed out and at
-/// least Redis's clock in µs, so that a version is never handed out twice, even when the counter was
-/// lost (a failover that dropped its last increments, a table dropped and created again) as long as
-/// Redis's clock does not go back; and storing and removing a key in all three structures.
+/// What every writing script starts with, after [`ENTRY`]: a call seen before (and not yet forgotten)
+/// answers [`REPEATED`] (`remember` marks the call as run, after the write, so that the first command
+/// that writes is still the write's own: see the module's comment on memory); the table's next
+/// version, above the last one handed out and at least Redis's clock in µs, so that a version is never
+/// handed out twice, even when the counter was lost (a failover that dropped its last increments, a
+/// table dropped and created again) as long as Redis's clock does not go back; and storing and
+/// removing a key in all three structures.
 fn write_prelude() -> String {
     format!(
         r"
-if redis.call('EXISTS', KEYS[5]) == 1 then return {{{REPEATED}}} end
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local call = ARGV[1]
+local seen = redis.call('ZSCORE', KEYS[5], call)
+if seen and tonumber(seen) > now_ms then return {{{REPEATED}}} end
 local function remember(reply)
-  redis.call('SET', KEYS[5], '1', 'PX', {REMEMBERED_MS})
+  redis.call('ZADD', KEYS[5], now_ms + {REMEMBERED_MS}, call)
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now_ms)
   return reply
 end
 local function next_version()
-  local now = redis.call('TIME')
   local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
   local last = tonumber(redis.call('GET', KEYS[4]) or '0')
   local version = string.format('%.0f', math.max(last + 1, floor))
@@ -100,13 +116,13 @@ fn reading(body: &str) -> Lua {
     Lua::new(&format!("#!lua flags=no-writes\n{ENTRY}{body}"))
 }
 
-/// ARGV: key, encoded value, expected version ('' for none).
+/// ARGV: the call's id, key, encoded value, expected version ('' for none).
 /// Returns `{1, previous version or '0', previous value or nil, new version}` when written, or
 /// `{0, current version or '0', current value or nil}` on a conflict.
 pub static SET: LazyLock<Lua> = LazyLock::new(|| {
     writing(
         r"
-local key, value, expected = ARGV[1], ARGV[2], ARGV[3]
+local key, value, expected = ARGV[2], ARGV[3], ARGV[4]
 local current, previous = entry(key)
 if expected ~= '' and expected ~= current then
   return {0, current, previous}
@@ -116,13 +132,13 @@ return remember({1, current, previous, store(key, value)})
     )
 });
 
-/// ARGV: key, value, key, value, ... Returns, per pair, `previous value or nil, previous version or
+/// ARGV: the call's id, key, value, key, value, ... Returns, per pair, `previous value or nil, previous version or
 /// '0', new version`.
 pub static SET_MANY: LazyLock<Lua> = LazyLock::new(|| {
     writing(
         r"
 local reply = {}
-for i = 1, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local current, previous = entry(ARGV[i])
   reply[#reply + 1] = previous
   reply[#reply + 1] = current
@@ -133,12 +149,12 @@ return remember(reply)
     )
 });
 
-/// ARGV: key, expected version ('' for none). Returns `{written (1 or 0), version before or '0',
+/// ARGV: the call's id, key, expected version ('' for none). Returns `{written (1 or 0), version before or '0',
 /// value before or nil}`.
 pub static DELETE: LazyLock<Lua> = LazyLock::new(|| {
     writing(
         r"
-local key, expected = ARGV[1], ARGV[2]
+local key, expected = ARGV[2], ARGV[3]
 local current, value = entry(key)
 if expected ~= '' and expected ~= current then
   return {0, current, value}
@@ -149,12 +165,12 @@ return remember({1, current, value})
     )
 });
 
-/// ARGV: keys. Returns, per key, `value before or nil, version before or '0'`.
+/// ARGV: the call's id, keys. Returns, per key, `value before or nil, version before or '0'`.
 pub static DELETE_MANY: LazyLock<Lua> = LazyLock::new(|| {
     writing(
         r"
 local reply = {}
-for i = 1, #ARGV do
+for i = 2, #ARGV do
   local current, value = entry(ARGV[i])
   if current ~= '0' then unlink(ARGV[i]) end
   reply[#reply + 1] = value

@@ -350,6 +350,46 @@ async fn a_write_call_sent_twice_is_applied_once_and_its_repeat_is_uncertain() {
     // Another call with the same condition is a conflict.
     let other = store.set("t", "k", "w".into(), Some(0)).await.unwrap();
     assert!(matches!(other, WriteOutcome::Conflict { .. }), "{other:?}");
+
+    // The table's calls are one key, and the next write of the table forgets those whose time is up.
+    let calls = keys.key(TableKeys::CALLS);
+    connection.query(redis::cmd("ZADD").arg(&calls).arg(1).arg("long gone")).await.unwrap();
+    written_version(store.set("t", "k2", "v".into(), None).await.unwrap());
+    let gone = connection.query(redis::cmd("ZSCORE").arg(&calls).arg("long gone")).await.unwrap();
+    assert_eq!(gone, RedisValue::Nil, "an id past its time is dropped");
+    let count = connection.query(redis::cmd("ZCARD").arg(&calls)).await.unwrap();
+    assert_eq!(count, RedisValue::Int(2), "the first call and the last (a conflict wrote nothing)");
+}
+
+/// Redis runs a script on a slot that is being moved to another node (`CLUSTER SETSLOT … MIGRATING`)
+/// only while every key it names is still there (else `TRYAGAIN` until the move ends): a table whose
+/// keys have not moved yet takes writes (a key made per call, never there, held every write of the
+/// slot back for the whole move).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_in_a_slot_being_moved_takes_writes_until_its_keys_move() {
+    let cluster = cluster();
+    let store = connected(config(cluster.urls())).await;
+    let table = "on-the-move";
+    written_version(store.set(table, "k", "before".into(), None).await.unwrap());
+    let slot = cluster.slot_of(&store.keys(table).key(":values")).expect("the table's slot");
+    let source = cluster.master_of_slot(slot).expect("the slot's master");
+    // The masters split the slots in three: a third further on is another master's.
+    let target = cluster.master_of_slot((slot + 5461) % 16384).expect("another master");
+    assert_ne!(source, target);
+    let (source, target) = (cluster.nodes[source].port, cluster.nodes[target].port);
+    let cli = |port: u16, args: &[&str]| qkv_testkit::cli(port, args).expect("redis-cli runs");
+    let id = |port: u16| cli(port, &["CLUSTER", "MYID"]).trim().to_owned();
+    let slot = slot.to_string();
+    cli(target, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &id(source)]);
+    cli(source, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &id(target)]);
+    let written = store.set(table, "k", "during".into(), None).await;
+    let deleted = store.delete(table, "k", None).await;
+    // The move is called off, whatever the writes did.
+    cli(source, &["CLUSTER", "SETSLOT", &slot, "STABLE"]);
+    cli(target, &["CLUSTER", "SETSLOT", &slot, "STABLE"]);
+    written_version(written.expect("a write while the slot is being moved"));
+    deleted.expect("a delete while the slot is being moved");
+    assert_eq!(store.get(table, "k").await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
