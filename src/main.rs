@@ -149,6 +149,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     "opening the data directory {}: loading its snapshot and replaying its log",
                     args.data_dir.display()
                 );
+                // SIGHUP's default action ends the process: listened for while the store opens, so that
+                // a reload sent meanwhile (`systemctl reload`, a certificate rotation) is not fatal. The
+                // certificates are read after, when the server binds.
+                let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+                let early_hangups = tokio::spawn(async move {
+                    let Ok(mut hangups) = hangups else { return };
+                    while hangups.recv().await.is_some() {
+                        tracing::info!("SIGHUP while the store opens: the certificates are read once it is open");
+                    }
+                });
                 let starting = qkv::server::start_admin(&args.config(), doing)?;
                 let dir = args.data_dir.clone();
                 let store = tokio::task::spawn_blocking(move || DiskStore::open(&dir, config))
@@ -159,13 +169,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     dir = %args.data_dir.display(), durability = %config.durability,
                     budget = %bytesize::ByteSize(config.memory_budget as u64).display().iec(), "durable store"
                 );
+                early_hangups.abort();
                 store.attach_runtime(&idle);
                 disk_closed = Some(store.closed());
                 retained = Some(store.retain_memory());
                 run_server(args.config(), store, starting).await
             }
             Store::Redis => {
-                let config = args.redis.config()?;
+                let config = qkv::storage::RedisConfig { ca_pem: args.redis.ca_pem()?, ..args.redis.config()? };
                 tracing::info!(seeds = %config.seeds(), wait_replicas = config.wait_replicas, "Redis store");
                 run_server(args.config(), RedisStore::start(config), None).await
             }

@@ -202,6 +202,10 @@ pub fn read_roots(ca_file: &Path) -> Result<RootCertStore, TlsError> {
 /// resumes one connection (see `server_configs`); a few hundred bytes each.
 pub const DEFAULT_SESSION_CACHE: usize = 16 * 1024;
 
+/// The most sessions `--session-cache` may keep per transport: its table is allocated whole at start
+/// (about 100 MB of address space at this size), and a larger one is a typo, not a plan.
+pub const MAX_SESSION_CACHE: usize = 1 << 20;
+
 /// The sessions a server remembers for resumption, each taken out when a client resumes it.
 ///
 /// rustls' own `ServerSessionMemoryCache` finds a session by its ticket in a hash map, but then

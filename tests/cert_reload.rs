@@ -125,3 +125,29 @@ async fn sighup_reloads_the_client_ca_for_new_handshakes_only() {
     connects(as_client(&bob, Transport::Quic)).await.expect("the client CA in use stays in use");
     server.kill().await;
 }
+
+/// A reload may be sent at any moment after the start (`systemctl reload`, a rotation job), also while
+/// a disk store recovers, which takes minutes for tens of GB: SIGHUP's default action ended the
+/// process then. Listened for before the admin listener (which serves during recovery) starts.
+#[tokio::test]
+async fn sighup_while_the_disk_store_recovers_is_not_fatal() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_string_lossy().into_owned();
+    let args = ["--store", "disk", "--data-dir", &dir, "--admin", "127.0.0.1:0"];
+    {
+        // A log of some megabytes, for a recovery that takes a while.
+        let server = ServerProcess::start(&args).await;
+        let client = Client::connect_with(config(&server, Transport::Quic, &server.ca())).await.unwrap();
+        for batch in 0..16 {
+            let pairs = (0..500).map(|i| qkv::pb::Kvpair::new(format!("k{batch}-{i}"), vec![7u8; 1000]));
+            client.hmset("t", pairs).await.unwrap();
+        }
+        server.kill().await;
+    }
+    let mut server = ServerProcess::launch(&args, &[]);
+    server.log_line(&["admin listener serving"]).await;
+    server.hang_up();
+    server.wait_until_serving(&args).await;
+    let client = Client::connect_with(config(&server, Transport::Quic, &server.ca())).await.unwrap();
+    assert_eq!(client.hgetall("t").await.unwrap().len(), 16 * 500, "recovered, and serving");
+}

@@ -15,6 +15,7 @@ use qkv::pb::{CommandRequest, Kvpair};
 use qkv::transport::Transport;
 
 const EXIT_INVALID_INPUT: i32 = 2;
+const EXIT_LOCAL_FAILURE: i32 = 4;
 
 /// Runs `qkv serve ARGS... --print-config`-style commands with exactly the QKV_ variables in `env`
 /// (none inherited from the test's own environment). A config that is accepted would start a
@@ -229,6 +230,11 @@ async fn print_config_refuses_what_serve_refuses() {
             "must be shorter than --redis-timeout",
         ),
         (&["--store", "redis", "--redis-prefix", "a{b"][..], "--redis-prefix must not contain"),
+        // A Redis command given no time at all fails at random as 504 "may have been executed".
+        (&["--store", "redis", "--redis-timeout", "0s"][..], "must be longer than zero"),
+        (&["--store", "redis", "--redis-connect-timeout", "0s"][..], "must be longer than zero"),
+        // Allocated whole at start: ten billion sessions aborted the server.
+        (&["--session-cache", "99999999999"][..], "must be at most 1048576"),
     ] {
         let printed = serve(&[args, &["--print-config"]].concat(), &[]).await;
         let stderr = text(&printed.stderr);
@@ -244,6 +250,25 @@ async fn print_config_refuses_what_serve_refuses() {
         assert_eq!(served.status.code(), Some(EXIT_INVALID_INPUT), "{args:?}: {}", text(&served.stderr));
         assert!(text(&served.stderr).contains(said), "{args:?}: {}", text(&served.stderr));
     }
+}
+
+/// A file that cannot be read is `qkv serve`'s to find, as it starts (exit code 4, a local failure,
+/// as docs/OPERATIONS.md says): `--print-config` opens none.
+#[tokio::test]
+async fn an_unreadable_redis_ca_is_found_when_the_server_starts_not_by_print_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing-ca.pem");
+    let missing = missing.to_string_lossy();
+    let args = ["--store", "redis", "--redis", "redis://127.0.0.1:1", "--redis-ca", &missing];
+    let printed = serve(&[&args[..], &["--print-config"]].concat(), &[]).await;
+    assert_eq!(printed.status.code(), Some(0), "{}", text(&printed.stderr));
+    let certs = dir.path().join("certs");
+    let served =
+        serve(&[&args[..], &["--listen", "127.0.0.1:0", "--certs", &certs.to_string_lossy()]].concat(), &[])
+            .await;
+    let stderr = text(&served.stderr);
+    assert_eq!(served.status.code(), Some(EXIT_LOCAL_FAILURE), "{stderr}");
+    assert!(stderr.contains("cannot read --redis-ca"), "{stderr}");
 }
 
 /// Lowering the maximum frame size is enough: the response frame target (64 KiB by default) comes down

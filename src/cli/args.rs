@@ -598,7 +598,7 @@ pub struct ServeArgs {
     pub response_frame_target: Option<usize>,
     /// TLS sessions remembered for resumption (0-RTT over QUIC), per transport; each ticket resumes
     /// one connection.
-    #[arg(long, default_value_t = qkv::tls::DEFAULT_SESSION_CACHE)]
+    #[arg(long, default_value_t = qkv::tls::DEFAULT_SESSION_CACHE, value_parser = parse_session_cache)]
     pub session_cache: usize,
     /// Accept no 0-RTT early data (QUIC): a resuming client then sends its requests after the
     /// handshake, one round trip later. By default read-only requests are served from early data and
@@ -819,10 +819,10 @@ pub struct RedisArgs {
     #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub redis_wait_connections: u32,
     /// How long one Redis command may take before it is answered 504, e.g. 2s.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_positive_duration)]
     pub redis_timeout: Duration,
     /// How long connecting to one Redis node may take, e.g. 1s.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_positive_duration)]
     pub redis_connect_timeout: Duration,
     /// How many times a command is sent again after a redirect (MOVED, ASK), TRYAGAIN or a lost node.
     #[arg(long, default_value_t = 8)]
@@ -840,13 +840,19 @@ pub struct RedisArgs {
 pub const REDIS_PASSWORD_VARIABLE: &str = "QKV_REDIS_PASSWORD";
 
 impl RedisArgs {
+    /// `--redis-ca`'s certificates, read: a file that cannot be is a local failure (exit code 4), as
+    /// other certificates are, not bad input.
+    pub fn ca_pem(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        let Some(path) = &self.redis_ca else { return Ok(None) };
+        let pem = anyhow::Context::with_context(std::fs::read(path), || {
+            format!("cannot read --redis-ca {}", path.display())
+        })?;
+        Ok(Some(pem))
+    }
+
+    /// The settings, checked, without `--redis-ca`'s certificates, which [`RedisArgs::ca_pem`] reads
+    /// when the server starts (`--print-config` opens no file).
     pub fn config(&self) -> Result<qkv::storage::RedisConfig, CliError> {
-        let ca_pem = match &self.redis_ca {
-            Some(path) => Some(std::fs::read(path).map_err(|e| {
-                CliError::InvalidInput(format!("cannot read --redis-ca {}: {e}", path.display()))
-            })?),
-            None => None,
-        };
         if self.urls.iter().any(|url| !url.starts_with("redis://") && !url.starts_with("rediss://")) {
             return Err(CliError::InvalidInput("--redis takes redis:// or rediss:// URLs".into()));
         }
@@ -881,7 +887,7 @@ impl RedisArgs {
             urls: self.urls.clone(),
             username: self.redis_username.clone(),
             password: std::env::var(REDIS_PASSWORD_VARIABLE).ok().filter(|p| !p.is_empty()),
-            ca_pem,
+            ca_pem: None,
             prefix: self.redis_prefix.clone(),
             wait_replicas: self.redis_wait,
             wait_timeout: self.redis_wait_timeout,
@@ -1027,6 +1033,17 @@ fn parse_window(s: &str) -> Result<usize, String> {
         .contains(&(size as u64))
         .then_some(size)
         .ok_or_else(|| "must be between 16KiB and 1TiB".to_owned())
+}
+
+/// At most [`qkv::tls::MAX_SESSION_CACHE`] sessions.
+fn parse_session_cache(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > qkv::tls::MAX_SESSION_CACHE => {
+            Err(format!("must be at most {} (it is allocated at start)", qkv::tls::MAX_SESSION_CACHE))
+        }
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn parse_at_least_one(s: &str) -> Result<usize, String> {

@@ -152,6 +152,10 @@ impl Outbox {
     /// Gives the byte stream everything waiting, then flushes it; `Pending` while the stream cannot
     /// take more (`cx` hears when it can).
     fn poll_write(&mut self, cx: &mut Context<'_>, state: &State) -> Poll<io::Result<()>> {
+        // Once the reader has told the requests left which were sent, nothing more may be.
+        if self.stopped {
+            return Poll::Ready(Ok(()));
+        }
         while !self.waiting.is_empty() {
             let taken = ready!(Pin::new(&mut self.write).poll_write(cx, &self.waiting))?;
             if taken == 0 {
@@ -325,7 +329,7 @@ impl TcpConnection {
         // The reader stops the writer when the connection is over.
         let over = closing.child_token();
         let writer = Writer { shared: shared.clone(), over: over.clone(), max_frame_len, keepalive };
-        let reader = Reader { routed, state: state.clone(), over, closing: closing.clone(), max_frame_len };
+        let reader = Reader { routed, shared: shared.clone(), over, closing: closing.clone(), max_frame_len };
         let tasks = vec![tokio::spawn(writer.run()), tokio::spawn(reader.run(read))];
         TcpConnection { shared, closing, tasks: Mutex::new(tasks), remote, more }
     }
@@ -519,7 +523,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 struct Reader {
     routed: mpsc::UnboundedReceiver<Route>,
-    state: Arc<State>,
+    shared: Arc<Shared>,
     /// Cancelled here when the connection is over, to stop the writer.
     over: CancellationToken,
     closing: CancellationToken,
@@ -569,7 +573,7 @@ impl Reader {
             let more = frame.more;
             if !more {
                 // Before the caller hears: its next call may find the connection idle.
-                self.state.outstanding.fetch_sub(1, Ordering::Relaxed);
+                self.shared.state.outstanding.fetch_sub(1, Ordering::Relaxed);
             }
             if let Some(answer) = &route.answer {
                 // A caller that dropped its reply still has its frames read here, and discarded.
@@ -580,10 +584,19 @@ impl Reader {
             }
             last_refusal = reason;
         };
-        let _ = self.state.closed.set(closed.clone());
+        let state = &*self.shared.state;
+        let _ = state.closed.set(closed.clone());
         self.over.cancel();
+        // Nothing more is written from here on, so `written` is final: read while a write was under way
+        // (the writer's, or a caller's on an idle connection, on another thread), it said "not sent" of
+        // requests that write then gave the stream, which sent them (`close()` under load).
+        let written = {
+            let mut outbox = self.shared.outbox.lock();
+            outbox.stopped = true;
+            state.written.load(Ordering::Acquire)
+        };
+        self.shared.room.notify_waiters();
         // Tell every request still waiting why its answer will not come.
-        let written = self.state.written.load(Ordering::Acquire);
         let waiting = current.into_iter().chain(std::iter::from_fn(|| self.routed.try_recv().ok()));
         for route in waiting.collect::<VecDeque<_>>() {
             let reason = match &closed {
@@ -679,6 +692,79 @@ mod tests {
             executed.push(error.executed());
         }
         assert_eq!(executed, [Executed::Maybe, Executed::Maybe, Executed::No, Executed::No]);
+    }
+
+    /// A byte stream whose first write holds its thread inside the write until the test lets it go on:
+    /// a write under way on another thread while the connection ends.
+    struct HeldWrite {
+        stream: DuplexStream,
+        entered: Option<std::sync::mpsc::Sender<()>>,
+        release: std::sync::mpsc::Receiver<()>,
+    }
+
+    impl AsyncRead for HeldWrite {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for HeldWrite {
+        fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            if let Some(entered) = this.entered.take() {
+                let _ = entered.send(());
+                let _ = this.release.recv();
+            }
+            Pin::new(&mut this.stream).poll_write(cx, buf)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        }
+    }
+
+    /// A call whose frame the stream takes while the client closes, on another thread, reached the
+    /// server: it is not "not sent" (`Executed::No`), which would let it be sent again and applied twice.
+    // Threads: the held write's, and the reader's and the writer's, which wait for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+    async fn a_request_written_as_the_client_closes_may_have_been_executed() {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let (entered, inside) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        let stream = HeldWrite { stream: client, entered: Some(entered), release: released };
+        let config = ClientConfig::new("127.0.0.1:7000", "unused-ca.pem");
+        let remote = "127.0.0.1:7000".parse().unwrap();
+        let connection = Arc::new(TcpConnection::start(stream, remote, &config, None));
+        // On an idle connection the call writes its frame itself: held there, on a worker thread.
+        let sending = tokio::spawn({
+            let connection = connection.clone();
+            async move { connection.send(ping(10)).await }
+        });
+        tokio::task::spawn_blocking(move || inside.recv()).await.unwrap().unwrap();
+        connection.abandon();
+        // The reader may now tell the call what became of it, and must wait for the write to end: the
+        // write is let go once the reader has finished or half a second has passed (the reader before
+        // said "not sent" at once). On a thread of its own: with the workers held, no timer runs.
+        let reader = connection.tasks.lock().await.pop().expect("the reader's task");
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while !reader.is_finished() && start.elapsed() < Duration::from_millis(500) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = release.send(());
+        });
+        let mut frames = sending.await.unwrap().expect("the call was taken");
+        let error = frames.next().await.expect("an end").expect_err("no answer comes");
+        assert_eq!(error.executed(), Executed::Maybe, "{error}");
+        assert_eq!(read_frame(&mut server).await, ping(10).len(), "the server got it");
     }
 
     #[tokio::test]
