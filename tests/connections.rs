@@ -48,7 +48,7 @@ async fn a_client_trusting_another_ca_is_refused_with_a_clear_error(transport: T
     qkv::certs::CertDir::new(other.path()).issue_server_certificate(&[], false).unwrap();
     let other_ca = other.path().join("ca.pem");
     let config = ClientConfig { ca_file: other_ca.clone(), ..server.client_config() };
-    let err = Client::connect_with(config).await.err().expect("must be refused");
+    let err = Client::connect_with(config).await.expect_err("must be refused");
     let message = err.to_string();
     assert!(matches!(err, ClientError::Handshake { .. }), "{message}");
     assert!(message.contains("UnknownIssuer"), "{message}");
@@ -59,7 +59,7 @@ async fn a_certificate_for_another_name_is_refused(transport: Transport) {
     let server = TestServer::start_for(transport).await;
     let mut config = server.client_config();
     config.server_name = Some("db.example.com".into());
-    let err = Client::connect_with(config).await.err().expect("must be refused");
+    let err = Client::connect_with(config).await.expect_err("must be refused");
     assert!(err.to_string().contains("not valid for name \"db.example.com\""), "{err}");
 }
 

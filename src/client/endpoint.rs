@@ -47,6 +47,17 @@ pub struct ClientEndpoint {
     pub(super) quic: Option<quinn::ClientConfig>,
 }
 
+impl std::fmt::Debug for ClientEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientEndpoint")
+            .field("addr", &self.config.addr)
+            .field("transport", &self.config.transport)
+            .field("remote", &self.remote)
+            .field("local", &self.local_address())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ClientEndpoint {
     /// Checks `config`, resolves the server's address, builds the TLS configuration and, over QUIC,
     /// binds a UDP socket. Connects to nothing yet.

@@ -146,10 +146,16 @@ pub enum ClientError {
     #[error("version conflict: the key's current version is {}", current.as_ref().map_or(0, |c| c.version))]
     Conflict { current: Option<Versioned> },
     /// The server answered with an error status (docs/PROTOCOL.md, section 8, says what each
-    /// means and whether the request was executed); `message` is the server's. Also a subscription
-    /// the client refuses itself (429: [`ClientConfig::max_subscriptions`](super::ClientConfig)).
+    /// means and whether the request was executed); `message` is the server's.
     #[error("server answered {status}: {message}")]
     Status { status: u32, message: String },
+    /// `subscribe()` while the client holds [`ClientConfig::max_subscriptions`](super::ClientConfig)
+    /// subscriptions that have not ended: refused here, nothing sent. A subscription's slot comes back
+    /// once it ends (unsubscribed, ended by the server, its connection lost) or is dropped.
+    #[error(
+        "too many subscriptions: the client holds {limit} (ClientConfig::max_subscriptions); end one, or raise it"
+    )]
+    TooManySubscriptions { limit: usize },
     /// A subscription the server ended: 429 (it lagged and the lag policy is `drop`), 410 (the
     /// server is shutting down: subscribe again), 408 (its subscriber read none of it for the
     /// server's reply timeout).
@@ -269,6 +275,7 @@ impl ClientError {
             | RequestTooLarge { .. }
             | OtherProtocol(_)
             | Unsupported(_)
+            | TooManySubscriptions { .. }
             // A conditional write whose expected version did not match wrote nothing.
             | Conflict { .. } => Executed::No,
             Status { status, .. } => match *status {
@@ -326,7 +333,8 @@ impl ClientError {
     /// never after a refusal by the server (a status, a conflict: the same answer would come) nor a
     /// timeout (the call's time is spent, whatever `executed()` says: a timed-out read is `false`
     /// too). A write whose fate is unknown is best sent again as a conditional write, which cannot
-    /// apply twice.
+    /// apply twice; but its [`ClientError::Conflict`] then does not say whether the first attempt
+    /// made the current version or someone else did: docs/PROTOCOL.md, section 7, says how to tell.
     pub fn may_retry(&self, idempotent: bool) -> bool {
         self.is_transient()
             && match self.executed() {

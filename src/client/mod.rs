@@ -106,8 +106,8 @@ pub struct ClientConfig {
     /// the connection once they have filled its receive window. Over TCP and TLS a subscription has a
     /// connection of its own, read as its subscriber reads.
     pub subscription_queue: Option<SubscriptionQueue>,
-    /// Subscriptions the client holds at once; `subscribe()` beyond it fails at once with
-    /// [`ClientError::Status`] 429, sending nothing. Over QUIC each holds one of the connection's
+    /// Subscriptions the client holds at once (until each ends or is dropped); `subscribe()` beyond
+    /// it fails at once with [`ClientError::TooManySubscriptions`], sending nothing. At least one. Over QUIC each holds one of the connection's
     /// streams for its life, and the server runs at most `--max-concurrent-requests` (256) of a
     /// connection's streams: beyond them every call would wait for a stream that never frees. Over
     /// TCP and TLS each has a connection of its own, which counts against the server's connection
@@ -163,6 +163,9 @@ impl ClientConfig {
         }
         if self.retry.attempts == 0 {
             return Err("a call needs at least one attempt".into());
+        }
+        if self.max_subscriptions == 0 {
+            return Err("max_subscriptions must be at least one".into());
         }
         if self.subscription_queue.is_some_and(|queue| queue.messages == 0) {
             return Err("a subscription's queue must hold at least one message".into());
@@ -231,6 +234,26 @@ struct Stats {
 pub struct Client {
     inner: Arc<Inner>,
 }
+
+/// What a client is to a person reading a log: where it goes, how, and whether it was closed.
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.inner.config.addr)
+            .field("transport", &self.inner.config.transport)
+            .field("remote", &self.remote_address())
+            .field("closed", &self.inner.closed.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+// Applications hold these in their own types, which derive Debug.
+const _: fn() = || {
+    fn debug<T: std::fmt::Debug>() {}
+    debug::<Client>();
+    debug::<ClientEndpoint>();
+    debug::<Subscription>();
+};
 
 struct Inner {
     config: ClientConfig,

@@ -61,11 +61,22 @@ pub struct Subscription {
     max_frame_len: usize,
     /// The client's [`Client::close`]: the subscription ends with [`ClientError::Closed`].
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
-    _slot: SubscriptionSlot,
+    /// Given back once the subscription has ended, or when it is dropped.
+    slot: Option<SubscriptionSlot>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("topic", &self.topic)
+            .field("id", &self.id)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One of the subscriptions a client may hold ([`ClientConfig::max_subscriptions`](super::ClientConfig)),
-/// given back when the subscription is dropped.
+/// given back when the subscription ends or is dropped.
 struct SubscriptionSlot(Arc<AtomicUsize>);
 
 impl SubscriptionSlot {
@@ -169,13 +180,7 @@ impl Client {
             return Err(ClientError::Closed);
         }
         let Some(slot) = SubscriptionSlot::take(&self.inner.subscriptions, config.max_subscriptions) else {
-            return Err(ClientError::Status {
-                status: status::TOO_MANY_REQUESTS,
-                message: format!(
-                    "too many subscriptions: the client holds {} (ClientConfig::max_subscriptions); end one, or raise it",
-                    config.max_subscriptions
-                ),
-            });
+            return Err(ClientError::TooManySubscriptions { limit: config.max_subscriptions });
         };
         let max_frame_len = config.limits.max_frame_len;
         let frame = encode_frame(&CommandRequest::subscribe(topic), max_frame_len)
@@ -282,7 +287,7 @@ impl Client {
             request_timeout: config.request_timeout,
             max_frame_len,
             closed: Box::pin(self.inner.closed.clone().cancelled_owned()),
-            _slot: slot,
+            slot: Some(slot),
         })
     }
 
@@ -421,6 +426,19 @@ impl futures_util::Stream for Subscription {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        let next = this.poll_event(cx);
+        if this.ended {
+            // An ended subscription holds nothing more of the connection's: a new one may take its place
+            // while the subscriber still holds this one (to read why it ended, say).
+            this.slot = None;
+        }
+        next
+    }
+}
+
+impl Subscription {
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<ClientResult<Event>>> {
+        let this = self;
         if this.ended {
             return Poll::Ready(None);
         }
