@@ -69,6 +69,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if matches!(format, LogFormat::Json) => output::report_in_log(&error),
         Err(error) => output::report(&error),
     }
 }

@@ -123,6 +123,10 @@ fn set_recorder() -> Result<Exporter, MetricsError> {
 fn describe() {
     use metrics::{describe_counter as c, describe_gauge as g, describe_histogram as h};
     c!("qkv_requests_total", "Requests answered, by command, transport and status code.");
+    c!(
+        "qkv_malformed_requests_total",
+        "Request frames refused (400) before a command could be read: not a request, an empty stream, bytes after the frame."
+    );
     g!("qkv_requests_in_flight", "Requests being executed.");
     c!("qkv_connections_accepted_total", "Connections admitted.");
     c!("qkv_connections_refused_total", "Connections refused, by reason.");
@@ -301,6 +305,7 @@ fn register_at_zero() {
         }
     }
     for name in [
+        "qkv_malformed_requests_total",
         "qkv_zero_rtt_requests_total",
         "qkv_quic_retries_total",
         "qkv_quic_migrations_total",
@@ -319,6 +324,11 @@ fn register_at_zero() {
 /// Whether the server is ready, as /readyz last found it (0 from the moment shutdown begins).
 pub fn ready(ready: bool) {
     gauge!("qkv_ready").set(if ready { 1.0 } else { 0.0 });
+}
+
+/// A request frame was refused before a command could be read from it (400).
+pub fn malformed_request() {
+    counter!("qkv_malformed_requests_total").increment(1);
 }
 
 /// A limit refused a request or a connection.

@@ -86,6 +86,22 @@ async fn metrics_count_what_each_transport_served() {
         assert_eq!(sample(&after, "qkv_storage_keys"), 3.0, "{transport}: this server's store");
         assert!(sample(&after, "qkv_storage_memory_used_bytes") > 0.0);
         assert!(sample(&after, "qkv_connection_memory_budget_bytes") > 0.0);
+        if transport == Transport::Tcp {
+            // A frame that is no request: refused with 400 and the connection closed, before any
+            // command could be read, and counted as malformed.
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut raw = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+            raw.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await.unwrap();
+            let mut answer = Vec::new();
+            raw.read_to_end(&mut answer).await.unwrap();
+            assert!(!answer.is_empty(), "a 400 comes before the close");
+            let garbage = get(admin, "/metrics").await.1;
+            assert_eq!(
+                sample(&garbage, "qkv_malformed_requests_total")
+                    - sample(&after, "qkv_malformed_requests_total"),
+                1.0
+            );
+        }
         server.stop().await;
     }
 }

@@ -445,6 +445,28 @@ async fn subscribe_prints_each_message_as_it_arrives_and_publish_prints_its_rece
     }
 }
 
+/// `--log-format json`: a server that cannot start says why in a JSON line too, like every other
+/// line of its log, for a log shipper to parse.
+#[tokio::test]
+async fn json_logs_say_why_the_server_stopped_in_json() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let certs = tempfile::tempdir().unwrap();
+    let certs = certs.path().to_string_lossy();
+    // The admin listener on the TCP listener's port: it cannot listen.
+    let args = ["serve", "--listen", &addr, "--admin", &addr, "--certs", &certs, "--log-format", "json"];
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv")).args(args).output().await.unwrap();
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    let lines: Vec<serde_json::Value> = stderr(&output)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let last = lines.last().expect("a log");
+    assert_eq!(last["level"], "ERROR", "{last}");
+    let error = last["fields"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("cannot listen"), "{last}");
+}
+
 /// `--log-format json`: the line a connection logs as it ends has exactly the fields of
 /// docs/OPERATIONS.md's sample (a QUIC connection's); over TLS, all but QUIC's own (`reason`,
 /// `rtt_us`, `lost_packets`, `migrations`, and the span's `id`).

@@ -63,6 +63,17 @@ pub enum CliError {
 /// Prints `error` on stderr and picks the exit code.
 pub fn report(error: &anyhow::Error) -> ExitCode {
     eprintln!("error: {}", one_line(error));
+    exit_code(error)
+}
+
+/// [`report`] as a log event (for `--log-format json`, whose every line a log shipper parses).
+pub fn report_in_log(error: &anyhow::Error) -> ExitCode {
+    tracing::error!(error = %one_line(error), "stopped");
+    exit_code(error)
+}
+
+/// The exit code the README gives for `error`.
+fn exit_code(error: &anyhow::Error) -> ExitCode {
     // `qkv bench` fails as the client it runs does.
     let client_error = error.downcast_ref::<ClientError>().or_else(|| match error.downcast_ref() {
         Some(qkv::bench::BenchError::Client(error)) => Some(error),

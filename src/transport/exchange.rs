@@ -457,6 +457,9 @@ where
             if let Some(limit) = e.limit() {
                 crate::metrics::limit_hit(limit);
             }
+            if e.status() == status::BAD_REQUEST {
+                crate::metrics::malformed_request();
+            }
             (e.response(""), Served::Rejected(e))
         }
     };

@@ -449,6 +449,9 @@ where
     if let Some(limit) = limit {
         crate::metrics::limit_hit(limit);
     }
+    if matches!(&ending, Ending::Rejected(e) if e.status() == status::BAD_REQUEST) {
+        crate::metrics::malformed_request();
+    }
     match &ending {
         // A client can send bad frames, and fail, at will; an operator wants to see the budget turn
         // clients away, as a QUIC answer it drops is seen. Throttled, in the connection's span (the
