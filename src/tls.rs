@@ -147,6 +147,17 @@ impl Identity {
     /// the files.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let cert_chain = read_certificates(cert)?;
+        #[cfg(feature = "server")]
+        if let Some(leaf) = cert_chain.first()
+            && is_a_ca(leaf)
+        {
+            // Every client refuses it (rustls: CaUsedAsEndEntity): a reload would leave a server that
+            // no handshake succeeds with, and a start one that serves nobody.
+            return Err(TlsError::BadCertificate {
+                path: cert.to_owned(),
+                reason: "its first certificate is a CA's (basicConstraints CA:TRUE), which clients refuse as a server's or a client's own: give the certificate the CA issued".into(),
+            });
+        }
         let key_der = PrivateKeyDer::from_pem_file(key)
             .map_err(|cause| TlsError::Read { path: key.to_owned(), cause: PemFailure(cause) })?;
         let files = || (cert.to_owned(), key.to_owned());
@@ -166,6 +177,17 @@ impl Identity {
             Err(e) => Err(TlsError::BadCertificate { path: cert.to_owned(), reason: e.to_string() }),
         }
     }
+}
+
+/// Whether `cert` says it is a CA's (basicConstraints CA:TRUE).
+#[cfg(feature = "server")]
+fn is_a_ca(cert: &CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(cert.as_ref())
+        .ok()
+        .and_then(|(_, parsed)| {
+            parsed.basic_constraints().ok().flatten().map(|constraints| constraints.value.ca)
+        })
+        .unwrap_or(false)
 }
 
 /// A certificate's subject as a distinguished name, e.g. `CN=alice`: how the server names a client
