@@ -70,7 +70,9 @@ pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// How to reach a server, and how to behave on a link that fails.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// `host:port`; the host may be a DNS name or an IP address.
+    /// `host:port`; the host may be a DNS name or an IP address. A name is resolved once, when the
+    /// client (or its [`ClientEndpoint`]) is made: connections made again later go to the same address.
+    /// To follow a name that moves (a DNS failover), make a new client.
     pub addr: String,
     /// QUIC (the default), TLS over TCP, or plaintext TCP.
     pub transport: Transport,
