@@ -32,6 +32,9 @@
 //! The wire protocol is specified in `docs/PROTOCOL.md`; the design and its measurements in
 //! `docs/DESIGN.md`.
 #![forbid(unsafe_code)]
+// What a client-only user sees is documented item by item (the server's items are documented in
+// docs/DESIGN.md and at their definitions, not all as API).
+#![cfg_attr(not(feature = "server"), warn(missing_docs))]
 
 #[cfg(feature = "server")]
 pub mod admin;

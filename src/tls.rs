@@ -34,31 +34,59 @@ pub const WEB_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 /// HTTP/3's ALPN: what browsers offer, alone, for a WebTransport session on the QUIC port.
 pub const H3_ALPN: &[u8] = b"h3";
 
+/// Why a certificate, key or CA file could not be used; each names its file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The file could not be read, or is not PEM: `cause` says which (a missing file is its
     /// `io::Error`, kept as the error's source).
     #[error("cannot read {}: {cause}", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why it could not be read.
         #[source]
         cause: PemFailure,
     },
     /// The PEM file holds no certificate.
     #[error("{} holds no certificate", path.display())]
-    NoCertificate { path: PathBuf },
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
     /// None of the CA file's certificates can be a trust anchor.
     #[error("{} holds no CA certificate that can be trusted: {reason}", path.display())]
-    BadCa { path: PathBuf, reason: String },
+    BadCa {
+        /// The CA file.
+        path: PathBuf,
+        /// rustls's reason.
+        reason: String,
+    },
     /// The private key is not the certificate's.
     #[error("the key in {} does not belong to the certificate in {}", key.display(), cert.display())]
-    KeyMismatch { cert: PathBuf, key: PathBuf },
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
     /// The key file holds no usable private key.
     #[error("{} holds no private key that can sign for the certificate in {}: {reason}", key.display(), cert.display())]
-    BadKey { cert: PathBuf, key: PathBuf, reason: String },
-    /// The certificate cannot be used (expired, not yet valid, or not for this use).
+    BadKey {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// rustls's reason.
+        reason: String,
+    },
+    /// The certificate cannot be used (expired, not yet valid, a CA's, or not for this use).
     #[error("the certificate in {} cannot be used: {reason}", path.display())]
-    BadCertificate { path: PathBuf, reason: String },
+    BadCertificate {
+        /// The certificate file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// rustls refused the configuration.
     #[error("invalid TLS configuration: {0}")]
     Config(#[from] rustls::Error),
@@ -130,14 +158,18 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// A certificate chain and its private key: a server's, or a client's for mutual TLS.
 #[derive(Debug)]
 pub struct Identity {
+    /// The certificates, the leaf first.
     pub cert_chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
     pub key: PrivateKeyDer<'static>,
 }
 
 /// The files of a client certificate and its key, for mutual TLS.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClientCertFiles {
+    /// The PEM certificate chain, the client's certificate first.
     pub cert: PathBuf,
+    /// The PEM private key of the client's certificate.
     pub key: PathBuf,
 }
 

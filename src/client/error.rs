@@ -33,7 +33,9 @@ pub enum ClientError {
     /// The server's address did not resolve. Nothing was sent.
     #[error("cannot resolve {addr}: {cause}")]
     Resolve {
+        /// The address as configured (`host:port`).
         addr: String,
+        /// What the lookup said.
         #[source]
         cause: io::Error,
     },
@@ -42,7 +44,14 @@ pub enum ClientError {
     Socket(#[source] io::Error),
     /// No connection within [`ClientConfig::connect_timeout`](super::ClientConfig); `hint` (empty, or a parenthesised remark starting with a space) suggests what to check.
     #[error("no answer from {addr} within {timeout:?}: is the server running there?{hint}")]
-    ConnectTimeout { addr: String, timeout: Duration, hint: &'static str },
+    ConnectTimeout {
+        /// The address as configured.
+        addr: String,
+        /// The connect timeout that passed (one attempt's).
+        timeout: Duration,
+        /// Empty, or a parenthesised remark starting with a space.
+        hint: &'static str,
+    },
     /// The server's certificate was refused: not signed by a CA of the CA file, or not valid for the
     /// name dialled (`cause` holds rustls's `InvalidCertificate`). Nothing was sent.
     #[error(
@@ -50,8 +59,11 @@ pub enum ClientError {
         ca_file.display()
     )]
     Handshake {
+        /// The address as configured.
         addr: String,
+        /// The CA file the server's certificate was checked against.
         ca_file: PathBuf,
+        /// rustls's reason.
         #[source]
         cause: Cause,
     },
@@ -59,14 +71,20 @@ pub enum ClientError {
     /// with a space) suggests what to check.
     #[error("cannot connect to {addr}: {cause}{hint}")]
     Connect {
+        /// The address as configured.
         addr: String,
+        /// The socket's, quinn's or rustls's error.
         #[source]
         cause: Cause,
+        /// Empty, or a parenthesised remark starting with a space.
         hint: &'static str,
     },
     /// The server does not speak qkv's protocol (ALPN `qkv/1`) on that port. Nothing was sent.
     #[error("cannot connect to {addr}: the server did not agree to the qkv/1 protocol (ALPN)")]
-    NoApplicationProtocol { addr: String },
+    NoApplicationProtocol {
+        /// The address as configured.
+        addr: String,
+    },
     /// The server requires a client certificate signed by its client CA (mutual TLS) and refused
     /// this one, or its absence: set [`ClientConfig::client_cert`](super::ClientConfig) (the CLI's
     /// `--cert` and `--key`). Nothing was executed.
@@ -74,16 +92,21 @@ pub enum ClientError {
         "the server refused this client ({cause}): it requires a client certificate signed by its client CA (--cert and --key; in Rust, ClientConfig::client_cert)"
     )]
     ClientCertificateRefused {
+        /// The TLS alert the server sent.
         #[source]
         cause: Cause,
     },
     /// The server said it did not execute the request (a 503, or a QUIC close for shutdown); `reason`
     /// is what it said.
     #[error("the server is unavailable ({reason}); the request was not executed and can be retried")]
-    Unavailable { reason: String },
+    Unavailable {
+        /// The server's message.
+        reason: String,
+    },
     /// The request never left the client (its connection failed first).
     #[error("the request was not sent ({cause}); it can be retried")]
     NotSent {
+        /// Why the connection failed.
         #[source]
         cause: Cause,
     },
@@ -103,7 +126,9 @@ pub enum ClientError {
         "no complete answer within {timeout:?} to a retry (the attempt before failed: {earlier}); the request may or may not have been executed"
     )]
     TimeoutRetrying {
+        /// The call's request timeout.
         timeout: Duration,
+        /// Why the attempt before the retry failed.
         #[source]
         earlier: Box<ClientError>,
     },
@@ -134,7 +159,12 @@ pub enum ClientError {
     /// The request does not fit in a frame of the configured maximum size
     /// (`limits.max_frame_len`); nothing was sent.
     #[error("request of {len} bytes exceeds the maximum frame size of {max} bytes")]
-    RequestTooLarge { len: u64, max: usize },
+    RequestTooLarge {
+        /// The encoded request's length.
+        len: u64,
+        /// The largest frame the configuration allows.
+        max: usize,
+    },
     /// The server's reply, though well framed, did not say what the request asks for.
     #[error("malformed reply from the server: {0}")]
     Protocol(String),
@@ -144,23 +174,39 @@ pub enum ClientError {
     /// A conditional write's expected version did not match (409): nothing was written. `current`
     /// is the key's value and version now (`None`: the key does not exist), to decide the next try.
     #[error("version conflict: the key's current version is {}", current.as_ref().map_or(0, |c| c.version))]
-    Conflict { current: Option<Versioned> },
+    Conflict {
+        /// The key's value and version now; `None` if it does not exist.
+        current: Option<Versioned>,
+    },
     /// The server answered with an error status (docs/PROTOCOL.md, section 8, says what each
     /// means and whether the request was executed); `message` is the server's.
     #[error("server answered {status}: {message}")]
-    Status { status: u32, message: String },
+    Status {
+        /// The status code (`pb::status`).
+        status: u32,
+        /// The server's message.
+        message: String,
+    },
     /// `subscribe()` while the client holds [`ClientConfig::max_subscriptions`](super::ClientConfig)
     /// subscriptions that have not ended: refused here, nothing sent. A subscription's slot comes back
     /// once it ends (unsubscribed, ended by the server, its connection lost) or is dropped.
     #[error(
         "too many subscriptions: the client holds {limit} (ClientConfig::max_subscriptions); end one, or raise it"
     )]
-    TooManySubscriptions { limit: usize },
+    TooManySubscriptions {
+        /// [`ClientConfig::max_subscriptions`](super::ClientConfig).
+        limit: usize,
+    },
     /// A subscription the server ended: 429 (it lagged and the lag policy is `drop`), 410 (the
     /// server is shutting down: subscribe again), 408 (its subscriber read none of it for the
     /// server's reply timeout).
     #[error("the server ended the subscription ({status}): {reason}")]
-    SubscriptionEnded { status: u32, reason: String },
+    SubscriptionEnded {
+        /// 429, 410 or 408.
+        status: u32,
+        /// The server's message.
+        reason: String,
+    },
     /// The transport needs a feature this build does not have (`web-client` for HTTP and gRPC).
     #[error("{0}")]
     Unsupported(&'static str),

@@ -20,10 +20,13 @@ pub const QKV_STATUS: &str = "qkv-status";
 /// turns details whose code is not the call's into INTERNAL; Python's grpc-status; tonic-types).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RpcStatus {
+    /// The gRPC status code (the call's).
     #[prost(int32, tag = "1")]
     pub code: i32,
+    /// The call's message.
     #[prost(string, tag = "2")]
     pub message: String,
+    /// Messages that say more: qkv's whole answer (`CommandResponse`) among them.
     #[prost(message, repeated, tag = "3")]
     pub details: Vec<Any>,
 }
@@ -31,8 +34,10 @@ pub struct RpcStatus {
 /// `google.protobuf.Any`: a message and the name of its type.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Any {
+    /// The message's type, as a URL (`type.googleapis.com/abi.CommandResponse`).
     #[prost(string, tag = "1")]
     pub type_url: String,
+    /// The message, encoded.
     #[prost(bytes = "vec", tag = "2")]
     pub value: Vec<u8>,
 }

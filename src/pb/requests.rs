@@ -18,16 +18,19 @@ impl From<RequestData> for CommandRequest {
 }
 
 impl Kvpair {
+    /// A key and its value, for `Hmset`.
     pub fn new(key: impl Into<String>, value: impl Into<Value>) -> Self {
         Kvpair { key: key.into(), value: Some(value.into()) }
     }
 }
 
 impl CommandRequest {
+    /// `Hget`: a key's value and version.
     pub fn hget(table: impl Into<String>, key: impl Into<String>) -> Self {
         RequestData::Hget(Hget { table: table.into(), key: key.into() }).into()
     }
 
+    /// `Hgetall`: a whole table, in key order (an answer of several frames when large).
     pub fn hgetall(table: impl Into<String>) -> Self {
         Self::hgetall_page(table, "", 0)
     }
@@ -38,10 +41,12 @@ impl CommandRequest {
         RequestData::Hgetall(Hgetall { table: table.into(), after: after.into(), limit }).into()
     }
 
+    /// `Hmget`: several keys' values and versions, in the order given.
     pub fn hmget(table: impl Into<String>, keys: impl IntoIterator<Item = impl Into<String>>) -> Self {
         RequestData::Hmget(Hmget { table: table.into(), keys: self::keys(keys) }).into()
     }
 
+    /// `Hset`: writes a key unconditionally.
     pub fn hset(table: impl Into<String>, key: impl Into<String>, value: impl Into<Value>) -> Self {
         Self::hset_expecting(table, key, value, None)
     }
@@ -67,10 +72,12 @@ impl CommandRequest {
             .into()
     }
 
+    /// `Hmset`: writes several keys unconditionally, in order.
     pub fn hmset(table: impl Into<String>, pairs: impl IntoIterator<Item = Kvpair>) -> Self {
         RequestData::Hmset(Hmset { table: table.into(), pairs: pairs.into_iter().collect() }).into()
     }
 
+    /// `Hdel`: deletes a key unconditionally (a missing key is a success).
     pub fn hdel(table: impl Into<String>, key: impl Into<String>) -> Self {
         RequestData::Hdel(Hdel { table: table.into(), key: key.into(), expected_version: None }).into()
     }
@@ -85,30 +92,37 @@ impl CommandRequest {
         .into()
     }
 
+    /// `Hmdel`: deletes several keys unconditionally, in order.
     pub fn hmdel(table: impl Into<String>, keys: impl IntoIterator<Item = impl Into<String>>) -> Self {
         RequestData::Hmdel(Hmdel { table: table.into(), keys: self::keys(keys) }).into()
     }
 
+    /// `Hexist`: whether a key exists.
     pub fn hexist(table: impl Into<String>, key: impl Into<String>) -> Self {
         RequestData::Hexist(Hexist { table: table.into(), key: key.into() }).into()
     }
 
+    /// `Hmexist`: whether each of several keys exists, in the order given.
     pub fn hmexist(table: impl Into<String>, keys: impl IntoIterator<Item = impl Into<String>>) -> Self {
         RequestData::Hmexist(Hmexist { table: table.into(), keys: self::keys(keys) }).into()
     }
 
+    /// `Subscribe`: an answer of one frame per message published to the topic, until it ends.
     pub fn subscribe(topic: impl Into<String>) -> Self {
         RequestData::Subscribe(Subscribe { topic: topic.into() }).into()
     }
 
+    /// `Unsubscribe`: ends the subscription `id` (from its first frame) to `topic`.
     pub fn unsubscribe(topic: impl Into<String>, id: u32) -> Self {
         RequestData::Unsubscribe(Unsubscribe { topic: topic.into(), id }).into()
     }
 
+    /// `Publish`: sends the values to the topic's subscribers.
     pub fn publish(topic: impl Into<String>, data: impl IntoIterator<Item = Value>) -> Self {
         RequestData::Publish(Publish { topic: topic.into(), data: data.into_iter().collect() }).into()
     }
 
+    /// `Ping`: answered with its payload.
     pub fn ping(payload: impl Into<Bytes>) -> Self {
         RequestData::Ping(Ping { payload: payload.into() }).into()
     }

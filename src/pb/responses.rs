@@ -26,6 +26,7 @@ impl CommandResponse {
         CommandResponse { pairs, versions, ..Self::ok() }
     }
 
+    /// Whether its status is 200.
     pub fn is_ok(&self) -> bool {
         self.status == status::OK
     }

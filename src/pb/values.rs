@@ -9,7 +9,9 @@ use super::{Value, value};
 /// A value and its version: what a key holds. Versions are positive; 0 stands for "absent".
 #[derive(Debug, Clone, PartialEq)]
 pub struct Versioned {
+    /// The value.
     pub value: Value,
+    /// The version its last write gave it.
     pub version: u64,
 }
 
@@ -17,6 +19,46 @@ impl Value {
     /// True when no variant is set: the "empty Value" that stands for a miss in multi-key answers.
     pub fn is_empty(&self) -> bool {
         self.value.is_none()
+    }
+
+    /// The text, if it is a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            Some(value::Value::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The bytes, if it is binary.
+    pub fn as_bytes(&self) -> Option<&Bytes> {
+        match &self.value {
+            Some(value::Value::Binary(b)) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The integer, if it is one.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self.value {
+            Some(value::Value::Integer(i)) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The float, if it is one (an integer is not taken for one).
+    pub fn as_f64(&self) -> Option<f64> {
+        match self.value {
+            Some(value::Value::Float(f)) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The boolean, if it is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match self.value {
+            Some(value::Value::Bool(b)) => Some(b),
+            _ => None,
+        }
     }
 }
 
@@ -35,6 +77,18 @@ impl From<String> for Value {
 impl From<&str> for Value {
     fn from(s: &str) -> Self {
         s.to_owned().into()
+    }
+}
+
+impl From<&String> for Value {
+    fn from(s: &String) -> Self {
+        s.clone().into()
+    }
+}
+
+impl From<&[u8]> for Value {
+    fn from(b: &[u8]) -> Self {
+        Bytes::copy_from_slice(b).into()
     }
 }
 
@@ -80,5 +134,38 @@ impl fmt::Display for Value {
             Some(value::Value::Float(x)) => write!(f, "{x}"),
             Some(value::Value::Bool(b)) => write!(f, "{b}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_accessor_reads_its_own_kind_and_no_other() {
+        let kinds = [
+            Value::from("text"),
+            Value::from(&b"\x00\xff"[..]),
+            Value::from(-7),
+            Value::from(2.5),
+            Value::from(true),
+            Value::default(),
+        ];
+        let read = |v: &Value| {
+            (
+                v.as_str().map(str::to_owned),
+                v.as_bytes().map(|b| b.to_vec()),
+                v.as_i64(),
+                v.as_f64(),
+                v.as_bool(),
+            )
+        };
+        assert_eq!(read(&kinds[0]), (Some("text".into()), None, None, None, None));
+        assert_eq!(read(&kinds[1]), (None, Some(vec![0, 255]), None, None, None));
+        assert_eq!(read(&kinds[2]), (None, None, Some(-7), None, None));
+        assert_eq!(read(&kinds[3]), (None, None, None, Some(2.5), None));
+        assert_eq!(read(&kinds[4]), (None, None, None, None, Some(true)));
+        assert_eq!(read(&kinds[5]), (None, None, None, None, None));
+        assert_eq!(Value::from(&"owned".to_owned()), Value::from("owned"));
     }
 }

@@ -22,28 +22,55 @@ pub const HEADER_LEN: usize = 4;
 /// The default maximum frame size (payload bytes, excluding the length prefix).
 pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 
+/// Why a frame could not be read or written (docs/PROTOCOL.md, section 2).
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// The length header declares more than the maximum frame size: refused from the header alone.
     #[error("frame of {declared} bytes exceeds the maximum frame size of {max} bytes{}", too_large_hint(*declared))]
-    TooLarge { declared: u64, max: usize },
+    TooLarge {
+        /// The length the header declares.
+        declared: u64,
+        /// The maximum frame size.
+        max: usize,
+    },
     /// A compressed frame whose gzip trailer says it inflates to more than the maximum frame size:
     /// refused before anything is inflated.
     #[error(
         "compressed frame inflates to {claimed} bytes by its gzip trailer (ISIZE), over the maximum frame size of {max} bytes"
     )]
-    InflatesTooLarge { claimed: usize, max: usize },
+    InflatesTooLarge {
+        /// The size the gzip trailer gives.
+        claimed: usize,
+        /// The maximum frame size.
+        max: usize,
+    },
+    /// The stream or connection ended before the frame was whole.
     #[error("the stream ended inside a frame ({buffered} bytes of it received)")]
-    Truncated { buffered: usize },
+    Truncated {
+        /// The bytes of the frame that had arrived.
+        buffered: usize,
+    },
+    /// The frame's payload is not the protobuf message expected.
     #[error("frame is not a valid {message}: {cause}")]
-    Decode { message: &'static str, cause: prost::DecodeError },
+    Decode {
+        /// The message type expected (`CommandRequest`, `CommandResponse`).
+        message: &'static str,
+        /// prost's reason.
+        cause: prost::DecodeError,
+    },
     /// A compressed frame (the course's) whose gzip could not be inflated, or held more than its
     /// trailer said.
     #[error("compressed frame cannot be inflated: {0}")]
     Compressed(String),
+    /// The server's connection memory budget could not hold the frame (a server's writer).
     #[error(
         "the server has no memory to hold {needed} more bytes: its connection memory budget (--connection-memory) is spent"
     )]
-    MemoryExhausted { needed: usize },
+    MemoryExhausted {
+        /// The bytes the frame needed.
+        needed: usize,
+    },
+    /// Reading or writing the stream failed.
     #[error(transparent)]
     Io(#[from] io::Error),
 }

@@ -61,6 +61,7 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Every transport, in the order metrics list them.
     pub const ALL: [Transport; 6] = [
         Transport::Quic,
         Transport::Tls,
@@ -70,6 +71,7 @@ impl Transport {
         Transport::GrpcPipeline,
     ];
 
+    /// Its name: as the CLI's `--transport` takes it, and as metrics label it.
     pub fn name(self) -> &'static str {
         match self {
             Transport::Quic => "quic",

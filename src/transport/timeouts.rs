@@ -28,6 +28,7 @@ pub fn deadline<F: Future>(timeout: Duration, future: F) -> Deadline<F> {
 pub struct Elapsed;
 
 pin_project_lite::pin_project! {
+    /// A future bounded by a timeout that starts at its first poll.
     pub struct Deadline<F> {
         #[pin]
         future: F,

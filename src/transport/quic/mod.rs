@@ -74,8 +74,10 @@ pub enum Congestion {
 }
 
 impl Congestion {
+    /// Every controller.
     pub const ALL: [Congestion; 3] = [Congestion::Cubic, Congestion::NewReno, Congestion::Bbr];
 
+    /// Its name, as `--congestion` takes it.
     pub fn name(self) -> &'static str {
         match self {
             Congestion::Cubic => "cubic",
@@ -105,6 +107,7 @@ impl std::str::FromStr for Congestion {
 /// QUIC settings that matter on mobile paths, the same for servers and clients.
 #[derive(Debug, Clone)]
 pub struct QuicOptions {
+    /// The congestion controller (Cubic by default).
     pub congestion: Congestion,
     /// The RTT assumed before the first measurement: it sets the first retransmission timeout. quinn's
     /// default (333 ms, RFC 9002's) suits unknown paths; a lower one recovers a lost first flight sooner.
