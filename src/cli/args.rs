@@ -567,7 +567,14 @@ pub struct ServeArgs {
     pub subscriber_queue_bytes: usize,
     /// What happens to a subscriber whose queue is full when a message is published: skip (it misses
     /// the message and is told how many it missed) or drop (its subscription ends with status 429).
-    #[arg(long, default_value_t = ServiceConfig::default().lag_policy)]
+    #[arg(
+        long,
+        default_value_t = ServiceConfig::default().lag_policy,
+        value_parser = clap::builder::TypedValueParser::try_map(
+            clap::builder::PossibleValuesParser::new(qkv::pubsub::LagPolicy::ALL.map(|p| p.name())),
+            |s| s.parse::<LagPolicy>()
+        )
+    )]
     pub lag_policy: LagPolicy,
     /// Abandon a reply the client reads less than --reply-min-progress of in this long, once it has to
     /// wait, e.g. 30s.

@@ -83,6 +83,9 @@ pub fn create_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     let missing: Vec<&Path> =
         dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).collect();
+    if dir.exists() && !dir.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::NotADirectory, "it exists, and is not a directory"));
+    }
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     for created in missing {
         let parent = created.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));

@@ -492,6 +492,16 @@ async fn the_data_directory_and_its_files_are_private() {
     }
 }
 
+/// A data directory given as the path of a file says so ("File exists" said nothing of the kind).
+#[test]
+fn a_file_where_the_data_directory_should_be_is_named_as_not_a_directory() {
+    let parent = tempfile::tempdir().unwrap();
+    let file = parent.path().join("data");
+    std::fs::write(&file, "not a directory").unwrap();
+    let refused = DiskStore::open(&file, test_config()).err().expect("a file is no data directory");
+    assert!(refused.to_string().contains("not a directory"), "{refused}");
+}
+
 /// The log after a snapshot holds every write since: a directory whose snapshot is there without it
 /// (the log files removed by hand to save space, or left out of a copy) is refused, not opened with
 /// those writes gone, and `qkv repair` says it cannot mend it.
