@@ -99,6 +99,9 @@ struct Route {
     answer: Option<AnswerSender>,
 }
 
+/// How the message of a refusal after which the server closes the connection ends.
+const CLOSING: &str = "; closing the connection";
+
 /// Bytes waiting in an outbox beyond which callers wait for the writer to catch up.
 const OUTBOX_LIMIT: usize = 256 * 1024;
 
@@ -561,7 +564,20 @@ impl Reader {
                 },
             };
             let unavailable = !frame.more && frame.status == status::UNAVAILABLE;
-            let reason = unavailable.then(|| frame.message.clone());
+            // A refusal the server closes the connection after (docs/PROTOCOL.md, section 8): it reads
+            // nothing more, so what was sent behind it was not executed, and nothing more goes on it.
+            let closes = !frame.more && frame.status != status::OK && frame.message.ends_with(CLOSING);
+            let reason = match (closes, unavailable) {
+                (true, _) => Some(format!(
+                    "the server refused an earlier request on the connection and closed it ({})",
+                    frame.message
+                )),
+                (false, true) => Some(frame.message.clone()),
+                (false, false) => None,
+            };
+            if let (true, Some(reason)) = (closes, &reason) {
+                let _ = self.shared.state.closed.set(Closed::Unavailable(reason.clone()));
+            }
             // Each request is routed before it is written, so its route is here before its answer.
             let Some(route) = current.take().or_else(|| self.routed.try_recv().ok()) else {
                 // Only a 503 may come unasked: the server announcing that it closes.
@@ -692,6 +708,33 @@ mod tests {
             executed.push(error.executed());
         }
         assert_eq!(executed, [Executed::Maybe, Executed::Maybe, Executed::No, Executed::No]);
+    }
+
+    /// A refusal the server closes the connection after: the requests sent behind it were not executed
+    /// (it reads nothing more), and none is sent on the connection after it.
+    #[tokio::test]
+    async fn requests_behind_a_refusal_that_closes_the_connection_were_not_executed() {
+        let (connection, mut server) = connection(64 * 1024);
+        let mut calls = Vec::new();
+        for _ in 0..3 {
+            calls.push(connection.send(ping(10)).await.unwrap());
+        }
+        for _ in 0..3 {
+            read_frame(&mut server).await;
+        }
+        let refusal = "frame of 99 bytes exceeds the maximum frame size of 64 bytes; closing the connection";
+        let frame =
+            encode_frame(&CommandResponse::error(status::PAYLOAD_TOO_LARGE, refusal), MAX_FRAME).unwrap();
+        server.write_all(&frame).await.unwrap();
+        let first = calls.remove(0).next().await.unwrap().unwrap();
+        assert_eq!(first.status, status::PAYLOAD_TOO_LARGE);
+        let after = connection.send(ping(10)).await.map(drop).expect_err("nothing more is sent on it");
+        assert_eq!(after.executed(), Executed::No, "{after}");
+        drop(server);
+        for mut frames in calls {
+            let error = frames.next().await.unwrap().unwrap_err();
+            assert_eq!(error.executed(), Executed::No, "{error}");
+        }
     }
 
     /// A byte stream whose first write holds its thread inside the write until the test lets it go on:

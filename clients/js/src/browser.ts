@@ -34,8 +34,9 @@ export async function hiddenCause(base: string, timeoutMs: number): Promise<stri
   if (await answers("cors")) return "";
   if (await answers("no-cors")) {
     return (
-      ` (the browser hides the server's answer: the server is reached, but does not allow this page's origin, ${page};` +
-      ` start it with --web-origin ${page})`
+      ` (the browser hides the server's answer: the server at ${url.origin} is reached, but does not let this page read` +
+      ` ${url.href}: it does not allow this page's origin, ${page} (start it with --web-origin ${page}),` +
+      ` or that is not its web listener's /webtransport-cert (is the url the web listener's root?))`
     );
   }
   return (

@@ -9,7 +9,7 @@ import { hiddenCause, pageOrigin } from "./browser.js";
 import { errorFor, isReadOnly, merge, pairsOf, requests, results, text } from "./commands.js";
 import { TransportFailure, Channel, deferred, type Answer, type Connection } from "./connection.js";
 import { NO_ANSWER, QkvError } from "./errors.js";
-import { DEFAULT_MAX_FRAME_SIZE } from "./frame.js";
+import { DEFAULT_MAX_FRAME_SIZE, MAX_WEBSOCKET_MESSAGE } from "./frame.js";
 import { fromPb, type Entry, type Value, type ValueLike } from "./value.js";
 import { errorText, openWebSocket, type WebSocketConstructor } from "./websocket.js";
 import { DEFAULT_MAX_STREAMS, hexBytes, openWebTransport, type WebTransportCert } from "./webtransport.js";
@@ -41,6 +41,12 @@ export interface ConnectOptions {
    * sent (a 413), a larger answer breaks the connection. Default 16 MiB.
    */
   maxFrameSize?: number;
+  /**
+   * WebSocket: the server's `--websocket-max-message`, the largest message it takes (a larger one
+   * ends the connection, code 1009): requests go in messages of at most this many bytes, a frame
+   * split over several. Default 64 KiB, the server's default; at least 1 KiB.
+   */
+  maxMessageSize?: number;
   /**
    * WebTransport: the streams open at once, one per request in flight (a subscription holds one for
    * its life); more requests wait for one to end. Default 256, the server's default
@@ -179,6 +185,7 @@ interface Settings {
   connectTimeoutMs: number;
   keepAliveMs: number;
   maxFrameSize: number;
+  maxMessageSize: number;
   maxStreams: number;
   maxSubscriptions: number;
   subscriptionQueue: number;
@@ -251,6 +258,8 @@ function settingsOf(options: ConnectOptions): Settings {
     return given;
   };
   const maxStreams = Math.max(1, number("maxStreams", DEFAULT_MAX_STREAMS));
+  const maxMessageSize = number("maxMessageSize", MAX_WEBSOCKET_MESSAGE);
+  if (maxMessageSize < 1024) throw new RangeError("maxMessageSize must be at least 1024 (the server's --websocket-max-message is)");
   return {
     base: base.endsWith("/") ? base : `${base}/`,
     webTransportUrl: options.webTransportUrl,
@@ -261,6 +270,7 @@ function settingsOf(options: ConnectOptions): Settings {
     connectTimeoutMs: number("connectTimeoutMs", 10_000),
     keepAliveMs: number("keepAliveMs", 10_000),
     maxFrameSize: number("maxFrameSize", DEFAULT_MAX_FRAME_SIZE),
+    maxMessageSize,
     maxStreams,
     maxSubscriptions: number("maxSubscriptions", Math.min(DEFAULT_MAX_SUBSCRIPTIONS, Math.floor(maxStreams / 2))),
     subscriptionQueue: Math.max(1, number("subscriptionQueue", DEFAULT_SUBSCRIPTION_QUEUE)),
@@ -283,6 +293,7 @@ function openWebSocketOf(settings: Settings): Promise<Connection> {
   return openWebSocket(webSocketUrl(settings.base), settings.WebSocket, {
     timeoutMs: settings.connectTimeoutMs,
     maxFrameSize: settings.maxFrameSize,
+    maxMessage: settings.maxMessageSize,
   }).catch(async (e: unknown) => {
     // A browser says nothing of a refused handshake (a 403 for the page's origin): ask what it may.
     const cause = e instanceof TransportFailure && pageOrigin() !== undefined ? await hiddenCause(settings.base, settings.connectTimeoutMs) : "";

@@ -10,6 +10,9 @@ import { CommandRequestSchema, CommandResponseSchema, type CommandRequest, type 
 import { Channel, TransportFailure, deferred, tooLarge, type Answer, type Connection } from "./connection.js";
 import { FrameDecoder, MAX_WEBSOCKET_MESSAGE, concat, encodeFrame, split } from "./frame.js";
 
+/** How the message of a refusal after which the server closes the connection ends. */
+const CLOSING = "; closing the connection";
+
 /** The part of the WebSocket API used here (browsers', node's (undici's), or the `ws` package's). */
 export interface WebSocketLike {
   binaryType: string;
@@ -99,8 +102,13 @@ export class WebSocketConnection implements Connection {
   private flushing = false;
   private decoder: FrameDecoder;
   private isOpen = true;
-  /** The last frame received was a 503's: if the connection now ends, nothing after it was executed. */
-  private endedBy503 = false;
+  /**
+   * The last frame received may have been the server's last: a 503's, or a refusal that ends with
+   * "; closing the connection". If the connection now ends, nothing after it was executed.
+   */
+  private endedByServer = false;
+  /** The server said it closes the connection (a refusal ending "; closing the connection"): nothing more is sent on it. */
+  private closing = false;
   private gone = deferred<void>();
 
   constructor(
@@ -117,7 +125,7 @@ export class WebSocketConnection implements Connection {
   }
 
   get open(): boolean {
-    return this.isOpen;
+    return this.isOpen && !this.closing;
   }
 
   get closed(): Promise<void> {
@@ -131,8 +139,8 @@ export class WebSocketConnection implements Connection {
 
   send(request: CommandRequest): Answer {
     const answer = new PipelinedAnswer();
-    if (!this.isOpen) {
-      answer.fail(new TransportFailure("the WebSocket is closed", "no"));
+    if (!this.open) {
+      answer.fail(new TransportFailure(this.isOpen ? "the server is closing the WebSocket" : "the WebSocket is closed", "no"));
       return answer;
     }
     const payload = toBinary(CommandRequestSchema, request);
@@ -199,7 +207,10 @@ export class WebSocketConnection implements Connection {
         this.broken(`the server sent an undecodable response: ${errorText(e)}`);
         return;
       }
-      this.endedBy503 = response.status === 503 && !response.more;
+      // docs/PROTOCOL.md, sections 8 and 10: a refusal the server ends the connection after says so.
+      const closes = !response.more && response.status !== 200 && response.message.endsWith(CLOSING);
+      this.endedByServer = closes || (response.status === 503 && !response.more);
+      if (closes) this.closing = true;
       // An answer with no request waiting is a 503 announcing the end of the connection: nothing to do.
       const head = this.pending[0];
       if (head === undefined) continue;
@@ -223,8 +234,9 @@ export class WebSocketConnection implements Connection {
       this.socket.onclose = null;
     }
     for (const answer of failed) {
-      // After a 503 the server executed nothing more on this connection (docs/PROTOCOL.md, section 10).
-      const executed = this.endedBy503 || !answer.sent ? "no" : "maybe";
+      // After a 503, or a refusal that closes the connection, the server executed nothing more on it
+      // (docs/PROTOCOL.md, sections 8 and 10).
+      const executed = this.endedByServer || !answer.sent ? "no" : "maybe";
       answer.fail(new TransportFailure(reason, executed));
     }
     this.gone.resolve();

@@ -124,6 +124,48 @@ test("a frame larger than 64 KiB is sent in messages of at most 64 KiB", async (
   assert.equal((await c.hget("t", "big"))?.value.value, big);
 });
 
+test("messages keep to maxMessageSize, the server's --websocket-max-message, however many requests go together", async () => {
+  const server = new FakeServer(store());
+  const c = await client(server, { maxMessageSize: 16 * 1024 });
+  const writes = [c.hset("t", "big", "x".repeat(20_000))];
+  for (let i = 0; i < 5; i++) writes.push(c.hset("t", `small${i}`, "v"));
+  await Promise.all(writes);
+  assert.ok(server.messageSizes.every((size) => size <= 16 * 1024), `${server.messageSizes}`);
+  await assert.rejects(connect({ url: "https://qkv.test", transport: "websocket", maxMessageSize: 512 }), RangeError);
+});
+
+test("after a refusal that closes the connection, the requests behind it were not executed: they are sent again on a new one", async () => {
+  let refusing: FakeSocket | undefined;
+  const inner = store();
+  const server = new FakeServer((request, socket) => {
+    if (socket === refusing) return []; // the server reads nothing more on it
+    const pair = request.requestData.case === "hset" ? request.requestData.value.pair : undefined;
+    if (refusing === undefined && pair?.key === "big") {
+      refusing = socket;
+      server.deliver(socket, [
+        frame({ status: 413, message: "frame of 2097181 bytes exceeds the maximum frame size of 1048576 bytes; closing the connection" }),
+      ]);
+      // The close comes a moment later: a request sent meanwhile must not go on this connection.
+      setTimeout(() => socket.serverClose(), 20);
+      return [];
+    }
+    return inner(request);
+  });
+  const c = await client(server);
+  const big = c.hset("t", "big", "x");
+  const behind = c.hset("t", "behind", "1");
+  await assert.rejects(big, (e: unknown) => e instanceof QkvError && e.status === 413 && e.executed === "no");
+  const after = c.hset("t", "after", "2");
+  const [b, a] = await Promise.all([behind, after]);
+  assert.ok(b.version > 0n && a.version > 0n, "both made, on the new connection");
+  assert.equal(server.sockets.length, 2);
+  assert.equal(
+    server.requests.filter((r) => r.requestData.case === "hset" && r.requestData.value.pair?.key === "after").length,
+    1,
+    "the request after the refusal went out once, on the new connection",
+  );
+});
+
 test("when the connection is lost, reads are sent again; a write's outcome is unknown; the client reconnects", async () => {
   const server = new FakeServer(store());
   const c = await client(server);

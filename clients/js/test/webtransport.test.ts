@@ -270,7 +270,7 @@ test("in a page of an origin the server does not allow, the error names --web-or
     throw new TypeError("Failed to fetch");
   };
   const named = (e: unknown) =>
-    e instanceof QkvError && e.status === 0 && /does not allow this page's origin, https:\/\/page.test; start it with --web-origin https:\/\/page.test/.test(e.message);
+    e instanceof QkvError && e.status === 0 && /does not allow this page's origin, https:\/\/page.test \(start it with --web-origin https:\/\/page.test\), or that is not its web listener's/.test(e.message);
   await withFetch(refusedOrigin, "https://page.test", async () => {
     await assert.rejects(webTransportCert("https://qkv.test:9528"), named);
     const server = new FakeServer(() => []);

@@ -38,7 +38,7 @@ async function hiddenCause(base, timeoutMs) {
       return !1;
     }
   };
-  return await answers("cors") ? "" : await answers("no-cors") ? ` (the browser hides the server's answer: the server is reached, but does not allow this page's origin, ${page}; start it with --web-origin ${page})` : ` (the browser hides why: the server at ${url.origin} is not reached from this page, or the browser does not trust its certificate; or, if it runs, this page's origin ${page} is not allowed: --web-origin ${page})`;
+  return await answers("cors") ? "" : await answers("no-cors") ? ` (the browser hides the server's answer: the server at ${url.origin} is reached, but does not let this page read ${url.href}: it does not allow this page's origin, ${page} (start it with --web-origin ${page}), or that is not its web listener's /webtransport-cert (is the url the web listener's root?))` : ` (the browser hides why: the server at ${url.origin} is not reached from this page, or the browser does not trust its certificate; or, if it runs, this page's origin ${page} is not allowed: --web-origin ${page})`;
 }
 
 // node_modules/@bufbuild/protobuf/dist/esm/is-message.js
@@ -3036,6 +3036,7 @@ function concat(pieces) {
 }
 
 // src/websocket.ts
+var CLOSING = "; closing the connection";
 function openWebSocket(url, WebSocket, options) {
   return new Promise((resolve, reject) => {
     let socket;
@@ -3093,11 +3094,16 @@ var PipelinedAnswer = class {
   flushing = !1;
   decoder;
   isOpen = !0;
-  /** The last frame received was a 503's: if the connection now ends, nothing after it was executed. */
-  endedBy503 = !1;
+  /**
+   * The last frame received may have been the server's last: a 503's, or a refusal that ends with
+   * "; closing the connection". If the connection now ends, nothing after it was executed.
+   */
+  endedByServer = !1;
+  /** The server said it closes the connection (a refusal ending "; closing the connection"): nothing more is sent on it. */
+  closing = !1;
   gone = deferred();
   get open() {
-    return this.isOpen;
+    return this.isOpen && !this.closing;
   }
   get closed() {
     return this.gone.promise;
@@ -3108,8 +3114,8 @@ var PipelinedAnswer = class {
   }
   send(request2) {
     let answer = new PipelinedAnswer();
-    if (!this.isOpen)
-      return answer.fail(new TransportFailure("the WebSocket is closed", "no")), answer;
+    if (!this.open)
+      return answer.fail(new TransportFailure(this.isOpen ? "the server is closing the WebSocket" : "the WebSocket is closed", "no")), answer;
     let payload = toBinary(CommandRequestSchema, request2);
     return payload.length > this.decoder.maxFrameSize ? tooLarge(payload.length, this.decoder.maxFrameSize) : (this.pending.push(answer), this.outgoing.push({ bytes: encodeFrame(payload), answer }), this.flushing || (this.flushing = !0, queueMicrotask(() => this.flush())), answer);
   }
@@ -3160,7 +3166,8 @@ var PipelinedAnswer = class {
         this.broken(`the server sent an undecodable response: ${errorText(e)}`);
         return;
       }
-      this.endedBy503 = response.status === 503 && !response.more;
+      let closes = !response.more && response.status !== 200 && response.message.endsWith(CLOSING);
+      this.endedByServer = closes || response.status === 503 && !response.more, closes && (this.closing = !0);
       let head = this.pending[0];
       head !== void 0 && (head.deliver(response), response.more || this.pending.shift());
     }
@@ -3173,7 +3180,7 @@ var PipelinedAnswer = class {
     let failed = this.pending.splice(0);
     this.outgoing.length = 0, this.isOpen && (this.isOpen = !1, this.socket.onmessage = null, this.socket.onclose = null);
     for (let answer of failed) {
-      let executed = this.endedBy503 || !answer.sent ? "no" : "maybe";
+      let executed = this.endedByServer || !answer.sent ? "no" : "maybe";
       answer.fail(new TransportFailure(reason, executed));
     }
     this.gone.resolve();
@@ -3504,7 +3511,8 @@ function settingsOf(options) {
     if (given === void 0) return fallback;
     if (typeof given != "number" || !(given >= 0)) throw new RangeError(`${name} must be a number ≥ 0`);
     return given;
-  }, maxStreams = Math.max(1, number("maxStreams", DEFAULT_MAX_STREAMS));
+  }, maxStreams = Math.max(1, number("maxStreams", DEFAULT_MAX_STREAMS)), maxMessageSize = number("maxMessageSize", 65536);
+  if (maxMessageSize < 1024) throw new RangeError("maxMessageSize must be at least 1024 (the server's --websocket-max-message is)");
   return {
     base: base.endsWith("/") ? base : `${base}/`,
     webTransportUrl: options.webTransportUrl,
@@ -3515,6 +3523,7 @@ function settingsOf(options) {
     connectTimeoutMs: number("connectTimeoutMs", 1e4),
     keepAliveMs: number("keepAliveMs", 1e4),
     maxFrameSize: number("maxFrameSize", 16777216),
+    maxMessageSize,
     maxStreams,
     maxSubscriptions: number("maxSubscriptions", Math.min(DEFAULT_MAX_SUBSCRIPTIONS, Math.floor(maxStreams / 2))),
     subscriptionQueue: Math.max(1, number("subscriptionQueue", DEFAULT_SUBSCRIPTION_QUEUE))
@@ -3529,7 +3538,8 @@ function openWebSocketOf(settings) {
     new TransportFailure("this environment has no WebSocket: pass options.WebSocket (node 20: run it with --experimental-websocket)", "no")
   ) : openWebSocket(webSocketUrl(settings.base), settings.WebSocket, {
     timeoutMs: settings.connectTimeoutMs,
-    maxFrameSize: settings.maxFrameSize
+    maxFrameSize: settings.maxFrameSize,
+    maxMessage: settings.maxMessageSize
   }).catch(async (e) => {
     let cause = e instanceof TransportFailure && pageOrigin() !== void 0 ? await hiddenCause(settings.base, settings.connectTimeoutMs) : "";
     throw cause === "" ? e : new TransportFailure(`${errorText(e)}${cause}`, "no", { cause: e });
