@@ -25,7 +25,8 @@ export function version(v: bigint | number): bigint {
     if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`a version is an integer ≥ 0, not ${v}`);
     return BigInt(v);
   }
-  if (typeof v !== "bigint" || v < 0n || v >= 2n ** 64n) throw new RangeError(`a version is a 64-bit unsigned integer, not ${v}`);
+  if (typeof v !== "bigint") throw new TypeError(`a version is a bigint or a number, not a ${typeof v} (${String(v)})`);
+  if (v < 0n || v >= 2n ** 64n) throw new RangeError(`a version is a 64-bit unsigned integer, not ${v}`);
   return v;
 }
 

@@ -85,19 +85,22 @@ export function float(x: number): Value {
  * true/false, binary as base64 after "base64:".
  */
 export function formatValue(v: Value): string {
-  switch (v.kind) {
+  switch (v?.kind) {
     case "string":
       return v.value;
     case "integer":
       return v.value.toString();
     case "float": {
-      const text = String(v.value);
+      // String(-0) is "0": the sign is kept, as Rust and the server print it.
+      const text = Object.is(v.value, -0) ? "-0" : String(v.value);
       return /^-?\d+$/.test(text) ? `${text}.0` : text;
     }
     case "bool":
       return v.value ? "true" : "false";
     case "binary":
       return `base64:${toBase64(v.value)}`;
+    default:
+      throw new TypeError(`formatValue takes a Value (as reads return, or value(x) makes), not ${typeof v === "object" ? JSON.stringify(v) : String(v)}`);
   }
 }
 

@@ -304,6 +304,7 @@ test("bad arguments are refused at the call with a TypeError, and nothing is sen
   await refused(() => c.publish("news", "hi" as never), /values must be an array/);
   await refused(() => c.publish("\ud800", ["hi"]), /topic is not well-formed/);
   await refused(() => c.ping("hi" as never), /payload must be a Uint8Array/);
+  await refused(() => c.hset("t", "k", "v", { expectedVersion: "123" as never }), /a version is a bigint or a number, not a string/);
   assert.throws(() => c.hgetall(undefined as never), /table must be a string/);
   assert.throws(() => c.hgetall("t", { after: "\ud800" }), /after is not well-formed/);
   assert.throws(() => c.subscribe(7 as never), /topic must be a string, not number/);

@@ -57,13 +57,14 @@ test("formatValue shows each kind for a person", () => {
   assert.equal(formatValue(value(-(2n ** 63n))), "-9223372036854775808");
   assert.equal(formatValue(value(1.5)), "1.5");
   assert.equal(formatValue(float(2)), "2.0", "an integral float does not read as an integer");
-  assert.equal(formatValue(float(-0)), "0.0");
+  assert.equal(formatValue(float(-0)), "-0.0", "the sign of zero is kept");
   assert.equal(formatValue(float(1e21)), "1e+21");
   assert.equal(formatValue(float(NaN)), "NaN");
   assert.equal(formatValue(value(true)), "true");
   assert.equal(formatValue(value(false)), "false");
   assert.equal(formatValue(value(new Uint8Array([0, 1, 2, 253, 254, 255]))), "base64:AAEC/f7/");
   assert.equal(formatValue(value(new Uint8Array(0))), "base64:");
+  assert.throws(() => formatValue(42 as unknown as Value), TypeError, "a number is not a Value");
 });
 
 test("base64 round-trips any bytes, large ones too", () => {

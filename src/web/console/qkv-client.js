@@ -2624,19 +2624,21 @@ function float(x) {
   return { kind: "float", value: x };
 }
 function formatValue(v) {
-  switch (v.kind) {
+  switch (v?.kind) {
     case "string":
       return v.value;
     case "integer":
       return v.value.toString();
     case "float": {
-      let text2 = String(v.value);
+      let text2 = Object.is(v.value, -0) ? "-0" : String(v.value);
       return /^-?\d+$/.test(text2) ? `${text2}.0` : text2;
     }
     case "bool":
       return v.value ? "true" : "false";
     case "binary":
       return `base64:${toBase64(v.value)}`;
+    default:
+      throw new TypeError(`formatValue takes a Value (as reads return, or value(x) makes), not ${typeof v == "object" ? JSON.stringify(v) : String(v)}`);
   }
 }
 function toBase64(bytes) {
@@ -2722,7 +2724,8 @@ function version(v) {
     if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`a version is an integer ≥ 0, not ${v}`);
     return BigInt(v);
   }
-  if (typeof v != "bigint" || v < 0n || v >= 2n ** 64n) throw new RangeError(`a version is a 64-bit unsigned integer, not ${v}`);
+  if (typeof v != "bigint") throw new TypeError(`a version is a bigint or a number, not a ${typeof v} (${String(v)})`);
+  if (v < 0n || v >= 2n ** 64n) throw new RangeError(`a version is a 64-bit unsigned integer, not ${v}`);
   return v;
 }
 function text(what, s) {
