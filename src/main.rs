@@ -261,9 +261,10 @@ async fn run_server<S: Storage>(
     storage: S,
     starting: Option<StartingAdmin>,
 ) -> anyhow::Result<()> {
+    let grace = config.shutdown_grace;
     let server = Server::bind_with_admin(config, storage, starting)?;
     let service = server.service().clone();
-    server.run(shutdown_signal()).await;
+    server.run(qkv::server::shutdown_signal_answering_repeats(grace)).await;
     match service.storage().broken() {
         Some(reason) => bail!("the store failed while serving, and refused writes since: {reason}"),
         None => Ok(()),

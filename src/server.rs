@@ -599,6 +599,21 @@ pub fn runtime(
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM.
+/// [`shutdown_signal`], after which every further signal is answered in the log until the process
+/// ends: it changes nothing (the grace period, `grace`, is what it is), but whoever sends it knows it
+/// was heard.
+pub async fn shutdown_signal_answering_repeats(grace: Duration) {
+    shutdown_signal().await;
+    let ends = tokio::time::Instant::now() + grace;
+    tokio::spawn(async move {
+        loop {
+            shutdown_signal().await;
+            let left = ends.saturating_duration_since(tokio::time::Instant::now());
+            info!(grace_left = ?left, "already shutting down: connections still open are cut off when the grace period ends");
+        }
+    });
+}
+
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
