@@ -181,22 +181,6 @@ impl Charge {
         self.permit.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
     }
 
-    /// Moves up to `bytes` of what this charge holds to `to`, a charge of the same budget, without
-    /// giving them back to the budget in between, where a connection waiting for it would take them.
-    pub fn give(&mut self, to: &mut Charge, bytes: usize) {
-        let bytes = bytes.min(self.bytes());
-        if bytes == 0 {
-            return;
-        }
-        let moved = match bytes == self.bytes() {
-            true => self.permit.take(),
-            false => self.permit.as_mut().and_then(|permit| permit.split(bytes)),
-        };
-        if let Some(moved) = moved {
-            to.add(moved);
-        }
-    }
-
     fn add(&mut self, permit: OwnedSemaphorePermit) {
         match &mut self.permit {
             Some(held) => held.merge(permit),

@@ -278,36 +278,6 @@ async fn declared_frame_lengths_reserve_nothing() {
     assert!(grown < 512, "200 headers made the server map {grown} MiB");
 }
 
-/// Large requests arriving at once on several TCP connections, more than the budget holds together
-/// but each well within it, are served in turn. Charged as their bytes came, each connection held part
-/// of its frame while it waited for room for the rest, none could finish, and after the memory wait
-/// some were refused (503) though one after another they all fit (found by an operator's test: 4 × 3
-/// MB on an 8 MiB budget stalled for the memory wait in 4 runs of 6).
-async fn large_requests_on_several_connections_are_served_in_turn(transport: Transport) {
-    let server = TestServer::start_for_with(transport, |config: &mut ServerConfig| {
-        config.connection_memory = 8 << 20;
-        // Far longer than serving them in turn takes: a refusal means they waited on one another.
-        config.limits.memory_wait = Duration::from_secs(5);
-    })
-    .await;
-    let mut clients = Vec::new();
-    for _ in 0..6 {
-        let mut config = server.client_config();
-        (config.retry.attempts, config.request_timeout) = (1, Duration::from_secs(60));
-        let client = Client::connect_with(config).await.expect("client connects");
-        client.ping("warm").await.unwrap();
-        clients.push(client);
-    }
-    let writes = clients.iter().enumerate().map(|(i, client)| async move {
-        client.hset("big", &format!("k{i}"), Value::from(vec![7u8; 3_000_000])).await
-    });
-    for (i, written) in futures_util::future::join_all(writes).await.into_iter().enumerate() {
-        written.unwrap_or_else(|e| panic!("write {i}: {e}"));
-    }
-}
-
-transport_tests!(in_turn: tls, tcp => large_requests_on_several_connections_are_served_in_turn);
-
 transport_tests!(refusals: quic, tls, tcp =>
     a_request_larger_than_the_budget_is_answered_503_and_not_executed,
     a_request_is_answered_503_and_not_executed_when_other_connections_spent_the_budget,

@@ -146,14 +146,6 @@ impl<In> FrameCodec<In> {
     }
 }
 
-/// The length of the frame at the front of `src`, its header included, once its header is there
-/// (at most `max_frame_len` and the header: a longer one is refused as it is decoded).
-#[cfg(feature = "server")]
-pub fn front_frame_len(src: &[u8], max_frame_len: usize) -> Option<usize> {
-    let header = u32::from_be_bytes(src.get(..HEADER_LEN)?.try_into().ok()?);
-    Some(HEADER_LEN + ((header & !COMPRESSED) as usize).min(max_frame_len))
-}
-
 /// What the compressed frame at the front of `src`, if one is there whole, inflates to by its gzip
 /// trailer (which the codec holds it to), at most `max_frame_len`: what its decoding will hold.
 #[cfg(feature = "server")]

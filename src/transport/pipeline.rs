@@ -378,20 +378,9 @@ where
                 None => {}
             }
         }
-        // A frame whose header has come is charged whole before the rest of it is read. Charged as its
-        // bytes came, connections that each held part of a large frame waited for room for the rest
-        // on one another, none finishing, until their memory wait ran out (503s); charged whole, the
-        // first in line (the budget serves waiters in order) takes its room and the rest wait holding
-        // none of theirs. What is reserved so is budget, not memory: the buffer still grows only as
-        // the bytes arrive.
-        let rest_of_frame = match (&waiting, &ending) {
-            (None, None) => frame::front_frame_len(&received, limits.max_frame_len)
-                .map_or(0, |len| len.saturating_sub(received.len())),
-            _ => 0,
-        };
         // What is held beyond the fixed share must be charged before more is read; the charge
         // follows what is held down at once.
-        let held = received.len() + rest_of_frame + queue.bytes + waiting_bytes + inflating;
+        let held = received.len() + queue.bytes + waiting_bytes + inflating;
         charge.shrink_to(held);
         let covered = charge.bytes() >= held || charge.try_grow(held - charge.bytes());
         if !covered && !waiting_for_memory {
@@ -522,10 +511,6 @@ async fn feed_answer<W: AsyncWrite + Unpin>(
     // the writer waits for the client; given back after, it would be charged twice for a moment, and a
     // spent budget refused it.
     std::future::poll_fn(|cx| SinkExt::<ReplyFrame>::poll_ready_unpin(answers, cx)).await?;
-    // Handed over, not given back and charged again: given back, it went to the connections waiting
-    // for the budget (room for whole frames), and the answer found none.
-    let spare = charge.bytes().saturating_sub(held);
-    answers.take_charge(charge, spare.min(frame::HEADER_LEN + response.encoded_len()));
     charge.shrink_to(held);
     match (answers.feed(ReplyFrame::Response(response)).await, refusal) {
         (Err(FrameError::MemoryExhausted { .. }), Some(refusal)) => {

@@ -67,13 +67,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.inner
     }
 
-    /// Covers `additional` more bytes of the buffer from `from`'s charge, as far as it has them and
-    /// the writer's does not: the charge of an answer moves to the writer as the answer does.
-    pub fn take_charge(&mut self, from: &mut Charge, additional: usize) {
-        let uncovered = (self.buffer.len() + additional).saturating_sub(self.charge.bytes());
-        from.give(&mut self.charge, uncovered);
-    }
-
     /// Makes room for `additional` more bytes in the buffer, charging the growth first; refuses if the
     /// budget cannot take it.
     fn reserve(&mut self, additional: usize) -> Result<(), FrameError> {
