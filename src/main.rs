@@ -503,7 +503,9 @@ async fn subscribe(client: &Client, topic: &str, count: Option<u64>) -> anyhow::
             event = subscription.next() => event,
             _ = shutdown_signal() => break,
         };
-        match event.transpose()? {
+        // A subscription that ends (the server shut down, dropped it, or went away) asks for another
+        // later (exit code 3), not for a read of what a write did (5).
+        match event.transpose().map_err(|e| CliError::Ended(e.to_string()))? {
             Some(Event::Message(values)) => {
                 let line: Vec<String> = values.iter().map(ToString::to_string).collect();
                 out!("{}", line.join("\t"));

@@ -598,42 +598,62 @@ pub fn runtime(
     builder.enable_all().build()
 }
 
-/// Completes on Ctrl-C (SIGINT) or SIGTERM.
-/// [`shutdown_signal`], after which every further signal is answered in the log until the process
-/// ends: it changes nothing (the grace period, `grace`, is what it is), but whoever sends it knows it
-/// was heard.
-pub async fn shutdown_signal_answering_repeats(grace: Duration) {
-    shutdown_signal().await;
-    let ends = tokio::time::Instant::now() + grace;
-    tokio::spawn(async move {
-        loop {
-            shutdown_signal().await;
-            let left = ends.saturating_duration_since(tokio::time::Instant::now());
-            info!(grace_left = ?left, "already shutting down: connections still open are cut off when the grace period ends");
-        }
-    });
+/// The signals that stop a server, listened for from the moment this is made (a signal that comes
+/// before anyone waits is kept, not lost).
+struct StopSignals {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
 }
 
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
+impl StopSignals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| tracing::error!(error = %e, "cannot listen for {name}")).ok()
+        };
+        StopSignals {
+            interrupt: listen(SignalKind::interrupt(), "Ctrl-C"),
+            terminate: listen(SignalKind::terminate(), "SIGTERM"),
         }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
+    }
+
+    /// The next signal's name (never, if neither could be listened for).
+    async fn next(&mut self) -> &'static str {
+        async fn received(signal: &mut Option<tokio::signal::unix::Signal>) {
+            let delivered = match signal {
+                Some(signal) => signal.recv().await.is_some(),
+                None => false,
+            };
+            if !delivered {
                 std::future::pending::<()>().await;
             }
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => info!("received Ctrl-C"),
-        _ = terminate => info!("received SIGTERM"),
+        tokio::select! {
+            () = received(&mut self.interrupt) => "Ctrl-C",
+            () = received(&mut self.terminate) => "SIGTERM",
+        }
     }
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM.
+pub async fn shutdown_signal() {
+    let name = StopSignals::new().next().await;
+    info!("received {name}");
+}
+
+/// [`shutdown_signal`], after which every further signal is answered in the log until the process
+/// ends: it changes nothing (the grace period, `grace`, is what it is), but whoever sends it knows it
+/// was heard. The same listeners go on, so that a second signal sent at once is not lost.
+pub async fn shutdown_signal_answering_repeats(grace: Duration) {
+    let mut signals = StopSignals::new();
+    let name = signals.next().await;
+    info!("received {name}");
+    let ends = tokio::time::Instant::now() + grace;
+    tokio::spawn(async move {
+        loop {
+            let name = signals.next().await;
+            let left = ends.saturating_duration_since(tokio::time::Instant::now());
+            info!(grace_left = ?left, "received {name}: already shutting down; connections still open are cut off when the grace period ends");
+        }
+    });
 }

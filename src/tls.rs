@@ -183,12 +183,12 @@ impl Identity {
         if let Some(leaf) = cert_chain.first()
             && is_a_ca(leaf)
         {
-            // Every client refuses it (rustls: CaUsedAsEndEntity): a reload would leave a server that
-            // no handshake succeeds with, and a start one that serves nobody.
-            return Err(TlsError::BadCertificate {
-                path: cert.to_owned(),
-                reason: "its first certificate is a CA's (basicConstraints CA:TRUE), which clients refuse as a server's or a client's own: give the certificate the CA issued".into(),
-            });
+            // qkv's clients (rustls: CaUsedAsEndEntity) and browsers refuse it; clients on OpenSSL that
+            // trust it directly (curl, node, Python) take it, so it is not refused, but said.
+            tracing::warn!(
+                file = %cert.display(),
+                "the certificate is a CA's (basicConstraints CA:TRUE): qkv's own clients and browsers refuse it as a server's or a client's (`openssl req -x509` makes such certificates by default); give the one a CA issued"
+            );
         }
         let key_der = PrivateKeyDer::from_pem_file(key)
             .map_err(|cause| TlsError::Read { path: key.to_owned(), cause: PemFailure(cause) })?;

@@ -455,7 +455,13 @@ async fn json_logs_say_why_the_server_stopped_in_json() {
     let certs = certs.path().to_string_lossy();
     // The admin listener on the TCP listener's port: it cannot listen.
     let args = ["serve", "--listen", &addr, "--admin", &addr, "--certs", &certs, "--log-format", "json"];
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv")).args(args).output().await.unwrap();
+    // Whatever the log's filter keeps.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"))
+        .args(args)
+        .env("RUST_LOG", "qkv::connection=debug")
+        .output()
+        .await
+        .unwrap();
     assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
     let lines: Vec<serde_json::Value> = stderr(&output)
         .lines()
@@ -605,4 +611,28 @@ async fn a_server_that_may_open_too_few_files_for_its_connections_says_so() {
     assert!(raised.contains("raised the limit of open files"), "{raised}");
     let short = startup(serve("300:300")).await;
     assert!(short.contains("may open fewer files than --max-connections needs"), "{short}");
+}
+
+/// A subscriber the server ends (it shuts down: 410) exits 3, "try again later", as one that cannot
+/// reach the server does: not 5, which asks to read what a write did.
+#[tokio::test]
+async fn a_subscriber_the_server_ends_exits_3() {
+    use tokio::io::AsyncBufReadExt;
+    let server = ServerProcess::start(&[]).await;
+    let mut subscriber = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"))
+        .args(["subscribe", "news", "--addr", &server.addr.to_string()])
+        .arg("--ca")
+        .arg(server.ca())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("qkv runs");
+    let mut lines = tokio::io::BufReader::new(subscriber.stderr.take().expect("stderr")).lines();
+    let subscribed = lines.next_line().await.unwrap().unwrap_or_default();
+    assert!(subscribed.starts_with("subscribed to"), "{subscribed}");
+    server.terminate();
+    let status = subscriber.wait().await.unwrap();
+    let said = lines.next_line().await.unwrap().unwrap_or_default();
+    assert_eq!(status.code(), Some(3), "{said}");
+    assert!(said.contains("410"), "{said}");
 }

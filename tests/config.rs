@@ -233,6 +233,8 @@ async fn print_config_refuses_what_serve_refuses() {
         // A Redis command given no time at all fails at random as 504 "may have been executed".
         (&["--store", "redis", "--redis-timeout", "0s"][..], "must be longer than zero"),
         (&["--store", "redis", "--redis-connect-timeout", "0s"][..], "must be longer than zero"),
+        // Longer than a repeated write is recognised for.
+        (&["--store", "redis", "--redis-timeout", "8s"][..], "must be at most 5s"),
         // Allocated whole at start: ten billion sessions aborted the server.
         (&["--session-cache", "99999999999"][..], "must be at most 1048576"),
     ] {

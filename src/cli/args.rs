@@ -879,9 +879,18 @@ impl RedisArgs {
         if self.redis_wait > 0 && self.redis_wait_timeout >= self.redis_timeout {
             // The write and its WAIT are one round trip, which --redis-timeout bounds.
             return Err(CliError::InvalidInput(format!(
-                "--redis-wait-timeout ({}) must be shorter than --redis-timeout ({}): a write and its wait are one Redis round trip",
+                "--redis-wait-timeout ({}) must be shorter than --redis-timeout ({}): a write that meets a master just taken over is sent twice, each waiting for its replicas",
                 humantime::format_duration(self.redis_wait_timeout),
                 humantime::format_duration(self.redis_timeout)
+            )));
+        }
+        let write_time =
+            self.redis_timeout + if self.redis_wait > 0 { self.redis_wait_timeout } else { Duration::ZERO };
+        if write_time > qkv::storage::MAX_REDIS_WRITE_TIME {
+            return Err(CliError::InvalidInput(format!(
+                "--redis-timeout ({}, with --redis-wait's --redis-wait-timeout added) must be at most {}: a write redis-rs sends again within that time is recognised and not applied twice, for twice as long",
+                humantime::format_duration(write_time),
+                humantime::format_duration(qkv::storage::MAX_REDIS_WRITE_TIME)
             )));
         }
         if self.redis_prefix.contains(['{', '}']) {

@@ -58,6 +58,10 @@ pub enum CliError {
     /// A command-line argument could not be used.
     #[error("{0}")]
     InvalidInput(String),
+    /// What was going on ended (a subscription the server ended, or whose connection was lost): try
+    /// again later.
+    #[error("{0}")]
+    Ended(String),
 }
 
 /// Prints `error` on stderr and picks the exit code.
@@ -66,9 +70,17 @@ pub fn report(error: &anyhow::Error) -> ExitCode {
     exit_code(error)
 }
 
-/// [`report`] as a log event (for `--log-format json`, whose every line a log shipper parses).
+/// [`report`] as a JSON line of the log's shape (for `--log-format json`, whose every line a log
+/// shipper parses): written straight to stderr, not through the log, whose filter (`RUST_LOG`) could
+/// leave it out.
 pub fn report_in_log(error: &anyhow::Error) -> ExitCode {
-    tracing::error!(error = %one_line(error), "stopped");
+    let line = serde_json::json!({
+        "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+        "level": "ERROR",
+        "fields": { "message": "stopped", "error": one_line(error) },
+        "target": "qkv",
+    });
+    eprintln!("{line}");
     exit_code(error)
 }
 
@@ -106,6 +118,7 @@ fn exit_code(error: &anyhow::Error) -> ExitCode {
         match error.downcast_ref::<CliError>() {
             Some(CliError::Refused(_)) => exit::SERVER_SAID_NO,
             Some(CliError::InvalidInput(_)) => exit::INVALID_INPUT,
+            Some(CliError::Ended(_)) => exit::UNREACHABLE,
             None => exit::LOCAL_FAILURE,
         }
     };

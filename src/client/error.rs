@@ -19,8 +19,10 @@ use crate::transport::quic::codes;
 /// [`ClientError::may_retry`] whether sending it again is safe; [`ClientError::cause`] (and
 /// `source()`) holds the error underneath, quinn's, rustls's or the socket's, as it was raised
 /// ([`qkv::client::quinn`](crate::client::quinn) and [`qkv::client::rustls`](crate::client::rustls)
-/// are the versions to match them with).
+/// are the versions to match them with). More kinds may come: a `match` needs a wildcard arm, and
+/// `executed()` and `may_retry()` answer for every kind.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// A [`ClientConfig`](super::ClientConfig) setting is out of range or contradicts another; the
     /// message says which. Nothing was sent.

@@ -427,10 +427,10 @@ impl futures_util::Stream for Subscription {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         let next = this.poll_event(cx);
-        if this.ended {
-            // An ended subscription holds nothing more of the connection's: a new one may take its place
-            // while the subscriber still holds this one (to read why it ended, say).
-            this.slot = None;
+        if this.ended && this.slot.is_some() {
+            // An ended subscription holds nothing more: its stream or connection goes, and a new one
+            // may take its place while the subscriber still holds this one (to read why it ended, say).
+            (this.slot, this.channel) = (None, Channel::Ended);
         }
         next
     }

@@ -542,6 +542,10 @@ impl Reader {
         // closing (shutdown, its connection limit or memory), and the requests after it were not
         // executed; followed by more answers, it refused its own request alone (a backend unavailable).
         let mut last_refusal: Option<String> = None;
+        // A refusal the server closes the connection after, once one has come: whatever ends the
+        // connection then (its close, a reset while the client still sends), what was behind it was
+        // not executed.
+        let mut closed_by_refusal: Option<String> = None;
         let closing = self.closing.clone();
         let mut closing = pin!(closing.cancelled());
         let closed = loop {
@@ -577,6 +581,7 @@ impl Reader {
             };
             if let (true, Some(reason)) = (closes, &reason) {
                 let _ = self.shared.state.closed.set(Closed::Unavailable(reason.clone()));
+                closed_by_refusal = Some(reason.clone());
             }
             // Each request is routed before it is written, so its route is here before its answer.
             let Some(route) = current.take().or_else(|| self.routed.try_recv().ok()) else {
@@ -600,6 +605,7 @@ impl Reader {
             }
             last_refusal = reason;
         };
+        let closed = closed_by_refusal.map_or(closed, Closed::Unavailable);
         let state = &*self.shared.state;
         let _ = state.closed.set(closed.clone());
         self.over.cancel();
@@ -730,6 +736,7 @@ mod tests {
         assert_eq!(first.status, status::PAYLOAD_TOO_LARGE);
         let after = connection.send(ping(10)).await.map(drop).expect_err("nothing more is sent on it");
         assert_eq!(after.executed(), Executed::No, "{after}");
+        // However the connection then ends: here with an error, as a reset would.
         drop(server);
         for mut frames in calls {
             let error = frames.next().await.unwrap().unwrap_err();

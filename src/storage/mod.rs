@@ -29,7 +29,10 @@ pub use disk::{
     DiskConfig, DiskScan, DiskStore, Durability, Repaired, RetainedMemory, RuntimeIdle, StoreClosed,
 };
 pub use memory::{Journal, MemoryScan, MemoryStore, MemoryUsage, Versions, default_memory_budget};
-pub use redis::{RedisConfig, RedisScan, RedisStore, redacted_url, url_without_password};
+pub use redis::{
+    MAX_WRITE_TIME as MAX_REDIS_WRITE_TIME, RedisConfig, RedisScan, RedisStore, redacted_url,
+    url_without_password,
+};
 
 use crate::pb::Value;
 pub use crate::pb::Versioned;

@@ -448,4 +448,10 @@ pub async fn conditional_writes_that_cannot_match_are_conflicts_when_the_store_i
     assert_eq!(conflict(no_table.unwrap()), None, "a version for a key of a table that does not exist");
     assert_eq!(s.get("t", "k").await.unwrap(), current, "nothing was written");
     assert_eq!(s.get("no-table", "k").await.unwrap(), None);
+    // Deletes go on when the store is full, of absent keys too (nothing to delete is a success).
+    let absent = s.delete("t", "absent", None).await.expect("a delete of an absent key on a full store");
+    assert!(matches!(absent, WriteOutcome::Written { previous: None, .. }), "{absent:?}");
+    s.delete_many("t", &["absent".into(), "other".into()]).await.expect("a multi-key delete of absent keys");
+    let deleted = s.delete("t", "k", None).await.expect("a delete on a full store");
+    assert!(matches!(deleted, WriteOutcome::Written { previous: Some(_), .. }), "{deleted:?}");
 }

@@ -119,7 +119,7 @@ export class WebSocketConnection implements Connection {
     this.decoder = new FrameDecoder(maxFrameSize);
     socket.onmessage = (event) => this.received(event.data);
     socket.onclose = (event) =>
-      this.ended(`the server closed the WebSocket (code ${event.code ?? "?"}${event.reason ? `: ${event.reason}` : ""})`);
+      this.ended(`the server closed the WebSocket (code ${event.code ?? "?"}${event.reason ? `: ${event.reason}` : ""})`, true);
     // An error ends a WebSocket (browsers follow it with a close event, node's not always).
     socket.onerror = (event) => this.broken(`the WebSocket failed: ${errorText(event)}`);
   }
@@ -225,7 +225,8 @@ export class WebSocketConnection implements Connection {
     this.ended(reason);
   }
 
-  private ended(reason: string): void {
+  /** `byServer`: the server closed the WebSocket (the only ending its last frame speaks for). */
+  private ended(reason: string, byServer = false): void {
     const failed = this.pending.splice(0);
     this.outgoing.length = 0;
     if (this.isOpen) {
@@ -236,7 +237,9 @@ export class WebSocketConnection implements Connection {
     for (const answer of failed) {
       // After a 503, or a refusal that closes the connection, the server executed nothing more on it
       // (docs/PROTOCOL.md, sections 8 and 10).
-      const executed = this.endedByServer || !answer.sent ? "no" : "maybe";
+      // A refusal that closes the connection speaks for whatever ends it then; a 503 only for the
+      // server's own close (one followed by a failure may have refused its request alone).
+      const executed = this.closing || (byServer && this.endedByServer) || !answer.sent ? "no" : "maybe";
       answer.fail(new TransportFailure(reason, executed));
     }
     this.gone.resolve();

@@ -131,6 +131,15 @@ export class FakeSocket {
     });
   }
 
+  /** The WebSocket fails (a network error), after the messages already on their way. */
+  fail(): void {
+    setTimeout(() => {
+      if (!this.open) return;
+      this.open = false;
+      this.onerror?.({ message: "the network went away" });
+    });
+  }
+
   /** The server closes the WebSocket, after the messages already on their way. */
   serverClose(code = 1006): void {
     setTimeout(() => {

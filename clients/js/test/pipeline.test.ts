@@ -217,6 +217,26 @@ test("after a 503 the server executed nothing more on the connection: those requ
   );
 });
 
+test("a 503 that refused its request alone says nothing of the requests behind it when the WebSocket then fails", async () => {
+  let failing: FakeSocket | undefined;
+  const server = new FakeServer((request, socket) => {
+    if (socket === failing) return []; // the writes behind it went out; their fate is unknown
+    if (failing === undefined && request.requestData.case === "hget") {
+      failing = socket;
+      // A 503 for this request alone (a backend away), then the network fails.
+      server.deliver(socket, [frame({ status: 503, message: "Redis is away; nothing was executed" })]);
+      socket.fail();
+      return [];
+    }
+    return store()(request);
+  });
+  const c = await client(server, { reconnect: { maxAttempts: 0 } });
+  const read = c.hget("t", "k");
+  const write = c.hset("t", "k", "v");
+  read.catch(() => {});
+  await assert.rejects(write, (e: unknown) => e instanceof QkvError && e.executed === "maybe");
+});
+
 test("with reconnecting off, a lost connection closes the client", async () => {
   const server = new FakeServer(store());
   const c = await client(server, { reconnect: false });

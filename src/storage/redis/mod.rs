@@ -21,6 +21,11 @@ use redis::{Cmd, Value as RedisValue};
 
 use connection::{Connector, WaitingLinks};
 pub use connection::{RedisConfig, redacted_url, url_without_password};
+
+/// The longest a write may take, its wait for replicas included (`--redis-timeout` plus
+/// `--redis-wait-timeout`): half the time a write call is remembered for (`scripts::REMEMBERED_MS`, 10 s),
+/// so that a repeat redis-rs sends while the call lasts is always recognised and never applied twice.
+pub const MAX_WRITE_TIME: std::time::Duration = std::time::Duration::from_millis(scripts::REMEMBERED_MS / 2);
 use scripts::Lua;
 
 use super::{PageLimit, ScanPage, Storage, StorageError, StorageResult, TableScan, Versioned, WriteOutcome};

@@ -159,7 +159,12 @@ local current, value = entry(key)
 if expected ~= '' and expected ~= current then
   return {0, current, value}
 end
-if current ~= '0' then unlink(key) end
+if current == '0' then
+  -- Nothing to delete: nothing written, and nothing to remember (a repeat changes nothing either),
+  -- so that it runs when Redis is full, whose first write command would be refused.
+  return {1, current, value}
+end
+unlink(key)
 return remember({1, current, value})
 ",
     )
@@ -170,12 +175,18 @@ pub static DELETE_MANY: LazyLock<Lua> = LazyLock::new(|| {
     writing(
         r"
 local reply = {}
+local deleted = false
 for i = 2, #ARGV do
   local current, value = entry(ARGV[i])
-  if current ~= '0' then unlink(ARGV[i]) end
+  if current ~= '0' then
+    unlink(ARGV[i])
+    deleted = true
+  end
   reply[#reply + 1] = value
   reply[#reply + 1] = current
 end
+-- As Delete: only a call that deleted something is remembered.
+if not deleted then return reply end
 return remember(reply)
 ",
     )

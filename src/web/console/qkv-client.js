@@ -3085,7 +3085,7 @@ var PipelinedAnswer = class {
   constructor(socket, maxFrameSize, maxMessage = 65536) {
     this.socket = socket;
     this.maxMessage = maxMessage;
-    this.decoder = new FrameDecoder(maxFrameSize), socket.onmessage = (event) => this.received(event.data), socket.onclose = (event) => this.ended(`the server closed the WebSocket (code ${event.code ?? "?"}${event.reason ? `: ${event.reason}` : ""})`), socket.onerror = (event) => this.broken(`the WebSocket failed: ${errorText(event)}`);
+    this.decoder = new FrameDecoder(maxFrameSize), socket.onmessage = (event) => this.received(event.data), socket.onclose = (event) => this.ended(`the server closed the WebSocket (code ${event.code ?? "?"}${event.reason ? `: ${event.reason}` : ""})`, !0), socket.onerror = (event) => this.broken(`the WebSocket failed: ${errorText(event)}`);
   }
   socket;
   maxMessage;
@@ -3179,11 +3179,12 @@ var PipelinedAnswer = class {
   broken(reason) {
     this.closeSocket(), this.ended(reason);
   }
-  ended(reason) {
+  /** `byServer`: the server closed the WebSocket (the only ending its last frame speaks for). */
+  ended(reason, byServer = !1) {
     let failed = this.pending.splice(0);
     this.outgoing.length = 0, this.isOpen && (this.isOpen = !1, this.socket.onmessage = null, this.socket.onclose = null);
     for (let answer of failed) {
-      let executed = this.endedByServer || !answer.sent ? "no" : "maybe";
+      let executed = this.closing || byServer && this.endedByServer || !answer.sent ? "no" : "maybe";
       answer.fail(new TransportFailure(reason, executed));
     }
     this.gone.resolve();
