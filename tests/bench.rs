@@ -106,7 +106,9 @@ async fn a_stalled_subscriber_lags_at_the_server(transport: Transport) {
     let report = qkv::bench::run(&config, Progress::new()).await.unwrap();
     let fanout = report.fanout.expect("a fan-out report");
     assert!(fanout.lagging > 0, "{fanout:?}");
-    assert!(fanout.lagging <= fanout.published, "only the stalled one lags: {fanout:?}");
+    // A publish on the window's edge may be counted on one side only (the one in flight).
+    let edge = (config.connections * config.inflight) as u64;
+    assert!(fanout.lagging <= fanout.published + edge, "only the stalled one lags: {fanout:?}");
 }
 
 transport_tests!(fanout: quic, tls, tcp =>

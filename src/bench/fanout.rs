@@ -88,11 +88,13 @@ pub async fn run(
         move |_: u64| {
             let (publisher, payload, lagging) = (publisher.clone(), payload.clone(), lagging.clone());
             async move {
+                let sent = Instant::now();
                 let sent_at = Value::from(window.start.elapsed().as_nanos() as i64);
                 let published =
                     publisher.publish(TOPIC, [sent_at, payload]).await.map_err(RequestError::from)?;
-                let now = Instant::now();
-                if now >= window.measure_from && now < window.deadline {
+                // Counted as the publishes are (by when they were sent), so that the lagging count
+                // is of the publishes the report counts, but for those on the window's edges.
+                if sent >= window.measure_from && sent < window.deadline {
                     lagging.fetch_add(published.lagging as u64, Ordering::Relaxed);
                 }
                 Ok(())
