@@ -438,24 +438,23 @@ impl futures_util::Stream for Subscription {
 
 impl Subscription {
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<ClientResult<Event>>> {
-        let this = self;
-        if this.ended {
+        if self.ended {
             return Poll::Ready(None);
         }
-        if this.closed.as_mut().poll(cx).is_ready() {
+        if self.closed.as_mut().poll(cx).is_ready() {
             // Let go of the stream (a TCP connection of its own is reset), so that the server ends
             // the subscription now, not when it is dropped.
-            (this.ended, this.channel) = (true, Channel::Ended);
+            (self.ended, self.channel) = (true, Channel::Ended);
             return Poll::Ready(Some(Err(ClientError::Closed)));
         }
-        match ready!(this.channel.poll_frame(cx)) {
-            Some(Ok(frame)) => Poll::Ready(this.event(frame)),
+        match ready!(self.channel.poll_frame(cx)) {
+            Some(Ok(frame)) => Poll::Ready(self.event(frame)),
             Some(Err(e)) => {
-                this.ended = true;
+                self.ended = true;
                 Poll::Ready(Some(Err(ended_by_server(e))))
             }
             None => {
-                this.ended = true;
+                self.ended = true;
                 Poll::Ready(None)
             }
         }

@@ -37,7 +37,7 @@ use super::error::Cause;
 use super::frames::ResponseFrames;
 use super::{ClientConfig, ClientError, ClientResult, Stats};
 use crate::pb::{CommandRequest, CommandResponse, status};
-use crate::transport::frame::{FrameCodec, FrameError, encode_frame};
+use crate::transport::frame::{CLOSING_SUFFIX, FrameCodec, FrameError, encode_frame};
 
 /// Why a TCP connection stopped carrying requests, as each unanswered request learns it.
 #[derive(Debug, Clone)]
@@ -98,9 +98,6 @@ struct Route {
     number: u64,
     answer: Option<AnswerSender>,
 }
-
-/// How the message of a refusal after which the server closes the connection ends.
-const CLOSING: &str = "; closing the connection";
 
 /// Bytes waiting in an outbox beyond which callers wait for the writer to catch up.
 const OUTBOX_LIMIT: usize = 256 * 1024;
@@ -570,19 +567,18 @@ impl Reader {
             let unavailable = !frame.more && frame.status == status::UNAVAILABLE;
             // A refusal the server closes the connection after (docs/PROTOCOL.md, section 8): it reads
             // nothing more, so what was sent behind it was not executed, and nothing more goes on it.
-            let closes = !frame.more && frame.status != status::OK && frame.message.ends_with(CLOSING);
-            let reason = match (closes, unavailable) {
-                (true, _) => Some(format!(
+            let closes = !frame.more && frame.status != status::OK && frame.message.ends_with(CLOSING_SUFFIX);
+            let reason = if closes {
+                let reason = format!(
                     "the server refused an earlier request on the connection and closed it ({})",
                     frame.message
-                )),
-                (false, true) => Some(frame.message.clone()),
-                (false, false) => None,
-            };
-            if let (true, Some(reason)) = (closes, &reason) {
+                );
                 let _ = self.shared.state.closed.set(Closed::Unavailable(reason.clone()));
                 closed_by_refusal = Some(reason.clone());
-            }
+                Some(reason)
+            } else {
+                unavailable.then(|| frame.message.clone())
+            };
             // Each request is routed before it is written, so its route is here before its answer.
             let Some(route) = current.take().or_else(|| self.routed.try_recv().ok()) else {
                 // Only a 503 may come unasked: the server announcing that it closes.

@@ -19,6 +19,10 @@ use tokio_util::codec::{Decoder, Encoder};
 /// Bytes in the length prefix.
 pub const HEADER_LEN: usize = 4;
 
+/// How the message of a refusal ends when the server closes the connection after it (docs/PROTOCOL.md,
+/// section 8): what was sent behind it was not read, so not executed.
+pub const CLOSING_SUFFIX: &str = "; closing the connection";
+
 /// The default maximum frame size (payload bytes, excluding the length prefix).
 pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 

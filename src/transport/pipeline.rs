@@ -145,7 +145,7 @@ impl Ending {
     /// The frame that ends the connection, if the client should get one.
     fn last_frame(&self) -> Option<CommandResponse> {
         match self {
-            Ending::Rejected(e) => Some(e.response("; closing the connection")),
+            Ending::Rejected(e) => Some(e.response(frame::CLOSING_SUFFIX)),
             Ending::ShuttingDown => Some(CommandResponse::error(
                 status::UNAVAILABLE,
                 "the server is shutting down; this request and any later ones on this connection were not executed",
