@@ -179,8 +179,8 @@ async fn a_large_multi_key_answer_is_split_and_reassembled(transport: Transport)
     let client = server.client().await;
     let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
     client.hmset("t", keys.iter().map(|k| Kvpair::new(k.clone(), vec![7u8; 1000]))).await.unwrap();
-    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let got = client.hmget("t", &key_refs).await.unwrap();
+    // Owned keys as they are: the multi-key calls take `String`s as well as `&str`s.
+    let got = client.hmget("t", &keys).await.unwrap();
     assert_eq!(got.len(), 100);
     assert!(got.iter().all(|v| { v.as_ref().is_some_and(|v| v.value == Value::from(vec![7u8; 1000])) }));
 }

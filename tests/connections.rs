@@ -82,6 +82,20 @@ async fn an_unreachable_server_times_out_with_a_clear_error() {
     assert!(err.to_string().contains("is the server running"), "{err}");
 }
 
+#[tokio::test]
+async fn a_call_that_never_finds_its_server_says_how_many_attempts_waited() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let server = TestServer::start().await; // only for its CA
+    let mut config = ClientConfig::new(silent.local_addr().unwrap().to_string(), server.ca());
+    config.connect_timeout = std::time::Duration::from_millis(200);
+    config.retry.attempts = 3;
+    let client = qkv::client::ClientEndpoint::new(config).await.unwrap().client();
+    // A read may be sent again after each timeout: the call waited three connect timeouts, not one.
+    let err = client.hget("t", "k").await.unwrap_err();
+    assert!(matches!(err, ClientError::ConnectTimeout { attempts: 3, .. }), "{err:?}");
+    assert!(err.to_string().contains("within 200ms on each of 3 attempts"), "{err}");
+}
+
 /// A table of `mebibytes` 1 MiB values: its Hgetall reply, far larger than what flow-control windows,
 /// socket buffers and the client's queue can hold, stays unfinished while the client does not read it.
 async fn load_big_table(client: &Client, mebibytes: usize) {

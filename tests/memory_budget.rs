@@ -237,7 +237,7 @@ async fn one_quic_connection_leaving_its_answers_unread_holds_its_share_not_the_
         tokio::time::timeout(Duration::from_secs(60), took_hold).await.expect("the attack takes hold");
     assert_eq!(refused, 0.0, "answers were refused for memory: one connection spent the budget");
 
-    let values = client.hmget("t", &keys.iter().map(String::as_str).collect::<Vec<_>>()).await.unwrap();
+    let values = client.hmget("t", &keys).await.unwrap();
     assert!(values.iter().all(Option::is_some), "another client is served in full");
     let answers = futures_util::future::join_all(unread.into_iter().map(common::read_responses)).await;
     for frames in &answers {

@@ -45,12 +45,15 @@ pub enum ClientError {
     #[error("cannot open a UDP socket: {0}")]
     Socket(#[source] io::Error),
     /// No connection within [`ClientConfig::connect_timeout`](super::ClientConfig); `hint` (empty, or a parenthesised remark starting with a space) suggests what to check.
-    #[error("no answer from {addr} within {timeout:?}: is the server running there?{hint}")]
+    #[error("no answer from {addr} within {timeout:?}{}: is the server running there?{hint}", each_of(*attempts))]
+    #[non_exhaustive]
     ConnectTimeout {
         /// The address as configured.
         addr: String,
-        /// The connect timeout that passed (one attempt's).
+        /// The connect timeout that passed: one attempt's.
         timeout: Duration,
+        /// How many attempts of a call waited that long (1 for a connection made outside a call).
+        attempts: u32,
         /// Empty, or a parenthesised remark starting with a space.
         hint: &'static str,
     },
@@ -300,7 +303,25 @@ fn refuses_client_certificate(alert: u8) -> bool {
     matches!(alert, 42..=46 | 48 | 49 | 116)
 }
 
+/// How a [`ClientError::ConnectTimeout`] says that several attempts each waited its timeout.
+fn each_of(attempts: u32) -> String {
+    if attempts > 1 { format!(" on each of {attempts} attempts") } else { String::new() }
+}
+
 impl ClientError {
+    /// A connect timeout of one attempt.
+    pub(super) fn connect_timeout(addr: impl Into<String>, timeout: Duration, hint: &'static str) -> Self {
+        ClientError::ConnectTimeout { addr: addr.into(), timeout, attempts: 1, hint }
+    }
+
+    /// This error, saying (if it is a connect timeout) that `attempts` attempts each timed out.
+    pub(super) fn after_connect_timeouts(mut self, timed_out: u32) -> Self {
+        if let ClientError::ConnectTimeout { attempts, .. } = &mut self {
+            *attempts = timed_out.max(1);
+        }
+        self
+    }
+
     /// Whether the request may have taken effect, whatever else went wrong.
     pub fn executed(&self) -> Executed {
         use ClientError::*;

@@ -438,6 +438,8 @@ impl Client {
         let mut last_error = None;
         // The last attempt was answered 503: the next waits a moment for what the server lacked.
         let mut refused_for_now = false;
+        // Attempts that found no server within the connect timeout, for the error to say so.
+        let mut connect_timeouts = 0;
         loop {
             // Until there is a connection nothing has been sent: running out of time then leaves the
             // request certainly not executed, unless an earlier attempt may have run it.
@@ -448,7 +450,8 @@ impl Client {
                 Ok(Err(e)) => Some(Err(e)),
                 Err(_) => {
                     let cause = Cause::NoConnectionWithin(self.inner.config.request_timeout);
-                    return Err(reached.or(last_error).unwrap_or(ClientError::NotSent { cause }));
+                    let error = reached.or(last_error).unwrap_or(ClientError::NotSent { cause });
+                    return Err(error.after_connect_timeouts(connect_timeouts));
                 }
             };
             let error = match sent {
@@ -466,12 +469,16 @@ impl Client {
                 // executed it, whatever became of the attempts before.
                 None => return Err(self.timed_out_retrying(reached.or(last_error))),
             };
+            if matches!(error, ClientError::ConnectTimeout { .. }) {
+                connect_timeouts += 1;
+            }
             let out_of_time = Instant::now() >= deadline;
             if out_of_time || attempt >= self.inner.config.retry.attempts || !error.may_retry(idempotent) {
-                return Err(match (error.executed(), reached) {
+                let error = match (error.executed(), reached) {
                     (Executed::No, Some(earlier)) => earlier,
                     _ => error,
-                });
+                };
+                return Err(error.after_connect_timeouts(connect_timeouts));
             }
             attempt += 1;
             if std::mem::take(&mut refused_for_now) {
@@ -633,9 +640,10 @@ impl Client {
         Ok(versioned_values(ok(response)?).into_iter().next().flatten())
     }
 
-    /// One answer per key, in order; `None` for keys that do not exist.
-    pub async fn hmget(&self, table: &str, keys: &[&str]) -> ClientResult<Vec<Option<Versioned>>> {
-        let response = self.call(&CommandRequest::hmget(table, keys.iter().copied())).await?;
+    /// One answer per key, in order; `None` for keys that do not exist. Keys may be `&str`s or
+    /// `String`s (`&["a", "b"]`, `&names`).
+    pub async fn hmget(&self, table: &str, keys: &[impl AsRef<str>]) -> ClientResult<Vec<Option<Versioned>>> {
+        let response = self.call(&CommandRequest::hmget(table, keys.iter().map(AsRef::as_ref))).await?;
         Ok(versioned_values(ok(response)?))
     }
 
@@ -695,8 +703,8 @@ impl Client {
     }
 
     /// Deletes each of `keys` from `table`: for each, the value it removed (none if it was missing).
-    pub async fn hmdel(&self, table: &str, keys: &[&str]) -> ClientResult<Vec<Written>> {
-        all_written(self.call(&CommandRequest::hmdel(table, keys.iter().copied())).await?)
+    pub async fn hmdel(&self, table: &str, keys: &[impl AsRef<str>]) -> ClientResult<Vec<Written>> {
+        all_written(self.call(&CommandRequest::hmdel(table, keys.iter().map(AsRef::as_ref))).await?)
     }
 
     /// Whether `key` exists in `table`.
@@ -706,8 +714,8 @@ impl Client {
     }
 
     /// Whether each of `keys` exists in `table`, in order.
-    pub async fn hmexist(&self, table: &str, keys: &[&str]) -> ClientResult<Vec<bool>> {
-        booleans(ok(self.call(&CommandRequest::hmexist(table, keys.iter().copied())).await?)?)
+    pub async fn hmexist(&self, table: &str, keys: &[impl AsRef<str>]) -> ClientResult<Vec<bool>> {
+        booleans(ok(self.call(&CommandRequest::hmexist(table, keys.iter().map(AsRef::as_ref))).await?)?)
     }
 
     /// The server's address as the current connection sees it.

@@ -116,11 +116,7 @@ impl QuicConnection {
         };
         let connection = match tokio::time::timeout(config.connect_timeout, connecting).await {
             Err(_) => {
-                return Err(ClientError::ConnectTimeout {
-                    addr: config.addr.clone(),
-                    timeout: config.connect_timeout,
-                    hint: UDP_HINT,
-                });
+                return Err(ClientError::connect_timeout(&config.addr, config.connect_timeout, UDP_HINT));
             }
             Ok(Err(e)) => return Err(handshake_error(config, e)),
             Ok(Ok(connection)) => connection,
@@ -223,7 +219,7 @@ impl QuicConnection {
 
     /// No server completed the handshake within `waited`.
     fn no_handshake(&self, waited: Duration) -> ClientError {
-        ClientError::ConnectTimeout { addr: self.addr.to_string(), timeout: waited, hint: UDP_HINT }
+        ClientError::connect_timeout(self.addr.to_string(), waited, UDP_HINT)
     }
 
     /// [`QuicConnection::call`], whatever the state of the handshake.

@@ -231,11 +231,7 @@ pub(super) async fn open_stream(
     stats: &Stats,
     closing: Closing,
 ) -> ClientResult<Box<dyn ByteStream>> {
-    let timed_out = || ClientError::ConnectTimeout {
-        addr: config.addr.clone(),
-        timeout: config.connect_timeout,
-        hint: "",
-    };
+    let timed_out = || ClientError::connect_timeout(&config.addr, config.connect_timeout, "");
     let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(remote))
         .await
         .map_err(|_| timed_out())?
