@@ -35,6 +35,9 @@ pub const DEFAULT_SERVER_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 const CA_VALIDITY: Duration = Duration::days(3650);
 const SERVER_VALIDITY: Duration = Duration::days(825);
 const CLIENT_VALIDITY: Duration = Duration::days(397);
+/// Held (an exclusive `flock`) while certificates are issued into a directory, so that servers and
+/// `qkv cert` started together on an empty directory do not each make a CA, or read one half written.
+const LOCK_FILE: &str = ".qkv-certs.lock";
 const PRIVATE_MODE: u32 = 0o600;
 const PUBLIC_MODE: u32 = 0o644;
 
@@ -105,10 +108,28 @@ impl CertDir {
     /// What `qkv serve` does at start: use the server certificate if there is one; otherwise issue one
     /// for the default names, from the directory's CA if it has one or from a new CA if not.
     pub fn ensure_server_certificate(&self) -> Result<Provisioned, CertError> {
+        // Certificates in place need no lock (nor a writable directory). Anything else is looked at
+        // again under the lock: one half there may be another process's issuing, not yet done.
+        if let Ok(true) = present_pair(&self.server_cert(), &self.server_key()) {
+            return Ok(Provisioned::Existing);
+        }
+        let _issuing = self.lock()?;
         if present_pair(&self.server_cert(), &self.server_key())? {
             return Ok(Provisioned::Existing);
         }
-        self.issue_server_certificate(&[], false)
+        self.issue_server_certificate_locked(&[], false)
+    }
+
+    /// The directory (created if need be), locked against other processes issuing into it until the
+    /// returned file is dropped.
+    fn lock(&self) -> Result<fs::File, CertError> {
+        fs::create_dir_all(&self.dir).map_err(|cause| CertError::Io { path: self.dir.clone(), cause })?;
+        let path = self.dir.join(LOCK_FILE);
+        let io_error = |cause| CertError::Io { path: path.clone(), cause };
+        let file = OpenOptions::new().create(true).truncate(false).write(true).mode(PUBLIC_MODE).open(&path);
+        let file = file.map_err(io_error)?;
+        file.lock().map_err(io_error)?;
+        Ok(file)
     }
 
     /// What `qkv cert` does: issue a server certificate for the default names plus `extra_names`
@@ -119,7 +140,16 @@ impl CertDir {
         extra_names: &[String],
         force: bool,
     ) -> Result<Provisioned, CertError> {
-        fs::create_dir_all(&self.dir).map_err(|cause| CertError::Io { path: self.dir.clone(), cause })?;
+        let _issuing = self.lock()?;
+        self.issue_server_certificate_locked(extra_names, force)
+    }
+
+    /// [`CertDir::issue_server_certificate`], its caller holding the directory's lock.
+    fn issue_server_certificate_locked(
+        &self,
+        extra_names: &[String],
+        force: bool,
+    ) -> Result<Provisioned, CertError> {
         refuse_overwrite(&[self.server_cert(), self.server_key()], force)?;
 
         let mut names: Vec<String> = DEFAULT_SERVER_NAMES.iter().map(|n| n.to_string()).collect();
@@ -184,7 +214,7 @@ impl CertDir {
     /// new CA was created.
     pub fn issue_client_certificate(&self, name: &str, force: bool) -> Result<IssuedClient, CertError> {
         check_client_name(name)?;
-        fs::create_dir_all(&self.dir).map_err(|cause| CertError::Io { path: self.dir.clone(), cause })?;
+        let _issuing = self.lock()?;
         let (cert, key) = self.client_files(name);
         refuse_overwrite(&[cert.clone(), key.clone()], force)?;
         let mut params = CertificateParams::new(Vec::new())?;
@@ -349,6 +379,25 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Servers started together on an empty directory (a test suite, a supervisor starting several):
+    /// one issues, the others wait for it and use what it made; none fails on a half-written pair.
+    #[test]
+    fn servers_starting_together_on_an_empty_directory_share_one_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = CertDir::new(dir.path().join("certs"));
+        let starts: Vec<_> = (0..8)
+            .map(|_| {
+                let certs = CertDir::new(certs.path());
+                std::thread::spawn(move || certs.ensure_server_certificate())
+            })
+            .collect();
+        let provisioned: Vec<_> = starts.into_iter().map(|start| start.join().unwrap().unwrap()).collect();
+        let issued = provisioned.iter().filter(|p| **p != Provisioned::Existing).count();
+        assert_eq!(issued, 1, "{provisioned:?}");
+        read_roots(&certs.ca_cert()).unwrap();
+        Identity::from_pem_files(&certs.server_cert(), &certs.server_key()).unwrap();
     }
 
     #[test]

@@ -142,7 +142,8 @@ pub fn request_dispatch(data: &[u8]) {
                         let next = match stream.next().now_or_never() {
                             Some(next) => next,
                             None => {
-                                service.connection_closing(&caller);
+                                service
+                                    .connection_closing(&caller, crate::pubsub::ConnectionEnd::StreamEnded);
                                 stream.next().await
                             }
                         };

@@ -479,8 +479,8 @@ impl<H: Handler> Handler for Metered<H> {
         reply
     }
 
-    fn connection_closing(&self, caller: &Caller) {
-        self.inner.connection_closing(caller)
+    fn connection_closing(&self, caller: &Caller, why: crate::pubsub::ConnectionEnd) {
+        self.inner.connection_closing(caller, why)
     }
 
     fn connection_stalled(&self, caller: &Caller) {

@@ -125,6 +125,24 @@ pub const DELIVERY_BATCH: usize = 16;
 /// small holds other requests up for a few hundred microseconds at most.
 pub const UNINTERRUPTED: usize = 256;
 
+/// Why a connection stopped taking requests, as its subscriptions' last frames tell their clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionEnd {
+    /// The client closed its sending side (TCP's half-close) with a request sent after the
+    /// subscription, which can be answered only once the subscription ends.
+    ClosedWithRequestBehind,
+    /// The client half-closed its connection, and nothing was sent to the subscriber for the idle
+    /// timeout: nothing else would find a client that vanished.
+    Idle,
+    /// The server closes the connection after a request it cannot read past (400, 408, 413).
+    BadRequest,
+    /// The server closes the connection: it had no memory for more of its requests.
+    NoMemory,
+    /// The stream that carried it ended (a WebSocket's close, a gRPC call's end, an HTTP connection's)
+    /// or failed.
+    StreamEnded,
+}
+
 /// Why a subscription ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
@@ -132,10 +150,8 @@ pub enum EndReason {
     Unsubscribed,
     /// Its queue was full and the lag policy is [`LagPolicy::Drop`].
     Lagged,
-    /// Its connection stopped taking requests: the client closed its side with requests behind the
-    /// subscription, or a stream that cannot stay half open ended, or the connection is being closed
-    /// after a bad request or a failure.
-    ConnectionEnding,
+    /// Its connection stopped taking requests, for the reason given.
+    ConnectionEnding(ConnectionEnd),
     /// Its connection answers in request order and reached its limits with requests behind it: they
     /// could be answered, and more read (an Unsubscribe among them), only once it ended.
     Stalled,
@@ -778,9 +794,10 @@ mod tests {
         let mut gone =
             [broker.subscribe("a", closing, None).unwrap(), broker.subscribe("b", closing, None).unwrap()];
         let mut kept = broker.subscribe("a", staying, None).unwrap();
-        broker.end_connection(closing, EndReason::ConnectionEnding);
+        let ending = EndReason::ConnectionEnding(ConnectionEnd::StreamEnded);
+        broker.end_connection(closing, ending);
         for subscription in &mut gone {
-            assert_eq!(subscription.next().await, Some(Delivery::Ended(EndReason::ConnectionEnding)));
+            assert_eq!(subscription.next().await, Some(Delivery::Ended(ending)));
         }
         assert_eq!(broker.total_subscriptions(), 1);
         broker.close();

@@ -204,3 +204,25 @@ async fn a_stream_reset_by_the_client_does_not_disturb_the_connection() {
     send.reset(codes::CANCELLED).unwrap();
     assert_connection_still_serves(&connection).await;
 }
+
+/// A write whose stream the client resets before its end (half a frame, or a whole frame without the
+/// FIN) never runs, and the server's answer side says so: RESET_STREAM 0x12, not 0x11 ("may have
+/// been executed"), which would leave a careful client thinking the write might have happened.
+#[tokio::test]
+async fn a_request_reset_before_its_end_is_answered_as_not_executed() {
+    let server = TestServer::start().await;
+    let connection = server.raw_connection().await;
+    let whole = frame(&CommandRequest::hset("t", "k", "never"));
+    for sent in [&whole[..whole.len() / 2], &whole[..]] {
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        send.write_all(sent).await.unwrap();
+        send.reset(codes::CANCELLED).unwrap();
+        let ended = recv.read_to_end(1 << 20).await.expect_err("no answer comes");
+        assert!(
+            matches!(ended, quinn::ReadToEndError::Read(quinn::ReadError::Reset(code)) if code == codes::CANCELLED),
+            "{ended:?}"
+        );
+    }
+    assert_connection_still_serves(&connection).await;
+    assert_eq!(server.client().await.hget("t", "k").await.unwrap(), None, "nothing was written");
+}

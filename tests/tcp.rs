@@ -560,6 +560,7 @@ async fn a_subscriber_that_closes_its_sending_side_reads_on(transport: Transport
     assert!(next(&mut frames).await.more, "subscribed");
     let last = next(&mut frames).await;
     assert_eq!((last.status, last.more), (status::OK, false), "{last:?}");
+    assert!(last.message.contains("with a request sent after this subscription"), "{last:?}");
     assert_eq!(next(&mut frames).await.values, [Value::from(b"behind".to_vec())]);
     assert!(frames.next().await.is_none(), "then the connection ends");
 
@@ -578,8 +579,40 @@ async fn a_subscriber_that_closes_its_sending_side_reads_on(transport: Transport
     assert!(next(&mut frames).await.more, "subscribed");
     let last = next(&mut frames).await;
     assert_eq!((last.status, last.more), (status::OK, false), "{last:?}");
+    // It says why: the idle timeout, not a request behind it (there was none) or a failure.
+    assert!(last.message.contains("for the idle timeout (--idle-timeout)"), "{last:?}");
     assert!(frames.next().await.is_none(), "then the connection ends");
     assert_eq!(quiet.service.broker().total_subscriptions(), 0);
+}
+
+/// Many a TLS client ends its sending side with a bare FIN, without TLS's close_notify (it shuts its
+/// socket down, not its TLS session). That is the half-close it is on plaintext: the subscription goes
+/// on, and the requests before the FIN are answered (the subscription ended at once before).
+#[tokio::test]
+async fn a_tls_subscriber_that_sends_a_fin_without_close_notify_reads_on() {
+    let server = TestServer::start_for(Transport::Tls).await;
+    let publisher = server.client().await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let roots = qkv::tls::read_roots(&server.ca()).unwrap();
+    let config = qkv::tls::client_config(roots, &qkv::tls::Tickets::none(), None).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(&common::frame(&CommandRequest::subscribe("news"))).await.unwrap();
+    tls.flush().await.unwrap();
+    tls.get_mut().0.shutdown().await.unwrap(); // the TCP socket's FIN: no close_notify
+    let mut frames = FramedRead::new(tls, FrameCodec::<CommandResponse>::new(1 << 20));
+    let mut next = async || {
+        let next = tokio::time::timeout(Duration::from_secs(10), frames.next()).await;
+        next.expect("a frame within 10 s").expect("a frame").expect("a whole frame")
+    };
+    assert!(next().await.more, "subscribed");
+    // The FIN may reach the server after the first publish: both must be delivered.
+    for word in ["one", "two"] {
+        assert_eq!(publisher.publish("news", [Value::from(word)]).await.unwrap().receivers, 1, "{word}");
+        let message = next().await;
+        assert_eq!((message.values, message.more), (vec![Value::from(word)], true), "{word}");
+    }
 }
 
 /// A fake TCP server that answers its client's first request 503 (a backend unavailable) and its
@@ -710,7 +743,11 @@ async fn the_course_clients_compressed_frames_are_taken(transport: Transport) {
     };
     let refused = [
         (bomb, status::PAYLOAD_TOO_LARGE, "inflates to 67108864 bytes by its gzip trailer"),
-        (lying, status::BAD_REQUEST, "inflates to more than the 100 bytes its gzip trailer says"),
+        (
+            lying,
+            status::BAD_REQUEST,
+            "inflates to more than the 100 bytes its gzip trailer (the frame's last 4 bytes) says",
+        ),
         (not_gzip, status::BAD_REQUEST, "not a gzip stream"),
         (two_members, status::BAD_REQUEST, "send the message as one gzip member"),
     ];

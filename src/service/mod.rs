@@ -25,7 +25,7 @@ pub use items::ItemLimits;
 
 use crate::memory::MemoryBudget;
 use crate::pb::{CommandRequest, CommandResponse, command_request::RequestData, split_response};
-use crate::pubsub::{Broker, ConnectionId, EndReason, LagPolicy, Relay};
+use crate::pubsub::{Broker, ConnectionEnd, ConnectionId, EndReason, LagPolicy, Relay};
 use crate::storage::Storage;
 
 /// The default target size of one response frame: big enough that framing overhead is negligible,
@@ -231,10 +231,10 @@ pub trait Handler: Clone + Send + Sync + 'static {
         caller: &'a Caller,
     ) -> impl Future<Output = Reply> + Send + 'a;
 
-    /// `caller`'s connection takes no more requests and must end (see `transport::pipeline::AfterClose`):
-    /// end what it owns that would otherwise keep its answers going (its subscriptions, each with a
-    /// last frame).
-    fn connection_closing(&self, caller: &Caller);
+    /// `caller`'s connection takes no more requests and must end (see `transport::pipeline::AfterClose`),
+    /// `why` says for what: end what it owns that would otherwise keep its answers going (its
+    /// subscriptions, each with a last frame saying why).
+    fn connection_closing(&self, caller: &Caller, why: ConnectionEnd);
 
     /// `caller`'s connection answers in request order and can take no more requests until the answer
     /// being written ends, which only ending its subscriptions can bring about (see
@@ -409,8 +409,8 @@ impl<S: Storage> Service<S> {
 
     /// Ends the subscriptions of `caller`'s connection, which takes no more requests and must end
     /// (`Handler::connection_closing`). Each ends with its last frame, so that its answers can end.
-    pub fn connection_closing(&self, caller: &Caller) {
-        self.inner.broker.end_connection(caller.connection, EndReason::ConnectionEnding);
+    pub fn connection_closing(&self, caller: &Caller, why: ConnectionEnd) {
+        self.inner.broker.end_connection(caller.connection, EndReason::ConnectionEnding(why));
     }
 
     /// Ends the subscriptions of `caller`'s connection, which can take no more requests until they end
@@ -527,8 +527,8 @@ impl<S: Storage> Handler for Service<S> {
         Service::execute(self, request, caller)
     }
 
-    fn connection_closing(&self, caller: &Caller) {
-        Service::connection_closing(self, caller)
+    fn connection_closing(&self, caller: &Caller, why: ConnectionEnd) {
+        Service::connection_closing(self, caller, why)
     }
 
     fn connection_stalled(&self, caller: &Caller) {

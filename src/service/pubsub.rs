@@ -15,7 +15,8 @@ use prost::encoding::encoded_len_varint;
 use super::{Caller, Reply, ReplyFrame, ReplyStream, ServiceError};
 use crate::pb::{CommandResponse, Publish, Subscribe, Unsubscribe, Value, status};
 use crate::pubsub::{
-    Broker, Delivery, EndReason, PublishError, Relay, SubscribeError, Subscription, UnsubscribeError,
+    Broker, ConnectionEnd, Delivery, EndReason, PublishError, Relay, SubscribeError, Subscription,
+    UnsubscribeError,
 };
 
 /// Subscribes; with a relay, the subscription is confirmed only once this server receives the topic's
@@ -73,8 +74,8 @@ fn ended(reason: EndReason) -> CommandResponse {
         EndReason::Unsubscribed => {
             CommandResponse { message: "unsubscribed".into(), ..CommandResponse::ok() }
         }
-        EndReason::ConnectionEnding => CommandResponse {
-            message: "the connection is ending: the client closed its side with a request behind this subscription (answered once it ends), or the server is closing the connection after a bad request or a failure".into(),
+        EndReason::ConnectionEnding(why) => CommandResponse {
+            message: format!("the connection is ending: {}", connection_end(why)),
             ..CommandResponse::ok()
         },
         EndReason::Stalled => CommandResponse::error(
@@ -89,6 +90,22 @@ fn ended(reason: EndReason) -> CommandResponse {
             status::GONE,
             "the server is shutting down and ended the subscription; subscribe again when it is back",
         ),
+    }
+}
+
+fn connection_end(why: ConnectionEnd) -> &'static str {
+    match why {
+        ConnectionEnd::ClosedWithRequestBehind => {
+            "the client closed its sending side with a request sent after this subscription, which is answered once it ends"
+        }
+        ConnectionEnd::Idle => {
+            "its client closed its sending side, and nothing was sent to this subscriber for the idle timeout (--idle-timeout); subscribe again on a connection left open both ways to keep a quiet subscription"
+        }
+        ConnectionEnd::BadRequest => {
+            "the server closes it after a request it cannot read past, whose answer follows"
+        }
+        ConnectionEnd::NoMemory => "the server had no memory for more of its requests",
+        ConnectionEnd::StreamEnded => "the stream that carried it ended",
     }
 }
 

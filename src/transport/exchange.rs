@@ -252,6 +252,9 @@ pub enum Served {
     /// failed, or its peer did not read it within the reply timeout. (Never for want of memory: see
     /// [`AnswerBudget`].) Unread input may remain on the stream.
     RefusalLost(FrameError),
+    /// The request never arrived whole (the client reset its stream, or the connection failed) and
+    /// nothing of it was executed; `io::Error` says what ended it.
+    Unread(io::Error),
 }
 
 /// Reads one request (one frame, then the end of the stream) within `limits.request_timeout`.
@@ -385,9 +388,10 @@ pub struct Exchange<H> {
 /// came in 0-RTT early data; `accepted`, when given, is when the stream was accepted: what the
 /// handler is told its client waited counts from then. The reply's frames are charged to the
 /// connection's answers while held; refusals (a rejected request, a service's 503) always can be
-/// (see [`AnswerBudget`]), and a refusal that cannot be delivered is `Served::RefusalLost`. Returns
-/// an error only when the stream itself failed, for instance because the peer reset it or the
-/// connection was lost, or when an executed request's reply could not be held (`MemoryExhausted`).
+/// (see [`AnswerBudget`]), and a refusal that cannot be delivered is `Served::RefusalLost`; a request
+/// whose stream failed before it arrived whole is `Served::Unread`. Returns an error only when the
+/// stream failed while the reply was written, or when an executed request's reply could not be held
+/// (`MemoryExhausted`), or when a write sent in 0-RTT is dropped because the handshake failed.
 pub async fn serve_request<R, W, H>(
     mut recv: R,
     send: W,
@@ -450,7 +454,7 @@ where
                 }
             }
         }
-        Err(RequestError::Frame(FrameError::Io(e))) => return Err(FrameError::Io(e)),
+        Err(RequestError::Frame(FrameError::Io(e))) => return Ok(Served::Unread(e)),
         Err(e) => {
             // Request-level: at debug only, in the request's span (and so the connection's).
             tracing::debug!(target: "qkv::connection", error = %e, "rejected a request");

@@ -220,8 +220,9 @@ fn inflate(gzip: &[u8], max_frame_len: usize) -> Result<Bytes, FrameError> {
         Ok(0) => {
             Err(FrameError::Compressed(format!("it inflates to {claimed} bytes{}", after_member(&decoder))))
         }
+        // The size is read from the frame's last 4 bytes: bytes after the member make it wrong.
         Ok(_) => Err(FrameError::Compressed(format!(
-            "it inflates to more than the {claimed} bytes its gzip trailer says"
+            "it inflates to more than the {claimed} bytes its gzip trailer (the frame's last 4 bytes) says: the frame must end with its gzip member's trailer, nothing after it"
         ))),
         Err(e) => Err(FrameError::Compressed(e.to_string())),
     }

@@ -80,6 +80,7 @@ use super::woken::PolledWhenWoken;
 use super::writer::FrameWriter;
 use crate::memory::{Charge, MemoryBudget};
 use crate::pb::{CommandRequest, CommandResponse, status};
+use crate::pubsub::ConnectionEnd;
 use crate::service::{Arrival, Caller, Handler, Reply, ReplyFrame, ReplyStream, Sequencing, ServiceError};
 use crate::storage::{Deferred, StorageError, Ticket};
 
@@ -155,6 +156,22 @@ impl Ending {
                 "the server has no memory for more requests now (its connection memory budget is spent); this request and any later ones on this connection were not executed: retry later",
             )),
             Ending::ClientClosed | Ending::Idle | Ending::Failed(_) => None,
+        }
+    }
+}
+
+impl Ending {
+    /// What the connection's subscriptions are told of this ending (`after_close`: what the client's
+    /// end of its sending side means on this stream).
+    fn connection_end(&self, after_close: AfterClose) -> ConnectionEnd {
+        match (self, after_close) {
+            (Ending::ClientClosed, AfterClose::ReadOn) => ConnectionEnd::ClosedWithRequestBehind,
+            (Ending::ClientClosed | Ending::Failed(_) | Ending::ShuttingDown, _) => {
+                ConnectionEnd::StreamEnded
+            }
+            (Ending::Idle, _) => ConnectionEnd::Idle,
+            (Ending::Rejected(_), _) => ConnectionEnd::BadRequest,
+            (Ending::NoMemory, _) => ConnectionEnd::NoMemory,
         }
     }
 }
@@ -352,7 +369,7 @@ where
             if !subscriptions_ended && !reads_on {
                 // The connection takes no more requests: its subscriptions end (each with a last
                 // frame), so that the answers before the ending can all be written.
-                handler.connection_closing(&caller);
+                handler.connection_closing(&caller, ending.connection_end(after_close));
                 subscriptions_ended = true;
             }
             if queue.is_empty() && current.is_none() {
@@ -405,6 +422,15 @@ where
                 Ok(_) => {
                     idle_since = Instant::now();
                     read_at = idle_since;
+                }
+                // TLS: the client's FIN came without its close_notify (many a client shuts its socket
+                // down rather than its TLS session). Taken as the half-close it is on plaintext TCP:
+                // a request cut short by it is refused as truncated, and what came before it stands.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    ending = Some(match partial {
+                        true => Ending::Rejected(FrameError::Truncated { buffered: received.len() }.into()),
+                        false => Ending::ClientClosed,
+                    });
                 }
                 Err(e) => ending = Some(Ending::Failed(e)),
             },
@@ -972,7 +998,7 @@ mod tests {
             Reply::One(CommandResponse::ok())
         }
 
-        fn connection_closing(&self, _caller: &Caller) {}
+        fn connection_closing(&self, _caller: &Caller, _why: crate::pubsub::ConnectionEnd) {}
 
         fn connection_stalled(&self, _caller: &Caller) {}
     }
@@ -1142,7 +1168,7 @@ mod tests {
             Reply::One(CommandResponse::ok())
         }
 
-        fn connection_closing(&self, _caller: &Caller) {}
+        fn connection_closing(&self, _caller: &Caller, _why: crate::pubsub::ConnectionEnd) {}
 
         fn connection_stalled(&self, _caller: &Caller) {}
     }

@@ -377,7 +377,7 @@ impl<H: Handler> Connection<H> {
         // shutdown like any connection).
         sessions.close();
         sessions.wait().await;
-        handler.connection_closing(&caller);
+        handler.connection_closing(&caller, crate::pubsub::ConnectionEnd::StreamEnded);
     }
 }
 

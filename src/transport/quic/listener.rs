@@ -492,6 +492,13 @@ async fn handle_stream<H: Handler>(
             let _ = send.reset(codes::REQUEST_REJECTED);
             return;
         }
+        Ok(Served::Unread(e)) => {
+            // The client reset its request before the end (or the connection failed): nothing ran,
+            // and the code says so, as the one the client cancelled with does (not 0x11, "maybe").
+            debug!(error = %e, "the request stream ended before the request was whole");
+            let _ = send.reset(codes::CANCELLED);
+            return;
+        }
         Err(e @ FrameError::MemoryExhausted { .. }) => {
             metrics::limit_hit(metrics::Limit::ConnectionMemory);
             info!(error = %e, "no memory for an answer; dropped it");

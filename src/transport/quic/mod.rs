@@ -45,7 +45,9 @@ pub mod codes {
     pub const REQUEST_REJECTED: VarInt = VarInt::from_u32(0x10);
     /// Stream (RESET_STREAM from the server): the server could not complete the reply.
     pub const REPLY_FAILED: VarInt = VarInt::from_u32(0x11);
-    /// Stream (either side): the request was abandoned by the client.
+    /// Stream (STOP_SENDING or RESET_STREAM from the client): the request was abandoned by the client.
+    /// As RESET_STREAM from the server: the client reset its request before it was whole, and nothing
+    /// was executed.
     pub const CANCELLED: VarInt = VarInt::from_u32(0x12);
     /// Stream (RESET_STREAM from the server): the client read none of the reply for the reply timeout;
     /// the request was executed.
