@@ -376,6 +376,7 @@ impl<S: Storage> Server<S> {
             }
             None => info!(%addr, quic = "on", tcp, "serving"),
         }
+        let web_listening = self.web_addr().is_some();
         let limits = Arc::new(self.config.limits);
         // What connections can make the server hold at worst, all together: the budget, so that an
         // operator can check it against the machine (docs/SECURITY.md, "Memory").
@@ -389,6 +390,14 @@ impl<S: Storage> Server<S> {
             tcp_connection_share = size(limits.tcp_connection_share()),
             "connections can make the server hold at most the connection memory budget"
         );
+        if web_listening {
+            let share = web::web_connection_share(&limits);
+            info!(
+                web_connection_share = size(share),
+                web_connections_at_most = budget / share.max(1),
+                "each web connection (HTTP/2 or HTTP/1.1) is charged its share of the budget"
+            );
+        }
         let grace = self.config.shutdown_grace;
         // One admission (connection limit and memory) for all transports together.
         let admission = Admission::new(limits.max_connections, self.memory.clone());

@@ -60,6 +60,19 @@ async fn a_python_grpcio_client_uses_the_service() {
 /// a deadline or checks the message): the messages' bytes and the trailers (or the headers of a
 /// trailers-only answer).
 async fn raw_call(server: &TestServer, method: &str, timeout: &str, message: &[u8]) -> (Vec<u8>, HeaderMap) {
+    raw_call_of(server, method, timeout, &grpc_message(message)).await
+}
+
+/// `message` behind gRPC's 5-byte header (uncompressed, its length).
+fn grpc_message(message: &[u8]) -> Vec<u8> {
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
+    framed
+}
+
+/// [`raw_call`] with a request body of the caller's making.
+async fn raw_call_of(server: &TestServer, method: &str, timeout: &str, body: &[u8]) -> (Vec<u8>, HeaderMap) {
     let tls = qkv::tls::client_config(
         qkv::tls::read_roots(&server.ca()).expect("the CA"),
         &qkv::tls::Tickets::none(),
@@ -80,14 +93,11 @@ async fn raw_call(server: &TestServer, method: &str, timeout: &str, message: &[u
     .await
     .expect("HTTP/2");
     tokio::spawn(connection);
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(message);
     let call = hyper::Request::post(format!("https://localhost/qkv.v1.Kv/{method}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .header("grpc-timeout", timeout)
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(body)))
         .expect("a request");
     let response = sender.send_request(call).await.expect("an answer");
     let (parts, mut body) = response.into_parts();
@@ -100,6 +110,23 @@ async fn raw_call(server: &TestServer, method: &str, timeout: &str, message: &[u
         }
     }
     (data, trailers)
+}
+
+/// Execute takes one request message. tonic decodes the first and drops the rest, so a call of two
+/// ran the first alone and answered OK, leaving the client to think both ran: refused, nothing run.
+#[tokio::test]
+async fn a_unary_call_of_two_messages_is_refused_and_runs_neither() {
+    let server = TestServer::start_for(Transport::Grpc).await;
+    let mut body = grpc_message(&prost::Message::encode_to_vec(&CommandRequest::hset("t", "k", "first")));
+    body.extend(grpc_message(&prost::Message::encode_to_vec(&CommandRequest::hset("t", "k", "second"))));
+    for method in ["Execute", "ExecuteStream"] {
+        let (_, trailers) = raw_call_of(&server, method, "10S", &body).await;
+        assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"3"[..]), "{trailers:?}");
+        let message = trailers.get("grpc-message").expect("a message").to_str().unwrap().to_owned();
+        // grpc-message is percent-encoded.
+        assert!(message.contains("more%20than%20one%20request%20message"), "{message}");
+    }
+    assert_eq!(server.client().await.hget("t", "k").await.unwrap(), None, "neither ran");
 }
 
 /// The server holds a call to the client's deadline (`grpc-timeout`), whatever the client does: a

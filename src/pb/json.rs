@@ -43,8 +43,76 @@ pub fn from_json_text(text: &str) -> Result<Value, String> {
             Err(_) => Err(format!("{text} is out of range: integers are 64-bit signed")),
         };
     }
-    let json: Json = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let StrictJson(json) = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     from_json(json)
+}
+
+/// JSON read as `serde_json::Value` reads it, except that an object naming a member twice is refused
+/// (serde_json keeps the last): `{"binary": "AA==", "binary": "AQ=="}` is not one value or the other.
+struct StrictJson(Json);
+
+impl<'de> serde::Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictJson)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Json;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Json, E> {
+        Ok(Json::Bool(b))
+    }
+
+    fn visit_i64<E>(self, i: i64) -> Result<Json, E> {
+        Ok(Json::Number(i.into()))
+    }
+
+    fn visit_u64<E>(self, u: u64) -> Result<Json, E> {
+        Ok(Json::Number(u.into()))
+    }
+
+    fn visit_f64<E>(self, f: f64) -> Result<Json, E> {
+        Ok(Number::from_f64(f).map_or(Json::Null, Json::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Json, E> {
+        Ok(Json::String(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Json, E> {
+        Ok(Json::String(s))
+    }
+
+    fn visit_unit<E>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictJson(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Json::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("the member {key:?} is given twice")));
+            }
+            let StrictJson(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Json::Object(object))
+    }
 }
 
 /// A JSON scalar (or one of [`to_json`]'s objects) as a value; the error says what was wrong.
@@ -58,7 +126,12 @@ pub fn from_json(json: Json) -> Result<Value, String> {
             _ => return Err(format!("{n} is out of range: integers are 64-bit signed")),
         },
         Json::Object(object) => tagged(object)?,
-        Json::Null => return Err("null is not a value: delete the key instead".into()),
+        Json::Null => {
+            return Err(
+                "null is not a value: a value is a string, number, boolean or {\"binary\": \"<base64>\"} (a key is deleted with DELETE)"
+                    .into(),
+            );
+        }
         Json::Array(_) => {
             return Err(
                 "an array is not a value: a value is a string, number, boolean or {\"binary\": \"<base64>\"}"
@@ -95,6 +168,16 @@ fn tagged(object: Map<String, Json>) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_given_twice_is_refused_not_taken_last() {
+        for text in [r#"{"binary":"AA==","binary":"AQ=="}"#, r#"{"float":"NaN","float":"Infinity"}"#] {
+            let refused = from_json_text(text).unwrap_err();
+            assert!(refused.contains("is given twice"), "{text}: {refused}");
+        }
+        assert_eq!(from_json_text(r#"{"binary":"AQ=="}"#).unwrap(), Value::from(vec![1u8]));
+        assert_eq!(from_json_text(" 2.5 ").unwrap(), Value::from(2.5));
+    }
 
     #[test]
     fn every_kind_of_value_round_trips_and_keeps_its_kind() {

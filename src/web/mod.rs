@@ -717,6 +717,14 @@ async fn read_body<const GRPC: bool>(
             return refuse(StatusCode::REQUEST_TIMEOUT, detail);
         }
     };
+    // Execute and ExecuteStream take one message: tonic decodes the first and drops any after it, so
+    // a client that sent two would think both ran.
+    if GRPC && let Some(extra) = after_first_grpc_message(&bytes) {
+        let detail = format!(
+            "the call carries more than one request message ({extra} bytes follow the first): Execute and ExecuteStream take one, Pipeline many; nothing was executed"
+        );
+        return refuse(StatusCode::BAD_REQUEST, detail);
+    }
     // While the connection's answers its client has not read fill their share, the request waits to
     // run, its body read (so that it holds no flow-control window the requests running need) and
     // charged, until the client reads on or the answers are abandoned (paced.rs); for at most the
@@ -735,6 +743,14 @@ async fn read_body<const GRPC: bool>(
     let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     drop(charge);
     response
+}
+
+/// How many bytes of a gRPC request body follow its first message, when any do.
+fn after_first_grpc_message(body: &[u8]) -> Option<usize> {
+    let length = body.get(1..GRPC_MESSAGE_HEADER)?;
+    let length = u32::from_be_bytes(length.try_into().ok()?) as usize;
+    let after = body.len().checked_sub(GRPC_MESSAGE_HEADER.checked_add(length)?)?;
+    (after > 0).then_some(after)
 }
 
 /// A [`Handler`] behind a trait object: what the REST handlers call.

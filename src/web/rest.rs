@@ -68,6 +68,16 @@ async fn well_formed(request: axum::extract::Request, next: axum::middleware::Ne
         ))
         .into_response();
     }
+    let conditional =
+        [header::IF_MATCH, header::IF_NONE_MATCH].into_iter().find(|h| request.headers().contains_key(h));
+    if let Some(condition) = conditional
+        && !takes_conditions(request.uri().path())
+    {
+        return Problem::bad_request(format!(
+            "this resource takes no {condition} header: conditions apply to one key (/v1/tables/{{table}}/keys/{{key}}); a batch or a listing would otherwise run unconditionally"
+        ))
+        .into_response();
+    }
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     if let Some(media) = content_type.and_then(super::media_type)
         && media.starts_with("application/grpc")
@@ -110,6 +120,17 @@ fn takes_a_query(path: &str) -> bool {
     let resource = path.starts_with("/v1/tables/") || path.starts_with("/v1/topics/") || path == "/v1/ping";
     let listing = path.strip_prefix("/v1/tables/").is_some_and(|table| !table.contains('/'));
     !resource || listing
+}
+
+/// Whether `If-Match` and `If-None-Match` on `path` are for its route to read: of the API's resources
+/// only a key's (`/v1/tables/{table}/keys/{key}`, whose names have no `/` once encoded); paths outside
+/// the resources are left to their routes.
+fn takes_conditions(path: &str) -> bool {
+    let resource = path.starts_with("/v1/tables/") || path.starts_with("/v1/topics/") || path == "/v1/ping";
+    let key = path
+        .strip_prefix("/v1/tables/")
+        .is_some_and(|rest| matches!(rest.split('/').collect::<Vec<_>>()[..], [_, "keys", _]));
+    !resource || key
 }
 
 /// The answer to a method a route does not take (axum adds the `Allow` header): set on the web
@@ -664,10 +685,11 @@ async fn delete_key(
     }
     match response.values.into_iter().next().filter(|v| !v.is_empty()) {
         Some(previous) => Ok(representation(&previous, wants_json(&headers, &previous))),
-        None => Err(Problem {
-            qkv_status: Some(status::NOT_FOUND),
-            ..Problem::new(StatusCode::NOT_FOUND, format!("key {key:?} of table {table:?} does not exist"))
-        }),
+        // The service deleted nothing (its Hdel answers 200 either way): this 404 is the HTTP
+        // layer's, so it carries no qkv_status.
+        None => {
+            Err(Problem::new(StatusCode::NOT_FOUND, format!("key {key:?} of table {table:?} does not exist")))
+        }
     }
 }
 
