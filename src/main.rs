@@ -331,7 +331,16 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("{} errors; the first: {error}", report.errors);
     }
     if report.requests == 0 {
-        bail!("no request succeeded; first error: {}", report.first_error.as_deref().unwrap_or("none"));
+        let backlog = match report.earlier {
+            0 => String::new(),
+            n => format!(
+                " (though {n} requests sent or due in the warm-up were answered during it: the server was answering a backlog)"
+            ),
+        };
+        bail!(
+            "no request of the measured period succeeded{backlog}; first error: {}",
+            report.first_error.as_deref().unwrap_or("none")
+        );
     }
     Ok(())
 }

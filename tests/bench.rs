@@ -262,7 +262,9 @@ async fn qkv_bench(server: &TestServer, args: &[&str]) -> std::process::Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"))
         .args(["bench", "--addr", &server.addr.to_string(), "--ca"])
         .arg(server.ca())
-        .args(["--duration", "300ms", "--warmup", "100ms", "--keys", "20"])
+        .args(["--duration", "300ms", "--warmup", "100ms"])
+        // Few keys, for the workloads that read keys (the bench refuses a flag the echo one would ignore).
+        .args(if args.contains(&"echo") { &[][..] } else { &["--keys", "20"][..] })
         .args(args)
         .output()
         .await
@@ -318,16 +320,15 @@ async fn json_output_is_exactly_one_object_with_every_documented_field() {
     assert!(json["requests"].as_u64().unwrap() > 0 && json["errors"] == 0);
 }
 
+/// The floor's echo workload pointed at a qkv server: the connection works, but every answer would be
+/// a qkv error response instead of the echo. Found by one echo before the run, and said so, rather
+/// than a run that fails every request as fast as it can send them (69,568 errors in a second).
 #[tokio::test]
-async fn a_run_where_every_request_fails_exits_non_zero_and_says_why() {
-    // The floor's echo workload pointed at a qkv server: the connection works, but every answer is a
-    // qkv error response instead of the echo.
+async fn an_echo_run_against_a_server_that_is_not_a_floor_stops_before_it_starts() {
     let server = TestServer::start().await;
     let output = qkv_bench(&server, &["--json", "--workload", "echo"]).await;
     assert!(!output.status.success());
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(json["requests"], 0);
-    assert!(json["errors"].as_u64().unwrap() > 0, "failures must be counted: {json}");
+    assert!(output.stdout.is_empty(), "no run, no report");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("no request succeeded"), "{stderr}");
+    assert!(stderr.contains("--workload echo needs a floor server (qkv floor)"), "{stderr}");
 }

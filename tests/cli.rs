@@ -256,6 +256,19 @@ async fn bad_input_exits_2_and_negative_numbers_are_values() {
         (&["--stalled", "1"][..], "--stalled is for the fanout workload only"),
         (&["--read-ratio", "0.5"][..], "--read-ratio is for the mixed workload only"),
         (&["--workload", "mixed", "--read-ratio", "-0.1"][..], "--read-ratio must be between 0 and 1"),
+        // What a workload or a transport would not use is refused, not reported as if it had been.
+        (&["--workload", "ping", "--value-size", "4000"][..], "the ping workload does not use --value-size"),
+        (&["--workload", "fanout", "--key-dist", "zipf"][..], "the fanout workload does not use --key-dist"),
+        (
+            &["--workload", "connect", "--connections-per-socket", "4"][..],
+            "does not use --connections-per-socket",
+        ),
+        (&["--workload", "connect", "--zero-rtt", "--no-0rtt"][..], "contradict each other"),
+        (
+            &["--transport", "tls", "--no-gso"][..],
+            "--no-gso is for QUIC; over --transport tls it would be ignored",
+        ),
+        (&["--transport", "tcp", "--congestion", "bbr"][..], "--congestion is for QUIC"),
     ] {
         let refused = qkv(None, &[&["bench", "--addr", "127.0.0.1:9"][..], args].concat()).await;
         assert_eq!(refused.status.code(), Some(EXIT_INVALID_INPUT), "{args:?}: {}", stderr(&refused));

@@ -334,6 +334,12 @@ async fn tls_over_tcp_requires_alpn_qkv_1() {
     };
     let refused = connect(b"h2").await.expect_err("a client that does not speak qkv/1 is refused");
     assert!(refused.to_string().contains("NoApplicationProtocol"), "{refused}");
+    // qkv's own client for the web listener, dialling the main port by mistake, is told so (it heard
+    // "does the server serve TLS on TCP, not plaintext?", which it does).
+    let config = ClientConfig { transport: Transport::Http, ..server.client_config() };
+    let mistaken = Client::connect_with(config).await.expect_err("h2 is not spoken here");
+    assert!(matches!(mistaken, ClientError::NoApplicationProtocol { .. }), "{mistaken:?}");
+    assert!(mistaken.to_string().contains("h2 on its --web listener"), "{mistaken}");
     let mut accepted = connect(b"qkv/1").await.expect("qkv/1 is accepted");
     accepted.write_all(&common::frame(&CommandRequest::ping("tls"))).await.unwrap();
     let answer = FramedRead::new(accepted, FrameCodec::<CommandResponse>::new(1 << 20)).next().await;

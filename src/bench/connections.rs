@@ -61,12 +61,35 @@ impl Endpoint {
     async fn connect(&self, config: &BenchConfig) -> Result<Target, BenchError> {
         Ok(match self {
             Endpoint::Kv(endpoint) => Target::Kv(endpoint.connect().await?),
-            Endpoint::Echo(endpoint) => Target::Echo {
-                client: endpoint.connect().await.map_err(|e| {
-                    BenchError::Setup(format!("cannot connect to the floor at {}: {e}", config.client.addr))
-                })?,
-                max_frame_len: config.client.limits.max_frame_len,
-            },
+            Endpoint::Echo(endpoint) => {
+                let addr = &config.client.addr;
+                let client = endpoint
+                    .connect()
+                    .await
+                    .map_err(|e| BenchError::Setup(format!("cannot connect to the floor at {addr}: {e}")))?;
+                // One echo first: a server that is not a floor (a qkv server answers with its own
+                // frames), or one that speaks TLS where the bench speaks plaintext, would otherwise
+                // fail every request of the run, as fast as they could be sent.
+                let max_frame_len = config.client.limits.max_frame_len;
+                let probe = bytes::Bytes::from(vec![b'p'; config.value_size]);
+                let not_a_floor = |what: String| {
+                    BenchError::Setup(format!(
+                        "the server at {addr} {what}: --workload echo needs a floor server (qkv floor) speaking --transport {}",
+                        config.client.transport
+                    ))
+                };
+                match client.echo(probe, max_frame_len).await {
+                    Ok(echoed) if echoed == config.value_size => {}
+                    Ok(echoed) => {
+                        return Err(not_a_floor(format!(
+                            "answered a {}-byte message with {echoed} bytes",
+                            config.value_size
+                        )));
+                    }
+                    Err(e) => return Err(not_a_floor(format!("did not echo a first message ({e})"))),
+                }
+                Target::Echo { client, max_frame_len }
+            }
         })
     }
 

@@ -153,6 +153,8 @@ pub async fn run(
     Ok(BenchReport {
         requests: delivered.requests,
         errors: delivered.errors + published.errors,
+        earlier: delivered.earlier,
+        late: delivered.late,
         elapsed: config.duration,
         latency_us: delivered.latency_us(),
         first_error,

@@ -57,6 +57,12 @@ impl Window {
 pub struct Tally {
     pub requests: u64,
     pub errors: u64,
+    /// Requests sent (open loop: due) before the measured period and answered successfully in it:
+    /// counted in neither `requests` nor the latencies, they say the server was answering a backlog.
+    pub earlier: u64,
+    /// Requests of the measured period answered successfully after it ended: in `requests`, but not
+    /// in the period's throughput.
+    pub late: u64,
     latencies: Latencies,
     pub first_error: Option<String>,
     /// When requests completed, from the start of the measured period.
@@ -114,6 +120,8 @@ impl Tally {
         Tally {
             requests: 0,
             errors: 0,
+            earlier: 0,
+            late: 0,
             latencies: Latencies::Listed(Vec::new()),
             first_error: None,
             timeline: Timeline::default(),
@@ -134,14 +142,18 @@ impl Tally {
         started: Instant,
         result: Result<(), RequestError>,
     ) {
+        let now = Instant::now();
         if due < window.measure_from {
+            if result.is_ok() && (window.measure_from..window.deadline).contains(&now) {
+                self.earlier += 1;
+            }
             return;
         }
-        let now = Instant::now();
         self.timeline.add(now - window.measure_from, result.is_ok());
         match result {
             Ok(()) => {
                 self.requests += 1;
+                self.late += u64::from(now >= window.deadline);
                 self.latencies.record((now - started).as_micros() as u64);
             }
             Err(e) => self.error(e.to_string()),
@@ -163,6 +175,8 @@ impl Tally {
     pub fn merge(&mut self, other: Tally) {
         self.requests += other.requests;
         self.errors += other.errors;
+        self.earlier += other.earlier;
+        self.late += other.late;
         match &mut self.latencies {
             Latencies::Counted(counted) => other.latencies.add_to(counted),
             Latencies::Listed(_) => {
@@ -311,7 +325,7 @@ where
         }
         tally.first_error.get_or_insert(format!(
             "{unsent} requests fell due but were never sent: all {max_inflight} in flight were still waiting \
-             (the server fell behind the rate, or --inflight is too low for it)"
+             (the server fell behind the rate or stopped answering, or --inflight is too low for it)"
         ));
     }
     let drained = tokio::time::timeout(DRAIN, async {
@@ -341,6 +355,31 @@ mod tests {
 
     // On tokio's paused clock: time moves only when every task waits on a timer, so these tests count
     // exactly, however busy the machine is.
+
+    /// A request sent (or due) in the warm-up and answered in the measured period is not the period's:
+    /// not in its requests or latencies, but counted apart, so that a run whose own requests all
+    /// failed can say the server was answering a backlog.
+    #[test]
+    fn an_answer_to_a_warm_up_request_counts_apart() {
+        let now = Instant::now();
+        let window = Window {
+            start: now - Duration::from_millis(200),
+            measure_from: now - Duration::from_millis(100),
+            deadline: now + Duration::from_secs(60),
+        };
+        let mut tally = Tally::new();
+        let in_warm_up = now - Duration::from_millis(150);
+        tally.record_due(&window, in_warm_up, in_warm_up, Ok(()));
+        tally.record_due(&window, in_warm_up, in_warm_up, Err(RequestError::Other("lost".into())));
+        assert_eq!((tally.requests, tally.errors, tally.earlier), (0, 0, 1));
+        let in_period = now - Duration::from_millis(50);
+        tally.record_due(&window, in_period, in_period, Ok(()));
+        assert_eq!((tally.requests, tally.errors, tally.earlier), (1, 0, 1));
+        // Answered after the period: one of its requests, but not of its throughput.
+        let ended = Window { deadline: now - Duration::from_millis(10), ..window };
+        tally.record_due(&ended, in_period, in_period, Ok(()));
+        assert_eq!((tally.requests, tally.late), (2, 1));
+    }
 
     fn window(warmup_ms: u64, duration_ms: u64) -> Window {
         Window::new(Duration::from_millis(warmup_ms), Duration::from_millis(duration_ms))

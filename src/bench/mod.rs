@@ -99,6 +99,11 @@ pub enum BenchError {
 pub struct BenchReport {
     pub requests: u64,
     pub errors: u64,
+    /// Requests sent (open loop: due) in the warm-up and answered successfully in the measured period
+    /// (see [`load::Tally::earlier`]).
+    pub earlier: u64,
+    /// Requests of the measured period answered successfully after it (see [`load::Tally::late`]).
+    pub late: u64,
     pub elapsed: Duration,
     /// Latency of successful requests, in microseconds.
     pub latency_us: Histogram<u64>,
@@ -125,8 +130,12 @@ pub struct ConnectionTimes {
 }
 
 impl BenchReport {
+    /// Successes answered within the measured period, per second: the period's own requests answered
+    /// in it and those of the warm-up answered in it, not those answered after it (with many
+    /// connections × requests in flight and a short period, counting by when sent inflated it).
     pub fn throughput(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
+        let answered = (self.requests + self.earlier).saturating_sub(self.late);
+        answered as f64 / self.elapsed.as_secs_f64()
     }
 
     /// The report as `qkv bench --json` prints it.
@@ -141,6 +150,7 @@ impl BenchReport {
             duration_s: self.elapsed.as_secs_f64(),
             requests: self.requests,
             errors: self.errors,
+            earlier_answered: self.earlier,
             throughput_rps: self.throughput(),
             target_rps: config.rate,
             latency_us: Latencies {
@@ -176,6 +186,11 @@ pub struct JsonReport {
     pub duration_s: f64,
     pub requests: u64,
     pub errors: u64,
+    /// Requests sent (open loop: due) in the warm-up and answered successfully in the measured period:
+    /// in neither `requests` nor the latencies. Many, with few `requests`, mean a backlog: an open
+    /// loop beyond what the server (or this client) sustains, or a stall across the period's start.
+    #[serde(default)]
+    pub earlier_answered: u64,
     pub throughput_rps: f64,
     /// The open loop's rate; `null` for a closed loop.
     pub target_rps: Option<f64>,
@@ -322,6 +337,8 @@ async fn run_until_done(config: &BenchConfig, progress: &Progress) -> Result<Ben
     Ok(BenchReport {
         requests: tally.requests,
         errors: tally.errors,
+        earlier: tally.earlier,
+        late: tally.late,
         elapsed: config.duration,
         latency_us: tally.latency_us(),
         first_error: tally.first_error,

@@ -211,6 +211,14 @@ const DEFAULT_READ_RATIO: f64 = 0.9;
 /// `--subscribers`'s default.
 const DEFAULT_SUBSCRIBERS: usize = 100;
 
+/// Defaults of the bench's flags that some workloads or transports do not use: one given otherwise is
+/// refused there (`BenchArgs::validate`).
+const DEFAULT_VALUE_SIZE: usize = 64;
+const DEFAULT_KEYS: u64 = 10_000;
+const DEFAULT_CONNECT_CONCURRENCY: u32 = 64;
+const DEFAULT_CONNECTIONS_PER_SOCKET: u32 = 16;
+const DEFAULT_INITIAL_RTT: Duration = Duration::from_millis(333);
+
 #[derive(Args)]
 pub struct BenchArgs {
     /// What each request does; echo needs a floor server (qkv floor).
@@ -230,11 +238,11 @@ pub struct BenchArgs {
     pub connections: u32,
     /// How many connections to open at once (handshakes in flight at a time) before the run: enough to
     /// hide round trips on a slow path, few enough not to pile handshakes up at the server.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = DEFAULT_CONNECT_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..))]
     pub connect_concurrency: u32,
     /// QUIC: how many connections share one UDP socket (one client endpoint); 1 gives each its own, as
     /// separate devices would have. 16 keeps 10,000 connections under the usual 1024 open files.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = DEFAULT_CONNECTIONS_PER_SOCKET, value_parser = clap::value_parser!(u32).range(1..))]
     pub connections_per_socket: u32,
     /// Requests in flight per connection: always this many in a closed loop, at most this many with --rate.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
@@ -251,10 +259,10 @@ pub struct BenchArgs {
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
     /// Size of the values written and read (echo: of the message), in bytes.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = DEFAULT_VALUE_SIZE)]
     pub value_size: usize,
     /// Number of distinct keys.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = DEFAULT_KEYS, value_parser = clap::value_parser!(u64).range(1..))]
     pub keys: u64,
     /// How keys are chosen.
     #[arg(long, value_enum, default_value_t = KeyDistArg::Uniform)]
@@ -339,6 +347,50 @@ impl BenchArgs {
             return invalid(format!(
                 "{flag} is for the {for_workload} workload only; the {workload} workload would ignore it"
             ));
+        }
+        let keyed = matches!(
+            self.workload,
+            WorkloadArg::Hget | WorkloadArg::Hset | WorkloadArg::Mixed | WorkloadArg::Connect
+        );
+        let connect = matches!(self.workload, WorkloadArg::Connect);
+        let unused = [
+            (
+                self.value_size != DEFAULT_VALUE_SIZE && matches!(self.workload, WorkloadArg::Ping),
+                "--value-size",
+            ),
+            (self.keys != DEFAULT_KEYS && !keyed, "--keys"),
+            (!matches!(self.key_dist, KeyDistArg::Uniform) && !keyed, "--key-dist"),
+            // The connect workload opens a connection per request, all on one socket.
+            (self.connect_concurrency != DEFAULT_CONNECT_CONCURRENCY && connect, "--connect-concurrency"),
+            (
+                self.connections_per_socket != DEFAULT_CONNECTIONS_PER_SOCKET && connect,
+                "--connections-per-socket",
+            ),
+        ];
+        if let Some((_, flag)) = unused.iter().find(|(unused, _)| *unused) {
+            return invalid(format!("the {workload} workload does not use {flag}: it would be ignored"));
+        }
+        if self.zero_rtt && self.client.no_0rtt {
+            return invalid(
+                "--zero-rtt (resume, sending in 0-RTT over QUIC) and --no-0rtt contradict each other".into(),
+            );
+        }
+        if self.client.transport != Transport::Quic {
+            let quic = &self.client.quic;
+            let quic_only = [
+                (self.client.no_0rtt, "--no-0rtt"),
+                (quic.no_gso, "--no-gso"),
+                (quic.no_mtu_discovery, "--no-mtu-discovery"),
+                (quic.congestion != Congestion::Cubic, "--congestion"),
+                (quic.initial_rtt != DEFAULT_INITIAL_RTT, "--initial-rtt"),
+                (self.connections_per_socket != DEFAULT_CONNECTIONS_PER_SOCKET, "--connections-per-socket"),
+            ];
+            if let Some((_, flag)) = quic_only.iter().find(|(given, _)| *given) {
+                return invalid(format!(
+                    "{flag} is for QUIC; over --transport {} it would be ignored",
+                    self.client.transport
+                ));
+            }
         }
         Ok(())
     }

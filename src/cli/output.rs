@@ -243,6 +243,8 @@ pub fn bench_summary(config: &qkv::bench::BenchConfig, report: &qkv::bench::Benc
         "max",
     ];
     let l = &json.latency_us;
+    // No success, no latency: a 0 would read as a fast run.
+    let latency = |us: u64| if json.requests == 0 { "-".to_owned() } else { us.to_string() };
     let row = [
         json.transport.clone(),
         json.workload.clone(),
@@ -252,11 +254,11 @@ pub fn bench_summary(config: &qkv::bench::BenchConfig, report: &qkv::bench::Benc
         json.requests.to_string(),
         json.errors.to_string(),
         format!("{:.0}", json.throughput_rps),
-        l.p50.to_string(),
-        l.p90.to_string(),
-        l.p99.to_string(),
-        l.p999.to_string(),
-        l.max.to_string(),
+        latency(l.p50),
+        latency(l.p90),
+        latency(l.p99),
+        latency(l.p999),
+        latency(l.max),
     ];
     let widths: Vec<usize> = header.iter().zip(&row).map(|(h, r)| h.len().max(r.len())).collect();
     let line = |cells: Vec<&str>| {

@@ -84,8 +84,11 @@ pub enum ClientError {
         /// Empty, or a parenthesised remark starting with a space.
         hint: &'static str,
     },
-    /// The server does not speak qkv's protocol (ALPN `qkv/1`) on that port. Nothing was sent.
-    #[error("cannot connect to {addr}: the server did not agree to the qkv/1 protocol (ALPN)")]
+    /// The server does not speak the protocol asked for on that port (ALPN: `qkv/1` on a qkv server's
+    /// main port, `h2` on its web listener). Nothing was sent.
+    #[error(
+        "cannot connect to {addr}: the server did not agree to the protocol asked for (ALPN: qkv/1 on qkv's main port for QUIC, TLS and TCP; h2 on its --web listener for http and grpc)"
+    )]
     NoApplicationProtocol {
         /// The address as configured.
         addr: String,

@@ -433,6 +433,11 @@ fn handshake_error(config: &ClientConfig, e: std::io::Error) -> ClientError {
         Some(tls @ rustls::Error::InvalidCertificate(_)) => {
             ClientError::Handshake { addr, ca_file: config.ca_file.clone(), cause: tls.into() }
         }
+        // The server speaks TLS, but not the protocol asked for: the web listener's port for qkv/1, or
+        // the main port for HTTP.
+        Some(rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)) => {
+            ClientError::NoApplicationProtocol { addr }
+        }
         Some(tls) => ClientError::Connect {
             addr,
             cause: tls.into(),

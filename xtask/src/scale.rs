@@ -358,7 +358,13 @@ fn bench(
     let mut child = pinned(CLIENT_CORE, QKV)
         .args(["bench", "--json", "--transport", transport])
         .args(args)
-        .args(["--keys", &run::KEYS.to_string(), "--value-size", &run::VALUE_SIZE.to_string()])
+        .args(["--value-size", &run::VALUE_SIZE.to_string()])
+        // The fan-out has no keys (the bench refuses flags a workload would ignore).
+        .args(if args.contains(&"fanout") {
+            vec![]
+        } else {
+            vec!["--keys".to_owned(), run::KEYS.to_string()]
+        })
         .args(["--duration", &format!("{}s", duration.as_secs()), "--warmup", "1s"])
         .args(["--addr", &format!("127.0.0.1:{port}"), "--ca"])
         .arg(certs.join("ca.pem"))

@@ -236,7 +236,10 @@ fn measure(
     let concurrency_arg = concurrency.to_string();
     let mut extra = vec!["--workload", "connect", "--connections", &concurrency_arg, "--inflight", "1"];
     extra.extend_from_slice(variant.extra());
-    extra.extend_from_slice(flags);
+    // QUIC's flags (the bench refuses them over TLS, which would ignore them).
+    if variant.transport() == "quic" {
+        extra.extend_from_slice(flags);
+    }
     let mut command = session.bench.command(variant.transport(), WARMUP, &extra);
     command.env("RUST_LOG", "qkv::bench=info");
     let mut child = lab::spawn(command)?;

@@ -45,6 +45,11 @@ pub struct Bench {
     pub duration: Duration,
 }
 
+/// Whether the workload `extra` names reads keys (every one but ping; the lab runs no other).
+fn keyed(extra: &[&str]) -> bool {
+    !extra.windows(2).any(|pair| pair == ["--workload", "ping"])
+}
+
 impl Bench {
     /// A `qkv bench --json` against the lab's server, in the client namespace.
     pub fn command(&self, transport: &str, warmup: Duration, extra: &[&str]) -> Command {
@@ -52,9 +57,11 @@ impl Bench {
         let ca = self.ca.to_string_lossy().into_owned();
         command
             .args(["bench", "--json", "--addr", &self.addr, "--ca", &ca, "--transport", transport])
-            .args(["--keys", KEYS, "--warmup", &format!("{}ms", warmup.as_millis())])
+            .args(["--warmup", &format!("{}ms", warmup.as_millis())])
             .args(["--duration", &format!("{}ms", self.duration.as_millis())])
             .args(extra)
+            // Keys for the workloads that read them (the bench refuses flags a workload would ignore).
+            .args(if keyed(extra) { &["--keys", KEYS][..] } else { &[][..] })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         command
