@@ -53,6 +53,12 @@ async fn the_console_takes_names_as_typed_the_empty_one_included() {
     visit_the_console("names", Figures::NotRecorded).await;
 }
 
+/// The console's subscriptions are made again on its next connection (a change of transport here).
+#[tokio::test]
+async fn the_console_makes_its_subscriptions_again_on_a_new_connection() {
+    visit_the_console("resubscribe", Figures::NotRecorded).await;
+}
+
 /// A page's `Promise.all` of 600 requests over WebTransport: more than the streams the server grants
 /// a session, which Chromium refuses at once rather than waiting. All are answered.
 #[tokio::test]

@@ -33,6 +33,7 @@ const VISITS = {
   readme: { title: "the README's browser example", visit: (page) => runTheReadmeExample(page) },
   names: { title: "the console with empty and padded names", visit: (page) => visitNames(page) },
   "many-requests": { title: "600 requests at once over WebTransport", visit: (page) => manyRequestsAtOnce(page) },
+  resubscribe: { title: "the console's subscriptions on a new connection", visit: (page) => resubscribe(page) },
 };
 const ASKED = process.argv.length > 2 ? process.argv.slice(2) : ["webtransport", "websocket"];
 /** How long any one thing may take to appear: generous for a loaded machine, small beside 20 s. */
@@ -319,6 +320,30 @@ async function runTheReadmeExample(page) {
  * Any string is a name (docs/PROTOCOL.md, section 4), the empty one and one with spaces at its ends
  * included: the console takes them as typed, lists them, and opens them.
  */
+/**
+ * A subscription lasts across a new connection: the console makes it again on the next one (here a
+ * change of transport; a Reconnect after the client gave up does the same), and says so.
+ */
+async function resubscribe(page) {
+  await page.goto(`${WEB_URL}/?transport=websocket`);
+  await expectText(page.locator("#transport"), NAMES.websocket, "the first transport");
+  const topic = "kept";
+  await page.fill("#topic", topic);
+  await page.click("#subscribe");
+  const chip = page.locator(`#subscriptions li[data-topic="${topic}"][data-state="subscribed"]`);
+  await expectVisible(chip, "the subscription");
+  await page.selectOption("#transport-select", "webtransport");
+  await expectText(page.locator("#transport"), NAMES.webtransport, "the new transport");
+  await expectVisible(chip, "the subscription made again on the new connection");
+  const notes = page.locator(`#messages li[data-kind="note"][data-topic="${topic}"]`);
+  await expectVisible(notes.filter({ hasText: "subscribing again on the new one" }), "the note saying so");
+  const published = await rest(page, "POST", `/v1/topics/${topic}`, JSON.stringify(["after the change"]), "application/json");
+  check(published.status === 200, `the REST publish: ${JSON.stringify(published)}`);
+  check(JSON.parse(published.text).subscribers === 1, `one subscriber, not two: ${published.text}`);
+  const messages = page.locator(`#messages li[data-kind="message"][data-topic="${topic}"]`);
+  await expectVisible(messages.filter({ hasText: "after the change" }), "a message on the new connection");
+}
+
 async function visitNames(page) {
   await page.goto(`${WEB_URL}/?transport=websocket`);
   await expectText(page.locator("#state"), "connected", "the connection state");

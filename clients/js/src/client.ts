@@ -151,6 +151,8 @@ export interface Client {
   /** "connected" | "reconnecting" | "closed"; for a UI. */
   readonly state: ClientState;
   onstatechange?: (state: ClientState) => void;
+  /** Once the client is "closed": why (closed by `close()`, or reconnecting given up, and what it met). */
+  readonly closedError: QkvError | undefined;
 }
 
 /** How many times a call is sent at most (docs/PROTOCOL.md, section 13). */

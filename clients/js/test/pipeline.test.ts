@@ -263,6 +263,8 @@ test("reconnection gives up after maxAttempts, and the client is closed", async 
   assert.deepEqual(states, ["reconnecting", "closed"]);
   assert.equal(server.sockets.length, 4, "the first connection and 3 attempts");
   await assert.rejects(pending, (e: unknown) => e instanceof QkvError && /3 attempts/.test(e.message));
+  // A UI can say why it is closed.
+  assert.match(c.closedError?.message ?? "", /3 attempts to reconnect failed/);
 });
 
 test("a call times out when no answer comes", async () => {

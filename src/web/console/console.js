@@ -48,11 +48,20 @@ async function connect(transport) {
       // In "auto" a reconnection may change the transport (WebSocket once UDP is blocked).
       showTransport(connected.transport);
       showState(state);
+      if (state === "closed") {
+        // The client gave up reconnecting: say so where a person looks first, with its reason.
+        const why = connected.closedError?.message ?? "the connection was lost";
+        showConnectionError(`Disconnected: ${why}. Press Reconnect once the server is back: the subscriptions are made again then.`);
+      }
     };
     showTransport(client.transport);
     showState(client.state);
     document.body.classList.add("connected");
     if ($("table").value !== "") action($("load-table"), "table-status", loadFirstPage);
+    // What the last connection carried, made again on this one.
+    const restoring = [...toRestore];
+    toRestore.clear();
+    for (const topic of restoring) subscribeTo(topic);
   } catch (error) {
     if (mine !== attempt) return;
     showState("failed");
@@ -60,9 +69,12 @@ async function connect(transport) {
   }
 }
 
-/** Closes the current client and ends what it carried (its subscriptions). */
+/** Closes the current client and ends what it carried (its subscriptions, to be made again on the next). */
 function dropClient() {
-  for (const topic of [...subscriptions.keys()]) endSubscription(topic, "the connection was replaced");
+  for (const topic of [...subscriptions.keys()]) {
+    toRestore.add(topic);
+    endSubscription(topic, "the connection was replaced; subscribing again on the new one");
+  }
   if (client) {
     client.onstatechange = undefined;
     client.close();
@@ -404,8 +416,17 @@ async function reloadConflicted() {
 /** Topic → its subscription and the chip that shows it. */
 const subscriptions = new Map();
 
+/**
+ * Topics whose subscriptions ended with their connection (replaced, or given up by the client): made
+ * again when the next connection is made, as a person who subscribed expects.
+ */
+const toRestore = new Set();
+
 async function subscribe() {
-  const topic = $("topic").value;
+  await subscribeTo($("topic").value);
+}
+
+async function subscribeTo(topic) {
   if (subscriptions.has(topic)) {
     setStatus("publish-status", `already subscribed to "${topic}"`);
     return;
@@ -462,6 +483,12 @@ async function readSubscription(topic, subscription, chip) {
     }
   } catch (error) {
     why = describe(error);
+    // Ended because the client gave up its connection, not by an unsubscribe or a refusal: Reconnect
+    // makes it again.
+    if (client?.state === "closed") {
+      toRestore.add(topic);
+      why += "; Reconnect makes it again";
+    }
   }
   if (subscriptions.get(topic)?.subscription === subscription) endSubscription(topic, why);
 }
