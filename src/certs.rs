@@ -35,9 +35,6 @@ pub const DEFAULT_SERVER_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 const CA_VALIDITY: Duration = Duration::days(3650);
 const SERVER_VALIDITY: Duration = Duration::days(825);
 const CLIENT_VALIDITY: Duration = Duration::days(397);
-/// Held (an exclusive `flock`) while certificates are issued into a directory, so that servers and
-/// `qkv cert` started together on an empty directory do not each make a CA, or read one half written.
-const LOCK_FILE: &str = ".qkv-certs.lock";
 const PRIVATE_MODE: u32 = 0o600;
 const PUBLIC_MODE: u32 = 0o644;
 
@@ -110,26 +107,36 @@ impl CertDir {
     pub fn ensure_server_certificate(&self) -> Result<Provisioned, CertError> {
         // Certificates in place need no lock (nor a writable directory). Anything else is looked at
         // again under the lock: one half there may be another process's issuing, not yet done.
+        // (Files appear whole: `write_file`.)
         if let Ok(true) = present_pair(&self.server_cert(), &self.server_key()) {
             return Ok(Provisioned::Existing);
         }
-        let _issuing = self.lock()?;
+        // A lock that cannot be taken (a read-only directory) matters only if there is issuing to do;
+        // what is there, or half there, says more.
+        let issuing = self.lock();
         if present_pair(&self.server_cert(), &self.server_key())? {
             return Ok(Provisioned::Existing);
         }
+        let _issuing = issuing?;
         self.issue_server_certificate_locked(&[], false)
     }
 
-    /// The directory (created if need be), locked against other processes issuing into it until the
-    /// returned file is dropped.
+    /// The directory (created if need be), locked against other processes issuing into it (an
+    /// exclusive `flock` on the directory itself: no file of its own, and a read-only directory can be
+    /// locked) until the returned handle is dropped.
     fn lock(&self) -> Result<fs::File, CertError> {
-        fs::create_dir_all(&self.dir).map_err(|cause| CertError::Io { path: self.dir.clone(), cause })?;
-        let path = self.dir.join(LOCK_FILE);
-        let io_error = |cause| CertError::Io { path: path.clone(), cause };
-        let file = OpenOptions::new().create(true).truncate(false).write(true).mode(PUBLIC_MODE).open(&path);
-        let file = file.map_err(io_error)?;
-        file.lock().map_err(io_error)?;
-        Ok(file)
+        let io_error = |cause| CertError::Io { path: self.dir.clone(), cause };
+        fs::create_dir_all(&self.dir).map_err(io_error)?;
+        let dir = fs::File::open(&self.dir).map_err(io_error)?;
+        match dir.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                tracing::info!(dir = %self.dir.display(), "waiting for another process issuing certificates there");
+                dir.lock().map_err(io_error)?;
+            }
+            Err(fs::TryLockError::Error(cause)) => return Err(io_error(cause)),
+        }
+        Ok(dir)
     }
 
     /// What `qkv cert` does: issue a server certificate for the default names plus `extra_names`
@@ -343,31 +350,30 @@ fn read_to_string(path: &Path) -> Result<String, CertError> {
     fs::read_to_string(path).map_err(|cause| CertError::Io { path: path.to_owned(), cause })
 }
 
-/// Writes `contents` with permissions `mode`. Without `overwrite` the file must not exist yet, checked
-/// atomically by the open itself. With `overwrite` the new file is written beside the old one and renamed
-/// over it, so a reader sees either the old file or the new one, never half of one.
+/// Writes `contents` with permissions `mode`, whole: into a new file beside `path`, synced, which then
+/// becomes `path`, so that a reader (a server starting without the directory's lock) sees the file
+/// whole or not at all. Without `overwrite` `path` must not exist yet, checked atomically by the link
+/// that makes it; with `overwrite` the new file is renamed over the old one.
 fn write_file(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Result<(), CertError> {
     let io_error = |path: &Path| {
         let path = path.to_owned();
         move |cause| CertError::Io { path, cause }
     };
-    let target = if overwrite { path.with_extension("pem.new") } else { path.to_owned() };
-    if overwrite {
-        // A leftover from an interrupted run would make `create_new` fail.
-        let _ = fs::remove_file(&target);
+    let new = path.with_extension("pem.new");
+    // A leftover from an interrupted run would make `create_new` fail.
+    let _ = fs::remove_file(&new);
+    let mut file =
+        OpenOptions::new().write(true).create_new(true).mode(mode).open(&new).map_err(io_error(&new))?;
+    file.write_all(contents).map_err(io_error(&new))?;
+    file.sync_all().map_err(io_error(&new))?;
+    let placed = match overwrite {
+        true => fs::rename(&new, path),
+        false => fs::hard_link(&new, path).and_then(|()| fs::remove_file(&new)),
+    };
+    if placed.is_err() {
+        let _ = fs::remove_file(&new);
     }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&target)
-        .map_err(io_error(&target))?;
-    file.write_all(contents).map_err(io_error(&target))?;
-    file.sync_all().map_err(io_error(&target))?;
-    if overwrite {
-        fs::rename(&target, path).map_err(io_error(path))?;
-    }
-    Ok(())
+    placed.map_err(io_error(path))
 }
 
 #[cfg(test)]
@@ -390,10 +396,16 @@ mod tests {
         let starts: Vec<_> = (0..8)
             .map(|_| {
                 let certs = CertDir::new(certs.path());
-                std::thread::spawn(move || certs.ensure_server_certificate())
+                std::thread::spawn(move || {
+                    let provisioned = certs.ensure_server_certificate();
+                    // What each found is whole: a server goes on to load it at once.
+                    Identity::from_pem_files(&certs.server_cert(), &certs.server_key()).unwrap();
+                    provisioned
+                })
             })
             .collect();
         let provisioned: Vec<_> = starts.into_iter().map(|start| start.join().unwrap().unwrap()).collect();
+        assert!(!certs.path().join("server.pem.new").exists(), "nothing is left beside the files");
         let issued = provisioned.iter().filter(|p| **p != Provisioned::Existing).count();
         assert_eq!(issued, 1, "{provisioned:?}");
         read_roots(&certs.ca_cert()).unwrap();

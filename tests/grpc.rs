@@ -112,6 +112,64 @@ async fn raw_call_of(server: &TestServer, method: &str, timeout: &str, body: &[u
     (data, trailers)
 }
 
+/// grpcurl's reflection client sends a request, waits for its answer, then sends the next on the same
+/// stream, which it keeps open: each is answered as it comes (read whole first, the first request's
+/// answer waited for a body that would not end until the request timeout).
+#[tokio::test]
+async fn reflection_answers_each_request_of_an_open_stream_as_it_comes() {
+    let server = TestServer::start_for(Transport::Grpc).await;
+    let mut tls = qkv::tls::client_config(
+        qkv::tls::read_roots(&server.ca()).expect("the CA"),
+        &qkv::tls::Tickets::none(),
+        None,
+    )
+    .expect("a TLS configuration");
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let stream = tokio::net::TcpStream::connect(server.web.expect("a web listener")).await.expect("connects");
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect("localhost".try_into().expect("a name"), stream)
+        .await
+        .expect("TLS");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2");
+    tokio::spawn(connection);
+    let (requests, body) =
+        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>>(4);
+    let call =
+        hyper::Request::post("https://localhost/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::StreamBody::new(Box::pin(futures_util::stream::unfold(
+                body,
+                async |mut body| body.recv().await.map(|frame| (frame, body)),
+            ))))
+            .expect("a request");
+    // ServerReflectionRequest { list_services: "" }: field 7, an empty string.
+    let list_services = bytes::Bytes::from(grpc_message(&[0x3a, 0x00]));
+    requests.send(Ok(hyper::body::Frame::data(list_services.clone()))).await.unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), sender.send_request(call))
+        .await
+        .expect("answered while the stream is open")
+        .expect("an answer");
+    let mut body = response.into_body();
+    for turn in 0..2 {
+        let frame = tokio::time::timeout(Duration::from_secs(5), http_body_util::BodyExt::frame(&mut body))
+            .await
+            .unwrap_or_else(|_| panic!("answer {turn} came while the stream was open"))
+            .expect("a frame")
+            .expect("data");
+        let data = frame.into_data().expect("data, not trailers");
+        assert!(String::from_utf8_lossy(&data).contains("qkv.v1.Kv"), "answer {turn}: {data:?}");
+        if turn == 0 {
+            requests.send(Ok(hyper::body::Frame::data(list_services.clone()))).await.unwrap();
+        }
+    }
+}
+
 /// Execute takes one request message. tonic decodes the first and drops the rest, so a call of two
 /// ran the first alone and answered OK, leaving the client to think both ran: refused, nothing run.
 #[tokio::test]

@@ -61,35 +61,12 @@ impl Endpoint {
     async fn connect(&self, config: &BenchConfig) -> Result<Target, BenchError> {
         Ok(match self {
             Endpoint::Kv(endpoint) => Target::Kv(endpoint.connect().await?),
-            Endpoint::Echo(endpoint) => {
-                let addr = &config.client.addr;
-                let client = endpoint
-                    .connect()
-                    .await
-                    .map_err(|e| BenchError::Setup(format!("cannot connect to the floor at {addr}: {e}")))?;
-                // One echo first: a server that is not a floor (a qkv server answers with its own
-                // frames), or one that speaks TLS where the bench speaks plaintext, would otherwise
-                // fail every request of the run, as fast as they could be sent.
-                let max_frame_len = config.client.limits.max_frame_len;
-                let probe = bytes::Bytes::from(vec![b'p'; config.value_size]);
-                let not_a_floor = |what: String| {
-                    BenchError::Setup(format!(
-                        "the server at {addr} {what}: --workload echo needs a floor server (qkv floor) speaking --transport {}",
-                        config.client.transport
-                    ))
-                };
-                match client.echo(probe, max_frame_len).await {
-                    Ok(echoed) if echoed == config.value_size => {}
-                    Ok(echoed) => {
-                        return Err(not_a_floor(format!(
-                            "answered a {}-byte message with {echoed} bytes",
-                            config.value_size
-                        )));
-                    }
-                    Err(e) => return Err(not_a_floor(format!("did not echo a first message ({e})"))),
-                }
-                Target::Echo { client, max_frame_len }
-            }
+            Endpoint::Echo(endpoint) => Target::Echo {
+                client: endpoint.connect().await.map_err(|e| {
+                    BenchError::Setup(format!("cannot connect to the floor at {}: {e}", config.client.addr))
+                })?,
+                max_frame_len: config.client.limits.max_frame_len,
+            },
         })
     }
 
@@ -98,6 +75,50 @@ impl Endpoint {
             Endpoint::Kv(endpoint) => endpoint.wait_idle().await,
             Endpoint::Echo(endpoint) => endpoint.wait_idle().await,
         }
+    }
+}
+
+/// One echo on a connection of its own before the run, as the keys are preloaded for the other
+/// workloads: a server that is not a floor (a qkv server answers with its own frames), or one that
+/// speaks TLS where the bench speaks plaintext, would otherwise fail every request of the run, as fast
+/// as they could be sent. Bounded by the connect timeout.
+async fn probe_floor(config: &BenchConfig, addr: SocketAddr) -> Result<(), BenchError> {
+    let max_frame_len = config.client.limits.max_frame_len;
+    if config.value_size > max_frame_len {
+        return Err(BenchError::Setup(format!(
+            "--value-size {} is over the largest frame, {max_frame_len} bytes",
+            config.value_size
+        )));
+    }
+    let not_a_floor = |what: String| {
+        BenchError::Setup(format!(
+            "the server at {} {what}: --workload echo needs a floor server (qkv floor) speaking --transport {}",
+            config.client.addr, config.client.transport
+        ))
+    };
+    let endpoint = Endpoint::new(config, Some(addr)).await?;
+    let probe = async {
+        let Target::Echo { client, .. } = endpoint.connect(config).await? else {
+            return Err(BenchError::Setup("the floor's endpoint made no echo client".into()));
+        };
+        let echoed = client.echo(bytes::Bytes::from(vec![b'p'; config.value_size]), max_frame_len).await;
+        client.close();
+        Ok(echoed)
+    };
+    let echoed = tokio::time::timeout(config.client.connect_timeout, probe).await;
+    // Its connection closed (a QUIC one told to the server), within bounds for one that never opened.
+    let _ = tokio::time::timeout(config.client.connect_timeout, endpoint.wait_idle()).await;
+    match echoed {
+        Ok(Ok(Ok(echoed))) if echoed == config.value_size => Ok(()),
+        Ok(Ok(Ok(echoed))) => {
+            Err(not_a_floor(format!("answered a {}-byte message with {echoed} bytes", config.value_size)))
+        }
+        Ok(Ok(Err(e))) => Err(not_a_floor(format!("did not echo a first message ({e})"))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(not_a_floor(format!(
+            "did not echo a first message within the connect timeout ({:?})",
+            config.client.connect_timeout
+        ))),
     }
 }
 
@@ -120,6 +141,9 @@ impl Connections {
             ),
             _ => None,
         };
+        if let Some(addr) = echo_addr {
+            probe_floor(config, addr).await?;
+        }
         // Over TCP there is no socket to share; one endpoint still builds the TLS configuration once.
         let per_endpoint = match config.client.transport {
             Transport::Quic => config.connections_per_socket.max(1),

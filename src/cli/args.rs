@@ -508,6 +508,13 @@ pub struct ServeArgs {
     /// (clients split larger frames); the server sends none larger either.
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     pub websocket_max_message: usize,
+    /// Plaintext TCP, and TLS clients that ask for no protocol (ALPN), as the course's do: answer frames
+    /// larger than this go gzipped, the top bit of their length set, as the course's KV server sends
+    /// them (its later clients lose a frame that arrives in pieces, which compressed answers make rare:
+    /// docs/PROTOCOL.md, section 12), e.g. 1436. Off by default. qkv's own TCP client reads no
+    /// compressed frames: with this on, use TLS or QUIC for it.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub tcp_gzip_answers_above: Option<usize>,
     /// Log lines as text, or as JSON objects one per line (for log shippers). RUST_LOG sets what is
     /// logged, e.g. RUST_LOG=info,qkv::connection=warn drops the line each connection logs as it ends.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -765,6 +772,7 @@ impl ServeArgs {
         config.limits.send_window = self.send_window;
         config.limits.memory_wait = self.memory_wait;
         config.limits.max_unvalidated_handshakes = self.max_unvalidated_handshakes;
+        config.limits.tcp_gzip_answers_above = self.tcp_gzip_answers_above;
         if let Some(bytes) = self.connection_memory {
             config.connection_memory = bytes;
         }
@@ -1129,5 +1137,27 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
         Ok(duration) if duration > qkv::transport::MAX_TIMEOUT => Err("must be at most a year".into()),
         Ok(duration) => Ok(duration),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    /// `BenchArgs::validate` tells a flag given from its default by comparing with constants: they must
+    /// be clap's defaults, or every run over TLS would be refused (or a given flag let through).
+    #[test]
+    fn the_bench_refuses_nothing_left_at_its_defaults_on_any_transport_or_workload() {
+        for transport in ["quic", "tls", "tcp", "http", "grpc", "grpc-pipeline"] {
+            for workload in ["ping", "hget", "hset", "mixed", "echo", "connect", "fanout"] {
+                let args = ["qkv", "bench", "--transport", transport, "--workload", workload];
+                let Ok(Cli { command: Command::Bench(bench), .. }) = Cli::try_parse_from(args) else {
+                    panic!("{args:?} parses");
+                };
+                bench.validate().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            }
+        }
     }
 }

@@ -52,7 +52,8 @@ pub enum ClientError {
         addr: String,
         /// The connect timeout that passed: one attempt's.
         timeout: Duration,
-        /// How many attempts of a call waited that long (1 for a connection made outside a call).
+        /// How many attempts of a call tried to connect, each for up to the connect timeout (the last
+        /// may have been cut short by the call's own timeout); 1 for a connection made outside a call.
         attempts: u32,
         /// Empty, or a parenthesised remark starting with a space.
         hint: &'static str,
@@ -306,9 +307,9 @@ fn refuses_client_certificate(alert: u8) -> bool {
     matches!(alert, 42..=46 | 48 | 49 | 116)
 }
 
-/// How a [`ClientError::ConnectTimeout`] says that several attempts each waited its timeout.
+/// How a [`ClientError::ConnectTimeout`] says that several attempts tried.
 fn each_of(attempts: u32) -> String {
-    if attempts > 1 { format!(" on each of {attempts} attempts") } else { String::new() }
+    if attempts > 1 { format!(" ({attempts} attempts)") } else { String::new() }
 }
 
 impl ClientError {

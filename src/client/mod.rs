@@ -451,7 +451,8 @@ impl Client {
                 Err(_) => {
                     let cause = Cause::NoConnectionWithin(self.inner.config.request_timeout);
                     let error = reached.or(last_error).unwrap_or(ClientError::NotSent { cause });
-                    return Err(error.after_connect_timeouts(connect_timeouts));
+                    // The call's timeout cut this attempt's connecting short: it tried too.
+                    return Err(error.after_connect_timeouts(connect_timeouts + 1));
                 }
             };
             let error = match sent {

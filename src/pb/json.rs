@@ -31,6 +31,7 @@ pub fn to_json(value: &Value) -> Json {
 /// (an optional `-` and digits: no fraction, no exponent) is an integer: one outside the 64-bit signed
 /// range is an error, and `-0` is 0. (Parsed to a `serde_json::Value` first, an integer beyond
 /// ±2⁶⁴ comes back as a float, losing digits, and `-0` as the float -0.0.)
+#[cfg(feature = "server")]
 pub fn from_json_text(text: &str) -> Result<Value, String> {
     let text = text.trim_matches([' ', '\t', '\n', '\r']);
     let digits = text.strip_prefix('-').unwrap_or(text);
@@ -49,16 +50,20 @@ pub fn from_json_text(text: &str) -> Result<Value, String> {
 
 /// JSON read as `serde_json::Value` reads it, except that an object naming a member twice is refused
 /// (serde_json keeps the last): `{"binary": "AA==", "binary": "AQ=="}` is not one value or the other.
+#[cfg(feature = "server")]
 struct StrictJson(Json);
 
+#[cfg(feature = "server")]
 impl<'de> serde::Deserialize<'de> for StrictJson {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(StrictVisitor).map(StrictJson)
     }
 }
 
+#[cfg(feature = "server")]
 struct StrictVisitor;
 
+#[cfg(feature = "server")]
 impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     type Value = Json;
 
@@ -170,6 +175,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "server")]
     fn a_member_given_twice_is_refused_not_taken_last() {
         for text in [r#"{"binary":"AA==","binary":"AQ=="}"#, r#"{"float":"NaN","float":"Infinity"}"#] {
             let refused = from_json_text(text).unwrap_err();

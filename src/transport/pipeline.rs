@@ -111,6 +111,28 @@ pub const FIXED_HOLDINGS: usize = READ_CHUNK + READ_ROOM + 2 * 1024 + REFUSAL_RO
 
 const _: () = assert!(READ_CHUNK >= REFUSAL_ROOM);
 
+/// What kind of byte stream a pipeline serves: what its client's end of sending means, and whether
+/// its larger answers go gzipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamRules {
+    pub after_close: AfterClose,
+    /// Answer frames larger than this go gzipped (`writer::FrameWriter::gzipping_above`).
+    pub gzip_answers_above: Option<usize>,
+}
+
+impl StreamRules {
+    /// A stream within another connection (a WebSocket, a gRPC `Pipeline` call): its end ends its
+    /// subscriptions, and its frames go as they are.
+    pub const WITHIN: StreamRules =
+        StreamRules { after_close: AfterClose::EndSubscriptions, gzip_answers_above: None };
+
+    /// A TCP connection (plaintext or TLS): a half-close reads on; `gzip_answers_above` as the server
+    /// was told for the course's clients.
+    pub fn tcp(gzip_answers_above: Option<usize>) -> Self {
+        StreamRules { after_close: AfterClose::ReadOn, gzip_answers_above }
+    }
+}
+
 /// What a client's end of its sending side (its stream's end) means for its subscriptions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterClose {
@@ -201,7 +223,7 @@ pub async fn serve_pipelined<IO, H>(
     memory: MemoryBudget,
     shutdown: CancellationToken,
     caller: Caller,
-    after_close: AfterClose,
+    rules: StreamRules,
 ) -> u64
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -214,7 +236,9 @@ where
     // The course's client compresses its larger frames (docs/PROTOCOL.md, section 12).
     let mut codec = FrameCodec::<CommandRequest>::new(limits.max_frame_len).taking_compressed();
     let mut received = BytesMut::new();
-    let mut answers = FrameWriter::new(write, limits.max_frame_len, &memory);
+    let mut answers =
+        FrameWriter::new(write, limits.max_frame_len, &memory).gzipping_above(rules.gzip_answers_above);
+    let after_close = rules.after_close;
     // A service's refusals, when the budget is spent: room for one, in the fixed share.
     let refusals = AnswerBudget::new(memory.clone(), 1);
     // Covers the bytes received and not yet decoded, and the queue's requests and answers.
@@ -379,7 +403,9 @@ where
 
         // One timer serves two timeouts: the request timeout from the moment a frame starts arriving,
         // the idle timeout while nothing at all is going on. It is set only when that changes.
-        let partial = waiting.is_none() && !received.is_empty();
+        // (Once the connection is ending nothing more is read: a frame cut short by it is refused
+        // already, and its request timeout must not overwrite why.)
+        let partial = waiting.is_none() && !received.is_empty() && ending.is_none();
         let wanted = if partial {
             Some(Timer::PartialFrame(*partial_since.get_or_insert_with(Instant::now)))
         } else {
@@ -1062,7 +1088,7 @@ mod tests {
             MemoryBudget::unlimited(),
             CancellationToken::new(),
             Caller::default(),
-            AfterClose::ReadOn,
+            StreamRules::tcp(None),
         );
         let ended = tokio::time::timeout(Duration::from_secs(3600), serving).await;
         assert!(ended.is_ok(), "the connection never ended");
@@ -1097,7 +1123,7 @@ mod tests {
             memory.clone(),
             CancellationToken::new(),
             Caller::default(),
-            AfterClose::ReadOn,
+            StreamRules::tcp(None),
         );
         tokio::spawn(serving);
         // 64 of them, 32 MiB of answers, none read.
@@ -1125,7 +1151,7 @@ mod tests {
             MemoryBudget::unlimited(),
             CancellationToken::new(),
             Caller::default(),
-            AfterClose::ReadOn,
+            StreamRules::tcp(None),
         );
         tokio::spawn(serving);
         for request in requests {

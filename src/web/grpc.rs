@@ -26,7 +26,7 @@ use crate::service::{Caller, Handler};
 use crate::transport::Limits;
 use crate::transport::log_throttle;
 use crate::transport::messages::message_stream;
-use crate::transport::pipeline::{AfterClose, serve_pipelined};
+use crate::transport::pipeline::{StreamRules, serve_pipelined};
 use crate::transport::timeouts::StallTimeout;
 
 use crate::pb::grpc::kv_server::{Kv, KvServer};
@@ -35,8 +35,11 @@ use crate::pb::grpc::{FILE_DESCRIPTOR_SET, Frames, MAX_MESSAGE_HEADER, refusal};
 /// The path of `Pipeline` calls, which [`pipeline_router`] serves.
 pub const PIPELINE_PATH: &str = "/qkv.v1.Kv/Pipeline";
 
-/// The gRPC routes but `Pipeline`: `qkv.v1.Kv` and server reflection (v1 and v1alpha, for older
-/// grpcurl). Their request bodies are read whole before they get here.
+/// The paths of `qkv.v1.Kv`'s one-message calls, whose request body is one message.
+pub const UNARY_PATHS: [&str; 2] = ["/qkv.v1.Kv/Execute", "/qkv.v1.Kv/ExecuteStream"];
+
+/// `qkv.v1.Kv`'s routes but `Pipeline` (and any other method, answered UNIMPLEMENTED). Their request
+/// bodies are read whole before they get here.
 pub fn router<H: Handler>(handler: H, limits: &Limits, max_message: usize) -> Router {
     let door = GrpcDoor {
         handler,
@@ -45,18 +48,31 @@ pub fn router<H: Handler>(handler: H, limits: &Limits, max_message: usize) -> Ro
         max_answer: limits.max_frame_len,
     };
     let kv = KvServer::new(door).max_decoding_message_size(limits.max_frame_len);
+    tonic::service::Routes::new(kv).prepare().into_axum_router()
+}
+
+/// Whether `path` is server reflection's ([`reflection_router`]).
+pub fn is_reflection(path: &str) -> bool {
+    path.starts_with("/grpc.reflection.")
+}
+
+/// Server reflection (v1, and v1alpha for older grpcurl): streams of requests, each answered as it
+/// comes (grpcurl sends its next once it has the answer, on the same stream), so not read whole
+/// first. Its messages are small, and tonic bounds each (4 MiB).
+pub fn reflection_router() -> Router {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
     };
-    let mut routes = tonic::service::Routes::new(kv);
     match (reflection().build_v1(), reflection().build_v1alpha()) {
-        (Ok(v1), Ok(v1alpha)) => routes = routes.add_service(v1).add_service(v1alpha),
+        (Ok(v1), Ok(v1alpha)) => {
+            tonic::service::Routes::new(v1).add_service(v1alpha).prepare().into_axum_router()
+        }
         (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!(error = %e, "gRPC reflection is off: its descriptors did not load")
+            tracing::warn!(error = %e, "gRPC reflection is off: its descriptors did not load");
+            Router::new()
         }
     }
-    routes.prepare().into_axum_router()
 }
 
 /// `Pipeline` calls ([`PIPELINE_PATH`]), whose bodies are streams: messages of at most `max_message`
@@ -241,8 +257,7 @@ impl<H: Handler> Kv for GrpcDoor<H> {
             let io = std::pin::pin!(message_stream(received, sent, max_message));
             let (limits, memory, shutdown) = (scope.limits.clone(), scope.memory.clone(), scope.shutdown);
             let io = StallTimeout::new(io, limits.reply_timeout, limits.reply_min_progress);
-            serve_pipelined(io, handler, limits, memory, shutdown, caller, AfterClose::EndSubscriptions)
-                .await;
+            serve_pipelined(io, handler, limits, memory, shutdown, caller, StreamRules::WITHIN).await;
             drop(share);
             let _ = ended.send(failed.lock().take());
         };

@@ -78,12 +78,14 @@ pub enum WebSecurity {
 }
 
 /// The routes every web connection serves: REST and gRPC, each behind the request body limit, and
-/// gRPC's `Pipeline`, whose body is a stream the pipeline charges as it reads it.
+/// gRPC's `Pipeline`, whose body is a stream the pipeline charges as it reads it, and server reflection,
+/// streams of small requests each answered as it comes.
 #[derive(Clone)]
 struct Doors {
     rest: Router,
     grpc: Router,
     pipeline: Router,
+    reflection: Router,
 }
 
 /// Serves the web listener until `shutdown` is cancelled, then shuts down gracefully within `grace`:
@@ -150,6 +152,7 @@ pub async fn serve<H: Handler>(
             &origins,
             tls,
         ),
+        reflection: for_known_hosts::<true>(grpc::reflection_router(), &origins, tls),
     };
     let memory = admission.memory().clone();
     let accepting = Accepting {
@@ -304,6 +307,7 @@ impl<H: Handler> Connection<H> {
                 request.extensions_mut().insert(scope.clone());
                 let door = match is_grpc(&request) {
                     true if request.uri().path() == grpc::PIPELINE_PATH => doors.pipeline.clone(),
+                    true if grpc::is_reflection(request.uri().path()) => doors.reflection.clone(),
                     true => doors.grpc.clone(),
                     false => doors.rest.clone(),
                 };
@@ -719,7 +723,10 @@ async fn read_body<const GRPC: bool>(
     };
     // Execute and ExecuteStream take one message: tonic decodes the first and drops any after it, so
     // a client that sent two would think both ran.
-    if GRPC && let Some(extra) = after_first_grpc_message(&bytes) {
+    if GRPC
+        && grpc::UNARY_PATHS.contains(&parts.uri.path())
+        && let Some(extra) = after_first_grpc_message(&bytes)
+    {
         let detail = format!(
             "the call carries more than one request message ({extra} bytes follow the first): Execute and ExecuteStream take one, Pipeline many; nothing was executed"
         );

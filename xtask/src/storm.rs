@@ -627,7 +627,7 @@ fn method(results: &StormResults) -> String {
         false => ("`qkv serve` with its defaults", ""),
         true => (
             "`qkv serve --no-mtu-discovery` (path MTU discovery off; its defaults otherwise)",
-            " --no-mtu-discovery",
+            " [--no-mtu-discovery over QUIC]",
         ),
     };
     format!(
