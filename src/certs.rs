@@ -121,22 +121,32 @@ impl CertDir {
         self.issue_server_certificate_locked(&[], false)
     }
 
-    /// The directory (created if need be), locked against other processes issuing into it (an
-    /// exclusive `flock` on the directory itself: no file of its own, and a read-only directory can be
-    /// locked) until the returned handle is dropped.
+    /// The directory (created if need be), locked against other processes issuing into it until the
+    /// returned handle is dropped: an exclusive `flock` on the directory itself (no file of its own,
+    /// and a read-only directory can be locked), or, where a directory cannot be locked so (NFS, which
+    /// locks only files open for writing), on a lock file in it. What an issuing cut short left beside
+    /// its files (`*.pem.new`) is removed then.
     fn lock(&self) -> Result<fs::File, CertError> {
         let io_error = |cause| CertError::Io { path: self.dir.clone(), cause };
         fs::create_dir_all(&self.dir).map_err(io_error)?;
-        let dir = fs::File::open(&self.dir).map_err(io_error)?;
-        match dir.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                tracing::info!(dir = %self.dir.display(), "waiting for another process issuing certificates there");
-                dir.lock().map_err(io_error)?;
+        let locked = match lock_file(fs::File::open(&self.dir).map_err(io_error)?, &self.dir) {
+            Err(e) if e.raw_os_error().is_some_and(|code| LOCKS_NO_DIRECTORIES.contains(&code)) => {
+                let path = self.dir.join(".qkv-certs.lock");
+                let file =
+                    OpenOptions::new().create(true).truncate(false).write(true).mode(PUBLIC_MODE).open(&path);
+                lock_file(file.map_err(|cause| CertError::Io { path: path.clone(), cause })?, &self.dir)
+                    .map_err(|cause| CertError::Io { path, cause })?
             }
-            Err(fs::TryLockError::Error(cause)) => return Err(io_error(cause)),
+            locked => locked.map_err(io_error)?,
+        };
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().ends_with(".pem.new") {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
         }
-        Ok(dir)
+        Ok(locked)
     }
 
     /// What `qkv cert` does: issue a server certificate for the default names plus `extra_names`
@@ -327,6 +337,23 @@ fn validity(length: Duration) -> (OffsetDateTime, OffsetDateTime) {
     (now - Duration::hours(1), now + length)
 }
 
+/// Errors of an exclusive `flock` on a directory where the filesystem locks only files open for
+/// writing: EBADF (NFS), ENOLCK.
+const LOCKS_NO_DIRECTORIES: [i32; 2] = [9, 37];
+
+/// `file` locked exclusively, saying so in the log if another process holds it (`dir` named).
+fn lock_file(file: fs::File, dir: &Path) -> std::io::Result<fs::File> {
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => {
+            tracing::info!(dir = %dir.display(), "waiting for another process issuing certificates there");
+            file.lock()?;
+            Ok(file)
+        }
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 /// Refuses, unless `force`, when any of `paths` exists.
 fn refuse_overwrite(paths: &[PathBuf], force: bool) -> Result<(), CertError> {
     let existing: Vec<PathBuf> = paths.iter().filter(|p| p.exists()).cloned().collect();
@@ -368,7 +395,14 @@ fn write_file(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Resul
     file.sync_all().map_err(io_error(&new))?;
     let placed = match overwrite {
         true => fs::rename(&new, path),
-        false => fs::hard_link(&new, path).and_then(|()| fs::remove_file(&new)),
+        // A link fails if `path` exists. Where the filesystem has no hard links (FAT, some FUSE and
+        // SMB mounts) a rename places it as well: every writer holds the directory's lock, and
+        // `refuse_overwrite` found `path` absent under it.
+        false => match fs::hard_link(&new, path) {
+            Ok(()) => fs::remove_file(&new),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+            Err(_) => fs::rename(&new, path),
+        },
     };
     if placed.is_err() {
         let _ = fs::remove_file(&new);

@@ -23,7 +23,7 @@ use crate::service::{Caller, ItemLimits, Reply, Service, ServiceConfig};
 use crate::storage::{MemoryStore, Storage};
 use crate::transport::Limits;
 use crate::transport::frame::{FrameCodec, FrameError, encode_frame};
-use crate::transport::pipeline::{StreamRules, serve_pipelined};
+use crate::transport::pipeline::{AfterClose, serve_pipelined};
 
 /// Small limits, so that inputs a fuzzer can produce reach them.
 const MAX_FRAME: usize = 64 * 1024;
@@ -180,7 +180,7 @@ pub fn tcp_pipeline(data: &[u8]) {
             Caller::default(),
             // Closing its side ends the exchange, a subscription at the end of the bytes included
             // (over TCP it would read on until its client went away, which a duplex cannot show).
-            StreamRules::WITHIN,
+            AfterClose::EndSubscriptions,
         ));
         let (read, mut write) = tokio::io::split(&mut client);
         let sending = async {

@@ -117,7 +117,11 @@ async fn raw_call_of(server: &TestServer, method: &str, timeout: &str, body: &[u
 /// answer waited for a body that would not end until the request timeout).
 #[tokio::test]
 async fn reflection_answers_each_request_of_an_open_stream_as_it_comes() {
-    let server = TestServer::start_for(Transport::Grpc).await;
+    // Its streams last at most the request timeout, not read whole first: a stream left open ends.
+    let server = TestServer::start_for_with(Transport::Grpc, |config| {
+        config.limits.request_timeout = Duration::from_secs(2);
+    })
+    .await;
     let mut tls = qkv::tls::client_config(
         qkv::tls::read_roots(&server.ca()).expect("the CA"),
         &qkv::tls::Tickets::none(),
@@ -168,6 +172,17 @@ async fn reflection_answers_each_request_of_an_open_stream_as_it_comes() {
             requests.send(Ok(hyper::body::Frame::data(list_services.clone()))).await.unwrap();
         }
     }
+    // Left open, the stream is ended by the server at its time, not held for as long as the client likes.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match http_body_util::BodyExt::frame(&mut body).await {
+                Some(Ok(frame)) if frame.is_data() => continue,
+                _ => break,
+            }
+        }
+    });
+    ended.await.expect("the server ends a reflection stream left open");
+    drop(requests);
 }
 
 /// Execute takes one request message. tonic decodes the first and drops the rest, so a call of two

@@ -770,57 +770,7 @@ async fn the_course_clients_compressed_frames_are_taken(transport: Transport) {
     assert_eq!(client.hget("course", "k").await.unwrap().map(|v| v.value), Some(Value::from(value.as_str())));
 }
 
-/// With `--tcp-gzip-answers-above`, a course client gets its larger answers gzipped, as the course's
-/// server sends them (the course's later reader loses a frame that arrives in pieces: a 200 KB answer
-/// sent as it is failed about half the time, gzipped it is a few hundred bytes), and its small ones as
-/// they are. Over TLS only a client that asks for no protocol is one (the course's asks for none);
-/// qkv's own, which asks for qkv/1, gets every frame as it is.
-async fn the_course_clients_get_their_larger_answers_gzipped_when_asked(transport: Transport) {
-    let server = TestServer::start_for_with(transport, |config| {
-        config.limits.tcp_gzip_answers_above = Some(1436);
-    })
-    .await;
-    let large = vec![0u8; 200_000];
-    let writer = server.client().await;
-    writer.hset("course", "large", large.clone()).await.unwrap();
-    writer.hset("course", "small", "s").await.unwrap();
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let mut stream: Box<dyn common::ByteStream> = match transport {
-        Transport::Tls => {
-            let roots = qkv::tls::read_roots(&server.ca()).unwrap();
-            let mut config = qkv::tls::client_config(roots, &qkv::tls::Tickets::none(), None).unwrap();
-            config.alpn_protocols.clear(); // as the course's TlsClientConnector
-            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-            Box::new(connector.connect("localhost".try_into().unwrap(), tcp).await.unwrap())
-        }
-        _ => Box::new(tcp),
-    };
-    for key in ["large", "small"] {
-        stream.write_all(&common::frame(&CommandRequest::hget("course", key))).await.unwrap();
-    }
-    let mut read_frame = async || {
-        let header = tokio::io::AsyncReadExt::read_u32(&mut stream).await.unwrap();
-        let mut payload = vec![0u8; (header & !(1 << 31)) as usize];
-        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut payload).await.unwrap();
-        (header & (1 << 31) != 0, payload)
-    };
-    let (gzipped, payload) = read_frame().await;
-    assert!(gzipped && payload.len() < 2_000, "{} bytes, gzipped: {gzipped}", payload.len());
-    let mut inflated = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(payload.as_slice()), &mut inflated).unwrap();
-    let answer = CommandResponse::decode(inflated.as_slice()).unwrap();
-    assert_eq!(answer.values, vec![Value::from(large.clone())]);
-    let (gzipped, payload) = read_frame().await;
-    assert!(!gzipped, "a small answer goes as it is");
-    assert_eq!(CommandResponse::decode(payload.as_slice()).unwrap().values, vec![Value::from("s")]);
-    if transport == Transport::Tls {
-        let found = writer.hget("course", "large").await.unwrap();
-        assert_eq!(found.map(|v| v.value), Some(Value::from(large)), "qkv's own client, as it is");
-    }
-}
-
 transport_tests!(pipelined: tls, tcp =>
-    the_course_clients_get_their_larger_answers_gzipped_when_asked,
     the_course_clients_compressed_frames_are_taken,
     a_subscription_the_requests_behind_it_stall_ends_and_their_answers_follow,
     a_subscription_waiting_behind_a_long_answer_is_not_ended,

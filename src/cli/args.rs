@@ -508,13 +508,7 @@ pub struct ServeArgs {
     /// (clients split larger frames); the server sends none larger either.
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     pub websocket_max_message: usize,
-    /// Plaintext TCP, and TLS clients that ask for no protocol (ALPN), as the course's do: answer frames
-    /// larger than this go gzipped, the top bit of their length set, as the course's KV server sends
-    /// them (its later clients lose a frame that arrives in pieces, which compressed answers make rare:
-    /// docs/PROTOCOL.md, section 12), e.g. 1436. Off by default. qkv's own TCP client reads no
-    /// compressed frames: with this on, use TLS or QUIC for it.
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
-    pub tcp_gzip_answers_above: Option<usize>,
+
     /// Log lines as text, or as JSON objects one per line (for log shippers). RUST_LOG sets what is
     /// logged, e.g. RUST_LOG=info,qkv::connection=warn drops the line each connection logs as it ends.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -772,7 +766,6 @@ impl ServeArgs {
         config.limits.send_window = self.send_window;
         config.limits.memory_wait = self.memory_wait;
         config.limits.max_unvalidated_handshakes = self.max_unvalidated_handshakes;
-        config.limits.tcp_gzip_answers_above = self.tcp_gzip_answers_above;
         if let Some(bytes) = self.connection_memory {
             config.connection_memory = bytes;
         }

@@ -101,7 +101,7 @@ fn too_large_hint(declared: u64) -> &'static str {
 }
 
 /// The top bit of a length prefix, which the course's later frame.rs sets on a gzip-compressed frame.
-pub(crate) const COMPRESSED: u32 = 1 << 31;
+const COMPRESSED: u32 = 1 << 31;
 
 /// When a "length" is really the start of another protocol, says which: the usual way to meet an
 /// absurd frame size is a client and server that disagree about TLS, or a web browser.

@@ -146,11 +146,6 @@ pub struct Limits {
     /// QUIC handshakes from addresses not yet validated that may be in progress at once; beyond it,
     /// new connections are asked to prove their address with a Retry first (one more round trip).
     pub max_unvalidated_handshakes: usize,
-    /// Plaintext TCP, and TLS connections that asked for no application protocol (the course's
-    /// clients; qkv's ask for `qkv/1`): answer frames larger than this are sent gzipped, flagged by the
-    /// top bit of their length, as the course's server sends them (docs/PROTOCOL.md, section 12);
-    /// `None` (the default) sends every frame as it is.
-    pub tcp_gzip_answers_above: Option<usize>,
 }
 
 impl Default for Limits {
@@ -169,7 +164,6 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(30),
             udp_socket_buffer: 4 * 1024 * 1024,
             max_unvalidated_handshakes: 1024,
-            tcp_gzip_answers_above: None,
         }
     }
 }

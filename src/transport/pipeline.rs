@@ -111,28 +111,6 @@ pub const FIXED_HOLDINGS: usize = READ_CHUNK + READ_ROOM + 2 * 1024 + REFUSAL_RO
 
 const _: () = assert!(READ_CHUNK >= REFUSAL_ROOM);
 
-/// What kind of byte stream a pipeline serves: what its client's end of sending means, and whether
-/// its larger answers go gzipped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamRules {
-    pub after_close: AfterClose,
-    /// Answer frames larger than this go gzipped (`writer::FrameWriter::gzipping_above`).
-    pub gzip_answers_above: Option<usize>,
-}
-
-impl StreamRules {
-    /// A stream within another connection (a WebSocket, a gRPC `Pipeline` call): its end ends its
-    /// subscriptions, and its frames go as they are.
-    pub const WITHIN: StreamRules =
-        StreamRules { after_close: AfterClose::EndSubscriptions, gzip_answers_above: None };
-
-    /// A TCP connection (plaintext or TLS): a half-close reads on; `gzip_answers_above` as the server
-    /// was told for the course's clients.
-    pub fn tcp(gzip_answers_above: Option<usize>) -> Self {
-        StreamRules { after_close: AfterClose::ReadOn, gzip_answers_above }
-    }
-}
-
 /// What a client's end of its sending side (its stream's end) means for its subscriptions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterClose {
@@ -223,7 +201,7 @@ pub async fn serve_pipelined<IO, H>(
     memory: MemoryBudget,
     shutdown: CancellationToken,
     caller: Caller,
-    rules: StreamRules,
+    after_close: AfterClose,
 ) -> u64
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -236,9 +214,7 @@ where
     // The course's client compresses its larger frames (docs/PROTOCOL.md, section 12).
     let mut codec = FrameCodec::<CommandRequest>::new(limits.max_frame_len).taking_compressed();
     let mut received = BytesMut::new();
-    let mut answers =
-        FrameWriter::new(write, limits.max_frame_len, &memory).gzipping_above(rules.gzip_answers_above);
-    let after_close = rules.after_close;
+    let mut answers = FrameWriter::new(write, limits.max_frame_len, &memory);
     // A service's refusals, when the budget is spent: room for one, in the fixed share.
     let refusals = AnswerBudget::new(memory.clone(), 1);
     // Covers the bytes received and not yet decoded, and the queue's requests and answers.
@@ -1088,7 +1064,7 @@ mod tests {
             MemoryBudget::unlimited(),
             CancellationToken::new(),
             Caller::default(),
-            StreamRules::tcp(None),
+            AfterClose::ReadOn,
         );
         let ended = tokio::time::timeout(Duration::from_secs(3600), serving).await;
         assert!(ended.is_ok(), "the connection never ended");
@@ -1123,7 +1099,7 @@ mod tests {
             memory.clone(),
             CancellationToken::new(),
             Caller::default(),
-            StreamRules::tcp(None),
+            AfterClose::ReadOn,
         );
         tokio::spawn(serving);
         // 64 of them, 32 MiB of answers, none read.
@@ -1151,7 +1127,7 @@ mod tests {
             MemoryBudget::unlimited(),
             CancellationToken::new(),
             Caller::default(),
-            StreamRules::tcp(None),
+            AfterClose::ReadOn,
         );
         tokio::spawn(serving);
         for request in requests {

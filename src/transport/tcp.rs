@@ -20,7 +20,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::admission::{Admission, Admitted, Refusal};
 use super::frame::encode_frame;
 use super::log_throttle::{self, HeldBack, LogThrottle};
-use super::pipeline::{StreamRules, serve_pipelined};
+use super::pipeline::{AfterClose, serve_pipelined};
 use super::timeouts::StallTimeout;
 use super::woken::PolledWhenWoken;
 use super::{Limits, Transport, authenticated_caller};
@@ -226,18 +226,14 @@ async fn handle_connection<H: Handler>(
     let stream = Counted::new(stream, transport, bytes.clone());
     // Writes time out beneath TLS, where the bytes are seen to leave.
     let stream = StallTimeout::new(stream, limits.reply_timeout, limits.reply_min_progress);
-    // Answers gzipped above a size, if asked for, to the course's clients (docs/PROTOCOL.md, section
-    // 12): over TLS those are the clients that ask for no protocol, where qkv's own ask for qkv/1.
-    let gzip = limits.tcp_gzip_answers_above;
     let requests = match security {
         TcpSecurity::Plaintext => {
-            let caller = Caller::default();
-            serve_pipelined(stream, handler, limits, memory, shutdown, caller, StreamRules::tcp(gzip)).await
+            serve_pipelined(stream, handler, limits, memory, shutdown, Caller::default(), AfterClose::ReadOn)
+                .await
         }
         TcpSecurity::Tls(acceptor) => match tls_handshake(&acceptor, stream, &limits, transport).await {
             Some((tls, caller)) => {
-                let gzip = gzip.filter(|_| tls.get_ref().1.alpn_protocol().is_none());
-                serve_pipelined(tls, handler, limits, memory, shutdown, caller, StreamRules::tcp(gzip)).await
+                serve_pipelined(tls, handler, limits, memory, shutdown, caller, AfterClose::ReadOn).await
             }
             None => return,
         },

@@ -9,9 +9,6 @@
 //!   subscriber) is written from its shared bytes, after its length prefix, without being copied into
 //!   the buffer: a fan-out of a large message to many subscribers holds it once (charged by the
 //!   broker), plus what each connection's transport buffers (bounded by its flow-control window).
-//! - With [`FrameWriter::gzipping_above`], a frame larger than a threshold is sent gzipped, flagged by
-//!   the top bit of its length, as the course's server sends its answers (docs/PROTOCOL.md, section
-//!   12): only where a transport's clients asked for it (`--tcp-gzip-answers-above`).
 
 use std::io;
 use std::pin::Pin;
@@ -22,7 +19,7 @@ use futures_util::Sink;
 use prost::Message;
 use tokio::io::AsyncWrite;
 
-use super::frame::{COMPRESSED, FrameError, HEADER_LEN};
+use super::frame::{FrameError, HEADER_LEN};
 use crate::memory::{Charge, MemoryBudget};
 use crate::service::ReplyFrame;
 
@@ -45,8 +42,6 @@ pub struct FrameWriter<W> {
     max_frame_len: usize,
     /// Covers `buffer`'s capacity.
     charge: Charge,
-    /// Frames larger than this are sent gzipped (when that makes them smaller).
-    gzip_above: Option<usize>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -59,29 +54,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// budget beyond: a frame charged before it is written (a refusal, from the room set aside for
     /// it) needs nothing more from the budget.
     pub fn with_charge(inner: W, max_frame_len: usize, charge: Charge) -> Self {
-        FrameWriter { inner, buffer: BytesMut::new(), shared: None, max_frame_len, charge, gzip_above: None }
-    }
-
-    /// Sends frames larger than `threshold` bytes gzipped, the top bit of their length set, as the
-    /// course's server does (a frame gzip does not make smaller goes as it is).
-    pub fn gzipping_above(self, threshold: Option<usize>) -> Self {
-        FrameWriter { gzip_above: threshold, ..self }
-    }
-
-    /// `payload` gzipped behind its flagged length prefix, in the buffer; false (nothing written) when
-    /// gzip does not make it smaller.
-    fn put_gzipped(&mut self, payload: &[u8]) -> Result<bool, FrameError> {
-        use std::io::Write;
-        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        let gzipped = gzip.write_all(payload).and_then(|()| gzip.finish()).map_err(FrameError::Io)?;
-        if gzipped.len() >= payload.len() {
-            return Ok(false);
-        }
-        self.reserve(HEADER_LEN + gzipped.len())?;
-        // Smaller than the frame, itself at most `max_frame_len`, which is far below the flag bit.
-        self.buffer.put_u32(gzipped.len() as u32 | COMPRESSED);
-        self.buffer.put_slice(&gzipped);
-        Ok(true)
+        FrameWriter { inner, buffer: BytesMut::new(), shared: None, max_frame_len, charge }
     }
 
     pub fn get_mut(&mut self) -> &mut W {
@@ -157,15 +130,6 @@ impl<W: AsyncWrite + Unpin> Sink<ReplyFrame> for FrameWriter<W> {
         let len = frame.encoded_len();
         if len > this.max_frame_len {
             return Err(FrameError::TooLarge { declared: len as u64, max: this.max_frame_len });
-        }
-        if this.gzip_above.is_some_and(|threshold| len > threshold) {
-            let encoded = match &frame {
-                ReplyFrame::Response(response) => Bytes::from(response.encode_to_vec()),
-                ReplyFrame::Encoded(payload) => payload.clone(),
-            };
-            if this.put_gzipped(&encoded)? {
-                return Ok(());
-            }
         }
         match frame {
             ReplyFrame::Response(response) => {

@@ -34,7 +34,7 @@ use crate::transport::Limits;
 use crate::transport::log_throttle::{self, HeldBack, LogThrottle};
 use crate::transport::messages::message_stream;
 use crate::transport::origin::{Origins, host_of};
-use crate::transport::pipeline::{StreamRules, serve_pipelined};
+use crate::transport::pipeline::{AfterClose, serve_pipelined};
 use crate::transport::timeouts::StallTimeout;
 
 /// The largest WebSocket message a client may send unless configured otherwise
@@ -399,9 +399,16 @@ async fn serve_websocket<H: Handler>(
     let io = std::pin::pin!(message_stream(received, sent, max_message));
     let (limits, memory) = (scope.limits.clone(), scope.memory.clone());
     let io = StallTimeout::new(io, limits.reply_timeout, limits.reply_min_progress);
-    let requests =
-        serve_pipelined(io, handler, limits, memory, scope.shutdown.clone(), caller, StreamRules::WITHIN)
-            .await;
+    let requests = serve_pipelined(
+        io,
+        handler,
+        limits,
+        memory,
+        scope.shutdown.clone(),
+        caller,
+        AfterClose::EndSubscriptions,
+    )
+    .await;
     info!(
         target: "qkv::connection",
         transport = "websocket",

@@ -26,7 +26,7 @@ use crate::service::{Caller, Handler};
 use crate::transport::Limits;
 use crate::transport::log_throttle;
 use crate::transport::messages::message_stream;
-use crate::transport::pipeline::{StreamRules, serve_pipelined};
+use crate::transport::pipeline::{AfterClose, serve_pipelined};
 use crate::transport::timeouts::StallTimeout;
 
 use crate::pb::grpc::kv_server::{Kv, KvServer};
@@ -56,21 +56,30 @@ pub fn is_reflection(path: &str) -> bool {
     path.starts_with("/grpc.reflection.")
 }
 
+/// The largest reflection request message: a symbol or file name (tonic's default, 4 MiB, would let a
+/// client make the server reserve that much per stream as a header declares it).
+pub const MAX_REFLECTION_REQUEST: usize = 16 * 1024;
+
 /// Server reflection (v1, and v1alpha for older grpcurl): streams of requests, each answered as it
 /// comes (grpcurl sends its next once it has the answer, on the same stream), so not read whole
-/// first. Its messages are small, and tonic bounds each (4 MiB).
-pub fn reflection_router() -> Router {
+/// first; `web::bounded_reflection` charges and times each stream instead.
+pub fn reflection_router(max_answer: usize) -> Router {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
     };
     match (reflection().build_v1(), reflection().build_v1alpha()) {
         (Ok(v1), Ok(v1alpha)) => {
+            let v1 =
+                v1.max_decoding_message_size(MAX_REFLECTION_REQUEST).max_encoding_message_size(max_answer);
+            let v1alpha = v1alpha
+                .max_decoding_message_size(MAX_REFLECTION_REQUEST)
+                .max_encoding_message_size(max_answer);
             tonic::service::Routes::new(v1).add_service(v1alpha).prepare().into_axum_router()
         }
         (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(error = %e, "gRPC reflection is off: its descriptors did not load");
-            Router::new()
+            tonic::service::Routes::default().prepare().into_axum_router()
         }
     }
 }
@@ -257,7 +266,8 @@ impl<H: Handler> Kv for GrpcDoor<H> {
             let io = std::pin::pin!(message_stream(received, sent, max_message));
             let (limits, memory, shutdown) = (scope.limits.clone(), scope.memory.clone(), scope.shutdown);
             let io = StallTimeout::new(io, limits.reply_timeout, limits.reply_min_progress);
-            serve_pipelined(io, handler, limits, memory, shutdown, caller, StreamRules::WITHIN).await;
+            serve_pipelined(io, handler, limits, memory, shutdown, caller, AfterClose::EndSubscriptions)
+                .await;
             drop(share);
             let _ = ended.send(failed.lock().take());
         };

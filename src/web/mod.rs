@@ -11,7 +11,9 @@
 //! (service `qkv.v1.Kv`, reflection), everything else to REST (which refuses other `application/grpc…`
 //! types). Connections are admitted with the other transports' (one connection limit, one memory
 //! budget); each request body is read whole, within its limit and `--request-timeout`, charged to the
-//! memory budget as it arrives and held against it while its request runs; an idle connection is
+//! memory budget as it arrives and held against it while its request runs (but gRPC `Pipeline` calls,
+//! charged as WebSocket sessions, and reflection streams, charged a fixed share and ended after
+//! `--request-timeout`: `bounded_reflection`); an idle connection is
 //! closed, an answer or a listing its client stops reading abandoned (answers are paced, charged while
 //! they wait: paced.rs). docs/HTTP.md is the API's specification.
 
@@ -152,7 +154,14 @@ pub async fn serve<H: Handler>(
             &origins,
             tls,
         ),
-        reflection: for_known_hosts::<true>(grpc::reflection_router(), &origins, tls),
+        reflection: for_known_hosts::<true>(
+            grpc::reflection_router(limits.max_frame_len).layer(middleware::from_fn_with_state(
+                ReflectionBounds { memory: admission.memory().clone(), lifetime: limits.request_timeout },
+                bounded_reflection,
+            )),
+            &origins,
+            tls,
+        ),
     };
     let memory = admission.memory().clone();
     let accepting = Accepting {
@@ -758,6 +767,76 @@ fn after_first_grpc_message(body: &[u8]) -> Option<usize> {
     let length = u32::from_be_bytes(length.try_into().ok()?) as usize;
     let after = body.len().checked_sub(GRPC_MESSAGE_HEADER.checked_add(length)?)?;
     (after > 0).then_some(after)
+}
+
+/// What a reflection stream may hold and how long it may last ([`bounded_reflection`]).
+#[derive(Clone)]
+struct ReflectionBounds {
+    memory: MemoryBudget,
+    lifetime: Duration,
+}
+
+/// What a reflection stream is charged for while it lasts: a request being read and the answer to
+/// it (qkv's descriptors, tens of KB, and the request echoed back).
+const REFLECTION_STREAM_SHARE: usize = 4 * grpc::MAX_REFLECTION_REQUEST + 128 * 1024;
+
+/// A reflection stream, whose body is not read whole first (its requests are answered one by one as
+/// they come): charged a fixed share of the connection memory budget while it lasts (503 when the
+/// budget cannot give it), and ended once it has lasted `--request-timeout` (grpcurl's takes
+/// milliseconds), so that streams left open hold neither memory nor connections for long.
+async fn bounded_reflection(
+    State(bounds): State<ReflectionBounds>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(charge) = bounds.memory.try_charge(REFLECTION_STREAM_SHARE) else {
+        crate::metrics::limit_hit(crate::metrics::Limit::ConnectionMemory);
+        let detail = "the server's connection memory budget is spent; retry shortly".to_string();
+        return refusal::<true>(StatusCode::SERVICE_UNAVAILABLE, detail);
+    };
+    let deadline = tokio::time::Instant::now() + bounds.lifetime;
+    let (parts, body) = request.into_parts();
+    let request = Request::from_parts(parts, Body::new(Lasting::new(body, deadline, None)));
+    let (parts, body) = next.run(request).await.into_parts();
+    Response::from_parts(parts, Body::new(Lasting::new(body, deadline, Some(charge))))
+}
+
+/// A body that fails once `deadline` passes, holding `charge` until it ends.
+struct Lasting<B> {
+    inner: B,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    _charge: Option<Charge>,
+}
+
+impl<B> Lasting<B> {
+    fn new(inner: B, deadline: tokio::time::Instant, charge: Option<Charge>) -> Self {
+        Lasting { inner, deadline: Box::pin(tokio::time::sleep_until(deadline)), _charge: charge }
+    }
+}
+
+impl<B> hyper::body::Body for Lasting<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::BoxError>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(Some(Err(
+                "the reflection stream lasted its time (--request-timeout)".into(),
+            )));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
 }
 
 /// A [`Handler`] behind a trait object: what the REST handlers call.

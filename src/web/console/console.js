@@ -48,6 +48,7 @@ async function connect(transport) {
       // In "auto" a reconnection may change the transport (WebSocket once UDP is blocked).
       showTransport(connected.transport);
       showState(state);
+      if (state === "connected") restoreSubscriptions();
       if (state === "closed") {
         // The client gave up reconnecting: say so where a person looks first, with its reason.
         const why = connected.closedError?.message ?? "the connection was lost";
@@ -58,10 +59,7 @@ async function connect(transport) {
     showState(client.state);
     document.body.classList.add("connected");
     if ($("table").value !== "") action($("load-table"), "table-status", loadFirstPage);
-    // What the last connection carried, made again on this one.
-    const restoring = [...toRestore];
-    toRestore.clear();
-    for (const topic of restoring) subscribeTo(topic);
+    restoreSubscriptions();
   } catch (error) {
     if (mine !== attempt) return;
     showState("failed");
@@ -71,7 +69,11 @@ async function connect(transport) {
 
 /** Closes the current client and ends what it carried (its subscriptions, to be made again on the next). */
 function dropClient() {
-  for (const topic of [...subscriptions.keys()]) {
+  for (const [topic, { chip }] of [...subscriptions]) {
+    if (chip.dataset.closing === "true") {
+      endSubscription(topic, "unsubscribed");
+      continue;
+    }
     toRestore.add(topic);
     endSubscription(topic, "the connection was replaced; subscribing again on the new one");
   }
@@ -426,6 +428,14 @@ async function subscribe() {
   await subscribeTo($("topic").value);
 }
 
+/** Makes the subscriptions a lost or replaced connection ended again, on the client's connection. */
+function restoreSubscriptions() {
+  if (!client) return;
+  const restoring = [...toRestore];
+  toRestore.clear();
+  for (const topic of restoring) subscribeTo(topic);
+}
+
 async function subscribeTo(topic) {
   if (subscriptions.has(topic)) {
     setStatus("publish-status", `already subscribed to "${topic}"`);
@@ -457,6 +467,8 @@ function addChip(topic, subscription) {
   close.textContent = "×";
   close.addEventListener("click", () => {
     close.disabled = true;
+    // Asked to end: not made again on a new connection, even if it has not ended by then.
+    chip.dataset.closing = "true";
     subscription.close().catch(() => {});
   });
   chip.append(name, state, close);
@@ -483,11 +495,13 @@ async function readSubscription(topic, subscription, chip) {
     }
   } catch (error) {
     why = describe(error);
-    // Ended because the client gave up its connection, not by an unsubscribe or a refusal: Reconnect
-    // makes it again.
-    if (client?.state === "closed") {
+    // Ended because its connection was lost for good (status 0: no answer), not by an unsubscribe or a
+    // refusal: made again once the client is connected (over WebSocket a subscription has a connection
+    // of its own, which may give up while the client's is fine), or on Reconnect.
+    if (error?.status === 0 && chip.dataset.closing !== "true") {
       toRestore.add(topic);
-      why += "; Reconnect makes it again";
+      why += client?.state === "closed" ? "; Reconnect makes it again" : "; subscribing again";
+      if (client?.state === "connected") queueMicrotask(restoreSubscriptions);
     }
   }
   if (subscriptions.get(topic)?.subscription === subscription) endSubscription(topic, why);
