@@ -122,23 +122,26 @@ impl CertDir {
     }
 
     /// The directory (created if need be), locked against other processes issuing into it until the
-    /// returned handle is dropped: an exclusive `flock` on the directory itself (no file of its own,
-    /// and a read-only directory can be locked), or, where a directory cannot be locked so (NFS, which
-    /// locks only files open for writing), on a lock file in it. What an issuing cut short left beside
-    /// its files (`*.pem.new`) is removed then.
+    /// returned handle is dropped: an exclusive `flock` on its lock file (`.qkv-certs.lock`; on NFS the
+    /// server holds such a lock for every host, where a lock on the directory would be each host's
+    /// own). Where that file cannot be made or opened (a read-only directory, another user's file),
+    /// on the directory itself: this process cannot issue there then, but it still waits for one that
+    /// can. What an issuing cut short left beside its files (`*.pem.new`) is removed once locked.
     fn lock(&self) -> Result<fs::File, CertError> {
         let io_error = |cause| CertError::Io { path: self.dir.clone(), cause };
         fs::create_dir_all(&self.dir).map_err(io_error)?;
-        let locked = match lock_file(fs::File::open(&self.dir).map_err(io_error)?, &self.dir) {
-            Err(e) if e.raw_os_error().is_some_and(|code| LOCKS_NO_DIRECTORIES.contains(&code)) => {
-                let path = self.dir.join(".qkv-certs.lock");
-                let file =
-                    OpenOptions::new().create(true).truncate(false).write(true).mode(PUBLIC_MODE).open(&path);
-                lock_file(file.map_err(|cause| CertError::Io { path: path.clone(), cause })?, &self.dir)
-                    .map_err(|cause| CertError::Io { path, cause })?
-            }
-            locked => locked.map_err(io_error)?,
+        // Anyone who may issue here may lock (the umask applies).
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o666)
+            .open(self.dir.join(LOCK_FILE));
+        let locked = match lock_file {
+            Ok(file) => lock(file, &self.dir),
+            Err(_) => lock(fs::File::open(&self.dir).map_err(io_error)?, &self.dir),
         };
+        let locked = locked.map_err(io_error)?;
         if let Ok(entries) = fs::read_dir(&self.dir) {
             for entry in entries.flatten() {
                 if entry.file_name().to_string_lossy().ends_with(".pem.new") {
@@ -337,12 +340,11 @@ fn validity(length: Duration) -> (OffsetDateTime, OffsetDateTime) {
     (now - Duration::hours(1), now + length)
 }
 
-/// Errors of an exclusive `flock` on a directory where the filesystem locks only files open for
-/// writing: EBADF (NFS), ENOLCK.
-const LOCKS_NO_DIRECTORIES: [i32; 2] = [9, 37];
+/// The file in a certificate directory whose lock issuers hold ([`CertDir::lock`]).
+const LOCK_FILE: &str = ".qkv-certs.lock";
 
 /// `file` locked exclusively, saying so in the log if another process holds it (`dir` named).
-fn lock_file(file: fs::File, dir: &Path) -> std::io::Result<fs::File> {
+fn lock(file: fs::File, dir: &Path) -> std::io::Result<fs::File> {
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => {

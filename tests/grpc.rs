@@ -172,16 +172,19 @@ async fn reflection_answers_each_request_of_an_open_stream_as_it_comes() {
             requests.send(Ok(hyper::body::Frame::data(list_services.clone()))).await.unwrap();
         }
     }
-    // Left open, the stream is ended by the server at its time, not held for as long as the client likes.
+    // Left open, the stream is ended by the server at its time, as a call at its deadline ends.
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match http_body_util::BodyExt::frame(&mut body).await {
                 Some(Ok(frame)) if frame.is_data() => continue,
-                _ => break,
+                Some(Ok(frame)) => return frame.into_trailers().ok(),
+                _ => return None,
             }
         }
     });
-    ended.await.expect("the server ends a reflection stream left open");
+    let trailers = ended.await.expect("the server ends a reflection stream left open");
+    let status = trailers.as_ref().and_then(|t| t.get("grpc-status")).map(|v| v.as_bytes().to_vec());
+    assert_eq!(status.as_deref(), Some(&b"4"[..]), "DEADLINE_EXCEEDED: {trailers:?}");
     drop(requests);
 }
 

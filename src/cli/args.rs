@@ -508,7 +508,6 @@ pub struct ServeArgs {
     /// (clients split larger frames); the server sends none larger either.
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     pub websocket_max_message: usize,
-
     /// Log lines as text, or as JSON objects one per line (for log shippers). RUST_LOG sets what is
     /// logged, e.g. RUST_LOG=info,qkv::connection=warn drops the line each connection logs as it ends.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]

@@ -796,21 +796,48 @@ async fn bounded_reflection(
     };
     let deadline = tokio::time::Instant::now() + bounds.lifetime;
     let (parts, body) = request.into_parts();
-    let request = Request::from_parts(parts, Body::new(Lasting::new(body, deadline, None)));
+    // The answer ends first, with its status; the request's end, a moment later, is a backstop.
+    let request =
+        Request::from_parts(parts, Body::new(Lasting::request(body, deadline + Duration::from_secs(1))));
     let (parts, body) = next.run(request).await.into_parts();
-    Response::from_parts(parts, Body::new(Lasting::new(body, deadline, Some(charge))))
+    Response::from_parts(parts, Body::new(Lasting::response(body, deadline, charge)))
 }
 
-/// A body that fails once `deadline` passes, holding `charge` until it ends.
+/// A body that ends once `deadline` passes, holding `charge` until it ends: a request's fails (which
+/// ends the reflection task reading it), a response's ends with gRPC trailers saying
+/// DEADLINE_EXCEEDED, as a call cut at its deadline does (not with a reset stream).
 struct Lasting<B> {
-    inner: B,
+    /// `None` once ended at the deadline.
+    inner: Option<B>,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Trailers to end with at the deadline; none: fail.
+    at_deadline: Option<axum::http::HeaderMap>,
     _charge: Option<Charge>,
 }
 
 impl<B> Lasting<B> {
-    fn new(inner: B, deadline: tokio::time::Instant, charge: Option<Charge>) -> Self {
-        Lasting { inner, deadline: Box::pin(tokio::time::sleep_until(deadline)), _charge: charge }
+    /// A request's body, failing at `deadline`.
+    fn request(inner: B, deadline: tokio::time::Instant) -> Self {
+        Lasting {
+            inner: Some(inner),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            at_deadline: None,
+            _charge: None,
+        }
+    }
+
+    /// A response's body, holding `charge`, ending at `deadline` with DEADLINE_EXCEEDED.
+    fn response(inner: B, deadline: tokio::time::Instant, charge: Charge) -> Self {
+        let mut trailers = axum::http::HeaderMap::new();
+        let status =
+            tonic::Status::deadline_exceeded("the reflection stream lasted its time (--request-timeout)");
+        let _ = status.add_header(&mut trailers);
+        Lasting {
+            inner: Some(inner),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            at_deadline: Some(trailers),
+            _charge: Some(charge),
+        }
     }
 }
 
@@ -826,16 +853,25 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, axum::BoxError>>> {
-        if self.deadline.as_mut().poll(cx).is_ready() {
-            return std::task::Poll::Ready(Some(Err(
-                "the reflection stream lasted its time (--request-timeout)".into(),
-            )));
+        if self.inner.is_none() {
+            return std::task::Poll::Ready(None);
         }
-        Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            // What the stream was still to send goes (and the task making it with it).
+            self.inner = None;
+            return std::task::Poll::Ready(Some(match self.at_deadline.take() {
+                Some(trailers) => Ok(hyper::body::Frame::trailers(trailers)),
+                None => Err("the reflection stream lasted its time (--request-timeout)".into()),
+            }));
+        }
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            None => std::task::Poll::Ready(None),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|inner| inner.is_end_stream())
     }
 }
 

@@ -488,6 +488,7 @@ function markChip(chip, state) {
 /** Reads a subscription's events into the message list until it ends. */
 async function readSubscription(topic, subscription, chip) {
   let why = "unsubscribed";
+  let lost = false;
   try {
     for await (const event of subscription) {
       if (chip.dataset.state !== "subscribed") markChip(chip, "subscribed");
@@ -495,16 +496,22 @@ async function readSubscription(topic, subscription, chip) {
     }
   } catch (error) {
     why = describe(error);
-    // Ended because its connection was lost for good (status 0: no answer), not by an unsubscribe or a
-    // refusal: made again once the client is connected (over WebSocket a subscription has a connection
-    // of its own, which may give up while the client's is fine), or on Reconnect.
-    if (error?.status === 0 && chip.dataset.closing !== "true") {
-      toRestore.add(topic);
-      why += client?.state === "closed" ? "; Reconnect makes it again" : "; subscribing again";
-      if (client?.state === "connected") queueMicrotask(restoreSubscriptions);
-    }
+    // Its connection was lost for good (status 0: no answer), not ended by an unsubscribe or a refusal.
+    lost = error?.status === 0 && chip.dataset.closing !== "true";
   }
-  if (subscriptions.get(topic)?.subscription === subscription) endSubscription(topic, why);
+  // (A reader of a subscription already replaced, by a new connection, has nothing more to say.)
+  if (subscriptions.get(topic)?.subscription !== subscription) return;
+  if (lost) {
+    // Made again on the client's next connection, or on Reconnect; at once, when the client is
+    // connected (over WebSocket a subscription has a connection of its own, which may give up while
+    // the client's is fine), only if it had worked since it was made: else each round would start
+    // another, without end.
+    toRestore.add(topic);
+    const now = client?.state === "connected" && chip.dataset.state === "subscribed";
+    why += now ? "; subscribing again" : "; made again on the next connection, or on Reconnect";
+    if (now) queueMicrotask(restoreSubscriptions);
+  }
+  endSubscription(topic, why);
 }
 
 function endSubscription(topic, why) {
