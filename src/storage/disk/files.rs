@@ -145,6 +145,14 @@ pub fn lock(dir: &Path) -> io::Result<DirLock> {
     Ok(DirLock { _directory: directory, _file: file })
 }
 
+/// Makes and removes a file in `dir`: whether the store can add its segments and snapshots there.
+pub fn check_writable(dir: &Path) -> io::Result<()> {
+    let probe = dir.join(".qkv-write-check");
+    let _ = fs::remove_file(&probe);
+    private().create_new(true).write(true).open(&probe)?;
+    fs::remove_file(&probe)
+}
+
 /// A data directory taken by this process ([`lock`]).
 #[derive(Debug)]
 pub struct DirLock {
@@ -252,9 +260,18 @@ impl Segment {
         Ok(())
     }
 
-    /// Makes what was appended durable.
+    /// Makes what was appended durable, if the segment is still in its directory: one deleted under
+    /// the server (its directory removed, say) takes writes and syncs them, but no restart will read
+    /// them (an `fstat` per commit tells).
     pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+        self.file.sync_data()?;
+        if std::os::unix::fs::MetadataExt::nlink(&self.file.metadata()?) == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the log segment was deleted while the server ran (its data directory removed?): what it holds would not be found at a restart",
+            ));
+        }
+        Ok(())
     }
 
     /// Makes what was appended durable and cuts the zeros off: for a segment no longer appended to.

@@ -128,6 +128,10 @@ impl DiskStore {
     pub fn open(dir: &Path, config: DiskConfig) -> StorageResult<Self> {
         files::create_dir(dir).map_err(io_error("cannot create", dir))?;
         let lock = files::lock(dir).map_err(io_error("cannot lock", dir))?;
+        // New segments and snapshots are files made in it, later: a directory this process can read
+        // and lock but not add to would start, and break at the first new segment.
+        files::check_writable(dir)
+            .map_err(io_error("cannot create files (new log segments, snapshots) in", dir))?;
         let started = Instant::now();
         let log = Arc::new(Log::new(0, config.commit_wait));
         let memory = Arc::new(MemoryStore::with_journal(config.memory_budget, log.clone()));

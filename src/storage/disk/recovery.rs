@@ -119,7 +119,7 @@ fn missing_after_snapshot(
 }
 
 /// What to do about damage that `qkv repair` does not mend.
-pub(super) const RESTORE: &str = "qkv repair mends only damage at the end of the last log segment: \
+pub(super) const RESTORE: &str = "qkv repair mends only damage in the last log segment: \
     restore the directory from a backup (docs/OPERATIONS.md)";
 
 /// Damage in the segment at `path` that only a backup mends ([`RESTORE`]).

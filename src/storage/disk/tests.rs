@@ -379,6 +379,25 @@ async fn a_log_that_failed_ends_the_store_saying_what_it_cost() {
     }
 }
 
+/// A data directory removed under a running server: the next commit finds its segment gone, and the
+/// store stops acknowledging writes it could never recover (they were acknowledged as durable into
+/// deleted files, and a restart started empty).
+#[tokio::test]
+async fn a_data_directory_removed_under_the_store_ends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
+    store.set(TABLE, "before", "v".into(), None).await.unwrap();
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let lost = store.set(TABLE, "k", "v".into(), None).await;
+    assert!(matches!(lost, Err(StorageError::Uncertain(_))), "{lost:?}");
+    let refused = store.set(TABLE, "later", "v".into(), None).await;
+    assert!(matches!(refused, Err(StorageError::Unavailable(_))), "{refused:?}");
+    let closed = store.closed();
+    drop(store);
+    let why = closed.wait().await.unwrap_err();
+    assert!(why.contains("deleted while the server ran"), "{why}");
+}
+
 /// A relaxed log waits for records at most until its flush interval is up, but a failed one only for
 /// records: it is never fsynced again, and a timeout due at once spun a core until the restart.
 #[test]
