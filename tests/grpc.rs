@@ -71,28 +71,37 @@ fn grpc_message(message: &[u8]) -> Vec<u8> {
     framed
 }
 
-/// [`raw_call`] with a request body of the caller's making.
-async fn raw_call_of(server: &TestServer, method: &str, timeout: &str, body: &[u8]) -> (Vec<u8>, HeaderMap) {
-    let tls = qkv::tls::client_config(
+/// An HTTP/2 connection to the server's web listener, trusting its CA, sending bodies of type `B`.
+async fn h2_connection<B>(server: &TestServer) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut tls = qkv::tls::client_config(
         qkv::tls::read_roots(&server.ca()).expect("the CA"),
         &qkv::tls::Tickets::none(),
         None,
     )
     .expect("a TLS configuration");
-    let mut tls = tls;
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let stream = tokio::net::TcpStream::connect(server.web.expect("a web listener")).await.expect("connects");
     let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
         .connect("localhost".try_into().expect("a name"), stream)
         .await
         .expect("TLS");
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+    let (sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(stream),
     )
     .await
     .expect("HTTP/2");
     tokio::spawn(connection);
+    sender
+}
+
+/// [`raw_call`] with a request body of the caller's making.
+async fn raw_call_of(server: &TestServer, method: &str, timeout: &str, body: &[u8]) -> (Vec<u8>, HeaderMap) {
+    let mut sender = h2_connection(server).await;
     let call = hyper::Request::post(format!("https://localhost/qkv.v1.Kv/{method}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
@@ -122,25 +131,7 @@ async fn reflection_answers_each_request_of_an_open_stream_as_it_comes() {
         config.limits.request_timeout = Duration::from_secs(2);
     })
     .await;
-    let mut tls = qkv::tls::client_config(
-        qkv::tls::read_roots(&server.ca()).expect("the CA"),
-        &qkv::tls::Tickets::none(),
-        None,
-    )
-    .expect("a TLS configuration");
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let stream = tokio::net::TcpStream::connect(server.web.expect("a web listener")).await.expect("connects");
-    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-        .connect("localhost".try_into().expect("a name"), stream)
-        .await
-        .expect("TLS");
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .expect("HTTP/2");
-    tokio::spawn(connection);
+    let mut sender = h2_connection(&server).await;
     let (requests, body) =
         tokio::sync::mpsc::channel::<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>>(4);
     let call =
