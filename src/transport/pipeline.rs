@@ -158,9 +158,7 @@ impl Ending {
             Ending::ClientClosed | Ending::Idle | Ending::Failed(_) => None,
         }
     }
-}
 
-impl Ending {
     /// What the connection's subscriptions are told of this ending (`after_close`: what the client's
     /// end of its sending side means on this stream).
     fn connection_end(&self, after_close: AfterClose) -> ConnectionEnd {
