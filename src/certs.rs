@@ -138,8 +138,8 @@ impl CertDir {
             .mode(0o666)
             .open(self.dir.join(LOCK_FILE));
         let locked = match lock_file {
-            Ok(file) => lock(file, &self.dir),
-            Err(_) => lock(fs::File::open(&self.dir).map_err(io_error)?, &self.dir),
+            Ok(file) => lock_exclusively(file, &self.dir),
+            Err(_) => lock_exclusively(fs::File::open(&self.dir).map_err(io_error)?, &self.dir),
         };
         let locked = locked.map_err(io_error)?;
         if let Ok(entries) = fs::read_dir(&self.dir) {
@@ -344,7 +344,7 @@ fn validity(length: Duration) -> (OffsetDateTime, OffsetDateTime) {
 const LOCK_FILE: &str = ".qkv-certs.lock";
 
 /// `file` locked exclusively, saying so in the log if another process holds it (`dir` named).
-fn lock(file: fs::File, dir: &Path) -> std::io::Result<fs::File> {
+fn lock_exclusively(file: fs::File, dir: &Path) -> std::io::Result<fs::File> {
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => {

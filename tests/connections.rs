@@ -70,13 +70,19 @@ async fn a_missing_ca_file_is_reported_with_its_path(transport: Transport) {
     assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
 }
 
+/// A client config for an address where a UDP port is bound and never answers (the socket, to keep
+/// it bound), trusting `server`'s CA, with `connect_timeout`.
+fn silent_server(server: &TestServer, connect_timeout: Duration) -> (std::net::UdpSocket, ClientConfig) {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut config = ClientConfig::new(silent.local_addr().unwrap().to_string(), server.ca());
+    config.connect_timeout = connect_timeout;
+    (silent, config)
+}
+
 #[tokio::test]
 async fn an_unreachable_server_times_out_with_a_clear_error() {
-    // Bind a UDP port and never answer on it.
-    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let server = TestServer::start().await; // only for its CA
-    let mut config = ClientConfig::new(silent.local_addr().unwrap().to_string(), server.ca());
-    config.connect_timeout = std::time::Duration::from_millis(300);
+    let (_silent, config) = silent_server(&server, Duration::from_millis(300));
     let err = Client::connect_with(config).await.err().unwrap();
     assert!(matches!(err, ClientError::ConnectTimeout { .. }), "{err}");
     assert!(err.to_string().contains("is the server running"), "{err}");
@@ -84,10 +90,8 @@ async fn an_unreachable_server_times_out_with_a_clear_error() {
 
 #[tokio::test]
 async fn a_call_that_never_finds_its_server_says_how_many_attempts_waited() {
-    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let server = TestServer::start().await; // only for its CA
-    let mut config = ClientConfig::new(silent.local_addr().unwrap().to_string(), server.ca());
-    config.connect_timeout = std::time::Duration::from_millis(200);
+    let (_silent, mut config) = silent_server(&server, Duration::from_millis(200));
     config.retry.attempts = 3;
     let client = qkv::client::ClientEndpoint::new(config).await.unwrap().client();
     // A read may be sent again after each timeout: the call waited three connect timeouts, not one.
@@ -95,10 +99,8 @@ async fn a_call_that_never_finds_its_server_says_how_many_attempts_waited() {
     assert!(matches!(err, ClientError::ConnectTimeout { attempts: 3, .. }), "{err:?}");
     assert!(err.to_string().contains("within 200ms (3 attempts)"), "{err}");
     // With the defaults' proportions the call's timeout ends the second attempt: it is counted too.
-    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut config = ClientConfig::new(silent.local_addr().unwrap().to_string(), server.ca());
-    (config.connect_timeout, config.request_timeout) =
-        (Duration::from_millis(200), Duration::from_millis(300));
+    let (_silent, mut config) = silent_server(&server, Duration::from_millis(200));
+    config.request_timeout = Duration::from_millis(300);
     let client = qkv::client::ClientEndpoint::new(config).await.unwrap().client();
     let err = client.hget("t", "k").await.unwrap_err();
     assert!(err.to_string().contains("within 200ms (2 attempts)"), "{err}");

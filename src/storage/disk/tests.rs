@@ -367,13 +367,7 @@ async fn a_log_that_failed_ends_the_store_saying_what_it_cost() {
             DiskStore::open_when_free(dir.path(), DiskConfig { durability, ..test_config() }).unwrap();
         store.set(TABLE, "before", "v".into(), None).await.unwrap();
         files::fail_writes_in(dir.path());
-        let failed = store.set(TABLE, "k", "v".into(), None).await;
-        assert!(matches!(failed, Err(StorageError::Uncertain(_))), "{durability}: {failed:?}");
-        let refused = store.set(TABLE, "later", "v".into(), None).await;
-        assert!(matches!(refused, Err(StorageError::Unavailable(_))), "{durability}: {refused:?}");
-        let closed = store.closed();
-        drop(store);
-        let why = closed.wait().await.unwrap_err();
+        let why = breaks_at_the_next_write(store).await;
         assert!(why.contains("writing the data log failed") && why.contains("No space left"), "{why}");
         assert!(why.contains(cost), "{durability}: {why}");
     }
@@ -388,14 +382,20 @@ async fn a_data_directory_removed_under_the_store_ends_it() {
     let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
     store.set(TABLE, "before", "v".into(), None).await.unwrap();
     std::fs::remove_dir_all(dir.path()).unwrap();
-    let lost = store.set(TABLE, "k", "v".into(), None).await;
-    assert!(matches!(lost, Err(StorageError::Uncertain(_))), "{lost:?}");
+    let why = breaks_at_the_next_write(store).await;
+    assert!(why.contains("deleted while the server ran"), "{why}");
+}
+
+/// The next write to `store`, whose log can no longer be written, is answered as perhaps done
+/// (`Uncertain`), the one after it refused (`Unavailable`); returns why the store says it ended.
+async fn breaks_at_the_next_write(store: DiskStore) -> String {
+    let failed = store.set(TABLE, "k", "v".into(), None).await;
+    assert!(matches!(failed, Err(StorageError::Uncertain(_))), "{failed:?}");
     let refused = store.set(TABLE, "later", "v".into(), None).await;
     assert!(matches!(refused, Err(StorageError::Unavailable(_))), "{refused:?}");
     let closed = store.closed();
     drop(store);
-    let why = closed.wait().await.unwrap_err();
-    assert!(why.contains("deleted while the server ran"), "{why}");
+    closed.wait().await.unwrap_err()
 }
 
 /// A relaxed log waits for records at most until its flush interval is up, but a failed one only for
