@@ -31,16 +31,21 @@ fn shared_cluster() -> &'static RedisCluster {
 /// A gateway: `qkv serve --store redis` with the cluster's nodes as seeds (and `extra` flags), once
 /// it has connected to Redis.
 async fn gateway(seeds: &[String], extra: &[&str]) -> ServerProcess {
-    let mut gateway = starting_gateway(seeds, extra).await;
+    gateway_with_env(seeds, extra, &[]).await
+}
+
+/// [`gateway`] with environment variables (the Redis user's name and password).
+async fn gateway_with_env(seeds: &[String], extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+    let mut gateway = starting_gateway(seeds, extra, env).await;
     gateway.log_line(&["connected to Redis"]).await;
     gateway
 }
 
-async fn starting_gateway(seeds: &[String], extra: &[&str]) -> ServerProcess {
+async fn starting_gateway(seeds: &[String], extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
     let seeds = seeds.join(",");
     let mut args = vec!["--store", "redis", "--redis", &seeds];
     args.extend_from_slice(extra);
-    ServerProcess::start(&args).await
+    ServerProcess::start_with_env(&args, env).await
 }
 
 /// The flags a gateway needs to serve `transport`.
@@ -157,7 +162,7 @@ async fn redis_away_is_503_with_the_reason_and_the_gateway_recovers_by_itself() 
     let mut redis = RedisNode::start(&[]).unwrap();
     redis.kill();
     // The gateway starts without Redis, and says what it cannot reach.
-    let mut gateway = starting_gateway(&[redis.url()], &[]).await;
+    let mut gateway = starting_gateway(&[redis.url()], &[], &[]).await;
     let warning = gateway.log_line(&["cannot reach Redis"]).await;
     assert!(warning.contains(&format!("127.0.0.1:{}", redis.port)), "{warning}");
     let config = qkv::client::ClientConfig {
@@ -514,10 +519,35 @@ async fn wait_for_writes(client: &Client, table: &str, at_least: usize) {
 async fn moving_slots_under_load_fails_no_request() {
     let cluster = RedisCluster::start(3, 0).expect("a cluster of its own, to reshard");
     let seeds = cluster.urls();
-    let gateway = gateway(&seeds, &[]).await;
+    let ports: Vec<u16> = cluster.nodes.iter().map(|node| node.port).collect();
+    let gateway = gateway_as_documented_user(&seeds, &ports, &[]).await;
     // Tables in the first slots of one master, which the reshard below moves to another.
     let source = cluster.master_of_slot(0).expect("slot 0's master");
     let target = (0..cluster.nodes.len()).find(|i| *i != source).expect("another master");
+
+    // As the user docs/DEPLOY.md makes, which must allow ASKING: a publish to a channel whose slot is
+    // being moved goes to the node it moves to first (ASK; `Connection::publish`). Without ASKING,
+    // redis-rs tried again until the slot had moved (the reshard below, quick, hid that) or the
+    // request's time was up.
+    let id = |node: usize| qkv_testkit::cli(ports[node], &["CLUSTER", "MYID"]).expect("redis-cli runs");
+    let (from, to) = (id(source).trim().to_owned(), id(target).trim().to_owned());
+    let topic = (0..)
+        .map(|i| format!("asked-{i}"))
+        .find(|t| {
+            cluster.slot_of(&format!("qkv:{t}")).and_then(|s| cluster.master_of_slot(s)) == Some(source)
+        })
+        .expect("a topic on the source");
+    let slot = cluster.slot_of(&format!("qkv:{topic}")).expect("its slot").to_string();
+    let setslot = |node: usize, args: &[&str]| {
+        let answer = qkv_testkit::cli(ports[node], &[&["CLUSTER", "SETSLOT", &slot][..], args].concat());
+        assert_eq!(answer.expect("redis-cli runs").trim(), "OK");
+    };
+    setslot(target, &["IMPORTING", &from]);
+    setslot(source, &["MIGRATING", &to]);
+    let published = client(&gateway, Transport::Quic).await.publish(&topic, [Value::from("x")]).await;
+    setslot(source, &["STABLE"]);
+    setslot(target, &["STABLE"]);
+    published.expect("a publish while its slot is moved, as the documented user");
     let moved = 200;
     let tables: Vec<String> = (0..)
         .map(|i| format!("moving-{i}"))
@@ -576,8 +606,26 @@ fn documented_acl_user(password: &str) -> Vec<String> {
     command.split_whitespace().map(|word| word.trim_matches('\'').replace("PASSWORD", password)).collect()
 }
 
+/// Sets `args` (`ACL SETUSER …`) on every node of `ports`.
+fn acl_on(ports: &[u16], args: &[String]) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    for port in ports {
+        let answer = qkv_testkit::cli(*port, &args).expect("redis-cli runs");
+        assert_eq!(answer.trim(), "OK", "{args:?} on {port}");
+    }
+}
+
+/// A gateway on `seeds` that connects as docs/DEPLOY.md's Redis user, made on every node of `ports`.
+async fn gateway_as_documented_user(seeds: &[String], ports: &[u16], extra: &[&str]) -> ServerProcess {
+    acl_on(ports, &documented_acl_user("gateway-secret"));
+    let user = documented_acl_user("")[2].clone();
+    let env = [("QKV_REDIS_USERNAME", user.as_str()), ("QKV_REDIS_PASSWORD", "gateway-secret")];
+    gateway_with_env(seeds, extra, &env).await
+}
+
 /// A gateway whose Redis user has the rights docs/DEPLOY.md gives, and no more, serves every command
 /// (on a cluster with `--redis-wait`, which needs WAIT); a right taken away is named in the error.
+/// (Redirects during a reshard, which need ASKING: `moving_slots_under_load_fails_no_request`.)
 async fn the_deployment_guides_redis_user_serves_every_command(on_a_cluster: bool) {
     let plain;
     let (seeds, nodes, wait): (Vec<String>, Vec<u16>, &[&str]) = if on_a_cluster {
@@ -587,21 +635,8 @@ async fn the_deployment_guides_redis_user_serves_every_command(on_a_cluster: boo
         plain = RedisNode::start(&[]).expect("redis-server starts");
         (vec![plain.url()], vec![plain.port], &[])
     };
-    let acl = |args: &[String]| {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        for port in &nodes {
-            let answer = qkv_testkit::cli(*port, &args).expect("redis-cli runs");
-            assert_eq!(answer.trim(), "OK", "{args:?} on {port}");
-        }
-    };
-    acl(&documented_acl_user("gateway-secret"));
+    let gateway = gateway_as_documented_user(&seeds, &nodes, wait).await;
     let user = documented_acl_user("")[2].clone();
-    let seeds = seeds.join(",");
-    let mut args = vec!["--store", "redis", "--redis", &seeds];
-    args.extend_from_slice(wait);
-    let env = [("QKV_REDIS_USERNAME", user.as_str()), ("QKV_REDIS_PASSWORD", "gateway-secret")];
-    let mut gateway = ServerProcess::start_with_env(&args, &env).await;
-    gateway.log_line(&["connected to Redis"]).await;
     let client = client(&gateway, Transport::Quic).await;
 
     let table = table(&format!("acl-{on_a_cluster}"));
@@ -625,10 +660,10 @@ async fn the_deployment_guides_redis_user_serves_every_command(on_a_cluster: boo
     }
 
     // Without the right to one command a script runs, the error names what is wrong.
-    acl(&["ACL".into(), "SETUSER".into(), user.clone(), "-zscore".into()]);
+    acl_on(&nodes, &["ACL".into(), "SETUSER".into(), user.clone(), "-zscore".into()]);
     let refused = client.hset(&table, "a", "1").await.expect_err("a write without ZSCORE");
     assert!(refused.to_string().contains("refused the gateway's user a command"), "{refused}");
-    acl(&["ACL".into(), "SETUSER".into(), user, "+zscore".into()]);
+    acl_on(&nodes, &["ACL".into(), "SETUSER".into(), user, "+zscore".into()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

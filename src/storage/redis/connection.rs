@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
     Client, Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
     RedisError, ServerErrorKind, TlsCertificates, Value as RedisValue,
@@ -299,13 +300,25 @@ impl Connection {
     /// slots can name such a replica for as long as no command of this gateway is redirected (a failed
     /// master back as its successor's replica, met by a map refreshed while it still called itself
     /// master): a gateway that only published lost every message meanwhile, answered 0 receivers.
+    ///
+    /// A channel whose slot is being moved (`MIGRATING` on its master) sends that script on to the
+    /// slot's new node (ASK: the script names the channel as a key, which is not there), whose
+    /// SPUBLISH reaches its own shard only, while the relays' subscriptions stay on the master until
+    /// the move ends: nobody received it. So a publish that reached nobody is sent once more as a
+    /// script naming no key, to the slot's master as redis-rs's map has it (an ASK changes no map, and
+    /// the first send's MOVED from a replica has put the map right), which publishes it there (a
+    /// master serves a moving slot's channels itself). It reached nobody the first time, so nobody
+    /// receives it twice; a publish to a topic without subscribers costs two round trips.
     pub(super) async fn publish(&mut self, topic: &str, message: &[u8]) -> StorageResult<usize> {
         let reply = match self {
             Connection::Cluster(_) => {
                 let script = &scripts::SHARD_PUBLISH;
                 let mut call = redis::cmd("EVALSHA");
                 call.arg(&script.hash).arg(1).arg(topic).arg(message);
-                self.invoke(call, script, None).await?
+                match self.invoke(call, script, None).await? {
+                    RedisValue::Int(0) => self.publish_on_master(topic, message).await?,
+                    reply => reply,
+                }
             }
             Connection::Single(_) => self.query(redis::cmd("PUBLISH").arg(topic).arg(message)).await?,
         };
@@ -315,6 +328,19 @@ impl Connection {
                 Err(StorageError::Backend(format!("unexpected reply from Redis to a publish: {other:?}")))
             }
         }
+    }
+
+    /// [`scripts::SHARD_PUBLISH_HERE`] on the master of `topic`'s slot, as redis-rs's map has it.
+    async fn publish_on_master(&mut self, topic: &str, message: &[u8]) -> StorageResult<RedisValue> {
+        let Connection::Cluster(cluster) = self else {
+            return Err(StorageError::Backend("a shard channel's publish on a plain Redis".into()));
+        };
+        let mut call = redis::cmd("EVAL");
+        call.arg(scripts::SHARD_PUBLISH_HERE).arg(0).arg(topic).arg(message);
+        let master = Route::new(super::shards::slot(topic.as_bytes()), SlotAddr::Master);
+        let routed =
+            cluster.route_command(call, RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(master)));
+        counted(routed.await.map_err(storage_error))
     }
 
     /// One command; errors sorted.
@@ -341,8 +367,24 @@ impl Connection {
         wait: Option<&WaitingLinks>,
     ) -> StorageResult<RedisValue> {
         let Some(links) = wait else {
+            let started = tokio::time::Instant::now();
             return match self.send(&cmd).await {
-                Err(e) if is_noscript(&e) => self.send(&eval(&cmd, script)).await,
+                // Sent again as the script itself within what is left of the longest a write may
+                // take: each send may last `--redis-timeout`, and a repeat of a call that had run
+                // before the first's retries met NOSCRIPT (a node just promoted) must reach Redis
+                // while it still remembers the call, or it is applied twice.
+                Err(e) if is_noscript(&e) => {
+                    let left = super::MAX_WRITE_TIME.saturating_sub(started.elapsed());
+                    match tokio::time::timeout(left, self.send(&eval(&cmd, script))).await {
+                        Ok(result) => result,
+                        Err(_) => {
+                            return Err(StorageError::Uncertain(format!(
+                                "Redis did not answer a script sent again as itself (NOSCRIPT) within {:?} of the first send",
+                                super::MAX_WRITE_TIME
+                            )));
+                        }
+                    }
+                }
                 result => result,
             }
             .map_err(storage_error);
@@ -471,6 +513,7 @@ impl WaitingLinks {
         };
         sent.store(true, Ordering::Relaxed);
         let mut result = link.write_and_wait(cmd, script, self.wait).await;
+        let mut resent = false;
         // A link that sat idle may have been closed since (Redis restarted, its idle timeout): the
         // write is sent once more on a new one. A write call is applied once however often it is sent
         // (`scripts`): if the first did run, the second answers that it was repeated (uncertain).
@@ -483,11 +526,19 @@ impl WaitingLinks {
                 ))
             })?;
             result = link.write_and_wait(cmd, script, self.wait).await;
+            resent = true;
         }
         if result.as_ref().err().is_none_or(keeps_link) {
             *slot = Some(link);
         }
-        result.map_err(storage_error)
+        result.map_err(|e| match storage_error(e) {
+            // Refused the second time (a restarted Redis still loading its log, which may hold the
+            // first): the first may have run all the same.
+            StorageError::Unavailable(why) if resent => StorageError::Uncertain(format!(
+                "{why} (after a link failed under the write, which may have run)"
+            )),
+            other => other,
+        })
     }
 
     async fn connect(&self, main: &Connection) -> Result<Link, RedisError> {

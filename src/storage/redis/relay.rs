@@ -751,6 +751,44 @@ mod tests {
         (relay, broker, subscription)
     }
 
+    /// A channel's slot being moved to another node (`MIGRATING` on its master, `IMPORTING` on the
+    /// other) stays the master's until the move ends: what is published meanwhile reaches the
+    /// subscriptions there, and says so (the script naming the channel as a key was sent on to the
+    /// other node, ASK, whose shard has no subscribers: every message was lost, answered 0).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_is_published_while_a_channels_slot_is_moved_reaches_its_subscribers() {
+        let cluster = RedisCluster::start(3, 0).expect("a cluster of its own, to move a slot");
+        let (relay, _broker, mut news) = listening(&cluster, "news").await;
+        let slot = cluster.slot_of("qkv:news").expect("a slot");
+        let source = cluster.nodes[master_of(&cluster, "news")].port;
+        // The masters split the slots in three: a third further on is another master's.
+        let target = cluster.nodes[cluster.master_of_slot((slot + 5461) % 16384).expect("a master")].port;
+        assert_ne!(source, target);
+        let cli = |port: u16, args: &[&str]| qkv_testkit::cli(port, args).expect("redis-cli runs");
+        let id = |port: u16| cli(port, &["CLUSTER", "MYID"]).trim().to_owned();
+        let slot = slot.to_string();
+        cli(target, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &id(source)]);
+        cli(source, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &id(target)]);
+        let mine = CommandResponse::ok().encode_to_vec();
+        let published = relay.publish("news".into(), mine.clone()).await;
+        let delivered = timeout(Duration::from_secs(10), async {
+            loop {
+                match news.next().await {
+                    Some(Delivery::Message(message)) if message == mine => break Ok(()),
+                    // One of `listening`'s, published before it saw the first arrive.
+                    Some(Delivery::Message(_)) => {}
+                    other => break Err(other),
+                }
+            }
+        })
+        .await;
+        // The move is called off, whatever happened.
+        cli(source, &["CLUSTER", "SETSLOT", &slot, "STABLE"]);
+        cli(target, &["CLUSTER", "SETSLOT", &slot, "STABLE"]);
+        assert_eq!(published.expect("published"), 1, "it reached the subscription");
+        assert_eq!(delivered.expect("delivered within 10 s"), Ok(()));
+    }
+
     /// A node that stalls (here CLIENT PAUSE) while a channel is subscribed there: the SSUBSCRIBE gets
     /// no answer within the response timeout, and no disconnection push comes, since the connection
     /// is not closed. The link is dropped, and the other channels it carried must take a lost link's

@@ -213,6 +213,12 @@ return reply
 pub static SHARD_PUBLISH: LazyLock<Lua> =
     LazyLock::new(|| Lua::new("return redis.call('SPUBLISH', KEYS[1], ARGV[1])"));
 
+/// SPUBLISH of ARGV[1] with ARGV[2], naming no key: run where it is sent (a node that does not
+/// serve the channel's slot refuses it: "a non local key"), including a slot's master while the slot
+/// is being moved, where [`SHARD_PUBLISH`], whose key is not there, is sent on to the slot's new
+/// node (ASK). See `Connection::publish`.
+pub const SHARD_PUBLISH_HERE: &str = "return redis.call('SPUBLISH', ARGV[1], ARGV[2])";
+
 /// One page of a scan, by key name. ARGV: '1' and the last key of the previous page, or '0' and ''
 /// to start; the most entries (at least one is taken); the byte limit (key and value lengths; the page
 /// stops once it is reached, after at least one entry). Returns `{done (1 or 0), the last name read

@@ -62,6 +62,12 @@ impl Shards {
             }
             return counted(Err(storage_error(e)));
         }
+        // The link was let go while SSUBSCRIBE was on its way (a reset, another command's failure):
+        // once this handle goes, nothing holds it open, and its channels would end without a word.
+        // Told as a lost link is, their subscribers hear of a gap and the repair subscribes again.
+        if !self.links.lock().get(&link.node).is_some_and(|(l, _)| *l == link) {
+            self.broken(&link);
+        }
         counted(Ok(()))
     }
 
@@ -189,8 +195,12 @@ impl Shards {
         let connecting =
             async { self.config.client(&url)?.get_multiplexed_async_connection_with_config(&config).await };
         let connection = counted(connecting.await.map_err(storage_error))?;
-        self.links.lock().insert(link.node.clone(), (link.clone(), connection.clone()));
-        Ok((link, connection))
+        // Another caller may have made one meanwhile (a repair and a join for the same node): that
+        // one stays, and this one is dropped unused. Replacing it would drop the only other handle
+        // of the channels just subscribed on it, closing them without a push (redis-rs tells nothing
+        // of a connection closed by its own side): their subscribers would wait for ever.
+        let kept = self.links.lock().entry(link.node.clone()).or_insert((link, connection)).clone();
+        Ok(kept)
     }
 
     /// The first seed's URL (scheme, credentials, options) with `node`'s host and port.
@@ -275,7 +285,7 @@ impl Masters {
 
 /// The cluster slot of `key`: CRC16 (XMODEM) of its hash tag (what lies between its first `{` and the
 /// next `}`, if not empty) or else of all of it, modulo 16384.
-fn slot(key: &[u8]) -> u16 {
+pub(super) fn slot(key: &[u8]) -> u16 {
     let tag = key.iter().position(|b| *b == b'{').and_then(|open| {
         let rest = &key[open + 1..];
         rest.iter().position(|b| *b == b'}').map(|close| &rest[..close]).filter(|tag| !tag.is_empty())
@@ -287,7 +297,23 @@ fn slot(key: &[u8]) -> u16 {
 mod tests {
     use redis::cluster_routing::Slot;
 
-    use super::slot;
+    use super::*;
+    use crate::storage::redis::relay::RedisRelay;
+
+    /// A repair and a join that need the same node at once get one link: two would each hold
+    /// channels, and the one not kept in the map would close under its channels without a word.
+    #[tokio::test]
+    async fn links_made_at_once_to_one_node_are_one_link() {
+        let redis = qkv_testkit::RedisNode::start(&[]).expect("redis-server starts");
+        let config = RedisConfig { urls: vec![redis.url()], ..RedisConfig::default() };
+        let (pushes, _relay) = RedisRelay::new(&config);
+        let shards = Shards::new(config, pushes);
+        let node = format!("127.0.0.1:{}", redis.port);
+        let (first, second) = tokio::join!(shards.link(&node), shards.link(&node));
+        let (first, second) = (first.expect("a link").0, second.expect("a link").0);
+        assert_eq!(first, second);
+        assert_eq!(shards.links.lock().get(node.as_str()).map(|(link, _)| link.clone()), Some(first));
+    }
 
     #[test]
     fn a_slot_is_the_one_redis_rs_computes() {
