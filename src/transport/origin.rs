@@ -112,8 +112,11 @@ impl Origins {
                 .and_then(|(scheme, port)| normalise(&format!("{scheme}://{host}:{port}")))
                 .is_some_and(|own| own == origin)
         };
+        // A page under a name the certificate covers (a wildcard's too) is the listener's own,
+        // whichever host the session dialled (the address the QUIC endpoint listens on).
+        let page_host = origin.split_once("://").map_or("", |(_, authority)| host_of(authority));
         (self.answers_to(host) && own(host))
-            || self.names.iter().any(|name| own(name))
+            || (self.names.iter().any(|name| covers(name, page_host)) && own(page_host))
             || self.allowed.contains(&origin)
     }
 }
@@ -219,6 +222,10 @@ mod tests {
             assert!(wildcard.answers_to(host), "{host}");
         }
         assert!(wildcard.allows(Some("https://kv.example.com:9528"), "kv.example.com"));
+        // The console's WebTransport session dials the address QUIC listens on, not the page's host.
+        assert!(wildcard.allows(Some("https://kv.example.com:9528"), "10.0.0.7"));
+        assert!(!wildcard.allows(Some("https://kv.example.com:9529"), "10.0.0.7"), "another port");
+        assert!(!wildcard.allows(Some("https://a.kv.example.com:9528"), "10.0.0.7"), "not covered");
         for host in ["example.com", "a.kv.example.com", ".example.com", "kvexample.com", "evil.test"] {
             assert!(!wildcard.answers_to(host), "{host}");
         }

@@ -855,7 +855,11 @@ class QkvSubscription implements Subscription {
         try {
           const connection = await this.client.subscriptionConnection();
           if (connection.transport === "websocket") this.own = connection;
-          if (this.closing) break;
+          if (this.closing) {
+            // Closed while its WebSocket was opening: close() looked for it before it was there.
+            if (connection.transport === "websocket") connection.close();
+            break;
+          }
           const answer = connection.send(requests.subscribe(this.topic));
           this.answer = answer;
           const deadline = Date.now() + this.client.settings.requestTimeoutMs;

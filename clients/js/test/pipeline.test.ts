@@ -433,6 +433,16 @@ test("over WebSocket too, subscriptions beyond maxSubscriptions fail at once wit
   assert.equal(server.requests.filter((r) => r.requestData.case === "subscribe").length, 4);
 });
 
+test("a subscription closed while its WebSocket is opening closes that WebSocket", async () => {
+  const server = new FakeServer(() => [frame({ more: true, values: [toPb(1)] })]);
+  const c = await client(server);
+  const subscription = c.subscribe("news");
+  await subscription.close();
+  assert.equal(server.sockets.length, 2, "the client's, and the subscription's, opened before the close");
+  assert.ok(server.sockets[1].closedByClient, "not left open, holding a connection on the server");
+  assert.equal(server.requests.filter((r) => r.requestData.case === "subscribe").length, 0);
+});
+
 test("over WebSocket, a Subscribe not answered in time fails and is not sent again", async () => {
   const server = new FakeServer((request) => (request.requestData.case === "subscribe" ? [] : [frame({ values: [toPb(new Uint8Array(0))] })]));
   const c = await client(server, { requestTimeoutMs: 50 });

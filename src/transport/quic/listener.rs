@@ -351,6 +351,8 @@ pub(super) async fn serve_connection<H: Handler>(
                 handshaking = false;
                 pending = None;
                 match done {
+                    // A WebTransport session's was counted as its request came (`webtransport::accept`).
+                    Ok(true) if matches!(session, Session::WebTransport(_)) => {}
                     Ok(true) => metrics::handshake(Transport::Quic, metrics::HandshakeResult::Completed),
                     Ok(false) => metrics::handshake(Transport::Quic, metrics::HandshakeResult::Failed),
                     Err(_) => {

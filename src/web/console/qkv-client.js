@@ -3937,7 +3937,10 @@ var QkvClient = class {
         let failure;
         try {
           let connection = await this.client.subscriptionConnection();
-          if (connection.transport === "websocket" && (this.own = connection), this.closing) break;
+          if (connection.transport === "websocket" && (this.own = connection), this.closing) {
+            connection.transport === "websocket" && connection.close();
+            break;
+          }
           let answer = connection.send(requests.subscribe(this.topic));
           this.answer = answer;
           let deadline = Date.now() + this.client.settings.requestTimeoutMs, first = await beforeDeadline(answer.next(), deadline, () => {
