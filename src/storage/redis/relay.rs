@@ -26,7 +26,7 @@
 //! A topic's channel is `--redis-prefix` + its name; only messages that decode as answer frames (what
 //! a gateway publishes) are passed on.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -148,10 +148,10 @@ struct State {
     prefix: String,
     /// Channels this gateway subscribes to in Redis. Never held across an await.
     joined: Mutex<HashSet<String>>,
-    /// Held by a join and a sweep across their Redis calls, so that a join and a sweep of the same
-    /// topic cannot cross; and by the repair task only to undo what a sweep took back meanwhile. Never
-    /// by the delivery task, which must not wait for Redis.
-    changing: tokio::sync::Mutex<()>,
+    /// A channel's, held by a join and a sweep across their Redis calls for it, so that a join and a
+    /// sweep of the same topic cannot cross; and by the repair task only to undo what a sweep took
+    /// back meanwhile. Never by the delivery task, which must not wait for Redis.
+    changing: ChannelLocks,
     /// On a plain Redis, channels whose subscription Redis has confirmed since the connection was last
     /// lost: a second confirmation is a subscription made again (by redis-rs), after a gap. (On a
     /// cluster the relay makes every subscription again itself, and reports the gap when it finds the
@@ -208,7 +208,7 @@ impl State {
         }
     }
 
-    /// Called under the `changing` lock, once `channel` has left `joined`.
+    /// Called under `channel`'s `changing` lock, once it has left `joined`.
     async fn unsubscribe(&self, connector: &Connector, channel: &str) {
         // A later subscription's confirmation is then a first one, not a gap.
         self.confirmed.lock().remove(channel.as_bytes());
@@ -294,8 +294,8 @@ impl State {
             }
         }
         // A sweep may have left a channel while it was being subscribed: undone, as the sweep would.
-        let _changing = self.changing.lock().await;
         for channel in made {
+            let _changing = self.changing.lock(&channel).await;
             if !self.joined.lock().contains(&channel) {
                 self.unsubscribe(connector, &channel).await;
             }
@@ -303,6 +303,39 @@ impl State {
         // Not made again for what was lost after the pass began: that loss wakes the task again.
         // (Nor judged by `subscribed`: a plain Redis's confirmation may still be on its way.)
         failed == 0
+    }
+}
+
+/// One lock per channel, so that a join, a sweep or a repair waiting for a silent node holds up only
+/// what concerns the same channel: with one lock for all, every Subscribe to a healthy shard waited
+/// behind the joins of a dead master's topics, each taking its connect and response timeouts (for
+/// the 15 to 30 s until its replica took over, and long after with many of them). A channel's entry
+/// goes once nobody holds or waits for it.
+#[derive(Default)]
+struct ChannelLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl ChannelLocks {
+    async fn lock(&self, channel: &str) -> ChannelGuard<'_> {
+        let lock = self.0.lock().entry(channel.to_owned()).or_default().clone();
+        let guard = lock.lock_owned().await;
+        ChannelGuard { locks: self, channel: channel.to_owned(), guard: Some(guard) }
+    }
+}
+
+struct ChannelGuard<'a> {
+    locks: &'a ChannelLocks,
+    channel: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for ChannelGuard<'_> {
+    fn drop(&mut self) {
+        let mut locks = self.locks.0.lock();
+        self.guard.take();
+        // Only the map's own handle left: nobody holds it, nobody waits (a waiter holds a handle).
+        if locks.get(&self.channel).is_some_and(|lock| Arc::strong_count(lock) == 1) {
+            locks.remove(&self.channel);
+        }
     }
 }
 
@@ -315,7 +348,7 @@ impl RedisRelay {
         let state = Arc::new(State {
             prefix: config.prefix.clone(),
             joined: Mutex::default(),
-            changing: tokio::sync::Mutex::default(),
+            changing: ChannelLocks::default(),
             confirmed: Mutex::default(),
             shards: Shards::new(config.clone(), pushes.clone()),
             repair: tokio::sync::Notify::new(),
@@ -359,7 +392,7 @@ impl Relay for RedisRelay {
         let (connector, state) = (self.connector.clone(), self.state.clone());
         async move {
             let channel = state.channel(&topic);
-            let _changing = state.changing.lock().await;
+            let _changing = state.changing.lock(&channel).await;
             // Joined and linked now: nothing to do. Joined but not linked (the link was lost and is
             // being made again): subscribe now, so that this subscriber misses nothing from its answer on.
             if state.joined.lock().contains(&channel) && state.subscribed(&connector, &channel) {
@@ -542,21 +575,16 @@ async fn sweep(connector: Arc<Connector>, state: Arc<State>, broker: Broker) {
     let mut interval = tokio::time::interval(SWEEP_INTERVAL);
     loop {
         interval.tick().await;
-        let _changing = state.changing.lock().await;
-        let idle: Vec<String> = {
-            let mut joined = state.joined.lock();
-            let idle: Vec<String> = joined
-                .iter()
-                .filter(|channel| state.topic(channel.as_bytes()).is_none_or(|t| broker.subscribers(t) == 0))
-                .cloned()
-                .collect();
-            for channel in &idle {
-                joined.remove(channel);
-            }
-            idle
-        };
+        let unused =
+            |channel: &str| state.topic(channel.as_bytes()).is_none_or(|t| broker.subscribers(t) == 0);
+        let idle: Vec<String> =
+            state.joined.lock().iter().filter(|channel| unused(channel)).cloned().collect();
         for channel in idle {
-            state.unsubscribe(&connector, &channel).await;
+            // Looked at again under its lock: a join may have come for it meanwhile.
+            let _changing = state.changing.lock(&channel).await;
+            if unused(&channel) && state.joined.lock().remove(&channel) {
+                state.unsubscribe(&connector, &channel).await;
+            }
         }
     }
 }
@@ -617,6 +645,20 @@ mod tests {
     use super::*;
     use crate::memory::MemoryBudget;
     use crate::pubsub::{ConnectionId, Delivery, LagPolicy, Subscription};
+
+    /// A join or sweep waiting for a silent node holds up what concerns its own channel alone, and
+    /// the lock of a channel nobody holds or waits for takes no room.
+    #[tokio::test]
+    async fn a_channels_lock_holds_up_that_channel_alone_and_goes_once_unused() {
+        let locks = ChannelLocks::default();
+        let held = locks.lock("qkv:dead-shard").await;
+        assert!(locks.lock("qkv:healthy-shard").now_or_never().is_some(), "another channel's is free");
+        let mut waiting = Box::pin(locks.lock("qkv:dead-shard"));
+        assert!((&mut waiting).now_or_never().is_none(), "the same channel's waits");
+        drop(held);
+        drop(waiting.await);
+        assert!(locks.0.lock().is_empty());
+    }
 
     /// A relay on `cluster`, once connected, attached to a broker of its own.
     async fn relay_on(cluster: &RedisCluster) -> (RedisRelay, Broker) {
