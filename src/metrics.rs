@@ -160,7 +160,7 @@ fn describe() {
     c!("qkv_quic_lost_bytes_total", Unit::Bytes, "QUIC bytes declared lost.");
     c!("qkv_quic_congestion_events_total", "QUIC congestion events (window reductions).");
     c!("qkv_limits_hit_total", "Requests or connections refused by a limit, named by its flag.");
-    g!("qkv_storage_keys", "Keys stored (memory store).");
+    g!("qkv_storage_keys", "Keys stored (memory and disk stores).");
     g!(
         "qkv_storage_memory_used_bytes",
         Unit::Bytes,

@@ -105,8 +105,18 @@ async fn sigterm_under_load_exits_once_the_grace_period_is_over() {
     server.terminate();
     // A second signal is answered, and changes nothing.
     server.log_line(&["received SIGTERM"]).await;
+    server.log_line(&["finishing in-flight requests"]).await;
     server.terminate();
     server.log_line(&["already shutting down"]).await;
+    // While the stuck reply holds the server in its grace period, a new QUIC client is refused at
+    // once, as a TCP one is by the closed listener (it waited for its connect timeout, and was told
+    // to check for a firewall).
+    let once = RetryPolicy { attempts: 1, ..RetryPolicy::default() };
+    let late =
+        Client::connect_with(ClientConfig { retry: once, ..server.client_config(Transport::Quic) }).await;
+    let refused = late.expect_err("no new connection while shutting down");
+    assert!(!matches!(refused, ClientError::ConnectTimeout { .. }), "{refused}");
+    assert!(refused.to_string().contains("refused"), "{refused}");
     let (status, log) = tokio::time::timeout(Duration::from_secs(60), server.exit()).await.expect("it exits");
     // Nothing can end the stuck reply before the grace period does: load only makes this later.
     assert!(terminated.elapsed() >= grace, "exited {:?} after SIGTERM", terminated.elapsed());
@@ -121,6 +131,7 @@ async fn sigterm_under_load_exits_once_the_grace_period_is_over() {
     let cut_off = position(&["WARN", "grace period over"]);
     let stopped = position(&["shut down"]);
     assert!(cut_off < stopped, "{log:#?}");
+
     // The stuck reply was cut off by the grace period, not answered: it may have been executed.
     let cut = loop {
         match unread.next().await {
@@ -135,4 +146,32 @@ async fn sigterm_under_load_exits_once_the_grace_period_is_over() {
         assert!(writer.error.is_retryable(), "{}: {}", writer.key, writer.error);
         assert_eq!(writer.error.executed(), Executed::No, "{}: {}", writer.key, writer.error);
     }
+}
+
+/// A TCP connection the grace period cuts off (a client that stopped reading its answer) has its
+/// "connection ended" line like any other, saying so: its task was dropped, and it had none, the one
+/// connection an operator would look for.
+#[tokio::test]
+async fn a_tcp_connection_cut_off_by_the_grace_period_is_logged_as_it_ends() {
+    use tokio::io::AsyncWriteExt;
+    let mut server =
+        ServerProcess::start(&["--tcp-plaintext", "--shutdown-grace", "1s", "--reply-timeout", "60s"]).await;
+    let writer = Client::connect_with(server.client_config(Transport::Tcp)).await.unwrap();
+    for i in 0..16 {
+        writer.hset("big", &format!("k{i}"), vec![1u8; 1 << 20]).await.unwrap();
+    }
+    // A raw client with a small receive buffer that asks for 16 MB and reads none of it.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(server.addr).await.unwrap();
+    stuck.write_all(&common::frame_of(&CommandRequest::hgetall("big"))).await.unwrap();
+    server.terminate();
+    server.log_line(&["received SIGTERM"]).await;
+    let (status, log) = tokio::time::timeout(Duration::from_secs(60), server.exit()).await.expect("it exits");
+    assert!(status.success(), "exit status {status}; log: {log:#?}");
+    let cut = log.iter().position(|line| line.contains("grace period over") && line.contains("tcp"));
+    let ended =
+        log.iter().position(|line| line.contains("connection ended") && line.contains("cut_off=true"));
+    assert!(cut.is_some() && cut < ended, "{log:#?}");
+    drop(stuck);
 }

@@ -544,8 +544,9 @@ pub struct ServeArgs {
     /// disk every --flush-interval (a crash of the machine loses at most that much).
     #[arg(long, value_enum, default_value_t = DurabilityMode::Strict)]
     pub durability: DurabilityMode,
-    /// With --durability relaxed: how often committed writes are flushed to disk, e.g. 10ms (refused
-    /// with strict durability, which makes every write durable before its answer).
+    /// With --durability relaxed: how often committed writes are flushed to disk, e.g. 10ms (with
+    /// strict durability, which makes every write durable before its answer, any other value than the
+    /// default is refused; the default passes, since --print-config writes it).
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     pub flush_interval: Duration,
     /// With --store disk: while the server stays busy, how long writes gather before they are written

@@ -220,9 +220,10 @@ async fn handle_connection<H: Handler>(
     _admitted: Admitted,
 ) {
     tune(&stream, &limits);
-    let started = std::time::Instant::now();
     let transport = security.transport();
     let bytes = Arc::new(ByteCounts::default());
+    let mut ended =
+        EndLine { transport, started: std::time::Instant::now(), bytes: bytes.clone(), state: Ended::CutOff };
     let stream = Counted::new(stream, transport, bytes.clone());
     // Writes time out beneath TLS, where the bytes are seen to leave.
     let stream = StallTimeout::new(stream, limits.reply_timeout, limits.reply_min_progress);
@@ -235,18 +236,51 @@ async fn handle_connection<H: Handler>(
             Some((tls, caller)) => {
                 serve_pipelined(tls, handler, limits, memory, shutdown, caller, AfterClose::ReadOn).await
             }
-            None => return,
+            None => {
+                ended.state = Ended::NoHandshake;
+                return;
+            }
         },
     };
-    info!(
-        target: "qkv::connection",
-        transport = transport.name(),
-        duration_ms = started.elapsed().as_millis() as u64,
-        requests,
-        bytes_in = bytes.received.load(Ordering::Relaxed),
-        bytes_out = bytes.sent.load(Ordering::Relaxed),
-        "connection ended"
-    );
+    ended.state = Ended::Served { requests: Some(requests) };
+}
+
+/// A connection's last line in the log, with its statistics, however its task ends: one the grace
+/// period cut off is dropped mid-way, and had no line at all.
+pub(crate) struct EndLine {
+    pub transport: Transport,
+    pub started: std::time::Instant,
+    pub bytes: Arc<ByteCounts>,
+    pub state: Ended,
+}
+
+pub(crate) enum Ended {
+    /// Dropped before its end: the grace period cut it off (its requests are not counted).
+    CutOff,
+    /// It ended by itself, having read this many requests (where they are counted).
+    Served { requests: Option<u64> },
+    /// Its TLS handshake failed, which is logged as such: it never was a connection to log.
+    NoHandshake,
+}
+
+impl Drop for EndLine {
+    fn drop(&mut self) {
+        let (requests, cut_off) = match self.state {
+            Ended::NoHandshake => return,
+            Ended::CutOff => (None, Some(true)),
+            Ended::Served { requests } => (requests, None),
+        };
+        info!(
+            target: "qkv::connection",
+            transport = self.transport.name(),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            requests,
+            bytes_in = self.bytes.received.load(Ordering::Relaxed),
+            bytes_out = self.bytes.sent.load(Ordering::Relaxed),
+            cut_off,
+            "connection ended"
+        );
+    }
 }
 
 /// The TLS handshake of a connection on `transport`, within the request timeout, counted in the

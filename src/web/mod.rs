@@ -59,7 +59,9 @@ use crate::transport::admission::{Admission, Admitted};
 use crate::transport::exchange::AnswerShare;
 use crate::transport::log_throttle::{self, HeldBack, LogThrottle};
 use crate::transport::origin::Origins;
-use crate::transport::tcp::{Accepting, ByteCounts, Counted, accept_loop, tls_handshake, tune};
+use crate::transport::tcp::{
+    Accepting, ByteCounts, Counted, EndLine, Ended, accept_loop, tls_handshake, tune,
+};
 use crate::transport::timeouts::StallTimeout;
 use crate::transport::woken::PolledWhenWoken;
 use crate::transport::{Limits, Transport};
@@ -253,8 +255,13 @@ struct Connection<H> {
 impl<H: Handler> Connection<H> {
     async fn serve(self, stream: TcpStream, _admitted: Admitted) {
         tune(&stream, &self.limits);
-        let started = std::time::Instant::now();
         let bytes = Arc::new(ByteCounts::default());
+        let mut ended = EndLine {
+            transport: Transport::Http,
+            started: std::time::Instant::now(),
+            bytes: bytes.clone(),
+            state: Ended::CutOff,
+        };
         let stream = Counted::new(stream, Transport::Http, bytes.clone());
         // A client that reads less than the minimum progress in the reply timeout while something waits
         // to be sent to it, on either HTTP version, has its connection closed, as TCP's is. Beneath
@@ -268,18 +275,14 @@ impl<H: Handler> Connection<H> {
             WebSecurity::Tls(acceptor) => {
                 match tls_handshake(acceptor, stream, &self.limits, Transport::Http).await {
                     Some((tls, caller)) => self.http(tls, caller, (bytes.clone(), stalled)).await,
-                    None => return,
+                    None => {
+                        ended.state = Ended::NoHandshake;
+                        return;
+                    }
                 }
             }
         }
-        info!(
-            target: "qkv::connection",
-            transport = Transport::Http.name(),
-            duration_ms = started.elapsed().as_millis() as u64,
-            bytes_in = bytes.received.load(Ordering::Relaxed),
-            bytes_out = bytes.sent.load(Ordering::Relaxed),
-            "connection ended"
-        );
+        ended.state = Ended::Served { requests: None };
     }
 
     /// Serves HTTP/1.1 or HTTP/2 (whichever the client speaks) on `io` until the client closes it or

@@ -103,7 +103,17 @@ pub async fn serve<H: Handler>(
         }));
     }
 
-    endpoint.set_server_config(None);
+    // New connections are refused at once (CONNECTION_REFUSED) while the connections there finish,
+    // as TCP's closed listener refuses them: without a server configuration quinn answers a new
+    // client's Initial with nothing a client reads, and it waited for its connect timeout.
+    let refusing = tokio::spawn({
+        let endpoint = endpoint.clone();
+        async move {
+            while let Some(incoming) = endpoint.accept().await {
+                incoming.refuse();
+            }
+        }
+    });
     connections.close();
     info!(connections = connections.len(), "shutting down: finishing in-flight requests");
     if tokio::time::timeout(grace, connections.wait()).await.is_err() {
@@ -115,6 +125,8 @@ pub async fn serve<H: Handler>(
         endpoint.close(codes::SHUTDOWN_FORCED, b"server shut down before answering every request");
         connections.wait().await;
     }
+    refusing.abort();
+    endpoint.set_server_config(None);
     let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, endpoint.wait_idle()).await;
 }
 
