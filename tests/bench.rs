@@ -12,6 +12,7 @@ use qkv::bench::floor::serve_floor;
 use qkv::bench::{BenchConfig, KeyDist, Progress, Workload};
 use qkv::client::ClientConfig;
 use qkv::pb::Value;
+use qkv::pubsub::LagPolicy;
 use qkv::server::TcpMode;
 use qkv::transport::{Limits, Transport};
 use tokio_util::sync::CancellationToken;
@@ -109,11 +110,30 @@ async fn a_stalled_subscriber_lags_at_the_server(transport: Transport) {
     // A publish on the window's edge may be counted on one side only (the one in flight).
     let edge = (config.connections * config.inflight) as u64;
     assert!(fanout.lagging <= fanout.published + edge, "only the stalled one lags: {fanout:?}");
+    assert_eq!(fanout.dropped, 0, "lagging, not dropped (--lag-policy skip): {fanout:?}");
+}
+
+/// Under `--lag-policy drop` the server ends a stalled subscriber once its queue is full, in the
+/// warm-up already, after which nothing lags: the report counts it (it said nothing was lost).
+async fn a_stalled_subscriber_the_server_drops_is_counted(transport: Transport) {
+    let server = TestServer::start_for_with(transport, |config| {
+        config.service.subscriber_queue = 2;
+        config.service.lag_policy = LagPolicy::Drop;
+        config.limits.send_window = 64 * 1024;
+    })
+    .await;
+    let mut config = config(server.client_config(), Workload::Fanout { subscribers: 1, stalled: 1 });
+    (config.connections, config.inflight, config.value_size) = (1, 1, 64 * 1024);
+    config.duration = Duration::from_secs(1);
+    let report = qkv::bench::run(&config, Progress::new()).await.unwrap();
+    let fanout = report.fanout.expect("a fan-out report");
+    assert_eq!(fanout.dropped, 1, "{fanout:?}");
 }
 
 transport_tests!(fanout: quic, tls, tcp =>
     the_fanout_workload_delivers_every_publish_to_every_reader,
     a_stalled_subscriber_lags_at_the_server,
+    a_stalled_subscriber_the_server_drops_is_counted,
 );
 
 /// The connect workload opens a connection per request; with --zero-rtt each resumes the session of

@@ -25,8 +25,8 @@ use super::load::{self, Tally, Window};
 use super::pacer::Pacer;
 use super::workload::RequestError;
 use super::{BenchConfig, BenchError, BenchReport, ConnectionTimes, Progress};
-use crate::client::{Client, ClientConfig, ClientEndpoint, ClientStats, Event, Subscription};
-use crate::pb::{Value, value};
+use crate::client::{Client, ClientConfig, ClientEndpoint, ClientError, ClientStats, Event, Subscription};
+use crate::pb::{Value, status, value};
 use crate::transport::Transport;
 
 /// The topic the run publishes to.
@@ -49,6 +49,10 @@ pub struct FanoutReport {
     /// could not queue (`Publish`'s lagging count): the stalled subscribers' once their queues filled.
     #[serde(default)]
     pub lagging: u64,
+    /// Stalled subscribers the server ended for falling behind (`--lag-policy drop`), warm-up
+    /// included: one dropped then is neither lagging nor missed in the measured period.
+    #[serde(default)]
+    pub dropped: usize,
 }
 
 pub async fn run(
@@ -133,7 +137,7 @@ pub async fn run(
         missed += reader_missed;
     }
     announcer.abort();
-    drop(idle);
+    let dropped = join_all(idle.into_iter().map(ended_for_lagging)).await.into_iter().filter(|d| *d).count();
     let closing = Instant::now();
     let everyone = clients.iter().chain(&publishers);
     let closed = tokio::time::timeout(CLOSE_LIMIT, async {
@@ -168,6 +172,7 @@ pub async fn run(
             published: published.requests,
             missed,
             lagging: lagging.load(Ordering::Relaxed),
+            dropped,
         }),
         connection_times: Some(ConnectionTimes { open, close }),
     })
@@ -226,6 +231,24 @@ async fn read(mut subscription: Subscription, window: Window) -> (Tally, u64) {
         }
     }
     (tally, missed)
+}
+
+/// Whether the server ended a stalled `subscription` for falling behind (a 429), found by reading
+/// what it holds to its end, within `DRAIN` (one still open, under `--lag-policy skip`, reads its
+/// backlog and then waits).
+async fn ended_for_lagging(mut subscription: Subscription) -> bool {
+    let reading = async {
+        loop {
+            match subscription.next().await {
+                Some(Ok(_)) => {}
+                Some(Err(ClientError::SubscriptionEnded { status, .. })) => {
+                    return status == status::TOO_MANY_REQUESTS;
+                }
+                Some(Err(_)) | None => return false,
+            }
+        }
+    };
+    tokio::time::timeout(DRAIN, reading).await.unwrap_or(false)
 }
 
 fn sent_at(values: &[Value], start: Instant) -> Option<Instant> {

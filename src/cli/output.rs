@@ -289,12 +289,13 @@ pub fn bench_summary(config: &qkv::bench::BenchConfig, report: &qkv::bench::Benc
     }
     if let Some(fanout) = &json.fanout {
         out!(
-            "fan-out: {} messages/s published to {} reading subscribers ({} stalled); the req/s and latencies above are deliveries (publish to receipt); {} reported missed to readers; {} deliveries the server could not queue (lagging subscribers)",
+            "fan-out: {} messages/s published to {} reading subscribers ({} stalled); the req/s and latencies above are deliveries (publish to receipt); {} reported missed to readers; {} deliveries the server could not queue (lagging subscribers); {} stalled subscribers ended by the server for falling behind (--lag-policy drop)",
             (fanout.published as f64 / report.elapsed.as_secs_f64()).round(),
             fanout.subscribers,
             fanout.stalled,
             fanout.missed,
-            fanout.lagging
+            fanout.lagging,
+            fanout.dropped
         );
         return;
     }
