@@ -153,18 +153,20 @@ async fn sigterm_under_load_exits_once_the_grace_period_is_over() {
 /// connection an operator would look for.
 #[tokio::test]
 async fn a_tcp_connection_cut_off_by_the_grace_period_is_logged_as_it_ends() {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut server =
         ServerProcess::start(&["--tcp-plaintext", "--shutdown-grace", "1s", "--reply-timeout", "60s"]).await;
     let writer = Client::connect_with(server.client_config(Transport::Tcp)).await.unwrap();
     for i in 0..16 {
         writer.hset("big", &format!("k{i}"), vec![1u8; 1 << 20]).await.unwrap();
     }
-    // A raw client with a small receive buffer that asks for 16 MB and reads none of it.
+    // A raw client with a small receive buffer that asks for 16 MB and reads one byte of it.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stuck = socket.connect(server.addr).await.unwrap();
     stuck.write_all(&common::frame_of(&CommandRequest::hgetall("big"))).await.unwrap();
+    // The answer has begun: the server is writing what will not be read.
+    stuck.read_exact(&mut [0; 1]).await.unwrap();
     server.terminate();
     server.log_line(&["received SIGTERM"]).await;
     let (status, log) = tokio::time::timeout(Duration::from_secs(60), server.exit()).await.expect("it exits");

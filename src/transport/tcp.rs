@@ -222,8 +222,11 @@ async fn handle_connection<H: Handler>(
     tune(&stream, &limits);
     let transport = security.transport();
     let bytes = Arc::new(ByteCounts::default());
-    let mut ended =
-        EndLine { transport, started: std::time::Instant::now(), bytes: bytes.clone(), state: Ended::CutOff };
+    let state = match security {
+        TcpSecurity::Plaintext => Ended::CutOff,
+        TcpSecurity::Tls(_) => Ended::NoHandshake,
+    };
+    let mut ended = EndLine { transport, started: std::time::Instant::now(), bytes: bytes.clone(), state };
     let stream = Counted::new(stream, transport, bytes.clone());
     // Writes time out beneath TLS, where the bytes are seen to leave.
     let stream = StallTimeout::new(stream, limits.reply_timeout, limits.reply_min_progress);
@@ -234,12 +237,10 @@ async fn handle_connection<H: Handler>(
         }
         TcpSecurity::Tls(acceptor) => match tls_handshake(&acceptor, stream, &limits, transport).await {
             Some((tls, caller)) => {
+                ended.state = Ended::CutOff;
                 serve_pipelined(tls, handler, limits, memory, shutdown, caller, AfterClose::ReadOn).await
             }
-            None => {
-                ended.state = Ended::NoHandshake;
-                return;
-            }
+            None => return,
         },
     };
     ended.state = Ended::Served { requests: Some(requests) };
@@ -259,7 +260,8 @@ pub(crate) enum Ended {
     CutOff,
     /// It ended by itself, having read this many requests (where they are counted).
     Served { requests: Option<u64> },
-    /// Its TLS handshake failed, which is logged as such: it never was a connection to log.
+    /// Its TLS handshake has not completed: a failure is logged as such, and one cut off (at the end
+    /// of the grace period) was never a connection to log.
     NoHandshake,
 }
 

@@ -260,7 +260,10 @@ impl<H: Handler> Connection<H> {
             transport: Transport::Http,
             started: std::time::Instant::now(),
             bytes: bytes.clone(),
-            state: Ended::CutOff,
+            state: match self.security {
+                WebSecurity::Plaintext => Ended::CutOff,
+                WebSecurity::Tls(_) => Ended::NoHandshake,
+            },
         };
         let stream = Counted::new(stream, Transport::Http, bytes.clone());
         // A client that reads less than the minimum progress in the reply timeout while something waits
@@ -274,11 +277,11 @@ impl<H: Handler> Connection<H> {
             WebSecurity::Plaintext => self.http(stream, Caller::default(), (bytes.clone(), stalled)).await,
             WebSecurity::Tls(acceptor) => {
                 match tls_handshake(acceptor, stream, &self.limits, Transport::Http).await {
-                    Some((tls, caller)) => self.http(tls, caller, (bytes.clone(), stalled)).await,
-                    None => {
-                        ended.state = Ended::NoHandshake;
-                        return;
+                    Some((tls, caller)) => {
+                        ended.state = Ended::CutOff;
+                        self.http(tls, caller, (bytes.clone(), stalled)).await
                     }
+                    None => return,
                 }
             }
         }

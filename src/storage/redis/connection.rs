@@ -12,7 +12,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
     Client, Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
-    RedisError, ServerErrorKind, TlsCertificates, Value as RedisValue,
+    RedisError, RedisResult, ServerErrorKind, TlsCertificates, Value as RedisValue,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -294,31 +294,35 @@ impl Connection {
 
     /// Publishes; answers how many Redis clients (gateways) received the message.
     ///
-    /// On a cluster, SPUBLISH goes inside a script ([`scripts::SHARD_PUBLISH`]): a replica of the
-    /// channel's shard takes SPUBLISH itself and tells only its own subscribers (none: the relays
-    /// subscribe on masters), where it redirects a script (MOVED) to the master. redis-rs's map of the
-    /// slots can name such a replica for as long as no command of this gateway is redirected (a failed
-    /// master back as its successor's replica, met by a map refreshed while it still called itself
-    /// master): a gateway that only published lost every message meanwhile, answered 0 receivers.
-    ///
-    /// A channel whose slot is being moved (`MIGRATING` on its master) sends that script on to the
-    /// slot's new node (ASK: the script names the channel as a key, which is not there), whose
-    /// SPUBLISH reaches its own shard only, while the relays' subscriptions stay on the master until
-    /// the move ends: nobody received it. So a publish that reached nobody is sent once more as a
-    /// script naming no key, to the slot's master as redis-rs's map has it (an ASK changes no map, and
-    /// the first send's MOVED from a replica has put the map right), which publishes it there (a
-    /// master serves a moving slot's channels itself). It reached nobody the first time, so nobody
-    /// receives it twice; a publish to a topic without subscribers costs two round trips.
+    /// On a cluster, SPUBLISH goes inside a script ([`scripts::SHARD_PUBLISH`]), sent to the master
+    /// of the channel's slot as redis-rs's map has it. A replica of the channel's shard takes SPUBLISH
+    /// itself and tells only its own subscribers (none: the relays subscribe on masters), and
+    /// redis-rs's map can name such a replica for as long as no command of this gateway is redirected
+    /// (a failed master back as its successor's replica, met by a map refreshed while it still called
+    /// itself master): a gateway that only published lost every message meanwhile, answered 0
+    /// receivers. A replica refuses the script (it is a writing one: READONLY), after which redis-rs
+    /// refreshes its map and sends it to the master. The script names no key: a master whose slot is
+    /// being moved (`MIGRATING`) sends a command for a key it does not hold on to the slot's new node
+    /// (ASK), and a channel is never a key it holds, so the new node published to its own shard only
+    /// while the subscriptions stayed on the master, which serves a moving slot's channels itself
+    /// until the move ends.
     pub(super) async fn publish(&mut self, topic: &str, message: &[u8]) -> StorageResult<usize> {
         let reply = match self {
-            Connection::Cluster(_) => {
+            Connection::Cluster(cluster) => {
                 let script = &scripts::SHARD_PUBLISH;
                 let mut call = redis::cmd("EVALSHA");
-                call.arg(&script.hash).arg(1).arg(topic).arg(message);
-                match self.invoke(call, script, None).await? {
-                    RedisValue::Int(0) => self.publish_on_master(topic, message).await?,
-                    reply => reply,
+                call.arg(&script.hash).arg(0).arg(topic).arg(message);
+                let master = Route::new(super::shards::slot(topic.as_bytes()), SlotAddr::Master);
+                let mut sent = send_routed(cluster, &call, script, master).await;
+                if sent.as_ref().is_err_and(is_not_local) {
+                    // The map names a node that does not serve the slot (its master failed over, or
+                    // the slot moved), which refuses a script naming no key without redirecting it:
+                    // a command naming the channel as a key is redirected (MOVED), which puts the
+                    // map right, and the publish is sent again.
+                    let _ = redis::cmd("GET").arg(topic).query_async::<RedisValue>(&mut *cluster).await;
+                    sent = send_routed(cluster, &call, script, master).await;
                 }
+                counted(sent.map_err(storage_error))?
             }
             Connection::Single(_) => self.query(redis::cmd("PUBLISH").arg(topic).arg(message)).await?,
         };
@@ -328,19 +332,6 @@ impl Connection {
                 Err(StorageError::Backend(format!("unexpected reply from Redis to a publish: {other:?}")))
             }
         }
-    }
-
-    /// [`scripts::SHARD_PUBLISH_HERE`] on the master of `topic`'s slot, as redis-rs's map has it.
-    async fn publish_on_master(&mut self, topic: &str, message: &[u8]) -> StorageResult<RedisValue> {
-        let Connection::Cluster(cluster) = self else {
-            return Err(StorageError::Backend("a shard channel's publish on a plain Redis".into()));
-        };
-        let mut call = redis::cmd("EVAL");
-        call.arg(scripts::SHARD_PUBLISH_HERE).arg(0).arg(topic).arg(message);
-        let master = Route::new(super::shards::slot(topic.as_bytes()), SlotAddr::Master);
-        let routed =
-            cluster.route_command(call, RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(master)));
-        counted(routed.await.map_err(storage_error))
     }
 
     /// One command; errors sorted.
@@ -369,10 +360,11 @@ impl Connection {
         let Some(links) = wait else {
             let started = tokio::time::Instant::now();
             return match self.send(&cmd).await {
-                // Sent again as the script itself within what is left of the longest a write may
-                // take: each send may last `--redis-timeout`, and a repeat of a call that had run
-                // before the first's retries met NOSCRIPT (a node just promoted) must reach Redis
-                // while it still remembers the call, or it is applied twice.
+                // Sent again as the script itself only within what is left of the longest a write
+                // may take (each send may last `--redis-timeout`): a repeat of a call that had run
+                // before the first's retries met NOSCRIPT (a node just promoted) is recognised only
+                // while Redis remembers the call, twice that time. (A send already on its way when
+                // the time is up still arrives.)
                 Err(e) if is_noscript(&e) => {
                     let left = super::MAX_WRITE_TIME.saturating_sub(started.elapsed());
                     match tokio::time::timeout(left, self.send(&eval(&cmd, script))).await {
@@ -532,10 +524,11 @@ impl WaitingLinks {
             *slot = Some(link);
         }
         result.map_err(|e| match storage_error(e) {
-            // Refused the second time (a restarted Redis still loading its log, which may hold the
-            // first): the first may have run all the same.
-            StorageError::Unavailable(why) if resent => StorageError::Uncertain(format!(
-                "{why} (after a link failed under the write, which may have run)"
+            // Whatever the second attempt met (a refusal of a restarted Redis still loading its log,
+            // which may hold the first; out of memory), the first may have run.
+            uncertain @ StorageError::Uncertain(_) => uncertain,
+            other if resent => StorageError::Uncertain(format!(
+                "{other} (after a link failed under the write, which may have run)"
             )),
             other => other,
         })
@@ -620,6 +613,30 @@ fn eval(evalsha: &Cmd, script: &Lua) -> Cmd {
         }
     }
     cmd
+}
+
+/// `evalsha` to the node of `route`, sent as its script if that node has not cached it. A routed
+/// command's error can come back as a reply: taken as the error it is.
+async fn send_routed(
+    cluster: &mut ClusterConnection,
+    evalsha: &Cmd,
+    script: &Lua,
+    route: Route,
+) -> RedisResult<RedisValue> {
+    let routing = || RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+    let errors = |sent: RedisResult<RedisValue>| match sent {
+        Ok(RedisValue::ServerError(e)) => Err(RedisError::from(e)),
+        sent => sent,
+    };
+    match errors(cluster.route_command(evalsha.clone(), routing()).await) {
+        Err(e) if is_noscript(&e) => errors(cluster.route_command(eval(evalsha, script), routing()).await),
+        sent => sent,
+    }
+}
+
+/// A script naming no key sent to a node that does not serve the slot of what it touches.
+fn is_not_local(e: &RedisError) -> bool {
+    e.to_string().contains("non local key")
 }
 
 fn is_noscript(e: &RedisError) -> bool {

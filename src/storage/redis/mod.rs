@@ -9,6 +9,7 @@
 //! start (and answer 503) while Redis is away, and serve as soon as it is back.
 
 mod connection;
+mod keyed_locks;
 mod relay;
 mod scripts;
 mod shards;

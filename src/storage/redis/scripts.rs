@@ -207,17 +207,14 @@ return reply
     )
 });
 
-/// SPUBLISH of KEYS[1], a shard channel, with ARGV[1]: as a script, which only the master of the
-/// channel's slot runs (a replica redirects it), where a replica of the slot's shard takes SPUBLISH
-/// itself, for its own subscribers only (see `Connection::publish`). Returns SPUBLISH's count.
+/// SPUBLISH of ARGV[1], a shard channel, with ARGV[2]; returns SPUBLISH's count. It names no key, and
+/// runs where it is sent (a node that does not serve the channel's slot refuses it: "a non local
+/// key"), including a master whose slot is being moved. Flagged, so that it counts as a writing
+/// script (no `no-writes`) that a replica refuses (READONLY) where it would take SPUBLISH itself, for
+/// its own subscribers only, and `allow-oom`, so that it runs when Redis is out of memory, as
+/// SPUBLISH does. See `Connection::publish`.
 pub static SHARD_PUBLISH: LazyLock<Lua> =
-    LazyLock::new(|| Lua::new("return redis.call('SPUBLISH', KEYS[1], ARGV[1])"));
-
-/// SPUBLISH of ARGV[1] with ARGV[2], naming no key: run where it is sent (a node that does not
-/// serve the channel's slot refuses it: "a non local key"), including a slot's master while the slot
-/// is being moved, where [`SHARD_PUBLISH`], whose key is not there, is sent on to the slot's new
-/// node (ASK). See `Connection::publish`.
-pub const SHARD_PUBLISH_HERE: &str = "return redis.call('SPUBLISH', ARGV[1], ARGV[2])";
+    LazyLock::new(|| Lua::new("#!lua flags=allow-oom\nreturn redis.call('SPUBLISH', ARGV[1], ARGV[2])"));
 
 /// One page of a scan, by key name. ARGV: '1' and the last key of the previous page, or '0' and ''
 /// to start; the most entries (at least one is taken); the byte limit (key and value lengths; the page

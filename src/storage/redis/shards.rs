@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use futures_util::future::join_all;
 use parking_lot::Mutex;
@@ -21,6 +22,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, RedisError, Value as RedisValue};
 
 use super::connection::{Connection, RedisConfig, counted, storage_error};
+use super::keyed_locks::KeyedLocks;
 use super::relay::Pushes;
 use crate::storage::{StorageError, StorageResult};
 
@@ -37,13 +39,25 @@ pub(super) struct Shards {
     pushes: Pushes,
     serial: AtomicU64,
     links: Mutex<HashMap<Arc<str>, (Link, MultiplexedConnection)>>,
+    /// Held while a link to a node is being made: one connection at a time per node.
+    connecting: KeyedLocks,
+    /// Each node's last failure to connect, and when: callers that waited for that attempt share it.
+    failures: Mutex<HashMap<Arc<str>, (Instant, String)>>,
     /// The link each channel is subscribed on: its pushes, and only its, are delivered.
     homes: Mutex<HashMap<Vec<u8>, Link>>,
 }
 
 impl Shards {
     pub(super) fn new(config: RedisConfig, pushes: Pushes) -> Self {
-        Shards { config, pushes, serial: AtomicU64::new(0), links: Mutex::default(), homes: Mutex::default() }
+        Shards {
+            config,
+            pushes,
+            serial: AtomicU64::new(0),
+            links: Mutex::default(),
+            connecting: KeyedLocks::default(),
+            failures: Mutex::default(),
+            homes: Mutex::default(),
+        }
     }
 
     /// Subscribes to `channel` on `node` (the master of its slot, as the caller's [`Masters`] say).
@@ -181,10 +195,22 @@ impl Shards {
         self.homes.lock().drain().map(|(channel, _)| channel).collect()
     }
 
-    /// The link to `node`, made if there is none.
+    /// The link to `node`, made if there is none. Callers that need one at once share one attempt:
+    /// the link it made, or its failure (each waiting out its own connect timeout for a dead node
+    /// made a burst of joins take that long one after the other).
     async fn link(&self, node: &str) -> StorageResult<(Link, MultiplexedConnection)> {
         if let Some(existing) = self.links.lock().get(node) {
             return Ok(existing.clone());
+        }
+        let asked = Instant::now();
+        let _connecting = self.connecting.lock(node).await;
+        if let Some(existing) = self.links.lock().get(node) {
+            return Ok(existing.clone());
+        }
+        if let Some((failed, why)) = self.failures.lock().get(node)
+            && *failed >= asked
+        {
+            return Err(StorageError::Unavailable(why.clone()));
         }
         let link = Link { node: node.into(), serial: self.serial.fetch_add(1, Ordering::Relaxed) };
         let url = self.node_url(node)?;
@@ -194,13 +220,16 @@ impl Shards {
             .set_push_sender(self.pushes.sender(Some(link.clone())));
         let connecting =
             async { self.config.client(&url)?.get_multiplexed_async_connection_with_config(&config).await };
-        let connection = counted(connecting.await.map_err(storage_error))?;
-        // Another caller may have made one meanwhile (a repair and a join for the same node): that
-        // one stays, and this one is dropped unused. Replacing it would drop the only other handle
-        // of the channels just subscribed on it, closing them without a push (redis-rs tells nothing
-        // of a connection closed by its own side): their subscribers would wait for ever.
-        let kept = self.links.lock().entry(link.node.clone()).or_insert((link, connection)).clone();
-        Ok(kept)
+        let connection = match counted(connecting.await.map_err(storage_error)) {
+            Ok(connection) => connection,
+            Err(e) => {
+                self.failures.lock().insert(link.node.clone(), (Instant::now(), e.to_string()));
+                return Err(e);
+            }
+        };
+        self.failures.lock().remove(node);
+        self.links.lock().insert(link.node.clone(), (link.clone(), connection.clone()));
+        Ok((link, connection))
     }
 
     /// The first seed's URL (scheme, credentials, options) with `node`'s host and port.
@@ -309,10 +338,14 @@ mod tests {
         let (pushes, _relay) = RedisRelay::new(&config);
         let shards = Shards::new(config, pushes);
         let node = format!("127.0.0.1:{}", redis.port);
+        let clients =
+            || qkv_testkit::cli(redis.port, &["CLIENT", "LIST"]).expect("redis-cli runs").lines().count();
+        let before = clients();
         let (first, second) = tokio::join!(shards.link(&node), shards.link(&node));
         let (first, second) = (first.expect("a link").0, second.expect("a link").0);
         assert_eq!(first, second);
         assert_eq!(shards.links.lock().get(node.as_str()).map(|(link, _)| link.clone()), Some(first));
+        assert_eq!(clients(), before + 1, "one connection made");
     }
 
     #[test]

@@ -104,19 +104,21 @@ pub async fn serve<H: Handler>(
     }
 
     // New connections are refused at once (CONNECTION_REFUSED) while the connections there finish,
-    // as TCP's closed listener refuses them: without a server configuration quinn answers a new
-    // client's Initial with nothing a client reads, and it waited for its connect timeout.
-    let refusing = tokio::spawn({
-        let endpoint = endpoint.clone();
-        async move {
-            while let Some(incoming) = endpoint.accept().await {
-                incoming.refuse();
-            }
+    // as TCP's closed listener refuses them (without a server configuration, quinn answers a new
+    // client's Initial with nothing a client reads). Each costs what a Retry does while serving.
+    let refusing = async {
+        while let Some(incoming) = endpoint.accept().await {
+            incoming.refuse();
         }
-    });
+    };
     connections.close();
     info!(connections = connections.len(), "shutting down: finishing in-flight requests");
-    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+    let finished = tokio::select! {
+        finished = tokio::time::timeout(grace, connections.wait()) => finished.is_ok(),
+        // The endpoint closed under the listener: nothing more to refuse.
+        () = refusing => tokio::time::timeout(grace, connections.wait()).await.is_ok(),
+    };
+    if !finished {
         warn!(
             ?grace,
             connections = connections.len(),
@@ -125,7 +127,6 @@ pub async fn serve<H: Handler>(
         endpoint.close(codes::SHUTDOWN_FORCED, b"server shut down before answering every request");
         connections.wait().await;
     }
-    refusing.abort();
     endpoint.set_server_config(None);
     let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, endpoint.wait_idle()).await;
 }
@@ -345,7 +346,11 @@ pub(super) async fn serve_connection<H: Handler>(
     }
     let handshake_done = timeouts::deadline(limits.request_timeout, handshake.completed());
     tokio::pin!(handshake_done);
-    let mut handshaking = true;
+    // A WebTransport session's handshake is complete already, and counted (`webtransport::accept`).
+    let mut handshaking = matches!(session, Session::Qkv(_));
+    if !handshaking {
+        pending = None;
+    }
     let path = Arc::new(parking_lot::Mutex::new(PathSampler::new(&connection)));
     let sampling = CancellationToken::new();
     if metrics::enabled() {
@@ -363,8 +368,6 @@ pub(super) async fn serve_connection<H: Handler>(
                 handshaking = false;
                 pending = None;
                 match done {
-                    // A WebTransport session's was counted as its request came (`webtransport::accept`).
-                    Ok(true) if matches!(session, Session::WebTransport(_)) => {}
                     Ok(true) => metrics::handshake(Transport::Quic, metrics::HandshakeResult::Completed),
                     Ok(false) => metrics::handshake(Transport::Quic, metrics::HandshakeResult::Failed),
                     Err(_) => {
