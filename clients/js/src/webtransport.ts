@@ -94,7 +94,10 @@ export async function openWebTransport(
       // It never opened.
     }
     if (e instanceof TransportFailure) throw e;
-    throw new TransportFailure(`the WebTransport session to ${url} did not open: ${errorText(e)}`, "no", { cause: e });
+    // A browser says no more when the server refuses the page's origin (a 403 to the session).
+    const page = typeof location === "undefined" ? undefined : location.origin;
+    const hint = page === undefined ? "" : ` (if the server runs, does it allow this page's origin? --web-origin ${page})`;
+    throw new TransportFailure(`the WebTransport session to ${url} did not open: ${errorText(e)}${hint}`, "no", { cause: e });
   } finally {
     clearTimeout(timer);
   }

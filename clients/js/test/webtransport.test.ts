@@ -366,3 +366,23 @@ test("maxSubscriptions must be below maxStreams where WebTransport may be used",
   await assert.rejects(client({ maxStreams: 10, maxSubscriptions: 10 }), RangeError);
   await client({ maxStreams: 512, maxSubscriptions: 300 });
 });
+
+// A browser gives no reason when the server refuses the page's origin ("Opening handshake failed."):
+// from a page, the error asks about it, naming the flag.
+test("a WebTransport session that does not open asks, from a page, whether the server allows its origin", async () => {
+  class Refused extends FakeSession {
+    override readonly ready = Promise.reject(new Error("Opening handshake failed."));
+  }
+  const global = globalThis as { WebTransport?: unknown };
+  global.WebTransport = Refused;
+  try {
+    await withFetch(() => Promise.reject(new TypeError("unused")), "https://page.test", () =>
+      assert.rejects(
+        connect({ url: "https://qkv.test:9528", transport: "webtransport", webTransportUrl: "https://qkv.test:9527/", serverCertificateHashes: [] }),
+        /did not open: Opening handshake failed\. \(if the server runs, does it allow this page's origin\? --web-origin https:\/\/page\.test\)/,
+      ),
+    );
+  } finally {
+    delete global.WebTransport;
+  }
+});

@@ -3234,7 +3234,9 @@ async function openWebTransport(url, options) {
       session.close();
     } catch {
     }
-    throw e instanceof TransportFailure ? e : new TransportFailure(`the WebTransport session to ${url} did not open: ${errorText(e)}`, "no", { cause: e });
+    if (e instanceof TransportFailure) throw e;
+    let page = typeof location > "u" ? void 0 : location.origin, hint = page === void 0 ? "" : ` (if the server runs, does it allow this page's origin? --web-origin ${page})`;
+    throw new TransportFailure(`the WebTransport session to ${url} did not open: ${errorText(e)}${hint}`, "no", { cause: e });
   } finally {
     clearTimeout(timer);
   }
