@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::TestServer;
 use qkv::bench::floor::serve_floor;
-use qkv::bench::{BenchConfig, KeyDist, Progress, Workload};
+use qkv::bench::{BenchConfig, FanoutReport, KeyDist, Progress, Workload};
 use qkv::client::ClientConfig;
 use qkv::pb::Value;
 use qkv::pubsub::LagPolicy;
@@ -92,12 +92,13 @@ async fn the_fanout_workload_delivers_every_publish_to_every_reader(transport: T
     );
 }
 
-/// A stalled subscriber stalls at the server, on every transport: once its transport's buffers and
-/// its queue on the server are full, publishes find it lagging (over QUIC, the client's own queue used
-/// to read it all as it came, and the server saw no stall at all).
-async fn a_stalled_subscriber_lags_at_the_server(transport: Transport) {
+/// A fan-out run of one reading subscriber and one stalled one, against a server with room for two
+/// messages per subscriber and `policy` for those that fall behind; the number of publishes that can be
+/// on the measured period's edge, with the fan-out report.
+async fn stalled_fanout(transport: Transport, policy: LagPolicy) -> (u64, FanoutReport) {
     let server = TestServer::start_for_with(transport, |config| {
         config.service.subscriber_queue = 2;
+        config.service.lag_policy = policy;
         config.limits.send_window = 64 * 1024;
     })
     .await;
@@ -105,10 +106,16 @@ async fn a_stalled_subscriber_lags_at_the_server(transport: Transport) {
     (config.connections, config.inflight, config.value_size) = (1, 1, 64 * 1024);
     config.duration = Duration::from_secs(1);
     let report = qkv::bench::run(&config, Progress::new()).await.unwrap();
-    let fanout = report.fanout.expect("a fan-out report");
+    ((config.connections * config.inflight) as u64, report.fanout.expect("a fan-out report"))
+}
+
+/// A stalled subscriber stalls at the server, on every transport: once its transport's buffers and
+/// its queue on the server are full, publishes find it lagging (over QUIC, the client's own queue used
+/// to read it all as it came, and the server saw no stall at all).
+async fn a_stalled_subscriber_lags_at_the_server(transport: Transport) {
+    let (edge, fanout) = stalled_fanout(transport, LagPolicy::Skip).await;
     assert!(fanout.lagging > 0, "{fanout:?}");
     // A publish on the window's edge may be counted on one side only (the one in flight).
-    let edge = (config.connections * config.inflight) as u64;
     assert!(fanout.lagging <= fanout.published + edge, "only the stalled one lags: {fanout:?}");
     assert_eq!(fanout.dropped, 0, "lagging, not dropped (--lag-policy skip): {fanout:?}");
 }
@@ -116,17 +123,7 @@ async fn a_stalled_subscriber_lags_at_the_server(transport: Transport) {
 /// Under `--lag-policy drop` the server ends a stalled subscriber once its queue is full, in the
 /// warm-up already, after which nothing lags: the report counts it (it said nothing was lost).
 async fn a_stalled_subscriber_the_server_drops_is_counted(transport: Transport) {
-    let server = TestServer::start_for_with(transport, |config| {
-        config.service.subscriber_queue = 2;
-        config.service.lag_policy = LagPolicy::Drop;
-        config.limits.send_window = 64 * 1024;
-    })
-    .await;
-    let mut config = config(server.client_config(), Workload::Fanout { subscribers: 1, stalled: 1 });
-    (config.connections, config.inflight, config.value_size) = (1, 1, 64 * 1024);
-    config.duration = Duration::from_secs(1);
-    let report = qkv::bench::run(&config, Progress::new()).await.unwrap();
-    let fanout = report.fanout.expect("a fan-out report");
+    let (_, fanout) = stalled_fanout(transport, LagPolicy::Drop).await;
     assert_eq!(fanout.dropped, 1, "{fanout:?}");
 }
 
