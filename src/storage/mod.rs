@@ -80,7 +80,7 @@ pub struct ScanPage {
     pub done: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     /// The backend failed; the message says how. Whether the operation took effect is unknown.
     #[error("storage backend failed: {0}")]

@@ -255,10 +255,72 @@ impl RedisCluster {
         None
     }
 
+    /// `slot` set moving from its master to another master (`MIGRATING` on the first, `IMPORTING`
+    /// on the other) without moving any key, until the returned move is dropped, which calls it off
+    /// (`STABLE` on both), whatever the test found meanwhile.
+    pub fn begin_slot_move(&self, slot: u16) -> io::Result<SlotMove> {
+        let no_master = || io::Error::other(format!("no master serves slot {slot}"));
+        let source = self.nodes[self.master_of_slot(slot).ok_or_else(no_master)?].port;
+        // Three masters split the slots into 5461, 5461 and 5462: a slot 5462 further on is always
+        // another master's.
+        let target = self.nodes[self.master_of_slot((slot + 5462) % 16384).ok_or_else(no_master)?].port;
+        if source == target {
+            return Err(io::Error::other(format!("slot {slot} and the one a third further share a master")));
+        }
+        let id = |port: u16| cli(port, &["CLUSTER", "MYID"]).map(|id| id.trim().to_owned());
+        let (from, to) = (id(source)?, id(target)?);
+        let slot = slot.to_string();
+        let setslot = |port: u16, state: &str, node: &str| match cli(
+            port,
+            &["CLUSTER", "SETSLOT", &slot, state, node],
+        )? {
+            answer if answer.trim() == "OK" => Ok(()),
+            answer => Err(io::Error::other(format!("CLUSTER SETSLOT {slot} {state} on {port}: {answer}"))),
+        };
+        setslot(target, "IMPORTING", &from)?;
+        let moving = SlotMove { slot: slot.clone(), ports: [source, target] };
+        setslot(source, "MIGRATING", &to)?;
+        Ok(moving)
+    }
+
     /// The slot of a Redis key, as the cluster computes it.
     pub fn slot_of(&self, key: &str) -> Option<u16> {
         let seen = self.nodes.iter().find(|n| n.supervisor.is_some())?;
         cli(seen.port, &["CLUSTER", "KEYSLOT", key]).ok()?.trim().parse().ok()
+    }
+}
+
+/// A slot set moving between two masters ([`RedisCluster::begin_slot_move`]), called off when dropped.
+pub struct SlotMove {
+    slot: String,
+    ports: [u16; 2],
+}
+
+impl SlotMove {
+    /// Moves every key of the slot to the node it is moving to (`MIGRATE`), as a reshard does before
+    /// it hands the slot over: the old master then sends commands for them on (ASK).
+    pub fn move_keys(&self) -> io::Result<()> {
+        let [source, target] = self.ports;
+        let keys = cli(source, &["CLUSTER", "GETKEYSINSLOT", &self.slot, "1000"])?;
+        let keys: Vec<&str> = keys.lines().map(str::trim).filter(|key| !key.is_empty()).collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let target = target.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &target, "", "0", "5000", "KEYS"];
+        args.extend(&keys);
+        match cli(source, &args)? {
+            answer if answer.trim() == "OK" => Ok(()),
+            answer => Err(io::Error::other(format!("MIGRATE of slot {}: {answer}", self.slot))),
+        }
+    }
+}
+
+impl Drop for SlotMove {
+    fn drop(&mut self) {
+        for port in self.ports {
+            let _ = cli(port, &["CLUSTER", "SETSLOT", &self.slot, "STABLE"]);
+        }
     }
 }
 

@@ -42,7 +42,7 @@ pub(super) struct Shards {
     /// Held while a link to a node is being made: one connection at a time per node.
     connecting: KeyedLocks,
     /// Each node's last failure to connect, and when: callers that waited for that attempt share it.
-    failures: Mutex<HashMap<Arc<str>, (Instant, String)>>,
+    failures: Mutex<HashMap<Arc<str>, (Instant, StorageError)>>,
     /// The link each channel is subscribed on: its pushes, and only its, are delivered.
     homes: Mutex<HashMap<Vec<u8>, Link>>,
 }
@@ -207,10 +207,10 @@ impl Shards {
         if let Some(existing) = self.links.lock().get(node) {
             return Ok(existing.clone());
         }
-        if let Some((failed, why)) = self.failures.lock().get(node)
+        if let Some((failed, e)) = self.failures.lock().get(node)
             && *failed >= asked
         {
-            return Err(StorageError::Unavailable(why.clone()));
+            return Err(e.clone());
         }
         let link = Link { node: node.into(), serial: self.serial.fetch_add(1, Ordering::Relaxed) };
         let url = self.node_url(node)?;
@@ -223,7 +223,7 @@ impl Shards {
         let connection = match counted(connecting.await.map_err(storage_error)) {
             Ok(connection) => connection,
             Err(e) => {
-                self.failures.lock().insert(link.node.clone(), (Instant::now(), e.to_string()));
+                self.failures.lock().insert(link.node.clone(), (Instant::now(), e.clone()));
                 return Err(e);
             }
         };
