@@ -262,10 +262,10 @@ impl Segment {
 
     /// Makes what was appended durable, if the segment is still in its directory: one deleted under
     /// the server (its directory removed, say) takes writes and syncs them, but no restart will read
-    /// them (an `fstat` per commit tells).
+    /// them (its link count, asked for after every commit, tells).
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_data()?;
-        if std::os::unix::fs::MetadataExt::nlink(&self.file.metadata()?) == 0 {
+        if links(&self.file)? == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 "the log segment was deleted while the server ran (its data directory removed?): what it holds would not be found at a restart",
@@ -278,6 +278,22 @@ impl Segment {
     pub fn finish(&self) -> io::Result<()> {
         self.file.set_len(self.end)?;
         self.file.sync_all()
+    }
+}
+
+/// How many names `file` has in the filesystem, asked for alone: a `stat` asks for its times too, and
+/// Linux (6.13 on, multigrain timestamps) then gives the next write a fine-grained change time so that
+/// the change can be seen, which dirties the inode at every write, and every `fdatasync` after a `stat`
+/// writes the inode as well as the data (measured here: a commit took half as long again). Kernels
+/// without `statx` (before 4.11) are asked with `fstat`.
+fn links(file: &File) -> io::Result<u64> {
+    use rustix::fs::{AtFlags, StatxFlags};
+    match rustix::fs::statx(file, c"", AtFlags::EMPTY_PATH, StatxFlags::NLINK) {
+        Ok(statx) if StatxFlags::from_bits_retain(statx.stx_mask).contains(StatxFlags::NLINK) => {
+            Ok(u64::from(statx.stx_nlink))
+        }
+        Ok(_) | Err(rustix::io::Errno::NOSYS) => Ok(std::os::unix::fs::MetadataExt::nlink(&file.metadata()?)),
+        Err(e) => Err(e.into()),
     }
 }
 
