@@ -117,6 +117,7 @@ async fn sigterm_under_load_exits_once_the_grace_period_is_over() {
     let refused = late.expect_err("no new connection while shutting down");
     assert!(!matches!(refused, ClientError::ConnectTimeout { .. }), "{refused}");
     assert!(refused.to_string().contains("refused"), "{refused}");
+    assert!(refused.to_string().contains("shutting down"), "the error says why it may be: {refused}");
     let (status, log) = tokio::time::timeout(Duration::from_secs(60), server.exit()).await.expect("it exits");
     // Nothing can end the stuck reply before the grace period does: load only makes this later.
     assert!(terminated.elapsed() >= grace, "exited {:?} after SIGTERM", terminated.elapsed());

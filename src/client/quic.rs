@@ -362,9 +362,15 @@ fn handshake_error(config: &ClientConfig, e: quinn::ConnectionError) -> ClientEr
         ConnectionClosed(close) => tls_alert(close.error_code),
         _ => false,
     };
+    // A qkv server refuses a connection (CONNECTION_REFUSED) for the reasons the hint gives.
+    let refused = matches!(&e, ConnectionClosed(close) if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED);
     let (addr, cause) = (config.addr.clone(), Cause::QuicConnection(e));
-    match is_alert {
-        true => ClientError::Handshake { addr, ca_file: config.ca_file.clone(), cause },
-        false => ClientError::Connect { addr, cause, hint: "" },
+    match (is_alert, refused) {
+        (true, _) => ClientError::Handshake { addr, ca_file: config.ca_file.clone(), cause },
+        (false, true) => ClientError::Connect { addr, cause, hint: REFUSED_HINT },
+        (false, false) => ClientError::Connect { addr, cause, hint: "" },
     }
 }
+
+/// What a refused QUIC connection suggests.
+const REFUSED_HINT: &str = " (the server takes no new connections now: it is shutting down, or at its connection limit or memory budget)";
