@@ -286,6 +286,7 @@ impl Segment {
 /// the change can be seen, which dirties the inode at every write, and every `fdatasync` after a `stat`
 /// writes the inode as well as the data (measured here: a commit took half as long again). Kernels
 /// without `statx` (before 4.11) are asked with `fstat`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 fn links(file: &File) -> io::Result<u64> {
     use rustix::fs::{AtFlags, StatxFlags};
     match rustix::fs::statx(file, c"", AtFlags::EMPTY_PATH, StatxFlags::NLINK) {
@@ -295,6 +296,12 @@ fn links(file: &File) -> io::Result<u64> {
         Ok(_) | Err(rustix::io::Errno::NOSYS) => Ok(std::os::unix::fs::MetadataExt::nlink(&file.metadata()?)),
         Err(e) => Err(e.into()),
     }
+}
+
+/// How many names `file` has: other systems have no `statx`.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn links(file: &File) -> io::Result<u64> {
+    Ok(std::os::unix::fs::MetadataExt::nlink(&file.metadata()?))
 }
 
 /// Removes the segments and snapshots a newer snapshot (of `generation`) has made unnecessary.
