@@ -44,6 +44,10 @@ pub struct Header {
     pub last_version: u64,
 }
 
+/// Versions stay below this: they start from the clock's microseconds and are exact in a double
+/// (`storage::first_version_floor`); a header saying more is damaged.
+pub const VERSION_LIMIT: u64 = 1 << 53;
+
 impl Header {
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut bytes = [0; HEADER_LEN];
@@ -53,7 +57,9 @@ impl Header {
         bytes
     }
 
-    /// Reads a header; `None` when the input ends before one or it does not start with `magic`.
+    /// Reads a header; `None` when the input ends before one, it does not start with `magic`, or the
+    /// version it says is one no store hands out ([`VERSION_LIMIT`]): the header has no checksum of its
+    /// own, and a damaged version taken for the floor of all later ones would be kept for good.
     pub fn read(input: &mut impl Read, magic: [u8; 8]) -> io::Result<Option<Header>> {
         let mut bytes = [0; HEADER_LEN];
         match input.read_exact(&mut bytes) {
@@ -66,7 +72,7 @@ impl Header {
             generation: u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default()),
             last_version: u64::from_le_bytes(bytes[16..].try_into().unwrap_or_default()),
         };
-        Ok((header.magic == magic).then_some(header))
+        Ok((header.magic == magic && header.last_version < VERSION_LIMIT).then_some(header))
     }
 }
 

@@ -76,6 +76,8 @@ pub fn recover(dir: &Path, store: &Store, durability: Durability) -> io::Result<
                 (None, true) if expected < *generation => {
                     "the segments before it, or the snapshot that replaced them, are missing".to_owned()
                 }
+                // Numbered from 1: a segment 0 is none of the store's.
+                _ if *generation == 0 => "no log segment is numbered 0".to_owned(),
                 _ => format!("the segment before it (number {}) is missing", generation - 1),
             };
             return Err(damaged(path, missing));
@@ -170,7 +172,10 @@ fn replay_segment(
             files::finish_segment(path, generation, last_version)?;
             return Ok(Replayed { valid_len: format::HEADER_LEN as u64, ..Replayed::default() });
         }
-        return Err(damaged(path, "its header is not a qkv log segment's of this number".into()));
+        return Err(damaged(
+            path,
+            "its header is not a qkv log segment's of this number, or is damaged".into(),
+        ));
     };
     let mut reader = Reader::new(input, format::HEADER_LEN as u64, len);
     let replayed = replay(&mut reader, store)?;
@@ -401,7 +406,9 @@ pub fn repair(dir: &Path) -> io::Result<Repaired> {
             // Being created when the process stopped: `recover` finishes it.
             return Ok(Repaired::Nothing);
         }
-        let what = damaged(&path, "its header is not a qkv log segment's of this number".into()).to_string();
+        let what =
+            damaged(&path, "its header is not a qkv log segment's of this number, or is damaged".into())
+                .to_string();
         return Ok(Repaired::Unrepairable { file: path, what });
     }
     let mut reader = Reader::new(input, format::HEADER_LEN as u64, len);
@@ -482,7 +489,10 @@ fn check_segment(path: &Path, generation: u64) -> io::Result<()> {
     let len = file.metadata()?.len();
     let mut input = BufReader::with_capacity(1 << 20, file);
     if Header::read(&mut input, LOG_MAGIC)?.filter(|header| header.generation == generation).is_none() {
-        return Err(damaged(path, "its header is not a qkv log segment's of this number".into()));
+        return Err(damaged(
+            path,
+            "its header is not a qkv log segment's of this number, or is damaged".into(),
+        ));
     }
     let mut reader = Reader::new(input, format::HEADER_LEN as u64, len);
     loop {

@@ -166,7 +166,11 @@ fn walk(dir: &Path, generation: u64, mut each: impl FnMut(String, String, Versio
     let mut input = BufReader::with_capacity(CHUNK, file);
     let header = match Header::read(&mut input, SNAPSHOT_MAGIC)? {
         Some(header) if header.generation == generation => header,
-        _ => return Err(damaged("its header is not a qkv snapshot's of this generation".into())),
+        _ => {
+            return Err(damaged(
+                "its header is not a qkv snapshot's of this generation, or is damaged".into(),
+            ));
+        }
     };
     let mut reader = Reader::new(input, format::HEADER_LEN as u64, size);
     let mut loaded = Loaded { entries: 0, last_version: header.last_version, size };

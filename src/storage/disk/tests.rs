@@ -464,6 +464,37 @@ async fn damage_before_the_last_segment_is_refused_not_skipped() {
     );
 }
 
+/// A header's version has no checksum of its own: one beyond any a store hands out (a flipped high
+/// bit) is damage, not the floor of every version after it (which it would have been for good, past
+/// the 2^53 that keeps versions exact in a double, or wrapping to 0, which means "absent"). And a
+/// segment numbered 0, which no store makes, is named as what is wrong (its number less one was
+/// computed for the message: an overflow).
+#[tokio::test]
+async fn a_header_version_no_store_hands_out_and_a_segment_0_are_damage() {
+    let (dir, _, path, segment) = closed_history(3).await;
+    // The version is the header's last 8 bytes, little-endian.
+    for (case, byte, bit) in [("bit 63", 7, 0x80), ("bit 53", 6, 0x20)] {
+        let mut damaged = segment.clone();
+        damaged[format::HEADER_LEN - 8 + byte] ^= bit;
+        std::fs::write(&path, &damaged).unwrap();
+        let Err(StorageError::Backend(error)) = DiskStore::open_when_free(dir.path(), test_config()) else {
+            panic!("{case}: a header version beyond 2^53 was taken")
+        };
+        assert!(error.contains("damaged") && error.contains(&path.display().to_string()), "{case}: {error}");
+    }
+    std::fs::write(&path, &segment).unwrap();
+    let zero = files::segment(dir.path(), 0);
+    let header = format::Header { magic: format::LOG_MAGIC, generation: 0, last_version: 1 };
+    std::fs::write(&zero, header.encode()).unwrap();
+    let Err(StorageError::Backend(error)) = DiskStore::open_when_free(dir.path(), test_config()) else {
+        panic!("a segment 0 was taken")
+    };
+    assert!(error.contains("numbered 0"), "{error}");
+    std::fs::remove_file(&zero).unwrap();
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
+    close(store).await;
+}
+
 /// A segment whose header was being written when the process stopped holds nothing: `qkv repair` has
 /// nothing to do (the store finishes it when it opens, and goes on in it), and says so rather than
 /// asking for a backup.
