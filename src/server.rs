@@ -165,6 +165,9 @@ impl ServerConfig {
             ));
         }
         Origins::new(&self.web_origins)?.with_hosts(&self.web_hosts)?;
+        if self.web_plaintext && self.web.is_none() {
+            return Err("--web-plaintext serves the web listener, which is off: set --web ADDR too".into());
+        }
         if self.client_ca.is_some() && self.web_plaintext {
             return Err(
                 "client certificates (--client-ca) need TLS on the web listener too: drop --web-plaintext"

@@ -74,7 +74,18 @@ async fn printed_configuration_reads_back_as_the_same_configuration() {
 
     // Everything changed from its default at once, then printed, read back and printed again.
     let changed = serve(
-        &["--print-config", "--max-connections", "7", "--no-tcp", "--redis", "redis://a:1,redis://b:2"],
+        &[
+            "--print-config",
+            "--max-connections",
+            "7",
+            "--no-tcp",
+            "--redis",
+            "redis://a:1,redis://b:2",
+            // A switch that needs another flag, both from the file (clap refused the switch alone).
+            "--web",
+            "127.0.0.1:9",
+            "--web-plaintext",
+        ],
         &[("QKV_IDLE_TIMEOUT", "1m")],
     )
     .await;
@@ -92,7 +103,8 @@ async fn a_flag_beats_the_environment_which_beats_the_file_which_beats_the_defau
     let file = write(
         dir.path(),
         "qkv.toml",
-        "max_connections = 100\nno_tcp = true\nredis = [\"redis://file:1\"]\nidle_timeout = \"5s\"\n",
+        "max_connections = 100\nno_tcp = true\nredis = [\"redis://file:1\"]\nidle_timeout = \"5s\"\n\
+         web = \"127.0.0.1:9\"\n",
     );
     let config = ["--config", file.as_str()];
     // Default, then file.
@@ -113,6 +125,11 @@ async fn a_flag_beats_the_environment_which_beats_the_file_which_beats_the_defau
     assert_eq!(effective("redis", &config, &[]).await, "redis = [\"redis://file:1\"]");
     assert_eq!(effective("redis", &config, &env).await, "redis = [\"redis://env:1\"]");
     assert_eq!(effective("idle_timeout", &config, &env).await, "idle_timeout = \"6s\"");
+    // A switch that needs a key of the file.
+    let plaintext = [&config[..], &["--web-plaintext"]].concat();
+    assert_eq!(effective("web_plaintext", &plaintext, &[]).await, "web_plaintext = true");
+    let plaintext = [("QKV_WEB_PLAINTEXT", "true")];
+    assert_eq!(effective("web_plaintext", &config, &plaintext).await, "web_plaintext = true");
     let flags = [
         "--config",
         file.as_str(),
@@ -237,6 +254,7 @@ async fn print_config_refuses_what_serve_refuses() {
         (&["--store", "redis", "--redis-timeout", "8s"][..], "must be at most 5s"),
         // Allocated whole at start: ten billion sessions aborted the server.
         (&["--session-cache", "99999999999"][..], "must be at most 1048576"),
+        (&["--web-plaintext"][..], "set --web ADDR too"),
     ] {
         let printed = serve(&[args, &["--print-config"]].concat(), &[]).await;
         let stderr = text(&printed.stderr);

@@ -481,8 +481,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub web: Option<SocketAddr>,
     /// Serve the web listener in plaintext HTTP (HTTP/1.1, and HTTP/2 with prior knowledge, as gRPC
-    /// clients speak it): for loopback behind a TLS-terminating proxy only.
-    #[arg(long, requires = "web")]
+    /// clients speak it): for loopback behind a TLS-terminating proxy only. Needs --web (checked once
+    /// the flags, the environment and the config file are put together: either may come from any).
+    #[arg(long)]
     pub web_plaintext: bool,
     /// Largest request head on the web listener (HTTP/1.1's request line and headers; HTTP/2's decoded
     /// header list): names travel in URLs, so this also bounds the table and key names REST can address.
