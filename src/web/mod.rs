@@ -273,7 +273,7 @@ impl<H: Handler> Connection<H> {
         let stalled = Arc::new(AtomicBool::new(false));
         let stream = StallTimeout::new(stream, self.limits.reply_timeout, self.limits.reply_min_progress)
             .alarm(stalled.clone());
-        match &self.security {
+        let requests = match &self.security {
             WebSecurity::Plaintext => self.http(stream, Caller::default(), (bytes.clone(), stalled)).await,
             WebSecurity::Tls(acceptor) => {
                 match tls_handshake(acceptor, stream, &self.limits, Transport::Http).await {
@@ -284,14 +284,15 @@ impl<H: Handler> Connection<H> {
                     None => return,
                 }
             }
-        }
-        ended.state = Ended::Served { requests: None };
+        };
+        ended.state = Ended::Served { requests: Some(requests) };
     }
 
     /// Serves HTTP/1.1 or HTTP/2 (whichever the client speaks) on `io` until the client closes it or
     /// the server shuts down; then ends what the connection's requests own (their subscriptions).
-    /// `bytes`: what the socket has sent; `stalled`: set when its writes time out.
-    async fn http<I>(self, io: I, caller: Caller, (bytes, stalled): (Arc<ByteCounts>, Arc<AtomicBool>))
+    /// `bytes`: what the socket has sent; `stalled`: set when its writes time out. Returns how many
+    /// requests it was sent (REST and gRPC calls, WebSocket sessions).
+    async fn http<I>(self, io: I, caller: Caller, (bytes, stalled): (Arc<ByteCounts>, Arc<AtomicBool>)) -> u64
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -299,6 +300,8 @@ impl<H: Handler> Connection<H> {
         let request_caller = caller.clone();
         let activity = Activity::new();
         let requests = activity.clone();
+        let received = Arc::new(AtomicU64::new(0));
+        let counted = received.clone();
         // WebSocket sessions outlive their request (and, upgraded from HTTP/1.1, the connection's HTTP).
         let sessions = tokio_util::task::TaskTracker::new();
         let pacing = Pacing {
@@ -318,6 +321,7 @@ impl<H: Handler> Connection<H> {
         };
         let service =
             hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                counted.fetch_add(1, Ordering::Relaxed);
                 request.extensions_mut().insert(request_caller.clone());
                 request.extensions_mut().insert(scope.clone());
                 let door = match is_grpc(&request) {
@@ -397,6 +401,7 @@ impl<H: Handler> Connection<H> {
         sessions.close();
         sessions.wait().await;
         handler.connection_closing(&caller, crate::pubsub::ConnectionEnd::StreamEnded);
+        received.load(Ordering::Relaxed)
     }
 }
 
@@ -960,12 +965,18 @@ pub type Frames = Pin<Box<dyn Stream<Item = Result<CommandResponse, prost::Decod
 /// what producing it holds (a scan and its slot) for longer. Abandoned, the stream ends with a 408
 /// frame (`--reply-timeout`), which the doors turn into a failed answer.
 pub fn unstalled(mut frames: Frames, stall: Duration) -> Frames {
+    use tokio::sync::mpsc::error::SendTimeoutError;
     let (sender, receiver) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
         while let Some(frame) = frames.next().await {
-            if sender.send_timeout(frame, stall).await.is_err() {
-                crate::metrics::limit_hit(crate::metrics::Limit::ReplyTimeout);
-                return;
+            match sender.send_timeout(frame, stall).await {
+                Ok(()) => {}
+                Err(SendTimeoutError::Timeout(_)) => {
+                    crate::metrics::limit_hit(crate::metrics::Limit::ReplyTimeout);
+                    return;
+                }
+                // Dropped unread, which is no stall: a HEAD's body, a client gone.
+                Err(SendTimeoutError::Closed(_)) => return,
             }
         }
     });
