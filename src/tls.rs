@@ -448,9 +448,11 @@ pub fn server_configs(
     };
     let mut tcp = builder.with_cert_resolver(cert.clone());
     tcp.alpn_protocols = vec![ALPN.to_vec()];
+    // One cache per listener, so that each counts its own resumptions.
     let sessions = [
         SessionCache::new(session_cache, crate::transport::Transport::Tls),
         SessionCache::new(session_cache, crate::transport::Transport::Quic),
+        SessionCache::new(session_cache, crate::transport::Transport::Http),
     ];
     tcp.session_storage = sessions[0].clone();
     let mut quic = tcp.clone();
@@ -459,6 +461,7 @@ pub fn server_configs(
     quic.max_early_data_size = u32::MAX;
     let mut web = tcp.clone();
     web.alpn_protocols = WEB_ALPN.iter().map(|p| p.to_vec()).collect();
+    web.session_storage = sessions[2].clone();
     let credentials = Credentials { cert, client_ca: verifier, sessions };
     Ok(ServerTls { quic, tcp, web, credentials, quic_endpoint })
 }
@@ -473,7 +476,7 @@ pub fn server_configs(
 pub struct Credentials {
     cert: Arc<ReloadableCert>,
     client_ca: Option<(PathBuf, Arc<ReloadableClientVerifier>)>,
-    sessions: [Arc<SessionCache>; 2],
+    sessions: [Arc<SessionCache>; 3],
 }
 
 #[cfg(feature = "server")]
