@@ -86,6 +86,50 @@ async fn metrics_count_what_each_transport_served() {
         assert_eq!(sample(&after, "qkv_storage_keys"), 3.0, "{transport}: this server's store");
         assert!(sample(&after, "qkv_storage_memory_used_bytes") > 0.0);
         assert!(sample(&after, "qkv_connection_memory_budget_bytes") > 0.0);
+        if transport == Transport::Http {
+            // REST requests count as what they are: a write whose precondition fails on the key's
+            // current version (a list of ETags, `*`) is the write's 409 (HTTP's 412), not the 200 of
+            // the read that decided it; a HEAD of a listing, whose body is never sent, is no answer
+            // left unread (`reply_timeout`).
+            let web = server.web.expect("a web listener");
+            let url = |path: &str| format!("https://localhost:{}{path}", web.port());
+            let ca = server.ca().to_string_lossy().into_owned();
+            let curl = |args: Vec<String>| {
+                let ca = ca.clone();
+                async move {
+                    let output = tokio::process::Command::new("curl")
+                        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", &ca])
+                        .args(args)
+                        .output()
+                        .await
+                        .expect("curl runs");
+                    String::from_utf8_lossy(&output.stdout).into_owned()
+                }
+            };
+            let args = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+            let k0 = url("/v1/tables/t/keys/k0");
+            let listing = url("/v1/tables/t");
+            let missing = url("/v1/tables/t/keys/missing");
+            let if_match = "if-match: \"1\", \"2\"";
+            let text = "content-type: text/plain";
+            assert_eq!(
+                curl(args(&["-X", "PUT", "-H", if_match, "-H", text, "--data", "w", &k0])).await,
+                "412"
+            );
+            assert_eq!(curl(args(&["-X", "DELETE", "-H", "if-match: *", &missing])).await, "412");
+            assert_eq!(curl(args(&["-I", &listing])).await, "200");
+            assert_eq!(curl(args(&[&listing])).await, "200");
+            let rest = get(admin, "/metrics").await.1;
+            let delta = |series: &str| sample(&rest, series) - sample(&after, series);
+            let requests = |command: &str, status: &str| {
+                delta(&format!(
+                    "qkv_requests_total{{command=\"{command}\",transport=\"{name}\",status=\"{status}\"}}"
+                ))
+            };
+            assert_eq!(requests("Hset", "409"), 1.0, "{rest}");
+            assert_eq!(requests("Hdel", "409"), 1.0, "{rest}");
+            assert_eq!(delta("qkv_limits_hit_total{limit=\"reply_timeout\"}"), 0.0, "{rest}");
+        }
         if transport == Transport::Tcp {
             // A frame that is no request: refused with 400 and the connection closed, before any
             // command could be read, and counted as malformed.

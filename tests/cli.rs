@@ -487,8 +487,8 @@ async fn json_logs_say_why_the_server_stopped_in_json() {
 }
 
 /// `--log-format json`: the line a connection logs as it ends has exactly the fields of
-/// docs/OPERATIONS.md's sample (a QUIC connection's); over TLS, all but QUIC's own (`reason`,
-/// `rtt_us`, `lost_packets`, `migrations`, and the span's `id`).
+/// docs/OPERATIONS.md's sample (a QUIC connection's); over TLS and HTTP (the web listener), all but
+/// QUIC's own (`reason`, `rtt_us`, `lost_packets`, `migrations`, and the span's `id`).
 #[tokio::test]
 async fn json_logs_have_the_fields_operations_md_shows() {
     let operations = include_str!("../docs/OPERATIONS.md");
@@ -500,9 +500,17 @@ async fn json_logs_have_the_fields_operations_md_shows() {
     };
     const QUIC_ONLY: [&str; 5] = ["reason", "rtt_us", "lost_packets", "migrations", "id"];
 
-    let mut server = ServerProcess::start(&["--log-format", "json"]).await;
-    for transport in [Transport::Quic, Transport::Tls] {
-        let client = qkv::Client::connect_with(server.client_config(transport)).await.unwrap();
+    let mut server = ServerProcess::start(&["--log-format", "json", "--web", "127.0.0.1:0"]).await;
+    let web = server.web_addr().await.to_string();
+    for transport in [Transport::Quic, Transport::Tls, Transport::Http] {
+        let config = match transport.is_web() {
+            true => qkv::client::ClientConfig {
+                transport,
+                ..qkv::client::ClientConfig::new(web.clone(), server.ca())
+            },
+            false => server.client_config(transport),
+        };
+        let client = qkv::Client::connect_with(config).await.unwrap();
         client.ping(bytes::Bytes::new()).await.unwrap();
         client.close().await;
         let line = server.log_line(&["connection ended", &format!("\"transport\":\"{transport}\"")]).await;

@@ -169,10 +169,13 @@ impl ServerProcess {
             Some(line) => line.clone(),
             None => self.log_line(&[logged]).await,
         };
-        line.rsplit("addr=")
-            .next()
-            .and_then(|a| a.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
+        // `addr=IP:PORT`, or in JSON logs `"addr":"IP:PORT"`.
+        let text = line.rsplit("addr=").next().and_then(|a| a.split_whitespace().next());
+        let json = line.split("\"addr\":\"").nth(1).and_then(|a| a.split('"').next());
+        [text, json]
+            .into_iter()
+            .flatten()
+            .find_map(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no addr=IP:PORT in the log line: {line}"))
     }
 
