@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 const EXIT_SERVER_SAID_NO: i32 = 1;
 const EXIT_INVALID_INPUT: i32 = 2;
 const EXIT_UNREACHABLE: i32 = 3;
+const EXIT_LOCAL_FAILURE: i32 = 4;
 
 /// Runs `qkv ARGS...`; client subcommands get `--addr`, `--ca` and `--transport` for `server`.
 async fn qkv(server: Option<&TestServer>, args: &[&str]) -> Output {
@@ -193,6 +194,12 @@ async fn binary_values_are_taken_as_bytes_from_an_argument_a_file_or_standard_in
     let too_large = run(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(), b"").await;
     assert_eq!(too_large.status.code(), Some(EXIT_INVALID_INPUT), "{}", stderr(&too_large));
     assert!(stderr(&too_large).contains("one request carries at most"), "{}", stderr(&too_large));
+    // One that cannot be read is a local failure, as an unreadable --ca is (README, exit codes).
+    let missing = dir.path().join("missing.bin");
+    let args = [os("hset"), os("t"), os("m"), os("--value-file"), missing.into_os_string()];
+    let unreadable = run(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(), b"").await;
+    assert_eq!(unreadable.status.code(), Some(EXIT_LOCAL_FAILURE), "{}", stderr(&unreadable));
+    assert!(stderr(&unreadable).contains("cannot read the value from"), "{}", stderr(&unreadable));
 
     let text = run(&[&os("hset"), &os("t"), &os("text"), OsStr::from_bytes(not_utf8)], b"").await;
     assert_eq!(text.status.code(), Some(EXIT_INVALID_INPUT));
@@ -475,7 +482,7 @@ async fn json_logs_say_why_the_server_stopped_in_json() {
         .output()
         .await
         .unwrap();
-    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert_eq!(output.status.code(), Some(EXIT_LOCAL_FAILURE), "{}", stderr(&output));
     let lines: Vec<serde_json::Value> = stderr(&output)
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))

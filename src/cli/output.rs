@@ -62,6 +62,9 @@ pub enum CliError {
     /// again later.
     #[error("{0}")]
     Ended(String),
+    /// Something here failed: a file that cannot be read.
+    #[error("{0}")]
+    Local(String),
 }
 
 /// Prints `error` on stderr and picks the exit code.
@@ -119,7 +122,7 @@ fn exit_code(error: &anyhow::Error) -> ExitCode {
             Some(CliError::Refused(_)) => exit::SERVER_SAID_NO,
             Some(CliError::InvalidInput(_)) => exit::INVALID_INPUT,
             Some(CliError::Ended(_)) => exit::UNREACHABLE,
-            None => exit::LOCAL_FAILURE,
+            Some(CliError::Local(_)) | None => exit::LOCAL_FAILURE,
         }
     };
     ExitCode::from(code)
@@ -188,9 +191,8 @@ pub fn parse_value_file(
     max: usize,
 ) -> Result<Value, CliError> {
     use std::io::Read;
-    let cannot = |e: std::io::Error| {
-        CliError::InvalidInput(format!("cannot read the value from {}: {e}", path.display()))
-    };
+    let cannot =
+        |e: std::io::Error| CliError::Local(format!("cannot read the value from {}: {e}", path.display()));
     let input: Box<dyn Read> = match path.as_os_str() == "-" {
         true => Box::new(std::io::stdin()),
         false => Box::new(std::fs::File::open(path).map_err(cannot)?),
