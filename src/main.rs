@@ -534,8 +534,11 @@ async fn subscribe(client: &Client, topic: &str, count: Option<u64>) -> anyhow::
 
 async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Hget { table, key, show, .. } => match client.hget(&table, &key).await? {
-            Some(entry) => out!("{}", output::versioned(&entry, show.with_version)),
+        Command::Hget { table, key, show, output: file, .. } => match client.hget(&table, &key).await? {
+            Some(entry) => match file {
+                Some(file) => output::write_value(&file, &entry.value)?,
+                None => out!("{}", output::versioned(&entry, show.with_version)),
+            },
             None => {
                 let message = format!("key {} not found in table {}", shown(&key), shown(&table));
                 return Err(CliError::Refused(message).into());

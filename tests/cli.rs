@@ -171,6 +171,16 @@ async fn binary_values_are_taken_as_bytes_from_an_argument_a_file_or_standard_in
     let from_stdin = run(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(), &every_byte).await;
     assert!(from_stdin.status.success(), "{}", stderr(&from_stdin));
     assert_eq!(stored("stdin").await, every_byte);
+    // And read back as they are: `hget --output FILE`, or `-o -` to standard output (printed, they are
+    // escaped).
+    let out = dir.path().join("out.bin");
+    let args = [os("hget"), os("t"), os("stdin"), os("--output"), out.clone().into_os_string()];
+    let to_file = run(&args.iter().map(|a| a.as_os_str()).collect::<Vec<_>>(), b"").await;
+    assert!(to_file.status.success() && to_file.stdout.is_empty(), "{}", stderr(&to_file));
+    assert_eq!(std::fs::read(&out).unwrap(), every_byte);
+    let to_stdout = run(&[&os("hget"), &os("t"), &os("stdin"), &os("-o"), &os("-")], b"").await;
+    assert_eq!(to_stdout.stdout, every_byte, "{}", stderr(&to_stdout));
+    assert_ne!(qkv(Some(&server), &["hget", "t", "stdin"]).await.stdout, every_byte);
     let number = run(
         &[&os("hset"), &os("t"), &os("n"), &os("--value-file"), &os("-"), &os("--type"), &os("int")],
         b"42\n",

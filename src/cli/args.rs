@@ -39,6 +39,11 @@ pub enum Command {
     Hget {
         table: String,
         key: String,
+        /// Write the value's bytes to FILE as they are (`-`: standard output), with nothing added: a
+        /// binary value byte for byte, where printing shows it with \xNN escapes; text as UTF-8; a
+        /// number or boolean as it prints.
+        #[arg(long, short = 'o', value_name = "FILE", conflicts_with = "with_version")]
+        output: Option<std::path::PathBuf>,
         #[command(flatten)]
         show: ShowArgs,
         #[command(flatten)]

@@ -148,6 +148,30 @@ pub fn versioned(entry: &Versioned, with_version: bool) -> String {
     if with_version { format!("{}\t{}", entry.value, entry.version) } else { entry.value.to_string() }
 }
 
+/// Writes `value`'s bytes to `path` (`-`: standard output) as they are: `hget --output`.
+pub fn write_value(path: &std::path::Path, value: &Value) -> Result<(), CliError> {
+    let text;
+    let bytes = match (value.as_bytes(), value.as_str()) {
+        (Some(bytes), _) => &bytes[..],
+        (None, Some(text)) => text.as_bytes(),
+        (None, None) => {
+            text = value.to_string();
+            text.as_bytes()
+        }
+    };
+    if path.as_os_str() == "-" {
+        let mut stdout = std::io::stdout().lock();
+        return match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                Err(CliError::Local(format!("cannot write to stdout: {e}")))
+            }
+            _ => Ok(()),
+        };
+    }
+    std::fs::write(path, bytes)
+        .map_err(|e| CliError::Local(format!("cannot write the value to {}: {e}", path.display())))
+}
+
 pub fn optional(entry: Option<&Versioned>, with_version: bool) -> String {
     entry.map_or_else(|| "(nil)".to_owned(), |e| versioned(e, with_version))
 }
