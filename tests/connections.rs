@@ -6,11 +6,12 @@ mod common;
 use std::collections::HashSet;
 
 use common::TestServer;
+use common::process::ServerProcess;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use std::time::Duration;
 
-use qkv::client::{Client, ClientConfig, ClientError};
+use qkv::client::{Client, ClientConfig, ClientError, RetryPolicy};
 use qkv::pb::{CommandRequest, CommandResponse, Kvpair, Value, status};
 use qkv::server::{Server, ServerConfig};
 use qkv::storage::MemoryStore;
@@ -241,6 +242,41 @@ async fn a_full_server_refuses_connections_without_blaming_certificates(transpor
     first.ping("").await.expect("the first connection is unaffected");
 }
 
+/// A client that a full server refuses tries again, within its retry policy's attempts, and gets in
+/// once a place is free (PROTOCOL.md, section 13: "the connection refused" is not executed, and sent
+/// again). Its first connection is tried again too, not only its calls: `Client::connect_with` gave up
+/// at the first refusal over QUIC and TLS (`--attempts` changed nothing for a CLI command).
+async fn a_client_refused_at_the_connection_limit_gets_in_once_a_place_is_free(transport: Transport) {
+    let mut args = vec!["--max-connections", "1"];
+    if transport == Transport::Tcp {
+        args.push("--tcp-plaintext");
+    }
+    let mut server = ServerProcess::start(&args).await;
+    let first = Client::connect_with(server.client_config(transport)).await.expect("the first connects");
+    first.ping("").await.expect("and is served");
+    let retry = RetryPolicy {
+        attempts: 40,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(250),
+    };
+    let config = ClientConfig { retry, ..server.client_config(transport) };
+    let second = tokio::spawn(async move {
+        let client = Client::connect_with(config).await?;
+        client.ping("").await?;
+        Ok::<_, ClientError>(client)
+    });
+    server.log_line(&["refusing new connections"]).await;
+    first.close().await;
+    let second = tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("within its attempts")
+        .expect("the task ends")
+        .expect("the second client is served once the first has gone");
+    assert!(second.stats().retries >= 1, "it was refused before it got in");
+    second.close().await;
+    server.kill().await;
+}
+
 #[tokio::test]
 async fn limits_that_cannot_work_together_are_refused_at_start() {
     let certs = tempfile::tempdir().unwrap();
@@ -338,6 +374,7 @@ transport_tests!(every_transport: quic, tls, tcp =>
     a_thousand_concurrent_requests_on_one_connection_are_all_answered_correctly,
     graceful_shutdown_completes_in_flight_replies_and_later_calls_find_no_server,
     a_full_server_refuses_connections_without_blaming_certificates,
+    a_client_refused_at_the_connection_limit_gets_in_once_a_place_is_free,
 );
 
 transport_tests!(encrypted: quic, tls =>

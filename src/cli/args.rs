@@ -1030,7 +1030,8 @@ pub struct ClientArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// Attempts per call: a call that failed where it certainly was not executed, or a read-only one,
-    /// is sent again (on a new connection if need be).
+    /// is sent again (on a new connection if need be); a first connection the server refuses is tried
+    /// again as often.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub attempts: u32,
     /// Keep-alive interval on idle connections, under NAT binding timeouts, e.g. 10s.

@@ -307,7 +307,10 @@ impl Client {
     }
 
     /// Connects as `config` says, on an endpoint (a UDP socket, over QUIC) of its own. Returns once the
-    /// connection is established, or at once when it is resumed in 0-RTT.
+    /// connection is established, or at once when it is resumed in 0-RTT. A server that refuses the
+    /// connection (restarting, shutting down, at its connection limit) is tried again after the
+    /// reconnection backoff, as many times as the retry policy's attempts allow, as a call's retries
+    /// would; a connect timeout is not (it has waited already: a call made later tries again).
     pub async fn connect_with(config: ClientConfig) -> ClientResult<Self> {
         Self::connect_on(&ClientEndpoint::new(config).await?, false).await
     }
@@ -315,8 +318,22 @@ impl Client {
     /// A client on `endpoint`, connected; `shared` when other clients may use the endpoint too.
     async fn connect_on(endpoint: &ClientEndpoint, shared: bool) -> ClientResult<Self> {
         let client = Self::on(endpoint, shared);
-        client.connection().await?;
-        Ok(client)
+        let mut attempt = 1;
+        loop {
+            match client.connection().await {
+                Ok(_) => return Ok(client),
+                Err(e)
+                    if attempt < client.inner.config.retry.attempts
+                        && e.is_retryable()
+                        && !matches!(e, ClientError::ConnectTimeout { .. }) =>
+                {
+                    attempt += 1;
+                    client.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, attempt, "connecting again");
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// A client on `endpoint` that connects when first used.
