@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::TestServer;
+use common::process::ServerProcess;
 use qkv::bench::floor::serve_floor;
 use qkv::bench::{BenchConfig, FanoutReport, KeyDist, Progress, Workload};
 use qkv::client::ClientConfig;
@@ -163,6 +164,35 @@ async fn the_connect_workload_resumes_only_when_asked(transport: Transport) {
 }
 
 transport_tests!(connect: quic, tls => the_connect_workload_resumes_only_when_asked);
+
+/// A server that forgets its sessions (a certificate reload, as a restart would) refuses the 0-RTT
+/// requests of the tickets it issued: they were not executed, and each is sent again in its connection,
+/// as a client does, counted as rejected, not as an error.
+#[tokio::test]
+async fn the_connect_workload_sends_refused_early_data_again() {
+    let mut server = ServerProcess::start(&[]).await;
+    let mut config = config(server.client_config(Transport::Quic), Workload::Connect);
+    config.zero_rtt = true;
+    config.warmup = Duration::ZERO;
+    config.duration = Duration::from_secs(5);
+    // Paced, so that each client holds the ticket of its last connection between requests (in a closed
+    // loop the next connection may start before it arrives, and resume nothing): at the reload, every
+    // client's ticket is one the server forgets, unless its connection is being set up just then.
+    (config.connections, config.inflight, config.rate) = (4, 1, Some(40.0));
+    let progress = Progress::new();
+    let forgetting = async {
+        assert!(progress.completed_at_least(20).await, "the run began");
+        server.hang_up();
+        server.log_line(&["SIGHUP: reloaded the certificates"]).await;
+        let after = progress.completed();
+        assert!(progress.completed_at_least(after + 40).await, "the run went on");
+    };
+    let (report, ()) = tokio::join!(qkv::bench::run(&config, progress.clone()), forgetting);
+    let report = report.unwrap();
+    assert_eq!(report.errors, 0, "{:?}", report.first_error);
+    assert!(report.client_stats.zero_rtt_rejected > 0, "{:?}", report.client_stats);
+    server.kill().await;
+}
 
 #[tokio::test]
 async fn a_run_keeps_counting_when_the_client_address_changes() {
