@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use qkv::admin::StartingAdmin;
 use qkv::certs::{CertDir, Provisioned};
-use qkv::client::{Client, ClientConfig, Event};
+use qkv::client::{Client, ClientConfig, ClientError, Event, Executed};
 use qkv::pb::Kvpair;
 use qkv::server::{Server, shutdown_signal};
 use qkv::storage::{DiskConfig, DiskStore, MemoryStore, RedisStore, Repaired, RuntimeIdle, Storage};
@@ -494,10 +494,27 @@ async fn run_client_command(command: Command) -> anyhow::Result<()> {
             unreachable!("handled in main")
         }
     };
+    // A read whose answer did not come wrote nothing: it exits as unreachable (3), not as a write
+    // that may have been made (5).
+    let reads = matches!(
+        command,
+        Command::Hget { .. }
+            | Command::Hgetall { .. }
+            | Command::Hmget { .. }
+            | Command::Hexist { .. }
+            | Command::Hmexist { .. }
+            | Command::Ping { .. }
+    );
     let client = Client::connect_with(client_config(client_args)).await?;
     let result = execute(&client, command).await;
     client.close().await;
-    result
+    result.map_err(|error| {
+        let unknown = error.downcast_ref::<ClientError>().is_some_and(|e| e.executed() == Executed::Maybe);
+        match reads && unknown {
+            true => CliError::Ended(output::one_line(&error)).into(),
+            false => error,
+        }
+    })
 }
 
 /// Prints messages as they arrive, until `count` of them or Ctrl-C (then unsubscribes).

@@ -669,7 +669,7 @@ async fn the_deployment_guides_redis_user_serves_every_command_on_a_cluster() {
 
 /// A write Redis does not answer in time may have been made: the gateway answers 504, the client
 /// says `Executed::Maybe`, and the CLI exits 5 ("read the key before writing it again"), not 1 (a
-/// refusal, after which nothing changed).
+/// refusal, after which nothing changed); a read it does not answer, 3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_redis_does_not_answer_in_time_is_an_unknown_outcome_to_the_client_and_the_cli() {
     let redis = RedisNode::start(&[]).expect("redis-server starts");
@@ -690,5 +690,18 @@ async fn a_write_redis_does_not_answer_in_time_is_an_unknown_outcome_to_the_clie
     qkv_testkit::cli(redis.port, &["CLIENT", "UNPAUSE"]).expect("redis-cli runs");
     let stderr = String::from_utf8_lossy(&cli.stderr);
     assert_eq!(cli.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("504"), "{stderr}");
+    // A read that is not answered wrote nothing: the CLI exits 3 (try again later), not 5. (Paused
+    // for every command, Redis takes no UNPAUSE either: the pause runs out, long after the 504.)
+    qkv_testkit::cli(redis.port, &["CLIENT", "PAUSE", "5000", "ALL"]).expect("redis-cli runs");
+    let read = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"))
+        .args(["hget", "paused", "k", "--addr", &gateway.addr.to_string()])
+        .arg("--ca")
+        .arg(gateway.ca())
+        .output()
+        .await
+        .expect("qkv runs");
+    let stderr = String::from_utf8_lossy(&read.stderr);
+    assert_eq!(read.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("504"), "{stderr}");
 }

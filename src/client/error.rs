@@ -146,7 +146,9 @@ pub enum ClientError {
     #[error("the client has been closed")]
     Closed,
     /// The connection failed after the request was sent.
-    #[error("connection to the server lost: {0}")]
+    #[error(
+        "connection to the server lost after the request was sent (it may or may not have been executed): {0}"
+    )]
     ConnectionLost(#[source] Cause),
     /// The request's own stream failed after the request was sent; the connection may carry on.
     #[error("request stream failed: {0}")]
