@@ -539,7 +539,7 @@ async fn subscribe(client: &Client, topic: &str, count: Option<u64>) -> anyhow::
             }
             Some(Event::Missed(missed)) => {
                 eprintln!(
-                    "(missed {missed} messages: this subscriber read too slowly, or its server lost its link to Redis for a while)"
+                    "(missed {missed} messages: this subscriber read too slowly, or, a gateway over Redis, its server lost its link to Redis for a while)"
                 )
             }
             None => return Ok(()),
