@@ -71,6 +71,13 @@ fn read(path: &Path, store: &Store) -> Result<(u64, u64), Box<dyn std::error::Er
         store.restore(&table, &key, versioned);
         entries += 1;
     }
+    // Beyond what the store hands out (exact in a double), and what its headers may say.
+    if last_version >= super::format::VERSION_LIMIT {
+        return Err(format!(
+            "its last version, {last_version}, is 2^53 or more, which no qkv store hands out"
+        )
+        .into());
+    }
     Ok((entries, last_version))
 }
 
@@ -109,7 +116,8 @@ mod tests {
     #[tokio::test]
     async fn a_redb_directory_is_imported_with_its_versions() {
         let dir = tempfile::tempdir().unwrap();
-        let far_future = 1 << 60;
+        // Beyond the clock (a century on), not beyond what versions may be.
+        let far_future = super::super::format::VERSION_LIMIT - (1 << 50);
         write_redb(dir.path(), &[("a:b", "", "x".into(), 5), ("t", "k", 7i64.into(), 9)], far_future);
         for _ in 0..2 {
             let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
@@ -134,5 +142,21 @@ mod tests {
         }
         assert!(!dir.path().join(REDB_FILE).exists());
         assert!(dir.path().join(IMPORTED).exists());
+    }
+
+    /// A redb store whose counter is past 2^53 is refused, saying why, before anything is written: its
+    /// snapshot's header would be taken for damage at every start after.
+    #[tokio::test]
+    async fn a_redb_directory_beyond_the_versions_a_store_hands_out_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_redb(dir.path(), &[("t", "k", "x".into(), 5)], 1 << 60);
+        let Err(crate::storage::StorageError::Backend(error)) =
+            DiskStore::open_when_free(dir.path(), test_config())
+        else {
+            panic!("imported")
+        };
+        assert!(error.contains("2^53"), "{error}");
+        assert!(files::list(dir.path()).unwrap().snapshots.is_empty(), "nothing written");
+        assert!(dir.path().join(REDB_FILE).exists());
     }
 }

@@ -77,7 +77,11 @@ pub fn recover(dir: &Path, store: &Store, durability: Durability) -> io::Result<
                     "the segments before it, or the snapshot that replaced them, are missing".to_owned()
                 }
                 // Numbered from 1: a segment 0 is none of the store's.
-                _ if *generation == 0 => "no log segment is numbered 0".to_owned(),
+                _ if *generation == 0 => {
+                    "the store numbers its segments from 1: a file of another kind? (if it is none of \
+                     this store's, remove it)"
+                        .to_owned()
+                }
                 _ => format!("the segment before it (number {}) is missing", generation - 1),
             };
             return Err(damaged(path, missing));

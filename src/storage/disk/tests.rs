@@ -489,7 +489,7 @@ async fn a_header_version_no_store_hands_out_and_a_segment_0_are_damage() {
     let Err(StorageError::Backend(error)) = DiskStore::open_when_free(dir.path(), test_config()) else {
         panic!("a segment 0 was taken")
     };
-    assert!(error.contains("numbered 0"), "{error}");
+    assert!(error.contains("numbers its segments from 1"), "{error}");
     std::fs::remove_file(&zero).unwrap();
     let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
     close(store).await;
