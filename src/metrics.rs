@@ -403,6 +403,12 @@ impl RequestMetrics {
     }
 
     fn record(&self, command: usize, status: u32, elapsed: Duration) {
+        self.count(command, status);
+        self.histograms.duration(command, elapsed);
+    }
+
+    /// Counts a request answered `status`, untimed.
+    fn count(&self, command: usize, status: u32) {
         // A status the protocol does not list shares the last slot, labelled "other".
         let slot = status::ALL.iter().position(|&s| s == status).unwrap_or(status::ALL.len());
         let (command_name, transport) = (COMMAND_NAMES[command], self.transport);
@@ -412,7 +418,6 @@ impl RequestMetrics {
                 counter!("qkv_requests_total", "command" => command_name, "transport" => transport, "status" => label)
             })
             .increment(1);
-        self.histograms.duration(command, elapsed);
     }
 
     fn record_latency(&self, arrival: Arrival) {
@@ -481,6 +486,12 @@ impl<H: Handler> Handler for Metered<H> {
 
     fn connection_closing(&self, caller: &Caller, why: crate::pubsub::ConnectionEnd) {
         self.inner.connection_closing(caller, why)
+    }
+
+    fn answered_at_door(&self, command: usize, status: u32) {
+        if let Some(metrics) = &self.metrics {
+            metrics.count(command, status);
+        }
     }
 
     fn connection_stalled(&self, caller: &Caller) {

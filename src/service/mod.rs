@@ -241,6 +241,13 @@ pub trait Handler: Clone + Send + Sync + 'static {
     /// `transport::pipeline`): end them, each with a last frame saying why.
     fn connection_stalled(&self, caller: &Caller);
 
+    /// A request its door answered without executing it, with `status` (a REST write whose
+    /// precondition failed on the key's current version: 409, HTTP's 412), for handlers that count
+    /// requests (`metrics::Metered`): `command` is its [`CommandRequest::command_index`].
+    fn answered_at_door(&self, command: usize, status: u32) {
+        let _ = (command, status);
+    }
+
     /// Whether [`Handler::answered`] wants to hear of answers. A transport reads the clock for it
     /// only then, so that a server without metrics does not pay for it.
     fn times_answers(&self) -> bool {

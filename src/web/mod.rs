@@ -890,6 +890,9 @@ where
 pub trait Run: Send + Sync + 'static {
     fn run(&self, request: CommandRequest, caller: Caller)
     -> futures_util::future::BoxFuture<'static, Reply>;
+
+    /// [`Handler::answered_at_door`].
+    fn answered_at_door(&self, command: usize, status: u32);
 }
 
 impl<H: Handler> Run for H {
@@ -900,6 +903,10 @@ impl<H: Handler> Run for H {
     ) -> futures_util::future::BoxFuture<'static, Reply> {
         let handler = self.clone();
         Box::pin(async move { handler.execute(request, &caller).await })
+    }
+
+    fn answered_at_door(&self, command: usize, status: u32) {
+        Handler::answered_at_door(self, command, status);
     }
 }
 

@@ -196,6 +196,10 @@ impl Run for Door {
     ) -> futures_util::future::BoxFuture<'static, crate::service::Reply> {
         self.handler.run(request, caller)
     }
+
+    fn answered_at_door(&self, command: usize, status: u32) {
+        self.handler.answered_at_door(command, status);
+    }
 }
 
 impl Door {
@@ -544,14 +548,10 @@ async fn get_key(
     Ok(answer)
 }
 
-/// A version no key has (versions stay below 2^53): a write expecting it fails as a conflict, whatever
-/// happens to the key meanwhile.
-const NEVER: u64 = 1 << 53;
-
 /// What a `PUT` or `DELETE` expects of the key's version, from its conditional headers: `None` for an
-/// unconditional write, `Some(0)` for "absent", [`NEVER`] when the headers already fail on the key's
-/// current version.
+/// unconditional write, `Some(0)` for "absent".
 async fn expected_version(
+    verb: Verb,
     door: &Door,
     caller: &Caller,
     table: &str,
@@ -573,10 +573,17 @@ async fn expected_version(
             let version = current.as_ref().map(|(_, version)| *version);
             let holds = if_match.is_none_or(|c| c.matches_strongly(version))
                 && if_none_match.is_none_or(|c| !c.matches_weakly(version));
-            // One that does not hold still goes to the store, as a write that cannot apply: its 409
-            // (HTTP's 412, with the key's value and version as the store has them then) is the write's
-            // answer, counted as the write's in the metrics, not as the read's 200.
-            Ok(Some(if holds { version.unwrap_or(0) } else { NEVER }))
+            if holds {
+                return Ok(Some(version.unwrap_or(0)));
+            }
+            // Answered here, without the write (which could only fail): counted as the write's 409,
+            // beside the read that decided it.
+            let write = match verb {
+                Verb::Delete => CommandRequest::hdel(table, key),
+                _ => CommandRequest::hset_expecting(table, key, Value::default(), Some(0)),
+            };
+            door.answered_at_door(write.command_index(), status::CONFLICT);
+            Err(Problem::precondition_failed(verb, current))
         }
     }
 }
@@ -626,7 +633,7 @@ async fn put_key(
 ) -> Result<Response, Problem> {
     let (table, key) = names(path)?;
     let value = value_of(&headers, body)?;
-    let expected = expected_version(&door, &caller, &table, &key, &headers).await?;
+    let expected = expected_version(Verb::Write, &door, &caller, &table, &key, &headers).await?;
     let request = CommandRequest::hset_expecting(&table, &key, value, expected);
     let response = door.answer(request, &caller).await;
     if response.status != status::OK {
@@ -677,7 +684,7 @@ async fn delete_key(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let (table, key) = names(path)?;
-    let expected = expected_version(&door, &caller, &table, &key, &headers).await?;
+    let expected = expected_version(Verb::Delete, &door, &caller, &table, &key, &headers).await?;
     let request = match expected {
         Some(version) => CommandRequest::hdel_if_version(&table, &key, version),
         None => CommandRequest::hdel(&table, &key),
