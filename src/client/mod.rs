@@ -197,7 +197,7 @@ pub struct ClientStats {
     pub zero_rtt_rejected: u64,
     /// TLS-over-TCP connections that resumed a session.
     pub resumed: u64,
-    /// Calls sent again after a failure.
+    /// Calls sent again after a failure, and first connections tried again after a refusal.
     pub retries: u64,
     /// QUIC packets the closed connections sent.
     #[cfg_attr(feature = "cli", serde(default))]
@@ -309,8 +309,9 @@ impl Client {
     /// Connects as `config` says, on an endpoint (a UDP socket, over QUIC) of its own. Returns once the
     /// connection is established, or at once when it is resumed in 0-RTT. A server that refuses the
     /// connection (restarting, shutting down, at its connection limit) is tried again after the
-    /// reconnection backoff, as many times as the retry policy's attempts allow, as a call's retries
-    /// would; a connect timeout is not (it has waited already: a call made later tries again).
+    /// reconnection backoff, as many times as the retry policy's attempts allow within the request
+    /// timeout (its retries, not its first attempt), as a call's retries would; a connect timeout is
+    /// not (it has waited already: a call made later tries again).
     pub async fn connect_with(config: ClientConfig) -> ClientResult<Self> {
         Self::connect_on(&ClientEndpoint::new(config).await?, false).await
     }
@@ -318,22 +319,26 @@ impl Client {
     /// A client on `endpoint`, connected; `shared` when other clients may use the endpoint too.
     async fn connect_on(endpoint: &ClientEndpoint, shared: bool) -> ClientResult<Self> {
         let client = Self::on(endpoint, shared);
-        let mut attempt = 1;
-        loop {
-            match client.connection().await {
-                Ok(_) => return Ok(client),
-                Err(e)
-                    if attempt < client.inner.config.retry.attempts
-                        && e.is_retryable()
-                        && !matches!(e, ClientError::ConnectTimeout { .. }) =>
-                {
-                    attempt += 1;
-                    client.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(error = %e, attempt, "connecting again");
-                }
-                Err(e) => return Err(e),
+        let config = &client.inner.config;
+        let deadline = Instant::now() + config.request_timeout;
+        let mut error = match client.connection().await {
+            Ok(_) => return Ok(client),
+            Err(e) => e,
+        };
+        for attempt in 2..=config.retry.attempts {
+            if !error.is_retryable() || matches!(error, ClientError::ConnectTimeout { .. }) {
+                break;
             }
+            client.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %error, attempt, "connecting again");
+            error = match tokio::time::timeout_at(deadline, client.connection()).await {
+                Ok(Ok(_)) => return Ok(client),
+                Ok(Err(e)) => e,
+                // Out of time for another: what the last attempt found.
+                Err(_) => break,
+            };
         }
+        Err(error)
     }
 
     /// A client on `endpoint` that connects when first used.
