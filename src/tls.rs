@@ -326,7 +326,8 @@ impl std::fmt::Debug for SessionCache {
 pub struct ServerTls {
     pub quic: ServerConfig,
     pub tcp: ServerConfig,
-    /// ALPN `h2` and `http/1.1`, for the web listener (REST and gRPC); sessions shared with `tcp`.
+    /// ALPN `h2` and `http/1.1`, for the web listener (REST and gRPC), with sessions of its own
+    /// (counted as `http`).
     pub web: ServerConfig,
     /// What both present and verify, for reloading.
     pub credentials: Credentials,
