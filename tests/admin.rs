@@ -21,6 +21,11 @@ fn admin_config(config: &mut ServerConfig) {
     config.service.items.max_value_len = 1024;
 }
 
+/// The `qkv_requests_total` series of `command` answered `status` on `transport`.
+fn requests_series(command: &str, transport: &str, status: &str) -> String {
+    format!("qkv_requests_total{{command=\"{command}\",transport=\"{transport}\",status=\"{status}\"}}")
+}
+
 #[tokio::test]
 async fn metrics_count_what_each_transport_served() {
     for transport in Transport::ALL {
@@ -53,11 +58,7 @@ async fn metrics_count_what_each_transport_served() {
         let (status, after) = get(admin, "/metrics").await;
         assert_eq!(status, 200);
         let delta = |series: &str| sample(&after, series) - sample(&before, series);
-        let requests = |command: &str, status: &str| {
-            delta(&format!(
-                "qkv_requests_total{{command=\"{command}\",transport=\"{name}\",status=\"{status}\"}}"
-            ))
-        };
+        let requests = |command: &str, status: &str| delta(&requests_series(command, name, status));
         assert_eq!(requests("Hset", "200"), 3.0, "{transport}:\n{after}");
         assert_eq!(requests("Hget", "404"), 1.0, "{transport}");
         assert_eq!(requests("Hset", "413"), 1.0, "{transport}");
@@ -121,11 +122,7 @@ async fn metrics_count_what_each_transport_served() {
             assert_eq!(curl(args(&[&listing])).await, "200");
             let rest = get(admin, "/metrics").await.1;
             let delta = |series: &str| sample(&rest, series) - sample(&after, series);
-            let requests = |command: &str, status: &str| {
-                delta(&format!(
-                    "qkv_requests_total{{command=\"{command}\",transport=\"{name}\",status=\"{status}\"}}"
-                ))
-            };
+            let requests = |command: &str, status: &str| delta(&requests_series(command, name, status));
             assert_eq!(requests("Hset", "409"), 1.0, "{rest}");
             assert_eq!(requests("Hdel", "409"), 1.0, "{rest}");
             assert_eq!(delta("qkv_limits_hit_total{limit=\"reply_timeout\"}"), 0.0, "{rest}");
