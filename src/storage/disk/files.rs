@@ -293,7 +293,7 @@ fn links(file: &File) -> io::Result<u64> {
         Ok(statx) if StatxFlags::from_bits_retain(statx.stx_mask).contains(StatxFlags::NLINK) => {
             Ok(u64::from(statx.stx_nlink))
         }
-        Ok(_) | Err(rustix::io::Errno::NOSYS) => Ok(std::os::unix::fs::MetadataExt::nlink(&file.metadata()?)),
+        Ok(_) | Err(rustix::io::Errno::NOSYS) => links_by_fstat(file),
         Err(e) => Err(e.into()),
     }
 }
@@ -301,6 +301,10 @@ fn links(file: &File) -> io::Result<u64> {
 /// How many names `file` has: other systems have no `statx`.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 fn links(file: &File) -> io::Result<u64> {
+    links_by_fstat(file)
+}
+
+fn links_by_fstat(file: &File) -> io::Result<u64> {
     Ok(std::os::unix::fs::MetadataExt::nlink(&file.metadata()?))
 }
 

@@ -103,6 +103,9 @@ pub fn recover(dir: &Path, store: &Store, durability: Durability) -> io::Result<
     Ok(recovered)
 }
 
+/// Why a segment's header is refused: not a log segment's, another number's, or its version damaged.
+const NOT_THIS_SEGMENTS_HEADER: &str = "its header is not a qkv log segment's of this number, or is damaged";
+
 /// The segment a snapshot of `generation` is followed by, when it is missing from `segments`. Segment
 /// N is made, durable, before snapshot N is begun (and the import of a redb file makes segment 1 before
 /// it names the import done), so a snapshot without it has lost the writes since: removed by hand, say,
@@ -176,10 +179,7 @@ fn replay_segment(
             files::finish_segment(path, generation, last_version)?;
             return Ok(Replayed { valid_len: format::HEADER_LEN as u64, ..Replayed::default() });
         }
-        return Err(damaged(
-            path,
-            "its header is not a qkv log segment's of this number, or is damaged".into(),
-        ));
+        return Err(damaged(path, NOT_THIS_SEGMENTS_HEADER.into()));
     };
     let mut reader = Reader::new(input, format::HEADER_LEN as u64, len);
     let replayed = replay(&mut reader, store)?;
@@ -410,9 +410,7 @@ pub fn repair(dir: &Path) -> io::Result<Repaired> {
             // Being created when the process stopped: `recover` finishes it.
             return Ok(Repaired::Nothing);
         }
-        let what =
-            damaged(&path, "its header is not a qkv log segment's of this number, or is damaged".into())
-                .to_string();
+        let what = damaged(&path, NOT_THIS_SEGMENTS_HEADER.into()).to_string();
         return Ok(Repaired::Unrepairable { file: path, what });
     }
     let mut reader = Reader::new(input, format::HEADER_LEN as u64, len);
@@ -493,10 +491,7 @@ fn check_segment(path: &Path, generation: u64) -> io::Result<()> {
     let len = file.metadata()?.len();
     let mut input = BufReader::with_capacity(1 << 20, file);
     if Header::read(&mut input, LOG_MAGIC)?.filter(|header| header.generation == generation).is_none() {
-        return Err(damaged(
-            path,
-            "its header is not a qkv log segment's of this number, or is damaged".into(),
-        ));
+        return Err(damaged(path, NOT_THIS_SEGMENTS_HEADER.into()));
     }
     let mut reader = Reader::new(input, format::HEADER_LEN as u64, len);
     loop {
