@@ -235,6 +235,7 @@ pub async fn serve<S: Storage>(
 
 async fn metrics<S: Storage>(State(admin): State<Arc<Admin<S>>>) -> impl IntoResponse {
     crate::metrics::ready(readiness(&admin).await.is_ok());
+    crate::metrics::healthy(admin.service.storage().broken().is_none());
     crate::metrics::record_usage(admin.service.storage().usage(), &admin.connections);
     ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], admin.exporter.render())
 }
@@ -252,7 +253,9 @@ async fn readiness<S: Storage>(admin: &Admin<S>) -> Result<(), String> {
 
 /// Alive unless the store has failed in a way only a restart mends (a liveness probe then restarts it).
 async fn healthz<S: Storage>(State(admin): State<Arc<Admin<S>>>) -> (StatusCode, String) {
-    match admin.service.storage().broken() {
+    let broken = admin.service.storage().broken();
+    crate::metrics::healthy(broken.is_none());
+    match broken {
         None => (StatusCode::OK, "ok\n".into()),
         Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("broken: {reason}\n")),
     }

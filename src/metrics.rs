@@ -179,6 +179,23 @@ fn describe() {
         Unit::Seconds,
         "Time of one durable disk commit: the fsync of the log's new records."
     );
+    g!(
+        "qkv_disk_log_bytes",
+        Unit::Bytes,
+        "Bytes of the data log written since the last snapshot began: what a restart replays on top of it."
+    );
+    g!("qkv_disk_snapshot_bytes", Unit::Bytes, "Size of the last whole snapshot of the disk store.");
+    c!("qkv_disk_snapshots_total", "Snapshots of the disk store, by result: written or failed.");
+    g!(
+        "qkv_disk_snapshot_duration_seconds",
+        Unit::Seconds,
+        "Time the last written snapshot of the disk store took."
+    );
+    g!(
+        "qkv_disk_recovery_duration_seconds",
+        Unit::Seconds,
+        "Time the disk store took to load its snapshot and replay its log when the server started."
+    );
     c!("qkv_backend_requests_total", "Round trips to the storage backend (Redis), by result.");
     g!("qkv_subscriptions", "Subscriptions open.");
     c!("qkv_pubsub_published_total", "Messages published.");
@@ -186,6 +203,7 @@ fn describe() {
     c!("qkv_pubsub_missed_total", "Deliveries that did not happen because a subscriber's queue was full.");
     g!("qkv_build_info", "The server's version; always 1.");
     g!("qkv_ready", "1 when the server is ready to serve (as /readyz), 0 otherwise.");
+    g!("qkv_healthy", "1 unless the store has failed in a way only a restart mends (as /healthz), 0 then.");
 }
 
 /// Declares an enum of a label's values, with `ALL` listing every one and `name` the label's text: the
@@ -258,6 +276,15 @@ label_values! {
     }
 }
 
+label_values! {
+    /// How a snapshot of the disk store ended (`qkv_disk_snapshots_total`).
+    enum SnapshotResult {
+        Written => "written",
+        /// Not started, not written, or its thread panicked: the log keeps everything meanwhile.
+        Failed => "failed",
+    }
+}
+
 /// The transports that carry connections of their own (the web listener's as `http`): what the
 /// connection and byte counters are labelled with.
 const CONNECTION_TRANSPORTS: [Transport; 4] =
@@ -324,6 +351,12 @@ fn register_at_zero() {
 /// Whether the server is ready, as /readyz last found it (0 from the moment shutdown begins).
 pub fn ready(ready: bool) {
     gauge!("qkv_ready").set(if ready { 1.0 } else { 0.0 });
+}
+
+/// Whether the store works, as /healthz last found it: 0 once it has failed in a way only a restart
+/// mends (a disk store whose log could not be written).
+pub fn healthy(healthy: bool) {
+    gauge!("qkv_healthy").set(if healthy { 1.0 } else { 0.0 });
 }
 
 /// A request frame was refused before a command could be read from it (400).
@@ -580,6 +613,34 @@ pub fn disk_batch(writes: usize) {
 /// An fsync of the disk store's log took `elapsed`.
 pub fn disk_fsync(elapsed: Duration) {
     histogram!("qkv_disk_fsync_duration_seconds").record(elapsed.as_secs_f64());
+}
+
+/// The disk store was recovered in `elapsed`: its last snapshot has `snapshot_bytes`, the log after it
+/// `log_bytes`. Its snapshot counters start at 0 (only a server with a disk store has them).
+pub fn disk_recovered(elapsed: Duration, snapshot_bytes: u64, log_bytes: u64) {
+    gauge!("qkv_disk_recovery_duration_seconds").set(elapsed.as_secs_f64());
+    gauge!("qkv_disk_snapshot_bytes").set(snapshot_bytes as f64);
+    disk_log(log_bytes);
+    for result in SnapshotResult::ALL {
+        counter!("qkv_disk_snapshots_total", "result" => result.name()).absolute(0);
+    }
+}
+
+/// The disk store's log holds `bytes` since the last snapshot began.
+pub fn disk_log(bytes: u64) {
+    gauge!("qkv_disk_log_bytes").set(bytes as f64);
+}
+
+/// A snapshot of the disk store of `bytes` was written in `elapsed`.
+pub fn disk_snapshot_written(bytes: u64, elapsed: Duration) {
+    counter!("qkv_disk_snapshots_total", "result" => SnapshotResult::Written.name()).increment(1);
+    gauge!("qkv_disk_snapshot_bytes").set(bytes as f64);
+    gauge!("qkv_disk_snapshot_duration_seconds").set(elapsed.as_secs_f64());
+}
+
+/// A snapshot of the disk store could not be started or written (the log keeps everything meanwhile).
+pub fn disk_snapshot_failed() {
+    counter!("qkv_disk_snapshots_total", "result" => SnapshotResult::Failed.name()).increment(1);
 }
 
 /// A round trip to the storage backend (one of `BACKENDS`) ended.

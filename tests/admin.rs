@@ -1,8 +1,9 @@
 //! The admin listener (`--admin`): what /metrics counts, over every transport, and what /healthz and
 //! /readyz say while the server serves, while it shuts down, and while its Redis is away.
 //!
-//! The metrics recorder belongs to the process, so every assertion on a counter is in one test
-//! (`metrics_count_what_each_transport_served`); the others only read health.
+//! The metrics recorder belongs to the process, so every assertion on a counter of a server in this
+//! process is in one test (`metrics_count_what_each_transport_served`); the disk store's metrics are
+//! read from servers of their own (`ServerProcess`).
 
 mod common;
 
@@ -352,6 +353,107 @@ async fn health_answers_while_a_disk_store_recovers() {
     server.terminate();
     let (exited, _) = server.exit().await;
     assert!(exited.success(), "{exited:?}");
+}
+
+/// An operator follows the disk store in /metrics: its log grows with the writes, a snapshot folds it
+/// in (counted, with its size and time, and the log starts again), a restart gives its recovery's time
+/// and the snapshot it loaded, and a store broken under the server (its data directory removed) is
+/// unhealthy there as in /healthz.
+#[tokio::test]
+async fn metrics_follow_the_disk_stores_log_snapshots_and_health() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let data_dir = dir.path().join("data");
+    let data = data_dir.to_str().expect("a UTF-8 path");
+    let args =
+        ["--store", "disk", "--data-dir", data, "--snapshot-log-size", "8KiB", "--admin", "127.0.0.1:0"];
+    let mut server = ServerProcess::start(&args).await;
+    let admin = server.admin_addr().await;
+    let scrape = |series: &'static str| async move { sample(&get(admin, "/metrics").await.1, series) };
+    const WRITTEN: &str = "qkv_disk_snapshots_total{result=\"written\"}";
+    const FAILED: &str = "qkv_disk_snapshots_total{result=\"failed\"}";
+    assert_eq!(scrape("qkv_disk_log_bytes").await, 0.0, "a new store's log is empty");
+    assert_eq!(scrape(WRITTEN).await, 0.0);
+    assert_eq!(scrape("qkv_healthy").await, 1.0);
+
+    let client = Client::connect_with(server.client_config(Transport::Quic)).await.expect("connects");
+    let value = "v".repeat(100);
+    client.hset("t", "k0", value.as_str()).await.expect("hset");
+    assert!(scrape("qkv_disk_log_bytes").await > 100.0, "the log holds the write");
+    // 8 KiB of log make a snapshot due: a few hundred writes at most, whatever the record's framing.
+    let mut writes = 1;
+    while scrape(WRITTEN).await < 1.0 {
+        assert!(writes < 2000, "no snapshot written after {writes} writes of 100 bytes");
+        for _ in 0..20 {
+            client.hset("t", &format!("k{writes}"), value.as_str()).await.expect("hset");
+            writes += 1;
+        }
+    }
+    let metrics = get(admin, "/metrics").await.1;
+    assert!(sample(&metrics, "qkv_disk_snapshot_bytes") > 0.0, "{metrics}");
+    assert!(sample(&metrics, "qkv_disk_snapshot_duration_seconds") > 0.0, "{metrics}");
+    assert_eq!(sample(&metrics, FAILED), 0.0, "{metrics}");
+    let log = sample(&metrics, "qkv_disk_log_bytes");
+    assert!(
+        log < 100.0 * writes as f64,
+        "the log started again at the snapshot: {log} bytes after {writes} writes"
+    );
+
+    client.hset("t", "after", value.as_str()).await.expect("hset");
+    client.close().await;
+    server.terminate();
+    let (exited, _) = server.exit().await;
+    assert!(exited.success(), "{exited:?}");
+    let mut server = ServerProcess::start(&args).await;
+    let admin = server.admin_addr().await;
+    let metrics = get(admin, "/metrics").await.1;
+    assert!(sample(&metrics, "qkv_disk_recovery_duration_seconds") > 0.0, "{metrics}");
+    assert!(sample(&metrics, "qkv_disk_snapshot_bytes") > 0.0, "the snapshot loaded: {metrics}");
+    assert!(sample(&metrics, "qkv_disk_log_bytes") > 100.0, "the log after it, replayed: {metrics}");
+
+    std::fs::remove_dir_all(&data_dir).expect("data directory removed");
+    let client = Client::connect_with(server.client_config(Transport::Quic)).await.expect("connects");
+    client.hset("t", "lost", value.as_str()).await.expect_err("a store without its files fails the write");
+    assert_eq!(get(admin, "/healthz").await.0, 503);
+    assert_eq!(
+        get(admin, "/metrics").await.1.lines().find(|l| l.starts_with("qkv_healthy ")),
+        Some("qkv_healthy 0")
+    );
+    client.close().await;
+}
+
+/// A snapshot that cannot be written is counted as failed in /metrics, and the store goes on serving
+/// (the log keeps everything; /healthz and `qkv_healthy` stay as they were). Here the snapshot's
+/// partial file cannot be created: a directory has its name.
+#[tokio::test]
+async fn a_failed_snapshot_is_counted_and_the_store_goes_on() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let data_dir = dir.path().join("data");
+    let data = data_dir.to_str().expect("a UTF-8 path");
+    let args =
+        ["--store", "disk", "--data-dir", data, "--snapshot-log-size", "8KiB", "--admin", "127.0.0.1:0"];
+    let mut server = ServerProcess::start(&args).await;
+    let admin = server.admin_addr().await;
+    // A new store writes segment 1; the first snapshot is of generation 2.
+    std::fs::create_dir(data_dir.join("qkv-snapshot.00000002.tmp")).expect("directory in the way");
+    let failed = || async move {
+        sample(&get(admin, "/metrics").await.1, "qkv_disk_snapshots_total{result=\"failed\"}")
+    };
+    let client = Client::connect_with(server.client_config(Transport::Quic)).await.expect("connects");
+    let value = "v".repeat(100);
+    let mut writes = 0;
+    while failed().await < 1.0 {
+        assert!(writes < 2000, "no snapshot failed after {writes} writes of 100 bytes");
+        for _ in 0..20 {
+            client.hset("t", &format!("k{writes}"), value.as_str()).await.expect("hset");
+            writes += 1;
+        }
+    }
+    client.hset("t", "after", value.as_str()).await.expect("the store goes on after a failed snapshot");
+    assert_eq!(client.hget("t", "k0").await.expect("hget").map(|v| v.value), Some(value.into()));
+    let metrics = get(admin, "/metrics").await.1;
+    assert_eq!(sample(&metrics, "qkv_disk_snapshots_total{result=\"written\"}"), 0.0, "{metrics}");
+    assert_eq!(sample(&metrics, "qkv_healthy"), 1.0, "{metrics}");
+    client.close().await;
 }
 
 /// The admin listener serves at most 64 connections at once: the next is closed as soon as it is

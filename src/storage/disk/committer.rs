@@ -112,7 +112,6 @@ impl Committer {
                 self.log.fail(e.to_string());
                 failure = Some(format!("writing the data log failed ({e})"));
             }
-            self.log_bytes += batch.len() as u64;
             batch.clear();
             if batch.capacity() > KEEP_BUFFER {
                 batch = Vec::new();
@@ -123,10 +122,12 @@ impl Committer {
                     Ok(Ok(size)) => self.snapshot_size = size,
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "writing a snapshot failed; the log keeps everything meanwhile");
+                        crate::metrics::disk_snapshot_failed();
                         retry_snapshot_at = Instant::now() + SNAPSHOT_RETRY;
                     }
                     Err(_) => {
                         tracing::error!("the snapshot thread panicked; the log keeps everything meanwhile");
+                        crate::metrics::disk_snapshot_failed();
                         retry_snapshot_at = Instant::now() + SNAPSHOT_RETRY;
                     }
                 }
@@ -138,6 +139,7 @@ impl Committer {
                         Ok(started) => snapshotting = started,
                         Err(e) => {
                             tracing::error!(error = %e, "cannot start a snapshot; the log keeps everything meanwhile");
+                            crate::metrics::disk_snapshot_failed();
                             retry_snapshot_at = Instant::now() + SNAPSHOT_RETRY;
                         }
                     },
@@ -185,6 +187,9 @@ impl Committer {
         if !batch.is_empty() {
             crate::metrics::disk_batch(count);
             self.segment.append(batch)?;
+            // Counted before the writes are answered, so that whoever wrote sees them in the figure.
+            self.log_bytes += batch.len() as u64;
+            crate::metrics::disk_log(self.log_bytes);
         }
         let sync = match self.durability {
             Durability::Strict => true,
@@ -216,6 +221,7 @@ impl Committer {
         self.segment = files::create_segment(&self.dir, generation, self.log.appended())?;
         self.generation = generation;
         self.log_bytes = 0;
+        crate::metrics::disk_log(0);
         Ok(())
     }
 
@@ -227,12 +233,14 @@ impl Committer {
         let thread = std::thread::Builder::new().name("qkv-snapshot".into()).spawn(move || {
             let started = Instant::now();
             let size = snapshot::write(&dir, generation, &store, &stop)?;
+            let elapsed = started.elapsed();
             tracing::info!(
                 generation,
                 bytes = size,
-                elapsed_ms = started.elapsed().as_millis() as u64,
+                elapsed_ms = elapsed.as_millis() as u64,
                 "snapshot written"
             );
+            crate::metrics::disk_snapshot_written(size, elapsed);
             Ok(size)
         })?;
         Ok(Some(Snapshotting { thread, cancelled }))

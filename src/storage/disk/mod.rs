@@ -160,6 +160,7 @@ impl DiskStore {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "data recovered"
         );
+        crate::metrics::disk_recovered(started.elapsed(), recovered.snapshot_size, recovered.log_bytes);
         if let Some(memory) = usage.memory
             && memory.used > memory.budget
         {
