@@ -94,7 +94,7 @@ fn too_large_hint(declared: u64) -> &'static str {
         "" if declared & u64::from(COMPRESSED) != 0 => {
             " (its top bit is set: a frame compressed as the course's frame.rs compresses those over 1436 \
              bytes, which qkv takes on TCP and TLS but not on a QUIC stream: send it uncompressed there, \
-             docs/PROTOCOL.md section 12)"
+             docs/PROTOCOL.md sections 3 and 12)"
         }
         hint => hint,
     }
