@@ -56,6 +56,15 @@ pub(super) enum Closed {
 }
 
 impl Closed {
+    /// What a request that was never pushed onto the connection meets: it cannot have been
+    /// executed, whatever the connection's end means for those sent before it.
+    fn before_sending(&self) -> Closed {
+        match self {
+            Closed::Lost(cause) => Closed::NotSent(cause.clone()),
+            other => other.clone(),
+        }
+    }
+
     pub(super) fn error(&self) -> ClientError {
         match self.clone() {
             Closed::Unavailable(reason) => ClientError::Unavailable { reason },
@@ -342,16 +351,17 @@ impl TcpConnection {
         loop {
             {
                 let mut outbox = shared.outbox.lock();
+                // Not pushed, so not sent: a connection lost meanwhile took nothing of this request.
                 if let Some(closed) = state.closed.get() {
-                    return Err(closed.error());
+                    return Err(closed.before_sending().error());
                 }
                 if outbox.stopped {
-                    return Err(state.reason().error());
+                    return Err(state.reason().before_sending().error());
                 }
                 if outbox.has_room() {
                     let idle = outbox.is_empty() && state.outstanding.load(Ordering::Relaxed) == 0;
                     if !outbox.push(&frame, Some(answer), state) {
-                        return Err(state.reason().error());
+                        return Err(state.reason().before_sending().error());
                     }
                     // Alone on the connection: write it now rather than wake the writer to. Frames that
                     // follow while answers are outstanding wait for the writer, and go out together.
@@ -476,6 +486,9 @@ impl Writer {
                     let quiet = !std::mem::replace(&mut outbox.active, false);
                     if quiet && let Ok(ping) = encode_frame(&CommandRequest::ping(Bytes::new()), max_frame_len) {
                         outbox.push(&ping, None, state);
+                        // The ping is not the caller's activity: the next interval, quiet again, pings
+                        // again (else an idle connection was pinged every other interval).
+                        outbox.active = false;
                     }
                 }
             }
@@ -536,13 +549,12 @@ impl Reader {
         let mut answers = FramedRead::new(read, FrameCodec::<CommandResponse>::new(self.max_frame_len));
         // The request whose answer is arriving, once its first frame is in.
         let mut current: Option<Route> = None;
-        // The last answer, if it was a 503: followed by the connection's end, it was the server's
-        // closing (shutdown, its connection limit or memory), and the requests after it were not
-        // executed; followed by more answers, it refused its own request alone (a backend unavailable).
-        let mut last_refusal: Option<String> = None;
-        // A refusal the server closes the connection after, once one has come: whatever ends the
+        // A refusal the server closes the connection after (its message ends with `CLOSING_SUFFIX`:
+        // a bad frame, shutdown, its connection limit or memory), once one has come: whatever ends the
         // connection then (its close, a reset while the client still sends), what was behind it was
-        // not executed.
+        // not executed. A 503 without it refused its own request alone, even when the connection ends
+        // right after it: the server also closes when it cannot hold an answer, after executing its
+        // request, and that may come right behind another request's 503.
         let mut closed_by_refusal: Option<String> = None;
         let closing = self.closing.clone();
         let mut closing = pin!(closing.cancelled());
@@ -560,10 +572,7 @@ impl Reader {
                 },
                 Some(Err(e)) if e.is_other_protocol() => break Closed::OtherProtocol(e.into()),
                 Some(Err(e)) => break Closed::Lost(e.into()),
-                None => match last_refusal.take() {
-                    Some(reason) => break Closed::Unavailable(reason),
-                    None => break Closed::Lost(Cause::ServerClosed),
-                },
+                None => break Closed::Lost(Cause::ServerClosed),
             };
             let unavailable = !frame.more && frame.status == status::UNAVAILABLE;
             // A refusal the server closes the connection after (docs/PROTOCOL.md, section 8): it reads
@@ -600,7 +609,6 @@ impl Reader {
             if more {
                 current = Some(route);
             }
-            last_refusal = reason;
         };
         let closed = closed_by_refusal.map_or(closed, Closed::Unavailable);
         let state = &*self.shared.state;
@@ -738,6 +746,57 @@ mod tests {
         for mut frames in calls {
             let error = frames.next().await.unwrap().unwrap_err();
             assert_eq!(error.executed(), Executed::No, "{error}");
+        }
+    }
+
+    /// A 503 that does not say it closes the connection refused its own request alone, even when the
+    /// connection ends right after it: the server also ends a connection when it cannot hold an answer,
+    /// after executing its request, and that answer may have been the next one (a publish's 503, then
+    /// the write behind it, executed, its answer dropped). The requests behind it may have run.
+    #[tokio::test]
+    async fn a_503_then_the_end_of_the_connection_leaves_the_requests_behind_it_uncertain() {
+        let (connection, mut server) = connection(64 * 1024);
+        let mut calls = Vec::new();
+        for _ in 0..2 {
+            calls.push(connection.send(ping(10)).await.unwrap());
+        }
+        for _ in 0..2 {
+            read_frame(&mut server).await;
+        }
+        let refusal = CommandResponse::error(status::UNAVAILABLE, "no memory to queue the message");
+        server.write_all(&encode_frame(&refusal, MAX_FRAME).unwrap()).await.unwrap();
+        server.shutdown().await.unwrap();
+        let first = calls.remove(0).next().await.unwrap().unwrap();
+        assert_eq!(first.status, status::UNAVAILABLE);
+        let behind = calls.remove(0).next().await.unwrap().unwrap_err();
+        assert_eq!(behind.executed(), Executed::Maybe, "{behind}");
+    }
+
+    /// A request that meets a connection already given up was never sent: it was not executed (it
+    /// is retried), whatever the requests sent before it met.
+    #[tokio::test]
+    async fn a_request_refused_by_a_connection_given_up_was_not_executed() {
+        let (connection, _server) = connection(64 * 1024);
+        connection.abandon();
+        let error = connection.send(ping(10)).await.map(drop).expect_err("the connection is given up");
+        assert_eq!(error.executed(), Executed::No, "{error}");
+    }
+
+    /// An idle connection is pinged once every keep-alive interval (the server's idle timeout counts on
+    /// it), not every other one: the ping itself is not activity. On tokio's paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_pinged_every_keep_alive_interval() {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let config = ClientConfig {
+            keep_alive: Duration::from_secs(10),
+            ..ClientConfig::new("127.0.0.1:7000", "ca.pem")
+        };
+        let _connection = TcpConnection::start(client, "127.0.0.1:7000".parse().unwrap(), &config, None);
+        let empty_ping = encode_frame(&CommandRequest::ping(Bytes::new()), MAX_FRAME).unwrap().len();
+        let started = tokio::time::Instant::now();
+        for n in 1..=4u32 {
+            assert_eq!(read_frame(&mut server).await, empty_ping);
+            assert_eq!(started.elapsed(), n * Duration::from_secs(10), "ping {n}");
         }
     }
 

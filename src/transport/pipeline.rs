@@ -51,7 +51,10 @@
 //! stay half open, its subscriptions end first, each with its last frame. It ends too when a frame is
 //! bad (an error frame, then close: on a byte stream there is no way to resynchronise); when a frame takes longer than the request timeout to arrive (408);
 //! when it is idle for the idle timeout; or at shutdown, with a 503 frame meaning "this request and all
-//! later ones on this connection were not executed".
+//! later ones on this connection were not executed". Every last frame that says so ends with
+//! `frame::CLOSING_SUFFIX`: a 503 without it refused its own request alone, even when the connection
+//! ends right after it (an answer the memory budget could not hold, written behind a publish's 503,
+//! ends the connection without a frame: its request may have been executed).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -149,11 +152,17 @@ impl Ending {
             Ending::Rejected(e) => Some(e.response(frame::CLOSING_SUFFIX)),
             Ending::ShuttingDown => Some(CommandResponse::error(
                 status::UNAVAILABLE,
-                "the server is shutting down; this request and any later ones on this connection were not executed",
+                format!(
+                    "the server is shutting down; this request and any later ones on this connection were not executed{}",
+                    frame::CLOSING_SUFFIX
+                ),
             )),
             Ending::NoMemory => Some(CommandResponse::error(
                 status::UNAVAILABLE,
-                "the server has no memory for more requests now (its connection memory budget is spent); this request and any later ones on this connection were not executed: retry later",
+                format!(
+                    "the server has no memory for more requests now (its connection memory budget is spent); this request and any later ones on this connection were not executed, retry later{}",
+                    frame::CLOSING_SUFFIX
+                ),
             )),
             Ending::ClientClosed | Ending::Idle | Ending::Failed(_) => None,
         }

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::admission::{Admission, Admitted, Refusal};
-use super::frame::encode_frame;
+use super::frame::{self, encode_frame};
 use super::log_throttle::{self, HeldBack, LogThrottle};
 use super::pipeline::{AfterClose, serve_pipelined};
 use super::timeouts::StallTimeout;
@@ -170,7 +170,8 @@ fn refuse(stream: TcpStream, security: &TcpSecurity, refusal: Refusal, tasks: &T
             let refusal = CommandResponse::error(
                 status::UNAVAILABLE,
                 format!(
-                    "the server refused the connection: {refusal}; nothing was executed on this connection"
+                    "the server refused the connection: {refusal}; nothing was executed on this connection{}",
+                    frame::CLOSING_SUFFIX
                 ),
             );
             let tell = async {

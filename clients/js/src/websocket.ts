@@ -103,11 +103,9 @@ export class WebSocketConnection implements Connection {
   private decoder: FrameDecoder;
   private isOpen = true;
   /**
-   * The last frame received may have been the server's last: a 503's, or a refusal that ends with
-   * "; closing the connection". If the connection now ends, nothing after it was executed.
+   * The server said it closes the connection (a refusal ending "; closing the connection": a bad frame,
+   * shutdown, its memory spent): it executed nothing after it, and nothing more is sent on it.
    */
-  private endedByServer = false;
-  /** The server said it closes the connection (a refusal ending "; closing the connection"): nothing more is sent on it. */
   private closing = false;
   private gone = deferred<void>();
 
@@ -119,7 +117,7 @@ export class WebSocketConnection implements Connection {
     this.decoder = new FrameDecoder(maxFrameSize);
     socket.onmessage = (event) => this.received(event.data);
     socket.onclose = (event) =>
-      this.ended(`the server closed the WebSocket (code ${event.code ?? "?"}${event.reason ? `: ${event.reason}` : ""})`, true);
+      this.ended(`the server closed the WebSocket (code ${event.code ?? "?"}${event.reason ? `: ${event.reason}` : ""})`);
     // An error ends a WebSocket (browsers follow it with a close event, node's not always).
     socket.onerror = (event) => this.broken(`the WebSocket failed: ${errorText(event)}`);
   }
@@ -209,7 +207,6 @@ export class WebSocketConnection implements Connection {
       }
       // docs/PROTOCOL.md, sections 8 and 10: a refusal the server ends the connection after says so.
       const closes = !response.more && response.status !== 200 && response.message.endsWith(CLOSING);
-      this.endedByServer = closes || (response.status === 503 && !response.more);
       if (closes) this.closing = true;
       // An answer with no request waiting is a 503 announcing the end of the connection: nothing to do.
       const head = this.pending[0];
@@ -225,8 +222,7 @@ export class WebSocketConnection implements Connection {
     this.ended(reason);
   }
 
-  /** `byServer`: the server closed the WebSocket (the only ending its last frame speaks for). */
-  private ended(reason: string, byServer = false): void {
+  private ended(reason: string): void {
     const failed = this.pending.splice(0);
     this.outgoing.length = 0;
     if (this.isOpen) {
@@ -235,11 +231,11 @@ export class WebSocketConnection implements Connection {
       this.socket.onclose = null;
     }
     for (const answer of failed) {
-      // After a 503, or a refusal that closes the connection, the server executed nothing more on it
-      // (docs/PROTOCOL.md, sections 8 and 10).
-      // A refusal that closes the connection speaks for whatever ends it then; a 503 only for the
-      // server's own close (one followed by a failure may have refused its request alone).
-      const executed = this.closing || (byServer && this.endedByServer) || !answer.sent ? "no" : "maybe";
+      // After a refusal that closes the connection the server executed nothing more on it, however the
+      // connection then ends (docs/PROTOCOL.md, sections 8 and 10). A 503 without that ending refused
+      // its own request alone, even when the connection ends right after it: the server also closes
+      // when it cannot hold an answer, after executing its request.
+      const executed = this.closing || !answer.sent ? "no" : "maybe";
       answer.fail(new TransportFailure(reason, executed));
     }
     this.gone.resolve();

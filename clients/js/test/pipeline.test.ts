@@ -192,7 +192,7 @@ test("when the connection is lost, reads are sent again; a write's outcome is un
   assert.equal((await c.hget("t", "k"))?.value.value, "lost?");
 });
 
-test("after a 503 the server executed nothing more on the connection: those requests are sent again", async () => {
+test("after a refusal that closes the connection the server executed nothing more on it: those requests are sent again", async () => {
   let refusing: FakeSocket | undefined;
   const inner = store();
   const server = new FakeServer((request, socket) => {
@@ -200,7 +200,8 @@ test("after a 503 the server executed nothing more on the connection: those requ
     if (refusing === undefined && request.requestData.case === "hset") {
       refusing = socket;
       // The answer to this request, then the connection ends; the requests after it were not executed.
-      server.deliver(socket, [frame({ status: 503, message: "the server is shutting down; nothing was executed" })]);
+      const message = "the server is shutting down; this request and any later ones were not executed; closing the connection";
+      server.deliver(socket, [frame({ status: 503, message })]);
       socket.serverClose();
       return [];
     }
@@ -234,6 +235,27 @@ test("a 503 that refused its request alone says nothing of the requests behind i
   const read = c.hget("t", "k");
   const write = c.hset("t", "k", "v");
   read.catch(() => {});
+  await assert.rejects(write, (e: unknown) => e instanceof QkvError && e.executed === "maybe");
+});
+
+test("a 503 that does not close the connection says nothing of the requests behind it when the server then closes it", async () => {
+  let closing: FakeSocket | undefined;
+  const server = new FakeServer((request, socket) => {
+    if (socket === closing) return []; // executed, but its answer could not be held: the server closes
+    if (closing === undefined && request.requestData.case === "publish") {
+      closing = socket;
+      // This publish alone refused (no memory to queue it); the write behind it runs, and the server
+      // ends the connection without its answer.
+      server.deliver(socket, [frame({ status: 503, message: "no memory to queue the message" })]);
+      socket.serverClose();
+      return [];
+    }
+    return store()(request);
+  });
+  const c = await client(server, { reconnect: { maxAttempts: 0 } });
+  const published = c.publish("news", []);
+  const write = c.hset("t", "k", "v");
+  published.catch(() => {});
   await assert.rejects(write, (e: unknown) => e instanceof QkvError && e.executed === "maybe");
 });
 

@@ -3085,7 +3085,7 @@ var PipelinedAnswer = class {
   constructor(socket, maxFrameSize, maxMessage = 65536) {
     this.socket = socket;
     this.maxMessage = maxMessage;
-    this.decoder = new FrameDecoder(maxFrameSize), socket.onmessage = (event) => this.received(event.data), socket.onclose = (event) => this.ended(`the server closed the WebSocket (code ${event.code ?? "?"}${event.reason ? `: ${event.reason}` : ""})`, !0), socket.onerror = (event) => this.broken(`the WebSocket failed: ${errorText(event)}`);
+    this.decoder = new FrameDecoder(maxFrameSize), socket.onmessage = (event) => this.received(event.data), socket.onclose = (event) => this.ended(`the server closed the WebSocket (code ${event.code ?? "?"}${event.reason ? `: ${event.reason}` : ""})`), socket.onerror = (event) => this.broken(`the WebSocket failed: ${errorText(event)}`);
   }
   socket;
   maxMessage;
@@ -3098,11 +3098,9 @@ var PipelinedAnswer = class {
   decoder;
   isOpen = !0;
   /**
-   * The last frame received may have been the server's last: a 503's, or a refusal that ends with
-   * "; closing the connection". If the connection now ends, nothing after it was executed.
+   * The server said it closes the connection (a refusal ending "; closing the connection": a bad frame,
+   * shutdown, its memory spent): it executed nothing after it, and nothing more is sent on it.
    */
-  endedByServer = !1;
-  /** The server said it closes the connection (a refusal ending "; closing the connection"): nothing more is sent on it. */
   closing = !1;
   gone = deferred();
   get open() {
@@ -3169,8 +3167,7 @@ var PipelinedAnswer = class {
         this.broken(`the server sent an undecodable response: ${errorText(e)}`);
         return;
       }
-      let closes = !response.more && response.status !== 200 && response.message.endsWith(CLOSING);
-      this.endedByServer = closes || response.status === 503 && !response.more, closes && (this.closing = !0);
+      !response.more && response.status !== 200 && response.message.endsWith(CLOSING) && (this.closing = !0);
       let head = this.pending[0];
       head !== void 0 && (head.deliver(response), response.more || this.pending.shift());
     }
@@ -3179,12 +3176,11 @@ var PipelinedAnswer = class {
   broken(reason) {
     this.closeSocket(), this.ended(reason);
   }
-  /** `byServer`: the server closed the WebSocket (the only ending its last frame speaks for). */
-  ended(reason, byServer = !1) {
+  ended(reason) {
     let failed = this.pending.splice(0);
     this.outgoing.length = 0, this.isOpen && (this.isOpen = !1, this.socket.onmessage = null, this.socket.onclose = null);
     for (let answer of failed) {
-      let executed = this.closing || byServer && this.endedByServer || !answer.sent ? "no" : "maybe";
+      let executed = this.closing || !answer.sent ? "no" : "maybe";
       answer.fail(new TransportFailure(reason, executed));
     }
     this.gone.resolve();
