@@ -322,6 +322,40 @@ async fn a_lost_connection_is_replaced_on_the_next_call(transport: Transport) {
 
 transport_tests!(reconnection: quic, tls, tcp, http, grpc, grpc_pipeline => a_lost_connection_is_replaced_on_the_next_call);
 
+/// A call read to its last frame leaves its stream read to the end: the client sends the server no
+/// STOP_SENDING for it (quinn sends one for a stream dropped before its end was read, even when every
+/// byte of it has arrived: a frame after every request, for nothing). A bare QUIC server answers three
+/// pings, each with its last frame and the stream's end together, as qkv's server sends them; the
+/// client's STOP_SENDING for a call would come before the next call's stream data.
+#[tokio::test]
+async fn a_call_read_to_its_last_frame_sends_no_stop_sending() {
+    let bare = common::BareQuicServer::start(&Default::default());
+    let endpoint = bare.endpoint.clone();
+    let server = tokio::spawn(async move {
+        let connection = endpoint.accept().await.unwrap().await.unwrap();
+        for _ in 0..3 {
+            let (mut send, mut recv) = connection.accept_bi().await.unwrap();
+            recv.read_to_end(1 << 20).await.unwrap();
+            let pong = qkv::pb::CommandResponse {
+                values: vec![Value::from(b"p".to_vec())],
+                ..qkv::pb::CommandResponse::ok()
+            };
+            send.write_all(&common::frame_of(&pong)).await.unwrap();
+            send.finish().unwrap();
+        }
+        let stops = connection.stats().frame_rx.stop_sending;
+        connection.closed().await;
+        stops
+    });
+    let client =
+        Client::connect_with(ClientConfig::new(bare.addr.to_string(), bare.ca.clone())).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(client.ping(b"p".to_vec()).await.unwrap(), &b"p"[..]);
+    }
+    client.close().await;
+    assert_eq!(server.await.unwrap(), 0, "STOP_SENDING frames the server received");
+}
+
 #[tokio::test]
 async fn dropping_a_call_while_its_request_is_written_resets_the_stream() {
     // A bare QUIC server that accepts the request stream and reads none of it: the client's write

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use quinn::RecvStream;
 use tokio_util::codec::FramedRead;
 
@@ -116,8 +116,20 @@ impl futures_util::Stream for ResponseFrames {
 
 impl Drop for ResponseFrames {
     fn drop(&mut self) {
-        if let (false, Source::Quic(frames)) = (self.done, &mut self.source) {
-            let _ = frames.get_mut().stop(codes::CANCELLED);
+        let Source::Quic(frames) = &mut self.source else { return };
+        let stream = frames.get_mut();
+        match self.done {
+            false => {
+                let _ = stream.stop(codes::CANCELLED);
+            }
+            // Every frame is in, but the codec stopped at the last one without reading on: take the
+            // stream's end, which the server sends with its last frame, so that quinn counts the stream
+            // read to its end. Dropped before that, it sends the server STOP_SENDING for a stream read
+            // whole (a frame for nothing, after every request). An end still on its way is not waited
+            // for.
+            true => {
+                let _ = stream.read_chunk(usize::MAX, true).now_or_never();
+            }
         }
     }
 }
