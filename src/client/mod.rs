@@ -144,6 +144,10 @@ impl ClientConfig {
     }
 }
 
+/// The longest connect or request timeout a client takes (a year): long enough to mean "wait", short
+/// enough that a deadline computed from it cannot overflow.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl ClientConfig {
     /// Checks that the settings can work together; the error says which to change.
     pub fn validate(&self) -> Result<(), String> {
@@ -155,6 +159,10 @@ impl ClientConfig {
         ] {
             if value.is_zero() {
                 return Err(format!("the {name} must be longer than zero"));
+            }
+            // A deadline is now + the timeout: `Duration::MAX` ("no timeout") would overflow it.
+            if value > MAX_TIMEOUT {
+                return Err(format!("the {name} ({value:?}) must be at most a year ({MAX_TIMEOUT:?})"));
             }
         }
         if self.keep_alive >= self.limits.idle_timeout {
@@ -885,4 +893,28 @@ fn written(response: CommandResponse) -> ClientResult<Written> {
         .into_iter()
         .next()
         .ok_or_else(|| ClientError::Protocol("a write was answered without a result".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// "No timeout" spelled `Duration::MAX` is refused with a clear error; a call's deadline (now +
+    /// the timeout) would otherwise overflow and panic.
+    #[tokio::test]
+    async fn a_timeout_too_long_for_a_deadline_is_refused_as_a_setting() {
+        for (connect_timeout, request_timeout) in
+            [(Duration::MAX, Duration::from_secs(1)), (Duration::from_secs(1), Duration::MAX)]
+        {
+            let config = ClientConfig {
+                connect_timeout,
+                request_timeout,
+                ..ClientConfig::new("127.0.0.1:1", "ca.pem")
+            };
+            match Client::connect_with(config).await {
+                Err(ClientError::InvalidConfig(why)) => assert!(why.contains("at most a year"), "{why}"),
+                other => panic!("expected the setting refused, got {other:?}"),
+            }
+        }
+    }
 }
