@@ -456,6 +456,42 @@ async fn a_failed_snapshot_is_counted_and_the_store_goes_on() {
     client.close().await;
 }
 
+/// A WebSocket session whose client stops reading is closed after the reply timeout and counted as
+/// a `reply_timeout` hit, as a TCP connection's or an HTTP one's is. (Its stall times out on the
+/// socket beneath the WebSocket, after the HTTP/1.1 connection it was upgraded from has ended.)
+#[tokio::test]
+async fn a_websocket_session_that_stops_reading_is_counted_as_a_reply_timeout() {
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let args =
+        ["--web", "127.0.0.1:0", "--web-plaintext", "--reply-timeout", "500ms", "--admin", "127.0.0.1:0"];
+    let mut server = ServerProcess::start(&args).await;
+    let (admin, web) = (server.admin_addr().await, server.web_addr().await);
+    let client = Client::connect_with(server.client_config(Transport::Quic)).await.expect("connects");
+    client.hset("t", "big", vec![7u8; 1 << 20]).await.expect("hset");
+    client.close().await;
+    // A client that reads nothing, with a small receive buffer: 8 MiB of answers fill what the
+    // sockets hold.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("receive buffer");
+    let stream = socket.connect(web).await.expect("connects");
+    let request = format!("ws://{web}/ws").into_client_request().expect("request");
+    let (mut websocket, _) = tokio_tungstenite::client_async(request, stream).await.expect("WebSocket");
+    let hget = common::frame(&qkv::pb::CommandRequest::hget("t", "big"));
+    for _ in 0..8 {
+        futures_util::SinkExt::send(&mut websocket, Message::Binary(hget.clone())).await.expect("sent");
+    }
+    let timeouts = || async move {
+        sample(&get(admin, "/metrics").await.1, "qkv_limits_hit_total{limit=\"reply_timeout\"}")
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while timeouts().await < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the unread WebSocket was not counted in 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(timeouts().await, 1.0, "counted once");
+    drop(websocket);
+}
+
 /// The admin listener serves at most 64 connections at once: the next is closed as soon as it is
 /// accepted, so that whatever reaches the port cannot take the file descriptors the data ports need;
 /// once the holders go, it serves again.

@@ -390,7 +390,6 @@ impl<H: Handler> Connection<H> {
         };
         match served {
             Some(Err(e)) if stalled.load(Ordering::Relaxed) => {
-                crate::metrics::limit_hit(crate::metrics::Limit::ReplyTimeout);
                 debug!(error = %e, "closed a web connection whose client stopped reading");
             }
             Some(Err(e)) => debug!(error = %e, "the HTTP connection ended with an error"),
@@ -400,6 +399,12 @@ impl<H: Handler> Connection<H> {
         // shutdown like any connection).
         sessions.close();
         sessions.wait().await;
+        // Counted once the sessions have ended too: a WebSocket upgraded from HTTP/1.1 writes on this
+        // socket after its HTTP has ended, and a stall of it reaches its session as the WebSocket
+        // library's error, which no longer says it was one.
+        if stalled.load(Ordering::Relaxed) {
+            crate::metrics::limit_hit(crate::metrics::Limit::ReplyTimeout);
+        }
         handler.connection_closing(&caller, crate::pubsub::ConnectionEnd::StreamEnded);
         received.load(Ordering::Relaxed)
     }
