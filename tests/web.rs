@@ -341,6 +341,10 @@ async fn bad_input_gets_a_clear_4xx_and_never_a_500() {
     web.put(key, "text/plain", &[0xff, 0xfe], &[]).await.problem(400);
     web.put(key, "text/plain; charset=latin1", b"x", &[]).await.problem(415);
     web.put(key, "text/plain; Charset=latin1", b"x", &[]).await.problem(415);
+    // JSON is UTF-8: a body said to be in another charset is refused, not read as UTF-8.
+    web.put(key, "application/json; charset=utf-16", b"\"x\"", &[]).await.problem(415);
+    let utf8 = web.put("/v1/tables/t/keys/json-utf8", "application/json; charset=\"UTF-8\"", b"\"x\"", &[]);
+    assert_eq!(utf8.await.status, 201);
     web.put(key, "application/x-www-form-urlencoded", b"a=b", &[]).await.problem(415);
     web.curl(key, &["-X", "PUT", "--data-binary", "x", "-H", "content-type:"]).await.problem(415);
     web.put(key, "text/plain", &vec![b'x'; 200 * 1024], &[]).await.problem(413);

@@ -411,22 +411,14 @@ fn value_of(headers: &HeaderMap, body: Bytes) -> Result<Value, Problem> {
             ),
         )
     };
+    // Text is read as UTF-8: a body that says it is in another charset is refused, not misread.
+    if matches!(media.as_str(), "text/plain" | "application/json") && !charset_is_utf8(content_type) {
+        return Err(unsupported());
+    }
     match media.as_str() {
-        "text/plain" => {
-            // Parameter names are case-insensitive (RFC 9110, 5.6.6).
-            let charset = parts
-                .filter_map(|p| p.split_once('='))
-                .find(|(name, _)| name.trim().eq_ignore_ascii_case("charset"))
-                .map(|(_, c)| c.trim().trim_matches('"'));
-            if charset.is_some_and(|c| !c.eq_ignore_ascii_case("utf-8")) {
-                return Err(unsupported());
-            }
-            String::from_utf8(body.to_vec()).map(Value::from).map_err(|_| {
-                Problem::bad_request(
-                    "a text/plain value must be UTF-8: send binary as application/octet-stream",
-                )
-            })
-        }
+        "text/plain" => String::from_utf8(body.to_vec()).map(Value::from).map_err(|_| {
+            Problem::bad_request("a text/plain value must be UTF-8: send binary as application/octet-stream")
+        }),
         "application/octet-stream" => Ok(Value::from(body)),
         "application/json" => {
             let text = std::str::from_utf8(&body)
@@ -435,6 +427,19 @@ fn value_of(headers: &HeaderMap, body: Bytes) -> Result<Value, Problem> {
         }
         _ => Err(unsupported()),
     }
+}
+
+/// Whether a content type's charset, if it names one, is UTF-8 (JSON is UTF-8 by RFC 8259; a
+/// `charset=utf-16` JSON body was read as UTF-8). Parameter names are case-insensitive (RFC 9110,
+/// 5.6.6).
+fn charset_is_utf8(content_type: &str) -> bool {
+    let charset = content_type
+        .split(';')
+        .skip(1)
+        .filter_map(|p| p.split_once('='))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("charset"))
+        .map(|(_, c)| c.trim().trim_matches('"'));
+    charset.is_none_or(|c| c.eq_ignore_ascii_case("utf-8"))
 }
 
 /// A JSON request body. Its content type must say so: a browser sends a form or text/plain to another
@@ -446,7 +451,9 @@ fn json_body<T: serde::de::DeserializeOwned>(
     expected: &str,
 ) -> Result<T, Problem> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if super::media_type(content_type).as_deref() != Some("application/json") {
+    if super::media_type(content_type).as_deref() != Some("application/json")
+        || !charset_is_utf8(content_type)
+    {
         return Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("the body must be application/json ({expected}), not {content_type:?}"),
