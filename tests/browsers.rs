@@ -311,6 +311,21 @@ async fn the_consoles_files_are_revalidated_by_their_etag() {
     }
 }
 
+/// The console's page links only files the listener serves, an icon among them: without one a
+/// browser asks for /favicon.ico, a 404 that its developer tools report on every load.
+#[tokio::test]
+async fn the_console_page_links_an_icon_and_only_files_that_are_served() {
+    let page = include_str!("../src/web/console/index.html");
+    assert!(page.contains("rel=\"icon\""), "the console's page links no icon");
+    let linked: Vec<&str> = page.split(['"', '\'']).filter(|word| word.starts_with("/console/")).collect();
+    assert!(linked.len() >= 3, "{linked:?}");
+    let browsers = Browsers::start().await;
+    for path in linked {
+        let head = browsers.response_head(path, "accept: */*", &[]).await;
+        assert!(head.starts_with("http/2 200"), "{path}: {head}");
+    }
+}
+
 #[tokio::test]
 async fn webtransport_sessions_from_other_origins_or_for_other_paths_are_refused() {
     let browsers =

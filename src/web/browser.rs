@@ -112,10 +112,11 @@ pub(super) fn router<H: Handler>(handler: H, browsers: Browsers) -> Router {
 }
 
 /// The console's files, embedded: (name, content type, content).
-const CONSOLE: [(&str, &str, &str); 4] = [
+const CONSOLE: [(&str, &str, &str); 5] = [
     ("index.html", "text/html; charset=utf-8", include_str!("console/index.html")),
     ("console.js", "text/javascript; charset=utf-8", include_str!("console/console.js")),
     ("console.css", "text/css; charset=utf-8", include_str!("console/console.css")),
+    ("favicon.svg", "image/svg+xml", include_str!("console/favicon.svg")),
     (CLIENT_BUNDLE, "text/javascript; charset=utf-8", include_str!("console/qkv-client.js")),
 ];
 
