@@ -356,6 +356,31 @@ async fn a_call_read_to_its_last_frame_sends_no_stop_sending() {
     assert_eq!(server.await.unwrap(), 0, "STOP_SENDING frames the server received");
 }
 
+/// A connection lost while a request is still being written (flow control holds the rest of a large
+/// value) did not execute it: the server runs a request only once it has its stream's end, which the
+/// client had not sent. The call says so (it was reported "may have been executed").
+#[tokio::test]
+async fn a_connection_lost_before_the_request_was_whole_did_not_execute_it() {
+    let bare = common::BareQuicServer::start(&Default::default());
+    let endpoint = bare.endpoint.clone();
+    let server = tokio::spawn(async move {
+        let connection = endpoint.accept().await.unwrap().await.unwrap();
+        let (_send, mut recv) = connection.accept_bi().await.unwrap();
+        // The request has begun to arrive; 12 MiB are far more than the stream's window lets through.
+        recv.read_chunk(1024, true).await.unwrap().expect("a first piece");
+        connection.close(qkv::transport::quic::codes::SHUTDOWN_FORCED, b"gone");
+        connection.closed().await;
+    });
+    let config = ClientConfig {
+        retry: RetryPolicy { attempts: 1, ..Default::default() },
+        ..ClientConfig::new(bare.addr.to_string(), bare.ca.clone())
+    };
+    let client = Client::connect_with(config).await.unwrap();
+    let err = client.hset("t", "big", vec![0u8; 12 << 20]).await.unwrap_err();
+    assert_eq!(err.executed(), qkv::client::Executed::No, "{err}");
+    server.await.unwrap();
+}
+
 #[tokio::test]
 async fn dropping_a_call_while_its_request_is_written_resets_the_stream() {
     // A bare QUIC server that accepts the request stream and reads none of it: the client's write

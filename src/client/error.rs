@@ -469,6 +469,15 @@ impl ClientError {
         refuses_client_certificate(u8::from(*description)).then(|| alert.clone())
     }
 
+    /// Writing the request failed before its stream was finished: the server executes a request only
+    /// once it has its stream's end (docs/PROTOCOL.md, section 2.1), so this one was not executed.
+    pub(crate) fn before_finish(e: WriteError) -> Self {
+        match Self::from_write(e) {
+            ClientError::ConnectionLost(cause) | ClientError::Stream(cause) => ClientError::NotSent { cause },
+            other => other,
+        }
+    }
+
     pub(crate) fn from_write(e: WriteError) -> Self {
         match e {
             WriteError::ConnectionLost(e) => Self::from_connection(e),

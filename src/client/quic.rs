@@ -132,7 +132,7 @@ impl QuicConnection {
             match stream.write_chunk(frame).await {
                 // The server stopped reading because it refused the request; its reply says why.
                 Ok(()) | Err(WriteError::Stopped(_)) => {}
-                Err(e) => return Err(ClientError::from_write(e)),
+                Err(e) => return Err(ClientError::before_finish(e)),
             }
         }
         send.finish();
