@@ -269,6 +269,10 @@ pub enum Cause {
     /// tries).
     #[error("no connection to the server within the call's deadline of {0:?}")]
     NoConnectionWithin(Duration),
+    /// The call's deadline passed before its request was all sent: the connection's flow control
+    /// held it back (a server that reads slowly, or requests ahead of it filling the way).
+    #[error("the request could not be sent within the call's deadline of {0:?}: the connection was full")]
+    NotSentWithin(Duration),
     /// HTTP/2 failed (the web transports).
     #[error(transparent)]
     Http(Arc<dyn std::error::Error + Send + Sync>),

@@ -543,7 +543,15 @@ impl Client {
             Connection::Quic(quic) => {
                 quic.call(frame, max_frame_len, deadline, request.is_idempotent()).await
             }
-            Connection::Tcp(tcp) => first_frame_until(deadline, tcp.send(frame)).await,
+            // Not pushed by the deadline (the connection full): certainly not sent, and the
+            // connection is left as it is.
+            Connection::Tcp(tcp) => match tokio::time::timeout_at(deadline, tcp.send(frame)).await {
+                Err(_) => {
+                    let cause = Cause::NotSentWithin(self.inner.config.request_timeout);
+                    Some(Err(ClientError::NotSent { cause }))
+                }
+                Ok(sent) => first_frame_until(deadline, std::future::ready(sent)).await,
+            },
             #[cfg(feature = "web-client")]
             Connection::Web(web) => {
                 first_frame_until(deadline, web.send(request, self.inner.config.request_timeout)).await

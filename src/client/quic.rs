@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -126,6 +126,16 @@ impl QuicConnection {
 
     /// Opens a stream, writes the request frame and finishes the stream.
     pub(super) async fn send(&self, frame: Bytes, max_frame_len: usize) -> ClientResult<ResponseFrames> {
+        self.send_noting(frame, max_frame_len, &AtomicBool::new(false)).await
+    }
+
+    /// [`QuicConnection::send`], setting `finished` once the stream is finished.
+    async fn send_noting(
+        &self,
+        frame: Bytes,
+        max_frame_len: usize,
+        finished: &AtomicBool,
+    ) -> ClientResult<ResponseFrames> {
         let (send, recv) = self.connection.open_bi().await.map_err(ClientError::before_sending)?;
         let mut send = ResetUnlessFinished(Some(send));
         if let Some(stream) = send.0.as_mut() {
@@ -136,6 +146,7 @@ impl QuicConnection {
             }
         }
         send.finish();
+        finished.store(true, Ordering::Relaxed);
         Ok(ResponseFrames::quic(recv, max_frame_len))
     }
 
@@ -222,14 +233,17 @@ impl QuicConnection {
         ClientError::connect_timeout(self.addr.to_string(), waited, UDP_HINT)
     }
 
-    /// [`QuicConnection::call`], whatever the state of the handshake.
+    /// [`QuicConnection::call`], whatever the state of the handshake. A request whose stream was not
+    /// finished by `deadline` fails as not sent (the server runs a request only once it has its end,
+    /// and the stream is reset as the call drops it).
     async fn answer(
         &self,
         frame: Bytes,
         max_frame_len: usize,
         deadline: Instant,
     ) -> Option<ClientResult<ResponseFrames>> {
-        let mut answered = pin!(super::first_frame(self.send(frame, max_frame_len)));
+        let finished = AtomicBool::new(false);
+        let mut answered = pin!(super::first_frame(self.send_noting(frame, max_frame_len, &finished)));
         let mut overdue = (self.connection.rtt() * OVERDUE_RTTS).max(OVERDUE_AT_LEAST);
         let mut timer = pin!(tokio::time::sleep_until((Instant::now() + overdue).min(deadline)));
         let mut probe: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
@@ -241,6 +255,10 @@ impl QuicConnection {
                 () = timer.as_mut() => {
                     let now = Instant::now();
                     if now >= deadline {
+                        if !finished.load(Ordering::Relaxed) {
+                            let cause = Cause::NotSentWithin(self.request_timeout);
+                            return Some(Err(ClientError::NotSent { cause }));
+                        }
                         return None;
                     }
                     if probe.is_none() && self.due_for_probe(overdue) {
