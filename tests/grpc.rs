@@ -236,3 +236,40 @@ async fn a_message_that_does_not_decode_is_an_invalid_argument() {
         assert_eq!(trailers.get("grpc-status").map(|v| v.as_bytes()), Some(&b"3"[..]), "{trailers:?}");
     }
 }
+
+/// A gRPC `Pipeline` connect to a server that takes the call and never answers its headers fails
+/// within the connect timeout, as not sent (nothing goes on the call before they come): it waited for
+/// ever. The server: TLS with ALPN h2, accepting every stream and answering none.
+#[tokio::test]
+async fn a_pipeline_call_the_server_never_answers_fails_within_the_connect_timeout() {
+    let certs = tempfile::tempdir().expect("temporary directory");
+    let dir = qkv::certs::CertDir::new(certs.path());
+    dir.ensure_server_certificate().expect("certificate");
+    let identity =
+        qkv::tls::Identity::from_pem_files(&dir.server_cert(), &dir.server_key()).expect("identity");
+    let tls = qkv::tls::server_configs(identity, 16, None, qkv::tls::WebTransportCert::Server).expect("TLS");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls.web));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listener");
+    let addr = listener.local_addr().expect("address");
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("a connection");
+        let tls = acceptor.accept(stream).await.expect("TLS");
+        let mut connection = h2::server::handshake(tls).await.expect("HTTP/2");
+        let mut held = Vec::new();
+        while let Some(Ok(call)) = connection.accept().await {
+            held.push(call); // never answered
+        }
+    });
+    let config = qkv::client::ClientConfig {
+        transport: Transport::GrpcPipeline,
+        connect_timeout: Duration::from_millis(500),
+        retry: qkv::client::RetryPolicy { attempts: 1, ..Default::default() },
+        ..qkv::client::ClientConfig::new(addr.to_string(), dir.ca_cert())
+    };
+    let connected = tokio::time::timeout(Duration::from_secs(30), qkv::Client::connect_with(config))
+        .await
+        .expect("the connect gave up on its own");
+    let error = connected.map(drop).expect_err("no call was answered");
+    assert_eq!(error.executed(), qkv::client::Executed::No, "{error}");
+    server.abort();
+}

@@ -111,7 +111,7 @@ impl WebConnection {
                 })?;
                 let sender = handshake(io, config).await?;
                 let client = KvClient::with_origin(H2(sender.clone()), origin)
-                    .max_decoding_message_size(usize::MAX)
+                    .max_decoding_message_size(max_message(config))
                     .max_encoding_message_size(config.limits.max_frame_len);
                 Ok(WebConnection::Grpc(client, sender))
             }
@@ -154,19 +154,39 @@ pub(super) async fn open_pipeline(
     let origin = hyper::Uri::try_from(format!("https://{server_name}"))
         .map_err(|e| ClientError::InvalidConfig(format!("{server_name:?} is not a valid host name: {e}")))?;
     let sender = handshake(TokioIo::new(stream), config).await?;
-    let client = KvClient::with_origin(H2(sender), origin).max_decoding_message_size(usize::MAX);
-    let first = pipeline_call(client.clone()).await?;
-    let opener: StreamOpener = Arc::new(move || Box::pin(pipeline_call(client.clone())));
+    let client = KvClient::with_origin(H2(sender), origin).max_decoding_message_size(max_message(config));
+    let answered_within = config.connect_timeout;
+    let first = pipeline_call(client.clone(), answered_within).await?;
+    let opener: StreamOpener = Arc::new(move || Box::pin(pipeline_call(client.clone(), answered_within)));
     Ok((first, opener))
 }
 
-/// One `Pipeline` call on `client`'s connection, as a byte stream. Each write is sent as one message,
-/// no larger than the server's `qkv-max-message` says it accepts.
-async fn pipeline_call(mut client: KvClient<H2>) -> ClientResult<Box<dyn ByteStream>> {
+/// The largest gRPC message a client takes: a frame of its maximum size, and the few bytes of the
+/// message around it. (Unbounded, a server's message was buffered whole, whatever its size.)
+fn max_message(config: &ClientConfig) -> usize {
+    config.limits.max_frame_len.saturating_add(16)
+}
+
+/// One `Pipeline` call on `client`'s connection, as a byte stream, once the server has answered its
+/// headers (within `answered_within`: a server that takes the call and never answers would hold the
+/// connect for ever). Each write is sent as one message, no larger than the server's
+/// `qkv-max-message` says it accepts.
+async fn pipeline_call(
+    mut client: KvClient<H2>,
+    answered_within: Duration,
+) -> ClientResult<Box<dyn ByteStream>> {
     // One message queued beside the one being sent: the rest waits in the TCP client's buffer.
     let (requests, mut queued) = tokio::sync::mpsc::channel::<Bytes>(1);
     let messages = stream::poll_fn(move |cx| queued.poll_recv(cx)).map(|data| Frames { data });
-    let answers = match client.pipeline(messages).await {
+    let answered = tokio::time::timeout(answered_within, client.pipeline(messages)).await;
+    let Ok(answered) = answered else {
+        let cause = super::error::Cause::Http(Arc::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the server did not answer the Pipeline call within {answered_within:?}"),
+        )));
+        return Err(ClientError::NotSent { cause });
+    };
+    let answers = match answered {
         Ok(answers) => answers,
         Err(failure) => {
             // The server's refusal (its frame, which `ok` turns into the error any call gets), or the
