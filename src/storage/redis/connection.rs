@@ -644,10 +644,12 @@ fn is_noscript(e: &RedisError) -> bool {
 }
 
 /// Redis did not run the command, and says why: it cannot now (loading, a failover, a script
-/// running too long: BUSY), or the command is another node's.
+/// running too long: BUSY), or the command is another node's (a script naming no key, refused by a
+/// node that does not serve what it touches: the publish's, while its slot's master fails over).
 fn is_refusal(e: &RedisError) -> bool {
     e.is_connection_refusal()
         || e.code() == Some("BUSY")
+        || is_not_local(e)
         || matches!(
             e.kind(),
             ErrorKind::Server(
@@ -890,6 +892,18 @@ async fn connect_cluster(config: &RedisConfig) -> Result<ClusterConnection, Redi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A publish's script refused by a node that no longer serves its channel's slot (its master
+    /// failing over) was not run: 503, which a client sends again, not a 500 whose outcome is unknown.
+    #[test]
+    fn a_script_refused_for_another_nodes_key_was_not_run() {
+        let reply = b"-ERR Script attempted to access a non local key in a cluster node script: 658469cf, on @user_script:2.\r\n";
+        let Ok(RedisValue::ServerError(refusal)) = redis::parse_redis_value(reply) else {
+            panic!("not parsed as a server error")
+        };
+        let error = storage_error(refusal.into());
+        assert!(matches!(error, StorageError::Unavailable(_)), "{error:?}");
+    }
 
     #[test]
     fn urls_are_logged_without_credentials() {
