@@ -251,7 +251,12 @@ async fn print_config_refuses_what_serve_refuses() {
         (&["--store", "redis", "--redis-timeout", "0s"][..], "must be longer than zero"),
         (&["--store", "redis", "--redis-connect-timeout", "0s"][..], "must be longer than zero"),
         // Longer than a repeated write is recognised for.
-        (&["--store", "redis", "--redis-timeout", "8s"][..], "must be at most 5s"),
+        (&["--store", "redis", "--redis-timeout", "8s"][..], "--redis-timeout (8s) must be at most 5s"),
+        (
+            &["--store", "redis", "--redis-wait", "1", "--redis-wait-timeout", "2s", "--redis-timeout", "4s"]
+                [..],
+            "--redis-timeout with --redis-wait-timeout added (6s) must be at most 5s",
+        ),
         // Allocated whole at start: ten billion sessions aborted the server.
         (&["--session-cache", "99999999999"][..], "must be at most 1048576"),
         (&["--web-plaintext"][..], "set --web ADDR too"),

@@ -946,8 +946,12 @@ impl RedisArgs {
         let write_time =
             self.redis_timeout + if self.redis_wait > 0 { self.redis_wait_timeout } else { Duration::ZERO };
         if write_time > qkv::storage::MAX_REDIS_WRITE_TIME {
+            let what = match self.redis_wait > 0 {
+                true => "--redis-timeout with --redis-wait-timeout added",
+                false => "--redis-timeout",
+            };
             return Err(CliError::InvalidInput(format!(
-                "--redis-timeout ({}, with --redis-wait's --redis-wait-timeout added) must be at most {}: a write redis-rs sends again within that time is recognised and not applied twice, for twice as long",
+                "{what} ({}) must be at most {}: a write redis-rs sends again within that time is recognised and not applied twice, for twice as long",
                 humantime::format_duration(write_time),
                 humantime::format_duration(qkv::storage::MAX_REDIS_WRITE_TIME)
             )));

@@ -99,8 +99,21 @@ pub enum StorageError {
     Unavailable(String),
     /// The operation was sent to the backend, whose answer did not come (a lost connection, a
     /// failover, a timeout, replicas that did not confirm): it may or may not have taken effect.
-    #[error("the storage backend did not confirm the operation, which may or may not have taken effect: {0}")]
+    #[error(
+        "the storage backend did not confirm the operation ({0}): a write may or may not have taken effect; a read can be sent again"
+    )]
     Uncertain(String),
+}
+
+impl StorageError {
+    /// What went wrong, without what the error means for a write (whether it took effect): for what
+    /// writes nothing, a health check or a subscription.
+    pub fn cause(self) -> String {
+        match self {
+            StorageError::Unavailable(why) | StorageError::Uncertain(why) | StorageError::Backend(why) => why,
+            other => other.to_string(),
+        }
+    }
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;

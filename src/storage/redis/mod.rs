@@ -363,8 +363,8 @@ impl Storage for RedisStore {
 
     /// Redis answers a PING (on a cluster, the node redis-rs picks) within `--redis-timeout`.
     async fn health(&self) -> Result<(), String> {
-        let mut connection = self.connector.connection().map_err(|e| e.to_string())?;
-        connection.query(&redis::cmd("PING")).await.map(drop).map_err(|e| e.to_string())
+        let mut connection = self.connector.connection().map_err(StorageError::cause)?;
+        connection.query(&redis::cmd("PING")).await.map(drop).map_err(StorageError::cause)
     }
 
     async fn scan(&self, table: &str, after: Option<&str>) -> StorageResult<RedisScan> {

@@ -366,7 +366,7 @@ impl Relay for RedisRelay {
             if state.joined.lock().contains(&channel) && state.subscribed(&connector, &channel) {
                 return Ok(());
             }
-            state.subscribe(&connector, &channel).await.map_err(|e| e.to_string())?;
+            state.subscribe(&connector, &channel).await.map_err(StorageError::cause)?;
             state.joined.lock().insert(channel);
             Ok(())
         }
