@@ -206,6 +206,46 @@ async fn dropping_a_reply_cancels_it_and_frees_its_scan_slot() {
     assert_eq!(second.expect("the scan slot was released").unwrap().len(), 20);
 }
 
+/// A listing whose client stops reading gives its scan slot to a listing that wants one (there is
+/// one slot here), rather than hold it until the reply timeout (a minute here): 16 such clients made
+/// every listing on the server wait that long. Once its client reads on, it resumes where it stopped
+/// and sends every key exactly once, in order.
+#[tokio::test]
+async fn a_listing_nobody_reads_gives_its_scan_slot_to_one_that_wants_it() {
+    let server = TestServer::start_with(|config| {
+        config.service.max_concurrent_scans = 1;
+        config.limits.reply_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let client = server.client().await;
+    load_big_table(&client, 20).await;
+    let connection = server.raw_connection().await;
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(&common::frame(&CommandRequest::hgetall("big"))).await.unwrap();
+    send.finish().unwrap();
+    // Its first bytes have come: it holds the slot, and then waits for this reader, which waits.
+    let mut first = [0u8; 4];
+    recv.read_exact(&mut first).await.unwrap();
+    client.hset("small", "k", "v").await.unwrap();
+    let other = tokio::time::timeout(Duration::from_secs(30), client.hgetall("small")).await;
+    assert_eq!(other.expect("the stalled listing gave its slot up").unwrap().len(), 1);
+    // Read on: every key of the big table, once each, in key order.
+    let mut rest = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut recv, &mut rest).await.unwrap();
+    let mut bytes = bytes::BytesMut::from(&[&first[..], &rest].concat()[..]);
+    let mut keys = Vec::new();
+    while !bytes.is_empty() {
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        let frame = bytes.split_to(4 + len);
+        let response = <CommandResponse as prost::Message>::decode(&frame[4..]).unwrap();
+        assert_eq!(response.status, 200, "{}", response.message);
+        keys.extend(response.pairs.into_iter().map(|pair| pair.key));
+    }
+    let mut expected: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    expected.sort();
+    assert_eq!(keys, expected);
+}
+
 #[tokio::test]
 async fn a_client_abandoning_a_reply_stops_the_stream_with_the_cancelled_code() {
     // A bare QUIC server stands in for qkv, to see exactly what the client sends.

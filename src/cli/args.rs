@@ -614,7 +614,8 @@ pub struct ServeArgs {
     /// half of the machine's (or cgroup's) memory.
     #[arg(long, value_parser = parse_nonzero_size)]
     pub memory_budget: Option<usize>,
-    /// Hgetall scans running at once; more wait. Each holds a snapshot of its table's keys.
+    /// Hgetall scans running at once; more wait. Each holds a snapshot of its table's keys; one whose
+    /// client stops reading gives its slot to a waiting one after 250 ms.
     #[arg(long, default_value_t = ServiceConfig::default().max_concurrent_scans, value_parser = parse_at_least_one)]
     pub max_concurrent_scans: usize,
     /// Messages each subscriber's queue holds before --lag-policy applies to it.

@@ -4,11 +4,16 @@
 //! key as the command left it, 0 for an absent key. Writes answer the previous values (the course
 //! protocol's convention) and the new versions.
 
+use std::sync::Arc;
+
 use futures_util::{StreamExt, stream};
+use parking_lot::Mutex;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::task::AbortOnDropHandle;
 
 use prost::Message;
 
+use super::scan_slots::IDLE_BEFORE_YIELDING;
 use super::{Reply, ReplyFrame, ReplyStream, Service, ServiceError, shown};
 use crate::pb::{
     CommandResponse, Hdel, Hexist, Hget, Hgetall, Hmdel, Hmexist, Hmget, Hmset, Hset, Kvpair, Value,
@@ -162,42 +167,28 @@ fn writes_response(outcomes: Vec<WriteOutcome>) -> CommandResponse {
 
 /// Streams the table page by page, one frame per page, so a table of any size is answered in frames of
 /// about `response_frame_target` bytes without being copied whole.
+///
+/// A listing reads its table holding one of the service's scan slots (`scan_slots`). Between pages,
+/// while its client has not asked for the next one, it keeps the slot and its scan for
+/// [`IDLE_BEFORE_YIELDING`], and after that only until another listing wants a slot: then it lets
+/// both go, and when its client reads on it takes a slot again and a new scan from after the last key
+/// it sent. (A key present for the whole listing is still sent exactly once, in key order.)
 pub async fn hgetall<S: Storage>(service: &Service<S>, cmd: Hgetall) -> Reply {
-    let bytes = service.config().response_frame_target;
-    let after = (!cmd.after.is_empty()).then_some(cmd.after);
-    // Entries still to send when the request set a limit.
-    let remaining = (cmd.limit > 0).then_some(cmd.limit as usize);
+    let listing = Listing {
+        service: service.clone(),
+        table: cmd.table,
+        after: (!cmd.after.is_empty()).then_some(cmd.after),
+        // Entries still to send when the request set a limit.
+        remaining: (cmd.limit > 0).then_some(cmd.limit as usize),
+        held: Arc::new(Mutex::new(None)),
+        yielding: None,
+        done: false,
+    };
     // Nothing happens until the reply is first polled, when it is its turn to be written: on a pipelined
     // connection an Hgetall queued behind other requests holds no scan slot and no snapshot yet.
-    let start = Scan::NotStarted(service.clone(), cmd.table, after);
-    let pages = stream::unfold((start, remaining), move |(state, mut remaining)| async move {
-        let (mut scan, permit) = match state {
-            Scan::NotStarted(service, table, after) => {
-                // The permit travels with the scan and is released when the reply ends or is abandoned.
-                let permit = service.scan_permit().await;
-                match service.storage().scan(&table, after.as_deref()).await {
-                    Ok(scan) => (scan, permit),
-                    Err(e) => return Some((ServiceError::from(e).into_response(), (Scan::Finished, None))),
-                }
-            }
-            Scan::Reading(scan, permit) => (scan, permit),
-            Scan::Finished => return None,
-        };
-        let entries = remaining.map_or(MAX_PAIRS_PER_PAGE, |left| left.min(MAX_PAIRS_PER_PAGE));
-        match scan.next_page(PageLimit { entries, bytes }).await {
-            Ok(mut page) => {
-                if let Some(left) = remaining.as_mut() {
-                    page.entries.truncate(*left);
-                    *left -= page.entries.len();
-                    // The limit reached ends the reply, whether or not the table goes on.
-                    page.done |= *left == 0;
-                }
-                let next = if page.done { Scan::Finished } else { Scan::Reading(scan, permit) };
-                Some((page_frame(page), (next, remaining)))
-            }
-            // A failure mid-scan ends the response with an error frame; the client discards what came before.
-            Err(e) => Some((ServiceError::from(e).into_response(), (Scan::Finished, None))),
-        }
+    let pages = stream::unfold(listing, |mut listing| async move {
+        let page = listing.next_page().await?;
+        Some((page, listing))
     });
     // Page sizes count keys and values only; the one splitting rule of every response keeps the frames,
     // protobuf overhead included, near the target.
@@ -206,11 +197,79 @@ pub async fn hgetall<S: Storage>(service: &Service<S>, cmd: Hgetall) -> Reply {
     Reply::Stream(ReplyStream::new(frames))
 }
 
-/// Where an Hgetall reply stands.
-enum Scan<S: Storage> {
-    NotStarted(Service<S>, String, Option<String>),
-    Reading(S::Scan, Option<OwnedSemaphorePermit>),
-    Finished,
+/// A scan and the slot it holds.
+type Held<S> = (<S as Storage>::Scan, Option<OwnedSemaphorePermit>);
+
+/// Where a listing stands between its pages.
+struct Listing<S: Storage> {
+    service: Service<S>,
+    table: String,
+    /// The last key sent (or the request's `after`): where a new scan starts.
+    after: Option<String>,
+    remaining: Option<usize>,
+    /// The scan and its slot, while the listing holds them; taken by `yielding` when another listing
+    /// wants the slot.
+    held: Arc<Mutex<Option<Held<S>>>>,
+    /// Gives `held` up once the listing has waited for its client long enough and a slot is wanted.
+    yielding: Option<AbortOnDropHandle<()>>,
+    done: bool,
+}
+
+impl<S: Storage> Listing<S> {
+    /// The next page's answer, or `None` after the last.
+    async fn next_page(&mut self) -> Option<CommandResponse> {
+        if self.done {
+            return None;
+        }
+        // The client reads on: nothing is given up while this page is made.
+        self.yielding = None;
+        let held = self.held.lock().take();
+        let (mut scan, slot) = match held {
+            Some(held) => held,
+            None => {
+                // The slot travels with the scan, and is released when the reply ends or is abandoned.
+                let slot = self.service.scan_slots().acquire().await;
+                match self.service.storage().scan(&self.table, self.after.as_deref()).await {
+                    Ok(scan) => (scan, slot),
+                    Err(e) => {
+                        self.done = true;
+                        return Some(ServiceError::from(e).into_response());
+                    }
+                }
+            }
+        };
+        let bytes = self.service.config().response_frame_target;
+        let entries = self.remaining.map_or(MAX_PAIRS_PER_PAGE, |left| left.min(MAX_PAIRS_PER_PAGE));
+        let mut page = match scan.next_page(PageLimit { entries, bytes }).await {
+            Ok(page) => page,
+            // A failure mid-scan ends the response with an error frame; the client discards what came
+            // before.
+            Err(e) => {
+                self.done = true;
+                return Some(ServiceError::from(e).into_response());
+            }
+        };
+        if let Some(left) = self.remaining.as_mut() {
+            page.entries.truncate(*left);
+            *left -= page.entries.len();
+            // The limit reached ends the reply, whether or not the table goes on.
+            page.done |= *left == 0;
+        }
+        if let Some((key, _)) = page.entries.last() {
+            self.after = Some(key.clone());
+        }
+        self.done = page.done;
+        if !page.done {
+            *self.held.lock() = Some((scan, slot));
+            let (held, slots) = (self.held.clone(), self.service.scan_slots().clone());
+            self.yielding = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+                tokio::time::sleep(IDLE_BEFORE_YIELDING).await;
+                slots.wanted().await;
+                drop(held.lock().take());
+            })));
+        }
+        Some(page_frame(page))
+    }
 }
 
 fn page_frame(page: ScanPage) -> CommandResponse {

@@ -10,6 +10,7 @@ mod hash;
 mod items;
 mod ping;
 mod pubsub;
+mod scan_slots;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::Stream;
 use prost::Message;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use error::{ServiceError, shown};
 pub use items::ItemLimits;
@@ -37,7 +37,8 @@ pub const DEFAULT_RESPONSE_FRAME_TARGET: usize = 64 * 1024;
 pub struct ServiceConfig {
     /// Responses larger than this are sent as several frames (`more = true` on all but the last).
     pub response_frame_target: usize,
-    /// `Hgetall` scans running at once; more wait. Each holds a snapshot of its table's keys.
+    /// `Hgetall` scans running at once; more wait. Each holds a snapshot of its table's keys; one whose
+    /// client stops reading gives its slot to a waiting one (`scan_slots`).
     pub max_concurrent_scans: usize,
     /// The largest table name (and topic), key and value accepted.
     pub items: ItemLimits,
@@ -320,7 +321,7 @@ struct Inner<S> {
     /// The largest key plus value (encoded) the service stores: every answer carrying them must fit
     /// in one frame of the transports.
     max_entry_len: usize,
-    scans: Arc<Semaphore>,
+    scans: Arc<scan_slots::ScanSlots>,
     broker: Broker,
     /// Carries publishes to and from the other gateways of a shared store (Redis), if any.
     relay: Option<Arc<dyn Relay>>,
@@ -359,7 +360,7 @@ impl<S: Storage> Service<S> {
         max_frame_len: usize,
         memory: MemoryBudget,
     ) -> Self {
-        let scans = Arc::new(Semaphore::new(config.max_concurrent_scans));
+        let scans = Arc::new(scan_slots::ScanSlots::new(config.max_concurrent_scans));
         let max_entry_len = max_frame_len.saturating_sub(ANSWER_OVERHEAD);
         let broker = Broker::new(
             config.subscriber_queue,
@@ -444,10 +445,9 @@ impl<S: Storage> Service<S> {
         &self.inner.config
     }
 
-    /// Waits for one of the `max_concurrent_scans` scan slots. (The semaphore is never closed, so a
-    /// permit always comes.)
-    async fn scan_permit(&self) -> Option<OwnedSemaphorePermit> {
-        self.inner.scans.clone().acquire_owned().await.ok()
+    /// The `max_concurrent_scans` slots of listings.
+    fn scan_slots(&self) -> &Arc<scan_slots::ScanSlots> {
+        &self.inner.scans
     }
 
     /// Executes one request from `caller`. Never fails: errors become error responses with a status
