@@ -621,6 +621,44 @@ async fn a_tls_subscriber_that_sends_a_fin_without_close_notify_reads_on() {
     }
 }
 
+/// A read whose answer breaks off after its first frame (the connection lost) is sent again, as one
+/// that fails before its first frame is: it changes nothing. A fake server sends the first listing one
+/// frame of two and closes; the second connection is answered whole.
+#[tokio::test]
+async fn a_read_whose_answer_broke_off_is_sent_again() {
+    let server = TestServer::start_for(Transport::Tcp).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = ClientConfig::new(listener.local_addr().unwrap().to_string(), server.ca());
+    config.transport = Transport::Tcp;
+    let fake = tokio::spawn(async move {
+        let pair = |key: &str| Kvpair::new(key, Value::from(1));
+        for whole in [false, true] {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut connection = Framed::new(stream, FrameCodec::<CommandRequest>::new(1 << 20));
+            connection.next().await.expect("a request").expect("a frame");
+            let first = CommandResponse {
+                pairs: vec![pair("a")],
+                versions: vec![1],
+                more: true,
+                ..CommandResponse::ok()
+            };
+            connection.send(first).await.unwrap();
+            if whole {
+                let last =
+                    CommandResponse { pairs: vec![pair("b")], versions: vec![1], ..CommandResponse::ok() };
+                connection.send(last).await.unwrap();
+                connection.next().await; // until the client closes
+            }
+        }
+    });
+    let client = Client::connect_with(config).await.unwrap();
+    let listed = client.hgetall("t").await.expect("answered by the second attempt");
+    assert_eq!(listed.iter().map(|(key, _)| key.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(client.stats().retries, 1);
+    client.close().await;
+    fake.await.unwrap();
+}
+
 /// A fake TCP server that answers its client's first request 503 (a backend unavailable) and its
 /// second with `pong`, then waits for the client to close; and a TCP client config for it, whose
 /// retries `attempts` allows, trusting the CA of the test server returned with it (kept alive for its

@@ -631,23 +631,28 @@ impl Client {
     /// reply.
     pub async fn call(&self, request: &CommandRequest) -> ClientResult<CommandResponse> {
         let deadline = Instant::now() + self.inner.config.request_timeout;
-        let mut frames = self.call_frames_until(request, deadline).await?;
-        let collect = async {
-            let Some(first) = frames.next().await else {
-                return Err(ClientError::Protocol("the reply had no frame".into()));
-            };
-            let mut whole = first?;
-            // Most replies are one frame; the others are concatenated into it.
-            while let Some(frame) = frames.next().await {
-                let frame = frame?;
-                whole.values.extend(frame.values);
-                whole.pairs.extend(frame.pairs);
-                whole.versions.extend(frame.versions);
-                (whole.status, whole.message, whole.more) = (frame.status, frame.message, frame.more);
+        // A read-only request whose answer broke off after its first frame (a lost connection, a reset
+        // stream) is sent again too, within the call's attempts and deadline, as one that failed
+        // before its first frame is (`call_frames_until`): it changes nothing.
+        let mut attempts_left = self.inner.config.retry.attempts;
+        loop {
+            attempts_left = attempts_left.saturating_sub(1);
+            let mut frames = self.call_frames_until(request, deadline).await?;
+            let collected = tokio::time::timeout_at(deadline, collect(&mut frames)).await;
+            match collected {
+                Err(_) => return Err(self.timed_out()),
+                Ok(Err(e))
+                    if request.is_idempotent()
+                        && e.may_retry(true)
+                        && attempts_left > 0
+                        && Instant::now() < deadline =>
+                {
+                    self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "the answer broke off; sending the request again");
+                }
+                Ok(collected) => return collected,
             }
-            Ok(whole)
-        };
-        tokio::time::timeout_at(deadline, collect).await.unwrap_or_else(|_| Err(self.timed_out()))
+        }
     }
 
     /// Round trip with an arbitrary payload, which the server echoes.
@@ -881,6 +886,22 @@ async fn first_frame_until(
     sending: impl Future<Output = ClientResult<ResponseFrames>>,
 ) -> Option<ClientResult<ResponseFrames>> {
     tokio::time::timeout_at(deadline, first_frame(sending)).await.ok()
+}
+
+/// Every frame of an answer, concatenated into its first (most answers are one frame).
+async fn collect(frames: &mut ResponseFrames) -> ClientResult<CommandResponse> {
+    let Some(first) = frames.next().await else {
+        return Err(ClientError::Protocol("the reply had no frame".into()));
+    };
+    let mut whole = first?;
+    while let Some(frame) = frames.next().await {
+        let frame = frame?;
+        whole.values.extend(frame.values);
+        whole.pairs.extend(frame.pairs);
+        whole.versions.extend(frame.versions);
+        (whole.status, whole.message, whole.more) = (frame.status, frame.message, frame.more);
+    }
+    Ok(whole)
 }
 
 fn all_written(response: CommandResponse) -> ClientResult<Vec<Written>> {
