@@ -230,6 +230,7 @@ async fn shutdown_ends_subscriptions_with_410_within_the_grace_period(transport:
     .await;
     let client = server.client().await;
     let mut subscription = client.subscribe("t").await.unwrap();
+    let unread = client.subscribe("u").await.unwrap();
     server.begin_stop();
     let ended =
         tokio::time::timeout(Duration::from_secs(10), subscription.next()).await.expect("ended at once");
@@ -237,6 +238,11 @@ async fn shutdown_ends_subscriptions_with_410_within_the_grace_period(transport:
         matches!(ended, Some(Err(ClientError::SubscriptionEnded { status: status::GONE, .. }))),
         "{ended:?}"
     );
+    // A subscription the server has ended (its 410 not read yet) is gone: unsubscribing it succeeds,
+    // as its documentation says, however the server answers the Unsubscribe (a 503, its connection's
+    // close).
+    let unsubscribed = tokio::time::timeout(Duration::from_secs(10), unread.unsubscribe()).await;
+    unsubscribed.expect("answered").expect("an ended subscription is gone: success");
     // A subscription must not hold the server for its grace period.
     tokio::time::timeout(Duration::from_secs(30), server.stopped())
         .await

@@ -33,7 +33,7 @@ use super::{Client, ClientError, ClientResult, Connection, ResponseFrames, ok, q
 use crate::pb::{CommandRequest, CommandResponse, Value, status, value};
 use crate::pb::{Published, SubscriptionId};
 use crate::transport::Transport;
-use crate::transport::frame::{FrameCodec, FrameError, encode_frame};
+use crate::transport::frame::{CLOSING_SUFFIX, FrameCodec, FrameError, encode_frame};
 
 /// What a subscription delivers.
 #[derive(Debug, Clone, PartialEq)]
@@ -400,8 +400,24 @@ impl Subscription {
         };
         match tokio::time::timeout(self.request_timeout, unsubscribing).await {
             Ok(Err(ClientError::Status { status: status::NOT_FOUND, .. })) => Ok(()),
+            Ok(Err(e)) if self.gone_with_its_connection(&e) => Ok(()),
             Ok(outcome) => outcome,
             Err(_) => Err(ClientError::Timeout(self.request_timeout)),
+        }
+    }
+
+    /// Whether `e`, an Unsubscribe's failure, says the subscription's connection is gone (lost, or
+    /// closed by the server: shutting down, say): nothing of a subscription outlives its connection,
+    /// so the subscription is gone too, as the Unsubscribe wanted.
+    fn gone_with_its_connection(&self, e: &ClientError) -> bool {
+        match e {
+            ClientError::ConnectionLost(_) | ClientError::NotSent { .. } => true,
+            // TCP: the server's last frame on the connection; QUIC: its close (`0x1`).
+            ClientError::Unavailable { reason } => {
+                reason.ends_with(CLOSING_SUFFIX)
+                    || matches!(&self.channel, Channel::Quic { connection, .. } if !connection.is_usable())
+            }
+            _ => false,
         }
     }
 
