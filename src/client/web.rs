@@ -111,7 +111,10 @@ impl WebConnection {
                 })?;
                 let sender = handshake(io, config).await?;
                 let client = KvClient::with_origin(H2(sender.clone()), origin)
-                    .max_decoding_message_size(max_message(config))
+                    // Unbounded: a write's answer (previous values, Hmset/Hmdel of large ones) is one
+                    // message of no set size, and refusing it here would report an executed write as
+                    // refused (tonic's local refusal looks like the server's).
+                    .max_decoding_message_size(usize::MAX)
                     .max_encoding_message_size(config.limits.max_frame_len);
                 Ok(WebConnection::Grpc(client, sender))
             }
@@ -154,17 +157,13 @@ pub(super) async fn open_pipeline(
     let origin = hyper::Uri::try_from(format!("https://{server_name}"))
         .map_err(|e| ClientError::InvalidConfig(format!("{server_name:?} is not a valid host name: {e}")))?;
     let sender = handshake(TokioIo::new(stream), config).await?;
-    let client = KvClient::with_origin(H2(sender), origin).max_decoding_message_size(max_message(config));
+    // Unbounded: the server's messages are chunks of the byte stream of up to its
+    // --websocket-max-message, which the client learns only from the call's headers.
+    let client = KvClient::with_origin(H2(sender), origin).max_decoding_message_size(usize::MAX);
     let answered_within = config.connect_timeout;
     let first = pipeline_call(client.clone(), answered_within).await?;
     let opener: StreamOpener = Arc::new(move || Box::pin(pipeline_call(client.clone(), answered_within)));
     Ok((first, opener))
-}
-
-/// The largest gRPC message a client takes: a frame of its maximum size, and the few bytes of the
-/// message around it. (Unbounded, a server's message was buffered whole, whatever its size.)
-fn max_message(config: &ClientConfig) -> usize {
-    config.limits.max_frame_len.saturating_add(16)
 }
 
 /// One `Pipeline` call on `client`'s connection, as a byte stream, once the server has answered its
