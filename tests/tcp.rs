@@ -659,6 +659,36 @@ async fn a_read_whose_answer_broke_off_is_sent_again() {
     fake.await.unwrap();
 }
 
+/// A read whose answers keep breaking off is sent at most the policy's attempts times in all, not
+/// that many for every break. A fake server that closes every other connection without an answer and
+/// on the others sends the first of two frames, then closes; two attempts allowed.
+#[tokio::test]
+async fn a_read_is_sent_no_more_often_than_its_attempts_allow() {
+    let server = TestServer::start_for(Transport::Tcp).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = ClientConfig::new(listener.local_addr().unwrap().to_string(), server.ca());
+    (config.transport, config.retry.attempts) = (Transport::Tcp, 2);
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = requests.clone();
+    let fake = tokio::spawn(async move {
+        for answering in [false, true].into_iter().cycle() {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut connection = Framed::new(stream, FrameCodec::<CommandRequest>::new(1 << 20));
+            if let Some(Ok(_)) = connection.next().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if answering {
+                    let first = CommandResponse { more: true, ..CommandResponse::ok() };
+                    connection.send(first).await.unwrap();
+                }
+            }
+        }
+    });
+    let client = Client::connect_with(config).await.unwrap();
+    client.hgetall("t").await.expect_err("every answer broke off");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::Relaxed), 2, "requests sent");
+    fake.abort();
+}
+
 /// A fake TCP server that answers its client's first request 503 (a backend unavailable) and its
 /// second with `pong`, then waits for the client to close; and a TCP client config for it, whose
 /// retries `attempts` allows, trusting the CA of the test server returned with it (kept alive for its

@@ -160,7 +160,15 @@ impl ClientConfig {
             if value.is_zero() {
                 return Err(format!("the {name} must be longer than zero"));
             }
-            // A deadline is now + the timeout: `Duration::MAX` ("no timeout") would overflow it.
+        }
+        // A deadline is now + the timeout (a wait, now + the backoff): `Duration::MAX` ("no timeout")
+        // would overflow it.
+        for (name, value) in [
+            ("connect timeout", self.connect_timeout),
+            ("request timeout", self.request_timeout),
+            ("initial backoff", self.retry.initial_backoff),
+            ("maximum backoff", self.retry.max_backoff),
+        ] {
             if value > MAX_TIMEOUT {
                 return Err(format!("the {name} ({value:?}) must be at most a year ({MAX_TIMEOUT:?})"));
             }
@@ -444,13 +452,17 @@ impl Client {
     /// The request deadline covers the wait for the first frame; the rest come as the caller reads.
     pub async fn call_frames(&self, request: &CommandRequest) -> ClientResult<ResponseFrames> {
         let deadline = Instant::now() + self.inner.config.request_timeout;
-        self.call_frames_until(request, deadline).await
+        self.call_frames_until(request, deadline, &mut 0).await
     }
 
+    /// `attempts`: how many attempts the call has made before (a read whose answer broke off after
+    /// its first frame, `Client::call`); counted on, so that a call makes at most the policy's
+    /// attempts in all.
     async fn call_frames_until(
         &self,
         request: &CommandRequest,
         deadline: Instant,
+        attempts: &mut u32,
     ) -> ClientResult<ResponseFrames> {
         let max_frame_len = self.inner.config.limits.max_frame_len;
         let frame = encode_frame(request, max_frame_len).map_err(ClientError::from_encode)?;
@@ -461,7 +473,9 @@ impl Client {
             ));
         }
         let idempotent = request.is_idempotent();
-        let mut attempt = 1;
+        *attempts += 1;
+        let attempt = attempts;
+        let retry = &self.inner.config.retry;
         // The first failure of an attempt that may have reached the server: once there is one, no
         // later failure can make the call certainly not executed.
         let mut reached: Option<ClientError> = None;
@@ -489,7 +503,7 @@ impl Client {
                 // A 503 was not executed, for want of what comes back (PROTOCOL.md, section 8): it is
                 // sent again as the other refusals are, while attempts are left; the last is answered.
                 Some(Ok(frames)) => match frames.unavailable() {
-                    Some(reason) if attempt < self.inner.config.retry.attempts => {
+                    Some(reason) if *attempt < retry.attempts => {
                         refused_for_now = true;
                         ClientError::Unavailable { reason }
                     }
@@ -504,25 +518,27 @@ impl Client {
                 connect_timeouts += 1;
             }
             let out_of_time = Instant::now() >= deadline;
-            if out_of_time || attempt >= self.inner.config.retry.attempts || !error.may_retry(idempotent) {
+            if out_of_time || *attempt >= retry.attempts || !error.may_retry(idempotent) {
                 let error = match (error.executed(), reached) {
                     (Executed::No, Some(earlier)) => earlier,
                     _ => error,
                 };
                 return Err(error.after_connect_timeouts(connect_timeouts));
             }
-            attempt += 1;
+            *attempt += 1;
             if std::mem::take(&mut refused_for_now) {
                 // Full jitter over a bound that doubles per attempt, as reconnections wait: three
                 // attempts at once would only triple the load on a server short of memory.
                 let policy = &self.inner.config.retry;
-                let bound =
-                    policy.initial_backoff.saturating_mul(1 << (attempt - 2).min(30)).min(policy.max_backoff);
+                let bound = policy
+                    .initial_backoff
+                    .saturating_mul(1 << (*attempt - 2).min(30))
+                    .min(policy.max_backoff);
                 let wait = bound.mul_f64(rand::random::<f64>());
                 tokio::time::sleep_until((Instant::now() + wait).min(deadline)).await;
             }
             self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(error = %error, attempt, "sending the request again");
+            tracing::debug!(error = %error, attempt = *attempt, "sending the request again");
             match error.executed() {
                 Executed::Maybe if reached.is_none() => reached = Some(error),
                 _ => last_error = Some(error),
@@ -634,17 +650,16 @@ impl Client {
         // A read-only request whose answer broke off after its first frame (a lost connection, a reset
         // stream) is sent again too, within the call's attempts and deadline, as one that failed
         // before its first frame is (`call_frames_until`): it changes nothing.
-        let mut attempts_left = self.inner.config.retry.attempts;
+        let mut attempts = 0;
         loop {
-            attempts_left = attempts_left.saturating_sub(1);
-            let mut frames = self.call_frames_until(request, deadline).await?;
+            let mut frames = self.call_frames_until(request, deadline, &mut attempts).await?;
             let collected = tokio::time::timeout_at(deadline, collect(&mut frames)).await;
             match collected {
                 Err(_) => return Err(self.timed_out()),
                 Ok(Err(e))
                     if request.is_idempotent()
                         && e.may_retry(true)
-                        && attempts_left > 0
+                        && attempts < self.inner.config.retry.attempts
                         && Instant::now() < deadline =>
                 {
                     self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
@@ -932,14 +947,18 @@ mod tests {
     /// the timeout) would otherwise overflow and panic.
     #[tokio::test]
     async fn a_timeout_too_long_for_a_deadline_is_refused_as_a_setting() {
-        for (connect_timeout, request_timeout) in
-            [(Duration::MAX, Duration::from_secs(1)), (Duration::from_secs(1), Duration::MAX)]
-        {
-            let config = ClientConfig {
-                connect_timeout,
-                request_timeout,
-                ..ClientConfig::new("127.0.0.1:1", "ca.pem")
-            };
+        let (long, second) = (Duration::MAX, Duration::from_secs(1));
+        let base = || ClientConfig::new("127.0.0.1:1", "ca.pem");
+        let configs = [
+            ClientConfig { connect_timeout: long, ..base() },
+            ClientConfig { request_timeout: long, ..base() },
+            ClientConfig { retry: RetryPolicy { initial_backoff: long, ..Default::default() }, ..base() },
+            ClientConfig {
+                retry: RetryPolicy { max_backoff: long, initial_backoff: second, ..Default::default() },
+                ..base()
+            },
+        ];
+        for config in configs {
             match Client::connect_with(config).await {
                 Err(ClientError::InvalidConfig(why)) => assert!(why.contains("at most a year"), "{why}"),
                 other => panic!("expected the setting refused, got {other:?}"),
