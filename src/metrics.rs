@@ -182,7 +182,7 @@ fn describe() {
     g!(
         "qkv_disk_log_bytes",
         Unit::Bytes,
-        "Bytes of the data log written since the last snapshot began: what a restart replays on top of it."
+        "Bytes of the data log since the last whole snapshot: what a restart replays on top of it."
     );
     g!("qkv_disk_snapshot_bytes", Unit::Bytes, "Size of the last whole snapshot of the disk store.");
     c!("qkv_disk_snapshots_total", "Snapshots of the disk store, by result: written or failed.");

@@ -57,8 +57,12 @@ pub struct Committer {
     /// The store, for snapshots; the committer must not keep it alive.
     pub store: Weak<Store>,
     pub snapshot_log_size: u64,
-    /// Log bytes written since the segment of the last snapshot started.
+    /// Log bytes written to the current segment, begun when the last snapshot began (at a start: the
+    /// log after the snapshot loaded).
     pub log_bytes: u64,
+    /// Log bytes of the segments before the current one that no whole snapshot covers yet: those of
+    /// a snapshot being written, or of one that failed (its successor must cover them too).
+    pub earlier_log_bytes: u64,
     pub snapshot_size: u64,
     /// The number of the last record written to the log (on disk once the segment is synced).
     pub written: u64,
@@ -107,19 +111,16 @@ impl Committer {
                 batch.clear();
                 continue;
             }
-            if let Err(e) = self.commit(&batch, count, last, &mut unsynced_since, sync_wanted) {
-                tracing::error!(error = %e, "writing the data log failed: the store refuses writes from now on");
-                self.log.fail(e.to_string());
-                failure = Some(format!("writing the data log failed ({e})"));
-            }
-            batch.clear();
-            if batch.capacity() > KEEP_BUFFER {
-                batch = Vec::new();
-            }
-
+            // A snapshot written meanwhile is taken in before this commit, so that the writes it
+            // answers find the log's figures as the snapshot left them.
             if let Some(running) = snapshotting.take_if(|s| s.thread.is_finished()) {
                 match running.thread.join() {
-                    Ok(Ok(size)) => self.snapshot_size = size,
+                    Ok(Ok(size)) => {
+                        self.snapshot_size = size;
+                        // What it covers is compacted: a restart replays the current segment alone.
+                        self.earlier_log_bytes = 0;
+                        crate::metrics::disk_log(self.log_bytes);
+                    }
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "writing a snapshot failed; the log keeps everything meanwhile");
                         crate::metrics::disk_snapshot_failed();
@@ -132,7 +133,20 @@ impl Committer {
                     }
                 }
             }
-            let due = self.log_bytes >= self.snapshot_log_size.max(self.snapshot_size);
+            if let Err(e) = self.commit(&batch, count, last, &mut unsynced_since, sync_wanted) {
+                tracing::error!(error = %e, "writing the data log failed: the store refuses writes from now on");
+                self.log.fail(e.to_string());
+                failure = Some(format!("writing the data log failed ({e})"));
+            }
+            batch.clear();
+            if batch.capacity() > KEEP_BUFFER {
+                batch = Vec::new();
+            }
+
+            // Counted from the last whole snapshot: after a failed one, the next is due as soon as
+            // its retry time has come.
+            let unsnapshotted = self.earlier_log_bytes + self.log_bytes;
+            let due = unsnapshotted >= self.snapshot_log_size.max(self.snapshot_size);
             if due && failure.is_none() && snapshotting.is_none() && Instant::now() >= retry_snapshot_at {
                 match self.rotate(&mut unsynced_since) {
                     Ok(()) => match self.start_snapshot() {
@@ -189,7 +203,7 @@ impl Committer {
             self.segment.append(batch)?;
             // Counted before the writes are answered, so that whoever wrote sees them in the figure.
             self.log_bytes += batch.len() as u64;
-            crate::metrics::disk_log(self.log_bytes);
+            crate::metrics::disk_log(self.earlier_log_bytes + self.log_bytes);
         }
         let sync = match self.durability {
             Durability::Strict => true,
@@ -220,8 +234,7 @@ impl Committer {
         let generation = self.generation + 1;
         self.segment = files::create_segment(&self.dir, generation, self.log.appended())?;
         self.generation = generation;
-        self.log_bytes = 0;
-        crate::metrics::disk_log(0);
+        self.earlier_log_bytes += std::mem::take(&mut self.log_bytes);
         Ok(())
     }
 

@@ -179,6 +179,7 @@ impl DiskStore {
             store: Arc::downgrade(&memory),
             snapshot_log_size: config.snapshot_log_size,
             log_bytes: recovered.log_bytes,
+            earlier_log_bytes: 0,
             snapshot_size: recovered.snapshot_size,
             written: log.appended(),
             lock,
