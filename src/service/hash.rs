@@ -265,7 +265,10 @@ impl<S: Storage> Listing<S> {
             self.yielding = Some(AbortOnDropHandle::new(tokio::spawn(async move {
                 tokio::time::sleep(IDLE_BEFORE_YIELDING).await;
                 slots.wanted().await;
-                drop(held.lock().take());
+                let given_up = held.lock().take();
+                if given_up.is_none() {
+                    slots.unclaim();
+                }
             })));
         }
         Some(page_frame(page))
