@@ -410,14 +410,18 @@ impl Subscription {
     /// closed by the server: shutting down, say): nothing of a subscription outlives its connection,
     /// so the subscription is gone too, as the Unsubscribe wanted.
     fn gone_with_its_connection(&self, e: &ClientError) -> bool {
-        match e {
-            ClientError::ConnectionLost(_) | ClientError::NotSent { .. } => true,
-            // TCP: the server's last frame on the connection; QUIC: its close (`0x1`).
-            ClientError::Unavailable { reason } => {
-                reason.ends_with(CLOSING_SUFFIX)
-                    || matches!(&self.channel, Channel::Quic { connection, .. } if !connection.is_usable())
-            }
-            _ => false,
+        match &self.channel {
+            // The connection says so itself (lost, closed with `0x1`).
+            Channel::Quic { connection, .. } => !connection.is_usable(),
+            #[cfg(feature = "web-client")]
+            Channel::Web { connection, .. } => !connection.is_usable(),
+            // A connection of the subscription's own: lost, or closed by the server's last frame.
+            Channel::Tcp { .. } => match e {
+                ClientError::ConnectionLost(_) | ClientError::NotSent { .. } => true,
+                ClientError::Unavailable { reason } => reason.ends_with(CLOSING_SUFFIX),
+                _ => false,
+            },
+            Channel::Ended => true,
         }
     }
 

@@ -11,8 +11,10 @@
 //! a caller that holds a reply without reading it cannot stall the connection (it only keeps that
 //! reply in memory), and a writer blocked on a full socket never stops answers from being read.
 //!
-//! A 503 frame means the server executes nothing more on this connection: that request and every later
-//! one fail with [`ClientError::Unavailable`], safe to retry elsewhere.
+//! A refusal whose message ends with `CLOSING_SUFFIX` (a 503 at shutdown, at the connection limit or
+//! out of memory; a bad frame's 400, 408 or 413) means the server executes nothing more on this
+//! connection: every later request fails as not executed, safe to retry elsewhere. Any other 503
+//! refused its own request alone, even when the connection ends right after it.
 
 use std::collections::VecDeque;
 use std::io;
@@ -42,7 +44,8 @@ use crate::transport::frame::{CLOSING_SUFFIX, FrameCodec, FrameError, encode_fra
 /// Why a TCP connection stopped carrying requests, as each unanswered request learns it.
 #[derive(Debug, Clone)]
 pub(super) enum Closed {
-    /// The server said 503: it executed neither this request nor any later one on the connection.
+    /// The server refused a request and closed the connection (`CLOSING_SUFFIX`): it executed no
+    /// later one on the connection.
     Unavailable(String),
     /// The request was never written to the connection.
     NotSent(Cause),
