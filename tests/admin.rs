@@ -355,6 +355,12 @@ async fn health_answers_while_a_disk_store_recovers() {
     assert!(exited.success(), "{exited:?}");
 }
 
+/// `qkv serve` arguments for a disk store in `data` that takes a snapshot every 8 KiB of log, with an
+/// admin listener.
+fn small_snapshots(data: &str) -> [&str; 8] {
+    ["--store", "disk", "--data-dir", data, "--snapshot-log-size", "8KiB", "--admin", "127.0.0.1:0"]
+}
+
 /// An operator follows the disk store in /metrics: its log grows with the writes, a snapshot folds it
 /// in (counted, with its size and time, and the log starts again), a restart gives its recovery's time
 /// and the snapshot it loaded, and a store broken under the server (its data directory removed) is
@@ -364,8 +370,7 @@ async fn metrics_follow_the_disk_stores_log_snapshots_and_health() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let data_dir = dir.path().join("data");
     let data = data_dir.to_str().expect("a UTF-8 path");
-    let args =
-        ["--store", "disk", "--data-dir", data, "--snapshot-log-size", "8KiB", "--admin", "127.0.0.1:0"];
+    let args = small_snapshots(data);
     let mut server = ServerProcess::start(&args).await;
     let admin = server.admin_addr().await;
     let scrape = |series: &'static str| async move { sample(&get(admin, "/metrics").await.1, series) };
@@ -431,8 +436,7 @@ async fn a_failed_snapshot_is_counted_and_the_store_goes_on() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let data_dir = dir.path().join("data");
     let data = data_dir.to_str().expect("a UTF-8 path");
-    let args =
-        ["--store", "disk", "--data-dir", data, "--snapshot-log-size", "8KiB", "--admin", "127.0.0.1:0"];
+    let args = small_snapshots(data);
     let mut server = ServerProcess::start(&args).await;
     let admin = server.admin_addr().await;
     // A new store writes segment 1; the first snapshot is of generation 2.

@@ -116,6 +116,16 @@ async fn load_big_table(client: &Client, mebibytes: usize) {
     }
 }
 
+/// A listing of `table` on a QUIC stream of its own, whose answer nobody reads yet: its connection
+/// (which must live on) and the stream's receiving side.
+async fn unread_listing(server: &TestServer, table: &str) -> (quinn::Connection, quinn::RecvStream) {
+    let connection = server.raw_connection().await;
+    let (mut send, recv) = connection.open_bi().await.unwrap();
+    send.write_all(&common::frame(&CommandRequest::hgetall(table))).await.unwrap();
+    send.finish().unwrap();
+    (connection, recv)
+}
+
 async fn graceful_shutdown_completes_in_flight_replies_and_later_calls_find_no_server(transport: Transport) {
     let mut server =
         TestServer::start_for_with(transport, |config| config.service.response_frame_target = 4096).await;
@@ -184,10 +194,7 @@ async fn a_reply_the_client_stops_reading_is_abandoned_after_the_reply_timeout()
         TestServer::start_with(|config| config.limits.reply_timeout = Duration::from_millis(300)).await;
     let client = server.client().await;
     load_big_table(&client, 20).await;
-    let connection = server.raw_connection().await;
-    let (mut send, mut recv) = connection.open_bi().await.unwrap();
-    send.write_all(&common::frame(&CommandRequest::hgetall("big"))).await.unwrap();
-    send.finish().unwrap();
+    let (_connection, mut recv) = unread_listing(&server, "big").await;
     // Read nothing: the server must give up on its own and say why.
     let reset = tokio::time::timeout(Duration::from_secs(10), recv.received_reset()).await;
     assert_eq!(reset.expect("the server abandons the reply").unwrap(), Some(codes::REPLY_TIMEOUT));
@@ -219,10 +226,7 @@ async fn a_listing_nobody_reads_gives_its_scan_slot_to_one_that_wants_it() {
     .await;
     let client = server.client().await;
     load_big_table(&client, 20).await;
-    let connection = server.raw_connection().await;
-    let (mut send, mut recv) = connection.open_bi().await.unwrap();
-    send.write_all(&common::frame(&CommandRequest::hgetall("big"))).await.unwrap();
-    send.finish().unwrap();
+    let (_connection, mut recv) = unread_listing(&server, "big").await;
     // Its first bytes have come: it holds the slot, and then waits for this reader, which waits.
     let mut first = [0u8; 4];
     recv.read_exact(&mut first).await.unwrap();
