@@ -89,16 +89,15 @@ pub async fn run(
     let lagging = Arc::new(AtomicU64::new(0));
     let publish = |publisher: &Client| {
         let (publisher, payload, lagging) = (publisher.clone(), payload.clone(), lagging.clone());
-        move |_: u64| {
+        move |_: u64, counted_by: Instant| {
             let (publisher, payload, lagging) = (publisher.clone(), payload.clone(), lagging.clone());
             async move {
-                let sent = Instant::now();
                 let sent_at = Value::from(window.start.elapsed().as_nanos() as i64);
                 let published =
                     publisher.publish(TOPIC, [sent_at, payload]).await.map_err(RequestError::from)?;
-                // Counted as the publishes are (by when they were sent), so that the lagging count
-                // is of the publishes the report counts, but for those on the window's edges.
-                if sent >= window.measure_from && sent < window.deadline {
+                // Counted as the publishes are (by the instant the loop counts them by), so that the
+                // lagging count is of the publishes the report counts.
+                if counted_by >= window.measure_from && counted_by < window.deadline {
                     lagging.fetch_add(published.lagging as u64, Ordering::Relaxed);
                 }
                 Ok(())

@@ -197,10 +197,12 @@ impl Default for Tally {
 }
 
 /// Closed loop: one request in flight at all times, the next sent when the last is answered.
-/// `request(n)` sends the worker's `n`th request and waits for its answer.
+/// `request(n, sent)` sends the worker's `n`th request and waits for its answer; `sent` is the instant
+/// the run counts it by (measured if in the window), for a request that counts more than its answer
+/// by it too (the connect workload's connections).
 pub async fn closed_worker<F, R>(request: F, window: Window, progress: Progress) -> Tally
 where
-    F: Fn(u64) -> R,
+    F: Fn(u64, Instant) -> R,
     R: Future<Output = Result<(), RequestError>>,
 {
     let mut tally = Tally::new();
@@ -209,7 +211,7 @@ where
         if sent >= window.deadline {
             break;
         }
-        let Ok(result) = tokio::time::timeout_at(window.deadline + DRAIN, request(n)).await else {
+        let Ok(result) = tokio::time::timeout_at(window.deadline + DRAIN, request(n, sent)).await else {
             tally.error(format!("no answer within {DRAIN:?} after the run ended"));
             return tally;
         };
@@ -238,7 +240,7 @@ pub fn open_loop<F, R>(
     pacer: &Pacer,
 ) -> Vec<impl Future<Output = Tally> + use<F, R>>
 where
-    F: Fn(u64) -> R,
+    F: Fn(u64, Instant) -> R,
     R: Future<Output = Result<(), RequestError>>,
 {
     let n = connections.len().max(1);
@@ -256,7 +258,7 @@ where
 
 /// Open loop: one connection's share of the rate, `rate` requests per second due from `window.start` +
 /// `first`, at most `max_inflight` at once (a request due while the connection is full waits, and its
-/// wait counts in its latency). `request(n)` sends the `n`th request and waits for its answer; `timer`
+/// wait counts in its latency). `request(n, due)` sends the `n`th request and waits for its answer; `timer`
 /// releases each request when it is due.
 async fn open_connection<F, R>(
     request: F,
@@ -268,7 +270,7 @@ async fn open_connection<F, R>(
     timer: Timer,
 ) -> Tally
 where
-    F: Fn(u64) -> R,
+    F: Fn(u64, Instant) -> R,
     R: Future<Output = Result<(), RequestError>>,
 {
     let interval = Duration::from_secs_f64(1.0 / rate.max(f64::MIN_POSITIVE));
@@ -291,7 +293,8 @@ where
         // can keep a task waiting for milliseconds, or the connection was full): its latency counts
         // from when it was due, so its lateness counts like any wait.
         if (next_due <= now || released.is_some()) && in_flight.len() < max_inflight {
-            let answer = request(issued);
+            // Counted by when it fell due, as its answer is.
+            let answer = request(issued, next_due);
             let sent = released.take().unwrap_or(next_due);
             in_flight.push(async move { (next_due, sent, answer.await) });
             issued += 1;
@@ -393,7 +396,7 @@ mod tests {
     /// One connection's open loop at 1000/s from the window's start, on tokio's timers.
     async fn at_1000_per_second<F, R>(request: F, max_inflight: usize, window: Window) -> Tally
     where
-        F: Fn(u64) -> R,
+        F: Fn(u64, Instant) -> R,
         R: Future<Output = Result<(), RequestError>>,
     {
         let timer = Pacer::tokio().timer();
@@ -404,7 +407,7 @@ mod tests {
     async fn open_loop_sends_every_request_due_in_the_window_and_none_of_the_warm_up() {
         // 1000/s: one due every millisecond (tokio's timer's resolution); 100 ms of warm-up, then 250 ms
         // measured → exactly 250 recorded.
-        let request = |_| async { Ok(()) };
+        let request = |_, _| async { Ok(()) };
         let tally = at_1000_per_second(request, 8, window(100, 250)).await;
         assert_eq!(tally.requests, 250);
         assert_eq!(tally.errors, 0, "{:?}", tally.first_error);
@@ -415,7 +418,7 @@ mod tests {
         // Due every 1 ms, but each answer takes 10 ms and only one may be in flight: the server has
         // fallen behind. Measured from the actual send, every latency would be 10 ms; measured from
         // when each request was due, the queue that builds up is visible.
-        let request = |_| answer_after(Duration::from_millis(10));
+        let request = |_, _| answer_after(Duration::from_millis(10));
         let tally = at_1000_per_second(request, 1, window(0, 200)).await;
         // Sent at 0, 10, ... 200 ms (the answer at the deadline made room for one more), the nth due at
         // n ms: the last waited 190 ms.
@@ -439,7 +442,7 @@ mod tests {
         let connections = (0..10)
             .map(|_| {
                 let sent = sent.clone();
-                move |_| {
+                move |_, _| {
                     sent.lock().push(window.start.elapsed());
                     async { Ok(()) }
                 }
@@ -458,7 +461,8 @@ mod tests {
     async fn closed_loop_keeps_its_request_in_flight_and_stops_at_the_deadline() {
         let started = Instant::now();
         let tally =
-            closed_worker(|_| answer_after(Duration::from_millis(5)), window(0, 100), Progress::new()).await;
+            closed_worker(|_, _| answer_after(Duration::from_millis(5)), window(0, 100), Progress::new())
+                .await;
         assert_eq!(started.elapsed(), Duration::from_millis(100), "the loop outlived its deadline");
         assert_eq!(tally.requests, 20, "100 ms at 5 ms each");
         assert_eq!(tally.latency_us().min(), 5000, "every request takes its 5 ms");
@@ -481,7 +485,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failures_are_counted_with_the_first_reason() {
-        let refused = |n| async move {
+        let refused = |n, _| async move {
             tokio::time::sleep(Duration::from_millis(1)).await;
             Err(RequestError::Other(format!("refused #{n}")))
         };

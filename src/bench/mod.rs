@@ -299,9 +299,9 @@ async fn run_until_done(config: &BenchConfig, progress: &Progress) -> Result<Ben
         let requests = move |worker: u64| {
             let maker = maker.clone();
             let seed = connection_seed.wrapping_add(worker << 32);
-            move |n: u64| {
+            move |n: u64, counted_by: Instant| {
                 let maker = maker.clone();
-                async move { maker.request(&mut SmallRng::seed_from_u64(seed.wrapping_add(n))).await }
+                async move { maker.request(&mut SmallRng::seed_from_u64(seed.wrapping_add(n)), counted_by).await }
             }
         };
         match config.rate {

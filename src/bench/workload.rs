@@ -152,7 +152,9 @@ impl Connector {
         Ok(connectors)
     }
 
-    async fn request(&self, key: &str) -> Result<(), RequestError> {
+    /// One connection and its request; `counted_by`: the instant the run counts the request by, by
+    /// which its connection is counted too (`finish`), so that the two figures agree.
+    async fn request(&self, key: &str, counted_by: Instant) -> Result<(), RequestError> {
         let started = Instant::now();
         let client = self.endpoint.connect().await?;
         let found = match client.hget(TABLE, key).await {
@@ -171,7 +173,7 @@ impl Connector {
         self.closing.lock().spawn(async move {
             tokio::time::sleep(linger).await;
             client.close().await;
-            (started, client.stats())
+            (counted_by, client.stats())
         });
         match found? {
             Some(_) => Ok(()),
@@ -219,7 +221,8 @@ pub enum RequestError {
 
 impl RequestMaker {
     /// Sends one request and waits for its answer.
-    pub async fn request(&self, rng: &mut SmallRng) -> Result<(), RequestError> {
+    /// One request; `counted_by`: the instant the run counts it by (see `load::closed_worker`).
+    pub async fn request(&self, rng: &mut SmallRng, counted_by: Instant) -> Result<(), RequestError> {
         let client = match &self.target {
             Target::Echo { client, max_frame_len } => {
                 let echoed = client
@@ -234,7 +237,7 @@ impl RequestMaker {
                 };
             }
             Target::Kv(client) => client,
-            Target::Connect(connector) => return connector.request(self.keys.pick(rng)).await,
+            Target::Connect(connector) => return connector.request(self.keys.pick(rng), counted_by).await,
         };
         let read = match self.workload {
             Workload::Ping => return Ok(client.ping(Bytes::new()).await.map(drop)?),
