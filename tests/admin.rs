@@ -361,6 +361,25 @@ fn small_snapshots(data: &str) -> [&str; 8] {
     ["--store", "disk", "--data-dir", data, "--snapshot-log-size", "8KiB", "--admin", "127.0.0.1:0"]
 }
 
+const WRITTEN: &str = "qkv_disk_snapshots_total{result=\"written\"}";
+const FAILED: &str = "qkv_disk_snapshots_total{result=\"failed\"}";
+
+/// Writes 100-byte values to table `t` (keys `k{first}` on) until the admin listener's `series` is at
+/// least 1; how many it wrote. 8 KiB of log make a snapshot due: a few hundred writes at most,
+/// whatever the record's framing.
+async fn write_until(client: &Client, admin: std::net::SocketAddr, series: &str, first: usize) -> usize {
+    let value = "v".repeat(100);
+    let mut writes = 0;
+    while sample(&get(admin, "/metrics").await.1, series) < 1.0 {
+        assert!(writes < 2000, "no {series} after {writes} writes of 100 bytes");
+        for _ in 0..20 {
+            client.hset("t", &format!("k{}", first + writes), value.as_str()).await.expect("hset");
+            writes += 1;
+        }
+    }
+    writes
+}
+
 /// An operator follows the disk store in /metrics: its log grows with the writes, a snapshot folds it
 /// in (counted, with its size and time, and the log starts again), a restart gives its recovery's time
 /// and the snapshot it loaded, and a store broken under the server (its data directory removed) is
@@ -374,8 +393,6 @@ async fn metrics_follow_the_disk_stores_log_snapshots_and_health() {
     let mut server = ServerProcess::start(&args).await;
     let admin = server.admin_addr().await;
     let scrape = |series: &'static str| async move { sample(&get(admin, "/metrics").await.1, series) };
-    const WRITTEN: &str = "qkv_disk_snapshots_total{result=\"written\"}";
-    const FAILED: &str = "qkv_disk_snapshots_total{result=\"failed\"}";
     assert_eq!(scrape("qkv_disk_log_bytes").await, 0.0, "a new store's log is empty");
     assert_eq!(scrape(WRITTEN).await, 0.0);
     assert_eq!(scrape("qkv_healthy").await, 1.0);
@@ -384,15 +401,7 @@ async fn metrics_follow_the_disk_stores_log_snapshots_and_health() {
     let value = "v".repeat(100);
     client.hset("t", "k0", value.as_str()).await.expect("hset");
     assert!(scrape("qkv_disk_log_bytes").await > 100.0, "the log holds the write");
-    // 8 KiB of log make a snapshot due: a few hundred writes at most, whatever the record's framing.
-    let mut writes = 1;
-    while scrape(WRITTEN).await < 1.0 {
-        assert!(writes < 2000, "no snapshot written after {writes} writes of 100 bytes");
-        for _ in 0..20 {
-            client.hset("t", &format!("k{writes}"), value.as_str()).await.expect("hset");
-            writes += 1;
-        }
-    }
+    let writes = 1 + write_until(&client, admin, WRITTEN, 1).await;
     // A commit after the snapshot was written takes it in (the log's figure drops to what came since).
     client.hset("t", "after-snapshot", value.as_str()).await.expect("hset");
     let metrics = get(admin, "/metrics").await.1;
@@ -441,19 +450,9 @@ async fn a_failed_snapshot_is_counted_and_the_store_goes_on() {
     let admin = server.admin_addr().await;
     // A new store writes segment 1; the first snapshot is of generation 2.
     std::fs::create_dir(data_dir.join("qkv-snapshot.00000002.tmp")).expect("directory in the way");
-    let failed = || async move {
-        sample(&get(admin, "/metrics").await.1, "qkv_disk_snapshots_total{result=\"failed\"}")
-    };
     let client = Client::connect_with(server.client_config(Transport::Quic)).await.expect("connects");
     let value = "v".repeat(100);
-    let mut writes = 0;
-    while failed().await < 1.0 {
-        assert!(writes < 2000, "no snapshot failed after {writes} writes of 100 bytes");
-        for _ in 0..20 {
-            client.hset("t", &format!("k{writes}"), value.as_str()).await.expect("hset");
-            writes += 1;
-        }
-    }
+    let writes = write_until(&client, admin, FAILED, 0).await;
     client.hset("t", "after", value.as_str()).await.expect("the store goes on after a failed snapshot");
     assert_eq!(client.hget("t", "k0").await.expect("hget").map(|v| v.value), Some(value.into()));
     let metrics = get(admin, "/metrics").await.1;
@@ -461,7 +460,7 @@ async fn a_failed_snapshot_is_counted_and_the_store_goes_on() {
     // the next try is due as soon as its retry time comes.
     let log = sample(&metrics, "qkv_disk_log_bytes");
     assert!(log > 100.0 * writes as f64, "{log} bytes of log after {writes} writes: {metrics}");
-    assert_eq!(sample(&metrics, "qkv_disk_snapshots_total{result=\"written\"}"), 0.0, "{metrics}");
+    assert_eq!(sample(&metrics, WRITTEN), 0.0, "{metrics}");
     assert_eq!(sample(&metrics, "qkv_healthy"), 1.0, "{metrics}");
     client.close().await;
 }

@@ -67,9 +67,7 @@ impl ScanSlots {
             notified.await;
         }
     }
-}
 
-impl ScanSlots {
     /// A listing that claimed a yield ([`ScanSlots::wanted`]) had nothing to give (its client read on
     /// meanwhile): the claim goes back, for another idle listing to take.
     pub(crate) fn unclaim(&self) {
