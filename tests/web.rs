@@ -1201,7 +1201,9 @@ async fn the_openapi_document_describes_every_route() {
     // What any operation may answer is listed on each; bodies of bytes are binary, not integers.
     for (path, item) in paths {
         for (method, operation) in item.as_object().unwrap() {
-            assert!(operation["responses"]["503"].is_object(), "{method} {path}: no 503");
+            for status in ["503", "421", "431"] {
+                assert!(operation["responses"][status].is_object(), "{method} {path}: no {status}");
+            }
             if operation.get("requestBody").is_some() {
                 assert!(operation["responses"]["408"].is_object(), "{method} {path}: no 408");
             }

@@ -117,8 +117,10 @@ pub struct ServerSentEvent {
 }
 
 /// The document as served: the handlers' own responses, and those any operation may meet whatever
-/// it is (docs/HTTP.md, 2.7): 503 when the connection memory budget is spent (or the Redis backend is
-/// unreachable), and for those with a body 408 when it does not arrive in time.
+/// it is (docs/HTTP.md, 1 and 2.7): 503 when the connection memory budget is spent (or the Redis backend
+/// is unreachable), 421 for a host name the listener does not answer to (`--web-plaintext`), 431 for a
+/// request head over `--web-max-header-size` (no body: it is refused before any route runs), and for
+/// those with a body 408 when it does not arrive in time.
 pub fn document(api: &utoipa::openapi::OpenApi) -> Json {
     let mut document = serde_json::to_value(api).unwrap_or(Json::Null);
     let problem = |description: &str| {
@@ -133,11 +135,17 @@ pub fn document(api: &utoipa::openapi::OpenApi) -> Json {
     unavailable["headers"] =
         json!({ "Retry-After": { "description": "Seconds to wait", "schema": { "type": "integer" } } });
     let late = problem("The request's body did not arrive within the server's request timeout");
+    let misdirected = problem(
+        "With --web-plaintext: a Host (HTTP/2: :authority) the listener does not answer to (an IP address, localhost, a name of its certificate or one given with --web-host); nothing was run",
+    );
+    let head_too_large = json!({ "description": "The request head is over the server's --web-max-header-size; nothing was run (no body)" });
     let operations = document["paths"].as_object_mut().into_iter().flat_map(|paths| paths.values_mut());
     for operation in operations.filter_map(Json::as_object_mut).flat_map(|item| item.values_mut()) {
         let has_body = operation.get("requestBody").is_some();
         let Some(responses) = operation.get_mut("responses").and_then(Json::as_object_mut) else { continue };
         responses.entry("503").or_insert_with(|| unavailable.clone());
+        responses.entry("421").or_insert_with(|| misdirected.clone());
+        responses.entry("431").or_insert_with(|| head_too_large.clone());
         if has_body {
             responses.entry("408").or_insert_with(|| late.clone());
         }
