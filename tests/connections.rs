@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use futures_util::future::join_all;
 use std::time::Duration;
 
-use qkv::client::{Client, ClientConfig, ClientError, RetryPolicy};
+use qkv::client::{Cause, Client, ClientConfig, ClientError, Executed, RetryPolicy};
 use qkv::pb::{CommandRequest, CommandResponse, Kvpair, Value, status};
 use qkv::server::{Server, ServerConfig};
 use qkv::storage::MemoryStore;
@@ -87,6 +87,22 @@ async fn an_unreachable_server_times_out_with_a_clear_error() {
     let err = Client::connect_with(config).await.err().unwrap();
     assert!(matches!(err, ClientError::ConnectTimeout { .. }), "{err}");
     assert!(err.to_string().contains("is the server running"), "{err}");
+}
+
+/// The request timeout bounds connecting as it bounds a call: `qkv hget --timeout 1s` against a silent
+/// address must not wait out the 5 s connect timeout.
+#[tokio::test]
+async fn connecting_ends_at_the_request_timeout_when_that_comes_first() {
+    let server = TestServer::start().await; // only for its CA
+    let (_silent, mut config) = silent_server(&server, Duration::from_secs(3600));
+    config.request_timeout = Duration::from_millis(300);
+    let connecting = tokio::time::timeout(Duration::from_secs(60), Client::connect_with(config));
+    let err = connecting.await.expect("connecting waited for the connect timeout").err().unwrap();
+    assert!(
+        matches!(err, ClientError::NotSent { cause: Cause::NoConnectionWithin(t) } if t == Duration::from_millis(300)),
+        "{err:?}"
+    );
+    assert_eq!(err.executed(), Executed::No);
 }
 
 #[tokio::test]

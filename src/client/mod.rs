@@ -325,9 +325,9 @@ impl Client {
     /// Connects as `config` says, on an endpoint (a UDP socket, over QUIC) of its own. Returns once the
     /// connection is established, or at once when it is resumed in 0-RTT. A server that refuses the
     /// connection (restarting, shutting down, at its connection limit) is tried again after the
-    /// reconnection backoff, as many times as the retry policy's attempts allow within the request
-    /// timeout (its retries, not its first attempt), as a call's retries would; a connect timeout is
-    /// not (it has waited already: a call made later tries again).
+    /// reconnection backoff, as many times as the retry policy's attempts allow, all within the request
+    /// timeout (each attempt for up to the connect timeout), as a call's retries would; a connect
+    /// timeout is not tried again (it has waited already: a call made later tries again).
     pub async fn connect_with(config: ClientConfig) -> ClientResult<Self> {
         Self::connect_on(&ClientEndpoint::new(config).await?, false).await
     }
@@ -337,9 +337,14 @@ impl Client {
         let client = Self::on(endpoint, shared);
         let config = &client.inner.config;
         let deadline = Instant::now() + config.request_timeout;
-        let mut error = match client.connection().await {
-            Ok(_) => return Ok(client),
-            Err(e) => e,
+        // The first attempt as well: a connect timeout longer than the request timeout must not
+        // make the client wait past it.
+        let mut error = match tokio::time::timeout_at(deadline, client.connection()).await {
+            Ok(Ok(_)) => return Ok(client),
+            Ok(Err(e)) => e,
+            Err(_) => {
+                return Err(ClientError::NotSent { cause: Cause::NoConnectionWithin(config.request_timeout) });
+            }
         };
         for attempt in 2..=config.retry.attempts {
             if !error.is_retryable() || matches!(error, ClientError::ConnectTimeout { .. }) {
