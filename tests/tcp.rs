@@ -845,14 +845,24 @@ transport_tests!(pipelined: tls, tcp =>
     a_subscriber_that_closes_its_sending_side_reads_on,
 );
 
+/// A plaintext client pointed at a port of another protocol (the TLS listener, or the admin listener's
+/// HTTP) is told what it met and that nothing was executed: not "the connection was lost after the
+/// request was sent", which would send its user to check for a write.
 #[tokio::test]
-async fn a_plaintext_client_at_a_tls_port_is_told_nothing_was_executed() {
-    let server = TestServer::start_for(Transport::Tls).await;
-    let config = qkv::client::ClientConfig { transport: Transport::Tcp, ..server.client_config() };
-    let client = qkv::Client::connect_with(config).await.unwrap();
-    let err = client.hset("t", "k", "v").await.unwrap_err();
-    assert_eq!(err.executed(), qkv::client::Executed::No, "{err}");
-    assert!(!err.is_retryable(), "the same mistake again: {err}");
-    assert!(err.to_string().contains("looks like TLS"), "{err}");
+async fn a_plaintext_client_at_a_port_of_another_protocol_is_told_nothing_was_executed() {
+    let server = TestServer::start_for_with(Transport::Tls, |config| {
+        config.admin = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let admin = server.admin.unwrap().to_string();
+    for (addr, saying) in [(server.addr.to_string(), "looks like TLS"), (admin, "looks like an HTTP answer")]
+    {
+        let config = qkv::client::ClientConfig { transport: Transport::Tcp, addr, ..server.client_config() };
+        let client = qkv::Client::connect_with(config).await.unwrap();
+        let err = client.hset("t", "k", "v").await.unwrap_err();
+        assert_eq!(err.executed(), qkv::client::Executed::No, "{err}");
+        assert!(!err.is_retryable(), "the same mistake again: {err}");
+        assert!(err.to_string().contains(saying), "{saying:?} in {err}");
+    }
     assert_eq!(server.client().await.hget("t", "k").await.unwrap(), None);
 }

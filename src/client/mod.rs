@@ -343,7 +343,9 @@ impl Client {
             Ok(Ok(_)) => return Ok(client),
             Ok(Err(e)) => e,
             Err(_) => {
-                return Err(ClientError::NotSent { cause: Cause::NoConnectionWithin(config.request_timeout) });
+                return Err(ClientError::NotSent {
+                    cause: Cause::NoConnectionWithin(config.request_timeout),
+                });
             }
         };
         for attempt in 2..=config.retry.attempts {

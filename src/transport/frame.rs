@@ -116,6 +116,10 @@ fn other_protocol_hint(declared: u64) -> &'static str {
         | [b'P', b'U', b'T', b' '] => {
             " (this looks like an HTTP request: qkv speaks its own framed protocol)"
         }
+        // What an HTTP server answers a qkv frame with: the port is a web or admin listener's.
+        [b'H', b'T', b'T', b'P'] => {
+            " (this looks like an HTTP answer: the server there speaks HTTP, not qkv's framed protocol)"
+        }
         _ => "",
     }
 }
@@ -413,6 +417,7 @@ mod tests {
             |bytes: [u8; 4]| FrameError::TooLarge { declared: u32::from_be_bytes(bytes) as u64, max: 1024 };
         assert!(too_large([0x16, 0x03, 0x01, 0x02]).to_string().contains("looks like TLS"));
         assert!(too_large(*b"GET ").to_string().contains("looks like an HTTP request"));
+        assert!(too_large(*b"HTTP").to_string().contains("looks like an HTTP answer"));
         assert!(!too_large([0, 1, 0, 0]).to_string().contains("looks like"));
         // The course's frame.rs flags a gzip-compressed frame with the top bit: said, and not taken
         // for another protocol (the connection's peer speaks qkv's framing).
