@@ -246,6 +246,23 @@ async fn bad_input_exits_2_and_negative_numbers_are_values() {
     assert!(negative.status.success(), "{}", stderr(&negative));
     assert_eq!(stdout(&qkv(s, &["hget", "t", "n"]).await), "-5\n");
 
+    // A float written out never silently becomes infinity or 0; one prints so that it is not taken
+    // for an integer, nor spelt out in 301 digits, and reads back as it printed.
+    for out_of_range in ["1e400", "-1e400", "1e-400"] {
+        let refused = qkv(s, &["hset", "t", "x", out_of_range, "--type", "float"]).await;
+        assert_eq!(refused.status.code(), Some(EXIT_INVALID_INPUT), "{out_of_range}: {}", stderr(&refused));
+        assert!(stderr(&refused).contains("out of range"), "{out_of_range}: {}", stderr(&refused));
+    }
+    for (written, printed) in
+        [("1", "1.0"), ("2.5e300", "2.5e300"), ("-0", "-0.0"), ("inf", "inf"), ("NaN", "NaN")]
+    {
+        let set = qkv(s, &["hset", "t", "x", written, "--type", "float"]).await;
+        assert!(set.status.success(), "{written}: {}", stderr(&set));
+        assert_eq!(stdout(&qkv(s, &["hget", "t", "x"]).await), format!("{printed}\n"), "{written}");
+        let again = qkv(s, &["hset", "t", "y", printed, "--type", "float"]).await;
+        assert!(again.status.success(), "{printed}: {}", stderr(&again));
+    }
+
     let misuse = qkv(None, &["serve", "--threads", "2"]).await;
     assert_eq!(misuse.status.code(), Some(EXIT_INVALID_INPUT));
     assert!(stderr(&misuse).contains("--runtime multi-thread"), "{}", stderr(&misuse));

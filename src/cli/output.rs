@@ -184,6 +184,30 @@ fn invalid(raw: &str, expected: &str, error: impl std::fmt::Display) -> CliError
     CliError::InvalidInput(format!("{raw:?} is not {expected}: {error}"))
 }
 
+/// A float as Rust reads it (`inf`, `NaN` and exponents included), but never one that a number written
+/// out would silently become: past ±1.8e308 it would be infinite, and a non-zero number under 5e-324
+/// would be 0 (as REST refuses them: "number out of range").
+fn parse_float(raw: &str) -> Result<f64, CliError> {
+    let x: f64 = raw.parse().map_err(|e| invalid(raw, "a number", e))?;
+    let mantissa = raw.split(['e', 'E']).next().unwrap_or(raw);
+    let written_out = mantissa.bytes().any(|b| b.is_ascii_digit());
+    if x.is_infinite() && written_out {
+        return Err(invalid(
+            raw,
+            "a float",
+            "out of range: a float holds at most ±1.7976931348623157e308 (write inf for infinity)",
+        ));
+    }
+    if x == 0.0 && mantissa.bytes().any(|b| matches!(b, b'1'..=b'9')) {
+        return Err(invalid(
+            raw,
+            "a float",
+            "out of range: too small to tell from 0 (a float holds down to ±5e-324)",
+        ));
+    }
+    Ok(x)
+}
+
 /// Reads a command-line argument (or a file's bytes) as a value of the requested type: binary takes
 /// the bytes as they are, whatever they are; the other types need UTF-8.
 pub fn parse_value(raw: &[u8], value_type: ValueType) -> Result<Value, CliError> {
@@ -199,7 +223,7 @@ pub fn parse_value(raw: &[u8], value_type: ValueType) -> Result<Value, CliError>
         ValueType::String => value::Value::String(raw.to_owned()),
         ValueType::Binary => value::Value::Binary(raw.as_bytes().to_vec().into()),
         ValueType::Int => value::Value::Integer(raw.parse().map_err(|e| invalid(raw, "an integer", e))?),
-        ValueType::Float => value::Value::Float(raw.parse().map_err(|e| invalid(raw, "a number", e))?),
+        ValueType::Float => value::Value::Float(parse_float(raw)?),
         ValueType::Bool => value::Value::Bool(raw.parse().map_err(|e| invalid(raw, "true or false", e))?),
     };
     Ok(parsed.into())

@@ -122,8 +122,10 @@ impl From<Vec<u8>> for Value {
     }
 }
 
-/// Prints the value plainly: strings without quotes, numbers and booleans as Rust prints them, binary
-/// with printable ASCII as is and other bytes as `\xNN`. An empty Value prints as nothing.
+/// Prints the value plainly: strings without quotes, integers and booleans as Rust prints them, floats
+/// always with a fraction or an exponent (Rust's `{:?}`: `1.0`, `2.5e300`, `NaN`, `inf`), so that
+/// one is not taken for an integer nor printed as 301 digits, binary with printable ASCII as is and
+/// other bytes as `\xNN`. An empty Value prints as nothing.
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.value {
@@ -131,7 +133,7 @@ impl fmt::Display for Value {
             Some(value::Value::String(s)) => f.write_str(s),
             Some(value::Value::Binary(b)) => write!(f, "{}", b.escape_ascii()),
             Some(value::Value::Integer(i)) => write!(f, "{i}"),
-            Some(value::Value::Float(x)) => write!(f, "{x}"),
+            Some(value::Value::Float(x)) => write!(f, "{x:?}"),
             Some(value::Value::Bool(b)) => write!(f, "{b}"),
         }
     }
