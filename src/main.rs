@@ -505,7 +505,9 @@ async fn run_client_command(command: Command) -> anyhow::Result<()> {
             | Command::Hmexist { .. }
             | Command::Ping { .. }
     );
-    let client = Client::connect_with(client_config(client_args)).await?;
+    let client = Client::connect_with(client_config(client_args))
+        .await
+        .map_err(|error| with_default_ca_hint(error, &client_args.ca))?;
     let result = execute(&client, command).await;
     client.close().await;
     result.map_err(|error| {
@@ -515,6 +517,23 @@ async fn run_client_command(command: Command) -> anyhow::Result<()> {
             false => error,
         }
     })
+}
+
+/// A CA file missing at `--ca`'s default path most often means a command run from another directory
+/// than the server's: the error says so, and what to do.
+fn with_default_ca_hint(error: ClientError, ca: &std::path::Path) -> anyhow::Error {
+    match &error {
+        ClientError::Tls(qkv::tls::TlsError::Read { path, .. })
+            if path == ca && ca == std::path::Path::new(cli::args::DEFAULT_CA) && !ca.exists() =>
+        {
+            CliError::Local(format!(
+                "{error} ({} is --ca's default: the development CA that qkv serve writes in the directory it runs in; run from there, or pass --ca with the CA the server's certificate chains to)",
+                cli::args::DEFAULT_CA
+            ))
+            .into()
+        }
+        _ => error.into(),
+    }
 }
 
 /// Prints messages as they arrive, until `count` of them or Ctrl-C (then unsubscribes).

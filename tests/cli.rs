@@ -216,6 +216,26 @@ async fn binary_values_are_taken_as_bytes_from_an_argument_a_file_or_standard_in
     assert!(stderr(&text).contains("--type binary"), "{}", stderr(&text));
 }
 
+/// A client command run away from the server's directory finds no `certs/ca.pem`: the error says that
+/// is `--ca`'s default and what to do, not only that a file is missing.
+#[tokio::test]
+async fn a_missing_default_ca_says_it_is_the_default_and_what_to_do() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"))
+        .args(["hget", "t", "k"])
+        .current_dir(elsewhere.path())
+        .env_remove("QKV_CA")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(EXIT_LOCAL_FAILURE), "{}", stderr(&output));
+    let said = stderr(&output);
+    assert!(
+        said.contains("certs/ca.pem") && said.contains("--ca's default") && said.contains("pass --ca"),
+        "{said}"
+    );
+}
+
 #[tokio::test]
 async fn bad_input_exits_2_and_negative_numbers_are_values() {
     let server = TestServer::start().await;

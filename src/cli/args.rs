@@ -1004,6 +1004,9 @@ pub struct CertArgs {
     pub force: bool,
 }
 
+/// `--ca`'s default: the development CA that `qkv serve` writes in `certs/` of the directory it runs in.
+pub const DEFAULT_CA: &str = "certs/ca.pem";
+
 /// How to reach the server; accepted after every client subcommand.
 #[derive(Args)]
 pub struct ClientArgs {
@@ -1016,7 +1019,7 @@ pub struct ClientArgs {
     #[arg(long, default_value_t = Transport::Quic, env = "QKV_TRANSPORT")]
     pub transport: Transport,
     /// CA certificate file the server's certificate must chain to.
-    #[arg(long, default_value = "certs/ca.pem", env = "QKV_CA")]
+    #[arg(long, default_value = DEFAULT_CA, env = "QKV_CA")]
     pub ca: PathBuf,
     /// Name to verify the server's certificate against (default: the host in --addr).
     #[arg(long)]
