@@ -494,8 +494,8 @@ async fn run_client_command(command: Command) -> anyhow::Result<()> {
             unreachable!("handled in main")
         }
     };
-    // A read whose answer did not come wrote nothing: it exits as unreachable (3), not as a write
-    // that may have been made (5).
+    // A read (or a subscription) whose answer did not come wrote nothing: it exits as unreachable
+    // (3), not as a write that may have been made (5).
     let reads = matches!(
         command,
         Command::Hget { .. }
@@ -504,6 +504,7 @@ async fn run_client_command(command: Command) -> anyhow::Result<()> {
             | Command::Hexist { .. }
             | Command::Hmexist { .. }
             | Command::Ping { .. }
+            | Command::Subscribe { .. }
     );
     let client = Client::connect_with(client_config(client_args))
         .await
@@ -550,7 +551,7 @@ async fn subscribe(client: &Client, topic: &str, count: Option<u64>) -> anyhow::
         };
         // A subscription that ends (the server shut down, dropped it, or went away) asks for another
         // later (exit code 3), not for a read of what a write did (5).
-        match event.transpose().map_err(|e| CliError::Ended(e.to_string()))? {
+        match event.transpose().map_err(subscription_ended)? {
             Some(Event::Message(values)) => {
                 let line: Vec<String> = values.iter().map(ToString::to_string).collect();
                 out!("{}", line.join("\t"));
@@ -566,6 +567,17 @@ async fn subscribe(client: &Client, topic: &str, count: Option<u64>) -> anyhow::
     }
     subscription.unsubscribe().await?;
     Ok(())
+}
+
+/// Why a subscription ended, in its own words: "the request may or may not have been executed"
+/// means nothing to a subscriber.
+fn subscription_ended(error: ClientError) -> CliError {
+    match error {
+        ClientError::ConnectionLost(cause) => CliError::Ended(format!(
+            "the subscription ended: the connection to the server was lost ({cause})"
+        )),
+        error => CliError::Ended(format!("the subscription ended: {error}")),
+    }
 }
 
 async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {

@@ -711,3 +711,33 @@ async fn a_subscriber_the_server_ends_exits_3() {
     assert_eq!(status.code(), Some(3), "{said}");
     assert!(said.contains("410"), "{said}");
 }
+
+/// A subscription that loses its connection, or whose Subscribe is never answered, exits 3 and says
+/// the subscription ended: nothing about a request that "may or may not have been executed", and not
+/// 5, which asks to read what a write did.
+#[tokio::test]
+async fn a_subscription_lost_or_unanswered_exits_3_as_a_subscription() {
+    // The server's idle timeout ends a quiet QUIC connection (the client's keep-alive is longer).
+    let idle = ServerProcess::start(&["--idle-timeout", "1s"]).await;
+    let lost = qkv_at(&idle, &["subscribe", "news", "--transport", "quic"]).await;
+    assert_eq!(lost.status.code(), Some(EXIT_UNREACHABLE), "{}", stderr(&lost));
+    assert!(
+        stderr(&lost).contains("the subscription ended: the connection to the server was lost"),
+        "{}",
+        stderr(&lost)
+    );
+    // A server that stopped (SIGSTOP) takes the TCP connection in its backlog and never answers.
+    let stopped = ServerProcess::start(&["--tcp-plaintext"]).await;
+    stopped.signal("STOP");
+    let unanswered = qkv_at(&stopped, &["subscribe", "news", "--transport", "tcp", "--timeout", "1s"]).await;
+    stopped.signal("CONT");
+    assert_eq!(unanswered.status.code(), Some(EXIT_UNREACHABLE), "{}", stderr(&unanswered));
+    assert!(!stderr(&unanswered).contains("subscribed to"), "{}", stderr(&unanswered));
+}
+
+/// `qkv ARGS --addr` `server`'s address `--ca` its CA.
+async fn qkv_at(server: &ServerProcess, args: &[&str]) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"));
+    command.args(args).arg("--addr").arg(server.addr.to_string()).arg("--ca").arg(server.ca());
+    command.output().await.expect("qkv runs")
+}

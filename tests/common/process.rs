@@ -145,9 +145,14 @@ impl ServerProcess {
 
     /// Sends SIGTERM: the server shuts down gracefully.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (`TERM`, `STOP`, `CONT`...) to the server.
+    pub fn signal(&self, name: &str) {
         let pid = self.child.id().expect("the server is running");
-        let sent = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-        assert!(sent.expect("kill runs").success(), "SIGTERM to {pid}");
+        let sent = std::process::Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+        assert!(sent.expect("kill runs").success(), "SIG{name} to {pid}");
     }
 
     /// The admin listener's address (a server started with `--admin`), from its `admin listener
@@ -181,9 +186,7 @@ impl ServerProcess {
 
     /// Sends SIGHUP: the server reloads its certificates.
     pub fn hang_up(&self) {
-        let pid = self.child.id().expect("the server is running");
-        let sent = std::process::Command::new("kill").arg("-HUP").arg(pid.to_string()).status();
-        assert!(sent.expect("kill runs").success(), "SIGHUP to {pid}");
+        self.signal("HUP");
     }
 
     /// Kills the server with SIGKILL, as a crash would, and waits until it is gone.
