@@ -430,6 +430,9 @@ impl<S: Storage> Server<S> {
             }
             _ => None,
         };
+        // Cancelled once the TCP and web listeners are done: until then a shutting-down QUIC
+        // listener keeps refusing new connections.
+        let others_drained = CancellationToken::new();
         let quic = quic::serve(
             self.quic,
             Metered::new(self.service.clone(), Transport::Quic),
@@ -439,6 +442,7 @@ impl<S: Storage> Server<S> {
             grace,
             client_auth,
             origins.clone(),
+            others_drained.clone(),
         );
         let service = self.service.clone();
         let (handler, web_limits, web_admission) = (self.service.clone(), limits.clone(), admission.clone());
@@ -474,7 +478,13 @@ impl<S: Storage> Server<S> {
             reload_on_hangup(self.hangups, self.credentials, certs.server_cert(), certs.server_key());
         let serving = async {
             tokio::select! {
-                _ = async { tokio::join!(quic, tcp, web) } => {}
+                _ = async {
+                    let others = async {
+                        tokio::join!(tcp, web);
+                        others_drained.cancel();
+                    };
+                    tokio::join!(quic, others)
+                } => {}
                 _ = reloading => {}
                 _ = renewing => {}
             }

@@ -149,6 +149,47 @@ async fn sigterm_under_load_exits_once_the_grace_period_is_over() {
     }
 }
 
+/// While a TCP connection alone holds the server in its grace period, a new QUIC client is refused at
+/// once all the same: the QUIC listener, with nothing of its own to finish, keeps its endpoint open and
+/// refusing until the other listeners are done (it closed its socket, and the client waited out its
+/// connect timeout and was told to check for a firewall). Each listener says what it has to finish.
+#[tokio::test]
+async fn a_quic_client_is_refused_while_a_tcp_connection_alone_holds_the_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server =
+        ServerProcess::start(&["--tcp-plaintext", "--shutdown-grace", "60s", "--reply-timeout", "60s"]).await;
+    let writer = Client::connect_with(server.client_config(Transport::Tcp)).await.unwrap();
+    for i in 0..16 {
+        writer.hset("big", &format!("k{i}"), vec![1u8; 1 << 20]).await.unwrap();
+    }
+    drop(writer);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(server.addr).await.unwrap();
+    stuck.write_all(&common::frame_of(&CommandRequest::hgetall("big"))).await.unwrap();
+    stuck.read_exact(&mut [0; 1]).await.unwrap();
+    server.terminate();
+    // One line from each listener, in either order.
+    let mut finishing = [0; 2].map(|_| String::new());
+    for line in &mut finishing {
+        *line = server.log_line(&["finishing in-flight requests"]).await;
+    }
+    finishing.sort_by_key(|line| !line.contains("quic"));
+    let [quic, tcp] = finishing;
+    assert!(quic.contains("quic") && quic.contains("connections=0"), "{quic}");
+    // The stuck one, and perhaps the writer's, closing.
+    assert!(tcp.contains("tcp") && !tcp.contains("connections=0"), "{tcp}");
+    let once = RetryPolicy { attempts: 1, ..RetryPolicy::default() };
+    let late =
+        Client::connect_with(ClientConfig { retry: once, ..server.client_config(Transport::Quic) }).await;
+    let refused = late.expect_err("no new connection while shutting down");
+    assert!(refused.to_string().contains("shutting down"), "{refused}");
+    // The stuck client gone, the server finishes at once.
+    drop(stuck);
+    let (status, log) = tokio::time::timeout(Duration::from_secs(30), server.exit()).await.expect("it exits");
+    assert!(status.success(), "exit status {status}; log: {log:#?}");
+}
+
 /// A TCP connection the grace period cuts off (a client that stopped reading its answer) has its
 /// "connection ended" line like any other, saying so: its task was dropped, and it had none, the one
 /// connection an operator would look for.

@@ -148,6 +148,11 @@ pub(crate) async fn accept_loop<C, F>(
     }
     drop(listener);
     connections.close();
+    info!(
+        transport = transport.name(),
+        connections = connections.len(),
+        "shutting down: finishing in-flight requests"
+    );
     if tokio::time::timeout(grace, connections.wait()).await.is_err() {
         warn!(
             ?grace,

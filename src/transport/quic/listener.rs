@@ -49,7 +49,8 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// its fixed share's bookkeeping (`QUIC_CONNECTION_OVERHEAD`). More wait their turn.
 const REFUSALS_AT_ONCE: usize = 4;
 
-/// Serves `endpoint` until `shutdown` is cancelled, then shuts down gracefully within `grace`.
+/// Serves `endpoint` until `shutdown` is cancelled, then shuts down gracefully within `grace`, refusing
+/// new connections until `others_drained` is cancelled too (the server's other listeners are done).
 /// `admission` is shared with the other transports. `client_auth` says the endpoint's TLS
 /// configuration requires client certificates; `origins` are the web pages whose WebTransport
 /// sessions are accepted.
@@ -63,6 +64,7 @@ pub async fn serve<H: Handler>(
     grace: Duration,
     client_auth: bool,
     origins: Arc<Origins>,
+    others_drained: CancellationToken,
 ) {
     let connections = TaskTracker::new();
     let unvalidated = Arc::new(AtomicUsize::new(0));
@@ -112,7 +114,7 @@ pub async fn serve<H: Handler>(
         }
     };
     connections.close();
-    info!(connections = connections.len(), "shutting down: finishing in-flight requests");
+    info!(transport = "quic", connections = connections.len(), "shutting down: finishing in-flight requests");
     let finished = tokio::select! {
         finished = tokio::time::timeout(grace, connections.wait()) => finished.is_ok(),
         // The endpoint closed under the listener: nothing more to refuse.
@@ -126,8 +128,14 @@ pub async fn serve<H: Handler>(
         );
         endpoint.close(codes::SHUTDOWN_FORCED, b"server shut down before answering every request");
         connections.wait().await;
+    } else {
+        endpoint.close(codes::SHUTTING_DOWN, b"server shutting down");
     }
-    endpoint.set_server_config(None);
+    // A closed endpoint refuses new connections itself (CONNECTION_REFUSED) for as long as its socket
+    // is open: it stays open until the other listeners are done too, so that a QUIC client meets a
+    // refusal for the whole shutdown, not a closed port's silence (it waited out its connect timeout,
+    // and was told to check for a firewall).
+    others_drained.cancelled().await;
     let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, endpoint.wait_idle()).await;
 }
 
