@@ -200,7 +200,12 @@ impl Committer {
     ) -> std::io::Result<()> {
         if !batch.is_empty() {
             crate::metrics::disk_batch(count);
-            self.segment.append(batch)?;
+            if let Err(e) = self.segment.append(batch) {
+                if self.segment.salvage_after_failed_append() {
+                    self.log.made_synced(self.written);
+                }
+                return Err(e);
+            }
             // Counted before the writes are answered, so that whoever wrote sees them in the figure.
             self.log_bytes += batch.len() as u64;
             crate::metrics::disk_log(self.earlier_log_bytes + self.log_bytes);
@@ -216,7 +221,10 @@ impl Committer {
         };
         if sync {
             let started = Instant::now();
-            self.segment.sync()?;
+            if let Err(e) = self.segment.sync() {
+                self.segment.cut_to_synced();
+                return Err(e);
+            }
             crate::metrics::disk_fsync(started.elapsed());
             *unsynced_since = None;
             self.log.made_synced(last);
@@ -228,7 +236,10 @@ impl Committer {
     /// Starts the next log segment (after making the current one durable).
     fn rotate(&mut self, unsynced_since: &mut Option<Instant>) -> std::io::Result<()> {
         // Only the last segment may end in zeros: recovery refuses them anywhere else.
-        self.segment.finish()?;
+        if let Err(e) = self.segment.finish() {
+            self.segment.cut_to_synced();
+            return Err(e);
+        }
         *unsynced_since = None;
         self.log.made_synced(self.written);
         let generation = self.generation + 1;

@@ -197,6 +197,21 @@ pub fn fail_writes_in(dir: &Path) {
     FAILING.lock().push(dir.to_owned());
 }
 
+/// Directories whose segments' fsyncs fail from now on (their writes succeed), as on a disk whose
+/// writeback fails: for tests of what the store leaves behind then.
+#[cfg(test)]
+static FAILING_SYNCS: parking_lot::Mutex<Vec<PathBuf>> = parking_lot::Mutex::new(Vec::new());
+
+/// Makes every later fsync of a log segment of `dir` fail, or, `false`, succeed again.
+#[cfg(test)]
+pub fn fail_syncs_in(dir: &Path, failing: bool) {
+    let mut dirs = FAILING_SYNCS.lock();
+    dirs.retain(|d| d != dir);
+    if failing {
+        dirs.push(dir.to_owned());
+    }
+}
+
 /// Finishes a segment that was being created when the process stopped (its file holding no more
 /// than part of its header): writes its header, durable, with its name in the directory.
 pub fn finish_segment(path: &Path, generation: u64, last_version: u64) -> io::Result<()> {
@@ -219,6 +234,8 @@ pub struct Segment {
     file: File,
     /// Where the next record goes.
     end: u64,
+    /// How far the last fsync that succeeded made the segment durable.
+    synced: u64,
     /// Where the zeros end: the file's length.
     zeroed: u64,
     /// The directory it is in ([`fail_writes_in`]).
@@ -232,6 +249,7 @@ impl Segment {
         Segment {
             file,
             end: HEADER_LEN as u64,
+            synced: HEADER_LEN as u64,
             zeroed: HEADER_LEN as u64,
             #[cfg(test)]
             dir: dir.to_owned(),
@@ -263,7 +281,11 @@ impl Segment {
     /// Makes what was appended durable, if the segment is still in its directory: one deleted under
     /// the server (its directory removed, say) takes writes and syncs them, but no restart will read
     /// them (its link count, asked for after every commit, tells).
-    pub fn sync(&self) -> io::Result<()> {
+    pub fn sync(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if FAILING_SYNCS.lock().contains(&self.dir) {
+            return Err(io::Error::other("Input/output error (a test's failed fsync)"));
+        }
         self.file.sync_data()?;
         if links(&self.file)? == 0 {
             return Err(io::Error::new(
@@ -271,7 +293,43 @@ impl Segment {
                 "the log segment was deleted while the server ran (its data directory removed?): what it holds would not be found at a restart",
             ));
         }
+        self.synced = self.end;
         Ok(())
+    }
+
+    /// After an append failed: cuts off whatever part of it reached the file, and makes the records
+    /// before it durable. No fsync has failed, so one can still be trusted: relaxed durability's
+    /// acknowledged writes are then on disk, not left to the kernel's writeback. If that fails too,
+    /// the segment is cut back as after a failed fsync ([`Segment::cut_to_synced`]).
+    /// Returns whether they are durable.
+    pub fn salvage_after_failed_append(&mut self) -> bool {
+        let cut = self.file.set_len(self.end);
+        if cut.is_ok() {
+            self.zeroed = self.end;
+        }
+        match cut.and_then(|()| self.sync()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make the log's last records durable after a failed write");
+                self.cut_to_synced();
+                false
+            }
+        }
+    }
+
+    /// After an fsync failed: cuts the segment back to where the last one that succeeded left it.
+    /// Linux keeps the pages whose writeback failed in its cache, clean and looking whole, while the
+    /// disk holds what was there before: read back in this boot (a restart's recovery) they would be
+    /// taken for durable records, and after the next reboot they would be damage in the middle of
+    /// the log. A disk that refuses the cut as well leaves it to recovery, which reads segments from
+    /// the device ([`drop_cached`]).
+    pub fn cut_to_synced(&mut self) {
+        match self.file.set_len(self.synced) {
+            Ok(()) => (self.end, self.zeroed) = (self.synced, self.synced),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot cut the data log back to its last fsync: a restart reads it from the disk itself")
+            }
+        }
     }
 
     /// Makes what was appended durable and cuts the zeros off: for a segment no longer appended to.
@@ -280,6 +338,20 @@ impl Segment {
         self.file.sync_all()
     }
 }
+
+/// Drops what the page cache holds of `file` (once written back), so that it is read from the device:
+/// pages whose writeback failed stay cached, looking whole, until evicted ([`Segment::cut_to_synced`]).
+/// Best effort: on other systems, and where the advice is refused, the cache is read.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub fn drop_cached(file: &File) {
+    if let Err(e) = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed) {
+        tracing::debug!(error = %e, "cannot drop a log segment's cached pages before reading it");
+    }
+}
+
+/// Drops what the page cache holds of `file`: not asked for on other systems.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub fn drop_cached(_file: &File) {}
 
 /// How many names `file` has in the filesystem, asked for alone: a `stat` asks for its times too, and
 /// Linux (6.13 on, multigrain timestamps) then gives the next write a fine-grained change time so that

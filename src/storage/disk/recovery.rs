@@ -167,6 +167,8 @@ fn replay_segment(
     last_version: u64,
 ) -> io::Result<Replayed> {
     let file = files::open(path)?;
+    // What the disk holds, not what a failed writeback left in the cache.
+    files::drop_cached(&file);
     let len = file.metadata()?.len();
     let mut input = BufReader::with_capacity(1 << 20, file);
     let header = Header::read(&mut input, LOG_MAGIC)?;
@@ -488,6 +490,8 @@ fn damage_before_the_last_segment(dir: &Path, listing: &Listing) -> io::Result<O
 /// Reads a segment that is not the last through: an error of kind `InvalidData` if it is not whole.
 fn check_segment(path: &Path, generation: u64) -> io::Result<()> {
     let file = files::open(path)?;
+    // What the disk holds, not what a failed writeback left in the cache.
+    files::drop_cached(&file);
     let len = file.metadata()?.len();
     let mut input = BufReader::with_capacity(1 << 20, file);
     if Header::read(&mut input, LOG_MAGIC)?.filter(|header| header.generation == generation).is_none() {

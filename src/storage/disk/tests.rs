@@ -373,6 +373,49 @@ async fn a_log_that_failed_ends_the_store_saying_what_it_cost() {
     }
 }
 
+/// A write whose fsync failed is not in the log a restart reads: the kernel keeps its pages cached and
+/// looking whole while the disk may not hold them, so the segment is cut back to the last fsync that
+/// succeeded. (Read back, the write was served as durable, and after a reboot the segment was damaged
+/// in the middle with acknowledged writes behind it: a directory that never opened again.)
+#[tokio::test]
+async fn a_write_whose_fsync_failed_is_not_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
+    store.set(TABLE, "before", "v".into(), None).await.unwrap();
+    files::fail_syncs_in(dir.path(), true);
+    let failed = store.set(TABLE, "k", "v".into(), None).await;
+    assert!(matches!(failed, Err(StorageError::Uncertain(_))), "{failed:?}");
+    let closed = store.closed();
+    drop(store);
+    let why = closed.wait().await.unwrap_err();
+    assert!(why.contains("a test's failed fsync"), "{why}");
+    files::fail_syncs_in(dir.path(), false);
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
+    assert!(store.get(TABLE, "before").await.unwrap().is_some());
+    assert_eq!(store.get(TABLE, "k").await.unwrap(), None);
+    close(store).await;
+}
+
+/// With relaxed durability, a write to the log that fails (a full disk) leaves the writes acknowledged
+/// before it durable: no fsync failed, so one is made, not left to the kernel's writeback.
+#[tokio::test]
+async fn a_relaxed_log_whose_write_failed_makes_what_it_acknowledged_durable() {
+    let relaxed = Durability::Relaxed { flush_interval: std::time::Duration::from_secs(3600) };
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        DiskStore::open_when_free(dir.path(), DiskConfig { durability: relaxed, ..test_config() }).unwrap();
+    let written = store.set(TABLE, "before", "v".into(), None).await.unwrap();
+    let WriteOutcome::Written { version: acknowledged, .. } = written else { panic!("{written:?}") };
+    assert!(!store.log.is_synced(acknowledged), "not fsynced before the failure");
+    files::fail_writes_in(dir.path());
+    let failed = store.set(TABLE, "k", "v".into(), None).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert!(store.log.is_synced(acknowledged));
+    let closed = store.closed();
+    drop(store);
+    closed.wait().await.unwrap_err();
+}
+
 /// A data directory removed under a running server: the next commit finds its segment gone, and the
 /// store stops acknowledging writes it could never recover (they were acknowledged as durable into
 /// deleted files, and a restart started empty).
