@@ -245,6 +245,13 @@ label_values! {
     }
 }
 
+impl Limit {
+    /// The flag that sets it, as an error names it: `--max-key-size`.
+    pub fn flag(self) -> String {
+        format!("--{}", self.name().replace('_', "-"))
+    }
+}
+
 label_values! {
     /// How a TLS handshake ended (`qkv_handshakes_total`).
     pub enum HandshakeResult {

@@ -61,6 +61,7 @@ async fn oversized_frames_get_413_and_stop_sending_while_other_streams_work() {
         // The client never finishes this stream: the server must answer without waiting for the payload.
         let (responses, ()) = tokio::join!(read_responses(recv), assert_connection_still_serves(&connection));
         single_error(&responses, status::PAYLOAD_TOO_LARGE, "exceeds the maximum frame size");
+        assert!(responses[0].message.contains("(--max-frame-size)"), "{}", responses[0].message);
         assert!(responses[0].message.contains(&declared.to_string()));
         assert_eq!(send.stopped().await.unwrap(), Some(codes::REQUEST_REJECTED));
     }
@@ -193,6 +194,7 @@ async fn a_request_that_never_completes_gets_408_after_the_request_timeout() {
     );
     single_error(&partial_responses, status::REQUEST_TIMEOUT, "did not arrive");
     single_error(&unfinished_responses, status::REQUEST_TIMEOUT, "did not arrive");
+    assert!(partial_responses[0].message.contains("(--request-timeout)"), "{}", partial_responses[0].message);
 }
 
 #[tokio::test]

@@ -106,9 +106,9 @@ impl ItemLimits {
 /// `limit`'s name is its flag's as a metric labels it (`max_key_size` for `--max-key-size`).
 fn too_long(what: &str, len: usize, max: usize, limit: Limit) -> ServiceError {
     crate::metrics::limit_hit(limit);
-    let flag = limit.name().replace('_', "-");
     ServiceError::TooLarge(format!(
-        "a {what} of {len} bytes is over the server's limit of {max} bytes (--{flag})"
+        "a {what} of {len} bytes is over the server's limit of {max} bytes ({})",
+        limit.flag()
     ))
 }
 

@@ -237,7 +237,12 @@ impl RequestError {
 
     /// The error response; `consequence` is appended to the message (", closing the connection").
     pub fn response(&self, consequence: &str) -> CommandResponse {
-        CommandResponse::error(self.status(), format!("{self}{consequence}"))
+        // The server's limit that refused it, named by its flag as the service's are.
+        let flag = match self.limit() {
+            Some(limit @ (Limit::MaxFrameSize | Limit::RequestTimeout)) => format!(" ({})", limit.flag()),
+            _ => String::new(),
+        };
+        CommandResponse::error(self.status(), format!("{self}{flag}{consequence}"))
     }
 }
 
