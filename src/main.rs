@@ -35,6 +35,10 @@ fn main() -> ExitCode {
             {
                 return output::report(&error);
             }
+            // As `qkv serve` would warn: a misspelt variable changes nothing, which is what is asked.
+            for variable in cli::config::unknown_variables() {
+                eprintln!("warning: no qkv flag reads the environment variable {variable}: is it misspelt?");
+            }
             out!("{}", toml.strip_suffix('\n').unwrap_or(&toml));
             return ExitCode::SUCCESS;
         }

@@ -401,6 +401,21 @@ async fn cert_writes_private_keys_0600_and_refuses_to_overwrite_without_force() 
     assert!(qkv(None, &["cert", "--dir", path, "--force"]).await.status.success());
 }
 
+/// A UDP buffer too small to hold a burst is refused; one larger than the kernel grants is warned about
+/// (it was capped at net.core.rmem_max without a word).
+#[tokio::test]
+async fn a_udp_socket_buffer_too_small_is_refused_and_one_the_kernel_caps_is_warned_about() {
+    let tiny = qkv(None, &["serve", "--udp-socket-buffer", "0", "--print-config"]).await;
+    assert_eq!(tiny.status.code(), Some(EXIT_INVALID_INPUT), "{}", stderr(&tiny));
+    assert!(stderr(&tiny).contains("at least 64KiB"), "{}", stderr(&tiny));
+    let rmem_max: u64 =
+        std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap().trim().parse().unwrap();
+    let more = (2 * rmem_max).max(64 * 1024).to_string();
+    let server = ServerProcess::start(&["--udp-socket-buffer", &more]).await;
+    let warned = server.startup_log.iter().any(|l| l.contains("WARN") && l.contains("net.core.rmem_max"));
+    assert!(warned, "{:?}", server.startup_log);
+}
+
 #[tokio::test]
 async fn bad_tcp_input_is_logged_and_plaintext_beyond_loopback_is_warned_about() {
     // Listening on every address (nothing is sent to any but loopback).
@@ -605,17 +620,21 @@ async fn a_bad_rust_log_directive_is_named_and_the_others_apply() {
 /// A `QKV_` variable that no flag reads is named in a warning, not ignored without a word.
 #[tokio::test]
 async fn a_misspelt_environment_variable_is_named_in_a_warning() {
-    // Any command warns (this one then fails, which does not matter here).
-    let known = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"))
-        .args(["cert", "--dir", "/nonexistent/qkv-test"])
-        .env("QKV_MAX_CONECTIONS", "5")
-        .env("QKV_MAX_CONNECTIONS", "5")
-        .output()
-        .await
-        .expect("qkv runs");
-    let said = stderr(&known);
-    assert!(said.contains("QKV_MAX_CONECTIONS") && said.contains("misspelt"), "{said}");
-    assert!(!said.contains("QKV_MAX_CONNECTIONS"), "a variable a flag reads is not warned of: {said}");
+    // Any command warns; `--print-config` too, which answers "what would this server run with?".
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().to_str().unwrap();
+    for args in [&["cert", "--dir", certs][..], &["serve", "--print-config"]] {
+        let known = tokio::process::Command::new(env!("CARGO_BIN_EXE_qkv"))
+            .args(args)
+            .env("QKV_MAX_CONECTIONS", "5")
+            .env("QKV_MAX_CONNECTIONS", "5")
+            .output()
+            .await
+            .expect("qkv runs");
+        let said = stderr(&known);
+        assert!(said.contains("QKV_MAX_CONECTIONS") && said.contains("misspelt"), "{args:?}: {said}");
+        assert!(!said.contains("QKV_MAX_CONNECTIONS"), "a variable a flag reads is not warned of: {said}");
+    }
 }
 
 /// Budgets above what the machine has bound nothing: the server says so as it starts.

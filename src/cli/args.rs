@@ -652,8 +652,9 @@ pub struct ServeArgs {
     /// On shutdown, how long in-flight requests may take before connections are closed regardless.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
-    /// Requested UDP socket buffer size (the kernel caps it at net.core.rmem_max / wmem_max).
-    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    /// Requested UDP socket buffer size, at least 64 KiB (the kernel caps it at net.core.rmem_max /
+    /// wmem_max; the server warns when it did).
+    #[arg(long, default_value = "4MiB", value_parser = parse_udp_socket_buffer)]
     pub udp_socket_buffer: usize,
     /// The most bytes of values one Hmget answer may carry (it is built whole before it is sent, and a
     /// request may name one large value many times); beyond, 413.
@@ -1098,6 +1099,14 @@ fn parse_size(s: &str) -> Result<usize, String> {
 /// A size of at least one byte.
 fn parse_nonzero_size(s: &str) -> Result<usize, String> {
     Some(parse_size(s)?).filter(|&size| size > 0).ok_or_else(|| "must be at least 1 byte".to_owned())
+}
+
+/// A UDP socket buffer of at least 64 KiB: one of a few KiB drops most of a burst of datagrams, and
+/// QUIC's retransmission timers turn each drop into a stall (4 connections × 32 requests timed out).
+fn parse_udp_socket_buffer(s: &str) -> Result<usize, String> {
+    Some(parse_size(s)?).filter(|&size| size >= 64 * 1024).ok_or_else(|| {
+        "must be at least 64KiB: a smaller UDP buffer drops bursts of QUIC datagrams".to_owned()
+    })
 }
 
 /// A maximum frame size: from 1 KiB to 4 GiB - 1 (the length prefix is 32 bits).

@@ -252,7 +252,24 @@ pub fn server_endpoint(
     // A phone moving from Wi-Fi to cellular keeps its connection (quinn's default, stated here).
     config.migration(true);
     let socket = bind_udp(addr, limits.udp_socket_buffer)?;
+    warn_if_capped(&socket, limits.udp_socket_buffer);
     Endpoint::new(endpoint, Some(config), socket, Arc::new(TokioRuntime))
+}
+
+/// Warns when the kernel gave the server's UDP socket a smaller receive buffer than asked for
+/// (`net.core.rmem_max` caps it), which drops datagrams under bursts: the operator asked for more.
+fn warn_if_capped(socket: &std::net::UdpSocket, asked: usize) {
+    // Linux reports twice what it grants (the rest is its bookkeeping).
+    let granted = socket2::SockRef::from(socket).recv_buffer_size().map(|reported| reported / 2);
+    if let Ok(granted) = granted
+        && granted < asked
+    {
+        tracing::warn!(
+            asked,
+            granted,
+            "the kernel capped the QUIC socket's receive buffer (--udp-socket-buffer) at net.core.rmem_max: raise it (sysctl -w net.core.rmem_max=...) or bursts of datagrams are dropped"
+        );
+    }
 }
 
 /// The settings of a client's connections: TLS configuration `tls` (whose ticket store decides
