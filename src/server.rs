@@ -238,7 +238,8 @@ impl<S: Storage> Server<S> {
         config.validate().map_err(ServerError::Config)?;
         config.service.warn_of_surprises(config.limits.max_frame_len);
         let certs = CertDir::new(&config.certs_dir);
-        log_provisioning(&certs, certs.ensure_server_certificate()?);
+        let existed = certs.path().exists();
+        log_provisioning(&certs, certs.ensure_server_certificate()?, existed);
         let identity = Identity::from_pem_files(&certs.server_cert(), &certs.server_key())?;
         let mut tls = tls::server_configs(
             identity,
@@ -569,7 +570,10 @@ async fn renew_webtransport_cert(credentials: Credentials) {
     }
 }
 
-fn log_provisioning(certs: &CertDir, provisioned: Provisioned) {
+/// Says what the server does for certificates; `existed` whether the directory did before. A new CA
+/// made in a directory that did not exist is warned about: most likely a mistyped `--certs` or an
+/// unmounted volume, and every client that trusts the real CA would refuse the server.
+fn log_provisioning(certs: &CertDir, provisioned: Provisioned, existed: bool) {
     let dir = certs.path().display();
     match provisioned {
         Provisioned::Existing => {
@@ -578,6 +582,12 @@ fn log_provisioning(certs: &CertDir, provisioned: Provisioned) {
         Provisioned::IssuedByExistingCa { names } => {
             info!(%dir, ?names, "issued a server certificate from the CA in the certificate directory")
         }
+        Provisioned::NewCaAndServer { names } if !existed => warn!(
+            %dir,
+            ?names,
+            ca = %certs.ca_cert().display(),
+            "the certificate directory did not exist: created it with a new development CA and server certificate, which only clients trusting this CA file accept (is --certs mistyped, or its volume not mounted?)"
+        ),
         Provisioned::NewCaAndServer { names } => info!(
             %dir,
             ?names,

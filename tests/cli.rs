@@ -401,6 +401,23 @@ async fn cert_writes_private_keys_0600_and_refuses_to_overwrite_without_force() 
     assert!(qkv(None, &["cert", "--dir", path, "--force"]).await.status.success());
 }
 
+/// A certificate or data directory that does not exist is made, as documented, but warned about: a
+/// mistyped path or an unmounted volume otherwise served, ready, with an empty store or a CA no client
+/// trusts.
+#[tokio::test]
+async fn directories_created_at_start_are_warned_about() {
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::remove_dir(certs.path()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let missing = data.path().join("not-mounted");
+    let args = ["--store", "disk", "--data-dir", missing.to_str().unwrap()];
+    let server = ServerProcess::start_in(certs, &args, &[]).await;
+    for what in ["certificate directory did not exist", "data directory did not exist"] {
+        let warned = server.startup_log.iter().any(|l| l.contains("WARN") && l.contains(what));
+        assert!(warned, "{what}: {:#?}", server.startup_log);
+    }
+}
+
 /// A UDP buffer too small to hold a burst is refused; one larger than the kernel grants is warned about
 /// (it was capped at net.core.rmem_max without a word).
 #[tokio::test]

@@ -525,7 +525,8 @@ pub struct ServeArgs {
     /// Serve QUIC only.
     #[arg(long)]
     pub no_tcp: bool,
-    /// Certificate directory: ca.pem, server.pem and keys; generated when it holds none.
+    /// Certificate directory: ca.pem, server.pem and keys; generated when it holds none (with a warning
+    /// when the directory itself was missing).
     #[arg(long, default_value = "certs", env = "QKV_CERTS")]
     pub certs: PathBuf,
     /// Require every client to present a certificate signed by a CA in this PEM file (mutual TLS, on
@@ -538,7 +539,7 @@ pub struct ServeArgs {
     pub store: Store,
     #[command(flatten)]
     pub redis: RedisArgs,
-    /// Where the disk store keeps its data (its log and snapshots); created if missing.
+    /// Where the disk store keeps its data (its log and snapshots); created if missing, with a warning.
     #[arg(long, default_value = "data", env = "QKV_DATA_DIR")]
     pub data_dir: PathBuf,
     /// The disk store writes a snapshot (and drops the log before it) once its log since the last one

@@ -126,7 +126,13 @@ impl DiskStore {
     /// Opens (or creates) the store in `dir`: loads its snapshot and replays its log, which takes time
     /// proportional to the data (docs/bench/DURABLE.md).
     pub fn open(dir: &Path, config: DiskConfig) -> StorageResult<Self> {
+        let existed = dir.exists();
         files::create_dir(dir).map_err(io_error("cannot create", dir))?;
+        if !existed {
+            // A mistyped --data-dir, or a volume not mounted, would otherwise serve an empty store
+            // as ready without a word.
+            tracing::warn!(dir = %dir.display(), "the data directory did not exist: created it, and the store starts empty (is --data-dir mistyped, or its volume not mounted?)");
+        }
         let lock = files::lock(dir).map_err(io_error("cannot lock", dir))?;
         // New segments and snapshots are files made in it, later: a directory this process can read
         // and lock but not add to would start, and break at the first new segment.
