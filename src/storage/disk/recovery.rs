@@ -88,7 +88,11 @@ pub fn recover(dir: &Path, store: &Store, durability: Durability) -> io::Result<
         }
         expected = generation + 1;
         let is_last = Some(*generation) == last;
-        let replayed = replay_segment(path, *generation, store, is_last, durability, recovered.last_version)?;
+        let replayed = replay_segment(path, *generation, store, is_last, durability, recovered.last_version)
+            .map_err(|e| match !is_last && only_headers_after(&segments, *generation) {
+                true => mendable_by_repair(e, dir),
+                false => e,
+            })?;
         recovered.last_version = recovered.last_version.max(replayed.last_number);
         recovered.records += replayed.records;
         recovered.log_bytes += replayed.valid_len;
@@ -130,6 +134,33 @@ fn missing_after_snapshot(
 /// What to do about damage that `qkv repair` does not mend.
 pub(super) const RESTORE: &str = "qkv repair mends only damage in the last log segment: \
     restore the directory from a backup (docs/OPERATIONS.md)";
+
+/// Whether every segment of `segments` after `generation` holds its header alone (the state a restart
+/// with no write since leaves): then damage in `generation` costs no more to cut than damage in the last
+/// segment would, and `qkv repair` cuts it.
+fn only_headers_after(segments: &BTreeMap<u64, PathBuf>, generation: u64) -> bool {
+    segments
+        .range(generation + 1..)
+        .all(|(_, path)| fs::metadata(path).is_ok_and(|m| m.len() == format::HEADER_LEN as u64))
+}
+
+/// `damage` (in a segment followed by headers alone: [`only_headers_after`]) saying that `qkv repair`
+/// mends it, where it said only a backup would; other errors as they are.
+fn mendable_by_repair(damage: io::Error, dir: &Path) -> io::Error {
+    let said = damage.to_string();
+    match said.strip_suffix(RESTORE) {
+        Some(what) => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{what}every later segment holds no record (a restart with no write since), so `qkv repair \
+                 --data-dir {}` cuts this one at the damage as it would the last, keeping the bytes it cuts \
+                 in a file beside it; the writes in them are lost to the store",
+                dir.display()
+            ),
+        ),
+        None => damage,
+    }
+}
 
 /// Damage in the segment at `path` that only a backup mends ([`RESTORE`]).
 fn damaged(path: &Path, what: String) -> io::Error {
@@ -391,24 +422,27 @@ pub enum Repaired {
 pub fn repair(dir: &Path) -> io::Result<Repaired> {
     let _lock = files::lock(dir)?;
     let listing = files::list(dir)?;
-    if let Some(unrepairable) = damage_before_the_last_segment(dir, &listing)? {
-        return Ok(unrepairable);
-    }
-    // The log after the snapshot, as `recover` reads it (segments before it are left over).
-    let base = listing.snapshots.keys().next_back().copied().unwrap_or(1);
-    let Some((&generation, path)) = listing.segments.range(base..).next_back() else {
-        return match listing.snapshots.is_empty() {
-            true => Err(io::Error::new(io::ErrorKind::NotFound, "it holds no qkv log segment")),
-            false => Ok(Repaired::Nothing),
-        };
+    let (generation, path, is_last) = match damage_before_the_last_segment(dir, &listing)? {
+        Before::Unrepairable(unrepairable) => return Ok(unrepairable),
+        Before::Mendable { generation, path } => (generation, path, false),
+        Before::Whole => {
+            // The log after the snapshot, as `recover` reads it (segments before it are left over).
+            let base = listing.snapshots.keys().next_back().copied().unwrap_or(1);
+            let Some((&generation, path)) = listing.segments.range(base..).next_back() else {
+                return match listing.snapshots.is_empty() {
+                    true => Err(io::Error::new(io::ErrorKind::NotFound, "it holds no qkv log segment")),
+                    false => Ok(Repaired::Nothing),
+                };
+            };
+            (generation, path.clone(), true)
+        }
     };
-    let path = path.clone();
     let file = files::open(&path)?;
     let len = file.metadata()?.len();
     let mut input = BufReader::new(&file);
     let header = Header::read(&mut input, LOG_MAGIC)?.filter(|header| header.generation == generation);
     if header.is_none() {
-        if len <= format::HEADER_LEN as u64 {
+        if is_last && len <= format::HEADER_LEN as u64 {
             // Being created when the process stopped: `recover` finishes it.
             return Ok(Repaired::Nothing);
         }
@@ -424,7 +458,11 @@ pub fn repair(dir: &Path) -> io::Result<Repaired> {
             Next::Record(Record::Set { versioned, .. }) => last_number = last_number.max(versioned.version),
             Next::Record(Record::Delete { sequence, .. }) => last_number = last_number.max(sequence),
             Next::Damaged { offset, .. } | Next::Unwritten { offset } => break offset,
-            Next::End => return Ok(Repaired::Nothing),
+            Next::End if is_last => return Ok(Repaired::Nothing),
+            Next::End => {
+                let what = damaged(&path, "it ends whole, yet was found damaged (changed meanwhile?)".into());
+                return Ok(Repaired::Unrepairable { file: path, what: what.to_string() });
+            }
             Next::Record(Record::End { .. }) | Next::Unknown { .. } => {
                 let what =
                     damaged(&path, format!("a whole record it does not know, at byte {}", reader.offset()));
@@ -433,7 +471,10 @@ pub fn repair(dir: &Path) -> io::Result<Repaired> {
         }
     };
     let first_whole = match whole_record_after(&file, offset, len, last_number)? {
-        Scan::Nothing => return Ok(Repaired::Nothing),
+        // A torn write, which opening the store cuts off: only in the last segment, since one is
+        // finished whole before the next is made.
+        Scan::Nothing if is_last => return Ok(Repaired::Nothing),
+        Scan::Nothing => None,
         Scan::Found(at) => Some(at),
         Scan::GaveUp { .. } => None,
     };
@@ -453,10 +494,10 @@ pub fn repair(dir: &Path) -> io::Result<Repaired> {
 /// What [`recover`] would refuse before it reaches the last segment, which repair does not mend: the
 /// snapshot it starts from, and every segment after it but the last (each there, in sequence, whole).
 /// Reads the snapshot and those segments through, keeping nothing.
-fn damage_before_the_last_segment(dir: &Path, listing: &Listing) -> io::Result<Option<Repaired>> {
+fn damage_before_the_last_segment(dir: &Path, listing: &Listing) -> io::Result<Before> {
     let unrepairable = |file: &Path, e: io::Error| match e.kind() {
         io::ErrorKind::InvalidData => {
-            Ok(Some(Repaired::Unrepairable { file: file.to_owned(), what: e.to_string() }))
+            Ok(Before::Unrepairable(Repaired::Unrepairable { file: file.to_owned(), what: e.to_string() }))
         }
         _ => Err(e),
     };
@@ -480,11 +521,29 @@ fn damage_before_the_last_segment(dir: &Path, listing: &Listing) -> io::Result<O
         if position + 1 == segments.len() {
             break;
         }
-        if let Err(e) = check_segment(path, generation) {
-            return unrepairable(path, e);
+        match check_segment(path, generation) {
+            Ok(()) => {}
+            // Damage a cut mends (not a header, nor a record of another version), with nothing after.
+            Err(e)
+                if e.to_string().ends_with(RESTORE) && only_headers_after(&listing.segments, generation) =>
+            {
+                return Ok(Before::Mendable { generation, path: path.clone() });
+            }
+            Err(e) => return unrepairable(path, e),
         }
     }
-    Ok(None)
+    Ok(Before::Whole)
+}
+
+/// What [`damage_before_the_last_segment`] found.
+enum Before {
+    /// No damage before the last segment.
+    Whole,
+    /// Damage `qkv repair` does not mend.
+    Unrepairable(Repaired),
+    /// Damage in a segment followed by headers alone ([`only_headers_after`]): mended as the last
+    /// segment's would be.
+    Mendable { generation: u64, path: PathBuf },
 }
 
 /// Reads a segment that is not the last through: an error of kind `InvalidData` if it is not whole.

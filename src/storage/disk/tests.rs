@@ -455,6 +455,61 @@ fn a_failed_relaxed_log_waits_for_records_alone() {
     assert_eq!(flush_timeout(Durability::Strict, Some(long_ago), false), None);
 }
 
+/// Damage in the segment before the last when every later one holds its header alone (a restart with
+/// no write since: the usual layout) is mended by `qkv repair` as the last segment's would be, and the
+/// store's refusal says so: it sent the operator to a backup, though the cut loses no more.
+#[tokio::test]
+async fn damage_followed_by_empty_segments_alone_is_mended_by_repair() {
+    for (case, damage) in [("a flipped byte", None), ("zeros after the records", Some(100))] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
+        let states = write_history(&store, 40).await;
+        close(store).await;
+        // A restart with no write: a second segment, its header alone.
+        close(DiskStore::open_when_free(dir.path(), test_config()).unwrap()).await;
+        let segments = files::list(dir.path()).unwrap().segments;
+        assert_eq!(segments.len(), 2, "{case}: {segments:?}");
+        let first = segments.values().next().unwrap().clone();
+        let mut bytes = std::fs::read(&first).unwrap();
+        let cut_at = match damage {
+            None => {
+                let middle = bytes.len() / 2;
+                bytes[middle] ^= 1;
+                None
+            }
+            Some(zeros) => {
+                let end = bytes.len() as u64;
+                bytes.resize(bytes.len() + zeros, 0);
+                Some(end)
+            }
+        };
+        std::fs::write(&first, &bytes).unwrap();
+        let Err(StorageError::Backend(error)) = DiskStore::open_when_free(dir.path(), test_config()) else {
+            panic!("{case}: a damaged segment was accepted")
+        };
+        assert!(error.contains("qkv repair") && !error.contains("backup"), "{case}: {error}");
+        let repaired = DiskStore::repair_when_free(dir.path()).unwrap();
+        let Repaired::Cut { segment, offset, .. } = repaired else { panic!("{case}: {repaired:?}") };
+        assert_eq!(segment, first, "{case}");
+        if let Some(end) = cut_at {
+            assert_eq!(offset, end, "{case}: the records were all whole");
+        }
+        let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
+        if cut_at.is_some() {
+            assert_holds(&store, states.last().unwrap(), case).await;
+        }
+        // Versions go on above every one the cut segment held (the empty segment's header says so).
+        let last = states.last().unwrap().values().map(|v| v.version).max().unwrap();
+        let WriteOutcome::Written { version, .. } =
+            store.set(TABLE, "after", "v".into(), None).await.unwrap()
+        else {
+            panic!("{case}: a write after the repair")
+        };
+        assert!(version > last, "{case}: {version} after {last}");
+        close(store).await;
+    }
+}
+
 /// Damage that a crash cannot cause (in a log segment that is not the last) stops the store from
 /// opening, with a message that names the file.
 #[tokio::test]
