@@ -118,6 +118,11 @@ pub struct DiskStore {
     _temporary: Option<TemporaryDir>,
 }
 
+/// How far below [`format::VERSION_LIMIT`] a store must start: 2^40 versions, 12 days of the clock's
+/// microseconds (which versions follow when writes average under a million a second), so that a store
+/// that opens never hands out one its recovery would refuse.
+const VERSION_HEADROOM: u64 = 1 << 40;
+
 fn io_error(what: &str, dir: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
     move |e| StorageError::Backend(format!("{what} {}: {e}", dir.display()))
 }
@@ -145,7 +150,18 @@ impl DiskStore {
             import::from_redb(dir, &memory).map_err(io_error("cannot import the redb file in", dir))?;
         let recovered = recovery::recover(dir, &memory, config.durability)
             .map_err(io_error("cannot recover the data in", dir))?;
-        log.start_after(recovered.last_version.max(imported).max(super::first_version_floor()));
+        let floor = super::first_version_floor();
+        let last_version = recovered.last_version.max(imported).max(floor);
+        if last_version >= format::VERSION_LIMIT - VERSION_HEADROOM {
+            // Its next segment's header would say a version that recovery takes for damage: a store
+            // that would not open again.
+            return Err(StorageError::Backend(format!(
+                "cannot open the data in {}: its versions would reach 2^53, the most a double holds exactly (the data's last is {}, and they start above the clock's microseconds since 1970, {floor} now): is the system clock right?",
+                dir.display(),
+                recovered.last_version.max(imported),
+            )));
+        }
+        log.start_after(last_version);
         // A last segment with no record is gone on with: a new one at every start would leave one
         // more empty file for every later recovery to open (a server in a restart loop).
         let (generation, segment) = match recovered.empty_last_segment {

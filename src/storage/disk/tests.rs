@@ -593,6 +593,25 @@ async fn a_header_version_no_store_hands_out_and_a_segment_0_are_damage() {
     close(store).await;
 }
 
+/// A store whose versions would reach 2^53 (a clock centuries ahead, or data written under one) does
+/// not open, saying why: it went on handing out versions that its next recovery took for damage, and
+/// the directory never opened again.
+#[tokio::test]
+async fn a_store_whose_versions_would_reach_2_to_the_53_does_not_open() {
+    let (dir, _, path, segment) = closed_history(3).await;
+    let mut near = segment.clone();
+    let last = (format::VERSION_LIMIT - 5).to_le_bytes();
+    near[format::HEADER_LEN - 8..format::HEADER_LEN].copy_from_slice(&last);
+    std::fs::write(&path, &near).unwrap();
+    let Err(StorageError::Backend(error)) = DiskStore::open_when_free(dir.path(), test_config()) else {
+        panic!("a store about to pass 2^53 opened")
+    };
+    assert!(error.contains("2^53") && error.contains("clock"), "{error}");
+    // Nothing was written: the directory opens as it was once the header is.
+    std::fs::write(&path, &segment).unwrap();
+    close(DiskStore::open_when_free(dir.path(), test_config()).unwrap()).await;
+}
+
 /// A segment whose header was being written when the process stopped holds nothing: `qkv repair` has
 /// nothing to do (the store finishes it when it opens, and goes on in it), and says so rather than
 /// asking for a backup.
