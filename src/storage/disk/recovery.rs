@@ -232,8 +232,13 @@ fn replay_segment(
     match replayed.stop {
         Stop::End => {}
         Stop::Torn { offset, what } if is_last => {
-            if settle_damaged_tail(path, offset, len, what, replayed.last_number, durability)? {
-                return Ok(Replayed { kept_damage: true, ..result });
+            if let Some(cut) = settle_damaged_tail(path, offset, len, what, replayed.last_number, durability)?
+            {
+                return Ok(Replayed {
+                    kept_damage: true,
+                    last_number: result.last_number.max(cut),
+                    ..result
+                });
             }
             // The zeros the segment had written ahead follow the torn bytes: told apart, so that the
             // warning does not count a megabyte of them as what the crash cut.
@@ -248,8 +253,13 @@ fn replay_segment(
         // The space the segment had written ahead when the process stopped without finishing it.
         Stop::Unwritten { offset } if is_last => {
             let what = "zeros where a record should be";
-            if settle_damaged_tail(path, offset, len, what, replayed.last_number, durability)? {
-                return Ok(Replayed { kept_damage: true, ..result });
+            if let Some(cut) = settle_damaged_tail(path, offset, len, what, replayed.last_number, durability)?
+            {
+                return Ok(Replayed {
+                    kept_damage: true,
+                    last_number: result.last_number.max(cut),
+                    ..result
+                });
             }
             result.unwritten_bytes = len - offset;
             tracing::debug!(file = %path.display(), offset, bytes = result.unwritten_bytes, "cutting off the log's unwritten space");
@@ -297,7 +307,8 @@ fn written_end(path: &Path, offset: u64, len: u64) -> io::Result<u64> {
 /// cuts nothing, until `qkv repair` has been run. A relaxed log acknowledges writes before they are
 /// durable, so a machine's crash may leave several unsynced batches in any state: the tail is cut as it
 /// would be by `qkv repair`, keeping the bytes cut in a file beside the segment, with an error logged.
-/// Returns whether it cut the tail so (false: nothing whole follows, the tail is a torn write's).
+/// Returns the highest number among the whole records it cut, if it cut the tail so (`None`: nothing
+/// whole follows, the tail is a torn write's).
 fn settle_damaged_tail(
     path: &Path,
     offset: u64,
@@ -305,22 +316,25 @@ fn settle_damaged_tail(
     what: &str,
     last_number: u64,
     durability: Durability,
-) -> io::Result<bool> {
-    let found = match whole_record_after(&files::open(path)?, offset, len, last_number)? {
-        Scan::Nothing => return Ok(false),
-        Scan::Found(at) => format!("a whole record follows at byte {at}"),
-        Scan::GaveUp { hashed } => format!(
-            "whether a whole record follows could not be told within {} of checksums",
-            bytesize::ByteSize(hashed).display().iec()
+) -> io::Result<Option<u64>> {
+    let (found, first_whole) = match whole_record_after(&files::open(path)?, offset, len, last_number)? {
+        Scan::Nothing => return Ok(None),
+        Scan::Found(at) => (format!("a whole record follows at byte {at}"), Some(at)),
+        Scan::GaveUp { hashed } => (
+            format!(
+                "whether a whole record follows could not be told within {} of checksums",
+                bytesize::ByteSize(hashed).display().iec()
+            ),
+            None,
         ),
     };
     if let Durability::Relaxed { .. } = durability {
-        let saved = cut_keeping(path, offset)?;
+        let cut = cut_keeping(path, offset, first_whole)?;
         tracing::error!(
-            file = %path.display(), offset, what, %found, saved = %saved.display(),
+            file = %path.display(), offset, what, %found, saved = %cut.saved.display(),
             "the log is damaged where a crash of the machine may have left it (relaxed durability acknowledges writes before they are durable): cut there, the writes after it lost to the store, the bytes cut kept"
         );
-        return Ok(true);
+        return Ok(Some(cut.highest));
     }
     Err(described(
         path,
@@ -478,17 +492,8 @@ pub fn repair(dir: &Path) -> io::Result<Repaired> {
         Scan::Found(at) => Some(at),
         Scan::GaveUp { .. } => None,
     };
-    let mut records_after = 0;
-    if let Some(first_whole) = first_whole {
-        let mut after = BufReader::new(&file);
-        io::Seek::seek(&mut after, io::SeekFrom::Start(first_whole))?;
-        let mut reader = Reader::new(after, first_whole, len);
-        while let Next::Record(_) = reader.next()? {
-            records_after += 1;
-        }
-    }
-    let saved = cut_keeping(&path, offset)?;
-    Ok(Repaired::Cut { segment: path, offset, first_whole, records_after, saved })
+    let cut = cut_keeping(&path, offset, first_whole)?;
+    Ok(Repaired::Cut { segment: path, offset, first_whole, records_after: cut.records, saved: cut.saved })
 }
 
 /// What [`recover`] would refuse before it reaches the last segment, which repair does not mend: the
@@ -574,7 +579,16 @@ fn check_segment(path: &Path, generation: u64) -> io::Result<()> {
 /// Cuts the segment at `path` at `offset`, after copying what it cuts to `<segment>.damaged-at-<offset>`
 /// (written under a temporary name, then renamed, and durable with its directory before the cut: a
 /// repair stopped half way and run again finds the segment as it was). Returns the copy's path.
-fn cut_keeping(path: &Path, offset: u64) -> io::Result<PathBuf> {
+/// The whole records from `first_whole` on are counted, and the highest number among them is kept as a
+/// floor under the versions to come (their writes may have been acknowledged, and their versions held
+/// by clients, which a version handed out again would fool): the segment's header, which recovery
+/// takes for one, is raised to it in place first.
+fn cut_keeping(path: &Path, offset: u64, first_whole: Option<u64>) -> io::Result<Cut> {
+    let (records, highest) = match first_whole {
+        Some(at) => records_from(path, at)?,
+        None => (0, 0),
+    };
+    raise_header_floor(path, highest)?;
     let saved = PathBuf::from(format!("{}{}{offset}", path.display(), files::DAMAGED_AT));
     let partial = PathBuf::from(format!("{}.partial", saved.display()));
     let mut copy = files::private().write(true).create(true).truncate(true).open(&partial)?;
@@ -587,7 +601,49 @@ fn cut_keeping(path: &Path, offset: u64) -> io::Result<PathBuf> {
     let cut = OpenOptions::new().write(true).open(path)?;
     cut.set_len(offset)?;
     cut.sync_all()?;
-    Ok(saved)
+    Ok(Cut { saved, records, highest })
+}
+
+/// What [`cut_keeping`] cut.
+struct Cut {
+    /// The file that keeps the bytes cut.
+    saved: PathBuf,
+    /// Whole records among them, and the highest number (version or delete's) of those.
+    records: u64,
+    highest: u64,
+}
+
+/// The whole records of the segment at `path` from byte `at` on: how many, and their highest number.
+fn records_from(path: &Path, at: u64) -> io::Result<(u64, u64)> {
+    let file = files::open(path)?;
+    let len = file.metadata()?.len();
+    let mut after = BufReader::new(file);
+    io::Seek::seek(&mut after, io::SeekFrom::Start(at))?;
+    let mut reader = Reader::new(after, at, len);
+    let (mut count, mut highest) = (0, 0);
+    loop {
+        let number = match reader.next()? {
+            Next::Record(Record::Set { versioned, .. }) => versioned.version,
+            Next::Record(Record::Delete { sequence, .. }) => sequence,
+            Next::Record(Record::End { .. }) => 0,
+            _ => return Ok((count, highest)),
+        };
+        count += 1;
+        highest = highest.max(number);
+    }
+}
+
+/// Raises the last version the header of the segment at `path` says to `floor`, if it says less: in
+/// place and durable (24 bytes in the file's first block), as `files::restart_segment` rewrites one.
+fn raise_header_floor(path: &Path, floor: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    let Some(header) = Header::read(&mut BufReader::new(&file), LOG_MAGIC)? else { return Ok(()) };
+    if header.last_version >= floor || floor >= format::VERSION_LIMIT {
+        return Ok(());
+    }
+    file.write_all_at(&Header { last_version: floor, ..header }.encode(), 0)?;
+    file.sync_all()
 }
 
 /// What replaying a segment's records did.

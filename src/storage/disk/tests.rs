@@ -355,6 +355,23 @@ async fn repair_cuts_the_damage_the_store_refuses_whatever_the_header_says() {
     close(store).await;
 }
 
+/// The writes `qkv repair` cuts may have been acknowledged, their versions held by clients: the
+/// highest stays a floor under the versions to come (the segment's header is raised to it), so that a
+/// clock behind them cannot hand one out again for another value.
+#[tokio::test]
+async fn repair_keeps_the_cut_records_versions_as_a_floor() {
+    let (dir, states, path, mut segment) = closed_history(10).await;
+    let ends = record_ends(&segment);
+    segment[ends[0] as usize + 2] ^= 0x5a;
+    std::fs::write(&path, &segment).unwrap();
+    let repaired = DiskStore::repair_when_free(dir.path()).unwrap();
+    assert!(matches!(repaired, Repaired::Cut { records_after: 8, .. }), "{repaired:?}");
+    let cut_versions = states.last().unwrap().values().map(|v| v.version).max().unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let header = format::Header::read(&mut &bytes[..], format::LOG_MAGIC).unwrap().unwrap();
+    assert!(header.last_version >= cut_versions, "{} < {cut_versions}", header.last_version);
+}
+
 /// When a write to the log fails (a full disk), the writes waiting for it are answered as uncertain,
 /// later ones are refused, and the store's end says what it cost, so that `qkv serve` exits with a
 /// failure rather than as if all were well: with relaxed durability, acknowledged writes may be lost.
