@@ -101,6 +101,18 @@ pub fn create_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// `error`, met reading or writing `path`, naming it if it does not already: "Is a directory (os error
+/// 21)" alone sends an operator nowhere.
+pub fn naming(path: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
+    move |error| {
+        let said = error.to_string();
+        match said.contains(&path.display().to_string()) {
+            true => error,
+            false => io::Error::new(error.kind(), format!("{}: {said}", path.display())),
+        }
+    }
+}
+
 /// Opens a file of the data directory to read; an error names it (a permission, say, on one file).
 pub fn open(path: &Path) -> io::Result<File> {
     File::open(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
@@ -380,12 +392,18 @@ fn links_by_fstat(file: &File) -> io::Result<u64> {
     Ok(std::os::unix::fs::MetadataExt::nlink(&file.metadata()?))
 }
 
-/// Removes the segments and snapshots a newer snapshot (of `generation`) has made unnecessary.
+/// Removes the segments and snapshots a newer snapshot (of `generation`) has made unnecessary. One
+/// that cannot be removed is logged and left (the next snapshot tries again): it only takes space, since
+/// recovery reads the newest snapshot and the log after it, and stopping at it left every file after it
+/// too, and failed a snapshot that was whole and in place (whose retries, a minute apart, each wrote
+/// another whole snapshot that could not clean up either).
 pub fn remove_before(dir: &Path, generation: u64) -> io::Result<()> {
     let listing = list(dir)?;
     let old = |files: BTreeMap<u64, PathBuf>| files.into_iter().filter(move |(g, _)| *g < generation);
     for (_, path) in old(listing.segments).chain(old(listing.snapshots)) {
-        fs::remove_file(path)?;
+        if let Err(e) = fs::remove_file(&path) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot remove a file a newer snapshot made unnecessary; it takes space until the next snapshot removes it");
+        }
     }
     sync_dir(dir)
 }

@@ -89,6 +89,7 @@ pub fn recover(dir: &Path, store: &Store, durability: Durability) -> io::Result<
         expected = generation + 1;
         let is_last = Some(*generation) == last;
         let replayed = replay_segment(path, *generation, store, is_last, durability, recovered.last_version)
+            .map_err(files::naming(path))
             .map_err(|e| match !is_last && only_headers_after(&segments, *generation) {
                 true => mendable_by_repair(e, dir),
                 false => e,

@@ -37,15 +37,24 @@ pub type Store = MemoryStore<Arc<Log>>;
 /// unnecessary. Returns its size. Stops early, removing the partial file, when `cancelled` is set.
 pub fn write(dir: &Path, generation: u64, store: &Store, cancelled: &AtomicBool) -> io::Result<u64> {
     let partial = files::partial_snapshot(dir, generation);
-    let written = write_partial(&partial, generation, store, cancelled).and_then(|size| {
-        // The walk may have seen writes whose records are not on disk yet (relaxed durability
-        // acknowledges them before). Renamed before they are, a crash could leave the snapshot with a
-        // write but the log without an earlier one it follows: a state no moment of the store had.
-        wait_until_synced(store.journal(), store.journal().appended(), cancelled)?;
-        fs::rename(&partial, files::snapshot(dir, generation))?;
-        files::sync_dir(dir)?;
-        Ok(size)
-    });
+    let done = files::snapshot(dir, generation);
+    // Errors name the file: "Is a directory (os error 21)" alone sends an operator nowhere.
+    let named = |doing: String| move |e: io::Error| io::Error::new(e.kind(), format!("{doing}: {e}"));
+    let written = write_partial(&partial, generation, store, cancelled)
+        .map_err(named(format!("writing {}", partial.display())))
+        .and_then(|size| {
+            // The walk may have seen writes whose records are not on disk yet (relaxed durability
+            // acknowledges them before). Renamed before they are, a crash could leave the snapshot with
+            // a write but the log without an earlier one it follows: a state no moment of the store had.
+            wait_until_synced(store.journal(), store.journal().appended(), cancelled)?;
+            fs::rename(&partial, &done).map_err(named(format!(
+                "renaming {} to {}",
+                partial.display(),
+                done.display()
+            )))?;
+            files::sync_dir(dir).map_err(named(format!("syncing the directory {}", dir.display())))?;
+            Ok(size)
+        });
     if written.is_err() {
         let _ = fs::remove_file(&partial);
         return written;
@@ -153,15 +162,23 @@ pub fn check(dir: &Path, generation: u64) -> io::Result<Loaded> {
 }
 
 /// Reads the snapshot of `generation`, giving each entry to `each`.
-fn walk(dir: &Path, generation: u64, mut each: impl FnMut(String, String, Versioned)) -> io::Result<Loaded> {
+fn walk(dir: &Path, generation: u64, each: impl FnMut(String, String, Versioned)) -> io::Result<Loaded> {
     let path = files::snapshot(dir, generation);
+    walk_file(&path, generation, each).map_err(files::naming(&path))
+}
+
+fn walk_file(
+    path: &Path,
+    generation: u64,
+    mut each: impl FnMut(String, String, Versioned),
+) -> io::Result<Loaded> {
     let damaged = |what: String| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("the snapshot {} is damaged: {what}. {RESTORE}", path.display()),
         )
     };
-    let file = files::open(&path)?;
+    let file = files::open(path)?;
     let size = file.metadata()?.len();
     let mut input = BufReader::with_capacity(CHUNK, file);
     let header = match Header::read(&mut input, SNAPSHOT_MAGIC)? {

@@ -676,6 +676,39 @@ async fn the_data_directory_and_its_files_are_private() {
     }
 }
 
+/// A file a snapshot made unnecessary that cannot be removed (here a directory in its name's place) is
+/// left with a warning: the snapshot counts as written, and the next one comes when the log has grown
+/// again. (The snapshot failed, and each retry, a minute apart, wrote another whole one that could not
+/// clean up either.) And an error reading a file of the store names it.
+#[tokio::test]
+async fn a_file_that_cannot_be_removed_fails_no_snapshot_and_errors_name_their_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DiskConfig { snapshot_log_size: 16 << 10, ..test_config() };
+    let store = DiskStore::open_when_free(dir.path(), config.clone()).unwrap();
+    let stuck = files::snapshot(dir.path(), 1);
+    std::fs::create_dir(&stuck).unwrap();
+    std::fs::write(stuck.join("held"), "x").unwrap();
+    let mut i = 0;
+    let two_snapshots = async {
+        while files::list(dir.path()).unwrap().snapshots.keys().next_back() < Some(&3) {
+            store.set(TABLE, &format!("k{i}"), format!("{i:0>60}").into(), None).await.unwrap();
+            i += 1;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), two_snapshots)
+        .await
+        .expect("a second snapshot within 30 s: the first was taken for a failure, retried a minute later");
+    close(store).await;
+    close(DiskStore::open_when_free(dir.path(), config.clone()).unwrap()).await;
+    // A directory where the newest snapshot should be: the error says which file.
+    let odd = files::snapshot(dir.path(), 99);
+    std::fs::create_dir(&odd).unwrap();
+    let Err(StorageError::Backend(error)) = DiskStore::open_when_free(dir.path(), config) else {
+        panic!("a directory was read as a snapshot")
+    };
+    assert!(error.contains(&odd.display().to_string()), "{error}");
+}
+
 /// A data directory given as the path of a file says so ("File exists" said nothing of the kind).
 #[test]
 fn a_file_where_the_data_directory_should_be_is_named_as_not_a_directory() {
