@@ -684,7 +684,7 @@ async fn the_data_directory_and_its_files_are_private() {
 async fn a_file_that_cannot_be_removed_fails_no_snapshot_and_errors_name_their_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = DiskConfig { snapshot_log_size: 16 << 10, ..test_config() };
-    let store = DiskStore::open_when_free(dir.path(), config.clone()).unwrap();
+    let store = DiskStore::open_when_free(dir.path(), config).unwrap();
     let stuck = files::snapshot(dir.path(), 1);
     std::fs::create_dir(&stuck).unwrap();
     std::fs::write(stuck.join("held"), "x").unwrap();
@@ -699,7 +699,7 @@ async fn a_file_that_cannot_be_removed_fails_no_snapshot_and_errors_name_their_f
         .await
         .expect("a second snapshot within 30 s: the first was taken for a failure, retried a minute later");
     close(store).await;
-    close(DiskStore::open_when_free(dir.path(), config.clone()).unwrap()).await;
+    close(DiskStore::open_when_free(dir.path(), config).unwrap()).await;
     // A directory where the newest snapshot should be: the error says which file.
     let odd = files::snapshot(dir.path(), 99);
     std::fs::create_dir(&odd).unwrap();
