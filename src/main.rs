@@ -656,11 +656,18 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Subscribe { topic, count, .. } => subscribe(client, &topic, count).await?,
-        Command::Publish { topic, values, typed, .. } => {
-            let values = values
-                .iter()
-                .map(|raw| output::parse_value(raw.as_encoded_bytes(), typed.value_type))
-                .collect::<Result<Vec<_>, _>>()?;
+        Command::Publish { topic, values, value_file, typed, .. } => {
+            let values = match value_file {
+                Some(file) => vec![output::parse_value_file(
+                    &file,
+                    typed.value_type,
+                    qkv::transport::DEFAULT_MAX_FRAME_LEN,
+                )?],
+                None => values
+                    .iter()
+                    .map(|raw| output::parse_value(raw.as_encoded_bytes(), typed.value_type))
+                    .collect::<Result<Vec<_>, _>>()?,
+            };
             let published = client.publish(&topic, values).await?;
             out!("{}", published.receivers);
             if published.lagging > 0 {

@@ -527,17 +527,22 @@ async fn subscribe_prints_each_message_as_it_arrives_and_publish_prints_its_rece
         let server = TestServer::start_for(transport).await;
         let s = Some(&server);
         let mut subscribed = server.service.broker().watch_subscriptions();
-        let subscriber = qkv(s, &["subscribe", "news", "--count", "2"]);
+        let subscriber = qkv(s, &["subscribe", "news", "--count", "3"]);
+        // A value too large for a command line goes in a file.
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), "from a file\n").unwrap();
         let publishing = async {
             subscribed.wait_for(|&n| n == 1).await.expect("the broker lives");
             let first = qkv(s, &["publish", "news", "hello", "world"]).await;
             assert_eq!(stdout(&first), "1\n", "{}", stderr(&first));
             let second = qkv(s, &["publish", "news", "-7", "--type", "int"]).await;
             assert_eq!(stdout(&second), "1\n", "{}", stderr(&second));
+            let third = qkv(s, &["publish", "news", "--value-file", file.path().to_str().unwrap()]).await;
+            assert_eq!(stdout(&third), "1\n", "{}", stderr(&third));
         };
         let (output, ()) = tokio::join!(subscriber, publishing);
         assert!(output.status.success(), "{}", stderr(&output));
-        assert_eq!(stdout(&output), "hello\tworld\n-7\n", "over {transport}");
+        assert_eq!(stdout(&output), "hello\tworld\n-7\nfrom a file\n\n", "over {transport}");
         assert_eq!(stderr(&output), "subscribed to \"news\"\n", "over {transport}");
         // It unsubscribed on its way out.
         assert_eq!(server.service.broker().total_subscriptions(), 0);

@@ -147,9 +147,14 @@ pub enum Command {
     /// delivered to.
     Publish {
         topic: String,
-        /// The message's values (a value that starts with '-' and is not a number goes after `--`).
-        #[arg(required = true, allow_negative_numbers = true)]
+        /// The message's values (a value that starts with '-' and is not a number goes after `--`); or
+        /// --value-file.
+        #[arg(required_unless_present = "value_file", allow_negative_numbers = true)]
         values: Vec<OsString>,
+        /// Publish one value read from FILE instead, whole (`-`: standard input), as hset reads one: for
+        /// values that do not fit on a command line.
+        #[arg(long, value_name = "FILE", conflicts_with = "values")]
+        value_file: Option<PathBuf>,
         #[command(flatten)]
         typed: TypeArgs,
         #[command(flatten)]
