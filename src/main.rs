@@ -510,6 +510,24 @@ async fn run_client_command(command: Command) -> anyhow::Result<()> {
             | Command::Ping { .. }
             | Command::Subscribe { .. }
     );
+    // Settings of TLS that plaintext TCP has no use for: said, not dropped without a word (they may
+    // come from QKV_CERT and QKV_KEY set for other commands, so not refused).
+    if client_args.transport == qkv::transport::Transport::Tcp {
+        let unused: Vec<&str> = [
+            (client_args.client_cert.is_some(), "--cert"),
+            (client_args.client_key.is_some(), "--key"),
+            (client_args.server_name.is_some(), "--server-name"),
+        ]
+        .into_iter()
+        .filter_map(|(given, flag)| given.then_some(flag))
+        .collect();
+        if !unused.is_empty() {
+            eprintln!(
+                "warning: {} not used: --transport tcp is plaintext, with no certificate either way",
+                unused.join(" and ")
+            );
+        }
+    }
     let client = Client::connect_with(client_config(client_args))
         .await
         .map_err(|error| with_default_ca_hint(error, &client_args.ca))?;

@@ -262,6 +262,15 @@ async fn bad_input_exits_2_and_negative_numbers_are_values() {
         assert_eq!(typo.status.code(), Some(EXIT_INVALID_INPUT), "{addr}: {}", stderr(&typo));
     }
 
+    // TLS settings given to a plaintext client are said to be unused, not dropped without a word.
+    let plaintext = TestServer::start_for(Transport::Tcp).await;
+    let unused = qkv(Some(&plaintext), &["hget", "t", "k", "--server-name", "db.example.com"]).await;
+    assert!(
+        stderr(&unused).contains("--server-name not used: --transport tcp is plaintext"),
+        "{}",
+        stderr(&unused)
+    );
+
     let negative = qkv(s, &["hset", "t", "n", "-5", "--type", "int"]).await;
     assert!(negative.status.success(), "{}", stderr(&negative));
     assert_eq!(stdout(&qkv(s, &["hget", "t", "n"]).await), "-5\n");
