@@ -41,7 +41,7 @@ pub async fn serve_floor(
     shutdown: CancellationToken,
     bound: oneshot::Sender<SocketAddr>,
 ) -> Result<(), BenchError> {
-    let setup = |e: &dyn std::fmt::Display| BenchError::Setup(e.to_string());
+    let setup = |e: &dyn std::fmt::Display| BenchError::Floor(e.to_string());
     let certs = CertDir::new(certs_dir);
     certs.ensure_server_certificate().map_err(|e| setup(&e))?;
     let identity =

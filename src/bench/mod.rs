@@ -80,6 +80,9 @@ pub enum BenchError {
     Client(#[from] ClientError),
     #[error("cannot set up the benchmark: {0}")]
     Setup(String),
+    /// The floor server (`qkv floor`) could not start.
+    #[error("cannot start the floor server: {0}")]
+    Floor(String),
     #[error(
         "this run needs about {needed} open files, but the process may open only {limit}: raise the hard \
          limit (ulimit -Hn, or LimitNOFILE= for a service), or put more QUIC connections on each socket \

@@ -180,7 +180,7 @@ pub enum ClientError {
     #[error("malformed reply from the server: {0}")]
     Protocol(String),
     /// The server's reply was not a valid frame.
-    #[error("malformed reply from the server: {0}")]
+    #[error("malformed reply from the server (is it a qkv server, and does it speak this transport?): {0}")]
     MalformedReply(#[source] FrameError),
     /// A conditional write's expected version did not match (409): nothing was written. `current`
     /// is the key's value and version now (`None`: the key does not exist), to decide the next try.
