@@ -639,7 +639,16 @@ async fn execute(client: &Client, command: Command) -> anyhow::Result<()> {
             };
             let expected = if if_absent { Some(0) } else { if_version };
             let written = match expected {
-                Some(expected) => client.hset_if_version(&table, &key, value, expected).await?,
+                Some(expected) => client.hset_if_version(&table, &key, value, expected).await.map_err(|e| {
+                    match (&e, if_absent) {
+                        (ClientError::Conflict { current: Some(current) }, true) => CliError::Refused(format!(
+                            "version conflict: the key exists (version {}), and --if-absent writes only a key that does not",
+                            current.version
+                        ))
+                        .into(),
+                        _ => anyhow::Error::from(e),
+                    }
+                })?,
                 None => client.hset(&table, &key, value).await?,
             };
             out!("{}", written.version);

@@ -109,7 +109,10 @@ async fn server_refusals_exit_1_with_the_reason_on_stderr() {
     qkv(s, &["hset", "t", "k", "v"]).await;
     let conflict = qkv(s, &["hset", "t", "k", "w", "--if-absent"]).await;
     assert_eq!(conflict.status.code(), Some(EXIT_SERVER_SAID_NO));
-    assert!(stderr(&conflict).contains("version conflict"), "{}", stderr(&conflict));
+    assert!(stderr(&conflict).contains("version conflict: the key exists"), "{}", stderr(&conflict));
+    let absent = qkv(s, &["hdel", "t", "nothing", "--if-version", "5"]).await;
+    assert_eq!(absent.status.code(), Some(EXIT_SERVER_SAID_NO));
+    assert!(stderr(&absent).contains("the key does not exist"), "{}", stderr(&absent));
 }
 
 /// `--type binary` stores bytes as they are: an argument's, not UTF-8 (clap refused those before

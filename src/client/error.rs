@@ -184,7 +184,10 @@ pub enum ClientError {
     MalformedReply(#[source] FrameError),
     /// A conditional write's expected version did not match (409): nothing was written. `current`
     /// is the key's value and version now (`None`: the key does not exist), to decide the next try.
-    #[error("version conflict: the key's current version is {}", current.as_ref().map_or(0, |c| c.version))]
+    #[error("version conflict: {}", match current {
+        Some(current) => format!("the key's current version is {}", current.version),
+        None => "the key does not exist (version 0)".to_owned(),
+    })]
     Conflict {
         /// The key's value and version now; `None` if it does not exist.
         current: Option<Versioned>,
