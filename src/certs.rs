@@ -129,6 +129,12 @@ impl CertDir {
     /// can. What an issuing cut short left beside its files (`*.pem.new`) is removed once locked.
     fn lock(&self) -> Result<fs::File, CertError> {
         let io_error = |cause| CertError::Io { path: self.dir.clone(), cause };
+        if self.dir.exists() && !self.dir.is_dir() {
+            // create_dir_all would say "File exists", which tells nothing of the kind.
+            let cause =
+                std::io::Error::new(std::io::ErrorKind::NotADirectory, "it exists, and is not a directory");
+            return Err(io_error(cause));
+        }
         fs::create_dir_all(&self.dir).map_err(io_error)?;
         // Anyone who may issue here may lock (the umask applies).
         let lock_file = OpenOptions::new()

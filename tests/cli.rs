@@ -411,6 +411,10 @@ async fn cert_writes_private_keys_0600_and_refuses_to_overwrite_without_force() 
         assert_eq!(refused.status.code(), Some(EXIT_INVALID_INPUT), "{bad:?}: {}", stderr(&refused));
     }
     assert!(qkv(None, &["cert", "--dir", path, "--force"]).await.status.success());
+    // A file where the directory should be is named as not a directory ("File exists" said nothing).
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let not_a_dir = qkv(None, &["cert", "--dir", file.path().to_str().unwrap()]).await;
+    assert!(stderr(&not_a_dir).contains("not a directory"), "{}", stderr(&not_a_dir));
 }
 
 /// A certificate or data directory that does not exist is made, as documented, but warned about: a
