@@ -306,7 +306,14 @@ async fn bad_input_exits_2_and_negative_numbers_are_values() {
     assert!(stderr(&held).contains("--commit-wait 1s holds writes too long"), "{}", stderr(&held));
 
     // A bench that cannot run as asked, or would ignore a flag, says so rather than measuring
-    // something else (or panicking).
+    // something else (or panicking): a value no request can carry is named as the flag's.
+    let huge = qkv(None, &["bench", "--value-size", "100000000"]).await;
+    assert_eq!(huge.status.code(), Some(EXIT_INVALID_INPUT), "{}", stderr(&huge));
+    assert!(
+        stderr(&huge).contains("--value-size 100000000 is more than a request can carry"),
+        "{}",
+        stderr(&huge)
+    );
     for (args, said) in [
         (&["--rate", "0"][..], "--rate must be a number of requests per second above 0"),
         (&["--rate=-5"][..], "--rate must be"),

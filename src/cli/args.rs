@@ -336,6 +336,16 @@ impl BenchArgs {
         if self.duration.is_zero() {
             return invalid("--duration must be longer than zero".into());
         }
+        // A request carries its value with a table and key name besides: a value of the whole frame
+        // could never be sent (the client refused every request, "request of N bytes exceeds...").
+        let max_value = qkv::transport::DEFAULT_MAX_FRAME_LEN - 1024;
+        if self.value_size > max_value {
+            return invalid(format!(
+                "--value-size {} is more than a request can carry: at most {max_value} bytes (a frame is at most {} bytes, table, key and framing included)",
+                self.value_size,
+                qkv::transport::DEFAULT_MAX_FRAME_LEN
+            ));
+        }
         if self.timeline.is_some_and(|slot| slot.is_zero()) {
             return invalid("--timeline must be a slot longer than zero, e.g. 100ms".into());
         }
