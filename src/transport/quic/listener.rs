@@ -457,8 +457,18 @@ pub(super) async fn serve_connection<H: Handler>(
         }
         None => {
             streams.wait().await;
-            connection.close(codes::SHUTTING_DOWN, b"server shutting down");
-            "closed for shutdown".to_owned()
+            match connection.close_reason() {
+                None => {
+                    connection.close(codes::SHUTTING_DOWN, b"server shutting down");
+                    "closed for shutdown".to_owned()
+                }
+                // The grace period ran out first: the endpoint closed it with its requests unanswered.
+                Some(quinn::ConnectionError::LocallyClosed) => {
+                    "cut off when the shutdown grace period ran out".to_owned()
+                }
+                // Closed by the client, or lost, while its requests finished.
+                Some(other) => other.to_string(),
+            }
         }
     };
     let migrations = {
