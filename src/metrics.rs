@@ -204,6 +204,15 @@ fn describe() {
     g!("qkv_build_info", "The server's version; always 1.");
     g!("qkv_ready", "1 when the server is ready to serve (as /readyz), 0 otherwise.");
     g!("qkv_healthy", "1 unless the store has failed in a way only a restart mends (as /healthz), 0 then.");
+    g!(
+        "qkv_tls_certificate_expiry_timestamp_seconds",
+        Unit::Seconds,
+        "When the server's certificate in use expires (its notAfter), in seconds since the Unix epoch: set at start and at each SIGHUP reload."
+    );
+    c!(
+        "qkv_tls_certificate_reloads_total",
+        "SIGHUP reloads of the certificates, by result: reloaded, or refused (the old ones stay in use)."
+    );
 }
 
 /// Declares an enum of a label's values, with `ALL` listing every one and `name` the label's text: the
@@ -284,6 +293,28 @@ label_values! {
 }
 
 label_values! {
+    /// How a SIGHUP reload of the certificates ended (`qkv_tls_certificate_reloads_total`).
+    pub enum ReloadResult {
+        Reloaded => "reloaded",
+        /// The new files were refused: the ones in use stay in use.
+        Refused => "refused",
+    }
+}
+
+/// The server's certificate in use expires at `not_after` (`None`: it could not be read).
+pub fn server_certificate(not_after: Option<std::time::SystemTime>) {
+    let seconds = not_after.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    if let Some(seconds) = seconds {
+        gauge!("qkv_tls_certificate_expiry_timestamp_seconds").set(seconds.as_secs_f64());
+    }
+}
+
+/// A SIGHUP reload of the certificates ended.
+pub fn certificate_reload(result: ReloadResult) {
+    counter!("qkv_tls_certificate_reloads_total", "result" => result.name()).increment(1);
+}
+
+label_values! {
     /// How a snapshot of the disk store ended (`qkv_disk_snapshots_total`).
     enum SnapshotResult {
         Written => "written",
@@ -331,6 +362,9 @@ fn register_at_zero() {
         for result in Resumption::ALL {
             counter!("qkv_tls_resumptions_total", "transport" => t, "result" => result.name()).absolute(0);
         }
+    }
+    for result in ReloadResult::ALL {
+        counter!("qkv_tls_certificate_reloads_total", "result" => result.name()).absolute(0);
     }
     for backend in BACKENDS {
         for result in BackendResult::ALL {

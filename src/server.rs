@@ -241,6 +241,7 @@ impl<S: Storage> Server<S> {
         let existed = certs.path().exists();
         log_provisioning(&certs, certs.ensure_server_certificate()?, existed);
         let identity = Identity::from_pem_files(&certs.server_cert(), &certs.server_key())?;
+        let not_after = identity.not_after();
         let mut tls = tls::server_configs(
             identity,
             config.session_cache,
@@ -294,6 +295,8 @@ impl<S: Storage> Server<S> {
             }
             (None, None) => (None, None),
         };
+        // Once the recorder is installed (above, without an admin listener started before).
+        metrics::server_certificate(not_after);
         let web = match config.web {
             Some(addr) => {
                 let listener = web::bind(addr).map_err(|cause| ServerError::Bind {
@@ -529,15 +532,22 @@ async fn reload_on_hangup(hangups: Option<Signal>, credentials: Credentials, cer
         let (credentials, cert, key) = (credentials.clone(), cert.clone(), key.clone());
         // Reading and parsing files: off the runtime's thread.
         let reloaded = tokio::task::spawn_blocking(move || credentials.reload(&cert, &key)).await;
-        match reloaded {
-            Ok(Ok(())) => info!("SIGHUP: reloaded the certificates; new handshakes use them"),
+        let result = match reloaded {
+            Ok(Ok(not_after)) => {
+                info!("SIGHUP: reloaded the certificates; new handshakes use them");
+                metrics::server_certificate(not_after);
+                metrics::ReloadResult::Reloaded
+            }
             Ok(Err(e)) => {
-                warn!(error = %e, "SIGHUP: the new certificates were refused; the ones in use stay in use")
+                warn!(error = %e, "SIGHUP: the new certificates were refused; the ones in use stay in use");
+                metrics::ReloadResult::Refused
             }
             Err(e) => {
-                warn!(error = %e, "SIGHUP: reloading the certificates failed; the ones in use stay in use")
+                warn!(error = %e, "SIGHUP: reloading the certificates failed; the ones in use stay in use");
+                metrics::ReloadResult::Refused
             }
-        }
+        };
+        metrics::certificate_reload(result);
     }
     std::future::pending().await
 }

@@ -174,9 +174,15 @@ pub struct ClientCertFiles {
 }
 
 impl Identity {
+    /// When its certificate (the chain's first) expires; `None` if it cannot be read.
+    #[cfg(feature = "server")]
+    pub fn not_after(&self) -> Option<std::time::SystemTime> {
+        not_after(self.cert_chain.first()?)
+    }
+
     /// Reads a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, PKCS#1 or SEC1), and
     /// checks that the key is one qkv can sign with and belongs to the leaf certificate; an error names
-    /// the files.
+    /// the files. A certificate expired, not valid yet or expiring within a week is warned about.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let cert_chain = read_certificates(cert)?;
         #[cfg(feature = "server")]
@@ -189,6 +195,10 @@ impl Identity {
                 file = %cert.display(),
                 "the certificate is a CA's (basicConstraints CA:TRUE): qkv's own clients and browsers refuse it as a server's or a client's (`openssl req -x509` makes such certificates by default); give the one a CA issued"
             );
+        }
+        #[cfg(feature = "server")]
+        if let Some(leaf) = cert_chain.first() {
+            warn_if_not_valid_now(leaf, cert);
         }
         let key_der = PrivateKeyDer::from_pem_file(key)
             .map_err(|cause| TlsError::Read { path: key.to_owned(), cause: PemFailure(cause) })?;
@@ -208,6 +218,38 @@ impl Identity {
             }
             Err(e) => Err(TlsError::BadCertificate { path: cert.to_owned(), reason: e.to_string() }),
         }
+    }
+}
+
+/// How long before its expiry a certificate loaded is warned about.
+#[cfg(feature = "server")]
+const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// When `cert` expires (its notAfter); `None` if it cannot be parsed.
+#[cfg(feature = "server")]
+pub fn not_after(cert: &CertificateDer<'_>) -> Option<std::time::SystemTime> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let seconds = u64::try_from(parsed.validity().not_after.timestamp()).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
+}
+
+/// Warns when the certificate in `file` (its leaf, `cert`) has expired, expires within
+/// [`EXPIRY_WARNING`], or is not valid yet: every peer refuses it then, and the load gave no sign.
+#[cfg(feature = "server")]
+fn warn_if_not_valid_now(cert: &CertificateDer<'_>, file: &Path) {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else { return };
+    let validity = parsed.validity();
+    let now = x509_parser::time::ASN1Time::now();
+    let (not_before, not_after) = (validity.not_before.to_string(), validity.not_after.to_string());
+    if validity.not_after < now {
+        tracing::warn!(file = %file.display(), %not_after, "the certificate has expired: every peer that checks it refuses it");
+    } else if validity.not_before > now {
+        tracing::warn!(file = %file.display(), %not_before, "the certificate is not valid yet (is the clock right?): every peer that checks it refuses it");
+    } else if validity
+        .time_to_expiration()
+        .is_some_and(|left| left.whole_seconds() < EXPIRY_WARNING.as_secs() as i64)
+    {
+        tracing::warn!(file = %file.display(), %not_after, "the certificate expires within a week: renew it (SIGHUP reloads it)");
     }
 }
 
@@ -486,8 +528,11 @@ impl Credentials {
     /// them for new handshakes. All or nothing: a file that cannot be read or parsed, a key that does
     /// not match the certificate, or a CA file without a usable certificate leaves everything as it
     /// was, and says why.
-    pub fn reload(&self, cert: &Path, key: &Path) -> Result<(), TlsError> {
-        let certified = certified_key(Identity::from_pem_files(cert, key)?)?;
+    /// Returns when the new certificate expires.
+    pub fn reload(&self, cert: &Path, key: &Path) -> Result<Option<std::time::SystemTime>, TlsError> {
+        let identity = Identity::from_pem_files(cert, key)?;
+        let not_after = identity.not_after();
+        let certified = certified_key(identity)?;
         let verifier = match &self.client_ca {
             Some((ca_file, _)) => Some(client_verifier(ca_file)?),
             None => None,
@@ -503,7 +548,7 @@ impl Credentials {
         for sessions in &self.sessions {
             sessions.sessions.clear_sync();
         }
-        Ok(())
+        Ok(not_after)
     }
 }
 

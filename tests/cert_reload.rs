@@ -158,3 +158,49 @@ async fn sighup_while_the_disk_store_recovers_is_not_fatal() {
     let client = Client::connect_with(config(&server, Transport::Quic, &server.ca())).await.unwrap();
     assert_eq!(client.hgetall("t").await.unwrap().len(), 16 * 500, "recovered, and serving");
 }
+
+/// A certificate that has expired is loaded (its replacement may be on the way) but warned about; when
+/// the certificate in use expires is a metric, and so is every reload's result, for an alert before
+/// clients start failing their handshakes.
+#[tokio::test]
+async fn an_expired_certificate_is_warned_about_and_its_expiry_and_reloads_are_metrics() {
+    let certs = tempfile::tempdir().unwrap();
+    let mut params = rcgen::CertificateParams::new(NAMES.map(String::from).to_vec()).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2020, 2, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let expired = params.self_signed(&key).unwrap();
+    let served = CertDir::new(certs.path());
+    std::fs::write(served.server_cert(), expired.pem()).unwrap();
+    std::fs::write(served.server_key(), key.serialize_pem()).unwrap();
+    let mut server = ServerProcess::start_in(certs, &["--admin", "127.0.0.1:0"], &[]).await;
+    let warned = server.startup_log.iter().any(|l| l.contains("WARN") && l.contains("has expired"));
+    assert!(warned, "{:#?}", server.startup_log);
+    let admin = server.admin_addr().await;
+    let metrics = || async move { common::admin_get(admin, "/metrics").await.1 };
+    const EXPIRY: &str = "qkv_tls_certificate_expiry_timestamp_seconds";
+    let reloads = |result: &str| format!(r#"qkv_tls_certificate_reloads_total{{result="{result}"}}"#);
+    let before = metrics().await;
+    assert_eq!(common::sample(&before, EXPIRY), 1_580_515_200.0, "2020-02-01: {before}");
+    assert_eq!(common::sample(&before, &reloads("reloaded")), 0.0, "{before}");
+
+    // A valid certificate reloaded: its expiry, and the reload counted.
+    let other = tempfile::tempdir().unwrap();
+    let other_dir = CertDir::new(other.path());
+    other_dir.issue_server_certificate(&NAMES.map(String::from), false).unwrap();
+    let served = CertDir::new(server.certs.path());
+    std::fs::copy(other_dir.server_cert(), served.server_cert()).unwrap();
+    std::fs::copy(other_dir.server_key(), served.server_key()).unwrap();
+    server.hang_up();
+    server.log_line(&["SIGHUP: reloaded the certificates"]).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let after = metrics().await;
+    assert!(common::sample(&after, EXPIRY) > now, "{after}");
+    assert_eq!(common::sample(&after, &reloads("reloaded")), 1.0, "{after}");
+    // A refused one counted as such.
+    std::fs::write(served.server_cert(), "not a certificate").unwrap();
+    server.hang_up();
+    server.log_line(&["SIGHUP: the new certificates were refused"]).await;
+    assert_eq!(common::sample(&metrics().await, &reloads("refused")), 1.0);
+    server.kill().await;
+}
