@@ -157,10 +157,17 @@ impl Committer {
                             retry_snapshot_at = Instant::now() + SNAPSHOT_RETRY;
                         }
                     },
-                    Err(e) => {
-                        tracing::error!(error = %e, "starting a log segment failed: the store refuses writes from now on");
+                    // The current segment is whole and durable, and takes appends as before: only the
+                    // snapshot waits (a full disk, or out of file descriptors, for a moment).
+                    Err(Rotation::NoNewSegment(e)) => {
+                        tracing::error!(error = %e, "cannot start a new log segment for a snapshot: the log goes on in the current one, and the snapshot is tried again in a minute");
+                        crate::metrics::disk_snapshot_failed();
+                        retry_snapshot_at = Instant::now() + SNAPSHOT_RETRY;
+                    }
+                    Err(Rotation::Unfinished(e)) => {
+                        tracing::error!(error = %e, "finishing a log segment failed: the store refuses writes from now on");
                         self.log.fail(e.to_string());
-                        failure = Some(format!("starting a log segment failed ({e})"));
+                        failure = Some(format!("finishing a log segment failed ({e})"));
                     }
                 }
             }
@@ -234,16 +241,39 @@ impl Committer {
     }
 
     /// Starts the next log segment (after making the current one durable).
-    fn rotate(&mut self, unsynced_since: &mut Option<Instant>) -> std::io::Result<()> {
+    fn rotate(&mut self, unsynced_since: &mut Option<Instant>) -> Result<(), Rotation> {
         // Only the last segment may end in zeros: recovery refuses them anywhere else.
         if let Err(e) = self.segment.finish() {
             self.segment.cut_to_synced();
-            return Err(e);
+            return Err(Rotation::Unfinished(e));
         }
         *unsynced_since = None;
         self.log.made_synced(self.written);
         let generation = self.generation + 1;
-        self.segment = files::create_segment(&self.dir, generation, self.log.appended())?;
+        match files::create_segment(&self.dir, generation, self.log.appended()) {
+            Ok(segment) => self.segment = segment,
+            Err(e) => {
+                // The current segment may go on only while it is the last: a restart takes any later
+                // one for the last, and the current one's end (a torn write, after a crash) for damage.
+                // What part of the new one was made is removed; a name taken by something else (the
+                // creation found it there) leaves nothing to go on in.
+                let path = files::segment(&self.dir, generation);
+                let in_the_way = match e.kind() == std::io::ErrorKind::AlreadyExists {
+                    true => Err(std::io::Error::other("something else has its name")),
+                    false if path.exists() => {
+                        std::fs::remove_file(&path).and_then(|()| files::sync_dir(&self.dir))
+                    }
+                    false => Ok(()),
+                };
+                return match in_the_way {
+                    Ok(()) => Err(Rotation::NoNewSegment(e)),
+                    Err(left) => Err(Rotation::Unfinished(std::io::Error::new(
+                        left.kind(),
+                        format!("cannot start {} ({e}), and it is in the way: {left}", path.display()),
+                    ))),
+                };
+            }
+        }
         self.generation = generation;
         self.earlier_log_bytes += std::mem::take(&mut self.log_bytes);
         Ok(())
@@ -269,6 +299,14 @@ impl Committer {
         })?;
         Ok(Some(Snapshotting { thread, cancelled }))
     }
+}
+
+/// Why a rotation to the next log segment failed.
+enum Rotation {
+    /// The current segment could not be finished (its fsync failed): nothing more can be made durable.
+    Unfinished(std::io::Error),
+    /// The next segment could not be made: the current one goes on taking appends.
+    NoNewSegment(std::io::Error),
 }
 
 /// Fails the log if the committer thread panics, so that writers waiting for it are answered.

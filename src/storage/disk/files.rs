@@ -175,6 +175,8 @@ pub struct DirLock {
 /// Starts log segment `generation`: the file with its header, durable, and its name in the directory
 /// durable too.
 pub fn create_segment(dir: &Path, generation: u64, last_version: u64) -> io::Result<Segment> {
+    #[cfg(test)]
+    fault(dir, Fault::NewSegments)?;
     let path = segment(dir, generation);
     let mut file = private().create_new(true).write(true).open(&path)?;
     file.write_all(&Header { magic: LOG_MAGIC, generation, last_version }.encode())?;
@@ -198,29 +200,38 @@ pub fn restart_segment(dir: &Path, generation: u64, last_version: u64) -> io::Re
     Ok(Segment::after_header(file, dir))
 }
 
-/// Directories whose segments' writes fail from now on, as on a full disk: for tests of what the store
-/// does then.
+/// What a test makes fail in a data directory, from then on ([`fail_in`]).
 #[cfg(test)]
-static FAILING: parking_lot::Mutex<Vec<PathBuf>> = parking_lot::Mutex::new(Vec::new());
-
-/// Makes every later write to a log segment of `dir` fail ([`FAILING`]).
-#[cfg(test)]
-pub fn fail_writes_in(dir: &Path) {
-    FAILING.lock().push(dir.to_owned());
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Writes to its log segments, as on a full disk.
+    Writes,
+    /// Fsyncs of its log segments (their writes succeed), as on a disk whose writeback fails.
+    Syncs,
+    /// Creating a new log segment, as when out of file descriptors or space for a new file.
+    NewSegments,
 }
 
-/// Directories whose segments' fsyncs fail from now on (their writes succeed), as on a disk whose
-/// writeback fails: for tests of what the store leaves behind then.
+/// The faults tests have set, by directory.
 #[cfg(test)]
-static FAILING_SYNCS: parking_lot::Mutex<Vec<PathBuf>> = parking_lot::Mutex::new(Vec::new());
+static FAULTS: parking_lot::Mutex<Vec<(PathBuf, Fault)>> = parking_lot::Mutex::new(Vec::new());
 
-/// Makes every later fsync of a log segment of `dir` fail, or, `false`, succeed again.
+/// Makes `fault` happen in `dir` from now on, or, `false`, no longer.
 #[cfg(test)]
-pub fn fail_syncs_in(dir: &Path, failing: bool) {
-    let mut dirs = FAILING_SYNCS.lock();
-    dirs.retain(|d| d != dir);
+pub fn fail_in(dir: &Path, fault: Fault, failing: bool) {
+    let mut faults = FAULTS.lock();
+    faults.retain(|(d, f)| !(d == dir && *f == fault));
     if failing {
-        dirs.push(dir.to_owned());
+        faults.push((dir.to_owned(), fault));
+    }
+}
+
+/// The error `fault` makes in `dir`, if a test set it.
+#[cfg(test)]
+fn fault(dir: &Path, fault: Fault) -> io::Result<()> {
+    match FAULTS.lock().iter().any(|(d, f)| d == dir && *f == fault) {
+        true => Err(io::Error::other(format!("{fault:?} fail here (a test's)"))),
+        false => Ok(()),
     }
 }
 
@@ -272,9 +283,8 @@ impl Segment {
     pub fn append(&mut self, records: &[u8]) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
         #[cfg(test)]
-        if FAILING.lock().contains(&self.dir) {
-            return Err(io::Error::new(io::ErrorKind::StorageFull, "No space left on device (a test's)"));
-        }
+        fault(&self.dir, Fault::Writes)
+            .map_err(|_| io::Error::new(io::ErrorKind::StorageFull, "No space left on device (a test's)"))?;
         let end = self.end + records.len() as u64;
         if end <= self.zeroed {
             self.file.write_all_at(records, self.end)?;
@@ -295,9 +305,8 @@ impl Segment {
     /// them (its link count, asked for after every commit, tells).
     pub fn sync(&mut self) -> io::Result<()> {
         #[cfg(test)]
-        if FAILING_SYNCS.lock().contains(&self.dir) {
-            return Err(io::Error::other("Input/output error (a test's failed fsync)"));
-        }
+        fault(&self.dir, Fault::Syncs)
+            .map_err(|_| io::Error::other("Input/output error (a test's failed fsync)"))?;
         self.file.sync_data()?;
         if links(&self.file)? == 0 {
             return Err(io::Error::new(
@@ -344,10 +353,14 @@ impl Segment {
         }
     }
 
-    /// Makes what was appended durable and cuts the zeros off: for a segment no longer appended to.
-    pub fn finish(&self) -> io::Result<()> {
+    /// Makes what was appended durable and cuts the zeros off: for a segment no longer appended to (it
+    /// may be all the same, when the next could not be made: it is then written ahead again).
+    pub fn finish(&mut self) -> io::Result<()> {
         self.file.set_len(self.end)?;
-        self.file.sync_all()
+        self.zeroed = self.end;
+        self.file.sync_all()?;
+        self.synced = self.end;
+        Ok(())
     }
 }
 

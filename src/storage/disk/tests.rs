@@ -383,7 +383,7 @@ async fn a_log_that_failed_ends_the_store_saying_what_it_cost() {
         let store =
             DiskStore::open_when_free(dir.path(), DiskConfig { durability, ..test_config() }).unwrap();
         store.set(TABLE, "before", "v".into(), None).await.unwrap();
-        files::fail_writes_in(dir.path());
+        files::fail_in(dir.path(), files::Fault::Writes, true);
         let why = breaks_at_the_next_write(store).await;
         assert!(why.contains("writing the data log failed") && why.contains("No space left"), "{why}");
         assert!(why.contains(cost), "{durability}: {why}");
@@ -399,14 +399,14 @@ async fn a_write_whose_fsync_failed_is_not_recovered() {
     let dir = tempfile::tempdir().unwrap();
     let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
     store.set(TABLE, "before", "v".into(), None).await.unwrap();
-    files::fail_syncs_in(dir.path(), true);
+    files::fail_in(dir.path(), files::Fault::Syncs, true);
     let failed = store.set(TABLE, "k", "v".into(), None).await;
     assert!(matches!(failed, Err(StorageError::Uncertain(_))), "{failed:?}");
     let closed = store.closed();
     drop(store);
     let why = closed.wait().await.unwrap_err();
     assert!(why.contains("a test's failed fsync"), "{why}");
-    files::fail_syncs_in(dir.path(), false);
+    files::fail_in(dir.path(), files::Fault::Syncs, false);
     let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
     assert!(store.get(TABLE, "before").await.unwrap().is_some());
     assert_eq!(store.get(TABLE, "k").await.unwrap(), None);
@@ -424,13 +424,37 @@ async fn a_relaxed_log_whose_write_failed_makes_what_it_acknowledged_durable() {
     let written = store.set(TABLE, "before", "v".into(), None).await.unwrap();
     let WriteOutcome::Written { version: acknowledged, .. } = written else { panic!("{written:?}") };
     assert!(!store.log.is_synced(acknowledged), "not fsynced before the failure");
-    files::fail_writes_in(dir.path());
+    files::fail_in(dir.path(), files::Fault::Writes, true);
     let failed = store.set(TABLE, "k", "v".into(), None).await;
     assert!(failed.is_err(), "{failed:?}");
     assert!(store.log.is_synced(acknowledged));
     let closed = store.closed();
     drop(store);
     closed.wait().await.unwrap_err();
+}
+
+/// A new log segment that cannot be made (out of file descriptors, or of space for one more file) costs
+/// the snapshot it was for, not the store: writes go on in the current segment (they were all refused
+/// from then on), and a restart finds every one.
+#[tokio::test]
+async fn a_segment_that_cannot_be_started_delays_the_snapshot_and_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DiskConfig { snapshot_log_size: 16 << 10, ..test_config() };
+    let store = DiskStore::open_when_free(dir.path(), config).unwrap();
+    files::fail_in(dir.path(), files::Fault::NewSegments, true);
+    // Four times the log a snapshot waits for.
+    for i in 0..1000 {
+        store.set(TABLE, &format!("k{i}"), format!("{i:0>60}").into(), None).await.unwrap();
+    }
+    let listing = files::list(dir.path()).unwrap();
+    assert_eq!((listing.segments.len(), listing.snapshots.len()), (1, 0), "{listing:?}");
+    close(store).await;
+    files::fail_in(dir.path(), files::Fault::NewSegments, false);
+    let store = DiskStore::open_when_free(dir.path(), config).unwrap();
+    for i in [0, 500, 999] {
+        assert!(store.get(TABLE, &format!("k{i}")).await.unwrap().is_some(), "k{i}");
+    }
+    close(store).await;
 }
 
 /// A data directory removed under a running server: the next commit finds its segment gone, and the
