@@ -26,9 +26,9 @@
 //! A topic's channel is `--redis-prefix` + its name; only messages that decode as answer frames (what
 //! a gateway publishes) are passed on.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -85,11 +85,26 @@ pub(super) struct Pushes {
 #[derive(Default)]
 struct Overflow {
     queued_bytes: AtomicUsize,
-    topics: Mutex<HashSet<Vec<u8>>>,
-    everything: AtomicBool,
-    /// The news of a new connection manager (`SingleRedis`) was dropped: its subscriptions must be
-    /// made again all the same.
-    replaced: AtomicBool,
+    /// Pushes queued so far, in all: where in the order of deliveries a push dropped falls.
+    queued: AtomicU64,
+    /// What was dropped, by the number of pushes queued before it: its gap is reported once that many
+    /// have been delivered, so that no message published before what was lost comes after the gap
+    /// (PROTOCOL.md, 6.1). Drops with no push queued between them share an entry, so there are at most
+    /// as many entries as pushes in the queue, plus one.
+    dropped: Mutex<VecDeque<(u64, Dropped)>>,
+}
+
+/// What pushes dropped at one place in the queue concerned.
+#[derive(Default)]
+struct Dropped {
+    /// Channels whose messages were dropped.
+    topics: HashSet<Vec<u8>>,
+    /// A push of another kind (a lost connection, a subscription confirmed or ended), which could
+    /// concern any topic.
+    everything: bool,
+    /// The news of a new connection manager (`SingleRedis`): its subscriptions must be made again all
+    /// the same.
+    replaced: bool,
 }
 
 fn message_len(info: &PushInfo) -> usize {
@@ -114,21 +129,30 @@ impl Pushes {
             } else {
                 overflow.queued_bytes.fetch_add(len, Ordering::AcqRel);
                 match pushes.queue.try_send((link.clone(), info)) {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => {
+                        overflow.queued.fetch_add(1, Ordering::AcqRel);
+                        return Ok(());
+                    }
                     Err(e) => {
                         overflow.queued_bytes.fetch_sub(len, Ordering::AcqRel);
                         e.into_inner().1
                     }
                 }
             };
+            let mut all = overflow.dropped.lock();
+            let position = overflow.queued.load(Ordering::Acquire);
+            if all.back().is_none_or(|(at, _)| *at != position) {
+                all.push_back((position, Dropped::default()));
+            }
+            let Some((_, here)) = all.back_mut() else { return Ok(()) };
             match (&dropped.kind, dropped.data.first()) {
                 (PushKind::Message | PushKind::SMessage, Some(RedisValue::BulkString(channel))) => {
-                    overflow.topics.lock().insert(channel.clone());
+                    here.topics.insert(channel.clone());
                 }
                 (PushKind::Disconnection, Some(RedisValue::SimpleString(marker))) if marker == REPLACED => {
-                    overflow.replaced.store(true, Ordering::Release);
+                    here.replaced = true;
                 }
-                _ => overflow.everything.store(true, Ordering::Release),
+                _ => here.everything = true,
             }
             Ok(())
         }
@@ -367,7 +391,13 @@ impl Relay for RedisRelay {
                 return Ok(());
             }
             state.subscribe(&connector, &channel).await.map_err(StorageError::cause)?;
-            state.joined.lock().insert(channel);
+            state.joined.lock().insert(channel.clone());
+            // Its link may have been lost while it subscribed (a reset, or a node found demoted): the
+            // loss found it not joined yet, so no repair took it, and the subscription answered on a
+            // link already let go. The repair task makes it again (its subscribers were told of the gap).
+            if !state.subscribed(&connector, &channel) {
+                state.repair.notify_one();
+            }
             Ok(())
         }
         .boxed()
@@ -389,10 +419,15 @@ struct Delivery {
 
 impl Delivery {
     async fn run(self, mut pushes: mpsc::Receiver<Push>) {
+        let mut delivered = 0;
         while let Some((link, info)) = pushes.recv().await {
             self.overflow.queued_bytes.fetch_sub(message_len(&info), Ordering::AcqRel);
-            self.report_overflow();
+            // Drops with nothing queued before them (a message larger than the whole buffer) wait
+            // for the next push to be told.
+            self.report_overflow(delivered);
             self.handle(link, info).await;
+            delivered += 1;
+            self.report_overflow(delivered);
         }
     }
 
@@ -402,9 +437,23 @@ impl Delivery {
         }
     }
 
-    /// Gaps for what the push queue had no room for.
-    fn report_overflow(&self) {
-        if self.overflow.everything.swap(false, Ordering::AcqRel) {
+    /// Gaps for what the push queue had no room for, once the `delivered` pushes queued before it are.
+    fn report_overflow(&self, delivered: u64) {
+        loop {
+            let due = {
+                let mut dropped = self.overflow.dropped.lock();
+                match dropped.front() {
+                    Some((at, _)) if *at <= delivered => dropped.pop_front().map(|(_, what)| what),
+                    _ => None,
+                }
+            };
+            let Some(dropped) = due else { return };
+            self.report_dropped(dropped);
+        }
+    }
+
+    fn report_dropped(&self, dropped: Dropped) {
+        if dropped.everything {
             // On a cluster a link may have been lost without the news: every subscription is made
             // again, on new links, and the old links' pushes are not delivered any more. (Channels
             // without a home were told when they lost it.)
@@ -414,14 +463,13 @@ impl Delivery {
             }
             self.lost(homed);
         }
-        if self.overflow.replaced.swap(false, Ordering::AcqRel) {
+        if dropped.replaced {
             // As the news itself would have done (`handle`).
             self.state.confirmed.lock().clear();
             self.gap_everywhere();
             self.state.repair.notify_one();
         }
-        let dropped: Vec<Vec<u8>> = self.overflow.topics.lock().drain().collect();
-        for channel in dropped {
+        for channel in dropped.topics {
             self.gap(&channel);
         }
     }
@@ -680,6 +728,40 @@ mod tests {
             }
         }
         panic!("nothing reached the subscriber within 30 s")
+    }
+
+    /// A message dropped for want of room in the push queue is reported as a gap after the messages
+    /// queued before it, not before them: every message after a gap was published after what it lost
+    /// (PROTOCOL.md, 6.1), and a client that reads again on a gap must not then take older messages.
+    #[tokio::test]
+    async fn a_gap_for_a_dropped_message_comes_after_the_messages_queued_before_it() {
+        let config = RedisConfig {
+            urls: vec!["redis://127.0.0.1:1".into()],
+            push_buffer: 100,
+            ..RedisConfig::default()
+        };
+        let (pushes, relay) = RedisRelay::new(&config);
+        let relay = relay(Connector::start(config, pushes.clone()));
+        let broker = Broker::new(64, usize::MAX, LagPolicy::Skip, MemoryBudget::unlimited());
+        let mut subscription = broker.subscribe("t", ConnectionId::unique(), None).unwrap();
+        let message = |text: &str| {
+            let frame =
+                CommandResponse { message: format!("{text:<50}"), ..Default::default() }.encode_to_vec();
+            let data = vec![RedisValue::BulkString(b"qkv:t".to_vec()), RedisValue::BulkString(frame.clone())];
+            (PushInfo { kind: PushKind::Message, data }, frame)
+        };
+        let send = pushes.sender(None);
+        let (first, first_frame) = message("first");
+        let (second, _) = message("second");
+        send(first).unwrap();
+        // Over the 100 bytes the queue may hold with the first: dropped.
+        send(second).unwrap();
+        let receiver = relay.pushes.lock().take().unwrap();
+        let delivery =
+            super::Delivery { state: relay.state.clone(), overflow: relay.overflow.clone(), broker };
+        tokio::spawn(delivery.run(receiver));
+        assert_eq!(subscription.next().await, Some(Delivery::Message(first_frame.into())));
+        assert_eq!(subscription.next().await, Some(Delivery::Missed(1)));
     }
 
     /// A plain Redis that refused the gateway's credentials for a while (its password changed, its
