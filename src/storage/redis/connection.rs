@@ -660,7 +660,9 @@ fn is_noscript(e: &RedisError) -> bool {
 /// running too long: BUSY), or the command is another node's.
 fn is_refusal(e: &RedisError) -> bool {
     e.is_connection_refusal()
-        || e.code() == Some("BUSY")
+        // BUSY: a script runs; NOREPLICAS (min-replicas-to-write) and MISCONF (a failed RDB save with
+        // stop-writes-on-bgsave-error): refused at a command's, or a script's first, write.
+        || matches!(e.code(), Some("BUSY" | "NOREPLICAS" | "MISCONF"))
         || matches!(
             e.kind(),
             ErrorKind::Server(

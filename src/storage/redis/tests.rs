@@ -142,6 +142,22 @@ async fn redis_out_of_memory_refuses_writes_whole_and_still_deletes() {
     store.set("t", "again", big, None).await.expect("room after deleting");
 }
 
+/// A Redis that refuses writes for want of replicas (min-replicas-to-write) ran none of the write:
+/// 503, to send again (it was a 500, which says nothing of whether it ran). Reads go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_for_want_of_replicas_is_unavailable() {
+    let node = RedisNode::start(&["--min-replicas-to-write", "1"]).unwrap();
+    let store = connected(config(vec![node.url()])).await;
+    let refused = store.set("t", "k", "v".into(), None).await.unwrap_err();
+    assert!(
+        matches!(&refused, StorageError::Unavailable(reason) if reason.contains("NOREPLICAS")),
+        "{refused:?}"
+    );
+    let pairs = vec![("a".to_owned(), Value::from("1")), ("b".to_owned(), Value::from("2"))];
+    assert!(matches!(store.set_many("t", pairs).await, Err(StorageError::Unavailable(_))));
+    assert_eq!(store.get("t", "k").await.unwrap(), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_away_at_start_is_unavailable_with_the_reason_then_serves_when_it_comes() {
     let mut node = RedisNode::start(&[]).unwrap();
