@@ -174,7 +174,7 @@ pub enum Command {
     Repair(RepairArgs),
     /// Measure round trips to the server.
     Ping {
-        /// Bytes to send, echoed by the server.
+        /// Text (UTF-8) to send, echoed by the server.
         #[arg(default_value = "", allow_hyphen_values = true)]
         payload: String,
         /// Number of pings, one after the other (at least 1).
