@@ -91,7 +91,17 @@ struct Overflow {
     /// have been delivered, so that no message published before what was lost comes after the gap
     /// (PROTOCOL.md, 6.1). Drops with no push queued between them share an entry, so there are at most
     /// as many entries as pushes in the queue, plus one.
-    dropped: Mutex<VecDeque<(u64, Dropped)>>,
+    dropped: Mutex<DroppedQueue>,
+}
+
+/// The channel names the drops waiting to be told may hold, in all; past it a drop tells every topic.
+const DROPPED_NAMES: usize = 4_096;
+
+#[derive(Default)]
+struct DroppedQueue {
+    entries: VecDeque<(u64, Dropped)>,
+    /// Channel names in `entries`, at most [`DROPPED_NAMES`].
+    names: usize,
 }
 
 /// What pushes dropped at one place in the queue concerned.
@@ -105,6 +115,8 @@ struct Dropped {
     /// The news of a new connection manager (`SingleRedis`): its subscriptions must be made again all
     /// the same.
     replaced: bool,
+    /// Messages of more channels than [`DROPPED_NAMES`] allows to keep: every topic is told.
+    all_topics: bool,
 }
 
 fn message_len(info: &PushInfo) -> usize {
@@ -139,15 +151,20 @@ impl Pushes {
                     }
                 }
             };
-            let mut all = overflow.dropped.lock();
+            let mut queue = overflow.dropped.lock();
+            let DroppedQueue { entries, names } = &mut *queue;
             let position = overflow.queued.load(Ordering::Acquire);
-            if all.back().is_none_or(|(at, _)| *at != position) {
-                all.push_back((position, Dropped::default()));
+            if entries.back().is_none_or(|(at, _)| *at != position) {
+                entries.push_back((position, Dropped::default()));
             }
-            let Some((_, here)) = all.back_mut() else { return Ok(()) };
+            let Some((_, here)) = entries.back_mut() else { return Ok(()) };
             match (&dropped.kind, dropped.data.first()) {
                 (PushKind::Message | PushKind::SMessage, Some(RedisValue::BulkString(channel))) => {
-                    here.topics.insert(channel.clone());
+                    if *names >= DROPPED_NAMES {
+                        here.all_topics = true;
+                    } else if here.topics.insert(channel.clone()) {
+                        *names += 1;
+                    }
                 }
                 (PushKind::Disconnection, Some(RedisValue::SimpleString(marker))) if marker == REPLACED => {
                     here.replaced = true;
@@ -392,10 +409,11 @@ impl Relay for RedisRelay {
             }
             state.subscribe(&connector, &channel).await.map_err(StorageError::cause)?;
             state.joined.lock().insert(channel.clone());
-            // Its link may have been lost while it subscribed (a reset, or a node found demoted): the
-            // loss found it not joined yet, so no repair took it, and the subscription answered on a
-            // link already let go. The repair task makes it again (its subscribers were told of the gap).
-            if !state.subscribed(&connector, &channel) {
+            // On a cluster its link may have been lost while it subscribed (a reset, or a node found
+            // demoted): the loss found it not joined yet, so no repair took it, and the subscription
+            // answered on a link already let go. The repair task makes it again (its subscribers were
+            // told of the gap). (A plain Redis's confirmation may still be on its way: not a loss.)
+            if connector.is_cluster() && !state.subscribed(&connector, &channel) {
                 state.repair.notify_one();
             }
             Ok(())
@@ -441,9 +459,13 @@ impl Delivery {
     fn report_overflow(&self, delivered: u64) {
         loop {
             let due = {
-                let mut dropped = self.overflow.dropped.lock();
-                match dropped.front() {
-                    Some((at, _)) if *at <= delivered => dropped.pop_front().map(|(_, what)| what),
+                let mut queue = self.overflow.dropped.lock();
+                match queue.entries.front() {
+                    Some((at, _)) if *at <= delivered => {
+                        let due = queue.entries.pop_front().map(|(_, what)| what);
+                        queue.names -= due.as_ref().map_or(0, |what| what.topics.len());
+                        due
+                    }
                     _ => None,
                 }
             };
@@ -468,6 +490,9 @@ impl Delivery {
             self.state.confirmed.lock().clear();
             self.gap_everywhere();
             self.state.repair.notify_one();
+        }
+        if dropped.all_topics {
+            self.gap_everywhere();
         }
         for channel in dropped.topics {
             self.gap(&channel);
