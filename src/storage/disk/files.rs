@@ -345,7 +345,10 @@ impl Segment {
     /// the log. A disk that refuses the cut as well leaves it to recovery, which reads segments from
     /// the device ([`drop_cached`]).
     pub fn cut_to_synced(&mut self) {
-        match self.file.set_len(self.synced) {
+        // The cut made durable too, as far as the disk still takes it: a later segment made durable
+        // (after a restart) does not commit this file's length on every filesystem, and a crash could
+        // bring the zeros back in what is then not the last segment.
+        match self.file.set_len(self.synced).and_then(|()| self.file.sync_all()) {
             Ok(()) => (self.end, self.zeroed) = (self.synced, self.synced),
             Err(e) => {
                 tracing::error!(error = %e, "cannot cut the data log back to its last fsync: a restart reads it from the disk itself")

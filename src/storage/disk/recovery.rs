@@ -149,7 +149,7 @@ fn only_headers_after(segments: &BTreeMap<u64, PathBuf>, generation: u64) -> boo
 /// mends it, where it said only a backup would; other errors as they are.
 fn mendable_by_repair(damage: io::Error, dir: &Path) -> io::Error {
     let said = damage.to_string();
-    match said.strip_suffix(RESTORE) {
+    match said.strip_suffix(RESTORE).filter(|_| a_cut_mends(&damage)) {
         Some(what) => io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
@@ -162,6 +162,17 @@ fn mendable_by_repair(damage: io::Error, dir: &Path) -> io::Error {
         None => damage,
     }
 }
+
+/// Whether `damage` (found reading a segment) is of a kind cutting the segment there mends: a record
+/// damaged or zeros where one should be, not its header, nor a whole record of a kind this version
+/// does not know (written by another version: cutting it would lose what that version wrote).
+fn a_cut_mends(damage: &io::Error) -> bool {
+    let said = damage.to_string();
+    said.ends_with(RESTORE) && !said.contains(NOT_THIS_SEGMENTS_HEADER) && !said.contains(NOT_KNOWN)
+}
+
+/// How damage by a whole record this version does not know is said.
+const NOT_KNOWN: &str = "a whole record it does not know";
 
 /// Damage in the segment at `path` that only a backup mends ([`RESTORE`]).
 fn damaged(path: &Path, what: String) -> io::Error {
@@ -479,8 +490,7 @@ pub fn repair(dir: &Path) -> io::Result<Repaired> {
                 return Ok(Repaired::Unrepairable { file: path, what: what.to_string() });
             }
             Next::Record(Record::End { .. }) | Next::Unknown { .. } => {
-                let what =
-                    damaged(&path, format!("a whole record it does not know, at byte {}", reader.offset()));
+                let what = damaged(&path, format!("{NOT_KNOWN}, at byte {}", reader.offset()));
                 return Ok(Repaired::Unrepairable { file: path, what: what.to_string() });
             }
         }
@@ -530,9 +540,7 @@ fn damage_before_the_last_segment(dir: &Path, listing: &Listing) -> io::Result<B
         match check_segment(path, generation) {
             Ok(()) => {}
             // Damage a cut mends (not a header, nor a record of another version), with nothing after.
-            Err(e)
-                if e.to_string().ends_with(RESTORE) && only_headers_after(&listing.segments, generation) =>
-            {
+            Err(e) if a_cut_mends(&e) && only_headers_after(&listing.segments, generation) => {
                 return Ok(Before::Mendable { generation, path: path.clone() });
             }
             Err(e) => return unrepairable(path, e),
@@ -570,7 +578,7 @@ fn check_segment(path: &Path, generation: u64) -> io::Result<()> {
             Next::Damaged { offset, what } => format!("{what} at byte {offset}"),
             Next::Unwritten { offset } => format!("zeros where a record should be, at byte {offset}"),
             Next::Record(Record::End { .. }) | Next::Unknown { .. } => {
-                format!("a whole record it does not know, at byte {}", reader.offset())
+                format!("{NOT_KNOWN}, at byte {}", reader.offset())
             }
         };
         return Err(damaged(path, what));

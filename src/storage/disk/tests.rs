@@ -551,6 +551,27 @@ async fn damage_followed_by_empty_segments_alone_is_mended_by_repair() {
     }
 }
 
+/// A damaged header before empty segments is not what a cut mends: the store's refusal does not send
+/// the operator to `qkv repair` (which would refuse it), but to a backup.
+#[tokio::test]
+async fn a_damaged_header_before_empty_segments_is_not_offered_to_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DiskStore::open_when_free(dir.path(), test_config()).unwrap();
+    write_history(&store, 10).await;
+    close(store).await;
+    close(DiskStore::open_when_free(dir.path(), test_config()).unwrap()).await;
+    let first = files::list(dir.path()).unwrap().segments.values().next().unwrap().clone();
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[9] ^= 0xff; // the generation, in the header
+    std::fs::write(&first, &bytes).unwrap();
+    let Err(StorageError::Backend(error)) = DiskStore::open_when_free(dir.path(), test_config()) else {
+        panic!("a damaged header was accepted")
+    };
+    assert!(error.contains("backup") && !error.contains("cuts this one"), "{error}");
+    let repaired = DiskStore::repair_when_free(dir.path()).unwrap();
+    assert!(matches!(repaired, Repaired::Unrepairable { .. }), "{repaired:?}");
+}
+
 /// Damage that a crash cannot cause (in a log segment that is not the last) stops the store from
 /// opening, with a message that names the file.
 #[tokio::test]
