@@ -500,16 +500,17 @@ async fn run_client_command(command: Command) -> anyhow::Result<()> {
     };
     // A read (or a subscription) whose answer did not come wrote nothing: it exits as unreachable
     // (3), not as a write that may have been made (5).
-    let reads = matches!(
-        command,
-        Command::Hget { .. }
-            | Command::Hgetall { .. }
-            | Command::Hmget { .. }
-            | Command::Hexist { .. }
-            | Command::Hmexist { .. }
-            | Command::Ping { .. }
-            | Command::Subscribe { .. }
-    );
+    let subscribing = matches!(command, Command::Subscribe { .. });
+    let reads = subscribing
+        || matches!(
+            command,
+            Command::Hget { .. }
+                | Command::Hgetall { .. }
+                | Command::Hmget { .. }
+                | Command::Hexist { .. }
+                | Command::Hmexist { .. }
+                | Command::Ping { .. }
+        );
     // Settings of TLS that plaintext TCP has no use for: said, not dropped without a word (they may
     // come from QKV_CERT and QKV_KEY set for other commands, so not refused).
     if client_args.transport == qkv::transport::Transport::Tcp {
@@ -535,9 +536,13 @@ async fn run_client_command(command: Command) -> anyhow::Result<()> {
     client.close().await;
     result.map_err(|error| {
         let unknown = error.downcast_ref::<ClientError>().is_some_and(|e| e.executed() == Executed::Maybe);
-        match reads && unknown {
-            true => CliError::Ended(output::one_line(&error)).into(),
-            false => error,
+        match (reads && unknown, subscribing) {
+            (true, true) => match error.downcast::<ClientError>() {
+                Ok(error) => not_subscribed(error).into(),
+                Err(error) => error,
+            },
+            (true, false) => CliError::Ended(output::one_line(&error)).into(),
+            (false, _) => error,
         }
     })
 }
@@ -599,6 +604,19 @@ fn subscription_ended(error: ClientError) -> CliError {
             "the subscription ended: the connection to the server was lost ({cause})"
         )),
         error => CliError::Ended(format!("the subscription ended: {error}")),
+    }
+}
+
+/// Why a Subscribe was not answered, as [`subscription_ended`] says why a subscription ended.
+fn not_subscribed(error: ClientError) -> CliError {
+    match error {
+        ClientError::ConnectionLost(cause) => {
+            CliError::Ended(format!("could not subscribe: the connection to the server was lost ({cause})"))
+        }
+        ClientError::Timeout(timeout) | ClientError::TimeoutRetrying { timeout, .. } => CliError::Ended(
+            format!("could not subscribe: no answer from the server within {timeout:?} (--timeout)"),
+        ),
+        error => CliError::Ended(format!("could not subscribe: {error}")),
     }
 }
 
