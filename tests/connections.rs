@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use futures_util::future::join_all;
 use std::time::Duration;
 
-use qkv::client::{Cause, Client, ClientConfig, ClientError, Executed, RetryPolicy};
+use qkv::client::{Client, ClientConfig, ClientError, Executed, RetryPolicy};
 use qkv::pb::{CommandRequest, CommandResponse, Kvpair, Value, status};
 use qkv::server::{Server, ServerConfig};
 use qkv::storage::MemoryStore;
@@ -99,9 +99,10 @@ async fn connecting_ends_at_the_request_timeout_when_that_comes_first() {
     let connecting = tokio::time::timeout(Duration::from_secs(60), Client::connect_with(config));
     let err = connecting.await.expect("connecting waited for the connect timeout").err().unwrap();
     assert!(
-        matches!(err, ClientError::NotSent { cause: Cause::NoConnectionWithin(t) } if t == Duration::from_millis(300)),
+        matches!(err, ClientError::ConnectTimeout { timeout, .. } if timeout == Duration::from_millis(300)),
         "{err:?}"
     );
+    assert!(err.to_string().contains("is the port open for UDP"), "{err}");
     assert_eq!(err.executed(), Executed::No);
 }
 

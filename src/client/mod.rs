@@ -342,10 +342,10 @@ impl Client {
         let mut error = match tokio::time::timeout_at(deadline, client.connection()).await {
             Ok(Ok(_)) => return Ok(client),
             Ok(Err(e)) => e,
+            // Said as a connect timeout of the request timeout's length, with its hint.
             Err(_) => {
-                return Err(ClientError::NotSent {
-                    cause: Cause::NoConnectionWithin(config.request_timeout),
-                });
+                let hint = if config.transport == Transport::Quic { quic::UDP_HINT } else { "" };
+                return Err(ClientError::connect_timeout(&config.addr, config.request_timeout, hint));
             }
         };
         for attempt in 2..=config.retry.attempts {

@@ -25,7 +25,7 @@ use crate::transport::frame::encode_frame;
 use crate::transport::quic::codes;
 
 /// What a QUIC connect that got no answer at all should make a user check: that UDP gets through.
-const UDP_HINT: &str = " (QUIC uses UDP: is the port open for UDP?)";
+pub(super) const UDP_HINT: &str = " (QUIC uses UDP: is the port open for UDP?)";
 
 /// An answer is overdue after this many of the connection's round trips without its first frame...
 const OVERDUE_RTTS: u32 = 4;
