@@ -532,22 +532,22 @@ async fn reload_on_hangup(hangups: Option<Signal>, credentials: Credentials, cer
         let (credentials, cert, key) = (credentials.clone(), cert.clone(), key.clone());
         // Reading and parsing files: off the runtime's thread.
         let reloaded = tokio::task::spawn_blocking(move || credentials.reload(&cert, &key)).await;
-        let result = match reloaded {
+        // The metrics before the log, which says they are up to date.
+        match reloaded {
             Ok(Ok(not_after)) => {
-                info!("SIGHUP: reloaded the certificates; new handshakes use them");
                 metrics::server_certificate(not_after);
-                metrics::ReloadResult::Reloaded
+                metrics::certificate_reload(metrics::ReloadResult::Reloaded);
+                info!("SIGHUP: reloaded the certificates; new handshakes use them");
             }
             Ok(Err(e)) => {
-                warn!(error = %e, "SIGHUP: the new certificates were refused; the ones in use stay in use");
-                metrics::ReloadResult::Refused
+                metrics::certificate_reload(metrics::ReloadResult::Refused);
+                warn!(error = %e, "SIGHUP: the new certificates were refused; the ones in use stay in use")
             }
             Err(e) => {
-                warn!(error = %e, "SIGHUP: reloading the certificates failed; the ones in use stay in use");
-                metrics::ReloadResult::Refused
+                metrics::certificate_reload(metrics::ReloadResult::Refused);
+                warn!(error = %e, "SIGHUP: reloading the certificates failed; the ones in use stay in use")
             }
-        };
-        metrics::certificate_reload(result);
+        }
     }
     std::future::pending().await
 }
