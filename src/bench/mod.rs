@@ -274,7 +274,14 @@ async fn run_until_done(config: &BenchConfig, progress: &Progress) -> Result<Ben
         loader_config.tickets = Tickets::none();
         let loader = Client::connect_with(loader_config).await?;
         let max_frame_len = config.client.limits.max_frame_len;
+        // Many keys take a while: said, not a bar standing still.
+        if let Some(bar) = progress.bar() {
+            bar.set_message(format!("writing the {} keys the run reads first", config.keys.max(1)));
+        }
         let loaded = workload::preload(&loader, config.keys.max(1), &preloaded, max_frame_len).await;
+        if let Some(bar) = progress.bar() {
+            bar.set_message("");
+        }
         loader.close().await;
         loaded?;
     }
