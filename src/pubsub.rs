@@ -408,32 +408,24 @@ impl Broker {
         let _in_order = topic.publishing.lock().await;
         let subscribers: Vec<(SubscriptionId, Subscriber)> =
             topic.subscribers.lock().iter().map(|(&id, s)| (id, s.clone())).collect();
-        let mut published = Published::default();
-        let mut lagged_out = Vec::new();
-        for (n, (id, subscriber)) in subscribers.iter().enumerate() {
-            if n >= UNINTERRUPTED && n % DELIVERY_BATCH == 0 {
+        let mut fan_out = FanOut {
+            broker: self,
+            subscribers,
+            message,
+            next: 0,
+            published: Published::default(),
+            lagged_out: Vec::new(),
+        };
+        loop {
+            let n = fan_out.next;
+            if n >= UNINTERRUPTED && n.is_multiple_of(DELIVERY_BATCH) && n < fan_out.subscribers.len() {
                 tokio::task::yield_now().await;
             }
-            match self.offer(subscriber, &message) {
-                Offered::Queued => published.receivers += 1,
-                Offered::Missed => {
-                    published.lagging += 1;
-                    if self.inner.policy == LagPolicy::Drop {
-                        lagged_out.push(*id);
-                    }
-                }
-                Offered::Gone => {}
+            if !fan_out.offer_next() {
+                break;
             }
         }
-        drop(subscribers);
-        if !lagged_out.is_empty() {
-            let mut registry = self.inner.registry.lock();
-            for id in lagged_out {
-                registry.remove(id, EndReason::Lagged);
-            }
-            self.inner.count_changed(&registry);
-        }
-        Ok(published)
+        Ok(fan_out.finish())
     }
 
     /// Queues `message` for one subscriber, or records that it missed it.
@@ -536,6 +528,60 @@ impl Broker {
 }
 
 /// What offering a message to one subscriber came to.
+/// A publish's fan-out under way. Dropped part way (its future dropped at a yield: the publisher's
+/// stream reset, a gRPC deadline, a REST client gone), it offers the message to the subscribers left
+/// without yielding and ends the lagging ones as the policy says: a publish reaches every subscriber
+/// or is told missed by each, never delivered to some and silently skipped by the others.
+struct FanOut<'a> {
+    broker: &'a Broker,
+    subscribers: Vec<(SubscriptionId, Subscriber)>,
+    message: Message,
+    /// The next subscriber to offer the message to.
+    next: usize,
+    published: Published,
+    lagged_out: Vec<SubscriptionId>,
+}
+
+impl FanOut<'_> {
+    /// Offers the message to the next subscriber; false when none is left.
+    fn offer_next(&mut self) -> bool {
+        let Some((id, subscriber)) = self.subscribers.get(self.next) else { return false };
+        self.next += 1;
+        match self.broker.offer(subscriber, &self.message) {
+            Offered::Queued => self.published.receivers += 1,
+            Offered::Missed => {
+                self.published.lagging += 1;
+                if self.broker.inner.policy == LagPolicy::Drop {
+                    self.lagged_out.push(*id);
+                }
+            }
+            Offered::Gone => {}
+        }
+        true
+    }
+
+    /// Offers the message to every subscriber left, ends the lagging ones (`LagPolicy::Drop`), and
+    /// says what the publish did.
+    fn finish(&mut self) -> Published {
+        while self.offer_next() {}
+        self.subscribers.clear();
+        if !self.lagged_out.is_empty() {
+            let mut registry = self.broker.inner.registry.lock();
+            for id in self.lagged_out.drain(..) {
+                registry.remove(id, EndReason::Lagged);
+            }
+            self.broker.inner.count_changed(&registry);
+        }
+        std::mem::take(&mut self.published)
+    }
+}
+
+impl Drop for FanOut<'_> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 enum Offered {
     Queued,
     /// Its queue was full.
@@ -683,6 +729,45 @@ mod tests {
 
     fn connection() -> ConnectionId {
         ConnectionId::unique()
+    }
+
+    /// A publish whose future is dropped part way through a large fan-out (its publisher gone, a
+    /// deadline) still offers the message to every subscriber: none of them receives the next message
+    /// without it or a gap before it; and with `drop`, one that missed it is ended.
+    #[tokio::test]
+    async fn a_publish_dropped_part_way_reaches_every_subscriber_all_the_same() {
+        for policy in [LagPolicy::Skip, LagPolicy::Drop] {
+            let broker = broker(4, policy);
+            let count = UNINTERRUPTED + DELIVERY_BATCH + 1;
+            let mut subscriptions: Vec<Subscription> =
+                (0..count).map(|_| broker.subscribe("t", connection(), None).unwrap()).collect();
+            // The last one's queue is full: it misses the cut publish.
+            let mut full = subscriptions.pop().unwrap();
+            for n in 0..4 {
+                publish(&broker, "t", 100 + n).await;
+            }
+            for subscription in &mut subscriptions {
+                for n in 0..4 {
+                    assert_eq!(subscription.next().await, delivered(100 + n));
+                }
+            }
+            // Pending at its first yield, then dropped (unconstrained: the reads above spent this
+            // task's cooperative budget, which would make it pending before it began).
+            let cut = tokio::task::unconstrained(broker.publish("t", message(1))).now_or_never();
+            assert!(cut.is_none(), "{policy:?}");
+            publish(&broker, "t", 2).await;
+            for (i, subscription) in subscriptions.iter_mut().enumerate() {
+                assert_eq!(subscription.next().await, delivered(1), "{policy:?}: subscriber {i}");
+            }
+            for n in 0..4 {
+                assert_eq!(full.next().await, delivered(100 + n), "{policy:?}");
+            }
+            match policy {
+                // It missed the publish cut short and the next.
+                LagPolicy::Skip => assert_eq!(full.next().await, Some(Delivery::Missed(2))),
+                LagPolicy::Drop => assert_eq!(full.next().await, Some(Delivery::Ended(EndReason::Lagged))),
+            }
+        }
     }
 
     #[tokio::test]
