@@ -214,6 +214,13 @@ pub(crate) fn tune(stream: &TcpStream, limits: &Limits) {
     if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&probes) {
         debug!(error = %e, "could not enable TCP keep-alive");
     }
+    // Keep-alive probes are not sent while data is unacknowledged: a vanished subscriber sent a
+    // message would be found by retransmission's own end (tcp_retries2, about 15 minutes). Data
+    // unacknowledged for twice the idle timeout ends the connection too.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(2 * limits.idle_timeout)) {
+        debug!(error = %e, "could not set TCP_USER_TIMEOUT");
+    }
 }
 
 async fn handle_connection<H: Handler>(
@@ -423,5 +430,25 @@ impl tokio::io::AsyncWrite for Counted {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
         self.project().stream.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection whose data goes unacknowledged (a subscriber whose phone lost its network, sent a
+    /// message) ends after twice the idle timeout, not retransmission's 15 minutes: keep-alive probes
+    /// alone do not run while data is in flight.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[tokio::test]
+    async fn an_accepted_connection_gives_up_on_unacknowledged_data_after_twice_the_idle_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let limits = Limits { idle_timeout: Duration::from_secs(30), ..Limits::default() };
+        tune(&accepted, &limits);
+        let user_timeout = socket2::SockRef::from(&accepted).tcp_user_timeout().unwrap();
+        assert_eq!(user_timeout, Some(Duration::from_secs(60)));
     }
 }
