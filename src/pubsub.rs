@@ -215,7 +215,15 @@ impl AsRef<[u8]> for Charged {
 struct Queued {
     missed_before: u64,
     message: Message,
+    /// This entry's place in its subscriber's queue, charged to the memory budget ([`QUEUED_ENTRY`]):
+    /// a message's bytes are one copy for all its subscribers, charged once, but every subscriber's
+    /// queue holds an entry of its own (a thousand empty messages to 256 unread subscriptions of one
+    /// connection held ~10 MiB uncharged).
+    _slot: Charge,
 }
+
+/// What a queued entry costs besides the message's bytes.
+const QUEUED_ENTRY: usize = std::mem::size_of::<Queued>();
 
 /// What a subscriber's two ends share besides its queue.
 #[derive(Default)]
@@ -435,8 +443,9 @@ impl Broker {
         // An empty queue takes any message, so a message larger than the byte limit still arrives.
         let fits = queued_bytes == 0 || queued_bytes + message.len() <= self.inner.queue.bytes;
         let mut missed = shared.missed.lock();
-        if fits {
-            let queued = Queued { missed_before: *missed, message: message.clone() };
+        // A slot the budget cannot hold is a message missed, as a full queue's is.
+        if let Some(slot) = fits.then(|| self.inner.memory.try_charge(QUEUED_ENTRY)).flatten() {
+            let queued = Queued { missed_before: *missed, message: message.clone(), _slot: slot };
             match subscriber.queue.try_send(queued) {
                 Ok(()) => {
                     *missed = 0;
@@ -663,7 +672,7 @@ impl Subscription {
 
     /// A queued message, after the gap just before it if there was one: missed messages are reported
     /// where they were missed.
-    fn deliver(&mut self, Queued { missed_before, message }: Queued) -> Delivery {
+    fn deliver(&mut self, Queued { missed_before, message, .. }: Queued) -> Delivery {
         self.shared.queued_bytes.fetch_sub(message.len(), Ordering::AcqRel);
         if missed_before == 0 {
             return Delivery::Message(message);
@@ -768,6 +777,27 @@ mod tests {
                 LagPolicy::Drop => assert_eq!(full.next().await, Some(Delivery::Ended(EndReason::Lagged))),
             }
         }
+    }
+
+    /// Every subscriber's queued entry is charged to the memory budget, besides the message's bytes
+    /// (charged once), and given back as it is read: empty messages to many unread subscribers held
+    /// memory the budget never saw.
+    #[tokio::test]
+    async fn each_queued_entry_is_charged_to_the_memory_budget_until_read() {
+        let memory = MemoryBudget::new(64 << 20);
+        let broker = Broker::new(64, usize::MAX, LagPolicy::Skip, memory.clone());
+        let mut subscriptions: Vec<Subscription> =
+            (0..1000).map(|_| broker.subscribe("t", connection(), None).unwrap()).collect();
+        for _ in 0..10 {
+            broker.publish("t", Vec::new()).await.unwrap();
+        }
+        assert!(memory.used() >= 1000 * 10 * QUEUED_ENTRY, "{} charged", memory.used());
+        for subscription in &mut subscriptions {
+            for _ in 0..10 {
+                assert_eq!(subscription.next().await, Some(Delivery::Message(Bytes::new())));
+            }
+        }
+        assert_eq!(memory.used(), 0);
     }
 
     #[tokio::test]
@@ -917,14 +947,14 @@ mod tests {
             broker.subscribe("t", connection(), None).unwrap(),
         );
         assert_eq!(broker.publish("t", vec![0; 600]).await.unwrap().receivers, 2);
-        assert_eq!(memory.used(), 600, "one copy for both subscribers");
+        assert_eq!(memory.used(), 600 + 2 * QUEUED_ENTRY, "one copy for both subscribers, and their entries");
         assert_eq!(
             broker.publish("t", vec![0; 600]).await,
             Err(PublishError::MemoryExhausted { bytes: 600 }),
             "refused for everyone, not delivered to some"
         );
         assert!(matches!(a.next().await, Some(Delivery::Message(_))));
-        assert_eq!(memory.used(), 600, "b's queue still holds it");
+        assert_eq!(memory.used(), 600 + QUEUED_ENTRY, "b's queue still holds it");
         assert!(matches!(b.next().await, Some(Delivery::Message(_))));
         assert_eq!(memory.used(), 0);
         assert_eq!(
