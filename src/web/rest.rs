@@ -1063,7 +1063,6 @@ async fn publish(
         (status = 400, description = "A bad name", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "A topic name (or, for a publish, the message) over the server's limits", body = openapi::Problem, content_type = "application/problem+json"),
         (status = 406, description = "Accept does not list text/event-stream", body = openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many subscriptions", body = openapi::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn subscribe(
