@@ -216,9 +216,13 @@ pub(crate) fn tune(stream: &TcpStream, limits: &Limits) {
     }
     // Keep-alive probes are not sent while data is unacknowledged: a vanished subscriber sent a
     // message would be found by retransmission's own end (tcp_retries2, about 15 minutes). Data
-    // unacknowledged for twice the idle timeout ends the connection too.
+    // unacknowledged for twice the idle timeout ends the connection too; and as Linux counts a window
+    // kept shut (a client that does not read) against it, never before twice the reply timeout, which
+    // gives a client that pauses its reading that long.
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(2 * limits.idle_timeout)) {
+    let user_timeout = 2 * limits.idle_timeout.max(limits.reply_timeout);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(user_timeout)) {
         debug!(error = %e, "could not set TCP_USER_TIMEOUT");
     }
 }
@@ -439,16 +443,20 @@ mod tests {
 
     /// A connection whose data goes unacknowledged (a subscriber whose phone lost its network, sent a
     /// message) ends after twice the idle timeout, not retransmission's 15 minutes: keep-alive probes
-    /// alone do not run while data is in flight.
+    /// alone do not run while data is in flight. Never before twice the reply timeout, which a client
+    /// may pause its reading for (a shut window counts).
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[tokio::test]
     async fn an_accepted_connection_gives_up_on_unacknowledged_data_after_twice_the_idle_timeout() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
-        let limits = Limits { idle_timeout: Duration::from_secs(30), ..Limits::default() };
-        tune(&accepted, &limits);
-        let user_timeout = socket2::SockRef::from(&accepted).tcp_user_timeout().unwrap();
-        assert_eq!(user_timeout, Some(Duration::from_secs(60)));
+        let timeouts =
+            |idle_timeout, reply_timeout| Limits { idle_timeout, reply_timeout, ..Limits::default() };
+        for (idle, reply, expected) in [(30, 10, 60), (1, 5, 10)] {
+            tune(&accepted, &timeouts(Duration::from_secs(idle), Duration::from_secs(reply)));
+            let user_timeout = socket2::SockRef::from(&accepted).tcp_user_timeout().unwrap();
+            assert_eq!(user_timeout, Some(Duration::from_secs(expected)));
+        }
     }
 }
