@@ -20,6 +20,20 @@ fn config(server: &ServerProcess, transport: Transport, ca: &Path) -> ClientConf
     ClientConfig { transport, ..ClientConfig::new(server.addr.to_string(), ca) }
 }
 
+/// A server certificate from a CA of its own (in the returned directory), written over `server`'s
+/// files and reloaded (SIGHUP, once its log says so).
+async fn reload_from_another_ca(server: &mut ServerProcess) -> (tempfile::TempDir, CertDir) {
+    let other = tempfile::tempdir().unwrap();
+    let other_dir = CertDir::new(other.path());
+    other_dir.issue_server_certificate(&NAMES.map(String::from), false).unwrap();
+    let served = CertDir::new(server.certs.path());
+    std::fs::copy(other_dir.server_cert(), served.server_cert()).unwrap();
+    std::fs::copy(other_dir.server_key(), served.server_key()).unwrap();
+    server.hang_up();
+    server.log_line(&["SIGHUP: reloaded the certificates"]).await;
+    (other, other_dir)
+}
+
 async fn connects(config: ClientConfig) -> Result<(), ClientError> {
     let client = Client::connect_with(config).await?;
     client.hset("t", "k", "v").await.map(drop)
@@ -39,14 +53,8 @@ async fn sighup_reloads_the_server_certificate_for_new_handshakes_only() {
     };
 
     // A certificate from another CA, written over the server's files.
-    let other = tempfile::tempdir().unwrap();
-    let other_dir = CertDir::new(other.path());
-    other_dir.issue_server_certificate(&NAMES.map(String::from), false).unwrap();
+    let (other, other_dir) = reload_from_another_ca(&mut server).await;
     let served = CertDir::new(server.certs.path());
-    std::fs::copy(other_dir.server_cert(), served.server_cert()).unwrap();
-    std::fs::copy(other_dir.server_key(), served.server_key()).unwrap();
-    server.hang_up();
-    server.log_line(&["SIGHUP: reloaded the certificates"]).await;
 
     for transport in [Transport::Quic, Transport::Tls] {
         let refused = connects(config(&server, transport, old_ca.path())).await;
@@ -185,14 +193,8 @@ async fn an_expired_certificate_is_warned_about_and_its_expiry_and_reloads_are_m
     assert_eq!(common::sample(&before, &reloads("reloaded")), 0.0, "{before}");
 
     // A valid certificate reloaded: its expiry, and the reload counted.
-    let other = tempfile::tempdir().unwrap();
-    let other_dir = CertDir::new(other.path());
-    other_dir.issue_server_certificate(&NAMES.map(String::from), false).unwrap();
+    let _other = reload_from_another_ca(&mut server).await;
     let served = CertDir::new(server.certs.path());
-    std::fs::copy(other_dir.server_cert(), served.server_cert()).unwrap();
-    std::fs::copy(other_dir.server_key(), served.server_key()).unwrap();
-    server.hang_up();
-    server.log_line(&["SIGHUP: reloaded the certificates"]).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     let after = metrics().await;
     assert!(common::sample(&after, EXPIRY) > now, "{after}");

@@ -157,19 +157,7 @@ async fn sigterm_under_load_exits_once_the_grace_period_is_over() {
 /// connect timeout and was told to check for a firewall). Each listener says what it has to finish.
 #[tokio::test]
 async fn a_quic_client_is_refused_while_a_tcp_connection_alone_holds_the_shutdown() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut server =
-        ServerProcess::start(&["--tcp-plaintext", "--shutdown-grace", "60s", "--reply-timeout", "60s"]).await;
-    let writer = Client::connect_with(server.client_config(Transport::Tcp)).await.unwrap();
-    for i in 0..16 {
-        writer.hset("big", &format!("k{i}"), vec![1u8; 1 << 20]).await.unwrap();
-    }
-    drop(writer);
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stuck = socket.connect(server.addr).await.unwrap();
-    stuck.write_all(&common::frame_of(&CommandRequest::hgetall("big"))).await.unwrap();
-    stuck.read_exact(&mut [0; 1]).await.unwrap();
+    let (mut server, stuck) = stuck_in_an_answer("60s").await;
     server.terminate();
     // One line from each listener, in either order.
     let mut finishing = [0; 2].map(|_| String::new());
@@ -197,20 +185,7 @@ async fn a_quic_client_is_refused_while_a_tcp_connection_alone_holds_the_shutdow
 /// connection an operator would look for.
 #[tokio::test]
 async fn a_tcp_connection_cut_off_by_the_grace_period_is_logged_as_it_ends() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut server =
-        ServerProcess::start(&["--tcp-plaintext", "--shutdown-grace", "1s", "--reply-timeout", "60s"]).await;
-    let writer = Client::connect_with(server.client_config(Transport::Tcp)).await.unwrap();
-    for i in 0..16 {
-        writer.hset("big", &format!("k{i}"), vec![1u8; 1 << 20]).await.unwrap();
-    }
-    // A raw client with a small receive buffer that asks for 16 MB and reads one byte of it.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stuck = socket.connect(server.addr).await.unwrap();
-    stuck.write_all(&common::frame_of(&CommandRequest::hgetall("big"))).await.unwrap();
-    // The answer has begun: the server is writing what will not be read.
-    stuck.read_exact(&mut [0; 1]).await.unwrap();
+    let (mut server, stuck) = stuck_in_an_answer("1s").await;
     server.terminate();
     server.log_line(&["received SIGTERM"]).await;
     let (status, log) = tokio::time::timeout(Duration::from_secs(60), server.exit()).await.expect("it exits");
@@ -220,4 +195,23 @@ async fn a_tcp_connection_cut_off_by_the_grace_period_is_logged_as_it_ends() {
         log.iter().position(|line| line.contains("connection ended") && line.contains("cut_off=true"));
     assert!(cut.is_some() && cut < ended, "{log:#?}");
     drop(stuck);
+}
+
+/// A plaintext server with `grace` to shut down, and a raw client of it with a small receive buffer
+/// that asked for 16 MB and read one byte of it: the server is writing what will not be read.
+async fn stuck_in_an_answer(grace: &str) -> (ServerProcess, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server =
+        ServerProcess::start(&["--tcp-plaintext", "--shutdown-grace", grace, "--reply-timeout", "60s"]).await;
+    let writer = Client::connect_with(server.client_config(Transport::Tcp)).await.unwrap();
+    for i in 0..16 {
+        writer.hset("big", &format!("k{i}"), vec![1u8; 1 << 20]).await.unwrap();
+    }
+    drop(writer);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(server.addr).await.unwrap();
+    stuck.write_all(&common::frame_of(&CommandRequest::hgetall("big"))).await.unwrap();
+    stuck.read_exact(&mut [0; 1]).await.unwrap();
+    (server, stuck)
 }
