@@ -84,7 +84,7 @@ pub fn recover(dir: &Path, store: &Store, durability: Durability) -> io::Result<
                 }
                 _ => format!("the segment before it (number {}) is missing", generation - 1),
             };
-            return Err(damaged(path, missing));
+            return Err(damaged(path, Mend::Backup, missing));
         }
         expected = generation + 1;
         let is_last = Some(*generation) == last;
@@ -146,45 +146,81 @@ fn only_headers_after(segments: &BTreeMap<u64, PathBuf>, generation: u64) -> boo
 }
 
 /// `damage` (in a segment followed by headers alone: [`only_headers_after`]) saying that `qkv repair`
-/// mends it, where it said only a backup would; other errors as they are.
+/// mends it, where it said only a backup would, if a cut mends it; other errors as they are.
 fn mendable_by_repair(damage: io::Error, dir: &Path) -> io::Error {
-    let said = damage.to_string();
-    match said.strip_suffix(RESTORE).filter(|_| a_cut_mends(&damage)) {
-        Some(what) => io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{what}every later segment holds no record (a restart with no write since), so `qkv repair \
+    match found(&damage) {
+        Some(Damage { path, what, mend: Mend::Cut }) => Damage {
+            path: path.clone(),
+            what: format!(
+                "{what}. Every later segment holds no record (a restart with no write since), so `qkv repair \
                  --data-dir {}` cuts this one at the damage as it would the last, keeping the bytes it cuts \
                  in a file beside it; the writes in them are lost to the store",
                 dir.display()
             ),
-        ),
-        None => damage,
+            mend: Mend::Said,
+        }
+        .into(),
+        _ => damage,
     }
 }
 
-/// Whether `damage` (found reading a segment) is of a kind cutting the segment there mends: a record
-/// damaged or zeros where one should be, not its header, nor a whole record of a kind this version
-/// does not know (written by another version: cutting it would lose what that version wrote).
-fn a_cut_mends(damage: &io::Error) -> bool {
-    let said = damage.to_string();
-    said.ends_with(RESTORE) && !said.contains(NOT_THIS_SEGMENTS_HEADER) && !said.contains(NOT_KNOWN)
+/// Whether `error` (found reading a segment) is damage of a kind cutting the segment there mends.
+fn a_cut_mends(error: &io::Error) -> bool {
+    matches!(found(error), Some(Damage { mend: Mend::Cut, .. }))
+}
+
+/// The damage `error` reports, if it is damage in a segment.
+fn found(error: &io::Error) -> Option<&Damage> {
+    error.get_ref()?.downcast_ref()
 }
 
 /// How damage by a whole record this version does not know is said.
 const NOT_KNOWN: &str = "a whole record it does not know";
 
-/// Damage in the segment at `path` that only a backup mends ([`RESTORE`]).
-fn damaged(path: &Path, what: String) -> io::Error {
-    described(path, format!("{what}. {RESTORE}"))
+/// Damage found in the log segment at `path`, and what mends it: kept typed in the `io::Error` (of
+/// kind `InvalidData`) that reports it, so that what decides whether `qkv repair` may cut it does not
+/// read its message back.
+#[derive(Debug)]
+struct Damage {
+    path: PathBuf,
+    what: String,
+    mend: Mend,
 }
 
-/// Damage in the segment at `path`, `what` saying what to do.
-fn described(path: &Path, what: String) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("the log segment {} is damaged: {what}", path.display()),
-    )
+/// What mends damage in a segment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mend {
+    /// A record damaged, or zeros where one should be: a cut there mends it, which `qkv repair` makes
+    /// in the last segment, or in one followed by headers alone; elsewhere, a backup ([`RESTORE`]).
+    Cut,
+    /// Only a backup ([`RESTORE`]): the segment's header damaged, a segment missing, or a whole record
+    /// of a kind this version does not know (written by another version: a cut would lose it).
+    Backup,
+    /// `what` says what to do.
+    Said,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the log segment {} is damaged: {}", self.path.display(), self.what)?;
+        match self.mend {
+            Mend::Cut | Mend::Backup => write!(f, ". {RESTORE}"),
+            Mend::Said => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for Damage {}
+
+impl From<Damage> for io::Error {
+    fn from(damage: Damage) -> Self {
+        io::Error::new(io::ErrorKind::InvalidData, damage)
+    }
+}
+
+/// Damage in the segment at `path`, `mend` saying what mends it.
+fn damaged(path: &Path, mend: Mend, what: impl Into<String>) -> io::Error {
+    Damage { path: path.to_owned(), what: what.into(), mend }.into()
 }
 
 #[derive(Default)]
@@ -224,7 +260,7 @@ fn replay_segment(
             files::finish_segment(path, generation, last_version)?;
             return Ok(Replayed { valid_len: format::HEADER_LEN as u64, ..Replayed::default() });
         }
-        return Err(damaged(path, NOT_THIS_SEGMENTS_HEADER.into()));
+        return Err(damaged(path, Mend::Backup, NOT_THIS_SEGMENTS_HEADER));
     };
     let mut reader = Reader::new(input, format::HEADER_LEN as u64, len);
     let replayed = replay(&mut reader, store)?;
@@ -278,12 +314,19 @@ fn replay_segment(
             cut_at(offset)?;
         }
         Stop::Unwritten { offset } => {
-            return Err(damaged(path, format!("zeros where a record should be, at byte {offset}")));
-        }
-        Stop::Torn { offset, what } => return Err(damaged(path, format!("{what} at byte {offset}"))),
-        Stop::Unknown { offset, what } => {
-            return Err(described(
+            return Err(damaged(
                 path,
+                Mend::Cut,
+                format!("zeros where a record should be, at byte {offset}"),
+            ));
+        }
+        Stop::Torn { offset, what } => {
+            return Err(damaged(path, Mend::Cut, format!("{what} at byte {offset}")));
+        }
+        Stop::Unknown { offset, what } => {
+            return Err(damaged(
+                path,
+                Mend::Said,
                 format!("{what} at byte {offset}: written by another version of qkv? Nothing was cut off"),
             ));
         }
@@ -348,8 +391,9 @@ fn settle_damaged_tail(
         );
         return Ok(Some(cut.highest));
     }
-    Err(described(
+    Err(damaged(
         path,
+        Mend::Said,
         format!(
             "{what} at byte {offset}, yet {found}: damage, not a write torn by a crash, and the records \
              after it may have been acknowledged. Nothing was cut off; `qkv repair --data-dir {}` cuts \
@@ -472,7 +516,7 @@ pub fn repair(dir: &Path) -> io::Result<Repaired> {
             // Being created when the process stopped: `recover` finishes it.
             return Ok(Repaired::Nothing);
         }
-        let what = damaged(&path, NOT_THIS_SEGMENTS_HEADER.into()).to_string();
+        let what = damaged(&path, Mend::Backup, NOT_THIS_SEGMENTS_HEADER).to_string();
         return Ok(Repaired::Unrepairable { file: path, what });
     }
     let mut reader = Reader::new(input, format::HEADER_LEN as u64, len);
@@ -486,11 +530,12 @@ pub fn repair(dir: &Path) -> io::Result<Repaired> {
             Next::Damaged { offset, .. } | Next::Unwritten { offset } => break offset,
             Next::End if is_last => return Ok(Repaired::Nothing),
             Next::End => {
-                let what = damaged(&path, "it ends whole, yet was found damaged (changed meanwhile?)".into());
+                let what =
+                    damaged(&path, Mend::Backup, "it ends whole, yet was found damaged (changed meanwhile?)");
                 return Ok(Repaired::Unrepairable { file: path, what: what.to_string() });
             }
             Next::Record(Record::End { .. }) | Next::Unknown { .. } => {
-                let what = damaged(&path, format!("{NOT_KNOWN}, at byte {}", reader.offset()));
+                let what = damaged(&path, Mend::Backup, format!("{NOT_KNOWN}, at byte {}", reader.offset()));
                 return Ok(Repaired::Unrepairable { file: path, what: what.to_string() });
             }
         }
@@ -531,7 +576,7 @@ fn damage_before_the_last_segment(dir: &Path, listing: &Listing) -> io::Result<B
     for (position, &(&generation, path)) in segments.iter().enumerate() {
         if generation != expected {
             let what = format!("the segment before it (number {}) is missing", generation - 1);
-            return unrepairable(path, damaged(path, what));
+            return unrepairable(path, damaged(path, Mend::Backup, what));
         }
         expected = generation + 1;
         if position + 1 == segments.len() {
@@ -568,20 +613,22 @@ fn check_segment(path: &Path, generation: u64) -> io::Result<()> {
     let len = file.metadata()?.len();
     let mut input = BufReader::with_capacity(1 << 20, file);
     if Header::read(&mut input, LOG_MAGIC)?.filter(|header| header.generation == generation).is_none() {
-        return Err(damaged(path, NOT_THIS_SEGMENTS_HEADER.into()));
+        return Err(damaged(path, Mend::Backup, NOT_THIS_SEGMENTS_HEADER));
     }
     let mut reader = Reader::new(input, format::HEADER_LEN as u64, len);
     loop {
-        let what = match reader.next()? {
+        let (mend, what) = match reader.next()? {
             Next::Record(Record::Set { .. } | Record::Delete { .. }) => continue,
             Next::End => return Ok(()),
-            Next::Damaged { offset, what } => format!("{what} at byte {offset}"),
-            Next::Unwritten { offset } => format!("zeros where a record should be, at byte {offset}"),
+            Next::Damaged { offset, what } => (Mend::Cut, format!("{what} at byte {offset}")),
+            Next::Unwritten { offset } => {
+                (Mend::Cut, format!("zeros where a record should be, at byte {offset}"))
+            }
             Next::Record(Record::End { .. }) | Next::Unknown { .. } => {
-                format!("{NOT_KNOWN}, at byte {}", reader.offset())
+                (Mend::Backup, format!("{NOT_KNOWN}, at byte {}", reader.offset()))
             }
         };
-        return Err(damaged(path, what));
+        return Err(damaged(path, mend, what));
     }
 }
 
