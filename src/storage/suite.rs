@@ -203,7 +203,7 @@ pub async fn multi_key_writes_answer_in_request_order<S: Storage>(s: Arc<S>) {
     assert!(outcomes[0].1 > 0 && outcomes[1].1 > 0);
 
     let deleted: Vec<_> = s
-        .delete_many("t", &strings(&["b", "missing", "a"]))
+        .delete_many("t", &strings(&["b", "missing", "a", "b"]))
         .await
         .unwrap()
         .into_iter()
@@ -212,6 +212,7 @@ pub async fn multi_key_writes_answer_in_request_order<S: Storage>(s: Arc<S>) {
     assert_eq!(deleted[0].0.as_ref().map(|p| p.value.clone()), Some(2i64.into()));
     assert_eq!(deleted[1], (None, 0));
     assert_eq!(deleted[2].0.as_ref().map(|p| p.value.clone()), Some(1i64.into()));
+    assert_eq!(deleted[3], (None, 0), "a key named twice is deleted once, as by two deletes");
     assert_eq!(s.get_many("t", &strings(&["a", "b"])).await.unwrap(), vec![None, None]);
 }
 

@@ -170,23 +170,34 @@ return remember({1, current, value})
     )
 });
 
-/// ARGV: the call's id, keys. Returns, per key, `value before or nil, version before or '0'`.
+/// ARGV: the call's id, keys. Returns, per key, `value before or nil, version before or '0'` (a key
+/// named twice is found deleted the second time, as by two deletes). Every key is read before the
+/// table is written, and each of the table's three structures is written once, by one command naming
+/// all the keys deleted: a table the call empties is gone from Redis then, and on a slot being moved to
+/// another node Redis stops a script that names a key that is not there ("a non local key"), after
+/// what it had written (with a delete per key, the reads after the one that emptied the table failed,
+/// and a call that deleted was answered as failed). At most `KEYS_PER_CALL` keys, well within what
+/// `unpack` can pass.
 pub static DELETE_MANY: LazyLock<Lua> = LazyLock::new(|| {
     writing(
         r"
-local reply = {}
-local deleted = false
+local reply, doomed, seen = {}, {}, {}
 for i = 2, #ARGV do
-  local current, value = entry(ARGV[i])
-  if current ~= '0' then
-    unlink(ARGV[i])
-    deleted = true
+  local key = ARGV[i]
+  local current, value = '0', false
+  if not seen[key] then
+    seen[key] = true
+    current, value = entry(key)
+    if current ~= '0' then doomed[#doomed + 1] = key end
   end
   reply[#reply + 1] = value
   reply[#reply + 1] = current
 end
 -- As Delete: only a call that deleted something is remembered.
-if not deleted then return reply end
+if #doomed == 0 then return reply end
+redis.call('HDEL', KEYS[1], unpack(doomed))
+redis.call('HDEL', KEYS[2], unpack(doomed))
+redis.call('ZREM', KEYS[3], unpack(doomed))
 return remember(reply)
 ",
     )

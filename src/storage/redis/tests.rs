@@ -398,6 +398,32 @@ async fn a_table_in_a_slot_being_moved_takes_writes_until_its_keys_move() {
     assert_eq!(store.get(table, "k").await.unwrap(), None);
 }
 
+/// A multi-key delete that empties its table while the table's slot is being moved: the table is gone
+/// from Redis once its last key is deleted, and Redis stops a script that then names it ("a non local
+/// key"), after the delete: answered as failed, though made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_key_delete_that_empties_a_table_in_a_slot_being_moved_is_answered() {
+    let cluster = cluster();
+    let store = connected(config(cluster.urls())).await;
+    let table = "emptied-on-the-move";
+    let version = written_version(store.set(table, "k", "last".into(), None).await.unwrap());
+    let slot = cluster.slot_of(&store.keys(table).key(":values")).expect("the table's slot");
+    let moving = cluster.begin_slot_move(slot).expect("the slot set moving");
+    let keys = ["k", "k", "absent"].map(String::from);
+    let deleted = store.delete_many(table, &keys).await;
+    drop(moving);
+    let previous: Vec<_> = deleted
+        .expect("a delete emptying the table while its slot is being moved")
+        .into_iter()
+        .map(|outcome| match outcome {
+            WriteOutcome::Written { previous, .. } => previous.map(|p| p.version),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(previous, [Some(version), None, None], "a key named twice is deleted once");
+    assert_eq!(store.get(table, "k").await.unwrap(), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_with_a_private_ca_and_a_password() {
     let certs = tempfile::tempdir().unwrap();
