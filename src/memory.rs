@@ -225,9 +225,15 @@ impl Charge {
         Poll::Ready(())
     }
 
-    /// Waits until the charge holds at least `target` bytes.
+    /// Waits until the charge holds at least `target` bytes. Dropped before it is done, it leaves
+    /// the budget's queue of waiters: see [`Cover`].
     pub fn cover(&mut self, target: usize) -> Cover<'_> {
         Cover { charge: self, target }
+    }
+
+    /// Leaves the budget's queue of waiters, giving back what was set aside for this charge's wait.
+    fn stop_waiting(&mut self) {
+        self.budget = PollSemaphore::new(self.budget.clone_inner());
     }
 
     /// Gives back what it holds beyond `target` bytes.
@@ -245,10 +251,20 @@ impl Charge {
     }
 }
 
-/// See [`Charge::cover`].
+/// See [`Charge::cover`]. While it waits, the charge stands in the budget's queue of waiters, and the
+/// bytes given back go to the first in it until it has all it asked for; so once it is dropped (a
+/// `select!` that took another branch) the charge leaves the queue. Left there, its wait took every
+/// byte given back, by any connection, until it had them all, then held them beside the charge, where
+/// nothing gave them back, while every `try_grow` of the server failed.
 pub struct Cover<'a> {
     charge: &'a mut Charge,
     target: usize,
+}
+
+impl Drop for Cover<'_> {
+    fn drop(&mut self) {
+        self.charge.stop_waiting();
+    }
 }
 
 impl Future for Cover<'_> {
@@ -303,6 +319,21 @@ mod tests {
         drop(held);
         waiting.cover(50).await;
         assert_eq!(waiting.bytes(), 50);
+    }
+
+    /// A wait given up (a `select!` that took another branch) leaves the budget's queue: it took the
+    /// bytes given back by others, and held them beside its charge, where nothing gave them back.
+    #[tokio::test]
+    async fn a_wait_given_up_takes_nothing_given_back_later() {
+        let budget = MemoryBudget::new(100);
+        let held = budget.try_charge(90).unwrap();
+        let mut waiting = budget.empty_charge();
+        let given_up = futures_util::FutureExt::now_or_never(tokio::task::unconstrained(waiting.cover(50)));
+        assert!(given_up.is_none(), "only 10 bytes are free");
+        drop(held);
+        assert_eq!(budget.available(), 100, "the bytes given back are the budget's");
+        assert!(budget.try_charge(100).is_some());
+        assert_eq!(waiting.bytes(), 0);
     }
 
     /// A fake filesystem for the cgroup parser.
