@@ -264,6 +264,9 @@ where
         // for the compressed frame at the front of `received` to inflate into, which the budget cannot
         // give yet; nothing more is decoded (or read) until it can.
         let mut inflating = 0;
+        // A request held back by the queue held back reading too: the frames after it are the
+        // server's to have waited for, and their time starts now.
+        let held_back = waiting.is_some();
         while ending.is_none() {
             // A compressed frame is inflated only into room charged for it first: its gzip says how
             // much (and is held to it), so the budget bounds what inflating can make it hold.
@@ -280,7 +283,12 @@ where
             let request = match waiting.take() {
                 Some(request) => request,
                 None => match codec.decode(&mut received) {
-                    Ok(Some(request)) => request,
+                    Ok(Some(request)) => {
+                        // The next frame's clock starts when its first bytes came, not its
+                        // predecessor's.
+                        partial_since = None;
+                        request
+                    }
                     Ok(None) => break,
                     Err(FrameError::Io(e)) => {
                         ending = Some(Ending::Failed(e));
@@ -384,13 +392,17 @@ where
             }
         }
 
-        // One timer serves two timeouts: the request timeout from the moment a frame starts arriving,
-        // the idle timeout while nothing at all is going on. It is set only when that changes.
+        // One timer serves two timeouts: the request timeout from the moment a frame starts arriving
+        // (taken as the last read, which brought its first bytes or came after them: a frame that
+        // began in the read that ended the one before it has its own time, not the time since that
+        // one's first byte; or as now, for one the queue held back), the idle timeout while nothing
+        // at all is going on. It is set only when that changes.
         // (Once the connection is ending nothing more is read: a frame cut short by it is refused
         // already, and its request timeout must not overwrite why.)
         let partial = waiting.is_none() && !received.is_empty() && ending.is_none();
         let wanted = if partial {
-            Some(Timer::PartialFrame(*partial_since.get_or_insert_with(Instant::now)))
+            let began = if held_back { Instant::now() } else { read_at };
+            Some(Timer::PartialFrame(*partial_since.get_or_insert(began)))
         } else {
             partial_since = None;
             let idle = queue.is_empty() && current.is_none() && ending.is_none();
@@ -1121,6 +1133,98 @@ mod tests {
         // the writer.
         assert!(held <= (2 << 20) + 2 * (512 << 10) + (128 << 10), "the connection holds {held} bytes");
         drop(client);
+    }
+
+    /// A connection to a memory store's service drawing on `memory`, with `limits`: the client's end.
+    fn served(
+        limits: Limits,
+        memory: &MemoryBudget,
+    ) -> (DuplexStream, crate::service::Service<crate::storage::MemoryStore>) {
+        let service = crate::service::Service::with_memory(
+            crate::storage::MemoryStore::new(),
+            Default::default(),
+            16 << 20,
+            memory.clone(),
+        );
+        let (client, server) = tokio::io::duplex(1 << 20);
+        tokio::spawn(serve_pipelined(
+            server,
+            service.clone(),
+            Arc::new(limits),
+            memory.clone(),
+            CancellationToken::new(),
+            Caller::default(),
+            AfterClose::ReadOn,
+        ));
+        (client, service)
+    }
+
+    /// The request timeout runs from each frame's first bytes: a frame that began in the read that
+    /// ended the one before it is not held to the time since that one's first byte (a steady upload of
+    /// large values, whose reads seldom end on a frame's end, was cut off with 408 once the request
+    /// timeout had passed since the run of frames began).
+    #[tokio::test(start_paused = true)]
+    async fn each_frame_has_the_whole_request_timeout() {
+        let limits = Limits { request_timeout: Duration::from_secs(1), ..Limits::default() };
+        let (client, _service) = served(limits, &MemoryBudget::unlimited());
+        let (read, mut write) = tokio::io::split(client);
+        let frames: Vec<Vec<u8>> = (0..3)
+            .map(|i| {
+                encode_frame(&CommandRequest::hset("t", format!("k{i}"), "v"), 1 << 20).unwrap().to_vec()
+            })
+            .collect();
+        // Each write ends a frame and begins the next, 0.6 s apart: every frame takes 0.6 s to come,
+        // the three 1.2 s.
+        write.write_all(&[&frames[0][..], &frames[1][..3]].concat()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        write.write_all(&[&frames[1][3..], &frames[2][..3]].concat()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        write.write_all(&frames[2][3..]).await.unwrap();
+        let mut answers = FramedRead::new(read, FrameCodec::<CommandResponse>::new(1 << 20));
+        for i in 0..3 {
+            let answer = answers.next().await.expect("an answer").unwrap();
+            assert_eq!((i, answer.status, answer.message.as_str()), (i, status::OK, ""));
+        }
+    }
+
+    /// A frame that began arriving behind a request the queue held back (nothing is read meanwhile)
+    /// has its time from when the queue let it be read on, not from its first bytes: the wait was the
+    /// server's.
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_behind_a_request_held_back_has_its_time_from_then() {
+        let handler = Gated::new();
+        let limits = Limits { request_timeout: Duration::from_secs(1), ..Limits::default() };
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let serving = serve_pipelined(
+            server,
+            handler.clone(),
+            Arc::new(limits),
+            MemoryBudget::unlimited(),
+            CancellationToken::new(),
+            Caller::default(),
+            AfterClose::ReadOn,
+        );
+        tokio::spawn(serving);
+        let (read, mut write) = tokio::io::split(client);
+        let last = encode_frame(&CommandRequest::hget("t", "a"), 1 << 20).unwrap();
+        let mut first = Vec::new();
+        for request in
+            [CommandRequest::hset("t", "a", "1"), CommandRequest::publish("t", vec![Value::from("x")])]
+        {
+            first.extend_from_slice(&encode_frame(&request, 1 << 20).unwrap());
+        }
+        first.extend_from_slice(&last[..3]);
+        write.write_all(&first).await.unwrap();
+        // The write takes 2 s to commit; the publish waits for it, and the Hget's frame behind both.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        handler.commits.add_permits(1);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        write.write_all(&last[3..]).await.unwrap();
+        let mut answers = FramedRead::new(read, FrameCodec::<CommandResponse>::new(1 << 20));
+        for i in 0..3 {
+            let answer = answers.next().await.expect("an answer").unwrap();
+            assert_eq!((i, answer.status), (i, status::OK), "{answer:?}");
+        }
     }
 
     /// Serves a connection to `handler` and sends it `requests`, all at once.
