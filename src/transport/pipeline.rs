@@ -326,8 +326,7 @@ where
                     let held = received.len() + queue.bytes + waiting_bytes + inflating;
                     let fed = feed_answer(&mut answers, response, (&mut charge, held), &refusals, &limits);
                     if let Err(e) = fed.await {
-                        log_write_failure(&e);
-                        let _ = answers.get_mut().shutdown().await;
+                        close_on_write_failure(answers, read, e, &limits).await;
                         return requests;
                     }
                     unflushed = true;
@@ -465,7 +464,7 @@ where
                 if current.is_some() || unflushed => match written {
                 Ok(Written::NextFrame(frame)) => {
                     if let Err(e) = answers.start_send_unpin(frame) {
-                        log_write_failure(&e);
+                        close_on_write_failure(answers, read, e, &limits).await;
                         return requests;
                     }
                     (unflushed, idle_since) = (true, Instant::now());
@@ -568,8 +567,26 @@ async fn feed_answer<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Writing an answer failed: the connection closes (its client sees it lost, so the answers it did not
-/// get may or may not have been executed).
+/// Writing an answer failed (`e`): the connection closes, and its client sees it lost (so the answers
+/// it did not get may or may not have been executed). When the writer is sound (the answer found no
+/// memory), the answers it holds already are written first, as at any other end: their requests ran,
+/// and they were dropped, up to 16 KiB of them, with the connection.
+async fn close_on_write_failure<W, R>(mut answers: FrameWriter<W>, read: R, e: FrameError, limits: &Limits)
+where
+    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+{
+    log_write_failure(&e);
+    if let FrameError::MemoryExhausted { .. } = e
+        && SinkExt::<ReplyFrame>::flush(&mut answers).await.is_ok()
+    {
+        let mut write = answers.into_inner();
+        let _ = tokio::time::timeout(limits.reply_timeout, write.shutdown()).await;
+        linger(read).await;
+    }
+}
+
+/// Writing an answer failed: says why.
 fn log_write_failure(e: &FrameError) {
     match e {
         FrameError::MemoryExhausted { .. } => {
@@ -1225,6 +1242,28 @@ mod tests {
             let answer = answers.next().await.expect("an answer").unwrap();
             assert_eq!((i, answer.status), (i, status::OK), "{answer:?}");
         }
+    }
+
+    /// When an answer finds no memory and the connection closes, the answers before it that the writer
+    /// holds go out first: their requests ran (an Hset's 200, buffered, was dropped with the
+    /// connection, and its client told the write may or may not have been made).
+    #[tokio::test(start_paused = true)]
+    async fn answers_held_go_out_before_a_close_for_want_of_memory() {
+        let memory = MemoryBudget::new(4 << 20);
+        let (client, service) = served(Limits::default(), &memory);
+        let big = crate::pb::Kvpair::new("big", vec![7u8; 1 << 20]);
+        service.execute(CommandRequest::hmset("t", [big]), &Caller::default()).await;
+        // All but 64 KiB of the budget is held elsewhere: the Hget's answer of 1 MiB finds no room.
+        let _elsewhere = memory.try_charge(memory.available() - (64 << 10)).unwrap();
+        let (read, mut write) = tokio::io::split(client);
+        let requests = [CommandRequest::hset("t", "small", "v"), CommandRequest::hget("t", "big")];
+        for request in &requests {
+            write.write_all(&encode_frame(request, 1 << 20).unwrap()).await.unwrap();
+        }
+        let mut answers = FramedRead::new(read, FrameCodec::<CommandResponse>::new(2 << 20));
+        let first = answers.next().await.expect("the Hset's answer").unwrap();
+        assert_eq!(first.status, status::OK, "{first:?}");
+        assert!(answers.next().await.is_none(), "then the connection closes");
     }
 
     /// Serves a connection to `handler` and sends it `requests`, all at once.
