@@ -17,8 +17,15 @@ use quinn::crypto::rustls::QuicClientConfig;
 /// The first datagrams of `count` connection attempts to `server`: real Initials, as clients would
 /// send them, each with a connection ID of its own.
 fn initial_datagrams(server: SocketAddr, ca: &std::path::Path, count: usize) -> Vec<Vec<u8>> {
+    first_datagrams(server, ca, count, 0)
+}
+
+/// As [`initial_datagrams`], from clients that offer `padding` application protocols more, of 100
+/// bytes each: a ClientHello of more than one packet, of which the first datagram holds only the start.
+fn first_datagrams(server: SocketAddr, ca: &std::path::Path, count: usize, padding: usize) -> Vec<Vec<u8>> {
     let roots = tls::read_roots(ca).expect("CA");
-    let crypto = tls::client_config(roots, &tls::Tickets::none(), None).expect("TLS config");
+    let mut crypto = tls::client_config(roots, &tls::Tickets::none(), None).expect("TLS config");
+    crypto.alpn_protocols.extend((0..padding).map(|i| format!("{i:0100}").into_bytes()));
     let config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(crypto).expect("QUIC TLS")));
     let mut endpoint = quinn_proto::Endpoint::new(Arc::default(), None, false, None);
     (0..count)
@@ -112,4 +119,40 @@ async fn spoofed_initials_cannot_hold_the_connection_places() {
     assert_eq!((count(Answer::Handshake), count(Answer::Retry)), (10, 190), "{flood:?}");
     let client = protected.client().await;
     assert_eq!(client.ping("still served").await.unwrap(), "still served".as_bytes());
+}
+
+/// A client whose first flight never ends (a ClientHello of several packets, of which only the first
+/// comes) holds its connection place until the request timeout, as any handshake does: the server
+/// waited for the rest of it for as long as packets kept the connection alive (its idle timeout).
+#[tokio::test]
+async fn a_first_flight_never_finished_holds_its_place_only_until_the_request_timeout() {
+    let server = TestServer::start_with(|config| {
+        config.limits.max_connections = 1;
+        config.limits.request_timeout = Duration::from_millis(500);
+        config.limits.idle_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let (addr, ca) = (server.addr, server.ca());
+    let half_hello = tokio::task::spawn_blocking(move || {
+        let first = first_datagrams(addr, &ca, 1, 30).pop().expect("a datagram");
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("UDP socket");
+        socket.send_to(&first, addr).expect("send");
+        socket
+    })
+    .await
+    .expect("sender");
+    // The one place comes free for a real client once the server gives up on the half handshake.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let client = loop {
+        match Client::connect_with(server.client_config()).await {
+            Ok(client) => break client,
+            Err(e) if Instant::now() < deadline => {
+                assert!(matches!(e, ClientError::Connect { .. }), "{e:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the half handshake held the only place for 20 s: {e:?}"),
+        }
+    };
+    assert_eq!(client.ping("served").await.unwrap(), "served".as_bytes());
+    drop(half_hello);
 }

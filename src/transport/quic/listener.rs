@@ -100,7 +100,8 @@ pub async fn serve<H: Handler>(
         let origins = origins.clone();
         let client = incoming.remote_address().ip();
         connections.spawn(log_throttle::serving(client, async move {
-            let hold = Hold { admitted, memory, pending };
+            let handshake_deadline = tokio::time::Instant::now() + limits.request_timeout;
+            let hold = Hold { admitted, memory, pending, handshake_deadline };
             handle_connection(incoming, handler, limits, shutdown, client_auth, hold, origins).await;
         }));
     }
@@ -163,6 +164,18 @@ pub(super) struct Hold {
     memory: MemoryBudget,
     /// Set while its handshake from an unvalidated address is in progress.
     pending: Option<UnvalidatedHandshake>,
+    /// When its handshake must have completed: the request timeout after its first packet was taken.
+    /// Every stage counts against it, down to the client's first flight, which a peer can leave
+    /// unfinished (the idle timeout alone never ends a connection kept alive by packets).
+    pub(super) handshake_deadline: tokio::time::Instant,
+}
+
+/// Counts a handshake that did not complete by its deadline, and says so (`remote` unless the span
+/// says it).
+pub(super) fn handshake_timed_out(limits: &Limits, remote: Option<std::net::SocketAddr>) {
+    metrics::handshake(Transport::Quic, metrics::HandshakeResult::TimedOut);
+    metrics::limit_hit(metrics::Limit::RequestTimeout);
+    debug!(remote = remote.map(tracing::field::display), timeout = ?limits.request_timeout, "handshake did not complete in time");
 }
 
 async fn handle_connection<H: Handler>(
@@ -182,8 +195,14 @@ async fn handle_connection<H: Handler>(
             return;
         }
     };
-    // The protocol is chosen by the client's first flight, which the server has by now.
-    if webtransport::is_browser(&mut connecting).await {
+    // The protocol is chosen by the client's first flight, which the server usually has by now (a
+    // large one spans packets).
+    let deadline = hold.handshake_deadline;
+    let browser = match tokio::time::timeout_at(deadline, webtransport::is_browser(&mut connecting)).await {
+        Ok(browser) => browser,
+        Err(_) => return handshake_timed_out(&limits, Some(remote)),
+    };
+    if browser {
         let span =
             info_span!("connection", %remote, transport = "webtransport", client = tracing::field::Empty);
         let accept = webtransport::accept(connecting, handler, limits, shutdown, hold, origins);
@@ -207,7 +226,7 @@ async fn handle_connection<H: Handler>(
             let watched = connection.clone();
             (connection, EarlyData::new(async move { accepted.await || watched.close_reason().is_none() }))
         }
-        Err(connecting) => match tokio::time::timeout(limits.request_timeout, connecting).await {
+        Err(connecting) => match tokio::time::timeout_at(deadline, connecting).await {
             // Counted as completed with the others, in `serve_connection`.
             Ok(Ok(connection)) => (connection, EarlyData::new(std::future::ready(true))),
             Ok(Err(e)) => {
@@ -215,12 +234,7 @@ async fn handle_connection<H: Handler>(
                 debug!(%remote, error = %e, "handshake failed");
                 return;
             }
-            Err(_) => {
-                metrics::handshake(Transport::Quic, metrics::HandshakeResult::TimedOut);
-                metrics::limit_hit(metrics::Limit::RequestTimeout);
-                debug!(%remote, timeout = ?limits.request_timeout, "handshake did not complete in time");
-                return;
-            }
+            Err(_) => return handshake_timed_out(&limits, Some(remote)),
         },
     };
     let span = info_span!(
@@ -319,7 +333,7 @@ pub(super) async fn serve_connection<H: Handler>(
 ) {
     debug!("connection established");
     let connection = session.quic().clone();
-    let Hold { admitted, memory, mut pending } = hold;
+    let Hold { admitted, memory, mut pending, handshake_deadline } = hold;
     let streams = TaskTracker::new();
     let budget = ReadBudget::new(limits.max_request_buffer, memory.clone(), limits.memory_wait);
     // Requests in progress: every stream the client may open is accepted and read, and a request read
@@ -352,7 +366,7 @@ pub(super) async fn serve_connection<H: Handler>(
     if credit_raised {
         connection.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(raised_credit(&limits)));
     }
-    let handshake_done = timeouts::deadline(limits.request_timeout, handshake.completed());
+    let handshake_done = tokio::time::timeout_at(handshake_deadline, handshake.completed());
     tokio::pin!(handshake_done);
     // A WebTransport session's handshake is complete already, and counted (`webtransport::accept`).
     let mut handshaking = matches!(session, Session::Qkv(_));
@@ -379,9 +393,7 @@ pub(super) async fn serve_connection<H: Handler>(
                     Ok(true) => metrics::handshake(Transport::Quic, metrics::HandshakeResult::Completed),
                     Ok(false) => metrics::handshake(Transport::Quic, metrics::HandshakeResult::Failed),
                     Err(_) => {
-                        metrics::handshake(Transport::Quic, metrics::HandshakeResult::TimedOut);
-                        metrics::limit_hit(metrics::Limit::RequestTimeout);
-                        debug!(timeout = ?limits.request_timeout, "handshake did not complete in time");
+                        handshake_timed_out(&limits, None);
                         connection.close(codes::HANDSHAKE_TIMEOUT, b"handshake did not complete in time");
                     }
                 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 use wtransport::endpoint::IncomingSessionFuture;
 
-use super::listener::{Hold, Session, peer_certificates, serve_connection};
+use super::listener::{Hold, Session, handshake_timed_out, peer_certificates, serve_connection};
 use crate::metrics;
 use crate::service::Handler;
 use crate::tls::H3_ALPN;
@@ -43,7 +43,7 @@ pub(super) async fn accept<H: Handler>(
     origins: Arc<Origins>,
 ) {
     let incoming = IncomingSessionFuture::with_quic_connecting(connecting);
-    let request = match tokio::time::timeout(limits.request_timeout, incoming).await {
+    let request = match tokio::time::timeout_at(hold.handshake_deadline, incoming).await {
         Ok(Ok(request)) => request,
         Ok(Err(e)) => {
             metrics::handshake(Transport::Quic, metrics::HandshakeResult::Failed);
@@ -51,10 +51,7 @@ pub(super) async fn accept<H: Handler>(
             return;
         }
         Err(_) => {
-            metrics::handshake(Transport::Quic, metrics::HandshakeResult::TimedOut);
-            metrics::limit_hit(metrics::Limit::RequestTimeout);
-            debug!(timeout = ?limits.request_timeout, "no WebTransport session request in time");
-            return;
+            return handshake_timed_out(&limits, None);
         }
     };
     metrics::handshake(Transport::Quic, metrics::HandshakeResult::Completed);
