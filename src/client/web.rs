@@ -482,24 +482,30 @@ async fn events(sender: SendRequest<Full<Bytes>>, topic: &str) -> ClientResult<W
         return Ok(Box::pin(stream::once(std::future::ready(Ok(problem(status, &body))))));
     }
     let body = response.into_body().into_data_stream();
-    let lines = stream::unfold((body, Vec::<u8>::new()), |(mut body, mut buffer)| async move {
-        loop {
-            if let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
-                let event: Vec<u8> = buffer.drain(..end + 2).collect();
-                return Some((Ok(event), (body, buffer)));
-            }
-            match body.next().await {
-                Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
-                Some(Err(e)) => {
-                    return Some((
-                        Err(ClientError::ConnectionLost(Cause::Http(Arc::new(e)))),
-                        (body, buffer),
-                    ));
+    // `scanned`: how much of the buffer is known to hold no event's end, so that each chunk of a large
+    // event is looked through once (a 4 MiB message comes in some 300 chunks, each of which looked
+    // through the whole buffer again: a gigabyte of comparisons).
+    let lines =
+        stream::unfold((body, Vec::<u8>::new(), 0), |(mut body, mut buffer, mut scanned)| async move {
+            loop {
+                if let Some(end) = buffer[scanned..].windows(2).position(|w| w == b"\n\n") {
+                    let event: Vec<u8> = buffer.drain(..scanned + end + 2).collect();
+                    return Some((Ok(event), (body, buffer, 0)));
                 }
-                None => return None,
+                // The last byte may be the first of an end.
+                scanned = buffer.len().saturating_sub(1);
+                match body.next().await {
+                    Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+                    Some(Err(e)) => {
+                        return Some((
+                            Err(ClientError::ConnectionLost(Cause::Http(Arc::new(e)))),
+                            (body, buffer, scanned),
+                        ));
+                    }
+                    None => return None,
+                }
             }
-        }
-    });
+        });
     Ok(Box::pin(lines.filter_map(|event| std::future::ready(event.and_then(|e| sse_frame(&e)).transpose()))))
 }
 
