@@ -84,7 +84,8 @@ pub struct ClientConfig {
     pub client_cert: Option<ClientCertFiles>,
     /// Frame size, idle timeout and socket buffers; the server's limits apply on its side.
     pub limits: Limits,
-    /// How long to wait for the server to answer the handshake.
+    /// How long to wait for a connection: over TCP and TLS for the TCP connection and the TLS
+    /// handshake together, over QUIC for the handshake.
     pub connect_timeout: Duration,
     /// Deadline of a whole call, from the call until its complete answer, retries included.
     pub request_timeout: Duration,
@@ -534,15 +535,8 @@ impl Client {
             }
             *attempt += 1;
             if std::mem::take(&mut refused_for_now) {
-                // Full jitter over a bound that doubles per attempt, as reconnections wait: three
-                // attempts at once would only triple the load on a server short of memory.
-                let policy = &self.inner.config.retry;
-                let bound = policy
-                    .initial_backoff
-                    .saturating_mul(1 << (*attempt - 2).min(30))
-                    .min(policy.max_backoff);
-                let wait = bound.mul_f64(rand::random::<f64>());
-                tokio::time::sleep_until((Instant::now() + wait).min(deadline)).await;
+                // Three attempts at once would only triple the load on a server short of memory.
+                tokio::time::sleep_until((Instant::now() + self.pause_before(*attempt)).min(deadline)).await;
             }
             self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(error = %error, attempt = *attempt, "sending the request again");
@@ -551,6 +545,17 @@ impl Client {
                 _ => last_error = Some(error),
             }
         }
+    }
+
+    /// How long to pause before attempt number `attempt` (2 and on) of a call the server refused for
+    /// now (503): full jitter over a bound that doubles per attempt, as reconnections wait.
+    fn pause_before(&self, attempt: u32) -> Duration {
+        let policy = &self.inner.config.retry;
+        let bound = policy
+            .initial_backoff
+            .saturating_mul(1 << attempt.saturating_sub(2).min(30))
+            .min(policy.max_backoff);
+        bound.mul_f64(rand::random::<f64>())
     }
 
     /// One attempt on `connection`, up to the first frame of the answer; `None` once `deadline` passes.

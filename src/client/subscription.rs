@@ -168,6 +168,11 @@ impl Client {
                     attempt += 1;
                     self.inner.stats.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(error = %e, attempt, "subscribing again");
+                    // After a pause, as a call refused for now waits: a server short of connections
+                    // or memory (a subscription over TCP is a connection of its own, which the
+                    // reconnection's backoff does not pace) got every attempt at once.
+                    tokio::time::sleep_until((Instant::now() + self.pause_before(attempt)).min(deadline))
+                        .await;
                 }
                 other => return other,
             }
