@@ -244,7 +244,9 @@ pub(super) async fn open_stream(
     closing: Closing,
 ) -> ClientResult<Box<dyn ByteStream>> {
     let timed_out = || ClientError::connect_timeout(&config.addr, config.connect_timeout, "");
-    let stream = tokio::time::timeout(config.connect_timeout, TcpStream::connect(remote))
+    // One deadline for connecting and the TLS handshake: the connect timeout bounds both together.
+    let deadline = tokio::time::Instant::now() + config.connect_timeout;
+    let stream = tokio::time::timeout_at(deadline, TcpStream::connect(remote))
         .await
         .map_err(|_| timed_out())?
         .map_err(|e| ClientError::Connect {
@@ -269,7 +271,7 @@ pub(super) async fn open_stream(
     })?;
     let offered = tls.alpn_protocols.clone();
     let handshake = TlsConnector::from(tls).connect(name, stream);
-    let stream = tokio::time::timeout(config.connect_timeout, handshake)
+    let stream = tokio::time::timeout_at(deadline, handshake)
         .await
         .map_err(|_| timed_out())?
         .map_err(|e| handshake_error(config, e))?;
