@@ -239,6 +239,18 @@ impl CertDir {
     /// certificate of that name unless `force`. Returns the certificate and key paths, and whether a
     /// new CA was created.
     pub fn issue_client_certificate(&self, name: &str, force: bool) -> Result<IssuedClient, CertError> {
+        self.issue_client_certificate_valid_for(name, force, CLIENT_VALIDITY.unsigned_abs())
+    }
+
+    /// [`CertDir::issue_client_certificate`], valid for `valid_for` from now, at most 397 days (`qkv
+    /// cert --client NAME --valid-for DURATION`): short-lived client certificates stand in for revocation, which qkv
+    /// does not check (docs/SECURITY.md).
+    pub fn issue_client_certificate_valid_for(
+        &self,
+        name: &str,
+        force: bool,
+        valid_for: std::time::Duration,
+    ) -> Result<IssuedClient, CertError> {
         check_client_name(name)?;
         let _issuing = self.lock()?;
         let (cert, key) = self.client_files(name);
@@ -248,7 +260,8 @@ impl CertDir {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        (params.not_before, params.not_after) = validity(CLIENT_VALIDITY);
+        let valid_for = Duration::try_from(valid_for).unwrap_or(CLIENT_VALIDITY).min(CLIENT_VALIDITY);
+        (params.not_before, params.not_after) = validity(valid_for);
         let new_ca = self.sign_and_write(&params, &cert, &key, force)?;
         Ok(IssuedClient { cert, key, new_ca })
     }

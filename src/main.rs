@@ -278,7 +278,16 @@ async fn run_server<S: Storage>(
 fn cert(args: CertArgs) -> anyhow::Result<()> {
     let dir = CertDir::new(&args.dir);
     if let Some(name) = &args.client {
-        let issued = dir.issue_client_certificate(name, args.force)?;
+        let issued = match args.valid_for {
+            Some(valid_for) if valid_for > std::time::Duration::from_secs(397 * 86_400) => {
+                bail!(
+                    "--valid-for {}: a client certificate is valid for at most 397 days",
+                    humantime::format_duration(valid_for)
+                )
+            }
+            Some(valid_for) => dir.issue_client_certificate_valid_for(name, args.force, valid_for)?,
+            None => dir.issue_client_certificate(name, args.force)?,
+        };
         if issued.new_ca {
             out!("created a CA: {} (servers take it as --client-ca)", dir.ca_cert().display());
         }

@@ -5,6 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
+use std::time::Duration;
 
 use common::TestServer;
 use common::process::ServerProcess;
@@ -424,6 +425,24 @@ async fn cert_writes_private_keys_0600_and_refuses_to_overwrite_without_force() 
     assert!(stderr(&not_a_dir).contains("not a directory"), "{}", stderr(&not_a_dir));
 }
 
+/// `qkv cert --client NAME --valid-for DURATION` issues a short-lived client certificate (the stand-in
+/// for revocation docs/SECURITY.md advises), and refuses a validity over the 397 days of the default.
+#[tokio::test]
+async fn cert_issues_client_certificates_valid_for_what_is_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let issued = qkv(None, &["cert", "--dir", path, "--client", "brief", "--valid-for", "7d"]).await;
+    assert!(issued.status.success(), "{}", stderr(&issued));
+    let identity =
+        qkv::tls::Identity::from_pem_files(&dir.path().join("brief.pem"), &dir.path().join("brief-key.pem"))
+            .unwrap();
+    let left = identity.not_after().unwrap().duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(left <= Duration::from_secs(7 * 86_400) && left > Duration::from_secs(6 * 86_400), "{left:?}");
+    let refused = qkv(None, &["cert", "--dir", path, "--client", "long", "--valid-for", "400days"]).await;
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("at most 397 days"), "{}", stderr(&refused));
+}
+
 /// A certificate or data directory that does not exist is made, as documented, but warned about: a
 /// mistyped path or an unmounted volume otherwise served, ready, with an empty store or a CA no client
 /// trusts.
@@ -480,7 +499,7 @@ async fn flood(
     count: usize,
     bad: &[u8],
     logged: &str,
-) -> (Vec<String>, HashSet<String>, std::time::Duration) {
+) -> (Vec<String>, HashSet<String>, Duration) {
     use tokio::io::AsyncReadExt;
     let started = std::time::Instant::now();
     let mut clients = HashSet::new();
@@ -742,7 +761,7 @@ async fn a_server_that_may_open_too_few_files_for_its_connections_says_so() {
                 }
             }
         };
-        tokio::time::timeout(std::time::Duration::from_secs(30), until_serving).await.expect("it serves");
+        tokio::time::timeout(Duration::from_secs(30), until_serving).await.expect("it serves");
         child.kill().await.expect("stopped");
         log
     }

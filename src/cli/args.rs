@@ -1016,6 +1016,10 @@ pub struct CertArgs {
     /// CN=NAME), for servers started with --client-ca DIR/ca.pem.
     #[arg(long, value_name = "NAME", conflicts_with = "names")]
     pub client: Option<String>,
+    /// With --client: how long the certificate is valid, at most 397 days (the default). Short-lived
+    /// client certificates stand in for revocation, which qkv does not check (docs/SECURITY.md).
+    #[arg(long, value_name = "DURATION", requires = "client", value_parser = humantime::parse_duration)]
+    pub valid_for: Option<std::time::Duration>,
     /// Replace an existing server (or client) certificate (the CA is kept).
     #[arg(long)]
     pub force: bool,
