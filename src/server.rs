@@ -11,7 +11,6 @@ use std::time::Duration;
 use quinn::Endpoint;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -253,7 +252,7 @@ impl<S: Storage> Server<S> {
             tls.quic.max_early_data_size = 0;
         }
         let credentials = tls.credentials.clone();
-        let web_tls = Arc::new(tls.web.clone());
+        let web_tls = tls.credentials.door(tls.web.clone());
         let hangups = match signal(SignalKind::hangup()) {
             Ok(hangups) => Some(hangups),
             Err(e) => {
@@ -310,7 +309,7 @@ impl<S: Storage> Server<S> {
                     }
                     WebSecurity::Plaintext
                 } else {
-                    WebSecurity::Tls(TlsAcceptor::from(web_tls))
+                    WebSecurity::Tls(web_tls)
                 };
                 Some((listener, security))
             }
@@ -364,7 +363,7 @@ impl<S: Storage> Server<S> {
             (Some(_), _) => "plaintext",
             (None, _) => "off",
         };
-        let client_auth = self.config.client_ca.is_some();
+        let client_auth = self.credentials.client_auth();
         let started = std::time::Instant::now();
         // Checked in `bind`.
         let mut origins = Origins::new(&self.config.web_origins)

@@ -554,6 +554,20 @@ impl Credentials {
 
 #[cfg(feature = "server")]
 impl Credentials {
+    /// What checks a client's certificate again once its handshake has completed, when client
+    /// certificates are required.
+    pub fn client_auth(&self) -> Option<ClientAuth> {
+        self.client_ca.as_ref().map(|(_, verifier)| ClientAuth(verifier.clone()))
+    }
+
+    /// A TLS listener's side of its handshakes with `config`.
+    pub fn door(&self, config: ServerConfig) -> TlsDoor {
+        TlsDoor {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            client_auth: self.client_auth(),
+        }
+    }
+
     /// The DNS names and IP addresses the server's certificate is valid for.
     pub fn server_names(&self) -> Vec<String> {
         let server = self.cert.server.read().clone();
@@ -724,6 +738,38 @@ impl rustls::server::ResolvesServerCert for ReloadableCert {
         }
         Some(self.server.read().clone())
     }
+}
+
+/// Checks a client's certificate chain again once its handshake has completed, against the client CA
+/// in use now and at the time now. A resumed handshake does not verify a certificate: it takes the
+/// chain of the session it resumes, which the tickets it is given carry on, so without this a client
+/// kept resuming past its certificate's expiry, and one whose handshake was in flight while a reload
+/// replaced the client CA got sessions (remembered after the reload forgot the others) in the old
+/// CA's name. A full handshake's chain, verified a moment before, passes again.
+#[cfg(feature = "server")]
+#[derive(Clone, Debug)]
+pub struct ClientAuth(Arc<ReloadableClientVerifier>);
+
+#[cfg(feature = "server")]
+impl ClientAuth {
+    /// Whether `chain` (end entity first) is trusted now.
+    pub fn verify(&self, chain: Option<&[CertificateDer<'_>]>) -> Result<(), rustls::Error> {
+        use rustls::server::danger::ClientCertVerifier;
+        let Some((end_entity, intermediates)) = chain.and_then(<[_]>::split_first) else {
+            return Err(rustls::Error::NoCertificatesPresented);
+        };
+        let now = rustls::pki_types::UnixTime::now();
+        self.0.verify_client_cert(end_entity, intermediates, now).map(drop)
+    }
+}
+
+/// A TLS listener's side of its handshakes: the acceptor, and when client certificates are required
+/// what checks them again once a handshake has completed ([`ClientAuth`]).
+#[cfg(feature = "server")]
+#[derive(Clone)]
+pub struct TlsDoor {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub client_auth: Option<ClientAuth>,
 }
 
 /// The verifier of client certificates (WebPKI against the client CA file), replaceable. It names no

@@ -4,6 +4,8 @@
 #[macro_use]
 mod common;
 
+use std::time::Duration;
+
 use common::TestServer;
 use qkv::Client;
 use qkv::certs::CertDir;
@@ -95,6 +97,48 @@ async fn a_resumed_connection_keeps_its_identity_and_its_early_writes_are_served
     assert_eq!(resumed.whoami().await.unwrap().as_deref(), Some("CN=alice"));
     assert_eq!(resumed.stats().zero_rtt_accepted, 1, "the early data was accepted");
 }
+
+/// A resumed handshake does not verify a certificate, it takes the resumed session's (which its own
+/// tickets carry on): the server checks it again once the handshake has completed, so a client whose
+/// certificate has expired since cannot go on resuming, and nothing it sends is executed.
+async fn a_session_resumed_after_its_certificate_expired_is_refused(transport: Transport) {
+    let server = mtls_server(transport).await;
+    let dir = CertDir::new(server.certs.path());
+    let brief = dir.issue_client_certificate_valid_for("brief", false, Duration::from_secs(2)).unwrap();
+    let config = ClientConfig {
+        client_cert: Some(ClientCertFiles { cert: brief.cert, key: brief.key }),
+        ..server.client_config()
+    };
+    let first = Client::connect_with(config.clone()).await.unwrap();
+    assert_eq!(first.whoami().await.unwrap().as_deref(), Some("CN=brief"));
+    first.close().await;
+    // Until the certificate has expired, to the second (a certificate's times have no fraction).
+    let expired = std::time::SystemTime::now() + Duration::from_secs(3);
+    while std::time::SystemTime::now() < expired {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Clones of a config share their tickets: this client resumes.
+    let error = match Client::connect_with(config).await {
+        Ok(resumed) => {
+            resumed.hset("t", "k", "after expiry").await.expect_err("an expired certificate's session")
+        }
+        Err(e) => e,
+    };
+    assert!(!error.is_retryable(), "{error}");
+    if transport == Transport::Quic {
+        assert!(error.to_string().contains("no longer trusted"), "{error}");
+    }
+    let other = ClientConfig {
+        client_cert: Some(client_cert(server.certs.path(), "alice")),
+        ..server.client_config()
+    };
+    let other = Client::connect_with(other).await.unwrap();
+    assert_eq!(other.hget("t", "k").await.unwrap(), None, "nothing was written");
+}
+
+transport_tests!(expiry: quic, tls =>
+    a_session_resumed_after_its_certificate_expired_is_refused,
+);
 
 #[tokio::test]
 async fn client_certificates_cannot_be_required_of_plaintext_tcp() {

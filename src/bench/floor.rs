@@ -68,8 +68,8 @@ pub async fn serve_floor(
                 tokio::spawn(async move {
                     match security {
                         TcpSecurity::Plaintext => echo_frames(stream, max).await,
-                        TcpSecurity::Tls(acceptor) => {
-                            if let Ok(tls) = acceptor.accept(stream).await {
+                        TcpSecurity::Tls(door) => {
+                            if let Ok(tls) = door.acceptor.accept(stream).await {
                                 echo_frames(tls, max).await;
                             }
                         }

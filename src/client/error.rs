@@ -452,6 +452,13 @@ impl ClientError {
             ConnectionError::ApplicationClosed(close) if close.error_code == codes::SHUTTING_DOWN => {
                 ClientError::Unavailable { reason: "it is shutting down".into() }
             }
+            // A resumed session whose certificate the server no longer trusts: closed before anything
+            // on the connection was served.
+            ConnectionError::ApplicationClosed(close)
+                if close.error_code == codes::CLIENT_CERTIFICATE_UNTRUSTED =>
+            {
+                ClientError::ClientCertificateRefused { cause: e.into() }
+            }
             // A TLS alert (QUIC crypto error 0x100 + alert) from the server about certificates can only
             // be about the client's: the client already verified the server's.
             ConnectionError::ConnectionClosed(close)

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use quinn::Endpoint;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 use super::tcp::{self, TcpSecurity};
 use super::{Limits, quic};
@@ -60,7 +59,7 @@ pub fn bind(
 ) -> Result<Bound, BindError> {
     let udp = |cause| BindError { protocol: "UDP", cause };
     let security = match tcp {
-        TcpMode::Tls => Some(TcpSecurity::Tls(TlsAcceptor::from(Arc::new(tls.tcp)))),
+        TcpMode::Tls => Some(TcpSecurity::Tls(tls.credentials.door(tls.tcp))),
         TcpMode::Plaintext => Some(TcpSecurity::Plaintext),
         TcpMode::Off => None,
     };

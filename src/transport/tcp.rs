@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::tls::TlsDoor;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -33,7 +33,7 @@ use crate::service::{Caller, Handler};
 #[derive(Clone)]
 pub enum TcpSecurity {
     /// TLS 1.3 with this configuration (the same as QUIC's).
-    Tls(TlsAcceptor),
+    Tls(TlsDoor),
     /// No encryption, no authentication: for trusted networks and course clients.
     Plaintext,
 }
@@ -252,7 +252,7 @@ async fn handle_connection<H: Handler>(
             serve_pipelined(stream, handler, limits, memory, shutdown, Caller::default(), AfterClose::ReadOn)
                 .await
         }
-        TcpSecurity::Tls(acceptor) => match tls_handshake(&acceptor, stream, &limits, transport).await {
+        TcpSecurity::Tls(door) => match tls_handshake(&door, stream, &limits, transport).await {
             Some((tls, caller)) => {
                 ended.state = Ended::CutOff;
                 serve_pipelined(tls, handler, limits, memory, shutdown, caller, AfterClose::ReadOn).await
@@ -306,15 +306,23 @@ impl Drop for EndLine {
 /// metrics; the client it authenticated, if the server asks for certificates. `None` when it failed
 /// (and was logged).
 pub(crate) async fn tls_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
-    acceptor: &TlsAcceptor,
+    door: &TlsDoor,
     stream: IO,
     limits: &Limits,
     transport: Transport,
 ) -> Option<(tokio_rustls::server::TlsStream<IO>, Caller)> {
-    match tokio::time::timeout(limits.request_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => {
+    match tokio::time::timeout(limits.request_timeout, door.acceptor.accept(stream)).await {
+        Ok(Ok(mut tls)) => {
+            let chain = tls.get_ref().1.peer_certificates();
+            if let Some(Err(e)) = door.client_auth.as_ref().map(|auth| auth.verify(chain)) {
+                // Closed before a request is read: nothing is executed on it.
+                metrics::handshake(transport, metrics::HandshakeResult::Failed);
+                untrusted_resumption(&e);
+                let _ = tokio::time::timeout(limits.reply_timeout, tls.shutdown()).await;
+                return None;
+            }
             metrics::handshake(transport, metrics::HandshakeResult::Completed);
-            let caller = authenticated_caller(tls.get_ref().1.peer_certificates());
+            let caller = authenticated_caller(chain);
             Some((tls, caller))
         }
         // Any client can fail a handshake at will: throttled, in the connection's span (its address).
@@ -341,6 +349,22 @@ pub(crate) async fn tls_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
             }
             None
         }
+    }
+}
+
+/// Says that a handshake resumed a session whose client certificate is no longer trusted (`e`): it
+/// expired, or a reload replaced its CA. Any client can do so at will: throttled, in the connection's
+/// span (its address).
+pub(crate) fn untrusted_resumption(e: &rustls::Error) {
+    static UNTRUSTED: LogThrottle = LogThrottle::new();
+    if let Some(HeldBack { suppressed, crowded_out }) = UNTRUSTED.admit() {
+        info!(
+            target: "qkv::connection",
+            error = %e,
+            suppressed,
+            crowded_out,
+            "the client certificate of the session this handshake resumed is no longer trusted; closing the connection"
+        );
     }
 }
 

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::tls::TlsDoor;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -43,7 +44,6 @@ use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prost::Message;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::{debug, info};
@@ -75,7 +75,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 #[derive(Clone)]
 pub enum WebSecurity {
     /// TLS 1.3, ALPN `h2` and `http/1.1`.
-    Tls(TlsAcceptor),
+    Tls(TlsDoor),
     /// Plaintext HTTP/1.1 and HTTP/2 (prior knowledge, as gRPC clients send it): loopback behind a
     /// proxy only.
     Plaintext,
@@ -275,8 +275,8 @@ impl<H: Handler> Connection<H> {
             .alarm(stalled.clone());
         let requests = match &self.security {
             WebSecurity::Plaintext => self.http(stream, Caller::default(), (bytes.clone(), stalled)).await,
-            WebSecurity::Tls(acceptor) => {
-                match tls_handshake(acceptor, stream, &self.limits, Transport::Http).await {
+            WebSecurity::Tls(door) => {
+                match tls_handshake(door, stream, &self.limits, Transport::Http).await {
                     Some((tls, caller)) => {
                         ended.state = Ended::CutOff;
                         self.http(tls, caller, (bytes.clone(), stalled)).await

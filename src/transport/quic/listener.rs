@@ -32,6 +32,7 @@ use super::{codes, webtransport};
 use crate::memory::MemoryBudget;
 use crate::metrics::{self, PathSampler};
 use crate::service::{Caller, Handler};
+use crate::tls::ClientAuth;
 use crate::transport::admission::{Admission, Admitted};
 use crate::transport::budget::ReadBudget;
 use crate::transport::exchange::{AnswerBudget, AnswerShare, EarlyData, Exchange, Served, serve_request};
@@ -51,8 +52,8 @@ const REFUSALS_AT_ONCE: usize = 4;
 
 /// Serves `endpoint` until `shutdown` is cancelled, then shuts down gracefully within `grace`, refusing
 /// new connections until `others_drained` is cancelled too (the server's other listeners are done).
-/// `admission` is shared with the other transports. `client_auth` says the endpoint's TLS
-/// configuration requires client certificates; `origins` are the web pages whose WebTransport
+/// `admission` is shared with the other transports. `client_auth`, set when the endpoint's TLS
+/// configuration requires client certificates, checks them again once a handshake has completed; `origins` are the web pages whose WebTransport
 /// sessions are accepted.
 #[allow(clippy::too_many_arguments)] // the loop's owned inputs, gathered in one place
 pub async fn serve<H: Handler>(
@@ -62,7 +63,7 @@ pub async fn serve<H: Handler>(
     admission: Admission,
     shutdown: CancellationToken,
     grace: Duration,
-    client_auth: bool,
+    client_auth: Option<ClientAuth>,
     origins: Arc<Origins>,
     others_drained: CancellationToken,
 ) {
@@ -97,7 +98,7 @@ pub async fn serve<H: Handler>(
         let pending = (!validated).then(|| UnvalidatedHandshake::new(&unvalidated));
         let (handler, limits, shutdown) = (handler.clone(), limits.clone(), shutdown.clone());
         let memory = admission.memory().clone();
-        let origins = origins.clone();
+        let (origins, client_auth) = (origins.clone(), client_auth.clone());
         let client = incoming.remote_address().ip();
         connections.spawn(log_throttle::serving(client, async move {
             let handshake_deadline = tokio::time::Instant::now() + limits.request_timeout;
@@ -170,6 +171,21 @@ pub(super) struct Hold {
     pub(super) handshake_deadline: tokio::time::Instant,
 }
 
+/// Whether the client certificate of `connection`, whose handshake has completed, is still trusted
+/// (see [`ClientAuth`]); if not, the connection is closed, before anything on it is served.
+pub(super) fn still_trusted(connection: &Connection, client_auth: Option<&ClientAuth>) -> bool {
+    let Some(Err(e)) = client_auth.map(|auth| auth.verify(peer_certificates(connection).as_deref())) else {
+        return true;
+    };
+    metrics::handshake(Transport::Quic, metrics::HandshakeResult::Failed);
+    crate::transport::tcp::untrusted_resumption(&e);
+    connection.close(
+        codes::CLIENT_CERTIFICATE_UNTRUSTED,
+        b"the client certificate of the session this connection resumed is no longer trusted (expired, or its CA replaced)",
+    );
+    false
+}
+
 /// Counts a handshake that did not complete by its deadline, and says so (`remote` unless the span
 /// says it).
 pub(super) fn handshake_timed_out(limits: &Limits, remote: Option<std::net::SocketAddr>) {
@@ -183,7 +199,7 @@ async fn handle_connection<H: Handler>(
     handler: H,
     limits: Arc<Limits>,
     shutdown: CancellationToken,
-    client_auth: bool,
+    client_auth: Option<ClientAuth>,
     hold: Hold,
     origins: Arc<Origins>,
 ) {
@@ -205,7 +221,8 @@ async fn handle_connection<H: Handler>(
     if browser {
         let span =
             info_span!("connection", %remote, transport = "webtransport", client = tracing::field::Empty);
-        let accept = webtransport::accept(connecting, handler, limits, shutdown, hold, origins);
+        let accept =
+            webtransport::accept(connecting, handler, (limits, shutdown), hold, origins, client_auth);
         accept.instrument(span).await;
         return;
     }
@@ -217,7 +234,7 @@ async fn handle_connection<H: Handler>(
     // Except with client certificates: then nothing is served before the handshake completes, so that
     // every request, early data included, runs for a client whose certificate (or whose ticket's
     // certificate) has been proven by its Finished.
-    let zero_rtt = if client_auth { Err(connecting) } else { connecting.into_0rtt() };
+    let zero_rtt = if client_auth.is_some() { Err(connecting) } else { connecting.into_0rtt() };
     let (connection, handshake) = match zero_rtt {
         Ok((connection, accepted)) => {
             // On a server, `accepted` resolves when the handshake completes or the connection fails
@@ -228,7 +245,12 @@ async fn handle_connection<H: Handler>(
         }
         Err(connecting) => match tokio::time::timeout_at(deadline, connecting).await {
             // Counted as completed with the others, in `serve_connection`.
-            Ok(Ok(connection)) => (connection, EarlyData::new(std::future::ready(true))),
+            Ok(Ok(connection)) => {
+                if !still_trusted(&connection, client_auth.as_ref()) {
+                    return;
+                }
+                (connection, EarlyData::new(std::future::ready(true)))
+            }
             Ok(Err(e)) => {
                 metrics::handshake(Transport::Quic, metrics::HandshakeResult::Failed);
                 debug!(%remote, error = %e, "handshake failed");

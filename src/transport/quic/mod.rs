@@ -57,6 +57,9 @@ pub mod codes {
     pub const ANSWER_DROPPED: VarInt = VarInt::from_u32(0x14);
     /// Connection: the handshake did not complete within the server's request timeout.
     pub const HANDSHAKE_TIMEOUT: VarInt = VarInt::from_u32(3);
+    /// Connection: the handshake resumed a session whose client certificate the server no longer
+    /// trusts (it expired, or the client CA was replaced since). Nothing was executed on it.
+    pub const CLIENT_CERTIFICATE_UNTRUSTED: VarInt = VarInt::from_u32(4);
 }
 
 fn invalid_input(e: impl std::fmt::Display) -> io::Error {

@@ -15,9 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 use wtransport::endpoint::IncomingSessionFuture;
 
-use super::listener::{Hold, Session, handshake_timed_out, peer_certificates, serve_connection};
+use super::listener::{
+    Hold, Session, handshake_timed_out, peer_certificates, serve_connection, still_trusted,
+};
 use crate::metrics;
 use crate::service::Handler;
+use crate::tls::ClientAuth;
 use crate::tls::H3_ALPN;
 use crate::transport::exchange::EarlyData;
 use crate::transport::log_throttle::{HeldBack, LogThrottle};
@@ -37,10 +40,10 @@ pub(super) async fn is_browser(connecting: &mut Connecting) -> bool {
 pub(super) async fn accept<H: Handler>(
     connecting: Connecting,
     handler: H,
-    limits: Arc<Limits>,
-    shutdown: CancellationToken,
+    (limits, shutdown): (Arc<Limits>, CancellationToken),
     hold: Hold,
     origins: Arc<Origins>,
+    client_auth: Option<ClientAuth>,
 ) {
     let incoming = IncomingSessionFuture::with_quic_connecting(connecting);
     let request = match tokio::time::timeout_at(hold.handshake_deadline, incoming).await {
@@ -90,6 +93,9 @@ pub(super) async fn accept<H: Handler>(
             return;
         }
     };
+    if !still_trusted(session.quic_connection(), client_auth.as_ref()) {
+        return;
+    }
     let caller = authenticated_caller(peer_certificates(session.quic_connection()).as_deref());
     // The handshake is complete: nothing on the session is early data.
     let handshake = EarlyData::new(std::future::ready(true));
