@@ -103,10 +103,29 @@ struct ReportArgs {
     from: Option<PathBuf>,
 }
 
+impl Task {
+    /// Whether the task measures: the reports. This tool then runs optimised (the durable report loads
+    /// its servers with a qkv client of its own, for one); the tests and the lab, which measures in
+    /// other processes, run in the build `cargo xtask` makes, a debug build that shares most of its
+    /// compilation with the tests' (a release build of the tool alone took CI five minutes).
+    fn measures(&self) -> bool {
+        !matches!(self, Task::Test { .. } | Task::Lab(_))
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let task = Task::parse();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     std::env::set_current_dir(&root).context("cannot enter the workspace root")?;
+    if cfg!(debug_assertions) && task.measures() {
+        // Ctrl-C reaches the whole process group, the release build's run included.
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
+            .args(std::env::args_os().skip(1))
+            .status()
+            .context("cannot run the release build of xtask")?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
     match task {
         Task::Test { args } => test(&args),
         Task::BenchReport(args) => bench_report(args),
