@@ -225,14 +225,20 @@ impl Charge {
         Poll::Ready(())
     }
 
-    /// Waits until the charge holds at least `target` bytes. Dropped before it is done, it leaves
-    /// the budget's queue of waiters: see [`Cover`].
+    /// Waits until the charge holds at least `target` bytes. The wait keeps its place in the budget's
+    /// queue of waiters from one `cover` to the next of the same target; one given up for good must be
+    /// ended with [`Charge::stop_waiting`].
     pub fn cover(&mut self, target: usize) -> Cover<'_> {
         Cover { charge: self, target }
     }
 
-    /// Leaves the budget's queue of waiters, giving back what was set aside for this charge's wait.
-    fn stop_waiting(&mut self) {
+    /// Leaves the budget's queue of waiters, giving back what was set aside for this charge's wait:
+    /// for a wait given up while the charge lives on (a `select!` that stopped polling it). While it
+    /// stands in the queue, the bytes given back go to the first waiter until it has all it asked
+    /// for, so a wait left there took every byte given back, by any connection, until it had them
+    /// all, then held them beside the charge, where nothing gave them back, while every `try_grow` of
+    /// the server failed.
+    pub fn stop_waiting(&mut self) {
         self.budget = PollSemaphore::new(self.budget.clone_inner());
     }
 
@@ -251,20 +257,10 @@ impl Charge {
     }
 }
 
-/// See [`Charge::cover`]. While it waits, the charge stands in the budget's queue of waiters, and the
-/// bytes given back go to the first in it until it has all it asked for; so once it is dropped (a
-/// `select!` that took another branch) the charge leaves the queue. Left there, its wait took every
-/// byte given back, by any connection, until it had them all, then held them beside the charge, where
-/// nothing gave them back, while every `try_grow` of the server failed.
+/// See [`Charge::cover`].
 pub struct Cover<'a> {
     charge: &'a mut Charge,
     target: usize,
-}
-
-impl Drop for Cover<'_> {
-    fn drop(&mut self) {
-        self.charge.stop_waiting();
-    }
 }
 
 impl Future for Cover<'_> {
@@ -321,8 +317,9 @@ mod tests {
         assert_eq!(waiting.bytes(), 50);
     }
 
-    /// A wait given up (a `select!` that took another branch) leaves the budget's queue: it took the
-    /// bytes given back by others, and held them beside its charge, where nothing gave them back.
+    /// A wait given up (a `select!` that stopped polling it) and stopped leaves the budget's queue: it
+    /// took the bytes given back by others, and held them beside its charge, where nothing gave them
+    /// back.
     #[tokio::test]
     async fn a_wait_given_up_takes_nothing_given_back_later() {
         let budget = MemoryBudget::new(100);
@@ -330,6 +327,7 @@ mod tests {
         let mut waiting = budget.empty_charge();
         let given_up = futures_util::FutureExt::now_or_never(tokio::task::unconstrained(waiting.cover(50)));
         assert!(given_up.is_none(), "only 10 bytes are free");
+        waiting.stop_waiting();
         drop(held);
         assert_eq!(budget.available(), 100, "the bytes given back are the budget's");
         assert!(budget.try_charge(100).is_some());

@@ -326,6 +326,8 @@ where
                     let held = received.len() + queue.bytes + waiting_bytes + inflating;
                     let fed = feed_answer(&mut answers, response, (&mut charge, held), &refusals, &limits);
                     if let Err(e) = fed.await {
+                        // What the connection held for requests goes back first, as at any end.
+                        drop((received, charge, queue, current, waiting));
                         close_on_write_failure(answers, read, e, &limits).await;
                         return requests;
                     }
@@ -423,6 +425,11 @@ where
         if !covered && !waiting_for_memory {
             memory_wait.as_mut().reset(Instant::now() + limits.memory_wait);
         }
+        if covered && waiting_for_memory {
+            // Covered without the wait (what the connection holds went down): the wait leaves the
+            // budget's queue, or it would take what others give back.
+            charge.stop_waiting();
+        }
         waiting_for_memory = !covered;
         let may_read = ending.is_none() && waiting.is_none() && covered;
         let waited_for = queue.held_ticket();
@@ -464,6 +471,7 @@ where
                 if current.is_some() || unflushed => match written {
                 Ok(Written::NextFrame(frame)) => {
                     if let Err(e) = answers.start_send_unpin(frame) {
+                        drop((received, charge, queue, current, waiting));
                         close_on_write_failure(answers, read, e, &limits).await;
                         return requests;
                     }
