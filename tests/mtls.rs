@@ -125,9 +125,8 @@ async fn a_session_resumed_after_its_certificate_expired_is_refused(transport: T
         Err(e) => e,
     };
     assert!(!error.is_retryable(), "{error}");
-    if transport == Transport::Quic {
-        assert!(error.to_string().contains("no longer trusted"), "{error}");
-    }
+    assert!(error.to_string().contains("no longer trusted"), "{error}");
+    assert_eq!(error.executed(), qkv::client::Executed::No, "{error}");
     let other = ClientConfig {
         client_cert: Some(client_cert(server.certs.path(), "alice")),
         ..server.client_config()

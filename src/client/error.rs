@@ -257,6 +257,9 @@ pub enum Cause {
     /// The server closed the connection (TCP: its end of the stream came before the answer).
     #[error("the server closed the connection")]
     ServerClosed,
+    /// The server refused the connection, and said why.
+    #[error("{0}")]
+    Refused(String),
     /// This client closed the connection: [`Client::close`](super::Client::close), or a rebind
     /// over TCP (calls in flight on the old connection fail with it).
     #[error("the client closed the connection")]

@@ -579,6 +579,11 @@ impl Reader {
                 Some(Err(e)) => break Closed::Lost(e.into()),
                 None => break Closed::Lost(Cause::ServerClosed),
             };
+            // A resumed session whose client certificate the server no longer trusts: refused before
+            // anything on the connection was read (docs/PROTOCOL.md, section 8).
+            if !frame.more && frame.status == status::FORBIDDEN && frame.message.ends_with(CLOSING_SUFFIX) {
+                break Closed::CertificateRefused(Cause::Refused(frame.message));
+            }
             let unavailable = !frame.more && frame.status == status::UNAVAILABLE;
             // A refusal the server closes the connection after (docs/PROTOCOL.md, section 8): it reads
             // nothing more, so what was sent behind it was not executed, and nothing more goes on it.

@@ -315,10 +315,21 @@ pub(crate) async fn tls_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
         Ok(Ok(mut tls)) => {
             let chain = tls.get_ref().1.peer_certificates();
             if let Some(Err(e)) = door.client_auth.as_ref().map(|auth| auth.verify(chain)) {
-                // Closed before a request is read: nothing is executed on it.
+                // Closed before a request is read: nothing is executed on it. A qkv client is told
+                // why (a web client, whose protocol has not begun, sees the connection close).
                 metrics::handshake(transport, metrics::HandshakeResult::Failed);
                 untrusted_resumption(&e);
-                let _ = tokio::time::timeout(limits.reply_timeout, tls.shutdown()).await;
+                let tell = async {
+                    if transport == Transport::Tls {
+                        let refusal =
+                            CommandResponse::error(status::FORBIDDEN, untrusted_certificate_message());
+                        if let Ok(frame) = encode_frame(&refusal, 1024) {
+                            tls.write_all(&frame).await?;
+                        }
+                    }
+                    tls.shutdown().await
+                };
+                let _ = tokio::time::timeout(limits.reply_timeout, tell).await;
                 return None;
             }
             metrics::handshake(transport, metrics::HandshakeResult::Completed);
@@ -350,6 +361,15 @@ pub(crate) async fn tls_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
             None
         }
     }
+}
+
+/// What a TLS client whose resumed session's certificate is no longer trusted is told, in a 403 frame
+/// before the connection closes (docs/PROTOCOL.md, section 8).
+pub fn untrusted_certificate_message() -> String {
+    format!(
+        "the client certificate of the session this connection resumed is no longer trusted (expired, or its CA replaced): nothing was executed on this connection{}",
+        frame::CLOSING_SUFFIX
+    )
 }
 
 /// Says that a handshake resumed a session whose client certificate is no longer trusted (`e`): it

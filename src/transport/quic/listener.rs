@@ -172,12 +172,19 @@ pub(super) struct Hold {
 }
 
 /// Whether the client certificate of `connection`, whose handshake has completed, is still trusted
-/// (see [`ClientAuth`]); if not, the connection is closed, before anything on it is served.
-pub(super) fn still_trusted(connection: &Connection, client_auth: Option<&ClientAuth>) -> bool {
+/// (see [`ClientAuth`]); if not, the connection is closed, before anything on it is served, and its
+/// handshake counted as failed unless it was `counted` already.
+pub(super) fn still_trusted(
+    connection: &Connection,
+    client_auth: Option<&ClientAuth>,
+    counted: bool,
+) -> bool {
     let Some(Err(e)) = client_auth.map(|auth| auth.verify(peer_certificates(connection).as_deref())) else {
         return true;
     };
-    metrics::handshake(Transport::Quic, metrics::HandshakeResult::Failed);
+    if !counted {
+        metrics::handshake(Transport::Quic, metrics::HandshakeResult::Failed);
+    }
     crate::transport::tcp::untrusted_resumption(&e);
     connection.close(
         codes::CLIENT_CERTIFICATE_UNTRUSTED,
@@ -246,7 +253,7 @@ async fn handle_connection<H: Handler>(
         Err(connecting) => match tokio::time::timeout_at(deadline, connecting).await {
             // Counted as completed with the others, in `serve_connection`.
             Ok(Ok(connection)) => {
-                if !still_trusted(&connection, client_auth.as_ref()) {
+                if !still_trusted(&connection, client_auth.as_ref(), false) {
                     return;
                 }
                 (connection, EarlyData::new(std::future::ready(true)))

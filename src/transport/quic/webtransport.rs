@@ -93,7 +93,8 @@ pub(super) async fn accept<H: Handler>(
             return;
         }
     };
-    if !still_trusted(session.quic_connection(), client_auth.as_ref()) {
+    // (Its handshake was counted completed when its session request came.)
+    if !still_trusted(session.quic_connection(), client_auth.as_ref(), true) {
         return;
     }
     let caller = authenticated_caller(peer_certificates(session.quic_connection()).as_deref());
