@@ -173,6 +173,10 @@ impl Client {
                     // reconnection's backoff does not pace) got every attempt at once.
                     tokio::time::sleep_until((Instant::now() + self.pause_before(attempt)).min(deadline))
                         .await;
+                    if Instant::now() >= deadline {
+                        // Out of time for another: what this attempt found, not a bare timeout.
+                        return Err(e);
+                    }
                 }
                 other => return other,
             }
