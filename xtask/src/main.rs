@@ -118,13 +118,16 @@ fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     std::env::set_current_dir(&root).context("cannot enter the workspace root")?;
     if cfg!(debug_assertions) && task.measures() {
-        // Ctrl-C reaches the whole process group, the release build's run included.
+        // Ctrl-C reaches the whole process group: this one waits while the release build's run
+        // stops what it started, and ends with it.
+        ctrlc::set_handler(|| {}).context("cannot handle Ctrl-C")?;
         let status = std::process::Command::new(env!("CARGO"))
             .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
             .args(std::env::args_os().skip(1))
             .status()
             .context("cannot run the release build of xtask")?;
-        std::process::exit(status.code().unwrap_or(1));
+        let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+        std::process::exit(status.code().or(signal.map(|signal| 128 + signal)).unwrap_or(1));
     }
     match task {
         Task::Test { args } => test(&args),
