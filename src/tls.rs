@@ -880,6 +880,17 @@ impl Tickets {
         Tickets { store: None, configs: Arc::default() }
     }
 
+    /// Forgets the tickets of `server_name`, so that the next connection to it makes a full handshake:
+    /// for a server that refused the client certificate of a session it resumed (it expired, or its
+    /// CA was replaced), whose tickets, given with the refusal, carry that certificate on (every
+    /// connection resumed one and was refused, never told why by a full handshake).
+    pub fn forget(&self, server_name: &str) {
+        let Some(store) = &self.store else { return };
+        let Ok(name) = rustls::pki_types::ServerName::try_from(server_name.to_owned()) else { return };
+        store.remove_tls12_session(&name);
+        while store.take_tls13_ticket(&name).is_some() {}
+    }
+
     /// The TLS configuration for servers whose certificates chain to the CAs in `ca_file`, presenting
     /// `client_cert` to servers that ask for one. The files are read the first time it is asked for;
     /// the configuration is kept, so that later connections resume sessions and do not read them again.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::TestServer;
 use qkv::Client;
 use qkv::certs::CertDir;
-use qkv::client::ClientConfig;
+use qkv::client::{ClientConfig, ClientError};
 use qkv::server::{Server, ServerConfig, TcpMode};
 use qkv::storage::MemoryStore;
 use qkv::tls::ClientCertFiles;
@@ -118,7 +118,7 @@ async fn a_session_resumed_after_its_certificate_expired_is_refused(transport: T
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Clones of a config share their tickets: this client resumes.
-    let error = match Client::connect_with(config).await {
+    let error = match Client::connect_with(config.clone()).await {
         Ok(resumed) => {
             resumed.hset("t", "k", "after expiry").await.expect_err("an expired certificate's session")
         }
@@ -127,6 +127,14 @@ async fn a_session_resumed_after_its_certificate_expired_is_refused(transport: T
     assert!(!error.is_retryable(), "{error}");
     assert!(error.to_string().contains("no longer trusted"), "{error}");
     assert_eq!(error.executed(), qkv::client::Executed::No, "{error}");
+    // The client forgot the tickets the refusal came with (they carry the same certificate on): its
+    // next connection makes a full handshake, refused for the certificate itself.
+    let again = match Client::connect_with(config).await {
+        Ok(client) => client.hset("t", "k", "again").await.expect_err("an expired certificate"),
+        Err(e) => e,
+    };
+    assert!(matches!(again, ClientError::ClientCertificateRefused { .. }), "{again:?}");
+    assert!(!again.to_string().contains("no longer trusted"), "a full handshake refused it: {again}");
     let other = ClientConfig {
         client_cert: Some(client_cert(server.certs.path(), "alice")),
         ..server.client_config()

@@ -522,6 +522,7 @@ impl Client {
                 // executed it, whatever became of the attempts before.
                 None => return Err(self.timed_out_retrying(reached.or(last_error))),
             };
+            self.forget_tickets_if_refused(&error);
             if matches!(error, ClientError::ConnectTimeout { .. }) {
                 connect_timeouts += 1;
             }
@@ -544,6 +545,15 @@ impl Client {
                 Executed::Maybe if reached.is_none() => reached = Some(error),
                 _ => last_error = Some(error),
             }
+        }
+    }
+
+    /// A server that refused this client's certificate may have done so for a session it resumed: its
+    /// tickets are forgotten, so that the next connection makes a full handshake, whose refusal says
+    /// why (an expired certificate, say), or which a renewed certificate passes.
+    fn forget_tickets_if_refused(&self, error: &ClientError) {
+        if let ClientError::ClientCertificateRefused { .. } = error {
+            self.inner.config.tickets.forget(&self.inner.server_name);
         }
     }
 

@@ -162,6 +162,9 @@ impl Client {
             let subscribed = tokio::time::timeout_at(deadline, self.subscribe_once(topic))
                 .await
                 .unwrap_or_else(|_| Err(ClientError::Timeout(config.request_timeout)));
+            if let Err(e) = &subscribed {
+                self.forget_tickets_if_refused(e);
+            }
             match subscribed {
                 // A failed attempt left nothing behind: its subscription ended with its stream.
                 Err(e) if attempt < config.retry.attempts && e.may_retry(true) => {
