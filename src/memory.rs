@@ -226,8 +226,8 @@ impl Charge {
     }
 
     /// Waits until the charge holds at least `target` bytes. The wait keeps its place in the budget's
-    /// queue of waiters from one `cover` to the next of the same target; one given up for good must be
-    /// ended with [`Charge::stop_waiting`].
+    /// queue of waiters from one `cover` to the next while what it lacks stays the same (another
+    /// amount queues again); one given up for good must be ended with [`Charge::stop_waiting`].
     pub fn cover(&mut self, target: usize) -> Cover<'_> {
         Cover { charge: self, target }
     }

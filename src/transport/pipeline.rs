@@ -425,9 +425,10 @@ where
         if !covered && !waiting_for_memory {
             memory_wait.as_mut().reset(Instant::now() + limits.memory_wait);
         }
-        if covered && waiting_for_memory {
-            // Covered without the wait (what the connection holds went down): the wait leaves the
-            // budget's queue, or it would take what others give back.
+        if waiting_for_memory && (covered || ending.is_some()) {
+            // Covered without the wait (what the connection holds went down), or given up with the
+            // connection's end: the wait leaves the budget's queue, or it would take what others give
+            // back until the connection's last answers are out.
             charge.stop_waiting();
         }
         waiting_for_memory = !covered;
