@@ -100,41 +100,50 @@ async fn a_resumed_connection_keeps_its_identity_and_its_early_writes_are_served
 
 /// A resumed handshake does not verify a certificate, it takes the resumed session's (which its own
 /// tickets carry on): the server checks it again once the handshake has completed, so a client whose
-/// certificate has expired since cannot go on resuming, and nothing it sends is executed.
+/// certificate has expired since cannot go on resuming, and nothing it sends is executed. The client
+/// then forgets the tickets the refusal came with, and its next connection is a full handshake.
+/// Whether a call or a subscription (over TLS a connection of its own) meets the refusal first.
 async fn a_session_resumed_after_its_certificate_expired_is_refused(transport: Transport) {
     let server = mtls_server(transport).await;
     let dir = CertDir::new(server.certs.path());
-    let brief = dir.issue_client_certificate_valid_for("brief", false, Duration::from_secs(2)).unwrap();
-    let config = ClientConfig {
-        client_cert: Some(ClientCertFiles { cert: brief.cert, key: brief.key }),
-        ..server.client_config()
-    };
-    let first = Client::connect_with(config.clone()).await.unwrap();
-    assert_eq!(first.whoami().await.unwrap().as_deref(), Some("CN=brief"));
-    first.close().await;
-    // Until the certificate has expired, to the second (a certificate's times have no fraction).
+    // A client each (configs made apart keep tickets apart), first served with a full handshake.
+    let mut configs = Vec::new();
+    for name in ["calls", "subscribes"] {
+        let brief = dir.issue_client_certificate_valid_for(name, false, Duration::from_secs(2)).unwrap();
+        let config = ClientConfig {
+            client_cert: Some(ClientCertFiles { cert: brief.cert, key: brief.key }),
+            ..server.client_config()
+        };
+        let first = Client::connect_with(config.clone()).await.unwrap();
+        assert_eq!(first.whoami().await.unwrap(), Some(format!("CN={name}")));
+        first.close().await;
+        configs.push(config);
+    }
+    // Until the certificates have expired, to the second (a certificate's times have no fraction).
     let expired = std::time::SystemTime::now() + Duration::from_secs(3);
     while std::time::SystemTime::now() < expired {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Clones of a config share their tickets: this client resumes.
-    let error = match Client::connect_with(config.clone()).await {
-        Ok(resumed) => {
-            resumed.hset("t", "k", "after expiry").await.expect_err("an expired certificate's session")
-        }
-        Err(e) => e,
-    };
-    assert!(!error.is_retryable(), "{error}");
-    assert!(error.to_string().contains("no longer trusted"), "{error}");
-    assert_eq!(error.executed(), qkv::client::Executed::No, "{error}");
-    // The client forgot the tickets the refusal came with (they carry the same certificate on): its
-    // next connection makes a full handshake, refused for the certificate itself.
-    let again = match Client::connect_with(config).await {
-        Ok(client) => client.hset("t", "k", "again").await.expect_err("an expired certificate"),
-        Err(e) => e,
-    };
-    assert!(matches!(again, ClientError::ClientCertificateRefused { .. }), "{again:?}");
-    assert!(!again.to_string().contains("no longer trusted"), "a full handshake refused it: {again}");
+    for (config, subscribes) in configs.into_iter().zip([false, true]) {
+        // Clones of a config share their tickets: this client resumes.
+        let error = match Client::connect_with(config.clone()).await {
+            Ok(resumed) if subscribes => match resumed.subscribe("news").await {
+                Ok(_) => panic!("a subscription with an expired certificate's session"),
+                Err(e) => e,
+            },
+            Ok(resumed) => resumed.hset("t", "k", "after expiry").await.expect_err("a refused write"),
+            Err(e) => e,
+        };
+        assert!(matches!(error, ClientError::ClientCertificateRefused { .. }), "{error:?}");
+        assert!(error.to_string().contains("no longer trusted"), "{error}");
+        assert_eq!(error.executed(), qkv::client::Executed::No, "{error}");
+        let again = match Client::connect_with(config).await {
+            Ok(client) => client.hset("t", "k", "again").await.expect_err("an expired certificate"),
+            Err(e) => e,
+        };
+        assert!(matches!(again, ClientError::ClientCertificateRefused { .. }), "{again:?}");
+        assert!(!again.to_string().contains("no longer trusted"), "a full handshake refused it: {again}");
+    }
     let other = ClientConfig {
         client_cert: Some(client_cert(server.certs.path(), "alice")),
         ..server.client_config()

@@ -264,6 +264,11 @@ impl Client {
             None => return Err(ClientError::Protocol("the subscription was answered with nothing".into())),
         };
         if !first.more {
+            // Over TLS a connection of its own: its refusal of a resumed session's certificate comes
+            // as this frame (docs/PROTOCOL.md, section 8), not through the shared connection's reader.
+            if first.status == crate::pb::status::FORBIDDEN && first.message.ends_with(CLOSING_SUFFIX) {
+                return Err(ClientError::ClientCertificateRefused { cause: Cause::Refused(first.message) });
+            }
             ok(first)?;
             return Err(ClientError::Protocol("the subscription ended in its first frame".into()));
         }
