@@ -118,9 +118,8 @@ fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     std::env::set_current_dir(&root).context("cannot enter the workspace root")?;
     if cfg!(debug_assertions) && task.measures() {
-        // Ctrl-C reaches the whole process group: this one waits while the release build's run
-        // stops what it started, and ends with it.
-        ctrlc::set_handler(|| {}).context("cannot handle Ctrl-C")?;
+        // Ctrl-C reaches the whole process group, the release build's run included, which stops
+        // what it started.
         let status = std::process::Command::new(env!("CARGO"))
             .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
             .args(std::env::args_os().skip(1))
