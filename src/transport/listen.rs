@@ -13,6 +13,7 @@ use super::tcp::{self, TcpSecurity};
 use super::{Limits, quic};
 use crate::service::Caller;
 use crate::tls::{self, ServerTls};
+use crate::transport::log_throttle::{HeldBack, LogThrottle};
 
 /// The server-wide connection memory budget unless configured otherwise: a quarter of the memory this
 /// process may use (the store's budget is half).
@@ -91,4 +92,20 @@ pub(super) fn authenticated_caller(peer_certificates: Option<&[CertificateDer<'_
         tracing::info!("client authenticated");
     }
     Caller::new(identity)
+}
+
+/// Says that a handshake resumed a session whose client certificate is no longer trusted (`e`): it
+/// expired, or a reload replaced its CA. Any client can do so at will: throttled, in the connection's
+/// span (its address).
+pub(super) fn untrusted_resumption(e: &rustls::Error) {
+    static UNTRUSTED: LogThrottle = LogThrottle::new();
+    if let Some(HeldBack { suppressed, crowded_out }) = UNTRUSTED.admit() {
+        tracing::info!(
+            target: "qkv::connection",
+            error = %e,
+            suppressed,
+            crowded_out,
+            "the client certificate of the session this handshake resumed is no longer trusted; closing the connection"
+        );
+    }
 }

@@ -36,9 +36,9 @@ use std::time::Duration;
 #[cfg(feature = "server")]
 mod listen;
 #[cfg(feature = "server")]
-use listen::authenticated_caller;
-#[cfg(feature = "server")]
 pub use listen::{BindError, Bound, TcpMode, bind, default_connection_memory};
+#[cfg(feature = "server")]
+use listen::{authenticated_caller, untrusted_resumption};
 
 pub use frame::DEFAULT_MAX_FRAME_LEN;
 

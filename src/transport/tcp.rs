@@ -23,7 +23,7 @@ use super::log_throttle::{self, HeldBack, LogThrottle};
 use super::pipeline::{AfterClose, serve_pipelined};
 use super::timeouts::StallTimeout;
 use super::woken::PolledWhenWoken;
-use super::{Limits, Transport, authenticated_caller};
+use super::{Limits, Transport, authenticated_caller, untrusted_resumption};
 use crate::memory::MemoryBudget;
 use crate::metrics;
 use crate::pb::{CommandResponse, status};
@@ -370,27 +370,11 @@ pub(crate) async fn tls_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
 
 /// What a TLS client whose resumed session's certificate is no longer trusted is told, in a 403 frame
 /// before the connection closes (docs/PROTOCOL.md, section 8).
-pub fn untrusted_certificate_message() -> String {
+fn untrusted_certificate_message() -> String {
     format!(
         "the client certificate of the session this connection resumed is no longer trusted (expired, or its CA replaced): nothing was executed on this connection{}",
         frame::CLOSING_SUFFIX
     )
-}
-
-/// Says that a handshake resumed a session whose client certificate is no longer trusted (`e`): it
-/// expired, or a reload replaced its CA. Any client can do so at will: throttled, in the connection's
-/// span (its address).
-pub(crate) fn untrusted_resumption(e: &rustls::Error) {
-    static UNTRUSTED: LogThrottle = LogThrottle::new();
-    if let Some(HeldBack { suppressed, crowded_out }) = UNTRUSTED.admit() {
-        info!(
-            target: "qkv::connection",
-            error = %e,
-            suppressed,
-            crowded_out,
-            "the client certificate of the session this handshake resumed is no longer trusted; closing the connection"
-        );
-    }
 }
 
 /// The bytes a connection has read and written, for its last log line.

@@ -41,7 +41,7 @@ use crate::transport::log_throttle;
 use crate::transport::origin::Origins;
 use crate::transport::timeouts;
 use crate::transport::woken::PolledWhenWoken;
-use crate::transport::{Limits, Transport, authenticated_caller};
+use crate::transport::{Limits, Transport, authenticated_caller, untrusted_resumption};
 
 /// How long to wait, after every connection is closed, for the close frames to reach the clients.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -185,7 +185,7 @@ pub(super) fn still_trusted(
     if !counted {
         metrics::handshake(Transport::Quic, metrics::HandshakeResult::Failed);
     }
-    crate::transport::tcp::untrusted_resumption(&e);
+    untrusted_resumption(&e);
     connection.close(
         codes::CLIENT_CERTIFICATE_UNTRUSTED,
         b"the client certificate of the session this connection resumed is no longer trusted (expired, or its CA replaced)",
