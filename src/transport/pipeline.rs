@@ -400,7 +400,9 @@ where
         // at all is going on. It is set only when that changes.
         // (Once the connection is ending nothing more is read: a frame cut short by it is refused
         // already, and its request timeout must not overwrite why.)
-        let partial = waiting.is_none() && !received.is_empty() && ending.is_none();
+        // A compressed frame waiting for room to inflate into has all come: the wait is the server's,
+        // which the memory wait bounds (503), not the request timeout (408).
+        let partial = waiting.is_none() && !received.is_empty() && ending.is_none() && inflating == 0;
         let wanted = if partial {
             let began = if held_back { Instant::now() } else { read_at };
             Some(Timer::PartialFrame(*partial_since.get_or_insert(began)))
@@ -1251,6 +1253,32 @@ mod tests {
             let answer = answers.next().await.expect("an answer").unwrap();
             assert_eq!((i, answer.status), (i, status::OK), "{answer:?}");
         }
+    }
+
+    /// A compressed frame that has all come and waits for room to inflate into is the server's to wait
+    /// for: it is answered 503 once the memory wait is over, not 408 at the request timeout (which
+    /// came first when the memory wait was the longer).
+    #[tokio::test(start_paused = true)]
+    async fn a_whole_compressed_frame_waiting_for_room_is_refused_for_memory_not_timed_out() {
+        use std::io::Write;
+        let memory = MemoryBudget::new(1 << 20);
+        let limits = Limits {
+            request_timeout: Duration::from_secs(1),
+            memory_wait: Duration::from_secs(5),
+            ..Limits::default()
+        };
+        let (mut client, _service) = served(limits, &memory);
+        // All but 16 KiB of the budget is held elsewhere; the request inflates to 3 MB.
+        let _elsewhere = memory.try_charge(memory.available() - (16 << 10)).unwrap();
+        let request = CommandRequest::hset("t", "zeros", vec![0u8; 3_000_000]).encode_to_vec();
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gzip.write_all(&request).unwrap();
+        let gzip = gzip.finish().unwrap();
+        client.write_all(&((gzip.len() as u32) | 1 << 31).to_be_bytes()).await.unwrap();
+        client.write_all(&gzip).await.unwrap();
+        let mut answers = FramedRead::new(client, FrameCodec::<CommandResponse>::new(1 << 20));
+        let answer = answers.next().await.expect("an answer").unwrap();
+        assert_eq!(answer.status, status::UNAVAILABLE, "{answer:?}");
     }
 
     /// When an answer finds no memory and the connection closes, the answers before it that the writer
