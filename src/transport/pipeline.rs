@@ -966,7 +966,7 @@ async fn read_chunk<R: AsyncRead + Unpin>(read: &mut R, buffer: &mut BytesMut) -
 }
 
 /// Reads and discards what the client still sends, until it closes or `LINGER` passes.
-async fn linger<R: AsyncRead + Unpin>(mut read: R) {
+pub(super) async fn linger<R: AsyncRead + Unpin>(mut read: R) {
     let mut sink = [0u8; 8192];
     let _ = tokio::time::timeout(LINGER, async {
         while let Ok(n) = read.read(&mut sink).await {
@@ -1163,6 +1163,21 @@ mod tests {
         drop(client);
     }
 
+    /// A connection served to `handler` with `limits`, drawing on `memory`: the client's end.
+    fn serve<H: Handler>(handler: H, limits: Limits, memory: &MemoryBudget) -> DuplexStream {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        tokio::spawn(serve_pipelined(
+            server,
+            handler,
+            Arc::new(limits),
+            memory.clone(),
+            CancellationToken::new(),
+            Caller::default(),
+            AfterClose::ReadOn,
+        ));
+        client
+    }
+
     /// A connection to a memory store's service drawing on `memory`, with `limits`: the client's end.
     fn served(
         limits: Limits,
@@ -1174,17 +1189,7 @@ mod tests {
             16 << 20,
             memory.clone(),
         );
-        let (client, server) = tokio::io::duplex(1 << 20);
-        tokio::spawn(serve_pipelined(
-            server,
-            service.clone(),
-            Arc::new(limits),
-            memory.clone(),
-            CancellationToken::new(),
-            Caller::default(),
-            AfterClose::ReadOn,
-        ));
-        (client, service)
+        (serve(service.clone(), limits, memory), service)
     }
 
     /// The request timeout runs from each frame's first bytes: a frame that began in the read that
@@ -1222,17 +1227,7 @@ mod tests {
     async fn a_frame_behind_a_request_held_back_has_its_time_from_then() {
         let handler = Gated::new();
         let limits = Limits { request_timeout: Duration::from_secs(1), ..Limits::default() };
-        let (client, server) = tokio::io::duplex(1 << 20);
-        let serving = serve_pipelined(
-            server,
-            handler.clone(),
-            Arc::new(limits),
-            MemoryBudget::unlimited(),
-            CancellationToken::new(),
-            Caller::default(),
-            AfterClose::ReadOn,
-        );
-        tokio::spawn(serving);
+        let client = serve(handler.clone(), limits, &MemoryBudget::unlimited());
         let (read, mut write) = tokio::io::split(client);
         let last = encode_frame(&CommandRequest::hget("t", "a"), 1 << 20).unwrap();
         let mut first = Vec::new();
@@ -1305,18 +1300,7 @@ mod tests {
 
     /// Serves a connection to `handler` and sends it `requests`, all at once.
     async fn pipelined<H: Handler>(handler: &H, requests: &[CommandRequest]) -> DuplexStream {
-        let (mut client, server) = tokio::io::duplex(1 << 20);
-        let limits = Arc::new(Limits::default());
-        let serving = serve_pipelined(
-            server,
-            handler.clone(),
-            limits,
-            MemoryBudget::unlimited(),
-            CancellationToken::new(),
-            Caller::default(),
-            AfterClose::ReadOn,
-        );
-        tokio::spawn(serving);
+        let mut client = serve(handler.clone(), Limits::default(), &MemoryBudget::unlimited());
         for request in requests {
             client.write_all(&encode_frame(request, 1 << 20).unwrap()).await.unwrap();
         }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::tls::TlsDoor;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,7 +20,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::admission::{Admission, Admitted, Refusal};
 use super::frame::{self, encode_frame};
 use super::log_throttle::{self, HeldBack, LogThrottle};
-use super::pipeline::{AfterClose, serve_pipelined};
+use super::pipeline::{AfterClose, linger, serve_pipelined};
 use super::timeouts::StallTimeout;
 use super::woken::PolledWhenWoken;
 use super::{Limits, Transport, authenticated_caller, untrusted_resumption};
@@ -327,14 +327,13 @@ pub(crate) async fn tls_handshake<IO: AsyncRead + AsyncWrite + Unpin>(
                             tls.write_all(&frame).await?;
                         }
                     }
-                    tls.shutdown().await?;
-                    // What the client sent meanwhile is read and dropped for a moment, so that the
-                    // close is a FIN, not a reset that could take the 403 with it.
-                    let mut sink = [0u8; 4096];
-                    while tls.read(&mut sink).await? > 0 {}
-                    std::io::Result::Ok(())
+                    tls.shutdown().await
                 };
-                let _ = tokio::time::timeout(limits.reply_timeout.min(Duration::from_secs(1)), tell).await;
+                if let Ok(Ok(())) = tokio::time::timeout(limits.reply_timeout, tell).await {
+                    // What the client sent meanwhile is read and dropped, as at any end, so that the
+                    // close is a FIN, not a reset that could take the 403 with it.
+                    linger(&mut tls).await;
+                }
                 return None;
             }
             metrics::handshake(transport, metrics::HandshakeResult::Completed);
